@@ -1,0 +1,519 @@
+"""The session's configuration: schema, layered loading and validation.
+
+Precedence, lowest first: built-in defaults < `--config` file < environment variables
+`LAPTOP_AGENTS__SECTION__KEY` < CLI flags (`--set SECTION.KEY=VALUE` and the named flags).
+Every problem found becomes one line naming the key, the bad value, where it came from and what is
+allowed; `ConfigError` carries all of them so the CLI can print them and exit 2.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import tomli_w
+
+ENV_PREFIX = "LAPTOP_AGENTS__"
+
+_INTERVAL_RE = re.compile(r"^([1-9][0-9]*)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Candle intervals the Bitunix public API serves (kline REST intervals and WS channels).
+BITUNIX_INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
+
+
+class ConfigError(Exception):
+    """One or more configuration problems, one human-readable line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def interval_seconds(interval: str) -> int:
+    """`"5s"` -> 5, `"1m"` -> 60, `"1h"` -> 3600. Raises ValueError on anything else."""
+    m = _INTERVAL_RE.match(interval)
+    if not m:
+        raise ValueError(f"not an interval: {interval!r}")
+    return int(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+# --- field constraints -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Rule:
+    """What a key allows; `check` returns None when the value is fine, else what is allowed."""
+
+    doc: str
+    check: Callable[[Any], str | None] = attrs.field(default=lambda _v: None)
+
+
+def _num(
+    *, gt: float | None = None, ge: float | None = None, le: float | None = None
+) -> Callable[[Any], str | None]:
+    parts = []
+    if gt is not None:
+        parts.append(f"> {gt:g}")
+    if ge is not None:
+        parts.append(f">= {ge:g}")
+    if le is not None:
+        parts.append(f"<= {le:g}")
+    allowed = "a number " + " and ".join(parts) if parts else "a finite number"
+
+    def check(v: Any) -> str | None:
+        if isinstance(v, float) and not math.isfinite(v):
+            return allowed
+        if (gt is not None and v <= gt) or (ge is not None and v < ge) or (le is not None and v > le):
+            return allowed
+        return None
+
+    return check
+
+
+def _choice(*choices: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in choices else "one of " + ", ".join(repr(c) for c in choices)
+
+    return check
+
+
+def _pattern(regex: str, allowed: str) -> Callable[[Any], str | None]:
+    compiled = re.compile(regex)
+
+    def check(v: Any) -> str | None:
+        return None if compiled.fullmatch(v) else allowed
+
+    return check
+
+
+def _interval(v: Any) -> str | None:
+    try:
+        interval_seconds(v)
+    except ValueError:
+        return "an interval such as '5s', '1m', '15m', '1h'"
+    return None
+
+
+def _nonempty(v: Any) -> str | None:
+    return None if v.strip() else "a non-empty string"
+
+
+def key(default: Any, doc: str, check: Callable[[Any], str | None] | None = None) -> Any:
+    """An attrs field with its documentation and constraint in the metadata."""
+    rule = Rule(doc=doc, check=check) if check else Rule(doc=doc)
+    return attrs.field(default=default, metadata={"rule": rule})
+
+
+# --- the schema ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SessionConfig:
+    duration_min: float = key(
+        10.0, "session length in minutes; the session stops by itself", _num(gt=0, le=1440)
+    )
+    symbol: str = key("BTCUSDT", "perpetual contract traded", _pattern(r"[A-Z0-9]{2,20}", "2-20 of A-Z, 0-9"))
+    interval: str = key(
+        "1m", "candle interval: 1m, 5m, ... (the mock source also takes seconds, e.g. 5s)", _interval
+    )
+    run_dir: str = key("runs", "folder that receives one run folder per session", _nonempty)
+    kill_switch: str = key("kill.txt", "a file at this path stops the session at once, flat", _nonempty)
+    seed: int = key(
+        42, "seed of the session's one random generator (mock prices, latency jitter)", _num(ge=0)
+    )
+    flatten_timeout_s: float = key(
+        10.0, "time allowed to flatten and write the report at exit", _num(gt=0, le=120)
+    )
+
+
+@attrs.frozen
+class FeedConfig:
+    source: str = key(
+        "mock",
+        "market data: 'bitunix' (live WebSocket + REST) or 'mock' (seeded random walk)",
+        _choice("bitunix", "mock"),
+    )
+    fallback: str = key(
+        "mock",
+        "if no live data arrives within connect_timeout_s: 'mock' (loudly) or 'none' (keep retrying)",
+        _choice("mock", "none"),
+    )
+    ws_url: str = key(
+        "wss://fapi.bitunix.com/public/",
+        "Bitunix public WebSocket URL",
+        _pattern(r"wss?://\S+", "a ws:// or wss:// URL"),
+    )
+    rest_url: str = key(
+        "https://fapi.bitunix.com",
+        "Bitunix REST base URL",
+        _pattern(r"https?://\S+", "an http:// or https:// URL"),
+    )
+    connect_timeout_s: float = key(
+        15.0, "seconds to wait for the first live data at start", _num(gt=0, le=600)
+    )
+    ping_interval_s: float = key(
+        15.0,
+        "seconds between the exchange's JSON pings (server drops idle sockets at ~60 s)",
+        _num(gt=0, le=50),
+    )
+    stale_after_s: float = key(
+        10.0, "no data frame for this long marks data stale and forces a reconnect", _num(gt=0, le=600)
+    )
+    backoff_initial_s: float = key(
+        0.5, "first reconnect delay (exponential backoff, full jitter)", _num(gt=0, le=60)
+    )
+    backoff_max_s: float = key(30.0, "largest reconnect delay", _num(gt=0, le=600))
+    failover_after_s: float = key(
+        5.0,
+        "WebSocket down this long: poll REST for candles and prices until it recovers",
+        _num(gt=0, le=600),
+    )
+    rest_rate_limit: float = key(
+        8.0, "REST requests per second at most (the exchange allows 10)", _num(gt=0, le=10)
+    )
+    rest_timeout_s: float = key(5.0, "timeout of one REST request", _num(gt=0, le=60))
+    max_jump_pct: float = key(
+        5.0,
+        "a price moving more than this percent within a second is rejected as bad data",
+        _num(gt=0, le=100),
+    )
+    tick_interval_s: float = key(0.5, "mock source: seconds between best bid/ask ticks", _num(gt=0, le=60))
+    mock_start_price: float = key(60000.0, "mock source: first price in USDT", _num(gt=0))
+    mock_volatility_pct: float = key(
+        60.0, "mock source: annualised volatility of the random walk, percent", _num(gt=0, le=1000)
+    )
+    mock_spread_ticks: int = key(1, "mock source: bid/ask spread in ticks of 0.1 USDT", _num(ge=1, le=1000))
+
+
+@attrs.frozen
+class BrokerConfig:
+    starting_equity: float = key(10000.0, "paper account equity at start, USDT", _num(gt=0))
+    taker_fee_bps: float = key(
+        6.0, "taker fee in basis points of notional (Bitunix base tier 6)", _num(ge=0, le=100)
+    )
+    maker_fee_bps: float = key(
+        2.0, "maker fee in basis points of notional (Bitunix base tier 2)", _num(ge=0, le=100)
+    )
+    leverage: float = key(2.0, "leverage of the isolated-margin position", _num(ge=1, le=125))
+    latency_ms: float = key(
+        150.0, "time from sending an order to it reaching the market, ms", _num(ge=0, le=60000)
+    )
+    latency_jitter_ms: float = key(50.0, "seeded random extra latency, 0..this, ms", _num(ge=0, le=60000))
+    slippage_bps: float = key(
+        2.0, "extra cost beyond the touch when book depth is unknown, basis points", _num(ge=0, le=1000)
+    )
+    limit_fill_on_touch: bool = key(False, "fill limit orders when the price only touches them (optimistic)")
+    backtest_fill: str = key(
+        "next_open",
+        "backtests: fill market orders at the next candle's open (honest) or the signal candle's close",
+        _choice("next_open", "close"),
+    )
+
+
+@attrs.frozen
+class RiskConfig:
+    max_position_size: float = key(0.01, "largest absolute position allowed, BTC", _num(gt=0))
+    max_orders_per_minute: int = key(6, "orders allowed in any 60 s window (sliding)", _num(ge=1, le=600))
+    max_notional: float = key(1000.0, "largest absolute position value allowed, USDT", _num(gt=0))
+    max_leverage: float = key(2.0, "largest position notional / equity allowed", _num(gt=0, le=125))
+    risk_per_trade_pct: float = key(
+        0.5, "equity risked per trade, percent; sizes entries from the stop distance", _num(gt=0, le=100)
+    )
+    max_loss_pct: float = key(
+        2.0,
+        "session loss from starting equity, percent, that flattens and stops the session",
+        _num(gt=0, le=100),
+    )
+    max_daily_drawdown_pct: float = key(
+        3.0,
+        "drawdown from the UTC day's starting equity, percent, that trips the breaker",
+        _num(gt=0, le=100),
+    )
+    max_consecutive_losses: int = key(5, "losing trades in a row that trip the breaker (0: off)", _num(ge=0))
+    on_breaker: str = key(
+        "stop",
+        "when the breaker trips: 'stop' the session or 'halt' new entries for breaker_cooldown_min",
+        _choice("stop", "halt"),
+    )
+    breaker_cooldown_min: float = key(
+        30.0, "minutes new entries stay halted after a breaker trip (on_breaker = 'halt')", _num(gt=0)
+    )
+    max_trades: int = key(0, "closed trades after which the session stops (0: no limit)", _num(ge=0))
+    max_losses: int = key(0, "losing trades after which the session stops (0: no limit)", _num(ge=0))
+
+
+@attrs.frozen
+class StrategyConfig:
+    name: str = key(
+        "ema_cross", "strategy: 'ema_cross' (EMA fast/slow crossover on closed candles)", _choice("ema_cross")
+    )
+    fast_period: int = key(9, "fast EMA period, candles", _num(ge=1, le=1000))
+    slow_period: int = key(21, "slow EMA period, candles (must be > fast_period)", _num(ge=2, le=1000))
+    history: int = key(200, "closed candles kept in memory (bounded)", _num(ge=2, le=10000))
+    order_qty: float = key(0.001, "size of each entry, BTC", _num(gt=0))
+    stop_loss_pct: float = key(0.5, "protective stop distance from entry, percent", _num(gt=0, le=50))
+    take_profit_pct: float = key(
+        1.0, "take-profit distance from entry, percent (0: none)", _num(ge=0, le=100)
+    )
+
+
+@attrs.frozen
+class ObservabilityConfig:
+    heartbeat_s: float = key(1.0, "seconds between heartbeat events and metrics rows", _num(gt=0, le=3600))
+    progress: str = key(
+        "auto",
+        "live progress on stderr: auto (panel on a terminal, lines otherwise), plain, off",
+        _choice("auto", "plain", "off"),
+    )
+    log_level: str = key("INFO", "console log level", _choice("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@attrs.frozen
+class Config:
+    session: SessionConfig = attrs.field(factory=SessionConfig)
+    feed: FeedConfig = attrs.field(factory=FeedConfig)
+    broker: BrokerConfig = attrs.field(factory=BrokerConfig)
+    risk: RiskConfig = attrs.field(factory=RiskConfig)
+    strategy: StrategyConfig = attrs.field(factory=StrategyConfig)
+    observability: ObservabilityConfig = attrs.field(factory=ObservabilityConfig)
+
+    @property
+    def interval_s(self) -> int:
+        return interval_seconds(self.session.interval)
+
+
+SECTIONS: dict[str, type] = {
+    "session": SessionConfig,
+    "feed": FeedConfig,
+    "broker": BrokerConfig,
+    "risk": RiskConfig,
+    "strategy": StrategyConfig,
+    "observability": ObservabilityConfig,
+}
+for _cls in SECTIONS.values():
+    attrs.resolve_types(_cls)
+
+
+def section_fields(section: str) -> dict[str, attrs.Attribute]:  # type: ignore[type-arg]
+    return {f.name: f for f in attrs.fields(SECTIONS[section])}
+
+
+# --- typing values from each layer ----------------------------------------------------------------
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _type_name(t: Any) -> str:
+    return {float: "a number", int: "an integer", str: "a string", bool: "true or false"}[t]
+
+
+def _typed(value: Any, t: Any, from_text: bool) -> tuple[Any, str | None]:
+    """Convert `value` to the field type `t`; text (env, flags) is parsed, TOML values must match."""
+    if from_text:
+        text = str(value).strip()
+        try:
+            if t is bool:
+                if text.lower() in _TRUE:
+                    return True, None
+                if text.lower() in _FALSE:
+                    return False, None
+                raise ValueError
+            if t is int:
+                return int(text), None
+            if t is float:
+                return float(text), None
+            return str(value), None
+        except ValueError:
+            return None, _type_name(t)
+    if t is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value), None
+    if t is int and isinstance(value, int) and not isinstance(value, bool):
+        return value, None
+    if t in (str, bool) and type(value) is t:
+        return value, None
+    return None, _type_name(t)
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+# --- layers -----------------------------------------------------------------------------------------
+
+Layer = dict[tuple[str, str], tuple[Any, str, bool]]  # (section, key) -> (raw value, source, is_text)
+
+
+def _put(layer: Layer, problems: list[str], dotted: str, value: Any, source: str, is_text: bool) -> None:
+    section, _, name = dotted.partition(".")
+    if section not in SECTIONS:
+        problems.append(
+            f"{dotted}: unknown section {section!r} (from {source}); allowed sections: {', '.join(SECTIONS)}"
+        )
+        return
+    fields = section_fields(section)
+    if name not in fields:
+        problems.append(
+            f"{dotted}: unknown key (from {source}); allowed keys in [{section}]: {', '.join(fields)}"
+        )
+        return
+    layer[(section, name)] = (value, source, is_text)
+
+
+def file_layer(path: Path, problems: list[str]) -> Layer:
+    layer: Layer = {}
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        problems.append(f"--config: file not found: {path}")
+        return layer
+    except IsADirectoryError:
+        problems.append(f"--config: {path} is a directory, not a TOML file")
+        return layer
+    except OSError as exc:
+        problems.append(f"--config: cannot read {path}: {exc.strerror}")
+        return layer
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"--config: {path} is not valid TOML: {exc}")
+        return layer
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            problems.append(f"{section}: expected a [{section}] table (from {path}), got {_show(table)}")
+            continue
+        for name, value in table.items():
+            _put(layer, problems, f"{section}.{name}", value, str(path), is_text=False)
+    return layer
+
+
+def env_layer(env: Mapping[str, str], problems: list[str]) -> Layer:
+    layer: Layer = {}
+    for var, value in sorted(env.items()):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        parts = var[len(ENV_PREFIX) :].split("__")
+        if len(parts) != 2 or not all(parts):
+            problems.append(f"{var}: expected {ENV_PREFIX}SECTION__KEY")
+            continue
+        _put(layer, problems, f"{parts[0].lower()}.{parts[1].lower()}", value, var, is_text=True)
+    return layer
+
+
+def sets_layer(assignments: Iterable[str], problems: list[str]) -> Layer:
+    layer: Layer = {}
+    for item in assignments:
+        dotted, eq, value = item.partition("=")
+        if not eq or dotted.count(".") != 1:
+            problems.append(
+                f"--set {item}: expected SECTION.KEY=VALUE, e.g. --set risk.max_orders_per_minute=4"
+            )
+            continue
+        _put(layer, problems, dotted.strip(), value, "--set", is_text=True)
+    return layer
+
+
+def flags_layer(flags: Mapping[str, tuple[Any, str]]) -> Layer:
+    """Named CLI flags: `{"session.duration_min": (value, "--duration")}`, values already parsed."""
+    problems: list[str] = []
+    layer: Layer = {}
+    for dotted, (value, flag) in flags.items():
+        _put(layer, problems, dotted, value, flag, is_text=isinstance(value, str))
+    assert not problems, problems  # flag names are fixed in code
+    return layer
+
+
+def build(layers: Iterable[Layer], problems: list[str] | None = None) -> Config:
+    """Merge layers (later wins), type and check every key; raise ConfigError listing all problems."""
+    problems = list(problems or [])
+    merged: Layer = {}
+    for layer in layers:
+        merged.update(layer)
+    sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for (section, name), (raw, source, is_text) in sorted(merged.items()):
+        field = section_fields(section)[name]
+        value, expected = _typed(raw, field.type, is_text)
+        if expected is not None:
+            problems.append(
+                f"{section}.{name}: {_show(raw)} is not allowed (from {source}); expected {expected}"
+            )
+            continue
+        allowed = field.metadata["rule"].check(value)
+        if allowed is not None:
+            problems.append(
+                f"{section}.{name}: {_show(value)} is not allowed (from {source}); expected {allowed}"
+            )
+            continue
+        sections[section][name] = value
+    if problems:
+        raise ConfigError(problems)
+    config = Config(**{name: SECTIONS[name](**values) for name, values in sections.items()})
+    cross = cross_checks(config)
+    if cross:
+        raise ConfigError(cross)
+    return config
+
+
+def cross_checks(config: Config) -> list[str]:
+    """Rules that involve more than one key."""
+    problems = []
+    s = config.strategy
+    if s.fast_period >= s.slow_period:
+        problems.append(
+            f"strategy.fast_period: {s.fast_period} is not allowed; expected less than "
+            f"strategy.slow_period ({s.slow_period})"
+        )
+    if s.slow_period > s.history:
+        problems.append(
+            f"strategy.history: {s.history} is not allowed; expected at least strategy.slow_period ({s.slow_period})"
+        )
+    return problems
+
+
+def load(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    sets: Iterable[str] = (),
+    flags: Mapping[str, tuple[Any, str]] | None = None,
+) -> Config:
+    """The effective config from every layer. Raises ConfigError."""
+    problems: list[str] = []
+    layers = []
+    if path is not None:
+        layers.append(file_layer(Path(path), problems))
+    layers.append(env_layer(env or {}, problems))
+    layers.append(sets_layer(sets, problems))
+    layers.append(flags_layer(flags or {}))
+    return build(layers, problems)
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+
+def to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    return attrs.asdict(config)
+
+
+def to_toml(config: Config) -> str:
+    return tomli_w.dumps(to_dict(config))
+
+
+def documented_toml(config: Config | None = None) -> str:
+    """The config as TOML with each key's documentation as a comment (config/default.toml's shape)."""
+    config = config or Config()
+    values = to_dict(config)
+    lines = [
+        "# btc-laptop-agents: every configuration key with its built-in default.",
+        "# Precedence: these defaults < --config FILE < LAPTOP_AGENTS__SECTION__KEY < CLI flags.",
+    ]
+    for section in SECTIONS:
+        lines += ["", f"[{section}]"]
+        for name, field in section_fields(section).items():
+            value = tomli_w.dumps({"v": values[section][name]}).strip()[len("v = ") :]
+            lines.append(f"# {field.metadata['rule'].doc}")
+            lines.append(f"{name} = {value}")
+    return "\n".join(lines) + "\n"

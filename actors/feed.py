@@ -1,0 +1,115 @@
+"""Feed actor: market data in, fanned out to every subscriber (strategy, broker).
+
+Here: the deterministic mock source, a seeded geometric random walk with realistic BTC volatility,
+best bid/ask/last ticks every `feed.tick_interval_s`, and closed candles assembled from the ticks by
+time bucket (a candle is emitted once, when the first tick of the next bucket arrives).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from contextlib import ExitStack
+
+import trio
+
+from actors.clock import SessionClock
+from actors.config import FeedConfig
+from protocols.messages import Candle, MarketEvent, Tick
+
+TICK_SIZE = 0.1
+SECONDS_PER_YEAR = 365.0 * 86400.0
+
+
+def round_tick(price: float) -> float:
+    return round(round(price / TICK_SIZE) * TICK_SIZE, 1)
+
+
+class RandomWalk:
+    """Pure price path: each `step(dt)` moves the mid by a lognormal return and returns a tick."""
+
+    def __init__(self, config: FeedConfig, rng: random.Random) -> None:
+        self.rng = rng
+        self.mid = config.mock_start_price
+        self.sigma_per_sqrt_s = config.mock_volatility_pct / 100.0 / math.sqrt(SECONDS_PER_YEAR)
+        self.spread = config.mock_spread_ticks * TICK_SIZE
+
+    def step(self, ts: float, dt: float) -> tuple[Tick, float]:
+        sigma = self.sigma_per_sqrt_s * math.sqrt(dt)
+        self.mid *= math.exp(self.rng.gauss(-0.5 * sigma * sigma, sigma))
+        bid = round_tick(self.mid - self.spread / 2)
+        ask = round(bid + self.spread, 1)
+        last = ask if self.rng.random() < 0.5 else bid
+        volume = round(self.rng.lognormvariate(-3.0, 1.0), 4)
+        return Tick(ts=ts, bid=bid, ask=ask, last=last), volume
+
+
+class CandleBuilder:
+    """Assembles candles by time bucket; `add` returns the candle it closed, if any."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.bucket: int | None = None
+        self.o = self.h = self.lo = self.c = 0.0
+        self.v = 0.0
+
+    def add(self, ts: float, price: float, volume: float) -> Candle | None:
+        bucket = math.floor(ts / self.interval_s)
+        closed = None
+        if self.bucket is not None and bucket < self.bucket:
+            return None  # late data never reopens a closed candle
+        if self.bucket is not None and bucket > self.bucket:
+            closed = Candle(
+                open_ts=self.bucket * self.interval_s,
+                interval_s=self.interval_s,
+                open=self.o,
+                high=self.h,
+                low=self.lo,
+                close=self.c,
+                volume=round(self.v, 8),
+            )
+            self.bucket = None
+        if self.bucket is None:
+            self.bucket = bucket
+            self.o = self.h = self.lo = self.c = price
+            self.v = volume
+        else:
+            self.h = max(self.h, price)
+            self.lo = min(self.lo, price)
+            self.c = price
+            self.v += volume
+        return closed
+
+
+async def fan_out(subscribers: Sequence[trio.MemorySendChannel[MarketEvent]], event: MarketEvent) -> None:
+    for tx in subscribers:
+        await tx.send(event)
+
+
+async def run_mock_feed(
+    config: FeedConfig,
+    interval_s: float,
+    clock: SessionClock,
+    rng: random.Random,
+    subscribers: Sequence[trio.MemorySendChannel[MarketEvent]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Actor: ticks on a fixed schedule (no drift), candles when their bucket ends."""
+    walk = RandomWalk(config, rng)
+    candles = CandleBuilder(interval_s)
+    dt = config.tick_interval_s
+    with ExitStack() as stack:
+        for tx in subscribers:
+            stack.enter_context(tx)
+        task_status.started()
+        next_ts = clock.now()
+        while True:
+            tick, volume = walk.step(next_ts, dt)
+            closed = candles.add(tick.ts, tick.last, volume)
+            await fan_out(subscribers, tick)
+            if closed is not None:
+                await fan_out(subscribers, closed)
+            next_ts += dt
+            await clock.sleep_until(next_ts)

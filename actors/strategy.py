@@ -1,0 +1,113 @@
+"""Strategy actor: closed candles -> order intents.
+
+The baseline is an EMA fast/slow crossover on candle closes (alpha = 2 / (n + 1), seeded with the
+first close). Its state is built once at start-up and updated incrementally; the candle history is
+bounded by `strategy.history`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+import trio
+
+from actors.config import StrategyConfig
+from protocols.messages import Candle, Event, MarketEvent, OrderIntent
+
+Cross = Literal["up", "down"]
+
+
+class EmaCross:
+    """Pure indicator state: feed closes, get a crossover signal or None."""
+
+    def __init__(self, fast: int, slow: int, history: int) -> None:
+        self.fast_alpha = 2.0 / (fast + 1)
+        self.slow_alpha = 2.0 / (slow + 1)
+        self.slow_period = slow
+        self.closes: deque[float] = deque(maxlen=history)
+        self.fast: float | None = None
+        self.slow: float | None = None
+        self.seen = 0
+        self.prev_diff: float | None = None
+
+    def update(self, close: float) -> Cross | None:
+        self.closes.append(close)
+        self.seen += 1
+        if self.fast is None or self.slow is None:
+            self.fast = self.slow = close
+        else:
+            self.fast += self.fast_alpha * (close - self.fast)
+            self.slow += self.slow_alpha * (close - self.slow)
+        if self.seen < self.slow_period:
+            return None
+        diff = self.fast - self.slow
+        prev, self.prev_diff = self.prev_diff, diff
+        if prev is None:
+            return None
+        if prev < 0.0 < diff:
+            return "up"
+        if prev > 0.0 > diff:
+            return "down"
+        return None
+
+
+class PositionView(Protocol):
+    @property
+    def position_qty(self) -> float: ...
+
+
+def intents_for(
+    cross: Cross, position: float, order_qty: float, price: float, ts: float
+) -> list[OrderIntent]:
+    """Always in the market: on a cross, close the opposite position, then enter the new side."""
+    side: Literal["buy", "sell"] = "buy" if cross == "up" else "sell"
+    opposite = position < 0 if side == "buy" else position > 0
+    intents = []
+    if opposite:
+        intents.append(
+            OrderIntent(ts, side, abs(position), price, reason=f"exit_on_cross_{cross}", reduce_only=True)
+        )
+    if opposite or abs(position) < 1e-12:
+        intents.append(OrderIntent(ts, side, order_qty, price, reason=f"entry_on_cross_{cross}"))
+    return intents
+
+
+async def run_strategy(
+    config: StrategyConfig,
+    view: PositionView,
+    market_rx: trio.MemoryReceiveChannel[MarketEvent],
+    intents_tx: trio.MemorySendChannel[OrderIntent],
+    events_tx: trio.MemorySendChannel[Event],
+    now: Callable[[], float],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Actor: one signal event and zero or more intents per crossover."""
+    ema = EmaCross(config.fast_period, config.slow_period, config.history)
+    with market_rx, intents_tx, events_tx:
+        task_status.started()
+        async for event in market_rx:
+            if not isinstance(event, Candle):
+                continue
+            cross = ema.update(event.close)
+            if cross is None:
+                continue
+            ts = now()
+            await events_tx.send(
+                Event(
+                    ts,
+                    "signal",
+                    {
+                        "strategy": config.name,
+                        "direction": cross,
+                        "price": event.close,
+                        "candle_open_ts": event.open_ts,
+                        "fast_ema": ema.fast,
+                        "slow_ema": ema.slow,
+                    },
+                )
+            )
+            for intent in intents_for(cross, view.position_qty, config.order_qty, event.close, ts):
+                await intents_tx.send(intent)

@@ -1,0 +1,31 @@
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s session -- --duration 1`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def session(s: nox.Session) -> None:
+    """Run one paper-trading session on config/live.toml; extra args go to the CLI."""
+    s.install("-e", ".")
+    s.run("python", "-m", "actors.main", "--config", "config/live.toml", *s.posargs)
+
+
+@nox.session
+def tests(s: nox.Session) -> None:
+    """The test suite (pytest-trio); pass `-- -k name` to select."""
+    s.install("-e", ".[test]")
+    s.run("pytest", "-q", *s.posargs)
+
+
+@nox.session
+def lint(s: nox.Session) -> None:
+    """ruff (with the ASYNC rules) and mypy."""
+    s.install("-e", ".[test,lint]")
+    s.run("ruff", "check", ".")
+    s.run("ruff", "format", "--check", ".")
+    s.run("mypy")

@@ -1,0 +1,176 @@
+"""The on-disk formats: event lines, metrics rows and the final report derived from the events.
+
+`ReportBuilder` folds events one at a time, so the recorder derives the final report from exactly
+what it wrote to `events.jsonl`, and a validator can fold the file again and compare.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from protocols.messages import Event
+
+METRIC_FIELDS = (
+    "ts",
+    "elapsed_s",
+    "price",
+    "equity",
+    "realized_pnl",
+    "unrealized_pnl",
+    "fees_paid",
+    "position_qty",
+    "drawdown_pct",
+)
+
+REPORT_FIELDS = (
+    "run_id",
+    "status",
+    "stop_reason",
+    "started_at",
+    "ended_at",
+    "planned_duration_s",
+    "elapsed_s",
+    "symbol",
+    "interval",
+    "data_source",
+    "seed",
+    "starting_equity",
+    "ending_equity",
+    "realized_pnl",
+    "unrealized_pnl",
+    "fees_paid",
+    "net_pnl",
+    "return_pct",
+    "max_drawdown_pct",
+    "trade_count",
+    "wins",
+    "losses",
+    "fills",
+    "orders_submitted",
+    "orders_rejected",
+    "errors",
+    "error_messages",
+    "open_positions",
+    "config",
+    "version",
+)
+
+MONEY_DP = 6
+
+
+def iso(ts: float) -> str:
+    """ISO-8601 UTC with milliseconds, e.g. `2026-11-24T02:21:50.123Z`."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as null rather than produce an unreadable file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def event_record(seq: int, event: Event) -> dict[str, Any]:
+    """One line of events.jsonl as a dict: `seq`, `ts` (ISO-8601 UTC), `kind`, then the fields."""
+    return {"seq": seq, "ts": iso(event.ts), "kind": event.kind, **_clean(event.fields)}
+
+
+def dumps_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"), allow_nan=False)
+
+
+class ReportBuilder:
+    """Folds event records (dicts as written to events.jsonl) into the final report."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, Any] = {}
+        self.stopped: dict[str, Any] = {}
+        self.realized_pnl = 0.0
+        self.fees_paid = 0.0
+        self.fills = 0
+        self.trade_count = 0
+        self.wins = 0
+        self.losses = 0
+        self.orders_submitted = 0
+        self.orders_rejected: Counter[str] = Counter()
+        self.errors = 0
+        self.error_messages: list[str] = []
+        self.max_drawdown_pct = 0.0
+
+    def add(self, record: dict[str, Any]) -> None:
+        kind = record["kind"]
+        if kind == "order.filled":
+            self.fills += 1
+            self.fees_paid += record["fee"]
+            self.realized_pnl += record["realized_pnl"]
+        elif kind == "position.closed":
+            self.trade_count += 1
+            if record["net_pnl"] > 0:
+                self.wins += 1
+            elif record["net_pnl"] < 0:
+                self.losses += 1
+        elif kind == "order.submitted":
+            self.orders_submitted += 1
+        elif kind == "order.rejected":
+            self.orders_rejected[record["reason"]] += 1
+        elif kind == "error":
+            self.errors += 1
+            if len(self.error_messages) < 20:
+                self.error_messages.append(record.get("message", ""))
+        elif kind == "heartbeat":
+            self.max_drawdown_pct = max(self.max_drawdown_pct, record["drawdown_pct"] or 0.0)
+        elif kind == "session.started":
+            self.started = record
+        elif kind == "session.stopped":
+            self.stopped = record
+            self.max_drawdown_pct = max(self.max_drawdown_pct, record.get("max_drawdown_pct") or 0.0)
+
+    def report(self) -> dict[str, Any]:
+        s, e = self.started, self.stopped
+        starting = s["starting_equity"]
+        unrealized = e.get("unrealized_pnl", 0.0)
+        ending = starting + self.realized_pnl - self.fees_paid + unrealized
+        net = ending - starting
+        r = MONEY_DP
+        report = {
+            "run_id": s["run_id"],
+            "status": e.get("status", "error"),
+            "stop_reason": e.get("stop_reason", "error"),
+            "started_at": s["ts"],
+            "ended_at": e.get("ts"),
+            "planned_duration_s": s["planned_duration_s"],
+            "elapsed_s": e.get("elapsed_s"),
+            "symbol": s["symbol"],
+            "interval": s["interval"],
+            "data_source": e.get("data_source", s["data_source"]),
+            "seed": s["seed"],
+            "starting_equity": starting,
+            "ending_equity": round(ending, r),
+            "realized_pnl": round(self.realized_pnl, r),
+            "unrealized_pnl": round(unrealized, r),
+            "fees_paid": round(self.fees_paid, r),
+            "net_pnl": round(net, r),
+            "return_pct": round(net / starting * 100, r),
+            "max_drawdown_pct": round(self.max_drawdown_pct, 4),
+            "trade_count": self.trade_count,
+            "wins": self.wins,
+            "losses": self.losses,
+            "fills": self.fills,
+            "orders_submitted": self.orders_submitted,
+            "orders_rejected": dict(sorted(self.orders_rejected.items())),
+            "errors": self.errors,
+            "error_messages": self.error_messages,
+            "open_positions": e.get("open_positions", []),
+            "config": s["config"],
+            "version": s["version"],
+        }
+        assert tuple(report) == REPORT_FIELDS
+        return report
