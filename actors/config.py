@@ -299,7 +299,7 @@ for _cls in SECTIONS.values():
     attrs.resolve_types(_cls)
 
 
-def section_fields(section: str) -> dict[str, attrs.Attribute]:  # type: ignore[type-arg]
+def section_fields(section: str) -> dict[str, attrs.Attribute]:
     return {f.name: f for f in attrs.fields(SECTIONS[section])}
 
 
@@ -469,7 +469,8 @@ def cross_checks(config: Config) -> list[str]:
         )
     if s.slow_period > s.history:
         problems.append(
-            f"strategy.history: {s.history} is not allowed; expected at least strategy.slow_period ({s.slow_period})"
+            f"strategy.history: {s.history} is not allowed; "
+            f"expected at least strategy.slow_period ({s.slow_period})"
         )
     return problems
 

@@ -46,22 +46,28 @@ class RandomWalk:
 
 
 class CandleBuilder:
-    """Assembles candles by time bucket; `add` returns the candle it closed, if any."""
+    """Assembles candles by time bucket; `add` returns the candle it closed, if any.
 
-    def __init__(self, interval_s: float) -> None:
+    Buckets are `[origin + k * interval_s, origin + (k + 1) * interval_s)`: origin 0 gives the
+    exchange's wall-aligned candles; the mock source uses its start time, so that the same seed gives
+    the same candles whenever the session starts.
+    """
+
+    def __init__(self, interval_s: float, origin: float = 0.0) -> None:
         self.interval_s = interval_s
+        self.origin = origin
         self.bucket: int | None = None
         self.o = self.h = self.lo = self.c = 0.0
         self.v = 0.0
 
     def add(self, ts: float, price: float, volume: float) -> Candle | None:
-        bucket = math.floor(ts / self.interval_s)
+        bucket = math.floor((ts - self.origin) / self.interval_s)
         closed = None
         if self.bucket is not None and bucket < self.bucket:
             return None  # late data never reopens a closed candle
         if self.bucket is not None and bucket > self.bucket:
             closed = Candle(
-                open_ts=self.bucket * self.interval_s,
+                open_ts=self.origin + self.bucket * self.interval_s,
                 interval_s=self.interval_s,
                 open=self.o,
                 high=self.h,
@@ -98,13 +104,13 @@ async def run_mock_feed(
 ) -> None:
     """Actor: ticks on a fixed schedule (no drift), candles when their bucket ends."""
     walk = RandomWalk(config, rng)
-    candles = CandleBuilder(interval_s)
     dt = config.tick_interval_s
     with ExitStack() as stack:
         for tx in subscribers:
             stack.enter_context(tx)
         task_status.started()
         next_ts = clock.now()
+        candles = CandleBuilder(interval_s, origin=next_ts)
         while True:
             tick, volume = walk.step(next_ts, dt)
             closed = candles.add(tick.ts, tick.last, volume)

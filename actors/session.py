@@ -31,7 +31,7 @@ from actors.progress import Progress
 from actors.recorder import Recorder, create_run_folder, run_recorder
 from actors.risk import RiskGate, run_risk
 from actors.strategy import run_strategy
-from actors.watchdog import Stopper, run_watchdog
+from actors.watchdog import Stopper, heartbeat_fields, run_watchdog
 from protocols.messages import Event, MarketEvent, Order, OrderIntent
 
 # The recorder's inbox is the one buffered channel: a burst of events (a fill, a position close,
@@ -214,6 +214,8 @@ async def _flatten_and_stop(
             for event in account.execute_market(order, ts):
                 await events_tx.send(event)
         ended = clock.now()
+        # a last metrics row with the flat, final account
+        await events_tx.send(Event(ended, "heartbeat", heartbeat_fields(account, ended - started_ts)))
         await events_tx.send(
             Event(
                 ended,

@@ -12,7 +12,7 @@ import attrs
 Side = Literal["buy", "sell"]
 
 
-def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:  # type: ignore[type-arg]
+def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
     if not value > 0:
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
 

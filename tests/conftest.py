@@ -1,0 +1,70 @@
+"""Shared test helpers: configs built through the real loader, and run-folder readers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.config import Config, load
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+# A config that trades often: short candles, fast EMAs, generous order limits.
+TRADES_OFTEN = [
+    "session.interval=2s",
+    "strategy.fast_period=2",
+    "strategy.slow_period=5",
+    "risk.max_orders_per_minute=100",
+    "feed.mock_volatility_pct=150",
+]
+
+
+def make_config(tmp_path: Path, *sets: str, duration_min: float = 1.0) -> Config:
+    return load(
+        None,
+        {},
+        [f"session.run_dir={tmp_path / 'runs'}", f"session.kill_switch={tmp_path / 'kill.txt'}", *sets],
+        {"session.duration_min": (duration_min, "--duration")},
+    )
+
+
+def read_events(run_path: Path) -> list[dict[str, Any]]:
+    with (run_path / "events.jsonl").open() as f:
+        return [json.loads(line) for line in f]
+
+
+def read_report(run_path: Path) -> dict[str, Any]:
+    return json.loads((run_path / "final_report.json").read_text())
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAPTOP_AGENTS__")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "actors.main", *args],
+        cwd=cwd,
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    data = SHARED / "data"
+    if not data.is_dir():
+        pytest.skip(f"real market data not found at {data} (../shared beside the repo)")
+    return data

@@ -1,0 +1,106 @@
+"""Real session processes through the CLI: duration, kill switch, SIGTERM, SIGINT, exit codes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from protocols.records import REPORT_FIELDS
+from tests.conftest import REPO, TRADES_OFTEN, cli_env, read_events
+
+
+def _start(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    sets = [a for s in TRADES_OFTEN for a in ("--set", s)]
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "actors.main",
+            "--config",
+            str(REPO / "config" / "live.toml"),
+            "--source",
+            "mock",
+            "--run-dir",
+            str(tmp_path / "runs"),
+            *sets,
+            *args,
+        ],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _report(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "runs" / "latest" / "final_report.json").read_text())
+
+
+def _stopped_at(tmp_path: Path) -> float:
+    """Wall time of the session.stopped event (the stop, flatten and report are done by then)."""
+    stopped = next(e for e in read_events(tmp_path / "runs" / "latest") if e["kind"] == "session.stopped")
+    return datetime.fromisoformat(stopped["ts"].replace("Z", "+00:00")).timestamp()
+
+
+def _wait_started(tmp_path: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    events = tmp_path / "runs" / "latest" / "events.jsonl"
+    while time.monotonic() < deadline:
+        if events.exists() and "heartbeat" in events.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError("session did not start")
+
+
+@pytest.mark.slow
+def test_one_minute_session_stops_by_itself(tmp_path: Path) -> None:
+    proc = _start(tmp_path, "--duration", "1")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    report = _report(tmp_path)
+    assert report["stop_reason"] == "duration"
+    assert 60.0 <= report["elapsed_s"] <= 61.0
+    assert report["open_positions"] == []
+    assert set(REPORT_FIELDS) <= set(report)
+    events = read_events(tmp_path / "runs" / "latest")
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    rows = (tmp_path / "runs" / "latest" / "metrics.csv").read_text().splitlines()[1:]
+    assert len(rows) == sum(e["kind"] == "heartbeat" for e in events) >= 60
+    assert "elapsed" in err  # live progress on stderr
+
+
+def test_kill_switch_file_stops_within_a_second(tmp_path: Path) -> None:
+    proc = _start(tmp_path, "--duration", "5")
+    _wait_started(tmp_path)
+    touched = time.time()
+    (tmp_path / "kill.txt").touch()
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    report = _report(tmp_path)
+    assert report["stop_reason"] == "kill_switch"
+    assert report["open_positions"] == []
+    assert _stopped_at(tmp_path) - touched < 1.0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_flat(tmp_path: Path, signum: signal.Signals) -> None:
+    proc = _start(tmp_path, "--duration", "5")
+    _wait_started(tmp_path)
+    sent = time.time()
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=30)
+    assert _stopped_at(tmp_path) - sent < 1.0
+    assert proc.returncode == 0, err
+    report = _report(tmp_path)
+    assert report["stop_reason"] == "signal"
+    assert report["status"] == "ok"
+    assert report["open_positions"] == []
+    assert "Traceback" not in err

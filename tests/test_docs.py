@@ -1,0 +1,40 @@
+"""The README documents every CLI flag, environment variable and config key the code has."""
+
+from __future__ import annotations
+
+import re
+
+from actors.config import ENV_PREFIX, Config, to_dict
+from actors.main import build_parser
+from tests.conftest import REPO
+
+README = (REPO / "README.md").read_text()
+
+
+def test_every_cli_flag_is_documented() -> None:
+    parser = build_parser()
+    flags = {opt for action in parser._actions for opt in action.option_strings}
+    table_rows = [line for line in README.splitlines() if line.startswith("| `-")]
+    documented = {flag for row in table_rows for flag in re.findall(r"`(--?[a-z][a-z-]*)", row.split("|")[1])}
+    assert flags == documented, (
+        f"undocumented: {sorted(flags - documented)}, stale: {sorted(documented - flags)}"
+    )
+
+
+def test_environment_variables_are_documented() -> None:
+    assert f"{ENV_PREFIX}SECTION__KEY" in README
+    source = "\n".join(p.read_text() for p in (REPO / "actors").glob("*.py"))
+    used = set(re.findall(r"os\.environ(?:\.get)?\[?\(?[\"']([A-Z_]+)", source))
+    assert all(var in README for var in used), used
+
+
+def test_every_config_key_is_documented() -> None:
+    for section, keys in to_dict(Config()).items():
+        for key in keys:
+            assert f"`{section}.{key}`" in README, f"{section}.{key} missing from README"
+
+
+def test_readme_quick_start_has_the_two_commands() -> None:
+    assert "nox -s session" in README
+    assert "nox -s tests" in README
+    assert "nox -s tests" in (REPO / ".ci" / "run").read_text()

@@ -1,0 +1,130 @@
+"""Whole sessions on the mock feed under trio's autojump clock: minutes of session time in ms."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from actors.session import run_session
+from protocols.records import METRIC_FIELDS, REPORT_FIELDS
+from tests.conftest import TRADES_OFTEN, make_config, read_events, read_report
+
+
+async def test_ten_minute_session_runs_in_seconds(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    config = make_config(tmp_path, duration_min=10)
+    wall = time.perf_counter()
+    t0 = trio.current_time()
+    result = await run_session(config, handle_signals=False, progress_mode="off")
+    assert time.perf_counter() - wall < 5.0
+    assert trio.current_time() - t0 == pytest.approx(600.0, abs=0.01)
+    report = read_report(result.run_path)
+    assert report["status"] == "ok"
+    assert report["stop_reason"] == "duration"
+    assert report["elapsed_s"] == pytest.approx(600.0, abs=0.01)
+    assert report["open_positions"] == []
+    assert set(REPORT_FIELDS) <= set(report)
+
+
+async def test_run_folder_contract(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    config = make_config(tmp_path, duration_min=1)
+    result = await run_session(config, handle_signals=False, progress_mode="off")
+    assert (tmp_path / "runs" / "latest").resolve() == result.run_path.resolve()
+    events = read_events(result.run_path)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[0]["kind"] == "session.started"
+    assert events[-1]["kind"] == "session.stopped"
+    assert all(e["ts"].endswith("Z") and "T" in e["ts"] for e in events)
+    heartbeats = [e for e in events if e["kind"] == "heartbeat"]
+    assert len(heartbeats) == 60
+    csv_lines = (result.run_path / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].split(",") == list(METRIC_FIELDS)
+    assert len(csv_lines) - 1 == len(heartbeats)
+    import json
+
+    metrics = json.loads((result.run_path / "metrics.json").read_text())
+    assert len(metrics["rows"]) == len(heartbeats)
+    assert metrics["rows"][-1]["equity"] == heartbeats[-1]["equity"]
+
+
+async def test_trading_session_reconciles_to_the_cent(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    config = make_config(tmp_path, *TRADES_OFTEN, duration_min=10)
+    result = await run_session(config, handle_signals=False, progress_mode="off")
+    report = read_report(result.run_path)
+    events = read_events(result.run_path)
+    fills = [e for e in events if e["kind"] == "order.filled"]
+    closed = [e for e in events if e["kind"] == "position.closed"]
+    assert len(fills) >= 4 and len(closed) >= 2
+    assert report["fees_paid"] > 0
+    assert report["open_positions"] == []
+    net = report["net_pnl"]
+    assert abs(net - (report["ending_equity"] - report["starting_equity"])) < 0.005
+    assert abs(net - (report["realized_pnl"] - report["fees_paid"] + report["unrealized_pnl"])) < 0.005
+    assert abs(report["fees_paid"] - sum(f["fee"] for f in fills)) < 0.005
+    assert report["trade_count"] == len(closed)
+    assert report["wins"] + report["losses"] <= report["trade_count"]
+    for f in fills:  # never a price the market did not offer; requested price beside the fill
+        assert f["fill_price"] == (f["ask"] if f["side"] == "buy" else f["bid"])
+        assert "requested_price" in f and f["fee"] > 0
+    assert sum(f["qty"] if f["side"] == "buy" else -f["qty"] for f in fills) == pytest.approx(0.0, abs=1e-9)
+
+
+async def test_same_seed_same_result(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    a = await run_session(
+        make_config(tmp_path / "a", *TRADES_OFTEN, duration_min=3), handle_signals=False, progress_mode="off"
+    )
+    b = await run_session(
+        make_config(tmp_path / "b", *TRADES_OFTEN, duration_min=3), handle_signals=False, progress_mode="off"
+    )
+    ra, rb = read_report(a.run_path), read_report(b.run_path)
+    for key in ("net_pnl", "fees_paid", "trade_count", "fills", "realized_pnl"):
+        assert ra[key] == rb[key], key
+
+
+async def test_kill_switch_stops_within_a_second_flat(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    config = make_config(tmp_path, *TRADES_OFTEN, duration_min=10)
+    kill = Path(config.session.kill_switch)
+    result_box = []
+
+    async def touch_later() -> None:
+        await trio.sleep(100)
+        kill.touch()  # noqa: ASYNC240 (a thread would let the autojump clock run ahead)
+
+    t0 = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(touch_later)
+        result_box.append(await run_session(config, handle_signals=False, progress_mode="off"))
+    report = read_report(result_box[0].run_path)
+    assert report["stop_reason"] == "kill_switch"
+    assert 100 <= trio.current_time() - t0 <= 101
+    assert report["open_positions"] == []
+
+
+async def test_actor_failure_ends_in_error_with_report(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from actors import strategy
+
+    calls = 0
+    real_update = strategy.EmaCross.update
+
+    def exploding_update(self: strategy.EmaCross, close: float) -> strategy.Cross | None:
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            raise RuntimeError("strategy bug")
+        return real_update(self, close)
+
+    monkeypatch.setattr(strategy.EmaCross, "update", exploding_update)
+    result = await run_session(
+        make_config(tmp_path, *TRADES_OFTEN, duration_min=2), handle_signals=False, progress_mode="off"
+    )
+    report = read_report(result.run_path)
+    assert result.exit_code == 1
+    assert report["status"] == "error"
+    assert report["stop_reason"] == "error"
+    assert report["errors"] >= 1
+    assert "strategy bug" in report["error_messages"][0]
+    assert report["open_positions"] == []
