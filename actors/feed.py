@@ -109,8 +109,13 @@ async def run_mock_feed(
         for tx in subscribers:
             stack.enter_context(tx)
         task_status.started()
-        next_ts = clock.now()
-        candles = CandleBuilder(interval_s, origin=next_ts)
+        start = clock.now()
+        candles = CandleBuilder(interval_s, origin=start)
+        # ticks fall half a period off the session's whole-period marks, so a tick never shares an
+        # instant with the duration deadline or a heartbeat, whose relative order would be up to the
+        # scheduler: the same seed then always gives the same fills
+        next_ts = start + dt / 2
+        await clock.sleep_until(next_ts)
         while True:
             tick, volume = walk.step(next_ts, dt)
             closed = candles.add(tick.ts, tick.last, volume)
