@@ -5,7 +5,7 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
 
 - `events.jsonl`: every line JSON, `seq` 1, 2, 3, ... with no gap or repeat, starts with
   `session.started` and (when the session finished) ends with `session.stopped`;
-- every fill once (`fill_id`, or order id and fill number, never repeated);
+- every fill once (its `fill_id`, or order id, time, size and price, never repeated);
 - position, realized PnL, fees and funding recomputed from the fills alone (average-cost netting,
   independent of the broker's code) equal the final report, to the cent;
 - `net_pnl = ending_equity - starting_equity = realized_pnl - fees_paid - funding_paid + unrealized_pnl`;
@@ -81,15 +81,13 @@ def check_fills(events: list[dict[str, Any]], report: dict[str, Any] | None) -> 
     problems = []
     ledger = Ledger()
     seen: Counter[str] = Counter()
-    per_order: Counter[str] = Counter()
     funding = 0.0
     for e in events:
         if e["kind"] == "funding":
             funding += e.get("amount", 0.0)
         if e["kind"] != "order.filled":
             continue
-        per_order[e["order_id"]] += 1
-        fill_id = str(e.get("fill_id", f"{e['order_id']}#{per_order[e['order_id']]}"))
+        fill_id = str(e.get("fill_id") or f"{e['order_id']}@{e['ts']}:{e['qty']}@{e['fill_price']}")
         seen[fill_id] += 1
         if seen[fill_id] > 1:
             problems.append(f"fill {fill_id} recorded more than once (seq {e['seq']})")
