@@ -1,7 +1,8 @@
 """Recorder actor: the one writer of the run folder.
 
-It numbers events (`seq` 1, 2, 3, ... with no gaps) as it writes them to `events.jsonl`, writes a
-metrics row per heartbeat, and when every sender has closed its channel it writes `metrics.json` and
+It numbers events (`seq` 1, 2, 3, ... with no gaps) as it writes them to `events.jsonl`, writes
+every market event the session acted on, with its arrival time, to `market.jsonl` (for replay),
+writes a metrics row per heartbeat, and when every sender has closed its channel it writes `metrics.json` and
 `final_report.json`, the report derived from the events it wrote. Writes are buffered and flushed
 once a second (and at the end), so no actor waits on the disk.
 """
@@ -11,16 +12,74 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections import deque
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import trio
 from loguru import logger
 
 from protocols.messages import Event
-from protocols.records import METRIC_FIELDS, ReportBuilder, dumps_line, event_record
+from protocols.records import METRIC_FIELDS, ReportBuilder, dumps_line, event_record, market_record
 
 FLUSH_EVERY_S = 1.0
+# Events of this kind carry a market event (`fields["event"]`) to market.jsonl instead of events.jsonl.
+MARKET_KIND = "market"
+
+
+class EventSink:
+    """The recorder's inbox: every actor's way to record an event.
+
+    `send` appends and returns without a checkpoint, so an actor's state change and the events
+    describing it happen in one scheduler step: whenever the recorder runs, the actors' state
+    matches exactly the events it has been given, which is what makes its checkpoints consistent
+    with `events.jsonl`. It quacks like a trio send channel (`send`, `clone`, `with`), so actors
+    stay written as channel senders. It is unbounded on purpose: the recorder drains it on every
+    scheduler turn, and a stalled disk must not stall trading.
+    """
+
+    def __init__(self) -> None:
+        self._queue: deque[Event] = deque()
+        self._wakeup = trio.Event()
+        self._open = 1
+
+    async def send(self, event: Event) -> None:  # no checkpoint, by design
+        self.send_nowait(event)
+
+    def send_nowait(self, event: Event) -> None:
+        if self._open <= 0:
+            raise trio.ClosedResourceError("the recorder's inbox is closed")
+        self._queue.append(event)
+        self._wakeup.set()
+
+    def clone(self) -> EventSink:
+        self._open += 1
+        return self
+
+    def close(self) -> None:
+        self._open -= 1
+        self._wakeup.set()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._open <= 0
+
+    def drain(self) -> list[Event]:
+        batch = list(self._queue)
+        self._queue.clear()
+        return batch
+
+    async def wait(self) -> None:
+        """Until there is something to drain or every sender has closed."""
+        if not self._queue and not self.closed:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
 
 
 def create_run_folder(run_dir: Path, run_id: str) -> Path:
@@ -45,9 +104,13 @@ class Recorder:
         self._metrics_file: IO[str] = (path / "metrics.csv").open("w", encoding="utf-8", newline="")
         self._metrics_csv = csv.DictWriter(self._metrics_file, fieldnames=METRIC_FIELDS)
         self._metrics_csv.writeheader()
+        self._market: IO[str] = (path / "market.jsonl").open("a", encoding="utf-8")
         self._log_sink = logger.add(path / "session.log", level="DEBUG", enqueue=False, diagnose=False)
 
     def write(self, event: Event) -> None:
+        if event.kind == MARKET_KIND:
+            self._market.write(dumps_line(market_record(event.ts, event.fields["event"])) + "\n")
+            return
         self.seq += 1
         record = event_record(self.seq, event)
         self._events.write(dumps_line(record) + "\n")
@@ -59,11 +122,13 @@ class Recorder:
 
     def flush(self) -> None:
         self._events.flush()
+        self._market.flush()
         self._metrics_file.flush()
 
     def finish(self) -> dict[str, Any]:
         """Close the streams and write metrics.json and final_report.json."""
         self._events.close()
+        self._market.close()
         self._metrics_file.close()
         _write_json(self.path / "metrics.json", {"fields": list(METRIC_FIELDS), "rows": self.metrics})
         self.report = self.report_builder.report()
@@ -84,17 +149,20 @@ def _write_json(path: Path, data: Any) -> None:
 
 async def run_recorder(
     recorder: Recorder,
-    events_rx: trio.MemoryReceiveChannel[Event],
+    inbox: EventSink,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Actor: writes until every sender is closed, then finishes the run folder."""
     task_status.started()
     next_flush = trio.current_time() + FLUSH_EVERY_S
-    with events_rx:
-        async for event in events_rx:
+    while True:
+        await inbox.wait()
+        for event in inbox.drain():
             recorder.write(event)
-            if trio.current_time() >= next_flush:
-                recorder.flush()
-                next_flush = trio.current_time() + FLUSH_EVERY_S
+        if inbox.closed:
+            break
+        if trio.current_time() >= next_flush:
+            recorder.flush()
+            next_flush = trio.current_time() + FLUSH_EVERY_S
     recorder.finish()

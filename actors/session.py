@@ -28,15 +28,11 @@ from actors.clock import SessionClock
 from actors.config import Config, to_dict
 from actors.feed import run_mock_feed
 from actors.progress import Progress
-from actors.recorder import Recorder, create_run_folder, run_recorder
+from actors.recorder import EventSink, Recorder, create_run_folder, run_recorder
 from actors.risk import RiskGate, run_risk
 from actors.strategy import run_strategy
 from actors.watchdog import Stopper, heartbeat_fields, run_watchdog
-from protocols.messages import Event, MarketEvent, Order, OrderIntent
-
-# The recorder's inbox is the one buffered channel: a burst of events (a fill, a position close,
-# a heartbeat) must not make a trading actor wait for a disk write.
-RECORDER_BUFFER = 256
+from protocols.messages import Event, EventSender, MarketEvent, Order, OrderIntent
 
 
 @attrs.frozen
@@ -84,9 +80,9 @@ async def run_session(
         run_path,
     )
 
-    events_tx, events_rx = trio.open_memory_channel[Event](RECORDER_BUFFER)
+    events_tx = EventSink()
     async with trio.open_nursery() as root:
-        await root.start(run_recorder, recorder, events_rx)
+        await root.start(run_recorder, recorder, events_tx)
         with events_tx:
             await events_tx.send(
                 Event(
@@ -145,7 +141,7 @@ async def _run_actors(
     duration_s: float,
     account: PaperAccount,
     stopper: Stopper,
-    events_tx: trio.MemorySendChannel[Event],
+    events_tx: EventSender,
     progress: Progress,
     handle_signals: bool,
 ) -> None:
@@ -185,7 +181,7 @@ async def _flatten_and_stop(
     config: Config,
     clock: SessionClock,
     account: PaperAccount,
-    events_tx: trio.MemorySendChannel[Event],
+    events_tx: EventSender,
     started_ts: float,
     status: str,
     stopper: Stopper,

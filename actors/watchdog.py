@@ -17,7 +17,7 @@ from loguru import logger
 
 from actors.clock import SessionClock
 from actors.progress import Progress, status_line
-from protocols.messages import Event
+from protocols.messages import Event, EventSender
 
 KILL_SWITCH_POLL_S = 0.25
 PROGRESS_EVERY_S = 1.0
@@ -80,7 +80,7 @@ async def run_watchdog(
     heartbeat_s: float,
     stopper: Stopper,
     view: AccountView,
-    events_tx: trio.MemorySendChannel[Event],
+    events_tx: EventSender,
     progress: Progress,
     handle_signals: bool = True,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,

@@ -5,7 +5,8 @@ Times are session-clock seconds since the Unix epoch (floats); prices in USDT; s
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from types import TracebackType
+from typing import Any, Literal, Protocol
 
 import attrs
 
@@ -87,3 +88,17 @@ class Event:
     ts: float
     kind: str
     fields: dict[str, Any] = attrs.field(factory=dict)
+
+
+class EventSender(Protocol):
+    """How actors hand events to the recorder (a trio send channel, or the recorder's EventSink)."""
+
+    async def send(self, value: Event, /) -> None: ...
+
+    def clone(self) -> EventSender: ...
+
+    def __enter__(self) -> EventSender: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None, /
+    ) -> None: ...

@@ -12,7 +12,9 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from protocols.messages import Event
+import cattrs
+
+from protocols.messages import Candle, Event, MarketEvent, Tick
 
 METRIC_FIELDS = (
     "ts",
@@ -174,3 +176,25 @@ class ReportBuilder:
         }
         assert tuple(report) == REPORT_FIELDS
         return report
+
+
+# --- market.jsonl: every market event the session acted on, with its arrival time (for --replay) ---
+
+MARKET_TYPES: dict[str, type] = {"tick": Tick, "candle": Candle}
+_market_converter = cattrs.Converter()
+
+
+def register_market_type(name: str, cls: type) -> None:
+    """Make a market message type recordable and replayable under `name`."""
+    MARKET_TYPES[name] = cls
+
+
+def market_record(arrival_ts: float, event: MarketEvent) -> dict[str, Any]:
+    name = next(n for n, cls in MARKET_TYPES.items() if type(event) is cls)
+    return {"arrival_ts": arrival_ts, "type": name, **_market_converter.unstructure(event)}
+
+
+def market_from_record(record: dict[str, Any]) -> MarketEvent:
+    cls = MARKET_TYPES[record["type"]]
+    fields = {k: v for k, v in record.items() if k not in ("arrival_ts", "type")}
+    return _market_converter.structure(fields, cls)

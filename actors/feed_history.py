@@ -1,0 +1,153 @@
+"""Market data from the past: candle files for backtests, and a run's recorded market log for replay.
+
+Both run on the data's own clock: the session runs under a virtual clock (trio's MockClock with
+autojump), each event is delivered at its recorded time, and the next one is sent only when every
+actor has finished with the last (`wait_all_tasks_blocked`), so the result never depends on how the
+scheduler orders tasks. That is what makes a replay reproduce its original and a backtest repeatable.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO
+
+import trio
+import trio.testing
+from loguru import logger
+
+from actors.clock import SessionClock
+from protocols.messages import Candle, MarketEvent, Tick
+from protocols.records import market_from_record
+
+CSV_HEADER = ["open_time_ms", "open", "high", "low", "close", "volume"]
+# The close tick of a candle is delivered this long before the candle's end, so it is never at the
+# same instant as the next candle's open.
+CLOSE_TICK_LEAD_S = 0.001
+
+
+class DataError(Exception):
+    """A data file that cannot be used; the message says which file and why."""
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return path.open(encoding="utf-8", newline="")
+
+
+def read_candles_csv(path: Path, interval_s: float, stats: dict[str, int] | None = None) -> Iterator[Candle]:
+    """Stream candles from a CSV (optionally gzipped) with header `open_time_ms,open,high,low,close,volume`.
+
+    Rows that are malformed, out of order or repeated are skipped and counted in `stats`, never
+    passed on; the file is read lazily, so memory does not grow with its length.
+    """
+    stats = stats if stats is not None else {}
+    try:
+        f = _open_text(path)
+    except OSError as exc:
+        raise DataError(f"--data: cannot read {path}: {exc.strerror or exc}") from exc
+    with f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != CSV_HEADER:
+            raise DataError(f"--data: {path} must start with the header {','.join(CSV_HEADER)}, got {header}")
+        last_open = -math.inf
+        for row in reader:
+            candle = _candle(row, interval_s)
+            if candle is None or candle.open_ts <= last_open:
+                stats["skipped"] = stats.get("skipped", 0) + 1
+                continue
+            last_open = candle.open_ts
+            stats["candles"] = stats.get("candles", 0) + 1
+            yield candle
+
+
+def _candle(row: list[str], interval_s: float) -> Candle | None:
+    if len(row) != 6:
+        return None
+    try:
+        o, h, lo, c, v = (float(x) for x in row[1:])
+        open_ts = int(row[0]) / 1000.0
+    except ValueError:
+        return None
+    values = (o, h, lo, c, v)
+    if not all(math.isfinite(x) for x in values) or min(o, h, lo, c) <= 0 or v < 0:
+        return None
+    if h < max(o, c, lo) or lo > min(o, c, h):
+        return None
+    return Candle(open_ts=open_ts, interval_s=interval_s, open=o, high=h, low=lo, close=c, volume=v)
+
+
+def candle_ticks(candle: Candle) -> tuple[Tick, Tick]:
+    """The two quotes a candle proves the market offered: its open (at the start), its close (at the end)."""
+    return (
+        Tick(ts=candle.open_ts, bid=candle.open, ask=candle.open, last=candle.open),
+        Tick(ts=candle.close_ts - CLOSE_TICK_LEAD_S, bid=candle.close, ask=candle.close, last=candle.close),
+    )
+
+
+async def _deliver(
+    clock: SessionClock,
+    subscribers: Sequence[trio.MemorySendChannel[MarketEvent]],
+    ts: float,
+    event: MarketEvent,
+) -> None:
+    await clock.sleep_until(ts)
+    for tx in subscribers:
+        await tx.send(event)
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def run_candle_feed(
+    candles: Iterable[Candle],
+    clock: SessionClock,
+    subscribers: Sequence[trio.MemorySendChannel[MarketEvent]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Actor (backtests): per candle, its open quote, its close quote, then the closed candle."""
+    with ExitStack() as stack:
+        for tx in subscribers:
+            stack.enter_context(tx)
+        task_status.started()
+        count = 0
+        for candle in candles:
+            open_tick, close_tick = candle_ticks(candle)
+            await _deliver(clock, subscribers, open_tick.ts, open_tick)
+            await _deliver(clock, subscribers, close_tick.ts, close_tick)
+            await _deliver(clock, subscribers, candle.close_ts, candle)
+            count += 1
+        logger.info("backtest data exhausted after {} candles", count)
+
+
+def read_market_log(path: Path) -> Iterator[tuple[float, MarketEvent]]:
+    """(arrival time, event) pairs from a run's `market.jsonl`."""
+    import json
+
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            yield record["arrival_ts"], market_from_record(record)
+
+
+async def run_replay_feed(
+    records: Iterable[tuple[float, MarketEvent]],
+    clock: SessionClock,
+    subscribers: Sequence[trio.MemorySendChannel[MarketEvent]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Actor (replay): each recorded market event at its original arrival time; then silence."""
+    with ExitStack() as stack:
+        for tx in subscribers:
+            stack.enter_context(tx)
+        task_status.started()
+        for arrival_ts, event in records:
+            await _deliver(clock, subscribers, arrival_ts, event)
+        await trio.sleep_forever()
