@@ -7,6 +7,7 @@ file appears, or on SIGINT/SIGTERM. It emits a heartbeat event (one metrics row)
 
 from __future__ import annotations
 
+import math
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -83,8 +84,11 @@ async def run_watchdog(
     events_tx: EventSender,
     progress: Progress,
     handle_signals: bool = True,
+    virtual_time: bool = False,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """`virtual_time` (replay, backtest): the clock is the data's, so no kill-switch polling or
+    progress on it (the operator stops such a run with a signal); `duration_s` may be infinite."""
     end_ts = started_ts + duration_s
 
     async def duration() -> None:
@@ -108,7 +112,9 @@ async def run_watchdog(
                 stopper.stop("signal", signal.Signals(signum).name)
 
     async def every(period: float, action: Callable[[float], object]) -> None:
-        ts = started_ts + period
+        # on whole periods from the start, beginning with the next one (a resumed session does
+        # not make up the rows of its downtime)
+        ts = started_ts + period * (math.floor((clock.now() - started_ts) / period) + 1)
         while ts < end_ts:  # the session writes the last row itself, after flattening
             await clock.sleep_until(ts)
             result = action(ts)
@@ -136,7 +142,8 @@ async def run_watchdog(
             if handle_signals:
                 await nursery.start(signals)
             nursery.start_soon(duration)
-            nursery.start_soon(kill_switch_poll)
             nursery.start_soon(every, heartbeat_s, heartbeat)
-            nursery.start_soon(every, PROGRESS_EVERY_S, show)
+            if not virtual_time:
+                nursery.start_soon(kill_switch_poll)
+                nursery.start_soon(every, PROGRESS_EVERY_S, show)
             task_status.started()
