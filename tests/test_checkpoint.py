@@ -1,0 +1,56 @@
+"""Checkpoint files survive corruption and truncation by falling back a generation, loudly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from actors import checkpoint
+
+
+def test_round_trip_and_two_generations(tmp_path: Path) -> None:
+    checkpoint.write(tmp_path, {"seq": 1})
+    checkpoint.write(tmp_path, {"seq": 2})
+    loaded = checkpoint.load(tmp_path)
+    assert loaded.state == {"seq": 2} and loaded.problems == []
+    assert checkpoint.decode((tmp_path / checkpoint.PREVIOUS).read_bytes()) == {"seq": 1}
+    assert not (tmp_path / (checkpoint.NEWEST + ".tmp")).exists()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[: len(data) // 2],  # truncated write
+        lambda data: data.replace(b'"seq":2', b'"seq":9'),  # bit rot: checksum no longer matches
+        lambda data: b"",  # empty file
+        lambda data: b"\xff\xfe garbage",  # not text
+    ],
+)
+def test_damaged_newest_falls_back_to_previous(tmp_path: Path, damage: object) -> None:
+    checkpoint.write(tmp_path, {"seq": 1})
+    checkpoint.write(tmp_path, {"seq": 2})
+    newest = tmp_path / checkpoint.NEWEST
+    newest.write_bytes(damage(newest.read_bytes()))  # type: ignore[operator]
+    loaded = checkpoint.load(tmp_path)
+    assert loaded.state == {"seq": 1}
+    assert loaded.path.name == checkpoint.PREVIOUS
+    assert loaded.problems and loaded.problems[0].startswith(checkpoint.NEWEST)
+
+
+def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path: Path) -> None:
+    checkpoint.write(tmp_path, {"seq": 1})
+    (tmp_path / checkpoint.NEWEST).write_bytes(b"{")
+    with pytest.raises(checkpoint.CheckpointError, match="no usable checkpoint"):
+        checkpoint.load(tmp_path)
+
+
+def test_crash_between_renames_leaves_the_previous(tmp_path: Path) -> None:
+    checkpoint.write(tmp_path, {"seq": 1})
+    checkpoint.write(tmp_path, {"seq": 2})
+    # killed during a third write: temp written, newest already moved to previous, not yet replaced
+    (tmp_path / (checkpoint.NEWEST + ".tmp")).write_bytes(checkpoint.encode({"seq": 3})[:10])
+    (tmp_path / checkpoint.NEWEST).replace(tmp_path / checkpoint.PREVIOUS)
+    loaded = checkpoint.load(tmp_path)
+    assert loaded.state == {"seq": 2}
+    assert loaded.problems == [f"{checkpoint.NEWEST}: missing"]
