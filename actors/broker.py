@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import trio
 
-from protocols.messages import Event, MarketEvent, Order, Tick
+from protocols.messages import Event, MarketEvent, Order, Side, Tick
 
 EPS = 1e-12
 
@@ -90,6 +90,37 @@ class PaperAccount:
                 "unrealized_pnl": round(self.unrealized_pnl, 8),
             }
         ]
+
+    # --- checkpoint ------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "position_qty": self.position_qty,
+            "avg_price": self.avg_price,
+            "realized_pnl": self.realized_pnl,
+            "fees_paid": self.fees_paid,
+            "last_tick": attrs.asdict(self.last_tick) if self.last_tick else None,
+            "processed_signed_qty": self.processed_signed_qty,
+            "fill_count": self.fill_count,
+            "trade": attrs.asdict(self.trade) if self.trade else None,
+            "peak_equity": self.peak_equity,
+            "max_drawdown_pct": self.max_drawdown_pct,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for name in (
+            "position_qty",
+            "avg_price",
+            "realized_pnl",
+            "fees_paid",
+            "processed_signed_qty",
+            "fill_count",
+            "peak_equity",
+            "max_drawdown_pct",
+        ):
+            setattr(self, name, state[name])
+        self.last_tick = Tick(**state["last_tick"]) if state["last_tick"] else None
+        self.trade = OpenTrade(**state["trade"]) if state["trade"] else None
 
     # --- market ---------------------------------------------------------------------------------
 
@@ -208,14 +239,9 @@ class PaperAccount:
         """The market order that closes the open position, or None when flat."""
         if abs(self.position_qty) < EPS:
             return None
-        side = "sell" if self.position_qty > 0 else "buy"
-        price = (
-            self.last_tick.bid
-            if self.last_tick and side == "sell"
-            else self.last_tick.ask
-            if self.last_tick
-            else 0.0
-        )
+        side: Side = "sell" if self.position_qty > 0 else "buy"
+        tick = self.last_tick
+        price = 0.0 if tick is None else tick.bid if side == "sell" else tick.ask
         return Order(
             id=order_id,
             ts=ts,

@@ -82,7 +82,7 @@ def write(folder: Path, state: dict[str, Any]) -> None:
 
 def load(folder: Path) -> Loaded:
     """The newest valid checkpoint; CheckpointError when there is none."""
-    problems = []
+    problems: list[str] = []
     for name in (NEWEST, PREVIOUS):
         path = folder / name
         try:

@@ -274,6 +274,13 @@ class ObservabilityConfig:
 
 
 @attrs.frozen
+class StateConfig:
+    checkpoint_interval_s: float = key(
+        1.0, "checkpoint at least this often (and after every order or fill)", _num(gt=0, le=3600)
+    )
+
+
+@attrs.frozen
 class Config:
     session: SessionConfig = attrs.field(factory=SessionConfig)
     feed: FeedConfig = attrs.field(factory=FeedConfig)
@@ -281,6 +288,7 @@ class Config:
     risk: RiskConfig = attrs.field(factory=RiskConfig)
     strategy: StrategyConfig = attrs.field(factory=StrategyConfig)
     observability: ObservabilityConfig = attrs.field(factory=ObservabilityConfig)
+    state: StateConfig = attrs.field(factory=StateConfig)
 
     @property
     def interval_s(self) -> int:
@@ -294,6 +302,7 @@ SECTIONS: dict[str, type] = {
     "risk": RiskConfig,
     "strategy": StrategyConfig,
     "observability": ObservabilityConfig,
+    "state": StateConfig,
 }
 for _cls in SECTIONS.values():
     attrs.resolve_types(_cls)

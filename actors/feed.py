@@ -11,6 +11,7 @@ import math
 import random
 from collections.abc import Sequence
 from contextlib import ExitStack
+from typing import Any
 
 import trio
 
@@ -34,6 +35,12 @@ class RandomWalk:
         self.mid = config.mock_start_price
         self.sigma_per_sqrt_s = config.mock_volatility_pct / 100.0 / math.sqrt(SECONDS_PER_YEAR)
         self.spread = config.mock_spread_ticks * TICK_SIZE
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"mid": self.mid}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.mid = state["mid"]
 
     def step(self, ts: float, dt: float) -> tuple[Tick, float]:
         sigma = self.sigma_per_sqrt_s * math.sqrt(dt)
@@ -97,13 +104,12 @@ async def run_mock_feed(
     config: FeedConfig,
     interval_s: float,
     clock: SessionClock,
-    rng: random.Random,
+    walk: RandomWalk,
     subscribers: Sequence[trio.MemorySendChannel[MarketEvent]],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Actor: ticks on a fixed schedule (no drift), candles when their bucket ends."""
-    walk = RandomWalk(config, rng)
     dt = config.tick_interval_s
     with ExitStack() as stack:
         for tx in subscribers:

@@ -1,8 +1,8 @@
 """Command line: `python -m actors.main --config config/live.toml [flags]`.
 
-Exit codes: 0 normal end (duration, kill switch, signal, stop condition); 1 the session ended in an
-error (the report is still written); 2 invalid configuration or flags (nothing is started and no
-run folder is created).
+Exit codes: 0 normal end (duration, kill switch, signal, stop condition, end of backtest data);
+1 the session ended in an error (the report is still written); 2 invalid configuration or flags,
+or a session that cannot be started or resumed (nothing is started and no run folder is created).
 """
 
 from __future__ import annotations
@@ -11,13 +11,20 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 from loguru import logger
 
 from actors import __version__
-from actors.config import ConfigError, load, to_toml
+from actors.checkpoint import CheckpointError
+from actors.config import Config, ConfigError, build, flags_layer, load, to_toml
+from actors.feed_history import DataError
+from actors.lock import SessionLocked
+from actors.plan import Plan, PlanError, find_resumable, load_recording
 
 # flag dest -> config key: every named flag is a shortcut for one key
 FLAG_KEYS = {
@@ -59,6 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--check-config", action="store_true", help="validate, print the effective config as TOML, exit 0"
     )
+    p.add_argument(
+        "--mode",
+        choices=["live", "backtest"],
+        default="live",
+        help="live: trade on market data as it comes (default); backtest: run over --data on its clock",
+    )
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        help="backtest data: a candle CSV (optionally .gz) with header open_time_ms,open,high,low,close,volume",
+    )
+    p.add_argument(
+        "--replay", metavar="RUN", help="re-run a recorded session (run folder or its events.jsonl)"
+    )
+    p.add_argument(
+        "--fresh", action="store_true", help="start a new session even if runs/latest is unfinished"
+    )
+    p.add_argument("--resume", metavar="RUN_ID", help="resume this unfinished session of the run dir")
     p.add_argument("--version", action="version", version=f"btc-laptop-agents {__version__}")
     return p
 
@@ -66,6 +91,41 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging(level: str) -> None:
     logger.remove()
     logger.add(sys.stderr, level=level, diagnose=False, format="{time:HH:mm:ss} | {level:<7} | {message}")
+
+
+def _plan(args: argparse.Namespace, config: Config) -> Plan:
+    """The kind of session the flags ask for; PlanError when they contradict each other."""
+    if args.replay and (args.mode == "backtest" or args.data or args.resume):
+        raise PlanError("--replay cannot be combined with --mode backtest, --data or --resume")
+    if args.replay:
+        return Plan(mode="replay", recording=load_recording(Path(args.replay)))
+    if args.mode == "backtest":
+        if not args.data:
+            raise PlanError("--mode backtest needs --data FILE")
+        if not Path(args.data).is_file():
+            raise PlanError(f"--data: file not found: {args.data}")
+        return Plan(mode="backtest", data=args.data)
+    if args.data:
+        raise PlanError("--data is only for --mode backtest")
+    if args.fresh and args.resume:
+        raise PlanError("--fresh and --resume contradict each other")
+    if args.fresh:
+        return Plan()
+    return Plan(resume=find_resumable(Path(config.session.run_dir), args.resume))
+
+
+def _config(args: argparse.Namespace, flags: dict[str, tuple[Any, str]]) -> Config:
+    """The effective config; a replay uses its recording's, with only --run-dir applied."""
+    if not args.replay:
+        return load(args.config, os.environ, args.set, flags)
+    recording = load_recording(Path(args.replay))
+    keep = {k: v for k, v in flags.items() if k == "session.run_dir"}
+    layer = {
+        (section, key): (value, f"{args.replay} (recorded config)", False)
+        for section, table in recording.config.items()
+        for key, value in table.items()
+    }
+    return build([layer, flags_layer(keep)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,20 +136,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, dest) is not None
     }
     try:
-        config = load(args.config, os.environ, args.set, flags)
+        config = _config(args, flags)
+        plan = None if args.check_config else _plan(args, config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
         return 2
-    if args.check_config:
+    except PlanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.check_config or plan is None:
         sys.stdout.write(to_toml(config))
         return 0
     _setup_logging(config.observability.log_level)
+    if plan.resume is not None:
+        logger.warning("resuming unfinished session {} (start a new one with --fresh)", plan.resume.name)
 
     from actors.session import run_session
 
+    clock = trio.testing.MockClock(autojump_threshold=0) if plan.virtual_time else None
     try:
-        result = trio.run(run_session, config)
+        result = trio.run(partial(run_session, config, plan=plan), clock=clock)
+    except (SessionLocked, CheckpointError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
         return 1

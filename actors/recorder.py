@@ -13,16 +13,21 @@ import csv
 import json
 import os
 from collections import deque
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Self
 
 import trio
 from loguru import logger
 
+from actors import checkpoint
 from protocols.messages import Event
 from protocols.records import METRIC_FIELDS, ReportBuilder, dumps_line, event_record, market_record
 
 FLUSH_EVERY_S = 1.0
+# Events that change orders, fills or positions: each is followed by a checkpoint at once.
+CRITICAL_PREFIXES = ("order.", "position.", "funding", "liquidation", "breaker.")
 # Events of this kind carry a market event (`fields["event"]`) to market.jsonl instead of events.jsonl.
 MARKET_KIND = "market"
 
@@ -94,36 +99,82 @@ def create_run_folder(run_dir: Path, run_id: str) -> Path:
 
 
 class Recorder:
-    def __init__(self, path: Path) -> None:
+    """Owns the run folder's files. `checkpoint_state`, when set, returns the session's state to
+    checkpoint (a live session sets it; replays and backtests are simply run again)."""
+
+    def __init__(self, path: Path, resume_seq: int | None = None) -> None:
         self.path = path
         self.seq = 0
         self.report_builder = ReportBuilder()
         self.metrics: list[dict[str, Any]] = []
         self.report: dict[str, Any] | None = None
+        self.last_event_ts: float | None = None
+        self.discarded_events = 0
+        self.checkpoint_state: Callable[[], dict[str, Any]] | None = None
+        self.checkpoint_interval_s = 1.0
+        if resume_seq is not None:
+            self._reload(resume_seq)
         self._events: IO[str] = (path / "events.jsonl").open("a", encoding="utf-8")
         self._metrics_file: IO[str] = (path / "metrics.csv").open("w", encoding="utf-8", newline="")
         self._metrics_csv = csv.DictWriter(self._metrics_file, fieldnames=METRIC_FIELDS)
         self._metrics_csv.writeheader()
+        self._metrics_csv.writerows(self.metrics)
         self._market: IO[str] = (path / "market.jsonl").open("a", encoding="utf-8")
         self._log_sink = logger.add(path / "session.log", level="DEBUG", enqueue=False, diagnose=False)
+
+    def _reload(self, resume_seq: int) -> None:
+        """Resume: keep the events up to the checkpoint's seq (the state restored matches exactly
+        those), fold them again into the report and metrics, and count what is discarded."""
+        events_path = self.path / "events.jsonl"
+        kept: list[str] = []
+        with events_path.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    self.discarded_events += 1
+                    continue
+                if record.get("seq", 0) > resume_seq:
+                    self.discarded_events += 1
+                    continue
+                kept.append(line if line.endswith("\n") else line + "\n")
+                self._fold(record)
+                self.last_event_ts = _parse_ts(record["ts"])
+        if self.seq != resume_seq:
+            raise RuntimeError(
+                f"events.jsonl holds {self.seq} events but the checkpoint is at seq {resume_seq}"
+            )
+        tmp = events_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, events_path)
+
+    def _fold(self, record: dict[str, Any]) -> None:
+        self.seq = record["seq"]
+        self.report_builder.add(record)
+        if record["kind"] == "heartbeat":
+            self.metrics.append({k: record.get(k) for k in METRIC_FIELDS})
 
     def write(self, event: Event) -> None:
         if event.kind == MARKET_KIND:
             self._market.write(dumps_line(market_record(event.ts, event.fields["event"])) + "\n")
             return
-        self.seq += 1
-        record = event_record(self.seq, event)
+        record = event_record(self.seq + 1, event)
         self._events.write(dumps_line(record) + "\n")
-        self.report_builder.add(record)
+        self._fold(record)
+        self.last_event_ts = event.ts
         if event.kind == "heartbeat":
-            row = {k: record.get(k) for k in METRIC_FIELDS}
-            self.metrics.append(row)
-            self._metrics_csv.writerow(row)
+            self._metrics_csv.writerow(self.metrics[-1])
 
     def flush(self) -> None:
         self._events.flush()
         self._market.flush()
         self._metrics_file.flush()
+
+    def write_checkpoint(self, state: dict[str, Any]) -> None:
+        """Make the events durable, then the checkpoint that matches them (runs in a worker thread)."""
+        self.flush()
+        os.fsync(self._events.fileno())
+        checkpoint.write(self.path, state)
 
     def finish(self) -> dict[str, Any]:
         """Close the streams and write metrics.json and final_report.json."""
@@ -155,14 +206,27 @@ async def run_recorder(
 ) -> None:
     """Actor: writes until every sender is closed, then finishes the run folder."""
     task_status.started()
-    next_flush = trio.current_time() + FLUSH_EVERY_S
+    next_flush = next_checkpoint = trio.current_time()
     while True:
         await inbox.wait()
+        critical = False
         for event in inbox.drain():
             recorder.write(event)
+            critical = critical or event.kind.startswith(CRITICAL_PREFIXES)
         if inbox.closed:
             break
-        if trio.current_time() >= next_flush:
+        now = trio.current_time()
+        if recorder.checkpoint_state is not None and (critical or now >= next_checkpoint):
+            # taken here, between two writes, the state matches the events written so far exactly
+            state = {"seq": recorder.seq, **recorder.checkpoint_state()}
+            await trio.to_thread.run_sync(recorder.write_checkpoint, state)
+            next_checkpoint = now + recorder.checkpoint_interval_s
+            next_flush = now + FLUSH_EVERY_S
+        elif now >= next_flush:
             recorder.flush()
-            next_flush = trio.current_time() + FLUSH_EVERY_S
+            next_flush = now + FLUSH_EVERY_S
     recorder.finish()
+
+
+def _parse_ts(iso_ts: str) -> float:
+    return datetime.fromisoformat(iso_ts.replace("Z", "+00:00")).timestamp()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -43,6 +43,15 @@ class RiskGate:
         self.window: deque[float] = deque()
         self.submitted_signed_qty = 0.0
         self.order_seq = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"window": list(self.window), "order_seq": self.order_seq}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Orders in flight at the crash never reached the broker: nothing is pending after it."""
+        self.window = deque(state["window"])
+        self.order_seq = state["order_seq"]
+        self.submitted_signed_qty = self.view.processed_signed_qty
 
     @property
     def pending_signed_qty(self) -> float:

@@ -8,12 +8,18 @@ root nursery
   flatten-on-exit, shielded with a timeout, through the broker's normal fill path
   session.stopped -> recorder closes -> final_report.json
 ```
+
+A session is live (new or resumed from its checkpoint), a replay of a recorded run, or a backtest
+over a candle file; the last two run on the data's clock (see actors/feed_history.py).
 """
 
 from __future__ import annotations
 
+import math
+import os
 import random
 import traceback
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,17 +28,25 @@ import attrs
 import trio
 from loguru import logger
 
-from actors import __version__
+from actors import __version__, checkpoint
 from actors.broker import PaperAccount, run_broker
 from actors.clock import SessionClock
 from actors.config import Config, to_dict
-from actors.feed import run_mock_feed
+from actors.feed import RandomWalk, run_mock_feed
+from actors.feed_history import read_candles_csv, read_market_log, run_candle_feed, run_replay_feed
+from actors.lock import SessionLock
+from actors.plan import Plan
 from actors.progress import Progress
-from actors.recorder import EventSink, Recorder, create_run_folder, run_recorder
+from actors.recorder import MARKET_KIND, EventSink, Recorder, create_run_folder, run_recorder
 from actors.risk import RiskGate, run_risk
-from actors.strategy import run_strategy
+from actors.strategy import EmaCross, run_strategy
 from actors.watchdog import Stopper, heartbeat_fields, run_watchdog
-from protocols.messages import Event, EventSender, MarketEvent, Order, OrderIntent
+from protocols.messages import Candle, Event, EventSender, MarketEvent, Order, OrderIntent
+
+# Stop reasons that come from the data (and so must come out the same in a replay).
+DATA_DRIVEN_STOPS = frozenset({"max_loss", "max_trades", "max_losses", "breaker", "data_end"})
+# Backtests write one metrics row (a point of the equity curve) per this many candles.
+BACKTEST_HEARTBEAT_CANDLES = 60
 
 
 @attrs.frozen
@@ -45,154 +59,377 @@ class SessionResult:
         return 1 if self.report["status"] == "error" else 0
 
 
-def new_run_id(now: float, seed: int, run_dir: Path) -> str:
+def new_run_id(now: float, seed: int, run_dir: Path, prefix: str = "") -> str:
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
-    run_id = f"{stamp}-s{seed}"
+    run_id = f"{prefix}{stamp}-s{seed}"
     n = 1
     while (run_dir / run_id).exists():
         n += 1
-        run_id = f"{stamp}-s{seed}-{n}"
+        run_id = f"{prefix}{stamp}-s{seed}-{n}"
     return run_id
 
 
-async def run_session(
-    config: Config, *, handle_signals: bool = True, progress_mode: str | None = None
-) -> SessionResult:
-    """Run one session to its end; always returns with the report written (status ok or error)."""
-    clock = SessionClock()
-    started_ts = clock.now()
-    rng = random.Random(config.session.seed)
-    run_dir = Path(config.session.run_dir)
-    run_id = new_run_id(started_ts, config.session.seed, run_dir)
-    run_path = create_run_folder(run_dir, run_id)
-    recorder = Recorder(run_path)
+@attrs.define
+class Parts:
+    """Every stateful part of a session: what a checkpoint holds and a resume restores."""
+
+    account: PaperAccount
+    gate: RiskGate
+    strategy: EmaCross
+    walk: RandomWalk
+    rngs: dict[str, random.Random]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "account": self.account.snapshot(),
+            "risk": self.gate.snapshot(),
+            "strategy": self.strategy.snapshot(),
+            "feed": self.walk.snapshot(),
+            "rngs": {name: _rng_state(rng) for name, rng in self.rngs.items()},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.account.restore(state["account"])
+        self.gate.restore(state["risk"])
+        self.strategy.restore(state["strategy"])
+        self.walk.restore(state["feed"])
+        for name, rng_state in state["rngs"].items():
+            self.rngs[name].setstate((rng_state[0], tuple(rng_state[1]), rng_state[2]))
+
+
+def _rng_state(rng: random.Random) -> list[Any]:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def build_parts(config: Config) -> Parts:
+    """The session's one seeded generator hands each part its own stream, in a fixed order, so
+    no part's draws depend on how the scheduler interleaves the others."""
+    root = random.Random(config.session.seed)
+    rngs = {name: random.Random(root.getrandbits(64)) for name in ("feed", "broker")}
     account = PaperAccount(
         config.broker.starting_equity, config.broker.taker_fee_bps, config.broker.maker_fee_bps
     )
-    stopper = Stopper()
-    duration_s = config.session.duration_min * 60
-    data_source = config.feed.source
-    logger.info(
-        "session {} starting: {} for {:g} min, run folder {}",
-        run_id,
-        config.session.symbol,
-        config.session.duration_min,
-        run_path,
+    s = config.strategy
+    return Parts(
+        account=account,
+        gate=RiskGate(config.risk, account),
+        strategy=EmaCross(s.fast_period, s.slow_period, s.history),
+        walk=RandomWalk(config.feed, rngs["feed"]),
+        rngs=rngs,
     )
 
-    events_tx = EventSink()
-    async with trio.open_nursery() as root:
-        await root.start(run_recorder, recorder, events_tx)
-        with events_tx:
-            await events_tx.send(
-                Event(
-                    started_ts,
-                    "session.started",
-                    {
-                        "run_id": run_id,
-                        "symbol": config.session.symbol,
-                        "interval": config.session.interval,
-                        "data_source": data_source,
-                        "seed": config.session.seed,
-                        "planned_duration_s": duration_s,
-                        "starting_equity": config.broker.starting_equity,
-                        "config": to_dict(config),
-                        "version": __version__,
-                    },
+
+@attrs.define
+class Timeline:
+    """When the session started and must end, on the session clock, and what it reports."""
+
+    started_ts: float
+    duration_s: float
+    data_source: str
+    resumed_seq: int = 0  # the checkpoint's event seq when resumed
+
+    @property
+    def end_ts(self) -> float:
+        return self.started_ts + self.duration_s
+
+
+async def run_session(
+    config: Config,
+    *,
+    plan: Plan | None = None,
+    handle_signals: bool = True,
+    progress_mode: str | None = None,
+) -> SessionResult:
+    """Run one session to its end; always returns with the report written (status ok or error)."""
+    plan = plan or Plan()
+    parts = build_parts(config)
+    stopper = Stopper()
+    sink = EventSink()
+    candles: Iterator[Candle] | None = None
+    first_candle: Candle | None = None
+    if plan.mode == "backtest":
+        assert plan.data is not None
+        candles = read_candles_csv(Path(plan.data), config.interval_s)
+        first_candle = next(candles, None)
+        if first_candle is None:
+            raise ValueError(f"--data {plan.data}: no candles")
+    if plan.mode == "replay":
+        assert plan.recording is not None
+        clock = SessionClock(wall_start=plan.recording.started_ts)
+    elif first_candle is not None:
+        clock = SessionClock(wall_start=first_candle.open_ts)
+    else:
+        clock = SessionClock()
+
+    run_dir = Path(config.session.run_dir)
+    resume_state: dict[str, Any] | None = None
+    if plan.resume is not None:
+        run_path = plan.resume
+        loaded = checkpoint.load(run_path)
+        for problem in loaded.problems:
+            logger.error("checkpoint alert: {} - resuming from {}", problem, loaded.path.name)
+        resume_state = loaded.state
+        timeline = Timeline(**{**resume_state["session"], "resumed_seq": resume_state["seq"]})
+        parts.restore(resume_state["parts"])
+    else:
+        prefix = {"live": "", "replay": "replay-", "backtest": "backtest-"}[plan.mode]
+        run_path = create_run_folder(run_dir, new_run_id(clock.now(), config.session.seed, run_dir, prefix))
+        timeline = Timeline(clock.now(), *_duration_and_source(config, plan))
+
+    with SessionLock(run_path):
+        recorder = Recorder(run_path, resume_seq=timeline.resumed_seq if resume_state else None)
+        if not plan.virtual_time:
+            recorder.checkpoint_state = lambda: {"session": attrs.asdict(timeline), "parts": parts.snapshot()}
+            recorder.checkpoint_interval_s = config.state.checkpoint_interval_s
+        async with trio.open_nursery() as root:
+            await root.start(run_recorder, recorder, sink)
+            with sink:
+                if resume_state is None:
+                    await sink.send(_started_event(config, run_path.name, timeline))
+                else:
+                    await sink.send(_resumed_event(clock, recorder, loaded.path.name, loaded.problems))
+                status = await _supervise(
+                    config,
+                    plan,
+                    clock,
+                    parts,
+                    timeline,
+                    stopper,
+                    sink,
+                    candles,
+                    first_candle,
+                    handle_signals,
+                    progress_mode,
                 )
-            )
-            status = "ok"
-            with Progress(progress_mode or config.observability.progress) as progress:
-                try:
-                    with stopper.scope:
-                        await _run_actors(
-                            config,
-                            clock,
-                            rng,
-                            started_ts,
-                            duration_s,
-                            account,
-                            stopper,
-                            events_tx,
-                            progress,
-                            handle_signals,
-                        )
-                except* Exception as group:
-                    status = "error"
-                    stopper.stop("error", "; ".join(repr(e) for e in group.exceptions))
-                    logger.error("session failed:\n{}", "".join(traceback.format_exception(group)))
-                    await events_tx.send(
-                        Event(clock.now(), "error", {"where": "session", "message": stopper.detail})
-                    )
-            if stopper.reason is None:
-                stopper.reason = "feed_ended"
-            await _flatten_and_stop(
-                config, clock, account, events_tx, started_ts, status, stopper, data_source
-            )
+                await _flatten_and_stop(config, clock, parts.account, sink, timeline, status, stopper)
     assert recorder.report is not None
     return SessionResult(run_path, recorder.report)
 
 
+def _duration_and_source(config: Config, plan: Plan) -> tuple[float, str]:
+    if plan.mode == "backtest":
+        return math.inf, f"backtest: {plan.data}"
+    if plan.mode == "replay":
+        assert plan.recording is not None
+        r = plan.recording
+        return r.ended_ts - r.started_ts, f"replay of {r.run_id}"
+    return config.session.duration_min * 60, config.feed.source
+
+
+def _started_event(config: Config, run_id: str, timeline: Timeline) -> Event:
+    return Event(
+        timeline.started_ts,
+        "session.started",
+        {
+            "run_id": run_id,
+            "symbol": config.session.symbol,
+            "interval": config.session.interval,
+            "data_source": timeline.data_source,
+            "seed": config.session.seed,
+            "planned_duration_s": config.session.duration_min * 60 if math.isfinite(timeline.duration_s) else None,
+            "starting_equity": config.broker.starting_equity,
+            "config": to_dict(config),
+            "version": __version__,
+            "pid": _pid(),
+        },
+    )
+
+
+def _resumed_event(clock: SessionClock, recorder: Recorder, generation: str, problems: list[str]) -> Event:
+    now = clock.now()
+    return Event(
+        now,
+        "session.resumed",
+        {
+            "downtime_s": round(now - recorder.last_event_ts, 3) if recorder.last_event_ts else None,
+            "checkpoint": generation,
+            "checkpoint_problems": problems,
+            "discarded_events": recorder.discarded_events,
+            "pid": _pid(),
+        },
+    )
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+async def _supervise(
+    config: Config,
+    plan: Plan,
+    clock: SessionClock,
+    parts: Parts,
+    timeline: Timeline,
+    stopper: Stopper,
+    sink: EventSink,
+    candles: Iterator[Candle] | None,
+    first_candle: Candle | None,
+    handle_signals: bool,
+    progress_mode: str | None,
+) -> str:
+    """Run the actors until the session is stopped; returns the status ("ok" or "error")."""
+    mode = "off" if plan.virtual_time else (progress_mode or config.observability.progress)
+    status = "ok"
+    with Progress(mode) as progress:
+        try:
+            with stopper.scope:
+                feed = _feed_starter(config, plan, clock, parts, stopper, sink, candles, first_candle)
+                await _run_actors(
+                    config, plan, clock, parts, timeline, stopper, sink, progress, handle_signals, feed
+                )
+        except* Exception as group:
+            stopper.stop("error", "; ".join(repr(e) for e in group.exceptions))
+            logger.error("session failed:\n{}", "".join(traceback.format_exception(group)))
+            await sink.send(Event(clock.now(), "error", {"where": "session", "message": stopper.detail}))
+            status = "error"
+    if stopper.reason is None:
+        stopper.reason = "feed_ended"
+    return status
+
+
+FeedStarter = Callable[
+    [Sequence[trio.MemorySendChannel[MarketEvent]], trio.TaskStatus[None]], Awaitable[None]
+]
+
+
+def _feed_starter(
+    config: Config,
+    plan: Plan,
+    clock: SessionClock,
+    parts: Parts,
+    stopper: Stopper,
+    sink: EventSink,
+    candles: Iterator[Candle] | None,
+    first_candle: Candle | None,
+) -> FeedStarter:
+    """The feed actor for this kind of session, as a function of its subscribers."""
+
+    async def backtest(
+        subscribers: Sequence[trio.MemorySendChannel[MarketEvent]], task_status: trio.TaskStatus[None]
+    ) -> None:
+        assert candles is not None and first_candle is not None
+        await run_candle_feed(_chain(first_candle, candles), clock, subscribers, task_status=task_status)
+        stopper.stop("data_end", "all candles delivered")
+
+    async def replay(
+        subscribers: Sequence[trio.MemorySendChannel[MarketEvent]], task_status: trio.TaskStatus[None]
+    ) -> None:
+        assert plan.recording is not None
+        await run_replay_feed(
+            read_market_log(plan.recording.market_path), clock, subscribers, task_status=task_status
+        )
+
+    async def live(
+        subscribers: Sequence[trio.MemorySendChannel[MarketEvent]], task_status: trio.TaskStatus[None]
+    ) -> None:
+        await run_mock_feed(
+            config.feed, config.interval_s, clock, parts.walk, subscribers, task_status=task_status
+        )
+
+    return {"backtest": backtest, "replay": replay, "live": live}[plan.mode]
+
+
+def _end_reason(plan: Plan) -> str:
+    """A replay ends when its original did, for the original's reason unless the data caused it
+    (then the replay reaches that reason itself)."""
+    if plan.recording is not None and plan.recording.stop_reason not in DATA_DRIVEN_STOPS:
+        return plan.recording.stop_reason
+    return "duration"
+
+
+def _chain(first: Candle, rest: Iterator[Candle]) -> Iterator[Candle]:
+    yield first
+    yield from rest
+
+
+async def _tap(
+    market_rx: trio.MemoryReceiveChannel[MarketEvent],
+    sink: EventSender,
+    now: Callable[[], float],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Records every market event the actors get, with its arrival time (market.jsonl, for replay)."""
+    with market_rx, sink:
+        task_status.started()
+        async for event in market_rx:
+            await sink.send(Event(now(), MARKET_KIND, {"event": event}))
+
+
 async def _run_actors(
     config: Config,
+    plan: Plan,
     clock: SessionClock,
-    rng: random.Random,
-    started_ts: float,
-    duration_s: float,
-    account: PaperAccount,
+    parts: Parts,
+    timeline: Timeline,
     stopper: Stopper,
-    events_tx: EventSender,
+    sink: EventSink,
     progress: Progress,
     handle_signals: bool,
+    feed: FeedStarter,
 ) -> None:
     now = clock.now
     strategy_market_tx, strategy_market_rx = trio.open_memory_channel[MarketEvent](0)
     broker_market_tx, broker_market_rx = trio.open_memory_channel[MarketEvent](0)
     intents_tx, intents_rx = trio.open_memory_channel[OrderIntent](0)
     orders_tx, orders_rx = trio.open_memory_channel[Order](0)
-    gate = RiskGate(config.risk, account)
+    subscribers = [broker_market_tx, strategy_market_tx]
+    heartbeat_s = config.observability.heartbeat_s
+    if plan.mode == "backtest":  # an equity curve of hourly points for 1-minute data
+        heartbeat_s = max(heartbeat_s, config.interval_s * BACKTEST_HEARTBEAT_CANDLES)
     async with trio.open_nursery() as actors:
         await actors.start(
             lambda task_status: run_watchdog(
                 clock=clock,
-                started_ts=started_ts,
-                duration_s=duration_s,
+                started_ts=timeline.started_ts,
+                duration_s=timeline.duration_s,
                 kill_switch=config.session.kill_switch,
-                heartbeat_s=config.observability.heartbeat_s,
+                heartbeat_s=heartbeat_s,
                 stopper=stopper,
-                view=account,
-                events_tx=events_tx.clone(),
+                view=parts.account,
+                events_tx=sink.clone(),
                 progress=progress,
                 handle_signals=handle_signals,
+                virtual_time=plan.virtual_time,
+                end_reason=_end_reason(plan),
                 task_status=task_status,
             )
         )
-        await actors.start(run_broker, account, broker_market_rx, orders_rx, events_tx.clone(), now)
-        await actors.start(run_risk, gate, intents_rx, orders_tx, events_tx.clone(), now)
+        await actors.start(run_broker, parts.account, broker_market_rx, orders_rx, sink.clone(), now)
+        await actors.start(run_risk, parts.gate, intents_rx, orders_tx, sink.clone(), now)
         await actors.start(
-            run_strategy, config.strategy, account, strategy_market_rx, intents_tx, events_tx.clone(), now
+            run_strategy,
+            config.strategy,
+            parts.account,
+            strategy_market_rx,
+            intents_tx,
+            sink.clone(),
+            now,
+            parts.strategy,
         )
-        await actors.start(
-            run_mock_feed, config.feed, config.interval_s, clock, rng, [broker_market_tx, strategy_market_tx]
-        )
+        if plan.mode == "live":
+            tap_tx, tap_rx = trio.open_memory_channel[MarketEvent](0)
+            await actors.start(_tap, tap_rx, sink.clone(), now)
+            subscribers.append(tap_tx)
+        await actors.start(feed, subscribers)
 
 
 async def _flatten_and_stop(
     config: Config,
     clock: SessionClock,
     account: PaperAccount,
-    events_tx: EventSender,
-    started_ts: float,
+    sink: EventSender,
+    timeline: Timeline,
     status: str,
     stopper: Stopper,
-    data_source: str,
 ) -> None:
     """Close the position through the broker's normal fill path, then record the stop."""
     with trio.move_on_after(config.session.flatten_timeout_s, shield=True) as scope:
         ts = clock.now()
         order = account.flatten_order(ts, "flatten-1")
         if order is not None:
-            await events_tx.send(
+            await sink.send(
                 Event(
                     ts,
                     "order.submitted",
@@ -208,11 +445,11 @@ async def _flatten_and_stop(
                 )
             )
             for event in account.execute_market(order, ts):
-                await events_tx.send(event)
+                await sink.send(event)
         ended = clock.now()
         # a last metrics row with the flat, final account
-        await events_tx.send(Event(ended, "heartbeat", heartbeat_fields(account, ended - started_ts)))
-        await events_tx.send(
+        await sink.send(Event(ended, "heartbeat", heartbeat_fields(account, ended - timeline.started_ts)))
+        await sink.send(
             Event(
                 ended,
                 "session.stopped",
@@ -220,8 +457,8 @@ async def _flatten_and_stop(
                     "status": status,
                     "stop_reason": stopper.reason,
                     "detail": stopper.detail,
-                    "elapsed_s": round(ended - started_ts, 3),
-                    "data_source": data_source,
+                    "elapsed_s": round(ended - timeline.started_ts, 3),
+                    "data_source": timeline.data_source,
                     "ending_equity": round(account.equity, 6),
                     "unrealized_pnl": round(account.unrealized_pnl, 6),
                     "max_drawdown_pct": round(account.max_drawdown_pct, 4),

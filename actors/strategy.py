@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import trio
 
@@ -31,6 +31,25 @@ class EmaCross:
         self.slow: float | None = None
         self.seen = 0
         self.prev_diff: float | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "closes": list(self.closes),
+            "fast": self.fast,
+            "slow": self.slow,
+            "seen": self.seen,
+            "prev_diff": self.prev_diff,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.closes.clear()
+        self.closes.extend(state["closes"])
+        self.fast, self.slow, self.seen, self.prev_diff = (
+            state["fast"],
+            state["slow"],
+            state["seen"],
+            state["prev_diff"],
+        )
 
     def update(self, close: float) -> Cross | None:
         self.closes.append(close)
@@ -81,11 +100,13 @@ async def run_strategy(
     intents_tx: trio.MemorySendChannel[OrderIntent],
     events_tx: trio.MemorySendChannel[Event],
     now: Callable[[], float],
+    ema: EmaCross | None = None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Actor: one signal event and zero or more intents per crossover."""
-    ema = EmaCross(config.fast_period, config.slow_period, config.history)
+    """Actor: one signal event and zero or more intents per crossover. `ema` is the session's
+    (restored on resume); built here when not given."""
+    ema = ema or EmaCross(config.fast_period, config.slow_period, config.history)
     with market_rx, intents_tx, events_tx:
         task_status.started()
         async for event in market_rx:

@@ -85,6 +85,7 @@ async def run_watchdog(
     progress: Progress,
     handle_signals: bool = True,
     virtual_time: bool = False,
+    end_reason: str = "duration",
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """`virtual_time` (replay, backtest): the clock is the data's, so no kill-switch polling or
@@ -93,7 +94,7 @@ async def run_watchdog(
 
     async def duration() -> None:
         await clock.sleep_until(end_ts)
-        stopper.stop("duration", f"{duration_s:g} s reached")
+        stopper.stop(end_reason, f"{duration_s:g} s reached")
 
     async def kill_switch_poll() -> None:
         path = Path(kill_switch)

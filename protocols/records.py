@@ -56,6 +56,8 @@ REPORT_FIELDS = (
     "orders_rejected",
     "errors",
     "error_messages",
+    "resumes",
+    "downtime_s",
     "open_positions",
     "config",
     "version",
@@ -106,6 +108,8 @@ class ReportBuilder:
         self.errors = 0
         self.error_messages: list[str] = []
         self.max_drawdown_pct = 0.0
+        self.resumes = 0
+        self.downtime_s = 0.0
 
     def add(self, record: dict[str, Any]) -> None:
         kind = record["kind"]
@@ -129,6 +133,9 @@ class ReportBuilder:
                 self.error_messages.append(record.get("message", ""))
         elif kind == "heartbeat":
             self.max_drawdown_pct = max(self.max_drawdown_pct, record["drawdown_pct"] or 0.0)
+        elif kind == "session.resumed":
+            self.resumes += 1
+            self.downtime_s += record.get("downtime_s") or 0.0
         elif kind == "session.started":
             self.started = record
         elif kind == "session.stopped":
@@ -170,6 +177,8 @@ class ReportBuilder:
             "orders_rejected": dict(sorted(self.orders_rejected.items())),
             "errors": self.errors,
             "error_messages": self.error_messages,
+            "resumes": self.resumes,
+            "downtime_s": round(self.downtime_s, 3),
             "open_positions": e.get("open_positions", []),
             "config": s["config"],
             "version": s["version"],

@@ -1,0 +1,111 @@
+"""What kind of session to run: a new live session, a resumed one, a replay or a backtest.
+
+The CLI turns flags into a `Plan`; the session reads it. Finding the session to resume and the
+recording to replay happens here, before anything starts, so that every problem is a clear message
+and exit code 2, never a half-started session.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from actors.lock import is_locked
+
+Mode = Literal["live", "replay", "backtest"]
+
+
+class PlanError(Exception):
+    """The flags ask for something that cannot be done; the message says why and what to do."""
+
+
+@attrs.frozen
+class Recording:
+    """A finished run folder to replay."""
+
+    run_path: Path
+    run_id: str
+    config: dict[str, Any]
+    started_ts: float
+    ended_ts: float
+    stop_reason: str
+
+    @property
+    def market_path(self) -> Path:
+        return self.run_path / "market.jsonl"
+
+
+@attrs.frozen
+class Plan:
+    mode: Mode = "live"
+    resume: Path | None = None  # live: the run folder to resume
+    data: str | None = None  # backtest: a candle file, or bitunix:SYMBOL:INTERVAL:START:END
+    recording: Recording | None = None  # replay
+
+    @property
+    def virtual_time(self) -> bool:
+        return self.mode != "live"
+
+
+def _ts(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def load_recording(target: Path) -> Recording:
+    """A run folder (or its events.jsonl) of a finished session, for --replay."""
+    run_path = target.parent if target.name == "events.jsonl" else target
+    events_path = run_path / "events.jsonl"
+    if not events_path.is_file():
+        raise PlanError(f"--replay: {target} is not a run folder or events.jsonl")
+    if not (run_path / "market.jsonl").is_file():
+        raise PlanError(f"--replay: {run_path} has no market.jsonl (recorded by an older version?)")
+    started: dict[str, Any] | None = None
+    stopped: dict[str, Any] | None = None
+    with events_path.open(encoding="utf-8") as f:
+        for line in f:
+            event = json.loads(line)
+            if event["kind"] == "session.started" and started is None:
+                started = event
+            elif event["kind"] == "session.stopped":
+                stopped = event
+    if started is None or stopped is None:
+        raise PlanError(f"--replay: {run_path} is not a finished session (no session.started/stopped)")
+    return Recording(
+        run_path=run_path,
+        run_id=started["run_id"],
+        config=started["config"],
+        started_ts=_ts(started["ts"]),
+        ended_ts=_ts(stopped["ts"]),
+        stop_reason=stopped["stop_reason"],
+    )
+
+
+def is_unfinished(run_path: Path) -> bool:
+    return (run_path / "events.jsonl").is_file() and not (run_path / "final_report.json").exists()
+
+
+def find_resumable(run_dir: Path, run_id: str | None) -> Path | None:
+    """The session to resume: `--resume RUN_ID`, or `<run_dir>/latest` when unfinished and unowned."""
+    if run_id is not None:
+        path = run_dir / run_id
+        if not path.is_dir():
+            raise PlanError(f"--resume: no run folder {path}")
+        if not is_unfinished(path):
+            raise PlanError(f"--resume: {path} finished already (final_report.json exists)")
+        if is_locked(path):
+            raise PlanError(f"--resume: {path} is running in another process")
+        return path
+    latest = run_dir / "latest"
+    if not latest.exists() or not is_unfinished(latest):
+        return None
+    path = latest.resolve()
+    if is_locked(path):
+        raise PlanError(
+            f"session {path.name} is running in another process; use --fresh to start a second session"
+        )
+    return path
