@@ -1,0 +1,143 @@
+"""Replay reproduces a recorded session exactly; backtests run the same actors over candle files."""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import datetime
+from pathlib import Path
+
+import trio
+
+from actors.config import load
+from actors.plan import Plan, load_recording
+from actors.session import run_session
+from tests.conftest import TRADES_OFTEN, make_config, read_events, read_report
+from tools.validate_session import validate
+
+# Wall-clock and identity fields; everything else (orders, fills, fees, PnL, stop reason) must match.
+NOT_COMPARED = {"run_id", "started_at", "ended_at", "elapsed_s", "data_source", "config", "downtime_s"}
+
+
+async def test_replay_reproduces_a_mock_session(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    original = await run_session(make_config(tmp_path / "a", *TRADES_OFTEN, duration_min=5), handle_signals=False,
+                                 progress_mode="off")
+    first = read_report(original.run_path)
+    assert first["fills"] >= 4
+    recording = load_recording(original.run_path)
+    config = make_config(tmp_path / "b", *TRADES_OFTEN, duration_min=5)
+    replayed = await run_session(config, plan=Plan(mode="replay", recording=recording), handle_signals=False)
+    second = read_report(replayed.run_path)
+    for key in first.keys() - NOT_COMPARED:
+        assert first[key] == second[key], key
+    fills_a = [(e["order_id"], e["qty"], e["fill_price"], e["fee"]) for e in read_events(original.run_path)
+               if e["kind"] == "order.filled"]
+    fills_b = [(e["order_id"], e["qty"], e["fill_price"], e["fee"]) for e in read_events(replayed.run_path)
+               if e["kind"] == "order.filled"]
+    assert fills_a == fills_b
+    assert validate(replayed.run_path) == []
+
+
+def write_bars(path: Path, n: int, seed: int = 7) -> list[float]:
+    """Seeded GBM 1-minute bars (like the peers' gen_bars.py, without numpy); returns the closes."""
+    rng = random.Random(seed)
+    price = 60000.0
+    closes = []
+    lines = ["open_time_ms,open,high,low,close,volume"]
+    for i in range(n):
+        o = round(price * math.exp(rng.gauss(0, 0.0002)), 1)  # opens gap from the last close, as real ones can
+        c = round(o * math.exp(rng.gauss(0, 0.0008)), 1)
+        h = round(max(o, c) * (1 + abs(rng.gauss(0, 0.0004))) + 0.05, 1)
+        lo = round(min(o, c) * (1 - abs(rng.gauss(0, 0.0004))) - 0.05, 1)
+        lines.append(f"{1_704_067_200_000 + i * 60_000},{o},{h},{lo},{c},{round(rng.uniform(1, 5), 3)}")
+        closes.append(c)
+        price = c
+    path.write_text("\n".join(lines) + "\n")
+    return closes
+
+
+def reference(closes: list[float], fast: int, slow: int, qty: float, fee: float, cash: float) -> tuple[int, float]:
+    """The peers' reference loop (reference_loop.py): always-in-market EMA crossover, fills at the
+    signal candle's close, fee on every fill, final equity marked at the last close."""
+    af, as_ = 2 / (fast + 1), 2 / (slow + 1)
+    ef = es = closes[0]
+    pos, fills, prev = 0.0, 0, None
+    for i, c in enumerate(closes):
+        ef, es = af * c + (1 - af) * ef, as_ * c + (1 - as_) * es
+        if i < slow - 1:
+            continue
+        d = ef - es
+        if prev is not None and ((prev < 0 < d and pos <= 0) or (prev > 0 > d and pos >= 0)):
+            side = 1 if d > 0 else -1
+            if pos != 0:
+                cash += side * -qty * c - qty * c * fee
+                fills += 1
+            cash += side * -qty * c - qty * c * fee
+            pos = side * qty
+            fills += 1
+        prev = d
+    return fills, cash + pos * closes[-1]
+
+
+PEER_JOB = [
+    "strategy.fast_period=20", "strategy.slow_period=50", "strategy.order_qty=0.01",
+    "broker.starting_equity=100000", "broker.backtest_fill=close", "broker.latency_ms=0",
+    "broker.latency_jitter_ms=0", "broker.slippage_bps=0", "risk.max_position_size=1",
+    "risk.max_orders_per_minute=600",
+]  # fmt: skip
+
+
+async def test_backtest_matches_the_reference_loop(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    data = tmp_path / "bars.csv"
+    closes = write_bars(data, 3000)
+    config = load(None, {}, [f"session.run_dir={tmp_path / 'runs'}", "session.interval=1m", *PEER_JOB])
+    result = await run_session(config, plan=Plan(mode="backtest", data=str(data)), handle_signals=False)
+    report = read_report(result.run_path)
+    fills, equity = reference(closes, 20, 50, 0.01, 0.0006, 100_000.0)
+    events = read_events(result.run_path)
+    flatten_fee = sum(e["fee"] for e in events if e["kind"] == "order.filled" and e["reason"] == "flatten_on_exit")
+    assert report["stop_reason"] == "data_end"
+    assert report["fills"] - (1 if flatten_fee else 0) == fills
+    assert abs(report["ending_equity"] + flatten_fee - equity) < 0.01
+    assert validate(result.run_path) == []
+
+
+async def test_backtest_default_fills_at_the_next_open_never_better(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    data = tmp_path / "bars.csv"
+    write_bars(data, 1500)
+    config = load(None, {}, [f"session.run_dir={tmp_path / 'runs'}", "session.interval=1m",
+                             "strategy.fast_period=5", "strategy.slow_period=13", "risk.max_orders_per_minute=600"])
+    result = await run_session(config, plan=Plan(mode="backtest", data=str(data)), handle_signals=False)
+    events = read_events(result.run_path)
+    fills = [e for e in events if e["kind"] == "order.filled" and e["reason"] != "flatten_on_exit"]
+    assert fills
+    opens = {}
+    for line in data.read_text().splitlines()[1:]:
+        t, o, *_ = line.split(",")
+        opens[int(t) // 1000] = float(o)
+    for f in fills:  # the open of the candle the order reached the market in, not the signal's close
+        fill_ts = datetime.fromisoformat(f["ts"].replace("Z", "+00:00")).timestamp()
+        candle_open = int(fill_ts // 60 * 60)
+        assert fill_ts - candle_open < 1.0  # latency, after the signal candle closed
+        assert f["fill_price"] == opens[candle_open]
+    assert validate(result.run_path) == []
+
+
+async def test_backtest_over_shared_real_data(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, shared_data: Path
+) -> None:
+    import gzip
+
+    source = shared_data / "btcusdt_perp_1m.csv.gz"
+    data = tmp_path / "real.csv"
+    with gzip.open(source, "rt") as f:  # the first 5,000 candles: enough to trade, quick to run
+        data.write_text("".join(line for _, line in zip(range(5001), f, strict=False)))
+    config = load(None, {}, [f"session.run_dir={tmp_path / 'runs'}", "session.interval=1m",
+                             "risk.max_orders_per_minute=600"])
+    result = await run_session(config, plan=Plan(mode="backtest", data=str(data)), handle_signals=False)
+    report = read_report(result.run_path)
+    assert report["stop_reason"] == "data_end" and report["fills"] > 0
+    assert report["open_positions"] == []
+    assert validate(result.run_path) == []
