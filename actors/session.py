@@ -188,7 +188,9 @@ async def run_session(
                 if resume_state is None:
                     await sink.send(_started_event(config, run_path.name, timeline))
                 else:
-                    await sink.send(_resumed_event(clock, recorder, loaded.path.name, loaded.problems))
+                    await sink.send(
+                        _resumed_event(clock, recorder, parts.account, loaded.path.name, loaded.problems)
+                    )
                 status = await _supervise(
                     config,
                     plan,
@@ -227,7 +229,9 @@ def _started_event(config: Config, run_id: str, timeline: Timeline) -> Event:
             "interval": config.session.interval,
             "data_source": timeline.data_source,
             "seed": config.session.seed,
-            "planned_duration_s": config.session.duration_min * 60 if math.isfinite(timeline.duration_s) else None,
+            "planned_duration_s": config.session.duration_min * 60
+            if math.isfinite(timeline.duration_s)
+            else None,
             "starting_equity": config.broker.starting_equity,
             "config": to_dict(config),
             "version": __version__,
@@ -236,7 +240,10 @@ def _started_event(config: Config, run_id: str, timeline: Timeline) -> Event:
     )
 
 
-def _resumed_event(clock: SessionClock, recorder: Recorder, generation: str, problems: list[str]) -> Event:
+def _resumed_event(
+    clock: SessionClock, recorder: Recorder, account: PaperAccount, generation: str, problems: list[str]
+) -> Event:
+    """Records the downtime and the restored account, so a reader can check it continues the log."""
     now = clock.now()
     return Event(
         now,
@@ -246,6 +253,9 @@ def _resumed_event(clock: SessionClock, recorder: Recorder, generation: str, pro
             "checkpoint": generation,
             "checkpoint_problems": problems,
             "discarded_events": recorder.discarded_events,
+            "position_qty": round(account.position_qty, 8),
+            "realized_pnl": account.realized_pnl,
+            "fees_paid": account.fees_paid,
             "pid": _pid(),
         },
     )

@@ -20,8 +20,9 @@ NOT_COMPARED = {"run_id", "started_at", "ended_at", "elapsed_s", "data_source", 
 
 
 async def test_replay_reproduces_a_mock_session(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
-    original = await run_session(make_config(tmp_path / "a", *TRADES_OFTEN, duration_min=5), handle_signals=False,
-                                 progress_mode="off")
+    original = await run_session(
+        make_config(tmp_path / "a", *TRADES_OFTEN, duration_min=5), handle_signals=False, progress_mode="off"
+    )
     first = read_report(original.run_path)
     assert first["fills"] >= 4
     recording = load_recording(original.run_path)
@@ -30,10 +31,16 @@ async def test_replay_reproduces_a_mock_session(tmp_path: Path, autojump_clock: 
     second = read_report(replayed.run_path)
     for key in first.keys() - NOT_COMPARED:
         assert first[key] == second[key], key
-    fills_a = [(e["order_id"], e["qty"], e["fill_price"], e["fee"]) for e in read_events(original.run_path)
-               if e["kind"] == "order.filled"]
-    fills_b = [(e["order_id"], e["qty"], e["fill_price"], e["fee"]) for e in read_events(replayed.run_path)
-               if e["kind"] == "order.filled"]
+    fills_a = [
+        (e["order_id"], e["qty"], e["fill_price"], e["fee"])
+        for e in read_events(original.run_path)
+        if e["kind"] == "order.filled"
+    ]
+    fills_b = [
+        (e["order_id"], e["qty"], e["fill_price"], e["fee"])
+        for e in read_events(replayed.run_path)
+        if e["kind"] == "order.filled"
+    ]
     assert fills_a == fills_b
     assert validate(replayed.run_path) == []
 
@@ -45,7 +52,9 @@ def write_bars(path: Path, n: int, seed: int = 7) -> list[float]:
     closes = []
     lines = ["open_time_ms,open,high,low,close,volume"]
     for i in range(n):
-        o = round(price * math.exp(rng.gauss(0, 0.0002)), 1)  # opens gap from the last close, as real ones can
+        o = round(
+            price * math.exp(rng.gauss(0, 0.0002)), 1
+        )  # opens gap from the last close, as real ones can
         c = round(o * math.exp(rng.gauss(0, 0.0008)), 1)
         h = round(max(o, c) * (1 + abs(rng.gauss(0, 0.0004))) + 0.05, 1)
         lo = round(min(o, c) * (1 - abs(rng.gauss(0, 0.0004))) - 0.05, 1)
@@ -56,7 +65,9 @@ def write_bars(path: Path, n: int, seed: int = 7) -> list[float]:
     return closes
 
 
-def reference(closes: list[float], fast: int, slow: int, qty: float, fee: float, cash: float) -> tuple[int, float]:
+def reference(
+    closes: list[float], fast: int, slow: int, qty: float, fee: float, cash: float
+) -> tuple[int, float]:
     """The peers' reference loop (reference_loop.py): always-in-market EMA crossover, fills at the
     signal candle's close, fee on every fill, final equity marked at the last close."""
     af, as_ = 2 / (fast + 1), 2 / (slow + 1)
@@ -95,7 +106,9 @@ async def test_backtest_matches_the_reference_loop(tmp_path: Path, autojump_cloc
     report = read_report(result.run_path)
     fills, equity = reference(closes, 20, 50, 0.01, 0.0006, 100_000.0)
     events = read_events(result.run_path)
-    flatten_fee = sum(e["fee"] for e in events if e["kind"] == "order.filled" and e["reason"] == "flatten_on_exit")
+    flatten_fee = sum(
+        e["fee"] for e in events if e["kind"] == "order.filled" and e["reason"] == "flatten_on_exit"
+    )
     assert report["stop_reason"] == "data_end"
     assert report["fills"] - (1 if flatten_fee else 0) == fills
     assert abs(report["ending_equity"] + flatten_fee - equity) < 0.01
@@ -107,8 +120,17 @@ async def test_backtest_default_fills_at_the_next_open_never_better(
 ) -> None:
     data = tmp_path / "bars.csv"
     write_bars(data, 1500)
-    config = load(None, {}, [f"session.run_dir={tmp_path / 'runs'}", "session.interval=1m",
-                             "strategy.fast_period=5", "strategy.slow_period=13", "risk.max_orders_per_minute=600"])
+    config = load(
+        None,
+        {},
+        [
+            f"session.run_dir={tmp_path / 'runs'}",
+            "session.interval=1m",
+            "strategy.fast_period=5",
+            "strategy.slow_period=13",
+            "risk.max_orders_per_minute=600",
+        ],
+    )
     result = await run_session(config, plan=Plan(mode="backtest", data=str(data)), handle_signals=False)
     events = read_events(result.run_path)
     fills = [e for e in events if e["kind"] == "order.filled" and e["reason"] != "flatten_on_exit"]
@@ -134,8 +156,11 @@ async def test_backtest_over_shared_real_data(
     data = tmp_path / "real.csv"
     with gzip.open(source, "rt") as f:  # the first 5,000 candles: enough to trade, quick to run
         data.write_text("".join(line for _, line in zip(range(5001), f, strict=False)))
-    config = load(None, {}, [f"session.run_dir={tmp_path / 'runs'}", "session.interval=1m",
-                             "risk.max_orders_per_minute=600"])
+    config = load(
+        None,
+        {},
+        [f"session.run_dir={tmp_path / 'runs'}", "session.interval=1m", "risk.max_orders_per_minute=600"],
+    )
     result = await run_session(config, plan=Plan(mode="backtest", data=str(data)), handle_signals=False)
     report = read_report(result.run_path)
     assert report["stop_reason"] == "data_end" and report["fills"] > 0
