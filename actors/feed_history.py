@@ -92,15 +92,20 @@ def candle_ticks(candle: Candle) -> tuple[Tick, Tick]:
     )
 
 
-async def _deliver(
-    clock: SessionClock,
-    subscribers: Sequence[trio.MemorySendChannel[MarketEvent]],
-    ts: float,
-    event: MarketEvent,
-) -> None:
-    await clock.sleep_until(ts)
+async def _send(subscribers: Sequence[trio.MemorySendChannel[MarketEvent]], event: MarketEvent) -> None:
     for tx in subscribers:
-        await tx.send(event)
+        try:
+            tx.send_nowait(event)  # room in a buffered channel: no task switch
+        except trio.WouldBlock:
+            await tx.send(event)
+
+
+async def _deliver(
+    clock: SessionClock, subscribers: Sequence[trio.MemorySendChannel[MarketEvent]], ts: float, event: MarketEvent
+) -> None:
+    """At `ts`, hand `event` to every subscriber and wait until every actor has done with it."""
+    await clock.sleep_until(ts)
+    await _send(subscribers, event)
     await trio.testing.wait_all_tasks_blocked()
 
 
@@ -111,7 +116,9 @@ async def run_candle_feed(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Actor (backtests): per candle, its open quote, its close quote, then the closed candle."""
+    """Actor (backtests): per candle, its open quote at its start; at its end its close quote and
+    the closed candle. The next candle's open comes only after every actor has finished with the
+    closed one, so an order decided on a candle never sees the next open early."""
     with ExitStack() as stack:
         for tx in subscribers:
             stack.enter_context(tx)
@@ -119,9 +126,13 @@ async def run_candle_feed(
         count = 0
         for candle in candles:
             open_tick, close_tick = candle_ticks(candle)
-            await _deliver(clock, subscribers, open_tick.ts, open_tick)
-            await _deliver(clock, subscribers, close_tick.ts, close_tick)
-            await _deliver(clock, subscribers, candle.close_ts, candle)
+            if clock.now() < open_tick.ts:  # a gap in the data
+                await clock.sleep_until(open_tick.ts)
+            await _send(subscribers, open_tick)
+            await clock.sleep_until(candle.close_ts)
+            await _send(subscribers, close_tick)
+            await _send(subscribers, candle)
+            await trio.testing.wait_all_tasks_blocked()
             count += 1
         logger.info("backtest data exhausted after {} candles", count)
 
