@@ -1,24 +1,69 @@
-"""The paper broker: orders -> fills; position, realized/unrealized PnL, fees, equity.
+"""The paper broker: orders -> fills; position, margin, fees, funding, liquidation, equity.
 
-`PaperAccount` is the pure, synchronous ledger (tested directly); `run_broker` is the thin actor
-loop around it. The account doubles as the read-only `AccountView` the risk gate, strategy and
-watchdog read: feedback flows through it, not through a channel that could deadlock.
+It models a Bitunix BTCUSDT linear perpetual (quantity in BTC, lot 0.0001, tick 0.1, isolated
+margin) honestly, so that a paper result means something:
 
-A market order fills at the touch at fill time (buy at the ask, sell at the bid), never at a price
-the market did not offer, and pays the taker fee. Every fill records the requested (decision) price
-beside the fill price.
+- an order reaches the market `broker.latency_ms` (+ seeded jitter) after it is sent, and fills
+  against the market as it is then, never as it was at the decision;
+- market orders take the touch, walk the visible book when one is known, and otherwise pay
+  `broker.slippage_bps` beyond the touch: never a better price than the market offered;
+- limit orders rest and fill only when the market trades through their price (a touch is not
+  enough unless `broker.limit_fill_on_touch`), at most the volume traded through them, and the
+  liquidity one order takes is gone for the next; a marketable limit takes as a taker;
+- stop-market orders trigger on the last price and then fill as market orders;
+- maker and taker fees; funding at 00:00, 08:00 and 16:00 UTC on the position open at that instant;
+- a position whose mark crosses its liquidation price is liquidated (with the taker fee).
+
+`PaperAccount` is the pure, synchronous engine (tested directly); `run_broker` is the thin actor
+around it. The account doubles as the read-only view the risk gate, strategy and watchdog read.
 """
 
 from __future__ import annotations
 
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 import trio
 
-from protocols.messages import Event, MarketEvent, Order, Side, Tick
+from actors.clock import SessionClock
+from actors.config import BrokerConfig
+from protocols.messages import (
+    Book,
+    Cancel,
+    Candle,
+    Event,
+    EventSender,
+    Funding,
+    MarketEvent,
+    Order,
+    Side,
+    Tick,
+)
 
+LOT = 0.0001  # BTC
+TICK = 0.1  # USDT
+MIN_QTY = 0.0001  # BTC
+MAINTENANCE_MARGIN_RATE = 0.005
+FUNDING_EVERY_S = 8 * 3600  # 00:00, 08:00, 16:00 UTC
+BOOK_FRESH_S = 2.0  # a book older than this (vs the last quote) is not trusted for walking
 EPS = 1e-12
+
+
+def round_lot(qty: float) -> float:
+    """Down to the lot step (never more than asked)."""
+    return round(math.floor(qty / LOT + 1e-9) * LOT, 4)
+
+
+def _worse(side: str, price: float, bps: float) -> float:
+    """`price` moved `bps` against a buyer (up) or seller (down), on the tick grid, never better."""
+    if side == "buy":
+        return round(math.ceil(price * (1 + bps / 10_000) / TICK - 1e-9) * TICK, 1)
+    return round(math.floor(price * (1 - bps / 10_000) / TICK + 1e-9) * TICK, 1)
 
 
 @attrs.define
@@ -36,28 +81,64 @@ class OpenTrade:
     fees: float = 0.0
 
 
-class PaperAccount:
-    """Linear USDT-margined perpetual, one symbol, netting position."""
+@attrs.define
+class Working:
+    """An order resting at the market (limit, stop, or protective)."""
 
-    def __init__(self, starting_equity: float, taker_fee_bps: float, maker_fee_bps: float) -> None:
-        self.starting_equity = starting_equity
-        self.taker_fee_rate = taker_fee_bps / 10_000
-        self.maker_fee_rate = maker_fee_bps / 10_000
+    order: Order
+    remaining: float
+    arrived_ts: float
+
+
+def _order_to_dict(order: Order) -> dict[str, Any]:
+    return attrs.asdict(order)
+
+
+class PaperAccount:
+    """Linear USDT-margined perpetual, one symbol, netting position, isolated margin."""
+
+    def __init__(self, config: BrokerConfig, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.rng = rng or random.Random(0)
+        self.starting_equity = config.starting_equity
+        self.taker_fee_rate = config.taker_fee_bps / 10_000
+        self.maker_fee_rate = config.maker_fee_bps / 10_000
+        # backtests with backtest_fill = "next_open": a market order waits for a quote newer than
+        # its decision (the next candle's open) however short the latency
+        self.defer_to_next_quote = False
+        self.on_trade_closed: Callable[[float, float], list[Event]] | None = None  # (net_pnl, ts) -> events
+        self.on_marked: Callable[[float], list[Event]] | None = None  # (ts) -> events
         self.position_qty = 0.0  # signed BTC
         self.avg_price = 0.0
         self.realized_pnl = 0.0
-        self.fees_paid = 0.0
+        self.fees_maker = 0.0
+        self.fees_taker = 0.0
+        self.funding_paid = 0.0
+        self.funding_rate_pct = 0.0
+        self.mark: float | None = None
         self.last_tick: Tick | None = None
-        self.processed_signed_qty = 0.0  # sum of signed qty of every order filled or refused
-        self.fill_count = 0
+        self.book: Book | None = None
+        self.last_ts: float | None = None
+        self.processed_signed_qty = 0.0  # every gate order's signed qty once filled, refused or cancelled
+        self.fill_seq = 0
+        self.protective_seq = 0
+        self.working: dict[str, Working] = {}
+        self.awaiting_quote: list[Order] = []
         self.trade: OpenTrade | None = None
-        self.peak_equity = starting_equity
+        self.peak_equity = self.starting_equity
         self.max_drawdown_pct = 0.0
 
     # --- the view -------------------------------------------------------------------------------
 
     @property
+    def fees_paid(self) -> float:
+        return self.fees_maker + self.fees_taker
+
+    @property
     def mark_price(self) -> float | None:
+        """The exchange's mark price when the feed gives one (Funding), else the quotes' mid."""
+        if self.mark is not None:
+            return self.mark
         return self.last_tick.mid if self.last_tick else None
 
     @property
@@ -69,7 +150,18 @@ class PaperAccount:
 
     @property
     def equity(self) -> float:
-        return self.starting_equity + self.realized_pnl - self.fees_paid + self.unrealized_pnl
+        return (
+            self.starting_equity
+            + self.realized_pnl
+            - self.fees_paid
+            - self.funding_paid
+            + self.unrealized_pnl
+        )
+
+    @property
+    def notional(self) -> float:
+        mark = self.mark_price or self.avg_price
+        return abs(self.position_qty) * mark
 
     @property
     def drawdown_pct(self) -> float:
@@ -79,125 +171,449 @@ class PaperAccount:
             else max(0.0, (self.peak_equity - self.equity) / self.peak_equity * 100)
         )
 
+    @property
+    def liquidation_price(self) -> float | None:
+        """Isolated margin: where the position's margin minus maintenance is gone."""
+        if abs(self.position_qty) < EPS:
+            return None
+        lev = self.config.leverage
+        if self.position_qty > 0:
+            return self.avg_price * (1 - 1 / lev + MAINTENANCE_MARGIN_RATE)
+        return self.avg_price * (1 + 1 / lev - MAINTENANCE_MARGIN_RATE)
+
     def open_positions(self) -> list[dict[str, Any]]:
         if abs(self.position_qty) < EPS:
             return []
+        liq = self.liquidation_price
         return [
             {
                 "side": "long" if self.position_qty > 0 else "short",
                 "qty": round(abs(self.position_qty), 8),
                 "avg_price": round(self.avg_price, 8),
                 "unrealized_pnl": round(self.unrealized_pnl, 8),
+                "liquidation_price": round(liq, 1) if liq else None,
             }
         ]
 
+    def latency_s(self) -> float:
+        """The delay from sending an order to it reaching the market (seeded jitter)."""
+        jitter = self.rng.uniform(0, self.config.latency_jitter_ms) if self.config.latency_jitter_ms else 0.0
+        return (self.config.latency_ms + jitter) / 1000
+
     # --- checkpoint ------------------------------------------------------------------------------
 
+    _SCALARS = (
+        "position_qty",
+        "avg_price",
+        "realized_pnl",
+        "fees_maker",
+        "fees_taker",
+        "funding_paid",
+        "funding_rate_pct",
+        "mark",
+        "last_ts",
+        "processed_signed_qty",
+        "fill_seq",
+        "protective_seq",
+        "peak_equity",
+        "max_drawdown_pct",
+    )
+
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "position_qty": self.position_qty,
-            "avg_price": self.avg_price,
-            "realized_pnl": self.realized_pnl,
-            "fees_paid": self.fees_paid,
-            "last_tick": attrs.asdict(self.last_tick) if self.last_tick else None,
-            "processed_signed_qty": self.processed_signed_qty,
-            "fill_count": self.fill_count,
-            "trade": attrs.asdict(self.trade) if self.trade else None,
-            "peak_equity": self.peak_equity,
-            "max_drawdown_pct": self.max_drawdown_pct,
-        }
+        state: dict[str, Any] = {name: getattr(self, name) for name in self._SCALARS}
+        state["last_tick"] = attrs.asdict(self.last_tick) if self.last_tick else None
+        state["trade"] = attrs.asdict(self.trade) if self.trade else None
+        state["working"] = [
+            {"order": _order_to_dict(w.order), "remaining": w.remaining, "arrived_ts": w.arrived_ts}
+            for w in self.working.values()
+        ]
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
-        for name in (
-            "position_qty",
-            "avg_price",
-            "realized_pnl",
-            "fees_paid",
-            "processed_signed_qty",
-            "fill_count",
-            "peak_equity",
-            "max_drawdown_pct",
-        ):
+        for name in self._SCALARS:
             setattr(self, name, state[name])
         self.last_tick = Tick(**state["last_tick"]) if state["last_tick"] else None
         self.trade = OpenTrade(**state["trade"]) if state["trade"] else None
+        self.working = {
+            w["order"]["id"]: Working(Order(**w["order"]), w["remaining"], w["arrived_ts"])
+            for w in state["working"]
+        }
 
     # --- market ---------------------------------------------------------------------------------
 
-    def on_tick(self, tick: Tick) -> None:
-        self.last_tick = tick
+    def on_market(self, event: MarketEvent, ts: float) -> list[Event]:
+        """Mark to market, charge funding, work resting orders, liquidate; returns the events."""
+        events: list[Event] = []
+        if isinstance(event, Book):
+            self.book = event
+            return events
+        events += self._funding_due(ts)
+        if isinstance(event, Funding):
+            self.mark = event.mark_price
+            self.funding_rate_pct = event.rate_pct
+        elif isinstance(event, Tick):
+            self.last_tick = event
+            events += self._work_quote(event, ts)
+            waiting, self.awaiting_quote = self.awaiting_quote, []
+            for order in waiting:
+                events += self._execute(order, ts)
+        elif isinstance(event, Candle):
+            events += self._work_candle(event, ts)
+        events += self._check_liquidation(ts)
+        self._update_drawdown()
+        if self.on_marked is not None:
+            events += self.on_marked(ts)
+        return events
+
+    def _update_drawdown(self) -> None:
         equity = self.equity
         self.peak_equity = max(self.peak_equity, equity)
         self.max_drawdown_pct = max(self.max_drawdown_pct, self.drawdown_pct)
 
+    def _funding_due(self, ts: float) -> list[Event]:
+        """Funding for each 00/08/16 UTC instant passed since the last market event."""
+        events: list[Event] = []
+        if self.last_ts is not None:
+            instant = (math.floor(self.last_ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S
+            while instant <= ts:
+                events += self._charge_funding(instant)
+                instant += FUNDING_EVERY_S
+        self.last_ts = ts
+        return events
+
+    def _charge_funding(self, instant: float) -> list[Event]:
+        mark = self.mark_price
+        if abs(self.position_qty) < EPS or mark is None:
+            return []
+        amount = self.position_qty * mark * self.funding_rate_pct / 100  # longs pay a positive rate
+        self.funding_paid += amount
+        return [
+            Event(
+                instant,
+                "funding",
+                {
+                    "instant": datetime.fromtimestamp(instant, UTC).isoformat().replace("+00:00", "Z"),
+                    "rate_pct": self.funding_rate_pct,
+                    "mark_price": mark,
+                    "position_qty": round(self.position_qty, 8),
+                    "amount": amount,
+                },
+            )
+        ]
+
+    def _work_quote(self, tick: Tick, ts: float) -> list[Event]:
+        """Resting orders against a new quote: stops trigger on the last price; limits fill when
+        the last trade went through their price, up to the size traded."""
+        events: list[Event] = []
+        available = tick.last_qty if tick.last_qty > 0 else math.inf
+        for working in sorted(self.working.values(), key=lambda w: w.arrived_ts):
+            order = working.order
+            if working.order.id not in self.working:
+                continue  # cancelled by an earlier fill in this loop (OCO)
+            if order.order_type == "stop_market":
+                assert order.trigger_price is not None
+                hit = (
+                    tick.last >= order.trigger_price
+                    if order.side == "buy"
+                    else tick.last <= order.trigger_price
+                )
+                if hit:
+                    del self.working[order.id]
+                    events += self._take(order, working.remaining, ts, tick)
+            elif order.order_type == "limit" and available > EPS:
+                assert order.limit_price is not None
+                if self._traded_through(order.side, order.limit_price, tick.last):
+                    qty = round_lot(min(working.remaining, available))
+                    if qty >= MIN_QTY:
+                        available -= qty
+                        events += self._rest_fill(working, qty, order.limit_price, ts, tick)
+        return events
+
+    def _traded_through(self, side: str, limit: float, price: float) -> bool:
+        if self.config.limit_fill_on_touch:
+            return price <= limit if side == "buy" else price >= limit
+        return price < limit if side == "buy" else price > limit
+
+    def _work_candle(self, candle: Candle, ts: float) -> list[Event]:
+        """Backtests: a candle's range also works resting orders (its quotes already did the rest)."""
+        events: list[Event] = []
+        tick = self.last_tick or Tick(ts=ts, bid=candle.close, ask=candle.close, last=candle.close)
+        span = max(candle.high - candle.low, TICK)
+        for working in sorted(self.working.values(), key=lambda w: w.arrived_ts):
+            order = working.order
+            if order.id not in self.working:
+                continue
+            if order.order_type == "stop_market":
+                assert order.trigger_price is not None
+                hit = (
+                    candle.high >= order.trigger_price
+                    if order.side == "buy"
+                    else candle.low <= order.trigger_price
+                )
+                if hit:  # filled at the trigger, moved against us, never better than the candle allowed
+                    del self.working[order.id]
+                    price = _worse(order.side, order.trigger_price, self.config.slippage_bps)
+                    events += self._fill(order, working.remaining, price, "taker", ts, tick)
+            elif order.order_type == "limit":
+                assert order.limit_price is not None
+                through = (
+                    (order.limit_price - candle.low)
+                    if order.side == "buy"
+                    else (candle.high - order.limit_price)
+                )
+                if through > 0 or (self.config.limit_fill_on_touch and through >= 0):
+                    volume = candle.volume * min(1.0, through / span) if candle.volume > 0 else math.inf
+                    qty = round_lot(min(working.remaining, volume))
+                    if qty >= MIN_QTY:
+                        events += self._rest_fill(working, qty, order.limit_price, ts, tick)
+        return events
+
+    def _check_liquidation(self, ts: float) -> list[Event]:
+        liq, mark = self.liquidation_price, self.mark_price
+        if liq is None or mark is None or self.last_tick is None:
+            return []
+        crossed = mark <= liq if self.position_qty > 0 else mark >= liq
+        if not crossed:
+            return []
+        side: Side = "sell" if self.position_qty > 0 else "buy"
+        order = Order(
+            id=f"liq-{self.fill_seq + 1}",
+            ts=ts,
+            side=side,
+            qty=round(abs(self.position_qty), 8),
+            decision_price=mark,
+            reason="liquidation",
+            reduce_only=True,
+            protective=True,
+        )
+        events = [
+            Event(
+                ts,
+                "liquidation",
+                {"mark_price": mark, "liquidation_price": liq, "position_qty": round(self.position_qty, 8)},
+            )
+        ]
+        events += self.cancel_all(ts, "liquidation")
+        price = self.last_tick.bid if side == "sell" else self.last_tick.ask
+        return events + self._fill(order, order.qty, price, "taker", ts, self.last_tick)
+
     # --- orders ---------------------------------------------------------------------------------
 
-    def execute_market(self, order: Order, ts: float) -> list[Event]:
-        """Fill a market order at the touch now, or refuse it; returns the events to record."""
+    def on_arrival(self, order: Order, ts: float) -> list[Event]:
+        """The order reaches the market now."""
+        if self.last_tick is None:
+            return self._refuse(order, ts, "no_market_data", order.qty)
+        stale_quote = self.last_tick.ts < order.ts  # the quote the decision itself saw
+        if self.defer_to_next_quote and stale_quote and order.order_type == "market" and not order.protective:
+            self.awaiting_quote.append(order)
+            return []
+        return self._execute(order, ts)
+
+    def _execute(self, order: Order, ts: float) -> list[Event]:
         tick = self.last_tick
-        if tick is None:
-            self.processed_signed_qty += order.signed_qty
-            return [_rejected(order, ts, "no_market_data")]
+        assert tick is not None
         qty = order.qty
         if order.reduce_only:
-            closable = abs(self.position_qty) if self.position_qty * order.signed_qty < 0 else 0.0
+            closable = (
+                abs(self.position_qty) if self.position_qty * (1 if order.side == "buy" else -1) < 0 else 0.0
+            )
             if closable < EPS:
-                self.processed_signed_qty += order.signed_qty
-                return [_rejected(order, ts, "reduce_only_nothing_to_close")]
-            qty = min(qty, closable)
-            # the part that could not be used is refused, so the risk gate's pending count clears
-            self.processed_signed_qty += order.signed_qty - (qty if order.side == "buy" else -qty)
-        price = tick.ask if order.side == "buy" else tick.bid
-        return self.apply_fill(order, qty, price, "taker", ts, tick)
+                return self._refuse(order, ts, "reduce_only_nothing_to_close", qty)
+            if qty > closable + EPS:
+                self._count_processed(order, qty - closable)
+                qty = round(closable, 8)
+        elif not self._margin_ok(order, qty, tick):
+            return self._refuse(order, ts, "insufficient_margin", qty)
+        if order.order_type == "market":
+            return self._take(order, qty, ts, tick)
+        if order.order_type == "limit":
+            assert order.limit_price is not None
+            touch = tick.ask if order.side == "buy" else tick.bid
+            marketable = order.limit_price >= touch if order.side == "buy" else order.limit_price <= touch
+            if marketable and order.post_only:
+                return self._refuse(order, ts, "post_only_would_take", qty)
+            if marketable:
+                return self._fill(order, qty, touch, "taker", ts, tick)
+        self.working[order.id] = Working(order, qty, ts)
+        return [
+            Event(
+                ts,
+                "order.working",
+                {
+                    "order_id": order.id,
+                    "type": order.order_type,
+                    "side": order.side,
+                    "qty": qty,
+                    "limit_price": order.limit_price,
+                    "trigger_price": order.trigger_price,
+                    "reason": order.reason,
+                },
+            )
+        ]
 
-    def apply_fill(
-        self, order: Order, qty: float, price: float, liquidity: str, ts: float, tick: Tick
+    def _margin_ok(self, order: Order, qty: float, tick: Tick) -> bool:
+        """Initial margin: the position after the order, at the touch, over leverage, within equity."""
+        signed = qty if order.side == "buy" else -qty
+        after = abs(self.position_qty + signed)
+        if after <= abs(self.position_qty):
+            return True
+        price = tick.ask if order.side == "buy" else tick.bid
+        return after * price / self.config.leverage <= self.equity
+
+    def cancel(self, cancel: Cancel) -> list[Event]:
+        working = self.working.pop(cancel.order_id, None)
+        if working is None:
+            return [
+                Event(
+                    cancel.ts, "order.cancel_rejected", {"order_id": cancel.order_id, "reason": "not_working"}
+                )
+            ]
+        self._count_processed(working.order, working.remaining)
+        return [
+            Event(
+                cancel.ts,
+                "order.cancelled",
+                {"order_id": cancel.order_id, "reason": cancel.reason, "remaining": working.remaining},
+            )
+        ]
+
+    def cancel_all(self, ts: float, reason: str) -> list[Event]:
+        return [e for order_id in list(self.working) for e in self.cancel(Cancel(order_id, ts, reason))]
+
+    def _refuse(self, order: Order, ts: float, reason: str, qty: float) -> list[Event]:
+        self._count_processed(order, qty)
+        return [
+            Event(
+                ts,
+                "order.rejected",
+                {"order_id": order.id, "side": order.side, "qty": qty, "reason": reason, "stage": "broker"},
+            )
+        ]
+
+    def _count_processed(self, order: Order, qty: float) -> None:
+        if not order.protective:
+            self.processed_signed_qty += qty if order.side == "buy" else -qty
+
+    def _take(self, order: Order, qty: float, ts: float, tick: Tick) -> list[Event]:
+        """Take liquidity: walk a fresh book level by level, else the touch plus slippage."""
+        book = self.book
+        levels = (book.asks if order.side == "buy" else book.bids) if book else ()
+        if book is not None and levels and ts - book.ts <= BOOK_FRESH_S:
+            events: list[Event] = []
+            left = qty
+            for price, size in levels:
+                take = round_lot(min(left, size)) if left > size else round(left, 8)
+                if take < EPS:
+                    continue
+                events += self._fill(order, take, price, "taker", ts, tick, partial=True)
+                left = round(left - take, 8)
+                if left < MIN_QTY:
+                    break
+            if left >= MIN_QTY:  # deeper than the book we can see: the last level, moved against us
+                events += self._fill(
+                    order,
+                    left,
+                    _worse(order.side, levels[-1][0], self.config.slippage_bps),
+                    "taker",
+                    ts,
+                    tick,
+                    partial=True,
+                )
+            return events
+        touch = tick.ask if order.side == "buy" else tick.bid
+        return self._fill(order, qty, _worse(order.side, touch, self.config.slippage_bps), "taker", ts, tick)
+
+    def _rest_fill(self, working: Working, qty: float, price: float, ts: float, tick: Tick) -> list[Event]:
+        working.remaining = round(working.remaining - qty, 8)
+        if working.remaining < MIN_QTY:
+            del self.working[working.order.id]
+        return self._fill(working.order, qty, price, "maker", ts, tick, partial=working.remaining >= MIN_QTY)
+
+    def _fill(
+        self,
+        order: Order,
+        qty: float,
+        price: float,
+        liquidity: str,
+        ts: float,
+        tick: Tick,
+        partial: bool = False,
     ) -> list[Event]:
         """Book one fill: fee, position, realized PnL; returns order.filled and position.closed events."""
         rate = self.taker_fee_rate if liquidity == "taker" else self.maker_fee_rate
         fee = qty * price * rate
         signed = qty if order.side == "buy" else -qty
-        self.processed_signed_qty += signed
-        self.fill_count += 1
-        self.fees_paid += fee
+        self._count_processed(order, qty)
+        self.fill_seq += 1
+        if liquidity == "taker":
+            self.fees_taker += fee
+        else:
+            self.fees_maker += fee
         events: list[Event] = []
+        closed: OpenTrade | None = None
         realized = 0.0
         pos = self.position_qty
         remaining = signed
         if pos * signed < 0:  # reduces (and maybe flips) the position
             closing = min(abs(pos), abs(signed))
             realized = (price - self.avg_price) * closing * (1 if pos > 0 else -1)
-            closing_fee = fee * closing / qty
             self.realized_pnl += realized
             trade = self._trade(ts, pos)
             trade.realized_pnl += realized
-            trade.fees += closing_fee
+            trade.fees += fee * closing / qty
             trade.exit_notional += closing * price
             trade.exit_qty += closing
-            self.position_qty = pos + (closing if pos < 0 else -closing)
+            self.position_qty = round(pos + (closing if pos < 0 else -closing), 10)
             remaining = signed + (closing if signed < 0 else -closing)
             if abs(self.position_qty) < EPS:
                 self.position_qty = 0.0
                 self.avg_price = 0.0
-                events.append(self._closed_event(trade, ts))
-                self.trade = None
+                closed, self.trade = trade, None
         if abs(remaining) > EPS:  # opens or adds
             new_qty = self.position_qty + remaining
             self.avg_price = (self.avg_price * abs(self.position_qty) + price * abs(remaining)) / abs(new_qty)
-            self.position_qty = new_qty
+            self.position_qty = round(new_qty, 10)
             trade = self._trade(ts, new_qty)
             trade.fees += fee * abs(remaining) / qty
             trade.entry_notional += abs(remaining) * price
             trade.entry_qty += abs(remaining)
             trade.max_qty = max(trade.max_qty, abs(new_qty))
-        fill = Event(
+        events.append(self._fill_event(order, qty, price, liquidity, fee, rate, realized, ts, tick, partial))
+        if closed is not None:
+            events.append(self._closed_event(closed, ts, order.reason))
+            events += self.cancel_all(ts, "position_closed")  # protective orders die with the position
+            if self.on_trade_closed is not None:
+                events += self.on_trade_closed(closed.realized_pnl - closed.fees, ts)
+        if order.stop_price is not None or order.target_price is not None:
+            events += self._attach_protection(order, ts)
+        self._update_drawdown()
+        return events
+
+    def _fill_event(
+        self,
+        order: Order,
+        qty: float,
+        price: float,
+        liquidity: str,
+        fee: float,
+        rate: float,
+        realized: float,
+        ts: float,
+        tick: Tick,
+        partial: bool,
+    ) -> Event:
+        touch = tick.ask if order.side == "buy" else tick.bid
+        return Event(
             ts,
             "order.filled",
             {
                 "order_id": order.id,
+                "fill_id": f"f{self.fill_seq}",
                 "side": order.side,
                 "qty": round(qty, 8),
+                "type": order.order_type,
                 "requested_price": order.decision_price,
+                "reference_price": touch,
                 "fill_price": price,
                 "bid": tick.bid,
                 "ask": tick.ask,
@@ -205,20 +621,70 @@ class PaperAccount:
                 "fee": fee,
                 "fee_bps": rate * 10_000,
                 "slippage_bps": _slippage_bps(order.side, order.decision_price, price),
+                "slippage_mid_bps": _slippage_bps(order.side, tick.mid, price),
+                "latency_ms": round((ts - order.ts) * 1000, 3),
+                "partial": partial,
                 "realized_pnl": realized,
                 "position_qty": round(self.position_qty, 8),
                 "reason": order.reason,
             },
         )
-        self.on_tick(tick)
-        return [fill, *events]
+
+    def _attach_protection(self, entry: Order, ts: float) -> list[Event]:
+        """An entry's stop-loss (stop-market) and take-profit (limit), reduce-only, one cancels the other."""
+        if abs(self.position_qty) < EPS:
+            return []
+        for working in [w for w in self.working.values() if w.order.protective]:
+            del self.working[working.order.id]  # re-attached for the whole position
+        exit_side: Side = "sell" if self.position_qty > 0 else "buy"
+        qty = round(abs(self.position_qty), 8)
+        events: list[Event] = []
+        if entry.stop_price is not None:
+            events += self._protect(exit_side, qty, "stop_market", entry.stop_price, "stop_loss", ts)
+        if entry.target_price is not None:
+            events += self._protect(exit_side, qty, "limit", entry.target_price, "take_profit", ts)
+        return events
+
+    def _protect(
+        self, side: Side, qty: float, kind: str, price: float, reason: str, ts: float
+    ) -> list[Event]:
+        self.protective_seq += 1
+        order = Order(
+            id=f"p{self.protective_seq}",
+            ts=ts,
+            side=side,
+            qty=qty,
+            decision_price=price,
+            reason=reason,
+            reduce_only=True,
+            order_type="stop_market" if kind == "stop_market" else "limit",
+            limit_price=price if kind == "limit" else None,
+            trigger_price=price if kind == "stop_market" else None,
+            protective=True,
+        )
+        self.working[order.id] = Working(order, qty, ts)
+        return [
+            Event(
+                ts,
+                "order.working",
+                {
+                    "order_id": order.id,
+                    "type": order.order_type,
+                    "side": side,
+                    "qty": qty,
+                    "limit_price": order.limit_price,
+                    "trigger_price": order.trigger_price,
+                    "reason": reason,
+                },
+            )
+        ]
 
     def _trade(self, ts: float, signed_pos: float) -> OpenTrade:
         if self.trade is None:
             self.trade = OpenTrade(side="long" if signed_pos > 0 else "short", opened_ts=ts)
         return self.trade
 
-    def _closed_event(self, trade: OpenTrade, ts: float) -> Event:
+    def _closed_event(self, trade: OpenTrade, ts: float, reason: str) -> Event:
         return Event(
             ts,
             "position.closed",
@@ -232,6 +698,7 @@ class PaperAccount:
                 "net_pnl": trade.realized_pnl - trade.fees,
                 "opened_ts": trade.opened_ts,
                 "held_s": round(ts - trade.opened_ts, 3),
+                "exit_reason": reason,
             },
         )
 
@@ -246,54 +713,95 @@ class PaperAccount:
             id=order_id,
             ts=ts,
             side=side,
-            qty=abs(self.position_qty),
+            qty=round(abs(self.position_qty), 8),
             decision_price=price,
             reason="flatten_on_exit",
             reduce_only=True,
+            protective=True,
         )
 
+    def flatten(self, ts: float, reason: str, order_id: str) -> list[Event]:
+        """Cancel every working order and close the position at once (fees and slippage apply)."""
+        events = self.cancel_all(ts, reason)
+        order = self.flatten_order(ts, order_id)
+        if order is not None and self.last_tick is not None:
+            events.append(
+                Event(
+                    ts,
+                    "order.submitted",
+                    {
+                        "order_id": order.id,
+                        "side": order.side,
+                        "qty": order.qty,
+                        "type": "market",
+                        "requested_price": order.decision_price,
+                        "reduce_only": True,
+                        "reason": reason,
+                    },
+                )
+            )
+            events += self._take(order, order.qty, ts, self.last_tick)
+        return events
 
-def _slippage_bps(side: str, decision: float, fill: float) -> float:
-    """Positive when the fill is worse for us than the decision price."""
-    if decision <= 0:
+
+def _slippage_bps(side: str, reference: float, fill: float) -> float:
+    """Positive when the fill is worse for us than the reference price."""
+    if reference <= 0:
         return 0.0
-    diff = fill - decision if side == "buy" else decision - fill
-    return diff / decision * 10_000
-
-
-def _rejected(order: Order, ts: float, reason: str) -> Event:
-    return Event(
-        ts,
-        "order.rejected",
-        {"order_id": order.id, "side": order.side, "qty": order.qty, "reason": reason, "stage": "broker"},
-    )
+    diff = fill - reference if side == "buy" else reference - fill
+    return diff / reference * 10_000
 
 
 async def run_broker(
     account: PaperAccount,
     market_rx: trio.MemoryReceiveChannel[MarketEvent],
-    orders_rx: trio.MemoryReceiveChannel[Order],
-    events_tx: trio.MemorySendChannel[Event],
-    now: Any,
+    orders_rx: trio.MemoryReceiveChannel[Order | Cancel],
+    events_tx: EventSender,
+    clock: SessionClock,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Actor: keeps the account marked to market and fills the orders the risk gate approves."""
+    """Actor: keeps the account marked to market and works the orders the risk gate approves,
+    each reaching the market after the broker's latency."""
+
+    async def emit(events: list[Event]) -> None:
+        for event in events:
+            await events_tx.send(event)
 
     async def market_loop() -> None:
         with market_rx:
             async for event in market_rx:
-                if isinstance(event, Tick):
-                    account.on_tick(event)
+                await emit(account.on_market(event, clock.now()))
+
+    in_flight: deque[tuple[float, Order | Cancel]] = deque()
+    wakeup = trio.Event()
 
     async def order_loop() -> None:
+        nonlocal wakeup
         with orders_rx:
-            async for order in orders_rx:
-                for event in account.execute_market(order, now()):
-                    await events_tx.send(event)
+            async for message in orders_rx:
+                # one connection: orders reach the market in the order they were sent
+                at = clock.now() + account.latency_s()
+                in_flight.append((max(at, in_flight[-1][0]) if in_flight else at, message))
+                wakeup.set()
+
+    async def arrivals() -> None:
+        nonlocal wakeup
+        while True:
+            if not in_flight:
+                await wakeup.wait()
+                wakeup = trio.Event()
+                continue
+            await clock.sleep_until(in_flight[0][0])
+            _, message = in_flight.popleft()
+            if isinstance(message, Cancel):
+                await emit(account.cancel(attrs.evolve(message, ts=clock.now())))
+            else:
+                await emit(account.on_arrival(message, clock.now()))
 
     with events_tx:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(market_loop)
             nursery.start_soon(order_loop)
+            nursery.start_soon(arrivals)
             task_status.started()

@@ -221,6 +221,11 @@ class RiskConfig:
     max_orders_per_minute: int = key(6, "orders allowed in any 60 s window (sliding)", _num(ge=1, le=600))
     max_notional: float = key(1000.0, "largest absolute position value allowed, USDT", _num(gt=0))
     max_leverage: float = key(2.0, "largest position notional / equity allowed", _num(gt=0, le=125))
+    sizing: str = key(
+        "risk",
+        "entry size: 'risk' (risk_per_trade_pct over the stop distance) or 'fixed' (strategy.order_qty)",
+        _choice("risk", "fixed"),
+    )
     risk_per_trade_pct: float = key(
         0.5, "equity risked per trade, percent; sizes entries from the stop distance", _num(gt=0, le=100)
     )
@@ -255,8 +260,10 @@ class StrategyConfig:
     fast_period: int = key(9, "fast EMA period, candles", _num(ge=1, le=1000))
     slow_period: int = key(21, "slow EMA period, candles (must be > fast_period)", _num(ge=2, le=1000))
     history: int = key(200, "closed candles kept in memory (bounded)", _num(ge=2, le=10000))
-    order_qty: float = key(0.001, "size of each entry, BTC", _num(gt=0))
-    stop_loss_pct: float = key(0.5, "protective stop distance from entry, percent", _num(gt=0, le=50))
+    order_qty: float = key(0.001, "size of each entry with risk.sizing = 'fixed', BTC", _num(gt=0))
+    stop_loss_pct: float = key(
+        0.5, "protective stop-loss distance from entry, percent (0: none)", _num(ge=0, le=50)
+    )
     take_profit_pct: float = key(
         1.0, "take-profit distance from entry, percent (0: none)", _num(ge=0, le=100)
     )
@@ -475,6 +482,11 @@ def cross_checks(config: Config) -> list[str]:
         problems.append(
             f"strategy.fast_period: {s.fast_period} is not allowed; expected less than "
             f"strategy.slow_period ({s.slow_period})"
+        )
+    if config.risk.sizing == "risk" and s.stop_loss_pct == 0:
+        problems.append(
+            "strategy.stop_loss_pct: 0 is not allowed with risk.sizing = 'risk'; expected a stop distance > 0 "
+            "(or risk.sizing = 'fixed')"
         )
     if s.slow_period > s.history:
         problems.append(

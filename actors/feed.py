@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import Any
 
+import attrs
 import trio
 
 from actors.clock import SessionClock
@@ -20,6 +22,21 @@ from actors.config import FeedConfig
 from protocols.messages import Candle, MarketEvent, Tick
 
 TICK_SIZE = 0.1
+
+
+@attrs.define
+class FeedHealth:
+    """What the feed says about itself, read by the risk gate (stale-data gate) and the report."""
+
+    data_source: str
+    stale: bool = False
+    connected: bool = False
+    reconnects: int = 0
+    downtime_s: float = 0.0
+    malformed: Counter[str] = attrs.field(factory=Counter)
+    rest_retries: int = 0
+
+
 SECONDS_PER_YEAR = 365.0 * 86400.0
 
 

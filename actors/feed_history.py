@@ -101,7 +101,10 @@ async def _send(subscribers: Sequence[trio.MemorySendChannel[MarketEvent]], even
 
 
 async def _deliver(
-    clock: SessionClock, subscribers: Sequence[trio.MemorySendChannel[MarketEvent]], ts: float, event: MarketEvent
+    clock: SessionClock,
+    subscribers: Sequence[trio.MemorySendChannel[MarketEvent]],
+    ts: float,
+    event: MarketEvent,
 ) -> None:
     """At `ts`, hand `event` to every subscriber and wait until every actor has done with it."""
     await clock.sleep_until(ts)

@@ -32,7 +32,7 @@ from actors import __version__, checkpoint
 from actors.broker import PaperAccount, run_broker
 from actors.clock import SessionClock
 from actors.config import Config, to_dict
-from actors.feed import RandomWalk, run_mock_feed
+from actors.feed import FeedHealth, RandomWalk, run_mock_feed
 from actors.feed_history import read_candles_csv, read_market_log, run_candle_feed, run_replay_feed
 from actors.lock import SessionLock
 from actors.plan import Plan
@@ -41,7 +41,7 @@ from actors.recorder import MARKET_KIND, EventSink, Recorder, create_run_folder,
 from actors.risk import RiskGate, run_risk
 from actors.strategy import EmaCross, run_strategy
 from actors.watchdog import Stopper, heartbeat_fields, run_watchdog
-from protocols.messages import Candle, Event, EventSender, MarketEvent, Order, OrderIntent
+from protocols.messages import Cancel, Candle, Event, EventSender, MarketEvent, Order, OrderIntent
 
 # Stop reasons that come from the data (and so must come out the same in a replay).
 DATA_DRIVEN_STOPS = frozenset({"max_loss", "max_trades", "max_losses", "breaker", "data_end"})
@@ -109,9 +109,7 @@ def build_parts(config: Config) -> Parts:
     no part's draws depend on how the scheduler interleaves the others."""
     root = random.Random(config.session.seed)
     rngs = {name: random.Random(root.getrandbits(64)) for name in ("feed", "broker")}
-    account = PaperAccount(
-        config.broker.starting_equity, config.broker.taker_fee_bps, config.broker.maker_fee_bps
-    )
+    account = PaperAccount(config.broker, rngs["broker"])
     s = config.strategy
     return Parts(
         account=account,
@@ -147,6 +145,10 @@ async def run_session(
     plan = plan or Plan()
     parts = build_parts(config)
     stopper = Stopper()
+    health = FeedHealth(data_source=config.feed.source)
+    parts.gate.stop = stopper.stop
+    parts.gate.health = health
+    parts.account.defer_to_next_quote = plan.mode == "backtest" and config.broker.backtest_fill == "next_open"
     sink = EventSink()
     candles: Iterator[Candle] | None = None
     first_candle: Candle | None = None
@@ -387,7 +389,7 @@ async def _run_actors(
     strategy_market_tx, strategy_market_rx = trio.open_memory_channel[MarketEvent](market_buffer)
     broker_market_tx, broker_market_rx = trio.open_memory_channel[MarketEvent](market_buffer)
     intents_tx, intents_rx = trio.open_memory_channel[OrderIntent](0)
-    orders_tx, orders_rx = trio.open_memory_channel[Order](0)
+    orders_tx, orders_rx = trio.open_memory_channel[Order | Cancel](0)
     subscribers = [broker_market_tx, strategy_market_tx]
     heartbeat_s = config.observability.heartbeat_s
     if plan.mode == "backtest":  # an equity curve of hourly points for 1-minute data
@@ -410,7 +412,7 @@ async def _run_actors(
                 task_status=task_status,
             )
         )
-        await actors.start(run_broker, parts.account, broker_market_rx, orders_rx, sink.clone(), now)
+        await actors.start(run_broker, parts.account, broker_market_rx, orders_rx, sink.clone(), clock)
         await actors.start(run_risk, parts.gate, intents_rx, orders_tx, sink.clone(), now)
         await actors.start(
             run_strategy,
@@ -440,26 +442,8 @@ async def _flatten_and_stop(
 ) -> None:
     """Close the position through the broker's normal fill path, then record the stop."""
     with trio.move_on_after(config.session.flatten_timeout_s, shield=True) as scope:
-        ts = clock.now()
-        order = account.flatten_order(ts, "flatten-1")
-        if order is not None:
-            await sink.send(
-                Event(
-                    ts,
-                    "order.submitted",
-                    {
-                        "order_id": order.id,
-                        "side": order.side,
-                        "qty": order.qty,
-                        "type": "market",
-                        "requested_price": order.decision_price,
-                        "reduce_only": True,
-                        "reason": order.reason,
-                    },
-                )
-            )
-            for event in account.execute_market(order, ts):
-                await sink.send(event)
+        for event in account.flatten(clock.now(), "flatten_on_exit", "flatten-1"):
+            await sink.send(event)
         ended = clock.now()
         # a last metrics row with the flat, final account
         await sink.send(Event(ended, "heartbeat", heartbeat_fields(account, ended - timeline.started_ts)))

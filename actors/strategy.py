@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 import trio
 
 from actors.config import StrategyConfig
-from protocols.messages import Candle, Event, MarketEvent, OrderIntent
+from protocols.messages import Candle, Event, EventSender, MarketEvent, OrderIntent
 
 Cross = Literal["up", "down"]
 
@@ -78,10 +78,12 @@ class PositionView(Protocol):
 
 
 def intents_for(
-    cross: Cross, position: float, order_qty: float, price: float, ts: float
+    cross: Cross, position: float, config: StrategyConfig, price: float, ts: float
 ) -> list[OrderIntent]:
-    """Always in the market: on a cross, close the opposite position, then enter the new side."""
+    """Always in the market: on a cross, close the opposite position, then enter the new side with
+    a protective stop (and target) at the configured distances."""
     side: Literal["buy", "sell"] = "buy" if cross == "up" else "sell"
+    sign = 1 if side == "buy" else -1
     opposite = position < 0 if side == "buy" else position > 0
     intents = []
     if opposite:
@@ -89,7 +91,19 @@ def intents_for(
             OrderIntent(ts, side, abs(position), price, reason=f"exit_on_cross_{cross}", reduce_only=True)
         )
     if opposite or abs(position) < 1e-12:
-        intents.append(OrderIntent(ts, side, order_qty, price, reason=f"entry_on_cross_{cross}"))
+        stop = price * (1 - sign * config.stop_loss_pct / 100) if config.stop_loss_pct else None
+        target = price * (1 + sign * config.take_profit_pct / 100) if config.take_profit_pct else None
+        intents.append(
+            OrderIntent(
+                ts,
+                side,
+                config.order_qty,
+                price,
+                reason=f"entry_on_cross_{cross}",
+                stop_price=stop,
+                target_price=target,
+            )
+        )
     return intents
 
 
@@ -98,7 +112,7 @@ async def run_strategy(
     view: PositionView,
     market_rx: trio.MemoryReceiveChannel[MarketEvent],
     intents_tx: trio.MemorySendChannel[OrderIntent],
-    events_tx: trio.MemorySendChannel[Event],
+    events_tx: EventSender,
     now: Callable[[], float],
     ema: EmaCross | None = None,
     *,
@@ -130,5 +144,5 @@ async def run_strategy(
                     },
                 )
             )
-            for intent in intents_for(cross, view.position_qty, config.order_qty, event.close, ts):
+            for intent in intents_for(cross, view.position_qty, config, event.close, ts):
                 await intents_tx.send(intent)

@@ -20,12 +20,16 @@ def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
 
 @attrs.frozen
 class Tick:
-    """Feed -> strategy, broker: best bid/ask and last price at `ts`."""
+    """Feed -> strategy, broker: best bid/ask and last trade price at `ts`. Sizes are 0 when the
+    source does not say (then the broker cannot bound a fill by them)."""
 
     ts: float
     bid: float = attrs.field(validator=_positive)
     ask: float = attrs.field(validator=_positive)
     last: float = attrs.field(validator=_positive)
+    bid_qty: float = 0.0
+    ask_qty: float = 0.0
+    last_qty: float = 0.0
 
     @property
     def mid(self) -> float:
@@ -49,12 +53,36 @@ class Candle:
         return self.open_ts + self.interval_s
 
 
-MarketEvent = Tick | Candle
+@attrs.frozen
+class Book:
+    """Feed -> broker: the visible order book (best first), e.g. Bitunix depth_book5/15."""
+
+    ts: float
+    bids: tuple[tuple[float, float], ...]
+    asks: tuple[tuple[float, float], ...]
+
+
+@attrs.frozen
+class Funding:
+    """Feed -> broker: mark price and the funding rate, in percent (Bitunix `price` channel)."""
+
+    ts: float
+    mark_price: float = attrs.field(validator=_positive)
+    rate_pct: float = 0.0
+
+
+MarketEvent = Tick | Candle | Book | Funding
+
+OrderType = Literal["market", "limit", "stop_market"]
 
 
 @attrs.frozen
 class OrderIntent:
-    """Strategy -> risk: what the strategy wants; the risk gate decides whether and how much."""
+    """Strategy -> risk: what the strategy wants; the risk gate decides whether and how much.
+
+    An entry states its stop (and optionally its target): the gate sizes it from the risk per
+    trade and the stop distance, and the broker attaches them as protective orders. `qty` is the
+    strategy's own size, used when `strategy.sizing = "fixed"` and for exits."""
 
     ts: float
     side: Side
@@ -62,11 +90,19 @@ class OrderIntent:
     decision_price: float
     reason: str
     reduce_only: bool = False
+    order_type: OrderType = "market"
+    limit_price: float | None = None
+    trigger_price: float | None = None
+    post_only: bool = False
+    stop_price: float | None = None
+    target_price: float | None = None
 
 
 @attrs.frozen
 class Order:
-    """Risk -> broker: an approved market order."""
+    """Risk -> broker (or the broker itself, for protective orders): an approved order.
+
+    `ts` is when it was sent; it reaches the market after the broker's latency."""
 
     id: str
     ts: float
@@ -75,10 +111,26 @@ class Order:
     decision_price: float
     reason: str
     reduce_only: bool = False
+    order_type: OrderType = "market"
+    limit_price: float | None = None
+    trigger_price: float | None = None
+    post_only: bool = False
+    stop_price: float | None = None
+    target_price: float | None = None
+    protective: bool = False
 
     @property
     def signed_qty(self) -> float:
         return self.qty if self.side == "buy" else -self.qty
+
+
+@attrs.frozen
+class Cancel:
+    """Risk -> broker: cancel a working order."""
+
+    order_id: str
+    ts: float
+    reason: str
 
 
 @attrs.frozen

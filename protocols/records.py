@@ -45,6 +45,9 @@ REPORT_FIELDS = (
     "realized_pnl",
     "unrealized_pnl",
     "fees_paid",
+    "fees_maker",
+    "fees_taker",
+    "funding_paid",
     "net_pnl",
     "return_pct",
     "max_drawdown_pct",
@@ -52,6 +55,9 @@ REPORT_FIELDS = (
     "wins",
     "losses",
     "fills",
+    "avg_slippage_bps",
+    "liquidations",
+    "breaker_trips",
     "orders_submitted",
     "orders_rejected",
     "errors",
@@ -98,7 +104,11 @@ class ReportBuilder:
         self.started: dict[str, Any] = {}
         self.stopped: dict[str, Any] = {}
         self.realized_pnl = 0.0
-        self.fees_paid = 0.0
+        self.fees = {"maker": 0.0, "taker": 0.0}
+        self.funding_paid = 0.0
+        self.slippage_bps_sum = 0.0
+        self.liquidations = 0
+        self.breaker_trips = 0
         self.fills = 0
         self.trade_count = 0
         self.wins = 0
@@ -115,8 +125,15 @@ class ReportBuilder:
         kind = record["kind"]
         if kind == "order.filled":
             self.fills += 1
-            self.fees_paid += record["fee"]
+            self.fees[record.get("liquidity", "taker")] += record["fee"]
             self.realized_pnl += record["realized_pnl"]
+            self.slippage_bps_sum += record.get("slippage_bps") or 0.0
+        elif kind == "funding":
+            self.funding_paid += record["amount"]
+        elif kind == "liquidation":
+            self.liquidations += 1
+        elif kind == "breaker.tripped":
+            self.breaker_trips += 1
         elif kind == "position.closed":
             self.trade_count += 1
             if record["net_pnl"] > 0:
@@ -146,7 +163,8 @@ class ReportBuilder:
         s, e = self.started, self.stopped
         starting = s["starting_equity"]
         unrealized = e.get("unrealized_pnl", 0.0)
-        ending = starting + self.realized_pnl - self.fees_paid + unrealized
+        fees = self.fees["maker"] + self.fees["taker"]
+        ending = starting + self.realized_pnl - fees - self.funding_paid + unrealized
         net = ending - starting
         r = MONEY_DP
         report = {
@@ -165,7 +183,10 @@ class ReportBuilder:
             "ending_equity": round(ending, r),
             "realized_pnl": round(self.realized_pnl, r),
             "unrealized_pnl": round(unrealized, r),
-            "fees_paid": round(self.fees_paid, r),
+            "fees_paid": round(fees, r),
+            "fees_maker": round(self.fees["maker"], r),
+            "fees_taker": round(self.fees["taker"], r),
+            "funding_paid": round(self.funding_paid, r),
             "net_pnl": round(net, r),
             "return_pct": round(net / starting * 100, r),
             "max_drawdown_pct": round(self.max_drawdown_pct, 4),
@@ -173,6 +194,9 @@ class ReportBuilder:
             "wins": self.wins,
             "losses": self.losses,
             "fills": self.fills,
+            "avg_slippage_bps": round(self.slippage_bps_sum / self.fills, 4) if self.fills else 0.0,
+            "liquidations": self.liquidations,
+            "breaker_trips": self.breaker_trips,
             "orders_submitted": self.orders_submitted,
             "orders_rejected": dict(sorted(self.orders_rejected.items())),
             "errors": self.errors,

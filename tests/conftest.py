@@ -16,12 +16,15 @@ from actors.config import Config, load
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
-# A config that trades often: short candles, fast EMAs, generous order limits.
+# A config that trades often and never stops early: short candles, fast EMAs, generous limits.
 TRADES_OFTEN = [
     "session.interval=2s",
     "strategy.fast_period=2",
     "strategy.slow_period=5",
     "risk.max_orders_per_minute=100",
+    "risk.max_loss_pct=50",
+    "risk.max_daily_drawdown_pct=50",
+    "risk.max_consecutive_losses=0",
     "feed.mock_volatility_pct=150",
 ]
 

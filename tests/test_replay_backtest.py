@@ -94,7 +94,9 @@ PEER_JOB = [
     "strategy.fast_period=20", "strategy.slow_period=50", "strategy.order_qty=0.01",
     "broker.starting_equity=100000", "broker.backtest_fill=close", "broker.latency_ms=0",
     "broker.latency_jitter_ms=0", "broker.slippage_bps=0", "risk.max_position_size=1",
-    "risk.max_orders_per_minute=600",
+    "risk.max_orders_per_minute=600", "risk.sizing=fixed", "strategy.stop_loss_pct=0",
+    "strategy.take_profit_pct=0", "risk.max_notional=1000000", "risk.max_leverage=100", "risk.max_loss_pct=100",
+    "risk.max_daily_drawdown_pct=100", "risk.max_consecutive_losses=0",
 ]  # fmt: skip
 
 
@@ -128,12 +130,15 @@ async def test_backtest_default_fills_at_the_next_open_never_better(
             "session.interval=1m",
             "strategy.fast_period=5",
             "strategy.slow_period=13",
-            "risk.max_orders_per_minute=600",
+            "broker.slippage_bps=0",
+            "risk.max_consecutive_losses=0",
+            "risk.max_daily_drawdown_pct=100",
+            "risk.max_loss_pct=100",
         ],
     )
     result = await run_session(config, plan=Plan(mode="backtest", data=str(data)), handle_signals=False)
     events = read_events(result.run_path)
-    fills = [e for e in events if e["kind"] == "order.filled" and e["reason"] != "flatten_on_exit"]
+    fills = [e for e in events if e["kind"] == "order.filled" and e["reason"].startswith(("entry", "exit"))]
     assert fills
     opens = {}
     for line in data.read_text().splitlines()[1:]:
@@ -159,7 +164,13 @@ async def test_backtest_over_shared_real_data(
     config = load(
         None,
         {},
-        [f"session.run_dir={tmp_path / 'runs'}", "session.interval=1m", "risk.max_orders_per_minute=600"],
+        [
+            f"session.run_dir={tmp_path / 'runs'}",
+            "session.interval=1m",
+            "risk.max_consecutive_losses=0",
+            "risk.max_daily_drawdown_pct=100",
+            "risk.max_loss_pct=100",
+        ],
     )
     result = await run_session(config, plan=Plan(mode="backtest", data=str(data)), handle_signals=False)
     report = read_report(result.run_path)
