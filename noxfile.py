@@ -29,3 +29,17 @@ def lint(s: nox.Session) -> None:
     s.run("ruff", "check", ".")
     s.run("ruff", "format", "--check", ".")
     s.run("mypy")
+
+
+@nox.session
+def bench(s: nox.Session) -> None:
+    """Throughput, memory and latency figures (docs/performance.md); `-- --quick` for a smoke run."""
+    s.install("-e", ".")
+    # the peers of ../shared/bench/peers/, pinned as measured there; a peer that cannot be
+    # installed is reported as skipped
+    for peer in (["numpy==2.4.6", "pandas==2.3.3"], ["nautilus_trader==1.221.0"]):
+        try:
+            s.install(*peer)
+        except nox.command.CommandFailed:
+            s.warn(f"could not install {' '.join(peer)}: reported as skipped")
+    s.run("python", "-m", "tools.bench", *s.posargs)

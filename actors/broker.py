@@ -106,6 +106,9 @@ class PaperAccount:
         # backtests with backtest_fill = "next_open": a market order waits for a quote newer than
         # its decision (the next candle's open) however short the latency
         self.defer_to_next_quote = False
+        # set by the risk gate when the breaker or a stop condition fires: entries still on their
+        # way to the market are refused on arrival (exits and protective orders still work)
+        self.entries_halted_until: float | None = None
         self.on_trade_closed: Callable[[float, float], list[Event]] | None = None  # (net_pnl, ts) -> events
         self.on_marked: Callable[[float], list[Event]] | None = None  # (ts) -> events
         self.position_qty = 0.0  # signed BTC
@@ -403,6 +406,9 @@ class PaperAccount:
         """The order reaches the market now."""
         if self.last_tick is None:
             return self._refuse(order, ts, "no_market_data", order.qty)
+        halted = self.entries_halted_until
+        if halted is not None and ts < halted and not order.reduce_only and not order.protective:
+            return self._refuse(order, ts, "breaker_halt", order.qty)
         stale_quote = self.last_tick.ts < order.ts  # the quote the decision itself saw
         if self.defer_to_next_quote and stale_quote and order.order_type == "market" and not order.protective:
             self.awaiting_quote.append(order)
@@ -486,7 +492,14 @@ class PaperAccount:
             Event(
                 ts,
                 "order.rejected",
-                {"order_id": order.id, "side": order.side, "qty": qty, "reason": reason, "stage": "broker"},
+                {
+                    "order_id": order.id,
+                    "side": order.side,
+                    "qty": qty,
+                    "reason": reason,
+                    "stage": "broker",
+                    "intent": order.reason,
+                },
             )
         ]
 
@@ -702,7 +715,7 @@ class PaperAccount:
             },
         )
 
-    def flatten_order(self, ts: float, order_id: str) -> Order | None:
+    def flatten_order(self, ts: float, order_id: str, reason: str = "flatten_on_exit") -> Order | None:
         """The market order that closes the open position, or None when flat."""
         if abs(self.position_qty) < EPS:
             return None
@@ -715,7 +728,7 @@ class PaperAccount:
             side=side,
             qty=round(abs(self.position_qty), 8),
             decision_price=price,
-            reason="flatten_on_exit",
+            reason=reason,
             reduce_only=True,
             protective=True,
         )
@@ -723,7 +736,7 @@ class PaperAccount:
     def flatten(self, ts: float, reason: str, order_id: str) -> list[Event]:
         """Cancel every working order and close the position at once (fees and slippage apply)."""
         events = self.cancel_all(ts, reason)
-        order = self.flatten_order(ts, order_id)
+        order = self.flatten_order(ts, order_id, reason)
         if order is not None and self.last_tick is not None:
             events.append(
                 Event(
@@ -775,20 +788,25 @@ async def run_broker(
 
     in_flight: deque[tuple[float, Order | Cancel]] = deque()
     wakeup = trio.Event()
+    orders_closed = False
 
     async def order_loop() -> None:
-        nonlocal wakeup
+        nonlocal wakeup, orders_closed
         with orders_rx:
             async for message in orders_rx:
                 # one connection: orders reach the market in the order they were sent
                 at = clock.now() + account.latency_s()
                 in_flight.append((max(at, in_flight[-1][0]) if in_flight else at, message))
                 wakeup.set()
+        orders_closed = True  # the risk gate is gone: deliver what is in flight, then end
+        wakeup.set()
 
     async def arrivals() -> None:
         nonlocal wakeup
         while True:
             if not in_flight:
+                if orders_closed:
+                    return
                 await wakeup.wait()
                 wakeup = trio.Event()
                 continue

@@ -76,6 +76,7 @@ class RiskGate:
         self.day_start_equity = view.starting_equity
         self.halted_until: float | None = None
         self.breaker_trips = 0
+        self._tripping = False
         view.on_marked = self.on_marked
         view.on_trade_closed = self.on_trade_closed
 
@@ -100,6 +101,7 @@ class RiskGate:
         self.window = deque(state["window"])
         for name in self._SCALARS:
             setattr(self, name, state[name])
+        self.view.entries_halted_until = self.halted_until
         self.submitted_signed_qty = self.view.processed_signed_qty
 
     # --- intents ---------------------------------------------------------------------------------
@@ -197,11 +199,20 @@ class RiskGate:
         events: list[Event] = []
         if self.halted_until is not None and ts >= self.halted_until:
             self.halted_until = None
+            self.view.entries_halted_until = None
             self.day_start_equity = equity  # a new drawdown budget after the cooldown
             events.append(Event(ts, "breaker.reset", {"equity": round(equity, 6)}))
+        return events + self._check_equity(ts)
+
+    def _check_equity(self, ts: float) -> list[Event]:
+        """The session loss limit and the daily drawdown breaker, on the account as it is now."""
+        if self.view.entries_halted_until == math.inf:
+            return []  # the session is already stopping
+        equity = self.view.equity
+        events: list[Event] = []
         loss_pct = (self.view.starting_equity - equity) / self.view.starting_equity * 100
         if loss_pct >= self.config.max_loss_pct:
-            self.stop("max_loss", f"session loss {loss_pct:.2f} % >= {self.config.max_loss_pct:g} %")
+            self._stop("max_loss", f"session loss {loss_pct:.2f} % >= {self.config.max_loss_pct:g} %")
         daily_dd = (
             (self.day_start_equity - equity) / self.day_start_equity * 100 if self.day_start_equity > 0 else 0
         )
@@ -224,13 +235,30 @@ class RiskGate:
                 "max_consecutive_losses", f"{c.max_consecutive_losses} losing trades in a row", ts
             )
         if c.max_trades and self.trades >= c.max_trades:
-            self.stop("max_trades", f"{self.trades} trades closed")
+            self._stop("max_trades", f"{self.trades} trades closed")
         if c.max_losses and self.losses >= c.max_losses:
-            self.stop("max_losses", f"{self.losses} losing trades")
-        return events
+            self._stop("max_losses", f"{self.losses} losing trades")
+        # a closing fill moves equity too: the loss limit must not wait for the next quote
+        return events + self._check_equity(ts)
+
+    def _stop(self, reason: str, detail: str) -> None:
+        """Ask the watchdog to end the session; entries already on their way are refused."""
+        self.view.entries_halted_until = math.inf
+        self.stop(reason, detail)
 
     def trip(self, reason: str, detail: str, ts: float) -> list[Event]:
-        """The circuit breaker: flatten, then stop the session or halt entries for the cooldown."""
+        """The circuit breaker: flatten, then stop the session or halt entries for the cooldown.
+
+        The flatten's own closing fill re-enters the account checks; it cannot trip again."""
+        if self._tripping:
+            return []
+        self._tripping = True
+        try:
+            return self._trip(reason, detail, ts)
+        finally:
+            self._tripping = False
+
+    def _trip(self, reason: str, detail: str, ts: float) -> list[Event]:
         self.breaker_trips += 1
         action = self.config.on_breaker
         events = [
@@ -240,11 +268,14 @@ class RiskGate:
                 {"reason": reason, "detail": detail, "action": action, "equity": round(self.view.equity, 6)},
             )
         ]
+        if action == "stop":
+            self.view.entries_halted_until = math.inf
+        else:
+            self.halted_until = ts + self.config.breaker_cooldown_min * 60
+            self.view.entries_halted_until = self.halted_until
         events += self.view.flatten(ts, "breaker", f"breaker-{self.breaker_trips}")
         if action == "stop":
             self.stop("breaker", f"{reason}: {detail}")
-        else:
-            self.halted_until = ts + self.config.breaker_cooldown_min * 60
         return events
 
 

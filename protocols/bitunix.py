@@ -1,0 +1,703 @@
+"""Bitunix futures public market data: the wire format, validated. Pure and synchronous, no I/O.
+
+See docs/bitunix-protocol.md (shared docs) for the frames this speaks. Two halves:
+
+- WebSocket: `FrameValidator.parse` turns every received frame into a typed message or a
+  `Rejected` naming one of `REJECT_REASONS`; it never raises. Frame builders for subscribe and ping.
+- REST: `rest_data` unwraps the `{"code":0,"data":..}` envelope or raises `RestError` (with a
+  retryable flag); `parse_rest_klines` / `parse_rest_depth` turn `data` into `Candle`s / a `Book`.
+
+Decisions that the exchange does not settle:
+
+- Control frames: any object with an `op` member is a `Control`, even with a `ch` (the uncertain
+  subscribe ack `{"op":"subscribe","ch":..,"data":{"result":true}}`). Unknown ops are `Control`
+  too: they are harmless and the client may log them. `Control.data` is the frame's `data` member
+  when it has one (connect, unsubscribe, subscribe error), else the rest of the frame without `op`
+  (the ping reply: `{"pong":<client s>,"ping":<server s>}`).
+- A kline push whose high is below its low is rejected as `crossed_book` (upper bound below the
+  lower bound). Open/close outside [low, high] is tolerated on the WebSocket (live snapshot of the
+  current candle) but such rows are skipped in REST history.
+- A book side that is not strictly ordered (bids descending, asks ascending) is `crossed_book`.
+  Every level must have a price and size > 0 (`non_positive`), not only the best one.
+- Price-jump check: kline close, book mid (depth_book* and tickers), trade price and ticker last
+  share one "last good price". `max_jump_pct <= 0` disables the check.
+- `reset_sequence()` (after a reconnect) forgets the per-channel last timestamps, so a new
+  connection (possibly another server node with a slightly different clock) starts fresh, and
+  keeps the last good price: the jump check is bounded by 1 s of frame time anyway.
+- An empty frame is `not_json`; a non-empty prefix of a valid frame is `truncated`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import attrs
+
+from protocols.messages import Book, Candle
+
+REJECT_REASONS: tuple[str, ...] = (
+    "not_json",
+    "truncated",
+    "not_object",
+    "missing_field",
+    "wrong_type",
+    "not_finite",
+    "non_positive",
+    "crossed_book",
+    "ts_backwards",
+    "price_jump",
+    "unknown_channel",
+    "wrong_symbol",
+)
+
+KLINE_PATH = "/api/v1/futures/market/kline"
+DEPTH_PATH = "/api/v1/futures/market/depth"
+
+# --- intervals and outgoing frames -------------------------------------------------------------------
+
+_KLINE_CHANNELS = {
+    "1m": "market_kline_1min",
+    "3m": "market_kline_3min",
+    "5m": "market_kline_5min",
+    "15m": "market_kline_15min",
+    "30m": "market_kline_30min",
+    "1h": "market_kline_60min",
+    "2h": "market_kline_2h",
+    "4h": "market_kline_4h",
+    "6h": "market_kline_6h",
+    "8h": "market_kline_8h",
+    "12h": "market_kline_12h",
+    "1d": "market_kline_1day",
+}
+# The REST kline endpoint has no 3m.
+_REST_INTERVALS = frozenset(("1m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d"))
+_DEPTH_LIMITS = ("1", "5", "15", "50", "max")
+MAX_KLINE_LIMIT = 200
+MAX_SUBSCRIPTIONS = 300
+
+
+def kline_channel(interval: str) -> str:
+    """`"1m"` -> `"market_kline_1min"`, `"1h"` -> `"market_kline_60min"`, ... ValueError otherwise."""
+    try:
+        return _KLINE_CHANNELS[interval]
+    except (KeyError, TypeError):
+        raise ValueError(f"no Bitunix kline channel for interval {interval!r}") from None
+
+
+def rest_interval(interval: str) -> str:
+    """The REST kline `interval` value for a session interval. ValueError for 3m (REST lacks it)."""
+    if isinstance(interval, str) and interval in _REST_INTERVALS:
+        return interval
+    raise ValueError(f"Bitunix REST klines do not serve interval {interval!r}")
+
+
+def _frame(op: str, symbol: str, channels: Sequence[str]) -> str:
+    if isinstance(channels, str):
+        raise ValueError("channels must be a sequence of channel names, not one string")
+    if not channels:
+        raise ValueError(f"{op}: no channels")
+    if len(channels) > MAX_SUBSCRIPTIONS:
+        raise ValueError(f"{op}: {len(channels)} channels, at most {MAX_SUBSCRIPTIONS} per socket")
+    sym = symbol.upper()
+    return json.dumps(
+        {"op": op, "args": [{"symbol": sym, "ch": ch} for ch in channels]}, separators=(",", ":")
+    )
+
+
+def subscribe_frame(symbol: str, channels: Sequence[str]) -> str:
+    """`{"op":"subscribe","args":[{"symbol":"BTCUSDT","ch":"depth_book1"},..]}`, compact."""
+    return _frame("subscribe", symbol, channels)
+
+
+def unsubscribe_frame(symbol: str, channels: Sequence[str]) -> str:
+    """Same shape as `subscribe_frame` with `"op":"unsubscribe"`."""
+    return _frame("unsubscribe", symbol, channels)
+
+
+def ping_frame(now_s: float) -> str:
+    """`{"op":"ping","ping":<int unix seconds>}`."""
+    return json.dumps({"op": "ping", "ping": int(now_s)}, separators=(",", ":"))
+
+
+# --- parsed WebSocket messages -----------------------------------------------------------------------
+
+
+@attrs.frozen
+class KlinePush:
+    """The current (unclosed) candle of our kline channel; its bucket is floor(ts / interval)."""
+
+    ts_ms: int
+    open: float
+    high: float
+    low: float
+    close: float
+    base_volume: float
+
+
+@attrs.frozen
+class BookTop:
+    """Best bid/ask from depth_book1/5/15 (with the levels, best first) or `tickers` (no levels)."""
+
+    ts_ms: int
+    bid: float
+    bid_qty: float
+    ask: float
+    ask_qty: float
+    bids: tuple[tuple[float, float], ...] = ()
+    asks: tuple[tuple[float, float], ...] = ()
+
+
+@attrs.frozen
+class PricePush:
+    """`price` channel: mark and index price, last settled funding rate in percent."""
+
+    ts_ms: int
+    mark: float
+    index: float
+    funding_rate_pct: float
+
+
+@attrs.frozen
+class TradePush:
+    """`trade` channel: the last trade of the push. `ts_ms` is the frame's ts."""
+
+    ts_ms: int
+    price: float
+    qty: float
+    side: str  # "buy" | "sell"
+
+
+@attrs.frozen
+class TickerPush:
+    """`ticker` channel: the last traded price (the channel carries no bid/ask)."""
+
+    ts_ms: int
+    last: float
+
+
+@attrs.frozen
+class Control:
+    """connect, ping reply, unsubscribe reply, subscribe error or (uncertain) ack, unknown ops."""
+
+    op: str
+    data: Any
+
+
+@attrs.frozen
+class Rejected:
+    """A frame that failed validation; `reason` is one of REJECT_REASONS, `detail` is for logs."""
+
+    reason: str
+    detail: str
+
+
+DataMessage = KlinePush | BookTop | PricePush | TradePush | TickerPush
+Parsed = DataMessage | Control | Rejected
+
+
+class _Reject(Exception):
+    """Raised inside the parsers (never on the happy path), turned into `Rejected`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+
+
+def _reject(reason: str, detail: str) -> NoReturn:
+    raise _Reject(reason, detail[:119])
+
+
+def _show(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _num(v: Any, name: str) -> float:
+    """A finite float from a JSON string (the wire format) or a JSON number. Raises _Reject."""
+    t = type(v)
+    if t is str:
+        try:
+            x = float(v)
+        except ValueError:
+            _reject("wrong_type", f"{name} is not a number: {_show(v)}")
+    elif t is float:
+        x = v
+    elif t is int:
+        try:
+            x = float(v)
+        except OverflowError:
+            _reject("not_finite", f"{name} overflows a float")
+    elif v is None:
+        _reject("missing_field", f"{name} is null")
+    else:
+        _reject("wrong_type", f"{name} is not a number: {_show(v)}")
+    if x - x != 0.0:  # NaN or +-inf
+        _reject("not_finite", f"{name} is not finite: {_show(v)}")
+    return x
+
+
+def _pos(v: Any, name: str) -> float:
+    x = _num(v, name)
+    if x <= 0.0:
+        _reject("non_positive", f"{name} <= 0: {_show(v)}")
+    return x
+
+
+def _field(d: dict[str, Any], key: str, what: str) -> Any:
+    v = d.get(key)
+    if v is None:
+        _reject("missing_field", f"{what} has no {key}")
+    return v
+
+
+def _level(lvl: Any, name: str) -> tuple[float, float]:
+    if type(lvl) is not list or len(lvl) < 2:
+        _reject("wrong_type", f"{name} level is not [price, size]: {_show(lvl)}")
+    return _pos(lvl[0], name + " price"), _pos(lvl[1], name + " size")
+
+
+def _levels(side: Any, name: str) -> list[tuple[float, float]]:
+    """[[price, size], ..] -> [(price, size), ..], every value finite and > 0. Raises _Reject."""
+    if type(side) is not list:
+        _reject("wrong_type" if side is not None else "missing_field", f"{name} is not a list of levels")
+    if not side:
+        _reject("missing_field", f"{name} is empty")
+    out = []
+    for lvl in side:
+        # Fast path for the wire format ["price", "size"]; anything odd goes through _level.
+        if type(lvl) is list and len(lvl) == 2:
+            p, q = lvl
+            if type(p) is str and type(q) is str:
+                try:
+                    fp = float(p)
+                    fq = float(q)
+                except ValueError:
+                    pass
+                else:
+                    if fp > 0.0 and fq > 0.0 and fp - fp == 0.0 and fq - fq == 0.0:
+                        out.append((fp, fq))
+                        continue
+        out.append(_level(lvl, name))
+    return out
+
+
+# JSON error tails that mean "the input stopped early" (see _decode_error).
+_TRUNC_LITERALS = ("true", "false", "null", "NaN", "Infinity", "-Infinity")
+_TRUNC_NUMBER = re.compile(r"[.eE][-+]?\s*\Z")
+_TRUNC_ESCAPE = re.compile(r"u[0-9a-fA-F]{0,4}\s*\Z")
+
+
+def _decode_error(e: json.JSONDecodeError) -> Rejected:
+    """`truncated` when the JSON error is explained by the input ending early, else `not_json`."""
+    doc, pos, msg = e.doc, e.pos, e.msg
+    tail = doc[pos:]
+    cut = not tail.strip()
+    if not cut:
+        if msg.startswith("Unterminated string"):
+            cut = True
+        elif msg == "Expecting value":
+            t = tail.rstrip()
+            cut = any(lit.startswith(t) and lit != t for lit in _TRUNC_LITERALS)
+        elif msg == "Expecting ',' delimiter":
+            cut = _TRUNC_NUMBER.match(tail) is not None
+        elif msg.startswith("Invalid \\uXXXX"):
+            cut = _TRUNC_ESCAPE.match(tail) is not None
+    if cut and doc.strip():
+        return Rejected("truncated", f"json cut off at {len(doc)} chars: {msg}"[:119])
+    return Rejected("not_json", f"{msg} at {pos}"[:119])
+
+
+# --- the validator -------------------------------------------------------------------------------------
+
+
+@attrs.define
+class FrameValidator:
+    """Parses and validates public WebSocket frames for one symbol; keeps per-channel state.
+
+    Only accepted frames update the state (per-channel last ts, last good price and its ts)."""
+
+    symbol: str
+    kline_channel: str
+    max_jump_pct: float
+    _sym: str = attrs.field(init=False, repr=False)
+    _handlers: dict[str, Any] = attrs.field(init=False, repr=False)
+    _last_ts: dict[str, int] = attrs.field(init=False, repr=False, factory=dict)
+    _last_price: float = attrs.field(init=False, default=0.0)
+    _last_price_ts: int = attrs.field(init=False, default=0)
+
+    def __attrs_post_init__(self) -> None:
+        self._sym = self.symbol.upper()
+        self._handlers = {
+            self.kline_channel: self._kline,
+            "depth_book1": self._depth,
+            "depth_book5": self._depth,
+            "depth_book15": self._depth,
+            "tickers": self._tickers,
+            "ticker": self._ticker,
+            "trade": self._trade,
+            "price": self._price,
+        }
+
+    def reset_sequence(self) -> None:
+        """After a reconnect: forget the per-channel last ts; keep the last good price."""
+        self._last_ts.clear()
+
+    def parse(self, raw: str | bytes) -> Parsed:
+        """One received frame -> a typed message, Control, or Rejected. Never raises."""
+        try:
+            return self._parse(raw)
+        except _Reject as r:
+            return Rejected(r.reason, r.detail)
+        except Exception as exc:  # a safety net: parse must never raise
+            return Rejected("wrong_type", f"unexpected {type(exc).__name__}")
+
+    def _parse(self, raw: str | bytes) -> Parsed:
+        if type(raw) is not str:
+            if not isinstance(raw, bytes | bytearray | memoryview):
+                return Rejected("not_json", f"frame is a {type(raw).__name__}, not text")
+            try:
+                raw = bytes(raw).decode("utf-8")
+            except UnicodeDecodeError as e:
+                if e.reason == "unexpected end of data":
+                    return Rejected("truncated", "utf-8 cut off")
+                return Rejected("not_json", "not utf-8")
+        try:
+            msg = json.loads(raw)
+        except json.JSONDecodeError as e:
+            return _decode_error(e)
+        except (ValueError, RecursionError) as e:  # e.g. a 5000-digit integer, deep nesting
+            return Rejected("not_json", f"undecodable: {type(e).__name__}")
+        if type(msg) is not dict:
+            return Rejected("not_object", f"json {type(msg).__name__}, not an object")
+
+        op = msg.get("op")
+        if op is not None:
+            if type(op) is not str:
+                return Rejected("wrong_type", f"op is not a string: {_show(op)}")
+            if "data" in msg:
+                return Control(op, msg["data"])
+            return Control(op, {k: v for k, v in msg.items() if k != "op"})
+
+        ch = msg.get("ch")
+        if ch is None:
+            return Rejected("missing_field", "frame has neither ch nor op")
+        if type(ch) is not str:
+            return Rejected("wrong_type", f"ch is not a string: {_show(ch)}")
+        handler = self._handlers.get(ch)
+        if handler is None:
+            return Rejected("unknown_channel", f"channel {_show(ch)}")
+        if ch != "tickers":
+            sym = msg.get("symbol")
+            if sym is None:
+                return Rejected("missing_field", f"{ch} frame has no symbol")
+            if type(sym) is not str:
+                return Rejected("wrong_type", f"symbol is not a string: {_show(sym)}")
+            if sym != self._sym and sym.upper() != self._sym:
+                return Rejected("wrong_symbol", f"{ch} frame for {_show(sym)}")
+        ts = msg.get("ts")
+        if ts is None:
+            return Rejected("missing_field", f"{ch} frame has no ts")
+        if type(ts) is not int:
+            return Rejected("wrong_type", f"ts is not an integer: {_show(ts)}")
+        if ts <= 0:
+            return Rejected("non_positive", f"ts <= 0: {ts}")
+        last = self._last_ts.get(ch)
+        if last is not None and ts < last:
+            return Rejected("ts_backwards", f"{ch} ts {ts} < last {last}")
+        data = msg.get("data")
+        if data is None:
+            return Rejected("missing_field", f"{ch} frame has no data")
+        out: Parsed = handler(ts, data)
+        self._last_ts[ch] = ts
+        return out
+
+    def _jump(self, ts: int, price: float, what: str) -> None:
+        """Reject `price` if it moved more than max_jump_pct from the last good price within 1 s;
+        otherwise remember it. Called last, so only accepted frames update the state."""
+        last = self._last_price
+        if last > 0.0 and -1000 <= ts - self._last_price_ts <= 1000 and self.max_jump_pct > 0.0:
+            move = abs(price / last - 1.0) * 100.0
+            if move > self.max_jump_pct:
+                _reject("price_jump", f"{what} {price:g} moved {move:.3g}% from {last:g} within 1 s")
+        self._last_price = price
+        self._last_price_ts = ts
+
+    def _kline(self, ts: int, data: Any) -> KlinePush:
+        if type(data) is not dict:
+            _reject("wrong_type", "kline data is not an object")
+        o = _pos(_field(data, "o", "kline"), "open")
+        h = _pos(_field(data, "h", "kline"), "high")
+        lo = _pos(_field(data, "l", "kline"), "low")
+        c = _pos(_field(data, "c", "kline"), "close")
+        b = _num(_field(data, "b", "kline"), "volume")
+        if b < 0.0:
+            _reject("non_positive", f"volume < 0: {b:g}")
+        if h < lo:
+            _reject("crossed_book", f"kline high {h:g} < low {lo:g}")
+        self._jump(ts, c, "close")
+        return KlinePush(ts, o, h, lo, c, b)
+
+    def _depth(self, ts: int, data: Any) -> BookTop:
+        if type(data) is not dict:
+            _reject("wrong_type", "depth data is not an object")
+        bids = _levels(data.get("b"), "bids")
+        asks = _levels(data.get("a"), "asks")
+        bid, bid_qty = bids[0]
+        ask, ask_qty = asks[0]
+        if bid >= ask:
+            _reject("crossed_book", f"bid {bid:g} >= ask {ask:g}")
+        prev = bid
+        for i in range(1, len(bids)):
+            p = bids[i][0]
+            if p >= prev:
+                _reject("crossed_book", f"bids not descending at level {i}")
+            prev = p
+        prev = ask
+        for i in range(1, len(asks)):
+            p = asks[i][0]
+            if p <= prev:
+                _reject("crossed_book", f"asks not ascending at level {i}")
+            prev = p
+        self._jump(ts, (bid + ask) * 0.5, "mid")
+        return BookTop(ts, bid, bid_qty, ask, ask_qty, tuple(bids), tuple(asks))
+
+    def _tickers(self, ts: int, data: Any) -> BookTop:
+        if type(data) is not list:
+            _reject("wrong_type", "tickers data is not a list")
+        sym = self._sym
+        for row in data:
+            if type(row) is not dict:
+                continue
+            s = row.get("s")
+            if type(s) is str and (s == sym or s.upper() == sym):
+                break
+        else:
+            _reject("wrong_symbol", f"tickers has no {sym} row ({len(data)} rows)")
+        bid = _pos(_field(row, "bd", "tickers row"), "bid")
+        ask = _pos(_field(row, "ak", "tickers row"), "ask")
+        bid_qty = _pos(_field(row, "bv", "tickers row"), "bid size")
+        ask_qty = _pos(_field(row, "av", "tickers row"), "ask size")
+        if bid >= ask:
+            _reject("crossed_book", f"bid {bid:g} >= ask {ask:g}")
+        self._jump(ts, (bid + ask) * 0.5, "mid")
+        return BookTop(ts, bid, bid_qty, ask, ask_qty)
+
+    def _ticker(self, ts: int, data: Any) -> TickerPush:
+        if type(data) is not dict:
+            _reject("wrong_type", "ticker data is not an object")
+        s = data.get("s")
+        if s is not None and (type(s) is not str or s.upper() != self._sym):
+            _reject("wrong_symbol", f"ticker row for {_show(s)}")
+        last = _pos(_field(data, "la", "ticker"), "last")
+        self._jump(ts, last, "last")
+        return TickerPush(ts, last)
+
+    def _trade(self, ts: int, data: Any) -> TradePush:
+        if type(data) is not list:
+            _reject("wrong_type", "trade data is not a list")
+        if not data:
+            _reject("missing_field", "trade data is empty")
+        row = data[-1]
+        if type(row) is not dict:
+            _reject("wrong_type", "trade row is not an object")
+        price = _pos(_field(row, "p", "trade"), "price")
+        qty = _pos(_field(row, "v", "trade"), "size")
+        side = _field(row, "s", "trade")
+        if side != "buy" and side != "sell":
+            if type(side) is not str or side.lower() not in ("buy", "sell"):
+                _reject("wrong_type", f"trade side {_show(side)}")
+            side = side.lower()
+        self._jump(ts, price, "trade")
+        return TradePush(ts, price, qty, side)
+
+    def _price(self, ts: int, data: Any) -> PricePush:
+        if type(data) is not dict:
+            _reject("wrong_type", "price data is not an object")
+        mark = _pos(_field(data, "mp", "price"), "mark")
+        index = _pos(_field(data, "ip", "price"), "index")
+        fr = _num(_field(data, "fr", "price"), "funding rate")
+        return PricePush(ts, mark, index, fr)
+
+
+# --- REST ------------------------------------------------------------------------------------------------
+
+
+class RestError(Exception):
+    """A failed REST call: exchange `code` (None when there is none), HTTP status, message, and
+    whether retrying later may succeed (rate limits, 429, 5xx, garbled bodies)."""
+
+    def __init__(
+        self, msg: str, *, code: int | None = None, http_status: int = 200, retryable: bool = False
+    ) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.code = code
+        self.http_status = http_status
+        self.retryable = retryable
+
+    def __str__(self) -> str:
+        code = "" if self.code is None else f" code {self.code}"
+        kind = "retryable" if self.retryable else "permanent"
+        return f"{self.msg} (HTTP {self.http_status}{code}, {kind})"
+
+
+RETRYABLE_CODES = frozenset((10005, 10006))
+
+
+def _code(v: Any) -> int | None:
+    if type(v) is int:
+        return v
+    if type(v) is str and v.strip().lstrip("-").isdigit() and len(v) < 20:
+        return int(v)
+    return None
+
+
+def rest_data(http_status: int, body: bytes) -> Any:
+    """The `data` of a `{"code":0,"data":..,"msg":"Success"}` reply, or RestError."""
+    env: Any = None
+    try:
+        env = json.loads(body)
+    except Exception:
+        env = None
+    code = _code(env.get("code")) if type(env) is dict else None
+    text = env.get("msg") if type(env) is dict else None
+    msg = text[:200] if type(text) is str else ""
+    if not 200 <= http_status < 300:
+        retry = http_status == 429 or http_status >= 500
+        raise RestError(msg or f"HTTP {http_status}", code=code, http_status=http_status, retryable=retry)
+    if type(env) is not dict or code is None:
+        head = body[:60] if isinstance(body, bytes | bytearray) else b""
+        raise RestError(f"garbled reply {head!r}", http_status=http_status, retryable=True)
+    if code != 0:
+        raise RestError(
+            msg or f"code {code}", code=code, http_status=http_status, retryable=code in RETRYABLE_CODES
+        )
+    return env.get("data")
+
+
+def _rest_num(v: Any) -> float | None:
+    """A finite float from a string or number, else None."""
+    t = type(v)
+    if t is str:
+        try:
+            x = float(v)
+        except ValueError:
+            return None
+    elif t is float or t is int:
+        try:
+            x = float(v)
+        except OverflowError:
+            return None
+    else:
+        return None
+    return x if x - x == 0.0 else None
+
+
+_MAX_TIME_MS = 10**15  # year 33658: anything later is garbage
+
+
+def _rest_time(v: Any) -> int | None:
+    """Candle open time in ms from an int or a numeric string (or an integral float)."""
+    t = type(v)
+    if t is int:
+        return v if 0 <= v < _MAX_TIME_MS else None
+    if t is str or t is float:
+        x = _rest_num(v)
+        if x is not None and 0 <= x < _MAX_TIME_MS and x == int(x):
+            return int(x)
+    return None
+
+
+def parse_rest_klines(data: Any, interval_s: float) -> list[Candle]:
+    """REST kline rows (newest first on the wire) -> Candles oldest first, one per open time.
+
+    Bad rows (missing or non-numeric fields, NaN, prices <= 0, high < low, open/close outside
+    [low, high], negative volume) are skipped. The volume names are swapped in practice
+    (`quoteVol` holds the base size): the base volume is the smaller of the two when both are
+    present. Raises RestError (not retryable) only when `data` is not a list."""
+    if type(data) is not list:
+        raise RestError(f"kline data is not a list: {type(data).__name__}", retryable=False)
+    seen: dict[int, Candle] = {}
+    for row in data:
+        if type(row) is not dict:
+            continue
+        t = _rest_time(row.get("time"))
+        o = _rest_num(row.get("open"))
+        h = _rest_num(row.get("high"))
+        lo = _rest_num(row.get("low"))
+        c = _rest_num(row.get("close"))
+        if t is None or o is None or h is None or lo is None or c is None or t in seen:
+            continue
+        if lo <= 0.0 or not lo <= o <= h or not lo <= c <= h:
+            continue
+        vols = []
+        for key in ("quoteVol", "baseVol"):
+            raw = row.get(key)
+            if raw is not None:
+                v = _rest_num(raw)
+                if v is None or v < 0.0:
+                    break
+                vols.append(v)
+        else:
+            seen[t] = Candle(t / 1000, interval_s, o, h, lo, c, min(vols) if vols else 0.0)
+    return [seen[t] for t in sorted(seen)]
+
+
+def _rest_levels(side: Any, name: str) -> list[tuple[float, float]]:
+    if type(side) is not list or not side:
+        raise RestError(f"depth {name} missing or empty", retryable=True)
+    out = []
+    for lvl in side:
+        p = q = None
+        if type(lvl) is list and len(lvl) >= 2:
+            p, q = _rest_num(lvl[0]), _rest_num(lvl[1])
+        if p is None or q is None or p <= 0.0 or q <= 0.0:
+            raise RestError(f"depth {name} has a bad level {_show(lvl)}", retryable=True)
+        out.append((p, q))
+    return out
+
+
+def parse_rest_depth(data: Any, ts: float) -> Book:
+    """`{"asks":[["p","q"]..],"bids":[..]}` -> Book(ts, bids descending, asks ascending).
+    RestError (retryable) when malformed, empty or crossed."""
+    if type(data) is not dict:
+        raise RestError(f"depth data is not an object: {type(data).__name__}", retryable=True)
+    bids = sorted(_rest_levels(data.get("bids"), "bids"), key=lambda lv: -lv[0])
+    asks = sorted(_rest_levels(data.get("asks"), "asks"))
+    if bids[0][0] >= asks[0][0]:
+        raise RestError(f"depth crossed: bid {bids[0][0]:g} >= ask {asks[0][0]:g}", retryable=True)
+    return Book(ts, tuple(bids), tuple(asks))
+
+
+def kline_params(
+    symbol: str,
+    interval: str,
+    limit: int = MAX_KLINE_LIMIT,
+    end_time_ms: int | None = None,
+    start_time_ms: int | None = None,
+) -> dict[str, str]:
+    """Query parameters for GET KLINE_PATH (last-price candles). ValueError on a bad limit/interval."""
+    if not 1 <= limit <= MAX_KLINE_LIMIT:
+        raise ValueError(f"kline limit {limit} not in 1..{MAX_KLINE_LIMIT}")
+    params = {
+        "symbol": symbol.upper(),
+        "interval": rest_interval(interval),
+        "limit": str(int(limit)),
+        "type": "LAST_PRICE",
+    }
+    if start_time_ms is not None:
+        params["startTime"] = str(int(start_time_ms))
+    if end_time_ms is not None:
+        params["endTime"] = str(int(end_time_ms))
+    return params
+
+
+def depth_params(symbol: str, limit: int | str = 15) -> dict[str, str]:
+    """Query parameters for GET DEPTH_PATH; `limit` in 1, 5, 15, 50, "max" (else code 10008)."""
+    lim = str(limit)
+    if lim not in _DEPTH_LIMITS:
+        raise ValueError(f"depth limit {limit!r} not one of {', '.join(_DEPTH_LIMITS)}")
+    return {"symbol": symbol.upper(), "limit": lim}

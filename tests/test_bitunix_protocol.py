@@ -1,0 +1,728 @@
+"""Bitunix wire format: every channel's documented frame parses; every reject reason fires on a
+realistic bad frame; REST envelopes, klines and depth; fuzzing shows nothing but RestError escapes."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from actors.config import BITUNIX_INTERVALS, interval_seconds
+from protocols.bitunix import (
+    DEPTH_PATH,
+    KLINE_PATH,
+    REJECT_REASONS,
+    BookTop,
+    Control,
+    FrameValidator,
+    KlinePush,
+    PricePush,
+    Rejected,
+    RestError,
+    TickerPush,
+    TradePush,
+    kline_channel,
+    kline_params,
+    parse_rest_depth,
+    parse_rest_klines,
+    ping_frame,
+    rest_data,
+    rest_interval,
+    subscribe_frame,
+)
+from protocols.messages import Book, Candle
+
+# Frames exactly as captured in the protocol doc.
+CONNECT = '{"op":"connect","data":{"result":true}}'
+UNSUB_REPLY = '{"op":"unsubscribe","ts":1790126500916,"data":"success"}'
+SUB_ERROR = '{"op":"subscribe","data":{"msg":"subscribe channel > 300","nonce":"","result":false}}'
+KLINE = (
+    '{"ch":"market_kline_1min","symbol":"BTCUSDT","ts":1786650732204,"data":{"o":"63404.6",'
+    '"c":"63404.7","h":"63404.8","l":"63404.5","b":"0.2413","q":"15299.54977"}}'
+)
+TICKER = (
+    '{"ch":"ticker","symbol":"BTCUSDT","ts":1790126515684,"data":{"s":"BTCUSDT","o":"85567",'
+    '"la":"86688.2","h":"86815.6","l":"85080","b":"27478.1701","q":"2362759522.50052","r":"1.3103182302"}}'
+)
+TICKERS = (
+    '{"ch":"tickers","ts":1732178884994,"data":[{"s":"BTCUSDT","la":"68650.9","o":"69141.6",'
+    '"h":"70319.9","l":"68241.9","b":"26295.3977","q":"1823374525.0193","r":"-0.7097029863",'
+    '"bd":"68650.9","ak":"68651","bv":"0.9747","av":"2.3606"}]}'
+)
+TRADE = (
+    '{"ch":"trade","symbol":"BTCUSDT","ts":1775540872598,"data":[{"t":"2026-04-07T05:47:52Z",'
+    '"p":"68621.4","v":"0.7142","s":"buy"}]}'
+)
+DEPTH15 = (
+    '{"ch":"depth_book15","symbol":"BTCUSDT","ts":1790126515693,"data":{"b":[["86699.6","2.274"],'
+    '["86699.5","2.7407"]],"a":[["86699.7","0.7095"],["86699.8","2.1992"]]}}'
+)
+PRICE = (
+    '{"ch":"price","symbol":"BTCUSDT","ts":1790126515695,"data":{"ip":"86720.6","mp":"86688.3",'
+    '"fr":"-0.00077","ft":"2026-09-23T00:00:00Z","nft":"2026-09-23T08:00:00Z"}}'
+)
+DATA_FRAMES = [KLINE, TICKER, TICKERS, TRADE, DEPTH15, PRICE]
+ALL_FRAMES = [CONNECT, UNSUB_REPLY, SUB_ERROR, *DATA_FRAMES]
+KLINE_REST_DOC = (
+    b'{"code":0,"data":[{"open":60000,"high":60001,"close":60000,"low":59989.2,"time":111111,'
+    b'"quoteVol":"1","baseVol":"60000","type":"LAST_PRICE"}],"msg":"Success"}'
+)
+PARSED_TYPES = (KlinePush, BookTop, PricePush, TradePush, TickerPush, Control, Rejected)
+
+
+def validator(max_jump_pct: float = 5.0) -> FrameValidator:
+    return FrameValidator(symbol="BTCUSDT", kline_channel="market_kline_1min", max_jump_pct=max_jump_pct)
+
+
+def frame(text: str, **changes: Any) -> str:
+    """A doc frame with top-level members replaced (or removed, with value ...)."""
+    obj = json.loads(text)
+    for k, v in changes.items():
+        if v is ...:
+            del obj[k]
+        else:
+            obj[k] = v
+    return json.dumps(obj)
+
+
+def with_data(text: str, **changes: Any) -> str:
+    """A doc frame with members of `data` (or of its last row) replaced or removed (value ...)."""
+    obj = json.loads(text)
+    data = obj["data"][-1] if isinstance(obj["data"], list) else obj["data"]
+    for k, v in changes.items():
+        if v is ...:
+            del data[k]
+        else:
+            data[k] = v
+    return json.dumps(obj)
+
+
+def rejected(result: Any, reason: str) -> None:
+    assert isinstance(result, Rejected), result
+    assert result.reason == reason, result
+    assert len(result.detail) < 120
+
+
+def check_parsed(result: Any) -> None:
+    """What every parse result must satisfy, whatever the input."""
+    assert isinstance(result, PARSED_TYPES), result
+    if isinstance(result, Rejected):
+        assert result.reason in REJECT_REASONS, result
+        assert isinstance(result.detail, str) and len(result.detail) < 120
+        assert not result.detail.startswith("unexpected "), result  # parse's safety net: a bug
+    elif isinstance(result, KlinePush):
+        prices = (result.open, result.high, result.low, result.close)
+        assert all(math.isfinite(p) and p > 0 for p in prices)
+        assert result.high >= result.low and math.isfinite(result.base_volume) and result.base_volume >= 0
+    elif isinstance(result, BookTop):
+        assert 0 < result.bid < result.ask < math.inf and 0 < result.bid_qty < math.inf
+        assert 0 < result.ask_qty < math.inf
+        for p, q in result.bids + result.asks:
+            assert 0 < p < math.inf and 0 < q < math.inf
+    elif isinstance(result, TradePush):
+        assert 0 < result.price < math.inf and 0 < result.qty < math.inf and result.side in ("buy", "sell")
+    elif isinstance(result, TickerPush):
+        assert 0 < result.last < math.inf
+    elif isinstance(result, PricePush):
+        assert 0 < result.mark < math.inf and 0 < result.index < math.inf
+        assert math.isfinite(result.funding_rate_pct)
+    elif isinstance(result, Control):
+        assert isinstance(result.op, str)
+
+
+# --- outgoing frames and intervals -----------------------------------------------------------------
+
+
+def test_kline_channel_mapping() -> None:
+    expected = {
+        "1m": "market_kline_1min",
+        "3m": "market_kline_3min",
+        "5m": "market_kline_5min",
+        "15m": "market_kline_15min",
+        "30m": "market_kline_30min",
+        "1h": "market_kline_60min",
+        "2h": "market_kline_2h",
+        "4h": "market_kline_4h",
+        "6h": "market_kline_6h",
+        "8h": "market_kline_8h",
+        "12h": "market_kline_12h",
+        "1d": "market_kline_1day",
+    }
+    assert {i: kline_channel(i) for i in BITUNIX_INTERVALS} == expected
+    for bad in ("2m", "60m", "1s", "1w", "", "1M", "1H"):
+        with pytest.raises(ValueError):
+            kline_channel(bad)
+
+
+def test_rest_interval_mapping() -> None:
+    for interval in BITUNIX_INTERVALS:
+        if interval == "3m":
+            with pytest.raises(ValueError):
+                rest_interval(interval)  # REST has no 3m
+        else:
+            assert rest_interval(interval) == interval
+            interval_seconds(interval)
+    for bad in ("3m", "2m", "1s", "60m", ""):
+        with pytest.raises(ValueError):
+            rest_interval(bad)
+
+
+def test_subscribe_and_ping_frames() -> None:
+    assert subscribe_frame("BTCUSDT", ["market_kline_1min", "depth_book1"]) == (
+        '{"op":"subscribe","args":[{"symbol":"BTCUSDT","ch":"market_kline_1min"},'
+        '{"symbol":"BTCUSDT","ch":"depth_book1"}]}'
+    )
+    assert json.loads(subscribe_frame("btcusdt", ("price",))) == {
+        "op": "subscribe",
+        "args": [{"symbol": "BTCUSDT", "ch": "price"}],
+    }
+    assert ping_frame(1790126515.9) == '{"op":"ping","ping":1790126515}'
+    with pytest.raises(ValueError):
+        subscribe_frame("BTCUSDT", [])
+
+
+def test_kline_params() -> None:
+    assert KLINE_PATH == "/api/v1/futures/market/kline" and DEPTH_PATH == "/api/v1/futures/market/depth"
+    assert kline_params("BTCUSDT", "1m") == {
+        "symbol": "BTCUSDT",
+        "interval": "1m",
+        "limit": "200",
+        "type": "LAST_PRICE",
+    }
+    p = kline_params("BTCUSDT", "1h", limit=50, end_time_ms=1790126515000, start_time_ms=1790000000000)
+    assert p["interval"] == "1h" and p["limit"] == "50"
+    assert p["endTime"] == "1790126515000" and p["startTime"] == "1790000000000"
+    for bad_limit in (0, 201):
+        with pytest.raises(ValueError):
+            kline_params("BTCUSDT", "1m", limit=bad_limit)
+    with pytest.raises(ValueError):
+        kline_params("BTCUSDT", "3m")
+
+
+# --- happy paths, one per channel -------------------------------------------------------------------
+
+
+def test_control_frames() -> None:
+    v = validator()
+    assert v.parse(CONNECT) == Control("connect", {"result": True})
+    assert v.parse(UNSUB_REPLY) == Control("unsubscribe", "success")
+    err = v.parse(SUB_ERROR)
+    assert isinstance(err, Control) and err.op == "subscribe" and err.data["result"] is False
+    pong = v.parse('{"op":"ping","pong":1790126515,"ping":1790126516}')
+    assert pong == Control("ping", {"pong": 1790126515, "ping": 1790126516})
+    # The uncertain subscribe ack carries a ch: still a control frame, not data.
+    ack = v.parse('{"op":"subscribe","ch":"depth_book1","data":{"result":true}}')
+    assert ack == Control("subscribe", {"result": True})
+    assert v.parse('{"op":"something_new"}') == Control("something_new", {})
+    rejected(v.parse('{"op":5}'), "wrong_type")
+
+
+def test_kline_frame() -> None:
+    assert validator().parse(KLINE) == KlinePush(1786650732204, 63404.6, 63404.8, 63404.5, 63404.7, 0.2413)
+    assert validator().parse(KLINE.encode()) == validator().parse(KLINE)
+    assert isinstance(validator().parse(with_data(KLINE, b="0")), KlinePush)  # no trades yet is fine
+
+
+def test_ticker_frame() -> None:
+    assert validator().parse(TICKER) == TickerPush(1790126515684, 86688.2)
+
+
+def test_tickers_frame_picks_our_row() -> None:
+    assert validator().parse(TICKERS) == BookTop(1732178884994, 68650.9, 0.9747, 68651.0, 2.3606)
+    obj = json.loads(TICKERS)
+    eth = dict(obj["data"][0], s="ETHUSDT", bd="3000", ak="2999")  # crossed, but not ours
+    obj["data"] = [eth, obj["data"][0]]
+    result = FrameValidator("btcusdt", "market_kline_1min", 5.0).parse(json.dumps(obj))
+    assert isinstance(result, BookTop) and result.bid == 68650.9
+
+
+def test_trade_frame() -> None:
+    assert validator().parse(TRADE) == TradePush(1775540872598, 68621.4, 0.7142, "buy")
+    obj = json.loads(TRADE)
+    obj["data"] = [
+        {"t": "2026-04-07T05:47:52.123456789Z", "p": "68621.0", "v": "0.1", "s": "buy"},
+        {"t": "2026-04-07T05:47:52.223456789Z", "p": "68620.5", "v": "0.2", "s": "sell"},
+    ]
+    assert validator().parse(json.dumps(obj)) == TradePush(1775540872598, 68620.5, 0.2, "sell")
+
+
+def test_depth_frames() -> None:
+    assert validator().parse(DEPTH15) == BookTop(
+        1790126515693,
+        86699.6,
+        2.274,
+        86699.7,
+        0.7095,
+        ((86699.6, 2.274), (86699.5, 2.7407)),
+        ((86699.7, 0.7095), (86699.8, 2.1992)),
+    )
+    one = frame(DEPTH15, ch="depth_book1", data={"b": [["86699.6", "2.274"]], "a": [["86699.7", "0.7095"]]})
+    five = frame(DEPTH15, ch="depth_book5")
+    assert validator().parse(one) == BookTop(
+        1790126515693, 86699.6, 2.274, 86699.7, 0.7095, ((86699.6, 2.274),), ((86699.7, 0.7095),)
+    )
+    assert isinstance(validator().parse(five), BookTop)
+
+
+def test_price_frame() -> None:
+    assert validator().parse(PRICE) == PricePush(1790126515695, 86688.3, 86720.6, -0.00077)
+
+
+def test_numbers_tolerated_and_symbol_case_insensitive() -> None:
+    v = validator()
+    assert isinstance(v.parse(with_data(KLINE, o=63404.6, c=63404, h="63404.8")), KlinePush)
+    assert isinstance(validator().parse(frame(KLINE, symbol="btcusdt")), KlinePush)
+    lower = FrameValidator(symbol="btcusdt", kline_channel="market_kline_1min", max_jump_pct=5.0)
+    assert isinstance(lower.parse(KLINE), KlinePush)
+    assert isinstance(lower.parse(TICKERS), BookTop)
+
+
+# --- every reject reason --------------------------------------------------------------------------------
+
+
+REJECTS: list[tuple[str, str | bytes]] = [
+    ("not_json", "hello"),
+    ("not_json", '{"ch":"trade",x}'),
+    ("not_json", b"\xff\xfe{}"),
+    ("not_json", ""),
+    ("truncated", KLINE[:57]),
+    ("truncated", DEPTH15[:-1]),
+    ("truncated", KLINE.encode()[:100]),
+    ("not_object", '[{"ch":"trade"}]'),
+    ("not_object", '"pong"'),
+    ("not_object", "1790126515"),
+    ("missing_field", frame(KLINE, ts=...)),
+    ("missing_field", frame(KLINE, data=...)),
+    ("missing_field", frame(KLINE, symbol=...)),
+    ("missing_field", frame(KLINE, ch=...)),
+    ("missing_field", with_data(KLINE, c=...)),
+    ("missing_field", with_data(TICKERS, bd=...)),
+    ("missing_field", frame(DEPTH15, data={"b": [], "a": [["86699.7", "0.7095"]]})),
+    ("missing_field", frame(TRADE, data=[])),
+    ("missing_field", with_data(PRICE, mp=None)),
+    ("wrong_type", frame(KLINE, ts="1786650732204")),
+    ("wrong_type", frame(KLINE, ts=True)),
+    ("wrong_type", frame(KLINE, ts=1786650732204.0)),
+    ("wrong_type", frame(KLINE, ch=1)),
+    ("wrong_type", frame(KLINE, symbol=["BTCUSDT"])),
+    ("wrong_type", frame(KLINE, data=[1, 2])),
+    ("wrong_type", with_data(KLINE, o="63,404.6")),
+    ("wrong_type", with_data(KLINE, o=True)),
+    ("wrong_type", with_data(TRADE, s="hold")),
+    # The unknown-symbol book: one frame of ["",""] levels.
+    ("wrong_type", frame(DEPTH15, data={"b": [["", ""]], "a": [["", ""]]})),
+    ("wrong_type", frame(DEPTH15, data={"b": [["86699.6"]], "a": [["86699.7", "0.7095"]]})),
+    ("not_finite", with_data(KLINE, c="NaN")),
+    ("not_finite", with_data(KLINE, h="inf")),
+    ("not_finite", with_data(TRADE, p="1e999")),
+    ("not_finite", with_data(PRICE, fr="-Infinity")),
+    ("not_finite", with_data(KLINE, o=float("nan"))),  # a bare NaN token
+    ("not_finite", frame(DEPTH15, data={"b": [["86699.6", "nan"]], "a": [["86699.7", "0.7095"]]})),
+    ("non_positive", with_data(KLINE, l="0")),
+    ("non_positive", with_data(KLINE, b="-0.5")),
+    ("non_positive", with_data(TRADE, v="0")),
+    ("non_positive", with_data(PRICE, ip="-86720.6")),
+    ("non_positive", frame(DEPTH15, data={"b": [["86699.6", "0"]], "a": [["86699.7", "0.7095"]]})),
+    ("non_positive", with_data(TICKERS, av="0")),
+    ("non_positive", frame(KLINE, ts=-5)),
+    ("crossed_book", frame(DEPTH15, data={"b": [["86699.7", "1"]], "a": [["86699.7", "1"]]})),
+    ("crossed_book", frame(DEPTH15, data={"b": [["86700", "1"]], "a": [["86699.7", "1"]]})),
+    ("crossed_book", with_data(TICKERS, bd="68652")),
+    (
+        "crossed_book",
+        frame(DEPTH15, data={"b": [["86699.5", "1"], ["86699.6", "1"]], "a": [["86699.7", "1"]]}),
+    ),
+    ("crossed_book", with_data(KLINE, h="63404.4")),  # high below low
+    ("unknown_channel", frame(KLINE, ch="market_kline_5min")),
+    ("unknown_channel", frame(KLINE, ch="mark_kline_1min")),
+    ("unknown_channel", frame(DEPTH15, ch="depth_books")),
+    ("unknown_channel", frame(TRADE, ch="Trade")),
+    ("wrong_symbol", frame(KLINE, symbol="ETHUSDT")),
+    ("wrong_symbol", frame(DEPTH15, symbol="")),
+    ("wrong_symbol", with_data(TICKERS, s="ETHUSDT")),
+    ("wrong_symbol", frame(TICKERS, data=[])),
+    ("wrong_symbol", with_data(TICKER, s="ETHUSDT")),
+]
+
+
+@pytest.mark.parametrize(("reason", "raw"), REJECTS, ids=[f"{r}-{i}" for i, (r, _) in enumerate(REJECTS)])
+def test_reject(reason: str, raw: str | bytes) -> None:
+    rejected(validator().parse(raw), reason)
+
+
+def test_every_reason_covered() -> None:
+    covered = {r for r, _ in REJECTS} | {"ts_backwards", "price_jump"}
+    assert covered == set(REJECT_REASONS)
+
+
+def test_ts_backwards_per_channel_and_reset() -> None:
+    v = validator()
+    assert isinstance(v.parse(KLINE), KlinePush)
+    assert isinstance(v.parse(KLINE), KlinePush)  # equal ts is fine
+    rejected(v.parse(frame(KLINE, ts=1786650732203)), "ts_backwards")
+    # Another channel keeps its own sequence.
+    depth = frame(DEPTH15, ts=1786650732000, data={"b": [["63404.6", "1"]], "a": [["63404.7", "1"]]})
+    assert isinstance(v.parse(depth), BookTop)
+    # A rejected frame does not advance the sequence.
+    rejected(v.parse(frame(KLINE, ts=1786650799999, symbol="ETHUSDT")), "wrong_symbol")
+    assert isinstance(v.parse(frame(KLINE, ts=1786650732300)), KlinePush)
+    # After a reconnect the sequence starts afresh.
+    v.reset_sequence()
+    assert isinstance(v.parse(frame(KLINE, ts=1786650732250)), KlinePush)
+
+
+def test_price_jump() -> None:
+    v = validator(max_jump_pct=2.0)
+    t0 = 1786650732204
+    assert isinstance(v.parse(KLINE), KlinePush)  # close 63404.7
+    jumped = with_data(KLINE, o="66000", h="66000", l="66000", c="66000")  # +4.1 %
+    rejected(v.parse(frame(jumped, ts=t0 + 500)), "price_jump")
+    rejected(v.parse(frame(jumped, ts=t0 + 1000)), "price_jump")
+    # The rejected frames did not move the last good price or its time: after 1 s it is accepted.
+    assert isinstance(v.parse(frame(jumped, ts=t0 + 1001)), KlinePush)
+    # Book mid and trades are checked against the same last good price.
+    crash = frame(DEPTH15, ts=t0 + 1100, data={"b": [["60000", "1"]], "a": [["60000.1", "1"]]})
+    rejected(v.parse(crash), "price_jump")
+    assert isinstance(
+        v.parse(frame(TRADE, ts=t0 + 1200, data=[{"p": "66500", "v": "1", "s": "sell"}])), TradePush
+    )
+    rejected(v.parse(frame(TRADE, ts=t0 + 1300, data=[{"p": "70000", "v": "1", "s": "buy"}])), "price_jump")
+    # Mark/index are not checked.
+    assert isinstance(v.parse(frame(PRICE, ts=t0 + 1400)), PricePush)
+    # reset_sequence keeps the last good price.
+    v.reset_sequence()
+    rejected(v.parse(frame(TRADE, ts=t0 + 1500, data=[{"p": "60000", "v": "1", "s": "buy"}])), "price_jump")
+
+
+def test_small_moves_accepted() -> None:
+    v = validator(max_jump_pct=0.5)
+    for i, close in enumerate(("63404.7", "63500", "63600", "63400")):
+        result = v.parse(frame(with_data(KLINE, c=close, h="63700", l="63300"), ts=1786650732204 + i * 500))
+        assert isinstance(result, KlinePush), result
+
+
+# --- REST -----------------------------------------------------------------------------------------------
+
+
+def test_rest_doc_example() -> None:
+    candles = parse_rest_klines(rest_data(200, KLINE_REST_DOC), 60)
+    assert candles == [Candle(111.111, 60, 60000, 60001, 59989.2, 60000, 1.0)]
+
+
+def kline_row(t: int | str, price: float, **extra: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "open": str(price - 1),
+        "high": str(price + 5),
+        "low": str(price - 5),
+        "close": str(price),
+        "time": t,
+        "quoteVol": "2.5",
+        "baseVol": str(2.5 * price),
+        "type": "LAST_PRICE",
+    }
+    row.update(extra)
+    return row
+
+
+def test_rest_klines_oldest_first_dedup_and_bad_rows() -> None:
+    base = 1790126400000
+    rows = [
+        kline_row(str(base + 180000), 63004),  # newest first, time as a string
+        kline_row(base + 120000, 63003),
+        kline_row(base + 120000, 99999),  # duplicate open time: dropped
+        kline_row(base + 60000, 63002, close="NaN"),
+        kline_row(base + 60000, 63002, high="62000"),  # high < low
+        kline_row(base, 63001),
+        kline_row(base - 60000, 63000, low="0"),
+        kline_row(base - 120000, 63000, open=None),
+        kline_row(base - 180000, 63000, time=True),
+        kline_row(base - 240000, 63000, quoteVol="-1"),
+        kline_row(base - 300000, 63000, close="70000"),  # close above high
+        "garbage",
+        None,
+        kline_row(base + 60000, 63002),  # the good row for the time whose bad rows came first
+    ]
+    candles = parse_rest_klines(rows, 60.0)
+    assert [c.open_ts for c in candles] == [(base + i * 60000) / 1000 for i in range(4)]
+    assert [c.close for c in candles] == [63001, 63002, 63003, 63004]
+    assert all(c.volume == 2.5 and c.interval_s == 60.0 for c in candles)
+
+
+def test_rest_klines_volume_readings() -> None:
+    t = 1790126400000
+    documented = {"open": 60000, "high": 60001, "low": 59999, "close": 60000, "time": t}
+    assert parse_rest_klines([dict(documented, baseVol="3", quoteVol="180000")], 60)[0].volume == 3
+    assert parse_rest_klines([dict(documented, quoteVol="3", baseVol="180000")], 60)[0].volume == 3
+    assert parse_rest_klines([dict(documented, baseVol=3)], 60)[0].volume == 3
+    assert parse_rest_klines([documented], 60)[0].volume == 0.0
+    assert parse_rest_klines([dict(documented, baseVol="0", quoteVol="0")], 60)[0].volume == 0.0
+    assert parse_rest_klines([], 60) == []
+
+
+@pytest.mark.parametrize("data", [None, {}, "[]", 5, {"data": []}])
+def test_rest_klines_not_a_list(data: Any) -> None:
+    with pytest.raises(RestError) as exc:
+        parse_rest_klines(data, 60)
+    assert exc.value.retryable is False
+
+
+def test_rest_depth() -> None:
+    body = b'{"code":0,"data":{"asks":[["86699.8","2.1"],["86699.7","0.7"]],"bids":[["86699.6","2.2"],["86699.5","2.7"]]},"msg":"Success"}'
+    book = parse_rest_depth(rest_data(200, body), 1790126515.5)
+    assert book == Book(1790126515.5, ((86699.6, 2.2), (86699.5, 2.7)), ((86699.7, 0.7), (86699.8, 2.1)))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        [],
+        {"asks": [], "bids": [["1", "1"]]},
+        {"asks": [["2", "1"]]},
+        {"asks": [["2", "1"]], "bids": [["2", "1"]]},
+        {"asks": [["2", "1"]], "bids": [["", ""]]},
+        {"asks": [["2", "0"]], "bids": [["1", "1"]]},
+        {"asks": [["2", "NaN"]], "bids": [["1", "1"]]},
+        {"asks": [["2"]], "bids": [["1", "1"]]},
+    ],
+)
+def test_rest_depth_malformed(data: Any) -> None:
+    with pytest.raises(RestError) as exc:
+        parse_rest_depth(data, 1.0)
+    assert exc.value.retryable is True
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code", "retryable"),
+    [
+        (200, b'{"code":10005,"data":null,"msg":"Too many requests, please try again later"}', 10005, True),
+        (200, b'{"code":10006,"data":null,"msg":"Request too frequently"}', 10006, True),
+        (200, b'{"code":20015,"data":null,"msg":"this Futures is not allowed to trade."}', 20015, False),
+        (200, b'{"code":1,"data":null,"msg":"Network Error"}', 1, False),
+        (200, b'{"code":404,"msg":"Not Found"}', 404, False),
+        (200, b'{"code":10008,"msg":"Parameter error"}', 10008, False),
+        (200, b'{"code":77777,"msg":"?"}', 77777, False),
+        (429, b"", None, True),
+        (503, b"<html>Service Unavailable</html>", None, True),
+        (500, b'{"code":0,"data":[]}', 0, True),
+        (404, b"<html>404</html>", None, False),
+        (403, b'{"code":10004,"msg":"IP"}', 10004, False),
+        (200, b"<html>cloudflare</html>", None, True),
+        (200, b'{"code":0,"data":[', None, True),
+        (200, b"[]", None, True),
+        (200, b'{"data":[]}', None, True),
+        (200, b"\xff\xfe\x00", None, True),
+    ],
+)
+def test_rest_errors(status: int, body: bytes, code: int | None, retryable: bool) -> None:
+    with pytest.raises(RestError) as exc:
+        rest_data(status, body)
+    err = exc.value
+    assert (err.code, err.http_status, err.retryable) == (code, status, retryable)
+    assert isinstance(err.msg, str) and str(err)
+
+
+def test_rest_success() -> None:
+    assert rest_data(200, b'{"code":0,"data":{"x":1},"msg":"Success"}') == {"x": 1}
+    assert rest_data(200, b'{"code":"0","data":[],"msg":"Success"}') == []
+
+
+# --- fuzzing ----------------------------------------------------------------------------------------------
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+KEYS = st.sampled_from(
+    [
+        *("ch", "ts", "data", "op", "symbol", "o", "h", "l", "c", "b", "a", "q", "s", "p", "v", "la"),
+        *("bd", "ak", "bv", "av", "ip", "mp", "fr", "code", "msg", "open", "high", "low", "close"),
+        *("time", "bids", "asks", "quoteVol", "baseVol"),
+    ]
+)
+NASTY_STRINGS = st.sampled_from(
+    [
+        *("", "NaN", "nan", "inf", "-inf", "Infinity", "1e999", "-1e999", "0", "-0", "-1", "1e-400"),
+        *("abc", "1_000", " 5 ", "0x10", "BTCUSDT", "btcusdt", "ETHUSDT", "buy", "sell", "\x00", "\ud800"),
+        *("market_kline_1min", "depth_book1", "tickers", "ticker", "trade", "price", "63404.6"),
+    ]
+)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
+    | NASTY_STRINGS
+)
+JSON = st.recursive(
+    SCALARS,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(KEYS | st.text(max_size=6), children, max_size=5)
+    ),
+    max_leaves=25,
+)
+
+
+def paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path (keys/indices) to a member of a JSON value, the root excluded."""
+    out: list[tuple[Any, ...]] = []
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else []
+    for k, v in items:
+        out.append((*prefix, k))
+        out.extend(paths(v, (*prefix, k)))
+    return out
+
+
+@st.composite
+def mutated_frames(draw: st.DrawFn) -> str:
+    """A documented frame with one to three members deleted, replaced or retyped."""
+    obj = json.loads(draw(st.sampled_from(ALL_FRAMES)))
+    for _ in range(draw(st.integers(1, 3))):
+        ps = paths(obj)
+        if not ps:
+            break
+        path = draw(st.sampled_from(ps))
+        parent = obj
+        for k in path[:-1]:
+            parent = parent[k]
+        key = path[-1]
+        kind = draw(st.sampled_from(["delete", "replace", "nasty", "number", "wrap"]))
+        if kind == "delete":
+            del parent[key]
+        elif kind == "replace":
+            parent[key] = draw(JSON)
+        elif kind == "nasty":
+            parent[key] = draw(NASTY_STRINGS)
+        elif kind == "number":
+            v = parent[key]
+            try:
+                parent[key] = float(v) if isinstance(v, str) else draw(st.floats())
+            except ValueError:
+                parent[key] = draw(st.floats())
+        else:
+            parent[key] = [parent[key]]
+    return json.dumps(obj)
+
+
+@st.composite
+def frame_like(draw: st.DrawFn) -> str:
+    """Objects shaped like data frames with arbitrary members, to reach the channel parsers."""
+    obj: dict[str, Any] = {
+        "ch": draw(
+            st.sampled_from(["market_kline_1min", "depth_book1", "depth_book15", "tickers", "ticker"])
+            | st.sampled_from(["trade", "price"])
+        ),
+        "symbol": draw(st.sampled_from(["BTCUSDT", "btcusdt", "ETHUSDT"]) | SCALARS),
+        "ts": draw(st.integers(min_value=-5, max_value=2**63) | SCALARS),
+        "data": draw(JSON),
+    }
+    for k in draw(st.lists(st.sampled_from(["ch", "symbol", "ts", "data"]), max_size=2)):
+        obj.pop(k, None)
+    return json.dumps(obj)
+
+
+def test_truncation_at_every_offset() -> None:
+    for text in ALL_FRAMES:
+        for i in range(1, len(text)):
+            rejected(validator().parse(text[:i]), "truncated")
+            rejected(validator().parse(text[:i].encode()), "truncated")
+
+
+@FUZZ
+@given(st.text() | st.binary())
+def test_fuzz_arbitrary_input(raw: str | bytes) -> None:
+    check_parsed(validator().parse(raw))
+
+
+@FUZZ
+@given(JSON)
+def test_fuzz_arbitrary_json(value: Any) -> None:
+    check_parsed(validator().parse(json.dumps(value)))
+
+
+@FUZZ
+@given(st.lists(mutated_frames() | frame_like() | st.sampled_from(DATA_FRAMES), min_size=1, max_size=6))
+def test_fuzz_mutated_frames(frames: list[str]) -> None:
+    v = validator(max_jump_pct=1.0)
+    for raw in frames:
+        check_parsed(v.parse(raw))
+        check_parsed(v.parse(raw.encode()[: len(raw) // 2]))
+
+
+def test_parse_never_raises_on_odd_objects() -> None:
+    v = validator()
+    odd: list[Any] = [
+        None,
+        5,
+        [],
+        bytearray(KLINE.encode()),
+        "[" * 100000,
+        "1" * 5000,
+        '{"a":' + "1" * 5000 + "}",
+    ]
+    for raw in odd:
+        check_parsed(v.parse(raw))
+
+
+def check_rest(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except RestError as err:
+        assert isinstance(err.retryable, bool) and isinstance(err.msg, str)
+        return None
+
+
+@FUZZ
+@given(st.integers(min_value=100, max_value=599), st.binary() | JSON.map(lambda v: json.dumps(v).encode()))
+def test_fuzz_rest_data(status: int, body: bytes) -> None:
+    check_rest(rest_data, status, body)
+
+
+@st.composite
+def rest_bodies(draw: st.DrawFn) -> Any:
+    """REST kline or depth data: arbitrary JSON, or realistic rows with members mutated."""
+    if draw(st.booleans()):
+        return draw(JSON)
+    rows: list[Any] = [
+        kline_row(1790126400000 - i * 60000, 63000.0 + i) for i in range(draw(st.integers(0, 5)))
+    ]
+    for row in rows:
+        for key in draw(st.lists(st.sampled_from(list(row)), max_size=3)):
+            row[key] = draw(SCALARS)
+    if draw(st.booleans()):
+        rows.append(draw(JSON))
+    return rows
+
+
+@FUZZ
+@given(rest_bodies())
+def test_fuzz_rest_klines(data: Any) -> None:
+    candles = check_rest(parse_rest_klines, data, 60.0)
+    if candles is not None:
+        times = [c.open_ts for c in candles]
+        assert times == sorted(set(times))
+        for c in candles:
+            assert 0 < c.low <= min(c.open, c.close) and max(c.open, c.close) <= c.high < math.inf
+            assert 0 <= c.volume < math.inf
+
+
+@FUZZ
+@given(
+    JSON
+    | st.fixed_dictionaries(
+        {
+            "asks": st.lists(st.lists(SCALARS, max_size=3), max_size=4),
+            "bids": st.lists(st.lists(SCALARS, max_size=3), max_size=4),
+        }
+    )
+)
+def test_fuzz_rest_depth(data: Any) -> None:
+    book = check_rest(parse_rest_depth, data, 1.0)
+    if book is not None:
+        assert book.bids[0][0] < book.asks[0][0]
+        assert [p for p, _ in book.bids] == sorted((p for p, _ in book.bids), reverse=True)
+        assert [p for p, _ in book.asks] == sorted(p for p, _ in book.asks)

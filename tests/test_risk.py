@@ -1,0 +1,649 @@
+"""The risk gate: sizing, caps, throttle, stale-data gate, breaker and stop conditions.
+
+Unit tests drive `RiskGate.check` and the account hooks with a real `PaperAccount`; session tests run
+whole sessions on the mock feed under trio's autojump clock and drive them into each limit.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from actors.broker import PaperAccount
+from actors.config import Config
+from actors.risk import WINDOW_S, Rejection, RiskGate, run_risk
+from actors.session import run_session
+from protocols.messages import Event, Order, OrderIntent, Tick
+from tests.conftest import TRADES_OFTEN, make_config, read_events, read_report
+
+T0 = 1_800_000_000.0  # an integer session time: window arithmetic on it is exact
+PRICE = 60000.0
+# caps far from binding, so a test can make exactly one of them bind
+LOOSE_CAPS = ["risk.max_position_size=100", "risk.max_notional=100000000", "risk.max_leverage=125"]
+# loss limit and drawdown breaker out of the way, for tests that move the account a lot
+NO_LOSS_STOPS = ["risk.max_loss_pct=50", "risk.max_daily_drawdown_pct=50"]
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+class Stops:
+    """Records the gate's stop calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def __call__(self, reason: str, detail: str = "") -> None:
+        self.calls.append((reason, detail))
+
+    @property
+    def reasons(self) -> list[str]:
+        return [reason for reason, _ in self.calls]
+
+
+class Health:
+    def __init__(self, stale: bool = False) -> None:
+        self.stale = stale
+
+
+def _gate(tmp_path: Path, *sets: str, health: Health | None = None) -> tuple[RiskGate, PaperAccount, Stops]:
+    config = make_config(tmp_path, *sets)
+    account = PaperAccount(config.broker, random.Random(0))
+    stops = Stops()
+    return RiskGate(config.risk, account, health=health, stop=stops), account, stops
+
+
+def _entry(
+    side: str = "buy", qty: float = 0.001, price: float = PRICE, stop: float | None = None, ts: float = T0
+) -> OrderIntent:
+    return OrderIntent(ts, side, qty, price, reason=f"entry_{side}", stop_price=stop)  # type: ignore[arg-type]
+
+
+def _exit(side: str, qty: float, price: float = PRICE, ts: float = T0) -> OrderIntent:
+    return OrderIntent(ts, side, qty, price, reason=f"exit_{side}", reduce_only=True)  # type: ignore[arg-type]
+
+
+def _approved(decision: Order | Rejection) -> Order:
+    assert isinstance(decision, Order), decision
+    return decision
+
+
+def _rejected(decision: Order | Rejection) -> str:
+    assert isinstance(decision, Rejection), decision
+    return decision.reason
+
+
+def _tick(price: float, ts: float) -> Tick:
+    return Tick(ts=ts, bid=round(price - 0.1, 1), ask=price, last=price)
+
+
+def _open_long(gate: RiskGate, account: PaperAccount, qty: float, ts: float = T0) -> list[Event]:
+    """Mark the account at PRICE and fill a long of `qty` through the gate and the broker."""
+    events = account.on_market(_tick(PRICE, ts), ts)
+    order = _approved(gate.check(_entry("buy", qty, ts=ts), ts))
+    events += account.on_arrival(order, ts)
+    assert account.position_qty == pytest.approx(qty)
+    return events
+
+
+def _kinds(events: list[Event], kind: str) -> list[dict[str, Any]]:
+    return [e.fields for e in events if e.kind == kind]
+
+
+# --- caps and sizing ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cap", "sets", "room"),
+    [
+        ("max_position_size", ["risk.max_position_size=0.005"], 0.005),
+        ("max_notional", ["risk.max_notional=300"], 300 / PRICE),  # 0.005 BTC at 60000
+        ("max_leverage", ["risk.max_leverage=0.03"], 0.03 * 10000 / PRICE),  # 0.005 BTC on 10000 USDT
+    ],
+)
+def test_each_cap_reduces_a_risk_sized_entry_and_rejects_a_fixed_one(
+    tmp_path: Path, cap: str, sets: list[str], room: float
+) -> None:
+    # risk sizing: 0.5 % of 10000 over a 300 USDT stop wants 0.1667 BTC -> cut to the cap's room
+    gate, _, _ = _gate(tmp_path, *LOOSE_CAPS, *sets)
+    order = _approved(gate.check(_entry("buy", stop=PRICE - 300), T0))
+    assert order.qty == pytest.approx(room) == 0.005
+    # the approved order is pending: the same side has no room left, the other side has twice the room
+    assert _rejected(gate.check(_entry("buy", stop=PRICE - 300), T0)) == cap
+    assert _approved(gate.check(_entry("sell", stop=PRICE + 300), T0)).qty == pytest.approx(2 * room)
+
+    # fixed sizing: over the cap is rejected with the cap's name, within it passes unchanged
+    gate, _, _ = _gate(tmp_path, *LOOSE_CAPS, *sets, "risk.sizing=fixed")
+    decision = gate.check(_entry("buy", qty=0.006), T0)
+    assert _rejected(decision) == cap
+    assert isinstance(decision, Rejection) and cap in decision.detail
+    assert _approved(gate.check(_entry("buy", qty=0.005), T0)).qty == 0.005
+    assert _rejected(gate.check(_entry("buy", qty=0.0001), T0)) == cap  # pending 0.005 fills the room
+
+
+def test_the_tightest_cap_is_the_one_named(tmp_path: Path) -> None:
+    gate, _, _ = _gate(
+        tmp_path,
+        "risk.sizing=fixed",
+        "risk.max_position_size=0.004",
+        "risk.max_notional=300",
+        "risk.max_leverage=0.03",
+    )
+    assert _rejected(gate.check(_entry(qty=0.0045), T0)) == "max_position_size"
+
+
+def test_risk_sizing_is_risk_pct_of_equity_over_the_stop_distance(tmp_path: Path) -> None:
+    gate, _, _ = _gate(tmp_path, *LOOSE_CAPS, "risk.risk_per_trade_pct=1")
+    # 1 % of 10000 = 100 USDT over 1000 USDT = 0.1 BTC; the strategy's own qty is ignored
+    assert _approved(gate.check(_entry("buy", qty=0.001, stop=PRICE - 1000), T0)).qty == pytest.approx(0.1)
+    assert _approved(gate.check(_entry("sell", qty=0.001, stop=PRICE + 1000), T0)).qty == pytest.approx(0.1)
+    # 100 / 300 = 0.33333 BTC: rounded down to the 0.0001 lot, never up
+    assert _approved(gate.check(_entry("buy", stop=PRICE - 300), T0)).qty == 0.3333
+    # 100 / 70 = 1.428571 -> 1.4285
+    assert _approved(gate.check(_entry("buy", stop=PRICE - 70), T0)).qty == 1.4285
+
+
+def test_risk_sizing_follows_equity(tmp_path: Path) -> None:
+    gate, account, _ = _gate(
+        tmp_path, *LOOSE_CAPS, *NO_LOSS_STOPS, "risk.risk_per_trade_pct=1", "broker.leverage=10"
+    )
+    _open_long(gate, account, 1.0)
+    account.on_market(_tick(PRICE - 2000, T0 + 1), T0 + 1)  # lose ~2000 USDT unrealized
+    assert account.position_qty == 1.0
+    equity = account.equity
+    assert equity < 8100
+    qty = _approved(gate.check(_entry("sell", stop=PRICE - 1000, price=PRICE - 2000), T0 + 1)).qty
+    assert qty == pytest.approx(equity / 100 / 1000, abs=1e-4)
+
+
+def test_max_leverage_cap_follows_equity(tmp_path: Path) -> None:
+    gate, account, _ = _gate(tmp_path, *LOOSE_CAPS, *NO_LOSS_STOPS, "risk.sizing=fixed", "broker.leverage=10")
+    _open_long(gate, account, 1.0)
+    price = PRICE - 2000
+    account.on_market(_tick(price, T0 + 1), T0 + 1)
+    assert account.position_qty == 1.0
+    gate.config = attrs.evolve(gate.config, max_leverage=1.0)
+    room = account.equity / price  # ~0.138 BTC at 1x on ~8000 USDT (0.172 on the starting 10000)
+    assert room < 0.14
+    assert _rejected(gate.check(_entry("buy", price=price), T0 + 1)) == "max_leverage"  # long 1.0 already
+    assert (
+        _rejected(gate.check(_entry("sell", qty=1.0 + room + 0.0002, price=price), T0 + 1)) == "max_leverage"
+    )
+    assert _approved(gate.check(_entry("sell", qty=1.0 + room - 0.0001, price=price), T0 + 1))
+
+
+def test_fixed_sizing_uses_the_strategy_qty_rounded_to_the_lot(tmp_path: Path) -> None:
+    gate, _, _ = _gate(tmp_path, *LOOSE_CAPS, "risk.sizing=fixed")
+    assert _approved(gate.check(_entry(qty=0.003, stop=PRICE - 300), T0)).qty == 0.003  # stop ignored
+    assert _approved(gate.check(_entry(qty=0.00349), T0)).qty == 0.0034
+    assert _approved(gate.check(_entry(qty=0.0001), T0)).qty == 0.0001
+
+
+def test_below_min_size(tmp_path: Path) -> None:
+    gate, _, _ = _gate(tmp_path, *LOOSE_CAPS, "risk.sizing=fixed")
+    decision = gate.check(_entry(qty=0.00009), T0)
+    assert _rejected(decision) == "below_min_size"
+    # risk sizing: 0.001 % of 10000 = 0.1 USDT over 300 USDT = 0.00033 BTC -> 0.0003 passes;
+    # 0.0001 % gives 0.000033 BTC, under the 0.0001 minimum
+    gate, _, _ = _gate(tmp_path, *LOOSE_CAPS, "risk.risk_per_trade_pct=0.001")
+    assert _approved(gate.check(_entry(stop=PRICE - 300), T0)).qty == 0.0003
+    gate, _, _ = _gate(tmp_path, *LOOSE_CAPS, "risk.risk_per_trade_pct=0.0001")
+    assert _rejected(gate.check(_entry(stop=PRICE - 300), T0)) == "below_min_size"
+    assert gate.window == type(gate.window)()  # a rejected intent uses no order slot
+
+
+def test_exits_are_sized_to_the_position_and_need_one(tmp_path: Path) -> None:
+    gate, account, _ = _gate(tmp_path, *LOOSE_CAPS, "broker.leverage=10")
+    assert _rejected(gate.check(_exit("sell", 0.01), T0)) == "nothing_to_close"
+    _open_long(gate, account, 0.5)
+    assert _rejected(gate.check(_exit("buy", 0.1), T0)) == "nothing_to_close"  # would not reduce a long
+    assert _approved(gate.check(_exit("sell", 2.0), T0)).qty == 0.5  # never more than the position
+    assert _rejected(gate.check(_exit("sell", 0.1), T0)) == "nothing_to_close"  # already pending
+
+
+# --- throttle ----------------------------------------------------------------------------------
+
+
+def test_burst_of_100_intents_is_held_to_max_orders_per_minute(tmp_path: Path) -> None:
+    gate, _, _ = _gate(tmp_path, *LOOSE_CAPS, "risk.sizing=fixed", "risk.max_orders_per_minute=6")
+    decisions = [gate.check(_entry("buy" if i % 2 else "sell"), T0) for i in range(100)]
+    assert sum(isinstance(d, Order) for d in decisions) == 6
+    assert all(isinstance(d, Order) for d in decisions[:6])
+    assert Counter(_rejected(d) for d in decisions[6:]) == {"max_orders_per_minute": 94}
+    # still full just before the 60 s are up, exits included
+    assert _rejected(gate.check(_entry(), T0 + WINDOW_S - 0.001)) == "max_orders_per_minute"
+    assert _rejected(gate.check(_exit("sell", 0.001), T0 + WINDOW_S - 0.001)) == "max_orders_per_minute"
+    # 60 s after the burst the window admits again, exactly 6 more
+    later = [gate.check(_entry("buy" if i % 2 else "sell"), T0 + WINDOW_S) for i in range(100)]
+    assert sum(isinstance(d, Order) for d in later) == 6
+
+
+def test_throttle_window_slides(tmp_path: Path) -> None:
+    gate, _, _ = _gate(tmp_path, *LOOSE_CAPS, "risk.sizing=fixed", "risk.max_orders_per_minute=3")
+    for t in (0, 20, 40):
+        _approved(gate.check(_entry(), T0 + t))
+    assert _rejected(gate.check(_entry(), T0 + 59)) == "max_orders_per_minute"
+    _approved(gate.check(_entry(), T0 + 60))  # the order at +0 left the window
+    assert _rejected(gate.check(_entry(), T0 + 79.9)) == "max_orders_per_minute"
+    _approved(gate.check(_entry(), T0 + 80))  # the order at +20 left
+
+
+async def test_run_risk_burst_emits_order_rejected_events(
+    autojump_clock: trio.abc.Clock, tmp_path: Path
+) -> None:
+    """The actor: 100 intents within one second -> 6 orders out, 94 `order.rejected` events."""
+    gate, _, _ = _gate(tmp_path, *LOOSE_CAPS, "risk.sizing=fixed", "risk.max_orders_per_minute=6")
+    intents_tx, intents_rx = trio.open_memory_channel[OrderIntent](0)
+    orders_tx, orders_rx = trio.open_memory_channel[Order](200)
+    events_tx, events_rx = trio.open_memory_channel[Event](200)
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_risk, gate, intents_rx, orders_tx, events_tx, trio.current_time)
+        async with intents_tx:
+            for i in range(100):
+                await intents_tx.send(_entry("buy" if i % 2 else "sell", ts=trio.current_time()))
+                await trio.sleep(0.0099)
+    assert trio.current_time() - start < 1.0
+    events = [e async for e in events_rx]
+    orders = [o async for o in orders_rx]
+    assert len(orders) == 6
+    assert [e.kind for e in events].count("order.submitted") == 6
+    rejected = _kinds(events, "order.rejected")
+    assert len(rejected) == 94
+    assert {(r["reason"], r["stage"]) for r in rejected} == {("max_orders_per_minute", "risk")}
+
+
+# --- stale data --------------------------------------------------------------------------------
+
+
+def test_stale_data_rejects_entries_but_lets_exits_through(tmp_path: Path) -> None:
+    health = Health()
+    gate, account, _ = _gate(tmp_path, *LOOSE_CAPS, "broker.leverage=10", health=health)
+    _open_long(gate, account, 0.5)
+    health.stale = True
+    assert _rejected(gate.check(_entry("buy", stop=PRICE - 300), T0 + 1)) == "stale_data"
+    assert _rejected(gate.check(_entry("sell", stop=PRICE + 300), T0 + 1)) == "stale_data"
+    assert len(gate.window) == 1  # refused entries use no order slot
+    exit_order = _approved(gate.check(_exit("sell", 0.5), T0 + 1))
+    assert (exit_order.qty, exit_order.reduce_only) == (0.5, True)
+    health.stale = False
+    assert _approved(gate.check(_entry("buy", stop=PRICE - 300), T0 + 2)).qty > 0
+
+
+# --- account watch: loss limit, breaker, stop conditions ---------------------------------------
+
+
+def test_max_loss_pct_stops_on_the_mark_that_crosses_it(tmp_path: Path) -> None:
+    gate, account, stops = _gate(
+        tmp_path, *LOOSE_CAPS, "risk.sizing=fixed", "broker.leverage=10", "risk.max_loss_pct=2",
+        "risk.max_daily_drawdown_pct=50",
+    )  # fmt: skip
+    _open_long(gate, account, 1.0)
+    account.on_market(_tick(PRICE - 100, T0 + 1), T0 + 1)  # ~1.1 % down
+    assert stops.calls == []
+    account.on_market(_tick(PRICE - 250, T0 + 2), T0 + 2)  # ~2.6 % down
+    assert stops.reasons == ["max_loss"]
+    assert "2 %" in stops.calls[0][1]
+
+
+def test_max_loss_pct_stops_on_the_trade_close_that_crosses_it(tmp_path: Path) -> None:
+    gate, account, stops = _gate(
+        tmp_path, *LOOSE_CAPS, "broker.leverage=10", "risk.max_loss_pct=1", "risk.max_daily_drawdown_pct=50"
+    )
+    _open_long(gate, account, 1.0)
+    account.on_market(_tick(PRICE - 20, T0 + 1), T0 + 1)
+    assert stops.calls == []
+    loss_before = account.starting_equity - account.equity
+    assert loss_before < 100  # under the 1 % limit at the last mark
+    # the exit sells at the bid minus slippage and pays the fee: the realized loss crosses 1 %
+    exit_order = _approved(gate.check(_exit("sell", 1.0), T0 + 1))
+    events = account.on_arrival(exit_order, T0 + 1)
+    assert _kinds(events, "position.closed")
+    assert account.starting_equity - account.equity >= 100
+    assert stops.reasons == ["max_loss"]
+
+
+@pytest.mark.parametrize("action", ["halt", "stop"])
+def test_drawdown_breaker_flattens_then_halts_or_stops(tmp_path: Path, action: str) -> None:
+    gate, account, stops = _gate(
+        tmp_path, *LOOSE_CAPS, "broker.leverage=10", "risk.max_loss_pct=50", "risk.max_daily_drawdown_pct=2",
+        f"risk.on_breaker={action}", "risk.breaker_cooldown_min=30",
+    )  # fmt: skip
+    _open_long(gate, account, 1.0)
+    assert gate.on_marked(T0) == [] and gate.breaker_trips == 0
+    events = account.on_market(_tick(PRICE - 100, T0 + 1), T0 + 1)  # ~1.1 %: no trip
+    assert _kinds(events, "breaker.tripped") == []
+    ts = T0 + 2
+    events = account.on_market(_tick(PRICE - 200, ts), ts)  # ~2.1 % from the day's start
+    (tripped,) = _kinds(events, "breaker.tripped")
+    assert (tripped["reason"], tripped["action"]) == ("max_daily_drawdown", action)
+    assert gate.breaker_trips == 1
+    assert account.position_qty == 0.0  # flattened at once
+    (flatten,) = _kinds(events, "order.submitted")
+    assert (flatten["order_id"], flatten["reason"], flatten["qty"]) == ("breaker-1", "breaker", 1.0)
+    assert len(_kinds(events, "position.closed")) == 1
+    if action == "stop":
+        assert stops.reasons == ["breaker"]
+        assert stops.calls[0][1].startswith("max_daily_drawdown")
+        assert gate.halted_until is None
+        return
+    assert "breaker" not in stops.reasons
+    assert gate.halted_until == ts + 30 * 60
+    for at in (ts, ts + 1, ts + 30 * 60 - 0.001):
+        assert _rejected(gate.check(_entry(stop=PRICE - 300), at)) == "breaker_halt"
+    # no second trip while halted, however far the account falls
+    assert _kinds(account.on_market(_tick(PRICE - 500, ts + 60), ts + 60), "breaker.tripped") == []
+    # at the end of the cooldown entries pass again; the next mark resets the breaker with a new budget
+    assert isinstance(gate.check(_entry(stop=PRICE - 300), ts + 30 * 60), Order)
+    events = account.on_market(_tick(PRICE - 500, ts + 30 * 60), ts + 30 * 60)
+    assert [e.kind for e in events if e.kind.startswith("breaker.")] == ["breaker.reset"]
+    assert gate.halted_until is None and gate.breaker_trips == 1
+
+
+def test_breaker_flatten_is_recorded_as_closed_by_the_breaker(tmp_path: Path) -> None:
+    gate, account, _ = _gate(
+        tmp_path, *LOOSE_CAPS, "broker.leverage=10", "risk.max_loss_pct=50", "risk.max_daily_drawdown_pct=2",
+        "risk.on_breaker=halt",
+    )  # fmt: skip
+    _open_long(gate, account, 1.0)
+    events = account.on_market(_tick(PRICE - 200, T0 + 1), T0 + 1)
+    assert len(_kinds(events, "breaker.tripped")) == 1
+    assert [f["reason"] for f in _kinds(events, "order.filled")] == ["breaker"]
+    assert [c["exit_reason"] for c in _kinds(events, "position.closed")] == ["breaker"]
+
+
+@pytest.mark.parametrize("action", ["halt", "stop"])
+def test_consecutive_losses_breaker(tmp_path: Path, action: str) -> None:
+    gate, _, stops = _gate(
+        tmp_path, "risk.max_consecutive_losses=3", f"risk.on_breaker={action}", "risk.breaker_cooldown_min=5"
+    )
+    for pnl in (-1.0, -1.0, 0.5, -1.0, -1.0):  # a win resets the run
+        assert gate.on_trade_closed(pnl, T0) == []
+    assert gate.on_trade_closed(0.0, T0) == []  # break-even is not a loss
+    assert gate.on_trade_closed(-1.0, T0) == []
+    assert gate.on_trade_closed(-1.0, T0) == []
+    events = gate.on_trade_closed(-1.0, T0 + 1)
+    assert [(e.kind, e.fields["reason"], e.fields["action"]) for e in events[:1]] == [
+        ("breaker.tripped", "max_consecutive_losses", action)
+    ]
+    assert gate.breaker_trips == 1
+    if action == "stop":
+        assert stops.reasons == ["breaker"]
+        return
+    assert stops.calls == []
+    assert gate.halted_until == T0 + 1 + 5 * 60
+    assert _rejected(gate.check(_entry(stop=PRICE - 300), T0 + 2)) == "breaker_halt"
+    assert gate.on_trade_closed(-1.0, T0 + 3) == []  # the run starts over after a trip
+
+
+@pytest.mark.parametrize(
+    ("limit", "pnls"), [("max_trades", [1.0, -1.0, 1.0]), ("max_losses", [-1.0, 1.0, -1.0])]
+)
+def test_max_trades_and_max_losses_stop(tmp_path: Path, limit: str, pnls: list[float]) -> None:
+    gate, _, stops = _gate(tmp_path, f"risk.{limit}=3" if limit == "max_trades" else f"risk.{limit}=2")
+    for pnl in pnls[:-1]:
+        gate.on_trade_closed(pnl, T0)
+        assert stops.calls == []
+    gate.on_trade_closed(pnls[-1], T0)
+    assert stops.reasons == [limit]
+
+
+def test_zero_means_no_trade_or_loss_limit(tmp_path: Path) -> None:
+    gate, _, stops = _gate(tmp_path, "risk.max_consecutive_losses=0")
+    for _ in range(50):
+        assert gate.on_trade_closed(-1.0, T0) == []
+    assert stops.calls == [] and gate.breaker_trips == 0
+
+
+# --- whole sessions ----------------------------------------------------------------------------
+
+
+async def _session(
+    tmp_path: Path, *sets: str, duration_min: float
+) -> tuple[Config, dict[str, Any], list[dict[str, Any]]]:
+    config = make_config(tmp_path, *TRADES_OFTEN, *sets, duration_min=duration_min)
+    result = await run_session(config, handle_signals=False, progress_mode="off")
+    report, events = read_report(result.run_path), read_events(result.run_path)
+    assert report["status"] == "ok"
+    _check_flat_and_counted(report, events)
+    return config, report, events
+
+
+def _check_flat_and_counted(report: dict[str, Any], events: list[dict[str, Any]]) -> None:
+    """Every session ends flat, and the report counts exactly the rejections events.jsonl holds."""
+    assert report["open_positions"] == []
+    fills = [e for e in events if e["kind"] == "order.filled"]
+    assert sum(f["qty"] if f["side"] == "buy" else -f["qty"] for f in fills) == pytest.approx(0.0, abs=1e-9)
+    assert [e for e in events if e["kind"] == "heartbeat"][-1]["position_qty"] == 0.0
+    rejected = Counter(e["reason"] for e in events if e["kind"] == "order.rejected")
+    assert report["orders_rejected"] == dict(rejected)
+    trips = [e for e in events if e["kind"] == "breaker.tripped"]
+    assert report["breaker_trips"] == len(trips)
+
+
+def _ts(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["ts"]).timestamp()
+
+
+def _stopped(events: list[dict[str, Any]]) -> dict[str, Any]:
+    (stopped,) = [e for e in events if e["kind"] == "session.stopped"]
+    return stopped
+
+
+def _gate_orders(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Orders the risk gate approved (not the broker's own flattening orders)."""
+    return [e for e in events if e["kind"] == "order.submitted" and e["order_id"].startswith("o")]
+
+
+@pytest.mark.parametrize(
+    ("reason", "sets"),
+    [
+        ("max_position_size", ["risk.sizing=fixed", "strategy.order_qty=0.02"]),
+        ("max_notional", ["risk.sizing=fixed", "strategy.order_qty=0.005", "risk.max_notional=100"]),
+        ("max_leverage", ["risk.sizing=fixed", "strategy.order_qty=0.005", "risk.max_leverage=0.01"]),
+        ("below_min_size", ["risk.risk_per_trade_pct=0.0001"]),
+    ],
+)
+async def test_session_entries_rejected_by_each_cap(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, reason: str, sets: list[str]
+) -> None:
+    _, report, events = await _session(tmp_path, *sets, duration_min=2)
+    rejected = [e for e in events if e["kind"] == "order.rejected"]
+    assert len(rejected) >= 3
+    assert {(e["reason"], e["stage"]) for e in rejected} == {(reason, "risk")}
+    assert all(e["intent"].startswith("entry_on_cross") for e in rejected)
+    assert report["orders_submitted"] == 0 and report["fills"] == 0
+    assert report["stop_reason"] == "duration"
+
+
+async def test_session_risk_sized_entries_are_cut_to_the_position_cap(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    # 0.5 % of 10000 over a 0.5 % stop (~300 USDT) wants ~0.167 BTC; max_position_size is 0.01
+    config, _, events = await _session(tmp_path, duration_min=3)
+    entries = [e for e in _gate_orders(events) if e["reason"].startswith("entry_")]
+    assert len(entries) >= 3
+    assert {e["qty"] for e in entries} == {config.risk.max_position_size}
+    assert max(abs(e["position_qty"]) for e in events if e["kind"] == "order.filled") <= 0.01 + 1e-12
+
+
+async def test_session_throttle_holds_orders_per_minute(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    limit = 2
+    _, report, events = await _session(tmp_path, f"risk.max_orders_per_minute={limit}", duration_min=5)
+    assert report["orders_rejected"].get("max_orders_per_minute", 0) >= 5
+    times = [_ts(e) for e in _gate_orders(events)]
+    assert len(times) >= 2 * limit
+    for t in times:  # in any 60 s window at most `limit` orders
+        assert sum(1 for u in times if t - WINDOW_S < u <= t) <= limit
+    assert report["stop_reason"] == "duration"
+
+
+async def test_session_max_loss_pct_stops_flat(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    pct = 0.1
+    big = [
+        "risk.max_position_size=0.1",
+        "risk.max_notional=100000",
+        "risk.max_leverage=10",
+        "broker.leverage=10",
+    ]
+    config, report, events = await _session(tmp_path, f"risk.max_loss_pct={pct}", *big, duration_min=5)
+    assert report["stop_reason"] == "max_loss"
+    assert _stopped(events)["detail"].startswith("session loss")
+    assert report["elapsed_s"] < config.session.duration_min * 60
+    assert report["ending_equity"] <= report["starting_equity"] * (1 - pct / 100)
+
+
+async def test_session_no_entry_fills_after_the_loss_limit_is_crossed(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    pct = 0.1
+    big = [
+        "risk.max_position_size=0.1",
+        "risk.max_notional=100000",
+        "risk.max_leverage=10",
+        "broker.leverage=10",
+    ]
+    _, report, events = await _session(tmp_path, f"risk.max_loss_pct={pct}", *big, duration_min=5)
+    assert report["stop_reason"] == "max_loss"
+    starting, flat_equity, crossed_seq = report["starting_equity"], report["starting_equity"], None
+    for e in events:
+        if e["kind"] == "order.filled":
+            flat_equity += e["realized_pnl"] - e["fee"]
+        elif e["kind"] == "funding":
+            flat_equity -= e["amount"]
+        elif e["kind"] == "position.closed" and flat_equity <= starting * (1 - pct / 100):
+            crossed_seq = e["seq"]
+            break
+    assert crossed_seq is not None  # the limit was crossed by a closed trade
+    late_entries = [
+        e for e in events
+        if e["kind"] == "order.filled" and e["seq"] > crossed_seq and e["reason"].startswith("entry_")
+    ]  # fmt: skip
+    assert late_entries == []
+
+
+@pytest.mark.parametrize(("limit", "value"), [("max_trades", 3), ("max_losses", 2)])
+async def test_session_max_trades_and_max_losses_stop_flat(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, limit: str, value: int
+) -> None:
+    config, report, events = await _session(tmp_path, f"risk.{limit}={value}", duration_min=10)
+    assert report["stop_reason"] == limit
+    assert report["elapsed_s"] < config.session.duration_min * 60
+    counted = report["trade_count"] if limit == "max_trades" else report["losses"]
+    assert counted == value
+    # stopped on the closing fill itself: nothing happened after that trade but the stop
+    last_close = [e for e in events if e["kind"] == "position.closed"][-1]
+    assert _ts(_stopped(events)) == pytest.approx(_ts(last_close), abs=1e-3)
+
+
+BREAKER_TRIGGERS = {
+    "max_daily_drawdown": [
+        "risk.max_daily_drawdown_pct=0.05",
+        "risk.max_position_size=0.1",
+        "risk.max_notional=100000",
+        "risk.max_leverage=10",
+        "broker.leverage=10",
+    ],
+    "max_consecutive_losses": ["risk.max_consecutive_losses=2"],
+}
+
+
+@pytest.mark.parametrize("trigger", sorted(BREAKER_TRIGGERS))
+async def test_session_breaker_stop(tmp_path: Path, autojump_clock: trio.abc.Clock, trigger: str) -> None:
+    config, report, events = await _session(
+        tmp_path, *BREAKER_TRIGGERS[trigger], "risk.on_breaker=stop", duration_min=5
+    )
+    trips = [e for e in events if e["kind"] == "breaker.tripped"]
+    assert [(t["reason"], t["action"]) for t in trips] == [(trigger, "stop")]
+    assert report["breaker_trips"] == 1
+    assert report["stop_reason"] == "breaker"
+    assert _stopped(events)["detail"].startswith(trigger)
+    assert report["elapsed_s"] < config.session.duration_min * 60
+    assert _ts(_stopped(events)) == pytest.approx(_ts(trips[0]), abs=1e-3)
+
+
+@pytest.mark.parametrize("trigger", sorted(BREAKER_TRIGGERS))
+async def test_session_breaker_halt(tmp_path: Path, autojump_clock: trio.abc.Clock, trigger: str) -> None:
+    cooldown_s = 60.0
+    config, report, events = await _session(
+        tmp_path,
+        *BREAKER_TRIGGERS[trigger],
+        "risk.on_breaker=halt",
+        "risk.breaker_cooldown_min=1",
+        duration_min=5,
+    )
+    assert report["stop_reason"] == "duration"
+    assert report["elapsed_s"] == pytest.approx(config.session.duration_min * 60, abs=0.01)
+    trips = [e for e in events if e["kind"] == "breaker.tripped"]
+    assert trips and {(t["reason"], t["action"]) for t in trips} == {(trigger, "halt")}
+    assert report["breaker_trips"] == len(trips)
+    halts = [e for e in events if e["kind"] == "order.rejected" and e["reason"] == "breaker_halt"]
+    assert len(halts) >= 3
+    assert report["orders_rejected"]["breaker_halt"] == len(halts)
+    for h in halts:  # each within the cooldown of the trip before it, and an entry
+        trip = [t for t in trips if t["seq"] < h["seq"]][-1]
+        assert 0 <= _ts(h) - _ts(trip) < cooldown_s + 1e-3
+        assert h["intent"].startswith("entry_")
+    # the breaker resets after the cooldown and trading resumes
+    first_reset = next(e for e in events if e["kind"] == "breaker.reset")
+    assert _ts(first_reset) - _ts(trips[0]) >= cooldown_s - 1e-3
+    assert any(
+        e["reason"].startswith("entry_") for e in _gate_orders(events) if e["seq"] > first_reset["seq"]
+    )
+
+
+async def test_session_breaker_halt_keeps_the_account_flat_through_the_cooldown(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    cooldown_s = 60.0
+    _, _, events = await _session(
+        tmp_path,
+        *BREAKER_TRIGGERS["max_consecutive_losses"],
+        "risk.on_breaker=halt",
+        "risk.breaker_cooldown_min=1",
+        duration_min=5,
+    )
+    trips = [e for e in events if e["kind"] == "breaker.tripped"]
+    assert trips
+    for trip in trips:
+        entries_in_cooldown = [
+            e for e in events
+            if e["kind"] == "order.filled" and e["seq"] > trip["seq"] and _ts(e) - _ts(trip) < cooldown_s
+            and e["reason"].startswith("entry_")
+        ]  # fmt: skip
+        assert entries_in_cooldown == []
+
+
+async def test_session_stale_data_window(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Data stale from 30 s to 90 s: entries refused (`stale_data`), exits still go through."""
+
+    class StaleWindow:
+        def __init__(self, data_source: str) -> None:
+            self.t0 = trio.current_time()
+
+        @property
+        def stale(self) -> bool:
+            return 30.0 <= trio.current_time() - self.t0 < 90.0
+
+    monkeypatch.setattr("actors.session.FeedHealth", StaleWindow)
+    _, report, events = await _session(tmp_path, duration_min=3)
+    start = _ts(events[0])
+    stale = [e for e in events if e["kind"] == "order.rejected" and e["reason"] == "stale_data"]
+    assert len(stale) >= 3
+    assert all(30.0 <= _ts(e) - start < 90.0 and e["intent"].startswith("entry_") for e in stale)
+    orders = _gate_orders(events)
+    in_window = [e for e in orders if 30.0 <= _ts(e) - start < 90.0]
+    assert in_window and all(e["reduce_only"] and e["reason"].startswith("exit_") for e in in_window)
+    assert any(e["reason"].startswith("entry_") and _ts(e) - start >= 90.0 for e in orders)
+    assert report["stop_reason"] == "duration"

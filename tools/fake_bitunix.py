@@ -1,0 +1,1329 @@
+"""A fake Bitunix futures exchange on 127.0.0.1: public WebSocket and REST market data, with faults.
+
+`python -m tools.fake_bitunix --port 0` (see `--help`), or in a test:
+`await nursery.start(FakeBitunix(seed=1).run)`, then `fake.ws_url` / `fake.rest_url`.
+
+It imitates the wire format of ../shared/docs/bitunix-protocol.md, quirks included: the connect
+frame, no subscribe ack, data 100-600 ms after a subscribe, JSON ping/pong, prices as strings,
+REST klines newest first with the volume names swapped, errors as HTTP 200 with a code.
+
+Price path. Exchange time is wall time (`time.time()`, plus `time_offset_s`). A seeded bar source
+gives one 1-minute bar per minute, in order, from `history_candles` minutes before the minute in
+which the object was made: a random walk (Brownian-bridge high/low, lognormal volume), or with
+`candles_csv` the real candles replayed. Every minute from that one on is expanded into 240
+trades, one every 250 ms, whose running open/high/low/close/volume is what the WebSocket pushes;
+the bar is exactly the aggregate of its trades. So WS pushes, REST klines and `truth_candles()`
+agree to the last digit. Prices are kept in ticks (0.1 USDT) and sizes in 0.0001 BTC as integers.
+
+CSV replay: minute k after the history start takes CSV row `(r0 + k) mod n` (r0 drawn from the
+seed) and keeps its shape, not its level: high/open, low/open and close/open of the row are
+applied to an open chained from the previous close (the first open is `start_price`), so the
+path has no jumps at CSV gaps or at the wrap-around; volume is the row's.
+
+Kline pushes: every `push_interval_s`, plus one extra push in the last 125 ms of each bucket
+(after the bucket's last trade), so the last push of a bucket carries the final candle; that push
+is never replaced by a malformed frame. History bars (before the start minute) are aggregates
+only: their quote volume is base volume x (o+h+l+c)/4, not a sum over trades.
+
+Deviations, each for a reason: the WebSocket is served with trio-websocket's `wrap_server_stream`
+on our own `trio.serve_listeners` (what `serve_websocket` does inside) so that the fake owns the
+TCP stream: a drop closes it with no close frame (the client sees 1006), a stall holds even the
+library's automatic pongs, and the first frame's opcode can be seen (a protocol-level ping first
+kills the socket). `1month` candles are 30-day buckets and `1week` buckets follow
+floor(ts / interval), i.e. they start on Thursdays. `mark_kline_*` and REST `type=MARK_PRICE`
+serve the last-price candles. REST kline with `startTime` and no `endTime` returns the `limit`
+candles from startTime on (still newest first); otherwise the newest `limit` up to endTime/now.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import datetime as dt
+import gzip
+import io
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import parse_qs
+
+import attrs
+import hypercorn.config
+import hypercorn.trio
+import trio
+import trio_websocket
+
+log = logging.getLogger(__name__)
+
+MINUTE_MS = 60_000
+STEP_MS = 250
+STEPS_PER_MIN = MINUTE_MS // STEP_MS
+FINAL_LEAD_MS = STEP_MS // 2  # the extra kline push falls this long before the bucket ends
+PRICE_PLACES = 1  # prices in ticks of 0.1
+QTY_PLACES = 4  # sizes in units of 0.0001
+MINUTES_PER_YEAR = 365 * 24 * 60
+BOOK_LEVELS = 200  # REST depth limit=max
+MAX_SUBSCRIPTIONS = 300
+HANDSHAKE_TIMEOUT_S = 10.0
+FUNDING_MS = 8 * 3600 * 1000
+
+KLINE_INTERVALS_MS = {
+    "1min": MINUTE_MS,
+    "3min": 3 * MINUTE_MS,
+    "5min": 5 * MINUTE_MS,
+    "15min": 15 * MINUTE_MS,
+    "30min": 30 * MINUTE_MS,
+    "60min": 60 * MINUTE_MS,
+    "2h": 120 * MINUTE_MS,
+    "4h": 240 * MINUTE_MS,
+    "6h": 360 * MINUTE_MS,
+    "8h": 480 * MINUTE_MS,
+    "12h": 720 * MINUTE_MS,
+    "1day": 1440 * MINUTE_MS,
+    "3day": 3 * 1440 * MINUTE_MS,
+    "1week": 7 * 1440 * MINUTE_MS,
+    "1month": 30 * 1440 * MINUTE_MS,
+}
+REST_INTERVALS_MS = {
+    "1m": MINUTE_MS,  # no 3m: the REST endpoint does not serve it
+    "5m": 5 * MINUTE_MS,
+    "15m": 15 * MINUTE_MS,
+    "30m": 30 * MINUTE_MS,
+    "1h": 60 * MINUTE_MS,
+    "2h": 120 * MINUTE_MS,
+    "4h": 240 * MINUTE_MS,
+    "6h": 360 * MINUTE_MS,
+    "8h": 480 * MINUTE_MS,
+    "12h": 720 * MINUTE_MS,
+    "1d": 1440 * MINUTE_MS,
+    "3d": 3 * 1440 * MINUTE_MS,
+    "1w": 7 * 1440 * MINUTE_MS,
+    "1M": 30 * 1440 * MINUTE_MS,
+}
+DEPTH_CHANNELS = {"depth_book1": 1, "depth_book5": 5, "depth_book15": 15}
+DEPTH_LIMITS = {"1": 1, "5": 5, "15": 15, "50": 50, "max": BOOK_LEVELS}
+
+MALFORMED_KINDS = (
+    "not_json",
+    "truncated",
+    "missing_field",
+    "wrong_type",
+    "nan",
+    "inf",
+    "zero_price",
+    "negative_size",
+    "crossed_book",
+    "ts_backwards",
+    "price_jump",
+    "unknown_channel",
+    "wrong_symbol",
+)
+REST_ERROR_KINDS = ("http_500", "http_503", "network_error")
+
+Candle6 = tuple[int, int, int, int, int, int]  # o, h, l, c (ticks), base volume (units), quote (ticks*units)
+
+
+def _dec(n: int, places: int) -> str:
+    """Integer `n` scaled by 10**-places as the exchange writes it: no trailing zeros."""
+    sign = "-" if n < 0 else ""
+    whole, frac = divmod(abs(n), 10**places)
+    digits = f"{frac:0{places}d}".rstrip("0") if places else ""
+    return f"{sign}{whole}.{digits}" if digits else f"{sign}{whole}"
+
+
+def _price(ticks: int) -> str:
+    return _dec(ticks, PRICE_PLACES)
+
+
+def _qty(units: int) -> str:
+    return _dec(units, QTY_PLACES)
+
+
+def _notional(q: int) -> str:
+    return _dec(q, PRICE_PLACES + QTY_PLACES)
+
+
+def _iso(ms: int) -> str:
+    """ISO-8601 UTC; like the real trade channel, sometimes with nanoseconds."""
+    t = dt.datetime.fromtimestamp(ms // 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{t}Z" if ms % 1000 == 0 else f"{t}.{ms % 1000:03d}000000Z"
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+# --- faults and counters ---------------------------------------------------------------------------
+
+
+@attrs.define
+class Faults:
+    """What goes wrong, switchable at runtime. 0 turns a fault off."""
+
+    drop_every_s: float = 0  # close every WS connection abruptly (no close frame) every N s
+    stall_every_s: float = 0  # every N s, send nothing at all on any WS for stall_for_s
+    stall_for_s: float = 0
+    stall_once_after_s: float = 0  # one stall (of stall_for_s) N s after the server starts
+    malformed_fraction: float = 0  # fraction of WS data frames replaced by a malformed one
+    refuse_handshakes_for_s: float = 0  # HTTP 503 to WS handshakes for the first N s
+    rest_error_fraction: float = 0  # fraction of REST replies that are errors (500, 503, code 1)
+    rest_rate_limit_per_s: float = 10  # over this in any 1 s (per server): code 10005/10006
+    latency_ms: float = 0  # added before every WS push and REST reply
+
+
+@attrs.define
+class FakeStats:
+    """Counters a test can read."""
+
+    connections: int = 0
+    handshakes_refused: int = 0
+    drops: int = 0
+    stalls: int = 0
+    protocol_ping_kills: int = 0
+    pings_received: int = 0
+    pongs_sent: int = 0
+    subscriptions: list[Any] = attrs.field(factory=list)
+    ignored_client_msgs: int = 0
+    client_msgs_max_per_s: int = 0
+    rate_disconnects: int = 0
+    idle_disconnects: int = 0
+    rest_requests: int = 0
+    rest_rate_limited: int = 0
+    rest_errors: int = 0
+    internal_errors: int = 0
+    malformed_sent: Counter[str] = attrs.field(factory=Counter)
+    frames_sent: Counter[str] = attrs.field(factory=Counter)
+
+
+# --- the price path ------------------------------------------------------------------------------
+
+
+Bar = tuple[int, int, int, int, int]  # o, h, l, c (ticks), volume (units)
+
+
+class _WalkBars:
+    """Random-walk 1-minute bars: lognormal close, Brownian-bridge high/low, lognormal volume."""
+
+    def __init__(self, seed: int, volatility_pct: float) -> None:
+        self.rng = random.Random(seed)
+        self.sigma = volatility_pct / 100.0 / math.sqrt(MINUTES_PER_YEAR)
+
+    def next_bar(self, o: int) -> Bar:
+        s, rng = self.sigma, self.rng
+        x = rng.gauss(-0.5 * s * s, s)
+        up = (x + math.sqrt(x * x - 2 * s * s * math.log(1.0 - rng.random()))) / 2
+        down = (x - math.sqrt(x * x - 2 * s * s * math.log(1.0 - rng.random()))) / 2
+        c = max(1, round(o * math.exp(x)))
+        h = max(round(o * math.exp(up)), o, c)
+        lo = max(1, min(round(o * math.exp(down)), o, c))
+        v = round(rng.lognormvariate(math.log(8 * 10**QTY_PLACES), 0.7))
+        return o, h, lo, c, max(v, STEPS_PER_MIN)
+
+
+class _CsvBars:
+    """Real candles' shapes, chained: see the module docstring."""
+
+    def __init__(self, rows: list[tuple[float, float, float, float, float]], seed: int) -> None:
+        self.rows = rows
+        self.i = random.Random(seed).randrange(len(rows))
+
+    def next_bar(self, o: int) -> Bar:
+        ro, rh, rl, rc, rv = self.rows[self.i % len(self.rows)]
+        self.i += 1
+        c = max(1, round(o * rc / ro))
+        h = max(round(o * rh / ro), o, c)
+        lo = max(1, min(round(o * rl / ro), o, c))
+        return o, h, lo, c, max(round(rv * 10**QTY_PLACES), STEPS_PER_MIN)
+
+
+def load_candles_csv(path: Path) -> list[tuple[float, float, float, float, float]]:
+    """(open, high, low, close, volume) rows of a `open_time_ms,open,high,low,close,volume` file,
+    plain or gzipped; rows that are not a sane candle are skipped. ValueError names the problem."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read candles file {path}: {e.strerror}") from None
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    reader = csv.reader(io.StringIO(raw.decode("utf-8", errors="replace")))
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header[:6]] != [
+        "open_time_ms",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+    ]:
+        raise ValueError(f"{path}: must start with the header open_time_ms,open,high,low,close,volume")
+    rows = []
+    for rec in reader:
+        try:
+            o, h, lo, c, v = (float(x) for x in rec[1:6])
+        except ValueError:
+            continue
+        if (
+            all(math.isfinite(x) for x in (o, h, lo, c, v))
+            and 0 < lo <= min(o, c) <= max(o, c) <= h
+            and v >= 0
+        ):
+            rows.append((o, h, lo, c, v))
+    if not rows:
+        raise ValueError(f"{path}: no usable candle rows")
+    return rows
+
+
+@attrs.frozen
+class _Minute:
+    """One minute's trades (one per step) and their running aggregates."""
+
+    prices: list[int]
+    qtys: list[int]
+    buys: list[bool]
+    highs: list[int]
+    lows: list[int]
+    vols: list[int]
+    quotes: list[int]
+
+    def at(self, j: int) -> Candle6:
+        return self.prices[0], self.highs[j], self.lows[j], self.prices[j], self.vols[j], self.quotes[j]
+
+
+def _expand(bar: Bar, rng: random.Random) -> _Minute:
+    """Trades that open at o, touch h and l, close at c and add up to the bar's volume exactly."""
+    o, h, lo, c, v = bar
+    n = STEPS_PER_MIN
+    prices = [o] * n
+    if h > lo:
+        i1, i2 = sorted(rng.sample(range(1, n - 1), 2))
+        a, b = (h, lo) if rng.random() < 0.5 else (lo, h)
+        anchors = [(0, o), (i1, a), (i2, b), (n - 1, c)]
+        for (ia, pa), (ib, pb) in pairwise(anchors):
+            span = ib - ia
+            sd = (h - lo) / 4 / math.sqrt(span)
+            walk = [0.0]
+            for _ in range(span):
+                walk.append(walk[-1] + rng.gauss(0.0, sd))
+            for k in range(1, span):
+                x = pa + (pb - pa) * k / span + walk[k] - walk[span] * k / span
+                prices[ia + k] = min(h, max(lo, round(x)))
+            prices[ib] = pb
+    weights = [rng.expovariate(1.0) for _ in range(n)]
+    total = sum(weights)
+    qtys = [1 + int(w / total * (v - n)) for w in weights]
+    rest, i = v - sum(qtys), 0
+    while rest:  # what the flooring (and float rounding) left over, one unit at a time
+        if rest > 0 or qtys[i % n] > 1:
+            qtys[i % n] += 1 if rest > 0 else -1
+            rest += -1 if rest > 0 else 1
+        i += 1
+    buys = []
+    side = rng.random() < 0.5
+    prev = prices[0]
+    for p in prices:
+        side = side if p == prev else p > prev
+        buys.append(side)
+        prev = p
+    highs, lows, vols, quotes = [], [], [], []
+    hi = lw = prices[0]
+    vol = quote = 0
+    for p, q in zip(prices, qtys, strict=True):
+        hi, lw, vol, quote = max(hi, p), min(lw, p), vol + q, quote + p * q
+        highs.append(hi)
+        lows.append(lw)
+        vols.append(vol)
+        quotes.append(quote)
+    return _Minute(prices, qtys, buys, highs, lows, vols, quotes)
+
+
+def _merge(a: Candle6 | None, b: Candle6) -> Candle6:
+    if a is None:
+        return b
+    return a[0], max(a[1], b[1]), min(a[2], b[2]), b[3], a[4] + b[4], a[5] + b[5]
+
+
+class _PricePath:
+    """Bars from `m0` (history) on, expanded into trades from `m_live` on; lazily, by exchange time."""
+
+    def __init__(
+        self, seed: int, source: _WalkBars | _CsvBars, start_ticks: int, m_live: int, history: int
+    ) -> None:
+        self.seed = seed
+        self.source = source
+        self.m_live = m_live
+        self.m0 = m_live - history
+        self.bars: list[Bar] = []
+        self.quotes: list[int] = []
+        self.next_open = start_ticks
+        self.minutes: dict[int, _Minute] = {}
+
+    def _ensure(self, m: int) -> None:
+        while self.m0 + len(self.bars) <= m:
+            bar = self.source.next_bar(self.next_open)
+            self.next_open = bar[3]
+            k = self.m0 + len(self.bars)
+            self.bars.append(bar)
+            o, h, lo, c, v = bar
+            self.quotes.append(self.minute(k).quotes[-1] if k >= self.m_live else v * ((o + h + lo + c) // 4))
+
+    def minute(self, m: int) -> _Minute:
+        """The trades of minute m (m >= m0), expanded on demand; a few recent minutes are kept."""
+        got = self.minutes.get(m)
+        if got is None:
+            self._ensure(m)  # expands m itself when it is a live minute
+            got = self.minutes.get(m)
+        if got is None:
+            got = _expand(self.bars[m - self.m0], random.Random(f"{self.seed}:trades:{m}"))
+            if len(self.minutes) > 8:
+                self.minutes.pop(min(self.minutes))
+            self.minutes[m] = got
+        return got
+
+    def candle(self, m: int, t_ms: int) -> Candle6 | None:
+        """Minute m as of exchange time t_ms (partial while t_ms is inside it), None before m0/m."""
+        if m < self.m0 or t_ms < m * MINUTE_MS:
+            return None
+        self._ensure(m)
+        if t_ms >= (m + 1) * MINUTE_MS:
+            o, h, lo, c, v = self.bars[m - self.m0]
+            return o, h, lo, c, v, self.quotes[m - self.m0]
+        return self.minute(m).at((t_ms - m * MINUTE_MS) // STEP_MS)
+
+    def span(self, start_ms: int, end_ms: int, t_ms: int) -> Candle6 | None:
+        """Aggregate of the minutes with open time in [start_ms, end_ms), as of t_ms."""
+        out = None
+        for m in range(max(self.m0, start_ms // MINUTE_MS), min(end_ms - 1, t_ms) // MINUTE_MS + 1):
+            got = self.candle(m, t_ms)
+            if got is not None:
+                out = _merge(out, got)
+        return out
+
+    def trade(self, t_ms: int) -> tuple[int, int, bool]:
+        """The trade of the step at or before t_ms: price, size, buyer-initiated."""
+        m = t_ms // MINUTE_MS
+        j = (t_ms - m * MINUTE_MS) // STEP_MS
+        mi = self.minute(m)
+        return mi.prices[j], mi.qtys[j], mi.buys[j]
+
+    def trades(self, after_ms: int, upto_ms: int) -> Iterator[tuple[int, int, int, bool]]:
+        """(time, price, size, buy) of every trade with after_ms < time <= upto_ms."""
+        first = max(after_ms // STEP_MS + 1, upto_ms // STEP_MS - 4 * STEPS_PER_MIN)
+        for step in range(first, upto_ms // STEP_MS + 1):
+            t = step * STEP_MS
+            yield (t, *self.trade(t))
+
+
+# --- WebSocket ---------------------------------------------------------------------------------------
+
+
+class _TapStream(trio.abc.Stream):
+    """The TCP stream under trio-websocket: sees the first frame's opcode, times the last byte
+    received, holds sends while the server stalls, and can be closed abruptly."""
+
+    def __init__(self, inner: trio.SocketStream, server: FakeBitunix) -> None:
+        self.inner = inner
+        self.server = server
+        self.upgraded = False
+        self.first_frame_seen = False
+        self.last_rx = trio.current_time()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.upgraded and bytes(data[:12]) == b"HTTP/1.1 101":
+            self.upgraded = True
+        until = self.server.stalled_until  # a stall holds even the library's own pongs
+        if until > trio.current_time():
+            await trio.sleep_until(until)
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.inner.receive_some(max_bytes)
+        self.last_rx = trio.current_time()
+        if data and self.upgraded and not self.first_frame_seen:
+            self.first_frame_seen = True
+            if data[0] & 0x0F == 0x9:  # opcode 9: a protocol-level ping as the first frame
+                self.server.stats.protocol_ping_kills += 1
+                await self.inner.aclose()
+                return b""
+        return data
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@attrs.frozen
+class _Out:
+    deliver_at: float
+    text: str
+
+
+class _Conn:
+    """One accepted public WebSocket: a reader (client messages), a writer, subscription pushers."""
+
+    def __init__(self, server: FakeBitunix, ws: trio_websocket.WebSocketConnection, tap: _TapStream) -> None:
+        self.srv = server
+        self.ws = ws
+        self.tap = tap
+        self.rng = random.Random(f"{server.seed}:conn:{server.stats.connections}")
+        self.subs: dict[tuple[str, str], trio.CancelScope] = {}
+        self.last_ts: dict[str, int] = {}  # of the last well-formed frame, by channel
+        self.seen: set[str] = set()  # channels that have sent any frame
+        self.msg_times: deque[float] = deque()
+        self.out_tx, self.out_rx = trio.open_memory_channel[_Out](256)
+        self.scope = trio.CancelScope()
+        self.nursery: trio.Nursery | None = None
+
+    async def run(self) -> None:
+        with self.scope:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._idle_watch)
+                await self._control({"op": "connect", "data": {"result": True}})
+                await self._reader()
+                nursery.cancel_scope.cancel()
+
+    async def abort(self) -> None:
+        """Close the TCP stream with no close frame (the client sees 1006), stop every task."""
+        try:
+            await self.tap.aclose()
+        finally:
+            self.scope.cancel()
+
+    async def _writer(self) -> None:
+        with self.out_rx:
+            async for item in self.out_rx:
+                await trio.sleep_until(item.deliver_at)
+                try:
+                    await self.ws.send_message(item.text)
+                except trio_websocket.ConnectionClosed:
+                    self.scope.cancel()
+                    return
+
+    async def _idle_watch(self) -> None:
+        while True:
+            deadline = self.tap.last_rx + self.srv.idle_timeout_s
+            if trio.current_time() >= deadline:
+                self.srv.stats.idle_disconnects += 1
+                await self.abort()
+                return
+            await trio.sleep_until(deadline)
+
+    async def _reader(self) -> None:
+        limit = self.srv.max_client_msgs_per_s
+        while True:
+            try:
+                msg = await self.ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                return
+            now = trio.current_time()
+            self.msg_times.append(now)
+            while self.msg_times[0] <= now - 1.0:
+                self.msg_times.popleft()
+            stats = self.srv.stats
+            stats.client_msgs_max_per_s = max(stats.client_msgs_max_per_s, len(self.msg_times))
+            if len(self.msg_times) > limit:
+                stats.rate_disconnects += 1
+                await self.abort()
+                return
+            await self._handle(msg)
+
+    async def _handle(self, raw: str | bytes) -> None:
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            msg = None
+        op = msg.get("op") if isinstance(msg, dict) else None
+        args = msg.get("args") if isinstance(msg, dict) else None
+        stats = self.srv.stats
+        if isinstance(msg, dict) and op == "ping":
+            stats.pings_received += 1
+            stats.pongs_sent += 1
+            await self._control({"op": "ping", "pong": msg.get("ping"), "ping": self.srv.now_ms() // 1000})
+        elif op == "subscribe" and isinstance(args, list):
+            await self._subscribe(args)
+        elif op == "unsubscribe" and isinstance(args, list):
+            for arg in args:
+                if isinstance(arg, dict):
+                    scope = self.subs.pop((str(arg.get("symbol", "")).upper(), str(arg.get("ch"))), None)
+                    if scope is not None:
+                        scope.cancel()
+            await self._control({"op": "unsubscribe", "ts": self.srv.now_ms(), "data": "success"})
+        else:
+            stats.ignored_client_msgs += 1  # unknown op, not JSON: no reply, the socket stays open
+
+    async def _subscribe(self, args: list[Any]) -> None:
+        assert self.nursery is not None
+        for arg in args:
+            self.srv.stats.subscriptions.append(arg)
+            if not isinstance(arg, dict) or not isinstance(arg.get("ch"), str):
+                continue
+            symbol, ch = str(arg.get("symbol", "")).upper(), arg["ch"]
+            if (symbol, ch) in self.subs or _channel_kind(ch) is None:
+                continue
+            if len(self.subs) >= MAX_SUBSCRIPTIONS:
+                msg = {"msg": f"subscribe channel > {MAX_SUBSCRIPTIONS}", "nonce": "", "result": False}
+                await self._control({"op": "subscribe", "data": msg})
+                return
+            scope = trio.CancelScope()
+            self.subs[symbol, ch] = scope
+            self.nursery.start_soon(self._pusher, scope, symbol, ch, self.rng.uniform(0.1, 0.6))
+
+    async def _control(self, frame: dict[str, Any]) -> None:
+        await self.out_tx.send(_Out(trio.current_time() + self.srv.faults.latency_ms / 1000, _dumps(frame)))
+
+    async def _emit(self, frame: dict[str, Any], *, protect: bool = False) -> None:
+        """Queue a data frame, or the malformed frame that replaces it."""
+        ch = frame["ch"]
+        kind = None if protect else self.srv.next_malformed_kind(ch, ch in self.seen)
+        self.seen.add(ch)
+        if kind is None:
+            self.last_ts[ch] = frame["ts"]
+            self.srv.stats.frames_sent[ch] += 1
+            text = _dumps(frame)
+        else:
+            self.srv.stats.malformed_sent[kind] += 1
+            text = _malform(frame, kind, self.last_ts.get(ch, frame["ts"]))
+        await self.out_tx.send(_Out(trio.current_time() + self.srv.faults.latency_ms / 1000, text))
+
+    async def _pusher(self, scope: trio.CancelScope, symbol: str, ch: str, delay: float) -> None:
+        with scope:
+            await trio.sleep(delay)
+            srv = self.srv
+            if symbol != srv.symbol:  # one frame of empty levels, then nothing
+                empty = {"b": [["", ""]], "a": [["", ""]]}
+                await self._emit(
+                    {"ch": ch, "symbol": symbol, "ts": srv.now_ms(), "data": empty}, protect=True
+                )
+                return
+            kind = _channel_kind(ch)
+            if kind == "kline":
+                await self._push_kline(ch, KLINE_INTERVALS_MS[ch.rsplit("_", 1)[1]])
+            elif kind == "trade":
+                await self._push_trades()
+            elif kind == "depth":
+                levels = DEPTH_CHANNELS[ch]
+                await self._push_every(srv.depth_interval_s, ch, lambda ts: srv.depth_data(ts, levels))
+            elif kind == "ticker":
+                await self._push_every(srv.price_interval_s, ch, srv.ticker_data)
+            elif kind == "tickers":
+                await self._push_every(srv.price_interval_s, ch, lambda ts: [srv.tickers_row(ts)])
+            elif kind == "price":
+                await self._push_every(srv.price_interval_s, ch, srv.price_data)
+
+    async def _push_every(self, period_s: float, ch: str, build: Callable[[int], Any]) -> None:
+        srv = self.srv
+        next_t = trio.current_time()
+        while True:
+            if not srv.stalled():
+                ts = srv.now_ms()
+                frame: dict[str, Any] = {"ch": ch, "ts": ts, "data": build(ts)}
+                if ch != "tickers":
+                    frame = {"ch": ch, "symbol": srv.symbol, "ts": ts, "data": frame["data"]}
+                await self._emit(frame)
+            next_t = max(next_t + period_s, trio.current_time())
+            await trio.sleep_until(next_t)
+
+    async def _push_trades(self) -> None:
+        srv = self.srv
+        last = srv.now_ms()
+        next_t = trio.current_time()
+        while True:
+            next_t = max(next_t + STEP_MS / 1000, trio.current_time())
+            await trio.sleep_until(next_t)
+            now = srv.now_ms()
+            rows = [
+                {"t": _iso(t), "p": _price(p), "v": _qty(q), "s": "buy" if buy else "sell"}
+                for t, p, q, buy in srv.path.trades(last, now)
+            ]
+            last = now
+            if rows and not srv.stalled():
+                await self._emit({"ch": "trade", "symbol": srv.symbol, "ts": now, "data": rows})
+
+    async def _push_kline(self, ch: str, interval: int) -> None:
+        """Every push_interval_s, plus a push after the last trade of each bucket (see docstring)."""
+        srv = self.srv
+        push_ms = max(1, round(srv.push_interval_s * 1000))
+        next_grid = srv.now_ms()
+        finalized = -1
+        while True:
+            now = srv.now_ms()
+            bucket = now // interval
+            final_at = (bucket + 1) * interval - FINAL_LEAD_MS
+            target = final_at if bucket > finalized and final_at < next_grid else next_grid
+            if target > now:
+                await trio.sleep((target - now) / 1000)
+            tb = target // interval
+            end = (tb + 1) * interval
+            ts = min(max(srv.now_ms(), target), end - 1)
+            final = ts >= end - FINAL_LEAD_MS
+            if final:
+                finalized = tb
+            if target == next_grid:
+                while next_grid <= ts:
+                    next_grid += push_ms
+            candle = srv.path.span(tb * interval, end, ts)
+            if candle is not None and not srv.stalled():
+                o, h, lo, c, v, q = candle
+                data = {
+                    "o": _price(o),
+                    "c": _price(c),
+                    "h": _price(h),
+                    "l": _price(lo),
+                    "b": _qty(v),
+                    "q": _notional(q),
+                }
+                await self._emit({"ch": ch, "symbol": srv.symbol, "ts": ts, "data": data}, protect=final)
+
+
+def _channel_kind(ch: str) -> str | None:
+    if ch.startswith(("market_kline_", "mark_kline_")):
+        return "kline" if ch.rsplit("_", 1)[1] in KLINE_INTERVALS_MS else None
+    if ch in DEPTH_CHANNELS:
+        return "depth"
+    return ch if ch in ("trade", "ticker", "tickers", "price") else None
+
+
+def _applicable(kind: str, ch: str, has_prev: bool) -> bool:
+    if kind == "crossed_book":
+        return _channel_kind(ch) in ("kline", "depth", "tickers")
+    if kind == "ts_backwards":
+        return has_prev
+    return True
+
+
+def _refs(ch: str, d: Any) -> tuple[list[tuple[Any, Any]], list[tuple[Any, Any]], tuple[Any, Any]]:
+    """Where a frame keeps its prices, its sizes, and one required field: (container, key) pairs."""
+    kind = _channel_kind(ch)
+    if kind == "kline":
+        return [(d, "c"), (d, "h")], [(d, "b")], (d, "c")
+    if kind == "depth":
+        return [(lvl, 0) for lvl in d["b"] + d["a"]], [(d["b"][0], 1)], (d, "a")
+    if kind == "trade":
+        return [(row, "p") for row in reversed(d)], [(d[-1], "v")], (d[-1], "p")
+    if kind == "ticker":
+        return [(d, "la")], [], (d, "la")
+    if kind == "tickers":
+        return [(d[0], "bd"), (d[0], "ak"), (d[0], "la")], [(d[0], "bv")], (d[0], "bd")
+    return [(d, "mp"), (d, "ip")], [], (d, "mp")
+
+
+def _malform(frame: dict[str, Any], kind: str, last_ts: int) -> str:
+    """The text that replaces `frame` for one malformed kind (see MALFORMED_KINDS)."""
+    if kind == "not_json":
+        return "<html><body><h1>502 Bad Gateway</h1></body></html>"
+    if kind == "truncated":
+        text = _dumps(frame)
+        return text[: len(text) // 2]
+    f = copy.deepcopy(frame)
+    ch, d = f["ch"], f["data"]
+    prices, sizes, (box, key) = _refs(ch, d)
+    if kind == "missing_field":
+        del box[key]
+    elif kind == "wrong_type":
+        prices[0][0][prices[0][1]] = [prices[0][0][prices[0][1]]]
+    elif kind in ("nan", "inf", "zero_price"):
+        prices[0][0][prices[0][1]] = {"nan": "NaN", "inf": "Infinity", "zero_price": "0"}[kind]
+    elif kind == "negative_size":
+        tgt, k = (sizes or prices)[0]
+        tgt[k] = "-" + str(tgt[k])
+    elif kind == "crossed_book":
+        if _channel_kind(ch) == "kline":
+            d["h"] = _price(round(float(d["l"]) * 10) - 10)
+        elif _channel_kind(ch) == "depth":
+            d["b"], d["a"] = d["a"], d["b"]
+        else:
+            d[0]["bd"], d[0]["ak"] = d[0]["ak"], d[0]["bd"]
+    elif kind == "ts_backwards":
+        f["ts"] = last_ts - 5000
+    elif kind == "price_jump":
+        for tgt, k in prices:
+            tgt[k] = _price(round(float(tgt[k]) * 10 * 1.5))
+    elif kind == "unknown_channel":
+        f["ch"] = "market_orderflow_1min"
+    elif kind == "wrong_symbol":
+        if ch == "tickers":
+            d[0]["s"] = "ETHUSDT"
+        else:
+            f["symbol"] = "ETHUSDT"
+    return _dumps(f)
+
+
+# --- REST ------------------------------------------------------------------------------------------
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class _RestError(Exception):
+    def __init__(self, code: int, msg: str) -> None:
+        self.code = code
+        self.msg = msg
+
+
+def _bad_param() -> _RestError:
+    return _RestError(10008, "Parameter error")
+
+
+def _int_param(params: dict[str, str], name: str) -> int | None:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise _bad_param() from None
+
+
+class _RestApp:
+    """The ASGI app behind hypercorn: GET /api/v1/futures/market/*."""
+
+    def __init__(self, server: FakeBitunix) -> None:
+        self.srv = server
+        self.window: deque[float] = deque()
+        self.limited = 0
+        self.routes: dict[str, Callable[[dict[str, str], int], Any]] = {
+            "/api/v1/futures/market/kline": self.kline,
+            "/api/v1/futures/market/depth": self.depth,
+            "/api/v1/futures/market/tickers": self.tickers,
+            "/api/v1/futures/market/funding_rate": self.funding_rate,
+            "/api/v1/futures/market/trading_pairs": self.trading_pairs,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        status, ctype, body = self.reply(scope)
+        await trio.sleep(self.srv.faults.latency_ms / 1000)
+        headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def reply(self, scope: Scope) -> tuple[int, bytes, bytes]:
+        srv, faults = self.srv, self.srv.faults
+        srv.stats.rest_requests += 1
+        now = trio.current_time()
+        self.window.append(now)
+        while self.window[0] <= now - 1.0:
+            self.window.popleft()
+        if faults.rest_rate_limit_per_s > 0 and len(self.window) > faults.rest_rate_limit_per_s:
+            srv.stats.rest_rate_limited += 1
+            self.limited += 1
+            code, msg = (
+                (10006, "Request too frequently")
+                if self.limited % 4 == 0
+                else (10005, "Too many requests, please try again later")
+            )
+            return self.envelope(code, None, msg)
+        error = srv.next_rest_error()
+        if error == "http_500":
+            return 500, b"text/html", b"<html><body><h1>500 Internal Server Error</h1></body></html>"
+        if error == "http_503":
+            return (
+                503,
+                b"text/html",
+                b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>",
+            )
+        if error == "network_error":
+            return self.envelope(1, None, "Network Error")
+        route = self.routes.get(scope["path"]) if scope["method"] in ("GET", "HEAD") else None
+        if route is None:
+            return self.envelope(404, None, "Not Found")
+        query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        params = {k: v[-1] for k, v in query.items()}
+        try:
+            return self.envelope(0, route(params, srv.now_ms()), "Success")
+        except _RestError as e:
+            return self.envelope(e.code, None, e.msg)
+
+    @staticmethod
+    def envelope(code: int, data: Any, msg: str) -> tuple[int, bytes, bytes]:
+        return 200, b"application/json", _dumps({"code": code, "data": data, "msg": msg}).encode()
+
+    def symbol(self, params: dict[str, str]) -> str:
+        sym = params.get("symbol", "").upper()
+        if not sym:
+            raise _RestError(1, "Network Error")
+        if sym != self.srv.symbol:
+            raise _RestError(20015, "this Futures is not allowed to trade.")
+        return sym
+
+    def symbols(self, params: dict[str, str]) -> list[str]:
+        asked = [s.strip().upper() for s in params.get("symbols", "").split(",") if s.strip()]
+        return [s for s in asked if s == self.srv.symbol] if asked else [self.srv.symbol]
+
+    def kline(self, params: dict[str, str], now: int) -> list[dict[str, str]]:
+        self.symbol(params)
+        interval = REST_INTERVALS_MS.get(params.get("interval", "1m"))
+        kind = params.get("type") or "LAST_PRICE"
+        limit = _int_param(params, "limit")
+        limit = 100 if limit is None else limit
+        start, end = _int_param(params, "startTime"), _int_param(params, "endTime")
+        if interval is None or kind not in ("LAST_PRICE", "MARK_PRICE") or limit < 1:
+            raise _bad_param()
+        limit = min(limit, 200)
+        path = self.srv.path
+        lo_b = path.m0 * MINUTE_MS // interval
+        if start is not None:
+            lo_b = max(lo_b, -(-start // interval))
+        hi_b = now // interval if end is None else min(now // interval, end // interval)
+        if start is not None and end is None:
+            hi_b = min(hi_b, lo_b + limit - 1)
+        rows = []
+        for b in range(hi_b, max(lo_b, hi_b - limit + 1) - 1, -1):
+            candle = path.span(b * interval, (b + 1) * interval, now)
+            if candle is None:
+                continue
+            o, h, lo, c, v, q = candle
+            rows.append(
+                {
+                    "open": _price(o),
+                    "high": _price(h),
+                    "close": _price(c),
+                    "low": _price(lo),
+                    "time": str(b * interval),
+                    "quoteVol": _qty(v),  # swapped, as the real exchange does
+                    "baseVol": _notional(q),
+                    "type": kind,
+                }
+            )
+        return rows
+
+    def depth(self, params: dict[str, str], now: int) -> dict[str, Any]:
+        self.symbol(params)
+        levels = DEPTH_LIMITS.get(params.get("limit") or "50")
+        if levels is None:
+            raise _bad_param()
+        book = self.srv.depth_data(now, levels)
+        return {"asks": book["a"], "bids": book["b"]}
+
+    def tickers(self, params: dict[str, str], now: int) -> list[dict[str, str]]:
+        rows = []
+        for sym in self.symbols(params):
+            t = self.srv.ticker_data(now)
+            mark = self.srv.price_data(now)["mp"]
+            rows.append(
+                {
+                    "symbol": sym,
+                    "markPrice": mark,
+                    "lastPrice": t["la"],
+                    "open": t["o"],
+                    "last": t["la"],
+                    "quoteVol": t["q"],
+                    "baseVol": t["b"],
+                    "high": t["h"],
+                    "low": t["l"],
+                }
+            )
+        return rows
+
+    def funding_rate(self, params: dict[str, str], now: int) -> dict[str, Any]:
+        sym = self.symbol(params)
+        p = self.srv.price_data(now)
+        return {
+            "symbol": sym,
+            "markPrice": p["mp"],
+            "lastPrice": self.srv.ticker_data(now)["la"],
+            "indexPrice": p["ip"],
+            "fundingRate": p["fr"],
+            "fundingInterval": 8,
+            "nextFundingTime": str((now // FUNDING_MS + 1) * FUNDING_MS),
+        }
+
+    def trading_pairs(self, params: dict[str, str], now: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "symbol": sym,
+                "base": sym.removesuffix("USDT"),
+                "quote": "USDT",
+                "minTradeVolume": "0.0001",
+                "basePrecision": QTY_PLACES,
+                "quotePrecision": PRICE_PLACES,
+                "minLeverage": 1,
+                "maxLeverage": 125,
+                "defaultLeverage": 20,
+                "maxLimitOrderVolume": "500",
+                "maxMarketOrderVolume": "100",
+                "symbolStatus": "OPEN",
+            }
+            for sym in self.symbols(params)
+        ]
+
+
+# --- the exchange ----------------------------------------------------------------------------------
+
+
+class FakeBitunix:
+    """The fake exchange. `await nursery.start(fake.run)`; then `ws_url`, `rest_url` are valid.
+
+    `time_offset_s` shifts the exchange clock (e.g. to put a candle close 2 s after the start);
+    `ws_port`/`rest_port` 0 take free ports; `faults` and `stats` may be read and changed live.
+    """
+
+    def __init__(
+        self,
+        *,
+        symbol: str = "BTCUSDT",
+        seed: int = 0,
+        candles_csv: Path | None = None,
+        start_price: float = 60000.0,
+        volatility_pct: float = 80.0,
+        faults: Faults | None = None,
+        push_interval_s: float = 0.5,
+        depth_interval_s: float = 0.31,
+        price_interval_s: float = 1.0,
+        idle_timeout_s: float = 60.0,
+        max_client_msgs_per_s: int = 5,
+        history_candles: int = 1000,
+        time_offset_s: float = 0.0,
+        ws_port: int = 0,
+        rest_port: int = 0,
+    ) -> None:
+        self.symbol = symbol.upper()
+        self.seed = seed
+        self.faults = faults if faults is not None else Faults()
+        self.push_interval_s = push_interval_s
+        self.depth_interval_s = depth_interval_s
+        self.price_interval_s = price_interval_s
+        self.idle_timeout_s = idle_timeout_s
+        self.max_client_msgs_per_s = max_client_msgs_per_s
+        self.time_offset_s = time_offset_s
+        self.ws_port = ws_port
+        self.rest_port = rest_port
+        self.stats = FakeStats()
+        self.ws_url = ""
+        self.rest_url = ""
+        self.stalled_until = -math.inf
+        source: _WalkBars | _CsvBars
+        if candles_csv is not None:
+            source = _CsvBars(load_candles_csv(Path(candles_csv)), seed)
+        else:
+            source = _WalkBars(seed, volatility_pct)
+        start_ticks = max(1, round(start_price * 10**PRICE_PLACES))
+        self.path = _PricePath(seed, source, start_ticks, self.now_ms() // MINUTE_MS, history_candles)
+        self.path.candle(self.path.m_live, self.now_ms())
+        self._conns: set[_Conn] = set()
+        self._started_at = math.inf
+        self._stopped_ms: int | None = None
+        self._malformed_acc = 0.0
+        self._malformed_next = 0
+        self._rest_error_acc = 0.0
+        self._rest_error_next = 0
+        self._books: dict[int, tuple[list[list[str]], list[list[str]]]] = {}
+
+    def now_ms(self) -> int:
+        """Exchange time in ms (wall time plus time_offset_s)."""
+        return int((time.time() + self.time_offset_s) * 1000)
+
+    def truth_candles(self) -> list[tuple[int, float, float, float, float, float]]:
+        """Every closed 1-minute candle, oldest first: (open_time_ms, o, h, l, c, base volume)."""
+        now = self.now_ms() if self._stopped_ms is None else self._stopped_ms
+        scale, vscale = 10**PRICE_PLACES, 10**QTY_PLACES
+        out = []
+        for m in range(self.path.m0, now // MINUTE_MS):
+            candle = self.path.candle(m, now)
+            assert candle is not None
+            o, h, lo, c, v, _ = candle
+            out.append((m * MINUTE_MS, o / scale, h / scale, lo / scale, c / scale, v / vscale))
+        return out
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve on 127.0.0.1 until cancelled; `task_status.started()` once both ports listen."""
+        self._started_at = trio.current_time()
+        self._stopped_ms = None
+        try:
+            async with trio.open_nursery() as nursery:
+                listeners = await trio.open_tcp_listeners(self.ws_port, host="127.0.0.1")
+                ws_port = listeners[0].socket.getsockname()[1]
+                await nursery.start(trio.serve_listeners, self._serve_tcp, listeners)
+                config = hypercorn.config.Config()
+                config.bind = [f"127.0.0.1:{self.rest_port}"]
+                config.loglevel = "WARNING"
+                app = cast(Any, _RestApp(self))
+                binds = await nursery.start(partial(hypercorn.trio.serve, app, config))
+                nursery.start_soon(self._fault_loop)
+                self.ws_url = f"ws://127.0.0.1:{ws_port}/public/"
+                self.rest_url = binds[0]
+                task_status.started()
+        finally:
+            self._stopped_ms = self.now_ms()
+
+    def stalled(self) -> bool:
+        return trio.current_time() < self.stalled_until
+
+    def next_malformed_kind(self, ch: str, has_prev: bool) -> str | None:
+        """Every 1/malformed_fraction data frames, the next kind (in cycle) that fits the channel."""
+        self._malformed_acc += self.faults.malformed_fraction
+        if self._malformed_acc < 1.0:
+            return None
+        n = len(MALFORMED_KINDS)
+        for i in range(n):
+            kind = MALFORMED_KINDS[(self._malformed_next + i) % n]
+            if _applicable(kind, ch, has_prev):
+                self._malformed_next = (self._malformed_next + i + 1) % n
+                self._malformed_acc -= 1.0
+                return kind
+        return None
+
+    def next_rest_error(self) -> str | None:
+        self._rest_error_acc += self.faults.rest_error_fraction
+        if self._rest_error_acc < 1.0:
+            return None
+        self._rest_error_acc -= 1.0
+        self.stats.rest_errors += 1
+        kind = REST_ERROR_KINDS[self._rest_error_next % len(REST_ERROR_KINDS)]
+        self._rest_error_next += 1
+        return kind
+
+    async def _fault_loop(self) -> None:
+        """Drops and stalls; polls, because tests switch faults on and off at runtime."""
+        next_drop = next_stall = math.inf
+        once_done = False
+        while True:
+            now, f = trio.current_time(), self.faults
+            next_drop = min(next_drop, now + f.drop_every_s) if f.drop_every_s > 0 else math.inf
+            if now >= next_drop:
+                next_drop = now + f.drop_every_s
+                for conn in list(self._conns):
+                    self.stats.drops += 1
+                    await conn.abort()
+            next_stall = min(next_stall, now + f.stall_every_s) if f.stall_every_s > 0 else math.inf
+            once = (
+                not once_done and f.stall_once_after_s > 0 and now >= self._started_at + f.stall_once_after_s
+            )
+            if (now >= next_stall or once) and f.stall_for_s > 0:
+                once_done = once_done or once
+                next_stall = now + f.stall_every_s if f.stall_every_s > 0 else math.inf
+                self.stalled_until = now + f.stall_for_s
+                self.stats.stalls += 1
+            await trio.sleep(0.02)
+
+    async def _serve_tcp(self, stream: trio.SocketStream) -> None:
+        tap = _TapStream(stream, self)
+        try:
+            async with trio.open_nursery() as nursery:
+                request = None
+                with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+                    request = await trio_websocket.wrap_server_stream(nursery, tap)
+                if request is not None:
+                    await self._serve_request(request, tap)
+                nursery.cancel_scope.cancel()
+        except* trio_websocket.ConnectionClosed:
+            pass  # the client went away during the handshake
+        except* Exception as group:  # one broken connection must not stop the server
+            self.stats.internal_errors += 1
+            log.error("fake_bitunix: connection handler failed", exc_info=group)
+        finally:
+            with trio.move_on_after(1, shield=True):
+                await tap.aclose()
+
+    async def _serve_request(self, request: trio_websocket.WebSocketRequest, tap: _TapStream) -> None:
+        if trio.current_time() < self._started_at + self.faults.refuse_handshakes_for_s:
+            self.stats.handshakes_refused += 1
+            await request.reject(
+                503, body=b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
+            )
+            return
+        if request.path.split("?")[0].rstrip("/") != "/public":
+            await request.reject(404, body=b"Not Found")
+            return
+        ws = await request.accept()
+        self.stats.connections += 1
+        conn = _Conn(self, ws, tap)
+        self._conns.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self._conns.discard(conn)
+
+    # --- market data at exchange time ts (ms) ---
+
+    def _book(self, step: int) -> tuple[list[list[str]], list[list[str]]]:
+        """BOOK_LEVELS levels a side around the trade of this step, strictly ordered."""
+        got = self._books.get(step)
+        if got is None:
+            p, _, buy = self.path.trade(step * STEP_MS)
+            bid, ask = (p - 1, p) if buy else (p, p + 1)
+            rng = random.Random(f"{self.seed}:book:{step}")
+            bids: list[list[str]] = []
+            asks: list[list[str]] = []
+            for i in range(BOOK_LEVELS):
+                if i:
+                    bid -= 1 if i < 5 else rng.choice((1, 1, 2, 3))
+                    ask += 1 if i < 5 else rng.choice((1, 1, 2, 3))
+                size_b, size_a = (max(1, round(rng.lognormvariate(math.log(5000), 1.2))) for _ in "ba")
+                if bid > 0:
+                    bids.append([_price(bid), _qty(size_b)])
+                asks.append([_price(ask), _qty(size_a)])
+            got = (bids, asks)
+            if len(self._books) > 16:
+                self._books.pop(min(self._books))
+            self._books[step] = got
+        return got
+
+    def depth_data(self, ts: int, levels: int) -> dict[str, Any]:
+        bids, asks = self._book(ts // STEP_MS)
+        return {"b": [list(x) for x in bids[:levels]], "a": [list(x) for x in asks[:levels]]}
+
+    def ticker_data(self, ts: int) -> dict[str, str]:
+        """24 h statistics: the last 1440 minutes, the current one as of ts."""
+        m = ts // MINUTE_MS
+        agg = self.path.span((m - 1439) * MINUTE_MS, (m + 1) * MINUTE_MS, ts)
+        assert agg is not None
+        o, h, lo, c, v, q = agg
+        return {
+            "s": self.symbol,
+            "o": _price(o),
+            "la": _price(c),
+            "h": _price(h),
+            "l": _price(lo),
+            "b": _qty(v),
+            "q": _notional(q),
+            "r": f"{(c / o - 1) * 100:.10f}".rstrip("0").rstrip("."),
+        }
+
+    def tickers_row(self, ts: int) -> dict[str, str]:
+        bids, asks = self._book(ts // STEP_MS)
+        row = self.ticker_data(ts)
+        row.update(bd=bids[0][0], ak=asks[0][0], bv=bids[0][1], av=asks[0][1])
+        return row
+
+    def price_data(self, ts: int) -> dict[str, str]:
+        step = ts // STEP_MS
+        p, _, _ = self.path.trade(step * STEP_MS)
+        wobble = random.Random(f"{self.seed}:mark:{step // 4}")
+        mark = p + wobble.randint(-3, 3)
+        index = mark + wobble.randint(-5, 5)
+        ft = ts // FUNDING_MS * FUNDING_MS
+        rate = round(random.Random(f"{self.seed}:funding:{ft}").gauss(0.005, 0.004) * 10**6)
+        return {
+            "ip": _price(index),
+            "mp": _price(mark),
+            "fr": _dec(rate, 6),
+            "ft": _iso(ft),
+            "nft": _iso(ft + FUNDING_MS),
+        }
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tools.fake_bitunix", description="A fake Bitunix exchange on 127.0.0.1."
+    )
+    p.add_argument("--port", type=int, default=0, help="WebSocket port on 127.0.0.1 (0: any free port)")
+    p.add_argument("--rest-port", type=int, default=0, help="REST port on 127.0.0.1 (0: any free port)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--symbol", default="BTCUSDT")
+    p.add_argument(
+        "--csv", type=Path, help="replay these 1-minute candles (open_time_ms,open,high,low,close,volume)"
+    )
+    p.add_argument("--start-price", type=float, default=60000.0)
+    p.add_argument("--history", type=int, default=1000, help="closed 1-minute candles before the start")
+    p.add_argument("--idle-timeout", type=float, default=60.0)
+    p.add_argument("--drop-every", type=float, default=0, metavar="S")
+    p.add_argument("--stall-every", type=float, default=0, metavar="S")
+    p.add_argument("--stall-for", type=float, default=0, metavar="S")
+    p.add_argument("--malformed", type=float, default=0, metavar="F", help="fraction of WS frames malformed")
+    p.add_argument("--refuse-for", type=float, default=0, metavar="S", help="refuse WS handshakes for S s")
+    p.add_argument(
+        "--rest-errors", type=float, default=0, metavar="F", help="fraction of REST replies failed"
+    )
+    p.add_argument("--rest-rate-limit", type=float, default=10, metavar="N", help="REST requests/s (0: none)")
+    p.add_argument("--latency-ms", type=float, default=0)
+    p.add_argument("--port-file", type=Path, help="also write the URLs line to this file")
+    return p
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+async def _serve_cli(fake: FakeBitunix, port_file: Path | None) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fake.run)
+            line = _dumps({"ws_url": fake.ws_url, "rest_url": fake.rest_url})
+            if port_file is not None:
+                _write_atomically(port_file, line + "\n")
+            print(line, flush=True)
+            async for _ in signals:
+                nursery.cancel_scope.cancel(reason="signal")
+                break
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    a = parser.parse_args(argv)
+    faults = Faults(
+        drop_every_s=a.drop_every,
+        stall_every_s=a.stall_every,
+        stall_for_s=a.stall_for,
+        malformed_fraction=a.malformed,
+        refuse_handshakes_for_s=a.refuse_for,
+        rest_error_fraction=a.rest_errors,
+        rest_rate_limit_per_s=a.rest_rate_limit,
+        latency_ms=a.latency_ms,
+    )
+    try:
+        fake = FakeBitunix(
+            symbol=a.symbol,
+            seed=a.seed,
+            candles_csv=a.csv,
+            start_price=a.start_price,
+            faults=faults,
+            idle_timeout_s=a.idle_timeout,
+            history_candles=a.history,
+            ws_port=a.port,
+            rest_port=a.rest_port,
+        )
+    except ValueError as e:
+        parser.error(str(e))
+    status = 0
+    try:
+        trio.run(_serve_cli, fake, a.port_file)
+    except* OSError as group:
+        for err in _leaves(group):
+            print(
+                f"fake_bitunix: cannot listen: {err} (try another --port/--rest-port, or 0)", file=sys.stderr
+            )
+        status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
