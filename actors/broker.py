@@ -250,6 +250,8 @@ class PaperAccount:
         if isinstance(event, Book):
             self.book = event
             return events
+        if isinstance(event, Candle) and event.backfill:
+            return events  # history: no market to trade against
         events += self._funding_due(ts)
         if isinstance(event, Funding):
             self.mark = event.mark_price

@@ -35,6 +35,11 @@ class FeedHealth:
     downtime_s: float = 0.0
     malformed: Counter[str] = attrs.field(factory=Counter)
     rest_retries: int = 0
+    down_since: float | None = None  # session time the live feed went down (None: up, or mock)
+
+    def down_s(self, now: float) -> float:
+        """How long the current outage has lasted (0 when the feed is up)."""
+        return 0.0 if self.down_since is None else max(0.0, now - self.down_since)
 
 
 SECONDS_PER_YEAR = 365.0 * 86400.0

@@ -32,7 +32,8 @@ from actors import __version__, checkpoint
 from actors.broker import PaperAccount, run_broker
 from actors.clock import SessionClock
 from actors.config import Config, to_dict
-from actors.feed import FeedHealth, RandomWalk, run_mock_feed
+from actors.feed import FeedHealth, RandomWalk
+from actors.feed_bitunix import run_live_feed
 from actors.feed_history import read_candles_csv, read_market_log, run_candle_feed, run_replay_feed
 from actors.lock import SessionLock
 from actors.plan import Plan
@@ -207,8 +208,11 @@ async def run_session(
                     first_candle,
                     handle_signals,
                     progress_mode,
+                    health,
                 )
-                await _flatten_and_stop(config, clock, parts.account, sink, timeline, status, stopper)
+                if plan.mode == "live":
+                    timeline.data_source = health.data_source
+                await _flatten_and_stop(config, clock, parts.account, sink, timeline, status, stopper, health)
     assert recorder.report is not None
     return SessionResult(run_path, recorder.report)
 
@@ -281,6 +285,7 @@ async def _supervise(
     first_candle: Candle | None,
     handle_signals: bool,
     progress_mode: str | None,
+    health: FeedHealth,
 ) -> str:
     """Run the actors until the session is stopped; returns the status ("ok" or "error")."""
     mode = "off" if plan.virtual_time else (progress_mode or config.observability.progress)
@@ -288,7 +293,7 @@ async def _supervise(
     with Progress(mode) as progress:
         try:
             with stopper.scope:
-                feed = _feed_starter(config, plan, clock, parts, stopper, sink, candles, first_candle)
+                feed = _feed_starter(config, plan, clock, parts, stopper, sink, candles, first_candle, health)
                 await _run_actors(
                     config, plan, clock, parts, timeline, stopper, sink, progress, handle_signals, feed
                 )
@@ -316,6 +321,7 @@ def _feed_starter(
     sink: EventSink,
     candles: Iterator[Candle] | None,
     first_candle: Candle | None,
+    health: FeedHealth,
 ) -> FeedStarter:
     """The feed actor for this kind of session, as a function of its subscribers."""
 
@@ -337,8 +343,8 @@ def _feed_starter(
     async def live(
         subscribers: Sequence[trio.MemorySendChannel[MarketEvent]], task_status: trio.TaskStatus[None]
     ) -> None:
-        await run_mock_feed(
-            config.feed, config.interval_s, clock, parts.walk, subscribers, task_status=task_status
+        await run_live_feed(
+            config, clock, health, parts.walk, subscribers, sink.clone(), task_status=task_status
         )
 
     return {"backtest": backtest, "replay": replay, "live": live}[plan.mode]
@@ -439,6 +445,7 @@ async def _flatten_and_stop(
     timeline: Timeline,
     status: str,
     stopper: Stopper,
+    health: FeedHealth,
 ) -> None:
     """Close the position through the broker's normal fill path, then record the stop."""
     with trio.move_on_after(config.session.flatten_timeout_s, shield=True) as scope:
@@ -457,6 +464,7 @@ async def _flatten_and_stop(
                     "detail": stopper.detail,
                     "elapsed_s": round(ended - timeline.started_ts, 3),
                     "data_source": timeline.data_source,
+                    "feed_down_s": round(health.down_s(ended), 3),
                     "ending_equity": round(account.equity, 6),
                     "unrealized_pnl": round(account.unrealized_pnl, 6),
                     "max_drawdown_pct": round(account.max_drawdown_pct, 4),

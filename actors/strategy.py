@@ -127,7 +127,7 @@ async def run_strategy(
             if not isinstance(event, Candle):
                 continue
             cross = ema.update(event.close)
-            if cross is None:
+            if cross is None or event.backfill:  # history warms the EMAs up; only live candles trade
                 continue
             ts = now()
             await events_tx.send(

@@ -47,6 +47,9 @@ class Candle:
     low: float = attrs.field(validator=_positive)
     close: float = attrs.field(validator=_positive)
     volume: float = 0.0
+    # history from REST (the seed at start, a gap filled after a reconnect): indicators take it,
+    # nothing trades on it, the broker ignores it
+    backfill: bool = False
 
     @property
     def close_ts(self) -> float:

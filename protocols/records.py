@@ -14,7 +14,7 @@ from typing import Any
 
 import cattrs
 
-from protocols.messages import Candle, Event, MarketEvent, Tick
+from protocols.messages import Book, Candle, Event, Funding, MarketEvent, Tick
 
 METRIC_FIELDS = (
     "ts",
@@ -64,6 +64,10 @@ REPORT_FIELDS = (
     "error_messages",
     "resumes",
     "downtime_s",
+    "reconnects",
+    "feed_downtime_s",
+    "malformed_dropped",
+    "rest_retries",
     "open_positions",
     "config",
     "version",
@@ -120,6 +124,10 @@ class ReportBuilder:
         self.max_drawdown_pct = 0.0
         self.resumes = 0
         self.downtime_s = 0.0
+        self.reconnects = 0
+        self.feed_downtime_s = 0.0
+        self.malformed: Counter[str] = Counter()
+        self.rest_retries = 0
 
     def add(self, record: dict[str, Any]) -> None:
         kind = record["kind"]
@@ -153,6 +161,13 @@ class ReportBuilder:
         elif kind == "session.resumed":
             self.resumes += 1
             self.downtime_s += record.get("downtime_s") or 0.0
+        elif kind == "feed.connected":
+            self.reconnects += bool(record.get("reconnect"))
+            self.feed_downtime_s += record.get("downtime_s") or 0.0
+        elif kind == "feed.malformed":
+            self.malformed.update(record["counts"])
+        elif kind == "feed.rest_retry":
+            self.rest_retries += 1
         elif kind == "session.started":
             self.started = record
         elif kind == "session.stopped":
@@ -203,6 +218,10 @@ class ReportBuilder:
             "error_messages": self.error_messages,
             "resumes": self.resumes,
             "downtime_s": round(self.downtime_s, 3),
+            "reconnects": self.reconnects,
+            "feed_downtime_s": round(self.feed_downtime_s + (e.get("feed_down_s") or 0.0), 3),
+            "malformed_dropped": dict(sorted(self.malformed.items())),
+            "rest_retries": self.rest_retries,
             "open_positions": e.get("open_positions", []),
             "config": s["config"],
             "version": s["version"],
@@ -213,7 +232,7 @@ class ReportBuilder:
 
 # --- market.jsonl: every market event the session acted on, with its arrival time (for --replay) ---
 
-MARKET_TYPES: dict[str, type] = {"tick": Tick, "candle": Candle}
+MARKET_TYPES: dict[str, type] = {"tick": Tick, "candle": Candle, "funding": Funding, "book": Book}
 _market_converter = cattrs.Converter()
 
 

@@ -232,6 +232,22 @@ class _WalkBars:
         return o, h, lo, c, max(v, STEPS_PER_MIN)
 
 
+class _ZigzagBars:
+    """A scripted path for tests: each bar moves `pct` percent, alternately up and down (with a
+    wick of a quarter of that either side), so a fast EMA crosses a slow one at every close."""
+
+    def __init__(self, pct: float) -> None:
+        self.move = pct / 100.0
+        self.up = True
+
+    def next_bar(self, o: int) -> Bar:
+        step = max(1, round(o * self.move))
+        c = o + step if self.up else max(1, o - step)
+        self.up = not self.up
+        wick = max(1, step // 4)
+        return o, max(o, c) + wick, max(1, min(o, c) - wick), c, 10 * STEPS_PER_MIN
+
+
 class _CsvBars:
     """Real candles' shapes, chained: see the module docstring."""
 
@@ -358,7 +374,12 @@ class _PricePath:
     """Bars from `m0` (history) on, expanded into trades from `m_live` on; lazily, by exchange time."""
 
     def __init__(
-        self, seed: int, source: _WalkBars | _CsvBars, start_ticks: int, m_live: int, history: int
+        self,
+        seed: int,
+        source: _WalkBars | _CsvBars | _ZigzagBars,
+        start_ticks: int,
+        m_live: int,
+        history: int,
     ) -> None:
         self.seed = seed
         self.source = source
@@ -999,6 +1020,7 @@ class FakeBitunix:
         max_client_msgs_per_s: int = 5,
         history_candles: int = 1000,
         time_offset_s: float = 0.0,
+        zigzag_pct: float = 0.0,
         ws_port: int = 0,
         rest_port: int = 0,
     ) -> None:
@@ -1017,8 +1039,10 @@ class FakeBitunix:
         self.ws_url = ""
         self.rest_url = ""
         self.stalled_until = -math.inf
-        source: _WalkBars | _CsvBars
-        if candles_csv is not None:
+        source: _WalkBars | _CsvBars | _ZigzagBars
+        if zigzag_pct > 0:
+            source = _ZigzagBars(zigzag_pct)
+        elif candles_csv is not None:
             source = _CsvBars(load_candles_csv(Path(candles_csv)), seed)
         else:
             source = _WalkBars(seed, volatility_pct)
@@ -1243,6 +1267,13 @@ def _parser() -> argparse.ArgumentParser:
         "--csv", type=Path, help="replay these 1-minute candles (open_time_ms,open,high,low,close,volume)"
     )
     p.add_argument("--start-price", type=float, default=60000.0)
+    p.add_argument(
+        "--zigzag",
+        type=float,
+        default=0,
+        metavar="PCT",
+        help="scripted path: each candle moves PCT %% up, then down",
+    )
     p.add_argument("--history", type=int, default=1000, help="closed 1-minute candles before the start")
     p.add_argument("--idle-timeout", type=float, default=60.0)
     p.add_argument("--drop-every", type=float, default=0, metavar="S")
@@ -1308,6 +1339,7 @@ def main(argv: list[str] | None = None) -> int:
             faults=faults,
             idle_timeout_s=a.idle_timeout,
             history_candles=a.history,
+            zigzag_pct=a.zigzag,
             ws_port=a.port,
             rest_port=a.rest_port,
         )
