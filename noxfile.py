@@ -43,3 +43,17 @@ def bench(s: nox.Session) -> None:
         except nox.command.CommandFailed:
             s.warn(f"could not install {' '.join(peer)}: reported as skipped")
     s.run("python", "-m", "tools.bench", *s.posargs)
+
+
+@nox.session
+def soak(s: nox.Session) -> None:
+    """A 3-minute session against the fake exchange with every fault on at once (tests/test_soak.py);
+    `SOAK_SECONDS` changes the length. The test suite runs a shorter one."""
+    s.install("-e", ".[test]")
+    s.run(
+        "pytest",
+        "-q",
+        "tests/test_soak.py",
+        *s.posargs,
+        env={"SOAK_SECONDS": s.env.get("SOAK_SECONDS", "180")},
+    )

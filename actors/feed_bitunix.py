@@ -48,6 +48,7 @@ from protocols.messages import Candle, Event, EventSender, Funding, MarketEvent,
 
 HEALTHY_S = 60.0  # a connection that lasted this long resets the reconnect backoff
 MALFORMED_REPORT_S = 5.0  # feed.malformed events aggregate the drops of this period
+STATS_EVERY = 6  # a feed.stats event every 6 such periods (30 s)
 WARN_EVERY_S = 10.0  # at most one warning per rejection reason in this period
 WS_MAX_MSGS = 5  # client messages per second per socket (the exchange's limit)
 WS_WINDOW_S = 1.1  # the limiter's window: a margin over one second for network jitter
@@ -206,6 +207,8 @@ class BitunixFeed:
         self.emit_lock = trio.Lock()
         self.ever_up = False
         self.failover_active = False
+        self.frames = 0  # WebSocket frames received since the last feed.stats
+        self.lags_ms: list[float] = []
         self.http = httpx.AsyncClient(base_url=self.cfg.rest_url, timeout=self.cfg.rest_timeout_s)
 
     # --- output ----------------------------------------------------------------------------------
@@ -390,6 +393,7 @@ class BitunixFeed:
                 deadline = max(self.last_data_at, opened) + self.cfg.stale_after_s
                 with trio.move_on_at(deadline):
                     raw = await ws.get_message()
+                    self.frames += 1
                     parsed = self.validator.parse(raw)
                     if isinstance(parsed, bitunix.Rejected):
                         self.malformed.add(parsed.reason, parsed.detail)
@@ -402,6 +406,7 @@ class BitunixFeed:
                         ):
                             logger.error("feed: subscription refused: {}", parsed.data)
                     else:
+                        self.lags_ms.append(self.clock.now() * 1000 - parsed.ts_ms)
                         if not self.ws_up:
                             await self._up()
                         await self._on_data(parsed)
@@ -524,9 +529,30 @@ class BitunixFeed:
         await self._tick(bid, ask, bid_qty, ask_qty)
 
     async def _report_malformed(self) -> None:
+        periods = 0
         while True:
             await trio.sleep(MALFORMED_REPORT_S)
             await self._flush_malformed()
+            periods += 1
+            if periods % STATS_EVERY == 0:
+                await self._report_stats(MALFORMED_REPORT_S * STATS_EVERY)
+
+    async def _report_stats(self, period_s: float) -> None:
+        """`feed.stats`: frames received and how late data frames arrived (receipt time minus the
+        frame's `ts`, so it includes any clock difference with the exchange)."""
+        lags, self.lags_ms = sorted(self.lags_ms), []
+        frames, self.frames = self.frames, 0
+        if not frames:
+            return
+        pick = lambda q: round(lags[min(len(lags) - 1, int(q * len(lags)))], 1) if lags else None  # noqa: E731
+        await self._event(
+            "feed.stats",
+            frames=frames,
+            frames_per_s=round(frames / period_s, 1),
+            lag_ms_p50=pick(0.5),
+            lag_ms_p99=pick(0.99),
+            lag_ms_max=round(lags[-1], 1) if lags else None,
+        )
 
     async def _flush_malformed(self) -> None:
         counts = self.malformed.take()
@@ -562,8 +588,11 @@ async def run_live_feed(
     """Actor: the configured live source; Bitunix falls back to the mock source when it delivers no
     data within `feed.connect_timeout_s` at start and `feed.fallback = "mock"`."""
     if config.feed.source == "mock":
-        health.stale = False
-        await run_mock_feed(config.feed, config.interval_s, clock, walk, subscribers, task_status=task_status)
+        with events:  # unused: the mock feed has no network to report on
+            health.stale = False
+            await run_mock_feed(
+                config.feed, config.interval_s, clock, walk, subscribers, task_status=task_status
+            )
         return
     with ExitStack() as stack:
         for tx in subscribers:

@@ -72,3 +72,46 @@ def test_sigkill_at_random_instants_loses_and_doubles_nothing(tmp_path: Path) ->
             assert e["realized_pnl"] == pytest.approx(realized, abs=1e-6)
             assert e["fees_paid"] == pytest.approx(fees, abs=1e-6)
     assert report["status"] == "ok"
+
+
+def _kill_after_checkpoints(tmp_path: Path) -> Path:
+    """Start a session, kill -9 it once both checkpoint generations exist; its run folder."""
+    proc = _start(tmp_path)
+    deadline = time.monotonic() + 30
+    run = tmp_path / "runs" / "latest"
+    while not (run / "checkpoint.prev.json").exists() or not (run / "checkpoint.json").exists():
+        assert time.monotonic() < deadline, "no checkpoints written"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.kill()
+    proc.wait()
+    return run.resolve()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_a_damaged_newest_checkpoint_resumes_from_the_previous_loudly(tmp_path: Path, damage: str) -> None:
+    run = _kill_after_checkpoints(tmp_path)
+    newest = run / "checkpoint.json"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2] if damage == "truncated" else data.replace(b'"seq"', b'"sez"', 1))
+    proc = _start(tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert "checkpoint alert" in err.decode()
+    (resumed,) = [e for e in read_events(run) if e["kind"] == "session.resumed"]
+    assert resumed["checkpoint"] == "checkpoint.prev.json"
+    assert resumed["checkpoint_problems"] and resumed["checkpoint_problems"][0].startswith("checkpoint.json")
+    assert validate(run) == []  # events after the older checkpoint were discarded, none doubled
+    report = json.loads((run / "final_report.json").read_text())
+    assert (report["status"], report["resumes"], report["open_positions"]) == ("ok", 1, [])
+
+
+def test_no_usable_checkpoint_refuses_to_start_fresh_silently(tmp_path: Path) -> None:
+    run = _kill_after_checkpoints(tmp_path)
+    for name in ("checkpoint.json", "checkpoint.prev.json"):
+        (run / name).write_bytes(b"{garbage")
+    proc = _start(tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "no usable checkpoint" in err.decode() and "Traceback" not in err.decode()
+    assert [p for p in (tmp_path / "runs").iterdir() if not p.is_symlink()] == [run]  # no fresh session

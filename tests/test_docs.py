@@ -34,6 +34,13 @@ def test_every_config_key_is_documented() -> None:
             assert f"`{section}.{key}`" in README, f"{section}.{key} missing from README"
 
 
+def test_every_report_field_is_documented() -> None:
+    from protocols.records import REPORT_FIELDS
+
+    row = next(line for line in README.splitlines() if line.startswith("| `final_report.json`"))
+    assert [f for f in REPORT_FIELDS if f"`{f}`" not in row] == []
+
+
 def test_readme_quick_start_has_the_two_commands() -> None:
     assert "nox -s session" in README
     assert "nox -s tests" in README

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,7 +21,8 @@ import trio.testing
 
 from actors.feed_bitunix import SendLimiter, TokenBucket
 from actors.session import SessionResult, run_session
-from tests.conftest import make_config, read_events
+from tests.conftest import cli_env, make_config, read_events, read_report
+from tests.test_replay_backtest import NOT_COMPARED
 from tools.fake_bitunix import FakeBitunix, Faults
 from tools.validate_session import validate
 
@@ -33,6 +35,9 @@ ZIGZAG_TRADER = [
     "risk.max_daily_drawdown_pct=50",
     "risk.max_consecutive_losses=0",
 ]
+
+# What the live feed says about its own health: a replay has no network to report on.
+FEED_HEALTH = {"reconnects", "feed_downtime_s", "malformed_dropped", "rest_retries"}
 
 # Which reason the session must give for each kind of malformed frame the fake sends.
 REASON_OF_KIND = {
@@ -166,6 +171,40 @@ async def test_session_subscribes_pings_and_trades_through_drops_every_15s(tmp_p
     assert sum(not c["backfill"] for c in candles) >= 1  # assembled from the WebSocket pushes
     assert len(candles) >= 30
     assert report["fills"] >= 2 and report["trade_count"] >= 1  # trading went on through the drops
+
+    # and replaying the recorded live session reproduces its trading exactly (issue 5)
+    replay_dir = tmp_path / "replays"
+    proc = await trio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "actors.main",
+            "--replay",
+            str(result.run_path),
+            "--run-dir",
+            str(replay_dir),
+            "--set",
+            f"session.kill_switch={tmp_path / 'kill.txt'}",
+        ],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    (replayed,) = [p for p in replay_dir.iterdir() if p.is_dir() and not p.is_symlink()]
+    second = read_report(replayed)
+    for key in report.keys() - NOT_COMPARED - FEED_HEALTH:
+        assert report[key] == second[key], key
+    fills = [
+        (e["order_id"], e["qty"], e["fill_price"], e["fee"]) for e in events if e["kind"] == "order.filled"
+    ]
+    assert fills == [
+        (e["order_id"], e["qty"], e["fill_price"], e["fee"])
+        for e in read_events(replayed)
+        if e["kind"] == "order.filled"
+    ]
     assert all("closed" in e["reason"] for e in events if e["kind"] == "feed.disconnected")
 
 

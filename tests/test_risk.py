@@ -18,6 +18,7 @@ import trio
 
 from actors.broker import PaperAccount
 from actors.config import Config
+from actors.feed import FeedHealth
 from actors.risk import WINDOW_S, Rejection, RiskGate, run_risk
 from actors.session import run_session
 from protocols.messages import Event, Order, OrderIntent, Tick
@@ -628,13 +629,20 @@ async def test_session_stale_data_window(
 ) -> None:
     """Data stale from 30 s to 90 s: entries refused (`stale_data`), exits still go through."""
 
-    class StaleWindow:
+    class StaleWindow(FeedHealth):
+        """The session's feed health, stale for a minute whatever the feed says."""
+
         def __init__(self, data_source: str) -> None:
+            super().__init__(data_source)
             self.t0 = trio.current_time()
 
-        @property
+        @property  # type: ignore[override]
         def stale(self) -> bool:
             return 30.0 <= trio.current_time() - self.t0 < 90.0
+
+        @stale.setter
+        def stale(self, value: bool) -> None:
+            pass
 
     monkeypatch.setattr("actors.session.FeedHealth", StaleWindow)
     _, report, events = await _session(tmp_path, duration_min=3)
