@@ -93,7 +93,9 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_loudly(tmp_path: 
     run = _kill_after_checkpoints(tmp_path)
     newest = run / "checkpoint.json"
     data = newest.read_bytes()
-    newest.write_bytes(data[: len(data) // 2] if damage == "truncated" else data.replace(b'"seq"', b'"sez"', 1))
+    newest.write_bytes(
+        data[: len(data) // 2] if damage == "truncated" else data.replace(b'"seq"', b'"sez"', 1)
+    )
     proc = _start(tmp_path)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()[-2000:]
