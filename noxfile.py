@@ -43,6 +43,9 @@ def bench(s: nox.Session) -> None:
         except nox.command.CommandFailed:
             s.warn(f"could not install {' '.join(peer)}: reported as skipped")
     s.run("python", "-m", "tools.bench", *s.posargs)
+    # the live feed: parse-and-dispatch cost per frame, and a session at 200 frames/s
+    quick = ["--no-session", "--frames", "6000"] if "--quick" in s.posargs else []
+    s.run("python", "-m", "tools.bench_feed", *quick)
 
 
 @nox.session
