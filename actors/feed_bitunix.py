@@ -203,7 +203,8 @@ class BitunixFeed:
         self.last_price: float | None = None
         self.last_data_at = -math.inf  # trio time of the last accepted data frame
         self.ws_up = False
-        self.seed: list[Candle] = []
+        self.seed_done = trio.Event()  # the history seed has been handed out (or given up)
+        self.last_error = ""  # why the last WebSocket attempt failed, for the fallback message
         self.emit_lock = trio.Lock()
         self.ever_up = False
         self.failover_active = False
@@ -320,8 +321,15 @@ class BitunixFeed:
                 break  # the exchange's history is shallower
             candles = page + candles
             end = round(page[0].open_ts * 1000) - self.interval_ms
-        self.seed = candles[-self.history :]
-        logger.info("feed: {} history candles from REST", len(self.seed))
+        seed = candles[-self.history :]
+        logger.info("feed: {} history candles from REST", len(seed))
+        # handed out only once the WebSocket delivers: after a fallback they would be the wrong market
+        await self.first_data.wait()
+        async with self.emit_lock:
+            for candle in seed:
+                await self._emit_candle(candle, backfill=True)
+        await self._event("feed.seeded", candles=len(seed))
+        self.seed_done.set()
 
     # --- WebSocket -------------------------------------------------------------------------------
 
@@ -329,11 +337,7 @@ class BitunixFeed:
         self.last_data_at = trio.current_time()
         if not self.first_data.is_set():
             self.first_data.set()
-            await self._event("feed.live", source="websocket", seeded=len(self.seed))
-            async with self.emit_lock:
-                for candle in self.seed:
-                    await self._emit_candle(candle, backfill=True)
-            self.seed = []
+            await self._event("feed.live", source="websocket")
         if self.health.stale:
             self.health.stale = False
             logger.info("feed: data is fresh again")
@@ -350,6 +354,7 @@ class BitunixFeed:
                     close=c.close,
                     volume=c.base_volume,
                 )
+                await self.seed_done.wait()  # history first (only ever waits at start-up)
                 async with self.emit_lock:
                     await self._emit_candle(closed, backfill=False)
             elif self.current is None and self.last_emitted_ms is not None:
@@ -468,6 +473,7 @@ class BitunixFeed:
                     reason = found
             if bound.cancelled_caught:
                 reason = f"{phase} timed out"
+            self.last_error = reason
             await self._down(reason)
             if trio.current_time() - started >= HEALTHY_S:
                 attempt = 0
@@ -567,7 +573,7 @@ class BitunixFeed:
                 async with trio.open_nursery() as nursery:
                     task_status.started()
                     nursery.start_soon(self._report_malformed)
-                    await self._seed_history()
+                    nursery.start_soon(self._seed_history)
                     nursery.start_soon(self._ws_loop)
                     nursery.start_soon(self._failover_loop)
             finally:
@@ -611,6 +617,8 @@ async def run_live_feed(
                 return
             nursery.cancel_scope.cancel()
         reason = f"no live data within {config.feed.connect_timeout_s:g} s from {config.feed.ws_url}"
+        if feed.last_error:
+            reason += f" ({feed.last_error})"
         health.data_source = f"mock (fallback: {reason})"
         health.stale = False
         health.down_since = None

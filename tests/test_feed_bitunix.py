@@ -304,8 +304,8 @@ async def test_rest_rate_limit_replies_slow_the_seed_down_without_failure(tmp_pa
     assert result.report["rest_retries"] >= 1
     retries = [e for e in events if e["kind"] == "feed.rest_retry"]
     assert retries and all(("10005" in r["reason"] or "10006" in r["reason"]) for r in retries)
-    live = next(e for e in events if e["kind"] == "feed.live")
-    assert live["seeded"] == 600
+    seeded = next(e for e in events if e["kind"] == "feed.seeded")
+    assert seeded["candles"] == 600
     assert len(market_candles(result.run_path)) >= 600
     assert_candles_match_truth(result.run_path, fake)
 

@@ -213,6 +213,7 @@ async def time_dispatch(frames: Frames, config: Config) -> Dispatched:
     events_tx, events_rx = trio.open_memory_channel[Event](math.inf)
     channels = [trio.open_memory_channel[MarketEvent](0) for _ in SUBSCRIBERS]
     feed = BitunixFeed(config, clock, health, [tx for tx, _ in channels], events_tx, first_data=first_data)
+    feed.seed_done.set()  # no history to hand out first
     received: list[Counter[str]] = [Counter() for _ in SUBSCRIBERS]
 
     async def consume(rx: trio.MemoryReceiveChannel[MarketEvent], got: Counter[str]) -> None:
