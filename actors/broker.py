@@ -110,7 +110,7 @@ class PaperAccount:
         # way to the market are refused on arrival (exits and protective orders still work)
         self.entries_halted_until: float | None = None
         self.on_trade_closed: Callable[[float, float], list[Event]] | None = None  # (net_pnl, ts) -> events
-        self.on_marked: Callable[[float], list[Event]] | None = None  # (ts) -> events
+        self.on_marked: Callable[[float, float], list[Event]] | None = None  # (ts, equity) -> events
         self.position_qty = 0.0  # signed BTC
         self.avg_price = 0.0
         self.realized_pnl = 0.0
@@ -153,12 +153,22 @@ class PaperAccount:
 
     @property
     def equity(self) -> float:
+        # the same arithmetic, in the same order, as starting + realized - fees_paid - funding +
+        # unrealized_pnl, inlined: it runs after every market event
+        pos = self.position_qty
+        unrealized = 0.0
+        if not -EPS < pos < EPS:
+            mark = self.mark
+            if mark is None and self.last_tick is not None:
+                mark = self.last_tick.mid
+            if mark is not None:
+                unrealized = (mark - self.avg_price) * pos
         return (
             self.starting_equity
             + self.realized_pnl
-            - self.fees_paid
+            - (self.fees_maker + self.fees_taker)
             - self.funding_paid
-            + self.unrealized_pnl
+            + unrealized
         )
 
     @property
@@ -252,38 +262,51 @@ class PaperAccount:
             return events
         if isinstance(event, Candle) and event.backfill:
             return events  # history: no market to trade against
-        events += self._funding_due(ts)
-        if isinstance(event, Funding):
+        # it runs for every market event: the work that cannot change anything is skipped (no
+        # resting order to work, no position to liquidate) and equity is computed once
+        last_ts, self.last_ts = self.last_ts, ts
+        if last_ts is not None and ts >= (math.floor(last_ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S:
+            events += self._funding_due(last_ts, ts)
+        if isinstance(event, Tick):
+            self.last_tick = event
+            if self.working:
+                events += self._work_quote(event, ts)
+            if self.awaiting_quote:
+                waiting, self.awaiting_quote = self.awaiting_quote, []
+                for order in waiting:
+                    events += self._execute(order, ts)
+        elif isinstance(event, Candle):
+            if self.working:
+                events += self._work_candle(event, ts)
+        elif isinstance(event, Funding):
             self.mark = event.mark_price
             self.funding_rate_pct = event.rate_pct
-        elif isinstance(event, Tick):
-            self.last_tick = event
-            events += self._work_quote(event, ts)
-            waiting, self.awaiting_quote = self.awaiting_quote, []
-            for order in waiting:
-                events += self._execute(order, ts)
-        elif isinstance(event, Candle):
-            events += self._work_candle(event, ts)
         events += self._check_liquidation(ts)
-        self._update_drawdown()
+        equity = self.equity
+        self._update_drawdown(equity)
         if self.on_marked is not None:
-            events += self.on_marked(ts)
+            events += self.on_marked(ts, equity)
         return events
 
-    def _update_drawdown(self) -> None:
-        equity = self.equity
-        self.peak_equity = max(self.peak_equity, equity)
-        self.max_drawdown_pct = max(self.max_drawdown_pct, self.drawdown_pct)
+    def _update_drawdown(self, equity: float | None = None) -> None:
+        """The peak and the deepest drawdown from it (`max` of each, written out)."""
+        if equity is None:
+            equity = self.equity
+        if equity > self.peak_equity:
+            self.peak_equity = equity
+        peak = self.peak_equity
+        if peak > 0:
+            drawdown = (peak - equity) / peak * 100
+            if drawdown > self.max_drawdown_pct:
+                self.max_drawdown_pct = drawdown
 
-    def _funding_due(self, ts: float) -> list[Event]:
-        """Funding for each 00/08/16 UTC instant passed since the last market event."""
+    def _funding_due(self, last_ts: float, ts: float) -> list[Event]:
+        """Funding for each 00/08/16 UTC instant passed since the last market event (`last_ts`)."""
         events: list[Event] = []
-        if self.last_ts is not None:
-            instant = (math.floor(self.last_ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S
-            while instant <= ts:
-                events += self._charge_funding(instant)
-                instant += FUNDING_EVERY_S
-        self.last_ts = ts
+        instant = (math.floor(last_ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S
+        while instant <= ts:
+            events += self._charge_funding(instant)
+            instant += FUNDING_EVERY_S
         return events
 
     def _charge_funding(self, instant: float) -> list[Event]:
@@ -374,10 +397,18 @@ class PaperAccount:
         return events
 
     def _check_liquidation(self, ts: float) -> list[Event]:
-        liq, mark = self.liquidation_price, self.mark_price
-        if liq is None or mark is None or self.last_tick is None:
+        # liquidation_price and mark_price, inlined: this runs after every market event in a position
+        pos = self.position_qty
+        if -EPS < pos < EPS or self.last_tick is None:
             return []
-        crossed = mark <= liq if self.position_qty > 0 else mark >= liq
+        mark = self.mark if self.mark is not None else self.last_tick.mid
+        lev = self.config.leverage
+        if pos > 0:
+            liq = self.avg_price * (1 - 1 / lev + MAINTENANCE_MARGIN_RATE)
+            crossed = mark <= liq
+        else:
+            liq = self.avg_price * (1 + 1 / lev - MAINTENANCE_MARGIN_RATE)
+            crossed = mark >= liq
         if not crossed:
             return []
         side: Side = "sell" if self.position_qty > 0 else "buy"
@@ -786,7 +817,16 @@ async def run_broker(
     async def market_loop() -> None:
         with market_rx:
             async for event in market_rx:
-                await emit(account.on_market(event, clock.now()))
+                # what else is already waiting (a candle's close quote and the candle itself) is
+                # taken in the same step: receive() would yield once per event
+                while True:
+                    events = account.on_market(event, clock.now())
+                    if events:
+                        await emit(events)
+                    try:
+                        event = market_rx.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
 
     in_flight: deque[tuple[float, Order | Cancel]] = deque()
     wakeup = trio.Event()

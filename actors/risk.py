@@ -190,9 +190,11 @@ class RiskGate:
 
     # --- the account -----------------------------------------------------------------------------
 
-    def on_marked(self, ts: float) -> list[Event]:
-        """After every mark: the UTC day's start equity, the loss limit, the drawdown breaker."""
-        equity = self.view.equity
+    def on_marked(self, ts: float, equity: float | None = None) -> list[Event]:
+        """After every mark: the UTC day's start equity, the loss limit, the drawdown breaker.
+        `equity`: the account's, when the caller has just computed it."""
+        if equity is None:
+            equity = self.view.equity
         day = math.floor(ts / DAY_S)
         if day != self.day:
             self.day, self.day_start_equity = day, equity
@@ -202,13 +204,14 @@ class RiskGate:
             self.view.entries_halted_until = None
             self.day_start_equity = equity  # a new drawdown budget after the cooldown
             events.append(Event(ts, "breaker.reset", {"equity": round(equity, 6)}))
-        return events + self._check_equity(ts)
+        return events + self._check_equity(ts, equity)
 
-    def _check_equity(self, ts: float) -> list[Event]:
+    def _check_equity(self, ts: float, equity: float | None = None) -> list[Event]:
         """The session loss limit and the daily drawdown breaker, on the account as it is now."""
         if self.view.entries_halted_until == math.inf:
             return []  # the session is already stopping
-        equity = self.view.equity
+        if equity is None:
+            equity = self.view.equity
         events: list[Event] = []
         loss_pct = (self.view.starting_equity - equity) / self.view.starting_equity * 100
         if loss_pct >= self.config.max_loss_pct:

@@ -396,6 +396,8 @@ async def _run_actors(
     broker_market_tx, broker_market_rx = trio.open_memory_channel[MarketEvent](market_buffer)
     intents_tx, intents_rx = trio.open_memory_channel[OrderIntent](0)
     orders_tx, orders_rx = trio.open_memory_channel[Order | Cancel](0)
+    # the broker first: a backtest feed gives it the quotes and each candle, and the strategy the
+    # candle only once the broker has finished with it (actors/feed_history.py)
     subscribers = [broker_market_tx, strategy_market_tx]
     heartbeat_s = config.observability.heartbeat_s
     if plan.mode == "backtest":  # an equity curve of hourly points for 1-minute data

@@ -177,3 +177,55 @@ async def test_backtest_over_shared_real_data(
     assert report["stop_reason"] == "data_end" and report["fills"] > 0
     assert report["open_positions"] == []
     assert validate(result.run_path) == []
+
+
+async def test_backtest_broker_works_a_candle_before_the_strategy_decides(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A candle that both reaches a resting stop or target and crosses the EMAs: the stop fills
+    first, and the strategy decides on the account as the candle left it, whatever the scheduler's
+    order (it shuffles each batch of runnable tasks)."""
+    data = tmp_path / "bars.csv"
+    write_bars(data, 1500)
+    sets = [
+        "session.interval=1m",
+        "strategy.fast_period=2",
+        "strategy.slow_period=5",
+        "strategy.stop_loss_pct=0.05",
+        "strategy.take_profit_pct=0.05",
+        "broker.backtest_fill=close",
+        "broker.latency_ms=0",
+        "broker.latency_jitter_ms=0",
+        "risk.max_orders_per_minute=600",
+        "risk.max_consecutive_losses=0",
+        "risk.max_daily_drawdown_pct=100",
+        "risk.max_loss_pct=100",
+    ]
+    protective = ("stop_loss", "take_profit")
+    runs = []
+    for i in range(3):
+        config = load(None, {}, [f"session.run_dir={tmp_path / f'runs{i}'}", *sets])
+        result = await run_session(config, plan=Plan(mode="backtest", data=str(data)), handle_signals=False)
+        events = read_events(result.run_path)
+        working: set[str] = set()  # orders resting at the market
+        collisions = 0
+        for n, e in enumerate(events):
+            if e["kind"] == "order.working":
+                working.add(e["order_id"])
+            elif e["kind"] == "signal":
+                # a stop or target already resting when the candle closed fills before the signal
+                late = [
+                    f
+                    for f in events[n:]
+                    if f["ts"] == e["ts"] and f["kind"] == "order.filled" and f["order_id"] in working
+                ]
+                assert late == []
+                collisions += any(
+                    f["ts"] == e["ts"] and f["kind"] == "order.filled" and f["reason"] in protective
+                    for f in events[n - 3 : n]
+                )
+            elif e["kind"] in ("order.filled", "order.cancelled"):
+                working.discard(e["order_id"])
+        assert collisions >= 5  # the data exercises it
+        runs.append([{k: v for k, v in e.items() if k not in NOT_COMPARED} for e in events])
+    assert runs[0] == runs[1] == runs[2]
