@@ -141,13 +141,11 @@ def _network_reason(exc: BaseException) -> str | None:
 class _Malformed:
     """Drops counted by reason, reported in aggregate, warned about at most once per period."""
 
-    counts: Counter[str] = attrs.field(factory=Counter)
     unreported: Counter[str] = attrs.field(factory=Counter)
     warned_at: dict[str, float] = attrs.field(factory=dict)
     suppressed: Counter[str] = attrs.field(factory=Counter)
 
     def add(self, reason: str, detail: str) -> None:
-        self.counts[reason] += 1
         self.unreported[reason] += 1
         now = time.monotonic()
         if now - self.warned_at.get(reason, -math.inf) >= WARN_EVERY_S:
@@ -225,11 +223,35 @@ class BitunixFeed:
                 return  # already handed out
             if open_ms > self.last_emitted_ms + self.interval_ms:
                 await self._backfill(self.last_emitted_ms + self.interval_ms, open_ms - self.interval_ms)
-        self.last_emitted_ms = open_ms
-        await fan_out(self.subscribers, attrs.evolve(candle, backfill=backfill) if backfill else candle)
+        await self._hand_out(candle, backfill=backfill)
 
     async def _backfill(self, first_ms: int, last_ms: int) -> None:
         """Candles opening in [first_ms, last_ms] from REST, marked as history."""
+        got, error = await self._fetch_klines(first_ms, last_ms)
+        if error is not None:
+            wanted = (last_ms - first_ms) // self.interval_ms + 1
+            logger.warning("feed: backfill of {} candles failed: {}", wanted, error)
+            await self._event("feed.gap", first_open_ms=first_ms, last_open_ms=last_ms, reason=error)
+            return
+        missing = (last_ms - first_ms) // self.interval_ms + 1 - len(got)
+        await self._event("feed.backfill", candles=len(got), missing=missing, first_open_ms=first_ms)
+        if missing:
+            logger.warning("feed: backfill found {} of {} candles", len(got), len(got) + missing)
+        for candle in got:
+            await self._hand_out(candle, backfill=True)
+
+    async def _hand_out(self, candle: Candle, *, backfill: bool) -> None:
+        """Fan a candle out unless it is not newer than the last one handed out."""
+        open_ms = round(candle.open_ts * 1000)
+        if self.last_emitted_ms is not None and open_ms <= self.last_emitted_ms:
+            return
+        self.last_emitted_ms = open_ms
+        await fan_out(self.subscribers, attrs.evolve(candle, backfill=True) if backfill else candle)
+
+    async def _fetch_klines(self, first_ms: int, last_ms: int) -> tuple[list[Candle], str | None]:
+        """Closed candles opening in [first_ms, last_ms], oldest first, paging backwards from the
+        newest (the exchange's order); stops early where its history ends. On a REST failure: what
+        was fetched so far and the error."""
         got: list[Candle] = []
         end = last_ms
         while end >= first_ms:
@@ -240,27 +262,13 @@ class BitunixFeed:
                     await self.rest_get(bitunix.KLINE_PATH, params), self.interval_s
                 )
             except (bitunix.RestError, httpx.HTTPError) as exc:
-                logger.warning(
-                    "feed: backfill of {} candles failed: {}",
-                    (last_ms - first_ms) // self.interval_ms + 1,
-                    exc,
-                )
-                await self._event("feed.gap", first_open_ms=first_ms, last_open_ms=last_ms, reason=str(exc))
-                return
+                return got, str(exc)
             page = [c for c in page if first_ms <= round(c.open_ts * 1000) <= end]
             if not page:
                 break
             got = page + got
             end = round(page[0].open_ts * 1000) - self.interval_ms
-        missing = (last_ms - first_ms) // self.interval_ms + 1 - len(got)
-        await self._event("feed.backfill", candles=len(got), missing=missing, first_open_ms=first_ms)
-        if missing:
-            logger.warning("feed: backfill found {} of {} candles", len(got), len(got) + missing)
-        for candle in got:
-            open_ms = round(candle.open_ts * 1000)
-            if self.last_emitted_ms is None or open_ms > self.last_emitted_ms:
-                self.last_emitted_ms = open_ms
-                await fan_out(self.subscribers, attrs.evolve(candle, backfill=True))
+        return got, None
 
     async def _tick(self, bid: float, ask: float, bid_qty: float, ask_qty: float) -> None:
         last = self.last_price if self.last_price is not None else (bid + ask) / 2
@@ -305,23 +313,10 @@ class BitunixFeed:
         """The last `strategy.history` closed candles, oldest first (pages of 200, newest first)."""
         now_ms = int(self.clock.now() * 1000)
         end = (now_ms // self.interval_ms) * self.interval_ms - self.interval_ms  # last closed open
-        candles: list[Candle] = []
-        while len(candles) < self.history:
-            limit = min(bitunix.MAX_KLINE_LIMIT, self.history - len(candles))
-            params = bitunix.kline_params(self.symbol, self.interval, limit=limit, end_time_ms=end)
-            try:
-                page = bitunix.parse_rest_klines(
-                    await self.rest_get(bitunix.KLINE_PATH, params), self.interval_s
-                )
-            except (bitunix.RestError, httpx.HTTPError) as exc:
-                logger.warning("feed: could not seed candle history: {}", exc)
-                break
-            page = [c for c in page if round(c.open_ts * 1000) <= end]
-            if not page:
-                break  # the exchange's history is shallower
-            candles = page + candles
-            end = round(page[0].open_ts * 1000) - self.interval_ms
-        seed = candles[-self.history :]
+        candles, error = await self._fetch_klines(end - (self.history - 1) * self.interval_ms, end)
+        if error is not None:
+            logger.warning("feed: could not seed all of the candle history: {}", error)
+        seed = candles
         logger.info("feed: {} history candles from REST", len(seed))
         # handed out only once the WebSocket delivers: after a fallback they would be the wrong market
         await self.first_data.wait()

@@ -66,6 +66,7 @@ def offset_for_close_in(seconds: float) -> float:
 async def live_session(
     tmp_path: Path, fake: FakeBitunix, *sets: str, duration_s: float
 ) -> tuple[SessionResult, list[dict[str, Any]]]:
+    """Start the fake exchange, run a live session against it, stop the exchange."""
     config = make_config(
         tmp_path,
         "feed.source=bitunix",
@@ -74,8 +75,11 @@ async def live_session(
         *sets,
         duration_min=duration_s / 60,
     )
-    with trio.fail_after(duration_s + 60):
-        result = await run_session(config, handle_signals=False, progress_mode="off")
+    async with trio.open_nursery() as nursery:  # the exchange runs beside the session
+        await nursery.start(fake.run)
+        with trio.fail_after(duration_s + 60):
+            result = await run_session(config, handle_signals=False, progress_mode="off")
+        nursery.cancel_scope.cancel()
     return result, read_events(result.run_path)
 
 
@@ -151,12 +155,9 @@ async def test_session_subscribes_pings_and_trades_through_drops_every_15s(tmp_p
     fake = FakeBitunix(
         seed=3, zigzag_pct=0.2, time_offset_s=offset_for_close_in(4), faults=Faults(drop_every_s=15)
     )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fake.run)
-        result, events = await live_session(
-            tmp_path, fake, *ZIGZAG_TRADER, "feed.ping_interval_s=4", duration_s=70
-        )
-        nursery.cancel_scope.cancel()
+    result, events = await live_session(
+        tmp_path, fake, *ZIGZAG_TRADER, "feed.ping_interval_s=4", duration_s=70
+    )
     assert_clean_finish(result, events)
     report = result.report
     assert report["data_source"] == "bitunix"
@@ -210,12 +211,9 @@ async def test_session_subscribes_pings_and_trades_through_drops_every_15s(tmp_p
 
 async def test_session_survives_10pct_malformed_frames_and_counts_them_by_reason(tmp_path: Path) -> None:
     fake = FakeBitunix(seed=5, time_offset_s=offset_for_close_in(4), faults=Faults(malformed_fraction=0.10))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fake.run)
-        result, events = await live_session(
-            tmp_path, fake, "strategy.history=30", "feed.max_jump_pct=5", duration_s=40
-        )
-        nursery.cancel_scope.cancel()
+    result, events = await live_session(
+        tmp_path, fake, "strategy.history=30", "feed.max_jump_pct=5", duration_s=40
+    )
     assert_clean_finish(result, events)
     sent = fake.stats.malformed_sent
     expected = Counter()
@@ -236,17 +234,14 @@ async def test_a_30s_stall_trips_the_stale_gate_reconnects_and_backfills(tmp_pat
     fake = FakeBitunix(
         seed=7, time_offset_s=offset_for_close_in(15), faults=Faults(stall_once_after_s=6, stall_for_s=30)
     )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fake.run)
-        result, events = await live_session(
-            tmp_path,
-            fake,
-            "strategy.history=30",
-            "feed.stale_after_s=10",
-            "feed.failover_after_s=600",  # no REST polling here: the gap must be backfilled
-            duration_s=55,
-        )
-        nursery.cancel_scope.cancel()
+    result, events = await live_session(
+        tmp_path,
+        fake,
+        "strategy.history=30",
+        "feed.stale_after_s=10",
+        "feed.failover_after_s=600",  # no REST polling here: the gap must be backfilled
+        duration_s=55,
+    )
     assert_clean_finish(result, events)
     k = kinds(events)
     assert k["feed.stale"] >= 1
@@ -268,17 +263,14 @@ async def test_failover_polls_rest_while_the_websocket_is_down(tmp_path: Path) -
     fake = FakeBitunix(
         seed=8, time_offset_s=offset_for_close_in(16), faults=Faults(stall_once_after_s=5, stall_for_s=25)
     )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fake.run)
-        result, events = await live_session(
-            tmp_path,
-            fake,
-            "strategy.history=30",
-            "feed.stale_after_s=4",
-            "feed.failover_after_s=3",
-            duration_s=45,
-        )
-        nursery.cancel_scope.cancel()
+    result, events = await live_session(
+        tmp_path,
+        fake,
+        "strategy.history=30",
+        "feed.stale_after_s=4",
+        "feed.failover_after_s=3",
+        duration_s=45,
+    )
     assert_clean_finish(result, events)
     failover = [e for e in events if e["kind"] == "feed.failover"]
     assert [e["active"] for e in failover][:2] == [True, False]
@@ -295,10 +287,7 @@ def _iso(ts: float) -> str:
 
 async def test_rest_rate_limit_replies_slow_the_seed_down_without_failure(tmp_path: Path) -> None:
     fake = FakeBitunix(seed=9, history_candles=1000, faults=Faults(rest_rate_limit_per_s=1))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fake.run)
-        result, events = await live_session(tmp_path, fake, "strategy.history=600", duration_s=25)
-        nursery.cancel_scope.cancel()
+    result, events = await live_session(tmp_path, fake, "strategy.history=600", duration_s=25)
     assert_clean_finish(result, events)
     assert fake.stats.rest_rate_limited >= 1
     assert result.report["rest_retries"] >= 1
@@ -312,12 +301,9 @@ async def test_rest_rate_limit_replies_slow_the_seed_down_without_failure(tmp_pa
 
 async def test_refused_handshakes_at_start_fall_back_to_mock_loudly(tmp_path: Path) -> None:
     fake = FakeBitunix(seed=11, faults=Faults(refuse_handshakes_for_s=120))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fake.run)
-        result, events = await live_session(
-            tmp_path, fake, "feed.connect_timeout_s=3", "feed.fallback=mock", duration_s=12
-        )
-        nursery.cancel_scope.cancel()
+    result, events = await live_session(
+        tmp_path, fake, "feed.connect_timeout_s=3", "feed.fallback=mock", duration_s=12
+    )
     assert_clean_finish(result, events)
     assert fake.stats.handshakes_refused >= 1
     (fallback,) = [e for e in events if e["kind"] == "feed.fallback"]
@@ -329,18 +315,15 @@ async def test_refused_handshakes_at_start_fall_back_to_mock_loudly(tmp_path: Pa
 
 async def test_refused_handshakes_with_fallback_none_keep_retrying(tmp_path: Path) -> None:
     fake = FakeBitunix(seed=12, faults=Faults(refuse_handshakes_for_s=6))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fake.run)
-        result, events = await live_session(
-            tmp_path,
-            fake,
-            "feed.connect_timeout_s=2",
-            "feed.fallback=none",
-            "feed.backoff_max_s=2",
-            "strategy.history=30",
-            duration_s=15,
-        )
-        nursery.cancel_scope.cancel()
+    result, events = await live_session(
+        tmp_path,
+        fake,
+        "feed.connect_timeout_s=2",
+        "feed.fallback=none",
+        "feed.backoff_max_s=2",
+        "strategy.history=30",
+        duration_s=15,
+    )
     assert_clean_finish(result, events)
     k = kinds(events)
     assert k["feed.fallback"] == 0

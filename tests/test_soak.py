@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import trio
-
 from tests.test_feed_bitunix import (
     ZIGZAG_TRADER,
     assert_candles_match_truth,
@@ -38,18 +36,15 @@ ALL_FAULTS = Faults(
 
 async def test_soak_every_fault_at_once(tmp_path: Path) -> None:
     fake = FakeBitunix(seed=21, zigzag_pct=0.2, time_offset_s=offset_for_close_in(10), faults=ALL_FAULTS)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fake.run)
-        result, events = await live_session(
-            tmp_path,
-            fake,
-            *ZIGZAG_TRADER,
-            "feed.stale_after_s=5",
-            "feed.failover_after_s=4",
-            "feed.backoff_max_s=4",
-            duration_s=SOAK_SECONDS,
-        )
-        nursery.cancel_scope.cancel()
+    result, events = await live_session(
+        tmp_path,
+        fake,
+        *ZIGZAG_TRADER,
+        "feed.stale_after_s=5",
+        "feed.failover_after_s=4",
+        "feed.backoff_max_s=4",
+        duration_s=SOAK_SECONDS,
+    )
     assert_clean_finish(result, events)
     report = result.report
     assert report["data_source"] == "bitunix"
