@@ -67,16 +67,16 @@ async def live_session(
     tmp_path: Path, fake: FakeBitunix, *sets: str, duration_s: float
 ) -> tuple[SessionResult, list[dict[str, Any]]]:
     """Start the fake exchange, run a live session against it, stop the exchange."""
-    config = make_config(
-        tmp_path,
-        "feed.source=bitunix",
-        f"feed.ws_url={fake.ws_url}",
-        f"feed.rest_url={fake.rest_url}",
-        *sets,
-        duration_min=duration_s / 60,
-    )
     async with trio.open_nursery() as nursery:  # the exchange runs beside the session
-        await nursery.start(fake.run)
+        await nursery.start(fake.run)  # its URLs are known once it listens
+        config = make_config(
+            tmp_path,
+            "feed.source=bitunix",
+            f"feed.ws_url={fake.ws_url}",
+            f"feed.rest_url={fake.rest_url}",
+            *sets,
+            duration_min=duration_s / 60,
+        )
         with trio.fail_after(duration_s + 60):
             result = await run_session(config, handle_signals=False, progress_mode="off")
         nursery.cancel_scope.cancel()
