@@ -36,8 +36,10 @@ from protocols.messages import (
     Book,
     Cancel,
     Candle,
+    CandleRun,
     Event,
     EventSender,
+    FeedMessage,
     Funding,
     MarketEvent,
     Order,
@@ -800,7 +802,7 @@ def _slippage_bps(side: str, reference: float, fill: float) -> float:
 
 async def run_broker(
     account: PaperAccount,
-    market_rx: trio.MemoryReceiveChannel[MarketEvent],
+    market_rx: trio.MemoryReceiveChannel[FeedMessage],
     orders_rx: trio.MemoryReceiveChannel[Order | Cancel],
     events_tx: EventSender,
     clock: SessionClock,
@@ -814,17 +816,41 @@ async def run_broker(
         for event in events:
             await events_tx.send(event)
 
+    async def work_run(run: CandleRun) -> None:
+        """A backtest's run of candles, each worked as if it had come alone: the open quote at
+        the candle's start; then, at its end, the close quote and the candle. Nothing else falls
+        due in between (actors/feed_history.py), so the broker moves virtual time itself."""
+        for candle, (open_tick, close_tick) in zip(run.candles, run.quotes, strict=True):
+            if clock.now() < open_tick.ts:  # a gap in the data
+                clock.jump_to(open_tick.ts)
+            events = account.on_market(open_tick, clock.now())
+            if account.entries_halted_until != math.inf:
+                clock.jump_to(candle.close_ts)
+                now = clock.now()
+                events += account.on_market(close_tick, now)
+                events += account.on_market(candle, now)
+            if events:
+                await emit(events)
+            if account.entries_halted_until == math.inf:
+                # the risk gate has stopped the session at this candle: the session scope is
+                # cancelled, and alone the later candles would never have come
+                await trio.lowlevel.checkpoint_if_cancelled()
+                raise RuntimeError("the session stopped but the broker was not cancelled")
+
     async def market_loop() -> None:
         with market_rx:
-            async for event in market_rx:
+            async for message in market_rx:
                 # what else is already waiting (a candle's close quote and the candle itself) is
                 # taken in the same step: receive() would yield once per event
                 while True:
-                    events = account.on_market(event, clock.now())
-                    if events:
-                        await emit(events)
+                    if isinstance(message, CandleRun):
+                        await work_run(message)
+                    else:
+                        events = account.on_market(message, clock.now())
+                        if events:
+                            await emit(events)
                     try:
-                        event = market_rx.receive_nowait()
+                        message = market_rx.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
 

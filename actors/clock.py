@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import trio
+import trio.testing
 
 
 class SessionClock:
@@ -26,3 +27,22 @@ class SessionClock:
 
     async def sleep_until(self, ts: float) -> None:
         await trio.sleep_until(self.to_trio(ts))
+
+    def virtual(self) -> bool:
+        """Whether time is virtual and moves only when every task waits (trio's MockClock with
+        autojump, as in every backtest and replay): then `jump_to` may move it."""
+        clock = trio.lowlevel.current_clock()
+        return isinstance(clock, trio.testing.MockClock) and clock.rate == 0 and clock.autojump_threshold == 0
+
+    def jump_to(self, ts: float) -> None:
+        """Virtual time only: move the clock forward to session time `ts` at once, by autojump's
+        own arithmetic (jump by deadline - now until reached), so that time then reads exactly
+        as it would after `sleep_until(ts)`. The caller makes sure that no timer falls due
+        before `ts` and that nothing else needs to run in between. Never moves time back."""
+        clock = trio.lowlevel.current_clock()
+        assert isinstance(clock, trio.testing.MockClock)
+        target = self._trio_start + (ts - self.wall_start)
+        now = clock.current_time()
+        while now < target:
+            clock.jump(target - now)
+            now = clock.current_time()

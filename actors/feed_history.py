@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO
@@ -22,7 +24,7 @@ import trio.testing
 from loguru import logger
 
 from actors.clock import SessionClock
-from protocols.messages import Candle, MarketEvent, Tick
+from protocols.messages import Candle, CandleRun, FeedMessage, MarketEvent, Tick
 from protocols.records import market_from_record
 
 CSV_HEADER = ["open_time_ms", "open", "high", "low", "close", "volume"]
@@ -95,7 +97,7 @@ def candle_ticks(candle: Candle) -> tuple[Tick, Tick]:
     )
 
 
-async def _send(subscribers: Sequence[trio.MemorySendChannel[MarketEvent]], event: MarketEvent) -> None:
+async def _send(subscribers: Sequence[trio.MemorySendChannel[FeedMessage]], event: FeedMessage) -> None:
     for tx in subscribers:
         try:
             tx.send_nowait(event)  # room in a buffered channel: no task switch
@@ -105,7 +107,7 @@ async def _send(subscribers: Sequence[trio.MemorySendChannel[MarketEvent]], even
 
 async def _deliver(
     clock: SessionClock,
-    subscribers: Sequence[trio.MemorySendChannel[MarketEvent]],
+    subscribers: Sequence[trio.MemorySendChannel[FeedMessage]],
     ts: float,
     event: MarketEvent,
 ) -> None:
@@ -118,6 +120,13 @@ async def _deliver(
 # A clock jump is made directly only when no other deadline is this close to its target (else the
 # feed sleeps, and trio's autojump orders the wake-ups).
 JUMP_MARGIN_S = 1e-6
+# A candle joins a run only when it closes at least this long before the next timer falls due.
+RUN_MARGIN_S = 1e-3
+# The most candles handed over in one run (0: none, every candle goes alone).
+MAX_RUN = 512
+
+# How many of the coming closes certainly give the strategy no signal (`EmaCross.lookahead`).
+Lookahead = Callable[[Iterable[float]], int]
 
 
 async def _advance(clock: SessionClock, ts: float) -> None:
@@ -129,23 +138,34 @@ async def _advance(clock: SessionClock, ts: float) -> None:
     When every other task is blocked and no other deadline falls before the target or at it,
     nothing can run in between, so the feed jumps the clock itself (the same jumps autojump would
     make, to the same virtual time) and carries on. Otherwise, or under any other clock, it sleeps."""
-    target = clock.to_trio(ts)
-    mock = trio.lowlevel.current_clock()
-    if isinstance(mock, trio.testing.MockClock) and mock.rate == 0 and mock.autojump_threshold == 0:
-        now = mock.current_time()
-        if trio.lowlevel.current_statistics().seconds_to_next_deadline > target - now + JUMP_MARGIN_S:
-            while now < target:  # autojump's own arithmetic: jump by (deadline - now) until reached
-                mock.jump(target - now)
-                now = mock.current_time()
+    if clock.virtual():
+        seconds_to_target = clock.to_trio(ts) - trio.current_time()
+        if trio.lowlevel.current_statistics().seconds_to_next_deadline > seconds_to_target + JUMP_MARGIN_S:
+            clock.jump_to(ts)
             return
-    await trio.sleep_until(target)
+    await clock.sleep_until(ts)
+
+
+def _quiet_run(ahead: deque[Candle], clock: SessionClock, lookahead: Lookahead) -> int:
+    """How many of the candles `ahead` can be handed over as one run: those that close before the
+    next timer falls due (a heartbeat, an order reaching the market), up to the first one on
+    which the strategy could give a signal. Called when every actor has finished with the last
+    candle (so the strategy's state is up to date)."""
+    until = clock.now() + trio.lowlevel.current_statistics().seconds_to_next_deadline - RUN_MARGIN_S
+    n = 0
+    for candle in ahead:
+        if not candle.close_ts < until:
+            break
+        n += 1
+    return lookahead(candle.close for candle in itertools.islice(ahead, n)) if n else 0
 
 
 async def run_candle_feed(
     candles: Iterable[Candle],
     clock: SessionClock,
-    subscribers: Sequence[trio.MemorySendChannel[MarketEvent]],
+    subscribers: Sequence[trio.MemorySendChannel[FeedMessage]],
     *,
+    lookahead: Lookahead | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Actor (backtests): per candle, its open quote at its start; at its end its close quote and
@@ -156,15 +176,40 @@ async def run_candle_feed(
     finished with it, so they see the account as the candle left it (a stop or target the candle
     reached has filled). Each step waits until every actor has finished with the last
     (`wait_all_tasks_blocked`), so an order decided on a candle is worked before the next open,
-    and the result never depends on how the scheduler orders tasks."""
+    and the result never depends on how the scheduler orders tasks.
+
+    Most candles need none of that: no timer falls due while they trade and the strategy
+    decides nothing on them. With the strategy's `lookahead` (under virtual time), such candles
+    go to every subscriber as one `CandleRun`, which the broker works candle by candle exactly
+    as above, and the feed waits once for the whole run. The candle the strategy could signal
+    on, and one a timer falls within, go alone, step by step. The result is the same, event for
+    event (tests/test_replay_backtest.py)."""
     market, deciders = subscribers[:1], subscribers[1:]
     barrier = trio.testing.wait_all_tasks_blocked
+    source = iter(candles)
+    ahead: deque[Candle] = deque()
+    runs = lookahead is not None and MAX_RUN > 0 and clock.virtual()
     with ExitStack() as stack:
         for tx in subscribers:
             stack.enter_context(tx)
         task_status.started()
         count = 0
-        for candle in candles:
+        while True:
+            if len(ahead) < MAX_RUN:
+                ahead.extend(itertools.islice(source, MAX_RUN - len(ahead)))
+            if not ahead:
+                break
+            if runs:
+                assert lookahead is not None
+                n = _quiet_run(ahead, clock, lookahead)
+                if n:
+                    run = [ahead.popleft() for _ in range(n)]
+                    message = CandleRun(tuple(run), tuple(candle_ticks(candle) for candle in run))
+                    await _send(subscribers, message)
+                    await barrier()
+                    count += n
+                    continue
+            candle = ahead.popleft()
             open_tick, close_tick = candle_ticks(candle)
             if clock.now() < open_tick.ts:  # a gap in the data (every actor is idle here)
                 await _advance(clock, open_tick.ts)
@@ -193,7 +238,7 @@ def read_market_log(path: Path) -> Iterator[tuple[float, MarketEvent]]:
 async def run_replay_feed(
     records: Iterable[tuple[float, MarketEvent]],
     clock: SessionClock,
-    subscribers: Sequence[trio.MemorySendChannel[MarketEvent]],
+    subscribers: Sequence[trio.MemorySendChannel[FeedMessage]],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:

@@ -42,7 +42,15 @@ from actors.recorder import MARKET_KIND, EventSink, Recorder, create_run_folder,
 from actors.risk import RiskGate, run_risk
 from actors.strategy import EmaCross, run_strategy
 from actors.watchdog import Stopper, heartbeat_fields, run_watchdog
-from protocols.messages import Cancel, Candle, Event, EventSender, MarketEvent, Order, OrderIntent
+from protocols.messages import (
+    Cancel,
+    Candle,
+    Event,
+    EventSender,
+    FeedMessage,
+    Order,
+    OrderIntent,
+)
 
 # Stop reasons that come from the data (and so must come out the same in a replay).
 DATA_DRIVEN_STOPS = frozenset({"max_loss", "max_trades", "max_losses", "breaker", "data_end"})
@@ -308,7 +316,7 @@ async def _supervise(
 
 
 FeedStarter = Callable[
-    [Sequence[trio.MemorySendChannel[MarketEvent]], trio.TaskStatus[None]], Awaitable[None]
+    [Sequence[trio.MemorySendChannel[FeedMessage]], trio.TaskStatus[None]], Awaitable[None]
 ]
 
 
@@ -326,14 +334,20 @@ def _feed_starter(
     """The feed actor for this kind of session, as a function of its subscribers."""
 
     async def backtest(
-        subscribers: Sequence[trio.MemorySendChannel[MarketEvent]], task_status: trio.TaskStatus[None]
+        subscribers: Sequence[trio.MemorySendChannel[FeedMessage]], task_status: trio.TaskStatus[None]
     ) -> None:
         assert candles is not None and first_candle is not None
-        await run_candle_feed(_chain(first_candle, candles), clock, subscribers, task_status=task_status)
+        await run_candle_feed(
+            _chain(first_candle, candles),
+            clock,
+            subscribers,
+            lookahead=parts.strategy.lookahead,
+            task_status=task_status,
+        )
         stopper.stop("data_end", "all candles delivered")
 
     async def replay(
-        subscribers: Sequence[trio.MemorySendChannel[MarketEvent]], task_status: trio.TaskStatus[None]
+        subscribers: Sequence[trio.MemorySendChannel[FeedMessage]], task_status: trio.TaskStatus[None]
     ) -> None:
         assert plan.recording is not None
         await run_replay_feed(
@@ -341,7 +355,7 @@ def _feed_starter(
         )
 
     async def live(
-        subscribers: Sequence[trio.MemorySendChannel[MarketEvent]], task_status: trio.TaskStatus[None]
+        subscribers: Sequence[trio.MemorySendChannel[FeedMessage]], task_status: trio.TaskStatus[None]
     ) -> None:
         await run_live_feed(
             config, clock, health, parts.walk, subscribers, sink.clone(), task_status=task_status
@@ -364,7 +378,7 @@ def _chain(first: Candle, rest: Iterator[Candle]) -> Iterator[Candle]:
 
 
 async def _tap(
-    market_rx: trio.MemoryReceiveChannel[MarketEvent],
+    market_rx: trio.MemoryReceiveChannel[FeedMessage],
     sink: EventSender,
     now: Callable[[], float],
     *,
@@ -392,8 +406,8 @@ async def _run_actors(
     now = clock.now
     # a backtest feed hands over a candle's events without a task switch each (measured: +40 %)
     market_buffer = BACKTEST_MARKET_BUFFER if plan.mode == "backtest" else 0
-    strategy_market_tx, strategy_market_rx = trio.open_memory_channel[MarketEvent](market_buffer)
-    broker_market_tx, broker_market_rx = trio.open_memory_channel[MarketEvent](market_buffer)
+    strategy_market_tx, strategy_market_rx = trio.open_memory_channel[FeedMessage](market_buffer)
+    broker_market_tx, broker_market_rx = trio.open_memory_channel[FeedMessage](market_buffer)
     intents_tx, intents_rx = trio.open_memory_channel[OrderIntent](0)
     orders_tx, orders_rx = trio.open_memory_channel[Order | Cancel](0)
     # the broker first: a backtest feed gives it the quotes and each candle, and the strategy the
@@ -433,7 +447,7 @@ async def _run_actors(
             parts.strategy,
         )
         if plan.mode == "live":
-            tap_tx, tap_rx = trio.open_memory_channel[MarketEvent](0)
+            tap_tx, tap_rx = trio.open_memory_channel[FeedMessage](0)
             await actors.start(_tap, tap_rx, sink.clone(), now)
             subscribers.append(tap_tx)
         await actors.start(feed, subscribers)

@@ -8,13 +8,13 @@ bounded by `strategy.history`.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol
 
 import trio
 
 from actors.config import StrategyConfig
-from protocols.messages import Candle, Event, EventSender, MarketEvent, OrderIntent
+from protocols.messages import Candle, CandleRun, Event, EventSender, FeedMessage, OrderIntent
 
 Cross = Literal["up", "down"]
 
@@ -71,6 +71,28 @@ class EmaCross:
             return "down"
         return None
 
+    def lookahead(self, closes: Iterable[float]) -> int:
+        """How many of the coming `closes` certainly give no signal, from the state as it is now:
+        the number before the first one that would cross. The arithmetic of `update`, on copies
+        (the state is not changed); a backtest feed hands that many candles over in one run."""
+        fast_alpha, slow_alpha, period = self.fast_alpha, self.slow_alpha, self.slow_period
+        fast, slow, seen, prev = self.fast, self.slow, self.seen, self.prev_diff
+        n = 0
+        for close in closes:
+            seen += 1
+            if fast is None or slow is None:
+                fast = slow = close
+            else:
+                fast += fast_alpha * (close - fast)
+                slow += slow_alpha * (close - slow)
+            if seen >= period:
+                diff = fast - slow
+                if prev is not None and (prev < 0.0 < diff or prev > 0.0 > diff):
+                    return n
+                prev = diff
+            n += 1
+        return n
+
 
 class PositionView(Protocol):
     @property
@@ -110,7 +132,7 @@ def intents_for(
 async def run_strategy(
     config: StrategyConfig,
     view: PositionView,
-    market_rx: trio.MemoryReceiveChannel[MarketEvent],
+    market_rx: trio.MemoryReceiveChannel[FeedMessage],
     intents_tx: trio.MemorySendChannel[OrderIntent],
     events_tx: EventSender,
     now: Callable[[], float],
@@ -124,6 +146,12 @@ async def run_strategy(
     with market_rx, intents_tx, events_tx:
         task_status.started()
         async for event in market_rx:
+            if isinstance(event, CandleRun):  # a backtest's candles on which nothing is decided
+                update = ema.update
+                for candle in event.candles:
+                    if update(candle.close) is not None and not candle.backfill:
+                        raise RuntimeError(f"a signal inside a run of candles, at {candle.open_ts}")
+                continue
             if not isinstance(event, Candle):
                 continue
             cross = ema.update(event.close)

@@ -76,6 +76,26 @@ class Funding:
 
 MarketEvent = Tick | Candle | Book | Funding
 
+
+@attrs.frozen
+class CandleRun:
+    """Backtest feed -> broker, strategy: consecutive candles handed over in one message, because
+    nothing but their own market work can happen between them: no timer (a heartbeat, an order
+    reaching the market) falls due before the last one closes, and the strategy's lookahead says
+    that none of them gives a signal.
+
+    The broker works each candle as if it had come alone: its open quote at its start, then its
+    close quote and the candle at its end, moving the session's virtual clock to each of those
+    times first (`SessionClock.jump_to`); the strategy updates on each close. `quotes[i]` are the
+    open and close quotes of `candles[i]`, by the feed's convention (`actors.feed_history.candle_ticks`)."""
+
+    candles: tuple[Candle, ...]
+    quotes: tuple[tuple[Tick, Tick], ...]
+
+
+# What a feed hands to the actors: market events, and in backtests runs of candles.
+FeedMessage = MarketEvent | CandleRun
+
 OrderType = Literal["market", "limit", "stop_market"]
 
 
