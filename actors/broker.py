@@ -820,15 +820,18 @@ async def run_broker(
         """A backtest's run of candles, each worked as if it had come alone: the open quote at
         the candle's start; then, at its end, the close quote and the candle. Nothing else falls
         due in between (actors/feed_history.py), so the broker moves virtual time itself."""
+        now = clock.now()
         for candle, (open_tick, close_tick) in zip(run.candles, run.quotes, strict=True):
-            if clock.now() < open_tick.ts:  # a gap in the data
-                clock.jump_to(open_tick.ts)
-            events = account.on_market(open_tick, clock.now())
+            if now < open_tick.ts:  # a gap in the data
+                now = clock.jump_to(open_tick.ts)
+            events = account.on_market(open_tick, now)
             if account.entries_halted_until != math.inf:
-                clock.jump_to(candle.close_ts)
-                now = clock.now()
+                now = clock.jump_to(candle.close_ts)
                 events += account.on_market(close_tick, now)
-                events += account.on_market(candle, now)
+                # the candle itself only works resting orders on its range: with none resting,
+                # right after the close quote at the same instant, it could change nothing
+                if account.working:
+                    events += account.on_market(candle, now)
             if events:
                 await emit(events)
             if account.entries_halted_until == math.inf:
@@ -878,7 +881,11 @@ async def run_broker(
                 await wakeup.wait()
                 wakeup = trio.Event()
                 continue
-            await clock.sleep_until(in_flight[0][0])
+            due = in_flight[0][0]
+            if due > clock.now():
+                await clock.sleep_until(due)
+            else:  # already due (no latency): one yield, as a sleep would, without its timer
+                await trio.lowlevel.checkpoint()
             _, message = in_flight.popleft()
             if isinstance(message, Cancel):
                 await emit(account.cancel(attrs.evolve(message, ts=clock.now())))

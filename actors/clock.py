@@ -16,6 +16,7 @@ class SessionClock:
     def __init__(self, wall_start: float | None = None) -> None:
         self._trio_start = trio.current_time()
         self.wall_start = time.time() if wall_start is None else wall_start
+        self._mock: trio.testing.MockClock | None = None  # jump_to's, found on first use
 
     def now(self) -> float:
         """Seconds since the Unix epoch, on the session's clock."""
@@ -34,15 +35,20 @@ class SessionClock:
         clock = trio.lowlevel.current_clock()
         return isinstance(clock, trio.testing.MockClock) and clock.rate == 0 and clock.autojump_threshold == 0
 
-    def jump_to(self, ts: float) -> None:
+    def jump_to(self, ts: float) -> float:
         """Virtual time only: move the clock forward to session time `ts` at once, by autojump's
         own arithmetic (jump by deadline - now until reached), so that time then reads exactly
         as it would after `sleep_until(ts)`. The caller makes sure that no timer falls due
-        before `ts` and that nothing else needs to run in between. Never moves time back."""
-        clock = trio.lowlevel.current_clock()
-        assert isinstance(clock, trio.testing.MockClock)
+        before `ts` and that nothing else needs to run in between. Never moves time back.
+        Returns the session time now (what `now()` returns)."""
+        clock = self._mock
+        if clock is None:
+            current = trio.lowlevel.current_clock()
+            assert isinstance(current, trio.testing.MockClock), "jump_to needs virtual time"
+            clock = self._mock = current
         target = self._trio_start + (ts - self.wall_start)
         now = clock.current_time()
         while now < target:
             clock.jump(target - now)
             now = clock.current_time()
+        return self.wall_start + (now - self._trio_start)

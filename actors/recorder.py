@@ -23,7 +23,7 @@ from loguru import logger
 
 from actors import checkpoint
 from protocols.messages import Event
-from protocols.records import METRIC_FIELDS, ReportBuilder, dumps_line, event_record, market_record
+from protocols.records import METRIC_FIELDS, ReportBuilder, dumps_line, event_line, market_record
 
 FLUSH_EVERY_S = 1.0
 # Events that change orders, fills or positions: each is followed by a checkpoint at once.
@@ -158,8 +158,8 @@ class Recorder:
         if event.kind == MARKET_KIND:
             self._market.write(dumps_line(market_record(event.ts, event.fields["event"])) + "\n")
             return
-        record = event_record(self.seq + 1, event)
-        self._events.write(dumps_line(record) + "\n")
+        record, line = event_line(self.seq + 1, event)
+        self._events.write(line + "\n")
         self._fold(record)
         self.last_event_ts = event.ts
         if event.kind == "heartbeat":

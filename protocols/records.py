@@ -97,8 +97,23 @@ def event_record(seq: int, event: Event) -> dict[str, Any]:
     return {"seq": seq, "ts": iso(event.ts), "kind": event.kind, **_clean(event.fields)}
 
 
+def event_line(seq: int, event: Event) -> tuple[dict[str, Any], str]:
+    """`event_record` and its line (`dumps_line`), cleaning the fields only when they hold a
+    NaN or an infinity (the encoder refuses them): the same record and line, at less cost."""
+    record = {"seq": seq, "ts": iso(event.ts), "kind": event.kind, **event.fields}
+    try:
+        return record, _ENCODER.encode(record)
+    except ValueError:
+        record = event_record(seq, event)
+        return record, _ENCODER.encode(record)
+
+
+# One encoder for every line (json.dumps with options builds a new one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def dumps_line(record: dict[str, Any]) -> str:
-    return json.dumps(record, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(record)
 
 
 class ReportBuilder:
