@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 import trio
 
-from actors.clock import SessionClock
+from actors.clock import JUMP_MARGIN_S, SessionClock
 from actors.config import BrokerConfig
 from protocols.messages import (
     Book,
@@ -816,29 +816,52 @@ async def run_broker(
         for event in events:
             await events_tx.send(event)
 
+    async def move_to(ts: float, next_timer: float) -> tuple[float, float]:
+        """Virtual time to `ts`, inside a run: a jump when no timer falls due first; else a
+        sleep (what is due runs at its time, as between two candles alone) and one more yield,
+        so that what woke at the same instant has run before the broker works on. Returns the
+        time now and the next timer."""
+        if ts + JUMP_MARGIN_S < next_timer:
+            return clock.jump_to(ts), next_timer
+        await clock.sleep_until(ts)
+        await trio.lowlevel.checkpoint()
+        return clock.now(), clock.next_timer()
+
     async def work_run(run: CandleRun) -> None:
         """A backtest's run of candles, each worked as if it had come alone: the open quote at
-        the candle's start; then, at its end, the close quote and the candle. Nothing else falls
-        due in between (actors/feed_history.py), so the broker moves virtual time itself."""
-        now = clock.now()
+        the candle's start; then, at its end, the close quote and the candle. The broker moves
+        virtual time itself (`move_to`)."""
+        try:
+            await _work_run(run)
+        finally:
+            run.worked.set()
+
+    async def _work_run(run: CandleRun) -> None:
+        now, next_timer = clock.now(), clock.next_timer()
         for candle, (open_tick, close_tick) in zip(run.candles, run.quotes, strict=True):
             if now < open_tick.ts:  # a gap in the data
-                now = clock.jump_to(open_tick.ts)
+                now, next_timer = await move_to(open_tick.ts, next_timer)
             events = account.on_market(open_tick, now)
-            if account.entries_halted_until != math.inf:
-                now = clock.jump_to(candle.close_ts)
-                events += account.on_market(close_tick, now)
-                # the candle itself only works resting orders on its range: with none resting,
-                # right after the close quote at the same instant, it could change nothing
-                if account.working:
-                    events += account.on_market(candle, now)
             if events:
                 await emit(events)
             if account.entries_halted_until == math.inf:
-                # the risk gate has stopped the session at this candle: the session scope is
-                # cancelled, and alone the later candles would never have come
-                await trio.lowlevel.checkpoint_if_cancelled()
-                raise RuntimeError("the session stopped but the broker was not cancelled")
+                break
+            now, next_timer = await move_to(candle.close_ts, next_timer)
+            events = account.on_market(close_tick, now)
+            # the candle itself only works resting orders on its range: with none resting,
+            # right after the close quote at the same instant, it could change nothing
+            if account.working:
+                events += account.on_market(candle, now)
+            if events:
+                await emit(events)
+            if account.entries_halted_until == math.inf:
+                break
+        else:
+            return
+        # the risk gate has stopped the session at this candle: the session scope is cancelled,
+        # and alone the later candles would never have come
+        await trio.lowlevel.checkpoint_if_cancelled()
+        raise RuntimeError("the session stopped but the broker was not cancelled")
 
     async def market_loop() -> None:
         with market_rx:

@@ -11,6 +11,9 @@ import time
 import trio
 import trio.testing
 
+# Virtual time jumps straight to a target only when no timer falls due this close to it or before.
+JUMP_MARGIN_S = 1e-6
+
 
 class SessionClock:
     def __init__(self, wall_start: float | None = None) -> None:
@@ -34,6 +37,11 @@ class SessionClock:
         autojump, as in every backtest and replay): then `jump_to` may move it."""
         clock = trio.lowlevel.current_clock()
         return isinstance(clock, trio.testing.MockClock) and clock.rate == 0 and clock.autojump_threshold == 0
+
+    def next_timer(self) -> float:
+        """The session time at which the next timer (any task's sleep or deadline) falls due;
+        inf when there is none."""
+        return self.now() + trio.lowlevel.current_statistics().seconds_to_next_deadline
 
     def jump_to(self, ts: float) -> float:
         """Virtual time only: move the clock forward to session time `ts` at once, by autojump's

@@ -23,7 +23,7 @@ import trio
 import trio.testing
 from loguru import logger
 
-from actors.clock import SessionClock
+from actors.clock import JUMP_MARGIN_S, SessionClock
 from protocols.messages import Candle, CandleRun, FeedMessage, MarketEvent, Tick
 from protocols.records import market_from_record
 
@@ -116,11 +116,6 @@ async def _deliver(
     await trio.testing.wait_all_tasks_blocked()
 
 
-# A clock jump is made directly only when no other deadline is this close to its target (else the
-# feed sleeps, and trio's autojump orders the wake-ups).
-JUMP_MARGIN_S = 1e-6
-# A candle joins a run only when it closes at least this long before the next timer falls due.
-RUN_MARGIN_S = 1e-3
 # The most candles handed over in one run (0: none, every candle goes alone).
 MAX_RUN = 512
 
@@ -145,22 +140,6 @@ async def _advance(clock: SessionClock, ts: float) -> None:
     await clock.sleep_until(ts)
 
 
-def _plan_run(ahead: deque[Candle], clock: SessionClock, lookahead: Lookahead) -> tuple[int, int]:
-    """How the candles `ahead` can go: (timely, quiet). The first `timely` close before the next
-    timer falls due (a heartbeat, an order reaching the market); the first `quiet` of those
-    (`quiet <= timely`) certainly give the strategy no signal. Called when every actor has
-    finished with the last candle, so the strategy's state is up to date."""
-    until = clock.now() + trio.lowlevel.current_statistics().seconds_to_next_deadline - RUN_MARGIN_S
-    timely = 0
-    for candle in ahead:
-        if not candle.close_ts < until:
-            break
-        timely += 1
-    if not timely:
-        return 0, 0
-    return timely, lookahead(candle.close for candle in itertools.islice(ahead, timely))
-
-
 async def run_candle_feed(
     candles: Iterable[Candle],
     clock: SessionClock,
@@ -179,13 +158,14 @@ async def run_candle_feed(
     (`wait_all_tasks_blocked`), so an order decided on a candle is worked before the next open,
     and the result never depends on how the scheduler orders tasks.
 
-    Most candles need few of those steps: no timer falls due while they trade, and the strategy
-    decides nothing on them. With the strategy's `lookahead` (under virtual time), such candles
-    go as one `CandleRun`, which the broker works candle by candle exactly as above while the
-    strategy updates on their closes, and the feed waits once for the whole run. A candle the
-    strategy could signal on ends the broker's run and is handed to the strategy once the run
-    is worked; a candle a timer falls within goes alone, step by step. The result is the same,
-    event for event (tests/test_replay_backtest.py)."""
+    Most candles need none of that: the strategy decides nothing on them. With the strategy's
+    `lookahead` (under virtual time), the candles up to the next one it could signal on go as
+    one `CandleRun`, which the broker works candle by candle exactly as above (timers that fall
+    due in between, a heartbeat or an order reaching the market, run at their time) while the
+    strategy updates on their closes; the signal candle ends the broker's run and is handed to
+    the strategy once the run is worked. The feed waits once per run, not three times per
+    candle, and the result is the same, event for event (tests/test_replay_backtest.py).
+    """
     market, deciders = subscribers[:1], subscribers[1:]
     barrier = trio.testing.wait_all_tasks_blocked
     source = iter(candles)
@@ -201,25 +181,22 @@ async def run_candle_feed(
                 ahead.extend(itertools.islice(source, MAX_RUN - len(ahead)))
             if not ahead:
                 break
-            quiet_alone = False
             if runs:
                 assert lookahead is not None
-                timely, quiet = _plan_run(ahead, clock, lookahead)
-                if timely:
-                    run = [ahead.popleft() for _ in range(min(quiet + 1, timely))]
-                    quotes = tuple(candle_ticks(candle) for candle in run)
-                    await _send(market, CandleRun(tuple(run), quotes))
-                    if quiet:
-                        await _send(deciders, CandleRun(tuple(run[:quiet]), quotes[:quiet]))
+                quiet = lookahead(candle.close for candle in ahead)
+                run = [ahead.popleft() for _ in range(min(quiet + 1, len(ahead)))]
+                quotes = tuple(candle_ticks(candle) for candle in run)
+                market_run = CandleRun(tuple(run), quotes)
+                await _send(market, market_run)
+                if quiet:
+                    await _send(deciders, CandleRun(tuple(run[:quiet]), quotes[:quiet]))
+                await market_run.worked.wait()
+                await barrier()
+                if len(run) > quiet:  # the signal candle, decided on as the broker left it
+                    await _send(deciders, run[-1])
                     await barrier()
-                    if len(run) > quiet:  # the signal candle, decided on as the broker left it
-                        await _send(deciders, run[-1])
-                        await barrier()
-                    count += len(run)
-                    continue
-                # a timer falls within the next candle; if the strategy cannot signal on it,
-                # it may update on the candle while the broker works its close
-                quiet_alone = lookahead((ahead[0].close,)) == 1
+                count += len(run)
+                continue
             candle = ahead.popleft()
             open_tick, close_tick = candle_ticks(candle)
             if clock.now() < open_tick.ts:  # a gap in the data (every actor is idle here)
@@ -229,12 +206,9 @@ async def run_candle_feed(
             await _advance(clock, candle.close_ts)
             await _send(market, close_tick)
             await _send(market, candle)
-            if quiet_alone:
-                await _send(deciders, candle)
             await barrier()
-            if not quiet_alone:
-                await _send(deciders, candle)
-                await barrier()
+            await _send(deciders, candle)
+            await barrier()
             count += 1
         logger.info("backtest data exhausted after {} candles", count)
 

@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, Literal, Protocol
 
 import attrs
+import trio
 
 Side = Literal["buy", "sell"]
 
@@ -86,11 +87,14 @@ class CandleRun:
 
     The broker works each candle as if it had come alone: its open quote at its start, then its
     close quote and the candle at its end, moving the session's virtual clock to each of those
-    times first (`SessionClock.jump_to`); the strategy updates on each close. `quotes[i]` are the
+    times first; the strategy updates on each close. `quotes[i]` are the
     open and close quotes of `candles[i]`, by the feed's convention (`actors.feed_history.candle_ticks`)."""
 
     candles: tuple[Candle, ...]
     quotes: tuple[tuple[Tick, Tick], ...]
+    # set by the broker once it has worked the run (the feed waits on it: timers falling due
+    # inside the run make the broker sleep, so "every task is blocked" does not mean done yet)
+    worked: trio.Event = attrs.field(factory=trio.Event, eq=False, repr=False)
 
 
 # What a feed hands to the actors: market events, and in backtests runs of candles.
