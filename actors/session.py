@@ -33,7 +33,6 @@ from actors.broker import PaperAccount, run_broker
 from actors.clock import SessionClock
 from actors.config import Config, to_dict
 from actors.feed import FeedHealth, RandomWalk
-from actors.feed_bitunix import run_live_feed
 from actors.feed_history import read_candles_csv, read_market_log, run_candle_feed, run_replay_feed
 from actors.lock import SessionLock
 from actors.plan import Plan
@@ -357,6 +356,9 @@ def _feed_starter(
     async def live(
         subscribers: Sequence[trio.MemorySendChannel[FeedMessage]], task_status: trio.TaskStatus[None]
     ) -> None:
+        # imported here: the live feed's HTTP and WebSocket clients cost a backtest 0.1 s to load
+        from actors.feed_bitunix import run_live_feed
+
         await run_live_feed(
             config, clock, health, parts.walk, subscribers, sink.clone(), task_status=task_status
         )

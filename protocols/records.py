@@ -6,6 +6,7 @@ what it wrote to `events.jsonl`, and a validator can fold the file again and com
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import Counter
@@ -76,6 +77,7 @@ REPORT_FIELDS = (
 MONEY_DP = 6
 
 
+@functools.lru_cache(maxsize=64)  # the events of one step share their time
 def iso(ts: float) -> str:
     """ISO-8601 UTC with milliseconds, e.g. `2026-11-24T02:21:50.123Z`."""
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
