@@ -190,10 +190,9 @@ async def run_candle_feed(
                 if quiet:
                     await _send(deciders, CandleRun(tuple(run[:quiet]), quotes[:quiet]))
                 await market_run.worked.wait()
+                if len(run) > quiet:  # the signal candle, decided on as the broker left it (the
+                    await _send(deciders, run[-1])  # strategy takes it after its own run)
                 await barrier()
-                if len(run) > quiet:  # the signal candle, decided on as the broker left it
-                    await _send(deciders, run[-1])
-                    await barrier()
                 count += len(run)
                 continue
             candle = ahead.popleft()

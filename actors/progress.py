@@ -4,11 +4,10 @@ lines otherwise (pipes, files, containers without a TTY)."""
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console
-from rich.live import Live
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.live import Live
 
 
 def _fmt_s(seconds: float) -> str:
@@ -43,6 +42,11 @@ class Progress:
 
     def __enter__(self) -> Progress:
         if self.mode == "rich":
+            # imported here: a session without a terminal (a backtest, a container) never loads rich
+            from rich.console import Console
+            from rich.live import Live
+            from rich.text import Text
+
             self._live = Live(
                 Text(""), console=Console(file=self.stream), refresh_per_second=4, transient=False
             )
@@ -58,6 +62,8 @@ class Progress:
         if self.mode == "off":
             return
         if self._live is not None:
+            from rich.text import Text
+
             self._live.update(Text(line, style="bold"))
         else:
             self.stream.write(line + "\n")
