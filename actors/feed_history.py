@@ -170,14 +170,15 @@ async def run_candle_feed(
     source = iter(candles)
     ahead: deque[Candle] = deque()
     runs = lookahead is not None and MAX_RUN > 0 and clock.virtual()
+    read_ahead = max(MAX_RUN, 1)  # candles read ahead of the actors
     with ExitStack() as stack:
         for tx in subscribers:
             stack.enter_context(tx)
         task_status.started()
         count = 0
         while True:
-            if len(ahead) < MAX_RUN:
-                ahead.extend(itertools.islice(source, MAX_RUN - len(ahead)))
+            if len(ahead) < read_ahead:
+                ahead.extend(itertools.islice(source, read_ahead - len(ahead)))
             if not ahead:
                 break
             if runs:
