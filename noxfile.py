@@ -34,7 +34,7 @@ def lint(s: nox.Session) -> None:
 @nox.session
 def bench(s: nox.Session) -> None:
     """Throughput, memory and latency figures (docs/performance.md); `-- --quick` for a smoke run."""
-    s.install("-e", ".")
+    s.install("-e", ".[test]")  # the feed benchmark runs the fake exchange (hypercorn, a test extra)
     # the peers of ../shared/bench/peers/, pinned as measured there; a peer that cannot be
     # installed is reported as skipped
     for peer in (["numpy==2.4.6", "pandas==2.3.3"], ["nautilus_trader==1.221.0"]):
