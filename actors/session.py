@@ -55,6 +55,8 @@ from protocols.messages import (
 DATA_DRIVEN_STOPS = frozenset({"max_loss", "max_trades", "max_losses", "breaker", "data_end"})
 # Backtest market channels hold one candle's events (open quote, close quote, candle).
 BACKTEST_MARKET_BUFFER = 3
+# Under virtual time (replay, backtest) the recorder is woken once this many events wait.
+VIRTUAL_TIME_RECORDER_BATCH = 256
 # Backtests write one metrics row (a point of the equity curve) per this many candles.
 BACKTEST_HEARTBEAT_CANDLES = 60
 
@@ -157,7 +159,7 @@ async def run_session(
     parts.gate.stop = stopper.stop
     parts.gate.health = health
     parts.account.defer_to_next_quote = plan.mode == "backtest" and config.broker.backtest_fill == "next_open"
-    sink = EventSink()
+    sink = EventSink(wake_after=VIRTUAL_TIME_RECORDER_BATCH if plan.virtual_time else 1)
     candles: Iterator[Candle] | None = None
     first_candle: Candle | None = None
     if plan.mode == "backtest":
