@@ -34,7 +34,9 @@ def lint(s: nox.Session) -> None:
 @nox.session
 def bench(s: nox.Session) -> None:
     """Throughput, memory and latency figures (docs/performance.md); `-- --quick` for a smoke run."""
-    s.install("-e", ".[test]")  # the feed benchmark runs the fake exchange (hypercorn, a test extra)
+    # the feed benchmark runs the fake exchange, which needs hypercorn (of the test extra; not the
+    # whole extra: trio.testing imports pytest when it is installed, 8 MiB on every figure)
+    s.install("-e", ".", "hypercorn>=0.17")
     # the peers of ../shared/bench/peers/, pinned as measured there; a peer that cannot be
     # installed is reported as skipped
     for peer in (["numpy==2.4.6", "pandas==2.3.3"], ["nautilus_trader==1.221.0"]):
