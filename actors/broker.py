@@ -816,11 +816,13 @@ async def run_broker(
         for event in events:
             await events_tx.send(event)
 
-    async def sleep_to(ts: float) -> tuple[float, float]:
-        """Inside a run, virtual time to `ts` when a timer falls due first: a sleep (what is due
-        runs at its time, as between two candles alone), then one more yield, so that what woke
-        at the same instant has run before the broker works on. Returns the time now and the
-        next timer. With no timer due first, the broker jumps instead (`clock.jump_to`)."""
+    async def move_to(ts: float, next_timer: float) -> tuple[float, float]:
+        """Inside a run, virtual time to `ts`: a jump when no timer falls due first; else a sleep
+        (what is due runs at its time, as between two candles alone) and one more yield, so that
+        what woke at the same instant has run before the broker works on. Returns the time now
+        and the next timer."""
+        if ts + JUMP_MARGIN_S < next_timer:
+            return clock.jump_to(ts), next_timer
         await clock.sleep_until(ts)
         await trio.lowlevel.checkpoint()
         return clock.now(), clock.next_timer()
@@ -828,7 +830,7 @@ async def run_broker(
     async def work_run(run: CandleRun) -> None:
         """A backtest's run of candles, each worked as if it had come alone: the open quote at
         the candle's start; then, at its end, the close quote and the candle. The broker moves
-        virtual time itself."""
+        virtual time itself (`move_to`)."""
         try:
             await _work_run(run)
         finally:
@@ -837,22 +839,14 @@ async def run_broker(
     async def _work_run(run: CandleRun) -> None:
         now, next_timer = clock.now(), clock.next_timer()
         for candle, (open_tick, close_tick) in zip(run.candles, run.quotes, strict=True):
-            ts = open_tick.ts
-            if now < ts:  # a gap in the data
-                if ts + JUMP_MARGIN_S < next_timer:
-                    now = clock.jump_to(ts)
-                else:
-                    now, next_timer = await sleep_to(ts)
+            if now < open_tick.ts:  # a gap in the data
+                now, next_timer = await move_to(open_tick.ts, next_timer)
             events = account.on_market(open_tick, now)
             if events:
                 await emit(events)
             if account.entries_halted_until == math.inf:
                 break
-            ts = candle.close_ts
-            if ts + JUMP_MARGIN_S < next_timer:
-                now = clock.jump_to(ts)
-            else:
-                now, next_timer = await sleep_to(ts)
+            now, next_timer = await move_to(candle.close_ts, next_timer)
             events = account.on_market(close_tick, now)
             # the candle itself only works resting orders on its range: with none resting,
             # right after the close quote at the same instant, it could change nothing

@@ -163,7 +163,7 @@ async def run_candle_feed(
     due in between, a heartbeat or an order reaching the market, run at their time) while the
     strategy updates on their closes; the signal candle ends the broker's run and is handed to
     the strategy once the run is worked. The feed waits once per run, not three times per
-    candle, and the result is the same, event for event (tests/test_replay_backtest.py).
+    candle, and the result is the same, event for event (tests/test_backtest_runs.py).
     """
     market, deciders = subscribers[:1], subscribers[1:]
     barrier = trio.testing.wait_all_tasks_blocked

@@ -50,10 +50,7 @@ class EventSink:
         self._queue: deque[Event] = deque()
         self._wakeup = trio.Event()
         self._open = 1
-        # the recorder is woken once this many events wait (and always when a sender closes):
-        # 1 in live sessions; more under virtual time, where no checkpoint is written and the run
-        # folder is read only once the session has ended
-        self._wake_after = wake_after
+        self._wake_after = wake_after  # 1 in live sessions (see the class docstring)
 
     async def send(self, event: Event) -> None:  # no checkpoint, by design
         self.send_nowait(event)

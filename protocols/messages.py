@@ -80,7 +80,7 @@ MarketEvent = Tick | Candle | Book | Funding
 
 # Hot-path constructors for values already checked: they set the slots directly and skip attrs'
 # __init__ and its validators, half its cost (a backtest builds a candle and two quotes per row).
-# The objects are the same as the classes' own constructors make (tests/test_feed_history.py).
+# The objects are the same as the classes' own constructors make (tests/test_backtest_runs.py).
 _new = object.__new__
 _TICK = tuple(getattr(Tick, field.name).__set__ for field in attrs.fields(Tick))
 _CANDLE = tuple(getattr(Candle, field.name).__set__ for field in attrs.fields(Candle))

@@ -352,6 +352,12 @@ def _f(x: Any, fmt: str = ",.0f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
+def _runs_note(result: dict[str, Any]) -> str:
+    """ "median of 3 runs (a, b, c s)" when the figure is a median, else ""."""
+    runs = result.get("runs_s", ())
+    return f"median of {len(runs)} runs ({', '.join(f'{t:.2f}' for t in runs)} s)" if len(runs) > 1 else ""
+
+
 def peer_rows(results: list[dict[str, Any]]) -> list[str]:
     rows = [
         "| N bars | engine | run_s | candles/s | fills | final equity USDT | peak RSS MiB | notes |",
@@ -366,10 +372,8 @@ def peer_rows(results: list[dict[str, Any]]) -> list[str]:
                 rows.append(f"| {n} | {name} | - | - | - | - | - | skipped: {reason} |")
                 continue
             note = "run() only: CSV parse and engine setup not timed" if name == "nautilus_trader" else ""
-            if len(p.get("runs_s", ())) > 1:
-                note += (
-                    f"; median of {len(p['runs_s'])} runs ({', '.join(f'{t:.2f}' for t in p['runs_s'])} s)"
-                )
+            if _runs_note(p):
+                note += f"; {_runs_note(p)}"
             note += p.get("warning", "")
             rows.append(
                 f"| {n} | {name} {p.get('version', '').strip('-')}".rstrip()
@@ -391,9 +395,7 @@ def peer_rows(results: list[dict[str, Any]]) -> list[str]:
                 else "",
                 f"{m['candles'] / m['cpu_s']:,.0f} candles per CPU-s",
                 "timed: whole CLI run incl. CSV parse and run folder",
-                f"median of {len(m['runs_s'])} runs ({', '.join(f'{t:.2f}' for t in m['runs_s'])} s)"
-                if len(m.get("runs_s", ())) > 1
-                else "",
+                _runs_note(m),
             ]
             rows.append(
                 f"| {n} | btc-laptop-agents (actor pipeline) | {m['run_s']:.3f} | {m['candles_per_s']:,.0f} | "
@@ -450,8 +452,12 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                 "target": f"candles/s >= {SPEEDUP_TARGET:g}x NautilusTrader's, {n:,} candles",
                 "figure": (
                     f"{m['candles_per_s']:,.0f} vs {r['nautilus_trader']['bars_per_s']:,.0f} = "
-                    f"{m['x_nautilus']:.2f}x (its run() only; with its CSV load and setup, as ours "
-                    f"includes: {m.get('x_nautilus_with_load', float('nan')):.2f}x)"
+                    f"{m['x_nautilus']:.2f}x (its run() only"
+                    + (
+                        f"; with its CSV load and setup, as ours includes: {m['x_nautilus_with_load']:.2f}x)"
+                        if "x_nautilus_with_load" in m
+                        else ")"
+                    )
                     if "x_nautilus" in m
                     else "NautilusTrader not measured"
                 ),
