@@ -20,11 +20,11 @@ import trio.testing
 from loguru import logger
 
 from actors import __version__
-from actors.checkpoint import CheckpointError
 from actors.config import Config, ConfigError, build, flags_layer, load, to_toml
-from actors.feed_history import DataError
+from actors.feeds.history import DataError
 from actors.lock import SessionLocked
 from actors.plan import Plan, PlanError, find_resumable, load_recording
+from actors.recording.checkpoint import CheckpointError
 
 # flag dest -> config key: every named flag is a shortcut for one key
 FLAG_KEYS = {

@@ -28,18 +28,19 @@ import attrs
 import trio
 from loguru import logger
 
-from actors import __version__, checkpoint
-from actors.broker import PaperAccount, run_broker
+from actors import __version__
+from actors.broker.paper import PaperAccount, run_broker
 from actors.clock import SessionClock
 from actors.config import Config, to_dict
-from actors.feed import FeedHealth, RandomWalk
-from actors.feed_history import read_candles_csv, read_market_log, run_candle_feed, run_replay_feed
+from actors.feeds.history import read_candles_csv, read_market_log, run_candle_feed, run_replay_feed
+from actors.feeds.mock import FeedHealth, RandomWalk
 from actors.lock import SessionLock
 from actors.plan import Plan
 from actors.progress import Progress
-from actors.recorder import MARKET_KIND, EventSink, Recorder, create_run_folder, run_recorder
-from actors.risk import RiskGate, run_risk
-from actors.strategy import EmaCross, run_strategy
+from actors.recording import checkpoint
+from actors.recording.recorder import MARKET_KIND, EventSink, Recorder, create_run_folder, run_recorder
+from actors.risk.gate import RiskGate, run_risk
+from actors.strategies.ema_cross import EmaCross, run_strategy
 from actors.watchdog import Stopper, heartbeat_fields, run_watchdog
 from protocols.messages import (
     Cancel,
@@ -359,7 +360,7 @@ def _feed_starter(
         subscribers: Sequence[trio.MemorySendChannel[FeedMessage]], task_status: trio.TaskStatus[None]
     ) -> None:
         # imported here: the live feed's HTTP and WebSocket clients cost a backtest 0.1 s to load
-        from actors.feed_bitunix import run_live_feed
+        from actors.feeds.bitunix import run_live_feed
 
         await run_live_feed(
             config, clock, health, parts.walk, subscribers, sink.clone(), task_status=task_status

@@ -127,7 +127,7 @@ class CandleRun:
     The broker works each candle as if it had come alone: its open quote at its start, then its
     close quote and the candle at its end, moving the session's virtual clock to each of those
     times first; the strategy updates on each close. `quotes[i]` are the
-    open and close quotes of `candles[i]`, by the feed's convention (`actors.feed_history.candle_ticks`)."""
+    open and close quotes of `candles[i]`, by the feed's convention (`actors.feeds.history.candle_ticks`)."""
 
     candles: tuple[Candle, ...]
     quotes: tuple[tuple[Tick, Tick], ...]

@@ -1,6 +1,6 @@
 """Backtest runs (`CandleRun`): the feed hands the candles up to the strategy's next signal over in
 one message, and the broker works each as if it had come alone. The events must be the same, line
-for line, as candle by candle (`actors.feed_history.MAX_RUN = 0`)."""
+for line, as candle by candle (`actors.feeds.history.MAX_RUN = 0`)."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import actors.feed_history
+import actors.feeds.history
 from actors.clock import SessionClock
 from actors.config import load
-from actors.feed_history import run_candle_feed
+from actors.feeds.history import run_candle_feed
 from actors.plan import Plan
 from actors.session import run_session
-from actors.strategy import EmaCross
+from actors.strategies.ema_cross import EmaCross
 from protocols.messages import Candle, CandleRun, FeedMessage, Tick, checked_candle, quote
 from tests.conftest import read_events, read_report
 from tests.test_replay_backtest import NOT_COMPARED, PEER_JOB, write_bars
@@ -157,9 +157,9 @@ async def test_runs_give_the_same_events_as_candle_by_candle(
     else:
         write_bars(data, bars)
 
-    assert actors.feed_history.MAX_RUN > 0  # runs are on
+    assert actors.feeds.history.MAX_RUN > 0  # runs are on
     with_runs = await _backtest(tmp_path / "runs", data, sets)
-    monkeypatch.setattr(actors.feed_history, "MAX_RUN", 0)  # every candle alone: the reference
+    monkeypatch.setattr(actors.feeds.history, "MAX_RUN", 0)  # every candle alone: the reference
     single = await _backtest(tmp_path / "single", data, sets)
 
     report, reference_report = read_report(with_runs), read_report(single)
@@ -290,7 +290,7 @@ async def test_a_signal_is_never_inside_a_run(tmp_path: Path, autojump_clock: tr
     signal per cross a plain loop over the closes finds, at the same candles."""
     data = tmp_path / "bars.csv"
     write_gapped_bars(data, 3000)
-    candles = list(actors.feed_history.read_candles_csv(data, 60))
+    candles = list(actors.feeds.history.read_candles_csv(data, 60))
     ema = EmaCross(2, 5, 200)
     crosses = []
     for candle in candles:
@@ -298,7 +298,7 @@ async def test_a_signal_is_never_inside_a_run(tmp_path: Path, autojump_clock: tr
         if cross is not None:
             crosses.append((candle.open_ts, cross, candle.close))
     assert len(crosses) > 100
-    assert actors.feed_history.MAX_RUN > 0
+    assert actors.feeds.history.MAX_RUN > 0
     run_path = await _backtest(tmp_path / "runs", data, [*FAST, *LOOSE_LIMITS])
     report = read_report(run_path)
     assert (report["status"], report["stop_reason"]) == ("ok", "data_end")
@@ -314,23 +314,23 @@ async def test_a_signal_is_never_inside_a_run(tmp_path: Path, autojump_clock: tr
 def test_gapped_bars_have_gaps(tmp_path: Path) -> None:
     data = tmp_path / "bars.csv"
     write_gapped_bars(data, 2500)
-    opens = [c.open_ts for c in actors.feed_history.read_candles_csv(data, 60)]
+    opens = [c.open_ts for c in actors.feeds.history.read_candles_csv(data, 60)]
     steps = {round(b - a) for a, b in itertools.pairwise(opens)}
     assert 60 in steps and len(steps) > 5 and max(steps) >= 3 * 3600
     assert len(opens) < 2500 - 180
 
 
-@pytest.mark.parametrize("max_run", [0, 1, 7, actors.feed_history.MAX_RUN])
+@pytest.mark.parametrize("max_run", [0, 1, 7, actors.feeds.history.MAX_RUN])
 async def test_the_feed_hands_each_candle_over_once_in_order(
     tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch, max_run: int
 ) -> None:
     """The feed alone, with stand-ins for the broker and the strategy: every candle reaches each
     once, in order; with MAX_RUN = 0 each alone (the open quote, the close quote, the candle),
     otherwise in runs that end at a signal candle, which the strategy gets alone."""
-    monkeypatch.setattr(actors.feed_history, "MAX_RUN", max_run)
+    monkeypatch.setattr(actors.feeds.history, "MAX_RUN", max_run)
     data = tmp_path / "bars.csv"
     write_bars(data, 400)
-    candles = list(actors.feed_history.read_candles_csv(data, 60))
+    candles = list(actors.feeds.history.read_candles_csv(data, 60))
     clock = SessionClock(wall_start=candles[0].open_ts)
     ema = EmaCross(2, 5, 200)
     market: list[FeedMessage] = []
@@ -371,10 +371,10 @@ async def test_the_feed_hands_each_candle_over_once_in_order(
     assert worked == candles
     if max_run == 0:
         assert runs == []
-        assert market == [m for c in candles for m in (*actors.feed_history.candle_ticks(c), c)]
+        assert market == [m for c in candles for m in (*actors.feeds.history.candle_ticks(c), c)]
         assert len(alone) == len(candles)
     else:
-        assert all(r.quotes == tuple(actors.feed_history.candle_ticks(c) for c in r.candles) for r in runs)
+        assert all(r.quotes == tuple(actors.feeds.history.candle_ticks(c) for c in r.candles) for r in runs)
         assert all(len(r.candles) <= max_run for r in runs)
         assert [c for c, crossed in alone if not crossed] == []  # alone only when it signals
         assert len(alone) > 20  # the data signals
@@ -385,7 +385,7 @@ async def test_the_feed_hands_each_candle_over_once_in_order(
 async def test_the_recorder_inbox_wakes_after_a_batch_and_on_close() -> None:
     """Under virtual time the recorder's inbox wakes it once `wake_after` events wait, and always
     when the last sender closes: nothing is lost, nothing reordered."""
-    from actors.recorder import EventSink
+    from actors.recording.recorder import EventSink
     from protocols.messages import Event
 
     sink = EventSink(wake_after=3)

@@ -11,7 +11,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.broker import PaperAccount, run_broker
+from actors.broker.paper import PaperAccount, run_broker
 from actors.clock import SessionClock
 from actors.config import BrokerConfig
 from protocols.messages import Book, Cancel, Event, Funding, MarketEvent, Order, Tick

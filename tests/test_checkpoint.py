@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from actors import checkpoint
+from actors.recording import checkpoint
 
 
 def test_round_trip_and_two_generations(tmp_path: Path) -> None:

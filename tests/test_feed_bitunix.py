@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors.feed_bitunix import SendLimiter, TokenBucket
+from actors.feeds.bitunix import SendLimiter, TokenBucket
 from actors.session import SessionResult, run_session
 from tests.conftest import cli_env, make_config, read_events, read_report
 from tests.test_replay_backtest import NOT_COMPARED

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.feed_history import DataError, candle_ticks, read_candles_csv
+from actors.feeds.history import DataError, candle_ticks, read_candles_csv
 
 HEADER = "open_time_ms,open,high,low,close,volume\n"
 

@@ -16,10 +16,10 @@ import attrs
 import pytest
 import trio
 
-from actors.broker import PaperAccount
+from actors.broker.paper import PaperAccount
 from actors.config import Config
-from actors.feed import FeedHealth
-from actors.risk import WINDOW_S, Rejection, RiskGate, run_risk
+from actors.feeds.mock import FeedHealth
+from actors.risk.gate import WINDOW_S, Rejection, RiskGate, run_risk
 from actors.session import run_session
 from protocols.messages import Event, Order, OrderIntent, Tick
 from tests.conftest import TRADES_OFTEN, make_config, read_events, read_report

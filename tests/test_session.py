@@ -108,7 +108,7 @@ async def test_kill_switch_stops_within_a_second_flat(tmp_path: Path, autojump_c
 async def test_actor_failure_ends_in_error_with_report(
     tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from actors import strategy
+    from actors.strategies import ema_cross as strategy
 
     calls = 0
     real_update = strategy.EmaCross.update

@@ -68,7 +68,7 @@ def _events(run_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def count_candles(data: Path, interval_s: float = 60) -> dict[str, int]:
-    from actors.feed_history import read_candles_csv
+    from actors.feeds.history import read_candles_csv
 
     stats: dict[str, int] = {}
     for _ in read_candles_csv(data, interval_s, stats):
@@ -140,12 +140,12 @@ def _group(file: str) -> str | None:
     if "/trio/" in f:
         return "trio: memory channels and the rest of trio"
     project = {
-        "actors/broker.py": "broker actor (actors/broker.py)",
-        "actors/risk.py": "risk gate actor (actors/risk.py)",
-        "actors/strategy.py": "strategy actor (actors/strategy.py)",
-        "actors/recorder.py": "recorder: events.jsonl, metrics, report",
+        "actors/broker/paper.py": "broker (actors/broker/)",
+        "actors/risk/gate.py": "risk gate (actors/risk/)",
+        "actors/strategies/ema_cross.py": "strategy (actors/strategies/)",
+        "actors/recording/recorder.py": "recorder: events.jsonl, metrics, report",
         "protocols/records.py": "recorder: events.jsonl, metrics, report",
-        "actors/feed_history.py": "candle feed and CSV parse (actors/feed_history.py)",
+        "actors/feeds/history.py": "candle feed and CSV parse (actors/feeds/history.py)",
         "actors/watchdog.py": "watchdog, session",
         "actors/session.py": "watchdog, session",
         "actors/main.py": "start-up: CLI, config, imports",
@@ -432,11 +432,11 @@ async def run_session_live(config: Any) -> Any:
 
 
 def cmd_floor(args: argparse.Namespace) -> None:
-    from actors.broker import PaperAccount
+    from actors.broker.paper import PaperAccount
     from actors.config import load
-    from actors.feed_history import candle_ticks, read_candles_csv
-    from actors.risk import Rejection, RiskGate
-    from actors.strategy import EmaCross, intents_for
+    from actors.feeds.history import candle_ticks, read_candles_csv
+    from actors.risk.gate import Rejection, RiskGate
+    from actors.strategies.ema_cross import EmaCross, intents_for
     from protocols.messages import Event
     from protocols.records import dumps_line, event_record
 

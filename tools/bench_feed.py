@@ -47,8 +47,8 @@ from loguru import logger
 
 from actors.clock import SessionClock
 from actors.config import Config, load
-from actors.feed import FeedHealth
-from actors.feed_bitunix import BitunixFeed
+from actors.feeds.bitunix import BitunixFeed
+from actors.feeds.mock import FeedHealth
 from actors.session import run_session
 from protocols import bitunix
 from protocols.messages import Event, MarketEvent

@@ -42,7 +42,7 @@ from loguru import logger
 
 from actors.clock import SessionClock
 from actors.config import Config
-from actors.feed import FeedHealth, RandomWalk, fan_out, run_mock_feed
+from actors.feeds.mock import FeedHealth, RandomWalk, fan_out, run_mock_feed
 from protocols import bitunix
 from protocols.messages import Candle, Event, EventSender, Funding, MarketEvent, Tick
 

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from actors.broker import MIN_QTY, PaperAccount, round_lot
+from actors.broker.paper import MIN_QTY, PaperAccount, round_lot
 from actors.config import RiskConfig
 from protocols.messages import Cancel, Event, EventSender, Order, OrderIntent
 

@@ -21,7 +21,7 @@ from typing import IO, Any, Self
 import trio
 from loguru import logger
 
-from actors import checkpoint
+from actors.recording import checkpoint
 from protocols.messages import Event
 from protocols.records import METRIC_FIELDS, ReportBuilder, dumps_line, event_line, market_record
 
