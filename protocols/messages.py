@@ -1,6 +1,9 @@
-"""The frozen types actors exchange over channels. Names say who sends them.
+"""The messages components exchange: frozen attrs types carrying data only (no trio objects).
 
-Times are session-clock seconds since the Unix epoch (floats); prices in USDT; sizes in BTC.
+Each type's docstring names its direction (`OrderIntent`: strategy -> risk gate; `Order`: risk gate
+-> broker; ...). Every market event, intent, order and account figure carries its `symbol`, even
+though one symbol is traded today. Times are session-clock seconds since the Unix epoch (floats);
+prices in USDT; sizes in the contract's base asset (BTC for BTCUSDT).
 """
 
 from __future__ import annotations
@@ -9,9 +12,12 @@ from types import TracebackType
 from typing import Any, Literal, Protocol
 
 import attrs
-import trio
 
 Side = Literal["buy", "sell"]
+
+# The symbol a message is about when its maker does not say (recordings made before symbols were
+# explicit, and tests); sessions always set it from `session.symbol`.
+DEFAULT_SYMBOL = "BTCUSDT"
 
 
 def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
@@ -19,10 +25,13 @@ def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
 
 
+# --- market events: feed -> broker -> (risk gate, strategies) ------------------------------------
+
+
 @attrs.frozen
 class Tick:
-    """Feed -> strategy, broker: best bid/ask and last trade price at `ts`. Sizes are 0 when the
-    source does not say (then the broker cannot bound a fill by them)."""
+    """Feed -> broker (-> strategies): best bid/ask and last trade price at `ts`. Sizes are 0 when
+    the source does not say (then the broker cannot bound a fill by them)."""
 
     ts: float
     bid: float = attrs.field(validator=_positive)
@@ -31,6 +40,7 @@ class Tick:
     bid_qty: float = 0.0
     ask_qty: float = 0.0
     last_qty: float = 0.0
+    symbol: str = DEFAULT_SYMBOL
 
     @property
     def mid(self) -> float:
@@ -39,7 +49,7 @@ class Tick:
 
 @attrs.frozen
 class Candle:
-    """Feed -> strategy, broker: a closed candle covering [open_ts, open_ts + interval_s)."""
+    """Feed -> broker (-> strategies): a closed candle covering [open_ts, open_ts + interval_s)."""
 
     open_ts: float
     interval_s: float
@@ -51,6 +61,7 @@ class Candle:
     # history from REST (the seed at start, a gap filled after a reconnect): indicators take it,
     # nothing trades on it, the broker ignores it
     backfill: bool = False
+    symbol: str = DEFAULT_SYMBOL
 
     @property
     def close_ts(self) -> float:
@@ -64,6 +75,7 @@ class Book:
     ts: float
     bids: tuple[tuple[float, float], ...]
     asks: tuple[tuple[float, float], ...]
+    symbol: str = DEFAULT_SYMBOL
 
 
 @attrs.frozen
@@ -73,23 +85,36 @@ class Funding:
     ts: float
     mark_price: float = attrs.field(validator=_positive)
     rate_pct: float = 0.0
+    symbol: str = DEFAULT_SYMBOL
 
 
-MarketEvent = Tick | Candle | Book | Funding
+@attrs.frozen
+class FeedStatus:
+    """Feed -> broker (-> risk gate): the feed's data became stale (no data, the socket down) or
+    fresh again. The risk gate refuses entries while it is stale. A market event like the others:
+    recorded in market.jsonl, so a replay sees the same stale periods."""
+
+    ts: float
+    stale: bool
+    reason: str = ""
+    symbol: str = DEFAULT_SYMBOL
+
+
+MarketEvent = Tick | Candle | Book | Funding | FeedStatus
 
 
 # Hot-path constructors for values already checked: they set the slots directly and skip attrs'
 # __init__ and its validators, half its cost (a backtest builds a candle and two quotes per row).
-# The objects are the same as the classes' own constructors make (tests/test_backtest_runs.py).
+# The objects are the same as the classes' own constructors make (tests/test_kernel.py).
 _new = object.__new__
 _TICK = tuple(getattr(Tick, field.name).__set__ for field in attrs.fields(Tick))
 _CANDLE = tuple(getattr(Candle, field.name).__set__ for field in attrs.fields(Candle))
 
 
-def quote(ts: float, price: float) -> Tick:
-    """The quote `Tick(ts, price, price, price)` (sizes unknown), for a price known to be > 0."""
+def quote(ts: float, price: float, symbol: str = DEFAULT_SYMBOL) -> Tick:
+    """The quote `Tick(ts, price, price, price, symbol=symbol)` (sizes unknown), for a price > 0."""
     tick = _new(Tick)
-    set_ts, set_bid, set_ask, set_last, set_bid_qty, set_ask_qty, set_last_qty = _TICK
+    set_ts, set_bid, set_ask, set_last, set_bid_qty, set_ask_qty, set_last_qty, set_symbol = _TICK
     set_ts(tick, ts)
     set_bid(tick, price)
     set_ask(tick, price)
@@ -97,15 +122,25 @@ def quote(ts: float, price: float) -> Tick:
     set_bid_qty(tick, 0.0)
     set_ask_qty(tick, 0.0)
     set_last_qty(tick, 0.0)
+    set_symbol(tick, symbol)
     return tick
 
 
 def checked_candle(
-    open_ts: float, interval_s: float, open: float, high: float, low: float, close: float, volume: float
+    open_ts: float,
+    interval_s: float,
+    open: float,
+    high: float,
+    low: float,
+    close: float,
+    volume: float,
+    symbol: str = DEFAULT_SYMBOL,
 ) -> Candle:
-    """`Candle(open_ts, interval_s, open, high, low, close, volume)`, for prices known to be > 0."""
+    """`Candle(open_ts, interval_s, open, high, low, close, volume, symbol=symbol)`, for prices > 0."""
     candle = _new(Candle)
-    set_open_ts, set_interval, set_open, set_high, set_low, set_close, set_volume, set_backfill = _CANDLE
+    set_open_ts, set_interval, set_open, set_high, set_low, set_close, set_volume, set_backfill, set_symbol = (
+        _CANDLE
+    )
     set_open_ts(candle, open_ts)
     set_interval(candle, interval_s)
     set_open(candle, open)
@@ -114,41 +149,97 @@ def checked_candle(
     set_close(candle, close)
     set_volume(candle, volume)
     set_backfill(candle, False)
+    set_symbol(candle, symbol)
     return candle
 
 
+# --- the account: broker -> risk gate, strategies --------------------------------------------------
+
+
 @attrs.frozen
-class CandleRun:
-    """Backtest feed -> broker, strategy: consecutive candles handed over in one message, because
-    nothing but their own market work can happen between them: no timer (a heartbeat, an order
-    reaching the market) falls due before the last one closes, and the strategy's lookahead says
-    that none of them gives a signal.
+class Position:
+    """One symbol's position in an account snapshot. `processed_signed_qty`: the signed size of
+    every order of the risk gate's the broker has finished with (filled, refused or cancelled), so
+    the gate can tell which of its orders are still on their way."""
 
-    The broker works each candle as if it had come alone: its open quote at its start, then its
-    close quote and the candle at its end, moving the session's virtual clock to each of those
-    times first; the strategy updates on each close. `quotes[i]` are the
-    open and close quotes of `candles[i]`, by the feed's convention (`actors.feeds.history.candle_ticks`)."""
-
-    candles: tuple[Candle, ...]
-    quotes: tuple[tuple[Tick, Tick], ...]
-    # set by the broker once it has worked the run (the feed waits on it: timers falling due
-    # inside the run make the broker sleep, so "every task is blocked" does not mean done yet)
-    worked: trio.Event = attrs.field(factory=trio.Event, eq=False, repr=False)
+    symbol: str
+    qty: float  # signed
+    avg_price: float
+    processed_signed_qty: float = 0.0
 
 
-# What a feed hands to the actors: market events, and in backtests runs of candles.
-FeedMessage = MarketEvent | CandleRun
+@attrs.frozen
+class AccountSnapshot:
+    """Broker -> risk gate, strategies: the account as it was at `ts`, frozen. It travels with the
+    messages that need it (`AccountUpdate`, `MarketView`, and so `OrderIntent` decisions): nobody
+    reads the broker's live state. `symbol` is the session's symbol; its position is `position`."""
+
+    ts: float
+    symbol: str
+    starting_equity: float
+    equity: float
+    realized_pnl: float
+    unrealized_pnl: float
+    fees_paid: float
+    funding_paid: float
+    drawdown_pct: float
+    mark_price: float | None
+    positions: tuple[Position, ...]
+    open_orders: int = 0
+    stale: bool = False  # the feed's data is stale (FeedStatus)
+
+    def position(self, symbol: str | None = None) -> Position:
+        symbol = symbol or self.symbol
+        for p in self.positions:
+            if p.symbol == symbol:
+                return p
+        return Position(symbol, 0.0, 0.0)
+
+    @property
+    def position_qty(self) -> float:
+        return self.position().qty
+
+
+@attrs.frozen
+class ClosedTrade:
+    """Inside `AccountUpdate`: a position that closed, with its net result (PnL after fees)."""
+
+    symbol: str
+    net_pnl: float
+    strategy_id: str = ""
+
+
+@attrs.frozen
+class AccountUpdate:
+    """Broker -> risk gate: the account changed in a way the gate asked to hear about (its
+    `RiskWatch`), or trades closed. The gate answers with risk commands, or nothing."""
+
+    ts: float
+    account: AccountSnapshot
+    closed: tuple[ClosedTrade, ...] = ()
+
+
+@attrs.frozen
+class MarketView:
+    """Broker -> risk gate -> strategies: a market event the broker has worked, with the account
+    as the broker and the gate's reactions left it."""
+
+    event: MarketEvent
+    account: AccountSnapshot
+
+
+# --- orders: strategy -> risk gate -> broker --------------------------------------------------------
 
 OrderType = Literal["market", "limit", "stop_market"]
 
 
 @attrs.frozen
 class OrderIntent:
-    """Strategy -> risk: what the strategy wants; the risk gate decides whether and how much.
+    """Strategy -> risk gate: what the strategy wants; the gate decides whether and how much.
 
     An entry states its stop (and optionally its target): the gate sizes it from the risk per
     trade and the stop distance, and the broker attaches them as protective orders. `qty` is the
-    strategy's own size, used when `strategy.sizing = "fixed"` and for exits."""
+    strategy's own size, used when `risk.sizing = "fixed"` and for exits."""
 
     ts: float
     side: Side
@@ -162,11 +253,13 @@ class OrderIntent:
     post_only: bool = False
     stop_price: float | None = None
     target_price: float | None = None
+    strategy_id: str = ""
+    symbol: str = DEFAULT_SYMBOL
 
 
 @attrs.frozen
 class Order:
-    """Risk -> broker (or the broker itself, for protective orders): an approved order.
+    """Risk gate -> broker (or the broker itself, for protective orders): an approved order.
 
     `ts` is when it was sent; it reaches the market after the broker's latency."""
 
@@ -184,6 +277,8 @@ class Order:
     stop_price: float | None = None
     target_price: float | None = None
     protective: bool = False
+    strategy_id: str = ""
+    symbol: str = DEFAULT_SYMBOL
 
     @property
     def signed_qty(self) -> float:
@@ -192,16 +287,67 @@ class Order:
 
 @attrs.frozen
 class Cancel:
-    """Risk -> broker: cancel a working order."""
+    """Risk gate -> broker: cancel a working order."""
 
     order_id: str
     ts: float
     reason: str
 
 
+# --- risk commands: risk gate -> broker (and the session) ------------------------------------------
+
+
+@attrs.frozen
+class Flatten:
+    """Risk gate -> broker: cancel every working order and close every position at once, through
+    the normal fill path (fees and slippage apply)."""
+
+    ts: float
+    reason: str
+    order_id: str
+
+
+@attrs.frozen
+class HaltEntries:
+    """Risk gate -> broker: refuse entries that reach the market before `until` (exits and
+    protective orders still work)."""
+
+    ts: float
+    until: float
+    reason: str
+
+
+@attrs.frozen
+class StopSession:
+    """Risk gate -> broker and the session: stop the session with this reason. The broker refuses
+    every entry from now on; the runtime ends the session after the current step."""
+
+    ts: float
+    reason: str
+    detail: str = ""
+
+
+@attrs.frozen
+class RiskWatch:
+    """Risk gate -> broker: send an `AccountUpdate` after a mark that leaves equity at or below
+    `equity_floor`, after the first mark at or after `check_at`, and whenever a trade closes."""
+
+    ts: float
+    equity_floor: float
+    check_at: float
+
+
+RiskCommand = Flatten | HaltEntries | StopSession | RiskWatch
+# What the broker takes besides market events.
+BrokerInput = Order | Cancel | RiskCommand
+
+
+# --- records ---------------------------------------------------------------------------------------
+
+
 @attrs.frozen
 class Event:
-    """Any actor -> recorder: one line of events.jsonl (the recorder adds `seq`)."""
+    """Any component -> recorder: one line of events.jsonl (the recorder adds `seq`)."""
 
     ts: float
     kind: str

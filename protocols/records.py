@@ -15,7 +15,7 @@ from typing import Any
 
 import cattrs
 
-from protocols.messages import Book, Candle, Event, Funding, MarketEvent, Tick
+from protocols.messages import Book, Candle, Event, FeedStatus, Funding, MarketEvent, Tick
 
 METRIC_FIELDS = (
     "ts",
@@ -249,7 +249,13 @@ class ReportBuilder:
 
 # --- market.jsonl: every market event the session acted on, with its arrival time (for --replay) ---
 
-MARKET_TYPES: dict[str, type] = {"tick": Tick, "candle": Candle, "funding": Funding, "book": Book}
+MARKET_TYPES: dict[str, type] = {
+    "tick": Tick,
+    "candle": Candle,
+    "funding": Funding,
+    "book": Book,
+    "feed_status": FeedStatus,
+}
 _market_converter = cattrs.Converter()
 
 
