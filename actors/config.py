@@ -278,6 +278,11 @@ class ObservabilityConfig:
         _choice("auto", "plain", "off"),
     )
     log_level: str = key("INFO", "console log level", _choice("DEBUG", "INFO", "WARNING", "ERROR"))
+    backtest_heartbeat_candles: int = key(
+        60,
+        "backtests: one heartbeat (metrics row, a point of the equity curve) per this many candles",
+        _num(ge=1),
+    )
 
 
 @attrs.frozen

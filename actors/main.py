@@ -15,8 +15,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import trio
-import trio.testing
 from loguru import logger
 
 from actors import __version__
@@ -81,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--replay", metavar="RUN", help="re-run a recorded session (run folder or its events.jsonl)"
     )
     p.add_argument(
+        "--runtime",
+        choices=["kernel", "actors"],
+        default="kernel",
+        help="backtests and replays: kernel (default: a plain loop over the data) or actors (the "
+        "live Trio actors on the data's clock, the same events)",
+    )
+    p.add_argument(
         "--fresh", action="store_true", help="start a new session even if runs/latest is unfinished"
     )
     p.add_argument("--resume", metavar="RUN_ID", help="resume this unfinished session of the run dir")
@@ -97,14 +102,16 @@ def _plan(args: argparse.Namespace, config: Config) -> Plan:
     """The kind of session the flags ask for; PlanError when they contradict each other."""
     if args.replay and (args.mode == "backtest" or args.data or args.resume):
         raise PlanError("--replay cannot be combined with --mode backtest, --data or --resume")
+    if args.runtime != "kernel" and not (args.replay or args.mode == "backtest"):
+        raise PlanError("--runtime is only for --mode backtest and --replay")
     if args.replay:
-        return Plan(mode="replay", recording=load_recording(Path(args.replay)))
+        return Plan(mode="replay", recording=load_recording(Path(args.replay)), runtime=args.runtime)
     if args.mode == "backtest":
         if not args.data:
             raise PlanError("--mode backtest needs --data FILE")
         if not Path(args.data).is_file():
             raise PlanError(f"--data: file not found: {args.data}")
-        return Plan(mode="backtest", data=args.data)
+        return Plan(mode="backtest", data=args.data, runtime=args.runtime)
     if args.data:
         raise PlanError("--data is only for --mode backtest")
     if args.fresh and args.resume:
@@ -152,11 +159,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if plan.resume is not None:
         logger.warning("resuming unfinished session {} (start a new one with --fresh)", plan.resume.name)
 
-    from actors.session import run_session
+    from actors.session import Session, run_session
 
-    clock = trio.testing.MockClock(autojump_threshold=0) if plan.virtual_time else None
     try:
-        result = trio.run(partial(run_session, config, plan=plan), clock=clock)
+        if plan.virtual_time and plan.runtime == "kernel":
+            result = Session(config, plan).run_kernel()  # no trio: a plain loop over the data
+        else:
+            import trio
+
+            from actors.clock import VirtualClock
+
+            clock = VirtualClock() if plan.virtual_time else None
+            result = trio.run(partial(run_session, config, plan=plan), clock=clock)
     except (SessionLocked, CheckpointError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -44,6 +44,9 @@ class Plan:
     resume: Path | None = None  # live: the run folder to resume
     data: str | None = None  # backtest: a candle file, or bitunix:SYMBOL:INTERVAL:START:END
     recording: Recording | None = None  # replay
+    # backtests and replays: "kernel" (the default, a plain loop) or "actors" (the live Trio actors
+    # on the data's clock, to check one against the other)
+    runtime: Literal["kernel", "actors"] = "kernel"
 
     @property
     def virtual_time(self) -> bool:

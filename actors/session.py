@@ -1,16 +1,25 @@
-"""The session: one root nursery, the actors wired by bounded channels, stopping and flattening.
+"""A session, built from the plan: its components, its runtime, its wiring and its ending.
 
-```
-root nursery
-  recorder                           (outlives the session scope: it writes the final report)
-  session scope (watchdog cancels it with a reason)
-    actors nursery: watchdog, broker, risk, strategy, feed
-  flatten-on-exit, shielded with a timeout, through the broker's normal fill path
+The components (actors/broker, actors/risk, actors/strategies) are the same in every kind of
+session; what differs is the runtime that moves messages between them:
+
+- **actors** (live sessions, new or resumed): one Trio nursery of actors over bounded channels.
+
+  ```
+  root nursery
+    recorder                          (outlives the rest: it writes the final report)
+    actors nursery: strategies, risk gate, broker   (end when their input channel closes)
+      session scope (the watchdog cancels it, with the first reason)
+        watchdog, feed               (the feed's channel closes when the scope ends)
+  flatten-on-exit on the broker component, shielded with a timeout
   session.stopped -> recorder closes -> final_report.json
-```
+  ```
 
-A session is live (new or resumed from its checkpoint), a replay of a recorded run, or a backtest
-over a candle file; the last two run on the data's clock (see actors/feed_history.py).
+- **kernel** (backtests and replays): actors/kernel.py, a plain loop over the data.
+
+`Session` owns the choices (clock, run folder, heartbeat period, which feed); tests and the
+benchmark pass stand-ins as arguments (`feed=...`, `runtime=...`). `run_session` is the entry
+point the CLI and the tests use.
 """
 
 from __future__ import annotations
@@ -19,47 +28,34 @@ import math
 import os
 import random
 import traceback
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
-import trio
 from loguru import logger
 
 from actors import __version__
-from actors.broker.paper import PaperAccount, run_broker
-from actors.clock import SessionClock
+from actors.broker.paper import PaperBroker
 from actors.config import Config, to_dict
-from actors.feeds.history import read_candles_csv, read_market_log, run_candle_feed, run_replay_feed
+from actors.feeds.history import candle_steps, read_candles_csv, read_market_log
 from actors.feeds.mock import FeedHealth, RandomWalk
+from actors.kernel import Kernel, Stopped
 from actors.lock import SessionLock
 from actors.plan import Plan
-from actors.progress import Progress
 from actors.recording import checkpoint
-from actors.recording.recorder import MARKET_KIND, EventSink, Recorder, create_run_folder, run_recorder
-from actors.risk.gate import RiskGate, run_risk
-from actors.strategies.ema_cross import EmaCross, run_strategy
-from actors.watchdog import Stopper, heartbeat_fields, run_watchdog
-from protocols.messages import (
-    Cancel,
-    Candle,
-    Event,
-    EventSender,
-    FeedMessage,
-    Order,
-    OrderIntent,
-)
+from actors.recording.recorder import Recorder, create_run_folder
+from actors.risk.gate import RiskGate
+from actors.strategies.base import Strategy, build_strategy
+from protocols.messages import Candle, Event, MarketEvent
 
 # Stop reasons that come from the data (and so must come out the same in a replay).
-DATA_DRIVEN_STOPS = frozenset({"max_loss", "max_trades", "max_losses", "breaker", "data_end"})
-# Backtest market channels hold one candle's events (open quote, close quote, candle).
-BACKTEST_MARKET_BUFFER = 3
-# Under virtual time (replay, backtest) the recorder is woken once this many events wait.
-VIRTUAL_TIME_RECORDER_BATCH = 256
-# Backtests write one metrics row (a point of the equity curve) per this many candles.
-BACKTEST_HEARTBEAT_CANDLES = 60
+DATA_DRIVEN_STOPS = frozenset(
+    {"max_loss", "max_trades", "max_losses", "breaker", "data_end", "session_stopping"}
+)
+
+Runtime = Literal["actors", "kernel"]
 
 
 @attrs.frozen
@@ -83,55 +79,6 @@ def new_run_id(now: float, seed: int, run_dir: Path, prefix: str = "") -> str:
 
 
 @attrs.define
-class Parts:
-    """Every stateful part of a session: what a checkpoint holds and a resume restores."""
-
-    account: PaperAccount
-    gate: RiskGate
-    strategy: EmaCross
-    walk: RandomWalk
-    rngs: dict[str, random.Random]
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "account": self.account.snapshot(),
-            "risk": self.gate.snapshot(),
-            "strategy": self.strategy.snapshot(),
-            "feed": self.walk.snapshot(),
-            "rngs": {name: _rng_state(rng) for name, rng in self.rngs.items()},
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.account.restore(state["account"])
-        self.gate.restore(state["risk"])
-        self.strategy.restore(state["strategy"])
-        self.walk.restore(state["feed"])
-        for name, rng_state in state["rngs"].items():
-            self.rngs[name].setstate((rng_state[0], tuple(rng_state[1]), rng_state[2]))
-
-
-def _rng_state(rng: random.Random) -> list[Any]:
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]
-
-
-def build_parts(config: Config) -> Parts:
-    """The session's one seeded generator hands each part its own stream, in a fixed order, so
-    no part's draws depend on how the scheduler interleaves the others."""
-    root = random.Random(config.session.seed)
-    rngs = {name: random.Random(root.getrandbits(64)) for name in ("feed", "broker")}
-    account = PaperAccount(config.broker, rngs["broker"])
-    s = config.strategy
-    return Parts(
-        account=account,
-        gate=RiskGate(config.risk, account),
-        strategy=EmaCross(s.fast_period, s.slow_period, s.history),
-        walk=RandomWalk(config.feed, rngs["feed"]),
-        rngs=rngs,
-    )
-
-
-@attrs.define
 class Timeline:
     """When the session started and must end, on the session clock, and what it reports."""
 
@@ -145,99 +92,74 @@ class Timeline:
         return self.started_ts + self.duration_s
 
 
-async def run_session(
-    config: Config,
-    *,
-    plan: Plan | None = None,
-    handle_signals: bool = True,
-    progress_mode: str | None = None,
-) -> SessionResult:
-    """Run one session to its end; always returns with the report written (status ok or error)."""
-    plan = plan or Plan()
-    parts = build_parts(config)
-    stopper = Stopper()
-    health = FeedHealth(data_source=config.feed.source)
-    parts.gate.stop = stopper.stop
-    parts.gate.health = health
-    parts.account.defer_to_next_quote = plan.mode == "backtest" and config.broker.backtest_fill == "next_open"
-    sink = EventSink(wake_after=VIRTUAL_TIME_RECORDER_BATCH if plan.virtual_time else 1)
-    candles: Iterator[Candle] | None = None
-    first_candle: Candle | None = None
-    if plan.mode == "backtest":
-        assert plan.data is not None
-        candles = read_candles_csv(Path(plan.data), config.interval_s)
-        first_candle = next(candles, None)
-        if first_candle is None:
-            raise ValueError(f"--data {plan.data}: no candles")
-    if plan.mode == "replay":
-        assert plan.recording is not None
-        clock = SessionClock(wall_start=plan.recording.started_ts)
-    elif first_candle is not None:
-        clock = SessionClock(wall_start=first_candle.open_ts)
-    else:
-        clock = SessionClock()
+@attrs.define
+class Parts:
+    """Every stateful part of a session: what a checkpoint holds and a resume restores."""
 
-    run_dir = Path(config.session.run_dir)
-    resume_state: dict[str, Any] | None = None
-    if plan.resume is not None:
-        run_path = plan.resume
-        loaded = checkpoint.load(run_path)
-        for problem in loaded.problems:
-            logger.error("checkpoint alert: {} - resuming from {}", problem, loaded.path.name)
-        resume_state = loaded.state
-        timeline = Timeline(**{**resume_state["session"], "resumed_seq": resume_state["seq"]})
-        parts.restore(resume_state["parts"])
-    else:
-        prefix = {"live": "", "replay": "replay-", "backtest": "backtest-"}[plan.mode]
-        run_path = create_run_folder(run_dir, new_run_id(clock.now(), config.session.seed, run_dir, prefix))
-        timeline = Timeline(clock.now(), *_duration_and_source(config, plan))
+    broker: PaperBroker
+    gate: RiskGate
+    strategies: list[Strategy]
+    walk: RandomWalk
+    rngs: dict[str, random.Random]
 
-    with SessionLock(run_path):
-        recorder = Recorder(run_path, resume_seq=timeline.resumed_seq if resume_state else None)
-        if not plan.virtual_time:
-            recorder.checkpoint_state = lambda: {"session": attrs.asdict(timeline), "parts": parts.snapshot()}
-            recorder.checkpoint_interval_s = config.state.checkpoint_interval_s
-        async with trio.open_nursery() as root:
-            await root.start(run_recorder, recorder, sink)
-            with sink:
-                if resume_state is None:
-                    await sink.send(_started_event(config, run_path.name, timeline))
-                else:
-                    await sink.send(
-                        _resumed_event(clock, recorder, parts.account, loaded.path.name, loaded.problems)
-                    )
-                status = await _supervise(
-                    config,
-                    plan,
-                    clock,
-                    parts,
-                    timeline,
-                    stopper,
-                    sink,
-                    candles,
-                    first_candle,
-                    handle_signals,
-                    progress_mode,
-                    health,
-                )
-                if plan.mode == "live":
-                    timeline.data_source = health.data_source
-                await _flatten_and_stop(config, clock, parts.account, sink, timeline, status, stopper, health)
-    assert recorder.report is not None
-    return SessionResult(run_path, recorder.report)
+    def state(self) -> dict[str, Any]:
+        return {
+            "account": self.broker.state(),
+            "risk": self.gate.state(),
+            "strategy": self.strategies[0].state() if len(self.strategies) == 1 else None,
+            "strategies": {s.id: s.state() for s in self.strategies},
+            "feed": self.walk.snapshot(),
+            "rngs": {name: _rng_state(rng) for name, rng in self.rngs.items()},
+        }
+
+    def restore(self, state: dict[str, Any], now: float) -> None:
+        self.broker.restore(state["account"])
+        self.gate.restore(state["risk"], self.broker.snapshot(now))
+        by_id = state.get("strategies") or {}
+        for strategy in self.strategies:
+            saved = by_id.get(strategy.id, state.get("strategy") if len(self.strategies) == 1 else None)
+            if saved is not None:
+                strategy.restore(saved)
+        self.walk.restore(state["feed"])
+        for name, rng_state in state["rngs"].items():
+            self.rngs[name].setstate((rng_state[0], tuple(rng_state[1]), rng_state[2]))
 
 
-def _duration_and_source(config: Config, plan: Plan) -> tuple[float, str]:
-    if plan.mode == "backtest":
-        return math.inf, f"backtest: {plan.data}"
-    if plan.mode == "replay":
-        assert plan.recording is not None
-        r = plan.recording
-        return r.ended_ts - r.started_ts, f"replay of {r.run_id}"
-    return config.session.duration_min * 60, config.feed.source
+def _rng_state(rng: random.Random) -> list[Any]:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
 
 
-def _started_event(config: Config, run_id: str, timeline: Timeline) -> Event:
+def build_parts(
+    config: Config, timeline: Timeline, *, heartbeat_s: float, defer_to_next_quote: bool
+) -> Parts:
+    """The session's one seeded generator hands each part its own stream, in a fixed order, so
+    no part's draws depend on how the others are scheduled."""
+    root = random.Random(config.session.seed)
+    rngs = {name: random.Random(root.getrandbits(64)) for name in ("feed", "broker")}
+    symbol = config.session.symbol.upper()
+    broker = PaperBroker(
+        config.broker,
+        rngs["broker"],
+        symbol=symbol,
+        heartbeat_s=heartbeat_s,
+        started_ts=timeline.started_ts,
+        end_ts=timeline.end_ts,
+        defer_to_next_quote=defer_to_next_quote,
+    )
+    return Parts(
+        broker=broker,
+        gate=RiskGate(config.risk, config.broker.starting_equity),
+        strategies=[build_strategy(config.strategy, config.strategy.name, symbol)],
+        walk=RandomWalk(config.feed, rngs["feed"]),
+        rngs=rngs,
+    )
+
+
+# --- the events that open and close a session -------------------------------------------------------
+
+
+def started_event(config: Config, run_id: str, timeline: Timeline) -> Event:
     return Event(
         timeline.started_ts,
         "session.started",
@@ -253,16 +175,15 @@ def _started_event(config: Config, run_id: str, timeline: Timeline) -> Event:
             "starting_equity": config.broker.starting_equity,
             "config": to_dict(config),
             "version": __version__,
-            "pid": _pid(),
+            "pid": os.getpid(),
         },
     )
 
 
-def _resumed_event(
-    clock: SessionClock, recorder: Recorder, account: PaperAccount, generation: str, problems: list[str]
+def resumed_event(
+    now: float, recorder: Recorder, broker: PaperBroker, generation: str, problems: list[str]
 ) -> Event:
     """Records the downtime and the restored account, so a reader can check it continues the log."""
-    now = clock.now()
     return Event(
         now,
         "session.resumed",
@@ -271,105 +192,49 @@ def _resumed_event(
             "checkpoint": generation,
             "checkpoint_problems": problems,
             "discarded_events": recorder.discarded_events,
-            "position_qty": round(account.position_qty, 8),
-            "realized_pnl": account.realized_pnl,
-            "fees_paid": account.fees_paid,
-            "pid": _pid(),
+            "position_qty": round(broker.position_qty, 8),
+            "realized_pnl": broker.realized_pnl,
+            "fees_paid": broker.fees_paid,
+            "pid": os.getpid(),
         },
     )
 
 
-def _pid() -> int:
-    return os.getpid()
-
-
-async def _supervise(
-    config: Config,
-    plan: Plan,
-    clock: SessionClock,
-    parts: Parts,
+def closing_events(
+    broker: PaperBroker,
     timeline: Timeline,
-    stopper: Stopper,
-    sink: EventSink,
-    candles: Iterator[Candle] | None,
-    first_candle: Candle | None,
-    handle_signals: bool,
-    progress_mode: str | None,
-    health: FeedHealth,
-) -> str:
-    """Run the actors until the session is stopped; returns the status ("ok" or "error")."""
-    mode = "off" if plan.virtual_time else (progress_mode or config.observability.progress)
-    status = "ok"
-    with Progress(mode) as progress:
-        try:
-            with stopper.scope:
-                feed = _feed_starter(config, plan, clock, parts, stopper, sink, candles, first_candle, health)
-                await _run_actors(
-                    config, plan, clock, parts, timeline, stopper, sink, progress, handle_signals, feed
-                )
-        except* Exception as group:
-            stopper.stop("error", "; ".join(repr(e) for e in group.exceptions))
-            logger.error("session failed:\n{}", "".join(traceback.format_exception(group)))
-            await sink.send(Event(clock.now(), "error", {"where": "session", "message": stopper.detail}))
-            status = "error"
-    if stopper.reason is None:
-        stopper.reason = "feed_ended"
-    return status
-
-
-FeedStarter = Callable[
-    [Sequence[trio.MemorySendChannel[FeedMessage]], trio.TaskStatus[None]], Awaitable[None]
-]
-
-
-def _feed_starter(
-    config: Config,
-    plan: Plan,
-    clock: SessionClock,
-    parts: Parts,
-    stopper: Stopper,
-    sink: EventSink,
-    candles: Iterator[Candle] | None,
-    first_candle: Candle | None,
-    health: FeedHealth,
-) -> FeedStarter:
-    """The feed actor for this kind of session, as a function of its subscribers."""
-
-    async def backtest(
-        subscribers: Sequence[trio.MemorySendChannel[FeedMessage]], task_status: trio.TaskStatus[None]
-    ) -> None:
-        assert candles is not None and first_candle is not None
-        await run_candle_feed(
-            _chain(first_candle, candles),
-            clock,
-            subscribers,
-            lookahead=parts.strategy.lookahead,
-            task_status=task_status,
+    ended: float,
+    status: str,
+    reason: str,
+    detail: str,
+    feed_down_s: float,
+) -> list[Event]:
+    """Flatten-on-exit through the broker's normal fill path, a last metrics row with the flat,
+    final account, and `session.stopped`."""
+    events = broker.flatten(ended, "flatten_on_exit", "flatten-1")
+    events.append(Event(ended, "heartbeat", broker.heartbeat_fields(ended)))
+    events.append(
+        Event(
+            ended,
+            "session.stopped",
+            {
+                "status": status,
+                "stop_reason": reason,
+                "detail": detail,
+                "elapsed_s": round(ended - timeline.started_ts, 3),
+                "data_source": timeline.data_source,
+                "feed_down_s": round(feed_down_s, 3),
+                "ending_equity": round(broker.equity, 6),
+                "unrealized_pnl": round(broker.unrealized_pnl, 6),
+                "max_drawdown_pct": round(broker.max_drawdown_pct, 4),
+                "open_positions": broker.open_positions(),
+            },
         )
-        stopper.stop("data_end", "all candles delivered")
-
-    async def replay(
-        subscribers: Sequence[trio.MemorySendChannel[FeedMessage]], task_status: trio.TaskStatus[None]
-    ) -> None:
-        assert plan.recording is not None
-        await run_replay_feed(
-            read_market_log(plan.recording.market_path), clock, subscribers, task_status=task_status
-        )
-
-    async def live(
-        subscribers: Sequence[trio.MemorySendChannel[FeedMessage]], task_status: trio.TaskStatus[None]
-    ) -> None:
-        # imported here: the live feed's HTTP and WebSocket clients cost a backtest 0.1 s to load
-        from actors.feeds.bitunix import run_live_feed
-
-        await run_live_feed(
-            config, clock, health, parts.walk, subscribers, sink.clone(), task_status=task_status
-        )
-
-    return {"backtest": backtest, "replay": replay, "live": live}[plan.mode]
+    )
+    return events
 
 
-def _end_reason(plan: Plan) -> str:
+def end_reason(plan: Plan) -> str:
     """A replay ends when its original did, for the original's reason unless the data caused it
     (then the replay reaches that reason itself)."""
     if plan.recording is not None and plan.recording.stop_reason not in DATA_DRIVEN_STOPS:
@@ -377,121 +242,159 @@ def _end_reason(plan: Plan) -> str:
     return "duration"
 
 
-def _chain(first: Candle, rest: Iterator[Candle]) -> Iterator[Candle]:
+# --- the session ----------------------------------------------------------------------------------------
+
+# A feed for the actors runtime: given the broker's market channel and the watchdog's stop channel.
+FeedStarter = Callable[..., Awaitable[None]]
+
+
+class Session:
+    """One session from its plan. `runtime`: "kernel" (default for backtests and replays) or
+    "actors" (live sessions; for backtests too, to check the kernel against them). `feed`: a
+    stand-in feed for the actors runtime (tests), called as `feed(market_tx, stops_tx,
+    task_status=...)`."""
+
+    def __init__(
+        self,
+        config: Config,
+        plan: Plan | None = None,
+        *,
+        runtime: Runtime | None = None,
+        feed: FeedStarter | None = None,
+        handle_signals: bool = True,
+        progress_mode: str | None = None,
+    ) -> None:
+        self.config = config
+        self.plan = plan or Plan()
+        self.runtime: Runtime = runtime or ("actors" if self.plan.mode == "live" else self.plan.runtime)
+        self.feed = feed
+        self.handle_signals = handle_signals
+        self.progress_mode = progress_mode
+        if self.runtime == "kernel" and self.plan.mode == "live":
+            raise ValueError("a live session runs on the actors runtime")
+
+    # --- what every runtime shares --------------------------------------------------------------------
+
+    def inputs(self) -> tuple[float, Iterator[tuple[float, MarketEvent]]] | None:
+        """Backtests and replays: the session's start time and its timed inputs (None: live)."""
+        plan = self.plan
+        if plan.mode == "backtest":
+            assert plan.data is not None
+            candles = read_candles_csv(Path(plan.data), self.config.interval_s, symbol=self.symbol)
+            first = next(candles, None)
+            if first is None:
+                raise ValueError(f"--data {plan.data}: no candles")
+            return first.open_ts, candle_steps(_chain(first, candles))
+        if plan.mode == "replay":
+            assert plan.recording is not None
+            return plan.recording.started_ts, read_market_log(plan.recording.market_path)
+        return None
+
+    @property
+    def symbol(self) -> str:
+        return self.config.session.symbol.upper()
+
+    def heartbeat_s(self) -> float:
+        """Live sessions and replays: `observability.heartbeat_s`; backtests: one row per
+        `observability.backtest_heartbeat_candles` candles (an equity curve, not a pulse)."""
+        if self.plan.mode == "backtest":
+            return self.config.interval_s * self.config.observability.backtest_heartbeat_candles
+        return self.config.observability.heartbeat_s
+
+    def timeline(self, started: float) -> Timeline:
+        plan = self.plan
+        if plan.mode == "backtest":
+            return Timeline(started, math.inf, f"backtest: {plan.data}")
+        if plan.mode == "replay":
+            assert plan.recording is not None
+            r = plan.recording
+            return Timeline(started, r.ended_ts - r.started_ts, f"replay of {r.run_id}")
+        return Timeline(started, self.config.session.duration_min * 60, self.config.feed.source)
+
+    def parts(self, timeline: Timeline) -> Parts:
+        return build_parts(
+            self.config,
+            timeline,
+            heartbeat_s=self.heartbeat_s(),
+            defer_to_next_quote=self.plan.mode == "backtest"
+            and self.config.broker.backtest_fill == "next_open",
+        )
+
+    def new_run_folder(self, now: float) -> Path:
+        run_dir = Path(self.config.session.run_dir)
+        prefix = {"live": "", "replay": "replay-", "backtest": "backtest-"}[self.plan.mode]
+        return create_run_folder(run_dir, new_run_id(now, self.config.session.seed, run_dir, prefix))
+
+    # --- the kernel -------------------------------------------------------------------------------------
+
+    def run_kernel(self) -> SessionResult:
+        """A backtest or replay on the kernel, synchronously (no trio)."""
+        found = self.inputs()
+        assert found is not None, "the kernel runs backtests and replays"
+        started, inputs = found
+        timeline = self.timeline(started)
+        parts = self.parts(timeline)
+        run_path = self.new_run_folder(started)
+        with SessionLock(run_path):
+            recorder = Recorder(run_path)
+            recorder.write(started_event(self.config, run_path.name, timeline))
+            kernel = Kernel(parts.broker, parts.gate, parts.strategies, recorder.write)
+            status = "ok"
+            try:
+                stopped = kernel.run(
+                    inputs,
+                    end_ts=timeline.end_ts,
+                    end_reason="data_end" if self.plan.mode == "backtest" else end_reason(self.plan),
+                )
+            except Exception as exc:
+                logger.error("session failed:\n{}", "".join(traceback.format_exception(exc)))
+                status = "error"
+                ts = kernel.now if math.isfinite(kernel.now) else started
+                recorder.write(Event(ts, "error", {"where": "session", "message": repr(exc)}))
+                stopped = Stopped("error", repr(exc), ts)
+            for event in closing_events(
+                parts.broker, timeline, stopped.ts, status, stopped.reason, stopped.detail, 0.0
+            ):
+                recorder.write(event)
+            report = recorder.finish()
+        return SessionResult(run_path, report)
+
+    # --- the actors ---------------------------------------------------------------------------------------
+
+    async def run_actors(self) -> SessionResult:
+        from actors.session_actors import run_actors  # trio is imported only by this runtime
+
+        return await run_actors(self)
+
+
+def _chain(first: Candle, rest: Iterable[Candle]) -> Iterator[Candle]:
     yield first
     yield from rest
 
 
-async def _tap(
-    market_rx: trio.MemoryReceiveChannel[FeedMessage],
-    sink: EventSender,
-    now: Callable[[], float],
+async def run_session(
+    config: Config,
     *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Records every market event the actors get, with its arrival time (market.jsonl, for replay)."""
-    with market_rx, sink:
-        task_status.started()
-        async for event in market_rx:
-            await sink.send(Event(now(), MARKET_KIND, {"event": event}))
+    plan: Plan | None = None,
+    runtime: Runtime | None = None,
+    feed: FeedStarter | None = None,
+    handle_signals: bool = True,
+    progress_mode: str | None = None,
+) -> SessionResult:
+    """Run one session to its end; always returns with the report written (status ok or error)."""
+    session = Session(
+        config, plan, runtime=runtime, feed=feed, handle_signals=handle_signals, progress_mode=progress_mode
+    )
+    if session.runtime == "kernel":
+        return session.run_kernel()
+    return await session.run_actors()
 
 
-async def _run_actors(
-    config: Config,
-    plan: Plan,
-    clock: SessionClock,
-    parts: Parts,
-    timeline: Timeline,
-    stopper: Stopper,
-    sink: EventSink,
-    progress: Progress,
-    handle_signals: bool,
-    feed: FeedStarter,
-) -> None:
-    now = clock.now
-    # a backtest feed hands over a candle's events without a task switch each (measured: +40 %)
-    market_buffer = BACKTEST_MARKET_BUFFER if plan.mode == "backtest" else 0
-    strategy_market_tx, strategy_market_rx = trio.open_memory_channel[FeedMessage](market_buffer)
-    broker_market_tx, broker_market_rx = trio.open_memory_channel[FeedMessage](market_buffer)
-    intents_tx, intents_rx = trio.open_memory_channel[OrderIntent](0)
-    orders_tx, orders_rx = trio.open_memory_channel[Order | Cancel](0)
-    # the broker first: a backtest feed gives it the quotes and each candle, and the strategy the
-    # candle only once the broker has finished with it (actors/feed_history.py)
-    subscribers = [broker_market_tx, strategy_market_tx]
-    heartbeat_s = config.observability.heartbeat_s
-    if plan.mode == "backtest":  # an equity curve of hourly points for 1-minute data
-        heartbeat_s = max(heartbeat_s, config.interval_s * BACKTEST_HEARTBEAT_CANDLES)
-    async with trio.open_nursery() as actors:
-        await actors.start(
-            lambda task_status: run_watchdog(
-                clock=clock,
-                started_ts=timeline.started_ts,
-                duration_s=timeline.duration_s,
-                kill_switch=config.session.kill_switch,
-                heartbeat_s=heartbeat_s,
-                stopper=stopper,
-                view=parts.account,
-                events_tx=sink.clone(),
-                progress=progress,
-                handle_signals=handle_signals,
-                virtual_time=plan.virtual_time,
-                end_reason=_end_reason(plan),
-                task_status=task_status,
-            )
-        )
-        await actors.start(run_broker, parts.account, broker_market_rx, orders_rx, sink.clone(), clock)
-        await actors.start(run_risk, parts.gate, intents_rx, orders_tx, sink.clone(), now)
-        await actors.start(
-            run_strategy,
-            config.strategy,
-            parts.account,
-            strategy_market_rx,
-            intents_tx,
-            sink.clone(),
-            now,
-            parts.strategy,
-        )
-        if plan.mode == "live":
-            tap_tx, tap_rx = trio.open_memory_channel[FeedMessage](0)
-            await actors.start(_tap, tap_rx, sink.clone(), now)
-            subscribers.append(tap_tx)
-        await actors.start(feed, subscribers)
+def load_resume(run_path: Path) -> checkpoint.Loaded:
+    loaded = checkpoint.load(run_path)
+    for problem in loaded.problems:
+        logger.error("checkpoint alert: {} - resuming from {}", problem, loaded.path.name)
+    return loaded
 
 
-async def _flatten_and_stop(
-    config: Config,
-    clock: SessionClock,
-    account: PaperAccount,
-    sink: EventSender,
-    timeline: Timeline,
-    status: str,
-    stopper: Stopper,
-    health: FeedHealth,
-) -> None:
-    """Close the position through the broker's normal fill path, then record the stop."""
-    with trio.move_on_after(config.session.flatten_timeout_s, shield=True) as scope:
-        for event in account.flatten(clock.now(), "flatten_on_exit", "flatten-1"):
-            await sink.send(event)
-        ended = clock.now()
-        # a last metrics row with the flat, final account
-        await sink.send(Event(ended, "heartbeat", heartbeat_fields(account, ended - timeline.started_ts)))
-        await sink.send(
-            Event(
-                ended,
-                "session.stopped",
-                {
-                    "status": status,
-                    "stop_reason": stopper.reason,
-                    "detail": stopper.detail,
-                    "elapsed_s": round(ended - timeline.started_ts, 3),
-                    "data_source": timeline.data_source,
-                    "feed_down_s": round(health.down_s(ended), 3),
-                    "ending_equity": round(account.equity, 6),
-                    "unrealized_pnl": round(account.unrealized_pnl, 6),
-                    "max_drawdown_pct": round(account.max_drawdown_pct, 4),
-                    "open_positions": account.open_positions(),
-                },
-            )
-        )
-    if scope.cancelled_caught:
-        logger.error("flatten-on-exit timed out after {} s", config.session.flatten_timeout_s)
+__all__ = ["FeedHealth", "Parts", "Session", "SessionResult", "Timeline", "run_session"]

@@ -1,8 +1,9 @@
-"""Watchdog actor: owns the reasons a session stops, and its pulse.
+"""Watchdog actor: owns the reasons a session stops.
 
-It cancels the session scope (with the reason) when the duration is reached, when the kill-switch
-file appears, or on SIGINT/SIGTERM. It emits a heartbeat event (one metrics row) every
-`observability.heartbeat_s` and shows live progress every second.
+It cancels the session scope (with the first reason anyone gave) when the duration is reached,
+when the kill-switch file appears, on SIGINT/SIGTERM, or when a stop command arrives on its stop
+channel (the risk gate's `StopSession`, forwarded by the broker; a backtest feed's `data_end`). It
+shows live progress every second from the account snapshot the broker last published.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ import math
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 import trio
 from loguru import logger
 
 from actors.clock import SessionClock
 from actors.progress import Progress, status_line
-from protocols.messages import Event, EventSender
+from protocols.messages import AccountSnapshot, StopSession
 
 KILL_SWITCH_POLL_S = 0.25
 PROGRESS_EVERY_S = 1.0
@@ -31,45 +31,15 @@ class Stopper:
         self.scope = trio.CancelScope()
         self.reason: str | None = None
         self.detail = ""
+        self.ts: float | None = None  # the session time of the first stop
 
-    def stop(self, reason: str, detail: str = "") -> None:
+    def stop(self, reason: str, detail: str = "", ts: float | None = None) -> None:
         if self.reason is None:
             self.reason = reason
             self.detail = detail
+            self.ts = ts
             logger.info("stopping: {} {}", reason, detail)
         self.scope.cancel(reason=f"{reason}: {detail}" if detail else reason)
-
-
-class AccountView(Protocol):
-    @property
-    def position_qty(self) -> float: ...
-    @property
-    def mark_price(self) -> float | None: ...
-    @property
-    def equity(self) -> float: ...
-    @property
-    def realized_pnl(self) -> float: ...
-    @property
-    def unrealized_pnl(self) -> float: ...
-    @property
-    def fees_paid(self) -> float: ...
-    @property
-    def drawdown_pct(self) -> float: ...
-    @property
-    def starting_equity(self) -> float: ...
-
-
-def heartbeat_fields(view: AccountView, elapsed_s: float) -> dict[str, float | None]:
-    return {
-        "elapsed_s": round(elapsed_s, 3),
-        "price": view.mark_price,
-        "equity": round(view.equity, 6),
-        "realized_pnl": round(view.realized_pnl, 6),
-        "unrealized_pnl": round(view.unrealized_pnl, 6),
-        "fees_paid": round(view.fees_paid, 6),
-        "position_qty": round(view.position_qty, 8),
-        "drawdown_pct": round(view.drawdown_pct, 4),
-    }
 
 
 async def run_watchdog(
@@ -77,32 +47,30 @@ async def run_watchdog(
     clock: SessionClock,
     started_ts: float,
     duration_s: float,
-    kill_switch: str,
-    heartbeat_s: float,
+    kill_switch: str | None,
     stopper: Stopper,
-    view: AccountView,
-    events_tx: EventSender,
+    stops_rx: trio.MemoryReceiveChannel[StopSession],
+    latest: Callable[[], AccountSnapshot | None],
     progress: Progress,
     handle_signals: bool = True,
-    virtual_time: bool = False,
     end_reason: str = "duration",
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """`virtual_time` (replay, backtest): the clock is the data's, so no kill-switch polling or
-    progress on it (the operator stops such a run with a signal); `duration_s` may be infinite."""
+    """`kill_switch` None: no kill-switch polling (backtests on the data's clock, which the
+    operator stops with a signal); `duration_s` may be infinite."""
     end_ts = started_ts + duration_s
 
     async def duration() -> None:
-        await clock.sleep_until(end_ts)
-        stopper.stop(end_reason, f"{duration_s:g} s reached")
+        if math.isfinite(end_ts):
+            await clock.sleep_until(end_ts)
+            stopper.stop(end_reason, f"{duration_s:g} s reached", end_ts)
 
-    async def kill_switch_poll() -> None:
-        path = Path(kill_switch)
+    async def kill_switch_poll(path: Path) -> None:
         while True:
             # a stat() is microseconds: checked inline, since a worker thread would let a test's
             # autojump clock run ahead while it waits
             if path.exists():  # noqa: ASYNC240
-                stopper.stop("kill_switch", f"file {kill_switch} present")
+                stopper.stop("kill_switch", f"file {path} present", clock.now())
                 return
             await trio.sleep(KILL_SWITCH_POLL_S)
 
@@ -110,41 +78,38 @@ async def run_watchdog(
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
             task_status.started()
             async for signum in received:
-                stopper.stop("signal", signal.Signals(signum).name)
+                stopper.stop("signal", signal.Signals(signum).name, clock.now())
 
-    async def every(period: float, action: Callable[[float], object]) -> None:
-        # on whole periods from the start, beginning with the next one (a resumed session does
-        # not make up the rows of its downtime)
-        ts = started_ts + period * (math.floor((clock.now() - started_ts) / period) + 1)
-        while ts < end_ts:  # the session writes the last row itself, after flattening
+    async def stop_commands() -> None:
+        with stops_rx:
+            async for command in stops_rx:
+                stopper.stop(command.reason, command.detail, command.ts)
+
+    async def show() -> None:
+        ts = started_ts + PROGRESS_EVERY_S * (math.floor((clock.now() - started_ts) / PROGRESS_EVERY_S) + 1)
+        while ts < end_ts:
             await clock.sleep_until(ts)
-            result = action(ts)
-            if isinstance(result, Event):
-                await events_tx.send(result)
-            ts += period
+            account = latest()
+            if account is not None:
+                progress.show(
+                    status_line(
+                        ts - started_ts,
+                        end_ts - ts,
+                        account.mark_price,
+                        account.position_qty,
+                        account.equity,
+                        account.equity - account.starting_equity,
+                    )
+                )
+            ts += PROGRESS_EVERY_S
 
-    def heartbeat(ts: float) -> Event:
-        return Event(ts, "heartbeat", heartbeat_fields(view, ts - started_ts))
-
-    def show(ts: float) -> None:
-        progress.show(
-            status_line(
-                ts - started_ts,
-                end_ts - ts,
-                view.mark_price,
-                view.position_qty,
-                view.equity,
-                view.equity - view.starting_equity,
-            )
-        )
-
-    with events_tx:
-        async with trio.open_nursery() as nursery:
-            if handle_signals:
-                await nursery.start(signals)
-            nursery.start_soon(duration)
-            nursery.start_soon(every, heartbeat_s, heartbeat)
-            if not virtual_time:
-                nursery.start_soon(kill_switch_poll)
-                nursery.start_soon(every, PROGRESS_EVERY_S, show)
-            task_status.started()
+    async with trio.open_nursery() as nursery:
+        if handle_signals:
+            await nursery.start(signals)
+        nursery.start_soon(duration)
+        nursery.start_soon(stop_commands)
+        if kill_switch is not None:
+            nursery.start_soon(kill_switch_poll, Path(kill_switch))
+        if progress.mode != "off":
+            nursery.start_soon(show)
+        task_status.started()

@@ -1,10 +1,11 @@
-"""The paper broker: orders -> fills; position, margin, fees, funding, liquidation, equity.
+"""The paper broker component: orders -> fills; position, margin, fees, funding, liquidation, equity.
 
 It models a Bitunix BTCUSDT linear perpetual (quantity in BTC, lot 0.0001, tick 0.1, isolated
 margin) honestly, so that a paper result means something:
 
-- an order reaches the market `broker.latency_ms` (+ seeded jitter) after it is sent, and fills
-  against the market as it is then, never as it was at the decision;
+- an order reaches the market `broker.latency_ms` (+ seeded jitter) after it is sent (orders in
+  flight keep their order: one connection), and fills against the market as it is then, never as
+  it was at the decision; at most `MAX_IN_FLIGHT` orders travel at once (more are refused);
 - market orders take the touch, walk the visible book when one is known, and otherwise pay
   `broker.slippage_bps` beyond the touch: never a better price than the market offered;
 - limit orders rest and fill only when the market trades through their price (a touch is not
@@ -14,8 +15,11 @@ margin) honestly, so that a paper result means something:
 - maker and taker fees; funding at 00:00, 08:00 and 16:00 UTC on the position open at that instant;
 - a position whose mark crosses its liquidation price is liquidated (with the taker fee).
 
-`PaperAccount` is the pure, synchronous engine (tested directly); `run_broker` is the thin actor
-around it. The account doubles as the read-only view the risk gate, strategy and watchdog read.
+`PaperBroker` is a plain synchronous class (no trio): the only writer of the account. It takes
+market events, orders, cancels and the risk gate's commands (`handle(message, now) -> events`),
+has timers (an order reaching the market, the next heartbeat: `next_timer()` / `on_timer(now)`),
+and gives readers frozen `AccountSnapshot`s and, when the risk gate's `RiskWatch` asks for it or a
+trade closed, an `AccountUpdate`. The runtimes (actors/broker/actor.py, actors/kernel.py) call it.
 """
 
 from __future__ import annotations
@@ -23,27 +27,31 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import attrs
-import trio
 
-from actors.clock import JUMP_MARGIN_S, SessionClock
 from actors.config import BrokerConfig
 from protocols.messages import (
+    DEFAULT_SYMBOL,
+    AccountSnapshot,
+    AccountUpdate,
     Book,
     Cancel,
     Candle,
-    CandleRun,
+    ClosedTrade,
     Event,
-    EventSender,
-    FeedMessage,
+    FeedStatus,
+    Flatten,
     Funding,
+    HaltEntries,
     MarketEvent,
     Order,
+    Position,
+    RiskWatch,
     Side,
+    StopSession,
     Tick,
 )
 
@@ -96,23 +104,50 @@ def _order_to_dict(order: Order) -> dict[str, Any]:
     return attrs.asdict(order)
 
 
-class PaperAccount:
-    """Linear USDT-margined perpetual, one symbol, netting position, isolated margin."""
+@attrs.define
+class InFlight:
+    """An order (or a cancel) on its way to the market, arriving at `arrival_ts`."""
 
-    def __init__(self, config: BrokerConfig, rng: random.Random | None = None) -> None:
+    arrival_ts: float
+    message: Order | Cancel
+
+
+# The most orders and cancels on their way to the market at once; more are refused (`in_flight_limit`).
+MAX_IN_FLIGHT = 64
+
+
+class PaperBroker:
+    """Linear USDT-margined perpetual, one symbol, netting position, isolated margin.
+
+    `heartbeat_s`: a `heartbeat` event (one metrics row) every that many seconds on whole periods
+    from `started_ts`, before `end_ts`. `defer_to_next_quote` (backtests with
+    `broker.backtest_fill = "next_open"`): a market order waits for a quote newer than its decision
+    (the next candle's open) however short the latency."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        rng: random.Random | None = None,
+        *,
+        symbol: str = DEFAULT_SYMBOL,
+        heartbeat_s: float = math.inf,
+        started_ts: float = 0.0,
+        end_ts: float = math.inf,
+        defer_to_next_quote: bool = False,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
         self.config = config
         self.rng = rng or random.Random(0)
+        self.symbol = symbol
         self.starting_equity = config.starting_equity
         self.taker_fee_rate = config.taker_fee_bps / 10_000
         self.maker_fee_rate = config.maker_fee_bps / 10_000
-        # backtests with backtest_fill = "next_open": a market order waits for a quote newer than
-        # its decision (the next candle's open) however short the latency
-        self.defer_to_next_quote = False
-        # set by the risk gate when the breaker or a stop condition fires: entries still on their
-        # way to the market are refused on arrival (exits and protective orders still work)
+        self.defer_to_next_quote = defer_to_next_quote
+        self.max_in_flight = max_in_flight
+        # the risk gate's commands: entries reaching the market before this time are refused
+        # (HaltEntries), and once the session is stopping, every entry (StopSession)
         self.entries_halted_until: float | None = None
-        self.on_trade_closed: Callable[[float, float], list[Event]] | None = None  # (net_pnl, ts) -> events
-        self.on_marked: Callable[[float, float], list[Event]] | None = None  # (ts, equity) -> events
+        self.stopping = False
         self.position_qty = 0.0  # signed BTC
         self.avg_price = 0.0
         self.realized_pnl = 0.0
@@ -124,14 +159,35 @@ class PaperAccount:
         self.last_tick: Tick | None = None
         self.book: Book | None = None
         self.last_ts: float | None = None
+        self.stale = False  # the feed said its data is stale (FeedStatus)
         self.processed_signed_qty = 0.0  # every gate order's signed qty once filled, refused or cancelled
         self.fill_seq = 0
         self.protective_seq = 0
         self.working: dict[str, Working] = {}
         self.awaiting_quote: list[Order] = []
+        self.in_flight: deque[InFlight] = deque()
         self.trade: OpenTrade | None = None
         self.peak_equity = self.starting_equity
         self.max_drawdown_pct = 0.0
+        # timers
+        self.heartbeat_s = heartbeat_s
+        self.started_ts = started_ts
+        self.end_ts = end_ts
+        self.next_heartbeat = math.inf
+        self.schedule_heartbeats(started_ts)
+        # the risk gate's watch (RiskWatch): what makes an AccountUpdate due
+        self.watch_floor = -math.inf
+        self.watch_at = -math.inf  # until the gate sets its watch, every mark is reported
+        self.update_due = False
+        self.closed: list[ClosedTrade] = []
+
+    def schedule_heartbeats(self, now: float) -> None:
+        """The next heartbeat: the next whole period from the start after `now` (a resumed
+        session does not make up the rows of its downtime)."""
+        if math.isfinite(self.heartbeat_s):
+            period = self.heartbeat_s
+            ts = self.started_ts + period * (math.floor((now - self.started_ts) / period) + 1)
+            self.next_heartbeat = ts if ts < self.end_ts else math.inf
 
     # --- the view -------------------------------------------------------------------------------
 
@@ -232,9 +288,15 @@ class PaperAccount:
         "protective_seq",
         "peak_equity",
         "max_drawdown_pct",
+        "entries_halted_until",
+        "stopping",
+        "stale",
+        "watch_floor",
+        "watch_at",
     )
 
-    def snapshot(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:
+        """Everything a checkpoint keeps (JSON-able)."""
         state: dict[str, Any] = {name: getattr(self, name) for name in self._SCALARS}
         state["last_tick"] = attrs.asdict(self.last_tick) if self.last_tick else None
         state["trade"] = attrs.asdict(self.trade) if self.trade else None
@@ -242,9 +304,18 @@ class PaperAccount:
             {"order": _order_to_dict(w.order), "remaining": w.remaining, "arrived_ts": w.arrived_ts}
             for w in self.working.values()
         ]
+        state["in_flight"] = [
+            {
+                "arrival_ts": f.arrival_ts,
+                "cancel" if isinstance(f.message, Cancel) else "order": attrs.asdict(f.message),
+            }
+            for f in self.in_flight
+        ]
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
+        """The state of a checkpoint. Orders that were in flight are kept; `abandon_in_flight`
+        refuses them when a resumed session starts (they never reached the market)."""
         for name in self._SCALARS:
             setattr(self, name, state[name])
         self.last_tick = Tick(**state["last_tick"]) if state["last_tick"] else None
@@ -253,6 +324,10 @@ class PaperAccount:
             w["order"]["id"]: Working(Order(**w["order"]), w["remaining"], w["arrived_ts"])
             for w in state["working"]
         }
+        self.in_flight = deque(
+            InFlight(f["arrival_ts"], Cancel(**f["cancel"]) if "cancel" in f else Order(**f["order"]))
+            for f in state.get("in_flight", [])
+        )
 
     # --- market ---------------------------------------------------------------------------------
 
@@ -261,6 +336,9 @@ class PaperAccount:
         events: list[Event] = []
         if isinstance(event, Book):
             self.book = event
+            return events
+        if isinstance(event, FeedStatus):
+            self.stale = event.stale
             return events
         if isinstance(event, Candle) and event.backfill:
             return events  # history: no market to trade against
@@ -283,11 +361,12 @@ class PaperAccount:
         elif isinstance(event, Funding):
             self.mark = event.mark_price
             self.funding_rate_pct = event.rate_pct
-        events += self._check_liquidation(ts)
+        if not -EPS < self.position_qty < EPS:
+            events += self._check_liquidation(ts)
         equity = self.equity
         self._update_drawdown(equity)
-        if self.on_marked is not None:
-            events += self.on_marked(ts, equity)
+        if equity <= self.watch_floor or ts >= self.watch_at:
+            self.update_due = True
         return events
 
     def _update_drawdown(self, equity: float | None = None) -> None:
@@ -441,8 +520,11 @@ class PaperAccount:
         """The order reaches the market now."""
         if self.last_tick is None:
             return self._refuse(order, ts, "no_market_data", order.qty)
+        entry = not order.reduce_only and not order.protective
+        if entry and self.stopping:
+            return self._refuse(order, ts, "session_stopping", order.qty)
         halted = self.entries_halted_until
-        if halted is not None and ts < halted and not order.reduce_only and not order.protective:
+        if entry and halted is not None and ts < halted:
             return self._refuse(order, ts, "breaker_halt", order.qty)
         stale_quote = self.last_tick.ts < order.ts  # the quote the decision itself saw
         if self.defer_to_next_quote and stale_quote and order.order_type == "market" and not order.protective:
@@ -630,8 +712,7 @@ class PaperAccount:
         if closed is not None:
             events.append(self._closed_event(closed, ts, order.reason))
             events += self.cancel_all(ts, "position_closed")  # protective orders die with the position
-            if self.on_trade_closed is not None:
-                events += self.on_trade_closed(closed.realized_pnl - closed.fees, ts)
+            self.closed.append(ClosedTrade(self.symbol, closed.realized_pnl - closed.fees, order.strategy_id))
         if order.stop_price is not None or order.target_price is not None:
             events += self._attach_protection(order, ts)
         self._update_drawdown()
@@ -791,6 +872,136 @@ class PaperAccount:
             events += self._take(order, order.qty, ts, self.last_tick)
         return events
 
+    # --- the component's interface ------------------------------------------------------------------
+
+    def handle(
+        self,
+        message: MarketEvent | Order | Cancel | Flatten | HaltEntries | StopSession | RiskWatch,
+        now: float,
+    ) -> list[Event]:
+        """Any input, by type: a market event, an order or cancel (on its way to the market from
+        now), or a risk command. Returns the events (for the recorder)."""
+        if isinstance(message, Order):
+            return self.on_order(message, now)
+        if isinstance(message, Cancel):
+            return self.on_cancel(message, now)
+        if isinstance(message, Flatten | HaltEntries | StopSession | RiskWatch):
+            return self.on_command(message, now)
+        return self.on_market(message, now)
+
+    def on_order(self, order: Order, now: float) -> list[Event]:
+        """An order sent now: it reaches the market after the latency, after those sent before it."""
+        if len(self.in_flight) >= self.max_in_flight:
+            return self._refuse(order, now, "in_flight_limit", order.qty)
+        self._send(order, now)
+        return []
+
+    def on_cancel(self, cancel: Cancel, now: float) -> list[Event]:
+        """A cancel sent now: like an order, it reaches the market after the latency."""
+        if len(self.in_flight) >= self.max_in_flight:
+            return [
+                Event(
+                    now, "order.cancel_rejected", {"order_id": cancel.order_id, "reason": "in_flight_limit"}
+                )
+            ]
+        self._send(cancel, now)
+        return []
+
+    def _send(self, message: Order | Cancel, now: float) -> None:
+        at = now + self.latency_s()
+        if self.in_flight and self.in_flight[-1].arrival_ts > at:
+            at = self.in_flight[-1].arrival_ts  # one connection: they arrive in the order sent
+        self.in_flight.append(InFlight(at, message))
+
+    def on_command(self, command: Flatten | HaltEntries | StopSession | RiskWatch, now: float) -> list[Event]:
+        """The risk gate's commands."""
+        if isinstance(command, Flatten):
+            return self.flatten(now, command.reason, command.order_id)
+        if isinstance(command, HaltEntries):
+            self.entries_halted_until = command.until
+        elif isinstance(command, StopSession):
+            self.stopping = True
+        else:
+            self.watch_floor, self.watch_at = command.equity_floor, command.check_at
+            if self.last_tick is not None and (self.equity <= self.watch_floor or now >= self.watch_at):
+                self.update_due = True
+        return []
+
+    def next_timer(self) -> float:
+        """When the next timer falls due: an order reaching the market, or a heartbeat (inf: none)."""
+        due = self.next_heartbeat
+        if self.in_flight and self.in_flight[0].arrival_ts < due:
+            return self.in_flight[0].arrival_ts
+        return due
+
+    def on_timer(self, now: float) -> list[Event]:
+        """Everything due at or before `now`, in time order (orders before a heartbeat at the same
+        instant); each at its own due time."""
+        events: list[Event] = []
+        while True:
+            due = self.next_timer()
+            if due > now:
+                return events
+            if self.in_flight and self.in_flight[0].arrival_ts == due:
+                message = self.in_flight.popleft().message
+                if isinstance(message, Cancel):
+                    events += self.cancel(attrs.evolve(message, ts=due))
+                else:
+                    events += self.on_arrival(message, due)
+            else:
+                events.append(Event(due, "heartbeat", self.heartbeat_fields(due)))
+                self.schedule_heartbeats(due)
+
+    def heartbeat_fields(self, ts: float) -> dict[str, float | None]:
+        """One metrics row: the account at `ts`."""
+        return {
+            "elapsed_s": round(ts - self.started_ts, 3),
+            "price": self.mark_price,
+            "equity": round(self.equity, 6),
+            "realized_pnl": round(self.realized_pnl, 6),
+            "unrealized_pnl": round(self.unrealized_pnl, 6),
+            "fees_paid": round(self.fees_paid, 6),
+            "position_qty": round(self.position_qty, 8),
+            "drawdown_pct": round(self.drawdown_pct, 4),
+        }
+
+    def abandon_in_flight(self, now: float, reason: str = "lost_at_restart") -> list[Event]:
+        """A resumed session: the orders that were on their way when the process died never
+        reached the market; each is refused (and counted as processed)."""
+        events: list[Event] = []
+        while self.in_flight:
+            message = self.in_flight.popleft().message
+            if isinstance(message, Order):
+                events += self._refuse(message, now, reason, message.qty)
+        return events
+
+    def snapshot(self, now: float) -> AccountSnapshot:
+        """The account now, frozen: what every other component reads."""
+        return AccountSnapshot(
+            ts=now,
+            symbol=self.symbol,
+            starting_equity=self.starting_equity,
+            equity=self.equity,
+            realized_pnl=self.realized_pnl,
+            unrealized_pnl=self.unrealized_pnl,
+            fees_paid=self.fees_paid,
+            funding_paid=self.funding_paid,
+            drawdown_pct=self.drawdown_pct,
+            mark_price=self.mark_price,
+            positions=(Position(self.symbol, self.position_qty, self.avg_price, self.processed_signed_qty),),
+            open_orders=len(self.working) + len(self.in_flight),
+            stale=self.stale,
+        )
+
+    def account_update(self, now: float) -> AccountUpdate | None:
+        """The update the risk gate asked to hear (its watch) or trades closed since the last one;
+        None when there is nothing to tell."""
+        if not self.update_due and not self.closed:
+            return None
+        closed, self.closed = tuple(self.closed), []
+        self.update_due = False
+        return AccountUpdate(now, self.snapshot(now), closed)
+
 
 def _slippage_bps(side: str, reference: float, fill: float) -> float:
     """Positive when the fill is worse for us than the reference price."""
@@ -798,126 +1009,3 @@ def _slippage_bps(side: str, reference: float, fill: float) -> float:
         return 0.0
     diff = fill - reference if side == "buy" else reference - fill
     return diff / reference * 10_000
-
-
-async def run_broker(
-    account: PaperAccount,
-    market_rx: trio.MemoryReceiveChannel[FeedMessage],
-    orders_rx: trio.MemoryReceiveChannel[Order | Cancel],
-    events_tx: EventSender,
-    clock: SessionClock,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Actor: keeps the account marked to market and works the orders the risk gate approves,
-    each reaching the market after the broker's latency."""
-
-    async def emit(events: list[Event]) -> None:
-        for event in events:
-            await events_tx.send(event)
-
-    async def move_to(ts: float, next_timer: float) -> tuple[float, float]:
-        """Inside a run, virtual time to `ts`: a jump when no timer falls due first; else a sleep
-        (what is due runs at its time, as between two candles alone) and one more yield, so that
-        what woke at the same instant has run before the broker works on. Returns the time now
-        and the next timer."""
-        if ts + JUMP_MARGIN_S < next_timer:
-            return clock.jump_to(ts), next_timer
-        await clock.sleep_until(ts)
-        await trio.lowlevel.checkpoint()
-        return clock.now(), clock.next_timer()
-
-    async def work_run(run: CandleRun) -> None:
-        """A backtest's run of candles, each worked as if it had come alone: the open quote at
-        the candle's start; then, at its end, the close quote and the candle. The broker moves
-        virtual time itself (`move_to`)."""
-        try:
-            await _work_run(run)
-        finally:
-            run.worked.set()
-
-    async def _work_run(run: CandleRun) -> None:
-        now, next_timer = clock.now(), clock.next_timer()
-        for candle, (open_tick, close_tick) in zip(run.candles, run.quotes, strict=True):
-            if now < open_tick.ts:  # a gap in the data
-                now, next_timer = await move_to(open_tick.ts, next_timer)
-            events = account.on_market(open_tick, now)
-            if events:
-                await emit(events)
-            if account.entries_halted_until == math.inf:
-                break
-            now, next_timer = await move_to(candle.close_ts, next_timer)
-            events = account.on_market(close_tick, now)
-            # the candle itself only works resting orders on its range: with none resting,
-            # right after the close quote at the same instant, it could change nothing
-            if account.working:
-                events += account.on_market(candle, now)
-            if events:
-                await emit(events)
-            if account.entries_halted_until == math.inf:
-                break
-        else:
-            return
-        # the risk gate has stopped the session at this candle: the session scope is cancelled,
-        # and alone the later candles would never have come
-        await trio.lowlevel.checkpoint_if_cancelled()
-        raise RuntimeError("the session stopped but the broker was not cancelled")
-
-    async def market_loop() -> None:
-        with market_rx:
-            async for message in market_rx:
-                # what else is already waiting (a candle's close quote and the candle itself) is
-                # taken in the same step: receive() would yield once per event
-                while True:
-                    if isinstance(message, CandleRun):
-                        await work_run(message)
-                    else:
-                        events = account.on_market(message, clock.now())
-                        if events:
-                            await emit(events)
-                    try:
-                        message = market_rx.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-
-    in_flight: deque[tuple[float, Order | Cancel]] = deque()
-    wakeup = trio.Event()
-    orders_closed = False
-
-    async def order_loop() -> None:
-        nonlocal wakeup, orders_closed
-        with orders_rx:
-            async for message in orders_rx:
-                # one connection: orders reach the market in the order they were sent
-                at = clock.now() + account.latency_s()
-                in_flight.append((max(at, in_flight[-1][0]) if in_flight else at, message))
-                wakeup.set()
-        orders_closed = True  # the risk gate is gone: deliver what is in flight, then end
-        wakeup.set()
-
-    async def arrivals() -> None:
-        nonlocal wakeup
-        while True:
-            if not in_flight:
-                if orders_closed:
-                    return
-                await wakeup.wait()
-                wakeup = trio.Event()
-                continue
-            due = in_flight[0][0]
-            if due > clock.now():
-                await clock.sleep_until(due)
-            else:  # already due (no latency): one yield, as a sleep would, without its timer
-                await trio.lowlevel.checkpoint()
-            _, message = in_flight.popleft()
-            if isinstance(message, Cancel):
-                await emit(account.cancel(attrs.evolve(message, ts=clock.now())))
-            else:
-                await emit(account.on_arrival(message, clock.now()))
-
-    with events_tx:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(market_loop)
-            nursery.start_soon(order_loop)
-            nursery.start_soon(arrivals)
-            task_status.started()

@@ -1,9 +1,8 @@
 """Market data from the past: candle files for backtests, and a run's recorded market log for replay.
 
-Both run on the data's own clock: the session runs under a virtual clock (trio's MockClock with
-autojump), each event is delivered at its recorded time, and the next one is sent only when every
-actor has finished with the last (`wait_all_tasks_blocked`), so the result never depends on how the
-scheduler orders tasks. That is what makes a replay reproduce its original and a backtest repeatable.
+Plain iterators (no trio): the kernel (actors/kernel.py) steps through them on the data's own clock;
+`actors.feeds.candles` hands the same steps to the live actors (a differential test, `--runtime
+actors`).
 """
 
 from __future__ import annotations
@@ -11,25 +10,18 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import itertools
+import json
 import math
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-import trio
-import trio.testing
-from loguru import logger
-
-from actors.clock import JUMP_MARGIN_S, SessionClock
-from protocols.messages import Candle, CandleRun, FeedMessage, MarketEvent, Tick, checked_candle, quote
+from protocols.messages import DEFAULT_SYMBOL, Candle, MarketEvent, Tick, checked_candle, quote
 from protocols.records import market_from_record
 
 CSV_HEADER = ["open_time_ms", "open", "high", "low", "close", "volume"]
-# The close tick of a candle is delivered this long before the candle's end, so it is never at the
-# same instant as the next candle's open.
+# A backtest candle's close quote carries this time, just before the candle's end (at which it is
+# delivered, with the candle), so it is never confused with the next candle's open quote.
 CLOSE_TICK_LEAD_S = 0.001
 _INF = math.inf
 
@@ -44,7 +36,9 @@ def _open_text(path: Path) -> IO[str]:
     return path.open(encoding="utf-8", newline="")
 
 
-def read_candles_csv(path: Path, interval_s: float, stats: dict[str, int] | None = None) -> Iterator[Candle]:
+def read_candles_csv(
+    path: Path, interval_s: float, stats: dict[str, int] | None = None, symbol: str = DEFAULT_SYMBOL
+) -> Iterator[Candle]:
     """Stream candles from a CSV (optionally gzipped) with header `open_time_ms,open,high,low,close,volume`.
 
     Rows that are malformed, out of order or repeated are skipped and counted in `stats`, never
@@ -62,7 +56,7 @@ def read_candles_csv(path: Path, interval_s: float, stats: dict[str, int] | None
             raise DataError(f"--data: {path} must start with the header {','.join(CSV_HEADER)}, got {header}")
         last_open = -math.inf
         for row in reader:
-            candle = _candle(row, interval_s)
+            candle = _candle(row, interval_s, symbol)
             if candle is None or candle.open_ts <= last_open:
                 stats["skipped"] = stats.get("skipped", 0) + 1
                 continue
@@ -71,7 +65,7 @@ def read_candles_csv(path: Path, interval_s: float, stats: dict[str, int] | None
             yield candle
 
 
-def _candle(row: list[str], interval_s: float) -> Candle | None:
+def _candle(row: list[str], interval_s: float, symbol: str = DEFAULT_SYMBOL) -> Candle | None:
     """The row as a candle; None when it is malformed: a field missing or not a number, a price not
     finite and positive, a volume not finite and non-negative, a high or low the others exceed."""
     if len(row) != 6:
@@ -86,154 +80,34 @@ def _candle(row: list[str], interval_s: float) -> Candle | None:
         return None
     if h < o or h < c or h < lo or lo > o or lo > c:
         return None
-    return checked_candle(open_ts, interval_s, o, h, lo, c, v)  # checked just above
+    return checked_candle(open_ts, interval_s, o, h, lo, c, v, symbol)  # checked just above
 
 
 def candle_ticks(candle: Candle) -> tuple[Tick, Tick]:
     """The two quotes a candle proves the market offered: its open (at the start), its close (at the end)."""
     # a candle's prices are > 0 (its own validators), so the quotes need no checking again
-    return quote(candle.open_ts, candle.open), quote(candle.close_ts - CLOSE_TICK_LEAD_S, candle.close)
+    return (
+        quote(candle.open_ts, candle.open, candle.symbol),
+        quote(candle.close_ts - CLOSE_TICK_LEAD_S, candle.close, candle.symbol),
+    )
 
 
-async def _send(subscribers: Sequence[trio.MemorySendChannel[FeedMessage]], event: FeedMessage) -> None:
-    for tx in subscribers:
-        try:
-            tx.send_nowait(event)  # room in a buffered channel: no task switch
-        except trio.WouldBlock:
-            await tx.send(event)
-
-
-async def _deliver(
-    clock: SessionClock,
-    subscribers: Sequence[trio.MemorySendChannel[FeedMessage]],
-    ts: float,
-    event: MarketEvent,
-) -> None:
-    """At `ts`, hand `event` to every subscriber and wait until every actor has done with it."""
-    await clock.sleep_until(ts)
-    await _send(subscribers, event)
-    await trio.testing.wait_all_tasks_blocked()
-
-
-# The most candles handed over in one run (0: none, every candle goes alone).
-MAX_RUN = 512
-
-# How many of the coming closes certainly give the strategy no signal (`EmaCross.lookahead`).
-Lookahead = Callable[[Iterable[float]], int]
-
-
-async def _advance(clock: SessionClock, ts: float) -> None:
-    """Move the session clock to `ts` exactly as `clock.sleep_until(ts)` would; called only when
-    every other task is blocked (right after `wait_all_tasks_blocked`).
-
-    Under trio's MockClock with autojump (every backtest), a sleep is a deadline, an idle round in
-    which the clock jumps to it, and a wake-up by cancellation: about a fifth of a candle's cost.
-    When every other task is blocked and no other deadline falls before the target or at it,
-    nothing can run in between, so the feed jumps the clock itself (the same jumps autojump would
-    make, to the same virtual time) and carries on. Otherwise, or under any other clock, it sleeps."""
-    if clock.virtual():
-        seconds_to_target = clock.to_trio(ts) - trio.current_time()
-        if trio.lowlevel.current_statistics().seconds_to_next_deadline > seconds_to_target + JUMP_MARGIN_S:
-            clock.jump_to(ts)
-            return
-    await clock.sleep_until(ts)
-
-
-async def run_candle_feed(
-    candles: Iterable[Candle],
-    clock: SessionClock,
-    subscribers: Sequence[trio.MemorySendChannel[FeedMessage]],
-    *,
-    lookahead: Lookahead | None = None,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Actor (backtests): per candle, its open quote at its start; at its end its close quote and
-    the closed candle.
-
-    The first subscriber works the market (the broker): it gets the quotes and the candle. The
-    others decide on closed candles (the strategy): they get only the candle, once the first has
-    finished with it, so they see the account as the candle left it (a stop or target the candle
-    reached has filled). Each step waits until every actor has finished with the last
-    (`wait_all_tasks_blocked`), so an order decided on a candle is worked before the next open,
-    and the result never depends on how the scheduler orders tasks.
-
-    Most candles need none of that: the strategy decides nothing on them. With the strategy's
-    `lookahead` (under virtual time), the candles up to the next one it could signal on go as
-    one `CandleRun`, which the broker works candle by candle exactly as above (timers that fall
-    due in between, a heartbeat or an order reaching the market, run at their time) while the
-    strategy updates on their closes; the signal candle ends the broker's run and is handed to
-    the strategy once the run is worked. The feed waits once per run, not three times per
-    candle, and the result is the same, event for event (tests/test_backtest_runs.py).
-    """
-    market, deciders = subscribers[:1], subscribers[1:]
-    barrier = trio.testing.wait_all_tasks_blocked
-    source = iter(candles)
-    ahead: deque[Candle] = deque()
-    runs = lookahead is not None and MAX_RUN > 0 and clock.virtual()
-    read_ahead = max(MAX_RUN, 1)  # candles read ahead of the actors
-    with ExitStack() as stack:
-        for tx in subscribers:
-            stack.enter_context(tx)
-        task_status.started()
-        count = 0
-        while True:
-            if len(ahead) < read_ahead:
-                ahead.extend(itertools.islice(source, read_ahead - len(ahead)))
-            if not ahead:
-                break
-            if runs:
-                assert lookahead is not None
-                quiet = lookahead(candle.close for candle in ahead)
-                run = [ahead.popleft() for _ in range(min(quiet + 1, len(ahead)))]
-                quotes = tuple(candle_ticks(candle) for candle in run)
-                market_run = CandleRun(tuple(run), quotes)
-                await _send(market, market_run)
-                if quiet:
-                    await _send(deciders, CandleRun(tuple(run[:quiet]), quotes[:quiet]))
-                await market_run.worked.wait()
-                if len(run) > quiet:  # the signal candle, decided on as the broker left it (the
-                    await _send(deciders, run[-1])  # strategy takes it after its own run)
-                await barrier()
-                count += len(run)
-                continue
-            candle = ahead.popleft()
-            open_tick, close_tick = candle_ticks(candle)
-            if clock.now() < open_tick.ts:  # a gap in the data (every actor is idle here)
-                await _advance(clock, open_tick.ts)
-            await _send(market, open_tick)
-            await barrier()
-            await _advance(clock, candle.close_ts)
-            await _send(market, close_tick)
-            await _send(market, candle)
-            await barrier()
-            await _send(deciders, candle)
-            await barrier()
-            count += 1
-        logger.info("backtest data exhausted after {} candles", count)
+def candle_steps(candles: Iterable[Candle]) -> Iterator[tuple[float, MarketEvent]]:
+    """A backtest's inputs, `(arrival time, event)`, per candle: its open quote at its start; at
+    its end its close quote, then the candle itself (the broker works its range, strategies decide
+    on it). The next candle's open quote arrives at the same instant, after them."""
+    for candle in candles:
+        open_ts = candle.open_ts
+        close_ts = open_ts + candle.interval_s
+        symbol = candle.symbol
+        yield open_ts, quote(open_ts, candle.open, symbol)
+        yield close_ts, quote(close_ts - CLOSE_TICK_LEAD_S, candle.close, symbol)
+        yield close_ts, candle
 
 
 def read_market_log(path: Path) -> Iterator[tuple[float, MarketEvent]]:
     """(arrival time, event) pairs from a run's `market.jsonl`."""
-    import json
-
     with path.open(encoding="utf-8") as f:
         for line in f:
             record = json.loads(line)
             yield record["arrival_ts"], market_from_record(record)
-
-
-async def run_replay_feed(
-    records: Iterable[tuple[float, MarketEvent]],
-    clock: SessionClock,
-    subscribers: Sequence[trio.MemorySendChannel[FeedMessage]],
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Actor (replay): each recorded market event at its original arrival time; then silence."""
-    with ExitStack() as stack:
-        for tx in subscribers:
-            stack.enter_context(tx)
-        task_status.started()
-        for arrival_ts, event in records:
-            await _deliver(clock, subscribers, arrival_ts, event)
-        await trio.sleep_forever()

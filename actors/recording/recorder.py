@@ -13,11 +13,11 @@ import csv
 import json
 import os
 from collections import deque
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Self
 
+import attrs
 import trio
 from loguru import logger
 
@@ -30,6 +30,14 @@ FLUSH_EVERY_S = 1.0
 CRITICAL_PREFIXES = ("order.", "position.", "funding", "liquidation", "breaker.")
 # Events of this kind carry a market event (`fields["event"]`) to market.jsonl instead of events.jsonl.
 MARKET_KIND = "market"
+
+
+@attrs.frozen
+class CheckpointRequest:
+    """Into the recorder's inbox, between two steps: checkpoint this state (taken at that instant,
+    so it matches exactly the events before it in the inbox)."""
+
+    state: dict[str, Any]
 
 
 class EventSink:
@@ -47,10 +55,12 @@ class EventSink:
     """
 
     def __init__(self, wake_after: int = 1) -> None:
-        self._queue: deque[Event] = deque()
+        self._queue: deque[Event | CheckpointRequest] = deque()
         self._wakeup = trio.Event()
         self._open = 1
-        self._wake_after = wake_after  # 1 in live sessions (see the class docstring)
+        self._wake_after = wake_after
+        # an event that changes orders, fills or positions was sent since the last checkpoint
+        self.critical = False
 
     async def send(self, event: Event) -> None:  # no checkpoint, by design
         self.send_nowait(event)
@@ -59,8 +69,16 @@ class EventSink:
         if self._open <= 0:
             raise trio.ClosedResourceError("the recorder's inbox is closed")
         self._queue.append(event)
+        if not self.critical and event.kind.startswith(CRITICAL_PREFIXES):
+            self.critical = True
         if len(self._queue) >= self._wake_after:
             self._wakeup.set()
+
+    def checkpoint(self, state: dict[str, Any]) -> None:
+        """Checkpoint `state` once every event sent before it is written."""
+        self._queue.append(CheckpointRequest(state))
+        self.critical = False
+        self._wakeup.set()
 
     def clone(self) -> EventSink:
         self._open += 1
@@ -80,7 +98,7 @@ class EventSink:
     def closed(self) -> bool:
         return self._open <= 0
 
-    def drain(self) -> list[Event]:
+    def drain(self) -> list[Event | CheckpointRequest]:
         batch = list(self._queue)
         self._queue.clear()
         return batch
@@ -104,8 +122,8 @@ def create_run_folder(run_dir: Path, run_id: str) -> Path:
 
 
 class Recorder:
-    """Owns the run folder's files. `checkpoint_state`, when set, returns the session's state to
-    checkpoint (a live session sets it; replays and backtests are simply run again)."""
+    """Owns the run folder's files. Live sessions checkpoint through the inbox
+    (`EventSink.checkpoint`); replays and backtests are simply run again."""
 
     def __init__(self, path: Path, resume_seq: int | None = None) -> None:
         self.path = path
@@ -115,8 +133,6 @@ class Recorder:
         self.report: dict[str, Any] | None = None
         self.last_event_ts: float | None = None
         self.discarded_events = 0
-        self.checkpoint_state: Callable[[], dict[str, Any]] | None = None
-        self.checkpoint_interval_s = 1.0
         if resume_seq is not None:
             self._reload(resume_seq)
         self._events: IO[str] = (path / "events.jsonl").open("a", encoding="utf-8")
@@ -209,25 +225,23 @@ async def run_recorder(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Actor: writes until every sender is closed, then finishes the run folder."""
+    """Actor: writes until every sender is closed, then finishes the run folder. A checkpoint
+    request is written (in a worker thread) after the events before it, with their last seq."""
     task_status.started()
-    next_flush = next_checkpoint = trio.current_time()
+    next_flush = trio.current_time()
     while True:
         await inbox.wait()
-        critical = False
-        for event in inbox.drain():
-            recorder.write(event)
-            critical = critical or event.kind.startswith(CRITICAL_PREFIXES)
+        for item in inbox.drain():
+            if isinstance(item, CheckpointRequest):
+                state = {"seq": recorder.seq, **item.state}
+                await trio.to_thread.run_sync(recorder.write_checkpoint, state)
+                next_flush = trio.current_time() + FLUSH_EVERY_S
+            else:
+                recorder.write(item)
         if inbox.closed:
             break
         now = trio.current_time()
-        if recorder.checkpoint_state is not None and (critical or now >= next_checkpoint):
-            # taken here, between two writes, the state matches the events written so far exactly
-            state = {"seq": recorder.seq, **recorder.checkpoint_state()}
-            await trio.to_thread.run_sync(recorder.write_checkpoint, state)
-            next_checkpoint = now + recorder.checkpoint_interval_s
-            next_flush = now + FLUSH_EVERY_S
-        elif now >= next_flush:
+        if now >= next_flush:
             recorder.flush()
             next_flush = now + FLUSH_EVERY_S
     recorder.finish()

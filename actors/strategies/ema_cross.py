@@ -1,20 +1,22 @@
-"""Strategy actor: closed candles -> order intents.
+"""`ema_cross`: the baseline strategy, an EMA fast/slow crossover on closed candles.
 
-The baseline is an EMA fast/slow crossover on candle closes (alpha = 2 / (n + 1), seeded with the
-first close). Its state is built once at start-up and updated incrementally; the candle history is
-bounded by `strategy.history`.
+Rules: EMAs of the closes (alpha = 2 / (n + 1), seeded with the first close); once the slow EMA has
+seen `slow_period` closes, a cross of fast above slow (`prev fast-slow < 0 < now`) is "up", below
+is "down". Always in the market: on a cross it closes the opposite position (reduce-only) and
+enters the new side with a protective stop (`stop_loss_pct`) and target (`take_profit_pct`) from
+the signal candle's close. History candles (`backfill`) warm the EMAs up; only live candles trade.
+Its state is built once and updated incrementally; the candle history is bounded by
+`strategy.history`.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Any, Literal, Protocol
-
-import trio
+from typing import Any, ClassVar, Literal
 
 from actors.config import StrategyConfig
-from protocols.messages import Candle, CandleRun, Event, EventSender, FeedMessage, OrderIntent
+from actors.strategies.base import StrategyOutput, register
+from protocols.messages import DEFAULT_SYMBOL, AccountSnapshot, Candle, Event, OrderIntent, Tick
 
 Cross = Literal["up", "down"]
 
@@ -71,36 +73,15 @@ class EmaCross:
             return "down"
         return None
 
-    def lookahead(self, closes: Iterable[float]) -> int:
-        """How many of the coming `closes` certainly give no signal, from the state as it is now:
-        the number before the first one that would cross. The arithmetic of `update`, on copies
-        (the state is not changed); a backtest feed hands that many candles over in one run."""
-        fast_alpha, slow_alpha, period = self.fast_alpha, self.slow_alpha, self.slow_period
-        fast, slow, seen, prev = self.fast, self.slow, self.seen, self.prev_diff
-        n = 0
-        for close in closes:
-            seen += 1
-            if fast is None or slow is None:
-                fast = slow = close
-            else:
-                fast += fast_alpha * (close - fast)
-                slow += slow_alpha * (close - slow)
-            if seen >= period:
-                diff = fast - slow
-                if prev is not None and (prev < 0.0 < diff or prev > 0.0 > diff):
-                    return n
-                prev = diff
-            n += 1
-        return n
-
-
-class PositionView(Protocol):
-    @property
-    def position_qty(self) -> float: ...
-
 
 def intents_for(
-    cross: Cross, position: float, config: StrategyConfig, price: float, ts: float
+    cross: Cross,
+    position: float,
+    config: StrategyConfig,
+    price: float,
+    ts: float,
+    strategy_id: str = "",
+    symbol: str = DEFAULT_SYMBOL,
 ) -> list[OrderIntent]:
     """Always in the market: on a cross, close the opposite position, then enter the new side with
     a protective stop (and target) at the configured distances."""
@@ -110,7 +91,16 @@ def intents_for(
     intents = []
     if opposite:
         intents.append(
-            OrderIntent(ts, side, abs(position), price, reason=f"exit_on_cross_{cross}", reduce_only=True)
+            OrderIntent(
+                ts,
+                side,
+                abs(position),
+                price,
+                reason=f"exit_on_cross_{cross}",
+                reduce_only=True,
+                strategy_id=strategy_id,
+                symbol=symbol,
+            )
         )
     if opposite or abs(position) < 1e-12:
         stop = price * (1 - sign * config.stop_loss_pct / 100) if config.stop_loss_pct else None
@@ -124,53 +114,56 @@ def intents_for(
                 reason=f"entry_on_cross_{cross}",
                 stop_price=stop,
                 target_price=target,
+                strategy_id=strategy_id,
+                symbol=symbol,
             )
         )
     return intents
 
 
-async def run_strategy(
-    config: StrategyConfig,
-    view: PositionView,
-    market_rx: trio.MemoryReceiveChannel[FeedMessage],
-    intents_tx: trio.MemorySendChannel[OrderIntent],
-    events_tx: EventSender,
-    now: Callable[[], float],
-    ema: EmaCross | None = None,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Actor: one signal event and zero or more intents per crossover. `ema` is the session's
-    (restored on resume); built here when not given."""
-    ema = ema or EmaCross(config.fast_period, config.slow_period, config.history)
-    with market_rx, intents_tx, events_tx:
-        task_status.started()
-        async for event in market_rx:
-            if isinstance(event, CandleRun):  # a backtest's candles on which nothing is decided
-                update = ema.update
-                for candle in event.candles:
-                    if update(candle.close) is not None and not candle.backfill:
-                        raise RuntimeError(f"a signal inside a run of candles, at {candle.open_ts}")
-                continue
-            if not isinstance(event, Candle):
-                continue
-            cross = ema.update(event.close)
-            if cross is None or event.backfill:  # history warms the EMAs up; only live candles trade
-                continue
-            ts = now()
-            await events_tx.send(
-                Event(
-                    ts,
-                    "signal",
-                    {
-                        "strategy": config.name,
-                        "direction": cross,
-                        "price": event.close,
-                        "candle_open_ts": event.open_ts,
-                        "fast_ema": ema.fast,
-                        "slow_ema": ema.slow,
-                    },
-                )
-            )
-            for intent in intents_for(cross, view.position_qty, config, event.close, ts):
-                await intents_tx.send(intent)
+@register("ema_cross")
+class EmaCrossStrategy:
+    """The strategy component: candles in, a `signal` event and intents out on a cross."""
+
+    subscribes: ClassVar[tuple[type, ...]] = (Candle,)
+
+    def __init__(self, config: StrategyConfig, strategy_id: str, symbol: str) -> None:
+        self.config = config
+        self.id = strategy_id
+        self.symbol = symbol
+        self.ema = EmaCross(config.fast_period, config.slow_period, config.history)
+
+    @property
+    def warmup(self) -> int:
+        return self.config.slow_period + 1
+
+    def state(self) -> dict[str, Any]:
+        return self.ema.snapshot()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.ema.restore(state)
+
+    def on_quote(self, tick: Tick, account: AccountSnapshot, now: float) -> list[StrategyOutput]:
+        return []
+
+    def on_candle(self, candle: Candle, account: AccountSnapshot, now: float) -> list[StrategyOutput]:
+        ema = self.ema
+        cross = ema.update(candle.close)
+        if cross is None or candle.backfill:
+            return []
+        signal = Event(
+            now,
+            "signal",
+            {
+                "strategy": self.config.name,
+                "strategy_id": self.id,
+                "symbol": self.symbol,
+                "direction": cross,
+                "price": candle.close,
+                "candle_open_ts": candle.open_ts,
+                "fast_ema": ema.fast,
+                "slow_ema": ema.slow,
+            },
+        )
+        position = account.position(self.symbol).qty
+        return [signal, *intents_for(cross, position, self.config, candle.close, now, self.id, self.symbol)]

@@ -1,0 +1,130 @@
+"""The broker actor: a thin loop around the paper broker component, and the driver of each step.
+
+Each input is a step (the kernel's, actors/kernel.py): a market event from the feed (stamped with
+its arrival time) or one of the broker's own timers (an order reaching the market, a heartbeat).
+The broker works it; asks the risk gate about each account update it has (and applies the
+commands the gate sends back); then, for a market event some strategy takes, asks the gate with
+the event and the account as it now is (the gate asks the strategies, and sends the orders it
+approves back). The next input waits until the step is done, so a step is all-or-nothing and
+its events reach the recorder in the kernel's order.
+
+Timers due at or before a step's time run right after it; the others as they fall due while the
+broker waits for the feed. A `StopSession` from the gate ends the steps: the broker tells the
+watchdog and ignores the rest of its input. When the feed's channel closes, the broker returns
+(flatten-on-exit is the session's, on the component, after every actor has finished).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import trio
+
+from actors.broker.paper import PaperBroker
+from actors.clock import SessionClock
+from actors.feeds.stamp import Stamped
+from actors.mailbox import Asker
+from actors.recording.recorder import MARKET_KIND, EventSink
+from protocols.messages import (
+    AccountSnapshot,
+    AccountUpdate,
+    BrokerInput,
+    Event,
+    MarketEvent,
+    MarketView,
+    StopSession,
+)
+
+
+async def run_broker(
+    broker: PaperBroker,
+    market_rx: trio.MemoryReceiveChannel[Stamped],
+    risk: Asker[AccountUpdate | MarketView, None],
+    from_risk: trio.MemoryReceiveChannel[BrokerInput],
+    sink: EventSink,
+    clock: SessionClock,
+    stop_tx: trio.MemorySendChannel[StopSession],
+    *,
+    published: tuple[type, ...] = (),
+    record_market: bool = False,
+    after_step: Callable[[float], None] | None = None,
+    on_snapshot: Callable[[AccountSnapshot], None] | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """`published`: the market event types some strategy takes; `record_market`: every market
+    event acted on goes to market.jsonl (live sessions, for replay); `after_step(now)`: called
+    after each step (the session checkpoints there); `on_snapshot`: the account after each step
+    (the watchdog's progress display)."""
+    stopping: StopSession | None = None
+
+    def record(events: list[Event]) -> None:
+        for event in events:
+            sink.send_nowait(event)
+
+    def drain(now: float) -> None:
+        nonlocal stopping
+        while True:
+            try:
+                message = from_risk.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            record(broker.handle(message, now))
+            if isinstance(message, StopSession) and stopping is None:
+                stopping = message
+
+    async def settle(now: float) -> None:
+        while stopping is None and (update := broker.account_update(now)) is not None:
+            await risk.ask(update)
+            drain(now)
+
+    async def timer_step(due: float) -> None:
+        record(broker.on_timer(due))
+        await settle(due)
+        end_step(due)
+
+    async def market_step(event: MarketEvent, now: float) -> None:
+        if record_market:
+            sink.send_nowait(Event(now, MARKET_KIND, {"event": event}))
+        record(broker.on_market(event, now))
+        await settle(now)
+        if stopping is None and isinstance(event, published):
+            await risk.ask(MarketView(event, broker.snapshot(now)))
+            drain(now)
+        end_step(now)
+
+    def end_step(now: float) -> None:
+        if after_step is not None:
+            after_step(now)
+        if on_snapshot is not None:
+            on_snapshot(broker.snapshot(now))
+
+    with market_rx, risk, from_risk, stop_tx:
+        task_status.started()
+        now = -math.inf
+        while stopping is None:
+            due = broker.next_timer()
+            if due <= now:  # due by the last step's time: before anything else
+                now = due
+                await timer_step(due)
+                continue
+            with trio.move_on_at(clock.to_trio(due)) as waiting:
+                try:
+                    arrival, event = await market_rx.receive()
+                except trio.EndOfChannel:
+                    return
+            if waiting.cancelled_caught:  # the timer fell due while waiting
+                now = due
+                await timer_step(due)
+                continue
+            while (due := broker.next_timer()) <= arrival:
+                await timer_step(due)
+                if stopping is not None:
+                    break
+            if stopping is not None:
+                break
+            now = arrival
+            await market_step(event, arrival)
+        stop_tx.send_nowait(stopping)
+        async for _ in market_rx:  # stopped: the rest of the input is not acted on
+            pass

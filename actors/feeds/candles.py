@@ -1,0 +1,38 @@
+"""A feed actor over timed inputs (a candle file's steps, a recorded market log): each input is
+sent to the broker at its time on the session clock, stamped with that time. The kernel steps
+through the same inputs without trio; this is how the live actors take them (the differential
+test, `--runtime actors`). When the inputs end it asks the watchdog to stop the session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import trio
+from loguru import logger
+
+from actors.clock import SessionClock
+from actors.feeds.stamp import Stamped
+from protocols.messages import MarketEvent, StopSession
+
+
+async def run_timed_feed(
+    inputs: Iterable[tuple[float, MarketEvent]],
+    clock: SessionClock,
+    market_tx: trio.MemorySendChannel[Stamped],
+    stops_tx: trio.MemorySendChannel[StopSession],
+    *,
+    end_reason: str = "data_end",
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    count = 0
+    last = clock.now()
+    with market_tx, stops_tx:
+        task_status.started()
+        for ts, event in inputs:
+            await clock.sleep_until(ts)
+            await market_tx.send((ts, event))
+            count += 1
+            last = ts
+        market_tx.close()  # the broker finishes its last step, then sees the end
+        logger.info("data exhausted after {} market events", count)
+        stops_tx.send_nowait(StopSession(last, end_reason, "all data delivered"))

@@ -1,0 +1,185 @@
+"""The backtest and replay runtime: a plain loop over the data, driving the same components as the
+live Trio actors, in the same order of messages.
+
+One *step* per input, at its time `now` (a market event's arrival time, or a timer's due time):
+
+1. the broker's timers due at or before `now` run first, each a step of its own (an order reaching
+   the market, a heartbeat), in time order;
+2. the broker works the input (`broker.handle`), and its events are recorded;
+3. *settle*: while the broker has an `AccountUpdate` for the risk gate (its watch fired, or a
+   trade closed), the gate reacts (`gate.on_account`) and its commands go to the broker at once
+   (`Flatten`, `HaltEntries`, `StopSession`, `RiskWatch`); a `StopSession` ends the run after
+   this step;
+4. a market event some strategy subscribes to goes to those strategies, in their configured order,
+   as a `MarketView` with the account as it now is; each strategy's intents go to the risk gate
+   (`gate.on_intent`, with the same snapshot), and the orders it approves to the broker (which
+   queues them: they reach the market after the latency, as timers).
+
+At the end of a backtest's data the timers due at or before the last input run, then the run
+ends (`data_end`); a replay runs the timers due before the recorded end, then ends with the
+recorded reason. The live runtime (actors/broker/actor.py and its peers) takes the same steps
+with channels between the components; tests/test_kernel.py runs both on the same inputs and
+compares the event logs line by line.
+
+No trio here, no scheduler and no virtual clock: time is the data's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import attrs
+
+from actors.broker.paper import PaperBroker
+from actors.risk.gate import RiskGate
+from actors.strategies.base import Strategy
+from protocols.messages import (
+    Candle,
+    Event,
+    MarketEvent,
+    MarketView,
+    Order,
+    OrderIntent,
+    StopSession,
+    Tick,
+)
+
+
+@attrs.frozen
+class Stopped:
+    """How a run ended: the reason and detail, and the time of the last step."""
+
+    reason: str
+    detail: str
+    ts: float
+
+
+class Kernel:
+    """Drives a broker, a risk gate and strategies over timed inputs; `write` records an event."""
+
+    def __init__(
+        self,
+        broker: PaperBroker,
+        gate: RiskGate,
+        strategies: Sequence[Strategy],
+        write: Callable[[Event], None],
+    ) -> None:
+        self.broker = broker
+        self.gate = gate
+        self.strategies = list(strategies)
+        self.write = write
+        self.stopped: Stopped | None = None
+        self.now = -math.inf
+        # which strategies take which market event type (each strategy declares what it takes)
+        self._routes: dict[type, list[Strategy]] = {}
+        for strategy in self.strategies:
+            for kind in strategy.subscribes:
+                self._routes.setdefault(kind, []).append(strategy)
+
+    # --- steps ---------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        inputs: Iterable[tuple[float, MarketEvent]],
+        *,
+        end_ts: float = math.inf,
+        end_reason: str = "data_end",
+    ) -> Stopped:
+        """Every input in order, each a step; then the timers due before `end_ts` (or, with no
+        end, at or before the last input); then stop with `end_reason`."""
+        broker = self.broker
+        market_step = self.market_step
+        next_timer = broker.next_timer
+        for now, event in inputs:
+            if next_timer() <= now:
+                self.timers(now)
+                if self.stopped is not None:
+                    return self.stopped
+            market_step(event, now)
+            if self.stopped is not None:
+                return self.stopped
+        if math.isfinite(end_ts):
+            while next_timer() < end_ts and self.stopped is None:
+                self.timers(next_timer())
+        else:
+            self.timers(self.now)
+        if self.stopped is None:
+            self.stopped = Stopped(
+                end_reason, "", max(self.now, end_ts) if math.isfinite(end_ts) else self.now
+            )
+        return self.stopped
+
+    def timers(self, now: float) -> None:
+        """The broker's timers due at or before `now`, each due time a step."""
+        broker = self.broker
+        while self.stopped is None:
+            due = broker.next_timer()
+            if due > now:
+                return
+            self.now = due
+            for event in broker.on_timer(due):
+                self.write(event)
+            self.settle(due)
+
+    def market_step(self, event: MarketEvent, now: float) -> None:
+        self.now = now
+        broker = self.broker
+        write = self.write
+        for out in broker.on_market(event, now):
+            write(out)
+        if broker.update_due or broker.closed:
+            self.settle(now)
+            if self.stopped is not None:
+                return
+        targets = self._routes.get(type(event))
+        if targets:
+            self.publish(event, targets, now)
+
+    def settle(self, now: float) -> None:
+        """The risk gate's reactions to the account, until the broker has nothing more to report."""
+        broker, gate, write = self.broker, self.gate, self.write
+        while (update := broker.account_update(now)) is not None:
+            commands = []
+            for out in gate.on_account(update):
+                if isinstance(out, Event):
+                    write(out)
+                else:
+                    commands.append(out)
+            for command in commands:
+                for event in broker.handle(command, now):
+                    write(event)
+                if isinstance(command, StopSession):
+                    self.stopped = Stopped(command.reason, command.detail, now)
+            if self.stopped is not None:
+                return
+
+    def publish(self, event: MarketEvent, targets: list[Strategy], now: float) -> None:
+        """The event to the strategies that take it, with the account as it is now; their intents
+        through the risk gate to the broker."""
+        broker, gate, write = self.broker, self.gate, self.write
+        view = MarketView(event, broker.snapshot(now))
+        account = view.account
+        orders: list[Order] = []
+        for strategy in targets:
+            if isinstance(event, Candle):
+                outs = strategy.on_candle(event, account, now)
+            elif isinstance(event, Tick):
+                outs = strategy.on_quote(event, account, now)
+            else:
+                continue
+            intents = []
+            for out in outs:  # the strategy's events first, then its intents (as its actor does)
+                if isinstance(out, OrderIntent):
+                    intents.append(out)
+                else:
+                    write(out)
+            for intent in intents:
+                for decided in gate.on_intent(intent, account, now):
+                    if isinstance(decided, Order):
+                        orders.append(decided)
+                    elif isinstance(decided, Event):
+                        write(decided)
+        for order in orders:  # the broker takes them once every strategy has decided
+            for e in broker.on_order(order, now):
+                write(e)

@@ -1,0 +1,269 @@
+"""The actors runtime: one Trio nursery of actors over bounded channels (see actors/session.py).
+
+```
+feed --(arrival, MarketEvent)--> broker --ask: AccountUpdate | MarketView--> risk gate --ask--> strategies
+                                   ^                                              |
+                                   +------- orders, risk commands (drained) ------+
+broker --StopSession--> watchdog (owns the session scope)       every actor --Event--> recorder
+```
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+from loguru import logger
+
+from actors.broker.actor import run_broker
+from actors.clock import SessionClock
+from actors.feeds.candles import run_timed_feed
+from actors.feeds.mock import FeedHealth
+from actors.feeds.stamp import Stamped, Stamper
+from actors.lock import SessionLock
+from actors.mailbox import Asker, open_mailbox
+from actors.progress import Progress
+from actors.recording.recorder import EventSink, Recorder, run_recorder
+from actors.risk.actor import StrategyLink, orders_capacity, run_risk
+from actors.strategies.actor import run_strategy
+from actors.watchdog import Stopper, run_watchdog
+from protocols.messages import (
+    AccountSnapshot,
+    AccountUpdate,
+    BrokerInput,
+    Event,
+    MarketView,
+    OrderIntent,
+    StopSession,
+)
+
+if TYPE_CHECKING:
+    from actors.session import Parts, Session, SessionResult, Timeline
+
+
+@attrs.define
+class _Latest:
+    """The account the broker published after its last step (the watchdog's progress display)."""
+
+    account: AccountSnapshot | None = None
+    step_ts: float = -math.inf
+
+    def update(self, account: AccountSnapshot) -> None:
+        self.account = account
+        self.step_ts = account.ts
+
+
+async def run_actors(session: Session) -> SessionResult:
+    from actors.session import (
+        SessionResult,
+        Timeline,
+        closing_events,
+        end_reason,
+        load_resume,
+        resumed_event,
+        started_event,
+    )
+
+    config, plan = session.config, session.plan
+    found = session.inputs()
+    clock = SessionClock(wall_start=found[0] if found is not None else None)
+    resume_state: dict[str, Any] | None = None
+    if plan.resume is not None:
+        run_path = plan.resume
+        loaded = load_resume(run_path)
+        resume_state = loaded.state
+        timeline = Timeline(**{**resume_state["session"], "resumed_seq": resume_state["seq"]})
+        parts = session.parts(timeline)
+        parts.restore(resume_state["parts"], clock.now())
+        parts.broker.schedule_heartbeats(clock.now())
+    else:
+        timeline = session.timeline(clock.now())
+        parts = session.parts(timeline)
+        run_path = session.new_run_folder(clock.now())
+
+    health = FeedHealth(data_source=config.feed.source)
+    stopper = Stopper()
+    with SessionLock(run_path):
+        recorder = Recorder(run_path, resume_seq=timeline.resumed_seq if resume_state else None)
+        sink = EventSink()
+        async with trio.open_nursery() as root:
+            await root.start(run_recorder, recorder, sink)
+            with sink:
+                if resume_state is None:
+                    sink.send_nowait(started_event(config, run_path.name, timeline))
+                else:
+                    now = clock.now()
+                    sink.send_nowait(
+                        resumed_event(now, recorder, parts.broker, loaded.path.name, loaded.problems)
+                    )
+                    for event in parts.broker.abandon_in_flight(now):
+                        sink.send_nowait(event)
+                latest = _Latest()
+                status = await _supervise(session, clock, parts, timeline, stopper, sink, health, latest)
+                if plan.mode == "live":
+                    timeline.data_source = health.data_source
+                ended = max(t for t in (stopper.ts, latest.step_ts, timeline.started_ts) if t is not None)
+                if status == "error" or stopper.ts is None:
+                    ended = max(ended, clock.now())
+                reason = stopper.reason or "feed_ended"
+                if plan.mode == "replay" and reason == "duration":
+                    reason = end_reason(plan)
+                with trio.move_on_after(config.session.flatten_timeout_s, shield=True) as scope:
+                    for event in closing_events(
+                        parts.broker, timeline, ended, status, reason, stopper.detail, health.down_s(ended)
+                    ):
+                        sink.send_nowait(event)
+                if scope.cancelled_caught:
+                    logger.error("flatten-on-exit timed out after {} s", config.session.flatten_timeout_s)
+    assert recorder.report is not None
+    return SessionResult(run_path, recorder.report)
+
+
+async def _supervise(
+    session: Session,
+    clock: SessionClock,
+    parts: Parts,
+    timeline: Timeline,
+    stopper: Stopper,
+    sink: EventSink,
+    health: FeedHealth,
+    latest: _Latest,
+) -> str:
+    """Run the actors until the session is stopped; returns the status ("ok" or "error")."""
+    config, plan = session.config, session.plan
+    mode = "off" if plan.mode != "live" else (session.progress_mode or config.observability.progress)
+    status = "ok"
+    with Progress(mode) as progress:
+        try:
+            await _run(session, clock, parts, timeline, stopper, sink, health, latest, progress)
+        except* Exception as group:
+            stopper.stop("error", "; ".join(repr(e) for e in group.exceptions), clock.now())
+            logger.error("session failed:\n{}", "".join(traceback.format_exception(group)))
+            sink.send_nowait(Event(clock.now(), "error", {"where": "session", "message": stopper.detail}))
+            status = "error"
+    return status
+
+
+async def _run(
+    session: Session,
+    clock: SessionClock,
+    parts: Parts,
+    timeline: Timeline,
+    stopper: Stopper,
+    sink: EventSink,
+    health: FeedHealth,
+    latest: _Latest,
+    progress: Progress,
+) -> None:
+    config, plan = session.config, session.plan
+    live = plan.mode == "live"
+    market_tx, market_rx = trio.open_memory_channel[Stamped](0)
+    to_broker_tx, to_broker_rx = trio.open_memory_channel[BrokerInput](
+        orders_capacity(config.risk.max_orders_per_minute)
+    )
+    stops_tx, stops_rx = trio.open_memory_channel[StopSession](16)
+    risk_asker, risk_answerer = open_mailbox(AccountUpdate | MarketView, type(None))  # type: ignore[arg-type]
+    links: list[StrategyLink] = []
+    strategy_inboxes = []
+    for strategy in parts.strategies:
+        asker, answerer = open_mailbox(MarketView, list[OrderIntent])  # type: ignore[arg-type]
+        links.append(StrategyLink(strategy.subscribes, asker))
+        strategy_inboxes.append((strategy, answerer))
+    published = tuple({kind for strategy in parts.strategies for kind in strategy.subscribes})
+    after_step = _checkpointer(parts, timeline, sink, config.state.checkpoint_interval_s) if live else None
+
+    async with trio.open_nursery() as actors:
+        for strategy, answerer in strategy_inboxes:
+            await actors.start(run_strategy, strategy, answerer, sink)
+        await actors.start(run_risk, parts.gate, risk_answerer, links, to_broker_tx, sink)
+        await actors.start(
+            partial(
+                run_broker,
+                parts.broker,
+                market_rx,
+                _as_asker(risk_asker),
+                to_broker_rx,
+                sink,
+                clock,
+                stops_tx.clone(),
+                published=published,
+                record_market=live,
+                after_step=after_step,
+                on_snapshot=latest.update,
+            )
+        )
+        with market_tx, stops_tx, stopper.scope:
+            async with trio.open_nursery() as front:
+                await front.start(
+                    partial(
+                        run_watchdog,
+                        clock=clock,
+                        started_ts=timeline.started_ts,
+                        duration_s=timeline.duration_s,
+                        kill_switch=config.session.kill_switch if live else None,
+                        stopper=stopper,
+                        stops_rx=stops_rx,
+                        latest=lambda: latest.account,
+                        progress=progress,
+                        handle_signals=session.handle_signals,
+                    )
+                )
+                await front.start(
+                    _feed(session, clock, parts, sink, health), market_tx.clone(), stops_tx.clone()
+                )
+
+
+def _as_asker(asker: Asker[Any, Any]) -> Asker[AccountUpdate | MarketView, None]:
+    return asker
+
+
+def _feed(session: Session, clock: SessionClock, parts: Parts, sink: EventSink, health: FeedHealth) -> Any:
+    """The feed actor of this session: the stand-in a test gave, the timed inputs of a backtest or
+    replay, or the live feed (Bitunix, or the mock source)."""
+    if session.feed is not None:
+        return session.feed
+    found = session.inputs()
+    if found is not None:
+        _, inputs = found
+        return partial(run_timed_feed, inputs, clock)
+    config = session.config
+
+    async def live(
+        market_tx: trio.MemorySendChannel[Stamped],
+        stops_tx: trio.MemorySendChannel[StopSession],
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        # imported here: the live feed's HTTP and WebSocket clients are not needed otherwise
+        from actors.feeds.bitunix import run_live_feed
+
+        with stops_tx:
+            await run_live_feed(
+                config,
+                clock,
+                health,
+                parts.walk,
+                [Stamper(market_tx, clock)],  # type: ignore[list-item]
+                sink.clone(),
+                task_status=task_status,
+            )
+
+    return live
+
+
+def _checkpointer(parts: Parts, timeline: Timeline, sink: EventSink, interval_s: float) -> Any:
+    """After each step of a live session: a checkpoint when an order, fill or position changed
+    since the last one, or at least every `interval_s`. The state is taken right there, between
+    two steps, so it matches exactly the events sent before it."""
+    next_at = -math.inf
+
+    def after_step(now: float) -> None:
+        nonlocal next_at
+        if sink.critical or now >= next_at:
+            sink.checkpoint({"session": attrs.asdict(timeline), "parts": parts.state()})
+            next_at = now + interval_s
+
+    return after_step

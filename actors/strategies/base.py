@@ -1,0 +1,69 @@
+"""The strategy interface and the registry of strategies by name.
+
+A strategy is a plain synchronous component (no trio) behind a small interface: what it
+subscribes to, how many closed candles it needs to warm up, and `on_candle` / `on_quote`, which
+take a market event with the account snapshot it arrived with and return order intents (and
+events to record, e.g. its `signal`). It owns its indicators and setup state and nothing else; its
+intents go to the risk gate. Strategies are registered by name (`strategy.name` picks one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
+
+from actors.config import StrategyConfig
+from protocols.messages import AccountSnapshot, Candle, Event, MarketEvent, MarketView, OrderIntent, Tick
+
+StrategyOutput = OrderIntent | Event
+
+
+class Strategy(Protocol):
+    """What the runtimes need of a strategy."""
+
+    id: str
+    symbol: str
+    # the market event types it takes (the others never reach it)
+    subscribes: ClassVar[tuple[type, ...]]
+
+    @property
+    def warmup(self) -> int:
+        """Closed candles it needs before it can signal."""
+        ...
+
+    def on_candle(self, candle: Candle, account: AccountSnapshot, now: float) -> list[StrategyOutput]: ...
+
+    def on_quote(self, tick: Tick, account: AccountSnapshot, now: float) -> list[StrategyOutput]: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def restore(self, state: dict[str, Any]) -> None: ...
+
+
+def handle(strategy: Strategy, view: MarketView, now: float) -> list[StrategyOutput]:
+    """A market view, dispatched by the event's type."""
+    event: MarketEvent = view.event
+    if isinstance(event, Candle):
+        return strategy.on_candle(event, view.account, now)
+    if isinstance(event, Tick):
+        return strategy.on_quote(event, view.account, now)
+    return []
+
+
+StrategyFactory = Callable[[StrategyConfig, str, str], Strategy]
+REGISTRY: dict[str, StrategyFactory] = {}
+
+
+def register(name: str) -> Callable[[StrategyFactory], StrategyFactory]:
+    """Register a strategy class (called as `factory(config, id, symbol)`) under `name`."""
+
+    def add(factory: StrategyFactory) -> StrategyFactory:
+        REGISTRY[name] = factory
+        return factory
+
+    return add
+
+
+def build_strategy(config: StrategyConfig, strategy_id: str, symbol: str) -> Strategy:
+    """The strategy `config.name` names (the config validates the name against the registry)."""
+    return REGISTRY[config.name](config, strategy_id, symbol)
