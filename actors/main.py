@@ -144,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         config = _config(args, flags)
+        if not args.check_config:  # before planning: it may warn (an abandoned run folder closed)
+            _setup_logging(config.observability.log_level)
         plan = None if args.check_config else _plan(args, config)
     except ConfigError as exc:
         for problem in exc.problems:
@@ -155,7 +157,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config or plan is None:
         sys.stdout.write(to_toml(config))
         return 0
-    _setup_logging(config.observability.log_level)
     if plan.resume is not None:
         logger.warning("resuming unfinished session {} (start a new one with --fresh)", plan.resume.name)
 

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import attrs
 
-from actors.lock import is_locked
+from actors.lock import SessionLocked, is_locked
+from actors.recording.abandon import close_and_warn, has_checkpoint
 
 Mode = Literal["live", "replay", "backtest"]
 
@@ -93,7 +94,12 @@ def is_unfinished(run_path: Path) -> bool:
 
 
 def find_resumable(run_dir: Path, run_id: str | None) -> Path | None:
-    """The session to resume: `--resume RUN_ID`, or `<run_dir>/latest` when unfinished and unowned."""
+    """The session to resume: `--resume RUN_ID`, or `<run_dir>/latest` when unfinished and unowned.
+
+    An unfinished, unowned `latest` without any checkpoint (its process was killed before the
+    first one) cannot be resumed: it is closed as abandoned (actors/recording/abandon.py), with a
+    warning, and None is returned so that a new session starts.
+    """
     if run_id is not None:
         path = run_dir / run_id
         if not path.is_dir():
@@ -107,8 +113,19 @@ def find_resumable(run_dir: Path, run_id: str | None) -> Path | None:
     if not latest.exists() or not is_unfinished(latest):
         return None
     path = latest.resolve()
+    running = f"session {path.name} is running in another process; use --fresh to start a second session"
     if is_locked(path):
-        raise PlanError(
-            f"session {path.name} is running in another process; use --fresh to start a second session"
-        )
+        raise PlanError(running)
+    if not has_checkpoint(path):
+        # killed before its first checkpoint: nothing to resume from; closed so it never blocks a start
+        try:
+            close_and_warn(path)
+        except SessionLocked:
+            raise PlanError(running) from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PlanError(
+                f"{path} was killed before its first checkpoint and could not be closed as abandoned "
+                f"({exc!r}); start a new session with --fresh"
+            ) from exc
+        return None
     return path

@@ -44,7 +44,6 @@ from protocols.messages import (
     Event,
     FeedStatus,
     Flatten,
-    Funding,
     HaltEntries,
     MarketEvent,
     Order,
@@ -159,6 +158,7 @@ class PaperBroker:
         self.last_tick: Tick | None = None
         self.book: Book | None = None
         self.last_ts: float | None = None
+        self.next_funding_ts = -math.inf  # the next funding instant after last_ts
         self.stale = False  # the feed said its data is stale (FeedStatus)
         self.processed_signed_qty = 0.0  # every gate order's signed qty once filled, refused or cancelled
         self.fill_seq = 0
@@ -167,6 +167,7 @@ class PaperBroker:
         self.awaiting_quote: list[Order] = []
         self.in_flight: deque[InFlight] = deque()
         self.trade: OpenTrade | None = None
+        self._position: Position | None = None  # the last snapshot's, reused while unchanged
         self.peak_equity = self.starting_equity
         self.max_drawdown_pct = 0.0
         # timers
@@ -221,13 +222,10 @@ class PaperBroker:
                 mark = self.last_tick.mid
             if mark is not None:
                 unrealized = (mark - self.avg_price) * pos
-        return (
-            self.starting_equity
-            + self.realized_pnl
-            - (self.fees_maker + self.fees_taker)
-            - self.funding_paid
-            + unrealized
+        cash = (
+            self.starting_equity + self.realized_pnl - (self.fees_maker + self.fees_taker) - self.funding_paid
         )
+        return cash + unrealized
 
     @property
     def notional(self) -> float:
@@ -324,6 +322,11 @@ class PaperBroker:
             w["order"]["id"]: Working(Order(**w["order"]), w["remaining"], w["arrived_ts"])
             for w in state["working"]
         }
+        self.next_funding_ts = (
+            (math.floor(self.last_ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S
+            if self.last_ts is not None
+            else -math.inf
+        )
         self.in_flight = deque(
             InFlight(f["arrival_ts"], Cancel(**f["cancel"]) if "cancel" in f else Order(**f["order"]))
             for f in state.get("in_flight", [])
@@ -332,39 +335,74 @@ class PaperBroker:
     # --- market ---------------------------------------------------------------------------------
 
     def on_market(self, event: MarketEvent, ts: float) -> list[Event]:
-        """Mark to market, charge funding, work resting orders, liquidate; returns the events."""
+        """Mark to market, charge funding, work resting orders, liquidate; returns the events.
+
+        It runs for every market event (three per candle in a backtest), so the work that cannot
+        change anything is skipped and equity, drawdown and the liquidation check are computed
+        once, inline (the same arithmetic as the `equity` property)."""
+        cls = type(event)
+        if cls is Book:
+            self.book = event  # type: ignore[assignment]
+            return []
+        if cls is FeedStatus:
+            self.stale = event.stale  # type: ignore[union-attr]
+            return []
+        if cls is Candle:
+            if event.backfill or not self.working:  # type: ignore[union-attr]
+                # history has no market to trade against; a live candle after its close quote
+                # only works resting orders on its range: without any, it changes nothing
+                return []
         events: list[Event] = []
-        if isinstance(event, Book):
-            self.book = event
-            return events
-        if isinstance(event, FeedStatus):
-            self.stale = event.stale
-            return events
-        if isinstance(event, Candle) and event.backfill:
-            return events  # history: no market to trade against
-        # it runs for every market event: the work that cannot change anything is skipped (no
-        # resting order to work, no position to liquidate) and equity is computed once
-        last_ts, self.last_ts = self.last_ts, ts
-        if last_ts is not None and ts >= (math.floor(last_ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S:
-            events += self._funding_due(last_ts, ts)
-        if isinstance(event, Tick):
-            self.last_tick = event
+        if ts >= self.next_funding_ts:
+            if self.last_ts is not None:
+                events += self._funding_due(self.last_ts, ts)
+            self.next_funding_ts = (math.floor(ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S
+        self.last_ts = ts
+        if cls is Tick:
+            self.last_tick = event  # type: ignore[assignment]
             if self.working:
-                events += self._work_quote(event, ts)
+                events += self._work_quote(event, ts)  # type: ignore[arg-type]
             if self.awaiting_quote:
                 waiting, self.awaiting_quote = self.awaiting_quote, []
                 for order in waiting:
                     events += self._execute(order, ts)
-        elif isinstance(event, Candle):
-            if self.working:
-                events += self._work_candle(event, ts)
-        elif isinstance(event, Funding):
-            self.mark = event.mark_price
-            self.funding_rate_pct = event.rate_pct
-        if not -EPS < self.position_qty < EPS:
-            events += self._check_liquidation(ts)
-        equity = self.equity
-        self._update_drawdown(equity)
+        elif cls is Candle:
+            events += self._work_candle(event, ts)  # type: ignore[arg-type]
+        else:
+            self.mark = event.mark_price  # type: ignore[union-attr]
+            self.funding_rate_pct = event.rate_pct  # type: ignore[union-attr]
+        pos = self.position_qty
+        cash = (
+            self.starting_equity + self.realized_pnl - (self.fees_maker + self.fees_taker) - self.funding_paid
+        )
+        if -EPS < pos < EPS:
+            equity = cash + 0.0
+        else:
+            mark = self.mark
+            tick = self.last_tick
+            if mark is None and tick is not None:
+                mark = (tick.bid + tick.ask) / 2
+            if tick is not None and mark is not None:
+                lev = self.config.leverage
+                if pos > 0:
+                    crossed = mark <= self.avg_price * (1 - 1 / lev + MAINTENANCE_MARGIN_RATE)
+                else:
+                    crossed = mark >= self.avg_price * (1 + 1 / lev - MAINTENANCE_MARGIN_RATE)
+                if crossed:
+                    events += self._check_liquidation(ts)
+                    return self._marked(events, ts, self.equity)
+            equity = cash + ((mark - self.avg_price) * pos if mark is not None else 0.0)
+        return self._marked(events, ts, equity)
+
+    def _marked(self, events: list[Event], ts: float, equity: float) -> list[Event]:
+        """After a mark: the peak and deepest drawdown, and whether the risk gate's watch fired."""
+        if equity > self.peak_equity:
+            self.peak_equity = equity
+        peak = self.peak_equity
+        if peak > 0:
+            drawdown = (peak - equity) / peak * 100
+            if drawdown > self.max_drawdown_pct:
+                self.max_drawdown_pct = drawdown
         if equity <= self.watch_floor or ts >= self.watch_at:
             self.update_due = True
         return events
@@ -976,21 +1014,39 @@ class PaperBroker:
         return events
 
     def snapshot(self, now: float) -> AccountSnapshot:
-        """The account now, frozen: what every other component reads."""
+        """The account now, frozen: what every other component reads (built once per step that
+        needs it, so computed in one pass)."""
+        pos = self.position_qty
+        mark = self.mark
+        if mark is None and self.last_tick is not None:
+            mark = (self.last_tick.bid + self.last_tick.ask) / 2
+        unrealized = 0.0 if mark is None or -EPS < pos < EPS else (mark - self.avg_price) * pos
+        cash = (
+            self.starting_equity + self.realized_pnl - (self.fees_maker + self.fees_taker) - self.funding_paid
+        )
+        equity = cash + unrealized
+        peak = self.peak_equity
+        position = self._position
+        if (
+            position is None
+            or position.qty != pos
+            or position.processed_signed_qty != self.processed_signed_qty
+        ):
+            position = self._position = Position(self.symbol, pos, self.avg_price, self.processed_signed_qty)
         return AccountSnapshot(
-            ts=now,
-            symbol=self.symbol,
-            starting_equity=self.starting_equity,
-            equity=self.equity,
-            realized_pnl=self.realized_pnl,
-            unrealized_pnl=self.unrealized_pnl,
-            fees_paid=self.fees_paid,
-            funding_paid=self.funding_paid,
-            drawdown_pct=self.drawdown_pct,
-            mark_price=self.mark_price,
-            positions=(Position(self.symbol, self.position_qty, self.avg_price, self.processed_signed_qty),),
-            open_orders=len(self.working) + len(self.in_flight),
-            stale=self.stale,
+            now,
+            self.symbol,
+            self.starting_equity,
+            equity,
+            self.realized_pnl,
+            unrealized,
+            self.fees_maker + self.fees_taker,
+            self.funding_paid,
+            0.0 if peak <= 0 else max(0.0, (peak - equity) / peak * 100),
+            mark,
+            (position,),
+            len(self.working) + len(self.in_flight),
+            self.stale,
         )
 
     def account_update(self, now: float) -> AccountUpdate | None:

@@ -1,0 +1,207 @@
+"""Closing, as abandoned, a run folder whose process died before its first checkpoint.
+
+A live session writes its first checkpoint a few tens of milliseconds after it creates
+`events.jsonl`. A process killed in between (`kill -9`, a power cut) leaves a run folder that is
+unfinished (no `final_report.json`) but cannot be resumed (no checkpoint to restore). The next
+start closes it instead, so that it never blocks a later one:
+
+- a torn last line of `events.jsonl` (the process died in the middle of a write) is dropped;
+- a `session.stopped` event is appended with status and stop reason `abandoned`, at the time of the
+  last event recorded, with the fields a normal stop has, derived from the events (the position it
+  may have had went with the process: paper only, so nothing is flattened and nothing is open);
+- `metrics.json`, `metrics.csv` and `final_report.json` are written from the events, as the
+  recorder does at the end of a session (`protocols.records.ReportBuilder`).
+
+Every file is replaced atomically and `final_report.json` comes last, so a start killed while
+closing leaves a folder that the next start closes again, with the same result. A folder whose
+`events.jsonl` holds no `session.started` (the first lines had not reached the disk) recorded
+nothing that a report could be made of: it is left as it is.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+from loguru import logger
+
+from actors.lock import SessionLock
+from actors.recording import checkpoint
+from protocols.records import METRIC_FIELDS, ReportBuilder, dumps_line
+
+ABANDONED = "abandoned"
+EVENTS = "events.jsonl"
+
+
+@attrs.frozen
+class Abandoned:
+    """What closing a run folder found and did."""
+
+    run_path: Path
+    closed: bool  # False: no session.started recorded, the folder was left as it is
+    dropped_lines: int = 0  # unreadable lines dropped from events.jsonl (a torn last write)
+    fills: int = 0
+    position_qty: float = 0.0  # what the fills left open when the process died
+    report: dict[str, Any] | None = None
+
+
+def has_checkpoint(run_path: Path) -> bool:
+    return any((run_path / name).exists() for name in (checkpoint.NEWEST, checkpoint.PREVIOUS))
+
+
+def read_events(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The event records of an events.jsonl that may end in a torn line, and how many lines could
+    not be read (read as bytes: a write cut inside a UTF-8 character is torn too, not an error)."""
+    records: list[dict[str, Any]] = []
+    dropped = 0
+    for raw in path.read_bytes().splitlines():
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            dropped += 1
+            continue
+        if isinstance(record, dict) and "seq" in record and "kind" in record and "ts" in record:
+            records.append(record)
+        else:
+            dropped += 1
+    return records, dropped
+
+
+def _ts(iso_ts: str) -> float:
+    return datetime.fromisoformat(iso_ts.replace("Z", "+00:00")).timestamp()
+
+
+def stopped_record(records: list[dict[str, Any]], detail: str) -> dict[str, Any]:
+    """The `session.stopped` record closing these events as abandoned."""
+    started, last = records[0], records[-1]
+    builder = ReportBuilder()
+    data_source = started["data_source"]
+    for record in records:
+        builder.add(record)
+        if record["kind"] == "feed.fallback" and record.get("data_source"):
+            data_source = record["data_source"]
+    fees = builder.fees["maker"] + builder.fees["taker"]
+    equity = started["starting_equity"] + builder.realized_pnl - fees - builder.funding_paid
+    return {
+        "seq": last["seq"] + 1,
+        "ts": last["ts"],
+        "kind": "session.stopped",
+        "status": ABANDONED,
+        "stop_reason": ABANDONED,
+        "detail": detail,
+        "elapsed_s": round(_ts(last["ts"]) - _ts(started["ts"]), 3),
+        "data_source": data_source,
+        "feed_down_s": 0.0,
+        "ending_equity": round(equity, 6),
+        "unrealized_pnl": 0.0,
+        "max_drawdown_pct": round(builder.max_drawdown_pct, 4),
+        "open_positions": [],
+    }
+
+
+def _replace(path: Path, data: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _metrics_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=METRIC_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def close_abandoned(run_path: Path) -> Abandoned:
+    """Close a run folder that has no checkpoint as abandoned (see the module docstring).
+
+    Holds the session's lock meanwhile (`SessionLocked` when a live process owns the folder).
+    Closing a folder already closed, or closed halfway by a killed start, gives the same files.
+    """
+    with SessionLock(run_path):
+        records, dropped = read_events(run_path / EVENTS)
+        if not records or records[0]["kind"] != "session.started":
+            return Abandoned(run_path, closed=False, dropped_lines=dropped)
+        fills = [r for r in records if r["kind"] == "order.filled"]
+        position = sum(r["qty"] if r["side"] == "buy" else -r["qty"] for r in fills)
+        if records[-1]["kind"] != "session.stopped":
+            detail = "killed before its first checkpoint (no checkpoint.json): closed by the next start"
+            if fills:
+                detail += f"; it had {len(fills)} fill(s), its position was lost with the process (paper)"
+            records.append(stopped_record(records, detail))
+            rewrite = True
+        else:  # closed already by a start that was killed before it wrote the report
+            rewrite = dropped > 0
+        if rewrite:
+            _replace(run_path / EVENTS, "".join(dumps_line(r) + "\n" for r in records))
+        builder = ReportBuilder()
+        for record in records:
+            builder.add(record)
+        rows = [{k: r.get(k) for k in METRIC_FIELDS} for r in records if r["kind"] == "heartbeat"]
+        _replace(run_path / "metrics.csv", _metrics_csv(rows))
+        metrics = {"fields": list(METRIC_FIELDS), "rows": rows}
+        _replace(run_path / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+        report = builder.report()
+        _replace(run_path / "final_report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+        _fsync_dir(run_path)
+    return Abandoned(
+        run_path,
+        closed=True,
+        dropped_lines=dropped,
+        fills=len(fills),
+        position_qty=round(position, 8),
+        report=report,
+    )
+
+
+def close_and_warn(run_path: Path) -> Abandoned:
+    """`close_abandoned`, with a warning that names the run folder and says what was lost."""
+    result = close_abandoned(run_path)
+    if not result.closed:
+        logger.warning(
+            "run folder {} was killed before it recorded anything (no session.started in {}): "
+            "left as it is; starting a new session",
+            run_path,
+            EVENTS,
+        )
+        return result
+    assert result.report is not None
+    torn = f", {result.dropped_lines} torn line(s) of {EVENTS} dropped" if result.dropped_lines else ""
+    logger.warning(
+        "run folder {} was killed before its first checkpoint and cannot be resumed: closed it as "
+        "abandoned at {} (final_report.json written{}); starting a new session",
+        run_path,
+        result.report["ended_at"],
+        torn,
+    )
+    if result.fills:
+        logger.warning(
+            "the abandoned session {} had traded ({} fill(s), realized pnl {:+.2f} USDT, fees {:.2f}); "
+            "the position it had then ({:+.8f} BTC) was lost with its process (paper only)",
+            result.run_path.name,
+            result.fills,
+            result.report["realized_pnl"],
+            result.report["fees_paid"],
+            result.position_qty,
+        )
+    return result
