@@ -85,6 +85,7 @@ class Kernel:
         *,
         end_ts: float = math.inf,
         end_reason: str = "data_end",
+        end_detail: str = "all data delivered",
     ) -> Stopped:
         """Every input in order, each a step; then the timers due before `end_ts` (or, with no
         end, at or before the last input); then stop with `end_reason`."""
@@ -106,7 +107,7 @@ class Kernel:
             self.timers(self.now)
         if self.stopped is None:
             self.stopped = Stopped(
-                end_reason, "", max(self.now, end_ts) if math.isfinite(end_ts) else self.now
+                end_reason, end_detail, max(self.now, end_ts) if math.isfinite(end_ts) else self.now
             )
         return self.stopped
 

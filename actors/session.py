@@ -345,6 +345,9 @@ class Session:
                     inputs,
                     end_ts=timeline.end_ts,
                     end_reason="data_end" if self.plan.mode == "backtest" else end_reason(self.plan),
+                    end_detail="all data delivered"
+                    if self.plan.mode == "backtest"
+                    else f"{timeline.duration_s:g} s reached",
                 )
             except Exception as exc:
                 logger.error("session failed:\n{}", "".join(traceback.format_exception(exc)))

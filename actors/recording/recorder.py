@@ -98,6 +98,10 @@ class EventSink:
     def closed(self) -> bool:
         return self._open <= 0
 
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
     def drain(self) -> list[Event | CheckpointRequest]:
         batch = list(self._queue)
         self._queue.clear()
@@ -238,7 +242,7 @@ async def run_recorder(
                 next_flush = trio.current_time() + FLUSH_EVERY_S
             else:
                 recorder.write(item)
-        if inbox.closed:
+        if inbox.closed and not inbox.pending:
             break
         now = trio.current_time()
         if now >= next_flush:
