@@ -11,7 +11,7 @@ commands) travels in a channel of its own, drained after each ask.
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import attrs
 import trio
@@ -63,10 +63,9 @@ class Answerer(Generic[Req, Rep]):
         self.close()
 
 
-def open_mailbox(
-    request_type: type[Req], reply_type: type[Rep]
-) -> tuple[Asker[Req, Rep], Answerer[Req, Rep]]:
-    """A caller's and a callee's end of one ask channel (one caller at a time)."""
-    req_tx, req_rx = trio.open_memory_channel[Req](0)
-    rep_tx, rep_rx = trio.open_memory_channel[Rep](1)
+def open_mailbox() -> tuple[Asker[Any, Any], Answerer[Any, Any]]:
+    """A caller's and a callee's end of one ask channel (one caller at a time); annotate the
+    variables with the request and reply types."""
+    req_tx, req_rx = trio.open_memory_channel[Any](0)
+    rep_tx, rep_rx = trio.open_memory_channel[Any](1)
     return Asker(req_tx, rep_rx), Answerer(req_rx, rep_tx)

@@ -275,16 +275,21 @@ class Session:
 
     # --- what every runtime shares --------------------------------------------------------------------
 
+    def candles(self) -> tuple[float, Iterator[Candle]]:
+        """A backtest's start time (its first candle's open) and its candles, read lazily."""
+        assert self.plan.data is not None
+        candles = read_candles_csv(Path(self.plan.data), self.config.interval_s, symbol=self.symbol)
+        first = next(candles, None)
+        if first is None:
+            raise ValueError(f"--data {self.plan.data}: no candles")
+        return first.open_ts, _chain(first, candles)
+
     def inputs(self) -> tuple[float, Iterator[tuple[float, MarketEvent]]] | None:
         """Backtests and replays: the session's start time and its timed inputs (None: live)."""
         plan = self.plan
         if plan.mode == "backtest":
-            assert plan.data is not None
-            candles = read_candles_csv(Path(plan.data), self.config.interval_s, symbol=self.symbol)
-            first = next(candles, None)
-            if first is None:
-                raise ValueError(f"--data {plan.data}: no candles")
-            return first.open_ts, candle_steps(_chain(first, candles))
+            started, candles = self.candles()
+            return started, candle_steps(candles)
         if plan.mode == "replay":
             assert plan.recording is not None
             return plan.recording.started_ts, read_market_log(plan.recording.market_path)
@@ -329,9 +334,12 @@ class Session:
 
     def run_kernel(self) -> SessionResult:
         """A backtest or replay on the kernel, synchronously (no trio)."""
-        found = self.inputs()
-        assert found is not None, "the kernel runs backtests and replays"
-        started, inputs = found
+        if self.plan.mode == "backtest":
+            started, candles = self.candles()
+        else:
+            found = self.inputs()
+            assert found is not None, "the kernel runs backtests and replays"
+            started, inputs = found
         timeline = self.timeline(started)
         parts = self.parts(timeline)
         run_path = self.new_run_folder(started)
@@ -341,14 +349,17 @@ class Session:
             kernel = Kernel(parts.broker, parts.gate, parts.strategies, recorder.write)
             status = "ok"
             try:
-                stopped = kernel.run(
-                    inputs,
-                    end_ts=timeline.end_ts,
-                    end_reason="data_end" if self.plan.mode == "backtest" else end_reason(self.plan),
-                    end_detail="all data delivered"
-                    if self.plan.mode == "backtest"
-                    else f"{timeline.duration_s:g} s reached",
-                )
+                if self.plan.mode == "backtest":
+                    stopped = kernel.run_candles(candles)
+                else:
+                    stopped = kernel.run(
+                        inputs,
+                        end_ts=timeline.end_ts,
+                        end_reason="data_end" if self.plan.mode == "backtest" else end_reason(self.plan),
+                        end_detail="all data delivered"
+                        if self.plan.mode == "backtest"
+                        else f"{timeline.duration_s:g} s reached",
+                    )
             except Exception as exc:
                 logger.error("session failed:\n{}", "".join(traceback.format_exception(exc)))
                 status = "error"

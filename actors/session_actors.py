@@ -25,7 +25,7 @@ from actors.feeds.candles import run_timed_feed
 from actors.feeds.mock import FeedHealth
 from actors.feeds.stamp import Stamped, Stamper
 from actors.lock import SessionLock
-from actors.mailbox import Asker, open_mailbox
+from actors.mailbox import Answerer, Asker, open_mailbox
 from actors.progress import Progress
 from actors.recording.recorder import EventSink, Recorder, run_recorder
 from actors.risk.actor import StrategyLink, orders_capacity, run_risk
@@ -112,13 +112,12 @@ async def run_actors(session: Session) -> SessionResult:
                 reason = stopper.reason or "feed_ended"
                 if plan.mode == "replay" and reason == "duration":
                     reason = end_reason(plan)
-                with trio.move_on_after(config.session.flatten_timeout_s, shield=True) as scope:
-                    for event in closing_events(
-                        parts.broker, timeline, ended, status, reason, stopper.detail, health.down_s(ended)
-                    ):
-                        sink.send_nowait(event)
-                if scope.cancelled_caught:
-                    logger.error("flatten-on-exit timed out after {} s", config.session.flatten_timeout_s)
+                # flatten-on-exit: synchronous on the broker component (it cannot hang or be
+                # cancelled half-way), through its normal fill path
+                for event in closing_events(
+                    parts.broker, timeline, ended, status, reason, stopper.detail, health.down_s(ended)
+                ):
+                    sink.send_nowait(event)
     assert recorder.report is not None
     return SessionResult(run_path, recorder.report)
 
@@ -166,11 +165,15 @@ async def _run(
         orders_capacity(config.risk.max_orders_per_minute)
     )
     stops_tx, stops_rx = trio.open_memory_channel[StopSession](16)
-    risk_asker, risk_answerer = open_mailbox(AccountUpdate | MarketView, type(None))  # type: ignore[arg-type]
+    risk_asker: Asker[AccountUpdate | MarketView, None]
+    risk_answerer: Answerer[AccountUpdate | MarketView, None]
+    risk_asker, risk_answerer = open_mailbox()
     links: list[StrategyLink] = []
     strategy_inboxes = []
     for strategy in parts.strategies:
-        asker, answerer = open_mailbox(MarketView, list[OrderIntent])  # type: ignore[arg-type]
+        asker: Asker[MarketView, list[OrderIntent]]
+        answerer: Answerer[MarketView, list[OrderIntent]]
+        asker, answerer = open_mailbox()
         links.append(StrategyLink(strategy.subscribes, asker))
         strategy_inboxes.append((strategy, answerer))
     published = tuple({kind for strategy in parts.strategies for kind in strategy.subscribes})
@@ -185,7 +188,7 @@ async def _run(
                 run_broker,
                 parts.broker,
                 market_rx,
-                _as_asker(risk_asker),
+                risk_asker,
                 to_broker_rx,
                 sink,
                 clock,
@@ -215,10 +218,6 @@ async def _run(
                 await front.start(
                     _feed(session, clock, parts, sink, health), market_tx.clone(), stops_tx.clone()
                 )
-
-
-def _as_asker(asker: Asker[Any, Any]) -> Asker[AccountUpdate | MarketView, None]:
-    return asker
 
 
 def _feed(session: Session, clock: SessionClock, parts: Parts, sink: EventSink, health: FeedHealth) -> Any:

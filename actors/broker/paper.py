@@ -44,6 +44,7 @@ from protocols.messages import (
     Event,
     FeedStatus,
     Flatten,
+    Funding,
     HaltEntries,
     MarketEvent,
     Order,
@@ -215,17 +216,16 @@ class PaperBroker:
         # the same arithmetic, in the same order, as starting + realized - fees_paid - funding +
         # unrealized_pnl, inlined: it runs after every market event
         pos = self.position_qty
-        unrealized = 0.0
+        equity = (
+            self.starting_equity + self.realized_pnl - (self.fees_maker + self.fees_taker) - self.funding_paid
+        )
         if not -EPS < pos < EPS:
             mark = self.mark
             if mark is None and self.last_tick is not None:
-                mark = self.last_tick.mid
+                mark = (self.last_tick.bid + self.last_tick.ask) / 2
             if mark is not None:
-                unrealized = (mark - self.avg_price) * pos
-        cash = (
-            self.starting_equity + self.realized_pnl - (self.fees_maker + self.fees_taker) - self.funding_paid
-        )
-        return cash + unrealized
+                equity += (mark - self.avg_price) * pos
+        return equity
 
     @property
     def notional(self) -> float:
@@ -335,67 +335,83 @@ class PaperBroker:
     # --- market ---------------------------------------------------------------------------------
 
     def on_market(self, event: MarketEvent, ts: float) -> list[Event]:
-        """Mark to market, charge funding, work resting orders, liquidate; returns the events.
-
-        It runs for every market event (three per candle in a backtest), so the work that cannot
-        change anything is skipped and equity, drawdown and the liquidation check are computed
-        once, inline (the same arithmetic as the `equity` property)."""
+        """Mark to market, charge funding, work resting orders, liquidate; returns the events."""
         cls = type(event)
+        if cls is Tick:
+            return self.on_quote(event, ts)  # type: ignore[arg-type]
+        if cls is Candle:
+            return self.on_candle(event, ts)  # type: ignore[arg-type]
         if cls is Book:
             self.book = event  # type: ignore[assignment]
             return []
         if cls is FeedStatus:
             self.stale = event.stale  # type: ignore[union-attr]
             return []
-        if cls is Candle:
-            if event.backfill or not self.working:  # type: ignore[union-attr]
-                # history has no market to trade against; a live candle after its close quote
-                # only works resting orders on its range: without any, it changes nothing
-                return []
+        assert isinstance(event, Funding)
+        events = self._advance(ts)
+        self.mark = event.mark_price
+        self.funding_rate_pct = event.rate_pct
+        return self._mark(events, ts)
+
+    def on_quote(self, tick: Tick, ts: float) -> list[Event]:
+        """A quote: the market's best bid/ask and last trade now. It runs for every quote (two
+        per candle in a backtest), so what cannot change anything is skipped."""
+        events = self._advance(ts) if ts >= self.next_funding_ts else []
+        self.last_ts = ts
+        self.last_tick = tick
+        if self.working:
+            events += self._work_quote(tick, ts)
+        if self.awaiting_quote:
+            waiting, self.awaiting_quote = self.awaiting_quote, []
+            for order in waiting:
+                events += self._execute(order, ts)
+        return self._mark(events, ts)
+
+    def on_candle(self, candle: Candle, ts: float) -> list[Event]:
+        """A closed candle: its range works resting orders (its close quote, at the same instant,
+        did the rest). History (`backfill`) has no market to trade against; without resting
+        orders a candle changes nothing."""
+        if candle.backfill or not self.working:
+            return []
+        events = self._advance(ts) if ts >= self.next_funding_ts else []
+        self.last_ts = ts
+        events += self._work_candle(candle, ts)
+        return self._mark(events, ts)
+
+    def _advance(self, ts: float) -> list[Event]:
+        """Time moves to `ts`: funding for each instant passed since the last market event."""
         events: list[Event] = []
         if ts >= self.next_funding_ts:
             if self.last_ts is not None:
-                events += self._funding_due(self.last_ts, ts)
+                events = self._funding_due(self.last_ts, ts)
             self.next_funding_ts = (math.floor(ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S
         self.last_ts = ts
-        if cls is Tick:
-            self.last_tick = event  # type: ignore[assignment]
-            if self.working:
-                events += self._work_quote(event, ts)  # type: ignore[arg-type]
-            if self.awaiting_quote:
-                waiting, self.awaiting_quote = self.awaiting_quote, []
-                for order in waiting:
-                    events += self._execute(order, ts)
-        elif cls is Candle:
-            events += self._work_candle(event, ts)  # type: ignore[arg-type]
-        else:
-            self.mark = event.mark_price  # type: ignore[union-attr]
-            self.funding_rate_pct = event.rate_pct  # type: ignore[union-attr]
+        return events
+
+    def _mark(self, events: list[Event], ts: float) -> list[Event]:
+        """After a market event: equity, the liquidation check, the peak and deepest drawdown,
+        and whether the risk gate's watch fired; once, inline (the `equity` property's
+        arithmetic)."""
         pos = self.position_qty
-        cash = (
+        equity = (
             self.starting_equity + self.realized_pnl - (self.fees_maker + self.fees_taker) - self.funding_paid
         )
-        if -EPS < pos < EPS:
-            equity = cash + 0.0
-        else:
+        if not -EPS < pos < EPS:
             mark = self.mark
             tick = self.last_tick
             if mark is None and tick is not None:
                 mark = (tick.bid + tick.ask) / 2
-            if tick is not None and mark is not None:
+            if mark is not None:
                 lev = self.config.leverage
                 if pos > 0:
                     crossed = mark <= self.avg_price * (1 - 1 / lev + MAINTENANCE_MARGIN_RATE)
                 else:
                     crossed = mark >= self.avg_price * (1 + 1 / lev - MAINTENANCE_MARGIN_RATE)
-                if crossed:
+                if crossed and tick is not None:
                     events += self._check_liquidation(ts)
-                    return self._marked(events, ts, self.equity)
-            equity = cash + ((mark - self.avg_price) * pos if mark is not None else 0.0)
-        return self._marked(events, ts, equity)
-
-    def _marked(self, events: list[Event], ts: float, equity: float) -> list[Event]:
-        """After a mark: the peak and deepest drawdown, and whether the risk gate's watch fired."""
+                    equity = self.equity
+                else:
+                    equity += (mark - self.avg_price) * pos
         if equity > self.peak_equity:
             self.peak_equity = equity
         peak = self.peak_equity

@@ -44,7 +44,7 @@ from actors.clock import SessionClock
 from actors.config import Config
 from actors.feeds.mock import FeedHealth, RandomWalk, fan_out, run_mock_feed
 from protocols import bitunix
-from protocols.messages import Candle, Event, EventSender, Funding, MarketEvent, Tick
+from protocols.messages import Candle, Event, EventSender, FeedStatus, Funding, MarketEvent, Tick
 
 HEALTHY_S = 60.0  # a connection that lasted this long resets the reconnect backoff
 MALFORMED_REPORT_S = 5.0  # feed.malformed events aggregate the drops of this period
@@ -246,7 +246,9 @@ class BitunixFeed:
         if self.last_emitted_ms is not None and open_ms <= self.last_emitted_ms:
             return
         self.last_emitted_ms = open_ms
-        await fan_out(self.subscribers, attrs.evolve(candle, backfill=True) if backfill else candle)
+        if backfill or candle.symbol != self.symbol:
+            candle = attrs.evolve(candle, backfill=backfill or candle.backfill, symbol=self.symbol)
+        await fan_out(self.subscribers, candle)
 
     async def _fetch_klines(self, first_ms: int, last_ms: int) -> tuple[list[Candle], str | None]:
         """Closed candles opening in [first_ms, last_ms], oldest first, paging backwards from the
@@ -272,8 +274,27 @@ class BitunixFeed:
 
     async def _tick(self, bid: float, ask: float, bid_qty: float, ask_qty: float) -> None:
         last = self.last_price if self.last_price is not None else (bid + ask) / 2
-        tick = Tick(ts=self.clock.now(), bid=bid, ask=ask, last=last, bid_qty=bid_qty, ask_qty=ask_qty)
+        tick = Tick(
+            ts=self.clock.now(),
+            bid=bid,
+            ask=ask,
+            last=last,
+            bid_qty=bid_qty,
+            ask_qty=ask_qty,
+            symbol=self.symbol,
+        )
         await fan_out(self.subscribers, tick)
+
+    async def _set_stale(self, stale: bool, reason: str) -> None:
+        """Flip `health.stale` and tell the subscribers (a `FeedStatus`, fanned out like ticks), so
+        that they learn it from the stream; a call that flips nothing sends nothing."""
+        if self.health.stale != stale:
+            self.health.stale = stale
+            await self._send_status(reason)
+
+    async def _send_status(self, reason: str) -> None:
+        status = FeedStatus(ts=self.clock.now(), stale=self.health.stale, reason=reason, symbol=self.symbol)
+        await fan_out(self.subscribers, status)
 
     # --- REST --------------------------------------------------------------------------------------
 
@@ -334,8 +355,8 @@ class BitunixFeed:
             self.first_data.set()
             await self._event("feed.live", source="websocket")
         if self.health.stale:
-            self.health.stale = False
             logger.info("feed: data is fresh again")
+            await self._set_stale(False, "websocket data")
         if isinstance(msg, bitunix.KlinePush):
             bucket = msg.ts_ms // self.interval_ms
             if self.current is not None and self.current_bucket is not None and bucket > self.current_bucket:
@@ -348,6 +369,7 @@ class BitunixFeed:
                     low=c.low,
                     close=c.close,
                     volume=c.base_volume,
+                    symbol=self.symbol,
                 )
                 await self.seed_done.wait()  # history first (only ever waits at start-up)
                 async with self.emit_lock:
@@ -366,7 +388,12 @@ class BitunixFeed:
         elif isinstance(msg, bitunix.PricePush):
             await fan_out(
                 self.subscribers,
-                Funding(ts=self.clock.now(), mark_price=msg.mark, rate_pct=msg.funding_rate_pct),
+                Funding(
+                    ts=self.clock.now(),
+                    mark_price=msg.mark,
+                    rate_pct=msg.funding_rate_pct,
+                    symbol=self.symbol,
+                ),
             )
         elif isinstance(msg, bitunix.TradePush):
             self.last_price = msg.price
@@ -386,32 +413,39 @@ class BitunixFeed:
         await ws.send_message(bitunix.subscribe_frame(self.symbol, self.channels))
         self.validator.reset_sequence()
         self.current = self.current_bucket = None  # a partial candle from before is not trusted
-        opened = trio.current_time()
+        # Stale means silence on the socket: only the time spent waiting in get_message counts,
+        # from the connection's start or its last data frame; the work done on a frame (a REST
+        # backfill, subscribers slow to take a candle) does not, and frames that arrived meanwhile
+        # are read before any deadline is checked.
+        silent_s = 0.0
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pinger)
             while True:
-                deadline = max(self.last_data_at, opened) + self.cfg.stale_after_s
-                with trio.move_on_at(deadline):
+                waiting_since = trio.current_time()
+                raw: str | bytes | None = None
+                with trio.move_on_at(waiting_since + self.cfg.stale_after_s - silent_s):
                     raw = await ws.get_message()
-                    self.frames += 1
-                    parsed = self.validator.parse(raw)
-                    if isinstance(parsed, bitunix.Rejected):
-                        self.malformed.add(parsed.reason, parsed.detail)
-                        self.health.malformed[parsed.reason] += 1
-                    elif isinstance(parsed, bitunix.Control):
-                        if (
-                            parsed.op == "subscribe"
-                            and isinstance(parsed.data, dict)
-                            and parsed.data.get("result") is False
-                        ):
-                            logger.error("feed: subscription refused: {}", parsed.data)
-                    else:
-                        self.lags_ms.append(self.clock.now() * 1000 - parsed.ts_ms)
-                        if not self.ws_up:
-                            await self._up()
-                        await self._on_data(parsed)
-                    continue
-                raise _Stale(f"no data for {self.cfg.stale_after_s:g} s")
+                silent_s += trio.current_time() - waiting_since
+                if raw is None:
+                    raise _Stale(f"no data for {self.cfg.stale_after_s:g} s")
+                self.frames += 1
+                parsed = self.validator.parse(raw)
+                if isinstance(parsed, bitunix.Rejected):
+                    self.malformed.add(parsed.reason, parsed.detail)
+                    self.health.malformed[parsed.reason] += 1
+                elif isinstance(parsed, bitunix.Control):
+                    if (
+                        parsed.op == "subscribe"
+                        and isinstance(parsed.data, dict)
+                        and parsed.data.get("result") is False
+                    ):
+                        logger.error("feed: subscription refused: {}", parsed.data)
+                else:
+                    silent_s = 0.0
+                    self.lags_ms.append(self.clock.now() * 1000 - parsed.ts_ms)
+                    if not self.ws_up:
+                        await self._up()
+                    await self._on_data(parsed)
 
     async def _up(self) -> None:
         """The first data frame of a connection: the feed is up (again)."""
@@ -436,7 +470,7 @@ class BitunixFeed:
             await self._event("feed.disconnected", reason=reason)
             logger.warning("feed: disconnected: {}", reason)
         if not self.health.stale and self.first_data.is_set() and not self.failover_active:
-            self.health.stale = True
+            await self._set_stale(True, reason)
             await self._event("feed.stale", reason=reason)
 
     async def _ws_loop(self) -> None:
@@ -510,8 +544,9 @@ class BitunixFeed:
         except (bitunix.RestError, httpx.HTTPError) as exc:
             logger.warning("feed: REST poll failed: {}", exc)
             if not self.health.stale:
-                self.health.stale = True
-                await self._event("feed.stale", reason=f"REST poll failed: {exc}"[:200])
+                reason = f"REST poll failed: {exc}"[:200]
+                await self._set_stale(True, reason)
+                await self._event("feed.stale", reason=reason)
             return
         candles = bitunix.parse_rest_klines(rows, self.interval_s)
         now_ms = int(self.clock.now() * 1000)
@@ -524,8 +559,8 @@ class BitunixFeed:
             for candle in candles:
                 await self._emit_candle(candle, backfill=False)
         if self.health.stale:
-            self.health.stale = False
             logger.info("feed: data is fresh again (REST polling)")
+            await self._set_stale(False, "REST polling")
         (bid, bid_qty), (ask, ask_qty) = book.bids[0], book.asks[0]
         await self._tick(bid, ask, bid_qty, ask_qty)
 
@@ -561,12 +596,14 @@ class BitunixFeed:
             await self._event("feed.malformed", counts=counts, total=sum(counts.values()))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # stale and down until the first data frame; the subscribers are told once it has started
         self.health.stale = True
-        self.health.down_since = self.clock.now()  # down until the first data frame
+        self.health.down_since = self.clock.now()
         async with self.http:
             try:
                 async with trio.open_nursery() as nursery:
                     task_status.started()
+                    await self._send_status("no data yet")
                     nursery.start_soon(self._report_malformed)
                     nursery.start_soon(self._seed_history)
                     nursery.start_soon(self._ws_loop)
@@ -588,11 +625,18 @@ async def run_live_feed(
 ) -> None:
     """Actor: the configured live source; Bitunix falls back to the mock source when it delivers no
     data within `feed.connect_timeout_s` at start and `feed.fallback = "mock"`."""
+    symbol = config.session.symbol.upper()
     if config.feed.source == "mock":
         with events:  # unused: the mock feed has no network to report on
             health.stale = False
             await run_mock_feed(
-                config.feed, config.interval_s, clock, walk, subscribers, task_status=task_status
+                config.feed,
+                config.interval_s,
+                clock,
+                walk,
+                subscribers,
+                symbol=symbol,
+                task_status=task_status,
             )
         return
     with ExitStack() as stack:
@@ -615,11 +659,13 @@ async def run_live_feed(
         if feed.last_error:
             reason += f" ({feed.last_error})"
         health.data_source = f"mock (fallback: {reason})"
-        health.stale = False
         health.down_since = None
+        await feed._set_stale(False, "fallback to the mock source")
         logger.warning("FEED FALLBACK: {} - trading on the MOCK source for the rest of this session", reason)
         await events.send(
             Event(clock.now(), "feed.fallback", {"reason": reason, "data_source": health.data_source})
         )
         # the mock feed closes what it is given: it gets clones, the originals stay with this actor
-        await run_mock_feed(config.feed, config.interval_s, clock, walk, [tx.clone() for tx in subscribers])
+        await run_mock_feed(
+            config.feed, config.interval_s, clock, walk, [tx.clone() for tx in subscribers], symbol=symbol
+        )

@@ -19,7 +19,7 @@ import trio
 
 from actors.clock import SessionClock
 from actors.config import FeedConfig
-from protocols.messages import Candle, MarketEvent, Tick
+from protocols.messages import DEFAULT_SYMBOL, Candle, MarketEvent, Tick
 
 TICK_SIZE = 0.1
 
@@ -52,8 +52,9 @@ def round_tick(price: float) -> float:
 class RandomWalk:
     """Pure price path: each `step(dt)` moves the mid by a lognormal return and returns a tick."""
 
-    def __init__(self, config: FeedConfig, rng: random.Random) -> None:
+    def __init__(self, config: FeedConfig, rng: random.Random, symbol: str = DEFAULT_SYMBOL) -> None:
         self.rng = rng
+        self.symbol = symbol.upper()
         self.mid = config.mock_start_price
         self.sigma_per_sqrt_s = config.mock_volatility_pct / 100.0 / math.sqrt(SECONDS_PER_YEAR)
         self.spread = config.mock_spread_ticks * TICK_SIZE
@@ -64,14 +65,15 @@ class RandomWalk:
     def restore(self, state: dict[str, Any]) -> None:
         self.mid = state["mid"]
 
-    def step(self, ts: float, dt: float) -> tuple[Tick, float]:
+    def step(self, ts: float, dt: float, symbol: str | None = None) -> tuple[Tick, float]:
+        """The next tick at `ts`, for `symbol` (default: the walk's own), and its traded volume."""
         sigma = self.sigma_per_sqrt_s * math.sqrt(dt)
         self.mid *= math.exp(self.rng.gauss(-0.5 * sigma * sigma, sigma))
         bid = round_tick(self.mid - self.spread / 2)
         ask = round(bid + self.spread, 1)
         last = ask if self.rng.random() < 0.5 else bid
         volume = round(self.rng.lognormvariate(-3.0, 1.0), 4)
-        return Tick(ts=ts, bid=bid, ask=ask, last=last), volume
+        return Tick(ts=ts, bid=bid, ask=ask, last=last, symbol=symbol or self.symbol), volume
 
 
 class CandleBuilder:
@@ -82,9 +84,10 @@ class CandleBuilder:
     the same candles whenever the session starts.
     """
 
-    def __init__(self, interval_s: float, origin: float = 0.0) -> None:
+    def __init__(self, interval_s: float, origin: float = 0.0, symbol: str = DEFAULT_SYMBOL) -> None:
         self.interval_s = interval_s
         self.origin = origin
+        self.symbol = symbol
         self.bucket: int | None = None
         self.o = self.h = self.lo = self.c = 0.0
         self.v = 0.0
@@ -103,6 +106,7 @@ class CandleBuilder:
                 low=self.lo,
                 close=self.c,
                 volume=round(self.v, 8),
+                symbol=self.symbol,
             )
             self.bucket = None
         if self.bucket is None:
@@ -118,8 +122,30 @@ class CandleBuilder:
 
 
 async def fan_out(subscribers: Sequence[trio.MemorySendChannel[MarketEvent]], event: MarketEvent) -> None:
-    for tx in subscribers:
-        await tx.send(event)
+    """Hand `event` to every subscriber, in order, all or nothing.
+
+    A cancel while the first subscriber has not taken it hands it to none (a cancelled send of a
+    memory channel delivers nothing); once the first has it, the others get it under a shield, so
+    that a cancel never leaves one subscriber with a candle another never sees. Subscribers must
+    therefore keep reading until they close their receiving end. One that has closed it meanwhile
+    is skipped, and its `BrokenResourceError` raised afterwards unless the caller was cancelled
+    (then `Cancelled` is: the subscribers were shut down with the feed).
+    """
+    if not subscribers:
+        return
+    await subscribers[0].send(event)
+    if len(subscribers) == 1:
+        return
+    broken: trio.BrokenResourceError | None = None
+    with trio.CancelScope(shield=True):
+        for tx in subscribers[1:]:
+            try:
+                await tx.send(event)
+            except trio.BrokenResourceError as exc:
+                broken = broken or exc
+    if broken is not None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        raise broken
 
 
 async def run_mock_feed(
@@ -129,23 +155,26 @@ async def run_mock_feed(
     walk: RandomWalk,
     subscribers: Sequence[trio.MemorySendChannel[MarketEvent]],
     *,
+    symbol: str | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Actor: ticks on a fixed schedule (no drift), candles when their bucket ends."""
+    """Actor: ticks on a fixed schedule (no drift), candles when their bucket ends, both for
+    `symbol` (the session's; default: the walk's)."""
     dt = config.tick_interval_s
+    symbol = (symbol or walk.symbol).upper()
     with ExitStack() as stack:
         for tx in subscribers:
             stack.enter_context(tx)
         task_status.started()
         start = clock.now()
-        candles = CandleBuilder(interval_s, origin=start)
+        candles = CandleBuilder(interval_s, origin=start, symbol=symbol)
         # ticks fall half a period off the session's whole-period marks, so a tick never shares an
         # instant with the duration deadline or a heartbeat, whose relative order would be up to the
         # scheduler: the same seed then always gives the same fills
         next_ts = start + dt / 2
         await clock.sleep_until(next_ts)
         while True:
-            tick, volume = walk.step(next_ts, dt)
+            tick, volume = walk.step(next_ts, dt, symbol)
             closed = candles.add(tick.ts, tick.last, volume)
             await fan_out(subscribers, tick)
             if closed is not None:
