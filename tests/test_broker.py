@@ -1,31 +1,49 @@
-"""The paper broker: accounting invariants (hypothesis) and execution scenarios (autojump clock)."""
+"""The paper broker: accounting invariants (hypothesis) and execution scenarios (the component
+driven over a timed script, its orders reaching the market through its latency timers)."""
 
 from __future__ import annotations
 
+import json
+import math
 import random
 from datetime import UTC, datetime
 from typing import Any
 
 import attrs
-import trio
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.broker.paper import PaperAccount, run_broker
-from actors.clock import SessionClock
+from actors.broker.paper import MAX_IN_FLIGHT, PaperBroker
 from actors.config import BrokerConfig
-from protocols.messages import Book, Cancel, Event, Funding, MarketEvent, Order, Tick
+from protocols.messages import (
+    Book,
+    Cancel,
+    Event,
+    FeedStatus,
+    Flatten,
+    Funding,
+    HaltEntries,
+    Order,
+    RiskWatch,
+    Side,
+    StopSession,
+    Tick,
+)
+from tests.helpers_components import Scripted, drive
+
+W0 = 1_700_000_000.0  # the scripts' session times are offsets from this
 
 
-def _account(**overrides: Any) -> PaperAccount:
+def _account(**overrides: Any) -> PaperBroker:
     config = attrs.evolve(BrokerConfig(), **{"latency_ms": 0.0, "latency_jitter_ms": 0.0, **overrides})
-    return PaperAccount(config, random.Random(1))
+    return PaperBroker(config, random.Random(1))
 
 
-def _order(oid: str, side: str, qty: float, ts: float = 0.0, **kw: Any) -> Order:
+def _order(oid: str, side: Side, qty: float, ts: float = 0.0, **kw: Any) -> Order:
     return Order(
         id=oid, ts=ts, side=side, qty=qty, decision_price=kw.pop("decision_price", 100.0), reason="test", **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 # --- properties --------------------------------------------------------------------------------
@@ -122,30 +140,9 @@ def test_accounting_invariants_hold_over_random_orders_and_prices(
 # --- scenarios ---------------------------------------------------------------------------------
 
 
-async def _run_broker(
-    account: PaperAccount, script: list[tuple[float, MarketEvent | Order | Cancel]]
-) -> list[Event]:
-    """Drive the real broker actor: each item is sent at its session time."""
-    clock = SessionClock(wall_start=1_700_000_000.0)
-    market_tx, market_rx = trio.open_memory_channel[MarketEvent](0)
-    orders_tx, orders_rx = trio.open_memory_channel[Order | Cancel](0)
-    events_tx, events_rx = trio.open_memory_channel[Event](1000)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(run_broker, account, market_rx, orders_rx, events_tx, clock)
-        with market_tx, orders_tx:
-            for at, item in script:
-                await clock.sleep_until(clock.wall_start + at)
-                if isinstance(item, Order | Cancel):
-                    await orders_tx.send(attrs.evolve(item, ts=clock.now()))
-                else:
-                    await market_tx.send(attrs.evolve(item, ts=clock.now()))
-            await trio.sleep(5)
-    events: list[Event] = []
-    while True:
-        try:
-            events.append(events_rx.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return events
+def _run_broker(account: PaperBroker, script: list[tuple[float, Scripted]]) -> list[Event]:
+    """Drive the broker component: each item at its offset from W0 (see `drive`), then 5 s more."""
+    return drive(account, [(W0 + at, item) for at, item in script])
 
 
 def _tick(bid: float, ask: float, last: float | None = None, last_qty: float = 0.0) -> Tick:
@@ -156,9 +153,9 @@ def _fills(events: list[Event]) -> list[dict[str, Any]]:
     return [e.fields for e in events if e.kind == "order.filled"]
 
 
-async def test_latency_moves_the_fill_to_the_later_market(autojump_clock: trio.abc.Clock) -> None:
+def test_latency_moves_the_fill_to_the_later_market() -> None:
     account = _account(latency_ms=150.0, slippage_bps=0.0)
-    events = await _run_broker(
+    events = _run_broker(
         account,
         [
             (0.0, _tick(100.0, 100.1)),
@@ -173,36 +170,32 @@ async def test_latency_moves_the_fill_to_the_later_market(autojump_clock: trio.a
     assert 150 <= fill["latency_ms"] < 160
 
 
-async def test_large_market_order_walks_the_book(autojump_clock: trio.abc.Clock) -> None:
+def test_large_market_order_walks_the_book() -> None:
     account = _account(slippage_bps=0.0)
     book = Book(ts=0.0, bids=((99.9, 1.0),), asks=((100.0, 0.5), (100.5, 1.0), (101.0, 2.0)))
-    events = await _run_broker(
-        account, [(0.0, _tick(99.9, 100.0)), (0.1, book), (1.0, _order("o1", "buy", 1.2))]
-    )
+    events = _run_broker(account, [(0.0, _tick(99.9, 100.0)), (0.1, book), (1.0, _order("o1", "buy", 1.2))])
     assert [(f["qty"], f["fill_price"]) for f in _fills(events)] == [(0.5, 100.0), (0.7, 100.5)]
     assert abs(account.avg_price - (0.5 * 100 + 0.7 * 100.5) / 1.2) < 1e-9
 
 
-async def test_limit_touched_but_not_traded_through_does_not_fill(autojump_clock: trio.abc.Clock) -> None:
+def test_limit_touched_but_not_traded_through_does_not_fill() -> None:
     account = _account()
     limit = _order("o1", "buy", 0.01, order_type="limit", limit_price=99.5)
-    events = await _run_broker(
+    events = _run_broker(
         account, [(0.0, _tick(99.9, 100.0)), (1.0, limit), (2.0, _tick(99.5, 99.6, last=99.5, last_qty=5.0))]
     )
     assert _fills(events) == []
     assert "o1" in account.working
-    events = await _run_broker(account, [(0.0, _tick(99.3, 99.4, last=99.4, last_qty=5.0))])
+    events = _run_broker(account, [(10.0, _tick(99.3, 99.4, last=99.4, last_qty=5.0))])
     (fill,) = _fills(events)
     assert (fill["fill_price"], fill["liquidity"]) == (99.5, "maker")
 
 
-async def test_partial_fills_bounded_by_traded_volume_and_consumed_once(
-    autojump_clock: trio.abc.Clock,
-) -> None:
+def test_partial_fills_bounded_by_traded_volume_and_consumed_once() -> None:
     account = _account()
     first = _order("o1", "buy", 1.0, order_type="limit", limit_price=99.5)
     second = _order("o2", "buy", 1.0, order_type="limit", limit_price=99.5)
-    events = await _run_broker(
+    events = _run_broker(
         account,
         [
             (0.0, _tick(99.9, 100.0)),
@@ -217,11 +210,11 @@ async def test_partial_fills_bounded_by_traded_volume_and_consumed_once(
     assert account.working["o1"].remaining == 0.2 and account.working["o2"].remaining == 1.0
 
 
-async def test_funding_is_charged_at_the_funding_instant_only(autojump_clock: trio.abc.Clock) -> None:
+def test_funding_is_charged_at_the_funding_instant_only() -> None:
     eight = datetime(2026, 11, 24, 8, 0, tzinfo=UTC).timestamp()
     account = _account()
-    start = eight - 30 - 1_700_000_000.0  # script times are offsets from the clock's wall start
-    script: list[tuple[float, MarketEvent | Order | Cancel]] = [
+    start = eight - 30 - W0  # script times are offsets from W0
+    script: list[tuple[float, Scripted]] = [
         (start, Funding(ts=0.0, mark_price=100.0, rate_pct=0.01)),
         (start + 1, _tick(99.9, 100.0)),
         (start + 2, _order("o1", "buy", 1.0)),
@@ -229,7 +222,7 @@ async def test_funding_is_charged_at_the_funding_instant_only(autojump_clock: tr
         (start + 40, _tick(99.9, 100.0)),  # 08:00:10: the 08:00 instant has passed
         (start + 60, _tick(99.9, 100.0)),  # no second charge
     ]
-    events = await _run_broker(account, script)
+    events = _run_broker(account, script)
     funding = [e for e in events if e.kind == "funding"]
     assert len(funding) == 1
     assert funding[0].ts == eight
@@ -237,9 +230,9 @@ async def test_funding_is_charged_at_the_funding_instant_only(autojump_clock: tr
     assert abs(account.funding_paid - 0.01) < 1e-12
 
 
-async def test_liquidation_when_the_mark_crosses(autojump_clock: trio.abc.Clock) -> None:
+def test_liquidation_when_the_mark_crosses() -> None:
     account = _account(leverage=10.0, slippage_bps=0.0)
-    events = await _run_broker(
+    events = _run_broker(
         account,
         [
             (0.0, _tick(99.9, 100.0)),
@@ -257,11 +250,11 @@ async def test_liquidation_when_the_mark_crosses(autojump_clock: trio.abc.Clock)
     assert _fills(events)[-1]["fee"] > 0
 
 
-async def test_stop_market_triggers_on_last_and_cancel_works(autojump_clock: trio.abc.Clock) -> None:
+def test_stop_market_triggers_on_last_and_cancel_works() -> None:
     account = _account(slippage_bps=0.0)
     stop = _order("o1", "sell", 0.01, order_type="stop_market", trigger_price=99.0)
     resting = _order("o2", "buy", 0.01, order_type="limit", limit_price=90.0)
-    events = await _run_broker(
+    events = _run_broker(
         account,
         [
             (0.0, _tick(99.9, 100.0)),
@@ -276,8 +269,164 @@ async def test_stop_market_triggers_on_last_and_cancel_works(autojump_clock: tri
     assert any(e.kind == "order.cancelled" and e.fields["order_id"] == "o2" for e in events)
 
 
-async def test_post_only_limit_that_would_take_is_rejected(autojump_clock: trio.abc.Clock) -> None:
+def test_post_only_limit_that_would_take_is_rejected() -> None:
     account = _account()
     order = _order("o1", "buy", 0.01, order_type="limit", limit_price=100.5, post_only=True)
-    events = await _run_broker(account, [(0.0, _tick(99.9, 100.0)), (1.0, order)])
+    events = _run_broker(account, [(0.0, _tick(99.9, 100.0)), (1.0, order)])
     assert [e.fields["reason"] for e in events if e.kind == "order.rejected"] == ["post_only_would_take"]
+
+
+# --- orders in flight ----------------------------------------------------------------------------
+
+
+def test_orders_in_flight_reach_the_market_in_the_order_sent() -> None:
+    """One connection: with jitter larger than the gap between sends, a later order never
+    overtakes an earlier one."""
+    account = _account(latency_ms=100.0, latency_jitter_ms=500.0, slippage_bps=0.0)
+    script: list[tuple[float, Scripted]] = [(0.0, _tick(99.9, 100.0))]
+    script += [(0.01 * n, _order(f"o{n}", "buy", 0.001)) for n in range(1, 21)]
+    events = _run_broker(account, script)
+    fills = [e for e in events if e.kind == "order.filled"]
+    assert [e.fields["order_id"] for e in fills] == [f"o{n}" for n in range(1, 21)]
+    arrivals = [e.ts for e in fills]
+    assert arrivals == sorted(arrivals)
+    assert all(e.fields["latency_ms"] >= 100 for e in fills)
+    assert len({e.ts for e in fills}) > 1  # the jitter did draw different latencies
+
+
+def test_an_order_beyond_max_in_flight_is_refused_and_counted() -> None:
+    account = _account(latency_ms=1000.0, slippage_bps=0.0)
+    script: list[tuple[float, Scripted]] = [(0.0, _tick(99.9, 100.0))]
+    script += [(1.0, _order(f"o{n}", "buy", 0.001)) for n in range(MAX_IN_FLIGHT + 1)]
+    script.append((1.0, Cancel("o0", 0.0, "test")))
+    events = _run_broker(account, script)
+    refused = [e.fields for e in events if e.kind == "order.rejected"]
+    assert [(r["order_id"], r["reason"]) for r in refused] == [(f"o{MAX_IN_FLIGHT}", "in_flight_limit")]
+    assert [e.fields for e in events if e.kind == "order.cancel_rejected"] == [
+        {"order_id": "o0", "reason": "in_flight_limit"}
+    ]
+    assert len(_fills(events)) == MAX_IN_FLIGHT  # the others all reached the market
+    assert account.position_qty == pytest.approx(MAX_IN_FLIGHT * 0.001)
+    # the refused order is processed too: the risk gate would not count it as pending forever
+    assert account.processed_signed_qty == pytest.approx((MAX_IN_FLIGHT + 1) * 0.001)
+
+
+def test_orders_in_flight_are_kept_by_a_checkpoint_and_refused_on_resume() -> None:
+    account = _account(latency_ms=500.0)
+    _run_broker(account, [(0.0, _tick(99.9, 100.0))])
+    account.handle(_order("o1", "buy", 0.01, ts=W0 + 10), W0 + 10)
+    saved = account.state()
+    resumed = _account(latency_ms=500.0)
+    resumed.restore(saved)
+    assert resumed.next_timer() == W0 + 10.5
+    events = resumed.abandon_in_flight(W0 + 60)
+    assert [(e.fields["order_id"], e.fields["reason"]) for e in events if e.kind == "order.rejected"] == [
+        ("o1", "lost_at_restart")
+    ]
+    assert resumed.next_timer() == math.inf and resumed.position_qty == 0.0
+    assert resumed.processed_signed_qty == 0.01
+
+
+@pytest.mark.xfail(
+    reason="bug: PaperBroker.state() (actors/broker/paper.py) keeps watch_floor/watch_at = -inf until "
+    "the risk gate's first RiskWatch, and entries_halted_until = -inf after a breaker reset "
+    "(HaltEntries(until=-inf) from actors/risk/gate.py); checkpoint.encode (allow_nan=False) raises "
+    "ValueError on them: a live session crashes on its first checkpoint when its first step is not a "
+    "quote (the Bitunix feed's 'no data yet' FeedStatus), and on the checkpoint after a breaker reset",
+    raises=ValueError,
+    strict=True,
+)
+@pytest.mark.parametrize("when", ["before_the_first_watch", "after_a_breaker_reset"])
+def test_state_is_json_for_a_checkpoint(when: str) -> None:
+    account = _account()
+    if when == "after_a_breaker_reset":
+        _run_broker(account, [(0.0, _tick(99.9, 100.0))])
+        account.handle(RiskWatch(W0, 9800.0, W0 + 86400), W0)
+        account.handle(HaltEntries(W0 + 1, W0 + 60, "max_consecutive_losses"), W0 + 1)
+        account.handle(HaltEntries(W0 + 60, -math.inf, "breaker_reset"), W0 + 60)
+    else:
+        account.on_market(FeedStatus(W0, stale=True, reason="no data yet"), W0)
+    state = json.loads(json.dumps(account.state(), allow_nan=False))
+    restored = _account()
+    restored.restore(state)
+    assert restored.state() == account.state()
+
+
+# --- the risk gate's commands -------------------------------------------------------------------
+
+
+def test_halt_entries_refuses_entries_until_then_lets_them_through() -> None:
+    account = _account(slippage_bps=0.0)
+    _run_broker(account, [(0.0, _tick(99.9, 100.0)), (1.0, _order("o1", "buy", 0.5))])
+    assert account.position_qty == 0.5
+    account.handle(HaltEntries(W0 + 10, W0 + 100, "max_consecutive_losses"), W0 + 10)
+    events = _run_broker(
+        account,
+        [
+            (20.0, _order("o2", "buy", 0.1)),  # an entry: refused
+            (21.0, _order("o3", "sell", 0.2, reduce_only=True)),  # an exit: goes through
+            (100.0, _order("o4", "buy", 0.1)),  # at the end of the halt: goes through
+        ],
+    )
+    assert [(r["order_id"], r["reason"]) for r in _kinds(events, "order.rejected")] == [
+        ("o2", "breaker_halt")
+    ]
+    assert [(f["order_id"], f["qty"]) for f in _fills(events)] == [("o3", 0.2), ("o4", 0.1)]
+    account.handle(HaltEntries(W0 + 200, -math.inf, "breaker_reset"), W0 + 200)
+    assert _fills(_run_broker(account, [(201.0, _order("o5", "buy", 0.1))])) != []
+
+
+def test_stop_session_refuses_every_entry_but_not_exits() -> None:
+    account = _account(slippage_bps=0.0)
+    _run_broker(account, [(0.0, _tick(99.9, 100.0)), (1.0, _order("o1", "buy", 0.5))])
+    account.handle(_order("o2", "buy", 0.1, ts=W0 + 2), W0 + 2)  # in flight when the stop comes
+    account.handle(StopSession(W0 + 2, "max_loss"), W0 + 2)
+    events = _run_broker(account, [(3.0, _order("o3", "sell", 0.5, reduce_only=True))])
+    assert [(r["order_id"], r["reason"]) for r in _kinds(events, "order.rejected")] == [
+        ("o2", "session_stopping")
+    ]
+    assert [f["order_id"] for f in _fills(events)] == ["o3"]
+    assert account.position_qty == 0.0 and account.stopping
+
+
+def test_flatten_cancels_working_orders_and_closes_the_position_with_its_reason() -> None:
+    account = _account(slippage_bps=0.0)
+    entry = _order("o1", "buy", 0.5, stop_price=90.0, target_price=110.0)
+    _run_broker(account, [(0.0, _tick(99.9, 100.0)), (1.0, entry)])
+    assert account.position_qty == 0.5 and len(account.working) == 2  # the stop and the target
+    events = account.handle(Flatten(W0 + 10, "breaker", "breaker-1"), W0 + 10)
+    assert {c["reason"] for c in _kinds(events, "order.cancelled")} == {"breaker"}
+    assert [(f["order_id"], f["reason"], f["fill_price"]) for f in _fills(events)] == [
+        ("breaker-1", "breaker", 99.9)
+    ]
+    assert [c["exit_reason"] for c in _kinds(events, "position.closed")] == ["breaker"]
+    assert account.position_qty == 0.0 and account.working == {}
+    assert account.handle(Flatten(W0 + 11, "breaker", "breaker-2"), W0 + 11) == []  # flat: nothing to do
+
+
+def test_account_updates_follow_the_risk_watch() -> None:
+    account = _account(slippage_bps=0.0, leverage=10.0)
+    # before the gate has said what to watch, every mark is reported
+    _run_broker(account, [(0.0, _tick(99.9, 100.0))])
+    first = account.account_update(W0)
+    assert first is not None and first.closed == () and first.account.equity == 10000.0
+    assert account.account_update(W0) is None  # once
+    account.handle(RiskWatch(W0, 9990.0, W0 + 3600), W0)
+    _run_broker(account, [(1.0, _order("o1", "buy", 10.0)), (2.0, _tick(99.4, 99.5))])
+    assert account.account_update(W0 + 2) is None  # above the floor, before check_at
+    _run_broker(account, [(3.0, _tick(98.8, 98.9))])  # ~12 USDT down: at or below the floor
+    update = account.account_update(W0 + 3)
+    assert update is not None and update.account.equity <= 9990.0 and update.closed == ()
+    _run_broker(account, [(3600.0, _tick(99.4, 99.5))])  # check_at reached
+    assert account.account_update(W0 + 3600) is not None
+    # a closed trade is always reported, with its net result
+    _run_broker(account, [(3601.0, _order("o2", "sell", 10.0, reduce_only=True))])
+    update = account.account_update(W0 + 3601)
+    assert update is not None
+    (closed,) = update.closed
+    net = account.realized_pnl - account.fees_paid
+    assert (closed.symbol, closed.net_pnl) == ("BTCUSDT", net) and net < 0
+
+
+def _kinds(events: list[Event], kind: str) -> list[dict[str, Any]]:
+    return [e.fields for e in events if e.kind == kind]
