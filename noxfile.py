@@ -17,9 +17,18 @@ def session(s: nox.Session) -> None:
 
 @nox.session
 def tests(s: nox.Session) -> None:
-    """The test suite (pytest-trio); pass `-- -k name` to select."""
+    """The whole test suite (pytest-trio), in 4 pytest-xdist workers: most of the slow tests wait
+    on real sockets and real processes, so they overlap well on 2 cores. `-- -k name` selects."""
     s.install("-e", ".[test]")
-    s.run("pytest", "-q", *s.posargs)
+    s.run("pytest", "-q", "-n", "4", *s.posargs)
+
+
+@nox.session
+def quick(s: nox.Session) -> None:
+    """The deterministic subset to run while working (under a minute): no real-time socket,
+    process, soak, container or benchmark test (those are marked `slow`)."""
+    s.install("-e", ".[test]")
+    s.run("pytest", "-q", "-n", "2", "-m", "not slow", *s.posargs)
 
 
 @nox.session
@@ -37,9 +46,10 @@ def bench(s: nox.Session) -> None:
     # the feed benchmark runs the fake exchange, which needs hypercorn (of the test extra; not the
     # whole extra: trio.testing imports pytest when it is installed, 8 MiB on every figure)
     s.install("-e", ".", "hypercorn>=0.17")
-    # the peers of ../shared/bench/peers/, pinned as measured there; a peer that cannot be
-    # installed is reported as skipped
-    for peer in (["numpy==2.4.6", "pandas==2.3.3"], ["nautilus_trader==1.221.0"]):
+    # the peers of ../shared/bench/peers/, pinned as measured there (numpy and pandas also make the
+    # bars and run reference_loop.py); a peer that cannot be installed is reported as skipped
+    pins = ["numpy==2.4.6", "pandas==2.3.3"]  # with each peer, so that none moves them
+    for peer in (pins, ["backtesting==0.6.6", *pins], ["nautilus_trader==1.221.0", *pins]):
         try:
             s.install(*peer)
         except nox.command.CommandFailed:

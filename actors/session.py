@@ -209,9 +209,11 @@ def closing_events(
     detail: str,
     feed_down_s: float,
 ) -> list[Event]:
-    """Flatten-on-exit through the broker's normal fill path, a last metrics row with the flat,
-    final account, and `session.stopped`."""
-    events = broker.flatten(ended, "flatten_on_exit", "flatten-1")
+    """Orders still on their way are refused (`session_stopping`: the session ends before they
+    reach the market), flatten-on-exit through the broker's normal fill path, a last metrics row
+    with the flat, final account, and `session.stopped`."""
+    events = broker.abandon_in_flight(ended, "session_stopping")
+    events += broker.flatten(ended, "flatten_on_exit", "flatten-1")
     events.append(Event(ended, "heartbeat", broker.heartbeat_fields(ended)))
     events.append(
         Event(

@@ -65,6 +65,25 @@ def run_cli(*args: str, cwd: Path, timeout: float = 60, **env: str) -> subproces
     )
 
 
+# Modules whose tests run on real time (real sockets, processes, containers, benchmarks): all slow.
+REAL_TIME_MODULES = {
+    "test_feed_bitunix",
+    "test_fake_bitunix",
+    "test_soak",
+    "test_container",
+    "test_bench",
+    "test_bench_feed",
+    "test_cli_session",
+    "test_crash_resume",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in REAL_TIME_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     data = SHARED / "data"

@@ -42,10 +42,18 @@ def drive(
     events: list[Event] = []
     now = -math.inf
     for now, item in script:
-        events += broker.on_timer(now)
+        events += _timers(broker, now)
         events += broker.handle(attrs.evolve(item, ts=now), now)  # type: ignore[arg-type]
     if math.isfinite(now):
-        events += broker.on_timer(now + tail_s)
+        events += _timers(broker, now + tail_s)
+    return events
+
+
+def _timers(broker: PaperBroker, now: float) -> list[Event]:
+    """Every timer due at or before `now`, one at a time (as the runtimes take them)."""
+    events: list[Event] = []
+    while broker.next_timer() <= now:
+        events += broker.on_timer(now)
     return events
 
 

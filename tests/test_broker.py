@@ -327,15 +327,6 @@ def test_orders_in_flight_are_kept_by_a_checkpoint_and_refused_on_resume() -> No
     assert resumed.processed_signed_qty == 0.01
 
 
-@pytest.mark.xfail(
-    reason="bug: PaperBroker.state() (actors/broker/paper.py) keeps watch_floor/watch_at = -inf until "
-    "the risk gate's first RiskWatch, and entries_halted_until = -inf after a breaker reset "
-    "(HaltEntries(until=-inf) from actors/risk/gate.py); checkpoint.encode (allow_nan=False) raises "
-    "ValueError on them: a live session crashes on its first checkpoint when its first step is not a "
-    "quote (the Bitunix feed's 'no data yet' FeedStatus), and on the checkpoint after a breaker reset",
-    raises=ValueError,
-    strict=True,
-)
 @pytest.mark.parametrize("when", ["before_the_first_watch", "after_a_breaker_reset"])
 def test_state_is_json_for_a_checkpoint(when: str) -> None:
     account = _account()

@@ -53,23 +53,6 @@ LOOSE_CAPS = ["risk.max_position_size=100", "risk.max_notional=100000000", "risk
 NO_LOSS_STOPS = ["risk.max_loss_pct=50", "risk.max_daily_drawdown_pct=50"]
 
 
-# Bugs in the components (see the tests that reproduce them); the session tests they break are
-# marked with these until they are fixed.
-SAME_INSTANT_ARRIVALS = pytest.mark.xfail(
-    reason="bug: PaperBroker.on_timer (actors/broker/paper.py) delivers every order due at one instant "
-    "in one step, so the risk gate's StopSession/HaltEntries for the trade an exit closes comes after "
-    "the entry sent with it (same arrival instant) has filled; flatten-on-exit then closes one trade "
-    "too many (test_an_entry_arriving_with_the_exit_that_reaches_a_limit_is_refused)",
-    strict=False,
-)
-INFINITE_CHECKPOINT = pytest.mark.xfail(
-    reason="bug: a breaker reset sends HaltEntries(until=-inf) (actors/risk/gate.py _marked), "
-    "PaperBroker.state() keeps entries_halted_until=-inf and the checkpoint (allow_nan=False) raises "
-    "ValueError, ending the live session (tests/test_broker.py::test_state_is_json_for_a_checkpoint)",
-    strict=True,
-)
-
-
 # --- helpers -----------------------------------------------------------------------------------
 
 
@@ -401,7 +384,7 @@ def test_drawdown_breaker_flattens_then_halts_or_stops(tmp_path: Path, action: s
     events = desk.mark(_tick(PRICE - 500, ts + 30 * 60), ts + 30 * 60)
     assert [e.kind for e in events if e.kind.startswith("breaker.")] == ["breaker.reset"]
     assert gate.halted_until is None and gate.breaker_trips == 1
-    assert desk.broker.entries_halted_until == -float("inf")
+    assert desk.broker.entries_halted_until is None  # lifted
 
 
 def test_breaker_flatten_is_recorded_as_closed_by_the_breaker(tmp_path: Path) -> None:
@@ -416,11 +399,6 @@ def test_breaker_flatten_is_recorded_as_closed_by_the_breaker(tmp_path: Path) ->
     assert [c["exit_reason"] for c in _kinds(events, "position.closed")] == ["breaker"]
 
 
-@pytest.mark.xfail(
-    reason="bug: PaperBroker.on_timer delivers both orders due at T0 + 1 in one step; the gate's "
-    "StopSession for the closed trade comes after the entry has filled",
-    strict=True,
-)
 @pytest.mark.parametrize("latency", ["broker.latency_ms=0", "broker.latency_ms=150"])
 def test_an_entry_arriving_with_the_exit_that_reaches_a_limit_is_refused(
     tmp_path: Path, latency: str
@@ -442,6 +420,9 @@ def test_an_entry_arriving_with_the_exit_that_reaches_a_limit_is_refused(
         assert desk.broker.on_order(order, now) == []
     desk.kernel.timers(now + 1)
     assert desk.stop_reasons == ["max_trades"]
+    # the session stops with the entry still on its way: it never reaches the market
+    assert _kinds(desk.events, "order.rejected") == []
+    desk.events += desk.broker.abandon_in_flight(now + 1, "session_stopping")
     refused = _kinds(desk.events, "order.rejected")
     assert [(r["order_id"], r["reason"]) for r in refused] == [(entry.id, "session_stopping")]
     assert desk.broker.position_qty == 0.0
@@ -631,7 +612,6 @@ async def test_session_no_entry_fills_after_the_loss_limit_is_crossed(
     assert late_entries == []
 
 
-@SAME_INSTANT_ARRIVALS
 @pytest.mark.parametrize(("limit", "value"), [("max_trades", 3), ("max_losses", 2)])
 async def test_session_max_trades_and_max_losses_stop_flat(
     tmp_path: Path, autojump_clock: trio.abc.Clock, limit: str, value: int
@@ -672,7 +652,6 @@ async def test_session_breaker_stop(tmp_path: Path, autojump_clock: trio.abc.Clo
     assert _ts(_stopped(events)) == pytest.approx(_ts(trips[0]), abs=1e-3)
 
 
-@INFINITE_CHECKPOINT
 @pytest.mark.parametrize("trigger", sorted(BREAKER_TRIGGERS))
 async def test_session_breaker_halt(tmp_path: Path, autojump_clock: trio.abc.Clock, trigger: str) -> None:
     cooldown_s = 60.0
@@ -703,7 +682,6 @@ async def test_session_breaker_halt(tmp_path: Path, autojump_clock: trio.abc.Clo
     )
 
 
-@INFINITE_CHECKPOINT
 async def test_session_breaker_halt_keeps_the_account_flat_through_the_cooldown(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:

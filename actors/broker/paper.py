@@ -294,8 +294,11 @@ class PaperBroker:
     )
 
     def state(self) -> dict[str, Any]:
-        """Everything a checkpoint keeps (JSON-able)."""
+        """Everything a checkpoint keeps (JSON-able: an infinite watch is kept as None)."""
         state: dict[str, Any] = {name: getattr(self, name) for name in self._SCALARS}
+        for name in ("watch_floor", "watch_at"):
+            if not math.isfinite(state[name]):
+                state[name] = None
         state["last_tick"] = attrs.asdict(self.last_tick) if self.last_tick else None
         state["trade"] = attrs.asdict(self.trade) if self.trade else None
         state["working"] = [
@@ -316,6 +319,9 @@ class PaperBroker:
         refuses them when a resumed session starts (they never reached the market)."""
         for name in self._SCALARS:
             setattr(self, name, state[name])
+        for name in ("watch_floor", "watch_at"):
+            if getattr(self, name) is None:
+                setattr(self, name, -math.inf)  # report every mark until the gate says again
         self.last_tick = Tick(**state["last_tick"]) if state["last_tick"] else None
         self.trade = OpenTrade(**state["trade"]) if state["trade"] else None
         self.working = {
@@ -972,7 +978,7 @@ class PaperBroker:
         if isinstance(command, Flatten):
             return self.flatten(now, command.reason, command.order_id)
         if isinstance(command, HaltEntries):
-            self.entries_halted_until = command.until
+            self.entries_halted_until = command.until if command.until > -math.inf else None
         elif isinstance(command, StopSession):
             self.stopping = True
         else:
@@ -989,22 +995,19 @@ class PaperBroker:
         return due
 
     def on_timer(self, now: float) -> list[Event]:
-        """Everything due at or before `now`, in time order (orders before a heartbeat at the same
-        instant); each at its own due time."""
-        events: list[Event] = []
-        while True:
-            due = self.next_timer()
-            if due > now:
-                return events
-            if self.in_flight and self.in_flight[0].arrival_ts == due:
-                message = self.in_flight.popleft().message
-                if isinstance(message, Cancel):
-                    events += self.cancel(attrs.evolve(message, ts=due))
-                else:
-                    events += self.on_arrival(message, due)
-            else:
-                events.append(Event(due, "heartbeat", self.heartbeat_fields(due)))
-                self.schedule_heartbeats(due)
+        """The earliest timer due at or before `now`, at its own due time (an order before a
+        heartbeat at the same instant); one per call, so that the risk gate can react to each
+        (an exit that reaches a limit stops the entry that arrives with it)."""
+        due = self.next_timer()
+        if due > now:
+            return []
+        if self.in_flight and self.in_flight[0].arrival_ts == due:
+            message = self.in_flight.popleft().message
+            if isinstance(message, Cancel):
+                return self.cancel(attrs.evolve(message, ts=due))
+            return self.on_arrival(message, due)
+        self.schedule_heartbeats(due)
+        return [Event(due, "heartbeat", self.heartbeat_fields(due))]
 
     def heartbeat_fields(self, ts: float) -> dict[str, float | None]:
         """One metrics row: the account at `ts`."""
