@@ -61,19 +61,19 @@ def _wait_started(tmp_path: Path, timeout: float = 20) -> None:
 
 
 @pytest.mark.slow
-def test_one_minute_session_stops_by_itself(tmp_path: Path) -> None:
-    proc = _start(tmp_path, "--duration", "1")
-    _, err = proc.communicate(timeout=120)
+def test_timed_session_stops_by_itself(tmp_path: Path) -> None:
+    proc = _start(tmp_path, "--duration", "0.1")  # 6 s
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     report = _report(tmp_path)
     assert report["stop_reason"] == "duration"
-    assert 60.0 <= report["elapsed_s"] <= 61.0
+    assert 6.0 <= report["elapsed_s"] <= 7.0
     assert report["open_positions"] == []
     assert set(REPORT_FIELDS) <= set(report)
     events = read_events(tmp_path / "runs" / "latest")
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     rows = (tmp_path / "runs" / "latest" / "metrics.csv").read_text().splitlines()[1:]
-    assert len(rows) == sum(e["kind"] == "heartbeat" for e in events) >= 60
+    assert len(rows) == sum(e["kind"] == "heartbeat" for e in events) >= 6
     assert "elapsed" in err  # live progress on stderr
 
 

@@ -1,64 +1,144 @@
-"""kill -9 at random instants, restart each time: the finished session is whole and consistent."""
+"""kill -9 at random instants, restart each time: the finished session is whole and consistent.
+
+A session killed after its first checkpoint is resumed by the next start; one killed before it (no
+checkpoint to restore) is closed as abandoned by the next start, which then starts a new session
+(actors/recording/abandon.py). Real processes through the CLI, real SIGKILLs, on short sessions.
+"""
 
 from __future__ import annotations
 
 import json
 import random
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from datetime import datetime
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
+from loguru import logger
 
-from tests.conftest import cli_env, read_events
+from actors.config import to_dict
+from actors.lock import SessionLock
+from actors.plan import PlanError, find_resumable
+from actors.recording import checkpoint
+from actors.recording.abandon import close_abandoned, read_events
+from protocols.records import iso
+from tests.conftest import cli_env, make_config, read_report, run_cli
+from tests.conftest import read_events as read_events_file
 from tools.validate_session import validate
 
-ARGS = [
-    "--source", "mock", "--duration", "0.75",
-    "--set", "session.interval=1s", "--set", "strategy.fast_period=2", "--set", "strategy.slow_period=4",
-    "--set", "risk.max_orders_per_minute=600", "--set", "feed.tick_interval_s=0.1",
-    "--set", "feed.mock_volatility_pct=300", "--set", "observability.progress=off",
-    "--set", "state.checkpoint_interval_s=0.2",
+SETS = [
+    "session.interval=1s", "strategy.fast_period=1", "strategy.slow_period=2",
+    "risk.max_orders_per_minute=600", "risk.max_loss_pct=50", "risk.max_daily_drawdown_pct=50",
+    "risk.max_consecutive_losses=0", "feed.tick_interval_s=0.1", "feed.mock_volatility_pct=300",
+    "observability.progress=off", "state.checkpoint_interval_s=0.2",
 ]  # fmt: skip
+ARGS = ["--source", "mock", *(a for s in SETS for a in ("--set", s))]
 
 
-def _start(tmp_path: Path) -> subprocess.Popen[bytes]:
+def _start(tmp_path: Path, duration_min: float) -> subprocess.Popen[bytes]:
+    """A default start (no --fresh, no --resume): it resumes, closes or starts what it finds."""
     return subprocess.Popen(
-        [sys.executable, "-m", "actors.main", "--run-dir", str(tmp_path / "runs"), *ARGS],
+        [sys.executable, "-m", "actors.main", "--run-dir", str(tmp_path / "runs"), "--duration", str(duration_min), *ARGS],
         cwd=tmp_path,
         env=cli_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-    )
+    )  # fmt: skip
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()
+    proc.communicate()
+
+
+def _wait_until(condition: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Poll `condition` until it holds (True), or the process ended or the time ran out (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def _checkpointed(run: Path, kind: str, pid: int | None = None) -> bool:
+    """Whether an event of this kind (a session.resumed by process `pid`) is on disk and in the
+    newest checkpoint, so that no resume can discard it any more."""
+    try:
+        records, _ = read_events(run / "events.jsonl")
+        saved = checkpoint.load(run).state["seq"]
+    except (FileNotFoundError, checkpoint.CheckpointError):
+        return False
+    return any(r["kind"] == kind and r.get("pid", pid) == pid and r["seq"] <= saved for r in records)
+
+
+def _folders(tmp_path: Path) -> list[Path]:
+    runs = tmp_path / "runs"
+    return sorted(p for p in runs.iterdir() if not p.is_symlink()) if runs.is_dir() else []
+
+
+def _all_folders_closed_and_consistent(tmp_path: Path) -> list[dict[str, Any]]:
+    """Every run folder is finished and validates, except one whose process recorded nothing
+    (killed before its first event reached the disk): the reports, oldest first."""
+    reports = []
+    for run in _folders(tmp_path):
+        if not (run / "final_report.json").exists():
+            records, _ = read_events(run / "events.jsonl") if (run / "events.jsonl").exists() else ([], 0)
+            assert not any(r["kind"] == "session.started" for r in records), f"{run.name} left unfinished"
+            continue
+        assert validate(run) == [], run.name
+        reports.append(read_report(run))
+    return reports
+
+
+CAP_MIN = 1.0  # never reached: the session is stopped by SIGTERM once the kills are done
+
+
+def _ts(iso_ts: str) -> float:
+    return datetime.fromisoformat(iso_ts.replace("Z", "+00:00")).timestamp()
 
 
 @pytest.mark.slow
 def test_sigkill_at_random_instants_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    """10 kills of one session once it holds a position (the strategy is always in the market
+    from its first fill on): half at random instants after a start (some during the start-up, the
+    reload or the resume), half at random instants once the restarted session has resumed (so
+    every start after the first resumes it); the last start is stopped by SIGTERM."""
     rng = random.Random(20261124)
-    kills = 0
-    while kills < 22:
-        proc = _start(tmp_path)
-        time.sleep(rng.uniform(0.3, 1.6))
-        if proc.poll() is not None:  # the session already finished
-            break
-        proc.kill()
-        proc.wait()
-        kills += 1
-    proc = _start(tmp_path)
-    _, err = proc.communicate(timeout=120)
+    latest = tmp_path / "runs" / "latest"
+    proc = _start(tmp_path, CAP_MIN)
+    assert _wait_until(lambda: _checkpointed(latest, "order.filled"), proc, 30), "no fill"
+    run = latest.resolve()
+    for i in range(10):
+        if i % 2:
+            assert _wait_until(partial(_checkpointed, run, "session.resumed", proc.pid), proc, 30)
+        time.sleep(rng.uniform(0.02, 0.3) if i % 2 else rng.uniform(0.05, 0.9))
+        assert proc.poll() is None, "the session ended before it was killed"
+        _kill(proc)
+        proc = _start(tmp_path, CAP_MIN)
+    assert _wait_until(partial(_checkpointed, run, "session.resumed", proc.pid), proc, 30)
+    time.sleep(rng.uniform(0.02, 0.3))
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()[-2000:]
-    run = (tmp_path / "runs" / "latest").resolve()
-    assert len([p for p in (tmp_path / "runs").iterdir() if not p.is_symlink()]) == 1  # one session, resumed
-    report = json.loads((run / "final_report.json").read_text())
-    events = read_events(run)
-    assert kills >= 20
-    assert report["resumes"] == sum(e["kind"] == "session.resumed" for e in events) >= 15
+    assert _folders(tmp_path) == [run]  # one session, resumed
+    report = read_report(run)
+    assert (report["status"], report["stop_reason"]) == ("ok", "signal")
+    events = read_events_file(run)
+    assert report["resumes"] == sum(e["kind"] == "session.resumed" for e in events) >= 5
     assert validate(run) == []
     assert report["open_positions"] == []
     assert report["fills"] > 0
-    # the duration is honoured: planned end kept across restarts (downtime counts against it)
-    assert report["planned_duration_s"] <= report["elapsed_s"] <= report["planned_duration_s"] + 5
+    # the session's clock runs from its first start, downtime included (its planned end is kept)
+    downtime = sum(e["downtime_s"] for e in events if e["kind"] == "session.resumed")
+    wall = _ts(report["ended_at"]) - _ts(report["started_at"])
+    assert report["elapsed_s"] == pytest.approx(wall, abs=0.01) and wall > downtime > 0
     # equity is continuous: every resume restores exactly the account the logged fills add up to
     position = realized = fees = 0.0
     for e in events:
@@ -74,17 +154,70 @@ def test_sigkill_at_random_instants_loses_and_doubles_nothing(tmp_path: Path) ->
     assert report["status"] == "ok"
 
 
+@pytest.mark.slow
+def test_sigkill_early_after_each_start_never_blocks_the_next(tmp_path: Path) -> None:
+    """10 kills, each 20-500 ms after a start (most before the first checkpoint, many before the
+    run folder exists); then a start without flags runs its session to the end."""
+    rng = random.Random(101)
+    for _ in range(10):
+        proc = _start(tmp_path, 0.05)
+        time.sleep(rng.uniform(0.02, 0.5))
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]  # no start refused
+        _kill(proc)
+    proc = _start(tmp_path, 0.05)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    latest = (tmp_path / "runs" / "latest").resolve()
+    assert validate(latest) == []
+    assert read_report(latest)["status"] == "ok"
+    _all_folders_closed_and_consistent(tmp_path)
+
+
+@pytest.mark.slow
+def test_sigkill_as_the_run_folder_appears_never_blocks_the_next(tmp_path: Path) -> None:
+    """Kills aimed at the instants between a new run folder's events.jsonl and its first
+    checkpoint (as the file appears, then as its first event reaches the disk, in turn): each next
+    start closes what it finds (abandoned) or resumes it, and goes on."""
+    runs = tmp_path / "runs"
+    for i in range(6):
+        before = set(_folders(tmp_path))
+        proc = _start(tmp_path, 0.05)
+
+        def appeared(old: set[Path] = before, size: int = i % 2, pid: int = proc.pid) -> bool:
+            new = [p / "events.jsonl" for p in set(_folders(tmp_path)) - old]
+            # (or it resumed the session found: the kill before this one came after a checkpoint)
+            return any(f.exists() and f.stat().st_size >= size for f in new) or any(
+                _checkpointed(p, "session.resumed", pid) for p in old
+            )
+
+        _wait_until(appeared, proc, 5)
+        assert proc.poll() is None or proc.returncode == 0, proc.communicate()[1].decode()[-2000:]
+        _kill(proc)
+    proc = _start(tmp_path, 0.05)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert validate((runs / "latest").resolve()) == []
+    reports = _all_folders_closed_and_consistent(tmp_path)
+    assert {r["status"] for r in reports} <= {"ok", "abandoned"}
+
+
 def _kill_after_checkpoints(tmp_path: Path) -> Path:
-    """Start a session, kill -9 it once both checkpoint generations exist; its run folder."""
-    proc = _start(tmp_path)
-    deadline = time.monotonic() + 30
+    """Start a session, kill -9 it once both checkpoint generations exist; its run folder.
+
+    The process is stopped (SIGSTOP) before it is killed, and let go again if that caught it
+    between the two renames of a checkpoint write (the newest then missing for an instant)."""
+    proc = _start(tmp_path, 0.05)
     run = tmp_path / "runs" / "latest"
-    while not (run / "checkpoint.prev.json").exists() or not (run / "checkpoint.json").exists():
-        assert time.monotonic() < deadline, "no checkpoints written"
-        time.sleep(0.05)
-    time.sleep(0.5)
-    proc.kill()
-    proc.wait()
+    both = lambda: (run / checkpoint.PREVIOUS).exists() and (run / checkpoint.NEWEST).exists()  # noqa: E731
+    assert _wait_until(both, proc, 30), "no checkpoints written"
+    time.sleep(0.3)
+    for _ in range(100):
+        proc.send_signal(signal.SIGSTOP)
+        if both():
+            break
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.01)
+    _kill(proc)
     return run.resolve()
 
 
@@ -96,24 +229,197 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_loudly(tmp_path: 
     newest.write_bytes(
         data[: len(data) // 2] if damage == "truncated" else data.replace(b'"seq"', b'"sez"', 1)
     )
-    proc = _start(tmp_path)
-    _, err = proc.communicate(timeout=120)
+    proc = _start(tmp_path, 0.05)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert "checkpoint alert" in err.decode()
-    (resumed,) = [e for e in read_events(run) if e["kind"] == "session.resumed"]
+    events = read_events_file(run)
+    (resumed,) = [e for e in events if e["kind"] == "session.resumed"]
     assert resumed["checkpoint"] == "checkpoint.prev.json"
     assert resumed["checkpoint_problems"] and resumed["checkpoint_problems"][0].startswith("checkpoint.json")
     assert validate(run) == []  # events after the older checkpoint were discarded, none doubled
-    report = json.loads((run / "final_report.json").read_text())
+    report = read_report(run)
     assert (report["status"], report["resumes"], report["open_positions"]) == ("ok", 1, [])
+    # the planned end of the first start is kept across the restart (downtime counts against it)
+    assert report["stop_reason"] == "duration"
+    assert report["planned_duration_s"] <= report["elapsed_s"] <= report["planned_duration_s"] + 1
 
 
 def test_no_usable_checkpoint_refuses_to_start_fresh_silently(tmp_path: Path) -> None:
     run = _kill_after_checkpoints(tmp_path)
     for name in ("checkpoint.json", "checkpoint.prev.json"):
         (run / name).write_bytes(b"{garbage")
-    proc = _start(tmp_path)
+    proc = _start(tmp_path, 0.05)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "no usable checkpoint" in err.decode() and "Traceback" not in err.decode()
-    assert [p for p in (tmp_path / "runs").iterdir() if not p.is_symlink()] == [run]  # no fresh session
+    assert _folders(tmp_path) == [run]  # no fresh session
+
+
+# --- a run folder killed before its first checkpoint, made by hand: closed as abandoned ---
+
+T0 = 1_796_000_000.0  # 2026-11-30
+
+
+def _record(seq: int, ts: float, kind: str, **fields: Any) -> dict[str, Any]:
+    return {"seq": seq, "ts": iso(ts), "kind": kind, **fields}
+
+
+def _heartbeat(
+    seq: int, ts: float, price: float, realized: float, fees: float, qty: float, unrealized: float = 0.0
+) -> dict[str, Any]:
+    equity = 10_000.0 + realized - fees + unrealized
+    return _record(
+        seq, ts, "heartbeat", elapsed_s=round(ts - T0, 3), price=price, equity=round(equity, 6),
+        realized_pnl=realized, unrealized_pnl=unrealized, fees_paid=fees, position_qty=qty,
+        drawdown_pct=round(max(0.0, 10_000.0 - equity) / 10_000.0 * 100, 4),
+    )  # fmt: skip
+
+
+def _fill(
+    seq: int, ts: float, n: int, side: str, price: float, realized: float, position: float
+) -> dict[str, Any]:
+    fee = round(0.01 * price * 0.0006, 6)
+    return _record(
+        seq, ts, "order.filled", order_id=f"o{n}", fill_id=f"f{n}", side=side, qty=0.01, type="market",
+        requested_price=price, reference_price=price, fill_price=price, bid=price - 0.1, ask=price,
+        liquidity="taker", fee=fee, fee_bps=6.0, slippage_bps=1.5, slippage_mid_bps=0.8,
+        latency_ms=150.0, partial=False, realized_pnl=realized, position_qty=position, reason="entry",
+    )  # fmt: skip
+
+
+def write_killed_run(
+    tmp_path: Path, *, trades: bool = False, torn: bool = True, run_id: str = "20261130T043320Z-s42"
+) -> Path:
+    """A run folder as a live session leaves it when killed before its first checkpoint: events
+    (the last line torn by the kill), no checkpoint, no report; `runs/latest` points at it."""
+    runs = tmp_path / "runs"
+    run = runs / run_id
+    run.mkdir(parents=True)
+    config = to_dict(make_config(tmp_path))
+    records = [
+        _record(
+            1, T0, "session.started", run_id=run_id, symbol="BTCUSDT", interval="1m", data_source="mock",
+            seed=42, planned_duration_s=60.0, starting_equity=10_000.0, config=config, version="0.1.0",
+            pid=4242,
+        ),
+        _heartbeat(2, T0 + 1, 60_000.0, 0.0, 0.0, 0.0),
+    ]  # fmt: skip
+    if trades:  # a round trip (+1.00 realized), then a new long left open when the process died
+        records += [
+            _record(3, T0 + 1.5, "order.submitted", order_id="o1", side="buy", qty=0.01, type="market"),
+            _fill(4, T0 + 1.7, 1, "buy", 60_000.0, 0.0, 0.01),
+            _heartbeat(5, T0 + 2, 60_050.0, 0.0, 0.36, 0.01, 0.5),
+            _fill(6, T0 + 2.5, 2, "sell", 60_100.0, 1.0, 0.0),
+            _record(
+                7, T0 + 2.5, "position.closed", side="long", qty=0.01, entry_price=60_000.0,
+                exit_price=60_100.0, realized_pnl=1.0, fees=0.7206, net_pnl=0.2794, exit_reason="exit",
+            ),
+            _fill(8, T0 + 2.8, 3, "buy", 60_080.0, 0.0, 0.01),
+            _heartbeat(9, T0 + 3, 59_000.0, 1.0, 1.08108, 0.01, -10.8),
+        ]  # fmt: skip
+    text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+    if torn:
+        torn_line = {"seq": len(records) + 1, "ts": iso(T0 + 4), "kind": "heartbeat", "price": 6.0e4}
+        text += json.dumps(torn_line, separators=(",", ":"))[:-12]  # cut by the kill
+    (run / "events.jsonl").write_text(text)
+    (run / "market.jsonl").write_text("")
+    (latest := runs / "latest").unlink(missing_ok=True)
+    latest.symlink_to(run_id, target_is_directory=True)
+    return run
+
+
+@pytest.fixture
+def warnings() -> Any:
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING", format="{message}")
+    yield messages
+    logger.remove(sink)
+
+
+def test_killed_before_its_first_checkpoint_is_closed_as_abandoned(
+    tmp_path: Path, warnings: list[str]
+) -> None:
+    run = write_killed_run(tmp_path)
+    assert find_resumable(tmp_path / "runs", None) is None  # a new session starts
+    events, dropped = read_events(run / "events.jsonl")
+    assert dropped == 0 and [e["seq"] for e in events] == [1, 2, 3]  # the torn heartbeat dropped
+    stopped = events[-1]
+    assert stopped["kind"] == "session.stopped" and stopped["ts"] == events[-2]["ts"]
+    assert (stopped["status"], stopped["stop_reason"]) == ("abandoned", "abandoned")
+    assert "before its first checkpoint" in stopped["detail"]
+    assert stopped["elapsed_s"] == 1.0 and stopped["data_source"] == "mock" and stopped["feed_down_s"] == 0.0
+    assert (stopped["ending_equity"], stopped["unrealized_pnl"], stopped["open_positions"]) == (
+        10_000.0,
+        0.0,
+        [],
+    )
+    report = read_report(run)
+    assert (report["status"], report["stop_reason"], report["net_pnl"], report["elapsed_s"]) == (
+        "abandoned", "abandoned", 0.0, 1.0,
+    )  # fmt: skip
+    assert json.loads((run / "metrics.json").read_text())["rows"][0]["price"] == 60_000.0
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2  # header and one heartbeat
+    assert validate(run) == []
+    (warning,) = warnings
+    assert str(run) in warning and "closed it as abandoned" in warning and "1 torn line" in warning
+
+
+def test_an_abandoned_session_that_traded_says_what_was_lost(tmp_path: Path, warnings: list[str]) -> None:
+    run = write_killed_run(tmp_path, trades=True)
+    assert find_resumable(tmp_path / "runs", None) is None
+    report = read_report(run)
+    fees = 0.36 + 0.3606 + 0.36048
+    assert report["fills"] == 3 and report["trade_count"] == 1 and report["wins"] == 1
+    assert report["realized_pnl"] == 1.0 and report["fees_paid"] == pytest.approx(fees)
+    assert report["ending_equity"] == pytest.approx(10_000.0 + 1.0 - fees)
+    assert report["max_drawdown_pct"] == 0.1088  # the heartbeats' worst (unrealized loss included)
+    assert (report["unrealized_pnl"], report["open_positions"]) == (0.0, [])
+    assert validate(run) == []  # not flat (the long went with the process): allowed when abandoned
+    assert len(warnings) == 2 and "had traded (3 fill(s)" in warnings[1] and "+0.01000000 BTC" in warnings[1]
+
+
+def test_closing_again_after_a_killed_close_gives_the_same_folder(tmp_path: Path) -> None:
+    run = write_killed_run(tmp_path, trades=True)
+    first = close_abandoned(run)
+    files = {name: (run / name).read_bytes() for name in ("events.jsonl", "metrics.csv", "metrics.json")}
+    (run / "final_report.json").unlink()  # as if the closing start was killed before its last write
+    (run / "events.jsonl").write_bytes(files["events.jsonl"] + b'{"seq":11,"ts"')  # and torn after
+    second = close_abandoned(run)
+    assert second.report == first.report
+    assert {name: (run / name).read_bytes() for name in files} == files
+    assert validate(run) == []
+
+
+def test_a_folder_that_recorded_nothing_is_left_as_it_is(tmp_path: Path, warnings: list[str]) -> None:
+    run = write_killed_run(tmp_path)
+    (run / "events.jsonl").write_text("")  # the events had not reached the disk yet
+    assert find_resumable(tmp_path / "runs", None) is None
+    assert (run / "events.jsonl").read_text() == "" and not (run / "final_report.json").exists()
+    assert "recorded anything" in warnings[0] and str(run) in warnings[0]
+
+
+def test_a_folder_with_a_checkpoint_is_resumed_not_closed(tmp_path: Path) -> None:
+    run = write_killed_run(tmp_path)
+    checkpoint.write(run, {"seq": 2})
+    assert find_resumable(tmp_path / "runs", None) == run
+    assert not (run / "final_report.json").exists()
+
+
+def test_a_folder_owned_by_a_live_process_is_neither_closed_nor_resumed(tmp_path: Path) -> None:
+    run = write_killed_run(tmp_path)
+    with SessionLock(run), pytest.raises(PlanError, match="running in another process"):
+        find_resumable(tmp_path / "runs", None)
+    assert not (run / "final_report.json").exists()
+
+
+def test_the_cli_closes_it_and_starts_a_new_session(tmp_path: Path) -> None:
+    run = write_killed_run(tmp_path, trades=True)
+    result = run_cli(
+        "--source", "mock", "--duration", "0.01", "--run-dir", str(tmp_path / "runs"), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"run folder {run} was killed before its first checkpoint" in result.stderr
+    assert read_report(run)["status"] == "abandoned" and validate(run) == []
+    new = (tmp_path / "runs" / "latest").resolve()
+    assert new != run and read_report(new)["status"] == "ok" and validate(new) == []

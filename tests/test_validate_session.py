@@ -3,31 +3,49 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
+import trio.testing
 
+from actors.recording.abandon import close_abandoned
 from actors.session import run_session
 from tests.conftest import TRADES_OFTEN, make_config, read_events
+from tests.test_crash_resume import write_killed_run
 from tools.validate_session import main, validate
 
 
-async def _trading_run(tmp_path: Path) -> Path:
-    result = await run_session(
-        make_config(tmp_path, *TRADES_OFTEN, duration_min=5), handle_signals=False, progress_mode="off"
+@pytest.fixture(scope="module")
+def _trading_run_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real 5-minute session that trades (on an autojump clock), for every test to copy."""
+    tmp_path = tmp_path_factory.mktemp("trading")
+    config = make_config(tmp_path, *TRADES_OFTEN, duration_min=5)
+    result = trio.run(
+        partial(run_session, config, handle_signals=False, progress_mode="off"),
+        clock=trio.testing.MockClock(autojump_threshold=0),
     )
     assert any(e["kind"] == "order.filled" for e in read_events(result.run_path))
     return result.run_path
 
 
-async def test_real_session_validates(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
-    run = await _trading_run(tmp_path)
-    assert validate(run) == []
-    assert main([str(run)]) == 0
+@pytest.fixture
+def trading_run(_trading_run_once: Path, tmp_path: Path) -> Path:
+    """A copy of the real session's run folder, to tamper with."""
+    return Path(shutil.copytree(_trading_run_once, tmp_path / _trading_run_once.name))
 
 
-async def test_tampered_report_is_caught(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
-    run = await _trading_run(tmp_path)
+def test_real_session_validates(trading_run: Path) -> None:
+    assert validate(trading_run) == []
+    assert main([str(trading_run)]) == 0
+
+
+def test_tampered_report_is_caught(trading_run: Path) -> None:
+    run = trading_run
     report = json.loads((run / "final_report.json").read_text())
     report["net_pnl"] += 1.0
     (run / "final_report.json").write_text(json.dumps(report))
@@ -36,10 +54,8 @@ async def test_tampered_report_is_caught(tmp_path: Path, autojump_clock: trio.ab
     assert main([str(run)]) == 1
 
 
-async def test_missing_event_and_doubled_fill_are_caught(
-    tmp_path: Path, autojump_clock: trio.abc.Clock
-) -> None:
-    run = await _trading_run(tmp_path)
+def test_missing_event_and_doubled_fill_are_caught(trading_run: Path) -> None:
+    run = trading_run
     lines = (run / "events.jsonl").read_text().splitlines()
     fill_at = next(i for i, line in enumerate(lines) if '"order.filled"' in line)
     doubled = [*lines[: fill_at + 1], lines[fill_at], *lines[fill_at + 1 :]]
@@ -51,3 +67,57 @@ async def test_missing_event_and_doubled_fill_are_caught(
 
 def test_not_a_run_folder_exits_2(tmp_path: Path) -> None:
     assert main([str(tmp_path)]) == 2
+
+
+# --- abandoned runs (killed before their first checkpoint, closed by the next start) ---
+
+
+def _abandoned_run(tmp_path: Path) -> Path:
+    run = write_killed_run(tmp_path, trades=True)  # a long open when the process died
+    close_abandoned(run)
+    return run
+
+
+def _rewrite(run: Path, name: str, change: Callable[[dict[str, Any]], None]) -> None:
+    """Apply `change` to the final report, or to the last event (the session.stopped)."""
+    if name == "final_report.json":
+        report = json.loads((run / name).read_text())
+        change(report)
+        (run / name).write_text(json.dumps(report))
+        return
+    lines = (run / name).read_text().splitlines()
+    last = json.loads(lines[-1])
+    change(last)
+    (run / name).write_text("\n".join([*lines[:-1], json.dumps(last)]) + "\n")
+
+
+def test_abandoned_run_validates_though_not_flat(tmp_path: Path) -> None:
+    run = _abandoned_run(tmp_path)
+    assert read_events(run)[-1]["status"] == "abandoned"
+    assert validate(run) == []
+    assert main([str(run)]) == 0
+
+
+def test_abandoned_run_with_something_open_is_caught(tmp_path: Path) -> None:
+    run = _abandoned_run(tmp_path)
+    open_position = [{"side": "long", "qty": 0.01}]
+    for name in ("events.jsonl", "final_report.json"):  # consistent with each other, still wrong
+        _rewrite(run, name, lambda record: record.update(open_positions=open_position))
+    problems = validate(run)
+    assert problems == [f"abandoned run: unrealized_pnl 0.0 and open_positions {open_position} "
+                        "(nothing can be open after its process died)"]  # fmt: skip
+
+
+def test_abandoned_run_with_another_stop_reason_is_caught(tmp_path: Path) -> None:
+    run = _abandoned_run(tmp_path)
+    for name in ("events.jsonl", "final_report.json"):
+        _rewrite(run, name, lambda record: record.update(stop_reason="duration"))
+    assert validate(run) == ["abandoned run: stop_reason 'duration', not 'abandoned'"]
+
+
+def test_a_clean_end_must_still_be_flat(tmp_path: Path) -> None:
+    run = _abandoned_run(tmp_path)  # the fills leave a long
+    for name in ("events.jsonl", "final_report.json"):
+        _rewrite(run, name, lambda record: record.update(status="ok", stop_reason="duration"))
+    problems = validate(run)
+    assert problems == ["session ended ok but the fills leave a position of +0.01000000 BTC"]

@@ -11,6 +11,11 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
 - `net_pnl = ending_equity - starting_equity = realized_pnl - fees_paid - funding_paid + unrealized_pnl`;
 - the report equals the one derived again from the events;
 - flat at a clean end: no position left and `open_positions` empty.
+
+An abandoned run (status `abandoned`: its process was killed before its first checkpoint and the
+next start closed it, see actors/recording/abandon.py) need not be flat: the position it had went
+with its process. Everything else is checked as above, and its `session.stopped` must say
+`abandoned` with nothing unrealized and nothing open.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from protocols.records import ReportBuilder
 
 CENT = 0.01
 EPS = 1e-9
+ABANDONED = "abandoned"
 
 
 class Ledger:
@@ -128,6 +134,24 @@ def check_report(events: list[dict[str, Any]], report: dict[str, Any]) -> list[s
     return problems
 
 
+def check_abandoned(events: list[dict[str, Any]], report: dict[str, Any]) -> list[str]:
+    """An abandoned run is closed by one session.stopped that says so, with nothing left open."""
+    if report.get("status") != ABANDONED:
+        return []
+    problems = []
+    stops = [e for e in events if e.get("kind") == "session.stopped"]
+    if len(stops) != 1:
+        problems.append(f"abandoned run: {len(stops)} session.stopped events where 1 was expected")
+    if report.get("stop_reason") != ABANDONED:
+        problems.append(f"abandoned run: stop_reason {report.get('stop_reason')!r}, not 'abandoned'")
+    if report.get("unrealized_pnl") != 0.0 or report.get("open_positions") != []:
+        problems.append(
+            f"abandoned run: unrealized_pnl {report.get('unrealized_pnl')} and open_positions "
+            f"{report.get('open_positions')} (nothing can be open after its process died)"
+        )
+    return problems
+
+
 def validate(run: Path) -> list[str]:
     """All problems found in the run folder; an empty list means it is consistent."""
     events, problems = load_events(run / "events.jsonl")
@@ -137,6 +161,7 @@ def validate(run: Path) -> list[str]:
     problems += check_fills(events, report)
     if report is not None:
         problems += check_report(events, report)
+        problems += check_abandoned(events, report)
     return problems
 
 

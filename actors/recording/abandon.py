@@ -185,23 +185,30 @@ def close_and_warn(run_path: Path) -> Abandoned:
             EVENTS,
         )
         return result
-    assert result.report is not None
-    torn = f", {result.dropped_lines} torn line(s) of {EVENTS} dropped" if result.dropped_lines else ""
+    report = result.report
+    assert report is not None
+    torn = f"; {result.dropped_lines} torn line(s) of {EVENTS} dropped" if result.dropped_lines else ""
     logger.warning(
-        "run folder {} was killed before its first checkpoint and cannot be resumed: closed it as "
-        "abandoned at {} (final_report.json written{}); starting a new session",
+        "run folder {} was killed before its first checkpoint and cannot be resumed: closed it as {} "
+        "(its last event at {}; final_report.json written{}); starting a new session",
         run_path,
-        result.report["ended_at"],
+        report["status"],
+        report["ended_at"],
         torn,
     )
     if result.fills:
+        lost = (
+            f"the position it had then ({result.position_qty:+.8f} BTC) was lost with its process "
+            "(paper only)"
+            if result.position_qty
+            else "it was flat then"
+        )
         logger.warning(
-            "the abandoned session {} had traded ({} fill(s), realized pnl {:+.2f} USDT, fees {:.2f}); "
-            "the position it had then ({:+.8f} BTC) was lost with its process (paper only)",
-            result.run_path.name,
+            "the abandoned session {} had traded ({} fill(s), realized pnl {:+.2f} USDT, fees {:.2f}); {}",
+            run_path.name,
             result.fills,
-            result.report["realized_pnl"],
-            result.report["fees_paid"],
-            result.position_qty,
+            report["realized_pnl"],
+            report["fees_paid"],
+            lost,
         )
     return result
