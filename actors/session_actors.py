@@ -102,6 +102,8 @@ async def run_actors(session: Session) -> SessionResult:
                     )
                     for event in parts.broker.abandon_in_flight(now):
                         sink.send_nowait(event)
+                if plan.mode == "live":  # at once: a crash from here on resumes this session
+                    sink.checkpoint({"session": attrs.asdict(timeline), "parts": parts.state()})
                 latest = _Latest()
                 status = await _supervise(session, clock, parts, timeline, stopper, sink, health, latest)
                 if plan.mode == "live":
