@@ -7,13 +7,13 @@ what it wrote to `events.jsonl`, and a validator can fold the file again and com
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 import cattrs
+import orjson
 
 from protocols.messages import Book, Candle, Event, FeedStatus, Funding, MarketEvent, Tick
 
@@ -100,22 +100,16 @@ def event_record(seq: int, event: Event) -> dict[str, Any]:
 
 
 def event_line(seq: int, event: Event) -> tuple[dict[str, Any], str]:
-    """`event_record` and its line (`dumps_line`), cleaning the fields only when they hold a
-    NaN or an infinity (the encoder refuses them): the same record and line, at less cost."""
+    """`event_record` and its line (`dumps_line`)."""
     record = {"seq": seq, "ts": iso(event.ts), "kind": event.kind, **event.fields}
-    try:
-        return record, _ENCODER.encode(record)
-    except ValueError:
-        record = event_record(seq, event)
-        return record, _ENCODER.encode(record)
-
-
-# One encoder for every line (json.dumps with options builds a new one per call).
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+    return record, dumps_line(record)
 
 
 def dumps_line(record: dict[str, Any]) -> str:
-    return _ENCODER.encode(record)
+    """One JSON line, compact. orjson: several times faster than the json module (a backtest
+    writes tens of thousands of events), and it writes NaN and infinities as null, as
+    `event_record` does."""
+    return orjson.dumps(record).decode()
 
 
 class ReportBuilder:

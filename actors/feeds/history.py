@@ -8,7 +8,6 @@ actors`).
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import math
 from collections.abc import Iterable, Iterator
@@ -29,10 +28,10 @@ class DataError(Exception):
     """A data file that cannot be used; the message says which file and why."""
 
 
-def _open_text(path: Path) -> IO[str]:
+def _open_binary(path: Path) -> IO[bytes]:
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return path.open(encoding="utf-8", newline="")
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return path.open("rb")
 
 
 def read_candles_csv(
@@ -41,22 +40,26 @@ def read_candles_csv(
     """Stream candles from a CSV (optionally gzipped) with header `open_time_ms,open,high,low,close,volume`.
 
     Rows that are malformed, out of order or repeated are skipped and counted in `stats`, never
-    passed on; the file is read lazily, so memory does not grow with its length.
+    passed on; the file is read lazily, so memory does not grow with its length. Plain numbers are
+    expected (no quoting): each line is split on commas, as bytes (no decoding: measured faster).
     """
     stats = stats if stats is not None else {}
     try:
-        f = _open_text(path)
+        f = _open_binary(path)
+        header = f.readline()
     except OSError as exc:
         raise DataError(f"--data: cannot read {path}: {exc.strerror or exc}") from exc
     with f:
-        header = f.readline().strip().split(",")
-        if header != CSV_HEADER:
-            raise DataError(f"--data: {path} must start with the header {','.join(CSV_HEADER)}, got {header}")
+        columns = header.decode("utf-8", "replace").strip().split(",")
+        if columns != CSV_HEADER:
+            raise DataError(
+                f"--data: {path} must start with the header {','.join(CSV_HEADER)}, got {columns}"
+            )
         last_open = -math.inf
         candles = skipped = 0
         try:
-            for line in f:  # plain numbers: str.split is the csv module's result, faster
-                candle = _candle(line.split(","), interval_s, symbol)
+            for line in f:
+                candle = _candle(line.split(b","), interval_s, symbol)
                 if candle is None or candle.open_ts <= last_open:
                     skipped += 1
                     continue
@@ -69,22 +72,21 @@ def read_candles_csv(
                 stats["skipped"] = stats.get("skipped", 0) + skipped
 
 
-def _candle(row: list[str], interval_s: float, symbol: str = DEFAULT_SYMBOL) -> Candle | None:
+def _candle(row: list[bytes], interval_s: float, symbol: str = DEFAULT_SYMBOL) -> Candle | None:
     """The row as a candle; None when it is malformed: a field missing or not a number, a price not
     finite and positive, a volume not finite and non-negative, a high or low the others exceed."""
     if len(row) != 6:
         return None
     try:
-        o, h, lo, c, v = float(row[1]), float(row[2]), float(row[3]), float(row[4]), float(row[5])
-        open_ts = int(row[0]) / 1000.0
+        t, o, h, lo, c, v = map(float, row)
     except ValueError:
         return None
     # chained comparisons are False for NaN
     if not (0 < o < _INF and 0 < h < _INF and 0 < lo < _INF and 0 < c < _INF and 0 <= v < _INF):
         return None
-    if h < o or h < c or h < lo or lo > o or lo > c:
+    if h < o or h < c or h < lo or lo > o or lo > c or not t.is_integer():
         return None
-    return checked_candle(open_ts, interval_s, o, h, lo, c, v, symbol)  # checked just above
+    return checked_candle(t / 1000.0, interval_s, o, h, lo, c, v, symbol)  # checked just above
 
 
 def candle_ticks(candle: Candle) -> tuple[Tick, Tick]:
