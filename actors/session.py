@@ -31,7 +31,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 from loguru import logger
@@ -40,7 +40,6 @@ from actors import __version__
 from actors.broker.paper import PaperBroker
 from actors.config import Config, to_dict
 from actors.feeds.history import candle_steps, read_candles_csv, read_market_log
-from actors.feeds.mock import FeedHealth, RandomWalk
 from actors.kernel import Kernel, Stopped
 from actors.lock import SessionLock
 from actors.plan import Plan
@@ -49,6 +48,9 @@ from actors.recording.recorder import Recorder, create_run_folder
 from actors.risk.gate import RiskGate
 from actors.strategies.base import Strategy, build_strategy
 from protocols.messages import Candle, Event, MarketEvent
+
+if TYPE_CHECKING:
+    from actors.feeds.mock import RandomWalk
 
 # Stop reasons that come from the data (and so must come out the same in a replay).
 DATA_DRIVEN_STOPS = frozenset(
@@ -99,7 +101,7 @@ class Parts:
     broker: PaperBroker
     gate: RiskGate
     strategies: list[Strategy]
-    walk: RandomWalk
+    walk: RandomWalk | None  # the mock source's price path (live sessions)
     rngs: dict[str, random.Random]
 
     def state(self) -> dict[str, Any]:
@@ -108,7 +110,7 @@ class Parts:
             "risk": self.gate.state(),
             "strategy": self.strategies[0].state() if len(self.strategies) == 1 else None,
             "strategies": {s.id: s.state() for s in self.strategies},
-            "feed": self.walk.snapshot(),
+            "feed": self.walk.snapshot() if self.walk is not None else None,
             "rngs": {name: _rng_state(rng) for name, rng in self.rngs.items()},
         }
 
@@ -120,7 +122,8 @@ class Parts:
             saved = by_id.get(strategy.id, state.get("strategy") if len(self.strategies) == 1 else None)
             if saved is not None:
                 strategy.restore(saved)
-        self.walk.restore(state["feed"])
+        if self.walk is not None and state.get("feed") is not None:
+            self.walk.restore(state["feed"])
         for name, rng_state in state["rngs"].items():
             self.rngs[name].setstate((rng_state[0], tuple(rng_state[1]), rng_state[2]))
 
@@ -130,8 +133,14 @@ def _rng_state(rng: random.Random) -> list[Any]:
     return [version, list(internal), gauss]
 
 
+def _walk(config: Config, rng: random.Random) -> RandomWalk:
+    from actors.feeds.mock import RandomWalk  # the live feeds' module imports trio: live only
+
+    return RandomWalk(config.feed, rng)
+
+
 def build_parts(
-    config: Config, timeline: Timeline, *, heartbeat_s: float, defer_to_next_quote: bool
+    config: Config, timeline: Timeline, *, heartbeat_s: float, defer_to_next_quote: bool, live: bool = True
 ) -> Parts:
     """The session's one seeded generator hands each part its own stream, in a fixed order, so
     no part's draws depend on how the others are scheduled."""
@@ -151,7 +160,7 @@ def build_parts(
         broker=broker,
         gate=RiskGate(config.risk, config.broker.starting_equity),
         strategies=[build_strategy(config.strategy, config.strategy.name, symbol)],
-        walk=RandomWalk(config.feed, rngs["feed"]),
+        walk=_walk(config, rngs["feed"]) if live else None,
         rngs=rngs,
     )
 
@@ -413,4 +422,4 @@ def load_resume(run_path: Path) -> checkpoint.Loaded:
     return loaded
 
 
-__all__ = ["FeedHealth", "Parts", "Session", "SessionResult", "Timeline", "run_session"]
+__all__ = ["Parts", "Session", "SessionResult", "Timeline", "run_session"]

@@ -27,7 +27,8 @@ from actors.feeds.stamp import Stamped, Stamper
 from actors.lock import SessionLock
 from actors.mailbox import Answerer, Asker, open_mailbox
 from actors.progress import Progress
-from actors.recording.recorder import EventSink, Recorder, run_recorder
+from actors.recording.actor import EventSink, run_recorder
+from actors.recording.recorder import Recorder
 from actors.risk.actor import StrategyLink, orders_capacity, run_risk
 from actors.strategies.actor import run_strategy
 from actors.watchdog import Stopper, run_watchdog
@@ -241,6 +242,7 @@ def _feed(session: Session, clock: SessionClock, parts: Parts, sink: EventSink, 
         # imported here: the live feed's HTTP and WebSocket clients are not needed otherwise
         from actors.feeds.bitunix import run_live_feed
 
+        assert parts.walk is not None  # live sessions have one
         with stops_tx:
             await run_live_feed(
                 config,

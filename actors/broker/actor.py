@@ -25,7 +25,8 @@ from actors.broker.paper import PaperBroker
 from actors.clock import SessionClock
 from actors.feeds.stamp import Stamped
 from actors.mailbox import Asker
-from actors.recording.recorder import MARKET_KIND, EventSink
+from actors.recording.actor import EventSink
+from actors.recording.recorder import MARKET_KIND
 from protocols.messages import (
     AccountSnapshot,
     AccountUpdate,

@@ -1,4 +1,5 @@
-"""Recorder actor: the one writer of the run folder.
+"""The recorder: the one writer of the run folder (no trio: the kernel calls it directly; the live
+actors reach it through its inbox and actor, actors/recording/actor.py).
 
 It numbers events (`seq` 1, 2, 3, ... with no gaps) as it writes them to `events.jsonl`, writes
 every market event the session acted on, with its arrival time, to `market.jsonl` (for replay),
@@ -12,13 +13,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections import deque
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import IO, Any
 
-import attrs
-import trio
 from loguru import logger
 
 from actors.recording import checkpoint
@@ -30,88 +28,6 @@ FLUSH_EVERY_S = 1.0
 CRITICAL_PREFIXES = ("order.", "position.", "funding", "liquidation", "breaker.")
 # Events of this kind carry a market event (`fields["event"]`) to market.jsonl instead of events.jsonl.
 MARKET_KIND = "market"
-
-
-@attrs.frozen
-class CheckpointRequest:
-    """Into the recorder's inbox, between two steps: checkpoint this state (taken at that instant,
-    so it matches exactly the events before it in the inbox)."""
-
-    state: dict[str, Any]
-
-
-class EventSink:
-    """The recorder's inbox: every actor's way to record an event.
-
-    `send` appends and returns without a checkpoint, so an actor's state change and the events
-    describing it happen in one scheduler step: whenever the recorder runs, the actors' state
-    matches exactly the events it has been given, which is what makes its checkpoints consistent
-    with `events.jsonl`. It quacks like a trio send channel (`send`, `clone`, `with`), so actors
-    stay written as channel senders. It is unbounded on purpose: the recorder drains it on every
-    scheduler turn, and a stalled disk must not stall trading. Under virtual time (replays and
-    backtests, which write no checkpoints) it wakes the recorder only once `wake_after` events
-    wait, or when a sender closes: a backtest emits thousands of events, and a wake-up for each
-    was a tenth of its cost.
-    """
-
-    def __init__(self, wake_after: int = 1) -> None:
-        self._queue: deque[Event | CheckpointRequest] = deque()
-        self._wakeup = trio.Event()
-        self._open = 1
-        self._wake_after = wake_after
-        # an event that changes orders, fills or positions was sent since the last checkpoint
-        self.critical = False
-
-    async def send(self, event: Event) -> None:  # no checkpoint, by design
-        self.send_nowait(event)
-
-    def send_nowait(self, event: Event) -> None:
-        if self._open <= 0:
-            raise trio.ClosedResourceError("the recorder's inbox is closed")
-        self._queue.append(event)
-        if not self.critical and event.kind.startswith(CRITICAL_PREFIXES):
-            self.critical = True
-        if len(self._queue) >= self._wake_after:
-            self._wakeup.set()
-
-    def checkpoint(self, state: dict[str, Any]) -> None:
-        """Checkpoint `state` once every event sent before it is written."""
-        self._queue.append(CheckpointRequest(state))
-        self.critical = False
-        self._wakeup.set()
-
-    def clone(self) -> EventSink:
-        self._open += 1
-        return self
-
-    def close(self) -> None:
-        self._open -= 1
-        self._wakeup.set()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._open <= 0
-
-    @property
-    def pending(self) -> int:
-        return len(self._queue)
-
-    def drain(self) -> list[Event | CheckpointRequest]:
-        batch = list(self._queue)
-        self._queue.clear()
-        return batch
-
-    async def wait(self) -> None:
-        """Until there is something to drain or every sender has closed."""
-        if not self._queue and not self.closed:
-            await self._wakeup.wait()
-            self._wakeup = trio.Event()
 
 
 def create_run_folder(run_dir: Path, run_id: str) -> Path:
@@ -221,34 +137,6 @@ def _write_json(path: Path, data: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-async def run_recorder(
-    recorder: Recorder,
-    inbox: EventSink,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Actor: writes until every sender is closed, then finishes the run folder. A checkpoint
-    request is written (in a worker thread) after the events before it, with their last seq."""
-    task_status.started()
-    next_flush = trio.current_time()
-    while True:
-        await inbox.wait()
-        for item in inbox.drain():
-            if isinstance(item, CheckpointRequest):
-                state = {"seq": recorder.seq, **item.state}
-                await trio.to_thread.run_sync(recorder.write_checkpoint, state)
-                next_flush = trio.current_time() + FLUSH_EVERY_S
-            else:
-                recorder.write(item)
-        if inbox.closed and not inbox.pending:
-            break
-        now = trio.current_time()
-        if now >= next_flush:
-            recorder.flush()
-            next_flush = now + FLUSH_EVERY_S
-    recorder.finish()
 
 
 def _parse_ts(iso_ts: str) -> float:

@@ -14,7 +14,7 @@ import attrs
 import trio
 
 from actors.mailbox import Answerer, Asker
-from actors.recording.recorder import EventSink
+from actors.recording.actor import EventSink
 from actors.risk.gate import RiskGate
 from protocols.messages import AccountUpdate, BrokerInput, Event, MarketView, OrderIntent
 

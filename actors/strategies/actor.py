@@ -9,7 +9,7 @@ from __future__ import annotations
 import trio
 
 from actors.mailbox import Answerer
-from actors.recording.recorder import EventSink
+from actors.recording.actor import EventSink
 from actors.strategies.base import Strategy, handle
 from protocols.messages import Event, MarketView, OrderIntent
 

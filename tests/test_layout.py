@@ -1,0 +1,60 @@
+"""The layering the architecture promises, checked: components and protocols without trio; no
+`trio.testing` in production code; the backtest path loads no trio at all."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO, cli_env
+
+COMPONENTS = [
+    "actors/broker/paper.py",
+    "actors/risk/gate.py",
+    "actors/strategies/base.py",
+    "actors/strategies/ema_cross.py",
+    "actors/kernel.py",
+    "actors/recording/recorder.py",
+]
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_protocols_and_components_import_no_trio() -> None:
+    files = sorted((REPO / "protocols").glob("*.py")) + [REPO / f for f in COMPONENTS]
+    offenders = {
+        str(f.relative_to(REPO)): sorted(
+            n for n in _imports(f) if n.split(".")[0] in ("trio", "trio_websocket")
+        )
+        for f in files
+    }
+    assert {f: n for f, n in offenders.items() if n} == {}
+
+
+def test_nothing_in_production_imports_trio_testing() -> None:
+    files = sorted((REPO / "actors").rglob("*.py")) + sorted((REPO / "protocols").rglob("*.py"))
+    assert [
+        str(f.relative_to(REPO)) for f in files if any(n.startswith("trio.testing") for n in _imports(f))
+    ] == []
+
+
+def test_the_backtest_path_loads_no_trio() -> None:
+    """Not only no direct import: nothing the kernel path imports pulls trio in."""
+    code = (
+        "import sys, actors.main, actors.session, actors.kernel, actors.strategies;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('trio', 'trio_websocket', 'httpx')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=cli_env(), capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
