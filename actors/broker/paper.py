@@ -112,6 +112,8 @@ class InFlight:
     message: Order | Cancel
 
 
+_new_tuple = tuple.__new__
+
 # The most orders and cancels on their way to the market at once; more are refused (`in_flight_limit`).
 MAX_IN_FLIGHT = 64
 
@@ -142,6 +144,9 @@ class PaperBroker:
         self.starting_equity = config.starting_equity
         self.taker_fee_rate = config.taker_fee_bps / 10_000
         self.maker_fee_rate = config.maker_fee_bps / 10_000
+        # the liquidation price over the entry price, long and short (`liquidation_price`)
+        self._liq_long = 1 - 1 / config.leverage + MAINTENANCE_MARGIN_RATE
+        self._liq_short = 1 + 1 / config.leverage - MAINTENANCE_MARGIN_RATE
         self.defer_to_next_quote = defer_to_next_quote
         self.max_in_flight = max_in_flight
         # the risk gate's commands: entries reaching the market before this time are refused
@@ -408,11 +413,10 @@ class PaperBroker:
             if mark is None and tick is not None:
                 mark = (tick.bid + tick.ask) / 2
             if mark is not None:
-                lev = self.config.leverage
                 if pos > 0:
-                    crossed = mark <= self.avg_price * (1 - 1 / lev + MAINTENANCE_MARGIN_RATE)
+                    crossed = mark <= self.avg_price * self._liq_long
                 else:
-                    crossed = mark >= self.avg_price * (1 + 1 / lev - MAINTENANCE_MARGIN_RATE)
+                    crossed = mark >= self.avg_price * self._liq_short
                 if crossed and tick is not None:
                     events += self._check_liquidation(ts)
                     equity = self.equity
@@ -1049,23 +1053,28 @@ class PaperBroker:
         if (
             position is None
             or position.qty != pos
+            or position.avg_price != self.avg_price
             or position.processed_signed_qty != self.processed_signed_qty
         ):
             position = self._position = Position(self.symbol, pos, self.avg_price, self.processed_signed_qty)
-        return AccountSnapshot(
-            now,
-            self.symbol,
-            self.starting_equity,
-            equity,
-            self.realized_pnl,
-            unrealized,
-            self.fees_maker + self.fees_taker,
-            self.funding_paid,
-            0.0 if peak <= 0 else max(0.0, (peak - equity) / peak * 100),
-            mark,
-            (position,),
-            len(self.working) + len(self.in_flight),
-            self.stale,
+        # tuple.__new__ with every field in order: the named tuple's own __new__ is one more call
+        return _new_tuple(
+            AccountSnapshot,
+            (
+                now,
+                self.symbol,
+                self.starting_equity,
+                equity,
+                self.realized_pnl,
+                unrealized,
+                self.fees_maker + self.fees_taker,
+                self.funding_paid,
+                0.0 if peak <= 0 else max(0.0, (peak - equity) / peak * 100),
+                mark,
+                (position,),
+                len(self.working) + len(self.in_flight),
+                self.stale,
+            ),
         )
 
     def account_update(self, now: float) -> AccountUpdate | None:
