@@ -24,7 +24,7 @@ from actors.config import Config
 from actors.feeds.mock import RandomWalk, run_mock_feed
 from actors.feeds.stamp import Stamped, Stamper
 from actors.mailbox import Answerer, Asker, open_mailbox
-from actors.recording.recorder import EventSink
+from actors.recording.actor import EventSink
 from actors.risk.actor import StrategyLink, orders_capacity, run_risk
 from actors.risk.gate import WINDOW_S, Rejection, RiskGate
 from actors.session import run_session
