@@ -362,6 +362,7 @@ class Session:
             try:
                 if self.plan.mode == "backtest":
                     stopped = kernel.run_candles(candles)
+                    assert stopped is not None
                 else:
                     stopped = kernel.run(
                         inputs,

@@ -20,8 +20,11 @@ import pytest
 import trio
 
 from actors.config import load
+from actors.kernel import Kernel
 from actors.plan import Plan
-from actors.session import run_session
+from actors.recording import checkpoint
+from actors.session import Parts, Session, run_session
+from protocols.messages import Event
 from tests.test_replay_backtest import PEER_JOB, write_bars
 from tools.validate_session import validate
 
@@ -202,3 +205,49 @@ async def test_the_actors_and_the_kernel_write_the_same_events(
     assert validate(on_kernel) == [] and validate(on_actors) == []
     kinds = {e["kind"] for e in a}
     assert "order.filled" in kinds
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        [*FAST, *LOOSE_LIMITS],
+        [*FAST, "risk.on_breaker=halt", "risk.max_consecutive_losses=2", "risk.max_daily_drawdown_pct=100"],
+        [*FAST, *LOOSE_LIMITS, "broker.latency_ms=20000", "broker.latency_jitter_ms=15000"],
+    ],
+    ids=["honest_defaults", "breaker_halts", "orders_in_flight"],
+)
+@pytest.mark.parametrize("cut", [333, 1001])
+def test_a_run_resumed_from_its_checkpoint_state_writes_the_same_events(
+    tmp_path: Path, sets: list[str], cut: int
+) -> None:
+    """A resumed session: the components' state taken between two steps (what a checkpoint keeps,
+    through JSON as a checkpoint file holds it), restored into new components, and the run goes on
+    from there: the same events as the run that never stopped (orders in flight, working stops
+    and targets, a breaker's cooldown and the strategy's EMAs all carried over)."""
+    data = tmp_path / "bars.csv"
+    write_bars(data, 1500)
+    config = load(None, {}, [f"session.run_dir={tmp_path}", "session.interval=1m", *sets])
+    plan = Plan(mode="backtest", data=str(data))
+
+    def fresh() -> tuple[Session, Parts, list[Event]]:
+        session = Session(config, plan)
+        started, _ = session.candles()
+        return session, session.parts(session.timeline(started)), []
+
+    session, whole, expected = fresh()
+    Kernel(whole.broker, whole.gate, whole.strategies, expected.append).run_candles(session.candles()[1])
+
+    session, first, got = fresh()
+    candles = session.candles()[1]
+    assert (
+        Kernel(first.broker, first.gate, first.strategies, got.append).run_candles(
+            itertools.islice(candles, cut), finish=False
+        )
+        is None
+    )
+    state = json.loads(checkpoint.encode(first.state()))["state"]
+    _, resumed, _ = fresh()
+    resumed.restore(state, first.broker.last_ts or 0.0)
+    Kernel(resumed.broker, resumed.gate, resumed.strategies, got.append).run_candles(candles)
+    assert len(got) == len(expected) and got == expected
+    assert any(e.kind == "order.filled" for e in expected[: len(expected) // 2])

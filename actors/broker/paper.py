@@ -304,6 +304,8 @@ class PaperBroker:
         for name in ("watch_floor", "watch_at"):
             if not math.isfinite(state[name]):
                 state[name] = None
+        state["next_heartbeat"] = self.next_heartbeat if math.isfinite(self.next_heartbeat) else None
+        state["awaiting_quote"] = [attrs.asdict(order) for order in self.awaiting_quote]
         state["last_tick"] = attrs.asdict(self.last_tick) if self.last_tick else None
         state["trade"] = attrs.asdict(self.trade) if self.trade else None
         state["working"] = [
@@ -327,6 +329,9 @@ class PaperBroker:
         for name in ("watch_floor", "watch_at"):
             if getattr(self, name) is None:
                 setattr(self, name, -math.inf)  # report every mark until the gate says again
+        if "next_heartbeat" in state:
+            self.next_heartbeat = math.inf if state["next_heartbeat"] is None else state["next_heartbeat"]
+        self.awaiting_quote = [Order(**order) for order in state.get("awaiting_quote", [])]
         self.last_tick = Tick(**state["last_tick"]) if state["last_tick"] else None
         self.trade = OpenTrade(**state["trade"]) if state["trade"] else None
         self.working = {
