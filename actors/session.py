@@ -53,9 +53,7 @@ if TYPE_CHECKING:
     from actors.feeds.mock import RandomWalk
 
 # Stop reasons that come from the data (and so must come out the same in a replay).
-DATA_DRIVEN_STOPS = frozenset(
-    {"max_loss", "max_trades", "max_losses", "breaker", "data_end", "session_stopping"}
-)
+DATA_DRIVEN_STOPS = frozenset({"max_loss", "max_trades", "max_losses", "breaker", "data_end"})
 
 Runtime = Literal["actors", "kernel"]
 

@@ -325,7 +325,8 @@ class PaperBroker:
         """The state of a checkpoint. Orders that were in flight are kept; `abandon_in_flight`
         refuses them when a resumed session starts (they never reached the market)."""
         for name in self._SCALARS:
-            setattr(self, name, state[name])
+            if name in state:  # a checkpoint of an older version may lack the newer ones
+                setattr(self, name, state[name])
         for name in ("watch_floor", "watch_at"):
             if getattr(self, name) is None:
                 setattr(self, name, -math.inf)  # report every mark until the gate says again
