@@ -24,11 +24,12 @@ point the CLI and the tests use.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
 import traceback
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -291,7 +292,7 @@ class Session:
         first = next(candles, None)
         if first is None:
             raise ValueError(f"--data {self.plan.data}: no candles")
-        return first.open_ts, _chain(first, candles)
+        return first.open_ts, itertools.chain((first,), candles)
 
     def inputs(self) -> tuple[float, Iterator[tuple[float, MarketEvent]]] | None:
         """Backtests and replays: the session's start time and its timed inputs (None: live)."""
@@ -389,11 +390,6 @@ class Session:
         from actors.session_actors import run_actors  # trio is imported only by this runtime
 
         return await run_actors(self)
-
-
-def _chain(first: Candle, rest: Iterable[Candle]) -> Iterator[Candle]:
-    yield first
-    yield from rest
 
 
 async def run_session(
