@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -253,56 +254,140 @@ async def test_a_protocol_ping_as_first_frame_kills_the_socket() -> None:
             assert fake.stats.protocol_ping_kills == 1
 
 
-async def test_drop_fault_closes_without_close_frame_and_can_be_switched_off() -> None:
+async def data_frames_until_closed(ws: trio_websocket.WebSocketConnection, within: float) -> list[str]:
+    """The data frames received until the socket closes abruptly (1006), which it must `within` s."""
+    got = []
+    with trio.fail_after(within), pytest.raises(trio_websocket.ConnectionClosed) as closed:
+        while True:
+            message = await ws.get_message()
+            assert isinstance(message, str)
+            if '"ch"' in message[:8] or not message.startswith('{"op"'):
+                got.append(message)
+    assert closed.value.reason is not None and closed.value.reason.code == 1006
+    return got
+
+
+async def test_drop_after_frames_closes_without_close_frame_after_exactly_n_data_frames() -> None:
+    fake = FakeBitunix(
+        seed=9,
+        faults=Faults(drop_after_frames=7, drop_connections=2),
+        push_interval_s=0.2,
+        price_interval_s=0.2,
+    )
+    with trio.fail_after(10):
+        async with serving(fake):
+            for _ in range(2):
+                async with trio_websocket.open_websocket_url(fake.ws_url) as ws:
+                    await ws.send_message(subscribe("depth_book1", "market_kline_1min", "price"))
+                    assert len(await data_frames_until_closed(ws, 4)) == 7
+            async with trio_websocket.open_websocket_url(fake.ws_url) as ws:  # the third is spared
+                await ws.send_message(subscribe("depth_book1", "market_kline_1min", "price"))
+                got = await frames_for(ws, 1.5)
+                assert len(got) > 7
+    assert fake.stats.drops == 2
+    assert [e for e in fake.stats.faults_log if e[0] == "drop"] == [("drop", 1, 7), ("drop", 2, 7)]
+
+
+async def test_timed_drop_fault_closes_without_close_frame_and_can_be_switched_off() -> None:
     fake = FakeBitunix(seed=9, faults=Faults(drop_every_s=0.4))
     with trio.fail_after(6):
         async with serving(fake):
             async with trio_websocket.open_websocket_url(fake.ws_url) as ws:
                 await assert_closed_abruptly(ws, 1.5)
-            assert fake.stats.drops == 1
+            assert fake.stats.drops >= 1
             fake.faults.drop_every_s = 0
+            drops = fake.stats.drops
             async with trio_websocket.open_websocket_url(fake.ws_url) as ws:
                 await ws.send_message(subscribe("depth_book1"))
                 got = await frames_for(ws, 1.2)
                 assert len(got) >= 3
-            assert fake.stats.drops == 1
+            assert fake.stats.drops == drops
 
 
-async def test_stall_sends_nothing_then_resumes() -> None:
-    fake = FakeBitunix(seed=10, faults=Faults(stall_once_after_s=0.9, stall_for_s=1.2))
+async def test_stall_after_n_frames_sends_nothing_then_resumes() -> None:
+    # the stall starts after the 3rd data frame, whenever that is: no race with the first data
+    fake = FakeBitunix(seed=10, faults=Faults(stall_once_after_frames=3, stall_for_s=1.2))
     with trio.fail_after(8):
         async with serving(fake), trio_websocket.open_websocket_url(fake.ws_url) as ws:
+            await ws.get_message()
             await ws.send_message(subscribe("depth_book1"))
-            async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                assert json.loads(await ws.get_message())["ch"] == "depth_book1"
+            stalled_at = trio.current_time()
+            await trio.sleep(0.4)
+            await ws.send_message('{"op":"ping","ping":1}')  # sent during the stall
+            got = await frames_for(ws, 2.0)
+            first_t, first = got[0]
+            assert first_t - stalled_at >= 1.0, "nothing at all during the stall"
+            assert json.loads(first).get("op") == "ping", "the pong is held, then sent first"
+            depth = [t for t, m in got if json.loads(m).get("ch") == "depth_book1"]
+            assert len(depth) >= 2, "pushes resume after the stall"
+            assert fake.stats.stalls == 1 and fake.stats.faults_log == [("stall", 3)]
 
-                async def ping_in_the_stall() -> None:
-                    await trio.sleep(1.3)
-                    await ws.send_message('{"op":"ping","ping":1}')
 
-                nursery.start_soon(ping_in_the_stall)
-                got = await frames_for(ws, 3.0)
-            times = [t for t, m in got if json.loads(m).get("ch") == "depth_book1"]
-            gaps = [b - a for a, b in pairwise(times)]
-            assert max(gaps) >= 1.0 and sorted(gaps)[-2] < 0.7, "one stall, steady pushes around it"
-            assert any(json.loads(m).get("op") == "ping" for _, m in got), (
-                "the ping is answered after the stall"
-            )
+async def test_stall_every_n_frames_is_counted_not_timed() -> None:
+    fake = FakeBitunix(
+        seed=10,
+        faults=Faults(stall_every_frames=4, stall_for_s=0.2),
+        depth_interval_s=0.1,
+        price_interval_s=0.1,
+    )
+    with trio.fail_after(8):
+        async with serving(fake), trio_websocket.open_websocket_url(fake.ws_url) as ws:
+            await ws.get_message()
+            await ws.send_message(subscribe("depth_book1", "price"))
+            for _ in range(13):
+                await ws.get_message()
+            assert fake.stats.stalls == fake.stats.data_frames_sent // 4 >= 3
+            assert [e[1] for e in fake.stats.faults_log] == [4 * k for k in range(1, fake.stats.stalls + 1)]
+
+
+async def test_timed_stalls_still_work() -> None:
+    fake = FakeBitunix(seed=10, faults=Faults(stall_once_after_s=0.2, stall_for_s=0.3))
+    with trio.fail_after(5):
+        async with serving(fake):
+            await trio.sleep(0.6)
             assert fake.stats.stalls == 1
-            fake.faults.stall_every_s, fake.faults.stall_for_s = 0.3, 0.1
-            await trio.sleep(0.8)
+            fake.faults.stall_every_s, fake.faults.stall_for_s = 0.2, 0.1
+            await trio.sleep(1.0)
             assert fake.stats.stalls >= 3
 
 
-async def test_malformed_frames_cover_every_kind() -> None:
-    fake = FakeBitunix(seed=11, faults=Faults(malformed_fraction=1.0))
-    with trio.fail_after(10):
+def malformed_by_stream(fake: FakeBitunix) -> dict[tuple[int, str], list[tuple[int, str]]]:
+    """(frame index, kind) of every malformed frame, by stream (connection no., channel)."""
+    out: dict[tuple[int, str], list[tuple[int, str]]] = {}
+    for entry in fake.stats.faults_log:
+        if entry[0] == "malformed":
+            _, conn, ch, index, kind = entry
+            out.setdefault((conn, ch), []).append((index, kind))
+    return out
+
+
+async def test_malformed_frames_cover_every_kind_on_every_stream() -> None:
+    fake = FakeBitunix(
+        seed=11, faults=Faults(malformed_fraction=1.0), push_interval_s=0.2, price_interval_s=0.2
+    )
+    no_crossed = {"trade", "ticker", "price"}  # no bid/ask or high/low to cross
+
+    def covered() -> bool:
+        streams = malformed_by_stream(fake)
+        return len(streams) == len(ALL_CHANNELS) and all(
+            {kind for _, kind in got}
+            == set(MALFORMED_KINDS) - ({"crossed_book"} if ch in no_crossed else set())
+            for (_, ch), got in streams.items()
+        )
+
+    with trio.fail_after(15):
         async with serving(fake), trio_websocket.open_websocket_url(fake.ws_url) as ws:
             await ws.get_message()
             await ws.send_message(subscribe(*ALL_CHANNELS))
             texts: list[str] = []
-            while set(fake.stats.malformed_sent) != set(MALFORMED_KINDS):
+            while not covered():
                 texts += [m for _, m in await frames_for(ws, 0.2)]
             texts += [m for _, m in await frames_for(ws, 0.3)]  # in flight when counted
+    for (_, ch), got in malformed_by_stream(fake).items():
+        indexes = [i for i, _ in got]
+        assert indexes == list(range(len(indexes))), f"{ch}: every frame is malformed at fraction 1"
     parsed, unparsable = [], []
     for text in texts:
         try:
@@ -321,6 +406,102 @@ async def test_malformed_frames_cover_every_kind() -> None:
     assert set(fake.stats.frames_sent) <= {"market_kline_1min"}, "only the last push of a bucket is spared"
 
 
+async def test_malformed_fraction_is_exact_per_stream() -> None:
+    fake = FakeBitunix(
+        seed=12, faults=Faults(malformed_fraction=0.25), depth_interval_s=0.1, price_interval_s=0.1
+    )
+    with trio.fail_after(10):
+        async with serving(fake), trio_websocket.open_websocket_url(fake.ws_url) as ws:
+            await ws.send_message(subscribe("depth_book1", "price"))
+            while fake.stats.data_frames_sent < 40:
+                await ws.get_message()
+    for (_, ch), got in malformed_by_stream(fake).items():
+        indexes = [i for i, _ in got]
+        assert all(b - a == 4 for a, b in pairwise(indexes)), (ch, indexes)  # one frame in 4, evenly
+        assert indexes[0] < 4
+
+
+async def run_faulty_client(fake: FakeBitunix, connections: int, frames_last: int) -> list[int]:
+    """Connect again and again to `fake` (refused ones too) until `connections` were accepted;
+    read each until it is dropped, the last one for `frames_last` data frames. Returns the data
+    frames each accepted connection delivered."""
+    delivered = []
+    async with serving(fake):
+        while len(delivered) < connections:
+            try:
+                async with trio_websocket.open_websocket_url(fake.ws_url) as ws:
+                    await ws.send_message(subscribe("market_kline_1min", "depth_book1", "price", "trade"))
+                    if len(delivered) < connections - 1:
+                        delivered.append(len(await data_frames_until_closed(ws, 20)))
+                    else:
+                        got = 0
+                        while got < frames_last:
+                            if not (await ws.get_message()).startswith('{"op"'):
+                                got += 1
+                        delivered.append(got)
+            except trio_websocket.ConnectionRejected as rejected:
+                assert rejected.status_code == 503
+    return delivered
+
+
+async def test_count_based_fault_schedules_are_the_same_every_run_whatever_the_timing() -> None:
+    """The same seed and count-based faults hit the same handshakes, connections, frames and
+    requests in two runs whose timing differs (latency, clock phase, pacing)."""
+
+    def faults(latency_ms: float) -> Faults:
+        return Faults(
+            refuse_handshakes=2,
+            drop_after_frames=10,
+            drop_connections=2,
+            stall_every_frames=8,
+            stall_for_s=0.1,
+            malformed_fraction=0.2,
+            rest_error_fraction=0.3,
+            rest_rate_limit_per_s=1000,
+            latency_ms=latency_ms,
+        )
+
+    runs = []
+    for latency_ms, offset in ((0, 0.0), (40, 17.3)):
+        fake = FakeBitunix(
+            seed=31,
+            faults=faults(latency_ms),
+            time_offset_s=offset,
+            push_interval_s=0.2,
+            depth_interval_s=0.1,
+            price_interval_s=0.2,
+        )
+        with trio.fail_after(30):
+            delivered = await run_faulty_client(fake, connections=3, frames_last=12)
+            async with serving(fake), httpx.AsyncClient(base_url=fake.rest_url) as http:
+                for _ in range(10):
+                    await http.get(KLINE, params={"symbol": "BTCUSDT", "limit": 2})
+        assert delivered == [10, 10, 12]
+        assert fake.stats.handshakes_refused == 2 and fake.stats.drops == 2 and fake.stats.stalls >= 4
+        runs.append(fake.stats.faults_log)
+
+    def by_schedule(log: list[tuple[Any, ...]]) -> dict[Any, list[tuple[Any, ...]]]:
+        """The log split into its independent schedules: one per kind, one per malformed stream."""
+        out: dict[Any, list[tuple[Any, ...]]] = {}
+        for e in log:
+            out.setdefault(e[:3] if e[0] == "malformed" else e[0], []).append(e)
+        return out
+
+    first, second = map(by_schedule, runs)
+    assert first["refuse"] == second["refuse"] == [("refuse", 1), ("refuse", 2)]
+    assert first["drop"] == second["drop"] == [("drop", 1, 10), ("drop", 2, 10)]
+    assert first["rest_error"] == second["rest_error"] and len(first["rest_error"]) == 3
+    assert Counter(e[0] for e in runs[0])["malformed"] >= 4
+    # How the frames of a connection are shared among its channels depends on timing, so a stream
+    # may run a few frames longer in one run: each schedule must agree entry for entry as far as
+    # both runs go.
+    common = (first.keys() & second.keys()) - {"refuse", "drop", "rest_error"}
+    assert "stall" in common and len(common) >= 6
+    for key in common:
+        n = min(len(first[key]), len(second[key]))
+        assert first[key][:n] == second[key][:n], key
+
+
 async def test_latency_delays_ws_frames_and_rest_replies() -> None:
     fake = FakeBitunix(seed=17, faults=Faults(latency_ms=300))
     with trio.fail_after(5):
@@ -336,15 +517,31 @@ async def test_latency_delays_ws_frames_and_rest_replies() -> None:
                 assert trio.current_time() - start >= 0.29
 
 
-async def test_refused_handshakes_then_accepted() -> None:
-    fake = FakeBitunix(seed=12, faults=Faults(refuse_handshakes_for_s=0.8))
+async def test_first_n_handshakes_refused_then_accepted() -> None:
+    fake = FakeBitunix(seed=12, faults=Faults(refuse_handshakes=2))
     with trio.fail_after(5):
         async with serving(fake):
+            for _ in range(2):
+                with pytest.raises(trio_websocket.ConnectionRejected) as rejected:
+                    async with trio_websocket.open_websocket_url(fake.ws_url):
+                        pass
+                assert rejected.value.status_code == 503
+            async with trio_websocket.open_websocket_url(fake.ws_url) as ws:
+                assert json.loads(await ws.get_message())["op"] == "connect"
+            assert fake.stats.handshakes_refused == 2 and fake.stats.connections == 1
+            assert fake.stats.faults_log == [("refuse", 1), ("refuse", 2)]
+
+
+async def test_refused_handshakes_for_a_time_then_accepted() -> None:
+    fake = FakeBitunix(seed=12, faults=Faults(refuse_handshakes_for_s=1.5))
+    with trio.fail_after(6):
+        async with serving(fake):
+            started = trio.current_time()
             with pytest.raises(trio_websocket.ConnectionRejected) as rejected:
                 async with trio_websocket.open_websocket_url(fake.ws_url):
                     pass
             assert rejected.value.status_code == 503
-            await trio.sleep(0.9)
+            await trio.sleep_until(started + 1.6)
             async with trio_websocket.open_websocket_url(fake.ws_url) as ws:
                 assert json.loads(await ws.get_message())["op"] == "connect"
             assert fake.stats.handshakes_refused == 1 and fake.stats.connections == 1
@@ -356,7 +553,7 @@ async def test_rest_errors_cycle_through_http_and_code_errors() -> None:
         async with serving(fake), httpx.AsyncClient(base_url=fake.rest_url) as http:
             replies = [await http.get(KLINE, params={"symbol": "BTCUSDT", "limit": 2}) for _ in range(12)]
     outcomes = [r.status_code if r.status_code != 200 else r.json()["code"] for r in replies]
-    assert sorted(outcomes) == [0] * 6 + [1, 1, 500, 500, 503, 503]
+    assert outcomes == [0, 500, 0, 503, 0, 1] * 2, "every other request, cycling through the kinds"
     assert fake.stats.rest_errors == 6 and fake.stats.rest_requests == 12
 
 

@@ -25,6 +25,12 @@ Kline pushes: every `push_interval_s`, plus one extra push in the last 125 ms of
 is never replaced by a malformed frame. History bars (before the start minute) are aggregates
 only: their quote volume is base volume x (o+h+l+c)/4, not a sum over trades.
 
+Faults (`Faults`, switchable at runtime; see faults.py): drops, stalls, malformed frames, refused
+handshakes, REST errors and rate limits, latency. The count-based schedules (a drop after the N-th
+data frame of a connection, a stall after every N data frames, malformed frames by their index in
+their channel's stream, the first N handshakes refused) hit the same frames in every run; the
+time-based ones (`drop_every_s`, ...) depend on timing. `stats.faults_log` lists what happened.
+
 Deviations, each for a reason: the WebSocket is served with trio-websocket's `wrap_server_stream`
 on our own `trio.serve_listeners` (what `serve_websocket` does inside) so that the fake owns the
 TCP stream: a drop closes it with no close frame (the client sees 1006), a stall holds even the
@@ -51,7 +57,7 @@ import random
 import signal
 import sys
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from itertools import pairwise
@@ -64,6 +70,16 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 import trio_websocket
+
+from tools.fake_bitunix.faults import (
+    MALFORMED_KINDS,
+    FakeStats,
+    Faults,
+    MalformedStream,
+    RestErrors,
+)
+
+__all__ = ["MALFORMED_KINDS", "FakeBitunix", "FakeStats", "Faults", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -115,23 +131,6 @@ REST_INTERVALS_MS = {
 DEPTH_CHANNELS = {"depth_book1": 1, "depth_book5": 5, "depth_book15": 15}
 DEPTH_LIMITS = {"1": 1, "5": 5, "15": 15, "50": 50, "max": BOOK_LEVELS}
 
-MALFORMED_KINDS = (
-    "not_json",
-    "truncated",
-    "missing_field",
-    "wrong_type",
-    "nan",
-    "inf",
-    "zero_price",
-    "negative_size",
-    "crossed_book",
-    "ts_backwards",
-    "price_jump",
-    "unknown_channel",
-    "wrong_symbol",
-)
-REST_ERROR_KINDS = ("http_500", "http_503", "network_error")
-
 Candle6 = tuple[int, int, int, int, int, int]  # o, h, l, c (ticks), base volume (units), quote (ticks*units)
 
 
@@ -163,48 +162,6 @@ def _iso(ms: int) -> str:
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
-
-
-# --- faults and counters ---------------------------------------------------------------------------
-
-
-@attrs.define
-class Faults:
-    """What goes wrong, switchable at runtime. 0 turns a fault off."""
-
-    drop_every_s: float = 0  # close every WS connection abruptly (no close frame) every N s
-    stall_every_s: float = 0  # every N s, send nothing at all on any WS for stall_for_s
-    stall_for_s: float = 0
-    stall_once_after_s: float = 0  # one stall (of stall_for_s) N s after the server starts
-    malformed_fraction: float = 0  # fraction of WS data frames replaced by a malformed one
-    refuse_handshakes_for_s: float = 0  # HTTP 503 to WS handshakes for the first N s
-    rest_error_fraction: float = 0  # fraction of REST replies that are errors (500, 503, code 1)
-    rest_rate_limit_per_s: float = 10  # over this in any 1 s (per server): code 10005/10006
-    latency_ms: float = 0  # added before every WS push and REST reply
-
-
-@attrs.define
-class FakeStats:
-    """Counters a test can read."""
-
-    connections: int = 0
-    handshakes_refused: int = 0
-    drops: int = 0
-    stalls: int = 0
-    protocol_ping_kills: int = 0
-    pings_received: int = 0
-    pongs_sent: int = 0
-    subscriptions: list[Any] = attrs.field(factory=list)
-    ignored_client_msgs: int = 0
-    client_msgs_max_per_s: int = 0
-    rate_disconnects: int = 0
-    idle_disconnects: int = 0
-    rest_requests: int = 0
-    rest_rate_limited: int = 0
-    rest_errors: int = 0
-    internal_errors: int = 0
-    malformed_sent: Counter[str] = attrs.field(factory=Counter)
-    frames_sent: Counter[str] = attrs.field(factory=Counter)
 
 
 # --- the price path ------------------------------------------------------------------------------
@@ -490,6 +447,7 @@ class _TapStream(trio.abc.Stream):
 class _Out:
     deliver_at: float
     text: str
+    data: bool = False  # a data frame (malformed or not), not a control frame
 
 
 class _Conn:
@@ -499,7 +457,10 @@ class _Conn:
         self.srv = server
         self.ws = ws
         self.tap = tap
+        self.number = server.stats.connections  # 1 for the first connection accepted
         self.rng = random.Random(f"{server.seed}:conn:{server.stats.connections}")
+        self.data_sent = 0  # data frames written to this socket
+        self.malformed: dict[str, MalformedStream] = {}
         self.subs: dict[tuple[str, str], trio.CancelScope] = {}
         self.last_ts: dict[str, int] = {}  # of the last well-formed frame, by channel
         self.seen: set[str] = set()  # channels that have sent any frame
@@ -534,6 +495,9 @@ class _Conn:
                 except trio_websocket.ConnectionClosed:
                     self.scope.cancel()
                     return
+                if item.data:
+                    self.data_sent += 1
+                    await self.srv.data_frame_sent(self)
 
     async def _idle_watch(self) -> None:
         while True:
@@ -610,7 +574,7 @@ class _Conn:
     async def _emit(self, frame: dict[str, Any], *, protect: bool = False) -> None:
         """Queue a data frame, or the malformed frame that replaces it."""
         ch = frame["ch"]
-        kind = None if protect else self.srv.next_malformed_kind(ch, ch in self.seen)
+        kind = None if protect else self._malformed_kind(ch)
         self.seen.add(ch)
         if kind is None:
             self.last_ts[ch] = frame["ts"]
@@ -619,7 +583,19 @@ class _Conn:
         else:
             self.srv.stats.malformed_sent[kind] += 1
             text = _malform(frame, kind, self.last_ts.get(ch, frame["ts"]))
-        await self.out_tx.send(_Out(trio.current_time() + self.srv.faults.latency_ms / 1000, text))
+        await self.out_tx.send(_Out(trio.current_time() + self.srv.faults.latency_ms / 1000, text, data=True))
+
+    def _malformed_kind(self, ch: str) -> str | None:
+        """The kind of malformed frame that replaces this frame of `ch`, or None (by the frame's
+        index in its stream, never by time: see faults.MalformedStream)."""
+        stream = self.malformed.get(ch)
+        if stream is None:
+            stream = self.malformed[ch] = MalformedStream(self.srv.seed, self.number, ch)
+        has_prev = ch in self.seen
+        index, kind = stream.next(self.srv.faults.malformed_fraction, lambda k: _applicable(k, ch, has_prev))
+        if kind is not None:
+            self.srv.stats.faults_log.append(("malformed", self.number, ch, index, kind))
+        return kind
 
     async def _pusher(self, scope: trio.CancelScope, symbol: str, ch: str, delay: float) -> None:
         with scope:
@@ -1052,10 +1028,8 @@ class FakeBitunix:
         self._conns: set[_Conn] = set()
         self._started_at = math.inf
         self._stopped_ms: int | None = None
-        self._malformed_acc = 0.0
-        self._malformed_next = 0
-        self._rest_error_acc = 0.0
-        self._rest_error_next = 0
+        self._rest_errors = RestErrors()
+        self._stalls_once_by_frames = 0  # stall_once_after_frames stalls done (0 or 1)
         self._books: dict[int, tuple[list[list[str]], list[list[str]]]] = {}
 
     def now_ms(self) -> int:
@@ -1098,29 +1072,40 @@ class FakeBitunix:
     def stalled(self) -> bool:
         return trio.current_time() < self.stalled_until
 
-    def next_malformed_kind(self, ch: str, has_prev: bool) -> str | None:
-        """Every 1/malformed_fraction data frames, the next kind (in cycle) that fits the channel."""
-        self._malformed_acc += self.faults.malformed_fraction
-        if self._malformed_acc < 1.0:
-            return None
-        n = len(MALFORMED_KINDS)
-        for i in range(n):
-            kind = MALFORMED_KINDS[(self._malformed_next + i) % n]
-            if _applicable(kind, ch, has_prev):
-                self._malformed_next = (self._malformed_next + i + 1) % n
-                self._malformed_acc -= 1.0
-                return kind
-        return None
-
     def next_rest_error(self) -> str | None:
-        self._rest_error_acc += self.faults.rest_error_fraction
-        if self._rest_error_acc < 1.0:
-            return None
-        self._rest_error_acc -= 1.0
-        self.stats.rest_errors += 1
-        kind = REST_ERROR_KINDS[self._rest_error_next % len(REST_ERROR_KINDS)]
-        self._rest_error_next += 1
+        kind = self._rest_errors.next(self.faults.rest_error_fraction)
+        if kind is not None:
+            self.stats.rest_errors += 1
+            self.stats.faults_log.append(("rest_error", self.stats.rest_requests, kind))
         return kind
+
+    def _stall(self) -> None:
+        now = trio.current_time()
+        self.stalled_until = max(self.stalled_until, now + self.faults.stall_for_s)
+        self.stats.stalls += 1
+
+    async def data_frame_sent(self, conn: _Conn) -> None:
+        """Count-based faults, after each data frame written to a socket: stalls by the server's
+        count of data frames, drops by the connection's."""
+        stats, f = self.stats, self.faults
+        stats.data_frames_sent += 1
+        n = stats.data_frames_sent
+        if f.stall_for_s > 0:
+            every = f.stall_every_frames > 0 and n % f.stall_every_frames == 0
+            once = f.stall_once_after_frames > 0 and n >= f.stall_once_after_frames
+            once = once and not self._stalls_once_by_frames
+            if every or once:
+                self._stalls_once_by_frames += once
+                self._stall()
+                stats.faults_log.append(("stall", n))
+        if (
+            f.drop_after_frames > 0
+            and conn.data_sent >= f.drop_after_frames
+            and (f.drop_connections <= 0 or conn.number <= f.drop_connections)
+        ):
+            stats.drops += 1
+            stats.faults_log.append(("drop", conn.number, conn.data_sent))
+            await conn.abort()
 
     async def _fault_loop(self) -> None:
         """Drops and stalls; polls, because tests switch faults on and off at runtime."""
@@ -1133,6 +1118,7 @@ class FakeBitunix:
                 next_drop = now + f.drop_every_s
                 for conn in list(self._conns):
                     self.stats.drops += 1
+                    self.stats.faults_log.append(("drop", conn.number, conn.data_sent))
                     await conn.abort()
             next_stall = min(next_stall, now + f.stall_every_s) if f.stall_every_s > 0 else math.inf
             once = (
@@ -1141,8 +1127,8 @@ class FakeBitunix:
             if (now >= next_stall or once) and f.stall_for_s > 0:
                 once_done = once_done or once
                 next_stall = now + f.stall_every_s if f.stall_every_s > 0 else math.inf
-                self.stalled_until = now + f.stall_for_s
-                self.stats.stalls += 1
+                self._stall()
+                self.stats.faults_log.append(("stall", self.stats.data_frames_sent))
             await trio.sleep(0.02)
 
     async def _serve_tcp(self, stream: trio.SocketStream) -> None:
@@ -1165,8 +1151,13 @@ class FakeBitunix:
                 await tap.aclose()
 
     async def _serve_request(self, request: trio_websocket.WebSocketRequest, tap: _TapStream) -> None:
-        if trio.current_time() < self._started_at + self.faults.refuse_handshakes_for_s:
+        self.stats.handshakes += 1
+        if (
+            self.stats.handshakes <= self.faults.refuse_handshakes
+            or trio.current_time() < self._started_at + self.faults.refuse_handshakes_for_s
+        ):
             self.stats.handshakes_refused += 1
+            self.stats.faults_log.append(("refuse", self.stats.handshakes))
             await request.reject(
                 503, body=b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
             )
@@ -1276,11 +1267,47 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--history", type=int, default=1000, help="closed 1-minute candles before the start")
     p.add_argument("--idle-timeout", type=float, default=60.0)
-    p.add_argument("--drop-every", type=float, default=0, metavar="S")
-    p.add_argument("--stall-every", type=float, default=0, metavar="S")
-    p.add_argument("--stall-for", type=float, default=0, metavar="S")
-    p.add_argument("--malformed", type=float, default=0, metavar="F", help="fraction of WS frames malformed")
+    p.add_argument(
+        "--drop-every", type=float, default=0, metavar="S", help="drop every WS connection every S s"
+    )
+    p.add_argument(
+        "--drop-after-frames",
+        type=int,
+        default=0,
+        metavar="N",
+        help="drop each WS connection once it has sent N data frames (deterministic)",
+    )
+    p.add_argument(
+        "--drop-connections",
+        type=int,
+        default=0,
+        metavar="N",
+        help="--drop-after-frames drops the first N connections only (0: all)",
+    )
+    p.add_argument("--stall-every", type=float, default=0, metavar="S", help="a stall every S s")
+    p.add_argument(
+        "--stall-every-frames",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a stall after every N data frames sent (deterministic)",
+    )
+    p.add_argument("--stall-for", type=float, default=0, metavar="S", help="how long a stall lasts")
+    p.add_argument(
+        "--malformed",
+        type=float,
+        default=0,
+        metavar="F",
+        help="fraction of WS data frames malformed (chosen by frame count and seed)",
+    )
     p.add_argument("--refuse-for", type=float, default=0, metavar="S", help="refuse WS handshakes for S s")
+    p.add_argument(
+        "--refuse-first",
+        type=int,
+        default=0,
+        metavar="N",
+        help="refuse the first N WS handshakes (deterministic)",
+    )
     p.add_argument(
         "--rest-errors", type=float, default=0, metavar="F", help="fraction of REST replies failed"
     )
@@ -1326,6 +1353,10 @@ def main(argv: list[str] | None = None) -> int:
         stall_for_s=a.stall_for,
         malformed_fraction=a.malformed,
         refuse_handshakes_for_s=a.refuse_for,
+        drop_after_frames=a.drop_after_frames,
+        drop_connections=a.drop_connections,
+        stall_every_frames=a.stall_every_frames,
+        refuse_handshakes=a.refuse_first,
         rest_error_fraction=a.rest_errors,
         rest_rate_limit_per_s=a.rest_rate_limit,
         latency_ms=a.latency_ms,
