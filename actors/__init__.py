@@ -1,8 +1,5 @@
 """btc-laptop-agents: the actors of an autonomous paper-trading session."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("btc-laptop-agents")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.1.0+source"
+# The one place the version is written (pyproject.toml reads it from here): no package metadata
+# lookup at start-up.
+__version__ = "0.1.0"
