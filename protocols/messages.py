@@ -28,44 +28,92 @@ def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
 # --- market events: feed -> broker -> (risk gate, strategies) ------------------------------------
 
 
-@attrs.frozen
-class Tick:
-    """Feed -> broker (-> strategies): best bid/ask and last trade price at `ts`. Sizes are 0 when
-    the source does not say (then the broker cannot bound a fill by them)."""
+def _check_prices(kind: str, **prices: float) -> None:
+    for name, value in prices.items():
+        if not value > 0:
+            raise ValueError(f"{kind}.{name} must be > 0, got {value!r}")
 
+
+class _TickFields(NamedTuple):
     ts: float
-    bid: float = attrs.field(validator=_positive)
-    ask: float = attrs.field(validator=_positive)
-    last: float = attrs.field(validator=_positive)
+    bid: float
+    ask: float
+    last: float
     bid_qty: float = 0.0
     ask_qty: float = 0.0
     last_qty: float = 0.0
     symbol: str = DEFAULT_SYMBOL
+
+
+class Tick(_TickFields):
+    """Feed -> broker (-> strategies): best bid/ask and last trade price at `ts`. Sizes are 0 when
+    the source does not say (then the broker cannot bound a fill by them).
+
+    Ticks and candles are immutable named tuples rather than attrs classes: a backtest builds two
+    quotes and a candle per row, and a tuple is built several times faster. Prices are checked
+    (> 0) when built by name; `quote` and `checked_candle` build already checked values."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        ts: float,
+        bid: float,
+        ask: float,
+        last: float,
+        bid_qty: float = 0.0,
+        ask_qty: float = 0.0,
+        last_qty: float = 0.0,
+        symbol: str = DEFAULT_SYMBOL,
+    ) -> Tick:
+        _check_prices("Tick", bid=bid, ask=ask, last=last)
+        return _new_tuple(cls, (ts, bid, ask, last, bid_qty, ask_qty, last_qty, symbol))
 
     @property
     def mid(self) -> float:
         return (self.bid + self.ask) / 2
 
 
-@attrs.frozen
-class Candle:
-    """Feed -> broker (-> strategies): a closed candle covering [open_ts, open_ts + interval_s)."""
-
+class _CandleFields(NamedTuple):
     open_ts: float
     interval_s: float
-    open: float = attrs.field(validator=_positive)
-    high: float = attrs.field(validator=_positive)
-    low: float = attrs.field(validator=_positive)
-    close: float = attrs.field(validator=_positive)
+    open: float
+    high: float
+    low: float
+    close: float
     volume: float = 0.0
     # history from REST (the seed at start, a gap filled after a reconnect): indicators take it,
     # nothing trades on it, the broker ignores it
     backfill: bool = False
     symbol: str = DEFAULT_SYMBOL
 
+
+class Candle(_CandleFields):
+    """Feed -> broker (-> strategies): a closed candle covering [open_ts, open_ts + interval_s)."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        open_ts: float,
+        interval_s: float,
+        open: float,
+        high: float,
+        low: float,
+        close: float,
+        volume: float = 0.0,
+        backfill: bool = False,
+        symbol: str = DEFAULT_SYMBOL,
+    ) -> Candle:
+        _check_prices("Candle", open=open, high=high, low=low, close=close)
+        return _new_tuple(cls, (open_ts, interval_s, open, high, low, close, volume, backfill, symbol))
+
     @property
     def close_ts(self) -> float:
         return self.open_ts + self.interval_s
+
+
+_new_tuple = tuple.__new__
 
 
 @attrs.frozen
@@ -103,27 +151,10 @@ class FeedStatus:
 MarketEvent = Tick | Candle | Book | Funding | FeedStatus
 
 
-# Hot-path constructors for values already checked: they set the slots directly and skip attrs'
-# __init__ and its validators, half its cost (a backtest builds a candle and two quotes per row).
-# The objects are the same as the classes' own constructors make (tests/test_kernel.py).
-_new = object.__new__
-_TICK = tuple(getattr(Tick, field.name).__set__ for field in attrs.fields(Tick))
-_CANDLE = tuple(getattr(Candle, field.name).__set__ for field in attrs.fields(Candle))
-
-
 def quote(ts: float, price: float, symbol: str = DEFAULT_SYMBOL) -> Tick:
-    """The quote `Tick(ts, price, price, price, symbol=symbol)` (sizes unknown), for a price > 0."""
-    tick = _new(Tick)
-    set_ts, set_bid, set_ask, set_last, set_bid_qty, set_ask_qty, set_last_qty, set_symbol = _TICK
-    set_ts(tick, ts)
-    set_bid(tick, price)
-    set_ask(tick, price)
-    set_last(tick, price)
-    set_bid_qty(tick, 0.0)
-    set_ask_qty(tick, 0.0)
-    set_last_qty(tick, 0.0)
-    set_symbol(tick, symbol)
-    return tick
+    """The quote `Tick(ts, price, price, price, symbol=symbol)` (sizes unknown), for a price
+    already known to be > 0 (no check: a backtest builds two per row)."""
+    return _new_tuple(Tick, (ts, price, price, price, 0.0, 0.0, 0.0, symbol))
 
 
 def checked_candle(
@@ -136,29 +167,9 @@ def checked_candle(
     volume: float,
     symbol: str = DEFAULT_SYMBOL,
 ) -> Candle:
-    """`Candle(open_ts, interval_s, open, high, low, close, volume, symbol=symbol)`, for prices > 0."""
-    candle = _new(Candle)
-    (
-        set_open_ts,
-        set_interval,
-        set_open,
-        set_high,
-        set_low,
-        set_close,
-        set_volume,
-        set_backfill,
-        set_symbol,
-    ) = _CANDLE
-    set_open_ts(candle, open_ts)
-    set_interval(candle, interval_s)
-    set_open(candle, open)
-    set_high(candle, high)
-    set_low(candle, low)
-    set_close(candle, close)
-    set_volume(candle, volume)
-    set_backfill(candle, False)
-    set_symbol(candle, symbol)
-    return candle
+    """`Candle(open_ts, interval_s, open, high, low, close, volume, symbol=symbol)`, for prices
+    already checked (> 0) by the caller."""
+    return _new_tuple(Candle, (open_ts, interval_s, open, high, low, close, volume, False, symbol))
 
 
 # --- the account: broker -> risk gate, strategies --------------------------------------------------

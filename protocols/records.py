@@ -251,6 +251,10 @@ MARKET_TYPES: dict[str, type] = {
     "feed_status": FeedStatus,
 }
 _market_converter = cattrs.Converter()
+# ticks and candles are named tuples (actors build them by the million): recorded by field name
+for _tuple_type in (Tick, Candle):
+    _market_converter.register_unstructure_hook(_tuple_type, lambda event: event._asdict())
+    _market_converter.register_structure_hook(_tuple_type, lambda fields, cls: cls(**fields))
 
 
 def register_market_type(name: str, cls: type) -> None:

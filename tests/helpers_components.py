@@ -43,7 +43,8 @@ def drive(
     now = -math.inf
     for now, item in script:
         events += _timers(broker, now)
-        events += broker.handle(attrs.evolve(item, ts=now), now)  # type: ignore[arg-type]
+        stamped = item._replace(ts=now) if isinstance(item, tuple) else attrs.evolve(item, ts=now)
+        events += broker.handle(stamped, now)  # type: ignore[arg-type]
     if math.isfinite(now):
         events += _timers(broker, now + tail_s)
     return events

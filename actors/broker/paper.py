@@ -306,7 +306,7 @@ class PaperBroker:
                 state[name] = None
         state["next_heartbeat"] = self.next_heartbeat if math.isfinite(self.next_heartbeat) else None
         state["awaiting_quote"] = [attrs.asdict(order) for order in self.awaiting_quote]
-        state["last_tick"] = attrs.asdict(self.last_tick) if self.last_tick else None
+        state["last_tick"] = self.last_tick._asdict() if self.last_tick else None
         state["trade"] = attrs.asdict(self.trade) if self.trade else None
         state["working"] = [
             {"order": _order_to_dict(w.order), "remaining": w.remaining, "arrived_ts": w.arrived_ts}

@@ -247,7 +247,7 @@ class BitunixFeed:
             return
         self.last_emitted_ms = open_ms
         if backfill or candle.symbol != self.symbol:
-            candle = attrs.evolve(candle, backfill=backfill or candle.backfill, symbol=self.symbol)
+            candle = candle._replace(backfill=backfill or candle.backfill, symbol=self.symbol)
         await fan_out(self.subscribers, candle)
 
     async def _fetch_klines(self, first_ms: int, last_ms: int) -> tuple[list[Candle], str | None]:
