@@ -49,7 +49,6 @@ from actors.clock import SessionClock
 from actors.config import Config, load
 from actors.feeds.bitunix import BitunixFeed
 from actors.feeds.mock import FeedHealth
-from actors.session import run_session
 from protocols import bitunix
 from protocols.messages import Event, MarketEvent
 
@@ -365,6 +364,8 @@ class SessionRun:
 
 async def run_session_bench(rate: float, seconds: float, work: Path, *, seed: int = 1) -> SessionRun:
     """A session against a fake pushing `rate` frames/s; returns the run folder and the fake's log."""
+    from actors.session import run_session  # only here: the micro benchmark needs no session
+
     intervals = kline_ms, depth_s, price_s = push_intervals(rate)
     cmd = [sys.executable, "-m", "tools.bench_feed", "--serve-fake", str(kline_ms), str(depth_s)]
     cmd += [str(price_s), str(seed)]
