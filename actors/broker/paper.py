@@ -627,6 +627,10 @@ class PaperBroker:
                 return self._refuse(order, ts, "post_only_would_take", qty)
             if marketable:
                 return self._fill(order, qty, touch, "taker", ts, tick)
+        return self._rest(order, qty, ts)
+
+    def _rest(self, order: Order, qty: float, ts: float) -> list[Event]:
+        """`order` rests at the market (a limit or a stop) for `qty`."""
         self.working[order.id] = Working(order, qty, ts)
         return [
             Event(
@@ -861,22 +865,7 @@ class PaperBroker:
             trigger_price=price if kind == "stop_market" else None,
             protective=True,
         )
-        self.working[order.id] = Working(order, qty, ts)
-        return [
-            Event(
-                ts,
-                "order.working",
-                {
-                    "order_id": order.id,
-                    "type": order.order_type,
-                    "side": side,
-                    "qty": qty,
-                    "limit_price": order.limit_price,
-                    "trigger_price": order.trigger_price,
-                    "reason": reason,
-                },
-            )
-        ]
+        return self._rest(order, qty, ts)
 
     def _trade(self, ts: float, signed_pos: float) -> OpenTrade:
         if self.trade is None:
