@@ -28,7 +28,7 @@ def quick(s: nox.Session) -> None:
     """The deterministic subset to run while working (under a minute): no real-time socket,
     process, soak, container or benchmark test (those are marked `slow`)."""
     s.install("-e", ".[test]")
-    s.run("pytest", "-q", "-n", "2", "-m", "not slow", *s.posargs)
+    s.run("pytest", "-q", "-n", "4", "-m", "not slow", *s.posargs)
 
 
 @nox.session
