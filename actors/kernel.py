@@ -229,17 +229,23 @@ class Kernel:
 
     def publish(self, event: MarketEvent, targets: list[Strategy], now: float) -> None:
         """The event to the strategies that take it, with the account as it is now; their intents
-        through the risk gate to the broker."""
+        through the risk gate to the broker. A candle goes in two phases: every strategy updates on
+        it, then those with a decision due decide, with one snapshot built for them all (none when
+        none decides: most candles)."""
+        if isinstance(event, Candle):
+            deciding = [strategy for strategy in targets if strategy.update(event)]
+            if not deciding:
+                return
+            account = self.broker.snapshot(now)
+            decisions = [(strategy, strategy.decide(event, account, now)) for strategy in deciding]
+        elif isinstance(event, Tick):
+            account = self.broker.snapshot(now)
+            decisions = [(strategy, strategy.on_quote(event, account, now)) for strategy in targets]
+        else:
+            return
         broker, gate, write = self.broker, self.gate, self.write
-        account = broker.snapshot(now)
         orders: list[Order] = []
-        for strategy in targets:
-            if isinstance(event, Candle):
-                outs = strategy.on_candle(event, account, now)
-            elif isinstance(event, Tick):
-                outs = strategy.on_quote(event, account, now)
-            else:
-                continue
+        for _strategy, outs in decisions:
             intents = []
             for out in outs:  # the strategy's events first, then its intents (as its actor does)
                 if isinstance(out, OrderIntent):

@@ -1,10 +1,17 @@
 """The strategy interface and the registry of strategies by name.
 
 A strategy is a plain synchronous component (no trio) behind a small interface: what it
-subscribes to, how many closed candles it needs to warm up, and `on_candle` / `on_quote`, which
-take a market event with the account snapshot it arrived with and return order intents (and
-events to record, e.g. its `signal`). It owns its indicators and setup state and nothing else; its
-intents go to the risk gate. Strategies are registered by name (`strategy.name` picks one).
+subscribes to, how many closed candles it needs to warm up, and for each candle two phases:
+`update(candle)` takes it into the indicators and says whether a decision is due;
+`decide(candle, account, now)` then returns order intents (and events to record, e.g. its
+`signal`), with the account snapshot the candle arrived with. `on_candle` is the two in one;
+`on_quote` takes quotes, for strategies that subscribe to them. It owns its indicators and setup
+state and nothing else; its intents go to the risk gate. Strategies are registered by name
+(`strategy.name` picks one).
+
+The two phases let a runtime build the account snapshot only for the candles a strategy decides
+on (the kernel does: a snapshot per candle was a tenth of a backtest's time); both runtimes call
+the same methods in the same order (tests/test_kernel.py).
 """
 
 from __future__ import annotations
@@ -31,7 +38,17 @@ class Strategy(Protocol):
         """Closed candles it needs before it can signal."""
         ...
 
-    def on_candle(self, candle: Candle, account: AccountSnapshot, now: float) -> list[StrategyOutput]: ...
+    def update(self, candle: Candle) -> bool:
+        """Take a closed candle into the indicators; True when `decide` is due for it."""
+        ...
+
+    def decide(self, candle: Candle, account: AccountSnapshot, now: float) -> list[StrategyOutput]:
+        """After `update` said so: the decision on `candle`, with the account as it now is."""
+        ...
+
+    def on_candle(self, candle: Candle, account: AccountSnapshot, now: float) -> list[StrategyOutput]:
+        """`update`, then `decide` when it is due."""
+        ...
 
     def on_quote(self, tick: Tick, account: AccountSnapshot, now: float) -> list[StrategyOutput]: ...
 

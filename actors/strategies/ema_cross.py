@@ -132,6 +132,7 @@ class EmaCrossStrategy:
         self.id = strategy_id
         self.symbol = symbol
         self.ema = EmaCross(config.fast_period, config.slow_period, config.history)
+        self.cross: Cross | None = None  # the last update's, for its decide (within one step)
 
     @property
     def warmup(self) -> int:
@@ -146,11 +147,15 @@ class EmaCrossStrategy:
     def on_quote(self, tick: Tick, account: AccountSnapshot, now: float) -> list[StrategyOutput]:
         return []
 
-    def on_candle(self, candle: Candle, account: AccountSnapshot, now: float) -> list[StrategyOutput]:
-        ema = self.ema
-        cross = ema.update(candle.close)
-        if cross is None or candle.backfill:
+    def update(self, candle: Candle) -> bool:
+        self.cross = self.ema.update(candle.close)
+        return self.cross is not None and not candle.backfill  # history warms up; it never trades
+
+    def decide(self, candle: Candle, account: AccountSnapshot, now: float) -> list[StrategyOutput]:
+        cross = self.cross
+        if cross is None:
             return []
+        ema = self.ema
         signal = Event(
             now,
             "signal",
@@ -167,3 +172,6 @@ class EmaCrossStrategy:
         )
         position = account.position(self.symbol).qty
         return [signal, *intents_for(cross, position, self.config, candle.close, now, self.id, self.symbol)]
+
+    def on_candle(self, candle: Candle, account: AccountSnapshot, now: float) -> list[StrategyOutput]:
+        return self.decide(candle, account, now) if self.update(candle) else []
