@@ -231,7 +231,8 @@ def _feed(session: Session, clock: SessionClock, parts: Parts, sink: EventSink, 
     found = session.inputs()
     if found is not None:
         _, inputs = found
-        return partial(run_timed_feed, inputs, clock)
+        end = "data_end" if session.plan.mode == "backtest" else None
+        return partial(run_timed_feed, inputs, clock, end_reason=end)
     config = session.config
 
     async def live(

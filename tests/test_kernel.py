@@ -21,10 +21,11 @@ import trio
 
 from actors.config import load
 from actors.kernel import Kernel
-from actors.plan import Plan
+from actors.plan import Plan, load_recording
 from actors.recording import checkpoint
 from actors.session import Parts, Session, run_session
 from protocols.messages import Event
+from tests.conftest import TRADES_OFTEN, make_config
 from tests.test_replay_backtest import PEER_JOB, write_bars
 from tools.validate_session import validate
 
@@ -162,6 +163,7 @@ def _normalized(run_path: Path) -> list[dict[str, Any]]:
             record = {k: v for k, v in json.loads(line).items() if k not in RUN_FIELDS}
             if record["kind"] == "session.started":
                 record["config"]["session"].pop("run_dir")
+                record["config"]["session"].pop("kill_switch")
             lines.append(record)
     return lines
 
@@ -251,3 +253,25 @@ def test_a_run_resumed_from_its_checkpoint_state_writes_the_same_events(
     Kernel(resumed.broker, resumed.gate, resumed.strategies, got.append).run_candles(candles)
     assert len(got) == len(expected) and got == expected
     assert any(e.kind == "order.filled" for e in expected[: len(expected) // 2])
+
+
+async def test_a_replay_on_the_actors_and_on_the_kernel_writes_the_same_events(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A recorded mock session (market.jsonl with its arrival times) replayed through both
+    runtimes: the same events, to the original's end (timers after the last market event
+    included) and with its stop reason."""
+    original = await run_session(
+        make_config(tmp_path / "live", *TRADES_OFTEN, duration_min=3),
+        handle_signals=False,
+        progress_mode="off",
+    )
+    recording = load_recording(original.run_path)
+    runs = {}
+    for runtime in ("actors", "kernel"):
+        config = make_config(tmp_path / runtime, *TRADES_OFTEN, duration_min=3)
+        plan = Plan(mode="replay", recording=recording, runtime=runtime)  # type: ignore[arg-type]
+        runs[runtime] = (await run_session(config, plan=plan, handle_signals=False)).run_path
+    a, k = _normalized(runs["actors"]), _normalized(runs["kernel"])
+    assert a == k, _first_difference(a, k)
+    assert a[-1]["stop_reason"] == "duration" and sum(e["kind"] == "order.filled" for e in a) >= 4

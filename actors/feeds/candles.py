@@ -1,7 +1,8 @@
 """A feed actor over timed inputs (a candle file's steps, a recorded market log): each input is
 sent to the broker at its time on the session clock, stamped with that time. The kernel steps
 through the same inputs without trio; this is how the live actors take them (the differential
-test, `--runtime actors`). When the inputs end it asks the watchdog to stop the session."""
+test, `--runtime actors`). When a backtest's inputs end it asks the watchdog to stop the session
+(`data_end`); a replay's feed goes quiet instead, and the session ends when its original did."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ async def run_timed_feed(
     market_tx: trio.MemorySendChannel[Stamped],
     stops_tx: trio.MemorySendChannel[StopSession],
     *,
-    end_reason: str = "data_end",
+    end_reason: str | None = "data_end",
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     count = 0
@@ -33,6 +34,8 @@ async def run_timed_feed(
             await market_tx.send((ts, event))
             count += 1
             last = ts
-        market_tx.close()  # the broker finishes its last step, then sees the end
         logger.info("data exhausted after {} market events", count)
+        if end_reason is None:  # a replay: the session ends when its original did (the watchdog)
+            await trio.sleep_forever()
+        market_tx.close()  # the broker finishes its last step, then sees the end
         stops_tx.send_nowait(StopSession(last, end_reason, "all data delivered"))
