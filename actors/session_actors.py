@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import traceback
+from collections.abc import Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ from protocols.messages import (
     AccountUpdate,
     BrokerInput,
     Event,
+    MarketEvent,
     MarketView,
     OrderIntent,
     StopSession,
@@ -44,6 +46,10 @@ from protocols.messages import (
 
 if TYPE_CHECKING:
     from actors.session import Parts, Session, SessionResult, Timeline
+
+
+# A backtest's or replay's start time and timed inputs (None: a live session), read once.
+Inputs = tuple[float, Iterator[tuple[float, MarketEvent]]] | None
 
 
 @attrs.define
@@ -106,7 +112,9 @@ async def run_actors(session: Session) -> SessionResult:
                 if plan.mode == "live":  # at once: a crash from here on resumes this session
                     sink.checkpoint({"session": attrs.asdict(timeline), "parts": parts.state()})
                 latest = _Latest()
-                status = await _supervise(session, clock, parts, timeline, stopper, sink, health, latest)
+                status = await _supervise(
+                    session, clock, parts, timeline, stopper, sink, health, latest, found
+                )
                 if plan.mode == "live":
                     timeline.data_source = health.data_source
                 ended = max(t for t in (stopper.ts, latest.step_ts, timeline.started_ts) if t is not None)
@@ -134,6 +142,7 @@ async def _supervise(
     sink: EventSink,
     health: FeedHealth,
     latest: _Latest,
+    found: Inputs,
 ) -> str:
     """Run the actors until the session is stopped; returns the status ("ok" or "error")."""
     config, plan = session.config, session.plan
@@ -141,7 +150,7 @@ async def _supervise(
     status = "ok"
     with Progress(mode) as progress:
         try:
-            await _run(session, clock, parts, timeline, stopper, sink, health, latest, progress)
+            await _run(session, clock, parts, timeline, stopper, sink, health, latest, progress, found)
         except* Exception as group:
             stopper.stop("error", "; ".join(repr(e) for e in group.exceptions), clock.now())
             logger.error("session failed:\n{}", "".join(traceback.format_exception(group)))
@@ -160,6 +169,7 @@ async def _run(
     health: FeedHealth,
     latest: _Latest,
     progress: Progress,
+    found: Inputs,
 ) -> None:
     config, plan = session.config, session.plan
     live = plan.mode == "live"
@@ -219,16 +229,22 @@ async def _run(
                     )
                 )
                 await front.start(
-                    _feed(session, clock, parts, sink, health), market_tx.clone(), stops_tx.clone()
+                    _feed(session, clock, parts, sink, health, found), market_tx.clone(), stops_tx.clone()
                 )
 
 
-def _feed(session: Session, clock: SessionClock, parts: Parts, sink: EventSink, health: FeedHealth) -> Any:
+def _feed(
+    session: Session,
+    clock: SessionClock,
+    parts: Parts,
+    sink: EventSink,
+    health: FeedHealth,
+    found: Inputs,
+) -> Any:
     """The feed actor of this session: the stand-in a test gave, the timed inputs of a backtest or
     replay, or the live feed (Bitunix, or the mock source)."""
     if session.feed is not None:
         return session.feed
-    found = session.inputs()
     if found is not None:
         _, inputs = found
         end = "data_end" if session.plan.mode == "backtest" else None
