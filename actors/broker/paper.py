@@ -428,13 +428,7 @@ class PaperBroker:
                     equity = self.equity
                 else:
                     equity += (mark - self.avg_price) * pos
-        if equity > self.peak_equity:
-            self.peak_equity = equity
-        peak = self.peak_equity
-        if peak > 0:
-            drawdown = (peak - equity) / peak * 100
-            if drawdown > self.max_drawdown_pct:
-                self.max_drawdown_pct = drawdown
+        self._update_drawdown(equity)
         if equity <= self.watch_floor or ts >= self.watch_at:
             self.update_due = True
         return events

@@ -116,14 +116,6 @@ def _replace(path: Path, data: str) -> None:
     os.replace(tmp, path)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _metrics_csv(rows: list[dict[str, Any]]) -> str:
     out = io.StringIO(newline="")
     writer = csv.DictWriter(out, fieldnames=METRIC_FIELDS)
@@ -163,7 +155,7 @@ def close_abandoned(run_path: Path) -> Abandoned:
         _replace(run_path / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
         report = builder.report()
         _replace(run_path / "final_report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
-        _fsync_dir(run_path)
+        checkpoint.fsync_dir(run_path)
     return Abandoned(
         run_path,
         closed=True,

@@ -57,7 +57,8 @@ def decode(data: bytes) -> dict[str, Any]:
     return state
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -77,7 +78,7 @@ def write(folder: Path, state: dict[str, Any]) -> None:
     if newest.exists():
         os.replace(newest, folder / PREVIOUS)
     os.replace(tmp, newest)
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def load(folder: Path) -> Loaded:
