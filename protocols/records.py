@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections import Counter
-from datetime import UTC, datetime
 from typing import Any
 
 import cattrs
@@ -77,10 +77,20 @@ REPORT_FIELDS = (
 MONEY_DP = 6
 
 
+_strftime, _gmtime = time.strftime, time.gmtime
+
+
 @functools.lru_cache(maxsize=64)  # the events of one step share their time
 def iso(ts: float) -> str:
-    """ISO-8601 UTC with milliseconds, e.g. `2026-11-24T02:21:50.123Z`."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO-8601 UTC with milliseconds, e.g. `2026-11-24T02:21:50.123Z`: what
+    `datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")` writes (microseconds
+    rounded half to even, then cut to milliseconds), at a third less cost (tests/test_records.py)."""
+    secs = math.floor(ts)
+    us = round((ts - secs) * 1e6)
+    if us >= 1_000_000:
+        secs += 1
+        us -= 1_000_000
+    return f"{_strftime('%Y-%m-%dT%H:%M:%S', _gmtime(secs))}.{us // 1000:03d}Z"
 
 
 def _clean(value: Any) -> Any:
