@@ -102,13 +102,19 @@ async def run_recorder(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Actor: writes until every sender is closed, then finishes the run folder. A checkpoint
-    request is written (in a worker thread) after the events before it, with their last seq."""
+    request is written (in a worker thread) after the events before it, with their last seq; of
+    several waiting at once only the newest is written (it covers the events before the others
+    too), so a slow disk makes checkpoints rarer, never a backlog."""
     task_status.started()
     next_flush = trio.current_time()
     while True:
         await inbox.wait()
-        for item in inbox.drain():
+        batch = inbox.drain()
+        newest = max((i for i, item in enumerate(batch) if isinstance(item, CheckpointRequest)), default=-1)
+        for i, item in enumerate(batch):
             if isinstance(item, CheckpointRequest):
+                if i != newest:
+                    continue
                 state = {"seq": recorder.seq, **item.state}
                 await trio.to_thread.run_sync(recorder.write_checkpoint, state)
                 next_flush = trio.current_time() + FLUSH_EVERY_S
