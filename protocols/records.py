@@ -110,9 +110,15 @@ def event_record(seq: int, event: Event) -> dict[str, Any]:
 
 
 def event_line(seq: int, event: Event) -> tuple[dict[str, Any], str]:
-    """`event_record` and its line (`dumps_line`)."""
+    """`event_record` and its line (`dumps_line`): the record is what the line says, so the
+    report folded from records is the one a reader folds from the file. A line without `null`
+    holds no NaN or infinity (orjson writes them as null), so the fields need no cleaning; the
+    rare line with one is built again from cleaned fields."""
     record = {"seq": seq, "ts": iso(event.ts), "kind": event.kind, **event.fields}
-    return record, dumps_line(record)
+    line = dumps_line(record)
+    if "null" in line:
+        record = event_record(seq, event)
+    return record, line
 
 
 def dumps_line(record: dict[str, Any]) -> str:

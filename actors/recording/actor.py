@@ -29,17 +29,14 @@ class EventSink:
     matches exactly the events it has been given, which is what makes its checkpoints consistent
     with `events.jsonl`. It quacks like a trio send channel (`send`, `clone`, `with`), so actors
     stay written as channel senders. It is unbounded on purpose: the recorder drains it on every
-    scheduler turn, and a stalled disk must not stall trading. Under virtual time (replays and
-    backtests, which write no checkpoints) it wakes the recorder only once `wake_after` events
-    wait, or when a sender closes: a backtest emits thousands of events, and a wake-up for each
-    was a tenth of its cost.
+    scheduler turn, and a stalled disk must not stall trading. (Backtests and replays on the
+    kernel do not use it: they call the recorder directly.)
     """
 
-    def __init__(self, wake_after: int = 1) -> None:
+    def __init__(self) -> None:
         self._queue: deque[Event | CheckpointRequest] = deque()
         self._wakeup = trio.Event()
         self._open = 1
-        self._wake_after = wake_after
         # an event that changes orders, fills or positions was sent since the last checkpoint
         self.critical = False
 
@@ -52,8 +49,7 @@ class EventSink:
         self._queue.append(event)
         if not self.critical and event.kind.startswith(CRITICAL_PREFIXES):
             self.critical = True
-        if len(self._queue) >= self._wake_after:
-            self._wakeup.set()
+        self._wakeup.set()
 
     def checkpoint(self, state: dict[str, Any]) -> None:
         """Checkpoint `state` once every event sent before it is written."""
