@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterable, Sequence
 import attrs
 
 from actors.broker.paper import PaperBroker
-from actors.feeds.history import CLOSE_TICK_LEAD_S
 from actors.risk.gate import RiskGate
 from actors.strategies.base import Strategy
 from protocols.messages import (
@@ -114,28 +113,26 @@ class Kernel:
 
     def run_candles(self, candles: Iterable[Candle], *, finish: bool = True) -> Stopped | None:
         """`run(candle_steps(candles))` (actors/feeds/history.py) with the steps inlined: per
-        candle its open quote at its start; at its end its close quote, then the candle. The
-        same steps, in the same order, without a generator and a dispatch per step: a backtest's
-        hot loop (tests/test_kernel.py checks it against the actors, which take the steps one by
-        one)."""
+        candle its open quote at its start; at its end the candle (the broker works it along its
+        path and takes its close as the quote). The same steps, in the same order, without a
+        generator and a dispatch per step: a backtest's hot loop (tests/test_kernel.py checks it
+        against the actors, which take the steps one by one)."""
         broker = self.broker
         on_quote, on_candle, next_timer = broker.on_quote, broker.on_candle, broker.next_timer
         write, settle, publish, timers = self.write, self.settle, self.publish, self.timers
         quote_targets = self._routes.get(Tick)
         candle_targets = self._routes.get(Candle)
-        lead = CLOSE_TICK_LEAD_S
         due = next_timer()
         for candle in candles:
             open_ts = candle.open_ts
             close_ts = open_ts + candle.interval_s
-            symbol = candle.symbol
             # the open quote
             if due <= open_ts:
                 timers(open_ts)
                 if self.stopped is not None:
                     return self.stopped
             self.now = open_ts
-            tick = quote(open_ts, candle.open, symbol)
+            tick = quote(open_ts, candle.open, candle.symbol)
             for event in on_quote(tick, open_ts):
                 write(event)
             if broker.update_due or broker.closed:
@@ -145,34 +142,18 @@ class Kernel:
             if quote_targets:
                 publish(tick, quote_targets, open_ts)
             due = next_timer()
-            # the close quote
+            # the candle
             if due <= close_ts:
                 timers(close_ts)
                 if self.stopped is not None:
                     return self.stopped
             self.now = close_ts
-            tick = quote(close_ts - lead, candle.close, symbol)
-            for event in on_quote(tick, close_ts):
+            for event in on_candle(candle, close_ts):
                 write(event)
             if broker.update_due or broker.closed:
                 settle(close_ts)
                 if self.stopped is not None:
                     return self.stopped
-            if quote_targets:
-                publish(tick, quote_targets, close_ts)
-                due = next_timer()
-                if due <= close_ts:
-                    timers(close_ts)
-                    if self.stopped is not None:
-                        return self.stopped
-            # the candle
-            if broker.working:
-                for event in on_candle(candle, close_ts):
-                    write(event)
-                if broker.update_due or broker.closed:
-                    settle(close_ts)
-                    if self.stopped is not None:
-                        return self.stopped
             if candle_targets:
                 publish(candle, candle_targets, close_ts)
             due = next_timer()

@@ -123,11 +123,30 @@ class Instrument:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        """JSON-able (an unbounded figure is None)."""
+        return _finite(attrs.asdict(self))  # type: ignore[no-any-return]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Instrument:
-        return cls(**dict(data))
+        fields = dict(data)
+        for name in ("max_market_qty", "max_limit_qty"):
+            if fields.get(name) is None:
+                fields[name] = math.inf
+        fields["tiers"] = [
+            {**t, "max_notional": math.inf if t["max_notional"] is None else t["max_notional"]}
+            for t in fields["tiers"]
+        ]
+        return cls(**fields)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _on_grid(value: float, decimals: int, how: Rounding) -> float:

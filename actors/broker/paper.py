@@ -1,19 +1,32 @@
 """The paper broker component: orders -> fills; position, margin, fees, funding, liquidation, equity.
 
-It models a Bitunix BTCUSDT linear perpetual (quantity in BTC, lot 0.0001, tick 0.1, isolated
-margin) honestly, so that a paper result means something:
+It models a Bitunix linear perpetual (its `Instrument`: tick, lot, minimum and maximum quantity,
+maintenance-margin tiers; isolated margin) honestly, so that a paper result means something
+(docs/fills.md has every rule, with the choices where the exchange's behaviour is unknown):
 
 - an order reaches the market `broker.latency_ms` (+ seeded jitter) after it is sent (orders in
   flight keep their order: one connection), and fills against the market as it is then, never as
   it was at the decision; at most `MAX_IN_FLIGHT` orders travel at once (more are refused);
-- market orders take the touch, walk the visible book when one is known, and otherwise pay
-  `broker.slippage_bps` beyond the touch: never a better price than the market offered;
+- every order is checked against the instrument as the exchange would (grid, minimum, maximum:
+  refused with the exchange's reason); the stop and target of an entry are put on the tick grid in
+  the direction that does not flatter the trader;
+- market orders walk the visible book when one is known, using up what they take until the next
+  book; with only the touch known they take at most its size at the touch and the rest at the
+  impact model; with no size known they pay `broker.slippage_bps` beyond the touch: never a better
+  price than the market offered;
 - limit orders rest and fill only when the market trades through their price (a touch is not
-  enough unless `broker.limit_fill_on_touch`), at most the volume traded through them, and the
-  liquidity one order takes is gone for the next; a marketable limit takes as a taker;
+  enough unless `broker.limit_fill_on_touch`); a marketable limit takes as a taker;
 - stop-market orders trigger on the last price and then fill as market orders;
-- maker and taker fees; funding at 00:00, 08:00 and 16:00 UTC on the position open at that instant;
-- a position whose mark crosses its liquidation price is liquidated (with the taker fee).
+- an entry's stop and target are one group sized to the position: a partial fill of one resizes
+  the other, a fill closing the position cancels the other, and no reduce-only or protective fill
+  ever increases the position or flips it;
+- backtests (`bars`): each candle is worked along a path (`broker.intrabar`), stops, limits and
+  liquidation alike, wicks included; the fills of one candle take at most
+  `broker.max_volume_participation` of its volume (the rest fills on later candles);
+- maker and taker fees; funding at 00:00, 08:00 and 16:00 UTC on the position open at that
+  instant (the feed's rate, or a `FundingRates` schedule in backtests);
+- a position whose mark crosses its liquidation price (the instrument's maintenance tier) is
+  liquidated at its bankruptcy price: the loss is the position's margin, plus the taker fee.
 
 `PaperBroker` is a plain synchronous class (no trio): the only writer of the account. It takes
 market events, orders, cancels and the risk gate's commands (`handle(message, now) -> events`),
@@ -28,11 +41,13 @@ import math
 import random
 from collections import deque
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
 from actors.config import BrokerConfig
+from actors.feeds.history import CLOSE_TICK_LEAD_S
+from protocols.instruments import Instrument, table_instrument
 from protocols.messages import (
     DEFAULT_SYMBOL,
     AccountSnapshot,
@@ -53,27 +68,36 @@ from protocols.messages import (
     Side,
     StopSession,
     Tick,
+    quote,
 )
 
 LOT = 0.0001  # BTC
 TICK = 0.1  # USDT
 MIN_QTY = 0.0001  # BTC
-MAINTENANCE_MARGIN_RATE = 0.005
 FUNDING_EVERY_S = 8 * 3600  # 00:00, 08:00, 16:00 UTC
 BOOK_FRESH_S = 2.0  # a book older than this (vs the last quote) is not trusted for walking
 EPS = 1e-12
 
 
+class FundingSchedule(Protocol):
+    """Funding rates for backtests (actors/feeds/funding.py): the rate in force at an instant."""
+
+    source: str
+
+    def rate_pct_at(self, instant: float) -> float: ...
+
+
+def _fallback_instrument(symbol: str) -> Instrument:
+    """A symbol the shipped table does not know: BTCUSDT's grid and tiers under its name (said as
+    the source, so the report shows it)."""
+    base = table_instrument("BTCUSDT")
+    assert base is not None
+    return attrs.evolve(base, symbol=symbol, source="table:BTCUSDT (no entry for the symbol)")
+
+
 def round_lot(qty: float) -> float:
     """Down to the lot step (never more than asked)."""
     return round(math.floor(qty / LOT + 1e-9) * LOT, 4)
-
-
-def _worse(side: str, price: float, bps: float) -> float:
-    """`price` moved `bps` against a buyer (up) or seller (down), on the tick grid, never better."""
-    if side == "buy":
-        return round(math.ceil(price * (1 + bps / 10_000) / TICK - 1e-9) * TICK, 1)
-    return round(math.floor(price * (1 - bps / 10_000) / TICK + 1e-9) * TICK, 1)
 
 
 @attrs.define
@@ -98,6 +122,7 @@ class Working:
     order: Order
     remaining: float
     arrived_ts: float
+    triggered: bool = False  # a stop that triggered, or a market order's rest: it takes at each chance
 
 
 def _order_to_dict(order: Order) -> dict[str, Any]:
@@ -137,16 +162,30 @@ class PaperBroker:
         end_ts: float = math.inf,
         defer_to_next_quote: bool = False,
         max_in_flight: int = MAX_IN_FLIGHT,
+        bars: bool = False,
+        instrument: Instrument | None = None,
+        funding: FundingSchedule | None = None,
     ) -> None:
         self.config = config
         self.rng = rng or random.Random(0)
         self.symbol = symbol
+        self.instrument = instrument or table_instrument(symbol) or _fallback_instrument(symbol)
+        self.funding = funding
         self.starting_equity = config.starting_equity
         self.taker_fee_rate = config.taker_fee_bps / 10_000
         self.maker_fee_rate = config.maker_fee_bps / 10_000
-        # the liquidation price over the entry price, long and short (`liquidation_price`)
-        self._liq_long = 1 - 1 / config.leverage + MAINTENANCE_MARGIN_RATE
-        self._liq_short = 1 + 1 / config.leverage - MAINTENANCE_MARGIN_RATE
+        # backtests over candles: quotes only mark; each candle is worked along its path, then
+        # gives the close quote (`on_candle`)
+        self.bars = bars
+        self.participation = config.max_volume_participation
+        self.quote_budget = math.inf  # what market orders may still take at the current quote (bars)
+        self.bar_volume: float | None = None  # the last candle's volume (bars)
+        self.path_price: float | None = None  # where the last candle's path ended (bars)
+        # what market orders took from the current book ((side, price) -> qty) and touch
+        self.book_taken: dict[tuple[str, float], float] = {}
+        self.touch_taken = 0.0
+        self.liq_price = math.nan  # the open position's liquidation price (nan: flat)
+        self.liquidations = 0
         self.defer_to_next_quote = defer_to_next_quote
         self.max_in_flight = max_in_flight
         # the risk gate's commands: entries reaching the market before this time are refused
@@ -250,10 +289,30 @@ class PaperBroker:
         """Isolated margin: where the position's margin minus maintenance is gone."""
         if abs(self.position_qty) < EPS:
             return None
+        return self.liq_price
+
+    def _update_liq(self) -> None:
+        """The open position's liquidation price: its margin (entry notional over leverage) less
+        the maintenance margin of its tier (by entry notional) is gone."""
+        pos = self.position_qty
+        if -EPS < pos < EPS:
+            self.liq_price = math.nan
+            return
+        notional = abs(pos) * self.avg_price
+        mmr = self.instrument.maintenance_margin_rate(notional)
+        lev = self.config.leverage
+        if pos > 0:
+            self.liq_price = self.avg_price * (1 - 1 / lev + mmr)
+        else:
+            self.liq_price = self.avg_price * (1 + 1 / lev - mmr)
+
+    def bankruptcy_price(self) -> float:
+        """Where the position's whole margin is gone, on the tick grid rounded toward the position
+        (the loss never exceeds the margin)."""
         lev = self.config.leverage
         if self.position_qty > 0:
-            return self.avg_price * (1 - 1 / lev + MAINTENANCE_MARGIN_RATE)
-        return self.avg_price * (1 + 1 / lev - MAINTENANCE_MARGIN_RATE)
+            return self.instrument.round_price(self.avg_price * (1 - 1 / lev), "up")
+        return self.instrument.round_price(self.avg_price * (1 + 1 / lev), "down")
 
     def open_positions(self) -> list[dict[str, Any]]:
         if abs(self.position_qty) < EPS:
@@ -296,20 +355,32 @@ class PaperBroker:
         "stale",
         "watch_floor",
         "watch_at",
+        "bar_volume",
+        "path_price",
+        "touch_taken",
+        "liquidations",
+        "quote_budget",
     )
 
     def state(self) -> dict[str, Any]:
         """Everything a checkpoint keeps (JSON-able: an infinite watch is kept as None)."""
         state: dict[str, Any] = {name: getattr(self, name) for name in self._SCALARS}
-        for name in ("watch_floor", "watch_at"):
+        for name in ("watch_floor", "watch_at", "quote_budget"):
             if not math.isfinite(state[name]):
                 state[name] = None
+        state["book_taken"] = [[side, price, qty] for (side, price), qty in self.book_taken.items()]
+        state["instrument"] = self.instrument.to_dict()
         state["next_heartbeat"] = self.next_heartbeat if math.isfinite(self.next_heartbeat) else None
         state["awaiting_quote"] = [attrs.asdict(order) for order in self.awaiting_quote]
         state["last_tick"] = self.last_tick._asdict() if self.last_tick else None
         state["trade"] = attrs.asdict(self.trade) if self.trade else None
         state["working"] = [
-            {"order": _order_to_dict(w.order), "remaining": w.remaining, "arrived_ts": w.arrived_ts}
+            {
+                "order": _order_to_dict(w.order),
+                "remaining": w.remaining,
+                "arrived_ts": w.arrived_ts,
+                "triggered": w.triggered,
+            }
             for w in self.working.values()
         ]
         state["in_flight"] = [
@@ -330,15 +401,23 @@ class PaperBroker:
         for name in ("watch_floor", "watch_at"):
             if getattr(self, name) is None:
                 setattr(self, name, -math.inf)  # report every mark until the gate says again
+        if self.quote_budget is None:
+            self.quote_budget = math.inf
+        self.book_taken = {(side, price): qty for side, price, qty in state.get("book_taken", [])}
+        if state.get("instrument"):
+            self.instrument = Instrument.from_dict(state["instrument"])
         if "next_heartbeat" in state:
             self.next_heartbeat = math.inf if state["next_heartbeat"] is None else state["next_heartbeat"]
         self.awaiting_quote = [Order(**order) for order in state.get("awaiting_quote", [])]
         self.last_tick = Tick(**state["last_tick"]) if state["last_tick"] else None
         self.trade = OpenTrade(**state["trade"]) if state["trade"] else None
         self.working = {
-            w["order"]["id"]: Working(Order(**w["order"]), w["remaining"], w["arrived_ts"])
+            w["order"]["id"]: Working(
+                Order(**w["order"]), w["remaining"], w["arrived_ts"], w.get("triggered", False)
+            )
             for w in state["working"]
         }
+        self._update_liq()
         self.next_funding_ts = (
             (math.floor(self.last_ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S
             if self.last_ts is not None
@@ -360,9 +439,14 @@ class PaperBroker:
             return self.on_candle(event, ts)  # type: ignore[arg-type]
         if cls is Book:
             self.book = event  # type: ignore[assignment]
+            self.book_taken = {}  # a new book: what was taken from the last one is forgotten
             return []
         if cls is FeedStatus:
             self.stale = event.stale  # type: ignore[union-attr]
+            return []
+        if cls is Instrument:  # the exchange's own figures (live sessions, at start)
+            self.instrument = event  # type: ignore[assignment]
+            self._update_liq()
             return []
         assert isinstance(event, Funding)
         events = self._advance(ts)
@@ -371,28 +455,66 @@ class PaperBroker:
         return self._mark(events, ts)
 
     def on_quote(self, tick: Tick, ts: float) -> list[Event]:
-        """A quote: the market's best bid/ask and last trade now. It runs for every quote (two
-        per candle in a backtest), so what cannot change anything is skipped."""
+        """A quote: the market's best bid/ask and last trade now. It runs for every quote (once
+        per candle in a backtest), so what cannot change anything is skipped. In a backtest a quote
+        only marks (and meets the orders arriving at it): the candle's path works resting orders."""
         events = self._advance(ts) if ts >= self.next_funding_ts else []
         self.last_ts = ts
         self.last_tick = tick
-        if self.working:
+        self.touch_taken = 0.0
+        if self.bars:
+            volume = self.bar_volume
+            self.quote_budget = self.participation * volume if volume else math.inf
+        elif self.working:
             events += self._work_quote(tick, ts)
         if self.awaiting_quote:
-            waiting, self.awaiting_quote = self.awaiting_quote, []
-            for order in waiting:
-                events += self._execute(order, ts)
+            events += self._release_awaiting(tick, ts)
         return self._mark(events, ts)
 
+    def _release_awaiting(self, tick: Tick, ts: float) -> list[Event]:
+        """Orders waiting for a quote newer than their decision (`defer_to_next_quote`) meet this one."""
+        events: list[Event] = []
+        waiting, self.awaiting_quote = self.awaiting_quote, []
+        for order in waiting:
+            if tick.ts >= order.ts:
+                events += self._execute(order, ts)
+            else:
+                self.awaiting_quote.append(order)
+        return events
+
     def on_candle(self, candle: Candle, ts: float) -> list[Event]:
-        """A closed candle: its range works resting orders (its close quote, at the same instant,
-        did the rest). History (`backfill`) has no market to trade against; without resting
-        orders a candle changes nothing."""
-        if candle.backfill or not self.working:
+        """A closed candle. History (`backfill`) has no market to trade against. Live, its range
+        works resting orders (its quotes did the rest). In a backtest (`bars`) it is the market
+        from its open to its close: resting orders, stops and liquidation are worked along its
+        path (from where the last one ended: a gap fills at the open), then its close is the quote."""
+        if candle.backfill:
             return []
+        if not self.bars:
+            if not self.working:
+                return []
+            events = self._advance(ts) if ts >= self.next_funding_ts else []
+            self.last_ts = ts
+            events += self._walk(candle, ts, None)
+            return self._mark(events, ts)
         events = self._advance(ts) if ts >= self.next_funding_ts else []
         self.last_ts = ts
-        events += self._work_candle(candle, ts)
+        pos = self.position_qty
+        if (
+            self.working
+            or (pos > EPS and candle.low <= self.liq_price)  # a wick (or a gap: the open is in the range)
+            or (pos < -EPS and candle.high >= self.liq_price)
+        ):
+            events += self._walk(candle, ts, self.path_price)
+        close = candle.close
+        self.path_price = close
+        volume = self.bar_volume = candle.volume
+        self.quote_budget = self.participation * volume if volume else math.inf
+        tick = self.last_tick = quote(
+            candle.open_ts + candle.interval_s - CLOSE_TICK_LEAD_S, close, candle.symbol
+        )
+        self.touch_taken = 0.0
+        if self.awaiting_quote:
+            events += self._release_awaiting(tick, ts)
         return self._mark(events, ts)
 
     def _advance(self, ts: float) -> list[Event]:
@@ -419,12 +541,9 @@ class PaperBroker:
             if mark is None and tick is not None:
                 mark = (tick.bid + tick.ask) / 2
             if mark is not None:
-                if pos > 0:
-                    crossed = mark <= self.avg_price * self._liq_long
-                else:
-                    crossed = mark >= self.avg_price * self._liq_short
+                crossed = mark <= self.liq_price if pos > 0 else mark >= self.liq_price
                 if crossed and tick is not None:
-                    events += self._check_liquidation(ts)
+                    events += self._liquidate(ts, mark)
                     equity = self.equity
                 else:
                     equity += (mark - self.avg_price) * pos
@@ -458,7 +577,8 @@ class PaperBroker:
         mark = self.mark_price
         if abs(self.position_qty) < EPS or mark is None:
             return []
-        amount = self.position_qty * mark * self.funding_rate_pct / 100  # longs pay a positive rate
+        rate = self.funding.rate_pct_at(instant) if self.funding is not None else self.funding_rate_pct
+        amount = self.position_qty * mark * rate / 100  # longs pay a positive rate
         self.funding_paid += amount
         return [
             Event(
@@ -466,7 +586,7 @@ class PaperBroker:
                 "funding",
                 {
                     "instant": datetime.fromtimestamp(instant, UTC).isoformat().replace("+00:00", "Z"),
-                    "rate_pct": self.funding_rate_pct,
+                    "rate_pct": rate,
                     "mark_price": mark,
                     "position_qty": round(self.position_qty, 8),
                     "amount": amount,
@@ -475,20 +595,20 @@ class PaperBroker:
         ]
 
     def _work_quote(self, tick: Tick, ts: float) -> list[Event]:
-        """Resting orders against a new quote: stops trigger on the last price; limits fill when
-        the last trade went through their price, up to the size traded."""
+        """Live: resting orders against a new quote: stops trigger on the last price; limits fill
+        when the last trade went through their price, up to the size traded."""
         events: list[Event] = []
         available = tick.last_qty if tick.last_qty > 0 else math.inf
         for working in sorted(self.working.values(), key=lambda w: w.arrived_ts):
             order = working.order
             if working.order.id not in self.working:
-                continue  # cancelled by an earlier fill in this loop (OCO)
-            if order.order_type == "stop_market":
-                assert order.trigger_price is not None
-                hit = (
-                    tick.last >= order.trigger_price
+                continue  # cancelled or resized away by an earlier fill in this loop
+            if order.order_type == "stop_market" or working.triggered:
+                assert order.trigger_price is not None or working.triggered
+                hit = working.triggered or (
+                    tick.last >= order.trigger_price  # type: ignore[operator]
                     if order.side == "buy"
-                    else tick.last <= order.trigger_price
+                    else tick.last <= order.trigger_price  # type: ignore[operator]
                 )
                 if hit:
                     del self.working[order.id]
@@ -496,8 +616,8 @@ class PaperBroker:
             elif order.order_type == "limit" and available > EPS:
                 assert order.limit_price is not None
                 if self._traded_through(order.side, order.limit_price, tick.last):
-                    qty = round_lot(min(working.remaining, available))
-                    if qty >= MIN_QTY:
+                    qty = self.instrument.round_qty(min(working.remaining, available))
+                    if qty >= self.instrument.min_qty:
                         available -= qty
                         events += self._rest_fill(working, qty, order.limit_price, ts, tick)
         return events
@@ -507,62 +627,166 @@ class PaperBroker:
             return price <= limit if side == "buy" else price >= limit
         return price < limit if side == "buy" else price > limit
 
-    def _work_candle(self, candle: Candle, ts: float) -> list[Event]:
-        """Backtests: a candle's range also works resting orders (its quotes already did the rest)."""
+    # --- a candle's path ----------------------------------------------------------------------------
+
+    def _path(self, candle: Candle) -> tuple[float, float, float, float]:
+        """The prices a candle is worked along (`broker.intrabar`): open, an extreme, the other,
+        close. 'ohlc': the extreme nearer the open first (a tie: the low). 'pessimistic': the
+        extreme against the open position first (a long's stop before its target); flat, as 'ohlc'."""
+        o, h, lo, c = candle.open, candle.high, candle.low, candle.close
+        pos = self.position_qty
+        if self.config.intrabar == "pessimistic" and not -EPS < pos < EPS:
+            low_first = pos > 0
+        else:
+            low_first = o - lo <= h - o
+        return (o, lo, h, c) if low_first else (o, h, lo, c)
+
+    def _walk(self, candle: Candle, ts: float, jump_from: float | None) -> list[Event]:
+        """Work the candle along its path. Between two points the price passes every level in
+        between, in order, so what triggers first is what the price reaches first; from
+        `jump_from` (the last candle's close) to the open it jumps: a stop crossed by the gap
+        fills at the open, a liquidation crossed by it comes first. The fills of the candle take
+        at most `max_volume_participation` of its volume (a liquidation is not limited)."""
+        points = self._path(candle)
+        budget = self.participation * candle.volume if candle.volume > 0 else math.inf
         events: list[Event] = []
-        tick = self.last_tick or Tick(ts=ts, bid=candle.close, ask=candle.close, last=candle.close)
-        span = max(candle.high - candle.low, TICK)
-        for working in sorted(self.working.values(), key=lambda w: w.arrived_ts):
-            order = working.order
-            if order.id not in self.working:
-                continue
-            if order.order_type == "stop_market":
-                assert order.trigger_price is not None
-                hit = (
-                    candle.high >= order.trigger_price
-                    if order.side == "buy"
-                    else candle.low <= order.trigger_price
-                )
-                if hit:  # filled at the trigger, moved against us, never better than the candle allowed
-                    del self.working[order.id]
-                    price = _worse(order.side, order.trigger_price, self.config.slippage_bps)
-                    events += self._fill(order, working.remaining, price, "taker", ts, tick)
-            elif order.order_type == "limit":
-                assert order.limit_price is not None
-                through = (
-                    (order.limit_price - candle.low)
-                    if order.side == "buy"
-                    else (candle.high - order.limit_price)
-                )
-                if through > 0 or (self.config.limit_fill_on_touch and through >= 0):
-                    volume = candle.volume * min(1.0, through / span) if candle.volume > 0 else math.inf
-                    qty = round_lot(min(working.remaining, volume))
-                    if qty >= MIN_QTY:
+        done: set[str] = set()  # orders that cannot take more in this candle
+        a = points[0] if jump_from is None else jump_from
+        for i, b in enumerate(points):
+            first = i == 0
+            for _ in range(10_000):  # each round fills, removes or sets aside one order
+                hit = self._first_hit(a, b, done, first, jump=first and a != b)
+                if hit is None:
+                    break
+                level, kind, working = hit
+                at = b if first else level  # where the market is when it triggers
+                tick = quote(ts, self.instrument.round_price(at), candle.symbol)
+                if kind == "liquidation":
+                    events += self._liquidate(ts, at, tick)
+                else:
+                    assert working is not None
+                    order = working.order
+                    qty = working.remaining
+                    if qty > budget:
+                        qty = self.instrument.round_qty(budget)
+                    if qty < self.instrument.min_qty:
+                        done.add(order.id)
+                        continue
+                    budget -= qty
+                    before = self.fill_seq
+                    if kind == "limit":
+                        assert order.limit_price is not None
                         events += self._rest_fill(working, qty, order.limit_price, ts, tick)
+                    else:  # a stop triggers (or a triggered order's rest): a market order now
+                        working.triggered = True
+                        working.remaining = round(working.remaining - qty, 8)
+                        if working.remaining < self.instrument.min_qty:
+                            self.working.pop(order.id, None)
+                        price = self._worse(order.side, at)
+                        events += self._fill(
+                            order,
+                            qty,
+                            price,
+                            "taker",
+                            ts,
+                            tick,
+                            partial=order.id in self.working,
+                            source="candle",
+                        )
+                    if self.fill_seq == before or order.id in self.working:
+                        done.add(order.id)  # nothing filled, or the rest waits for the next candle
+                a = at
+            a = b
         return events
 
-    def _check_liquidation(self, ts: float) -> list[Event]:
-        # liquidation_price and mark_price, inlined: this runs after every market event in a position
+    def _first_hit(
+        self, a: float, b: float, done: set[str], first: bool, jump: bool
+    ) -> tuple[float, str, Working | None] | None:
+        """What the price, moving from `a` to `b`, reaches first: (level, kind, order)."""
+        lo, hi = (a, b) if a <= b else (b, a)
+        best: tuple[float, int, float, float, str, Working | None] | None = None
         pos = self.position_qty
-        if -EPS < pos < EPS or self.last_tick is None:
+        if not -EPS < pos < EPS:
+            liq = self.liq_price
+            if pos > 0 and lo <= liq:
+                level = liq if a > liq else a
+                best = (-3.0 if jump else abs(level - a), 2, 0.0, level, "liquidation", None)
+            elif pos < 0 and hi >= liq:
+                level = liq if a < liq else a
+                best = (-3.0 if jump else abs(level - a), 2, 0.0, level, "liquidation", None)
+        touch = self.config.limit_fill_on_touch
+        for working in self.working.values():
+            order = working.order
+            if order.id in done:
+                continue
+            buy = order.side == "buy"
+            if working.triggered:
+                if not first:
+                    continue
+                level, rank = a, 0
+                key = (-2.0, rank, working.arrived_ts, level, "stop", working)
+            elif order.order_type == "stop_market":
+                trigger = order.trigger_price
+                assert trigger is not None
+                if buy:  # rising to the trigger
+                    if hi < trigger:
+                        continue
+                    level = trigger if a < trigger else a
+                else:
+                    if lo > trigger:
+                        continue
+                    level = trigger if a > trigger else a
+                key = (abs(level - a), 1, working.arrived_ts, level, "stop", working)
+            elif order.order_type == "limit":
+                limit = order.limit_price
+                assert limit is not None
+                if buy:  # falling through the limit
+                    if not (lo < limit or (touch and lo <= limit)):
+                        continue
+                    level = limit if a > limit else a
+                else:
+                    if not (hi > limit or (touch and hi >= limit)):
+                        continue
+                    level = limit if a < limit else a
+                key = (abs(level - a), 3, working.arrived_ts, level, "limit", working)
+            else:
+                continue
+            if best is None or key[:3] < best[:3]:
+                best = key
+        if best is None:
+            return None
+        return best[3], best[4], best[5]
+
+    def _worse(self, side: str, price: float, bps: float | None = None) -> float:
+        """`price` moved `bps` (default `broker.slippage_bps`) against a buyer (up) or a seller
+        (down), on the tick grid, never better."""
+        if bps is None:
+            bps = self.config.slippage_bps
+        if side == "buy":
+            return self.instrument.round_price(price * (1 + bps / 10_000), "up")
+        return self.instrument.round_price(price * (1 - bps / 10_000), "down")
+
+    def _liquidate(self, ts: float, mark: float, tick: Tick | None = None) -> list[Event]:
+        """The exchange takes the position at its bankruptcy price: the loss is the position's
+        margin, plus the taker fee on the closing fill (Bitunix publishes no separate liquidation
+        fee: docs/fills.md)."""
+        pos = self.position_qty
+        if -EPS < pos < EPS:
             return []
-        mark = self.mark if self.mark is not None else self.last_tick.mid
-        lev = self.config.leverage
-        if pos > 0:
-            liq = self.avg_price * (1 - 1 / lev + MAINTENANCE_MARGIN_RATE)
-            crossed = mark <= liq
-        else:
-            liq = self.avg_price * (1 + 1 / lev - MAINTENANCE_MARGIN_RATE)
-            crossed = mark >= liq
-        if not crossed:
-            return []
-        side: Side = "sell" if self.position_qty > 0 else "buy"
+        tick = tick or self.last_tick
+        if tick is None:
+            tick = quote(ts, self.instrument.round_price(mark), self.symbol)
+        side: Side = "sell" if pos > 0 else "buy"
+        qty = round(abs(pos), 8)
+        notional = qty * self.avg_price
+        price = self.bankruptcy_price()
+        self.liquidations += 1
         order = Order(
             id=f"liq-{self.fill_seq + 1}",
             ts=ts,
             side=side,
-            qty=round(abs(self.position_qty), 8),
-            decision_price=mark,
+            qty=qty,
+            decision_price=price,
             reason="liquidation",
             reduce_only=True,
             protective=True,
@@ -571,12 +795,18 @@ class PaperBroker:
             Event(
                 ts,
                 "liquidation",
-                {"mark_price": mark, "liquidation_price": liq, "position_qty": round(self.position_qty, 8)},
+                {
+                    "mark_price": mark,
+                    "liquidation_price": self.liq_price,
+                    "bankruptcy_price": price,
+                    "position_qty": round(pos, 8),
+                    "margin": notional / self.config.leverage,
+                    "maintenance_margin_rate": self.instrument.maintenance_margin_rate(notional),
+                },
             )
         ]
         events += self.cancel_all(ts, "liquidation")
-        price = self.last_tick.bid if side == "sell" else self.last_tick.ask
-        return events + self._fill(order, order.qty, price, "taker", ts, self.last_tick)
+        return events + self._fill(order, qty, price, "taker", ts, tick, source="bankruptcy")
 
     # --- orders ---------------------------------------------------------------------------------
 
@@ -590,6 +820,11 @@ class PaperBroker:
         halted = self.entries_halted_until
         if entry and halted is not None and ts < halted:
             return self._refuse(order, ts, "breaker_halt", order.qty)
+        if not order.protective:  # what the exchange itself would refuse
+            price = order.limit_price if order.order_type == "limit" else order.trigger_price
+            refusal = self.instrument.refusal(order.qty, order.order_type, price, self.config.leverage)
+            if refusal is not None:
+                return self._refuse(order, ts, refusal, order.qty)
         stale_quote = self.last_tick.ts < order.ts  # the quote the decision itself saw
         if self.defer_to_next_quote and stale_quote and order.order_type == "market" and not order.protective:
             self.awaiting_quote.append(order)
@@ -609,8 +844,10 @@ class PaperBroker:
             if qty > closable + EPS:
                 self._count_processed(order, qty - closable)
                 qty = round(closable, 8)
-        elif not self._margin_ok(order, qty, tick):
-            return self._refuse(order, ts, "insufficient_margin", qty)
+        else:
+            refusal = self._margin_refusal(order, qty, tick)
+            if refusal is not None:
+                return self._refuse(order, ts, refusal, qty)
         if order.order_type == "market":
             return self._take(order, qty, ts, tick)
         if order.order_type == "limit":
@@ -623,33 +860,39 @@ class PaperBroker:
                 return self._fill(order, qty, touch, "taker", ts, tick)
         return self._rest(order, qty, ts)
 
-    def _rest(self, order: Order, qty: float, ts: float) -> list[Event]:
-        """`order` rests at the market (a limit or a stop) for `qty`."""
-        self.working[order.id] = Working(order, qty, ts)
-        return [
-            Event(
-                ts,
-                "order.working",
-                {
-                    "order_id": order.id,
-                    "type": order.order_type,
-                    "side": order.side,
-                    "qty": qty,
-                    "limit_price": order.limit_price,
-                    "trigger_price": order.trigger_price,
-                    "reason": order.reason,
-                },
-            )
-        ]
+    def _rest(self, order: Order, qty: float, ts: float, note: str = "") -> list[Event]:
+        """`order` rests at the market (a limit or a stop, or a market order's rest) for `qty`."""
+        self.working[order.id] = Working(order, qty, ts, triggered=order.order_type == "market")
+        fields: dict[str, Any] = {
+            "order_id": order.id,
+            "type": order.order_type,
+            "side": order.side,
+            "qty": qty,
+            "limit_price": order.limit_price,
+            "trigger_price": order.trigger_price,
+            "reason": order.reason,
+        }
+        if note:
+            fields["note"] = note
+        return [Event(ts, "order.working", fields)]
 
-    def _margin_ok(self, order: Order, qty: float, tick: Tick) -> bool:
-        """Initial margin: the position after the order, at the touch, over leverage, within equity."""
+    def _margin_refusal(self, order: Order, qty: float, tick: Tick) -> str | None:
+        """Initial margin: the position after the order, at the touch, over leverage, within
+        equity ('insufficient_margin'); and the leverage within the maintenance tier of the
+        position's notional ('risk_limit_exceeded', the exchange's 20002)."""
         signed = qty if order.side == "buy" else -qty
         after = abs(self.position_qty + signed)
         if after <= abs(self.position_qty):
-            return True
+            return None
         price = tick.ask if order.side == "buy" else tick.bid
-        return after * price / self.config.leverage <= self.equity
+        if after * price / self.config.leverage > self.equity:
+            return "insufficient_margin"
+        if self.config.leverage > self.instrument.tier(after * price).max_leverage:
+            return "risk_limit_exceeded"
+        return None
+
+    def _margin_ok(self, order: Order, qty: float, tick: Tick) -> bool:
+        return self._margin_refusal(order, qty, tick) is None
 
     def cancel(self, cancel: Cancel) -> list[Event]:
         working = self.working.pop(cancel.order_id, None)
@@ -670,6 +913,31 @@ class PaperBroker:
 
     def cancel_all(self, ts: float, reason: str) -> list[Event]:
         return [e for order_id in list(self.working) for e in self.cancel(Cancel(order_id, ts, reason))]
+
+    def _fit_exits(self, ts: float) -> list[Event]:
+        """After a fill: the working exits fit the position. Reduce-only and protective orders
+        that can no longer reduce it (flat, or the wrong side) are cancelled; protective ones
+        larger than the position are cut to it (`order.amended`), so that one of a stop and a
+        target filling resizes the other and neither can flip the position."""
+        pos = self.position_qty
+        events: list[Event] = []
+        for working in list(self.working.values()):
+            order = working.order
+            if not (order.reduce_only or order.protective):
+                continue
+            against = pos * (1 if order.side == "buy" else -1) < 0
+            if -EPS < pos < EPS or not against:
+                events += self.cancel(Cancel(order.id, ts, "position_closed"))
+            elif order.protective and working.remaining > abs(pos) + EPS:
+                working.remaining = round(abs(pos), 8)
+                events.append(
+                    Event(
+                        ts,
+                        "order.amended",
+                        {"order_id": order.id, "qty": working.remaining, "reason": "resized_to_position"},
+                    )
+                )
+        return events
 
     def _refuse(self, order: Order, ts: float, reason: str, qty: float) -> list[Event]:
         self._count_processed(order, qty)
@@ -692,40 +960,79 @@ class PaperBroker:
         if not order.protective:
             self.processed_signed_qty += qty if order.side == "buy" else -qty
 
-    def _take(self, order: Order, qty: float, ts: float, tick: Tick) -> list[Event]:
-        """Take liquidity: walk a fresh book level by level, else the touch plus slippage."""
+    def _take(self, order: Order, qty: float, ts: float, tick: Tick, *, capped: bool = True) -> list[Event]:
+        """Take liquidity now. A fresh book: walk it level by level, using up what is taken until
+        the next book, and past its last level pay `slippage_bps` beyond it. Else the touch: with
+        its size known, at most what is left of it at the touch and the rest by the impact model
+        (each further touch-size one more `slippage_bps` step); with no size known, the touch plus
+        `slippage_bps`. In a backtest at most what the participation cap leaves (the rest waits
+        for the next candle); `capped=False` (flatten, liquidation) takes it all."""
+        events: list[Event] = []
+        if self.bars and capped and qty > self.quote_budget:
+            now_qty = self.instrument.round_qty(self.quote_budget)
+            rest = round(qty - max(now_qty, 0.0), 8)
+            if now_qty >= self.instrument.min_qty:
+                self.quote_budget -= now_qty
+                events += self._take(order, now_qty, ts, tick, capped=False)
+            else:
+                now_qty = 0.0
+            if rest >= self.instrument.min_qty or now_qty == 0.0:
+                events += self._rest(order, rest, ts, note="participation_cap")
+            return events
+        if self.bars and capped:
+            self.quote_budget -= qty
+        buy = order.side == "buy"
+        side = order.side
         book = self.book
-        levels = (book.asks if order.side == "buy" else book.bids) if book else ()
+        levels = (book.asks if buy else book.bids) if book else ()
         if book is not None and levels and ts - book.ts <= BOOK_FRESH_S:
-            events: list[Event] = []
             left = qty
+            taken = self.book_taken
             for price, size in levels:
-                take = round_lot(min(left, size)) if left > size else round(left, 8)
+                size = round(size - taken.get((side, price), 0.0), 8)
+                if size < EPS:
+                    continue
+                take = self.instrument.round_qty(min(left, size)) if left > size else round(left, 8)
                 if take < EPS:
                     continue
-                events += self._fill(order, take, price, "taker", ts, tick, partial=True)
+                taken[(side, price)] = taken.get((side, price), 0.0) + take
+                events += self._fill(order, take, price, "taker", ts, tick, partial=True, source="book")
                 left = round(left - take, 8)
-                if left < MIN_QTY:
+                if left < self.instrument.min_qty:
                     break
-            if left >= MIN_QTY:  # deeper than the book we can see: the last level, moved against us
+            if left >= self.instrument.min_qty:  # deeper than the book we can see
+                price = self._worse(side, levels[-1][0])
                 events += self._fill(
-                    order,
-                    left,
-                    _worse(order.side, levels[-1][0], self.config.slippage_bps),
-                    "taker",
-                    ts,
-                    tick,
-                    partial=True,
+                    order, left, price, "taker", ts, tick, partial=True, source="beyond_book"
                 )
             return events
-        touch = tick.ask if order.side == "buy" else tick.bid
-        return self._fill(order, qty, _worse(order.side, touch, self.config.slippage_bps), "taker", ts, tick)
+        touch = tick.ask if buy else tick.bid
+        touch_size = tick.ask_qty if buy else tick.bid_qty
+        if touch_size <= 0:
+            return self._fill(
+                order, qty, self._worse(side, touch), "taker", ts, tick, source="touch_slippage"
+            )
+        at_touch = self.instrument.round_qty(min(qty, max(touch_size - self.touch_taken, 0.0)))
+        left = round(qty - at_touch, 8)
+        if at_touch >= EPS:
+            self.touch_taken += at_touch
+            events += self._fill(
+                order, at_touch, touch, "taker", ts, tick, partial=left >= EPS, source="touch"
+            )
+        if left >= EPS:
+            steps = math.ceil(left / touch_size - 1e-9)
+            price = self._worse(side, touch, self.config.slippage_bps * max(steps, 1))
+            events += self._fill(
+                order, left, price, "taker", ts, tick, partial=at_touch >= EPS, source="impact"
+            )
+        return events
 
     def _rest_fill(self, working: Working, qty: float, price: float, ts: float, tick: Tick) -> list[Event]:
         working.remaining = round(working.remaining - qty, 8)
-        if working.remaining < MIN_QTY:
+        if working.remaining < self.instrument.min_qty:
             del self.working[working.order.id]
-        return self._fill(working.order, qty, price, "maker", ts, tick, partial=working.remaining >= MIN_QTY)
+        partial = working.remaining >= self.instrument.min_qty
+        return self._fill(working.order, qty, price, "maker", ts, tick, partial=partial, source="resting")
 
     def _fill(
         self,
@@ -736,11 +1043,22 @@ class PaperBroker:
         ts: float,
         tick: Tick,
         partial: bool = False,
+        source: str = "touch",
     ) -> list[Event]:
-        """Book one fill: fee, position, realized PnL; returns order.filled and position.closed events."""
+        """Book one fill: fee, position, realized PnL; returns order.filled and position.closed events.
+        A reduce-only or protective fill takes at most the position, and only against it."""
+        signed = qty if order.side == "buy" else -qty
+        pos = self.position_qty
+        if order.reduce_only or order.protective:
+            closable = abs(pos) if pos * signed < 0 else 0.0
+            if qty > closable + EPS:
+                self._count_processed(order, qty - closable)
+                qty = round(closable, 8)
+                if qty < EPS:
+                    return []
+                signed = qty if order.side == "buy" else -qty
         rate = self.taker_fee_rate if liquidity == "taker" else self.maker_fee_rate
         fee = qty * price * rate
-        signed = qty if order.side == "buy" else -qty
         self._count_processed(order, qty)
         self.fill_seq += 1
         if liquidity == "taker":
@@ -750,7 +1068,6 @@ class PaperBroker:
         events: list[Event] = []
         closed: OpenTrade | None = None
         realized = 0.0
-        pos = self.position_qty
         remaining = signed
         if pos * signed < 0:  # reduces (and maybe flips) the position
             closing = min(abs(pos), abs(signed))
@@ -776,11 +1093,15 @@ class PaperBroker:
             trade.entry_notional += abs(remaining) * price
             trade.entry_qty += abs(remaining)
             trade.max_qty = max(trade.max_qty, abs(new_qty))
-        events.append(self._fill_event(order, qty, price, liquidity, fee, rate, realized, ts, tick, partial))
+        self._update_liq()
+        events.append(
+            self._fill_event(order, qty, price, liquidity, fee, rate, realized, ts, tick, partial, source)
+        )
         if closed is not None:
             events.append(self._closed_event(closed, ts, order.reason))
-            events += self.cancel_all(ts, "position_closed")  # protective orders die with the position
             self.closed.append(ClosedTrade(self.symbol, closed.realized_pnl - closed.fees, order.strategy_id))
+        if self.working:
+            events += self._fit_exits(ts)  # protective orders die with the position, or fit it
         if order.stop_price is not None or order.target_price is not None:
             events += self._attach_protection(order, ts)
         self._update_drawdown()
@@ -798,6 +1119,7 @@ class PaperBroker:
         ts: float,
         tick: Tick,
         partial: bool,
+        source: str = "touch",
     ) -> Event:
         touch = tick.ask if order.side == "buy" else tick.bid
         return Event(
@@ -824,22 +1146,30 @@ class PaperBroker:
                 "realized_pnl": realized,
                 "position_qty": round(self.position_qty, 8),
                 "reason": order.reason,
+                "source": source,
+                "levels": [[price, round(qty, 8)]],
             },
         )
 
     def _attach_protection(self, entry: Order, ts: float) -> list[Event]:
-        """An entry's stop-loss (stop-market) and take-profit (limit), reduce-only, one cancels the other."""
+        """An entry's stop-loss (stop-market) and take-profit (limit), reduce-only, one group sized
+        to the whole position. Their prices go on the tick grid away from the flattering side: a
+        long's stop down and target up, a short's stop up and target down."""
         if abs(self.position_qty) < EPS:
             return []
         for working in [w for w in self.working.values() if w.order.protective]:
             del self.working[working.order.id]  # re-attached for the whole position
-        exit_side: Side = "sell" if self.position_qty > 0 else "buy"
+        long = self.position_qty > 0
+        exit_side: Side = "sell" if long else "buy"
         qty = round(abs(self.position_qty), 8)
         events: list[Event] = []
+        grid = self.instrument.round_price
         if entry.stop_price is not None:
-            events += self._protect(exit_side, qty, "stop_market", entry.stop_price, "stop_loss", ts)
+            stop = grid(entry.stop_price, "down" if long else "up")
+            events += self._protect(exit_side, qty, "stop_market", stop, "stop_loss", ts)
         if entry.target_price is not None:
-            events += self._protect(exit_side, qty, "limit", entry.target_price, "take_profit", ts)
+            target = grid(entry.target_price, "up" if long else "down")
+            events += self._protect(exit_side, qty, "limit", target, "take_profit", ts)
         return events
 
     def _protect(
@@ -859,7 +1189,22 @@ class PaperBroker:
             trigger_price=price if kind == "stop_market" else None,
             protective=True,
         )
-        return self._rest(order, qty, ts)
+        self.working[order.id] = Working(order, qty, ts)
+        return [
+            Event(
+                ts,
+                "order.working",
+                {
+                    "order_id": order.id,
+                    "type": order.order_type,
+                    "side": order.side,
+                    "qty": qty,
+                    "limit_price": order.limit_price,
+                    "trigger_price": order.trigger_price,
+                    "reason": order.reason,
+                },
+            )
+        ]
 
     def _trade(self, ts: float, signed_pos: float) -> OpenTrade:
         if self.trade is None:
@@ -903,7 +1248,8 @@ class PaperBroker:
         )
 
     def flatten(self, ts: float, reason: str, order_id: str) -> list[Event]:
-        """Cancel every working order and close the position at once (fees and slippage apply)."""
+        """Cancel every working order and close the position at once (fees and slippage apply;
+        not held to the participation cap: a session ends flat)."""
         events = self.cancel_all(ts, reason)
         order = self.flatten_order(ts, order_id, reason)
         if order is not None and self.last_tick is not None:
@@ -922,7 +1268,7 @@ class PaperBroker:
                     },
                 )
             )
-            events += self._take(order, order.qty, ts, self.last_tick)
+            events += self._take(order, order.qty, ts, self.last_tick, capped=False)
         return events
 
     # --- the component's interface ------------------------------------------------------------------

@@ -102,15 +102,13 @@ def candle_ticks(candle: Candle) -> tuple[Tick, Tick]:
 
 def candle_steps(candles: Iterable[Candle]) -> Iterator[tuple[float, MarketEvent]]:
     """A backtest's inputs, `(arrival time, event)`, per candle: its open quote at its start; at
-    its end its close quote, then the candle itself (the broker works its range, strategies decide
-    on it). The next candle's open quote arrives at the same instant, after them."""
+    its end the candle itself (the broker works resting orders along its path and takes its close
+    as the quote, then strategies decide on it). The next candle's open quote arrives at the same
+    instant, after it."""
     for candle in candles:
         open_ts = candle.open_ts
-        close_ts = open_ts + candle.interval_s
-        symbol = candle.symbol
-        yield open_ts, quote(open_ts, candle.open, symbol)
-        yield close_ts, quote(close_ts - CLOSE_TICK_LEAD_S, candle.close, symbol)
-        yield close_ts, candle
+        yield open_ts, quote(open_ts, candle.open, candle.symbol)
+        yield open_ts + candle.interval_s, candle
 
 
 def read_market_log(path: Path) -> Iterator[tuple[float, MarketEvent]]:
