@@ -60,6 +60,7 @@ PEER_JOB = [
     "broker.latency_ms=0",
     "broker.latency_jitter_ms=0",
     "broker.slippage_bps=0",
+    "broker.max_volume_participation=1",  # the peers take any size at the price
     "risk.max_position_size=1",
     "risk.max_notional=1000000",
     "risk.max_leverage=100",
