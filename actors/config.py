@@ -199,6 +199,19 @@ class BrokerConfig:
     maker_fee_bps: float = key(
         2.0, "maker fee in basis points of notional (Bitunix base tier 2)", _num(ge=0, le=100)
     )
+    funding: str = key(
+        "none",
+        "funding in backtests and mock sessions: 'none' (not modelled: funding_paid stays 0) or "
+        "'constant' (funding_rate_pct every 8 h); a backtest's --funding FILE takes precedence, "
+        "live Bitunix sessions use the exchange's rate",
+        _choice("none", "constant"),
+    )
+    funding_rate_pct: float = key(
+        0.01,
+        "with funding = 'constant': the rate, percent of the position's value per 8 h interval "
+        "(00/08/16 UTC); positive: longs pay shorts",
+        _num(ge=-5, le=5),
+    )
     leverage: float = key(2.0, "leverage of the isolated-margin position", _num(ge=1, le=125))
     latency_ms: float = key(
         150.0, "time from sending an order to it reaching the market, ms", _num(ge=0, le=60000)

@@ -19,6 +19,7 @@ from loguru import logger
 
 from actors import __version__
 from actors.config import Config, ConfigError, build, flags_layer, load, to_toml
+from actors.feeds.funding import FundingRates, describe
 from actors.feeds.history import DataError
 from actors.lock import SessionLocked
 from actors.plan import Plan, PlanError, find_resumable, load_recording
@@ -76,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="backtest data: a candle CSV (optionally .gz) with header open_time_ms,open,high,low,close,volume",
     )
     p.add_argument(
+        "--funding",
+        metavar="FILE",
+        help="backtests: funding rates, a CSV (optionally .gz) with header ts_ms,rate (rate a fraction "
+        "per 8 h, 0.0001 = 0.01 %%); without it broker.funding applies",
+    )
+    p.add_argument(
         "--replay", metavar="RUN", help="re-run a recorded session (run folder or its events.jsonl)"
     )
     p.add_argument(
@@ -102,6 +109,11 @@ def _plan(args: argparse.Namespace, config: Config) -> Plan:
     """The kind of session the flags ask for; PlanError when they contradict each other."""
     if args.replay and (args.mode == "backtest" or args.data or args.resume):
         raise PlanError("--replay cannot be combined with --mode backtest, --data or --resume")
+    if args.funding is not None and args.mode != "backtest":
+        raise PlanError(
+            "--funding is only for --mode backtest (a replay re-delivers its recorded funding; "
+            "live sessions take the exchange's rate, mock ones broker.funding)"
+        )
     if args.runtime != "kernel" and not (args.replay or args.mode == "backtest"):
         raise PlanError("--runtime is only for --mode backtest and --replay")
     if args.replay:
@@ -111,7 +123,7 @@ def _plan(args: argparse.Namespace, config: Config) -> Plan:
             raise PlanError("--mode backtest needs --data FILE")
         if not Path(args.data).is_file():
             raise PlanError(f"--data: file not found: {args.data}")
-        return Plan(mode="backtest", data=args.data, runtime=args.runtime)
+        return Plan(mode="backtest", data=args.data, runtime=args.runtime, funding=_funding(args.funding))
     if args.data:
         raise PlanError("--data is only for --mode backtest")
     if args.fresh and args.resume:
@@ -119,6 +131,18 @@ def _plan(args: argparse.Namespace, config: Config) -> Plan:
     if args.fresh:
         return Plan()
     return Plan(resume=find_resumable(Path(config.session.run_dir), args.resume))
+
+
+def _funding(path: str | None) -> FundingRates | None:
+    """The rates of `--funding FILE`, read whole before anything starts (a bad file: PlanError)."""
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise PlanError(f"--funding: file not found: {path}")
+    try:
+        return FundingRates.from_csv(path)
+    except DataError as exc:
+        raise PlanError(f"--funding: {exc}") from None
 
 
 def _config(args: argparse.Namespace, flags: dict[str, tuple[Any, str]]) -> Config:
@@ -182,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"session {report['run_id']} {report['status']}: stop_reason={report['stop_reason']} "
         f"net_pnl={report['net_pnl']:+.2f} USDT trades={report['trade_count']} "
+        f"funding_paid={report['funding_paid']:+.2f} USDT ({describe(report['funding_source'])}) "
         f"report={result.run_path / 'final_report.json'}",
         file=sys.stderr,
     )

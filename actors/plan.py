@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import attrs
 
+from actors.feeds.funding import FundingRates
 from actors.lock import SessionLocked, is_locked
 from actors.recording.abandon import close_and_warn, has_checkpoint
 
@@ -33,6 +34,7 @@ class Recording:
     started_ts: float
     ended_ts: float
     stop_reason: str
+    funding_source: str | None = None  # the original's report field (None: recorded before it existed)
 
     @property
     def market_path(self) -> Path:
@@ -45,6 +47,7 @@ class Plan:
     resume: Path | None = None  # live: the run folder to resume
     data: str | None = None  # backtest: a candle file, or bitunix:SYMBOL:INTERVAL:START:END
     recording: Recording | None = None  # replay
+    funding: FundingRates | None = None  # backtest: the rates of --funding FILE (read at planning)
     # backtests and replays: "kernel" (the default, a plain loop) or "actors" (the live Trio actors
     # on the data's clock, to check one against the other)
     runtime: Literal["kernel", "actors"] = "kernel"
@@ -86,6 +89,7 @@ def load_recording(target: Path) -> Recording:
         started_ts=_ts(started["ts"]),
         ended_ts=_ts(stopped["ts"]),
         stop_reason=stopped["stop_reason"],
+        funding_source=stopped.get("funding_source", started.get("funding_source")),
     )
 
 

@@ -40,6 +40,7 @@ from loguru import logger
 from actors import __version__
 from actors.broker.paper import PaperBroker
 from actors.config import Config, to_dict
+from actors.feeds.funding import FundingRates
 from actors.feeds.history import candle_steps, read_candles_csv, read_market_log
 from actors.kernel import Kernel, Stopped
 from actors.lock import SessionLock
@@ -87,6 +88,9 @@ class Timeline:
     duration_s: float
     data_source: str
     resumed_seq: int = 0  # the checkpoint's event seq when resumed
+    # where the broker's funding rates come from (the report's `funding_source`): "feed",
+    # "file:NAME", "constant" or "none"; None: not known (a checkpoint of an older version)
+    funding_source: str | None = None
 
     @property
     def end_ts(self) -> float:
@@ -139,10 +143,17 @@ def _walk(config: Config, rng: random.Random) -> RandomWalk:
 
 
 def build_parts(
-    config: Config, timeline: Timeline, *, heartbeat_s: float, defer_to_next_quote: bool, live: bool = True
+    config: Config,
+    timeline: Timeline,
+    *,
+    heartbeat_s: float,
+    defer_to_next_quote: bool,
+    live: bool = True,
+    funding: FundingRates | None = None,
 ) -> Parts:
     """The session's one seeded generator hands each part its own stream, in a fixed order, so
-    no part's draws depend on how the others are scheduled."""
+    no part's draws depend on how the others are scheduled. `funding`: the rates the broker
+    charges at each funding instant (backtests, mock sessions); None: the feed's `Funding` events."""
     root = random.Random(config.session.seed)
     rngs = {name: random.Random(root.getrandbits(64)) for name in ("feed", "broker")}
     symbol = config.session.symbol.upper()
@@ -154,6 +165,7 @@ def build_parts(
         started_ts=timeline.started_ts,
         end_ts=timeline.end_ts,
         defer_to_next_quote=defer_to_next_quote,
+        funding=funding,
     )
     return Parts(
         broker=broker,
@@ -176,6 +188,7 @@ def started_event(config: Config, run_id: str, timeline: Timeline) -> Event:
             "symbol": config.session.symbol,
             "interval": config.session.interval,
             "data_source": timeline.data_source,
+            "funding_source": timeline.funding_source,
             "seed": config.session.seed,
             "planned_duration_s": config.session.duration_min * 60
             if math.isfinite(timeline.duration_s)
@@ -219,7 +232,12 @@ def closing_events(
 ) -> list[Event]:
     """Orders still on their way are refused (`session_stopping`: the session ends before they
     reach the market), flatten-on-exit through the broker's normal fill path, a last metrics row
-    with the flat, final account, and `session.stopped`."""
+    with the flat, final account, and `session.stopped` (with where funding came from: a live
+    session whose feed fell back to the mock source had no funding rates)."""
+    funding: dict[str, str] = {}
+    if timeline.funding_source is not None:
+        fell_back = timeline.funding_source == "feed" and timeline.data_source.startswith("mock (fallback")
+        funding["funding_source"] = "none" if fell_back else timeline.funding_source
     events = broker.abandon_in_flight(ended, "session_stopping")
     events += broker.flatten(ended, "flatten_on_exit", "flatten-1")
     events.append(Event(ended, "heartbeat", broker.heartbeat_fields(ended)))
@@ -238,6 +256,7 @@ def closing_events(
                 "unrealized_pnl": round(broker.unrealized_pnl, 6),
                 "max_drawdown_pct": round(broker.max_drawdown_pct, 4),
                 "open_positions": broker.open_positions(),
+                **funding,
             },
         )
     )
@@ -282,6 +301,30 @@ class Session:
         self.progress_mode = progress_mode
         if self.runtime == "kernel" and self.plan.mode == "live":
             raise ValueError("a live session runs on the actors runtime")
+        self.funding, self.funding_source = self._funding()
+        if self.funding_source == "none" and self.plan.mode == "backtest":
+            logger.warning(
+                "this backtest does not model funding (no --funding FILE, broker.funding = 'none'): "
+                "funding_paid will be 0"
+            )
+
+    def _funding(self) -> tuple[FundingRates | None, str]:
+        """The rates the broker charges funding at, and what the report calls them: a backtest's
+        `--funding FILE`; live Bitunix data's own rates (`Funding` events, re-delivered by a replay:
+        the broker gets None); otherwise `broker.funding = "constant"`'s rate, or none at all."""
+        plan, broker = self.plan, self.config.broker
+        if plan.funding is not None:
+            return plan.funding, plan.funding.source
+        constant = FundingRates.constant(broker.funding_rate_pct) if broker.funding == "constant" else None
+        if plan.mode == "backtest":
+            return constant, "constant" if constant is not None else "none"
+        if self.config.feed.source == "bitunix":
+            rates, source = None, "feed"
+        else:
+            rates, source = constant, "constant" if constant is not None else "none"
+        if plan.recording is not None and plan.recording.funding_source is not None:
+            source = plan.recording.funding_source  # a replay: the original's (it fell back, say)
+        return rates, source
 
     # --- what every runtime shares --------------------------------------------------------------------
 
@@ -318,13 +361,18 @@ class Session:
 
     def timeline(self, started: float) -> Timeline:
         plan = self.plan
+        funding = self.funding_source
         if plan.mode == "backtest":
-            return Timeline(started, math.inf, f"backtest: {plan.data}")
+            return Timeline(started, math.inf, f"backtest: {plan.data}", funding_source=funding)
         if plan.mode == "replay":
             assert plan.recording is not None
             r = plan.recording
-            return Timeline(started, r.ended_ts - r.started_ts, f"replay of {r.run_id}")
-        return Timeline(started, self.config.session.duration_min * 60, self.config.feed.source)
+            return Timeline(
+                started, r.ended_ts - r.started_ts, f"replay of {r.run_id}", funding_source=funding
+            )
+        return Timeline(
+            started, self.config.session.duration_min * 60, self.config.feed.source, funding_source=funding
+        )
 
     def parts(self, timeline: Timeline) -> Parts:
         return build_parts(
@@ -333,6 +381,7 @@ class Session:
             heartbeat_s=self.heartbeat_s(),
             defer_to_next_quote=self.plan.mode == "backtest"
             and self.config.broker.backtest_fill == "next_open",
+            funding=self.funding,
         )
 
     def new_run_folder(self, now: float) -> Path:

@@ -49,6 +49,7 @@ REPORT_FIELDS = (
     "fees_maker",
     "fees_taker",
     "funding_paid",
+    "funding_source",
     "net_pnl",
     "return_pct",
     "max_drawdown_pct",
@@ -229,6 +230,9 @@ class ReportBuilder:
             "fees_maker": round(self.fees["maker"], r),
             "fees_taker": round(self.fees["taker"], r),
             "funding_paid": round(self.funding_paid, r),
+            # where the rates came from: "feed", "file:NAME", "constant", "none" (not modelled);
+            # the stop's word (a live feed that fell back to mock had none), else the start's
+            "funding_source": e.get("funding_source", s.get("funding_source")),
             "net_pnl": round(net, r),
             "return_pct": round(net / starting * 100, r),
             "max_drawdown_pct": round(self.max_drawdown_pct, 4),

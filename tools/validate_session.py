@@ -9,6 +9,8 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
 - position, realized PnL, fees and funding recomputed from the fills alone (average-cost netting,
   independent of the broker's code) equal the final report, to the cent;
 - `net_pnl = ending_equity - starting_equity = realized_pnl - fees_paid - funding_paid + unrealized_pnl`;
+- `funding_paid` is the sum of the `funding` events' amounts, and a report saying funding was not
+  modelled (`funding_source` "none") has no `funding` event charging anything;
 - the report equals the one derived again from the events;
 - flat at a clean end: no position left and `open_positions` empty.
 
@@ -88,9 +90,11 @@ def check_fills(events: list[dict[str, Any]], report: dict[str, Any] | None) -> 
     ledger = Ledger()
     seen: Counter[str] = Counter()
     funding = 0.0
+    charges = 0
     for e in events:
         if e["kind"] == "funding":
             funding += e.get("amount", 0.0)
+            charges += e.get("amount", 0.0) != 0
         if e["kind"] != "order.filled":
             continue
         fill_id = str(e.get("fill_id") or f"{e['order_id']}@{e['ts']}:{e['qty']}@{e['fill_price']}")
@@ -107,6 +111,8 @@ def check_fills(events: list[dict[str, Any]], report: dict[str, Any] | None) -> 
         problems.append(
             f"report funding_paid = {report['funding_paid']} but funding events give {funding:.6f}"
         )
+    if report.get("funding_source") == "none" and charges:
+        problems.append(f"report funding_source = 'none' (not modelled) but {charges} funding events charged")
     if report.get("status") == "ok" and abs(ledger.qty) > EPS:
         problems.append(f"session ended ok but the fills leave a position of {ledger.qty:+.8f} BTC")
     return problems

@@ -1,0 +1,142 @@
+"""Funding rates for sessions without a live feed: from a file of the exchange's history, or a constant.
+
+The paper broker charges funding at 00:00, 08:00 and 16:00 UTC on the position open at that
+instant (actors/broker/paper.py). Live Bitunix sessions take the rate from the exchange's `price`
+channel (`Funding` market events) and replays re-deliver those events; backtests and mock sessions
+have no such events, so without this module their funding is zero. A `FundingRates` hands the
+broker the rate in force at each funding instant instead:
+
+- `FundingRates.from_csv(path)`: a CSV file (optionally gzipped) with the header `ts_ms,rate`, one
+  row per funding settlement, times in epoch milliseconds, strictly increasing. `rate` is a
+  **fraction** of the position's value per 8 h interval, as exchanges publish their funding
+  histories (`0.0001` = 0.01 %), not a percent. The rate in force at a funding instant is the row
+  with the greatest `ts_ms` at or before it (a row stamped exactly at the instant applies to that
+  instant: stamp rows at the settlement time). Before the first row the rate is 0: funding is not
+  charged for instants the file does not cover. A bad file is refused whole (`DataError`, naming
+  the file and the line).
+- `FundingRates.constant(rate_pct)`: the same rate, in **percent** per 8 h interval, at every
+  instant (config `broker.funding = "constant"`, `broker.funding_rate_pct`).
+
+`source` says where the rates came from, for the report's `funding_source`: `"file:<file name>"`
+or `"constant"`. No trio here: the kernel and the actors both use it through the broker.
+"""
+
+from __future__ import annotations
+
+import bisect
+import gzip
+import itertools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from actors.feeds.history import DataError
+
+FUNDING_CSV_HEADER = ["ts_ms", "rate"]
+# A rate (fraction per interval) beyond this is taken for a mistake (percent given as a fraction,
+# a column mixed up), never a funding rate: exchanges cap BTC funding far below 10 % per interval.
+MAX_ABS_RATE = 0.1
+
+
+class FundingRates:
+    """The funding rate, in percent per funding interval, in force at each funding instant."""
+
+    def __init__(self, times_ms: Sequence[float], rates_pct: Sequence[float], source: str) -> None:
+        if len(times_ms) != len(rates_pct):
+            raise ValueError("one rate per time")
+        if any(b <= a for a, b in itertools.pairwise(times_ms)):
+            raise ValueError("funding times must be strictly increasing")
+        self._times_ms = list(times_ms)
+        self._rates_pct = list(rates_pct)
+        self.source = source
+
+    @classmethod
+    def constant(cls, rate_pct: float) -> FundingRates:
+        """`rate_pct` percent per 8 h interval at every instant (`source` "constant")."""
+        if not math.isfinite(rate_pct):
+            raise ValueError(f"funding rate must be a finite number, got {rate_pct!r}")
+        return cls([-math.inf], [rate_pct], "constant")
+
+    @classmethod
+    def from_csv(cls, path: str | Path) -> FundingRates:
+        """Read a `ts_ms,rate` CSV (optionally .gz; `rate` a fraction per 8 h interval); raises
+        `DataError` naming the file and the line of the first problem."""
+        path = Path(path)
+        try:
+            raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+            text = raw.decode("utf-8-sig")
+        except OSError as exc:  # not found, a directory, no permission, a broken .gz
+            raise DataError(f"cannot read funding file {path}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise DataError(f"funding file {path} is not UTF-8 text ({exc.reason})") from exc
+        lines = text.splitlines()
+        header = [c.strip() for c in lines[0].split(",")] if lines else []
+        if header != FUNDING_CSV_HEADER:
+            raise DataError(
+                f"funding file {path}, line 1: expected the header {','.join(FUNDING_CSV_HEADER)}, "
+                f"got {lines[0] if lines else 'an empty file'!r}"
+            )
+        times_ms: list[int] = []
+        rates_pct: list[float] = []
+        for number, line in enumerate(lines[1:], start=2):
+            if not line.strip():
+                continue
+            where = f"funding file {path}, line {number}"
+            fields = [f.strip() for f in line.split(",")]
+            if len(fields) != 2:
+                raise DataError(f"{where}: expected 2 fields (ts_ms,rate), got {len(fields)}: {line!r}")
+            try:
+                ts_ms = int(fields[0])
+            except ValueError:
+                raise DataError(
+                    f"{where}: ts_ms {fields[0]!r} is not an integer (epoch milliseconds)"
+                ) from None
+            try:
+                rate = float(fields[1])
+            except ValueError:
+                raise DataError(f"{where}: rate {fields[1]!r} is not a number") from None
+            if not math.isfinite(rate) or abs(rate) > MAX_ABS_RATE:
+                raise DataError(
+                    f"{where}: rate {fields[1]} is not allowed; expected a fraction per 8 h interval "
+                    f"between -{MAX_ABS_RATE:g} and {MAX_ABS_RATE:g} (0.0001 = 0.01 %)"
+                )
+            if times_ms and ts_ms <= times_ms[-1]:
+                raise DataError(
+                    f"{where}: ts_ms {ts_ms} is not after the previous row's {times_ms[-1]}; "
+                    "rows must be in increasing time order, each time once"
+                )
+            times_ms.append(ts_ms)
+            rates_pct.append(rate * 100)
+        if not times_ms:
+            raise DataError(f"funding file {path} has a header but no rows")
+        return cls(times_ms, rates_pct, f"file:{path.name}")
+
+    def rate_pct_at(self, instant: float) -> float:
+        """The rate (percent per interval) in force at the funding instant `instant` (epoch
+        seconds): the last row at or before it; 0 before the first row."""
+        i = bisect.bisect_right(self._times_ms, instant * 1000) - 1
+        return self._rates_pct[i] if i >= 0 else 0.0
+
+    @property
+    def first_ms(self) -> float:
+        """The time of the first row (epoch ms; -inf for a constant)."""
+        return self._times_ms[0]
+
+    def __len__(self) -> int:
+        return len(self._times_ms)
+
+    def __repr__(self) -> str:
+        return f"FundingRates(source={self.source!r}, rows={len(self)})"
+
+
+def describe(source: str) -> str:
+    """A plain sentence on where a session's funding came from (the report's `funding_source`)."""
+    if source == "feed":
+        return "funding from the exchange's price channel (live rates)"
+    if source == "constant":
+        return "funding at the constant broker.funding_rate_pct"
+    if source.startswith("file:"):
+        return f"funding from the rates in {source[len('file:') :]}"
+    if source == "none":
+        return "funding NOT modelled: no --funding FILE, no broker.funding = 'constant', no live rates"
+    return f"funding: {source}"

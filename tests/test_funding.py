@@ -1,0 +1,366 @@
+"""Funding everywhere: the rates file, the constant, the backtest's charges and `funding_source`."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from actors.feeds.funding import FundingRates
+from actors.feeds.history import DataError
+from actors.plan import Plan
+from actors.session import Session
+from tests.conftest import make_config, read_events, read_report, run_cli
+from tools.validate_session import validate
+
+H = 3600
+T0 = 1_704_067_200  # 2024-01-01T00:00:00Z, a funding instant (00/08/16 UTC)
+EIGHT_H = 8 * H
+
+# --- the rates file ----------------------------------------------------------------------------------
+
+# rows: one exactly at an instant, one between two instants, one a millisecond after an instant
+ROWS = [
+    (T0 * 1000 + 8 * H * 1000, 0.0001),  # 08:00 exactly: applies at 08:00
+    (T0 * 1000 + 12 * H * 1000, -0.0002),  # 12:00: applies from 16:00
+    (T0 * 1000 + 24 * H * 1000 + 1, 0.0003),  # a ms after the next day's 00:00: applies from 08:00
+]
+
+
+def _csv(rows: list[tuple[int, float]]) -> str:
+    return "ts_ms,rate\n" + "".join(f"{t},{r}\n" for t, r in rows)
+
+
+def write_funding(path: Path, rows: list[tuple[int, float]] = ROWS) -> Path:
+    data = _csv(rows)
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(data.encode()))
+    else:
+        path.write_text(data)
+    return path
+
+
+def expected_rate(instant: float) -> float:
+    """The fraction in force at `instant`, by hand from ROWS (0 before the first row)."""
+    if instant < T0 + 8 * H:
+        return 0.0
+    if instant < T0 + 12 * H:
+        return 0.0001
+    if instant * 1000 < T0 * 1000 + 24 * H * 1000 + 1:
+        return -0.0002
+    return 0.0003
+
+
+@pytest.mark.parametrize("name", ["funding.csv", "funding.csv.gz"])
+def test_rates_file_lookup_at_between_and_before_rows(tmp_path: Path, name: str) -> None:
+    rates = FundingRates.from_csv(write_funding(tmp_path / name))
+    assert rates.source == f"file:{name}"
+    assert len(rates) == 3
+    # rates are fractions in the file, percent out of it
+    cases = {
+        T0: 0.0,  # before the first row
+        T0 + 8 * H - 1: 0.0,
+        T0 + 8 * H: 0.01,  # a row exactly at the instant applies
+        T0 + 10 * H: 0.01,
+        T0 + 12 * H: -0.02,
+        T0 + 16 * H: -0.02,  # between rows: the last one at or before
+        T0 + 24 * H: -0.02,  # the next row is a millisecond later
+        T0 + 24 * H + 0.001: 0.03,
+        T0 + 32 * H: 0.03,
+        T0 + 1000 * H: 0.03,  # after the last row: the last row
+    }
+    for instant, pct in cases.items():
+        assert rates.rate_pct_at(instant) == pytest.approx(pct, abs=1e-15), instant
+        assert rates.rate_pct_at(instant) == pytest.approx(expected_rate(instant) * 100, abs=1e-15)
+
+
+def test_rates_file_tolerates_blank_lines_spaces_and_a_bom(tmp_path: Path) -> None:
+    path = tmp_path / "f.csv"
+    path.write_text("\ufeffts_ms, rate\n\n 1704067200000 , 0.0001\n\n")
+    rates = FundingRates.from_csv(path)
+    assert rates.rate_pct_at(T0) == pytest.approx(0.01)
+
+
+def test_constant_rates() -> None:
+    rates = FundingRates.constant(0.01)
+    assert rates.source == "constant"
+    assert rates.rate_pct_at(0.0) == 0.01
+    assert rates.rate_pct_at(T0) == 0.01
+    with pytest.raises(ValueError):
+        FundingRates.constant(float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        ("", 1, "expected the header ts_ms,rate"),
+        ("time,rate\n1,0.0001\n", 1, "expected the header ts_ms,rate"),
+        ("ts_ms,rate\n", None, "has a header but no rows"),
+        ("ts_ms,rate\n1704067200000,0.0001\n1704096000000\n", 3, "expected 2 fields"),
+        ("ts_ms,rate\n1704067200000,0.0001,7\n", 2, "expected 2 fields"),
+        ("ts_ms,rate\n2024-01-01,0.0001\n", 2, "is not an integer"),
+        ("ts_ms,rate\n1704067200000.5,0.0001\n", 2, "is not an integer"),
+        ("ts_ms,rate\n1704067200000,abc\n", 2, "is not a number"),
+        ("ts_ms,rate\n1704067200000,nan\n", 2, "expected a fraction per 8 h interval"),
+        ("ts_ms,rate\n1704067200000,0.5\n", 2, "expected a fraction per 8 h interval"),
+        ("ts_ms,rate\n1704096000000,0.0001\n\n1704067200000,0.0001\n", 4, "increasing time order"),
+        ("ts_ms,rate\n1704067200000,0.0001\n1704067200000,0.0002\n", 3, "increasing time order"),
+    ],
+)
+def test_rates_file_refuses_bad_rows_naming_file_and_line(
+    tmp_path: Path, text: str, line: int | None, words: str
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(DataError) as info:
+        FundingRates.from_csv(path)
+    message = str(info.value)
+    assert str(path) in message and words in message
+    if line is not None:
+        assert f"line {line}:" in message
+
+
+def test_rates_file_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"cannot read funding file .*missing\.csv"):
+        FundingRates.from_csv(tmp_path / "missing.csv")
+    broken = tmp_path / "broken.csv.gz"
+    broken.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"cannot read funding file .*broken\.csv\.gz"):
+        FundingRates.from_csv(broken)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"ts_ms,rate\n1704067200000,0.0001 \xe9\n")
+    with pytest.raises(DataError, match="not UTF-8"):
+        FundingRates.from_csv(latin)
+
+
+# --- a backtest holding a position across funding instants -------------------------------------------
+
+START = T0 - 10 * H  # 2023-12-31T14:00Z
+CANDLES = 48  # to T0 + 38 h: the instants T0, +8, +16, +24, +32 h pass inside the data
+HOLD = [
+    "session.interval=1h",
+    "strategy.fast_period=2",
+    "strategy.slow_period=3",
+    "risk.sizing=fixed",
+    "strategy.order_qty=0.01",
+    "strategy.stop_loss_pct=0",  # no stop, no target: the long is held to the end
+    "strategy.take_profit_pct=0",
+    "broker.latency_jitter_ms=0",
+]
+QTY = 0.01
+
+
+def candle_prices() -> list[float]:
+    """Flat hourly candles: down for 4 hours (the fast EMA below the slow), then up 50 USDT an
+    hour, never down again (one cross up: long to the end). The price does not change across a
+    funding instant: the candles either side of it have one price, the mark at the instant."""
+    prices: list[float] = []
+    for i in range(CANDLES):
+        open_ts = START + i * H
+        if i < 4:
+            prices.append(60_000.0 - 100 * i)
+        elif open_ts % EIGHT_H == 0:
+            prices.append(prices[-1])
+        else:
+            prices.append(prices[-1] + 50)
+    return prices
+
+
+def write_candles(path: Path) -> list[float]:
+    prices = candle_prices()
+    lines = ["open_time_ms,open,high,low,close,volume"]
+    for i, p in enumerate(prices):
+        lines.append(f"{(START + i * H) * 1000},{p},{p},{p},{p},100")
+    path.write_text("\n".join(lines) + "\n")
+    return prices
+
+
+def price_at(prices: list[float], instant: float) -> float:
+    """The price of the candle starting at `instant` (= the one ending there)."""
+    i = int((instant - START) // H)
+    assert prices[i] == prices[i - 1]
+    return prices[i]
+
+
+def run_backtest(tmp_path: Path, *sets: str, funding: FundingRates | None = None) -> tuple[Path, list[float]]:
+    data = tmp_path / "candles.csv"
+    prices = write_candles(data)
+    config = make_config(tmp_path, *HOLD, *sets)
+    result = Session(config, Plan(mode="backtest", data=str(data), funding=funding)).run_kernel()
+    assert result.report["status"] == "ok", result.report["error_messages"]
+    return result.run_path, prices
+
+
+def held_instants(events: list[dict]) -> list[float]:
+    """The funding instants between the entry's fill and the end of the data."""
+    from datetime import datetime
+
+    fills = [e for e in events if e["kind"] == "order.filled"]
+    entry = datetime.fromisoformat(fills[0]["ts"].replace("Z", "+00:00")).timestamp()
+    assert fills[0]["side"] == "buy" and fills[0]["qty"] == QTY
+    assert entry % EIGHT_H != 0  # never at an instant: no question which comes first
+    assert entry < T0  # the long is open at every instant of the data
+    end = START + CANDLES * H
+    first = (int(entry) // EIGHT_H + 1) * EIGHT_H
+    return [float(t) for t in range(first, int(end) + 1, EIGHT_H)]
+
+
+def _instant(event: dict) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(event["instant"].replace("Z", "+00:00")).timestamp()
+
+
+def test_backtest_charges_the_files_rate_on_the_held_position(tmp_path: Path) -> None:
+    funding = FundingRates.from_csv(write_funding(tmp_path / "funding.csv"))
+    run_path, prices = run_backtest(tmp_path, funding=funding)
+    events = read_events(run_path)
+    instants = held_instants(events)
+    assert instants == [T0 + k * EIGHT_H for k in range(5)]
+    charged = {_instant(e): e for e in events if e["kind"] == "funding"}
+    expected = {t: QTY * price_at(prices, t) * expected_rate(t) for t in instants}
+    # by hand: 0.01 BTC x the price at the instant x the rate in force
+    assert expected[T0] == 0.0  # before the file's first row
+    assert expected[T0 + 8 * H] == pytest.approx(0.01 * 60_350 * 0.0001)  # the row at 08:00
+    assert expected[T0 + 16 * H] == pytest.approx(0.01 * 60_700 * -0.0002)  # the 12:00 row
+    assert expected[T0 + 24 * H] == pytest.approx(0.01 * 61_050 * -0.0002)  # next row is 1 ms late
+    assert expected[T0 + 32 * H] == pytest.approx(0.01 * 61_400 * 0.0003)
+    nonzero = {t: a for t, a in expected.items() if a != 0}
+    assert {t for t, e in charged.items() if e["amount"] != 0} == set(nonzero)
+    assert set(charged) <= set(instants)
+    for t, amount in nonzero.items():
+        event = charged[t]
+        assert event["amount"] == pytest.approx(amount, rel=1e-12)
+        assert event["rate_pct"] == pytest.approx(expected_rate(t) * 100, rel=1e-12)
+        assert event["mark_price"] == price_at(prices, t)
+        assert event["position_qty"] == QTY
+    report = read_report(run_path)
+    assert report["funding_source"] == "file:funding.csv"
+    assert report["funding_paid"] == pytest.approx(sum(expected.values()), abs=1e-6)
+    assert validate(run_path) == []
+    started = next(e for e in events if e["kind"] == "session.started")
+    assert started["funding_source"] == "file:funding.csv"
+
+
+def test_backtest_with_the_constant(tmp_path: Path) -> None:
+    run_path, prices = run_backtest(tmp_path, "broker.funding=constant", "broker.funding_rate_pct=-0.02")
+    events = read_events(run_path)
+    instants = held_instants(events)
+    charged = {_instant(e): e["amount"] for e in events if e["kind"] == "funding"}
+    assert set(charged) == set(instants)
+    for t in instants:  # -0.02 % of 0.01 BTC at the instant's price: the long receives it
+        assert charged[t] == pytest.approx(-QTY * price_at(prices, t) * 0.0002, rel=1e-12)
+    report = read_report(run_path)
+    assert report["funding_source"] == "constant"
+    assert report["funding_paid"] == pytest.approx(sum(charged.values()), abs=1e-6)
+    assert report["funding_paid"] < 0
+    assert validate(run_path) == []
+
+
+def test_backtest_file_takes_precedence_over_the_constant(tmp_path: Path) -> None:
+    funding = FundingRates.from_csv(write_funding(tmp_path / "funding.csv"))
+    run_path, _ = run_backtest(tmp_path, "broker.funding=constant", funding=funding)
+    assert read_report(run_path)["funding_source"] == "file:funding.csv"
+
+
+def test_backtest_without_funding_says_none(tmp_path: Path) -> None:
+    run_path, _ = run_backtest(tmp_path)
+    events = read_events(run_path)
+    assert held_instants(events)  # a position was held across instants ...
+    assert all(e["amount"] == 0 for e in events if e["kind"] == "funding")  # ... and charged nothing
+    report = read_report(run_path)
+    assert report["funding_source"] == "none"
+    assert report["funding_paid"] == 0
+    assert validate(run_path) == []
+
+
+def test_validator_catches_funding_that_disagrees(tmp_path: Path) -> None:
+    import json
+
+    funding = FundingRates.from_csv(write_funding(tmp_path / "funding.csv"))
+    run_path, _ = run_backtest(tmp_path, funding=funding)
+    report_path = run_path / "final_report.json"
+    report = json.loads(report_path.read_text())
+    report["funding_paid"] = round(report["funding_paid"] + 1.0, 6)
+    report_path.write_text(json.dumps(report))
+    assert any("funding_paid" in p for p in validate(run_path))
+    report["funding_paid"] -= 1.0
+    report["funding_source"] = "none"
+    report_path.write_text(json.dumps(report))
+    assert any("funding_source = 'none'" in p for p in validate(run_path))
+
+
+# --- where a session's funding comes from ------------------------------------------------------------
+
+
+def test_mock_sessions_charge_the_constant_else_none(tmp_path: Path) -> None:
+    session = Session(make_config(tmp_path, "feed.source=mock"))
+    assert session.funding is None and session.funding_source == "none"
+    session = Session(make_config(tmp_path, "feed.source=mock", "broker.funding=constant"))
+    assert session.funding_source == "constant"
+    parts = session.parts(session.timeline(float(T0)))
+    assert parts.broker.funding is session.funding
+    assert session.funding is not None and session.funding.rate_pct_at(T0) == 0.01
+
+
+def test_live_bitunix_sessions_take_the_feeds_rate(tmp_path: Path) -> None:
+    session = Session(make_config(tmp_path, "feed.source=bitunix", "broker.funding=constant"))
+    assert session.funding is None and session.funding_source == "feed"
+
+
+# --- the CLI -----------------------------------------------------------------------------------------
+
+
+BACKTEST = ["--mode", "backtest", "--data", "candles.csv", "--set", "session.interval=1h"]
+
+
+def _cli(tmp_path: Path, *args: str) -> tuple[int, str]:
+    run = run_cli("--run-dir", str(tmp_path / "runs"), *args, cwd=tmp_path)
+    assert "Traceback" not in run.stderr, run.stderr
+    return run.returncode, run.stderr
+
+
+def test_cli_refuses_a_missing_funding_file(tmp_path: Path) -> None:
+    write_candles(tmp_path / "candles.csv")
+    code, err = _cli(tmp_path, *BACKTEST, "--funding", "nope.csv")
+    assert code == 2
+    assert err.strip() == "error: --funding: file not found: nope.csv"
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_cli_refuses_a_bad_funding_file_naming_the_line(tmp_path: Path) -> None:
+    write_candles(tmp_path / "candles.csv")
+    (tmp_path / "bad.csv").write_text("ts_ms,rate\n1704067200000,0.0001\n1704096000000,1%\n")
+    code, err = _cli(tmp_path, *BACKTEST, "--funding", "bad.csv")
+    assert code == 2
+    assert "error: --funding: funding file bad.csv, line 3: rate '1%' is not a number" in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("mode", ["live", "replay"])
+def test_cli_refuses_funding_outside_backtests(tmp_path: Path, mode: str) -> None:
+    write_funding(tmp_path / "funding.csv")
+    if mode == "replay":  # a finished run to replay: a replay re-delivers its own funding
+        (tmp_path / "recorded").mkdir()
+        recorded, _ = run_backtest(tmp_path / "recorded")
+        args = ["--replay", str(recorded)]
+    else:
+        args = ["--source", "mock"]
+    code, err = _cli(tmp_path, *args, "--funding", "funding.csv")
+    assert code == 2
+    assert "error: --funding is only for --mode backtest" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_backtest_says_where_funding_came_from(tmp_path: Path) -> None:
+    write_candles(tmp_path / "candles.csv")
+    write_funding(tmp_path / "funding.csv.gz")
+    base = ["--mode", "backtest", "--data", "candles.csv", *(a for s in HOLD for a in ("--set", s))]
+    code, err = _cli(tmp_path, *base, "--funding", "funding.csv.gz")
+    assert code == 0, err
+    assert "funding from the rates in funding.csv.gz" in err
+    assert read_report(tmp_path / "runs" / "latest")["funding_source"] == "file:funding.csv.gz"
+    code, err = _cli(tmp_path, *base)
+    assert code == 0, err
+    assert "funding NOT modelled" in err
