@@ -496,8 +496,7 @@ class PaperBroker:
             self.last_ts = ts
             events += self._walk(candle, ts, None)
             return self._mark(events, ts)
-        events = self._advance(ts) if ts >= self.next_funding_ts else []
-        self.last_ts = ts
+        events: list[Event] = []
         pos = self.position_qty
         if (
             self.working
@@ -513,6 +512,10 @@ class PaperBroker:
             candle.open_ts + candle.interval_s - CLOSE_TICK_LEAD_S, close, candle.symbol
         )
         self.touch_taken = 0.0
+        # funding at an instant the candle ends on is charged on its close, once the path is done
+        if ts >= self.next_funding_ts:
+            events += self._advance(ts)
+        self.last_ts = ts
         if self.awaiting_quote:
             events += self._release_awaiting(tick, ts)
         return self._mark(events, ts)
