@@ -1,0 +1,837 @@
+"""The paper broker's fill rules (issue 11) on hand-built candles, and a Hypothesis property test.
+
+Every expected number is worked out here from the inputs (the rules as written in the issue),
+never taken from the broker. The broker is driven as a backtest drives it (`bars=True`): per
+candle its open quote at `open_ts`, then the candle at its close; orders sent with latency 0
+reach the market through the broker's timers, which run before each input (`step`).
+
+Rules: 1 the intrabar path (and gaps), 2 liquidation at the bankruptcy price, 3 brackets sized to
+the position, 4 the participation cap, 5 the instrument grid, 6 properties over random sequences
+(reduce-only / protective fills never grow or flip the position; the account reconciles with an
+independent replay of the fills), in bars and live mode, across checkpoint restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from actors.broker.paper import PaperBroker
+from actors.config import BrokerConfig
+from protocols.messages import Book, Cancel, Candle, Event, Funding, MarketEvent, Order, Side, Tick, quote
+
+FUNDING_INSTANT = 1_700_006_400.0  # 16:00 UTC: a multiple of 8 h
+T0 = FUNDING_INSTANT - 3_600.0
+INTERVAL = 60.0
+TICK = 0.1
+LOT = 0.0001
+TAKER = 6.0 / 10_000  # BrokerConfig's default taker fee
+MAKER = 2.0 / 10_000
+
+Input = MarketEvent | Order | Cancel
+
+
+# --- the driver ------------------------------------------------------------------------------------
+
+
+def step(broker: PaperBroker, now: float, item: Input) -> list[Event]:
+    """One input at `now`: first the broker's timers due by then (orders reaching the market),
+    then the input itself."""
+    events: list[Event] = []
+    while broker.next_timer() <= now:
+        events += broker.on_timer(now)
+    events += broker.handle(item, now)
+    return events
+
+
+def make_broker(*, bars: bool = True, **overrides: Any) -> PaperBroker:
+    config = attrs.evolve(BrokerConfig(), **{"latency_ms": 0.0, "latency_jitter_ms": 0.0, **overrides})
+    return PaperBroker(config, random.Random(7), bars=bars)
+
+
+class Backtest:
+    """Hand-built candles through the broker as a backtest feeds them: the open quote at the
+    candle's start (orders sent then reach the market at that quote), the candle at its end."""
+
+    def __init__(self, broker: PaperBroker, start: float = T0) -> None:
+        self.broker = broker
+        self.now = start
+        self.events: list[Event] = []
+
+    def candle(
+        self, o: float, h: float, lo: float, c: float, volume: float, orders: Iterable[Order] = ()
+    ) -> list[Event]:
+        open_ts = self.now
+        close_ts = open_ts + INTERVAL
+        events = step(self.broker, open_ts, quote(open_ts, o))
+        for order in orders:
+            events += step(self.broker, open_ts, attrs.evolve(order, ts=open_ts))
+        events += step(self.broker, close_ts, Candle(open_ts, INTERVAL, o, h, lo, c, volume))
+        self.now = close_ts
+        self.events += events
+        return events
+
+
+def order(oid: str, side: Side, qty: float, **kw: Any) -> Order:
+    return Order(
+        id=oid, ts=0.0, side=side, qty=qty, decision_price=kw.pop("decision_price", 0.0), reason="test", **kw
+    )
+
+
+def of_kind(events: list[Event], kind: str) -> list[dict[str, Any]]:
+    return [e.fields for e in events if e.kind == kind]
+
+
+def fills(events: list[Event]) -> list[dict[str, Any]]:
+    return of_kind(events, "order.filled")
+
+
+def protective_ids(events: list[Event]) -> dict[str, str]:
+    """reason ('stop_loss' / 'take_profit') -> the id of the protective order the broker attached."""
+    return {
+        w["reason"]: w["order_id"] for w in of_kind(events, "order.working") if w["order_id"].startswith("p")
+    }
+
+
+# --- 1. the intrabar path --------------------------------------------------------------------------
+
+# A position of 0.01 BTC bought at 100000 + 2 bps slippage: 100000 * 1.0002 = 100020.0 (on the grid).
+# Its stop 99001.3 fills at 99001.3 * 0.9998 = 98981.49974 -> down to the tick: 98981.4 (nearest would
+# be 98981.5); its target is a limit at 101000.0 (a maker fill at its price).
+LONG_STOP, LONG_STOP_FILL = 99001.3, 98981.4
+LONG_TARGET = 101000.0
+# A short sold at 100000 - 2 bps = 99980.0; its stop 101001.3 fills at 101001.3 * 1.0002 = 101021.50026
+# -> up: 101021.6; its target 99000.0.
+SHORT_STOP, SHORT_STOP_FILL = 101001.3, 101021.6
+SHORT_TARGET = 99000.0
+
+
+def _bracketed(side: Side, intrabar: str) -> Backtest:
+    """A 0.01 BTC position with its stop and target, entered at the open quote of a flat candle."""
+    bt = Backtest(make_broker(intrabar=intrabar))
+    stop, target = (LONG_STOP, LONG_TARGET) if side == "buy" else (SHORT_STOP, SHORT_TARGET)
+    entry = order("o1", side, 0.01, stop_price=stop, target_price=target)
+    events = bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 100.0, [entry])
+    (fill,) = fills(events)
+    assert fill["fill_price"] == (100020.0 if side == "buy" else 99980.0)
+    assert bt.broker.position_qty == (0.01 if side == "buy" else -0.01)
+    return bt
+
+
+@pytest.mark.parametrize(
+    ("side", "intrabar", "candle", "exit_reason", "exit_price"),
+    [
+        # the range holds both: pessimistic works a long's low first -> the stop
+        ("buy", "pessimistic", (100000.0, 101500.0, 98000.0, 100000.0), "stop_loss", LONG_STOP_FILL),
+        # even when the high is much nearer the open
+        ("buy", "pessimistic", (100000.0, 101100.0, 98000.0, 100000.0), "stop_loss", LONG_STOP_FILL),
+        # ohlc, the high nearer the open (1500 vs 2000): the target fills first
+        ("buy", "ohlc", (100000.0, 101500.0, 98000.0, 100000.0), "take_profit", LONG_TARGET),
+        # ohlc, the low nearer the open (1500 vs 2000): the stop
+        ("buy", "ohlc", (100000.0, 102000.0, 98500.0, 100000.0), "stop_loss", LONG_STOP_FILL),
+        # ohlc, a tie (1500 each): the low first -> the stop
+        ("buy", "ohlc", (100000.0, 101500.0, 98500.0, 100000.0), "stop_loss", LONG_STOP_FILL),
+        # a short, pessimistic: the high first -> the stop
+        ("sell", "pessimistic", (100000.0, 102000.0, 98500.0, 100000.0), "stop_loss", SHORT_STOP_FILL),
+        ("sell", "pessimistic", (100000.0, 102000.0, 98900.0, 100000.0), "stop_loss", SHORT_STOP_FILL),
+        # a short, ohlc: the low nearer (1500 vs 2000) -> the target; the high nearer -> the stop
+        ("sell", "ohlc", (100000.0, 102000.0, 98500.0, 100000.0), "take_profit", SHORT_TARGET),
+        ("sell", "ohlc", (100000.0, 101500.0, 98000.0, 100000.0), "stop_loss", SHORT_STOP_FILL),
+    ],
+)
+def test_candle_holding_stop_and_target_exits_by_the_path(
+    side: Side, intrabar: str, candle: tuple[float, float, float, float], exit_reason: str, exit_price: float
+) -> None:
+    """Proves rule 1: which of a stop and a target inside one candle fills is decided by the path
+    ('pessimistic': against the position first; 'ohlc': the nearer extreme, a tie the low); the
+    stop fills at its trigger moved by the slippage onto the grid (sell down, buy up); the other
+    exit is cancelled with the position."""
+    bt = _bracketed(side, intrabar)
+    ids = protective_ids(bt.events)
+    events = bt.candle(*candle, volume=100.0)
+    (fill,) = fills(events)
+    assert (fill["order_id"], fill["reason"], fill["fill_price"]) == (
+        ids[exit_reason],
+        exit_reason,
+        exit_price,
+    )
+    rate = TAKER if exit_reason == "stop_loss" else MAKER  # a stop takes; a target rests
+    assert fill["liquidity"] == ("taker" if exit_reason == "stop_loss" else "maker")
+    assert fill["fee"] == pytest.approx(0.01 * exit_price * rate, abs=1e-9)
+    assert [c["exit_reason"] for c in of_kind(events, "position.closed")] == [exit_reason]
+    other = "take_profit" if exit_reason == "stop_loss" else "stop_loss"
+    assert [c["order_id"] for c in of_kind(events, "order.cancelled")] == [ids[other]]
+    assert bt.broker.position_qty == 0.0 and bt.broker.working == {}
+
+
+def test_stop_crossed_by_a_gap_fills_at_the_open_not_at_its_trigger() -> None:
+    """Proves rule 1's gap: the jump from the last close to the next open passes the stop; it fills
+    at the open moved by the slippage (98500 * 0.9998 = 98480.3), never at the better trigger."""
+    bt = _bracketed("buy", "pessimistic")
+    ids = protective_ids(bt.events)
+    bt.candle(100000.0, 100200.0, 99800.0, 100000.0, 100.0)  # quiet: nothing happens
+    assert bt.broker.position_qty == 0.01
+    events = bt.candle(98500.0, 99500.0, 98000.0, 99000.0, 100.0)
+    (fill,) = fills(events)
+    assert (fill["order_id"], fill["fill_price"]) == (ids["stop_loss"], 98480.3)
+    assert bt.broker.position_qty == 0.0
+
+
+def test_short_stop_crossed_by_a_gap_up_fills_at_the_open() -> None:
+    """The same for a short: a gap up to 101500 passes its stop 101001.3; the fill is the open moved
+    up by 2 bps: 101500 * 1.0002 = 101520.3 (on the grid)."""
+    bt = _bracketed("sell", "pessimistic")
+    ids = protective_ids(bt.events)
+    events = bt.candle(101500.0, 102000.0, 101400.0, 101800.0, 100.0)
+    (fill,) = fills(events)
+    assert (fill["order_id"], fill["fill_price"]) == (ids["stop_loss"], 101520.3)
+
+
+def test_resting_limit_crossed_by_a_gap_fills_at_its_own_price() -> None:
+    """docs/fills.md's companion of the gap rule: a buy limit at 99000 resting when the next candle
+    opens at 98000 fills at 99000 (it was resting at the market), as a maker."""
+    bt = Backtest(make_broker())
+    buy = order("b", "buy", 0.01, order_type="limit", limit_price=99000.0)
+    assert fills(bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 100.0, [buy])) == []
+    (fill,) = fills(bt.candle(98000.0, 98500.0, 97500.0, 98200.0, 100.0))
+    assert (fill["order_id"], fill["fill_price"], fill["liquidity"]) == ("b", 99000.0, "maker")
+
+
+@pytest.mark.parametrize(
+    ("intrabar", "high", "low", "first"),
+    [
+        ("ohlc", 101500.0, 98000.0, "sell"),  # the high nearer the open
+        ("ohlc", 101500.0, 98500.0, "buy"),  # a tie: the low first
+        ("pessimistic", 101500.0, 98000.0, "sell"),  # flat: pessimistic is ohlc
+        ("pessimistic", 102000.0, 98500.0, "buy"),
+    ],
+)
+def test_flat_account_works_the_candle_as_ohlc(intrabar: str, high: float, low: float, first: str) -> None:
+    """Proves rule 1 for a flat account: resting limits on both sides fill in the order of the ohlc
+    path, each at its limit price (the path goes strictly through both)."""
+    bt = Backtest(make_broker(intrabar=intrabar))
+    buy = order("b", "buy", 0.01, order_type="limit", limit_price=99000.0)
+    sell = order("s", "sell", 0.01, order_type="limit", limit_price=101000.0)
+    assert fills(bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 100.0, [buy, sell])) == []
+    events = bt.candle(100000.0, high, low, 100000.0, 100.0)
+    got = [(f["side"], f["fill_price"], f["liquidity"]) for f in fills(events)]
+    expected = {"buy": ("buy", 99000.0, "maker"), "sell": ("sell", 101000.0, "maker")}
+    assert got == [expected[first], expected["sell" if first == "buy" else "buy"]]
+
+
+def test_limit_touched_by_the_path_but_not_traded_through_does_not_fill() -> None:
+    """Proves rule 1's limit rule: a low exactly at the limit price is a touch, not a fill."""
+    bt = Backtest(make_broker())
+    buy = order("b", "buy", 0.01, order_type="limit", limit_price=99000.0)
+    bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 100.0, [buy])
+    assert fills(bt.candle(100000.0, 100500.0, 99000.0, 100000.0, 100.0)) == []
+    assert fills(bt.candle(100000.0, 100500.0, 98999.9, 100000.0, 100.0))[0]["fill_price"] == 99000.0
+
+
+# --- 2. liquidation ---------------------------------------------------------------------------------
+
+ENTRY = 100000.3  # off a round number so that the bankruptcy price must be put on the grid
+
+
+def _liq_expectations(side: Side, qty: float, leverage: float, mmr: float) -> dict[str, float]:
+    """The rule's numbers, by hand: margin, liquidation and bankruptcy prices (the latter on the
+    grid toward the position: a long's up, a short's down)."""
+    margin = ENTRY * qty / leverage
+    if side == "buy":
+        liq = ENTRY * (1 - 1 / leverage + mmr)
+        bankrupt = math.ceil(round(ENTRY * (1 - 1 / leverage) / TICK, 6)) * TICK
+    else:
+        liq = ENTRY * (1 + 1 / leverage - mmr)
+        bankrupt = math.floor(round(ENTRY * (1 + 1 / leverage) / TICK, 6)) * TICK
+    return {"margin": margin, "liq": liq, "bankrupt": round(bankrupt, 1)}
+
+
+def _entered(side: Side, qty: float, leverage: float) -> Backtest:
+    bt = Backtest(make_broker(leverage=leverage, slippage_bps=0.0))
+    events = bt.candle(ENTRY, ENTRY, ENTRY, ENTRY, 1000.0, [order("o1", side, qty)])
+    (fill,) = fills(events)
+    assert fill["fill_price"] == ENTRY  # no slippage: at the touch
+    return bt
+
+
+def _check_liquidation(bt: Backtest, events: list[Event], side: Side, qty: float, mmr: float) -> None:
+    exp = _liq_expectations(side, qty, bt.broker.config.leverage, mmr)
+    (liq,) = of_kind(events, "liquidation")
+    assert liq["liquidation_price"] == pytest.approx(exp["liq"], abs=1e-6)
+    assert liq["bankruptcy_price"] == exp["bankrupt"]
+    assert liq["position_qty"] == (qty if side == "buy" else -qty)
+    assert liq["margin"] == pytest.approx(exp["margin"], abs=1e-9)
+    assert liq["maintenance_margin_rate"] == mmr
+    if side == "buy":
+        assert liq["mark_price"] <= exp["liq"]
+    else:
+        assert liq["mark_price"] >= exp["liq"]
+    (fill,) = fills(events)
+    assert fill["reason"] == "liquidation" and fill["order_id"].startswith("liq-")
+    assert (fill["qty"], fill["fill_price"], fill["liquidity"]) == (qty, exp["bankrupt"], "taker")
+    # the loss is the margin (to within one tick per BTC: the bankruptcy price is on the grid,
+    # rounded toward the position), never more; plus the taker fee on the closing fill
+    loss = -fill["realized_pnl"]
+    assert exp["margin"] - TICK * qty - 1e-9 <= loss <= exp["margin"] + 1e-9
+    assert fill["fee"] == pytest.approx(qty * exp["bankrupt"] * TAKER, abs=1e-9)
+    assert fill["position_qty"] == 0.0 and bt.broker.position_qty == 0.0
+    assert [c["exit_reason"] for c in of_kind(events, "position.closed")] == ["liquidation"]
+
+
+@pytest.mark.parametrize(
+    ("side", "qty", "mmr", "candle"),
+    [
+        # 0.01 BTC: 1000 USDT notional, the first tier (0.5 %); liq 90500.27, bankruptcy 90000.3
+        ("buy", 0.01, 0.005, (95000.0, 95500.0, 90000.0, 95000.0)),
+        # 0.6 BTC: 60000 USDT notional, the second tier (1 %); liq 91000.27
+        ("buy", 0.6, 0.01, (95000.0, 95500.0, 90000.0, 95000.0)),
+        # a short: liq 100000.3 * 1.095 = 109500.33, bankruptcy 110000.33 -> down: 110000.3
+        ("sell", 0.01, 0.005, (105000.0, 110100.0, 104500.0, 105000.0)),
+    ],
+)
+def test_wick_through_the_liquidation_price_liquidates_at_bankruptcy(
+    side: Side, qty: float, mmr: float, candle: tuple[float, float, float, float]
+) -> None:
+    """Proves rule 2 on a wick: open and close on the safe side, only the low (short: high) past
+    the liquidation price; the position is taken at the bankruptcy price, the loss is the margin."""
+    bt = _entered(side, qty, leverage=10.0)
+    exp = _liq_expectations(side, qty, 10.0, mmr)
+    o, _, lo, c = candle
+    if side == "buy":
+        assert min(o, c) > exp["liq"] > lo
+    else:
+        assert max(o, c) < exp["liq"] < candle[1]
+    events = bt.candle(*candle, volume=1000.0)
+    _check_liquidation(bt, events, side, qty, mmr)
+
+
+@pytest.mark.parametrize("side", ["buy", "sell"])
+def test_gap_past_the_bankruptcy_price_loses_only_the_margin(side: Side) -> None:
+    """Proves rule 2 on a gap: the next candle opens beyond even the bankruptcy price (a long:
+    80000 < 90000.3; a short: 120000 > 110000.3); the position is still taken at the bankruptcy
+    price: the loss is the margin (100.003 USDT) to within a tick per BTC, plus the taker fee."""
+    bt = _entered(side, 0.01, leverage=10.0)
+    bt.candle(ENTRY, ENTRY, ENTRY, ENTRY, 1000.0)
+    far = 80000.0 if side == "buy" else 120000.0
+    events = bt.candle(far, far + 500.0, far - 500.0, far, 1000.0)
+    _check_liquidation(bt, events, side, 0.01, 0.005)
+
+
+# --- 3. brackets --------------------------------------------------------------------------------
+
+
+def test_partial_take_profit_resizes_the_stop_and_the_stop_closes_exactly_the_rest() -> None:
+    """Proves rule 3: the stop and target are sized to the position (0.05); a candle through the
+    target with volume 0.2 (cap 0.1 * 0.2 = 0.02) fills 0.02 of it and the stop is amended to the
+    rest (0.03, 'resized_to_position'); a later candle through the stop fills 0.03: flat, never
+    flipped, and the target's rest is cancelled."""
+    bt = Backtest(make_broker(slippage_bps=0.0))
+    entry = order("o1", "buy", 0.05, stop_price=99000.0, target_price=101000.0)
+    events = bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 1000.0, [entry])
+    ids = protective_ids(events)
+    working = {w["order_id"]: w for w in of_kind(events, "order.working")}
+    assert working[ids["stop_loss"]]["qty"] == 0.05 and working[ids["take_profit"]]["qty"] == 0.05
+    assert working[ids["stop_loss"]]["trigger_price"] == 99000.0
+    assert working[ids["take_profit"]]["limit_price"] == 101000.0
+
+    events = bt.candle(100000.0, 101500.0, 99500.0, 100500.0, 0.2)  # closes back below the target
+    assert [(f["order_id"], f["qty"], f["fill_price"]) for f in fills(events)] == [
+        (ids["take_profit"], 0.02, 101000.0)
+    ]
+    assert of_kind(events, "order.amended") == [
+        {"order_id": ids["stop_loss"], "qty": 0.03, "reason": "resized_to_position"}
+    ]
+    assert bt.broker.position_qty == pytest.approx(0.03, abs=1e-12)
+
+    events = bt.candle(100500.0, 100500.0, 98000.0, 98500.0, 1000.0)
+    (fill,) = fills(events)
+    assert (fill["order_id"], fill["qty"], fill["fill_price"]) == (ids["stop_loss"], 0.03, 99000.0)
+    assert fill["position_qty"] == 0.0 and bt.broker.position_qty == 0.0
+    assert [c["order_id"] for c in of_kind(events, "order.cancelled")] == [ids["take_profit"]]
+    assert bt.broker.working == {}
+    # the realized PnL of the trade: 0.02 * (101000 - 100000) + 0.03 * (99000 - 100000) = 20 - 30
+    assert bt.broker.realized_pnl == pytest.approx(-10.0, abs=1e-9)
+
+
+# --- 4. the participation cap -------------------------------------------------------------------------
+
+
+def test_market_order_larger_than_the_cap_fills_over_several_candles() -> None:
+    """Proves rule 4 for a market order: at the open quote of candle 1 it takes at most 0.1 * the
+    last candle's volume (candle 0: 0.1 * 0.2 = 0.02), its rest waits ('participation_cap') and
+    fills at the candles' opens, each candle's path at most 0.1 of that candle's volume (candle 1:
+    0.015, candle 2: 0.01, then the last 0.005 of a big candle 3): 0.05 in all, never more.
+    (The quote's 0.02 and candle 1's 0.015 both fill at candle 1's open: as docs/fills.md says,
+    the quote's budget comes from candle 0's volume and the path's from candle 1's.)"""
+    bt = Backtest(make_broker(slippage_bps=0.0))
+    bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 0.2)
+    events = bt.candle(100100.0, 100150.0, 100050.0, 100150.0, 0.15, [order("o1", "buy", 0.05)])
+    waiting = [w for w in of_kind(events, "order.working") if w["order_id"] == "o1"]
+    assert [(w["qty"], w.get("note")) for w in waiting] == [(0.03, "participation_cap")]
+    events += bt.candle(100200.0, 100250.0, 100150.0, 100200.0, 0.1)
+    events += bt.candle(100300.0, 100350.0, 100250.0, 100300.0, 1000.0)
+    got = [(f["qty"], f["fill_price"]) for f in fills(events)]
+    assert got == [(0.02, 100100.0), (0.015, 100100.0), (0.01, 100200.0), (0.005, 100300.0)]
+    assert sum(q for q, _ in got) == pytest.approx(0.05, abs=1e-12)
+    assert bt.broker.position_qty == pytest.approx(0.05, abs=1e-12)
+    assert "o1" not in bt.broker.working
+
+
+def test_resting_limit_fills_at_most_the_cap_of_each_candle() -> None:
+    """Proves rule 4 for a resting limit: three candles through it with volume 0.1 each (cap
+    0.01) fill 0.01 each at the limit price; then it is done."""
+    bt = Backtest(make_broker())
+    bt.candle(
+        100000.0,
+        100000.0,
+        100000.0,
+        100000.0,
+        100.0,
+        [order("b", "buy", 0.03, order_type="limit", limit_price=99000.0)],
+    )
+    parts = []
+    for _ in range(4):
+        parts += [
+            (f["qty"], f["fill_price"]) for f in fills(bt.candle(100000.0, 100000.0, 98500.0, 100000.0, 0.1))
+        ]
+    assert parts == [(0.01, 99000.0)] * 3
+    assert bt.broker.position_qty == pytest.approx(0.03, abs=1e-12)
+
+
+# --- 5. the instrument grid -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("side", "stop_in", "target_in", "stop_out", "target_out"),
+    [
+        # a long: the stop down, the target up
+        ("buy", 94014.50899999999, 96014.50899, 94014.5, 96014.6),
+        # a short: the stop up, the target down
+        ("sell", 96014.50899, 94014.50899999999, 96014.6, 94014.5),
+        # a price on the grid up to float noise stays where it is
+        ("buy", 94014.50000000001, 96014.49999999999, 94014.5, 96014.5),
+    ],
+)
+def test_stop_and_target_go_on_the_tick_grid_against_the_trader(
+    side: Side, stop_in: float, target_in: float, stop_out: float, target_out: float
+) -> None:
+    """Proves rule 5: an entry's stop and target are put on the 0.1 tick the way that does not
+    flatter the trader (a long's stop down and target up; a short's the other way)."""
+    bt = Backtest(make_broker())
+    entry = order("o1", side, 0.01, stop_price=stop_in, target_price=target_in)
+    events = bt.candle(95000.0, 95000.0, 95000.0, 95000.0, 100.0, [entry])
+    working = {w["reason"]: w for w in of_kind(events, "order.working")}
+    assert working["stop_loss"]["trigger_price"] == stop_out
+    assert working["take_profit"]["limit_price"] == target_out
+    exit_side = "sell" if side == "buy" else "buy"
+    assert working["stop_loss"]["side"] == working["take_profit"]["side"] == exit_side
+
+
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"qty": 0.00005}, "qty_below_minimum"),
+        ({"qty": 0.00015}, "qty_off_grid"),
+        ({"qty": 0.01, "order_type": "limit", "limit_price": 94000.05}, "price_off_grid"),
+        ({"qty": 0.01, "order_type": "stop_market", "trigger_price": 96000.05}, "price_off_grid"),
+        ({"qty": 0.0001}, None),  # the minimum itself
+        ({"qty": 0.1 + 0.2 - 0.2999}, None),  # 0.0001 up to float noise: on the grid
+        ({"qty": 0.01, "order_type": "limit", "limit_price": 94000.1}, None),
+    ],
+)
+def test_orders_off_the_grid_or_below_the_minimum_are_refused(kw: dict[str, Any], reason: str | None) -> None:
+    """Proves rule 5's refusals (BTCUSDT: lot 0.0001, minimum 0.0001 BTC, tick 0.1)."""
+    bt = Backtest(make_broker())
+    kw = dict(kw)  # the parameter's dict is shared between runs
+    qty = kw.pop("qty")
+    events = bt.candle(95000.0, 95000.0, 95000.0, 95000.0, 100.0, [order("o1", "buy", qty, **kw)])
+    refused = [(r["order_id"], r["reason"]) for r in of_kind(events, "order.rejected")]
+    if reason is None:
+        assert refused == []
+        assert fills(events) or "o1" in bt.broker.working
+    else:
+        assert refused == [("o1", reason)]
+        assert fills(events) == [] and bt.broker.working == {}
+
+
+# --- 6. properties over random sequences ------------------------------------------------------------
+
+
+class ConstantFunding:
+    """A backtest's funding schedule: one rate at every instant."""
+
+    source = "test"
+
+    def __init__(self, rate_pct: float) -> None:
+        self.rate_pct = rate_pct
+
+    def rate_pct_at(self, instant: float) -> float:
+        return self.rate_pct
+
+
+PROTECTIVE_REASONS = {"stop_loss", "take_profit", "liquidation"}
+
+
+class Ledger:
+    """The account replayed from the broker's events alone: position (sum of signed fills),
+    realized PnL by average-price netting, fees, funding; and the mark it was last given."""
+
+    def __init__(self, starting: float) -> None:
+        self.starting = starting
+        self.pos = 0.0
+        self.avg = 0.0
+        self.realized = 0.0
+        self.fees = 0.0
+        self.funding = 0.0
+        self.quote_mid: float | None = None
+        self.funding_mark: float | None = None
+        self.sent: dict[str, Order] = {}
+
+    def reduces_only(self, fill: dict[str, Any]) -> bool:
+        oid = fill["order_id"]
+        sent = self.sent.get(oid)
+        return (
+            oid.startswith(("p", "liq-"))
+            or fill["reason"] in PROTECTIVE_REASONS
+            or (sent is not None and (sent.reduce_only or sent.protective))
+        )
+
+    def take(self, events: list[Event]) -> None:
+        for event in events:
+            if event.kind == "funding":
+                self.funding += event.fields["amount"]
+            elif event.kind == "order.filled":
+                self._fill(event.fields)
+
+    def _fill(self, f: dict[str, Any]) -> None:
+        before = self.pos
+        qty, price = f["qty"], f["fill_price"]
+        signed = qty if f["side"] == "buy" else -qty
+        remaining = signed
+        realized = 0.0
+        if self.pos * signed < 0:
+            closing = min(abs(self.pos), qty)
+            realized = (price - self.avg) * closing * (1 if self.pos > 0 else -1)
+            self.pos += closing if self.pos < 0 else -closing
+            remaining = signed + (closing if signed < 0 else -closing)
+            if abs(self.pos) < 1e-12:
+                self.pos, self.avg = 0.0, 0.0
+        if abs(remaining) > 1e-12:
+            new = self.pos + remaining
+            self.avg = (self.avg * abs(self.pos) + price * abs(remaining)) / abs(new)
+            self.pos = new
+        self.realized += realized
+        self.fees += f["fee"]
+        after = f["position_qty"]
+        assert after == pytest.approx(before + signed, abs=1e-8), f
+        assert f["realized_pnl"] == pytest.approx(realized, abs=1e-6), f
+        if self.reduces_only(f):
+            # (a) a reduce-only or protective fill never grows the position nor flips it
+            assert abs(after) <= abs(before) + 1e-9, f
+            assert after == 0 or (after > 0) == (before > 0), f
+
+    @property
+    def mark(self) -> float | None:
+        return self.funding_mark if self.funding_mark is not None else self.quote_mid
+
+    def reconcile(self, broker: PaperBroker) -> None:
+        """(b) the broker's account is the replayed one, to the cent."""
+        assert broker.position_qty == pytest.approx(self.pos, abs=1e-8)
+        assert broker.realized_pnl == pytest.approx(self.realized, abs=0.01)
+        assert broker.fees_paid == pytest.approx(self.fees, abs=0.01)
+        assert broker.funding_paid == pytest.approx(self.funding, abs=0.01)
+        unrealized = 0.0
+        if abs(self.pos) > 1e-12 and self.mark is not None:
+            unrealized = (self.mark - self.avg) * self.pos
+        equity = self.starting + self.realized - self.fees - self.funding + unrealized
+        assert broker.equity == pytest.approx(equity, abs=0.01)
+
+
+def _grid(price: float) -> float:
+    return round(round(price / TICK) * TICK, 1)
+
+
+prices_ticks = st.integers(-3000, 3000)
+entry_action = st.tuples(
+    st.just("entry"),
+    st.sampled_from(["buy", "sell"]),
+    st.sampled_from(["market", "limit"]),
+    st.integers(1, 500),  # lots of 0.0001 BTC
+    st.integers(-2000, 2000),  # the limit's offset from the price, ticks
+    st.one_of(st.none(), st.integers(1, 5000)),  # the stop's distance, ticks
+    st.one_of(st.none(), st.integers(1, 5000)),  # the target's distance, ticks
+    st.sampled_from([0.0, 0.049, 0.08999999999]),  # off the grid by this much
+)
+exit_action = st.tuples(st.just("exit"), st.sampled_from(["buy", "sell"]), st.integers(1, 800))
+cancel_action = st.tuples(st.just("cancel"), st.integers(0, 20))
+restart_action = st.tuples(st.just("restart"))
+crash_action = st.tuples(st.just("crash"), st.integers(3000, 20000))  # ticks
+bar_action = st.tuples(
+    st.just("bar"),
+    st.one_of(st.integers(-50, 50), st.integers(-20000, 20000)),  # the gap from the last close, ticks
+    prices_ticks,  # close - open
+    st.integers(0, 3000),  # above the body
+    st.integers(0, 3000),  # below the body
+    st.sampled_from([0.0, 0.001, 0.01, 0.05, 0.3, 5.0]),  # volume
+)
+quote_action = st.tuples(
+    st.just("quote"),
+    st.one_of(st.integers(-50, 50), st.integers(-20000, 20000)),  # the move of the bid, ticks
+    st.integers(1, 5),  # spread, ticks
+    st.sampled_from([0.0, 0.001, 0.01, 1.0]),  # bid size
+    st.sampled_from([0.0, 0.001, 0.01, 1.0]),  # ask size
+    st.integers(-20, 20),  # the last trade from the bid, ticks
+    st.sampled_from([0.0, 0.001, 0.01, 1.0]),  # last size
+    st.sampled_from([0.0, 0.5, 30.0, 600.0]),  # seconds since the last step
+)
+book_action = st.tuples(
+    st.just("book"),
+    st.lists(
+        st.tuples(st.integers(1, 50), st.sampled_from([0.001, 0.005, 0.02, 0.5])), min_size=1, max_size=5
+    ),
+)
+live_candle_action = st.tuples(
+    st.just("candle"), st.integers(0, 3000), st.integers(0, 3000), st.sampled_from([0.0, 0.01, 0.3, 5.0])
+)
+funding_action = st.tuples(st.just("funding"), st.sampled_from([-0.05, 0.01, 0.1]))
+
+bars_actions = st.lists(
+    st.one_of(
+        bar_action,
+        bar_action,
+        entry_action,
+        entry_action,
+        exit_action,
+        cancel_action,
+        restart_action,
+        crash_action,
+    ),
+    min_size=10,
+    max_size=80,
+)
+live_actions = st.lists(
+    st.one_of(
+        quote_action,
+        quote_action,
+        crash_action,
+        book_action,
+        live_candle_action,
+        funding_action,
+        entry_action,
+        entry_action,
+        exit_action,
+        cancel_action,
+        restart_action,
+    ),
+    min_size=10,
+    max_size=80,
+)
+broker_settings = st.fixed_dictionaries(
+    {
+        "intrabar": st.sampled_from(["pessimistic", "ohlc"]),
+        "slippage_bps": st.sampled_from([0.0, 2.0]),
+        "limit_fill_on_touch": st.booleans(),
+        "leverage": st.sampled_from([2.0, 20.0, 100.0]),
+        "max_volume_participation": st.sampled_from([0.05, 0.1, 1.0]),
+    }
+)
+
+
+class Run:
+    """One random sequence through a broker, with the checks after every step."""
+
+    def __init__(self, bars: bool, overrides: dict[str, Any], funding_rate: float = 0.0) -> None:
+        self.bars = bars
+        self.overrides = overrides
+        self.schedule = ConstantFunding(funding_rate) if bars else None
+        self.broker = self._new()
+        self.ledger = Ledger(self.broker.starting_equity)
+        self.now = FUNDING_INSTANT - 120.0  # two one-minute candles before funding is due
+        self.price = 60000.0
+        self.seq = 0
+        self.pending: Candle | None = None  # bars: the candle whose open quote was given
+
+    def _new(self) -> PaperBroker:
+        config = attrs.evolve(BrokerConfig(), **self.overrides)
+        return PaperBroker(config, random.Random(3), bars=self.bars, funding=self.schedule)
+
+    def feed(self, item: Input) -> None:
+        if isinstance(item, Order):
+            self.ledger.sent[item.id] = item
+        self.check(step(self.broker, self.now, item))
+
+    def check(self, events: list[Event]) -> None:
+        self.ledger.take(events)
+        self.ledger.reconcile(self.broker)
+
+    def act(self, action: tuple[Any, ...]) -> None:
+        kind = action[0]
+        if kind == "bar":
+            self._bar(*action[1:])
+        elif kind == "quote":
+            self._quote(*action[1:])
+        elif kind == "crash":  # a move against the position (liquidations, gaps through stops)
+            move = action[1] * (-1 if self.broker.position_qty >= 0 else 1)
+            if not self.bars:
+                self._quote(move, 1, 0.0, 0.0, 0, 0.0, 1.0)
+            else:
+                if self.pending is not None:
+                    self._bar(0, 0, 0, 0, 0.0)  # the candle already open closes first
+                self._bar(move, 0, 500, 500, 1.0)
+        elif kind == "book":
+            bid = _grid(self.price)
+            levels = action[1]
+            bids = tuple(
+                (_grid(bid - TICK * sum(g for g, _ in levels[: i + 1])), size)
+                for i, (_, size) in enumerate(levels)
+            )
+            asks = tuple(
+                (_grid(bid + TICK * sum(g for g, _ in levels[: i + 1])), size)
+                for i, (_, size) in enumerate(levels)
+            )
+            self.feed(Book(self.now, bids, asks))
+        elif kind == "candle":  # live: a closed candle around the price works resting orders
+            up, down, volume = action[1:]
+            p = _grid(self.price)
+            self.feed(
+                Candle(
+                    self.now - INTERVAL,
+                    INTERVAL,
+                    p,
+                    _grid(p + up * TICK),
+                    _grid(max(p - down * TICK, 1000.0)),
+                    p,
+                    volume,
+                )
+            )
+        elif kind == "funding":
+            self.ledger.funding_mark = _grid(self.price)
+            self.feed(Funding(self.now, _grid(self.price), action[1]))
+        elif kind == "entry":
+            self._entry(*action[1:])
+        elif kind == "exit":
+            side, lots = action[1:]
+            self.seq += 1
+            self.feed(
+                order(f"o{self.seq}", side, round(lots * LOT, 4), reduce_only=True, decision_price=self.price)
+            )
+        elif kind == "cancel":
+            working = sorted(self.broker.working)
+            target = working[action[1] % len(working)] if working else "nothing"
+            self.feed(Cancel(target, self.now, "test"))
+        else:
+            self._restart()
+
+    def _bar(self, gap: int, body: int, up: int, down: int, volume: float) -> None:
+        if self.pending is None:  # the next candle's open quote
+            o = _grid(min(max(self.price + gap * TICK, 40000.0), 80000.0))
+            c = _grid(min(max(o + body * TICK, 40000.0), 80000.0))
+            hi = _grid(max(o, c) + up * TICK)
+            lo = _grid(max(min(o, c) - down * TICK, 1000.0))
+            self.pending = Candle(self.now, INTERVAL, o, hi, lo, c, volume)
+            self.ledger.quote_mid = self.price = o
+            self.feed(quote(self.now, o))
+        else:  # the candle, at its close
+            candle, self.pending = self.pending, None
+            self.now = candle.open_ts + INTERVAL
+            self.ledger.quote_mid = self.price = candle.close
+            self.feed(candle)
+
+    def _quote(
+        self,
+        move: int,
+        spread: int,
+        bid_qty: float,
+        ask_qty: float,
+        last_off: int,
+        last_qty: float,
+        dt: float,
+    ) -> None:
+        self.now += dt
+        bid = _grid(min(max(self.price + move * TICK, 40000.0), 80000.0))
+        ask = _grid(bid + spread * TICK)
+        last = _grid(bid + last_off * TICK)
+        self.price = bid
+        self.ledger.quote_mid = (bid + ask) / 2
+        self.feed(Tick(self.now, bid, ask, last, bid_qty, ask_qty, last_qty))
+
+    def _entry(
+        self, side: Side, kind: str, lots: int, offset: int, stop: int | None, target: int | None, frac: float
+    ) -> None:
+        self.seq += 1
+        sign = 1 if side == "buy" else -1
+        kw: dict[str, Any] = {}
+        if kind == "limit":
+            kw = {"order_type": "limit", "limit_price": _grid(self.price + offset * TICK)}
+        if stop is not None:
+            kw["stop_price"] = self.price - sign * stop * TICK + frac
+        if target is not None:
+            kw["target_price"] = self.price + sign * target * TICK + frac
+        self.feed(order(f"o{self.seq}", side, round(lots * LOT, 4), decision_price=self.price, **kw))
+
+    def _restart(self) -> None:
+        """A checkpoint (JSON) restored into a new broker; the orders in flight are lost."""
+        state = json.loads(json.dumps(self.broker.state(), allow_nan=False))
+        self.broker = self._new()
+        self.broker.restore(state)
+        self.check(self.broker.abandon_in_flight(self.now))
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(actions=bars_actions, overrides=broker_settings, funding_rate=st.sampled_from([0.0, 0.01, -0.03]))
+def test_backtest_fills_never_grow_protective_exits_and_the_account_reconciles(
+    actions: list[tuple[Any, ...]], overrides: dict[str, Any], funding_rate: float
+) -> None:
+    """Proves rule 6 in bars mode: over random candles (gaps, wicks, thin volume), entries with and
+    without brackets, reduce-only exits, cancels and checkpoint restarts, after every step (a) no
+    reduce-only / protective fill grows |position| or flips it, and (b) position, realized PnL,
+    fees, funding and equity equal an independent replay of the fills."""
+    run = Run(True, {"latency_ms": 0.0, "latency_jitter_ms": 0.0, **overrides}, funding_rate)
+    run.act(("bar", 0, 0, 10, 10, 1.0))  # a first candle: its open quote,
+    run.act(("bar", 0, 0, 0, 0, 0.0))  # then the candle itself
+    for action in actions:
+        run.act(action)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    actions=live_actions,
+    overrides=broker_settings,
+    latency=st.sampled_from([(0.0, 0.0), (150.0, 50.0)]),
+    with_funding=st.booleans(),
+)
+def test_live_fills_never_grow_protective_exits_and_the_account_reconciles(
+    actions: list[tuple[Any, ...]],
+    overrides: dict[str, Any],
+    latency: tuple[float, float],
+    with_funding: bool,
+) -> None:
+    """Proves rule 6 in live mode: quotes with sizes, books, candles, funding (with its mark), the
+    same orders, cancels and restarts; the same two properties after every step."""
+    run = Run(False, {"latency_ms": latency[0], "latency_jitter_ms": latency[1], **overrides})
+    run.act(("quote", 0, 1, 0.0, 0.0, 0, 0.0, 0.0))  # a first market
+    if with_funding:
+        run.act(("funding", 0.01))  # the exchange's rate (and mark) before the instant passes
+    for action in actions:
+        if action[0] != "funding" or with_funding:  # a Funding mark replaces the quotes' mid for good
+            run.act(action)
