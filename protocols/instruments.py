@@ -124,7 +124,7 @@ class Instrument:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (an unbounded figure is None)."""
-        return _finite(attrs.asdict(self))  # type: ignore[no-any-return]
+        return dict(_finite(attrs.asdict(self)))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Instrument:

@@ -462,6 +462,33 @@ def test_orders_off_the_grid_or_below_the_minimum_are_refused(kw: dict[str, Any]
         assert fills(events) == [] and bt.broker.working == {}
 
 
+def test_a_bracket_on_an_order_that_only_reduces_is_not_attached() -> None:
+    """A sell with a short's stop (above) and target (below) that only reduces a long: the stop
+    and target were meant for a short that never opened, so none is attached to the remaining long
+    (a stop at 101000 on a long would fire at once as a 'stop_loss')."""
+    bt = Backtest(make_broker(slippage_bps=0.0))
+    flat = (100000.0,) * 4
+    bt.candle(*flat, 1000.0, [order("o1", "buy", 0.05)])
+    events = bt.candle(*flat, 1000.0, [order("o2", "sell", 0.02, stop_price=101000.0, target_price=99000.0)])
+    assert [(f["order_id"], f["qty"]) for f in fills(events)] == [("o2", 0.02)]
+    assert of_kind(events, "order.working") == [] and bt.broker.working == {}
+    assert bt.broker.position_qty == 0.03
+
+
+def test_a_replaced_bracket_is_cancelled_in_the_record() -> None:
+    """Adding to a position re-attaches its stop and target for the whole position: the old pair
+    is cancelled with an event (reason 'bracket_replaced'), never dropped silently."""
+    bt = Backtest(make_broker(slippage_bps=0.0))
+    flat = (100000.0,) * 4
+    first = bt.candle(*flat, 1000.0, [order("o1", "buy", 0.01, stop_price=99000.0, target_price=101000.0)])
+    old = sorted(protective_ids(first).values())
+    second = bt.candle(*flat, 1000.0, [order("o2", "buy", 0.01, stop_price=98000.0, target_price=102000.0)])
+    cancelled = of_kind(second, "order.cancelled")
+    assert sorted(c["order_id"] for c in cancelled) == old
+    assert {c["reason"] for c in cancelled} == {"bracket_replaced"}
+    assert sorted(w.remaining for w in bt.broker.working.values()) == [0.02, 0.02]
+
+
 # --- 6. properties over random sequences ------------------------------------------------------------
 
 

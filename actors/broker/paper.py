@@ -492,10 +492,10 @@ class PaperBroker:
         if not self.bars:
             if not self.working:
                 return []
-            events = self._advance(ts) if ts >= self.next_funding_ts else []
+            live_events = self._advance(ts) if ts >= self.next_funding_ts else []
             self.last_ts = ts
-            events += self._walk(candle, ts, None)
-            return self._mark(events, ts)
+            live_events += self._walk(candle, ts, None)
+            return self._mark(live_events, ts)
         events: list[Event] = []
         pos = self.position_qty
         if (
@@ -1158,14 +1158,16 @@ class PaperBroker:
         """An entry's stop-loss (stop-market) and take-profit (limit), reduce-only, one group sized
         to the whole position. Their prices go on the tick grid away from the flattering side: a
         long's stop down and target up, a short's stop up and target down."""
-        if abs(self.position_qty) < EPS:
-            return []
-        for working in [w for w in self.working.values() if w.order.protective]:
-            del self.working[working.order.id]  # re-attached for the whole position
-        long = self.position_qty > 0
-        exit_side: Side = "sell" if long else "buy"
-        qty = round(abs(self.position_qty), 8)
+        pos = self.position_qty
+        if -EPS < pos < EPS or (pos > 0) != (entry.side == "buy"):
+            return []  # the order only reduced the position: its stop and target are not for it
         events: list[Event] = []
+        for working in [w for w in self.working.values() if w.order.protective]:
+            # re-attached for the whole position
+            events += self.cancel(Cancel(working.order.id, ts, "bracket_replaced"))
+        long = pos > 0
+        exit_side: Side = "sell" if long else "buy"
+        qty = round(abs(pos), 8)
         grid = self.instrument.round_price
         if entry.stop_price is not None:
             stop = grid(entry.stop_price, "down" if long else "up")
