@@ -170,6 +170,7 @@ class PaperBroker:
         self.rng = rng or random.Random(0)
         self.symbol = symbol
         self.instrument = instrument or table_instrument(symbol) or _fallback_instrument(symbol)
+        self._price_scale = 10**self.instrument.price_decimals
         self.funding = funding
         self.starting_equity = config.starting_equity
         self.taker_fee_rate = config.taker_fee_bps / 10_000
@@ -406,6 +407,7 @@ class PaperBroker:
         self.book_taken = {(side, price): qty for side, price, qty in state.get("book_taken", [])}
         if state.get("instrument"):
             self.instrument = Instrument.from_dict(state["instrument"])
+            self._price_scale = 10**self.instrument.price_decimals
         if "next_heartbeat" in state:
             self.next_heartbeat = math.inf if state["next_heartbeat"] is None else state["next_heartbeat"]
         self.awaiting_quote = [Order(**order) for order in state.get("awaiting_quote", [])]
@@ -446,6 +448,7 @@ class PaperBroker:
             return []
         if cls is Instrument:  # the exchange's own figures (live sessions, at start)
             self.instrument = event  # type: ignore[assignment]
+            self._price_scale = 10**self.instrument.price_decimals
             self._update_liq()
             return []
         assert isinstance(event, Funding)
@@ -460,16 +463,32 @@ class PaperBroker:
         only marks (and meets the orders arriving at it): the candle's path works resting orders."""
         events = self._advance(ts) if ts >= self.next_funding_ts else []
         self.last_ts = ts
-        self.last_tick = tick
         self.touch_taken = 0.0
         if self.bars:
+            tick = self._grid_quote(tick.ts, tick.last, tick.symbol)
+            self.last_tick = tick
             volume = self.bar_volume
             self.quote_budget = self.participation * volume if volume else math.inf
-        elif self.working:
-            events += self._work_quote(tick, ts)
+        else:
+            self.last_tick = tick
+            if self.working:
+                events += self._work_quote(tick, ts)
         if self.awaiting_quote:
             events += self._release_awaiting(tick, ts)
         return self._mark(events, ts)
+
+    def _grid_quote(self, ts: float, price: float, symbol: str) -> Tick:
+        """A backtest's quote at a candle's price, on the instrument's grid: a price between two
+        ticks (data from a finer-ticked market) is bid at the tick below and asked at the tick
+        above, so that no fill is ever off the grid or better than the price."""
+        scale = self._price_scale
+        units = price * scale
+        whole = round(units)
+        if -1e-6 < units - whole < 1e-6:
+            return _new_tuple(Tick, (ts, price, price, price, 0.0, 0.0, 0.0, symbol))
+        return _new_tuple(
+            Tick, (ts, math.floor(units) / scale, math.ceil(units) / scale, price, 0.0, 0.0, 0.0, symbol)
+        )
 
     def _release_awaiting(self, tick: Tick, ts: float) -> list[Event]:
         """Orders waiting for a quote newer than their decision (`defer_to_next_quote`) meet this one."""
@@ -508,7 +527,7 @@ class PaperBroker:
         self.path_price = close
         volume = self.bar_volume = candle.volume
         self.quote_budget = self.participation * volume if volume else math.inf
-        tick = self.last_tick = quote(
+        tick = self.last_tick = self._grid_quote(
             candle.open_ts + candle.interval_s - CLOSE_TICK_LEAD_S, close, candle.symbol
         )
         self.touch_taken = 0.0
