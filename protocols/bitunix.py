@@ -5,7 +5,9 @@ See docs/bitunix-protocol.md (shared docs) for the frames this speaks. Two halve
 - WebSocket: `FrameValidator.parse` turns every received frame into a typed message or a
   `Rejected` naming one of `REJECT_REASONS`; it never raises. Frame builders for subscribe and ping.
 - REST: `rest_data` unwraps the `{"code":0,"data":..}` envelope or raises `RestError` (with a
-  retryable flag); `parse_rest_klines` / `parse_rest_depth` turn `data` into `Candle`s / a `Book`.
+  retryable flag); `parse_rest_klines` / `parse_rest_depth` turn `data` into `Candle`s / a `Book`;
+  `trading_pair_row` picks the session symbol's row out of a `trading_pairs` reply (parsed into an
+  `Instrument` by `protocols.instruments.from_trading_pair`).
 
 Decisions that the exchange does not settle:
 
@@ -55,6 +57,10 @@ REJECT_REASONS: tuple[str, ...] = (
 
 KLINE_PATH = "/api/v1/futures/market/kline"
 DEPTH_PATH = "/api/v1/futures/market/depth"
+TRADING_PAIRS_PATH = "/api/v1/futures/market/trading_pairs"
+UNKNOWN_SYMBOL_CODE = 20015  # "this Futures is not allowed to trade."
+BOOK_CHANNEL = "depth_book15"  # the live feed's book: 15 levels a side, the full window each push
+BOOK_LEVELS = 15
 
 # --- intervals and outgoing frames -------------------------------------------------------------------
 
@@ -693,6 +699,24 @@ def kline_params(
     if end_time_ms is not None:
         params["endTime"] = str(int(end_time_ms))
     return params
+
+
+def trading_pairs_params(symbol: str) -> dict[str, str]:
+    """Query parameters for GET TRADING_PAIRS_PATH, for one symbol."""
+    return {"symbols": symbol.upper()}
+
+
+def trading_pair_row(data: Any, symbol: str) -> dict[str, Any] | None:
+    """The row of `symbol` (case-insensitive) in a `trading_pairs` reply's `data`, or None when the
+    reply has none (the exchange does not list the symbol). RestError (retryable) when `data` is
+    not a list of rows."""
+    if type(data) is not list:
+        raise RestError(f"trading_pairs data is not a list: {type(data).__name__}", retryable=True)
+    sym = symbol.upper()
+    for row in data:
+        if type(row) is dict and type(row.get("symbol")) is str and row["symbol"].upper() == sym:
+            return row
+    return None
 
 
 def depth_params(symbol: str, limit: int | str = 15) -> dict[str, str]:

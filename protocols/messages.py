@@ -13,6 +13,8 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 import attrs
 
+from protocols.instruments import Instrument
+
 Side = Literal["buy", "sell"]
 
 # The symbol a message is about when its maker does not say (recordings made before symbols were
@@ -148,7 +150,10 @@ class FeedStatus:
     symbol: str = DEFAULT_SYMBOL
 
 
-MarketEvent = Tick | Candle | Book | Funding | FeedStatus
+# `Instrument` (protocols/instruments.py), feed -> broker: what the exchange accepts for the symbol
+# (tick, lot, limits, margin tiers); the live feed sends it once at start, before the first quote,
+# from `trading_pairs` (or the shipped table when that fails). Recorded in market.jsonl like the rest.
+MarketEvent = Tick | Candle | Book | Funding | FeedStatus | Instrument
 
 
 def quote(ts: float, price: float, symbol: str = DEFAULT_SYMBOL) -> Tick:

@@ -15,6 +15,7 @@ from typing import Any
 import cattrs
 import orjson
 
+from protocols.instruments import Instrument
 from protocols.messages import Book, Candle, Event, FeedStatus, Funding, MarketEvent, Tick
 
 METRIC_FIELDS = (
@@ -269,12 +270,18 @@ MARKET_TYPES: dict[str, type] = {
     "funding": Funding,
     "book": Book,
     "feed_status": FeedStatus,
+    "instrument": Instrument,
 }
 _market_converter = cattrs.Converter()
 # ticks and candles are named tuples (actors build them by the million): recorded by field name
 for _tuple_type in (Tick, Candle):
     _market_converter.register_unstructure_hook(_tuple_type, lambda event: event._asdict())
     _market_converter.register_structure_hook(_tuple_type, lambda fields, cls: cls(**fields))
+
+
+# instruments: their own JSON form (an unbounded cap or last tier, infinity, as null)
+_market_converter.register_unstructure_hook(Instrument, Instrument.to_dict)
+_market_converter.register_structure_hook(Instrument, lambda fields, _cls: Instrument.from_dict(fields))
 
 
 def register_market_type(name: str, cls: type) -> None:

@@ -13,9 +13,12 @@ from hypothesis import strategies as st
 
 from actors.config import BITUNIX_INTERVALS, interval_seconds
 from protocols.bitunix import (
+    BOOK_CHANNEL,
+    BOOK_LEVELS,
     DEPTH_PATH,
     KLINE_PATH,
     REJECT_REASONS,
+    TRADING_PAIRS_PATH,
     BookTop,
     Control,
     FrameValidator,
@@ -33,6 +36,8 @@ from protocols.bitunix import (
     rest_data,
     rest_interval,
     subscribe_frame,
+    trading_pair_row,
+    trading_pairs_params,
 )
 from protocols.messages import Book, Candle
 
@@ -268,6 +273,59 @@ def test_depth_frames() -> None:
     assert isinstance(validator().parse(five), BookTop)
 
 
+def full_book(ts: int = 1790126515693, **level_changes: tuple[str, int, int, str]) -> str:
+    """A depth_book15 frame of 15 levels a side (bids down from 86699.6, asks up from 86699.7, sizes
+    varying); `level_changes` name=(side "b"/"a", level, 0 price / 1 size, new text)."""
+    bids = [[f"{86699.6 - 0.1 * i - 0.2 * (i // 5):.1f}", f"{1 + (i * 7) % 5 * 0.37:.4f}"] for i in range(15)]
+    asks = [
+        [f"{86699.7 + 0.1 * i + 0.3 * (i // 5):.1f}", f"{0.5 + (i * 3) % 7 * 0.41:.4f}"] for i in range(15)
+    ]
+    data = {"b": bids, "a": asks}
+    for side, level, member, text in level_changes.values():
+        data[side][level][member] = text
+    return json.dumps(
+        {"ch": BOOK_CHANNEL, "symbol": "BTCUSDT", "ts": ts, "data": data}, separators=(",", ":")
+    )
+
+
+def test_a_full_15_level_book_is_accepted_level_for_level() -> None:
+    raw = full_book()
+    wire = json.loads(raw)["data"]
+    got = validator().parse(raw)
+    assert isinstance(got, BookTop) and len(got.bids) == len(got.asks) == BOOK_LEVELS == 15
+    assert got.bids == tuple((float(p), float(q)) for p, q in wire["b"])
+    assert got.asks == tuple((float(p), float(q)) for p, q in wire["a"])
+    assert (got.bid, got.bid_qty, got.ask, got.ask_qty) == (*got.bids[0], *got.asks[0])
+    assert len({p for p, _ in got.bids}) == len({p for p, _ in got.asks}) == 15
+    assert len({q for _, q in got.bids + got.asks}) > 5, "sizes vary"
+
+
+@pytest.mark.parametrize(
+    ("reason", "change"),
+    [
+        ("crossed_book", ("b", 14, 0, "86699.6")),  # the last bid above the one before
+        ("crossed_book", ("a", 9, 0, "86700.8")),  # an ask repeated deep in the book (= level 8)
+        ("non_positive", ("a", 12, 1, "0")),
+        ("non_positive", ("b", 10, 1, "-1.2")),
+        ("not_finite", ("b", 7, 1, "NaN")),
+        ("not_finite", ("a", 14, 0, "Infinity")),
+        ("wrong_type", ("a", 11, 1, "1,5")),
+        ("wrong_type", ("b", 13, 0, "")),
+    ],
+)
+def test_a_bad_level_deep_in_a_15_level_book_drops_the_frame(
+    reason: str, change: tuple[str, int, int, str]
+) -> None:
+    rejected(validator().parse(full_book(change=change)), reason)
+
+
+def test_a_bad_15_level_frame_does_not_move_the_state() -> None:
+    v = validator()
+    assert isinstance(v.parse(full_book(1790126515000)), BookTop)
+    rejected(v.parse(full_book(1790126515300, c=("a", 14, 1, "0"))), "non_positive")
+    assert isinstance(v.parse(full_book(1790126515200)), BookTop), "the dropped frame's ts was not kept"
+
+
 def test_price_frame() -> None:
     assert validator().parse(PRICE) == PricePush(1790126515695, 86688.3, 86720.6, -0.00077)
 
@@ -468,6 +526,28 @@ def test_rest_klines_not_a_list(data: Any) -> None:
     with pytest.raises(RestError) as exc:
         parse_rest_klines(data, 60)
     assert exc.value.retryable is False
+
+
+def test_trading_pairs_request_and_row() -> None:
+    assert TRADING_PAIRS_PATH == "/api/v1/futures/market/trading_pairs"
+    assert trading_pairs_params("btcusdt") == {"symbols": "BTCUSDT"}
+    row = {"symbol": "BTCUSDT", "basePrecision": 4, "quotePrecision": 1, "symbolStatus": "OPEN"}
+    other = {"symbol": "ETHUSDT", "basePrecision": 3}
+    assert trading_pair_row([other, "junk", None, row], "btcusdt") is row
+    assert trading_pair_row([{**row, "symbol": "btcusdt"}], "BTCUSDT") == {**row, "symbol": "btcusdt"}
+    assert trading_pair_row([other], "BTCUSDT") is None, "no row: the exchange does not list it"
+    assert trading_pair_row([], "BTCUSDT") is None
+    for data in (None, {"symbol": "BTCUSDT"}, "BTCUSDT"):
+        with pytest.raises(RestError) as bad:
+            trading_pair_row(data, "BTCUSDT")
+        assert bad.value.retryable
+
+
+def test_unknown_symbol_is_code_20015() -> None:
+    body = b'{"code":20015,"data":null,"msg":"this Futures is not allowed to trade."}'
+    with pytest.raises(RestError) as err:
+        rest_data(200, body)
+    assert err.value.code == 20015 and not err.value.retryable
 
 
 def test_rest_depth() -> None:

@@ -23,7 +23,9 @@ import pytest
 import trio
 import trio_websocket
 
+from protocols.bitunix import BookTop, FrameValidator, Rejected
 from tools.fake_bitunix import MALFORMED_KINDS, FakeBitunix, Faults
+from tools.fake_bitunix.server import BOOK15_MIN, BOOK_TOUCH_MAX, book_size_bounds
 
 REPO = Path(__file__).resolve().parents[1]
 KLINE = "/api/v1/futures/market/kline"
@@ -420,6 +422,61 @@ async def test_malformed_fraction_is_exact_per_stream() -> None:
         indexes = [i for i, _ in got]
         assert all(b - a == 4 for a, b in pairwise(indexes)), (ch, indexes)  # one frame in 4, evenly
         assert indexes[0] < 4
+
+
+async def test_depth_book15_has_15_levels_a_large_order_must_walk_and_malformed_ones_are_dropped() -> None:
+    """Every depth_book15 frame has 15 distinct levels a side, sizes varying within their level's
+    bounds (so that any order between BOOK_TOUCH_MAX and BOOK15_MIN walks two levels or more and
+    fits); with a quarter of them malformed (by count), the validator drops exactly those."""
+    assert (BOOK_TOUCH_MAX, BOOK15_MIN) == (3.0, 8.25)
+    fake = FakeBitunix(seed=16, depth_interval_s=0.1, faults=Faults(malformed_fraction=0.25))
+    with trio.fail_after(10):
+        async with serving(fake), trio_websocket.open_websocket_url(fake.ws_url) as ws:
+            await ws.get_message()
+            await ws.send_message(subscribe("depth_book15"))
+            texts: list[str | bytes] = []
+            while len(texts) < 40:
+                texts.append(await ws.get_message())
+    ((_, bad),) = malformed_by_stream(fake).items()
+    malformed = dict(bad)
+    assert len(malformed) == 10
+    validator = FrameValidator(symbol="BTCUSDT", kline_channel="market_kline_1min", max_jump_pct=5.0)
+    sizes = set()
+    for i, text in enumerate(texts):
+        parsed = validator.parse(text)
+        if i in malformed:
+            assert isinstance(parsed, Rejected), (malformed[i], parsed)
+            continue
+        assert isinstance(parsed, BookTop) and len(parsed.bids) == len(parsed.asks) == 15, parsed
+        for side in (parsed.bids, parsed.asks):
+            assert len({p for p, _ in side}) == 15
+            for level, (_, qty) in enumerate(side):
+                least, most = book_size_bounds(level)
+                assert least <= round(qty * 10_000) <= most
+                sizes.add(qty)
+            assert side[0][1] <= BOOK_TOUCH_MAX and sum(q for _, q in side) >= BOOK15_MIN
+            walked, left = 0, 5.0  # a 5 BTC market order
+            while left > 0:
+                left -= side[walked][1]
+                walked += 1
+            assert 2 <= walked <= 15
+    assert len(sizes) > 300, "sizes vary"
+
+
+async def test_trading_pairs_row_can_be_replaced() -> None:
+    fake = FakeBitunix(seed=17, trading_pair={"symbolStatus": "CANCEL_ONLY", "maxMarketOrderVolume": "7"})
+    pairs = "/api/v1/futures/market/trading_pairs"
+    with trio.fail_after(6):
+        async with serving(fake), httpx.AsyncClient(base_url=fake.rest_url) as http:
+            (row,) = (await http.get(pairs, params={"symbols": "btcusdt"})).json()["data"]
+            unknown = (await http.get(pairs, params={"symbols": "DOGEUSDT"})).json()
+    assert (row["symbol"], row["symbolStatus"], row["maxMarketOrderVolume"]) == (
+        "BTCUSDT",
+        "CANCEL_ONLY",
+        "7",
+    )
+    assert (row["basePrecision"], row["quotePrecision"], row["minTradeVolume"]) == (4, 1, "0.0001")
+    assert (unknown["code"], unknown["data"]) == (0, []), "no row for a symbol it does not trade"
 
 
 async def run_faulty_client(fake: FakeBitunix, connections: int, frames_last: int) -> list[int]:

@@ -30,7 +30,8 @@ from actors.clock import SessionClock
 from actors.feeds.bitunix import BitunixFeed, SendLimiter, TokenBucket
 from actors.feeds.mock import FeedHealth, RandomWalk, fan_out, run_mock_feed
 from actors.session import SessionResult, run_session
-from protocols.messages import Candle, Event, FeedStatus, Funding, MarketEvent, Tick
+from protocols.instruments import Instrument, table_instrument
+from protocols.messages import Book, Candle, Event, FeedStatus, Funding, MarketEvent, Tick
 from tests.conftest import cli_env, make_config, read_events, read_report
 from tests.test_replay_backtest import NOT_COMPARED
 from tools.fake_bitunix import FakeBitunix, Faults
@@ -343,7 +344,7 @@ async def test_slow_subscriber_is_not_socket_silence(tmp_path: Path) -> None:
     assert run.feed.health.reconnects == 0 and not run.feed.health.stale
     assert run.statuses() == [(True, "no data yet"), (False, "websocket data")]
     assert {e.symbol for _, e in run.received} == {"ETHUSDT"}
-    assert {type(e) for _, e in run.received} >= {FeedStatus, Tick, Funding, Candle}
+    assert {type(e) for _, e in run.received} >= {FeedStatus, Instrument, Book, Tick, Funding, Candle}
 
 
 async def test_slow_rest_backfill_is_not_socket_silence(tmp_path: Path) -> None:
@@ -393,6 +394,115 @@ async def test_slow_rest_backfill_is_not_socket_silence(tmp_path: Path) -> None:
     assert [c.backfill for c in candles] == [True] * 6, "the seed, then the backfilled close"
 
 
+SMALL_HISTORY = ("strategy.fast_period=2", "strategy.slow_period=3", "strategy.history=5")
+
+
+Levels = tuple[tuple[float, float], ...]
+
+
+def fake_window(fake: FakeBitunix, ts: float) -> set[tuple[Levels, Levels]]:
+    """The fake's 15-level windows around exchange time `ts` (this 250 ms step and the two before:
+    a push reaches the feed a little after it was built), as (bids, asks) tuples of floats."""
+    out = set()
+    for back in range(3):
+        data = fake.depth_data(int(ts * 1000) - back * 250, 15)
+        bids, asks = (tuple((float(p), float(q)) for p, q in data[side]) for side in "ba")
+        out.add((bids, asks))
+    return out
+
+
+async def test_the_instrument_comes_first_then_a_book_and_its_tick_for_every_push(tmp_path: Path) -> None:
+    fake = FakeBitunix(seed=43)
+    run = await run_feed(tmp_path, fake, *SMALL_HISTORY, seconds=3)
+    assert {a["ch"] for a in fake.stats.subscriptions} == {"market_kline_1min", "depth_book15", "price"}
+    got = [e for _, e in run.received]
+    (instrument,) = [e for e in got if isinstance(e, Instrument)]
+    first_data = next(i for i, e in enumerate(got) if isinstance(e, Tick | Book | Candle | Funding))
+    assert got.index(instrument) < first_data, "the instrument before the first quote"
+    assert (instrument.symbol, instrument.source, instrument.status) == ("BTCUSDT", "exchange", "OPEN")
+    assert (instrument.tick_size, instrument.lot_size, instrument.min_qty) == (0.1, 0.0001, 0.0001)
+    assert (instrument.max_market_qty, instrument.max_limit_qty, instrument.max_leverage) == (100, 500, 125)
+    (event,) = [e for e in run.events if e.kind == "feed.instrument"]
+    assert event.fields["source"] == "exchange" and "reason" not in event.fields
+    books = [(i, e) for i, e in enumerate(got) if isinstance(e, Book)]
+    assert len(books) >= 5
+    assert sum(isinstance(e, Tick) for e in got) == len(books), "one tick per book push, no other"
+    for i, book in books:
+        tick = got[i + 1]
+        assert isinstance(tick, Tick) and tick.ts == book.ts and book.symbol == "BTCUSDT"
+        assert (tick.bid, tick.bid_qty) == book.bids[0] and (tick.ask, tick.ask_qty) == book.asks[0]
+        assert len(book.bids) == len(book.asks) == 15
+        bids, asks = [p for p, _ in book.bids], [p for p, _ in book.asks]
+        assert bids == sorted(set(bids), reverse=True) and asks == sorted(set(asks)) and bids[0] < asks[0]
+        assert (book.bids, book.asks) in fake_window(fake, book.ts), "the fake's book at that moment"
+
+
+@pytest.mark.parametrize(
+    ("pair", "faults", "source", "status", "reason"),
+    [
+        (
+            {"quotePrecision": "one"},
+            None,
+            "table",
+            "OPEN",
+            "unusable trading_pairs row: trading_pairs: quotePrecision",
+        ),
+        ({}, Faults(rest_error_fraction=1), "table", "OPEN", "trading_pairs failed: Network Error"),
+        ({"symbolStatus": "CANCEL_ONLY"}, None, "exchange", "CANCEL_ONLY", None),
+    ],
+    ids=["unusable_row", "rest_down", "cancel_only"],
+)
+async def test_the_instrument_falls_back_to_the_table_when_the_exchange_cannot_say(
+    tmp_path: Path,
+    pair: dict[str, Any],
+    faults: Faults | None,
+    source: str,
+    status: str,
+    reason: str | None,
+) -> None:
+    fake = FakeBitunix(seed=44, trading_pair=pair, faults=faults)
+    run = await run_feed(tmp_path, fake, *SMALL_HISTORY, seconds=3)
+    got = [e for _, e in run.received]
+    (instrument,) = [e for e in got if isinstance(e, Instrument)]
+    assert got.index(instrument) < next(i for i, e in enumerate(got) if isinstance(e, Tick | Book))
+    assert (instrument.source, instrument.status) == (source, status)
+    if source == "table":
+        assert instrument == table_instrument("BTCUSDT")
+    (event,) = [e for e in run.events if e.kind == "feed.instrument"]
+    assert (event.fields["source"], event.fields["status"]) == (source, status)
+    if reason is None:
+        assert "reason" not in event.fields
+    else:
+        assert event.fields["reason"].startswith(reason), event.fields["reason"]
+    assert sum(isinstance(e, Book) for e in got) >= 5, "the feed goes on"
+
+
+async def test_no_exchange_figures_and_no_table_entry_sends_no_instrument(tmp_path: Path) -> None:
+    """DOGEUSDT is not in the shipped table: with trading_pairs failing, the broker keeps the
+    instrument it was built with; the record says why."""
+    fake = FakeBitunix(seed=46, symbol="DOGEUSDT", start_price=150, faults=Faults(rest_error_fraction=1))
+    run = await run_feed(tmp_path, fake, "session.symbol=DOGEUSDT", *SMALL_HISTORY, seconds=3)
+    got = [e for _, e in run.received]
+    assert not [e for e in got if isinstance(e, Instrument)]
+    (event,) = [e for e in run.events if e.kind == "feed.instrument"]
+    assert event.fields["source"] == "none" and event.fields["reason"].startswith("trading_pairs failed")
+    assert sum(isinstance(e, Book) for e in got) >= 5, "the feed goes on"
+
+
+async def test_a_symbol_the_exchange_does_not_trade_is_a_start_up_error(tmp_path: Path) -> None:
+    """trading_pairs has no row for it: the session ends at once with an error naming the symbol,
+    rather than trading paper on the shipped table or on the mock source."""
+    fake = FakeBitunix(seed=45)  # trades BTCUSDT only
+    started = trio.current_time()
+    result, events = await live_session(tmp_path, fake, "session.symbol=DOGEUSDT", duration_s=20)
+    assert trio.current_time() - started < 8
+    report = result.report
+    assert (report["status"], report["stop_reason"], report["errors"]) == ("error", "error", 1)
+    assert "Bitunix does not trade DOGEUSDT" in report["error_messages"][0]
+    assert kinds(events)["feed.fallback"] == 0 and report["fills"] == 0
+    assert market_records(result.run_path, "instrument") == []
+
+
 # --- sessions against the fake exchange (real time) ------------------------------------------------
 
 
@@ -408,7 +518,7 @@ async def test_session_subscribes_pings_and_trades_through_drops(tmp_path: Path)
     report = result.report
     assert report["data_source"] == "bitunix"
     channels = {a["ch"] for a in fake.stats.subscriptions}
-    assert {"market_kline_1min", "depth_book1", "price"} <= channels
+    assert channels == {"market_kline_1min", "depth_book15", "price"}
     assert fake.stats.pings_received >= 3 and fake.stats.pongs_sent >= 3
     assert fake.stats.client_msgs_max_per_s <= 5
     assert fake.stats.drops >= 3
@@ -424,6 +534,21 @@ async def test_session_subscribes_pings_and_trades_through_drops(tmp_path: Path)
     assert statuses[:2] == [(True, "no data yet"), (False, "websocket data")]
     assert [stale for stale, _ in statuses] == [i % 2 == 0 for i in range(len(statuses))]
     assert sum(not stale for stale, _ in statuses) == report["reconnects"] + 1
+    # the instrument once, before any data; every book push a Book and then its Tick
+    records = [json.loads(line) for line in (result.run_path / "market.jsonl").open()]
+    types = [r["type"] for r in records]
+    assert types.count("instrument") == 1
+    assert types.index("instrument") < min(types.index(t) for t in ("book", "tick", "candle", "funding"))
+    assert records[types.index("instrument")]["source"] == "exchange"
+    assert types.count("book") == types.count("tick") >= 20
+    for book, tick in ((r, records[i + 1]) for i, r in enumerate(records) if r["type"] == "book"):
+        assert (
+            tick["type"] == "tick" and tick["ts"] == book["ts"] and tick["arrival_ts"] >= book["arrival_ts"]
+        )
+        assert len(book["bids"]) == len(book["asks"]) == 15
+        assert [tick["bid"], tick["bid_qty"]] == book["bids"][0] and [tick["ask"], tick["ask_qty"]] == book[
+            "asks"
+        ][0]
 
     # and replaying the recorded live session reproduces its trading exactly (issue 5)
     replay_dir = tmp_path / "replays"

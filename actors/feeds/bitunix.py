@@ -1,11 +1,20 @@
 """Feed actor for live Bitunix market data: WebSocket first, REST for history, gaps and outages.
 
 - **WebSocket** (trio-websocket) on `feed.ws_url`: subscribes to the kline channel of
-  `session.interval`, `depth_book1` (best bid/ask) and `price` (mark, funding); sends the
-  exchange's JSON ping every `feed.ping_interval_s`; a send-side limiter keeps every socket under
-  5 client messages in any second (the exchange disconnects above it). Kline pushes carry the
-  current candle only: a candle is closed when the first frame of the next bucket arrives, and
-  emitted exactly once, in order.
+  `session.interval`, `depth_book15` (the book, 15 levels a side) and `price` (mark, funding);
+  sends the exchange's JSON ping every `feed.ping_interval_s`; a send-side limiter keeps every
+  socket under 5 client messages in any second (the exchange disconnects above it). Kline pushes
+  carry the current candle only: a candle is closed when the first frame of the next bucket
+  arrives, and emitted exactly once, in order. Each book push becomes two market events, at the
+  same time: the `Book` (bids descending, asks ascending, up to 15 levels; the broker walks it)
+  and then the best bid/ask `Tick`.
+- **Instrument** at start: `GET trading_pairs?symbols=SYMBOL` (bounded: `INSTRUMENT_ATTEMPTS`
+  tries within half of `feed.connect_timeout_s`), parsed by `from_trading_pair` over the shipped
+  table's instrument, sent as an `Instrument` market event before the first quote, book or candle
+  (the first data frame waits for it). When the call fails or the row is unusable: the table's
+  instrument, with a warning and the reason in `feed.instrument` (`source: "table"`). When the
+  exchange says it does not trade the symbol (code 20015, or no row for it): `UnknownSymbol`, and
+  the session ends at once with an error (nothing to trade; no mock fallback either).
 - **Reconnect** with exponential backoff and full jitter (`feed.backoff_initial_s` ..
   `feed.backoff_max_s`), reset after a healthy minute; silence (no data frame for
   `feed.stale_after_s`) counts as a failure. The candle being built when the socket dropped is
@@ -44,7 +53,8 @@ from actors.clock import SessionClock
 from actors.config import Config
 from actors.feeds.mock import FeedHealth, RandomWalk, fan_out, run_mock_feed
 from protocols import bitunix
-from protocols.messages import Candle, Event, EventSender, FeedStatus, Funding, MarketEvent, Tick
+from protocols.instruments import Instrument, from_trading_pair, table_instrument
+from protocols.messages import Book, Candle, Event, EventSender, FeedStatus, Funding, MarketEvent, Tick
 
 HEALTHY_S = 60.0  # a connection that lasted this long resets the reconnect backoff
 MALFORMED_REPORT_S = 5.0  # feed.malformed events aggregate the drops of this period
@@ -57,6 +67,12 @@ REST_BACKOFF_S = 0.5
 REST_BACKOFF_MAX_S = 8.0
 FAILOVER_POLL_S = 1.0
 WS_CLOSE_TIMEOUT_S = 1.0
+INSTRUMENT_ATTEMPTS = 3  # the table is a good fallback: do not hold the start up for long
+
+
+class UnknownSymbol(Exception):
+    """The exchange does not trade the session's symbol (trading_pairs: code 20015, or no row):
+    a start-up error, the session ends with it."""
 
 
 class SendLimiter:
@@ -189,7 +205,7 @@ class BitunixFeed:
         self.first_data = first_data if first_data is not None else trio.Event()
         self.rng = rng or random.Random(config.session.seed)
         self.kline_channel = bitunix.kline_channel(self.interval)
-        self.channels = [self.kline_channel, "depth_book1", "price"]
+        self.channels = [self.kline_channel, bitunix.BOOK_CHANNEL, "price"]
         self.validator = bitunix.FrameValidator(
             symbol=self.symbol, kline_channel=self.kline_channel, max_jump_pct=self.cfg.max_jump_pct
         )
@@ -202,6 +218,8 @@ class BitunixFeed:
         self.last_data_at = -math.inf  # trio time of the last accepted data frame
         self.ws_up = False
         self.seed_done = trio.Event()  # the history seed has been handed out (or given up)
+        self.instrument_done = trio.Event()  # the Instrument event has been sent (or given up)
+        self.instrument: Instrument | None = None  # what was sent
         self.last_error = ""  # why the last WebSocket attempt failed, for the fallback message
         self.emit_lock = trio.Lock()
         self.ever_up = False
@@ -272,10 +290,24 @@ class BitunixFeed:
             end = round(page[0].open_ts * 1000) - self.interval_ms
         return got, None
 
-    async def _tick(self, bid: float, ask: float, bid_qty: float, ask_qty: float) -> None:
+    async def _book(
+        self, bids: tuple[tuple[float, float], ...], asks: tuple[tuple[float, float], ...]
+    ) -> None:
+        """A book push: the `Book` (at most BOOK_LEVELS a side), then its best bid/ask `Tick`,
+        both stamped with the same time."""
+        now = self.clock.now()
+        levels = bitunix.BOOK_LEVELS
+        book = Book(now, bids[:levels], asks[:levels], self.symbol)  # a 15-tuple's [:15] is itself
+        await fan_out(self.subscribers, book)
+        (bid, bid_qty), (ask, ask_qty) = bids[0], asks[0]
+        await self._tick(bid, ask, bid_qty, ask_qty, now)
+
+    async def _tick(
+        self, bid: float, ask: float, bid_qty: float, ask_qty: float, ts: float | None = None
+    ) -> None:
         last = self.last_price if self.last_price is not None else (bid + ask) / 2
         tick = Tick(
-            ts=self.clock.now(),
+            ts=self.clock.now() if ts is None else ts,
             bid=bid,
             ask=ask,
             last=last,
@@ -330,8 +362,69 @@ class BitunixFeed:
                 await trio.sleep(delay)
         raise AssertionError("unreachable")
 
+    async def _send_instrument(self) -> None:
+        """The symbol's `Instrument` to the subscribers, once, at start (see the module docstring)."""
+        table = table_instrument(self.symbol)
+        instrument, reason = await self._fetch_instrument(table)
+        fields: dict[str, Any] = {"symbol": self.symbol}
+        if instrument is None:
+            # no exchange figures and no table entry: the broker keeps what it was built with
+            fields.update(source="none", reason=reason)
+            logger.warning("feed: no instrument for {}: {}; the broker keeps its own", self.symbol, reason)
+        else:
+            if instrument.source != "exchange":
+                fields["reason"] = reason
+                logger.warning("feed: instrument of {} from the shipped table: {}", self.symbol, reason)
+            else:
+                logger.info("feed: instrument of {} from the exchange", self.symbol)
+            if instrument.status != "OPEN":
+                logger.warning(
+                    "feed: Bitunix lists {} as {}: it takes no new orders, and neither does the broker",
+                    self.symbol,
+                    instrument.status,
+                )
+            fields.update(
+                source=instrument.source,
+                status=instrument.status,
+                tick_size=instrument.tick_size,
+                lot_size=instrument.lot_size,
+                min_qty=instrument.min_qty,
+                max_market_qty=instrument.max_market_qty,
+                max_limit_qty=instrument.max_limit_qty,
+                max_leverage=instrument.max_leverage,
+            )
+            await fan_out(self.subscribers, instrument)
+            self.instrument = instrument
+        await self._event("feed.instrument", **fields)
+        self.instrument_done.set()
+
+    async def _fetch_instrument(self, table: Instrument | None) -> tuple[Instrument | None, str]:
+        """(the exchange's instrument, "") or (the table's or None, why not the exchange's).
+        UnknownSymbol when the exchange says it does not trade the symbol."""
+        limit_s = self.cfg.connect_timeout_s / 2
+        with trio.move_on_after(limit_s):
+            try:
+                data = await self.rest_get(
+                    bitunix.TRADING_PAIRS_PATH,
+                    bitunix.trading_pairs_params(self.symbol),
+                    attempts=INSTRUMENT_ATTEMPTS,
+                )
+                row = bitunix.trading_pair_row(data, self.symbol)
+            except (bitunix.RestError, httpx.HTTPError) as exc:
+                if isinstance(exc, bitunix.RestError) and exc.code == bitunix.UNKNOWN_SYMBOL_CODE:
+                    raise UnknownSymbol(f"Bitunix does not trade {self.symbol}: {exc}") from None
+                return table, f"trading_pairs failed: {exc}"[:200]
+            if row is None:
+                raise UnknownSymbol(f"Bitunix does not trade {self.symbol}: trading_pairs has no row for it")
+            try:
+                return from_trading_pair(row, fallback=table), ""
+            except ValueError as exc:
+                return table, f"unusable trading_pairs row: {exc}"[:200]
+        return table, f"trading_pairs gave no answer within {limit_s:g} s"
+
     async def _seed_history(self) -> None:
         """The last `strategy.history` closed candles, oldest first (pages of 200, newest first)."""
+        await self.instrument_done.wait()  # its REST call first: it holds up the first data frame
         now_ms = int(self.clock.now() * 1000)
         end = (now_ms // self.interval_ms) * self.interval_ms - self.interval_ms  # last closed open
         candles, error = await self._fetch_klines(end - (self.history - 1) * self.interval_ms, end)
@@ -352,6 +445,7 @@ class BitunixFeed:
     async def _on_data(self, msg: bitunix.DataMessage) -> None:
         self.last_data_at = trio.current_time()
         if not self.first_data.is_set():
+            await self.instrument_done.wait()  # the instrument comes before any quote
             self.first_data.set()
             await self._event("feed.live", source="websocket")
         if self.health.stale:
@@ -384,7 +478,10 @@ class BitunixFeed:
                 self.current, self.current_bucket = msg, bucket
                 self.last_price = msg.close
         elif isinstance(msg, bitunix.BookTop):
-            await self._tick(msg.bid, msg.ask, msg.bid_qty, msg.ask_qty)
+            if msg.bids:  # depth_book*: the book and its top
+                await self._book(msg.bids, msg.asks)
+            else:  # tickers: the top only
+                await self._tick(msg.bid, msg.ask, msg.bid_qty, msg.ask_qty)
         elif isinstance(msg, bitunix.PricePush):
             await fan_out(
                 self.subscribers,
@@ -538,7 +635,9 @@ class BitunixFeed:
                 bitunix.KLINE_PATH, bitunix.kline_params(self.symbol, self.interval, limit=2), attempts=2
             )
             book = bitunix.parse_rest_depth(
-                await self.rest_get(bitunix.DEPTH_PATH, bitunix.depth_params(self.symbol, 1), attempts=2),
+                await self.rest_get(
+                    bitunix.DEPTH_PATH, bitunix.depth_params(self.symbol, bitunix.BOOK_LEVELS), attempts=2
+                ),
                 self.clock.now(),
             )
         except (bitunix.RestError, httpx.HTTPError) as exc:
@@ -561,8 +660,7 @@ class BitunixFeed:
         if self.health.stale:
             logger.info("feed: data is fresh again (REST polling)")
             await self._set_stale(False, "REST polling")
-        (bid, bid_qty), (ask, ask_qty) = book.bids[0], book.asks[0]
-        await self._tick(bid, ask, bid_qty, ask_qty)
+        await self._book(book.bids, book.asks)
 
     async def _report_malformed(self) -> None:
         periods = 0
@@ -605,6 +703,7 @@ class BitunixFeed:
                     task_status.started()
                     await self._send_status("no data yet")
                     nursery.start_soon(self._report_malformed)
+                    nursery.start_soon(self._send_instrument)
                     nursery.start_soon(self._seed_history)
                     nursery.start_soon(self._ws_loop)
                     nursery.start_soon(self._failover_loop)

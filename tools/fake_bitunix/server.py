@@ -20,6 +20,13 @@ seed) and keeps its shape, not its level: high/open, low/open and close/open of 
 applied to an open chained from the previous close (the first open is `start_price`), so the
 path has no jumps at CSV gaps or at the wrap-around; volume is the row's.
 
+Book (depth channels, REST depth, the tickers' best bid/ask): one per 250 ms step, seeded by
+(seed, step), `BOOK_LEVELS` strictly ordered levels a side around the step's trade: the first 5
+one tick apart, then 1-3 ticks. Sizes are lognormal around a median that grows with depth (1 BTC at
+the touch, +25 % a level), held within [median / 5, 3 x median]: so the touch shows at most
+`BOOK_TOUCH_MAX` BTC and the first 15 levels of a side at least `BOOK15_MIN` BTC, and any market
+order in between walks at least two levels and fits in a depth_book15 window.
+
 Kline pushes: every `push_interval_s`, plus one extra push in the last 125 ms of each bucket
 (after the bucket's last trade), so the last push of a bucket carries the final candle; that push
 is never replaced by a malformed frame. History bars (before the start minute) are aggregates
@@ -91,6 +98,8 @@ PRICE_PLACES = 1  # prices in ticks of 0.1
 QTY_PLACES = 4  # sizes in units of 0.0001
 MINUTES_PER_YEAR = 365 * 24 * 60
 BOOK_LEVELS = 200  # REST depth limit=max
+BOOK_MEDIAN_UNITS = 10_000  # the touch's median size, in units of 0.0001 (1 BTC); +25 % a level deeper
+BOOK_SIZE_SIGMA = 0.7  # lognormal spread of the sizes around the level's median
 MAX_SUBSCRIPTIONS = 300
 HANDSHAKE_TIMEOUT_S = 10.0
 FUNDING_MS = 8 * 3600 * 1000
@@ -132,6 +141,16 @@ DEPTH_CHANNELS = {"depth_book1": 1, "depth_book5": 5, "depth_book15": 15}
 DEPTH_LIMITS = {"1": 1, "5": 5, "15": 15, "50": 50, "max": BOOK_LEVELS}
 
 Candle6 = tuple[int, int, int, int, int, int]  # o, h, l, c (ticks), base volume (units), quote (ticks*units)
+
+
+def book_size_bounds(level: int) -> tuple[int, int]:
+    """(least, most) size in units of a book level (0 = the touch): a fifth to three times its median."""
+    median = BOOK_MEDIAN_UNITS * (4 + level) // 4
+    return median // 5, median * 3
+
+
+BOOK_TOUCH_MAX = book_size_bounds(0)[1] / 10**QTY_PLACES  # BTC: the most the touch ever shows (3)
+BOOK15_MIN = sum(book_size_bounds(i)[0] for i in range(15)) / 10**QTY_PLACES  # BTC (8.25)
 
 
 def _dec(n: int, places: int) -> str:
@@ -965,6 +984,7 @@ class _RestApp:
                 "maxLimitOrderVolume": "500",
                 "maxMarketOrderVolume": "100",
                 "symbolStatus": "OPEN",
+                **self.srv.trading_pair,
             }
             for sym in self.symbols(params)
         ]
@@ -977,7 +997,8 @@ class FakeBitunix:
     """The fake exchange. `await nursery.start(fake.run)`; then `ws_url`, `rest_url` are valid.
 
     `time_offset_s` shifts the exchange clock (e.g. to put a candle close 2 s after the start);
-    `ws_port`/`rest_port` 0 take free ports; `faults` and `stats` may be read and changed live.
+    `ws_port`/`rest_port` 0 take free ports; `faults` and `stats` may be read and changed live;
+    `trading_pair` replaces members of the symbol's `trading_pairs` row.
     """
 
     def __init__(
@@ -999,8 +1020,11 @@ class FakeBitunix:
         zigzag_pct: float = 0.0,
         ws_port: int = 0,
         rest_port: int = 0,
+        trading_pair: dict[str, Any] | None = None,
     ) -> None:
         self.symbol = symbol.upper()
+        # members of the symbol's trading_pairs row to replace (a test's CANCEL_ONLY, a garbled row)
+        self.trading_pair = dict(trading_pair or {})
         self.seed = seed
         self.faults = faults if faults is not None else Faults()
         self.push_interval_s = push_interval_s
@@ -1177,7 +1201,8 @@ class FakeBitunix:
     # --- market data at exchange time ts (ms) ---
 
     def _book(self, step: int) -> tuple[list[list[str]], list[list[str]]]:
-        """BOOK_LEVELS levels a side around the trade of this step, strictly ordered."""
+        """BOOK_LEVELS levels a side around the trade of this step, strictly ordered; sizes within
+        `book_size_bounds` (see the module docstring)."""
         got = self._books.get(step)
         if got is None:
             p, _, buy = self.path.trade(step * STEP_MS)
@@ -1189,7 +1214,11 @@ class FakeBitunix:
                 if i:
                     bid -= 1 if i < 5 else rng.choice((1, 1, 2, 3))
                     ask += 1 if i < 5 else rng.choice((1, 1, 2, 3))
-                size_b, size_a = (max(1, round(rng.lognormvariate(math.log(5000), 1.2))) for _ in "ba")
+                least, most = book_size_bounds(i)
+                mu = math.log(BOOK_MEDIAN_UNITS * (4 + i) / 4)
+                size_b, size_a = (
+                    min(most, max(least, round(rng.lognormvariate(mu, BOOK_SIZE_SIGMA)))) for _ in "ba"
+                )
                 if bid > 0:
                     bids.append([_price(bid), _qty(size_b)])
                 asks.append([_price(ask), _qty(size_a)])
