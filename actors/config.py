@@ -254,12 +254,23 @@ class RiskConfig:
     )
     max_consecutive_losses: int = key(5, "losing trades in a row that trip the breaker (0: off)", _num(ge=0))
     on_breaker: str = key(
-        "stop",
-        "when the breaker trips: 'stop' the session or 'halt' new entries for breaker_cooldown_min",
-        _choice("stop", "halt"),
+        "auto",
+        "when the breaker trips (after flattening): 'stop' the session, 'halt' new entries (the daily "
+        "drawdown: until the next UTC midnight; the loss streak: for loss_streak_cooldown_min), or "
+        "'auto': 'halt' in backtests, 'stop' in live sessions and replays",
+        _choice("auto", "stop", "halt"),
     )
     breaker_cooldown_min: float = key(
-        30.0, "minutes new entries stay halted after a breaker trip (on_breaker = 'halt')", _num(gt=0)
+        30.0,
+        "minutes, at least, new entries stay halted after the daily drawdown breaker trips (halt mode); "
+        "the halt lasts until the next UTC midnight when that is later",
+        _num(gt=0),
+    )
+    loss_streak_cooldown_min: float = key(
+        30.0,
+        "minutes new entries stay halted after the consecutive-loss breaker trips (halt mode); "
+        "the streak then counts from zero",
+        _num(gt=0),
     )
     max_trades: int = key(0, "closed trades after which the session stops (0: no limit)", _num(ge=0))
     max_losses: int = key(0, "losing trades after which the session stops (0: no limit)", _num(ge=0))

@@ -69,7 +69,7 @@ CASES = [
         False,
         "data_end",
     ),
-    ("default_limits_breaker", FAST, 2000, False, "breaker"),
+    ("default_limits_breaker", [*FAST, "risk.on_breaker=stop"], 2000, False, "breaker"),
     ("max_trades", [*FAST, "risk.max_trades=5"], 2000, False, "max_trades"),
     (
         "max_loss",

@@ -8,9 +8,11 @@ autojump clock and drive them into each limit.
 
 from __future__ import annotations
 
+import json
+import math
 import random
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +22,15 @@ import trio
 
 import actors.session_actors
 from actors.clock import SessionClock
-from actors.config import Config
+from actors.config import Config, ConfigError, RiskConfig, load
 from actors.feeds.mock import RandomWalk, run_mock_feed
 from actors.feeds.stamp import Stamped, Stamper
 from actors.mailbox import Answerer, Asker, open_mailbox
+from actors.plan import Plan
 from actors.recording.actor import EventSink
 from actors.risk.actor import StrategyLink, orders_capacity, run_risk
 from actors.risk.gate import WINDOW_S, Rejection, RiskGate
-from actors.session import run_session
+from actors.session import Session, run_session
 from protocols.messages import (
     AccountUpdate,
     BrokerInput,
@@ -44,8 +47,11 @@ from protocols.messages import (
 )
 from tests.conftest import TRADES_OFTEN, make_config, read_events, read_report
 from tests.helpers_components import Desk, RecordingBroker, trade_closed
+from tests.test_replay_backtest import write_bars
 
-T0 = 1_800_000_000.0  # an integer session time: window arithmetic on it is exact
+T0 = 1_800_000_000.0  # an integer session time: window arithmetic on it is exact; 2027-01-15 08:00 UTC
+MIDNIGHT = T0 + 16 * 3600  # the next UTC midnight after T0: 2027-01-16 00:00 UTC
+MIDNIGHT_ISO = "2027-01-16T00:00:00.000Z"
 PRICE = 60000.0
 # caps far from binding, so a test can make exactly one of them bind
 LOOSE_CAPS = ["risk.max_position_size=100", "risk.max_notional=100000000", "risk.max_leverage=125"]
@@ -56,11 +62,11 @@ NO_LOSS_STOPS = ["risk.max_loss_pct=50", "risk.max_daily_drawdown_pct=50"]
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _gate(tmp_path: Path, *sets: str) -> tuple[RiskGate, Desk]:
+def _gate(tmp_path: Path, *sets: str, backtest: bool = False) -> tuple[RiskGate, Desk]:
     """A gate and its desk (the gate with a paper broker, wired by the kernel's steps)."""
     config = make_config(tmp_path, *sets)
     broker = RecordingBroker(config.broker, random.Random(0))
-    gate = RiskGate(config.risk, config.broker.starting_equity)
+    gate = RiskGate(config.risk, config.broker.starting_equity, backtest=backtest)
     return gate, Desk(broker, gate)
 
 
@@ -373,15 +379,17 @@ def test_drawdown_breaker_flattens_then_halts_or_stops(tmp_path: Path, action: s
         return
     assert [type(c) for c in effects] == [HaltEntries, Flatten]
     assert "breaker" not in desk.stop_reasons
-    assert gate.halted_until == ts + 30 * 60
-    assert desk.broker.entries_halted_until == ts + 30 * 60
-    for at in (ts, ts + 1, ts + 30 * 60 - 0.001):
+    # halted for the rest of the UTC day (T0 is 08:00 UTC), not only for the 30 min cooldown
+    assert gate.halted_until == MIDNIGHT
+    assert desk.broker.entries_halted_until == MIDNIGHT
+    assert (tripped["halted_until"], tripped["halted_until_iso"]) == (MIDNIGHT, MIDNIGHT_ISO)
+    for at in (ts, ts + 1, ts + 30 * 60, MIDNIGHT - 0.001):
         assert _rejected(desk.check(_entry(stop=PRICE - 300), at)) == "breaker_halt"
     # no second trip while halted, however far the market falls
     assert _kinds(desk.mark(_tick(PRICE - 500, ts + 60), ts + 60), "breaker.tripped") == []
-    # at the end of the cooldown entries pass again; the next mark resets the breaker with a new budget
-    assert isinstance(desk.check(_entry(stop=PRICE - 300), ts + 30 * 60), Order)
-    events = desk.mark(_tick(PRICE - 500, ts + 30 * 60), ts + 30 * 60)
+    # at midnight entries pass again; the first mark of the new day resets the breaker with a new budget
+    assert isinstance(desk.check(_entry(stop=PRICE - 300), MIDNIGHT), Order)
+    events = desk.mark(_tick(PRICE - 500, MIDNIGHT), MIDNIGHT)
     assert [e.kind for e in events if e.kind.startswith("breaker.")] == ["breaker.reset"]
     assert gate.halted_until is None and gate.breaker_trips == 1
     assert desk.broker.entries_halted_until is None  # lifted
@@ -436,7 +444,11 @@ def _outs_kinds(outs: list[Any]) -> list[str]:
 @pytest.mark.parametrize("action", ["halt", "stop"])
 def test_consecutive_losses_breaker(tmp_path: Path, action: str) -> None:
     gate, desk = _gate(
-        tmp_path, "risk.max_consecutive_losses=3", f"risk.on_breaker={action}", "risk.breaker_cooldown_min=5"
+        tmp_path,
+        "risk.max_consecutive_losses=3",
+        f"risk.on_breaker={action}",
+        "risk.loss_streak_cooldown_min=5",
+        "risk.breaker_cooldown_min=60",  # not the loss streak's
     )
     account = desk.account(T0)
     for pnl in (-1.0, -1.0, 0.5, -1.0, -1.0):  # a win resets the run
@@ -459,6 +471,194 @@ def test_consecutive_losses_breaker(tmp_path: Path, action: str) -> None:
     assert [o.until for o in outs if isinstance(o, HaltEntries)] == [gate.halted_until]
     assert _rejected(gate.check(_entry(stop=PRICE - 300), desk.account(T0 + 2), T0 + 2)) == "breaker_halt"
     assert trade_closed(gate, account, -1.0, T0 + 3) == []  # the run starts over after a trip
+
+
+DAILY_HALT = [
+    *LOOSE_CAPS, "broker.leverage=10", "risk.max_loss_pct=50", "risk.max_daily_drawdown_pct=2",
+    "risk.on_breaker=halt", "risk.breaker_cooldown_min=30", "risk.max_consecutive_losses=0",
+]  # fmt: skip
+
+
+def _breaker_kinds(events: list[Event]) -> list[str]:
+    return [e.kind for e in events if e.kind.startswith("breaker.")]
+
+
+def _trip_the_daily_cap(desk: Desk, at: float) -> dict[str, Any]:
+    """A long of 1 BTC at PRICE opened at `at`, then a mark 250 USDT lower a second later: with
+    the entry's slippage and fee, ~3 % of the 10000 the day started with (the cap is 2 %)."""
+    _open_long(desk, 1.0, ts=at)
+    (tripped,) = _kinds(desk.mark(_tick(PRICE - 250, at + 1), at + 1), "breaker.tripped")
+    assert (tripped["reason"], tripped["action"]) == ("max_daily_drawdown", "halt")
+    assert desk.broker.position_qty == 0.0  # flattened
+    return tripped
+
+
+def test_daily_drawdown_cap_halts_entries_until_the_next_utc_midnight(tmp_path: Path) -> None:
+    """Issue 11: once the day's drawdown reaches the cap, no entries for the rest of the UTC day,
+    not only for the cooldown; the day's starting equity is reset at midnight, never after the
+    cooldown (the budget of a day is spent once)."""
+    gate, desk = _gate(tmp_path, *DAILY_HALT)
+    tripped = _trip_the_daily_cap(desk, T0)
+    trip = T0 + 1
+    assert (tripped["halted_until"], tripped["halted_until_iso"]) == (MIDNIGHT, MIDNIGHT_ISO)
+    assert gate.day_start_equity == 10000.0  # the day's first mark, before the entry's fee
+    flat = desk.broker.equity  # what the day lost, now realized
+    assert 9600 < flat < 9700
+    # the 30 min cooldown is over long before midnight: still no entries, and the same budget
+    for at in (trip + 30 * 60, trip + 30 * 60 + 1, T0 + 8 * 3600, MIDNIGHT - 0.001):
+        assert _breaker_kinds(desk.mark(_tick(PRICE, at), at)) == []
+        # the gate told of the account directly (not only when its watch fires): nothing resets
+        outs = gate.on_account(AccountUpdate(at, desk.account(at)))
+        assert [o for o in outs if isinstance(o, Event | HaltEntries)] == []
+        assert gate.day_start_equity == 10000.0
+        assert _rejected(desk.check(_entry(stop=PRICE - 300), at)) == "breaker_halt"
+        assert desk.broker.entries_halted_until == MIDNIGHT
+    # midnight: the halt is lifted and the new day starts from the account's equity then
+    events = desk.mark(_tick(PRICE, MIDNIGHT), MIDNIGHT)
+    assert _breaker_kinds(events) == ["breaker.reset"]
+    (reset,) = _kinds(events, "breaker.reset")
+    assert reset["reason"] == "max_daily_drawdown"
+    assert gate.day_start_equity == flat
+    assert reset["day_start_equity"] == pytest.approx(flat, abs=1e-6)
+    assert gate.halted_until is None and desk.broker.entries_halted_until is None
+    assert isinstance(desk.check(_entry(stop=PRICE - 300), MIDNIGHT), Order)
+    # the new day has a budget of its own: 2 % of `flat`
+    watch = desk.commands[-1]
+    assert isinstance(watch, RiskWatch)
+    assert (watch.equity_floor, watch.check_at) == (pytest.approx(flat * 0.98, rel=1e-6), MIDNIGHT + 86400)
+
+
+def test_a_daily_drawdown_trip_late_in_the_day_halts_for_the_cooldown_at_least(tmp_path: Path) -> None:
+    """At 23:50 UTC the rest of the day is shorter than `breaker_cooldown_min` (30): the halt runs
+    to 00:20:01; the new day's starting equity is still taken at midnight."""
+    gate, desk = _gate(tmp_path, *DAILY_HALT)
+    late = MIDNIGHT - 600  # 23:50:00 UTC
+    tripped = _trip_the_daily_cap(desk, late)
+    until = late + 1 + 30 * 60  # 00:20:01 UTC
+    assert (tripped["halted_until"], tripped["halted_until_iso"]) == (until, "2027-01-16T00:20:01.000Z")
+    flat = desk.broker.equity
+    # past midnight, within the cooldown: a new day (its start is the flat account), still halted
+    events = desk.mark(_tick(PRICE, MIDNIGHT + 60), MIDNIGHT + 60)
+    assert _breaker_kinds(events) == []
+    assert (gate.day, gate.day_start_equity) == (MIDNIGHT // 86400, flat)
+    assert _rejected(desk.check(_entry(stop=PRICE - 300), until - 0.001)) == "breaker_halt"
+    events = desk.mark(_tick(PRICE, until), until)
+    assert _breaker_kinds(events) == ["breaker.reset"]
+    assert gate.day_start_equity == flat  # the halt's end does not touch it
+    assert isinstance(desk.check(_entry(stop=PRICE - 300), until), Order)
+
+
+def test_the_loss_streak_breaker_halts_for_its_own_cooldown_then_counts_from_zero(tmp_path: Path) -> None:
+    gate, desk = _gate(
+        tmp_path,
+        "risk.max_consecutive_losses=3",
+        "risk.on_breaker=halt",
+        "risk.breaker_cooldown_min=120",  # the daily drawdown's, not the streak's
+        "risk.loss_streak_cooldown_min=10",
+    )
+    account = desk.account(T0)
+    for _ in range(2):
+        assert trade_closed(gate, account, -1.0, T0) == []
+    outs = trade_closed(gate, account, -1.0, T0 + 1)
+    assert _outs_kinds(outs) == ["breaker.tripped", "HaltEntries", "Flatten"]
+    tripped = outs[0].fields
+    assert (tripped["reason"], tripped["action"]) == ("max_consecutive_losses", "halt")
+    assert (tripped["halted_until"], tripped["halted_until_iso"]) == (T0 + 601, "2027-01-15T08:10:01.000Z")
+    assert [o.until for o in outs if isinstance(o, HaltEntries)] == [T0 + 601]
+    for at in (T0 + 1, T0 + 600.999):
+        assert _rejected(gate.check(_entry(), account, at)) == "breaker_halt"
+    # the cooldown is over: the next account update lifts the halt
+    outs = gate.on_account(AccountUpdate(T0 + 601, account))
+    assert _outs_kinds([o for o in outs if not isinstance(o, RiskWatch)]) == ["breaker.reset", "HaltEntries"]
+    assert [o.fields["reason"] for o in outs if isinstance(o, Event)] == ["max_consecutive_losses"]
+    assert [o.until for o in outs if isinstance(o, HaltEntries)] == [-math.inf]
+    assert isinstance(gate.check(_entry(), account, T0 + 601), Order)
+    # the streak starts again from zero: two losses do not trip it, the third does
+    assert trade_closed(gate, account, -1.0, T0 + 700) == []
+    assert trade_closed(gate, account, -1.0, T0 + 701) == []
+    outs = trade_closed(gate, account, -1.0, T0 + 702)
+    assert _outs_kinds(outs) == ["breaker.tripped", "HaltEntries", "Flatten"]
+    assert outs[0].fields["halted_until"] == T0 + 702 + 600
+    assert gate.breaker_trips == 2
+
+
+@pytest.mark.parametrize(
+    ("on_breaker", "backtest", "action"),
+    [
+        ("auto", True, "halt"),
+        ("auto", False, "stop"),
+        ("stop", True, "stop"),
+        ("stop", False, "stop"),
+        ("halt", True, "halt"),
+        ("halt", False, "halt"),
+    ],
+)
+def test_on_breaker_auto_halts_in_backtests_and_stops_elsewhere(
+    tmp_path: Path, on_breaker: str, backtest: bool, action: str
+) -> None:
+    gate, desk = _gate(
+        tmp_path, "risk.max_consecutive_losses=1", f"risk.on_breaker={on_breaker}", backtest=backtest
+    )
+    assert gate.action == action
+    outs = trade_closed(gate, desk.account(T0), -1.0, T0)
+    assert outs[0].fields["action"] == action
+    if action == "stop":
+        assert _outs_kinds(outs) == ["breaker.tripped", "Flatten", "StopSession"]
+        assert (outs[0].fields["halted_until"], outs[0].fields["halted_until_iso"]) == (None, None)
+    else:
+        assert _outs_kinds(outs) == ["breaker.tripped", "HaltEntries", "Flatten"]
+        assert gate.halted_until == T0 + 30 * 60  # loss_streak_cooldown_min's default
+
+
+def test_on_breaker_defaults_to_auto_and_sessions_resolve_it_by_mode(tmp_path: Path) -> None:
+    assert RiskConfig().on_breaker == "auto"
+    assert RiskConfig().loss_streak_cooldown_min == 30.0
+    assert RiskGate(RiskConfig(), 10000.0).action == "stop"  # not told it is a backtest: stop
+    data = tmp_path / "bars.csv"
+    write_bars(data, 10)
+    config = make_config(tmp_path)
+    live = Session(config)
+    assert live.parts(live.timeline(T0)).gate.action == "stop"
+    backtest = Session(config, Plan(mode="backtest", data=str(data)))
+    assert backtest.parts(backtest.timeline(T0)).gate.action == "halt"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("on_breaker", "pause"), ("loss_streak_cooldown_min", "0"), ("loss_streak_cooldown_min", "-5")],
+)
+def test_breaker_keys_are_validated(tmp_path: Path, key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        make_config(tmp_path, f"risk.{key}={value}")
+    assert f"risk.{key}" in str(raised.value)
+
+
+def test_a_daily_halt_survives_a_checkpoint_and_older_checkpoints_restore(tmp_path: Path) -> None:
+    gate, desk = _gate(tmp_path, *DAILY_HALT)
+    _trip_the_daily_cap(desk, T0)
+    state = json.loads(json.dumps(gate.state()))  # as a checkpoint file keeps it
+    assert (state["halt_reason"], state["daily_tripped_day"]) == ("max_daily_drawdown", 20833)  # T0's UTC day
+    later = T0 + 3600
+    account = desk.account(later)  # flat, ~3.5 % below the day's 10000
+    restored, _ = _gate(tmp_path, *DAILY_HALT)
+    restored.restore(state, account)
+    assert (restored.halted_until, restored.halt_reason, restored.day_start_equity) == (
+        MIDNIGHT,
+        "max_daily_drawdown",
+        10000.0,
+    )
+    assert _rejected(restored.check(_entry(), account, later)) == "breaker_halt"
+    outs = restored.on_account(AccountUpdate(later, account))  # the day's cap is spent: no second trip
+    assert [o for o in outs if not isinstance(o, RiskWatch)] == []
+    assert restored.breaker_trips == 1
+    # a checkpoint written before these keys existed: the halt is carried over all the same
+    older = {k: v for k, v in state.items() if k not in ("halt_reason", "daily_tripped_day")}
+    resumed, _ = _gate(tmp_path, *DAILY_HALT)
+    resumed.restore(older, account)
+    assert (resumed.halted_until, resumed.halt_reason, resumed.daily_tripped_day) == (MIDNIGHT, None, None)
+    assert _rejected(resumed.check(_entry(), account, later)) == "breaker_halt"
+    outs = resumed.on_account(AccountUpdate(MIDNIGHT, account))
+    assert _outs_kinds([o for o in outs if not isinstance(o, RiskWatch)]) == ["breaker.reset", "HaltEntries"]
 
 
 @pytest.mark.parametrize(
@@ -652,6 +852,14 @@ async def test_session_breaker_stop(tmp_path: Path, autojump_clock: trio.abc.Clo
     assert _ts(_stopped(events)) == pytest.approx(_ts(trips[0]), abs=1e-3)
 
 
+def _next_midnight(ts: float) -> float:
+    return (math.floor(ts / 86400) + 1) * 86400.0
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 @pytest.mark.parametrize("trigger", sorted(BREAKER_TRIGGERS))
 async def test_session_breaker_halt(tmp_path: Path, autojump_clock: trio.abc.Clock, trigger: str) -> None:
     cooldown_s = 60.0
@@ -660,6 +868,7 @@ async def test_session_breaker_halt(tmp_path: Path, autojump_clock: trio.abc.Clo
         *BREAKER_TRIGGERS[trigger],
         "risk.on_breaker=halt",
         "risk.breaker_cooldown_min=1",
+        "risk.loss_streak_cooldown_min=1",
         duration_min=5,
     )
     assert report["stop_reason"] == "duration"
@@ -667,19 +876,38 @@ async def test_session_breaker_halt(tmp_path: Path, autojump_clock: trio.abc.Clo
     trips = [e for e in events if e["kind"] == "breaker.tripped"]
     assert trips and {(t["reason"], t["action"]) for t in trips} == {(trigger, "halt")}
     assert report["breaker_trips"] == len(trips)
+    for trip in trips:  # the loss streak: its cooldown; the daily drawdown: the rest of the UTC day
+        at = _ts(trip)
+        until = (
+            at + cooldown_s
+            if trigger == "max_consecutive_losses"
+            else max(_next_midnight(at), at + cooldown_s)
+        )
+        assert trip["halted_until"] == pytest.approx(until, abs=1e-3)
+        assert trip["halted_until_iso"] == _iso(trip["halted_until"])
     halts = [e for e in events if e["kind"] == "order.rejected" and e["reason"] == "breaker_halt"]
     assert len(halts) >= 3
     assert report["orders_rejected"]["breaker_halt"] == len(halts)
-    for h in halts:  # each within the cooldown of the trip before it, and an entry
+    for h in halts:  # each within the halt of the trip before it, and an entry
         trip = [t for t in trips if t["seq"] < h["seq"]][-1]
-        assert 0 <= _ts(h) - _ts(trip) < cooldown_s + 1e-3
+        assert _ts(trip) <= _ts(h) < trip["halted_until"]
         assert h["intent"].startswith("entry_")
-    # the breaker resets after the cooldown and trading resumes
-    first_reset = next(e for e in events if e["kind"] == "breaker.reset")
-    assert _ts(first_reset) - _ts(trips[0]) >= cooldown_s - 1e-3
-    assert any(
-        e["reason"].startswith("entry_") for e in _gate_orders(events) if e["seq"] > first_reset["seq"]
-    )
+    ended = _ts(_stopped(events))
+    if trigger == "max_consecutive_losses":
+        assert trips[0]["halted_until"] < ended
+    if trips[0]["halted_until"] < ended:  # the breaker resets after the halt and trading resumes
+        first_reset = next(e for e in events if e["kind"] == "breaker.reset")
+        assert first_reset["reason"] == trigger
+        assert _ts(first_reset) >= trips[0]["halted_until"] - 1e-3
+        assert any(
+            e["reason"].startswith("entry_") for e in _gate_orders(events) if e["seq"] > first_reset["seq"]
+        )
+    else:  # the day's cap: halted to the end of this 5 minute session
+        assert [e for e in events if e["kind"] == "breaker.reset"] == []
+        late = [
+            e for e in _gate_orders(events) if e["seq"] > trips[0]["seq"] and e["reason"].startswith("entry_")
+        ]
+        assert late == []
 
 
 async def test_session_breaker_halt_keeps_the_account_flat_through_the_cooldown(
@@ -690,7 +918,7 @@ async def test_session_breaker_halt_keeps_the_account_flat_through_the_cooldown(
         tmp_path,
         *BREAKER_TRIGGERS["max_consecutive_losses"],
         "risk.on_breaker=halt",
-        "risk.breaker_cooldown_min=1",
+        "risk.loss_streak_cooldown_min=1",
         duration_min=5,
     )
     trips = [e for e in events if e["kind"] == "breaker.tripped"]
@@ -702,6 +930,81 @@ async def test_session_breaker_halt_keeps_the_account_flat_through_the_cooldown(
             and e["reason"].startswith("entry_")
         ]  # fmt: skip
         assert entries_in_cooldown == []
+
+
+# --- backtests: a breaker trip halts, it does not end the run ---------------------------------------
+
+BARS_START = 1_704_067_200.0  # write_bars: the first candle opens at 2024-01-01 00:00 UTC
+FAST = ["strategy.fast_period=2", "strategy.slow_period=5"]
+
+
+def _backtest_config(tmp_path: Path, *sets: str) -> Config:
+    return load(None, {}, [f"session.run_dir={tmp_path / 'runs'}", "session.interval=1m", *FAST, *sets])
+
+
+def test_a_backtest_with_default_limits_halts_at_breaker_trips_and_runs_to_data_end(tmp_path: Path) -> None:
+    """On the kernel, default risk settings (`on_breaker = "auto"`): the loss streak trips the
+    breaker again and again; each trip halts entries for its cooldown and the run reaches the end
+    of its data. With `on_breaker = "stop"` the same backtest ends at the first trip."""
+    data = tmp_path / "bars.csv"
+    write_bars(data, 2000)
+    config = _backtest_config(tmp_path)
+    assert config.risk == RiskConfig()
+    result = Session(config, Plan(mode="backtest", data=str(data))).run_kernel()
+    events = read_events(result.run_path)
+    trips = [e for e in events if e["kind"] == "breaker.tripped"]
+    assert len(trips) >= 2 and {t["action"] for t in trips} == {"halt"}
+    stopped = _stopped(events)
+    assert (stopped["stop_reason"], events[-1]["kind"]) == ("data_end", "session.stopped")
+    assert _ts(stopped) == BARS_START + 2000 * 60  # the last candle's close, well after the first trip
+    assert result.report["breaker_trips"] == len(trips)
+    entries = [e for e in _gate_orders(events) if e["reason"].startswith("entry_")]
+    for trip in trips:  # no entry while halted; entries again after each halt
+        assert [e for e in entries if _ts(trip) <= _ts(e) < trip["halted_until"]] == []
+    assert any(_ts(e) > trips[0]["halted_until"] for e in entries)
+
+    stop = _backtest_config(tmp_path, "risk.on_breaker=stop")
+    events = read_events(Session(stop, Plan(mode="backtest", data=str(data))).run_kernel().run_path)
+    (trip,) = [e for e in events if e["kind"] == "breaker.tripped"]
+    assert (trip["action"], _stopped(events)["stop_reason"]) == ("stop", "breaker")
+    assert _ts(_stopped(events)) == _ts(trip)
+
+
+async def test_a_backtest_daily_drawdown_cap_halts_each_day_until_midnight_on_both_runtimes(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """The issue's case, a 0.3 % daily cap in a backtest: each trip halts entries until the next
+    00:00 UTC (not for the 30 min cooldown), the next day starts from the equity at its first
+    mark; the kernel and the actors write the same events."""
+    data = tmp_path / "bars.csv"
+    write_bars(data, 3000)  # 50 hours: three UTC days
+    config = _backtest_config(tmp_path, "risk.max_daily_drawdown_pct=0.3", "risk.max_consecutive_losses=0")
+    runs = {}
+    for runtime in ("kernel", "actors"):
+        plan = Plan(mode="backtest", data=str(data), runtime=runtime)
+        result = await run_session(config, plan=plan, handle_signals=False, progress_mode="off")
+        runs[runtime] = [
+            {k: v for k, v in e.items() if k not in ("run_id", "pid")} for e in read_events(result.run_path)
+        ]
+    for events in runs.values():
+        events[0]["config"]["session"].pop("run_dir")
+    events = runs["kernel"]
+    assert events == runs["actors"]
+    assert _stopped(events)["stop_reason"] == "data_end"
+    trips = [e for e in events if e["kind"] == "breaker.tripped"]
+    assert len(trips) >= 2 and {(t["reason"], t["action"]) for t in trips} == {("max_daily_drawdown", "halt")}
+    days = [math.floor(_ts(t) / 86400) for t in trips]
+    assert len(set(days)) == len(days)  # at most one trip a day
+    entries = [e for e in _gate_orders(events) if e["reason"].startswith("entry_")]
+    for trip in trips:
+        midnight = _next_midnight(_ts(trip))
+        assert _ts(trip) + 30 * 60 < midnight  # these trips are early in their day
+        assert (trip["halted_until"], trip["halted_until_iso"]) == (midnight, _iso(midnight))
+        assert [e for e in entries if _ts(trip) <= _ts(e) < midnight] == []
+        if midnight < _ts(_stopped(events)):
+            reset = next(e for e in events if e["kind"] == "breaker.reset" and e["seq"] > trip["seq"])
+            assert _ts(reset) == midnight  # the day's first candle opens at 00:00
+            assert any(_ts(e) >= midnight for e in entries)
 
 
 def _stale_window_feed(

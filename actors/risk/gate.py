@@ -11,10 +11,13 @@ only through the frozen `AccountSnapshot`s that travel with what it is given.
   included; the broker's protective exits and flatten-on-exit never pass through it.
 - `on_account(update)`: the account watched, after the marks its `RiskWatch` asks the broker to
   report (a new UTC day, the end of a cooldown, equity at or below the nearest limit) and after
-  every closed trade: `max_loss_pct` stops the session; the circuit breaker
-  (`max_daily_drawdown_pct`, `max_consecutive_losses`) flattens and then stops the session or halts
-  entries for the cooldown; `max_trades` and `max_losses` stop the session. Its effects are
-  commands for the broker (`Flatten`, `HaltEntries`, `StopSession`, `RiskWatch`), never calls.
+  every closed trade: `max_loss_pct` stops the session; the circuit breaker flattens and then
+  stops the session or halts entries (`on_breaker`; "auto": halt in backtests, stop otherwise):
+  `max_daily_drawdown_pct` caps the UTC day (measured from the equity at the day's first mark, reset
+  only at 00:00 UTC; after a trip no entries until the next midnight, or `breaker_cooldown_min` if
+  that is later); `max_consecutive_losses` halts for `loss_streak_cooldown_min`, and the streak
+  counts from zero again. `max_trades` and `max_losses` stop the session. Its effects are commands
+  for the broker (`Flatten`, `HaltEntries`, `StopSession`, `RiskWatch`), never calls.
 - While the feed's data is stale (`account.stale`), entries are refused (`stale_data`); exits
   still go through.
 
@@ -43,6 +46,7 @@ from protocols.messages import (
     RiskWatch,
     StopSession,
 )
+from protocols.records import iso
 
 WINDOW_S = 60.0
 DAY_S = 86400.0
@@ -51,6 +55,15 @@ DAY_S = 86400.0
 WATCH_MARGIN = 1e-9
 
 RiskOutput = Order | Flatten | HaltEntries | StopSession | RiskWatch | Event
+DAILY, STREAK = "max_daily_drawdown", "max_consecutive_losses"  # the breakers, as events name them
+
+
+def breaker_action(on_breaker: str, *, backtest: bool) -> str:
+    """`risk.on_breaker` resolved: "auto" halts entries in backtests and stops live sessions and
+    replays; an explicit "stop" or "halt" is obeyed everywhere."""
+    if on_breaker == "auto":
+        return "halt" if backtest else "stop"
+    return on_breaker
 
 
 @attrs.frozen
@@ -60,8 +73,9 @@ class Rejection:
 
 
 class RiskGate:
-    def __init__(self, config: RiskConfig, starting_equity: float) -> None:
+    def __init__(self, config: RiskConfig, starting_equity: float, *, backtest: bool = False) -> None:
         self.config = config
+        self.action = breaker_action(config.on_breaker, backtest=backtest)  # "stop" or "halt"
         self.starting_equity = starting_equity
         self.window: deque[float] = deque()
         self.submitted_signed_qty = 0.0
@@ -71,7 +85,9 @@ class RiskGate:
         self.consecutive_losses = 0
         self.day: int | None = None
         self.day_start_equity = starting_equity
-        self.halted_until: float | None = None
+        self.halted_until: float | None = None  # entries halted by a breaker until then
+        self.halt_reason: str | None = None  # the breaker whose halt ends at halted_until
+        self.daily_tripped_day: int | None = None  # the UTC day whose drawdown cap tripped: spent
         self.breaker_trips = 0
         self.stopping = False  # a stop command has been given: nothing more to decide
         self.watching: RiskWatch | None = None  # the last watch the broker was given
@@ -86,6 +102,8 @@ class RiskGate:
         "day",
         "day_start_equity",
         "halted_until",
+        "halt_reason",
+        "daily_tripped_day",
         "breaker_trips",
         "stopping",
     )
@@ -95,7 +113,8 @@ class RiskGate:
 
     def restore(self, state: dict[str, Any], account: AccountSnapshot) -> None:
         """Orders in flight at the crash never reached the market (the broker refuses them on
-        resume): nothing is pending after it."""
+        resume): nothing is pending after it. A checkpoint from before a key existed keeps the
+        fresh gate's value (no halt reason, the day's drawdown cap not spent)."""
         self.window = deque(state["window"])
         for name in self._SCALARS:
             if name in state:
@@ -158,7 +177,9 @@ class RiskGate:
             return Rejection("session_stopping", "the session is stopping")
         if entry and self.halted_until is not None and now < self.halted_until:
             return Rejection(
-                "breaker_halt", f"entries halted by the circuit breaker until {self.halted_until:.0f}"
+                "breaker_halt",
+                f"entries halted by the {self.halt_reason or 'circuit'} breaker until "
+                f"{iso(self.halted_until)} ({self.halted_until:.0f})",
             )
         if entry and account.stale:
             return Rejection("stale_data", "market data is stale or the feed is down")
@@ -234,17 +255,18 @@ class RiskGate:
     # --- the account -----------------------------------------------------------------------------
 
     def on_account(self, update: AccountUpdate) -> list[RiskOutput]:
-        """After the marks the watch asked for and every closed trade: counters, the loss limit,
-        the breaker, the stop conditions. Returns events and commands for the broker."""
+        """After the marks the watch asked for and every closed trade: a new UTC day and the end of
+        a halt first, then counters, the loss limit, the breaker, the stop conditions. Returns
+        events and commands for the broker."""
         if self.stopping:
             return []
         ts, equity = update.ts, update.account.equity
-        out: list[RiskOutput] = []
+        out = self._roll(ts, equity)
         for trade in update.closed:
             out += self._trade_closed(trade.net_pnl, ts, equity)
             if self.stopping:
                 return out
-        out += self._marked(ts, equity)
+        out += self._check_equity(ts, equity)
         if not self.stopping:
             watch = self.watch(ts)
             if watch != self.watching:
@@ -254,46 +276,63 @@ class RiskGate:
 
     def watch(self, ts: float) -> RiskWatch:
         """What the broker must report: equity at or below the nearest limit (the session loss
-        limit; the daily drawdown unless entries are halted), the next UTC day (its start equity),
-        the end of a cooldown; before the first mark, any mark."""
+        limit; the daily drawdown unless it already tripped today), the next UTC day (its start
+        equity), the end of a halt; before the first mark, any mark."""
         floor = self.starting_equity * (1 - self.config.max_loss_pct / 100)
-        if self.halted_until is None:
+        if self._daily_armed():
             floor = max(floor, self.day_start_equity * (1 - self.config.max_daily_drawdown_pct / 100))
         check_at = -math.inf if self.day is None else (self.day + 1) * DAY_S
         if self.halted_until is not None:
             check_at = min(check_at, self.halted_until)
         return RiskWatch(ts, floor + abs(floor) * WATCH_MARGIN, check_at)
 
-    def _marked(self, ts: float, equity: float) -> list[RiskOutput]:
+    def _daily_armed(self) -> bool:
+        """The daily drawdown cap can still trip today (it trips at most once a UTC day)."""
+        return self.daily_tripped_day is None or self.daily_tripped_day != self.day
+
+    def _roll(self, ts: float, equity: float) -> list[RiskOutput]:
+        """A new UTC day takes the equity now as its start (the only place it is set), and a halt
+        whose time is up is lifted."""
         day = math.floor(ts / DAY_S)
         if day != self.day:
             self.day, self.day_start_equity = day, equity
-        out: list[RiskOutput] = []
-        if self.halted_until is not None and ts >= self.halted_until:
-            self.halted_until = None
-            self.day_start_equity = equity  # a new drawdown budget after the cooldown
-            out.append(Event(ts, "breaker.reset", {"equity": round(equity, 6)}))
-            out.append(HaltEntries(ts, -math.inf, "breaker_reset"))
-        return out + self._check_equity(ts, equity)
+        if self.halted_until is None or ts < self.halted_until:
+            return []
+        reason = self.halt_reason
+        self.halted_until = self.halt_reason = None
+        fields = {
+            "equity": round(equity, 6),
+            "reason": reason,
+            "day_start_equity": round(self.day_start_equity, 6),
+        }
+        return [Event(ts, "breaker.reset", fields), HaltEntries(ts, -math.inf, "breaker_reset")]
 
     def _check_equity(self, ts: float, equity: float) -> list[RiskOutput]:
         """The session loss limit and the daily drawdown breaker, on the account as it is now."""
         if self.stopping:
             return []
-        out: list[RiskOutput] = []
         loss_pct = (self.starting_equity - equity) / self.starting_equity * 100
         if loss_pct >= self.config.max_loss_pct:
             return self._stop(
                 ts, "max_loss", f"session loss {loss_pct:.2f} % >= {self.config.max_loss_pct:g} %"
             )
+        if not self._daily_armed() or self.day is None:
+            return []
         daily_dd = (
             (self.day_start_equity - equity) / self.day_start_equity * 100 if self.day_start_equity > 0 else 0
         )
-        if daily_dd >= self.config.max_daily_drawdown_pct and self.halted_until is None:
-            out += self._trip(
-                "max_daily_drawdown", f"drawdown {daily_dd:.2f} % from the day's start", ts, equity
-            )
-        return out
+        if daily_dd < self.config.max_daily_drawdown_pct:
+            return []
+        self.daily_tripped_day = self.day
+        # no entries until the next UTC midnight, and for the cooldown at least
+        until = max((self.day + 1) * DAY_S, ts + self.config.breaker_cooldown_min * 60)
+        return self._trip(
+            DAILY,
+            f"drawdown {daily_dd:.2f} % from the day's start ({self.day_start_equity:.2f})",
+            ts,
+            equity,
+            until,
+        )
 
     def _trade_closed(self, net_pnl: float, ts: float, equity: float) -> list[RiskOutput]:
         c = self.config
@@ -307,11 +346,15 @@ class RiskGate:
         if (
             c.max_consecutive_losses
             and self.consecutive_losses >= c.max_consecutive_losses
-            and not (self.halted_until is not None and ts < self.halted_until)  # the trip's own flatten
+            and not (self.halted_until is not None and ts < self.halted_until)  # a trip's own flatten
         ):
-            self.consecutive_losses = 0
+            self.consecutive_losses = 0  # the streak counts from zero again
             out += self._trip(
-                "max_consecutive_losses", f"{c.max_consecutive_losses} losing trades in a row", ts, equity
+                STREAK,
+                f"{c.max_consecutive_losses} losing trades in a row",
+                ts,
+                equity,
+                ts + c.loss_streak_cooldown_min * 60,
             )
         if self.stopping:
             return out
@@ -327,21 +370,25 @@ class RiskGate:
         self.stopping = True
         return [StopSession(ts, reason, detail)]
 
-    def _trip(self, reason: str, detail: str, ts: float, equity: float) -> list[RiskOutput]:
-        """The circuit breaker: flatten, then stop the session or halt entries for the cooldown."""
+    def _trip(self, reason: str, detail: str, ts: float, equity: float, until: float) -> list[RiskOutput]:
+        """The circuit breaker `reason` tripped: flatten, then stop the session or halt entries
+        until `until` (a halt already running longer is kept)."""
         self.breaker_trips += 1
-        action = self.config.on_breaker
-        out: list[RiskOutput] = [
-            Event(
-                ts,
-                "breaker.tripped",
-                {"reason": reason, "detail": detail, "action": action, "equity": round(equity, 6)},
-            )
-        ]
-        if action == "stop":
-            out.append(Flatten(ts, "breaker", f"breaker-{self.breaker_trips}"))
+        halt = self.action == "halt"
+        if halt and (self.halted_until is None or until > self.halted_until):
+            self.halted_until, self.halt_reason = until, reason
+        fields: dict[str, Any] = {
+            "reason": reason,
+            "detail": detail,
+            "action": self.action,
+            "equity": round(equity, 6),
+            "halted_until": self.halted_until if halt else None,
+            "halted_until_iso": iso(self.halted_until) if halt and self.halted_until is not None else None,
+        }
+        out: list[RiskOutput] = [Event(ts, "breaker.tripped", fields)]
+        flatten = Flatten(ts, "breaker", f"breaker-{self.breaker_trips}")
+        if not halt:
+            out.append(flatten)
             return out + self._stop(ts, "breaker", f"{reason}: {detail}")
-        self.halted_until = ts + self.config.breaker_cooldown_min * 60
-        out.append(HaltEntries(ts, self.halted_until, reason))
-        out.append(Flatten(ts, "breaker", f"breaker-{self.breaker_trips}"))
-        return out
+        assert self.halted_until is not None
+        return [*out, HaltEntries(ts, self.halted_until, reason), flatten]
