@@ -226,6 +226,17 @@ class BrokerConfig:
         "backtests: fill market orders at the next candle's open (honest) or the signal candle's close",
         _choice("next_open", "close"),
     )
+    intrabar: str = key(
+        "pessimistic",
+        "backtests: the path a candle is worked along: 'pessimistic' (the extreme against the open "
+        "position first: a stop before a target) or 'ohlc' (open, the nearer extreme, the other, close)",
+        _choice("pessimistic", "ohlc"),
+    )
+    max_volume_participation: float = key(
+        0.1,
+        "backtests: the largest share of a candle's volume the broker's fills may take in that candle",
+        _num(gt=0, le=1),
+    )
 
 
 @attrs.frozen

@@ -49,6 +49,7 @@ from actors.recording import checkpoint
 from actors.recording.recorder import Recorder, create_run_folder
 from actors.risk.gate import RiskGate
 from actors.strategies.base import Strategy, build_strategy
+from protocols.instruments import table_instrument
 from protocols.messages import Candle, Event, MarketEvent
 
 if TYPE_CHECKING:
@@ -149,6 +150,7 @@ def build_parts(
     heartbeat_s: float,
     defer_to_next_quote: bool,
     live: bool = True,
+    bars: bool = False,
     funding: FundingRates | None = None,
 ) -> Parts:
     """The session's one seeded generator hands each part its own stream, in a fixed order, so
@@ -165,11 +167,13 @@ def build_parts(
         started_ts=timeline.started_ts,
         end_ts=timeline.end_ts,
         defer_to_next_quote=defer_to_next_quote,
+        bars=bars,
+        instrument=table_instrument(symbol),
         funding=funding,
     )
     return Parts(
         broker=broker,
-        gate=RiskGate(config.risk, config.broker.starting_equity),
+        gate=RiskGate(config.risk, config.broker.starting_equity, backtest=bars),
         strategies=[build_strategy(config.strategy, config.strategy.name, symbol)],
         walk=_walk(config, rngs["feed"]) if live else None,
         rngs=rngs,
@@ -381,6 +385,7 @@ class Session:
             heartbeat_s=self.heartbeat_s(),
             defer_to_next_quote=self.plan.mode == "backtest"
             and self.config.broker.backtest_fill == "next_open",
+            bars=self.plan.mode == "backtest",
             funding=self.funding,
         )
 
