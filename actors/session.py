@@ -159,6 +159,7 @@ def build_parts(
     root = random.Random(config.session.seed)
     rngs = {name: random.Random(root.getrandbits(64)) for name in ("feed", "broker")}
     symbol = config.session.symbol.upper()
+    instrument = table_instrument(symbol)
     broker = PaperBroker(
         config.broker,
         rngs["broker"],
@@ -168,12 +169,12 @@ def build_parts(
         end_ts=timeline.end_ts,
         defer_to_next_quote=defer_to_next_quote,
         bars=bars,
-        instrument=table_instrument(symbol),
+        instrument=instrument,
         funding=funding,
     )
     return Parts(
         broker=broker,
-        gate=RiskGate(config.risk, config.broker.starting_equity, backtest=bars),
+        gate=RiskGate(config.risk, config.broker.starting_equity, backtest=bars, instrument=instrument),
         strategies=[build_strategy(config.strategy, config.strategy.name, symbol)],
         walk=_walk(config, rngs["feed"]) if live else None,
         rngs=rngs,

@@ -33,8 +33,8 @@ from typing import Any
 
 import attrs
 
-from actors.broker.paper import MIN_QTY, round_lot
 from actors.config import RiskConfig
+from protocols.instruments import Instrument, table_instrument
 from protocols.messages import (
     AccountSnapshot,
     AccountUpdate,
@@ -73,8 +73,19 @@ class Rejection:
 
 
 class RiskGate:
-    def __init__(self, config: RiskConfig, starting_equity: float, *, backtest: bool = False) -> None:
+    def __init__(
+        self,
+        config: RiskConfig,
+        starting_equity: float,
+        *,
+        backtest: bool = False,
+        instrument: Instrument | None = None,
+    ) -> None:
         self.config = config
+        # the grid orders are sized and priced on (the broker refuses what is off it)
+        default = table_instrument("BTCUSDT")
+        assert default is not None
+        self.instrument: Instrument = instrument or default
         self.action = breaker_action(config.on_breaker, backtest=backtest)  # "stop" or "halt"
         self.starting_equity = starting_equity
         self.window: deque[float] = deque()
@@ -173,6 +184,7 @@ class RiskGate:
 
     def check(self, intent: OrderIntent, account: AccountSnapshot, now: float) -> Order | Rejection:
         entry = not intent.reduce_only
+        intent = self._on_grid(intent)
         if entry and self.stopping:
             return Rejection("session_stopping", "the session is stopping")
         if entry and self.halted_until is not None and now < self.halted_until:
@@ -214,11 +226,31 @@ class RiskGate:
             symbol=intent.symbol,
         )
 
+    def _on_grid(self, intent: OrderIntent) -> OrderIntent:
+        """The intent's prices on the tick grid: the decision price to the nearest tick; the stop
+        and target away from the flattering side (a buy's stop down and target up, a sell's the
+        other way), as the broker will place them; sizing then uses the stop that will rest."""
+        grid = self.instrument.round_price
+        buy = intent.side == "buy"
+        changes: dict[str, Any] = {}
+        decision = grid(intent.decision_price)
+        if decision != intent.decision_price:
+            changes["decision_price"] = decision
+        if intent.stop_price is not None:
+            stop = grid(intent.stop_price, "down" if buy else "up")
+            if stop != intent.stop_price:
+                changes["stop_price"] = stop
+        if intent.target_price is not None:
+            target = grid(intent.target_price, "up" if buy else "down")
+            if target != intent.target_price:
+                changes["target_price"] = target
+        return attrs.evolve(intent, **changes) if changes else intent
+
     def _exit_size(self, intent: OrderIntent, account: AccountSnapshot) -> float | Rejection:
         projected = self.projected_position(account)
         reduces = projected < 0 if intent.side == "buy" else projected > 0
         qty = round(min(intent.qty, abs(projected)), 8) if reduces else 0.0
-        if qty < MIN_QTY:
+        if qty < self.instrument.min_qty:
             return Rejection("nothing_to_close", f"no open position to reduce ({projected:+.4f} BTC)")
         return qty
 
@@ -240,16 +272,18 @@ class RiskGate:
         binding, cap = min(room.items(), key=lambda kv: kv[1])
         allowed = cap - before * sign
         if wanted > allowed + 1e-12:
-            if c.sizing != "risk" or allowed < MIN_QTY:
+            if c.sizing != "risk" or allowed < self.instrument.min_qty:
                 return Rejection(
                     binding,
                     f"position would be {before + sign * wanted:+.4f} BTC; {binding} allows "
                     f"{cap:.4f} BTC at {price:.1f}",
                 )
             wanted = allowed
-        qty = round_lot(wanted)
-        if qty < MIN_QTY:
-            return Rejection("below_min_size", f"size {wanted:.6f} BTC is below the minimum {MIN_QTY} BTC")
+        qty = self.instrument.round_qty(wanted)
+        if qty < self.instrument.min_qty:
+            return Rejection(
+                "below_min_size", f"size {wanted:.6f} BTC is below the minimum {self.instrument.min_qty} BTC"
+            )
         return qty
 
     # --- the account -----------------------------------------------------------------------------
