@@ -19,7 +19,12 @@ def test_frames_come_in_the_exchange_mix_and_are_all_accepted() -> None:
     )
     parsed = [validator.parse(raw) for raw in frames.raw]
     assert sum(isinstance(p, bitunix.KlinePush) for p in parsed) == 400
-    assert sum(isinstance(p, bitunix.BookTop) for p in parsed) == 600
+    books = [p for p in parsed if isinstance(p, bitunix.BookTop)]
+    assert len(books) == 600
+    # the feed's depth_book15 pushes: 15 levels a side, a spread of one tick
+    assert all(len(b.bids) == len(b.asks) == bitunix.BOOK_LEVELS == 15 for b in books)
+    assert all(b.ask - b.bid == pytest.approx(0.1) for b in books)
+    assert sum(f'"ch":"{bitunix.BOOK_CHANNEL}"' in raw for raw in frames.raw) == 600
     assert sum(isinstance(p, bitunix.PricePush) for p in parsed) == 200
 
 
@@ -30,7 +35,7 @@ async def test_micro_benchmark_dispatches_every_frame_to_every_subscriber() -> N
     assert m["parse_us"] > 0 and m["parse_frames_per_s"] > 0
     assert m["dispatch_us"] > 0 and m["dispatch_frames_per_s"] > 0
     assert m["dispatch_us"] > m["parse_us"]  # dispatch includes the parse
-    expected = {"Tick": 600, "Funding": 200, "Candle": 3}
+    expected = {"Book": 600, "Tick": 600, "Funding": 200, "Candle": 3}  # a Book and its Tick per depth frame
     assert m["expected"] == expected
     assert m["received"] == [expected] * len(SUBSCRIBERS) == [expected] * 3
     assert m["all_dispatched"]

@@ -7,8 +7,9 @@ no gap and no duplicate and matches the exchange's truth, and the run folder pas
 The faults are scheduled by count (see tools/fake_bitunix/faults.py), so they come in the same order
 against the data in every run: the first handshake is refused; every connection is dropped after 30
 data frames (about 5 s); every 70th data frame starts a 3 s stall (longer than `stale_after_s`);
-a tenth of each channel's frames are malformed, and every third REST reply is an error (the history
-seed takes three pages, so its third is retried). The first candle closes 3.5 s in, inside the
+a tenth of each channel's frames are malformed, and every third REST reply is an error (the
+instrument's `trading_pairs` request comes first, then the history seed's three pages: the seed's
+second page is retried). The first candle closes 3.5 s in, inside the
 first connection, so the session trades on live data before the faults pile up; then, every
 minute, whatever the faults leave (WebSocket, REST polling or a backfill).
 """
@@ -16,9 +17,12 @@ minute, whatever the faults leave (WebSocket, REST polling or a backfill).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 from tests.test_feed_bitunix import (
+    NOT_CAUGHT,
+    REASON_OF_KIND,
     ZIGZAG_TRADER,
     assert_candles_match_truth,
     assert_clean_finish,
@@ -69,7 +73,22 @@ async def test_soak_every_fault_at_once(tmp_path: Path) -> None:
     assert stats.drops >= 2 and stats.stalls >= 1 and stats.handshakes_refused == 1
     assert stats.rest_errors + stats.rest_rate_limited >= 1 and report["rest_retries"] >= 1
     assert report["reconnects"] >= 3
-    assert sum(report["malformed_dropped"].values()) >= 8
+    # every malformed frame the fake broke was dropped and counted by its reason, and nothing else
+    # was. Not exactly: the fake logs a frame when it queues it, so one queued behind the last frame
+    # a dropped connection wrote (latency_ms), or at the stop, may never arrive; and a price jump is
+    # caught only within 1 s of the last good price (the first frame after a reconnect may not be,
+    # and then the good frames after it are dropped as the jump): price_jump is left out.
+    broke = Counter(
+        REASON_OF_KIND[kind]
+        for _, _, ch, _, kind in (e for e in stats.faults_log if e[0] == "malformed")
+        if (ch, kind) not in NOT_CAUGHT and kind != "price_jump"
+    )
+    dropped = Counter(report["malformed_dropped"])
+    del dropped["price_jump"]
+    lost_at_most = stats.drops + 1
+    assert broke.total() > lost_at_most, broke  # enough broken frames for the bound to bite
+    assert dropped <= broke, (dropped, broke)
+    assert dropped.total() >= broke.total() - lost_at_most, (dropped, broke)
     k = kinds(events)
     assert k["feed.disconnected"] >= 3 and k["feed.stale"] >= 3
     assert any("no data for 2 s" in e["reason"] for e in events if e["kind"] == "feed.stale"), "a stall"

@@ -1,20 +1,24 @@
 """Benchmark of the live Bitunix feed: `python -m tools.bench_feed [--frames N] [--rate 200] [--seconds 35]`.
 
 1. **Micro** (one trio run, no network): `--frames` realistic frames in the mix the exchange sends
-   (per second: 2 `market_kline_1min`, 3 `depth_book1`, 1 `price`; increasing `ts`, small price
-   moves, so none is rejected) are (a) parsed by `FrameValidator.parse` alone, then (b) parsed and
-   dispatched by a real `BitunixFeed` (`_on_data`, plus the per-frame bookkeeping of its socket loop)
-   to three unbuffered subscriber channels, each drained by a consumer task, as in a session (broker,
-   strategy, recorder tap). Figures: microseconds per frame (best of `--repeat`) and the frames per
-   second one core sustains (1e6 / microseconds).
+   (per second: 2 `market_kline_1min`, 3 `depth_book15` with 15 levels a side, as the feed
+   subscribes, 1 `price`; increasing `ts`, small price moves, so none is rejected) are (a) parsed by
+   `FrameValidator.parse` alone, then (b) parsed and dispatched by a real `BitunixFeed` (`_on_data`,
+   plus the per-frame bookkeeping of its socket loop) to three unbuffered subscriber channels, each
+   drained by a consumer task, as in a session (broker, strategy, recorder tap): a `Book` and its
+   `Tick` per depth frame, a `Funding` per price frame, a `Candle` per closed minute. Figures:
+   microseconds per frame (best of `--repeat`) and the frames per second one core sustains
+   (1e6 / microseconds).
 2. **Session** (real sockets on 127.0.0.1, real clock): a `FakeBitunix` in its own process (so the
    session's CPU is its own) pushes the subscribed channels at `--rate` frames per second in total,
    in the same 2:3:1 mix; a whole session runs in-process for `--seconds` (at least 31 s, so that one
    `feed.stats` event, every 30 s, comes). Read from the run folder: `feed.stats` (frames/s, lag
-   p50/p99/max), the ticks and funding recorded; from the fake: every data frame it sent, with the
-   time. The session keeps up (no backlog) when the fake did offer the rate (within 2 %), the
-   frames received in the `feed.stats` window and the ticks + funding recorded are within 2 % of
-   what was sent by then, lag p99 < 100 ms, and the feed had no disconnect, stale data or drop.
+   p50/p99/max), the books, ticks and funding recorded; from the fake: every data frame it sent,
+   with the time. The session keeps up (no backlog) when the fake did offer the rate (within 2 %),
+   the frames received in the `feed.stats` window are within 2 % of those sent by then, and so are
+   the books, ticks and funding recorded of what the frames sent by the stop make (a `Book` and a
+   `Tick` per `depth_book15` frame, a `Funding` per `price` frame), lag p99 < 100 ms, and the feed
+   had no disconnect, stale data or drop.
 
 Prints a table and, last, one JSON line with every figure (`keeps_up` true/false). Exit status 0
 either way: a benchmark prints figures. `--no-session` runs the micro part only.
@@ -56,10 +60,12 @@ REPO = Path(__file__).resolve().parents[1]
 SYMBOL = "BTCUSDT"
 START_MS = 1_700_000_040_000  # a minute boundary (Nov 2023)
 MINUTE_MS = 60_000
-# One second of the exchange's pushes: (offset ms, kind); 2 kline, 3 depth, 1 price.
+# One second of the exchange's pushes: (offset ms, kind); 2 kline, 3 depth (bitunix.BOOK_CHANNEL), 1 price.
 CYCLE = ((0, "kline"), (167, "depth"), (333, "price"), (500, "kline"), (667, "depth"), (833, "depth"))
 SHARE = {"kline": 2 / 6, "depth": 3 / 6, "price": 1 / 6}
 SUBSCRIBERS = ("broker", "strategy", "recorder tap")
+BOOK_LEVELS = bitunix.BOOK_LEVELS  # levels a side of a depth frame: the feed's depth_book15 window
+BOOK_MEDIAN_UNITS = 10_000  # a level's median size in units (1 BTC at the touch, +25 % a level deeper)
 LAG_P99_LIMIT_MS = 100.0
 COUNT_TOLERANCE = 0.02
 STATS_PERIOD_S = 30.0
@@ -106,8 +112,23 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _book_side(rng: random.Random, touch: int, direction: int) -> list[list[str]]:
+    """BOOK_LEVELS levels from `touch` (ticks) away from the spread (`direction` -1: bids, +1: asks),
+    strictly ordered: the first 5 one tick apart, then 1-3 ticks; sizes from a fifth to three times
+    a median that grows with depth (as the fake exchange's books)."""
+    side = []
+    price = touch
+    for level in range(BOOK_LEVELS):
+        if level:
+            price += direction * (1 if level < 5 else rng.choice((1, 1, 2, 3)))
+        median = BOOK_MEDIAN_UNITS * (4 + level) // 4
+        side.append([_px(price), _qty(rng.randint(median // 5, median * 3))])
+    return side
+
+
 def make_frames(n: int, *, seed: int = 1, symbol: str = SYMBOL, start_ms: int = START_MS) -> Frames:
-    """`n` frames of the exchange's mix, in order, over n/6 seconds of exchange time."""
+    """`n` frames of the exchange's mix, in order, over n/6 seconds of exchange time; the depth
+    frames are `depth_book15` pushes, 15 levels a side."""
     rng = random.Random(seed)
     dumps = partial(json.dumps, separators=(",", ":"))
     price = 600_000  # ticks: 60,000.0 USDT
@@ -137,11 +158,8 @@ def make_frames(n: int, *, seed: int = 1, symbol: str = SYMBOL, start_ms: int = 
             }
             ch = "market_kline_1min"
         elif kind == "depth":
-            data = {
-                "b": [[_px(price), _qty(rng.randint(1, 50_000))]],
-                "a": [[_px(price + 1), _qty(rng.randint(1, 50_000))]],
-            }
-            ch = "depth_book1"
+            data = {"b": _book_side(rng, price, -1), "a": _book_side(rng, price + 1, 1)}
+            ch = bitunix.BOOK_CHANNEL
         else:
             mark = price + rng.randint(-3, 3)
             funding = ts // (8 * 3600_000) * (8 * 3600_000)
@@ -202,7 +220,7 @@ async def time_dispatch(frames: Frames, config: Config) -> Dispatched:
     """Parse and dispatch every frame through a fresh BitunixFeed to three unbuffered subscribers.
 
     Per frame this is what the feed's socket loop does after `get_message`: count it, parse it, note
-    its lag, `_on_data` (which fans ticks, funding and closed candles out to every subscriber). The
+    its lag, `_on_data` (which fans books, ticks, funding and closed candles out to every subscriber). The
     feed's first-data work is done beforehand (`first_data` set, nothing to seed) and the frames have
     no gap, so no REST call happens."""
     clock = SessionClock()
@@ -259,7 +277,8 @@ async def run_micro(frames: Frames, *, repeat: int = 3, config: Config | None = 
     best = min(runs, key=lambda r: r.ns)
     parse_us = parse_ns / n / 1000
     dispatch_us = best.ns / n / 1000
-    expected = {"Tick": frames.kinds["depth"], "Funding": frames.kinds["price"], "Candle": frames.candles}
+    depth = frames.kinds["depth"]  # a Book, then its Tick, per depth frame
+    expected = {"Book": depth, "Tick": depth, "Funding": frames.kinds["price"], "Candle": frames.candles}
     return {
         "frames": n,
         "mix": dict(sorted(frames.kinds.items())),
@@ -471,9 +490,13 @@ def analyse_session(run: SessionRun, rate: float, seconds: float) -> dict[str, A
         prev_ms = end_ms
     got_frames = sum(w["frames"] for w in windows)
     sent_frames = sum(w["sent"] for w in windows)
-    # ticks and funding (one per depth_book1 / price frame) recorded against those sent by the stop
-    sent_quotes = sum(sent_in(sent_by_ch.get(ch, []), -math.inf, stop_ms) for ch in ("depth_book1", "price"))
-    got_quotes = recorded["tick"] + recorded["funding"]
+    # books, ticks and funding recorded against what the frames sent by the stop make: a Book and
+    # its Tick per depth frame (the feed's bitunix.BOOK_CHANNEL), a Funding per price frame
+    sent_depth, sent_price = (
+        sent_in(sent_by_ch.get(ch, []), -math.inf, stop_ms) for ch in (bitunix.BOOK_CHANNEL, "price")
+    )
+    sent_quotes = 2 * sent_depth + sent_price
+    got_quotes = recorded["book"] + recorded["tick"] + recorded["funding"]
     # steady state: CPU between samples from STEADY_AFTER_S after the first frame to the stop
     steady_pct = steady_us = None
     if sent_all:
@@ -584,7 +607,7 @@ def print_session(s: dict[str, Any]) -> None:
             " / ".join(fmt(s[k]) for k in ("lag_ms_p50", "lag_ms_p99", "lag_ms_max")),
         ),
         ("frames in feed.stats windows vs sent", f"{s['stats_frames']:,} / {s['stats_frames_sent']:,}"),
-        ("ticks + funding recorded vs sent", f"{s['quotes_recorded']:,} / {s['quotes_sent']:,}"),
+        ("books + ticks + funding recorded vs sent", f"{s['quotes_recorded']:,} / {s['quotes_sent']:,}"),
         ("candles recorded", fmt(s["candles_recorded"])),
         ("session CPU %, whole run", fmt(s["session_cpu_pct"])),
         ("session CPU us per frame, whole run", fmt(s["session_cpu_us_per_frame"])),
