@@ -213,6 +213,9 @@ class AccountSnapshot(NamedTuple):
     positions: tuple[Position, ...]
     open_orders: int = 0
     stale: bool = False  # the feed's data is stale (FeedStatus)
+    # the funding rate in force now, percent per 8 h (positive: longs pay): the feed's, or the
+    # backtest's schedule at the next funding instant; strategies gate entries on it
+    funding_rate_pct: float = 0.0
 
     def position(self, symbol: str | None = None) -> Position:
         symbol = symbol or self.symbol
@@ -281,6 +284,9 @@ class OrderIntent:
     target_price: float | None = None
     strategy_id: str = ""
     symbol: str = DEFAULT_SYMBOL
+    # the risk gate's size times this (a strategy's own reduction, e.g. half size under a high
+    # funding rate); 1 for a full-size entry
+    size_scale: float = 1.0
 
 
 @attrs.frozen

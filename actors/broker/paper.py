@@ -1433,8 +1433,16 @@ class PaperBroker:
                 (position,),
                 len(self.working) + len(self.in_flight),
                 self.stale,
+                self.funding_rate_now(now),
             ),
         )
+
+    def funding_rate_now(self, now: float) -> float:
+        """The funding rate in force now (percent per 8 h): the schedule's at the next funding
+        instant in a backtest, else the feed's last."""
+        if self.funding is not None:
+            return self.funding.rate_pct_at((math.floor(now / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S)
+        return self.funding_rate_pct
 
     def account_update(self, now: float) -> AccountUpdate | None:
         """The update the risk gate asked to hear (its watch) or trades closed since the last one;

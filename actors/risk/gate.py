@@ -262,6 +262,7 @@ class RiskGate:
             wanted = equity * c.risk_per_trade_pct / 100 / abs(price - intent.stop_price)
         else:
             wanted = intent.qty
+        wanted *= intent.size_scale
         before = self.projected_position(account)
         sign = 1 if intent.side == "buy" else -1
         room = {  # how much more the position may grow in this direction under each cap
