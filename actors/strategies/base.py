@@ -67,20 +67,29 @@ def handle(strategy: Strategy, view: MarketView, now: float) -> list[StrategyOut
     return []
 
 
-StrategyFactory = Callable[[StrategyConfig, str, str], Strategy]
+StrategyFactory = Callable[..., Strategy]
 REGISTRY: dict[str, StrategyFactory] = {}
+# each kind's own parameters: an attrs class whose fields are `actors.config.key`s (validated and
+# documented like every config key); None: the kind reads only `StrategyConfig`
+PARAMS: dict[str, type | None] = {}
 
 
-def register(name: str) -> Callable[[StrategyFactory], StrategyFactory]:
-    """Register a strategy class (called as `factory(config, id, symbol)`) under `name`."""
+def register(name: str, params: type | None = None) -> Callable[[StrategyFactory], StrategyFactory]:
+    """Register a strategy class under `name`, called as `factory(config, id, symbol)` or, with a
+    `params` class, `factory(config, id, symbol, params)` (an instance built from the config)."""
 
     def add(factory: StrategyFactory) -> StrategyFactory:
         REGISTRY[name] = factory
+        PARAMS[name] = params
         return factory
 
     return add
 
 
-def build_strategy(config: StrategyConfig, strategy_id: str, symbol: str) -> Strategy:
-    """The strategy `config.name` names (the config validates the name against the registry)."""
-    return REGISTRY[config.name](config, strategy_id, symbol)
+def build_strategy(config: StrategyConfig, strategy_id: str, symbol: str, params: Any = None) -> Strategy:
+    """The strategy `config.name` names (the config validates the name against the registry);
+    `params`: its kind's parameters (the defaults when None)."""
+    factory = REGISTRY[config.name]
+    if PARAMS.get(config.name) is None:
+        return factory(config, strategy_id, symbol)
+    return factory(config, strategy_id, symbol, params)
