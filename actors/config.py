@@ -287,10 +287,19 @@ class RiskConfig:
     max_losses: int = key(0, "losing trades after which the session stops (0: no limit)", _num(ge=0))
 
 
+# Every strategy kind (actors/strategies/, registered by name; tests/test_config.py checks the two
+# lists agree). A kind's own parameters are keys of the same [strategy] table (`strategy_kinds`).
+STRATEGY_KINDS = ("ema_cross", "trend_pullback", "liquidity_sweep")
+
+
 @attrs.frozen
 class StrategyConfig:
     name: str = key(
-        "ema_cross", "strategy: 'ema_cross' (EMA fast/slow crossover on closed candles)", _choice("ema_cross")
+        "ema_cross",
+        "strategy kind: 'ema_cross' (EMA fast/slow crossover), 'trend_pullback' (limit entry on the pullback "
+        "to EMA 20 in an EMA 20/50 trend), 'liquidity_sweep' (a swing swept and reclaimed, target the VWAP); "
+        "a kind's parameters are keys of this table (README, Strategies)",
+        _choice(*STRATEGY_KINDS),
     )
     fast_period: int = key(9, "fast EMA period, candles", _num(ge=1, le=1000))
     slow_period: int = key(21, "slow EMA period, candles (must be > fast_period)", _num(ge=2, le=1000))
@@ -336,6 +345,8 @@ class Config:
     strategy: StrategyConfig = attrs.field(factory=StrategyConfig)
     observability: ObservabilityConfig = attrs.field(factory=ObservabilityConfig)
     state: StateConfig = attrs.field(factory=StateConfig)
+    # the strategy kind's own parameters (an instance of its params class), None: its defaults
+    strategy_params: Any = None
 
     @property
     def interval_s(self) -> int:
@@ -357,6 +368,27 @@ for _cls in SECTIONS.values():
 
 def section_fields(section: str) -> dict[str, attrs.Attribute]:
     return {f.name: f for f in attrs.fields(SECTIONS[section])}
+
+
+def strategy_kinds() -> dict[str, type | None]:
+    """Each strategy kind and its parameters class (None: it has only [strategy]'s common keys).
+    Imported here, not at the top: the strategies import this module."""
+    import actors.strategies  # noqa: F401  (registers every kind)
+    from actors.strategies.base import PARAMS
+
+    return dict(PARAMS)
+
+
+def strategy_param_fields(kind: str) -> dict[str, attrs.Attribute]:
+    cls = strategy_kinds().get(kind)
+    return {f.name: f for f in attrs.fields(cls)} if cls is not None else {}
+
+
+def _all_strategy_params() -> dict[str, attrs.Attribute]:
+    fields: dict[str, attrs.Attribute] = {}
+    for kind in strategy_kinds():
+        fields.update(strategy_param_fields(kind))
+    return fields
 
 
 # --- typing values from each layer ----------------------------------------------------------------
@@ -413,10 +445,13 @@ def _put(layer: Layer, problems: list[str], dotted: str, value: Any, source: str
         )
         return
     fields = section_fields(section)
-    if name not in fields:
-        problems.append(
-            f"{dotted}: unknown key (from {source}); allowed keys in [{section}]: {', '.join(fields)}"
-        )
+    if name not in fields and not (section == "strategy" and name in _all_strategy_params()):
+        allowed = ", ".join(fields)
+        if section == "strategy":
+            allowed += "; and each kind's parameters: " + ", ".join(
+                f"{kind}: {', '.join(strategy_param_fields(kind)) or '-'}" for kind in strategy_kinds()
+            )
+        problems.append(f"{dotted}: unknown key (from {source}); allowed keys in [{section}]: {allowed}")
         return
     layer[(section, name)] = (value, source, is_text)
 
@@ -490,24 +525,52 @@ def build(layers: Iterable[Layer], problems: list[str] | None = None) -> Config:
     for layer in layers:
         merged.update(layer)
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-    for (section, name), (raw, source, is_text) in sorted(merged.items()):
-        field = section_fields(section)[name]
+    params: dict[str, Any] = {}  # the strategy kind's own parameters
+
+    def check(section: str, name: str, field: attrs.Attribute, raw: Any, source: str, is_text: bool) -> Any:
         value, expected = _typed(raw, field.type, is_text)
         if expected is not None:
             problems.append(
                 f"{section}.{name}: {_show(raw)} is not allowed (from {source}); expected {expected}"
             )
-            continue
+            return None
         allowed = field.metadata["rule"].check(value)
         if allowed is not None:
             problems.append(
                 f"{section}.{name}: {_show(value)} is not allowed (from {source}); expected {allowed}"
             )
+            return None
+        return value
+
+    # the common keys first: strategy.name says which kind's parameters the others must be
+    others = []
+    for (section, name), (raw, source, is_text) in sorted(merged.items()):
+        field = section_fields(section).get(name)
+        if field is None:
+            others.append((name, raw, source, is_text))
             continue
-        sections[section][name] = value
+        value = check(section, name, field, raw, source, is_text)
+        if value is not None:
+            sections[section][name] = value
+    kind = sections["strategy"].get("name", StrategyConfig().name)
+    own = strategy_param_fields(kind)
+    for name, raw, source, is_text in others:
+        if name not in own:
+            problems.append(
+                f"strategy.{name}: not a parameter of strategy.name = {kind!r} (from {source}); "
+                f"its parameters: {', '.join(own) or 'none beyond the common keys'}"
+            )
+            continue
+        value = check("strategy", name, own[name], raw, source, is_text)
+        if value is not None:
+            params[name] = value
     if problems:
         raise ConfigError(problems)
-    config = Config(**{name: SECTIONS[name](**values) for name, values in sections.items()})
+    params_cls = strategy_kinds().get(kind)
+    config = Config(
+        **{name: SECTIONS[name](**values) for name, values in sections.items()},
+        strategy_params=params_cls(**params) if params_cls else None,
+    )
     cross = cross_checks(config)
     if cross:
         raise ConfigError(cross)
@@ -516,8 +579,10 @@ def build(layers: Iterable[Layer], problems: list[str] | None = None) -> Config:
 
 def cross_checks(config: Config) -> list[str]:
     """Rules that involve more than one key."""
-    problems = []
+    problems: list[str] = []
     s = config.strategy
+    if s.name != "ema_cross":
+        return problems  # the rest are ema_cross's (a kind checks its own in its constructor)
     if s.fast_period >= s.slow_period:
         problems.append(
             f"strategy.fast_period: {s.fast_period} is not allowed; expected less than "
@@ -557,7 +622,12 @@ def load(
 
 
 def to_dict(config: Config) -> dict[str, dict[str, Any]]:
-    return attrs.asdict(config)
+    """Section -> key -> value; the strategy kind's parameters are keys of [strategy]."""
+    values = attrs.asdict(config)
+    params = values.pop("strategy_params", None)
+    if params:
+        values["strategy"].update(params)
+    return values
 
 
 def to_toml(config: Config) -> str:

@@ -175,7 +175,7 @@ def build_parts(
     return Parts(
         broker=broker,
         gate=RiskGate(config.risk, config.broker.starting_equity, backtest=bars, instrument=instrument),
-        strategies=[build_strategy(config.strategy, config.strategy.name, symbol)],
+        strategies=[build_strategy(config.strategy, config.strategy.name, symbol, config.strategy_params)],
         walk=_walk(config, rngs["feed"]) if live else None,
         rngs=rngs,
     )

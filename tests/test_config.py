@@ -158,3 +158,51 @@ def test_unknown_flag_exits_2(tmp_path: Path) -> None:
     result = run_cli("--durtion", "1", cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+# --- strategy kinds and their own parameters ---------------------------------------------------------
+
+
+def test_strategy_kinds_are_the_registered_strategies() -> None:
+    from actors.config import STRATEGY_KINDS
+    from actors.strategies.base import REGISTRY
+
+    assert sorted(STRATEGY_KINDS) == sorted(REGISTRY)
+
+
+def test_a_kinds_parameters_are_keys_of_the_strategy_table() -> None:
+    import attrs
+
+    from actors.config import strategy_kinds
+
+    for kind, params in strategy_kinds().items():
+        if params is None:
+            continue
+        field = attrs.fields(params)[0]
+        default = getattr(params(), field.name)
+        config = load(None, {}, [f"strategy.name={kind}", f"strategy.{field.name}={default}"])
+        assert isinstance(config.strategy_params, params)
+        assert getattr(config.strategy_params, field.name) == default
+        assert to_dict(config)["strategy"][field.name] == default  # --check-config shows it
+        # and a resumed session reloads what to_dict wrote
+        assert load(None, {}, [f"strategy.{k}={v}" for k, v in to_dict(config)["strategy"].items()]) == config
+
+
+def test_a_parameter_of_another_kind_is_refused_naming_the_kind() -> None:
+    import attrs
+
+    from actors.config import strategy_kinds
+
+    kinds = [(kind, params) for kind, params in strategy_kinds().items() if params is not None]
+    assert kinds
+    kind, params = kinds[0]
+    name = attrs.fields(params)[0].name
+    with pytest.raises(ConfigError) as info:
+        load(None, {}, ["strategy.name=ema_cross", f"strategy.{name}=3"])
+    assert f"strategy.{name}: not a parameter of strategy.name = 'ema_cross'" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load(None, {}, [f"strategy.name={kind}", f"strategy.{name}=not-a-number"])
+    assert f"strategy.{name}: 'not-a-number' is not allowed" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load(None, {}, [f"strategy.name={kind}", "strategy.no_such_key=1"])
+    assert "strategy.no_such_key: unknown key" in str(info.value)
