@@ -42,3 +42,10 @@ def test_quick_bench_prints_the_figures_and_matches_the_reference(tmp_path: Path
     assert lat["n"] >= 1 and lat["p99_ms"] >= lat["p50_ms"] > 0 and lat["due_p50_ms"] > 0
     assert "## Targets" in proc.stdout
     assert "PASS         5,000 candles: the same fills and final equity as reference_loop.py" in proc.stdout
+
+
+def test_the_bench_runs_every_strategy_kind_over_the_real_data() -> None:
+    from actors.config import STRATEGY_KINDS
+    from tools import bench
+
+    assert bench.STRATEGY_KINDS == STRATEGY_KINDS

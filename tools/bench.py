@@ -73,6 +73,9 @@ FAST, SLOW, QTY, FEE_RATE, START_CASH = 20, 50, 0.01, 0.0006, 100_000.0
 # Real data, honest defaults (next-open fills, latency, slippage, risk sizing, stop and target),
 # with the stop conditions off so that every candle is read.
 REAL_JOB = ["risk.max_loss_pct=100", "risk.max_daily_drawdown_pct=100", "risk.max_consecutive_losses=0"]
+# Each strategy kind runs over the real data (as actors.config.STRATEGY_KINDS; tests/test_bench.py
+# checks they agree: this module imports nothing of the project's, so that it measures it cold).
+STRATEGY_KINDS = ("ema_cross", "trend_pullback", "liquidity_sweep")
 
 # The peers run by this benchmark: key, script, the module it needs.
 PEER_ENGINES = [
@@ -475,9 +478,11 @@ def bench_real_data(work: Path) -> list[dict[str, Any]]:
         if "candles" not in count:
             rows.append({"file": name, **count})
             continue
-        r = run_cli(data, work / f"runs_{name}", REAL_JOB, count["candles"], timeout=3600)
-        r.pop("strategy_fills", None)
-        rows.append({"file": name, "skipped_rows": count["skipped_rows"], **r})
+        for kind in STRATEGY_KINDS:  # each strategy over the same data (issue 12)
+            sets = [*REAL_JOB, f"strategy.name={kind}"]
+            r = run_cli(data, work / f"runs_{name}_{kind}", sets, count["candles"], timeout=3600)
+            r.pop("strategy_fills", None)
+            rows.append({"file": name, "strategy": kind, "skipped_rows": count["skipped_rows"], **r})
     return rows
 
 
@@ -565,15 +570,18 @@ def peer_rows(results: list[dict[str, Any]], header: bool = True) -> list[str]:
 
 def real_rows(results: list[dict[str, Any]]) -> list[str]:
     rows = [
-        "| data | candles | whole process s | candles/s | CPU s | peak RSS MB | fills | trades | stop |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| data | strategy | candles | whole process s | candles/s | CPU s | peak RSS MB | fills | trades | stop |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
+        kind = r.get("strategy", "-")
         if "wall_s" not in r or "error" in r:
-            rows.append(f"| {r['file']} | - | - | - | - | - | - | - | {r.get('skipped') or r.get('error')} |")
+            rows.append(
+                f"| {r['file']} | {kind} | - | - | - | - | - | - | - | {r.get('skipped') or r.get('error')} |"
+            )
             continue
         rows.append(
-            f"| {r['file']} | {r['candles']:,} | {r['wall_s']:.2f} | {r['candles_per_s']:,.0f} | "
+            f"| {r['file']} | {kind} | {r['candles']:,} | {r['wall_s']:.2f} | {r['candles_per_s']:,.0f} | "
             f"{r['cpu_s']:.2f} | {_rss(r)} | {r['fills']} | {r['trade_count']} | {r['stop_reason']} |"
         )
     return rows
