@@ -188,6 +188,28 @@ class FeedConfig:
         60.0, "mock source: annualised volatility of the random walk, percent", _num(gt=0, le=1000)
     )
     mock_spread_ticks: int = key(1, "mock source: bid/ask spread in ticks of 0.1 USDT", _num(ge=1, le=1000))
+    mock_history_candles: int = key(
+        200,
+        "mock source: closed candles of seeded history handed out at start, marked as history "
+        "(strategies warm up on them, never trade on them); 0: none",
+        _num(ge=0, le=10000),
+    )
+    mock_regime_min: float = key(
+        30.0,
+        "mock source: minutes each market regime lasts; regimes alternate trending and ranging "
+        "(0: no regimes, a plain random walk)",
+        _num(ge=0, le=10080),
+    )
+    mock_trend_pct_per_hour: float = key(
+        1.5,
+        "mock source: drift of a trending regime (up or down, seeded), percent per hour",
+        _num(ge=0, le=100),
+    )
+    mock_range_half_life_min: float = key(
+        5.0,
+        "mock source: half-life of a ranging regime's pull back to its centre, minutes",
+        _num(gt=0, le=10080),
+    )
 
 
 @attrs.frozen
@@ -381,7 +403,10 @@ def strategy_kinds() -> dict[str, type | None]:
 
 def strategy_param_fields(kind: str) -> dict[str, attrs.Attribute]:
     cls = strategy_kinds().get(kind)
-    return {f.name: f for f in attrs.fields(cls)} if cls is not None else {}
+    if cls is None:
+        return {}
+    attrs.resolve_types(cls)  # a module with `from __future__ import annotations` leaves them as text
+    return {f.name: f for f in attrs.fields(cls)}
 
 
 def _all_strategy_params() -> dict[str, attrs.Attribute]:
