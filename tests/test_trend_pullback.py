@@ -276,17 +276,7 @@ def test_a_backtest_session_of_trend_pullback_passes_the_validator(tmp_path: Pat
     "holding",
     [
         "held",
-        pytest.param(
-            "pending",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="RiskGate.restore sets submitted_signed_qty to the snapshot's processed_signed_qty, "
-                "forgetting the gate's orders the broker's state still holds (in flight, or a limit entry "
-                "working): once it fills, the gate projects a flat position and refuses the exit "
-                "(nothing_to_close)",
-            ),
-        ),
+        "pending",  # a limit entry working at the checkpoint: the gate keeps it pending
     ],
 )
 def test_a_run_resumed_from_checkpoint_state_writes_the_same_events(

@@ -120,17 +120,22 @@ class RiskGate:
     )
 
     def state(self) -> dict[str, Any]:
-        return {"window": list(self.window), **{name: getattr(self, name) for name in self._SCALARS}}
+        return {
+            "window": list(self.window),
+            "submitted_signed_qty": self.submitted_signed_qty,
+            **{name: getattr(self, name) for name in self._SCALARS},
+        }
 
     def restore(self, state: dict[str, Any], account: AccountSnapshot) -> None:
-        """Orders in flight at the crash never reached the market (the broker refuses them on
-        resume): nothing is pending after it. A checkpoint from before a key existed keeps the
-        fresh gate's value (no halt reason, the day's drawdown cap not spent)."""
+        """What the gate had sent is kept: orders still working at the market stay pending; those in
+        flight at the crash never reached it (the broker refuses them on resume, which counts them
+        as processed). A checkpoint from before a key existed keeps the fresh gate's value (no halt
+        reason, the day's drawdown cap not spent; nothing pending beyond what the broker processed)."""
         self.window = deque(state["window"])
         for name in self._SCALARS:
             if name in state:
                 setattr(self, name, state[name])
-        self.submitted_signed_qty = account.position().processed_signed_qty
+        self.submitted_signed_qty = state.get("submitted_signed_qty", account.position().processed_signed_qty)
         self.watching = None
 
     # --- intents ---------------------------------------------------------------------------------
@@ -244,6 +249,14 @@ class RiskGate:
             target = grid(intent.target_price, "up" if buy else "down")
             if target != intent.target_price:
                 changes["target_price"] = target
+        if intent.limit_price is not None:  # never pays more (a buy) or takes less (a sell) than asked
+            limit = grid(intent.limit_price, "down" if buy else "up")
+            if limit != intent.limit_price:
+                changes["limit_price"] = limit
+        if intent.trigger_price is not None:  # a buy stop no earlier than asked, a sell stop no later
+            trigger = grid(intent.trigger_price, "up" if buy else "down")
+            if trigger != intent.trigger_price:
+                changes["trigger_price"] = trigger
         return attrs.evolve(intent, **changes) if changes else intent
 
     def _exit_size(self, intent: OrderIntent, account: AccountSnapshot) -> float | Rejection:
