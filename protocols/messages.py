@@ -287,6 +287,8 @@ class OrderIntent:
     # the risk gate's size times this (a strategy's own reduction, e.g. half size under a high
     # funding rate); 1 for a full-size entry
     size_scale: float = 1.0
+    # good till: a resting order not filled by this time is cancelled (`expired`); None: until cancelled
+    expire_ts: float | None = None
 
 
 @attrs.frozen
@@ -311,6 +313,7 @@ class Order:
     protective: bool = False
     strategy_id: str = ""
     symbol: str = DEFAULT_SYMBOL
+    expire_ts: float | None = None  # good till (OrderIntent.expire_ts)
 
     @property
     def signed_qty(self) -> float:

@@ -489,6 +489,22 @@ def test_a_replaced_bracket_is_cancelled_in_the_record() -> None:
     assert sorted(w.remaining for w in bt.broker.working.values()) == [0.02, 0.02]
 
 
+def test_a_resting_order_is_cancelled_when_its_good_till_time_comes() -> None:
+    """An order's `expire_ts`: it works through the candle that ends at that time (its path
+    included), and is cancelled (`expired`) right after; never filled later."""
+    bt = Backtest(make_broker())
+    flat = (100000.0,) * 4
+    expire = T0 + 2 * INTERVAL  # the end of the second candle
+    bt.candle(
+        *flat, 1000.0, [order("o1", "buy", 0.01, order_type="limit", limit_price=99000.0, expire_ts=expire)]
+    )
+    assert "o1" in bt.broker.working
+    second = bt.candle(*flat, 1000.0)
+    assert [(c["order_id"], c["reason"]) for c in of_kind(second, "order.cancelled")] == [("o1", "expired")]
+    third = bt.candle(100000.0, 100000.0, 98000.0, 100000.0, 1000.0)  # through the limit: too late
+    assert fills(third) == [] and bt.broker.working == {}
+
+
 # --- 6. properties over random sequences ------------------------------------------------------------
 
 

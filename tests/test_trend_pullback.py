@@ -208,14 +208,17 @@ def test_a_kernel_backtest_over_real_candles_rests_limits_and_attaches_brackets(
     assert len(setups) > 10 and len(entry_fills) > 10
     for fill in entry_fills:
         order_id = fill.fields["order_id"]
-        sub, rest = submitted[order_id], working[order_id]
+        sub, rest = submitted[order_id], working.get(order_id)
         setup = setups[sub.ts]  # the signal of the step that sent it
         long = setup["direction"] == "long"
         assert sub.fields["type"] == "limit" and sub.fields["limit_price"] == setup["entry"]
         assert sub.fields["side"] == ("buy" if long else "sell")
-        # it rested, then filled at its price on a later candle's path (or the gap into it)
-        assert rest.fields["type"] == "limit" and sub.ts < rest.ts < fill.ts
-        assert fill.fields["fill_price"] == setup["entry"] and fill.fields["liquidity"] == "maker"
+        if rest is None:  # marketable when it reached the market (a gap through EMA 20): a taker at the touch
+            price, limit = fill.fields["fill_price"], setup["entry"]
+            assert fill.fields["liquidity"] == "taker" and (price <= limit if long else price >= limit)
+        else:  # it rested, then filled at its price on a later candle's path (or the gap into it)
+            assert rest.fields["type"] == "limit" and sub.ts < rest.ts < fill.ts
+            assert fill.fields["fill_price"] == setup["entry"] and fill.fields["liquidity"] == "maker"
         # one position at a time: this entry's fills make the whole position
         assert abs(fill.fields["position_qty"]) <= sub.fields["qty"] + 1e-9
         # its stop and target attach at the signal's prices (on the grid, away from flattering)

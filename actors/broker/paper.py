@@ -186,6 +186,7 @@ class PaperBroker:
         self.book_taken: dict[tuple[str, float], float] = {}
         self.touch_taken = 0.0
         self.liq_price = math.nan  # the open position's liquidation price (nan: flat)
+        self.next_expiry = math.inf  # the earliest good-till time of a working order (or earlier)
         self.liquidations = 0
         self.defer_to_next_quote = defer_to_next_quote
         self.max_in_flight = max_in_flight
@@ -419,6 +420,10 @@ class PaperBroker:
             )
             for w in state["working"]
         }
+        self.next_expiry = min(
+            (w.order.expire_ts for w in self.working.values() if w.order.expire_ts is not None),
+            default=math.inf,
+        )
         self._update_liq()
         self.next_funding_ts = (
             (math.floor(self.last_ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S
@@ -464,6 +469,8 @@ class PaperBroker:
         events = self._advance(ts) if ts >= self.next_funding_ts else []
         self.last_ts = ts
         self.touch_taken = 0.0
+        if ts >= self.next_expiry:
+            events += self._expire(ts)
         if self.bars:
             tick = self._grid_quote(tick.ts, tick.last, tick.symbol)
             self.last_tick = tick
@@ -523,6 +530,8 @@ class PaperBroker:
             or (pos < -EPS and candle.high >= self.liq_price)
         ):
             events += self._walk(candle, ts, self.path_price)
+        if ts >= self.next_expiry:  # after the path: an order good till the candle's end lived through it
+            events += self._expire(ts)
         close = candle.close
         self.path_price = close
         volume = self.bar_volume = candle.volume
@@ -882,9 +891,25 @@ class PaperBroker:
                 return self._fill(order, qty, touch, "taker", ts, tick)
         return self._rest(order, qty, ts)
 
+    def _expire(self, ts: float) -> list[Event]:
+        """Working orders whose good-till time has come are cancelled (`expired`): at the first
+        market event at or after it (a backtest: the quote or candle that reaches it)."""
+        events: list[Event] = []
+        for working in list(self.working.values()):
+            expire_ts = working.order.expire_ts
+            if expire_ts is not None and expire_ts <= ts:
+                events += self.cancel(Cancel(working.order.id, ts, "expired"))
+        self.next_expiry = min(
+            (w.order.expire_ts for w in self.working.values() if w.order.expire_ts is not None),
+            default=math.inf,
+        )
+        return events
+
     def _rest(self, order: Order, qty: float, ts: float, note: str = "") -> list[Event]:
         """`order` rests at the market (a limit or a stop, or a market order's rest) for `qty`."""
         self.working[order.id] = Working(order, qty, ts, triggered=order.order_type == "market")
+        if order.expire_ts is not None and order.expire_ts < self.next_expiry:
+            self.next_expiry = order.expire_ts
         fields: dict[str, Any] = {
             "order_id": order.id,
             "type": order.order_type,

@@ -177,6 +177,7 @@ class RiskGate:
                 "reason": decision.reason,
                 "strategy_id": decision.strategy_id,
                 "symbol": decision.symbol,
+                "expire_ts": decision.expire_ts,
             },
         )
         return [submitted, decision]
@@ -229,6 +230,7 @@ class RiskGate:
             target_price=intent.target_price,
             strategy_id=intent.strategy_id,
             symbol=intent.symbol,
+            expire_ts=intent.expire_ts,
         )
 
     def _on_grid(self, intent: OrderIntent) -> OrderIntent:

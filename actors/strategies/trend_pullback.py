@@ -20,11 +20,10 @@ decided on the close of a candle; EMAs are of closes, seeded with the simple mea
   and the stop (`risk.sizing = "risk"`; with "fixed", `strategy.order_qty`).
 - **Expiry.** The entry works for 24 candles after the signal candle (`entry_expiry_candles`): at
   the close of the 24th, still flat, the strategy lets it go (a `signal` event, direction
-  `expire`) and may take the next setup. A strategy cannot cancel an order (its outputs are
-  intents; a `Cancel` needs the broker's order id, which only the risk gate and the broker know),
-  so the order it let go keeps working at the broker. Until the account has no working order, the
-  strategy places no new entry (two entries could otherwise both fill); if the old one fills, the
-  strategy manages that position like any of its own.
+  `expire`) and may take the next setup. The entry carries that time as its good-till
+  (`expire_ts`), so the broker cancels it then (`order.cancelled`, reason `expired`). Until the
+  account has no working order, the strategy places no new entry (two entries could otherwise both
+  fill); if an old one fills, the strategy manages that position like any of its own.
 - **Trailing stop.** In a position, a trail at the close minus 2 ATR (a short: plus), which only
   tightens, set on each close; when a close crosses the trail as it stood before that candle, the
   strategy exits at market (reduce-only; a `signal` with direction `exit`, reason `trail`)
@@ -319,6 +318,8 @@ class TrendPullback:
             strategy_id=self.id,
             symbol=self.symbol,
             size_scale=size_scale,
+            # good till the close of the expiry candle: the broker cancels it then (`expired`)
+            expire_ts=candle.open_ts + candle.interval_s * (1 + p.entry_expiry_candles),
         )
         self.pending = {
             "placed": self.n,
