@@ -45,3 +45,11 @@ def test_readme_quick_start_has_the_two_commands() -> None:
     assert "nox -s session" in README
     assert "nox -s tests" in README
     assert "nox -s tests" in (REPO / ".ci" / "run").read_text()
+
+
+def test_every_strategy_parameter_is_documented() -> None:
+    from actors.config import strategy_kinds, strategy_param_fields
+
+    for kind in strategy_kinds():
+        for name in strategy_param_fields(kind):
+            assert f"`strategy.{name}`" in README, f"{kind}: strategy.{name} missing from README"
