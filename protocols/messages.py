@@ -190,6 +190,8 @@ class Position:
     qty: float  # signed
     avg_price: float
     processed_signed_qty: float = 0.0
+    # "": the account's (net) position; else one strategy's virtual position in that symbol
+    strategy_id: str = ""
 
 
 class AccountSnapshot(NamedTuple):
@@ -217,12 +219,14 @@ class AccountSnapshot(NamedTuple):
     # backtest's schedule at the next funding instant; strategies gate entries on it
     funding_rate_pct: float = 0.0
 
-    def position(self, symbol: str | None = None) -> Position:
+    def position(self, symbol: str | None = None, strategy_id: str = "") -> Position:
+        """The account's net position in `symbol` (the session's by default), or with a
+        `strategy_id`, that strategy's virtual position (flat when it has none)."""
         symbol = symbol or self.symbol
         for p in self.positions:
-            if p.symbol == symbol:
+            if p.symbol == symbol and p.strategy_id == strategy_id:
                 return p
-        return Position(symbol, 0.0, 0.0)
+        return Position(symbol, 0.0, 0.0, 0.0, strategy_id)
 
     @property
     def position_qty(self) -> float:

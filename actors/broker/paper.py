@@ -101,6 +101,35 @@ def round_lot(qty: float) -> float:
 
 
 @attrs.define
+class Virtual:
+    """One strategy's virtual position in the symbol: its own fills (and its share of the fills
+    that are nobody's own: a flatten, a liquidation), netted as the account nets its position."""
+
+    qty: float = 0.0
+    avg_price: float = 0.0
+    processed_signed_qty: float = 0.0  # its orders the broker has finished with (the gate's pending)
+
+    def book(self, signed: float, price: float) -> float:
+        """A fill of `signed` at `price`; returns the realized PnL (the account's arithmetic)."""
+        pos = self.qty
+        realized = 0.0
+        rest = signed
+        if pos * signed < 0:
+            closing = min(abs(pos), abs(signed))
+            realized = (price - self.avg_price) * closing * (1 if pos > 0 else -1)
+            self.qty = round(pos + (closing if pos < 0 else -closing), 10)
+            rest = signed + (closing if signed < 0 else -closing)
+            if abs(self.qty) < EPS:
+                self.qty = 0.0
+                self.avg_price = 0.0
+        if abs(rest) > EPS:
+            new_qty = self.qty + rest
+            self.avg_price = (self.avg_price * abs(self.qty) + price * abs(rest)) / abs(new_qty)
+            self.qty = round(new_qty, 10)
+        return realized
+
+
+@attrs.define
 class OpenTrade:
     """Accumulators for the position currently open, reported when it closes."""
 
@@ -215,6 +244,9 @@ class PaperBroker:
         self.in_flight: deque[InFlight] = deque()
         self.trade: OpenTrade | None = None
         self._position: Position | None = None  # the last snapshot's, reused while unchanged
+        # each strategy's virtual position (by strategy id; "": orders of no strategy's)
+        self.virtual: dict[str, Virtual] = {}
+        self._virtual_positions: tuple[Position, ...] | None = None  # the snapshot's, while unchanged
         self.peak_equity = self.starting_equity
         self.max_drawdown_pct = 0.0
         # timers
@@ -371,6 +403,7 @@ class PaperBroker:
             if not math.isfinite(state[name]):
                 state[name] = None
         state["book_taken"] = [[side, price, qty] for (side, price), qty in self.book_taken.items()]
+        state["virtual"] = {sid: attrs.asdict(v) for sid, v in self.virtual.items()}
         state["instrument"] = self.instrument.to_dict()
         state["next_heartbeat"] = self.next_heartbeat if math.isfinite(self.next_heartbeat) else None
         state["awaiting_quote"] = [attrs.asdict(order) for order in self.awaiting_quote]
@@ -406,6 +439,8 @@ class PaperBroker:
         if self.quote_budget is None:
             self.quote_budget = math.inf
         self.book_taken = {(side, price): qty for side, price, qty in state.get("book_taken", [])}
+        self.virtual = {sid: Virtual(**v) for sid, v in state.get("virtual", {}).items()}
+        self._virtual_positions = None
         if state.get("instrument"):
             self.instrument = Instrument.from_dict(state["instrument"])
             self._price_scale = 10**self.instrument.price_decimals
@@ -611,6 +646,13 @@ class PaperBroker:
         rate = self.funding.rate_pct_at(instant) if self.funding is not None else self.funding_rate_pct
         amount = self.position_qty * mark * rate / 100  # longs pay a positive rate
         self.funding_paid += amount
+        holders = [(s, v.qty) for s, v in self.virtual.items() if not -EPS < v.qty < EPS]
+        total = sum(q for _, q in holders)
+        allocations = (
+            [[s, amount * q / total] for s, q in holders]
+            if len(holders) > 1 and abs(total) > EPS
+            else [[holders[0][0] if holders else "", amount]]
+        )
         return [
             Event(
                 instant,
@@ -621,6 +663,7 @@ class PaperBroker:
                     "mark_price": mark,
                     "position_qty": round(self.position_qty, 8),
                     "amount": amount,
+                    "allocations": allocations,
                 },
             )
         ]
@@ -867,9 +910,8 @@ class PaperBroker:
         assert tick is not None
         qty = order.qty
         if order.reduce_only:
-            closable = (
-                abs(self.position_qty) if self.position_qty * (1 if order.side == "buy" else -1) < 0 else 0.0
-            )
+            own = self._own_qty(order)
+            closable = abs(own) if own * (1 if order.side == "buy" else -1) < 0 else 0.0
             if closable < EPS:
                 return self._refuse(order, ts, "reduce_only_nothing_to_close", qty)
             if qty > closable + EPS:
@@ -966,12 +1008,12 @@ class PaperBroker:
         that can no longer reduce it (flat, or the wrong side) are cancelled; protective ones
         larger than the position are cut to it (`order.amended`), so that one of a stop and a
         target filling resizes the other and neither can flip the position."""
-        pos = self.position_qty
         events: list[Event] = []
         for working in list(self.working.values()):
             order = working.order
             if not (order.reduce_only or order.protective):
                 continue
+            pos = self._own_qty(order)
             against = pos * (1 if order.side == "buy" else -1) < 0
             if -EPS < pos < EPS or not against:
                 events += self.cancel(Cancel(order.id, ts, "position_closed"))
@@ -1005,7 +1047,48 @@ class PaperBroker:
 
     def _count_processed(self, order: Order, qty: float) -> None:
         if not order.protective:
-            self.processed_signed_qty += qty if order.side == "buy" else -qty
+            signed = qty if order.side == "buy" else -qty
+            self.processed_signed_qty += signed
+            self._virtual(order.strategy_id).processed_signed_qty += signed
+            self._virtual_positions = None
+
+    def _virtual(self, strategy_id: str) -> Virtual:
+        virtual = self.virtual.get(strategy_id)
+        if virtual is None:
+            virtual = self.virtual[strategy_id] = Virtual()
+        return virtual
+
+    def _own_qty(self, order: Order) -> float:
+        """The position an order of a strategy's reduces: its virtual one; for an order of no
+        strategy's (a flatten, a liquidation, an untagged order), the account's."""
+        if order.strategy_id:
+            virtual = self.virtual.get(order.strategy_id)
+            return virtual.qty if virtual is not None else 0.0
+        return self.position_qty
+
+    def _allocate(self, order: Order, signed: float, price: float, fee: float) -> list[list[Any]]:
+        """A fill's split among the strategies' virtual positions: an order of a strategy's is
+        wholly its own; a fill of no strategy's order that closes (a flatten, a liquidation) goes
+        to the strategies holding positions, in proportion to them (each closes the same share of
+        its own). The fee in proportion to each share's size. `[strategy_id, signed, realized, fee]`."""
+        sid = order.strategy_id
+        shares: list[tuple[str, float]]
+        if sid or not order.protective:
+            shares = [(sid, signed)]
+        else:
+            holders = [(s, v.qty) for s, v in self.virtual.items() if not -EPS < v.qty < EPS]
+            total = sum(q for _, q in holders)
+            shares = (
+                [(s, signed * q / total) for s, q in holders]
+                if holders and abs(total) > EPS
+                else [("", signed)]
+            )
+        self._virtual_positions = None
+        if len(shares) == 1:
+            s, q = shares[0]
+            return [[s, round(q, 10), self._virtual(s).book(q, price), fee]]
+        gross = sum(abs(q) for _, q in shares)
+        return [[s, round(q, 10), self._virtual(s).book(q, price), fee * abs(q) / gross] for s, q in shares]
 
     def _take(self, order: Order, qty: float, ts: float, tick: Tick, *, capped: bool = True) -> list[Event]:
         """Take liquidity now. A fresh book: walk it level by level, using up what is taken until
@@ -1097,7 +1180,8 @@ class PaperBroker:
         signed = qty if order.side == "buy" else -qty
         pos = self.position_qty
         if order.reduce_only or order.protective:
-            closable = abs(pos) if pos * signed < 0 else 0.0
+            own = self._own_qty(order)
+            closable = abs(own) if own * signed < 0 else 0.0
             if qty > closable + EPS:
                 self._count_processed(order, qty - closable)
                 qty = round(closable, 8)
@@ -1141,9 +1225,11 @@ class PaperBroker:
             trade.entry_qty += abs(remaining)
             trade.max_qty = max(trade.max_qty, abs(new_qty))
         self._update_liq()
+        allocations = self._allocate(order, signed, price, fee)
         events.append(
             self._fill_event(order, qty, price, liquidity, fee, rate, realized, ts, tick, partial, source)
         )
+        events[-1].fields["allocations"] = allocations
         if closed is not None:
             events.append(self._closed_event(closed, ts, order.reason))
             self.closed.append(ClosedTrade(self.symbol, closed.realized_pnl - closed.fees, order.strategy_id))
@@ -1195,6 +1281,7 @@ class PaperBroker:
                 "reason": order.reason,
                 "source": source,
                 "levels": [[price, round(qty, 8)]],
+                "strategy_id": order.strategy_id,
             },
         )
 
@@ -1202,11 +1289,14 @@ class PaperBroker:
         """An entry's stop-loss (stop-market) and take-profit (limit), reduce-only, one group sized
         to the whole position. Their prices go on the tick grid away from the flattering side: a
         long's stop down and target up, a short's stop up and target down."""
-        pos = self.position_qty
+        pos = self._own_qty(entry)
         if -EPS < pos < EPS or (pos > 0) != (entry.side == "buy"):
             return []  # the order only reduced the position: its stop and target are not for it
         events: list[Event] = []
-        for working in [w for w in self.working.values() if w.order.protective]:
+        sid = entry.strategy_id
+        for working in [
+            w for w in self.working.values() if w.order.protective and w.order.strategy_id == sid
+        ]:
             # re-attached for the whole position
             events += self.cancel(Cancel(working.order.id, ts, "bracket_replaced"))
         long = pos > 0
@@ -1215,14 +1305,14 @@ class PaperBroker:
         grid = self.instrument.round_price
         if entry.stop_price is not None:
             stop = grid(entry.stop_price, "down" if long else "up")
-            events += self._protect(exit_side, qty, "stop_market", stop, "stop_loss", ts)
+            events += self._protect(exit_side, qty, "stop_market", stop, "stop_loss", ts, sid)
         if entry.target_price is not None:
             target = grid(entry.target_price, "up" if long else "down")
-            events += self._protect(exit_side, qty, "limit", target, "take_profit", ts)
+            events += self._protect(exit_side, qty, "limit", target, "take_profit", ts, sid)
         return events
 
     def _protect(
-        self, side: Side, qty: float, kind: str, price: float, reason: str, ts: float
+        self, side: Side, qty: float, kind: str, price: float, reason: str, ts: float, strategy_id: str = ""
     ) -> list[Event]:
         self.protective_seq += 1
         order = Order(
@@ -1237,6 +1327,7 @@ class PaperBroker:
             limit_price=price if kind == "limit" else None,
             trigger_price=price if kind == "stop_market" else None,
             protective=True,
+            strategy_id=strategy_id,
         )
         self.working[order.id] = Working(order, qty, ts)
         return [
@@ -1441,6 +1532,18 @@ class PaperBroker:
             or position.processed_signed_qty != self.processed_signed_qty
         ):
             position = self._position = Position(self.symbol, pos, self.avg_price, self.processed_signed_qty)
+        positions = self._virtual_positions
+        if positions is None:
+            positions = self._virtual_positions = (
+                position,
+                *(
+                    Position(self.symbol, v.qty, v.avg_price, v.processed_signed_qty, sid)
+                    for sid, v in self.virtual.items()
+                    if sid
+                ),
+            )
+        elif positions[0] is not position:
+            positions = self._virtual_positions = (position, *positions[1:])
         # tuple.__new__ with every field in order: the named tuple's own __new__ is one more call
         return _new_tuple(
             AccountSnapshot,
@@ -1455,7 +1558,7 @@ class PaperBroker:
                 self.funding_paid,
                 0.0 if peak <= 0 else max(0.0, (peak - equity) / peak * 100),
                 mark,
-                (position,),
+                positions,
                 len(self.working) + len(self.in_flight),
                 self.stale,
                 self.funding_rate_now(now),
