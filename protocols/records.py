@@ -74,9 +74,14 @@ REPORT_FIELDS = (
     "open_positions",
     "config",
     "version",
+    "strategies",
+    "symbols",
 )
 
 MONEY_DP = 6
+# A row of the report's `strategies` and `symbols` tables.
+ATTRIBUTION_FIELDS = ("fills", "trades", "wins", "losses", "realized_pnl", "fees", "funding", "net_pnl")
+FLAT_EPS = 1e-9
 
 
 _strftime, _gmtime = time.strftime, time.gmtime
@@ -130,6 +135,127 @@ def dumps_line(record: dict[str, Any]) -> str:
     return orjson.dumps(record).decode()
 
 
+class _VirtualBook:
+    """One strategy's virtual position in one symbol, replayed from its allocations: its totals
+    and the trade it has open (a round trip of its virtual position from flat back to flat)."""
+
+    __slots__ = ("fees", "fills", "funding", "losses", "qty", "realized", "trade_net", "trades", "wins")
+
+    def __init__(self) -> None:
+        self.qty = 0.0
+        self.fills = self.trades = self.wins = self.losses = 0
+        self.realized = self.fees = self.funding = 0.0
+        self.trade_net = 0.0  # the open trade's realized PnL less its fees and funding so far
+
+    def fill(self, signed: float, realized: float, fee: float) -> None:
+        self.fills += 1
+        self.realized += realized
+        self.fees += fee
+        pos, new = self.qty, self.qty + signed
+        self.qty = 0.0 if -FLAT_EPS < new < FLAT_EPS else new
+        if -FLAT_EPS < pos < FLAT_EPS:  # flat: a fill opens a trade
+            if self.qty:
+                self.trade_net = realized - fee
+            return
+        if self.qty and (self.qty > 0) != (pos > 0):  # a flip: closes the trade and opens the next
+            closing = abs(pos) / abs(signed)  # the closing part's share of the fee
+            self.trade_net += realized - fee * closing
+            self._close()
+            self.trade_net = -fee * (1 - closing)
+            return
+        self.trade_net += realized - fee
+        if not self.qty:
+            self._close()
+
+    def fund(self, amount: float) -> None:
+        self.funding += amount
+        if self.qty:
+            self.trade_net -= amount  # a flat strategy's funding is in its totals, in no trade
+
+    def _close(self) -> None:
+        self.trades += 1
+        self.wins += self.trade_net > 0
+        self.losses += self.trade_net < 0
+        self.trade_net = 0.0
+
+
+class Attribution:
+    """Per-strategy and per-symbol figures from the fills' and funding events' `allocations`
+    (how the broker split each among the strategies' virtual positions). A fill without
+    allocations (a run from before them) counts wholly to its `strategy_id` ("" when it has none);
+    a funding event without them goes to the strategies holding virtual positions in proportion
+    to them, as the broker splits it ("" when none holds one)."""
+
+    def __init__(self) -> None:
+        self.symbol = ""
+        self.books: dict[tuple[str, str], _VirtualBook] = {}
+        self.symbol_fills: Counter[str] = Counter()
+
+    def _book(self, symbol: str, strategy_id: str) -> _VirtualBook:
+        book = self.books.get((symbol, strategy_id))
+        if book is None:
+            book = self.books[(symbol, strategy_id)] = _VirtualBook()
+        return book
+
+    def fill(self, record: dict[str, Any]) -> None:
+        symbol = record.get("symbol") or self.symbol
+        self.symbol_fills[symbol] += 1
+        allocations = record.get("allocations")
+        if allocations is None:
+            signed = record["qty"] if record["side"] == "buy" else -record["qty"]
+            allocations = [[record.get("strategy_id", ""), signed, record["realized_pnl"], record["fee"]]]
+        for strategy_id, signed, realized, fee in allocations:
+            self._book(symbol, strategy_id).fill(signed, realized, fee)
+
+    def funding(self, record: dict[str, Any]) -> None:
+        symbol = record.get("symbol") or self.symbol
+        allocations = record.get("allocations")
+        if allocations is None:
+            amount = record["amount"]
+            holders = [(sid, b.qty) for (sym, sid), b in self.books.items() if sym == symbol and b.qty]
+            total = sum(q for _, q in holders)
+            allocations = (
+                [[sid, amount * q / total] for sid, q in holders]
+                if holders and abs(total) > FLAT_EPS
+                else [["", amount]]
+            )
+        for strategy_id, amount in allocations:
+            self._book(symbol, strategy_id).fund(amount)
+
+    def tables(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """`strategies` (by strategy id) and `symbols` (the session's always; each symbol's fills
+        counted once, the rest summed over its strategies)."""
+        by_strategy: dict[str, list[_VirtualBook]] = {}
+        by_symbol: dict[str, list[_VirtualBook]] = {self.symbol: []}
+        for (symbol, strategy_id), book in self.books.items():
+            by_strategy.setdefault(strategy_id, []).append(book)
+            by_symbol.setdefault(symbol, []).append(book)
+        strategies = {
+            sid: _row(books, sum(b.fills for b in books)) for sid, books in sorted(by_strategy.items())
+        }
+        symbols = {sym: _row(books, self.symbol_fills[sym]) for sym, books in sorted(by_symbol.items())}
+        return strategies, symbols
+
+
+def _row(books: list[_VirtualBook], fills: int) -> dict[str, Any]:
+    realized = sum((b.realized for b in books), 0.0)
+    fees = sum((b.fees for b in books), 0.0)
+    funding = sum((b.funding for b in books), 0.0)
+    r = MONEY_DP
+    row = {
+        "fills": fills,
+        "trades": sum(b.trades for b in books),
+        "wins": sum(b.wins for b in books),
+        "losses": sum(b.losses for b in books),
+        "realized_pnl": round(realized, r),
+        "fees": round(fees, r),
+        "funding": round(funding, r),
+        "net_pnl": round(realized - fees - funding, r),
+    }
+    assert tuple(row) == ATTRIBUTION_FIELDS
+    return row
+
+
 class ReportBuilder:
     """Folds event records (dicts as written to events.jsonl) into the final report."""
 
@@ -157,6 +283,7 @@ class ReportBuilder:
         self.feed_downtime_s = 0.0
         self.malformed: Counter[str] = Counter()
         self.rest_retries = 0
+        self.attribution = Attribution()
 
     def add(self, record: dict[str, Any]) -> None:
         kind = record["kind"]
@@ -165,8 +292,10 @@ class ReportBuilder:
             self.fees[record.get("liquidity", "taker")] += record["fee"]
             self.realized_pnl += record["realized_pnl"]
             self.slippage_bps_sum += record.get("slippage_bps") or 0.0
+            self.attribution.fill(record)
         elif kind == "funding":
             self.funding_paid += record["amount"]
+            self.attribution.funding(record)
         elif kind == "liquidation":
             self.liquidations += 1
         elif kind == "breaker.tripped":
@@ -199,6 +328,7 @@ class ReportBuilder:
             self.rest_retries += 1
         elif kind == "session.started":
             self.started = record
+            self.attribution.symbol = record["symbol"]
         elif kind == "session.stopped":
             self.stopped = record
             self.max_drawdown_pct = max(self.max_drawdown_pct, record.get("max_drawdown_pct") or 0.0)
@@ -211,6 +341,7 @@ class ReportBuilder:
         ending = starting + self.realized_pnl - fees - self.funding_paid + unrealized
         net = ending - starting
         r = MONEY_DP
+        strategies, symbols = self.attribution.tables()
         report = {
             "run_id": s["run_id"],
             "status": e.get("status", "error"),
@@ -257,6 +388,8 @@ class ReportBuilder:
             "open_positions": e.get("open_positions", []),
             "config": s["config"],
             "version": s["version"],
+            "strategies": strategies,
+            "symbols": symbols,
         }
         assert tuple(report) == REPORT_FIELDS
         return report

@@ -12,7 +12,16 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
 - `funding_paid` is the sum of the `funding` events' amounts, and a report saying funding was not
   modelled (`funding_source` "none") has no `funding` event charging anything;
 - the report equals the one derived again from the events;
-- flat at a clean end: no position left and `open_positions` empty.
+- flat at a clean end: no position left and `open_positions` empty;
+- attribution (see `check_attribution`): each fill's `allocations` sum to its signed size and its
+  fee, each funding event's to its amount; each strategy's virtual position, replayed from its
+  allocations by this file's own netting, gives the realized PnL its allocations say, and the
+  report's `strategies` and `symbols` tables equal the figures recomputed here (to the cent); the
+  strategies' fees and funding sum to the account's, and their realized PnL too when every virtual
+  position ends flat. The strategies' trades need not sum to `trade_count` (round trips of the net
+  position: overlapping trades of two strategies can make one of the account's, or opposite ones
+  more); the summary line on standard error gives both. A run from before allocations counts each
+  fill wholly to its `strategy_id` (or ""); a report from before the tables is not held to them.
 
 An abandoned run (status `abandoned`: its process was killed before its first checkpoint and the
 next start closed it, see actors/recording/abandon.py) need not be flat: the position it had went
@@ -34,6 +43,10 @@ from protocols.records import ReportBuilder
 CENT = 0.01
 EPS = 1e-9
 ABANDONED = "abandoned"
+# Report fields added after run folders were first written: a report without them is older.
+LATER_FIELDS = ("strategies", "symbols")
+FIGURES = ("fills", "trades", "wins", "losses", "realized_pnl", "fees", "funding", "net_pnl")
+COUNTS = ("fills", "trades", "wins", "losses")
 
 
 class Ledger:
@@ -131,13 +144,255 @@ def check_report(events: list[dict[str, Any]], report: dict[str, Any]) -> list[s
     if report.get("status") == "ok" and report.get("open_positions"):
         problems.append(f"session ended ok but open_positions = {report['open_positions']}")
     builder = ReportBuilder()
-    for e in events:
-        builder.add(e)
-    derived = builder.report()
+    try:
+        for e in events:
+            builder.add(e)
+        derived = builder.report()
+    except (KeyError, TypeError, ValueError) as exc:  # a malformed event, named by the other checks
+        return [*problems, f"the report cannot be derived again from the events: {type(exc).__name__}: {exc}"]
     for key, value in derived.items():
+        if key in LATER_FIELDS and key not in report:
+            continue
         if report.get(key) != value:
             problems.append(f"report {key} = {report.get(key)!r} but the events give {value!r}")
     return problems
+
+
+class StrategyLedger:
+    """One strategy's virtual position in one symbol, from its allocations: netted by `Ledger`
+    at the fills' prices (a check on the realized PnL the allocations state), its totals, and its
+    trades (flat back to flat; a flip closes one and opens the next). A trade's result is its
+    allocations' realized PnL less its fees (a flip's fee split by size) and the funding charged
+    while it was open."""
+
+    def __init__(self) -> None:
+        self.ledger = Ledger()
+        self.fills = 0
+        self.stated_realized = 0.0
+        self.fees = 0.0
+        self.funding = 0.0
+        self.results: list[float] = []  # the closed trades' results
+        self.current = 0.0  # the open trade's result so far
+
+    def fill(self, signed: float, price: float, realized: float, fee: float) -> None:
+        before = self.ledger.qty
+        if abs(signed) > EPS:
+            self.ledger.fill("buy" if signed > 0 else "sell", abs(signed), price, fee)
+        after = self.ledger.qty
+        self.fills += 1
+        self.stated_realized += realized
+        self.fees += fee
+        was_open, is_open = abs(before) > EPS, abs(after) > EPS
+        flipped = was_open and is_open and before * after < 0
+        if not was_open:
+            if is_open:
+                self.current = realized - fee
+        elif flipped:
+            share = abs(before) / abs(signed)
+            self.results.append(self.current + realized - fee * share)
+            self.current = -fee * (1 - share)
+        else:
+            self.current += realized - fee
+            if not is_open:
+                self.results.append(self.current)
+                self.current = 0.0
+
+    def fund(self, amount: float) -> None:
+        self.funding += amount
+        if abs(self.ledger.qty) > EPS:
+            self.current -= amount
+
+    @staticmethod
+    def figures(ledgers: list[StrategyLedger], fills: int) -> dict[str, float]:
+        results = [r for s in ledgers for r in s.results]
+        realized = sum(s.stated_realized for s in ledgers)
+        fees = sum(s.fees for s in ledgers)
+        funding = sum(s.funding for s in ledgers)
+        return {
+            "fills": fills,
+            "trades": len(results),
+            "wins": sum(1 for r in results if r > 0),
+            "losses": sum(1 for r in results if r < 0),
+            "realized_pnl": realized,
+            "fees": fees,
+            "funding": funding,
+            "net_pnl": realized - fees - funding,
+        }
+
+
+class Attribution:
+    """The strategies' figures recomputed from the allocations, and the problems met on the way."""
+
+    def __init__(self, events: list[dict[str, Any]], symbol: str) -> None:
+        self.symbol = symbol
+        self.ledgers: dict[tuple[str, str], StrategyLedger] = {}
+        self.symbol_fills: Counter[str] = Counter()
+        self.problems: list[str] = []
+        for e in events:
+            if e.get("kind") == "order.filled":
+                self._fill(e)
+            elif e.get("kind") == "funding":
+                self._funding(e)
+
+    def _ledger(self, symbol: str, strategy_id: str) -> StrategyLedger:
+        return self.ledgers.setdefault((symbol, strategy_id), StrategyLedger())
+
+    def _fill(self, e: dict[str, Any]) -> None:
+        symbol = e.get("symbol") or self.symbol
+        self.symbol_fills[symbol] += 1
+        signed = e["qty"] if e["side"] == "buy" else -e["qty"]
+        name = f"fill {e.get('fill_id') or e.get('order_id')} (seq {e.get('seq')})"
+        if "allocations" not in e:
+            self._ledger(symbol, e.get("strategy_id", "")).fill(
+                signed, e["fill_price"], e["realized_pnl"], e["fee"]
+            )
+            return
+        allocations = e["allocations"]
+        well_formed = (
+            [a for a in allocations if _is_allocation(a, 4)] if isinstance(allocations, list) else []
+        )
+        if not isinstance(allocations, list) or len(well_formed) != len(allocations):
+            self.problems.append(
+                f"{name}: allocations {allocations!r} are not [strategy_id, signed_qty, realized_pnl, fee] each"
+            )
+        qty_sum = sum(a[1] for a in well_formed)
+        fee_sum = sum(a[3] for a in well_formed)
+        if abs(qty_sum - signed) > EPS:
+            self.problems.append(
+                f"{name}: allocations sum to qty {qty_sum:+.10f} but the fill is {signed:+.10f}"
+            )
+        if abs(fee_sum - e["fee"]) > EPS:
+            self.problems.append(
+                f"{name}: allocations sum to fee {fee_sum:.10f} but the fill's is {e['fee']:.10f}"
+            )
+        for strategy_id, qty, realized, fee in well_formed:
+            self._ledger(symbol, strategy_id).fill(qty, e["fill_price"], realized, fee)
+
+    def _funding(self, e: dict[str, Any]) -> None:
+        symbol = e.get("symbol") or self.symbol
+        amount = e.get("amount", 0.0)
+        if "allocations" not in e:  # split as the broker does: by the virtual positions held
+            held = {
+                sid: led.ledger.qty
+                for (sym, sid), led in self.ledgers.items()
+                if sym == symbol and abs(led.ledger.qty) > EPS
+            }
+            net = sum(held.values())
+            if not held or abs(net) <= EPS:
+                held, net = {"": 1.0}, 1.0
+            for sid, qty in held.items():
+                self._ledger(symbol, sid).fund(amount * qty / net)
+            return
+        allocations = e["allocations"]
+        name = f"funding at {e.get('instant', e.get('ts'))} (seq {e.get('seq')})"
+        well_formed = (
+            [a for a in allocations if _is_allocation(a, 2)] if isinstance(allocations, list) else []
+        )
+        if not isinstance(allocations, list) or len(well_formed) != len(allocations):
+            self.problems.append(f"{name}: allocations {allocations!r} are not [strategy_id, amount] each")
+        total = sum(a[1] for a in well_formed)
+        if abs(total - amount) > EPS:
+            self.problems.append(f"{name}: allocations sum to {total:.10f} but the amount is {amount:.10f}")
+        for strategy_id, share in well_formed:
+            self._ledger(symbol, strategy_id).fund(share)
+
+    def strategies(self) -> dict[str, dict[str, float]]:
+        ids = sorted({sid for _, sid in self.ledgers})
+        return {
+            sid: StrategyLedger.figures(
+                [led for (_, s), led in self.ledgers.items() if s == sid],
+                sum(led.fills for (_, s), led in self.ledgers.items() if s == sid),
+            )
+            for sid in ids
+        }
+
+    def symbols(self) -> dict[str, dict[str, float]]:
+        names = sorted({self.symbol, *(sym for sym, _ in self.ledgers)})
+        return {
+            sym: StrategyLedger.figures(
+                [led for (s, _), led in self.ledgers.items() if s == sym], self.symbol_fills[sym]
+            )
+            for sym in names
+        }
+
+    def flat(self) -> bool:
+        return all(abs(led.ledger.qty) <= EPS for led in self.ledgers.values())
+
+
+def _is_allocation(a: Any, size: int) -> bool:
+    return (
+        isinstance(a, list)
+        and len(a) == size
+        and isinstance(a[0], str)
+        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in a[1:])
+    )
+
+
+def check_attribution(events: list[dict[str, Any]], report: dict[str, Any] | None) -> list[str]:
+    """The allocations add up, each strategy's realized PnL is its virtual position's, and the
+    report's `strategies` and `symbols` tables and account totals agree with them."""
+    symbol = report.get("symbol", "") if report else ""
+    if not symbol:
+        symbol = next((e.get("symbol", "") for e in events if e.get("kind") == "session.started"), "")
+    attribution = Attribution(events, symbol)
+    problems = attribution.problems
+    strategies = attribution.strategies()
+    for (sym, sid), led in sorted(attribution.ledgers.items()):
+        if abs(led.stated_realized - led.ledger.realized) > CENT:
+            where = f"strategy {sid!r}" + (f" on {sym}" if sym != symbol else "")
+            problems.append(
+                f"{where}: its allocations' realized_pnl sum to {led.stated_realized:.6f} but netting "
+                f"its virtual position at the fills' prices gives {led.ledger.realized:.6f}"
+            )
+    if report is None:
+        return problems
+    for field, table in (("strategies", strategies), ("symbols", attribution.symbols())):
+        if field in report:
+            problems += _compare_table(field, report[field], table)
+    sums = {key: sum(row[key] for row in strategies.values()) for key in ("realized_pnl", "fees", "funding")}
+    totals = [("fees", "fees_paid"), ("funding", "funding_paid")]
+    if attribution.flat():
+        totals.insert(0, ("realized_pnl", "realized_pnl"))
+    for key, account in totals:
+        if account in report and abs(sums[key] - report[account]) > CENT:
+            problems.append(
+                f"the strategies' {key} sum to {sums[key]:.6f} but the report's {account} is {report[account]}"
+            )
+    return problems
+
+
+def _compare_table(field: str, reported: Any, recomputed: dict[str, dict[str, float]]) -> list[str]:
+    if not isinstance(reported, dict):
+        return [f"report {field} = {reported!r} is not a table"]
+    problems = []
+    for key in sorted(reported.keys() - recomputed.keys()):
+        problems.append(f"report {field} has {key!r} but the allocations give it nothing")
+    for key in sorted(recomputed.keys() - reported.keys()):
+        problems.append(f"report {field} lacks {key!r}, which the allocations give {recomputed[key]}")
+    for key in sorted(reported.keys() & recomputed.keys()):
+        row, want = reported[key], recomputed[key]
+        for figure in FIGURES:
+            got = row.get(figure) if isinstance(row, dict) else None
+            if figure in COUNTS:
+                same = got == want[figure]
+            else:
+                same = isinstance(got, int | float) and abs(got - want[figure]) <= CENT
+            if not same:
+                shown = want[figure] if figure in COUNTS else f"{want[figure]:.6f}"
+                problems.append(
+                    f"report {field}[{key!r}].{figure} = {got!r} but the allocations give {shown}"
+                )
+    return problems
+
+
+def trades_note(events: list[dict[str, Any]], report: dict[str, Any] | None) -> str:
+    """The account's round trips beside the strategies' (they need not be equal)."""
+    symbol = report.get("symbol", "") if report else ""
+    strategies = Attribution(events, symbol).strategies()
+    account = sum(1 for e in events if e.get("kind") == "position.closed")
+    each = ", ".join(f"{sid or '(none)'} {row['trades']}" for sid, row in strategies.items())
+    total = sum(row["trades"] for row in strategies.values())
+    return f"trades: {account} of the net position; {total} of the strategies' virtual positions ({each})"
 
 
 def check_abandoned(events: list[dict[str, Any]], report: dict[str, Any]) -> list[str]:
@@ -165,6 +420,7 @@ def validate(run: Path) -> list[str]:
     report = json.loads(report_path.read_text()) if report_path.exists() else None
     problems += check_sequence(events, finished=report is not None)
     problems += check_fills(events, report)
+    problems += check_attribution(events, report)
     if report is not None:
         problems += check_report(events, report)
         problems += check_abandoned(events, report)
@@ -183,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     problems = validate(args.run)
     for problem in problems:
         print(problem)
+    events, _ = load_events(args.run / "events.jsonl")
+    report_path = args.run / "final_report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else None
+    print(f"{args.run}: {trades_note(events, report)}", file=sys.stderr)
     print(f"{args.run}: {'OK' if not problems else f'{len(problems)} problem(s)'}", file=sys.stderr)
     return 1 if problems else 0
 

@@ -1,0 +1,448 @@
+"""Per-strategy attribution: the report's `strategies` and `symbols` tables, replayed from the
+fills' and funding events' `allocations`, and the validator's independent check of them.
+
+The synthetic run folders below are written by hand (prices, sizes and fees chosen so that every
+figure can be worked out on paper); their final reports are built by the recorder's ReportBuilder,
+as the recorder builds them from the events it writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from protocols.records import REPORT_FIELDS, ReportBuilder
+from tools.validate_session import Attribution, main, validate
+
+SYMBOL = "BTCUSDT"
+ABANDONED = "abandoned"
+
+
+def started() -> dict[str, Any]:
+    return {
+        "kind": "session.started",
+        "run_id": "synthetic",
+        "planned_duration_s": 3600,
+        "symbol": SYMBOL,
+        "interval": "1m",
+        "data_source": "synthetic",
+        "seed": 1,
+        "starting_equity": 10_000.0,
+        "config": {},
+        "version": "test",
+    }
+
+
+def stopped() -> dict[str, Any]:
+    return {
+        "kind": "session.stopped",
+        "status": "ok",
+        "stop_reason": "duration",
+        "elapsed_s": 3600.0,
+        "unrealized_pnl": 0.0,
+        "open_positions": [],
+    }
+
+
+def fill(
+    n: int,
+    side: str,
+    qty: float,
+    price: float,
+    fee: float,
+    realized: float,
+    position: float,
+    strategy_id: str | None = None,
+    allocations: list[list[Any]] | None = None,
+    reason: str = "entry",
+) -> dict[str, Any]:
+    """An order.filled as the broker writes it (the fields the report and validator read)."""
+    event: dict[str, Any] = {
+        "kind": "order.filled",
+        "order_id": f"o{n}",
+        "fill_id": f"f{n}",
+        "side": side,
+        "qty": qty,
+        "fill_price": price,
+        "requested_price": price,
+        "liquidity": "taker",
+        "fee": fee,
+        "slippage_bps": 0.0,
+        "realized_pnl": realized,
+        "position_qty": position,
+        "reason": reason,
+    }
+    if strategy_id is not None:
+        event["strategy_id"] = strategy_id
+    if allocations is not None:
+        event["allocations"] = allocations
+    return event
+
+
+def closed(side: str, qty: float, realized: float, fees: float) -> dict[str, Any]:
+    """The account's position.closed (its net position back to flat)."""
+    return {
+        "kind": "position.closed",
+        "side": side,
+        "qty": qty,
+        "realized_pnl": realized,
+        "fees": fees,
+        "net_pnl": realized - fees,
+    }
+
+
+def funding(amount: float, position: float, allocations: list[list[Any]] | None = None) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "kind": "funding",
+        "instant": "2024-01-01T08:00:00Z",
+        "rate_pct": 1.0,
+        "mark_price": 100.0,
+        "position_qty": position,
+        "amount": amount,
+    }
+    if allocations is not None:
+        event["allocations"] = allocations
+    return event
+
+
+def numbered(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`seq` and `ts` in front, as events.jsonl has them."""
+    return [
+        {"seq": n, "ts": f"2024-01-01T00:{n:02d}:00.000Z", **e}
+        for n, e in enumerate([started(), *events, stopped()], 1)
+    ]
+
+
+def build_report(records: list[dict[str, Any]]) -> dict[str, Any]:
+    builder = ReportBuilder()
+    for record in records:
+        builder.add(record)
+    return builder.report()
+
+
+def write_run(tmp_path: Path, events: list[dict[str, Any]], report: dict[str, Any] | None = None) -> Path:
+    records = numbered(events)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run / "final_report.json").write_text(json.dumps(report or build_report(records)))
+    return run
+
+
+def row(
+    fills: int, trades: int, wins: int, losses: int, realized: float, fees: float, funding: float
+) -> dict[str, Any]:
+    return {
+        "fills": fills,
+        "trades": trades,
+        "wins": wins,
+        "losses": losses,
+        "realized_pnl": pytest.approx(realized, abs=1e-9),
+        "fees": pytest.approx(fees, abs=1e-9),
+        "funding": pytest.approx(funding, abs=1e-9),
+        "net_pnl": pytest.approx(realized - fees - funding, abs=1e-9),
+    }
+
+
+# --- two strategies holding opposite positions, funding split, then a flatten shared by both ---
+
+# A buys 2 @ 100 (fee 0.2). B sells 1 @ 110 (fee 0.11): its own short, though the account's long
+# only shrinks to 1 and books (110 - 100) x 1 = 10. Funding at mark 100, 1 %: the account's +1
+# pays 1, A's +2 pays 2 and B's -1 receives 1. The flatten sells the account's 1 @ 120 (fee 0.12):
+# the broker shares it by the virtual positions (+2 and -1 of a net +1), so A sells 2 (realized
+# (120 - 100) x 2 = 40) and B buys 1 (realized (110 - 120) x 1 = -10), the fee by size, 0.08 and
+# 0.04. The account: realized 10 + 20 = 30, fees 0.43, funding 1, one round trip (a win).
+OPPOSITE = [
+    fill(1, "buy", 2.0, 100.0, 0.2, 0.0, 2.0, "A", [["A", 2.0, 0.0, 0.2]]),
+    fill(2, "sell", 1.0, 110.0, 0.11, 10.0, 1.0, "B", [["B", -1.0, 0.0, 0.11]]),
+    funding(1.0, 1.0, [["A", 2.0], ["B", -1.0]]),
+    fill(3, "sell", 1.0, 120.0, 0.12, 20.0, 0.0, "", [["A", -2.0, 40.0, 0.08], ["B", 1.0, -10.0, 0.04]], "flatten_on_exit"),
+    closed("long", 2.0, 30.0, 0.43),
+]  # fmt: skip
+OPPOSITE_STRATEGIES = {
+    # 40 - 0.28 - 2 = 37.72: a win
+    "A": row(fills=2, trades=1, wins=1, losses=0, realized=40.0, fees=0.28, funding=2.0),
+    # -10 - 0.15 + 1 = -8.15: a loss
+    "B": row(fills=2, trades=1, wins=0, losses=1, realized=-10.0, fees=0.15, funding=-1.0),
+}
+OPPOSITE_SYMBOLS = {SYMBOL: row(fills=3, trades=2, wins=1, losses=1, realized=30.0, fees=0.43, funding=1.0)}
+
+
+def test_opposite_positions_then_a_shared_flatten() -> None:
+    report = build_report(numbered(OPPOSITE))
+    assert list(report)[-2:] == ["strategies", "symbols"] == list(REPORT_FIELDS[-2:])
+    assert report["strategies"] == OPPOSITE_STRATEGIES
+    assert report["symbols"] == OPPOSITE_SYMBOLS
+    # the account: one round trip of the net position where the strategies made two
+    assert (report["trade_count"], report["wins"], report["losses"]) == (1, 1, 0)
+    assert (report["realized_pnl"], report["fees_paid"], report["funding_paid"]) == (30.0, 0.43, 1.0)
+    assert report["net_pnl"] == pytest.approx(30.0 - 0.43 - 1.0)
+    recomputed = Attribution(numbered(OPPOSITE), SYMBOL)
+    assert recomputed.problems == []
+    assert recomputed.strategies() == OPPOSITE_STRATEGIES
+    assert recomputed.symbols() == OPPOSITE_SYMBOLS
+
+
+def test_while_opposite_the_strategies_realized_is_not_the_accounts(tmp_path: Path) -> None:
+    """Before the flatten, A is long 2 and B short 1: the account has booked 10 that no strategy
+    has (it is in their unrealized PnL). The validator does not hold the sums to the account's
+    then, but fees and funding still add up."""
+    events = OPPOSITE[:3]
+    records = numbered(events)
+    report = build_report(records)
+    assert report["realized_pnl"] == 10.0
+    assert sum(r["realized_pnl"] for r in report["strategies"].values()) == 0.0
+    assert report["strategies"]["A"]["trades"] == report["strategies"]["B"]["trades"] == 0
+    stop = records[-1]
+    stop.update(status=ABANDONED, stop_reason=ABANDONED)  # not flat: as an abandoned run ends
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run / "final_report.json").write_text(json.dumps(build_report(records)))
+    assert validate(run) == []
+
+
+def test_opposite_positions_run_folder_validates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = write_run(tmp_path, OPPOSITE)
+    assert validate(run) == []
+    assert main([str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "trades: 1 of the net position; 2 of the strategies' virtual positions (A 1, B 1)" in err
+
+
+# --- funding in a trade's result, a flip ---
+
+# A and B each buy 1 @ 100 (fee 0.1 each); funding 4 (2 each); A sells 1 @ 101.5 (fee 0.1015),
+# B sells 1 @ 103 (fee 0.103). A's trade: 1.5 - 0.2015 - 2 = -0.7015, a loss that would be a win
+# without its funding; B's: 3 - 0.203 - 2 = 0.797, a win. The account's one round trip: realized
+# 4.5 less fees 0.4045 (its wins and losses leave funding out).
+FUNDED = [
+    fill(1, "buy", 1.0, 100.0, 0.1, 0.0, 1.0, "A", [["A", 1.0, 0.0, 0.1]]),
+    fill(2, "buy", 1.0, 100.0, 0.1, 0.0, 2.0, "B", [["B", 1.0, 0.0, 0.1]]),
+    funding(4.0, 2.0, [["A", 2.0], ["B", 2.0]]),
+    fill(3, "sell", 1.0, 101.5, 0.1015, 1.5, 1.0, "A", [["A", -1.0, 1.5, 0.1015]], "exit"),
+    fill(4, "sell", 1.0, 103.0, 0.103, 3.0, 0.0, "B", [["B", -1.0, 3.0, 0.103]], "exit"),
+    closed("long", 2.0, 4.5, 0.4045),
+]
+
+
+def test_funding_counts_in_the_trade_it_was_charged_to(tmp_path: Path) -> None:
+    report = build_report(numbered(FUNDED))
+    assert report["strategies"] == {
+        "A": row(fills=2, trades=1, wins=0, losses=1, realized=1.5, fees=0.2015, funding=2.0),
+        "B": row(fills=2, trades=1, wins=1, losses=0, realized=3.0, fees=0.203, funding=2.0),
+    }
+    assert report["symbols"] == {SYMBOL: row(4, 2, 1, 1, realized=4.5, fees=0.4045, funding=4.0)}
+    assert (report["trade_count"], report["wins"], report["losses"]) == (1, 1, 0)
+    assert validate(write_run(tmp_path, FUNDED)) == []
+
+
+# A buys 1 @ 100 (fee 0.1), sells 3 @ 110 (fee 0.3: a flip, closing 1 for +10 and opening a short
+# of 2), buys 2 @ 105 (fee 0.2, +10). Trade 1: 10 - 0.1 - 0.3/3 = 9.8; trade 2: -0.2 + 10 - 0.2.
+FLIP = [
+    fill(1, "buy", 1.0, 100.0, 0.1, 0.0, 1.0, "A", [["A", 1.0, 0.0, 0.1]]),
+    fill(2, "sell", 3.0, 110.0, 0.3, 10.0, -2.0, "A", [["A", -3.0, 10.0, 0.3]]),
+    closed("long", 1.0, 10.0, 0.2),
+    fill(3, "buy", 2.0, 105.0, 0.2, 10.0, 0.0, "A", [["A", 2.0, 10.0, 0.2]]),
+    closed("short", 2.0, 10.0, 0.4),
+]
+
+
+def test_a_flip_closes_one_trade_and_opens_the_next(tmp_path: Path) -> None:
+    report = build_report(numbered(FLIP))
+    assert report["strategies"] == {"A": row(3, 2, 2, 0, realized=20.0, fees=0.6, funding=0.0)}
+    assert report["trade_count"] == 2
+    assert validate(write_run(tmp_path, FLIP)) == []
+
+
+def test_a_flip_whose_closing_part_loses_after_its_fee_share() -> None:
+    """Trade 1: +0.05 realized less 0.1 and a third of 0.3: a loss; trade 2 gets 0.2 of the fee."""
+    events = [
+        fill(1, "buy", 1.0, 100.0, 0.1, 0.0, 1.0, "A", [["A", 1.0, 0.0, 0.1]]),
+        fill(2, "sell", 3.0, 100.05, 0.3, 0.05, -2.0, "A", [["A", -3.0, 0.05, 0.3]]),
+        fill(3, "buy", 2.0, 90.0, 0.2, 20.1, 0.0, "A", [["A", 2.0, 20.1, 0.2]]),
+    ]
+    want = {"A": row(3, 2, 1, 1, realized=20.15, fees=0.6, funding=0.0)}
+    assert build_report(numbered(events))["strategies"] == want
+    assert Attribution(numbered(events), SYMBOL).strategies() == want
+
+
+# --- old run folders: no allocations ---
+
+OLD_STYLE = [
+    fill(1, "buy", 1.0, 100.0, 0.1, 0.0, 1.0),
+    funding(1.0, 1.0),
+    fill(2, "sell", 1.0, 105.0, 0.105, 5.0, 0.0, reason="exit"),
+    closed("long", 1.0, 5.0, 0.205),
+]
+
+
+def test_a_log_without_allocations_counts_wholly_to_nobody(tmp_path: Path) -> None:
+    report = build_report(numbered(OLD_STYLE))
+    # 5 - 0.205 - 1 = 3.795: a win
+    assert report["strategies"] == {"": row(2, 1, 1, 0, realized=5.0, fees=0.205, funding=1.0)}
+    assert report["symbols"] == {SYMBOL: report["strategies"][""]}
+    assert validate(write_run(tmp_path, OLD_STYLE)) == []
+
+
+def test_an_old_report_without_the_tables_still_validates(tmp_path: Path) -> None:
+    report = build_report(numbered(OLD_STYLE))
+    del report["strategies"], report["symbols"]
+    assert validate(write_run(tmp_path, OLD_STYLE, report)) == []
+
+
+def test_tagged_fills_without_allocations_and_their_funding() -> None:
+    """Fills of A and B without allocations count wholly to their strategy_id; a funding event
+    without them is split by the virtual positions held, as the broker splits it."""
+    events = [
+        fill(1, "buy", 3.0, 100.0, 0.3, 0.0, 3.0, "A"),
+        fill(2, "sell", 1.0, 100.0, 0.1, 0.0, 2.0, "B"),
+        funding(4.0, 2.0),  # A's +3 pays 6, B's -1 receives 2
+    ]
+    want = {
+        "A": row(1, 0, 0, 0, realized=0.0, fees=0.3, funding=6.0),
+        "B": row(1, 0, 0, 0, realized=0.0, fees=0.1, funding=-2.0),
+    }
+    assert build_report(numbered(events))["strategies"] == want
+    assert Attribution(numbered(events), SYMBOL).strategies() == want
+
+
+def test_no_fills_gives_an_empty_strategies_table(tmp_path: Path) -> None:
+    report = build_report(numbered([]))
+    assert report["strategies"] == {}
+    assert report["symbols"] == {SYMBOL: row(0, 0, 0, 0, 0.0, 0.0, 0.0)}
+    assert validate(write_run(tmp_path, [])) == []
+
+
+# --- tampering: the validator names what is wrong ---
+
+
+def tampered(events: list[dict[str, Any]], n: int, **change: Any) -> list[dict[str, Any]]:
+    events = json.loads(json.dumps(events))
+    events[n].update(change)
+    return events
+
+
+def test_an_allocation_not_summing_to_its_fill_is_named(tmp_path: Path) -> None:
+    # B's share of the flatten: +0.9 where +1 was allocated; the report rebuilt from the same events
+    events = tampered(OPPOSITE, 3, allocations=[["A", -2.0, 40.0, 0.08], ["B", 0.9, -10.0, 0.04]])
+    problems = validate(write_run(tmp_path, events))
+    assert "fill f3 (seq 5): allocations sum to qty -1.1000000000 but the fill is -1.0000000000" in problems
+    # B is left short 0.1, so the realized PnL is not held to the account's
+    assert not any("the strategies' realized_pnl" in p for p in problems)
+
+
+def test_an_allocated_fee_not_summing_to_its_fill_is_named(tmp_path: Path) -> None:
+    events = tampered(OPPOSITE, 3, allocations=[["A", -2.0, 40.0, 0.08], ["B", 1.0, -10.0, 0.05]])
+    problems = validate(write_run(tmp_path, events))
+    assert "fill f3 (seq 5): allocations sum to fee 0.1300000000 but the fill's is 0.1200000000" in problems
+    assert "the strategies' fees sum to 0.440000 but the report's fees_paid is 0.43" in problems
+
+
+def test_a_funding_split_not_summing_to_its_amount_is_named(tmp_path: Path) -> None:
+    events = tampered(OPPOSITE, 2, allocations=[["A", 2.0], ["B", -0.5]])
+    problems = validate(write_run(tmp_path, events))
+    assert (
+        "funding at 2024-01-01T08:00:00Z (seq 4): allocations sum to 1.5000000000 but the amount is 1.0000000000"
+        in problems
+    )
+    assert "the strategies' funding sum to 1.500000 but the report's funding_paid is 1.0" in problems
+
+
+def test_an_allocated_realized_pnl_not_the_virtual_positions_is_named(tmp_path: Path) -> None:
+    events = tampered(OPPOSITE, 3, allocations=[["A", -2.0, 45.0, 0.08], ["B", 1.0, -10.0, 0.04]])
+    problems = validate(write_run(tmp_path, events))
+    assert (
+        "strategy 'A': its allocations' realized_pnl sum to 45.000000 but netting its virtual "
+        "position at the fills' prices gives 40.000000"
+    ) in problems
+    assert "the strategies' realized_pnl sum to 35.000000 but the report's realized_pnl is 30.0" in problems
+
+
+def test_a_malformed_allocation_is_named(tmp_path: Path) -> None:
+    events = tampered(OPPOSITE, 0, allocations=[["A", 2.0, 0.0]])
+    problems = validate(write_run(tmp_path, events, build_report(numbered(OPPOSITE))))
+    assert (
+        "fill f1 (seq 2): allocations [['A', 2.0, 0.0]] are not [strategy_id, signed_qty, realized_pnl, fee] each"
+        in problems
+    )
+    assert any(
+        p.startswith("the report cannot be derived again from the events: ValueError") for p in problems
+    )
+
+
+def test_a_tampered_strategies_table_is_named(tmp_path: Path) -> None:
+    report = build_report(numbered(OPPOSITE))
+    report["strategies"]["B"]["wins"] = 1
+    report["strategies"]["A"]["fees"] = 0.3
+    report["symbols"][SYMBOL]["net_pnl"] += 0.02
+    report["strategies"]["C"] = report["strategies"]["B"]
+    problems = validate(write_run(tmp_path, OPPOSITE, report))
+    assert "report strategies['B'].wins = 1 but the allocations give 0" in problems
+    assert "report strategies['A'].fees = 0.3 but the allocations give 0.280000" in problems
+    assert "report strategies has 'C' but the allocations give it nothing" in problems
+    assert any(p.startswith(f"report symbols['{SYMBOL}'].net_pnl = 28.59") for p in problems)
+    assert main([str(tmp_path / "run")]) == 1
+
+
+def test_a_cent_is_tolerated_a_count_is_not(tmp_path: Path) -> None:
+    report = build_report(numbered(OPPOSITE))
+    report["strategies"]["A"]["realized_pnl"] += 0.004
+    run = write_run(tmp_path, OPPOSITE, report)
+    problems = validate(run)
+    # the recomputation tolerates it; the exact re-derivation of the whole report does not
+    assert [p for p in problems if "allocations give" in p] == []
+    assert [p for p in problems if p.startswith("report strategies = ")] != []
+
+
+# --- a backtest of the one [strategy] form: the broker's allocations, end to end ---
+
+
+async def test_backtest_strategies_table_equals_the_account(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    from actors.config import load
+    from actors.plan import Plan
+    from actors.session import run_session
+    from tests.conftest import read_events, read_report
+    from tests.test_replay_backtest import write_bars
+
+    data = tmp_path / "bars.csv"
+    write_bars(data, 3000)
+    sets = [
+        f"session.run_dir={tmp_path / 'runs'}",
+        "session.interval=1m",
+        "strategy.fast_period=5",
+        "strategy.slow_period=13",
+        "risk.max_consecutive_losses=0",
+        "risk.max_daily_drawdown_pct=100",
+        "risk.max_loss_pct=100",
+        "broker.funding=constant",
+        "broker.funding_rate_pct=0.05",
+    ]
+    config = load(None, {}, sets)
+    result = await run_session(config, plan=Plan(mode="backtest", data=str(data)), handle_signals=False)
+    report = read_report(result.run_path)
+    events = read_events(result.run_path)
+    fills = [e for e in events if e["kind"] == "order.filled"]
+    assert report["stop_reason"] == "data_end" and report["trade_count"] >= 5
+    assert all("allocations" in f for f in fills)
+    assert sum(1 for e in events if e["kind"] == "funding") >= 3 and report["funding_paid"] != 0
+    assert validate(result.run_path) == []
+    # the one strategy's virtual position is the account's: its figures are the account's
+    (strategy_id,) = report["strategies"]
+    assert strategy_id == config.strategy.name
+    row = report["strategies"][strategy_id]
+    assert row["fills"] == report["fills"] == len(fills)
+    assert row["trades"] == report["trade_count"]
+    for figure, total in (
+        ("realized_pnl", "realized_pnl"),
+        ("fees", "fees_paid"),
+        ("funding", "funding_paid"),
+    ):
+        assert row[figure] == pytest.approx(report[total], abs=0.01)
+    assert row["net_pnl"] == pytest.approx(report["net_pnl"], abs=0.01)  # it ends flat
+    assert report["symbols"] == {report["symbol"]: row}
