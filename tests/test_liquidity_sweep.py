@@ -47,7 +47,7 @@ DAY0 = 19675 * 86400.0  # 2023-11-14 00:00 UTC: the hand-built sequences start a
 
 def account(funding: float = 0.0, qty: float = 0.0) -> AccountSnapshot:
     """A snapshot with no position (or `qty`) and the funding rate in force."""
-    positions = (Position(SYMBOL, qty, 100.0),) if qty else ()
+    positions = (Position(SYMBOL, qty, 100.0), Position(SYMBOL, qty, 100.0, 0.0, "ls")) if qty else ()
     return AccountSnapshot(
         0.0, SYMBOL, 10_000.0, 10_000.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, positions, funding_rate_pct=funding
     )

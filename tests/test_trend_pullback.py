@@ -32,7 +32,17 @@ BACKFILL = 300  # the golden run's first candles come as history (they warm up, 
 LOOSE_RISK = ["risk.max_consecutive_losses=0", "risk.max_daily_drawdown_pct=100", "risk.max_loss_pct=100"]
 
 
-def account(qty: float = 0.0, funding: float = 0.0, open_orders: int = 0, ts: float = 0.0) -> AccountSnapshot:
+STRATEGY_ID = "tp"
+
+
+def account(
+    qty: float = 0.0, funding: float = 0.0, open_orders: int = 0, ts: float = 0.0, own: bool = True
+) -> AccountSnapshot:
+    """The account with a net position of `qty`, which is the strategy's own (its virtual position,
+    id `STRATEGY_ID`) unless `own` is False (another strategy's)."""
+    positions = (Position(SYMBOL, qty, 0.0),) + (
+        (Position(SYMBOL, qty, 0.0, 0.0, STRATEGY_ID),) if own else ()
+    )
     return AccountSnapshot(
         ts=ts,
         symbol=SYMBOL,
@@ -44,7 +54,7 @@ def account(qty: float = 0.0, funding: float = 0.0, open_orders: int = 0, ts: fl
         funding_paid=0.0,
         drawdown_pct=0.0,
         mark_price=None,
-        positions=(Position(SYMBOL, qty, 0.0),),
+        positions=positions,
         open_orders=open_orders,
         funding_rate_pct=funding,
     )
@@ -54,7 +64,7 @@ FLAT = account()
 
 
 def strategy(**params: Any) -> TrendPullback:
-    return TrendPullback(StrategyConfig(), "tp", SYMBOL, TrendPullbackParams(**params))
+    return TrendPullback(StrategyConfig(), STRATEGY_ID, SYMBOL, TrendPullbackParams(**params))
 
 
 def read_rows(path: Path, n: int) -> list[tuple[float, float, float, float, float, float]]:
@@ -491,5 +501,5 @@ def test_the_time_exit_closes_a_position_held_50_candles() -> None:
 
 def test_a_position_it_did_not_enter_is_not_its_to_manage() -> None:
     s = strategy()
-    outs = run(s, trend(200), account(qty=0.05))
-    assert outs == [] and s.held is None
+    outs = run(s, trend(200), account(qty=0.05, own=False))
+    assert [o for o in outs if isinstance(o, OrderIntent) and o.reduce_only] == [] and s.held is None

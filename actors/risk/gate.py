@@ -90,6 +90,8 @@ class RiskGate:
         self.starting_equity = starting_equity
         self.window: deque[float] = deque()
         self.submitted_signed_qty = 0.0
+        # the same per strategy: a strategy's exits reduce its own virtual position
+        self.submitted_by_strategy: dict[str, float] = {}
         self.order_seq = 0
         self.trades = 0
         self.losses = 0
@@ -123,6 +125,7 @@ class RiskGate:
         return {
             "window": list(self.window),
             "submitted_signed_qty": self.submitted_signed_qty,
+            "submitted_by_strategy": dict(self.submitted_by_strategy),
             **{name: getattr(self, name) for name in self._SCALARS},
         }
 
@@ -136,6 +139,12 @@ class RiskGate:
             if name in state:
                 setattr(self, name, state[name])
         self.submitted_signed_qty = state.get("submitted_signed_qty", account.position().processed_signed_qty)
+        saved = state.get("submitted_by_strategy")
+        self.submitted_by_strategy = (
+            dict(saved)
+            if saved is not None  # an older checkpoint: nothing pending beyond what the broker processed
+            else {p.strategy_id: p.processed_signed_qty for p in account.positions if p.strategy_id}
+        )
         self.watching = None
 
     # --- intents ---------------------------------------------------------------------------------
@@ -185,8 +194,13 @@ class RiskGate:
     def pending_signed_qty(self, account: AccountSnapshot) -> float:
         return self.submitted_signed_qty - account.position().processed_signed_qty
 
-    def projected_position(self, account: AccountSnapshot) -> float:
-        return account.position().qty + self.pending_signed_qty(account)
+    def projected_position(self, account: AccountSnapshot, strategy_id: str = "") -> float:
+        """The position once every order sent is done: the account's, or with a `strategy_id`,
+        that strategy's virtual position."""
+        if not strategy_id:
+            return account.position().qty + self.pending_signed_qty(account)
+        own = account.position(None, strategy_id)
+        return own.qty + self.submitted_by_strategy.get(strategy_id, 0.0) - own.processed_signed_qty
 
     def check(self, intent: OrderIntent, account: AccountSnapshot, now: float) -> Order | Rejection:
         entry = not intent.reduce_only
@@ -212,7 +226,10 @@ class RiskGate:
         if isinstance(sized, Rejection):
             return sized
         self.window.append(now)
-        self.submitted_signed_qty += sized if intent.side == "buy" else -sized
+        signed = sized if intent.side == "buy" else -sized
+        self.submitted_signed_qty += signed
+        sid = intent.strategy_id
+        self.submitted_by_strategy[sid] = self.submitted_by_strategy.get(sid, 0.0) + signed
         self.order_seq += 1
         return Order(
             id=f"o{self.order_seq}",
@@ -262,7 +279,7 @@ class RiskGate:
         return attrs.evolve(intent, **changes) if changes else intent
 
     def _exit_size(self, intent: OrderIntent, account: AccountSnapshot) -> float | Rejection:
-        projected = self.projected_position(account)
+        projected = self.projected_position(account, intent.strategy_id)
         reduces = projected < 0 if intent.side == "buy" else projected > 0
         qty = round(min(intent.qty, abs(projected)), 8) if reduces else 0.0
         if qty < self.instrument.min_qty:

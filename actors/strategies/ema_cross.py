@@ -170,7 +170,7 @@ class EmaCrossStrategy:
                 "slow_ema": ema.slow,
             },
         )
-        position = account.position(self.symbol).qty
+        position = account.position(self.symbol, self.id).qty
         return [signal, *intents_for(cross, position, self.config, candle.close, now, self.id, self.symbol)]
 
     def on_candle(self, candle: Candle, account: AccountSnapshot, now: float) -> list[StrategyOutput]:

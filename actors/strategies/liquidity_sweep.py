@@ -271,7 +271,7 @@ class LiquiditySweepStrategy:
         against = funding if long else -funding  # > 0: the position would pay
         skipped: str | None = None
         size_scale = 1.0
-        if abs(account.position(self.symbol).qty) > FLAT_QTY:
+        if abs(account.position(self.symbol, self.id).qty) > FLAT_QTY:
             skipped = "in_position"
         elif against > p.funding_block_pct:
             skipped = "funding"

@@ -225,7 +225,7 @@ class TrendPullback:
 
     def decide(self, candle: Candle, account: AccountSnapshot, now: float) -> list[StrategyOutput]:
         out: list[StrategyOutput] = []
-        qty = account.position(self.symbol).qty
+        qty = account.position(self.symbol, self.id).qty
         flat = -EPS < qty < EPS
         if self.watch:
             if not flat:
