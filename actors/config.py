@@ -4,6 +4,11 @@ Precedence, lowest first: built-in defaults < `--config` file < environment vari
 `LAPTOP_AGENTS__SECTION__KEY` < CLI flags (`--set SECTION.KEY=VALUE` and the named flags).
 Every problem found becomes one line naming the key, the bad value, where it came from and what is
 allowed; `ConfigError` carries all of them so the CLI can print them and exit 2.
+
+The session's strategies: either the one `[strategy]` table (its id is `strategy.name`) or several
+`[[strategies]]` tables in the `--config` file, each with its `id`, its `kind` and its keys
+(`Config.strategy_specs` gives them alike). Environment variables and `--set` address `[strategy]`
+only; the two forms are never mixed.
 """
 
 from __future__ import annotations
@@ -335,6 +340,56 @@ class StrategyConfig:
     )
 
 
+# a [[strategies]] table's id: what its intents, orders, fills, signals and checkpoint carry
+STRATEGY_ID_PATTERN = r"[a-z0-9_-]{1,32}"
+
+
+@attrs.frozen
+class StrategyTableKeys:
+    """The keys a `[[strategies]]` table has besides `[strategy]`'s common keys (`name` is `kind`
+    there) and its kind's own parameters; only their rules and documentation are used."""
+
+    id: str = key(
+        "",
+        "the strategy's unique id (1-32 of a-z, 0-9, _ and -): its signals, intents, orders, fills "
+        "and checkpoint carry it",
+        _pattern(STRATEGY_ID_PATTERN, "a unique id, 1-32 of a-z, 0-9, _ and -"),
+    )
+    kind: str = key(
+        "",
+        "strategy kind: " + ", ".join(repr(k) for k in STRATEGY_KINDS) + " (as strategy.name)",
+        _choice(*STRATEGY_KINDS),
+    )
+    symbol: str = key(
+        "",
+        "contract it trades; only session.symbol for now (optional)",
+        _pattern(r"[A-Z0-9]{2,20}", "2-20 of A-Z, 0-9"),
+    )
+    interval: str = key(
+        "", "candle interval it decides on; only session.interval for now (optional)", _interval
+    )
+
+
+REQUIRED_TABLE_KEYS = ("id", "kind")
+
+
+@attrs.frozen
+class StrategySpec:
+    """One strategy of the session: its id, its common keys (`config.name` is its kind) and its
+    kind's own parameters (an instance of the kind's params class; None: the kind has none)."""
+
+    id: str
+    config: StrategyConfig
+    params: Any = None
+    # as written in its [[strategies]] table (None: not written; the session's)
+    symbol: str | None = None
+    interval: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.config.name
+
+
 @attrs.frozen
 class ObservabilityConfig:
     heartbeat_s: float = key(1.0, "seconds between heartbeat events and metrics rows", _num(gt=0, le=3600))
@@ -369,10 +424,26 @@ class Config:
     state: StateConfig = attrs.field(factory=StateConfig)
     # the strategy kind's own parameters (an instance of its params class), None: its defaults
     strategy_params: Any = None
+    # the [[strategies]] tables, in their order; empty: the one [strategy] table
+    strategies: tuple[StrategySpec, ...] = ()
 
     @property
     def interval_s(self) -> int:
         return interval_seconds(self.session.interval)
+
+    @property
+    def strategy_specs(self) -> tuple[StrategySpec, ...]:
+        """The session's strategies, in their configured order: the [[strategies]] tables, or the
+        one [strategy] table with id `strategy.name`."""
+        if self.strategies:
+            return self.strategies
+        return (StrategySpec(self.strategy.name, self.strategy, self.strategy_params),)
+
+    @property
+    def strategy_history(self) -> int:
+        """Closed candles of history the strategies keep: the largest `history` of them (the live
+        feed seeds this many)."""
+        return max(spec.config.history for spec in self.strategy_specs)
 
 
 SECTIONS: dict[str, type] = {
@@ -384,8 +455,10 @@ SECTIONS: dict[str, type] = {
     "observability": ObservabilityConfig,
     "state": StateConfig,
 }
-for _cls in SECTIONS.values():
+for _cls in (*SECTIONS.values(), StrategyTableKeys):
     attrs.resolve_types(_cls)
+# the array of tables [[strategies]] (not a section: env variables and --set do not reach it)
+STRATEGIES = "strategies"
 
 
 def section_fields(section: str) -> dict[str, attrs.Attribute]:
@@ -459,52 +532,79 @@ def _show(value: Any) -> str:
 
 # --- layers -----------------------------------------------------------------------------------------
 
-Layer = dict[tuple[str, str], tuple[Any, str, bool]]  # (section, key) -> (raw value, source, is_text)
+# (section, key) -> (raw value, source, is_text); the [[strategies]] tables, all of them, are the
+# one entry (STRATEGIES, "") -> (list of tables, source, False)
+Layer = dict[tuple[str, str], tuple[Any, str, bool]]
+
+
+def _each_kinds_parameters() -> str:
+    return "each kind's parameters: " + ", ".join(
+        f"{kind}: {', '.join(strategy_param_fields(kind)) or '-'}" for kind in strategy_kinds()
+    )
 
 
 def _put(layer: Layer, problems: list[str], dotted: str, value: Any, source: str, is_text: bool) -> None:
     section, _, name = dotted.partition(".")
+    if section == STRATEGIES:
+        problems.append(
+            f"{dotted}: [[strategies]] tables are written in the --config file only (from {source}); "
+            "environment variables and --set address [strategy]"
+        )
+        return
     if section not in SECTIONS:
         problems.append(
-            f"{dotted}: unknown section {section!r} (from {source}); allowed sections: {', '.join(SECTIONS)}"
+            f"{dotted}: unknown section {section!r} (from {source}); allowed sections: "
+            f"{', '.join(SECTIONS)}, and [[strategies]] tables"
         )
         return
     fields = section_fields(section)
     if name not in fields and not (section == "strategy" and name in _all_strategy_params()):
         allowed = ", ".join(fields)
         if section == "strategy":
-            allowed += "; and each kind's parameters: " + ", ".join(
-                f"{kind}: {', '.join(strategy_param_fields(kind)) or '-'}" for kind in strategy_kinds()
-            )
+            allowed += "; and " + _each_kinds_parameters()
         problems.append(f"{dotted}: unknown key (from {source}); allowed keys in [{section}]: {allowed}")
         return
     layer[(section, name)] = (value, source, is_text)
 
 
-def file_layer(path: Path, problems: list[str]) -> Layer:
+def dict_layer(data: Mapping[str, Any], source: str, problems: list[str]) -> Layer:
+    """A layer from a parsed TOML document (a `--config` file) or what `to_dict` wrote (the config
+    a run folder recorded): section -> key -> value, and `strategies`: a list of tables."""
     layer: Layer = {}
+    for section, table in data.items():
+        if section == STRATEGIES:
+            if not isinstance(table, list) or not table:
+                problems.append(
+                    f"{STRATEGIES}: expected one or more [[strategies]] tables (from {source}), got {_show(table)}"
+                )
+                continue
+            layer[(STRATEGIES, "")] = (table, source, False)
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"{section}: expected a [{section}] table (from {source}), got {_show(table)}")
+            continue
+        for name, value in table.items():
+            _put(layer, problems, f"{section}.{name}", value, source, is_text=False)
+    return layer
+
+
+def file_layer(path: Path, problems: list[str]) -> Layer:
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
     except FileNotFoundError:
         problems.append(f"--config: file not found: {path}")
-        return layer
+        return {}
     except IsADirectoryError:
         problems.append(f"--config: {path} is a directory, not a TOML file")
-        return layer
+        return {}
     except OSError as exc:
         problems.append(f"--config: cannot read {path}: {exc.strerror}")
-        return layer
+        return {}
     except tomllib.TOMLDecodeError as exc:
         problems.append(f"--config: {path} is not valid TOML: {exc}")
-        return layer
-    for section, table in data.items():
-        if not isinstance(table, dict):
-            problems.append(f"{section}: expected a [{section}] table (from {path}), got {_show(table)}")
-            continue
-        for name, value in table.items():
-            _put(layer, problems, f"{section}.{name}", value, str(path), is_text=False)
-    return layer
+        return {}
+    return dict_layer(data, str(path), problems)
 
 
 def env_layer(env: Mapping[str, str], problems: list[str]) -> Layer:
@@ -543,29 +643,151 @@ def flags_layer(flags: Mapping[str, tuple[Any, str]]) -> Layer:
     return layer
 
 
+# --- building the config ------------------------------------------------------------------------------
+
+# a value that did not pass (values themselves are never None)
+_BAD = None
+
+
+def _check(
+    problems: list[str], dotted: str, field: attrs.Attribute, raw: Any, source: str, is_text: bool
+) -> Any:
+    """`raw` typed and checked against its field's rule; _BAD (with the problem added) if it fails."""
+    value, expected = _typed(raw, field.type, is_text)
+    if expected is not None:
+        problems.append(f"{dotted}: {_show(raw)} is not allowed (from {source}); expected {expected}")
+        return _BAD
+    allowed = field.metadata["rule"].check(value)
+    if allowed is not None:
+        problems.append(f"{dotted}: {_show(value)} is not allowed (from {source}); expected {allowed}")
+        return _BAD
+    return value
+
+
+def _kind_params(
+    problems: list[str],
+    prefix: str,
+    kind_key: str,
+    kind: str,
+    others: Iterable[tuple[str, Any, str, bool]],
+) -> dict[str, Any]:
+    """A strategy kind's own parameters, from the keys of its table that are not common keys:
+    each must be one of the kind's (`kind_key` = `kind` names it otherwise) and pass its rule
+    (the same check as every key). Returns the values that passed."""
+    own = strategy_param_fields(kind)
+    params: dict[str, Any] = {}
+    for name, raw, source, is_text in others:
+        if name not in own:
+            problems.append(
+                f"{prefix}.{name}: not a parameter of {kind_key} = {kind!r} (from {source}); "
+                f"its parameters: {', '.join(own) or 'none beyond the common keys'}"
+            )
+            continue
+        value = _check(problems, f"{prefix}.{name}", own[name], raw, source, is_text)
+        if value is not _BAD:
+            params[name] = value
+    return params
+
+
+def _params(kind: str, values: dict[str, Any]) -> Any:
+    """The kind's params instance (None: the kind has no params class)."""
+    params_cls = strategy_kinds().get(kind)
+    return params_cls(**values) if params_cls is not None else None
+
+
+def _strategy_tables(tables: list[Any], source: str, problems: list[str]) -> tuple[StrategySpec, ...]:
+    """The [[strategies]] tables, each checked like [strategy] (the common keys by StrategyConfig's
+    rules, the kind's own by its params class's); every problem names `strategies[<id>].<key>`
+    (`strategies[<index>]` while the table has no valid id)."""
+    table_fields = {f.name: f for f in attrs.fields(StrategyTableKeys)}
+    common = {name: f for name, f in section_fields("strategy").items() if name != "name"}
+    any_param = _all_strategy_params()
+    specs: list[StrategySpec] = []
+    first_index: dict[str, int] = {}  # id -> the first table that has it
+    for index, table in enumerate(tables):
+        if not isinstance(table, dict):
+            problems.append(
+                f"{STRATEGIES}[{index}]: expected a [[strategies]] table (from {source}), got {_show(table)}"
+            )
+            continue
+        raw_id = table.get("id")
+        valid_id = isinstance(raw_id, str) and re.fullmatch(STRATEGY_ID_PATTERN, raw_id) is not None
+        prefix = f"{STRATEGIES}[{raw_id if valid_id else index}]"
+        before = len(problems)
+        found: dict[str, Any] = {}
+        for name in REQUIRED_TABLE_KEYS:
+            if name not in table:
+                allowed = table_fields[name].metadata["rule"].check("")
+                problems.append(f"{prefix}.{name}: missing (from {source}); expected {allowed}")
+        for name in ("id", "kind", "symbol", "interval"):
+            if name in table:
+                value = _check(problems, f"{prefix}.{name}", table_fields[name], table[name], source, False)
+                if value is not _BAD:
+                    found[name] = value
+        if "id" in found:
+            if found["id"] in first_index:
+                problems.append(
+                    f"{prefix}.id: {found['id']!r} is not allowed (from {source}); expected a unique id: "
+                    f"the [[strategies]] tables at index {first_index[found['id']]} and {index} both have it"
+                )
+            else:
+                first_index[found["id"]] = index
+        values: dict[str, Any] = {}
+        others: list[tuple[str, Any, str, bool]] = []
+        for name, raw in table.items():
+            if name in table_fields:
+                continue
+            if name in common:
+                value = _check(problems, f"{prefix}.{name}", common[name], raw, source, False)
+                if value is not _BAD:
+                    values[name] = value
+            elif name in any_param:
+                others.append((name, raw, source, False))
+            else:
+                hint = " (a [[strategies]] table names its kind with `kind`)" if name == "name" else ""
+                problems.append(
+                    f"{prefix}.{name}: unknown key (from {source}){hint}; allowed keys in [[strategies]]: "
+                    f"{', '.join(table_fields)}, {', '.join(common)}; and {_each_kinds_parameters()}"
+                )
+        kind = found.get("kind")
+        if kind is None:
+            continue  # its parameters cannot be checked without it (the kind's problem is listed)
+        params = _kind_params(problems, prefix, f"{prefix}.kind", kind, others)
+        if len(problems) > before:
+            continue
+        specs.append(
+            StrategySpec(
+                found["id"],
+                StrategyConfig(name=kind, **values),
+                _params(kind, params),
+                symbol=found.get("symbol"),
+                interval=found.get("interval"),
+            )
+        )
+    return tuple(specs)
+
+
 def build(layers: Iterable[Layer], problems: list[str] | None = None) -> Config:
     """Merge layers (later wins), type and check every key; raise ConfigError listing all problems."""
     problems = list(problems or [])
     merged: Layer = {}
     for layer in layers:
         merged.update(layer)
+    tables = merged.pop((STRATEGIES, ""), None)
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-    params: dict[str, Any] = {}  # the strategy kind's own parameters
 
-    def check(section: str, name: str, field: attrs.Attribute, raw: Any, source: str, is_text: bool) -> Any:
-        value, expected = _typed(raw, field.type, is_text)
-        if expected is not None:
+    if tables is not None:
+        single = sorted(name for section, name in merged if section == "strategy")
+        if single:
+            sources = sorted({merged[("strategy", name)][1] for name in single})
             problems.append(
-                f"{section}.{name}: {_show(raw)} is not allowed (from {source}); expected {expected}"
+                f"strategy.{single[0]}: [strategy] (from {', '.join(sources)}: "
+                f"{', '.join(f'strategy.{name}' for name in single)}) and [[strategies]] (from {tables[1]}) "
+                "cannot both be given; expected one or the other: [strategy] for one strategy, "
+                "[[strategies]] tables for several (each with all its keys: environment variables and "
+                "--set reach [strategy] only)"
             )
-            return None
-        allowed = field.metadata["rule"].check(value)
-        if allowed is not None:
-            problems.append(
-                f"{section}.{name}: {_show(value)} is not allowed (from {source}); expected {allowed}"
-            )
-            return None
-        return value
+            merged = {k: v for k, v in merged.items() if k[0] != "strategy"}
 
     # the common keys first: strategy.name says which kind's parameters the others must be
     others = []
@@ -574,27 +796,20 @@ def build(layers: Iterable[Layer], problems: list[str] | None = None) -> Config:
         if field is None:
             others.append((name, raw, source, is_text))
             continue
-        value = check(section, name, field, raw, source, is_text)
-        if value is not None:
+        value = _check(problems, f"{section}.{name}", field, raw, source, is_text)
+        if value is not _BAD:
             sections[section][name] = value
     kind = sections["strategy"].get("name", StrategyConfig().name)
-    own = strategy_param_fields(kind)
-    for name, raw, source, is_text in others:
-        if name not in own:
-            problems.append(
-                f"strategy.{name}: not a parameter of strategy.name = {kind!r} (from {source}); "
-                f"its parameters: {', '.join(own) or 'none beyond the common keys'}"
-            )
-            continue
-        value = check("strategy", name, own[name], raw, source, is_text)
-        if value is not None:
-            params[name] = value
+    params = _kind_params(problems, "strategy", "strategy.name", kind, others)
+    specs: tuple[StrategySpec, ...] = ()
+    if tables is not None:
+        specs = _strategy_tables(tables[0], tables[1], problems)
     if problems:
         raise ConfigError(problems)
-    params_cls = strategy_kinds().get(kind)
     config = Config(
         **{name: SECTIONS[name](**values) for name, values in sections.items()},
-        strategy_params=params_cls(**params) if params_cls else None,
+        strategy_params=_params(kind, params),
+        strategies=specs,
     )
     cross = cross_checks(config)
     if cross:
@@ -602,26 +817,67 @@ def build(layers: Iterable[Layer], problems: list[str] | None = None) -> Config:
     return config
 
 
+def _strategy_prefix(config: Config, spec: StrategySpec) -> str:
+    """How a strategy's keys are named: `strategy` or `strategies[<id>]`."""
+    return f"{STRATEGIES}[{spec.id}]" if config.strategies else "strategy"
+
+
 def cross_checks(config: Config) -> list[str]:
     """Rules that involve more than one key."""
     problems: list[str] = []
-    s = config.strategy
+    for spec in config.strategy_specs:
+        prefix = _strategy_prefix(config, spec)
+        problems += _one_market(config, spec, prefix)
+        problems += _strategy_checks(config, spec, prefix)
+    return problems
+
+
+def _one_market(config: Config, spec: StrategySpec, prefix: str) -> list[str]:
+    """One symbol and one interval per session, for now (several: another issue)."""
+    problems: list[str] = []
+    session = config.session
+    if spec.symbol is not None and spec.symbol != session.symbol:
+        problems.append(
+            f"{prefix}.symbol: {spec.symbol!r} is not allowed; expected session.symbol ({session.symbol!r}): "
+            "a session trades one symbol, several symbols are not supported yet"
+        )
+    if spec.interval is not None and interval_seconds(spec.interval) != config.interval_s:
+        problems.append(
+            f"{prefix}.interval: {spec.interval!r} is not allowed; expected session.interval "
+            f"({session.interval!r}): a session has one candle interval, several intervals are not supported yet"
+        )
+    return problems
+
+
+def _strategy_checks(config: Config, spec: StrategySpec, prefix: str) -> list[str]:
+    """ema_cross's rules between keys here; another kind's in its constructor (its message names
+    `strategy.<key>`: renamed for a [[strategies]] table)."""
+    problems: list[str] = []
+    s = spec.config
     if s.name != "ema_cross":
-        return problems  # the rest are ema_cross's (a kind checks its own in its constructor)
+        from actors.strategies.base import build_strategy
+
+        try:
+            build_strategy(s, spec.id, config.session.symbol, spec.params)
+        except ValueError as exc:
+            problems.append(
+                re.sub(r"\bstrategy\.", f"{prefix}.", str(exc)) if prefix != "strategy" else str(exc)
+            )
+        return problems
     if s.fast_period >= s.slow_period:
         problems.append(
-            f"strategy.fast_period: {s.fast_period} is not allowed; expected less than "
-            f"strategy.slow_period ({s.slow_period})"
+            f"{prefix}.fast_period: {s.fast_period} is not allowed; expected less than "
+            f"{prefix}.slow_period ({s.slow_period})"
         )
     if config.risk.sizing == "risk" and s.stop_loss_pct == 0:
         problems.append(
-            "strategy.stop_loss_pct: 0 is not allowed with risk.sizing = 'risk'; expected a stop distance > 0 "
+            f"{prefix}.stop_loss_pct: 0 is not allowed with risk.sizing = 'risk'; expected a stop distance > 0 "
             "(or risk.sizing = 'fixed')"
         )
     if s.slow_period > s.history:
         problems.append(
-            f"strategy.history: {s.history} is not allowed; "
-            f"expected at least strategy.slow_period ({s.slow_period})"
+            f"{prefix}.history: {s.history} is not allowed; "
+            f"expected at least {prefix}.slow_period ({s.slow_period})"
         )
     return problems
 
@@ -646,17 +902,47 @@ def load(
 # --- output ----------------------------------------------------------------------------------------
 
 
-def to_dict(config: Config) -> dict[str, dict[str, Any]]:
-    """Section -> key -> value; the strategy kind's parameters are keys of [strategy]."""
-    values = attrs.asdict(config)
-    params = values.pop("strategy_params", None)
-    if params:
-        values["strategy"].update(params)
+def strategy_table(spec: StrategySpec) -> dict[str, Any]:
+    """A [[strategies]] table: id, kind, symbol and interval (when written), the common keys, the
+    kind's own parameters."""
+    table: dict[str, Any] = {"id": spec.id, "kind": spec.kind}
+    if spec.symbol is not None:
+        table["symbol"] = spec.symbol
+    if spec.interval is not None:
+        table["interval"] = spec.interval
+    table.update((k, v) for k, v in attrs.asdict(spec.config).items() if k != "name")
+    if spec.params is not None:
+        table.update(attrs.asdict(spec.params))
+    return table
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Section -> key -> value; the strategy kind's parameters are keys of [strategy]. With
+    [[strategies]]: `strategies`, a list of tables, in [strategy]'s place (which is left out)."""
+    values: dict[str, Any] = {}
+    for section in SECTIONS:
+        if section == "strategy" and config.strategies:
+            values[STRATEGIES] = [strategy_table(spec) for spec in config.strategies]
+            continue
+        values[section] = attrs.asdict(getattr(config, section))
+    if not config.strategies and config.strategy_params is not None:
+        values["strategy"].update(attrs.asdict(config.strategy_params))
     return values
 
 
 def to_toml(config: Config) -> str:
-    return tomli_w.dumps(to_dict(config))
+    """`to_dict` as TOML, the [[strategies]] as tables (tomli_w would write them inline)."""
+    blocks = []
+    for section, value in to_dict(config).items():
+        if section == STRATEGIES:
+            blocks += [f"[[{STRATEGIES}]]\n{tomli_w.dumps(table)}" for table in value]
+        else:
+            blocks.append(f"[{section}]\n{tomli_w.dumps(value)}")
+    return "\n".join(blocks)
+
+
+def _documented(name: str, value: Any, doc: str) -> list[str]:
+    return [f"# {doc}", f"{name} = {tomli_w.dumps({'v': value}).strip()[len('v = ') :]}"]
 
 
 def documented_toml(config: Config | None = None) -> str:
@@ -667,10 +953,20 @@ def documented_toml(config: Config | None = None) -> str:
         "# btc-laptop-agents: every configuration key with its built-in default.",
         "# Precedence: these defaults < --config FILE < LAPTOP_AGENTS__SECTION__KEY < CLI flags.",
     ]
+    table_fields = {f.name: f for f in attrs.fields(StrategyTableKeys)}
     for section in SECTIONS:
+        if section == "strategy" and config.strategies:
+            for table in values[STRATEGIES]:
+                lines += ["", f"[[{STRATEGIES}]]"]
+                fields = {
+                    **table_fields,
+                    **section_fields("strategy"),
+                    **strategy_param_fields(table["kind"]),
+                }
+                for name, value in table.items():
+                    lines += _documented(name, value, fields[name].metadata["rule"].doc)
+            continue
         lines += ["", f"[{section}]"]
         for name, field in section_fields(section).items():
-            value = tomli_w.dumps({"v": values[section][name]}).strip()[len("v = ") :]
-            lines.append(f"# {field.metadata['rule'].doc}")
-            lines.append(f"{name} = {value}")
+            lines += _documented(name, values[section][name], field.metadata["rule"].doc)
     return "\n".join(lines) + "\n"

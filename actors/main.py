@@ -18,7 +18,7 @@ from typing import Any
 from loguru import logger
 
 from actors import __version__
-from actors.config import Config, ConfigError, build, flags_layer, load, to_toml
+from actors.config import Config, ConfigError, build, dict_layer, flags_layer, load, to_toml
 from actors.feeds.funding import FundingRates, describe
 from actors.feeds.history import DataError
 from actors.lock import SessionLocked
@@ -151,12 +151,9 @@ def _config(args: argparse.Namespace, flags: dict[str, tuple[Any, str]]) -> Conf
         return load(args.config, os.environ, args.set, flags)
     recording = load_recording(Path(args.replay))
     keep = {k: v for k, v in flags.items() if k == "session.run_dir"}
-    layer = {
-        (section, key): (value, f"{args.replay} (recorded config)", False)
-        for section, table in recording.config.items()
-        for key, value in table.items()
-    }
-    return build([layer, flags_layer(keep)])
+    problems: list[str] = []  # the recorded config as to_dict wrote it ([[strategies]] included)
+    layer = dict_layer(recording.config, f"{args.replay} (recorded config)", problems)
+    return build([layer, flags_layer(keep)], problems)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

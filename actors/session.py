@@ -175,7 +175,10 @@ def build_parts(
     return Parts(
         broker=broker,
         gate=RiskGate(config.risk, config.broker.starting_equity, backtest=bars, instrument=instrument),
-        strategies=[build_strategy(config.strategy, config.strategy.name, symbol, config.strategy_params)],
+        # one per [[strategies]] table (or the one [strategy]), in the configured order
+        strategies=[
+            build_strategy(spec.config, spec.id, symbol, spec.params) for spec in config.strategy_specs
+        ],
         walk=_walk(config, rngs["feed"]) if live else None,
         rngs=rngs,
     )

@@ -206,3 +206,214 @@ def test_a_parameter_of_another_kind_is_refused_naming_the_kind() -> None:
     with pytest.raises(ConfigError) as info:
         load(None, {}, [f"strategy.name={kind}", "strategy.no_such_key=1"])
     assert "strategy.no_such_key: unknown key" in str(info.value)
+
+
+# --- several strategies: [[strategies]] tables ----------------------------------------------------------
+
+TWO = """
+[session]
+symbol = "BTCUSDT"
+interval = "1m"
+
+[[strategies]]
+id = "trend"
+kind = "trend_pullback"
+stop_atr_mult = 2.0
+order_qty = 0.002
+
+[[strategies]]
+id = "sweep-1"
+kind = "liquidity_sweep"
+symbol = "BTCUSDT"
+interval = "1m"
+lookback = 12
+history = 300
+
+[[strategies]]
+id = "cross"
+kind = "ema_cross"
+fast_period = 5
+slow_period = 13
+"""
+
+
+def test_strategies_tables_are_the_sessions_strategies_in_order(tmp_path: Path) -> None:
+    from actors.strategies.liquidity_sweep import LiquiditySweepParams
+    from actors.strategies.trend_pullback import TrendPullbackParams
+
+    config = load(_write(tmp_path, TWO))
+    specs = config.strategy_specs
+    assert [(s.id, s.kind) for s in specs] == [
+        ("trend", "trend_pullback"),
+        ("sweep-1", "liquidity_sweep"),
+        ("cross", "ema_cross"),
+    ]
+    assert specs[0].params == TrendPullbackParams(stop_atr_mult=2.0)
+    assert specs[0].config.order_qty == 0.002
+    assert specs[1].params == LiquiditySweepParams(lookback=12)
+    assert (specs[1].symbol, specs[1].interval) == ("BTCUSDT", "1m")
+    assert (specs[2].config.fast_period, specs[2].config.slow_period, specs[2].params) == (5, 13, None)
+    assert config.strategy_history == 300  # the live feed seeds the largest history of them
+
+
+def test_the_one_strategy_table_is_one_spec_with_id_its_name() -> None:
+    config = load(REPO / "config" / "live.toml")
+    (spec,) = config.strategy_specs
+    assert (spec.id, spec.config, spec.params) == (
+        config.strategy.name,
+        config.strategy,
+        config.strategy_params,
+    )
+    assert config.strategies == ()
+    assert config.strategy_history == config.strategy.history
+    config = load(None, {}, ["strategy.name=liquidity_sweep", "strategy.lookback=7"])
+    (spec,) = config.strategy_specs
+    assert spec.id == "liquidity_sweep" and spec.params.lookback == 7
+
+
+def test_strategies_round_trip_through_the_output(tmp_path: Path) -> None:
+    from actors.config import build, dict_layer, documented_toml, to_toml
+
+    config = load(_write(tmp_path, TWO))
+    values = to_dict(config)
+    assert "strategy" not in values
+    assert [t["id"] for t in values["strategies"]] == ["trend", "sweep-1", "cross"]
+    assert values["strategies"][0]["stop_atr_mult"] == 2.0 and values["strategies"][0]["ema_slow"] == 50
+    text = to_toml(config)
+    assert text.count("[[strategies]]") == 3  # tables, not inline
+    assert tomllib.loads(text) == values
+    assert load(_write(tmp_path, text)) == config  # --check-config's output loads back the same
+    assert load(_write(tmp_path, documented_toml(config))) == config
+    problems: list[str] = []  # the config a run folder records, as --replay loads it
+    assert build([dict_layer(values, "recorded", problems)], problems) == config
+    # and the one [strategy] form as before
+    one = load(None, {}, ["strategy.name=trend_pullback", "strategy.target_r=3"])
+    assert "strategies" not in to_dict(one)
+    assert load(_write(tmp_path, to_toml(one))) == one
+
+
+def test_check_config_prints_the_strategies_tables(tmp_path: Path) -> None:
+    path = _write(tmp_path, TWO)
+    result = run_cli("--config", str(path), "--check-config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert tomllib.loads(result.stdout) == to_dict(load(path))
+    assert result.stdout.count("[[strategies]]") == 3
+
+
+ONE_TABLE = '[[strategies]]\nid = "a"\nkind = "ema_cross"\n'
+
+# (file, args, expected fragment of the one-line message)
+INVALID_STRATEGIES = [
+    (
+        ONE_TABLE + "lookback = 3\n",
+        [],
+        "strategies[a].lookback: not a parameter of strategies[a].kind = 'ema_cross'",
+    ),
+    (
+        '[[strategies]]\nid = "b"\nkind = "liquidity_sweep"\ntarget_r = 3.0\n',
+        [],
+        "strategies[b].target_r: not a parameter of strategies[b].kind = 'liquidity_sweep'",
+    ),
+    (
+        '[[strategies]]\nid = "a"\nkind = "trend_pullback"\nema_fast = "x"\n',
+        [],
+        "strategies[a].ema_fast: 'x' is not allowed",
+    ),
+    (
+        '[[strategies]]\nid = "a"\nkind = "trend_pullback"\nema_fast = 0\n',
+        [],
+        "strategies[a].ema_fast: 0 is not allowed",
+    ),
+    (
+        '[[strategies]]\nid = "a"\nkind = "trend_pullback"\nema_fast = 60\n',
+        [],
+        "strategies[a].ema_fast: 60 is not allowed; expected less than strategies[a].ema_slow (50)",
+    ),
+    (ONE_TABLE + "fast_period = 30\n", [], "strategies[a].fast_period: 30 is not allowed"),
+    (ONE_TABLE + "order_qty = -1\n", [], "strategies[a].order_qty: -1.0 is not allowed"),
+    (ONE_TABLE + "nope = 1\n", [], "strategies[a].nope: unknown key"),
+    (ONE_TABLE + "name = 'ema_cross'\n", [], "strategies[a].name: unknown key"),
+    ('[[strategies]]\nid = "a"\nkind = "macd"\n', [], "strategies[a].kind: 'macd' is not allowed"),
+    ('[[strategies]]\nkind = "ema_cross"\n', [], "strategies[0].id: missing"),
+    ('[[strategies]]\nid = "a"\n', [], "strategies[a].kind: missing"),
+    ('[[strategies]]\nid = "Bad Id"\nkind = "ema_cross"\n', [], "strategies[0].id: 'Bad Id' is not allowed"),
+    ('[[strategies]]\nid = "' + "x" * 33 + '"\nkind = "ema_cross"\n', [], "strategies[0].id:"),
+    (ONE_TABLE * 2, [], "strategies[a].id: 'a' is not allowed (from"),
+    (ONE_TABLE + "symbol = 'ETHUSDT'\n", [], "several symbols are not supported yet"),
+    (ONE_TABLE + "interval = '5m'\n", [], "several intervals are not supported yet"),
+    (ONE_TABLE + "interval = 'soon'\n", [], "strategies[a].interval: 'soon' is not allowed"),
+    ("[strategy]\norder_qty = 0.002\n" + ONE_TABLE, [], "[strategy] (from"),
+    (ONE_TABLE, ["--set", "strategy.fast_period=5"], "strategy.fast_period: [strategy] (from --set"),
+    (
+        ONE_TABLE,
+        ["--set", "strategies.id=b"],
+        "strategies.id: [[strategies]] tables are written in the --config",
+    ),
+    ("strategies = []\n", [], "strategies: expected one or more [[strategies]] tables"),
+    ("[strategies]\nid = 'a'\n", [], "strategies: expected one or more [[strategies]] tables"),
+    ("strategies = [1]\n", [], "strategies[0]: expected a [[strategies]] table"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "args", "fragment"), INVALID_STRATEGIES, ids=[case[2] for case in INVALID_STRATEGIES]
+)
+def test_invalid_strategies_exit_2_with_one_clear_line(
+    tmp_path: Path, text: str, args: list[str], fragment: str
+) -> None:
+    result = run_cli("--config", str(_write(tmp_path, text)), *args, "--check-config", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("config error: ")
+
+
+def test_strategies_problems_name_the_table_and_what_is_allowed(tmp_path: Path) -> None:
+    def problems(text: str) -> list[str]:
+        with pytest.raises(ConfigError) as info:
+            load(_write(tmp_path, text))
+        return info.value.problems
+
+    (line,) = problems(ONE_TABLE + ONE_TABLE)
+    assert "expected a unique id: the [[strategies]] tables at index 0 and 1 both have it" in line
+    (line,) = problems("[strategy]\nname = 'ema_cross'\n" + ONE_TABLE)
+    assert "[strategy]" in line and "[[strategies]]" in line and "one or the other" in line
+    (line,) = problems(ONE_TABLE + "lookback = 3\n")
+    assert line.endswith("its parameters: none beyond the common keys")
+    (line,) = problems('[[strategies]]\nid = "a"\nkind = "macd"\n')
+    assert "expected one of 'ema_cross', 'trend_pullback', 'liquidity_sweep'" in line
+    (line,) = problems(ONE_TABLE + "nope = 1\n")
+    assert "allowed keys in [[strategies]]: id, kind, symbol, interval, fast_period" in line
+    assert "trend_pullback: ema_fast" in line
+    (line,) = problems('[[strategies]]\nid = "Bad Id"\nkind = "ema_cross"\n')
+    assert "expected a unique id, 1-32 of a-z, 0-9, _ and -" in line
+    (line,) = problems(ONE_TABLE + "symbol = 'ETHUSDT'\n")
+    assert line == (
+        "strategies[a].symbol: 'ETHUSDT' is not allowed; expected session.symbol ('BTCUSDT'): a session "
+        "trades one symbol, several symbols are not supported yet"
+    )
+    # every table's problems at once
+    assert len(problems(ONE_TABLE + "lookback = 3\n" + '[[strategies]]\nid = "b"\nkind = "macd"\n')) == 2
+    # env variables do not reach [[strategies]]
+    with pytest.raises(ConfigError, match="written in the --config file only"):
+        load(_write(tmp_path, ONE_TABLE), {"LAPTOP_AGENTS__STRATEGIES__ID": "b"})
+
+
+def test_a_kinds_rules_between_keys_are_config_errors_in_either_form() -> None:
+    with pytest.raises(ConfigError, match=r"strategy\.ema_fast: 60 is not allowed; expected less than"):
+        load(None, {}, ["strategy.name=trend_pullback", "strategy.ema_fast=60"])
+
+
+def test_the_readmes_strategies_example_loads(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Several strategies") :]
+    example = section[
+        section.index("```toml\n") + len("```toml\n") : section.index("```\n", section.index("```toml"))
+    ]
+    config = load(_write(tmp_path, example))
+    assert [(s.id, s.kind) for s in config.strategy_specs] == [
+        ("trend", "trend_pullback"),
+        ("sweep", "liquidity_sweep"),
+    ]

@@ -19,8 +19,9 @@
   `feed.backoff_max_s`), reset after a healthy minute; silence (no data frame for
   `feed.stale_after_s`) counts as a failure. The candle being built when the socket dropped is
   thrown away; REST fills the gap instead, so the series has no gap and no duplicate.
-- **REST** (httpx) on `feed.rest_url`: seeds `strategy.history` candles at start, backfills gaps,
-  and polls candles and best bid/ask while the WebSocket has been down for `feed.failover_after_s`.
+- **REST** (httpx) on `feed.rest_url`: seeds `strategy.history` candles at start (with several
+  strategies, the largest `history` of them), backfills gaps, and polls candles and best bid/ask
+  while the WebSocket has been down for `feed.failover_after_s`.
   A token bucket keeps calls under `feed.rest_rate_limit` per second; rate-limit codes
   (10005/10006), HTTP 429/5xx and network errors are retried with capped backoff and jitter.
 - **Validation** is `protocols.bitunix.FrameValidator`: rejected frames are dropped, counted by
@@ -197,7 +198,7 @@ class BitunixFeed:
         self.interval = config.session.interval
         self.interval_s = config.interval_s
         self.interval_ms = self.interval_s * 1000
-        self.history = config.strategy.history
+        self.history = config.strategy_history  # the largest of the strategies' `history`
         self.clock = clock
         self.health = health
         self.subscribers = subscribers
@@ -423,7 +424,7 @@ class BitunixFeed:
         return table, f"trading_pairs gave no answer within {limit_s:g} s"
 
     async def _seed_history(self) -> None:
-        """The last `strategy.history` closed candles, oldest first (pages of 200, newest first)."""
+        """The last `strategy.history` (`Config.strategy_history`) closed candles, oldest first (pages of 200, newest first)."""
         await self.instrument_done.wait()  # its REST call first: it holds up the first data frame
         now_ms = int(self.clock.now() * 1000)
         end = (now_ms // self.interval_ms) * self.interval_ms - self.interval_ms  # last closed open
