@@ -188,7 +188,9 @@ class FeedConfig:
         _num(gt=0, le=100),
     )
     tick_interval_s: float = key(0.5, "mock source: seconds between best bid/ask ticks", _num(gt=0, le=60))
-    mock_start_price: float = key(60000.0, "mock source: first price in USDT", _num(gt=0))
+    mock_start_price: float = key(
+        60000.0, "mock source: price where the ticks begin (the seeded history ends there), USDT", _num(gt=0)
+    )
     mock_volatility_pct: float = key(
         60.0, "mock source: annualised volatility of the random walk, percent", _num(gt=0, le=1000)
     )
