@@ -257,7 +257,7 @@ def test_strategies_tables_are_the_sessions_strategies_in_order(tmp_path: Path) 
 
 
 def test_the_one_strategy_table_is_one_spec_with_id_its_name() -> None:
-    config = load(REPO / "config" / "live.toml")
+    config = load(REPO / "config" / "templates" / "trend_pullback.toml")
     (spec,) = config.strategy_specs
     assert (spec.id, spec.config, spec.params) == (
         config.strategy.name,
