@@ -778,18 +778,22 @@ def build(layers: Iterable[Layer], problems: list[str] | None = None) -> Config:
     tables = merged.pop((STRATEGIES, ""), None)
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
 
-    if tables is not None:
-        single = sorted(name for section, name in merged if section == "strategy")
-        if single:
-            sources = sorted({merged[("strategy", name)][1] for name in single})
-            problems.append(
-                f"strategy.{single[0]}: [strategy] (from {', '.join(sources)}: "
-                f"{', '.join(f'strategy.{name}' for name in single)}) and [[strategies]] (from {tables[1]}) "
-                "cannot both be given; expected one or the other: [strategy] for one strategy, "
-                "[[strategies]] tables for several (each with all its keys: environment variables and "
-                "--set reach [strategy] only)"
-            )
-            merged = {k: v for k, v in merged.items() if k[0] != "strategy"}
+    single = sorted(name for section, name in merged if section == "strategy")
+    if tables is not None and single and all(merged[("strategy", name)][1] != tables[1] for name in single):
+        # [strategy] keys from a later layer (the environment, --set) than the file's
+        # [[strategies]]: the later layer wins, one strategy (`--set strategy.name=...` on
+        # config/live.toml backtests one setup)
+        tables = None
+    if tables is not None and single:
+        sources = sorted({merged[("strategy", name)][1] for name in single})
+        problems.append(
+            f"strategy.{single[0]}: [strategy] (from {', '.join(sources)}: "
+            f"{', '.join(f'strategy.{name}' for name in single)}) and [[strategies]] (from {tables[1]}) "
+            "cannot both be given in one file; expected one or the other: [strategy] for one strategy, "
+            "[[strategies]] tables for several (the environment and --set reach [strategy] only, and "
+            "replace a file's [[strategies]])"
+        )
+        merged = {k: v for k, v in merged.items() if k[0] != "strategy"}
 
     # the common keys first: strategy.name says which kind's parameters the others must be
     others = []

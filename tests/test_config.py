@@ -343,7 +343,6 @@ INVALID_STRATEGIES = [
     (ONE_TABLE + "interval = '5m'\n", [], "several intervals are not supported yet"),
     (ONE_TABLE + "interval = 'soon'\n", [], "strategies[a].interval: 'soon' is not allowed"),
     ("[strategy]\norder_qty = 0.002\n" + ONE_TABLE, [], "[strategy] (from"),
-    (ONE_TABLE, ["--set", "strategy.fast_period=5"], "strategy.fast_period: [strategy] (from --set"),
     (
         ONE_TABLE,
         ["--set", "strategies.id=b"],
@@ -417,3 +416,15 @@ def test_the_readmes_strategies_example_loads(tmp_path: Path) -> None:
         ("trend", "trend_pullback"),
         ("sweep", "liquidity_sweep"),
     ]
+
+
+def test_strategy_set_on_the_command_line_overrides_the_files_strategies(tmp_path: Path) -> None:
+    """Later layers win: `--set strategy.name=trend_pullback` on a file with [[strategies]] (as
+    config/live.toml) runs that one strategy, with its defaults."""
+    config = load(REPO / "config" / "live.toml", {}, ["strategy.name=trend_pullback", "strategy.target_r=3"])
+    (spec,) = config.strategy_specs
+    assert spec.id == "trend_pullback" and spec.params.target_r == 3.0 and config.strategies == ()
+    env = {"LAPTOP_AGENTS__STRATEGY__NAME": "liquidity_sweep"}
+    (spec,) = load(REPO / "config" / "live.toml", env).strategy_specs
+    assert spec.id == "liquidity_sweep"
+    assert [s.id for s in load(REPO / "config" / "live.toml").strategy_specs] == ["trend", "sweep"]

@@ -244,7 +244,10 @@ async def test_mock_feed_events_carry_the_session_symbol(
             config.feed, config.interval_s, SessionClock(), walk, [tx], symbol=config.session.symbol
         )
     got = [e async for e in rx]  # the feed closed its end
-    assert Counter(type(e) for e in got) == {Tick: 20, Candle: 4}
+    # its seeded history first (feed.mock_history_candles), then the live ticks and candles
+    history = config.feed.mock_history_candles
+    assert history > 0 and all(isinstance(e, Candle) and e.backfill for e in got[:history])
+    assert Counter(type(e) for e in got[history:]) == {Tick: 20, Candle: 4}
     assert {e.symbol for e in got} == {"ETHUSDT"}
 
 
