@@ -446,3 +446,67 @@ async def test_backtest_strategies_table_equals_the_account(
         assert row[figure] == pytest.approx(report[total], abs=0.01)
     assert row["net_pnl"] == pytest.approx(report["net_pnl"], abs=0.01)  # it ends flat
     assert report["symbols"] == {report["symbol"]: row}
+
+
+# --- three strategies on one symbol, end to end ---
+
+
+async def test_three_strategies_on_one_symbol_attribute_every_figure(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """ema_cross, trend_pullback and liquidity_sweep side by side ([[strategies]]) over generated
+    candles with constant funding: every fill and funding charge is attributed, the validator
+    passes, the strategies' realized PnL, fees and funding sum to the account's to the cent (it ends
+    flat), every strategy traded, and the live Trio actors write the same events as the kernel."""
+    from actors.config import load
+    from actors.plan import Plan
+    from actors.session import run_session
+    from tests.conftest import read_events, read_report
+    from tests.test_replay_backtest import write_bars
+
+    data = tmp_path / "bars.csv"
+    write_bars(data, 6000)
+    config_file = tmp_path / "three.toml"
+    config_file.write_text(
+        "[session]\ninterval = '1m'\n"
+        "[risk]\nmax_consecutive_losses = 0\nmax_daily_drawdown_pct = 100\nmax_loss_pct = 100\n"
+        "max_position_size = 0.05\nmax_orders_per_minute = 60\n"
+        "[broker]\nfunding = 'constant'\nfunding_rate_pct = 0.02\n"
+        "[[strategies]]\nid = 'fast'\nkind = 'ema_cross'\nfast_period = 5\nslow_period = 13\n"
+        "[[strategies]]\nid = 'trend'\nkind = 'trend_pullback'\n"
+        "[[strategies]]\nid = 'sweep'\nkind = 'liquidity_sweep'\nmin_vol_ratio = 0.0\n"
+    )
+    runs = {}
+    for runtime in ("kernel", "actors"):
+        config = load(config_file, {}, [f"session.run_dir={tmp_path / runtime}"])
+        result = await run_session(
+            config, plan=Plan(mode="backtest", data=str(data), runtime=runtime), handle_signals=False
+        )
+        runs[runtime] = result.run_path
+    report = read_report(runs["kernel"])
+    events = read_events(runs["kernel"])
+    assert report["stop_reason"] == "data_end" and report["open_positions"] == []
+    assert validate(runs["kernel"]) == []
+    rows = report["strategies"]
+    assert {"fast", "trend", "sweep"} <= set(rows)
+    assert all(rows[sid]["trades"] > 0 for sid in ("fast", "trend", "sweep")), rows
+    for figure, total in (
+        ("realized_pnl", "realized_pnl"),
+        ("fees", "fees_paid"),
+        ("funding", "funding_paid"),
+    ):
+        assert sum(row[figure] for row in rows.values()) == pytest.approx(report[total], abs=0.01)
+    # every order of a strategy's carries its id; the fills of no strategy's are the flatten's
+    fills = [e for e in events if e["kind"] == "order.filled"]
+    assert {f["strategy_id"] for f in fills} <= {"fast", "trend", "sweep", ""}
+    assert all(f["reason"] == "flatten_on_exit" for f in fills if f["strategy_id"] == "")
+
+    # the same events on both runtimes, but for the run id and the run's start
+    def body(run: Path) -> list[dict[str, Any]]:
+        return [
+            {k: v for k, v in e.items() if k not in ("run_id", "config")}
+            for e in read_events(run)
+            if e["kind"] not in ("session.started", "session.stopped")
+        ]
+
+    assert body(runs["kernel"]) == body(runs["actors"])
