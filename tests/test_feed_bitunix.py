@@ -276,7 +276,14 @@ async def run_feed(
     setup: Callable[[BitunixFeed], None] | None = None,
 ) -> FeedRun:
     """A BitunixFeed for `seconds` against the fake, with one unbuffered subscriber that calls
-    `take` on each event it gets (slow downstream work)."""
+    `take` on each event it gets (slow downstream work).
+
+    The feed's clock agrees with the fake's (wall time plus its `time_offset_s`), as a live feed's
+    does with the exchange's. On the wall clock alone, the history seed (the last candle closed by
+    the feed's clock) ends a candle short of the exchange's whenever the wall clock's minute
+    boundary falls between the start and the fake's shifted one: the first kline push then
+    backfills that candle at once, and whether it does would depend on the second of the minute
+    the test starts at."""
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.run)
         config = make_config(
@@ -288,7 +295,8 @@ async def run_feed(
         )
         events_tx, events_rx = trio.open_memory_channel[Event](math.inf)
         market_tx, market_rx = trio.open_memory_channel[MarketEvent](0)
-        feed = BitunixFeed(config, SessionClock(), FeedHealth(data_source="bitunix"), [market_tx], events_tx)
+        clock = SessionClock(wall_start=time.time() + fake.time_offset_s)
+        feed = BitunixFeed(config, clock, FeedHealth(data_source="bitunix"), [market_tx], events_tx)
         if setup is not None:
             setup(feed)
         received: list[tuple[float, MarketEvent]] = []
@@ -387,6 +395,8 @@ async def test_slow_rest_backfill_is_not_socket_silence(tmp_path: Path) -> None:
     assert "no data for 1.5 s" in stale.fields["reason"]
     (backfill,) = [e for e in run.events if e.kind == "feed.backfill"]
     assert backfill.fields["candles"] == 1 and backfill.fields["missing"] == 0
+    (reconnected,) = [e for e in run.events if e.kind == "feed.connected" and e.fields["reconnect"]]
+    assert backfill.ts >= reconnected.ts, "the slow backfill is the reconnect's: the stall was silence"
     assert run.statuses() == [
         (True, "no data yet"),
         (False, "websocket data"),
