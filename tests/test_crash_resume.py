@@ -244,7 +244,7 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_loudly(tmp_path: 
     # the resumed session stops at it, or at once when the restart came after it (a loaded machine)
     assert report["stop_reason"] == "duration"
     (started,) = [e for e in events if e["kind"] == "session.started"]
-    resumed_after_s = _ts(resumed) - _ts(started)
+    resumed_after_s = _ts(resumed["ts"]) - _ts(started["ts"])
     planned = report["planned_duration_s"]
     assert planned <= report["elapsed_s"] <= max(planned, resumed_after_s) + 1
 
