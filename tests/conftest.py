@@ -80,7 +80,8 @@ REAL_TIME_MODULES = {
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in REAL_TIME_MODULES:
+        module = getattr(item, "module", None)  # a test function's (pytest.Function) module
+        if module is not None and module.__name__.rsplit(".", 1)[-1] in REAL_TIME_MODULES:
             item.add_marker(pytest.mark.slow)
 
 
