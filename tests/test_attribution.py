@@ -451,6 +451,7 @@ async def test_backtest_strategies_table_equals_the_account(
 # --- three strategies on one symbol, end to end ---
 
 
+@pytest.mark.slow  # both runtimes over 6,000 candles (nox -s tests runs it)
 async def test_three_strategies_on_one_symbol_attribute_every_figure(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:

@@ -89,6 +89,7 @@ def _one_session(seed: int, unreachable: str, run_dir: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow  # 20 ten-minute sessions (nox -s tests runs it; nox -s quick leaves it out)
 def test_first_sessions_without_internet_fall_back_warm_and_trade(tmp_path: Path) -> None:
     # a bound TCP port that does not listen: every connection to it is refused at once
     with socket.socket() as closed:

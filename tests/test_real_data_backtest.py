@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from protocols.instruments import table_instrument
 from tools.validate_session import validate
 
@@ -62,6 +64,7 @@ def backtest(data: Path, runs: Path, *sets: str) -> Path:
     return run
 
 
+@pytest.mark.slow  # a whole CLI backtest over the real data (nox -s tests runs it)
 def test_default_backtest_over_the_real_data(tmp_path: Path, shared_data: Path) -> None:
     """The default configuration runs to the end of the data unless the session loss limit ends
     it (a breaker trip halts entries in a backtest, it does not end it), says where its funding
@@ -74,6 +77,7 @@ def test_default_backtest_over_the_real_data(tmp_path: Path, shared_data: Path) 
     assert validate(run) == []
 
 
+@pytest.mark.slow  # ~25 s alone: all 580,906 candles (nox -s tests runs it; nox -s quick leaves it out)
 def test_every_order_event_over_the_whole_real_data_is_on_the_grid(tmp_path: Path, shared_data: Path) -> None:
     """All 580,906 candles (the stop conditions off, so that every candle is traded through):
     every price and quantity of every order.* event on BTCUSDT's grid."""

@@ -25,6 +25,9 @@ from tools.validate_session import validate
 TEMPLATES = sorted((REPO / "config" / "templates").glob("*.toml"))
 TWO_SETUPS = REPO / "config" / "templates" / "two_setups.toml"
 
+# every template's whole session (virtual clock): nox -s tests runs them, nox -s quick leaves them out
+pytestmark = pytest.mark.slow
+
 
 def _load(path: Path, tmp_path: Path) -> Config:
     """The template as it is, its run folder and kill switch in the test's folder."""
