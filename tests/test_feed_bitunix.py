@@ -73,6 +73,33 @@ REASON_OF_KIND = {
 NOT_CAUGHT = {("price", "price_jump")}
 
 
+async def replay_cli(run: Path, tmp_path: Path) -> Path:
+    """`python -m actors.main --replay RUN` as a user runs it (a process of its own, in trio);
+    the replay's run folder."""
+    replay_dir = tmp_path / "replays"
+    proc = await trio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "actors.main",
+            "--replay",
+            str(run),
+            "--run-dir",
+            str(replay_dir),
+            "--set",
+            f"session.kill_switch={tmp_path / 'kill.txt'}",
+        ],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    (replayed,) = [p for p in replay_dir.iterdir() if p.is_dir() and not p.is_symlink()]
+    return replayed
+
+
 def offset_for_close_in(seconds: float) -> float:
     """A `time_offset_s` that puts the fake's next minute boundary `seconds` from now."""
     target = time.time() + seconds
@@ -564,27 +591,7 @@ async def test_session_subscribes_pings_and_trades_through_drops(tmp_path: Path)
         ][0]
 
     # and replaying the recorded live session reproduces its trading exactly (issue 5)
-    replay_dir = tmp_path / "replays"
-    proc = await trio.run_process(
-        [
-            sys.executable,
-            "-m",
-            "actors.main",
-            "--replay",
-            str(result.run_path),
-            "--run-dir",
-            str(replay_dir),
-            "--set",
-            f"session.kill_switch={tmp_path / 'kill.txt'}",
-        ],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-    (replayed,) = [p for p in replay_dir.iterdir() if p.is_dir() and not p.is_symlink()]
+    replayed = await replay_cli(result.run_path, tmp_path)
     second = read_report(replayed)
     for key in report.keys() - NOT_COMPARED - FEED_HEALTH:
         assert report[key] == second[key], key

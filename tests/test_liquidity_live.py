@@ -14,7 +14,6 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import sys
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
@@ -22,13 +21,12 @@ from typing import Any
 
 import orjson
 import pytest
-import trio
 
 from protocols.instruments import Instrument, from_trading_pair, table_instrument
 from protocols.messages import Book
 from protocols.records import dumps_line, market_from_record, market_record
-from tests.conftest import cli_env, read_events, read_report
-from tests.test_feed_bitunix import FEED_HEALTH, live_session, offset_for_close_in
+from tests.conftest import read_events, read_report
+from tests.test_feed_bitunix import FEED_HEALTH, live_session, offset_for_close_in, replay_cli
 from tests.test_replay_backtest import NOT_COMPARED
 from tools.fake_bitunix import FakeBitunix
 from tools.fake_bitunix.server import BOOK15_MIN, BOOK_TOUCH_MAX
@@ -175,27 +173,7 @@ async def test_a_large_market_order_walks_the_live_book_and_a_replay_takes_the_s
         )
 
     # and replaying the recorded session takes the same levels at the same prices
-    replay_dir = tmp_path / "replays"
-    proc = await trio.run_process(
-        [
-            sys.executable,
-            "-m",
-            "actors.main",
-            "--replay",
-            str(result.run_path),
-            "--run-dir",
-            str(replay_dir),
-            "--set",
-            f"session.kill_switch={tmp_path / 'kill.txt'}",
-        ],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-    (replayed,) = [p for p in replay_dir.iterdir() if p.is_dir() and not p.is_symlink()]
+    replayed = await replay_cli(result.run_path, tmp_path)
     assert _fills(read_events(replayed)) == _fills(events)
     second = read_report(replayed)
     for key in report.keys() - NOT_COMPARED - FEED_HEALTH:

@@ -71,9 +71,6 @@ from protocols.messages import (
     quote,
 )
 
-LOT = 0.0001  # BTC
-TICK = 0.1  # USDT
-MIN_QTY = 0.0001  # BTC
 FUNDING_EVERY_S = 8 * 3600  # 00:00, 08:00, 16:00 UTC
 BOOK_FRESH_S = 2.0  # a book older than this (vs the last quote) is not trusted for walking
 EPS = 1e-12
@@ -93,11 +90,6 @@ def _fallback_instrument(symbol: str) -> Instrument:
     base = table_instrument("BTCUSDT")
     assert base is not None
     return attrs.evolve(base, symbol=symbol, source="table:BTCUSDT (no entry for the symbol)")
-
-
-def round_lot(qty: float) -> float:
-    """Down to the lot step (never more than asked)."""
-    return round(math.floor(qty / LOT + 1e-9) * LOT, 4)
 
 
 @attrs.define
@@ -455,10 +447,7 @@ class PaperBroker:
             )
             for w in state["working"]
         }
-        self.next_expiry = min(
-            (w.order.expire_ts for w in self.working.values() if w.order.expire_ts is not None),
-            default=math.inf,
-        )
+        self.next_expiry = self._earliest_expiry()
         self._update_liq()
         self.next_funding_ts = (
             (math.floor(self.last_ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S
@@ -941,11 +930,14 @@ class PaperBroker:
             expire_ts = working.order.expire_ts
             if expire_ts is not None and expire_ts <= ts:
                 events += self.cancel(Cancel(working.order.id, ts, "expired"))
-        self.next_expiry = min(
+        self.next_expiry = self._earliest_expiry()
+        return events
+
+    def _earliest_expiry(self) -> float:
+        return min(
             (w.order.expire_ts for w in self.working.values() if w.order.expire_ts is not None),
             default=math.inf,
         )
-        return events
 
     def _rest(self, order: Order, qty: float, ts: float, note: str = "") -> list[Event]:
         """`order` rests at the market (a limit or a stop, or a market order's rest) for `qty`."""
@@ -979,9 +971,6 @@ class PaperBroker:
         if self.config.leverage > self.instrument.tier(after * price).max_leverage:
             return "risk_limit_exceeded"
         return None
-
-    def _margin_ok(self, order: Order, qty: float, tick: Tick) -> bool:
-        return self._margin_refusal(order, qty, tick) is None
 
     def cancel(self, cancel: Cancel) -> list[Event]:
         working = self.working.pop(cancel.order_id, None)
@@ -1329,22 +1318,7 @@ class PaperBroker:
             protective=True,
             strategy_id=strategy_id,
         )
-        self.working[order.id] = Working(order, qty, ts)
-        return [
-            Event(
-                ts,
-                "order.working",
-                {
-                    "order_id": order.id,
-                    "type": order.order_type,
-                    "side": order.side,
-                    "qty": qty,
-                    "limit_price": order.limit_price,
-                    "trigger_price": order.trigger_price,
-                    "reason": order.reason,
-                },
-            )
-        ]
+        return self._rest(order, qty, ts)
 
     def _trade(self, ts: float, signed_pos: float) -> OpenTrade:
         if self.trade is None:

@@ -67,6 +67,27 @@ def handle(strategy: Strategy, view: MarketView, now: float) -> list[StrategyOut
     return []
 
 
+def funding_size(rate_pct: float, long: bool, block_pct: float, half_pct: float) -> float:
+    """The original setups' funding gate: the share of a full-size entry the funding rate in force
+    (percent per 8 h, positive: longs pay) allows. 0 (no entry) when it runs against the position
+    by more than `block_pct`, 0.5 by more than `half_pct`, else 1; funding in the trade's favour
+    never holds it back."""
+    against = rate_pct if long else -rate_pct
+    if against > block_pct:
+        return 0.0
+    return 0.5 if against > half_pct else 1.0
+
+
+def funding_gate_problems(half_pct: float, block_pct: float) -> list[str]:
+    """The rule between the funding gate's two keys, as a config problem line (or none)."""
+    if half_pct <= block_pct:
+        return []
+    return [
+        f"strategy.funding_half_pct: {half_pct} is not allowed; expected at most "
+        f"strategy.funding_block_pct ({block_pct})"
+    ]
+
+
 StrategyFactory = Callable[..., Strategy]
 REGISTRY: dict[str, StrategyFactory] = {}
 # each kind's own parameters: an attrs class whose fields are `actors.config.key`s (validated and

@@ -60,7 +60,7 @@ from typing import Any, ClassVar, Literal
 import attrs
 
 from actors.config import StrategyConfig, _num, key
-from actors.strategies.base import StrategyOutput, register
+from actors.strategies.base import StrategyOutput, funding_gate_problems, funding_size, register
 from actors.strategies.indicators import Atr, DailyVwap, Ema, Window
 from protocols.messages import AccountSnapshot, Candle, Event, OrderIntent, Tick
 
@@ -136,12 +136,7 @@ def check_params(p: LiquiditySweepParams) -> list[str]:
         problems.append(
             f"strategy.ema_fast: {p.ema_fast} is not allowed; expected at most strategy.ema_slow ({p.ema_slow})"
         )
-    if p.funding_half_pct > p.funding_block_pct:
-        problems.append(
-            f"strategy.funding_half_pct: {p.funding_half_pct} is not allowed; expected at most "
-            f"strategy.funding_block_pct ({p.funding_block_pct})"
-        )
-    return problems
+    return problems + funding_gate_problems(p.funding_half_pct, p.funding_block_pct)
 
 
 @attrs.frozen
@@ -268,15 +263,12 @@ class LiquiditySweepStrategy:
         p = self.params
         long = setup.direction == "long"
         funding = account.funding_rate_pct
-        against = funding if long else -funding  # > 0: the position would pay
+        size_scale = funding_size(funding, long, p.funding_block_pct, p.funding_half_pct)
         skipped: str | None = None
-        size_scale = 1.0
         if abs(account.position(self.symbol, self.id).qty) > FLAT_QTY:
-            skipped = "in_position"
-        elif against > p.funding_block_pct:
-            skipped = "funding"
-        elif against > p.funding_half_pct:
-            size_scale = 0.5
+            skipped, size_scale = "in_position", 1.0
+        elif size_scale == 0.0:
+            skipped, size_scale = "funding", 1.0
         signal = Event(
             now,
             "signal",

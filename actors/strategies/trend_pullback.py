@@ -50,7 +50,7 @@ from typing import Any, ClassVar, Literal
 import attrs
 
 from actors.config import StrategyConfig, _num, key
-from actors.strategies.base import StrategyOutput, register
+from actors.strategies.base import StrategyOutput, funding_gate_problems, funding_size, register
 from actors.strategies.indicators import Atr, Ema
 from protocols.instruments import table_instrument
 from protocols.messages import DEFAULT_SYMBOL, AccountSnapshot, Candle, Event, OrderIntent, Side, Tick
@@ -120,12 +120,7 @@ def check_params(p: TrendPullbackParams) -> list[str]:
         problems.append(
             f"strategy.ema_fast: {p.ema_fast} is not allowed; expected less than strategy.ema_slow ({p.ema_slow})"
         )
-    if p.funding_half_pct > p.funding_block_pct:
-        problems.append(
-            f"strategy.funding_half_pct: {p.funding_half_pct} is not allowed; expected at most "
-            f"strategy.funding_block_pct ({p.funding_block_pct})"
-        )
-    return problems
+    return problems + funding_gate_problems(p.funding_half_pct, p.funding_block_pct)
 
 
 @register(NAME, params=TrendPullbackParams)
@@ -267,8 +262,8 @@ class TrendPullback:
         if atr <= 0:
             return []
         long = direction == "long"
-        against = account.funding_rate_pct if long else -account.funding_rate_pct
-        if against > p.funding_block_pct:
+        size_scale = funding_size(account.funding_rate_pct, long, p.funding_block_pct, p.funding_half_pct)
+        if size_scale == 0.0:
             if self.blocked == direction:
                 return []
             self.blocked = direction
@@ -282,7 +277,6 @@ class TrendPullback:
                     funding_rate_pct=account.funding_rate_pct,
                 )
             ]
-        size_scale = 0.5 if against > p.funding_half_pct else 1.0
         sign = 1.0 if long else -1.0
         entry = self.round_price(fast, "down" if long else "up")
         risk = p.stop_atr_mult * atr
