@@ -344,6 +344,11 @@ class StrategyConfig:
 
 # a [[strategies]] table's id: what its intents, orders, fills, signals and checkpoint carry
 STRATEGY_ID_PATTERN = r"[a-z0-9_-]{1,32}"
+# The live feed subscribes each symbol's kline, book and price channels on one WebSocket
+# connection, which takes at most MAX_SUBSCRIPTIONS (protocols/bitunix.py; checked there too).
+MAX_SUBSCRIPTIONS = 300
+CHANNELS_PER_SYMBOL = 3
+MAX_SYMBOLS = MAX_SUBSCRIPTIONS // CHANNELS_PER_SYMBOL
 
 
 @attrs.frozen
@@ -364,7 +369,7 @@ class StrategyTableKeys:
     )
     symbol: str = key(
         "",
-        "contract it trades; only session.symbol for now (optional)",
+        "contract it trades (default: session.symbol); strategies may trade different symbols",
         _pattern(r"[A-Z0-9]{2,20}", "2-20 of A-Z, 0-9"),
     )
     interval: str = key(
@@ -440,6 +445,18 @@ class Config:
         if self.strategies:
             return self.strategies
         return (StrategySpec(self.strategy.name, self.strategy, self.strategy_params),)
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """Every symbol the session trades, in the order its strategies first name them (a strategy
+        with no `symbol` trades session.symbol). One symbol: `(session.symbol,)`."""
+        found: dict[str, None] = {}
+        for spec in self.strategy_specs:
+            found[(spec.symbol or self.session.symbol).upper()] = None
+        return tuple(found) or (self.session.symbol.upper(),)
+
+    def strategy_symbol(self, spec: StrategySpec) -> str:
+        return (spec.symbol or self.session.symbol).upper()
 
     @property
     def strategy_history(self) -> int:
@@ -835,24 +852,32 @@ def cross_checks(config: Config) -> list[str]:
         prefix = _strategy_prefix(config, spec)
         problems += _one_market(config, spec, prefix)
         problems += _strategy_checks(config, spec, prefix)
+    problems += _symbol_count(config)
     return problems
 
 
 def _one_market(config: Config, spec: StrategySpec, prefix: str) -> list[str]:
-    """One symbol and one interval per session, for now (several: another issue)."""
+    """One candle interval per session, for now (several: another issue); any number of symbols
+    up to MAX_SYMBOLS (each takes its channels of the one WebSocket connection)."""
     problems: list[str] = []
     session = config.session
-    if spec.symbol is not None and spec.symbol != session.symbol:
-        problems.append(
-            f"{prefix}.symbol: {spec.symbol!r} is not allowed; expected session.symbol ({session.symbol!r}): "
-            "a session trades one symbol, several symbols are not supported yet"
-        )
     if spec.interval is not None and interval_seconds(spec.interval) != config.interval_s:
         problems.append(
             f"{prefix}.interval: {spec.interval!r} is not allowed; expected session.interval "
             f"({session.interval!r}): a session has one candle interval, several intervals are not supported yet"
         )
     return problems
+
+
+def _symbol_count(config: Config) -> list[str]:
+    symbols = config.symbols
+    if len(symbols) <= MAX_SYMBOLS:
+        return []
+    return [
+        f"strategies.symbol: {len(symbols)} symbols is not allowed; expected at most {MAX_SYMBOLS} "
+        f"(each takes {CHANNELS_PER_SYMBOL} subscriptions of one WebSocket connection, at most "
+        f"{MAX_SUBSCRIPTIONS}): {', '.join(symbols)}"
+    ]
 
 
 def _strategy_checks(config: Config, spec: StrategySpec, prefix: str) -> list[str]:
@@ -864,7 +889,7 @@ def _strategy_checks(config: Config, spec: StrategySpec, prefix: str) -> list[st
         from actors.strategies.base import build_strategy
 
         try:
-            build_strategy(s, spec.id, config.session.symbol, spec.params)
+            build_strategy(s, spec.id, config.strategy_symbol(spec), spec.params)
         except ValueError as exc:
             problems.append(
                 re.sub(r"\bstrategy\.", f"{prefix}.", str(exc)) if prefix != "strategy" else str(exc)

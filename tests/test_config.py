@@ -339,7 +339,7 @@ INVALID_STRATEGIES = [
     ('[[strategies]]\nid = "Bad Id"\nkind = "ema_cross"\n', [], "strategies[0].id: 'Bad Id' is not allowed"),
     ('[[strategies]]\nid = "' + "x" * 33 + '"\nkind = "ema_cross"\n', [], "strategies[0].id:"),
     (ONE_TABLE * 2, [], "strategies[a].id: 'a' is not allowed (from"),
-    (ONE_TABLE + "symbol = 'ETHUSDT'\n", [], "several symbols are not supported yet"),
+    (ONE_TABLE + "symbol = 'eth'\n", [], "strategies[a].symbol: 'eth' is not allowed"),
     (ONE_TABLE + "interval = '5m'\n", [], "several intervals are not supported yet"),
     (ONE_TABLE + "interval = 'soon'\n", [], "strategies[a].interval: 'soon' is not allowed"),
     ("[strategy]\norder_qty = 0.002\n" + ONE_TABLE, [], "[strategy] (from"),
@@ -388,11 +388,15 @@ def test_strategies_problems_name_the_table_and_what_is_allowed(tmp_path: Path) 
     assert "trend_pullback: ema_fast" in line
     (line,) = problems('[[strategies]]\nid = "Bad Id"\nkind = "ema_cross"\n')
     assert "expected a unique id, 1-32 of a-z, 0-9, _ and -" in line
-    (line,) = problems(ONE_TABLE + "symbol = 'ETHUSDT'\n")
-    assert line == (
-        "strategies[a].symbol: 'ETHUSDT' is not allowed; expected session.symbol ('BTCUSDT'): a session "
-        "trades one symbol, several symbols are not supported yet"
+    # strategies on several symbols: the session's symbols in the order first named
+    two = ONE_TABLE + "symbol = 'ETHUSDT'\n" + '[[strategies]]\nid = "b"\nkind = "ema_cross"\n'
+    config = load(_write(tmp_path, two), {})
+    assert config.symbols == ("ETHUSDT", "BTCUSDT")
+    many = "".join(
+        f'[[strategies]]\nid = "s{i}"\nkind = "ema_cross"\nsymbol = "S{i:03d}USDT"\n' for i in range(101)
     )
+    (line,) = problems(many)
+    assert line.startswith("strategies.symbol: 101 symbols is not allowed; expected at most 100")
     # every table's problems at once
     assert len(problems(ONE_TABLE + "lookback = 3\n" + '[[strategies]]\nid = "b"\nkind = "macd"\n')) == 2
     # env variables do not reach [[strategies]]
