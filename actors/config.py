@@ -270,10 +270,29 @@ class BrokerConfig:
 
 @attrs.frozen
 class RiskConfig:
-    max_position_size: float = key(0.01, "largest absolute position allowed, BTC", _num(gt=0))
+    max_position_size: float = key(
+        0.01,
+        "largest absolute position allowed, in the contract's base unit (BTC for BTCUSDT), each symbol",
+        _num(gt=0),
+    )
     max_orders_per_minute: int = key(6, "orders allowed in any 60 s window (sliding)", _num(ge=1, le=600))
-    max_notional: float = key(1000.0, "largest absolute position value allowed, USDT", _num(gt=0))
-    max_leverage: float = key(2.0, "largest position notional / equity allowed", _num(gt=0, le=125))
+    max_notional: float = key(
+        1000.0, "largest absolute position value allowed, USDT, each symbol", _num(gt=0)
+    )
+    max_leverage: float = key(
+        2.0, "largest position notional / equity allowed, each symbol", _num(gt=0, le=125)
+    )
+    max_total_notional: float = key(
+        0.0,
+        "largest sum of every symbol's absolute position value, USDT (0: max_notional, the one "
+        "symbol's cap shared by all)",
+        _num(ge=0),
+    )
+    max_total_leverage: float = key(
+        0.0,
+        "largest sum of every symbol's position notional / equity (0: max_leverage, shared by all)",
+        _num(ge=0, le=125),
+    )
     sizing: str = key(
         "risk",
         "entry size: 'risk' (risk_per_trade_pct over the stop distance) or 'fixed' (strategy.order_qty)",

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 import attrs
 
 from actors.broker.paper import PaperBroker
+from actors.broker.portfolio import Portfolio
 from actors.risk.gate import RiskGate
 from actors.strategies.base import Strategy
 from protocols.messages import (
@@ -60,7 +61,7 @@ class Kernel:
 
     def __init__(
         self,
-        broker: PaperBroker,
+        broker: PaperBroker | Portfolio,
         gate: RiskGate,
         strategies: Sequence[Strategy],
         write: Callable[[Event], None],
@@ -71,11 +72,12 @@ class Kernel:
         self.write = write
         self.stopped: Stopped | None = None
         self.now = -math.inf
-        # which strategies take which market event type (each strategy declares what it takes)
-        self._routes: dict[type, list[Strategy]] = {}
+        # which strategies take which market event type of which symbol (each strategy declares
+        # what it takes; it trades one symbol)
+        self._routes: dict[tuple[type, str], list[Strategy]] = {}
         for strategy in self.strategies:
             for kind in strategy.subscribes:
-                self._routes.setdefault(kind, []).append(strategy)
+                self._routes.setdefault((kind, strategy.symbol), []).append(strategy)
 
     # --- steps ---------------------------------------------------------------------------------------
 
@@ -116,12 +118,14 @@ class Kernel:
         candle its open quote at its start; at its end the candle (the broker works it along its
         path and takes its close as the quote). The same steps, in the same order, without a
         generator and a dispatch per step: a backtest's hot loop (tests/test_kernel.py checks it
-        against the actors, which take the steps one by one)."""
+        against the actors, which take the steps one by one). One symbol: the broker's."""
         broker = self.broker
+        assert isinstance(broker, PaperBroker), "several symbols' candles go through run()"
         on_quote, on_candle, next_timer = broker.on_quote, broker.on_candle, broker.next_timer
         write, settle, publish, timers = self.write, self.settle, self.publish, self.timers
-        quote_targets = self._routes.get(Tick)
-        candle_targets = self._routes.get(Candle)
+        symbol = broker.symbol
+        quote_targets = self._routes.get((Tick, symbol))
+        candle_targets = self._routes.get((Candle, symbol))
         due = next_timer()
         for candle in candles:
             open_ts = candle.open_ts
@@ -186,7 +190,7 @@ class Kernel:
             self.settle(now)
             if self.stopped is not None:
                 return
-        targets = self._routes.get(type(event))
+        targets = self._routes.get((type(event), event.symbol))
         if targets:
             self.publish(event, targets, now)
 
@@ -217,10 +221,10 @@ class Kernel:
             deciding = [strategy for strategy in targets if strategy.update(event)]
             if not deciding:
                 return
-            account = self.broker.snapshot(now)
+            account = self.broker.snapshot(now, event.symbol)
             decisions = [(strategy, strategy.decide(event, account, now)) for strategy in deciding]
         elif isinstance(event, Tick):
-            account = self.broker.snapshot(now)
+            account = self.broker.snapshot(now, event.symbol)
             decisions = [(strategy, strategy.on_quote(event, account, now)) for strategy in targets]
         else:
             return

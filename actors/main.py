@@ -73,8 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--data",
-        metavar="FILE",
-        help="backtest data: a candle CSV (optionally .gz) with header open_time_ms,open,high,low,close,volume",
+        metavar="[SYMBOL=]FILE",
+        action="append",
+        default=[],
+        help="backtest data: a candle CSV (optionally .gz) with header open_time_ms,open,high,low,close,volume; "
+        "several symbols: SYMBOL=FILE once per symbol the strategies trade (repeatable)",
     )
     p.add_argument(
         "--funding",
@@ -121,9 +124,14 @@ def _plan(args: argparse.Namespace, config: Config) -> Plan:
     if args.mode == "backtest":
         if not args.data:
             raise PlanError("--mode backtest needs --data FILE")
-        if not Path(args.data).is_file():
-            raise PlanError(f"--data: file not found: {args.data}")
-        return Plan(mode="backtest", data=args.data, runtime=args.runtime, funding=_funding(args.funding))
+        files = _data_files(args.data, config)
+        return Plan(
+            mode="backtest",
+            data=files[0][1],
+            data_by_symbol=files if len(files) > 1 else (),
+            runtime=args.runtime,
+            funding=_funding(args.funding),
+        )
     if args.data:
         raise PlanError("--data is only for --mode backtest")
     if args.fresh and args.resume:
@@ -131,6 +139,36 @@ def _plan(args: argparse.Namespace, config: Config) -> Plan:
     if args.fresh:
         return Plan()
     return Plan(resume=find_resumable(Path(config.session.run_dir), args.resume))
+
+
+def _data_files(values: list[str], config: Config) -> tuple[tuple[str, str], ...]:
+    """`--data` values as (symbol, file) pairs, in the order of `config.symbols`: one plain FILE
+    for a one-symbol session, else SYMBOL=FILE for each symbol the strategies trade."""
+    symbols = config.symbols
+    pairs: dict[str, str] = {}
+    for value in values:
+        symbol, sep, path = value.partition("=")
+        if not sep:
+            if len(values) > 1 or len(symbols) > 1:
+                raise PlanError(
+                    f"--data {value}: expected SYMBOL=FILE once for each symbol the strategies trade "
+                    f"({', '.join(symbols)})"
+                )
+            symbol, path = symbols[0], value
+        symbol = symbol.strip().upper()
+        if symbol in pairs:
+            raise PlanError(f"--data {value}: {symbol} is given twice")
+        if symbol not in symbols:
+            raise PlanError(
+                f"--data {value}: no strategy trades {symbol}; expected one of {', '.join(symbols)}"
+            )
+        if not Path(path).is_file():
+            raise PlanError(f"--data: file not found: {path}")
+        pairs[symbol] = path
+    missing = [symbol for symbol in symbols if symbol not in pairs]
+    if missing:
+        raise PlanError(f"--data: no data for {', '.join(missing)}; expected SYMBOL=FILE for each of them")
+    return tuple((symbol, pairs[symbol]) for symbol in symbols)
 
 
 def _funding(path: str | None) -> FundingRates | None:

@@ -45,7 +45,9 @@ class Recording:
 class Plan:
     mode: Mode = "live"
     resume: Path | None = None  # live: the run folder to resume
-    data: str | None = None  # backtest: a candle file, or bitunix:SYMBOL:INTERVAL:START:END
+    data: str | None = None  # backtest: the candle file (several symbols: the first symbol's)
+    # backtest of several symbols: (symbol, candle file) for each, in the order of config.symbols
+    data_by_symbol: tuple[tuple[str, str], ...] = ()
     recording: Recording | None = None  # replay
     funding: FundingRates | None = None  # backtest: the rates of --funding FILE (read at planning)
     # backtests and replays: "kernel" (the default, a plain loop) or "actors" (the live Trio actors

@@ -24,6 +24,7 @@ point the CLI and the tests use.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 import os
@@ -39,6 +40,7 @@ from loguru import logger
 
 from actors import __version__
 from actors.broker.paper import PaperBroker
+from actors.broker.portfolio import Portfolio
 from actors.config import Config, to_dict
 from actors.feeds.funding import FundingRates
 from actors.feeds.history import candle_steps, read_candles_csv, read_market_log
@@ -102,7 +104,7 @@ class Timeline:
 class Parts:
     """Every stateful part of a session: what a checkpoint holds and a resume restores."""
 
-    broker: PaperBroker
+    broker: PaperBroker | Portfolio
     gate: RiskGate
     strategies: list[Strategy]
     walk: RandomWalk | None  # the mock source's price path (live sessions)
@@ -158,26 +160,49 @@ def build_parts(
     charges at each funding instant (backtests, mock sessions); None: the feed's `Funding` events."""
     root = random.Random(config.session.seed)
     rngs = {name: random.Random(root.getrandbits(64)) for name in ("feed", "broker")}
-    symbol = config.session.symbol.upper()
-    instrument = table_instrument(symbol)
-    broker = PaperBroker(
-        config.broker,
-        rngs["broker"],
-        symbol=symbol,
-        heartbeat_s=heartbeat_s,
-        started_ts=timeline.started_ts,
-        end_ts=timeline.end_ts,
-        defer_to_next_quote=defer_to_next_quote,
-        bars=bars,
-        instrument=instrument,
-        funding=funding,
-    )
+    symbols = config.symbols
+    instruments = {symbol: table_instrument(symbol) for symbol in symbols}
+    broker: PaperBroker | Portfolio
+    if len(symbols) == 1:
+        broker = PaperBroker(
+            config.broker,
+            rngs["broker"],
+            symbol=symbols[0],
+            heartbeat_s=heartbeat_s,
+            started_ts=timeline.started_ts,
+            end_ts=timeline.end_ts,
+            defer_to_next_quote=defer_to_next_quote,
+            bars=bars,
+            instrument=instruments[symbols[0]],
+            funding=funding,
+        )
+    else:  # one account over several symbols
+        broker = Portfolio(
+            config.broker,
+            rngs["broker"],
+            symbols=symbols,
+            heartbeat_s=heartbeat_s,
+            started_ts=timeline.started_ts,
+            end_ts=timeline.end_ts,
+            defer_to_next_quote=defer_to_next_quote,
+            bars=bars,
+            instruments={s: i for s, i in instruments.items() if i is not None},
+            funding=funding,
+        )
+    known = {s: i for s, i in instruments.items() if i is not None}
     return Parts(
         broker=broker,
-        gate=RiskGate(config.risk, config.broker.starting_equity, backtest=bars, instrument=instrument),
+        gate=RiskGate(
+            config.risk,
+            config.broker.starting_equity,
+            backtest=bars,
+            instrument=instruments[symbols[0]],
+            instruments=known,
+        ),
         # one per [[strategies]] table (or the one [strategy]), in the configured order
         strategies=[
-            build_strategy(spec.config, spec.id, symbol, spec.params) for spec in config.strategy_specs
+            build_strategy(spec.config, spec.id, config.strategy_symbol(spec), spec.params)
+            for spec in config.strategy_specs
         ],
         walk=_walk(config, rngs["feed"]) if live else None,
         rngs=rngs,
@@ -193,7 +218,8 @@ def started_event(config: Config, run_id: str, timeline: Timeline) -> Event:
         "session.started",
         {
             "run_id": run_id,
-            "symbol": config.session.symbol,
+            "symbol": config.symbols[0],
+            "symbols": list(config.symbols),
             "interval": config.session.interval,
             "data_source": timeline.data_source,
             "funding_source": timeline.funding_source,
@@ -210,7 +236,7 @@ def started_event(config: Config, run_id: str, timeline: Timeline) -> Event:
 
 
 def resumed_event(
-    now: float, recorder: Recorder, broker: PaperBroker, generation: str, problems: list[str]
+    now: float, recorder: Recorder, broker: PaperBroker | Portfolio, generation: str, problems: list[str]
 ) -> Event:
     """Records the downtime and the restored account, so a reader can check it continues the log."""
     return Event(
@@ -230,7 +256,7 @@ def resumed_event(
 
 
 def closing_events(
-    broker: PaperBroker,
+    broker: PaperBroker | Portfolio,
     timeline: Timeline,
     ended: float,
     status: str,
@@ -336,21 +362,36 @@ class Session:
 
     # --- what every runtime shares --------------------------------------------------------------------
 
-    def candles(self) -> tuple[float, Iterator[Candle]]:
-        """A backtest's start time (its first candle's open) and its candles, read lazily."""
-        assert self.plan.data is not None
-        candles = read_candles_csv(Path(self.plan.data), self.config.interval_s, symbol=self.symbol)
+    def candles(self, path: str | None = None, symbol: str | None = None) -> tuple[float, Iterator[Candle]]:
+        """A backtest's start time (its first candle's open) and its candles, read lazily (one
+        symbol's: by default the session's, from --data)."""
+        path = path or self.plan.data
+        assert path is not None
+        candles = read_candles_csv(Path(path), self.config.interval_s, symbol=symbol or self.symbol)
         first = next(candles, None)
         if first is None:
-            raise ValueError(f"--data {self.plan.data}: no candles")
+            raise ValueError(f"--data {path}: no candles")
         return first.open_ts, itertools.chain((first,), candles)
+
+    def backtest_steps(self) -> tuple[float, Iterator[tuple[float, MarketEvent]]]:
+        """A backtest's timed inputs: each candle's open quote and then the candle (`candle_steps`);
+        several symbols' merged in time order (at one instant, in the order of config.symbols).
+        Starts at the earliest first candle."""
+        if not self.plan.data_by_symbol:
+            started, candles = self.candles()
+            return started, candle_steps(candles)
+        starts, streams = [], []
+        for symbol, path in self.plan.data_by_symbol:
+            started, candles = self.candles(path, symbol)
+            starts.append(started)
+            streams.append(candle_steps(candles))
+        return min(starts), heapq.merge(*streams, key=lambda step: step[0])
 
     def inputs(self) -> tuple[float, Iterator[tuple[float, MarketEvent]]] | None:
         """Backtests and replays: the session's start time and its timed inputs (None: live)."""
         plan = self.plan
         if plan.mode == "backtest":
-            started, candles = self.candles()
-            return started, candle_steps(candles)
+            return self.backtest_steps()
         if plan.mode == "replay":
             assert plan.recording is not None
             return plan.recording.started_ts, read_market_log(plan.recording.market_path)
@@ -358,7 +399,8 @@ class Session:
 
     @property
     def symbol(self) -> str:
-        return self.config.session.symbol.upper()
+        """The session's symbol (the first its strategies trade)."""
+        return self.config.symbols[0]
 
     def heartbeat_s(self) -> float:
         """Live sessions and replays: `observability.heartbeat_s`; backtests: one row per
@@ -371,7 +413,10 @@ class Session:
         plan = self.plan
         funding = self.funding_source
         if plan.mode == "backtest":
-            return Timeline(started, math.inf, f"backtest: {plan.data}", funding_source=funding)
+            files = (
+                ", ".join(f"{s}={p}" for s, p in plan.data_by_symbol) if plan.data_by_symbol else plan.data
+            )
+            return Timeline(started, math.inf, f"backtest: {files}", funding_source=funding)
         if plan.mode == "replay":
             assert plan.recording is not None
             r = plan.recording
@@ -402,7 +447,8 @@ class Session:
 
     def run_kernel(self) -> SessionResult:
         """A backtest or replay on the kernel, synchronously (no trio)."""
-        if self.plan.mode == "backtest":
+        one_stream = self.plan.mode == "backtest" and not self.plan.data_by_symbol
+        if one_stream:
             started, candles = self.candles()
         else:
             found = self.inputs()
@@ -417,7 +463,7 @@ class Session:
             kernel = Kernel(parts.broker, parts.gate, parts.strategies, recorder.write)
             status = "ok"
             try:
-                if self.plan.mode == "backtest":
+                if one_stream:
                     stopped = kernel.run_candles(candles)
                     assert stopped is not None
                 else:

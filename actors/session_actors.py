@@ -187,7 +187,7 @@ async def _run(
         asker: Asker[MarketView, list[OrderIntent]]
         answerer: Answerer[MarketView, list[OrderIntent]]
         asker, answerer = open_mailbox()
-        links.append(StrategyLink(strategy.subscribes, asker))
+        links.append(StrategyLink(strategy.subscribes, asker, strategy.symbol))
         strategy_inboxes.append((strategy, answerer))
     published = tuple({kind for strategy in parts.strategies for kind in strategy.subscribes})
     after_step = _checkpointer(parts, timeline, sink, config.state.checkpoint_interval_s) if live else None

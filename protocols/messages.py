@@ -196,11 +196,13 @@ class Position:
 
 class AccountSnapshot(NamedTuple):
     """Broker -> risk gate, strategies: the account as it was at `ts`, frozen. It travels with the
-    messages that need it (`AccountUpdate`, `MarketView`, and so `OrderIntent` decisions): nobody
-    reads the broker's live state. `symbol` is the session's symbol; its position is `position`.
+        messages that need it (`AccountUpdate`, `MarketView`, and so `OrderIntent` decisions): nobody
+        reads the broker's live state. `symbol` is the symbol it was taken for (the market event's;
+    by default the session's): `mark_price`, `stale` and `funding_rate_pct` are that symbol's, the
+    money figures the whole account's; `positions` holds every symbol's.
 
-    A named tuple rather than an attrs class (the one exception here): the broker builds one for
-    each market event a strategy takes, and a tuple is built several times faster."""
+        A named tuple rather than an attrs class (the one exception here): the broker builds one for
+        each market event a strategy takes, and a tuple is built several times faster."""
 
     ts: float
     symbol: str
@@ -218,6 +220,9 @@ class AccountSnapshot(NamedTuple):
     # the funding rate in force now, percent per 8 h (positive: longs pay): the feed's, or the
     # backtest's schedule at the next funding instant; strategies gate entries on it
     funding_rate_pct: float = 0.0
+    # several symbols (actors/broker/portfolio.py): each symbol's mark price, for the account-wide
+    # limits; empty with one symbol (its mark is `mark_price`)
+    marks: tuple[tuple[str, float], ...] = ()
 
     def position(self, symbol: str | None = None, strategy_id: str = "") -> Position:
         """The account's net position in `symbol` (the session's by default), or with a

@@ -120,4 +120,4 @@ def test_a_clean_end_must_still_be_flat(tmp_path: Path) -> None:
     for name in ("events.jsonl", "final_report.json"):
         _rewrite(run, name, lambda record: record.update(status="ok", stop_reason="duration"))
     problems = validate(run)
-    assert problems == ["session ended ok but the fills leave a position of +0.01000000 BTC"]
+    assert problems == ["session ended ok but the fills leave a position of +0.01000000 BTCUSDT"]

@@ -6,8 +6,8 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
 - `events.jsonl`: every line JSON, `seq` 1, 2, 3, ... with no gap or repeat, starts with
   `session.started` and (when the session finished) ends with `session.stopped`;
 - every fill once (its `fill_id`, or order id, time, size and price, never repeated);
-- position, realized PnL, fees and funding recomputed from the fills alone (average-cost netting,
-  independent of the broker's code) equal the final report, to the cent;
+- position, realized PnL, fees and funding recomputed from the fills alone (average-cost netting
+  per symbol, independent of the broker's code) equal the final report, to the cent;
 - `net_pnl = ending_equity - starting_equity = realized_pnl - fees_paid - funding_paid + unrealized_pnl`;
 - `funding_paid` is the sum of the `funding` events' amounts, and a report saying funding was not
   modelled (`funding_source` "none") has no `funding` event charging anything;
@@ -100,7 +100,8 @@ def check_sequence(events: list[dict[str, Any]], finished: bool) -> list[str]:
 
 def check_fills(events: list[dict[str, Any]], report: dict[str, Any] | None) -> list[str]:
     problems = []
-    ledger = Ledger()
+    ledgers: dict[str, Ledger] = {}  # one per symbol (a fill without one: the session's)
+    default_symbol = report.get("symbol", "") if report else ""
     seen: Counter[str] = Counter()
     funding = 0.0
     charges = 0
@@ -114,10 +115,13 @@ def check_fills(events: list[dict[str, Any]], report: dict[str, Any] | None) -> 
         seen[fill_id] += 1
         if seen[fill_id] > 1:
             problems.append(f"fill {fill_id} recorded more than once (seq {e['seq']})")
-        ledger.fill(e["side"], e["qty"], e["fill_price"], e["fee"])
+        symbol = e.get("symbol") or default_symbol
+        ledgers.setdefault(symbol, Ledger()).fill(e["side"], e["qty"], e["fill_price"], e["fee"])
     if report is None:
         return problems
-    for key, value in (("realized_pnl", ledger.realized), ("fees_paid", ledger.fees)):
+    realized = sum(ledger.realized for ledger in ledgers.values())
+    fees = sum(ledger.fees for ledger in ledgers.values())
+    for key, value in (("realized_pnl", realized), ("fees_paid", fees)):
         if abs(report.get(key, 0.0) - value) > CENT:
             problems.append(f"report {key} = {report.get(key)} but the fills give {value:.6f}")
     if "funding_paid" in report and abs(report["funding_paid"] - funding) > CENT:
@@ -126,8 +130,9 @@ def check_fills(events: list[dict[str, Any]], report: dict[str, Any] | None) -> 
         )
     if report.get("funding_source") == "none" and charges:
         problems.append(f"report funding_source = 'none' (not modelled) but {charges} funding events charged")
-    if report.get("status") == "ok" and abs(ledger.qty) > EPS:
-        problems.append(f"session ended ok but the fills leave a position of {ledger.qty:+.8f} BTC")
+    for symbol, ledger in sorted(ledgers.items()):
+        if report.get("status") == "ok" and abs(ledger.qty) > EPS:
+            problems.append(f"session ended ok but the fills leave a position of {ledger.qty:+.8f} {symbol}")
     return problems
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import trio
 
 from actors.broker.paper import PaperBroker
+from actors.broker.portfolio import Portfolio
 from actors.clock import SessionClock
 from actors.feeds.stamp import Stamped
 from actors.mailbox import Asker
@@ -39,7 +40,7 @@ from protocols.messages import (
 
 
 async def run_broker(
-    broker: PaperBroker,
+    broker: PaperBroker | Portfolio,
     market_rx: trio.MemoryReceiveChannel[Stamped],
     risk: Asker[AccountUpdate | MarketView, None],
     from_risk: trio.MemoryReceiveChannel[BrokerInput],
@@ -90,7 +91,7 @@ async def run_broker(
         record(broker.on_market(event, now))
         await settle(now)
         if stopping is None and isinstance(event, published):
-            await risk.ask(MarketView(event, broker.snapshot(now)))
+            await risk.ask(MarketView(event, broker.snapshot(now, event.symbol)))
             drain(now)
         end_step(now)
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -186,8 +187,15 @@ class PaperBroker:
         bars: bool = False,
         instrument: Instrument | None = None,
         funding: FundingSchedule | None = None,
+        margin_equity: Callable[[PaperBroker], float] | None = None,
     ) -> None:
         self.config = config
+        # several symbols (actors/broker/portfolio.py): the account's equity this symbol's new
+        # margin may use (the account's, less the margin the other symbols' positions hold)
+        self.margin_equity = margin_equity
+        # before the ids it gives (fills, protective orders, liquidations): unique per account
+        # (a portfolio's legs: "<SYMBOL>-")
+        self.id_prefix = ""
         self.rng = rng or random.Random(0)
         self.symbol = symbol
         self.instrument = instrument or table_instrument(symbol) or _fallback_instrument(symbol)
@@ -653,6 +661,7 @@ class PaperBroker:
                     "position_qty": round(self.position_qty, 8),
                     "amount": amount,
                     "allocations": allocations,
+                    "symbol": self.symbol,
                 },
             )
         ]
@@ -845,7 +854,7 @@ class PaperBroker:
         price = self.bankruptcy_price()
         self.liquidations += 1
         order = Order(
-            id=f"liq-{self.fill_seq + 1}",
+            id=f"{self.id_prefix}liq-{self.fill_seq + 1}",
             ts=ts,
             side=side,
             qty=qty,
@@ -865,6 +874,7 @@ class PaperBroker:
                     "position_qty": round(pos, 8),
                     "margin": notional / self.config.leverage,
                     "maintenance_margin_rate": self.instrument.maintenance_margin_rate(notional),
+                    "symbol": self.symbol,
                 },
             )
         ]
@@ -966,7 +976,8 @@ class PaperBroker:
         if after <= abs(self.position_qty):
             return None
         price = tick.ask if order.side == "buy" else tick.bid
-        if after * price / self.config.leverage > self.equity:
+        equity = self.equity if self.margin_equity is None else self.margin_equity(self)
+        if after * price / self.config.leverage > equity:
             return "insufficient_margin"
         if self.config.leverage > self.instrument.tier(after * price).max_leverage:
             return "risk_limit_exceeded"
@@ -1249,7 +1260,7 @@ class PaperBroker:
             "order.filled",
             {
                 "order_id": order.id,
-                "fill_id": f"f{self.fill_seq}",
+                "fill_id": f"{self.id_prefix}f{self.fill_seq}",
                 "side": order.side,
                 "qty": round(qty, 8),
                 "type": order.order_type,
@@ -1271,6 +1282,7 @@ class PaperBroker:
                 "source": source,
                 "levels": [[price, round(qty, 8)]],
                 "strategy_id": order.strategy_id,
+                "symbol": self.symbol,
             },
         )
 
@@ -1305,7 +1317,7 @@ class PaperBroker:
     ) -> list[Event]:
         self.protective_seq += 1
         order = Order(
-            id=f"p{self.protective_seq}",
+            id=f"{self.id_prefix}p{self.protective_seq}",
             ts=ts,
             side=side,
             qty=qty,
@@ -1340,6 +1352,7 @@ class PaperBroker:
                 "opened_ts": trade.opened_ts,
                 "held_s": round(ts - trade.opened_ts, 3),
                 "exit_reason": reason,
+                "symbol": self.symbol,
             },
         )
 
@@ -1485,9 +1498,9 @@ class PaperBroker:
                 events += self._refuse(message, now, reason, message.qty)
         return events
 
-    def snapshot(self, now: float) -> AccountSnapshot:
+    def snapshot(self, now: float, symbol: str | None = None) -> AccountSnapshot:
         """The account now, frozen: what every other component reads (built once per step that
-        needs it, so computed in one pass)."""
+        needs it, so computed in one pass). `symbol`: the market event's (one symbol here)."""
         pos = self.position_qty
         mark = self.mark
         if mark is None and self.last_tick is not None:
@@ -1536,6 +1549,7 @@ class PaperBroker:
                 len(self.working) + len(self.in_flight),
                 self.stale,
                 self.funding_rate_now(now),
+                (),
             ),
         )
 

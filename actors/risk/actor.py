@@ -32,6 +32,7 @@ class StrategyLink:
 
     subscribes: tuple[type, ...]
     asker: Asker[MarketView, list[OrderIntent]]
+    symbol: str = ""  # the symbol it trades ("": every symbol's events)
 
 
 async def run_risk(
@@ -64,7 +65,10 @@ async def run_risk(
                 else:
                     account, now = request.account, request.account.ts
                     for link in strategies:
-                        if isinstance(request.event, link.subscribes):
+                        if isinstance(request.event, link.subscribes) and link.symbol in (
+                            "",
+                            request.event.symbol,
+                        ):
                             for intent in await link.asker.ask(request):
                                 for decided in gate.on_intent(intent, account, now):
                                     send(decided)

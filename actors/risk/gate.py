@@ -5,8 +5,10 @@ only through the frozen `AccountSnapshot`s that travel with what it is given.
 - `on_intent(intent, account, now)`: an intent in, an approved `Order` (and its `order.submitted`
   event) or a rejection (`order.rejected` with a reason code, counted in the final report) out.
 - Entries are sized here: `risk.risk_per_trade_pct` of equity over the distance to the strategy's
-  stop (or the strategy's own size with `risk.sizing = "fixed"`), then held to the caps
-  (`max_position_size`, `max_notional`, `max_leverage`) and rounded to the lot.
+  stop (or the strategy's own size with `risk.sizing = "fixed"`), then held to the symbol's caps
+  (`max_position_size`, `max_notional`, `max_leverage`) and the account's across every symbol
+  (`max_total_notional`, `max_total_leverage`: the other symbols' positions, and orders on their
+  way, at their marks), and rounded to the symbol's lot.
 - `max_orders_per_minute` is a sliding window over every order the strategies ask for, exits
   included; the broker's protective exits and flatten-on-exit never pass through it.
 - `on_account(update)`: the account watched, after the marks its `RiskWatch` asks the broker to
@@ -80,16 +82,25 @@ class RiskGate:
         *,
         backtest: bool = False,
         instrument: Instrument | None = None,
+        instruments: dict[str, Instrument] | None = None,
     ) -> None:
         self.config = config
-        # the grid orders are sized and priced on (the broker refuses what is off it)
+        # the grid orders are sized and priced on (the broker refuses what is off it): each
+        # symbol's (`instruments`), else `instrument` (one symbol), else BTCUSDT's
         default = table_instrument("BTCUSDT")
         assert default is not None
         self.instrument: Instrument = instrument or default
+        self.instruments: dict[str, Instrument] = dict(instruments or {})
+        if instrument is not None:
+            self.instruments.setdefault(instrument.symbol, instrument)
+        c = config
+        self.max_total_notional = c.max_total_notional or c.max_notional
+        self.max_total_leverage = c.max_total_leverage or c.max_leverage
         self.action = breaker_action(config.on_breaker, backtest=backtest)  # "stop" or "halt"
         self.starting_equity = starting_equity
         self.window: deque[float] = deque()
-        self.submitted_signed_qty = 0.0
+        # every approved order's signed qty, by symbol (pending until the broker processed it)
+        self.submitted_by_symbol: dict[str, float] = {}
         # the same per strategy: a strategy's exits reduce its own virtual position
         self.submitted_by_strategy: dict[str, float] = {}
         self.order_seq = 0
@@ -124,7 +135,7 @@ class RiskGate:
     def state(self) -> dict[str, Any]:
         return {
             "window": list(self.window),
-            "submitted_signed_qty": self.submitted_signed_qty,
+            "submitted_by_symbol": dict(self.submitted_by_symbol),
             "submitted_by_strategy": dict(self.submitted_by_strategy),
             **{name: getattr(self, name) for name in self._SCALARS},
         }
@@ -138,7 +149,12 @@ class RiskGate:
         for name in self._SCALARS:
             if name in state:
                 setattr(self, name, state[name])
-        self.submitted_signed_qty = state.get("submitted_signed_qty", account.position().processed_signed_qty)
+        if "submitted_by_symbol" in state:
+            self.submitted_by_symbol = dict(state["submitted_by_symbol"])
+        else:  # a checkpoint of one symbol, from before symbols were kept apart
+            self.submitted_by_symbol = {
+                account.symbol: state.get("submitted_signed_qty", account.position().processed_signed_qty)
+            }
         saved = state.get("submitted_by_strategy")
         self.submitted_by_strategy = (
             dict(saved)
@@ -191,16 +207,37 @@ class RiskGate:
         )
         return [submitted, decision]
 
-    def pending_signed_qty(self, account: AccountSnapshot) -> float:
-        return self.submitted_signed_qty - account.position().processed_signed_qty
+    def pending_signed_qty(self, account: AccountSnapshot, symbol: str | None = None) -> float:
+        symbol = symbol or account.symbol
+        return self.submitted_by_symbol.get(symbol, 0.0) - account.position(symbol).processed_signed_qty
 
-    def projected_position(self, account: AccountSnapshot, strategy_id: str = "") -> float:
-        """The position once every order sent is done: the account's, or with a `strategy_id`,
-        that strategy's virtual position."""
+    def projected_position(
+        self, account: AccountSnapshot, strategy_id: str = "", symbol: str | None = None
+    ) -> float:
+        """The position in `symbol` (default: the snapshot's) once every order sent is done: the
+        account's, or with a `strategy_id`, that strategy's virtual position."""
         if not strategy_id:
-            return account.position().qty + self.pending_signed_qty(account)
-        own = account.position(None, strategy_id)
+            return account.position(symbol).qty + self.pending_signed_qty(account, symbol)
+        own = account.position(symbol, strategy_id)
         return own.qty + self.submitted_by_strategy.get(strategy_id, 0.0) - own.processed_signed_qty
+
+    def instrument_of(self, symbol: str) -> Instrument:
+        return self.instruments.get(symbol, self.instrument)
+
+    def others_notional(self, account: AccountSnapshot, symbol: str) -> float:
+        """The other symbols' projected positions at their marks (several symbols: the snapshot's
+        `marks`; a symbol with no mark yet at its average price)."""
+        if not account.marks:
+            return 0.0
+        marks = dict(account.marks)
+        total = 0.0
+        for other in {p.symbol for p in account.positions} | set(self.submitted_by_symbol):
+            if other == symbol:
+                continue
+            qty = self.projected_position(account, "", other)
+            if qty:
+                total += abs(qty) * (marks.get(other) or account.position(other).avg_price)
+        return total
 
     def check(self, intent: OrderIntent, account: AccountSnapshot, now: float) -> Order | Rejection:
         entry = not intent.reduce_only
@@ -227,7 +264,8 @@ class RiskGate:
             return sized
         self.window.append(now)
         signed = sized if intent.side == "buy" else -sized
-        self.submitted_signed_qty += signed
+        by_symbol = self.submitted_by_symbol
+        by_symbol[intent.symbol] = by_symbol.get(intent.symbol, 0.0) + signed
         sid = intent.strategy_id
         self.submitted_by_strategy[sid] = self.submitted_by_strategy.get(sid, 0.0) + signed
         self.order_seq += 1
@@ -254,7 +292,7 @@ class RiskGate:
         """The intent's prices on the tick grid: the decision price to the nearest tick; the stop
         and target away from the flattering side (a buy's stop down and target up, a sell's the
         other way), as the broker will place them; sizing then uses the stop that will rest."""
-        grid = self.instrument.round_price
+        grid = self.instrument_of(intent.symbol).round_price
         buy = intent.side == "buy"
         changes: dict[str, Any] = {}
         decision = grid(intent.decision_price)
@@ -279,11 +317,13 @@ class RiskGate:
         return attrs.evolve(intent, **changes) if changes else intent
 
     def _exit_size(self, intent: OrderIntent, account: AccountSnapshot) -> float | Rejection:
-        projected = self.projected_position(account, intent.strategy_id)
+        projected = self.projected_position(account, intent.strategy_id, intent.symbol)
         reduces = projected < 0 if intent.side == "buy" else projected > 0
         qty = round(min(intent.qty, abs(projected)), 8) if reduces else 0.0
-        if qty < self.instrument.min_qty:
-            return Rejection("nothing_to_close", f"no open position to reduce ({projected:+.4f} BTC)")
+        if qty < self.instrument_of(intent.symbol).min_qty:
+            return Rejection(
+                "nothing_to_close", f"no open position to reduce ({projected:+.4f} {intent.symbol})"
+            )
         return qty
 
     def _size(self, intent: OrderIntent, account: AccountSnapshot) -> float | Rejection:
@@ -295,27 +335,33 @@ class RiskGate:
         else:
             wanted = intent.qty
         wanted *= intent.size_scale
-        before = self.projected_position(account)
+        symbol = intent.symbol
+        instrument = self.instrument_of(symbol)
+        before = self.projected_position(account, "", symbol)
         sign = 1 if intent.side == "buy" else -1
         room = {  # how much more the position may grow in this direction under each cap
             "max_position_size": c.max_position_size,
             "max_notional": c.max_notional / price,
             "max_leverage": c.max_leverage * max(equity, 0.0) / price,
         }
+        # the account's caps: what the other symbols hold counts against them
+        others = self.others_notional(account, symbol)
+        room["max_total_notional"] = max(self.max_total_notional - others, 0.0) / price
+        room["max_total_leverage"] = max(self.max_total_leverage * max(equity, 0.0) - others, 0.0) / price
         binding, cap = min(room.items(), key=lambda kv: kv[1])
         allowed = cap - before * sign
         if wanted > allowed + 1e-12:
-            if c.sizing != "risk" or allowed < self.instrument.min_qty:
+            if c.sizing != "risk" or allowed < instrument.min_qty:
                 return Rejection(
                     binding,
-                    f"position would be {before + sign * wanted:+.4f} BTC; {binding} allows "
-                    f"{cap:.4f} BTC at {price:.1f}",
+                    f"position would be {before + sign * wanted:+.4f} {symbol}; {binding} allows "
+                    f"{cap:.4f} at {price:.1f}",
                 )
             wanted = allowed
-        qty = self.instrument.round_qty(wanted)
-        if qty < self.instrument.min_qty:
+        qty = instrument.round_qty(wanted)
+        if qty < instrument.min_qty:
             return Rejection(
-                "below_min_size", f"size {wanted:.6f} BTC is below the minimum {self.instrument.min_qty} BTC"
+                "below_min_size", f"size {wanted:.6f} {symbol} is below the minimum {instrument.min_qty}"
             )
         return qty
 
