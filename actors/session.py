@@ -55,7 +55,7 @@ from protocols.instruments import table_instrument
 from protocols.messages import Candle, Event, MarketEvent
 
 if TYPE_CHECKING:
-    from actors.feeds.mock import RandomWalk
+    from actors.feeds.mock import MarketWalk
 
 # Stop reasons that come from the data (and so must come out the same in a replay).
 DATA_DRIVEN_STOPS = frozenset({"max_loss", "max_trades", "max_losses", "breaker", "data_end"})
@@ -107,7 +107,7 @@ class Parts:
     broker: PaperBroker | Portfolio
     gate: RiskGate
     strategies: list[Strategy]
-    walk: RandomWalk | None  # the mock source's price path (live sessions)
+    walk: MarketWalk | None  # the mock source's price paths, one per symbol (live sessions)
     rngs: dict[str, random.Random]
 
     def state(self) -> dict[str, Any]:
@@ -139,10 +139,10 @@ def _rng_state(rng: random.Random) -> list[Any]:
     return [version, list(internal), gauss]
 
 
-def _walk(config: Config, rng: random.Random) -> RandomWalk:
-    from actors.feeds.mock import RandomWalk  # the live feeds' module imports trio: live only
+def _walk(config: Config, rng: random.Random) -> MarketWalk:
+    from actors.feeds.mock import build_walk  # the live feeds' module imports trio: live only
 
-    return RandomWalk(config.feed, rng)
+    return build_walk(config.feed, rng, config.symbols)
 
 
 def build_parts(

@@ -103,6 +103,7 @@ class RiskGate:
         self.submitted_by_symbol: dict[str, float] = {}
         # the same per strategy: a strategy's exits reduce its own virtual position
         self.submitted_by_strategy: dict[str, float] = {}
+        self.strategy_symbols: dict[str, str] = {}  # the symbol each strategy trades (from its orders)
         self.order_seq = 0
         self.trades = 0
         self.losses = 0
@@ -137,6 +138,7 @@ class RiskGate:
             "window": list(self.window),
             "submitted_by_symbol": dict(self.submitted_by_symbol),
             "submitted_by_strategy": dict(self.submitted_by_strategy),
+            "strategy_symbols": dict(self.strategy_symbols),
             **{name: getattr(self, name) for name in self._SCALARS},
         }
 
@@ -161,6 +163,10 @@ class RiskGate:
             if saved is not None  # an older checkpoint: nothing pending beyond what the broker processed
             else {p.strategy_id: p.processed_signed_qty for p in account.positions if p.strategy_id}
         )
+        self.strategy_symbols = dict(state.get("strategy_symbols", {}))
+        for p in account.positions:  # an older checkpoint: the strategies that hold positions
+            if p.strategy_id:
+                self.strategy_symbols.setdefault(p.strategy_id, p.symbol)
         self.watching = None
 
     # --- intents ---------------------------------------------------------------------------------
@@ -221,6 +227,31 @@ class RiskGate:
         own = account.position(symbol, strategy_id)
         return own.qty + self.submitted_by_strategy.get(strategy_id, 0.0) - own.processed_signed_qty
 
+    def exposure(self, account: AccountSnapshot, symbol: str, strategy_id: str) -> tuple[float, float]:
+        """For an entry of `strategy_id` in `symbol`: the other strategies' projected positions
+        there, summed as absolute sizes (gross), and the strategy's own (signed). The caps hold
+        the gross: strategies share one net position, and one strategy's exit can grow the net
+        by what another holds the other way, so only the gross bounds it at every instant."""
+        if not strategy_id:
+            return 0.0, self.projected_position(account, "", symbol)
+        others = 0.0
+        for sid in self._strategies_in(account, symbol):
+            if sid != strategy_id:
+                others += abs(self.projected_position(account, sid, symbol))
+        return others, self.projected_position(account, strategy_id, symbol)
+
+    def _strategies_in(self, account: AccountSnapshot, symbol: str) -> set[str]:
+        ids = {p.strategy_id for p in account.positions if p.symbol == symbol and p.strategy_id}
+        return ids | {sid for sid, s in self.strategy_symbols.items() if s == symbol}
+
+    def gross_position(self, account: AccountSnapshot, symbol: str) -> float:
+        """A symbol's projected exposure: its strategies' positions as absolute sizes (the net
+        one's when no strategy has traded it)."""
+        ids = self._strategies_in(account, symbol)
+        if not ids:
+            return abs(self.projected_position(account, "", symbol))
+        return sum(abs(self.projected_position(account, sid, symbol)) for sid in ids)
+
     def instrument_of(self, symbol: str) -> Instrument:
         return self.instruments.get(symbol, self.instrument)
 
@@ -234,9 +265,9 @@ class RiskGate:
         for other in {p.symbol for p in account.positions} | set(self.submitted_by_symbol):
             if other == symbol:
                 continue
-            qty = self.projected_position(account, "", other)
+            qty = self.gross_position(account, other)
             if qty:
-                total += abs(qty) * (marks.get(other) or account.position(other).avg_price)
+                total += qty * (marks.get(other) or account.position(other).avg_price)
         return total
 
     def check(self, intent: OrderIntent, account: AccountSnapshot, now: float) -> Order | Rejection:
@@ -268,6 +299,8 @@ class RiskGate:
         by_symbol[intent.symbol] = by_symbol.get(intent.symbol, 0.0) + signed
         sid = intent.strategy_id
         self.submitted_by_strategy[sid] = self.submitted_by_strategy.get(sid, 0.0) + signed
+        if sid:
+            self.strategy_symbols[sid] = intent.symbol
         self.order_seq += 1
         return Order(
             id=f"o{self.order_seq}",
@@ -337,7 +370,7 @@ class RiskGate:
         wanted *= intent.size_scale
         symbol = intent.symbol
         instrument = self.instrument_of(symbol)
-        before = self.projected_position(account, "", symbol)
+        others_here, own = self.exposure(account, symbol, intent.strategy_id)
         sign = 1 if intent.side == "buy" else -1
         room = {  # how much more the position may grow in this direction under each cap
             "max_position_size": c.max_position_size,
@@ -349,12 +382,13 @@ class RiskGate:
         room["max_total_notional"] = max(self.max_total_notional - others, 0.0) / price
         room["max_total_leverage"] = max(self.max_total_leverage * max(equity, 0.0) - others, 0.0) / price
         binding, cap = min(room.items(), key=lambda kv: kv[1])
-        allowed = cap - before * sign
+        allowed = cap - others_here - own * sign
         if wanted > allowed + 1e-12:
             if c.sizing != "risk" or allowed < instrument.min_qty:
+                held = f" (other strategies hold {others_here:.4f})" if others_here else ""
                 return Rejection(
                     binding,
-                    f"position would be {before + sign * wanted:+.4f} {symbol}; {binding} allows "
+                    f"position would be {own + sign * wanted:+.4f} {symbol}{held}; {binding} allows "
                     f"{cap:.4f} at {price:.1f}",
                 )
             wanted = allowed
