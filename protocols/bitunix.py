@@ -6,7 +6,7 @@ See docs/bitunix-protocol.md (shared docs) for the frames this speaks. Two halve
   `Rejected` naming one of `REJECT_REASONS`; it never raises. Frame builders for subscribe and ping.
 - REST: `rest_data` unwraps the `{"code":0,"data":..}` envelope or raises `RestError` (with a
   retryable flag); `parse_rest_klines` / `parse_rest_depth` turn `data` into `Candle`s / a `Book`;
-  `trading_pair_row` picks the session symbol's row out of a `trading_pairs` reply (parsed into an
+  `trading_pair_row` picks one symbol's row out of a `trading_pairs` reply (parsed into an
   `Instrument` by `protocols.instruments.from_trading_pair`).
 
 Decisions that the exchange does not settle:
@@ -22,7 +22,10 @@ Decisions that the exchange does not settle:
 - A book side that is not strictly ordered (bids descending, asks ascending) is `crossed_book`.
   Every level must have a price and size > 0 (`non_positive`), not only the best one.
 - Price-jump check: kline close, book mid (depth_book* and tickers), trade price and ticker last
-  share one "last good price". `max_jump_pct <= 0` disables the check.
+  share one "last good price" per symbol. `max_jump_pct <= 0` disables the check.
+- Several symbols (one socket): every data message carries its `symbol`; timestamps, last good
+  prices and the jump check are kept per symbol. A `tickers` frame (no top-level symbol) gives
+  the row of the first subscribed symbol it holds.
 - `reset_sequence()` (after a reconnect) forgets the per-channel last timestamps, so a new
   connection (possibly another server node with a slightly different clock) starts fresh, and
   keeps the last good price: the jump check is bounded by 1 s of frame time anyway.
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 import attrs
@@ -100,27 +103,40 @@ def rest_interval(interval: str) -> str:
     raise ValueError(f"Bitunix REST klines do not serve interval {interval!r}")
 
 
-def _frame(op: str, symbol: str, channels: Sequence[str]) -> str:
+def _frame(op: str, pairs: Sequence[tuple[str, str]]) -> str:
+    if not pairs:
+        raise ValueError(f"{op}: no channels")
+    if len(pairs) > MAX_SUBSCRIPTIONS:
+        raise ValueError(f"{op}: {len(pairs)} channels, at most {MAX_SUBSCRIPTIONS} per socket")
+    args = [{"symbol": sym.upper(), "ch": ch} for sym, ch in pairs]
+    return json.dumps({"op": op, "args": args}, separators=(",", ":"))
+
+
+def _one_symbol(symbol: str, channels: Sequence[str]) -> list[tuple[str, str]]:
     if isinstance(channels, str):
         raise ValueError("channels must be a sequence of channel names, not one string")
-    if not channels:
-        raise ValueError(f"{op}: no channels")
-    if len(channels) > MAX_SUBSCRIPTIONS:
-        raise ValueError(f"{op}: {len(channels)} channels, at most {MAX_SUBSCRIPTIONS} per socket")
-    sym = symbol.upper()
-    return json.dumps(
-        {"op": op, "args": [{"symbol": sym, "ch": ch} for ch in channels]}, separators=(",", ":")
-    )
+    return [(symbol, ch) for ch in channels]
 
 
 def subscribe_frame(symbol: str, channels: Sequence[str]) -> str:
     """`{"op":"subscribe","args":[{"symbol":"BTCUSDT","ch":"depth_book1"},..]}`, compact."""
-    return _frame("subscribe", symbol, channels)
+    return _frame("subscribe", _one_symbol(symbol, channels))
 
 
 def unsubscribe_frame(symbol: str, channels: Sequence[str]) -> str:
     """Same shape as `subscribe_frame` with `"op":"unsubscribe"`."""
-    return _frame("unsubscribe", symbol, channels)
+    return _frame("unsubscribe", _one_symbol(symbol, channels))
+
+
+def subscribe_pairs_frame(pairs: Sequence[tuple[str, str]]) -> str:
+    """One subscribe frame for several symbols: an arg per (symbol, channel) pair, in order
+    (at most MAX_SUBSCRIPTIONS: the most one socket takes)."""
+    return _frame("subscribe", pairs)
+
+
+def unsubscribe_pairs_frame(pairs: Sequence[tuple[str, str]]) -> str:
+    """Same shape as `subscribe_pairs_frame` with `"op":"unsubscribe"`."""
+    return _frame("unsubscribe", pairs)
 
 
 def ping_frame(now_s: float) -> str:
@@ -141,6 +157,7 @@ class KlinePush:
     low: float
     close: float
     base_volume: float
+    symbol: str = ""  # uppercase, as the validator accepted it
 
 
 @attrs.frozen
@@ -154,6 +171,7 @@ class BookTop:
     ask_qty: float
     bids: tuple[tuple[float, float], ...] = ()
     asks: tuple[tuple[float, float], ...] = ()
+    symbol: str = ""  # uppercase, as the validator accepted it
 
 
 @attrs.frozen
@@ -164,6 +182,7 @@ class PricePush:
     mark: float
     index: float
     funding_rate_pct: float
+    symbol: str = ""  # uppercase, as the validator accepted it
 
 
 @attrs.frozen
@@ -174,6 +193,7 @@ class TradePush:
     price: float
     qty: float
     side: str  # "buy" | "sell"
+    symbol: str = ""  # uppercase, as the validator accepted it
 
 
 @attrs.frozen
@@ -182,6 +202,7 @@ class TickerPush:
 
     ts_ms: int
     last: float
+    symbol: str = ""  # uppercase, as the validator accepted it
 
 
 @attrs.frozen
@@ -319,23 +340,31 @@ def _decode_error(e: json.JSONDecodeError) -> Rejected:
 # --- the validator -------------------------------------------------------------------------------------
 
 
+def _upper_tuple(symbols: Iterable[str]) -> tuple[str, ...]:
+    return tuple(s.upper() for s in symbols)
+
+
 @attrs.define
 class FrameValidator:
-    """Parses and validates public WebSocket frames for one symbol; keeps per-channel state.
+    """Parses and validates public WebSocket frames for the subscribed symbols (`symbol`, or all
+    of `symbols` when given); keeps per-symbol, per-channel state. Every data message carries the
+    symbol it is for; a frame for any other symbol is `wrong_symbol`.
 
-    Only accepted frames update the state (per-channel last ts, last good price and its ts)."""
+    Only accepted frames update the state (per (symbol, channel) last ts, each symbol's last good
+    price and its ts: a price jump is judged within one symbol's stream)."""
 
     symbol: str
     kline_channel: str
     max_jump_pct: float
-    _sym: str = attrs.field(init=False, repr=False)
+    symbols: tuple[str, ...] = attrs.field(default=(), converter=_upper_tuple)
+    _syms: frozenset[str] = attrs.field(init=False, repr=False)
     _handlers: dict[str, Any] = attrs.field(init=False, repr=False)
-    _last_ts: dict[str, int] = attrs.field(init=False, repr=False, factory=dict)
-    _last_price: float = attrs.field(init=False, default=0.0)
-    _last_price_ts: int = attrs.field(init=False, default=0)
+    _last_ts: dict[tuple[str, str], int] = attrs.field(init=False, repr=False, factory=dict)
+    _last_price: dict[str, tuple[float, int]] = attrs.field(init=False, repr=False, factory=dict)
+    _sym: str = attrs.field(init=False, repr=False, default="")  # the symbol of the frame being parsed
 
     def __attrs_post_init__(self) -> None:
-        self._sym = self.symbol.upper()
+        self._syms = frozenset(s.upper() for s in (self.symbols or (self.symbol,)))
         self._handlers = {
             self.kline_channel: self._kline,
             "depth_book1": self._depth,
@@ -401,8 +430,13 @@ class FrameValidator:
                 return Rejected("missing_field", f"{ch} frame has no symbol")
             if type(sym) is not str:
                 return Rejected("wrong_type", f"symbol is not a string: {_show(sym)}")
-            if sym != self._sym and sym.upper() != self._sym:
-                return Rejected("wrong_symbol", f"{ch} frame for {_show(sym)}")
+            if sym not in self._syms:
+                sym = sym.upper()
+                if sym not in self._syms:
+                    return Rejected("wrong_symbol", f"{ch} frame for {_show(sym)}")
+            self._sym = sym
+        else:
+            self._sym = self._tickers_symbol(msg.get("data"))
         ts = msg.get("ts")
         if ts is None:
             return Rejected("missing_field", f"{ch} frame has no ts")
@@ -410,26 +444,26 @@ class FrameValidator:
             return Rejected("wrong_type", f"ts is not an integer: {_show(ts)}")
         if ts <= 0:
             return Rejected("non_positive", f"ts <= 0: {ts}")
-        last = self._last_ts.get(ch)
+        key = (self._sym, ch)
+        last = self._last_ts.get(key)
         if last is not None and ts < last:
             return Rejected("ts_backwards", f"{ch} ts {ts} < last {last}")
         data = msg.get("data")
         if data is None:
             return Rejected("missing_field", f"{ch} frame has no data")
         out: Parsed = handler(ts, data)
-        self._last_ts[ch] = ts
+        self._last_ts[key] = ts
         return out
 
     def _jump(self, ts: int, price: float, what: str) -> None:
         """Reject `price` if it moved more than max_jump_pct from the last good price within 1 s;
         otherwise remember it. Called last, so only accepted frames update the state."""
-        last = self._last_price
-        if last > 0.0 and -1000 <= ts - self._last_price_ts <= 1000 and self.max_jump_pct > 0.0:
+        last, last_ts = self._last_price.get(self._sym, (0.0, 0))
+        if last > 0.0 and -1000 <= ts - last_ts <= 1000 and self.max_jump_pct > 0.0:
             move = abs(price / last - 1.0) * 100.0
             if move > self.max_jump_pct:
                 _reject("price_jump", f"{what} {price:g} moved {move:.3g}% from {last:g} within 1 s")
-        self._last_price = price
-        self._last_price_ts = ts
+        self._last_price[self._sym] = (price, ts)
 
     def _kline(self, ts: int, data: Any) -> KlinePush:
         if type(data) is not dict:
@@ -444,7 +478,7 @@ class FrameValidator:
         if h < lo:
             _reject("crossed_book", f"kline high {h:g} < low {lo:g}")
         self._jump(ts, c, "close")
-        return KlinePush(ts, o, h, lo, c, b)
+        return KlinePush(ts, o, h, lo, c, b, self._sym)
 
     def _depth(self, ts: int, data: Any) -> BookTop:
         if type(data) is not dict:
@@ -468,9 +502,21 @@ class FrameValidator:
                 _reject("crossed_book", f"asks not ascending at level {i}")
             prev = p
         self._jump(ts, (bid + ask) * 0.5, "mid")
-        return BookTop(ts, bid, bid_qty, ask, ask_qty, tuple(bids), tuple(asks))
+        return BookTop(ts, bid, bid_qty, ask, ask_qty, tuple(bids), tuple(asks), self._sym)
+
+    def _tickers_symbol(self, data: Any) -> str:
+        """The symbol of a `tickers` frame's row that `_tickers` reads: the first subscribed one
+        (the frame has no top-level symbol); "" when there is none."""
+        if type(data) is list:
+            for row in data:
+                s = row.get("s") if type(row) is dict else None
+                if type(s) is str and s.upper() in self._syms:
+                    return s.upper()
+        return ""
 
     def _tickers(self, ts: int, data: Any) -> BookTop:
+        """The row of the first subscribed symbol in the frame (the feed does not subscribe to
+        `tickers`; with several symbols, one frame gives one of them)."""
         if type(data) is not list:
             _reject("wrong_type", "tickers data is not a list")
         sym = self._sym
@@ -478,10 +524,11 @@ class FrameValidator:
             if type(row) is not dict:
                 continue
             s = row.get("s")
-            if type(s) is str and (s == sym or s.upper() == sym):
+            if type(s) is str and s.upper() == sym:
                 break
         else:
-            _reject("wrong_symbol", f"tickers has no {sym} row ({len(data)} rows)")
+            wanted = ", ".join(sorted(self._syms))
+            _reject("wrong_symbol", f"tickers has no {wanted} row ({len(data)} rows)")
         bid = _pos(_field(row, "bd", "tickers row"), "bid")
         ask = _pos(_field(row, "ak", "tickers row"), "ask")
         bid_qty = _pos(_field(row, "bv", "tickers row"), "bid size")
@@ -489,7 +536,7 @@ class FrameValidator:
         if bid >= ask:
             _reject("crossed_book", f"bid {bid:g} >= ask {ask:g}")
         self._jump(ts, (bid + ask) * 0.5, "mid")
-        return BookTop(ts, bid, bid_qty, ask, ask_qty)
+        return BookTop(ts, bid, bid_qty, ask, ask_qty, symbol=sym)
 
     def _ticker(self, ts: int, data: Any) -> TickerPush:
         if type(data) is not dict:
@@ -499,7 +546,7 @@ class FrameValidator:
             _reject("wrong_symbol", f"ticker row for {_show(s)}")
         last = _pos(_field(data, "la", "ticker"), "last")
         self._jump(ts, last, "last")
-        return TickerPush(ts, last)
+        return TickerPush(ts, last, self._sym)
 
     def _trade(self, ts: int, data: Any) -> TradePush:
         if type(data) is not list:
@@ -517,7 +564,7 @@ class FrameValidator:
                 _reject("wrong_type", f"trade side {_show(side)}")
             side = side.lower()
         self._jump(ts, price, "trade")
-        return TradePush(ts, price, qty, side)
+        return TradePush(ts, price, qty, side, self._sym)
 
     def _price(self, ts: int, data: Any) -> PricePush:
         if type(data) is not dict:
@@ -525,7 +572,7 @@ class FrameValidator:
         mark = _pos(_field(data, "mp", "price"), "mark")
         index = _pos(_field(data, "ip", "price"), "index")
         fr = _num(_field(data, "fr", "price"), "funding rate")
-        return PricePush(ts, mark, index, fr)
+        return PricePush(ts, mark, index, fr, self._sym)
 
 
 # --- REST ------------------------------------------------------------------------------------------------
@@ -701,9 +748,10 @@ def kline_params(
     return params
 
 
-def trading_pairs_params(symbol: str) -> dict[str, str]:
-    """Query parameters for GET TRADING_PAIRS_PATH, for one symbol."""
-    return {"symbols": symbol.upper()}
+def trading_pairs_params(symbols: str | Sequence[str]) -> dict[str, str]:
+    """Query parameters for GET TRADING_PAIRS_PATH, for one symbol or several (comma-separated)."""
+    names = [symbols] if isinstance(symbols, str) else list(symbols)
+    return {"symbols": ",".join(s.upper() for s in names)}
 
 
 def trading_pair_row(data: Any, symbol: str) -> dict[str, Any] | None:

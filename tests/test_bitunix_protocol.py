@@ -227,17 +227,21 @@ def test_control_frames() -> None:
 
 
 def test_kline_frame() -> None:
-    assert validator().parse(KLINE) == KlinePush(1786650732204, 63404.6, 63404.8, 63404.5, 63404.7, 0.2413)
+    assert validator().parse(KLINE) == KlinePush(
+        1786650732204, 63404.6, 63404.8, 63404.5, 63404.7, 0.2413, "BTCUSDT"
+    )
     assert validator().parse(KLINE.encode()) == validator().parse(KLINE)
     assert isinstance(validator().parse(with_data(KLINE, b="0")), KlinePush)  # no trades yet is fine
 
 
 def test_ticker_frame() -> None:
-    assert validator().parse(TICKER) == TickerPush(1790126515684, 86688.2)
+    assert validator().parse(TICKER) == TickerPush(1790126515684, 86688.2, "BTCUSDT")
 
 
 def test_tickers_frame_picks_our_row() -> None:
-    assert validator().parse(TICKERS) == BookTop(1732178884994, 68650.9, 0.9747, 68651.0, 2.3606)
+    assert validator().parse(TICKERS) == BookTop(
+        1732178884994, 68650.9, 0.9747, 68651.0, 2.3606, symbol="BTCUSDT"
+    )
     obj = json.loads(TICKERS)
     eth = dict(obj["data"][0], s="ETHUSDT", bd="3000", ak="2999")  # crossed, but not ours
     obj["data"] = [eth, obj["data"][0]]
@@ -246,13 +250,13 @@ def test_tickers_frame_picks_our_row() -> None:
 
 
 def test_trade_frame() -> None:
-    assert validator().parse(TRADE) == TradePush(1775540872598, 68621.4, 0.7142, "buy")
+    assert validator().parse(TRADE) == TradePush(1775540872598, 68621.4, 0.7142, "buy", "BTCUSDT")
     obj = json.loads(TRADE)
     obj["data"] = [
         {"t": "2026-04-07T05:47:52.123456789Z", "p": "68621.0", "v": "0.1", "s": "buy"},
         {"t": "2026-04-07T05:47:52.223456789Z", "p": "68620.5", "v": "0.2", "s": "sell"},
     ]
-    assert validator().parse(json.dumps(obj)) == TradePush(1775540872598, 68620.5, 0.2, "sell")
+    assert validator().parse(json.dumps(obj)) == TradePush(1775540872598, 68620.5, 0.2, "sell", "BTCUSDT")
 
 
 def test_depth_frames() -> None:
@@ -264,11 +268,19 @@ def test_depth_frames() -> None:
         0.7095,
         ((86699.6, 2.274), (86699.5, 2.7407)),
         ((86699.7, 0.7095), (86699.8, 2.1992)),
+        "BTCUSDT",
     )
     one = frame(DEPTH15, ch="depth_book1", data={"b": [["86699.6", "2.274"]], "a": [["86699.7", "0.7095"]]})
     five = frame(DEPTH15, ch="depth_book5")
     assert validator().parse(one) == BookTop(
-        1790126515693, 86699.6, 2.274, 86699.7, 0.7095, ((86699.6, 2.274),), ((86699.7, 0.7095),)
+        1790126515693,
+        86699.6,
+        2.274,
+        86699.7,
+        0.7095,
+        ((86699.6, 2.274),),
+        ((86699.7, 0.7095),),
+        "BTCUSDT",
     )
     assert isinstance(validator().parse(five), BookTop)
 
@@ -327,7 +339,7 @@ def test_a_bad_15_level_frame_does_not_move_the_state() -> None:
 
 
 def test_price_frame() -> None:
-    assert validator().parse(PRICE) == PricePush(1790126515695, 86688.3, 86720.6, -0.00077)
+    assert validator().parse(PRICE) == PricePush(1790126515695, 86688.3, 86720.6, -0.00077, "BTCUSDT")
 
 
 def test_numbers_tolerated_and_symbol_case_insensitive() -> None:

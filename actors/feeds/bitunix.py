@@ -1,35 +1,49 @@
 """Feed actor for live Bitunix market data: WebSocket first, REST for history, gaps and outages.
 
-- **WebSocket** (trio-websocket) on `feed.ws_url`: subscribes to the kline channel of
-  `session.interval`, `depth_book15` (the book, 15 levels a side) and `price` (mark, funding);
+- **Symbols**: every symbol the session trades (`Config.symbols`), on ONE WebSocket connection.
+  Each has its own state: candle building, price-jump checks, history seed, instrument, book,
+  staleness and REST failover; every market event carries its `symbol`. Frames for a symbol not
+  subscribed are dropped as `wrong_symbol`.
+- **WebSocket** (trio-websocket) on `feed.ws_url`: one subscribe frame with, for each symbol, the
+  kline channel of `session.interval`, `depth_book15` (the book, 15 levels a side) and `price`
+  (mark, funding): 3 subscriptions a symbol, at most 300 a socket (the config allows 100 symbols);
   sends the exchange's JSON ping every `feed.ping_interval_s`; a send-side limiter keeps every
   socket under 5 client messages in any second (the exchange disconnects above it). Kline pushes
   carry the current candle only: a candle is closed when the first frame of the next bucket
   arrives, and emitted exactly once, in order. Each book push becomes two market events, at the
   same time: the `Book` (bids descending, asks ascending, up to 15 levels; the broker walks it)
   and then the best bid/ask `Tick`.
-- **Instrument** at start: `GET trading_pairs?symbols=SYMBOL` (bounded: `INSTRUMENT_ATTEMPTS`
+- **Instrument** at start: `GET trading_pairs?symbols=A,B,..` (one call for every symbol; bounded: `INSTRUMENT_ATTEMPTS`
   tries within half of `feed.connect_timeout_s`), parsed by `from_trading_pair` over the shipped
   table's instrument, sent as an `Instrument` market event before the first quote, book or candle
-  (the first data frame waits for it). When the call fails or the row is unusable: the table's
-  instrument, with a warning and the reason in `feed.instrument` (`source: "table"`). When the
-  exchange says it does not trade the symbol (code 20015, or no row for it): `UnknownSymbol`, and
-  the session ends at once with an error (nothing to trade; no mock fallback either).
+  (the first data frame waits for them), one per symbol. When the call fails or a row is
+  unusable: the table's instrument, with a warning and the reason in that symbol's
+  `feed.instrument` (`source: "table"`). When the exchange says it does not trade a symbol (code
+  20015: then each symbol is asked alone to name it; or no row for it): `UnknownSymbol`, and the
+  session ends at once with an error (nothing to trade; no mock fallback either).
 - **Reconnect** with exponential backoff and full jitter (`feed.backoff_initial_s` ..
-  `feed.backoff_max_s`), reset after a healthy minute; silence (no data frame for
-  `feed.stale_after_s`) counts as a failure. The candle being built when the socket dropped is
-  thrown away; REST fills the gap instead, so the series has no gap and no duplicate.
-- **REST** (httpx) on `feed.rest_url`: seeds `strategy.history` candles at start (with several
-  strategies, the largest `history` of them), backfills gaps, and polls candles and best bid/ask
-  while the WebSocket has been down for `feed.failover_after_s`.
+  `feed.backoff_max_s`), reset after a healthy minute; silence (no data frame of any symbol for
+  `feed.stale_after_s`) counts as a failure. The candles being built when the socket dropped are
+  thrown away; REST fills the gaps instead, so each series has no gap and no duplicate.
+- **REST** (httpx) on `feed.rest_url`: seeds `strategy.history` candles of each symbol at start
+  (with several strategies, the largest `history` of them), backfills gaps, and polls a symbol's
+  candles and book while it has had no WebSocket data for `feed.failover_after_s` (every symbol
+  while the socket is down; one symbol whose pushes stopped while the others flow).
   A token bucket keeps calls under `feed.rest_rate_limit` per second; rate-limit codes
   (10005/10006), HTTP 429/5xx and network errors are retried with capped backoff and jitter.
 - **Validation** is `protocols.bitunix.FrameValidator`: rejected frames are dropped, counted by
   reason (`feed.malformed` events, aggregated) and logged at most once per reason per 10 s.
-- **Health** (`FeedHealth`) tells the risk gate when data is stale; history candles (seed and
-  backfill) are marked `backfill=True` so the strategy warms up on them but never trades on them.
-- **Fallback**: `run_live_feed` switches to the mock source, loudly, when the WebSocket delivers no
-  data within `feed.connect_timeout_s` at start and `feed.fallback = "mock"`.
+- **Staleness** is per symbol, told by `FeedStatus(symbol=..)` market events (each symbol stale
+  at start with "no data yet", fresh at its first data): a connection that fails (drop, refused,
+  no data of any symbol for `feed.stale_after_s`) makes every symbol stale; a symbol with no data
+  for `feed.stale_after_s` while others flow (socket waiting time only) becomes stale on its own,
+  with no reconnect, and fresh when its data comes back. A `feed.stale` event names the symbols
+  that went stale together. `FeedHealth` is the session's summary: `health.stale` while ANY symbol
+  is stale. History candles (seed and backfill) are marked `backfill=True` so the strategy warms
+  up on them but never trades on them.
+- **Fallback**: `run_live_feed` switches to the mock source (`symbols=config.symbols`), loudly,
+  when the WebSocket delivers no data within `feed.connect_timeout_s` at start and
+  `feed.fallback = "mock"`.
 
 Nothing here closes the subscribers' channels: `run_live_feed` owns them.
 """
@@ -69,6 +83,7 @@ REST_BACKOFF_MAX_S = 8.0
 FAILOVER_POLL_S = 1.0
 WS_CLOSE_TIMEOUT_S = 1.0
 INSTRUMENT_ATTEMPTS = 3  # the table is a good fallback: do not hold the start up for long
+SILENCE_EPS_S = 1e-6  # float slack when a receive deadline is compared with stale_after_s
 
 
 class UnknownSymbol(Exception):
@@ -130,6 +145,10 @@ class _Stale(Exception):
     pass
 
 
+def _names(markets: Sequence[_Market]) -> str:
+    return ", ".join(m.symbol for m in markets)
+
+
 def backoff_delay(attempt: int, initial: float, cap: float, rng: random.Random) -> float:
     """Full jitter: uniform in [0, min(cap, initial * 2**attempt)]."""
     return rng.uniform(0.0, min(cap, initial * 2.0 ** min(attempt, 30)))
@@ -179,6 +198,24 @@ class _Malformed:
         return out
 
 
+@attrs.define(eq=False)
+class _Market:
+    """One symbol's part of the feed: its candle being built, its staleness, its REST failover."""
+
+    symbol: str
+    last_emitted_ms: int | None = None  # open time of the last candle handed out
+    current: bitunix.KlinePush | None = None  # the latest push of the open bucket
+    current_bucket: int | None = None
+    last_price: float | None = None
+    last_data_at: float = -math.inf  # trio time of its last accepted WebSocket data frame
+    heard_at: float = 0.0  # the connection's time spent waiting on the socket, at its last data frame
+    stale: bool = False  # what its last FeedStatus said (`run` starts it stale: no data yet)
+    failover: bool = False  # polled over REST (no WebSocket data for it for failover_after_s)
+    seeded: trio.Event = attrs.field(factory=trio.Event)  # its history has been handed out
+    emit_lock: trio.Lock = attrs.field(factory=trio.Lock)  # candles go out in order, once
+    instrument: Instrument | None = None  # what was sent
+
+
 class BitunixFeed:
     """The live feed's state and tasks; `run` is the actor."""
 
@@ -194,7 +231,8 @@ class BitunixFeed:
         rng: random.Random | None = None,
     ) -> None:
         self.cfg = config.feed
-        self.symbol = config.session.symbol.upper()
+        self.symbols = config.symbols  # every symbol the session trades, in order
+        self.markets = {symbol: _Market(symbol) for symbol in self.symbols}
         self.interval = config.session.interval
         self.interval_s = config.interval_s
         self.interval_ms = self.interval_s * 1000
@@ -208,23 +246,19 @@ class BitunixFeed:
         self.kline_channel = bitunix.kline_channel(self.interval)
         self.channels = [self.kline_channel, bitunix.BOOK_CHANNEL, "price"]
         self.validator = bitunix.FrameValidator(
-            symbol=self.symbol, kline_channel=self.kline_channel, max_jump_pct=self.cfg.max_jump_pct
+            symbol=self.symbols[0],
+            symbols=self.symbols,
+            kline_channel=self.kline_channel,
+            max_jump_pct=self.cfg.max_jump_pct,
         )
         self.malformed = _Malformed()
         self.bucket = TokenBucket(self.cfg.rest_rate_limit)
-        self.last_emitted_ms: int | None = None  # open time of the last candle handed out
-        self.current: bitunix.KlinePush | None = None  # the latest push of the open bucket
-        self.current_bucket: int | None = None
-        self.last_price: float | None = None
-        self.last_data_at = -math.inf  # trio time of the last accepted data frame
+        self.last_data_at = -math.inf  # trio time of the last accepted data frame, any symbol
         self.ws_up = False
-        self.seed_done = trio.Event()  # the history seed has been handed out (or given up)
-        self.instrument_done = trio.Event()  # the Instrument event has been sent (or given up)
-        self.instrument: Instrument | None = None  # what was sent
+        self.seed_done = trio.Event()  # every symbol's history has been handed out (or given up)
+        self.instrument_done = trio.Event()  # the Instrument events have been sent (or given up)
         self.last_error = ""  # why the last WebSocket attempt failed, for the fallback message
-        self.emit_lock = trio.Lock()
         self.ever_up = False
-        self.failover_active = False
         self.frames = 0  # WebSocket frames received since the last feed.stats
         self.lags_ms: list[float] = []
         self.http = httpx.AsyncClient(base_url=self.cfg.rest_url, timeout=self.cfg.rest_timeout_s)
@@ -234,50 +268,56 @@ class BitunixFeed:
     async def _event(self, kind: str, **fields: Any) -> None:
         await self.events.send(Event(self.clock.now(), kind, fields))
 
-    async def _emit_candle(self, candle: Candle, *, backfill: bool) -> None:
-        """Hand out a closed candle, in order, once; fill any gap before it from REST."""
+    async def _emit_candle(self, m: _Market, candle: Candle, *, backfill: bool) -> None:
+        """Hand out a closed candle of `m`, in order, once; fill any gap before it from REST."""
         open_ms = round(candle.open_ts * 1000)
-        if self.last_emitted_ms is not None:
-            if open_ms <= self.last_emitted_ms:
+        if m.last_emitted_ms is not None:
+            if open_ms <= m.last_emitted_ms:
                 return  # already handed out
-            if open_ms > self.last_emitted_ms + self.interval_ms:
-                await self._backfill(self.last_emitted_ms + self.interval_ms, open_ms - self.interval_ms)
-        await self._hand_out(candle, backfill=backfill)
+            if open_ms > m.last_emitted_ms + self.interval_ms:
+                await self._backfill(m, m.last_emitted_ms + self.interval_ms, open_ms - self.interval_ms)
+        await self._hand_out(m, candle, backfill=backfill)
 
-    async def _backfill(self, first_ms: int, last_ms: int) -> None:
-        """Candles opening in [first_ms, last_ms] from REST, marked as history."""
-        got, error = await self._fetch_klines(first_ms, last_ms)
+    async def _backfill(self, m: _Market, first_ms: int, last_ms: int) -> None:
+        """Candles of `m` opening in [first_ms, last_ms] from REST, marked as history."""
+        got, error = await self._fetch_klines(m.symbol, first_ms, last_ms)
         if error is not None:
             wanted = (last_ms - first_ms) // self.interval_ms + 1
-            logger.warning("feed: backfill of {} candles failed: {}", wanted, error)
-            await self._event("feed.gap", first_open_ms=first_ms, last_open_ms=last_ms, reason=error)
+            logger.warning("feed: backfill of {} {} candles failed: {}", wanted, m.symbol, error)
+            await self._event(
+                "feed.gap", symbol=m.symbol, first_open_ms=first_ms, last_open_ms=last_ms, reason=error
+            )
             return
         missing = (last_ms - first_ms) // self.interval_ms + 1 - len(got)
-        await self._event("feed.backfill", candles=len(got), missing=missing, first_open_ms=first_ms)
+        await self._event(
+            "feed.backfill", symbol=m.symbol, candles=len(got), missing=missing, first_open_ms=first_ms
+        )
         if missing:
-            logger.warning("feed: backfill found {} of {} candles", len(got), len(got) + missing)
+            logger.warning("feed: backfill found {} of {} {} candles", len(got), len(got) + missing, m.symbol)
         for candle in got:
-            await self._hand_out(candle, backfill=True)
+            await self._hand_out(m, candle, backfill=True)
 
-    async def _hand_out(self, candle: Candle, *, backfill: bool) -> None:
-        """Fan a candle out unless it is not newer than the last one handed out."""
+    async def _hand_out(self, m: _Market, candle: Candle, *, backfill: bool) -> None:
+        """Fan a candle out unless it is not newer than the last one of `m` handed out."""
         open_ms = round(candle.open_ts * 1000)
-        if self.last_emitted_ms is not None and open_ms <= self.last_emitted_ms:
+        if m.last_emitted_ms is not None and open_ms <= m.last_emitted_ms:
             return
-        self.last_emitted_ms = open_ms
-        if backfill or candle.symbol != self.symbol:
-            candle = candle._replace(backfill=backfill or candle.backfill, symbol=self.symbol)
+        m.last_emitted_ms = open_ms
+        if backfill or candle.symbol != m.symbol:
+            candle = candle._replace(backfill=backfill or candle.backfill, symbol=m.symbol)
         await fan_out(self.subscribers, candle)
 
-    async def _fetch_klines(self, first_ms: int, last_ms: int) -> tuple[list[Candle], str | None]:
-        """Closed candles opening in [first_ms, last_ms], oldest first, paging backwards from the
-        newest (the exchange's order); stops early where its history ends. On a REST failure: what
-        was fetched so far and the error."""
+    async def _fetch_klines(
+        self, symbol: str, first_ms: int, last_ms: int
+    ) -> tuple[list[Candle], str | None]:
+        """Closed candles of `symbol` opening in [first_ms, last_ms], oldest first, paging backwards
+        from the newest (the exchange's order); stops early where its history ends. On a REST
+        failure: what was fetched so far and the error."""
         got: list[Candle] = []
         end = last_ms
         while end >= first_ms:
             limit = min(bitunix.MAX_KLINE_LIMIT, (end - first_ms) // self.interval_ms + 1)
-            params = bitunix.kline_params(self.symbol, self.interval, limit=int(limit), end_time_ms=end)
+            params = bitunix.kline_params(symbol, self.interval, limit=int(limit), end_time_ms=end)
             try:
                 page = bitunix.parse_rest_klines(
                     await self.rest_get(bitunix.KLINE_PATH, params), self.interval_s
@@ -292,21 +332,21 @@ class BitunixFeed:
         return got, None
 
     async def _book(
-        self, bids: tuple[tuple[float, float], ...], asks: tuple[tuple[float, float], ...]
+        self, m: _Market, bids: tuple[tuple[float, float], ...], asks: tuple[tuple[float, float], ...]
     ) -> None:
         """A book push: the `Book` (at most BOOK_LEVELS a side), then its best bid/ask `Tick`,
         both stamped with the same time."""
         now = self.clock.now()
         levels = bitunix.BOOK_LEVELS
-        book = Book(now, bids[:levels], asks[:levels], self.symbol)  # a 15-tuple's [:15] is itself
+        book = Book(now, bids[:levels], asks[:levels], m.symbol)  # a 15-tuple's [:15] is itself
         await fan_out(self.subscribers, book)
         (bid, bid_qty), (ask, ask_qty) = bids[0], asks[0]
-        await self._tick(bid, ask, bid_qty, ask_qty, now)
+        await self._tick(m, bid, ask, bid_qty, ask_qty, now)
 
     async def _tick(
-        self, bid: float, ask: float, bid_qty: float, ask_qty: float, ts: float | None = None
+        self, m: _Market, bid: float, ask: float, bid_qty: float, ask_qty: float, ts: float | None = None
     ) -> None:
-        last = self.last_price if self.last_price is not None else (bid + ask) / 2
+        last = m.last_price if m.last_price is not None else (bid + ask) / 2
         tick = Tick(
             ts=self.clock.now() if ts is None else ts,
             bid=bid,
@@ -314,20 +354,34 @@ class BitunixFeed:
             last=last,
             bid_qty=bid_qty,
             ask_qty=ask_qty,
-            symbol=self.symbol,
+            symbol=m.symbol,
         )
         await fan_out(self.subscribers, tick)
 
-    async def _set_stale(self, stale: bool, reason: str) -> None:
-        """Flip `health.stale` and tell the subscribers (a `FeedStatus`, fanned out like ticks), so
-        that they learn it from the stream; a call that flips nothing sends nothing."""
-        if self.health.stale != stale:
-            self.health.stale = stale
-            await self._send_status(reason)
+    async def _set_stale(
+        self, stale: bool, reason: str, markets: Sequence[_Market] | None = None
+    ) -> list[str]:
+        """Flip the staleness of these symbols (default: all) and tell the subscribers (a
+        `FeedStatus` per symbol flipped, fanned out like ticks), so that they learn it from the
+        stream; a symbol already so sends nothing. `health.stale` is the session's summary: stale
+        while any symbol is. Returns the symbols flipped."""
+        flipped = [m for m in (self.markets.values() if markets is None else markets) if m.stale != stale]
+        for m in flipped:
+            m.stale = stale
+        self.health.stale = any(m.stale for m in self.markets.values())
+        for m in flipped:
+            await self._send_status(m, reason)
+        return [m.symbol for m in flipped]
 
-    async def _send_status(self, reason: str) -> None:
-        status = FeedStatus(ts=self.clock.now(), stale=self.health.stale, reason=reason, symbol=self.symbol)
+    async def _send_status(self, m: _Market, reason: str) -> None:
+        status = FeedStatus(ts=self.clock.now(), stale=m.stale, reason=reason, symbol=m.symbol)
         await fan_out(self.subscribers, status)
+
+    async def _went_stale(self, reason: str, markets: Sequence[_Market] | None = None) -> None:
+        """Mark these symbols (default: all) stale; one `feed.stale` event names those that were not."""
+        symbols = await self._set_stale(True, reason, markets)
+        if symbols:
+            await self._event("feed.stale", reason=reason, symbols=symbols)
 
     # --- REST --------------------------------------------------------------------------------------
 
@@ -364,24 +418,28 @@ class BitunixFeed:
         raise AssertionError("unreachable")
 
     async def _send_instrument(self) -> None:
-        """The symbol's `Instrument` to the subscribers, once, at start (see the module docstring)."""
-        table = table_instrument(self.symbol)
-        instrument, reason = await self._fetch_instrument(table)
-        fields: dict[str, Any] = {"symbol": self.symbol}
+        """Each symbol's `Instrument` to the subscribers, once, at start (see the module docstring)."""
+        found = await self._fetch_instruments()
+        for m in self.markets.values():
+            await self._send_one_instrument(m, *found[m.symbol])
+        self.instrument_done.set()
+
+    async def _send_one_instrument(self, m: _Market, instrument: Instrument | None, reason: str) -> None:
+        fields: dict[str, Any] = {"symbol": m.symbol}
         if instrument is None:
             # no exchange figures and no table entry: the broker keeps what it was built with
             fields.update(source="none", reason=reason)
-            logger.warning("feed: no instrument for {}: {}; the broker keeps its own", self.symbol, reason)
+            logger.warning("feed: no instrument for {}: {}; the broker keeps its own", m.symbol, reason)
         else:
             if instrument.source != "exchange":
                 fields["reason"] = reason
-                logger.warning("feed: instrument of {} from the shipped table: {}", self.symbol, reason)
+                logger.warning("feed: instrument of {} from the shipped table: {}", m.symbol, reason)
             else:
-                logger.info("feed: instrument of {} from the exchange", self.symbol)
+                logger.info("feed: instrument of {} from the exchange", m.symbol)
             if instrument.status != "OPEN":
                 logger.warning(
                     "feed: Bitunix lists {} as {}: it takes no new orders, and neither does the broker",
-                    self.symbol,
+                    m.symbol,
                     instrument.status,
                 )
             fields.update(
@@ -395,94 +453,127 @@ class BitunixFeed:
                 max_leverage=instrument.max_leverage,
             )
             await fan_out(self.subscribers, instrument)
-            self.instrument = instrument
+            m.instrument = instrument
         await self._event("feed.instrument", **fields)
-        self.instrument_done.set()
 
-    async def _fetch_instrument(self, table: Instrument | None) -> tuple[Instrument | None, str]:
-        """(the exchange's instrument, "") or (the table's or None, why not the exchange's).
-        UnknownSymbol when the exchange says it does not trade the symbol."""
+    async def _fetch_instruments(self) -> dict[str, tuple[Instrument | None, str]]:
+        """Per symbol: (the exchange's instrument, "") or (the table's or None, why not the
+        exchange's), from one `trading_pairs` call for every symbol. UnknownSymbol when the
+        exchange says it does not trade one of them."""
+        tables = {s: table_instrument(s) for s in self.symbols}
         limit_s = self.cfg.connect_timeout_s / 2
         with trio.move_on_after(limit_s):
             try:
                 data = await self.rest_get(
                     bitunix.TRADING_PAIRS_PATH,
-                    bitunix.trading_pairs_params(self.symbol),
+                    bitunix.trading_pairs_params(self.symbols),
                     attempts=INSTRUMENT_ATTEMPTS,
                 )
-                row = bitunix.trading_pair_row(data, self.symbol)
+                rows = {s: bitunix.trading_pair_row(data, s) for s in self.symbols}
             except (bitunix.RestError, httpx.HTTPError) as exc:
                 if isinstance(exc, bitunix.RestError) and exc.code == bitunix.UNKNOWN_SYMBOL_CODE:
-                    raise UnknownSymbol(f"Bitunix does not trade {self.symbol}: {exc}") from None
-                return table, f"trading_pairs failed: {exc}"[:200]
-            if row is None:
-                raise UnknownSymbol(f"Bitunix does not trade {self.symbol}: trading_pairs has no row for it")
-            try:
-                return from_trading_pair(row, fallback=table), ""
-            except ValueError as exc:
-                return table, f"unusable trading_pairs row: {exc}"[:200]
-        return table, f"trading_pairs gave no answer within {limit_s:g} s"
+                    raise await self._unknown_symbol(exc) from None
+                return {s: (tables[s], f"trading_pairs failed: {exc}"[:200]) for s in self.symbols}
+            missing = [s for s, row in rows.items() if row is None]
+            if missing:
+                raise UnknownSymbol(
+                    f"Bitunix does not trade {', '.join(missing)}: trading_pairs has no row for it"
+                )
+            found: dict[str, tuple[Instrument | None, str]] = {}
+            for s, row in rows.items():
+                assert row is not None
+                try:
+                    found[s] = (from_trading_pair(row, fallback=tables[s]), "")
+                except ValueError as exc:
+                    found[s] = (tables[s], f"unusable trading_pairs row: {exc}"[:200])
+            return found
+        return {s: (tables[s], f"trading_pairs gave no answer within {limit_s:g} s") for s in self.symbols}
+
+    async def _unknown_symbol(self, exc: bitunix.RestError) -> UnknownSymbol:
+        """The exchange refused the symbols (code 20015): with several, ask for each alone to name
+        the one it does not trade."""
+        if len(self.symbols) > 1:
+            for s in self.symbols:
+                try:
+                    data = await self.rest_get(
+                        bitunix.TRADING_PAIRS_PATH,
+                        bitunix.trading_pairs_params(s),
+                        attempts=INSTRUMENT_ATTEMPTS,
+                    )
+                except (bitunix.RestError, httpx.HTTPError) as one:
+                    if isinstance(one, bitunix.RestError) and one.code == bitunix.UNKNOWN_SYMBOL_CODE:
+                        return UnknownSymbol(f"Bitunix does not trade {s}: {one}")
+                    continue
+                if bitunix.trading_pair_row(data, s) is None:
+                    return UnknownSymbol(f"Bitunix does not trade {s}: trading_pairs has no row for it")
+        return UnknownSymbol(f"Bitunix does not trade {', '.join(self.symbols)}: {exc}")
 
     async def _seed_history(self) -> None:
-        """The last `strategy.history` (`Config.strategy_history`) closed candles, oldest first (pages of 200, newest first)."""
+        """Each symbol's last `strategy.history` (`Config.strategy_history`) closed candles, oldest
+        first (pages of 200, newest first), one symbol after the other."""
         await self.instrument_done.wait()  # its REST call first: it holds up the first data frame
-        now_ms = int(self.clock.now() * 1000)
-        end = (now_ms // self.interval_ms) * self.interval_ms - self.interval_ms  # last closed open
-        candles, error = await self._fetch_klines(end - (self.history - 1) * self.interval_ms, end)
-        if error is not None:
-            logger.warning("feed: could not seed all of the candle history: {}", error)
-        seed = candles
-        logger.info("feed: {} history candles from REST", len(seed))
-        # handed out only once the WebSocket delivers: after a fallback they would be the wrong market
-        await self.first_data.wait()
-        async with self.emit_lock:
-            for candle in seed:
-                await self._emit_candle(candle, backfill=True)
-        await self._event("feed.seeded", candles=len(seed))
+        for m in self.markets.values():
+            now_ms = int(self.clock.now() * 1000)
+            end = (now_ms // self.interval_ms) * self.interval_ms - self.interval_ms  # last closed open
+            seed, error = await self._fetch_klines(m.symbol, end - (self.history - 1) * self.interval_ms, end)
+            if error is not None:
+                logger.warning("feed: could not seed all of the {} candle history: {}", m.symbol, error)
+            logger.info("feed: {} {} history candles from REST", len(seed), m.symbol)
+            # handed out only once the WebSocket delivers: after a fallback they would be the wrong market
+            await self.first_data.wait()
+            async with m.emit_lock:
+                for candle in seed:
+                    await self._emit_candle(m, candle, backfill=True)
+            await self._event("feed.seeded", symbol=m.symbol, candles=len(seed))
+            m.seeded.set()
         self.seed_done.set()
 
     # --- WebSocket -------------------------------------------------------------------------------
 
     async def _on_data(self, msg: bitunix.DataMessage) -> None:
-        self.last_data_at = trio.current_time()
+        m = self.markets[msg.symbol]
+        m.last_data_at = self.last_data_at = trio.current_time()
         if not self.first_data.is_set():
-            await self.instrument_done.wait()  # the instrument comes before any quote
+            await self.instrument_done.wait()  # the instruments come before any quote
             self.first_data.set()
+            for other in self.markets.values():  # the failover clock of each symbol starts now
+                other.last_data_at = max(other.last_data_at, self.last_data_at)
             await self._event("feed.live", source="websocket")
-        if self.health.stale:
-            logger.info("feed: data is fresh again")
-            await self._set_stale(False, "websocket data")
+        if m.stale:
+            logger.info("feed: {} data is fresh again", m.symbol)
+            await self._set_stale(False, "websocket data", [m])
         if isinstance(msg, bitunix.KlinePush):
             bucket = msg.ts_ms // self.interval_ms
-            if self.current is not None and self.current_bucket is not None and bucket > self.current_bucket:
-                c = self.current
+            if m.current is not None and m.current_bucket is not None and bucket > m.current_bucket:
+                c = m.current
                 closed = Candle(
-                    open_ts=self.current_bucket * self.interval_ms / 1000,
+                    open_ts=m.current_bucket * self.interval_ms / 1000,
                     interval_s=self.interval_s,
                     open=c.open,
                     high=c.high,
                     low=c.low,
                     close=c.close,
                     volume=c.base_volume,
-                    symbol=self.symbol,
+                    symbol=m.symbol,
                 )
-                await self.seed_done.wait()  # history first (only ever waits at start-up)
-                async with self.emit_lock:
-                    await self._emit_candle(closed, backfill=False)
-            elif self.current is None and self.last_emitted_ms is not None:
+                if not self.seed_done.is_set():
+                    await m.seeded.wait()  # history first (only ever waits at start-up)
+                async with m.emit_lock:
+                    await self._emit_candle(m, closed, backfill=False)
+            elif m.current is None and m.last_emitted_ms is not None:
                 # the first push after a (re)connect: fill the candles missed meanwhile at once
                 missed_to = (bucket - 1) * self.interval_ms
-                if missed_to > self.last_emitted_ms:
-                    async with self.emit_lock:
-                        await self._backfill(self.last_emitted_ms + self.interval_ms, missed_to)
-            if self.current_bucket is None or bucket >= self.current_bucket:
-                self.current, self.current_bucket = msg, bucket
-                self.last_price = msg.close
+                if missed_to > m.last_emitted_ms:
+                    async with m.emit_lock:
+                        await self._backfill(m, m.last_emitted_ms + self.interval_ms, missed_to)
+            if m.current_bucket is None or bucket >= m.current_bucket:
+                m.current, m.current_bucket = msg, bucket
+                m.last_price = msg.close
         elif isinstance(msg, bitunix.BookTop):
             if msg.bids:  # depth_book*: the book and its top
-                await self._book(msg.bids, msg.asks)
+                await self._book(m, msg.bids, msg.asks)
             else:  # tickers: the top only
-                await self._tick(msg.bid, msg.ask, msg.bid_qty, msg.ask_qty)
+                await self._tick(m, msg.bid, msg.ask, msg.bid_qty, msg.ask_qty)
         elif isinstance(msg, bitunix.PricePush):
             await fan_out(
                 self.subscribers,
@@ -490,16 +581,17 @@ class BitunixFeed:
                     ts=self.clock.now(),
                     mark_price=msg.mark,
                     rate_pct=msg.funding_rate_pct,
-                    symbol=self.symbol,
+                    symbol=m.symbol,
                 ),
             )
         elif isinstance(msg, bitunix.TradePush):
-            self.last_price = msg.price
+            m.last_price = msg.price
         elif isinstance(msg, bitunix.TickerPush):
-            self.last_price = msg.last
+            m.last_price = msg.last
 
     async def _session(self, ws: trio_websocket.WebSocketConnection, limiter: SendLimiter) -> None:
-        """One connection: subscribe, ping, read until it fails."""
+        """One connection: subscribe (every symbol's channels in one frame), ping, read until it
+        fails."""
 
         async def pinger() -> None:
             while True:
@@ -508,24 +600,38 @@ class BitunixFeed:
                 await ws.send_message(bitunix.ping_frame(self.clock.now()))
 
         await limiter.acquire()
-        await ws.send_message(bitunix.subscribe_frame(self.symbol, self.channels))
+        pairs = [(symbol, ch) for symbol in self.symbols for ch in self.channels]
+        await ws.send_message(bitunix.subscribe_pairs_frame(pairs))
         self.validator.reset_sequence()
-        self.current = self.current_bucket = None  # a partial candle from before is not trusted
-        # Stale means silence on the socket: only the time spent waiting in get_message counts,
-        # from the connection's start or its last data frame; the work done on a frame (a REST
-        # backfill, subscribers slow to take a candle) does not, and frames that arrived meanwhile
-        # are read before any deadline is checked.
-        silent_s = 0.0
+        for m in self.markets.values():
+            m.current = m.current_bucket = None  # a partial candle from before is not trusted
+            m.heard_at = 0.0
+        # Stale means silence on the socket: only the time spent waiting in get_message counts
+        # (`waited`), from the connection's start or a symbol's last data frame; the work done on a
+        # frame (a REST backfill, subscribers slow to take a candle) does not, and frames that
+        # arrived meanwhile are read before any deadline is checked. No data frame at all for
+        # stale_after_s: the connection has failed. No data for one symbol while others flow: that
+        # symbol alone is stale (until its data comes back), the connection goes on.
+        stale_after = self.cfg.stale_after_s
+        waited = last_any = 0.0
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pinger)
             while True:
+                watched = [m for m in self.markets.values() if not m.stale and not m.failover]
+                silent_since = min([last_any, *(m.heard_at for m in watched)])
                 waiting_since = trio.current_time()
                 raw: str | bytes | None = None
-                with trio.move_on_at(waiting_since + self.cfg.stale_after_s - silent_s):
+                with trio.move_on_at(waiting_since + silent_since + stale_after - waited):
                     raw = await ws.get_message()
-                silent_s += trio.current_time() - waiting_since
+                waited += trio.current_time() - waiting_since
                 if raw is None:
-                    raise _Stale(f"no data for {self.cfg.stale_after_s:g} s")
+                    if waited - last_any >= stale_after - SILENCE_EPS_S:
+                        raise _Stale(f"no data for {stale_after:g} s")
+                    silent = [m for m in watched if waited - m.heard_at >= stale_after - SILENCE_EPS_S]
+                    for m in silent:
+                        logger.warning("feed: no {} data for {:g} s", m.symbol, stale_after)
+                    await self._went_stale(f"no data for {stale_after:g} s", silent)
+                    continue
                 self.frames += 1
                 parsed = self.validator.parse(raw)
                 if isinstance(parsed, bitunix.Rejected):
@@ -539,7 +645,7 @@ class BitunixFeed:
                     ):
                         logger.error("feed: subscription refused: {}", parsed.data)
                 else:
-                    silent_s = 0.0
+                    last_any = self.markets[parsed.symbol].heard_at = waited
                     self.lags_ms.append(self.clock.now() * 1000 - parsed.ts_ms)
                     if not self.ws_up:
                         await self._up()
@@ -561,15 +667,15 @@ class BitunixFeed:
         self.ever_up = True
 
     async def _down(self, reason: str) -> None:
+        """The connection failed: every symbol is stale (but those REST polling keeps fresh)."""
         if self.ws_up:
             self.ws_up = False
             self.health.connected = False
             self.health.down_since = self.clock.now()
             await self._event("feed.disconnected", reason=reason)
             logger.warning("feed: disconnected: {}", reason)
-        if not self.health.stale and self.first_data.is_set() and not self.failover_active:
-            await self._set_stale(True, reason)
-            await self._event("feed.stale", reason=reason)
+        if self.first_data.is_set():
+            await self._went_stale(reason, [m for m in self.markets.values() if not m.failover])
 
     async def _ws_loop(self) -> None:
         attempt = 0
@@ -613,55 +719,62 @@ class BitunixFeed:
     # --- failover ---------------------------------------------------------------------------------
 
     async def _failover_loop(self) -> None:
-        """While the WebSocket has been down for `failover_after_s` (after it once worked): poll REST."""
+        """Poll REST for each symbol with no WebSocket data for `failover_after_s` (all of them
+        while the socket is down), once the feed has started; stop when its data comes back."""
         while True:
             await trio.sleep(FAILOVER_POLL_S)
-            if self.ws_up or not self.first_data.is_set():
+            if not self.first_data.is_set():
                 continue
-            if trio.current_time() - self.last_data_at < self.cfg.failover_after_s:
-                continue
-            await self._event("feed.failover", active=True)
-            logger.warning("feed: WebSocket down for {:g} s: polling REST", self.cfg.failover_after_s)
-            self.failover_active = True
-            while not self.ws_up:
-                await self._poll_once()
-                await trio.sleep(FAILOVER_POLL_S)
-            self.failover_active = False
-            await self._event("feed.failover", active=False)
-            logger.info("feed: WebSocket back: REST polling stopped")
+            now = trio.current_time()
+            due = [m for m in self.markets.values() if now - m.last_data_at >= self.cfg.failover_after_s]
+            back = [m for m in self.markets.values() if m.failover and m not in due]
+            for m in back:
+                m.failover = False
+            if back:
+                await self._event("feed.failover", active=False, symbols=[m.symbol for m in back])
+                logger.info("feed: WebSocket data back: REST polling stopped for {}", _names(back))
+            started = [m for m in due if not m.failover]
+            for m in started:
+                m.failover = True
+            if started:
+                await self._event("feed.failover", active=True, symbols=[m.symbol for m in started])
+                logger.warning(
+                    "feed: no WebSocket data for {:g} s: polling REST for {}",
+                    self.cfg.failover_after_s,
+                    _names(started),
+                )
+            for m in due:
+                await self._poll_once(m)
 
-    async def _poll_once(self) -> None:
+    async def _poll_once(self, m: _Market) -> None:
         try:
             rows = await self.rest_get(
-                bitunix.KLINE_PATH, bitunix.kline_params(self.symbol, self.interval, limit=2), attempts=2
+                bitunix.KLINE_PATH, bitunix.kline_params(m.symbol, self.interval, limit=2), attempts=2
             )
             book = bitunix.parse_rest_depth(
                 await self.rest_get(
-                    bitunix.DEPTH_PATH, bitunix.depth_params(self.symbol, bitunix.BOOK_LEVELS), attempts=2
+                    bitunix.DEPTH_PATH, bitunix.depth_params(m.symbol, bitunix.BOOK_LEVELS), attempts=2
                 ),
                 self.clock.now(),
             )
         except (bitunix.RestError, httpx.HTTPError) as exc:
-            logger.warning("feed: REST poll failed: {}", exc)
-            if not self.health.stale:
-                reason = f"REST poll failed: {exc}"[:200]
-                await self._set_stale(True, reason)
-                await self._event("feed.stale", reason=reason)
+            logger.warning("feed: REST poll of {} failed: {}", m.symbol, exc)
+            await self._went_stale(f"REST poll failed: {exc}"[:200], [m])
             return
         candles = bitunix.parse_rest_klines(rows, self.interval_s)
         now_ms = int(self.clock.now() * 1000)
         if candles:
-            self.last_price = candles[-1].close
+            m.last_price = candles[-1].close
             # the newest row is the candle still open (and our clock may lag the exchange's)
             if round(candles[-1].open_ts * 1000) + self.interval_ms > now_ms or len(candles) > 1:
                 candles = candles[:-1]
-        async with self.emit_lock:
+        async with m.emit_lock:
             for candle in candles:
-                await self._emit_candle(candle, backfill=False)
-        if self.health.stale:
-            logger.info("feed: data is fresh again (REST polling)")
-            await self._set_stale(False, "REST polling")
-        await self._book(book.bids, book.asks)
+                await self._emit_candle(m, candle, backfill=False)
+        if m.stale:
+            logger.info("feed: {} data is fresh again (REST polling)", m.symbol)
+            await self._set_stale(False, "REST polling", [m])
+        await self._book(m, book.bids, book.asks)
 
     async def _report_malformed(self) -> None:
         periods = 0
@@ -695,14 +808,17 @@ class BitunixFeed:
             await self._event("feed.malformed", counts=counts, total=sum(counts.values()))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        # stale and down until the first data frame; the subscribers are told once it has started
+        # every symbol stale and down until its first data frame; the subscribers are told once it
+        # has started
         self.health.stale = True
         self.health.down_since = self.clock.now()
         async with self.http:
             try:
                 async with trio.open_nursery() as nursery:
                     task_status.started()
-                    await self._send_status("no data yet")
+                    for m in self.markets.values():
+                        m.stale = True
+                        await self._send_status(m, "no data yet")
                     nursery.start_soon(self._report_malformed)
                     nursery.start_soon(self._send_instrument)
                     nursery.start_soon(self._seed_history)
@@ -725,7 +841,6 @@ async def run_live_feed(
 ) -> None:
     """Actor: the configured live source; Bitunix falls back to the mock source when it delivers no
     data within `feed.connect_timeout_s` at start and `feed.fallback = "mock"`."""
-    symbol = config.session.symbol.upper()
     if config.feed.source == "mock":
         with events:  # unused: the mock feed has no network to report on
             health.stale = False
@@ -735,7 +850,7 @@ async def run_live_feed(
                 clock,
                 walk,
                 subscribers,
-                symbol=symbol,
+                symbols=config.symbols,
                 task_status=task_status,
             )
         return
@@ -767,5 +882,10 @@ async def run_live_feed(
         )
         # the mock feed closes what it is given: it gets clones, the originals stay with this actor
         await run_mock_feed(
-            config.feed, config.interval_s, clock, walk, [tx.clone() for tx in subscribers], symbol=symbol
+            config.feed,
+            config.interval_s,
+            clock,
+            walk,
+            [tx.clone() for tx in subscribers],
+            symbols=config.symbols,
         )

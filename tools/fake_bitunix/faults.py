@@ -16,7 +16,9 @@ Two kinds of schedule, both switchable at runtime (0 turns a fault off):
   `refuse_handshakes_for_s`. Which frames they hit depends on timing: fine to run by hand,
   flaky to assert on.
 
-The stall length (`stall_for_s`), `latency_ms` and the REST rate limit are durations by nature.
+A stall holds every socket, or with `stall_symbol` only that symbol's pushes (a per-symbol stall:
+its data stops while the other symbols' flows). The stall length (`stall_for_s`), `latency_ms`
+and the REST rate limit are durations by nature.
 `FakeStats.faults_log` lists every scheduled fault in count terms only (which connection, which
 frame of it, which request), so that two runs can be compared: equal for count-based schedules.
 """
@@ -69,6 +71,9 @@ class Faults:
     stall_every_frames: int = 0  # a stall of stall_for_s after every N data frames sent (all sockets)
     stall_once_after_frames: int = 0  # one stall of stall_for_s after the N-th data frame sent
     refuse_handshakes: int = 0  # HTTP 503 to the first N WS handshakes
+    # where a stall (time- or count-triggered) hits: "" every socket (nothing at all is sent, not
+    # even pongs); a symbol: only that symbol's pushes stop, the socket and the other symbols go on
+    stall_symbol: str = ""
 
 
 @attrs.define
@@ -97,7 +102,8 @@ class FakeStats:
     frames_sent: Counter[str] = attrs.field(factory=Counter)
     # every scheduled fault, in count terms only, in the order they happened:
     # ("refuse", handshake no.), ("drop", connection no., data frames it sent),
-    # ("stall", data frames sent in all), ("malformed", connection no., channel, frame index, kind),
+    # ("stall", data frames sent in all[, the stall_symbol]),
+    # ("malformed", connection no., channel, frame index, kind),
     # ("rest_error", request no., kind)
     faults_log: list[tuple[Any, ...]] = attrs.field(factory=list)
 

@@ -65,7 +65,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
 from itertools import pairwise
 from pathlib import Path
@@ -94,11 +94,12 @@ MINUTE_MS = 60_000
 STEP_MS = 250
 STEPS_PER_MIN = MINUTE_MS // STEP_MS
 FINAL_LEAD_MS = STEP_MS // 2  # the extra kline push falls this long before the bucket ends
-PRICE_PLACES = 1  # prices in ticks of 0.1
-QTY_PLACES = 4  # sizes in units of 0.0001
+PRICE_PLACES = 1  # BTCUSDT (and symbols the fake does not know): prices in ticks of 0.1
+QTY_PLACES = 4  # ... and sizes in units of 0.0001
 MINUTES_PER_YEAR = 365 * 24 * 60
 BOOK_LEVELS = 200  # REST depth limit=max
 BOOK_MEDIAN_UNITS = 10_000  # the touch's median size, in units of 0.0001 (1 BTC); +25 % a level deeper
+#                            (every symbol: one coin, 10 ** qty places units)
 BOOK_SIZE_SIGMA = 0.7  # lognormal spread of the sizes around the level's median
 MAX_SUBSCRIPTIONS = 300
 HANDSHAKE_TIMEOUT_S = 10.0
@@ -137,16 +138,37 @@ REST_INTERVALS_MS = {
     "1w": 7 * 1440 * MINUTE_MS,
     "1M": 30 * 1440 * MINUTE_MS,
 }
+WRONG_SYMBOLS = ("ETHUSDT", "XRPUSDT", "DOGEUSDT", "ZZZZUSDT")  # a malformed frame's: the first not served
 DEPTH_CHANNELS = {"depth_book1": 1, "depth_book5": 5, "depth_book15": 15}
 DEPTH_LIMITS = {"1": 1, "5": 5, "15": 15, "50": 50, "max": BOOK_LEVELS}
 
 Candle6 = tuple[int, int, int, int, int, int]  # o, h, l, c (ticks), base volume (units), quote (ticks*units)
 
 
-def book_size_bounds(level: int) -> tuple[int, int]:
+def book_size_bounds(level: int, touch_median: int = BOOK_MEDIAN_UNITS) -> tuple[int, int]:
     """(least, most) size in units of a book level (0 = the touch): a fifth to three times its median."""
-    median = BOOK_MEDIAN_UNITS * (4 + level) // 4
+    median = touch_median * (4 + level) // 4
     return median // 5, median * 3
+
+
+@attrs.frozen
+class SymbolSpec:
+    """What the fake serves for a symbol: its grid (as `trading_pairs` gives it: price and size
+    decimals, the minimum size is one lot), a plausible opening price and the maximum leverage.
+    The grids agree with the project's shipped table (protocols/instruments.py TABLE)."""
+
+    price_places: int
+    qty_places: int
+    start_price: float
+    max_leverage: int
+
+
+SYMBOL_SPECS = {
+    "BTCUSDT": SymbolSpec(1, 4, 60000.0, 125),
+    "ETHUSDT": SymbolSpec(2, 3, 3000.0, 100),
+    "SOLUSDT": SymbolSpec(3, 2, 150.0, 75),
+}
+OTHER_SYMBOL = SymbolSpec(PRICE_PLACES, QTY_PLACES, 100.0, 125)  # any other symbol served
 
 
 BOOK_TOUCH_MAX = book_size_bounds(0)[1] / 10**QTY_PLACES  # BTC: the most the touch ever shows (3)
@@ -159,18 +181,6 @@ def _dec(n: int, places: int) -> str:
     whole, frac = divmod(abs(n), 10**places)
     digits = f"{frac:0{places}d}".rstrip("0") if places else ""
     return f"{sign}{whole}.{digits}" if digits else f"{sign}{whole}"
-
-
-def _price(ticks: int) -> str:
-    return _dec(ticks, PRICE_PLACES)
-
-
-def _qty(units: int) -> str:
-    return _dec(units, QTY_PLACES)
-
-
-def _notional(q: int) -> str:
-    return _dec(q, PRICE_PLACES + QTY_PLACES)
 
 
 def _iso(ms: int) -> str:
@@ -192,9 +202,10 @@ Bar = tuple[int, int, int, int, int]  # o, h, l, c (ticks), volume (units)
 class _WalkBars:
     """Random-walk 1-minute bars: lognormal close, Brownian-bridge high/low, lognormal volume."""
 
-    def __init__(self, seed: int, volatility_pct: float) -> None:
+    def __init__(self, seed: int | str, volatility_pct: float, qty_places: int = QTY_PLACES) -> None:
         self.rng = random.Random(seed)
         self.sigma = volatility_pct / 100.0 / math.sqrt(MINUTES_PER_YEAR)
+        self.qty_places = qty_places
 
     def next_bar(self, o: int) -> Bar:
         s, rng = self.sigma, self.rng
@@ -204,7 +215,7 @@ class _WalkBars:
         c = max(1, round(o * math.exp(x)))
         h = max(round(o * math.exp(up)), o, c)
         lo = max(1, min(round(o * math.exp(down)), o, c))
-        v = round(rng.lognormvariate(math.log(8 * 10**QTY_PLACES), 0.7))
+        v = round(rng.lognormvariate(math.log(8 * 10**self.qty_places), 0.7))
         return o, h, lo, c, max(v, STEPS_PER_MIN)
 
 
@@ -227,9 +238,15 @@ class _ZigzagBars:
 class _CsvBars:
     """Real candles' shapes, chained: see the module docstring."""
 
-    def __init__(self, rows: list[tuple[float, float, float, float, float]], seed: int) -> None:
+    def __init__(
+        self,
+        rows: list[tuple[float, float, float, float, float]],
+        seed: int | str,
+        qty_places: int = QTY_PLACES,
+    ) -> None:
         self.rows = rows
         self.i = random.Random(seed).randrange(len(rows))
+        self.qty_places = qty_places
 
     def next_bar(self, o: int) -> Bar:
         ro, rh, rl, rc, rv = self.rows[self.i % len(self.rows)]
@@ -237,7 +254,7 @@ class _CsvBars:
         c = max(1, round(o * rc / ro))
         h = max(round(o * rh / ro), o, c)
         lo = max(1, min(round(o * rl / ro), o, c))
-        return o, h, lo, c, max(round(rv * 10**QTY_PLACES), STEPS_PER_MIN)
+        return o, h, lo, c, max(round(rv * 10**self.qty_places), STEPS_PER_MIN)
 
 
 def load_candles_csv(path: Path) -> list[tuple[float, float, float, float, float]]:
@@ -351,7 +368,7 @@ class _PricePath:
 
     def __init__(
         self,
-        seed: int,
+        seed: int | str,
         source: _WalkBars | _CsvBars | _ZigzagBars,
         start_ticks: int,
         m_live: int,
@@ -422,6 +439,143 @@ class _PricePath:
             yield (t, *self.trade(t))
 
 
+class _Market:
+    """One symbol the fake serves: its price path, its books, and its data as the wire writes it
+    (prices in its ticks, sizes in its lots). `seed` keys every random stream of the symbol."""
+
+    def __init__(self, symbol: str, spec: SymbolSpec, seed: int | str, path: _PricePath) -> None:
+        self.symbol = symbol
+        self.spec = spec
+        self.seed = seed
+        self.path = path
+        self.touch_median = 10**spec.qty_places  # one coin
+        self._books: dict[int, tuple[list[list[str]], list[list[str]]]] = {}
+
+    def price(self, ticks: int) -> str:
+        return _dec(ticks, self.spec.price_places)
+
+    def qty(self, units: int) -> str:
+        return _dec(units, self.spec.qty_places)
+
+    def notional(self, q: int) -> str:
+        return _dec(q, self.spec.price_places + self.spec.qty_places)
+
+    def kline_data(self, candle: Candle6) -> dict[str, str]:
+        o, h, lo, c, v, q = candle
+        return {
+            "o": self.price(o),
+            "c": self.price(c),
+            "h": self.price(h),
+            "l": self.price(lo),
+            "b": self.qty(v),
+            "q": self.notional(q),
+        }
+
+    def trade_rows(self, after_ms: int, upto_ms: int) -> list[dict[str, str]]:
+        return [
+            {"t": _iso(t), "p": self.price(p), "v": self.qty(q), "s": "buy" if buy else "sell"}
+            for t, p, q, buy in self.path.trades(after_ms, upto_ms)
+        ]
+
+    def truth_candles(self, now: int) -> list[tuple[int, float, float, float, float, float]]:
+        scale, vscale = 10**self.spec.price_places, 10**self.spec.qty_places
+        out = []
+        for m in range(self.path.m0, now // MINUTE_MS):
+            candle = self.path.candle(m, now)
+            assert candle is not None
+            o, h, lo, c, v, _ = candle
+            out.append((m * MINUTE_MS, o / scale, h / scale, lo / scale, c / scale, v / vscale))
+        return out
+
+    def book(self, step: int) -> tuple[list[list[str]], list[list[str]]]:
+        """BOOK_LEVELS levels a side around the trade of this step, strictly ordered; sizes within
+        `book_size_bounds` (see the module docstring)."""
+        got = self._books.get(step)
+        if got is None:
+            p, _, buy = self.path.trade(step * STEP_MS)
+            bid, ask = (p - 1, p) if buy else (p, p + 1)
+            rng = random.Random(f"{self.seed}:book:{step}")
+            bids: list[list[str]] = []
+            asks: list[list[str]] = []
+            for i in range(BOOK_LEVELS):
+                if i:
+                    bid -= 1 if i < 5 else rng.choice((1, 1, 2, 3))
+                    ask += 1 if i < 5 else rng.choice((1, 1, 2, 3))
+                least, most = book_size_bounds(i, self.touch_median)
+                mu = math.log(self.touch_median * (4 + i) / 4)
+                size_b, size_a = (
+                    min(most, max(least, round(rng.lognormvariate(mu, BOOK_SIZE_SIGMA)))) for _ in "ba"
+                )
+                if bid > 0:
+                    bids.append([self.price(bid), self.qty(size_b)])
+                asks.append([self.price(ask), self.qty(size_a)])
+            got = (bids, asks)
+            if len(self._books) > 16:
+                self._books.pop(min(self._books))
+            self._books[step] = got
+        return got
+
+    def depth_data(self, ts: int, levels: int) -> dict[str, Any]:
+        bids, asks = self.book(ts // STEP_MS)
+        return {"b": [list(x) for x in bids[:levels]], "a": [list(x) for x in asks[:levels]]}
+
+    def ticker_data(self, ts: int) -> dict[str, str]:
+        """24 h statistics: the last 1440 minutes, the current one as of ts."""
+        m = ts // MINUTE_MS
+        agg = self.path.span((m - 1439) * MINUTE_MS, (m + 1) * MINUTE_MS, ts)
+        assert agg is not None
+        o, h, lo, c, v, q = agg
+        return {
+            "s": self.symbol,
+            "o": self.price(o),
+            "la": self.price(c),
+            "h": self.price(h),
+            "l": self.price(lo),
+            "b": self.qty(v),
+            "q": self.notional(q),
+            "r": f"{(c / o - 1) * 100:.10f}".rstrip("0").rstrip("."),
+        }
+
+    def tickers_row(self, ts: int) -> dict[str, str]:
+        bids, asks = self.book(ts // STEP_MS)
+        row = self.ticker_data(ts)
+        row.update(bd=bids[0][0], ak=asks[0][0], bv=bids[0][1], av=asks[0][1])
+        return row
+
+    def price_data(self, ts: int) -> dict[str, str]:
+        step = ts // STEP_MS
+        p, _, _ = self.path.trade(step * STEP_MS)
+        wobble = random.Random(f"{self.seed}:mark:{step // 4}")
+        mark = p + wobble.randint(-3, 3)
+        index = mark + wobble.randint(-5, 5)
+        ft = ts // FUNDING_MS * FUNDING_MS
+        rate = round(random.Random(f"{self.seed}:funding:{ft}").gauss(0.005, 0.004) * 10**6)
+        return {
+            "ip": self.price(index),
+            "mp": self.price(mark),
+            "fr": _dec(rate, 6),
+            "ft": _iso(ft),
+            "nft": _iso(ft + FUNDING_MS),
+        }
+
+    def trading_pair(self) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "symbol": self.symbol,
+            "base": self.symbol.removesuffix("USDT"),
+            "quote": "USDT",
+            "minTradeVolume": _dec(1, spec.qty_places),
+            "basePrecision": spec.qty_places,
+            "quotePrecision": spec.price_places,
+            "minLeverage": 1,
+            "maxLeverage": spec.max_leverage,
+            "defaultLeverage": 20,
+            "maxLimitOrderVolume": "500",
+            "maxMarketOrderVolume": "100",
+            "symbolStatus": "OPEN",
+        }
+
+
 # --- WebSocket ---------------------------------------------------------------------------------------
 
 
@@ -479,10 +633,10 @@ class _Conn:
         self.number = server.stats.connections  # 1 for the first connection accepted
         self.rng = random.Random(f"{server.seed}:conn:{server.stats.connections}")
         self.data_sent = 0  # data frames written to this socket
-        self.malformed: dict[str, MalformedStream] = {}
+        self.malformed: dict[tuple[str, str], MalformedStream] = {}
         self.subs: dict[tuple[str, str], trio.CancelScope] = {}
-        self.last_ts: dict[str, int] = {}  # of the last well-formed frame, by channel
-        self.seen: set[str] = set()  # channels that have sent any frame
+        self.last_ts: dict[tuple[str, str], int] = {}  # of the last well-formed frame, by (symbol, channel)
+        self.seen: set[tuple[str, str]] = set()  # (symbol, channel) streams that have sent any frame
         self.msg_times: deque[float] = deque()
         self.out_tx, self.out_rx = trio.open_memory_channel[_Out](256)
         self.scope = trio.CancelScope()
@@ -590,27 +744,33 @@ class _Conn:
     async def _control(self, frame: dict[str, Any]) -> None:
         await self.out_tx.send(_Out(trio.current_time() + self.srv.faults.latency_ms / 1000, _dumps(frame)))
 
-    async def _emit(self, frame: dict[str, Any], *, protect: bool = False) -> None:
-        """Queue a data frame, or the malformed frame that replaces it."""
+    async def _emit(self, market: _Market | None, frame: dict[str, Any], *, protect: bool = False) -> None:
+        """Queue a data frame of `market` (None: a symbol not served), or the malformed frame that
+        replaces it."""
         ch = frame["ch"]
-        kind = None if protect else self._malformed_kind(ch)
-        self.seen.add(ch)
+        key = (frame["symbol"] if market is None else market.symbol, ch)
+        kind = None if protect or market is None else self._malformed_kind(key)
+        self.seen.add(key)
         if kind is None:
-            self.last_ts[ch] = frame["ts"]
+            self.last_ts[key] = frame["ts"]
             self.srv.stats.frames_sent[ch] += 1
             text = _dumps(frame)
         else:
+            assert market is not None
             self.srv.stats.malformed_sent[kind] += 1
-            text = _malform(frame, kind, self.last_ts.get(ch, frame["ts"]))
+            text = _malform(frame, kind, self.last_ts.get(key, frame["ts"]), market, self.srv.symbols)
         await self.out_tx.send(_Out(trio.current_time() + self.srv.faults.latency_ms / 1000, text, data=True))
 
-    def _malformed_kind(self, ch: str) -> str | None:
-        """The kind of malformed frame that replaces this frame of `ch`, or None (by the frame's
-        index in its stream, never by time: see faults.MalformedStream)."""
-        stream = self.malformed.get(ch)
+    def _malformed_kind(self, key: tuple[str, str]) -> str | None:
+        """The kind of malformed frame that replaces this frame of the (symbol, channel) stream, or
+        None (by the frame's index in its stream, never by time: see faults.MalformedStream). The
+        first symbol's streams are seeded as when it was the only one."""
+        symbol, ch = key
+        stream = self.malformed.get(key)
         if stream is None:
-            stream = self.malformed[ch] = MalformedStream(self.srv.seed, self.number, ch)
-        has_prev = ch in self.seen
+            name = ch if symbol == self.srv.symbol else f"{ch}:{symbol}"
+            stream = self.malformed[key] = MalformedStream(self.srv.seed, self.number, name)
+        has_prev = key in self.seen
         index, kind = stream.next(self.srv.faults.malformed_fraction, lambda k: _applicable(k, ch, has_prev))
         if kind is not None:
             self.srv.stats.faults_log.append(("malformed", self.number, ch, index, kind))
@@ -620,41 +780,45 @@ class _Conn:
         with scope:
             await trio.sleep(delay)
             srv = self.srv
-            if symbol != srv.symbol:  # one frame of empty levels, then nothing
+            market = srv.markets.get(symbol)
+            if market is None:  # not served: one frame of empty levels, then nothing
                 empty = {"b": [["", ""]], "a": [["", ""]]}
-                await self._emit(
-                    {"ch": ch, "symbol": symbol, "ts": srv.now_ms(), "data": empty}, protect=True
-                )
+                frame = {"ch": ch, "symbol": symbol, "ts": srv.now_ms(), "data": empty}
+                await self._emit(None, frame, protect=True)
                 return
             kind = _channel_kind(ch)
             if kind == "kline":
-                await self._push_kline(ch, KLINE_INTERVALS_MS[ch.rsplit("_", 1)[1]])
+                await self._push_kline(market, ch, KLINE_INTERVALS_MS[ch.rsplit("_", 1)[1]])
             elif kind == "trade":
-                await self._push_trades()
+                await self._push_trades(market)
             elif kind == "depth":
                 levels = DEPTH_CHANNELS[ch]
-                await self._push_every(srv.depth_interval_s, ch, lambda ts: srv.depth_data(ts, levels))
+                await self._push_every(
+                    market, srv.depth_interval_s, ch, lambda ts: market.depth_data(ts, levels)
+                )
             elif kind == "ticker":
-                await self._push_every(srv.price_interval_s, ch, srv.ticker_data)
+                await self._push_every(market, srv.price_interval_s, ch, market.ticker_data)
             elif kind == "tickers":
-                await self._push_every(srv.price_interval_s, ch, lambda ts: [srv.tickers_row(ts)])
+                await self._push_every(market, srv.price_interval_s, ch, lambda ts: [market.tickers_row(ts)])
             elif kind == "price":
-                await self._push_every(srv.price_interval_s, ch, srv.price_data)
+                await self._push_every(market, srv.price_interval_s, ch, market.price_data)
 
-    async def _push_every(self, period_s: float, ch: str, build: Callable[[int], Any]) -> None:
+    async def _push_every(
+        self, market: _Market, period_s: float, ch: str, build: Callable[[int], Any]
+    ) -> None:
         srv = self.srv
         next_t = trio.current_time()
         while True:
-            if not srv.stalled():
+            if not srv.stalled(market.symbol):
                 ts = srv.now_ms()
                 frame: dict[str, Any] = {"ch": ch, "ts": ts, "data": build(ts)}
                 if ch != "tickers":
-                    frame = {"ch": ch, "symbol": srv.symbol, "ts": ts, "data": frame["data"]}
-                await self._emit(frame)
+                    frame = {"ch": ch, "symbol": market.symbol, "ts": ts, "data": frame["data"]}
+                await self._emit(market, frame)
             next_t = max(next_t + period_s, trio.current_time())
             await trio.sleep_until(next_t)
 
-    async def _push_trades(self) -> None:
+    async def _push_trades(self, market: _Market) -> None:
         srv = self.srv
         last = srv.now_ms()
         next_t = trio.current_time()
@@ -662,15 +826,12 @@ class _Conn:
             next_t = max(next_t + STEP_MS / 1000, trio.current_time())
             await trio.sleep_until(next_t)
             now = srv.now_ms()
-            rows = [
-                {"t": _iso(t), "p": _price(p), "v": _qty(q), "s": "buy" if buy else "sell"}
-                for t, p, q, buy in srv.path.trades(last, now)
-            ]
+            rows = market.trade_rows(last, now)
             last = now
-            if rows and not srv.stalled():
-                await self._emit({"ch": "trade", "symbol": srv.symbol, "ts": now, "data": rows})
+            if rows and not srv.stalled(market.symbol):
+                await self._emit(market, {"ch": "trade", "symbol": market.symbol, "ts": now, "data": rows})
 
-    async def _push_kline(self, ch: str, interval: int) -> None:
+    async def _push_kline(self, market: _Market, ch: str, interval: int) -> None:
         """Every push_interval_s, plus a push after the last trade of each bucket (see docstring)."""
         srv = self.srv
         push_ms = max(1, round(srv.push_interval_s * 1000))
@@ -692,18 +853,10 @@ class _Conn:
             if target == next_grid:
                 while next_grid <= ts:
                     next_grid += push_ms
-            candle = srv.path.span(tb * interval, end, ts)
-            if candle is not None and not srv.stalled():
-                o, h, lo, c, v, q = candle
-                data = {
-                    "o": _price(o),
-                    "c": _price(c),
-                    "h": _price(h),
-                    "l": _price(lo),
-                    "b": _qty(v),
-                    "q": _notional(q),
-                }
-                await self._emit({"ch": ch, "symbol": srv.symbol, "ts": ts, "data": data}, protect=final)
+            candle = market.path.span(tb * interval, end, ts)
+            if candle is not None and not srv.stalled(market.symbol):
+                frame = {"ch": ch, "symbol": market.symbol, "ts": ts, "data": market.kline_data(candle)}
+                await self._emit(market, frame, protect=final)
 
 
 def _channel_kind(ch: str) -> str | None:
@@ -738,8 +891,9 @@ def _refs(ch: str, d: Any) -> tuple[list[tuple[Any, Any]], list[tuple[Any, Any]]
     return [(d, "mp"), (d, "ip")], [], (d, "mp")
 
 
-def _malform(frame: dict[str, Any], kind: str, last_ts: int) -> str:
-    """The text that replaces `frame` for one malformed kind (see MALFORMED_KINDS)."""
+def _malform(frame: dict[str, Any], kind: str, last_ts: int, market: _Market, served: Sequence[str]) -> str:
+    """The text that replaces `frame` (of `market`) for one malformed kind (see MALFORMED_KINDS);
+    `wrong_symbol` names a symbol that is not `served`."""
     if kind == "not_json":
         return "<html><body><h1>502 Bad Gateway</h1></body></html>"
     if kind == "truncated":
@@ -759,7 +913,7 @@ def _malform(frame: dict[str, Any], kind: str, last_ts: int) -> str:
         tgt[k] = "-" + str(tgt[k])
     elif kind == "crossed_book":
         if _channel_kind(ch) == "kline":
-            d["h"] = _price(round(float(d["l"]) * 10) - 10)
+            d["h"] = market.price(round(float(d["l"]) * 10**market.spec.price_places) - 10)
         elif _channel_kind(ch) == "depth":
             d["b"], d["a"] = d["a"], d["b"]
         else:
@@ -768,14 +922,15 @@ def _malform(frame: dict[str, Any], kind: str, last_ts: int) -> str:
         f["ts"] = last_ts - 5000
     elif kind == "price_jump":
         for tgt, k in prices:
-            tgt[k] = _price(round(float(tgt[k]) * 10 * 1.5))
+            tgt[k] = market.price(round(float(tgt[k]) * 10**market.spec.price_places * 1.5))
     elif kind == "unknown_channel":
         f["ch"] = "market_orderflow_1min"
     elif kind == "wrong_symbol":
+        other = next(s for s in WRONG_SYMBOLS if s not in served)
         if ch == "tickers":
-            d[0]["s"] = "ETHUSDT"
+            d[0]["s"] = other
         else:
-            f["symbol"] = "ETHUSDT"
+            f["symbol"] = other
     return _dumps(f)
 
 
@@ -879,20 +1034,25 @@ class _RestApp:
     def envelope(code: int, data: Any, msg: str) -> tuple[int, bytes, bytes]:
         return 200, b"application/json", _dumps({"code": code, "data": data, "msg": msg}).encode()
 
-    def symbol(self, params: dict[str, str]) -> str:
+    def market(self, params: dict[str, str]) -> _Market:
+        """The market of the `symbol` parameter: code 1 when missing, 20015 when not served."""
         sym = params.get("symbol", "").upper()
         if not sym:
             raise _RestError(1, "Network Error")
-        if sym != self.srv.symbol:
+        market = self.srv.markets.get(sym)
+        if market is None:
             raise _RestError(20015, "this Futures is not allowed to trade.")
-        return sym
+        return market
 
-    def symbols(self, params: dict[str, str]) -> list[str]:
+    def markets(self, params: dict[str, str]) -> list[_Market]:
+        """The served markets among the `symbols` parameter (comma-separated), in its order (the
+        others are left out); every served one when it is missing."""
         asked = [s.strip().upper() for s in params.get("symbols", "").split(",") if s.strip()]
-        return [s for s in asked if s == self.srv.symbol] if asked else [self.srv.symbol]
+        served = self.srv.markets
+        return [served[s] for s in dict.fromkeys(asked) if s in served] if asked else list(served.values())
 
     def kline(self, params: dict[str, str], now: int) -> list[dict[str, str]]:
-        self.symbol(params)
+        market = self.market(params)
         interval = REST_INTERVALS_MS.get(params.get("interval", "1m"))
         kind = params.get("type") or "LAST_PRICE"
         limit = _int_param(params, "limit")
@@ -901,7 +1061,7 @@ class _RestApp:
         if interval is None or kind not in ("LAST_PRICE", "MARK_PRICE") or limit < 1:
             raise _bad_param()
         limit = min(limit, 200)
-        path = self.srv.path
+        path = market.path
         lo_b = path.m0 * MINUTE_MS // interval
         if start is not None:
             lo_b = max(lo_b, -(-start // interval))
@@ -916,35 +1076,34 @@ class _RestApp:
             o, h, lo, c, v, q = candle
             rows.append(
                 {
-                    "open": _price(o),
-                    "high": _price(h),
-                    "close": _price(c),
-                    "low": _price(lo),
+                    "open": market.price(o),
+                    "high": market.price(h),
+                    "close": market.price(c),
+                    "low": market.price(lo),
                     "time": str(b * interval),
-                    "quoteVol": _qty(v),  # swapped, as the real exchange does
-                    "baseVol": _notional(q),
+                    "quoteVol": market.qty(v),  # swapped, as the real exchange does
+                    "baseVol": market.notional(q),
                     "type": kind,
                 }
             )
         return rows
 
     def depth(self, params: dict[str, str], now: int) -> dict[str, Any]:
-        self.symbol(params)
+        market = self.market(params)
         levels = DEPTH_LIMITS.get(params.get("limit") or "50")
         if levels is None:
             raise _bad_param()
-        book = self.srv.depth_data(now, levels)
+        book = market.depth_data(now, levels)
         return {"asks": book["a"], "bids": book["b"]}
 
     def tickers(self, params: dict[str, str], now: int) -> list[dict[str, str]]:
         rows = []
-        for sym in self.symbols(params):
-            t = self.srv.ticker_data(now)
-            mark = self.srv.price_data(now)["mp"]
+        for market in self.markets(params):
+            t = market.ticker_data(now)
             rows.append(
                 {
-                    "symbol": sym,
-                    "markPrice": mark,
+                    "symbol": market.symbol,
+                    "markPrice": market.price_data(now)["mp"],
                     "lastPrice": t["la"],
                     "open": t["o"],
                     "last": t["la"],
@@ -957,12 +1116,12 @@ class _RestApp:
         return rows
 
     def funding_rate(self, params: dict[str, str], now: int) -> dict[str, Any]:
-        sym = self.symbol(params)
-        p = self.srv.price_data(now)
+        market = self.market(params)
+        p = market.price_data(now)
         return {
-            "symbol": sym,
+            "symbol": market.symbol,
             "markPrice": p["mp"],
-            "lastPrice": self.srv.ticker_data(now)["la"],
+            "lastPrice": market.ticker_data(now)["la"],
             "indexPrice": p["ip"],
             "fundingRate": p["fr"],
             "fundingInterval": 8,
@@ -970,24 +1129,7 @@ class _RestApp:
         }
 
     def trading_pairs(self, params: dict[str, str], now: int) -> list[dict[str, Any]]:
-        return [
-            {
-                "symbol": sym,
-                "base": sym.removesuffix("USDT"),
-                "quote": "USDT",
-                "minTradeVolume": "0.0001",
-                "basePrecision": QTY_PLACES,
-                "quotePrecision": PRICE_PLACES,
-                "minLeverage": 1,
-                "maxLeverage": 125,
-                "defaultLeverage": 20,
-                "maxLimitOrderVolume": "500",
-                "maxMarketOrderVolume": "100",
-                "symbolStatus": "OPEN",
-                **self.srv.trading_pair,
-            }
-            for sym in self.symbols(params)
-        ]
+        return [{**market.trading_pair(), **self.srv.trading_pair} for market in self.markets(params)]
 
 
 # --- the exchange ----------------------------------------------------------------------------------
@@ -996,18 +1138,25 @@ class _RestApp:
 class FakeBitunix:
     """The fake exchange. `await nursery.start(fake.run)`; then `ws_url`, `rest_url` are valid.
 
+    `symbols` are the symbols served (default: `symbol` alone), each with its own seeded price path
+    (the first keyed by `seed` itself, so it is the same path with or without the others; the
+    others by seed and symbol), opening at `start_price` (the first symbol) or the symbol's usual
+    level (`SYMBOL_SPECS`: BTCUSDT 60,000, ETHUSDT 3,000, SOLUSDT 150; any other symbol 100), on
+    its own tick and lot grid. `symbol`, `path` and the market-data methods without a symbol are
+    the first symbol's.
     `time_offset_s` shifts the exchange clock (e.g. to put a candle close 2 s after the start);
     `ws_port`/`rest_port` 0 take free ports; `faults` and `stats` may be read and changed live;
-    `trading_pair` replaces members of the symbol's `trading_pairs` row.
+    `trading_pair` replaces members of every symbol's `trading_pairs` row.
     """
 
     def __init__(
         self,
         *,
         symbol: str = "BTCUSDT",
+        symbols: Sequence[str] = (),
         seed: int = 0,
         candles_csv: Path | None = None,
-        start_price: float = 60000.0,
+        start_price: float | None = None,
         volatility_pct: float = 80.0,
         faults: Faults | None = None,
         push_interval_s: float = 0.5,
@@ -1022,8 +1171,12 @@ class FakeBitunix:
         rest_port: int = 0,
         trading_pair: dict[str, Any] | None = None,
     ) -> None:
-        self.symbol = symbol.upper()
-        # members of the symbol's trading_pairs row to replace (a test's CANCEL_ONLY, a garbled row)
+        names = [s.upper() for s in (symbols or (symbol,))]
+        if len(set(names)) != len(names) or not all(names):
+            raise ValueError(f"symbols must be distinct and non-empty: {', '.join(names)}")
+        self.symbols = tuple(names)
+        self.symbol = self.symbols[0]
+        # members of every trading_pairs row to replace (a test's CANCEL_ONLY, a garbled row)
         self.trading_pair = dict(trading_pair or {})
         self.seed = seed
         self.faults = faults if faults is not None else Faults()
@@ -1038,39 +1191,42 @@ class FakeBitunix:
         self.stats = FakeStats()
         self.ws_url = ""
         self.rest_url = ""
-        self.stalled_until = -math.inf
-        source: _WalkBars | _CsvBars | _ZigzagBars
-        if zigzag_pct > 0:
-            source = _ZigzagBars(zigzag_pct)
-        elif candles_csv is not None:
-            source = _CsvBars(load_candles_csv(Path(candles_csv)), seed)
-        else:
-            source = _WalkBars(seed, volatility_pct)
-        start_ticks = max(1, round(start_price * 10**PRICE_PLACES))
-        self.path = _PricePath(seed, source, start_ticks, self.now_ms() // MINUTE_MS, history_candles)
-        self.path.candle(self.path.m_live, self.now_ms())
+        self.stalled_until = -math.inf  # every socket stalls (the TCP stream holds)
+        self.symbol_stalled_until: dict[str, float] = {}  # one symbol's pushes stop (stall_symbol)
+        rows = load_candles_csv(Path(candles_csv)) if candles_csv is not None else None
+        now = self.now_ms()
+        self.markets: dict[str, _Market] = {}
+        for i, name in enumerate(self.symbols):
+            spec = SYMBOL_SPECS.get(name, OTHER_SYMBOL)
+            key: int | str = seed if i == 0 else f"{seed}:{name}"
+            source: _WalkBars | _CsvBars | _ZigzagBars
+            if zigzag_pct > 0:
+                source = _ZigzagBars(zigzag_pct)
+            elif rows is not None:
+                source = _CsvBars(rows, key, spec.qty_places)
+            else:
+                source = _WalkBars(key, volatility_pct, spec.qty_places)
+            opening = start_price if i == 0 and start_price is not None else spec.start_price
+            start_ticks = max(1, round(opening * 10**spec.price_places))
+            path = _PricePath(key, source, start_ticks, now // MINUTE_MS, history_candles)
+            path.candle(path.m_live, now)
+            self.markets[name] = _Market(name, spec, key, path)
+        self.path = self.markets[self.symbol].path
         self._conns: set[_Conn] = set()
         self._started_at = math.inf
         self._stopped_ms: int | None = None
         self._rest_errors = RestErrors()
         self._stalls_once_by_frames = 0  # stall_once_after_frames stalls done (0 or 1)
-        self._books: dict[int, tuple[list[list[str]], list[list[str]]]] = {}
 
     def now_ms(self) -> int:
         """Exchange time in ms (wall time plus time_offset_s)."""
         return int((time.time() + self.time_offset_s) * 1000)
 
-    def truth_candles(self) -> list[tuple[int, float, float, float, float, float]]:
-        """Every closed 1-minute candle, oldest first: (open_time_ms, o, h, l, c, base volume)."""
+    def truth_candles(self, symbol: str | None = None) -> list[tuple[int, float, float, float, float, float]]:
+        """Every closed 1-minute candle of `symbol` (default: the first), oldest first:
+        (open_time_ms, o, h, l, c, base volume)."""
         now = self.now_ms() if self._stopped_ms is None else self._stopped_ms
-        scale, vscale = 10**PRICE_PLACES, 10**QTY_PLACES
-        out = []
-        for m in range(self.path.m0, now // MINUTE_MS):
-            candle = self.path.candle(m, now)
-            assert candle is not None
-            o, h, lo, c, v, _ = candle
-            out.append((m * MINUTE_MS, o / scale, h / scale, lo / scale, c / scale, v / vscale))
-        return out
+        return self.market(symbol).truth_candles(now)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve on 127.0.0.1 until cancelled; `task_status.started()` once both ports listen."""
@@ -1093,8 +1249,12 @@ class FakeBitunix:
         finally:
             self._stopped_ms = self.now_ms()
 
-    def stalled(self) -> bool:
-        return trio.current_time() < self.stalled_until
+    def stalled(self, symbol: str | None = None) -> bool:
+        """Whether pushes stop now: every socket's, or (with a symbol) that symbol's."""
+        now = trio.current_time()
+        if now < self.stalled_until:
+            return True
+        return symbol is not None and now < self.symbol_stalled_until.get(symbol, -math.inf)
 
     def next_rest_error(self) -> str | None:
         kind = self._rest_errors.next(self.faults.rest_error_fraction)
@@ -1104,9 +1264,17 @@ class FakeBitunix:
         return kind
 
     def _stall(self) -> None:
+        """A stall of stall_for_s from now, of every socket or of the stall_symbol; logged."""
         now = trio.current_time()
-        self.stalled_until = max(self.stalled_until, now + self.faults.stall_for_s)
+        until = now + self.faults.stall_for_s
+        symbol = self.faults.stall_symbol.upper()
+        if symbol:
+            self.symbol_stalled_until[symbol] = max(self.symbol_stalled_until.get(symbol, -math.inf), until)
+        else:
+            self.stalled_until = max(self.stalled_until, until)
         self.stats.stalls += 1
+        n = self.stats.data_frames_sent
+        self.stats.faults_log.append(("stall", n, symbol) if symbol else ("stall", n))
 
     async def data_frame_sent(self, conn: _Conn) -> None:
         """Count-based faults, after each data frame written to a socket: stalls by the server's
@@ -1121,7 +1289,6 @@ class FakeBitunix:
             if every or once:
                 self._stalls_once_by_frames += once
                 self._stall()
-                stats.faults_log.append(("stall", n))
         if (
             f.drop_after_frames > 0
             and conn.data_sent >= f.drop_after_frames
@@ -1152,7 +1319,6 @@ class FakeBitunix:
                 once_done = once_done or once
                 next_stall = now + f.stall_every_s if f.stall_every_s > 0 else math.inf
                 self._stall()
-                self.stats.faults_log.append(("stall", self.stats.data_frames_sent))
             await trio.sleep(0.02)
 
     async def _serve_tcp(self, stream: trio.SocketStream) -> None:
@@ -1198,78 +1364,23 @@ class FakeBitunix:
         finally:
             self._conns.discard(conn)
 
-    # --- market data at exchange time ts (ms) ---
+    # --- market data at exchange time ts (ms), of the first symbol unless told ---
 
-    def _book(self, step: int) -> tuple[list[list[str]], list[list[str]]]:
-        """BOOK_LEVELS levels a side around the trade of this step, strictly ordered; sizes within
-        `book_size_bounds` (see the module docstring)."""
-        got = self._books.get(step)
-        if got is None:
-            p, _, buy = self.path.trade(step * STEP_MS)
-            bid, ask = (p - 1, p) if buy else (p, p + 1)
-            rng = random.Random(f"{self.seed}:book:{step}")
-            bids: list[list[str]] = []
-            asks: list[list[str]] = []
-            for i in range(BOOK_LEVELS):
-                if i:
-                    bid -= 1 if i < 5 else rng.choice((1, 1, 2, 3))
-                    ask += 1 if i < 5 else rng.choice((1, 1, 2, 3))
-                least, most = book_size_bounds(i)
-                mu = math.log(BOOK_MEDIAN_UNITS * (4 + i) / 4)
-                size_b, size_a = (
-                    min(most, max(least, round(rng.lognormvariate(mu, BOOK_SIZE_SIGMA)))) for _ in "ba"
-                )
-                if bid > 0:
-                    bids.append([_price(bid), _qty(size_b)])
-                asks.append([_price(ask), _qty(size_a)])
-            got = (bids, asks)
-            if len(self._books) > 16:
-                self._books.pop(min(self._books))
-            self._books[step] = got
-        return got
+    def market(self, symbol: str | None = None) -> _Market:
+        """The served symbol's market (KeyError for one not served)."""
+        return self.markets[self.symbol if symbol is None else symbol.upper()]
 
-    def depth_data(self, ts: int, levels: int) -> dict[str, Any]:
-        bids, asks = self._book(ts // STEP_MS)
-        return {"b": [list(x) for x in bids[:levels]], "a": [list(x) for x in asks[:levels]]}
+    def depth_data(self, ts: int, levels: int, symbol: str | None = None) -> dict[str, Any]:
+        return self.market(symbol).depth_data(ts, levels)
 
-    def ticker_data(self, ts: int) -> dict[str, str]:
-        """24 h statistics: the last 1440 minutes, the current one as of ts."""
-        m = ts // MINUTE_MS
-        agg = self.path.span((m - 1439) * MINUTE_MS, (m + 1) * MINUTE_MS, ts)
-        assert agg is not None
-        o, h, lo, c, v, q = agg
-        return {
-            "s": self.symbol,
-            "o": _price(o),
-            "la": _price(c),
-            "h": _price(h),
-            "l": _price(lo),
-            "b": _qty(v),
-            "q": _notional(q),
-            "r": f"{(c / o - 1) * 100:.10f}".rstrip("0").rstrip("."),
-        }
+    def ticker_data(self, ts: int, symbol: str | None = None) -> dict[str, str]:
+        return self.market(symbol).ticker_data(ts)
 
-    def tickers_row(self, ts: int) -> dict[str, str]:
-        bids, asks = self._book(ts // STEP_MS)
-        row = self.ticker_data(ts)
-        row.update(bd=bids[0][0], ak=asks[0][0], bv=bids[0][1], av=asks[0][1])
-        return row
+    def tickers_row(self, ts: int, symbol: str | None = None) -> dict[str, str]:
+        return self.market(symbol).tickers_row(ts)
 
-    def price_data(self, ts: int) -> dict[str, str]:
-        step = ts // STEP_MS
-        p, _, _ = self.path.trade(step * STEP_MS)
-        wobble = random.Random(f"{self.seed}:mark:{step // 4}")
-        mark = p + wobble.randint(-3, 3)
-        index = mark + wobble.randint(-5, 5)
-        ft = ts // FUNDING_MS * FUNDING_MS
-        rate = round(random.Random(f"{self.seed}:funding:{ft}").gauss(0.005, 0.004) * 10**6)
-        return {
-            "ip": _price(index),
-            "mp": _price(mark),
-            "fr": _dec(rate, 6),
-            "ft": _iso(ft),
-            "nft": _iso(ft + FUNDING_MS),
-        }
+    def price_data(self, ts: int, symbol: str | None = None) -> dict[str, str]:
+        return self.market(symbol).price_data(ts)
 
 
 # --- command line ----------------------------------------------------------------------------------
@@ -1282,11 +1393,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="WebSocket port on 127.0.0.1 (0: any free port)")
     p.add_argument("--rest-port", type=int, default=0, help="REST port on 127.0.0.1 (0: any free port)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--symbol", default="BTCUSDT")
+    p.add_argument(
+        "--symbol",
+        action="append",
+        default=[],
+        help="a symbol to serve (repeatable; default BTCUSDT); the first takes --start-price",
+    )
+    p.add_argument("--symbols", default="", metavar="A,B", help="symbols to serve, comma-separated")
     p.add_argument(
         "--csv", type=Path, help="replay these 1-minute candles (open_time_ms,open,high,low,close,volume)"
     )
-    p.add_argument("--start-price", type=float, default=60000.0)
+    p.add_argument(
+        "--start-price",
+        type=float,
+        default=None,
+        help="the first symbol's opening price (default: its usual level, BTCUSDT 60000)",
+    )
     p.add_argument(
         "--zigzag",
         type=float,
@@ -1322,6 +1444,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a stall after every N data frames sent (deterministic)",
     )
     p.add_argument("--stall-for", type=float, default=0, metavar="S", help="how long a stall lasts")
+    p.add_argument(
+        "--stall-symbol",
+        default="",
+        metavar="SYMBOL",
+        help="stalls stop only this symbol's pushes (the socket and the other symbols go on)",
+    )
     p.add_argument(
         "--malformed",
         type=float,
@@ -1380,6 +1508,7 @@ def main(argv: list[str] | None = None) -> int:
         drop_every_s=a.drop_every,
         stall_every_s=a.stall_every,
         stall_for_s=a.stall_for,
+        stall_symbol=a.stall_symbol.upper(),
         malformed_fraction=a.malformed,
         refuse_handshakes_for_s=a.refuse_for,
         drop_after_frames=a.drop_after_frames,
@@ -1390,9 +1519,10 @@ def main(argv: list[str] | None = None) -> int:
         rest_rate_limit_per_s=a.rest_rate_limit,
         latency_ms=a.latency_ms,
     )
+    symbols = [*a.symbol, *(x.strip() for x in a.symbols.split(",") if x.strip())] or ["BTCUSDT"]
     try:
         fake = FakeBitunix(
-            symbol=a.symbol,
+            symbols=symbols,
             seed=a.seed,
             candles_csv=a.csv,
             start_price=a.start_price,
