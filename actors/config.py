@@ -368,6 +368,9 @@ STRATEGY_ID_PATTERN = r"[a-z0-9_-]{1,32}"
 MAX_SUBSCRIPTIONS = 300
 CHANNELS_PER_SYMBOL = 3
 MAX_SYMBOLS = MAX_SUBSCRIPTIONS // CHANNELS_PER_SYMBOL
+# The most session candles of history a live feed seeds per symbol (strategies on longer intervals
+# want many: 200 one-hour candles are 12,000 one-minute ones)
+MAX_SEED_CANDLES = 12_000
 
 
 @attrs.frozen
@@ -392,7 +395,10 @@ class StrategyTableKeys:
         _pattern(r"[A-Z0-9]{2,20}", "2-20 of A-Z, 0-9"),
     )
     interval: str = key(
-        "", "candle interval it decides on; only session.interval for now (optional)", _interval
+        "",
+        "candle interval it decides on: session.interval (the default) or a whole multiple of it "
+        "(e.g. 5m, 15m, 1h on 1m), built from the session's candles",
+        _interval,
     )
 
 
@@ -477,11 +483,20 @@ class Config:
     def strategy_symbol(self, spec: StrategySpec) -> str:
         return (spec.symbol or self.session.symbol).upper()
 
+    def strategy_interval_s(self, spec: StrategySpec) -> int:
+        """The strategy's candle interval, seconds (default: the session's)."""
+        return interval_seconds(spec.interval) if spec.interval else self.interval_s
+
     @property
     def strategy_history(self) -> int:
-        """Closed candles of history the strategies keep: the largest `history` of them (the live
-        feed seeds this many)."""
-        return max(spec.config.history for spec in self.strategy_specs)
+        """Closed candles of the session's interval the strategies need as history: the largest
+        `history` of them, in session candles (a strategy on 5m candles of a 1m session with
+        `history` 200 needs 1,000; the live feed seeds this many, at most MAX_SEED_CANDLES)."""
+        needed = max(
+            spec.config.history * (self.strategy_interval_s(spec) // self.interval_s)
+            for spec in self.strategy_specs
+        )
+        return min(needed, MAX_SEED_CANDLES)
 
 
 SECTIONS: dict[str, type] = {
@@ -876,14 +891,18 @@ def cross_checks(config: Config) -> list[str]:
 
 
 def _one_market(config: Config, spec: StrategySpec, prefix: str) -> list[str]:
-    """One candle interval per session, for now (several: another issue); any number of symbols
-    up to MAX_SYMBOLS (each takes its channels of the one WebSocket connection)."""
+    """A strategy's interval: the session's, or a whole number of them (its candles are built
+    from the session's: actors/feeds/intervals.py)."""
     problems: list[str] = []
     session = config.session
-    if spec.interval is not None and interval_seconds(spec.interval) != config.interval_s:
+    if spec.interval is None:
+        return problems
+    wanted, base = interval_seconds(spec.interval), config.interval_s
+    if wanted < base or wanted % base:
         problems.append(
             f"{prefix}.interval: {spec.interval!r} is not allowed; expected session.interval "
-            f"({session.interval!r}): a session has one candle interval, several intervals are not supported yet"
+            f"({session.interval!r}) or a whole multiple of it (e.g. 5m, 15m, 1h on 1m): a strategy's "
+            "candles are built from the session's"
         )
     return problems
 

@@ -33,6 +33,7 @@ import attrs
 
 from actors.broker.paper import PaperBroker
 from actors.broker.portfolio import Portfolio
+from actors.feeds.intervals import Intervals
 from actors.risk.gate import RiskGate
 from actors.strategies.base import Strategy
 from protocols.messages import (
@@ -65,19 +66,32 @@ class Kernel:
         gate: RiskGate,
         strategies: Sequence[Strategy],
         write: Callable[[Event], None],
+        *,
+        intervals: Intervals | None = None,
+        strategy_intervals: dict[str, float] | None = None,
     ) -> None:
+        """`intervals`: the longer candles some strategies take, built from the session's;
+        `strategy_intervals`: each strategy's candle interval by id (absent: the session's)."""
         self.broker = broker
         self.gate = gate
         self.strategies = list(strategies)
         self.write = write
         self.stopped: Stopped | None = None
         self.now = -math.inf
+        self.intervals = intervals if intervals else None
+        longer = {
+            sid: s for sid, s in (strategy_intervals or {}).items() if intervals and s > intervals.base_s
+        }
         # which strategies take which market event type of which symbol (each strategy declares
-        # what it takes; it trades one symbol)
+        # what it takes; it trades one symbol); candles of a longer interval by (symbol, interval)
         self._routes: dict[tuple[type, str], list[Strategy]] = {}
+        self._longer: dict[tuple[str, float], list[Strategy]] = {}
         for strategy in self.strategies:
             for kind in strategy.subscribes:
-                self._routes.setdefault((kind, strategy.symbol), []).append(strategy)
+                if kind is Candle and strategy.id in longer:
+                    self._longer.setdefault((strategy.symbol, longer[strategy.id]), []).append(strategy)
+                else:
+                    self._routes.setdefault((kind, strategy.symbol), []).append(strategy)
 
     # --- steps ---------------------------------------------------------------------------------------
 
@@ -160,6 +174,8 @@ class Kernel:
                     return self.stopped
             if candle_targets:
                 publish(candle, candle_targets, close_ts)
+            if self.intervals is not None:
+                self.publish_longer(candle, close_ts)
             due = next_timer()
         if not finish:  # more candles to come (a run resumed from a checkpoint, in tests)
             return None
@@ -193,6 +209,16 @@ class Kernel:
         targets = self._routes.get((type(event), event.symbol))
         if targets:
             self.publish(event, targets, now)
+        if self.intervals is not None and type(event) is Candle:
+            self.publish_longer(event, now)
+
+    def publish_longer(self, candle: Candle, now: float) -> None:
+        """The longer candles `candle` completes, to the strategies that take them."""
+        assert self.intervals is not None
+        for longer in self.intervals.add(candle):
+            targets = self._longer.get((longer.symbol, longer.interval_s))
+            if targets and self.stopped is None:
+                self.publish(longer, targets, now)
 
     def settle(self, now: float) -> None:
         """The risk gate's reactions to the account, until the broker has nothing more to report."""

@@ -44,6 +44,7 @@ from actors.broker.portfolio import Portfolio
 from actors.config import Config, to_dict
 from actors.feeds.funding import FundingRates
 from actors.feeds.history import candle_steps, read_candles_csv, read_market_log
+from actors.feeds.intervals import Intervals
 from actors.kernel import Kernel, Stopped
 from actors.lock import SessionLock
 from actors.plan import Plan
@@ -109,6 +110,9 @@ class Parts:
     strategies: list[Strategy]
     walk: MarketWalk | None  # the mock source's price paths, one per symbol (live sessions)
     rngs: dict[str, random.Random]
+    # the longer candles some strategies take, built from the session's; each strategy's interval
+    intervals: Intervals = attrs.field(factory=lambda: Intervals(60.0, ()))
+    strategy_intervals: dict[str, float] = attrs.field(factory=dict)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -118,6 +122,7 @@ class Parts:
             "strategies": {s.id: s.state() for s in self.strategies},
             "feed": self.walk.snapshot() if self.walk is not None else None,
             "rngs": {name: _rng_state(rng) for name, rng in self.rngs.items()},
+            "intervals": self.intervals.state(),
         }
 
     def restore(self, state: dict[str, Any], now: float) -> None:
@@ -128,6 +133,7 @@ class Parts:
             saved = by_id.get(strategy.id, state.get("strategy") if len(self.strategies) == 1 else None)
             if saved is not None:
                 strategy.restore(saved)
+        self.intervals.restore(state.get("intervals") or {})
         if self.walk is not None and state.get("feed") is not None:
             self.walk.restore(state["feed"])
         for name, rng_state in state["rngs"].items():
@@ -142,7 +148,11 @@ def _rng_state(rng: random.Random) -> list[Any]:
 def _walk(config: Config, rng: random.Random) -> MarketWalk:
     from actors.feeds.mock import build_walk  # the live feeds' module imports trio: live only
 
-    return build_walk(config.feed, rng, config.symbols)
+    walk = build_walk(config.feed, rng, config.symbols)
+    for one in walk.walks:  # history enough for every strategy's warm-up (longer intervals want more)
+        if one.history_candles > 0:  # 0: none at all, as configured
+            one.history_candles = max(one.history_candles, config.strategy_history)
+    return walk
 
 
 def build_parts(
@@ -190,6 +200,8 @@ def build_parts(
             funding=funding,
         )
     known = {s: i for s, i in instruments.items() if i is not None}
+    intervals = {spec.id: float(config.strategy_interval_s(spec)) for spec in config.strategy_specs}
+    wanted = [(config.strategy_symbol(spec), intervals[spec.id]) for spec in config.strategy_specs]
     return Parts(
         broker=broker,
         gate=RiskGate(
@@ -206,6 +218,8 @@ def build_parts(
         ],
         walk=_walk(config, rngs["feed"]) if live else None,
         rngs=rngs,
+        intervals=Intervals(config.interval_s, wanted),
+        strategy_intervals=intervals,
     )
 
 
@@ -460,7 +474,14 @@ class Session:
         with SessionLock(run_path):
             recorder = Recorder(run_path)
             recorder.write(started_event(self.config, run_path.name, timeline))
-            kernel = Kernel(parts.broker, parts.gate, parts.strategies, recorder.write)
+            kernel = Kernel(
+                parts.broker,
+                parts.gate,
+                parts.strategies,
+                recorder.write,
+                intervals=parts.intervals,
+                strategy_intervals=parts.strategy_intervals,
+            )
             status = "ok"
             try:
                 if one_stream:

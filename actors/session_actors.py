@@ -37,6 +37,7 @@ from protocols.messages import (
     AccountSnapshot,
     AccountUpdate,
     BrokerInput,
+    Candle,
     Event,
     MarketEvent,
     MarketView,
@@ -187,9 +188,15 @@ async def _run(
         asker: Asker[MarketView, list[OrderIntent]]
         answerer: Answerer[MarketView, list[OrderIntent]]
         asker, answerer = open_mailbox()
-        links.append(StrategyLink(strategy.subscribes, asker, strategy.symbol))
+        links.append(
+            StrategyLink(
+                strategy.subscribes, asker, strategy.symbol, parts.strategy_intervals.get(strategy.id, 0.0)
+            )
+        )
         strategy_inboxes.append((strategy, answerer))
     published = tuple({kind for strategy in parts.strategies for kind in strategy.subscribes})
+    if parts.intervals:  # the longer candles are built from the session's: the broker must see them
+        published = tuple({*published, Candle})
     after_step = _checkpointer(parts, timeline, sink, config.state.checkpoint_interval_s) if live else None
 
     async with trio.open_nursery() as actors:
@@ -210,6 +217,7 @@ async def _run(
                 record_market=live,
                 after_step=after_step,
                 on_snapshot=latest.update,
+                intervals=parts.intervals,
             )
         )
         with market_tx, stops_tx, stopper.scope:

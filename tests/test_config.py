@@ -340,7 +340,11 @@ INVALID_STRATEGIES = [
     ('[[strategies]]\nid = "' + "x" * 33 + '"\nkind = "ema_cross"\n', [], "strategies[0].id:"),
     (ONE_TABLE * 2, [], "strategies[a].id: 'a' is not allowed (from"),
     (ONE_TABLE + "symbol = 'eth'\n", [], "strategies[a].symbol: 'eth' is not allowed"),
-    (ONE_TABLE + "interval = '5m'\n", [], "several intervals are not supported yet"),
+    (
+        ONE_TABLE + "interval = '90s'\n",
+        [],
+        "strategies[a].interval: '90s' is not allowed; expected session.interval",
+    ),
     (ONE_TABLE + "interval = 'soon'\n", [], "strategies[a].interval: 'soon' is not allowed"),
     ("[strategy]\norder_qty = 0.002\n" + ONE_TABLE, [], "[strategy] (from"),
     (

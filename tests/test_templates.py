@@ -38,7 +38,7 @@ def _load(path: Path, tmp_path: Path) -> Config:
 
 def test_the_templates_are_there() -> None:
     names = {path.name for path in TEMPLATES}
-    assert {"two_setups.toml", "trend_pullback.toml", "liquidity_sweep.toml"} <= names
+    assert {"two_setups.toml", "trend_pullback.toml", "liquidity_sweep.toml", "three_symbols.toml"} <= names
 
 
 @pytest.mark.parametrize("path", TEMPLATES, ids=lambda path: path.stem)

@@ -24,6 +24,7 @@ import trio
 from actors.broker.paper import PaperBroker
 from actors.broker.portfolio import Portfolio
 from actors.clock import SessionClock
+from actors.feeds.intervals import Intervals
 from actors.feeds.stamp import Stamped
 from actors.mailbox import Asker
 from actors.recording.actor import EventSink
@@ -32,6 +33,7 @@ from protocols.messages import (
     AccountSnapshot,
     AccountUpdate,
     BrokerInput,
+    Candle,
     Event,
     MarketEvent,
     MarketView,
@@ -52,12 +54,14 @@ async def run_broker(
     record_market: bool = False,
     after_step: Callable[[float], None] | None = None,
     on_snapshot: Callable[[AccountSnapshot], None] | None = None,
+    intervals: Intervals | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """`published`: the market event types some strategy takes; `record_market`: every market
     event acted on goes to market.jsonl (live sessions, for replay); `after_step(now)`: called
     after each step (the session checkpoints there); `on_snapshot`: the account after each step
-    (the watchdog's progress display)."""
+    (the watchdog's progress display); `intervals`: the longer candles some strategies take, built
+    from the session's candles and asked about right after them."""
     stopping: StopSession | None = None
 
     def record(events: list[Event]) -> None:
@@ -93,6 +97,11 @@ async def run_broker(
         if stopping is None and isinstance(event, published):
             await risk.ask(MarketView(event, broker.snapshot(now, event.symbol)))
             drain(now)
+        if intervals and type(event) is Candle:  # the longer candles it completes, as the kernel
+            for longer in intervals.add(event):
+                if stopping is None:
+                    await risk.ask(MarketView(longer, broker.snapshot(now, longer.symbol)))
+                    drain(now)
         end_step(now)
 
     def end_step(now: float) -> None:

@@ -16,7 +16,7 @@ import trio
 from actors.mailbox import Answerer, Asker
 from actors.recording.actor import EventSink
 from actors.risk.gate import RiskGate
-from protocols.messages import AccountUpdate, BrokerInput, Event, MarketView, OrderIntent
+from protocols.messages import AccountUpdate, BrokerInput, Candle, Event, MarketView, OrderIntent
 
 
 def orders_capacity(max_orders_per_minute: int) -> int:
@@ -33,6 +33,7 @@ class StrategyLink:
     subscribes: tuple[type, ...]
     asker: Asker[MarketView, list[OrderIntent]]
     symbol: str = ""  # the symbol it trades ("": every symbol's events)
+    interval_s: float = 0.0  # the candles it takes (0: any)
 
 
 async def run_risk(
@@ -65,9 +66,15 @@ async def run_risk(
                 else:
                     account, now = request.account, request.account.ts
                     for link in strategies:
-                        if isinstance(request.event, link.subscribes) and link.symbol in (
-                            "",
-                            request.event.symbol,
+                        event = request.event
+                        if (
+                            isinstance(event, link.subscribes)
+                            and link.symbol in ("", event.symbol)
+                            and (
+                                link.interval_s == 0
+                                or type(event) is not Candle
+                                or event.interval_s == link.interval_s
+                            )
                         ):
                             for intent in await link.asker.ask(request):
                                 for decided in gate.on_intent(intent, account, now):
