@@ -66,7 +66,7 @@ from loguru import logger
 
 from actors.clock import SessionClock
 from actors.config import Config
-from actors.feeds.mock import FeedHealth, RandomWalk, fan_out, run_mock_feed
+from actors.feeds.mock import FeedHealth, MarketWalk, RandomWalk, fan_out, run_mock_feed
 from protocols import bitunix
 from protocols.instruments import Instrument, from_trading_pair, table_instrument
 from protocols.messages import Book, Candle, Event, EventSender, FeedStatus, Funding, MarketEvent, Tick
@@ -833,7 +833,7 @@ async def run_live_feed(
     config: Config,
     clock: SessionClock,
     health: FeedHealth,
-    walk: RandomWalk,
+    walk: RandomWalk | MarketWalk,
     subscribers: Sequence[trio.MemorySendChannel[MarketEvent]],
     events: EventSender,
     *,
