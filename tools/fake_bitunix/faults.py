@@ -88,7 +88,8 @@ class FakeStats:
     protocol_ping_kills: int = 0
     pings_received: int = 0
     pongs_sent: int = 0
-    subscriptions: list[Any] = attrs.field(factory=list)
+    subscriptions: list[Any] = attrs.field(factory=list)  # every arg of every subscribe message
+    subscribe_msgs: int = 0  # subscribe messages received (one may carry several symbols' args)
     ignored_client_msgs: int = 0
     client_msgs_max_per_s: int = 0
     rate_disconnects: int = 0

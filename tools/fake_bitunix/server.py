@@ -713,6 +713,7 @@ class _Conn:
             stats.pongs_sent += 1
             await self._control({"op": "ping", "pong": msg.get("ping"), "ping": self.srv.now_ms() // 1000})
         elif op == "subscribe" and isinstance(args, list):
+            stats.subscribe_msgs += 1
             await self._subscribe(args)
         elif op == "unsubscribe" and isinstance(args, list):
             for arg in args:
