@@ -26,12 +26,15 @@ from actors.clock import SessionClock
 from actors.config import Config, load
 from actors.feeds.bitunix import BitunixFeed, UnknownSymbol
 from actors.feeds.mock import FeedHealth
+from actors.session import run_session
 from protocols import bitunix
 from protocols.instruments import TABLE, Instrument
 from protocols.messages import Book, Candle, Event, FeedStatus, Funding, MarketEvent, Tick
+from tests.conftest import read_events
 from tests.test_feed_bitunix import offset_for_close_in
 from tools.fake_bitunix import FakeBitunix, Faults
 from tools.fake_bitunix.server import SYMBOL_SPECS
+from tools.validate_session import validate
 
 TWO = ("BTCUSDT", "ETHUSDT")
 CHANNELS = ("market_kline_1min", "depth_book15", "price")
@@ -372,3 +375,44 @@ async def test_the_feed_falls_back_to_each_symbols_table_instrument(tmp_path: Pa
     ]
     assert all(e.fields["reason"].startswith("trading_pairs failed") for e in events)
     assert {e.symbol for e in run.received if isinstance(e, Book)} == set(TWO), "both go on"
+
+
+@pytest.mark.slow
+async def test_a_live_session_trades_two_symbols_from_one_connection(tmp_path: Path) -> None:
+    """A whole session against the fake serving both symbols (each on the zigzag path, a candle
+    close 3 s in): it ends clean and valid, each symbol's candles are the fake's, and each symbol's
+    strategy traded its own symbol."""
+    fake = FakeBitunix(seed=67, symbols=TWO, zigzag_pct=0.2, time_offset_s=offset_for_close_in(3))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.run)
+        config = feed_config(
+            tmp_path,
+            fake,
+            TWO,
+            "session.duration_min=0.15",
+            "risk.max_loss_pct=50",
+            "risk.max_daily_drawdown_pct=50",
+            "risk.max_consecutive_losses=0",
+        )
+        with trio.fail_after(60):
+            result = await run_session(config, handle_signals=False, progress_mode="off")
+        nursery.cancel_scope.cancel()
+    report = result.report
+    assert (report["status"], report["stop_reason"], report["errors"]) == ("ok", "duration", 0)
+    assert report["data_source"] == "bitunix" and validate(result.run_path) == []
+    assert fake.stats.connections == 1 and fake.stats.subscribe_msgs == 1
+    records = [json.loads(line) for line in (result.run_path / "market.jsonl").open()]
+    for symbol in TWO:
+        candles = [r for r in records if r["type"] == "candle" and r["symbol"] == symbol]
+        truth = {t[0]: t[1:] for t in fake.truth_candles(symbol)}
+        assert len(candles) == 6, symbol  # the seed (history 5) and one live close
+        for c in candles:
+            got = (c["open"], c["high"], c["low"], c["close"], c["volume"])
+            assert got == pytest.approx(truth[round(c["open_ts"] * 1000)])
+        statuses = [
+            (r["stale"], r["reason"]) for r in records if r["type"] == "feed_status" and r["symbol"] == symbol
+        ]
+        assert statuses == [(True, "no data yet"), (False, "websocket data")]
+    fills = [e for e in read_events(result.run_path) if e["kind"] == "order.filled"]
+    own = {(e["strategy_id"], e["symbol"]) for e in fills if e["strategy_id"]}  # not the flatten at exit
+    assert own == {("s0", "BTCUSDT"), ("s1", "ETHUSDT")}
