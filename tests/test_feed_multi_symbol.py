@@ -319,6 +319,29 @@ async def test_one_symbols_stall_makes_that_symbol_alone_stale(tmp_path: Path) -
     assert not run.feed.health.stale
 
 
+@pytest.mark.slow
+async def test_one_symbol_stale_alone_is_polled_over_rest_until_its_pushes_return(tmp_path: Path) -> None:
+    """ETHUSDT's pushes stop for 6 s: stale after 1 s of silence, then (no data for 2 s) its REST
+    polling makes it fresh and quotes it, until its pushes return; BTCUSDT is never polled."""
+    faults = Faults(stall_symbol="ETHUSDT", stall_once_after_frames=30, stall_for_s=6)
+    fake = FakeBitunix(seed=68, symbols=TWO, faults=faults)
+    run = await run_feed(tmp_path, fake, TWO, "feed.stale_after_s=1", "feed.failover_after_s=2", seconds=11)
+    assert fake.stats.faults_log == [("stall", 30, "ETHUSDT")]
+    assert run.statuses("BTCUSDT") == [(True, "no data yet"), (False, "websocket data")]
+    assert run.statuses("ETHUSDT") == [
+        (True, "no data yet"),
+        (False, "websocket data"),
+        (True, "no data for 1 s"),
+        (False, "REST polling"),
+    ]
+    failover = [(e.fields["active"], e.fields["symbols"]) for e in run.kinds("feed.failover")]
+    assert failover == [(True, ["ETHUSDT"]), (False, ["ETHUSDT"])]
+    start, end = (e.ts for e in run.kinds("feed.failover"))
+    polled = [e for e in run.of("ETHUSDT") if isinstance(e, Book) and start <= e.ts <= end]
+    assert len(polled) >= 2 and all(e.bids[0][0] < e.asks[0][0] for e in polled)
+    assert fake.stats.connections == 1 and run.feed.health.reconnects == 0
+
+
 async def test_an_unknown_symbol_among_several_is_a_start_up_error(tmp_path: Path) -> None:
     """trading_pairs has no row for DOGEUSDT (the fake serves BTCUSDT and ETHUSDT): the feed ends
     at once with UnknownSymbol naming it, before any market data."""

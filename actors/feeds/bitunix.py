@@ -27,8 +27,9 @@
   thrown away; REST fills the gaps instead, so each series has no gap and no duplicate.
 - **REST** (httpx) on `feed.rest_url`: seeds `strategy.history` candles of each symbol at start
   (with several strategies, the largest `history` of them), backfills gaps, and polls a symbol's
-  candles and book while it has had no WebSocket data for `feed.failover_after_s` (every symbol
-  while the socket is down; one symbol whose pushes stopped while the others flow).
+  candles and book once it has had no WebSocket data for `feed.failover_after_s` and is out: every
+  symbol while the socket is down; one symbol gone stale alone while the others flow. Polling
+  stops when its WebSocket data comes back.
   A token bucket keeps calls under `feed.rest_rate_limit` per second; rate-limit codes
   (10005/10006), HTTP 429/5xx and network errors are retried with capped backoff and jitter.
 - **Validation** is `protocols.bitunix.FrameValidator`: rejected frames are dropped, counted by
@@ -719,14 +720,20 @@ class BitunixFeed:
     # --- failover ---------------------------------------------------------------------------------
 
     async def _failover_loop(self) -> None:
-        """Poll REST for each symbol with no WebSocket data for `failover_after_s` (all of them
-        while the socket is down), once the feed has started; stop when its data comes back."""
+        """Once the feed has started: poll REST for each symbol with no WebSocket data for
+        `failover_after_s` that is out (the socket down: every symbol; or the symbol stale alone),
+        until its WebSocket data comes back."""
         while True:
             await trio.sleep(FAILOVER_POLL_S)
             if not self.first_data.is_set():
                 continue
             now = trio.current_time()
-            due = [m for m in self.markets.values() if now - m.last_data_at >= self.cfg.failover_after_s]
+            due = [
+                m
+                for m in self.markets.values()
+                if now - m.last_data_at >= self.cfg.failover_after_s
+                and (m.failover or m.stale or not self.ws_up)
+            ]
             back = [m for m in self.markets.values() if m.failover and m not in due]
             for m in back:
                 m.failover = False

@@ -15,6 +15,14 @@ trades, one every 250 ms, whose running open/high/low/close/volume is what the W
 the bar is exactly the aggregate of its trades. So WS pushes, REST klines and `truth_candles()`
 agree to the last digit. Prices are kept in ticks (0.1 USDT) and sizes in 0.0001 BTC as integers.
 
+Several symbols (`symbols=("BTCUSDT", "ETHUSDT")`, CLI `--symbol` repeated or `--symbols A,B`):
+each has its own price path, seeded by (seed, symbol) (the first by the seed alone: its path is the
+one it has when served alone), at its own level and on its own grid (`SYMBOL_SPECS`, as the
+project's instrument table: ETHUSDT ~3,000 in 0.01 ticks and 0.001 lots, SOLUSDT ~150 in 0.001
+and 0.01; others 0.1 and 0.0001), and its own books (one coin at the touch); every WS channel and
+REST endpoint serves each of them. `Faults.stall_symbol` stops one symbol's pushes while the
+others go on.
+
 CSV replay: minute k after the history start takes CSV row `(r0 + k) mod n` (r0 drawn from the
 seed) and keeps its shape, not its level: high/open, low/open and close/open of the row are
 applied to an open chained from the previous close (the first open is `start_price`), so the
