@@ -78,11 +78,22 @@ REAL_TIME_MODULES = {
 }
 
 
+# The longest real-time tests (minutes of wall time, mostly waiting): collected first, so that a
+# pytest-xdist worker starts each at once and the rest of the suite runs beside it.
+LONGEST_FIRST = ("test_multi_symbol_live",)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = getattr(item, "module", None)  # a test function's (pytest.Function) module
         if module is not None and module.__name__.rsplit(".", 1)[-1] in REAL_TIME_MODULES:
             item.add_marker(pytest.mark.slow)
+
+    def longest_first(item: pytest.Item) -> int:
+        module = getattr(item, "module", None)
+        return 0 if module is not None and module.__name__.rsplit(".", 1)[-1] in LONGEST_FIRST else 1
+
+    items.sort(key=longest_first)  # stable: the rest keep their order
 
 
 @pytest.fixture

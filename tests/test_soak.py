@@ -90,7 +90,10 @@ async def test_soak_every_fault_at_once(tmp_path: Path) -> None:
     assert dropped <= broke, (dropped, broke)
     assert dropped.total() >= broke.total() - lost_at_most, (dropped, broke)
     k = kinds(events)
-    assert k["feed.disconnected"] >= 3 and k["feed.stale"] >= 3
+    # a drop makes the data stale unless REST polling already carries it (failover began during an
+    # earlier outage): how many drops find polling running depends on timing, so only the stall's
+    # own staleness is required (below), not one per drop
+    assert k["feed.disconnected"] >= 3 and k["feed.stale"] >= 1
     assert any("no data for 2 s" in e["reason"] for e in events if e["kind"] == "feed.stale"), "a stall"
     assert [s["stale"] for s in market_records(result.run_path, "feed_status")][:2] == [True, False]
     assert report["fills"] >= 2  # it traded through all of it
