@@ -167,7 +167,10 @@ class FeedConfig:
         _num(gt=0, le=50),
     )
     stale_after_s: float = key(
-        10.0, "no data frame for this long marks data stale and forces a reconnect", _num(gt=0, le=600)
+        10.0,
+        "no data frame of any symbol for this long marks data stale and forces a reconnect; one "
+        "symbol silent this long while others flow is stale alone",
+        _num(gt=0, le=600),
     )
     backoff_initial_s: float = key(
         0.5, "first reconnect delay (exponential backoff, full jitter)", _num(gt=0, le=60)
@@ -175,7 +178,8 @@ class FeedConfig:
     backoff_max_s: float = key(30.0, "largest reconnect delay", _num(gt=0, le=600))
     failover_after_s: float = key(
         5.0,
-        "WebSocket down this long: poll REST for candles and prices until it recovers",
+        "WebSocket down (or a symbol stale alone) this long: poll REST for that data's candles and "
+        "prices until it recovers",
         _num(gt=0, le=600),
     )
     rest_rate_limit: float = key(
