@@ -440,6 +440,31 @@ class ObservabilityConfig:
         "backtests: one heartbeat (metrics row, a point of the equity curve) per this many candles",
         _num(ge=1),
     )
+    webhook_url: str = key(
+        "",
+        "alerts: POST each one as JSON to this http(s) URL (empty: no webhook)",
+        _pattern(r"(https?://\S+)?", "empty, or an http:// or https:// URL"),
+    )
+    webhook_timeout_s: float = key(5.0, "alerts: timeout of one webhook request, seconds", _num(gt=0, le=60))
+    webhook_attempts: int = key(
+        4, "alerts: tries per webhook message (retried with backoff on errors and 5xx)", _num(ge=1, le=10)
+    )
+
+
+@attrs.frozen
+class AlertsConfig:
+    max_rss_mb: float = key(
+        2048.0, "alert when the process's resident memory exceeds this, MB (0: off)", _num(ge=0)
+    )
+    min_free_disk_mb: float = key(
+        500.0, "alert when the run folder's disk has less free space than this, MB (0: off)", _num(ge=0)
+    )
+    max_errors_per_min: int = key(
+        3, "alert when more than this many error events fall within one minute (0: off)", _num(ge=0)
+    )
+    feed_down_s: float = key(
+        60.0, "alert when the live feed's connection has been down this long, seconds (0: off)", _num(ge=0)
+    )
 
 
 @attrs.frozen
@@ -457,6 +482,7 @@ class Config:
     risk: RiskConfig = attrs.field(factory=RiskConfig)
     strategy: StrategyConfig = attrs.field(factory=StrategyConfig)
     observability: ObservabilityConfig = attrs.field(factory=ObservabilityConfig)
+    alerts: AlertsConfig = attrs.field(factory=AlertsConfig)
     state: StateConfig = attrs.field(factory=StateConfig)
     # the strategy kind's own parameters (an instance of its params class), None: its defaults
     strategy_params: Any = None
@@ -510,6 +536,7 @@ SECTIONS: dict[str, type] = {
     "risk": RiskConfig,
     "strategy": StrategyConfig,
     "observability": ObservabilityConfig,
+    "alerts": AlertsConfig,
     "state": StateConfig,
 }
 for _cls in (*SECTIONS.values(), StrategyTableKeys):
