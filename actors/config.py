@@ -435,6 +435,12 @@ class ObservabilityConfig:
         _choice("auto", "plain", "off"),
     )
     log_level: str = key("INFO", "console log level", _choice("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_rotation_mb: float = key(
+        10.0, "session.log: start a new file when it reaches this size, MB", _num(gt=0, le=10240)
+    )
+    log_retention_files: int = key(
+        5, "session.log: rotated files kept beside it (older ones are deleted)", _num(ge=1, le=1000)
+    )
     backtest_heartbeat_candles: int = key(
         60,
         "backtests: one heartbeat (metrics row, a point of the equity curve) per this many candles",

@@ -17,7 +17,7 @@ from typing import Any
 
 from loguru import logger
 
-from actors import __version__
+from actors import __version__, logs
 from actors.config import Config, ConfigError, build, dict_layer, flags_layer, load, to_toml
 from actors.feeds.funding import FundingRates, describe
 from actors.feeds.history import DataError
@@ -101,11 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_ID", help="resume this unfinished session of the run dir")
     p.add_argument("--version", action="version", version=f"btc-laptop-agents {__version__}")
     return p
-
-
-def _setup_logging(level: str) -> None:
-    logger.remove()
-    logger.add(sys.stderr, level=level, diagnose=False, format="{time:HH:mm:ss} | {level:<7} | {message}")
 
 
 def _plan(args: argparse.Namespace, config: Config) -> Plan:
@@ -204,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = _config(args, flags)
         if not args.check_config:  # before planning: it may warn (an abandoned run folder closed)
-            _setup_logging(config.observability.log_level)
+            obs = config.observability
+            logs.configure(obs.log_level, logs.RunLog(obs.log_rotation_mb, obs.log_retention_files))
         plan = None if args.check_config else _plan(args, config)
     except ConfigError as exc:
         for problem in exc.problems:

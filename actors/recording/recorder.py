@@ -19,6 +19,7 @@ from typing import IO, Any
 
 from loguru import logger
 
+from actors import logs
 from actors.recording import checkpoint
 from protocols.messages import Event
 from protocols.records import METRIC_FIELDS, ReportBuilder, dumps_line, event_line, market_record
@@ -61,7 +62,7 @@ class Recorder:
         self._metrics_csv.writeheader()
         self._metrics_csv.writerows(self.metrics)
         self._market: IO[str] = (path / "market.jsonl").open("a", encoding="utf-8")
-        self._log_sink = logger.add(path / "session.log", level="DEBUG", enqueue=False, diagnose=False)
+        self._log_sink = logs.open_run_log(path)
 
     def _reload(self, resume_seq: int) -> None:
         """Resume: keep the events up to the checkpoint's seq (the state restored matches exactly
