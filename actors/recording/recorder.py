@@ -20,6 +20,7 @@ from typing import IO, Any
 from loguru import logger
 
 from actors import logs
+from actors.console import ConsoleSink
 from actors.recording import checkpoint
 from protocols.messages import Event
 from protocols.records import METRIC_FIELDS, ReportBuilder, dumps_line, event_line, market_record
@@ -48,6 +49,7 @@ class Recorder:
 
     def __init__(self, path: Path, resume_seq: int | None = None) -> None:
         self.path = path
+        self.console = ConsoleSink()  # the console's figures; `console.echo` prints fills and trades
         self.seq = 0
         self.report_builder = ReportBuilder()
         self.metrics: list[dict[str, Any]] = []
@@ -81,6 +83,7 @@ class Recorder:
                     continue
                 kept.append(line if line.endswith("\n") else line + "\n")
                 self._fold(record)
+                self.console.observe(record, new=False)
                 self.last_event_ts = _parse_ts(record["ts"])
         if self.seq != resume_seq:
             raise RuntimeError(
@@ -103,6 +106,7 @@ class Recorder:
         record, line = event_line(self.seq + 1, event)
         self._events.write(line + "\n")
         self._fold(record)
+        self.console.observe(record)
         self.last_event_ts = event.ts
         if event.kind == "heartbeat":
             self._metrics_csv.writerow(self.metrics[-1])

@@ -1,0 +1,430 @@
+"""Follow a session from another terminal: `python -m tools.monitor [RUN]`.
+
+RUN is a run folder (default `<run-dir>/latest`, resolved once at start). The monitor only reads:
+it tails `events.jsonl` (the recorder appends and flushes it about once a second) and never takes
+the session's lock. About once a second (`--interval`) it shows the session's progress: elapsed
+and planned time, equity, realized and unrealized PnL, fees, the open position of each symbol
+(size and average entry), trades and fills so far, and the last notable events (fills, closed
+trades, rejections, breaker, liquidations, errors, alerts, the feed's state changes). On a terminal
+that is one rich panel updated in place; otherwise (a pipe, a file) plain lines: each new notable
+event as it arrives and a progress line after each new heartbeat.
+
+It exits 0 with the session's summary line when `session.stopped` appears (at once on a finished
+run), and 1 when the session's process is gone without a `session.stopped` (killed: the next start
+resumes it, see docs/START_HERE.md). `--once` prints one snapshot and exits (0; 1 for a dead
+session). Exit 2: RUN is not a run folder. Ctrl-C stops following (exit 0).
+
+A torn last line (being written) waits for its end; `events.jsonl` rewritten in place (a resume
+drops the events after its checkpoint) is read again from its start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from protocols.instruments import table_instrument
+from tools.runfolder import EVENTS, REPORT, NotARunFolder, owner_alive, resolve_run
+
+RECENT = 8  # notable events kept for the display
+REPORT_WAIT_S = 5.0  # after session.stopped, how long to wait for final_report.json
+FEED_KINDS = {
+    "feed.connected",
+    "feed.disconnected",
+    "feed.stale",
+    "feed.failover",
+    "feed.fallback",
+    "feed.live",
+    "feed.gap",
+}
+
+
+def _ts(iso_ts: str) -> float:
+    return datetime.fromisoformat(iso_ts.replace("Z", "+00:00")).timestamp()
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
+
+
+def price_text(symbol: str, price: float | None) -> str:
+    """A price to its symbol's tick (2 decimals for a symbol the instrument table does not know)."""
+    if price is None:
+        return "-"
+    instrument = table_instrument(symbol)
+    decimals = 2 if instrument is None else max(0, round(-math.log10(instrument.tick_size)))
+    return f"{price:,.{decimals}f}"
+
+
+def money(value: float, sign: bool = True) -> str:
+    return f"{value:+,.2f}" if sign else f"{value:,.2f}"
+
+
+class EventTail:
+    """The complete lines appended to events.jsonl since the last read (a torn last line waits)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.inode: int | None = None
+        self.partial = b""
+        self.unreadable = 0
+
+    def read_new(self) -> tuple[list[dict[str, Any]], bool]:
+        """The new records, and whether the file was replaced or shrank (then they are all of it)."""
+        restarted = False
+        with self.path.open("rb") as f:
+            stat = os.fstat(f.fileno())
+            if stat.st_ino != self.inode or stat.st_size < self.offset:
+                restarted = self.inode is not None
+                self.inode, self.offset, self.partial, self.unreadable = stat.st_ino, 0, b"", 0
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        records = []
+        for raw in lines:
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                self.unreadable += 1
+                continue
+            if isinstance(record, dict) and "kind" in record:
+                records.append(record)
+        return records, restarted
+
+
+class Position:
+    """A symbol's net position and average entry, from its fills (average cost, netting)."""
+
+    def __init__(self) -> None:
+        self.qty = 0.0
+        self.entry = 0.0
+
+    def fill(self, signed_qty: float, price: float) -> None:
+        new = self.qty + signed_qty
+        if abs(new) < 1e-12:
+            self.qty, self.entry = 0.0, 0.0
+        elif self.qty == 0 or (self.qty > 0) != (new > 0):  # opened, or flipped through flat
+            self.qty, self.entry = new, price
+        elif abs(new) > abs(self.qty):  # added to
+            self.entry = (self.entry * abs(self.qty) + price * abs(signed_qty)) / abs(new)
+            self.qty = new
+        else:  # reduced: the entry stays
+            self.qty = new
+
+
+class SessionView:
+    """What the monitor knows of the session, folded from its events."""
+
+    def __init__(self, run_path: Path) -> None:
+        self.run_path = run_path
+        self.reset()
+
+    def reset(self) -> None:
+        self.started: dict[str, Any] | None = None
+        self.stopped: dict[str, Any] | None = None
+        self.heartbeat: dict[str, Any] | None = None
+        self.positions: dict[str, Position] = {}
+        self.fills = 0
+        self.trades = 0
+        self.wins = 0
+        self.rejections = 0
+        self.resumes = 0
+        self.feed_state = "-"
+        self.recent: deque[str] = deque(maxlen=RECENT)
+
+    @property
+    def run_id(self) -> str:
+        return self.started["run_id"] if self.started else self.run_path.name
+
+    @property
+    def symbols(self) -> list[str]:
+        if self.started is None:
+            return []
+        return list(self.started.get("symbols") or [self.started["symbol"]])
+
+    def fold(self, record: dict[str, Any]) -> str | None:
+        """Take one event; return its display line when it is a notable one."""
+        kind = record["kind"]
+        if kind == "session.started":
+            self.started = record
+            for symbol in self.symbols:
+                self.positions.setdefault(symbol, Position())
+            return None
+        if kind == "heartbeat":
+            self.heartbeat = record
+            return None
+        if kind == "session.stopped":
+            self.stopped = record
+        line = self.describe(record)
+        if line is not None:
+            self.recent.append(f"{record['ts'][11:19]}  {line}")
+        return line
+
+    def describe(self, r: dict[str, Any]) -> str | None:
+        kind = r["kind"]
+        symbol = r.get("symbol") or (self.symbols[0] if self.symbols else "")
+        if kind == "order.filled":
+            self.fills += 1
+            signed = r["qty"] if r["side"] == "buy" else -r["qty"]
+            self.positions.setdefault(symbol, Position()).fill(signed, r["fill_price"])
+            return (
+                f"fill {r['side']} {r['qty']:g} {symbol} @ {price_text(symbol, r['fill_price'])} "
+                f"({r.get('liquidity', '?')}, fee {r['fee']:.2f}, {r.get('reason') or r.get('strategy_id', '')})"
+            )
+        if kind == "position.closed":
+            self.trades += 1
+            self.wins += r["net_pnl"] > 0
+            return (
+                f"closed {r['side']} {r['qty']:g} {symbol} {price_text(symbol, r['entry_price'])} -> "
+                f"{price_text(symbol, r['exit_price'])}  net {money(r['net_pnl'])}  "
+                f"({r.get('exit_reason', '?')}, held {_clock(r.get('held_s', 0))})"
+            )
+        if kind == "order.rejected":
+            self.rejections += 1
+            return f"rejected {r.get('side', '')} {r.get('qty', '')} {symbol}: {r.get('reason', '?')}"
+        if kind.startswith("breaker."):
+            return f"{kind} {r.get('reason', '')} {r.get('action', '')}".rstrip()
+        if kind == "liquidation":
+            return f"LIQUIDATION {symbol} {r.get('qty', '')} @ {r.get('price', r.get('fill_price', ''))}"
+        if kind in ("error", "alert"):
+            return f"{kind}: {r.get('message') or r.get('rule') or r.get('detail') or ''}"
+        if kind == "session.resumed":
+            self.resumes += 1
+            return f"resumed after {r.get('downtime_s', 0):.0f} s down"
+        if kind in FEED_KINDS:
+            self.feed_state = kind.removeprefix("feed.")
+            detail = r.get("reason") or r.get("data_source") or r.get("symbols") or ""
+            return f"{kind} {detail}".rstrip()
+        if kind == "session.stopped":
+            return f"stopped: {r['stop_reason']} ({r.get('detail', '')})"
+        return None
+
+    # --- what is shown -------------------------------------------------------------------------
+
+    def progress_line(self) -> str:
+        if self.started is None:
+            return f"{self.run_id}: waiting for session.started"
+        hb = self.heartbeat or {}
+        elapsed = hb.get("elapsed_s", 0.0)
+        planned = self.started.get("planned_duration_s") or 0
+        equity = hb.get("equity", self.started["starting_equity"])
+        return (
+            f"{self.run_id}  elapsed {_clock(elapsed)}/{_clock(planned)}  equity {money(equity, sign=False)}  "
+            f"realized {money(hb.get('realized_pnl', 0.0))}  unrealized {money(hb.get('unrealized_pnl', 0.0))}  "
+            f"fees {money(hb.get('fees_paid', 0.0), sign=False)}  {self.position_text()}  "
+            f"trades {self.trades}  fills {self.fills}"
+        )
+
+    def open_positions(self) -> list[tuple[str, float, float]]:
+        """(symbol, qty, average entry) per symbol; the size is the heartbeat's when it has one."""
+        hb = self.heartbeat or {}
+        sizes = hb.get("positions") or ({self.symbols[0]: hb["position_qty"]} if self.symbols and hb else {})
+        rows = []
+        for symbol, position in self.positions.items():
+            qty = sizes.get(symbol, position.qty)
+            rows.append((symbol, qty, position.entry if qty else 0.0))
+        return rows
+
+    def position_text(self) -> str:
+        parts = [
+            f"{symbol} {qty:+g} @ {price_text(symbol, entry)}" if qty else f"{symbol} flat"
+            for symbol, qty, entry in self.open_positions()
+        ]
+        return ", ".join(parts) or "flat"
+
+    def summary_line(self) -> str:
+        """The session's end, from final_report.json when it is there, else from the events."""
+        stopped = self.stopped
+        assert stopped is not None and self.started is not None
+        report_path = self.run_path / REPORT
+        report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else None
+        if report is not None:
+            net, trades, wins = report["net_pnl"], report["trade_count"], report["wins"]
+            equity, where = report["ending_equity"], f"report={report_path}"
+        else:
+            equity = stopped["ending_equity"]
+            net, trades, wins = equity - self.started["starting_equity"], self.trades, self.wins
+            where = f"(no {REPORT} yet)"
+        return (
+            f"session {self.run_id} {stopped['status']}: stop_reason={stopped['stop_reason']} "
+            f"elapsed {_clock(stopped.get('elapsed_s', 0))}  net_pnl {money(net)} USDT  "
+            f"ending_equity {money(equity, sign=False)}  trades {trades} ({wins} won)  "
+            f"fills {self.fills}  {where}"
+        )
+
+    def dead_line(self) -> str:
+        return (
+            f"session {self.run_id}: its process is gone and it never stopped (no session.stopped in "
+            f"{EVENTS}): it died (killed?). Starting the same command again resumes it "
+            "(docs/START_HERE.md); --fresh starts a new one"
+        )
+
+
+class Display:
+    """Plain lines (not a terminal) or one rich panel updated in place (a terminal)."""
+
+    def __init__(self, stream: TextIO, rich_mode: bool, live: bool) -> None:
+        self.stream = stream
+        self.rich_mode = rich_mode
+        self.live = live
+        self._live: Any = None
+        self._last_heartbeat: dict[str, Any] | None = None
+
+    def __enter__(self) -> Display:
+        if self.rich_mode and self.live:
+            from rich.console import Console
+            from rich.live import Live
+            from rich.text import Text
+
+            self._live = Live(Text(""), console=Console(file=self.stream), auto_refresh=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+            self._live = None
+
+    def line(self, text: str) -> None:
+        if self._live is not None:
+            self._live.console.print(text, markup=False, highlight=False)
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def update(self, view: SessionView, new_lines: list[str]) -> None:
+        if self._live is not None:
+            self._live.update(panel(view), refresh=True)
+            return
+        for text in new_lines:
+            self.line(f"  {text}")
+        if view.heartbeat is not self._last_heartbeat or view.heartbeat is None:
+            self._last_heartbeat = view.heartbeat
+            self.line(view.progress_line())
+
+    def snapshot(self, view: SessionView) -> None:
+        """One complete picture (--once, a dead session): the panel, or the progress line and the
+        last events."""
+        if self._live is not None:
+            self._live.update(panel(view), refresh=True)
+            return
+        if self.rich_mode:
+            from rich.console import Console
+
+            Console(file=self.stream).print(panel(view))
+            return
+        self.line(view.progress_line())
+        for text in view.recent:
+            self.line(f"  {text}")
+
+
+def panel(view: SessionView) -> Any:
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    figures = Table.grid(padding=(0, 2))
+    figures.add_column(style="dim")
+    figures.add_column(justify="right")
+    hb = view.heartbeat or {}
+    started = view.started or {}
+    figures.add_row(
+        "elapsed", f"{_clock(hb.get('elapsed_s', 0))} / {_clock(started.get('planned_duration_s') or 0)}"
+    )
+    figures.add_row("equity", money(hb.get("equity", started.get("starting_equity", 0.0)), sign=False))
+    figures.add_row("realized", money(hb.get("realized_pnl", 0.0)))
+    figures.add_row("unrealized", money(hb.get("unrealized_pnl", 0.0)))
+    figures.add_row("fees", money(hb.get("fees_paid", 0.0), sign=False))
+    figures.add_row(
+        "trades", f"{view.trades} ({view.wins} won), {view.fills} fills, {view.rejections} rejected"
+    )
+    figures.add_row("feed", f"{started.get('data_source', '-')}, last: {view.feed_state}")
+    positions = Table("symbol", "position", "entry", box=None, padding=(0, 2))
+    for symbol, qty, entry in view.open_positions():
+        positions.add_row(symbol, f"{qty:+g}" if qty else "flat", price_text(symbol, entry) if qty else "-")
+    recent = Text("\n".join(view.recent) or "no fills, trades or alerts yet", style="dim")
+    return Panel(Group(figures, Text(""), positions, Text(""), recent), title=f"monitor {view.run_id}")
+
+
+def follow(run_path: Path, display: Display, interval: float, once: bool) -> int:
+    tail = EventTail(run_path / EVENTS)
+    view = SessionView(run_path)
+    first = True
+    while True:
+        alive = owner_alive(run_path)  # before reading: a session.stopped written meanwhile is then seen
+        records, restarted = tail.read_new()
+        if restarted:
+            view.reset()
+        new_lines = [line for line in map(view.fold, records) if line is not None]
+        if first:  # the history so far: only its last few events
+            new_lines = new_lines[-RECENT:]
+        if view.stopped is not None:
+            if not first:  # a finished run: only its summary
+                display.update(view, new_lines)
+            deadline = time.monotonic() + REPORT_WAIT_S
+            while not (run_path / REPORT).is_file() and owner_alive(run_path) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            display.line(view.summary_line())
+            return 0
+        if not alive:
+            display.snapshot(view)
+            display.line(view.dead_line())
+            return 1
+        if once:
+            display.snapshot(view)
+            return 0
+        display.update(view, new_lines)
+        first = False
+        time.sleep(interval)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.monitor", description=__doc__.split("\n")[0].removesuffix(":")
+    )
+    parser.add_argument("run", nargs="?", type=Path, help="run folder to follow (default: RUN_DIR/latest)")
+    parser.add_argument(
+        "--run-dir", type=Path, default=Path("runs"), help="folder of the run folders (default: runs)"
+    )
+    parser.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default: 1)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.interval > 0 and math.isfinite(args.interval)):
+        parser.error(f"--interval must be a positive number of seconds, not {args.interval}")
+    target = args.run if args.run is not None else args.run_dir / "latest"
+    try:
+        run_path = resolve_run(target)
+    except NotARunFolder as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rich_mode = sys.stdout.isatty()
+    try:
+        with Display(sys.stdout, rich_mode, live=not args.once) as display:
+            return follow(run_path, display, args.interval, args.once)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
