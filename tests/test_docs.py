@@ -53,3 +53,16 @@ def test_every_strategy_parameter_is_documented() -> None:
     for kind in strategy_kinds():
         for name in strategy_param_fields(kind):
             assert f"`strategy.{name}`" in README, f"{kind}: strategy.{name} missing from README"
+
+
+def test_run_folder_tools_flags_are_documented() -> None:
+    from tools import archive, cleanup, monitor
+
+    section = README.split("## Run-folder tools", 1)[1].split("\n## ", 1)[0]
+    for tool in (monitor, cleanup, archive):
+        parser = tool.build_parser()
+        assert f"`{parser.prog}" in section, parser.prog
+        flags = {opt for action in parser._actions for opt in action.option_strings} - {"-h", "--help"}
+        assert [
+            flag for flag in sorted(flags) if f"`{flag}" not in section and f"{flag} " not in section
+        ] == []
