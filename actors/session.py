@@ -472,7 +472,7 @@ class Session:
         parts = self.parts(timeline)
         run_path = self.new_run_folder(started)
         with SessionLock(run_path):
-            recorder = Recorder(run_path)
+            recorder = Recorder(run_path, alerts=self.config.alerts)  # no webhook: live sessions only
             recorder.write(started_event(self.config, run_path.name, timeline))
             kernel = Kernel(
                 parts.broker,

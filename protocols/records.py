@@ -15,7 +15,7 @@ from typing import Any
 import cattrs
 import orjson
 
-from protocols.instruments import Instrument
+from protocols.instruments import Instrument, table_instrument
 from protocols.messages import Book, Candle, Event, FeedStatus, Funding, MarketEvent, Tick
 
 METRIC_FIELDS = (
@@ -29,6 +29,31 @@ METRIC_FIELDS = (
     "position_qty",
     "drawdown_pct",
 )
+# The process's health at the heartbeat row (actors/recording/health.py): metrics files only,
+# never events.jsonl (it differs between two runs of the same data).
+HEALTH_FIELDS = ("cpu_pct", "rss_mb", "open_files", "disk_free_mb")
+METRIC_COLUMNS = METRIC_FIELDS + HEALTH_FIELDS
+NO_HEALTH: dict[str, Any] = dict.fromkeys(HEALTH_FIELDS)
+# metrics.json's `columns`: what each column holds and how metrics.csv rounds it (metrics.json's
+# rows, like events.jsonl, keep the full precision).
+METRIC_COLUMN_DOCS = {
+    "ts": "the heartbeat's time, ISO-8601 UTC",
+    "elapsed_s": "seconds since the session started (csv: 0.001)",
+    "price": "the session symbol's mark, USDT (csv: to the symbol's price tick)",
+    "equity": "account equity, USDT (csv: to the cent)",
+    "realized_pnl": "realized PnL so far, USDT (csv: to the cent)",
+    "unrealized_pnl": "unrealized PnL of the open positions, USDT (csv: to the cent)",
+    "fees_paid": "fees paid so far, USDT (csv: to the cent)",
+    "position_qty": "the session symbol's net position, base units (csv: to the symbol's lot)",
+    "drawdown_pct": "drawdown from the equity peak, percent (csv: 0.01)",
+    "cpu_pct": "process CPU since the previous sample, percent of one core (psutil; 0.1)",
+    "rss_mb": "process resident memory, MB (psutil; 0.1)",
+    "open_files": "open file descriptors of the process: files, sockets, pipes (psutil)",
+    "disk_free_mb": "free space of the run folder's disk, MB (psutil; 0.1)",
+}
+_MONEY_COLUMNS = ("equity", "realized_pnl", "unrealized_pnl", "fees_paid")
+# An instrument the shipped table does not know: enough decimals to lose nothing but float noise.
+_UNKNOWN_DECIMALS = 8
 
 REPORT_FIELDS = (
     "run_id",
@@ -126,6 +151,40 @@ def event_line(seq: int, event: Event) -> tuple[dict[str, Any], str]:
     if "null" in line:
         record = event_record(seq, event)
     return record, line
+
+
+def metric_decimals(symbol: str) -> tuple[int, int]:
+    """The decimals of `symbol`'s price tick and lot (the shipped table's), for metrics.csv."""
+    instrument = table_instrument(symbol) if symbol else None
+    if instrument is None:
+        return _UNKNOWN_DECIMALS, _UNKNOWN_DECIMALS
+    return instrument.price_decimals, instrument.qty_decimals
+
+
+def _fixed(value: Any, decimals: int) -> Any:
+    """`value` written with `decimals` decimals (no float noise, no `-0.00`); None stays empty."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return value
+    rounded = round(value, decimals)
+    return f"{rounded + 0.0 if rounded else 0.0:.{decimals}f}"
+
+
+def metrics_csv_row(row: dict[str, Any], price_dp: int, qty_dp: int) -> dict[str, Any]:
+    """A metrics row rounded for people (metrics.csv): prices to the tick, quantities to the lot,
+    money to the cent, percentages to 0.01 (METRIC_COLUMN_DOCS)."""
+    out = dict(row)
+    out["elapsed_s"] = _fixed(row.get("elapsed_s"), 3)
+    out["price"] = _fixed(row.get("price"), price_dp)
+    out["position_qty"] = _fixed(row.get("position_qty"), qty_dp)
+    out["drawdown_pct"] = _fixed(row.get("drawdown_pct"), 2)
+    for name in _MONEY_COLUMNS:
+        out[name] = _fixed(row.get(name), 2)
+    return out
+
+
+def metrics_document(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """metrics.json: the columns, what each holds, and the rows at full precision."""
+    return {"fields": list(METRIC_COLUMNS), "columns": METRIC_COLUMN_DOCS, "rows": rows}
 
 
 def dumps_line(record: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from actors.session import run_session
-from protocols.records import METRIC_FIELDS, REPORT_FIELDS
+from protocols.records import METRIC_COLUMNS, REPORT_FIELDS
 from tests.conftest import TRADES_OFTEN, make_config, read_events, read_report
 
 
@@ -38,7 +38,7 @@ async def test_run_folder_contract(tmp_path: Path, autojump_clock: trio.abc.Cloc
     heartbeats = [e for e in events if e["kind"] == "heartbeat"]
     assert len(heartbeats) == 60
     csv_lines = (result.run_path / "metrics.csv").read_text().splitlines()
-    assert csv_lines[0].split(",") == list(METRIC_FIELDS)
+    assert csv_lines[0].split(",") == list(METRIC_COLUMNS)
     assert len(csv_lines) - 1 == len(heartbeats)
     import json
 

@@ -33,7 +33,16 @@ from loguru import logger
 
 from actors.lock import SessionLock
 from actors.recording import checkpoint
-from protocols.records import METRIC_FIELDS, ReportBuilder, dumps_line
+from protocols.records import (
+    METRIC_COLUMNS,
+    METRIC_FIELDS,
+    NO_HEALTH,
+    ReportBuilder,
+    dumps_line,
+    metric_decimals,
+    metrics_csv_row,
+    metrics_document,
+)
 
 ABANDONED = "abandoned"
 EVENTS = "events.jsonl"
@@ -116,11 +125,14 @@ def _replace(path: Path, data: str) -> None:
     os.replace(tmp, path)
 
 
-def _metrics_csv(rows: list[dict[str, Any]]) -> str:
+def _metrics_csv(rows: list[dict[str, Any]], symbol: str) -> str:
+    """As the recorder writes it (rounded for people); the health columns stay empty: the samples
+    were not in the events."""
+    price_dp, qty_dp = metric_decimals(symbol)
     out = io.StringIO(newline="")
-    writer = csv.DictWriter(out, fieldnames=METRIC_FIELDS)
+    writer = csv.DictWriter(out, fieldnames=METRIC_COLUMNS)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(metrics_csv_row(row, price_dp, qty_dp) for row in rows)
     return out.getvalue()
 
 
@@ -149,9 +161,11 @@ def close_abandoned(run_path: Path) -> Abandoned:
         builder = ReportBuilder()
         for record in records:
             builder.add(record)
-        rows = [{k: r.get(k) for k in METRIC_FIELDS} for r in records if r["kind"] == "heartbeat"]
-        _replace(run_path / "metrics.csv", _metrics_csv(rows))
-        metrics = {"fields": list(METRIC_FIELDS), "rows": rows}
+        rows = [
+            {**{k: r.get(k) for k in METRIC_FIELDS}, **NO_HEALTH} for r in records if r["kind"] == "heartbeat"
+        ]
+        _replace(run_path / "metrics.csv", _metrics_csv(rows, records[0].get("symbol") or ""))
+        metrics = metrics_document(rows)
         _replace(run_path / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
         report = builder.report()
         _replace(run_path / "final_report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")

@@ -6,6 +6,11 @@ every market event the session acted on, with its arrival time, to `market.jsonl
 writes a metrics row per heartbeat, and when every sender has closed its channel it writes `metrics.json` and
 `final_report.json`, the report derived from the events it wrote. Writes are buffered and flushed
 once a second (and at the end), so no actor waits on the disk.
+
+Each heartbeat row of `metrics.csv` is rounded for people (`metrics_csv_row`: prices to the
+symbol's tick, money to the cent) and carries the process's health, sampled here, where the I/O
+is (actors/recording/health.py); every event written and every health sample go through the alert
+rules (actors/recording/alerts.py: why event alerts enter `events.jsonl` and health alerts do not).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -20,10 +26,24 @@ from typing import IO, Any
 from loguru import logger
 
 from actors import logs
+from actors.config import AlertsConfig
 from actors.console import ConsoleSink
 from actors.recording import checkpoint
+from actors.recording.alerts import ALERT_KIND, AlertLog, AlertRules
+from actors.recording.health import HealthSampler
 from protocols.messages import Event
-from protocols.records import METRIC_FIELDS, ReportBuilder, dumps_line, event_line, market_record
+from protocols.records import (
+    METRIC_COLUMNS,
+    METRIC_FIELDS,
+    NO_HEALTH,
+    ReportBuilder,
+    dumps_line,
+    event_line,
+    market_record,
+    metric_decimals,
+    metrics_csv_row,
+    metrics_document,
+)
 
 FLUSH_EVERY_S = 1.0
 # Events that change orders, fills or positions: each is followed by a checkpoint at once.
@@ -47,9 +67,22 @@ class Recorder:
     """Owns the run folder's files. Live sessions checkpoint through the inbox
     (`EventSink.checkpoint`); replays and backtests are simply run again."""
 
-    def __init__(self, path: Path, resume_seq: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        resume_seq: int | None = None,
+        *,
+        alerts: AlertsConfig | None = None,
+        notify: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """`alerts`: the alert rules' limits (None: the defaults); `notify`: each alert's message
+        to the webhook's queue (must not block)."""
         self.path = path
         self.console = ConsoleSink()  # the console's figures; `console.echo` prints fills and trades
+        self.health = HealthSampler(path)
+        self.rules = AlertRules(alerts or AlertsConfig())
+        self.alert_log = AlertLog(path, notify)
+        self.price_dp, self.qty_dp = metric_decimals("")
         self.seq = 0
         self.report_builder = ReportBuilder()
         self.metrics: list[dict[str, Any]] = []
@@ -60,9 +93,9 @@ class Recorder:
             self._reload(resume_seq)
         self._events: IO[str] = (path / "events.jsonl").open("a", encoding="utf-8")
         self._metrics_file: IO[str] = (path / "metrics.csv").open("w", encoding="utf-8", newline="")
-        self._metrics_csv = csv.DictWriter(self._metrics_file, fieldnames=METRIC_FIELDS)
+        self._metrics_csv = csv.DictWriter(self._metrics_file, fieldnames=METRIC_COLUMNS)
         self._metrics_csv.writeheader()
-        self._metrics_csv.writerows(self.metrics)
+        self._metrics_csv.writerows(metrics_csv_row(row, self.price_dp, self.qty_dp) for row in self.metrics)
         self._market: IO[str] = (path / "market.jsonl").open("a", encoding="utf-8")
         self._log_sink = logs.open_run_log(path)
 
@@ -84,6 +117,7 @@ class Recorder:
                 kept.append(line if line.endswith("\n") else line + "\n")
                 self._fold(record)
                 self.console.observe(record, new=False)
+                self.rules.on_event(record["kind"], _parse_ts(record["ts"]), record)  # their state only
                 self.last_event_ts = _parse_ts(record["ts"])
         if self.seq != resume_seq:
             raise RuntimeError(
@@ -97,7 +131,9 @@ class Recorder:
         self.seq = record["seq"]
         self.report_builder.add(record)
         if record["kind"] == "heartbeat":
-            self.metrics.append({k: record.get(k) for k in METRIC_FIELDS})
+            self.metrics.append({**{k: record.get(k) for k in METRIC_FIELDS}, **NO_HEALTH})
+        elif record["kind"] == "session.started":
+            self.price_dp, self.qty_dp = metric_decimals(record.get("symbol") or "")
 
     def write(self, event: Event) -> None:
         if event.kind == MARKET_KIND:
@@ -109,7 +145,21 @@ class Recorder:
         self.console.observe(record)
         self.last_event_ts = event.ts
         if event.kind == "heartbeat":
-            self._metrics_csv.writerow(self.metrics[-1])
+            self._write_metrics_row(event.ts)
+        if event.kind != ALERT_KIND:
+            for alert in self.rules.on_event(event.kind, event.ts, event.fields):
+                self.write(Event(alert.ts, ALERT_KIND, alert.fields()))
+                self.alert_log.raise_alert(alert, self.seq)
+
+    def _write_metrics_row(self, ts: float) -> None:
+        """The heartbeat's row with the process's health; the health rules see the sample."""
+        sample, fresh = self.health.sample()
+        row = self.metrics[-1]
+        row.update(sample)
+        self._metrics_csv.writerow(metrics_csv_row(row, self.price_dp, self.qty_dp))
+        if fresh:
+            for alert in self.rules.on_health(sample, ts):
+                self.alert_log.raise_alert(alert, None)
 
     def flush(self) -> None:
         self._events.flush()
@@ -127,7 +177,8 @@ class Recorder:
         self._events.close()
         self._market.close()
         self._metrics_file.close()
-        _write_json(self.path / "metrics.json", {"fields": list(METRIC_FIELDS), "rows": self.metrics})
+        self.alert_log.close()
+        _write_json(self.path / "metrics.json", metrics_document(self.metrics))
         self.report = self.report_builder.report()
         _write_json(self.path / "final_report.json", self.report)
         logger.remove(self._log_sink)

@@ -1,0 +1,244 @@
+"""Alerts: rules over what the recorder writes, raised into the run folder and a webhook (no trio).
+
+The recorder (actors/recording/recorder.py) is the one place every event of every runtime passes
+through (the kernel's backtests and replays, and the live actors), and where the process's health
+is sampled; it hands both to `AlertRules` and gives each alert to `AlertLog`.
+
+Two families, kept apart for determinism (the tests compare `events.jsonl` between the runtimes,
+and between a session and its replay):
+
+- **Event rules** are functions of the events alone (their kinds, fields and `ts`): `breaker`
+  (`breaker.tripped`), `liquidation`, `resume` (`session.resumed`), `fallback` (`feed.fallback`),
+  `error_rate` (more than `alerts.max_errors_per_min` `error` events within 60 s of event time)
+  and `feed_down` (`feed.disconnected` with no `feed.connected` for `alerts.feed_down_s`, checked
+  at every event, the heartbeats' included). Each is also written to `events.jsonl` as an `alert`
+  event right after the event that raised it: the same events give the same alerts, in any
+  runtime, so backtests on both runtimes, and replays of the data-driven ones (breaker,
+  liquidation), keep writing the same lines.
+- **Health rules** (`memory`: resident memory above `alerts.max_rss_mb`; `disk`: free space of the
+  run folder's disk below `alerts.min_free_disk_mb`) depend on the machine, not on the data: they
+  never enter `events.jsonl`, only `alerts.jsonl`, the log and the webhook. Each fires once when its
+  figure crosses the limit and again only after it has come back.
+
+`alerts.jsonl` (created with the first alert): one JSON object per alert, `ts` (ISO-8601 UTC, the
+session clock), `run_id`, `seq` (the `alert` event's in `events.jsonl`; null for health alerts),
+`rule`, `severity` (`warning` or `critical`), `message`, `details`. The webhook gets the same
+object, plus `text` (one line for chat tools), when `observability.webhook_url` is set
+(actors/recording/webhook.py; live sessions only).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+from loguru import logger
+
+from actors.config import AlertsConfig
+from protocols.records import dumps_line, iso
+
+ALERT_KIND = "alert"
+ERROR_WINDOW_S = 60.0
+
+
+@attrs.frozen
+class Alert:
+    ts: float
+    rule: str
+    severity: str  # "warning" or "critical"
+    message: str
+    details: dict[str, Any] = attrs.field(factory=dict)
+
+    def fields(self) -> dict[str, Any]:
+        """The `alert` event's fields."""
+        return {
+            "rule": self.rule,
+            "severity": self.severity,
+            "message": self.message,
+            "details": self.details,
+        }
+
+
+class AlertRules:
+    """The rules and the little state they keep (no I/O): events and health samples in, alerts out."""
+
+    def __init__(self, config: AlertsConfig) -> None:
+        self.config = config
+        self.errors: deque[float] = deque()
+        self.errors_quiet_until = -math.inf  # one error-rate alert per window
+        self.feed_down_since: float | None = None
+        self.feed_down_alerted = False
+        self.rss_high = False
+        self.disk_low = False
+
+    def on_event(self, kind: str, ts: float, fields: dict[str, Any]) -> list[Alert]:
+        alerts: list[Alert] = []
+        if self.feed_down_since is not None:
+            self._feed_down(kind, ts, alerts)
+        rule = _EVENT_RULES.get(kind)
+        if rule is not None:
+            alert = rule(self, ts, fields)
+            if alert is not None:
+                alerts.append(alert)
+        return alerts
+
+    def on_health(self, sample: dict[str, Any], ts: float) -> list[Alert]:
+        alerts = []
+        limit, rss = self.config.max_rss_mb, sample.get("rss_mb")
+        if limit > 0 and rss is not None:
+            if rss > limit and not self.rss_high:
+                alerts.append(
+                    Alert(
+                        ts,
+                        "memory",
+                        "warning",
+                        f"resident memory {rss:,.0f} MB is above alerts.max_rss_mb = {limit:g} MB",
+                        {"rss_mb": rss, "max_rss_mb": limit},
+                    )
+                )
+            self.rss_high = rss > limit
+        limit, free = self.config.min_free_disk_mb, sample.get("disk_free_mb")
+        if limit > 0 and free is not None:
+            if free < limit and not self.disk_low:
+                alerts.append(
+                    Alert(
+                        ts,
+                        "disk",
+                        "critical",
+                        f"{free:,.0f} MB free on the run folder's disk, below alerts.min_free_disk_mb = {limit:g} MB",
+                        {"disk_free_mb": free, "min_free_disk_mb": limit},
+                    )
+                )
+            self.disk_low = free < limit
+        return alerts
+
+    # --- the event rules -------------------------------------------------------------------------
+
+    def _feed_down(self, kind: str, ts: float, alerts: list[Alert]) -> None:
+        assert self.feed_down_since is not None
+        limit = self.config.feed_down_s
+        down = ts - self.feed_down_since
+        if limit > 0 and not self.feed_down_alerted and down >= limit:
+            self.feed_down_alerted = True
+            alerts.append(
+                Alert(
+                    ts,
+                    "feed_down",
+                    "critical",
+                    f"the market data feed has been down for {down:.0f} s (alerts.feed_down_s = {limit:g})",
+                    {"down_s": round(down, 3), "since": iso(self.feed_down_since), "feed_down_s": limit},
+                )
+            )
+        if kind == "feed.connected":
+            self.feed_down_since = None
+
+    def _disconnected(self, ts: float, fields: dict[str, Any]) -> Alert | None:
+        """Starts the feed-down clock (`_feed_down` raises the alert)."""
+        if self.feed_down_since is None:
+            self.feed_down_since, self.feed_down_alerted = ts, False
+        return None
+
+    def _error(self, ts: float, fields: dict[str, Any]) -> Alert | None:
+        limit = self.config.max_errors_per_min
+        if limit <= 0:
+            return None
+        self.errors.append(ts)
+        while self.errors and self.errors[0] <= ts - ERROR_WINDOW_S:
+            self.errors.popleft()
+        if len(self.errors) <= limit or ts < self.errors_quiet_until:
+            return None
+        self.errors_quiet_until = ts + ERROR_WINDOW_S
+        return Alert(
+            ts,
+            "error_rate",
+            "critical",
+            f"{len(self.errors)} errors within a minute (alerts.max_errors_per_min = {limit}); "
+            f"the last: {fields.get('message', '')}",
+            {"errors": len(self.errors), "max_errors_per_min": limit, "where": fields.get("where")},
+        )
+
+    def _breaker(self, ts: float, fields: dict[str, Any]) -> Alert:
+        action = "session stops" if fields.get("action") == "stop" else "entries halted"
+        return Alert(
+            ts,
+            "breaker",
+            "warning",
+            f"circuit breaker tripped ({fields.get('reason')}: {fields.get('detail')}); flattened, {action}",
+            {k: fields.get(k) for k in ("reason", "detail", "action", "equity", "halted_until_iso")},
+        )
+
+    def _liquidation(self, ts: float, fields: dict[str, Any]) -> Alert:
+        return Alert(
+            ts,
+            "liquidation",
+            "critical",
+            f"{fields.get('symbol', '')} position {fields.get('position_qty')} liquidated "
+            f"at mark {fields.get('mark_price')}",
+            {
+                k: fields.get(k)
+                for k in ("symbol", "position_qty", "mark_price", "liquidation_price", "margin")
+            },
+        )
+
+    def _resumed(self, ts: float, fields: dict[str, Any]) -> Alert:
+        return Alert(
+            ts,
+            "resume",
+            "warning",
+            f"session resumed after a crash ({fields.get('downtime_s')} s down, "
+            f"{fields.get('discarded_events', 0)} events discarded)",
+            {k: fields.get(k) for k in ("downtime_s", "checkpoint", "discarded_events", "position_qty")},
+        )
+
+    def _fallback(self, ts: float, fields: dict[str, Any]) -> Alert:
+        return Alert(
+            ts,
+            "fallback",
+            "warning",
+            f"no live market data: trading on the mock source ({fields.get('reason')})",
+            {"reason": fields.get("reason"), "data_source": fields.get("data_source")},
+        )
+
+
+_EVENT_RULES: dict[str, Callable[[AlertRules, float, dict[str, Any]], Alert | None]] = {
+    "feed.disconnected": AlertRules._disconnected,
+    "error": AlertRules._error,
+    "breaker.tripped": AlertRules._breaker,
+    "liquidation": AlertRules._liquidation,
+    "session.resumed": AlertRules._resumed,
+    "feed.fallback": AlertRules._fallback,
+}
+
+
+class AlertLog:
+    """Raises alerts: one line each in `alerts.jsonl` (opened with the first), a log line, and the
+    message to `notify` (the webhook's queue; it must not block)."""
+
+    def __init__(self, path: Path, notify: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.path = path / "alerts.jsonl"
+        self.run_id = path.name
+        self.notify = notify
+        self.count = 0
+        self._file: IO[str] | None = None
+
+    def raise_alert(self, alert: Alert, seq: int | None) -> None:
+        self.count += 1
+        record = {"ts": iso(alert.ts), "run_id": self.run_id, "seq": seq, **alert.fields()}
+        if self._file is None:
+            self._file = self.path.open("a", encoding="utf-8")
+        self._file.write(dumps_line(record) + "\n")
+        self._file.flush()
+        log = logger.error if alert.severity == "critical" else logger.warning
+        log("ALERT {}: {}", alert.rule, alert.message)
+        if self.notify is not None:
+            text = f"[{alert.severity}] {self.run_id}: {alert.message}"
+            self.notify({**record, "text": text})
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
