@@ -284,6 +284,7 @@ class Display:
         self.live = live
         self._live: Any = None
         self._last_heartbeat: dict[str, Any] | None = None
+        self._shown = False  # a progress line was printed (plain lines: one per new heartbeat)
 
     def __enter__(self) -> Display:
         if self.rich_mode and self.live:
@@ -313,8 +314,8 @@ class Display:
             return
         for text in new_lines:
             self.line(f"  {text}")
-        if view.heartbeat is not self._last_heartbeat or view.heartbeat is None:
-            self._last_heartbeat = view.heartbeat
+        if view.heartbeat is not self._last_heartbeat or not self._shown:
+            self._last_heartbeat, self._shown = view.heartbeat, True
             self.line(view.progress_line())
 
     def snapshot(self, view: SessionView) -> None:
