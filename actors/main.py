@@ -19,6 +19,7 @@ from loguru import logger
 
 from actors import __version__, logs
 from actors.config import Config, ConfigError, build, dict_layer, flags_layer, load, to_toml
+from actors.console import print_summary
 from actors.feeds.funding import FundingRates, describe
 from actors.feeds.history import DataError
 from actors.lock import SessionLocked
@@ -219,14 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if plan.virtual_time and plan.runtime == "kernel":
-            result = Session(config, plan).run_kernel()  # no trio: a plain loop over the data
+            result = Session(config, plan, console=True).run_kernel()  # no trio: a plain loop
         else:
             import trio
 
             from actors.clock import VirtualClock
 
             clock = VirtualClock() if plan.virtual_time else None
-            result = trio.run(partial(run_session, config, plan=plan), clock=clock)
+            result = trio.run(partial(run_session, config, plan=plan, console=True), clock=clock)
     except (SessionLocked, CheckpointError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -234,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
         return 1
     report = result.report
+    print_summary(report, result.console, result.run_path)
     print(
         f"session {report['run_id']} {report['status']}: stop_reason={report['stop_reason']} "
         f"net_pnl={report['net_pnl']:+.2f} USDT trades={report['trade_count']} "

@@ -42,12 +42,14 @@ from actors import __version__
 from actors.broker.paper import PaperBroker
 from actors.broker.portfolio import Portfolio
 from actors.config import Config, to_dict
+from actors.console import ConsoleSink
 from actors.feeds.funding import FundingRates
 from actors.feeds.history import candle_steps, read_candles_csv, read_market_log
 from actors.feeds.intervals import Intervals
 from actors.kernel import Kernel, Stopped
 from actors.lock import SessionLock
 from actors.plan import Plan
+from actors.progress import BacktestProgress, count_candles
 from actors.recording import checkpoint
 from actors.recording.recorder import Recorder, create_run_folder
 from actors.risk.gate import RiskGate
@@ -63,11 +65,15 @@ DATA_DRIVEN_STOPS = frozenset({"max_loss", "max_trades", "max_losses", "breaker"
 
 Runtime = Literal["actors", "kernel"]
 
+# Backtests on the kernel: the progress is shown after each chunk of this many candles.
+PROGRESS_CHUNK = 4096
+
 
 @attrs.frozen
 class SessionResult:
     run_path: Path
     report: dict[str, Any]
+    console: ConsoleSink = attrs.field(factory=ConsoleSink)  # the figures the end summary shows
 
     @property
     def exit_code(self) -> int:
@@ -340,13 +346,16 @@ class Session:
         feed: FeedStarter | None = None,
         handle_signals: bool = True,
         progress_mode: str | None = None,
+        console: bool = False,
     ) -> None:
+        """`console`: print each fill and closed trade on stderr (the CLI)."""
         self.config = config
         self.plan = plan or Plan()
         self.runtime: Runtime = runtime or ("actors" if self.plan.mode == "live" else self.plan.runtime)
         self.feed = feed
         self.handle_signals = handle_signals
         self.progress_mode = progress_mode
+        self.console = console
         if self.runtime == "kernel" and self.plan.mode == "live":
             raise ValueError("a live session runs on the actors runtime")
         self.funding, self.funding_source = self._funding()
@@ -473,6 +482,7 @@ class Session:
         run_path = self.new_run_folder(started)
         with SessionLock(run_path):
             recorder = Recorder(run_path, alerts=self.config.alerts)  # no webhook: live sessions only
+            recorder.console.echo = self.console
             recorder.write(started_event(self.config, run_path.name, timeline))
             kernel = Kernel(
                 parts.broker,
@@ -485,11 +495,10 @@ class Session:
             status = "ok"
             try:
                 if one_stream:
-                    stopped = kernel.run_candles(candles)
-                    assert stopped is not None
+                    stopped = self._run_candles(kernel, candles)
                 else:
                     stopped = kernel.run(
-                        inputs,
+                        self._reporting(inputs, kernel),
                         end_ts=timeline.end_ts,
                         end_reason="data_end" if self.plan.mode == "backtest" else end_reason(self.plan),
                         end_detail="all data delivered"
@@ -507,7 +516,51 @@ class Session:
             ):
                 recorder.write(event)
             report = recorder.finish()
-        return SessionResult(run_path, report)
+        return SessionResult(run_path, report, recorder.console)
+
+    def _backtest_progress(self) -> BacktestProgress:
+        mode = self.progress_mode or self.config.observability.progress
+        data = self.plan.data if self.plan.mode == "backtest" and not self.plan.data_by_symbol else None
+        return BacktestProgress(mode, total=lambda: count_candles(data) if data else None)
+
+    def _run_candles(self, kernel: Kernel, candles: Iterator[Candle]) -> Stopped:
+        """`kernel.run_candles` over the candles, in chunks of `PROGRESS_CHUNK` with the progress
+        shown between two (the same steps: `finish=False` leaves the run open; nothing is added
+        to the loop over the candles). Without progress, one call."""
+        with self._backtest_progress() as progress:
+            if not progress.on:
+                stopped = kernel.run_candles(candles)
+                assert stopped is not None
+                return stopped
+            done = 0
+            for first in candles:
+                stopped = kernel.run_candles(
+                    itertools.chain((first,), itertools.islice(candles, PROGRESS_CHUNK - 1)), finish=False
+                )
+                if stopped is not None:
+                    return stopped
+                done += PROGRESS_CHUNK  # the last chunk may be shorter: the display caps it
+                progress.update(done, kernel.now)
+            stopped = kernel.run_candles((), finish=True)
+            assert stopped is not None
+            return stopped
+
+    def _reporting(
+        self, inputs: Iterator[tuple[float, MarketEvent]], kernel: Kernel
+    ) -> Iterator[tuple[float, MarketEvent]]:
+        """The inputs, with the progress shown every `PROGRESS_CHUNK` candles (multi-symbol
+        backtests and replays: `kernel.run` takes the steps one by one)."""
+        with self._backtest_progress() as progress:
+            if not progress.on:
+                yield from inputs
+                return
+            done = 0
+            for step in inputs:
+                yield step
+                if type(step[1]) is Candle:
+                    done += 1
+                    if done % PROGRESS_CHUNK == 0:
+                        progress.update(done, kernel.now)
 
     # --- the actors ---------------------------------------------------------------------------------------
 
@@ -525,10 +578,18 @@ async def run_session(
     feed: FeedStarter | None = None,
     handle_signals: bool = True,
     progress_mode: str | None = None,
+    console: bool = False,
 ) -> SessionResult:
-    """Run one session to its end; always returns with the report written (status ok or error)."""
+    """Run one session to its end; always returns with the report written (status ok or error).
+    `console`: print each fill and closed trade on stderr."""
     session = Session(
-        config, plan, runtime=runtime, feed=feed, handle_signals=handle_signals, progress_mode=progress_mode
+        config,
+        plan,
+        runtime=runtime,
+        feed=feed,
+        handle_signals=handle_signals,
+        progress_mode=progress_mode,
+        console=console,
     )
     if session.runtime == "kernel":
         return session.run_kernel()

@@ -22,6 +22,7 @@ from loguru import logger
 
 from actors.broker.actor import run_broker
 from actors.clock import SessionClock
+from actors.console import ConsoleSink
 from actors.feeds.candles import run_timed_feed
 from actors.feeds.mock import FeedHealth
 from actors.feeds.stamp import Stamped, Stamper
@@ -46,6 +47,7 @@ from protocols.messages import (
 )
 
 if TYPE_CHECKING:
+    from actors.recording.webhook import Webhook
     from actors.session import Parts, Session, SessionResult, Timeline
 
 
@@ -59,6 +61,7 @@ class _Latest:
 
     account: AccountSnapshot | None = None
     step_ts: float = -math.inf
+    console: ConsoleSink | None = None  # the recorder's figures (stop, target, trades) for the panel
 
     def update(self, account: AccountSnapshot) -> None:
         self.account = account
@@ -96,10 +99,19 @@ async def run_actors(session: Session) -> SessionResult:
     health = FeedHealth(data_source=config.feed.source)
     stopper = Stopper()
     with SessionLock(run_path):
-        recorder = Recorder(run_path, resume_seq=timeline.resumed_seq if resume_state else None)
+        webhook = _webhook(session)
+        recorder = Recorder(
+            run_path,
+            resume_seq=timeline.resumed_seq if resume_state else None,
+            alerts=config.alerts,
+            notify=webhook.notify if webhook is not None else None,
+        )
+        recorder.console.echo = session.console
         sink = EventSink()
         async with trio.open_nursery() as root:
-            await root.start(run_recorder, recorder, sink)
+            if webhook is not None:
+                await root.start(webhook.run)
+            await root.start(_record, recorder, sink, webhook, config.observability.webhook_timeout_s)
             with sink:
                 if resume_state is None:
                     sink.send_nowait(started_event(config, run_path.name, timeline))
@@ -112,7 +124,7 @@ async def run_actors(session: Session) -> SessionResult:
                         sink.send_nowait(event)
                 if plan.mode == "live":  # at once: a crash from here on resumes this session
                     sink.checkpoint({"session": attrs.asdict(timeline), "parts": parts.state()})
-                latest = _Latest()
+                latest = _Latest(console=recorder.console)
                 status = await _supervise(
                     session, clock, parts, timeline, stopper, sink, health, latest, found
                 )
@@ -131,7 +143,33 @@ async def run_actors(session: Session) -> SessionResult:
                 ):
                     sink.send_nowait(event)
     assert recorder.report is not None
-    return SessionResult(run_path, recorder.report)
+    return SessionResult(run_path, recorder.report, recorder.console)
+
+
+def _webhook(session: Session) -> Webhook | None:
+    """The alert webhook of a live session with `observability.webhook_url` set (else None)."""
+    if session.plan.mode != "live" or not session.config.observability.webhook_url:
+        return None
+    from actors.recording.webhook import Webhook  # httpx: only when there is a webhook
+
+    return Webhook.from_config(session.config.observability)
+
+
+async def _record(
+    recorder: Recorder,
+    sink: EventSink,
+    webhook: Webhook | None,
+    grace_s: float,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The recorder; once it has finished (no more alerts), the webhook gets `grace_s` to send
+    what is still queued."""
+    try:
+        await run_recorder(recorder, sink, task_status=task_status)
+    finally:
+        if webhook is not None:
+            webhook.close(grace_s)
 
 
 async def _supervise(
@@ -233,6 +271,7 @@ async def _run(
                         stops_rx=stops_rx,
                         latest=lambda: latest.account,
                         progress=progress,
+                        console=latest.console,
                         handle_signals=session.handle_signals,
                     )
                 )

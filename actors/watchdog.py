@@ -17,7 +17,8 @@ import trio
 from loguru import logger
 
 from actors.clock import SessionClock
-from actors.progress import Progress, status_line
+from actors.console import ConsoleSink
+from actors.progress import Position, Progress, panel_lines
 from protocols.messages import AccountSnapshot, StopSession
 
 KILL_SWITCH_POLL_S = 0.25
@@ -52,12 +53,14 @@ async def run_watchdog(
     stops_rx: trio.MemoryReceiveChannel[StopSession],
     latest: Callable[[], AccountSnapshot | None],
     progress: Progress,
+    console: ConsoleSink | None = None,
     handle_signals: bool = True,
     end_reason: str = "duration",
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """`kill_switch` None: no kill-switch polling (backtests on the data's clock, which the
-    operator stops with a signal); `duration_s` may be infinite."""
+    operator stops with a signal); `duration_s` may be infinite. `console`: the recorder's
+    figures for the progress panel (the working stop and target, trades so far)."""
     end_ts = started_ts + duration_s
 
     async def duration() -> None:
@@ -91,16 +94,7 @@ async def run_watchdog(
             await clock.sleep_until(ts)
             account = latest()
             if account is not None:
-                progress.show(
-                    status_line(
-                        ts - started_ts,
-                        end_ts - ts,
-                        account.mark_price,
-                        account.position_qty,
-                        account.equity,
-                        account.equity - account.starting_equity,
-                    )
-                )
+                progress.show(panel_lines(ts - started_ts, end_ts - ts, account, _position(account, console)))
             ts += PROGRESS_EVERY_S
 
     async with trio.open_nursery() as nursery:
@@ -113,3 +107,17 @@ async def run_watchdog(
         if progress.mode != "off":
             nursery.start_soon(show)
         task_status.started()
+
+
+def _position(account: AccountSnapshot, console: ConsoleSink | None) -> Position:
+    """The session symbol's open position as the panel shows it."""
+    held = account.position(account.symbol)
+    stop, target = console.stop_and_target(account.symbol) if console is not None else (None, None)
+    return Position(
+        account.symbol,
+        held.qty,
+        held.avg_price if held.qty else None,
+        stop,
+        target,
+        console.trades if console is not None else 0,
+    )

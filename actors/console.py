@@ -1,0 +1,197 @@
+"""What a person reads on the console, from the recorder's stream of records: one line per fill and
+per closed trade, the figures the live progress panel shows beside the account (the working stop
+and target, trades so far), and the summary table at the end (rich).
+
+The recorder hands every record it writes to `ConsoleSink.observe` (the records of a resumed
+session too, unprinted, so the figures cover the whole session). Numbers are rounded for people:
+prices to the symbol's tick, money to the cent; `events.jsonl` keeps full precision.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from protocols.instruments import table_instrument
+
+DEFAULT_PRICE_DECIMALS = 1  # a symbol the shipped table does not know: BTCUSDT's tick (0.1)
+
+
+def price_decimals(symbol: str) -> int:
+    instrument = table_instrument(symbol)
+    return instrument.price_decimals if instrument is not None else DEFAULT_PRICE_DECIMALS
+
+
+def fmt_price(price: float | None, decimals: int) -> str:
+    return "-" if price is None else f"{price:,.{decimals}f}"
+
+
+def fmt_qty(qty: float) -> str:
+    return f"{qty:.8f}".rstrip("0").rstrip(".") or "0"
+
+
+def fmt_money(amount: float) -> str:
+    return f"{amount:+,.2f}"
+
+
+def fmt_held(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h{minutes:02d}m"
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    return f"{minutes}m{secs:02d}s"
+
+
+def _when(iso_ts: str) -> str:
+    return f"{iso_ts[:10]} {iso_ts[11:19]}"  # "2024-01-02T03:04:05.678Z" -> "2024-01-02 03:04:05"
+
+
+def fill_line(record: dict[str, Any]) -> str:
+    symbol = record.get("symbol", "")
+    decimals = price_decimals(symbol)
+    return (
+        f"FILL   {_when(record['ts'])}  {symbol} {record.get('strategy_id') or '-'}  "
+        f"{record['side'].upper()} {fmt_qty(record['qty'])} @ {fmt_price(record['fill_price'], decimals)}  "
+        f"fee {record['fee']:,.2f}  slippage {record.get('slippage_bps', 0.0):.1f} bps"
+    )
+
+
+def closed_line(record: dict[str, Any]) -> str:
+    symbol = record.get("symbol", "")
+    decimals = price_decimals(symbol)
+    return (
+        f"CLOSED {_when(record['ts'])}  {symbol}  {record['side'].upper()} {fmt_qty(record['qty'])}  "
+        f"{fmt_price(record['entry_price'], decimals)} -> {fmt_price(record['exit_price'], decimals)}  "
+        f"net {fmt_money(record['net_pnl'])}  held {fmt_held(record['held_s'])}  "
+        f"exit {record['exit_reason']}"
+    )
+
+
+@attrs.define
+class Protection:
+    """The working protective orders of a symbol: their trigger prices, by order id."""
+
+    stops: dict[str, float] = attrs.field(factory=dict)
+    targets: dict[str, float] = attrs.field(factory=dict)
+
+
+@attrs.define
+class ConsoleSink:
+    """Folds the records the recorder writes; `echo` prints the fill and closed-trade lines."""
+
+    echo: bool = False
+    trades: int = 0
+    wins: int = 0
+    gross_win: float = 0.0
+    gross_loss: float = 0.0
+    protection: dict[str, Protection] = attrs.field(factory=dict)
+    _protective_ids: dict[str, str] = attrs.field(factory=dict)  # order id -> symbol
+
+    def observe(self, record: dict[str, Any], *, new: bool = True) -> None:
+        """`new` False: a record of a resumed session's past (counted, not printed)."""
+        kind = record["kind"]
+        if kind == "order.filled":
+            self._done(record["order_id"])
+            if self.echo and new:
+                _print(fill_line(record))
+        elif kind == "position.closed":
+            self.trades += 1
+            net = record["net_pnl"]
+            if net > 0:
+                self.wins += 1
+                self.gross_win += net
+            else:
+                self.gross_loss -= net
+            if self.echo and new:
+                _print(closed_line(record))
+        elif kind == "order.working":
+            self._working(record)
+        elif kind in ("order.cancelled", "order.rejected"):
+            self._done(record.get("order_id"))
+
+    def _working(self, record: dict[str, Any]) -> None:
+        trigger = record.get("trigger_price")
+        reason = record.get("reason")
+        if trigger is None or reason not in ("stop_loss", "take_profit"):
+            return
+        symbol = record.get("symbol", "")
+        protection = self.protection.setdefault(symbol, Protection())
+        (protection.stops if reason == "stop_loss" else protection.targets)[record["order_id"]] = trigger
+        self._protective_ids[record["order_id"]] = symbol
+
+    def _done(self, order_id: str | None) -> None:
+        symbol = self._protective_ids.pop(order_id, None) if order_id is not None else None
+        if symbol is not None:
+            protection = self.protection[symbol]
+            protection.stops.pop(order_id, None)
+            protection.targets.pop(order_id, None)
+
+    def stop_and_target(self, symbol: str) -> tuple[float | None, float | None]:
+        """The newest working stop and target of `symbol` (None: none working)."""
+        protection = self.protection.get(symbol) or self.protection.get("")
+        if protection is None:
+            return None, None
+        stop = next(reversed(protection.stops.values()), None)
+        target = next(reversed(protection.targets.values()), None)
+        return stop, target
+
+    @property
+    def win_rate_pct(self) -> float | None:
+        return self.wins / self.trades * 100 if self.trades else None
+
+    @property
+    def profit_factor(self) -> float | None:
+        """Gross profit of the winning trades over the gross loss of the losing ones (net of fees)."""
+        if not self.trades:
+            return None
+        return self.gross_win / self.gross_loss if self.gross_loss > 0 else math.inf
+
+
+def _print(line: str) -> None:
+    stream = sys.stderr  # looked up each time: a rich display redirects it while it is on
+    stream.write(line + "\n")
+    stream.flush()
+
+
+def summary_rows(report: dict[str, Any], sink: ConsoleSink, run_path: Path) -> list[tuple[str, str]]:
+    """The end-of-session summary, label and value, rounded for people."""
+    win_rate = sink.win_rate_pct
+    factor = sink.profit_factor
+    rejections = sum((report.get("orders_rejected") or {}).values())
+    html = run_path / "report.html"
+    rows = [
+        ("status", f"{report['status']} (stop reason: {report['stop_reason']})"),
+        ("net PnL", f"{fmt_money(report['net_pnl'])} USDT"),
+        ("return", f"{report['return_pct']:+.2f} %"),
+        ("trades", str(report["trade_count"])),
+        ("win rate", "-" if win_rate is None else f"{win_rate:.1f} %"),
+        ("profit factor", "-" if factor is None else ("inf" if math.isinf(factor) else f"{factor:.2f}")),
+        ("max drawdown", f"{report['max_drawdown_pct']:.2f} %"),
+        ("fees", f"{report['fees_paid']:,.2f} USDT"),
+        ("funding", f"{report['funding_paid']:,.2f} USDT"),
+        ("fills", str(report["fills"])),
+        ("rejections", str(rejections)),
+        ("report", str(html if html.exists() else run_path / "final_report.json")),
+    ]
+    return rows
+
+
+def print_summary(report: dict[str, Any], sink: ConsoleSink, run_path: Path) -> None:
+    """The summary table on stderr (rich; plain text when stderr is not a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"session {report['run_id']}", show_header=False, title_justify="left")
+    table.add_column("figure", style="bold")
+    table.add_column("value")
+    for label, value in summary_rows(report, sink, run_path):
+        table.add_row(label, value)
+    Console(file=sys.stderr, width=None if sys.stderr.isatty() else 100).print(table)
