@@ -129,7 +129,7 @@ class ConsoleSink:
 
     def _done(self, order_id: str | None) -> None:
         symbol = self._protective_ids.pop(order_id, None) if order_id is not None else None
-        if symbol is not None:
+        if symbol is not None and order_id is not None:
             protection = self.protection[symbol]
             protection.stops.pop(order_id, None)
             protection.targets.pop(order_id, None)
