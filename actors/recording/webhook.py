@@ -1,0 +1,98 @@
+"""The alert webhook: POSTs each alert's message as JSON to `observability.webhook_url` (live sessions).
+
+Trading never waits on it. The recorder hands a message over with `notify`, which never blocks:
+a bounded queue (`QUEUE_SIZE` messages) in front of the webhook's own task; when the queue is full
+the message is dropped, counted (`dropped`) and logged. The task sends one message at a time:
+up to `observability.webhook_attempts` tries, each bounded by `observability.webhook_timeout_s`,
+retried after network errors, HTTP 429 and 5xx with exponential backoff (`backoff_s`, doubling,
+at most `BACKOFF_MAX_S`); any other answer (a 4xx: the URL or the message is wrong) is not
+retried. At the end of the session the messages still queued get `webhook_timeout_s` more to go
+out, then the task is cancelled (`close`): a receiver that never answers delays the exit by that
+much, never the session.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import trio
+from loguru import logger
+
+from actors.config import ObservabilityConfig
+
+QUEUE_SIZE = 64
+BACKOFF_S = 0.5
+BACKOFF_MAX_S = 8.0
+
+
+class Webhook:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float,
+        attempts: int,
+        queue_size: int = QUEUE_SIZE,
+        backoff_s: float = BACKOFF_S,
+    ) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.sent = self.failed = self.dropped = 0
+        self._tx, self._rx = trio.open_memory_channel[dict[str, Any]](queue_size)
+        self._scope = trio.CancelScope()
+
+    @classmethod
+    def from_config(cls, config: ObservabilityConfig) -> Webhook | None:
+        if not config.webhook_url:
+            return None
+        return cls(config.webhook_url, timeout_s=config.webhook_timeout_s, attempts=config.webhook_attempts)
+
+    def notify(self, message: dict[str, Any]) -> None:
+        """Queue `message` without waiting: dropped (and counted) when the queue is full."""
+        try:
+            self._tx.send_nowait(message)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            self.dropped += 1
+            logger.warning(
+                "webhook: queue full, alert {} not sent ({} dropped so far)",
+                message.get("rule"),
+                self.dropped,
+            )
+
+    def close(self, grace_s: float) -> None:
+        """No more messages; those queued have `grace_s` seconds to go out, then the task ends."""
+        self._tx.close()
+        self._scope.deadline = min(self._scope.deadline, trio.current_time() + grace_s)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The webhook's task: sends the queued messages in order until `close`."""
+        with self._scope, self._rx:
+            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+                task_status.started()
+                async for message in self._rx:
+                    await self._post(client, message)
+        if self._scope.cancelled_caught:
+            logger.warning("webhook: the session ended with alerts not delivered to {}", self.url)
+
+    async def _post(self, client: httpx.AsyncClient, message: dict[str, Any]) -> None:
+        problem = ""
+        for attempt in range(1, self.attempts + 1):
+            retry = True
+            try:
+                response = await client.post(self.url, json=message)
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.is_success:
+                    self.sent += 1
+                    return
+                problem = f"HTTP {response.status_code}"
+                retry = response.status_code == 429 or response.status_code >= 500
+            if not retry or attempt == self.attempts:
+                break
+            await trio.sleep(min(BACKOFF_MAX_S, self.backoff_s * 2 ** (attempt - 1)))
+        self.failed += 1
+        logger.warning("webhook: alert {} not delivered to {} ({})", message.get("rule"), self.url, problem)

@@ -1,0 +1,209 @@
+"""Alerts: each rule on its own (no I/O), and where they land: `alert` events for the rules over
+events (the same in both runtimes), alerts.jsonl for every alert, health alerts outside
+events.jsonl; metrics.csv rounded for people, with the health columns."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import trio
+
+from actors.config import AlertsConfig, load
+from actors.plan import Plan
+from actors.recording.alerts import AlertLog, AlertRules
+from actors.recording.webhook import Webhook
+from actors.session import run_session
+from protocols.records import METRIC_COLUMNS, metrics_csv_row
+from tests.conftest import make_config, read_events
+from tests.test_replay_backtest import write_bars
+from tools.validate_session import validate
+
+QUIET = AlertsConfig(max_rss_mb=0, min_free_disk_mb=0, max_errors_per_min=0, feed_down_s=0)
+
+
+def rules(**limits: float) -> AlertRules:
+    return AlertRules(AlertsConfig(**{**{"max_rss_mb": 0, "min_free_disk_mb": 0}, **limits}))  # type: ignore[arg-type]
+
+
+def test_breaker_liquidation_resume_and_fallback_each_raise_one_alert() -> None:
+    r = rules()
+    breaker = r.on_event(
+        "breaker.tripped", 10.0, {"reason": "daily_drawdown", "detail": "3 %", "action": "stop"}
+    )
+    liquidation = r.on_event(
+        "liquidation", 11.0, {"symbol": "BTCUSDT", "position_qty": 0.5, "mark_price": 1.0}
+    )
+    resumed = r.on_event("session.resumed", 12.0, {"downtime_s": 42.0, "discarded_events": 3})
+    fallback = r.on_event(
+        "feed.fallback", 13.0, {"reason": "HandshakeError", "data_source": "mock (fallback)"}
+    )
+    assert [(a.rule, a.severity, a.ts) for a in breaker + liquidation + resumed + fallback] == [
+        ("breaker", "warning", 10.0),
+        ("liquidation", "critical", 11.0),
+        ("resume", "warning", 12.0),
+        ("fallback", "warning", 13.0),
+    ]
+    assert "daily_drawdown" in breaker[0].message and "session stops" in breaker[0].message
+    assert "42.0 s down" in resumed[0].message
+    assert r.on_event("heartbeat", 14.0, {}) == []
+    assert r.on_event("order.filled", 14.0, {}) == []
+
+
+def test_error_rate_counts_errors_within_a_minute_of_event_time() -> None:
+    r = rules(max_errors_per_min=2)
+    assert r.on_event("error", 0.0, {"message": "a"}) == []
+    assert r.on_event("error", 30.0, {"message": "b"}) == []
+    (alert,) = r.on_event("error", 59.0, {"message": "c", "where": "feed"})  # three within 60 s
+    assert (alert.rule, alert.severity, alert.details["errors"]) == ("error_rate", "critical", 3)
+    assert "the last: c" in alert.message
+    assert r.on_event("error", 70.0, {}) == []  # still above, but one alert per minute
+    assert r.on_event("error", 200.0, {}) == []  # the old ones fell out of the window
+    assert r.on_event("error", 201.0, {}) == []
+    assert [a.rule for a in r.on_event("error", 202.0, {})] == ["error_rate"]
+    off = rules(max_errors_per_min=0)
+    assert all(off.on_event("error", float(t), {}) == [] for t in range(100))
+
+
+def test_feed_down_fires_once_after_the_limit_at_any_event_and_rearms_on_reconnect() -> None:
+    r = rules(feed_down_s=30)
+    assert r.on_event("feed.disconnected", 100.0, {"reason": "closed"}) == []
+    assert r.on_event("heartbeat", 129.0, {}) == []
+    (alert,) = r.on_event("heartbeat", 130.0, {})
+    assert (alert.rule, alert.severity, alert.details["down_s"]) == ("feed_down", "critical", 30.0)
+    assert r.on_event("heartbeat", 131.0, {}) == []  # once per outage
+    assert r.on_event("feed.connected", 140.0, {"downtime_s": 40.0}) == []
+    assert r.on_event("heartbeat", 500.0, {}) == []  # up again
+    r.on_event("feed.disconnected", 600.0, {})
+    r.on_event("feed.disconnected", 610.0, {})  # still the same outage
+    (again,) = r.on_event("feed.connected", 645.0, {})  # no event in between: raised on reconnect
+    assert again.details["down_s"] == 45.0
+    short = rules(feed_down_s=30)
+    short.on_event("feed.disconnected", 0.0, {})
+    assert short.on_event("feed.connected", 29.0, {}) == []
+
+
+def test_memory_and_disk_fire_when_crossing_and_again_only_after_recovering() -> None:
+    r = rules(max_rss_mb=100, min_free_disk_mb=50)
+    ok = {"rss_mb": 90.0, "disk_free_mb": 60.0}
+    assert r.on_health(ok, 1.0) == []
+    alerts = r.on_health({"rss_mb": 120.0, "disk_free_mb": 10.0}, 2.0)
+    assert [(a.rule, a.severity) for a in alerts] == [("memory", "warning"), ("disk", "critical")]
+    assert r.on_health({"rss_mb": 130.0, "disk_free_mb": 5.0}, 3.0) == []  # still out: no repeat
+    assert r.on_health(ok, 4.0) == []
+    assert [a.rule for a in r.on_health({"rss_mb": 101.0, "disk_free_mb": 60.0}, 5.0)] == ["memory"]
+    assert r.on_health({"rss_mb": None, "disk_free_mb": None}, 6.0) == []  # psutil could not read
+    assert rules().on_health({"rss_mb": 1e9, "disk_free_mb": 0.0}, 1.0) == []  # 0: off
+
+
+def test_alert_log_appends_json_lines_and_notifies(tmp_path: Path) -> None:
+    run = tmp_path / "run-1"
+    run.mkdir()
+    sent: list[dict[str, object]] = []
+    log = AlertLog(run, sent.append)
+    (alert,) = rules(max_rss_mb=1).on_health({"rss_mb": 5.0}, 1_700_000_000.0)
+    log.raise_alert(alert, None)
+    log.raise_alert(alert, 7)
+    log.close()
+    lines = [json.loads(line) for line in (run / "alerts.jsonl").read_text().splitlines()]
+    assert [(line["rule"], line["seq"], line["run_id"]) for line in lines] == [
+        ("memory", None, "run-1"),
+        ("memory", 7, "run-1"),
+    ]
+    assert lines[0]["ts"] == "2023-11-14T22:13:20.000Z" and lines[0]["details"]["rss_mb"] == 5.0
+    assert [{k: v for k, v in m.items() if k != "text"} for m in sent] == lines
+    assert sent[0]["text"] == "[warning] run-1: " + lines[0]["message"]
+
+
+def test_metrics_csv_rounding_for_people() -> None:
+    row = {
+        "ts": "x",
+        "elapsed_s": 1.23456,
+        "price": 60006.350000000006,
+        "equity": 9999.994999,
+        "realized_pnl": -0.001,
+        "unrealized_pnl": 1.005,
+        "fees_paid": 0.36048,
+        "position_qty": 0.0010000000000000002,
+        "drawdown_pct": 0.123456,
+        "cpu_pct": 3.2,
+        "rss_mb": 80.5,
+        "open_files": 12,
+        "disk_free_mb": None,
+    }
+    out = metrics_csv_row(row, 1, 4)
+    assert out == {
+        **row,
+        "elapsed_s": "1.235",
+        "price": "60006.4",
+        "equity": "9999.99",
+        "realized_pnl": "0.00",  # never -0.00
+        "unrealized_pnl": f"{round(1.005, 2):.2f}",
+        "fees_paid": "0.36",
+        "position_qty": "0.0010",
+        "drawdown_pct": "0.12",
+    }
+
+
+async def test_a_full_webhook_queue_drops_and_counts() -> None:
+    hook = Webhook("http://127.0.0.1:9/", timeout_s=1, attempts=1, queue_size=2)
+    for n in range(5):
+        hook.notify({"rule": "memory", "n": n})
+    assert hook.dropped == 3
+
+
+async def test_a_session_writes_rounded_metrics_with_health(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    config = make_config(tmp_path, "alerts.max_rss_mb=1", duration_min=0.5)
+    result = await run_session(config, handle_signals=False, progress_mode="off")
+    with (result.run_path / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(METRIC_COLUMNS)
+    for row in rows:
+        assert len(row["price"].split(".")[1]) == 1  # BTCUSDT's tick: 0.1
+        assert all(len(row[k].split(".")[1]) == 2 for k in ("equity", "fees_paid", "drawdown_pct"))
+        assert float(row["rss_mb"]) > 1 and int(row["open_files"]) > 0 and float(row["disk_free_mb"]) > 0
+    metrics = json.loads((result.run_path / "metrics.json").read_text())
+    assert metrics["fields"] == list(METRIC_COLUMNS) == list(metrics["columns"])
+    assert all(set(r) == set(METRIC_COLUMNS) for r in metrics["rows"])
+    (memory,) = [json.loads(line) for line in (result.run_path / "alerts.jsonl").read_text().splitlines()]
+    assert (memory["rule"], memory["seq"]) == ("memory", None)  # a health alert: not in events.jsonl
+    assert [e for e in read_events(result.run_path) if e["kind"] == "alert"] == []
+    assert validate(result.run_path) == []
+
+
+BREAKER = [
+    "strategy.fast_period=2",
+    "strategy.slow_period=5",
+    "risk.max_orders_per_minute=600",
+    "risk.max_daily_drawdown_pct=0.3",
+    "risk.max_loss_pct=50",
+    "risk.on_breaker=halt",
+    "broker.backtest_fill=close",
+]
+
+
+@pytest.mark.parametrize("runtime", ["kernel", "actors"])
+async def test_a_breaker_trip_is_an_alert_event_and_a_line_of_alerts_jsonl(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, runtime: str
+) -> None:
+    data = tmp_path / "bars.csv"
+    write_bars(data, 3000)
+    config = load(None, {}, [f"session.run_dir={tmp_path / 'runs'}", "session.interval=1m", *BREAKER])
+    plan = Plan(mode="backtest", data=str(data), runtime=runtime)  # type: ignore[arg-type]
+    result = await run_session(config, plan=plan, handle_signals=False, progress_mode="off")
+    events = read_events(result.run_path)
+    trips = [n for n, e in enumerate(events) if e["kind"] == "breaker.tripped"]
+    assert trips, "the data should trip the breaker"
+    alerts = [e for e in events if e["kind"] == "alert"]
+    assert [events[n + 1]["kind"] for n in trips] == ["alert"] * len(trips)  # right after the trip
+    assert [a["rule"] for a in alerts] == ["breaker"] * len(trips)
+    assert all(set(a) == {"seq", "ts", "kind", "rule", "severity", "message", "details"} for a in alerts)
+    logged = [json.loads(line) for line in (result.run_path / "alerts.jsonl").read_text().splitlines()]
+    assert [(line["seq"], line["rule"]) for line in logged if line["seq"] is not None] == [
+        (a["seq"], "breaker") for a in alerts
+    ]
+    assert validate(result.run_path) == []

@@ -1,0 +1,174 @@
+"""The alert webhook against a local HTTP receiver on 127.0.0.1 (real sockets, real time: slow):
+one message per alert, including after the receiver fails twice; a receiver that never answers
+does not delay the session's heartbeats."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from actors.recording.recorder import Recorder
+from actors.recording.webhook import Webhook
+from actors.session import run_session
+from protocols.messages import Event
+from tests.conftest import make_config
+
+pytestmark = pytest.mark.slow
+
+
+class Receiver:
+    """A tiny HTTP/1.1 server: answers each request with the next status of `statuses` (then
+    200), or never answers (`hang`). One request per connection."""
+
+    def __init__(self, statuses: list[int] | None = None, *, hang: bool = False) -> None:
+        self.statuses: Iterator[int] = iter(statuses or [])
+        self.hang = hang
+        self.requests: list[tuple[int, dict[str, Any]]] = []  # (status answered, body)
+        self._answered = trio.Event()
+
+    async def wait_delivered(self, n: int) -> None:
+        with trio.fail_after(10):
+            while len(self.delivered) < n:
+                await self._answered.wait()
+
+    @property
+    def delivered(self) -> list[dict[str, Any]]:
+        return [body for status, body in self.requests if status == 200]
+
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        task_status.started(f"http://127.0.0.1:{port}/hook")
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = await stream.receive_some()
+                if not chunk:
+                    return
+                data += chunk
+            head, body = data.split(b"\r\n\r\n", 1)
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+            while len(body) < length:
+                body += await stream.receive_some()
+            if self.hang:
+                self.requests.append((0, json.loads(body)))
+                await trio.sleep_forever()
+            status = next(self.statuses, 200)
+            self.requests.append((status, json.loads(body)))
+            self._answered.set()
+            self._answered = trio.Event()
+            await stream.send_all(
+                f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+            )
+
+
+async def test_one_message_per_alert_even_after_the_receiver_fails_twice() -> None:
+    receiver = Receiver([200, 500, 500])  # the second message: two 500s, then 200
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(receiver.serve)
+        hook = Webhook(url, timeout_s=2, attempts=4, backoff_s=0.01)
+        messages = [{"rule": "memory", "n": n} for n in range(3)]
+        async with trio.open_nursery() as hooks:
+            await hooks.start(hook.run)
+            for message in messages:
+                hook.notify(message)
+            await receiver.wait_delivered(3)
+            hook.close(2)  # the task ends once its last answer is in
+        nursery.cancel_scope.cancel()
+    assert receiver.delivered == messages  # each once, in order
+    assert [status for status, _ in receiver.requests] == [200, 500, 500, 200, 200]
+    assert (hook.sent, hook.failed, hook.dropped) == (3, 0, 0)
+
+
+async def test_bounded_attempts_and_no_retry_of_a_client_error() -> None:
+    receiver = Receiver([500, 500, 500, 404])
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(receiver.serve)
+        hook = Webhook(url, timeout_s=2, attempts=3, backoff_s=0.01)
+        async with trio.open_nursery() as hooks:
+            await hooks.start(hook.run)
+            hook.notify({"rule": "disk"})  # three 500s: given up
+            hook.notify({"rule": "breaker"})  # a 404: not retried
+            hook.notify({"rule": "resume"})  # delivered
+            await receiver.wait_delivered(1)
+            hook.close(2)
+        nursery.cancel_scope.cancel()
+    assert [(s, b["rule"]) for s, b in receiver.requests] == [
+        (500, "disk"), (500, "disk"), (500, "disk"), (404, "breaker"), (200, "resume"),
+    ]  # fmt: skip
+    assert (hook.sent, hook.failed) == (1, 2)
+
+
+async def test_a_live_session_posts_each_alert_of_alerts_jsonl_once(tmp_path: Path) -> None:
+    receiver = Receiver([500, 500])  # the first alert's message fails twice
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(receiver.serve)
+        config = make_config(
+            tmp_path,
+            "feed.source=mock",
+            "alerts.max_rss_mb=1",  # a memory alert ...
+            "alerts.min_free_disk_mb=1000000000",  # ... and a disk alert at the first sample
+            f"observability.webhook_url={url}",
+            "observability.webhook_attempts=4",
+            duration_min=3 / 60,
+        )
+        result = await run_session(config, handle_signals=False, progress_mode="off")
+        nursery.cancel_scope.cancel()
+    logged = [json.loads(line) for line in (result.run_path / "alerts.jsonl").read_text().splitlines()]
+    assert sorted(a["rule"] for a in logged) == ["disk", "memory"]
+    assert [{k: v for k, v in m.items() if k != "text"} for m in receiver.delivered] == logged
+    assert len(receiver.requests) == len(logged) + 2
+
+
+async def test_a_receiver_that_never_answers_does_not_delay_the_heartbeats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[float, float]] = []  # (wall time the recorder got it, the heartbeat's time)
+    write = Recorder.write
+
+    def timed_write(self: Recorder, event: Event) -> None:
+        if event.kind == "heartbeat":
+            seen.append((time.time(), event.ts))
+        write(self, event)
+
+    monkeypatch.setattr(Recorder, "write", timed_write)
+    receiver = Receiver(hang=True)
+    duration_s, timeout_s = 6.0, 3.0
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(receiver.serve)
+        config = make_config(
+            tmp_path,
+            "feed.source=mock",
+            "observability.heartbeat_s=0.5",
+            "alerts.max_rss_mb=1",
+            "alerts.min_free_disk_mb=1000000000",
+            f"observability.webhook_url={url}",
+            f"observability.webhook_timeout_s={timeout_s}",
+            "observability.webhook_attempts=10",
+            duration_min=duration_s / 60,
+        )
+        started = time.monotonic()
+        result = await run_session(config, handle_signals=False, progress_mode="off")
+        took = time.monotonic() - started
+        nursery.cancel_scope.cancel()
+    assert receiver.requests, "the webhook should have tried"
+    assert receiver.delivered == []
+    lags = [got - due for got, due in seen]
+    assert len(seen) >= duration_s / 0.5  # every heartbeat of the session, on schedule
+    assert max(lags) < 0.5, lags
+    assert result.report["status"] == "ok" and result.report["elapsed_s"] < duration_s + 1
+    # the exit waits at most webhook_timeout_s for the queued alerts, not attempts x timeout
+    assert took < duration_s + timeout_s + 3
