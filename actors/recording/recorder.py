@@ -31,6 +31,7 @@ from actors.console import ConsoleSink
 from actors.recording import checkpoint
 from actors.recording.alerts import ALERT_KIND, AlertLog, AlertRules
 from actors.recording.health import HealthSampler
+from actors.recording.html_report import write_report_html
 from protocols.messages import Event
 from protocols.records import (
     METRIC_COLUMNS,
@@ -173,7 +174,8 @@ class Recorder:
         checkpoint.write(self.path, state)
 
     def finish(self) -> dict[str, Any]:
-        """Close the streams and write metrics.json and final_report.json."""
+        """Close the streams and write metrics.json, final_report.json and report.html (a failure
+        of the page is logged, never the session's)."""
         self._events.close()
         self._market.close()
         self._metrics_file.close()
@@ -181,6 +183,7 @@ class Recorder:
         _write_json(self.path / "metrics.json", metrics_document(self.metrics))
         self.report = self.report_builder.report()
         _write_json(self.path / "final_report.json", self.report)
+        write_report_html(self.path)
         logger.remove(self._log_sink)
         return self.report
 

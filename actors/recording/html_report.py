@@ -1,0 +1,888 @@
+"""report.html: one self-contained page per run folder (plotly, its JavaScript inlined: it works
+offline), and a page comparing several runs. Everything on it is read from the run folder's files
+(events.jsonl; final_report.json, market.jsonl), never from live objects, so a finished run's page
+can be rebuilt at any time (`python -m tools.report RUN`).
+
+The recorder writes it right after final_report.json (`write_report_html`); a failure is logged,
+never the session's. Large runs stay light: a chart line or candle series of more than
+`MAX_POINTS` points is downsampled (lines keep each bucket's lowest and highest points; candles are
+merged into longer ones), at most `MAX_MARKED_TRADES` trades are marked on the price chart (an
+evenly spaced sample beyond that) and `MAX_TRADE_ROWS` rows shown in the trade list.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import html
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import attrs
+import orjson
+from loguru import logger
+
+from actors.recording.report_stats import (
+    STATISTICS,
+    Trade,
+    equity_curve,
+    statistics,
+    trades,
+    ts_of,
+)
+from protocols.instruments import table_instrument
+
+REPORT_NAME = "report.html"
+MAX_POINTS = 5_000  # points of a chart's line (or candles) at most
+MAX_MARKED_TRADES = 2_000  # trades marked on a price chart at most
+MAX_TRADE_ROWS = 2_000  # rows of the trade list at most
+# Event kinds the page does not read: skipped unparsed (a long backtest writes hundreds of thousands).
+UNREAD_KINDS = (b"signal", b"order.submitted")
+FEED_KINDS = (
+    "feed.connected",
+    "feed.disconnected",
+    "feed.reconnecting",
+    "feed.stale",
+    "feed.failover",
+    "feed.fallback",
+    "feed.backfill",
+    "feed.gap",
+    "feed.rest_retry",
+    "feed.malformed",
+)
+# Statistics shown green when positive, red when negative (the others are counts or costs).
+SIGNED_STATISTICS = {"avg_win", "avg_loss", "expectancy", "gross_pnl", "net_pnl", "return_pct"}
+PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+
+
+class NotARunFolder(ValueError):
+    """The path is not a run folder (it has no events.jsonl)."""
+
+
+@attrs.frozen
+class RunData:
+    """What the page is made of, read from a run folder."""
+
+    path: Path
+    records: list[dict[str, Any]]  # events.jsonl, without the kinds in UNREAD_KINDS
+    report: dict[str, Any] | None  # final_report.json (None when missing or unreadable)
+    candles: dict[str, list[dict[str, Any]]]  # market.jsonl's candles by symbol
+    instruments: dict[str, dict[str, Any]]  # the `feed.instrument` events by symbol
+
+    @property
+    def started(self) -> dict[str, Any]:
+        return next((r for r in self.records if r["kind"] == "session.started"), {})
+
+    @property
+    def stopped(self) -> dict[str, Any]:
+        return next((r for r in reversed(self.records) if r["kind"] == "session.stopped"), {})
+
+    @property
+    def symbols(self) -> list[str]:
+        started = self.started
+        return list(started.get("symbols") or [started.get("symbol", "")])
+
+
+def run_folder(path: Path) -> Path:
+    """The run folder `path` names (the folder itself, or its events.jsonl); NotARunFolder if none."""
+    if path.is_file() and path.name == "events.jsonl":
+        path = path.parent
+    if not (path / "events.jsonl").is_file():
+        raise NotARunFolder(f"{path} is not a run folder (no events.jsonl in it)")
+    return path
+
+
+def load_run(path: Path) -> RunData:
+    path = run_folder(path)
+    records = []
+    for line in (path / "events.jsonl").read_bytes().splitlines():
+        start = line.find(b'"kind":"') + 8
+        if line[start : line.find(b'"', start)] in UNREAD_KINDS:
+            continue
+        try:
+            records.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            continue  # a torn last line of a crashed session
+    report = None
+    with contextlib.suppress(OSError, orjson.JSONDecodeError):
+        report = orjson.loads((path / "final_report.json").read_bytes())
+    candles: dict[str, list[dict[str, Any]]] = {}
+    market = path / "market.jsonl"
+    if market.is_file():
+        with market.open("rb") as f:
+            for line in f:
+                if b'"type":"candle"' in line:
+                    candle = orjson.loads(line)
+                    candles.setdefault(candle.get("symbol", ""), []).append(candle)
+    instruments = {r.get("symbol", ""): r for r in records if r["kind"] == "feed.instrument"}
+    return RunData(path, records, report, candles, instruments)
+
+
+# --- the pages ---------------------------------------------------------------------------------------------
+
+
+def write_report_html(run: Path) -> Path | None:
+    """Build `run/report.html`; a failure is logged, never raised (the session goes on)."""
+    try:
+        return build_report(run)
+    except Exception as exc:
+        logger.warning("{} not written: {!r}", REPORT_NAME, exc)
+        logger.opt(exception=exc).debug("{} failed", REPORT_NAME)
+        return None
+
+
+def build_report(run: Path, out: Path | None = None) -> Path:
+    """Write the run's page to `out` (default: `run/report.html`, atomically); its path."""
+    data = load_run(run)
+    out = out or data.path / REPORT_NAME
+    _write(out, report_page(data))
+    return out
+
+
+def build_comparison(runs: Sequence[Path], out: Path) -> Path:
+    """Write a page comparing the runs' statistics and equity curves side by side."""
+    _write(out, comparison_page([load_run(r) for r in runs]))
+    return out
+
+
+def _write(out: Path, text: str) -> None:
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+
+
+def report_page(data: RunData) -> str:
+    curve = equity_curve(data.records)
+    stats = statistics(data.records, curve)
+    trade_list = trades(data.records)
+    title = f"Run {data.started.get('run_id', data.path.name)}"
+    sections = [
+        _summary(data, stats),
+        _section("Statistics", _stats_table(stats, "stat")),
+        _section("Equity and drawdown", _equity_chart(curve)),
+        *(_price_section(data, symbol, trade_list) for symbol in data.symbols),
+        _section("Trades", _trade_table(data, trade_list)),
+        _section("Fills: latency and slippage", _fills_chart(data.records)),
+        _section("Feed health", _feed_section(data)),
+        _section("Risk events", _risk_section(data)),
+        _attribution(data.report),
+        _section("Definitions", _definitions()),
+    ]
+    return _page(title, sections)
+
+
+def comparison_page(runs: list[RunData]) -> str:
+    names = [r.started.get("run_id", r.path.name) for r in runs]
+    head = "".join(f"<th>{_e(n)}</th>" for n in names)
+    rows = []
+    all_stats = [statistics(r.records) for r in runs]
+    for key, label, how in STATISTICS:
+        cells = "".join(
+            _value_cell(f"cmp-{i}-{key}", s[key], how, _price_dp(r, r.symbols[0]))
+            for i, (r, s) in enumerate(zip(runs, all_stats, strict=True))
+        )
+        rows.append(f"<tr><th>{_e(label)}</th>{cells}</tr>")
+    table = f'<table class="stats" id="comparison"><tr><th></th>{head}</tr>{"".join(rows)}</table>'
+    info = "".join(
+        f"<li><b>{_e(n)}</b>: {_e(str(r.path))}, {_e(str(r.started.get('data_source', '')))}, "
+        f"{_e(_period(r))}</li>"
+        for n, r in zip(names, runs, strict=True)
+    )
+    return _page(
+        "Comparison of " + ", ".join(names),
+        [
+            _section("Runs", f"<ul>{info}</ul>"),
+            _section("Statistics", table),
+            _section("Equity curves", _comparison_chart(runs, names)),
+            _section("Definitions", _definitions()),
+        ],
+    )
+
+
+def _page(title: str, sections: list[str]) -> str:
+    from plotly.offline import get_plotlyjs
+
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{CSS}</style>"
+        f'<script type="text/javascript">{get_plotlyjs()}</script></head>'
+        f"<body><h1>{_e(title)}</h1>{''.join(sections)}"
+        f"<footer>Written {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} from the run "
+        "folder's files. Times are UTC.</footer></body></html>\n"
+    )
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1400px; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; margin-top: 1.8em; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0; }
+th, td { padding: 2px 8px; border-bottom: 1px solid #eee; text-align: right; white-space: nowrap; }
+th { text-align: left; background: #f6f6f6; }
+td.text { text-align: left; }
+.scroll { max-height: 480px; overflow: auto; }
+.note { color: #666; font-size: 0.85em; }
+.pos { color: #11823b; } .neg { color: #c0392b; }
+pre { font-size: 0.85em; background: #f6f6f6; padding: 0.8em; white-space: pre-wrap; }
+footer { margin-top: 2em; color: #888; font-size: 0.8em; }
+"""
+
+
+def _section(title: str, body: str) -> str:
+    return f"<section><h2>{_e(title)}</h2>{body}</section>" if body else ""
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text))
+
+
+# --- summary and statistics ------------------------------------------------------------------------------
+
+
+def _summary(data: RunData, stats: dict[str, Any]) -> str:
+    started, stopped, report = data.started, data.stopped, data.report or {}
+    strategies = ", ".join(report.get("strategies") or []) or "-"
+    items = [
+        ("status", f"{stopped.get('status', 'unfinished')} (stop reason: {stopped.get('stop_reason', '-')})"),
+        ("period", _period(data)),
+        ("data", started.get("data_source", "-")),
+        ("symbols", ", ".join(data.symbols)),
+        ("strategies", strategies),
+        ("starting equity", _money(started.get("starting_equity"))),
+        ("ending equity", _money(stopped.get("ending_equity"))),
+        ("net PnL", f"{_money(stats['net_pnl'])} ({_fmt(stats['return_pct'], 'pct')})"),
+    ]
+    rows = "".join(f'<tr><th>{_e(k)}</th><td class="text">{_e(v)}</td></tr>' for k, v in items)
+    return f'<section id="summary"><table>{rows}</table></section>'
+
+
+def _period(data: RunData) -> str:
+    started, stopped = data.started, data.stopped
+    if not started:
+        return "-"
+    begin = _time(ts_of(started))
+    if not stopped:
+        return f"{begin} -> (unfinished)"
+    span = ts_of(stopped) - ts_of(started)
+    return f"{begin} -> {_time(ts_of(stopped))} ({_duration(span)})"
+
+
+def _stats_table(stats: dict[str, Any], prefix: str) -> str:
+    rows = "".join(
+        f"<tr><th>{_e(label)}</th>{_value_cell(f'{prefix}-{key}', stats[key], how, 2)}</tr>"
+        for key, label, how in STATISTICS
+    )
+    return f'<table class="stats" id="statistics">{rows}</table>'
+
+
+def _value_cell(cell_id: str, value: Any, how: str, price_dp: int) -> str:
+    """A statistic's cell: shown rounded for people, its exact value in `data-value`."""
+    raw = "" if value is None else repr(value)
+    cls = ""
+    if cell_id.rsplit("-", 1)[-1] in SIGNED_STATISTICS and value:
+        cls = ' class="pos"' if value > 0 else ' class="neg"'
+    return f'<td id="{cell_id}" data-value="{raw}"{cls}>{_e(_fmt(value, how, price_dp))}</td>'
+
+
+def _fmt(value: Any, how: str, price_dp: int = 2) -> str:
+    if value is None:
+        return "-"
+    if how == "int":
+        return f"{value:,}"
+    if how == "money":
+        return _money(value)
+    if how == "price":
+        return f"{value:,.{price_dp}f}"
+    if how == "pct":
+        return f"{value:.2f} %"
+    if how == "pct_fraction":
+        return f"{value * 100:.1f} %"
+    if how == "ratio":
+        return f"{value:.2f}"
+    if how == "seconds":
+        return _duration(value)
+    return str(value)
+
+
+def _money(value: Any) -> str:
+    if value is None:
+        return "-"
+    cents = round(float(value), 2)
+    return f"{cents + 0.0:,.2f}"  # + 0.0: no "-0.00"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, s = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {s:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def _time(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+def _x(ts: float) -> str:
+    """A time as plotly reads it (UTC, milliseconds)."""
+    secs = math.floor(ts)
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(secs))}.{int((ts - secs) * 1000):03d}"
+
+
+def _x_iso(record: dict[str, Any]) -> str:
+    """An event's `ts` as plotly reads it (no `T`, no `Z`)."""
+    return str(record["ts"]).replace("T", " ").rstrip("Z")
+
+
+def _definitions() -> str:
+    doc = statistics.__doc__ or ""
+    lines = [line[4:] if line.startswith("    ") else line for line in doc.splitlines()]
+    return (
+        f"<pre>{_e(chr(10).join(lines).strip())}</pre>"
+        f'<p class="note">Charts: a line or candle series of more than {MAX_POINTS:,} points is '
+        "downsampled (a line keeps the lowest and highest point of each bucket; candles are merged "
+        f"into longer ones, as the chart's title says); at most {MAX_MARKED_TRADES:,} trades are "
+        f"marked on a price chart (an evenly spaced sample beyond that); the trade list shows at most "
+        f"{MAX_TRADE_ROWS:,} rows. Statistics always use every event.</p>"
+    )
+
+
+# --- instruments ---------------------------------------------------------------------------------------------
+
+
+def _decimals(step: float) -> int:
+    exponent = Decimal(str(step)).normalize().as_tuple().exponent
+    return max(0, -int(exponent))
+
+
+def _instrument_field(data: RunData, symbol: str, name: str, default: float) -> float:
+    event = data.instruments.get(symbol) or {}
+    if event.get(name):
+        return float(event[name])
+    instrument = table_instrument(symbol)
+    return float(getattr(instrument, name)) if instrument is not None else default
+
+
+def _price_dp(data: RunData, symbol: str) -> int:
+    return _decimals(_instrument_field(data, symbol, "tick_size", 0.1))
+
+
+def _qty_dp(data: RunData, symbol: str) -> int:
+    return _decimals(_instrument_field(data, symbol, "lot_size", 0.0001))
+
+
+# --- charts ---------------------------------------------------------------------------------------------------
+
+
+def _plot(div_id: str, traces: list[dict[str, Any]], layout: dict[str, Any]) -> str:
+    """A chart's div and script. The figure is plain data (plotly's JSON schema), written without
+    plotly.py's per-point validation, which costs seconds on a long backtest's series."""
+    from plotly.io import to_html
+
+    layout = {"margin": {"l": 70, "r": 20, "t": 40, "b": 40}, "hovermode": "closest", **layout}
+    html_text: str = to_html(
+        {"data": traces, "layout": layout},
+        config=PLOT_CONFIG,
+        include_plotlyjs=False,
+        full_html=False,
+        validate=False,
+        div_id=div_id,
+    )
+    return f'<div class="chart" data-chart="{div_id}">{html_text}</div>'
+
+
+# Two charts one above the other on a shared time axis (x/y above, x2/y2 below).
+TWO_ROWS: dict[str, dict[str, Any]] = {
+    "xaxis": {"anchor": "y", "matches": "x2", "showticklabels": False},
+    "xaxis2": {"anchor": "y2"},
+    "yaxis": {"domain": [0.34, 1.0]},
+    "yaxis2": {"domain": [0.0, 0.28]},
+}
+
+
+def _keep(n: int, series: Sequence[Sequence[float]]) -> list[int]:
+    """Indices to draw of n points: all when n <= MAX_POINTS; else, in each of about
+    MAX_POINTS / (2 x the series) buckets, the lowest and highest point of each series (and always
+    the first and last point)."""
+    if n <= MAX_POINTS:
+        return list(range(n))
+    size = math.ceil(n / (MAX_POINTS // (2 * len(series) + 1)))
+    keep = {0, n - 1}
+    for start in range(0, n, size):
+        idx = range(start, min(start + size, n))
+        for values in series:
+            keep.add(min(idx, key=values.__getitem__))
+            keep.add(max(idx, key=values.__getitem__))
+    return sorted(keep)
+
+
+def _equity_chart(curve: list[tuple[float, float, float]]) -> str:
+    if not curve:
+        return '<p class="note">No equity points (the run wrote no heartbeat).</p>'
+    equity = [e for _, e, _ in curve]
+    drawdown = [-d for _, _, d in curve]
+    keep = _keep(len(curve), [equity, drawdown])
+    x = [_x(curve[i][0]) for i in keep]
+    traces = [
+        {
+            "type": "scatter",
+            "x": x,
+            "y": [equity[i] for i in keep],
+            "name": "equity",
+            "line": {"color": "#1f5fa8"},
+        },
+        {
+            "type": "scatter",
+            "x": x,
+            "y": [drawdown[i] for i in keep],
+            "name": "drawdown %",
+            "fill": "tozeroy",
+            "line": {"color": "#c0392b"},
+            "xaxis": "x2",
+            "yaxis": "y2",
+        },
+    ]
+    note = f" ({len(keep):,} of {len(curve):,} points drawn)" if len(keep) < len(curve) else ""
+    layout = {
+        **TWO_ROWS,
+        "title": {"text": f"Equity at every heartbeat{note}"},
+        "height": 480,
+        "showlegend": False,
+    }
+    layout["yaxis"] = {
+        **TWO_ROWS["yaxis"],
+        "title": {"text": "equity (USDT)"},
+        "tickformat": ",.2f",
+        "hoverformat": ",.2f",
+    }
+    layout["yaxis2"] = {**TWO_ROWS["yaxis2"], "title": {"text": "drawdown %"}, "hoverformat": ".2f"}
+    return _plot("chart-equity", traces, layout)
+
+
+def _price_section(data: RunData, symbol: str, trade_list: list[Trade]) -> str:
+    dp = _price_dp(data, symbol)
+    traces: list[dict[str, Any]] = []
+    candles = data.candles.get(symbol, [])
+    title = f"{symbol}: "
+    interval = float(candles[0].get("interval_s", 60)) if candles else 0.0
+    if candles:
+        merged, k = _merge_candles(candles)
+        title += f"candles of {_duration(interval * k)}" + (f" ({k} merged into one)" if k > 1 else "")
+        traces.append(
+            {
+                "type": "candlestick",
+                "x": [_x(c["open_ts"]) for c in merged],
+                "open": [c["open"] for c in merged],
+                "high": [c["high"] for c in merged],
+                "low": [c["low"] for c in merged],
+                "close": [c["close"] for c in merged],
+                "name": "candles",
+            }
+        )
+    xs, ys = _heartbeat_prices(data, symbol)
+    if xs:
+        keep = _keep(len(xs), [ys])
+        title += ("; " if candles else "") + "price at every heartbeat"
+        if len(keep) < len(xs):
+            title += f" ({len(keep):,} of {len(xs):,} drawn)"
+        traces.append(
+            {
+                "type": "scatter",
+                "x": [_x(xs[i]) for i in keep],
+                "y": [ys[i] for i in keep],
+                "name": "price (heartbeats)",
+                "line": {"color": "#555", "width": 1},
+            }
+        )
+    mine = [t for t in trade_list if t.symbol == symbol]
+    marked = mine
+    if len(mine) > MAX_MARKED_TRADES:
+        step = len(mine) / MAX_MARKED_TRADES
+        marked = [mine[int(i * step)] for i in range(MAX_MARKED_TRADES)]
+        title += f"; {len(marked):,} of {len(mine):,} trades marked"
+    traces += _trade_marks(marked, dp)
+    windows = [(t.entry_ts, t.exit_ts) for t in marked] if len(marked) < len(mine) else None
+    traces += _bracket_traces(data, symbol, windows)
+    if not traces:
+        return ""
+    layout: dict[str, Any] = {
+        "title": {"text": title},
+        "height": 520,
+        "xaxis": {"rangeslider": {"visible": False}},
+        "yaxis": {"title": {"text": "price"}, "tickformat": f",.{dp}f", "hoverformat": f",.{dp}f"},
+        "legend": {"orientation": "h"},
+    }
+    started, stopped = data.started, data.stopped
+    if candles and started and stopped and candles[0]["open_ts"] < ts_of(started) - 10 * interval:
+        # the history the strategies warmed up on is there to zoom out to; show the session
+        layout["xaxis"]["range"] = [_x(ts_of(started) - 5 * interval), _x(ts_of(stopped) + interval)]
+    return _section(f"Price: {symbol}", _plot(f"chart-price-{symbol}", traces, layout))
+
+
+def _merge_candles(candles: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    k = max(1, math.ceil(len(candles) / MAX_POINTS))
+    if k == 1:
+        return candles, 1
+    merged = []
+    for i in range(0, len(candles), k):
+        group = candles[i : i + k]
+        merged.append(
+            {
+                "open_ts": group[0]["open_ts"],
+                "open": group[0]["open"],
+                "high": max(c["high"] for c in group),
+                "low": min(c["low"] for c in group),
+                "close": group[-1]["close"],
+            }
+        )
+    return merged, k
+
+
+def _heartbeat_prices(data: RunData, symbol: str) -> tuple[list[float], list[float]]:
+    """The symbol's price at every heartbeat (a price chart's line when the run recorded no candles)."""
+    first = data.symbols[0] if data.symbols else ""
+    xs, ys = [], []
+    for r in data.records:
+        if r["kind"] != "heartbeat":
+            continue
+        price = (r.get("prices") or {}).get(symbol)
+        if price is None and symbol == first:
+            price = r.get("price")
+        if price:
+            xs.append(ts_of(r))
+            ys.append(float(price))
+    return xs, ys
+
+
+def _trade_marks(marked: list[Trade], dp: int) -> list[dict[str, Any]]:
+    if not marked:
+        return []
+    entries = {
+        "type": "scatter",
+        "mode": "markers",
+        "name": "entries",
+        "x": [_x(t.entry_ts) for t in marked],
+        "y": [t.entry_price for t in marked],
+        "marker": {
+            "symbol": ["triangle-up" if t.side == "long" else "triangle-down" for t in marked],
+            "size": 11,
+            "color": ["#11823b" if t.side == "long" else "#c0392b" for t in marked],
+        },
+        "text": [f"{t.side} {t.qty:g} @ {t.entry_price:,.{dp}f}" for t in marked],
+        "hoverinfo": "text+x",
+    }
+    exits = {
+        "type": "scatter",
+        "mode": "markers",
+        "name": "exits",
+        "x": [_x(t.exit_ts) for t in marked],
+        "y": [t.exit_price for t in marked],
+        "marker": {"symbol": "x", "size": 10, "color": "#222"},
+        "text": [f"exit ({t.exit_reason}) @ {t.exit_price:,.{dp}f}: net {_money(t.net_pnl)}" for t in marked],
+        "hoverinfo": "text+x",
+    }
+    return [entries, exits]
+
+
+BRACKETS = (("stop_loss", "stops", "#c0392b"), ("take_profit", "targets", "#11823b"))
+
+
+def _bracket_traces(
+    data: RunData, symbol: str, windows: list[tuple[float, float]] | None
+) -> list[dict[str, Any]]:
+    """The stop and target orders as horizontal segments at their price, from when they start
+    working until they are cancelled, filled or the run ends; with `windows` (the marked trades'
+    entry and exit times, when only a sample is marked) those that start within one."""
+    first = data.symbols[0] if data.symbols else symbol
+    last_symbol = first
+    working: dict[str, tuple[str, str, float]] = {}
+    segments: dict[str, list[tuple[str, str, float]]] = {reason: [] for reason, _, _ in BRACKETS}
+    for r in data.records:
+        kind = r["kind"]
+        if kind == "order.filled":
+            last_symbol = r.get("symbol") or first
+        if kind == "order.working" and r.get("reason") in segments:
+            # brackets follow their entry's fill in the same step (they name no symbol of their own)
+            price = r.get("trigger_price") or r.get("limit_price")
+            if (r.get("symbol") or last_symbol) == symbol and price:
+                working[r["order_id"]] = (r["reason"], _x_iso(r), float(price))
+        elif kind in ("order.cancelled", "order.filled", "order.amended") and r.get("order_id") in working:
+            reason, begin, price = working.pop(r["order_id"])
+            segments[reason].append((begin, _x_iso(r), price))
+            new_price = r.get("trigger_price") or r.get("limit_price")
+            if kind == "order.amended" and new_price:
+                working[r["order_id"]] = (reason, _x_iso(r), float(new_price))
+    for reason, begin, price in working.values():
+        segments[reason].append((begin, _x_iso(data.stopped) if data.stopped else begin, price))
+    spans = [(_x(a), _x(b)) for a, b in windows] if windows is not None else None
+    traces: list[dict[str, Any]] = []
+    for reason, name, color in BRACKETS:
+        xs: list[str | None] = []
+        ys: list[float | None] = []
+        for begin, finish, price in segments[reason]:
+            if spans is None or _within(begin, spans):
+                xs += [begin, finish, None]
+                ys += [price, price, None]
+        if xs:
+            traces.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines",
+                    "name": name,
+                    "x": xs,
+                    "y": ys,
+                    "line": {"color": color, "dash": "dot", "width": 1.5},
+                }
+            )
+    return traces
+
+
+def _within(x: str, spans: list[tuple[str, str]]) -> bool:
+    """Whether the time `x` (as plotly reads it: such strings sort as times do) is in a span."""
+    i = bisect.bisect_right(spans, (x, "~")) - 1
+    return i >= 0 and spans[i][0] <= x <= spans[i][1]
+
+
+def _fills_chart(records: list[dict[str, Any]]) -> str:
+    fills = [r for r in records if r["kind"] == "order.filled"]
+    if not fills:
+        return '<p class="note">No fills.</p>'
+    # a resting order's latency is how long it rested: only market orders' say how long a fill takes
+    latency = [
+        round(r["latency_ms"], 2)
+        for r in fills
+        if r.get("latency_ms") is not None and r.get("type", "market") == "market"
+    ]
+    slippage = [round(r["slippage_bps"], 3) for r in fills if r.get("slippage_bps") is not None]
+    traces: list[dict[str, Any]] = []
+    if latency:
+        traces.append({"type": "histogram", "x": latency, "name": "latency", "marker": {"color": "#1f5fa8"}})
+    if slippage:
+        traces.append(
+            {
+                "type": "histogram",
+                "x": slippage,
+                "name": "slippage",
+                "marker": {"color": "#d68910"},
+                "xaxis": "x2",
+                "yaxis": "y2",
+            }
+        )
+    layout = {
+        "height": 340,
+        "showlegend": False,
+        "bargap": 0.05,
+        "title": {"text": f"{len(fills):,} fills"},
+        "xaxis": {
+            "domain": [0.0, 0.46],
+            "anchor": "y",
+            "title": {"text": "latency of market orders' fills (ms)"},
+        },
+        "xaxis2": {
+            "domain": [0.54, 1.0],
+            "anchor": "y2",
+            "title": {"text": "slippage (bps; positive: worse)"},
+        },
+        "yaxis": {"anchor": "x", "title": {"text": "fills"}},
+        "yaxis2": {"anchor": "x2"},
+    }
+    return _plot("chart-fills", traces, layout)
+
+
+def _trade_table(data: RunData, trade_list: list[Trade]) -> str:
+    if not trade_list:
+        return '<p class="note">No closed trades.</p>'
+    head = (
+        "<tr><th>#</th><th>symbol</th><th>side</th><th>qty</th><th>entry (UTC)</th><th>entry price</th>"
+        "<th>exit (UTC)</th><th>exit price</th><th>PnL</th><th>fees</th><th>slippage</th>"
+        "<th>net PnL</th><th>held</th><th>exit reason</th></tr>"
+    )
+    dps = {s: (_price_dp(data, s), _qty_dp(data, s)) for s in {t.symbol for t in trade_list}}
+    rows = []
+    for n, t in enumerate(trade_list[:MAX_TRADE_ROWS], 1):
+        pdp, qdp = dps[t.symbol]
+        cls = "pos" if t.net_pnl > 0 else "neg" if t.net_pnl < 0 else ""
+        rows.append(
+            f'<tr><td>{n}</td><td class="text">{_e(t.symbol)}</td><td class="text">{t.side}</td>'
+            f"<td>{t.qty:.{qdp}f}</td><td>{_time(t.entry_ts)}</td><td>{t.entry_price:,.{pdp}f}</td>"
+            f"<td>{_time(t.exit_ts)}</td><td>{t.exit_price:,.{pdp}f}</td><td>{_money(t.realized_pnl)}</td>"
+            f"<td>{_money(t.fees)}</td><td>{_money(t.slippage)}</td>"
+            f'<td class="{cls}">{_money(t.net_pnl)}</td><td>{_duration(t.held_s)}</td>'
+            f'<td class="text">{_e(t.exit_reason)}</td></tr>'
+        )
+    note = (
+        f'<p class="note">The first {MAX_TRADE_ROWS:,} of {len(trade_list):,} trades; every one is in '
+        "events.jsonl (`position.closed`).</p>"
+        if len(trade_list) > MAX_TRADE_ROWS
+        else ""
+    )
+    return f'{note}<div class="scroll"><table id="trades">{head}{"".join(rows)}</table></div>'
+
+
+def _feed_section(data: RunData) -> str:
+    events = [r for r in data.records if r["kind"] in FEED_KINDS]
+    report = data.report or {}
+    counts = Counter(r["kind"] for r in events)
+    summary = [
+        ("connections", counts["feed.connected"]),
+        ("reconnects", report.get("reconnects", 0)),
+        ("feed downtime", _duration(report.get("feed_downtime_s") or 0.0)),
+        ("stale", counts["feed.stale"]),
+        ("REST failovers", sum(1 for r in events if r["kind"] == "feed.failover" and r.get("active"))),
+        ("fallback to mock", counts["feed.fallback"]),
+        ("REST retries", report.get("rest_retries", 0)),
+        (
+            "malformed frames dropped",
+            ", ".join(f"{k}: {v}" for k, v in (report.get("malformed_dropped") or {}).items()) or "0",
+        ),
+    ]
+    table = "".join(f'<tr><th>{_e(k)}</th><td class="text">{_e(v)}</td></tr>' for k, v in summary)
+    if not events:
+        return (
+            f'<p class="note">No feed events: the data came from '
+            f"{_e(data.started.get('data_source', 'a file'))}.</p>"
+        )
+    traces: list[dict[str, Any]] = []
+    for kind in FEED_KINDS:
+        mine = [r for r in events if r["kind"] == kind]
+        if mine:
+            traces.append(
+                {
+                    "type": "scatter",
+                    "mode": "markers",
+                    "name": kind.removeprefix("feed."),
+                    "x": [_x_iso(r) for r in mine],
+                    "y": [kind.removeprefix("feed.")] * len(mine),
+                    "marker": {"size": 10},
+                    "text": [_feed_text(r) for r in mine],
+                    "hoverinfo": "text+x",
+                }
+            )
+    layout = {
+        "title": {"text": "feed events over time"},
+        "height": 320,
+        "showlegend": False,
+        "yaxis": {"type": "category"},
+    }
+    return f'<table id="feed-summary">{table}</table>' + _plot("chart-feed", traces, layout)
+
+
+def _feed_text(r: dict[str, Any]) -> str:
+    parts = [
+        f"{k}={r[k]}"
+        for k in ("reason", "attempt", "delay_s", "downtime_s", "active", "symbols", "counts")
+        if r.get(k) not in (None, "")
+    ]
+    return ", ".join(parts) or r["kind"]
+
+
+def _risk_section(data: RunData) -> str:
+    rejected = Counter(r.get("reason", "?") for r in data.records if r["kind"] == "order.rejected")
+    parts = []
+    if rejected:
+        reasons = sorted(rejected, key=lambda k: -rejected[k])
+        bars = {
+            "type": "bar",
+            "x": reasons,
+            "y": [rejected[k] for k in reasons],
+            "marker": {"color": "#d68910"},
+        }
+        layout = {"title": {"text": "orders rejected, by reason"}, "height": 300}
+        parts.append(_plot("chart-rejections", [bars], layout))
+    else:
+        parts.append('<p class="note">No order was rejected.</p>')
+    trips = [r for r in data.records if r["kind"] == "breaker.tripped"]
+    parts.append(
+        _event_table(
+            "breakers",
+            f"Breaker trips ({len(trips)})",
+            trips,
+            ("reason", "detail", "action", "halted_until_iso"),
+        )
+    )
+    liquidations = [r for r in data.records if r["kind"] == "liquidation"]
+    parts.append(
+        _event_table(
+            "liquidations",
+            f"Liquidations ({len(liquidations)})",
+            liquidations,
+            ("symbol", "position_qty", "mark_price", "liquidation_price", "margin"),
+        )
+    )
+    return "".join(parts)
+
+
+def _event_table(table_id: str, title: str, records: list[dict[str, Any]], fields: Sequence[str]) -> str:
+    if not records:
+        return f"<h3>{_e(title)}</h3>"
+    head = "<tr><th>time (UTC)</th>" + "".join(f"<th>{_e(f)}</th>" for f in fields) + "</tr>"
+    rows = "".join(
+        f"<tr><td>{_e(_x_iso(r)[:19])}</td>"
+        + "".join(f'<td class="text">{_e(_cell(r.get(f)))}</td>' for f in fields)
+        + "</tr>"
+        for r in records[:MAX_TRADE_ROWS]
+    )
+    return f'<h3>{_e(title)}</h3><div class="scroll"><table id="{table_id}">{head}{rows}</table></div>'
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) >= 1 else f"{value:g}"
+    return str(value)
+
+
+def _attribution(report: dict[str, Any] | None) -> str:
+    if not report:
+        return ""
+    parts = []
+    for key, title in (("strategies", "strategy"), ("symbols", "symbol")):
+        table = report.get(key) or {}
+        if len(table) < 2:
+            continue
+        fields = list(next(iter(table.values())))
+        head = f"<tr><th>{title}</th>" + "".join(f"<th>{_e(f)}</th>" for f in fields) + "</tr>"
+        rows = "".join(
+            f'<tr><td class="text">{_e(name or "(nobody)")}</td>'
+            + "".join(f"<td>{_money(v) if isinstance(v, float) else _e(v)}</td>" for v in row.values())
+            + "</tr>"
+            for name, row in table.items()
+        )
+        parts.append(f'<h3>By {title}</h3><table id="by-{title}">{head}{rows}</table>')
+    return _section("Per strategy and per symbol", "".join(parts))
+
+
+def _comparison_chart(runs: list[RunData], names: list[str]) -> str:
+    traces: list[dict[str, Any]] = []
+    for name, run in zip(names, runs, strict=True):
+        curve = equity_curve(run.records)
+        if not curve:
+            continue
+        t0, e0 = curve[0][0], curve[0][1]
+        ret = [(e / e0 - 1) * 100 for _, e, _ in curve]
+        dd = [-d for _, _, d in curve]
+        keep = _keep(len(curve), [ret, dd])
+        hours = [(curve[i][0] - t0) / 3600 for i in keep]
+        line = {"type": "scatter", "x": hours, "name": name, "legendgroup": name}
+        traces.append({**line, "y": [ret[i] for i in keep]})
+        traces.append({**line, "y": [dd[i] for i in keep], "showlegend": False, "xaxis": "x2", "yaxis": "y2"})
+    layout = {
+        **TWO_ROWS,
+        "height": 520,
+        "legend": {"orientation": "h"},
+        "xaxis2": {"anchor": "y2", "title": {"text": "hours since the start"}},
+        "yaxis": {**TWO_ROWS["yaxis"], "title": {"text": "return %"}, "hoverformat": ".2f"},
+        "yaxis2": {**TWO_ROWS["yaxis2"], "title": {"text": "drawdown %"}, "hoverformat": ".2f"},
+    }
+    return _plot("chart-compare", traces, layout)

@@ -1,0 +1,49 @@
+"""Rebuild a run's report.html, or compare runs on one page.
+
+    python -m tools.report RUN                      # rebuilds RUN/report.html
+    python -m tools.report RUN_A RUN_B [-o OUT]     # compare.html (or OUT): side by side
+
+RUN is a run folder (or `runs/latest`). The page is self-contained and works offline; what it
+shows is in actors/recording/html_report.py. Exit 0 when written, 2 when a path is not a run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from actors.recording.html_report import REPORT_NAME, build_comparison, build_report
+from tools.runfolder import NotARunFolder, resolve_run
+
+COMPARE_NAME = "compare.html"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.report",
+        description=f"Rebuild a run folder's {REPORT_NAME}, or compare several runs on one page.",
+    )
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folder(s), e.g. runs/latest")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help=f"where to write the page (default: RUN/{REPORT_NAME} for one run, ./{COMPARE_NAME} for several)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        runs = [resolve_run(path) for path in args.runs]
+    except NotARunFolder as e:
+        print(f"tools.report: {e}", file=sys.stderr)
+        return 2
+    if len(runs) == 1:
+        out = build_report(runs[0], args.output)
+    else:
+        out = build_comparison(runs, args.output or Path(COMPARE_NAME))
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
