@@ -4,7 +4,8 @@ RUN is a run folder (default `<run-dir>/latest`, resolved once at start). The mo
 it tails `events.jsonl` (the recorder appends and flushes it about once a second) and never takes
 the session's lock. About once a second (`--interval`) it shows the session's progress: elapsed
 and planned time, equity, realized and unrealized PnL, fees, the open position of each symbol
-(size and average entry), trades and fills so far, and the last notable events (fills, closed
+(size and average entry), trades and fills so far, the process's health (CPU, memory, free disk:
+the newest `metrics.csv` row), and the last notable events (fills, closed
 trades, rejections, breaker, liquidations, errors, alerts, the feed's state changes). On a terminal
 that is one rich panel updated in place; otherwise (a pipe, a file) plain lines: each new notable
 event as it arrives and a progress line after each new heartbeat.
@@ -34,6 +35,7 @@ from typing import Any, TextIO
 from protocols.instruments import table_instrument
 from tools.runfolder import EVENTS, REPORT, NotARunFolder, owner_alive, resolve_run
 
+METRICS = "metrics.csv"
 RECENT = 8  # notable events kept for the display
 REPORT_WAIT_S = 5.0  # after session.stopped, how long to wait for final_report.json
 FEED_KINDS = {
@@ -70,41 +72,70 @@ def money(value: float, sign: bool = True) -> str:
     return f"{value:+,.2f}" if sign else f"{value:,.2f}"
 
 
-class EventTail:
-    """The complete lines appended to events.jsonl since the last read (a torn last line waits)."""
+class LineTail:
+    """The complete lines appended to a file since the last read (a torn last line waits)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
         self.inode: int | None = None
         self.partial = b""
-        self.unreadable = 0
 
-    def read_new(self) -> tuple[list[dict[str, Any]], bool]:
-        """The new records, and whether the file was replaced or shrank (then they are all of it)."""
+    def read_lines(self) -> tuple[list[bytes], bool]:
+        """The new lines, and whether the file was replaced or shrank (then they are all of it)."""
         restarted = False
-        with self.path.open("rb") as f:
+        try:
+            f = self.path.open("rb")
+        except FileNotFoundError:
+            return [], False
+        with f:
             stat = os.fstat(f.fileno())
             if stat.st_ino != self.inode or stat.st_size < self.offset:
                 restarted = self.inode is not None
-                self.inode, self.offset, self.partial, self.unreadable = stat.st_ino, 0, b"", 0
+                self.inode, self.offset, self.partial = stat.st_ino, 0, b""
             f.seek(self.offset)
             data = f.read()
         self.offset += len(data)
         lines = (self.partial + data).split(b"\n")
         self.partial = lines.pop()
+        return [line for line in lines if line.strip()], restarted
+
+
+class EventTail(LineTail):
+    """The event records appended to events.jsonl since the last read."""
+
+    def read_new(self) -> tuple[list[dict[str, Any]], bool]:
+        lines, restarted = self.read_lines()
         records = []
         for raw in lines:
-            if not raw.strip():
-                continue
             try:
                 record = json.loads(raw)
             except (UnicodeDecodeError, json.JSONDecodeError):
-                self.unreadable += 1
                 continue
             if isinstance(record, dict) and "kind" in record:
                 records.append(record)
         return records, restarted
+
+
+class MetricsTail(LineTail):
+    """The newest row of metrics.csv (its columns named by its header), for the process's health."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.header: list[str] | None = None
+        self.last: dict[str, str] = {}
+
+    def read_last(self) -> dict[str, str]:
+        lines, restarted = self.read_lines()
+        if restarted:
+            self.header = None
+        for raw in lines:
+            cells = raw.decode("utf-8", errors="replace").strip().split(",")
+            if self.header is None:
+                self.header = cells
+            elif len(cells) == len(self.header):
+                self.last = dict(zip(self.header, cells, strict=True))
+        return self.last
 
 
 class Position:
@@ -146,6 +177,7 @@ class SessionView:
         self.resumes = 0
         self.feed_state = "-"
         self.recent: deque[str] = deque(maxlen=RECENT)
+        self.metrics: dict[str, str] = {}  # the newest metrics.csv row
 
     @property
     def run_id(self) -> str:
@@ -201,8 +233,10 @@ class SessionView:
             return f"{kind} {r.get('reason', '')} {r.get('action', '')}".rstrip()
         if kind == "liquidation":
             return f"LIQUIDATION {symbol} {r.get('qty', '')} @ {r.get('price', r.get('fill_price', ''))}"
-        if kind in ("error", "alert"):
-            return f"{kind}: {r.get('message') or r.get('rule') or r.get('detail') or ''}"
+        if kind == "alert":
+            return f"ALERT {r.get('rule', '?')} [{r.get('severity', '?')}]: {r.get('message', '')}"
+        if kind == "error":
+            return f"error: {r.get('message') or r.get('detail') or ''}"
         if kind == "session.resumed":
             self.resumes += 1
             return f"resumed after {r.get('downtime_s', 0):.0f} s down"
@@ -227,8 +261,15 @@ class SessionView:
             f"{self.run_id}  elapsed {_clock(elapsed)}/{_clock(planned)}  equity {money(equity, sign=False)}  "
             f"realized {money(hb.get('realized_pnl', 0.0))}  unrealized {money(hb.get('unrealized_pnl', 0.0))}  "
             f"fees {money(hb.get('fees_paid', 0.0), sign=False)}  {self.position_text()}  "
-            f"trades {self.trades}  fills {self.fills}"
+            f"trades {self.trades}  fills {self.fills}{self.health_text()}"
         )
+
+    def health_text(self) -> str:
+        """The process's health from the newest metrics row (sessions that sample it: psutil)."""
+        row = self.metrics
+        if not row.get("rss_mb"):
+            return ""
+        return f"  cpu {row.get('cpu_pct') or '-'}%  rss {row['rss_mb']} MB  disk free {row.get('disk_free_mb') or '-'} MB"
 
     def open_positions(self) -> list[tuple[str, float, float]]:
         """(symbol, qty, average entry) per symbol; the size is the heartbeat's when it has one."""
@@ -356,6 +397,8 @@ def panel(view: SessionView) -> Any:
         "trades", f"{view.trades} ({view.wins} won), {view.fills} fills, {view.rejections} rejected"
     )
     figures.add_row("feed", f"{started.get('data_source', '-')}, last: {view.feed_state}")
+    if view.health_text():
+        figures.add_row("process", view.health_text().strip())
     positions = Table("symbol", "position", "entry", box=None, padding=(0, 2))
     for symbol, qty, entry in view.open_positions():
         positions.add_row(symbol, f"{qty:+g}" if qty else "flat", price_text(symbol, entry) if qty else "-")
@@ -365,6 +408,7 @@ def panel(view: SessionView) -> Any:
 
 def follow(run_path: Path, display: Display, interval: float, once: bool) -> int:
     tail = EventTail(run_path / EVENTS)
+    metrics = MetricsTail(run_path / METRICS)
     view = SessionView(run_path)
     first = True
     while True:
@@ -372,6 +416,7 @@ def follow(run_path: Path, display: Display, interval: float, once: bool) -> int
         records, restarted = tail.read_new()
         if restarted:
             view.reset()
+        view.metrics = metrics.read_last()
         new_lines = [line for line in map(view.fold, records) if line is not None]
         if first:  # the history so far: only its last few events
             new_lines = new_lines[-RECENT:]
