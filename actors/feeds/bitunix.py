@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import math
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -165,13 +166,25 @@ def _network_reason(exc: BaseException) -> str | None:
     if isinstance(exc, trio_websocket.ConnectionClosed):
         code = getattr(exc.reason, "code", None)
         return f"connection closed (code {code})"
-    if isinstance(exc, trio_websocket.HandshakeError):
-        return f"handshake failed: {exc!r}"[:200]
+    if isinstance(exc, trio_websocket.HandshakeError):  # its cause says why (DNS, refused, TLS)
+        return f"handshake failed: {_root_cause(exc)}"[:200]
     if isinstance(exc, trio.TooSlowError):
         return "connect timed out"
     if isinstance(exc, OSError | trio.BrokenResourceError | trio.ClosedResourceError):
         return f"network error: {exc!r}"[:200]
     return None
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost cause of `exc`, for people: a name that does not resolve says so."""
+    root = exc
+    while (inner := root.__cause__ or root.__context__) is not None and inner is not root:
+        root = inner
+    if isinstance(root, socket.gaierror):
+        return f"could not resolve the host name (name resolution: {root.strerror or root})"
+    if root is exc:
+        return repr(exc)
+    return f"{type(root).__name__}: {root}"
 
 
 @attrs.define
@@ -533,6 +546,7 @@ class BitunixFeed:
 
     async def _on_data(self, msg: bitunix.DataMessage) -> None:
         m = self.markets[msg.symbol]
+        had_data = math.isfinite(m.last_data_at)  # its first data is not "fresh again"
         m.last_data_at = self.last_data_at = trio.current_time()
         if not self.first_data.is_set():
             await self.instrument_done.wait()  # the instruments come before any quote
@@ -541,7 +555,8 @@ class BitunixFeed:
                 other.last_data_at = max(other.last_data_at, self.last_data_at)
             await self._event("feed.live", source="websocket")
         if m.stale:
-            logger.info("feed: {} data is fresh again", m.symbol)
+            if had_data:
+                logger.info("feed: {} data is fresh again", m.symbol)
             await self._set_stale(False, "websocket data", [m])
         if isinstance(msg, bitunix.KlinePush):
             bucket = msg.ts_ms // self.interval_ms

@@ -1,0 +1,197 @@
+"""What a person sees: fills and closed trades on the console, the progress panel, the end summary;
+session.log as JSON lines, rotated and pruned; the one-line messages of the fake exchange and of
+the feed's fallback."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio_websocket
+from loguru import logger
+
+from actors import logs, progress
+from actors.console import ConsoleSink, closed_line, fill_line
+from actors.feeds.bitunix import _network_reason
+from tests.conftest import REPO, cli_env, read_events, read_report, run_cli
+
+TRADES = [
+    "--set",
+    "strategy.fast_period=2",
+    "--set",
+    "strategy.slow_period=5",
+    "--set",
+    "risk.max_orders_per_minute=100",
+    "--set",
+    "risk.max_loss_pct=50",
+    "--set",
+    "risk.max_daily_drawdown_pct=50",
+    "--set",
+    "risk.max_consecutive_losses=0",
+]
+
+
+def _candles(path: Path, n: int = 1500) -> Path:
+    rng = random.Random(7)
+    price, t0 = 60000.0, 1_700_000_000_000
+    rows = ["open_time_ms,open,high,low,close,volume"]
+    for i in range(n):
+        close = price * math.exp(rng.gauss(0, 0.002) + 0.001 * math.sin(i / 15))
+        high, low = max(price, close) * 1.0005, min(price, close) * 0.9995
+        rows.append(
+            f"{t0 + i * 60_000},{price:.1f},{high:.1f},{low:.1f},{close:.1f},{rng.uniform(5, 50):.3f}"
+        )
+        price = close
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_backtest_prints_every_fill_and_trade_and_the_summary(tmp_path: Path) -> None:
+    data = _candles(tmp_path / "candles.csv")
+    done = run_cli(
+        "--mode", "backtest", "--data", str(data), "--run-dir", str(tmp_path / "runs"), *TRADES, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = tmp_path / "runs" / "latest"
+    report = read_report(run)
+    assert report["trade_count"] > 3
+    lines = done.stderr.splitlines()
+    fills = [line for line in lines if line.startswith("FILL ")]
+    closed = [line for line in lines if line.startswith("CLOSED ")]
+    assert len(fills) == report["fills"]
+    assert len(closed) == report["trade_count"]
+    first = next(e for e in read_events(run) if e["kind"] == "order.filled")
+    assert fills[0] == fill_line(first)
+    assert f"@ {first['fill_price']:,.1f}" in fills[0]  # the price on BTCUSDT's tick
+    assert " -> " in closed[0] and "net " in closed[0] and "held " in closed[0] and "exit " in closed[0]
+    summary = done.stderr[done.stderr.index(f"session {report['run_id']}") :]
+    for label in ("net PnL", "return", "win rate", "profit factor", "max drawdown", "fees", "funding"):
+        assert label in summary, label
+    assert f"{report['net_pnl']:+,.2f} USDT" in summary
+    assert "final_report.json" in summary or "report.html" in summary
+
+
+def test_a_backtest_without_a_terminal_prints_progress_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)
+    stream = io.StringIO()
+    with progress.BacktestProgress("auto", stream=stream) as shown:  # a StringIO is no terminal
+        assert shown.mode == "plain"
+        shown.update(4096, 1_700_000_000.0)
+        shown.update(8192, 1_700_245_760.0)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[1].startswith("backtest: 8,192 candles in ") and "candles/s" in lines[1]
+    assert "data time 2023-11-17 18:29 UTC" in lines[1]
+    with progress.BacktestProgress("off", stream=stream) as shown:
+        assert not shown.on
+
+
+def test_live_progress_shows_the_position_line_and_the_summary(tmp_path: Path) -> None:
+    done = run_cli(
+        "--source",
+        "mock",
+        "--duration",
+        "0.05",
+        "--run-dir",
+        str(tmp_path / "runs"),
+        "--set",
+        "observability.progress=plain",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    panel = [line for line in done.stderr.splitlines() if line.startswith("elapsed ")]
+    assert panel, done.stderr
+    assert "BTCUSDT flat" in panel[0] and "trades 0" in panel[0] and "unrealized" in panel[0]
+    assert "profit factor" in done.stderr and "stop reason: duration" in done.stderr
+    # the run folder's log: JSON lines, the console's messages among them
+    log = tmp_path / "runs" / "latest" / "session.log"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(r["record"]["message"].startswith("stopping: duration") for r in records)
+
+
+def test_session_log_rotates_and_keeps_the_configured_number_of_files(tmp_path: Path) -> None:
+    logs.configure("ERROR", logs.RunLog(rotation_mb=2 / 1024, retention_files=3))  # 2 KiB
+    try:
+        sink = logs.open_run_log(tmp_path)
+        for i in range(200):
+            logger.info("message {} {}", i, "x" * 100)
+        logger.remove(sink)
+    finally:
+        logs.configure()
+    files = sorted(tmp_path.glob("session*.log"))
+    assert (tmp_path / "session.log") in files
+    assert len(files) == 4, files  # the current one and the 3 newest rotated ones
+    for path in files:
+        assert path.stat().st_size < 4 * 1024
+        for line in path.read_text().splitlines():
+            assert json.loads(line)["record"]["message"].startswith("message ")
+    newest = json.loads((tmp_path / "session.log").read_text().splitlines()[-1])
+    assert newest["record"]["message"].startswith("message 199 ")
+
+
+def test_the_console_sink_tracks_stop_target_and_trade_figures() -> None:
+    sink = ConsoleSink()
+    base = {"ts": "2024-01-02T03:04:05.000Z"}
+    sink.observe(
+        {**base, "kind": "order.working", "order_id": "p1", "trigger_price": 59000.0, "reason": "stop_loss"}
+    )
+    sink.observe(
+        {**base, "kind": "order.working", "order_id": "p2", "trigger_price": 61000.0, "reason": "take_profit"}
+    )
+    assert sink.stop_and_target("BTCUSDT") == (59000.0, 61000.0)
+    sink.observe({**base, "kind": "order.cancelled", "order_id": "p1"})
+    sink.observe({**base, "kind": "order.rejected", "reason": "max_position_size"})  # no order id
+    assert sink.stop_and_target("BTCUSDT") == (None, 61000.0)
+    closed = {
+        **base,
+        "kind": "position.closed",
+        "side": "long",
+        "qty": 0.0012,
+        "entry_price": 60006.350000000006,
+        "exit_price": 60100.04,
+        "net_pnl": 0.1049999,
+        "held_s": 3723.0,
+        "exit_reason": "take_profit",
+        "symbol": "BTCUSDT",
+    }
+    sink.observe(closed)
+    sink.observe({**closed, "net_pnl": -0.05})
+    assert (sink.trades, sink.wins) == (2, 1)
+    assert sink.profit_factor is not None and abs(sink.profit_factor - 2.1) < 1e-3
+    assert closed_line(closed) == (
+        "CLOSED 2024-01-02 03:04:05  BTCUSDT  LONG 0.0012  60,006.4 -> 60,100.0  net +0.10  "
+        "held 1h02m03s  exit take_profit"
+    )
+
+
+def test_the_fallback_reason_names_a_failed_name_resolution() -> None:
+    try:
+        try:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        except socket.gaierror as cause:
+            raise trio_websocket.HandshakeError() from cause
+    except trio_websocket.HandshakeError as exc:
+        reason = _network_reason(exc)
+    assert reason is not None
+    assert "name resolution" in reason and "Name or service not known" in reason
+    assert "HandshakeError()" not in reason
+
+
+def test_the_fake_exchange_without_the_test_extra_says_what_to_install() -> None:
+    code = (
+        "import sys, runpy; sys.modules['hypercorn'] = None; "
+        "runpy.run_module('tools.fake_bitunix', run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "pip install -e '.[test]'" in done.stderr
+    assert "Traceback" not in done.stderr
