@@ -1,0 +1,519 @@
+"""report.html: the statistics against hand-worked values; the page of a backtest and of a live
+session against the project's fake exchange opened in headless Chromium (no console error, every
+chart drew its data, a screenshot, the statistics shown equal those recomputed here from
+events.jsonl); `python -m tools.report`; a page that cannot be built never fails the session.
+
+Chromium is driven through the DevTools protocol on a WebSocket (trio-websocket): it is started on
+about:blank, the page's console and exceptions are listened to before it loads, and what it drew
+is read by evaluating JavaScript. The browser tests skip, saying why, without Debian's `chromium`
+(.ci/run installs it)."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import math
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+from actors.plan import Plan
+from actors.recording import html_report
+from actors.recording.report_stats import statistics, trades
+from actors.session import Session
+from tests.conftest import REPO, cli_env, make_config, read_events
+from tests.test_feed_bitunix import ZIGZAG_TRADER, live_session, offset_for_close_in
+from tests.test_replay_backtest import write_bars
+from tools.fake_bitunix import FakeBitunix, Faults
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="headless Chromium not installed (Debian: apt-get install chromium; .ci/run installs it)",
+)
+# A strategy that trades often on write_bars' candles; the default breaker trips now and then.
+BACKTEST_SETS = ("strategy.fast_period=5", "strategy.slow_period=20", "observability.progress=off")
+
+
+# --- the statistics, by hand ----------------------------------------------------------------------
+
+
+def _ev(kind: str, ts: str, **fields: Any) -> dict[str, Any]:
+    return {"kind": kind, "ts": f"2024-01-01T{ts}.000Z", **fields}
+
+
+def _fill(ts: str, side: str, qty: float, position: float, realized: float, bps: float) -> dict[str, Any]:
+    return _ev(
+        "order.filled",
+        ts,
+        side=side,
+        qty=qty,
+        requested_price=100.0,
+        fill_price=100.0,
+        fee=1.0,
+        realized_pnl=realized,
+        slippage_bps=bps,
+        position_qty=position,
+        symbol="BTCUSDT",
+    )
+
+
+T0 = datetime.fromisoformat("2024-01-01T00:00:00+00:00").timestamp()
+
+
+def _closed(
+    ts: str, side: str, opened_h: float, held_h: float, realized: float, net: float
+) -> dict[str, Any]:
+    return _ev(
+        "position.closed",
+        ts,
+        side=side,
+        qty=1.0,
+        entry_price=100.0,
+        exit_price=101.0,
+        realized_pnl=realized,
+        fees=realized - net,
+        net_pnl=net,
+        opened_ts=T0 + opened_h * 3600,
+        held_s=held_h * 3600,
+        exit_reason="signal",
+        symbol="BTCUSDT",
+    )
+
+
+HAND_WORKED = [
+    _ev("session.started", "00:00:00", symbol="BTCUSDT", starting_equity=1000.0),
+    # equity 1000 -> 1100 -> 1210 -> 1089 -> 1197.9: returns +10 %, +10 %, -10 %, +10 %
+    _ev("heartbeat", "01:00:00", equity=1100.0, drawdown_pct=0.0),
+    _ev("heartbeat", "02:00:00", equity=1210.0, drawdown_pct=0.0),
+    _ev("heartbeat", "03:00:00", equity=1089.0, drawdown_pct=10.0),
+    _ev("heartbeat", "04:00:00", equity=1197.9, drawdown_pct=1.0),
+    # six fills of slippage 10 bps of 100 x 1 (0.10 each), 1.00 fee each; realized 32, -8, -18
+    _fill("00:30:00", "buy", 1, 1, 0.0, 10),
+    _fill("01:30:00", "sell", 1, 0, 32.0, 10),
+    _fill("01:30:00", "sell", 1, -1, 0.0, 10),
+    _fill("02:30:00", "buy", 1, 0, -8.0, 10),
+    _fill("03:00:00", "buy", 1, 1, 0.0, 10),
+    _fill("03:30:00", "sell", 1, 0, -18.0, 10),
+    # trades of net +30, -10, -20: held [0.5 h, 1.5 h], [1 h, 2.5 h] (overlapping), [3 h, 3.5 h]
+    _closed("01:30:00", "long", 0.5, 1.0, 32.0, 30.0),
+    _closed("02:30:00", "short", 1.0, 1.5, -8.0, -10.0),
+    _closed("03:30:00", "long", 3.0, 0.5, -18.0, -20.0),
+    _ev("funding", "02:00:00", amount=0.5),
+    _ev("session.stopped", "04:00:00", ending_equity=1197.9, max_drawdown_pct=10.0),
+]
+
+
+def test_statistics_against_hand_worked_values() -> None:
+    s = statistics(HAND_WORKED)
+    assert (s["trades"], s["wins"], s["losses"], s["fills"]) == (3, 1, 2, 6)
+    assert s["win_rate"] == pytest.approx(1 / 3)
+    assert s["avg_win"] == pytest.approx(30.0)
+    assert s["avg_loss"] == pytest.approx(-15.0)
+    assert s["profit_factor"] == pytest.approx(1.0)  # 30 won / 30 lost
+    assert s["expectancy"] == pytest.approx(0.0)
+    assert s["gross_pnl"] == pytest.approx(6.0)  # 32 - 8 - 18
+    assert s["fees"] == pytest.approx(6.0)
+    assert s["slippage"] == pytest.approx(0.6)
+    assert s["funding"] == pytest.approx(0.5)
+    assert s["fees_share"] == pytest.approx(1.0) and s["slippage_share"] == pytest.approx(0.1)
+    assert s["net_pnl"] == pytest.approx(197.9) and s["return_pct"] == pytest.approx(19.79)
+    assert s["max_drawdown_pct"] == 10.0
+    # returns 0.1, 0.1, -0.1, 0.1: mean 0.05, sample stdev 0.1, downside sqrt(0.01 / 4) = 0.05;
+    # hourly points: sqrt(8760) periods a year
+    assert s["sample_s"] == 3600
+    assert s["sharpe"] == pytest.approx(0.5 * math.sqrt(8760))
+    assert s["sortino"] == pytest.approx(1.0 * math.sqrt(8760))
+    # in the market 0.5 h .. 2.5 h and 3 h .. 3.5 h: 2.5 h of the run's 4 h
+    assert s["time_in_market"] == pytest.approx(2.5 / 4)
+
+
+def test_statistics_undefined_where_nothing_defines_them() -> None:
+    flat = [
+        _ev("session.started", "00:00:00", symbol="BTCUSDT", starting_equity=1000.0),
+        _ev("heartbeat", "00:00:01", equity=1000.0, drawdown_pct=0.0),
+        _ev("heartbeat", "00:00:02", equity=1000.0, drawdown_pct=0.0),
+        _ev("session.stopped", "00:00:02", ending_equity=1000.0, max_drawdown_pct=0.0),
+    ]
+    s = statistics(flat)
+    assert s["trades"] == 0 and s["fills"] == 0
+    for key in ("win_rate", "avg_win", "avg_loss", "profit_factor", "expectancy", "sharpe", "sortino"):
+        assert s[key] is None, key
+    assert s["fees_share"] is None and s["time_in_market"] == 0.0 and s["sample_s"] == 1.0
+    only_wins = [*flat[:3], _closed("00:00:02", "long", 0, 0.0001, 5.0, 4.0), flat[3]]
+    assert statistics(only_wins)["profit_factor"] is None  # no loss to divide by
+
+
+def test_trade_slippage_of_a_flip_is_shared_by_quantity() -> None:
+    records = [
+        _ev("session.started", "00:00:00", symbol="BTCUSDT", starting_equity=1000.0),
+        _fill("00:01:00", "buy", 1, 1, 0.0, 10),  # 0.10, opens a long
+        _fill("00:02:00", "sell", 2, -1, 1.0, 20),  # 0.40: half closes the long, half opens a short
+        _closed("00:02:00", "long", 0, 0.1, 1.0, 0.0),
+        _fill("00:03:00", "buy", 1, 0, 1.0, 10),  # 0.10, closes the short
+        _closed("00:03:00", "short", 0, 0.1, 1.0, 0.0),
+    ]
+    assert [round(t.slippage, 9) for t in trades(records)] == [0.3, 0.3]
+
+
+# --- the session and the CLI ------------------------------------------------------------------------
+
+
+def _backtest_in_process(tmp_path: Path) -> Path:
+    tmp_path.mkdir(exist_ok=True)
+    data = tmp_path / "bars.csv"
+    write_bars(data, 400)
+    config = make_config(tmp_path, *BACKTEST_SETS)
+    return Session(config, Plan(mode="backtest", data=str(data))).run_kernel().run_path
+
+
+def test_a_page_that_cannot_be_built_never_fails_the_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(data: Any) -> str:
+        raise RuntimeError("plotting broke")
+
+    monkeypatch.setattr(html_report, "report_page", broken)
+    warnings: list[str] = []
+    sink = html_report.logger.add(lambda m: warnings.append(str(m)), level="WARNING")
+    try:
+        run = _backtest_in_process(tmp_path)
+    finally:
+        html_report.logger.remove(sink)
+    report = json.loads((run / "final_report.json").read_text())
+    assert report["status"] == "ok" and report["trade_count"] > 0
+    assert not (run / "report.html").exists()
+    assert any("report.html not written" in w and "plotting broke" in w for w in warnings)
+
+
+def _report_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tools.report", *args],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.slow  # processes
+def test_tools_report_rebuilds_compares_and_refuses_what_is_not_a_run(tmp_path: Path) -> None:
+    run = _backtest_in_process(tmp_path)
+    page = run / "report.html"
+    assert page.is_file()  # written by the session itself
+    page.unlink()
+    done = _report_cli(str(tmp_path / "runs" / "latest"))
+    assert done.returncode == 0, done.stderr
+    assert page.is_file() and "Plotly.newPlot" in page.read_text()
+    assert "<script src=" not in page.read_text()  # the bundle is inlined: works offline
+
+    other = _backtest_in_process(tmp_path / "second")
+    out = tmp_path / "both.html"
+    done = _report_cli(str(run), str(other), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert run.name in text and 'id="chart-compare"' in text and 'id="cmp-1-trades"' in text
+
+    for bad in (tmp_path, tmp_path / "missing"):
+        done = _report_cli(str(bad))
+        assert done.returncode == 2
+        assert "is not a run folder" in done.stderr or "does not exist" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+# --- in the browser ---------------------------------------------------------------------------------
+
+
+class DevTools:
+    """A minimal DevTools-protocol client: commands to one page (a flat session), and the
+    console errors and exceptions it reported."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self.next_id = 0
+        self.waiting: dict[int, trio.Event] = {}
+        self.replies: dict[int, dict[str, Any]] = {}
+        self.session = ""
+        self.loaded = trio.Event()
+        self.errors: list[str] = []
+
+    async def receive(self) -> None:
+        while True:
+            try:
+                message = json.loads(await self.ws.get_message())
+            except ConnectionClosed:
+                return  # the browser closed
+            if "id" in message:
+                self.replies[message["id"]] = message
+                self.waiting.pop(message["id"]).set()
+                continue
+            method, params = message.get("method"), message.get("params", {})
+            if method == "Page.loadEventFired":
+                self.loaded.set()
+            elif method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
+                self.errors.append(f"console.{params['type']}: {params['args']}")
+            elif method == "Runtime.exceptionThrown":
+                self.errors.append(f"exception: {params['exceptionDetails']}")
+            elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+                self.errors.append(f"log: {params['entry']['text']}")
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        done = self.waiting[self.next_id] = trio.Event()
+        message: dict[str, Any] = {"id": self.next_id, "method": method, "params": params}
+        if self.session:
+            message["sessionId"] = self.session
+        await self.ws.send_message(json.dumps(message))
+        with trio.fail_after(60):
+            await done.wait()
+        reply = self.replies.pop(message["id"])
+        assert "error" not in reply, f"{method}: {reply['error']}"
+        result: dict[str, Any] = reply["result"]
+        return result
+
+    async def evaluate(self, expression: str) -> Any:
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result["result"].get("value")
+
+
+@asynccontextmanager
+async def chromium(profile: Path) -> AsyncIterator[DevTools]:
+    """Headless Chromium on about:blank, a DevTools client attached to its page."""
+    assert CHROMIUM is not None
+    args = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--remote-debugging-port=0",
+        "about:blank",
+    ]
+    async with trio.open_nursery() as nursery:
+        proc = await nursery.start(
+            partial(trio.run_process, args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        )
+        assert proc.stderr is not None
+        url, seen = "", b""
+        with trio.fail_after(60):
+            while not url:
+                chunk = await proc.stderr.receive_some()
+                assert chunk, f"chromium exited: {seen.decode(errors='replace')[-2000:]}"
+                seen += chunk
+                for line in seen.decode(errors="replace").splitlines():
+                    if line.startswith("DevTools listening on "):
+                        url = line.removeprefix("DevTools listening on ").strip()
+        nursery.start_soon(_drain, proc.stderr)
+        try:
+            async with open_websocket_url(url, max_message_size=64 * 1024 * 1024) as ws:
+                tools = DevTools(ws)
+                nursery.start_soon(tools.receive)
+                target = await tools.call("Target.createTarget", url="about:blank")
+                attached = await tools.call(
+                    "Target.attachToTarget", targetId=target["targetId"], flatten=True
+                )
+                tools.session = attached["sessionId"]
+                for domain in ("Page", "Runtime", "Log"):
+                    await tools.call(f"{domain}.enable")
+                await tools.call(
+                    "Emulation.setDeviceMetricsOverride",
+                    width=1400,
+                    height=1000,
+                    deviceScaleFactor=1,
+                    mobile=False,
+                )
+                yield tools
+                tools.session = ""
+                with trio.move_on_after(10):
+                    await tools.call("Browser.close")
+        finally:
+            with trio.move_on_after(15):
+                await proc.wait()
+            nursery.cancel_scope.cancel()
+
+
+async def _drain(stream: Any) -> None:
+    while await stream.receive_some():
+        pass
+
+
+# For each chart: its id, the points of each trace, and the drawn SVG paths of each trace.
+CHARTS_JS = """JSON.stringify(Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => ({
+  id: gd.id,
+  points: gd.data.map(t => (t.x || t.open || []).filter(v => v !== null).length),
+  drawn: Array.from(gd.querySelectorAll('.cartesianlayer g.trace')).map(g =>
+    Array.from(g.querySelectorAll('path')).filter(p => (p.getAttribute('d') || '').length > 4).length),
+})))"""
+STATS_JS = """JSON.stringify(Array.from(document.querySelectorAll('#statistics td[id^="stat-"]')).map(td =>
+  [td.id.slice(5), td.dataset.value, td.textContent]))"""
+
+
+async def open_report(run: Path, shot: Path) -> tuple[list[dict[str, Any]], dict[str, tuple[str, str]]]:
+    """Open the run's report.html; assert no console error; screenshot it. Its charts and its
+    statistics (name -> (exact value, text shown))."""
+    page = run / "report.html"
+    assert page.is_file()
+    async with chromium(shot.parent / "chromium-profile") as tools:
+        await tools.call("Page.navigate", url=page.as_uri())
+        with trio.fail_after(60):
+            await tools.loaded.wait()
+            expected = await tools.evaluate("document.querySelectorAll('div.chart').length")
+            while True:  # plotly draws each chart once its data is in
+                charts = json.loads(await tools.evaluate(CHARTS_JS))
+                if len(charts) == expected and all(len(c["drawn"]) == len(c["points"]) for c in charts):
+                    break
+                await trio.sleep(0.1)
+        stats = {name: (value, text) for name, value, text in json.loads(await tools.evaluate(STATS_JS))}
+        metrics = await tools.call("Page.getLayoutMetrics")
+        size = metrics["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        png = await tools.call("Page.captureScreenshot", format="png", captureBeyondViewport=True, clip=clip)
+        image = base64.b64decode(png["data"])
+        await trio.Path(shot).write_bytes(image)
+        await trio.sleep(0.2)  # late console messages
+        assert tools.errors == [], tools.errors
+    assert image[:8] == b"\x89PNG\r\n\x1a\n" and len(image) > 100_000
+    width, height = int.from_bytes(image[16:20], "big"), int.from_bytes(image[20:24], "big")
+    assert width > 1300 and height > 2000  # the whole page (charts, tables), as wide as the window
+    return charts, stats
+
+
+def assert_every_chart_drew(charts: list[dict[str, Any]], expected: set[str]) -> None:
+    assert expected <= {c["id"] for c in charts}, [c["id"] for c in charts]
+    for chart in charts:
+        assert chart["points"] and all(n > 0 for n in chart["points"]), chart
+        assert all(n > 0 for n in chart["drawn"]), chart
+
+
+def recompute(events: list[dict[str, Any]]) -> dict[str, float | int | None]:
+    """The page's statistics from events.jsonl, by this test's own arithmetic."""
+
+    def when(e: dict[str, Any]) -> float:
+        return datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
+
+    (start,) = [e for e in events if e["kind"] == "session.started"]
+    (stop,) = [e for e in events if e["kind"] == "session.stopped"]
+    nets = [e["net_pnl"] for e in events if e["kind"] == "position.closed"]
+    fills = [e for e in events if e["kind"] == "order.filled"]
+    wins, losses = [x for x in nets if x > 0], [x for x in nets if x < 0]
+    gross = math.fsum(f["realized_pnl"] for f in fills)
+    fees = math.fsum(f["fee"] for f in fills)
+    slip = math.fsum(f["slippage_bps"] * f["requested_price"] * f["qty"] / 1e4 for f in fills)
+    times = [when(start)] + [when(e) for e in events if e["kind"] == "heartbeat"]
+    equity = [start["starting_equity"]] + [e["equity"] for e in events if e["kind"] == "heartbeat"]
+    gaps = sorted(b - a for a, b in itertools.pairwise(times) if b > a)
+    mid = len(gaps) // 2
+    step = gaps[mid] if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
+    rets = [b / a - 1 for a, b in itertools.pairwise(equity)]
+    mean = math.fsum(rets) / len(rets)
+    sd = math.sqrt(math.fsum((r - mean) ** 2 for r in rets) / (len(rets) - 1))
+    down = math.sqrt(math.fsum(r * r for r in rets if r < 0) / len(rets))
+    per_year = math.sqrt(365 * 24 * 3600 / step)
+    held = sorted(
+        (e["opened_ts"], e["opened_ts"] + e["held_s"]) for e in events if e["kind"] == "position.closed"
+    )
+    covered, reach = 0.0, -math.inf
+    for a, b in held:
+        covered += max(0.0, b - max(a, reach))
+        reach = max(reach, b)
+    net = stop["ending_equity"] - start["starting_equity"]
+    drawdowns = [e["drawdown_pct"] for e in events if e["kind"] == "heartbeat"] + [stop["max_drawdown_pct"]]
+    return {
+        "trades": len(nets),
+        "wins": len(wins),
+        "losses": len(losses),
+        "win_rate": len(wins) / len(nets) if nets else None,
+        "avg_win": math.fsum(wins) / len(wins) if wins else None,
+        "avg_loss": math.fsum(losses) / len(losses) if losses else None,
+        "profit_factor": math.fsum(wins) / -math.fsum(losses) if losses else None,
+        "expectancy": math.fsum(nets) / len(nets) if nets else None,
+        "gross_pnl": gross,
+        "fees": fees,
+        "slippage": slip,
+        "funding": math.fsum(e["amount"] for e in events if e["kind"] == "funding"),
+        "net_pnl": net,
+        "return_pct": net / start["starting_equity"] * 100,
+        "sharpe": mean / sd * per_year if sd else None,
+        "sortino": mean / down * per_year if down else None,
+        "max_drawdown_pct": max(drawdowns),
+        "time_in_market": covered / (when(stop) - when(start)),
+        "fees_share": fees / abs(gross) if gross else None,
+        "slippage_share": slip / abs(gross) if gross else None,
+        "fills": len(fills),
+        "sample_s": step,
+    }
+
+
+def assert_statistics_shown(stats: dict[str, tuple[str, str]], events: list[dict[str, Any]]) -> None:
+    expected = recompute(events)
+    assert set(stats) == set(expected)
+    for name, want in expected.items():
+        value, text = stats[name]
+        if want is None:
+            assert (value, text) == ("", "-"), name
+            continue
+        assert float(value) == pytest.approx(want, rel=1e-9, abs=1e-9), name
+    for name in ("net_pnl", "fees", "slippage", "gross_pnl", "expectancy"):  # money to the cent
+        assert stats[name][1] == f"{round(expected[name] or 0.0, 2) + 0.0:,.2f}", name
+    for name in ("trades", "wins", "losses", "fills"):
+        assert stats[name][1] == f"{expected[name]:,}"
+    assert stats["win_rate"][1] == f"{(expected['win_rate'] or 0) * 100:.1f} %"
+
+
+@needs_chromium
+@pytest.mark.slow  # a CLI backtest and a browser
+async def test_a_backtests_report_in_chromium(tmp_path: Path) -> None:
+    data = tmp_path / "bars.csv"
+    write_bars(data, 3000)
+    args = [sys.executable, "-m", "actors.main", "--mode", "backtest", "--data", str(data)]
+    for item in (f"session.run_dir={tmp_path / 'runs'}", *BACKTEST_SETS):
+        args += ["--set", item]
+    done = await trio.run_process(args, cwd=REPO, env=cli_env(), capture_stdout=True, capture_stderr=True)
+    run = (tmp_path / "runs" / "latest").resolve()
+    events = read_events(run)
+    kinds = {e["kind"] for e in events}
+    assert {"position.closed", "order.rejected", "breaker.tripped"} <= kinds, done.stderr[-2000:]
+    charts, stats = await open_report(run, tmp_path / "backtest.png")
+    assert_every_chart_drew(
+        charts, {"chart-equity", "chart-price-BTCUSDT", "chart-fills", "chart-rejections"}
+    )
+    price = next(c for c in charts if c["id"] == "chart-price-BTCUSDT")
+    assert len(price["points"]) == 5  # price, entries, exits, stops, targets
+    assert_statistics_shown(stats, events)
+    assert int(stats["trades"][0]) >= 50
+
+
+@needs_chromium
+@pytest.mark.slow  # a live session of 17 s against the fake exchange, and a browser
+async def test_a_live_sessions_report_in_chromium(tmp_path: Path) -> None:
+    # every connection dropped after 25 data frames: reconnects for the feed chart
+    fake = FakeBitunix(
+        seed=3, zigzag_pct=0.2, time_offset_s=offset_for_close_in(3), faults=Faults(drop_after_frames=25)
+    )
+    result, events = await live_session(
+        tmp_path, fake, *ZIGZAG_TRADER, "feed.ping_interval_s=2", "feed.backoff_max_s=1", duration_s=17
+    )
+    assert result.report["trade_count"] >= 1 and result.report["reconnects"] >= 1
+    charts, stats = await open_report(result.run_path, tmp_path / "live.png")
+    assert_every_chart_drew(charts, {"chart-equity", "chart-price-BTCUSDT", "chart-fills", "chart-feed"})
+    price = next(c for c in charts if c["id"] == "chart-price-BTCUSDT")
+    assert len(price["points"]) == 6  # candles, price, entries, exits, stops, targets
+    assert_statistics_shown(stats, events)
