@@ -19,10 +19,15 @@ FLAT_EPS = 1e-9
 
 
 def ts_of(record: dict[str, Any]) -> float:
-    """An event's time (`ts`, ISO-8601 UTC as events.jsonl writes it, `2026-11-24T02:21:50.123Z`)
-    in seconds since the epoch; the day's start is looked up once per day (a long backtest has
-    hundreds of thousands of events)."""
-    text: str = record["ts"]
+    """An event's time (`ts`, ISO-8601 UTC) in seconds since the epoch."""
+    return seconds(record["ts"])
+
+
+@functools.lru_cache(maxsize=1 << 17)  # the page reads the heartbeats' and trades' times twice
+def seconds(text: str) -> float:
+    """ISO-8601 UTC as events.jsonl writes it (`2026-11-24T02:21:50.123Z`) in seconds since the
+    epoch; the day's start is looked up once per day (a long backtest has hundreds of thousands
+    of events)."""
     if len(text) == 24 and text[10] == "T" and text[23] == "Z":
         return _day_start(text[:10]) + int(text[11:13]) * 3600 + int(text[14:16]) * 60 + float(text[17:23])
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
