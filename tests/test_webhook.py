@@ -146,7 +146,7 @@ async def test_a_receiver_that_never_answers_does_not_delay_the_heartbeats(
 
     monkeypatch.setattr(Recorder, "write", timed_write)
     receiver = Receiver(hang=True)
-    duration_s, timeout_s = 6.0, 3.0
+    duration_s, timeout_s = 6.0, 5.0  # a heartbeat waiting on the receiver would lag by >= 5 s
     async with trio.open_nursery() as nursery:
         url = await nursery.start(receiver.serve)
         config = make_config(
@@ -168,7 +168,7 @@ async def test_a_receiver_that_never_answers_does_not_delay_the_heartbeats(
     assert receiver.delivered == []
     lags = [got - due for got, due in seen]
     assert len(seen) >= duration_s / 0.5  # every heartbeat of the session, on schedule
-    assert max(lags) < 0.5, lags
-    assert result.report["status"] == "ok" and result.report["elapsed_s"] < duration_s + 1
+    assert max(lags) < 1.5, lags  # room for a loaded test machine, well under one request's timeout
+    assert result.report["status"] == "ok" and result.report["elapsed_s"] < duration_s + 2
     # the exit waits at most webhook_timeout_s for the queued alerts, not attempts x timeout
-    assert took < duration_s + timeout_s + 3
+    assert took < duration_s + timeout_s + 4
