@@ -33,6 +33,7 @@ from loguru import logger
 
 from actors.lock import SessionLock
 from actors.recording import checkpoint
+from actors.recording.html_report import write_report_html
 from protocols.records import (
     METRIC_COLUMNS,
     METRIC_FIELDS,
@@ -170,6 +171,7 @@ def close_abandoned(run_path: Path) -> Abandoned:
         report = builder.report()
         _replace(run_path / "final_report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
         checkpoint.fsync_dir(run_path)
+        write_report_html(run_path)  # after the report, as a session's recorder does
     return Abandoned(
         run_path,
         closed=True,

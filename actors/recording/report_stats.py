@@ -258,10 +258,7 @@ def _time_in_market(
     span = ts_of(stopped) - ts_of(started)
     if span <= 0:
         return None
-    intervals = sorted(
-        (r.get("opened_ts", ts_of(r) - r["held_s"]), r.get("opened_ts", ts_of(r) - r["held_s"]) + r["held_s"])
-        for r in closed
-    )
+    intervals = sorted(_held(r) for r in closed)
     total, end = 0.0, -math.inf
     for a, b in intervals:
         if b <= end:
@@ -269,3 +266,11 @@ def _time_in_market(
         total += b - max(a, end)
         end = b
     return total / span
+
+
+def _held(closed: dict[str, Any]) -> tuple[float, float]:
+    """A closed trade's time in the market: [opened_ts, opened_ts + held_s] (either one, when the
+    other is missing, from the close's time)."""
+    close = ts_of(closed)
+    opened = closed.get("opened_ts", close - (closed.get("held_s") or 0.0))
+    return opened, opened + closed.get("held_s", close - opened)
