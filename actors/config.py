@@ -443,7 +443,8 @@ class ObservabilityConfig:
     )
     backtest_heartbeat_candles: int = key(
         60,
-        "backtests: one heartbeat (metrics row, a point of the equity curve) per this many candles",
+        "backtests: one heartbeat (metrics row, a point of the equity curve) per this many candles' worth "
+        "of data time (session.interval times this; gaps in the data included)",
         _num(ge=1),
     )
     webhook_url: str = key(
