@@ -16,13 +16,16 @@ import bisect
 import contextlib
 import gc
 import html
+import importlib.util
 import math
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
+from sys import intern
 from typing import Any
 
 import attrs
@@ -46,6 +49,62 @@ MAX_MARKED_TRADES = 2_000  # trades marked on a price chart at most
 MAX_TRADE_ROWS = 2_000  # rows of the trade list at most
 # Event kinds the page does not read: skipped unparsed (a long backtest writes hundreds of thousands).
 UNREAD_KINDS = (b"signal", b"order.submitted")
+# The fields the page reads of the kinds a long run has by the ten thousand: the others are
+# dropped as a record is read, and the values that repeat (kinds, sides, symbols, reasons) are
+# shared, so that the page of a long backtest is built in a few tens of MB.
+SLIM: dict[bytes, frozenset[str]] = {
+    b"order.filled": frozenset(
+        (
+            "kind",
+            "ts",
+            "symbol",
+            "qty",
+            "side",
+            "order_id",
+            "slippage_bps",
+            "latency_ms",
+            "fill_price",
+            "fee",
+            "requested_price",
+            "reason",
+            "type",
+            "position_qty",
+            "realized_pnl",
+        )
+    ),
+    b"position.closed": frozenset(
+        (
+            "kind",
+            "ts",
+            "symbol",
+            "side",
+            "qty",
+            "entry_price",
+            "exit_price",
+            "realized_pnl",
+            "fees",
+            "net_pnl",
+            "held_s",
+            "opened_ts",
+            "exit_reason",
+        )
+    ),
+    b"heartbeat": frozenset(
+        (
+            "kind",
+            "ts",
+            "price",
+            "prices",
+            "equity",
+            "drawdown_pct",
+            "position_qty",
+            "realized_pnl",
+            "unrealized_pnl",
+            "fees_paid",
+        )
+    ),
+}
+SHARED_STRINGS = frozenset(("kind", "symbol", "side", "reason", "type", "exit_reason"))
 FEED_KINDS = (
     "feed.connected",
     "feed.disconnected",
@@ -101,16 +160,29 @@ def run_folder(path: Path) -> Path:
 
 
 def load_run(path: Path) -> RunData:
+    """The run's records, read a line at a time (a long backtest's events.jsonl is tens of MB):
+    the kinds the page does not read are skipped unparsed, and a fill keeps only the fields the
+    page reads, so the page of any run is built in bounded memory beside the session's own."""
     path = run_folder(path)
     records = []
-    for line in (path / "events.jsonl").read_bytes().splitlines():
-        start = line.find(b'"kind":"') + 8
-        if line[start : line.find(b'"', start)] in UNREAD_KINDS:
-            continue
-        try:
-            records.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue  # a torn last line of a crashed session
+    with (path / "events.jsonl").open("rb") as f:
+        for line in f:
+            start = line.find(b'"kind":"') + 8
+            kind = line[start : line.find(b'"', start)]
+            if kind in UNREAD_KINDS:
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a torn last line of a crashed session
+            slim = SLIM.get(kind)
+            if slim is not None:  # the many records of a long run: what the page reads, strings shared
+                record = {
+                    k: intern(v) if k in SHARED_STRINGS and isinstance(v, str) else v
+                    for k, v in record.items()
+                    if k in slim
+                }
+            records.append(record)
     report = None
     with contextlib.suppress(OSError, orjson.JSONDecodeError):
         report = orjson.loads((path / "final_report.json").read_bytes())
@@ -162,13 +234,38 @@ def build_comparison(runs: Sequence[Path], out: Path) -> Path:
     return out
 
 
-def _write(out: Path, text: str) -> None:
+def _write(out: Path, page: Page) -> None:
+    """The page, written in its parts with plotly.js copied in from plotly's package file between
+    them (never decoded: as a str the 4.8 MB bundle takes twice that, and the whole page again),
+    atomically."""
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    before, after = page
+    with tmp.open("wb") as f:
+        f.write(before.encode("utf-8"))
+        with plotly_js_path().open("rb") as js:
+            shutil.copyfileobj(js, f)
+        f.write(after.encode("utf-8"))
     os.replace(tmp, out)
 
 
-def report_page(data: RunData) -> str:
+def plotly_js_path() -> Path:
+    """plotly.js as plotly.py ships it (what `plotly.offline.get_plotlyjs()` reads)."""
+    spec = importlib.util.find_spec("plotly")  # found, not imported: the page needs only the file
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("plotly is not installed")
+    return Path(spec.origin).parent / "package_data" / "plotly.min.js"
+
+
+def page_text(page: Page) -> str:
+    """A page as one string (plotly.js inlined), for a caller that wants it in memory."""
+    return page[0] + plotly_js_path().read_text(encoding="utf-8") + page[1]
+
+
+# A page as the text before and after the inlined plotly.js (see `_write`).
+Page = tuple[str, str]
+
+
+def report_page(data: RunData) -> Page:
     curve = equity_curve(data.records)
     stats = statistics(data.records, curve)
     trade_list = trades(data.records)
@@ -188,7 +285,7 @@ def report_page(data: RunData) -> str:
     return _page(title, sections)
 
 
-def comparison_page(runs: list[RunData]) -> str:
+def comparison_page(runs: list[RunData]) -> Page:
     names = [r.started.get("run_id", r.path.name) for r in runs]
     head = "".join(f"<th>{_e(n)}</th>" for n in names)
     rows = []
@@ -216,16 +313,13 @@ def comparison_page(runs: list[RunData]) -> str:
     )
 
 
-def _page(title: str, sections: list[str]) -> str:
-    from plotly.offline import get_plotlyjs
-
+def _page(title: str, sections: list[str]) -> Page:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{_e(title)}</title><style>{CSS}</style>"
-        f'<script type="text/javascript">{get_plotlyjs()}</script></head>'
-        f"<body><h1>{_e(title)}</h1>{''.join(sections)}"
+        f'<title>{_e(title)}</title><style>{CSS}</style><script type="text/javascript">',
+        f"</script></head><body><h1>{_e(title)}</h1>{''.join(sections)}"
         f"<footer>Written {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} from the run "
-        "folder's files. Times are UTC.</footer></body></html>\n"
+        "folder's files. Times are UTC.</footer></body></html>\n",
     )
 
 
@@ -396,20 +490,24 @@ def _qty_dp(data: RunData, symbol: str) -> int:
 
 
 def _plot(div_id: str, traces: list[dict[str, Any]], layout: dict[str, Any]) -> str:
-    """A chart's div and script. The figure is plain data (plotly's JSON schema), written without
-    plotly.py's per-point validation, which costs seconds on a long backtest's series."""
-    from plotly.io import to_html
-
+    """A chart's div and script, as plotly.io.to_html writes them: the figure is plain data
+    (plotly's JSON schema) serialized once with orjson, without plotly.py's per-point validation
+    and copies (seconds and tens of MB on a long backtest's series)."""
     layout = {"margin": {"l": 70, "r": 20, "t": 40, "b": 40}, "hovermode": "closest", **layout}
-    html_text: str = to_html(
-        {"data": traces, "layout": layout},
-        config=PLOT_CONFIG,
-        include_plotlyjs=False,
-        full_html=False,
-        validate=False,
-        div_id=div_id,
+    height = layout.get("height")
+    outer = (
+        f"height:{height}px; width:100%;" if isinstance(height, int | float) else "height:100%; width:100%;"
     )
-    return f'<div class="chart" data-chart="{div_id}">{html_text}</div>'
+
+    def js(value: Any) -> str:  # JSON inside a <script>: no "</" may end it early
+        return orjson.dumps(value).decode().replace("</", "<\\/")
+
+    return (
+        f'<div class="chart" data-chart="{div_id}"><div style="{outer}">'
+        f'<div id="{div_id}" class="plotly-graph-div" style="height:100%; width:100%;"></div>'
+        f'<script>if (document.getElementById("{div_id}")) {{Plotly.newPlot("{div_id}", '
+        f"{js(traces)}, {js(layout)}, {js(PLOT_CONFIG)})}};</script></div></div>"
+    )
 
 
 # Two charts one above the other on a shared time axis (x/y above, x2/y2 below).
