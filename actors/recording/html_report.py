@@ -104,6 +104,12 @@ SLIM: dict[bytes, frozenset[str]] = {
         )
     ),
 }
+SLIM[b"order.working"] = frozenset(
+    ("kind", "ts", "symbol", "order_id", "reason", "trigger_price", "limit_price")
+)
+SLIM[b"order.amended"] = SLIM[b"order.working"]
+SLIM[b"order.cancelled"] = frozenset(("kind", "ts", "order_id"))
+SLIM[b"order.rejected"] = frozenset(("kind", "ts", "reason"))
 SHARED_STRINGS = frozenset(("kind", "symbol", "side", "reason", "type", "exit_reason"))
 FEED_KINDS = (
     "feed.connected",
