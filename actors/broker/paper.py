@@ -962,6 +962,7 @@ class PaperBroker:
             "limit_price": order.limit_price,
             "trigger_price": order.trigger_price,
             "reason": order.reason,
+            "symbol": self.symbol,
         }
         if note:
             fields["note"] = note

@@ -727,7 +727,7 @@ def _bracket_traces(
         if kind == "order.filled":
             last_symbol = r.get("symbol") or first
         if kind == "order.working" and r.get("reason") in segments:
-            # brackets follow their entry's fill in the same step (they name no symbol of their own)
+            # a bracket names its symbol (runs before it did: the fill it follows in the same step)
             price = r.get("trigger_price") or r.get("limit_price")
             if (r.get("symbol") or last_symbol) == symbol and price:
                 working[r["order_id"]] = (r["reason"], _x_iso(r), float(price))
