@@ -154,11 +154,8 @@ def _rng_state(rng: random.Random) -> list[Any]:
 def _walk(config: Config, rng: random.Random) -> MarketWalk:
     from actors.feeds.mock import build_walk  # the live feeds' module imports trio: live only
 
-    walk = build_walk(config.feed, rng, config.symbols)
-    for one in walk.walks:  # history enough for every strategy's warm-up (longer intervals want more)
-        if one.history_candles > 0:  # 0: none at all, as configured
-            one.history_candles = max(one.history_candles, config.strategy_history)
-    return walk
+    # history enough for every strategy's warm-up (longer intervals want more)
+    return build_walk(config.feed, rng, config.symbols, min_history=config.strategy_history)
 
 
 def build_parts(

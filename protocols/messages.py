@@ -1,8 +1,8 @@
 """The messages components exchange: frozen attrs types carrying data only (no trio objects).
 
 Each type's docstring names its direction (`OrderIntent`: strategy -> risk gate; `Order`: risk gate
--> broker; ...). Every market event, intent, order and account figure carries its `symbol`, even
-though one symbol is traded today. Times are session-clock seconds since the Unix epoch (floats);
+-> broker; ...). Every market event, intent, order and account figure carries its `symbol` (a session
+may trade several). Times are session-clock seconds since the Unix epoch (floats);
 prices in USDT; sizes in the contract's base asset (BTC for BTCUSDT).
 """
 
@@ -18,7 +18,7 @@ from protocols.instruments import Instrument
 Side = Literal["buy", "sell"]
 
 # The symbol a message is about when its maker does not say (recordings made before symbols were
-# explicit, and tests); sessions always set it from `session.symbol`.
+# explicit, and tests); sessions always set it (each strategy's symbol, session.symbol by default).
 DEFAULT_SYMBOL = "BTCUSDT"
 
 

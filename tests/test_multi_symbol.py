@@ -257,7 +257,7 @@ def test_flatten_and_halts_reach_every_symbol() -> None:
     events = p.handle(Flatten(2.0, "breaker", "breaker-1"), 2.0)
     closing = {e.fields["order_id"]: e.fields["symbol"] for e in events if e.kind == "order.filled"}
     assert closing == {"breaker-1-BTCUSDT": "BTCUSDT", "breaker-1-ETHUSDT": "ETHUSDT"}
-    assert dict(p.positions_by_symbol()) == {"BTCUSDT": 0.0, "ETHUSDT": 0.0}
+    assert {symbol: leg.position_qty for symbol, leg in p.legs.items()} == {"BTCUSDT": 0.0, "ETHUSDT": 0.0}
     p.handle(HaltEntries(2.0, 100.0, "test"), 2.0)
     p.on_order(order("o3", "ETHUSDT", "buy", 0.1, 3_000.0), 3.0)
     refused = [e.fields["reason"] for e in run_timers(p, 3.0) if e.kind == "order.rejected"]

@@ -161,6 +161,41 @@ class InFlight:
 
 _new_tuple = tuple.__new__
 
+# What a broker takes (`handle`): a market event, an order, a cancel or a risk command.
+BrokerMessage = MarketEvent | Order | Cancel | Flatten | HaltEntries | StopSession | RiskWatch
+
+
+class Routes(Protocol):
+    """A broker's inputs by type (PaperBroker, and Portfolio over its legs)."""
+
+    def on_order(self, order: Order, now: float) -> list[Event]: ...
+    def on_cancel(self, cancel: Cancel, now: float) -> list[Event]: ...
+    def on_command(
+        self, command: Flatten | HaltEntries | StopSession | RiskWatch, now: float
+    ) -> list[Event]: ...
+    def on_market(self, event: MarketEvent, ts: float) -> list[Event]: ...
+
+
+def route(broker: Routes, message: BrokerMessage, now: float) -> list[Event]:
+    """`message` to the broker's method for its type."""
+    if isinstance(message, Order):
+        return broker.on_order(message, now)
+    if isinstance(message, Cancel):
+        return broker.on_cancel(message, now)
+    if isinstance(message, Flatten | HaltEntries | StopSession | RiskWatch):
+        return broker.on_command(message, now)
+    return broker.on_market(message, now)
+
+
+def next_heartbeat(started_ts: float, period: float, now: float, end_ts: float) -> float:
+    """The next heartbeat: the next whole period from the start after `now` (a resumed session
+    does not make up the rows of its downtime); inf when there is none (no period, or past the end)."""
+    if not math.isfinite(period):
+        return math.inf
+    ts = started_ts + period * (math.floor((now - started_ts) / period) + 1)
+    return ts if ts < end_ts else math.inf
+
+
 # The most orders and cancels on their way to the market at once; more are refused (`in_flight_limit`).
 MAX_IN_FLIGHT = 64
 
@@ -262,12 +297,7 @@ class PaperBroker:
         self.closed: list[ClosedTrade] = []
 
     def schedule_heartbeats(self, now: float) -> None:
-        """The next heartbeat: the next whole period from the start after `now` (a resumed
-        session does not make up the rows of its downtime)."""
-        if math.isfinite(self.heartbeat_s):
-            period = self.heartbeat_s
-            ts = self.started_ts + period * (math.floor((now - self.started_ts) / period) + 1)
-            self.next_heartbeat = ts if ts < self.end_ts else math.inf
+        self.next_heartbeat = next_heartbeat(self.started_ts, self.heartbeat_s, now, self.end_ts)
 
     # --- the view -------------------------------------------------------------------------------
 
@@ -1401,20 +1431,10 @@ class PaperBroker:
 
     # --- the component's interface ------------------------------------------------------------------
 
-    def handle(
-        self,
-        message: MarketEvent | Order | Cancel | Flatten | HaltEntries | StopSession | RiskWatch,
-        now: float,
-    ) -> list[Event]:
+    def handle(self, message: BrokerMessage, now: float) -> list[Event]:
         """Any input, by type: a market event, an order or cancel (on its way to the market from
         now), or a risk command. Returns the events (for the recorder)."""
-        if isinstance(message, Order):
-            return self.on_order(message, now)
-        if isinstance(message, Cancel):
-            return self.on_cancel(message, now)
-        if isinstance(message, Flatten | HaltEntries | StopSession | RiskWatch):
-            return self.on_command(message, now)
-        return self.on_market(message, now)
+        return route(self, message, now)
 
     def on_order(self, order: Order, now: float) -> list[Event]:
         """An order sent now: it reaches the market after the latency, after those sent before it."""

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from actors.broker.paper import EPS, FundingSchedule, PaperBroker
+from actors.broker.paper import EPS, BrokerMessage, FundingSchedule, PaperBroker, next_heartbeat, route
 from actors.config import BrokerConfig
 from protocols.instruments import Instrument
 from protocols.messages import (
@@ -99,10 +99,7 @@ class Portfolio:
         self.update_due = False
 
     def schedule_heartbeats(self, now: float) -> None:
-        if math.isfinite(self.heartbeat_s):
-            period = self.heartbeat_s
-            ts = self.started_ts + period * (math.floor((now - self.started_ts) / period) + 1)
-            self.next_heartbeat = ts if ts < self.end_ts else math.inf
+        self.next_heartbeat = next_heartbeat(self.started_ts, self.heartbeat_s, now, self.end_ts)
 
     # --- the account ---------------------------------------------------------------------------------
 
@@ -124,10 +121,6 @@ class Portfolio:
     @property
     def unrealized_pnl(self) -> float:
         return self._legs_sum("unrealized_pnl")
-
-    @property
-    def liquidations(self) -> int:
-        return sum(leg.liquidations for leg in self.legs.values())
 
     @property
     def equity(self) -> float:
@@ -152,10 +145,6 @@ class Portfolio:
     @property
     def closed(self) -> list[ClosedTrade]:
         return [trade for leg in self.legs.values() for trade in leg.closed]
-
-    @property
-    def stale(self) -> bool:
-        return any(leg.stale for leg in self.legs.values())
 
     def _margin_equity(self, leg: PaperBroker) -> float:
         """What `leg` may put up as a new position's margin: the account's equity less the
@@ -232,18 +221,8 @@ class Portfolio:
             return []  # a symbol no strategy trades: nothing to do with it
         return self._after(leg.on_market(event, ts), ts)
 
-    def handle(
-        self,
-        message: MarketEvent | Order | Cancel | Flatten | HaltEntries | StopSession | RiskWatch,
-        now: float,
-    ) -> list[Event]:
-        if isinstance(message, Order):
-            return self.on_order(message, now)
-        if isinstance(message, Cancel):
-            return self.on_cancel(message, now)
-        if isinstance(message, Flatten | HaltEntries | StopSession | RiskWatch):
-            return self.on_command(message, now)
-        return self.on_market(message, now)
+    def handle(self, message: BrokerMessage, now: float) -> list[Event]:
+        return route(self, message, now)
 
     def on_order(self, order: Order, now: float) -> list[Event]:
         return self._leg(order.symbol).on_order(order, now)
@@ -369,12 +348,6 @@ class Portfolio:
             leg.closed = []
         self.update_due = False
         return AccountUpdate(now, self.snapshot(now), tuple(closed))
-
-    def funding_rate_now(self, now: float) -> float:
-        return self.legs[self.symbol].funding_rate_now(now)
-
-    def positions_by_symbol(self) -> Iterable[tuple[str, float]]:
-        return ((symbol, leg.position_qty) for symbol, leg in self.legs.items())
 
 
 __all__ = ["EPS", "Portfolio"]

@@ -357,17 +357,23 @@ class MarketWalk:
                 walk.restore(saved)
 
 
-def build_walk(config: FeedConfig, rng: random.Random, symbols: Sequence[str]) -> MarketWalk:
+def build_walk(
+    config: FeedConfig, rng: random.Random, symbols: Sequence[str], *, min_history: int = 0
+) -> MarketWalk:
     """The session's mock market for `symbols` (`Config.symbols`, in order), drawing from `rng`:
-    the first symbol starts at `feed.mock_start_price`, the others at `mock_level`."""
+    the first symbol starts at `feed.mock_start_price`, the others at `mock_level`. Each seeds
+    `feed.mock_history_candles` of history, or `min_history` when that is more (the strategies'
+    longest warm-up); none when `feed.mock_history_candles` is 0."""
     if not symbols:
         raise ValueError("build_walk: no symbols")
-    return MarketWalk(
-        [
-            RandomWalk(config, rng, symbol, start_price=None if k == 0 else mock_level(symbol))
-            for k, symbol in enumerate(symbols)
-        ]
-    )
+    walks = [
+        RandomWalk(config, rng, symbol, start_price=None if k == 0 else mock_level(symbol))
+        for k, symbol in enumerate(symbols)
+    ]
+    for walk in walks:
+        if walk.history_candles > 0:
+            walk.history_candles = max(walk.history_candles, min_history)
+    return MarketWalk(walks)
 
 
 class CandleBuilder:
