@@ -19,9 +19,12 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import tomli_w
+
+from actors import secrets
 
 ENV_PREFIX = "LAPTOP_AGENTS__"
 
@@ -96,6 +99,46 @@ def _pattern(regex: str, allowed: str) -> Callable[[Any], str | None]:
     return check
 
 
+def _url(*schemes: str, empty: bool = False) -> Callable[[Any], str | None]:
+    """A URL of one of `schemes` with a host, no `user:password@` part, no whitespace or control
+    characters, a valid port; `empty`: "" is allowed too (the feature is off)."""
+    names = " or ".join(f"{scheme}://" for scheme in schemes)
+    article = "an" if schemes[0].startswith("h") else "a"
+    allowed = (
+        "empty, or " if empty else ""
+    ) + f"{article} {names} URL with a host and no user:password@ part"
+
+    def check(v: Any) -> str | None:
+        if empty and v == "":
+            return None
+        if len(v) > 2048 or any(c.isspace() or not c.isprintable() for c in v):
+            return allowed
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 (raises ValueError on a port out of range or not a number)
+        except ValueError:
+            return allowed
+        if parts.scheme not in schemes or not parts.hostname or "@" in parts.netloc:
+            return allowed
+        return None
+
+    return check
+
+
+_PATH_MAX = 4096
+
+
+def _path(v: Any) -> str | None:
+    """A file system path: not empty, no control characters (a NUL byte cannot be in a path),
+    at most 4096 characters, each part at most 255."""
+    allowed = "a non-empty path without control characters, at most 4096 characters (255 per part)"
+    if not v.strip() or len(v) > _PATH_MAX or any(not c.isprintable() for c in v):
+        return allowed
+    if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in v.split("/")):
+        return allowed
+    return None
+
+
 def _interval(v: Any) -> str | None:
     try:
         interval_seconds(v)
@@ -126,8 +169,8 @@ class SessionConfig:
     interval: str = key(
         "1m", "candle interval: 1m, 5m, ... (the mock source also takes seconds, e.g. 5s)", _interval
     )
-    run_dir: str = key("runs", "folder that receives one run folder per session", _nonempty)
-    kill_switch: str = key("kill.txt", "a file at this path stops the session at once, flat", _nonempty)
+    run_dir: str = key("runs", "folder that receives one run folder per session", _path)
+    kill_switch: str = key("kill.txt", "a file at this path stops the session at once, flat", _path)
     seed: int = key(
         42, "seed of the session's one random generator (mock prices, latency jitter)", _num(ge=0)
     )
@@ -151,12 +194,12 @@ class FeedConfig:
     ws_url: str = key(
         "wss://fapi.bitunix.com/public/",
         "Bitunix public WebSocket URL",
-        _pattern(r"wss?://\S+", "a ws:// or wss:// URL"),
+        _url("ws", "wss"),
     )
     rest_url: str = key(
         "https://fapi.bitunix.com",
         "Bitunix REST base URL",
-        _pattern(r"https?://\S+", "an http:// or https:// URL"),
+        _url("http", "https"),
     )
     connect_timeout_s: float = key(
         15.0, "seconds to wait for the first live data at start", _num(gt=0, le=600)
@@ -450,7 +493,7 @@ class ObservabilityConfig:
     webhook_url: str = key(
         "",
         "alerts: POST each one as JSON to this http(s) URL (empty: no webhook)",
-        _pattern(r"(https?://\S+)?", "empty, or an http:// or https:// URL"),
+        _url("http", "https", empty=True),
     )
     webhook_timeout_s: float = key(5.0, "alerts: timeout of one webhook request, seconds", _num(gt=0, le=60))
     webhook_attempts: int = key(
@@ -617,8 +660,27 @@ def _typed(value: Any, t: Any, from_text: bool) -> tuple[Any, str | None]:
     return None, _type_name(t)
 
 
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@")
+_SHOW_MAX = 200
+
+
 def _show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
+    """A value as an error message quotes it: a URL's `user:password@` part masked, at most 200
+    characters, every secret of the environment scrubbed (actors/secrets.py)."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    text = _USERINFO.sub(r"\1***@", text)
+    if len(text) > _SHOW_MAX:
+        text = text[: _SHOW_MAX - 3] + "..."
+    return secrets.scrub(text)
+
+
+def _secret_key(dotted: str, source: str) -> str:
+    return (
+        f"{dotted}: secrets are not read from config files, --set or {ENV_PREFIX} variables (from "
+        f"{source}); expected the exchange's key pair in the environment only: {secrets.API_KEY} and "
+        f"{secrets.API_SECRET} (or {secrets.API_KEY}_FILE, {secrets.API_SECRET}_FILE naming files), "
+        f"and the checkpoint key in {secrets.STATE_KEY}"
+    )
 
 
 # --- layers -----------------------------------------------------------------------------------------
@@ -636,6 +698,9 @@ def _each_kinds_parameters() -> str:
 
 def _put(layer: Layer, problems: list[str], dotted: str, value: Any, source: str, is_text: bool) -> None:
     section, _, name = dotted.partition(".")
+    if secrets.is_secret_config_key(name) or secrets.is_secret_config_key(section):
+        problems.append(_secret_key(dotted, source))
+        return
     if section == STRATEGIES:
         problems.append(
             f"{dotted}: [[strategies]] tables are written in the --config file only (from {source}); "
@@ -670,6 +735,9 @@ def dict_layer(data: Mapping[str, Any], source: str, problems: list[str]) -> Lay
                 )
                 continue
             layer[(STRATEGIES, "")] = (table, source, False)
+            continue
+        if secrets.is_secret_config_key(str(section)):
+            problems.append(_secret_key(str(section), source))
             continue
         if not isinstance(table, dict):
             problems.append(f"{section}: expected a [{section}] table (from {source}), got {_show(table)}")
@@ -834,6 +902,8 @@ def _strategy_tables(tables: list[Any], source: str, problems: list[str]) -> tup
                     values[name] = value
             elif name in any_param:
                 others.append((name, raw, source, False))
+            elif secrets.is_secret_config_key(str(name)):
+                problems.append(_secret_key(f"{prefix}.{name}", source))
             else:
                 hint = " (a [[strategies]] table names its kind with `kind`)" if name == "name" else ""
                 problems.append(

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import attrs
 from loguru import logger
+
+from actors import secrets
 
 CONSOLE_FORMAT = "{time:HH:mm:ss} | {level:<7} | {message}"
 RUN_LOG = "session.log"
@@ -37,10 +40,16 @@ def _to_stderr(message: str) -> None:
     sys.stderr.flush()
 
 
+def _scrub(record: Any) -> None:
+    record["message"] = secrets.scrub(record["message"])
+
+
 def configure(level: str = "INFO", run_log: RunLog | None = None) -> None:
-    """Replace every sink: the console at `level`; `run_log` for the run folders opened later."""
+    """Replace every sink: the console at `level`; `run_log` for the run folders opened later.
+    Every message is scrubbed of the environment's secrets (actors/secrets.py) first."""
     global _run_log
     logger.remove()
+    logger.configure(patcher=_scrub if secrets.active() else None)
     logger.add(_to_stderr, level=level, diagnose=False, format=CONSOLE_FORMAT, colorize=False)
     _run_log = run_log or RunLog()
 

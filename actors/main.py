@@ -10,21 +10,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
 
-from actors import __version__, logs
+from actors import __version__, logs, secrets
 from actors.config import Config, ConfigError, build, dict_layer, flags_layer, load, to_toml
 from actors.console import print_summary
 from actors.feeds.funding import FundingRates, describe
 from actors.feeds.history import DataError
 from actors.lock import SessionLocked
 from actors.plan import Plan, PlanError, find_resumable, load_recording
+from actors.recording import checkpoint
 from actors.recording.checkpoint import CheckpointError
+from actors.secrets import SecretError
 
 # flag dest -> config key: every named flag is a shortcut for one key
 FLAG_KEYS = {
@@ -38,7 +40,12 @@ FLAG_KEYS = {
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one line, exit 2, no traceback
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, secrets.scrub(f"{self.prog}: error: {message} (see --help)\n"))
+
+
+def _err(message: str) -> None:
+    """One line on stderr, without any secret of the environment."""
+    print(secrets.scrub(message), file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--fresh", action="store_true", help="start a new session even if runs/latest is unfinished"
     )
     p.add_argument("--resume", metavar="RUN_ID", help="resume this unfinished session of the run dir")
+    p.add_argument(
+        "--preflight",
+        action="store_true",
+        help="check the exchange API key pair (BITUNIX_API_KEY, BITUNIX_API_SECRET from the environment) "
+        "with one signed GET /api/v1/futures/account on feed.rest_url; prints one line, exits 0 when "
+        "the exchange accepts it",
+    )
     p.add_argument("--version", action="version", version=f"btc-laptop-agents {__version__}")
     return p
 
@@ -179,10 +193,10 @@ def _funding(path: str | None) -> FundingRates | None:
         raise PlanError(f"--funding: {exc}") from None
 
 
-def _config(args: argparse.Namespace, flags: dict[str, tuple[Any, str]]) -> Config:
+def _config(args: argparse.Namespace, flags: dict[str, tuple[Any, str]], env: Mapping[str, str]) -> Config:
     """The effective config; a replay uses its recording's, with only --run-dir applied."""
     if not args.replay:
-        return load(args.config, os.environ, args.set, flags)
+        return load(args.config, env, args.set, flags)
     recording = load_recording(Path(args.replay))
     keep = {k: v for k, v in flags.items() if k == "session.run_dir"}
     problems: list[str] = []  # the recorded config as to_dict wrote it ([[strategies]] included)
@@ -190,7 +204,11 @@ def _config(args: argparse.Namespace, flags: dict[str, tuple[Any, str]]) -> Conf
     return build([layer, flags_layer(keep)], problems)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """The CLI; `env`: the environment (None: the process's)."""
+    env = os.environ if env is None else env
+    secrets.install(env)  # before anything can print: every secret of env is scrubbed from output
+    os.umask(0o077)  # state at rest: run folders 0700, files 0600
     args = build_parser().parse_args(argv)
     flags = {
         key: (getattr(args, dest), "--" + dest.replace("_", "-"))
@@ -198,21 +216,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, dest) is not None
     }
     try:
-        config = _config(args, flags)
-        if not args.check_config:  # before planning: it may warn (an abandoned run folder closed)
+        config = _config(args, flags, env)
+        if not (
+            args.check_config or args.preflight
+        ):  # before planning: it may warn (an abandoned run folder closed)
             obs = config.observability
             logs.configure(obs.log_level, logs.RunLog(obs.log_rotation_mb, obs.log_retention_files))
-        plan = None if args.check_config else _plan(args, config)
+        if args.preflight and args.check_config:
+            raise PlanError("--preflight and --check-config are separate checks; give one of them")
+        if not (args.check_config or args.preflight):
+            checkpoint.use_key(secrets.state_key(env))  # before a resume reads a checkpoint
+        plan = None if args.check_config else Plan() if args.preflight else _plan(args, config)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(f"config error: {problem}", file=sys.stderr)
+            _err(f"config error: {problem}")
         return 2
-    except PlanError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (PlanError, SecretError, CheckpointError) as exc:
+        _err(f"error: {exc}")
         return 2
     if args.check_config or plan is None:
-        sys.stdout.write(to_toml(config))
+        sys.stdout.write(secrets.scrub(to_toml(config)))
         return 0
+    if args.preflight:
+        from actors.preflight import run_preflight
+
+        return run_preflight(config, env)
     if plan.resume is not None:
         logger.warning("resuming unfinished session {} (start a new one with --fresh)", plan.resume.name)
 
@@ -229,19 +257,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             clock = VirtualClock() if plan.virtual_time else None
             result = trio.run(partial(run_session, config, plan=plan, console=True), clock=clock)
     except (SessionLocked, CheckpointError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _err(f"error: {exc}")
         return 2
     except OSError as exc:
-        print(f"error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        _err(f"error: {exc.strerror or exc}: {exc.filename or ''}")
         return 1
     report = result.report
     print_summary(report, result.console, result.run_path)
-    print(
+    _err(
         f"session {report['run_id']} {report['status']}: stop_reason={report['stop_reason']} "
         f"net_pnl={report['net_pnl']:+.2f} USDT trades={report['trade_count']} "
         f"funding_paid={report['funding_paid']:+.2f} USDT ({describe(report['funding_source'])}) "
-        f"report={result.run_path / 'final_report.json'}",
-        file=sys.stderr,
+        f"report={result.run_path / 'final_report.json'}"
     )
     return result.exit_code
 

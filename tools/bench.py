@@ -41,6 +41,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from actors.secrets import child_env
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 PEERS = SHARED / "bench" / "peers"
@@ -106,7 +108,7 @@ def _sets(sets: list[str]) -> list[str]:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAPTOP_AGENTS__")}
+    env = {k: v for k, v in child_env(os.environ).items() if not k.startswith("LAPTOP_AGENTS__")}
     return env | extra
 
 

@@ -41,6 +41,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from actors.secrets import child_env
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -92,7 +94,7 @@ def spawn(command: list[str], cwd: str | None, timeout: float) -> dict[str, Any]
     `peak_rss_mib`, `ru_maxrss` of RUSAGE_SELF, has the same floor: spawned from here it is theirs.)
     CPU time: user + system time of the child alone (`wait4`).
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAPTOP_AGENTS__")}
+    env = {k: v for k, v in child_env(os.environ).items() if not k.startswith("LAPTOP_AGENTS__")}
     with (
         tempfile.TemporaryFile(prefix="bench-out-") as out,
         tempfile.TemporaryFile(prefix="bench-err-") as err,

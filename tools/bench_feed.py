@@ -53,6 +53,7 @@ from actors.clock import SessionClock
 from actors.config import Config, load
 from actors.feeds.bitunix import BitunixFeed
 from actors.feeds.mock import FeedHealth
+from actors.secrets import child_env
 from protocols import bitunix
 from protocols.messages import Event, MarketEvent
 
@@ -388,7 +389,7 @@ async def run_session_bench(rate: float, seconds: float, work: Path, *, seed: in
     intervals = kline_ms, depth_s, price_s = push_intervals(rate)
     cmd = [sys.executable, "-m", "tools.bench_feed", "--serve-fake", str(kline_ms), str(depth_s)]
     cmd += [str(price_s), str(seed)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAPTOP_AGENTS__")}
+    env = {k: v for k, v in child_env(os.environ).items() if not k.startswith("LAPTOP_AGENTS__")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     async with trio.open_nursery() as nursery:
         proc: trio.Process = await nursery.start(

@@ -38,6 +38,7 @@ from typing import IO, Any
 import attrs
 from loguru import logger
 
+from actors import secrets
 from actors.config import AlertsConfig
 from protocols.records import dumps_line, iso
 
@@ -230,7 +231,7 @@ class AlertLog:
         record = {"ts": iso(alert.ts), "run_id": self.run_id, "seq": seq, **alert.fields()}
         if self._file is None:
             self._file = self.path.open("a", encoding="utf-8")
-        self._file.write(dumps_line(record) + "\n")
+        self._file.write(secrets.scrub(dumps_line(record)) + "\n")
         self._file.flush()
         log = logger.error if alert.severity == "critical" else logger.warning
         log("ALERT {}: {}", alert.rule, alert.message)

@@ -4,17 +4,27 @@
 file, is fsynced, the newest becomes the previous, the temporary becomes the newest, and the folder
 is fsynced, so a crash at any instant leaves at least one complete checkpoint. A checkpoint whose
 checksum does not match is never used; the loader falls back to the previous one and says so.
+
+With a state key (`LAPTOP_AGENTS_STATE_KEY`, installed by the CLI with `use_key`), each checkpoint
+also carries an HMAC-SHA256 of its body under that key. A checkpoint that does not verify (altered,
+written with another key, not signed at all) or one that is signed while no key is set is refused
+with `CheckpointError`, loudly, and never resumed: the loader does not fall back to the previous
+generation for it (a tampered folder is for an operator to look at, not to be read around).
+Secrets of the environment are scrubbed from a checkpoint's text before it is written.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import attrs
+
+from actors import secrets
 
 NEWEST = "checkpoint.json"
 PREVIOUS = "checkpoint.prev.json"
@@ -23,6 +33,24 @@ FORMAT = 1
 
 class CheckpointError(Exception):
     """No usable checkpoint: the message says what was found."""
+
+
+class TamperedCheckpoint(ValueError):
+    """A checkpoint whose HMAC does not verify under the state key (or is signed without a key)."""
+
+
+_key: bytes | None = None
+
+
+def use_key(key: bytes | None) -> None:
+    """Sign the checkpoints written from now on with `key` and verify those read (None: neither)."""
+    global _key
+    _key = key
+
+
+def _hmac(key: bytes, body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
 
 
 @attrs.frozen
@@ -38,8 +66,16 @@ def _checksum(body: dict[str, Any]) -> str:
 
 
 def encode(state: dict[str, Any]) -> bytes:
+    if secrets.active():
+        text = json.dumps(state, separators=(",", ":"), allow_nan=False)
+        clean = secrets.scrub(text)
+        if clean != text:
+            state = json.loads(clean)
     body = {"format": FORMAT, "state": state}
-    return json.dumps({**body, "sha256": _checksum(body)}, separators=(",", ":"), allow_nan=False).encode()
+    doc = {**body, "sha256": _checksum(body)}
+    if _key is not None:
+        doc["hmac"] = _hmac(_key, body)
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
 def decode(data: bytes) -> dict[str, Any]:
@@ -51,6 +87,21 @@ def decode(data: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or "state" not in doc:
         raise ValueError("not a checkpoint of this format")
     body = {"format": doc["format"], "state": doc["state"]}
+    signed = "hmac" in doc
+    if _key is None and signed:
+        raise TamperedCheckpoint(
+            f"signed with a state key, and {secrets.STATE_KEY} is not set: set the key it was "
+            "written with to resume it"
+        )
+    if _key is not None and not signed:
+        raise TamperedCheckpoint(
+            f"not signed, and {secrets.STATE_KEY} is set: it was written without the key or its "
+            "signature was removed"
+        )
+    if _key is not None and not hmac.compare_digest(str(doc["hmac"]), _hmac(_key, body)):
+        raise TamperedCheckpoint(
+            f"HMAC mismatch under {secrets.STATE_KEY}: the file was altered or written with another key"
+        )
     if doc.get("sha256") != _checksum(body):
         raise ValueError("checksum mismatch")
     state: dict[str, Any] = doc["state"]
@@ -90,6 +141,11 @@ def load(folder: Path) -> Loaded:
             return Loaded(decode(path.read_bytes()), path, problems)
         except FileNotFoundError:
             problems.append(f"{name}: missing")
+        except TamperedCheckpoint as exc:
+            raise CheckpointError(
+                f"refusing to resume {folder}: {name} failed its integrity check: {exc}. Nothing was "
+                "started; inspect the run folder (or start a new session with --fresh)"
+            ) from None
         except ValueError as exc:
             problems.append(f"{name}: {exc}")
     raise CheckpointError(f"no usable checkpoint in {folder}: " + "; ".join(problems))

@@ -32,6 +32,7 @@ import attrs
 import orjson
 from loguru import logger
 
+from actors import secrets
 from actors.recording.report_stats import (
     STATISTICS,
     Trade,
@@ -245,7 +246,7 @@ def _write(out: Path, page: Page) -> None:
     them (never decoded: as a str the 4.8 MB bundle takes twice that, and the whole page again),
     atomically."""
     tmp = out.with_name(f".{out.name}.tmp")
-    before, after = page
+    before, after = (secrets.scrub(part) for part in page)
     with tmp.open("wb") as f:
         f.write(before.encode("utf-8"))
         with plotly_js_path().open("rb") as js:

@@ -26,7 +26,7 @@ from typing import IO, Any
 import orjson
 from loguru import logger
 
-from actors import logs
+from actors import logs, secrets
 from actors.config import AlertsConfig
 from actors.console import ConsoleSink
 from actors.recording import checkpoint
@@ -91,6 +91,7 @@ class Recorder:
         self.report: dict[str, Any] | None = None
         self.last_event_ts: float | None = None
         self.discarded_events = 0
+        self._scrub = secrets.active()  # the environment's secrets never reach a file (actors/secrets.py)
         if resume_seq is not None:
             self._reload(resume_seq)
         self._events: IO[str] = (path / "events.jsonl").open("a", encoding="utf-8")
@@ -139,9 +140,14 @@ class Recorder:
 
     def write(self, event: Event) -> None:
         if event.kind == MARKET_KIND:
-            self._market.write(dumps_line(market_record(event.ts, event.fields["event"])) + "\n")
+            market = dumps_line(market_record(event.ts, event.fields["event"]))
+            self._market.write((secrets.scrub(market) if self._scrub else market) + "\n")
             return
         record, line = event_line(self.seq + 1, event)
+        if self._scrub:
+            clean = secrets.scrub(line)
+            if clean != line:
+                line, record = clean, json.loads(clean)
         self._events.write(line + "\n")
         self._fold(record)
         self.console.observe(record)
@@ -194,9 +200,9 @@ def _write_json(path: Path, data: Any, *, fast: bool = False) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         if fast:
-            f.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+            f.write(secrets.scrub(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()))
         else:
-            json.dump(data, f, indent=2, allow_nan=False)
+            f.write(secrets.scrub(json.dumps(data, indent=2, allow_nan=False)))
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())

@@ -1,0 +1,172 @@
+"""Secrets: read from the environment only, never written anywhere (no trio).
+
+- The exchange's API key and secret: `BITUNIX_API_KEY` and `BITUNIX_API_SECRET`, each also as a
+  file (`BITUNIX_API_KEY_FILE`, `BITUNIX_API_SECRET_FILE`: container secrets). Only the key
+  preflight (`--preflight`) reads them; paper sessions and backtests never do.
+- The state key: `LAPTOP_AGENTS_STATE_KEY` (or `LAPTOP_AGENTS_STATE_KEY_FILE`): checkpoints carry an
+  HMAC-SHA256 made with it, and a checkpoint that does not verify is refused.
+- A variable's name marks it as secret when it contains KEY, SECRET, TOKEN, PASSWORD, PASSWD,
+  PASSPHRASE, CREDENTIAL or AUTH (case-insensitive). Their values (at least `MIN_SCRUBBED`
+  characters long) are replaced by `***` in everything the program writes: logs, events, metrics,
+  reports, checkpoints, `--check-config` and error messages (`install` once at start, then
+  `scrub`). An error about such a variable names it and never echoes its value.
+- A config key whose name marks it as secret (e.g. `feed.api_key`, `exchange.secret`) is refused:
+  secrets do not belong in TOML files, `--set` or `LAPTOP_AGENTS__` variables.
+- `child_env` is the environment for a child process: without any secret-named variable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import quote
+
+import attrs
+
+API_KEY = "BITUNIX_API_KEY"
+API_SECRET = "BITUNIX_API_SECRET"
+STATE_KEY = "LAPTOP_AGENTS_STATE_KEY"
+FILE_SUFFIX = "_FILE"
+# a state key shorter than this is refused (an HMAC key should not be guessable)
+MIN_STATE_KEY = 16
+# shorter values of secret-named variables are not scrubbed: replacing "1" or "true" everywhere
+# would mangle every number in the run folder, and such values are no secret
+MIN_SCRUBBED = 6
+MASK = "***"
+
+_SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|AUTH", re.IGNORECASE)
+# config keys that would carry a secret (no config key of the schema has such a name)
+_CONFIG_KEY_SECRET = re.compile(
+    r"^key$|api_?key|private_?key|access_?key|state_?key|secret|token|password|passwd|passphrase|credential"
+)
+# the config's own variables: LAPTOP_AGENTS__SECTION__KEY (a secret-named key among them is refused)
+_CONFIG_ENV_PREFIX = "LAPTOP_AGENTS__"
+
+
+class SecretError(Exception):
+    """A secret cannot be read; the message names the variable, never its value."""
+
+
+def is_secret_name(name: str) -> bool:
+    """True for an environment variable whose name marks it as secret."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def is_secret_config_key(name: str) -> bool:
+    """True for a config key (the part after `section.`) that would carry a secret."""
+    return bool(_CONFIG_KEY_SECRET.search(name.lower()))
+
+
+def read(env: Mapping[str, str], name: str) -> str | None:
+    """The value of `name`, or the contents of the file named by `name_FILE` (one trailing newline
+    removed); None when neither is set. SecretError when both are set or the file is unreadable."""
+    file_var = name + FILE_SUFFIX
+    if name in env and file_var in env:
+        raise SecretError(f"{name} and {file_var} are both set; set one of them")
+    if file_var in env:
+        try:
+            text = Path(env[file_var]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise SecretError(f"{file_var}: cannot read the file it names ({reason})") from None
+        return text[:-1] if text.endswith("\n") else text
+    return env.get(name)
+
+
+@attrs.frozen
+class Credentials:
+    """The exchange's API key pair (repr never shows them)."""
+
+    api_key: str = attrs.field(repr=False)
+    api_secret: str = attrs.field(repr=False)
+
+
+def credentials(env: Mapping[str, str]) -> Credentials:
+    """The API key pair from the environment; SecretError names what is missing. An empty key is
+    returned as it is (the exchange's answer to it is the preflight's to report)."""
+    key = read(env, API_KEY)
+    secret = read(env, API_SECRET)
+    missing = [name for name, value in ((API_KEY, key), (API_SECRET, secret)) if value is None]
+    if missing:
+        raise SecretError(
+            f"{' and '.join(missing)} not set: export the exchange's API key pair "
+            f"({API_KEY}, {API_SECRET}; or {API_KEY}{FILE_SUFFIX}, {API_SECRET}{FILE_SUFFIX} naming files)"
+        )
+    assert key is not None and secret is not None
+    return Credentials(key, secret)
+
+
+def state_key(env: Mapping[str, str]) -> bytes | None:
+    """The checkpoint HMAC key, or None when `LAPTOP_AGENTS_STATE_KEY` is not set."""
+    value = read(env, STATE_KEY)
+    if value is None:
+        return None
+    if len(value) < MIN_STATE_KEY:
+        raise SecretError(f"{STATE_KEY}: too short; expected at least {MIN_STATE_KEY} characters")
+    return value.encode("utf-8")
+
+
+def secret_values(env: Mapping[str, str]) -> list[str]:
+    """Every value to scrub: of secret-named variables and of the files the known `_FILE` ones name."""
+    values: set[str] = set()
+    for name, value in env.items():
+        if name.startswith(_CONFIG_ENV_PREFIX):
+            continue  # config keys: a secret-named one is refused by the config, never used
+        if name.endswith(FILE_SUFFIX) and name[: -len(FILE_SUFFIX)] in (API_KEY, API_SECRET, STATE_KEY):
+            try:
+                value = read(env, name[: -len(FILE_SUFFIX)]) or ""
+            except SecretError:
+                continue
+        elif not is_secret_name(name):
+            continue
+        if len(value) >= MIN_SCRUBBED:
+            values.add(value)
+    return sorted(values, key=len, reverse=True)  # longest first: a secret containing another
+
+
+class Scrubber:
+    """Replaces each secret (and its JSON-escaped and URL-quoted forms) by `***`."""
+
+    def __init__(self, values: list[str]) -> None:
+        forms: set[str] = set()
+        for value in values:
+            forms.add(value)
+            forms.add(json.dumps(value)[1:-1])
+            forms.add(quote(value, safe=""))
+        self.forms = sorted((f for f in forms if len(f) >= MIN_SCRUBBED), key=len, reverse=True)
+
+    def __bool__(self) -> bool:
+        return bool(self.forms)
+
+    def scrub(self, text: str) -> str:
+        for form in self.forms:
+            if form in text:
+                text = text.replace(form, MASK)
+        return text
+
+
+_scrubber = Scrubber([])
+
+
+def install(env: Mapping[str, str]) -> Scrubber:
+    """Make `scrub` replace the secrets of `env` (called once, at start)."""
+    global _scrubber
+    _scrubber = Scrubber(secret_values(env))
+    return _scrubber
+
+
+def active() -> bool:
+    """True when some secret is to be scrubbed (writers skip the work otherwise)."""
+    return bool(_scrubber)
+
+
+def scrub(text: str) -> str:
+    """`text` without any installed secret."""
+    return _scrubber.scrub(text) if _scrubber else text
+
+
+def child_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` for a child process: every secret-named variable (and the `_FILE` forms) left out."""
+    return {name: value for name, value in env.items() if not is_secret_name(name)}
