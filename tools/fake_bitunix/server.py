@@ -1,4 +1,5 @@
-"""A fake Bitunix futures exchange on 127.0.0.1: public WebSocket and REST market data, with faults.
+"""A fake Bitunix futures exchange on 127.0.0.1: public WebSocket and REST market data, with faults,
+and one signed private REST endpoint (the account, for the key preflight).
 
 `python -m tools.fake_bitunix --port 0` (see `--help`), or in a test:
 `await nursery.start(FakeBitunix(seed=1).run)`, then `fake.ws_url` / `fake.rest_url`.
@@ -54,6 +55,12 @@ kills the socket). `1month` candles are 30-day buckets and `1week` buckets follo
 floor(ts / interval), i.e. they start on Thursdays. `mark_kline_*` and REST `type=MARK_PRICE`
 serve the last-price candles. REST kline with `startTime` and no `endTime` returns the `limit`
 candles from startTime on (still newest first); otherwise the newest `limit` up to endTime/now.
+
+Private REST: `GET /api/v1/futures/account?marginCoin=USDT` checks the signature of
+../shared/docs/bitunix-private-api.md §1.4 over the query values as received and the raw body
+(`_RestApp.authenticate` lists the checks and their codes) against the `api_keys` it is given, and
+answers the USDT account (an object, or a list with `account_as_list`). Every REST answer carries
+a `Date` header of the fake's auth clock (`clock_offset_s`), which also checks the timestamps.
 """
 
 from __future__ import annotations
@@ -62,7 +69,10 @@ import argparse
 import copy
 import csv
 import datetime as dt
+import email.utils
 import gzip
+import hashlib
+import hmac
 import io
 import json
 import logging
@@ -73,7 +83,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from functools import partial
 from itertools import pairwise
 from pathlib import Path
@@ -149,6 +159,18 @@ REST_INTERVALS_MS = {
 WRONG_SYMBOLS = ("ETHUSDT", "XRPUSDT", "DOGEUSDT", "ZZZZUSDT")  # a malformed frame's: the first not served
 DEPTH_CHANNELS = {"depth_book1": 1, "depth_book5": 5, "depth_book15": 15}
 DEPTH_LIMITS = {"1": 1, "5": 5, "15": 15, "50": 50, "max": BOOK_LEVELS}
+# GET /api/v1/futures/account (private): the doc's example account, every field a string (§2.9)
+ACCOUNT = {
+    "marginCoin": "USDT",
+    "available": "1000",
+    "frozen": "0",
+    "margin": "10",
+    "transfer": "1000",
+    "positionMode": "HEDGE",
+    "crossUnrealizedPNL": "2",
+    "isolationUnrealizedPNL": "0",
+    "bonus": "0",
+}
 
 Candle6 = tuple[int, int, int, int, int, int]  # o, h, l, c (ticks), base volume (units), quote (ticks*units)
 
@@ -970,8 +992,14 @@ def _int_param(params: dict[str, str], name: str) -> int | None:
         raise _bad_param() from None
 
 
+def _sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 class _RestApp:
-    """The ASGI app behind hypercorn: GET /api/v1/futures/market/*."""
+    """The ASGI app behind hypercorn: GET /api/v1/futures/market/* (public) and GET
+    /api/v1/futures/account (private: signed, see `authenticate`). Every answer carries a `Date`
+    header of the fake's auth clock (`FakeBitunix.auth_now`: wall time plus `clock_offset_s`)."""
 
     def __init__(self, server: FakeBitunix) -> None:
         self.srv = server
@@ -983,6 +1011,10 @@ class _RestApp:
             "/api/v1/futures/market/tickers": self.tickers,
             "/api/v1/futures/market/funding_rate": self.funding_rate,
             "/api/v1/futures/market/trading_pairs": self.trading_pairs,
+        }
+        # signed: authenticate(...) before the route runs
+        self.private_routes: dict[str, Callable[[dict[str, str], int], Any]] = {
+            "/api/v1/futures/account": self.account,
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -996,13 +1028,26 @@ class _RestApp:
                     return
         if scope["type"] != "http":
             return
-        status, ctype, body = self.reply(scope)
+        request_body = b""
+        while True:  # the raw body: a signed request's signature covers it
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # http.disconnect: the client went away
+            request_body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        status, ctype, body = self.reply(scope, request_body)
         await trio.sleep(self.srv.faults.latency_ms / 1000)
-        headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+        headers = [
+            (b"content-type", ctype),
+            (b"content-length", str(len(body)).encode()),
+            # hypercorn's own Date is switched off (run): this one is of the fake's (offset) clock
+            (b"date", email.utils.formatdate(self.srv.auth_now(), usegmt=True).encode("ascii")),
+        ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    def reply(self, scope: Scope) -> tuple[int, bytes, bytes]:
+    def reply(self, scope: Scope, body: bytes = b"") -> tuple[int, bytes, bytes]:
         srv, faults = self.srv, self.srv.faults
         srv.stats.rest_requests += 1
         now = trio.current_time()
@@ -1029,15 +1074,66 @@ class _RestApp:
             )
         if error == "network_error":
             return self.envelope(1, None, "Network Error")
-        route = self.routes.get(scope["path"]) if scope["method"] in ("GET", "HEAD") else None
+        private = self.private_routes.get(scope["path"])
+        route = None
+        if scope["method"] in ("GET", "HEAD"):
+            route = self.routes.get(scope["path"]) or private
         if route is None:
             return self.envelope(404, None, "Not Found")
         query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         params = {k: v[-1] for k, v in query.items()}
         try:
+            if private is not None:
+                self.authenticate(scope, params, body)
             return self.envelope(0, route(params, srv.now_ms()), "Success")
         except _RestError as e:
             return self.envelope(e.code, None, e.msg)
+
+    def authenticate(self, scope: Scope, params: dict[str, str], body: bytes) -> None:
+        """The checks of a signed request (../shared/docs/bitunix-private-api.md §1.3, §1.4), in
+        this order; _RestError on the first that fails:
+
+        1. a missing or empty `api-key` header: 10003 "api-key can't be empty";
+        2. a key the fake does not know: 10007 "Sign signature error" (the real exchange's code for
+           it is undocumented; a key it does not know cannot make a valid signature);
+        3. a client IP outside the key's `api_ip_whitelist` (when the key has one): 10004;
+        4. a `timestamp` that is not an integer (ms), or farther than `timestamp_window_s` from the
+           fake's auth clock: 10007. The real window and its error code are undocumented (§1.3,
+           §9.8), so the fake answers as for a bad signature; a client diagnoses a skew from the
+           `Date` header, which every answer carries;
+        5. a `sign` that is not sha256_hex(sha256_hex(nonce + timestamp + apiKey + queryParams +
+           body) + secret), queryParams being the query's keys sorted ascending, each followed by
+           its value as received (percent-decoded), and body the raw bytes received: 10007.
+        """
+        headers: dict[str, str] = {}
+        for name, value in scope.get("headers", []):
+            headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        api_key = headers.get("api-key", "")
+        if not api_key:
+            raise _RestError(10003, "api-key can't be empty")
+        secret = self.srv.api_keys.get(api_key)
+        if secret is None:
+            raise _RestError(10007, "Sign signature error")
+        allowed = self.srv.api_ip_whitelist.get(api_key)
+        client = scope.get("client")
+        if allowed is not None and (client is None or client[0] not in allowed):
+            raise _RestError(10004, "The current ip is not in the apikey ip whitelist")
+        timestamp = headers.get("timestamp", "")
+        try:
+            ts = int(timestamp)
+        except ValueError:
+            raise _RestError(10007, "Sign signature error") from None
+        if abs(ts - self.srv.auth_now() * 1000) > self.srv.timestamp_window_s * 1000:
+            raise _RestError(10007, "Sign signature error")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _RestError(10007, "Sign signature error") from None
+        query = "".join(k + params[k] for k in sorted(params))
+        digest = _sha256_hex(headers.get("nonce", "") + timestamp + api_key + query + text)
+        expected = _sha256_hex(digest + secret)
+        if not hmac.compare_digest(expected.encode(), headers.get("sign", "").encode("latin-1")):
+            raise _RestError(10007, "Sign signature error")
 
     @staticmethod
     def envelope(code: int, data: Any, msg: str) -> tuple[int, bytes, bytes]:
@@ -1140,6 +1236,15 @@ class _RestApp:
     def trading_pairs(self, params: dict[str, str], now: int) -> list[dict[str, Any]]:
         return [{**market.trading_pair(), **self.srv.trading_pair} for market in self.markets(params)]
 
+    def account(self, params: dict[str, str], now: int) -> dict[str, str] | list[dict[str, str]]:
+        """The futures account of `marginCoin` (§2.9): required (else 10002); the fake holds USDT
+        only (another coin: 10002 too). An object, or a one-element list with `account_as_list`."""
+        coin = params.get("marginCoin", "")
+        if coin.upper() != "USDT":
+            raise _RestError(10002, "Parameter Error")
+        row = {**ACCOUNT, **self.srv.account, "marginCoin": "USDT"}
+        return [row] if self.srv.account_as_list else row
+
 
 # --- the exchange ----------------------------------------------------------------------------------
 
@@ -1156,6 +1261,16 @@ class FakeBitunix:
     `time_offset_s` shifts the exchange clock (e.g. to put a candle close 2 s after the start);
     `ws_port`/`rest_port` 0 take free ports; `faults` and `stats` may be read and changed live;
     `trading_pair` replaces members of every symbol's `trading_pairs` row.
+
+    Private REST (`GET /api/v1/futures/account`, signed: `_RestApp.authenticate`): `api_keys` maps
+    each key the fake knows to its secret; `api_ip_whitelist` maps a key to the client IPs it
+    accepts (a key not in it: any IP); `timestamp_window_s` is how far a request's timestamp may be
+    from the fake's auth clock; `account_as_list` answers the account as a one-element list (the
+    docs' form) instead of an object (the live API's, per TIQ); `account` replaces members of the
+    account object. `clock_offset_s` shifts the auth clock (`auth_now`: wall time plus it), which
+    stamps every REST answer's `Date` header and checks timestamps: a fake whose clock is off. It
+    is apart from `time_offset_s`, which shifts the market data only (a test's convenience, not a
+    clock the client should see as skewed).
     """
 
     def __init__(
@@ -1179,6 +1294,12 @@ class FakeBitunix:
         ws_port: int = 0,
         rest_port: int = 0,
         trading_pair: dict[str, Any] | None = None,
+        api_keys: Mapping[str, str] | None = None,
+        api_ip_whitelist: Mapping[str, tuple[str, ...]] | None = None,
+        clock_offset_s: float = 0.0,
+        timestamp_window_s: float = 30.0,
+        account_as_list: bool = False,
+        account: dict[str, str] | None = None,
     ) -> None:
         names = [s.upper() for s in (symbols or (symbol,))]
         if len(set(names)) != len(names) or not all(names):
@@ -1187,6 +1308,12 @@ class FakeBitunix:
         self.symbol = self.symbols[0]
         # members of every trading_pairs row to replace (a test's CANCEL_ONLY, a garbled row)
         self.trading_pair = dict(trading_pair or {})
+        self.api_keys = dict(api_keys or {})  # key -> secret
+        self.api_ip_whitelist = {k: tuple(v) for k, v in (api_ip_whitelist or {}).items()}
+        self.clock_offset_s = clock_offset_s
+        self.timestamp_window_s = timestamp_window_s
+        self.account_as_list = account_as_list
+        self.account = dict(account or {})  # members of the account object to replace
         self.seed = seed
         self.faults = faults if faults is not None else Faults()
         self.push_interval_s = push_interval_s
@@ -1231,6 +1358,10 @@ class FakeBitunix:
         """Exchange time in ms (wall time plus time_offset_s)."""
         return int((time.time() + self.time_offset_s) * 1000)
 
+    def auth_now(self) -> float:
+        """The clock of the private API and of the `Date` headers, in s: wall time plus clock_offset_s."""
+        return time.time() + self.clock_offset_s
+
     def truth_candles(self, symbol: str | None = None) -> list[tuple[int, float, float, float, float, float]]:
         """Every closed 1-minute candle of `symbol` (default: the first), oldest first:
         (open_time_ms, o, h, l, c, base volume)."""
@@ -1249,6 +1380,7 @@ class FakeBitunix:
                 config = hypercorn.config.Config()
                 config.bind = [f"127.0.0.1:{self.rest_port}"]
                 config.loglevel = "WARNING"
+                config.include_date_header = False  # _RestApp sends its own, of the offset clock
                 app = cast(Any, _RestApp(self))
                 binds = await nursery.start(partial(hypercorn.trio.serve, app, config))
                 nursery.start_soon(self._fault_loop)
@@ -1480,6 +1612,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rest-rate-limit", type=float, default=10, metavar="N", help="REST requests/s (0: none)")
     p.add_argument("--latency-ms", type=float, default=0)
     p.add_argument("--port-file", type=Path, help="also write the URLs line to this file")
+    p.add_argument(
+        "--api-key",
+        default="",
+        metavar="KEY",
+        help="a key the private REST accepts (with --api-secret; test keys only: a command line is visible)",
+    )
+    p.add_argument("--api-secret", default="", metavar="SECRET", help="the secret of --api-key")
+    p.add_argument(
+        "--clock-offset",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="the private API's clock (and every REST Date header) is S s ahead (negative: behind)",
+    )
+    p.add_argument(
+        "--account-as-list",
+        action="store_true",
+        help="answer the account as a one-element list (the docs' form) instead of an object",
+    )
     return p
 
 
@@ -1529,6 +1680,8 @@ def main(argv: list[str] | None = None) -> int:
         latency_ms=a.latency_ms,
     )
     symbols = [*a.symbol, *(x.strip() for x in a.symbols.split(",") if x.strip())] or ["BTCUSDT"]
+    if bool(a.api_key) != bool(a.api_secret):
+        parser.error("--api-key and --api-secret go together")
     try:
         fake = FakeBitunix(
             symbols=symbols,
@@ -1541,6 +1694,9 @@ def main(argv: list[str] | None = None) -> int:
             zigzag_pct=a.zigzag,
             ws_port=a.port,
             rest_port=a.rest_port,
+            api_keys={a.api_key: a.api_secret} if a.api_key else None,
+            clock_offset_s=a.clock_offset,
+            account_as_list=a.account_as_list,
         )
     except ValueError as e:
         parser.error(str(e))

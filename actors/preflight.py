@@ -1,0 +1,240 @@
+"""The key preflight: `python -m actors.main --preflight` (no trio; one synchronous httpx request).
+
+It reads the exchange's API key pair from the environment (`BITUNIX_API_KEY`, `BITUNIX_API_SECRET`,
+or the `_FILE` forms naming files: see actors/secrets.py) and sends one signed
+`GET {feed.rest_url}/api/v1/futures/account?marginCoin=USDT` (../shared/docs/bitunix-private-api.md
+§1.3, §1.4, §2.9). It changes nothing on the exchange and never places an order.
+
+It prints exactly one line and exits with:
+
+- 0: the exchange accepts the key; stdout `preflight ok: <url> accepts the key; USDT available=...
+  frozen=... margin=...`.
+- 2: setup: the key pair is not set, its file cannot be read, or a value has whitespace or
+  non-ASCII characters (a copy-and-paste slip); stderr `preflight: <what is wrong>`.
+- 3: the exchange refused the request; stderr `preflight failed: <url>: <reason>`:
+  an empty api key (10003), this machine's IP not in the key's whitelist (10004), a rejected
+  signature (10007, a wrong secret), a key without permission (403), any other code with the
+  exchange's message, or a clock skew. The REST timestamp window is undocumented (§1.3, §9.8), so a
+  skew is diagnosed from the HTTP `Date` header of the answer: a refusal while this machine's clock
+  is more than `SKEW_TOLERANCE_S` away from it is reported as the clock's fault.
+- 4: the exchange cannot be reached: a network error, a timeout, an HTTP status other than 200 or
+  an answer that is not the exchange's JSON envelope; stderr `preflight failed: cannot reach <url>: ...`.
+
+The URL printed is only scheme://host[:port] of `feed.rest_url`, and every printed line goes
+through `actors.secrets.scrub` (and a scrubber of the environment's secrets): the key and the
+secret are never echoed, not even when the exchange's message would quote them.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import re
+import secrets as random_secrets
+import sys
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import urlsplit
+
+import httpx
+
+from actors import secrets
+
+if TYPE_CHECKING:
+    from actors.config import Config
+
+EXIT_OK = 0
+EXIT_SETUP = 2
+EXIT_REFUSED = 3
+EXIT_UNREACHABLE = 4
+
+ACCOUNT_PATH = "/api/v1/futures/account"
+MARGIN_COIN = "USDT"
+TIMEOUT_S = 5.0
+# a refusal while the clocks differ by more than this is put down to the clock (the exchange's
+# own window is undocumented; its Date header has whole seconds)
+SKEW_TOLERANCE_S = 5.0
+
+REASONS = {
+    10003: "api key empty",
+    10004: "this machine's IP is not in the key's whitelist",
+    10007: "signature rejected (wrong secret?)",
+    403: "the key lacks permission for this operation (enable futures reading/trading on the key)",
+}
+# the codes whose reason does not depend on the clock (a skew is then only mentioned)
+_CLOCK_INDEPENDENT = (10003, 10004, 403)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_PRINTABLE = re.compile(r"[\x21-\x7e]*")  # what a key and a secret are made of (an HTTP header can carry it)
+
+
+def _sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def sign(
+    api_key: str, secret: str, nonce: str, timestamp_ms: int | str, query: Mapping[str, str], body: str
+) -> str:
+    """The `sign` header of a private REST request (§1.4): the query's keys sorted ascending, each
+    followed by its raw value (no `=` or `&`); digest = sha256_hex(nonce + timestamp + apiKey +
+    queryParams + body); sign = sha256_hex(digest + secret), lowercase hex. `body` is the exact text
+    sent ("" for a GET)."""
+    params = "".join(k + query[k] for k in sorted(query))
+    digest = _sha256_hex(f"{nonce}{timestamp_ms}{api_key}{params}{body}")
+    return _sha256_hex(digest + secret)
+
+
+def origin(url: str) -> str:
+    """scheme://host[:port] of `url`: never a user:password@ part, a path or a query."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+class _Out:
+    """Writes the one line: scrubbed of every secret, on one line."""
+
+    def __init__(self, env: Mapping[str, str], extra: list[str]) -> None:
+        self.scrubber = secrets.Scrubber([*secrets.secret_values(env), *extra])
+
+    def line(self, text: str, stream: TextIO) -> None:
+        text = self.scrubber.scrub(secrets.scrub(text))
+        print(_CONTROL.sub(" ", text).strip(), file=stream, flush=True)
+
+
+def run_preflight(config: Config, env: Mapping[str, str]) -> int:
+    """Check the key pair of `env` against `config.feed.rest_url`; one line printed, the exit code
+    returned (see the module docstring)."""
+    out = _Out(env, [])
+    try:
+        creds = secrets.credentials(env)
+    except secrets.SecretError as exc:
+        out.line(f"preflight: {exc}", sys.stderr)
+        return EXIT_SETUP
+    out = _Out(env, [creds.api_key, creds.api_secret])
+    for name, value in ((secrets.API_KEY, creds.api_key), (secrets.API_SECRET, creds.api_secret)):
+        if not _PRINTABLE.fullmatch(value):
+            out.line(
+                f"preflight: {name}: has whitespace or characters other than printable ASCII, which "
+                "an API key pair never has (a stray space or newline?)",
+                sys.stderr,
+            )
+            return EXIT_SETUP
+    base = config.feed.rest_url
+    where = origin(base)
+    query = {"marginCoin": MARGIN_COIN}
+    nonce = random_secrets.token_hex(16)
+    timestamp = str(int(time.time() * 1000))
+    headers = {
+        "api-key": creds.api_key,
+        "nonce": nonce,
+        "timestamp": timestamp,
+        "sign": sign(creds.api_key, creds.api_secret, nonce, timestamp, query, ""),
+        "Content-Type": "application/json",
+        "language": "en-US",
+    }
+    sent = time.time()
+    try:
+        with httpx.Client(timeout=TIMEOUT_S) as http:
+            response = http.get(base.rstrip("/") + ACCOUNT_PATH, params=query, headers=headers)
+    except httpx.TimeoutException:
+        out.line(f"preflight failed: cannot reach {where}: no answer within {TIMEOUT_S:g} s", sys.stderr)
+        return EXIT_UNREACHABLE
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        reason = str(exc) or type(exc).__name__
+        out.line(f"preflight failed: cannot reach {where}: {reason}", sys.stderr)
+        return EXIT_UNREACHABLE
+    received = time.time()
+    if response.status_code != 200:
+        phrase = response.reason_phrase or httpx.codes.get_reason_phrase(response.status_code)
+        phrase = f" {phrase}" if phrase else ""
+        out.line(f"preflight failed: cannot reach {where}: HTTP {response.status_code}{phrase}", sys.stderr)
+        return EXIT_UNREACHABLE
+    envelope = _envelope(response)
+    if envelope is None:
+        out.line(
+            f"preflight failed: cannot reach {where}: the answer is not the exchange's JSON envelope "
+            f"(content-type {response.headers.get('content-type', 'none')})",
+            sys.stderr,
+        )
+        return EXIT_UNREACHABLE
+    code, msg, data = envelope
+    if code == 0:
+        out.line(f"preflight ok: {where} accepts the key; {_balance(data)}", sys.stdout)
+        return EXIT_OK
+    skew = _skew(response.headers.get("date"), (sent + received) / 2)
+    out.line(f"preflight failed: {where}: {_reason(code, msg, skew)}", sys.stderr)
+    return EXIT_REFUSED
+
+
+def _envelope(response: httpx.Response) -> tuple[int, str, Any] | None:
+    """(code, msg, data) of a `{"code", "msg", "data"}` answer; None for anything else."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or "code" not in body:
+        return None
+    code = body["code"]
+    if isinstance(code, str) and code.strip().lstrip("-").isdigit():
+        code = int(code)
+    if not isinstance(code, int) or isinstance(code, bool):
+        return None
+    msg = body.get("msg")
+    return code, msg if isinstance(msg, str) else "", body.get("data")
+
+
+def _balance(data: Any) -> str:
+    """`USDT available=.. frozen=.. margin=..` of the account data: an object or a list of them."""
+    rows = data if isinstance(data, list) else [data]
+    for row in rows:
+        if isinstance(row, dict) and row.get("marginCoin") == MARGIN_COIN:
+            fields = " ".join(f"{name}={_field(row.get(name))}" for name in ("available", "frozen", "margin"))
+            return f"{MARGIN_COIN} {fields}"
+    return f"no {MARGIN_COIN} account in its answer"
+
+
+def _field(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return "?"
+    text = str(value)
+    return text if len(text) <= 40 else "?"
+
+
+def _skew(date: str | None, local: float) -> float | None:
+    """This machine's clock minus the exchange's (s), from the answer's `Date` header (whole
+    seconds: its middle is taken); None without a readable header."""
+    if not date:
+        return None
+    try:
+        server = email.utils.parsedate_to_datetime(date).timestamp() + 0.5
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return local - server
+
+
+def _clock(skew: float) -> str:
+    side = "ahead of" if skew > 0 else "behind"
+    return f"this machine's clock is {abs(skew):.0f} s {side} the exchange's (sync it, e.g. NTP)"
+
+
+def _reason(code: int, msg: str, skew: float | None) -> str:
+    """The one-line reason of a refusal with `code` and the exchange's `msg`."""
+    told = f"code {code}: {msg}" if msg else f"code {code}"
+    skewed = skew is not None and abs(skew) > SKEW_TOLERANCE_S
+    if code in _CLOCK_INDEPENDENT:
+        also = f"; also {_clock(skew)}" if skewed and skew is not None else ""
+        return f"{REASONS[code]} ({told}){also}"
+    if skewed and skew is not None:
+        return f"clock skew: {_clock(skew)} ({told})"
+    if code == 10007:
+        checked = "" if skew is not None else "; the clocks could not be compared (no Date header)"
+        return f"{REASONS[code]} ({told}){checked}"
+    return f"exchange refused: {told}"

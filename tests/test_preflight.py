@@ -1,0 +1,371 @@
+"""The key preflight (`python -m actors.main --preflight`, actors/preflight.py) and the fake
+exchange's signed account endpoint: the signature's known-answer vectors, then the CLI against the
+fake on 127.0.0.1 for each answer it can get (one line, the exit code, no secret echoed)."""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+import trio
+
+from actors.preflight import _reason, origin, sign
+from tools.fake_bitunix import FakeBitunix, Faults
+
+REPO = Path(__file__).resolve().parents[1]
+ACCOUNT = "/api/v1/futures/account"
+KEY = "pf-key-4d1c9a7e03b2"
+SECRET = "pf-secret-8b5e2f6a91c7"
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def expected_sign(key: str, secret: str, nonce: str, ts: str, query: str, body: str) -> str:
+    """§1.4 written out in the test, apart from the code under test; `query` already concatenated."""
+    return sha256_hex(sha256_hex(nonce + ts + key + query + body) + secret)
+
+
+# --- the signature: known answers -------------------------------------------------------------------
+
+
+def test_official_known_answer_vector() -> None:
+    args = ("11111111111111111", "22222222222222222", "33333333333333333")
+    got = sign(*args, 1747104711262, {"marginCoin": "USDT"}, "")
+    assert got == "40e87256554e263e39201a3979469b7fbb640d1c7c41759abf5c6a18f937f922"
+    digest = sha256_hex("33333333333333333" + "1747104711262" + "11111111111111111" + "marginCoinUSDT")
+    assert digest == "ea0f6d6bc37d102c41ccbd820f4cfbb10663f3675a75aea80a353e0e317fcdcc"
+    assert got == sha256_hex(digest + "22222222222222222")
+
+
+def test_doc_example_vector_sorts_the_query_keys() -> None:
+    body = '{"uid":"2899","arr":[{"id":1,"name":"maple"},{"id":2,"name":"lily"}]}'
+    want = "00397cd1e52c7dce3258067324363b6361fabc9178a0912b330c138db8745655"
+    assert (
+        sign("yourApiKey", "yourSecretKey", "123456", "20241120123045", {"uid": "200", "id": "1"}, body)
+        == want
+    )
+    assert expected_sign("yourApiKey", "yourSecretKey", "123456", "20241120123045", "id1uid200", body) == want
+
+
+def test_post_vector_signs_the_body_and_no_query() -> None:
+    body = (
+        '{"symbol":"BTCUSDT","side":"BUY","orderType":"LIMIT","qty":"0.5","price":"60000",'
+        '"effect":"GTC","clientId":"c1"}'
+    )
+    want = "71ea8cb9bfe5aee31d806129e298be951474b562f56c4c9bee064b5d3e172876"
+    args = ("11111111111111111", "22222222222222222", "33333333333333333")
+    assert sign(*args, "1747104711262", {}, body) == want
+    assert expected_sign(*args, "1747104711262", "", body) == want
+
+
+def test_printed_url_is_scheme_host_port_only() -> None:
+    assert origin("https://fapi.bitunix.com") == "https://fapi.bitunix.com"
+    assert origin("http://u:pw@127.0.0.1:8080/prefix/?q=1") == "http://127.0.0.1:8080"
+    assert origin("http://[::1]:9000/x") == "http://[::1]:9000"
+
+
+@pytest.mark.parametrize(
+    ("code", "skew", "want"),
+    [
+        (10007, 0.4, "signature rejected (wrong secret?) (code 10007: m)"),
+        (
+            10007,
+            -7.0,
+            "clock skew: this machine's clock is 7 s behind the exchange's (sync it, e.g. NTP) (code 10007: m)",
+        ),
+        (
+            10007,
+            None,
+            "signature rejected (wrong secret?) (code 10007: m); the clocks could not be compared (no Date header)",
+        ),
+        (20011, 0.0, "exchange refused: code 20011: m"),
+        (
+            20011,
+            9.0,
+            "clock skew: this machine's clock is 9 s ahead of the exchange's (sync it, e.g. NTP) (code 20011: m)",
+        ),
+        (
+            403,
+            0.0,
+            "the key lacks permission for this operation (enable futures reading/trading on the key) (code 403: m)",
+        ),
+        (
+            10004,
+            60.0,
+            "this machine's IP is not in the key's whitelist (code 10004: m); also this machine's clock is 60 s ahead of the exchange's (sync it, e.g. NTP)",
+        ),
+    ],
+)
+def test_refusal_reasons(code: int, skew: float | None, want: str) -> None:
+    assert _reason(code, "m", skew) == want
+
+
+# --- the fake exchange's private endpoint ------------------------------------------------------------
+
+
+@asynccontextmanager
+async def serving(fake: FakeBitunix) -> AsyncIterator[FakeBitunix]:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.run)
+        try:
+            yield fake
+        finally:
+            nursery.cancel_scope.cancel()
+    assert fake.stats.internal_errors == 0
+
+
+def fake(**kw: Any) -> FakeBitunix:
+    kw.setdefault("api_keys", {KEY: SECRET})
+    return FakeBitunix(seed=1, history_candles=5, **kw)
+
+
+def signed_headers(query: str, body: str, *, ts: str | None = None, nonce: str = "n" * 32) -> dict[str, str]:
+    ts = str(int(time.time() * 1000)) if ts is None else ts
+    return {
+        "api-key": KEY,
+        "nonce": nonce,
+        "timestamp": ts,
+        "sign": expected_sign(KEY, SECRET, nonce, ts, query, body),
+        "Content-Type": "application/json",
+    }
+
+
+async def get_account(
+    http: httpx.AsyncClient, params: Mapping[str, str], headers: Mapping[str, str], body: str = ""
+) -> Any:
+    url = ACCOUNT + ("?" + urlencode(params) if params else "")
+    response = await http.request("GET", url, headers=dict(headers), content=body.encode())
+    assert response.status_code == 200
+    return response.json()
+
+
+@pytest.mark.slow
+async def test_fake_refuses_a_request_altered_after_signing() -> None:
+    with trio.fail_after(5):
+        async with serving(fake()) as f, httpx.AsyncClient(base_url=f.rest_url) as http:
+            good = signed_headers("marginCoinUSDT", "")
+            answer = await get_account(http, {"marginCoin": "USDT"}, good)
+            assert answer["code"] == 0 and answer["data"]["marginCoin"] == "USDT"
+            # a parameter added after signing
+            answer = await get_account(http, {"marginCoin": "USDT", "x": "1"}, good)
+            assert (answer["code"], answer["msg"]) == (10007, "Sign signature error")
+            # a value changed after signing
+            answer = await get_account(http, {"marginCoin": "BTC"}, good)
+            assert answer["code"] == 10007
+            # the body changed after signing (the raw bytes are signed, spaces included)
+            headers = signed_headers("marginCoinUSDT", '{"a":1}')
+            assert (await get_account(http, {"marginCoin": "USDT"}, headers, '{"a":1}'))["code"] == 0
+            assert (await get_account(http, {"marginCoin": "USDT"}, headers, '{"a":2}'))["code"] == 10007
+            assert (await get_account(http, {"marginCoin": "USDT"}, headers, '{"a": 1}'))["code"] == 10007
+            # query values are signed decoded: a value that needs escaping
+            headers = signed_headers("marginCoinUSDT" + "zza&b=c d", "")
+            answer = await get_account(http, {"marginCoin": "USDT", "zz": "a&b=c d"}, headers)
+            assert answer["code"] == 0
+
+
+@pytest.mark.slow
+async def test_fake_auth_checks_and_codes() -> None:
+    with trio.fail_after(5):
+        async with serving(fake()) as f, httpx.AsyncClient(base_url=f.rest_url) as http:
+            no_key = {**signed_headers("marginCoinUSDT", ""), "api-key": ""}
+            assert (await get_account(http, {"marginCoin": "USDT"}, no_key))["code"] == 10003
+            headers = signed_headers("marginCoinUSDT", "")
+            del headers["api-key"]
+            assert (await get_account(http, {"marginCoin": "USDT"}, headers))["code"] == 10003
+            unknown = {**signed_headers("marginCoinUSDT", ""), "api-key": "someone-else-key"}
+            assert (await get_account(http, {"marginCoin": "USDT"}, unknown))["code"] == 10007
+            bad_ts = signed_headers("marginCoinUSDT", "", ts="soon")
+            assert (await get_account(http, {"marginCoin": "USDT"}, bad_ts))["code"] == 10007
+            old = signed_headers("marginCoinUSDT", "", ts=str(int(time.time() * 1000) - 60_000))
+            assert (await get_account(http, {"marginCoin": "USDT"}, old))["code"] == 10007
+            # signed, but without the required marginCoin
+            answer = await get_account(http, {}, signed_headers("", ""))
+            assert (answer["code"], answer["msg"], answer["data"]) == (10002, "Parameter Error", None)
+
+
+@pytest.mark.slow
+async def test_fake_account_fields_and_list_form() -> None:
+    with trio.fail_after(5):
+        async with serving(fake(account_as_list=True)) as f, httpx.AsyncClient(base_url=f.rest_url) as http:
+            answer = await get_account(http, {"marginCoin": "USDT"}, signed_headers("marginCoinUSDT", ""))
+    assert answer["code"] == 0 and answer["msg"] == "Success"
+    (row,) = answer["data"]
+    assert set(row) == {
+        "marginCoin",
+        "available",
+        "frozen",
+        "margin",
+        "transfer",
+        "positionMode",
+        "crossUnrealizedPNL",
+        "isolationUnrealizedPNL",
+        "bonus",
+    }
+    assert all(isinstance(v, str) for v in row.values())
+
+
+@pytest.mark.slow
+async def test_fake_date_header_is_one_and_of_its_offset_clock() -> None:
+    with trio.fail_after(5):
+        async with serving(fake(clock_offset_s=-300)) as f, httpx.AsyncClient(base_url=f.rest_url) as http:
+            for path in ("/api/v1/futures/market/tickers", ACCOUNT, "/nowhere"):
+                response = await http.get(path)
+                dates = response.headers.get_list("date")
+                assert len(dates) == 1, (path, dates)
+                seen = email.utils.parsedate_to_datetime(dates[0]).timestamp()
+                assert abs(seen - (time.time() - 300)) < 3, path
+            public = await http.get("/api/v1/futures/market/kline", params={"symbol": "BTCUSDT"})
+            assert public.json()["code"] == 0  # the public endpoints need no key
+
+
+# --- the CLI against the fake ----------------------------------------------------------------------
+
+
+def preflight_env(**extra: str) -> dict[str, str]:
+    drop = ("BITUNIX_", "LAPTOP_AGENTS_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop) and not k.lower().endswith("_proxy")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+async def run_preflight_cli(rest_url: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "actors.main", "--preflight", "--set", f"feed.rest_url={rest_url}"]
+    run = partial(
+        subprocess.run, cmd, cwd=cwd, env=preflight_env(**env), capture_output=True, text=True, timeout=30
+    )
+    return await trio.to_thread.run_sync(run)
+
+
+def one_line(done: subprocess.CompletedProcess[str], code: int, *secrets: str) -> str:
+    """The only line printed (on stdout for exit 0, else on stderr), checked for what must not be."""
+    lines = (done.stdout + done.stderr).splitlines()
+    assert len(lines) == 1, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    assert done.returncode == code, lines[0]
+    assert (done.stdout if code == 0 else done.stderr).strip() == lines[0]
+    for value in (KEY, SECRET, *secrets):
+        if value:
+            assert value not in done.stdout and value not in done.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+async def test_good_key(tmp_path: Path) -> None:
+    async with serving(fake()) as f:
+        done = await run_preflight_cli(f.rest_url, tmp_path, BITUNIX_API_KEY=KEY, BITUNIX_API_SECRET=SECRET)
+    line = one_line(done, 0)
+    assert line == f"preflight ok: {f.rest_url} accepts the key; USDT available=1000 frozen=0 margin=10"
+    assert list(await trio.Path(tmp_path).iterdir()) == []  # no run folder, no log
+
+
+@pytest.mark.slow
+async def test_good_key_account_as_list(tmp_path: Path) -> None:
+    account = {"available": "1234.5", "frozen": "6.7", "margin": "89"}
+    async with serving(fake(account_as_list=True, account=account)) as f:
+        done = await run_preflight_cli(f.rest_url, tmp_path, BITUNIX_API_KEY=KEY, BITUNIX_API_SECRET=SECRET)
+    assert one_line(done, 0).endswith("accepts the key; USDT available=1234.5 frozen=6.7 margin=89")
+
+
+@pytest.mark.slow
+async def test_secret_file_form(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    async with serving(fake()) as f:
+        done = await run_preflight_cli(
+            f.rest_url, tmp_path, BITUNIX_API_KEY=KEY, BITUNIX_API_SECRET_FILE=str(secret_file)
+        )
+    assert one_line(done, 0).startswith("preflight ok:")
+
+
+@pytest.mark.slow
+async def test_empty_key(tmp_path: Path) -> None:
+    async with serving(fake()) as f:
+        done = await run_preflight_cli(f.rest_url, tmp_path, BITUNIX_API_KEY="", BITUNIX_API_SECRET=SECRET)
+    line = one_line(done, 3)
+    assert line.startswith(f"preflight failed: {f.rest_url}: api key empty")
+    assert "10003" in line
+
+
+@pytest.mark.slow
+async def test_wrong_secret(tmp_path: Path) -> None:
+    wrong = "pf-not-the-secret-5531"
+    async with serving(fake()) as f:
+        done = await run_preflight_cli(f.rest_url, tmp_path, BITUNIX_API_KEY=KEY, BITUNIX_API_SECRET=wrong)
+    line = one_line(done, 3, wrong)
+    assert line.startswith("preflight failed:")
+    assert "signature rejected (wrong secret?)" in line and "10007" in line and "clock" not in line
+
+
+@pytest.mark.slow
+async def test_skewed_clock(tmp_path: Path) -> None:
+    async with serving(fake(clock_offset_s=120)) as f:
+        done = await run_preflight_cli(f.rest_url, tmp_path, BITUNIX_API_KEY=KEY, BITUNIX_API_SECRET=SECRET)
+    line = one_line(done, 3)
+    assert line.startswith(f"preflight failed: {f.rest_url}: clock skew: this machine's clock is ")
+    assert "s behind the exchange's (sync it, e.g. NTP)" in line
+    seconds = int(line.split("clock is ")[1].split(" s ")[0])
+    assert 118 <= seconds <= 122
+
+
+@pytest.mark.slow
+async def test_ip_not_whitelisted(tmp_path: Path) -> None:
+    async with serving(fake(api_ip_whitelist={KEY: ("203.0.113.7",)})) as f:
+        done = await run_preflight_cli(f.rest_url, tmp_path, BITUNIX_API_KEY=KEY, BITUNIX_API_SECRET=SECRET)
+    line = one_line(done, 3)
+    assert "this machine's IP is not in the key's whitelist" in line and "10004" in line
+
+
+@pytest.mark.slow
+async def test_whitelisted_ip_passes(tmp_path: Path) -> None:
+    async with serving(fake(api_ip_whitelist={KEY: ("127.0.0.1",)})) as f:
+        done = await run_preflight_cli(f.rest_url, tmp_path, BITUNIX_API_KEY=KEY, BITUNIX_API_SECRET=SECRET)
+    one_line(done, 0)
+
+
+@pytest.mark.slow
+async def test_keys_missing(tmp_path: Path) -> None:
+    done = await run_preflight_cli("http://127.0.0.1:9", tmp_path, BITUNIX_API_SECRET=SECRET)
+    line = one_line(done, 2)
+    assert line.startswith("preflight: BITUNIX_API_KEY not set")
+
+
+@pytest.mark.slow
+async def test_key_with_a_stray_space(tmp_path: Path) -> None:
+    done = await run_preflight_cli(
+        "http://127.0.0.1:9", tmp_path, BITUNIX_API_KEY=KEY + " ", BITUNIX_API_SECRET=SECRET
+    )
+    assert one_line(done, 2).startswith("preflight: BITUNIX_API_KEY: has whitespace")
+
+
+@pytest.mark.slow
+async def test_http_error_is_cannot_reach(tmp_path: Path) -> None:
+    async with serving(fake(faults=Faults(rest_error_fraction=1.0))) as f:  # first: an HTTP 500
+        done = await run_preflight_cli(f.rest_url, tmp_path, BITUNIX_API_KEY=KEY, BITUNIX_API_SECRET=SECRET)
+    assert one_line(done, 4) == f"preflight failed: cannot reach {f.rest_url}: HTTP 500 Internal Server Error"
+
+
+@pytest.mark.slow
+async def test_unreachable_port(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port that was free a moment ago: nobody listens on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = await run_preflight_cli(
+        f"http://127.0.0.1:{port}", tmp_path, BITUNIX_API_KEY=KEY, BITUNIX_API_SECRET=SECRET
+    )
+    assert one_line(done, 4).startswith(f"preflight failed: cannot reach http://127.0.0.1:{port}: ")
