@@ -18,9 +18,10 @@ def session(s: nox.Session) -> None:
 @nox.session
 def tests(s: nox.Session) -> None:
     """The whole test suite (pytest-trio), in 4 pytest-xdist workers: most of the slow tests wait
-    on real sockets and real processes, so they overlap well on 2 cores. `-- -k name` selects."""
+    on real sockets and real processes, so they overlap well on 2 cores. `-- -k name` selects.
+    The container tests (marker `container`) are `nox -s container`'s."""
     s.install("-e", ".[test]")
-    s.run("pytest", "-q", "-n", "4", *s.posargs)
+    s.run("pytest", "-q", "-n", "4", "-m", "not container", *s.posargs)
 
 
 @nox.session
@@ -28,7 +29,7 @@ def quick(s: nox.Session) -> None:
     """The deterministic subset to run while working (under a minute): no real-time socket,
     process, soak, container or benchmark test (those are marked `slow`)."""
     s.install("-e", ".[test]")
-    s.run("pytest", "-q", "-n", "4", "-m", "not slow", *s.posargs)
+    s.run("pytest", "-q", "-n", "4", "-m", "not slow and not container", *s.posargs)
 
 
 @nox.session
@@ -71,4 +72,51 @@ def soak(s: nox.Session) -> None:
         "tests/test_soak.py",
         *s.posargs,
         env={"SOAK_SECONDS": s.env.get("SOAK_SECONDS", "180")},
+    )
+
+
+@nox.session
+def container(s: nox.Session) -> None:
+    """Build the image (podman) and run the container tests (tests/test_container.py, marker
+    `container`): a read-only session, `podman stop` within 10 s and flat, the HEALTHCHECK, the
+    README's recipes. Needs podman and the base image (CI: ../shared/tools/podman-sandbox.sh);
+    without them this fails (CONTAINER_REQUIRED=1) where `pytest` alone would skip."""
+    s.install("-e", ".[test]")
+    s.run(
+        "pytest",
+        "-q",
+        "-m",
+        "container",
+        "tests/test_container.py",
+        *s.posargs,
+        env={"CONTAINER_REQUIRED": "1"},
+    )
+
+
+LOCK = "requirements.lock"
+
+
+@nox.session
+def lock(s: nox.Session) -> None:
+    """Regenerate requirements.lock, the image's hash-pinned runtime dependencies: pyproject.toml's
+    [project].dependencies (no extras) resolved for Linux and Python 3.11 by `uv pip compile`, every
+    file's sha256 listed (the Containerfile installs it with `pip install --require-hashes`).
+    `-- --upgrade` moves every pin to the newest release; without it the pins kept still fit."""
+    s.install("uv")
+    s.run(
+        "uv",
+        "pip",
+        "compile",
+        "pyproject.toml",
+        "--generate-hashes",
+        "--python-version",
+        "3.11",
+        "--python-platform",
+        "linux",
+        "--custom-compile-command",
+        "nox -s lock",
+        "--quiet",
+        "--output-file",
+        LOCK,
+        *s.posargs,
     )

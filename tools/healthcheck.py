@@ -1,0 +1,70 @@
+"""Is the session alive? `python -m tools.healthcheck [RUN] [--max-age SECONDS]` (the image's HEALTHCHECK).
+
+Exit 0 when the run folder RUN has a heartbeat newer than `--max-age` seconds (default 60), else
+exit 1; either way one line on standard output. RUN defaults to `<run dir>/latest`, the run dir
+being `LAPTOP_AGENTS__SESSION__RUN_DIR` when set (relative to the working directory, as the
+session resolves it) and `/data/runs` otherwise, the image's (its WORKDIR /data, run_dir "runs").
+
+The heartbeat is the modification time of the run folder's `metrics.csv`: the recorder writes a row
+at every heartbeat (`observability.heartbeat_s`, 1 s by default) and flushes it within a second
+(actors/recording/recorder.py), so the file's mtime is the last heartbeat that reached the disk,
+one stat() away. A run folder with `final_report.json` is a finished session: not healthy, whatever
+its age. No import of the project's packages: this runs every 30 s beside the session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_RUN_DIR = "/data/runs"
+DEFAULT_MAX_AGE_S = 60.0
+RUN_DIR_ENV = "LAPTOP_AGENTS__SESSION__RUN_DIR"
+HEARTBEAT_FILE = "metrics.csv"
+
+
+def default_run() -> Path:
+    return Path(os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR) / "latest"
+
+
+def check(run: Path, max_age_s: float, now: float | None = None) -> tuple[bool, str]:
+    """(healthy, the line that says why)."""
+    now = time.time() if now is None else now
+    if not run.is_dir():
+        return False, f"unhealthy: no run folder at {run} (session not started yet?)"
+    if (run / "final_report.json").exists():
+        return False, f"unhealthy: the session of {run} has finished (final_report.json)"
+    try:
+        mtime = (run / HEARTBEAT_FILE).stat().st_mtime
+    except OSError as e:
+        return False, f"unhealthy: no heartbeat in {run} ({HEARTBEAT_FILE}: {e.strerror or e})"
+    age = now - mtime
+    if age > max_age_s:
+        return False, f"unhealthy: last heartbeat {age:.0f} s ago in {run} (limit {max_age_s:g} s)"
+    return True, f"healthy: last heartbeat {max(age, 0.0):.1f} s ago in {run}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m tools.healthcheck",
+        description="Exit 0 when the session's run folder has a fresh heartbeat, else 1.",
+    )
+    p.add_argument("run", nargs="?", type=Path, help=f"run folder (default: {DEFAULT_RUN_DIR}/latest)")
+    p.add_argument(
+        "--max-age",
+        type=float,
+        default=DEFAULT_MAX_AGE_S,
+        metavar="SECONDS",
+        help=f"oldest heartbeat still healthy (default {DEFAULT_MAX_AGE_S:g})",
+    )
+    args = p.parse_args(argv)
+    healthy, line = check(args.run or default_run(), args.max_age)
+    print(line, flush=True)
+    return 0 if healthy else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
