@@ -763,6 +763,9 @@ def file_layer(path: Path, problems: list[str]) -> Layer:
     except tomllib.TOMLDecodeError as exc:
         problems.append(f"--config: {path} is not valid TOML: {exc}")
         return {}
+    except UnicodeDecodeError as exc:
+        problems.append(f"--config: {path} is not valid TOML: not UTF-8 text (byte {exc.start})")
+        return {}
     return dict_layer(data, str(path), problems)
 
 

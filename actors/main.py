@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -23,7 +24,7 @@ from actors.console import print_summary
 from actors.feeds.funding import FundingRates, describe
 from actors.feeds.history import DataError
 from actors.lock import SessionLocked
-from actors.plan import Plan, PlanError, find_resumable, load_recording
+from actors.plan import Plan, PlanError, find_resumable, is_file, load_recording, short_path
 from actors.recording import checkpoint
 from actors.recording.checkpoint import CheckpointError
 from actors.secrets import SecretError
@@ -38,14 +39,24 @@ FLAG_KEYS = {
 }
 
 
+def _terminate(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _safe(message: str) -> str:
+    """`message` without any secret of the environment, and every control character given in a
+    flag, key or value escaped (`\\x1b`): one line that cannot drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in secrets.scrub(message))
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one line, exit 2, no traceback
-        self.exit(2, secrets.scrub(f"{self.prog}: error: {message} (see --help)\n"))
+        self.exit(2, _safe(f"{self.prog}: error: {message} (see --help)") + "\n")
 
 
 def _err(message: str) -> None:
-    """One line on stderr, without any secret of the environment."""
-    print(secrets.scrub(message), file=sys.stderr)
+    """One line on stderr (see `_safe`)."""
+    print(_safe(message), file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,8 +183,8 @@ def _data_files(values: list[str], config: Config) -> tuple[tuple[str, str], ...
             raise PlanError(
                 f"--data {value}: no strategy trades {symbol}; expected one of {', '.join(symbols)}"
             )
-        if not Path(path).is_file():
-            raise PlanError(f"--data: file not found: {path}")
+        if not is_file(path, "--data"):
+            raise PlanError(f"--data: file not found: {short_path(path)}")
         pairs[symbol] = path
     missing = [symbol for symbol in symbols if symbol not in pairs]
     if missing:
@@ -185,8 +196,8 @@ def _funding(path: str | None) -> FundingRates | None:
     """The rates of `--funding FILE`, read whole before anything starts (a bad file: PlanError)."""
     if path is None:
         return None
-    if not Path(path).is_file():
-        raise PlanError(f"--funding: file not found: {path}")
+    if not is_file(path, "--funding"):
+        raise PlanError(f"--funding: file not found: {short_path(path)}")
     try:
         return FundingRates.from_csv(path)
     except DataError as exc:
@@ -206,6 +217,11 @@ def _config(args: argparse.Namespace, flags: dict[str, tuple[Any, str]], env: Ma
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """The CLI; `env`: the environment (None: the process's)."""
+    if argv is None:  # the process's own CLI (not a test calling main)
+        # SIGTERM before the session listens for it (trio's signal receiver, actors/watchdog.py):
+        # exit at once. As PID 1 in a container the default action of SIGTERM is none at all, so
+        # without this handler a `podman stop` during start-up would wait out its timeout.
+        signal.signal(signal.SIGTERM, _terminate)
     env = os.environ if env is None else env
     secrets.install(env)  # before anything can print: every secret of env is scrubbed from output
     os.umask(0o077)  # state at rest: run folders 0700, files 0600
@@ -233,6 +249,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return 2
     except (PlanError, SecretError, CheckpointError) as exc:
         _err(f"error: {exc}")
+        return 2
+    except OSError as exc:  # a path a flag names cannot be looked at (too long, no permission, ...)
+        _err(f"error: {exc.strerror or exc}: {exc.filename or ''}")
         return 2
     if args.check_config or plan is None:
         sys.stdout.write(secrets.scrub(to_toml(config)))

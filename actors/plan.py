@@ -65,34 +65,55 @@ def _ts(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+def short_path(path: str | Path, limit: int = 120) -> str:
+    """A path as a message quotes it: its end, at most `limit` characters."""
+    text = str(path)
+    return text if len(text) <= limit else "..." + text[-(limit - 3) :]
+
+
+def is_file(path: str | Path, flag: str) -> bool:
+    """Whether `path` (given by `flag`) is a file; PlanError naming the flag when it cannot be
+    looked at (a name too long, no permission)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise PlanError(f"{flag}: cannot use {short_path(path)}: {reason}") from None
+
+
 def load_recording(target: Path) -> Recording:
     """A run folder (or its events.jsonl) of a finished session, for --replay."""
     run_path = target.parent if target.name == "events.jsonl" else target
     events_path = run_path / "events.jsonl"
-    if not events_path.is_file():
-        raise PlanError(f"--replay: {target} is not a run folder or events.jsonl")
-    if not (run_path / "market.jsonl").is_file():
+    if not is_file(events_path, "--replay"):
+        raise PlanError(f"--replay: {short_path(target)} is not a run folder or events.jsonl")
+    if not is_file(run_path / "market.jsonl", "--replay"):
         raise PlanError(f"--replay: {run_path} has no market.jsonl (recorded by an older version?)")
     started: dict[str, Any] | None = None
     stopped: dict[str, Any] | None = None
-    with events_path.open(encoding="utf-8") as f:
-        for line in f:
-            event = json.loads(line)
-            if event["kind"] == "session.started" and started is None:
-                started = event
-            elif event["kind"] == "session.stopped":
-                stopped = event
-    if started is None or stopped is None:
-        raise PlanError(f"--replay: {run_path} is not a finished session (no session.started/stopped)")
-    return Recording(
-        run_path=run_path,
-        run_id=started["run_id"],
-        config=started["config"],
-        started_ts=_ts(started["ts"]),
-        ended_ts=_ts(stopped["ts"]),
-        stop_reason=stopped["stop_reason"],
-        funding_source=stopped.get("funding_source", started.get("funding_source")),
-    )
+    try:
+        with events_path.open(encoding="utf-8") as f:
+            for line in f:
+                event = json.loads(line)
+                if event["kind"] == "session.started" and started is None:
+                    started = event
+                elif event["kind"] == "session.stopped":
+                    stopped = event
+        if started is None or stopped is None:
+            raise PlanError(f"--replay: {run_path} is not a finished session (no session.started/stopped)")
+        return Recording(
+            run_path=run_path,
+            run_id=started["run_id"],
+            config=started["config"],
+            started_ts=_ts(started["ts"]),
+            ended_ts=_ts(stopped["ts"]),
+            stop_reason=stopped["stop_reason"],
+            funding_source=stopped.get("funding_source", started.get("funding_source")),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise PlanError(
+            f"--replay: {events_path} is not an events.jsonl this program wrote ({exc!r})"
+        ) from None
 
 
 def is_unfinished(run_path: Path) -> bool:
@@ -108,8 +129,12 @@ def find_resumable(run_dir: Path, run_id: str | None) -> Path | None:
     """
     if run_id is not None:
         path = run_dir / run_id
-        if not path.is_dir():
-            raise PlanError(f"--resume: no run folder {path}")
+        try:
+            found = path.is_dir()
+        except (OSError, ValueError) as exc:
+            raise PlanError(f"--resume: cannot use {short_path(path)}: {exc}") from None
+        if not found:
+            raise PlanError(f"--resume: no run folder {short_path(path)}")
         if not is_unfinished(path):
             raise PlanError(f"--resume: {path} finished already (final_report.json exists)")
         if is_locked(path):
