@@ -165,7 +165,9 @@ def hostile_start(draw: st.DrawFn) -> tuple[list[str], dict[str, str], bytes | N
     key, value = draw(st.sampled_from(POISONS))
     if draw(st.booleans()):
         value = SECRET  # the value of a secret-named variable, as a config value: never echoed
-        key = draw(st.sampled_from(["session.kill_switch", "feed.ws_url", "session.interval", "feed.fallback"]))
+        key = draw(
+            st.sampled_from(["session.kill_switch", "feed.ws_url", "session.interval", "feed.fallback"])
+        )
         if key == "session.kill_switch":
             value = SECRET + "\x01"
     assert key not in _FLAG_OVERRIDDEN  # else a valid named flag could replace it: a session
