@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -230,48 +230,55 @@ def work() -> Iterator[Path]:
         yield Path(d)
 
 
-@settings(
-    max_examples=500,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(start=hostile_start())
-def test_hostile_start_exits_2_naming_a_key_without_traceback_or_run_folder(work: Path, start: Any) -> None:
+def _in_process(folder: Path, argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    with _in(folder):
+        return _run_in_process(argv, env)
+
+
+def _as_process(folder: Path, argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    base = {k: v for k, v in cli_env().items() if not k.startswith("LAPTOP_AGENTS")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "actors.main", *argv],
+        cwd=folder,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _try(
+    work: Path, start: Any, run: Callable[[Path, list[str], dict[str, str]], tuple[int, str, str]]
+) -> None:
+    """One example in a folder of its own (its TOML file, if any, as `--config`), checked."""
     argv, env, toml, key = start
     with tempfile.TemporaryDirectory(dir=work) as d:
         folder = Path(d)
         if toml is not None:
             (folder / "config.toml").write_bytes(toml)
             argv = ["--config", "config.toml", *argv]
-        with _in(folder):
-            code, out, err = _run_in_process(argv, env)
+        code, out, err = run(folder, argv, env)
         _check(argv, env, toml, key, code, out, err, folder)
 
 
+_SETTINGS = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+}
+
+
+@settings(max_examples=500, **_SETTINGS)
+@given(start=hostile_start())
+def test_hostile_start_exits_2_naming_a_key_without_traceback_or_run_folder(work: Path, start: Any) -> None:
+    _try(work, start, _in_process)
+
+
 @pytest.mark.slow
-@settings(
-    max_examples=12,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(max_examples=12, **_SETTINGS)
 @given(start=hostile_start())
 def test_hostile_start_as_a_process_prints_no_traceback(work: Path, start: Any) -> None:
-    argv, env, toml, key = start
-    with tempfile.TemporaryDirectory(dir=work) as d:
-        folder = Path(d)
-        if toml is not None:
-            (folder / "config.toml").write_bytes(toml)
-            argv = ["--config", "config.toml", *argv]
-        base = {k: v for k, v in cli_env().items() if not k.startswith("LAPTOP_AGENTS")}
-        proc = subprocess.run(
-            [sys.executable, "-m", "actors.main", *argv],
-            cwd=folder,
-            env={**base, **env},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        _check(argv, env, toml, key, proc.returncode, proc.stdout, proc.stderr, folder)
+    _try(work, start, _as_process)
 
 
 def test_the_poisons_are_each_refused_alone(tmp_path: Path) -> None:
