@@ -3,6 +3,24 @@
 Exit codes: 0 normal end (duration, kill switch, signal, stop condition, end of backtest data);
 1 the session ended in an error (the report is still written); 2 invalid configuration or flags,
 or a session that cannot be started or resumed (nothing is started and no run folder is created).
+
+One start decision at a time per run dir. A start (live, backtest or replay) takes the run dir's
+start lock (`<run_dir>/.start.lock`, actors/lock.py) once its flags are valid, and holds it while it
+decides (resume `latest`, refuse, or a new session: `find_resumable`) and until its session holds
+its own `session.lock` (its new run folder made and locked, or the resumed one locked); a second
+start waits for it (at most 60 s) and decides on what the first made. So starts at the same
+instant in one run dir give the outcome of starts one after the other:
+
+- two plain starts (no `--fresh`, no `--resume`): the first starts (or resumes `latest`); the
+  second finds `latest` owned by a live process and refuses: exit 2, `error: session RUN_ID is
+  running in another process; use --fresh to start a second session`, nothing started;
+- two `--fresh` starts: both run, each in its own run folder (run ids are chosen under the lock: a
+  second start in the same second with the same seed gets `RUN_ID-2`); `latest` points at the
+  second;
+- a plain start and `--resume RUN_ID` of the unfinished `latest`: one resumes it, the other
+  refuses with exit 2 (`... is running in another process`);
+- a plain start and a `--fresh` one are served in the order they take the lock: plain first, both
+  run; `--fresh` first, the plain start finds its session running and refuses (exit 2).
 """
 
 from __future__ import annotations
@@ -12,6 +30,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,7 +42,7 @@ from actors.config import Config, ConfigError, build, dict_layer, flags_layer, l
 from actors.console import print_summary
 from actors.feeds.funding import FundingRates, describe
 from actors.feeds.history import DataError
-from actors.lock import SessionLocked
+from actors.lock import SessionLocked, StartBusy, StartLock
 from actors.plan import Plan, PlanError, find_resumable, is_file, load_recording, short_path
 from actors.recording import checkpoint
 from actors.recording.checkpoint import CheckpointError
@@ -129,8 +148,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _plan(args: argparse.Namespace, config: Config) -> Plan:
-    """The kind of session the flags ask for; PlanError when they contradict each other."""
+def _start_lock(held: ExitStack, config: Config) -> StartLock:
+    """The run dir's start lock (actors/lock.py), taken once the flags are known to be valid and
+    armed by `_plan` once the plan is made; `held` releases it when the session never takes it."""
+    run_dir = Path(config.session.run_dir)
+    try:
+        return held.enter_context(StartLock(run_dir))
+    except StartBusy as exc:
+        raise PlanError(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise PlanError(f"session.run_dir: cannot use {short_path(run_dir)}: {reason}") from None
+
+
+def _plan(args: argparse.Namespace, config: Config, held: ExitStack) -> Plan:
+    """The kind of session the flags ask for; PlanError when they contradict each other.
+
+    The decision (a new session, a resume, or a refusal) is made under the run dir's start lock,
+    which the session's own lock then takes over (see the module docstring)."""
     if args.replay and (args.mode == "backtest" or args.data or args.resume):
         raise PlanError("--replay cannot be combined with --mode backtest, --data or --resume")
     if args.funding is not None and args.mode != "backtest":
@@ -141,25 +176,30 @@ def _plan(args: argparse.Namespace, config: Config) -> Plan:
     if args.runtime != "kernel" and not (args.replay or args.mode == "backtest"):
         raise PlanError("--runtime is only for --mode backtest and --replay")
     if args.replay:
-        return Plan(mode="replay", recording=load_recording(Path(args.replay)), runtime=args.runtime)
+        recording = load_recording(Path(args.replay))
+        _start_lock(held, config).arm()
+        return Plan(mode="replay", recording=recording, runtime=args.runtime)
     if args.mode == "backtest":
         if not args.data:
             raise PlanError("--mode backtest needs --data FILE")
         files = _data_files(args.data, config)
+        funding = _funding(args.funding)
+        _start_lock(held, config).arm()
         return Plan(
             mode="backtest",
             data=files[0][1],
             data_by_symbol=files if len(files) > 1 else (),
             runtime=args.runtime,
-            funding=_funding(args.funding),
+            funding=funding,
         )
     if args.data:
         raise PlanError("--data is only for --mode backtest")
     if args.fresh and args.resume:
         raise PlanError("--fresh and --resume contradict each other")
-    if args.fresh:
-        return Plan()
-    return Plan(resume=find_resumable(Path(config.session.run_dir), args.resume))
+    start = _start_lock(held, config)
+    plan = Plan() if args.fresh else Plan(resume=find_resumable(Path(config.session.run_dir), args.resume))
+    start.arm()  # from here on the next session lock taken is the session's own
+    return plan
 
 
 def _data_files(values: list[str], config: Config) -> tuple[tuple[str, str], ...]:
@@ -226,6 +266,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     secrets.install(env)  # before anything can print: every secret of env is scrubbed from output
     os.umask(0o077)  # state at rest: run folders 0700, files 0600
     args = build_parser().parse_args(argv)
+    with ExitStack() as held:  # the run dir's start lock, from the decision until the session's lock
+        return _main(args, env, held)
+
+
+def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> int:
     flags = {
         key: (getattr(args, dest), "--" + dest.replace("_", "-"))
         for dest, key in FLAG_KEYS.items()
@@ -242,7 +287,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             raise PlanError("--preflight and --check-config are separate checks; give one of them")
         if not (args.check_config or args.preflight):
             checkpoint.use_key(secrets.state_key(env))  # before a resume reads a checkpoint
-        plan = None if args.check_config else Plan() if args.preflight else _plan(args, config)
+        plan = None if args.check_config else Plan() if args.preflight else _plan(args, config, held)
     except ConfigError as exc:
         for problem in exc.problems:
             _err(f"config error: {problem}")

@@ -121,7 +121,9 @@ def is_unfinished(run_path: Path) -> bool:
 
 
 def find_resumable(run_dir: Path, run_id: str | None) -> Path | None:
-    """The session to resume: `--resume RUN_ID`, or `<run_dir>/latest` when unfinished and unowned.
+    """The session to resume: `--resume RUN_ID`, or `<run_dir>/latest` when unfinished and unowned;
+    PlanError when that session is owned by a live process (the CLI calls this under the run dir's
+    start lock, actors/lock.py, so a session being started is already locked: refused, not missed).
 
     An unfinished, unowned `latest` without any checkpoint (its process was killed before the
     first one) cannot be resumed: it is closed as abandoned (actors/recording/abandon.py), with a
@@ -141,12 +143,14 @@ def find_resumable(run_dir: Path, run_id: str | None) -> Path | None:
             raise PlanError(f"--resume: {path} is running in another process")
         return path
     latest = run_dir / "latest"
-    if not latest.exists() or not is_unfinished(latest):
+    if not latest.exists() or (latest / "final_report.json").exists():
         return None
     path = latest.resolve()
     running = f"session {path.name} is running in another process; use --fresh to start a second session"
-    if is_locked(path):
+    if is_locked(path):  # running, or starting (locked before its events.jsonl is made)
         raise PlanError(running)
+    if not is_unfinished(path):  # its process died before it recorded anything: a new session
+        return None
     if not has_checkpoint(path):
         # killed before its first checkpoint: nothing to resume from; closed so it never blocks a start
         try:
