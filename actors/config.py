@@ -177,6 +177,12 @@ class SessionConfig:
     flatten_timeout_s: float = key(
         10.0, "time allowed to flatten and write the report at exit", _num(gt=0, le=120)
     )
+    disk_reserve_mb: float = key(
+        50.0,
+        "free disk space kept for the final record, MB: no start with less free on the run dir's disk, "
+        "and a session stops (stop_reason storage) when its free space falls below it (0: off)",
+        _num(ge=0),
+    )
 
 
 @attrs.frozen

@@ -179,9 +179,17 @@ def summary_rows(report: dict[str, Any], sink: ConsoleSink, run_path: Path) -> l
         ("funding", f"{report['funding_paid']:,.2f} USDT"),
         ("fills", str(report["fills"])),
         ("rejections", str(rejections)),
-        ("report", str(html if html.exists() else run_path / "final_report.json")),
+        ("report", _report_path(html, run_path)),
     ]
     return rows
+
+
+def _report_path(html: Path, run_path: Path) -> str:
+    """Where the report is (not written: a storage fault left no room for it)."""
+    if html.exists():
+        return str(html)
+    final = run_path / "final_report.json"
+    return str(final) if final.exists() else "not written (storage fault)"
 
 
 def print_summary(report: dict[str, Any], sink: ConsoleSink, run_path: Path) -> None:

@@ -5,15 +5,20 @@
   backtest's progress bar: they redirect stderr) a log line is printed above it, never glued onto
   the progress line.
 - The run folder: `session.log`, JSON lines (loguru's `serialize=True`) at DEBUG, rotated at
-  `observability.log_rotation_mb` and keeping `observability.log_retention_files` rotated files;
-  opened by the recorder once the run folder exists (`open_run_log`), closed with it.
+  `observability.log_rotation_mb` into `session.<time>.log` and keeping
+  `observability.log_retention_files` rotated files; opened by the recorder once the run folder
+  exists (`open_run_log`), closed with it. A write of it that fails (a full disk) never reaches
+  the console as a logging error: the sink goes quiet and keeps the error for the recorder
+  (`RunLogFile.fault`), which stops the session (actors/recording/storage.py).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 from loguru import logger
@@ -54,14 +59,82 @@ def configure(level: str = "INFO", run_log: RunLog | None = None) -> None:
     _run_log = run_log or RunLog()
 
 
+class RunLogFile:
+    """The sink writing `session.log`: each message a line, written at once; rotated when a
+    message would take it past `rotation_bytes` (renamed `session.<its opening time>.log`),
+    keeping the `retention_files` newest rotated files. The first write that fails (OSError) makes
+    it quiet: the error is kept in `fault` (with the path) and nothing more is written."""
+
+    def __init__(self, run_path: Path, rotation_bytes: int, retention_files: int) -> None:
+        self.path = run_path / RUN_LOG
+        self.rotation_bytes = rotation_bytes
+        self.retention_files = retention_files
+        self.fault: tuple[OSError, Path] | None = None
+        self._file: IO[str] | None = None
+        self._opened = datetime.now()
+        self._size = 0
+        self._open()
+
+    def _open(self) -> None:
+        self._file = self.path.open("a", encoding="utf-8")
+        self._opened = datetime.now()
+        self._size = self._file.tell()
+
+    def write(self, message: str) -> None:
+        if self.fault is not None or self._file is None:
+            return
+        try:
+            size = len(message.encode("utf-8"))
+            if self._size and self._size + size > self.rotation_bytes:
+                self._rotate()
+            assert self._file is not None
+            self._file.write(message)
+            self._file.flush()
+            self._size += size
+        except OSError as exc:
+            self.fault = (exc, self.path)
+            self._close()
+
+    def _rotate(self) -> None:
+        self._close(raising=True)
+        stem = f"{self.path.stem}.{self._opened:%Y-%m-%d_%H-%M-%S_%f}"
+        target = self.path.with_name(stem + self.path.suffix)
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{stem}.{n}{self.path.suffix}")
+        os.rename(self.path, target)
+        rotated = [
+            p for p in self.path.parent.glob(f"{self.path.stem}.*{self.path.suffix}") if p != self.path
+        ]
+        rotated.sort(key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
+        for old in rotated[self.retention_files :]:
+            old.unlink(missing_ok=True)
+        self._open()
+
+    def _close(self, *, raising: bool = False) -> None:
+        f, self._file = self._file, None
+        if f is None:
+            return
+        try:
+            f.close()
+        except OSError:
+            if raising:
+                raise
+
+    def stop(self) -> None:
+        """Called by loguru when the sink is removed."""
+        self._close()
+
+
+def add_run_log(run_path: Path) -> tuple[int, RunLogFile]:
+    """Add the run folder's `session.log` sink; its id (`logger.remove(id)` closes it) and the
+    sink (its `fault`)."""
+    sink = RunLogFile(run_path, int(_run_log.rotation_mb * 1024 * 1024), _run_log.retention_files)
+    sink_id = logger.add(sink, level="DEBUG", serialize=True, enqueue=False, diagnose=False)
+    return sink_id, sink
+
+
 def open_run_log(run_path: Path) -> int:
     """Add the run folder's `session.log` sink; returns its id (`logger.remove(id)` closes it)."""
-    return logger.add(
-        run_path / RUN_LOG,
-        level="DEBUG",
-        serialize=True,
-        rotation=int(_run_log.rotation_mb * 1024 * 1024),
-        retention=_run_log.retention_files,
-        enqueue=False,
-        diagnose=False,
-    )
+    return add_run_log(run_path)[0]

@@ -1,8 +1,15 @@
 """Command line: `python -m actors.main --config config/live.toml [flags]`.
 
 Exit codes: 0 normal end (duration, kill switch, signal, stop condition, end of backtest data);
-1 the session ended in an error (the report is still written); 2 invalid configuration or flags,
-or a session that cannot be started or resumed (nothing is started and no run folder is created).
+any number of SIGINT/SIGTERM give one stop, its flatten and its report, and exit 0 (the reason
+that came first decides the code: only SIGKILL ends a session before its report is written);
+1 the session ended in an error (the report is still written), or stopped on a storage fault
+(`stop_reason = "storage"`: a write of the run folder failed, or its disk had less free space than
+`session.disk_reserve_mb`; one line names the path, the error and the free space; when the disk
+had no room for the final record, the summary is on stderr only and the next start resumes the
+session); 2 invalid configuration or flags, or a session that cannot be started or resumed
+(nothing is started and no run folder is created), a run dir's disk with less free space than
+`session.disk_reserve_mb` included.
 
 One start decision at a time per run dir. A start (live, backtest or replay) takes the run dir's
 start lock (`<run_dir>/.start.lock`, actors/lock.py) once its flags are valid, and holds it while it
@@ -46,6 +53,7 @@ from actors.lock import SessionLocked, StartBusy, StartLock
 from actors.plan import Plan, PlanError, find_resumable, is_file, load_recording, short_path
 from actors.recording import checkpoint
 from actors.recording.checkpoint import CheckpointError
+from actors.recording.storage import StorageFault, check_room
 from actors.secrets import SecretError
 
 # flag dest -> config key: every named flag is a shortcut for one key
@@ -287,16 +295,18 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
             raise PlanError("--preflight and --check-config are separate checks; give one of them")
         if not (args.check_config or args.preflight):
             checkpoint.use_key(secrets.state_key(env))  # before a resume reads a checkpoint
+            # room for a session's final record (session.disk_reserve_mb), before any decision writes
+            check_room(Path(config.session.run_dir), config.session.disk_reserve_mb)
         plan = None if args.check_config else Plan() if args.preflight else _plan(args, config, held)
     except ConfigError as exc:
         for problem in exc.problems:
             _err(f"config error: {problem}")
         return 2
-    except (PlanError, SecretError, CheckpointError) as exc:
+    except (PlanError, SecretError, CheckpointError, StorageFault) as exc:
         _err(f"error: {exc}")
         return 2
     except OSError as exc:  # a path a flag names cannot be looked at (too long, no permission, ...)
-        _err(f"error: {exc.strerror or exc}: {exc.filename or ''}")
+        _err(f"error: {_os_error(exc)}")
         return 2
     if args.check_config or plan is None:
         sys.stdout.write(secrets.scrub(to_toml(config)))
@@ -317,24 +327,43 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
             import trio
 
             from actors.clock import VirtualClock
+            from actors.watchdog import hold_signals
 
+            if signal.getsignal(signal.SIGTERM) is _terminate:  # the process's own CLI (not a test)
+                hold_signals()  # the session's from now until the process exits: never a 143 mid-flatten
             clock = VirtualClock() if plan.virtual_time else None
             result = trio.run(partial(run_session, config, plan=plan, console=True), clock=clock)
-    except (SessionLocked, CheckpointError, DataError) as exc:
+    except (SessionLocked, CheckpointError, DataError, StorageFault) as exc:
         _err(f"error: {exc}")
         return 2
     except OSError as exc:
-        _err(f"error: {exc.strerror or exc}: {exc.filename or ''}")
+        _err(f"error: {_os_error(exc)}")
         return 1
     report = result.report
     print_summary(report, result.console, result.run_path)
+    written = (
+        result.run_path / "final_report.json"
+        if result.written
+        else f"not written (a storage fault: {result.run_path} is left as its last checkpoint; "
+        "the next start resumes it)"
+    )
     _err(
         f"session {report['run_id']} {report['status']}: stop_reason={report['stop_reason']} "
         f"net_pnl={report['net_pnl']:+.2f} USDT trades={report['trade_count']} "
         f"funding_paid={report['funding_paid']:+.2f} USDT ({describe(report['funding_source'])}) "
-        f"report={result.run_path / 'final_report.json'}"
+        f"report={written}"
     )
+    if not (plan.virtual_time and plan.runtime == "kernel"):  # the signals held since the report
+        from actors.watchdog import late_signals
+
+        late_signals()
     return result.exit_code
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError in one line: its reason, and the file when it names one."""
+    reason = exc.strerror or str(exc)
+    return f"{reason}: {exc.filename}" if exc.filename else reason
 
 
 if __name__ == "__main__":

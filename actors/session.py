@@ -6,12 +6,14 @@ session; what differs is the runtime that moves messages between them:
 - **actors** (live sessions, new or resumed): one Trio nursery of actors over bounded channels.
 
   ```
+  SIGINT/SIGTERM -> the Stopper, for the session's whole life (SessionSignals)
   root nursery
     recorder                          (outlives the rest: it writes the final report)
-    actors nursery: strategies, risk gate, broker   (end when their input channel closes)
+    actors nursery: strategies, risk gate, broker   (end when their input channel closes; at
+                                       most session.flatten_timeout_s after the stop)
       session scope (the watchdog cancels it, with the first reason)
         watchdog, feed               (the feed's channel closes when the scope ends)
-  flatten-on-exit on the broker component, shielded with a timeout
+  flatten-on-exit on the broker component (synchronous: it cannot hang)
   session.stopped -> recorder closes -> final_report.json
   ```
 
@@ -30,10 +32,10 @@ import math
 import os
 import random
 import traceback
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import attrs
 from loguru import logger
@@ -52,6 +54,7 @@ from actors.plan import Plan
 from actors.progress import BacktestProgress, count_candles
 from actors.recording import checkpoint
 from actors.recording.recorder import Recorder, create_run_folder
+from actors.recording.storage import StorageFault
 from actors.risk.gate import RiskGate
 from actors.strategies.base import Strategy, build_strategy
 from protocols.instruments import table_instrument
@@ -67,6 +70,10 @@ Runtime = Literal["actors", "kernel"]
 
 # Backtests on the kernel: the progress is shown after each chunk of this many candles.
 PROGRESS_CHUNK = 4096
+# Backtests and replays on the kernel: the recorder's storage stop is looked for every this many inputs.
+STORAGE_CHECK_EVERY = 64
+
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -74,10 +81,16 @@ class SessionResult:
     run_path: Path
     report: dict[str, Any]
     console: ConsoleSink = attrs.field(factory=ConsoleSink)  # the figures the end summary shows
+    # the final record (events, metrics.json, final_report.json) is on disk; False: a storage fault
+    # left the run folder as its last checkpoint (the next start resumes it), `report` is in memory
+    written: bool = True
+    storage: StorageFault | None = None  # the storage fault or low-space stop, if any
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.report["status"] == "error" else 0
+        """1: the session ended in an error (a storage stop included) or its record could not be
+        written; else 0."""
+        return 1 if self.report["status"] == "error" or self.storage is not None or not self.written else 0
 
 
 def new_run_id(now: float, seed: int, run_dir: Path, prefix: str = "") -> str:
@@ -478,7 +491,9 @@ class Session:
         parts = self.parts(timeline)
         run_path = self.new_run_folder(started)
         with SessionLock(run_path):
-            recorder = Recorder(run_path, alerts=self.config.alerts)  # no webhook: live sessions only
+            recorder = Recorder(  # no webhook: live sessions only
+                run_path, alerts=self.config.alerts, reserve_mb=self.config.session.disk_reserve_mb
+            )
             recorder.console.echo = self.console
             recorder.write(started_event(self.config, run_path.name, timeline))
             kernel = Kernel(
@@ -490,12 +505,13 @@ class Session:
                 strategy_intervals=parts.strategy_intervals,
             )
             status = "ok"
+            storage: list[StorageFault] = []  # a storage stop ends the inputs (checked between steps)
             try:
                 if one_stream:
-                    stopped = self._run_candles(kernel, candles)
+                    stopped = self._run_candles(kernel, _until_storage(candles, recorder, storage))
                 else:
                     stopped = kernel.run(
-                        self._reporting(inputs, kernel),
+                        self._reporting(_until_storage(inputs, recorder, storage), kernel),
                         end_ts=timeline.end_ts,
                         end_reason="data_end" if self.plan.mode == "backtest" else end_reason(self.plan),
                         end_detail="all data delivered"
@@ -508,12 +524,19 @@ class Session:
                 ts = kernel.now if math.isfinite(kernel.now) else started
                 recorder.write(Event(ts, "error", {"where": "session", "message": repr(exc)}))
                 stopped = Stopped("error", repr(exc), ts)
+            recorder.take_stop()  # one after the last input: recorded (exit 1), the stop's reason stays
+            if storage and status == "ok":
+                logger.info("stopping: storage {}", storage[0].detail())
+                status = "error"
+                stopped = Stopped(
+                    "storage", storage[0].detail(), kernel.now if math.isfinite(kernel.now) else started
+                )
             for event in closing_events(
                 parts.broker, timeline, stopped.ts, status, stopped.reason, stopped.detail, 0.0
             ):
                 recorder.write(event)
             report = recorder.finish()
-        return SessionResult(run_path, report, recorder.console)
+        return SessionResult(run_path, report, recorder.console, recorder.written, recorder.storage)
 
     def _backtest_progress(self) -> BacktestProgress:
         mode = self.progress_mode or self.config.observability.progress
@@ -565,6 +588,19 @@ class Session:
         from actors.session_actors import run_actors  # trio is imported only by this runtime
 
         return await run_actors(self)
+
+
+def _until_storage(inputs: Iterable[T], recorder: Recorder, stops: list[StorageFault]) -> Iterator[T]:
+    """The kernel's inputs until the recorder has a storage stop (looked for every
+    `STORAGE_CHECK_EVERY` inputs, between two steps; its `error` event is recorded then and the
+    stop kept in `stops`)."""
+    for i, item in enumerate(inputs):
+        if not i % STORAGE_CHECK_EVERY and (stop := recorder.take_stop()) is not None:
+            stops.append(stop)
+            return
+        yield item
+    if (stop := recorder.take_stop()) is not None:
+        stops.append(stop)
 
 
 async def run_session(

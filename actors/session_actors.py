@@ -10,6 +10,7 @@ broker --StopSession--> watchdog (owns the session scope)       every actor --Ev
 
 from __future__ import annotations
 
+import contextlib
 import math
 import traceback
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ from actors.recording.actor import EventSink, run_recorder
 from actors.recording.recorder import Recorder
 from actors.risk.actor import StrategyLink, orders_capacity, run_risk
 from actors.strategies.actor import run_strategy
-from actors.watchdog import Stopper, run_watchdog
+from actors.watchdog import SessionSignals, Stopper, run_watchdog
 from protocols.messages import (
     AccountSnapshot,
     AccountUpdate,
@@ -69,6 +70,17 @@ class _Latest:
 
 
 async def run_actors(session: Session) -> SessionResult:
+    """The session on the actors runtime. Its signals are listened to for its whole life, from
+    before its run folder is opened until its report is written (actors/watchdog.py
+    `SessionSignals`)."""
+    found = session.inputs()
+    clock = SessionClock(wall_start=found[0] if found is not None else None)
+    stopper = Stopper(session.config.session.flatten_timeout_s)
+    with SessionSignals(stopper, clock.now) if session.handle_signals else contextlib.nullcontext():
+        return await _session(session, clock, stopper, found)
+
+
+async def _session(session: Session, clock: SessionClock, stopper: Stopper, found: Inputs) -> SessionResult:
     from actors.session import (
         SessionResult,
         Timeline,
@@ -80,8 +92,6 @@ async def run_actors(session: Session) -> SessionResult:
     )
 
     config, plan = session.config, session.plan
-    found = session.inputs()
-    clock = SessionClock(wall_start=found[0] if found is not None else None)
     resume_state: dict[str, Any] | None = None
     if plan.resume is not None:
         run_path = plan.resume
@@ -97,7 +107,8 @@ async def run_actors(session: Session) -> SessionResult:
         run_path = session.new_run_folder(clock.now())
 
     health = FeedHealth(data_source=config.feed.source)
-    stopper = Stopper()
+    # stop commands to the watchdog: the broker's (the gate's StopSession), the feed's, the recorder's
+    stops_tx, stops_rx = trio.open_memory_channel[StopSession](16)
     with SessionLock(run_path):
         webhook = _webhook(session)
         recorder = Recorder(
@@ -105,13 +116,16 @@ async def run_actors(session: Session) -> SessionResult:
             resume_seq=timeline.resumed_seq if resume_state else None,
             alerts=config.alerts,
             notify=webhook.notify if webhook is not None else None,
+            reserve_mb=config.session.disk_reserve_mb,
         )
         recorder.console.echo = session.console
         sink = EventSink()
         async with trio.open_nursery() as root:
             if webhook is not None:
                 await root.start(webhook.run)
-            await root.start(_record, recorder, sink, webhook, config.observability.webhook_timeout_s)
+            await root.start(
+                _record, recorder, sink, webhook, config.observability.webhook_timeout_s, stops_tx.clone()
+            )
             with sink:
                 if resume_state is None:
                     sink.send_nowait(started_event(config, run_path.name, timeline))
@@ -120,13 +134,15 @@ async def run_actors(session: Session) -> SessionResult:
                     sink.send_nowait(
                         resumed_event(now, recorder, parts.broker, loaded.path.name, loaded.problems)
                     )
+                    if recorder.previous_fault is not None:  # the previous process stopped on it
+                        sink.send_nowait(Event(now, "error", resumed_fault(recorder.previous_fault)))
                     for event in parts.broker.abandon_in_flight(now):
                         sink.send_nowait(event)
                 if plan.mode == "live":  # at once: a crash from here on resumes this session
                     sink.checkpoint({"session": attrs.asdict(timeline), "parts": parts.state()})
                 latest = _Latest(console=recorder.console)
                 status = await _supervise(
-                    session, clock, parts, timeline, stopper, sink, health, latest, found
+                    session, clock, parts, timeline, stopper, sink, health, latest, found, stops_tx, stops_rx
                 )
                 if plan.mode == "live":
                     timeline.data_source = health.data_source
@@ -136,6 +152,8 @@ async def run_actors(session: Session) -> SessionResult:
                 reason = stopper.reason or "feed_ended"
                 if plan.mode == "replay" and reason == "duration":
                     reason = end_reason(plan)
+                if reason == "storage":
+                    status = "error"
                 # flatten-on-exit: synchronous on the broker component (it cannot hang or be
                 # cancelled half-way), through its normal fill path
                 for event in closing_events(
@@ -143,7 +161,15 @@ async def run_actors(session: Session) -> SessionResult:
                 ):
                     sink.send_nowait(event)
     assert recorder.report is not None
-    return SessionResult(run_path, recorder.report, recorder.console)
+    return SessionResult(run_path, recorder.report, recorder.console, recorder.written, recorder.storage)
+
+
+def resumed_fault(note: dict[str, Any]) -> dict[str, Any]:
+    """The `error` event a resumed session records for the storage fault its previous process
+    noted (`storage_fault.json`: it could not write its final record)."""
+    fields = {k: note.get(k) for k in ("path", "error", "free_mb", "at")}
+    message = f"{note.get('message') or 'storage fault'} (at {note.get('at')}; recorded at the resume)"
+    return {"where": "storage", "message": message, **fields}
 
 
 def _webhook(session: Session) -> Webhook | None:
@@ -160,13 +186,14 @@ async def _record(
     sink: EventSink,
     webhook: Webhook | None,
     grace_s: float,
+    stops: trio.MemorySendChannel[StopSession],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The recorder; once it has finished (no more alerts), the webhook gets `grace_s` to send
-    what is still queued."""
+    """The recorder (its storage stops to the watchdog on `stops`); once it has finished (no more
+    alerts), the webhook gets `grace_s` to send what is still queued."""
     try:
-        await run_recorder(recorder, sink, task_status=task_status)
+        await run_recorder(recorder, sink, stops=stops, task_status=task_status)
     finally:
         if webhook is not None:
             webhook.close(grace_s)
@@ -182,14 +209,37 @@ async def _supervise(
     health: FeedHealth,
     latest: _Latest,
     found: Inputs,
+    stops_tx: trio.MemorySendChannel[StopSession],
+    stops_rx: trio.MemoryReceiveChannel[StopSession],
 ) -> str:
-    """Run the actors until the session is stopped; returns the status ("ok" or "error")."""
+    """Run the actors until the session is stopped; returns the status ("ok" or "error"). The
+    actors get `session.flatten_timeout_s` after the stop to finish (`Stopper.wind_down`)."""
     config, plan = session.config, session.plan
     mode = "off" if plan.mode != "live" else (session.progress_mode or config.observability.progress)
     status = "ok"
     with Progress(mode) as progress:
         try:
-            await _run(session, clock, parts, timeline, stopper, sink, health, latest, progress, found)
+            with stopper.wind_down:
+                await _run(
+                    session,
+                    clock,
+                    parts,
+                    timeline,
+                    stopper,
+                    sink,
+                    health,
+                    latest,
+                    progress,
+                    found,
+                    stops_tx,
+                    stops_rx,
+                )
+            if stopper.wind_down.cancelled_caught:
+                logger.warning(
+                    "the actors had not finished {:g} s after the stop (session.flatten_timeout_s): "
+                    "flattening without them",
+                    stopper.wind_down_s,
+                )
         except* Exception as group:
             stopper.stop("error", "; ".join(repr(e) for e in group.exceptions), clock.now())
             logger.error("session failed:\n{}", "".join(traceback.format_exception(group)))
@@ -209,6 +259,8 @@ async def _run(
     latest: _Latest,
     progress: Progress,
     found: Inputs,
+    stops_tx: trio.MemorySendChannel[StopSession],
+    stops_rx: trio.MemoryReceiveChannel[StopSession],
 ) -> None:
     config, plan = session.config, session.plan
     live = plan.mode == "live"
@@ -216,7 +268,6 @@ async def _run(
     to_broker_tx, to_broker_rx = trio.open_memory_channel[BrokerInput](
         orders_capacity(config.risk.max_orders_per_minute)
     )
-    stops_tx, stops_rx = trio.open_memory_channel[StopSession](16)
     risk_asker: Asker[AccountUpdate | MarketView, None]
     risk_answerer: Answerer[AccountUpdate | MarketView, None]
     risk_asker, risk_answerer = open_mailbox()
@@ -272,7 +323,6 @@ async def _run(
                         latest=lambda: latest.account,
                         progress=progress,
                         console=latest.console,
-                        handle_signals=session.handle_signals,
                     )
                 )
                 await front.start(

@@ -1,17 +1,27 @@
 """Watchdog actor: owns the reasons a session stops.
 
 It cancels the session scope (with the first reason anyone gave) when the duration is reached,
-when the kill-switch file appears, on SIGINT/SIGTERM, or when a stop command arrives on its stop
-channel (the risk gate's `StopSession`, forwarded by the broker; a backtest feed's `data_end`). It
-shows live progress every second from the account snapshot the broker last published.
+when the kill-switch file appears, or when a stop command arrives on its stop channel (the risk
+gate's `StopSession`, forwarded by the broker; a backtest feed's `data_end`; the recorder's
+`storage` stop). It shows live progress every second from the account snapshot the broker last
+published.
+
+SIGINT and SIGTERM are the session's for its whole life, not only the watchdog's
+(`SessionSignals`, around the whole session: from before its run folder is opened until its
+report is written): the first stops the session, every later one is logged once ("already
+stopping, flattening") and otherwise ignored, so any number of signals give one stop, one flatten
+and one report. Only SIGKILL can prevent them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Any, Self
 
 import trio
 from loguru import logger
@@ -23,24 +33,124 @@ from protocols.messages import AccountSnapshot, StopSession
 
 KILL_SWITCH_POLL_S = 0.25
 PROGRESS_EVERY_S = 1.0
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Stopper:
-    """The session cancel scope and the first reason anyone gave for cancelling it."""
+    """The session cancel scope and the first reason anyone gave for cancelling it.
 
-    def __init__(self) -> None:
+    Stopping is idempotent: the first `stop` wins (its reason, detail and time are the session's);
+    later ones change nothing. `wind_down` is the scope of every actor: at the first stop its
+    deadline is set `wind_down_s` ahead (`session.flatten_timeout_s`), so actors that have not
+    finished by then are cancelled and the flatten and the report go ahead without them."""
+
+    def __init__(self, wind_down_s: float = math.inf) -> None:
         self.scope = trio.CancelScope()
+        self.wind_down = trio.CancelScope()
+        self.wind_down_s = wind_down_s
         self.reason: str | None = None
         self.detail = ""
         self.ts: float | None = None  # the session time of the first stop
+        self._repeated = False  # a later signal was logged
 
     def stop(self, reason: str, detail: str = "", ts: float | None = None) -> None:
-        if self.reason is None:
-            self.reason = reason
-            self.detail = detail
-            self.ts = ts
-            logger.info("stopping: {} {}", reason, detail)
+        if self.reason is not None:
+            if reason == "signal":
+                self.repeated(detail)
+            return
+        self.reason = reason
+        self.detail = detail
+        self.ts = ts
+        logger.info("stopping: {} {}", reason, detail)
         self.scope.cancel(reason=f"{reason}: {detail}" if detail else reason)
+        if math.isfinite(self.wind_down_s):
+            self.wind_down.deadline = trio.current_time() + self.wind_down_s
+
+    def repeated(self, name: str) -> None:
+        """A signal after the stop: logged once, nothing else."""
+        if not self._repeated:
+            self._repeated = True
+            logger.warning(
+                "{} again: already stopping, flattening (further signals are ignored; the report "
+                "is written within session.flatten_timeout_s)",
+                name or "signal",
+            )
+
+
+# Signals that came while no session listened (the CLI holds them from just before the session
+# starts until the process exits: `hold_signals`); a session that starts listening takes them.
+_held: list[int] = []
+# The stopper of the session that listened last (the CLI's, once its report is written): the signals
+# held after it are its repeated ones (`late_signals`).
+_ended: list[Stopper] = []
+
+
+def _hold(signum: int, _frame: FrameType | None) -> None:
+    _held.append(signum)
+
+
+def hold_signals() -> None:
+    """The CLI, just before it runs a session on the actors runtime: from now until the process
+    exits, SIGINT and SIGTERM are held (noted, nothing else) while no session listens to them. A
+    session starting takes those that came before it (it stops at once, flat, with its report);
+    those that come after its report is written are ignored (it is stopping already), so the
+    process always ends with the exit code of the first reason."""
+    for signum in SIGNALS:
+        signal.signal(signum, _hold)
+
+
+def late_signals() -> None:
+    """The CLI, as it ends: from now on SIGINT and SIGTERM are ignored by the OS (Python's exit
+    would give them their default action back: a signal in the last milliseconds would still kill
+    the process, 130 or 143), and those held since its session's report was written are logged as
+    repeated ones (once per session, with those the session saw itself). Nothing when the
+    signals are not held (`hold_signals` was not called: a test calling the CLI's `main`)."""
+    if signal.getsignal(signal.SIGTERM) is not _hold:
+        return
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    if _held and _ended:
+        _ended[-1].repeated(signal.Signals(_held[0]).name)
+
+
+class SessionSignals:
+    """SIGINT and SIGTERM for the session's whole life (a context manager, entered in trio's
+    main thread): the first stops the session (`stop_reason = "signal"`), a later one is logged
+    once by the `Stopper` and ignored. The handlers only hand the signal to trio
+    (`TrioToken.run_sync_soon`, safe in a signal handler), which calls the `Stopper` between two
+    tasks' steps. On exit the handlers found at entry come back (`hold_signals`' under the CLI)."""
+
+    def __init__(self, stopper: Stopper, now: Callable[[], float]) -> None:
+        self.stopper = stopper
+        self.now = now
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Self:
+        token = trio.lowlevel.current_trio_token()
+
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            # trio has returned (RunFinishedError): the report is written, the signal ignored
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._received, signum)
+
+        for signum in SIGNALS:
+            self._previous[signum] = signal.signal(signum, handler)
+        while _held:  # came before the session listened: it stops at once
+            self._received(_held.pop(0))
+        return self
+
+    def _received(self, signum: int) -> None:
+        try:
+            self.stopper.stop("signal", signal.Signals(signum).name, self.now())
+        except Exception as exc:  # called by trio's run loop: must not raise
+            logger.error("signal {} not handled: {!r}", signum, exc)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        if self._previous.get(signal.SIGTERM) is _hold:  # the CLI: those held from now are repeats
+            _held.clear()
+            _ended.append(self.stopper)
 
 
 async def run_watchdog(
@@ -54,7 +164,6 @@ async def run_watchdog(
     latest: Callable[[], AccountSnapshot | None],
     progress: Progress,
     console: ConsoleSink | None = None,
-    handle_signals: bool = True,
     end_reason: str = "duration",
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -77,12 +186,6 @@ async def run_watchdog(
                 return
             await trio.sleep(KILL_SWITCH_POLL_S)
 
-    async def signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
-            task_status.started()
-            async for signum in received:
-                stopper.stop("signal", signal.Signals(signum).name, clock.now())
-
     async def stop_commands() -> None:
         with stops_rx:
             async for command in stops_rx:
@@ -98,8 +201,6 @@ async def run_watchdog(
             ts += PROGRESS_EVERY_S
 
     async with trio.open_nursery() as nursery:
-        if handle_signals:
-            await nursery.start(signals)
         nursery.start_soon(duration)
         nursery.start_soon(stop_commands)
         if kill_switch is not None:

@@ -90,6 +90,7 @@ REPORT_FIELDS = (
     "orders_rejected",
     "errors",
     "error_messages",
+    "storage_faults",
     "resumes",
     "downtime_s",
     "reconnects",
@@ -335,6 +336,7 @@ class ReportBuilder:
         self.orders_rejected: Counter[str] = Counter()
         self.errors = 0
         self.error_messages: list[str] = []
+        self.storage_faults = 0
         self.max_drawdown_pct = 0.0
         self.resumes = 0
         self.downtime_s = 0.0
@@ -371,6 +373,7 @@ class ReportBuilder:
             self.orders_rejected[record["reason"]] += 1
         elif kind == "error":
             self.errors += 1
+            self.storage_faults += record.get("where") == "storage"
             if len(self.error_messages) < 20:
                 self.error_messages.append(record.get("message", ""))
         elif kind == "heartbeat":
@@ -438,6 +441,7 @@ class ReportBuilder:
             "orders_rejected": dict(sorted(self.orders_rejected.items())),
             "errors": self.errors,
             "error_messages": self.error_messages,
+            "storage_faults": self.storage_faults,
             "resumes": self.resumes,
             "downtime_s": round(self.downtime_s, 3),
             "reconnects": self.reconnects,

@@ -3,6 +3,7 @@ recorder (actors/recording/recorder.py), which writes them from its own task."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from typing import Any, Self
 
@@ -10,7 +11,7 @@ import attrs
 import trio
 
 from actors.recording.recorder import CRITICAL_PREFIXES, FLUSH_EVERY_S, Recorder
-from protocols.messages import Event
+from protocols.messages import Event, StopSession
 
 
 @attrs.frozen
@@ -95,31 +96,47 @@ async def run_recorder(
     recorder: Recorder,
     inbox: EventSink,
     *,
+    stops: trio.MemorySendChannel[StopSession] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Actor: writes until every sender is closed, then finishes the run folder. A checkpoint
     request is written (in a worker thread) after the events before it, with their last seq; of
     several waiting at once only the newest is written (it covers the events before the others
-    too), so a slow disk makes checkpoints rarer, never a backlog."""
+    too), so a slow disk makes checkpoints rarer, never a backlog. A storage fault or low space
+    (`Recorder.take_stop`) is a `StopSession("storage")` on `stops`, the watchdog's channel; after
+    a fault no checkpoint is written (the last one matches the events on disk)."""
     task_status.started()
     next_flush = trio.current_time()
-    while True:
-        await inbox.wait()
-        batch = inbox.drain()
-        newest = max((i for i, item in enumerate(batch) if isinstance(item, CheckpointRequest)), default=-1)
-        for i, item in enumerate(batch):
-            if isinstance(item, CheckpointRequest):
-                if i != newest:
-                    continue
-                state = {"seq": recorder.seq, **item.state}
-                await trio.to_thread.run_sync(recorder.write_checkpoint, state)
-                next_flush = trio.current_time() + FLUSH_EVERY_S
-            else:
-                recorder.write(item)
-        if inbox.closed and not inbox.pending:
-            break
-        now = trio.current_time()
-        if now >= next_flush:
-            recorder.flush()
-            next_flush = now + FLUSH_EVERY_S
+    with stops if stops is not None else contextlib.nullcontext():
+        while True:
+            await inbox.wait()
+            batch = inbox.drain()
+            newest = max(
+                (i for i, item in enumerate(batch) if isinstance(item, CheckpointRequest)), default=-1
+            )
+            for i, item in enumerate(batch):
+                if isinstance(item, CheckpointRequest):
+                    if i != newest or recorder.fault is not None:
+                        continue
+                    state = {"seq": recorder.seq, **item.state}
+                    await trio.to_thread.run_sync(recorder.write_checkpoint, state)
+                    next_flush = trio.current_time() + FLUSH_EVERY_S
+                else:
+                    recorder.write(item)
+            if inbox.closed and not inbox.pending:
+                break
+            now = trio.current_time()
+            if now >= next_flush:
+                recorder.flush()
+                next_flush = now + FLUSH_EVERY_S
+            await _tell(recorder, stops)
     recorder.finish()
+
+
+async def _tell(recorder: Recorder, stops: trio.MemorySendChannel[StopSession] | None) -> None:
+    """The storage stop, once, to the watchdog (gone already when the session is stopping)."""
+    stop = recorder.take_stop()
+    if stop is None or stops is None:
+        return
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stops.send(StopSession(recorder.last_event_ts or 0.0, "storage", stop.detail()))

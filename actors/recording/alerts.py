@@ -225,14 +225,23 @@ class AlertLog:
         self.notify = notify
         self.count = 0
         self._file: IO[str] | None = None
+        # a write of alerts.jsonl failed (the recorder stops the session: a storage fault), or the
+        # recorder had one: alerts are still logged and sent, no longer written
+        self.fault: tuple[OSError, Path] | None = None
+        self.quiet = False
 
     def raise_alert(self, alert: Alert, seq: int | None) -> None:
         self.count += 1
         record = {"ts": iso(alert.ts), "run_id": self.run_id, "seq": seq, **alert.fields()}
-        if self._file is None:
-            self._file = self.path.open("a", encoding="utf-8")
-        self._file.write(secrets.scrub(dumps_line(record)) + "\n")
-        self._file.flush()
+        if not (self.quiet or self.fault):
+            try:
+                if self._file is None:
+                    self._file = self.path.open("a", encoding="utf-8")
+                self._file.write(secrets.scrub(dumps_line(record)) + "\n")
+                self._file.flush()
+            except OSError as exc:
+                self.fault = (exc, self.path)
+                self.close()
         log = logger.error if alert.severity == "critical" else logger.warning
         log("ALERT {}: {}", alert.rule, alert.message)
         if self.notify is not None:
@@ -240,6 +249,9 @@ class AlertLog:
             self.notify({**record, "text": text})
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        f, self._file = self._file, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError as exc:
+                self.fault = self.fault or (exc, self.path)

@@ -15,6 +15,7 @@ Secrets of the environment are scrubbed from a checkpoint's text before it is wr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -121,10 +122,15 @@ def write(folder: Path, state: dict[str, Any]) -> None:
     """Atomically make `state` the newest checkpoint in `folder`, keeping the previous one."""
     data = encode(state)
     tmp = folder / (NEWEST + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # a full disk, say: no temporary file left behind
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     newest = folder / NEWEST
     if newest.exists():
         os.replace(newest, folder / PREVIOUS)

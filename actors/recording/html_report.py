@@ -247,12 +247,17 @@ def _write(out: Path, page: Page) -> None:
     atomically."""
     tmp = out.with_name(f".{out.name}.tmp")
     before, after = (secrets.scrub(part) for part in page)
-    with tmp.open("wb") as f:
-        f.write(before.encode("utf-8"))
-        with plotly_js_path().open("rb") as js:
-            shutil.copyfileobj(js, f)
-        f.write(after.encode("utf-8"))
-    os.replace(tmp, out)
+    try:
+        with tmp.open("wb") as f:
+            f.write(before.encode("utf-8"))
+            with plotly_js_path().open("rb") as js:
+                shutil.copyfileobj(js, f)
+            f.write(after.encode("utf-8"))
+        os.replace(tmp, out)
+    except BaseException:  # a full disk, say: no temporary file left behind
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def plotly_js_path() -> Path:

@@ -7,6 +7,14 @@ writes a metrics row per heartbeat, and when every sender has closed its channel
 `final_report.json`, the report derived from the events it wrote. Writes are buffered and flushed
 once a second (and at the end), so no actor waits on the disk.
 
+A write that fails (disk full, read-only, I/O error) is a storage fault, never an exception out
+of the recorder (actors/recording/storage.py): it is logged in one line, the recorder writes
+nothing more, and the runtime stops the session (`take_stop`: its `error` event, once); so does
+a health sample with less free space than `session.disk_reserve_mb`. At the end the final record
+is written if the disk has room for it again, else the run folder is left as its last
+checkpoint left it, for the next start to resume (`written` says which; the report is folded in
+memory either way).
+
 Each heartbeat row of `metrics.csv` is rounded for people (`metrics_csv_row`: prices to the
 symbol's tick, money to the cent) and carries the process's health, sampled here, where the I/O
 is (actors/recording/health.py); every event written and every health sample go through the alert
@@ -21,7 +29,7 @@ import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 from loguru import logger
@@ -33,6 +41,15 @@ from actors.recording import checkpoint
 from actors.recording.alerts import ALERT_KIND, AlertLog, AlertRules
 from actors.recording.health import HealthSampler
 from actors.recording.html_report import write_report_html
+from actors.recording.storage import (
+    FaultNote,
+    LineFile,
+    StorageFault,
+    free_mb,
+    low_space,
+    remove_temp_files,
+    temp_file,
+)
 from protocols.messages import Event
 from protocols.records import (
     METRIC_COLUMNS,
@@ -76,9 +93,12 @@ class Recorder:
         *,
         alerts: AlertsConfig | None = None,
         notify: Callable[[dict[str, Any]], None] | None = None,
+        reserve_mb: float = 0.0,
     ) -> None:
         """`alerts`: the alert rules' limits (None: the defaults); `notify`: each alert's message
-        to the webhook's queue (must not block)."""
+        to the webhook's queue (must not block); `reserve_mb`: `session.disk_reserve_mb` (0: no
+        low-space stop). A write that fails here, before anything is recorded, raises
+        StorageFault (temporary files removed)."""
         self.path = path
         self.console = ConsoleSink()  # the console's figures; `console.echo` prints fills and trades
         self.health = HealthSampler(path)
@@ -91,16 +111,37 @@ class Recorder:
         self.report: dict[str, Any] | None = None
         self.last_event_ts: float | None = None
         self.discarded_events = 0
+        self.reserve_mb = reserve_mb
+        self.fault: StorageFault | None = None  # a write failed: nothing more is written
+        self.low_space: StorageFault | None = None  # a health sample found less free than the reserve
+        self.written = False  # the final record is on disk (after finish)
+        self._stop_taken = False
+        self._stopped = False  # session.stopped recorded: no event may follow it
         self._scrub = secrets.active()  # the environment's secrets never reach a file (actors/secrets.py)
-        if resume_seq is not None:
-            self._reload(resume_seq)
-        self._events: IO[str] = (path / "events.jsonl").open("a", encoding="utf-8")
-        self._metrics_file: IO[str] = (path / "metrics.csv").open("w", encoding="utf-8", newline="")
+        self.note = FaultNote(path)
+        # resumed: the storage fault the previous process noted (it could not write its final record)
+        self.previous_fault = self.note.read() if resume_seq is not None else None
+        target = path / "events.jsonl.tmp"
+        try:
+            if resume_seq is not None:
+                self._reload(resume_seq)
+            target = path / "events.jsonl"
+            self._events = LineFile(target)
+            target = path / "metrics.csv"
+            self._metrics_file = LineFile(target, truncate=True)
+            target = path / "market.jsonl"
+            self._market = LineFile(target)
+            target = self.note.path
+            self.note.keep()
+        except OSError as exc:
+            remove_temp_files(path)
+            raise StorageFault.from_os_error(exc, target) from None
+        self._files = (self._events, self._market, self._metrics_file)
         self._metrics_csv = csv.DictWriter(self._metrics_file, fieldnames=METRIC_COLUMNS)
         self._metrics_csv.writeheader()
         self._metrics_csv.writerows(metrics_csv_row(row, self.price_dp, self.qty_dp) for row in self.metrics)
-        self._market: IO[str] = (path / "market.jsonl").open("a", encoding="utf-8")
-        self._log_sink = logs.open_run_log(path)
+        self._log_sink: int | None
+        self._log_sink, self._log = logs.add_run_log(path)
 
     def _reload(self, resume_seq: int) -> None:
         """Resume: keep the events up to the checkpoint's seq (the state restored matches exactly
@@ -126,9 +167,9 @@ class Recorder:
             raise RuntimeError(
                 f"events.jsonl holds {self.seq} events but the checkpoint is at seq {resume_seq}"
             )
-        tmp = events_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, events_path)
+        with temp_file(events_path) as tmp:
+            tmp.write_text("".join(kept), encoding="utf-8")
+            os.replace(tmp, events_path)
 
     def _fold(self, record: dict[str, Any]) -> None:
         self.seq = record["seq"]
@@ -142,6 +183,7 @@ class Recorder:
         if event.kind == MARKET_KIND:
             market = dumps_line(market_record(event.ts, event.fields["event"]))
             self._market.write((secrets.scrub(market) if self._scrub else market) + "\n")
+            self._due(self._market)
             return
         record, line = event_line(self.seq + 1, event)
         if self._scrub:
@@ -149,64 +191,189 @@ class Recorder:
             if clean != line:
                 line, record = clean, json.loads(clean)
         self._events.write(line + "\n")
+        self._due(self._events)
         self._fold(record)
         self.console.observe(record)
         self.last_event_ts = event.ts
         if event.kind == "heartbeat":
             self._write_metrics_row(event.ts)
+        elif event.kind == "session.stopped":
+            self._stopped = True
         if event.kind != ALERT_KIND:
             for alert in self.rules.on_event(event.kind, event.ts, event.fields):
                 self.write(Event(alert.ts, ALERT_KIND, alert.fields()))
                 self.alert_log.raise_alert(alert, self.seq)
 
     def _write_metrics_row(self, ts: float) -> None:
-        """The heartbeat's row with the process's health; the health rules see the sample."""
+        """The heartbeat's row with the process's health; the health rules see the sample (and
+        the low-space rule: `session.disk_reserve_mb`)."""
         sample, fresh = self.health.sample()
         row = self.metrics[-1]
         row.update(sample)
         self._metrics_csv.writerow(metrics_csv_row(row, self.price_dp, self.qty_dp))
+        self._due(self._metrics_file)
         if fresh:
             for alert in self.rules.on_health(sample, ts):
                 self.alert_log.raise_alert(alert, None)
+            if self.low_space is None and self.fault is None:
+                self.low_space = low_space(self.path, sample["disk_free_mb"], self.reserve_mb, ts)
+                if self.low_space is not None:
+                    logger.error("{}", self.low_space.line())
+
+    # --- writing, and storage faults -------------------------------------------------------------
+
+    def _due(self, file: LineFile) -> None:
+        if file.due and self.fault is None:
+            self._flush(file)
+
+    def _flush(self, file: LineFile) -> bool:
+        try:
+            file.flush()
+        except OSError as exc:
+            self._fail(exc, file.path)
+            return False
+        return True
+
+    def _fail(self, exc: OSError, path: Path) -> None:
+        """A write failed: the first fault is kept and logged in one line; from now on nothing
+        is written (the lines wait in memory for the end), temporary files are removed, and
+        session.log and alerts.jsonl go quiet. May run in the checkpoint's worker thread (the
+        recorder's actor waits for it meanwhile)."""
+        if self.fault is not None:
+            return
+        self.fault = StorageFault.from_os_error(exc, path, self.last_event_ts)
+        self._close_run_log()
+        self.alert_log.quiet = True
+        remove_temp_files(self.path)
+        logger.error("{}", self.fault.line())
+
+    def _poll_sinks(self) -> None:
+        """A write of session.log or alerts.jsonl that failed is a fault too."""
+        for failed in (self._log.fault, self.alert_log.fault):
+            if failed is not None and self.fault is None:
+                self._fail(*failed)
+
+    def take_stop(self) -> StorageFault | None:
+        """The storage stop the session must make (once): a write failed, or the disk has less
+        free space than the reserve; its `error` event (`where = "storage"`) is recorded."""
+        self._poll_sinks()
+        stop = self.fault or self.low_space
+        if stop is None or self._stop_taken:
+            return None
+        self._stop_taken = True
+        if not self._stopped:
+            self.write(Event(self.last_event_ts or 0.0, "error", stop.fields()))
+        return stop
+
+    @property
+    def storage(self) -> StorageFault | None:
+        """The storage fault or low-space stop of this session, if any."""
+        return self.fault or self.low_space
+
+    def _close_run_log(self) -> None:
+        if self._log_sink is not None:
+            logger.remove(self._log_sink)
+            self._log_sink = None
 
     def flush(self) -> None:
-        self._events.flush()
-        self._market.flush()
-        self._metrics_file.flush()
+        if self.fault is None:
+            for file in self._files:
+                if not self._flush(file):
+                    return
 
     def write_checkpoint(self, state: dict[str, Any]) -> None:
-        """Make the events durable, then the checkpoint that matches them (runs in a worker thread)."""
+        """Make the events durable, then the checkpoint that matches them (runs in a worker
+        thread); nothing after a storage fault (the last checkpoint stays the one that matches
+        the events on disk)."""
+        if self.fault is not None:
+            return
         self.flush()
-        os.fsync(self._events.fileno())
-        checkpoint.write(self.path, state)
+        if self.fault is not None:
+            return
+        try:
+            os.fsync(self._events.fileno())
+        except OSError as exc:
+            self._fail(exc, self._events.path)
+            return
+        try:
+            checkpoint.write(self.path, state)
+        except OSError as exc:
+            self._fail(exc, self.path / (checkpoint.NEWEST + ".tmp"))
 
     def finish(self) -> dict[str, Any]:
         """Close the streams and write metrics.json, final_report.json and report.html (a failure
-        of the page is logged, never the session's)."""
-        self._events.close()
-        self._market.close()
-        self._metrics_file.close()
-        self.alert_log.close()
-        # the metrics rows of a long backtest by the thousand: orjson (the same JSON, ten times faster)
-        _write_json(self.path / "metrics.json", metrics_document(self.metrics), fast=True)
+        of the page is logged, never the session's). After a storage fault the final record is
+        written only when the disk has room again (`session.disk_reserve_mb` free); else the
+        files are cut back to their last whole line, the temporary files removed and the fault
+        noted (`storage_fault.json`), for the next start to resume the session. The report is
+        returned (and kept in `report`) either way."""
+        self._poll_sinks()
         self.report = self.report_builder.report()
-        _write_json(self.path / "final_report.json", self.report)
-        write_report_html(self.path)
-        logger.remove(self._log_sink)
+        self.alert_log.close()
+        if self.fault is None:
+            self._write_record()
+        elif self._room():
+            self._write_record(again=True)
+        if self.written:
+            self.note.remove()
+        else:
+            assert self.fault is not None
+            remove_temp_files(self.path)
+            if not self.note.write(self.fault):
+                logger.warning("the storage fault could not be noted in {} either", self.note.path)
+        for file in self._files:
+            file.close()
+        if self.written:
+            write_report_html(self.path)
+        self._close_run_log()
         return self.report
+
+    def _room(self) -> bool:
+        """Whether the final record may be tried again after a fault: the disk has the reserve
+        free again (with no reserve: always; free space unknown: yes)."""
+        free = free_mb(self.path)
+        return self.reserve_mb <= 0 or free is None or free >= self.reserve_mb
+
+    def _write_record(self, *, again: bool = False) -> None:
+        """The final record: the lines still waiting, made durable, then metrics.json and
+        final_report.json (the folder is finished once that exists)."""
+        assert self.report is not None
+        for file in self._files:
+            if not self._flush_final(file, again):
+                return
+        target = self.path / "metrics.json"
+        try:
+            os.fsync(self._events.fileno())
+            # the metrics rows of a long backtest by the thousand: orjson (the same JSON, ten times faster)
+            _write_json(target, metrics_document(self.metrics), fast=True)
+            target = self.path / "final_report.json"
+            _write_json(target, self.report)
+        except OSError as exc:
+            self._fail(exc, target)
+            return
+        self.written = True
+
+    def _flush_final(self, file: LineFile, again: bool) -> bool:
+        if not again:
+            return self._flush(file)
+        try:
+            file.flush()
+        except OSError:
+            return False
+        return True
 
 
 def _write_json(path: Path, data: Any, *, fast: bool = False) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        if fast:
-            f.write(secrets.scrub(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()))
-        else:
-            f.write(secrets.scrub(json.dumps(data, indent=2, allow_nan=False)))
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with temp_file(path) as tmp:
+        with tmp.open("w", encoding="utf-8") as f:
+            if fast:
+                f.write(secrets.scrub(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()))
+            else:
+                f.write(secrets.scrub(json.dumps(data, indent=2, allow_nan=False)))
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def _parse_ts(iso_ts: str) -> float:
