@@ -45,11 +45,15 @@ class _TickFields(NamedTuple):
     ask_qty: float = 0.0
     last_qty: float = 0.0
     symbol: str = DEFAULT_SYMBOL
+    source: str = ""
 
 
 class Tick(_TickFields):
     """Feed -> broker (-> strategies): best bid/ask and last trade price at `ts`. Sizes are 0 when
-    the source does not say (then the broker cannot bound a fill by them).
+    the source does not say (then the broker cannot bound a fill by them). `source` says where the
+    quote came from: "ws" the exchange's WebSocket, "rest" its REST API polled during a failover,
+    "mock" the mock source; "" when nobody said (a backtest's candles, older recordings). The
+    broker's mark says which source its price came from (`mark_source` in the metrics).
 
     Ticks and candles are immutable named tuples rather than attrs classes: a backtest builds two
     quotes and a candle per row, and a tuple is built several times faster. Prices are checked
@@ -67,9 +71,10 @@ class Tick(_TickFields):
         ask_qty: float = 0.0,
         last_qty: float = 0.0,
         symbol: str = DEFAULT_SYMBOL,
+        source: str = "",
     ) -> Tick:
         _check_prices("Tick", bid=bid, ask=ask, last=last)
-        return _new_tuple(cls, (ts, bid, ask, last, bid_qty, ask_qty, last_qty, symbol))
+        return _new_tuple(cls, (ts, bid, ask, last, bid_qty, ask_qty, last_qty, symbol, source))
 
     @property
     def mid(self) -> float:
@@ -130,12 +135,14 @@ class Book:
 
 @attrs.frozen
 class Funding:
-    """Feed -> broker: mark price and the funding rate, in percent (Bitunix `price` channel)."""
+    """Feed -> broker: mark price and the funding rate, in percent (Bitunix `price` channel).
+    `source` as a `Tick`'s."""
 
     ts: float
     mark_price: float = attrs.field(validator=_positive)
     rate_pct: float = 0.0
     symbol: str = DEFAULT_SYMBOL
+    source: str = ""
 
 
 @attrs.frozen
@@ -159,7 +166,7 @@ MarketEvent = Tick | Candle | Book | Funding | FeedStatus | Instrument
 def quote(ts: float, price: float, symbol: str = DEFAULT_SYMBOL) -> Tick:
     """The quote `Tick(ts, price, price, price, symbol=symbol)` (sizes unknown), for a price
     already known to be > 0 (no check: a backtest builds two per row)."""
-    return _new_tuple(Tick, (ts, price, price, price, 0.0, 0.0, 0.0, symbol))
+    return _new_tuple(Tick, (ts, price, price, price, 0.0, 0.0, 0.0, symbol, ""))
 
 
 def checked_candle(

@@ -22,6 +22,7 @@ METRIC_FIELDS = (
     "ts",
     "elapsed_s",
     "price",
+    "mark_source",
     "equity",
     "realized_pnl",
     "unrealized_pnl",
@@ -40,6 +41,10 @@ METRIC_COLUMN_DOCS = {
     "ts": "the heartbeat's time, ISO-8601 UTC",
     "elapsed_s": "seconds since the session started (csv: 0.001)",
     "price": "the session symbol's mark, USDT (csv: to the symbol's price tick)",
+    "mark_source": (
+        "where that mark came from: ws (WebSocket), rest (REST polling in a failover), "
+        "mock, candles (a backtest), empty before the first price"
+    ),
     "equity": "account equity, USDT (csv: to the cent)",
     "realized_pnl": "realized PnL so far, USDT (csv: to the cent)",
     "unrealized_pnl": "unrealized PnL of the open positions, USDT (csv: to the cent)",

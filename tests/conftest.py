@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -78,22 +79,42 @@ REAL_TIME_MODULES = {
 }
 
 
-# The longest real-time tests (minutes of wall time, mostly waiting): collected first, so that a
-# pytest-xdist worker starts each at once and the rest of the suite runs beside it.
-LONGEST_FIRST = ("test_multi_symbol_live",)
+# The longest real-time tests (minutes of wall time, mostly waiting), one module each: each is put
+# at the head of a pytest-xdist worker's first batch, so that a worker starts each at once and the
+# rest of the suite runs beside them.
+LONGEST_FIRST = ("test_multi_symbol_live", "test_flapping_exchange")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
+def _first_batch(config: pytest.Config, n_items: int) -> int:
+    """How many consecutive items pytest-xdist's load scheduling (3.x) hands each worker at first:
+    a quarter of a worker's share (`LoadScheduling.schedule`); 1 without xdist."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)  # set in the workers, which collect
+    if workers < 1 or n_items < 2 * workers:
+        return 1
+    batch = n_items // workers // 4
+    chunk = config.getoption("maxschedchunk", None)
+    return max(2, batch if chunk is None else min(batch, chunk))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def module_name(item: pytest.Item) -> str:
         module = getattr(item, "module", None)  # a test function's (pytest.Function) module
-        if module is not None and module.__name__.rsplit(".", 1)[-1] in REAL_TIME_MODULES:
+        return "" if module is None else module.__name__.rsplit(".", 1)[-1]
+
+    for item in items:
+        if module_name(item) in REAL_TIME_MODULES:
             item.add_marker(pytest.mark.slow)
 
-    def longest_first(item: pytest.Item) -> int:
-        module = getattr(item, "module", None)
-        return 0 if module is not None and module.__name__.rsplit(".", 1)[-1] in LONGEST_FIRST else 1
-
-    items.sort(key=longest_first)  # stable: the rest keep their order
+    # the long ones first, each followed by a worker's first batch of the others (theirs stay in
+    # order): xdist sends consecutive batches, so two long tests side by side would run one after
+    # the other on one worker
+    longest = [item for item in items if module_name(item) in LONGEST_FIRST]
+    rest = iter([item for item in items if module_name(item) not in LONGEST_FIRST])
+    batch = _first_batch(config, len(items))
+    ordered: list[pytest.Item] = []
+    for item in longest:
+        ordered += [item, *itertools.islice(rest, batch - 1)]
+    items[:] = [*ordered, *rest]
 
 
 @pytest.fixture

@@ -219,6 +219,8 @@ def test_funding_is_charged_at_the_funding_instant_only() -> None:
         (start + 1, _tick(99.9, 100.0)),
         (start + 2, _order("o1", "buy", 1.0)),
         (start + 10, _tick(99.9, 100.0)),  # 07:59:40: nothing due yet
+        # the mark before the instant: the freshest price, here the exchange's mark price again
+        (start + 11, Funding(ts=0.0, mark_price=100.0, rate_pct=0.01)),
         (start + 40, _tick(99.9, 100.0)),  # 08:00:10: the 08:00 instant has passed
         (start + 60, _tick(99.9, 100.0)),  # no second charge
     ]
@@ -228,6 +230,70 @@ def test_funding_is_charged_at_the_funding_instant_only() -> None:
     assert funding[0].ts == eight
     assert abs(funding[0].fields["amount"] - 1.0 * 100.0 * 0.01 / 100) < 1e-12
     assert abs(account.funding_paid - 0.01) < 1e-12
+
+
+def test_the_mark_follows_the_freshest_price_of_any_source() -> None:
+    """Issue 15: during a REST failover the REST-polled quotes move, fills happen at them, and the
+    mark (the heartbeats' `price`, equity, unrealized PnL) follows them, not the last WebSocket
+    price; `mark_source` says where each came from. The expectations are worked out here from the
+    script's prices and the fills' events alone."""
+    config = attrs.evolve(BrokerConfig(), latency_ms=0.0, latency_jitter_ms=0.0, slippage_bps=0.0)
+    account = PaperBroker(config, random.Random(1), heartbeat_s=1.0, started_ts=W0)
+    ws = dict(source="ws")
+    rest = dict(source="rest")
+    script: list[tuple[float, Scripted]] = [
+        (0.2, Tick(0.0, 99.9, 100.0, 100.0, 2.0, 2.0, **ws)),
+        (0.4, _order("o1", "buy", 1.0)),  # a long at 100.0
+        (0.6, Funding(ts=0.0, mark_price=100.3, rate_pct=0.01, **ws)),  # the exchange's mark, last
+        (1.3, Tick(0.0, 100.1, 100.2, 100.1, 2.0, 2.0, **ws)),
+        (1.5, Funding(ts=0.0, mark_price=100.4, rate_pct=0.01, **ws)),  # the last WebSocket price
+        # the socket is down: REST polling, one book a second, prices moving
+        (3.5, Tick(0.0, 101.0, 101.2, 101.0, 2.0, 2.0, **rest)),
+        (4.5, Tick(0.0, 102.0, 102.1, 102.0, 2.0, 2.0, **rest)),
+        (5.5, Tick(0.0, 99.0, 99.4, 99.0, 2.0, 2.0, **rest)),
+        (5.7, _order("o2", "sell", 0.4)),  # fills at the REST bid
+        (6.5, Tick(0.0, 98.5, 98.6, 98.5, 2.0, 2.0, **rest)),
+        (7.5, Tick(0.0, 103.0, 103.3, 103.0, 2.0, 2.0, **rest)),
+        # the socket is back
+        (8.5, Tick(0.0, 103.5, 103.6, 103.5, 2.0, 2.0, **ws)),
+        (9.2, Funding(ts=0.0, mark_price=103.4, rate_pct=0.01, **ws)),
+        (10.5, Tick(0.0, 104.0, 104.2, 104.0, 2.0, 2.0, **ws)),
+    ]
+    events = drive(account, [(W0 + at, item) for at, item in script], tail_s=1.0)
+
+    # what each heartbeat must say: the last price given before it and its source; the account
+    # from the fills' events
+    heartbeats = [e for e in events if e.kind == "heartbeat"]
+    assert [round(h.ts - W0) for h in heartbeats] == list(range(1, 12))
+    fills = [e.fields for e in events if e.kind == "order.filled"]
+    assert [(f["order_id"], f["fill_price"]) for f in fills] == [("o1", 100.0), ("o2", 99.0)]
+    for beat in heartbeats:
+        last = [item for at, item in script if W0 + at < beat.ts and not isinstance(item, Order)][-1]
+        price = last.mark_price if isinstance(last, Funding) else (last.bid + last.ask) / 2
+        assert (beat.fields["price"], beat.fields["mark_source"]) == (pytest.approx(price), last.source), beat
+        pos = avg = realized = fees = 0.0
+        for f in (e.fields for e in events if e.kind == "order.filled" and e.ts < beat.ts):
+            signed = f["qty"] if f["side"] == "buy" else -f["qty"]
+            if pos and (pos > 0) != (signed > 0):
+                realized += (f["fill_price"] - avg) * min(abs(pos), abs(signed)) * (1 if pos > 0 else -1)
+            else:
+                avg = (avg * abs(pos) + f["fill_price"] * abs(signed)) / abs(pos + signed)
+            pos += signed
+            fees += f["fee"]
+        unrealized = (price - avg) * pos
+        assert beat.fields["position_qty"] == pytest.approx(pos)
+        assert beat.fields["unrealized_pnl"] == pytest.approx(unrealized, abs=1e-6), beat
+        expected_equity = config.starting_equity + realized - fees + unrealized
+        assert beat.fields["equity"] == pytest.approx(expected_equity, abs=1e-6), beat
+    by_second = {round(h.ts - W0): h.fields for h in heartbeats}
+    assert [by_second[s]["mark_source"] for s in range(1, 12)] == ["ws"] * 3 + ["rest"] * 5 + ["ws"] * 3
+    # not frozen at the last WebSocket price while REST polling ran: every REST quote moved it
+    failover = [by_second[s]["price"] for s in range(4, 9)]
+    assert failover == pytest.approx([101.1, 102.05, 99.2, 98.55, 103.15])
+    # a checkpoint keeps where the mark came from
+    restored = PaperBroker(config, random.Random(1))
+    restored.restore(json.loads(json.dumps(account.state())))
+    assert (restored.mark_price, restored.mark_source) == (account.mark_price, "ws")
 
 
 def test_liquidation_when_the_mark_crosses() -> None:

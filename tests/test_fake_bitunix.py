@@ -292,6 +292,35 @@ async def test_drop_after_frames_closes_without_close_frame_after_exactly_n_data
     assert [e for e in fake.stats.faults_log if e[0] == "drop"] == [("drop", 1, 7), ("drop", 2, 7)]
 
 
+async def test_drop_after_s_closes_each_connection_at_its_age_and_the_log_says_when() -> None:
+    """A flapping server: each connection is closed abruptly 1 s after it was accepted; the
+    server's record of each (`ws_log`) has its times, data frames and the client's messages."""
+    fake = FakeBitunix(seed=9, faults=Faults(drop_after_s=1.0))
+    with trio.fail_after(10):
+        async with serving(fake):
+            for _ in range(2):
+                async with trio_websocket.open_websocket_url(fake.ws_url) as ws:
+                    opened = trio.current_time()
+                    await ws.send_message(subscribe("depth_book1"))
+                    await ws.send_message('{"op":"ping","ping":1700000000}')
+                    got = await data_frames_until_closed(ws, 2)
+                    assert trio.current_time() - opened == pytest.approx(1.0, abs=0.25)
+                    assert got
+    assert fake.stats.drops == 2
+    assert [e for e in fake.stats.faults_log if e[0] == "drop_after_s"] == [
+        ("drop_after_s", 1),
+        ("drop_after_s", 2),
+    ]
+    assert [r.number for r in fake.stats.ws_log] == [1, 2]
+    for record in fake.stats.ws_log:
+        first, last, closed = record.first_data_at, record.last_data_at, record.closed_at
+        assert first is not None and last is not None and closed is not None
+        assert closed - record.opened_at == pytest.approx(1.0, abs=0.1)
+        assert record.opened_at < first <= last < closed
+        assert record.data_frames >= 1 and record.client_msgs == 2 and record.client_msgs_max_per_s == 2
+        assert 0 < record.data_span() < 1.0
+
+
 async def test_timed_drop_fault_closes_without_close_frame_and_can_be_switched_off() -> None:
     fake = FakeBitunix(seed=9, faults=Faults(drop_every_s=0.4))
     with trio.fail_after(6):

@@ -18,6 +18,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -693,6 +694,83 @@ async def test_failover_polls_rest_while_the_websocket_is_down(tmp_path: Path) -
     start, end = failover[0], failover[1]
     candles = assert_candles_match_truth(result.run_path, fake)
     assert any(not c["backfill"] and start["ts"] <= _iso(c["arrival_ts"]) <= end["ts"] for c in candles)
+
+
+def _epoch(iso_ts: str) -> float:
+    return datetime.fromisoformat(iso_ts.replace("Z", "+00:00")).timestamp()
+
+
+def fake_mids(fake: FakeBitunix, ts: float, back_s: float) -> set[float]:
+    """The mids of the fake's books (its REST depth answers) over the `back_s` seconds of its
+    time up to session time `ts`, one book per 250 ms step."""
+    now_ms = round((ts + fake.time_offset_s) * 1000)
+    mids = set()
+    for ms in range(now_ms - round(back_s * 1000), now_ms + 250, 250):
+        data = fake.depth_data(ms, 1)
+        mids.add((float(data["b"][0][0]) + float(data["a"][0][0])) / 2)
+    return mids
+
+
+async def test_during_failover_the_mark_and_equity_follow_the_rest_prices(tmp_path: Path) -> None:
+    """Issue 15: a 10 s stall of every socket from the 40th data frame on (about 6.5 s in, after
+    the first candle close's entry): REST polling takes over; the heartbeats' mark is the mid of
+    the fake's own REST book of the last seconds (not the last WebSocket price), equity moves with
+    it by the open position, `mark_source` says rest; after the socket is back it says ws."""
+    fake = FakeBitunix(
+        seed=15,
+        zigzag_pct=0.2,
+        time_offset_s=offset_for_close_in(3),
+        faults=Faults(stall_once_after_frames=40, stall_for_s=10),
+    )
+    result, events = await live_session(
+        tmp_path,
+        fake,
+        *ZIGZAG_TRADER,
+        "feed.stale_after_s=2",
+        "feed.failover_after_s=1.5",
+        duration_s=24,
+    )
+    assert_clean_finish(result, events)
+    assert fake.stats.faults_log == [("stall", 40)]
+    failover = [e for e in events if e["kind"] == "feed.failover"]
+    assert [e["active"] for e in failover] == [True, False]
+    rest_ticks = [t for t in market_records(result.run_path, "tick") if t["source"] == "rest"]
+    assert len(rest_ticks) >= 4
+    assert {t["source"] for t in market_records(result.run_path, "tick")} == {"ws", "rest"}
+    first_rest = rest_ticks[0]["arrival_ts"]
+    back = next(e for e in events if e["kind"] == "feed.connected" and e["reconnect"])  # the socket's data
+    beats = [e for e in events if e["kind"] == "heartbeat"]
+    metrics = json.loads((result.run_path / "metrics.json").read_text())["rows"]
+    assert [(r["price"], r["mark_source"], r["equity"]) for r in metrics] == [
+        (b["price"], b["mark_source"], b["equity"]) for b in beats
+    ]
+    during = [b for b in beats if first_rest < _epoch(b["ts"]) < _epoch(back["ts"])]
+    assert len(during) >= 4
+    for beat in during:
+        # the mid of the fake's REST book of the last seconds (the exchange's mark price, the
+        # frozen WebSocket price of before, is on whole ticks, a one-tick book's mid between two)
+        assert beat["mark_source"] == "rest", beat
+        assert beat["price"] in fake_mids(fake, _epoch(beat["ts"]), back_s=3.0), beat
+        # and the newest REST quote's (or, taken at the same instant, the one before)
+        polled = [(t["bid"] + t["ask"]) / 2 for t in rest_ticks if t["arrival_ts"] <= _epoch(beat["ts"])]
+        assert beat["price"] in polled[-2:], beat
+    # equity moved with the mark by the open position (no fill or funding between two rows)
+    fills_at = [_epoch(e["ts"]) for e in events if e["kind"] in ("order.filled", "funding")]
+    pairs = [
+        (a, b)
+        for a, b in itertools.pairwise(during)
+        if a["position_qty"] == b["position_qty"] != 0
+        and not any(_epoch(a["ts"]) <= t <= _epoch(b["ts"]) for t in fills_at)
+    ]
+    assert len(pairs) >= 2, "a position was open during the failover"
+    for a, b in pairs:
+        moved = (b["price"] - a["price"]) * a["position_qty"]
+        assert b["equity"] - a["equity"] == pytest.approx(moved, abs=1e-6)
+        assert b["unrealized_pnl"] - a["unrealized_pnl"] == pytest.approx(moved, abs=1e-6)
+    # the WebSocket's prices again once it is back
+    after = [b for b in beats if _epoch(b["ts"]) > _epoch(failover[1]["ts"]) + 1.0]
+    assert len(after) >= 3 and {b["mark_source"] for b in after} == {"ws"}
+    assert {b["mark_source"] for b in beats if _epoch(b["ts"]) < first_rest} <= {"ws", ""}
 
 
 def _iso(ts: float) -> str:

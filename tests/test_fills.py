@@ -534,8 +534,8 @@ class Ledger:
         self.realized = 0.0
         self.fees = 0.0
         self.funding = 0.0
-        self.quote_mid: float | None = None
-        self.funding_mark: float | None = None
+        # the last price given, a quote's mid or the exchange's mark price: the broker's mark
+        self.mark: float | None = None
         self.sent: dict[str, Order] = {}
 
     def reduces_only(self, fill: dict[str, Any]) -> bool:
@@ -580,10 +580,6 @@ class Ledger:
             # (a) a reduce-only or protective fill never grows the position nor flips it
             assert abs(after) <= abs(before) + 1e-9, f
             assert after == 0 or (after > 0) == (before > 0), f
-
-    @property
-    def mark(self) -> float | None:
-        return self.funding_mark if self.funding_mark is not None else self.quote_mid
 
     def reconcile(self, broker: PaperBroker) -> None:
         """(b) the broker's account is the replayed one, to the cent."""
@@ -756,7 +752,7 @@ class Run:
                 )
             )
         elif kind == "funding":
-            self.ledger.funding_mark = _grid(self.price)
+            self.ledger.mark = _grid(self.price)
             self.feed(Funding(self.now, _grid(self.price), action[1]))
         elif kind == "entry":
             self._entry(*action[1:])
@@ -780,12 +776,12 @@ class Run:
             hi = _grid(max(o, c) + up * TICK)
             lo = _grid(max(min(o, c) - down * TICK, 1000.0))
             self.pending = Candle(self.now, INTERVAL, o, hi, lo, c, volume)
-            self.ledger.quote_mid = self.price = o
+            self.ledger.mark = self.price = o
             self.feed(quote(self.now, o))
         else:  # the candle, at its close
             candle, self.pending = self.pending, None
             self.now = candle.open_ts + INTERVAL
-            self.ledger.quote_mid = self.price = candle.close
+            self.ledger.mark = self.price = candle.close
             self.feed(candle)
 
     def _quote(
@@ -803,7 +799,7 @@ class Run:
         ask = _grid(bid + spread * TICK)
         last = _grid(bid + last_off * TICK)
         self.price = bid
-        self.ledger.quote_mid = (bid + ask) / 2
+        self.ledger.mark = (bid + ask) / 2
         self.feed(Tick(self.now, bid, ask, last, bid_qty, ask_qty, last_qty))
 
     def _entry(
@@ -876,5 +872,5 @@ def test_live_fills_never_grow_protective_exits_and_the_account_reconciles(
     if with_funding:
         run.act(("funding", 0.01))  # the exchange's rate (and mark) before the instant passes
     for action in actions:
-        if action[0] != "funding" or with_funding:  # a Funding mark replaces the quotes' mid for good
+        if action[0] != "funding" or with_funding:  # the freshest price marks: a Funding's or a quote's
             run.act(action)

@@ -265,7 +265,10 @@ class PaperBroker:
         self.fees_taker = 0.0
         self.funding_paid = 0.0
         self.funding_rate_pct = 0.0
+        # the mark: the latest price given, from any source (a quote's mid, the exchange's mark
+        # price), and where it came from (`Tick.source`: "ws", "rest", ...; "" before any)
         self.mark: float | None = None
+        self.mark_source = ""
         self.last_tick: Tick | None = None
         self.book: Book | None = None
         self.last_ts: float | None = None
@@ -307,7 +310,9 @@ class PaperBroker:
 
     @property
     def mark_price(self) -> float | None:
-        """The exchange's mark price when the feed gives one (Funding), else the quotes' mid."""
+        """The mark: the freshest price from any source, i.e. the last one given, whether a quote's
+        mid (WebSocket book or ticker, REST polling, the mock source, a backtest's candles) or the
+        exchange's mark price (`Funding`, the `price` channel); `mark_source` says which source."""
         if self.mark is not None:
             return self.mark
         return self.last_tick.mid if self.last_tick else None
@@ -408,6 +413,7 @@ class PaperBroker:
         "funding_paid",
         "funding_rate_pct",
         "mark",
+        "mark_source",
         "last_ts",
         "processed_signed_qty",
         "fill_seq",
@@ -521,6 +527,7 @@ class PaperBroker:
         assert isinstance(event, Funding)
         events = self._advance(ts)
         self.mark = event.mark_price
+        self.mark_source = event.source
         self.funding_rate_pct = event.rate_pct
         return self._mark(events, ts)
 
@@ -536,10 +543,14 @@ class PaperBroker:
         if self.bars:
             tick = self._grid_quote(tick.ts, tick.last, tick.symbol)
             self.last_tick = tick
+            self.mark = (tick.bid + tick.ask) / 2
+            self.mark_source = "candles"
             volume = self.bar_volume
             self.quote_budget = self.participation * volume if volume else math.inf
         else:
             self.last_tick = tick
+            self.mark = (tick.bid + tick.ask) / 2
+            self.mark_source = tick.source
             if self.working:
                 events += self._work_quote(tick, ts)
         if self.awaiting_quote:
@@ -554,9 +565,20 @@ class PaperBroker:
         units = price * scale
         whole = round(units)
         if -1e-6 < units - whole < 1e-6:
-            return _new_tuple(Tick, (ts, price, price, price, 0.0, 0.0, 0.0, symbol))
+            return _new_tuple(Tick, (ts, price, price, price, 0.0, 0.0, 0.0, symbol, "candles"))
         return _new_tuple(
-            Tick, (ts, math.floor(units) / scale, math.ceil(units) / scale, price, 0.0, 0.0, 0.0, symbol)
+            Tick,
+            (
+                ts,
+                math.floor(units) / scale,
+                math.ceil(units) / scale,
+                price,
+                0.0,
+                0.0,
+                0.0,
+                symbol,
+                "candles",
+            ),
         )
 
     def _release_awaiting(self, tick: Tick, ts: float) -> list[Event]:
@@ -601,6 +623,8 @@ class PaperBroker:
         tick = self.last_tick = self._grid_quote(
             candle.open_ts + candle.interval_s - CLOSE_TICK_LEAD_S, close, candle.symbol
         )
+        self.mark = (tick.bid + tick.ask) / 2
+        self.mark_source = "candles"
         self.touch_taken = 0.0
         # funding at an instant the candle ends on is charged on its close, once the path is done
         if ts >= self.next_funding_ts:
@@ -1496,11 +1520,12 @@ class PaperBroker:
         self.schedule_heartbeats(due)
         return [Event(due, "heartbeat", self.heartbeat_fields(due))]
 
-    def heartbeat_fields(self, ts: float) -> dict[str, float | None]:
+    def heartbeat_fields(self, ts: float) -> dict[str, float | str | None]:
         """One metrics row: the account at `ts`."""
         return {
             "elapsed_s": round(ts - self.started_ts, 3),
             "price": self.mark_price,
+            "mark_source": self.mark_source,
             "equity": round(self.equity, 6),
             "realized_pnl": round(self.realized_pnl, 6),
             "unrealized_pnl": round(self.unrealized_pnl, 6),

@@ -290,11 +290,12 @@ class Portfolio:
         return [Event(due, "heartbeat", self.heartbeat_fields(due))]
 
     def heartbeat_fields(self, ts: float) -> dict[str, Any]:
-        """One metrics row for the account: `price` and `position_qty` are the session symbol's,
-        `prices` and `positions` every symbol's."""
+        """One metrics row for the account: `price`, `mark_source` and `position_qty` are the
+        session symbol's, `prices`, `mark_sources` and `positions` every symbol's."""
         return {
             "elapsed_s": round(ts - self.started_ts, 3),
             "price": self.mark_price,
+            "mark_source": self.legs[self.symbol].mark_source,
             "equity": round(self.equity, 6),
             "realized_pnl": round(self.realized_pnl, 6),
             "unrealized_pnl": round(self.unrealized_pnl, 6),
@@ -302,6 +303,7 @@ class Portfolio:
             "position_qty": round(self.position_qty, 8),
             "drawdown_pct": round(self.drawdown_pct, 4),
             "prices": {symbol: leg.mark_price for symbol, leg in self.legs.items()},
+            "mark_sources": {symbol: leg.mark_source for symbol, leg in self.legs.items()},
             "positions": {symbol: round(leg.position_qty, 8) for symbol, leg in self.legs.items()},
         }
 

@@ -22,8 +22,15 @@
   20015: then each symbol is asked alone to name it; or no row for it): `UnknownSymbol`, and the
   session ends at once with an error (nothing to trade; no mock fallback either).
 - **Reconnect** with exponential backoff and full jitter (`feed.backoff_initial_s` ..
-  `feed.backoff_max_s`), reset after a healthy minute; silence (no data frame of any symbol for
-  `feed.stale_after_s`) counts as a failure. The candles being built when the socket dropped are
+  `feed.backoff_max_s`; `Backoff`): the delay before attempt n+1 is uniform in
+  [0, min(max, initial * 2**n)]. A connection that delivered data for `HEALTHY_S` (2 s, from its
+  first data frame to its last) resets n to 0, so a server that drops every connection after a few
+  seconds costs a short delay each time, not a delay grown to the cap; one that closes before
+  that (refused, no data, or data for less than 2 s) keeps n growing: a server that accepts and
+  closes at once is retried ever more slowly, never in a storm, and a reset needs 2 s of data, so
+  quick reconnects come at most one per 2 s. Silence (no data frame of any symbol for
+  `feed.stale_after_s`) counts as a failure. Each socket sends at most 5 messages in any second
+  (`SendLimiter`, its own per socket). The candles being built when the socket dropped are
   thrown away; REST fills the gaps instead, so each series has no gap and no duplicate.
 - **REST** (httpx) on `feed.rest_url`: seeds `strategy.history` candles of each symbol at start
   (with several strategies, the largest `history` of them), backfills gaps, and polls a symbol's
@@ -73,7 +80,7 @@ from protocols import bitunix
 from protocols.instruments import Instrument, from_trading_pair, table_instrument
 from protocols.messages import Book, Candle, Event, EventSender, FeedStatus, Funding, MarketEvent, Tick
 
-HEALTHY_S = 60.0  # a connection that lasted this long resets the reconnect backoff
+HEALTHY_S = 2.0  # a connection that delivered data for this long resets the reconnect backoff
 MALFORMED_REPORT_S = 5.0  # feed.malformed events aggregate the drops of this period
 STATS_EVERY = 6  # a feed.stats event every 6 such periods (30 s)
 WARN_EVERY_S = 10.0  # at most one warning per rejection reason in this period
@@ -154,6 +161,46 @@ def _names(markets: Sequence[_Market]) -> str:
 def backoff_delay(attempt: int, initial: float, cap: float, rng: random.Random) -> float:
     """Full jitter: uniform in [0, min(cap, initial * 2**attempt)]."""
     return rng.uniform(0.0, min(cap, initial * 2.0 ** min(attempt, 30)))
+
+
+class Backoff:
+    """The WebSocket reconnect policy (see the module docstring): `next_delay(data_s)` after each
+    connection ends, with how long it delivered data (its first data frame to its last; 0 when it
+    delivered none). `attempt`: the connections that failed since the last healthy one."""
+
+    def __init__(self, initial: float, cap: float, rng: random.Random, healthy_s: float = HEALTHY_S) -> None:
+        self.initial = initial
+        self.cap = cap
+        self.rng = rng
+        self.healthy_s = healthy_s
+        self.attempt = 0
+
+    def next_delay(self, data_s: float) -> float:
+        if data_s >= self.healthy_s:
+            self.attempt = 0  # a healthy connection: start again from the shortest delay
+        delay = backoff_delay(self.attempt, self.initial, self.cap, self.rng)
+        self.attempt += 1
+        return delay
+
+
+@attrs.define
+class _Link:
+    """One WebSocket connection's data, for the backoff: when its first and last accepted data
+    frames arrived, trio time."""
+
+    first_data_at: float | None = None
+    last_data_at: float | None = None
+
+    def heard(self, now: float) -> None:
+        if self.first_data_at is None:
+            self.first_data_at = now
+        self.last_data_at = now
+
+    @property
+    def data_s(self) -> float:
+        if self.first_data_at is None or self.last_data_at is None:
+            return 0.0
+        return self.last_data_at - self.first_data_at
 
 
 def _network_reason(exc: BaseException) -> str | None:
@@ -346,19 +393,30 @@ class BitunixFeed:
         return got, None
 
     async def _book(
-        self, m: _Market, bids: tuple[tuple[float, float], ...], asks: tuple[tuple[float, float], ...]
+        self,
+        m: _Market,
+        bids: tuple[tuple[float, float], ...],
+        asks: tuple[tuple[float, float], ...],
+        source: str = "ws",
     ) -> None:
-        """A book push: the `Book` (at most BOOK_LEVELS a side), then its best bid/ask `Tick`,
-        both stamped with the same time."""
+        """A book push (or a REST-polled book, `source="rest"`): the `Book` (at most BOOK_LEVELS a
+        side), then its best bid/ask `Tick`, both stamped with the same time."""
         now = self.clock.now()
         levels = bitunix.BOOK_LEVELS
         book = Book(now, bids[:levels], asks[:levels], m.symbol)  # a 15-tuple's [:15] is itself
         await fan_out(self.subscribers, book)
         (bid, bid_qty), (ask, ask_qty) = bids[0], asks[0]
-        await self._tick(m, bid, ask, bid_qty, ask_qty, now)
+        await self._tick(m, bid, ask, bid_qty, ask_qty, now, source)
 
     async def _tick(
-        self, m: _Market, bid: float, ask: float, bid_qty: float, ask_qty: float, ts: float | None = None
+        self,
+        m: _Market,
+        bid: float,
+        ask: float,
+        bid_qty: float,
+        ask_qty: float,
+        ts: float | None = None,
+        source: str = "ws",
     ) -> None:
         last = m.last_price if m.last_price is not None else (bid + ask) / 2
         tick = Tick(
@@ -369,6 +427,7 @@ class BitunixFeed:
             bid_qty=bid_qty,
             ask_qty=ask_qty,
             symbol=m.symbol,
+            source=source,
         )
         await fan_out(self.subscribers, tick)
 
@@ -598,6 +657,7 @@ class BitunixFeed:
                     mark_price=msg.mark,
                     rate_pct=msg.funding_rate_pct,
                     symbol=m.symbol,
+                    source="ws",
                 ),
             )
         elif isinstance(msg, bitunix.TradePush):
@@ -605,9 +665,11 @@ class BitunixFeed:
         elif isinstance(msg, bitunix.TickerPush):
             m.last_price = msg.last
 
-    async def _session(self, ws: trio_websocket.WebSocketConnection, limiter: SendLimiter) -> None:
+    async def _session(
+        self, ws: trio_websocket.WebSocketConnection, limiter: SendLimiter, link: _Link
+    ) -> None:
         """One connection: subscribe (every symbol's channels in one frame), ping, read until it
-        fails."""
+        fails; its data frames are timed in `link`."""
 
         async def pinger() -> None:
             while True:
@@ -662,6 +724,7 @@ class BitunixFeed:
                         logger.error("feed: subscription refused: {}", parsed.data)
                 else:
                     last_any = self.markets[parsed.symbol].heard_at = waited
+                    link.heard(trio.current_time())
                     self.lags_ms.append(self.clock.now() * 1000 - parsed.ts_ms)
                     if not self.ws_up:
                         await self._up()
@@ -694,9 +757,10 @@ class BitunixFeed:
             await self._went_stale(reason, [m for m in self.markets.values() if not m.failover])
 
     async def _ws_loop(self) -> None:
-        attempt = 0
+        backoff = Backoff(self.cfg.backoff_initial_s, self.cfg.backoff_max_s, self.rng)
         while True:
             started = trio.current_time()
+            link = _Link()
             # trio-websocket 0.12 can hang past its own connect/disconnect timeouts when the peer
             # stops answering mid-handshake (its reader task is never cancelled): this scope bounds
             # the connect and the close, and is lifted while the connection is in use
@@ -712,7 +776,7 @@ class BitunixFeed:
                     ) as ws:
                         bound.deadline, phase = math.inf, "open"
                         try:
-                            await self._session(ws, SendLimiter())
+                            await self._session(ws, SendLimiter(), link)
                         finally:
                             bound.deadline, phase = trio.current_time() + WS_CLOSE_TIMEOUT_S + 1.0, "close"
                 except Exception as exc:  # network failures are classified, anything else re-raised
@@ -724,12 +788,15 @@ class BitunixFeed:
                 reason = f"{phase} timed out"
             self.last_error = reason
             await self._down(reason)
-            if trio.current_time() - started >= HEALTHY_S:
-                attempt = 0
-            delay = backoff_delay(attempt, self.cfg.backoff_initial_s, self.cfg.backoff_max_s, self.rng)
-            attempt += 1
-            await self._event("feed.reconnecting", attempt=attempt, delay_s=round(delay, 3), reason=reason)
-            logger.info("feed: reconnecting in {:.2f} s (attempt {})", delay, attempt)
+            delay = backoff.next_delay(link.data_s)
+            await self._event(
+                "feed.reconnecting",
+                attempt=backoff.attempt,
+                delay_s=round(delay, 3),
+                reason=reason,
+                data_s=round(link.data_s, 3),
+            )
+            logger.info("feed: reconnecting in {:.2f} s (attempt {})", delay, backoff.attempt)
             await trio.sleep(delay)
 
     # --- failover ---------------------------------------------------------------------------------
@@ -796,7 +863,7 @@ class BitunixFeed:
         if m.stale:
             logger.info("feed: {} data is fresh again (REST polling)", m.symbol)
             await self._set_stale(False, "REST polling", [m])
-        await self._book(m, book.bids, book.asks)
+        await self._book(m, book.bids, book.asks, "rest")
 
     async def _report_malformed(self) -> None:
         periods = 0

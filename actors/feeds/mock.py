@@ -231,7 +231,8 @@ class RandomWalk:
         bid = round_tick(self.mid - self.spread / 2, decimals)
         ask = round(bid + self.spread, decimals)
         last = ask if at_ask else bid
-        return Tick(ts=ts, bid=bid, ask=ask, last=last, symbol=symbol or self.symbol), round(volume, 4)
+        tick = Tick(ts=ts, bid=bid, ask=ask, last=last, symbol=symbol or self.symbol, source="mock")
+        return tick, round(volume, 4)
 
     def history(
         self, end_ts: float, interval_s: float, tick_s: float, symbol: str | None = None

@@ -12,6 +12,11 @@ Two kinds of schedule, both switchable at runtime (0 turns a fault off):
   its frames, at a phase drawn from the seed, each a kind in a cycle that starts where the seed
   says (`MalformedStream`). REST errors hit an exact `rest_error_fraction` of the requests, in
   the order they come, cycling through `REST_ERROR_KINDS`. Tests use these.
+- **Per connection, by its age** (deterministic in the connection's own time): `drop_after_s`
+  closes each connection that many seconds after it was accepted, whatever it sent or received;
+  every connection lives exactly that long (a flapping server). Which data frames fall before the
+  drop depends on timing, so it is logged without a frame count; what a test asserts on is the
+  connections' lifetimes and the client's reconnects (`FakeStats.ws_log`).
 - **Time-based** (wall clock): `drop_every_s`, `stall_every_s`, `stall_once_after_s`,
   `refuse_handshakes_for_s`. Which frames they hit depends on timing: fine to run by hand,
   flaky to assert on.
@@ -21,6 +26,9 @@ its data stops while the other symbols' flows). The stall length (`stall_for_s`)
 and the REST rate limit are durations by nature.
 `FakeStats.faults_log` lists every scheduled fault in count terms only (which connection, which
 frame of it, which request), so that two runs can be compared: equal for count-based schedules.
+`FakeStats.ws_log` is the server's own record of each WebSocket connection (`WsRecord`: when it
+was accepted, sent its first and last data frame, closed; the client's messages on it and the most
+in any one second), the reference a test measures a client's downtime and send rate against.
 """
 
 from __future__ import annotations
@@ -71,9 +79,35 @@ class Faults:
     stall_every_frames: int = 0  # a stall of stall_for_s after every N data frames sent (all sockets)
     stall_once_after_frames: int = 0  # one stall of stall_for_s after the N-th data frame sent
     refuse_handshakes: int = 0  # HTTP 503 to the first N WS handshakes
+    # per connection: close each WS connection abruptly N s after it was accepted (a connection
+    # accepted while it is 0 lives on)
+    drop_after_s: float = 0
     # where a stall (time- or count-triggered) hits: "" every socket (nothing at all is sent, not
     # even pongs); a symbol: only that symbol's pushes stop, the socket and the other symbols go on
     stall_symbol: str = ""
+
+
+@attrs.define
+class WsRecord:
+    """One accepted WebSocket connection, as the server saw it; times are trio's clock (the
+    server's run), None for what has not happened (yet)."""
+
+    number: int  # 1 for the first connection accepted
+    opened_at: float
+    first_data_at: float | None = None  # its first data frame written
+    last_data_at: float | None = None
+    closed_at: float | None = None
+    data_frames: int = 0
+    client_msgs: int = 0  # messages the client sent on it (pings, subscribes, anything)
+    client_msgs_max_per_s: int = 0  # the most of them in any 1 s window
+
+    def data_span(self, start: float = -math.inf, end: float = math.inf) -> float:
+        """Seconds of [start, end] from its first data frame to its close (or `end`): the time
+        the client was served data on it."""
+        if self.first_data_at is None:
+            return 0.0
+        closed = self.closed_at if self.closed_at is not None else end
+        return max(0.0, min(closed, end) - max(self.first_data_at, start))
 
 
 @attrs.define
@@ -91,7 +125,7 @@ class FakeStats:
     subscriptions: list[Any] = attrs.field(factory=list)  # every arg of every subscribe message
     subscribe_msgs: int = 0  # subscribe messages received (one may carry several symbols' args)
     ignored_client_msgs: int = 0
-    client_msgs_max_per_s: int = 0
+    client_msgs_max_per_s: int = 0  # the most client messages on one socket in any 1 s window
     rate_disconnects: int = 0
     idle_disconnects: int = 0
     rest_requests: int = 0
@@ -105,8 +139,9 @@ class FakeStats:
     # ("refuse", handshake no.), ("drop", connection no., data frames it sent),
     # ("stall", data frames sent in all[, the stall_symbol]),
     # ("malformed", connection no., channel, frame index, kind),
-    # ("rest_error", request no., kind)
+    # ("rest_error", request no., kind), ("drop_after_s", connection no.)
     faults_log: list[tuple[Any, ...]] = attrs.field(factory=list)
+    ws_log: list[WsRecord] = attrs.field(factory=list)  # every WebSocket connection accepted, in order
 
 
 class MalformedStream:

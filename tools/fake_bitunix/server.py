@@ -102,6 +102,7 @@ from tools.fake_bitunix.faults import (
     Faults,
     MalformedStream,
     RestErrors,
+    WsRecord,
 )
 
 __all__ = ["MALFORMED_KINDS", "FakeBitunix", "FakeStats", "Faults", "main"]
@@ -661,6 +662,8 @@ class _Conn:
         self.ws = ws
         self.tap = tap
         self.number = server.stats.connections  # 1 for the first connection accepted
+        self.record = WsRecord(self.number, trio.current_time())
+        server.stats.ws_log.append(self.record)
         self.rng = random.Random(f"{server.seed}:conn:{server.stats.connections}")
         self.data_sent = 0  # data frames written to this socket
         self.malformed: dict[tuple[str, str], MalformedStream] = {}
@@ -673,14 +676,27 @@ class _Conn:
         self.nursery: trio.Nursery | None = None
 
     async def run(self) -> None:
-        with self.scope:
-            async with trio.open_nursery() as nursery:
-                self.nursery = nursery
-                nursery.start_soon(self._writer)
-                nursery.start_soon(self._idle_watch)
-                await self._control({"op": "connect", "data": {"result": True}})
-                await self._reader()
-                nursery.cancel_scope.cancel()
+        try:
+            with self.scope:
+                async with trio.open_nursery() as nursery:
+                    self.nursery = nursery
+                    nursery.start_soon(self._writer)
+                    nursery.start_soon(self._idle_watch)
+                    if self.srv.faults.drop_after_s > 0:
+                        nursery.start_soon(self._drop_after, self.srv.faults.drop_after_s)
+                    await self._control({"op": "connect", "data": {"result": True}})
+                    await self._reader()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.record.closed_at = trio.current_time()
+
+    async def _drop_after(self, seconds: float) -> None:
+        """The `drop_after_s` fault: this connection is closed abruptly `seconds` after it was
+        accepted."""
+        await trio.sleep_until(self.record.opened_at + seconds)
+        self.srv.stats.drops += 1
+        self.srv.stats.faults_log.append(("drop_after_s", self.number))
+        await self.abort()
 
     async def abort(self) -> None:
         """Close the TCP stream with no close frame (the client sees 1006), stop every task."""
@@ -700,6 +716,11 @@ class _Conn:
                     return
                 if item.data:
                     self.data_sent += 1
+                    record = self.record
+                    record.data_frames += 1
+                    record.last_data_at = trio.current_time()
+                    if record.first_data_at is None:
+                        record.first_data_at = record.last_data_at
                     await self.srv.data_frame_sent(self)
 
     async def _idle_watch(self) -> None:
@@ -724,6 +745,8 @@ class _Conn:
                 self.msg_times.popleft()
             stats = self.srv.stats
             stats.client_msgs_max_per_s = max(stats.client_msgs_max_per_s, len(self.msg_times))
+            self.record.client_msgs += 1
+            self.record.client_msgs_max_per_s = max(self.record.client_msgs_max_per_s, len(self.msg_times))
             if len(self.msg_times) > limit:
                 stats.rate_disconnects += 1
                 await self.abort()
@@ -1570,6 +1593,13 @@ def _parser() -> argparse.ArgumentParser:
         help="drop each WS connection once it has sent N data frames (deterministic)",
     )
     p.add_argument(
+        "--drop-after",
+        type=float,
+        default=0,
+        metavar="S",
+        help="drop each WS connection S s after it was accepted (a flapping server)",
+    )
+    p.add_argument(
         "--drop-connections",
         type=int,
         default=0,
@@ -1672,6 +1702,7 @@ def main(argv: list[str] | None = None) -> int:
         malformed_fraction=a.malformed,
         refuse_handshakes_for_s=a.refuse_for,
         drop_after_frames=a.drop_after_frames,
+        drop_after_s=a.drop_after,
         drop_connections=a.drop_connections,
         stall_every_frames=a.stall_every_frames,
         refuse_handshakes=a.refuse_first,
