@@ -63,15 +63,23 @@ def bench(s: nox.Session) -> None:
 
 @nox.session
 def soak(s: nox.Session) -> None:
-    """A 3-minute session against the fake exchange with every fault on at once (tests/test_soak.py);
-    `SOAK_SECONDS` changes the length. The test suite runs a shorter one."""
+    """The long live runs, 3 minutes each, side by side (CI runs this after the suite): a session
+    against the fake exchange with every fault on at once (tests/test_soak.py, `SOAK_SECONDS`), and
+    one against an exchange dropping every connection after 5 s (tests/test_flapping_exchange.py,
+    `FLAPPING_SECONDS`). The test suite runs shorter ones."""
     s.install("-e", ".[test]")
     s.run(
         "pytest",
         "-q",
+        "-n",
+        "2",
         "tests/test_soak.py",
+        "tests/test_flapping_exchange.py",
         *s.posargs,
-        env={"SOAK_SECONDS": s.env.get("SOAK_SECONDS", "180")},
+        env={
+            "SOAK_SECONDS": s.env.get("SOAK_SECONDS", "180"),
+            "FLAPPING_SECONDS": s.env.get("FLAPPING_SECONDS", "180"),
+        },
     )
 
 

@@ -1,5 +1,7 @@
-"""Issue 15, part 4: a live session for 3 minutes (`FLAPPING_SECONDS`, default 180) against the fake
-exchange closing every connection 5 s after accepting it (`Faults.drop_after_s`).
+"""Issue 15, part 4: a live session against the fake exchange closing every connection 5 s after
+accepting it (`Faults.drop_after_s`): 60 s in the test suite (`FLAPPING_SECONDS`), the issue's
+3 minutes in `nox -s soak`, which CI runs after the suite (the suite's 5-minute budget has no room
+for a second 3-minute test).
 
 The reconnect backoff (actors/feeds/bitunix.py `Backoff`) resets after a connection that delivered
 data for `HEALTHY_S` (2 s), so each drop costs a short delay: the WebSocket is down less than 20 %
@@ -25,7 +27,7 @@ from tools.fake_bitunix import FakeBitunix, Faults
 from tools.fake_bitunix.faults import WsRecord
 from tools.validate_session import validate
 
-SECONDS = float(os.environ.get("FLAPPING_SECONDS", "180"))
+SECONDS = float(os.environ.get("FLAPPING_SECONDS", "60"))
 DROP_AFTER_S = 5.0
 
 
