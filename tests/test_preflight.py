@@ -11,8 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 import trio
 
 from actors.preflight import _reason, origin, sign
+from tests.test_fake_bitunix import serving
 from tools.fake_bitunix import FakeBitunix, Faults
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,17 +116,6 @@ def test_refusal_reasons(code: int, skew: float | None, want: str) -> None:
 
 
 # --- the fake exchange's private endpoint ------------------------------------------------------------
-
-
-@asynccontextmanager
-async def serving(fake: FakeBitunix) -> AsyncIterator[FakeBitunix]:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fake.run)
-        try:
-            yield fake
-        finally:
-            nursery.cancel_scope.cancel()
-    assert fake.stats.internal_errors == 0
 
 
 def fake(**kw: Any) -> FakeBitunix:
