@@ -9,7 +9,10 @@ that came first decides the code: only SIGKILL ends a session before its report 
 had no room for the final record, the summary is on stderr only and the next start resumes the
 session); 2 invalid configuration or flags, or a session that cannot be started or resumed
 (nothing is started and no run folder is created), a run dir's disk with less free space than
-`session.disk_reserve_mb` included.
+`session.disk_reserve_mb` included (a checkpoint that fails its HMAC under
+`LAPTOP_AGENTS_STATE_KEY` too). `--preflight` has its own: 0 the exchange accepts the key, 2 the
+keys are not set, 3 the exchange refused them (its reason on the one line), 4 it cannot be reached
+(actors/preflight.py).
 
 One start decision at a time per run dir. A start (live, backtest or replay) takes the run dir's
 start lock (`<run_dir>/.start.lock`, actors/lock.py) once its flags are valid, and holds it while it
