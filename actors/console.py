@@ -18,6 +18,7 @@ import attrs
 
 from protocols.instruments import table_instrument
 
+BATCH_LINES = 256
 DEFAULT_PRICE_DECIMALS = 1  # a symbol the shipped table does not know: BTCUSDT's tick (0.1)
 
 
@@ -88,12 +89,16 @@ class ConsoleSink:
     """Folds the records the recorder writes; `echo` prints the fill and closed-trade lines."""
 
     echo: bool = False
+    # the kernel's runs (backtests, replays) print many lines fast: written `BATCH_LINES` at a
+    # time and at each `flush` (the progress display, the end), one write for them all
+    batched: bool = False
     trades: int = 0
     wins: int = 0
     gross_win: float = 0.0
     gross_loss: float = 0.0
     protection: dict[str, Protection] = attrs.field(factory=dict)
     _protective_ids: dict[str, str] = attrs.field(factory=dict)  # order id -> symbol
+    _pending: list[str] = attrs.field(factory=list)  # batched lines not yet written
 
     def observe(self, record: dict[str, Any], *, new: bool = True) -> None:
         """`new` False: a record of a resumed session's past (counted, not printed)."""
@@ -101,7 +106,7 @@ class ConsoleSink:
         if kind == "order.filled":
             self._done(record["order_id"])
             if self.echo and new:
-                _print(fill_line(record))
+                self._print(fill_line(record))
         elif kind == "position.closed":
             self.trades += 1
             net = record["net_pnl"]
@@ -111,11 +116,25 @@ class ConsoleSink:
             else:
                 self.gross_loss -= net
             if self.echo and new:
-                _print(closed_line(record))
+                self._print(closed_line(record))
         elif kind == "order.working":
             self._working(record)
         elif kind in ("order.cancelled", "order.rejected"):
             self._done(record.get("order_id"))
+
+    def _print(self, line: str) -> None:
+        if not self.batched:
+            _print(line)
+            return
+        self._pending.append(line)
+        if len(self._pending) >= BATCH_LINES:
+            self.flush()
+
+    def flush(self) -> None:
+        """The batched lines, written at once."""
+        if self._pending:
+            _print("\n".join(self._pending))
+            self._pending.clear()
 
     def _working(self, record: dict[str, Any]) -> None:
         trigger = record.get("trigger_price")

@@ -35,8 +35,9 @@ from actors.broker.paper import PaperBroker
 from actors.broker.portfolio import Portfolio
 from actors.feeds.intervals import Intervals
 from actors.risk.gate import RiskGate
-from actors.strategies.base import Strategy
+from actors.strategies.base import Strategy, StrategyOutput
 from protocols.messages import (
+    AccountSnapshot,
     Candle,
     Event,
     MarketEvent,
@@ -132,7 +133,9 @@ class Kernel:
         candle its open quote at its start; at its end the candle (the broker works it along its
         path and takes its close as the quote). The same steps, in the same order, without a
         generator and a dispatch per step: a backtest's hot loop (tests/test_kernel.py checks it
-        against the actors, which take the steps one by one). One symbol: the broker's."""
+        against the actors, which take the steps one by one). One symbol: the broker's. A candle
+        with no timer due and nothing for the broker to work takes both broker steps in one call
+        (`PaperBroker.quiet_candle`, the same state after)."""
         broker = self.broker
         assert isinstance(broker, PaperBroker), "several symbols' candles go through run()"
         on_quote, on_candle, next_timer = broker.on_quote, broker.on_candle, broker.next_timer
@@ -140,10 +143,22 @@ class Kernel:
         symbol = broker.symbol
         quote_targets = self._routes.get((Tick, symbol))
         candle_targets = self._routes.get((Candle, symbol))
+        quiet_candle = broker.quiet_candle
         due = next_timer()
         for candle in candles:
             open_ts = candle.open_ts
             close_ts = open_ts + candle.interval_s
+            if due > close_ts and not quote_targets and quiet_candle(candle):
+                # most candles: no timer, nothing for the broker to do but mark (`quiet_candle`)
+                self.now = close_ts
+                if candle_targets:  # `publish`, inlined
+                    deciding = [strategy for strategy in candle_targets if strategy.update(candle)]
+                    if deciding:
+                        self.decide(candle, deciding, close_ts)
+                if self.intervals is not None:
+                    self.publish_longer(candle, close_ts)
+                due = next_timer()
+                continue
             # the open quote
             if due <= open_ts:
                 timers(open_ts)
@@ -245,15 +260,26 @@ class Kernel:
         none decides: most candles)."""
         if isinstance(event, Candle):
             deciding = [strategy for strategy in targets if strategy.update(event)]
-            if not deciding:
-                return
-            account = self.broker.snapshot(now, event.symbol)
-            decisions = [(strategy, strategy.decide(event, account, now)) for strategy in deciding]
+            if deciding:
+                self.decide(event, deciding, now)
         elif isinstance(event, Tick):
             account = self.broker.snapshot(now, event.symbol)
-            decisions = [(strategy, strategy.on_quote(event, account, now)) for strategy in targets]
-        else:
-            return
+            self.intents(
+                [(strategy, strategy.on_quote(event, account, now)) for strategy in targets], account, now
+            )
+
+    def decide(self, candle: Candle, deciding: list[Strategy], now: float) -> None:
+        """The strategies with a decision due on `candle` decide, with one snapshot for them all."""
+        account = self.broker.snapshot(now, candle.symbol)
+        self.intents(
+            [(strategy, strategy.decide(candle, account, now)) for strategy in deciding], account, now
+        )
+
+    def intents(
+        self, decisions: list[tuple[Strategy, list[StrategyOutput]]], account: AccountSnapshot, now: float
+    ) -> None:
+        """Each strategy's events recorded and its intents through the risk gate; the orders it
+        approves go to the broker once every strategy has decided."""
         broker, gate, write = self.broker, self.gate, self.write
         orders: list[Order] = []
         for _strategy, outs in decisions:

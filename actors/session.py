@@ -495,6 +495,7 @@ class Session:
                 run_path, alerts=self.config.alerts, reserve_mb=self.config.session.disk_reserve_mb
             )
             recorder.console.echo = self.console
+            recorder.console.batched = True
             recorder.write(started_event(self.config, run_path.name, timeline))
             kernel = Kernel(
                 parts.broker,
@@ -508,7 +509,7 @@ class Session:
             storage: list[StorageFault] = []  # a storage stop ends the inputs (checked between steps)
             try:
                 if one_stream:
-                    stopped = self._run_candles(kernel, _until_storage(candles, recorder, storage))
+                    stopped = self._run_candles(kernel, iter(candles), recorder, storage)
                 else:
                     stopped = kernel.run(
                         self._reporting(_until_storage(inputs, recorder, storage), kernel),
@@ -543,24 +544,33 @@ class Session:
         data = self.plan.data if self.plan.mode == "backtest" and not self.plan.data_by_symbol else None
         return BacktestProgress(mode, total=lambda: count_candles(data) if data else None)
 
-    def _run_candles(self, kernel: Kernel, candles: Iterator[Candle]) -> Stopped:
-        """`kernel.run_candles` over the candles, in chunks of `PROGRESS_CHUNK` with the progress
-        shown between two (the same steps: `finish=False` leaves the run open; nothing is added
-        to the loop over the candles). Without progress, one call."""
+    def _run_candles(
+        self, kernel: Kernel, candles: Iterator[Candle], recorder: Recorder, storage: list[StorageFault]
+    ) -> Stopped:
+        """`kernel.run_candles` over the candles, in chunks of `STORAGE_CHECK_EVERY`: between two
+        chunks the recorder's storage stop is looked for (its `error` event is recorded then and
+        the stop kept in `storage`), and every `PROGRESS_CHUNK` candles the progress is shown (the
+        same steps: `finish=False` leaves the run open; nothing is added to the loop over the
+        candles)."""
         with self._backtest_progress() as progress:
-            if not progress.on:
-                stopped = kernel.run_candles(candles)
-                assert stopped is not None
-                return stopped
             done = 0
             for first in candles:
                 stopped = kernel.run_candles(
-                    itertools.chain((first,), itertools.islice(candles, PROGRESS_CHUNK - 1)), finish=False
+                    itertools.chain((first,), itertools.islice(candles, STORAGE_CHECK_EVERY - 1)),
+                    finish=False,
                 )
                 if stopped is not None:
                     return stopped
-                done += PROGRESS_CHUNK  # the last chunk may be shorter: the display caps it
-                progress.update(done, kernel.now)
+                if (stop := recorder.take_stop()) is not None:
+                    storage.append(stop)
+                    break
+                done += STORAGE_CHECK_EVERY  # the last chunk may be shorter: the display caps it
+                if progress.on and not done % PROGRESS_CHUNK:
+                    recorder.console.flush()
+                    progress.update(done, kernel.now)
+            else:
+                if (stop := recorder.take_stop()) is not None:
+                    storage.append(stop)
             stopped = kernel.run_candles((), finish=True)
             assert stopped is not None
             return stopped

@@ -6,6 +6,8 @@ import gzip
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actors.feeds.history import DataError, candle_ticks, read_candles_csv
 
@@ -74,3 +76,82 @@ def test_shared_real_data_parses_cleanly(shared_data: Path) -> None:
     )
     assert n == 50_000
     assert stats.get("skipped", 0) == 0
+
+
+def _reference_rows(text: bytes, interval_s: float) -> tuple[list[tuple[float, ...]], int]:
+    """An independent reading of the rules (the docstring of read_candles_csv): each line after the
+    header split on commas; six numbers, finite, prices > 0, volume >= 0, open and close within
+    [low, high], a whole number of milliseconds, later than the last candle kept."""
+    kept: list[tuple[float, ...]] = []
+    skipped = 0
+    last = float("-inf")
+    lines = text.split(b"\n")[1:]
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for line in lines:
+        try:
+            t, o, h, lo, c, v = (float(x) for x in line.split(b","))
+        except ValueError:
+            skipped += 1
+            continue
+        finite = all(abs(x) < float("inf") for x in (t, o, h, lo, c, v))
+        if (
+            finite
+            and min(o, h, lo, c) > 0
+            and v >= 0
+            and lo <= min(o, c)
+            and max(o, c) <= h
+            and t == int(t)
+            and t / 1000 > last
+        ):
+            last = t / 1000
+            kept.append((t / 1000, interval_s, o, h, lo, c, v))
+        else:
+            skipped += 1
+    return kept, skipped
+
+
+_FIELD = st.one_of(
+    st.sampled_from(
+        ["100", "100.5", "105", "90", "110", "1.5", "0", "-0", "1e2", ".5", "5.", "nan", "x", "", " 7"]
+    ),
+    st.integers(1, 10**6).map(str),
+)
+_LINE = st.one_of(
+    st.builds(
+        lambda t, p: f"{t * 60000},{p},{p + 10},{max(p - 10, 1)},{p + 1},2",
+        st.integers(0, 50),
+        st.integers(20, 99),
+    ),
+    st.lists(_FIELD, min_size=0, max_size=8).map(",".join),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(_LINE, max_size=40),
+    crlf=st.booleans(),
+    final_newline=st.booleans(),
+    chunk=st.integers(1, 200),
+)
+def test_rows_read_in_chunks_equal_a_line_by_line_reading(
+    lines: list[str], crlf: bool, final_newline: bool, chunk: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Whatever the chunk boundaries (a chunk is parsed at once when every line has six fields):
+    the candles and the count of skipped rows of a line-by-line reading."""
+    end = "\r\n" if crlf else "\n"
+    text = (HEADER.rstrip("\n") + end + end.join(lines) + (end if final_newline and lines else "")).encode()
+    path = tmp_path_factory.mktemp("csv") / "c.csv"
+    path.write_bytes(text)
+    expected, skipped = _reference_rows(text.replace(b"\r\n", b"\n"), 60.0)
+    import actors.feeds.history as history
+
+    size, history._CHUNK_BYTES = history._CHUNK_BYTES, chunk
+    try:
+        stats: dict[str, int] = {}
+        candles = list(read_candles_csv(path, 60, stats))
+    finally:
+        history._CHUNK_BYTES = size
+    assert [tuple(c)[:7] for c in candles] == expected
+    assert all(type(x) is float for c in candles for x in tuple(c)[2:7])
+    assert stats.get("candles", 0) == len(expected) and stats.get("skipped", 0) == skipped

@@ -634,6 +634,87 @@ class PaperBroker:
             events += self._release_awaiting(tick, ts)
         return self._mark(events, ts)
 
+    def quiet_candle(self, candle: Candle) -> bool:
+        """A backtest candle nothing can happen in, in one call: `on_quote` of its open quote, then
+        `on_candle`, leaving the same state, for a candle with no resting or waiting order, no
+        funding instant or expiry, no liquidation along its path or at either mark, and a risk
+        watch that fires at neither mark. Anything else: returns False having changed nothing, and
+        the caller takes the two steps (the kernel, with no timer due and no quote subscriber;
+        tests/test_kernel.py compares its event logs with the actors', which take both steps)."""
+        close_ts = candle.open_ts + candle.interval_s
+        if (
+            self.working
+            or self.awaiting_quote
+            or self.update_due
+            or self.closed
+            or close_ts >= self.next_funding_ts
+            or close_ts >= self.next_expiry
+            or not self.bars
+            or candle.backfill
+        ):
+            return False
+        # each mark as `_grid_quote` makes it: a price between two ticks is bid below, asked above
+        scale = self._price_scale
+        units = candle.open * scale
+        whole = round(units)
+        open_mark = (
+            candle.open
+            if -1e-6 < units - whole < 1e-6
+            else (math.floor(units) / scale + math.ceil(units) / scale) / 2
+        )
+        close = candle.close
+        units = close * scale
+        whole = round(units)
+        on_grid = -1e-6 < units - whole < 1e-6
+        close_mark = close if on_grid else (math.floor(units) / scale + math.ceil(units) / scale) / 2
+        # equity at each mark: `_mark`'s arithmetic, in its order
+        cash = (
+            self.starting_equity + self.realized_pnl - (self.fees_maker + self.fees_taker) - self.funding_paid
+        )
+        pos = self.position_qty
+        if -EPS < pos < EPS:
+            open_equity = close_equity = cash
+        else:
+            liq = self.liq_price
+            if pos > 0:
+                if candle.low <= liq or open_mark <= liq or close_mark <= liq:
+                    return False
+            elif candle.high >= liq or open_mark >= liq or close_mark >= liq:
+                return False
+            open_equity = cash + (open_mark - self.avg_price) * pos
+            close_equity = cash + (close_mark - self.avg_price) * pos
+        floor = self.watch_floor
+        if open_equity <= floor or close_equity <= floor or close_ts >= self.watch_at:
+            return False
+        # nothing happens: the state the two steps leave
+        self._update_drawdown(open_equity)
+        self._update_drawdown(close_equity)
+        self.path_price = close
+        volume = self.bar_volume = candle.volume
+        self.quote_budget = self.participation * volume if volume else math.inf
+        ts = close_ts - CLOSE_TICK_LEAD_S
+        self.last_tick = _new_tuple(
+            Tick,
+            (ts, close, close, close, 0.0, 0.0, 0.0, candle.symbol, "candles")
+            if on_grid
+            else (
+                ts,
+                math.floor(units) / scale,
+                math.ceil(units) / scale,
+                close,
+                0.0,
+                0.0,
+                0.0,
+                candle.symbol,
+                "candles",
+            ),
+        )
+        self.mark = close_mark
+        self.mark_source = "candles"
+        self.touch_taken = 0.0
+        self.last_ts = close_ts
+        return True
+
     def _advance(self, ts: float) -> list[Event]:
         """Time moves to `ts`: funding for each instant passed since the last market event."""
         events: list[Event] = []

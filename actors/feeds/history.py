@@ -11,10 +11,13 @@ import gzip
 import json
 import math
 from collections.abc import Iterable, Iterator
+from itertools import repeat
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from protocols.messages import DEFAULT_SYMBOL, Candle, MarketEvent, Tick, checked_candle, quote
+import orjson
+
+from protocols.messages import DEFAULT_SYMBOL, Candle, MarketEvent, Tick, _new_tuple, quote
 from protocols.records import market_from_record
 
 CSV_HEADER = ["open_time_ms", "open", "high", "low", "close", "volume"]
@@ -59,36 +62,83 @@ def read_candles_csv(
         candles = skipped = 0
         inf = _INF
         try:
-            for line in f:
-                # `_candle`, inlined: this loop runs once per row of a file of millions
-                row = line.split(b",")
-                try:
-                    t, o, h, lo, c, v = map(float, row)
-                except ValueError:  # a field missing, extra or not a number
-                    skipped += 1
-                    continue
-                open_ts = t / 1000.0
-                # chained comparisons are False for NaN
-                if (
-                    0 < o < inf
-                    and 0 < h < inf
-                    and 0 < lo < inf
-                    and 0 < c < inf
-                    and 0 <= v < inf
-                    and lo <= o <= h
-                    and lo <= c <= h
-                    and t.is_integer()
-                    and open_ts > last_open
-                ):
-                    last_open = open_ts
-                    candles += 1
-                    yield checked_candle(open_ts, interval_s, o, h, lo, c, v, symbol)  # checked just above
-                else:
-                    skipped += 1
+            for rows in _rows(f):
+                for t, o, h, lo, c, v in rows:
+                    if t is None:  # a field missing, extra or not a number
+                        skipped += 1
+                        continue
+                    open_ts = t / 1000.0
+                    # chained comparisons are False for NaN
+                    if (
+                        0 < o < inf
+                        and 0 < h < inf
+                        and 0 < lo < inf
+                        and 0 < c < inf
+                        and 0 <= v < inf
+                        and lo <= o <= h
+                        and lo <= c <= h
+                        and t.is_integer()
+                        and open_ts > last_open
+                    ):
+                        last_open = open_ts
+                        candles += 1
+                        # `checked_candle`, inlined: its prices were checked just above
+                        yield _new_tuple(Candle, (open_ts, interval_s, o, h, lo, c, v, False, symbol))
+                    else:
+                        skipped += 1
         finally:
             stats["candles"] = stats.get("candles", 0) + candles
             if skipped:
                 stats["skipped"] = stats.get("skipped", 0) + skipped
+
+
+_CHUNK_BYTES = 1 << 18
+_NO_ROW = (None,) * 6
+
+
+def _rows(f: IO[bytes]) -> Iterator[Iterable[tuple[Any, ...]]]:
+    """The data rows of a CSV, as six floats each (`_NO_ROW` for a row that is not six numbers),
+    a chunk of lines at a time (`_parse_lines`: about twice as fast as a `split` and six `float`
+    calls per line)."""
+    rest = b""
+    while True:
+        block = f.read(_CHUNK_BYTES)
+        if not block:
+            break
+        block = rest + block
+        cut = block.rfind(b"\n") + 1
+        if not cut:  # no whole line yet
+            rest = block
+            continue
+        rest = block[cut:]
+        lines = block[: cut - 1]
+        yield _parse_lines(lines)
+    if rest:
+        yield _parse_lines(rest)
+
+
+def _parse_lines(lines: bytes) -> Iterable[tuple[Any, ...]]:
+    """The rows of whole lines. When every line has six fields, all of them are parsed at once as
+    one JSON array by orjson (its numbers are a subset of what `float` reads, parsed to the same
+    doubles), then made floats; else, or when any field is not a JSON number, line by line."""
+    rows = lines.split(b"\n")
+    if list(map(bytes.count, rows, repeat(b","))).count(5) == len(rows):
+        try:
+            values = list(map(float, orjson.loads(b"[" + lines.replace(b"\n", b",") + b"]")))
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            each = iter(values)
+            return zip(each, each, each, each, each, each, strict=True)
+    return [_parse_line(line) for line in rows]
+
+
+def _parse_line(line: bytes) -> tuple[Any, ...]:
+    try:
+        t, o, h, lo, c, v = map(float, line.split(b","))
+    except ValueError:
+        return _NO_ROW
+    return t, o, h, lo, c, v
 
 
 def candle_ticks(candle: Candle) -> tuple[Tick, Tick]:

@@ -307,6 +307,7 @@ class Recorder:
         files are cut back to their last whole line, the temporary files removed and the fault
         noted (`storage_fault.json`), for the next start to resume the session. The report is
         returned (and kept in `report`) either way."""
+        self.console.flush()
         self._poll_sinks()
         self.report = self.report_builder.report()
         self.alert_log.close()
