@@ -36,6 +36,7 @@ instant in one run dir give the outcome of starts one after the other:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -53,7 +54,7 @@ from actors.console import print_summary
 from actors.feeds.funding import FundingRates, describe
 from actors.feeds.history import DataError
 from actors.lock import SessionLocked, StartBusy, StartLock
-from actors.plan import Plan, PlanError, find_resumable, is_file, load_recording, short_path
+from actors.plan import Plan, PlanError, find_resumable, is_file, load_recording, parse_when, short_path
 from actors.recording import checkpoint
 from actors.recording.checkpoint import CheckpointError
 from actors.recording.storage import StorageFault, check_room
@@ -135,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
         "per 8 h, 0.0001 = 0.01 %%); without it broker.funding applies",
     )
     p.add_argument(
+        "--from",
+        dest="from_",
+        metavar="WHEN",
+        help="backtests: only the candles opening at or after WHEN (ISO-8601 date or date and time, "
+        "UTC unless it says otherwise, e.g. 2024-01-31 or 2024-01-31T12:00Z)",
+    )
+    p.add_argument(
+        "--until",
+        metavar="WHEN",
+        help="backtests: only the candles opening before WHEN (ISO-8601, as --from)",
+    )
+    p.add_argument(
         "--replay", metavar="RUN", help="re-run a recorded session (run folder or its events.jsonl)"
     )
     p.add_argument(
@@ -184,6 +197,8 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack) -> Plan:
             "--funding is only for --mode backtest (a replay re-delivers its recorded funding; "
             "live sessions take the exchange's rate, mock ones broker.funding)"
         )
+    if (args.from_ is not None or args.until is not None) and args.mode != "backtest":
+        raise PlanError("--from and --until are only for --mode backtest")
     if args.runtime != "kernel" and not (args.replay or args.mode == "backtest"):
         raise PlanError("--runtime is only for --mode backtest and --replay")
     if args.replay:
@@ -194,6 +209,7 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack) -> Plan:
         if not args.data:
             raise PlanError("--mode backtest needs --data FILE")
         files = _data_files(args.data, config)
+        window = _window(args.from_, args.until)
         funding = _funding(args.funding)
         _start_lock(held, config).arm()
         return Plan(
@@ -202,6 +218,7 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack) -> Plan:
             data_by_symbol=files if len(files) > 1 else (),
             runtime=args.runtime,
             funding=funding,
+            window=window,
         )
     if args.data:
         raise PlanError("--data is only for --mode backtest")
@@ -241,6 +258,17 @@ def _data_files(values: list[str], config: Config) -> tuple[tuple[str, str], ...
     if missing:
         raise PlanError(f"--data: no data for {', '.join(missing)}; expected SYMBOL=FILE for each of them")
     return tuple((symbol, pairs[symbol]) for symbol in symbols)
+
+
+def _window(start: str | None, end: str | None) -> tuple[float, float]:
+    """`--from` and `--until` as the backtest's window of candle open times."""
+    window = (
+        -math.inf if start is None else parse_when(start, "--from"),
+        math.inf if end is None else parse_when(end, "--until"),
+    )
+    if window[0] >= window[1]:
+        raise PlanError(f"--from {start} is not before --until {end}")
+    return window
 
 
 def _funding(path: str | None) -> FundingRates | None:

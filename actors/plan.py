@@ -8,6 +8,7 @@ and exit code 2, never a half-started session.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,10 +54,27 @@ class Plan:
     # backtests and replays: "kernel" (the default, a plain loop) or "actors" (the live Trio actors
     # on the data's clock, to check one against the other)
     runtime: Literal["kernel", "actors"] = "kernel"
+    # backtest: the candles it runs over, by their open time: from (inclusive), until (exclusive)
+    window: tuple[float, float] = (-math.inf, math.inf)
 
     @property
     def virtual_time(self) -> bool:
         return self.mode != "live"
+
+
+def parse_when(text: str, flag: str) -> float:
+    """A flag's ISO-8601 date or date and time (`2024-01-31`, `2024-01-31T12:00`, with `Z` or an
+    offset; UTC when it has none) as a Unix time; PlanError naming the flag otherwise."""
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise PlanError(
+            f"{flag}: not an ISO-8601 date or date and time (e.g. 2024-01-31 or 2024-01-31T12:00Z): "
+            f"{short_path(text, 60)}"
+        ) from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def _ts(iso: str) -> float:

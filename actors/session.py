@@ -46,7 +46,7 @@ from actors.broker.portfolio import Portfolio
 from actors.config import Config, to_dict
 from actors.console import ConsoleSink
 from actors.feeds.funding import FundingRates
-from actors.feeds.history import candle_steps, read_candles_csv, read_market_log
+from actors.feeds.history import DataError, candle_steps, read_candles_csv, read_market_log
 from actors.feeds.intervals import Intervals
 from actors.kernel import Kernel, Stopped
 from actors.lock import SessionLock
@@ -339,6 +339,8 @@ def end_reason(plan: Plan) -> str:
 
 # A feed for the actors runtime: given the broker's market channel and the watchdog's stop channel.
 FeedStarter = Callable[..., Awaitable[None]]
+# (the --data file, its symbol) -> the candles it holds, in order
+CandleSource = Callable[[str, str], Iterable[Candle]]
 
 
 class Session:
@@ -357,9 +359,13 @@ class Session:
         handle_signals: bool = True,
         progress_mode: str | None = None,
         console: bool = False,
+        candle_source: CandleSource | None = None,
     ) -> None:
-        """`console`: print each fill and closed trade on stderr (the CLI)."""
+        """`console`: print each fill and closed trade on stderr (the CLI). `candle_source`: a
+        backtest's candles of a `--data` file and symbol, from elsewhere than the file (a sweep's
+        trials: the data read once per node, tools/sweep/); the same candles the file holds."""
         self.config = config
+        self.candle_source = candle_source
         self.plan = plan or Plan()
         self.runtime: Runtime = runtime or ("actors" if self.plan.mode == "live" else self.plan.runtime)
         self.feed = feed
@@ -400,10 +406,20 @@ class Session:
         symbol's: by default the session's, from --data)."""
         path = path or self.plan.data
         assert path is not None
-        candles = read_candles_csv(Path(path), self.config.interval_s, symbol=symbol or self.symbol)
+        symbol = symbol or self.symbol
+        if self.candle_source is not None:
+            candles = iter(self.candle_source(path, symbol))
+        else:
+            candles = read_candles_csv(Path(path), self.config.interval_s, symbol=symbol)
+        start, end = self.plan.window
+        if math.isfinite(start):
+            candles = itertools.dropwhile(lambda candle: candle.open_ts < start, candles)
+        if math.isfinite(end):
+            candles = itertools.takewhile(lambda candle: candle.open_ts < end, candles)
         first = next(candles, None)
         if first is None:
-            raise ValueError(f"--data {path}: no candles")
+            within = "" if self.plan.window == (-math.inf, math.inf) else " in the --from/--until window"
+            raise DataError(f"--data {path}: no candles{within}")
         return first.open_ts, itertools.chain((first,), candles)
 
     def backtest_steps(self) -> tuple[float, Iterator[tuple[float, MarketEvent]]]:

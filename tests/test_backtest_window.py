@@ -1,0 +1,98 @@
+"""`--from` and `--until`: a backtest over a window of its data file is the backtest of the file cut
+to that window (the rows cut here by their open time, independently of the project's reader)."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from actors.main import main
+
+HEADER = "open_time_ms,open,high,low,close,volume"
+START_MS = 1_704_067_200_000  # 2024-01-01T00:00Z
+
+
+def _write(path: Path, rows: list[str]) -> Path:
+    path.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _rows(n: int, seed: int = 5) -> list[str]:
+    rng, price, rows = random.Random(seed), 60_000.0, []
+    for i in range(n):
+        close = round(price * (1 + rng.gauss(0, 0.002)), 1)
+        high, low = max(price, close) + 5.0, min(price, close) - 5.0
+        rows.append(f"{START_MS + i * 60_000},{price},{high:.1f},{low:.1f},{close},{rng.uniform(1, 9):.3f}")
+        price = close
+    return rows
+
+
+def _events(run_dir: Path) -> list[dict[str, object]]:
+    lines = (run_dir / "latest" / "events.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    for record in records:  # where the data came from and went to: not the trading
+        record.pop("config", None)
+        record.pop("data_source", None)
+        record.pop("run_id", None)
+    return records
+
+
+FAST = [
+    "--set",
+    "strategy.fast_period=3",
+    "--set",
+    "strategy.slow_period=8",
+    "--set",
+    "risk.max_loss_pct=100",
+]
+
+
+def _backtest(data: Path, run_dir: Path, *flags: str) -> int:
+    argv = ["--mode", "backtest", "--data", str(data), "--run-dir", str(run_dir)]
+    return main([*argv, "--set", f"session.kill_switch={run_dir}/kill.txt", *FAST, *flags], env={})
+
+
+def test_a_window_is_the_backtest_of_the_file_cut_to_it(tmp_path: Path) -> None:
+    rows = _rows(3000)
+    whole = _write(tmp_path / "whole.csv", rows)
+    start, end = "2024-01-01T10:00Z", "2024-01-02T08:30"  # no offset: UTC
+    start_ms = datetime(2024, 1, 1, 10, tzinfo=UTC).timestamp() * 1000
+    end_ms = datetime(2024, 1, 2, 8, 30, tzinfo=UTC).timestamp() * 1000
+    kept = [row for row in rows if start_ms <= int(row.split(",")[0]) < end_ms]
+    assert 0 < len(kept) < len(rows) - 500
+    cut = _write(tmp_path / "cut.csv", kept)
+    assert _backtest(whole, tmp_path / "windowed", "--from", start, "--until", end) == 0
+    assert _backtest(cut, tmp_path / "cut") == 0
+    windowed, expected = _events(tmp_path / "windowed"), _events(tmp_path / "cut")
+    assert any(e["kind"] == "order.filled" for e in expected)
+    assert windowed == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--from", "2024-01-02", "--until", "2024-01-01"],
+            "--from 2024-01-02 is not before --until 2024-01-01",
+        ),
+        (["--from", "yesterday"], "--from: not an ISO-8601 date"),
+        (["--until", "2024-13-01"], "--until: not an ISO-8601 date"),
+        (["--from", "2030-01-01"], "no candles in the --from/--until window"),
+    ],
+)
+def test_a_bad_window_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    data = _write(tmp_path / "d.csv", _rows(100))
+    assert _backtest(data, tmp_path / "runs", *flags) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_window_outside_a_backtest_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--from", "2024-01-01", "--run-dir", str(tmp_path)], env={}) == 2
+    assert "--from and --until are only for --mode backtest" in capsys.readouterr().err
