@@ -102,6 +102,7 @@ def container(s: nox.Session) -> None:
 
 
 LOCK = "requirements.lock"
+SWEEP_LOCK = "requirements-sweep.lock"
 
 
 @nox.session
@@ -109,6 +110,10 @@ def lock(s: nox.Session) -> None:
     """Regenerate requirements.lock, the image's hash-pinned runtime dependencies: pyproject.toml's
     [project].dependencies (no extras) resolved for Linux and Python 3.11 by `uv pip compile`, every
     file's sha256 listed (the Containerfile installs it with `pip install --require-hashes`).
+    Then requirements-sweep.lock, the Ray worker image's (`--build-arg SWEEP=1`): the same
+    dependencies and the `sweep` extra (ray, optuna, pyarrow), compiled with requirements.lock as
+    constraints (`-c`), so that a package of both has the version of requirements.lock and the
+    sweep image installs its lock on top of the default image's without moving a pin.
     `-- --upgrade` moves every pin to the newest release; without it the pins kept still fit."""
     s.install("uv")
     s.run(
@@ -126,5 +131,27 @@ def lock(s: nox.Session) -> None:
         "--quiet",
         "--output-file",
         LOCK,
+        *s.posargs,
+    )
+    # after requirements.lock, within it: one resolution would move the default image's pins
+    s.run(
+        "uv",
+        "pip",
+        "compile",
+        "pyproject.toml",
+        "--extra",
+        "sweep",
+        "--constraints",
+        LOCK,
+        "--generate-hashes",
+        "--python-version",
+        "3.11",
+        "--python-platform",
+        "linux",
+        "--custom-compile-command",
+        "nox -s lock",
+        "--quiet",
+        "--output-file",
+        SWEEP_LOCK,
         *s.posargs,
     )
