@@ -1,0 +1,106 @@
+"""`python -m tools.sweep SPEC.toml`: a parameter sweep with walk-forward windows on Ray
+(docs/sweeps.md). Exit 0 when the sweep is complete (some trials may have failed: the table says
+which and why), 2 for a spec or flag that cannot be used (one line each, naming the key)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tools.sweep.spec import SpecError, load_spec
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tools.sweep",
+        description="Parameter sweep and walk-forward of backtests on Ray; results in --out.",
+    )
+    p.add_argument("spec", metavar="SPEC", help="the sweep's TOML spec (e.g. config/sweeps/example.toml)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="the sweep's folder: trials.csv, trials.parquet, sweep.json, sweep.html, the trials' run "
+        "folders (default: sweeps/<the spec's name>); run again on the same folder to finish it",
+    )
+    p.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="a Ray cluster to run on (e.g. auto on a Ray head, or ray://host:10001); default: a local "
+        "Ray on this machine's cores",
+    )
+    p.add_argument(
+        "--workers", type=int, metavar="N", help="local Ray: CPUs to use, one trial each (default: all)"
+    )
+    p.add_argument(
+        "--data",
+        metavar="[SYMBOL=]FILE",
+        action="append",
+        default=[],
+        help="candle files in place of the spec's sweep.data (repeatable, SYMBOL=FILE per symbol)",
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="run again the trials the sweep's log holds as failed (default: kept as they are)",
+    )
+    p.add_argument(
+        "--progress",
+        choices=["auto", "rich", "plain", "off"],
+        default="auto",
+        help="the console's progress: rich (a live line), plain (a line per trial), off; auto: rich on a terminal",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    overrides = {}
+    for value in args.data:
+        symbol, sep, path = value.partition("=")
+        overrides[symbol.strip().upper() if sep else ""] = path if sep else value
+    if args.workers is not None and args.workers < 1:
+        print("error: --workers: expected an integer >= 1", file=sys.stderr)
+        return 2
+    if args.workers is not None and args.address:
+        print("error: --workers is for a local Ray; a cluster has its own", file=sys.stderr)
+        return 2
+    try:
+        spec = load_spec(Path(args.spec), overrides)
+    except SpecError as exc:
+        for problem in exc.problems:
+            print(f"spec error: {problem}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path("sweeps") / spec.name
+
+    from tools.sweep.progress import console_progress
+    from tools.sweep.runner import run_sweep
+
+    with console_progress(args.progress) as progress:
+        result = run_sweep(
+            spec,
+            out,
+            address=args.address,
+            workers=args.workers,
+            retry_failed=args.retry_failed,
+            progress=progress,
+        )
+    counts = result.counts
+    print(
+        f"sweep {spec.name}: {counts.done} trials ({counts.skipped} from the log, {counts.failed} failed) "
+        f"-> {out / 'trials.csv'}, {out / 'sweep.html'}",
+        file=sys.stderr,
+    )
+    for kind, verdict in result.summary["verdict"].items():
+        print(
+            f"  {kind}: out-of-sample net PnL {verdict['out_of_sample_net_pnl']:+.2f} USDT over "
+            f"{verdict['windows']} windows ({verdict['out_of_sample_trades']} trades); "
+            f"in-sample {verdict['in_sample_net_pnl']:+.2f}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""A sweep's results: its log (`trials.jsonl`, one line per finished trial, appended as each
+finishes: what a sweep run again skips), the table (`trials.csv`, `trials.parquet`), the
+walk-forward summary and verdict (`sweep.json`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tools.sweep.spec import SweepSpec, Window
+
+COLUMNS = (
+    "trial_id",
+    "strategy",
+    "window",
+    "phase",
+    "start",
+    "end",
+    "status",
+    "error",
+    "objective",
+    "objective_value",
+    "net_pnl",
+    "return_pct",
+    "sharpe",
+    "profit_factor",
+    "trade_count",
+    "max_drawdown_pct",
+    "fees_paid",
+    "stop_reason",
+    "seconds",
+    "run_folder",
+    "params",
+)
+
+
+class TrialLog:
+    """`trials.jsonl`: each finished trial's record, appended and synced at once, so a sweep
+    killed at any instant keeps every trial that finished (a torn last line is ignored)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: dict[tuple[str, str], dict[str, Any]] = {}  # (key, phase) -> record
+        if path.exists():
+            with path.open("rb") as f:
+                for line in f:
+                    try:
+                        record = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        continue  # the line a kill cut short: that trial runs again
+                    self.records[record["key"], record["phase"]] = record
+        self._file = path.open("ab")
+
+    def append(self, record: dict[str, Any]) -> None:
+        self._file.write(orjson.dumps(record) + b"\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.records[record["key"], record["phase"]] = record
+
+    def find(self, key: str) -> dict[str, Any] | None:
+        """The record of a trial with this key, in either phase (the same backtest)."""
+        return self.records.get((key, "train")) or self.records.get((key, "test"))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def objective_value(record: dict[str, Any], spec: SweepSpec) -> float | None:
+    """The trial's objective; None when it failed, made fewer trades than `min_trades`, or the
+    figure is undefined (a profit factor without a losing trade, say): never the best."""
+    if record.get("status") != "ok" or (record.get("trade_count") or 0) < spec.min_trades:
+        return None
+    value = record.get(spec.objective)
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def best(records: Iterable[dict[str, Any]], spec: SweepSpec) -> dict[str, Any] | None:
+    """The record with the highest objective (ties: the first in the order given)."""
+    top, top_value = None, -math.inf
+    for record in records:
+        value = objective_value(record, spec)
+        if value is not None and value > top_value:
+            top, top_value = record, value
+    return top
+
+
+def rows(records: Sequence[dict[str, Any]], spec: SweepSpec, out: Path) -> list[dict[str, Any]]:
+    """The table's rows: a row per trial (a trial in both phases, once per phase), in the order
+    window, phase (train first), strategy, then as run."""
+    params = sorted({name for record in records for name in record["params"]})
+    table = []
+    for record in records:
+        row: dict[str, Any] = {column: record.get(column) for column in COLUMNS}
+        row["start"], row["end"] = iso(record["start"]), iso(record["end"])
+        row["objective"] = spec.objective
+        row["objective_value"] = objective_value(record, spec)
+        row["run_folder"] = (
+            str(Path(record["run_path"]).relative_to(out.resolve())) if record.get("run_path") else None
+        )
+        row["params"] = json.dumps(record["params"], sort_keys=True)
+        for name in params:
+            row[f"param.{name}"] = record["params"].get(name)
+        table.append(row)
+    return table
+
+
+def write_table(table: list[dict[str, Any]], out: Path) -> None:
+    """`trials.csv` (empty cells for undefined figures) and `trials.parquet`."""
+    if not table:
+        return
+    names = list(table[0])
+    tmp = out / "trials.csv.tmp"
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(table)
+    os.replace(tmp, out / "trials.csv")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {name: [row.get(name) for row in table] for name in names}
+    pq.write_table(pa.table(columns), out / "trials.parquet.tmp")
+    os.replace(out / "trials.parquet.tmp", out / "trials.parquet")
+
+
+def summary(spec: SweepSpec, windows: Sequence[Window], records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """`sweep.json`: per window, each strategy's best in-sample trial and its out-of-sample
+    trial; the verdict, per strategy, is the out-of-sample figures summed over the windows."""
+    out_windows = []
+    verdict: dict[str, dict[str, Any]] = {}
+    for window in windows:
+        best_of: dict[str, Any] = {}
+        oos: dict[str, Any] = {}
+        for strategy in spec.strategies:
+            kind = strategy.kind
+            train = [
+                r
+                for r in records
+                if r["window"] == window.index and r["phase"] == "train" and r["strategy"] == kind
+            ]
+            test = [
+                r
+                for r in records
+                if r["window"] == window.index and r["phase"] == "test" and r["strategy"] == kind
+            ]
+            top = best(train, spec)
+            verdict.setdefault(
+                kind,
+                {
+                    "out_of_sample_net_pnl": 0.0,
+                    "in_sample_net_pnl": 0.0,
+                    "out_of_sample_trades": 0,
+                    "windows": 0,
+                },
+            )
+            if top is None:
+                continue
+            best_of[kind] = {
+                "trial_id": top["trial_id"],
+                "params": top["params"],
+                "objective_value": objective_value(top, spec),
+            }
+            if test:
+                t = test[0]
+                oos[kind] = {
+                    "trial_id": t["trial_id"],
+                    "objective_value": t.get(spec.objective) if t.get("status") == "ok" else None,
+                    "net_pnl": t.get("net_pnl"),
+                    "trade_count": t.get("trade_count"),
+                }
+                v = verdict[kind]
+                v["windows"] += 1
+                v["in_sample_net_pnl"] += top.get("net_pnl") or 0.0
+                v["out_of_sample_net_pnl"] += t.get("net_pnl") or 0.0
+                v["out_of_sample_trades"] += t.get("trade_count") or 0
+        out_windows.append(
+            {
+                "index": window.index,
+                "train": {"start": iso(window.train_start), "end": iso(window.train_end)},
+                "test": {"start": iso(window.test_start), "end": iso(window.test_end)},
+                "best": best_of,
+                "out_of_sample": oos,
+            }
+        )
+    return {
+        "name": spec.name,
+        "objective": spec.objective,
+        "min_trades": spec.min_trades,
+        "sampler": spec.sampler,
+        "windows": out_windows,
+        "verdict": verdict,
+    }
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,322 @@
+"""Running a sweep on Ray: a task per trial (`tools/sweep/trial.py`), the data put in the object
+store once (each node fetches it once, its tasks share it), the train trials of every window at
+once, each window's out-of-sample trial as soon as its train trials are in. Ray schedules,
+places and retries (a worker that dies: `max_retries`); a trial that raises is recorded failed.
+
+Trials already in the sweep's log (`trials.jsonl`) are not run again: a sweep killed at any
+instant, run again, runs only the trials that had not finished."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from tools.sweep.results import TrialLog, best, objective_value, rows, summary, write_json, write_table
+from tools.sweep.spec import Domain, Range, StrategySpace, SweepSpec, Window, trial_sets
+from tools.sweep.trial import Trial, config_for, file_sha256, read_columns, run_trial, trial_key
+
+# Ray retries a task whose worker died (not one whose backtest raised: that is recorded failed)
+MAX_RETRIES = 2
+
+
+@attrs.define
+class Counts:
+    total: int
+    done: int = 0
+    running: int = 0
+    failed: int = 0
+    skipped: int = 0  # found in the log
+    started: float = attrs.field(factory=time.monotonic)
+
+    def rate(self) -> float:
+        """Trials run per second (not counting those found in the log)."""
+        elapsed = time.monotonic() - self.started
+        ran = self.done - self.skipped
+        return ran / elapsed if elapsed > 0 and ran > 0 else 0.0
+
+
+Progress = Callable[[Counts], None]
+
+
+@attrs.frozen
+class SweepResult:
+    out: Path
+    counts: Counts
+    summary: dict[str, Any]
+
+
+class Planner:
+    """Which trials a sweep runs: per window and strategy, the sampler's train trials; once they
+    are all in, the out-of-sample trial of the best of them."""
+
+    def __init__(self, spec: SweepSpec, windows: tuple[Window, ...], data_hashes: dict[str, str]) -> None:
+        self.spec = spec
+        self.windows = windows
+        self.data_hashes = data_hashes
+        self.studies: dict[tuple[int, str], Any] = {}  # TPE: (window, kind) -> (optuna study, asked)
+
+    def trial(self, kind: str, params: dict[str, Any], window: Window, phase: str) -> Trial:
+        sets = tuple(trial_sets(self.spec, kind, params))
+        start, end = (
+            (window.train_start, window.train_end)
+            if phase == "train"
+            else (window.test_start, window.test_end)
+        )
+        config = config_for(self.spec.base_config, sets)
+        key = trial_key(config, self.data_hashes, start, end)
+        return Trial(key, kind, dict(params), window.index, phase, start, end, sets)  # type: ignore[arg-type]
+
+    def train_params(self, strategy: StrategySpace) -> list[dict[str, Any]]:
+        if self.spec.sampler == "grid":
+            return self.spec.grid(strategy)
+        if self.spec.sampler == "random":
+            return self.spec.random_params(strategy)
+        return []  # tpe: asked one by one (`ask`)
+
+    def total(self) -> int:
+        if self.spec.sampler == "grid":
+            per_window = sum(len(self.spec.grid(s)) for s in self.spec.strategies)
+        else:
+            per_window = self.spec.budget * len(self.spec.strategies)
+        return len(self.windows) * (per_window + len(self.spec.strategies))
+
+    # --- TPE (Optuna's sampler, ask and tell) ---------------------------------------------------
+
+    def study(self, window: Window, strategy: StrategySpace, done: list[dict[str, Any]]) -> Any:
+        """The window's Optuna study for a strategy, told the trials the log holds already."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        key = (window.index, strategy.kind)
+        if key not in self.studies:
+            sampler = optuna.samplers.TPESampler(seed=self.spec.seed + 1000 * window.index)
+            study = optuna.create_study(direction="maximize", sampler=sampler)
+            distributions = _distributions(strategy.space)
+            for record in done:
+                value = objective_value(record, self.spec)
+                study.add_trial(
+                    optuna.trial.create_trial(
+                        params=record["params"],
+                        distributions=distributions,
+                        value=value,
+                        state=optuna.trial.TrialState.COMPLETE
+                        if value is not None
+                        else optuna.trial.TrialState.FAIL,
+                    )
+                )
+            self.studies[key] = [study, len(done), {}]
+        return self.studies[key]
+
+    def ask(self, window: Window, strategy: StrategySpace, done: list[dict[str, Any]]) -> Trial | None:
+        """The next TPE trial of a window and strategy, or None when its budget is asked."""
+        entry = self.study(window, strategy, done)
+        study, asked, pending = entry
+        if asked >= self.spec.budget:
+            return None
+        distributions = _distributions(strategy.space)
+        optuna_trial = study.ask(distributions)
+        entry[1] = asked + 1
+        trial = self.trial(strategy.kind, dict(optuna_trial.params), window, "train")
+        pending[trial.key] = optuna_trial
+        return trial
+
+    def tell(self, window: int, kind: str, record: dict[str, Any]) -> None:
+        import optuna
+
+        entry = self.studies.get((window, kind))
+        if entry is None or record["key"] not in entry[2]:
+            return
+        optuna_trial = entry[2].pop(record["key"])
+        value = objective_value(record, self.spec)
+        if value is None:
+            entry[0].tell(optuna_trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            entry[0].tell(optuna_trial, value)
+
+
+def _distributions(space: dict[str, Domain]) -> dict[str, Any]:
+    import optuna
+
+    out: dict[str, Any] = {}
+    for name, domain in space.items():
+        if isinstance(domain, Range):
+            if domain.integer:
+                out[name] = optuna.distributions.IntDistribution(
+                    int(domain.low), int(domain.high), log=domain.log
+                )
+            else:
+                out[name] = optuna.distributions.FloatDistribution(domain.low, domain.high, log=domain.log)
+        else:
+            out[name] = optuna.distributions.CategoricalDistribution(list(domain))
+    return out
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: Path,
+    *,
+    address: str | None = None,
+    workers: int | None = None,
+    retry_failed: bool = False,
+    progress: Progress | None = None,
+) -> SweepResult:
+    """Run (or finish) the sweep into `out`: its log, table, summary and sweep.html. `address`:
+    a Ray cluster's (None: a local Ray of `workers` CPUs, default all)."""
+    import ray
+
+    out.mkdir(parents=True, exist_ok=True)
+    out = out.resolve()
+    base = config_for(spec.base_config, spec.sets)
+    data_hashes = {symbol or base.symbols[0]: file_sha256(path) for symbol, path in spec.data}
+    columns = {
+        str(path): read_columns(path, base.interval_s, symbol or base.symbols[0])
+        for symbol, path in spec.data
+    }
+    first_open = min(float(c["open_ts"][0]) for c in columns.values() if len(c["open_ts"]))
+    windows = spec.windows_from(first_open)
+    planner = Planner(spec, windows, data_hashes)
+    log = TrialLog(out / "trials.jsonl")
+    counts = Counts(total=planner.total())
+    show = progress or (lambda counts: None)
+
+    if address is None:
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    try:
+        columns_ref = ray.put(columns)
+        remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(_run_remote)
+        in_flight: dict[Any, Trial] = {}
+        records: list[dict[str, Any]] = []
+        groups: dict[tuple[int, str], list[dict[str, Any]]] = {}  # train records by (window, kind)
+        waiting: dict[tuple[int, str], int] = {}  # train trials not yet in, by (window, kind)
+
+        def finished(trial: Trial, record: dict[str, Any], *, from_log: bool) -> None:
+            record = {**record, "phase": trial.phase, "window": trial.window}
+            records.append(record)
+            counts.done += 1
+            counts.skipped += from_log
+            counts.failed += record.get("status") != "ok"
+            if trial.phase == "train":
+                group = (trial.window, trial.strategy)
+                groups.setdefault(group, []).append(record)
+                planner.tell(trial.window, trial.strategy, record)
+                waiting[group] -= 1
+                follow(group)
+            show(counts)
+
+        def submit(trial: Trial) -> None:
+            found = log.find(trial.key)
+            if found is not None and (found["status"] == "ok" or not retry_failed):
+                if (trial.key, trial.phase) not in log.records:  # the same backtest in the other phase
+                    log.append({**found, "phase": trial.phase, "window": trial.window})
+                finished(trial, found, from_log=True)
+                return
+            trial_dir = out / "trials" / trial.id
+            ref = remote.remote(trial, spec.base_config, spec.data, columns_ref, trial_dir)
+            in_flight[ref] = trial
+            counts.running = len(in_flight)
+
+        def follow(group: tuple[int, str]) -> None:
+            """A group's next TPE trial, or once its train trials are in, its out-of-sample trial."""
+            window = windows[group[0]]
+            strategy = next(s for s in spec.strategies if s.kind == group[1])
+            if spec.sampler == "tpe":
+                trial = planner.ask(window, strategy, groups.get(group, []))
+                if trial is not None:
+                    waiting[group] += 1
+                    submit(trial)
+                    return
+            if waiting[group] == 0:
+                top = best(groups.get(group, []), spec)
+                if top is not None:
+                    submit(planner.trial(strategy.kind, top["params"], window, "test"))
+                else:
+                    counts.total -= 1  # no eligible parameters: no out-of-sample trial
+
+        for window in windows:
+            for strategy in spec.strategies:
+                group = (window.index, strategy.kind)
+                groups[group] = []
+                if spec.sampler == "tpe":
+                    done = [
+                        r
+                        for (_, phase), r in log.records.items()
+                        if phase == "train" and r["window"] == window.index and r["strategy"] == strategy.kind
+                    ]
+                    waiting[group] = 0
+                    planner.study(window, strategy, done)
+                    for record in done:
+                        trial = planner.trial(strategy.kind, record["params"], window, "train")
+                        waiting[group] += 1
+                        finished(trial, record, from_log=True)
+                    for _ in range(max(1, workers or 2)):
+                        asked = planner.ask(window, strategy, groups[group])
+                        if asked is None:
+                            break
+                        waiting[group] += 1
+                        submit(asked)
+                    if waiting[group] == 0:
+                        follow(group)
+                    continue
+                params_list = planner.train_params(strategy)
+                waiting[group] = len(params_list)
+                for params in params_list:
+                    submit(planner.trial(strategy.kind, params, window, "train"))
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in ready:
+                trial = in_flight.pop(ref)
+                counts.running = len(in_flight)
+                try:
+                    record = ray.get(ref)
+                except Exception as exc:  # the worker died more often than Ray retries
+                    record = _failed(trial, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+                log.append(record)
+                finished(trial, record, from_log=False)
+    finally:
+        log.close()
+        ray.shutdown()
+    records.sort(key=lambda r: (r["window"], r["phase"] != "train", r["strategy"]))
+    write_table(rows(records, spec, out), out)
+    document = summary(spec, windows, records)
+    write_json(out / "sweep.json", document)
+    _write_page(out)
+    return SweepResult(out, counts, document)
+
+
+def _run_remote(
+    trial: Trial, base_config: Path | None, data: Any, columns: Any, trial_dir: Path
+) -> dict[str, Any]:
+    return run_trial(trial, base_config, data, columns, trial_dir)
+
+
+def _failed(trial: Trial, error: str) -> dict[str, Any]:
+    return {
+        "key": trial.key,
+        "trial_id": trial.id,
+        "strategy": trial.strategy,
+        "params": trial.params,
+        "window": trial.window,
+        "phase": trial.phase,
+        "start": trial.start,
+        "end": trial.end,
+        "status": "failed",
+        "error": error,
+    }
+
+
+def _write_page(out: Path) -> None:
+    """sweep.html; a page that cannot be built is logged, never the sweep's failure."""
+    from loguru import logger
+
+    try:
+        from tools.sweep.html import write_sweep_html
+
+        write_sweep_html(out)
+    except Exception as exc:
+        logger.error("sweep.html not written: {}", exc)

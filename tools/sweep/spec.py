@@ -1,0 +1,382 @@
+"""A sweep's spec (a TOML file, docs/sweeps.md): the base config, the data, the strategies and their
+parameter space, the objective, the sampler and the walk-forward windows. Read and checked whole
+before anything runs: every problem is one line naming the key (`SpecError`, exit 2)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import tomllib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from actors.config import STRATEGY_KINDS, ConfigError, StrategyConfig, load, strategy_param_fields
+
+OBJECTIVES = ("net_pnl", "return_pct", "sharpe", "profit_factor")
+SAMPLERS = ("grid", "random", "tpe")
+DAY_S = 86_400.0
+# the keys a trial sets itself (its window's run folder and kill switch): not the spec's
+TRIAL_KEYS = ("session.run_dir", "session.kill_switch")
+
+Sampler = Literal["grid", "random", "tpe"]
+
+
+class SpecError(Exception):
+    """A sweep spec that cannot be run: one line per problem, each naming its key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@attrs.frozen
+class Range:
+    """A parameter's range for the random and TPE samplers: integers when both ends are."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @property
+    def integer(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int)
+
+
+Domain = tuple[Any, ...] | Range  # the values to choose from, or a range
+
+
+@attrs.frozen
+class StrategySpace:
+    kind: str
+    space: dict[str, Domain]  # parameter (a key of [strategy]) -> its domain, in the spec's order
+
+
+@attrs.frozen
+class Window:
+    """One walk-forward window: its parameters are chosen on [train_start, train_end) and judged
+    on [train_end, test_end) (Unix times of candle opens)."""
+
+    index: int
+    train_start: float
+    train_end: float
+    test_end: float
+
+    @property
+    def test_start(self) -> float:
+        return self.train_end
+
+
+@attrs.frozen
+class SweepSpec:
+    path: Path
+    name: str
+    base_config: Path | None
+    data: tuple[tuple[str, Path], ...]  # (symbol, file); one file: its symbol is "" (the session's)
+    strategies: tuple[StrategySpace, ...]
+    objective: str
+    min_trades: int
+    sampler: Sampler
+    budget: int  # random / tpe: trials per strategy per train window
+    seed: int
+    sets: tuple[str, ...]  # config keys every trial sets (`--set` form)
+    start: float | None  # the first window's train start (None: the data's first candle)
+    train_days: float
+    test_days: float
+    windows: int
+
+    def windows_from(self, first_open: float) -> tuple[Window, ...]:
+        """The windows, rolled by the test length from `start` (or the data's first candle)."""
+        start = self.start if self.start is not None else first_open
+        train, test = self.train_days * DAY_S, self.test_days * DAY_S
+        return tuple(
+            Window(i, start + i * test, start + i * test + train, start + i * test + train + test)
+            for i in range(self.windows)
+        )
+
+    def grid(self, strategy: StrategySpace) -> list[dict[str, Any]]:
+        """Every combination of a strategy's parameter values (the grid sampler)."""
+        names = list(strategy.space)
+        values = [strategy.space[n] for n in names]
+        return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]  # type: ignore[arg-type]
+
+    def random_params(self, strategy: StrategySpace) -> list[dict[str, Any]]:
+        """`budget` parameter sets drawn with the spec's seed (the random sampler): the same sets
+        in every window, so windows compare like with like."""
+        rng = random.Random(f"{self.seed}:{strategy.kind}")
+        return [{n: _draw(rng, d) for n, d in strategy.space.items()} for _ in range(self.budget)]
+
+
+def _draw(rng: random.Random, domain: Domain) -> Any:
+    if isinstance(domain, tuple):
+        return rng.choice(domain)
+    if domain.log:
+        value = math.exp(rng.uniform(math.log(domain.low), math.log(domain.high)))
+    else:
+        value = rng.uniform(domain.low, domain.high)
+    return round(value) if domain.integer else value
+
+
+def load_spec(path: Path, data_overrides: Mapping[str, str] | None = None) -> SweepSpec:
+    """The spec at `path` (relative paths in it are relative to its folder); `data_overrides`:
+    `--data` of the command line (symbol, "" for the only one, -> file). SpecError otherwise."""
+    problems: list[str] = []
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SpecError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SpecError([f"{path}: not valid TOML: {exc}"]) from None
+    here = path.parent
+    sweep = _table(raw, "sweep", problems)
+    wf = _table(raw, "walk_forward", problems)
+    for extra in set(raw) - {"sweep", "walk_forward", "strategy"}:
+        problems.append(f"{extra}: unknown section; expected [sweep], [walk_forward], [[strategy]]")
+    known = {"name", "base_config", "data", "objective", "min_trades", "sampler", "budget", "seed", "set"}
+    problems += [
+        f"sweep.{k}: unknown key; expected one of {', '.join(sorted(known))}" for k in set(sweep) - known
+    ]
+    known_wf = {"start", "train_days", "test_days", "windows"}
+    problems += [
+        f"walk_forward.{k}: unknown key; expected one of {', '.join(sorted(known_wf))}"
+        for k in set(wf) - known_wf
+    ]
+
+    name = sweep.get("name", path.stem)
+    if not isinstance(name, str) or not name:
+        problems.append("sweep.name: expected a non-empty string")
+        name = path.stem
+    base = sweep.get("base_config")
+    base_config = _path(here, base, "sweep.base_config", problems) if base is not None else None
+    data = _data(here, sweep.get("data"), data_overrides or {}, problems)
+    objective = _choice(sweep.get("objective", "net_pnl"), OBJECTIVES, "sweep.objective", problems)
+    min_trades = _int(sweep.get("min_trades", 1), "sweep.min_trades", problems, low=0)
+    sampler = _choice(sweep.get("sampler", "grid"), SAMPLERS, "sweep.sampler", problems)
+    budget = _int(sweep.get("budget", 0), "sweep.budget", problems, low=0)
+    if sampler != "grid" and budget < 1:
+        problems.append(
+            f"sweep.budget: the {sampler} sampler needs a trial budget >= 1 (trials per strategy per window)"
+        )
+    seed = _int(sweep.get("seed", 0), "sweep.seed", problems)
+    sets = sweep.get("set", [])
+    if not isinstance(sets, list) or not all(isinstance(s, str) and "=" in s for s in sets):
+        problems.append('sweep.set: expected a list of "section.key=value" strings')
+        sets = []
+    for s in sets:
+        if s.partition("=")[0].strip() in (*TRIAL_KEYS, "strategy.name"):
+            problems.append(f"sweep.set: {s.partition('=')[0].strip()} is set by the sweep for each trial")
+
+    start_text = wf.get("start")
+    start = None
+    if start_text is not None:
+        start = _when(start_text, "walk_forward.start", problems)
+    train_days = _number(wf.get("train_days"), "walk_forward.train_days", problems)
+    test_days = _number(wf.get("test_days"), "walk_forward.test_days", problems)
+    windows = _int(wf.get("windows", 1), "walk_forward.windows", problems, low=1)
+
+    strategies = _strategies(raw.get("strategy"), sampler, problems)
+    if not problems:
+        _check_configs(base_config, sets, strategies, problems)
+    if problems:
+        raise SpecError(problems)
+    return SweepSpec(
+        path=path,
+        name=name,
+        base_config=base_config,
+        data=data,
+        strategies=strategies,
+        objective=objective,
+        min_trades=min_trades,
+        sampler=sampler,  # type: ignore[arg-type]
+        budget=budget,
+        seed=seed,
+        sets=tuple(sets),
+        start=start,
+        train_days=train_days,
+        test_days=test_days,
+        windows=windows,
+    )
+
+
+def _table(raw: dict[str, Any], name: str, problems: list[str]) -> dict[str, Any]:
+    table = raw.get(name, {})
+    if not isinstance(table, dict):
+        problems.append(f"{name}: expected a table [{name}]")
+        return {}
+    return table
+
+
+def _path(here: Path, value: Any, key: str, problems: list[str]) -> Path:
+    if not isinstance(value, str) or not value:
+        problems.append(f"{key}: expected a file path (relative to the spec's folder)")
+        return Path()
+    path = Path(value) if Path(value).is_absolute() else here / value
+    if not path.is_file():
+        problems.append(f"{key}: file not found: {path}")
+    return path
+
+
+def _data(
+    here: Path, value: Any, overrides: Mapping[str, str], problems: list[str]
+) -> tuple[tuple[str, Path], ...]:
+    """`sweep.data`: one file, or a table SYMBOL = file; `--data` replaces it."""
+    if overrides:
+        pairs = {symbol: Path(path) for symbol, path in overrides.items()}
+        for symbol, path in pairs.items():
+            if not path.is_file():
+                problems.append(f"--data {symbol + '=' if symbol else ''}{path}: file not found")
+        return tuple(pairs.items())
+    if isinstance(value, str):
+        return (("", _path(here, value, "sweep.data", problems)),)
+    if isinstance(value, dict) and value:
+        return tuple(
+            (str(symbol).upper(), _path(here, path, f"sweep.data.{symbol}", problems))
+            for symbol, path in value.items()
+        )
+    problems.append(
+        "sweep.data: expected a candle file, or a table SYMBOL = file (relative to the spec's folder)"
+    )
+    return ()
+
+
+def _choice(value: Any, allowed: tuple[str, ...], key: str, problems: list[str]) -> str:
+    if value not in allowed:
+        problems.append(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+        return allowed[0]
+    return str(value)
+
+
+def _int(value: Any, key: str, problems: list[str], low: int | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or (low is not None and value < low):
+        problems.append(f"{key}: expected an integer{f' >= {low}' if low is not None else ''}, got {value!r}")
+        return low or 0
+    return value
+
+
+def _number(value: Any, key: str, problems: list[str]) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < math.inf:
+        problems.append(f"{key}: expected a number of days > 0, got {value!r}")
+        return 1.0
+    return float(value)
+
+
+def _when(value: Any, key: str, problems: list[str]) -> float:
+    if isinstance(value, datetime):
+        when = value
+    else:
+        try:
+            when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            problems.append(f"{key}: not an ISO-8601 date or date and time: {value!r}")
+            return 0.0
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _strategies(value: Any, sampler: str, problems: list[str]) -> tuple[StrategySpace, ...]:
+    if not isinstance(value, list) or not value:
+        problems.append("strategy: expected one or more [[strategy]] tables (kind and space)")
+        return ()
+    out = []
+    kinds = set()
+    for i, table in enumerate(value):
+        where = f"strategy[{i}]"
+        kind = table.get("kind") if isinstance(table, dict) else None
+        if kind not in STRATEGY_KINDS:
+            problems.append(f"{where}.kind: {kind!r} is not one of {', '.join(STRATEGY_KINDS)}")
+            continue
+        if kind in kinds:
+            problems.append(f"{where}.kind: {kind} is given twice")
+        kinds.add(kind)
+        extra = set(table) - {"kind", "space"}
+        problems += [f"{where}.{k}: unknown key; expected kind and space" for k in extra]
+        space_raw = table.get("space", {})
+        if not isinstance(space_raw, dict) or not space_raw:
+            problems.append(
+                f"{where}.space: expected a table of parameters, each a list of values or a range"
+            )
+            continue
+        params = (set(strategy_param_fields(kind)) | {f.name for f in attrs.fields(StrategyConfig)}) - {
+            "name"
+        }
+        space: dict[str, Domain] = {}
+        for name, domain in space_raw.items():
+            key = f"{where}.space.{name}"
+            if name not in params:
+                problems.append(
+                    f"{key}: not a parameter of {kind}; expected one of {', '.join(sorted(params))}"
+                )
+                continue
+            if isinstance(domain, list) and domain and all(_scalar(v) for v in domain):
+                space[name] = tuple(domain)
+            elif isinstance(domain, dict) and sampler != "grid":
+                low, high = domain.get("low"), domain.get("high")
+                if (
+                    not isinstance(low, int | float)
+                    or not isinstance(high, int | float)
+                    or not (_number_like(low) and _number_like(high) and low < high)
+                    or set(domain) - {"low", "high", "log"}
+                ):
+                    problems.append(
+                        f"{key}: a range is {{ low = number, high = number, log = bool }} with low < high"
+                    )
+                    continue
+                space[name] = Range(low, high, bool(domain.get("log", False)))
+            else:
+                expect = (
+                    "a list of values" if sampler == "grid" else "a list of values or a range { low, high }"
+                )
+                problems.append(f"{key}: expected {expect}")
+        out.append(StrategySpace(kind, space))
+    return tuple(out)
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, int | float | str | bool)
+
+
+def _number_like(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def trial_sets(spec: SweepSpec, kind: str, params: Mapping[str, Any]) -> list[str]:
+    """The `--set` values of one trial's config: the spec's, the strategy's kind, its parameters."""
+    return [*spec.sets, f"strategy.name={kind}", *(f"strategy.{k}={_toml(v)}" for k, v in params.items())]
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _check_configs(
+    base: Path | None, sets: list[str], strategies: tuple[StrategySpace, ...], problems: list[str]
+) -> None:
+    """Each strategy's first and last parameter values make a valid config (the config's own
+    rules: a bad value fails here, not in the hundredth trial)."""
+    for strategy in strategies:
+        for pick in (0, -1):
+            params = {
+                name: (
+                    domain[pick] if isinstance(domain, tuple) else (domain.low if pick == 0 else domain.high)
+                )
+                for name, domain in strategy.space.items()
+            }
+            try:
+                load(
+                    base,
+                    {},
+                    [
+                        *sets,
+                        f"strategy.name={strategy.kind}",
+                        *(f"strategy.{k}={_toml(v)}" for k, v in params.items()),
+                    ],
+                    {},
+                )
+            except ConfigError as exc:
+                problems += [f"strategy {strategy.kind} with {params}: {p}" for p in exc.problems]
+                return

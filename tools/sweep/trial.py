@@ -1,0 +1,193 @@
+"""One trial of a sweep: one backtest (the kernel, actors/kernel.py) of one strategy with one set of
+parameters over one window of the data, into an ordinary run folder, and its figures.
+
+A trial is keyed by what decides its result: the effective config (less where it writes), the
+data files' sha256 and its window. A sweep run again skips the trials its log already holds."""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+import shutil
+import time
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import orjson
+
+from actors.config import Config, load, to_toml
+from actors.feeds.history import read_candles_csv
+from actors.recording.report_stats import statistics
+from protocols.messages import Candle, _new_tuple
+
+Phase = Literal["train", "test"]
+# a trial's figures, from its run folder: final_report.json's, and the ratios report.html shows
+# (actors/recording/report_stats.py)
+REPORT_FIGURES = ("net_pnl", "return_pct", "trade_count", "max_drawdown_pct", "fees_paid", "stop_reason")
+RATIOS = ("sharpe", "profit_factor")
+
+
+@attrs.frozen
+class Trial:
+    key: str  # sha256 of the config, the data and the window (hex)
+    strategy: str
+    params: dict[str, Any]
+    window: int
+    phase: Phase
+    start: float  # the window's candles: open times in [start, end)
+    end: float
+    sets: tuple[str, ...]  # the trial's `--set` values (the spec's, the kind, the parameters)
+
+    @property
+    def id(self) -> str:
+        return self.key[:16]
+
+    def cli(self, base_config: Path | None, data: Sequence[tuple[str, Path]], run_dir: Path) -> list[str]:
+        """The CLI backtest that is this trial (`python -m actors.main` and these arguments)."""
+        args = ["--config", str(base_config)] if base_config is not None else []
+        args += ["--mode", "backtest", "--run-dir", str(run_dir)]
+        args += [a for symbol, path in data for a in ("--data", f"{symbol}={path}" if symbol else str(path))]
+        args += ["--from", _iso(self.start), "--until", _iso(self.end)]
+        for value in (*self.sets, f"session.kill_switch={run_dir}/kill.txt"):
+            args += ["--set", value]
+        return args
+
+
+def _iso(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def config_for(base: Path | None, sets: Sequence[str], run_dir: Path | None = None) -> Config:
+    """A trial's config: the base config and the trial's sets (and where it writes)."""
+    where = [f"session.run_dir={run_dir}", f"session.kill_switch={run_dir}/kill.txt"] if run_dir else []
+    return load(base, {}, [*sets, *where], {})
+
+
+def trial_key(config: Config, data_hashes: Mapping[str, str], start: float, end: float) -> str:
+    """What decides a trial's result, hashed: the effective config as TOML (less session.run_dir
+    and session.kill_switch), the data files' sha256 and the window."""
+    toml = "\n".join(
+        line for line in to_toml(config).splitlines() if not line.startswith(("run_dir =", "kill_switch ="))
+    )
+    blob = json.dumps({"config": toml, "data": dict(sorted(data_hashes.items())), "window": [start, end]})
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# --- the data, once per node ---------------------------------------------------------------------
+
+
+Columns = dict[str, Any]  # "open_ts", "open", "high", "low", "close", "volume": numpy float64 arrays
+
+
+def read_columns(path: Path, interval_s: float, symbol: str) -> Columns:
+    """A candle file as columns (numpy arrays: Ray's object store shares them between the tasks
+    of a node without copying), read by the CLI's own reader (bad rows skipped alike)."""
+    import numpy as np
+
+    rows = [tuple(c)[:7] for c in read_candles_csv(path, interval_s, symbol=symbol)]
+    names = ("open_ts", "interval_s", "open", "high", "low", "close", "volume")
+    arrays = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    return {name: np.asarray(values, dtype=np.float64) for name, values in zip(names, arrays, strict=True)}
+
+
+def window_candles(columns: Columns, symbol: str, start: float, end: float) -> Iterator[Candle]:
+    """The candles opening in [start, end), as the CLI's reader gives them."""
+    opens = columns["open_ts"]
+    lo = bisect.bisect_left(opens, start) if math.isfinite(start) else 0
+    hi = bisect.bisect_left(opens, end) if math.isfinite(end) else len(opens)
+    fields = [
+        columns[n][lo:hi].tolist()
+        for n in ("open_ts", "interval_s", "open", "high", "low", "close", "volume")
+    ]
+    for t, i, o, h, low, c, v in zip(*fields, strict=True):
+        yield _new_tuple(Candle, (t, i, o, h, low, c, v, False, symbol))
+
+
+# --- running one ---------------------------------------------------------------------------------
+
+
+def run_trial(
+    trial: Trial,
+    base_config: Path | None,
+    data: Sequence[tuple[str, Path]],
+    columns: Mapping[str, Columns],  # by data file (its path as given)
+    trial_dir: Path,
+) -> dict[str, Any]:
+    """Run the trial's backtest into `trial_dir` (emptied first: a trial killed half-way left a
+    partial run folder) and return its log record: the trial, `status` ok (its figures) or
+    failed (the error, one line), its run folder relative to the sweep's folder."""
+    from actors import logs
+    from actors.plan import Plan
+    from actors.session import Session
+
+    logs.configure("ERROR")  # the run folder's session.log has the rest
+    began = time.perf_counter()
+    record: dict[str, Any] = {
+        "key": trial.key,
+        "trial_id": trial.id,
+        "strategy": trial.strategy,
+        "params": trial.params,
+        "window": trial.window,
+        "phase": trial.phase,
+        "start": trial.start,
+        "end": trial.end,
+    }
+    shutil.rmtree(trial_dir, ignore_errors=True)
+    try:
+        config = config_for(base_config, trial.sets, trial_dir)
+        symbols = config.symbols
+        pairs: tuple[tuple[str, Path], ...]
+        if len(data) == 1 and not data[0][0]:
+            pairs = ((symbols[0], data[0][1]),)
+        else:
+            given = dict(data)
+            pairs = tuple((symbol, given[symbol]) for symbol in symbols)
+        plan = Plan(
+            mode="backtest",
+            data=str(pairs[0][1]),
+            data_by_symbol=tuple((s, str(p)) for s, p in pairs) if len(pairs) > 1 else (),
+            window=(trial.start, trial.end),
+        )
+
+        def source(path: str, symbol: str) -> Iterator[Candle]:
+            return window_candles(columns[path], symbol, trial.start, trial.end)
+
+        result = Session(
+            config, plan, handle_signals=False, progress_mode="off", candle_source=source
+        ).run_kernel()
+        record.update(figures(result.run_path))
+        record["run_path"] = str(result.run_path)
+        record["status"] = "ok" if result.report.get("status") == "ok" else "failed"
+        if record["status"] == "failed":
+            record["error"] = (
+                f"session ended {result.report.get('status')}: {result.report.get('stop_reason')}"
+            )
+    except Exception as exc:  # a failing trial is recorded, the sweep goes on
+        record["status"] = "failed"
+        record["error"] = " ".join(traceback.format_exception_only(exc)).strip().splitlines()[-1][:500]
+    record["seconds"] = round(time.perf_counter() - began, 3)
+    return record
+
+
+def figures(run_path: Path) -> dict[str, Any]:
+    """A run folder's figures: its final report's, and the Sharpe ratio and profit factor of its
+    events as report.html computes them (None where undefined)."""
+    report = orjson.loads((run_path / "final_report.json").read_bytes())
+    with (run_path / "events.jsonl").open("rb") as f:
+        stats = statistics([orjson.loads(line) for line in f])
+    return {**{name: report[name] for name in REPORT_FIGURES}, **{name: stats[name] for name in RATIOS}}
