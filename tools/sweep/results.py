@@ -87,11 +87,14 @@ def objective_value(record: dict[str, Any], spec: SweepSpec) -> float | None:
 
 
 def best(records: Iterable[dict[str, Any]], spec: SweepSpec) -> dict[str, Any] | None:
-    """The record with the highest objective (ties: the first in the order given)."""
+    """The record with the highest objective; of equal ones, the smallest trial id (whatever
+    order the trials finished in)."""
     top, top_value = None, -math.inf
     for record in records:
         value = objective_value(record, spec)
-        if value is not None and value > top_value:
+        if value is None:
+            continue
+        if top is None or value > top_value or (value == top_value and record["trial_id"] < top["trial_id"]):
             top, top_value = record, value
     return top
 

@@ -1,0 +1,216 @@
+"""Sweeps on a local Ray (issue 16): 30 trials (two strategies, a 2x2 grid each, three walk-forward
+windows, and each window's out-of-sample trials) over the shared real data. Every trial's run
+folder passes the validator and is, event for event, the CLI backtest of the same parameters and
+window; killed mid-way with SIGKILL and run again, the sweep finishes with no trial run twice.
+
+Needs Ray (the `sweep` extra: `nox -s sweep`, which CI runs) and ../shared/data; skips, saying
+why, without either. Marked `sweep`: not in `nox -s tests` (Ray's start-up and 30 backtests on
+2 cores take about a minute)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.recording.report_stats import statistics
+from tools.validate_session import validate
+
+pytestmark = [pytest.mark.slow, pytest.mark.sweep]
+ray = pytest.importorskip("ray", reason="Ray is not installed (the sweep extra: pip install -e '.[sweep]')")
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = """
+[sweep]
+name = "test"
+data = "{data}"
+objective = "net_pnl"
+min_trades = 1
+sampler = "grid"
+set = ["risk.max_loss_pct=100", "risk.max_daily_drawdown_pct=100", "risk.max_consecutive_losses=0"]
+
+[walk_forward]
+start = "2023-08-01"
+train_days = 2
+test_days = 1
+windows = 3
+
+[[strategy]]
+kind = "ema_cross"
+[strategy.space]
+fast_period = [5, 9]
+slow_period = [21, 34]
+
+[[strategy]]
+kind = "trend_pullback"
+[strategy.space]
+stop_atr_mult = [1.0, 1.5]
+target_r = [1.5, 2.0]
+"""
+TRAIN_TRIALS = 3 * (4 + 4)
+TEST_TRIALS = 3 * 2
+
+
+def _spec(tmp_path: Path, shared_data: Path) -> Path:
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(SPEC.format(data=shared_data / "btcusdt_perp_1m.csv.gz"))
+    return spec
+
+
+def _sweep(spec: Path, out: Path, **popen: Any) -> subprocess.Popen[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "tools.sweep",
+        str(spec),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--progress",
+        "plain",
+    ]
+    return subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+    )
+
+
+def _table(out: Path) -> list[dict[str, str]]:
+    with (out / "trials.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _events(run: Path) -> list[dict[str, Any]]:
+    records = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    for record in records:  # where it came from and went to: not the trading
+        for name in ("config", "data_source", "run_id", "pid"):
+            record.pop(name, None)
+    return records
+
+
+def _same(row: str, value: Any) -> bool:
+    if value is None:
+        return row == ""
+    if isinstance(value, str):
+        return row == value
+    return abs(float(row) - float(value)) <= 1e-9 * max(1.0, abs(float(value)))
+
+
+def test_a_sweep_is_its_cli_backtests_and_survives_a_kill(tmp_path: Path, shared_data: Path) -> None:
+    spec = _spec(tmp_path, shared_data)
+    out = tmp_path / "out"
+    # killed mid-way (the whole process group: the sweep and its Ray)
+    sweep = _sweep(spec, out, start_new_session=True)
+    log = out / "trials.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and sweep.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 8:
+            break
+        time.sleep(0.05)
+    assert sweep.poll() is None, f"the sweep ended before it was killed:\n{sweep.communicate()[0][-3000:]}"
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait(timeout=30)
+    before = {}
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        events = Path(record["run_path"]) / "events.jsonl"
+        before[record["key"]] = (events.stat().st_ino, events.stat().st_mtime_ns)
+    assert 8 <= len(before) < TRAIN_TRIALS + TEST_TRIALS
+
+    # run again: it finishes, and what had finished is not run again
+    again = _sweep(spec, out)
+    output = again.communicate(timeout=600)[0]
+    assert again.returncode == 0, output[-3000:]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    keys = [(r["key"], r["phase"]) for r in records]
+    assert len(keys) == len(set(keys)) == TRAIN_TRIALS + TEST_TRIALS  # each trial once in the log
+    for record in records:
+        events = Path(record["run_path"]) / "events.jsonl"
+        if record["key"] in before:
+            assert (events.stat().st_ino, events.stat().st_mtime_ns) == before[record["key"]], record["key"]
+        runs = [
+            p for p in (out / "trials" / record["trial_id"]).iterdir() if p.is_dir() and not p.is_symlink()
+        ]
+        assert len(runs) == 1, runs  # one run folder per trial: none run twice
+
+    # the table: a row per trial, each its run folder's figures and the CLI backtest's
+    table = _table(out)
+    assert len(table) == TRAIN_TRIALS + TEST_TRIALS
+    assert {row["status"] for row in table} == {"ok"}
+    assert {row["phase"] for row in table} == {"train", "test"}
+    assert {row["strategy"] for row in table} == {"ema_cross", "trend_pullback"}
+    assert sorted({row["window"] for row in table}) == ["0", "1", "2"]
+    summary = json.loads((out / "sweep.json").read_text())
+    by_id = {r["trial_id"]: r for r in records}
+    from tools.sweep.spec import load_spec
+    from tools.sweep.trial import Trial
+
+    loaded = load_spec(spec)
+
+    def check(row: dict[str, str]) -> None:
+        run = out / row["run_folder"]
+        assert validate(run) == [], row["trial_id"]
+        record = by_id[row["trial_id"]]
+        trial = Trial(
+            record["key"],
+            record["strategy"],
+            record["params"],
+            record["window"],
+            record["phase"],
+            record["start"],
+            record["end"],
+            tuple(_sets(loaded, record)),
+        )
+        cli_dir = tmp_path / "cli" / f"{row['trial_id']}-{row['phase']}"
+        done = subprocess.run(
+            [sys.executable, "-m", "actors.main", *trial.cli(loaded.base_config, loaded.data, cli_dir)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        cli_run = cli_dir / "latest"
+        assert _events(cli_run) == _events(run), row["trial_id"]
+        report = json.loads((cli_run / "final_report.json").read_text())
+        stats = statistics([json.loads(line) for line in (cli_run / "events.jsonl").read_text().splitlines()])
+        for name in ("net_pnl", "return_pct", "trade_count", "max_drawdown_pct", "fees_paid", "stop_reason"):
+            assert _same(row[name], report[name]), (row["trial_id"], name, row[name], report[name])
+        for name in ("sharpe", "profit_factor"):
+            assert _same(row[name], stats[name]), (row["trial_id"], name, row[name], stats[name])
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(check, table))
+
+    # the walk-forward: each window's out-of-sample trial has the best in-sample parameters
+    for window in summary["windows"]:
+        for kind, chosen in window["best"].items():
+            train = [
+                r
+                for r in table
+                if r["window"] == str(window["index"]) and r["strategy"] == kind and r["phase"] == "train"
+            ]
+            top = max(train, key=lambda r: (float(r["net_pnl"]), [-ord(ch) for ch in r["trial_id"]]))
+            assert json.loads(top["params"]) == chosen["params"]
+            test = [
+                r
+                for r in table
+                if r["window"] == str(window["index"]) and r["strategy"] == kind and r["phase"] == "test"
+            ]
+            assert len(test) == 1 and json.loads(test[0]["params"]) == chosen["params"]
+            assert test[0]["start"] == window["test"]["start"] and test[0]["end"] == window["test"]["end"]
+
+
+def _sets(spec: Any, record: dict[str, Any]) -> list[str]:
+    from tools.sweep.spec import trial_sets
+
+    return trial_sets(spec, record["strategy"], record["params"])
