@@ -21,7 +21,7 @@ def tests(s: nox.Session) -> None:
     on real sockets and real processes, so they overlap well on 2 cores. `-- -k name` selects.
     The container tests (marker `container`) are `nox -s container`'s."""
     s.install("-e", ".[test]")
-    s.run("pytest", "-q", "-n", "4", "-m", "not container", *s.posargs)
+    s.run("pytest", "-q", "-n", "4", "-m", "not container and not sweep", *s.posargs)
 
 
 @nox.session
@@ -29,7 +29,7 @@ def quick(s: nox.Session) -> None:
     """The deterministic subset to run while working (under a minute): no real-time socket,
     process, soak, container or benchmark test (those are marked `slow`)."""
     s.install("-e", ".[test]")
-    s.run("pytest", "-q", "-n", "4", "-m", "not slow and not container", *s.posargs)
+    s.run("pytest", "-q", "-n", "4", "-m", "not slow and not container and not sweep", *s.posargs)
 
 
 @nox.session
@@ -59,6 +59,18 @@ def bench(s: nox.Session) -> None:
     # the live feed: parse-and-dispatch cost per frame, and a session at 200 frames/s
     quick = ["--no-session", "--frames", "6000"] if "--quick" in s.posargs else []
     s.run("python", "-m", "tools.bench_feed", *quick)
+
+
+@nox.session
+def sweep(s: nox.Session) -> None:
+    """The sweep tests on a local Ray (marker `sweep`; CI runs this after the suite): 30 trials
+    over the shared data against their CLI backtests, a kill and a resume (tests/test_sweep.py).
+    `-- --example` runs config/sweeps/example.toml instead, into sweeps/example."""
+    s.install("-e", ".[test,sweep]")
+    if "--example" in s.posargs:
+        s.run("python", "-m", "tools.sweep", "config/sweeps/example.toml", "--out", "sweeps/example")
+        return
+    s.run("pytest", "-q", "-m", "sweep", *s.posargs)
 
 
 @nox.session
