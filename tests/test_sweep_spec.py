@@ -1,0 +1,136 @@
+"""A sweep's spec (tools/sweep/spec.py), without Ray: the windows it rolls, the trials its samplers
+give, and a clear line naming the key for every problem (exit 2, no traceback)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tools.sweep.spec import Range, SpecError, load_spec, trial_sets
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = """
+[sweep]
+data = "candles.csv"
+objective = "sharpe"
+min_trades = 3
+sampler = "{sampler}"
+budget = {budget}
+seed = 11
+set = ["risk.max_loss_pct=100"]
+
+[walk_forward]
+start = "2024-01-01"
+train_days = 3
+test_days = 1.5
+windows = 4
+
+[[strategy]]
+kind = "ema_cross"
+[strategy.space]
+fast_period = {fast}
+slow_period = [21, 34, 55]
+
+[[strategy]]
+kind = "trend_pullback"
+[strategy.space]
+target_r = [1.5, 2.0]
+"""
+
+
+def _spec(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "candles.csv").write_text("open_time_ms,open,high,low,close,volume\n")
+    path = tmp_path / "spec.toml"
+    path.write_text(text)
+    return path
+
+
+def _good(tmp_path: Path, sampler: str = "grid", budget: int = 0, fast: str = "[5, 9]") -> Path:
+    return _spec(tmp_path, GOOD.format(sampler=sampler, budget=budget, fast=fast))
+
+
+def test_windows_roll_by_the_test_length(tmp_path: Path) -> None:
+    spec = load_spec(_good(tmp_path))
+    start = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
+    day = 86_400
+    windows = spec.windows_from(first_open=0.0)  # the spec's start wins over the data's
+    assert [(w.train_start, w.train_end, w.test_end) for w in windows] == [
+        (start + i * 1.5 * day, start + i * 1.5 * day + 3 * day, start + i * 1.5 * day + 4.5 * day)
+        for i in range(4)
+    ]
+    assert all(w.test_start == w.train_end for w in windows)
+
+
+def test_the_grid_is_every_combination_in_order(tmp_path: Path) -> None:
+    spec = load_spec(_good(tmp_path))
+    ema, pullback = spec.strategies
+    assert spec.grid(ema) == [{"fast_period": f, "slow_period": s} for f in (5, 9) for s in (21, 34, 55)]
+    assert spec.grid(pullback) == [{"target_r": 1.5}, {"target_r": 2.0}]
+    assert trial_sets(spec, "ema_cross", {"fast_period": 5, "slow_period": 21}) == [
+        "risk.max_loss_pct=100",
+        "strategy.name=ema_cross",
+        "strategy.fast_period=5",
+        "strategy.slow_period=21",
+    ]
+
+
+def test_random_draws_are_seeded_the_same_in_every_window_and_within_range(tmp_path: Path) -> None:
+    spec = load_spec(_good(tmp_path, "random", 20, "{ low = 3, high = 15 }"))
+    ema = spec.strategies[0]
+    assert ema.space["fast_period"] == Range(3, 15)
+    drawn = spec.random_params(ema)
+    assert drawn == spec.random_params(ema) and len(drawn) == 20
+    assert all(3 <= d["fast_period"] <= 15 and isinstance(d["fast_period"], int) for d in drawn)
+    assert all(d["slow_period"] in (21, 34, 55) for d in drawn)
+    assert len({d["fast_period"] for d in drawn}) > 3
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (('objective = "sharpe"', 'objective = "alpha"'), "sweep.objective: 'alpha' is not one of"),
+        (('sampler = "grid"', 'sampler = "random"'), "sweep.budget: the random sampler needs a trial budget"),
+        (("train_days = 3", "train_days = -3"), "walk_forward.train_days: expected a number of days > 0"),
+        (('kind = "trend_pullback"', 'kind = "martingale"'), "strategy[1].kind: 'martingale' is not one of"),
+        (
+            ("target_r = [1.5, 2.0]", "target_rr = [1.5]"),
+            "strategy[1].space.target_rr: not a parameter of trend_pullback",
+        ),
+        (("slow_period = [21, 34, 55]", "slow_period = [0, 34]"), "strategy ema_cross with"),
+        (('data = "candles.csv"', 'data = "missing.csv"'), "sweep.data: file not found"),
+        (
+            ('set = ["risk.max_loss_pct=100"]', 'set = ["session.run_dir=x"]'),
+            "sweep.set: session.run_dir is set by the sweep",
+        ),
+        (("[walk_forward]", "[walkforward]"), "walkforward: unknown section"),
+        (
+            ("fast_period = [5, 9]", "fast_period = { low = 3, high = 9 }"),
+            "strategy[0].space.fast_period: expected a list of values",
+        ),
+    ],
+)
+def test_every_problem_names_its_key(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    text = GOOD.format(sampler="grid", budget=0, fast="[5, 9]").replace(*edit)
+    with pytest.raises(SpecError) as raised:
+        load_spec(_spec(tmp_path, text))
+    assert any(message in problem for problem in raised.value.problems), raised.value.problems
+
+
+def test_the_cli_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
+    text = GOOD.format(sampler="tpe", budget=0, fast="[5, 9]").replace(
+        'objective = "sharpe"', 'objective = "x"'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.sweep", str(_spec(tmp_path, text))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("spec error: sweep.") for line in lines), lines
+    assert "Traceback" not in done.stderr
