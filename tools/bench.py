@@ -10,7 +10,10 @@
    CLI processes too.
 3. A 10-minute mock session's peak RSS (on a virtual clock: same work, no waiting).
 4. The live path's tick-to-order latency, p50 and p99, from a real-time mock session.
-5. With `--profile`, or when the throughput target is missed: a cProfile summary of the kernel on
+5. A sweep (`python -m tools.sweep`, issue 16) over the real data with a local Ray of 1 and of 2
+   workers (trials per minute), and the per-trial overhead beside the same trials as bare CLI
+   backtests.
+6. With `--profile`, or when the throughput target is missed: a cProfile summary of the kernel on
    the peer job (where the time goes).
 
 Every measured process is started by a small launcher (`tools/bench_child.py spawn`) that times it
@@ -96,6 +99,7 @@ ENGINE_NAMES = {
 # still shown: the mock session's memory and the live path's latency.
 TARGET_N = 500_000
 SPEEDUP_TARGET = 1.5
+SWEEP_SPEEDUP_TARGET = 1.6  # issue 16: a sweep with 2 workers against 1, trials per minute
 RSS_TARGET_MB = 100.0
 RSS_MOCK10_TARGET_MB = 150.0
 P99_TARGET_MS = 5.0
@@ -488,6 +492,119 @@ def bench_real_data(work: Path) -> list[dict[str, Any]]:
     return rows
 
 
+# --- sweeps (issue 16) ------------------------------------------------------------------------------
+
+SWEEP_SPEC = """
+[sweep]
+name = "bench"
+data = "{data}"
+objective = "net_pnl"
+min_trades = 1
+sampler = "grid"
+set = [{sets}]
+
+[walk_forward]
+start = "2023-08-01"
+train_days = 5
+test_days = 2
+windows = 3
+
+[[strategy]]
+kind = "ema_cross"
+[strategy.space]
+fast_period = [5, 9]
+slow_period = [21, 34]
+
+[[strategy]]
+kind = "trend_pullback"
+[strategy.space]
+stop_atr_mult = [1.0, 1.5]
+target_r = [1.5, 2.0]
+"""
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def bench_sweep(work: Path) -> dict[str, Any]:
+    """`python -m tools.sweep` over the perpetual real data (30 trials: two strategies, a 2x2 grid
+    each, three walk-forward windows and their out-of-sample trials) with a local Ray of 1 and of
+    2 workers, whole processes (Ray's start-up included); then each of its trials as a bare CLI
+    backtest, one after the other: the per-trial overhead of the sweep is its time per trial
+    with 1 worker less the CLI's."""
+    data = SHARED / "data" / "btcusdt_perp_1m.csv.gz"
+    if not data.exists():
+        return {"skipped": f"{data} not found (../shared beside the repo)"}
+    if not have("ray"):
+        return {"skipped": "Ray is not installed (the sweep extra)"}
+    spec = work / "sweep_bench.toml"
+    spec.write_text(SWEEP_SPEC.format(data=data, sets=", ".join(json.dumps(s) for s in REAL_JOB)))
+    out: dict[str, Any] = {}
+    for workers in (1, 2):
+        folder = work / f"sweep_{workers}"
+        shutil.rmtree(folder, ignore_errors=True)
+        command = [sys.executable, "-m", "tools.sweep", str(spec), "--out", str(folder)]
+        r = launch([*command, "--workers", str(workers), "--progress", "off"], cwd=REPO, timeout=1800)
+        r.pop("result", None)
+        if "error" in r:
+            return {"error": f"{workers} worker(s): {r['error']}"}
+        records = [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines()]
+        r["trials"] = len(records)
+        r["failed"] = sum(rec["status"] != "ok" for rec in records)
+        r["trials_per_min"] = round(len(records) / r["wall_s"] * 60, 2)
+        out[f"workers_{workers}"] = r
+        out["records"] = records
+    out["speedup"] = round(out["workers_2"]["trials_per_min"] / out["workers_1"]["trials_per_min"], 2)
+    # each trial as a bare CLI backtest (the same arguments: python -m actors.main --from --until ...)
+    cli_s = []
+    for rec in out.pop("records"):
+        run_dir = work / "sweep_cli" / f"{rec['trial_id']}-{rec['phase']}"
+        sets = [*REAL_JOB, f"strategy.name={rec['strategy']}"]
+        sets += [f"strategy.{k}={v}" for k, v in rec["params"].items()]
+        command = [sys.executable, "-m", "actors.main", "--mode", "backtest", "--data", str(data)]
+        command += ["--run-dir", str(run_dir), "--from", _iso(rec["start"]), "--until", _iso(rec["end"])]
+        command += ["--set", f"session.kill_switch={run_dir / 'kill.txt'}", *_sets(sets)]
+        r = launch(command, cwd=REPO, timeout=600)
+        if "error" in r:
+            return {**out, "error": f"CLI backtest of trial {rec['trial_id']}: {r['error']}"}
+        cli_s.append(r["wall_s"])
+        shutil.rmtree(run_dir, ignore_errors=True)
+    one = out["workers_1"]
+    out["cli_mean_s"] = round(sum(cli_s) / len(cli_s), 3)
+    out["sweep_per_trial_s"] = round(one["wall_s"] / one["trials"], 3)
+    out["overhead_per_trial_s"] = round(out["sweep_per_trial_s"] - out["cli_mean_s"], 3)
+    return out
+
+
+def sweep_rows(r: dict[str, Any]) -> list[str]:
+    if "workers_1" not in r:
+        return [
+            f"sweep: {'skipped: ' + r['skipped'] if 'skipped' in r else 'FAILED: ' + str(r.get('error'))}"
+        ]
+    rows = [
+        "| workers | trials | whole process s (CPU s) | trials/min | peak RSS MB |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for workers in (1, 2):
+        w = r[f"workers_{workers}"]
+        rows.append(
+            f"| {workers} | {w['trials']} ({w['failed']} failed) | {w['wall_s']:.1f} ({w['cpu_s']:.1f}) | "
+            f"{w['trials_per_min']:.1f} | {w['peak_rss_mb']:.0f} |"
+        )
+    rows.append("")
+    rows.append(
+        f"2 workers: {r['speedup']:.2f}x the trials per minute of 1 (Ray's start-up included). Per trial, "
+        f"1 worker: {r['sweep_per_trial_s']:.2f} s in the sweep against {r['cli_mean_s']:.2f} s as a bare "
+        f"CLI backtest (the same trials, one process each): {r['overhead_per_trial_s']:+.2f} s of overhead "
+        "per trial (Ray's start-up and the data read once, spread over the trials; less than one CLI "
+        "start-up each)"
+        if "cli_mean_s" in r
+        else f"2 workers: {r['speedup']:.2f}x; CLI comparison failed: {r.get('error')}"
+    )
+    return rows
+
+
 # --- output ----------------------------------------------------------------------------------------
 
 
@@ -636,6 +753,21 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": ok and m["rss_own_all"] and m["peak_rss_mb_max"] < RSS_TARGET_MB,
             }
         )
+    sweep = res.get("sweep")
+    if sweep is not None:
+        out.append(
+            {
+                "target": f"sweep throughput: 2 workers >= {SWEEP_SPEEDUP_TARGET:g}x 1 worker (trials per minute)",
+                "figure": f"{sweep['speedup']:.2f}x"
+                if "speedup" in sweep
+                else sweep.get("skipped") or sweep.get("error"),
+                "met": sweep["speedup"] >= SWEEP_SPEEDUP_TARGET
+                if "speedup" in sweep
+                else None
+                if "skipped" in sweep
+                else False,
+            }
+        )
     if res.get("peer_job") and not any(r["n"] == TARGET_N for r in res["peer_job"]):
         out.append(
             {"target": f"{TARGET_N:,} candles: speed and memory", "figure": "size not run", "met": None}
@@ -703,7 +835,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=["peers", "real", "session"],
+        choices=["peers", "real", "session", "sweep"],
         nargs="+",
         help="which parts to run (default: all; --quick: peers and session)",
     )
@@ -716,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = args.sizes or ([20_000] if quick else [100_000, 500_000])
     reps = args.reps or (1 if quick else 3)
     latency_s = args.latency_seconds or (8.0 if quick else 180.0)
-    only = set(args.only or (["peers", "session"] if quick else ["peers", "real", "session"]))
+    only = set(args.only or (["peers", "session"] if quick else ["peers", "real", "session", "sweep"]))
 
     res: dict[str, Any] = {"machine": machine(), "quick": quick, "reps": reps}
     m = res["machine"]
@@ -773,6 +905,12 @@ def main(argv: list[str] | None = None) -> int:
                 else f"latency: FAILED: {lat.get('error', 'no order in the session')}",
                 flush=True,
             )
+        if "sweep" in only:
+            print(
+                "\n## Sweeps on Ray (python -m tools.sweep): 30 trials over the perpetual data\n", flush=True
+            )
+            res["sweep"] = bench_sweep(work)
+            print("\n".join(sweep_rows(res["sweep"])), flush=True)
         res["targets"] = targets(res)
         missed_speed = any(t["met"] is False and "backtesting.py" in t["target"] for t in res["targets"])
         if "peers" in only and (args.profile or (args.profile is None and missed_speed)):
