@@ -14,7 +14,8 @@ README = (REPO / "README.md").read_text()
 def test_every_cli_flag_is_documented() -> None:
     parser = build_parser()
     flags = {opt for action in parser._actions for opt in action.option_strings}
-    table_rows = [line for line in README.splitlines() if line.startswith("| `-")]
+    section = README.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    table_rows = [line for line in section.splitlines() if line.startswith("| `-")]
     documented = {flag for row in table_rows for flag in re.findall(r"`(--?[a-z][a-z-]*)", row.split("|")[1])}
     assert flags == documented, (
         f"undocumented: {sorted(flags - documented)}, stale: {sorted(documented - flags)}"
@@ -66,3 +67,12 @@ def test_run_folder_tools_flags_are_documented() -> None:
         assert [
             flag for flag in sorted(flags) if f"`{flag}" not in section and f"{flag} " not in section
         ] == []
+
+
+def test_sweep_flags_are_documented() -> None:
+    from tools.sweep.__main__ import parser
+
+    section = README.split("## Sweeps and walk-forward", 1)[1].split("\n## ", 1)[0]
+    flags = {opt for action in parser()._actions for opt in action.option_strings} - {"-h", "--help"}
+    assert [flag for flag in sorted(flags) if f"`{flag}" not in section] == []
+    assert "`SPEC`" in section and "python -m tools.sweep" in section
