@@ -53,65 +53,45 @@ UNREAD_KINDS = (b"signal", b"order.submitted")
 # The fields the page reads of the kinds a long run has by the ten thousand: the others are
 # dropped as a record is read, and the values that repeat (kinds, sides, symbols, reasons) are
 # shared, so that the page of a long backtest is built in a few tens of MB.
-SLIM: dict[bytes, frozenset[str]] = {
-    b"order.filled": frozenset(
-        (
-            "kind",
-            "ts",
-            "symbol",
-            "qty",
-            "side",
-            "order_id",
-            "slippage_bps",
-            "latency_ms",
-            "fill_price",
-            "fee",
-            "requested_price",
-            "reason",
-            "type",
-            "position_qty",
-            "realized_pnl",
-        )
+SLIM: dict[bytes, tuple[str, ...]] = {
+    b"order.filled": (
+        "kind",
+        "ts",
+        "symbol",
+        "qty",
+        "order_id",
+        "slippage_bps",
+        "latency_ms",
+        "fill_price",
+        "fee",
+        "requested_price",
+        "type",
+        "position_qty",
+        "realized_pnl",
     ),
-    b"position.closed": frozenset(
-        (
-            "kind",
-            "ts",
-            "symbol",
-            "side",
-            "qty",
-            "entry_price",
-            "exit_price",
-            "realized_pnl",
-            "fees",
-            "net_pnl",
-            "held_s",
-            "opened_ts",
-            "exit_reason",
-        )
+    b"position.closed": (
+        "kind",
+        "ts",
+        "symbol",
+        "side",
+        "qty",
+        "entry_price",
+        "exit_price",
+        "realized_pnl",
+        "fees",
+        "net_pnl",
+        "held_s",
+        "opened_ts",
+        "exit_reason",
     ),
-    b"heartbeat": frozenset(
-        (
-            "kind",
-            "ts",
-            "price",
-            "prices",
-            "equity",
-            "drawdown_pct",
-            "position_qty",
-            "realized_pnl",
-            "unrealized_pnl",
-            "fees_paid",
-        )
-    ),
+    b"heartbeat": ("kind", "ts", "price", "prices", "equity", "drawdown_pct"),
+    b"order.working": ("kind", "ts", "symbol", "order_id", "reason", "trigger_price", "limit_price"),
+    b"order.cancelled": ("kind", "ts", "order_id"),
+    b"order.rejected": ("kind", "ts", "reason"),
 }
-SLIM[b"order.working"] = frozenset(
-    ("kind", "ts", "symbol", "order_id", "reason", "trigger_price", "limit_price")
-)
 SLIM[b"order.amended"] = SLIM[b"order.working"]
-SLIM[b"order.cancelled"] = frozenset(("kind", "ts", "order_id"))
-SLIM[b"order.rejected"] = frozenset(("kind", "ts", "reason"))
 SHARED_STRINGS = frozenset(("kind", "symbol", "side", "reason", "type", "exit_reason"))
+SHARED = {kind: tuple(f for f in fields if f in SHARED_STRINGS) for kind, fields in SLIM.items()}
 FEED_KINDS = (
     "feed.connected",
     "feed.disconnected",
@@ -139,17 +119,22 @@ class RunData:
 
     path: Path
     records: list[dict[str, Any]]  # events.jsonl, without the kinds in UNREAD_KINDS
+    by_kind: dict[str, list[dict[str, Any]]]  # the same records by kind (see `of`)
     report: dict[str, Any] | None  # final_report.json (None when missing or unreadable)
     candles: dict[str, list[dict[str, Any]]]  # market.jsonl's candles by symbol
     instruments: dict[str, dict[str, Any]]  # the `feed.instrument` events by symbol
 
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        """The records of one kind, in file order (a chart of one kind need not scan them all)."""
+        return self.by_kind.get(kind, [])
+
     @property
     def started(self) -> dict[str, Any]:
-        return next((r for r in self.records if r["kind"] == "session.started"), {})
+        return next(iter(self.of("session.started")), {})
 
     @property
     def stopped(self) -> dict[str, Any]:
-        return next((r for r in reversed(self.records) if r["kind"] == "session.stopped"), {})
+        return next(reversed(self.of("session.stopped")), {})
 
     @property
     def symbols(self) -> list[str]:
@@ -171,7 +156,8 @@ def load_run(path: Path) -> RunData:
     the kinds the page does not read are skipped unparsed, and a fill keeps only the fields the
     page reads, so the page of any run is built in bounded memory beside the session's own."""
     path = run_folder(path)
-    records = []
+    records: list[dict[str, Any]] = []
+    by_kind: dict[str, list[dict[str, Any]]] = {}
     with (path / "events.jsonl").open("rb") as f:
         for line in f:
             start = line.find(b'"kind":"') + 8
@@ -182,14 +168,11 @@ def load_run(path: Path) -> RunData:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue  # a torn last line of a crashed session
-            slim = SLIM.get(kind)
-            if slim is not None:  # the many records of a long run: what the page reads, strings shared
-                record = {
-                    k: intern(v) if k in SHARED_STRINGS and isinstance(v, str) else v
-                    for k, v in record.items()
-                    if k in slim
-                }
+            fields = SLIM.get(kind)
+            if fields is not None:  # the many records of a long run
+                record = _slim(record, fields, SHARED[kind])
             records.append(record)
+            by_kind.setdefault(record["kind"], []).append(record)
     report = None
     with contextlib.suppress(OSError, orjson.JSONDecodeError):
         report = orjson.loads((path / "final_report.json").read_bytes())
@@ -201,8 +184,19 @@ def load_run(path: Path) -> RunData:
                 if b'"type":"candle"' in line:
                     candle = orjson.loads(line)
                     candles.setdefault(candle.get("symbol", ""), []).append(candle)
-    instruments = {r.get("symbol", ""): r for r in records if r["kind"] == "feed.instrument"}
-    return RunData(path, records, report, candles, instruments)
+    instruments = {r.get("symbol", ""): r for r in by_kind.get("feed.instrument", [])}
+    return RunData(path, records, by_kind, report, candles, instruments)
+
+
+def _slim(record: dict[str, Any], fields: tuple[str, ...], shared: tuple[str, ...]) -> dict[str, Any]:
+    """The record's `fields` (those the page reads), the values of the `shared` ones one string
+    for every record."""
+    slim = {k: record[k] for k in fields if k in record}
+    for name in shared:
+        value = slim.get(name)
+        if isinstance(value, str):
+            slim[name] = intern(value)
+    return slim
 
 
 # --- the pages ---------------------------------------------------------------------------------------------
@@ -288,7 +282,7 @@ def report_page(data: RunData) -> Page:
         _section("Equity and drawdown", _equity_chart(curve)),
         *(_price_section(data, symbol, trade_list) for symbol in data.symbols),
         _section("Trades", _trade_table(data, trade_list)),
-        _section("Fills: latency and slippage", _fills_chart(data.records)),
+        _section("Fills: latency and slippage", _fills_chart(data.of("order.filled"))),
         _section("Feed health", _feed_section(data)),
         _section("Risk events", _risk_section(data)),
         _attribution(data.report),
@@ -673,9 +667,7 @@ def _heartbeat_prices(data: RunData, symbol: str) -> tuple[list[float], list[flo
     """The symbol's price at every heartbeat (a price chart's line when the run recorded no candles)."""
     first = data.symbols[0] if data.symbols else ""
     xs, ys = [], []
-    for r in data.records:
-        if r["kind"] != "heartbeat":
-            continue
+    for r in data.of("heartbeat"):
         price = (r.get("prices") or {}).get(symbol)
         if price is None and symbol == first:
             price = r.get("price")
@@ -724,6 +716,8 @@ def _bracket_traces(
     """The stop and target orders as horizontal segments at their price, from when they start
     working until they are cancelled, filled or the run ends; with `windows` (the marked trades'
     entry and exit times, when only a sample is marked) those that start within one."""
+    if not data.of("order.working"):
+        return []  # no stop or target order in the run (no need to read its fills)
     first = data.symbols[0] if data.symbols else symbol
     last_symbol = first
     working: dict[str, tuple[str, str, float]] = {}
@@ -774,8 +768,7 @@ def _within(x: str, spans: list[tuple[str, str]]) -> bool:
     return i >= 0 and spans[i][0] <= x <= spans[i][1]
 
 
-def _fills_chart(records: list[dict[str, Any]]) -> str:
-    fills = [r for r in records if r["kind"] == "order.filled"]
+def _fills_chart(fills: list[dict[str, Any]]) -> str:
     if not fills:
         return '<p class="note">No fills.</p>'
     # a resting order's latency is how long it rested: only market orders' say how long a fill takes
@@ -851,7 +844,7 @@ def _trade_table(data: RunData, trade_list: list[Trade]) -> str:
 
 
 def _feed_section(data: RunData) -> str:
-    events = [r for r in data.records if r["kind"] in FEED_KINDS]
+    events = [r for kind in FEED_KINDS for r in data.of(kind)]
     report = data.report or {}
     counts = Counter(r["kind"] for r in events)
     summary = [
@@ -875,7 +868,7 @@ def _feed_section(data: RunData) -> str:
         )
     traces: list[dict[str, Any]] = []
     for kind in FEED_KINDS:
-        mine = [r for r in events if r["kind"] == kind]
+        mine = data.of(kind)
         if mine:
             traces.append(
                 {
@@ -908,7 +901,7 @@ def _feed_text(r: dict[str, Any]) -> str:
 
 
 def _risk_section(data: RunData) -> str:
-    rejected = Counter(r.get("reason", "?") for r in data.records if r["kind"] == "order.rejected")
+    rejected = Counter(r.get("reason", "?") for r in data.of("order.rejected"))
     parts = []
     if rejected:
         reasons = sorted(rejected, key=lambda k: -rejected[k])
@@ -922,7 +915,7 @@ def _risk_section(data: RunData) -> str:
         parts.append(_plot("chart-rejections", [bars], layout))
     else:
         parts.append('<p class="note">No order was rejected.</p>')
-    trips = [r for r in data.records if r["kind"] == "breaker.tripped"]
+    trips = data.of("breaker.tripped")
     parts.append(
         _event_table(
             "breakers",
@@ -931,7 +924,7 @@ def _risk_section(data: RunData) -> str:
             ("reason", "detail", "action", "halted_until_iso"),
         )
     )
-    liquidations = [r for r in data.records if r["kind"] == "liquidation"]
+    liquidations = data.of("liquidation")
     parts.append(
         _event_table(
             "liquidations",
