@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from loguru import logger
 
-from tools.sweep.results import TrialLog, best, objective_value, rows, summary, write_json, write_table
+from tools.sweep.results import TrialLog, best, iso, objective_value, rows, summary, write_json, write_table
 from tools.sweep.spec import Domain, Range, StrategySpace, SweepSpec, Window, trial_sets
 from tools.sweep.trial import Trial, config_for, file_sha256, read_columns, run_trial, trial_key
 
@@ -178,6 +179,15 @@ def run_sweep(
     }
     first_open = min(float(c["open_ts"][0]) for c in columns.values() if len(c["open_ts"]))
     windows = spec.windows_from(first_open)
+    last_open = max(float(c["open_ts"][-1]) for c in columns.values() if len(c["open_ts"]))
+    for window in windows:
+        if window.test_end > last_open + base.interval_s:
+            logger.warning(
+                "window {} ends after the data's last candle ({}): its trials see less than {} days",
+                window.index,
+                iso(last_open),
+                spec.train_days + spec.test_days,
+            )
     planner = Planner(spec, windows, data_hashes)
     log = TrialLog(out / "trials.jsonl")
     counts = Counts(total=planner.total())
