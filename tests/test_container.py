@@ -1,5 +1,7 @@
 """The container image (podman): hardened, read-only, configured by the environment, healthy while
 the session beats, stopped flat by `podman stop` within 10 s, and the README's recipes as written.
+Its Ray worker build (`--build-arg SWEEP=1`): the sweep lock installed, Ray on a read-only root, and
+deploy/raycluster.yaml's head and worker containers started as KubeRay starts them, running a sweep.
 
 The tests marked `container` build and run the image: `nox -s container` runs them (with
 CONTAINER_REQUIRED=1, which turns a missing podman or base image into a failure); `nox -s tests`
@@ -10,9 +12,12 @@ deselects them, and a plain `pytest` skips them without podman. The healthcheck'
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -24,10 +29,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SHARED
 from tools import healthcheck
 
 IMAGE = os.environ.get("CONTAINER_IMAGE", "localhost/btc-laptop-agents-test")
+# the Ray worker build (--build-arg SWEEP=1) of deploy/raycluster.yaml
+SWEEP_IMAGE = os.environ.get("CONTAINER_SWEEP_IMAGE", "localhost/btc-laptop-agents-sweep-test")
 BASE_IMAGE = "docker.io/library/python:3.11-slim"
 REQUIRED = os.environ.get("CONTAINER_REQUIRED") == "1"
 # how the host reads what uid 10001 wrote (0700 folders, 0600 files): root reads it; a rootless
@@ -119,6 +126,25 @@ def test_containerfile_healthcheck_runs_the_tool() -> None:
     text = (REPO / "Containerfile").read_text()
     assert '"python", "-m", "tools.healthcheck"' in text
     assert "--require-hashes --no-deps" in text and "requirements.lock" in text
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _pins(lock: Path) -> dict[str, str]:
+    return {_normal(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", lock.read_text(), re.M)}
+
+
+def test_sweep_lock_keeps_the_pins_of_requirements_lock() -> None:
+    """requirements-sweep.lock (`nox -s lock`) is requirements.lock plus the sweep extra: every
+    package of both at the same version, each with its sha256, so the sweep image installs it on
+    top of the default image's dependencies without moving one."""
+    base, sweep = _pins(REPO / "requirements.lock"), _pins(REPO / "requirements-sweep.lock")
+    assert base.items() <= sweep.items(), {n: (v, sweep.get(n)) for n, v in base.items() if sweep.get(n) != v}
+    assert {"ray", "optuna", "pyarrow"} <= set(sweep) - set(base)
+    entries = re.split(r"\n(?=[A-Za-z0-9])", (REPO / "requirements-sweep.lock").read_text().split("\n", 2)[2])
+    assert len(entries) == len(sweep) and all("--hash=sha256:" in e for e in entries)
 
 
 # --- podman ----------------------------------------------------------------------------------------
@@ -239,6 +265,8 @@ def test_image_is_hardened_and_installs_the_lock(image: str) -> None:
     lock = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (REPO / "requirements.lock").read_text(), re.M)
     assert lock and {n.lower(): v for n, v in lock}.items() <= installed.items()
     assert "btc-laptop-agents" in installed
+    # the default build (SWEEP=0) holds no package of the sweep image
+    assert {"ray", "optuna", "pyarrow"}.isdisjoint(installed)
     podman("run", "--rm", "--read-only", "--entrypoint", "python", image, "-m", "pip", "check")
 
 
@@ -398,3 +426,196 @@ def test_readme_recipe_runs_as_written(tmp_path: Path) -> None:
     report = _report(run)
     assert report["status"] == "ok"
     _validate(run)
+
+
+# --- the Ray worker image (deploy/raycluster.yaml) -------------------------------------------------
+
+# a sweep of 3 trials (a 2-value grid on 1 train day, then the best on the next day) over the
+# shared perpetual data, mounted where --data points
+TINY_SWEEP = """
+[sweep]
+name = "tiny"
+data = "/market/btcusdt_perp_1m.csv.gz"
+objective = "net_pnl"
+min_trades = 0
+sampler = "grid"
+set = ["risk.max_loss_pct=100", "risk.max_daily_drawdown_pct=100", "risk.max_consecutive_losses=0"]
+
+[walk_forward]
+start = "2023-08-01"
+train_days = 1
+test_days = 1
+windows = 1
+
+[[strategy]]
+kind = "ema_cross"
+[strategy.space]
+fast_period = [5, 9]
+slow_period = [21]
+"""
+
+
+@pytest.fixture(scope="module")
+def sweep_image() -> str:
+    """The Containerfile built with SWEEP=1 (downloads the sweep lock's wheels once, ~150 MB)."""
+    _need_podman()
+    podman(
+        "build", "--format", "docker", "--build-arg", "SWEEP=1", "-t", SWEEP_IMAGE, str(REPO), timeout=1800
+    )
+    return SWEEP_IMAGE
+
+
+def _ray_run(*args: str) -> list[str]:
+    """`podman run` as deploy/raycluster.yaml runs a Ray container: the image's user, a read-only
+    root, /tmp and /dev/shm in memory (its emptyDir volumes), /data the image's volume; no network
+    but its own loopback (this machine's podman shares the host's network otherwise)."""
+    return ["run", "--no-healthcheck", "--read-only", "--tmpfs", "/tmp", "--shm-size", "512m", *args]
+
+
+@pytest.mark.container
+def test_sweep_image_installs_the_sweep_lock_and_runs_ray_read_only(sweep_image: str) -> None:
+    frozen = podman(
+        "run", "--rm", "--read-only", "--entrypoint", "python", sweep_image, "-m", "pip", "freeze"
+    )
+    installed = {
+        _normal(m.group(1)): m.group(2)
+        for m in (re.match(r"([A-Za-z0-9_.-]+)==(\S+)", line) for line in frozen.stdout.splitlines())
+        if m
+    }
+    assert _pins(REPO / "requirements-sweep.lock").items() <= installed.items()
+    podman("run", "--rm", "--read-only", "--entrypoint", "python", sweep_image, "-m", "pip", "check")
+    # a local Ray as `python -m tools.sweep` starts one, non-root on a read-only root
+    code = (
+        "import os, ray, tools.sweep.__main__; print('uid', os.getuid()); "
+        "ray.init(num_cpus=1, include_dashboard=False); "
+        "print('result', ray.get(ray.remote(lambda: 1 + 1).remote()))"
+    )
+    done = podman(
+        *_ray_run("--rm", "--network", "none", "--entrypoint", "python", sweep_image, "-c", code),
+        timeout=180,
+    )
+    assert "uid 10001" in done.stdout and "result 2" in done.stdout, done.stdout + done.stderr[-3000:]
+
+
+def _quantity_bytes(value: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([KMGT]i)?", value).groups()  # type: ignore[union-attr]
+    return int(number) * 1024 ** ("KMGT".index(unit[0]) + 1 if unit else 0)
+
+
+def _kuberay_start(group: dict[str, Any], *, head: bool, **more: str) -> str:
+    """The `ray start` KubeRay generates for a group (its KUBERAY_GEN_RAY_START_CMD): the
+    group's rayStartParams, `--block`, the head's dashboard host, the default metrics and agent
+    ports, num-cpus and memory from the container's limits when not given; then `more`."""
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    params = {
+        "block": "true",
+        "metrics-export-port": "8080",
+        "dashboard-agent-listen-port": "52365",
+        "num-cpus": str(int(limits["cpu"])),
+        "memory": str(_quantity_bytes(limits["memory"])),
+        **({"dashboard-host": "0.0.0.0"} if head else {}),
+        **group["rayStartParams"],
+        **more,
+    }
+    flags = [f"--{k}" if v == "true" else f"--{k}={v}" for k, v in sorted(params.items())]
+    return " ".join(["ray", "start", *(["--head"] if head else []), *flags])
+
+
+def _until(what: str, timeout: float, *args: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        done = podman(*args, check=False, timeout=60)
+        if done.returncode == 0:
+            return
+        assert time.monotonic() < deadline, (
+            f"{what}: not within {timeout:g} s\n{done.stdout}{done.stderr[-2000:]}"
+        )
+        time.sleep(2)
+
+
+@pytest.mark.container
+def test_sweep_image_runs_the_raycluster_and_a_sweep_on_it(
+    sweep_image: str, containers: list[str], tmp_path: Path
+) -> None:
+    """deploy/raycluster.yaml's head and worker containers as KubeRay starts them (their command,
+    args, env and KubeRay's generated `ray start`), in one network namespace (the worker's ports
+    moved off the head's; on Kubernetes each pod has its own): their probes pass, a wrong Ray
+    token is refused, and `python -m tools.sweep --address auto` on the head runs its trials on the
+    worker (the head has no CPU for Ray), as README's "Running sweeps and sessions on Kubernetes"."""
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (it comes with kubernetes-validate)")
+    data = SHARED / "data" / "btcusdt_perp_1m.csv.gz"
+    if not data.is_file():
+        pytest.skip(f"real market data not found at {data} (../shared beside the repo)")
+    cluster = next(
+        d
+        for d in yaml.safe_load_all((REPO / "deploy" / "raycluster.yaml").read_text())
+        if d["kind"] == "RayCluster"
+    )
+    head_group, worker_group = cluster["spec"]["headGroupSpec"], cluster["spec"]["workerGroupSpecs"][0]
+    token = secrets.token_hex(32)
+
+    def args_of(group: dict[str, Any], start: str) -> list[str]:
+        [container] = group["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value", token) for e in container["env"]}  # the Secret's: the token
+        env["KUBERAY_GEN_RAY_START_CMD"] = start
+        return [
+            *_env_args(env),
+            "--entrypoint",
+            json.dumps(container["command"]),
+            sweep_image,
+            *container["args"],
+        ]
+
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    (spec / "tiny.toml").write_text(TINY_SWEEP)
+    head, worker = _name("btc-ray-head"), _name("btc-ray-worker")
+    containers.extend([worker, head])  # removed in this order
+    podman(
+        *_ray_run("-d", "--name", head, "--network", "none", "-v", f"{spec}:/spec:ro"),
+        *("-v", f"{data}:/market/{data.name}:ro"),
+        *args_of(head_group, _kuberay_start(head_group, head=True)),
+    )
+    [head_container] = head_group["template"]["spec"]["containers"]
+    [worker_container] = worker_group["template"]["spec"]["containers"]
+    _until(
+        "the head's readiness probe", 120, "exec", head, *head_container["readinessProbe"]["exec"]["command"]
+    )
+    podman("exec", head, *head_container["livenessProbe"]["exec"]["command"], timeout=60)
+    wrong = podman(
+        "exec", "-e", f"RAY_AUTH_TOKEN={secrets.token_hex(32)}", head,
+        *head_container["readinessProbe"]["exec"]["command"], check=False, timeout=60,
+    )  # fmt: skip
+    assert wrong.returncode != 0 and "token" in wrong.stderr.lower()
+
+    worker_start = _kuberay_start(
+        worker_group,
+        head=False,
+        address="127.0.0.1:6379",
+        **{"metrics-export-port": "8081", "dashboard-agent-listen-port": "52366"},
+    )
+    podman(
+        *_ray_run("-d", "--name", worker, "--network", f"container:{head}"),
+        *args_of(worker_group, worker_start),
+    )
+    _until(
+        "the worker's readiness probe",
+        120,
+        "exec",
+        worker,
+        *worker_container["readinessProbe"]["exec"]["command"],
+    )
+    podman("exec", worker, *worker_container["livenessProbe"]["exec"]["command"], timeout=60)
+
+    sweep = podman(
+        "exec", head, "python", "-m", "tools.sweep", "/spec/tiny.toml", "--address", "auto",
+        "--out", "/data/sweeps/tiny", "--data", f"/market/{data.name}", "--progress", "plain",
+        timeout=300,
+    )  # fmt: skip
+    assert "sweep tiny:" in sweep.stderr, sweep.stderr[-3000:]
+    table = podman("exec", head, "cat", "/data/sweeps/tiny/trials.csv").stdout
+    rows = list(csv.DictReader(io.StringIO(table)))
+    assert len(rows) >= 2 and all(r["status"] == "ok" for r in rows), table
+    # the trials ran on the worker: their run folders are on its /data, none on the head's
+    assert podman("exec", worker, "ls", "/data/sweeps/tiny/trials").stdout.split()
+    assert podman("exec", head, "ls", "/data/sweeps/tiny/trials", check=False).stdout.split() == []
