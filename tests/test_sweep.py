@@ -1,7 +1,8 @@
 """Sweeps on a local Ray (issue 16): 30 trials (two strategies, a 2x2 grid each, three walk-forward
 windows, and each window's out-of-sample trials) over the shared real data. Every trial's run
 folder passes the validator and is, event for event, the CLI backtest of the same parameters and
-window; killed mid-way with SIGKILL and run again, the sweep finishes with no trial run twice.
+window; killed mid-way with SIGKILL and run again, the sweep finishes with no trial run twice;
+its sweep.html draws every chart in headless Chromium (when installed: .ci/run installs it).
 
 Needs Ray (the `sweep` extra: `nox -s sweep`, which CI runs) and ../shared/data; skips, saying
 why, without either. Marked `sweep`: not in `nox -s tests` (Ray's start-up and 30 backtests on
@@ -21,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from actors.recording.report_stats import statistics
+from tests.test_report_html import CHROMIUM, assert_every_chart_drew, chromium
+from tests.test_sweep_html import open_sweep
 from tools.validate_session import validate
 
 pytestmark = [pytest.mark.slow, pytest.mark.sweep]
@@ -191,6 +195,15 @@ def test_a_sweep_is_its_cli_backtests_and_survives_a_kill(tmp_path: Path, shared
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(check, table))
 
+    # sweep.html: every chart drawn in headless Chromium (the report test's harness)
+    if CHROMIUM:
+        seen = trio.run(_open_page, out / "sweep.html", tmp_path)
+        assert_every_chart_drew(
+            seen["charts"],
+            {f"chart-{chart}-{kind}" for chart in ("space", "wf") for kind in ("ema_cross", "trend_pullback")}
+            | {"chart-equity-train", "chart-equity-test"},
+        )
+
     # the walk-forward: each window's out-of-sample trial has the best in-sample parameters
     for window in summary["windows"]:
         for kind, chosen in window["best"].items():
@@ -208,6 +221,11 @@ def test_a_sweep_is_its_cli_backtests_and_survives_a_kill(tmp_path: Path, shared
             ]
             assert len(test) == 1 and json.loads(test[0]["params"]) == chosen["params"]
             assert test[0]["start"] == window["test"]["start"] and test[0]["end"] == window["test"]["end"]
+
+
+async def _open_page(page: Path, tmp_path: Path) -> dict[str, Any]:
+    async with chromium(tmp_path / "chromium-profile") as tools:
+        return await open_sweep(tools, page)
 
 
 def _sets(spec: Any, record: dict[str, Any]) -> list[str]:
