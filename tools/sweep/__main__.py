@@ -77,15 +77,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tools.sweep.progress import console_progress
     from tools.sweep.runner import run_sweep
 
-    with console_progress(args.progress) as progress:
-        result = run_sweep(
-            spec,
-            out,
-            address=args.address,
-            workers=args.workers,
-            retry_failed=args.retry_failed,
-            progress=progress,
+    try:
+        with console_progress(args.progress) as progress:
+            result = run_sweep(
+                spec,
+                out,
+                address=args.address,
+                workers=args.workers,
+                retry_failed=args.retry_failed,
+                progress=progress,
+            )
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: the finished trials are kept in {out / 'trials.jsonl'}; run the same command "
+            "again to finish the sweep",
+            file=sys.stderr,
         )
+        return 130
     counts = result.counts
     print(
         f"sweep {spec.name}: {counts.done} trials ({counts.skipped} from the log, {counts.failed} failed) "
