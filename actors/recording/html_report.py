@@ -91,6 +91,7 @@ SLIM: dict[bytes, tuple[str, ...]] = {
 }
 SLIM[b"order.amended"] = SLIM[b"order.working"]
 SHARED_STRINGS = frozenset(("kind", "symbol", "side", "reason", "type", "exit_reason"))
+# Of each slimmed kind's fields, those whose values are shared.
 SHARED = {kind: tuple(f for f in fields if f in SHARED_STRINGS) for kind, fields in SLIM.items()}
 FEED_KINDS = (
     "feed.connected",
@@ -153,8 +154,10 @@ def run_folder(path: Path) -> Path:
 
 def load_run(path: Path) -> RunData:
     """The run's records, read a line at a time (a long backtest's events.jsonl is tens of MB):
-    the kinds the page does not read are skipped unparsed, and a fill keeps only the fields the
-    page reads, so the page of any run is built in bounded memory beside the session's own."""
+    the kinds the page does not read are skipped unparsed, and the many records of a long run (fills,
+    trades, heartbeats, orders) keep only the fields the page reads, so the page of any run is built
+    in bounded memory beside the session's own. They are indexed by kind as they are read: a chart
+    of one kind reads only its own (`RunData.of`)."""
     path = run_folder(path)
     records: list[dict[str, Any]] = []
     by_kind: dict[str, list[dict[str, Any]]] = {}
