@@ -46,7 +46,7 @@ def bench(s: nox.Session) -> None:
     """Throughput, memory and latency figures (docs/performance.md); `-- --quick` for a smoke run."""
     # the feed benchmark runs the fake exchange, which needs hypercorn (of the test extra; not the
     # whole extra: trio.testing imports pytest when it is installed, 8 MiB on every figure)
-    s.install("-e", ".", "hypercorn>=0.17")
+    s.install("-e", ".[sweep]", "hypercorn>=0.17")  # the sweep extra: the sweep throughput (Ray)
     # the peers of ../shared/bench/peers/, pinned as measured there (numpy and pandas also make the
     # bars and run reference_loop.py); a peer that cannot be installed is reported as skipped
     pins = ["numpy==2.4.6", "pandas==2.3.3"]  # with each peer, so that none moves them
