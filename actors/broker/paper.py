@@ -636,15 +636,15 @@ class PaperBroker:
 
     def quiet_candle(self, candle: Candle) -> bool:
         """A backtest candle nothing can happen in, in one call: `on_quote` of its open quote, then
-        `on_candle`, leaving the same state, for a candle with no resting or waiting order, no
-        funding instant or expiry, no liquidation along its path or at either mark, and a risk
-        watch that fires at neither mark. Anything else: returns False having changed nothing, and
-        the caller takes the two steps (the kernel, with no timer due and no quote subscriber;
-        tests/test_kernel.py compares its event logs with the actors', which take both steps)."""
+        `on_candle`, leaving the same state, for a candle with no waiting order and no resting
+        order within reach of its path, no funding instant or expiry, no liquidation along its
+        path or at either mark, and a risk watch that fires at neither mark. Anything else:
+        returns False having changed nothing, and the caller takes the two steps (the kernel, with
+        no timer due and no quote subscriber; tests/test_kernel.py compares its event logs with
+        the actors', which take both steps; tests/test_quiet_candle.py the states)."""
         close_ts = candle.open_ts + candle.interval_s
         if (
-            self.working
-            or self.awaiting_quote
+            self.awaiting_quote
             or self.update_due
             or self.closed
             or close_ts >= self.next_funding_ts
@@ -652,6 +652,8 @@ class PaperBroker:
             or not self.bars
             or candle.backfill
         ):
+            return False
+        if self.working and not self._out_of_reach(candle):
             return False
         # each mark as `_grid_quote` makes it: a price between two ticks is bid below, asked above
         scale = self._price_scale
@@ -713,6 +715,28 @@ class PaperBroker:
         self.mark_source = "candles"
         self.touch_taken = 0.0
         self.last_ts = close_ts
+        return True
+
+    def _out_of_reach(self, candle: Candle) -> bool:
+        """No resting order can trigger or fill along the candle's path (from the last candle's
+        close through its range): `_first_hit`'s conditions, over the whole path at once."""
+        lo, hi = candle.low, candle.high
+        if self.path_price is not None:  # the gap from the last close to the open
+            lo, hi = min(lo, self.path_price), max(hi, self.path_price)
+        for working in self.working.values():
+            order = working.order
+            if working.triggered:
+                return False
+            if order.order_type == "stop_market":
+                trigger = order.trigger_price
+                if trigger is None or (hi >= trigger if order.side == "buy" else lo <= trigger):
+                    return False
+            elif order.order_type == "limit":
+                limit = order.limit_price
+                if limit is None or (lo <= limit if order.side == "buy" else hi >= limit):
+                    return False
+            else:
+                return False
         return True
 
     def _advance(self, ts: float) -> list[Event]:
