@@ -74,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = Path(args.out) if args.out else Path("sweeps") / spec.name
 
+    from actors.feeds.history import DataError
     from tools.sweep.progress import console_progress
     from tools.sweep.runner import run_sweep
 
@@ -87,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 retry_failed=args.retry_failed,
                 progress=progress,
             )
+    except DataError as exc:  # a data file the CLI's reader refuses (its header, say)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(
             f"interrupted: the finished trials are kept in {out / 'trials.jsonl'}; run the same command "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -172,11 +173,27 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
     base = config_for(spec.base_config, spec.sets)
-    data_hashes = {symbol or base.symbols[0]: file_sha256(path) for symbol, path in spec.data}
-    columns = {
-        str(path): read_columns(path, base.interval_s, symbol or base.symbols[0])
-        for symbol, path in spec.data
-    }
+
+    def read_data() -> tuple[dict[str, str], dict[str, Any]]:
+        hashes = {symbol or base.symbols[0]: file_sha256(path) for symbol, path in spec.data}
+        columns = {
+            str(path): read_columns(path, base.interval_s, symbol or base.symbols[0])
+            for symbol, path in spec.data
+        }
+        return hashes, columns
+
+    # the data is read while Ray starts (its start-up waits on processes of its own)
+    with ThreadPoolExecutor(1) as reader:
+        reading = reader.submit(read_data)
+        if address is None:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        try:
+            data_hashes, columns = reading.result()
+        except BaseException:
+            ray.shutdown()
+            raise
     first_open = min(float(c["open_ts"][0]) for c in columns.values() if len(c["open_ts"]))
     windows = spec.windows_from(first_open)
     last_open = max(float(c["open_ts"][-1]) for c in columns.values() if len(c["open_ts"]))
@@ -193,10 +210,6 @@ def run_sweep(
     counts = Counts(total=planner.total())
     show = progress or (lambda counts: None)
 
-    if address is None:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    else:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
     try:
         columns_ref = ray.put(columns)
         remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(_run_remote)
