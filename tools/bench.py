@@ -512,14 +512,14 @@ windows = 3
 [[strategy]]
 kind = "ema_cross"
 [strategy.space]
-fast_period = [5, 9]
+fast_period = [5, 9, 13]
 slow_period = [21, 34]
 stop_loss_pct = [0.5, 1.0]
 
 [[strategy]]
 kind = "trend_pullback"
 [strategy.space]
-stop_atr_mult = [1.0, 1.5]
+stop_atr_mult = [1.0, 1.5, 2.0]
 target_r = [1.5, 2.0]
 """
 
@@ -529,8 +529,8 @@ def _iso(ts: float) -> str:
 
 
 def bench_sweep(work: Path) -> dict[str, Any]:
-    """`python -m tools.sweep` over the perpetual real data (42 trials: two strategies, grids of 8
-    and 4, three walk-forward windows of 14 days in-sample and 7 out-of-sample in the data's
+    """`python -m tools.sweep` over the perpetual real data (60 trials: two strategies, grids of 12
+    and 6, three walk-forward windows of 14 days in-sample and 7 out-of-sample in the data's
     longest contiguous stretch, and their out-of-sample trials: a sweep of the size sweeps have,
     over which Ray's start-up and shutdown, about 6 s, are spread) with a local Ray of 1 and of
     2 workers, whole processes (Ray's start-up included); then each of its trials as a bare CLI
@@ -910,7 +910,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "sweep" in only:
             print(
-                "\n## Sweeps on Ray (python -m tools.sweep): 42 trials of 7 to 14 days over the perpetual data\n",
+                "\n## Sweeps on Ray (python -m tools.sweep): 60 trials of 7 to 14 days over the perpetual data\n",
                 flush=True,
             )
             res["sweep"] = bench_sweep(work)
