@@ -22,6 +22,7 @@ import trio
 
 from tests.test_report_html import DevTools, assert_every_chart_drew, chromium, needs_chromium
 from tools.sweep.html import MAX_TRIAL_ROWS, SWEEP_HTML, write_sweep_html
+from tools.sweep.results import COLUMNS
 
 T0 = 1_704_067_200  # 2024-01-01T00:00:00Z
 DAY = 86_400
@@ -32,29 +33,7 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     "breakout": [{"lookback": n, "atr_mult": 2.0} for n in (10, 20, 30, 40)],
 }
 FAILURE = "ValueError: lookback 40 > the window's bars <&> (see trials/...)"
-HEADER = [
-    "trial_id",
-    "strategy",
-    "window",
-    "phase",
-    "start",
-    "end",
-    "status",
-    "error",
-    "objective",
-    "objective_value",
-    "net_pnl",
-    "return_pct",
-    "sharpe",
-    "profit_factor",
-    "trade_count",
-    "max_drawdown_pct",
-    "fees_paid",
-    "stop_reason",
-    "seconds",
-    "run_folder",
-    "params",
-]
+HEADER = list(COLUMNS)  # trials.csv as tools/sweep/results.py writes it
 # (strategy, window, phase, index of the parameter set) -> the error of a trial that fails, or None
 Failing = Callable[[str, int, str, int], str | None]
 

@@ -319,18 +319,7 @@ def _run_remote(
 
 
 def _failed(trial: Trial, error: str) -> dict[str, Any]:
-    return {
-        "key": trial.key,
-        "trial_id": trial.id,
-        "strategy": trial.strategy,
-        "params": trial.params,
-        "window": trial.window,
-        "phase": trial.phase,
-        "start": trial.start,
-        "end": trial.end,
-        "status": "failed",
-        "error": error,
-    }
+    return trial.record(status="failed", error=error)
 
 
 def _write_page(out: Path) -> None:

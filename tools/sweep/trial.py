@@ -47,6 +47,20 @@ class Trial:
     def id(self) -> str:
         return self.key[:16]
 
+    def record(self, **outcome: Any) -> dict[str, Any]:
+        """The trial's line of the sweep's log: what it is, then `outcome` (status, figures...)."""
+        return {
+            "key": self.key,
+            "trial_id": self.id,
+            "strategy": self.strategy,
+            "params": self.params,
+            "window": self.window,
+            "phase": self.phase,
+            "start": self.start,
+            "end": self.end,
+            **outcome,
+        }
+
     def cli(self, base_config: Path | None, data: Sequence[tuple[str, Path]], run_dir: Path) -> list[str]:
         """The CLI backtest that is this trial (`python -m actors.main` and these arguments)."""
         args = ["--config", str(base_config)] if base_config is not None else []
@@ -137,16 +151,7 @@ def run_trial(
 
     logs.configure("ERROR")  # the run folder's session.log has the rest
     began = time.perf_counter()
-    record: dict[str, Any] = {
-        "key": trial.key,
-        "trial_id": trial.id,
-        "strategy": trial.strategy,
-        "params": trial.params,
-        "window": trial.window,
-        "phase": trial.phase,
-        "start": trial.start,
-        "end": trial.end,
-    }
+    record = trial.record()
     shutil.rmtree(trial_dir, ignore_errors=True)
     try:
         config = config_for(base_config, trial.sets, trial_dir)
