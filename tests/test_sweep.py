@@ -232,3 +232,57 @@ def _sets(spec: Any, record: dict[str, Any]) -> list[str]:
     from tools.sweep.spec import trial_sets
 
     return trial_sets(spec, record["strategy"], record["params"])
+
+
+TPE_SPEC = """
+[sweep]
+name = "tpe"
+data = "{data}"
+objective = "net_pnl"
+min_trades = 1
+sampler = "tpe"
+budget = 5
+seed = 3
+set = ["risk.max_loss_pct=100", "risk.max_daily_drawdown_pct=100", "risk.max_consecutive_losses=0"]
+
+[walk_forward]
+start = "2023-08-01"
+train_days = 1
+test_days = 1
+windows = 1
+
+[[strategy]]
+kind = "ema_cross"
+[strategy.space]
+fast_period = {{ low = 3, high = 12 }}
+slow_period = [21, 34]
+stop_loss_pct = {{ low = 0.2, high = 2.0, log = true }}
+"""
+
+
+def test_optunas_tpe_sampler_runs_its_budget_within_the_space_and_resumes(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    spec = tmp_path / "tpe.toml"
+    spec.write_text(TPE_SPEC.format(data=shared_data / "btcusdt_perp_1m.csv.gz"))
+    out = tmp_path / "out"
+    first = _sweep(spec, out)
+    output = first.communicate(timeout=600)[0]
+    assert first.returncode == 0, output[-3000:]
+    records = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["phase"] == "train"]
+    test = [r for r in records if r["phase"] == "test"]
+    assert len(train) == 5 and len(test) == 1 and all(r["status"] == "ok" for r in records)
+    for r in train:
+        p = r["params"]
+        assert isinstance(p["fast_period"], int) and 3 <= p["fast_period"] <= 12
+        assert p["slow_period"] in (21, 34) and 0.2 <= p["stop_loss_pct"] <= 2.0
+    assert len({json.dumps(r["params"], sort_keys=True) for r in train}) > 1
+    best = max(train, key=lambda r: (r["net_pnl"], [-ord(ch) for ch in r["trial_id"]]))
+    assert test[0]["params"] == best["params"]
+    # run again: the studies are told the log's trials, and nothing runs
+    again = _sweep(spec, out)
+    output = again.communicate(timeout=600)[0]
+    assert again.returncode == 0, output[-3000:]
+    assert len((out / "trials.jsonl").read_text().splitlines()) == len(records)
+    assert "6 trials (6 from the log, 0 failed)" in output

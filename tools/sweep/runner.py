@@ -88,8 +88,11 @@ class Planner:
 
     # --- TPE (Optuna's sampler, ask and tell) ---------------------------------------------------
 
-    def study(self, window: Window, strategy: StrategySpace, done: list[dict[str, Any]]) -> Any:
-        """The window's Optuna study for a strategy, told the trials the log holds already."""
+    def study(
+        self, window: Window, strategy: StrategySpace, done: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Make the window's Optuna study for a strategy and tell it the trials the log holds
+        already; returns those it took (a trial of another space is left out)."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -98,24 +101,29 @@ class Planner:
             sampler = optuna.samplers.TPESampler(seed=self.spec.seed + 1000 * window.index)
             study = optuna.create_study(direction="maximize", sampler=sampler)
             distributions = _distributions(strategy.space)
+            taken = []
             for record in done:
                 value = objective_value(record, self.spec)
-                study.add_trial(
-                    optuna.trial.create_trial(
-                        params=record["params"],
-                        distributions=distributions,
-                        value=value,
-                        state=optuna.trial.TrialState.COMPLETE
-                        if value is not None
-                        else optuna.trial.TrialState.FAIL,
-                    )
+                state = (
+                    optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
                 )
-            self.studies[key] = [study, len(done), {}]
-        return self.studies[key]
+                try:
+                    study.add_trial(
+                        optuna.trial.create_trial(
+                            params=record["params"], distributions=distributions, value=value, state=state
+                        )
+                    )
+                except ValueError:  # parameters outside this space (the spec changed)
+                    continue
+                taken.append(record)
+            self.studies[key] = [study, len(taken), {}]
+            return taken
+        return done
 
     def ask(self, window: Window, strategy: StrategySpace, done: list[dict[str, Any]]) -> Trial | None:
         """The next TPE trial of a window and strategy, or None when its budget is asked."""
-        entry = self.study(window, strategy, done)
+        self.study(window, strategy, done)
+        entry = self.studies[window.index, strategy.kind]
         study, asked, pending = entry
         if asked >= self.spec.budget:
             return None
@@ -266,18 +274,23 @@ def run_sweep(
                 group = (window.index, strategy.kind)
                 groups[group] = []
                 if spec.sampler == "tpe":
+                    # the log's trials of this study first (each, once in, asks for the next
+                    # while the budget lasts, and the last of them the out-of-sample trial)
                     done = [
                         r
                         for (_, phase), r in log.records.items()
-                        if phase == "train" and r["window"] == window.index and r["strategy"] == strategy.kind
+                        if phase == "train"
+                        and r["strategy"] == strategy.kind
+                        and (r["start"], r["end"]) == (window.train_start, window.train_end)
                     ]
-                    waiting[group] = 0
-                    planner.study(window, strategy, done)
+                    done = planner.study(window, strategy, done)
+                    waiting[group] = len(done)
                     for record in done:
                         trial = planner.trial(strategy.kind, record["params"], window, "train")
-                        waiting[group] += 1
                         finished(trial, record, from_log=True)
-                    for _ in range(max(1, workers or 2)):
+                    if done:
+                        continue
+                    for _ in range(max(1, workers or 2)):  # a few in flight at once
                         asked = planner.ask(window, strategy, groups[group])
                         if asked is None:
                             break
