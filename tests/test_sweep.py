@@ -70,7 +70,7 @@ def _spec(tmp_path: Path, shared_data: Path) -> Path:
     return spec
 
 
-def _sweep(spec: Path, out: Path, **popen: Any) -> subprocess.Popen[str]:
+def _sweep(spec: Path, out: Path, workers: int = 2, **popen: Any) -> subprocess.Popen[str]:
     args = [
         sys.executable,
         "-m",
@@ -79,7 +79,7 @@ def _sweep(spec: Path, out: Path, **popen: Any) -> subprocess.Popen[str]:
         "--out",
         str(out),
         "--workers",
-        "2",
+        str(workers),
         "--progress",
         "plain",
     ]
@@ -286,3 +286,52 @@ def test_optunas_tpe_sampler_runs_its_budget_within_the_space_and_resumes(
     assert again.returncode == 0, output[-3000:]
     assert len((out / "trials.jsonl").read_text().splitlines()) == len(records)
     assert "6 trials (6 from the log, 0 failed)" in output
+
+
+SHARED_SPEC = """
+[sweep]
+name = "shared"
+data = "{data}"
+objective = "sharpe"
+min_trades = 1
+sampler = "random"
+budget = 3
+seed = 3
+
+[walk_forward]
+start = "2023-08-01"
+train_days = 1
+test_days = 1
+windows = 2
+
+[[strategy]]
+kind = "ema_cross"
+[strategy.space]
+fast_period = {{ low = 3, high = 12 }}
+slow_period = [21, 34]
+"""
+
+
+def test_a_backtest_in_both_phases_runs_once(tmp_path: Path, shared_data: Path) -> None:
+    """Window 0's test days are window 1's train days: its out-of-sample parameters, drawn for
+    window 1 too, are one backtest, run once (even while it is in flight) and shared by both rows."""
+    spec = tmp_path / "shared.toml"
+    spec.write_text(SHARED_SPEC.format(data=shared_data / "btcusdt_perp_1m.csv.gz"))
+    out = tmp_path / "out"
+    # one worker: window 1's train trials wait in Ray's queue when window 0's test trial comes
+    done = _sweep(spec, out, workers=1)
+    output = done.communicate(timeout=600)[0]
+    assert done.returncode == 0, output[-3000:]
+    records = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_key.setdefault(record["key"], []).append(record)
+    both = [rs for rs in by_key.values() if {r["phase"] for r in rs} == {"train", "test"}]
+    assert both, "the random draws (seed 3) repeat window 0's out-of-sample parameters in window 1"
+    for rs in both:
+        assert len(rs) == 2
+        figures = [{k: v for k, v in r.items() if k not in ("phase", "window")} for r in rs]  # `seconds` too
+        assert figures[0] == figures[1] and figures[0]["sharpe"] is not None
+    for key in by_key:
+        runs = [p for p in (out / "trials" / key[:16]).iterdir() if p.is_dir() and not p.is_symlink()]
+        assert len(runs) == 1 and validate(runs[0]) == []

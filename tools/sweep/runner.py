@@ -222,6 +222,9 @@ def run_sweep(
         columns_ref = ray.put(columns)
         remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(_run_remote)
         in_flight: dict[Any, Trial] = {}
+        # by key, the trials waiting on one in flight: a window's test days can be the next
+        # window's train days, and the same parameters then the same backtest (run once)
+        sharing: dict[str, list[Trial]] = {}
         records: list[dict[str, Any]] = []
         groups: dict[tuple[int, str], list[dict[str, Any]]] = {}  # train records by (window, kind)
         waiting: dict[tuple[int, str], int] = {}  # train trials not yet in, by (window, kind)
@@ -247,9 +250,13 @@ def run_sweep(
                     log.append({**found, "phase": trial.phase, "window": trial.window})
                 finished(trial, found, from_log=True)
                 return
+            if trial.key in sharing:  # the same backtest is running (the other phase): its result
+                sharing[trial.key].append(trial)
+                return
             trial_dir = out / "trials" / trial.id
             ref = remote.remote(trial, spec.base_config, spec.data, columns_ref, trial_dir)
             in_flight[ref] = trial
+            sharing[trial.key] = []
             counts.running = len(in_flight)
 
         def follow(group: tuple[int, str]) -> None:
@@ -314,6 +321,9 @@ def run_sweep(
                     record = _failed(trial, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
                 log.append(record)
                 finished(trial, record, from_log=False)
+                for other in sharing.pop(trial.key, []):  # the same backtest in the other phase
+                    log.append({**record, "phase": other.phase, "window": other.window})
+                    finished(other, record, from_log=False)
     finally:
         log.close()
         ray.shutdown()
