@@ -616,6 +616,12 @@ def test_sweep_image_runs_the_raycluster_and_a_sweep_on_it(
     table = podman("exec", head, "cat", "/data/sweeps/tiny/trials.csv").stdout
     rows = list(csv.DictReader(io.StringIO(table)))
     assert len(rows) >= 2 and all(r["status"] == "ok" for r in rows), table
-    # the trials ran on the worker: their run folders are on its /data, none on the head's
-    assert podman("exec", worker, "ls", "/data/sweeps/tiny/trials").stdout.split()
-    assert podman("exec", head, "ls", "/data/sweeps/tiny/trials", check=False).stdout.split() == []
+    # the trials ran on the worker (their run folders on its /data), and each run folder came back
+    # to the sweep's folder on the head, whole: it passes the validator there
+    ran = podman("exec", worker, "ls", "/data/sweeps/tiny/trials").stdout.split()
+    assert ran and sorted(ran) == sorted(
+        podman("exec", head, "ls", "/data/sweeps/tiny/trials").stdout.split()
+    )
+    for row in rows:
+        run = f"/data/sweeps/tiny/{row['run_folder']}"
+        podman("exec", head, "python", "-m", "tools.validate_session", run, timeout=60)

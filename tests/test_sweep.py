@@ -335,3 +335,45 @@ def test_a_backtest_in_both_phases_runs_once(tmp_path: Path, shared_data: Path) 
     for key in by_key:
         runs = [p for p in (out / "trials" / key[:16]).iterdir() if p.is_dir() and not p.is_symlink()]
         assert len(runs) == 1 and validate(runs[0]) == []
+
+
+def test_a_trials_run_folder_packed_on_a_worker_unpacks_whole_on_the_driver(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """On a cluster a trial's run folder is written on its worker's disk and sent back packed:
+    unpacked in the sweep's folder it is the same files, `latest` included, and passes the
+    validator."""
+    from tools.sweep.spec import load_spec, trial_sets
+    from tools.sweep.trial import Trial, pack_folder, read_columns, run_trial, unpack_folder
+
+    spec = load_spec(_spec(tmp_path, shared_data))
+    data = spec.data[0][1]
+    columns = {str(data): read_columns(data, 60.0, "BTCUSDT")}
+    start = 1_690_848_000.0  # 2023-08-01
+    trial = Trial(
+        "ab" * 32,
+        "ema_cross",
+        {"fast_period": 5},
+        0,
+        "train",
+        start,
+        start + 86_400.0,
+        tuple(trial_sets(spec, "ema_cross", {"fast_period": 5})),
+    )
+    worker_dir = tmp_path / "worker" / trial.id
+    record = run_trial(trial, None, spec.data, columns, worker_dir)
+    assert record["status"] == "ok" and record["trade_count"] > 0
+    driver_dir = tmp_path / "driver" / trial.id
+    driver_dir.mkdir(parents=True)
+    (driver_dir / "partial.txt").write_text("a half-written run")  # replaced, not merged
+    unpack_folder(pack_folder(worker_dir), driver_dir)
+
+    def tree(root: Path) -> dict[str, bytes | str]:
+        return {
+            str(p.relative_to(root)): (f"-> {os.readlink(p)}" if p.is_symlink() else p.read_bytes())
+            for p in sorted(root.rglob("*"))
+            if p.is_symlink() or p.is_file()
+        }
+
+    assert tree(driver_dir) == tree(worker_dir)
+    assert validate((driver_dir / "latest").resolve()) == []

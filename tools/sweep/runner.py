@@ -19,7 +19,16 @@ from loguru import logger
 
 from tools.sweep.results import TrialLog, best, iso, objective_value, rows, summary, write_json, write_table
 from tools.sweep.spec import Domain, Range, StrategySpace, SweepSpec, Window, trial_sets
-from tools.sweep.trial import Trial, config_for, file_sha256, read_columns, run_trial, trial_key
+from tools.sweep.trial import (
+    Trial,
+    config_for,
+    file_sha256,
+    pack_folder,
+    read_columns,
+    run_trial,
+    trial_key,
+    unpack_folder,
+)
 
 # Ray retries a task whose worker died (not one whose backtest raised: that is recorded failed)
 MAX_RETRIES = 2
@@ -220,6 +229,7 @@ def run_sweep(
 
     try:
         columns_ref = ray.put(columns)
+        driver_node = ray.get_runtime_context().get_node_id()
         remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(_run_remote)
         in_flight: dict[Any, Trial] = {}
         # by key, the trials waiting on one in flight: a window's test days can be the next
@@ -254,7 +264,7 @@ def run_sweep(
                 sharing[trial.key].append(trial)
                 return
             trial_dir = out / "trials" / trial.id
-            ref = remote.remote(trial, spec.base_config, spec.data, columns_ref, trial_dir)
+            ref = remote.remote(trial, spec.base_config, spec.data, columns_ref, trial_dir, driver_node)
             in_flight[ref] = trial
             sharing[trial.key] = []
             counts.running = len(in_flight)
@@ -316,7 +326,9 @@ def run_sweep(
                 trial = in_flight.pop(ref)
                 counts.running = len(in_flight)
                 try:
-                    record = ray.get(ref)
+                    record, folder = ray.get(ref)
+                    if folder is not None:  # run on another node: its run folder, here too
+                        unpack_folder(folder, out / "trials" / trial.id)
                 except Exception as exc:  # the worker died more often than Ray retries
                     record = _failed(trial, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
                 log.append(record)
@@ -336,9 +348,15 @@ def run_sweep(
 
 
 def _run_remote(
-    trial: Trial, base_config: Path | None, data: Any, columns: Any, trial_dir: Path
-) -> dict[str, Any]:
-    return run_trial(trial, base_config, data, columns, trial_dir)
+    trial: Trial, base_config: Path | None, data: Any, columns: Any, trial_dir: Path, driver_node: str
+) -> tuple[dict[str, Any], bytes | None]:
+    """The trial in a Ray task; on another node than the driver's, its run folder comes back
+    with the record (packed), for the sweep's folder to hold every trial's run."""
+    import ray
+
+    record = run_trial(trial, base_config, data, columns, trial_dir)
+    elsewhere = ray.get_runtime_context().get_node_id() != driver_node
+    return record, pack_folder(trial_dir) if elsewhere else None
 
 
 def _failed(trial: Trial, error: str) -> dict[str, Any]:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import io
 import json
 import math
 import shutil
+import tarfile
 import time
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
@@ -196,3 +198,20 @@ def figures(run_path: Path) -> dict[str, Any]:
     with (run_path / "events.jsonl").open("rb") as f:
         stats = statistics([orjson.loads(line) for line in f])
     return {**{name: report[name] for name in REPORT_FIGURES}, **{name: stats[name] for name in RATIOS}}
+
+
+def pack_folder(folder: Path) -> bytes:
+    """A trial's folder as a gzipped tar (its run folder and `latest`), to send to the driver."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(folder, arcname=".")
+    return buffer.getvalue()
+
+
+def unpack_folder(packed: bytes, folder: Path) -> None:
+    """`pack_folder`'s bytes into `folder` (replaced): regular files, folders and links inside it
+    only (tarfile's `data` filter)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(packed), mode="r:gz") as tar:
+        tar.extractall(folder, filter="data")
