@@ -134,3 +134,39 @@ def test_the_cli_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("spec error: sweep.") for line in lines), lines
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("data_filter", [True, False], ids=["tarfile-data-filter", "python-without-it"])
+def test_a_packed_run_folder_unpacks_only_inside_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_filter: bool
+) -> None:
+    """A trial's run folder sent back from a worker node: files, folders and the `latest` link
+    come back; a member outside the folder is refused (with tarfile's `data` filter, and by the
+    same rule checked member by member on a Python without it, as the container's 3.11 base)."""
+    import io
+    import tarfile
+
+    from tools.sweep.trial import pack_folder, unpack_folder
+
+    if not data_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    source = tmp_path / "worker"
+    (source / "run").mkdir(parents=True)
+    (source / "run" / "events.jsonl").write_text('{"seq":1}\n')
+    (source / "latest").symlink_to("run")
+    out = tmp_path / "driver"
+    unpack_folder(pack_folder(source), out)
+    assert (out / "latest" / "events.jsonl").read_text() == '{"seq":1}\n'
+    for name, link in (("../evil", None), ("run/up", "../../outside")):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            member = tarfile.TarInfo(name)
+            if link is None:
+                member.size = 1
+                tar.addfile(member, io.BytesIO(b"x"))
+            else:
+                member.type, member.linkname = tarfile.SYMTYPE, link
+                tar.addfile(member)
+        with pytest.raises((ValueError, tarfile.TarError)):
+            unpack_folder(buffer.getvalue(), tmp_path / "refused")
+        assert not (tmp_path / "evil").exists() and not (tmp_path / "refused" / "run" / "up").exists()
