@@ -655,20 +655,12 @@ class PaperBroker:
             return False
         if self.working and not self._out_of_reach(candle):
             return False
-        # each mark as `_grid_quote` makes it: a price between two ticks is bid below, asked above
-        scale = self._price_scale
-        units = candle.open * scale
-        whole = round(units)
-        open_mark = (
-            candle.open
-            if -1e-6 < units - whole < 1e-6
-            else (math.floor(units) / scale + math.ceil(units) / scale) / 2
-        )
+        # the two quotes and marks the two steps make (`_grid_quote`: on the instrument's grid)
+        open_tick = self._grid_quote(candle.open_ts, candle.open, candle.symbol)
+        open_mark = (open_tick.bid + open_tick.ask) / 2
         close = candle.close
-        units = close * scale
-        whole = round(units)
-        on_grid = -1e-6 < units - whole < 1e-6
-        close_mark = close if on_grid else (math.floor(units) / scale + math.ceil(units) / scale) / 2
+        close_tick = self._grid_quote(close_ts - CLOSE_TICK_LEAD_S, close, candle.symbol)
+        close_mark = (close_tick.bid + close_tick.ask) / 2
         # equity at each mark: `_mark`'s arithmetic, in its order
         cash = (
             self.starting_equity + self.realized_pnl - (self.fees_maker + self.fees_taker) - self.funding_paid
@@ -694,23 +686,7 @@ class PaperBroker:
         self.path_price = close
         volume = self.bar_volume = candle.volume
         self.quote_budget = self.participation * volume if volume else math.inf
-        ts = close_ts - CLOSE_TICK_LEAD_S
-        self.last_tick = _new_tuple(
-            Tick,
-            (ts, close, close, close, 0.0, 0.0, 0.0, candle.symbol, "candles")
-            if on_grid
-            else (
-                ts,
-                math.floor(units) / scale,
-                math.ceil(units) / scale,
-                close,
-                0.0,
-                0.0,
-                0.0,
-                candle.symbol,
-                "candles",
-            ),
-        )
+        self.last_tick = close_tick
         self.mark = close_mark
         self.mark_source = "candles"
         self.touch_taken = 0.0
