@@ -68,9 +68,11 @@ DATA_DRIVEN_STOPS = frozenset({"max_loss", "max_trades", "max_losses", "breaker"
 
 Runtime = Literal["actors", "kernel"]
 
-# Backtests on the kernel: the progress is shown after each chunk of this many candles.
+# Backtests on the kernel: the progress is shown after each chunk of this many candles (a multiple
+# of STORAGE_CHECK_EVERY).
 PROGRESS_CHUNK = 4096
-# Backtests and replays on the kernel: the recorder's storage stop is looked for every this many inputs.
+# Backtests and replays on the kernel: the recorder's storage stop is looked for every this many
+# inputs (one-symbol backtests: candles, between two chunks of `run_candles`).
 STORAGE_CHECK_EVERY = 64
 
 T = TypeVar("T")
