@@ -350,7 +350,10 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
         logger.warning("resuming unfinished session {} (start a new one with --fresh)", plan.resume.name)
 
     from actors.session import Session, run_session
+    from actors.signals import hold_signals, late_signals
 
+    if signal.getsignal(signal.SIGTERM) is _terminate:  # the process's own CLI (not a test)
+        hold_signals()  # the session's from now until the process exits: never a 143 mid-flatten
     try:
         if plan.virtual_time and plan.runtime == "kernel":
             result = Session(config, plan, console=True).run_kernel()  # no trio: a plain loop
@@ -358,10 +361,7 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
             import trio
 
             from actors.clock import VirtualClock
-            from actors.watchdog import hold_signals
 
-            if signal.getsignal(signal.SIGTERM) is _terminate:  # the process's own CLI (not a test)
-                hold_signals()  # the session's from now until the process exits: never a 143 mid-flatten
             clock = VirtualClock() if plan.virtual_time else None
             result = trio.run(partial(run_session, config, plan=plan, console=True), clock=clock)
     except (SessionLocked, CheckpointError, DataError, StorageFault) as exc:
@@ -384,10 +384,7 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
         f"funding_paid={report['funding_paid']:+.2f} USDT ({describe(report['funding_source'])}) "
         f"report={written}"
     )
-    if not (plan.virtual_time and plan.runtime == "kernel"):  # the signals held since the report
-        from actors.watchdog import late_signals
-
-        late_signals()
+    late_signals()  # the signals held since the report: repeats
     return result.exit_code
 
 

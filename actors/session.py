@@ -17,7 +17,8 @@ session; what differs is the runtime that moves messages between them:
   session.stopped -> recorder closes -> final_report.json
   ```
 
-- **kernel** (backtests and replays): actors/kernel.py, a plain loop over the data.
+- **kernel** (backtests and replays): actors/kernel.py, a plain loop over the data;
+  SIGINT/SIGTERM noted (KernelSignals) and looked for between two chunks of the data.
 
 `Session` owns the choices (clock, run folder, heartbeat period, which feed); tests and the
 benchmark pass stand-ins as arguments (`feed=...`, `runtime=...`). `run_session` is the entry
@@ -26,6 +27,7 @@ point the CLI and the tests use.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
@@ -56,6 +58,7 @@ from actors.recording import checkpoint
 from actors.recording.recorder import Recorder, create_run_folder
 from actors.recording.storage import StorageFault
 from actors.risk.gate import RiskGate
+from actors.signals import KernelSignals
 from actors.strategies.base import Strategy, build_strategy
 from protocols.instruments import table_instrument
 from protocols.messages import Candle, Event, MarketEvent
@@ -497,7 +500,13 @@ class Session:
     # --- the kernel -------------------------------------------------------------------------------------
 
     def run_kernel(self) -> SessionResult:
-        """A backtest or replay on the kernel, synchronously (no trio)."""
+        """A backtest or replay on the kernel, synchronously (no trio). SIGINT and SIGTERM
+        (`handle_signals`) stop it between two chunks of its inputs, flat, with its report
+        (actors/signals.py)."""
+        with KernelSignals() if self.handle_signals else contextlib.nullcontext() as signals:
+            return self._run_kernel(signals)
+
+    def _run_kernel(self, signals: KernelSignals | None) -> SessionResult:
         one_stream = self.plan.mode == "backtest" and not self.plan.data_by_symbol
         if one_stream:
             started, candles = self.candles()
@@ -527,10 +536,10 @@ class Session:
             storage: list[StorageFault] = []  # a storage stop ends the inputs (checked between steps)
             try:
                 if one_stream:
-                    stopped = self._run_candles(kernel, iter(candles), recorder, storage)
+                    stopped = self._run_candles(kernel, iter(candles), recorder, storage, signals)
                 else:
                     stopped = kernel.run(
-                        self._reporting(_until_storage(inputs, recorder, storage), kernel),
+                        self._reporting(_until_stop(inputs, recorder, storage, signals, kernel), kernel),
                         end_ts=timeline.end_ts,
                         end_reason="data_end" if self.plan.mode == "backtest" else end_reason(self.plan),
                         end_detail="all data delivered"
@@ -563,13 +572,18 @@ class Session:
         return BacktestProgress(mode, total=lambda: count_candles(data) if data else None)
 
     def _run_candles(
-        self, kernel: Kernel, candles: Iterator[Candle], recorder: Recorder, storage: list[StorageFault]
+        self,
+        kernel: Kernel,
+        candles: Iterator[Candle],
+        recorder: Recorder,
+        storage: list[StorageFault],
+        signals: KernelSignals | None,
     ) -> Stopped:
         """`kernel.run_candles` over the candles, in chunks of `STORAGE_CHECK_EVERY`: between two
-        chunks the recorder's storage stop is looked for (its `error` event is recorded then and
-        the stop kept in `storage`), and every `PROGRESS_CHUNK` candles the progress is shown (the
-        same steps: `finish=False` leaves the run open; nothing is added to the loop over the
-        candles)."""
+        chunks a signal (the session stops there) and the recorder's storage stop are looked for
+        (its `error` event is recorded then and the stop kept in `storage`), and every
+        `PROGRESS_CHUNK` candles the progress is shown (the same steps: `finish=False` leaves the
+        run open; nothing is added to the loop over the candles)."""
         with self._backtest_progress() as progress:
             done = 0
             for first in candles:
@@ -579,6 +593,8 @@ class Session:
                 )
                 if stopped is not None:
                     return stopped
+                if signals is not None and (name := signals.stop_requested()) is not None:
+                    return _signalled(kernel, name)
                 if (stop := recorder.take_stop()) is not None:
                     storage.append(stop)
                     break
@@ -618,17 +634,33 @@ class Session:
         return await run_actors(self)
 
 
-def _until_storage(inputs: Iterable[T], recorder: Recorder, stops: list[StorageFault]) -> Iterator[T]:
-    """The kernel's inputs until the recorder has a storage stop (looked for every
-    `STORAGE_CHECK_EVERY` inputs, between two steps; its `error` event is recorded then and the
-    stop kept in `stops`)."""
+def _until_stop(
+    inputs: Iterable[T],
+    recorder: Recorder,
+    stops: list[StorageFault],
+    signals: KernelSignals | None,
+    kernel: Kernel,
+) -> Iterator[T]:
+    """The kernel's inputs until a signal comes (the kernel stops there, `_signalled`) or the
+    recorder has a storage stop (its `error` event is recorded then and the stop kept in
+    `stops`): both looked for every `STORAGE_CHECK_EVERY` inputs, between two steps."""
     for i, item in enumerate(inputs):
-        if not i % STORAGE_CHECK_EVERY and (stop := recorder.take_stop()) is not None:
-            stops.append(stop)
-            return
+        if not i % STORAGE_CHECK_EVERY:
+            if signals is not None and (name := signals.stop_requested()) is not None:
+                kernel.stopped = _signalled(kernel, name)
+                return
+            if (stop := recorder.take_stop()) is not None:
+                stops.append(stop)
+                return
         yield item
     if (stop := recorder.take_stop()) is not None:
         stops.append(stop)
+
+
+def _signalled(kernel: Kernel, name: str) -> Stopped:
+    """The stop a signal makes, at the kernel's time (no timer run past it: the session stops
+    where it is, as a live one does)."""
+    return Stopped("signal", name, kernel.now)
 
 
 async def run_session(

@@ -8,9 +8,7 @@ published.
 
 SIGINT and SIGTERM are the session's for its whole life, not only the watchdog's
 (`SessionSignals`, around the whole session: from before its run folder is opened until its
-report is written): the first stops the session, every later one is logged once ("already
-stopping, flattening") and otherwise ignored, so any number of signals give one stop, one flatten
-and one report. Only SIGKILL can prevent them.
+report is written; actors/signals.py has the rules, shared with the kernel's sessions).
 """
 
 from __future__ import annotations
@@ -29,11 +27,11 @@ from loguru import logger
 from actors.clock import SessionClock
 from actors.console import ConsoleSink
 from actors.progress import Position, Progress, panel_lines
+from actors.signals import SIGNALS, _ended, _held, _hold, log_repeated
 from protocols.messages import AccountSnapshot, StopSession
 
 KILL_SWITCH_POLL_S = 0.25
 PROGRESS_EVERY_S = 1.0
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Stopper:
@@ -70,47 +68,7 @@ class Stopper:
         """A signal after the stop: logged once, nothing else."""
         if not self._repeated:
             self._repeated = True
-            logger.warning(
-                "{} again: already stopping, flattening (further signals are ignored; the report "
-                "is written within session.flatten_timeout_s)",
-                name or "signal",
-            )
-
-
-# Signals that came while no session listened (the CLI holds them from just before the session
-# starts until the process exits: `hold_signals`); a session that starts listening takes them.
-_held: list[int] = []
-# The stopper of the session that listened last (the CLI's, once its report is written): the signals
-# held after it are its repeated ones (`late_signals`).
-_ended: list[Stopper] = []
-
-
-def _hold(signum: int, _frame: FrameType | None) -> None:
-    _held.append(signum)
-
-
-def hold_signals() -> None:
-    """The CLI, just before it runs a session on the actors runtime: from now until the process
-    exits, SIGINT and SIGTERM are held (noted, nothing else) while no session listens to them. A
-    session starting takes those that came before it (it stops at once, flat, with its report);
-    those that come after its report is written are ignored (it is stopping already), so the
-    process always ends with the exit code of the first reason."""
-    for signum in SIGNALS:
-        signal.signal(signum, _hold)
-
-
-def late_signals() -> None:
-    """The CLI, as it ends: from now on SIGINT and SIGTERM are ignored by the OS (Python's exit
-    would give them their default action back: a signal in the last milliseconds would still kill
-    the process, 130 or 143), and those held since its session's report was written are logged as
-    repeated ones (once per session, with those the session saw itself). Nothing when the
-    signals are not held (`hold_signals` was not called: a test calling the CLI's `main`)."""
-    if signal.getsignal(signal.SIGTERM) is not _hold:
-        return
-    for signum in SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
-    if _held and _ended:
-        _ended[-1].repeated(signal.Signals(_held[0]).name)
+            log_repeated(name)
 
 
 class SessionSignals:

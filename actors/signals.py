@@ -1,0 +1,139 @@
+"""SIGINT and SIGTERM: the session's for its whole life, on either runtime (no trio here).
+
+The first signal stops the session (`stop_reason = "signal"`, its name the detail), with its
+flatten and its report; every later one is logged once ("already stopping, flattening") and
+otherwise ignored, so any number of signals give one stop, one flatten and one report. Only
+SIGKILL can prevent them.
+
+- The CLI holds the signals (`hold_signals`) from just before its session starts until the
+  process exits: one that comes while no session listens is noted, and the session takes it as
+  it starts (it stops at once, flat, with its report); one that comes after the report is
+  written is a repeat (`late_signals`).
+- A session on the actors runtime listens with `actors.watchdog.SessionSignals` (the signal goes
+  to trio, which stops the session's cancel scope).
+- A session on the kernel (backtests, replays: a plain loop) listens with `KernelSignals`: the
+  handler only notes the signal; the session looks between two chunks of its inputs
+  (`actors.session.STORAGE_CHECK_EVERY`) and stops there.
+"""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+from typing import Any, Protocol, Self
+
+from loguru import logger
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Repeats(Protocol):
+    def repeated(self, name: str) -> None: ...
+
+
+# Signals that came while no session listened; a session that starts listening takes them.
+_held: list[int] = []
+# The listener of the session that listened last (the CLI's, once its report is written): the
+# signals held after it are its repeated ones (`late_signals`).
+_ended: list[Repeats] = []
+
+
+def _hold(signum: int, _frame: FrameType | None) -> None:
+    _held.append(signum)
+
+
+def hold_signals() -> None:
+    """The CLI, just before it runs a session: from now until the process exits, SIGINT and
+    SIGTERM are held (noted, nothing else) while no session listens to them. A session starting
+    takes those that came before it; those that come after its report is written are ignored (it
+    is stopping already), so the process always ends with the exit code of the first reason."""
+    for signum in SIGNALS:
+        signal.signal(signum, _hold)
+
+
+def holding() -> bool:
+    """The signals are held (`hold_signals`: the process's own CLI, not a test calling it)."""
+    return signal.getsignal(signal.SIGTERM) is _hold
+
+
+def late_signals() -> None:
+    """The CLI, as it ends: from now on SIGINT and SIGTERM are ignored by the OS (Python's exit
+    would give them their default action back: a signal in the last milliseconds would still kill
+    the process, 130 or 143), and those held since its session's report was written are logged as
+    repeated ones (once per session, with those the session saw itself). Nothing when the
+    signals are not held (`hold_signals` was not called: a test calling the CLI's `main`)."""
+    if not holding():
+        return
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    if _held and _ended:
+        _ended[-1].repeated(signal.Signals(_held[0]).name)
+
+
+def log_repeated(name: str) -> None:
+    logger.warning(
+        "{} again: already stopping, flattening (further signals are ignored; the report "
+        "is written within session.flatten_timeout_s)",
+        name or "signal",
+    )
+
+
+class KernelSignals:
+    """SIGINT and SIGTERM for a session on the kernel (a context manager, entered in the main
+    thread before the run folder is opened, left once the report is written). The handler only
+    notes the signal (nothing in a signal handler may take a lock, as logging does); the session
+    asks `stop_requested` between two chunks of its inputs and stops there (`stop_reason =
+    "signal"`, the first signal's name the detail). A later signal is logged once, at the stop
+    or on leaving. On exit the handlers found at entry come back (`hold_signals`' under the
+    CLI)."""
+
+    def __init__(self) -> None:
+        self.first: str | None = None  # the first signal's name
+        self.again: str | None = None  # the second's
+        self.stopping = False  # the session has taken the stop
+        self._logged_repeat = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Self:
+        for signum in SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handler)
+        while _held:  # came before the session listened: it stops at its first look
+            self._note(_held.pop(0))
+        return self
+
+    def _handler(self, signum: int, _frame: FrameType | None) -> None:
+        self._note(signum)
+
+    def _note(self, signum: int) -> None:
+        if self.first is None:
+            self.first = signal.Signals(signum).name
+        elif self.again is None:
+            self.again = signal.Signals(signum).name
+
+    def stop_requested(self) -> str | None:
+        """The first signal's name once one has come (logged the first time it is asked)."""
+        if self.first is None:
+            return None
+        if not self.stopping:
+            self.stopping = True
+            logger.info("stopping: signal {}", self.first)
+        if self.again is not None:
+            self.repeated(self.again)
+        return self.first
+
+    def repeated(self, name: str) -> None:
+        """A signal after the stop: logged once, nothing else."""
+        if not self._logged_repeat:
+            self._logged_repeat = True
+            log_repeated(name)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        if self.again is not None:
+            self.repeated(self.again)
+        elif self.first is not None and not self.stopping:  # came as it ended
+            self.repeated(self.first)
+        if self._previous.get(signal.SIGTERM) is _hold:  # the CLI: those held from now are repeats
+            _held.clear()
+            _ended.append(self)
