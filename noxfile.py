@@ -7,6 +7,11 @@ import nox
 nox.options.sessions = ["tests", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 
+# Python caches compiled modules (__pycache__, git-ignored) even where the environment says not to
+# (PYTHONDONTWRITEBYTECODE set, as on the CI machines): each pytest-xdist worker and each CLI process
+# a test starts would otherwise compile the project's modules again (collection alone: 8 s -> 3 s)
+CACHE_BYTECODE = {"PYTHONDONTWRITEBYTECODE": ""}
+
 
 @nox.session
 def session(s: nox.Session) -> None:
@@ -21,7 +26,7 @@ def tests(s: nox.Session) -> None:
     on real sockets and real processes, so they overlap well on 2 cores. `-- -k name` selects.
     The container tests (marker `container`) are `nox -s container`'s."""
     s.install("-e", ".[test]")
-    s.run("pytest", "-q", "-n", "4", "-m", "not container and not sweep", *s.posargs)
+    s.run("pytest", "-q", "-n", "4", "-m", "not container and not sweep", *s.posargs, env=CACHE_BYTECODE)
 
 
 @nox.session
@@ -29,7 +34,16 @@ def quick(s: nox.Session) -> None:
     """The deterministic subset to run while working (under a minute): no real-time socket,
     process, soak, container or benchmark test (those are marked `slow`)."""
     s.install("-e", ".[test]")
-    s.run("pytest", "-q", "-n", "4", "-m", "not slow and not container and not sweep", *s.posargs)
+    s.run(
+        "pytest",
+        "-q",
+        "-n",
+        "4",
+        "-m",
+        "not slow and not container and not sweep",
+        *s.posargs,
+        env=CACHE_BYTECODE,
+    )
 
 
 @nox.session
@@ -70,7 +84,7 @@ def sweep(s: nox.Session) -> None:
     if "--example" in s.posargs:
         s.run("python", "-m", "tools.sweep", "config/sweeps/example.toml", "--out", "sweeps/example")
         return
-    s.run("pytest", "-q", "-m", "sweep", *s.posargs)
+    s.run("pytest", "-q", "-m", "sweep", *s.posargs, env=CACHE_BYTECODE)
 
 
 @nox.session

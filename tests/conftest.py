@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import json
 import os
@@ -64,6 +66,25 @@ def run_cli(*args: str, cwd: Path, timeout: float = 60, **env: str) -> subproces
         text=True,
         timeout=timeout,
     )
+
+
+def run_main(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`run_cli` in this process (the CLI's `main` with `cli_env(**env)`, in `cwd`, its output
+    captured): for the many cases of one check, a few of which go through `run_cli` as well."""
+    from actors.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args), cli_env(**env))
+            except SystemExit as exc:  # argparse's own errors
+                code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        os.chdir(old)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 # Modules whose tests run on real time (real sockets, processes, containers, benchmarks): all slow.

@@ -724,18 +724,21 @@ def test_truncation_at_every_offset() -> None:
             rejected(validator().parse(text[:i].encode()), "truncated")
 
 
+@pytest.mark.slow  # 300 examples
 @FUZZ
 @given(st.text() | st.binary())
 def test_fuzz_arbitrary_input(raw: str | bytes) -> None:
     check_parsed(validator().parse(raw))
 
 
+@pytest.mark.slow  # 300 examples
 @FUZZ
 @given(JSON)
 def test_fuzz_arbitrary_json(value: Any) -> None:
     check_parsed(validator().parse(json.dumps(value)))
 
 
+@pytest.mark.slow  # 300 examples
 @FUZZ
 @given(st.lists(mutated_frames() | frame_like() | st.sampled_from(DATA_FRAMES), min_size=1, max_size=6))
 def test_fuzz_mutated_frames(frames: list[str]) -> None:
@@ -768,6 +771,7 @@ def check_rest(fn: Any, *args: Any) -> Any:
         return None
 
 
+@pytest.mark.slow  # 300 examples
 @FUZZ
 @given(st.integers(min_value=100, max_value=599), st.binary() | JSON.map(lambda v: json.dumps(v).encode()))
 def test_fuzz_rest_data(status: int, body: bytes) -> None:
@@ -790,6 +794,7 @@ def rest_bodies(draw: st.DrawFn) -> Any:
     return rows
 
 
+@pytest.mark.slow  # 300 examples
 @FUZZ
 @given(rest_bodies())
 def test_fuzz_rest_klines(data: Any) -> None:
@@ -802,6 +807,7 @@ def test_fuzz_rest_klines(data: Any) -> None:
             assert 0 <= c.volume < math.inf
 
 
+@pytest.mark.slow  # 300 examples
 @FUZZ
 @given(
     JSON

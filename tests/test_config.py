@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from actors.config import Config, ConfigError, load, to_dict
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_main
 
 
 def test_builtin_defaults_equal_default_toml() -> None:
@@ -114,7 +114,7 @@ def test_invalid_config_exits_2_with_one_clear_line(
 ) -> None:
     if text is not None:
         args = ["--config", str(_write(tmp_path, text)), *args]
-    result = run_cli(*args, "--check-config", cwd=tmp_path, **env)
+    result = run_main(*args, "--check-config", cwd=tmp_path, **env)
     assert result.returncode == 2, result.stderr
     assert fragment in result.stderr
     assert "Traceback" not in result.stderr
@@ -364,7 +364,7 @@ INVALID_STRATEGIES = [
 def test_invalid_strategies_exit_2_with_one_clear_line(
     tmp_path: Path, text: str, args: list[str], fragment: str
 ) -> None:
-    result = run_cli("--config", str(_write(tmp_path, text)), *args, "--check-config", cwd=tmp_path)
+    result = run_main("--config", str(_write(tmp_path, text)), *args, "--check-config", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert fragment in result.stderr
     assert "Traceback" not in result.stderr

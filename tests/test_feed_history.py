@@ -127,6 +127,7 @@ _LINE = st.one_of(
 )
 
 
+@pytest.mark.slow  # 300 examples
 @settings(max_examples=300, deadline=None)
 @given(
     lines=st.lists(_LINE, max_size=40),

@@ -824,6 +824,7 @@ class Run:
         self.check(self.broker.abandon_in_flight(self.now))
 
 
+@pytest.mark.slow  # Hypothesis: many whole sequences
 @settings(
     max_examples=150,
     deadline=None,
@@ -846,6 +847,7 @@ def test_backtest_fills_never_grow_protective_exits_and_the_account_reconciles(
         run.act(action)
 
 
+@pytest.mark.slow  # Hypothesis: many whole sequences
 @settings(
     max_examples=150,
     deadline=None,

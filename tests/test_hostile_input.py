@@ -268,6 +268,7 @@ _SETTINGS = {
 }
 
 
+@pytest.mark.slow  # 500 examples (nox -s quick: test_the_poisons_are_each_refused_alone)
 @settings(max_examples=500, **_SETTINGS)
 @given(start=hostile_start())
 def test_hostile_start_exits_2_naming_a_key_without_traceback_or_run_folder(work: Path, start: Any) -> None:

@@ -182,8 +182,21 @@ async def _backtest(run_dir: Path, data: Path, sets: list[str], runtime: str) ->
     return result.run_path
 
 
+# the cases `nox -s quick` runs (one of each mechanism: fills at the open and the close, stops and
+# targets, a breaker's stop, latency, partial fills); `nox -s tests` runs them all
+QUICK_CASES = {
+    "peer_job",
+    "honest_defaults",
+    "fast_tight_stops_close_fills",
+    "default_limits_breaker",
+    "latency_inside_candles",
+    "partial_fills_thin_volume",
+}
+
+
 @pytest.mark.parametrize(
-    ("sets", "bars", "gaps", "stop_reason"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+    ("sets", "bars", "gaps", "stop_reason"),
+    [pytest.param(*c[1:], id=c[0], marks=() if c[0] in QUICK_CASES else pytest.mark.slow) for c in CASES],
 )
 async def test_the_actors_and_the_kernel_write_the_same_events(
     tmp_path: Path,

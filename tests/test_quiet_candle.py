@@ -9,6 +9,7 @@ import math
 import random
 
 import attrs
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +29,7 @@ def _state(broker: PaperBroker) -> dict[str, object]:
 prices = st.floats(59_000, 61_000).map(lambda p: round(p, 2))  # off the 0.1 tick half the time
 
 
+@pytest.mark.slow  # 400 examples (its edge cases below stay quick)
 @settings(max_examples=400, deadline=None)
 @given(
     o=prices,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TRADES_OFTEN, cli_env
+from tests.conftest import REPO, TRADES_OFTEN, cli_env, run_main
 from tests.test_replay_backtest import write_bars
 from tools.monitor import EventTail
 
@@ -48,7 +48,7 @@ def _sets(sets: list[str]) -> list[str]:
     return [a for s in sets for a in ("--set", s)]
 
 
-BACKTEST = [sys.executable, "-m", "actors.main", *_sets(BACKTEST_SETS), "--mode", "backtest", "--data"]
+BACKTEST = [*_sets(BACKTEST_SETS), "--mode", "backtest", "--data"]
 SESSION = [sys.executable, "-m", "actors.main", *_sets(TRADES_OFTEN), "--source", "mock", "--fresh"]
 
 
@@ -57,20 +57,10 @@ def backtest_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run dir with three finished backtests (seeds 1, 2, 3), made once for the module."""
     root = tmp_path_factory.mktemp("backtests")
     write_bars(root / "bars.csv", 240)
-    procs = [
-        subprocess.Popen(
-            [*BACKTEST, str(root / "bars.csv"), "--run-dir", str(root / "runs"), "--seed", str(seed)],
-            cwd=root,
-            env=cli_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for seed in (1, 2, 3)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
+    for seed in (1, 2, 3):  # the CLI in this process (the tools under test run as processes)
+        args = [*BACKTEST, str(root / "bars.csv"), "--run-dir", str(root / "runs"), "--seed", str(seed)]
+        done = run_main(*args, cwd=root)
+        assert done.returncode == 0, done.stderr
     return root / "runs"
 
 
@@ -176,7 +166,7 @@ def file_bytes(run: Path) -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("suffix", [".tar.gz", ".tar.xz"])
+@pytest.mark.parametrize("suffix", [".tar.gz", pytest.param(".tar.xz", marks=pytest.mark.slow)])  # xz: slow
 def test_archive_and_restore_give_back_a_valid_run_folder(tmp_path: Path, runs: Path, suffix: str) -> None:
     run = (runs / "latest").resolve()
     out = tmp_path / f"saved{suffix}"

@@ -348,7 +348,9 @@ def run_cli(
     command = [sys.executable, "-m", "actors.main", "--mode", "backtest", "--data", str(data)]
     command += ["--run-dir", str(run_dir), "--set", "session.interval=1m"]
     command += ["--set", f"session.kill_switch={run_dir / 'kill.txt'}", *_sets(sets)]
-    r = launch(command, cwd=REPO, timeout=timeout)
+    # the project's modules compiled once and cached (__pycache__, by the warm-up run), as an
+    # installed program's are (pip compiles them), even where PYTHONDONTWRITEBYTECODE is set
+    r = launch(command, cwd=REPO, timeout=timeout, PYTHONDONTWRITEBYTECODE="")
     r.pop("result", None)
     run_path = (run_dir / "latest").resolve()
     if "error" not in r and not (run_path / "final_report.json").exists():
