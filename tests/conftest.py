@@ -68,23 +68,29 @@ def run_cli(*args: str, cwd: Path, timeout: float = 60, **env: str) -> subproces
     )
 
 
-def run_main(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """`run_cli` in this process (the CLI's `main` with `cli_env(**env)`, in `cwd`, its output
-    captured): for the many cases of one check, a few of which go through `run_cli` as well."""
+def main_in_process(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """The CLI's `main(argv, env)` in this process: its exit code, stdout and stderr."""
     from actors.main import main
 
     out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv, env)
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code if isinstance(exc.code, int) else 2
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_main(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`run_cli` in this process (`main_in_process` with `cli_env(**env)`, in `cwd`): for the
+    many cases of one check, a few of which go through `run_cli` as well."""
     old = Path.cwd()
     os.chdir(cwd)
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(list(args), cli_env(**env))
-            except SystemExit as exc:  # argparse's own errors
-                code = exc.code if isinstance(exc.code, int) else 2
+        code, out, err = main_in_process(list(args), cli_env(**env))
     finally:
         os.chdir(old)
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(list(args), code, out, err)
 
 
 # Modules whose tests run on real time (real sockets, processes, containers, benchmarks): all slow.

@@ -10,7 +10,6 @@ examples also run as real processes, where a traceback would reach stderr.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import subprocess
@@ -26,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors.config import SECTIONS, section_fields
-from actors.main import FLAG_KEYS, main
-from tests.conftest import cli_env
+from actors.main import FLAG_KEYS
+from tests.conftest import cli_env, main_in_process
 
 SECRET = "hunter2-S3CRET-value"  # the value of a secret-named variable; never to be echoed
 SECRET_VAR = "EXCHANGE_WEBHOOK_TOKEN"
@@ -185,16 +184,6 @@ def _in(folder: Path) -> Iterator[None]:
         os.chdir(old)
 
 
-def _run_in_process(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv, env)
-        except SystemExit as exc:  # argparse's own errors
-            code = exc.code if isinstance(exc.code, int) else 2
-    return code, out.getvalue(), err.getvalue()
-
-
 _PREFIXES = ("config error: ", "error: ", "python -m actors.main: error: ", "usage: ")
 
 
@@ -232,7 +221,7 @@ def work() -> Iterator[Path]:
 
 def _in_process(folder: Path, argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     with _in(folder):
-        return _run_in_process(argv, env)
+        return main_in_process(argv, env)
 
 
 def _as_process(folder: Path, argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
@@ -286,6 +275,6 @@ def test_the_poisons_are_each_refused_alone(tmp_path: Path) -> None:
     """Each poison on its own is an error naming its key (so a passing example is not luck)."""
     for key, value in POISONS:
         with _in(tmp_path):
-            code, _, err = _run_in_process(["--set", f"{key}={value}"], {})
+            code, _, err = main_in_process(["--set", f"{key}={value}"], {})
         assert code == 2 and key in err, (key, value, err)
         assert "pa55word" not in err and "u:p@" not in err
