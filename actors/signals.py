@@ -19,6 +19,7 @@ SIGKILL can prevent them.
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from types import FrameType
 from typing import Any, Protocol, Self
 
@@ -51,18 +52,13 @@ def hold_signals() -> None:
         signal.signal(signum, _hold)
 
 
-def holding() -> bool:
-    """The signals are held (`hold_signals`: the process's own CLI, not a test calling it)."""
-    return signal.getsignal(signal.SIGTERM) is _hold
-
-
 def late_signals() -> None:
     """The CLI, as it ends: from now on SIGINT and SIGTERM are ignored by the OS (Python's exit
     would give them their default action back: a signal in the last milliseconds would still kill
     the process, 130 or 143), and those held since its session's report was written are logged as
     repeated ones (once per session, with those the session saw itself). Nothing when the
     signals are not held (`hold_signals` was not called: a test calling the CLI's `main`)."""
-    if not holding():
+    if signal.getsignal(signal.SIGTERM) is not _hold:
         return
     for signum in SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
@@ -70,15 +66,41 @@ def late_signals() -> None:
         _ended[-1].repeated(signal.Signals(_held[0]).name)
 
 
-def log_repeated(name: str) -> None:
-    logger.warning(
-        "{} again: already stopping, flattening (further signals are ignored; the report "
-        "is written within session.flatten_timeout_s)",
-        name or "signal",
-    )
+def listen(handler: Callable[[int, FrameType | None], None]) -> tuple[dict[int, Any], list[int]]:
+    """A session starts listening: `handler` for SIGINT and SIGTERM; returns the handlers found
+    (for `release`) and the signals held before it listened, which it takes (it stops at once)."""
+    previous: dict[int, Any] = {int(signum): signal.signal(signum, handler) for signum in SIGNALS}
+    taken = _held[:]
+    _held.clear()
+    return previous, taken
 
 
-class KernelSignals:
+def release(previous: dict[int, Any], listener: Repeats) -> None:
+    """A session stops listening, its report written: the handlers found at `listen` come back;
+    under the CLI (`hold_signals`') those held from now on are `listener`'s repeats."""
+    for signum, handler in previous.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+    if previous.get(signal.SIGTERM) is _hold:
+        _held.clear()
+        _ended.append(listener)
+
+
+class OnceRepeated:
+    """A signal after the stop is logged once, nothing else (`Stopper`, `KernelSignals`)."""
+
+    _logged_repeat = False
+
+    def repeated(self, name: str) -> None:
+        if not self._logged_repeat:
+            self._logged_repeat = True
+            logger.warning(
+                "{} again: already stopping, flattening (further signals are ignored; the report "
+                "is written within session.flatten_timeout_s)",
+                name or "signal",
+            )
+
+
+class KernelSignals(OnceRepeated):
     """SIGINT and SIGTERM for a session on the kernel (a context manager, entered in the main
     thread before the run folder is opened, left once the report is written). The handler only
     notes the signal (nothing in a signal handler may take a lock, as logging does); the session
@@ -91,14 +113,12 @@ class KernelSignals:
         self.first: str | None = None  # the first signal's name
         self.again: str | None = None  # the second's
         self.stopping = False  # the session has taken the stop
-        self._logged_repeat = False
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> Self:
-        for signum in SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handler)
-        while _held:  # came before the session listened: it stops at its first look
-            self._note(_held.pop(0))
+        self._previous, taken = listen(self._handler)
+        for signum in taken:  # came before the session listened: it stops at its first look
+            self._note(signum)
         return self
 
     def _handler(self, signum: int, _frame: FrameType | None) -> None:
@@ -121,19 +141,9 @@ class KernelSignals:
             self.repeated(self.again)
         return self.first
 
-    def repeated(self, name: str) -> None:
-        """A signal after the stop: logged once, nothing else."""
-        if not self._logged_repeat:
-            self._logged_repeat = True
-            log_repeated(name)
-
     def __exit__(self, *exc: object) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        release(self._previous, self)
         if self.again is not None:
             self.repeated(self.again)
         elif self.first is not None and not self.stopping:  # came as it ended
             self.repeated(self.first)
-        if self._previous.get(signal.SIGTERM) is _hold:  # the CLI: those held from now are repeats
-            _held.clear()
-            _ended.append(self)

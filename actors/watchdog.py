@@ -27,14 +27,14 @@ from loguru import logger
 from actors.clock import SessionClock
 from actors.console import ConsoleSink
 from actors.progress import Position, Progress, panel_lines
-from actors.signals import SIGNALS, _ended, _held, _hold, log_repeated
+from actors.signals import OnceRepeated, listen, release
 from protocols.messages import AccountSnapshot, StopSession
 
 KILL_SWITCH_POLL_S = 0.25
 PROGRESS_EVERY_S = 1.0
 
 
-class Stopper:
+class Stopper(OnceRepeated):
     """The session cancel scope and the first reason anyone gave for cancelling it.
 
     Stopping is idempotent: the first `stop` wins (its reason, detail and time are the session's);
@@ -49,7 +49,6 @@ class Stopper:
         self.reason: str | None = None
         self.detail = ""
         self.ts: float | None = None  # the session time of the first stop
-        self._repeated = False  # a later signal was logged
 
     def stop(self, reason: str, detail: str = "", ts: float | None = None) -> None:
         if self.reason is not None:
@@ -63,12 +62,6 @@ class Stopper:
         self.scope.cancel(reason=f"{reason}: {detail}" if detail else reason)
         if math.isfinite(self.wind_down_s):
             self.wind_down.deadline = trio.current_time() + self.wind_down_s
-
-    def repeated(self, name: str) -> None:
-        """A signal after the stop: logged once, nothing else."""
-        if not self._repeated:
-            self._repeated = True
-            log_repeated(name)
 
 
 class SessionSignals:
@@ -91,10 +84,9 @@ class SessionSignals:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(self._received, signum)
 
-        for signum in SIGNALS:
-            self._previous[signum] = signal.signal(signum, handler)
-        while _held:  # came before the session listened: it stops at once
-            self._received(_held.pop(0))
+        self._previous, taken = listen(handler)
+        for signum in taken:  # came before the session listened: it stops at once
+            self._received(signum)
         return self
 
     def _received(self, signum: int) -> None:
@@ -104,11 +96,7 @@ class SessionSignals:
             logger.error("signal {} not handled: {!r}", signum, exc)
 
     def __exit__(self, *exc: object) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        if self._previous.get(signal.SIGTERM) is _hold:  # the CLI: those held from now are repeats
-            _held.clear()
-            _ended.append(self.stopper)
+        release(self._previous, self.stopper)
 
 
 async def run_watchdog(
