@@ -54,7 +54,16 @@ from actors.console import print_summary
 from actors.feeds.funding import FundingRates, describe
 from actors.feeds.history import DataError
 from actors.lock import SessionLocked, StartBusy, StartLock
-from actors.plan import Plan, PlanError, find_resumable, is_file, load_recording, parse_when, short_path
+from actors.plan import (
+    Plan,
+    PlanError,
+    find_resumable,
+    is_file,
+    load_recording,
+    parse_when,
+    settle_latest,
+    short_path,
+)
 from actors.recording import checkpoint
 from actors.recording.checkpoint import CheckpointError
 from actors.recording.storage import StorageFault, check_room
@@ -204,6 +213,7 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack) -> Plan:
     if args.replay:
         recording = load_recording(Path(args.replay))
         _start_lock(held, config).arm()
+        settle_latest(Path(config.session.run_dir))
         return Plan(mode="replay", recording=recording, runtime=args.runtime)
     if args.mode == "backtest":
         if not args.data:
@@ -212,6 +222,7 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack) -> Plan:
         window = _window(args.from_, args.until)
         funding = _funding(args.funding)
         _start_lock(held, config).arm()
+        settle_latest(Path(config.session.run_dir))
         return Plan(
             mode="backtest",
             data=files[0][1],
@@ -225,7 +236,11 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack) -> Plan:
     if args.fresh and args.resume:
         raise PlanError("--fresh and --resume contradict each other")
     start = _start_lock(held, config)
-    plan = Plan() if args.fresh else Plan(resume=find_resumable(Path(config.session.run_dir), args.resume))
+    if args.fresh:
+        settle_latest(Path(config.session.run_dir))
+        plan = Plan()
+    else:
+        plan = Plan(resume=find_resumable(Path(config.session.run_dir), args.resume))
     start.arm()  # from here on the next session lock taken is the session's own
     return plan
 

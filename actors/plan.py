@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import attrs
+from loguru import logger
 
 from actors.feeds.funding import FundingRates
 from actors.lock import SessionLocked, is_locked
@@ -136,6 +137,34 @@ def load_recording(target: Path) -> Recording:
 
 def is_unfinished(run_path: Path) -> bool:
     return (run_path / "events.jsonl").is_file() and not (run_path / "final_report.json").exists()
+
+
+def settle_latest(run_dir: Path) -> None:
+    """Before a backtest, a replay or a `--fresh` start (which resume nothing, and move
+    `<run_dir>/latest` to their own folder): an unfinished, unowned `latest` without a checkpoint (a backtest, a replay or a live
+    session killed before its first one) is closed as abandoned, as a live start closes it; one with
+    a checkpoint is left for a live start to resume, and the warning says how, since `latest` will
+    point elsewhere. A folder owned by a live process is left alone (a backtest beside a running
+    session is allowed)."""
+    latest = run_dir / "latest"
+    if not latest.exists() or not is_unfinished(latest) or is_locked(latest.resolve()):
+        return
+    path = latest.resolve()
+    if has_checkpoint(path):
+        logger.warning(
+            "{} is an unfinished session that a live start would resume; this run moves "
+            "{} to its own folder, so resume that one with --resume {}",
+            short_path(path),
+            short_path(latest),
+            path.name,
+        )
+        return
+    try:
+        close_and_warn(path)
+    except SessionLocked:  # taken by a live start meanwhile: it is that start's to decide
+        return
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("{} was killed before it ended and could not be closed as abandoned ({!r})", path, exc)
 
 
 def find_resumable(run_dir: Path, run_id: str | None) -> Path | None:

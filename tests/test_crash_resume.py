@@ -24,11 +24,11 @@ from loguru import logger
 
 from actors.config import to_dict
 from actors.lock import SessionLock
-from actors.plan import PlanError, find_resumable
+from actors.plan import PlanError, find_resumable, settle_latest
 from actors.recording import checkpoint
-from actors.recording.abandon import close_abandoned, read_events
+from actors.recording.abandon import close_abandoned, close_and_warn, read_events
 from protocols.records import iso
-from tests.conftest import cli_env, make_config, read_report, run_cli
+from tests.conftest import cli_env, make_config, read_report, run_cli, run_main
 from tests.conftest import read_events as read_events_file
 from tools.validate_session import validate
 
@@ -293,7 +293,12 @@ def _fill(
 
 
 def write_killed_run(
-    tmp_path: Path, *, trades: bool = False, torn: bool = True, run_id: str = "20261130T043320Z-s42"
+    tmp_path: Path,
+    *,
+    trades: bool = False,
+    torn: bool = True,
+    run_id: str = "20261130T043320Z-s42",
+    data_source: str = "mock",
 ) -> Path:
     """A run folder as a live session leaves it when killed before its first checkpoint: events
     (the last line torn by the kill), no checkpoint, no report; `runs/latest` points at it."""
@@ -303,7 +308,7 @@ def write_killed_run(
     config = to_dict(make_config(tmp_path))
     records = [
         _record(
-            1, T0, "session.started", run_id=run_id, symbol="BTCUSDT", interval="1m", data_source="mock",
+            1, T0, "session.started", run_id=run_id, symbol="BTCUSDT", interval="1m", data_source=data_source,
             seed=42, planned_duration_s=60.0, starting_equity=10_000.0, config=config, version="0.1.0",
             pid=4242,
         ),
@@ -380,7 +385,11 @@ def test_an_abandoned_session_that_traded_says_what_was_lost(tmp_path: Path, war
     assert report["max_drawdown_pct"] == 0.1088  # the heartbeats' worst (unrealized loss included)
     assert (report["unrealized_pnl"], report["open_positions"]) == (0.0, [])
     assert validate(run) == []  # not flat (the long went with the process): allowed when abandoned
-    assert len(warnings) == 2 and "had traded (3 fill(s)" in warnings[1] and "+0.01000000 BTC" in warnings[1]
+    assert (
+        len(warnings) == 2
+        and "had traded (3 fill(s)" in warnings[1]
+        and "(BTCUSDT +0.01000000) was lost" in warnings[1]
+    )
 
 
 def test_closing_again_after_a_killed_close_gives_the_same_folder(tmp_path: Path) -> None:
@@ -415,6 +424,66 @@ def test_a_folder_owned_by_a_live_process_is_neither_closed_nor_resumed(tmp_path
     with SessionLock(run), pytest.raises(PlanError, match="running in another process"):
         find_resumable(tmp_path / "runs", None)
     assert not (run / "final_report.json").exists()
+
+
+def test_a_killed_backtest_is_closed_by_the_next_backtest_and_says_it_was_one(
+    tmp_path: Path, warnings: list[str]
+) -> None:
+    run = write_killed_run(
+        tmp_path, trades=True, run_id="backtest-20261130T000000Z-s42", data_source="backtest: a.csv"
+    )
+    settle_latest(tmp_path / "runs")  # what a backtest (or replay, or --fresh) start does first
+    stopped = read_events(run / "events.jsonl")[0][-1]
+    assert stopped["status"] == "abandoned" and "a backtest killed before its end" in stopped["detail"]
+    assert "first checkpoint" not in stopped["detail"] and validate(run) == []
+    assert "is a backtest killed before its end" in warnings[0] and str(run) in warnings[0]
+    assert "(BTCUSDT +0.01000000) was lost" in warnings[1]
+
+
+def test_an_abandoned_run_names_each_symbol_it_held(tmp_path: Path, warnings: list[str]) -> None:
+    """The position lost is told per symbol: a long in one and a short in another is not flat."""
+    run = write_killed_run(tmp_path, torn=False)
+    lines = (run / "events.jsonl").read_text().splitlines()
+    for n, (symbol, side, price) in enumerate([("BTCUSDT", "buy", 60_000.0), ("ETHUSDT", "sell", 3_000.0)]):
+        fill = _fill(3 + n, T0 + 2 + n, n + 1, side, price, 0.0, 0.01 if side == "buy" else -0.01)
+        lines.append(json.dumps({**fill, "symbol": symbol}))
+    (run / "events.jsonl").write_text("\n".join(lines) + "\n")
+    result = close_and_warn(run)
+    assert result.positions == {"BTCUSDT": 0.01, "ETHUSDT": -0.01}
+    assert "(BTCUSDT +0.01000000, ETHUSDT -0.01000000) was lost" in warnings[1]
+
+
+def test_a_checkpointed_latest_is_left_for_a_live_start_with_a_warning(
+    tmp_path: Path, warnings: list[str]
+) -> None:
+    """A backtest moves `latest` to its own folder; a killed live session that can be resumed is
+    not closed, and the warning names the flag that resumes it."""
+    run = write_killed_run(tmp_path)
+    checkpoint.write(run, {"seq": 2})
+    settle_latest(tmp_path / "runs")
+    assert not (run / "final_report.json").exists()
+    assert f"--resume {run.name}" in warnings[0]
+    with SessionLock(run):  # owned by a live process: nothing said, nothing touched
+        settle_latest(tmp_path / "runs")
+    assert len(warnings) == 1
+
+
+def test_a_backtest_start_closes_a_killed_latest_first(tmp_path: Path) -> None:
+    """The CLI's backtest start settles `latest` (in process: a backtest of 30 candles)."""
+    run = write_killed_run(
+        tmp_path, trades=True, run_id="backtest-20261130T000000Z-s42", data_source="backtest: a.csv"
+    )
+    data = tmp_path / "bars.csv"
+    rows = [f"{1_704_067_200_000 + i * 60_000},100.0,101.0,99.0,100.5,5.0" for i in range(30)]
+    data.write_text("open_time_ms,open,high,low,close,volume\n" + "\n".join(rows) + "\n")
+    result = run_main(
+        "--mode", "backtest", "--data", str(data), "--run-dir", str(tmp_path / "runs"), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"run folder {run} is a backtest killed before its end" in result.stderr
+    assert read_report(run)["status"] == "abandoned" and validate(run) == []
+    new = (tmp_path / "runs" / "latest").resolve()
+    assert new != run and read_report(new)["stop_reason"] == "data_end"
 
 
 def test_the_cli_closes_it_and_starts_a_new_session(tmp_path: Path) -> None:

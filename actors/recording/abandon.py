@@ -16,6 +16,10 @@ Every file is replaced atomically and `final_report.json` comes last, so a start
 closing leaves a folder that the next start closes again, with the same result. A folder whose
 `events.jsonl` holds no `session.started` (the first lines had not reached the disk) recorded
 nothing that a report could be made of: it is left as it is.
+
+Backtests and replays keep no checkpoint at all: one killed before its end (`kill -9`, out of
+memory) is closed the same way by the next start in its run dir, whatever that start runs, and its
+`session.stopped` and the warning say it was a backtest (or a replay), not a live session.
 """
 
 from __future__ import annotations
@@ -57,8 +61,29 @@ class Abandoned:
     closed: bool  # False: no session.started recorded, the folder was left as it is
     dropped_lines: int = 0  # unreadable lines dropped from events.jsonl (a torn last write)
     fills: int = 0
-    position_qty: float = 0.0  # what the fills left open when the process died
+    positions: dict[str, float] = attrs.Factory(dict)  # what the fills left open, per symbol
     report: dict[str, Any] | None = None
+    ran_on: str = "live"  # "backtest" or "replay": a run that keeps no checkpoint at all
+
+
+def run_kind(started: dict[str, Any]) -> str:
+    """`backtest`, `replay` or `live`, from a run's `session.started` record (its data source)."""
+    source = str(started.get("data_source") or "")
+    if source.startswith("backtest:"):
+        return "backtest"
+    if source.startswith("replay of "):
+        return "replay"
+    return "live"
+
+
+def open_positions(fills: list[dict[str, Any]], default_symbol: str) -> dict[str, float]:
+    """Each symbol's position the fills leave (flat symbols left out)."""
+    positions: dict[str, float] = {}
+    for fill in fills:
+        symbol = fill.get("symbol") or default_symbol
+        signed = fill["qty"] if fill["side"] == "buy" else -fill["qty"]
+        positions[symbol] = positions.get(symbol, 0.0) + signed
+    return {symbol: round(qty, 8) for symbol, qty in positions.items() if round(qty, 8)}
 
 
 def has_checkpoint(run_path: Path) -> bool:
@@ -148,9 +173,14 @@ def close_abandoned(run_path: Path) -> Abandoned:
         if not records or records[0]["kind"] != "session.started":
             return Abandoned(run_path, closed=False, dropped_lines=dropped)
         fills = [r for r in records if r["kind"] == "order.filled"]
-        position = sum(r["qty"] if r["side"] == "buy" else -r["qty"] for r in fills)
+        positions = open_positions(fills, records[0].get("symbol") or "")
+        kind = run_kind(records[0])
         if records[-1]["kind"] != "session.stopped":
-            detail = "killed before its first checkpoint (no checkpoint.json): closed by the next start"
+            detail = (
+                "killed before its first checkpoint (no checkpoint.json): closed by the next start"
+                if kind == "live"
+                else f"a {kind} killed before its end (a {kind} keeps no checkpoint): closed by the next start"
+            )
             if fills:
                 detail += f"; it had {len(fills)} fill(s), its position was lost with the process (paper)"
             records.append(stopped_record(records, detail))
@@ -177,8 +207,9 @@ def close_abandoned(run_path: Path) -> Abandoned:
         closed=True,
         dropped_lines=dropped,
         fills=len(fills),
-        position_qty=round(position, 8),
+        positions=positions,
         report=report,
+        ran_on=kind,
     )
 
 
@@ -196,19 +227,25 @@ def close_and_warn(run_path: Path) -> Abandoned:
     report = result.report
     assert report is not None
     torn = f"; {result.dropped_lines} torn line(s) of {EVENTS} dropped" if result.dropped_lines else ""
+    why = (
+        "was killed before its first checkpoint and cannot be resumed"
+        if result.ran_on == "live"
+        else f"is a {result.ran_on} killed before its end (a {result.ran_on} keeps no checkpoint to resume from)"
+    )
     logger.warning(
-        "run folder {} was killed before its first checkpoint and cannot be resumed: closed it as {} "
-        "(its last event at {}; final_report.json written{}); starting a new session",
+        "run folder {} {}: closed it as {} (its last event at {}; final_report.json written{}); "
+        "starting a new session",
         run_path,
+        why,
         report["status"],
         report["ended_at"],
         torn,
     )
     if result.fills:
+        held = ", ".join(f"{symbol} {qty:+.8f}" for symbol, qty in result.positions.items())
         lost = (
-            f"the position it had then ({result.position_qty:+.8f} BTC) was lost with its process "
-            "(paper only)"
-            if result.position_qty
+            f"the position it had then ({held}) was lost with its process (paper only)"
+            if held
             else "it was flat then"
         )
         logger.warning(
