@@ -171,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", metavar="RUN_ID", help="resume this unfinished session of the run dir")
     p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no console line per fill and per closed trade (events.jsonl and the report have them all; "
+        "the progress, warnings and the summary stay)",
+    )
+    p.add_argument(
         "--preflight",
         action="store_true",
         help="check the exchange API key pair (BITUNIX_API_KEY, BITUNIX_API_SECRET from the environment) "
@@ -371,14 +377,14 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
         hold_signals()  # the session's from now until the process exits: never a 143 mid-flatten
     try:
         if plan.virtual_time and plan.runtime == "kernel":
-            result = Session(config, plan, console=True).run_kernel()  # no trio: a plain loop
+            result = Session(config, plan, console=not args.quiet).run_kernel()  # no trio: a plain loop
         else:
             import trio
 
             from actors.clock import VirtualClock
 
             clock = VirtualClock() if plan.virtual_time else None
-            result = trio.run(partial(run_session, config, plan=plan, console=True), clock=clock)
+            result = trio.run(partial(run_session, config, plan=plan, console=not args.quiet), clock=clock)
     except (SessionLocked, CheckpointError, DataError, StorageFault) as exc:
         _err(f"error: {exc}")
         return 2

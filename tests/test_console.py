@@ -20,7 +20,7 @@ from loguru import logger
 from actors import logs, progress
 from actors.console import ConsoleSink, closed_line, fill_line
 from actors.feeds.bitunix import _network_reason
-from tests.conftest import REPO, cli_env, read_events, read_report, run_cli
+from tests.conftest import REPO, cli_env, read_events, read_report, run_cli, run_main
 
 TRADES = [
     "--set",
@@ -51,6 +51,19 @@ def _candles(path: Path, n: int = 1500) -> Path:
         price = close
     path.write_text("\n".join(rows) + "\n")
     return path
+
+
+def test_quiet_prints_no_fill_or_trade_lines_but_records_them_all(tmp_path: Path) -> None:
+    data = _candles(tmp_path / "candles.csv")
+    runs = str(tmp_path / "runs")
+    done = run_main(
+        "--mode", "backtest", "--data", str(data), "--run-dir", runs, "--quiet", *TRADES, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = read_report(tmp_path / "runs" / "latest")
+    assert report["fills"] > 6 and report["trade_count"] > 3
+    assert not [line for line in done.stderr.splitlines() if line.startswith(("FILL ", "CLOSED "))]
+    assert f"session {report['run_id']}" in done.stderr and f"{report['net_pnl']:+,.2f} USDT" in done.stderr
 
 
 def test_backtest_prints_every_fill_and_trade_and_the_summary(tmp_path: Path) -> None:
