@@ -348,6 +348,36 @@ FeedStarter = Callable[..., Awaitable[None]]
 CandleSource = Callable[[str, str], Iterable[Candle]]
 
 
+# The candles a backtest looks at before it starts to learn its data's spacing (`check_spacing`).
+SPACING_PEEK = 100
+
+
+def interval_label(seconds: float) -> str:
+    """`60` -> `"1m"`, `3600` -> `"1h"`, `5` -> `"5s"` (as session.interval writes it)."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def check_spacing(head: list[Candle], interval_s: float, path: str) -> None:
+    """A backtest's data must be candles of session.interval: each row is stamped with it (its
+    close time, when strategies decide and orders meet it), so data of another spacing would be
+    mislabelled from the first candle. The closest two consecutive candles of the first ones read
+    must be exactly session.interval apart (gaps in the data, larger, are allowed); DataError
+    naming both otherwise."""
+    gaps = [b.open_ts - a.open_ts for a, b in itertools.pairwise(head)]
+    if not gaps:
+        return
+    spacing = min(gaps)
+    if abs(spacing - interval_s) > 1e-6:
+        raise DataError(
+            f"--data {path}: its candles are {interval_label(spacing)} apart but session.interval is "
+            f'{interval_label(interval_s)}: set session.interval = "{interval_label(spacing)}" '
+            f"(--set session.interval={interval_label(spacing)}) or give data of {interval_label(interval_s)} candles"
+        )
+
+
 class Session:
     """One session from its plan. `runtime`: "kernel" (default for backtests and replays) or
     "actors" (live sessions; for backtests too, to check the kernel against them). `feed`: a
@@ -421,11 +451,12 @@ class Session:
             candles = itertools.dropwhile(lambda candle: candle.open_ts < start, candles)
         if math.isfinite(end):
             candles = itertools.takewhile(lambda candle: candle.open_ts < end, candles)
-        first = next(candles, None)
-        if first is None:
+        head = list(itertools.islice(candles, SPACING_PEEK))
+        if not head:
             within = "" if self.plan.window == (-math.inf, math.inf) else " in the --from/--until window"
             raise DataError(f"--data {path}: no candles{within}")
-        return first.open_ts, itertools.chain((first,), candles)
+        check_spacing(head, self.config.interval_s, path)
+        return head[0].open_ts, itertools.chain(head, candles)
 
     def backtest_steps(self) -> tuple[float, Iterator[tuple[float, MarketEvent]]]:
         """A backtest's timed inputs: each candle's open quote and then the candle (`candle_steps`);
@@ -539,7 +570,9 @@ class Session:
                     stopped = self._run_candles(kernel, iter(candles), recorder, storage, signals)
                 else:
                     stopped = kernel.run(
-                        self._reporting(_until_stop(inputs, recorder, storage, signals, kernel), kernel),
+                        self._reporting(
+                            _until_stop(inputs, recorder, storage, signals, kernel, started), kernel
+                        ),
                         end_ts=timeline.end_ts,
                         end_reason="data_end" if self.plan.mode == "backtest" else end_reason(self.plan),
                         end_detail="all data delivered"
@@ -594,7 +627,7 @@ class Session:
                 if stopped is not None:
                     return stopped
                 if signals is not None and (name := signals.stop_requested()) is not None:
-                    return _signalled(kernel, name)
+                    return _signalled(kernel, name, kernel.now)
                 if (stop := recorder.take_stop()) is not None:
                     storage.append(stop)
                     break
@@ -640,6 +673,7 @@ def _until_stop(
     stops: list[StorageFault],
     signals: KernelSignals | None,
     kernel: Kernel,
+    started: float,
 ) -> Iterator[T]:
     """The kernel's inputs until a signal comes (the kernel stops there, `_signalled`) or the
     recorder has a storage stop (its `error` event is recorded then and the stop kept in
@@ -647,7 +681,7 @@ def _until_stop(
     for i, item in enumerate(inputs):
         if not i % STORAGE_CHECK_EVERY:
             if signals is not None and (name := signals.stop_requested()) is not None:
-                kernel.stopped = _signalled(kernel, name)
+                kernel.stopped = _signalled(kernel, name, started)
                 return
             if (stop := recorder.take_stop()) is not None:
                 stops.append(stop)
@@ -657,10 +691,10 @@ def _until_stop(
         stops.append(stop)
 
 
-def _signalled(kernel: Kernel, name: str) -> Stopped:
+def _signalled(kernel: Kernel, name: str, started: float) -> Stopped:
     """The stop a signal makes, at the kernel's time (no timer run past it: the session stops
-    where it is, as a live one does)."""
-    return Stopped("signal", name, kernel.now)
+    where it is, as a live one does); one before the first step, at the session's start."""
+    return Stopped("signal", name, kernel.now if math.isfinite(kernel.now) else started)
 
 
 async def run_session(

@@ -96,3 +96,37 @@ def test_a_bad_window_is_a_clear_error(
 def test_a_window_outside_a_backtest_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--from", "2024-01-01", "--run-dir", str(tmp_path)], env={}) == 2
     assert "--from and --until are only for --mode backtest" in capsys.readouterr().err
+
+
+# --- the data's spacing must be session.interval: each row is stamped with it ---
+
+
+def _spaced(n: int, step_ms: int, skip: frozenset[int] = frozenset()) -> list[str]:
+    return [row for i, row in enumerate(_rows(n)) if i not in skip and not i % (step_ms // 60_000)]
+
+
+@pytest.mark.parametrize(
+    ("interval", "step_ms", "said"),
+    [
+        ("5s", 60_000, "its candles are 1m apart but session.interval is 5s"),
+        ("5m", 60_000, "its candles are 1m apart but session.interval is 5m"),
+        ("1m", 300_000, "its candles are 5m apart but session.interval is 1m"),
+    ],
+)
+def test_data_of_another_spacing_than_the_interval_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], interval: str, step_ms: int, said: str
+) -> None:
+    """1-minute rows read as 5-second candles would close 55 s early (a signal on a close that had
+    not happened; fills 55 s late): refused before anything starts, naming the fix."""
+    data = _write(tmp_path / "d.csv", _spaced(600, step_ms))
+    assert _backtest(data, tmp_path / "runs", "--set", f"session.interval={interval}") == 2
+    err = capsys.readouterr().err
+    assert said in err and "--set session.interval=" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_gaps_in_data_of_the_interval_are_not_a_spacing_error(tmp_path: Path) -> None:
+    """Missing rows (every other one of the first 150) leave the closest two a minute apart."""
+    data = _write(tmp_path / "d.csv", _spaced(400, 60_000, skip=frozenset(range(1, 150, 2))))
+    assert _backtest(data, tmp_path / "runs") == 0
+    assert _events(tmp_path / "runs")[-1]["stop_reason"] == "data_end"

@@ -147,6 +147,28 @@ def test_a_signal_stops_a_two_symbol_backtest_flat(tmp_path: Path) -> None:
     assert validate(run) == []
 
 
+def test_a_signal_before_the_first_step_stops_a_two_symbol_backtest_at_its_start(tmp_path: Path) -> None:
+    """A signal that came while the data's first candles were being read (before any step): the
+    session stops at its start, with its report (it once stopped at an infinite time and failed)."""
+    files = {"BTCUSDT": tmp_path / "btc.csv", "ETHUSDT": tmp_path / "eth.csv"}
+    write_bars(files["BTCUSDT"], 300, 1, 60_000.0, 1)
+    write_bars(files["ETHUSDT"], 300, 2, 3_000.0, 2)
+    config_path = tmp_path / "three.toml"
+    config_path.write_text(THREE_STRATEGIES)
+    config = load(config_path, {}, [f"session.run_dir={tmp_path / 'runs'}", "session.kill_switch=kill.txt"])
+    plan = Plan(
+        mode="backtest",
+        data=str(files["BTCUSDT"]),
+        data_by_symbol=tuple((s, str(p)) for s, p in files.items()),
+    )
+    result = Session(config, plan, candle_source=_raising({0: signal.SIGTERM})).run_kernel()
+    report, run = result.report, result.run_path
+    assert (report["status"], report["stop_reason"], report["fills"]) == ("ok", "signal", 0)
+    stopped = _stopped(read_events(run))
+    assert stopped["detail"] == "SIGTERM" and _ts(stopped) == T0_MS / 1000
+    assert validate(run) == []
+
+
 @pytest.mark.slow  # a real process, 200,000 candles
 def test_ctrl_c_in_a_cli_backtest_stops_it_with_its_report(tmp_path: Path) -> None:
     data = _bars(tmp_path / "bars.csv", 200_000)
