@@ -385,6 +385,27 @@ def test_market_order_larger_than_the_cap_fills_over_several_candles() -> None:
     assert "o1" not in bt.broker.working
 
 
+def test_the_rest_of_a_capped_stop_never_gains_from_a_recovery() -> None:
+    """A stop the cap split: its rest fills on later candles at the worse of the open and the
+    trigger, within the candle's range (found by an independent audit: it filled at the later
+    opens, better than the trigger once the price had recovered). A long of 0.05 with its stop at
+    99000; candle volumes 0.2 then 0.1 (caps 0.02, then 0.01 a candle)."""
+    bt = Backtest(make_broker(slippage_bps=0.0))
+    bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 100.0, [order("o1", "buy", 0.05, stop_price=99000.0)])
+    assert bt.broker.position_qty == pytest.approx(0.05, abs=1e-12)
+    got = []
+    for candle in [
+        (99800.0, 99850.0, 98900.0, 99100.0, 0.2),  # triggers: 0.02 at the trigger
+        (99500.0, 99600.0, 99200.0, 99300.0, 0.1),  # stayed above it: its low, not its open 99500
+        (99400.0, 99450.0, 98800.0, 99000.0, 0.1),  # back through it: the trigger, not the open 99400
+        (98700.0, 98750.0, 98600.0, 98650.0, 0.1),  # opened below it: the open
+        (98600.0, 98650.0, 98500.0, 98550.0, 0.1),
+    ]:
+        got += [(f["qty"], f["fill_price"]) for f in fills(bt.candle(*candle))]
+    assert got == [(0.02, 99000.0), (0.01, 99200.0), (0.01, 99000.0), (0.01, 98700.0)]
+    assert bt.broker.position_qty == pytest.approx(0.0, abs=1e-12)
+
+
 def test_resting_limit_fills_at_most_the_cap_of_each_candle() -> None:
     """Proves rule 4 for a resting limit: three candles through it with volume 0.1 each (cap
     0.01) fill 0.01 each at the limit price; then it is done."""

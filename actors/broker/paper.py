@@ -885,11 +885,14 @@ class PaperBroker:
                         assert order.limit_price is not None
                         events += self._rest_fill(working, qty, order.limit_price, ts, tick)
                     else:  # a stop triggers (or a triggered order's rest): a market order now
+                        rest_of_stop = working.triggered and order.order_type == "stop_market"
                         working.triggered = True
                         working.remaining = round(working.remaining - qty, 8)
                         if working.remaining < self.instrument.min_qty:
                             self.working.pop(order.id, None)
-                        price = self._worse(order.side, at)
+                        price = self._worse(
+                            order.side, self._stop_rest_price(order, at, candle) if rest_of_stop else at
+                        )
                         events += self._fill(
                             order,
                             qty,
@@ -905,6 +908,20 @@ class PaperBroker:
                 a = at
             a = b
         return events
+
+    @staticmethod
+    def _stop_rest_price(order: Order, open_price: float, candle: Candle) -> float:
+        """Where the rest of a stop that the participation cap split fills, on a later candle: the
+        worse of the candle's open and the stop's trigger, as far as the candle's range reaches.
+        The market would have taken all of it when the stop triggered, walking the book down (a
+        sell), so a rest is never better than the trigger when the candle went back through it,
+        and at the candle's worst price when it stayed on the better side all along (a price the
+        market offered: the low for a sell, the high for a buy)."""
+        trigger = order.trigger_price
+        assert trigger is not None
+        if order.side == "sell":
+            return max(candle.low, min(open_price, trigger))
+        return min(candle.high, max(open_price, trigger))
 
     def _first_hit(
         self, a: float, b: float, done: set[str], first: bool, jump: bool
