@@ -406,6 +406,31 @@ def test_the_rest_of_a_capped_stop_never_gains_from_a_recovery() -> None:
     assert bt.broker.position_qty == pytest.approx(0.0, abs=1e-12)
 
 
+def test_a_strategys_exit_reduces_its_own_virtual_position_not_the_net_one() -> None:
+    """Several strategies on one symbol (one-way mode): A long 0.05 and B short 0.03, net +0.02.
+    A's reduce-only exit of 0.08 takes A's own 0.05 (not the net 0.02, not 0.08): the net goes to
+    -0.03, B's short, and A is flat; a reduce-only order that would grow its owner's position is
+    refused (docs/fills.md, "The position is the order's owner's")."""
+    bt = Backtest(make_broker(slippage_bps=0.0))
+    entries = [order("a1", "buy", 0.05, strategy_id="A"), order("b1", "sell", 0.03, strategy_id="B")]
+    bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 100.0, entries)
+    assert bt.broker.position_qty == pytest.approx(0.02, abs=1e-12)
+    exit_a = order("a2", "sell", 0.08, strategy_id="A", reduce_only=True)
+    grow_b = order("b2", "sell", 0.01, strategy_id="B", reduce_only=True)
+    events = bt.candle(101000.0, 101000.0, 101000.0, 101000.0, 100.0, [exit_a, grow_b])
+    (fill,) = fills(events)
+    assert (fill["order_id"], fill["qty"], fill["position_qty"]) == (
+        "a2",
+        0.05,
+        pytest.approx(-0.03, abs=1e-12),
+    )
+    assert [a[:2] for a in fill["allocations"]] == [["A", -0.05]]
+    assert fill["allocations"][0][2] == pytest.approx(0.05 * 1000.0)  # A's own round trip: +50
+    assert (bt.broker.virtual["A"].qty, bt.broker.virtual["B"].qty) == (0.0, pytest.approx(-0.03, abs=1e-12))
+    (refused,) = of_kind(events, "order.rejected")
+    assert (refused["order_id"], refused["reason"]) == ("b2", "reduce_only_nothing_to_close")
+
+
 def test_resting_limit_fills_at_most_the_cap_of_each_candle() -> None:
     """Proves rule 4 for a resting limit: three candles through it with volume 0.1 each (cap
     0.01) fill 0.01 each at the limit price; then it is done."""
