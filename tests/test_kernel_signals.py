@@ -105,6 +105,8 @@ def test_a_signal_stops_a_backtest_at_the_end_of_its_chunk_flat_with_its_report(
     assert all(_ts(e) <= _ts(stopped) for e in events)
     # it was in the market: the stop flattened it through the broker
     assert any(e["kind"] == "order.filled" and e["order_id"].startswith("flatten") for e in events)
+    (flatten,) = [e for e in events if e["kind"] == "order.submitted" and e["order_id"].startswith("flatten")]
+    assert flatten["symbol"] == "BTCUSDT" and flatten["reason"] == "flatten_on_exit"
     assert validate(run) == []
     assert read_report(run)["stop_reason"] == "signal"
     err = capfd.readouterr().err

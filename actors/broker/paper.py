@@ -1545,6 +1545,7 @@ class PaperBroker:
                         "requested_price": order.decision_price,
                         "reduce_only": True,
                         "reason": reason,
+                        "symbol": self.symbol,
                     },
                 )
             )
