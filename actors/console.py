@@ -137,13 +137,16 @@ class ConsoleSink:
             self._pending.clear()
 
     def _working(self, record: dict[str, Any]) -> None:
-        trigger = record.get("trigger_price")
+        # a stop is a stop-market (its trigger), a target a limit (its limit price)
+        price = record.get("trigger_price")
+        if price is None:
+            price = record.get("limit_price")
         reason = record.get("reason")
-        if trigger is None or reason not in ("stop_loss", "take_profit"):
+        if price is None or reason not in ("stop_loss", "take_profit"):
             return
         symbol = record.get("symbol", "")
         protection = self.protection.setdefault(symbol, Protection())
-        (protection.stops if reason == "stop_loss" else protection.targets)[record["order_id"]] = trigger
+        (protection.stops if reason == "stop_loss" else protection.targets)[record["order_id"]] = price
         self._protective_ids[record["order_id"]] = symbol
 
     def _done(self, order_id: str | None) -> None:

@@ -149,6 +149,20 @@ def test_session_log_rotates_and_keeps_the_configured_number_of_files(tmp_path: 
     assert newest["record"]["message"].startswith("message 199 ")
 
 
+def test_the_panel_shows_the_stop_and_target_the_broker_works() -> None:
+    """The records of a real broker's bracket (a stop-market with its trigger, a take-profit limit
+    with its limit price): the sink shows both (the target was '-': it looked for a trigger)."""
+    from tests.test_fills import Backtest, make_broker, order
+
+    bt = Backtest(make_broker(slippage_bps=0.0))
+    entry = order("o1", "buy", 0.01, stop_price=99000.0, target_price=101000.0)
+    events = bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 100.0, [entry])
+    sink = ConsoleSink()
+    for event in events:
+        sink.observe({"ts": "2024-01-02T03:04:05.000Z", "kind": event.kind, **event.fields})
+    assert sink.stop_and_target("BTCUSDT") == (99000.0, 101000.0)
+
+
 def test_the_console_sink_tracks_stop_target_and_trade_figures() -> None:
     sink = ConsoleSink()
     base = {"ts": "2024-01-02T03:04:05.000Z"}
@@ -156,7 +170,15 @@ def test_the_console_sink_tracks_stop_target_and_trade_figures() -> None:
         {**base, "kind": "order.working", "order_id": "p1", "trigger_price": 59000.0, "reason": "stop_loss"}
     )
     sink.observe(
-        {**base, "kind": "order.working", "order_id": "p2", "trigger_price": 61000.0, "reason": "take_profit"}
+        {
+            **base,
+            "kind": "order.working",
+            "order_id": "p2",
+            "type": "limit",
+            "limit_price": 61000.0,
+            "trigger_price": None,
+            "reason": "take_profit",
+        }
     )
     assert sink.stop_and_target("BTCUSDT") == (59000.0, 61000.0)
     sink.observe({**base, "kind": "order.cancelled", "order_id": "p1"})
