@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -143,8 +144,8 @@ def settle_latest(run_dir: Path) -> None:
     """Before a backtest, a replay or a `--fresh` start (which resume nothing, and move
     `<run_dir>/latest` to their own folder): an unfinished, unowned `latest` without a checkpoint (a backtest, a replay or a live
     session killed before its first one) is closed as abandoned, as a live start closes it; one with
-    a checkpoint is left for a live start to resume, and the warning says how, since `latest` will
-    point elsewhere. A folder owned by a live process is left alone (a backtest beside a running
+    a checkpoint is left for a live start to resume (`find_resumable` looks past a backtest's or
+    replay's `latest` for the newest live session), and the warning says so. A folder owned by a live process is left alone (a backtest beside a running
     session is allowed)."""
     latest = run_dir / "latest"
     if not latest.exists() or not is_unfinished(latest) or is_locked(latest.resolve()):
@@ -152,8 +153,8 @@ def settle_latest(run_dir: Path) -> None:
     path = latest.resolve()
     if has_checkpoint(path):
         logger.warning(
-            "{} is an unfinished session that a live start would resume; this run moves "
-            "{} to its own folder, so resume that one with --resume {}",
+            "{} is an unfinished session: this run moves {} to its own folder, and the next live "
+            "start without --fresh still resumes that session (the newest live one; or --resume {})",
             short_path(path),
             short_path(latest),
             path.name,
@@ -167,10 +168,36 @@ def settle_latest(run_dir: Path) -> None:
         logger.warning("{} was killed before it ended and could not be closed as abandoned ({!r})", path, exc)
 
 
+# A live session's run id (`new_run_id`: no prefix); backtests' and replays' have theirs.
+_LIVE_RUN_ID = re.compile(r"^\d{8}T\d{6}Z-s\d+(-\d+)?$")
+BATCH_RUN_PREFIXES = ("backtest-", "replay-")
+
+
+def newest_live_run(run_dir: Path) -> Path | None:
+    """The live session a plain start is about: `<run_dir>/latest`, or when that is a backtest's
+    or a replay's folder (they move `latest` too), the newest live session's folder (run ids
+    start with their UTC start time)."""
+    latest = run_dir / "latest"
+    if not latest.exists():
+        return None
+    path = latest.resolve()
+    if not path.name.startswith(BATCH_RUN_PREFIXES):
+        return path
+    try:
+        live = [
+            p for p in run_dir.iterdir() if _LIVE_RUN_ID.match(p.name) and p.is_dir() and not p.is_symlink()
+        ]
+    except OSError:
+        return None
+    return max(live, key=lambda p: p.name, default=None)
+
+
 def find_resumable(run_dir: Path, run_id: str | None) -> Path | None:
-    """The session to resume: `--resume RUN_ID`, or `<run_dir>/latest` when unfinished and unowned;
-    PlanError when that session is owned by a live process (the CLI calls this under the run dir's
-    start lock, actors/lock.py, so a session being started is already locked: refused, not missed).
+    """The session to resume: `--resume RUN_ID`, or the newest live session (`newest_live_run`:
+    `<run_dir>/latest`, or the newest live one when a backtest or replay ran since) when
+    unfinished and unowned; PlanError when that session is owned by a live process (the CLI calls
+    this under the run dir's start lock, actors/lock.py, so a session being started is already
+    locked: refused, not missed).
 
     An unfinished, unowned `latest` without any checkpoint (its process was killed before the
     first one) cannot be resumed: it is closed as abandoned (actors/recording/abandon.py), with a
@@ -189,10 +216,10 @@ def find_resumable(run_dir: Path, run_id: str | None) -> Path | None:
         if is_locked(path):
             raise PlanError(f"--resume: {path} is running in another process")
         return path
-    latest = run_dir / "latest"
-    if not latest.exists() or (latest / "final_report.json").exists():
+    found_live = newest_live_run(run_dir)
+    if found_live is None or (found_live / "final_report.json").exists():
         return None
-    path = latest.resolve()
+    path = found_live
     running = f"session {path.name} is running in another process; use --fresh to start a second session"
     if is_locked(path):  # running, or starting (locked before its events.jsonl is made)
         raise PlanError(running)

@@ -462,10 +462,41 @@ def test_a_checkpointed_latest_is_left_for_a_live_start_with_a_warning(
     checkpoint.write(run, {"seq": 2})
     settle_latest(tmp_path / "runs")
     assert not (run / "final_report.json").exists()
-    assert f"--resume {run.name}" in warnings[0]
+    assert "still resumes that session" in warnings[0] and f"--resume {run.name}" in warnings[0]
     with SessionLock(run):  # owned by a live process: nothing said, nothing touched
         settle_latest(tmp_path / "runs")
     assert len(warnings) == 1
+
+
+def _finished_backtest_is_latest(runs: Path, run_id: str = "backtest-20240101T000000Z-s42") -> None:
+    (runs / run_id).mkdir()
+    (runs / run_id / "events.jsonl").write_text("")
+    (runs / run_id / "final_report.json").write_text("{}")
+    (runs / "latest").unlink()
+    (runs / "latest").symlink_to(run_id, target_is_directory=True)
+
+
+def test_a_plain_start_resumes_the_killed_session_after_a_backtest_moved_latest(tmp_path: Path) -> None:
+    """kill -9 a live session, run a backtest in the same run dir, start again: the live session
+    is resumed (it once started a new one, silently leaving the killed one unfinished)."""
+    runs = tmp_path / "runs"
+    old = write_killed_run(tmp_path, run_id="20261129T000000Z-s42")
+    (old / "final_report.json").write_text("{}")  # an older live session, finished
+    run = write_killed_run(tmp_path)  # the newest live one, killed after its first checkpoint
+    checkpoint.write(run, {"seq": 2})
+    _finished_backtest_is_latest(runs)
+    assert find_resumable(runs, None) == run
+    (run / "final_report.json").write_text("{}")  # the newest live one finished: nothing to resume
+    assert find_resumable(runs, None) is None
+    with SessionLock(old):  # an older one is not looked at, whatever its state
+        assert find_resumable(runs, None) is None
+
+
+def test_a_running_live_session_behind_a_backtests_latest_refuses_a_second_start(tmp_path: Path) -> None:
+    run = write_killed_run(tmp_path)
+    _finished_backtest_is_latest(tmp_path / "runs")
+    with SessionLock(run), pytest.raises(PlanError, match="running in another process"):
+        find_resumable(tmp_path / "runs", None)
 
 
 def test_a_backtest_start_closes_a_killed_latest_first(tmp_path: Path) -> None:
