@@ -243,7 +243,7 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack) -> Plan:
         raise PlanError("--fresh and --resume contradict each other")
     start = _start_lock(held, config)
     if args.fresh:
-        settle_latest(Path(config.session.run_dir))
+        settle_latest(Path(config.session.run_dir), live=True)
         plan = Plan()
     else:
         plan = Plan(resume=find_resumable(Path(config.session.run_dir), args.resume))

@@ -140,7 +140,7 @@ def is_unfinished(run_path: Path) -> bool:
     return (run_path / "events.jsonl").is_file() and not (run_path / "final_report.json").exists()
 
 
-def settle_latest(run_dir: Path) -> None:
+def settle_latest(run_dir: Path, *, live: bool = False) -> None:
     """Before a backtest, a replay or a `--fresh` start (which resume nothing, and move
     `<run_dir>/latest` to their own folder): an unfinished, unowned `latest` without a checkpoint (a backtest, a replay or a live
     session killed before its first one) is closed as abandoned, as a live start closes it; one with
@@ -152,13 +152,22 @@ def settle_latest(run_dir: Path) -> None:
         return
     path = latest.resolve()
     if has_checkpoint(path):
-        logger.warning(
-            "{} is an unfinished session: this run moves {} to its own folder, and the next live "
-            "start without --fresh still resumes that session (the newest live one; or --resume {})",
-            short_path(path),
-            short_path(latest),
-            path.name,
-        )
+        if live:  # a --fresh start: the newest live session from now on is the new one
+            logger.warning(
+                "{} is an unfinished session: this --fresh start leaves it as it is; resume it "
+                "later with --resume {}",
+                short_path(path),
+                path.name,
+            )
+        else:
+            logger.warning(
+                "{} is an unfinished session: this run moves {} to its own folder, and the next "
+                "live start without --fresh still resumes that session (the newest live one; or "
+                "--resume {})",
+                short_path(path),
+                short_path(latest),
+                path.name,
+            )
         return
     try:
         close_and_warn(path)

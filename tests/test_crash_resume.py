@@ -466,6 +466,8 @@ def test_a_checkpointed_latest_is_left_for_a_live_start_with_a_warning(
     with SessionLock(run):  # owned by a live process: nothing said, nothing touched
         settle_latest(tmp_path / "runs")
     assert len(warnings) == 1
+    settle_latest(tmp_path / "runs", live=True)  # a --fresh start: the new one will be the newest
+    assert "this --fresh start leaves it as it is; resume it later with --resume" in warnings[1]
 
 
 def _finished_backtest_is_latest(runs: Path, run_id: str = "backtest-20240101T000000Z-s42") -> None:
