@@ -184,6 +184,10 @@ def test_archive_and_restore_give_back_a_valid_run_folder(tmp_path: Path, runs: 
     assert file_bytes(back) == file_bytes(run)
     # file times kept (cleanup's age of a restored run is the original's)
     assert abs((back / "final_report.json").stat().st_mtime - (run / "final_report.json").stat().st_mtime) < 1
+    # state at rest: nobody else reads the archive or the restored folder (they were 0644/0755)
+    assert {oct(p.stat().st_mode & 0o777) for p in (out, Path(f"{out}.sha256"))} == {"0o600"}
+    assert oct(back.stat().st_mode & 0o777) == "0o700"
+    assert {oct(p.stat().st_mode & 0o777) for p in back.rglob("*") if p.is_file()} == {"0o600"}
     validated = subprocess.run(
         [sys.executable, "-m", "tools.validate_session", str(back)],
         cwd=REPO,

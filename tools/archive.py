@@ -304,6 +304,7 @@ def _restore_command(archive_path: Path, run_dir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    os.umask(0o077)  # state at rest, as the CLI's: the archive and a restored run folder 0600/0700
     if args.restore is not None:
         if args.run is not None or args.output is not None:
             parser.error("--restore ARCHIVE takes no RUN and no -o (use --run-dir for where it goes)")
