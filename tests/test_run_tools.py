@@ -170,6 +170,7 @@ def file_bytes(run: Path) -> dict[str, bytes]:
 def test_archive_and_restore_give_back_a_valid_run_folder(tmp_path: Path, runs: Path, suffix: str) -> None:
     run = (runs / "latest").resolve()
     out = tmp_path / f"saved{suffix}"
+    loose = os.umask(0o022)  # a shell's usual umask (the CLI in process leaves 077 behind)
     made = tool("archive", str(runs / "latest"), "-o", str(out), cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     digest, name = Path(f"{out}.sha256").read_text().split()
@@ -178,6 +179,7 @@ def test_archive_and_restore_give_back_a_valid_run_folder(tmp_path: Path, runs: 
     assert check.returncode == 0
 
     restored = tool("archive", "--restore", str(out), "--run-dir", str(tmp_path / "restored"), cwd=tmp_path)
+    os.umask(loose)
     assert restored.returncode == 0, restored.stderr
     assert "tools.validate_session OK" in restored.stdout
     back = tmp_path / "restored" / run.name
