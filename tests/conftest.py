@@ -73,11 +73,15 @@ def main_in_process(argv: list[str], env: dict[str, str]) -> tuple[int, str, str
     from actors.main import main
 
     out, err = io.StringIO(), io.StringIO()
+    umask = os.umask(0o077)  # `main` sets the process's umask: given back after, as a process's end would
+    os.umask(umask)
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = main(argv, env)
         except SystemExit as exc:  # argparse's own errors
             code = exc.code if isinstance(exc.code, int) else 2
+        finally:
+            os.umask(umask)
     return code, out.getvalue(), err.getvalue()
 
 
