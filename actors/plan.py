@@ -19,6 +19,7 @@ from loguru import logger
 from actors.feeds.funding import FundingRates
 from actors.lock import SessionLocked, is_locked
 from actors.recording.abandon import close_and_warn, has_checkpoint
+from actors.recording.html_report import write_report_html
 
 Mode = Literal["live", "replay", "backtest"]
 
@@ -140,6 +141,24 @@ def is_unfinished(run_path: Path) -> bool:
     return (run_path / "events.jsonl").is_file() and not (run_path / "final_report.json").exists()
 
 
+def finish_report_page(run_dir: Path) -> None:
+    """`report.html` of `<run_dir>/latest` when its process wrote `final_report.json` (the run is
+    finished) and was killed before the page, which it writes right after: written now, by the
+    next start (a run that another process still holds is left to it)."""
+    latest = run_dir / "latest"
+    try:
+        path = latest.resolve()
+        missing = (path / "final_report.json").exists() and not (path / "report.html").exists()
+    except OSError:
+        return
+    if missing and not is_locked(path):
+        logger.info(
+            "{} finished but its process was killed before it wrote report.html: writing it now",
+            short_path(path),
+        )
+        write_report_html(path)
+
+
 def settle_latest(run_dir: Path, *, live: bool = False) -> None:
     """Before a backtest, a replay or a `--fresh` start (which resume nothing, and move
     `<run_dir>/latest` to their own folder): an unfinished, unowned `latest` without a checkpoint (a backtest, a replay or a live
@@ -147,6 +166,7 @@ def settle_latest(run_dir: Path, *, live: bool = False) -> None:
     a checkpoint is left for a live start to resume (`find_resumable` looks past a backtest's or
     replay's `latest` for the newest live session), and the warning says so. A folder owned by a live process is left alone (a backtest beside a running
     session is allowed)."""
+    finish_report_page(run_dir)
     latest = run_dir / "latest"
     if not latest.exists() or not is_unfinished(latest) or is_locked(latest.resolve()):
         return
@@ -225,6 +245,7 @@ def find_resumable(run_dir: Path, run_id: str | None) -> Path | None:
         if is_locked(path):
             raise PlanError(f"--resume: {path} is running in another process")
         return path
+    finish_report_page(run_dir)
     found_live = newest_live_run(run_dir)
     if found_live is None or (found_live / "final_report.json").exists():
         return None

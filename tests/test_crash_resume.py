@@ -519,6 +519,26 @@ def test_a_backtest_start_closes_a_killed_latest_first(tmp_path: Path) -> None:
     assert new != run and read_report(new)["stop_reason"] == "data_end"
 
 
+def test_a_run_killed_between_its_report_and_its_page_gets_its_page_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """final_report.json marks a run finished; report.html comes right after it. A kill between
+    the two (found by a kill -9 fuzz) left the page missing for good: the next start writes it,
+    unless the run's process still holds it."""
+    run = write_killed_run(tmp_path, trades=True)
+    close_abandoned(run)  # a finished run folder (its report and page written)
+    page = (run / "report.html").read_bytes()
+    (run / "report.html").unlink()
+    with SessionLock(run):  # still its process's: left to it
+        assert find_resumable(tmp_path / "runs", None) is None
+    assert not (run / "report.html").exists()
+    assert find_resumable(tmp_path / "runs", None) is None  # a live start: a new session, and the page
+    assert (run / "report.html").read_bytes() == page
+    (run / "report.html").unlink()
+    settle_latest(tmp_path / "runs")  # a backtest's or replay's start
+    assert (run / "report.html").read_bytes() == page
+
+
 def test_the_cli_closes_it_and_starts_a_new_session(tmp_path: Path) -> None:
     run = write_killed_run(tmp_path, trades=True)
     result = run_cli(
