@@ -62,6 +62,7 @@ from actors.signals import KernelSignals
 from actors.strategies.base import Strategy, build_strategy
 from protocols.instruments import table_instrument
 from protocols.messages import Candle, Event, MarketEvent
+from protocols.records import iso
 
 if TYPE_CHECKING:
     from actors.feeds.mock import MarketWalk
@@ -298,11 +299,13 @@ def closing_events(
     reason: str,
     detail: str,
     feed_down_s: float,
+    data_gaps: dict[str, dict[str, Any]] | None = None,
 ) -> list[Event]:
     """Orders still on their way are refused (`session_stopping`: the session ends before they
     reach the market), flatten-on-exit through the broker's normal fill path, a last metrics row
     with the flat, final account, and `session.stopped` (with where funding came from: a live
-    session whose feed fell back to the mock source had no funding rates)."""
+    session whose feed fell back to the mock source had no funding rates; a backtest's, with the
+    gaps in its data it ran through, `Session.data_gaps`)."""
     funding: dict[str, str] = {}
     if timeline.funding_source is not None:
         fell_back = timeline.funding_source == "feed" and timeline.data_source.startswith("mock (fallback")
@@ -326,6 +329,7 @@ def closing_events(
                 "max_drawdown_pct": round(broker.max_drawdown_pct, 4),
                 "open_positions": broker.open_positions(),
                 **funding,
+                **({} if data_gaps is None else {"data_gaps": data_gaps}),
             },
         )
     )
@@ -346,6 +350,22 @@ def end_reason(plan: Plan) -> str:
 FeedStarter = Callable[..., Awaitable[None]]
 # (the --data file, its symbol) -> the candles it holds, in order
 CandleSource = Callable[[str, str], Iterable[Candle]]
+
+
+# A backtest warns at its end about a gap in its data this long or longer (`Session.data_gaps`).
+GAP_WARN_S = 3600.0
+
+
+def fmt_span(seconds: float) -> str:
+    """`90061` -> `1d01h01m`, `3660` -> `1h01m`, `120` -> `2m`."""
+    minutes = round(seconds / 60)
+    days, rest = divmod(minutes, 1440)
+    hours, mins = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h{mins:02d}m"
+    if hours:
+        return f"{hours}h{mins:02d}m"
+    return f"{mins}m"
 
 
 # The candles a backtest looks at before it starts to learn its data's spacing (`check_spacing`).
@@ -410,6 +430,7 @@ class Session:
         if self.runtime == "kernel" and self.plan.mode == "live":
             raise ValueError("a live session runs on the actors runtime")
         self.funding, self.funding_source = self._funding()
+        self._gaps: dict[str, list[tuple[float, float]]] = {}  # a backtest's data gaps read, by symbol
         if self.funding_source == "none" and self.plan.mode == "backtest":
             logger.warning(
                 "this backtest does not model funding (no --funding FILE, broker.funding = 'none'): "
@@ -445,7 +466,8 @@ class Session:
         if self.candle_source is not None:
             candles = iter(self.candle_source(path, symbol))
         else:
-            candles = read_candles_csv(Path(path), self.config.interval_s, symbol=symbol)
+            gaps = self._gaps.setdefault(symbol, [])
+            candles = read_candles_csv(Path(path), self.config.interval_s, symbol=symbol, gaps=gaps)
         start, end = self.plan.window
         if math.isfinite(start):
             candles = itertools.dropwhile(lambda candle: candle.open_ts < start, candles)
@@ -457,6 +479,42 @@ class Session:
             raise DataError(f"--data {path}: no candles{within}")
         check_spacing(head, self.config.interval_s, path)
         return head[0].open_ts, itertools.chain(head, candles)
+
+    def data_gaps(self, ended: float) -> dict[str, dict[str, Any]] | None:
+        """A backtest's gaps in its data, by symbol (None: not a backtest; {} none): those it ran
+        through (in its --from window, before its stop), how many, the time missing in all and the
+        longest. Positions, working orders and funding (at the last mark) went on through them as
+        they were; the end of the run warns about them."""
+        if self.plan.mode != "backtest":
+            return None
+        start = self.plan.window[0]
+        interval = self.config.interval_s
+        out: dict[str, dict[str, Any]] = {}
+        for symbol, gaps in self._gaps.items():
+            within = [(a + interval, b) for a, b in gaps if a >= start and b <= ended]
+            if not within:
+                continue
+            longest = max(within, key=lambda g: g[1] - g[0])
+            out[symbol] = {
+                "count": len(within),
+                "missing_s": round(sum(b - a for a, b in within), 3),
+                "longest_s": round(longest[1] - longest[0], 3),
+                "longest_from": iso(longest[0]),
+                "longest_to": iso(longest[1]),
+            }
+        for symbol, gap in out.items():
+            if gap["longest_s"] >= GAP_WARN_S:
+                logger.warning(
+                    "the {} data has {} gap(s), {} missing in all; the longest {} from {} to {}: positions, "
+                    "working orders and funding (at the last price) went on through them as they were",
+                    symbol,
+                    gap["count"],
+                    fmt_span(gap["missing_s"]),
+                    fmt_span(gap["longest_s"]),
+                    gap["longest_from"],
+                    gap["longest_to"],
+                )
+        return out
 
     def backtest_steps(self) -> tuple[float, Iterator[tuple[float, MarketEvent]]]:
         """A backtest's timed inputs: each candle's open quote and then the candle (`candle_steps`);
@@ -593,7 +651,14 @@ class Session:
                     "storage", storage[0].detail(), kernel.now if math.isfinite(kernel.now) else started
                 )
             for event in closing_events(
-                parts.broker, timeline, stopped.ts, status, stopped.reason, stopped.detail, 0.0
+                parts.broker,
+                timeline,
+                stopped.ts,
+                status,
+                stopped.reason,
+                stopped.detail,
+                0.0,
+                self.data_gaps(stopped.ts),
             ):
                 recorder.write(event)
             report = recorder.finish()

@@ -157,7 +157,14 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
                 # flatten-on-exit: synchronous on the broker component (it cannot hang or be
                 # cancelled half-way), through its normal fill path
                 for event in closing_events(
-                    parts.broker, timeline, ended, status, reason, stopper.detail, health.down_s(ended)
+                    parts.broker,
+                    timeline,
+                    ended,
+                    status,
+                    reason,
+                    stopper.detail,
+                    health.down_s(ended),
+                    session.data_gaps(ended),
                 ):
                     sink.send_nowait(event)
     assert recorder.report is not None

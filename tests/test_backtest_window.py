@@ -130,3 +130,38 @@ def test_gaps_in_data_of_the_interval_are_not_a_spacing_error(tmp_path: Path) ->
     data = _write(tmp_path / "d.csv", _spaced(400, 60_000, skip=frozenset(range(1, 150, 2))))
     assert _backtest(data, tmp_path / "runs") == 0
     assert _events(tmp_path / "runs")[-1]["stop_reason"] == "data_end"
+
+
+def test_the_gaps_a_backtest_ran_through_are_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rows 100-102 missing (a 3-minute gap) and rows 200-319 (two hours): both in the report's
+    `data_gaps`, the long one warned about and in the HTML summary; with --from after the first
+    gap, only the second."""
+    rows = _rows(400)
+    missing = set(range(100, 103)) | set(range(200, 320))
+    data = _write(tmp_path / "d.csv", [row for i, row in enumerate(rows) if i not in missing])
+    assert _backtest(data, tmp_path / "runs") == 0
+    report = json.loads((tmp_path / "runs" / "latest" / "final_report.json").read_text())
+    minute = 60.0
+    gap = report["data_gaps"]["BTCUSDT"]
+    assert gap == {
+        "count": 2,
+        "missing_s": (3 + 120) * minute,
+        "longest_s": 120 * minute,
+        "longest_from": datetime.fromtimestamp(START_MS / 1000 + 200 * minute, UTC).isoformat()[:19]
+        + ".000Z",
+        "longest_to": datetime.fromtimestamp(START_MS / 1000 + 320 * minute, UTC).isoformat()[:19] + ".000Z",
+    }
+    err = capsys.readouterr().err
+    assert "the BTCUSDT data has 2 gap(s), 2h03m missing in all; the longest 2h00m from" in err
+    assert "data gaps (BTCUSDT)" in (tmp_path / "runs" / "latest" / "report.html").read_text()
+    later = datetime.fromtimestamp(START_MS / 1000 + 150 * minute, UTC).isoformat()
+    assert _backtest(data, tmp_path / "runs2", "--from", later) == 0
+    report = json.loads((tmp_path / "runs2" / "latest" / "final_report.json").read_text())
+    assert report["data_gaps"]["BTCUSDT"]["count"] == 1
+    capsys.readouterr()
+    # data without gaps: an empty table, and no warning
+    assert _backtest(_write(tmp_path / "e.csv", rows), tmp_path / "runs3") == 0
+    assert json.loads((tmp_path / "runs3" / "latest" / "final_report.json").read_text())["data_gaps"] == {}
+    assert "gap(s)" not in capsys.readouterr().err

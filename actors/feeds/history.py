@@ -38,13 +38,19 @@ def _open_binary(path: Path) -> IO[bytes]:
 
 
 def read_candles_csv(
-    path: Path, interval_s: float, stats: dict[str, int] | None = None, symbol: str = DEFAULT_SYMBOL
+    path: Path,
+    interval_s: float,
+    stats: dict[str, int] | None = None,
+    symbol: str = DEFAULT_SYMBOL,
+    gaps: list[tuple[float, float]] | None = None,
 ) -> Iterator[Candle]:
     """Stream candles from a CSV (optionally gzipped) with header `open_time_ms,open,high,low,close,volume`.
 
     Rows that are malformed, out of order or repeated are skipped and counted in `stats`, never
     passed on; the file is read lazily, so memory does not grow with its length. Plain numbers are
     expected (no quoting): each line is split on commas, as bytes (no decoding: measured faster).
+    The gaps (two candles more than `interval_s` apart) are appended to `gaps`, as (open time
+    before, open time after), as they are read.
     """
     stats = stats if stats is not None else {}
     try:
@@ -61,6 +67,8 @@ def read_candles_csv(
         last_open = -math.inf
         candles = skipped = 0
         inf = _INF
+        gaps = gaps if gaps is not None else []
+        gap_after = interval_s + 1e-6
         try:
             for rows in _rows(f):
                 for t, o, h, lo, c, v in rows:
@@ -80,6 +88,8 @@ def read_candles_csv(
                         and t.is_integer()
                         and open_ts > last_open
                     ):
+                        if open_ts - last_open > gap_after and candles:
+                            gaps.append((last_open, open_ts))
                         last_open = open_ts
                         candles += 1
                         # `checked_candle`, inlined: its prices were checked just above

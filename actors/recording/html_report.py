@@ -371,6 +371,15 @@ def _summary(data: RunData, stats: dict[str, Any]) -> str:
         ("ending equity", _money(stopped.get("ending_equity"))),
         ("net PnL", f"{_money(stats['net_pnl'])} ({_fmt(stats['return_pct'], 'pct')})"),
     ]
+    for symbol, gap in (stopped.get("data_gaps") or {}).items():  # a backtest's data gaps
+        items.append(
+            (
+                f"data gaps ({symbol})",
+                f"{gap['count']}, {_duration(gap['missing_s'])} missing; the longest "
+                f"{_duration(gap['longest_s'])} from {gap['longest_from']} to {gap['longest_to']} "
+                "(positions held through them)",
+            )
+        )
     rows = "".join(f'<tr><th>{_e(k)}</th><td class="text">{_e(v)}</td></tr>' for k, v in items)
     return f'<section id="summary"><table>{rows}</table></section>'
 
