@@ -49,7 +49,16 @@ from typing import Any
 from loguru import logger
 
 from actors import __version__, logs, secrets
-from actors.config import Config, ConfigError, build, dict_layer, flags_layer, load, to_toml
+from actors.config import (
+    BITUNIX_INTERVALS,
+    Config,
+    ConfigError,
+    build,
+    dict_layer,
+    flags_layer,
+    load,
+    to_toml,
+)
 from actors.console import print_summary
 from actors.feeds.funding import FundingRates, describe
 from actors.feeds.history import DataError
@@ -185,6 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"btc-laptop-agents {__version__}")
     return p
+
+
+def _check_live(config: Config) -> None:
+    """What only a live session needs of the config: the exchange's feed subscribes to its kline
+    channel of session.interval, which must be one the exchange serves (a backtest's interval is
+    its data's; the mock source builds candles of any)."""
+    interval = config.session.interval
+    if config.feed.source == "bitunix" and interval not in BITUNIX_INTERVALS:
+        raise ConfigError(
+            [
+                f"session.interval: {interval!r} is not allowed with feed.source = 'bitunix' (a live "
+                f"session subscribes to the exchange's klines); expected one of {', '.join(BITUNIX_INTERVALS)} "
+                "(the mock source, feed.source = 'mock', also takes seconds, e.g. '5s')"
+            ]
+        )
 
 
 def _start_lock(held: ExitStack, config: Config) -> StartLock:
@@ -345,6 +369,8 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
             logs.configure(obs.log_level, logs.RunLog(obs.log_rotation_mb, obs.log_retention_files))
         if args.preflight and args.check_config:
             raise PlanError("--preflight and --check-config are separate checks; give one of them")
+        if args.mode == "live" and not args.replay and not args.preflight:
+            _check_live(config)
         if not (args.check_config or args.preflight):
             checkpoint.use_key(secrets.state_key(env))  # before a resume reads a checkpoint
             # room for a session's final record (session.disk_reserve_mb), before any decision writes

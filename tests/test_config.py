@@ -105,7 +105,25 @@ INVALID = [
     ("[session]\ninterval = '90x'\n", [], {}, "session.interval: '90x' is not allowed"),
     ("[session]\nseed = true\n", [], {}, "session.seed: True is not allowed"),
     ("session = 3\n", [], {}, "expected a [session] table"),
+    # a live session on the exchange subscribes to its klines: seconds are the mock's only
+    (
+        "[session]\ninterval = '1s'\n[feed]\nsource = 'bitunix'\n",
+        [],
+        {},
+        "session.interval: '1s' is not allowed with feed.source = 'bitunix' (a live session subscribes "
+        "to the exchange's klines); expected one of 1m, 3m, 5m,",
+    ),
 ]
+
+
+def test_a_seconds_interval_with_the_exchange_feed_is_fine_for_a_backtest(tmp_path: Path) -> None:
+    """The interval of a backtest is its data's: the live feed's kline rule does not apply."""
+    config = _write(tmp_path, "[session]\ninterval = '5s'\n[feed]\nsource = 'bitunix'\n")
+    data = tmp_path / "d.csv"
+    rows = [f"{1_704_067_200_000 + i * 5_000},100.0,101.0,99.0,100.5,5.0" for i in range(30)]
+    data.write_text("open_time_ms,open,high,low,close,volume\n" + "\n".join(rows) + "\n")
+    result = run_main("--config", str(config), "--mode", "backtest", "--data", str(data), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize(("text", "args", "env", "fragment"), INVALID)
