@@ -32,6 +32,8 @@ _INTERVAL_RE = re.compile(r"^([1-9][0-9]*)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Candle intervals the Bitunix public API serves (kline REST intervals and WS channels).
 BITUNIX_INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
+# Those a live session can run on: its history comes over REST, which has no 3m klines.
+LIVE_INTERVALS = tuple(i for i in BITUNIX_INTERVALS if i != "3m")
 
 
 class ConfigError(Exception):

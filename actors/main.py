@@ -50,7 +50,7 @@ from loguru import logger
 
 from actors import __version__, logs, secrets
 from actors.config import (
-    BITUNIX_INTERVALS,
+    LIVE_INTERVALS,
     Config,
     ConfigError,
     build,
@@ -201,12 +201,13 @@ def _check_live(config: Config) -> None:
     channel of session.interval, which must be one the exchange serves (a backtest's interval is
     its data's; the mock source builds candles of any)."""
     interval = config.session.interval
-    if config.feed.source == "bitunix" and interval not in BITUNIX_INTERVALS:
+    if config.feed.source == "bitunix" and interval not in LIVE_INTERVALS:
         raise ConfigError(
             [
                 f"session.interval: {interval!r} is not allowed with feed.source = 'bitunix' (a live "
-                f"session subscribes to the exchange's klines); expected one of {', '.join(BITUNIX_INTERVALS)} "
-                "(the mock source, feed.source = 'mock', also takes seconds, e.g. '5s')"
+                f"session subscribes to the exchange's klines and takes its history over REST, which "
+                f"has no 3m); expected one of {', '.join(LIVE_INTERVALS)} (the mock source, "
+                "feed.source = 'mock', also takes seconds, e.g. '5s')"
             ]
         )
 

@@ -111,7 +111,13 @@ INVALID = [
         [],
         {},
         "session.interval: '1s' is not allowed with feed.source = 'bitunix' (a live session subscribes "
-        "to the exchange's klines); expected one of 1m, 3m, 5m,",
+        "to the exchange's klines and takes its history over REST, which has no 3m); expected one of 1m, 5m,",
+    ),
+    (
+        "[session]\ninterval = '3m'\n[feed]\nsource = 'bitunix'\n",
+        [],
+        {},
+        "session.interval: '3m' is not allowed",
     ),
 ]
 
