@@ -256,6 +256,7 @@ def started_event(config: Config, run_id: str, timeline: Timeline) -> Event:
             "run_id": run_id,
             "symbol": config.symbols[0],
             "symbols": list(config.symbols),
+            "strategies": [spec.id for spec in config.strategy_specs],
             "interval": config.session.interval,
             "data_source": timeline.data_source,
             "funding_source": timeline.funding_source,

@@ -251,6 +251,8 @@ class Attribution:
         self.symbol = ""
         self.books: dict[tuple[str, str], _VirtualBook] = {}
         self.symbol_fills: Counter[str] = Counter()
+        # the session's strategies and symbols (`session.started`): a row each, traded or not
+        self.configured: tuple[list[str], list[str]] = ([], [])
 
     def _book(self, symbol: str, strategy_id: str) -> _VirtualBook:
         book = self.books.get((symbol, strategy_id))
@@ -284,10 +286,12 @@ class Attribution:
             self._book(symbol, strategy_id).fund(amount)
 
     def tables(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-        """`strategies` (by strategy id) and `symbols` (the session's always; each symbol's fills
-        counted once, the rest summed over its strategies)."""
-        by_strategy: dict[str, list[_VirtualBook]] = {}
-        by_symbol: dict[str, list[_VirtualBook]] = {self.symbol: []}
+        """`strategies` (by strategy id) and `symbols` (each symbol's fills counted once, the rest
+        summed over its strategies): a row for each the session configured, traded or not (a
+        zero row says "did nothing", not "not there"), and for any other that traded."""
+        strategy_ids, symbol_names = self.configured
+        by_strategy: dict[str, list[_VirtualBook]] = {sid: [] for sid in strategy_ids}
+        by_symbol: dict[str, list[_VirtualBook]] = {self.symbol: [], **{sym: [] for sym in symbol_names}}
         for (symbol, strategy_id), book in self.books.items():
             by_strategy.setdefault(strategy_id, []).append(book)
             by_symbol.setdefault(symbol, []).append(book)
@@ -392,6 +396,10 @@ class ReportBuilder:
         elif kind == "session.started":
             self.started = record
             self.attribution.symbol = record["symbol"]
+            self.attribution.configured = (
+                list(record.get("strategies", [])),
+                list(record.get("symbols", [])),
+            )
         elif kind == "session.stopped":
             self.stopped = record
             self.max_drawdown_pct = max(self.max_drawdown_pct, record.get("max_drawdown_pct") or 0.0)

@@ -511,3 +511,33 @@ async def test_three_strategies_on_one_symbol_attribute_every_figure(
         ]
 
     assert body(runs["kernel"]) == body(runs["actors"])
+
+
+def test_every_configured_strategy_and_symbol_has_a_row_traded_or_not(tmp_path: Path) -> None:
+    """A session of three strategies on two symbols where only A traded (on BTCUSDT): the tables
+    hold a zero row for B, C and ETHUSDT ("did nothing", not "not configured"), in the report and
+    in the validator's recomputation alike."""
+    records = numbered(
+        OPPOSITE[:1] + [fill(2, "sell", 2.0, 100.0, 0.2, 0.0, 0.0, "A", [["A", -2.0, 0.0, 0.2]])]
+    )
+    records[0].update(strategies=["A", "B", "C"], symbols=[SYMBOL, "ETHUSDT"])
+    report = build_report(records)
+    zero = row(fills=0, trades=0, wins=0, losses=0, realized=0.0, fees=0.0, funding=0.0)
+    assert report["strategies"] == {
+        "A": row(fills=2, trades=1, wins=0, losses=1, realized=0.0, fees=0.4, funding=0.0),
+        "B": zero,
+        "C": zero,
+    }
+    assert report["symbols"] == {
+        SYMBOL: row(fills=2, trades=1, wins=0, losses=1, realized=0.0, fees=0.4, funding=0.0),
+        "ETHUSDT": zero,
+    }
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run / "final_report.json").write_text(json.dumps(report))
+    assert validate(run) == []
+    (run / "final_report.json").write_text(
+        json.dumps({**report, "strategies": {"A": report["strategies"]["A"]}})
+    )
+    assert any("strategies" in p for p in validate(run))  # a configured strategy's row left out: named

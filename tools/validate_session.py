@@ -233,6 +233,10 @@ class Attribution:
         self.ledgers: dict[tuple[str, str], StrategyLedger] = {}
         self.symbol_fills: Counter[str] = Counter()
         self.problems: list[str] = []
+        # the session's strategies and symbols: a row each in the tables, traded or not
+        started = next((e for e in events if e.get("kind") == "session.started"), {})
+        self.strategy_ids: list[str] = list(started.get("strategies", []))
+        self.symbol_names: list[str] = list(started.get("symbols", []))
         for e in events:
             if e.get("kind") == "order.filled":
                 self._fill(e)
@@ -302,7 +306,7 @@ class Attribution:
             self._ledger(symbol, strategy_id).fund(share)
 
     def strategies(self) -> dict[str, dict[str, float]]:
-        ids = sorted({sid for _, sid in self.ledgers})
+        ids = sorted({*self.strategy_ids, *(sid for _, sid in self.ledgers)})
         return {
             sid: StrategyLedger.figures(
                 [led for (_, s), led in self.ledgers.items() if s == sid],
@@ -312,7 +316,7 @@ class Attribution:
         }
 
     def symbols(self) -> dict[str, dict[str, float]]:
-        names = sorted({self.symbol, *(sym for sym, _ in self.ledgers)})
+        names = sorted({self.symbol, *self.symbol_names, *(sym for sym, _ in self.ledgers)})
         return {
             sym: StrategyLedger.figures(
                 [led for (s, _), led in self.ledgers.items() if s == sym], self.symbol_fills[sym]
