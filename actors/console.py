@@ -36,7 +36,8 @@ def fmt_qty(qty: float) -> str:
 
 
 def fmt_money(amount: float) -> str:
-    return f"{amount:+,.2f}"
+    """`+1,234.50`; an amount that rounds to zero is `+0.00`, never `-0.00`."""
+    return f"{round(amount, 2) + 0.0:+,.2f}"
 
 
 def fmt_held(seconds: float) -> str:

@@ -59,7 +59,7 @@ from actors.config import (
     load,
     to_toml,
 )
-from actors.console import print_summary
+from actors.console import fmt_money, print_summary
 from actors.feeds.funding import FundingRates, describe
 from actors.feeds.history import DataError
 from actors.lock import SessionLocked, StartBusy, StartLock
@@ -428,8 +428,8 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
     )
     _err(
         f"session {report['run_id']} {report['status']}: stop_reason={report['stop_reason']} "
-        f"net_pnl={report['net_pnl']:+.2f} USDT trades={report['trade_count']} "
-        f"funding_paid={report['funding_paid']:+.2f} USDT ({describe(report['funding_source'])}) "
+        f"net_pnl={fmt_money(report['net_pnl'])} USDT trades={report['trade_count']} "
+        f"funding_paid={fmt_money(report['funding_paid'])} USDT ({describe(report['funding_source'])}) "
         f"report={written}"
     )
     late_signals()  # the signals held since the report: repeats

@@ -518,7 +518,7 @@ def test_every_configured_strategy_and_symbol_has_a_row_traded_or_not(tmp_path: 
     hold a zero row for B, C and ETHUSDT ("did nothing", not "not configured"), in the report and
     in the validator's recomputation alike."""
     records = numbered(
-        OPPOSITE[:1] + [fill(2, "sell", 2.0, 100.0, 0.2, 0.0, 0.0, "A", [["A", -2.0, 0.0, 0.2]])]
+        [*OPPOSITE[:1], fill(2, "sell", 2.0, 100.0, 0.2, 0.0, 0.0, "A", [["A", -2.0, 0.0, 0.2]])]
     )
     records[0].update(strategies=["A", "B", "C"], symbols=[SYMBOL, "ETHUSDT"])
     report = build_report(records)

@@ -18,7 +18,7 @@ import trio_websocket
 from loguru import logger
 
 from actors import logs, progress
-from actors.console import ConsoleSink, closed_line, fill_line
+from actors.console import ConsoleSink, closed_line, fill_line, fmt_money
 from actors.feeds.bitunix import _network_reason
 from tests.conftest import REPO, cli_env, read_events, read_report, run_cli, run_main
 
@@ -230,3 +230,19 @@ def test_the_fake_exchange_without_the_test_extra_says_what_to_install() -> None
     assert done.returncode == 1
     assert "pip install -e '.[test]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [
+        (-0.001, "+0.00"),
+        (-0.0, "+0.00"),
+        (0.004, "+0.00"),
+        (-0.005, "-0.01"),
+        (1234.5, "+1,234.50"),
+        (-2.0, "-2.00"),
+    ],
+)
+def test_money_never_shows_a_negative_zero(amount: float, shown: str) -> None:
+    """A funding total of -0.0003 was printed `-0.00`: a sign for nothing."""
+    assert fmt_money(amount) == shown
