@@ -186,6 +186,7 @@ def build_parts(
     live: bool = True,
     bars: bool = False,
     funding: FundingRates | None = None,
+    funding_modelled: bool = True,
 ) -> Parts:
     """The session's one seeded generator hands each part its own stream, in a fixed order, so
     no part's draws depend on how the others are scheduled. `funding`: the rates the broker
@@ -207,6 +208,7 @@ def build_parts(
             bars=bars,
             instrument=instruments[symbols[0]],
             funding=funding,
+            funding_modelled=funding_modelled,
         )
     else:  # one account over several symbols
         broker = Portfolio(
@@ -220,6 +222,7 @@ def build_parts(
             bars=bars,
             instruments={s: i for s, i in instruments.items() if i is not None},
             funding=funding,
+            funding_modelled=funding_modelled,
         )
     known = {s: i for s, i in instruments.items() if i is not None}
     intervals = {spec.id: float(config.strategy_interval_s(spec)) for spec in config.strategy_specs}
@@ -580,6 +583,8 @@ class Session:
             and self.config.broker.backtest_fill == "next_open",
             bars=self.plan.mode == "backtest",
             funding=self.funding,
+            # nothing to charge from: no funding events (a replay charges what its recording delivers)
+            funding_modelled=self.funding_source != "none" or self.plan.mode == "replay",
         )
 
     def new_run_folder(self, now: float) -> Path:

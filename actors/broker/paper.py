@@ -223,8 +223,12 @@ class PaperBroker:
         instrument: Instrument | None = None,
         funding: FundingSchedule | None = None,
         margin_equity: Callable[[PaperBroker], float] | None = None,
+        funding_modelled: bool = True,
     ) -> None:
         self.config = config
+        # False: no funding source at all (the report's funding_source "none"): no funding events
+        # (they said "rate 0" where nothing was known), the instants still pass
+        self.funding_modelled = funding_modelled
         # several symbols (actors/broker/portfolio.py): the account's equity this symbol's new
         # margin may use (the account's, less the margin the other symbols' positions hold)
         self.margin_equity = margin_equity
@@ -773,7 +777,7 @@ class PaperBroker:
 
     def _charge_funding(self, instant: float) -> list[Event]:
         mark = self.mark_price
-        if abs(self.position_qty) < EPS or mark is None:
+        if abs(self.position_qty) < EPS or mark is None or not self.funding_modelled:
             return []
         rate = self.funding.rate_pct_at(instant) if self.funding is not None else self.funding_rate_pct
         amount = self.position_qty * mark * rate / 100  # longs pay a positive rate

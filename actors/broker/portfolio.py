@@ -64,6 +64,7 @@ class Portfolio:
         bars: bool = False,
         instruments: dict[str, Instrument] | None = None,
         funding: FundingSchedule | None = None,
+        funding_modelled: bool = True,
     ) -> None:
         if not symbols:
             raise ValueError("a portfolio needs at least one symbol")
@@ -81,6 +82,7 @@ class Portfolio:
                 instrument=(instruments or {}).get(symbol),
                 funding=funding,
                 margin_equity=self._margin_equity,
+                funding_modelled=funding_modelled,
             )
             for symbol in symbols
         }
