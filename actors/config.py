@@ -840,6 +840,7 @@ def _kind_params(
     kind_key: str,
     kind: str,
     others: Iterable[tuple[str, Any, str, bool]],
+    why: str = "",
 ) -> dict[str, Any]:
     """A strategy kind's own parameters, from the keys of its table that are not common keys:
     each must be one of the kind's (`kind_key` = `kind` names it otherwise) and pass its rule
@@ -850,7 +851,7 @@ def _kind_params(
         if name not in own:
             problems.append(
                 f"{prefix}.{name}: not a parameter of {kind_key} = {kind!r} (from {source}); "
-                f"its parameters: {', '.join(own) or 'none beyond the common keys'}"
+                f"its parameters: {', '.join(own) or 'none beyond the common keys'}{why}"
             )
             continue
         value = _check(problems, f"{prefix}.{name}", own[name], raw, source, is_text)
@@ -949,10 +950,16 @@ def build(layers: Iterable[Layer], problems: list[str] | None = None) -> Config:
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
 
     single = sorted(name for section, name in merged if section == "strategy")
+    replaced = ""  # what a kind's parameter error adds when [strategy] replaced the file's tables
     if tables is not None and single and all(merged[("strategy", name)][1] != tables[1] for name in single):
         # [strategy] keys from a later layer (the environment, --set) than the file's
         # [[strategies]]: the later layer wins, one strategy (`--set strategy.name=...` on
         # config/live.toml backtests one setup)
+        replaced = (
+            f" ([strategy] keys from the environment or --set replace {tables[1]}'s [[strategies]] "
+            "with one [strategy] table, of strategy.name's kind: set strategy.name too, or change "
+            "the [[strategies]] tables in the file)"
+        )
         tables = None
     if tables is not None and single:
         sources = sorted({merged[("strategy", name)][1] for name in single})
@@ -976,7 +983,7 @@ def build(layers: Iterable[Layer], problems: list[str] | None = None) -> Config:
         if value is not _BAD:
             sections[section][name] = value
     kind = sections["strategy"].get("name", StrategyConfig().name)
-    params = _kind_params(problems, "strategy", "strategy.name", kind, others)
+    params = _kind_params(problems, "strategy", "strategy.name", kind, others, replaced)
     specs: tuple[StrategySpec, ...] = ()
     if tables is not None:
         specs = _strategy_tables(tables[0], tables[1], problems)

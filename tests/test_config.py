@@ -460,3 +460,22 @@ def test_strategy_set_on_the_command_line_overrides_the_files_strategies(tmp_pat
     (spec,) = load(REPO / "config" / "live.toml", env).strategy_specs
     assert spec.id == "liquidity_sweep"
     assert [s.id for s in load(REPO / "config" / "live.toml").strategy_specs] == ["trend", "sweep"]
+
+
+def test_a_kind_parameter_set_over_a_files_strategies_says_what_replaced_them(tmp_path: Path) -> None:
+    """`--set strategy.stop_atr_mult=2` on config/live.toml (two setups in [[strategies]]): the
+    [strategy] table it makes replaces them, of the default kind, which has no such parameter. The
+    error says so and what to do (it named a kind the user never chose, and no more)."""
+    result = run_main(
+        "--config", str(REPO / "config" / "live.toml"), "--set", "strategy.stop_atr_mult=2", "--check-config",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line]
+    assert "strategy.stop_atr_mult: not a parameter of strategy.name = 'ema_cross' (from --set)" in line
+    assert "replace" in line and "[[strategies]]" in line and "set strategy.name too" in line
+    fixed = run_main(
+        "--config", str(REPO / "config" / "live.toml"), "--set", "strategy.name=trend_pullback",
+        "--set", "strategy.stop_atr_mult=2", "--check-config", cwd=tmp_path,
+    )  # fmt: skip
+    assert fixed.returncode == 0, fixed.stderr
