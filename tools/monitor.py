@@ -259,7 +259,7 @@ class SessionView:
         equity = hb.get("equity", self.started["starting_equity"])
         return (
             f"{self.run_id}  elapsed {_clock(elapsed)}/{_clock(planned)}  equity {money(equity, sign=False)}  "
-            f"realized {money(hb.get('realized_pnl', 0.0))}  unrealized {money(hb.get('unrealized_pnl', 0.0))}  "
+            f"realized (before fees) {money(hb.get('realized_pnl', 0.0))}  unrealized {money(hb.get('unrealized_pnl', 0.0))}  "
             f"fees {money(hb.get('fees_paid', 0.0), sign=False)}  {self.position_text()}  "
             f"trades {self.trades}  fills {self.fills}{self.health_text()}"
         )
@@ -390,7 +390,7 @@ def panel(view: SessionView) -> Any:
         "elapsed", f"{_clock(hb.get('elapsed_s', 0))} / {_clock(started.get('planned_duration_s') or 0)}"
     )
     figures.add_row("equity", money(hb.get("equity", started.get("starting_equity", 0.0)), sign=False))
-    figures.add_row("realized", money(hb.get("realized_pnl", 0.0)))
+    figures.add_row("realized (before fees)", money(hb.get("realized_pnl", 0.0)))
     figures.add_row("unrealized", money(hb.get("unrealized_pnl", 0.0)))
     figures.add_row("fees", money(hb.get("fees_paid", 0.0), sign=False))
     figures.add_row(
