@@ -947,6 +947,7 @@ def build(layers: Iterable[Layer], problems: list[str] | None = None) -> Config:
     for layer in layers:
         merged.update(layer)
     tables = merged.pop((STRATEGIES, ""), None)
+    tables_source = tables[1] if tables is not None else None
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
 
     single = sorted(name for section, name in merged if section == "strategy")
@@ -996,8 +997,30 @@ def build(layers: Iterable[Layer], problems: list[str] | None = None) -> Config:
     )
     cross = cross_checks(config)
     if cross:
-        raise ConfigError(cross)
+        raise ConfigError([_with_source(problem, merged, tables_source) for problem in cross])
     return config
+
+
+_CROSS_PROBLEM = re.compile(
+    r"^(?P<key>(?P<section>[a-z_]+)(?P<table>\[[^\]]*\])?\.(?P<name>[a-z_]+)): (?P<rest>.*?) is not allowed; "
+)
+
+
+def _with_source(problem: str, merged: Layer, tables_source: str | None) -> str:
+    """A check across keys names where its key came from, as every other problem does
+    (`strategy.fast_period: 30 is not allowed (from --set); expected ...`)."""
+    m = _CROSS_PROBLEM.match(problem)
+    if m is None:
+        return problem
+    if m["table"]:
+        source = tables_source
+    else:
+        found = merged.get((m["section"], m["name"]))
+        source = found[1] if found is not None else None
+    if source is None:  # a default: nothing set it
+        return problem
+    head = f"{m['key']}: {m['rest']} is not allowed"
+    return f"{head} (from {source}); {problem[m.end() :]}"
 
 
 def _strategy_prefix(config: Config, spec: StrategySpec) -> str:

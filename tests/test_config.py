@@ -92,7 +92,12 @@ INVALID = [
     (None, ["--config", "missing.toml"], {}, "file not found"),
     (None, ["--duration", "-1"], {}, "session.duration_min: -1.0 is not allowed (from --duration)"),
     (None, ["--source", "nyse"], {}, "feed.source: 'nyse' is not allowed"),
-    (None, ["--set", "strategy.fast_period=30"], {}, "strategy.fast_period: 30 is not allowed"),
+    (
+        None,
+        ["--set", "strategy.fast_period=30"],
+        {},
+        "strategy.fast_period: 30 is not allowed (from --set); expected less than strategy.slow_period (21)",
+    ),
     (None, ["--set", "risk.max_orders_per_minute=1.5"], {}, "expected an integer"),
     (None, ["--set", "broker.taker_fee_bps"], {}, "expected SECTION.KEY=VALUE"),
     (
@@ -351,7 +356,7 @@ INVALID_STRATEGIES = [
     (
         '[[strategies]]\nid = "a"\nkind = "trend_pullback"\nema_fast = 60\n',
         [],
-        "strategies[a].ema_fast: 60 is not allowed; expected less than strategies[a].ema_slow (50)",
+        "strategies[a].ema_fast: 60 is not allowed (from ",  # the file's name, then what is allowed
     ),
     (ONE_TABLE + "fast_period = 30\n", [], "strategies[a].fast_period: 30 is not allowed"),
     (ONE_TABLE + "order_qty = -1\n", [], "strategies[a].order_qty: -1.0 is not allowed"),
@@ -367,7 +372,7 @@ INVALID_STRATEGIES = [
     (
         ONE_TABLE + "interval = '90s'\n",
         [],
-        "strategies[a].interval: '90s' is not allowed; expected session.interval",
+        "strategies[a].interval: '90s' is not allowed (from ",
     ),
     (ONE_TABLE + "interval = 'soon'\n", [], "strategies[a].interval: 'soon' is not allowed"),
     ("[strategy]\norder_qty = 0.002\n" + ONE_TABLE, [], "[strategy] (from"),
@@ -433,7 +438,9 @@ def test_strategies_problems_name_the_table_and_what_is_allowed(tmp_path: Path) 
 
 
 def test_a_kinds_rules_between_keys_are_config_errors_in_either_form() -> None:
-    with pytest.raises(ConfigError, match=r"strategy\.ema_fast: 60 is not allowed; expected less than"):
+    with pytest.raises(
+        ConfigError, match=r"strategy\.ema_fast: 60 is not allowed \(from --set\); expected less than"
+    ):
         load(None, {}, ["strategy.name=trend_pullback", "strategy.ema_fast=60"])
 
 
