@@ -46,7 +46,7 @@ from actors import __version__
 from actors.broker.paper import PaperBroker
 from actors.broker.portfolio import Portfolio
 from actors.config import Config, to_dict
-from actors.console import ConsoleSink
+from actors.console import ConsoleSink, fmt_held
 from actors.feeds.funding import FundingRates
 from actors.feeds.history import DataError, candle_steps, read_candles_csv, read_market_log
 from actors.feeds.intervals import Intervals
@@ -360,18 +360,6 @@ CandleSource = Callable[[str, str], Iterable[Candle]]
 GAP_WARN_S = 3600.0
 
 
-def fmt_span(seconds: float) -> str:
-    """`90061` -> `1d01h01m`, `3660` -> `1h01m`, `120` -> `2m`."""
-    minutes = round(seconds / 60)
-    days, rest = divmod(minutes, 1440)
-    hours, mins = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours:02d}h{mins:02d}m"
-    if hours:
-        return f"{hours}h{mins:02d}m"
-    return f"{mins}m"
-
-
 # The candles a backtest looks at before it starts to learn its data's spacing (`check_spacing`).
 SPACING_PEEK = 100
 
@@ -513,8 +501,8 @@ class Session:
                     "working orders and funding (at the last price) went on through them as they were",
                     symbol,
                     gap["count"],
-                    fmt_span(gap["missing_s"]),
-                    fmt_span(gap["longest_s"]),
+                    fmt_held(gap["missing_s"]),
+                    fmt_held(gap["longest_s"]),
                     gap["longest_from"],
                     gap["longest_to"],
                 )

@@ -154,7 +154,7 @@ def test_the_gaps_a_backtest_ran_through_are_reported(
         "longest_to": datetime.fromtimestamp(START_MS / 1000 + 320 * minute, UTC).isoformat()[:19] + ".000Z",
     }
     err = capsys.readouterr().err
-    assert "the BTCUSDT data has 2 gap(s), 2h03m missing in all; the longest 2h00m from" in err
+    assert "the BTCUSDT data has 2 gap(s), 2h03m00s missing in all; the longest 2h00m00s from" in err
     assert "data gaps (BTCUSDT)" in (tmp_path / "runs" / "latest" / "report.html").read_text()
     later = datetime.fromtimestamp(START_MS / 1000 + 150 * minute, UTC).isoformat()
     assert _backtest(data, tmp_path / "runs2", "--from", later) == 0

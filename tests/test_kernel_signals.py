@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from actors import logs
-from actors.config import load
+from actors.config import Config, load
 from actors.feeds.history import read_candles_csv
 from actors.plan import Plan
 from actors.session import STORAGE_CHECK_EVERY, CandleSource, Session
@@ -123,11 +123,11 @@ def test_without_a_signal_the_backtest_runs_to_the_end_of_its_data(tmp_path: Pat
     assert _ts(_stopped(read_events(result.run_path))) >= T0_MS / 1000 + 1500 * 60
 
 
-def test_a_signal_stops_a_two_symbol_backtest_flat(tmp_path: Path) -> None:
-    """Several symbols go through `Kernel.run`, one market event a step: the same stop."""
+def _two_symbols(tmp_path: Path, candles: int) -> tuple[Config, Plan]:
+    """Three strategies on BTCUSDT and ETHUSDT (tests/test_multi_symbol.py's), `candles` of each."""
     files = {"BTCUSDT": tmp_path / "btc.csv", "ETHUSDT": tmp_path / "eth.csv"}
-    write_bars(files["BTCUSDT"], 1500, 1, 60_000.0, 1)
-    write_bars(files["ETHUSDT"], 1500, 2, 3_000.0, 2)
+    write_bars(files["BTCUSDT"], candles, 1, 60_000.0, 1)
+    write_bars(files["ETHUSDT"], candles, 2, 3_000.0, 2)
     config_path = tmp_path / "three.toml"
     config_path.write_text(THREE_STRATEGIES)
     config = load(config_path, {}, [f"session.run_dir={tmp_path / 'runs'}", "session.kill_switch=kill.txt"])
@@ -136,6 +136,12 @@ def test_a_signal_stops_a_two_symbol_backtest_flat(tmp_path: Path) -> None:
         data=str(files["BTCUSDT"]),
         data_by_symbol=tuple((s, str(p)) for s, p in files.items()),
     )
+    return config, plan
+
+
+def test_a_signal_stops_a_two_symbol_backtest_flat(tmp_path: Path) -> None:
+    """Several symbols go through `Kernel.run`, one market event a step: the same stop."""
+    config, plan = _two_symbols(tmp_path, 1500)
     k = 700
     result = Session(config, plan, candle_source=_raising({k: signal.SIGINT})).run_kernel()
     report, run = result.report, result.run_path
@@ -152,17 +158,7 @@ def test_a_signal_stops_a_two_symbol_backtest_flat(tmp_path: Path) -> None:
 def test_a_signal_before_the_first_step_stops_a_two_symbol_backtest_at_its_start(tmp_path: Path) -> None:
     """A signal that came while the data's first candles were being read (before any step): the
     session stops at its start, with its report (it once stopped at an infinite time and failed)."""
-    files = {"BTCUSDT": tmp_path / "btc.csv", "ETHUSDT": tmp_path / "eth.csv"}
-    write_bars(files["BTCUSDT"], 300, 1, 60_000.0, 1)
-    write_bars(files["ETHUSDT"], 300, 2, 3_000.0, 2)
-    config_path = tmp_path / "three.toml"
-    config_path.write_text(THREE_STRATEGIES)
-    config = load(config_path, {}, [f"session.run_dir={tmp_path / 'runs'}", "session.kill_switch=kill.txt"])
-    plan = Plan(
-        mode="backtest",
-        data=str(files["BTCUSDT"]),
-        data_by_symbol=tuple((s, str(p)) for s, p in files.items()),
-    )
+    config, plan = _two_symbols(tmp_path, 300)
     result = Session(config, plan, candle_source=_raising({0: signal.SIGTERM})).run_kernel()
     report, run = result.report, result.run_path
     assert (report["status"], report["stop_reason"], report["fills"]) == ("ok", "signal", 0)
