@@ -431,6 +431,30 @@ def test_a_strategys_exit_reduces_its_own_virtual_position_not_the_net_one() -> 
     assert (refused["order_id"], refused["reason"]) == ("b2", "reduce_only_nothing_to_close")
 
 
+def test_each_strategys_round_trip_is_a_closed_trade_for_the_risk_gate() -> None:
+    """B holds a short while A makes two losing round trips: the net position never goes flat,
+    yet the gate hears of A's two trades (the loss-streak breaker, max_trades and max_losses
+    count them; they counted round trips of the net position only, so never here). A flip closes
+    one trade; the fee of a fill is split between closing and opening as the account splits it."""
+    bt = Backtest(make_broker(slippage_bps=0.0))
+    bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 100.0, [order("b1", "sell", 0.1, strategy_id="B")])
+    closed = []
+    for n, (buy, sell) in enumerate([(100000.0, 99900.0), (100000.0, 99800.0)]):
+        bt.candle(buy, buy, buy, buy, 100.0, [order(f"a{n}", "buy", 0.05, strategy_id="A")])
+        bt.candle(
+            sell, sell, sell, sell, 100.0, [order(f"x{n}", "sell", 0.05, strategy_id="A", reduce_only=True)]
+        )
+        update = bt.broker.account_update(bt.now)
+        assert update is not None
+        closed += update.closed
+    assert bt.broker.position_qty == pytest.approx(-0.1, abs=1e-12)  # B's short throughout
+    fee = TAKER * 0.05
+    assert [(t.strategy_id, t.net_pnl) for t in closed] == [
+        ("A", pytest.approx(-5.0 - fee * (100000.0 + 99900.0), abs=1e-9)),
+        ("A", pytest.approx(-10.0 - fee * (100000.0 + 99800.0), abs=1e-9)),
+    ]
+
+
 def test_resting_limit_fills_at_most_the_cap_of_each_candle() -> None:
     """Proves rule 4 for a resting limit: three candles through it with volume 0.1 each (cap
     0.01) fill 0.01 each at the limit price; then it is done."""

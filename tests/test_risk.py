@@ -1076,3 +1076,54 @@ async def test_session_stale_data_window(
     assert in_window and all(e["reduce_only"] and e["reason"].startswith("exit_") for e in in_window)
     assert any(e["reason"].startswith("entry_") and _ts(e) - start >= 90.0 for e in orders)
     assert report["stop_reason"] == "duration"
+
+
+# --- found by an audit of the limits against the docs -------------------------------------------
+
+
+def test_a_breakers_own_flatten_does_not_start_the_next_streak(tmp_path: Path) -> None:
+    """Two losses trip a streak of 2; the trip's flatten closes another loss while entries are
+    halted: it counts as a trade, not in the streak, which starts from zero after the trip (it was
+    1 at once, and the next single loss tripped again)."""
+    gate, desk = _gate(tmp_path, "risk.max_consecutive_losses=2", "risk.on_breaker=halt")
+    account = desk.account(T0)
+    assert trade_closed(gate, account, -1.0, T0) == []
+    assert _outs_kinds(trade_closed(gate, account, -1.0, T0 + 1)) == [
+        "breaker.tripped",
+        "HaltEntries",
+        "Flatten",
+    ]
+    assert trade_closed(gate, account, -5.0, T0 + 1) == []  # the flatten's loss, halted
+    assert (gate.consecutive_losses, gate.trades, gate.losses) == (0, 3, 3)
+    after = T0 + 1 + gate.config.loss_streak_cooldown_min * 60
+    gate.on_account(AccountUpdate(after, account))  # the halt lifted
+    assert trade_closed(gate, account, -1.0, after + 1) == []  # one loss: no trip
+    assert _outs_kinds(trade_closed(gate, account, -1.0, after + 2))[0] == "breaker.tripped"
+
+
+def test_a_loss_between_a_days_last_mark_and_the_next_days_first_counts_against_the_old_day(
+    tmp_path: Path,
+) -> None:
+    """A long of 1 BTC at 23:50, then no mark until 00:00:01, 300 lower: about 3.5 % below the
+    day's start with a 2 % cap. The day that ended is held to its cap at that mark (it counted
+    against neither day: the new one started from the equity after the loss): a trip, a flatten,
+    and the halt is the cooldown."""
+    gate, desk = _gate(tmp_path, *DAILY_HALT)
+    late = MIDNIGHT - 600
+    _open_long(desk, 1.0, ts=late)
+    events = desk.mark(_tick(PRICE - 300, MIDNIGHT + 1), MIDNIGHT + 1)
+    (tripped,) = _kinds(events, "breaker.tripped")
+    assert (tripped["reason"], tripped["halted_until"]) == ("max_daily_drawdown", MIDNIGHT + 1 + 30 * 60)
+    assert desk.broker.position_qty == 0.0
+    assert gate.day == MIDNIGHT // 86400  # the new day, its start the equity at its first mark
+    assert gate.daily_tripped_day != gate.day  # and its own cap still armed
+
+
+@pytest.mark.parametrize(("pct", "ending"), [(1.1, 9890.0), (29.0, 7100.0), (0.3, 9970.0)])
+def test_a_loss_exactly_at_the_limit_reaches_it(tmp_path: Path, pct: float, ending: float) -> None:
+    """(10000 - 9890) / 10000 * 100 is 1.0999999999999999 in floating point: the limit of 1.1 %
+    is reached all the same (the docs: the session loss "reaches" max_loss_pct)."""
+    gate, desk = _gate(tmp_path, f"risk.max_loss_pct={pct}")
+    account = desk.account(T0)._replace(equity=ending)
+    outs = gate.on_account(AccountUpdate(T0, account))
+    assert [o.reason for o in outs if isinstance(o, StopSession)] == ["max_loss"]

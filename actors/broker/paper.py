@@ -101,25 +101,34 @@ class Virtual:
     qty: float = 0.0
     avg_price: float = 0.0
     processed_signed_qty: float = 0.0  # its orders the broker has finished with (the gate's pending)
+    trade_net: float = 0.0  # the round trip open now: its realized PnL less its fees so far
 
-    def book(self, signed: float, price: float) -> float:
-        """A fill of `signed` at `price`; returns the realized PnL (the account's arithmetic)."""
+    def book(self, signed: float, price: float, fee: float = 0.0) -> tuple[float, float | None]:
+        """A fill of `signed` at `price` paying `fee` (its share of the fill's); returns the
+        realized PnL (the account's arithmetic) and, when the fill ends the round trip of the
+        virtual position (flat, or a flip), that round trip's net PnL (realized less fees, the fee
+        split between closing and opening as the account splits it): the risk gate counts each
+        strategy's trades, not only the net position's."""
         pos = self.qty
         realized = 0.0
         rest = signed
+        closed: float | None = None
         if pos * signed < 0:
             closing = min(abs(pos), abs(signed))
             realized = (price - self.avg_price) * closing * (1 if pos > 0 else -1)
+            self.trade_net += realized - fee * closing / abs(signed)
             self.qty = round(pos + (closing if pos < 0 else -closing), 10)
             rest = signed + (closing if signed < 0 else -closing)
             if abs(self.qty) < EPS:
                 self.qty = 0.0
                 self.avg_price = 0.0
+                closed, self.trade_net = self.trade_net, 0.0
         if abs(rest) > EPS:
+            self.trade_net -= fee * abs(rest) / abs(signed)
             new_qty = self.qty + rest
             self.avg_price = (self.avg_price * abs(self.qty) + price * abs(rest)) / abs(new_qty)
             self.qty = round(new_qty, 10)
-        return realized
+        return realized, closed
 
 
 @attrs.define
@@ -1241,11 +1250,15 @@ class PaperBroker:
                 else [("", signed)]
             )
         self._virtual_positions = None
-        if len(shares) == 1:
-            s, q = shares[0]
-            return [[s, round(q, 10), self._virtual(s).book(q, price), fee]]
         gross = sum(abs(q) for _, q in shares)
-        return [[s, round(q, 10), self._virtual(s).book(q, price), fee * abs(q) / gross] for s, q in shares]
+        allocations: list[list[Any]] = []
+        for s, q in shares:
+            share_fee = fee if len(shares) == 1 else fee * abs(q) / gross
+            realized, closed = self._virtual(s).book(q, price, share_fee)
+            if closed is not None:  # the strategy's round trip ended: the risk gate counts it
+                self.closed.append(ClosedTrade(self.symbol, closed, s))
+            allocations.append([s, round(q, 10), realized, share_fee])
+        return allocations
 
     def _take(self, order: Order, qty: float, ts: float, tick: Tick, *, capped: bool = True) -> list[Event]:
         """Take liquidity now. A fresh book: walk it level by level, using up what is taken until
@@ -1389,7 +1402,6 @@ class PaperBroker:
         events[-1].fields["allocations"] = allocations
         if closed is not None:
             events.append(self._closed_event(closed, ts, order.reason))
-            self.closed.append(ClosedTrade(self.symbol, closed.realized_pnl - closed.fees, order.strategy_id))
         if self.working:
             events += self._fit_exits(ts)  # protective orders die with the position, or fit it
         if order.stop_price is not None or order.target_price is not None:

@@ -52,6 +52,9 @@ from protocols.records import iso
 
 WINDOW_S = 60.0
 DAY_S = 86400.0
+# A loss "reaches" a limit in percent within this much of it: (10000 - 9890) / 10000 * 100 is
+# 1.0999999999999999, not 1.1 (the limits are compared in floating point)
+PCT_EPS = 1e-9
 # The equity floor the broker watches sits this much (relative) above the nearest limit, so that
 # it never misses a mark at which the gate's own arithmetic would act.
 WATCH_MARGIN = 1e-9
@@ -439,12 +442,19 @@ class RiskGate:
 
     def _roll(self, ts: float, equity: float) -> list[RiskOutput]:
         """A new UTC day takes the equity now as its start (the only place it is set), and a halt
-        whose time is up is lifted."""
+        whose time is up is lifted. The mark that opens a day is first held to the last day's cap:
+        the loss since that day's last mark happened in one day or the other, and would otherwise
+        count against neither (no mark between 23:50 and 00:00:01: the loss is the old day's, and
+        a trip then flattens at once, its halt the cooldown)."""
         day = math.floor(ts / DAY_S)
+        out: list[RiskOutput] = []
         if day != self.day:
+            halted_to_its_end = self.halted_until is not None and self.halted_until >= day * DAY_S
+            if self.day is not None and not halted_to_its_end:  # (a halt flattened it: nothing to lose)
+                out += self._check_daily(ts, equity)
             self.day, self.day_start_equity = day, equity
         if self.halted_until is None or ts < self.halted_until:
-            return []
+            return out
         reason = self.halt_reason
         self.halted_until = self.halt_reason = None
         fields = {
@@ -452,23 +462,27 @@ class RiskGate:
             "reason": reason,
             "day_start_equity": round(self.day_start_equity, 6),
         }
-        return [Event(ts, "breaker.reset", fields), HaltEntries(ts, -math.inf, "breaker_reset")]
+        return [*out, Event(ts, "breaker.reset", fields), HaltEntries(ts, -math.inf, "breaker_reset")]
 
     def _check_equity(self, ts: float, equity: float) -> list[RiskOutput]:
         """The session loss limit and the daily drawdown breaker, on the account as it is now."""
         if self.stopping:
             return []
         loss_pct = (self.starting_equity - equity) / self.starting_equity * 100
-        if loss_pct >= self.config.max_loss_pct:
+        if loss_pct >= self.config.max_loss_pct - PCT_EPS:
             return self._stop(
                 ts, "max_loss", f"session loss {loss_pct:.2f} % >= {self.config.max_loss_pct:g} %"
             )
-        if not self._daily_armed() or self.day is None:
+        return self._check_daily(ts, equity)
+
+    def _check_daily(self, ts: float, equity: float) -> list[RiskOutput]:
+        """The daily drawdown breaker of the day `self.day`, on `equity`."""
+        if self.stopping or not self._daily_armed() or self.day is None:
             return []
         daily_dd = (
             (self.day_start_equity - equity) / self.day_start_equity * 100 if self.day_start_equity > 0 else 0
         )
-        if daily_dd < self.config.max_daily_drawdown_pct:
+        if daily_dd < self.config.max_daily_drawdown_pct - PCT_EPS:
             return []
         self.daily_tripped_day = self.day
         # no entries until the next UTC midnight, and for the cooldown at least
@@ -484,17 +498,17 @@ class RiskGate:
     def _trade_closed(self, net_pnl: float, ts: float, equity: float) -> list[RiskOutput]:
         c = self.config
         self.trades += 1
+        # entries halted: the trade was closed by a breaker's flatten (nothing opens meanwhile),
+        # not by the strategy: it counts as a trade, never in the streak (which a trip restarts)
+        halted = self.halted_until is not None and ts < self.halted_until
         if net_pnl < 0:
             self.losses += 1
-            self.consecutive_losses += 1
-        else:
+            if not halted:
+                self.consecutive_losses += 1
+        elif not halted:
             self.consecutive_losses = 0
         out: list[RiskOutput] = []
-        if (
-            c.max_consecutive_losses
-            and self.consecutive_losses >= c.max_consecutive_losses
-            and not (self.halted_until is not None and ts < self.halted_until)  # a trip's own flatten
-        ):
+        if c.max_consecutive_losses and self.consecutive_losses >= c.max_consecutive_losses and not halted:
             self.consecutive_losses = 0  # the streak counts from zero again
             out += self._trip(
                 STREAK,
