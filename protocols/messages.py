@@ -230,6 +230,15 @@ class AccountSnapshot(NamedTuple):
     # several symbols (actors/broker/portfolio.py): each symbol's mark price, for the account-wide
     # limits; empty with one symbol (its mark is `mark_price`)
     marks: tuple[tuple[str, float], ...] = ()
+    # `open_orders` by the strategy that sent them (its id; "" nobody's: flattens); empty when none
+    strategy_orders: tuple[tuple[str, int], ...] = ()
+
+    def open_orders_of(self, strategy_id: str) -> int:
+        """The strategy's own orders working or on their way (not another strategy's brackets)."""
+        for sid, count in self.strategy_orders:
+            if sid == strategy_id:
+                return count
+        return 0
 
     def position(self, symbol: str | None = None, strategy_id: str = "") -> Position:
         """The account's net position in `symbol` (the session's by default), or with a

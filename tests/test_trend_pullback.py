@@ -36,10 +36,16 @@ STRATEGY_ID = "tp"
 
 
 def account(
-    qty: float = 0.0, funding: float = 0.0, open_orders: int = 0, ts: float = 0.0, own: bool = True
+    qty: float = 0.0,
+    funding: float = 0.0,
+    open_orders: int = 0,
+    ts: float = 0.0,
+    own: bool = True,
+    foreign_orders: int = 0,
 ) -> AccountSnapshot:
     """The account with a net position of `qty`, which is the strategy's own (its virtual position,
-    id `STRATEGY_ID`) unless `own` is False (another strategy's)."""
+    id `STRATEGY_ID`) unless `own` is False (another strategy's); `open_orders` of its own working
+    or on their way, and `foreign_orders` of another strategy's (its brackets, say)."""
     positions = (Position(SYMBOL, qty, 0.0),) + (
         (Position(SYMBOL, qty, 0.0, 0.0, STRATEGY_ID),) if own else ()
     )
@@ -55,8 +61,11 @@ def account(
         drawdown_pct=0.0,
         mark_price=None,
         positions=positions,
-        open_orders=open_orders,
+        open_orders=open_orders + foreign_orders,
         funding_rate_pct=funding,
+        strategy_orders=tuple(
+            (sid, n) for sid, n in sorted({STRATEGY_ID: open_orders, "other": foreign_orders}.items()) if n
+        ),
     )
 
 
@@ -451,6 +460,18 @@ def test_an_entry_expires_after_24_candles_and_one_still_working_blocks_the_next
     assert s.watch and s.pending is None
     # once the account has no working order, the next setup enters
     assert signals(s.on_candle(trend(1, 50_000 + 1300, t0=60 * 130)[0], FLAT, 0.0))
+
+
+def test_another_strategys_working_orders_do_not_block_its_entries() -> None:
+    """Another strategy's brackets (or another symbol's orders) are working all along: they are
+    not its own, so after each expiry the next setup enters as on a bare account (it waited for
+    the whole account to have none, and so never entered again beside a strategy in a position)."""
+    candles = trend(130)
+    alone = [e.fields["candle_open_ts"] for e in signals(run(strategy(), candles))]
+    beside = [
+        e.fields["candle_open_ts"] for e in signals(run(strategy(), candles, account(foreign_orders=2)))
+    ]
+    assert beside == alone and len(beside) >= 3
 
 
 def test_the_trail_only_tightens_and_a_close_through_it_exits_at_market() -> None:

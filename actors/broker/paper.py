@@ -1711,8 +1711,26 @@ class PaperBroker:
                 self.stale,
                 self.funding_rate_now(now),
                 (),
+                self._strategy_orders() if self.working or self.in_flight else (),
             ),
         )
+
+    def _strategy_orders(self) -> tuple[tuple[str, int], ...]:
+        """The orders working or on their way, counted by the strategy that sent them (a cancel on
+        its way counts for its order's strategy)."""
+        counts: dict[str, int] = {}
+        for working in self.working.values():
+            sid = working.order.strategy_id
+            counts[sid] = counts.get(sid, 0) + 1
+        for flight in self.in_flight:
+            message = flight.message
+            if isinstance(message, Order):
+                sid = message.strategy_id
+            else:
+                target = self.working.get(message.order_id)
+                sid = target.order.strategy_id if target is not None else ""
+            counts[sid] = counts.get(sid, 0) + 1
+        return tuple(sorted(counts.items()))
 
     def funding_rate_now(self, now: float) -> float:
         """The funding rate in force now (percent per 8 h): the schedule's at the next funding

@@ -318,6 +318,7 @@ class Portfolio:
         positions: list[Position] = list(own.positions)
         marks: list[tuple[str, float]] = []
         open_orders = 0
+        by_strategy: dict[str, int] = {}
         realized = fees = funding = unrealized = 0.0
         for leg in self.legs.values():
             snap = own if leg is view else leg.snapshot(now)
@@ -326,6 +327,8 @@ class Portfolio:
             if snap.mark_price is not None:
                 marks.append((leg.symbol, snap.mark_price))
             open_orders += snap.open_orders
+            for sid, count in snap.strategy_orders:
+                by_strategy[sid] = by_strategy.get(sid, 0) + count
             realized += snap.realized_pnl
             fees += snap.fees_paid
             funding += snap.funding_paid
@@ -342,6 +345,7 @@ class Portfolio:
             positions=tuple(positions),
             open_orders=open_orders,
             marks=tuple(marks),
+            strategy_orders=tuple(sorted(by_strategy.items())),
         )
 
     def account_update(self, now: float) -> AccountUpdate | None:

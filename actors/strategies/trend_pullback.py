@@ -240,11 +240,12 @@ class TrendPullback:
                         "expire",
                         reason="entry_expiry",
                         entry=pending["entry"],
-                        still_working=account.open_orders > 0,
+                        still_working=account.open_orders_of(self.id) > 0,
                     )
                 )
                 self.pending = None
-            if self.pending is None and account.open_orders == 0:
+            # its own orders done (another strategy's brackets, another symbol's, are not its)
+            if self.pending is None and account.open_orders_of(self.id) == 0:
                 self.watch = False
         if not flat or self.watch or self.setup is None:
             return out
