@@ -9,7 +9,6 @@ prices to the symbol's tick, money to the cent; `events.jsonl` keeps full precis
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -172,10 +171,9 @@ class ConsoleSink:
 
     @property
     def profit_factor(self) -> float | None:
-        """Gross profit of the winning trades over the gross loss of the losing ones (net of fees)."""
-        if not self.trades:
-            return None
-        return self.gross_win / self.gross_loss if self.gross_loss > 0 else math.inf
+        """Gross profit of the winning trades over the gross loss of the losing ones (net of fees);
+        None without a loss (as the report page defines it)."""
+        return self.gross_win / self.gross_loss if self.gross_loss > 0 else None
 
 
 def _print(line: str) -> None:
@@ -193,10 +191,13 @@ def summary_rows(report: dict[str, Any], sink: ConsoleSink, run_path: Path) -> l
     rows = [
         ("status", f"{report['status']} (stop reason: {report['stop_reason']})"),
         ("net PnL", f"{fmt_money(report['net_pnl'])} USDT"),
-        ("return", f"{report['return_pct']:+.2f} %"),
+        # from the net PnL (the report's return_pct is rounded already: rounding twice told -0.03
+        # for -0.02499974); never "-0.00"
+        ("return", f"{round(report['net_pnl'] / report['starting_equity'] * 100, 2) + 0.0:+.2f} %"),
         ("trades", str(report["trade_count"])),
         ("win rate", "-" if win_rate is None else f"{win_rate:.1f} %"),
-        ("profit factor", "-" if factor is None else ("inf" if math.isinf(factor) else f"{factor:.2f}")),
+        # none without a loss (the report page's definition: it showed "inf" here, "-" there)
+        ("profit factor", "-" if factor is None else f"{factor:.2f}"),
         ("max drawdown", f"{report['max_drawdown_pct']:.2f} %"),
         ("fees", f"{report['fees_paid']:,.2f} USDT"),
         ("funding", f"{report['funding_paid']:,.2f} USDT"),

@@ -429,7 +429,7 @@ class ReportBuilder:
             "ending_equity": round(ending, r),
             "realized_pnl": round(self.realized_pnl, r),
             "unrealized_pnl": round(unrealized, r),
-            "fees_paid": round(fees, r),
+            "fees_paid": round(round(self.fees["maker"], r) + round(self.fees["taker"], r), r),  # = the two
             "fees_maker": round(self.fees["maker"], r),
             "fees_taker": round(self.fees["taker"], r),
             "funding_paid": round(self.funding_paid, r),

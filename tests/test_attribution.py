@@ -541,3 +541,13 @@ def test_every_configured_strategy_and_symbol_has_a_row_traded_or_not(tmp_path: 
         json.dumps({**report, "strategies": {"A": report["strategies"]["A"]}})
     )
     assert any("strategies" in p for p in validate(run))  # a configured strategy's row left out: named
+
+
+def test_fees_paid_is_the_sum_of_the_maker_and_taker_figures_shown() -> None:
+    """Each rounded to 6 decimals on its own, 0.1234564 + 0.1234564 gave fees_paid 0.246913 beside
+    0.123456 and 0.123456: the README says fees_paid = fees_maker + fees_taker."""
+    maker = {**fill(1, "buy", 1.0, 100.0, 0.1234564, 0.0, 1.0), "liquidity": "maker"}
+    taker = fill(2, "sell", 1.0, 100.0, 0.1234564, 0.0, 0.0)
+    report = build_report(numbered([maker, taker, closed("long", 1.0, 0.0, 0.2469128)]))
+    assert (report["fees_maker"], report["fees_taker"]) == (0.123456, 0.123456)
+    assert report["fees_paid"] == report["fees_maker"] + report["fees_taker"] == 0.246912

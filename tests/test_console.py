@@ -246,3 +246,30 @@ def test_the_fake_exchange_without_the_test_extra_says_what_to_install() -> None
 def test_money_never_shows_a_negative_zero(amount: float, shown: str) -> None:
     """A funding total of -0.0003 was printed `-0.00`: a sign for nothing."""
     assert fmt_money(amount) == shown
+
+
+def test_the_summary_agrees_with_the_report_page_on_return_and_profit_factor(tmp_path: Path) -> None:
+    """An audit against the page's definitions: the return is net PnL over the starting equity
+    (rounded once: the report's return_pct is rounded already, and -0.02499974 came out -0.03);
+    a return that rounds to zero is +0.00, not -0.00; without a loss the profit factor is "-"
+    (None, as on the page; it said "inf")."""
+    from actors.console import summary_rows
+    from actors.recording.html_report import _fmt
+
+    sink = ConsoleSink()
+    sink.observe({"ts": "2024-01-02T03:04:05.000Z", "kind": "position.closed", "side": "long", "qty": 0.01,
+                  "entry_price": 1.0, "exit_price": 2.0, "net_pnl": 3.0, "held_s": 60.0, "exit_reason": "x"})  # fmt: skip
+    report = {
+        "status": "ok", "stop_reason": "data_end", "net_pnl": -2.499974, "starting_equity": 10_000.0,
+        "return_pct": -0.025, "trade_count": 1, "max_drawdown_pct": 0.1, "fees_paid": 1.0, "funding_paid": 0.0,
+        "fills": 2, "orders_rejected": {},
+    }  # fmt: skip
+    rows = dict(summary_rows(report, sink, tmp_path))
+    assert rows["return"] == "-0.02 %" and rows["profit factor"] == "-"
+    tiny = dict(summary_rows({**report, "net_pnl": -0.000001, "starting_equity": 1e6}, sink, tmp_path))
+    assert tiny["return"] == "+0.00 %"
+    assert (_fmt(-0.00025, "pct"), _fmt(-0.001, "ratio"), _fmt(-0.0001, "pct_fraction")) == (
+        "0.00 %",
+        "0.00",
+        "0.0 %",
+    )

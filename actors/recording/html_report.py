@@ -377,7 +377,7 @@ def _summary(data: RunData, stats: dict[str, Any]) -> str:
                 f"data gaps ({symbol})",
                 f"{gap['count']}, {_duration(gap['missing_s'])} missing; the longest "
                 f"{_duration(gap['longest_s'])} from {gap['longest_from']} to {gap['longest_to']} "
-                "(positions held through them)",
+                "(the account went on through them as it was)",
             )
         )
     rows = "".join(f'<tr><th>{_e(k)}</th><td class="text">{_e(v)}</td></tr>' for k, v in items)
@@ -421,12 +421,13 @@ def _fmt(value: Any, how: str, price_dp: int = 2) -> str:
         return _money(value)
     if how == "price":
         return f"{value:,.{price_dp}f}"
+    # round first, then + 0.0: a value that rounds to zero is never shown as "-0.00"
     if how == "pct":
-        return f"{value:.2f} %"
+        return f"{round(value, 2) + 0.0:.2f} %"
     if how == "pct_fraction":
-        return f"{value * 100:.1f} %"
+        return f"{round(value * 100, 1) + 0.0:.1f} %"
     if how == "ratio":
-        return f"{value:.2f}"
+        return f"{round(value, 2) + 0.0:.2f}"
     if how == "seconds":
         return _duration(value)
     return str(value)

@@ -162,7 +162,8 @@ def statistics(
     has it already). `None` where a figure is undefined.
 
     Trades are the `position.closed` events, judged by their `net_pnl` (realized PnL less the
-    trade's fees and funding):
+    trade's fees; funding is left out of a trade, as of the account's wins and losses: it is in
+    `funding` and in the run's net PnL):
     - `trades`, `wins` (net_pnl > 0), `losses` (net_pnl < 0); `win_rate` = wins / trades;
     - `avg_win` = mean net_pnl of the wins, `avg_loss` = mean net_pnl of the losses (negative);
     - `profit_factor` = sum of the wins' net_pnl / -(sum of the losses' net_pnl) (None without a loss);
