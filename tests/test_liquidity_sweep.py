@@ -166,7 +166,8 @@ def reference_signals(candles: Sequence[Candle]) -> list[tuple[float, str, float
     parameters: range of the 10 previous candles; both sides swept: none; ATR(14)/close >= 0.0001;
     no long while EMA9 < EMA20, no short while EMA9 > EMA20; volume >= 0.5 x the mean of the last 20
     volumes, this candle's included; target the day's VWAP, beyond the close; stop 0.5 ATR beyond
-    the level."""
+    the level; the reward (close to target) at least 1.5 x the risk (close to stop), the original
+    supervisor's rr_min."""
     closes = [c.close for c in candles]
     fast, slow, atr, vwap = ref_ema(closes, 9), ref_ema(closes, 20), ref_atr(candles, 14), ref_vwap(candles)
     out = []
@@ -183,9 +184,13 @@ def reference_signals(candles: Sequence[Candle]) -> list[tuple[float, str, float
         if c.volume < 0.5 * (sum(p.volume for p in candles[i - 19 : i + 1]) / 20):
             continue
         if long and f >= s and vwap[i] > c.close:
-            out.append((c.open_ts, "long", swing_low, swing_low - 0.5 * a, vwap[i]))
+            stop = swing_low - 0.5 * a
+            if vwap[i] - c.close >= 1.5 * (c.close - stop):
+                out.append((c.open_ts, "long", swing_low, stop, vwap[i]))
         if short and f <= s and vwap[i] < c.close:
-            out.append((c.open_ts, "short", swing_high, swing_high + 0.5 * a, vwap[i]))
+            stop = swing_high + 0.5 * a
+            if c.close - vwap[i] >= 1.5 * (stop - c.close):
+                out.append((c.open_ts, "short", swing_high, stop, vwap[i]))
     return out
 
 
@@ -363,6 +368,17 @@ def test_no_setup_without_room_to_the_vwap() -> None:
     assert run(strategy(), mirrored(long_sweep(base=90.0))) == []
 
 
+def test_no_setup_whose_reward_is_under_min_rr_times_its_risk() -> None:
+    """The original's rr_min (1.5, its supervisor refused every order under it): the hand-built
+    long's reward to risk, from its own signal, decides at a hair either side of it."""
+    (sig,) = signals(run(strategy(min_rr=0.0), long_sweep()))
+    rr = (sig["target"] - sig["price"]) / (sig["price"] - sig["stop"])
+    assert rr >= 1.5  # the default lets it through
+    assert len(signals(run(strategy(min_rr=rr * 0.999), long_sweep()))) == 1
+    assert run(strategy(min_rr=rr * 1.001), long_sweep()) == []
+    assert run(strategy(min_rr=rr * 1.001), mirrored(long_sweep())) == []
+
+
 def test_a_candle_sweeping_both_sides_gives_no_setup() -> None:
     b = build()
     assert len(signals(run(strategy(), long_sweep(high=b.swing_high - 0.01)))) == 1
@@ -456,6 +472,7 @@ def test_registered_with_its_parameters() -> None:
         "atr_period": 14,
         "stop_atr_mult": 0.5,
         "min_atr_pct": 0.01,
+        "min_rr": 1.5,
         "funding_block_pct": 0.05,
         "funding_half_pct": 0.03,
     }

@@ -28,6 +28,9 @@ said otherwise):
   entry in the trade's direction (a long needs VWAP > close, a short VWAP < close): no room.
 - **Stop.** `stop_atr_mult` (0.5) × ATR(14) beyond the swept level: long swing low − 0.5 ATR,
   short swing high + 0.5 ATR (ATR: the simple mean of the last 14 true ranges).
+- **Reward to risk.** No setup when the reward (close to VWAP) is less than `min_rr` (1.5) × the
+  risk (close to stop): the original's `rr_min` (its supervisor refused every order under it; a
+  VWAP a few dollars away is a trade the fees lose).
 - **Entry.** At market, decided at the candle's close (the decision price is the close); the
   entry carries its stop and target, which the broker attaches as a protective stop and a
   take-profit sized to the position (docs/fills.md). The size is the risk gate's
@@ -37,8 +40,9 @@ said otherwise):
   while the rate > 0.05 (longs pay), a short while it is < −0.05. Half size (`size_scale` 0.5)
   when it runs against it by more than `funding_half_pct` (0.03 %). Funding in the trade's
   favour never blocks.
-- **One position at a time.** No entry while the strategy's symbol has a position (of either
-  side); the open trade ends at its stop or its target.
+- **One position at a time.** No entry while the strategy holds a position (its own virtual
+  position in the symbol, of either side; another strategy's position on the symbol does not
+  block it); the open trade ends at its stop or its target.
 
 Every setup that passes the candle rules is recorded as a `signal` event (with `entry`: whether
 it was entered, and `skipped`: why not: `in_position` or `funding`); only entered ones give an
@@ -48,7 +52,7 @@ defaults). Candles from history (`backfill`) warm the indicators up and never tr
 Parameters (`LiquiditySweepParams`, keys of the [strategy] table with `strategy.name =
 "liquidity_sweep"`): lookback 10, ema_fast 9, ema_slow 20 (ema_fast <= ema_slow; equal turns the
 trend filter off), volume_window 20, min_vol_ratio 0.5 (0: off), atr_period 14, stop_atr_mult
-0.5, min_atr_pct 0.01 (0: off), funding_block_pct 0.05, funding_half_pct 0.03 (<= the block).
+0.5, min_atr_pct 0.01 (0: off), min_rr 1.5 (0: off), funding_block_pct 0.05, funding_half_pct 0.03 (<= the block).
 Tests: tests/test_liquidity_sweep.py (a golden month of real candles against an independent
 reference, a backtest through the kernel, each rule on hand-built candles, the state round trip).
 """
@@ -110,6 +114,12 @@ class LiquiditySweepParams:
     min_atr_pct: float = key(
         0.01,
         "liquidity_sweep: volatility filter, no setup while ATR / close is below this, percent (0: off)",
+        _num(ge=0, le=100),
+    )
+    min_rr: float = key(
+        1.5,
+        "liquidity_sweep: no setup whose reward (close to VWAP) is under this times its risk (close to "
+        "stop): the original's rr_min (0: off)",
         _num(ge=0, le=100),
     )
     funding_block_pct: float = key(
@@ -253,6 +263,8 @@ class LiquiditySweepStrategy:
                 return False
             level = swing_high
             stop = level + p.stop_atr_mult * atr
+        if abs(vwap - close) < p.min_rr * abs(close - stop):  # reward under min_rr x risk
+            return False
         self.setup = Setup(sweep, level, stop, vwap, atr, fast, slow, volume_mean)
         return not candle.backfill  # history warms up; it never trades
 

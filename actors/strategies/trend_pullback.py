@@ -36,8 +36,9 @@ decided on the close of a candle; EMAs are of closes, seeded with the simple mea
   position (a long when longs pay more than 0.05 %, a short when shorts do); half size above
   0.03 % against it (`funding_block_pct`, `funding_half_pct`). A setup blocked by funding emits
   one `signal.skipped` event (again once the trend breaks and sets up anew).
-- **One position at a time.** While the account holds a position in the symbol, no new entry; a
-  position the strategy did not enter itself (another strategy's) is not its to manage.
+- **One position at a time.** While the strategy holds a position (its own virtual position in the
+  symbol), or its own entry is still working or on its way, no new entry; another strategy's
+  position or orders on the symbol neither block it nor are its to manage.
 - **History.** Candles from history (`backfill`) warm the EMAs and ATR up; only live candles trade.
   No decision before EMA 50 and ATR 14 are ready (`warmup`: 50 candles), or on a candle whose ATR
   is 0.
