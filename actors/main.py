@@ -57,6 +57,7 @@ from actors.config import (
     dict_layer,
     flags_layer,
     load,
+    to_dict,
     to_toml,
 )
 from actors.console import fmt_money, print_summary
@@ -66,6 +67,7 @@ from actors.lock import SessionLocked, StartBusy, StartLock
 from actors.plan import (
     Plan,
     PlanError,
+    check_resume_config,
     find_resumable,
     is_file,
     load_recording,
@@ -272,6 +274,8 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack) -> Plan:
         plan = Plan()
     else:
         plan = Plan(resume=find_resumable(Path(config.session.run_dir), args.resume))
+        if plan.resume is not None:
+            check_resume_config(plan.resume, to_dict(config))
     start.arm()  # from here on the next session lock taken is the session's own
     return plan
 

@@ -221,6 +221,48 @@ def newest_live_run(run_dir: Path) -> Path | None:
     return max(live, key=lambda p: p.name, default=None)
 
 
+def _strategy_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """A config's (`to_dict`'s) keys a resumed session's state depends on: the candle interval and
+    each strategy's kind, symbol, interval and parameters, by their names in errors."""
+    keys: dict[str, Any] = {"session.interval": config.get("session", {}).get("interval")}
+    for name, value in (config.get("strategy") or {}).items():
+        keys[f"strategy.{name}"] = value
+    for table in config.get("strategies") or []:
+        for name, value in table.items():
+            if name != "id":
+                keys[f"strategies[{table.get('id')}].{name}"] = value
+    return keys
+
+
+def check_resume_config(run_path: Path, config: dict[str, Any]) -> None:
+    """PlanError when the session to resume ran its strategies otherwise than `config` (`to_dict`)
+    does: their state (indicators, windows, pending entries) was built for their parameters, and a
+    strategy restored under others decides wrongly or never again (an EMA period made shorter
+    never seeds). Keys the session's config did not have (a newer version's) are not compared."""
+    try:
+        with (run_path / "events.jsonl").open(encoding="utf-8") as f:
+            started = json.loads(f.readline())
+    except (OSError, ValueError):
+        return
+    if not isinstance(started, dict) or not isinstance(started.get("config"), dict):
+        return
+    # `config` as the session's was recorded (through JSON: tuples are lists there)
+    then, now = _strategy_keys(started["config"]), _strategy_keys(json.loads(json.dumps(config)))
+    changed = [
+        f"{key}: {then[key]!r} in the session, {now.get(key)!r} now"
+        for key in then
+        if then[key] is not None and key in now and now[key] != then[key]
+    ]
+    changed += [f"{key}: not in the session" for key in now if key not in then and key.endswith(".kind")]
+    changed += [f"{key}: in the session, not now" for key in then if key not in now and key.endswith(".kind")]
+    if changed:
+        raise PlanError(
+            f"cannot resume {run_path.name}: its strategies ran on another configuration "
+            f"({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}); resume it with the "
+            "configuration it started with, or start a new session with --fresh"
+        )
+
+
 def find_resumable(run_dir: Path, run_id: str | None) -> Path | None:
     """The session to resume: `--resume RUN_ID`, or the newest live session (`newest_live_run`:
     `<run_dir>/latest`, or the newest live one when a backtest or replay ran since) when

@@ -24,7 +24,7 @@ from loguru import logger
 
 from actors.config import to_dict
 from actors.lock import SessionLock
-from actors.plan import PlanError, find_resumable, settle_latest
+from actors.plan import PlanError, check_resume_config, find_resumable, settle_latest
 from actors.recording import checkpoint
 from actors.recording.abandon import close_abandoned, close_and_warn, read_events
 from protocols.records import iso
@@ -537,6 +537,33 @@ def test_a_run_killed_between_its_report_and_its_page_gets_its_page_at_the_next_
     (run / "report.html").unlink()
     settle_latest(tmp_path / "runs")  # a backtest's or replay's start
     assert (run / "report.html").read_bytes() == page
+
+
+def test_a_session_is_not_resumed_under_other_strategy_parameters(tmp_path: Path) -> None:
+    """Its strategies' state was built for their parameters: an EMA restored under a shorter
+    period never seeds again (found by an audit: 0 signals after such a resume, 25 without it).
+    The start refuses, exit 2, naming the key; the same configuration resumes."""
+    run = write_killed_run(tmp_path)
+    checkpoint.write(run, {"seq": 2})
+    recorded = json.loads((run / "events.jsonl").read_text().splitlines()[0])["config"]
+    same = to_dict(make_config(tmp_path))
+    assert recorded == json.loads(json.dumps(same))
+    check_resume_config(run, same)  # nothing changed: resumed
+    check_resume_config(run, to_dict(make_config(tmp_path, "risk.max_loss_pct=9")))  # a limit may change
+    with pytest.raises(PlanError, match=r"strategy\.slow_period: 21 in the session, 30 now") as refused:
+        check_resume_config(run, to_dict(make_config(tmp_path, "strategy.slow_period=30")))
+    assert "--fresh" in str(refused.value)
+    result = run_main(
+        "--run-dir",
+        str(tmp_path / "runs"),
+        "--source",
+        "mock",
+        "--set",
+        "strategy.slow_period=30",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2 and f"cannot resume {run.name}" in result.stderr
+    assert "Traceback" not in result.stderr and not (run / "final_report.json").exists()
 
 
 def test_the_cli_closes_it_and_starts_a_new_session(tmp_path: Path) -> None:

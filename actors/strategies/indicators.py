@@ -65,12 +65,14 @@ class Atr:
         return self.value
 
     def state(self) -> dict[str, Any]:
-        return {"prev_close": self.prev_close, "ranges": list(self.ranges)}
+        # the running sum too: summed afresh it differs in the last bits from the one carried
+        # along, and a resumed session would decide on another ATR than an uninterrupted one
+        return {"prev_close": self.prev_close, "ranges": list(self.ranges), "sum": self._sum}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.prev_close = state["prev_close"]
         self.ranges = deque(state["ranges"], maxlen=self.period)
-        self._sum = sum(self.ranges)
+        self._sum = state.get("sum", sum(self.ranges))  # (a checkpoint from before the key)
 
 
 class Window:
