@@ -1076,10 +1076,16 @@ def _strategy_checks(config: Config, spec: StrategySpec, prefix: str) -> list[st
         from actors.strategies.base import build_strategy
 
         try:
-            build_strategy(s, spec.id, config.strategy_symbol(spec), spec.params)
+            built = build_strategy(s, spec.id, config.strategy_symbol(spec), spec.params)
         except ValueError as exc:
             problems.append(
                 re.sub(r"\bstrategy\.", f"{prefix}.", str(exc)) if prefix != "strategy" else str(exc)
+            )
+            return problems
+        if built.warmup > s.history:  # the history seeded would leave it cold at the start
+            problems.append(
+                f"{prefix}.history: {s.history} is not allowed; expected at least the strategy's "
+                f"warm-up ({built.warmup} candles with these parameters)"
             )
         return problems
     if s.fast_period >= s.slow_period:

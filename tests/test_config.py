@@ -124,6 +124,13 @@ INVALID = [
         {},
         "session.interval: '3m' is not allowed",
     ),
+    # a warm-up longer than the history seeded: the strategy would start cold (any kind, not ema_cross only)
+    (
+        None,
+        ["--set", "strategy.name=trend_pullback", "--set", "strategy.ema_slow=300"],
+        {},
+        "strategy.history: 200 is not allowed; expected at least the strategy's warm-up (300 candles",
+    ),
 ]
 
 
