@@ -597,7 +597,8 @@ class RestError(Exception):
         return f"{self.msg} (HTTP {self.http_status}{code}, {kind})"
 
 
-RETRYABLE_CODES = frozenset((10005, 10006))
+# 10001 "Network Error" is transient (private-api.md §6); 10005/10006 rate limits
+RETRYABLE_CODES = frozenset((10001, 10005, 10006))
 
 
 def _code(v: Any) -> int | None:
@@ -686,17 +687,32 @@ def parse_rest_klines(data: Any, interval_s: float) -> list[Candle]:
             continue
         if lo <= 0.0 or not lo <= o <= h or not lo <= c <= h:
             continue
-        vols = []
+        vols: dict[str, float] = {}
         for key in ("quoteVol", "baseVol"):
             raw = row.get(key)
             if raw is not None:
                 v = _rest_num(raw)
                 if v is None or v < 0.0:
                     break
-                vols.append(v)
+                vols[key] = v
         else:
-            seen[t] = Candle(t / 1000, interval_s, o, h, lo, c, min(vols) if vols else 0.0)
+            seen[t] = Candle(t / 1000, interval_s, o, h, lo, c, _base_volume(vols, c))
     return [seen[t] for t in sorted(seen)]
+
+
+def _base_volume(vols: dict[str, float], price: float) -> float:
+    """A REST kline row's base quantity. The names are swapped in practice (`quoteVol` the base
+    quantity, `baseVol` the quote notional: docs); with both, the one that times the price gives
+    the other is the base (whatever the names, and for a coin priced under 1 USDT too, where the
+    smaller of the two is the notional); with one, read as the docs say."""
+    q, b = vols.get("quoteVol"), vols.get("baseVol")
+    if q is not None and b is not None:
+        return q if abs(q * price - b) <= abs(b * price - q) else b
+    if q is not None:
+        return q
+    if b is not None:
+        return b / price
+    return 0.0
 
 
 def _rest_levels(side: Any, name: str) -> list[tuple[float, float]]:

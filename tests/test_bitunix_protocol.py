@@ -527,7 +527,14 @@ def test_rest_klines_volume_readings() -> None:
     documented = {"open": 60000, "high": 60001, "low": 59999, "close": 60000, "time": t}
     assert parse_rest_klines([dict(documented, baseVol="3", quoteVol="180000")], 60)[0].volume == 3
     assert parse_rest_klines([dict(documented, quoteVol="3", baseVol="180000")], 60)[0].volume == 3
-    assert parse_rest_klines([dict(documented, baseVol=3)], 60)[0].volume == 3
+    # one field: read as the docs say (baseVol is the notional): 3 USDT at 60000
+    assert parse_rest_klines([dict(documented, baseVol=3)], 60)[0].volume == 3 / 60000
+    assert parse_rest_klines([dict(documented, quoteVol="3")], 60)[0].volume == 3
+    # a coin under 1 USDT: the smaller field is the notional, not the quantity (the rule was the
+    # smaller of the two); the one that times the price gives the other is the quantity, either way
+    cheap = {"open": 0.1, "high": 0.1, "low": 0.1, "close": 0.1, "time": t}
+    assert parse_rest_klines([dict(cheap, quoteVol="1000", baseVol="100")], 60)[0].volume == 1000
+    assert parse_rest_klines([dict(cheap, baseVol="1000", quoteVol="100")], 60)[0].volume == 1000
     assert parse_rest_klines([documented], 60)[0].volume == 0.0
     assert parse_rest_klines([dict(documented, baseVol="0", quoteVol="0")], 60)[0].volume == 0.0
     assert parse_rest_klines([], 60) == []
@@ -594,7 +601,8 @@ def test_rest_depth_malformed(data: Any) -> None:
         (200, b'{"code":10005,"data":null,"msg":"Too many requests, please try again later"}', 10005, True),
         (200, b'{"code":10006,"data":null,"msg":"Request too frequently"}', 10006, True),
         (200, b'{"code":20015,"data":null,"msg":"this Futures is not allowed to trade."}', 20015, False),
-        (200, b'{"code":1,"data":null,"msg":"Network Error"}', 1, False),
+        (200, b'{"code":1,"data":null,"msg":"Network Error"}', 1, False),  # the missing-symbol reply
+        (200, b'{"code":10001,"data":null,"msg":"Network Error"}', 10001, True),  # transient (docs)
         (200, b'{"code":404,"msg":"Not Found"}', 404, False),
         (200, b'{"code":10008,"msg":"Parameter error"}', 10008, False),
         (200, b'{"code":77777,"msg":"?"}', 77777, False),

@@ -793,6 +793,21 @@ async def test_rest_rate_limit_replies_slow_the_seed_down_without_failure(tmp_pa
     assert_candles_match_truth(result.run_path, fake)
 
 
+async def test_the_seed_is_whole_whether_the_exchange_reads_end_time_inclusively_or_not(
+    tmp_path: Path,
+) -> None:
+    """The docs page backwards with `endTime = oldest_open - 1` and leave open whether endTime is
+    inclusive; the client asks for one ms before the next candle's open, so a page holds the
+    candle it wants under both readings (it asked for the candle's own open time: under an
+    exclusive reading one candle a page was lost, the newest with it)."""
+    fake = FakeBitunix(seed=9, history_candles=1000, faults=Faults(rest_kline_end_exclusive=True))
+    result, events = await live_session(tmp_path, fake, "strategy.history=450", duration_s=6)
+    assert_clean_finish(result, events)
+    seeded = next(e for e in events if e["kind"] == "feed.seeded")
+    assert seeded["candles"] == 450  # three pages of at most 200, none a candle short
+    assert_candles_match_truth(result.run_path, fake)
+
+
 async def test_refused_handshakes_at_start_fall_back_to_mock_loudly(tmp_path: Path) -> None:
     fake = FakeBitunix(seed=11, faults=Faults(refuse_handshakes=1_000_000))
     result, events = await live_session(

@@ -378,7 +378,11 @@ class BitunixFeed:
         end = last_ms
         while end >= first_ms:
             limit = min(bitunix.MAX_KLINE_LIMIT, (end - first_ms) // self.interval_ms + 1)
-            params = bitunix.kline_params(symbol, self.interval, limit=int(limit), end_time_ms=end)
+            # `endTime` one ms before the next candle's open: the candle opening at `end` is in the
+            # page whether the exchange takes endTime inclusively or not (the docs' `oldest - 1`)
+            params = bitunix.kline_params(
+                symbol, self.interval, limit=int(limit), end_time_ms=end + self.interval_ms - 1
+            )
             try:
                 page = bitunix.parse_rest_klines(
                     await self.rest_get(bitunix.KLINE_PATH, params), self.interval_s

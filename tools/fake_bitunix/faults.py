@@ -70,8 +70,11 @@ class Faults:
     stall_once_after_s: float = 0  # one stall (of stall_for_s) N s after the server starts
     malformed_fraction: float = 0  # fraction of WS data frames replaced by a malformed one (by count)
     refuse_handshakes_for_s: float = 0  # HTTP 503 to WS handshakes for the first N s
-    rest_error_fraction: float = 0  # fraction of REST replies that are errors (500, 503, code 1)
+    rest_error_fraction: float = 0  # fraction of REST replies that are errors (500, 503, code 10001)
     rest_rate_limit_per_s: float = 10  # over this in any 1 s (per server): code 10005/10006
+    # the kline endpoint's `endTime` taken as exclusive (a candle opening at it is left out): the
+    # docs leave the reading open; the client must page right under either
+    rest_kline_end_exclusive: bool = False
     latency_ms: float = 0  # added before every WS push and REST reply
     # count-based: at the same frame, connection or handshake in every run
     drop_after_frames: int = 0  # close a WS connection abruptly once it has sent N data frames

@@ -1095,8 +1095,8 @@ class _RestApp:
                 b"text/html",
                 b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>",
             )
-        if error == "network_error":
-            return self.envelope(1, None, "Network Error")
+        if error == "network_error":  # the exchange's transient one (code 1 is its missing-symbol reply)
+            return self.envelope(10001, None, "Network Error")
         private = self.private_routes.get(scope["path"])
         route = None
         if scope["method"] in ("GET", "HEAD"):
@@ -1193,6 +1193,8 @@ class _RestApp:
         lo_b = path.m0 * MINUTE_MS // interval
         if start is not None:
             lo_b = max(lo_b, -(-start // interval))
+        if end is not None and self.srv.faults.rest_kline_end_exclusive:
+            end -= 1  # a candle opening at endTime is left out
         hi_b = now // interval if end is None else min(now // interval, end // interval)
         if start is not None and end is None:
             hi_b = min(hi_b, lo_b + limit - 1)
