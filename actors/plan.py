@@ -126,8 +126,10 @@ def load_recording(target: Path) -> Recording:
             run_path=run_path,
             run_id=started["run_id"],
             config=started["config"],
-            started_ts=_ts(started["ts"]),
-            ended_ts=_ts(stopped["ts"]),
+            # the full-precision times (`ts` is cut to the ms: a replay cut short or long of the
+            # session ran its last timers and heartbeats otherwise); older recordings: `ts`
+            started_ts=float(started.get("started_ts", _ts(started["ts"]))),
+            ended_ts=float(stopped.get("ended_ts", _ts(stopped["ts"]))),
             stop_reason=stopped["stop_reason"],
             funding_source=stopped.get("funding_source", started.get("funding_source")),
         )

@@ -260,6 +260,7 @@ def started_event(config: Config, run_id: str, timeline: Timeline) -> Event:
             "symbol": config.symbols[0],
             "symbols": list(config.symbols),
             "strategies": [spec.id for spec in config.strategy_specs],
+            "started_ts": timeline.started_ts,  # full precision (`ts` is cut to the ms): a replay starts here
             "interval": config.session.interval,
             "data_source": timeline.data_source,
             "funding_source": timeline.funding_source,
@@ -326,6 +327,7 @@ def closing_events(
                 "stop_reason": reason,
                 "detail": detail,
                 "elapsed_s": round(ended - timeline.started_ts, 3),
+                "ended_ts": ended,  # full precision (`ts` is cut to the ms): a replay ends here
                 "data_source": timeline.data_source,
                 "feed_down_s": round(feed_down_s, 3),
                 "ending_equity": round(broker.equity, 6),

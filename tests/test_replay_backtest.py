@@ -229,3 +229,39 @@ async def test_backtest_broker_works_a_candle_before_the_strategy_decides(
         assert collisions >= 5  # the data exercises it
         runs.append([{k: v for k, v in e.items() if k not in NOT_COMPARED} for e in events])
     assert runs[0] == runs[1] == runs[2]
+
+
+IDENTITY = {"run_id", "config", "data_source", "pid", "seq"}
+
+
+async def test_a_replay_ends_where_its_session_did_to_the_microsecond(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A session stopped by its loss limit on a fill that came after the order's latency, at an
+    instant between two milliseconds: its replay took the start and end from the events' `ts`,
+    cut to the ms, so that fill fell after the replay's end, which then stopped for `duration`
+    with other orders (an audit of the replays found it). The replay now starts and ends at the
+    recorded full-precision times: the same events, line by line."""
+    sets = [
+        *TRADES_OFTEN,
+        "risk.max_loss_pct=0.02",
+        "broker.latency_ms=777.7",
+        "broker.latency_jitter_ms=333.3",
+    ]
+    original = await run_session(
+        make_config(tmp_path / "a", *sets, duration_min=5), handle_signals=False, progress_mode="off"
+    )
+    events = read_events(original.run_path)
+    stopped = events[-1]
+    assert stopped["stop_reason"] == "max_loss" and stopped["ended_ts"] * 1000 % 1 != 0  # between two ms
+    recording = load_recording(original.run_path)
+    assert (recording.started_ts, recording.ended_ts) == (events[0]["started_ts"], stopped["ended_ts"])
+    config = make_config(tmp_path / "b", *sets, duration_min=5)
+    replayed = await run_session(config, plan=Plan(mode="replay", recording=recording), handle_signals=False)
+    again = read_events(replayed.run_path)
+
+    def comparable(records: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in IDENTITY} for r in records]
+
+    assert comparable(again) == comparable(events)
+    assert validate(replayed.run_path) == []

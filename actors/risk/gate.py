@@ -243,9 +243,11 @@ class RiskGate:
                 others += abs(self.projected_position(account, sid, symbol))
         return others, self.projected_position(account, strategy_id, symbol)
 
-    def _strategies_in(self, account: AccountSnapshot, symbol: str) -> set[str]:
+    def _strategies_in(self, account: AccountSnapshot, symbol: str) -> list[str]:
+        """In a fixed order (sorted): sums over them must not depend on a set's hash order, which
+        differs from one process to the next (the last bits of a float sum would)."""
         ids = {p.strategy_id for p in account.positions if p.symbol == symbol and p.strategy_id}
-        return ids | {sid for sid, s in self.strategy_symbols.items() if s == symbol}
+        return sorted(ids | {sid for sid, s in self.strategy_symbols.items() if s == symbol})
 
     def gross_position(self, account: AccountSnapshot, symbol: str) -> float:
         """A symbol's projected exposure: its strategies' positions as absolute sizes (the net
@@ -265,7 +267,7 @@ class RiskGate:
             return 0.0
         marks = dict(account.marks)
         total = 0.0
-        for other in {p.symbol for p in account.positions} | set(self.submitted_by_symbol):
+        for other in sorted({p.symbol for p in account.positions} | set(self.submitted_by_symbol)):
             if other == symbol:
                 continue
             qty = self.gross_position(account, other)
