@@ -355,32 +355,14 @@ async def test_an_unknown_symbol_among_several_is_a_start_up_error(tmp_path: Pat
 
 
 async def test_code_20015_for_several_symbols_names_the_unknown_one(tmp_path: Path) -> None:
-    """An exchange that refuses the whole trading_pairs call (code 20015) for one unknown symbol:
-    the feed asks for each symbol alone to name it."""
-    fake = FakeBitunix(seed=65, symbols=TWO)
-    asked: list[str] = []
-
-    def refuse_lists_with_an_unknown_symbol(feed: BitunixFeed) -> None:
-        rest_get = feed.rest_get
-
-        async def get(path: str, params: dict[str, str], attempts: int = 8) -> Any:
-            if path == bitunix.TRADING_PAIRS_PATH:
-                asked.append(params["symbols"])
-                if "SOLUSDT" in params["symbols"].split(","):
-                    raise bitunix.RestError("this Futures is not allowed to trade.", code=20015)
-            return await rest_get(path, params, attempts)
-
-        feed.rest_get = get  # type: ignore[method-assign]
-
-    run = await run_feed(
-        tmp_path,
-        fake,
-        ("BTCUSDT", "SOLUSDT", "ETHUSDT"),
-        seconds=10,
-        setup=refuse_lists_with_an_unknown_symbol,
-    )
+    """An exchange that refuses the whole trading_pairs call (code 20015) for one unknown symbol
+    (the fake's `rest_unknown_symbol_refused`, not a patched feed): the feed asks for each symbol
+    alone to name it."""
+    fake = FakeBitunix(seed=65, symbols=TWO, faults=Faults(rest_unknown_symbol_refused=True))
+    run = await run_feed(tmp_path, fake, ("BTCUSDT", "SOLUSDT", "ETHUSDT"), seconds=10)
     assert isinstance(run.error, UnknownSymbol)
     assert str(run.error).startswith("Bitunix does not trade SOLUSDT: this Futures is not allowed")
+    asked = [q.get("symbols") for path, q in fake.stats.rest_log if path.endswith("/trading_pairs")]
     assert asked == ["BTCUSDT,SOLUSDT,ETHUSDT", "BTCUSDT", "SOLUSDT"]
 
 

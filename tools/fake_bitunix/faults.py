@@ -75,6 +75,9 @@ class Faults:
     # the kline endpoint's `endTime` taken as exclusive (a candle opening at it is left out): the
     # docs leave the reading open; the client must page right under either
     rest_kline_end_exclusive: bool = False
+    # trading_pairs refuses a call asking for a symbol it does not serve (code 20015) instead of
+    # leaving its row out: the docs saw 20015 for an unknown symbol, not what a list of them gets
+    rest_unknown_symbol_refused: bool = False
     latency_ms: float = 0  # added before every WS push and REST reply
     # count-based: at the same frame, connection or handshake in every run
     drop_after_frames: int = 0  # close a WS connection abruptly once it has sent N data frames
@@ -145,6 +148,8 @@ class FakeStats:
     # ("rest_error", request no., kind), ("drop_after_s", connection no.)
     faults_log: list[tuple[Any, ...]] = attrs.field(factory=list)
     ws_log: list[WsRecord] = attrs.field(factory=list)  # every WebSocket connection accepted, in order
+    # every REST request that reached a route (past the rate limit and error faults): path, params
+    rest_log: list[tuple[str, dict[str, str]]] = attrs.field(factory=list)
 
 
 class MalformedStream:

@@ -1105,6 +1105,7 @@ class _RestApp:
             return self.envelope(404, None, "Not Found")
         query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         params = {k: v[-1] for k, v in query.items()}
+        srv.stats.rest_log.append((scope["path"], params))
         try:
             if private is not None:
                 self.authenticate(scope, params, body)
@@ -1259,6 +1260,12 @@ class _RestApp:
         }
 
     def trading_pairs(self, params: dict[str, str], now: int) -> list[dict[str, Any]]:
+        """The served symbols' rows; an unknown one asked for is left out, or with
+        `Faults.rest_unknown_symbol_refused` refuses the whole call with code 20015 (the docs
+        observed 20015 for an unknown or delisted symbol; which a list gets is not documented)."""
+        asked = [s.strip().upper() for s in params.get("symbols", "").split(",") if s.strip()]
+        if self.srv.faults.rest_unknown_symbol_refused and any(s not in self.srv.markets for s in asked):
+            raise _RestError(20015, "this Futures is not allowed to trade.")
         return [{**market.trading_pair(), **self.srv.trading_pair} for market in self.markets(params)]
 
     def account(self, params: dict[str, str], now: int) -> dict[str, str] | list[dict[str, str]]:
