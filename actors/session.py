@@ -374,6 +374,19 @@ def interval_label(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def _listing_gaps(
+    candles: Iterator[Candle], interval_s: float, gaps: list[tuple[float, float]]
+) -> Iterator[Candle]:
+    """The candles, their gaps appended to `gaps` as `read_candles_csv` lists them."""
+    last = -math.inf
+    gap_after = interval_s + 1e-6
+    for candle in candles:
+        if candle.open_ts - last > gap_after and last > -math.inf:
+            gaps.append((last, candle.open_ts))
+        last = candle.open_ts
+        yield candle
+
+
 def check_spacing(head: list[Candle], interval_s: float, path: str) -> None:
     """A backtest's data must be candles of session.interval: each row is stamped with it (its
     close time, when strategies decide and orders meet it), so data of another spacing would be
@@ -457,10 +470,10 @@ class Session:
         path = path or self.plan.data
         assert path is not None
         symbol = symbol or self.symbol
-        if self.candle_source is not None:
-            candles = iter(self.candle_source(path, symbol))
+        gaps = self._gaps.setdefault(symbol, [])
+        if self.candle_source is not None:  # (a sweep's trials: their gaps listed as the reader does)
+            candles = _listing_gaps(iter(self.candle_source(path, symbol)), self.config.interval_s, gaps)
         else:
-            gaps = self._gaps.setdefault(symbol, [])
             candles = read_candles_csv(Path(path), self.config.interval_s, symbol=symbol, gaps=gaps)
         start, end = self.plan.window
         if math.isfinite(start):

@@ -165,3 +165,25 @@ def test_the_gaps_a_backtest_ran_through_are_reported(
     assert _backtest(_write(tmp_path / "e.csv", rows), tmp_path / "runs3") == 0
     assert json.loads((tmp_path / "runs3" / "latest" / "final_report.json").read_text())["data_gaps"] == {}
     assert "gap(s)" not in capsys.readouterr().err
+
+
+def test_a_candle_sources_gaps_are_reported_as_the_files_are(tmp_path: Path) -> None:
+    """A sweep's trials hand the session their candles (`candle_source`) instead of a file: the
+    gaps they ran through are in the report all the same (they were not: a trial was not
+    "exactly the CLI backtest" across a gap)."""
+    from actors.feeds.history import read_candles_csv
+    from actors.plan import Plan
+    from actors.session import Session
+    from tests.conftest import make_config
+
+    rows = [row for i, row in enumerate(_rows(400)) if not 200 <= i < 320]
+    data = _write(tmp_path / "d.csv", rows)
+    config = make_config(tmp_path, *(a for a in FAST if a != "--set"))
+    by_file = Session(config, Plan(mode="backtest", data=str(data))).run_kernel()
+    by_source = Session(
+        config,
+        Plan(mode="backtest", data=str(data)),
+        candle_source=lambda path, symbol: read_candles_csv(Path(path), 60.0, symbol=symbol),
+    ).run_kernel()
+    assert by_file.report["data_gaps"]["BTCUSDT"]["count"] == 1
+    assert by_source.report["data_gaps"] == by_file.report["data_gaps"]

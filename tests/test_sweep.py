@@ -286,6 +286,61 @@ def test_optunas_tpe_sampler_runs_its_budget_within_the_space_and_resumes(
     assert again.returncode == 0, output[-3000:]
     assert len((out / "trials.jsonl").read_text().splitlines()) == len(records)
     assert "6 trials (6 from the log, 0 failed)" in output
+    # killed after two trials were logged: the study, rebuilt from the same seed, draws the logged
+    # trials' parameters again; they are neither run nor counted twice (they were: duplicate rows,
+    # and the budget spent on them)
+    lines = (out / "trials.jsonl").read_text().splitlines()
+    (out / "trials.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    resumed = _sweep(spec, out)
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output[-3000:]
+    records = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["phase"] == "train"]
+    assert len(train) == 5 and len({r["key"] for r in train}) == 5, [r["trial_id"] for r in train]
+    assert len([r for r in records if r["phase"] == "test"]) == 1
+
+
+BAD_COMBINATION_SPEC = """
+[sweep]
+name = "bad"
+data = "{data}"
+objective = "net_pnl"
+min_trades = 0
+sampler = "grid"
+
+[walk_forward]
+start = "2023-08-01"
+train_days = 1
+test_days = 1
+windows = 1
+
+[[strategy]]
+kind = "ema_cross"
+[strategy.space]
+fast_period = [5, 30]
+slow_period = [21, 50]
+"""
+
+
+def test_a_grid_combination_that_breaks_a_config_rule_is_a_failed_trial(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """fast_period 30 with slow_period 21: each list's ends are valid, the pair is not. The trial
+    is recorded failed with the config error and the sweep goes on (the driver crashed, exit 1)."""
+    spec = tmp_path / "bad.toml"
+    spec.write_text(BAD_COMBINATION_SPEC.format(data=shared_data / "btcusdt_perp_1m.csv.gz"))
+    out = tmp_path / "out"
+    done = _sweep(spec, out)
+    output = done.communicate(timeout=600)[0]
+    assert done.returncode == 0 and "Traceback" not in output, output[-3000:]
+    records = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    train = {
+        (r["params"]["fast_period"], r["params"]["slow_period"]): r for r in records if r["phase"] == "train"
+    }
+    assert len(train) == 4
+    bad = train[(30, 21)]
+    assert bad["status"] == "failed" and "fast_period: 30 is not allowed" in bad["error"]
+    assert all(r["status"] == "ok" for k, r in train.items() if k != (30, 21))
 
 
 SHARED_SPEC = """

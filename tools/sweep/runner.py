@@ -8,6 +8,8 @@ instant, run again, runs only the trials that had not finished."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +19,7 @@ from typing import Any
 import attrs
 from loguru import logger
 
+from actors.config import ConfigError
 from tools.sweep.results import TrialLog, best, iso, objective_value, rows, summary, write_json, write_table
 from tools.sweep.spec import Domain, Range, StrategySpace, SweepSpec, Window, trial_sets
 from tools.sweep.trial import (
@@ -60,6 +63,10 @@ class SweepResult:
     summary: dict[str, Any]
 
 
+# TPE: asks in a row that may give parameters the study has already, before it gives up
+MAX_ASKS = 1000
+
+
 class Planner:
     """Which trials a sweep runs: per window and strategy, the sampler's train trials; once they
     are all in, the out-of-sample trial of the best of them."""
@@ -77,8 +84,18 @@ class Planner:
             if phase == "train"
             else (window.test_start, window.test_end)
         )
-        config = config_for(self.spec.base_config, sets)
-        key = trial_key(config, self.data_hashes, start, end)
+        try:
+            config = config_for(self.spec.base_config, sets)
+        except ConfigError:
+            # parameters that break a rule between keys (fast_period 30 with slow_period 21: the
+            # spec checks each list's ends only): the trial runs, fails with the config error and
+            # is recorded `failed`, the sweep goes on (it crashed the driver); keyed by its sets
+            blob = json.dumps(
+                {"sets": sets, "data": dict(sorted(self.data_hashes.items())), "window": [start, end]}
+            )
+            key = hashlib.sha256(blob.encode()).hexdigest()
+        else:
+            key = trial_key(config, self.data_hashes, start, end)
         return Trial(key, kind, dict(params), window.index, phase, start, end, sets)  # type: ignore[arg-type]
 
     def train_params(self, strategy: StrategySpace) -> list[dict[str, Any]]:
@@ -136,10 +153,22 @@ class Planner:
         study, asked, pending = entry
         if asked >= self.spec.budget:
             return None
+        import optuna
+
         distributions = _distributions(strategy.space)
-        optuna_trial = study.ask(distributions)
+        have = {record["key"] for record in done}
+        for _ in range(MAX_ASKS):
+            optuna_trial = study.ask(distributions)
+            trial = self.trial(strategy.kind, dict(optuna_trial.params), window, "train")
+            if trial.key not in have and trial.key not in pending:
+                break
+            # parameters the study has already (a resumed sweep's study, rebuilt from the same
+            # seed, draws the logged trials' again): not run or counted twice, and left out of
+            # its model (they were told once, from the log)
+            study.tell(optuna_trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            return None  # the space has nothing new to give
         entry[1] = asked + 1
-        trial = self.trial(strategy.kind, dict(optuna_trial.params), window, "train")
         pending[trial.key] = optuna_trial
         return trial
 
