@@ -75,7 +75,7 @@ class Planner:
         self.spec = spec
         self.windows = windows
         self.data_hashes = data_hashes
-        self.studies: dict[tuple[int, str], Any] = {}  # TPE: (window, kind) -> (optuna study, asked)
+        self.studies: dict[tuple[int, str], Any] = {}  # TPE: (window, kind) -> [study, asked, pending, known]
 
     def trial(self, kind: str, params: dict[str, Any], window: Window, phase: str) -> Trial:
         sets = tuple(trial_sets(self.spec, kind, params))
@@ -142,7 +142,9 @@ class Planner:
                 except ValueError:  # parameters outside this space (the spec changed)
                     continue
                 taken.append(record)
-            self.studies[key] = [study, len(taken), {}]
+            # the study, how many it has asked (the log's count), its trials in flight by key, and
+            # the keys it has (the log's: a resumed study is re-seeded and draws them again)
+            self.studies[key] = [study, len(taken), {}, {record["key"] for record in taken}]
             return taken
         return done
 
@@ -150,13 +152,13 @@ class Planner:
         """The next TPE trial of a window and strategy, or None when its budget is asked."""
         self.study(window, strategy, done)
         entry = self.studies[window.index, strategy.kind]
-        study, asked, pending = entry
+        study, asked, pending, known = entry
         if asked >= self.spec.budget:
             return None
         import optuna
 
         distributions = _distributions(strategy.space)
-        have = {record["key"] for record in done}
+        have = known | {record["key"] for record in done}
         for _ in range(MAX_ASKS):
             optuna_trial = study.ask(distributions)
             trial = self.trial(strategy.kind, dict(optuna_trial.params), window, "train")
@@ -170,6 +172,7 @@ class Planner:
             return None  # the space has nothing new to give
         entry[1] = asked + 1
         pending[trial.key] = optuna_trial
+        known.add(trial.key)
         return trial
 
     def tell(self, window: int, kind: str, record: dict[str, Any]) -> None:
