@@ -163,11 +163,12 @@ def finish_report_page(run_dir: Path) -> None:
 
 def settle_latest(run_dir: Path, *, live: bool = False) -> None:
     """Before a backtest, a replay or a `--fresh` start (which resume nothing, and move
-    `<run_dir>/latest` to their own folder): an unfinished, unowned `latest` without a checkpoint (a backtest, a replay or a live
-    session killed before its first one) is closed as abandoned, as a live start closes it; one with
-    a checkpoint is left for a live start to resume (`find_resumable` looks past a backtest's or
-    replay's `latest` for the newest live session), and the warning says so. A folder owned by a live process is left alone (a backtest beside a running
-    session is allowed)."""
+    `<run_dir>/latest` to their own folder): an unfinished, unowned `latest` without a checkpoint
+    (a backtest, a replay or a live session killed before its first one) is closed as abandoned,
+    as a live start closes it; one with a checkpoint is left for a live start to resume
+    (`find_resumable` looks past a backtest's or replay's `latest` for the newest live session),
+    and the warning says so. A folder owned by a live process is left alone (a backtest beside a
+    running session is allowed)."""
     finish_report_page(run_dir)
     latest = run_dir / "latest"
     if not latest.exists() or not is_unfinished(latest) or is_locked(latest.resolve()):
@@ -199,9 +200,10 @@ def settle_latest(run_dir: Path, *, live: bool = False) -> None:
         logger.warning("{} was killed before it ended and could not be closed as abandoned ({!r})", path, exc)
 
 
-# A live session's run id (`new_run_id`: no prefix); backtests' and replays' have theirs.
+# Run ids by mode (`actors.session.new_run_id`): a live session's has no prefix.
+RUN_ID_PREFIXES = {"live": "", "replay": "replay-", "backtest": "backtest-"}
 _LIVE_RUN_ID = re.compile(r"^\d{8}T\d{6}Z-s\d+(-\d+)?$")
-BATCH_RUN_PREFIXES = ("backtest-", "replay-")
+BATCH_RUN_PREFIXES = tuple(prefix for prefix in RUN_ID_PREFIXES.values() if prefix)
 
 
 def newest_live_run(run_dir: Path) -> Path | None:

@@ -52,7 +52,7 @@ from actors.feeds.history import DataError, candle_steps, read_candles_csv, read
 from actors.feeds.intervals import Intervals
 from actors.kernel import Kernel, Stopped
 from actors.lock import SessionLock
-from actors.plan import Plan
+from actors.plan import RUN_ID_PREFIXES, Plan
 from actors.progress import BacktestProgress, count_candles
 from actors.recording import checkpoint
 from actors.recording.recorder import Recorder, create_run_folder
@@ -592,7 +592,7 @@ class Session:
 
     def new_run_folder(self, now: float) -> Path:
         run_dir = Path(self.config.session.run_dir)
-        prefix = {"live": "", "replay": "replay-", "backtest": "backtest-"}[self.plan.mode]
+        prefix = RUN_ID_PREFIXES[self.plan.mode]
         return create_run_folder(run_dir, new_run_id(now, self.config.session.seed, run_dir, prefix))
 
     # --- the kernel -------------------------------------------------------------------------------------
