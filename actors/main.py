@@ -414,6 +414,12 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
 
             from actors.clock import VirtualClock
 
+            if plan.mode == "live":
+                # the live feed's clients, imported before the session's loop runs: an import on
+                # it holds every actor (the watchdog's stop of a session resumed after its
+                # planned end waited for it, seconds on a loaded machine)
+                import actors.feeds.bitunix  # noqa: F401
+
             clock = VirtualClock() if plan.virtual_time else None
             result = trio.run(partial(run_session, config, plan=plan, console=not args.quiet), clock=clock)
     except (SessionLocked, CheckpointError, DataError, StorageFault) as exc:

@@ -106,6 +106,7 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
         parts = session.parts(timeline)
         run_path = session.new_run_folder(clock.now())
 
+    resumed_at: float | None = None
     health = FeedHealth(data_source=config.feed.source)
     # stop commands to the watchdog: the broker's (the gate's StopSession), the feed's, the recorder's
     stops_tx, stops_rx = trio.open_memory_channel[StopSession](16)
@@ -130,7 +131,7 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
                 if resume_state is None:
                     sink.send_nowait(started_event(config, run_path.name, timeline))
                 else:
-                    now = clock.now()
+                    now = resumed_at = clock.now()
                     sink.send_nowait(
                         resumed_event(now, recorder, parts.broker, loaded.path.name, loaded.problems)
                     )
@@ -146,7 +147,12 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
                 )
                 if plan.mode == "live":
                     timeline.data_source = health.data_source
-                ended = max(t for t in (stopper.ts, latest.step_ts, timeline.started_ts) if t is not None)
+                # the stop's time; never before this process resumed (restarted after the planned
+                # end, the duration stop is at that end, and its closing events would precede
+                # `session.resumed`)
+                ended = max(
+                    t for t in (stopper.ts, latest.step_ts, timeline.started_ts, resumed_at) if t is not None
+                )
                 if status == "error" or stopper.ts is None:
                     ended = max(ended, clock.now())
                 reason = stopper.reason or "feed_ended"
