@@ -45,16 +45,32 @@ def _to_stderr(message: str) -> None:
     sys.stderr.flush()
 
 
-def _scrub(record: Any) -> None:
-    record["message"] = secrets.scrub(record["message"])
+def _escaped(c: str) -> str:
+    return c if c.isprintable() else repr(c)[1:-1]
+
+
+def _escaped_but_lines(c: str) -> str:
+    return c if c.isprintable() or c == "\n" else repr(c)[1:-1]
+
+
+def _patch(record: Any) -> None:
+    """Every message scrubbed of the secrets (actors/secrets.py), and its control characters
+    escaped (`\x1b`, `\n`): text from outside (an exchange's error message, a WebSocket close
+    reason) can neither drive the terminal nor forge a log line. A message logged with
+    `logger.bind(lines=True)` keeps its line breaks (a traceback)."""
+    text = secrets.scrub(record["message"])
+    if not text.isprintable():
+        escape = _escaped_but_lines if record["extra"].get("lines") else _escaped
+        text = "".join(map(escape, text))
+    record["message"] = text
 
 
 def configure(level: str = "INFO", run_log: RunLog | None = None) -> None:
     """Replace every sink: the console at `level`; `run_log` for the run folders opened later.
-    Every message is scrubbed of the environment's secrets (actors/secrets.py) first."""
+    Every message is scrubbed and escaped first (`_patch`)."""
     global _run_log
     logger.remove()
-    logger.configure(patcher=_scrub if secrets.active() else None)
+    logger.configure(patcher=_patch)
     logger.add(_to_stderr, level=level, diagnose=False, format=CONSOLE_FORMAT, colorize=False)
     _run_log = run_log or RunLog()
 

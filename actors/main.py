@@ -367,6 +367,12 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
     }
     try:
         config = _config(args, flags, env)
+        # the credentials the configured URLs carry (a webhook's path, a query's token): scrubbed
+        # from everything written from here on, as the environment's secrets are
+        secrets.install(
+            env,
+            secrets.url_secrets(config.observability.webhook_url, [config.feed.ws_url, config.feed.rest_url]),
+        )
         if not (
             args.check_config or args.preflight
         ):  # before planning: it may warn (an abandoned run folder closed)

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import attrs
 
@@ -121,9 +121,26 @@ def secret_values(env: Mapping[str, str]) -> list[str]:
                 continue
         elif not is_secret_name(name):
             continue
-        if len(value) >= MIN_SCRUBBED:
-            values.add(value)
+        # as given, and without the whitespace around it (a value from an env file with a stray
+        # `\r`, used without it in a URL)
+        for form in (value, value.strip()):
+            if len(form) >= MIN_SCRUBBED:
+                values.add(form)
     return sorted(values, key=len, reverse=True)  # longest first: a secret containing another
+
+
+def url_secrets(webhook_url: str, other_urls: Iterable[str] = ()) -> list[str]:
+    """The parts of the configured URLs that are credentials by their nature, to scrub wherever
+    they would be written: the webhook URL's path and query (a chat service's hook URL is its
+    token: `https://hooks.example.com/services/T0/B0/XXXX`), and any URL's query (`?token=...`).
+    The host stays readable."""
+    values: list[str] = []
+    if webhook_url:
+        parts = urlsplit(webhook_url)
+        values.append(parts.path + (f"?{parts.query}" if parts.query else ""))
+        values.append(parts.query)
+    values += [urlsplit(url).query for url in other_urls if url]
+    return [v for v in values if len(v) >= MIN_SCRUBBED]
 
 
 class Scrubber:
@@ -150,10 +167,11 @@ class Scrubber:
 _scrubber = Scrubber([])
 
 
-def install(env: Mapping[str, str]) -> Scrubber:
-    """Make `scrub` replace the secrets of `env` (called once, at start)."""
+def install(env: Mapping[str, str], extra: Iterable[str] = ()) -> Scrubber:
+    """Make `scrub` replace the secrets of `env`, and the `extra` values (`url_secrets`: called
+    again with them once the config is read)."""
     global _scrubber
-    _scrubber = Scrubber(secret_values(env))
+    _scrubber = Scrubber(sorted({*secret_values(env), *extra}, key=len, reverse=True))
     return _scrubber
 
 

@@ -647,7 +647,7 @@ class Session:
                         else f"{timeline.duration_s:g} s reached",
                     )
             except Exception as exc:
-                logger.error("session failed:\n{}", "".join(traceback.format_exception(exc)))
+                logger.bind(lines=True).error("session failed:\n{}", "".join(traceback.format_exception(exc)))
                 status = "error"
                 ts = kernel.now if math.isfinite(kernel.now) else started
                 recorder.write(Event(ts, "error", {"where": "session", "message": repr(exc)}))

@@ -255,7 +255,7 @@ async def _supervise(
                 )
         except* Exception as group:
             stopper.stop("error", "; ".join(repr(e) for e in group.exceptions), clock.now())
-            logger.error("session failed:\n{}", "".join(traceback.format_exception(group)))
+            logger.bind(lines=True).error("session failed:\n{}", "".join(traceback.format_exception(group)))
             sink.send_nowait(Event(clock.now(), "error", {"where": "session", "message": stopper.detail}))
             status = "error"
     return status

@@ -601,6 +601,12 @@ class RestError(Exception):
 RETRYABLE_CODES = frozenset((10001, 10005, 10006))
 
 
+def printable(text: str) -> str:
+    """The exchange's text as the session may log it: every control character escaped (`\n` as
+    `\\n`, `\x1b` as `\\x1b`), so that it can neither drive a terminal nor forge a log line."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _code(v: Any) -> int | None:
     if type(v) is int:
         return v
@@ -618,7 +624,7 @@ def rest_data(http_status: int, body: bytes) -> Any:
         env = None
     code = _code(env.get("code")) if type(env) is dict else None
     text = env.get("msg") if type(env) is dict else None
-    msg = text[:200] if type(text) is str else ""
+    msg = printable(text[:200]) if type(text) is str else ""
     if not 200 <= http_status < 300:
         retry = http_status == 429 or http_status >= 500
         raise RestError(msg or f"HTTP {http_status}", code=code, http_status=http_status, retryable=retry)

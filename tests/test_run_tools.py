@@ -247,6 +247,30 @@ def test_restore_refuses_unsafe_or_inconsistent_members(tmp_path: Path, kind: st
     assert list((tmp_path / "runs").iterdir()) == []
 
 
+@pytest.mark.parametrize("run_id", ["latest", ".start.lock", ".latest.r1", "a b", ""])
+def test_restore_refuses_a_run_id_that_is_no_run_folder_name(tmp_path: Path, run_id: str) -> None:
+    """Found by an audit: an archive of a folder named `latest` restored as a real directory
+    `runs/latest`, and every later start failed (the run dir's own entries are not run ids)."""
+    member = tarfile.TarInfo(f"{run_id}/events.jsonl")
+    member.size = 1
+    out = tmp_path / "odd.tar.gz"
+    crafted(out, run_id, [member], {"events.jsonl": {"size": 1, "sha256": hashlib.sha256(b"x").hexdigest()}})
+    result = tool("archive", "--restore", str(out), "--run-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 1 and "unsafe run id" in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
+def test_a_rebuilt_page_is_private_as_the_session_writes_it(tmp_path: Path, runs: Path) -> None:
+    """Found by an audit: `tools.report` wrote report.html 0644 under a shell's umask."""
+    loose = os.umask(0o022)
+    try:
+        page = tmp_path / "page.html"
+        assert tool("report", str(runs / "latest"), "-o", str(page), cwd=tmp_path).returncode == 0
+    finally:
+        os.umask(loose)
+    assert oct(page.stat().st_mode & 0o777) == "0o600"
+
+
 def test_archive_refuses_a_running_session_and_non_run_folders(tmp_path: Path, runs: Path) -> None:
     fd = lock((runs / "latest").resolve())
     try:

@@ -120,6 +120,52 @@ def test_a_signed_checkpoint_resumes_and_a_tampered_one_is_refused(tmp_path: Pat
         checkpoint.load(unsigned)
 
 
+def test_credentials_in_configured_urls_and_values_with_stray_whitespace_are_scrubbed() -> None:
+    """Found by an audit: a chat service's webhook URL (its path is its token) and a `?token=`
+    query were written in clear unless exported under a secret name too; a secret exported with
+    a stray `\r` was not masked where it was used without it."""
+    hook = "https://hooks.example.com/services/T0/B0/XXXXsecret"
+    extra = secrets.url_secrets(hook, ["wss://fapi.example.com/public/?token=abc123xyz", "https://h/api"])
+    try:
+        secrets.install({"ALERT_WEBHOOK_TOKEN": "TOKxyz12345\r"}, extra)
+        assert secrets.scrub(f"url {hook}") == "url https://hooks.example.com***"
+        assert (
+            secrets.scrub("wss://fapi.example.com/public/?token=abc123xyz")
+            == "wss://fapi.example.com/public/?***"
+        )
+        assert (
+            secrets.scrub("http://127.0.0.1/hook/TOKxyz12345 https://h/api")
+            == "http://127.0.0.1/hook/*** https://h/api"
+        )
+    finally:
+        secrets.install({})
+    assert secrets.url_secrets("http://127.0.0.1:8080/hook", ["wss://h/public/"]) == []  # nothing to hide
+
+
+def test_log_lines_escape_control_characters_from_outside(capsys: pytest.CaptureFixture[str]) -> None:
+    """An exchange's error text (found by an audit: raw escape sequences and a forged log line
+    reached the console) is escaped where it is read and again by every log line."""
+    from loguru import logger
+
+    from actors import logs
+    from protocols.bitunix import RestError, rest_data
+
+    body = json.dumps({"code": 10005, "msg": "\x1b[2J\x1b[31mEVIL\nFAKE 12:00:00 | INFO | session ok"})
+    with pytest.raises(RestError) as refused:
+        rest_data(200, body.encode())
+    assert str(refused.value).startswith("\\x1b[2J\\x1b[31mEVIL\\nFAKE")
+    logs.configure("INFO")
+    try:
+        logger.warning("feed: REST failed ({})", "raw \x1b]0;PWNED\x07 and\na forged line")
+        logger.bind(lines=True).error("session failed:\n{}", "Traceback\n  line")
+    finally:
+        logs.configure()
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert "raw \\x1b]0;PWNED\\x07 and\\na forged line" in err
+    assert "session failed:\nTraceback\n  line" in err  # a traceback keeps its lines
+
+
 # --- the CLI -----------------------------------------------------------------------------------
 
 SETS = [
@@ -152,7 +198,7 @@ def test_a_session_with_secrets_set_writes_none_of_them(tmp_path: Path) -> None:
         [sys.executable, "-m", "actors.main", "--check-config", *args],
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert check.returncode == 0 and "/hooks/***" in check.stdout
+    assert check.returncode == 0 and 'webhook_url = "http://127.0.0.1:9***"' in check.stdout
     files = list(_written(tmp_path / "runs"))
     names = {p.name for p in files}
     assert {"events.jsonl", "final_report.json", "session.log", "checkpoint.json", "metrics.csv",

@@ -65,6 +65,48 @@ def test_missing_event_and_doubled_fill_are_caught(trading_run: Path) -> None:
     assert any("more than once" in p for p in problems)
 
 
+@pytest.mark.parametrize("damage", ["no_kind", "null_fill_fields", "not_an_object", "report_garbled"])
+def test_malformed_records_are_problems_not_tracebacks(
+    trading_run: Path, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by an audit: `{"seq":999}` or a fill with null fields crashed the validator (and the
+    monitor) with a KeyError/TypeError traceback."""
+    from tools.monitor import SessionView
+
+    run = trading_run
+    lines = (run / "events.jsonl").read_text().splitlines()
+    fill_at = next(i for i, line in enumerate(lines) if '"order.filled"' in line)
+    if damage == "no_kind":
+        lines.append(json.dumps({"seq": len(lines) + 1}))
+    elif damage == "null_fill_fields":
+        fill = json.loads(lines[fill_at])
+        lines[fill_at] = json.dumps({**fill, "order_id": None, "qty": None, "fill_price": None})
+        del fill["order_id"]
+        lines.append(json.dumps(fill))
+    elif damage == "not_an_object":
+        lines.append("[1, 2]")
+    else:
+        (run / "final_report.json").write_text('{"net_pnl": ')
+    (run / "events.jsonl").write_text("\n".join(lines) + "\n")
+    problems = validate(run)
+    assert problems
+    assert main([str(run)]) == 1
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+    view = SessionView(run)
+    for line in lines:
+        record = json.loads(line)
+        view.fold(record if isinstance(record, dict) else {"seq": 0})  # no exception
+
+
+def test_an_unfinished_run_is_said_to_be_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = write_killed_run(tmp_path, trades=True)
+    whole = [line for line in (run / "events.jsonl").read_text().splitlines() if line.endswith("}")]
+    (run / "events.jsonl").write_text("\n".join(whole) + "\n")  # without its torn last line
+    assert main([str(run)]) == 0
+    assert "OK (unfinished: no final_report.json yet" in capsys.readouterr().err
+
+
 def test_not_a_run_folder_exits_2(tmp_path: Path) -> None:
     assert main([str(tmp_path)]) == 2
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import trio
 
+from actors import secrets
 from actors.recording.recorder import Recorder
 from actors.recording.webhook import Webhook
 from actors.session import run_session
@@ -91,6 +92,26 @@ async def test_one_message_per_alert_even_after_the_receiver_fails_twice() -> No
     assert receiver.delivered == messages  # each once, in order
     assert [status for status, _ in receiver.requests] == [200, 500, 500, 200, 200]
     assert (hook.sent, hook.failed, hook.dropped) == (3, 0, 0)
+
+
+async def test_a_message_goes_out_scrubbed_of_the_secrets() -> None:
+    """An alert quotes what the session saw (found by an audit: a fallback alert carried a feed
+    URL's token to the receiver, masked in every file)."""
+    receiver = Receiver()
+    secrets.install({"FEED_TOKEN": "Zq9SECRETtok77"})
+    try:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(receiver.serve)
+            hook = Webhook(url, timeout_s=2, attempts=1)
+            async with trio.open_nursery() as hooks:
+                await hooks.start(hook.run)
+                hook.notify({"rule": "fallback", "text": "no data from ws://h/public/?token=Zq9SECRETtok77"})
+                await receiver.wait_delivered(1)
+                hook.close(2)
+            nursery.cancel_scope.cancel()
+    finally:
+        secrets.install({})
+    assert receiver.delivered == [{"rule": "fallback", "text": "no data from ws://h/public/?token=***"}]
 
 
 async def test_bounded_attempts_and_no_retry_of_a_client_error() -> None:

@@ -27,6 +27,7 @@ import io
 import json
 import lzma
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -130,6 +131,9 @@ def check_sidecar(archive_path: Path) -> str:
     return f"SHA-256 {actual} matches {sidecar.name}"
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
 def read_manifest(tar: tarfile.TarFile) -> dict[str, Any]:
     first = tar.next()
     if first is None or first.name != MANIFEST or not first.isfile():
@@ -143,7 +147,14 @@ def read_manifest(tar: tarfile.TarFile) -> dict[str, Any]:
     run_id = manifest.get("run_id") if isinstance(manifest, dict) else None
     if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
         raise Refused(f"not a run archive: {MANIFEST} is not this tool's")
-    if not isinstance(run_id, str) or not run_id or run_id in (".", "..") or "/" in run_id or "\\" in run_id:
+    # a run folder's name, and none of the run dir's own entries (`latest`, `.start.lock`, the
+    # hidden `.latest.*` of a repoint): restored as such, they broke every later start
+    if (
+        not isinstance(run_id, str)
+        or not _RUN_ID.fullmatch(run_id)
+        or run_id.startswith(".")
+        or run_id == "latest"
+    ):
         raise Refused(f"{MANIFEST} names an unsafe run id {run_id!r}")
     return manifest
 

@@ -190,8 +190,12 @@ class SessionView:
         return list(self.started.get("symbols") or [self.started["symbol"]])
 
     def fold(self, record: dict[str, Any]) -> str | None:
-        """Take one event; return its display line when it is a notable one."""
-        kind = record["kind"]
+        """Take one event; return its display line when it is a notable one (a record missing a
+        field, or with one of the wrong type, is shown as such: `tools.validate_session` says
+        more)."""
+        kind = record.get("kind")
+        if not isinstance(kind, str):
+            return "a malformed record (no kind): see python -m tools.validate_session"
         if kind == "session.started":
             self.started = record
             for symbol in self.symbols:
@@ -202,9 +206,12 @@ class SessionView:
             return None
         if kind == "session.stopped":
             self.stopped = record
-        line = self.describe(record)
+        try:
+            line = self.describe(record)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            line = f"a malformed {kind} record ({type(exc).__name__}: {exc}): see python -m tools.validate_session"
         if line is not None:
-            self.recent.append(f"{record['ts'][11:19]}  {line}")
+            self.recent.append(f"{str(record.get('ts', ''))[11:19]}  {line}")
         return line
 
     def describe(self, r: dict[str, Any]) -> str | None:

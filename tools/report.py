@@ -10,6 +10,7 @@ shows is in actors/recording/html_report.py. Exit 0 when written, 2 when a path 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"where to write the page (default: RUN/{REPORT_NAME} for one run, ./{COMPARE_NAME} for several)",
     )
     args = parser.parse_args(argv)
+    os.umask(0o077)  # state at rest, as the CLI's: the page 0600, as the session writes it
     try:
         runs = [resolve_run(path) for path in args.runs]
     except NotARunFolder as e:

@@ -32,9 +32,11 @@ with its process. Everything else is checked as above, and its `session.stopped`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +81,35 @@ def load_events(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             try:
-                events.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 problems.append(f"events.jsonl line {n}: not JSON (truncated write?)")
+                continue
+            if not isinstance(record, dict) or not all(
+                isinstance(record.get(k), t) for k, t in (("seq", int), ("kind", str), ("ts", str))
+            ):
+                problems.append(f"events.jsonl line {n}: not an event (an object with seq, kind and ts)")
+                continue
+            events.append(record)
     return events, problems
+
+
+# what a record missing a field, or holding a value of the wrong type, raises in the checks
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError, ArithmeticError)
+
+
+def load_report(run: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """final_report.json (None: not written, an unfinished run), or a problem saying why not."""
+    path = run / "final_report.json"
+    if not path.exists():
+        return None, []
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, [f"final_report.json: unreadable ({exc})"]
+    if not isinstance(report, dict):
+        return None, ["final_report.json: not a JSON object"]
+    return report, []
 
 
 def check_sequence(events: list[dict[str, Any]], finished: bool) -> list[str]:
@@ -425,14 +452,25 @@ def check_abandoned(events: list[dict[str, Any]], report: dict[str, Any]) -> lis
 def validate(run: Path) -> list[str]:
     """All problems found in the run folder; an empty list means it is consistent."""
     events, problems = load_events(run / "events.jsonl")
-    report_path = run / "final_report.json"
-    report = json.loads(report_path.read_text()) if report_path.exists() else None
-    problems += check_sequence(events, finished=report is not None)
-    problems += check_fills(events, report)
-    problems += check_attribution(events, report)
+    report, unreadable = load_report(run)
+    problems += unreadable
+    finished = report is not None or bool(unreadable)
+    checks: list[tuple[str, Callable[[], list[str]]]] = [
+        ("sequence", lambda: check_sequence(events, finished=finished)),
+        ("fills", lambda: check_fills(events, report)),
+        ("attribution", lambda: check_attribution(events, report)),
+    ]
     if report is not None:
-        problems += check_report(events, report)
-        problems += check_abandoned(events, report)
+        checks += [
+            ("report", lambda: check_report(events, report)),
+            ("abandoned", lambda: check_abandoned(events, report)),
+        ]
+    for name, check in checks:
+        try:
+            problems += check()
+        except MALFORMED as exc:
+            # a record missing a field or holding a value of the wrong type: one line, not a traceback
+            problems.append(f"{name}: cannot be checked, a malformed record ({type(exc).__name__}: {exc})")
     return problems
 
 
@@ -449,10 +487,18 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:
         print(problem)
     events, _ = load_events(args.run / "events.jsonl")
-    report_path = args.run / "final_report.json"
-    report = json.loads(report_path.read_text()) if report_path.exists() else None
-    print(f"{args.run}: {trades_note(events, report)}", file=sys.stderr)
-    print(f"{args.run}: {'OK' if not problems else f'{len(problems)} problem(s)'}", file=sys.stderr)
+    report, _ = load_report(args.run)
+    with contextlib.suppress(*MALFORMED):  # a malformed record: said above
+        print(f"{args.run}: {trades_note(events, report)}", file=sys.stderr)
+    unfinished = (
+        ""
+        if (args.run / "final_report.json").exists()
+        else " (unfinished: no final_report.json yet; the events so far are consistent. A killed "
+        "session's next start resumes it or closes it as abandoned)"
+    )
+    print(
+        f"{args.run}: {'OK' + unfinished if not problems else f'{len(problems)} problem(s)'}", file=sys.stderr
+    )
     return 1 if problems else 0
 
 
