@@ -122,6 +122,18 @@ def load_recording(target: Path) -> Recording:
                     stopped = event
         if started is None or stopped is None:
             raise PlanError(f"--replay: {run_path} is not a finished session (no session.started/stopped)")
+        run_id = started["run_id"]
+        if run_id.startswith(BATCH_RUN_PREFIXES):  # found by an audit: a replay of nothing, exit 0
+            source = started.get("data_source", "")
+            kind, again = (
+                ("backtest", f"run the backtest again ({source})")
+                if run_id.startswith(RUN_ID_PREFIXES["backtest"])
+                else ("replay", f"replay the session it replayed ({source})")
+            )
+            raise PlanError(
+                f"--replay: {run_path.name} is a {kind}'s run folder: it recorded no market data "
+                f"(live sessions record theirs, in market.jsonl); {again}"
+            )
         return Recording(
             run_path=run_path,
             run_id=started["run_id"],
@@ -161,6 +173,29 @@ def finish_report_page(run_dir: Path) -> None:
         write_report_html(path)
 
 
+def close_killed_batches(run_dir: Path) -> None:
+    """Every backtest and replay of the run dir killed before its end (unfinished and owned by
+    no process; they keep no checkpoint, nothing resumes them) closed as abandoned by whichever
+    start comes next, wherever `latest` points since (a live start after a killed backtest moved
+    `latest` on and left it unfinished for good). A folder whose process died before it recorded
+    anything is left to `tools.cleanup`."""
+    try:
+        found = sorted(
+            p for p in run_dir.iterdir() if p.name.startswith(BATCH_RUN_PREFIXES) and p.is_dir() and not p.is_symlink()
+        )
+    except OSError:
+        return
+    for path in found:
+        try:
+            if not is_unfinished(path) or (path / "events.jsonl").stat().st_size == 0 or is_locked(path):
+                continue
+            close_and_warn(path)
+        except SessionLocked:  # started meanwhile: its own
+            continue
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("{} was killed before it ended and could not be closed as abandoned ({!r})", path, exc)
+
+
 def settle_latest(run_dir: Path, *, live: bool = False) -> None:
     """Before a backtest, a replay or a `--fresh` start (which resume nothing, and move
     `<run_dir>/latest` to their own folder): an unfinished, unowned `latest` without a checkpoint
@@ -170,6 +205,7 @@ def settle_latest(run_dir: Path, *, live: bool = False) -> None:
     and the warning says so. A folder owned by a live process is left alone (a backtest beside a
     running session is allowed)."""
     finish_report_page(run_dir)
+    close_killed_batches(run_dir)
     latest = run_dir / "latest"
     if not latest.exists() or not is_unfinished(latest) or is_locked(latest.resolve()):
         return
@@ -292,6 +328,7 @@ def find_resumable(run_dir: Path, run_id: str | None) -> Path | None:
             raise PlanError(f"--resume: {path} is running in another process")
         return path
     finish_report_page(run_dir)
+    close_killed_batches(run_dir)
     found_live = newest_live_run(run_dir)
     if found_live is None or (found_live / "final_report.json").exists():
         return None

@@ -502,6 +502,30 @@ def test_a_plain_start_resumes_the_killed_session_after_a_backtest_moved_latest(
         assert find_resumable(runs, None) is None
 
 
+def test_killed_backtests_and_replays_are_closed_by_a_plain_start_wherever_latest_points(
+    tmp_path: Path, warnings: list[str]
+) -> None:
+    """Found by an audit: a backtest killed, then a plain live start (which looks past a
+    backtest's `latest`): the backtest was never closed, and once `latest` moved on no later start
+    closed it either. Any start now closes every killed backtest and replay it owns no process."""
+    runs = tmp_path / "runs"
+    backtest = write_killed_run(
+        tmp_path, trades=True, run_id="backtest-20261130T000000Z-s42", data_source="backtest: a.csv"
+    )
+    replay = write_killed_run(tmp_path, run_id="replay-20261130T000000Z-s42", data_source="replay of x")
+    running = write_killed_run(tmp_path, run_id="backtest-20261130T000000Z-s43", data_source="backtest: b.csv")
+    live = write_killed_run(tmp_path, run_id="20261130T000000Z-s42")  # latest now, finished
+    (live / "final_report.json").write_text("{}")
+    with SessionLock(running):  # a backtest still running in its process: left to it
+        assert find_resumable(runs, None) is None
+    for run in (backtest, replay):
+        assert read_report(run)["status"] == "abandoned" and validate(run) == []
+    assert not (running / "final_report.json").exists()
+    assert sum("killed before its end" in w for w in warnings) == 2
+    settle_latest(runs)  # a backtest's start closes the one no longer running
+    assert read_report(running)["status"] == "abandoned"
+
+
 def test_a_running_live_session_behind_a_backtests_latest_refuses_a_second_start(tmp_path: Path) -> None:
     run = write_killed_run(tmp_path)
     _finished_backtest_is_latest(tmp_path / "runs")

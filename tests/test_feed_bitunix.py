@@ -134,9 +134,10 @@ async def live_session(
     return result, read_events(result.run_path)
 
 
-def market_records(run_path: Path, kind: str) -> list[dict[str, Any]]:
+def market_records(run_path: Path, kind: str | None) -> list[dict[str, Any]]:
+    """market.jsonl's records of one type (None: all), in order."""
     with (run_path / "market.jsonl").open() as f:
-        return [r for r in map(json.loads, f) if r["type"] == kind]
+        return [r for r in map(json.loads, f) if kind is None or r["type"] == kind]
 
 
 def market_candles(run_path: Path) -> list[dict[str, Any]]:
@@ -673,11 +674,12 @@ async def test_a_stall_trips_the_stale_gate_reconnects_and_backfills(tmp_path: P
 
 
 async def test_failover_polls_rest_while_the_websocket_is_down(tmp_path: Path) -> None:
-    # an 8 s stall from the 12th data frame on covers a candle close (at +6.5 s): REST polling
-    # delivers it (and quotes) while the socket is silent
+    # an 8 s stall from the 12th data frame on (about +3 s) covers a candle close (at +4.5 s,
+    # before the first REST poll, about +6 s): REST polling delivers it (and quotes) while the
+    # socket is silent, the symbol fresh again first
     fake = FakeBitunix(
         seed=8,
-        time_offset_s=offset_for_close_in(6.5),
+        time_offset_s=offset_for_close_in(4.5),
         faults=Faults(stall_once_after_frames=12, stall_for_s=8),
     )
     result, events = await live_session(
@@ -694,6 +696,14 @@ async def test_failover_polls_rest_while_the_websocket_is_down(tmp_path: Path) -
     start, end = failover[0], failover[1]
     candles = assert_candles_match_truth(result.run_path, fake)
     assert any(not c["backfill"] and start["ts"] <= _iso(c["arrival_ts"]) <= end["ts"] for c in candles)
+    # no live candle is handed out while its symbol is stale: the poll that ends an outage marks it
+    # fresh first (found by an audit: its candle's entry was refused `stale_data`)
+    stale: dict[str, bool] = {}
+    for record in market_records(result.run_path, None):
+        if record["type"] == "feed_status":
+            stale[record["symbol"]] = record["stale"]
+        elif record["type"] == "candle" and not record["backfill"]:
+            assert not stale.get(record["symbol"]), record
 
 
 def _epoch(iso_ts: str) -> float:

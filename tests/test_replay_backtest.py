@@ -265,3 +265,21 @@ async def test_a_replay_ends_where_its_session_did_to_the_microsecond(
 
     assert comparable(again) == comparable(events)
     assert validate(replayed.run_path) == []
+
+
+def test_replaying_a_backtests_run_folder_is_refused_naming_what_to_do(tmp_path: Path) -> None:
+    """Found by an audit: `--replay` of a backtest's folder (no market data recorded) ran a
+    'replay' of nothing for the backtest's whole data span and exited 0 with no trade."""
+    from tests.conftest import run_main
+
+    data = tmp_path / "bars.csv"
+    rows = [f"{1_704_067_200_000 + i * 60_000},100.0,101.0,99.0,100.5,5.0" for i in range(30)]
+    data.write_text("open_time_ms,open,high,low,close,volume\n" + "\n".join(rows) + "\n")
+    runs = str(tmp_path / "runs")
+    assert run_main("--mode", "backtest", "--data", str(data), "--run-dir", runs, cwd=tmp_path).returncode == 0
+    backtest = (tmp_path / "runs" / "latest").resolve()
+    refused = run_main("--replay", str(backtest), "--run-dir", runs, cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert f"--replay: {backtest.name} is a backtest's run folder: it recorded no market data" in refused.stderr
+    assert f"run the backtest again (backtest: {data})" in refused.stderr
+    assert (tmp_path / "runs" / "latest").resolve() == backtest  # nothing ran

@@ -381,3 +381,14 @@ def test_monitor_says_when_the_session_process_died(tmp_path: Path) -> None:
     assert "its process is gone and it never stopped" in out.splitlines()[-1]
     once = tool("monitor", "--once", "--run-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert once.returncode == 1 and "its process is gone" in once.stdout
+
+
+def test_monitor_on_a_dead_backtest_says_it_cannot_be_resumed(tmp_path: Path) -> None:
+    """A backtest or replay keeps no checkpoint: the monitor no longer tells the user that the
+    same command resumes it (found by an audit)."""
+    from tools.monitor import SessionView
+
+    backtest = SessionView(tmp_path / "backtest-20240101T000000Z-s42")
+    assert "cannot be resumed: the next start closes it as abandoned" in backtest.dead_line()
+    live = SessionView(tmp_path / "20240101T000000Z-s42")
+    assert "Starting the same command again resumes it" in live.dead_line()

@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from actors.plan import BATCH_RUN_PREFIXES
 from protocols.instruments import table_instrument
 from tools.runfolder import EVENTS, REPORT, NotARunFolder, owner_alive, resolve_run
 
@@ -316,11 +317,13 @@ class SessionView:
         )
 
     def dead_line(self) -> str:
-        return (
+        gone = (
             f"session {self.run_id}: its process is gone and it never stopped (no session.stopped in "
-            f"{EVENTS}): it died (killed?). Starting the same command again resumes it "
-            "(docs/START_HERE.md); --fresh starts a new one"
+            f"{EVENTS}): it died (killed?). "
         )
+        if self.run_id.startswith(BATCH_RUN_PREFIXES):  # a backtest or replay keeps no checkpoint
+            return gone + "It cannot be resumed: the next start closes it as abandoned; run it again"
+        return gone + "Starting the same command again resumes it (docs/START_HERE.md); --fresh starts a new one"
 
 
 class Display:

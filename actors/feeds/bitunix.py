@@ -203,6 +203,12 @@ class _Link:
         return self.last_data_at - self.first_data_at
 
 
+def _why(exc: BaseException) -> str:
+    """An exception's message, or its type's name when it has none (httpx's timeouts: a REST
+    failure recorded with an empty reason said nothing)."""
+    return str(exc) or type(exc).__name__
+
+
 def _network_reason(exc: BaseException) -> str | None:
     """A one-line reason when `exc` (or every leaf of a group) is a network failure, else None."""
     if isinstance(exc, BaseExceptionGroup):
@@ -388,7 +394,7 @@ class BitunixFeed:
                     await self.rest_get(bitunix.KLINE_PATH, params), self.interval_s
                 )
             except (bitunix.RestError, httpx.HTTPError) as exc:
-                return got, str(exc)
+                return got, _why(exc)
             page = [c for c in page if first_ms <= round(c.open_ts * 1000) <= end]
             if not page:
                 break
@@ -482,12 +488,12 @@ class BitunixFeed:
                 delay = backoff_delay(attempt, REST_BACKOFF_S, REST_BACKOFF_MAX_S, self.rng)
                 self.health.rest_retries += 1
                 logger.warning(
-                    "feed: REST {} failed ({}); retry {} in {:.2f} s", path, exc, attempt + 1, delay
+                    "feed: REST {} failed ({}); retry {} in {:.2f} s", path, _why(exc), attempt + 1, delay
                 )
                 await self._event(
                     "feed.rest_retry",
                     path=path,
-                    reason=str(exc)[:200],
+                    reason=_why(exc)[:200],
                     attempt=attempt + 1,
                     delay_s=round(delay, 3),
                 )
@@ -550,7 +556,7 @@ class BitunixFeed:
             except (bitunix.RestError, httpx.HTTPError) as exc:
                 if isinstance(exc, bitunix.RestError) and exc.code == bitunix.UNKNOWN_SYMBOL_CODE:
                     raise await self._unknown_symbol(exc) from None
-                return {s: (tables[s], f"trading_pairs failed: {exc}"[:200]) for s in self.symbols}
+                return {s: (tables[s], f"trading_pairs failed: {_why(exc)}"[:200]) for s in self.symbols}
             missing = [s for s, row in rows.items() if row is None]
             if missing:
                 raise UnknownSymbol(
@@ -562,7 +568,7 @@ class BitunixFeed:
                 try:
                     found[s] = (from_trading_pair(row, fallback=tables[s]), "")
                 except ValueError as exc:
-                    found[s] = (tables[s], f"unusable trading_pairs row: {exc}"[:200])
+                    found[s] = (tables[s], f"unusable trading_pairs row: {_why(exc)}"[:200])
             return found
         return {s: (tables[s], f"trading_pairs gave no answer within {limit_s:g} s") for s in self.symbols}
 
@@ -583,7 +589,7 @@ class BitunixFeed:
                     continue
                 if bitunix.trading_pair_row(data, s) is None:
                     return UnknownSymbol(f"Bitunix does not trade {s}: trading_pairs has no row for it")
-        return UnknownSymbol(f"Bitunix does not trade {', '.join(self.symbols)}: {exc}")
+        return UnknownSymbol(f"Bitunix does not trade {', '.join(self.symbols)}: {_why(exc)}")
 
     async def _seed_history(self) -> None:
         """Each symbol's last `strategy.history` (`Config.strategy_history`) closed candles, oldest
@@ -851,8 +857,8 @@ class BitunixFeed:
                 self.clock.now(),
             )
         except (bitunix.RestError, httpx.HTTPError) as exc:
-            logger.warning("feed: REST poll of {} failed: {}", m.symbol, exc)
-            await self._went_stale(f"REST poll failed: {exc}"[:200], [m])
+            logger.warning("feed: REST poll of {} failed: {}", m.symbol, _why(exc))
+            await self._went_stale(f"REST poll failed: {_why(exc)}"[:200], [m])
             return
         candles = bitunix.parse_rest_klines(rows, self.interval_s)
         now_ms = int(self.clock.now() * 1000)
@@ -861,13 +867,16 @@ class BitunixFeed:
             # the newest row is the candle still open (and our clock may lag the exchange's)
             if round(candles[-1].open_ts * 1000) + self.interval_ms > now_ms or len(candles) > 1:
                 candles = candles[:-1]
-        async with m.emit_lock:
-            for candle in candles:
-                await self._emit_candle(m, candle, backfill=False)
+        # fresh again before anything is handed out: the candles this poll closes are decided on
+        # with the symbol tradable (found by an audit: the first candle after an outage came while
+        # the symbol was still stale, and its entry was refused `stale_data`), and on this book
         if m.stale:
             logger.info("feed: {} data is fresh again (REST polling)", m.symbol)
             await self._set_stale(False, "REST polling", [m])
         await self._book(m, book.bids, book.asks, "rest")
+        async with m.emit_lock:
+            for candle in candles:
+                await self._emit_candle(m, candle, backfill=False)
 
     async def _report_malformed(self) -> None:
         periods = 0
