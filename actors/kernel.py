@@ -103,9 +103,12 @@ class Kernel:
         end_ts: float = math.inf,
         end_reason: str = "data_end",
         end_detail: str = "all data delivered",
+        end_inclusive: bool = False,
     ) -> Stopped:
         """Every input in order, each a step; then the timers due before `end_ts` (or, with no
-        end, at or before the last input); then stop with `end_reason`."""
+        end, at or before the last input; `end_inclusive`: at `end_ts` too, for a replay of a
+        session its data stopped in a timer's step at the instant it ended); then stop with
+        `end_reason`."""
         broker = self.broker
         market_step = self.market_step
         next_timer = broker.next_timer
@@ -118,7 +121,9 @@ class Kernel:
             if self.stopped is not None:
                 return self.stopped
         if math.isfinite(end_ts):
-            while next_timer() < end_ts and self.stopped is None:
+            while self.stopped is None and (
+                next_timer() < end_ts or (end_inclusive and next_timer() == end_ts)
+            ):
                 self.timers(next_timer())
         else:
             self.timers(self.now)

@@ -181,7 +181,9 @@ def close_killed_batches(run_dir: Path) -> None:
     anything is left to `tools.cleanup`."""
     try:
         found = sorted(
-            p for p in run_dir.iterdir() if p.name.startswith(BATCH_RUN_PREFIXES) and p.is_dir() and not p.is_symlink()
+            p
+            for p in run_dir.iterdir()
+            if p.name.startswith(BATCH_RUN_PREFIXES) and p.is_dir() and not p.is_symlink()
         )
     except OSError:
         return
@@ -193,7 +195,9 @@ def close_killed_batches(run_dir: Path) -> None:
         except SessionLocked:  # started meanwhile: its own
             continue
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            logger.warning("{} was killed before it ended and could not be closed as abandoned ({!r})", path, exc)
+            logger.warning(
+                "{} was killed before it ended and could not be closed as abandoned ({!r})", path, exc
+            )
 
 
 def settle_latest(run_dir: Path, *, live: bool = False) -> None:

@@ -645,6 +645,11 @@ class Session:
                         end_detail="all data delivered"
                         if self.plan.mode == "backtest"
                         else f"{timeline.duration_s:g} s reached",
+                        # a replay of a session its data stopped: the timers of its last instant
+                        # too (found by an audit: a fill after its latency at that instant, which
+                        # stopped the original on max_trades, was refused session_stopping)
+                        end_inclusive=self.plan.recording is not None
+                        and self.plan.recording.stop_reason in DATA_DRIVEN_STOPS,
                     )
             except Exception as exc:
                 logger.bind(lines=True).error("session failed:\n{}", "".join(traceback.format_exception(exc)))

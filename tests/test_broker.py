@@ -3,6 +3,7 @@ driven over a timed script, its orders reaching the market through its latency t
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -487,3 +488,33 @@ def test_account_updates_follow_the_risk_watch() -> None:
 
 def _kinds(events: list[Event], kind: str) -> list[dict[str, Any]]:
     return [e.fields for e in events if e.kind == kind]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    started=st.floats(1.5e9, 2.5e9),
+    period=st.one_of(st.sampled_from([0.3, 0.6, 0.7, 0.9, 1.1, 2.5, 60.0]), st.floats(0.001, 3600.0)),
+    k=st.integers(0, 20_000),
+)
+def test_the_next_heartbeat_is_always_after_now(started: float, period: float, k: int) -> None:
+    """From a heartbeat's own due time, the next is the next period, strictly later (found by an
+    audit: with a period such as 0.7 s the division rounded a period short, the broker's timer
+    came back at the same instant forever and a live session hung, deaf to its duration, the
+    kill switch and SIGINT)."""
+    from actors.broker.paper import next_heartbeat
+
+    now = started + period * k  # as the broker computes its due times
+    nxt = next_heartbeat(started, period, now, math.inf)
+    assert now < nxt <= now + period * (1 + 1e-6) + 1e-6
+    assert next_heartbeat(started, period, now, nxt) == math.inf  # none at or past the end
+
+
+def test_a_heartbeat_period_of_0_7_s_moves_on() -> None:
+    """The audit's case: 1796225473.9200544 + 3 x 0.7 came back as itself."""
+    from actors.broker.paper import next_heartbeat
+
+    started, due = 1796225473.9200544, 1796225476.0200543
+    seen = [due]
+    for _ in range(100):
+        seen.append(next_heartbeat(started, 0.7, seen[-1], math.inf))
+    assert all(b - a == pytest.approx(0.7, abs=1e-6) for a, b in itertools.pairwise(seen))

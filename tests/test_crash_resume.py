@@ -513,7 +513,9 @@ def test_killed_backtests_and_replays_are_closed_by_a_plain_start_wherever_lates
         tmp_path, trades=True, run_id="backtest-20261130T000000Z-s42", data_source="backtest: a.csv"
     )
     replay = write_killed_run(tmp_path, run_id="replay-20261130T000000Z-s42", data_source="replay of x")
-    running = write_killed_run(tmp_path, run_id="backtest-20261130T000000Z-s43", data_source="backtest: b.csv")
+    running = write_killed_run(
+        tmp_path, run_id="backtest-20261130T000000Z-s43", data_source="backtest: b.csv"
+    )
     live = write_killed_run(tmp_path, run_id="20261130T000000Z-s42")  # latest now, finished
     (live / "final_report.json").write_text("{}")
     with SessionLock(running):  # a backtest still running in its process: left to it

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import gzip
+from functools import partial
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from actors.feeds.funding import FundingRates
 from actors.feeds.history import DataError
 from actors.plan import Plan
-from actors.session import Session
+from actors.session import Session, run_session
 from tests.conftest import make_config, read_events, read_report, run_cli
 from tools.validate_session import validate
 
@@ -342,10 +345,13 @@ def test_cli_refuses_a_bad_funding_file_naming_the_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mode", ["live", "replay"])
 def test_cli_refuses_funding_outside_backtests(tmp_path: Path, mode: str) -> None:
     write_funding(tmp_path / "funding.csv")
-    if mode == "replay":  # a finished run to replay: a replay re-delivers its own funding
-        (tmp_path / "recorded").mkdir()
-        recorded, _ = run_backtest(tmp_path / "recorded")
-        args = ["--replay", str(recorded)]
+    if mode == "replay":  # a finished live run to replay: a replay re-delivers its own funding
+        config = make_config(tmp_path / "recorded", duration_min=0.1)
+        result = trio.run(
+            partial(run_session, config, handle_signals=False, progress_mode="off"),
+            clock=trio.testing.MockClock(autojump_threshold=0),
+        )
+        args = ["--replay", str(result.run_path)]
     else:
         args = ["--source", "mock"]
     code, err = _cli(tmp_path, *args, "--funding", "funding.csv")

@@ -7,7 +7,9 @@ import random
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 import trio
+import trio.testing
 
 from actors.config import load
 from actors.plan import Plan, load_recording
@@ -276,10 +278,94 @@ def test_replaying_a_backtests_run_folder_is_refused_naming_what_to_do(tmp_path:
     rows = [f"{1_704_067_200_000 + i * 60_000},100.0,101.0,99.0,100.5,5.0" for i in range(30)]
     data.write_text("open_time_ms,open,high,low,close,volume\n" + "\n".join(rows) + "\n")
     runs = str(tmp_path / "runs")
-    assert run_main("--mode", "backtest", "--data", str(data), "--run-dir", runs, cwd=tmp_path).returncode == 0
+    assert (
+        run_main("--mode", "backtest", "--data", str(data), "--run-dir", runs, cwd=tmp_path).returncode == 0
+    )
     backtest = (tmp_path / "runs" / "latest").resolve()
     refused = run_main("--replay", str(backtest), "--run-dir", runs, cwd=tmp_path)
     assert refused.returncode == 2, refused.stderr
-    assert f"--replay: {backtest.name} is a backtest's run folder: it recorded no market data" in refused.stderr
+    assert (
+        f"--replay: {backtest.name} is a backtest's run folder: it recorded no market data" in refused.stderr
+    )
     assert f"run the backtest again (backtest: {data})" in refused.stderr
     assert (tmp_path / "runs" / "latest").resolve() == backtest  # nothing ran
+
+
+def _run(config_sets: list[str], run_dir: Path, plan: Plan) -> Path:
+    config = load(
+        None, {}, [f"session.run_dir={run_dir}", f"session.kill_switch={run_dir}/kill.txt", *config_sets]
+    )
+
+    async def main() -> Path:
+        return (await run_session(config, plan=plan, handle_signals=False, progress_mode="off")).run_path
+
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_risk_stop_on_a_backtests_last_candle_is_the_same_on_both_runtimes(tmp_path: Path) -> None:
+    """Found by an audit: when the last candle closed the trade reaching max_trades, the kernel
+    stopped on `max_trades` and the actors on `data_end` with an error (the feed asked for the
+    end before the broker had worked that candle, and the broker's stop hit a closed channel)."""
+    sets = ["session.interval=1m", "strategy.fast_period=2", "strategy.slow_period=5", "risk.max_trades=1",
+            "broker.backtest_fill=close", "broker.latency_ms=0", "broker.latency_jitter_ms=0"]  # fmt: skip
+    full = tmp_path / "full.csv"
+    write_bars(full, 300)
+    probe = _run(sets, tmp_path / "probe", Plan(mode="backtest", data=str(full)))
+    stopped = read_events(probe)[-1]
+    assert stopped["stop_reason"] == "max_trades"
+    rows = full.read_text().splitlines()  # cut after the candle whose close stopped it
+    cut = [rows[0]] + [r for r in rows[1:] if int(r.split(",")[0]) + 60_000 <= stopped["ended_ts"] * 1000]
+    data = tmp_path / "bars.csv"
+    data.write_text("\n".join(cut) + "\n")
+    logs = {}
+    for runtime in ("kernel", "actors"):
+        run = _run(sets, tmp_path / runtime, Plan(mode="backtest", data=str(data), runtime=runtime))
+        report = read_report(run)
+        assert (report["status"], report["stop_reason"]) == ("ok", "max_trades"), runtime
+        logs[runtime] = [{k: v for k, v in e.items() if k not in NOT_COMPARED} for e in read_events(run)]
+    assert logs["kernel"] == logs["actors"]
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["risk.max_trades=1", "feed.mock_volatility_pct=150"],  # stopped by a fill after its latency
+        [
+            "strategy.stop_loss_pct=0.05",
+            "strategy.take_profit_pct=0.05",
+            "risk.max_consecutive_losses=1",
+            "risk.max_orders_per_minute=100",
+        ],  # stopped by the breaker, some at a quote's arrival
+    ],
+    ids=["max_trades", "breaker"],
+)
+def test_replays_of_sessions_their_data_stopped_reproduce_on_both_runtimes(
+    tmp_path: Path, sets: list[str]
+) -> None:
+    """Found by an audit: a replay (kernel) of a session stopped at the instant of a timer's fill
+    refused that fill `session_stopping` and ended on `duration`; the actors' replay lost the
+    last instant's input or timer to the watchdog's end at that same instant (39 of 39)."""
+    base = [
+        "session.interval=2s",
+        "strategy.fast_period=2",
+        "strategy.slow_period=5",
+        "session.duration_min=3",
+    ]
+    stopped = 0
+    for seed in range(1, 7):
+        config_sets = [*base, *sets, f"session.seed={seed}"]
+        original = _run(config_sets, tmp_path / f"orig{seed}", Plan())
+        expected = read_report(original)
+        stopped += expected["stop_reason"] != "duration"
+        recording = load_recording(original)
+        for runtime in ("kernel", "actors"):
+            replay = _run(
+                config_sets,
+                tmp_path / f"{runtime}{seed}",
+                Plan(mode="replay", recording=recording, runtime=runtime),
+            )
+            got = read_report(replay)
+            assert {k: v for k, v in got.items() if k not in NOT_COMPARED} == {
+                k: v for k, v in expected.items() if k not in NOT_COMPARED
+            }, (seed, runtime)
+    assert stopped >= 3  # most of them stopped by their data, not their duration

@@ -16,6 +16,7 @@ watchdog and ignores the rest of its input. When the feed's channel closes, the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -55,13 +56,17 @@ async def run_broker(
     after_step: Callable[[float], None] | None = None,
     on_snapshot: Callable[[AccountSnapshot], None] | None = None,
     intervals: Intervals | None = None,
+    input_end: str | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """`published`: the market event types some strategy takes; `record_market`: every market
     event acted on goes to market.jsonl (live sessions, for replay); `after_step(now)`: called
     after each step (the session checkpoints there); `on_snapshot`: the account after each step
     (the watchdog's progress display); `intervals`: the longer candles some strategies take, built
-    from the session's candles and asked about right after them."""
+    from the session's candles and asked about right after them; `input_end`: the stop the broker
+    asks for once it has worked every input and the feed's channel closed (a backtest's
+    `data_end`: asked by the broker, after its last step, so that a risk stop in that step comes
+    first, as in the kernel), None: none (the session ends otherwise)."""
     stopping: StopSession | None = None
 
     def record(events: list[Event]) -> None:
@@ -123,7 +128,11 @@ async def run_broker(
                 try:
                     arrival, event = await market_rx.receive()
                 except trio.EndOfChannel:
-                    return
+                    if input_end is None:
+                        return
+                    end = now if math.isfinite(now) else clock.now()
+                    stopping = StopSession(end, input_end, "all data delivered")
+                    break
             if waiting.cancelled_caught:  # the timer fell due while waiting
                 now = due
                 await timer_step(due)
@@ -136,6 +145,9 @@ async def run_broker(
                 break
             now = arrival
             await market_step(event, arrival)
-        stop_tx.send_nowait(stopping)
+        # the watchdog may have stopped the session meanwhile (the duration, the kill switch, a
+        # signal, in the same instant): its channel is closed then, and the first stop stands
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            stop_tx.send_nowait(stopping)
         async for _ in market_rx:  # stopped: the rest of the input is not acted on
             pass

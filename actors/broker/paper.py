@@ -201,7 +201,11 @@ def next_heartbeat(started_ts: float, period: float, now: float, end_ts: float) 
     does not make up the rows of its downtime); inf when there is none (no period, or past the end)."""
     if not math.isfinite(period):
         return math.inf
-    ts = started_ts + period * (math.floor((now - started_ts) / period) + 1)
+    k = math.floor((now - started_ts) / period) + 1
+    ts = started_ts + period * k
+    while ts <= now:  # the division rounded a period short (a period such as 0.7 s): the one after
+        k += 1
+        ts = started_ts + period * k
     return ts if ts < end_ts else math.inf
 
 
