@@ -178,6 +178,21 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
     return SessionResult(run_path, recorder.report, recorder.console, recorder.written, recorder.storage)
 
 
+def _leaves(group: BaseException) -> list[BaseException]:
+    """The exceptions an (arbitrarily nested) exception group holds."""
+    if isinstance(group, BaseExceptionGroup):
+        return [leaf for e in group.exceptions for leaf in _leaves(e)]
+    return [group]
+
+
+def _said_plainly(exc: BaseException) -> bool:
+    """An error whose message says it all (no traceback needed)."""
+    import sys
+
+    feed = sys.modules.get("actors.feeds.bitunix")  # loaded when a live feed could raise it
+    return feed is not None and isinstance(exc, feed.UnknownSymbol)
+
+
 def resumed_fault(note: dict[str, Any]) -> dict[str, Any]:
     """The `error` event a resumed session records for the storage fault its previous process
     noted (`storage_fault.json`: it could not write its final record)."""
@@ -255,8 +270,17 @@ async def _supervise(
                     stopper.wind_down_s,
                 )
         except* Exception as group:
-            stopper.stop("error", "; ".join(repr(e) for e in group.exceptions), clock.now())
-            logger.bind(lines=True).error("session failed:\n{}", "".join(traceback.format_exception(group)))
+            leaves = _leaves(group)
+            if all(_said_plainly(e) for e in leaves):
+                # an error the session ends with by design (the exchange does not trade a symbol):
+                # one line naming it, no traceback (found by an audit: 45 lines of nested groups)
+                stopper.stop("error", "; ".join(str(e) for e in leaves), clock.now())
+                logger.error("session failed: {}", stopper.detail)
+            else:
+                stopper.stop("error", "; ".join(f"{type(e).__name__}: {e}" for e in leaves), clock.now())
+                logger.bind(lines=True).error(
+                    "session failed:\n{}", "".join(traceback.format_exception(group))
+                )
             sink.send_nowait(Event(clock.now(), "error", {"where": "session", "message": stopper.detail}))
             status = "error"
     return status

@@ -85,6 +85,35 @@ def test_feed_down_fires_once_after_the_limit_at_any_event_and_rearms_on_reconne
     assert short.on_event("feed.connected", 29.0, {}) == []
 
 
+def test_a_feed_that_never_connects_is_down_from_the_start() -> None:
+    """Found by an audit: with no `feed.disconnected` (it never connected), no alert came in 23 s."""
+    r = rules(feed_down_s=5)
+    assert r.on_event("session.started", 100.0, {"data_source": "bitunix"}) == []
+    (alert,) = r.on_event("heartbeat", 105.0, {})
+    assert (alert.rule, alert.details["down_s"]) == ("feed_down", 5.0)
+    up = rules(feed_down_s=5)
+    up.on_event("session.started", 100.0, {"data_source": "bitunix"})
+    assert up.on_event("feed.connected", 101.0, {}) == [] and up.on_event("heartbeat", 200.0, {}) == []
+    fell_back = rules(feed_down_s=5)
+    fell_back.on_event("session.started", 100.0, {"data_source": "bitunix"})
+    assert fell_back.on_event("feed.fallback", 103.0, {}) != []  # its own `fallback` alert
+    assert fell_back.on_event("heartbeat", 200.0, {}) == []  # the mock source's data flows
+    mock = rules(feed_down_s=5)
+    mock.on_event("session.started", 100.0, {"data_source": "mock"})
+    assert mock.on_event("heartbeat", 200.0, {}) == []
+
+
+def test_an_error_the_session_ends_on_alerts_at_once() -> None:
+    """Found by an audit: a session ending in error (one fatal error) raised no alert."""
+    r = rules(max_errors_per_min=3)
+    assert r.on_event("error", 1.0, {"where": "feed", "message": "one"}) == []  # counted, under the rate
+    (alert,) = r.on_event("error", 2.0, {"where": "storage", "message": "No space left on device"})
+    assert (alert.rule, alert.severity) == ("session_error", "critical")
+    assert "(storage): No space left on device" in alert.message
+    (crash,) = rules(max_errors_per_min=0).on_event("error", 3.0, {"where": "session", "message": "boom"})
+    assert crash.rule == "session_error"
+
+
 def test_memory_and_disk_fire_when_crossing_and_again_only_after_recovering() -> None:
     r = rules(max_rss_mb=100, min_free_disk_mb=50)
     ok = {"rss_mb": 90.0, "disk_free_mb": 60.0}

@@ -518,3 +518,23 @@ def test_a_heartbeat_period_of_0_7_s_moves_on() -> None:
     for _ in range(100):
         seen.append(next_heartbeat(started, 0.7, seen[-1], math.inf))
     assert all(b - a == pytest.approx(0.7, abs=1e-6) for a, b in itertools.pairwise(seen))
+
+
+def test_a_live_flatten_says_how_old_its_quote_is_and_a_stale_one_alerts() -> None:
+    """Found by an audit: a session restarted past its planned end closed its position at the
+    quote of before the crash, 68 s old, with nothing saying so."""
+    from actors.config import AlertsConfig
+    from actors.recording.alerts import AlertRules
+
+    account = _account()
+    account.on_market(Tick(ts=W0, bid=100.0, ask=100.1, last=100.0, last_qty=0.0), W0)
+    account.on_arrival(_order("o1", "buy", 1.0, W0), W0)
+    fresh = [e for e in account.flatten(W0 + 2, "flatten_on_exit", "f1") if e.kind == "order.submitted"]
+    assert fresh[0].fields["quote_age_s"] == 2.0
+    account.on_arrival(_order("o2", "buy", 1.0, W0 + 2), W0 + 2)
+    (stale,) = [e for e in account.flatten(W0 + 68, "flatten_on_exit", "f2") if e.kind == "order.submitted"]
+    assert stale.fields["quote_age_s"] == 68.0
+    rules = AlertRules(AlertsConfig())
+    assert rules.on_event("order.submitted", W0 + 2, fresh[0].fields) == []
+    (alert,) = rules.on_event("order.submitted", W0 + 68, stale.fields)
+    assert (alert.rule, alert.severity) == ("stale_flatten", "critical") and "68.0 s old" in alert.message

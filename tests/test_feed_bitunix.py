@@ -540,7 +540,11 @@ async def test_a_symbol_the_exchange_does_not_trade_is_a_start_up_error(tmp_path
     assert trio.current_time() - started < 8
     report = result.report
     assert (report["status"], report["stop_reason"], report["errors"]) == ("error", "error", 1)
-    assert "Bitunix does not trade DOGEUSDT" in report["error_messages"][0]
+    # said in one line, not as the repr of nested exception groups (found by an audit)
+    assert report["error_messages"][0].startswith("Bitunix does not trade DOGEUSDT: ")
+    assert "ExceptionGroup" not in report["error_messages"][0]
+    (alert,) = [e for e in events if e["kind"] == "alert"]  # a session ending in error alerts
+    assert alert["rule"] == "session_error" and "Bitunix does not trade DOGEUSDT" in alert["message"]
     assert kinds(events)["feed.fallback"] == 0 and report["fills"] == 0
     assert market_records(result.run_path, "instrument") == []
 

@@ -135,10 +135,13 @@ def test_a_full_disk_mid_position_stops_flat_and_the_next_start_resumes_the_sess
         # (through the broker, in memory); no traceback, no temporary file, no final record
         assert proc.returncode == 1, err[-3000:]
         assert "Traceback" not in err and "Logging error" not in err
-        faults = [line for line in err.splitlines() if "storage fault: cannot write " in line]
+        lines = err.splitlines()
+        faults = [line for line in lines if "storage fault: cannot write " in line and "ALERT" not in line]
         assert len(faults) == 1, err[-3000:]
+        # and the alert a session ending on an error raises (a webhook would get it too)
+        assert sum("ALERT session_error: the session ends on an error (storage)" in line for line in lines) == 1
         assert f"{run}/" in faults[0] and "(ENOSPC)" in faults[0] and "MB free on its disk" in faults[0]
-        assert sum("storage low:" in line for line in err.splitlines()) <= 1
+        assert sum("storage low:" in line and "ALERT" not in line for line in err.splitlines()) <= 1
         assert "exit flatten_on_exit" in err  # the open position closed
         assert "stop_reason=storage" in err and "report=not written" in err
         assert _temp_files(disk) == []
@@ -202,7 +205,7 @@ def test_free_space_under_the_reserve_stops_the_session_with_its_report(tmp_path
             err = _finish(proc)
         assert proc.returncode == 1, err[-3000:]
         assert "Traceback" not in err and "storage fault" not in err
-        (low,) = [line for line in err.splitlines() if "storage low:" in line]
+        (low,) = [line for line in err.splitlines() if "storage low:" in line and "ALERT" not in line]
         assert f"on the disk of {run}" in low and "under session.disk_reserve_mb = 10 MB" in low
         report = read_report(run)
         assert (report["status"], report["stop_reason"], report["open_positions"]) == ("error", "storage", [])

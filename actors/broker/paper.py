@@ -1553,22 +1553,21 @@ class PaperBroker:
         events = self.cancel_all(ts, reason)
         order = self.flatten_order(ts, order_id, reason)
         if order is not None and self.last_tick is not None:
-            events.append(
-                Event(
-                    ts,
-                    "order.submitted",
-                    {
-                        "order_id": order.id,
-                        "side": order.side,
-                        "qty": order.qty,
-                        "type": "market",
-                        "requested_price": order.decision_price,
-                        "reduce_only": True,
-                        "reason": reason,
-                        "symbol": self.symbol,
-                    },
-                )
-            )
+            fields: dict[str, Any] = {
+                "order_id": order.id,
+                "side": order.side,
+                "qty": order.qty,
+                "type": "market",
+                "requested_price": order.decision_price,
+                "reduce_only": True,
+                "reason": reason,
+                "symbol": self.symbol,
+            }
+            if not self.bars:
+                # live: the quote it closes at is the last the market offered, as old as this (a
+                # feed down at the end, a session restarted past its end: `stale_flatten` alerts)
+                fields["quote_age_s"] = round(max(0.0, ts - self.last_tick.ts), 3)
+            events.append(Event(ts, "order.submitted", fields))
             events += self._take(order, order.qty, ts, self.last_tick, capped=False)
         return events
 

@@ -9,9 +9,12 @@ and between a session and its replay):
 
 - **Event rules** are functions of the events alone (their kinds, fields and `ts`): `breaker`
   (`breaker.tripped`), `liquidation`, `resume` (`session.resumed`), `fallback` (`feed.fallback`),
-  `error_rate` (more than `alerts.max_errors_per_min` `error` events within 60 s of event time)
-  and `feed_down` (`feed.disconnected` with no `feed.connected` for `alerts.feed_down_s`, checked
-  at every event, the heartbeats' included). Each is also written to `events.jsonl` as an `alert`
+  `error_rate` (more than `alerts.max_errors_per_min` `error` events within 60 s of event time),
+  `session_error` (an `error` event the session ends on: `where` "session" or "storage"; at once),
+  `stale_flatten` (a live flatten's `order.submitted` whose `quote_age_s` is above 5 s)
+  and `feed_down` (`feed.disconnected`, or a session on the exchange's feed starting, with no
+  `feed.connected` or `feed.fallback` for `alerts.feed_down_s`, checked at every event, the
+  heartbeats' included). Each is also written to `events.jsonl` as an `alert`
   event right after the event that raised it: the same events give the same alerts, in any
   runtime, so backtests on both runtimes, and replays of the data-driven ones (breaker,
   liquidation), keep writing the same lines.
@@ -44,6 +47,10 @@ from protocols.records import dumps_line, iso
 
 ALERT_KIND = "alert"
 ERROR_WINDOW_S = 60.0
+# `error` events the session ends on (or, recorded at a resume, ended on): each alerts at once
+FATAL_ERRORS = frozenset({"session", "storage"})
+# A live flatten at a quote older than this alerts (`stale_flatten`), seconds
+STALE_FLATTEN_S = 5.0
 
 
 @attrs.frozen
@@ -134,8 +141,30 @@ class AlertRules:
                     {"down_s": round(down, 3), "since": iso(self.feed_down_since), "feed_down_s": limit},
                 )
             )
-        if kind == "feed.connected":
+        if kind in ("feed.connected", "feed.fallback"):  # live data again, or the mock source's
             self.feed_down_since = None
+
+    def _submitted(self, ts: float, fields: dict[str, Any]) -> Alert | None:
+        """A live flatten at a quote older than STALE_FLATTEN_S (found by an audit: a session
+        restarted past its planned end closed its position at the quote of before the crash)."""
+        age = fields.get("quote_age_s")
+        if age is None or age <= STALE_FLATTEN_S:
+            return None
+        return Alert(
+            ts,
+            "stale_flatten",
+            "critical",
+            f"{fields.get('symbol', '')} position closed ({fields.get('reason')}) at the last quote the "
+            f"market offered, {age:.1f} s old: the market may be elsewhere now",
+            {k: fields.get(k) for k in ("symbol", "order_id", "reason", "quote_age_s", "requested_price")},
+        )
+
+    def _started(self, ts: float, fields: dict[str, Any]) -> Alert | None:
+        """A session on the exchange's feed is down until it first connects (found by an audit:
+        a feed that never connected never raised `feed_down`)."""
+        if fields.get("data_source") == "bitunix":
+            self.feed_down_since, self.feed_down_alerted = ts, False
+        return None
 
     def _disconnected(self, ts: float, fields: dict[str, Any]) -> Alert | None:
         """Starts the feed-down clock (`_feed_down` raises the alert)."""
@@ -144,6 +173,15 @@ class AlertRules:
         return None
 
     def _error(self, ts: float, fields: dict[str, Any]) -> Alert | None:
+        where = fields.get("where")
+        if where in FATAL_ERRORS:  # the session ends on it: at once, whatever the rate
+            return Alert(
+                ts,
+                "session_error",
+                "critical",
+                f"the session ends on an error ({where}): {fields.get('message', '')}",
+                {"where": where},
+            )
         limit = self.config.max_errors_per_min
         if limit <= 0:
             return None
@@ -206,6 +244,8 @@ class AlertRules:
 
 
 _EVENT_RULES: dict[str, Callable[[AlertRules, float, dict[str, Any]], Alert | None]] = {
+    "session.started": AlertRules._started,
+    "order.submitted": AlertRules._submitted,
     "feed.disconnected": AlertRules._disconnected,
     "error": AlertRules._error,
     "breaker.tripped": AlertRules._breaker,

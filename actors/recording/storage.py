@@ -108,7 +108,7 @@ def check_room(run_dir: Path, reserve_mb: float) -> None:
             str(run_dir),
             "low_space",
             f"not enough free space to start a session in {run_dir}: {free:.1f} MB free on its disk, "
-            f"under session.disk_reserve_mb = {reserve_mb:g} MB (free some space, or lower it)",
+            f"under session.disk_reserve_mb = {reserve_mb:,.10g} MB (free some space, or lower it)",
             free,
         )
 
@@ -121,7 +121,7 @@ def low_space(run_path: Path, free: float | None, reserve_mb: float, ts: float |
         str(run_path),
         "low_space",
         f"storage low: {free:.1f} MB free on the disk of {run_path}, under session.disk_reserve_mb = "
-        f"{reserve_mb:g} MB: stopping the session while its final record fits",
+        f"{reserve_mb:,.10g} MB: stopping the session while its final record fits",
         free,
         ts,
     )
