@@ -426,3 +426,27 @@ async def test_a_live_session_trades_two_symbols_from_one_connection(tmp_path: P
     fills = [e for e in read_events(result.run_path) if e["kind"] == "order.filled"]
     own = {(e["strategy_id"], e["symbol"]) for e in fills if e["strategy_id"]}  # not the flatten at exit
     assert own == {("s0", "BTCUSDT"), ("s1", "ETHUSDT")}
+
+
+@pytest.mark.slow
+async def test_a_symbols_dead_kline_stream_is_polled_over_rest_while_its_book_flows(tmp_path: Path) -> None:
+    """ETHUSDT's kline pushes never come while its book does (found by an audit: no candle for
+    the whole session, not stale, nothing said, its strategy blind). After stale_after_s without
+    a kline its closed candles are polled over REST, loudly; BTCUSDT's come from the socket."""
+    fake = FakeBitunix(
+        seed=64,
+        symbols=TWO,
+        time_offset_s=offset_for_close_in(4),
+        faults=Faults(klines_silent_symbol="ETHUSDT"),
+    )
+    run = await run_feed(tmp_path, fake, TWO, "feed.stale_after_s=2", "feed.failover_after_s=600", seconds=8)
+    (silent,) = run.kinds("feed.klines")
+    assert silent.fields["symbol"] == "ETHUSDT" and silent.fields["silent"] is True
+    assert run.statuses("ETHUSDT") == [(True, "no data yet"), (False, "websocket data")]  # never stale
+    for symbol in TWO:
+        live = [e for e in run.of(symbol) if isinstance(e, Candle) and not e.backfill]
+        assert live, f"{symbol}: no live candle"
+        truth = {t[0]: t[1:] for t in fake.truth_candles(symbol)}
+        for c in live:
+            assert (c.open, c.high, c.low, c.close, c.volume) == pytest.approx(truth[round(c.open_ts * 1000)])
+    assert fake.stats.connections == 1 and not run.kinds("feed.failover")

@@ -139,7 +139,9 @@ def test_a_full_disk_mid_position_stops_flat_and_the_next_start_resumes_the_sess
         faults = [line for line in lines if "storage fault: cannot write " in line and "ALERT" not in line]
         assert len(faults) == 1, err[-3000:]
         # and the alert a session ending on an error raises (a webhook would get it too)
-        assert sum("ALERT session_error: the session ends on an error (storage)" in line for line in lines) == 1
+        assert (
+            sum("ALERT session_error: the session ends on an error (storage)" in line for line in lines) == 1
+        )
         assert f"{run}/" in faults[0] and "(ENOSPC)" in faults[0] and "MB free on its disk" in faults[0]
         assert sum("storage low:" in line and "ALERT" not in line for line in err.splitlines()) <= 1
         assert "exit flatten_on_exit" in err  # the open position closed

@@ -47,6 +47,7 @@ FEED_KINDS = {
     "feed.fallback",
     "feed.live",
     "feed.gap",
+    "feed.klines",
 }
 
 
@@ -250,7 +251,7 @@ class SessionView:
             return f"resumed after {r.get('downtime_s', 0):.0f} s down"
         if kind in FEED_KINDS:
             self.feed_state = kind.removeprefix("feed.")
-            detail = r.get("reason") or r.get("data_source") or r.get("symbols") or ""
+            detail = r.get("reason") or r.get("data_source") or r.get("symbols") or r.get("symbol") or ""
             return f"{kind} {detail}".rstrip()
         if kind == "session.stopped":
             return f"stopped: {r['stop_reason']} ({r.get('detail', '')})"
@@ -323,7 +324,9 @@ class SessionView:
         )
         if self.run_id.startswith(BATCH_RUN_PREFIXES):  # a backtest or replay keeps no checkpoint
             return gone + "It cannot be resumed: the next start closes it as abandoned; run it again"
-        return gone + "Starting the same command again resumes it (docs/START_HERE.md); --fresh starts a new one"
+        return (
+            gone + "Starting the same command again resumes it (docs/START_HERE.md); --fresh starts a new one"
+        )
 
 
 class Display:

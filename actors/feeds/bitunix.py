@@ -278,6 +278,9 @@ class _Market:
     heard_at: float = 0.0  # the connection's time spent waiting on the socket, at its last data frame
     stale: bool = False  # what its last FeedStatus said (`run` starts it stale: no data yet)
     failover: bool = False  # polled over REST (no WebSocket data for it for failover_after_s)
+    # trio time of its last kline push (or of the connection's start); its candles close on them
+    last_kline_at: float = -math.inf
+    klines_silent: bool = False  # its klines polled over REST while its other data flows
     seeded: trio.Event = attrs.field(factory=trio.Event)  # its history has been handed out
     emit_lock: trio.Lock = attrs.field(factory=trio.Lock)  # candles go out in order, once
     instrument: Instrument | None = None  # what was sent
@@ -628,6 +631,11 @@ class BitunixFeed:
                 logger.info("feed: {} data is fresh again", m.symbol)
             await self._set_stale(False, "websocket data", [m])
         if isinstance(msg, bitunix.KlinePush):
+            m.last_kline_at = m.last_data_at
+            if m.klines_silent:
+                m.klines_silent = False
+                logger.info("feed: {} klines back on the WebSocket: REST kline polling stopped", m.symbol)
+                await self._event("feed.klines", symbol=m.symbol, silent=False)
             bucket = msg.ts_ms // self.interval_ms
             if m.current is not None and m.current_bucket is not None and bucket > m.current_bucket:
                 c = m.current
@@ -694,6 +702,7 @@ class BitunixFeed:
         for m in self.markets.values():
             m.current = m.current_bucket = None  # a partial candle from before is not trusted
             m.heard_at = 0.0
+            m.last_kline_at = trio.current_time()  # the kline silence clock starts with the connection
         # Stale means silence on the socket: only the time spent waiting in get_message counts
         # (`waited`), from the connection's start or a symbol's last data frame; the work done on a
         # frame (a REST backfill, subscribers slow to take a candle) does not, and frames that
@@ -844,6 +853,46 @@ class BitunixFeed:
                 )
             for m in due:
                 await self._poll_once(m)
+            await self._poll_silent_klines(now, due)
+
+    async def _poll_silent_klines(self, now: float, due: list[_Market]) -> None:
+        """A symbol whose other data flows (so it is not stale) for `stale_after_s` past its last
+        kline: its candles would never close (found by an audit: a strategy blind all
+        session, nothing said). Its closed candles are polled over REST meanwhile, loudly."""
+        if not self.ws_up:
+            return
+        for m in self.markets.values():
+            # its other data went on for stale_after_s past its last kline (a symbol with no data
+            # at all, the socket silent, is the stale and failover paths': `due`, `stale`)
+            if m in due or m.stale or m.last_data_at - m.last_kline_at < self.cfg.stale_after_s:
+                continue
+            if not m.klines_silent:
+                m.klines_silent = True
+                silent = m.last_data_at - m.last_kline_at
+                logger.warning(
+                    "feed: no {} kline for {:.0f} s while its other data flows: polling its candles over REST",
+                    m.symbol,
+                    silent,
+                )
+                await self._event("feed.klines", symbol=m.symbol, silent=True, silent_s=round(silent, 3))
+            await self._poll_klines(m)
+
+    async def _poll_klines(self, m: _Market) -> None:
+        """The closed candles of `m`'s newest two REST klines, handed out (in order, once)."""
+        try:
+            rows = await self.rest_get(
+                bitunix.KLINE_PATH, bitunix.kline_params(m.symbol, self.interval, limit=2), attempts=2
+            )
+        except (bitunix.RestError, httpx.HTTPError) as exc:
+            logger.warning("feed: REST kline poll of {} failed: {}", m.symbol, _why(exc))
+            return
+        candles = bitunix.parse_rest_klines(rows, self.interval_s)
+        now_ms = int(self.clock.now() * 1000)
+        if candles and (round(candles[-1].open_ts * 1000) + self.interval_ms > now_ms or len(candles) > 1):
+            candles = candles[:-1]  # the newest row is the candle still open
+        async with m.emit_lock:
+            for candle in candles:
+                await self._emit_candle(m, candle, backfill=False)
 
     async def _poll_once(self, m: _Market) -> None:
         try:

@@ -91,6 +91,9 @@ class Faults:
     # where a stall (time- or count-triggered) hits: "" every socket (nothing at all is sent, not
     # even pongs); a symbol: only that symbol's pushes stop, the socket and the other symbols go on
     stall_symbol: str = ""
+    # this symbol's kline pushes never come (its book, ticker and price pushes do; REST serves
+    # its klines): a kline stream dead while the rest of the symbol's data flows
+    klines_silent_symbol: str = ""
 
 
 @attrs.define

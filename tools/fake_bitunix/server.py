@@ -908,7 +908,8 @@ class _Conn:
                 while next_grid <= ts:
                     next_grid += push_ms
             candle = market.path.span(tb * interval, end, ts)
-            if candle is not None and not srv.stalled(market.symbol):
+            silent = market.symbol == srv.faults.klines_silent_symbol
+            if candle is not None and not srv.stalled(market.symbol) and not silent:
                 frame = {"ch": ch, "symbol": market.symbol, "ts": ts, "data": market.kline_data(candle)}
                 await self._emit(market, frame, protect=final)
 
@@ -1631,6 +1632,12 @@ def _parser() -> argparse.ArgumentParser:
         help="stalls stop only this symbol's pushes (the socket and the other symbols go on)",
     )
     p.add_argument(
+        "--klines-silent-symbol",
+        default="",
+        metavar="SYMBOL",
+        help="this symbol's kline pushes never come (its other pushes and its REST klines do)",
+    )
+    p.add_argument(
         "--malformed",
         type=float,
         default=0,
@@ -1708,6 +1715,7 @@ def main(argv: list[str] | None = None) -> int:
         stall_every_s=a.stall_every,
         stall_for_s=a.stall_for,
         stall_symbol=a.stall_symbol.upper(),
+        klines_silent_symbol=a.klines_silent_symbol.upper(),
         malformed_fraction=a.malformed,
         refuse_handshakes_for_s=a.refuse_for,
         drop_after_frames=a.drop_after_frames,
