@@ -3,7 +3,8 @@
 The components (actors/broker, actors/risk, actors/strategies) are the same in every kind of
 session; what differs is the runtime that moves messages between them:
 
-- **actors** (live sessions, new or resumed): one Trio nursery of actors over bounded channels.
+- **actors** (live sessions, new or resumed): one Trio nursery of actors over bounded channels (and
+  the recorder's unbounded inbox, `EventSink`).
 
   ```
   SIGINT/SIGTERM -> the Stopper, for the session's whole life (SessionSignals)

@@ -1,4 +1,5 @@
-"""The actors runtime: one Trio nursery of actors over bounded channels (see actors/session.py).
+"""The actors runtime: one Trio nursery of actors over bounded channels, and the recorder's
+unbounded inbox (`EventSink`: recording never blocks a step; see actors/session.py).
 
 ```
 feed --(arrival, MarketEvent)--> broker --ask: AccountUpdate | MarketView--> risk gate --ask--> strategies

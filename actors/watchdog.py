@@ -2,8 +2,8 @@
 
 It cancels the session scope (with the first reason anyone gave) when the duration is reached,
 when the kill-switch file appears, or when a stop command arrives on its stop channel (the risk
-gate's `StopSession`, forwarded by the broker; a backtest feed's `data_end`; the recorder's
-`storage` stop). It shows live progress every second from the account snapshot the broker last
+gate's `StopSession`, forwarded by the broker; a backtest's `data_end`, asked by the broker once
+it has worked every input; the recorder's `storage` stop). It shows live progress every second from the account snapshot the broker last
 published.
 
 SIGINT and SIGTERM are the session's for its whole life, not only the watchdog's

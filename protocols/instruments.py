@@ -6,7 +6,7 @@ start (`from_trading_pair`; `source = "exchange"`); mock sessions, replays of ol
 backtests use the table below (`source = "table"`). Prices and quantities are kept on the grid
 by counting in whole ticks and lots (integers), never by adding floats.
 
-Where the table's figures come from (docs/instruments.md says the same, with the choices):
+Where the table's figures come from (docs/fills.md says the same, with the choices):
 
 - tick, lot, minimum quantity and maximum leverage: `trading_pairs` as recorded in
   `../shared/docs/bitunix-protocol.md` (BTCUSDT: `quotePrecision` 1, `basePrecision` 4,

@@ -1,4 +1,5 @@
-"""The messages components exchange: frozen attrs types carrying data only (no trio objects).
+"""The messages components exchange: frozen attrs types and, for the most frequent (`Tick`,
+`Candle`, `AccountSnapshot`), named tuples; data only (no trio objects).
 
 Each type's docstring names its direction (`OrderIntent`: strategy -> risk gate; `Order`: risk gate
 -> broker; ...). Every market event, intent, order and account figure carries its `symbol` (a session
@@ -208,7 +209,7 @@ class AccountSnapshot(NamedTuple):
     by default the session's): `mark_price`, `stale` and `funding_rate_pct` are that symbol's, the
     money figures the whole account's; `positions` holds every symbol's.
 
-        A named tuple rather than an attrs class (the one exception here): the broker builds one for
+        A named tuple rather than an attrs class (as `Tick` and `Candle`): the broker builds one for
         each market event a strategy takes, and a tuple is built several times faster."""
 
     ts: float

@@ -1,4 +1,5 @@
-"""Feed actor: market data in, fanned out to every subscriber (strategy, broker).
+"""Feed actor: market data in, fanned out to its subscribers (in a session: the broker only; the
+broker hands each event to the strategies that take it, with the account).
 
 Here: the deterministic mock source (`build_walk`, `MarketWalk`, `RandomWalk`, `run_mock_feed`) for
 every symbol the session trades (`Config.symbols`): best bid/ask/last ticks every

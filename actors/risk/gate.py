@@ -9,8 +9,9 @@ only through the frozen `AccountSnapshot`s that travel with what it is given.
   (`max_position_size`, `max_notional`, `max_leverage`) and the account's across every symbol
   (`max_total_notional`, `max_total_leverage`: the other symbols' positions, and orders on their
   way, at their marks), and rounded to the symbol's lot.
-- `max_orders_per_minute` is a sliding window over every order the strategies ask for, exits
-  included; the broker's protective exits and flatten-on-exit never pass through it.
+- `max_orders_per_minute` is a sliding window over every order it approves for the strategies,
+  exits included (an intent it rejects for another reason does not count); the broker's
+  protective exits and flatten-on-exit never pass through it.
 - `on_account(update)`: the account watched, after the marks its `RiskWatch` asks the broker to
   report (a new UTC day, the end of a cooldown, equity at or below the nearest limit) and after
   every closed trade: `max_loss_pct` stops the session; the circuit breaker flattens and then
