@@ -109,6 +109,23 @@ def test_healthcheck_follows_the_run_dir_of_the_environment(
     assert healthcheck.main([]) == 0
 
 
+def test_healthcheck_looks_past_a_backtest_or_replay_that_moved_latest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an audit: a replay in the container's run dir moved `latest` to its own finished
+    folder, and the live session's healthcheck said unhealthy."""
+    _run_folder(tmp_path, age_s=1)  # the live session, running
+    runs = tmp_path / "runs"
+    replay = runs / "replay-20260101T000000Z-s42"
+    replay.mkdir()
+    (replay / "final_report.json").write_text("{}\n")
+    (runs / "latest").unlink()
+    (runs / "latest").symlink_to(replay.name, target_is_directory=True)
+    monkeypatch.setenv(healthcheck.RUN_DIR_ENV, str(runs))
+    assert healthcheck.default_run() == runs / "20260101T000000Z-s42"
+    assert healthcheck.main([]) == 0
+
+
 def test_healthcheck_runs_as_a_module(tmp_path: Path) -> None:
     """The HEALTHCHECK's command line: one line, exit 1 with nothing there."""
     done = subprocess.run(

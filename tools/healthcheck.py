@@ -1,7 +1,8 @@
 """Is the session alive? `python -m tools.healthcheck [RUN] [--max-age SECONDS]` (the image's HEALTHCHECK).
 
 Exit 0 when the run folder RUN has a heartbeat newer than `--max-age` seconds (default 60), else
-exit 1; either way one line on standard output. RUN defaults to `<run dir>/latest`, the run dir
+exit 1; either way one line on standard output. RUN defaults to `<run dir>/latest` (or, when a
+backtest or replay has moved it to its own folder, the newest live session's), the run dir
 being `LAPTOP_AGENTS__SESSION__RUN_DIR` when set (relative to the working directory, as the
 session resolves it) and `/data/runs` otherwise, the image's (its WORKDIR /data, run_dir "runs").
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -26,8 +28,24 @@ RUN_DIR_ENV = "LAPTOP_AGENTS__SESSION__RUN_DIR"
 HEARTBEAT_FILE = "metrics.csv"
 
 
+# a live session's run id (`actors.plan._LIVE_RUN_ID`, written out: no import of the project here)
+_LIVE_RUN_ID = re.compile(r"^\d{8}T\d{6}Z-s\d+(-\d+)?$")
+
+
 def default_run() -> Path:
-    return Path(os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR) / "latest"
+    """`<run dir>/latest`; when a backtest or replay in the same run dir has moved it to its own
+    folder, the newest live session's folder instead (found by an audit: the session's health
+    followed `latest` to a finished replay and said unhealthy)."""
+    run_dir = Path(os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR)
+    latest = run_dir / "latest"
+    try:
+        name = latest.resolve().name
+        if _LIVE_RUN_ID.match(name) or not latest.exists():
+            return latest
+        live = [p for p in run_dir.iterdir() if _LIVE_RUN_ID.match(p.name) and p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return latest
+    return max(live, key=lambda p: p.name, default=latest)
 
 
 def check(run: Path, max_age_s: float, now: float | None = None) -> tuple[bool, str]:
