@@ -99,6 +99,27 @@ def _forge(path: Path, change: dict[str, object]) -> None:
     path.write_text(json.dumps(doc))
 
 
+def test_a_checkpoint_copied_from_another_run_is_not_used(tmp_path: Path, state_key: bytes) -> None:
+    """Found by an audit: the signed body named no run, so another run's checkpoint (same key)
+    resumed this one with its timeline, and the validator passed."""
+    one, two = tmp_path / "20260101T000000Z-s1", tmp_path / "20260101T000000Z-s2"
+    for run, seq in ((one, 1), (two, 7)):
+        run.mkdir()
+        checkpoint.write(run, {"seq": seq})
+    (one / checkpoint.NEWEST).write_bytes((two / checkpoint.NEWEST).read_bytes())
+    with pytest.raises(checkpoint.CheckpointError, match="written for run '20260101T000000Z-s2'"):
+        checkpoint.load(one)
+    checkpoint.use_key(None)  # unsigned: not used either; the previous generation, if any, is
+    for run in (one, two):
+        for name in (checkpoint.NEWEST, checkpoint.PREVIOUS):
+            (run / name).unlink(missing_ok=True)
+        checkpoint.write(run, {"seq": 1 if run is one else 7})
+    checkpoint.write(one, {"seq": 2})
+    (one / checkpoint.NEWEST).write_bytes((two / checkpoint.NEWEST).read_bytes())
+    loaded = checkpoint.load(one)
+    assert loaded.state == {"seq": 1} and "written for run" in loaded.problems[0]
+
+
 def test_a_signed_checkpoint_resumes_and_a_tampered_one_is_refused(tmp_path: Path, state_key: bytes) -> None:
     checkpoint.write(tmp_path, {"seq": 1, "cash": 100.0})
     checkpoint.write(tmp_path, {"seq": 2, "cash": 90.0})

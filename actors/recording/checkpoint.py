@@ -9,7 +9,9 @@ With a state key (`LAPTOP_AGENTS_STATE_KEY`, installed by the CLI with `use_key`
 also carries an HMAC-SHA256 of its body under that key. A checkpoint that does not verify (altered,
 written with another key, not signed at all) or one that is signed while no key is set is refused
 with `CheckpointError`, loudly, and never resumed: the loader does not fall back to the previous
-generation for it (a tampered folder is for an operator to look at, not to be read around).
+generation for it (a tampered folder is for an operator to look at, not to be read around). Each
+checkpoint names its run folder in its checksummed (and signed) body: one copied into another run
+folder is not used there (refused as tampered when signed).
 Secrets of the environment are scrubbed from a checkpoint's text before it is written.
 """
 
@@ -66,21 +68,26 @@ def _checksum(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def encode(state: dict[str, Any]) -> bytes:
+def encode(state: dict[str, Any], run: str | None = None) -> bytes:
+    """The checkpoint file's bytes; `run`: the run folder's name, in the checksummed (and signed)
+    body, so that a checkpoint copied into another run folder is refused there."""
     if secrets.active():
         text = json.dumps(state, separators=(",", ":"), allow_nan=False)
         clean = secrets.scrub(text)
         if clean != text:
             state = json.loads(clean)
-    body = {"format": FORMAT, "state": state}
+    body: dict[str, Any] = {"format": FORMAT, "state": state}
+    if run is not None:
+        body["run"] = run
     doc = {**body, "sha256": _checksum(body)}
     if _key is not None:
         doc["hmac"] = _hmac(_key, body)
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
-def decode(data: bytes) -> dict[str, Any]:
-    """The state in a checkpoint file's bytes; ValueError says why they are not a valid checkpoint."""
+def decode(data: bytes, run: str | None = None) -> dict[str, Any]:
+    """The state in a checkpoint file's bytes; ValueError says why they are not a valid checkpoint
+    (`run`: the folder it is read from, which a checkpoint naming its run must name)."""
     try:
         doc = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -88,6 +95,8 @@ def decode(data: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or "state" not in doc:
         raise ValueError("not a checkpoint of this format")
     body = {"format": doc["format"], "state": doc["state"]}
+    if "run" in doc:  # older checkpoints name no run
+        body["run"] = doc["run"]
     signed = "hmac" in doc
     if _key is None and signed:
         raise TamperedCheckpoint(
@@ -105,6 +114,11 @@ def decode(data: bytes) -> dict[str, Any]:
         )
     if doc.get("sha256") != _checksum(body):
         raise ValueError("checksum mismatch")
+    if run is not None and "run" in body and body["run"] != run:
+        wrong = f"written for run {body['run']!r}, not {run!r} (copied from another run folder?)"
+        if signed:  # verified under the key: someone moved it here
+            raise TamperedCheckpoint(wrong)
+        raise ValueError(wrong)
     state: dict[str, Any] = doc["state"]
     return state
 
@@ -118,9 +132,14 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _run_id(folder: Path) -> str:
+    """The run folder's own name (through `runs/latest`)."""
+    return folder.resolve().name
+
+
 def write(folder: Path, state: dict[str, Any]) -> None:
     """Atomically make `state` the newest checkpoint in `folder`, keeping the previous one."""
-    data = encode(state)
+    data = encode(state, _run_id(folder))
     tmp = folder / (NEWEST + ".tmp")
     try:
         with tmp.open("wb") as f:
@@ -144,7 +163,7 @@ def load(folder: Path) -> Loaded:
     for name in (NEWEST, PREVIOUS):
         path = folder / name
         try:
-            return Loaded(decode(path.read_bytes()), path, problems)
+            return Loaded(decode(path.read_bytes(), _run_id(folder)), path, problems)
         except FileNotFoundError:
             problems.append(f"{name}: missing")
         except TamperedCheckpoint as exc:
