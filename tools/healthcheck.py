@@ -42,7 +42,9 @@ def default_run() -> Path:
         name = latest.resolve().name
         if _LIVE_RUN_ID.match(name) or not latest.exists():
             return latest
-        live = [p for p in run_dir.iterdir() if _LIVE_RUN_ID.match(p.name) and p.is_dir() and not p.is_symlink()]
+        live = [
+            p for p in run_dir.iterdir() if _LIVE_RUN_ID.match(p.name) and p.is_dir() and not p.is_symlink()
+        ]
     except OSError:
         return latest
     return max(live, key=lambda p: p.name, default=latest)
