@@ -538,3 +538,50 @@ def test_a_live_flatten_says_how_old_its_quote_is_and_a_stale_one_alerts() -> No
     assert rules.on_event("order.submitted", W0 + 2, fresh[0].fields) == []
     (alert,) = rules.on_event("order.submitted", W0 + 68, stale.fields)
     assert (alert.rule, alert.severity) == ("stale_flatten", "critical") and "68.0 s old" in alert.message
+
+
+def test_a_breakers_flatten_with_the_net_flat_keeps_each_open_strategys_stop() -> None:
+    """Found by an audit: strategies b (short) and c (long) net to 0; the breaker's flatten traded
+    nothing but cancelled both brackets, and b's next exit left c long with no stop."""
+    account = _account()
+    account.on_market(Tick(ts=W0, bid=100.0, ask=100.1, last=100.0, last_qty=0.0), W0)
+    account.on_arrival(
+        _order("b1", "sell", 0.01, W0, strategy_id="b", stop_price=102.0, target_price=98.0), W0
+    )
+    account.on_arrival(
+        _order("c1", "buy", 0.01, W0, strategy_id="c", stop_price=98.0, target_price=102.0), W0
+    )
+    assert abs(account.position_qty) < 1e-12
+    brackets = {oid for oid, w in account.working.items() if w.order.protective}
+    assert len(brackets) == 4
+    events = account.flatten(W0 + 1, "max_consecutive_losses", "flatten-1")
+    assert not [e for e in events if e.kind in ("order.cancelled", "order.filled")]
+    assert set(account.working) == brackets  # each open virtual position keeps its stop and target
+    closing = account.flatten(W0 + 2, "flatten_on_exit", "flatten-2")  # the session's end: all go
+    assert {e.fields["order_id"] for e in closing if e.kind == "order.cancelled"} == brackets
+
+
+def test_opposite_virtual_positions_netting_to_zero_each_pay_their_funding() -> None:
+    """Found by an audit: at a net of exactly 0 the strategies were charged nothing, beside it
+    their full amounts: each now pays its own virtual position's funding; the account, on its
+    net, nothing."""
+    account = _account()
+    account.on_market(Tick(ts=W0, bid=100.0, ask=100.0, last=100.0, last_qty=0.0), W0)
+    account.on_market(Funding(ts=W0, mark_price=100.0, rate_pct=0.05), W0)
+    account.on_arrival(_order("b1", "sell", 1.0, W0, strategy_id="b"), W0)
+    account.on_arrival(_order("c1", "buy", 1.0, W0, strategy_id="c"), W0)
+    assert abs(account.position_qty) < 1e-12
+    before = {sid: account.virtual[sid].trade_net for sid in ("b", "c")}
+    later = W0 + 8 * 3600
+    (funding,) = [
+        e
+        for e in account.on_market(Tick(ts=later, bid=100.0, ask=100.0, last=100.0, last_qty=0.0), later)
+        if e.kind == "funding"
+    ]
+    assert funding.fields["amount"] == 0.0 and account.funding_paid == 0.0
+    assert sorted(funding.fields["allocations"]) == [["b", pytest.approx(-0.05)], ["c", pytest.approx(0.05)]]
+    # and in the round trip it is paid in, as the report's strategies table counts it (the gate's
+    # max_losses and loss streak count those trades: found by an audit, a loss before funding
+    # that funding made a win stopped a session on max_losses)
+    assert account.virtual["b"].trade_net - before["b"] == pytest.approx(0.05)
+    assert account.virtual["c"].trade_net - before["c"] == pytest.approx(-0.05)

@@ -163,3 +163,19 @@ def test_a_clean_end_must_still_be_flat(tmp_path: Path) -> None:
         _rewrite(run, name, lambda record: record.update(status="ok", stop_reason="duration"))
     problems = validate(run)
     assert problems == ["session ended ok but the fills leave a position of +0.01000000 BTCUSDT"]
+
+
+def test_a_fill_allocated_to_another_strategy_than_its_orders_is_caught(trading_run: Path) -> None:
+    """An order of a strategy's is wholly its own (found by an audit: a fill booked to another
+    strategy passed once the report was rebuilt from the same events)."""
+    lines = (trading_run / "events.jsonl").read_text().splitlines()
+    at = next(
+        i for i, line in enumerate(lines) if '"order.filled"' in line and '"strategy_id":"ema_cross"' in line
+    )
+    fill = json.loads(lines[at])
+    fill["allocations"] = [["someone_else", *fill["allocations"][0][1:]]]
+    lines[at] = json.dumps(fill)
+    (trading_run / "events.jsonl").write_text("\n".join(lines) + "\n")
+    assert any(
+        "an order of strategy 'ema_cross' allocated to ['someone_else']" in p for p in validate(trading_run)
+    )

@@ -301,6 +301,23 @@ class Attribution:
             self.problems.append(
                 f"{name}: allocations sum to fee {fee_sum:.10f} but the fill's is {e['fee']:.10f}"
             )
+        owner = e.get("strategy_id") or ""
+        if owner and [a[0] for a in well_formed] != [owner]:
+            # an order of a strategy's is wholly its own (found by an audit: a fill booked to
+            # another strategy passed, its report rebuilt to match)
+            self.problems.append(
+                f"{name}: an order of strategy {owner!r} allocated to {[a[0] for a in well_formed]}"
+            )
+        elif not owner and len(well_formed) > 1:
+            # a fill of no strategy's (a flatten, a liquidation) closes each holder's share of its
+            # own position: never adds to one, never more than it holds
+            for strategy_id, qty, _, _ in well_formed:
+                held = self._ledger(symbol, strategy_id).ledger.qty
+                if held * qty > EPS * EPS or abs(qty) > abs(held) + EPS:
+                    self.problems.append(
+                        f"{name}: {strategy_id!r} allocated {qty:+.10f} against its position {held:+.10f} "
+                        "(a fill of no strategy's only closes each holder's share)"
+                    )
         for strategy_id, qty, realized, fee in well_formed:
             self._ledger(symbol, strategy_id).fill(qty, e["fill_price"], realized, fee)
 

@@ -101,7 +101,7 @@ class Virtual:
     qty: float = 0.0
     avg_price: float = 0.0
     processed_signed_qty: float = 0.0  # its orders the broker has finished with (the gate's pending)
-    trade_net: float = 0.0  # the round trip open now: its realized PnL less its fees so far
+    trade_net: float = 0.0  # the round trip open now: its realized PnL less its fees and funding so far
 
     def book(self, signed: float, price: float, fee: float = 0.0) -> tuple[float, float | None]:
         """A fill of `signed` at `price` paying `fee` (its share of the fill's); returns the
@@ -789,19 +789,30 @@ class PaperBroker:
         return events
 
     def _charge_funding(self, instant: float) -> list[Event]:
+        """The account pays funding on its net position; each strategy its share, as its virtual
+        position would (opposite ones netting to 0 still pay and receive theirs: found by an
+        audit, they were charged nothing at a net of exactly 0, and their full amounts beside it)."""
         mark = self.mark_price
-        if abs(self.position_qty) < EPS or mark is None or not self.funding_modelled:
+        holders = [(s, v.qty) for s, v in self.virtual.items() if not -EPS < v.qty < EPS]
+        flat = abs(self.position_qty) < EPS
+        if (flat and len(holders) < 2) or mark is None or not self.funding_modelled:
             return []
         rate = self.funding.rate_pct_at(instant) if self.funding is not None else self.funding_rate_pct
-        amount = self.position_qty * mark * rate / 100  # longs pay a positive rate
+        amount = 0.0 if flat else self.position_qty * mark * rate / 100  # longs pay a positive rate
         self.funding_paid += amount
-        holders = [(s, v.qty) for s, v in self.virtual.items() if not -EPS < v.qty < EPS]
         total = sum(q for _, q in holders)
-        allocations = (
-            [[s, amount * q / total] for s, q in holders]
-            if len(holders) > 1 and abs(total) > EPS
-            else [[holders[0][0] if holders else "", amount]]
-        )
+        shares: list[tuple[str, float]]
+        if flat:
+            shares = [(s, q * mark * rate / 100) for s, q in holders]
+        elif len(holders) > 1 and abs(total) > EPS:
+            shares = [(s, amount * q / total) for s, q in holders]
+        else:
+            shares = [(holders[0][0] if holders else "", amount)]
+        allocations = [[s, share] for s, share in shares]
+        for sid, share in shares:  # in the round trip it is paid in, as the report counts it
+            virtual = self.virtual.get(sid)
+            if virtual is not None and virtual.qty:
+                virtual.trade_net -= share
         return [
             Event(
                 instant,
@@ -1549,9 +1560,24 @@ class PaperBroker:
 
     def flatten(self, ts: float, reason: str, order_id: str) -> list[Event]:
         """Cancel every working order and close the position at once (fees and slippage apply;
-        not held to the participation cap: a session ends flat)."""
-        events = self.cancel_all(ts, reason)
+        not held to the participation cap: a session ends flat). When the net position is flat
+        already while strategies hold opposite virtual positions (netting to 0), nothing is traded
+        and each of them keeps its protective stop and target (found by an audit: a breaker
+        cancelled them, and the next exit of one left the other's position open with no stop)."""
         order = self.flatten_order(ts, order_id, reason)
+        if order is None and reason != "flatten_on_exit":  # the session goes on (a breaker's)
+            keep = {
+                oid
+                for oid, working in self.working.items()
+                if working.order.protective and abs(self._own_qty(working.order)) > EPS
+            }
+            return [
+                e
+                for oid in list(self.working)
+                if oid not in keep
+                for e in self.cancel(Cancel(oid, ts, reason))
+            ]
+        events = self.cancel_all(ts, reason)
         if order is not None and self.last_tick is not None:
             fields: dict[str, Any] = {
                 "order_id": order.id,
