@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,8 @@ import trio
 from loguru import logger
 
 from actors.broker.actor import run_broker
+from actors.broker.paper import EPS
+from actors.broker.portfolio import Portfolio
 from actors.clock import SessionClock
 from actors.console import ConsoleSink
 from actors.feeds.candles import run_timed_feed
@@ -65,10 +67,17 @@ class _Latest:
     account: AccountSnapshot | None = None
     step_ts: float = -math.inf
     console: ConsoleSink | None = None  # the recorder's figures (stop, target, trades) for the panel
+    # a session resumed past its planned end, holding a position: set once every symbol it holds
+    # has a quote newer than the resume (`fresh_check`), so that it closes at the market's price
+    fresh: trio.Event | None = None
+    fresh_check: Callable[[], bool] | None = None
 
     def update(self, account: AccountSnapshot) -> None:
         self.account = account
         self.step_ts = account.ts
+        fresh, check = self.fresh, self.fresh_check
+        if fresh is not None and check is not None and not fresh.is_set() and check():
+            fresh.set()
 
 
 async def run_actors(session: Session) -> SessionResult:
@@ -141,9 +150,11 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
                         sink.send_nowait(Event(now, "error", resumed_fault(recorder.previous_fault)))
                     for event in parts.broker.abandon_in_flight(now):
                         sink.send_nowait(event)
+                latest = _Latest(console=recorder.console)
+                if plan.mode == "live" and resumed_at is not None and resumed_at >= timeline.end_ts:
+                    _close_at_the_next_quote(parts, latest, resumed_at, config.feed.connect_timeout_s)
                 if plan.mode == "live":  # at once: a crash from here on resumes this session
                     sink.checkpoint({"session": attrs.asdict(timeline), "parts": parts.state()})
-                latest = _Latest(console=recorder.console)
                 status = await _supervise(
                     session, clock, parts, timeline, stopper, sink, health, latest, found, stops_tx, stops_rx
                 )
@@ -177,6 +188,32 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
                     sink.send_nowait(event)
     assert recorder.report is not None
     return SessionResult(run_path, recorder.report, recorder.console, recorder.written, recorder.storage)
+
+
+def _close_at_the_next_quote(parts: Parts, latest: _Latest, resumed_at: float, wait_s: float) -> None:
+    """A session restarted after its planned end stops at once, but with a position it waits for
+    the market's next quote of each symbol it holds (at most `wait_s`) and closes there, entries
+    refused meanwhile (found by an audit: it closed at the quote of before the crash, a minute
+    old and more). With no quote in time it closes at the last one it has (`stale_flatten`)."""
+    broker = parts.broker
+    if not broker.open_positions():
+        return
+    broker.handle(StopSession(resumed_at, "duration", "the planned end passed while it was down"), resumed_at)
+    legs = list(broker.legs.values()) if isinstance(broker, Portfolio) else [broker]
+
+    def fresh() -> bool:
+        return all(
+            leg.last_tick is not None and leg.last_tick.ts > resumed_at
+            for leg in legs
+            if abs(leg.position_qty) > EPS
+        )
+
+    latest.fresh, latest.fresh_check = trio.Event(), fresh
+    logger.info(
+        "the planned end passed while the session was down: closing its position at the market's "
+        "next quote (waiting at most {:g} s)",
+        wait_s,
+    )
 
 
 def _leaves(group: BaseException) -> list[BaseException]:
@@ -361,6 +398,8 @@ async def _run(
                         kill_switch=config.session.kill_switch if live else None,
                         stopper=stopper,
                         stops_rx=stops_rx,
+                        hold_end=latest.fresh,
+                        hold_s=session.config.feed.connect_timeout_s,
                         latest=lambda: latest.account,
                         progress=progress,
                         console=latest.console,

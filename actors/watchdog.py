@@ -111,17 +111,26 @@ async def run_watchdog(
     progress: Progress,
     console: ConsoleSink | None = None,
     end_reason: str = "duration",
+    hold_end: trio.Event | None = None,
+    hold_s: float = 0.0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """`kill_switch` None: no kill-switch polling (backtests on the data's clock, which the
     operator stops with a signal); `duration_s` may be infinite. `console`: the recorder's
-    figures for the progress panel (the working stop and target, trades so far)."""
+    figures for the progress panel (the working stop and target, trades so far). `hold_end`: the
+    end waits for it, at most `hold_s` (a session resumed past its end, waiting for the market's
+    next quote to close its position at), and is then at that instant."""
     end_ts = started_ts + duration_s
 
     async def duration() -> None:
         if math.isfinite(end_ts):
             await clock.sleep_until(end_ts)
-            stopper.stop(end_reason, f"{duration_s:g} s reached", end_ts)
+            if hold_end is None:
+                stopper.stop(end_reason, f"{duration_s:g} s reached", end_ts)
+                return
+            with trio.move_on_after(hold_s):
+                await hold_end.wait()
+            stopper.stop(end_reason, f"{duration_s:g} s reached", max(end_ts, clock.now()))
 
     async def kill_switch_poll(path: Path) -> None:
         while True:

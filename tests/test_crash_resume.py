@@ -613,3 +613,49 @@ def test_the_cli_closes_it_and_starts_a_new_session(tmp_path: Path) -> None:
     assert read_report(run)["status"] == "abandoned" and validate(run) == []
     new = (tmp_path / "runs" / "latest").resolve()
     assert new != run and read_report(new)["status"] == "ok" and validate(new) == []
+
+
+def _checkpointed_in_position(run: Path) -> bool:
+    """The newest checkpoint was taken with a position open (its last fill before it left one)."""
+    try:
+        records, _ = read_events(run / "events.jsonl")
+        saved = checkpoint.load(run).state["seq"]
+    except (FileNotFoundError, checkpoint.CheckpointError):
+        return False
+    fills = [r for r in records if r["kind"] == "order.filled" and r["seq"] <= saved]
+    return bool(fills) and abs(fills[-1]["position_qty"]) > 1e-9
+
+
+@pytest.mark.slow
+def test_restarted_after_its_planned_end_a_session_closes_at_the_markets_next_quote(tmp_path: Path) -> None:
+    """Found by an audit: killed in a position and restarted after its planned end, a session
+    closed at the quote of before the crash (a minute old and more). It now waits for the next
+    quote (entries refused), closes there and stops."""
+    proc = _start(tmp_path, 0.1)
+    run = tmp_path / "runs" / "latest"
+    assert _wait_until(partial(_checkpointed_in_position, run), proc, 30), "no position checkpointed"
+    proc.send_signal(signal.SIGSTOP)
+    _kill(proc)
+    run = run.resolve()
+    (started,) = [e for e in read_events_file(run) if e["kind"] == "session.started"]
+    time.sleep(max(0.0, _ts(started["ts"]) + 7 - time.time()))  # past the planned end (6 s)
+    again = _start(tmp_path, 0.1)
+    _, err = again.communicate(timeout=60)
+    assert again.returncode == 0, err.decode()[-2000:]
+    assert "closing its position at the market's next quote" in err.decode()
+    events = read_events_file(run)
+    (resumed,) = [e for e in events if e["kind"] == "session.resumed"]
+    assert resumed["position_qty"] != 0
+    after = events[events.index(resumed) + 1 :]
+    (flatten,) = [e for e in after if e["kind"] == "order.submitted" and e["reason"] == "flatten_on_exit"]
+    assert flatten["quote_age_s"] < 1.0  # a quote the market offered after the restart
+    (fill,) = [e for e in after if e["kind"] == "order.filled" and e["order_id"] == flatten["order_id"]]
+    with (run / "market.jsonl").open() as f:
+        quotes = [json.loads(line) for line in f]
+    fresh = [q for q in quotes if q["type"] == "tick" and q["arrival_ts"] > _ts(resumed["ts"])]
+    assert fresh and (fill["bid"], fill["ask"]) in {(q["bid"], q["ask"]) for q in fresh}
+    assert not [e for e in after if e["kind"] == "order.submitted" and not e["reduce_only"]]  # no entry
+    assert not [e for e in after if e["kind"] == "alert" and e["rule"] == "stale_flatten"]
+    report = read_report(run)
+    assert (report["status"], report["stop_reason"], report["open_positions"]) == ("ok", "duration", [])
+    assert validate(run) == []
