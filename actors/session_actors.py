@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import traceback
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -225,8 +226,6 @@ def _leaves(group: BaseException) -> list[BaseException]:
 
 def _said_plainly(exc: BaseException) -> bool:
     """An error whose message says it all (no traceback needed)."""
-    import sys
-
     feed = sys.modules.get("actors.feeds.bitunix")  # loaded when a live feed could raise it
     return feed is not None and isinstance(exc, feed.UnknownSymbol)
 

@@ -10,8 +10,10 @@ its events reach the recorder in the kernel's order.
 
 Timers due at or before a step's time run right after it; the others as they fall due while the
 broker waits for the feed. A `StopSession` from the gate ends the steps: the broker tells the
-watchdog and ignores the rest of its input. When the feed's channel closes, the broker returns
-(flatten-on-exit is the session's, on the component, after every actor has finished).
+watchdog and ignores the rest of its input (the watchdog may have stopped the session in the same
+instant: then the first stop stands). When the feed's channel closes, the broker returns, having
+asked for its `input_end` stop first when it has one (a backtest's `data_end`); flatten-on-exit
+is the session's, on the component, after every actor has finished.
 """
 
 from __future__ import annotations
