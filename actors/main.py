@@ -40,6 +40,7 @@ import math
 import os
 import signal
 import sys
+import tomllib
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from functools import partial
@@ -333,6 +334,15 @@ def _funding(path: str | None) -> FundingRates | None:
         raise PlanError(f"--funding: {exc}") from None
 
 
+def _has_strategy_tables(path: str) -> bool:
+    """Whether the config file has [[strategies]] tables (it was read and checked already)."""
+    try:
+        with open(path, "rb") as f:
+            return isinstance(tomllib.load(f).get("strategies"), list)
+    except (OSError, ValueError):
+        return False
+
+
 def _config(args: argparse.Namespace, flags: dict[str, tuple[Any, str]], env: Mapping[str, str]) -> Config:
     """The effective config; a replay uses its recording's, with only --run-dir applied."""
     if not args.replay:
@@ -378,6 +388,20 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
         ):  # before planning: it may warn (an abandoned run folder closed)
             obs = config.observability
             logs.configure(obs.log_level, logs.RunLog(obs.log_rotation_mb, obs.log_retention_files))
+            if (
+                args.config
+                and not args.replay
+                and not config.strategies
+                and _has_strategy_tables(args.config)
+            ):
+                # found by an audit: one LAPTOP_AGENTS__STRATEGY__ variable silently turned the
+                # image's two setups into one strategy
+                logger.warning(
+                    "[strategy] keys from the environment or --set replace {}'s [[strategies]] "
+                    "tables: this session runs one {} strategy",
+                    args.config,
+                    config.strategy_specs[0].kind,
+                )
         if args.preflight and args.check_config:
             raise PlanError("--preflight and --check-config are separate checks; give one of them")
         if args.mode == "live" and not args.replay and not args.preflight:

@@ -494,3 +494,20 @@ def test_a_kind_parameter_set_over_a_files_strategies_says_what_replaced_them(tm
         "--set", "strategy.stop_atr_mult=2", "--check-config", cwd=tmp_path,
     )  # fmt: skip
     assert fixed.returncode == 0, fixed.stderr
+
+
+def test_an_environment_strategy_key_replacing_a_files_strategies_is_said(tmp_path: Path) -> None:
+    """Found by an audit: one `LAPTOP_AGENTS__STRATEGY__ORDER_QTY` in a container's environment
+    silently turned the image's two setups into one ema_cross; the start now says so."""
+    result = run_main(
+        "--config", str(REPO / "config" / "live.toml"), "--source", "mock", "--duration", "0.01",
+        "--run-dir", str(tmp_path / "runs"), cwd=tmp_path, LAPTOP_AGENTS__STRATEGY__ORDER_QTY="0.002",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    warned = [line for line in result.stderr.splitlines() if "replace" in line and "[[strategies]]" in line]
+    assert len(warned) == 1 and "this session runs one ema_cross strategy" in warned[0]
+    plain = run_main(
+        "--config", str(REPO / "config" / "live.toml"), "--source", "mock", "--duration", "0.01",
+        "--run-dir", str(tmp_path / "runs2"), cwd=tmp_path,
+    )  # fmt: skip
+    assert plain.returncode == 0 and "[[strategies]]" not in plain.stderr
