@@ -45,12 +45,12 @@ def _to_stderr(message: str) -> None:
     sys.stderr.flush()
 
 
-def _escaped(c: str) -> str:
-    return c if c.isprintable() else repr(c)[1:-1]
-
-
-def _escaped_but_lines(c: str) -> str:
-    return c if c.isprintable() or c == "\n" else repr(c)[1:-1]
+def escape(text: str, keep_lines: bool = False) -> str:
+    """`text` with every control character escaped (`\x1b`, `\n`; with `keep_lines`, line breaks
+    kept): one that can neither drive a terminal nor forge a log line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or (keep_lines and c == "\n") else repr(c)[1:-1] for c in text)
 
 
 def _patch(record: Any) -> None:
@@ -58,11 +58,9 @@ def _patch(record: Any) -> None:
     escaped (`\x1b`, `\n`): text from outside (an exchange's error message, a WebSocket close
     reason) can neither drive the terminal nor forge a log line. A message logged with
     `logger.bind(lines=True)` keeps its line breaks (a traceback)."""
-    text = secrets.scrub(record["message"])
-    if not text.isprintable():
-        escape = _escaped_but_lines if record["extra"].get("lines") else _escaped
-        text = "".join(map(escape, text))
-    record["message"] = text
+    record["message"] = escape(
+        secrets.scrub(record["message"]), keep_lines=record["extra"].get("lines", False)
+    )
 
 
 def configure(level: str = "INFO", run_log: RunLog | None = None) -> None:

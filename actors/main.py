@@ -98,7 +98,7 @@ def _terminate(signum: int, _frame: Any) -> None:
 def _safe(message: str) -> str:
     """`message` without any secret of the environment, and every control character given in a
     flag, key or value escaped (`\\x1b`): one line that cannot drive the terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in secrets.scrub(message))
+    return logs.escape(secrets.scrub(message))
 
 
 class _Parser(argparse.ArgumentParser):

@@ -222,6 +222,17 @@ def _kill_after_checkpoints(tmp_path: Path, duration_min: float = 0.05) -> Path:
     return run.resolve()
 
 
+def _restart_after_the_planned_end(tmp_path: Path, run: Path) -> str:
+    """A plain start of a 0.1-minute session, half a second after the planned end (6 s) of the
+    one killed in `run`; it must exit 0. Its stderr."""
+    (started,) = [e for e in read_events_file(run) if e["kind"] == "session.started"]
+    time.sleep(max(0.0, _ts(started["ts"]) + 6.5 - time.time()))
+    proc = _start(tmp_path, 0.1)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return err.decode()
+
+
 @pytest.mark.parametrize("damage", ["truncated", "corrupt"])
 def test_a_damaged_newest_checkpoint_resumes_from_the_previous_loudly(tmp_path: Path, damage: str) -> None:
     run = _kill_after_checkpoints(tmp_path, 0.1)
@@ -234,11 +245,8 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_loudly(tmp_path: 
     # end (downtime counts against it) stops at once, and one that planned 6 s anew would run 6 s
     # more: a margin of seconds for a loaded machine, where a restart before the end left 1 s
     (started,) = [e for e in read_events_file(run) if e["kind"] == "session.started"]
-    time.sleep(max(0.0, _ts(started["ts"]) + 6.5 - time.time()))
-    proc = _start(tmp_path, 0.1)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err.decode()[-2000:]
-    assert "checkpoint alert" in err.decode()
+    err = _restart_after_the_planned_end(tmp_path, run)
+    assert "checkpoint alert" in err
     events = read_events_file(run)
     (resumed,) = [e for e in events if e["kind"] == "session.resumed"]
     assert resumed["checkpoint"] == "checkpoint.prev.json"
@@ -637,12 +645,8 @@ def test_restarted_after_its_planned_end_a_session_closes_at_the_markets_next_qu
     proc.send_signal(signal.SIGSTOP)
     _kill(proc)
     run = run.resolve()
-    (started,) = [e for e in read_events_file(run) if e["kind"] == "session.started"]
-    time.sleep(max(0.0, _ts(started["ts"]) + 7 - time.time()))  # past the planned end (6 s)
-    again = _start(tmp_path, 0.1)
-    _, err = again.communicate(timeout=60)
-    assert again.returncode == 0, err.decode()[-2000:]
-    assert "closing its position at the market's next quote" in err.decode()
+    err = _restart_after_the_planned_end(tmp_path, run)
+    assert "closing its position at the market's next quote" in err
     events = read_events_file(run)
     (resumed,) = [e for e in events if e["kind"] == "session.resumed"]
     assert resumed["position_qty"] != 0

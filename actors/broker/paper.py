@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -1181,8 +1181,14 @@ class PaperBroker:
             )
         ]
 
-    def cancel_all(self, ts: float, reason: str) -> list[Event]:
-        return [e for order_id in list(self.working) for e in self.cancel(Cancel(order_id, ts, reason))]
+    def cancel_all(self, ts: float, reason: str, keep: Container[str] = ()) -> list[Event]:
+        """Every working order cancelled, but those in `keep`."""
+        return [
+            e
+            for order_id in list(self.working)
+            if order_id not in keep
+            for e in self.cancel(Cancel(order_id, ts, reason))
+        ]
 
     def _fit_exits(self, ts: float) -> list[Event]:
         """After a fill: the working exits fit the position. Reduce-only and protective orders
@@ -1571,12 +1577,7 @@ class PaperBroker:
                 for oid, working in self.working.items()
                 if working.order.protective and abs(self._own_qty(working.order)) > EPS
             }
-            return [
-                e
-                for oid in list(self.working)
-                if oid not in keep
-                for e in self.cancel(Cancel(oid, ts, reason))
-            ]
+            return self.cancel_all(ts, reason, keep)
         events = self.cancel_all(ts, reason)
         if order is not None and self.last_tick is not None:
             fields: dict[str, Any] = {

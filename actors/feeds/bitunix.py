@@ -886,10 +886,21 @@ class BitunixFeed:
         except (bitunix.RestError, httpx.HTTPError) as exc:
             logger.warning("feed: REST kline poll of {} failed: {}", m.symbol, _why(exc))
             return
+        await self._emit_polled(m, self._closed_polled(m, rows))
+
+    def _closed_polled(self, m: _Market, rows: Any) -> list[Candle]:
+        """The closed candles of a REST poll's newest klines (its newest row is the candle still
+        open, and our clock may lag the exchange's); the last price is the newest row's close."""
         candles = bitunix.parse_rest_klines(rows, self.interval_s)
+        if not candles:
+            return candles
+        m.last_price = candles[-1].close
         now_ms = int(self.clock.now() * 1000)
-        if candles and (round(candles[-1].open_ts * 1000) + self.interval_ms > now_ms or len(candles) > 1):
-            candles = candles[:-1]  # the newest row is the candle still open
+        if round(candles[-1].open_ts * 1000) + self.interval_ms > now_ms or len(candles) > 1:
+            return candles[:-1]
+        return candles
+
+    async def _emit_polled(self, m: _Market, candles: list[Candle]) -> None:
         async with m.emit_lock:
             for candle in candles:
                 await self._emit_candle(m, candle, backfill=False)
@@ -909,13 +920,7 @@ class BitunixFeed:
             logger.warning("feed: REST poll of {} failed: {}", m.symbol, _why(exc))
             await self._went_stale(f"REST poll failed: {_why(exc)}"[:200], [m])
             return
-        candles = bitunix.parse_rest_klines(rows, self.interval_s)
-        now_ms = int(self.clock.now() * 1000)
-        if candles:
-            m.last_price = candles[-1].close
-            # the newest row is the candle still open (and our clock may lag the exchange's)
-            if round(candles[-1].open_ts * 1000) + self.interval_ms > now_ms or len(candles) > 1:
-                candles = candles[:-1]
+        candles = self._closed_polled(m, rows)
         # fresh again before anything is handed out: the candles this poll closes are decided on
         # with the symbol tradable (found by an audit: the first candle after an outage came while
         # the symbol was still stale, and its entry was refused `stale_data`), and on this book
@@ -923,9 +928,7 @@ class BitunixFeed:
             logger.info("feed: {} data is fresh again (REST polling)", m.symbol)
             await self._set_stale(False, "REST polling", [m])
         await self._book(m, book.bids, book.asks, "rest")
-        async with m.emit_lock:
-            for candle in candles:
-                await self._emit_candle(m, candle, backfill=False)
+        await self._emit_polled(m, candles)
 
     async def _report_malformed(self) -> None:
         periods = 0
