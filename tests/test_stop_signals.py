@@ -122,7 +122,9 @@ async def test_the_first_stop_wins_and_a_repeated_signal_is_logged_once(
     logs.configure("INFO")
     try:
         stopper = Stopper(wind_down_s=10.0)
+        before = trio.current_time()
         stopper.stop("signal", "SIGTERM", 1.0)
+        after = trio.current_time()
         for reason, detail in [
             ("signal", "SIGINT"),
             ("kill_switch", "file"),
@@ -134,7 +136,8 @@ async def test_the_first_stop_wins_and_a_repeated_signal_is_logged_once(
         logs.configure()
     assert (stopper.reason, stopper.detail, stopper.ts) == ("signal", "SIGTERM", 1.0)
     assert stopper.scope.cancel_called
-    assert stopper.wind_down.deadline == pytest.approx(trio.current_time() + 10.0)
+    # the wind-down's 10 s count from the first stop (a real clock: bounded by the instants around it)
+    assert before + 10.0 <= stopper.wind_down.deadline <= after + 10.0
     err = capfd.readouterr().err
     assert err.count("stopping: signal SIGTERM") == 1
     assert err.count(REPEATED) == 1 and "SIGINT again" in err
