@@ -325,6 +325,86 @@ def test_gap_past_the_bankruptcy_price_loses_only_the_margin(side: Side) -> None
     _check_liquidation(bt, events, side, 0.01, 0.005)
 
 
+# --- 2b. the drawdown along the path ---------------------------------------------------------------
+
+# 0.01 BTC bought at 100000.0 (no slippage), fee 100000 * 0.01 * 6 bps = 0.6: the account's equity is
+# the starting equity S - 0.6 + (price - 100000) * 0.01 at any price the path passes.
+DD_ENTRY, DD_FEE = 100_000.0, 0.6
+
+
+def _long_for_drawdown(intrabar: str) -> Backtest:
+    bt = Backtest(make_broker(intrabar=intrabar, slippage_bps=0.0))
+    bt.candle(DD_ENTRY, DD_ENTRY, DD_ENTRY, DD_ENTRY, 1000.0, [order("o1", "buy", 0.01)])
+    assert bt.broker.position_qty == 0.01 and bt.broker.avg_price == DD_ENTRY
+    return bt
+
+
+def _drawdown_by_hand(start: float, equities: list[float]) -> float:
+    """The largest fall from the running peak (starting at `start`), in percent, along `equities`."""
+    peak, deepest = start, 0.0
+    for equity in equities:
+        peak = max(peak, equity)
+        deepest = max(deepest, (peak - equity) / peak * 100)
+    return deepest
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["two-steps", "quiet_candle"])
+@pytest.mark.parametrize(
+    ("intrabar", "candle", "path"),
+    [
+        # a wick 5 % under an open and close of 100000: the equity at the low is S - 50.6
+        ("pessimistic", (100_000.0, 100_000.0, 95_000.0, 100_000.0), (95_000.0, 100_000.0)),
+        # pessimistic: a long's low first (S - 10.6), then its high (S + 4.4), then the close
+        ("pessimistic", (100_000.0, 100_500.0, 99_000.0, 100_000.0), (99_000.0, 100_500.0)),
+        # ohlc, the high nearer the open: the high (a new peak, S + 4.4) first, then the low:
+        # the fall from that peak is 15 USDT
+        ("ohlc", (100_000.0, 100_500.0, 99_000.0, 100_000.0), (100_500.0, 99_000.0)),
+    ],
+)
+def test_the_maximum_drawdown_counts_the_candles_path_not_only_its_open_and_close(
+    intrabar: str, candle: tuple[float, float, float, float], path: tuple[float, float], quiet: bool
+) -> None:
+    """Found by an audit: a wick against an open position was no drawdown when the candle closed
+    where it opened (the report's maximum drawdown came from the marks at opens and closes). Now
+    the equity at the path's extremes, in the path's order, counts, in the two steps and in the
+    kernel's one-call quiet candle alike."""
+    bt = _long_for_drawdown(intrabar)
+    start = bt.broker.starting_equity
+    o, h, lo, c = candle
+    if quiet:
+        open_ts = bt.now
+        bt.broker.watch_at, bt.broker.update_due = math.inf, False  # no risk gate watching here
+        assert bt.broker.next_timer() > open_ts + INTERVAL
+        assert bt.broker.quiet_candle(Candle(open_ts, INTERVAL, o, h, lo, c, 1000.0))
+    else:
+        bt.candle(o, h, lo, c, 1000.0)
+    equities = [start - DD_FEE + (price - DD_ENTRY) * 0.01 for price in (DD_ENTRY, o, *path, c)]
+    assert bt.broker.max_drawdown_pct == pytest.approx(_drawdown_by_hand(start, equities), rel=1e-9)
+    assert bt.broker.position_qty == 0.01  # nothing traded: only the marks moved
+
+
+def test_a_short_s_drawdown_counts_the_wick_above() -> None:
+    bt = Backtest(make_broker(slippage_bps=0.0))
+    bt.candle(DD_ENTRY, DD_ENTRY, DD_ENTRY, DD_ENTRY, 1000.0, [order("o1", "sell", 0.01)])
+    start = bt.broker.starting_equity
+    bt.candle(DD_ENTRY, 104_000.0, 99_900.0, DD_ENTRY, 1000.0)
+    assert bt.broker.max_drawdown_pct == pytest.approx((DD_FEE + 40.0) / start * 100, rel=1e-9)
+
+
+def test_the_drawdown_at_a_wick_is_measured_before_the_stop_that_ends_it() -> None:
+    """A stop inside the wick: the deepest point is where the position was closed (the stop's
+    fill, fee and all), not the wick's low the position no longer held."""
+    bt = Backtest(make_broker(slippage_bps=0.0))
+    bt.candle(DD_ENTRY, DD_ENTRY, DD_ENTRY, DD_ENTRY, 1000.0, [order("o1", "buy", 0.01, stop_price=99_000.0)])
+    start = bt.broker.starting_equity
+    events = bt.candle(DD_ENTRY, DD_ENTRY, 90_000.0, DD_ENTRY, 1000.0)
+    (stop,) = fills(events)
+    assert stop["reason"] == "stop_loss" and bt.broker.position_qty == 0.0
+    after = start - DD_FEE + stop["realized_pnl"] - stop["fee"]
+    assert bt.broker.equity == pytest.approx(after, abs=1e-9)
+    assert bt.broker.max_drawdown_pct == pytest.approx((start - after) / start * 100, rel=1e-9)
+
+
 # --- 3. brackets --------------------------------------------------------------------------------
 
 

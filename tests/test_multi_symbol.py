@@ -26,7 +26,7 @@ from actors.plan import Plan
 from actors.risk.gate import Rejection, RiskGate
 from actors.session import Session, Timeline, build_parts
 from protocols.instruments import table_instrument
-from protocols.messages import Event, Flatten, HaltEntries, Order, OrderIntent, quote
+from protocols.messages import Candle, Event, Flatten, HaltEntries, Order, OrderIntent, quote
 from tests.conftest import make_config, read_events, read_report, run_cli
 from tools.validate_session import validate
 
@@ -205,6 +205,30 @@ def run_timers(p: Portfolio, now: float) -> list[Event]:
     while p.next_timer() <= now:
         events += p.on_timer(p.next_timer())
     return events
+
+
+def test_the_account_drawdown_counts_one_symbols_wick_beside_the_others_marks() -> None:
+    """A backtest candle's wick on one leg is the account's drawdown at that instant: the other
+    leg's equity at its own mark beside it (found by an audit: only opens and closes counted)."""
+    p = Portfolio(
+        BrokerConfig(starting_equity=10_000.0, latency_ms=0, latency_jitter_ms=0, slippage_bps=0.0),
+        random.Random(1),
+        symbols=("BTCUSDT", "ETHUSDT"),
+        bars=True,
+    )
+    p.on_market(quote(0.0, 40_000.0, "BTCUSDT"), 0.0)
+    p.on_market(quote(0.0, 2_000.0, "ETHUSDT"), 0.0)
+    p.on_order(order("b", "BTCUSDT", "buy", 0.1, 40_000.0), 0.0)
+    p.on_order(order("e", "ETHUSDT", "sell", 1.0, 2_000.0), 0.0)
+    run_timers(p, 0.0)
+    fees = 0.1 * 40_000.0 * 0.0006 + 1.0 * 2_000.0 * 0.0006  # 2.4 + 1.2
+    assert p.equity == pytest.approx(10_000.0 - fees, abs=1e-9)
+    # ETH up 20 (its short loses 20) at its candle's close; then a BTC candle with a wick to 38,000
+    p.on_market(Candle(0.0, 60.0, 2_000.0, 2_020.0, 2_000.0, 2_020.0, 10.0, symbol="ETHUSDT"), 60.0)
+    p.on_market(Candle(0.0, 60.0, 40_000.0, 40_000.0, 38_000.0, 40_000.0, 10.0, symbol="BTCUSDT"), 60.0)
+    deepest = fees + 20.0 + 0.1 * 2_000.0  # the account at BTC's low, ETH at its mark of 2,020
+    assert p.max_drawdown_pct == pytest.approx(deepest / 10_000.0 * 100, rel=1e-6)
+    assert p.legs["BTCUSDT"].path_equities == []  # read and cleared
 
 
 def test_the_symbols_share_the_account_margin() -> None:

@@ -304,6 +304,9 @@ class PaperBroker:
         self._virtual_positions: tuple[Position, ...] | None = None  # the snapshot's, while unchanged
         self.peak_equity = self.starting_equity
         self.max_drawdown_pct = 0.0
+        # a backtest candle's extremes marked along its path (`_mark_extremes`): a Portfolio reads
+        # them here, to mark the account's drawdown at them too (None: nobody reads them)
+        self.path_equities: list[float] | None = None
         # timers
         self.heartbeat_s = heartbeat_s
         self.started_ts = started_ts
@@ -631,6 +634,8 @@ class PaperBroker:
             or (pos < -EPS and candle.high >= self.liq_price)
         ):
             events += self._walk(candle, ts, self.path_price)
+        elif not -EPS < pos < EPS:
+            self._mark_extremes(candle, pos, self._cash())
         if ts >= self.next_expiry:  # after the path: an order good till the candle's end lived through it
             events += self._expire(ts)
         close = candle.close
@@ -697,8 +702,11 @@ class PaperBroker:
         floor = self.watch_floor
         if open_equity <= floor or close_equity <= floor or close_ts >= self.watch_at:
             return False
-        # nothing happens: the state the two steps leave
+        # nothing happens: the state the two steps leave (the open's mark, the extremes along the
+        # path, the close's mark: `_mark_extremes`)
         self._update_drawdown(open_equity)
+        if not -EPS < pos < EPS:
+            self._mark_extremes(candle, pos, cash)
         self._update_drawdown(close_equity)
         self.path_price = close
         volume = self.bar_volume = candle.volume
@@ -935,7 +943,48 @@ class PaperBroker:
                         done.add(order.id)  # nothing filled, or the rest waits for the next candle
                 a = at
             a = b
+            if self.bars and (i == 1 or i == 2):  # an extreme: the drawdown there, as it now stands
+                pos = self.position_qty
+                if not -EPS < pos < EPS:
+                    self._mark_equity(self._cash() + (b - self.avg_price) * pos)
         return events
+
+    def _cash(self) -> float:
+        """Equity with no position open: `equity`'s arithmetic, in its order."""
+        return (
+            self.starting_equity + self.realized_pnl - (self.fees_maker + self.fees_taker) - self.funding_paid
+        )
+
+    def _mark_extremes(self, candle: Candle, pos: float, cash: float) -> None:
+        """A backtest candle nothing traded in, with a position open: the equity at its two
+        extremes, in the path's order (`_path`), goes into the peak and the deepest drawdown, as a
+        live session's marks at every quote would (its open and close are the quotes' marks). A
+        wick against the position is a drawdown even when the candle closes where it opened (found
+        by an audit: the report's maximum drawdown counted the marks at opens and closes only)."""
+        avg = self.avg_price
+        low = cash + (candle.low - avg) * pos
+        high = cash + (candle.high - avg) * pos
+        if self.config.intrabar == "pessimistic":
+            low_first = pos > 0
+        else:
+            low_first = candle.open - candle.low <= candle.high - candle.open
+        if self.path_equities is None:  # `_update_drawdown`, inlined (a backtest's every candle)
+            peak = self.peak_equity
+            for equity in (low, high) if low_first else (high, low):
+                if equity > peak:
+                    self.peak_equity = peak = equity
+                elif peak > 0:
+                    drawdown = (peak - equity) / peak * 100
+                    if drawdown > self.max_drawdown_pct:
+                        self.max_drawdown_pct = drawdown
+            return
+        for equity in (low, high) if low_first else (high, low):
+            self._mark_equity(equity)
+
+    def _mark_equity(self, equity: float) -> None:
+        self._update_drawdown(equity)
+        if self.path_equities is not None:
+            self.path_equities.append(equity)
 
     @staticmethod
     def _stop_rest_price(order: Order, open_price: float, candle: Candle) -> float:

@@ -89,6 +89,7 @@ class Portfolio:
         for symbol, leg in self.legs.items():
             leg.watch_at = math.inf  # the account watches; a leg never reports on its own
             leg.id_prefix = f"{symbol}-"  # fill, protective and liquidation ids unique in the account
+            leg.path_equities = []  # a backtest candle's extremes, for the account's drawdown
         self.peak_equity = self.starting_equity
         self.max_drawdown_pct = 0.0
         self.heartbeat_s = heartbeat_s
@@ -169,6 +170,12 @@ class Portfolio:
         """After anything that moved the account: the peak, the deepest drawdown, and whether the
         risk gate's watch fired."""
         equity = self.equity
+        self._drawdown(equity)
+        if equity <= self.watch_floor or ts >= self.watch_at:
+            self.update_due = True
+        return events
+
+    def _drawdown(self, equity: float) -> None:
         if equity > self.peak_equity:
             self.peak_equity = equity
         peak = self.peak_equity
@@ -176,9 +183,6 @@ class Portfolio:
             drawdown = (peak - equity) / peak * 100
             if drawdown > self.max_drawdown_pct:
                 self.max_drawdown_pct = drawdown
-        if equity <= self.watch_floor or ts >= self.watch_at:
-            self.update_due = True
-        return events
 
     # --- checkpoint ----------------------------------------------------------------------------------
 
@@ -221,7 +225,14 @@ class Portfolio:
         leg = self.legs.get(event.symbol)
         if leg is None:
             return []  # a symbol no strategy trades: nothing to do with it
-        return self._after(leg.on_market(event, ts), ts)
+        events = leg.on_market(event, ts)
+        path = leg.path_equities
+        if path:  # the account's equity at the leg's extremes along a backtest candle's path
+            others = self.equity - leg.equity
+            for equity in path:
+                self._drawdown(others + equity)
+            path.clear()
+        return self._after(events, ts)
 
     def handle(self, message: BrokerMessage, now: float) -> list[Event]:
         return route(self, message, now)

@@ -183,8 +183,9 @@ def statistics(
       (None with fewer than 2 returns or no variation);
     - `sortino` = mean(r) / sqrt(sum(min(r_i, 0)^2) / n) x sqrt(N) (None without a negative return);
     - `max_drawdown_pct` = the largest fall from the running peak of equity, in percent, as the
-      broker marks it at every step: the largest `drawdown_pct` of the heartbeats and
-      `session.stopped`'s `max_drawdown_pct` (final_report.json's figure).
+      broker marks it at every step (live: every quote; backtests: each candle's open and close,
+      and its high and low along its path, docs/fills.md): the largest `drawdown_pct` of the
+      heartbeats and `session.stopped`'s `max_drawdown_pct` (final_report.json's figure).
     - `time_in_market` = the share of the run (`session.started` to `session.stopped`) during
       which some position was open: the union over the trades of [opened_ts, opened_ts + held_s].
     """
