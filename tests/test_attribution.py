@@ -95,10 +95,11 @@ def closed(side: str, qty: float, realized: float, fees: float) -> dict[str, Any
 
 
 def funding(amount: float, position: float, allocations: list[list[Any]] | None = None) -> dict[str, Any]:
+    """A funding charge at a mark of 100: its rate the one that makes `amount` of `position`."""
     event: dict[str, Any] = {
         "kind": "funding",
         "instant": "2024-01-01T08:00:00Z",
-        "rate_pct": 1.0,
+        "rate_pct": amount / (position * 100.0) * 100 if position else 1.0,
         "mark_price": 100.0,
         "position_qty": position,
         "amount": amount,
@@ -518,7 +519,11 @@ def test_every_configured_strategy_and_symbol_has_a_row_traded_or_not(tmp_path: 
     hold a zero row for B, C and ETHUSDT ("did nothing", not "not configured"), in the report and
     in the validator's recomputation alike."""
     records = numbered(
-        [*OPPOSITE[:1], fill(2, "sell", 2.0, 100.0, 0.2, 0.0, 0.0, "A", [["A", -2.0, 0.0, 0.2]])]
+        [
+            *OPPOSITE[:1],
+            fill(2, "sell", 2.0, 100.0, 0.2, 0.0, 0.0, "A", [["A", -2.0, 0.0, 0.2]]),
+            closed("long", 2.0, 0.0, 0.4),
+        ]
     )
     records[0].update(strategies=["A", "B", "C"], symbols=[SYMBOL, "ETHUSDT"])
     report = build_report(records)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from functools import partial
@@ -179,3 +180,118 @@ def test_a_fill_allocated_to_another_strategy_than_its_orders_is_caught(trading_
     assert any(
         "an order of strategy 'ema_cross' allocated to ['someone_else']" in p for p in validate(trading_run)
     )
+
+
+# --- each record on its own (found by an audit: only totals were compared, to the cent) -----------
+
+
+def _edit_event(
+    run: Path, kind: str, change: Callable[[dict[str, Any]], None], nth: int = 0
+) -> dict[str, Any]:
+    """Apply `change` to the `nth` event of `kind` in events.jsonl; the event as changed."""
+    lines = (run / "events.jsonl").read_text().splitlines()
+    at = [i for i, line in enumerate(lines) if f'"kind":"{kind}"' in line.replace(" ", "")][nth]
+    event = json.loads(lines[at])
+    change(event)
+    lines[at] = json.dumps(event)
+    (run / "events.jsonl").write_text("\n".join(lines) + "\n")
+    return event
+
+
+def _nudge_price(fill: dict[str, Any]) -> None:
+    """One tick (0.1) in the trader's favour: a buy cheaper, a sell dearer."""
+    fill["fill_price"] = round(fill["fill_price"] + (-0.1 if fill["side"] == "buy" else 0.1), 1)
+
+
+@pytest.mark.parametrize(
+    ("kind", "nth", "change", "said"),
+    [
+        # a fill one tick better for the trader, everything else as recorded
+        ("order.filled", 0, _nudge_price, "but qty x price x fee_bps gives"),
+        (
+            "order.filled",
+            0,
+            lambda e: e.update(fee_bps=e["fee_bps"] / 2, fee=e["fee"] / 2),
+            "but the configured",
+        ),
+        ("order.filled", 0, lambda e: e.update(slippage_bps=0.0), "slippage_bps 0.0 but its price against"),
+        ("order.filled", 0, lambda e: e.update(position_qty=e["position_qty"] * 3), "position_qty"),
+        (
+            "order.filled",
+            0,
+            lambda e: e.update(levels=[[e["fill_price"], e["qty"] / 2]]),
+            "its levels add up to",
+        ),
+        ("position.closed", 0, lambda e: e.update(entry_price=e["entry_price"] + 100), "entry_price ="),
+        ("position.closed", 0, lambda e: e.update(exit_price=e["exit_price"] - 100), "exit_price ="),
+        ("position.closed", 0, lambda e: e.update(held_s=e["held_s"] * 50), "held_s ="),
+        ("position.closed", 0, lambda e: e.update(realized_pnl=e["realized_pnl"] + 3), "realized_pnl ="),
+        ("heartbeat", -1, lambda e: e.update(equity=e["equity"] + 500), "equity = "),
+        ("heartbeat", -1, lambda e: e.update(fees_paid=e["fees_paid"] - 1), "fees_paid = "),
+    ],
+)
+def test_a_record_changed_on_its_own_is_caught(
+    trading_run: Path, kind: str, nth: int, change: Callable[[dict[str, Any]], None], said: str
+) -> None:
+    """Each change leaves the totals within a cent or keeps the report consistent: only the
+    record's own figures, recomputed from the fills before it, can tell."""
+    event = _edit_event(trading_run, kind, change, nth)
+    problems = validate(trading_run)
+    assert any(f"seq {event['seq']}" in p and said in p for p in problems), problems
+
+
+def test_a_funding_charge_is_the_position_times_the_mark_times_the_rate() -> None:
+    """Hand-built records: 0.01 BTC long at 100,000 and funding at 0.01 % on a mark of 101,000 is
+    0.01 x 101,000 x 0.0001 = 0.101 USDT paid; a charge at another mark than it says is caught."""
+    from tools.validate_session import check_records
+
+    started = {
+        "seq": 1,
+        "kind": "session.started",
+        "ts": "2024-01-01T00:00:00.000Z",
+        "symbol": "BTCUSDT",
+        "starting_equity": 10_000.0,
+        "config": {"broker": {"taker_fee_bps": 6.0, "maker_fee_bps": 2.0}},
+    }
+    fill = {
+        "seq": 2, "kind": "order.filled", "ts": "2024-01-01T07:00:00.000Z", "side": "buy", "qty": 0.01,
+        "fill_price": 100_000.0, "fee": 0.6, "fee_bps": 6.0, "liquidity": "taker", "realized_pnl": 0.0,
+        "position_qty": 0.01, "symbol": "BTCUSDT",
+    }  # fmt: skip
+    funding = {
+        "seq": 3, "kind": "funding", "ts": "2024-01-01T08:00:00.000Z", "rate_pct": 0.01,
+        "mark_price": 101_000.0, "position_qty": 0.01, "amount": 0.101, "symbol": "BTCUSDT",
+    }  # fmt: skip
+    assert check_records([started, fill, funding], None) == []
+    assert check_records([started, fill, {**funding, "mark_price": 202_000.0}], None) == [
+        "funding seq 3: amount 0.101 but position x mark x rate gives 0.2020000000"
+    ]
+    assert check_records([started, fill, {**funding, "position_qty": 0.02, "amount": 0.202}], None) == [
+        "funding seq 3: position_qty 0.02 but the fills before it give +0.01000000"
+    ]
+
+
+def test_the_metrics_files_are_the_heartbeats(trading_run: Path) -> None:
+    metrics = json.loads((trading_run / "metrics.json").read_text())
+    metrics["rows"][1]["equity"] += 500
+    (trading_run / "metrics.json").write_text(json.dumps(metrics))
+    problems = validate(trading_run)
+    assert any(p.startswith("metrics.json row 2: equity =") for p in problems), problems
+    assert any(p.startswith("metrics.csv row 2: equity =") for p in problems), problems
+
+
+def test_a_page_showing_other_figures_than_the_events_is_caught(trading_run: Path) -> None:
+    """The command line rebuilds report.html and compares what it shows (`validate()` only when
+    asked): a net PnL with its sign flipped, as a page edited by hand would show it."""
+    page = trading_run / "report.html"
+    text = page.read_text()
+    cell = re.search(r'<td id="stat-net_pnl" data-value="(-?)([^"]+)"[^>]*>([^<]*)</td>', text)
+    assert cell is not None
+    sign = "" if cell[1] else "-"
+    page.write_text(
+        text.replace(cell[0], f'<td id="stat-net_pnl" data-value="{sign}{cell[2]}">{cell[3]}</td>')
+    )
+    assert validate(trading_run) == []
+    problems = validate(trading_run, page=True)
+    assert problems and problems[0].startswith("report.html: shows stat-net_pnl"), problems
+    assert main([str(trading_run)]) == 1

@@ -12,6 +12,16 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
 - `funding_paid` is the sum of the `funding` events' amounts, and a report saying funding was not
   modelled (`funding_source` "none") has no `funding` event charging anything;
 - the report equals the one derived again from the events;
+- each record on its own (see `check_records`): every fill's fee is its size x price x its
+  `fee_bps`, which is the configured taker or maker rate of its liquidity; its `slippage_bps` is
+  its price against the `requested_price`; its `realized_pnl` and `position_qty` are this file's
+  own netting of the fills before it; its `levels` add up to its size; every `position.closed` is
+  the round trip the fills make (side, size, average entry and exit prices, realized PnL, fees,
+  time held); every heartbeat's realized PnL, fees and position are the fills' up to it, its
+  unrealized PnL the position at its mark, and its equity their sum with the funding so far;
+- `metrics.json`'s rows are the heartbeats, and `metrics.csv` is `metrics.json` rounded;
+- `report.html` (the command line, not `validate()` unless asked: it rebuilds the page) shows
+  the summary and statistics the page the run folder's files give shows, cell for cell;
 - flat at a clean end: no position left and `open_positions` empty;
 - attribution (see `check_attribution`): each fill's `allocations` sum to its signed size and its
   fee, each funding event's to its amount; each strategy's virtual position, replayed from its
@@ -33,10 +43,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import html
 import json
+import re
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +203,312 @@ def check_report(events: list[dict[str, Any]], report: dict[str, Any]) -> list[s
         if report.get(key) != value:
             problems.append(f"report {key} = {report.get(key)!r} but the events give {value!r}")
     return problems
+
+
+# A figure a record states against the same figure recomputed here: records keep 6 decimals of
+# money (heartbeats) or full precision (fills); sums of many fills differ in the last bits.
+RECORD_TOL = 1e-6
+
+
+def _close(a: Any, b: float, tol: float = RECORD_TOL) -> bool:
+    return isinstance(a, int | float) and not isinstance(a, bool) and abs(a - b) <= tol * max(1.0, abs(b))
+
+
+class TradeLedger(Ledger):
+    """`Ledger` with the round trip of its position (flat to flat; a flip closes one, opens the
+    next): what each `position.closed` must say."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trade: dict[str, float] | None = None
+        self.closed: list[dict[str, float | str]] = []
+
+    def trade_fill(self, side: str, qty: float, price: float, fee: float, ts: float) -> float:
+        """Book the fill; returns its realized PnL."""
+        before_qty, before_realized = self.qty, self.realized
+        signed = qty if side == "buy" else -qty
+        closing = min(abs(before_qty), qty) if before_qty * signed < 0 else 0.0
+        self.fill(side, qty, price, fee)
+        realized = self.realized - before_realized
+        if closing > 0:
+            trade = self.trade or self._open(before_qty, ts)
+            trade["realized"] += realized
+            trade["fees"] += fee * closing / qty
+            trade["exit_notional"] += closing * price
+            trade["exit_qty"] += closing
+            if abs(before_qty) - closing < EPS:  # flat (and maybe opening the other way)
+                self.closed.append(
+                    {
+                        "side": "long" if before_qty > 0 else "short",
+                        "qty": trade["max_qty"],
+                        "entry_price": trade["entry_notional"] / trade["entry_qty"],
+                        "exit_price": trade["exit_notional"] / trade["exit_qty"],
+                        "realized_pnl": trade["realized"],
+                        "fees": trade["fees"],
+                        "net_pnl": trade["realized"] - trade["fees"],
+                        "held_s": ts - trade["opened_ts"],
+                    }
+                )
+                self.trade = None
+        opening = qty - closing
+        if opening > EPS:
+            trade = self.trade or self._open(self.qty, ts)
+            trade["fees"] += fee * opening / qty
+            trade["entry_notional"] += opening * price
+            trade["entry_qty"] += opening
+            trade["max_qty"] = max(trade["max_qty"], abs(self.qty))
+        return realized
+
+    def _open(self, signed_qty: float, ts: float) -> dict[str, float]:
+        self.trade = dict.fromkeys(
+            ("realized", "fees", "entry_notional", "entry_qty", "exit_notional", "exit_qty", "max_qty"), 0.0
+        )
+        self.trade["opened_ts"] = ts
+        return self.trade
+
+    def unrealized(self, mark: float | None) -> float:
+        return 0.0 if mark is None or abs(self.qty) < EPS else (mark - self.avg) * self.qty
+
+
+def _epoch(iso: str) -> float:
+    """An event's `ts` (ISO-8601 UTC, milliseconds, 'Z') as seconds since the epoch."""
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def check_records(events: list[dict[str, Any]], report: dict[str, Any] | None) -> list[str]:
+    """Each fill, closed trade and heartbeat against its own figures recomputed from the fills
+    before it (found by an audit: a fill price moved by one tick, or a closed trade's entry price
+    by 100, passed, as only the totals were compared, to the cent)."""
+    problems: list[str] = []
+    started = next((e for e in events if e.get("kind") == "session.started"), {})
+    broker = (started.get("config") or {}).get("broker") or {}
+    rates = {"taker": broker.get("taker_fee_bps"), "maker": broker.get("maker_fee_bps")}
+    default_symbol = (report or {}).get("symbol") or started.get("symbol", "")
+    starting = started.get("starting_equity", broker.get("starting_equity"))
+    ledgers: dict[str, TradeLedger] = {}
+    closed_seen: dict[str, int] = {}
+    funding = 0.0
+
+    def ledger(symbol: str) -> TradeLedger:
+        return ledgers.setdefault(symbol, TradeLedger())
+
+    for e in events:
+        kind = e["kind"]
+        if kind == "funding":
+            funding += e.get("amount", 0.0)
+            problems += _check_funding(e, ledger(e.get("symbol") or default_symbol))
+        elif kind == "order.filled":
+            problems += _check_fill(e, rates, ledger(e.get("symbol") or default_symbol))
+        elif kind == "position.closed":
+            symbol = e.get("symbol") or default_symbol
+            n = closed_seen[symbol] = closed_seen.get(symbol, 0) + 1
+            trades = ledger(symbol).closed
+            name = f"position.closed seq {e['seq']}"
+            if n > len(trades):
+                problems.append(f"{name}: the fills before it close no position of {symbol}")
+                continue
+            want = trades[n - 1]
+            for key, value in want.items():
+                if key not in e:  # a record of an older version
+                    continue
+                if key == "held_s":  # its close's time less its opening fill's: events keep ms
+                    if not _close(e.get(key), float(value), 0.002):
+                        problems.append(f"{name}: held_s = {e.get(key)!r} but its fills give {value:.3f}")
+                elif key == "side":
+                    if e.get(key) != value:
+                        problems.append(f"{name}: side = {e.get(key)!r} but its fills give {value!r}")
+                elif not _close(e.get(key), float(value)):
+                    problems.append(f"{name}: {key} = {e.get(key)!r} but its fills give {value:.6f}")
+        elif kind == "heartbeat" and isinstance(starting, int | float):
+            problems += _check_heartbeat(e, ledgers, default_symbol, starting, funding)
+    for symbol, led in sorted(ledgers.items()):
+        missing = len(led.closed) - closed_seen.get(symbol, 0)
+        if missing > 0:
+            problems.append(f"{symbol}: the fills close {missing} more position(s) than position.closed says")
+    return problems
+
+
+def _check_fill(e: dict[str, Any], rates: dict[str, Any], ledger: TradeLedger) -> list[str]:
+    problems: list[str] = []
+    name = f"fill {e.get('fill_id') or e.get('order_id')} (seq {e['seq']})"
+    qty, price, fee, side = e["qty"], e["fill_price"], e["fee"], e["side"]
+    bps = e.get("fee_bps")
+    if bps is not None:
+        if not _close(fee, qty * price * bps / 10_000, 1e-9):
+            problems.append(
+                f"{name}: fee {fee!r} but qty x price x fee_bps gives {qty * price * bps / 10_000:.10f}"
+            )
+        configured = rates.get(e.get("liquidity", ""))
+        if isinstance(configured, int | float) and not _close(bps, configured, 1e-9):
+            problems.append(
+                f"{name}: fee_bps {bps!r} but the configured {e.get('liquidity')} fee is {configured}"
+            )
+    requested = e.get("requested_price")
+    if "slippage_bps" in e and isinstance(requested, int | float) and requested > 0:
+        diff = price - requested if side == "buy" else requested - price
+        if not _close(e["slippage_bps"], diff / requested * 10_000, 1e-6):
+            problems.append(
+                f"{name}: slippage_bps {e['slippage_bps']!r} but its price against the requested "
+                f"{requested} gives {diff / requested * 10_000:.6f}"
+            )
+    levels = e.get("levels")
+    if isinstance(levels, list) and levels:
+        taken = sum(level[1] for level in levels)
+        if abs(taken - qty) > EPS:
+            problems.append(f"{name}: its levels add up to {taken:.10f} but its size is {qty}")
+    realized = ledger.trade_fill(side, qty, price, fee, _epoch(e["ts"]))
+    if "realized_pnl" in e and not _close(e["realized_pnl"], realized):
+        problems.append(
+            f"{name}: realized_pnl {e['realized_pnl']!r} but netting the fills gives {realized:.8f}"
+        )
+    if "position_qty" in e and abs(e["position_qty"] - ledger.qty) > 1e-8:
+        problems.append(f"{name}: position_qty {e['position_qty']!r} but the fills give {ledger.qty:+.8f}")
+    return problems
+
+
+def _check_funding(e: dict[str, Any], ledger: TradeLedger) -> list[str]:
+    """A funding charge is the net position at its instant x the mark x the rate (each strategy
+    pays its virtual share, and the shares sum to the net's)."""
+    problems: list[str] = []
+    name = f"funding seq {e['seq']}"
+    qty, mark, rate = e.get("position_qty"), e.get("mark_price"), e.get("rate_pct")
+    if qty is None or mark is None or rate is None:
+        return problems
+    if abs(qty - ledger.qty) > 1e-8:
+        problems.append(f"{name}: position_qty {qty!r} but the fills before it give {ledger.qty:+.8f}")
+    if not _close(e.get("amount"), qty * mark * rate / 100, 1e-9):
+        problems.append(
+            f"{name}: amount {e.get('amount')!r} but position x mark x rate gives {qty * mark * rate / 100:.10f}"
+        )
+    return problems
+
+
+def _check_heartbeat(
+    e: dict[str, Any], ledgers: dict[str, TradeLedger], symbol: str, starting: float, funding: float
+) -> list[str]:
+    problems: list[str] = []
+    name = f"heartbeat seq {e['seq']}"
+    realized = sum(led.realized for led in ledgers.values())
+    fees = sum(led.fees for led in ledgers.values())
+    prices: dict[str, Any] = e["prices"] if isinstance(e.get("prices"), dict) else {symbol: e.get("price")}
+    unrealized = sum((led.unrealized(prices.get(sym)) for sym, led in ledgers.items()), 0.0)
+    own = ledgers.get(symbol)
+    want = {
+        "realized_pnl": realized,
+        "fees_paid": fees,
+        "unrealized_pnl": unrealized,
+        "position_qty": own.qty if own else 0.0,
+        "equity": starting + realized - fees - funding + unrealized,
+    }
+    for key, value in want.items():
+        if key in e and not _close(e[key], value, 1e-5 if key != "position_qty" else 1e-8):
+            problems.append(
+                f"{name}: {key} = {e[key]!r} but the fills and funding before it give {value:.6f}"
+            )
+    return problems
+
+
+# the trading columns of a metrics row (the rest is the process's health, not in the heartbeat)
+METRICS_FIGURES = (
+    "ts",
+    "elapsed_s",
+    "price",
+    "equity",
+    "realized_pnl",
+    "unrealized_pnl",
+    "fees_paid",
+    "position_qty",
+)
+METRICS_MONEY = ("equity", "realized_pnl", "unrealized_pnl", "fees_paid")
+
+
+def check_metrics(run: Path, events: list[dict[str, Any]]) -> list[str]:
+    """`metrics.json`'s rows are the heartbeats, one each, in order; `metrics.csv`'s the same
+    rows rounded (money to the cent). Missing files are not problems (a run killed before them)."""
+    problems: list[str] = []
+    heartbeats = [e for e in events if e.get("kind") == "heartbeat"]
+    path = run / "metrics.json"
+    if not path.exists():
+        return problems
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        return [f"metrics.json: unreadable ({type(exc).__name__}: {exc})"]
+    if len(rows) != len(heartbeats):
+        problems.append(f"metrics.json: {len(rows)} rows but {len(heartbeats)} heartbeats in events.jsonl")
+    for i, (row, beat) in enumerate(zip(rows, heartbeats, strict=False), 1):
+        wrong = [k for k in METRICS_FIGURES if k in beat and row.get(k) != beat[k]]
+        if wrong:
+            problems.append(
+                f"metrics.json row {i}: {', '.join(f'{k} = {row.get(k)!r}' for k in wrong)} but heartbeat "
+                f"seq {beat['seq']} says {', '.join(repr(beat[k]) for k in wrong)}"
+            )
+    csv_path = run / "metrics.csv"
+    if csv_path.exists():
+        with csv_path.open(encoding="utf-8", newline="") as f:
+            table = list(csv.DictReader(f))
+        if len(table) != len(rows):
+            problems.append(f"metrics.csv: {len(table)} rows but metrics.json has {len(rows)}")
+        for i, (line, row) in enumerate(zip(table, rows, strict=False), 1):
+            for key in METRICS_MONEY:
+                try:
+                    same = abs(float(line[key]) - float(row[key])) <= 0.005 + EPS
+                except (KeyError, TypeError, ValueError):
+                    same = False
+                if not same:
+                    problems.append(
+                        f"metrics.csv row {i}: {key} = {line.get(key)!r} but metrics.json says {row.get(key)!r}"
+                    )
+            if line.get("ts") != row.get("ts"):
+                problems.append(
+                    f"metrics.csv row {i}: ts {line.get('ts')!r} but metrics.json says {row.get('ts')!r}"
+                )
+    return problems
+
+
+def check_page(run: Path) -> list[str]:
+    """What `report.html` shows of the run, its summary and every statistic's cell (its exact
+    `data-value` and the text shown), is what the page the run folder's files give shows (rebuilt
+    here; found by an audit: a page with its net PnL's sign flipped passed). The rest of the page
+    (its definitions, layout, scripts) may differ between versions of the program."""
+    from actors.recording.html_report import REPORT_NAME, build_report  # only here: the page's code
+
+    page = run / REPORT_NAME
+    if not page.exists():
+        return []
+    # a summary row (its label, its text) or a statistic's cell (its id, its text; its exact value)
+    shown = re.compile(
+        r'<tr><th>([^<]*)</th><td class="text">([^<]*)</td></tr>|<td id="([^"]+)" data-value="([^"]*)"[^>]*>([^<]*)</td>'
+    )
+
+    def figures(text: str) -> list[tuple[str, str]]:
+        return [
+            (html.unescape(m[0] or m[2]), html.unescape(m[1] or f"{m[4]} (exactly {m[3] or 'none'})"))
+            for m in shown.findall(text)
+        ]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            rebuilt = build_report(run, Path(tmp) / REPORT_NAME).read_text(encoding="utf-8")
+        except Exception as exc:  # a page that cannot be rebuilt is the finding
+            return [f"{REPORT_NAME}: cannot be rebuilt from the run folder ({type(exc).__name__}: {exc})"]
+    try:
+        written = figures(page.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        return [f"{REPORT_NAME}: unreadable ({exc})"]
+    want = figures(rebuilt)
+    differ = [
+        f"{got[0]} {got[1]!r} where the events give {should[0]} {should[1]!r}"
+        for got, should in zip(written, want, strict=False)
+        if got != should
+    ]
+    if len(written) != len(want):
+        differ.append(f"{len(written)} figures where the events give {len(want)}")
+    if differ:
+        return [
+            f"{REPORT_NAME}: shows {differ[0]}" + (f" and {len(differ) - 1} more" if len(differ) > 1 else "")
+        ]
+    return []
 
 
 class StrategyLedger:
@@ -466,8 +787,9 @@ def check_abandoned(events: list[dict[str, Any]], report: dict[str, Any]) -> lis
     return problems
 
 
-def validate(run: Path) -> list[str]:
-    """All problems found in the run folder; an empty list means it is consistent."""
+def validate(run: Path, page: bool = False) -> list[str]:
+    """All problems found in the run folder; an empty list means it is consistent. `page`: also
+    rebuild report.html and compare (the command line does; it takes about as long as writing it)."""
     events, problems = load_events(run / "events.jsonl")
     report, unreadable = load_report(run)
     problems += unreadable
@@ -476,7 +798,11 @@ def validate(run: Path) -> list[str]:
         ("sequence", lambda: check_sequence(events, finished=finished)),
         ("fills", lambda: check_fills(events, report)),
         ("attribution", lambda: check_attribution(events, report)),
+        ("records", lambda: check_records(events, report)),
+        ("metrics", lambda: check_metrics(run, events)),
     ]
+    if page:
+        checks.append(("page", lambda: check_page(run)))
     if report is not None:
         checks += [
             ("report", lambda: check_report(events, report)),
@@ -500,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.run / "events.jsonl").is_file():
         print(f"error: {args.run} is not a run folder (no events.jsonl)", file=sys.stderr)
         return 2
-    problems = validate(args.run)
+    problems = validate(args.run, page=True)
     for problem in problems:
         print(problem)
     events, _ = load_events(args.run / "events.jsonl")
