@@ -52,7 +52,7 @@ def fmt_held(seconds: float) -> str:
 
 
 def _when(iso_ts: str) -> str:
-    return f"{iso_ts[:10]} {iso_ts[11:19]}"  # "2024-01-02T03:04:05.678Z" -> "2024-01-02 03:04:05"
+    return f"{iso_ts[:10]} {iso_ts[11:19]} UTC"  # "2024-01-02T03:04:05.678Z" -> "2024-01-02 03:04:05 UTC"
 
 
 def fill_line(record: dict[str, Any]) -> str:
@@ -199,13 +199,22 @@ def summary_rows(report: dict[str, Any], sink: ConsoleSink, run_path: Path) -> l
         # none without a loss (the report page's definition: it showed "inf" here, "-" there)
         ("profit factor", "-" if factor is None else f"{factor:.2f}"),
         ("max drawdown", f"{report['max_drawdown_pct']:.2f} %"),
-        ("fees", f"{report['fees_paid']:,.2f} USDT"),
-        ("funding", f"{report['funding_paid']:,.2f} USDT"),
+        ("fees paid", f"{report['fees_paid']:,.2f} USDT"),
+        # paid when positive; a negative figure was received (found by an audit: "-2.26" beside
+        # the fees' "2,103.46" read as a cost)
+        ("funding paid", _funding(report["funding_paid"])),
         ("fills", str(report["fills"])),
         ("rejections", str(rejections)),
         ("report", _report_path(html, run_path)),
     ]
     return rows
+
+
+def _funding(paid: float) -> str:
+    cents = round(paid, 2)
+    if cents < 0:
+        return f"{paid:,.2f} USDT (received {-paid:,.2f})"
+    return f"{cents + 0.0:,.2f} USDT"  # never "-0.00"
 
 
 def _report_path(html: Path, run_path: Path) -> str:

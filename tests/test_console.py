@@ -85,7 +85,15 @@ def test_backtest_prints_every_fill_and_trade_and_the_summary(tmp_path: Path) ->
     assert f"@ {first['fill_price']:,.1f}" in fills[0]  # the price on BTCUSDT's tick
     assert " -> " in closed[0] and "net " in closed[0] and "held " in closed[0] and "exit " in closed[0]
     summary = done.stderr[done.stderr.index(f"session {report['run_id']}") :]
-    for label in ("net PnL", "return", "win rate", "profit factor", "max drawdown", "fees", "funding"):
+    for label in (
+        "net PnL",
+        "return",
+        "win rate",
+        "profit factor",
+        "max drawdown",
+        "fees paid",
+        "funding paid",
+    ):
         assert label in summary, label
     assert f"{report['net_pnl']:+,.2f} USDT" in summary
     assert "final_report.json" in summary or "report.html" in summary
@@ -201,7 +209,7 @@ def test_the_console_sink_tracks_stop_target_and_trade_figures() -> None:
     assert (sink.trades, sink.wins) == (2, 1)
     assert sink.profit_factor is not None and abs(sink.profit_factor - 2.1) < 1e-3
     assert closed_line(closed) == (
-        "CLOSED 2024-01-02 03:04:05  BTCUSDT  LONG 0.0012  60,006.4 -> 60,100.0  net +0.10  "
+        "CLOSED 2024-01-02 03:04:05 UTC  BTCUSDT  LONG 0.0012  60,006.4 -> 60,100.0  net +0.10  "
         "held 1h02m03s  exit take_profit"
     )
 
@@ -268,6 +276,14 @@ def test_the_summary_agrees_with_the_report_page_on_return_and_profit_factor(tmp
     assert rows["return"] == "-0.02 %" and rows["profit factor"] == "-"
     tiny = dict(summary_rows({**report, "net_pnl": -0.000001, "starting_equity": 1e6}, sink, tmp_path))
     assert tiny["return"] == "+0.00 %"
+    # funding: a cost when positive; received says so (an audit read "-2.26" beside the fees as paid)
+    assert rows["funding paid"] == "0.00 USDT" and rows["fees paid"] == "1.00 USDT"
+    assert dict(summary_rows({**report, "funding_paid": 2.26}, sink, tmp_path))["funding paid"] == "2.26 USDT"
+    received = dict(summary_rows({**report, "funding_paid": -2.26}, sink, tmp_path))["funding paid"]
+    assert received == "-2.26 USDT (received 2.26)"
+    assert (
+        dict(summary_rows({**report, "funding_paid": -0.001}, sink, tmp_path))["funding paid"] == "0.00 USDT"
+    )
     assert (_fmt(-0.00025, "pct"), _fmt(-0.001, "ratio"), _fmt(-0.0001, "pct_fraction")) == (
         "0.00 %",
         "0.00",

@@ -517,3 +517,21 @@ async def test_a_live_sessions_report_in_chromium(tmp_path: Path) -> None:
     price = next(c for c in charts if c["id"] == "chart-price-BTCUSDT")
     assert len(price["points"]) == 6  # candles, price, entries, exits, stops, targets
     assert_statistics_shown(stats, events)
+
+
+def test_the_attribution_tables_say_their_rows_are_rounded_on_their_own() -> None:
+    """Three strategies' realized PnL -32.344, -0.954 and -12.594 (-45.892 in all, shown -45.89)
+    are shown -32.34, -0.95 and -12.59, which add up to -45.88: the page says each figure is
+    rounded on its own (found by an audit)."""
+    row = {"fills": 2, "realized_pnl": -32.344}
+    report = {
+        "strategies": {"a": row, "b": {**row, "realized_pnl": -0.954}, "c": {**row, "realized_pnl": -12.594}},
+        "symbols": {"BTCUSDT": {"fills": 6, "realized_pnl": -45.892}},
+    }
+    section = html_report._attribution(report)
+    assert '<table id="by-strategy">' in section and "by-symbol" not in section  # one symbol: no table
+    assert ">-32.34<" in section and ">-0.95<" in section and ">-12.59<" in section
+    assert "rounded to the cent on its own" in section
+    assert html_report._attribution({"strategies": {"a": row}}) == html_report._section(
+        "Per strategy and per symbol", ""
+    )

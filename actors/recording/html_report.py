@@ -987,6 +987,11 @@ def _attribution(report: dict[str, Any] | None) -> str:
             for name, row in table.items()
         )
         parts.append(f'<h3>By {title}</h3><table id="by-{title}">{head}{rows}</table>')
+    if parts:  # found by an audit: three rounded rows summed to a cent off the total shown
+        parts.append(
+            '<p class="note">Each figure is rounded to the cent on its own: the rows add up to the '
+            "account's totals exactly before rounding, and may differ from them by a cent or two after.</p>"
+        )
     return _section("Per strategy and per symbol", "".join(parts))
 
 
