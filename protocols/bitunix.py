@@ -16,13 +16,19 @@ Decisions that the exchange does not settle:
   too: they are harmless and the client may log them. `Control.data` is the frame's `data` member
   when it has one (connect, unsubscribe, subscribe error), else the rest of the frame without `op`
   (the ping reply: `{"pong":<client s>,"ping":<server s>}`).
-- A kline push whose high is below its low is rejected as `crossed_book` (upper bound below the
-  lower bound). Open/close outside [low, high] is tolerated on the WebSocket (live snapshot of the
-  current candle) but such rows are skipped in REST history.
+- A kline push whose high is below its low, or whose open or close is outside [low, high], is
+  rejected as `crossed_book` (a range that does not hold its own prices; found by an audit: a push
+  with its high at 10x the price made a resting sell fill there); such rows are skipped in REST
+  history. A push that widens its candle's range (a new high or low since the last push of the same
+  candle, or the first push of the next candle) is jump-checked at the new extreme as a price that
+  traded within the last second; the first push after a (re)connect is not (its candle may have
+  moved meanwhile).
 - A book side that is not strictly ordered (bids descending, asks ascending) is `crossed_book`.
   Every level must have a price and size > 0 (`non_positive`), not only the best one.
-- Price-jump check: kline close, book mid (depth_book* and tickers), trade price and ticker last
-  share one "last good price" per symbol. `max_jump_pct <= 0` disables the check.
+- Price-jump check: kline close, book mid (depth_book* and tickers), trade price, ticker last and
+  the `price` channel's mark share one "last good price" per symbol (the mark sits within a small
+  basis of the last price; found by an audit: a mark halved within 300 ms was taken and liquidated
+  a position). `max_jump_pct <= 0` disables the check.
 - Several symbols (one socket): every data message carries its `symbol`; timestamps, last good
   prices and the jump check are kept per symbol. A `tickers` frame (no top-level symbol) gives
   the row of the first subscribed symbol it holds.
@@ -86,6 +92,15 @@ _REST_INTERVALS = frozenset(("1m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "
 _DEPTH_LIMITS = ("1", "5", "15", "50", "max")
 MAX_KLINE_LIMIT = 200
 MAX_SUBSCRIPTIONS = 300
+
+
+def _kline_ms(channel: str) -> int:
+    """A kline channel's candle length in ms (`market_kline_60min` -> 3,600,000); 0 if unknown."""
+    suffix = channel.rsplit("_", 1)[-1]
+    for unit, ms in (("min", 60_000), ("h", 3_600_000), ("day", 86_400_000), ("week", 604_800_000)):
+        if suffix.endswith(unit) and suffix[: -len(unit)].isdigit():
+            return int(suffix[: -len(unit)]) * ms
+    return 0
 
 
 def kline_channel(interval: str) -> str:
@@ -361,10 +376,14 @@ class FrameValidator:
     _handlers: dict[str, Any] = attrs.field(init=False, repr=False)
     _last_ts: dict[tuple[str, str], int] = attrs.field(init=False, repr=False, factory=dict)
     _last_price: dict[str, tuple[float, int]] = attrs.field(init=False, repr=False, factory=dict)
+    # each symbol's current candle as its last accepted push showed it: (bucket, high, low)
+    _kline_range: dict[str, tuple[int, float, float]] = attrs.field(init=False, repr=False, factory=dict)
+    _kline_ms: int = attrs.field(init=False, repr=False, default=0)
     _sym: str = attrs.field(init=False, repr=False, default="")  # the symbol of the frame being parsed
 
     def __attrs_post_init__(self) -> None:
         self._syms = frozenset(s.upper() for s in (self.symbols or (self.symbol,)))
+        self._kline_ms = _kline_ms(self.kline_channel)
         self._handlers = {
             self.kline_channel: self._kline,
             "depth_book1": self._depth,
@@ -377,8 +396,10 @@ class FrameValidator:
         }
 
     def reset_sequence(self) -> None:
-        """After a reconnect: forget the per-channel last ts; keep the last good price."""
+        """After a reconnect: forget the per-channel last ts and the candles' ranges (the next push
+        may show a candle that moved while the socket was down); keep the last good price."""
         self._last_ts.clear()
+        self._kline_range.clear()
 
     def parse(self, raw: str | bytes) -> Parsed:
         """One received frame -> a typed message, Control, or Rejected. Never raises."""
@@ -465,6 +486,14 @@ class FrameValidator:
                 _reject("price_jump", f"{what} {price:g} moved {move:.3g}% from {last:g} within 1 s")
         self._last_price[self._sym] = (price, ts)
 
+    def _jump_only(self, ts: int, price: float, what: str) -> None:
+        """`_jump`'s check, leaving the last good price as it is."""
+        last, last_ts = self._last_price.get(self._sym, (0.0, 0))
+        if last > 0.0 and -1000 <= ts - last_ts <= 1000 and self.max_jump_pct > 0.0:
+            move = abs(price / last - 1.0) * 100.0
+            if move > self.max_jump_pct:
+                _reject("price_jump", f"{what} {price:g} moved {move:.3g}% from {last:g} within 1 s")
+
     def _kline(self, ts: int, data: Any) -> KlinePush:
         if type(data) is not dict:
             _reject("wrong_type", "kline data is not an object")
@@ -477,7 +506,18 @@ class FrameValidator:
             _reject("non_positive", f"volume < 0: {b:g}")
         if h < lo:
             _reject("crossed_book", f"kline high {h:g} < low {lo:g}")
+        if not (lo <= o <= h and lo <= c <= h):
+            _reject("crossed_book", f"kline open {o:g} or close {c:g} outside [{lo:g}, {h:g}]")
+        bucket = ts // self._kline_ms if self._kline_ms else 0
+        seen = self._kline_range.get(self._sym)
+        if seen is not None and seen[0] <= bucket:
+            same = seen[0] == bucket
+            if h > (seen[1] if same else -1.0):
+                self._jump_only(ts, h, "high")
+            if lo < (seen[2] if same else float("inf")):
+                self._jump_only(ts, lo, "low")
         self._jump(ts, c, "close")
+        self._kline_range[self._sym] = (bucket, h, lo)
         return KlinePush(ts, o, h, lo, c, b, self._sym)
 
     def _depth(self, ts: int, data: Any) -> BookTop:
@@ -572,6 +612,7 @@ class FrameValidator:
         mark = _pos(_field(data, "mp", "price"), "mark")
         index = _pos(_field(data, "ip", "price"), "index")
         fr = _num(_field(data, "fr", "price"), "funding rate")
+        self._jump(ts, mark, "mark")
         return PricePush(ts, mark, index, fr, self._sym)
 
 

@@ -344,7 +344,7 @@ def test_price_frame() -> None:
 
 def test_numbers_tolerated_and_symbol_case_insensitive() -> None:
     v = validator()
-    assert isinstance(v.parse(with_data(KLINE, o=63404.6, c=63404, h="63404.8")), KlinePush)
+    assert isinstance(v.parse(with_data(KLINE, o=63404.6, c=63404, l=63404, h="63404.8")), KlinePush)
     assert isinstance(validator().parse(frame(KLINE, symbol="btcusdt")), KlinePush)
     lower = FrameValidator(symbol="btcusdt", kline_channel="market_kline_1min", max_jump_pct=5.0)
     assert isinstance(lower.parse(KLINE), KlinePush)
@@ -461,8 +461,10 @@ def test_price_jump() -> None:
         v.parse(frame(TRADE, ts=t0 + 1200, data=[{"p": "66500", "v": "1", "s": "sell"}])), TradePush
     )
     rejected(v.parse(frame(TRADE, ts=t0 + 1300, data=[{"p": "70000", "v": "1", "s": "buy"}])), "price_jump")
-    # Mark/index are not checked.
-    assert isinstance(v.parse(frame(PRICE, ts=t0 + 1400)), PricePush)
+    # The mark is checked too (an audit: a halved mark liquidated a position); the index is not.
+    rejected(v.parse(frame(PRICE, ts=t0 + 1400)), "price_jump")  # a mark of 86688.3: +30 %
+    near = with_data(PRICE, mp="66510.0", ip="1000")
+    assert isinstance(v.parse(frame(near, ts=t0 + 1400)), PricePush)
     # reset_sequence keeps the last good price.
     v.reset_sequence()
     rejected(v.parse(frame(TRADE, ts=t0 + 1500, data=[{"p": "60000", "v": "1", "s": "buy"}])), "price_jump")
@@ -832,3 +834,69 @@ def test_fuzz_rest_depth(data: Any) -> None:
         assert book.bids[0][0] < book.asks[0][0]
         assert [p for p, _ in book.bids] == sorted((p for p, _ in book.bids), reverse=True)
         assert [p for p, _ in book.asks] == sorted(p for p, _ in book.asks)
+
+
+def test_a_mark_that_jumps_is_dropped_not_taken() -> None:
+    """Found by an audit: the `price` channel's mark had no jump check, and a mark halved within
+    300 ms liquidated a position. Now it is judged with the other prices of its symbol."""
+    v = validator(max_jump_pct=5.0)
+    t0 = 1790126515693
+    assert isinstance(v.parse(DEPTH15), BookTop)  # mid 86699.65
+    rejected(v.parse(frame(with_data(PRICE, mp="43344.2"), ts=t0 + 300)), "price_jump")
+    mark = v.parse(frame(PRICE, ts=t0 + 300))  # the doc's own mark, 0.013 % under the mid
+    assert isinstance(mark, PricePush) and mark.mark == 86688.3
+    # after a second of silence the first price is taken as it comes (as every channel's)
+    assert isinstance(v.parse(frame(with_data(PRICE, mp="43344.2"), ts=t0 + 1400)), PricePush)
+
+
+KLINE_T0 = 1786650732204  # KLINE's ts: 12.204 s into its minute
+
+
+def _push(ts: int, o: str, h: str, lo: str, c: str) -> str:
+    return frame(with_data(KLINE, o=o, h=h, l=lo, c=c), ts=ts)
+
+
+@pytest.mark.parametrize(
+    ("o", "h", "lo", "c"),
+    [
+        ("70000", "63404.8", "63404.5", "63404.7"),  # the open above the high
+        ("63404.6", "63404.8", "63404.5", "63000"),  # the close under the low
+    ],
+)
+def test_a_kline_whose_range_does_not_hold_its_open_and_close_is_dropped(
+    o: str, h: str, lo: str, c: str
+) -> None:
+    rejected(validator().parse(_push(KLINE_T0, o, h, lo, c)), "crossed_book")
+
+
+def test_a_kline_that_widens_its_range_past_a_jump_is_dropped() -> None:
+    """Found by an audit: only the close was jump-checked, and a push with its high at 10x the
+    price worked a resting sell there, then liquidated the short at a price that never traded.
+    A new high or low must be a price that traded within the last second: within max_jump_pct of
+    the last good price."""
+    v = validator(max_jump_pct=5.0)
+    first = _push(KLINE_T0, "63404.6", "63404.8", "63404.5", "63404.7")
+    assert isinstance(v.parse(first), KlinePush)
+    # the same candle, 500 ms later: a high of 10x, and a low of a tenth, are dropped
+    rejected(v.parse(_push(KLINE_T0 + 500, "63404.6", "634048.0", "63404.5", "63404.7")), "price_jump")
+    rejected(v.parse(_push(KLINE_T0 + 500, "63404.6", "63404.8", "6340.4", "63404.7")), "price_jump")
+    # a new high within the limit, where the close is, is taken
+    assert isinstance(v.parse(_push(KLINE_T0 + 500, "63404.6", "64000.0", "63404.5", "64000.0")), KlinePush)
+    # the next candle's first push: its range is checked too
+    next_ts = (KLINE_T0 // 60_000 + 1) * 60_000 + 300
+    book = frame(DEPTH15, ts=next_ts - 200, data={"b": [["64000.0", "1"]], "a": [["64000.1", "1"]]})
+    assert isinstance(v.parse(book), BookTop)
+    rejected(v.parse(_push(next_ts, "64000.0", "90000.0", "64000.0", "64000.0")), "price_jump")
+    assert isinstance(v.parse(_push(next_ts, "64000.0", "64100.0", "63900.0", "64050.0")), KlinePush)
+
+
+def test_after_a_reconnect_the_first_kline_may_show_what_its_candle_did_meanwhile() -> None:
+    """The first push after a reconnect shows the candle as it is, its range grown while the
+    socket was down: its range is not judged against the price before (its close still is)."""
+    v = validator(max_jump_pct=5.0)
+    assert isinstance(v.parse(_push(KLINE_T0, "63404.6", "63404.8", "63404.5", "63404.7")), KlinePush)
+    v.reset_sequence()
+    depth = frame(DEPTH15, ts=KLINE_T0 + 800, data={"b": [["63404.6", "1"]], "a": [["63404.7", "1"]]})
+    assert isinstance(v.parse(depth), BookTop)
+    wide = _push(KLINE_T0 + 900, "63404.6", "70000.0", "60000.0", "63404.7")
+    assert isinstance(v.parse(wide), KlinePush)
