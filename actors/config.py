@@ -624,6 +624,47 @@ def strategy_param_fields(kind: str) -> dict[str, attrs.Attribute]:
     return {f.name: f for f in attrs.fields(cls)}
 
 
+def strategy_common_keys(kind: str) -> tuple[str, ...]:
+    """The common keys of [strategy] (`StrategyConfig`'s, `name` aside) the kind reads, e.g.
+    `history` and `order_qty` for one whose stop is in ATRs (not `stop_loss_pct`)."""
+    import actors.strategies  # noqa: F401  (registers every kind)
+    from actors.strategies.base import COMMON_KEYS
+
+    return COMMON_KEYS[kind]
+
+
+def strategy_keys(kind: str) -> tuple[str, ...]:
+    """Every key a strategy of this kind reads: the common ones it reads, then its own parameters."""
+    return (*strategy_common_keys(kind), *strategy_param_fields(kind))
+
+
+def _unread_key(prefix: str, name: str, kind_key: str, kind: str, source: str) -> str:
+    return (
+        f"{prefix}.{name}: not used by {kind_key} = {kind!r} (from {source}): that kind never reads it; "
+        f"expected one of its keys: {', '.join(strategy_keys(kind))}"
+    )
+
+
+def without_unread_keys(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A config as `to_dict` writes it, without the common keys its strategies' kinds do not read:
+    a config recorded before they were left out (and refused when set) loads as it ran."""
+    out = dict(data)
+
+    def keep(table: Mapping[str, Any], kind: Any) -> dict[str, Any]:
+        if kind not in STRATEGY_KINDS:
+            return dict(table)  # a problem of its own, named as such by the loader
+        unread = set(section_fields("strategy")) - {"name", *strategy_common_keys(kind)}
+        return {k: v for k, v in table.items() if k not in unread}
+
+    if isinstance(out.get("strategy"), dict):
+        out["strategy"] = keep(out["strategy"], out["strategy"].get("name", StrategyConfig().name))
+    if isinstance(out.get(STRATEGIES), list):
+        out[STRATEGIES] = [
+            keep(table, table.get("kind")) if isinstance(table, dict) else table for table in out[STRATEGIES]
+        ]
+    return out
+
+
 def _all_strategy_params() -> dict[str, attrs.Attribute]:
     fields: dict[str, attrs.Attribute] = {}
     for kind in strategy_kinds():
@@ -925,6 +966,11 @@ def _strategy_tables(tables: list[Any], source: str, problems: list[str]) -> tup
         kind = found.get("kind")
         if kind is None:
             continue  # its parameters cannot be checked without it (the kind's problem is listed)
+        problems += [
+            _unread_key(prefix, name, f"{prefix}.kind", kind, source)
+            for name in table
+            if name in common and name not in strategy_common_keys(kind)
+        ]
         params = _kind_params(problems, prefix, f"{prefix}.kind", kind, others)
         if len(problems) > before:
             continue
@@ -984,6 +1030,7 @@ def build(layers: Iterable[Layer], problems: list[str] | None = None) -> Config:
         if value is not _BAD:
             sections[section][name] = value
     kind = sections["strategy"].get("name", StrategyConfig().name)
+    problems += _unread_strategy_keys(merged, sections["strategy"], kind, replaced)
     params = _kind_params(problems, "strategy", "strategy.name", kind, others, replaced)
     specs: tuple[StrategySpec, ...] = ()
     if tables is not None:
@@ -999,6 +1046,22 @@ def build(layers: Iterable[Layer], problems: list[str] | None = None) -> Config:
     if cross:
         raise ConfigError([_with_source(problem, merged, tables_source) for problem in cross])
     return config
+
+
+def _unread_strategy_keys(merged: Layer, values: dict[str, Any], kind: str, why: str) -> list[str]:
+    """The [strategy] common keys set (in the file, the environment or by --set) that the kind does
+    not read. A file's key that holds its built-in default is let through: config/default.toml lists
+    every key, and a base for any kind (`--set strategy.name=trend_pullback` on it, a sweep's trials)
+    must not be refused for ema_cross's defaults."""
+    defaults = attrs.asdict(StrategyConfig())
+    problems = []
+    for (section, name), (_raw, source, is_text) in sorted(merged.items()):
+        if section != "strategy" or name not in defaults or name == "name" or name not in values:
+            continue
+        if name in strategy_common_keys(kind) or (not is_text and values[name] == defaults[name]):
+            continue
+        problems.append(_unread_key("strategy", name, "strategy.name", kind, source) + why)
+    return problems
 
 
 _CROSS_PROBLEM = re.compile(
@@ -1134,7 +1197,8 @@ def strategy_table(spec: StrategySpec) -> dict[str, Any]:
         table["symbol"] = spec.symbol
     if spec.interval is not None:
         table["interval"] = spec.interval
-    table.update((k, v) for k, v in attrs.asdict(spec.config).items() if k != "name")
+    read = strategy_common_keys(spec.kind)
+    table.update((k, v) for k, v in attrs.asdict(spec.config).items() if k in read)
     if spec.params is not None:
         table.update(attrs.asdict(spec.params))
     return table
@@ -1149,6 +1213,9 @@ def to_dict(config: Config) -> dict[str, Any]:
             values[STRATEGIES] = [strategy_table(spec) for spec in config.strategies]
             continue
         values[section] = attrs.asdict(getattr(config, section))
+    if not config.strategies:  # the common keys its kind reads (`strategy_common_keys`)
+        read = {"name", *strategy_common_keys(config.strategy.name)}
+        values["strategy"] = {k: v for k, v in values["strategy"].items() if k in read}
     if not config.strategies and config.strategy_params is not None:
         values["strategy"].update(attrs.asdict(config.strategy_params))
     return values
@@ -1192,5 +1259,6 @@ def documented_toml(config: Config | None = None) -> str:
             continue
         lines += ["", f"[{section}]"]
         for name, field in section_fields(section).items():
-            lines += _documented(name, values[section][name], field.metadata["rule"].doc)
+            if name in values[section]:  # [strategy]: the common keys its kind reads
+                lines += _documented(name, values[section][name], field.metadata["rule"].doc)
     return "\n".join(lines) + "\n"

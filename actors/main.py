@@ -60,6 +60,7 @@ from actors.config import (
     load,
     to_dict,
     to_toml,
+    without_unread_keys,
 )
 from actors.console import fmt_money, print_summary
 from actors.feeds.funding import FundingRates, describe
@@ -350,7 +351,8 @@ def _config(args: argparse.Namespace, flags: dict[str, tuple[Any, str]], env: Ma
     recording = load_recording(Path(args.replay))
     keep = {k: v for k, v in flags.items() if k == "session.run_dir"}
     problems: list[str] = []  # the recorded config as to_dict wrote it ([[strategies]] included)
-    layer = dict_layer(recording.config, f"{args.replay} (recorded config)", problems)
+    recorded = without_unread_keys(recording.config)  # as an older version recorded it, too
+    layer = dict_layer(recorded, f"{args.replay} (recorded config)", problems)
     return build([layer, flags_layer(keep)], problems)
 
 

@@ -511,3 +511,81 @@ def test_an_environment_strategy_key_replacing_a_files_strategies_is_said(tmp_pa
         "--run-dir", str(tmp_path / "runs2"), cwd=tmp_path,
     )  # fmt: skip
     assert plain.returncode == 0 and "[[strategies]]" not in plain.stderr
+
+
+# --- keys a strategy kind does not read (found by an audit: `stop_loss_pct = 0.3` on a
+# trend_pullback, whose stop is in ATRs, was accepted: the trader believed in a 0.3 % stop) ------
+
+EMA_CROSS_ONLY = ("fast_period", "slow_period", "stop_loss_pct", "take_profit_pct")
+
+
+@pytest.mark.parametrize("kind", ["trend_pullback", "liquidity_sweep"])
+@pytest.mark.parametrize("name", EMA_CROSS_ONLY)
+def test_an_ema_cross_key_set_for_another_kind_is_refused(kind: str, name: str) -> None:
+    value = "0.3" if name.endswith("_pct") else "5"
+    with pytest.raises(ConfigError) as info:
+        load(None, {}, [f"strategy.name={kind}", f"strategy.{name}={value}"])
+    (line,) = info.value.problems
+    assert line.startswith(f"strategy.{name}: not used by strategy.name = {kind!r} (from --set)")
+    assert "stop_atr_mult" in line and "order_qty" in line  # the keys it does take
+    with pytest.raises(ConfigError, match=f"strategy.{name}: not used by .* \\(from LAPTOP_AGENTS__"):
+        load(None, {"LAPTOP_AGENTS__STRATEGY__NAME": kind, f"LAPTOP_AGENTS__STRATEGY__{name.upper()}": value})
+
+
+def test_an_ema_cross_key_in_a_strategies_table_of_another_kind_is_one_clear_line(tmp_path: Path) -> None:
+    text = '[[strategies]]\nid = "trend"\nkind = "trend_pullback"\nstop_loss_pct = 0.3\n'
+    result = run_main("--config", str(_write(tmp_path, text)), "--check-config", cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line]
+    assert line.startswith(
+        "config error: strategies[trend].stop_loss_pct: not used by strategies[trend].kind = 'trend_pullback'"
+    )
+    assert "stop_atr_mult" in line and "target_r" in line
+    sweep = '[[strategies]]\nid = "s"\nkind = "liquidity_sweep"\ntake_profit_pct = 2.0\nfast_period = 5\n'
+    with pytest.raises(ConfigError) as info:
+        load(_write(tmp_path, sweep))
+    assert [p.split(":")[0] for p in info.value.problems] == [
+        "strategies[s].take_profit_pct",
+        "strategies[s].fast_period",
+    ]
+
+
+def test_the_keys_every_kind_reads_are_accepted_for_every_kind(tmp_path: Path) -> None:
+    for kind in ("trend_pullback", "liquidity_sweep"):
+        config = load(None, {}, [f"strategy.name={kind}", "strategy.order_qty=0.002", "strategy.history=300"])
+        assert (config.strategy.order_qty, config.strategy.history) == (0.002, 300)
+        text = f'[[strategies]]\nid = "a"\nkind = "{kind}"\norder_qty = 0.002\nhistory = 300\n'
+        (spec,) = load(_write(tmp_path, text)).strategy_specs
+        assert (spec.config.order_qty, spec.config.history) == (0.002, 300)
+
+
+def test_a_files_unread_key_holding_its_default_is_let_through(tmp_path: Path) -> None:
+    """config/default.toml lists every key (ema_cross's among them): a base for any kind."""
+    config = load(REPO / "config" / "default.toml", {}, ["strategy.name=trend_pullback"])
+    assert config.strategy.name == "trend_pullback"
+    text = "[strategy]\nname = 'trend_pullback'\nstop_loss_pct = 0.3\n"
+    with pytest.raises(ConfigError, match=r"strategy.stop_loss_pct: not used by .* \(from .*c.toml\)"):
+        load(_write(tmp_path, text))
+
+
+def test_the_effective_config_leaves_out_the_keys_its_kind_does_not_read(tmp_path: Path) -> None:
+    """--check-config and the recorded config do not show a percent stop a trend_pullback never
+    uses, and load back as the same config; an older recording that has them still loads."""
+    from actors.config import build, dict_layer, to_toml, without_unread_keys
+
+    for config in (
+        load(None, {}, ["strategy.name=trend_pullback"]),
+        load(REPO / "config" / "live.toml"),
+    ):
+        values = to_dict(config)
+        tables = values.get("strategies") or [values["strategy"]]
+        assert all(not set(EMA_CROSS_ONLY) & set(table) for table in tables)
+        assert load(_write(tmp_path, to_toml(config))) == config
+    older = to_dict(load(REPO / "config" / "live.toml"))
+    for table in older["strategies"]:
+        table.update(stop_loss_pct=0.3, fast_period=9)
+    with pytest.raises(ConfigError):
+        build([dict_layer(older, "recorded", [])])
+    problems: list[str] = []
+    again = build([dict_layer(without_unread_keys(older), "recorded", problems)], problems)
+    assert again == load(REPO / "config" / "live.toml")

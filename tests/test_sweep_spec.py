@@ -100,6 +100,10 @@ def test_random_draws_are_seeded_the_same_in_every_window_and_within_range(tmp_p
             ("target_r = [1.5, 2.0]", "target_rr = [1.5]"),
             "strategy[1].space.target_rr: not a parameter of trend_pullback",
         ),
+        (  # ema_cross's percent stop: a trend_pullback never reads it (its stop is in ATRs)
+            ("target_r = [1.5, 2.0]", "stop_loss_pct = [0.5, 1.0]"),
+            "strategy[1].space.stop_loss_pct: not a parameter of trend_pullback",
+        ),
         (("slow_period = [21, 34, 55]", "slow_period = [0, 34]"), "strategy ema_cross with"),
         (('data = "candles.csv"', 'data = "missing.csv"'), "sweep.data: file not found"),
         (

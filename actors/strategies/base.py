@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
+import attrs
+
 from actors.config import StrategyConfig
 from protocols.messages import AccountSnapshot, Candle, Event, MarketEvent, MarketView, OrderIntent, Tick
 
@@ -93,15 +95,24 @@ REGISTRY: dict[str, StrategyFactory] = {}
 # each kind's own parameters: an attrs class whose fields are `actors.config.key`s (validated and
 # documented like every config key); None: the kind reads only `StrategyConfig`
 PARAMS: dict[str, type | None] = {}
+# the common keys (`StrategyConfig`'s, `name` aside) each kind reads; the config refuses the others
+# when a user sets them (found by an audit: `stop_loss_pct = 0.3` on a trend_pullback, whose stop
+# is in ATRs, was accepted and never read)
+COMMON_KEYS: dict[str, tuple[str, ...]] = {}
 
 
-def register(name: str, params: type | None = None) -> Callable[[StrategyFactory], StrategyFactory]:
+def register(
+    name: str, params: type | None = None, common: tuple[str, ...] | None = None
+) -> Callable[[StrategyFactory], StrategyFactory]:
     """Register a strategy class under `name`, called as `factory(config, id, symbol)` or, with a
-    `params` class, `factory(config, id, symbol, params)` (an instance built from the config)."""
+    `params` class, `factory(config, id, symbol, params)` (an instance built from the config);
+    `common`: the keys of `StrategyConfig` it reads (None: all of them)."""
 
     def add(factory: StrategyFactory) -> StrategyFactory:
         REGISTRY[name] = factory
         PARAMS[name] = params
+        everything = tuple(f.name for f in attrs.fields(StrategyConfig) if f.name != "name")
+        COMMON_KEYS[name] = everything if common is None else common
         return factory
 
     return add

@@ -163,7 +163,7 @@ class Setup:
     volume_mean: float
 
 
-@register(NAME, params=LiquiditySweepParams)
+@register(NAME, common=("history", "order_qty"), params=LiquiditySweepParams)
 class LiquiditySweepStrategy:
     """The strategy component: candles in; on a setup a `signal` event and, unless a gate holds
     it back, the entry intent with its stop and target."""

@@ -124,7 +124,7 @@ def check_params(p: TrendPullbackParams) -> list[str]:
     return problems + funding_gate_problems(p.funding_half_pct, p.funding_block_pct)
 
 
-@register(NAME, params=TrendPullbackParams)
+@register(NAME, common=("history", "order_qty"), params=TrendPullbackParams)
 class TrendPullback:
     """The strategy component: candles in; `signal` events, limit entries with their stop and
     target, and reduce-only market exits out."""

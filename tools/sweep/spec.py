@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import attrs
 
-from actors.config import STRATEGY_KINDS, ConfigError, StrategyConfig, load, strategy_param_fields
+from actors.config import STRATEGY_KINDS, ConfigError, load, strategy_keys
 
 OBJECTIVES = ("net_pnl", "return_pct", "sharpe", "profit_factor")
 SAMPLERS = ("grid", "random", "tpe")
@@ -299,9 +299,7 @@ def _strategies(value: Any, sampler: str, problems: list[str]) -> tuple[Strategy
                 f"{where}.space: expected a table of parameters, each a list of values or a range"
             )
             continue
-        params = (set(strategy_param_fields(kind)) | {f.name for f in attrs.fields(StrategyConfig)}) - {
-            "name"
-        }
+        params = set(strategy_keys(kind))  # the keys its kind reads (not ema_cross's stop_loss_pct)
         space: dict[str, Domain] = {}
         for name, domain in space_raw.items():
             key = f"{where}.space.{name}"
