@@ -51,6 +51,7 @@ from loguru import logger
 
 from actors import __version__, logs, secrets
 from actors.config import (
+    ENV_PREFIX,
     LIVE_INTERVALS,
     Config,
     ConfigError,
@@ -72,6 +73,7 @@ from actors.plan import (
     check_resume_config,
     find_resumable,
     is_file,
+    is_run_id,
     load_recording,
     parse_when,
     settle_latest,
@@ -229,13 +231,40 @@ def _start_lock(held: ExitStack, config: Config) -> StartLock:
         raise PlanError(f"session.run_dir: cannot use {short_path(run_dir)}: {reason}") from None
 
 
-def _plan(args: argparse.Namespace, config: Config, held: ExitStack) -> Plan:
-    """The kind of session the flags ask for; PlanError when they contradict each other.
+# Flags a replay does not take: it re-runs the recorded session on its recorded config, into a
+# new run folder (found by an audit: they were accepted and silently ignored, invalid values too)
+NOT_FOR_REPLAY = ("config", "set", "duration", "source", "symbol", "seed", "fresh")
+# Flags a backtest does not take, and what it uses instead (found by an audit: silently ignored)
+NOT_FOR_BACKTEST = {
+    "duration": "a backtest runs over its whole --data; --from and --until choose a window of it",
+    "source": "a backtest's market data is its --data file (one per symbol)",
+    "resume": "a backtest always runs from its data's start into a new run folder (nothing resumes it)",
+    "fresh": "a backtest always runs into a new run folder",
+}
 
-    The decision (a new session, a resume, or a refusal) is made under the run dir's start lock,
-    which the session's own lock then takes over (see the module docstring)."""
+
+def _given(args: argparse.Namespace, dest: str) -> bool:
+    value = getattr(args, dest)
+    return value not in (None, False, [])
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """PlanError when the flags contradict each other or one is not for this kind of run; before
+    the config is read (a flag a replay ignores must not be judged by its value) and alike for
+    `--check-config` and a start."""
     if args.replay and (args.mode == "backtest" or args.data or args.resume):
         raise PlanError("--replay cannot be combined with --mode backtest, --data or --resume")
+    if args.replay:
+        given = [_flag(dest) for dest in NOT_FOR_REPLAY if _given(args, dest)]
+        if given:
+            raise PlanError(
+                f"{', '.join(given)}: not for --replay, which re-runs the session on its recorded "
+                "config into a new run folder; with --replay only --run-dir, --runtime and --quiet apply"
+            )
     if args.funding is not None and args.mode != "backtest":
         raise PlanError(
             "--funding is only for --mode backtest (a replay re-delivers its recorded funding; "
@@ -245,19 +274,47 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack) -> Plan:
         raise PlanError("--from and --until are only for --mode backtest")
     if args.runtime != "kernel" and not (args.replay or args.mode == "backtest"):
         raise PlanError("--runtime is only for --mode backtest and --replay")
-    if args.replay:
-        recording = load_recording(Path(args.replay))
-        _start_lock(held, config).arm()
-        settle_latest(Path(config.session.run_dir))
-        return Plan(mode="replay", recording=recording, runtime=args.runtime)
     if args.mode == "backtest":
+        for dest, instead in NOT_FOR_BACKTEST.items():
+            if _given(args, dest):
+                raise PlanError(f"{_flag(dest)} is not for --mode backtest: {instead}")
         if not args.data:
             raise PlanError("--mode backtest needs --data FILE")
+    elif args.data and not args.replay:
+        raise PlanError("--data is only for --mode backtest")
+    if args.fresh and args.resume:
+        raise PlanError("--fresh and --resume contradict each other")
+    if args.resume is not None and args.resume != "latest" and not is_run_id(args.resume):
+        # found by an audit: `--resume ../..` and `--resume /tmp` were looked up as paths (an
+        # absolute one resumed a session of another run dir)
+        raise PlanError(
+            f"--resume {short_path(args.resume, 60)}: expected a live session's run id, the name of "
+            "its folder in the run dir (e.g. 20240131T120000Z-s42), or latest"
+        )
+
+
+def _plan(args: argparse.Namespace, config: Config, held: ExitStack | None) -> Plan:
+    """The kind of session the flags ask for (`_check_flags` passed); PlanError when it cannot be
+    run (a file missing, a session to resume that cannot be).
+
+    The decision (a new session, a resume, or a refusal) is made under the run dir's start lock,
+    which the session's own lock then takes over (see the module docstring). `held` None
+    (`--check-config`): the same checks, without the lock and without changing the run dir (no
+    abandoned session closed, no `latest` settled)."""
+    run_dir = Path(config.session.run_dir)
+    if args.replay:
+        recording = load_recording(Path(args.replay))
+        if held is not None:
+            _start_lock(held, config).arm()
+            settle_latest(run_dir)
+        return Plan(mode="replay", recording=recording, runtime=args.runtime)
+    if args.mode == "backtest":
         files = _data_files(args.data, config)
         window = _window(args.from_, args.until)
         funding = _funding(args.funding)
-        _start_lock(held, config).arm()
-        settle_latest(Path(config.session.run_dir))
+        if held is not None:
+            _start_lock(held, config).arm()
+            settle_latest(run_dir)
         return Plan(
             mode="backtest",
             data=files[0][1],
@@ -266,16 +323,17 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack) -> Plan:
             funding=funding,
             window=window,
         )
-    if args.data:
-        raise PlanError("--data is only for --mode backtest")
-    if args.fresh and args.resume:
-        raise PlanError("--fresh and --resume contradict each other")
+    if held is None:  # only what a look at the run dir can tell
+        plan = Plan(resume=find_resumable(run_dir, args.resume) if args.resume else None)
+        if plan.resume is not None:
+            check_resume_config(plan.resume, to_dict(config))
+        return plan
     start = _start_lock(held, config)
     if args.fresh:
-        settle_latest(Path(config.session.run_dir), live=True)
+        settle_latest(run_dir, live=True)
         plan = Plan()
     else:
-        plan = Plan(resume=find_resumable(Path(config.session.run_dir), args.resume))
+        plan = Plan(resume=find_resumable(run_dir, args.resume))
         if plan.resume is not None:
             check_resume_config(plan.resume, to_dict(config))
     start.arm()  # from here on the next session lock taken is the session's own
@@ -345,9 +403,18 @@ def _has_strategy_tables(path: str) -> bool:
 
 
 def _config(args: argparse.Namespace, flags: dict[str, tuple[Any, str]], env: Mapping[str, str]) -> Config:
-    """The effective config; a replay uses its recording's, with only --run-dir applied."""
+    """The effective config; a replay uses its recording's, with only --run-dir applied (its
+    environment's LAPTOP_AGENTS__ variables are ignored, with a warning: a container may set
+    them for its live sessions)."""
     if not args.replay:
         return load(args.config, env, args.set, flags)
+    ignored = sorted(var for var in env if var.startswith(ENV_PREFIX))
+    if ignored:
+        logger.warning(
+            "--replay re-runs the recorded config: the environment's {} ignored ({})",
+            "variable is" if len(ignored) == 1 else "variables are",
+            ", ".join(ignored),
+        )
     recording = load_recording(Path(args.replay))
     keep = {k: v for k, v in flags.items() if k == "session.run_dir"}
     problems: list[str] = []  # the recorded config as to_dict wrote it ([[strategies]] included)
@@ -378,6 +445,9 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
         if getattr(args, dest) is not None
     }
     try:
+        _check_flags(args)
+        if not args.preflight:  # --check-config says what a start would (a replay's ignored variables)
+            logs.configure()
         config = _config(args, flags, env)
         # the credentials the configured URLs carry (a webhook's path, a query's token): scrubbed
         # from everything written from here on, as the environment's secrets are
@@ -385,17 +455,10 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
             env,
             secrets.url_secrets(config.observability.webhook_url, [config.feed.ws_url, config.feed.rest_url]),
         )
-        if not (
-            args.check_config or args.preflight
-        ):  # before planning: it may warn (an abandoned run folder closed)
+        if not args.preflight:  # before planning: it may warn (an abandoned run folder closed)
             obs = config.observability
             logs.configure(obs.log_level, logs.RunLog(obs.log_rotation_mb, obs.log_retention_files))
-            if (
-                args.config
-                and not args.replay
-                and not config.strategies
-                and _has_strategy_tables(args.config)
-            ):
+            if args.config and not config.strategies and _has_strategy_tables(args.config):
                 # found by an audit: one LAPTOP_AGENTS__STRATEGY__ variable silently turned the
                 # image's two setups into one strategy
                 logger.warning(
@@ -408,11 +471,19 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
             raise PlanError("--preflight and --check-config are separate checks; give one of them")
         if args.mode == "live" and not args.replay and not args.preflight:
             _check_live(config)
-        if not (args.check_config or args.preflight):
+        if not args.preflight:
+            # --check-config makes a start's checks too (found by an audit: it passed what a start
+            # refuses), without changing anything
             checkpoint.use_key(secrets.state_key(env))  # before a resume reads a checkpoint
             # room for a session's final record (session.disk_reserve_mb), before any decision writes
             check_room(Path(config.session.run_dir), config.session.disk_reserve_mb)
-        plan = None if args.check_config else Plan() if args.preflight else _plan(args, config, held)
+        plan = (
+            Plan()
+            if args.preflight
+            else _plan(args, config, None)
+            if args.check_config
+            else _plan(args, config, held)
+        )
     except ConfigError as exc:
         for problem in exc.problems:
             _err(f"config error: {problem}")
@@ -423,7 +494,7 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
     except OSError as exc:  # a path a flag names cannot be looked at (too long, no permission, ...)
         _err(f"error: {_os_error(exc)}")
         return 2
-    if args.check_config or plan is None:
+    if args.check_config:
         sys.stdout.write(secrets.scrub(to_toml(config)))
         return 0
     if args.preflight:

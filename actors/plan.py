@@ -246,6 +246,12 @@ _LIVE_RUN_ID = re.compile(r"^\d{8}T\d{6}Z-s\d+(-\d+)?$")
 BATCH_RUN_PREFIXES = tuple(prefix for prefix in RUN_ID_PREFIXES.values() if prefix)
 
 
+def is_run_id(name: str) -> bool:
+    """Whether `name` is a live session's run id (`actors.session.new_run_id`), the name of its
+    folder in the run dir: never a path."""
+    return re.fullmatch(r"[0-9]{8}T[0-9]{6}Z-s[0-9]+(-[0-9]+)?", name) is not None
+
+
 def newest_live_run(run_dir: Path) -> Path | None:
     """The live session a plain start is about: `<run_dir>/latest`, or when that is a backtest's
     or a replay's folder (they move `latest` too), the newest live session's folder (run ids
@@ -319,6 +325,8 @@ def find_resumable(run_dir: Path, run_id: str | None) -> Path | None:
     warning, and None is returned so that a new session starts.
     """
     if run_id is not None:
+        if run_id != "latest" and not is_run_id(run_id):  # a name in the run dir, never a path
+            raise PlanError(f"--resume {short_path(run_id, 60)}: expected a live session's run id or latest")
         path = run_dir / run_id
         try:
             found = path.is_dir()

@@ -1,0 +1,175 @@
+"""Flags that do not apply to the kind of run asked for are refused, not ignored (found by an
+audit: a replay took --config, --set, --seed and --duration, invalid values too, and ignored them;
+a backtest ignored --duration, --resume, --fresh and --source), and `--check-config` makes the
+checks a start makes. Each refusal: exit 2, one line naming the flag, nothing left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from actors.session import run_session
+from tests.conftest import make_config, run_main
+
+
+def _one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished mock session's run folder (on a virtual clock: instant)."""
+    tmp = tmp_path_factory.mktemp("rec")
+
+    async def main() -> Path:
+        config = make_config(tmp, "observability.progress=off", duration_min=0.2)
+        return (await run_session(config, handle_signals=False, progress_mode="off")).run_path
+
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.fixture
+def candles(tmp_path: Path) -> Path:
+    path = tmp_path / "bars.csv"
+    rows = [f"{1_704_067_200_000 + i * 60_000},100.0,101.0,99.0,100.5,5.0" for i in range(30)]
+    path.write_text("open_time_ms,open,high,low,close,volume\n" + "\n".join(rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "flags"),
+    [
+        (["--config", "/nope.toml"], "--config"),
+        (["--set", "risk.max_position_size=abc"], "--set"),
+        (["--seed", "7"], "--seed"),
+        (["--duration", "-1"], "--duration"),
+        (["--source", "bitunix"], "--source"),
+        (["--symbol", "ETHUSDT"], "--symbol"),
+        (["--fresh"], "--fresh"),
+        (["--config", "/nope.toml", "--set", "risk.max_position_size=abc"], "--config, --set"),
+    ],
+)
+def test_a_replay_refuses_the_flags_its_recorded_config_replaces(
+    tmp_path: Path, recording: Path, args: list[str], flags: str
+) -> None:
+    runs = tmp_path / "runs"
+    result = run_main("--replay", str(recording), "--run-dir", str(runs), *args, cwd=tmp_path)
+    assert result.returncode == 2
+    line = _one_line(result.stderr)
+    assert line.startswith(f"error: {flags}: not for --replay")
+    assert "only --run-dir, --runtime and --quiet apply" in line
+    assert not runs.exists()
+
+
+def test_a_replay_warns_of_the_environments_config_variables_and_runs(
+    tmp_path: Path, recording: Path
+) -> None:
+    runs = tmp_path / "runs"
+    env = {"LAPTOP_AGENTS__RISK__MAX_POSITION_SIZE": "abc", "LAPTOP_AGENTS__SESSION__SEED": "3"}
+    result = run_main("--replay", str(recording), "--run-dir", str(runs), "--quiet", cwd=tmp_path, **env)
+    assert result.returncode == 0, result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert "ignored (LAPTOP_AGENTS__RISK__MAX_POSITION_SIZE, LAPTOP_AGENTS__SESSION__SEED)" in warning
+    assert len(list(runs.glob("replay-*"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "flag", "instead"),
+    [
+        (["--duration", "1"], "--duration", "--from and --until"),
+        (["--resume", "20240101T000000Z-s42"], "--resume", "new run folder"),
+        (["--fresh"], "--fresh", "new run folder"),
+        (["--source", "bitunix"], "--source", "--data"),
+    ],
+)
+def test_a_backtest_refuses_the_flags_it_would_ignore(
+    tmp_path: Path, candles: Path, args: list[str], flag: str, instead: str
+) -> None:
+    runs = tmp_path / "runs"
+    for check in ([], ["--check-config"]):
+        result = run_main(
+            "--mode", "backtest", "--data", str(candles), "--run-dir", str(runs), *args, *check, cwd=tmp_path
+        )  # fmt: skip
+        assert result.returncode == 2
+        line = _one_line(result.stderr)
+        assert line.startswith(f"error: {flag} is not for --mode backtest: ") and instead in line
+        assert not runs.exists()
+
+
+def test_a_backtest_takes_the_flags_it_uses(tmp_path: Path, candles: Path) -> None:
+    runs = tmp_path / "runs"
+    result = run_main(
+        "--mode", "backtest", "--data", str(candles), "--run-dir", str(runs), "--seed", "7",
+        "--symbol", "BTCUSDT", "--until", "2024-01-01T00:20Z", "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "run_id",
+    ["../..", "/tmp", "..", ".", "a/b", "20240101T000000Z-s42/..", "backtest-20240101T000000Z-s42", ""],
+)
+def test_resume_takes_a_run_id_not_a_path(tmp_path: Path, run_id: str) -> None:
+    """Found by an audit: `--resume ../..` said a run 'finished already', and an absolute path
+    resumed a session of another run dir."""
+    runs = tmp_path / "runs"
+    for check in ([], ["--check-config"]):
+        result = run_main("--resume", run_id, "--run-dir", str(runs), *check, cwd=tmp_path)
+        assert result.returncode == 2
+        line = _one_line(result.stderr)
+        assert line.startswith("error: --resume ") and "expected a live session's run id" in line
+        assert "or latest" in line
+        assert not runs.exists()
+
+
+def test_resume_of_a_run_id_that_is_not_there_says_so(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for check in ([], ["--check-config"]):
+        result = run_main("--resume", "20240101T000000Z-s42", "--run-dir", str(runs), *check, cwd=tmp_path)
+        assert result.returncode == 2
+        assert "error: --resume: no run folder" in _one_line(result.stderr)
+    assert list(runs.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--resume", "20240101T000000Z-s42", "--fresh"], "--fresh and --resume contradict each other"),
+        (["--data", "/nope.csv"], "--data is only for --mode backtest"),
+        (["--mode", "backtest", "--data", "/nope.csv"], "--data: file not found: /nope.csv"),
+        (["--mode", "backtest"], "--mode backtest needs --data FILE"),
+        (["--from", "2024-01-01"], "--from and --until are only for --mode backtest"),
+    ],
+)
+def test_check_config_refuses_what_a_start_refuses(tmp_path: Path, args: list[str], fragment: str) -> None:
+    """Found by an audit: --check-config said 0 to flags a start refuses."""
+    runs = tmp_path / "runs"
+    start = run_main(*args, "--run-dir", str(runs), cwd=tmp_path)
+    check = run_main(*args, "--run-dir", str(runs), "--check-config", cwd=tmp_path)
+    assert start.returncode == check.returncode == 2
+    assert fragment in _one_line(start.stderr) and fragment in _one_line(check.stderr)
+    assert check.stdout == ""
+    assert not runs.exists()
+
+
+def test_check_config_gives_the_warning_a_start_gives(tmp_path: Path) -> None:
+    from tests.conftest import REPO
+
+    live = str(REPO / "config" / "live.toml")
+    result = run_main(
+        "--config", live, "--check-config", cwd=tmp_path, LAPTOP_AGENTS__STRATEGY__FAST_PERIOD="5"
+    )
+    assert result.returncode == 0, result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if line]
+    assert (
+        "WARNING" in warning
+        and "replace" in warning
+        and "this session runs one ema_cross strategy" in warning
+    )
