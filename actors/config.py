@@ -142,15 +142,32 @@ def _path(v: Any) -> str | None:
 
 
 def _interval(v: Any) -> str | None:
+    allowed = "an interval such as '5s', '1m', '15m', '1h', at most '1d'"
     try:
-        interval_seconds(v)
+        return None if interval_seconds(v) <= MAX_INTERVAL_S else allowed
     except ValueError:
-        return "an interval such as '5s', '1m', '15m', '1h'"
-    return None
+        return allowed
 
 
 def _nonempty(v: Any) -> str | None:
     return None if v.strip() else "a non-empty string"
+
+
+# The shortest period, timeout or delay a key may set, seconds (and the lowest rate, per second):
+# found by an audit, a heartbeat_s of 1e-300 hung the start (its next time could not advance) and
+# 1e-12 flooded the session with heartbeats; the same for every loop a key paces.
+MIN_PERIOD_S = 0.1
+# The longest candle interval: the exchange's longest (found by an audit: a mock session of
+# 99999999999999999999d hung, one of 365d crashed building its history).
+MAX_INTERVAL_S = 86400
+# session.seed: the generator takes any integer, a run id and the checkpoint's JSON numbers 64 bits
+MAX_SEED = 2**63 - 1
+# The mock's start price: at least this many ticks of the first symbol's price grid (a price under
+# one tick rounds to 0), at most MAX_MOCK_PRICE USDT; its spread at most 1/MAX_SPREAD_SHARE of a
+# symbol's start price (a bid under 0 otherwise).
+MIN_MOCK_PRICE_TICKS = 100
+MAX_MOCK_PRICE = 1e9
+MAX_SPREAD_SHARE = 20
 
 
 def key(default: Any, doc: str, check: Callable[[Any], str | None] | None = None) -> Any:
@@ -174,10 +191,12 @@ class SessionConfig:
     run_dir: str = key("runs", "folder that receives one run folder per session", _path)
     kill_switch: str = key("kill.txt", "a file at this path stops the session at once, flat", _path)
     seed: int = key(
-        42, "seed of the session's one random generator (mock prices, latency jitter)", _num(ge=0)
+        42,
+        "seed of the session's one random generator (mock prices, latency jitter)",
+        lambda v: None if 0 <= v <= MAX_SEED else f"an integer from 0 to {MAX_SEED} (2**63 - 1)",
     )
     flatten_timeout_s: float = key(
-        10.0, "time allowed to flatten and write the report at exit", _num(gt=0, le=120)
+        10.0, "time allowed to flatten and write the report at exit", _num(ge=MIN_PERIOD_S, le=120)
     )
     disk_reserve_mb: float = key(
         50.0,
@@ -210,41 +229,46 @@ class FeedConfig:
         _url("http", "https"),
     )
     connect_timeout_s: float = key(
-        15.0, "seconds to wait for the first live data at start", _num(gt=0, le=600)
+        15.0, "seconds to wait for the first live data at start", _num(ge=MIN_PERIOD_S, le=600)
     )
     ping_interval_s: float = key(
         15.0,
         "seconds between the exchange's JSON pings (server drops idle sockets at ~60 s)",
-        _num(gt=0, le=50),
+        _num(ge=MIN_PERIOD_S, le=50),
     )
     stale_after_s: float = key(
         10.0,
         "no data frame of any symbol for this long marks data stale and forces a reconnect; one "
         "symbol silent this long while others flow is stale alone",
-        _num(gt=0, le=600),
+        _num(ge=MIN_PERIOD_S, le=600),
     )
     backoff_initial_s: float = key(
-        0.5, "first reconnect delay (exponential backoff, full jitter)", _num(gt=0, le=60)
+        0.5, "first reconnect delay (exponential backoff, full jitter)", _num(ge=MIN_PERIOD_S, le=60)
     )
-    backoff_max_s: float = key(30.0, "largest reconnect delay", _num(gt=0, le=600))
+    backoff_max_s: float = key(30.0, "largest reconnect delay", _num(ge=MIN_PERIOD_S, le=600))
     failover_after_s: float = key(
         5.0,
         "WebSocket down (or a symbol stale alone) this long: poll REST for that data's candles and "
         "prices until it recovers",
-        _num(gt=0, le=600),
+        _num(ge=MIN_PERIOD_S, le=600),
     )
     rest_rate_limit: float = key(
-        8.0, "REST requests per second at most (the exchange allows 10)", _num(gt=0, le=10)
+        8.0, "REST requests per second at most (the exchange allows 10)", _num(ge=MIN_PERIOD_S, le=10)
     )
-    rest_timeout_s: float = key(5.0, "timeout of one REST request", _num(gt=0, le=60))
+    rest_timeout_s: float = key(5.0, "timeout of one REST request", _num(ge=MIN_PERIOD_S, le=60))
     max_jump_pct: float = key(
         5.0,
         "a price moving more than this percent within a second is rejected as bad data",
         _num(gt=0, le=100),
     )
-    tick_interval_s: float = key(0.5, "mock source: seconds between best bid/ask ticks", _num(gt=0, le=60))
+    tick_interval_s: float = key(
+        0.5, "mock source: seconds between best bid/ask ticks", _num(ge=MIN_PERIOD_S, le=60)
+    )
     mock_start_price: float = key(
-        60000.0, "mock source: price where the ticks begin (the seeded history ends there), USDT", _num(gt=0)
+        60000.0,
+        "mock source: price where the ticks begin (the seeded history ends there), USDT; at least 100 "
+        "ticks of the symbol's price grid (10 for BTCUSDT)",
+        _num(gt=0, le=MAX_MOCK_PRICE),
     )
     mock_volatility_pct: float = key(
         60.0, "mock source: annualised volatility of the random walk, percent", _num(gt=0, le=1000)
@@ -479,7 +503,9 @@ class StrategySpec:
 
 @attrs.frozen
 class ObservabilityConfig:
-    heartbeat_s: float = key(1.0, "seconds between heartbeat events and metrics rows", _num(gt=0, le=3600))
+    heartbeat_s: float = key(
+        1.0, "seconds between heartbeat events and metrics rows", _num(ge=MIN_PERIOD_S, le=3600)
+    )
     progress: str = key(
         "auto",
         "live progress on stderr: auto (panel on a terminal, lines otherwise), plain, off",
@@ -496,14 +522,16 @@ class ObservabilityConfig:
         60,
         "backtests: one heartbeat (metrics row, a point of the equity curve) per this many candles' worth "
         "of data time (session.interval times this; gaps in the data included)",
-        _num(ge=1),
+        _num(ge=1, le=1_000_000),
     )
     webhook_url: str = key(
         "",
         "alerts: POST each one as JSON to this http(s) URL (empty: no webhook)",
         _url("http", "https", empty=True),
     )
-    webhook_timeout_s: float = key(5.0, "alerts: timeout of one webhook request, seconds", _num(gt=0, le=60))
+    webhook_timeout_s: float = key(
+        5.0, "alerts: timeout of one webhook request, seconds", _num(ge=MIN_PERIOD_S, le=60)
+    )
     webhook_attempts: int = key(
         4, "alerts: tries per webhook message (retried with backoff on errors and 5xx)", _num(ge=1, le=10)
     )
@@ -528,7 +556,7 @@ class AlertsConfig:
 @attrs.frozen
 class StateConfig:
     checkpoint_interval_s: float = key(
-        1.0, "checkpoint at least this often (and after every order or fill)", _num(gt=0, le=3600)
+        1.0, "checkpoint at least this often (and after every order or fill)", _num(ge=MIN_PERIOD_S, le=3600)
     )
 
 
@@ -1099,6 +1127,36 @@ def cross_checks(config: Config) -> list[str]:
         problems += _one_market(config, spec, prefix)
         problems += _strategy_checks(config, spec, prefix)
     problems += _symbol_count(config)
+    problems += _mock_prices(config)
+    return problems
+
+
+def _mock_prices(config: Config) -> list[str]:
+    """The mock's start price on the first symbol's price grid, and a spread well under each
+    symbol's start price (found by an audit: a start price of 0.04 and a spread of 1000 ticks
+    on 10 USDT crashed the session with a traceback). Checked whatever feed.source is: the key
+    is the mock's, and a live session may fall back to it."""
+    from actors.feeds.mock import mock_level, price_decimals
+
+    feed, problems = config.feed, []
+    for k, symbol in enumerate(config.symbols):
+        tick = 10.0 ** -price_decimals(symbol)
+        level = feed.mock_start_price if k == 0 else mock_level(symbol)
+        if k == 0 and level < MIN_MOCK_PRICE_TICKS * tick:
+            problems.append(
+                f"feed.mock_start_price: {level:g} is not allowed; expected at least "
+                f"{MIN_MOCK_PRICE_TICKS * tick:g} USDT ({MIN_MOCK_PRICE_TICKS} ticks of {symbol}'s "
+                f"price grid, {tick:g})"
+            )
+            continue
+        if feed.mock_spread_ticks * tick > level / MAX_SPREAD_SHARE:
+            most = max(0, math.floor(level / MAX_SPREAD_SHARE / tick))
+            problems.append(
+                f"feed.mock_spread_ticks: {feed.mock_spread_ticks} is not allowed; expected at most "
+                f"{most} ({100 / MAX_SPREAD_SHARE:g} % of {symbol}'s mock start price, {level:g} USDT, "
+                f"in ticks of {tick:g})"
+            )
+            break
     return problems
 
 

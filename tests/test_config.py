@@ -589,3 +589,148 @@ def test_the_effective_config_leaves_out_the_keys_its_kind_does_not_read(tmp_pat
     problems: list[str] = []
     again = build([dict_layer(without_unread_keys(older), "recorded", problems)], problems)
     assert again == load(REPO / "config" / "live.toml")
+
+
+# --- bounds that keep a start from crashing or hanging (found by an audit) --------------------------
+
+MAX_SEED = 2**63 - 1
+
+
+def test_the_seed_is_at_most_2_to_the_63_minus_1_from_every_layer(tmp_path: Path) -> None:
+    """`--seed 18446744073709551616` crashed with a traceback and left an empty run folder."""
+    assert load(None, {}, [f"session.seed={MAX_SEED}"]).session.seed == MAX_SEED
+    expected = f"expected an integer from 0 to {MAX_SEED}"
+    with pytest.raises(
+        ConfigError, match=f"session.seed: {MAX_SEED + 1} is not allowed .from --set.; {expected}"
+    ):
+        load(None, {}, [f"session.seed={MAX_SEED + 1}"])
+    with pytest.raises(ConfigError, match="from LAPTOP_AGENTS__SESSION__SEED"):
+        load(None, {"LAPTOP_AGENTS__SESSION__SEED": str(2**64)})
+    with pytest.raises(ConfigError, match=r"from .*c\.toml"):
+        load(_write(tmp_path, f"[session]\nseed = {2**63}\n"))
+    runs = tmp_path / "runs"
+    result = run_main(
+        "--source", "mock", "--duration", "0.05", "--seed", str(2**64), "--run-dir", str(runs), cwd=tmp_path
+    )
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line]
+    assert line.startswith("config error: session.seed: 18446744073709551616 is not allowed (from --seed)")
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize("interval", ["2d", "25h", "365d", "99999999999999999999d", "86401s"])
+def test_an_interval_longer_than_a_day_is_refused(tmp_path: Path, interval: str) -> None:
+    """A mock session of 99999999999999999999d hung, one of 365d crashed building its history."""
+    with pytest.raises(ConfigError, match=f"session.interval: '{interval}' is not allowed .* at most '1d'"):
+        load(None, {}, [f"session.interval={interval}"])
+    table = f'[[strategies]]\nid = "a"\nkind = "ema_cross"\ninterval = "{interval}"\n'
+    with pytest.raises(ConfigError, match=f"strategies.a..interval: '{interval}' is not allowed"):
+        load(_write(tmp_path, table))
+
+
+def test_a_day_long_interval_is_allowed() -> None:
+    assert load(None, {}, ["session.interval=1d"]).interval_s == 86400
+    assert load(None, {}, ["session.interval=24h"]).interval_s == 86400
+
+
+@pytest.mark.parametrize(
+    ("sets", "fragment"),
+    [
+        (
+            ["feed.mock_start_price=0.04"],
+            "feed.mock_start_price: 0.04 is not allowed (from --set); expected at least 10 USDT",
+        ),
+        (["feed.mock_start_price=9.9"], "expected at least 10 USDT (100 ticks of BTCUSDT's price grid, 0.1)"),
+        (["feed.mock_start_price=1e308"], "feed.mock_start_price: 1e+308 is not allowed"),
+        (
+            ["feed.mock_start_price=10", "feed.mock_spread_ticks=1000"],
+            "feed.mock_spread_ticks: 1000 is not allowed (from --set); expected at most 5",
+        ),
+        (["feed.mock_start_price=10", "feed.mock_spread_ticks=6"], "expected at most 5 (5 % of BTCUSDT's"),
+    ],
+)
+def test_mock_prices_a_session_cannot_quote_are_refused(sets: list[str], fragment: str) -> None:
+    """A start price under a tick and a spread wider than the price crashed with a traceback."""
+    with pytest.raises(ConfigError) as info:
+        load(None, {}, sets)
+    (line,) = info.value.problems
+    assert fragment in line
+
+
+def test_the_mock_prices_at_their_bounds_are_allowed() -> None:
+    config = load(None, {}, ["feed.mock_start_price=10", "feed.mock_spread_ticks=5"])
+    assert (config.feed.mock_start_price, config.feed.mock_spread_ticks) == (10.0, 5)
+    assert load(None, {}, ["feed.mock_start_price=1e9"]).feed.mock_start_price == 1e9
+
+
+def test_the_mock_walk_stays_on_its_grid_whatever_its_valid_keys() -> None:
+    """`session.interval = 1d` with `feed.mock_volatility_pct = 1000` walked the history to 0
+    ("Candle.low must be > 0"); the strongest trend and the shortest half-life allowed with it
+    overflowed. Every price stays at least a tick, finite."""
+    import random
+
+    from actors.feeds.mock import RandomWalk
+
+    config = load(
+        None,
+        {},
+        [
+            "session.interval=1d",
+            "feed.mock_volatility_pct=1000",
+            "feed.mock_trend_pct_per_hour=100",
+            "feed.mock_range_half_life_min=0.001",
+            "feed.mock_history_candles=10000",
+            "feed.mock_start_price=10",
+            "feed.mock_spread_ticks=5",
+        ],
+    )
+    for seed in range(3):
+        walk = RandomWalk(config.feed, random.Random(seed), "BTCUSDT")
+        history = walk.history(1e9, 86400, config.feed.tick_interval_s)
+        assert len(history) == 10000
+        prices = [p for c in history for p in (c.open, c.high, c.low, c.close)]
+        assert min(prices) >= 0.1 and max(prices) < float("inf")
+        ticks = [walk.step(1e9 + k * 60.0, 60.0)[0] for k in range(2000)]
+        assert all(0.1 <= t.bid < t.ask < float("inf") for t in ticks)
+
+
+PERIOD_KEYS = [
+    "observability.heartbeat_s",
+    "observability.webhook_timeout_s",
+    "state.checkpoint_interval_s",
+    "session.flatten_timeout_s",
+    "feed.tick_interval_s",
+    "feed.connect_timeout_s",
+    "feed.ping_interval_s",
+    "feed.stale_after_s",
+    "feed.backoff_initial_s",
+    "feed.backoff_max_s",
+    "feed.failover_after_s",
+    "feed.rest_timeout_s",
+    "feed.rest_rate_limit",
+]
+
+
+@pytest.mark.parametrize("name", PERIOD_KEYS)
+def test_a_period_key_is_at_least_a_tenth_of_a_second(name: str) -> None:
+    """`observability.heartbeat_s = 1e-300` hung the start (the next heartbeat's time could not
+    advance), 1e-12 flooded the session; every key that paces a loop has the same floor."""
+    for tiny in ("1e-300", "1e-12", "0.09"):
+        with pytest.raises(
+            ConfigError, match=f"{name}: {tiny} is not allowed .from --set.; expected a number >= 0.1"
+        ):
+            load(None, {}, [f"{name}={tiny}"])
+    section, key = name.split(".")
+    assert getattr(getattr(load(None, {}, [f"{name}=0.1"]), section), key) == 0.1
+
+
+def test_a_heartbeat_too_short_leaves_nothing_behind(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    result = run_cli(
+        "--source", "mock", "--duration", "0.05", "--run-dir", str(runs),
+        "--set", "observability.heartbeat_s=1e-300", cwd=tmp_path, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line]
+    assert line.startswith("config error: observability.heartbeat_s: 1e-300 is not allowed")
+    assert not runs.exists()

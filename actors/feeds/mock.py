@@ -122,6 +122,9 @@ def mock_level(symbol: str) -> float:
 
 
 Regime = Literal["up", "down", "range", "walk"]
+# the highest mid price a walk reaches (a trend of 100 % an hour over years of history would
+# overflow): far above any start price allowed (actors/config.py MAX_MOCK_PRICE)
+MAX_MID = 1e15
 # the most walk steps the history is built with, over all symbols: beyond it, fewer (longer) steps
 # per candle
 MAX_HISTORY_STEPS = 100_000
@@ -210,7 +213,9 @@ class RandomWalk:
         elif self.regime == "down":
             drift = -self.trend_per_s * dt
         elif self.regime == "range":
-            drift = -self.kappa * dt * math.log(self.mid / self.centre)
+            # at most the whole way back to the centre in a step (a half-life short beside a long
+            # history step would overshoot further each step, to an overflow)
+            drift = -min(self.kappa * dt, 1.0) * math.log(self.mid / self.centre)
         else:
             drift = 0.0
         sigma = self.sigma_per_sqrt_s * math.sqrt(dt)
@@ -219,6 +224,10 @@ class RandomWalk:
         else:
             shock = _MARKET_LOAD * market + _OWN_LOAD * self.rng.gauss(0.0, 1.0)
             self.mid *= math.exp(drift - 0.5 * sigma * sigma + sigma * shock)
+        # within the grid's range: never under a tick (nor 0: log above), never to an overflow.
+        # Found by an audit: a year of history at 1000 % volatility walked to 0 ("Candle.low must be
+        # > 0"); at the validated keys' ordinary values the walk never comes near either bound.
+        self.mid = min(max(self.mid, self.tick_size), MAX_MID)
         at_ask = self.rng.random() < 0.5
         return at_ask, self.rng.lognormvariate(-3.0, 1.0)
 
@@ -229,7 +238,7 @@ class RandomWalk:
         `market`: the step's market shock (`_move`)."""
         at_ask, volume = self._move(dt, market)
         decimals = self.price_decimals
-        bid = round_tick(self.mid - self.spread / 2, decimals)
+        bid = max(round_tick(self.mid - self.spread / 2, decimals), self.tick_size)
         ask = round(bid + self.spread, decimals)
         last = ask if at_ask else bid
         tick = Tick(ts=ts, bid=bid, ask=ask, last=last, symbol=symbol or self.symbol, source="mock")
@@ -288,15 +297,19 @@ def _seed_history(
         scale = walk.start_price / walk.mid
         walk.mid, walk.centre = walk.start_price, walk.centre * scale
         decimals = walk.price_decimals
+
+        def price(x: float, decimals: int = decimals, tick: float = walk.tick_size) -> float:
+            return max(round_tick(x, decimals), tick)  # never under a tick (the walk's bounds)
+
         for open_ts, o, h, lo, c, v in walk_rows:
             walk.backlog.append(
                 Candle(
                     open_ts=open_ts,
                     interval_s=interval_s,
-                    open=round_tick(o * scale, decimals),
-                    high=round_tick(h * scale, decimals),
-                    low=round_tick(lo * scale, decimals),
-                    close=round_tick(c * scale, decimals),
+                    open=price(o * scale),
+                    high=price(h * scale),
+                    low=price(lo * scale),
+                    close=price(c * scale),
                     volume=round(v, 8),
                     backfill=True,
                     symbol=symbol,
