@@ -25,6 +25,7 @@ import attrs
 import tomli_w
 
 from actors import secrets
+from actors.files import NotReadable, read_small_file
 
 ENV_PREFIX = "LAPTOP_AGENTS__"
 
@@ -817,7 +818,19 @@ def dict_layer(data: Mapping[str, Any], source: str, problems: list[str]) -> Lay
             problems.append(_secret_key(str(section), source))
             continue
         if not isinstance(table, dict):
-            problems.append(f"{section}: expected a [{section}] table (from {source}), got {_show(table)}")
+            if section in SECTIONS:
+                problems.append(
+                    f"{section}: expected a [{section}] table (from {source}), got {_show(table)}"
+                )
+                continue
+            # found by an audit: `duration_min = 1` above every table said "expected a
+            # [duration_min] table"
+            homes = [name for name in SECTIONS if section in section_fields(name)]
+            hint = f" (a key of [{homes[0]}]: write it under [{homes[0]}])" if homes else ""
+            problems.append(
+                f"{section}: a key outside any table (from {source}){hint}; allowed sections: "
+                f"{', '.join(f'[{name}]' for name in SECTIONS)}, and [[{STRATEGIES}]] tables"
+            )
             continue
         for name, value in table.items():
             _put(layer, problems, f"{section}.{name}", value, source, is_text=False)
@@ -825,14 +838,17 @@ def dict_layer(data: Mapping[str, Any], source: str, problems: list[str]) -> Lay
 
 
 def file_layer(path: Path, problems: list[str]) -> Layer:
+    """The `--config` file's layer: a regular file of at most 1 MiB (actors/files.py)."""
     try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
+        data = tomllib.loads(read_small_file(path).decode("utf-8"))
     except FileNotFoundError:
         problems.append(f"--config: file not found: {path}")
         return {}
     except IsADirectoryError:
         problems.append(f"--config: {path} is a directory, not a TOML file")
+        return {}
+    except NotReadable as exc:
+        problems.append(f"--config: {path} is {exc}; expected a TOML file")
         return {}
     except OSError as exc:
         problems.append(f"--config: cannot read {path}: {exc.strerror}")
@@ -846,10 +862,22 @@ def file_layer(path: Path, problems: list[str]) -> Layer:
     return dict_layer(data, str(path), problems)
 
 
+# The variables of the program's own name that are not config keys (actors/secrets.py)
+OTHER_VARIABLES = (secrets.STATE_KEY, secrets.STATE_KEY + secrets.FILE_SUFFIX)
+
+
 def env_layer(env: Mapping[str, str], problems: list[str]) -> Layer:
     layer: Layer = {}
     for var, value in sorted(env.items()):
         if not var.startswith(ENV_PREFIX):
+            if var.upper().startswith(ENV_PREFIX[:-2]) and var not in OTHER_VARIABLES:
+                # found by an audit: LAPTOP_AGENTS_RISK__MAX_POSITION_SIZE (one underscore) was
+                # silently ignored, the risk limit left at its default
+                problems.append(
+                    f"{var}: not a variable this program reads; expected {ENV_PREFIX}SECTION__KEY "
+                    f"(two underscores after LAPTOP_AGENTS and between the two, e.g. "
+                    f"{ENV_PREFIX}RISK__MAX_POSITION_SIZE), or {' or '.join(OTHER_VARIABLES)}"
+                )
             continue
         parts = var[len(ENV_PREFIX) :].split("__")
         if len(parts) != 2 or not all(parts):

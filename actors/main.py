@@ -218,6 +218,21 @@ def _check_live(config: Config) -> None:
         )
 
 
+def _check_kill_switch(config: Config) -> None:
+    """A live session's kill switch must name a file: one at a directory (found by an audit:
+    `session.kill_switch = "runs"`) stopped every session at once, status ok."""
+    path = config.session.kill_switch
+    try:
+        is_dir = Path(path).is_dir()
+    except (OSError, ValueError):
+        is_dir = False  # a path that cannot be looked at is never a file either: the session runs
+    if is_dir:
+        raise PlanError(
+            f"session.kill_switch: {short_path(path)} is a directory; expected the path of a file "
+            "(a file there stops the session), e.g. kill.txt"
+        )
+
+
 def _start_lock(held: ExitStack, config: Config) -> StartLock:
     """The run dir's start lock (actors/lock.py), taken once the flags are known to be valid and
     armed by `_plan` once the plan is made; `held` releases it when the session never takes it."""
@@ -471,6 +486,7 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
             raise PlanError("--preflight and --check-config are separate checks; give one of them")
         if args.mode == "live" and not args.replay and not args.preflight:
             _check_live(config)
+            _check_kill_switch(config)
         if not args.preflight:
             # --check-config makes a start's checks too (found by an audit: it passed what a start
             # refuses), without changing anything

@@ -20,10 +20,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import attrs
+
+from actors.files import NotReadable, read_small_file
 
 API_KEY = "BITUNIX_API_KEY"
 API_SECRET = "BITUNIX_API_SECRET"
@@ -66,8 +67,12 @@ def read(env: Mapping[str, str], name: str) -> str | None:
     if name in env and file_var in env:
         raise SecretError(f"{name} and {file_var} are both set; set one of them")
     if file_var in env:
-        try:
-            text = Path(env[file_var]).read_text(encoding="utf-8")
+        try:  # a regular file of at most 1 MiB: a FIFO hung, /dev/zero filled the memory
+            text = read_small_file(env[file_var]).decode("utf-8")
+        except NotReadable as exc:
+            raise SecretError(
+                f"{file_var}: {env[file_var]} is {exc}; expected the file holding the value"
+            ) from None
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
             raise SecretError(f"{file_var}: cannot read the file it names ({reason})") from None

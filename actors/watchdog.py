@@ -133,12 +133,20 @@ async def run_watchdog(
             stopper.stop(end_reason, f"{duration_s:g} s reached", max(end_ts, clock.now()))
 
     async def kill_switch_poll(path: Path) -> None:
+        at_start = True
         while True:
             # a stat() is microseconds: checked inline, since a worker thread would let a test's
             # autojump clock run ahead while it waits
             if path.exists():  # noqa: ASYNC240
+                if at_start:  # found by an audit: a file left from an earlier stop ended every start at once
+                    logger.warning(
+                        "kill switch {} was already there at the start: the session stopped at once "
+                        "(delete the file to run a session)",
+                        path,
+                    )
                 stopper.stop("kill_switch", f"file {path} present", clock.now())
                 return
+            at_start = False
             await trio.sleep(KILL_SWITCH_POLL_S)
 
     async def stop_commands() -> None:

@@ -173,3 +173,46 @@ def test_check_config_gives_the_warning_a_start_gives(tmp_path: Path) -> None:
         and "replace" in warning
         and "this session runs one ema_cross strategy" in warning
     )
+
+
+@pytest.mark.parametrize("kill_switch", [".", "runs", "{tmp}"])
+def test_a_kill_switch_at_a_directory_is_refused(tmp_path: Path, kill_switch: str) -> None:
+    """Found by an audit: `session.kill_switch = "runs"` stopped every session at once, 'ok'."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    value = kill_switch.format(tmp=tmp_path)
+    for check in ([], ["--check-config"]):
+        result = run_main(
+            "--source", "mock", "--duration", "0.05", "--run-dir", str(runs),
+            "--set", f"session.kill_switch={value}", *check, cwd=tmp_path,
+        )  # fmt: skip
+        assert result.returncode == 2
+        line = _one_line(result.stderr)
+        assert line == (
+            f"error: session.kill_switch: {value} is a directory; expected the path of a file "
+            "(a file there stops the session), e.g. kill.txt"
+        )
+    assert list(runs.iterdir()) == []
+
+
+def test_a_kill_switch_there_at_the_start_is_a_warning_naming_it(tmp_path: Path) -> None:
+    kill = tmp_path / "stop.txt"
+    kill.write_text("")
+
+    async def main() -> None:
+        config = make_config(tmp_path, "observability.progress=off", f"session.kill_switch={kill}")
+        result = await run_session(config, handle_signals=False, progress_mode="off")
+        assert result.report["stop_reason"] == "kill_switch"
+
+    from loguru import logger
+
+    seen: list[str] = []
+    sink = logger.add(lambda m: seen.append(str(m)), level="WARNING", format="{level} {message}")
+    try:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        logger.remove(sink)
+    (warning,) = [line for line in seen if "kill switch" in line]
+    assert warning.startswith(
+        f"WARNING kill switch {kill} was already there at the start: the session stopped at once"
+    )

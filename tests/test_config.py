@@ -734,3 +734,79 @@ def test_a_heartbeat_too_short_leaves_nothing_behind(tmp_path: Path) -> None:
     (line,) = [line for line in result.stderr.splitlines() if line]
     assert line.startswith("config error: observability.heartbeat_s: 1e-300 is not allowed")
     assert not runs.exists()
+
+
+# --- the environment's variables, the --config file itself (found by an audit) --------------------
+
+
+@pytest.mark.parametrize(
+    "var",
+    [
+        "LAPTOP_AGENTS_RISK__MAX_POSITION_SIZE",
+        "LAPTOP_AGENTS_STATE_KEYFILE",
+        "LAPTOP_AGENTS",
+        "laptop_agents_risk",
+    ],
+)
+def test_a_mistyped_variable_of_the_programs_name_is_refused(tmp_path: Path, var: str) -> None:
+    """`LAPTOP_AGENTS_RISK__MAX_POSITION_SIZE=0.5` (one underscore) was silently ignored: the
+    position cap stayed 0.01 while the trader believed it 0.5."""
+    result = run_main("--check-config", cwd=tmp_path, **{var: "0.5"})
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line]
+    assert line.startswith(
+        f"config error: {var}: not a variable this program reads; expected LAPTOP_AGENTS__SECTION__KEY"
+    )
+    assert "LAPTOP_AGENTS_STATE_KEY" in line and "0.5" not in line  # its value is never echoed
+    assert result.stdout == ""
+
+
+def test_the_programs_other_variables_are_not_config_typos(tmp_path: Path) -> None:
+    key = "k" * 20
+    assert run_main("--check-config", cwd=tmp_path, LAPTOP_AGENTS_STATE_KEY=key).returncode == 0
+    (tmp_path / "key").write_text(key)
+    ok = run_main("--check-config", cwd=tmp_path, LAPTOP_AGENTS_STATE_KEY_FILE=str(tmp_path / "key"))
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_a_config_that_is_not_a_regular_file_is_refused_without_reading_it(tmp_path: Path) -> None:
+    """`--config FIFO` hung; `--config /dev/zero` ended in a MemoryError traceback."""
+    import os
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    for path, what in (
+        (fifo, "not a regular file"),
+        (Path("/dev/zero"), "not a regular file"),
+        (tmp_path, "a directory"),
+    ):
+        result = run_cli("--check-config", "--config", str(path), cwd=tmp_path, timeout=20)
+        assert result.returncode == 2
+        (line,) = [line for line in result.stderr.splitlines() if line]
+        assert line.startswith(f"config error: --config: {path} is {what}"), line
+
+
+def test_a_config_file_over_a_mebibyte_is_refused(tmp_path: Path) -> None:
+    big = _write(tmp_path, "# " + "x" * (1024 * 1024) + "\n")
+    with pytest.raises(
+        ConfigError, match=r"--config: .*c\.toml is larger than 1024 KiB; expected a TOML file"
+    ):
+        load(big)
+    assert (
+        load(
+            _write(tmp_path, "# " + "x" * 1000 + "\n[risk]\nmax_orders_per_minute = 3\n")
+        ).risk.max_orders_per_minute
+        == 3
+    )
+
+
+@pytest.mark.parametrize(("text", "home"), [("duration_min = 1\n", "[session]"), ("foo = 1\n", None)])
+def test_a_key_outside_any_table_is_said_so(tmp_path: Path, text: str, home: str | None) -> None:
+    """`duration_min = 1` above every table said "expected a [duration_min] table"."""
+    with pytest.raises(ConfigError) as info:
+        load(_write(tmp_path, text + "[risk]\nmax_orders_per_minute = 3\n"))
+    (line,) = info.value.problems
+    name = text.split(" ")[0]
+    assert line.startswith(f"{name}: a key outside any table (from ")
+    assert "allowed sections: [session], [feed], [broker]" in line and "[[strategies]]" in line
+    assert (f"a key of {home}: write it under {home}" in line) == (home is not None)

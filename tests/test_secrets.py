@@ -19,7 +19,7 @@ import pytest
 from actors import secrets
 from actors.config import ConfigError, load
 from actors.recording import checkpoint
-from tests.conftest import cli_env
+from tests.conftest import cli_env, run_cli
 
 API_KEY = "ak-7f3e9c1b2a4d6e8f0a1b2c3d"
 API_SECRET = "sk-0d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a"
@@ -294,3 +294,30 @@ def test_a_tampered_checkpoint_is_refused_loudly_never_resumed(tmp_path: Path) -
     assert proc.returncode == 0, err.decode()[-2000:]
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert [e["kind"] for e in events].count("session.resumed") == 1
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "big"])
+def test_a_state_key_file_that_is_not_a_small_regular_file_is_refused(tmp_path: Path, kind: str) -> None:
+    """Found by an audit: `LAPTOP_AGENTS_STATE_KEY_FILE=/dev/zero` filled the memory (a
+    MemoryError traceback), a FIFO hung the start."""
+    if kind == "fifo":
+        path = tmp_path / "key"
+        os.mkfifo(path)
+        what = "not a regular file (a FIFO, a device or a socket)"
+    elif kind == "dev_zero":
+        path, what = Path("/dev/zero"), "not a regular file (a FIFO, a device or a socket)"
+    else:
+        path = tmp_path / "key"
+        path.write_text("k" * (1024 * 1024 + 1))
+        what = "larger than 1024 KiB"
+    runs = tmp_path / "runs"
+    result = run_cli(
+        "--source", "mock", "--duration", "0.05", "--run-dir", str(runs), cwd=tmp_path, timeout=30,
+        LAPTOP_AGENTS_STATE_KEY_FILE=str(path),
+    )  # fmt: skip
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line]
+    assert (
+        line == f"error: LAPTOP_AGENTS_STATE_KEY_FILE: {path} is {what}; expected the file holding the value"
+    )
+    assert not runs.exists()
