@@ -117,6 +117,7 @@ def _err(message: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m actors.main",
+        allow_abbrev=False,  # `--dur 5` was --duration: a flag is spelled out (found by an audit)
         description="Run one autonomous paper-trading session on BTC perpetual futures.",
         epilog="Environment: LAPTOP_AGENTS__SECTION__KEY=VALUE sets any config key "
         "(e.g. LAPTOP_AGENTS__RISK__MAX_POSITION_SIZE=0.02). Precedence: defaults < --config < env < flags.",
@@ -377,6 +378,8 @@ def _data_files(values: list[str], config: Config) -> tuple[tuple[str, str], ...
                 f"--data {value}: no strategy trades {symbol}; expected one of {', '.join(symbols)}"
             )
         if not is_file(path, "--data"):
+            if Path(path).is_dir():
+                raise PlanError(f"--data: {short_path(path)} is a directory; expected a candle file")
             raise PlanError(f"--data: file not found: {short_path(path)}")
         pairs[symbol] = path
     missing = [symbol for symbol in symbols if symbol not in pairs]

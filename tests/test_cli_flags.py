@@ -216,3 +216,16 @@ def test_a_kill_switch_there_at_the_start_is_a_warning_naming_it(tmp_path: Path)
     assert warning.startswith(
         f"WARNING kill switch {kill} was already there at the start: the session stopped at once"
     )
+
+
+def test_a_flag_is_spelled_out(tmp_path: Path) -> None:
+    """Found by an audit: `--dur 5` was taken for --duration."""
+    result = run_main("--dur", "5", "--check-config", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unrecognized arguments: --dur 5" in _one_line(result.stderr)
+
+
+def test_data_naming_a_directory_says_so(tmp_path: Path) -> None:
+    result = run_main("--mode", "backtest", "--data", str(tmp_path), "--check-config", cwd=tmp_path)
+    assert result.returncode == 2
+    assert _one_line(result.stderr) == f"error: --data: {tmp_path} is a directory; expected a candle file"
