@@ -248,8 +248,10 @@ def _start_lock(held: ExitStack, config: Config) -> StartLock:
 
 
 # Flags a replay does not take: it re-runs the recorded session on its recorded config, into a
-# new run folder (found by an audit: they were accepted and silently ignored, invalid values too)
-NOT_FOR_REPLAY = ("config", "set", "duration", "source", "symbol", "seed", "fresh")
+# new run folder (found by an audit: they were accepted and silently ignored, invalid values too).
+# --config is not among them: the container's ENTRYPOINT always passes one (`podman run IMAGE
+# --replay RUN`); it is ignored with a warning, as the environment's variables are.
+NOT_FOR_REPLAY = ("set", "duration", "source", "symbol", "seed", "fresh")
 # Flags a backtest does not take, and what it uses instead (found by an audit: silently ignored)
 NOT_FOR_BACKTEST = {
     "duration": "a backtest runs over its whole --data; --from and --until choose a window of it",
@@ -426,6 +428,10 @@ def _config(args: argparse.Namespace, flags: dict[str, tuple[Any, str]], env: Ma
     them for its live sessions)."""
     if not args.replay:
         return load(args.config, env, args.set, flags)
+    if args.config:
+        logger.warning(
+            "--replay re-runs the recorded config: --config {} is not read", short_path(args.config)
+        )
     ignored = sorted(var for var in env if var.startswith(ENV_PREFIX))
     if ignored:
         logger.warning(

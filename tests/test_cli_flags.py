@@ -45,14 +45,13 @@ def candles(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("args", "flags"),
     [
-        (["--config", "/nope.toml"], "--config"),
         (["--set", "risk.max_position_size=abc"], "--set"),
         (["--seed", "7"], "--seed"),
         (["--duration", "-1"], "--duration"),
         (["--source", "bitunix"], "--source"),
         (["--symbol", "ETHUSDT"], "--symbol"),
         (["--fresh"], "--fresh"),
-        (["--config", "/nope.toml", "--set", "risk.max_position_size=abc"], "--config, --set"),
+        (["--config", "/nope.toml", "--set", "risk.max_position_size=abc"], "--set"),
     ],
 )
 def test_a_replay_refuses_the_flags_its_recorded_config_replaces(
@@ -76,6 +75,19 @@ def test_a_replay_warns_of_the_environments_config_variables_and_runs(
     assert result.returncode == 0, result.stderr
     (warning,) = [line for line in result.stderr.splitlines() if "WARNING" in line]
     assert "ignored (LAPTOP_AGENTS__RISK__MAX_POSITION_SIZE, LAPTOP_AGENTS__SESSION__SEED)" in warning
+    assert len(list(runs.glob("replay-*"))) == 1
+
+
+def test_a_replay_with_a_config_file_says_it_is_not_read_and_runs(tmp_path: Path, recording: Path) -> None:
+    """The container's ENTRYPOINT passes --config to every start, `podman run IMAGE --replay RUN`
+    included: the file (even a missing one) is not read, and the replay says so."""
+    runs = tmp_path / "runs"
+    result = run_main(
+        "--replay", str(recording), "--run-dir", str(runs), "--config", "/nope.toml", "--quiet", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert "--replay re-runs the recorded config: --config /nope.toml is not read" in warning
     assert len(list(runs.glob("replay-*"))) == 1
 
 
