@@ -306,6 +306,7 @@ def closing_events(
     detail: str,
     feed_down_s: float,
     data_gaps: dict[str, dict[str, Any]] | None = None,
+    data_skipped: dict[str, dict[str, int]] | None = None,
 ) -> list[Event]:
     """Orders still on their way are refused (`session_stopping`: the session ends before they
     reach the market), flatten-on-exit through the broker's normal fill path, a last metrics row
@@ -319,6 +320,12 @@ def closing_events(
     events = broker.abandon_in_flight(ended, "session_stopping")
     events += broker.flatten(ended, "flatten_on_exit", "flatten-1")
     events.append(Event(ended, "heartbeat", broker.heartbeat_fields(ended)))
+    for symbol, counts in (data_skipped or {}).items():  # a backtest's --data rows that were not candles
+        events.append(
+            Event(
+                ended, "feed.malformed", {"counts": counts, "total": sum(counts.values()), "symbol": symbol}
+            )
+        )
     events.append(
         Event(
             ended,
@@ -388,17 +395,30 @@ def _listing_gaps(
         yield candle
 
 
-def check_spacing(head: list[Candle], interval_s: float, path: str) -> None:
+def check_spacing(head: list[Candle], interval_s: float, path: str, skipped: int = 0) -> None:
     """A backtest's data must be candles of session.interval: each row is stamped with it (its
     close time, when strategies decide and orders meet it), so data of another spacing would be
     mislabelled from the first candle. The closest two consecutive candles of the first ones read
     must be exactly session.interval apart (gaps in the data, larger, are allowed); DataError
-    naming both otherwise."""
+    naming both otherwise. Found by an audit, its advice misled: rows skipped among the first
+    (`skipped`) make the rows kept look wider apart, and open times in seconds look like candles
+    a thousandth of the interval apart; each is said instead."""
     gaps = [b.open_ts - a.open_ts for a, b in itertools.pairwise(head)]
     if not gaps:
         return
     spacing = min(gaps)
     if abs(spacing - interval_s) > 1e-6:
+        if abs(spacing * 1000 - interval_s) <= 1e-6:
+            raise DataError(
+                f"--data {path}: its open times are {interval_label(interval_s)} apart if read as seconds: "
+                "the first column must be the open time in milliseconds (open_time_ms)"
+            )
+        if skipped:
+            raise DataError(
+                f"--data {path}: {skipped} of its first rows were not candles (malformed, out of order "
+                f"or repeated: skipped), and the candles kept are {interval_label(spacing)} apart where "
+                f"session.interval is {interval_label(interval_s)}: mend the file"
+            )
         raise DataError(
             f"--data {path}: its candles are {interval_label(spacing)} apart but session.interval is "
             f'{interval_label(interval_s)}: set session.interval = "{interval_label(spacing)}" '
@@ -439,6 +459,7 @@ class Session:
             raise ValueError("a live session runs on the actors runtime")
         self.funding, self.funding_source = self._funding()
         self._gaps: dict[str, list[tuple[float, float]]] = {}  # a backtest's data gaps read, by symbol
+        self._skipped: dict[str, dict[str, int]] = {}  # its rows that were not candles, by symbol and reason
         if self.funding_source == "none" and self.plan.mode == "backtest":
             logger.warning(
                 "this backtest does not model funding (no --funding FILE, broker.funding = 'none'): "
@@ -475,7 +496,10 @@ class Session:
         if self.candle_source is not None:  # (a sweep's trials: their gaps listed as the reader does)
             candles = _listing_gaps(iter(self.candle_source(path, symbol)), self.config.interval_s, gaps)
         else:
-            candles = read_candles_csv(Path(path), self.config.interval_s, symbol=symbol, gaps=gaps)
+            skipped = self._skipped.setdefault(symbol, {})
+            candles = read_candles_csv(
+                Path(path), self.config.interval_s, symbol=symbol, gaps=gaps, skipped_by=skipped
+            )
         start, end = self.plan.window
         if math.isfinite(start):
             candles = itertools.dropwhile(lambda candle: candle.open_ts < start, candles)
@@ -485,8 +509,23 @@ class Session:
         if not head:
             within = "" if self.plan.window == (-math.inf, math.inf) else " in the --from/--until window"
             raise DataError(f"--data {path}: no candles{within}")
-        check_spacing(head, self.config.interval_s, path)
+        check_spacing(head, self.config.interval_s, path, sum(self._skipped.get(symbol, {}).values()))
         return head[0].open_ts, itertools.chain(head, candles)
+
+    def data_skipped(self) -> dict[str, dict[str, int]]:
+        """A backtest's rows of --data that were not candles (malformed, out of order, repeated),
+        by symbol and reason: the report counts them in `malformed_dropped` (found by an audit: a
+        file of every row twice, or unsorted, ran with `malformed_dropped: {}`), and the end of
+        the run warns about them."""
+        out = {symbol: dict(sorted(counts.items())) for symbol, counts in self._skipped.items() if counts}
+        for symbol, counts in out.items():
+            logger.warning(
+                "the {} data had {} row(s) that were not candles, skipped: {}",
+                symbol,
+                sum(counts.values()),
+                ", ".join(f"{reason} {n}" for reason, n in counts.items()),
+            )
+        return out
 
     def data_gaps(self, ended: float) -> dict[str, dict[str, Any]] | None:
         """A backtest's gaps in its data, by symbol (None: not a backtest; {} none): those it ran
@@ -674,6 +713,7 @@ class Session:
                 stopped.detail,
                 0.0,
                 self.data_gaps(stopped.ts),
+                self.data_skipped(),
             ):
                 recorder.write(event)
             report = recorder.finish()

@@ -185,6 +185,7 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
                     stopper.detail,
                     health.down_s(ended),
                     session.data_gaps(ended),
+                    session.data_skipped(),
                 ):
                     sink.send_nowait(event)
     assert recorder.report is not None

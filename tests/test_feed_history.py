@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.feeds.history import DataError, candle_ticks, read_candles_csv
+from tests.conftest import read_report, run_cli
+from tools.validate_session import validate
 
 HEADER = "open_time_ms,open,high,low,close,volume\n"
 
@@ -156,3 +159,71 @@ def test_rows_read_in_chunks_equal_a_line_by_line_reading(
     assert [tuple(c)[:7] for c in candles] == expected
     assert all(type(x) is float for c in candles for x in tuple(c)[2:7])
     assert stats.get("candles", 0) == len(expected) and stats.get("skipped", 0) == skipped
+
+
+def test_each_skipped_row_is_counted_by_its_reason(tmp_path: Path) -> None:
+    rows = [
+        "60000,100,110,90,105,1",  # good
+        "120000,100,99,90,95,1",  # high below the open: prices
+        "180000,100,110,90,nan,1",  # prices
+        "240000,100,110,90",  # five fields
+        "60000,100,110,90,105,1",  # the time of the row kept before it
+        "30000,100,110,90,105,1",  # earlier
+        "300000,100,110,90,105,-1",  # volume
+        "360000.5,100,110,90,105,1",  # not a whole ms
+        "420000,100,110,90,105,1",  # good
+    ]
+    path = tmp_path / "c.csv"
+    path.write_text(HEADER + "\n".join(rows) + "\n")
+    stats: dict[str, int] = {}
+    by: dict[str, int] = {}
+    assert [c.open_ts for c in read_candles_csv(path, 60, stats, skipped_by=by)] == [60.0, 420.0]
+    assert stats == {"candles": 2, "skipped": 7}
+    assert by == {
+        "csv_bad_prices": 2,
+        "csv_not_six_numbers": 1,
+        "csv_repeated_time": 1,
+        "csv_time_backwards": 1,
+        "csv_bad_volume": 1,
+        "csv_bad_time": 1,
+    }
+
+
+def _backtest(tmp_path: Path, rows: list[str]) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "c.csv"
+    path.write_text(HEADER + "\n".join(rows) + "\n")
+    return run_cli(
+        "--mode", "backtest", "--data", str(path), "--run-dir", str(tmp_path / "runs"),
+        "--set", "session.interval=1m", "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+
+
+def test_a_backtest_reports_the_rows_it_skipped(tmp_path: Path) -> None:
+    """Found by an audit: a file of every row twice ran with `malformed_dropped: {}` and no word
+    of the 400 rows dropped. Now the report counts them by reason, and the run warns."""
+    good = [f"{1_704_067_200_000 + i * 60_000},100,101,99,100.5,5" for i in range(40)]
+    done = _backtest(tmp_path, [row for row in good for _ in (0, 1)])  # every row twice
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = read_report(tmp_path / "runs" / "latest")
+    assert report["malformed_dropped"] == {"csv_repeated_time": 40}
+    assert (
+        "the BTCUSDT data had 40 row(s) that were not candles, skipped: csv_repeated_time 40" in done.stderr
+    )
+    assert validate(tmp_path / "runs" / "latest") == []
+
+
+def test_the_spacing_error_says_when_rows_were_skipped_or_times_are_seconds(tmp_path: Path) -> None:
+    """Found by an audit: with every other row refused (a negative volume), the rows kept are 2m
+    apart and the error advised session.interval = "2m"; with open times in seconds it advised
+    0.06s. Each is said instead, exit 2."""
+    t0 = 1_704_067_200_000
+    every_other = [f"{t0 + i * 60_000},100,101,99,100.5,{5 if i % 2 == 0 else -5}" for i in range(40)]
+    done = _backtest(tmp_path, every_other)
+    assert done.returncode == 2
+    assert (
+        "20 of its first rows were not candles" in done.stderr and "set session.interval" not in done.stderr
+    )
+    seconds = [f"{t0 // 1000 + i * 60},100,101,99,100.5,5" for i in range(40)]
+    done = _backtest(tmp_path, seconds)
+    assert done.returncode == 2
+    assert "the first column must be the open time in milliseconds" in done.stderr

@@ -43,6 +43,7 @@ def read_candles_csv(
     stats: dict[str, int] | None = None,
     symbol: str = DEFAULT_SYMBOL,
     gaps: list[tuple[float, float]] | None = None,
+    skipped_by: dict[str, int] | None = None,
 ) -> Iterator[Candle]:
     """Stream candles from a CSV (optionally gzipped) with header `open_time_ms,open,high,low,close,volume`.
 
@@ -50,7 +51,8 @@ def read_candles_csv(
     passed on; the file is read lazily, so memory does not grow with its length. Plain numbers are
     expected (no quoting): each line is split on commas, as bytes (no decoding: measured faster).
     The gaps (two candles more than `interval_s` apart) are appended to `gaps`, as (open time
-    before, open time after), as they are read.
+    before, open time after), as they are read. `skipped_by`: the skipped rows counted by reason
+    (`skip_reason`).
     """
     stats = stats if stats is not None else {}
     try:
@@ -74,6 +76,8 @@ def read_candles_csv(
                 for t, o, h, lo, c, v in rows:
                     if t is None:  # a field missing, extra or not a number
                         skipped += 1
+                        if skipped_by is not None:
+                            skipped_by["csv_not_six_numbers"] = skipped_by.get("csv_not_six_numbers", 0) + 1
                         continue
                     open_ts = t / 1000.0
                     # chained comparisons are False for NaN
@@ -96,10 +100,26 @@ def read_candles_csv(
                         yield _new_tuple(Candle, (open_ts, interval_s, o, h, lo, c, v, False, symbol))
                     else:
                         skipped += 1
+                        if skipped_by is not None:
+                            reason = skip_reason(t, o, h, lo, c, v, last_open)
+                            skipped_by[reason] = skipped_by.get(reason, 0) + 1
         finally:
             stats["candles"] = stats.get("candles", 0) + candles
             if skipped:
                 stats["skipped"] = stats.get("skipped", 0) + skipped
+
+
+def skip_reason(t: float, o: float, h: float, lo: float, c: float, v: float, last_open: float) -> str:
+    """Why a row of six numbers is not a candle (`read_candles_csv`): its prices (not finite, not
+    above 0, open or close outside [low, high]), its volume (negative), or its time (not whole ms,
+    the same as the row before, or earlier)."""
+    if not all(0 < x < _INF for x in (o, h, lo, c)) or not (lo <= o <= h and lo <= c <= h):
+        return "csv_bad_prices"
+    if not 0 <= v < _INF:
+        return "csv_bad_volume"
+    if not math.isfinite(t) or not t.is_integer():
+        return "csv_bad_time"
+    return "csv_repeated_time" if t / 1000.0 == last_open else "csv_time_backwards"
 
 
 _CHUNK_BYTES = 1 << 18
