@@ -514,6 +514,20 @@ async def test_the_instrument_falls_back_to_the_table_when_the_exchange_cannot_s
     assert sum(isinstance(e, Book) for e in got) >= 5, "the feed goes on"
 
 
+async def test_rate_limit_replies_at_start_delay_the_instrument_but_do_not_lose_it(tmp_path: Path) -> None:
+    """Found by an audit: one second of rate-limit replies at start spent the three tries of
+    trading_pairs in 0.8 s, and the session used the shipped table's caps instead of the
+    exchange's. A rate-limit reply is waited out (1 s at least), within the start's budget."""
+    fake = FakeBitunix(seed=45, faults=Faults(rest_rate_limited_first=4))
+    run = await run_feed(tmp_path, fake, *SMALL_HISTORY, seconds=7)
+    (instrument,) = [e for _, e in run.received if isinstance(e, Instrument)]
+    assert instrument.source == "exchange"
+    retries = [e.fields for e in run.events if e.kind == "feed.rest_retry"]
+    assert len(retries) == 4 and all(r["delay_s"] >= 1.0 for r in retries), retries
+    assert all("code 1000" in r["reason"] for r in retries), retries
+    assert fake.stats.rest_rate_limited == 4
+
+
 async def test_no_exchange_figures_and_no_table_entry_sends_no_instrument(tmp_path: Path) -> None:
     """DOGEUSDT is not in the shipped table: with trading_pairs failing, the broker keeps the
     instrument it was built with; the record says why."""

@@ -72,6 +72,7 @@ class Faults:
     refuse_handshakes_for_s: float = 0  # HTTP 503 to WS handshakes for the first N s
     rest_error_fraction: float = 0  # fraction of REST replies that are errors (500, 503, code 10001)
     rest_rate_limit_per_s: float = 10  # over this in any 1 s (per server): code 10005/10006
+    rest_rate_limited_first: int = 0  # the first N REST requests get code 10005 (count-based)
     # the kline endpoint's `endTime` taken as exclusive (a candle opening at it is left out): the
     # docs leave the reading open; the client must page right under either
     rest_kline_end_exclusive: bool = False

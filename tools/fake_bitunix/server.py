@@ -1078,7 +1078,9 @@ class _RestApp:
         self.window.append(now)
         while self.window[0] <= now - 1.0:
             self.window.popleft()
-        if faults.rest_rate_limit_per_s > 0 and len(self.window) > faults.rest_rate_limit_per_s:
+        if srv.stats.rest_requests <= faults.rest_rate_limited_first or (
+            faults.rest_rate_limit_per_s > 0 and len(self.window) > faults.rest_rate_limit_per_s
+        ):
             srv.stats.rest_rate_limited += 1
             self.limited += 1
             code, msg = (
