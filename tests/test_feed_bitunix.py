@@ -82,8 +82,6 @@ async def replay_cli(run: Path, tmp_path: Path) -> Path:
             str(run),
             "--run-dir",
             str(replay_dir),
-            "--set",
-            f"session.kill_switch={tmp_path / 'kill.txt'}",
         ],
         cwd=tmp_path,
         env=cli_env(),
