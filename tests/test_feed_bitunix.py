@@ -392,10 +392,10 @@ async def test_slow_rest_backfill_is_not_socket_silence(tmp_path: Path) -> None:
     def slow_rest_after_the_seed(feed: BitunixFeed) -> None:
         rest_get = feed.rest_get
 
-        async def slow(path: str, params: dict[str, str], attempts: int = 8) -> Any:
+        async def slow(path: str, params: dict[str, str], attempts: int = 8, patient: bool = False) -> Any:
             if feed.seed_done.is_set():
                 await trio.sleep(3)
-            return await rest_get(path, params, attempts)
+            return await rest_get(path, params, attempts, patient)
 
         feed.rest_get = slow  # type: ignore[method-assign]
 
