@@ -25,7 +25,7 @@ import pytest
 
 from actors.broker.portfolio import Portfolio
 from actors.config import BrokerConfig, RiskConfig, StrategyConfig
-from actors.recording.report_stats import statistics
+from actors.recording.report_stats import slippage_cost, statistics
 from actors.risk.gate import RiskGate
 from actors.strategies.ema_cross import EmaCross, intents_for
 from protocols.messages import (
@@ -50,7 +50,7 @@ from tests.test_fills import (
     order,
     step,
 )
-from tests.test_report_html import _ev
+from tests.test_report_html import _closed, _ev
 from tests.test_trend_pullback import account, run, signals, strategy, trend
 from tests.test_validate_session import _trading_run_once, trading_run  # noqa: F401 (fixtures)
 from tools.validate_session import check_fills, check_sequence, validate
@@ -86,14 +86,14 @@ def test_funding_is_signed_by_the_position_a_short_receives_a_positive_rate(
     side: str, rate: float, amount: float
 ) -> None:
     """README, Funding: `amount = position_qty x mark x rate_pct / 100` (longs pay a positive
-    rate, shorts receive it). A 0.01 BTC position held through 16:00 UTC, marked at 100000."""
+    rate, shorts receive it). A 0.01 BTC position held through 00:00 UTC, marked at 100000."""
     bt = Backtest(make_broker(slippage_bps=0.0), start=FUNDING_INSTANT - 2 * INTERVAL)
     bt.broker.funding = ConstantFunding(rate)
     entry = bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 100.0, [order("o1", side, 0.01)])  # type: ignore[arg-type]
     assert [f["fill_price"] for f in fills(entry)] == [100000.0]
     events = bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 100.0)  # closes at the instant
     (charge,) = of_kind(events, "funding")
-    assert charge["instant"] == "2023-11-15T00:00:00Z"  # 1_700_006_400: 16:00 UTC + 8 h
+    assert charge["instant"] == "2023-11-15T00:00:00Z"  # 1_700_006_400: a funding instant
     assert charge["mark_price"] == 100000.0 and charge["rate_pct"] == rate
     assert charge["amount"] == pytest.approx(amount, rel=1e-12)
     assert bt.broker.funding_paid == pytest.approx(amount, rel=1e-12)
@@ -373,7 +373,7 @@ def test_another_symbols_position_holds_its_margin_over_leverage(eth: float, ref
 
 def test_the_portfolio_snapshot_subtracts_the_funding_paid() -> None:
     """portfolio.py: equity is the starting equity plus realized PnL, less fees and funding, plus
-    unrealized. A long 0.1 BTC through 16:00 UTC at +0.01 % on the mark 100000.0 pays
+    unrealized. A long 0.1 BTC through 00:00 UTC at +0.01 % on the mark 100000.0 pays
     0.1 x 100000 x 0.01 / 100 = 1.0; the snapshot's equity is then
     10000 - 6.000006 (fee) - 1.0 + (100000.05 - 100000.1) x 0.1 = 9992.994994."""
     f = FUNDING_INSTANT
@@ -586,3 +586,93 @@ def test_the_max_drawdown_statistic_takes_the_session_stopped_figure() -> None:
         _ev("session.stopped", "00:00:02", ending_equity=980.0, max_drawdown_pct=3.5),
     ]
     assert statistics(records)["max_drawdown_pct"] == 3.5
+
+
+# --- beyond the brief's list, as cheap: the risk watch, statistics, the validator's other messages ---
+
+
+def test_the_broker_reports_a_mark_that_leaves_equity_at_the_watch_floor() -> None:
+    """RiskWatch: an `AccountUpdate` after a mark that leaves equity *at or below* the floor. A flat
+    account of 10000 with the floor at 10000: the next quote's mark is due."""
+    b = make_broker(bars=False)
+    step(b, T, tick(T, 100000.0, 100000.1))
+    b.handle(RiskWatch(T, 10000.0, math.inf), T)
+    b.account_update(T)  # what the command itself made due, told
+    assert b.account_update(T) is None
+    step(b, T + 1, tick(T + 1, 100000.0, 100000.1))
+    update = b.account_update(T + 1)
+    assert update is not None and update.account.equity == 10000.0
+
+
+def test_the_portfolio_reports_at_once_when_the_watch_floor_is_the_equity() -> None:
+    """RiskWatch on the account of several symbols: equity 10000 (flat) at a floor of 10000 is
+    at the floor: an update is due as the watch is set."""
+    p = _portfolio()
+    assert p.account_update(T) is None
+    p.handle(RiskWatch(T, 10000.0, math.inf), T)
+    update = p.account_update(T)
+    assert update is not None and update.account.equity == 10000.0
+
+
+def test_a_trade_of_net_zero_is_neither_a_win_nor_a_loss() -> None:
+    """report_stats.statistics: wins are net_pnl > 0, losses net_pnl < 0. Trades of +4, 0, -2:
+    1 win, 1 loss, win rate 1/3."""
+    records = [
+        _ev("session.started", "00:00:00", symbol="BTCUSDT", starting_equity=1000.0),
+        _closed("00:10:00", "long", 0.0, 0.1, 5.0, 4.0),
+        _closed("00:20:00", "long", 0.2, 0.1, 1.0, 0.0),
+        _closed("00:30:00", "short", 0.4, 0.1, -1.0, -2.0),
+        _ev("session.stopped", "00:30:00", ending_equity=1002.0, max_drawdown_pct=0.0),
+    ]
+    s = statistics(records)
+    assert (s["trades"], s["wins"], s["losses"]) == (3, 1, 1)
+    assert s["win_rate"] == pytest.approx(1 / 3)
+    assert s["avg_win"] == 4.0 and s["avg_loss"] == -2.0
+
+
+def test_slippage_cost_is_of_the_requested_notional() -> None:
+    """report_stats.slippage_cost: `slippage_bps` of the decision's `requested_price` x qty. A buy
+    of 2 requested at 100.0, filled at 101.0 (100 bps worse): 100 / 10000 x 100.0 x 2 = 2.0."""
+    fill = {
+        "kind": "order.filled",
+        "qty": 2.0,
+        "requested_price": 100.0,
+        "fill_price": 101.0,
+        "slippage_bps": 100.0,
+    }
+    assert slippage_cost(fill) == pytest.approx(2.0, rel=1e-12)
+
+
+def test_events_must_start_with_session_started_and_a_finished_run_end_with_session_stopped() -> None:
+    """tools/validate_session.py `check_sequence`: the first event is session.started; a finished
+    run's last is session.stopped; each said in its own words."""
+    heartbeat_first = [_event(1, "heartbeat"), _event(2, "session.stopped")]
+    assert check_sequence(heartbeat_first, finished=True) == [
+        "events.jsonl: does not start with session.started"
+    ]
+    no_stop = [_event(1, "session.started"), _event(2, "heartbeat")]
+    assert check_sequence(no_stop, finished=False) == []
+    assert check_sequence(no_stop, finished=True) == [
+        "events.jsonl: a finished session must end with session.stopped"
+    ]
+
+
+def test_report_figures_that_the_fills_and_funding_events_contradict_are_named() -> None:
+    """`check_fills`: the report's realized PnL and fees must be the fills' (within a cent), its
+    funding_paid the funding events'. A buy of 1 at 100 and a sell at 110 (fees 0.5 each): realized
+    10.0, fees 1.0; funding events 0.3. A report saying realized 12.0 and funding 0.0 is named."""
+    events = [
+        _event(1, "session.started"),
+        _event(2, "order.filled", order_id="a", fill_id="f1", side="buy", qty=1.0, fill_price=100.0, fee=0.5),
+        _event(3, "funding", amount=0.3),
+        _event(
+            4, "order.filled", order_id="b", fill_id="f2", side="sell", qty=1.0, fill_price=110.0, fee=0.5
+        ),
+    ]
+    right = {"realized_pnl": 10.0, "fees_paid": 1.0, "funding_paid": 0.3, "status": "ok"}
+    assert check_fills(events, right) == []
+    wrong = {**right, "realized_pnl": 12.0, "funding_paid": 0.0}
+    assert check_fills(events, wrong) == [
+        "report realized_pnl = 12.0 but the fills give 10.000000",
+        "report funding_paid = 0.0 but funding events give 0.300000",
+    ]
