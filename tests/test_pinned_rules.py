@@ -247,10 +247,11 @@ def test_the_initial_margin_must_fit_in_the_equity(qty: float, refused: bool) ->
 
 def test_the_risk_limit_tier_is_that_of_the_position_after_the_order() -> None:
     """docs/fills.md: `risk_limit_exceeded` when the configured leverage is above the tier's
-    maximum for the position's notional (tiers: to 1,000,000 USDT 50x, to 5,000,000 20x). At
-    leverage 30, a long of 9 BTC at 100000.1 (900,000.9 USDT: 50x) is allowed; 2 BTC more make
-    11 BTC, 1,100,001.1 USDT: 20x < 30, refused, though 2 BTC alone would be 200,000 USDT."""
-    b = make_broker(bars=False, leverage=30.0, starting_equity=100000.0, slippage_bps=0.0)
+    maximum for the position's notional (tiers: to 1,000,000 USDT 20x, to 5,000,000 10x). At
+    leverage 15, a long of 9 BTC at 100000.1 (900,000.9 USDT: 20x; margin 60,000) is allowed; 2
+    BTC more make 11 BTC, 1,100,001.1 USDT: 10x < 15, refused (its margin, 73,333, would fit),
+    though 2 BTC alone would be 200,000 USDT."""
+    b = make_broker(bars=False, leverage=15.0, starting_equity=100000.0, slippage_bps=0.0)
     events = step(b, T, tick(T, 100000.0, 100000.1, size=100.0))
     events += step(b, T, order("o1", "buy", 9.0)) + step(
         b, T + 1, tick(T + 1, 100000.0, 100000.1, size=100.0)
@@ -676,3 +677,23 @@ def test_report_figures_that_the_fills_and_funding_events_contradict_are_named()
         "report realized_pnl = 12.0 but the fills give 10.000000",
         "report funding_paid = 0.0 but funding events give 0.300000",
     ]
+
+
+def test_no_tier_allows_a_leverage_that_liquidates_at_the_entry() -> None:
+    """A long's liquidation price is entry x (1 - 1/leverage + maintenance rate) (docs/fills.md):
+    at a leverage of 1/maintenance rate or more it is at or above the entry, and the position is
+    liquidated by the next quote (found by an audit: the shipped ladder allowed 50x at 2.5 % and
+    20x at 5 %). Every tier of every shipped instrument leaves a margin above its maintenance."""
+    from protocols.instruments import TABLE
+
+    for symbol, instrument in TABLE.items():
+        for t in instrument.tiers:
+            assert 1 / t.max_leverage > t.maintenance_margin_rate, (symbol, t)
+    # and the broker at a tier's maximum: a long of 9 BTC at 20x (900,000 USDT, 2.5 %) stands
+    b = make_broker(bars=False, leverage=20.0, starting_equity=100000.0, slippage_bps=0.0)
+    events = step(b, T, tick(T, 100000.0, 100000.1, size=100.0))
+    events += step(b, T, order("o1", "buy", 9.0)) + step(
+        b, T + 1, tick(T + 1, 100000.0, 100000.1, size=100.0)
+    )
+    assert b.position_qty == 9.0 and not of_kind(events, "liquidation")
+    assert b.liq_price == pytest.approx(100000.1 * (1 - 1 / 20 + 0.025))
