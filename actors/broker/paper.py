@@ -218,7 +218,7 @@ class PaperBroker:
 
     `heartbeat_s`: a `heartbeat` event (one metrics row) every that many seconds on whole periods
     from `started_ts`, before `end_ts`. `defer_to_next_quote` (backtests with
-    `broker.backtest_fill = "next_open"`): a market order waits for a quote newer than its decision
+    `broker.backtest_fill = "next_open"`): a market order waits for a quote stamped at or after its decision
     (the next candle's open) however short the latency."""
 
     def __init__(
@@ -602,7 +602,7 @@ class PaperBroker:
         )
 
     def _release_awaiting(self, tick: Tick, ts: float) -> list[Event]:
-        """Orders waiting for a quote newer than their decision (`defer_to_next_quote`) meet this one."""
+        """Orders waiting for a quote stamped at or after their decision (`defer_to_next_quote`) meet this one."""
         events: list[Event] = []
         waiting, self.awaiting_quote = self.awaiting_quote, []
         for order in waiting:
