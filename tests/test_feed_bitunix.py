@@ -436,10 +436,11 @@ Levels = tuple[tuple[float, float], ...]
 
 
 def fake_window(fake: FakeBitunix, ts: float) -> set[tuple[Levels, Levels]]:
-    """The fake's 15-level windows around exchange time `ts` (this 250 ms step and the two before:
-    a push reaches the feed a little after it was built), as (bids, asks) tuples of floats."""
+    """The fake's 15-level windows at exchange time `ts` (the feed's arrival time) and up to 5 s
+    before it (a push reaches the feed after it was built, late on a loaded machine: 500 ms was
+    once exceeded in CI), as (bids, asks) tuples of floats."""
     out = set()
-    for back in range(3):
+    for back in range(20):
         data = fake.depth_data(int(ts * 1000) - back * 250, 15)
         bids, asks = (tuple((float(p), float(q)) for p, q in data[side]) for side in "ba")
         out.add((bids, asks))
