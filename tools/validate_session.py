@@ -55,6 +55,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from protocols.records import ReportBuilder
 
 CENT = 0.01
@@ -93,11 +95,11 @@ class Ledger:
 
 def load_events(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     events, problems = [], []
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:  # orjson: the reading is most of a validation's time
         for n, line in enumerate(f, 1):
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
                 problems.append(f"events.jsonl line {n}: not JSON (truncated write?)")
                 continue
             if not isinstance(record, dict) or not all(
