@@ -479,11 +479,7 @@ class FrameValidator:
     def _jump(self, ts: int, price: float, what: str) -> None:
         """Reject `price` if it moved more than max_jump_pct from the last good price within 1 s;
         otherwise remember it. Called last, so only accepted frames update the state."""
-        last, last_ts = self._last_price.get(self._sym, (0.0, 0))
-        if last > 0.0 and -1000 <= ts - last_ts <= 1000 and self.max_jump_pct > 0.0:
-            move = abs(price / last - 1.0) * 100.0
-            if move > self.max_jump_pct:
-                _reject("price_jump", f"{what} {price:g} moved {move:.3g}% from {last:g} within 1 s")
+        self._jump_only(ts, price, what)
         self._last_price[self._sym] = (price, ts)
 
     def _jump_only(self, ts: int, price: float, what: str) -> None:

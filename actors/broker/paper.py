@@ -968,18 +968,9 @@ class PaperBroker:
             low_first = pos > 0
         else:
             low_first = candle.open - candle.low <= candle.high - candle.open
-        if self.path_equities is None:  # `_update_drawdown`, inlined (a backtest's every candle)
-            peak = self.peak_equity
-            for equity in (low, high) if low_first else (high, low):
-                if equity > peak:
-                    self.peak_equity = peak = equity
-                elif peak > 0:
-                    drawdown = (peak - equity) / peak * 100
-                    if drawdown > self.max_drawdown_pct:
-                        self.max_drawdown_pct = drawdown
-            return
-        for equity in (low, high) if low_first else (high, low):
-            self._mark_equity(equity)
+        first, second = (low, high) if low_first else (high, low)
+        self._mark_equity(first)
+        self._mark_equity(second)
 
     def _mark_equity(self, equity: float) -> None:
         self._update_drawdown(equity)
