@@ -110,42 +110,76 @@ REAL_TIME_MODULES = {
 }
 
 
-# The longest real-time tests (minutes of wall time, mostly waiting), one module each: each is put
-# at the head of a pytest-xdist worker's first batch, so that a worker starts each at once and the
-# rest of the suite runs beside them.
-LONGEST_FIRST = ("test_multi_symbol_live", "test_flapping_exchange")
+# The longest tests (wall seconds as measured, most of it waiting on real time), longest first.
+# pytest-xdist's `worksteal` scheduling (noxfile.py) first deals the collected items to the workers
+# in equal consecutive chunks, and a worker that runs out steals the tail of the longest queue: each
+# long test heads a chunk (the next longest goes to the chunk with the least of them so far), so that
+# it starts at once and the short ones run beside it on the other workers.
+LONGEST_FIRST = {
+    "test_multi_symbol_live.py::test_three_strategies_on_two_symbols_live_for_three_minutes": 181,
+    "test_flapping_exchange.py::test_a_server_dropping_every_connection_after_5_s_keeps_the_feed_up": 60,
+    "test_real_data_backtest.py::test_every_order_event_over_the_whole_real_data_is_on_the_grid": 27,
+    "test_feed_bitunix.py::test_during_failover_the_mark_and_equity_follow_the_rest_prices": 25,
+    "test_report_html.py::test_a_live_sessions_report_in_chromium": 23,
+    "test_first_session.py::test_first_sessions_without_internet_fall_back_warm_and_trade": 20,
+    "test_soak.py::test_soak_every_fault_at_once": 20,
+    "test_feed_bitunix.py::test_session_subscribes_pings_and_trades_through_drops": 18,
+}
 
 
-def _first_batch(config: pytest.Config, n_items: int) -> int:
-    """How many consecutive items pytest-xdist's load scheduling (3.x) hands each worker at first:
-    a quarter of a worker's share (`LoadScheduling.schedule`); 1 without xdist."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)  # set in the workers, which collect
-    if workers < 1 or n_items < 2 * workers:
-        return 1
-    batch = n_items // workers // 4
-    chunk = config.getoption("maxschedchunk", None)
-    return max(2, batch if chunk is None else min(batch, chunk))
+def _chunk_starts(n_items: int, workers: int) -> list[int]:
+    """Where each worker's first chunk begins, as `WorkStealingScheduling.check_schedule`
+    (pytest-xdist 3.x) deals `n_items` to `workers` idle workers: each the pending count over the
+    workers left."""
+    starts, dealt = [], 0
+    for i in range(workers):
+        starts.append(dealt)
+        dealt += (n_items - dealt) // (workers - i)
+    return starts
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    def module_name(item: pytest.Item) -> str:
-        module = getattr(item, "module", None)  # a test function's (pytest.Function) module
-        return "" if module is None else module.__name__.rsplit(".", 1)[-1]
-
     for item in items:
-        if module_name(item) in REAL_TIME_MODULES:
+        module = getattr(item, "module", None)  # a test function's (pytest.Function) module
+        if module is not None and module.__name__.rsplit(".", 1)[-1] in REAL_TIME_MODULES:
             item.add_marker(pytest.mark.slow)
 
-    # the long ones first, each followed by a worker's first batch of the others (theirs stay in
-    # order): xdist sends consecutive batches, so two long tests side by side would run one after
-    # the other on one worker
-    longest = [item for item in items if module_name(item) in LONGEST_FIRST]
-    rest = iter([item for item in items if module_name(item) not in LONGEST_FIRST])
-    batch = _first_batch(config, len(items))
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(LongestFirst(), "longest-first")
+
+
+class LongestFirst:
+    """Orders the items after `-m` and `-k` have deselected (trylast; the marks above come before
+    them), as the workers will be dealt them."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        order_for_worksteal(items)
+
+
+def order_for_worksteal(items: list[pytest.Item]) -> None:
+    """In a pytest-xdist worker: the `LONGEST_FIRST` tests at the heads of the chunks."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)  # set in the workers, which collect
+    if workers < 2:
+        return
+    seconds = {item: LONGEST_FIRST.get(item.nodeid.split("/")[-1], 0) for item in items}
+    longest = sorted((item for item in items if seconds[item]), key=lambda item: -seconds[item])
+    rest = [item for item in items if not seconds[item]]
+    heads: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    for item in longest:  # to the chunk with the fewest seconds of them so far
+        min(heads, key=lambda head: sum(seconds[i] for i in head)).append(item)
+    # the chunks' sizes as the scheduler will cut them, each its long tests first, then its other
+    # real-time tests, then the quick ones (the last to run, or to be stolen from its tail)
+    n = len(items)
+    bounds = [*_chunk_starts(n, workers), n]
     ordered: list[pytest.Item] = []
-    for item in longest:
-        ordered += [item, *itertools.islice(rest, batch - 1)]
-    items[:] = [*ordered, *rest]
+    others = iter(rest)
+    for head, lo, hi in zip(heads, bounds[:-1], bounds[1:], strict=True):
+        chunk = list(itertools.islice(others, max(0, hi - lo - len(head))))
+        slow = [item for item in chunk if item.get_closest_marker("slow")]
+        ordered += [*head, *slow, *(item for item in chunk if not item.get_closest_marker("slow"))]
+    items[:] = [*ordered, *others]
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ of the session, measured from the fake's own record of its connections (`FakeSta
 each sent its first data frame and when it closed), and no socket ever carries more than 5 client
 messages in a second (the fake's count per socket). The policy alone, and a server that closes
 before any data: tests/test_feed_backoff.py. One test in this module: it is in the conftest's
-`LONGEST_FIRST`, which starts each of its tests on a worker of its own.
+`LONGEST_FIRST`, which starts it at once on a worker of its own.
 """
 
 from __future__ import annotations

@@ -58,3 +58,18 @@ def test_the_backtest_path_loads_no_trio() -> None:
         [sys.executable, "-c", code], cwd=REPO, env=cli_env(), capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_conftests_longest_tests_exist() -> None:
+    """`LONGEST_FIRST` names tests by node id: a renamed test would silently lose its place at the
+    head of a worker's queue (and the suite its 5-minute margin)."""
+    from tests.conftest import LONGEST_FIRST
+
+    for node_id in LONGEST_FIRST:
+        module, name = node_id.split("::")
+        defined = {
+            node.name
+            for node in ast.walk(ast.parse((REPO / "tests" / module).read_text()))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        }
+        assert name in defined, node_id
