@@ -46,7 +46,8 @@ def quick(s: nox.Session) -> None:
     s.run(
         "pytest",
         "-q",
-        *WORKERS,
+        "-n",
+        "2",  # CPU-bound tests: a worker a core (4 spend more of the minute starting and contending)
         "-m",
         "not slow and not container and not sweep",
         *s.posargs,

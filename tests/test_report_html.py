@@ -19,7 +19,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from actors.plan import Plan
 from actors.recording import html_report
-from actors.recording.report_stats import statistics, trades
+from actors.recording.report_stats import statistics, trades, ts_of
 from actors.session import Session
 from tests.conftest import REPO, cli_env, make_config, read_events
 from tests.test_feed_bitunix import ZIGZAG_TRADER, live_session, offset_for_close_in
@@ -70,6 +70,10 @@ def _fill(ts: str, side: str, qty: float, position: float, realized: float, bps:
 
 
 T0 = datetime.fromisoformat("2024-01-01T00:00:00+00:00").timestamp()
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
 def _closed(
@@ -130,11 +134,26 @@ def test_statistics_against_hand_worked_values() -> None:
     assert s["fees_share"] == pytest.approx(1.0) and s["slippage_share"] == pytest.approx(0.1)
     assert s["net_pnl"] == pytest.approx(197.9) and s["return_pct"] == pytest.approx(19.79)
     assert s["max_drawdown_pct"] == 10.0
-    # returns 0.1, 0.1, -0.1, 0.1: mean 0.05, sample stdev 0.1, downside sqrt(0.01 / 4) = 0.05;
-    # hourly points: sqrt(8760) periods a year
+    # hourly points over 4 hours: too short a curve to annualise
     assert s["sample_s"] == 3600
-    assert s["sharpe"] == pytest.approx(0.5 * math.sqrt(8760))
-    assert s["sortino"] == pytest.approx(1.0 * math.sqrt(8760))
+    assert s["sharpe"] is None and s["sortino"] is None
+
+    # the same equity every 6 hours, a day in all: returns 0.1, 0.1, -0.1, 0.1, mean 0.05, sample
+    # stdev 0.1, downside sqrt(0.01 / 4) = 0.05; sqrt(4 x 365) periods a year
+    def stretched(last_s: float) -> list[dict[str, Any]]:
+        """HAND_WORKED's equity curve at 6-hour steps, its last point (and stop) at `last_s`."""
+        out = []
+        for r in HAND_WORKED:
+            if r["kind"] in ("heartbeat", "session.stopped"):
+                r = {**r, "ts": _iso(min(T0 + (ts_of(r) - T0) * 6, T0 + last_s))}
+            out.append(r)
+        return out
+
+    day = statistics(stretched(86_400))
+    assert day["sample_s"] == 6 * 3600
+    assert day["sharpe"] == pytest.approx(0.5 * math.sqrt(1460))
+    assert day["sortino"] == pytest.approx(1.0 * math.sqrt(1460))
+    assert statistics(stretched(86_399))["sharpe"] is None  # a second short of a day
     # in the market 0.5 h .. 2.5 h and 3 h .. 3.5 h: 2.5 h of the run's 4 h
     assert s["time_in_market"] == pytest.approx(2.5 / 4)
 
@@ -427,6 +446,7 @@ def recompute(events: list[dict[str, Any]]) -> dict[str, float | int | None]:
     sd = math.sqrt(math.fsum((r - mean) ** 2 for r in rets) / (len(rets) - 1))
     down = math.sqrt(math.fsum(r * r for r in rets if r < 0) / len(rets))
     per_year = math.sqrt(365 * 24 * 3600 / step)
+    a_day = max(times) - min(times) >= 86_400  # no ratios for a shorter curve
     held = sorted(
         (e["opened_ts"], e["opened_ts"] + e["held_s"]) for e in events if e["kind"] == "position.closed"
     )
@@ -451,8 +471,8 @@ def recompute(events: list[dict[str, Any]]) -> dict[str, float | int | None]:
         "funding": math.fsum(e["amount"] for e in events if e["kind"] == "funding"),
         "net_pnl": net,
         "return_pct": net / start["starting_equity"] * 100,
-        "sharpe": mean / sd * per_year if sd else None,
-        "sortino": mean / down * per_year if down else None,
+        "sharpe": mean / sd * per_year if sd and a_day else None,
+        "sortino": mean / down * per_year if down and a_day else None,
         "max_drawdown_pct": max(drawdowns),
         "time_in_market": covered / (when(stop) - when(start)),
         "fees_share": fees / abs(gross) if gross else None,

@@ -15,6 +15,9 @@ from typing import Any
 import attrs
 
 SECONDS_PER_YEAR = 365 * 86_400  # crypto trades every day of the year
+# The shortest equity curve Sharpe and Sortino are given for: annualised from minutes of returns
+# they read like -900 or +2,000 and say nothing about the strategy.
+MIN_RATIO_SPAN_S = 86_400.0
 FLAT_EPS = 1e-9
 
 
@@ -182,6 +185,8 @@ def statistics(
     - `sharpe` = mean(r) / stdev(r) x sqrt(N), stdev the sample one (n - 1), no risk-free rate
       (None with fewer than 2 returns or no variation);
     - `sortino` = mean(r) / sqrt(sum(min(r_i, 0)^2) / n) x sqrt(N) (None without a negative return);
+    - both None for a curve spanning less than a day (a 10-minute session's): annualised from
+      minutes of returns they would read like -900 and say nothing;
     - `max_drawdown_pct` = the largest fall from the running peak of equity, in percent, as the
       broker marks it at every step (live: every quote; backtests: each candle's open and close,
       and its high and low along its path, docs/fills.md): the largest `drawdown_pct` of the
@@ -241,7 +246,8 @@ def _ratios(curve: list[tuple[float, float, float]]) -> tuple[float | None, floa
         return None, None, None
     sample_s = pystats.median(gaps)
     returns = [b / a - 1 for a, b in itertools.pairwise(equity) if a]
-    if len(returns) < 2:
+    span_s = max(t for t, _, _ in curve) - min(t for t, _, _ in curve)
+    if len(returns) < 2 or span_s < MIN_RATIO_SPAN_S:
         return None, None, sample_s
     scale = math.sqrt(SECONDS_PER_YEAR / sample_s)
     mean = sum(returns) / len(returns)

@@ -962,7 +962,7 @@ def _definitions(sweep: Sweep) -> str:
         f"best by {_e(sweep.objective)} among those with at least {sweep.min_trades:,} trades is run "
         "again over the window's test period, which it never saw: out of sample (test). The verdict "
         "sums the out-of-sample trials. An empty figure is undefined (a profit factor without a "
-        "losing trade, a Sharpe ratio of too few returns). Equity curves: at most "
+        "losing trade, a Sharpe ratio of too few returns or of less than a day). Equity curves: at most "
         f"{TOP_CURVES} in-sample trials, each from its run folder's metrics.json (a point per "
         f"heartbeat). The trial table shows at most {MAX_TRIAL_ROWS:,} rows. `python -m tools.report "
         "RUN` (re)builds a trial's report.html (its trades, fills and statistics).</p>"
