@@ -380,6 +380,34 @@ async def test_slow_subscriber_is_not_socket_silence(tmp_path: Path) -> None:
     assert {type(e) for _, e in run.received} >= {FeedStatus, Instrument, Book, Tick, Funding, Candle}
 
 
+async def test_a_process_held_up_while_the_feed_waits_is_not_socket_silence(tmp_path: Path) -> None:
+    """The whole process is held up (a loaded machine, a GC pause, a laptop waking from sleep)
+    for 1.5 s, longer than stale_after_s, three times while the feed waits on the socket: the
+    receive deadline passes during each, but the frames that come in at once after are read
+    (`STALL_GRACE_S`) before a silence is called stale. Found in CI: a test's in-process fake
+    exchange busy on a REST reply for 2 s made its feed reconnect."""
+    fake = FakeBitunix(seed=43)
+    held = 0
+
+    async def hold_up() -> None:
+        nonlocal held
+        await trio.sleep(2)  # connected and streaming
+        for _ in range(3):
+            await trio.testing.wait_all_tasks_blocked()  # the feed waits in get_message
+            time.sleep(1.5)  # noqa: ASYNC251 -- the point: nothing in this process runs
+            held += 1
+            await trio.sleep(0.5)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold_up)
+        run = await run_feed(tmp_path, fake, "feed.stale_after_s=1", seconds=8)
+    assert held == 3
+    k = run.kinds()
+    assert (k["feed.stale"], k["feed.disconnected"], k["feed.reconnecting"]) == (0, 0, 0)
+    assert fake.stats.connections == 1 and run.feed.health.reconnects == 0
+    assert run.statuses() == [(True, "no data yet"), (False, "websocket data")]
+
+
 async def test_slow_rest_backfill_is_not_socket_silence(tmp_path: Path) -> None:
     """A stall covers a candle close: stale (FeedStatus), reconnect, and a REST backfill of the
     missed candle that takes 3 s, twice stale_after_s: that wait is not counted as silence."""

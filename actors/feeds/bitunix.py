@@ -94,6 +94,11 @@ WS_CLOSE_TIMEOUT_S = 1.0
 INSTRUMENT_ATTEMPTS = 3  # the table is a good fallback: do not hold the start up for long
 RATE_LIMITED_WAIT_S = 1.0  # a patient call's wait after a rate-limit reply (`rest_get`)
 SILENCE_EPS_S = 1e-6  # float slack when a receive deadline is compared with stale_after_s
+# A receive deadline can pass while this process is held up (a loaded machine, a long GC pause, a
+# laptop waking from sleep) with frames already waiting in the socket: when a silence reaches
+# stale_after_s, the socket is read on for this long before it is called stale, so that those
+# frames count.
+STALL_GRACE_S = 0.5
 
 
 class UnknownSymbol(Exception):
@@ -718,28 +723,42 @@ class BitunixFeed:
         # Stale means silence on the socket: only the time spent waiting in get_message counts
         # (`waited`), from the connection's start or a symbol's last data frame; the work done on a
         # frame (a REST backfill, subscribers slow to take a candle) does not, and frames that
-        # arrived meanwhile are read before any deadline is checked. No data frame at all for
-        # stale_after_s: the connection has failed. No data for one symbol while others flow: that
-        # symbol alone is stale (until its data comes back), the connection goes on.
+        # arrived meanwhile are read before any deadline is checked. A silence that reaches
+        # stale_after_s is read on for `STALL_GRACE_S` more of waiting (frames that came in while
+        # the process was held up count). No data frame at all for stale_after_s: the connection
+        # has failed. No data for one symbol while others flow: that symbol alone is stale (until
+        # its data comes back), the connection goes on.
         stale_after = self.cfg.stale_after_s
         waited = last_any = 0.0
+        grace_end: float | None = None  # `waited` at which a silence's grace ends
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pinger)
             while True:
                 watched = [m for m in self.markets.values() if not m.stale and not m.failover]
                 silent_since = min([last_any, *(m.heard_at for m in watched)])
                 waiting_since = trio.current_time()
-                raw: str | bytes | None = None
-                with trio.move_on_at(waiting_since + silent_since + stale_after - waited):
-                    raw = await ws.get_message()
-                waited += trio.current_time() - waiting_since
-                if raw is None:
+                if waited - silent_since < stale_after - SILENCE_EPS_S:
+                    grace_end = None
+                    deadline = waiting_since + silent_since + stale_after - waited
+                elif grace_end is None:
+                    grace_end = waited + STALL_GRACE_S
+                    deadline = waiting_since + STALL_GRACE_S
+                elif waited < grace_end - SILENCE_EPS_S:
+                    deadline = waiting_since + grace_end - waited
+                else:  # silent for stale_after, and nothing from that silence in the grace either
+                    grace_end = None
                     if waited - last_any >= stale_after - SILENCE_EPS_S:
                         raise _Stale(f"no data for {stale_after:g} s")
                     silent = [m for m in watched if waited - m.heard_at >= stale_after - SILENCE_EPS_S]
                     for m in silent:
                         logger.warning("feed: no {} data for {:g} s", m.symbol, stale_after)
                     await self._went_stale(f"no data for {stale_after:g} s", silent)
+                    continue
+                raw: str | bytes | None = None
+                with trio.move_on_at(deadline):
+                    raw = await ws.get_message()
+                waited += trio.current_time() - waiting_since
+                if raw is None:
                     continue
                 self.frames += 1
                 parsed = self.validator.parse(raw)
