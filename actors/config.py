@@ -1264,7 +1264,9 @@ def load(
     """The effective config from every layer. Raises ConfigError."""
     problems: list[str] = []
     layers = []
-    if path is not None:
+    if path is not None and not str(path).strip():  # Path("") is ".", the current folder
+        problems.append("--config: an empty path; expected a TOML file")
+    elif path is not None:
         layers.append(file_layer(Path(path), problems))
     layers.append(env_layer(env or {}, problems))
     layers.append(sets_layer(sets, problems))

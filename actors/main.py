@@ -372,6 +372,12 @@ def _data_files(values: list[str], config: Config) -> tuple[tuple[str, str], ...
                     f"({', '.join(symbols)})"
                 )
             symbol, path = symbols[0], value
+        elif not symbol.strip():
+            raise PlanError(
+                f"--data {value}: no symbol before '='; expected SYMBOL=FILE, e.g. {symbols[0]}=candles.csv"
+            )
+        if not path.strip():  # Path("") is ".", the current folder
+            raise PlanError(f"--data {value!r}: no file named; expected a candle file")
         symbol = symbol.strip().upper()
         if symbol in pairs:
             raise PlanError(f"--data {value}: {symbol} is given twice")

@@ -786,6 +786,13 @@ def test_a_config_that_is_not_a_regular_file_is_refused_without_reading_it(tmp_p
         assert line.startswith(f"config error: --config: {path} is {what}"), line
 
 
+def test_an_empty_config_path_is_named_as_such() -> None:
+    """Found by an audit: `--config ""` said ". is a directory" (Path("") is the current folder)."""
+    for empty in ("", " "):
+        with pytest.raises(ConfigError, match=r"^--config: an empty path; expected a TOML file$"):
+            load(empty)
+
+
 def test_a_config_file_over_a_mebibyte_is_refused(tmp_path: Path) -> None:
     big = _write(tmp_path, "# " + "x" * (1024 * 1024) + "\n")
     with pytest.raises(

@@ -176,6 +176,9 @@ def test_more_data_arguments_are_checked_against_the_strategies_symbols(
             ["--data", f"BTCUSDT={data['BTCUSDT']}", "--data", f"ETHUSDT={tmp_path / 'nope.csv'}"],
             "--data: file not found",
         ),
+        # found by an audit: "no strategy trades ; expected..." and ". is a directory"
+        (["--data", f"={data['BTCUSDT']}"], "no symbol before '='; expected SYMBOL=FILE, e.g. BTCUSDT="),
+        (["--data", f"BTCUSDT={data['BTCUSDT']}", "--data", "ETHUSDT="], "--data 'ETHUSDT=': no file named"),
     ]
     for args, fragment in cases:
         result = run_cli(*base, *args, cwd=tmp_path)

@@ -89,11 +89,14 @@ def free_mb(path: Path) -> float | None:
     """Free space of the disk holding `path` (or its nearest existing folder), MB; None: unknown."""
     for folder in (path, *path.parents):
         try:
-            return round(shutil.disk_usage(folder).free / MB, 1)
+            usage = shutil.disk_usage(folder)
         except FileNotFoundError:
             continue
         except OSError:
             return None
+        # a disk of no size is no disk (/proc, /sys): a folder there cannot be made anyway, which
+        # the start says (not "0 MB free")
+        return round(usage.free / MB, 1) if usage.total > 0 else None
     return None
 
 
