@@ -117,7 +117,7 @@ REAL_TIME_MODULES = {
 # it starts at once and the short ones run beside it on the other workers.
 LONGEST_FIRST = {
     "test_multi_symbol_live.py::test_three_strategies_on_two_symbols_live_for_three_minutes": 181,
-    "test_flapping_exchange.py::test_a_server_dropping_every_connection_after_5_s_keeps_the_feed_up": 60,
+    "test_flapping_exchange.py::test_a_server_dropping_every_connection_after_5_s_keeps_the_feed_up": 30,
     "test_real_data_backtest.py::test_every_order_event_over_the_whole_real_data_is_on_the_grid": 27,
     "test_feed_bitunix.py::test_during_failover_the_mark_and_equity_follow_the_rest_prices": 25,
     "test_report_html.py::test_a_live_sessions_report_in_chromium": 23,
