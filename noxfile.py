@@ -11,10 +11,6 @@ nox.options.reuse_existing_virtualenvs = True
 # (PYTHONDONTWRITEBYTECODE set, as on the CI machines): each pytest-xdist worker and each CLI process
 # a test starts would otherwise compile the project's modules again (collection alone: 8 s -> 3 s)
 CACHE_BYTECODE = {"PYTHONDONTWRITEBYTECODE": ""}
-# 4 pytest-xdist workers on 2 cores (most slow tests wait on real sockets and processes); worksteal:
-# a worker that runs out takes half of the longest queue (tests/conftest.py puts the long tests
-# at the heads of the first chunks)
-WORKERS = ["-n", "4", "--dist", "worksteal"]
 
 
 @nox.session
@@ -30,12 +26,13 @@ def tests(s: nox.Session) -> None:
     on real sockets and real processes, so they overlap well on 2 cores. `-- -k name` selects.
     The container tests (marker `container`) are `nox -s container`'s."""
     s.install("-e", ".[test]")
+    suite = ["-m", "not container and not sweep"]
     # collected once first, writing the assertion-rewritten test modules' bytecode (about 7 s of CPU
     # on a fresh clone): the workers then read it instead of each rewriting them side by side
-    s.run(
-        "pytest", "-q", "--collect-only", "-m", "not container and not sweep", silent=True, env=CACHE_BYTECODE
-    )
-    s.run("pytest", "-q", *WORKERS, "-m", "not container and not sweep", *s.posargs, env=CACHE_BYTECODE)
+    s.run("pytest", "-q", "--collect-only", *suite, silent=True, env=CACHE_BYTECODE)
+    # worksteal: a worker that runs out takes half of the longest queue (tests/conftest.py puts the
+    # long tests at the heads of the first chunks)
+    s.run("pytest", "-q", "-n", "4", "--dist", "worksteal", *suite, *s.posargs, env=CACHE_BYTECODE)
 
 
 @nox.session

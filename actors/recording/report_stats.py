@@ -15,9 +15,7 @@ from typing import Any
 import attrs
 
 SECONDS_PER_YEAR = 365 * 86_400  # crypto trades every day of the year
-# The shortest equity curve Sharpe and Sortino are given for: annualised from minutes of returns
-# they read like -900 or +2,000 and say nothing about the strategy.
-MIN_RATIO_SPAN_S = 86_400.0
+MIN_RATIO_SPAN_S = 86_400.0  # the shortest equity curve Sharpe and Sortino are given for (`statistics`)
 FLAT_EPS = 1e-9
 
 
