@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["tests", "lint"]
@@ -11,6 +14,9 @@ nox.options.reuse_existing_virtualenvs = True
 # (PYTHONDONTWRITEBYTECODE set, as on the CI machines): each pytest-xdist worker and each CLI process
 # a test starts would otherwise compile the project's modules again (collection alone: 8 s -> 3 s)
 CACHE_BYTECODE = {"PYTHONDONTWRITEBYTECODE": ""}
+# setup.py compiles the backtest's hot path (mypyc) when this is set; every other install is the
+# interpreted sources
+COMPILE = {"BTC_AGENTS_COMPILE": "1"}
 
 
 @nox.session
@@ -53,6 +59,48 @@ def quick(s: nox.Session) -> None:
 
 
 @nox.session
+def compiled(s: nox.Session) -> None:
+    """The compiled build (setup.py: the backtest's hot path through mypyc) under `nox -s quick`'s
+    tests: a copy of the repository's files, compiled in place in the session's temporary folder
+    (the repository itself never holds a compiled module, which an edited source would not
+    replace), its tests run there against it (tests/conftest.py refuses to run them on anything
+    else). Left out: the one test that replaces a method of a compiled class to make it fail (a
+    compiled class has no such seam)."""
+    s.install("-e", ".[test]", "mypy==2.4.1", "setuptools>=68")
+    tmp = Path(s.create_tmp())
+    copy = tmp / "repo"
+    shutil.rmtree(copy, ignore_errors=True)
+    # the working tree's files, new ones too (not those git ignores)
+    tracked = s.run(
+        "git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", silent=True, external=True
+    )
+    for name in str(tracked).split("\0"):
+        if name and Path(name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(name, copy / name)
+    shared = Path("..").resolve() / "shared"  # the real data's tests find it beside the copy too
+    if shared.is_dir() and not (tmp / "shared").exists():
+        (tmp / "shared").symlink_to(shared)
+    with s.chdir(copy):
+        s.run("python", "setup.py", "-q", "build_ext", "--inplace", env=COMPILE)
+        s.run(
+            "pytest",
+            "-q",
+            "-rs",  # a skipped test says why
+            "-n",
+            "2",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "not slow and not container and not sweep",
+            "--deselect",
+            "tests/test_session.py::test_actor_failure_ends_in_error_with_report",
+            *s.posargs,
+            env=CACHE_BYTECODE | {"BTC_AGENTS_EXPECT_COMPILED": "1"},
+        )
+
+
+@nox.session
 def lint(s: nox.Session) -> None:
     """ruff (with the ASYNC rules) and mypy."""
     s.install("-e", ".[test,lint]")
@@ -66,7 +114,12 @@ def bench(s: nox.Session) -> None:
     """Throughput, memory and latency figures (docs/performance.md); `-- --quick` for a smoke run."""
     # the feed benchmark runs the fake exchange, which needs hypercorn (of the test extra; not the
     # whole extra: trio.testing imports pytest when it is installed, 8 MiB on every figure)
-    s.install("-e", ".[sweep]", "hypercorn>=0.17")  # the sweep extra: the sweep throughput (Ray)
+    s.install(".[sweep]", "hypercorn>=0.17")  # the sweep extra: the sweep throughput (Ray)
+    # then the project again, compiled (setup.py: the backtest's hot path through mypyc, the version
+    # it was checked with), as `pip install` gives it to a user who asks: the CLI's figures are this
+    # build's (tools/bench.py says which build it ran); the profile reads the sources
+    s.install("mypy==2.4.1", "setuptools>=68")
+    s.install("--no-build-isolation", "--no-deps", "--force-reinstall", ".", env=COMPILE)
     # the peers of ../shared/bench/peers/, pinned as measured there (numpy and pandas also make the
     # bars and run reference_loop.py); a peer that cannot be installed is reported as skipped
     pins = ["numpy==2.4.6", "pandas==2.3.3"]  # with each peer, so that none moves them

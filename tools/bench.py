@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import importlib.util
 import json
 import math
@@ -170,6 +171,40 @@ def launch(command: list[str], cwd: Path, timeout: float = 3600, **env: str) -> 
 
 def have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
+
+
+# The modules of a backtest's hot path that the compiled build compiles (setup.py's COMPILED has
+# them all); the probe below says which build the CLI runs.
+HOT_MODULES = (
+    "actors.kernel",
+    "actors.broker.paper",
+    "actors.risk.gate",
+    "actors.strategies.ema_cross",
+    "actors.feeds.history",
+    "actors.recording.recorder",
+)
+_PROBE = (
+    "import importlib, json\n"
+    "files = {m: importlib.import_module(m).__file__ for m in %r}\n"
+    "print(json.dumps(files))\n"
+)
+
+
+@functools.cache
+def project_build(work: Path) -> dict[str, Any]:
+    """Which build of the project the CLI processes run, and from where: from a folder outside the
+    repository Python imports the installed package (`nox -s bench` installs the compiled build,
+    setup.py); where none is installed, the repository's own sources, from the repository."""
+    for cwd in (work, REPO):
+        r = _run_json([sys.executable, "-c", _PROBE % (HOT_MODULES,)], cwd=cwd, timeout=60)
+        if "error" not in r:
+            compiled = [m for m, f in r.items() if not str(f).endswith(".py")]
+            kind = "compiled (mypyc)" if len(compiled) == len(HOT_MODULES) else "interpreted"
+            if compiled and len(compiled) < len(HOT_MODULES):
+                kind = f"partly compiled ({len(compiled)} of {len(HOT_MODULES)} hot modules)"
+            where = Path(str(r[HOT_MODULES[0]])).parents[1]
+            return {"cwd": cwd, "build": kind, "from": str(where)}
+    return {"cwd": REPO, "build": "unknown (the probe failed)", "from": str(REPO)}
 
 
 # --- machine --------------------------------------------------------------------------------------
@@ -349,8 +384,10 @@ def run_cli(
     command += ["--run-dir", str(run_dir), "--set", "session.interval=1m"]
     command += ["--set", f"session.kill_switch={run_dir / 'kill.txt'}", *_sets(sets)]
     # the project's modules compiled once and cached (__pycache__, by the warm-up run), as an
-    # installed program's are (pip compiles them), even where PYTHONDONTWRITEBYTECODE is set
-    r = launch(command, cwd=REPO, timeout=timeout, PYTHONDONTWRITEBYTECODE="")
+    # installed program's are (pip compiles them), even where PYTHONDONTWRITEBYTECODE is set; run
+    # where the installed build is the one imported (`project_build`)
+    cwd = project_build(run_dir.parent)["cwd"]
+    r = launch(command, cwd=cwd, timeout=timeout, PYTHONDONTWRITEBYTECODE="")
     r.pop("result", None)
     run_path = (run_dir / "latest").resolve()
     if "error" not in r and not (run_path / "final_report.json").exists():
@@ -810,7 +847,8 @@ def profile_rows(p: dict[str, Any]) -> list[str]:
         return [f"profile failed: {p.get('error')}"]
     per = p["profiled_s"] / p["candles"] * 1e6
     rows = [
-        f"cProfile of the kernel (`Session.run_kernel()`, in-process), peer job, first {p['candles']:,} "
+        f"cProfile of the kernel (`Session.run_kernel()`, in-process, the interpreted sources: cProfile "
+        f"cannot see inside compiled functions), peer job, first {p['candles']:,} "
         f"candles: {p['run_s_profiled']:.2f} s profiled, {p['profiled_s']:.2f} s of own time counted "
         f"({per:.1f} us per candle under the profiler; profiling inflates small calls)",
         "",
@@ -867,6 +905,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
+        build = project_build(work)
+        res["build"] = {"build": build["build"], "from": build["from"]}
+        print(f"build of the project the CLI runs: {build['build']}, from {build['from']}", flush=True)
         if "peers" in only:
             res["peer_job"] = []
             print(

@@ -212,7 +212,15 @@ def next_heartbeat(started_ts: float, period: float, now: float, end_ts: float) 
 # The most orders and cancels on their way to the market at once; more are refused (`in_flight_limit`).
 MAX_IN_FLIGHT = 64
 
+try:  # mypy's, there where the compiled build is (setup.py)
+    from mypy_extensions import mypyc_attr
+except ImportError:  # the interpreted build: mypyc's decorator does nothing here
 
+    def mypyc_attr(*_args: Any, **_kwargs: Any) -> Callable[[type], type]:  # type: ignore[misc]
+        return lambda cls: cls
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled, tests' brokers may still extend it
 class PaperBroker:
     """Linear USDT-margined perpetual, one symbol, netting position, isolated margin.
 
@@ -486,14 +494,13 @@ class PaperBroker:
     def restore(self, state: dict[str, Any]) -> None:
         """The state of a checkpoint. Orders that were in flight are kept; `abandon_in_flight`
         refuses them when a resumed session starts (they never reached the market)."""
+        # a state's None for an unbounded figure: the watch reports every mark until the gate says
+        # again; market orders may take any size at the current quote
+        unbounded = {"watch_floor": -math.inf, "watch_at": -math.inf, "quote_budget": math.inf}
         for name in self._SCALARS:
             if name in state:  # a checkpoint of an older version may lack the newer ones
-                setattr(self, name, state[name])
-        for name in ("watch_floor", "watch_at"):
-            if getattr(self, name) is None:
-                setattr(self, name, -math.inf)  # report every mark until the gate says again
-        if self.quote_budget is None:
-            self.quote_budget = math.inf
+                value = state[name]
+                setattr(self, name, unbounded[name] if value is None and name in unbounded else value)
         self.book_taken = {(side, price): qty for side, price, qty in state.get("book_taken", [])}
         self.virtual = {sid: Virtual(**v) for sid, v in state.get("virtual", {}).items()}
         self._virtual_positions = None
@@ -514,7 +521,7 @@ class PaperBroker:
         self.next_expiry = self._earliest_expiry()
         self._update_liq()
         self.next_funding_ts = (
-            (math.floor(self.last_ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S
+            float((math.floor(self.last_ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S)
             if self.last_ts is not None
             else -math.inf
         )
@@ -746,7 +753,7 @@ class PaperBroker:
         if ts >= self.next_funding_ts:
             if self.last_ts is not None:
                 events = self._funding_due(self.last_ts, ts)
-            self.next_funding_ts = (math.floor(ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S
+            self.next_funding_ts = float((math.floor(ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S)
         self.last_ts = ts
         return events
 

@@ -338,10 +338,12 @@ class TrendPullback:
         if held["exit"] is None:
             trail = held["trail"]
             candles_held = self.n - held["since"] + 1
+            # the reason in a local of its own: mypyc 2.4 takes `held["exit"]` for None in this
+            # branch (its `is None` test narrows it) even after it is set (nox -s compiled found it)
             if trail is not None and (close < trail if long else close > trail):
-                held["exit"] = "trail"
+                reason = "trail"
             elif p.time_exit_candles and candles_held >= p.time_exit_candles:
-                held["exit"] = "time"
+                reason = "time"
             else:
                 atr = self.atr.value
                 if p.trail_atr_mult > 0 and atr is not None:
@@ -351,12 +353,13 @@ class TrendPullback:
                     else:
                         held["trail"] = max(trail, level) if long else min(trail, level)
                 return out
+            held["exit"] = reason
             out.append(
                 self._event(
                     now,
                     candle,
                     "exit",
-                    reason=held["exit"],
+                    reason=reason,
                     position=held["direction"],
                     trail=trail,
                     atr=self.atr.value,
