@@ -1,7 +1,7 @@
 """The compiled build (opt-in): `BTC_AGENTS_COMPILE=1 pip install --no-build-isolation .` with mypy
 installed compiles the backtest's hot path with mypyc: the broker, the risk gate, the strategies,
 the kernel, the CSV reader and the recorder, from the same sources (their type annotations become C
-types). The program behaves the same, about 1.5x faster on a backtest (docs/performance.md);
+types). The program behaves the same, 1.3-1.6x faster on a backtest (docs/performance.md);
 `nox -s bench` measures this build, `nox -s compiled` runs the tests that drive these components
 against it. Without the variable (every other install: `pip install -e .`, the container, CI's
 sessions) nothing is compiled and this file changes nothing: pyproject.toml says the rest.

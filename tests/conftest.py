@@ -145,16 +145,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
 
 
-# The modules setup.py compiles for the compiled build; `nox -s compiled` runs the tests against it.
-COMPILED_MODULES = ("actors.kernel", "actors.broker.paper", "actors.risk.gate", "actors.strategies.ema_cross")
-
-
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(LongestFirst(), "longest-first")
     if os.environ.get("BTC_AGENTS_EXPECT_COMPILED") == "1":  # nox -s compiled: nothing interpreted
         import importlib
 
-        files = {name: str(importlib.import_module(name).__file__) for name in COMPILED_MODULES}
+        from tools.bench import HOT_MODULES  # the hot path's modules (setup.py compiles them all)
+
+        files = {name: str(importlib.import_module(name).__file__) for name in HOT_MODULES}
         interpreted = {name: file for name, file in files.items() if file.endswith(".py")}
         if interpreted:
             raise pytest.UsageError(f"the compiled build was expected, these modules are not: {interpreted}")

@@ -310,6 +310,20 @@ def test_an_off_grid_close_is_bid_at_the_tick_below() -> None:
     assert fill["realized_pnl"] == 0.0  # bought at 100000.0, sold at 100000.0
 
 
+@pytest.mark.parametrize(
+    "price", [100000.0, 100000.07, 100000.05, 100000.1 + 1e-9, 0.3, 97123.44999999, 1e-4, 65432.1]
+)
+def test_a_quiet_candles_open_mark_is_the_mid_of_the_quote_its_step_would_make(price: float) -> None:
+    """`quiet_candle` takes the open's mark without building its quote (`_grid_mid`): the mid of
+    `_grid_quote`'s bid and ask, bit for bit, on the grid and between two ticks (bid below, ask
+    above: the mid of the two ticks, not the price)."""
+    b = make_broker()
+    tick = b._grid_quote(T, price, "BTCUSDT")
+    assert b._grid_mid(price) == (tick.bid + tick.ask) / 2
+    if price == 100000.07:
+        assert (tick.bid, tick.ask, b._grid_mid(price)) == (100000.0, 100000.1, (100000.0 + 100000.1) / 2)
+
+
 def test_a_candle_whose_low_touches_a_buy_limit_is_not_quiet_with_fill_on_touch() -> None:
     """`quiet_candle` says nothing can happen only when no resting order is within reach of the
     path. With `broker.limit_fill_on_touch` a buy limit at 99000.0 fills when the low touches it:

@@ -174,7 +174,8 @@ def have(module: str) -> bool:
 
 
 # The modules of a backtest's hot path that the compiled build compiles (setup.py's COMPILED has
-# them all); the probe below says which build the CLI runs.
+# them all): the probe below says which build the CLI runs; under `nox -s compiled`,
+# tests/conftest.py refuses to run unless they are all compiled.
 HOT_MODULES = (
     "actors.kernel",
     "actors.broker.paper",

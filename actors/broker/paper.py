@@ -608,6 +608,15 @@ class PaperBroker:
             ),
         )
 
+    def _grid_mid(self, price: float) -> float:
+        """The mid of `_grid_quote(ts, price, symbol)`, the same arithmetic, without the quote."""
+        scale = self._price_scale
+        units = price * scale
+        whole = round(units)
+        if -1e-6 < units - whole < 1e-6:
+            return (price + price) / 2
+        return (math.floor(units) / scale + math.ceil(units) / scale) / 2
+
     def _release_awaiting(self, tick: Tick, ts: float) -> list[Event]:
         """Orders waiting for a quote stamped at or after their decision (`defer_to_next_quote`) meet this one."""
         events: list[Event] = []
@@ -684,9 +693,9 @@ class PaperBroker:
             return False
         if self.working and not self._out_of_reach(candle):
             return False
-        # the two quotes and marks the two steps make (`_grid_quote`: on the instrument's grid)
-        open_tick = self._grid_quote(candle.open_ts, candle.open, candle.symbol)
-        open_mark = (open_tick.bid + open_tick.ask) / 2
+        # the two quotes and marks the two steps make (`_grid_quote`: on the instrument's grid; of
+        # the open's quote only its mid is kept)
+        open_mark = self._grid_mid(candle.open)
         close = candle.close
         close_tick = self._grid_quote(close_ts - CLOSE_TICK_LEAD_S, close, candle.symbol)
         close_mark = (close_tick.bid + close_tick.ask) / 2
