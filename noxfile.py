@@ -112,6 +112,8 @@ def lint(s: nox.Session) -> None:
 @nox.session
 def bench(s: nox.Session) -> None:
     """Throughput, memory and latency figures (docs/performance.md); `-- --quick` for a smoke run."""
+    # pip builds in the tree: no module of an earlier build (build/lib) may enter this one's wheel
+    shutil.rmtree("build", ignore_errors=True)
     # the feed benchmark runs the fake exchange, which needs hypercorn (of the test extra; not the
     # whole extra: trio.testing imports pytest when it is installed, 8 MiB on every figure)
     s.install(".[sweep]", "hypercorn>=0.17")  # the sweep extra: the sweep throughput (Ray)
@@ -119,6 +121,7 @@ def bench(s: nox.Session) -> None:
     # it was checked with), as `pip install` gives it to a user who asks: the CLI's figures are this
     # build's (tools/bench.py says which build it ran); the profile reads the sources
     s.install("mypy==2.4.1", "setuptools>=68")
+    shutil.rmtree("build", ignore_errors=True)
     s.install("--no-build-isolation", "--no-deps", "--force-reinstall", ".", env=COMPILE)
     # the peers of ../shared/bench/peers/, pinned as measured there (numpy and pandas also make the
     # bars and run reference_loop.py); a peer that cannot be installed is reported as skipped
