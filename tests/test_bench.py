@@ -37,6 +37,10 @@ def test_quick_bench_prints_the_figures_and_matches_the_reference(tmp_path: Path
         "skipped": "--quick"
     }
     assert "real" not in res
+    # which build its CLI ran, said in the header and kept: here the sources (an editable install);
+    # `nox -s bench` installs the compiled build (setup.py) and says "compiled (mypyc)"
+    assert res["build"] == {"build": "interpreted", "from": str(REPO)}
+    assert f"build of the project the CLI runs: interpreted, from {REPO}" in proc.stdout
     assert res["mock10"]["session_s"] == 600 and res["mock10"]["peak_rss_mb"] > 0
     lat = res["latency"]
     assert lat["n"] >= 1 and lat["p99_ms"] >= lat["p50_ms"] > 0 and lat["due_p50_ms"] > 0
