@@ -2,8 +2,7 @@
 installed compiles the backtest's hot path with mypyc: the broker, the risk gate, the strategies,
 the kernel, the CSV reader and the recorder, from the same sources (their type annotations become C
 types). The program behaves the same, 1.3-1.6x faster on a backtest (docs/performance.md);
-`nox -s bench` measures this build, `nox -s compiled` runs the tests that drive these components
-against it. Without the variable (every other install: `pip install -e .`, the container, CI's
+`nox -s bench` measures this build, `nox -s compiled` runs `nox -s quick`'s tests against it. Without the variable (every other install: `pip install -e .`, the container, CI's
 sessions) nothing is compiled and this file changes nothing: pyproject.toml says the rest.
 """
 

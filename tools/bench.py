@@ -199,10 +199,14 @@ def project_build(work: Path) -> dict[str, Any]:
     for cwd in (work, REPO):
         r = _run_json([sys.executable, "-c", _PROBE % (HOT_MODULES,)], cwd=cwd, timeout=60)
         if "error" not in r:
-            compiled = [m for m, f in r.items() if not str(f).endswith(".py")]
-            kind = "compiled (mypyc)" if len(compiled) == len(HOT_MODULES) else "interpreted"
-            if compiled and len(compiled) < len(HOT_MODULES):
-                kind = f"partly compiled ({len(compiled)} of {len(HOT_MODULES)} hot modules)"
+            n = sum(not str(f).endswith(".py") for f in r.values())
+            kind = (
+                "compiled (mypyc)"
+                if n == len(HOT_MODULES)
+                else f"partly compiled ({n} of {len(HOT_MODULES)} hot modules)"
+                if n
+                else "interpreted"
+            )
             where = Path(str(r[HOT_MODULES[0]])).parents[1]
             return {"cwd": cwd, "build": kind, "from": str(where)}
     return {"cwd": REPO, "build": "unknown (the probe failed)", "from": str(REPO)}
@@ -384,9 +388,9 @@ def run_cli(
     command = [sys.executable, "-m", "actors.main", "--mode", "backtest", "--data", str(data)]
     command += ["--run-dir", str(run_dir), "--set", "session.interval=1m"]
     command += ["--set", f"session.kill_switch={run_dir / 'kill.txt'}", *_sets(sets)]
-    # the project's modules compiled once and cached (__pycache__, by the warm-up run), as an
-    # installed program's are (pip compiles them), even where PYTHONDONTWRITEBYTECODE is set; run
-    # where the installed build is the one imported (`project_build`)
+    # run where the installed build is the one imported (`project_build`); the modules it does not
+    # compile cached as bytecode (pip writes it at install; from the repository, the warm-up run),
+    # even where PYTHONDONTWRITEBYTECODE is set
     cwd = project_build(run_dir.parent)["cwd"]
     r = launch(command, cwd=cwd, timeout=timeout, PYTHONDONTWRITEBYTECODE="")
     r.pop("result", None)

@@ -588,34 +588,13 @@ class PaperBroker:
         """A backtest's quote at a candle's price, on the instrument's grid: a price between two
         ticks (data from a finer-ticked market) is bid at the tick below and asked at the tick
         above, so that no fill is ever off the grid or better than the price."""
-        scale = self._price_scale
-        units = price * scale
-        whole = round(units)
-        if -1e-6 < units - whole < 1e-6:
-            return _new_tuple(Tick, (ts, price, price, price, 0.0, 0.0, 0.0, symbol, "candles"))
-        return _new_tuple(
-            Tick,
-            (
-                ts,
-                math.floor(units) / scale,
-                math.ceil(units) / scale,
-                price,
-                0.0,
-                0.0,
-                0.0,
-                symbol,
-                "candles",
-            ),
-        )
+        bid, ask = _grid_bid_ask(price, self._price_scale)
+        return _new_tuple(Tick, (ts, bid, ask, price, 0.0, 0.0, 0.0, symbol, "candles"))
 
     def _grid_mid(self, price: float) -> float:
-        """The mid of `_grid_quote(ts, price, symbol)`, the same arithmetic, without the quote."""
-        scale = self._price_scale
-        units = price * scale
-        whole = round(units)
-        if -1e-6 < units - whole < 1e-6:
-            return (price + price) / 2
-        return (math.floor(units) / scale + math.ceil(units) / scale) / 2
+        """The mid of `_grid_quote(ts, price, symbol)`, without building the quote."""
+        bid, ask = _grid_bid_ask(price, self._price_scale)
+        return (bid + ask) / 2
 
     def _release_awaiting(self, tick: Tick, ts: float) -> list[Event]:
         """Orders waiting for a quote stamped at or after their decision (`defer_to_next_quote`) meet this one."""
@@ -1833,6 +1812,15 @@ class PaperBroker:
         closed, self.closed = tuple(self.closed), []
         self.update_due = False
         return AccountUpdate(now, self.snapshot(now), closed)
+
+
+def _grid_bid_ask(price: float, scale: int) -> tuple[float, float]:
+    """The bid and ask of a quote at `price` on a grid of `1 / scale`: the price itself on the grid,
+    else the ticks below and above it (`PaperBroker._grid_quote`)."""
+    units = price * scale
+    if -1e-6 < units - round(units) < 1e-6:
+        return price, price
+    return math.floor(units) / scale, math.ceil(units) / scale
 
 
 def _slippage_bps(side: str, reference: float, fill: float) -> float:
