@@ -296,9 +296,12 @@ async def run_feed(
     seconds: float,
     take: Callable[[MarketEvent], Awaitable[None]] | None = None,
     setup: Callable[[BitunixFeed], None] | None = None,
+    until: Callable[[list[MarketEvent]], bool] | None = None,
 ) -> FeedRun:
     """A BitunixFeed for `seconds` against the fake, with one unbuffered subscriber that calls
-    `take` on each event it gets (slow downstream work).
+    `take` on each event it gets (slow downstream work). `until`: the run ends as soon as the
+    events received so far satisfy it (`seconds` is then the most it waits: a test that waits for
+    something to arrive does not depend on how fast a loaded machine gets there).
 
     The feed's clock agrees with the fake's (wall time plus its `time_offset_s`), as a live feed's
     does with the exchange's. On the wall clock alone, the history seed (the last candle closed by
@@ -322,15 +325,18 @@ async def run_feed(
         if setup is not None:
             setup(feed)
         received: list[tuple[float, MarketEvent]] = []
+        window = trio.move_on_after(seconds)
 
         async def subscriber() -> None:
             async for event in market_rx:
                 received.append((trio.current_time(), event))
                 if take is not None:
                     await take(event)
+                if until is not None and until([e for _, e in received]):
+                    window.cancel()
 
         nursery.start_soon(subscriber)
-        with trio.move_on_after(seconds):
+        with window:
             await feed.run()
         nursery.cancel_scope.cancel()
     events_tx.close()
@@ -501,6 +507,16 @@ async def test_the_instrument_comes_first_then_a_book_and_its_tick_for_every_pus
         assert (book.bids, book.asks) in fake_window(fake, book.ts), "the fake's book at that moment"
 
 
+def _instrument_then_books(n: int) -> Callable[[list[MarketEvent]], bool]:
+    """`run_feed`'s `until`: an instrument, then `n` books (the feed went on after it)."""
+
+    def done(got: list[MarketEvent]) -> bool:
+        first = next((i for i, e in enumerate(got) if isinstance(e, Instrument)), None)
+        return first is not None and sum(isinstance(e, Book) for e in got[first:]) >= n
+
+    return done
+
+
 @pytest.mark.parametrize(
     ("pair", "faults", "source", "status", "reason"),
     [
@@ -525,7 +541,7 @@ async def test_the_instrument_falls_back_to_the_table_when_the_exchange_cannot_s
     reason: str | None,
 ) -> None:
     fake = FakeBitunix(seed=44, trading_pair=pair, faults=faults)
-    run = await run_feed(tmp_path, fake, *SMALL_HISTORY, seconds=3)
+    run = await run_feed(tmp_path, fake, *SMALL_HISTORY, seconds=30, until=_instrument_then_books(5))
     got = [e for _, e in run.received]
     (instrument,) = [e for e in got if isinstance(e, Instrument)]
     assert got.index(instrument) < next(i for i, e in enumerate(got) if isinstance(e, Tick | Book))
@@ -546,7 +562,7 @@ async def test_rate_limit_replies_at_start_delay_the_instrument_but_do_not_lose_
     trading_pairs in 0.8 s, and the session used the shipped table's caps instead of the
     exchange's. A rate-limit reply is waited out (1 s at least), within the start's budget."""
     fake = FakeBitunix(seed=45, faults=Faults(rest_rate_limited_first=4))
-    run = await run_feed(tmp_path, fake, *SMALL_HISTORY, seconds=7)
+    run = await run_feed(tmp_path, fake, *SMALL_HISTORY, seconds=30, until=_instrument_then_books(1))
     (instrument,) = [e for _, e in run.received if isinstance(e, Instrument)]
     assert instrument.source == "exchange"
     retries = [e.fields for e in run.events if e.kind == "feed.rest_retry"]
