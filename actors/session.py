@@ -617,10 +617,13 @@ class Session:
             started, self.config.session.duration_min * 60, self.config.feed.source, funding_source=funding
         )
 
-    def parts(self, timeline: Timeline) -> Parts:
+    def parts(self, timeline: Timeline, *, live: bool = True) -> Parts:
+        """`live`: the actors' runtime (its mock market built, and trio imported with it); the
+        kernel's (backtests, replays) passes False: its market is its data."""
         return build_parts(
             self.config,
             timeline,
+            live=live,
             heartbeat_s=self.heartbeat_s(),
             defer_to_next_quote=self.plan.mode == "backtest"
             and self.config.broker.backtest_fill == "next_open",
@@ -653,7 +656,7 @@ class Session:
             assert found is not None, "the kernel runs backtests and replays"
             started, inputs = found
         timeline = self.timeline(started)
-        parts = self.parts(timeline)
+        parts = self.parts(timeline, live=False)
         run_path = self.new_run_folder(started)
         with SessionLock(run_path):
             recorder = Recorder(  # no webhook: live sessions only

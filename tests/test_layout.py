@@ -48,16 +48,27 @@ def test_nothing_in_production_imports_trio_testing() -> None:
     ] == []
 
 
-def test_the_backtest_path_loads_no_trio() -> None:
-    """Not only no direct import: nothing the kernel path imports pulls trio in."""
+def test_the_backtest_path_loads_no_trio(tmp_path: Path) -> None:
+    """Not only no direct import: nothing the kernel path imports pulls trio in, nor does a whole
+    backtest run (found: the config's check of the mock's start prices imported the mock source,
+    and trio with it)."""
+    data = tmp_path / "bars.csv"
+    rows = [f"{1_704_067_200_000 + k * 60_000},100.0,101.0,99.0,100.5,1.0" for k in range(30)]
+    data.write_text("open_time_ms,open,high,low,close,volume\n" + "\n".join(rows) + "\n")
+    argv = ["--mode", "backtest", "--data", str(data), "--run-dir", str(tmp_path / "runs")]
+    argv += ["--set", "session.interval=1m", "--set", f"session.kill_switch={tmp_path / 'kill.txt'}"]
     code = (
-        "import sys, actors.main, actors.session, actors.kernel, actors.strategies;"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('trio', 'trio_websocket', 'httpx')))"
+        "import sys, actors.main, actors.session, actors.kernel, actors.strategies\n"
+        "loaded = lambda: sorted(m for m in sys.modules if m.split('.')[0] in ('trio', 'trio_websocket', 'httpx'))\n"
+        "print(loaded())\n"
+        f"code = actors.main.main({argv!r})\n"
+        "print(code, loaded())\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=cli_env(), capture_output=True, text=True, check=True
     )
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip().splitlines()[0] == "[]", out.stdout  # imported
+    assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout  # after a whole backtest
 
 
 def test_the_conftests_longest_tests_exist() -> None:

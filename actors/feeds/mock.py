@@ -33,7 +33,7 @@ The market model, per symbol, in the log of the mid price, one step per tick (`d
   the single-symbol `RandomWalk`, draw for draw.
 - Levels: the first symbol (`session.symbol` when no strategy names another first) starts at
   `feed.mock_start_price`; any other at `MOCK_LEVELS` (BTCUSDT 60,000, ETHUSDT 3,000, SOLUSDT 150
-  USDT) or, for a symbol not there, `MOCK_OTHER_LEVEL` (1,000 USDT).
+  USDT) or, for a symbol not there, `MOCK_OTHER_LEVEL` (1,000 USDT), both in actors/feeds/levels.py.
 - Prices are on each symbol's tick grid (`protocols/instruments.py` `table_instrument`; a symbol
   the table does not know: BTCUSDT's 0.1). The spread is `feed.mock_spread_ticks` ticks of that
   grid around the mid; the last trade is at the bid or the ask (50/50); the volume of a tick is
@@ -68,14 +68,9 @@ import trio
 
 from actors.clock import SessionClock
 from actors.config import FeedConfig
-from protocols.instruments import table_instrument
+from actors.feeds.levels import mock_level, price_decimals
 from protocols.messages import DEFAULT_SYMBOL, Candle, MarketEvent, Tick
 
-# Where a symbol's walk starts (its history ends there), USDT; the first symbol of a session starts
-# at `feed.mock_start_price` instead. A symbol not listed: MOCK_OTHER_LEVEL (on BTCUSDT's 0.1 grid,
-# where it trades unless the table knows it, a tick is then 1 bp).
-MOCK_LEVELS = {"BTCUSDT": 60_000.0, "ETHUSDT": 3_000.0, "SOLUSDT": 150.0}
-MOCK_OTHER_LEVEL = 1_000.0
 # The correlation of any two symbols' shocks (the module's docstring).
 MARKET_CORRELATION = 0.7
 _MARKET_LOAD = math.sqrt(MARKET_CORRELATION)
@@ -107,18 +102,6 @@ def round_tick(price: float, decimals: int = 1) -> float:
     """`price` on the grid of ticks of 10 ** -decimals (default: BTCUSDT's 0.1)."""
     tick = 10.0**-decimals
     return round(round(price / tick) * tick, decimals)
-
-
-def price_decimals(symbol: str) -> int:
-    """The decimals of `symbol`'s price tick in the instrument table (unknown symbols: BTCUSDT's)."""
-    instrument = table_instrument(symbol) or table_instrument("BTCUSDT")
-    assert instrument is not None  # the table always has BTCUSDT
-    return instrument.price_decimals
-
-
-def mock_level(symbol: str) -> float:
-    """Where `symbol`'s walk starts unless it is the session's first symbol (`MOCK_LEVELS`)."""
-    return MOCK_LEVELS.get(symbol.upper(), MOCK_OTHER_LEVEL)
 
 
 Regime = Literal["up", "down", "range", "walk"]
