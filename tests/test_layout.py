@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import REPO, cli_env
 
@@ -84,3 +87,41 @@ def test_the_conftests_longest_tests_exist() -> None:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
         }
         assert name in defined, node_id
+
+
+def test_the_real_time_tests_are_dealt_over_every_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`order_for_worksteal`: each long test heads a chunk as the scheduler will cut them, and the
+    other real-time tests are spread over the chunks (none behind the longest), the quick ones
+    after them."""
+    from tests.conftest import LONGEST_FIRST, SLOW_SECONDS, _chunk_starts, order_for_worksteal
+
+    class Item:
+        def __init__(self, nodeid: str, slow: bool) -> None:
+            self.nodeid, self.slow = nodeid, slow
+
+        def get_closest_marker(self, name: str) -> object | None:
+            return (name == "slow" and self.slow) or None
+
+    longest = [Item(f"tests/{node_id}", True) for node_id in LONGEST_FIRST]
+    slow = [Item(f"tests/test_feed.py::test_wait_{k}", True) for k in range(40)]  # one module
+    quick = [Item(f"tests/test_quick.py::test_{k}", False) for k in range(400)]
+    items = [*quick[:200], *slow, *longest, *quick[200:]]
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "6")
+    order_for_worksteal(items)  # type: ignore[arg-type]
+
+    assert sorted(i.nodeid for i in items) == sorted(i.nodeid for i in [*quick, *slow, *longest])
+    bounds = [*_chunk_starts(len(items), 6), len(items)]
+    chunks = [items[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+    assert chunks[0][0].nodeid.endswith("test_three_strategies_on_two_symbols_live_for_three_minutes")
+    assert all(chunk[0] in longest for chunk in chunks)  # a long test at the head of each
+    waiting = [sum(i in slow for i in chunk) for chunk in chunks]
+    assert waiting[0] == 0 and sum(waiting) == 40, waiting  # none behind the 3-minute test
+    # the seconds each chunk waits (its long tests' and SLOW_SECONDS a real-time test) level
+    seconds = [
+        sum(LONGEST_FIRST[i.nodeid.split("/")[-1]] for i in chunk if i in longest) + SLOW_SECONDS * n
+        for chunk, n in zip(chunks, waiting, strict=True)
+    ]
+    assert max(seconds[1:]) - min(seconds[1:]) <= SLOW_SECONDS, seconds
+    for chunk in chunks:  # in each: long, then real-time, then quick
+        kinds = [0 if i in longest else 1 if i in slow else 2 for i in chunk]
+        assert kinds == sorted(kinds)
