@@ -663,6 +663,7 @@ def test_the_mock_prices_at_their_bounds_are_allowed() -> None:
     assert load(None, {}, ["feed.mock_start_price=1e9"]).feed.mock_start_price == 1e9
 
 
+@pytest.mark.slow  # walks over every valid key (3 s of CPU): nox -s tests runs it, nox -s quick leaves it out
 def test_the_mock_walk_stays_on_its_grid_whatever_its_valid_keys() -> None:
     """`session.interval = 1d` with `feed.mock_volatility_pct = 1000` walked the history to 0
     ("Candle.low must be > 0"); the strongest trend and the shortest half-life allowed with it

@@ -114,6 +114,7 @@ def test_a_backtest_without_a_terminal_prints_progress_lines(monkeypatch: pytest
         assert not shown.on
 
 
+@pytest.mark.slow  # a CLI session as a process (4 s): nox -s tests runs it, nox -s quick leaves it out
 def test_live_progress_shows_the_position_line_and_the_summary(tmp_path: Path) -> None:
     done = run_cli(
         "--source",

@@ -105,6 +105,7 @@ def _comparable(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return keep
 
 
+@pytest.mark.slow  # CLI backtests on both runtimes (2-3 s of CPU): nox -s tests runs it, nox -s quick leaves it out
 def test_two_symbols_three_strategies_backtest_passes_the_validator_on_both_runtimes(
     tmp_path: Path, data: dict[str, Path]
 ) -> None:
@@ -159,6 +160,7 @@ def test_account_wide_notional_cap_holds_across_symbols(tmp_path: Path, data: di
     assert read_report(run)["orders_rejected"].get("max_total_notional", 0) > 0
 
 
+@pytest.mark.slow  # CLI backtests on both runtimes (2-3 s of CPU): nox -s tests runs it, nox -s quick leaves it out
 def test_more_data_arguments_are_checked_against_the_strategies_symbols(
     tmp_path: Path, data: dict[str, Path]
 ) -> None:
