@@ -38,7 +38,7 @@ def tests(s: nox.Session) -> None:
     # on a fresh clone): the workers then read it instead of each rewriting them side by side
     s.run("pytest", "-q", "--collect-only", *suite, silent=True, env=CACHE_BYTECODE)
     # worksteal: a worker that runs out takes half of the longest queue (tests/conftest.py puts the
-    # long tests at the heads of the first chunks)
+    # long tests at the heads of the first chunks and deals the other real-time tests over them)
     s.run("pytest", "-q", "-n", "6", "--dist", "worksteal", *suite, *s.posargs, env=CACHE_BYTECODE)
 
 

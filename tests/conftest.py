@@ -180,21 +180,25 @@ def order_for_worksteal(items: list[pytest.Item]) -> None:
     seconds = {item: LONGEST_FIRST.get(item.nodeid.split("/")[-1], 0) for item in items}
     longest = sorted((item for item in items if seconds[item]), key=lambda item: -seconds[item])
     rest = [item for item in items if not seconds[item]]
+    # each long test to the chunk with the fewest seconds so far, then the other real-time tests
+    # (`SLOW_SECONDS` each) likewise: a stolen test is taken from a queue's tail, so a module of them
+    # left together in one chunk (the feed's: 170 s of waiting) ran on one worker after the others
+    # were done (measured: the last 35 s of the suite with most of the machine idle)
+    load = [0] * workers
     heads: list[list[pytest.Item]] = [[] for _ in range(workers)]
-    for item in longest:  # to the chunk with the fewest seconds of them so far
-        min(heads, key=lambda head: sum(seconds[i] for i in head)).append(item)
-    # the other real-time tests dealt out too, each to the chunk with the fewest seconds so far
-    # (`SLOW_SECONDS` each): a stolen test is taken from a queue's tail, so a module of them left
-    # together in one chunk (the feed's: 170 s of waiting) ran on one worker after the others were
-    # done (measured: the last 35 s of the suite with most of the machine idle)
-    slow = [item for item in rest if item.get_closest_marker("slow")]
-    quick = iter(item for item in rest if not item.get_closest_marker("slow"))
-    load = [sum(seconds[i] for i in head) for head in heads]
     slow_of: list[list[pytest.Item]] = [[] for _ in range(workers)]
-    for item in slow:
+
+    def deal(item: pytest.Item, into: list[list[pytest.Item]], weight: int) -> None:
         k = load.index(min(load))
-        slow_of[k].append(item)
-        load[k] += SLOW_SECONDS
+        into[k].append(item)
+        load[k] += weight
+
+    for item in longest:
+        deal(item, heads, seconds[item])
+    for item in rest:
+        if item.get_closest_marker("slow"):
+            deal(item, slow_of, SLOW_SECONDS)
+    quick = iter(item for item in rest if not item.get_closest_marker("slow"))
     # the chunks' sizes as the scheduler will cut them, each its long tests first, then its other
     # real-time tests, then the quick ones (the last to run, or to be stolen from its tail)
     n = len(items)
