@@ -1164,7 +1164,8 @@ def _mock_prices(config: Config) -> list[str]:
     symbol's start price (found by an audit: a start price of 0.04 and a spread of 1000 ticks
     on 10 USDT crashed the session with a traceback). Checked whatever feed.source is: the key
     is the mock's, and a live session may fall back to it."""
-    from actors.feeds.levels import mock_level, price_decimals  # no trio (a backtest loads none)
+    from actors.feeds.levels import mock_level  # no trio (a backtest loads none)
+    from protocols.instruments import price_decimals
 
     feed, problems = config.feed, []
     for k, symbol in enumerate(config.symbols):

@@ -15,15 +15,9 @@ from typing import Any
 
 import attrs
 
-from protocols.instruments import table_instrument
+from protocols.instruments import price_decimals
 
 BATCH_LINES = 256
-DEFAULT_PRICE_DECIMALS = 1  # a symbol the shipped table does not know: BTCUSDT's tick (0.1)
-
-
-def price_decimals(symbol: str) -> int:
-    instrument = table_instrument(symbol)
-    return instrument.price_decimals if instrument is not None else DEFAULT_PRICE_DECIMALS
 
 
 def fmt_price(price: float | None, decimals: int) -> str:

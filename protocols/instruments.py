@@ -192,6 +192,18 @@ def table_instrument(symbol: str) -> Instrument | None:
     return TABLE.get(symbol.upper())
 
 
+def grid_instrument(symbol: str) -> Instrument:
+    """The shipped table's instrument for `symbol`, or BTCUSDT's for a symbol the table does not
+    know: the grid prices are put on before (or without) the exchange's own word on it (the mock's
+    walks, a strategy's limit prices, the console's figures)."""
+    return TABLE.get(symbol.upper()) or TABLE["BTCUSDT"]
+
+
+def price_decimals(symbol: str) -> int:
+    """The decimals of `symbol`'s price tick (`grid_instrument`'s)."""
+    return grid_instrument(symbol).price_decimals
+
+
 def from_trading_pair(row: Mapping[str, Any], fallback: Instrument | None = None) -> Instrument:
     """An instrument from one `trading_pairs` row (strings or numbers, as the exchange sends them).
     The tiers (not in the row) and any cap the row leaves out come from `fallback` (the table's

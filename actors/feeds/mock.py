@@ -68,7 +68,8 @@ import trio
 
 from actors.clock import SessionClock
 from actors.config import FeedConfig
-from actors.feeds.levels import mock_level, price_decimals
+from actors.feeds.levels import mock_level
+from protocols.instruments import price_decimals
 from protocols.messages import DEFAULT_SYMBOL, Candle, MarketEvent, Tick
 
 # The correlation of any two symbols' shocks (the module's docstring).

@@ -53,8 +53,8 @@ import attrs
 from actors.config import StrategyConfig, _num, key
 from actors.strategies.base import StrategyOutput, funding_gate_problems, funding_size, register
 from actors.strategies.indicators import Atr, Ema
-from protocols.instruments import table_instrument
-from protocols.messages import DEFAULT_SYMBOL, AccountSnapshot, Candle, Event, OrderIntent, Side, Tick
+from protocols.instruments import grid_instrument
+from protocols.messages import AccountSnapshot, Candle, Event, OrderIntent, Side, Tick
 
 NAME = "trend_pullback"
 Direction = Literal["long", "short"]
@@ -148,9 +148,7 @@ class TrendPullback:
         self.symbol = symbol
         # the limit price goes on the exchange's grid (the risk gate rounds the decision, stop and
         # target prices, not a limit price; the broker refuses one off the grid)
-        instrument = table_instrument(symbol) or table_instrument(DEFAULT_SYMBOL)
-        assert instrument is not None
-        self.round_price = instrument.round_price
+        self.round_price = grid_instrument(symbol).round_price
         self.fast = Ema(p.ema_fast)
         self.slow = Ema(p.ema_slow)
         self.atr = Atr(p.atr_period)
