@@ -317,7 +317,8 @@ def closing_events(
     if timeline.funding_source is not None:
         fell_back = timeline.funding_source == "feed" and timeline.data_source.startswith("mock (fallback")
         funding["funding_source"] = "none" if fell_back else timeline.funding_source
-    events = broker.abandon_in_flight(ended, "session_stopping")
+    events = broker.settle_funding(ended)  # instants passed whose rate never came: the last one known
+    events += broker.abandon_in_flight(ended, "session_stopping")
     events += broker.flatten(ended, "flatten_on_exit", "flatten-1")
     events.append(Event(ended, "heartbeat", broker.heartbeat_fields(ended)))
     for symbol, counts in (data_skipped or {}).items():  # a backtest's --data rows that were not candles

@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import attrs
@@ -198,6 +199,9 @@ class PricePush:
     index: float
     funding_rate_pct: float
     symbol: str = ""  # uppercase, as the validator accepted it
+    # `ft`: the funding instant `funding_rate_pct` was settled at, ms (None: absent or unreadable;
+    # the frame's prices still count)
+    settled_ms: int | None = None
 
 
 @attrs.frozen
@@ -293,6 +297,20 @@ def _field(d: dict[str, Any], key: str, what: str) -> Any:
     if v is None:
         _reject("missing_field", f"{what} has no {key}")
     return v
+
+
+def _iso_ms(v: Any) -> int | None:
+    """An ISO-8601 UTC time (`2026-09-23T08:00:00Z`, fractions allowed) as epoch ms; None when
+    absent or unreadable."""
+    if type(v) is not str:
+        return None
+    try:
+        when = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return round(when.timestamp() * 1000)
 
 
 def _level(lvl: Any, name: str) -> tuple[float, float]:
@@ -609,7 +627,7 @@ class FrameValidator:
         index = _pos(_field(data, "ip", "price"), "index")
         fr = _num(_field(data, "fr", "price"), "funding rate")
         self._jump(ts, mark, "mark")
-        return PricePush(ts, mark, index, fr, self._sym)
+        return PricePush(ts, mark, index, fr, self._sym, _iso_ms(data.get("ft")))
 
 
 # --- REST ------------------------------------------------------------------------------------------------

@@ -137,13 +137,16 @@ class Book:
 @attrs.frozen
 class Funding:
     """Feed -> broker: mark price and the funding rate, in percent (Bitunix `price` channel).
-    `source` as a `Tick`'s."""
+    `source` as a `Tick`'s. `settled_ts`: the funding instant the rate was settled at (Bitunix's
+    `ft`: `fr` is the rate last settled, so the rate an instant charges arrives after it); None:
+    a rate tied to no instant (the broker charges it at the next one)."""
 
     ts: float
     mark_price: float = attrs.field(validator=_positive)
     rate_pct: float = 0.0
     symbol: str = DEFAULT_SYMBOL
     source: str = ""
+    settled_ts: float | None = None
 
 
 @attrs.frozen

@@ -3,6 +3,7 @@ realistic bad frame; REST envelopes, klines and depth; fuzzing shows nothing but
 
 from __future__ import annotations
 
+import calendar
 import json
 import math
 from typing import Any
@@ -339,7 +340,29 @@ def test_a_bad_15_level_frame_does_not_move_the_state() -> None:
 
 
 def test_price_frame() -> None:
-    assert validator().parse(PRICE) == PricePush(1790126515695, 86688.3, 86720.6, -0.00077, "BTCUSDT")
+    # `ft` 2026-09-23T00:00:00Z: day 20,719 of the epoch (calendar.timegm), in ms
+    settled_ms = calendar.timegm((2026, 9, 23, 0, 0, 0)) * 1000
+    assert settled_ms == 20_719 * 86_400_000
+    assert validator().parse(PRICE) == PricePush(
+        1790126515695, 86688.3, 86720.6, -0.00077, "BTCUSDT", settled_ms
+    )
+
+
+@pytest.mark.parametrize(
+    ("ft", "settled_ms"),
+    [
+        (None, None),  # absent: the prices still count
+        ("not a time", None),
+        (1790121600000, None),  # a number, not the documented ISO text
+        ("2026-09-23T08:00:00Z", (20_719 * 24 + 8) * 3_600_000),
+        ("2026-09-23T08:00:00.250Z", (20_719 * 24 + 8) * 3_600_000 + 250),
+    ],
+)
+def test_price_frame_settlement_instant(ft: object, settled_ms: int | None) -> None:
+    data = {"ip": "86720.6", "mp": "86688.3", "fr": "-0.00077", "ft": ft, "nft": "2026-09-23T08:00:00Z"}
+    push = validator().parse(with_data(PRICE, **data))
+    assert isinstance(push, PricePush)
+    assert push.mark == 86688.3 and push.settled_ms == settled_ms
 
 
 def test_numbers_tolerated_and_symbol_case_insensitive() -> None:

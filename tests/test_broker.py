@@ -233,6 +233,92 @@ def test_funding_is_charged_at_the_funding_instant_only() -> None:
     assert abs(account.funding_paid - 0.01) < 1e-12
 
 
+def test_live_funding_waits_for_the_rate_its_instant_settles() -> None:
+    """Bitunix's `fr` is the rate last settled (`ft` its instant): the rate the 08:00 instant
+    charges comes with the first price frame after 08:00. The charge is that rate, on the position
+    and at the mark of 08:00 (not the 00:00 rate the account knew then, nor the position of when
+    the rate came), and each instant is charged once; a checkpoint keeps one waiting."""
+    midnight = datetime(2026, 11, 24, 0, 0, tzinfo=UTC).timestamp()
+    eight = midnight + 8 * 3600
+    account = _account()
+
+    def at(offset: float) -> float:  # script times are offsets from W0
+        return eight + offset - W0
+
+    script: list[tuple[float, Scripted]] = [
+        (at(-30), Funding(ts=0.0, mark_price=100.0, rate_pct=0.01, settled_ts=midnight)),
+        (at(-29), _tick(99.9, 100.0)),
+        (at(-28), _order("o1", "buy", 1.0)),  # long 1 from 07:59:32
+        (at(-1), Funding(ts=0.0, mark_price=101.0, rate_pct=0.01, settled_ts=midnight)),  # mark 101
+        (at(0.4), _tick(101.9, 102.0)),  # the 08:00 instant has passed: its rate is not known yet
+        (at(0.5), _order("o2", "sell", 0.4)),  # the position is 0.6 when the rate comes
+    ]
+    events = _run_broker(account, script)
+    assert not [e for e in events if e.kind == "funding"] and len(account.funding_pending) == 1
+    restored = _account()
+    restored.restore(json.loads(json.dumps(account.state())))
+    assert restored.funding_pending == account.funding_pending
+    # the first frame after the settlement: 08:00's own rate, -0.02 %
+    came = restored.on_market(
+        Funding(ts=eight + 0.8, mark_price=102.0, rate_pct=-0.02, settled_ts=eight), eight + 0.8
+    )
+    (funding,) = [e for e in came if e.kind == "funding"]
+    assert funding.ts == eight + 0.8
+    assert funding.fields["instant"] == "2026-11-24T08:00:00Z"
+    assert funding.fields["rate_settled_at"] == "2026-11-24T08:00:00Z"
+    assert (funding.fields["rate_pct"], funding.fields["mark_price"], funding.fields["position_qty"]) == (
+        -0.02,
+        101.0,
+        1.0,
+    )
+    assert funding.fields["amount"] == pytest.approx(1.0 * 101.0 * -0.02 / 100)  # a long receives
+    assert restored.funding_paid == pytest.approx(-0.0202) and not restored.funding_pending
+    again = restored.on_market(
+        Funding(ts=eight + 2, mark_price=102.0, rate_pct=-0.02, settled_ts=eight), eight + 2
+    )
+    assert not [e for e in again if e.kind == "funding"]  # charged once
+
+
+@pytest.mark.parametrize(("held", "then", "paid"), [(0.0, "buy", 0.0), (1.0, "sell", 0.01)])
+def test_live_funding_is_on_the_position_open_at_the_instant_not_at_the_next_quote(
+    held: float, then: Side, paid: float
+) -> None:
+    """Found by an audit: an order reaching the market 0.1 s after 16:00, before the next quote,
+    changed the position the 16:00 funding was charged on (a long bought then paid it, a long sold
+    then escaped it)."""
+    sixteen = datetime(2026, 11, 24, 16, 0, tzinfo=UTC).timestamp()
+    account = _account()
+    account.on_market(Funding(ts=sixteen - 5, mark_price=100.0, rate_pct=0.01), sixteen - 5)
+    account.on_market(Tick(ts=sixteen - 5, bid=100.0, ask=100.0, last=100.0, last_qty=0.0), sixteen - 5)
+    if held:
+        account.on_arrival(_order("pre", "buy", held, sixteen - 4), sixteen - 4)
+    events = account.on_arrival(_order("o", then, 1.0, sixteen + 0.1), sixteen + 0.1)
+    events += account.on_market(
+        Tick(ts=sixteen + 1, bid=100.0, ask=100.0, last=100.0, last_qty=0.0), sixteen + 1
+    )
+    funding = [e.fields for e in events if e.kind == "funding"]
+    assert [f["position_qty"] for f in funding] == ([held] if held else [])
+    assert account.funding_paid == pytest.approx(paid)  # 1 x 100 x 0.01 %
+
+
+def test_a_funding_instant_whose_rate_never_came_is_charged_at_the_last_rate_at_the_end() -> None:
+    midnight = datetime(2026, 11, 24, 0, 0, tzinfo=UTC).timestamp()
+    eight = midnight + 8 * 3600
+    account = _account()
+    script: list[tuple[float, Scripted]] = [
+        (eight - 30 - W0, Funding(ts=0.0, mark_price=100.0, rate_pct=0.01, settled_ts=midnight)),
+        (eight - 29 - W0, _tick(99.9, 100.0)),
+        (eight - 28 - W0, _order("o1", "sell", 2.0)),
+        (eight + 1 - W0, _tick(99.9, 100.0)),
+    ]
+    assert not [e for e in _run_broker(account, script) if e.kind == "funding"]
+    (funding,) = account.settle_funding(eight + 2)
+    assert funding.fields["rate_pct"] == 0.01 and funding.fields["rate_settled_at"] == "2026-11-24T00:00:00Z"
+    assert funding.fields["mark_price"] == 99.95  # the freshest price before 08:00: the quote's mid
+    assert funding.fields["amount"] == pytest.approx(-2.0 * 99.95 * 0.01 / 100)  # a short receives
+    assert account.settle_funding(eight + 3) == []
+
+
 def test_the_mark_follows_the_freshest_price_of_any_source() -> None:
     """Issue 15: during a REST failover the REST-polled quotes move, fills happen at them, and the
     mark (the heartbeats' `price`, equity, unrealized PnL) follows them, not the last WebSocket

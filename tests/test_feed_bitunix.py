@@ -343,6 +343,31 @@ async def run_feed(
     return FeedRun(feed, received, [e async for e in events_rx])
 
 
+async def test_the_price_channel_says_when_each_funding_rate_was_settled(tmp_path: Path) -> None:
+    """Across a settlement (08:00 UTC, say): before it the `price` frames carry the rate settled
+    at the previous instant, after it the new instant's own; each `Funding` says which instant its
+    rate was settled at (`ft`), so that the broker charges an instant the rate it settled."""
+    wall = time.time()
+    every = 8 * 3600
+    instant = (math.floor(wall / every) + 1) * every
+    fake = FakeBitunix(seed=47, time_offset_s=instant - 1.5 - wall)  # the exchange's clock: 1.5 s before
+
+    def after_it(events: list[MarketEvent]) -> bool:
+        return any(isinstance(e, Funding) and e.settled_ts == instant for e in events)
+
+    run = await run_feed(tmp_path, fake, seconds=30, until=after_it)
+    funding = [e for _, e in run.received if isinstance(e, Funding)]
+    settled = [e.settled_ts for e in funding]
+    assert settled[0] == instant - every and settled[-1] == instant
+    assert settled == sorted(settled)  # never back to the older one
+    # each rate is the fake exchange's own for the period its instant settled
+    for e in funding:
+        assert e.settled_ts is not None
+        ft = round(e.settled_ts * 1000)
+        want = fake.price_data(ft + 1000)["fr"]  # any time in the period settled at ft
+        assert e.rate_pct == pytest.approx(float(want))
+
+
 def assert_feed_candles_match_truth(run: FeedRun, fake: FakeBitunix) -> list[Candle]:
     candles = [e for _, e in run.received if isinstance(e, Candle)]
     opens = [round(c.open_ts * 1000) for c in candles]

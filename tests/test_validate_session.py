@@ -269,6 +269,24 @@ def test_a_funding_charge_is_the_position_times_the_mark_times_the_rate() -> Non
     assert check_records([started, fill, {**funding, "position_qty": 0.02, "amount": 0.202}], None) == [
         "funding seq 3: position_qty 0.02 but the fills before it give +0.01000000"
     ]
+    # live, a charge booked when its rate came (`rate_settled_at`), after a fill that doubled the
+    # position: on the position of its instant, 08:00, which the fills before 08:00 give
+    close = {
+        **fill, "seq": 3, "ts": "2024-01-01T08:00:00.400Z", "fill_price": 101_000.0, "fee": 0.606,
+        "position_qty": 0.02,
+    }  # fmt: skip
+    late = {
+        **funding, "seq": 4, "ts": "2024-01-01T08:00:00.900Z", "instant": "2024-01-01T08:00:00Z",
+        "rate_settled_at": "2024-01-01T08:00:00Z",
+    }  # fmt: skip
+    assert check_records([started, fill, close, late], None) == []
+    assert check_records([started, fill, close, {**late, "position_qty": 0.03, "amount": 0.303}], None) == [
+        "funding seq 4: position_qty 0.03 but the fills before it give +0.02000000"
+    ]
+    # one booked at its instant is on the position the fills before it give
+    assert check_records(
+        [started, fill, close, {k: v for k, v in late.items() if k != "rate_settled_at"}], None
+    ) == ["funding seq 4: position_qty 0.01 but the fills before it give +0.02000000"]
 
 
 def test_the_metrics_files_are_the_heartbeats(trading_run: Path) -> None:

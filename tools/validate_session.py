@@ -224,6 +224,7 @@ class TradeLedger(Ledger):
         super().__init__()
         self.trade: dict[str, float] | None = None
         self.closed: list[dict[str, float | str]] = []
+        self.history: list[tuple[float, float]] = []  # (the fill's time, the position after it)
 
     def trade_fill(self, side: str, qty: float, price: float, fee: float, ts: float) -> float:
         """Book the fill; returns its realized PnL."""
@@ -231,6 +232,7 @@ class TradeLedger(Ledger):
         signed = qty if side == "buy" else -qty
         closing = min(abs(before_qty), qty) if before_qty * signed < 0 else 0.0
         self.fill(side, qty, price, fee)
+        self.history.append((ts, self.qty))
         realized = self.realized - before_realized
         if closing > 0:
             trade = self.trade or self._open(before_qty, ts)
@@ -275,6 +277,16 @@ class TradeLedger(Ledger):
 def _epoch(iso: str) -> float:
     """An event's `ts` (ISO-8601 UTC, milliseconds, 'Z') as seconds since the epoch."""
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _positions_since(ledger: TradeLedger, instant: float) -> list[float]:
+    """The positions the fills gave from `instant` on: the one at it, then after each later fill."""
+    since = [ledger.qty]
+    for ts, qty in reversed(ledger.history):
+        since.append(qty)
+        if ts <= instant:
+            return since
+    return [*since, 0.0]  # flat before the first fill
 
 
 def check_records(events: list[dict[str, Any]], report: dict[str, Any] | None) -> list[str]:
@@ -370,13 +382,18 @@ def _check_fill(e: dict[str, Any], rates: dict[str, Any], ledger: TradeLedger) -
 
 def _check_funding(e: dict[str, Any], ledger: TradeLedger) -> list[str]:
     """A funding charge is the net position at its instant x the mark x the rate (each strategy
-    pays its virtual share, and the shares sum to the net's)."""
+    pays its virtual share, and the shares sum to the net's). A live charge booked after its
+    instant (its rate came later: `rate_settled_at`) is on the position of the instant, which
+    later fills may have changed by the time it is written."""
     problems: list[str] = []
     name = f"funding seq {e['seq']}"
     qty, mark, rate = e.get("position_qty"), e.get("mark_price"), e.get("rate_pct")
     if qty is None or mark is None or rate is None:
         return problems
-    if abs(qty - ledger.qty) > 1e-8:
+    held = [ledger.qty]
+    if "rate_settled_at" in e and isinstance(e.get("instant"), str):
+        held = _positions_since(ledger, _epoch(e["instant"]))
+    if all(abs(qty - h) > 1e-8 for h in held):
         problems.append(f"{name}: position_qty {qty!r} but the fills before it give {ledger.qty:+.8f}")
     if not _close(e.get("amount"), qty * mark * rate / 100, 1e-9):
         problems.append(

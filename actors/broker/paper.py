@@ -73,6 +73,9 @@ from protocols.messages import (
 )
 
 FUNDING_EVERY_S = 8 * 3600  # 00:00, 08:00, 16:00 UTC
+# a rate settled this close to an instant is that instant's (the exchange's clock and ours differ
+# a little; instants are 8 h apart)
+SETTLED_SLACK_S = 60.0
 BOOK_FRESH_S = 2.0  # a book older than this (vs the last quote) is not trusted for walking
 EPS = 1e-12
 
@@ -83,6 +86,11 @@ class FundingSchedule(Protocol):
     source: str
 
     def rate_pct_at(self, instant: float) -> float: ...
+
+
+def _iso_instant(ts: float) -> str:
+    """A funding instant as the events write it: `2026-09-23T08:00:00Z`."""
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _fallback_instrument(symbol: str) -> Instrument:
@@ -290,6 +298,12 @@ class PaperBroker:
         self.fees_taker = 0.0
         self.funding_paid = 0.0
         self.funding_rate_pct = 0.0
+        # live (no schedule): the instant the last `Funding`'s rate was settled at (None: no rate
+        # tied to an instant yet), and the instants passed before their own rate came (Bitunix's
+        # `fr` is the rate last settled: the rate an instant charges arrives after it), each
+        # with the position, mark and holders it had then, waiting for it (`_charge_funding`)
+        self.funding_settled_ts: float | None = None
+        self.funding_pending: list[dict[str, Any]] = []
         # the mark: the latest price given, from any source (a quote's mid, the exchange's mark
         # price), and where it came from (`Tick.source`: "ws", "rest", ...; "" before any)
         self.mark: float | None = None
@@ -440,6 +454,7 @@ class PaperBroker:
         "fees_taker",
         "funding_paid",
         "funding_rate_pct",
+        "funding_settled_ts",
         "mark",
         "mark_source",
         "last_ts",
@@ -467,6 +482,7 @@ class PaperBroker:
             if not math.isfinite(state[name]):
                 state[name] = None
         state["book_taken"] = [[side, price, qty] for (side, price), qty in self.book_taken.items()]
+        state["funding_pending"] = [dict(pending) for pending in self.funding_pending]
         state["virtual"] = {sid: attrs.asdict(v) for sid, v in self.virtual.items()}
         state["instrument"] = self.instrument.to_dict()
         state["next_heartbeat"] = self.next_heartbeat if math.isfinite(self.next_heartbeat) else None
@@ -502,6 +518,7 @@ class PaperBroker:
                 value = state[name]
                 setattr(self, name, unbounded[name] if value is None and name in unbounded else value)
         self.book_taken = {(side, price): qty for side, price, qty in state.get("book_taken", [])}
+        self.funding_pending = [dict(pending) for pending in state.get("funding_pending", [])]
         self.virtual = {sid: Virtual(**v) for sid, v in state.get("virtual", {}).items()}
         self._virtual_positions = None
         if state.get("instrument"):
@@ -556,6 +573,10 @@ class PaperBroker:
         self.mark = event.mark_price
         self.mark_source = event.source
         self.funding_rate_pct = event.rate_pct
+        if event.settled_ts is not None:
+            self.funding_settled_ts = event.settled_ts
+            if self.funding_pending:
+                events += self._charge_pending(ts, event.settled_ts)
         return self._mark(events, ts)
 
     def on_quote(self, tick: Tick, ts: float) -> list[Event]:
@@ -794,14 +815,65 @@ class PaperBroker:
     def _charge_funding(self, instant: float) -> list[Event]:
         """The account pays funding on its net position; each strategy its share, as its virtual
         position would (opposite ones netting to 0 still pay and receive theirs: found by an
-        audit, they were charged nothing at a net of exactly 0, and their full amounts beside it)."""
+        audit, they were charged nothing at a net of exactly 0, and their full amounts beside it).
+        Live, once the feed's rates say when they were settled: an instant after the last rate's
+        waits for its own (`funding_pending`), with the position, mark and holders of now."""
         mark = self.mark_price
-        holders = [(s, v.qty) for s, v in self.virtual.items() if not -EPS < v.qty < EPS]
-        flat = abs(self.position_qty) < EPS
-        if (flat and len(holders) < 2) or mark is None or not self.funding_modelled:
+        holders = [[s, v.qty] for s, v in self.virtual.items() if not -EPS < v.qty < EPS]
+        if (abs(self.position_qty) < EPS and len(holders) < 2) or mark is None or not self.funding_modelled:
             return []
-        rate = self.funding.rate_pct_at(instant) if self.funding is not None else self.funding_rate_pct
-        amount = 0.0 if flat else self.position_qty * mark * rate / 100  # longs pay a positive rate
+        if self.funding is not None:
+            rate = self.funding.rate_pct_at(instant)
+        elif self.funding_settled_ts is not None and self.funding_settled_ts < instant - SETTLED_SLACK_S:
+            self.funding_pending.append(
+                {"instant": instant, "mark": mark, "qty": self.position_qty, "holders": holders}
+            )
+            return []
+        else:
+            rate = self.funding_rate_pct
+        return [self._funding_event(instant, instant, rate, mark, self.position_qty, holders)]
+
+    def _charge_pending(self, ts: float, settled_ts: float) -> list[Event]:
+        """The instants waiting for their rate that the rate settled at `settled_ts` covers (its
+        own instant, or a later one when the feed missed theirs), charged now at that rate."""
+        events: list[Event] = []
+        waiting: list[dict[str, Any]] = []
+        for pending in self.funding_pending:
+            if settled_ts >= pending["instant"] - SETTLED_SLACK_S:
+                events.append(self._pending_event(ts, pending, settled_ts))
+            else:
+                waiting.append(pending)
+        self.funding_pending = waiting
+        return events
+
+    def settle_funding(self, ts: float) -> list[Event]:
+        """The session ends at `ts`: live, an instant passed since the last market event is
+        charged (on the position open at it, before the flatten), and the instants still waiting
+        for their rate are charged at the last rate known (the event's `rate_settled_at` says
+        which instant that one was settled at)."""
+        events = (
+            self._advance(ts)
+            if not self.bars and ts >= self.next_funding_ts and self.last_ts is not None
+            else []
+        )
+        pending, self.funding_pending = self.funding_pending, []
+        return events + [self._pending_event(ts, p, self.funding_settled_ts) for p in pending]
+
+    def _pending_event(self, ts: float, pending: dict[str, Any], settled_ts: float | None) -> Event:
+        event = self._funding_event(
+            ts, pending["instant"], self.funding_rate_pct, pending["mark"], pending["qty"], pending["holders"]
+        )
+        if settled_ts is not None:
+            event.fields["rate_settled_at"] = _iso_instant(settled_ts)
+        return event
+
+    def _funding_event(
+        self, ts: float, instant: float, rate: float, mark: float, qty: float, holders: list[list[Any]]
+    ) -> Event:
+        """The charge of `rate` at `instant` on the position `qty` at `mark`, split among `holders`
+        (the strategies' virtual positions then), booked now."""
+        flat = abs(qty) < EPS
+        amount = 0.0 if flat else qty * mark * rate / 100  # longs pay a positive rate
         self.funding_paid += amount
         total = sum(q for _, q in holders)
         shares: list[tuple[str, float]]
@@ -816,21 +888,19 @@ class PaperBroker:
             virtual = self.virtual.get(sid)
             if virtual is not None and virtual.qty:
                 virtual.trade_net -= share
-        return [
-            Event(
-                instant,
-                "funding",
-                {
-                    "instant": datetime.fromtimestamp(instant, UTC).isoformat().replace("+00:00", "Z"),
-                    "rate_pct": rate,
-                    "mark_price": mark,
-                    "position_qty": round(self.position_qty, 8),
-                    "amount": amount,
-                    "allocations": allocations,
-                    "symbol": self.symbol,
-                },
-            )
-        ]
+        return Event(
+            ts,
+            "funding",
+            {
+                "instant": _iso_instant(instant),
+                "rate_pct": rate,
+                "mark_price": mark,
+                "position_qty": round(qty, 8),
+                "amount": amount,
+                "allocations": allocations,
+                "symbol": self.symbol,
+            },
+        )
 
     def _work_quote(self, tick: Tick, ts: float) -> list[Event]:
         """Live: resting orders against a new quote: stops trigger on the last price; limits fill
@@ -1099,7 +1169,15 @@ class PaperBroker:
     # --- orders ---------------------------------------------------------------------------------
 
     def on_arrival(self, order: Order, ts: float) -> list[Event]:
-        """The order reaches the market now."""
+        """The order reaches the market now. Live, a funding instant passed since the last market
+        event is charged first, on the position open at it (found by an audit: the fill went
+        first, and a position opened 0.1 s after 16:00 paid the 16:00 funding; in a backtest each
+        candle's quote and close have charged every instant before an order arrives)."""
+        if not self.bars and ts >= self.next_funding_ts and self.last_ts is not None:
+            return self._advance(ts) + self._arrive(order, ts)
+        return self._arrive(order, ts)
+
+    def _arrive(self, order: Order, ts: float) -> list[Event]:
         if self.last_tick is None:
             return self._refuse(order, ts, "no_market_data", order.qty)
         entry = not order.reduce_only and not order.protective

@@ -274,6 +274,12 @@ class Portfolio:
             events += leg.flatten(ts, reason, f"{order_id}-{symbol}")
         return self._after(events, ts)
 
+    def settle_funding(self, ts: float) -> list[Event]:
+        events: list[Event] = []
+        for leg in self.legs.values():
+            events += leg.settle_funding(ts)
+        return events
+
     def abandon_in_flight(self, now: float, reason: str = "lost_at_restart") -> list[Event]:
         events: list[Event] = []
         for leg in self.legs.values():

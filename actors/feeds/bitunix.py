@@ -693,6 +693,7 @@ class BitunixFeed:
                     rate_pct=msg.funding_rate_pct,
                     symbol=m.symbol,
                     source="ws",
+                    settled_ts=None if msg.settled_ms is None else msg.settled_ms / 1000,
                 ),
             )
         elif isinstance(msg, bitunix.TradePush):
