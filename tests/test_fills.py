@@ -206,6 +206,67 @@ def test_resting_limit_crossed_by_a_gap_fills_at_its_own_price() -> None:
 
 
 @pytest.mark.parametrize(
+    ("side", "kind", "level"),
+    [("sell", "limit", 97000.0), ("buy", "stop_market", 97000.0), ("buy", "limit", 98000.0)],
+)
+def test_an_order_placed_at_a_gapped_open_did_not_rest_through_the_gap(
+    side: Side, kind: str, level: float
+) -> None:
+    """Found by a review: an order that reached the market at an open 5,000 below the last close
+    was worked as if resting through the gap before it: a sell limit at 97,000 filled at 97,000,
+    1,500 above the candle's high (a price the market never offered after it arrived), a buy
+    stop triggered by the fall. From its arrival the market is at 95,000..95,500: neither fills;
+    a buy limit at 98,000 (marketable at the open) fills at the touch, 95,000."""
+    bt = Backtest(make_broker(slippage_bps=0.0))
+    bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 100.0)
+    kw = {"limit_price": level} if kind == "limit" else {"trigger_price": level}
+    placed = order("o1", side, 0.01, order_type=kind, decision_price=level, **kw)
+    events = bt.candle(95000.0, 95500.0, 94500.0, 95000.0, 100.0, [placed])
+    got = [(f["fill_price"], f["source"]) for f in fills(events)]
+    if (side, kind) == ("buy", "limit"):
+        assert got == [(95000.0, "touch")]
+    else:
+        assert got == [] and "o1" in bt.broker.working
+
+
+def test_a_bracket_stop_attached_at_a_gapped_open_is_not_triggered_by_the_gap() -> None:
+    """Found by a review: a short filled at a gapped open (95,000, the last close 100,000) got its
+    stop at 97,000, which the gap had passed before the stop existed; it was stopped out on the
+    next candle although the market never rose above 95,500 again."""
+    bt = Backtest(make_broker(slippage_bps=0.0))
+    bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 100.0)
+    short = order("s", "sell", 0.01, stop_price=97000.0, decision_price=95000.0)
+    events = bt.candle(95000.0, 95500.0, 94500.0, 95000.0, 100.0, [short])
+    events += bt.candle(95000.0, 95500.0, 94800.0, 95200.0, 100.0)
+    assert [(f["order_id"], f["fill_price"]) for f in fills(events)] == [("s", 95000.0)]
+    assert bt.broker.position_qty == pytest.approx(-0.01)
+
+
+def test_live_a_closed_candle_works_only_the_orders_working_for_the_whole_of_it() -> None:
+    """Found by a review: live, a closed candle's range was worked against orders that arrived
+    after its low printed (a wick at 12:00:05; a long with its stop at 99,500 and a buy limit at
+    99,500 placed at 12:00:50 with the market at 100,000): the stop fired and the limit filled at
+    prices nobody offered after they arrived. Nor does its last-trade wick liquidate: live, the
+    mark does (`_mark`)."""
+    t0 = T0 - T0 % 60
+    broker = make_broker(bars=False, leverage=10.0)
+    events = step(broker, t0 + 1, Tick(t0 + 1, 99999.9, 100000.0, 100000.0))
+    events += step(broker, t0 + 5, Tick(t0 + 5, 98999.9, 99000.0, 99000.0))  # the wick, before either
+    events += step(broker, t0 + 10, Tick(t0 + 10, 99999.9, 100000.0, 100000.0))
+    entry = order("e", "buy", 0.01, stop_price=99500.0, target_price=110000.0, decision_price=100000.0)
+    limit = order("lim", "buy", 0.01, order_type="limit", limit_price=99500.0, decision_price=99500.0)
+    events += step(broker, t0 + 50, attrs.evolve(entry, ts=t0 + 50))
+    events += step(broker, t0 + 50, attrs.evolve(limit, ts=t0 + 50))
+    events += step(broker, t0 + 55, Tick(t0 + 55, 99999.9, 100000.0, 100000.0))
+    assert [f["order_id"] for f in fills(events)] == ["e"]
+    # the candle's low 90,000: beneath the stop, the limit and the liquidation price (about 90,500)
+    assert broker.liq_price > 90000.0
+    closed = step(broker, t0 + 60, Candle(t0, 60.0, 100000.0, 100000.0, 90000.0, 100000.0, 0.0))
+    assert fills(closed) == [] and not of_kind(closed, "liquidation")
+    assert broker.position_qty == pytest.approx(0.01) and set(broker.working) >= {"lim"}
+
+
+@pytest.mark.parametrize(
     ("intrabar", "high", "low", "first"),
     [
         ("ohlc", 101500.0, 98000.0, "sell"),  # the high nearer the open

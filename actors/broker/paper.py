@@ -963,7 +963,14 @@ class PaperBroker:
         for i, b in enumerate(points):
             first = i == 0
             for _ in range(10_000):  # each round fills, removes or sets aside one order
-                hit = self._first_hit(a, b, done, first, jump=first and a != b)
+                jump = first and a != b
+                # an order that arrived in this candle (at its open quote or later) did not rest
+                # through the gap before it (found by a review: a sell limit placed at an open
+                # 5,000 below the last close filled at its own price, 1,500 above the candle's
+                # high); live, the quotes worked it from its arrival, the candle's range only
+                # what was working for the whole of it (a wick before an order does not fill it)
+                since = candle.open_ts if (jump or not self.bars) else math.inf
+                hit = self._first_hit(a, b, done, first, jump, since)
                 if hit is None:
                     break
                 level, kind, working = hit
@@ -1057,13 +1064,15 @@ class PaperBroker:
         return min(candle.high, max(open_price, trigger))
 
     def _first_hit(
-        self, a: float, b: float, done: set[str], first: bool, jump: bool
+        self, a: float, b: float, done: set[str], first: bool, jump: bool, since: float = math.inf
     ) -> tuple[float, str, Working | None] | None:
-        """What the price, moving from `a` to `b`, reaches first: (level, kind, order)."""
+        """What the price, moving from `a` to `b`, reaches first: (level, kind, order), among the
+        orders that arrived before `since`. Live, no liquidation: the mark triggers it (`_mark`),
+        not a candle's last-trade wick."""
         lo, hi = (a, b) if a <= b else (b, a)
         best: tuple[float, int, float, float, str, Working | None] | None = None
         pos = self.position_qty
-        if not -EPS < pos < EPS:
+        if self.bars and not -EPS < pos < EPS:
             liq = self.liq_price
             if pos > 0 and lo <= liq:
                 level = liq if a > liq else a
@@ -1074,8 +1083,8 @@ class PaperBroker:
         touch = self.config.limit_fill_on_touch
         for working in self.working.values():
             order = working.order
-            if order.id in done:
-                continue
+            if order.id in done or (working.arrived_ts >= since and not working.triggered):
+                continue  # (a triggered order's rest is a market order: it takes the open)
             buy = order.side == "buy"
             if working.triggered:
                 if not first:
