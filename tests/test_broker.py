@@ -671,3 +671,20 @@ def test_opposite_virtual_positions_netting_to_zero_each_pay_their_funding() -> 
     # that funding made a win stopped a session on max_losses)
     assert account.virtual["b"].trade_net - before["b"] == pytest.approx(0.05)
     assert account.virtual["c"].trade_net - before["c"] == pytest.approx(-0.05)
+
+
+def test_an_open_positions_liquidation_price_is_on_the_grid_toward_it() -> None:
+    """Found by a review: the liquidation price in `open_positions` (session.stopped) was rounded
+    to 0.1 whatever the symbol: SOLUSDT's 128.849375 (tick 0.001) said 128.8, further away than
+    it is. On the grid, toward the position: 128.850."""
+    config = attrs.evolve(
+        BrokerConfig(), latency_ms=0.0, latency_jitter_ms=0.0, slippage_bps=0.0, leverage=10.0
+    )
+    broker = PaperBroker(config, random.Random(1), symbol="SOLUSDT")
+    broker.on_market(Tick(ts=W0, bid=142.375, ask=142.375, last=142.375, last_qty=0.0, symbol="SOLUSDT"), W0)
+    broker.on_arrival(_order("o1", "buy", 1.0, W0, symbol="SOLUSDT"), W0)
+    (position,) = broker.open_positions()
+    assert broker.avg_price == 142.375
+    # 142.375 x (1 - 1/10 + 0.005): the maintenance margin of the first tier, 0.5 %
+    assert broker.liq_price == pytest.approx(142.375 * 0.905)
+    assert position["liquidation_price"] == 128.85

@@ -429,13 +429,18 @@ class PaperBroker:
         if abs(self.position_qty) < EPS:
             return []
         liq = self.liquidation_price
+        long = self.position_qty > 0
         return [
             {
-                "side": "long" if self.position_qty > 0 else "short",
+                "side": "long" if long else "short",
                 "qty": round(abs(self.position_qty), 8),
                 "avg_price": round(self.avg_price, 8),
                 "unrealized_pnl": round(self.unrealized_pnl, 8),
-                "liquidation_price": round(liq, 1) if liq else None,
+                # on the instrument's grid, toward the position (never further away than it is:
+                # found by a review, SOLUSDT's 128.849 was said as 128.8)
+                "liquidation_price": self.instrument.round_price(liq, "up" if long else "down")
+                if liq
+                else None,
             }
         ]
 
