@@ -327,3 +327,30 @@ def test_the_start_check_keeps_the_reserve(tmp_path: Path) -> None:
         check_room(Path("/proc/nope"), 50)
     with pytest.raises(storage.StorageFault, match=r"not enough free space to start a session in .*MB free"):
         check_room(tmp_path, 1e12)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (b"", b""),
+        (b'{"a":1}\n', b'{"a":1}\n'),
+        (b'{"a":1}\n{"b":', b'{"a":1}\n'),  # a line cut by a kill in its write
+        (b'{"b":', b""),
+        (b'{"a":1}\n' + b"x" * 70_000, b'{"a":1}\n'),  # a torn line longer than one read
+    ],
+)
+def test_a_line_file_opened_on_a_torn_last_line_cuts_it(tmp_path: Path, before: bytes, after: bytes) -> None:
+    """Found by a review: a resumed session appended its first market.jsonl line to the line its
+    killed predecessor had torn, one garbled line in the middle of the file (its replay and its
+    report page failed on it). The file is cut back to its last whole line when opened, so every
+    line written after is whole."""
+    path = tmp_path / "market.jsonl"
+    path.write_bytes(before)
+    lines = LineFile(path)
+    assert lines.size == len(after) and path.read_bytes() == after
+    lines.write('{"c":3}\n')
+    lines.flush()
+    lines.close()
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        json.loads(line) for line in (after + b'{"c":3}\n').decode().splitlines()
+    ]

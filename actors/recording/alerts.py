@@ -43,6 +43,7 @@ from loguru import logger
 
 from actors import secrets
 from actors.config import AlertsConfig
+from actors.recording.storage import cut_torn_tail
 from protocols.records import dumps_line, iso
 
 ALERT_KIND = "alert"
@@ -276,7 +277,8 @@ class AlertLog:
         if not (self.quiet or self.fault):
             try:
                 if self._file is None:
-                    self._file = self.path.open("a", encoding="utf-8")
+                    self._file = self.path.open("a+", encoding="utf-8")
+                    cut_torn_tail(self._file.fileno())  # a resumed session's, killed in a write
                 self._file.write(secrets.scrub(dumps_line(record)) + "\n")
                 self._file.flush()
             except OSError as exc:

@@ -153,6 +153,23 @@ def temp_file(path: Path) -> Iterator[Path]:
         raise
 
 
+def cut_torn_tail(fd: int) -> int:
+    """Cut the file open at `fd` (readable) back to its last whole line; its size after."""
+    size = os.fstat(fd).st_size
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        chunk = os.pread(fd, end - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    if end != size:
+        os.ftruncate(fd, end)
+    return end
+
+
 class LineFile:
     """A file of whole lines that this process appends to: lines wait in memory and are written
     (`os.write`, one call for all of them) at `flush`. A write that fails cuts the file back to
@@ -161,9 +178,12 @@ class LineFile:
 
     def __init__(self, path: Path, *, truncate: bool = False) -> None:
         self.path = path
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if truncate else 0)
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if truncate else 0)
         self._fd = os.open(path, flags, 0o600)
-        self.size = os.fstat(self._fd).st_size  # bytes written, whole lines
+        # bytes written, whole lines: a torn last line (a process killed in its write) is cut
+        # first, or the next line would be glued to it (found by a review: a resumed session's
+        # market.jsonl then broke its replay and its report page)
+        self.size = cut_torn_tail(self._fd)
         self._pending: list[str] = []
         self.pending_chars = 0
 
