@@ -26,7 +26,19 @@ from hypothesis import strategies as st
 
 from actors.broker.paper import PaperBroker
 from actors.config import BrokerConfig
-from protocols.messages import Book, Cancel, Candle, Event, Funding, MarketEvent, Order, Side, Tick, quote
+from protocols.messages import (
+    Book,
+    Cancel,
+    Candle,
+    Event,
+    FeedStatus,
+    Funding,
+    MarketEvent,
+    Order,
+    Side,
+    Tick,
+    quote,
+)
 
 FUNDING_INSTANT = 1_700_006_400.0  # 16:00 UTC: a multiple of 8 h
 T0 = FUNDING_INSTANT - 3_600.0
@@ -216,7 +228,7 @@ def test_an_order_placed_at_a_gapped_open_did_not_rest_through_the_gap(
     was worked as if resting through the gap before it: a sell limit at 97,000 filled at 97,000,
     1,500 above the candle's high (a price the market never offered after it arrived), a buy
     stop triggered by the fall. From its arrival the market is at 95,000..95,500: neither fills;
-    a buy limit at 98,000 (marketable at the open) fills at the touch, 95,000."""
+    a buy limit at 98,000 (marketable at the open) takes the touch, 95,000."""
     bt = Backtest(make_broker(slippage_bps=0.0))
     bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 100.0)
     kw = {"limit_price": level} if kind == "limit" else {"trigger_price": level}
@@ -224,9 +236,54 @@ def test_an_order_placed_at_a_gapped_open_did_not_rest_through_the_gap(
     events = bt.candle(95000.0, 95500.0, 94500.0, 95000.0, 100.0, [placed])
     got = [(f["fill_price"], f["source"]) for f in fills(events)]
     if (side, kind) == ("buy", "limit"):
-        assert got == [(95000.0, "touch")]
+        assert got == [(95000.0, "touch_slippage")]
     else:
         assert got == [] and "o1" in bt.broker.working
+
+
+@pytest.mark.parametrize(
+    ("limit", "filled", "resting"),
+    [
+        (101000.0, [(0.5, 100000.0), (0.5, 100010.0), (0.5, 100020.0), (0.5, 100040.1)], None),
+        (100015.0, [(0.5, 100000.0), (0.5, 100010.0)], 1.0),
+    ],
+)
+def test_a_marketable_limit_takes_as_a_market_order_never_beyond_its_limit(
+    limit: float, filled: list[tuple[float, float]], resting: float | None
+) -> None:
+    """Found by a review: a marketable limit took its whole size at the touch (2 BTC at 100,000
+    beside 1.5 BTC of visible asks, where a market order walked the book to 100,017.52 on
+    average). It walks the book as a market order does (past its last level the level plus
+    `slippage_bps`, 100,040.1), never beyond its limit; what it cannot take rests at its limit."""
+    broker = make_broker(bars=False, starting_equity=10_000_000.0)
+    book = Book(T0, bids=((99999.9, 0.5),), asks=((100000.0, 0.5), (100010.0, 0.5), (100020.0, 0.5)))
+    step(broker, T0, book)
+    step(broker, T0, Tick(T0, 99999.9, 100000.0, 100000.0, 0.5, 0.5))
+    placed = order("o", "buy", 2.0, order_type="limit", limit_price=limit, decision_price=100000.0)
+    events = step(broker, T0 + 0.1, attrs.evolve(placed, ts=T0 + 0.1))
+    events += step(broker, T0 + 0.2, FeedStatus(T0 + 0.2, False, "websocket data"))  # it arrives
+    assert [(f["qty"], f["fill_price"]) for f in fills(events)] == filled
+    assert all(f["liquidity"] == "taker" for f in fills(events))
+    if resting is None:
+        assert "o" not in broker.working
+    else:
+        assert broker.working["o"].remaining == resting
+
+
+def test_a_marketable_limit_in_a_backtest_keeps_to_the_participation_cap() -> None:
+    """The same review: in a backtest it sidestepped the cap (10 % of the last candle's 1 BTC) and
+    the slippage; it takes 0.1 at the touch plus slippage, here capped at its limit, and rests
+    the other 1.9 at its limit."""
+    bt = Backtest(make_broker(starting_equity=10_000_000.0))
+    bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 1.0)
+    placed = order("o", "buy", 2.0, order_type="limit", limit_price=100010.0, decision_price=100000.0)
+    events = step(bt.broker, bt.now, quote(bt.now, 100000.0))
+    events += step(bt.broker, bt.now, attrs.evolve(placed, ts=bt.now))
+    events += step(bt.broker, bt.now + 1, FeedStatus(bt.now + 1, False, "candles"))  # it arrives
+    # 100,000 + 2 bps = 100,020: beyond the limit, so at the limit
+    assert [(f["qty"], f["fill_price"]) for f in fills(events)] == [(0.1, 100010.0)]
+    assert bt.broker.working["o"].remaining == pytest.approx(1.9)
+    assert bt.broker.working["o"].order.limit_price == 100010.0
 
 
 def test_a_bracket_stop_attached_at_a_gapped_open_is_not_triggered_by_the_gap() -> None:

@@ -1235,8 +1235,9 @@ class PaperBroker:
             marketable = order.limit_price >= touch if order.side == "buy" else order.limit_price <= touch
             if marketable and order.post_only:
                 return self._refuse(order, ts, "post_only_would_take", qty)
-            if marketable:
-                return self._fill(order, qty, touch, "taker", ts, tick)
+            if marketable:  # it takes as a market order would, never beyond its limit (found by a
+                # review: it took its whole size at the touch, beside a market order walking the book)
+                return self._take(order, qty, ts, tick, limit=order.limit_price)
         return self._rest(order, qty, ts)
 
     def _expire(self, ts: float) -> list[Event]:
@@ -1408,24 +1409,37 @@ class PaperBroker:
             allocations.append([s, round(q, 10), realized, share_fee])
         return allocations
 
-    def _take(self, order: Order, qty: float, ts: float, tick: Tick, *, capped: bool = True) -> list[Event]:
+    def _take(
+        self,
+        order: Order,
+        qty: float,
+        ts: float,
+        tick: Tick,
+        *,
+        capped: bool = True,
+        limit: float | None = None,
+    ) -> list[Event]:
         """Take liquidity now. A fresh book: walk it level by level, using up what is taken until
         the next book, and past its last level pay `slippage_bps` beyond it. Else the touch: with
         its size known, at most what is left of it at the touch and the rest by the impact model
         (each further touch-size one more `slippage_bps` step); with no size known, the touch plus
         `slippage_bps`. In a backtest at most what the participation cap leaves (the rest waits
-        for the next candle); `capped=False` (flatten, liquidation) takes it all."""
+        for the next candle); `capped=False` (flatten, liquidation) takes it all. `limit`: a
+        marketable limit order's price, beyond which nothing fills (the touch plus slippage
+        beyond it fills at it); what it cannot take rests at it."""
         events: list[Event] = []
         if self.bars and capped and qty > self.quote_budget:
             now_qty = self.instrument.round_qty(self.quote_budget)
             rest = round(qty - max(now_qty, 0.0), 8)
             if now_qty >= self.instrument.min_qty:
                 self.quote_budget -= now_qty
-                events += self._take(order, now_qty, ts, tick, capped=False)
+                events += self._take(order, now_qty, ts, tick, capped=False, limit=limit)
+                if limit is not None:  # what it could not take at its price rests with the rest
+                    rest = round(rest + now_qty - self._filled_now(events, order.id), 8)
             else:
                 now_qty = 0.0
             if rest >= self.instrument.min_qty or now_qty == 0.0:
-                events += self._rest(order, rest, ts, note="participation_cap")
+                events += self._rest(order, rest, ts, note="" if limit is not None else "participation_cap")
             return events
         if self.bars and capped:
             self.quote_budget -= qty
@@ -1437,6 +1451,8 @@ class PaperBroker:
             left = qty
             taken = self.book_taken
             for price, size in levels:
+                if limit is not None and (price > limit if buy else price < limit):
+                    break
                 size = round(size - taken.get((side, price), 0.0), 8)
                 if size < EPS:
                     continue
@@ -1450,6 +1466,8 @@ class PaperBroker:
                     break
             if left >= self.instrument.min_qty:  # deeper than the book we can see
                 price = self._worse(side, levels[-1][0])
+                if limit is not None and (price > limit if buy else price < limit):
+                    return events + self._rest(order, left, ts)
                 events += self._fill(
                     order, left, price, "taker", ts, tick, partial=True, source="beyond_book"
                 )
@@ -1457,9 +1475,10 @@ class PaperBroker:
         touch = tick.ask if buy else tick.bid
         touch_size = tick.ask_qty if buy else tick.bid_qty
         if touch_size <= 0:
-            return self._fill(
-                order, qty, self._worse(side, touch), "taker", ts, tick, source="touch_slippage"
-            )
+            price = self._worse(side, touch)
+            if limit is not None:
+                price = min(price, limit) if buy else max(price, limit)
+            return self._fill(order, qty, price, "taker", ts, tick, source="touch_slippage")
         at_touch = self.instrument.round_qty(min(qty, max(touch_size - self.touch_taken, 0.0)))
         left = round(qty - at_touch, 8)
         if at_touch >= EPS:
@@ -1470,10 +1489,24 @@ class PaperBroker:
         if left >= EPS:
             steps = math.ceil(left / touch_size - 1e-9)
             price = self._worse(side, touch, self.config.slippage_bps * max(steps, 1))
+            if limit is not None and (price > limit if buy else price < limit):
+                return events + self._rest(order, left, ts)
             events += self._fill(
                 order, left, price, "taker", ts, tick, partial=at_touch >= EPS, source="impact"
             )
         return events
+
+    @staticmethod
+    def _filled_now(events: list[Event], order_id: str) -> float:
+        """The quantity `events` filled of the order."""
+        return round(
+            sum(
+                e.fields["qty"]
+                for e in events
+                if e.kind == "order.filled" and e.fields["order_id"] == order_id
+            ),
+            8,
+        )
 
     def _rest_fill(self, working: Working, qty: float, price: float, ts: float, tick: Tick) -> list[Event]:
         working.remaining = round(working.remaining - qty, 8)
