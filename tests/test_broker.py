@@ -520,6 +520,33 @@ def test_halt_entries_refuses_entries_until_then_lets_them_through() -> None:
     assert _fills(_run_broker(account, [(201.0, _order("o5", "buy", 0.1))])) != []
 
 
+@pytest.mark.parametrize("command", ["halt", "stop"])
+def test_an_entry_waiting_for_its_next_quote_is_held_by_a_halt_or_stop_that_came_meanwhile(
+    command: str,
+) -> None:
+    """Found by a review: in a backtest filling at the next open, an entry parked until its next
+    quote (the symbol's data had a gap) filled during the breaker's halt that tripped meanwhile.
+    Refused at its quote, as it would have been on arrival; an exit parked beside it still goes."""
+    config = attrs.evolve(BrokerConfig(), latency_ms=0.0, latency_jitter_ms=0.0, slippage_bps=0.0)
+    account = PaperBroker(config, random.Random(1), bars=True, defer_to_next_quote=True)
+    account.on_market(Tick(ts=W0, bid=100.0, ask=100.0, last=100.0, last_qty=0.0), W0)
+    account.on_arrival(_order("o1", "buy", 0.5, W0), W0)
+    assert account.position_qty == 0.5
+    # decided on a later close than the last quote: both wait for the next quote
+    account.on_arrival(_order("entry", "buy", 0.1, W0 + 60), W0 + 60)
+    account.on_arrival(_order("exit", "sell", 0.2, W0 + 60, reduce_only=True), W0 + 60)
+    assert [o.id for o in account.awaiting_quote] == ["entry", "exit"]
+    if command == "halt":
+        account.handle(HaltEntries(W0 + 70, W0 + 86_400, "max_daily_drawdown"), W0 + 70)
+    else:
+        account.handle(StopSession(W0 + 70, "max_loss", "session loss"), W0 + 70)
+    events = account.on_market(Tick(ts=W0 + 120, bid=100.0, ask=100.0, last=100.0, last_qty=0.0), W0 + 120)
+    reason = "breaker_halt" if command == "halt" else "session_stopping"
+    assert [(r["order_id"], r["reason"]) for r in _kinds(events, "order.rejected")] == [("entry", reason)]
+    assert [(f["order_id"], f["qty"]) for f in _fills(events)] == [("exit", 0.2)]
+    assert account.position_qty == pytest.approx(0.3)
+
+
 def test_stop_session_refuses_every_entry_but_not_exits() -> None:
     account = _account(slippage_bps=0.0)
     _run_broker(account, [(0.0, _tick(99.9, 100.0)), (1.0, _order("o1", "buy", 0.5))])

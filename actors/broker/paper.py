@@ -627,11 +627,26 @@ class PaperBroker:
         events: list[Event] = []
         waiting, self.awaiting_quote = self.awaiting_quote, []
         for order in waiting:
-            if tick.ts >= order.ts:
-                events += self._execute(order, ts)
-            else:
+            if tick.ts < order.ts:
                 self.awaiting_quote.append(order)
+                continue
+            # a halt or a stop that came while it waited holds for it too (found by a review: an
+            # entry parked before a breaker's halt filled during it)
+            refusal = self._entry_refusal(order, ts)
+            events += self._refuse(order, ts, refusal, order.qty) if refusal else self._execute(order, ts)
         return events
+
+    def _entry_refusal(self, order: Order, ts: float) -> str | None:
+        """Why an entry may not reach the market now: the session is stopping, or entries are
+        halted (a breaker's) until later; None for exits and protective orders."""
+        if order.reduce_only or order.protective:
+            return None
+        if self.stopping:
+            return "session_stopping"
+        halted = self.entries_halted_until
+        if halted is not None and ts < halted:
+            return "breaker_halt"
+        return None
 
     def on_candle(self, candle: Candle, ts: float) -> list[Event]:
         """A closed candle. History (`backfill`) has no market to trade against. Live, its range
@@ -1194,12 +1209,9 @@ class PaperBroker:
     def _arrive(self, order: Order, ts: float) -> list[Event]:
         if self.last_tick is None:
             return self._refuse(order, ts, "no_market_data", order.qty)
-        entry = not order.reduce_only and not order.protective
-        if entry and self.stopping:
-            return self._refuse(order, ts, "session_stopping", order.qty)
-        halted = self.entries_halted_until
-        if entry and halted is not None and ts < halted:
-            return self._refuse(order, ts, "breaker_halt", order.qty)
+        refusal = self._entry_refusal(order, ts)
+        if refusal is not None:
+            return self._refuse(order, ts, refusal, order.qty)
         if not order.protective:  # what the exchange itself would refuse
             price = order.limit_price if order.order_type == "limit" else order.trigger_price
             refusal = self.instrument.refusal(order.qty, order.order_type, price, self.config.leverage)
@@ -1356,6 +1368,7 @@ class PaperBroker:
                     "reason": reason,
                     "stage": "broker",
                     "intent": order.reason,
+                    "symbol": self.symbol,
                 },
             )
         ]
