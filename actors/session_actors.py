@@ -152,12 +152,26 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
                     for event in parts.broker.abandon_in_flight(now):
                         sink.send_nowait(event)
                 latest = _Latest(console=recorder.console)
+                stop_again: StopSession | None = None
                 if plan.mode == "live" and resumed_at is not None and resumed_at >= timeline.end_ts:
                     _close_at_the_next_quote(parts, latest, resumed_at, config.feed.connect_timeout_s)
+                elif plan.mode == "live" and resumed_at is not None and parts.gate.stop_reason is not None:
+                    stop_again = _stop_again(parts, latest, resumed_at, config.feed.connect_timeout_s)
                 if plan.mode == "live":  # at once: a crash from here on resumes this session
                     sink.checkpoint({"session": attrs.asdict(timeline), "parts": parts.state()})
                 status = await _supervise(
-                    session, clock, parts, timeline, stopper, sink, health, latest, found, stops_tx, stops_rx
+                    session,
+                    clock,
+                    parts,
+                    timeline,
+                    stopper,
+                    sink,
+                    health,
+                    latest,
+                    found,
+                    stops_tx,
+                    stops_rx,
+                    stop_again,
                 )
                 if plan.mode == "live":
                     timeline.data_source = health.data_source
@@ -192,15 +206,29 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
     return SessionResult(run_path, recorder.report, recorder.console, recorder.written, recorder.storage)
 
 
-def _close_at_the_next_quote(parts: Parts, latest: _Latest, resumed_at: float, wait_s: float) -> None:
-    """A session restarted after its planned end stops at once, but with a position it waits for
-    the market's next quote of each symbol it holds (at most `wait_s`) and closes there, entries
-    refused meanwhile (found by an audit: it closed at the quote of before the crash, a minute
-    old and more). With no quote in time it closes at the last one it has (`stale_flatten`)."""
+def _stop_again(parts: Parts, latest: _Latest, resumed_at: float, wait_s: float) -> StopSession:
+    """A session whose risk gate had stopped it (max_loss, max_trades, a breaker's stop, ...)
+    before the process died, before its flatten: it stops again at once, for that reason (found
+    by a review: it resumed trading to its planned end, its loss limit no longer checked, and
+    said `duration`); with a position it first waits for the market's next quote of each symbol
+    it holds (at most `wait_s`), as a session restarted after its planned end does."""
+    gate = parts.gate
+    assert gate.stop_reason is not None
+    reason, detail = gate.stop_reason, gate.stop_detail
+    logger.warning(
+        "the session had stopped ({}: {}) when its process died: stopping again at once{}",
+        reason,
+        detail,
+        ", closing its position at the market's next quote" if parts.broker.open_positions() else "",
+    )
+    if parts.broker.open_positions():
+        _wait_for_fresh_quotes(parts, latest, resumed_at)
+    return StopSession(resumed_at, reason, f"{detail} (stopped again at the resume)")
+
+
+def _wait_for_fresh_quotes(parts: Parts, latest: _Latest, resumed_at: float) -> None:
+    """Entries refused; `latest.fresh` is set once every symbol held has a quote after the resume."""
     broker = parts.broker
-    if not broker.open_positions():
-        return
-    broker.handle(StopSession(resumed_at, "duration", "the planned end passed while it was down"), resumed_at)
     legs = list(broker.legs.values()) if isinstance(broker, Portfolio) else [broker]
 
     def fresh() -> bool:
@@ -211,6 +239,18 @@ def _close_at_the_next_quote(parts: Parts, latest: _Latest, resumed_at: float, w
         )
 
     latest.fresh, latest.fresh_check = trio.Event(), fresh
+
+
+def _close_at_the_next_quote(parts: Parts, latest: _Latest, resumed_at: float, wait_s: float) -> None:
+    """A session restarted after its planned end stops at once, but with a position it waits for
+    the market's next quote of each symbol it holds (at most `wait_s`) and closes there, entries
+    refused meanwhile (found by an audit: it closed at the quote of before the crash, a minute
+    old and more). With no quote in time it closes at the last one it has (`stale_flatten`)."""
+    broker = parts.broker
+    if not broker.open_positions():
+        return
+    broker.handle(StopSession(resumed_at, "duration", "the planned end passed while it was down"), resumed_at)
+    _wait_for_fresh_quotes(parts, latest, resumed_at)
     logger.info(
         "the planned end passed while the session was down: closing its position at the market's "
         "next quote (waiting at most {:g} s)",
@@ -278,9 +318,11 @@ async def _supervise(
     found: Inputs,
     stops_tx: trio.MemorySendChannel[StopSession],
     stops_rx: trio.MemoryReceiveChannel[StopSession],
+    stop_again: StopSession | None = None,
 ) -> str:
     """Run the actors until the session is stopped; returns the status ("ok" or "error"). The
-    actors get `session.flatten_timeout_s` after the stop to finish (`Stopper.wind_down`)."""
+    actors get `session.flatten_timeout_s` after the stop to finish (`Stopper.wind_down`).
+    `stop_again`: a resumed session's stop, given at once (`_stop_again`)."""
     config, plan = session.config, session.plan
     mode = "off" if plan.mode != "live" else (session.progress_mode or config.observability.progress)
     status = "ok"
@@ -300,6 +342,7 @@ async def _supervise(
                     found,
                     stops_tx,
                     stops_rx,
+                    stop_again,
                 )
             if stopper.wind_down.cancelled_caught:
                 logger.warning(
@@ -337,6 +380,7 @@ async def _run(
     found: Inputs,
     stops_tx: trio.MemorySendChannel[StopSession],
     stops_rx: trio.MemoryReceiveChannel[StopSession],
+    stop_again: StopSession | None = None,
 ) -> None:
     config, plan = session.config, session.plan
     live = plan.mode == "live"
@@ -400,6 +444,7 @@ async def _run(
                         stops_rx=stops_rx,
                         hold_end=latest.fresh,
                         hold_s=session.config.feed.connect_timeout_s,
+                        stop_at_once=stop_again,
                         latest=lambda: latest.account,
                         progress=progress,
                         console=latest.console,

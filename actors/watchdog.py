@@ -113,13 +113,15 @@ async def run_watchdog(
     end_reason: str = "duration",
     hold_end: trio.Event | None = None,
     hold_s: float = 0.0,
+    stop_at_once: StopSession | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """`kill_switch` None: no kill-switch polling (backtests on the data's clock, which the
     operator stops with a signal); `duration_s` may be infinite. `console`: the recorder's
     figures for the progress panel (the working stop and target, trades so far). `hold_end`: the
     end waits for it, at most `hold_s` (a session resumed past its end, waiting for the market's
-    next quote to close its position at), and is then at that instant."""
+    next quote to close its position at), and is then at that instant. `stop_at_once`: a stop
+    given at the start (a resumed session that had stopped), held for `hold_end` the same way."""
     end_ts = started_ts + duration_s
 
     async def duration() -> None:
@@ -149,6 +151,12 @@ async def run_watchdog(
             at_start = False
             await trio.sleep(KILL_SWITCH_POLL_S)
 
+    async def again(command: StopSession) -> None:
+        if hold_end is not None:
+            with trio.move_on_after(hold_s):
+                await hold_end.wait()
+        stopper.stop(command.reason, command.detail, max(command.ts, clock.now()))
+
     async def stop_commands() -> None:
         with stops_rx:
             async for command in stops_rx:
@@ -166,6 +174,8 @@ async def run_watchdog(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(duration)
         nursery.start_soon(stop_commands)
+        if stop_at_once is not None:
+            nursery.start_soon(again, stop_at_once)
         if kill_switch is not None:
             nursery.start_soon(kill_switch_poll, Path(kill_switch))
         if progress.mode != "off":

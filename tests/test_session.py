@@ -129,3 +129,57 @@ async def test_actor_failure_ends_in_error_with_report(
     assert report["errors"] >= 1
     assert "strategy bug" in report["error_messages"][0]
     assert report["open_positions"] == []
+
+
+STOPS_ON_MAX_LOSS = (
+    "session.interval=2s",
+    "strategy.fast_period=2",
+    "strategy.slow_period=5",
+    "feed.mock_volatility_pct=150",
+    "risk.max_orders_per_minute=100",
+    "risk.max_daily_drawdown_pct=50",
+    "risk.max_consecutive_losses=0",
+    "risk.max_loss_pct=0.05",
+    "strategy.stop_loss_pct=5",
+    "strategy.take_profit_pct=5",
+    "risk.sizing=fixed",
+    "strategy.order_qty=0.1",
+    "risk.max_position_size=1",
+    "risk.max_notional=100000",
+    "risk.max_leverage=10",
+    "broker.leverage=10",
+    "state.checkpoint_interval_s=0.1",
+)
+
+
+async def test_a_session_that_died_after_its_risk_stop_stops_again_at_its_resume(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Found by a review: a session whose process died after its risk gate stopped it (here on
+    max_loss) but before its flatten resumed trading to its planned end: its loss limit no longer
+    checked, its report saying `duration`. It stops again at once for the same reason, and closes
+    its position at the market's next quote. The crash: the folder as the process left it at its
+    last checkpoint (its final files removed; the resume drops the events after the checkpoint)."""
+    from actors.plan import Plan
+    from actors.recording import checkpoint
+
+    config = make_config(tmp_path, *STOPS_ON_MAX_LOSS, duration_min=2)
+    first = await run_session(config, handle_signals=False, progress_mode="off")
+    assert read_report(first.run_path)["stop_reason"] == "max_loss"
+    state = checkpoint.load(first.run_path).state["parts"]
+    assert state["risk"]["stopping"] and state["risk"]["stop_reason"] == "max_loss"
+    assert state["account"]["position_qty"] != 0  # the last checkpoint: stopped, not yet flat
+    for name in ("final_report.json", "metrics.json", "report.html"):
+        (first.run_path / name).unlink()
+    t0 = trio.current_time()
+    resume = Plan(resume=first.run_path)  # what a plain start finds (actors/plan.py)
+    second = await run_session(config, plan=resume, handle_signals=False, progress_mode="off")
+    assert second.run_path == first.run_path
+    assert trio.current_time() - t0 < 5  # not to its planned end, 2 minutes on
+    report = read_report(second.run_path)
+    assert (report["stop_reason"], report["resumes"], report["open_positions"]) == ("max_loss", 1, [])
+    events = read_events(second.run_path)
+    (resumed,) = [e for e in events if e["kind"] == "session.resumed"]
+    after = events[events.index(resumed) + 1 :]
+    assert not [e for e in after if e["kind"] == "order.submitted" and not e.get("reduce_only")]
+    assert [e["reason"] for e in after if e["kind"] == "order.submitted"] == ["flatten_on_exit"]

@@ -119,6 +119,11 @@ class RiskGate:
         self.daily_tripped_day: int | None = None  # the UTC day whose drawdown cap tripped: spent
         self.breaker_trips = 0
         self.stopping = False  # a stop command has been given: nothing more to decide
+        # the stop it gave (its reason, detail, time): a session resumed from a checkpoint taken
+        # after it stops again at once, for the same reason (actors/session_actors.py)
+        self.stop_reason: str | None = None
+        self.stop_detail = ""
+        self.stop_ts: float | None = None
         self.watching: RiskWatch | None = None  # the last watch the broker was given
 
     # --- checkpoint ------------------------------------------------------------------------------
@@ -135,6 +140,9 @@ class RiskGate:
         "daily_tripped_day",
         "breaker_trips",
         "stopping",
+        "stop_reason",
+        "stop_detail",
+        "stop_ts",
     )
 
     def state(self) -> dict[str, Any]:
@@ -532,6 +540,7 @@ class RiskGate:
     def _stop(self, ts: float, reason: str, detail: str) -> list[RiskOutput]:
         """End the session; entries already on their way are refused by the broker."""
         self.stopping = True
+        self.stop_reason, self.stop_detail, self.stop_ts = reason, detail, ts
         return [StopSession(ts, reason, detail)]
 
     def _trip(self, reason: str, detail: str, ts: float, equity: float, until: float) -> list[RiskOutput]:
