@@ -462,6 +462,24 @@ def test_a_killed_backtest_is_closed_by_the_next_backtest_and_says_it_was_one(
     assert "(BTCUSDT +0.01000000) was lost" in warnings[1]
 
 
+def test_a_run_killed_between_a_closing_fill_and_its_trade_is_closed_at_its_last_whole_step(
+    tmp_path: Path,
+) -> None:
+    """Found by a review: the file is written in chunks, not by steps, so a backtest killed at
+    random may leave a fill that closes its position without the `position.closed` of the same
+    step (6 of 25 killed backtests): closed as it was, the validator refused the folder. The
+    unfinished step is left out, and the detail says so."""
+    run = write_killed_run(tmp_path, trades=True, torn=False, run_id="backtest-20261130T000000Z-s42")
+    lines = (run / "events.jsonl").read_text().splitlines(keepends=True)
+    (run / "events.jsonl").write_text("".join(lines[:6]))  # up to the closing fill, seq 6
+    assert close_abandoned(run).closed
+    events, _ = read_events(run / "events.jsonl")
+    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5, 6]  # the fill of seq 6 left out
+    assert events[-1]["kind"] == "session.stopped"
+    assert "the 1 event(s) of the step it was killed in were left out" in events[-1]["detail"]
+    assert validate(run) == []
+
+
 def test_an_abandoned_run_names_each_symbol_it_held(tmp_path: Path, warnings: list[str]) -> None:
     """The position lost is told per symbol: a long in one and a short in another is not flat."""
     run = write_killed_run(tmp_path, torn=False)
