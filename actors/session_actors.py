@@ -36,6 +36,7 @@ from actors.mailbox import Answerer, Asker, open_mailbox
 from actors.progress import Progress
 from actors.recording.actor import EventSink, run_recorder
 from actors.recording.recorder import Recorder
+from actors.recording.storage import noted_fault
 from actors.risk.actor import StrategyLink, orders_capacity, run_risk
 from actors.strategies.actor import run_strategy
 from actors.watchdog import SessionSignals, Stopper, run_watchdog
@@ -148,7 +149,9 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
                         resumed_event(now, recorder, parts.broker, loaded.path.name, loaded.problems)
                     )
                     if recorder.previous_fault is not None:  # the previous process stopped on it
-                        sink.send_nowait(Event(now, "error", resumed_fault(recorder.previous_fault)))
+                        sink.send_nowait(
+                            Event(now, "error", noted_fault(recorder.previous_fault, "the resume"))
+                        )
                     for event in parts.broker.abandon_in_flight(now):
                         sink.send_nowait(event)
                 latest = _Latest(console=recorder.console)
@@ -269,14 +272,6 @@ def _said_plainly(exc: BaseException) -> bool:
     """An error whose message says it all (no traceback needed)."""
     feed = sys.modules.get("actors.feeds.bitunix")  # loaded when a live feed could raise it
     return feed is not None and isinstance(exc, feed.UnknownSymbol)
-
-
-def resumed_fault(note: dict[str, Any]) -> dict[str, Any]:
-    """The `error` event a resumed session records for the storage fault its previous process
-    noted (`storage_fault.json`: it could not write its final record)."""
-    fields = {k: note.get(k) for k in ("path", "error", "free_mb", "at")}
-    message = f"{note.get('message') or 'storage fault'} (at {note.get('at')}; recorded at the resume)"
-    return {"where": "storage", "message": message, **fields}
 
 
 def _webhook(session: Session) -> Webhook | None:

@@ -480,6 +480,27 @@ def test_a_run_killed_between_a_closing_fill_and_its_trade_is_closed_at_its_last
     assert validate(run) == []
 
 
+def test_a_run_closed_as_abandoned_records_the_storage_fault_it_had_noted(tmp_path: Path) -> None:
+    """Found by a review: a backtest stopped by a storage fault with no room for its final record
+    notes it in storage_fault.json; closed as abandoned at the next start, its report said no
+    error and no storage fault, and the note stayed in the finished folder."""
+    from actors.recording.storage import NOTE, FaultNote, StorageFault
+
+    run = write_killed_run(tmp_path, trades=True, run_id="backtest-20261130T000000Z-s42")
+    FaultNote(run).keep()
+    FaultNote(run).write(
+        StorageFault(str(run / "events.jsonl"), "ENOSPC", "No space left on device", 0.0, T0 + 3)
+    )
+    assert close_abandoned(run).closed
+    events, _ = read_events(run / "events.jsonl")
+    assert [e["kind"] for e in events[-2:]] == ["error", "session.stopped"]
+    assert (events[-2]["where"], events[-2]["error"]) == ("storage", "ENOSPC")
+    assert "storage fault" in events[-1]["detail"]
+    report = read_report(run)
+    assert (report["storage_faults"], report["errors"]) == (1, 1)
+    assert not (run / NOTE).exists() and validate(run) == []
+
+
 def test_an_abandoned_run_names_each_symbol_it_held(tmp_path: Path, warnings: list[str]) -> None:
     """The position lost is told per symbol: a long in one and a short in another is not flat."""
     run = write_killed_run(tmp_path, torn=False)

@@ -354,3 +354,31 @@ def test_a_line_file_opened_on_a_torn_last_line_cuts_it(tmp_path: Path, before: 
     assert [json.loads(line) for line in path.read_text().splitlines()] == [
         json.loads(line) for line in (after + b'{"c":3}\n').decode().splitlines()
     ]
+
+
+async def test_a_noted_fault_stays_noted_until_a_checkpoint_holds_its_resumed_error(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Found by a review: the resuming process reset the fault note as it opened the folder, before
+    the `error` event it records for the fault was checkpointed: killed in between, the next
+    resume found no fault, and the run's report said `storage_faults 0`. The note is reset only by
+    the first checkpoint after the resume (which holds that event)."""
+    from actors.recording.recorder import Recorder
+    from actors.recording.storage import FaultNote, StorageFault
+
+    result = await run_session(make_config(tmp_path), handle_signals=False, progress_mode="off")
+    run = result.run_path
+    for name in ("final_report.json", "metrics.json", "report.html"):
+        (run / name).unlink()
+    note = FaultNote(run)
+    note.keep()
+    assert note.write(StorageFault(str(run / "events.jsonl"), "ENOSPC", "No space left on device", 0.0, 1.0))
+    loaded = checkpoint.load(run)
+    recorder = Recorder(run, resume_seq=loaded.state["seq"])
+    try:
+        assert recorder.previous_fault is not None and recorder.previous_fault["error"] == "ENOSPC"
+        assert FaultNote(run).read() == recorder.previous_fault  # a kill now: the next resume sees it
+        recorder.write_checkpoint(loaded.state)
+        assert FaultNote(run).read() is None and (run / NOTE).exists()  # the page kept for the next
+    finally:
+        recorder.finish()  # closes its files and its session.log sink

@@ -38,6 +38,7 @@ from loguru import logger
 from actors.lock import SessionLock
 from actors.recording import checkpoint
 from actors.recording.html_report import write_report_html
+from actors.recording.storage import FaultNote, noted_fault
 from protocols.records import (
     METRIC_COLUMNS,
     METRIC_FIELDS,
@@ -214,6 +215,18 @@ def close_abandoned(run_path: Path) -> Abandoned:
                 detail += f"; it had {len(fills)} fill(s), its position was lost with the process (paper)"
             if unfinished:
                 detail += f"; the {unfinished} event(s) of the step it was killed in were left out"
+            fault = FaultNote(run_path).read()
+            if fault is not None:  # it had stopped on a storage fault, with no room for its record
+                last = records[-1]
+                records.append(
+                    {
+                        "seq": last["seq"] + 1,
+                        "ts": last["ts"],
+                        "kind": "error",
+                        **noted_fault(fault, "the close"),
+                    }
+                )
+                detail += "; it had stopped on a storage fault (its error event says which)"
             records.append(stopped_record(records, detail))
             rewrite = True
         else:  # closed already by a start that was killed before it wrote the report
@@ -231,6 +244,7 @@ def close_abandoned(run_path: Path) -> Abandoned:
         _replace(run_path / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
         report = builder.report()
         _replace(run_path / "final_report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+        FaultNote(run_path).remove()  # the final record is written (found by a review: left behind)
         checkpoint.fsync_dir(run_path)
         write_report_html(run_path)  # after the report, as a session's recorder does
     return Abandoned(

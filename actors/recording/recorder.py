@@ -121,6 +121,7 @@ class Recorder:
         self.note = FaultNote(path)
         # resumed: the storage fault the previous process noted (it could not write its final record)
         self.previous_fault = self.note.read() if resume_seq is not None else None
+        self._fault_recorded = False  # the previous fault's note reset, once a checkpoint has its event
         target = path / "events.jsonl.tmp"
         try:
             if resume_seq is not None:
@@ -132,7 +133,11 @@ class Recorder:
             target = path / "market.jsonl"
             self._market = LineFile(target)
             target = self.note.path
-            self.note.keep()
+            if self.previous_fault is None:
+                self.note.keep()
+            # else the fault stays noted until a checkpoint holds the `error` event the resumed
+            # session records for it (found by a review: reset here, a resume killed before its
+            # first checkpoint lost the fault for good); the page is there to write over
         except OSError as exc:
             remove_temp_files(path)
             raise StorageFault.from_os_error(exc, target) from None
@@ -299,6 +304,14 @@ class Recorder:
             checkpoint.write(self.path, state)
         except OSError as exc:
             self._fail(exc, self.path / (checkpoint.NEWEST + ".tmp"))
+            return
+        if self.previous_fault is not None and not self._fault_recorded:
+            try:  # the checkpoint holds the resumed session's `error` event for it now
+                self.note.keep()
+            except OSError as exc:
+                self._fail(exc, self.note.path)
+                return
+            self._fault_recorded = True
 
     def finish(self) -> dict[str, Any]:
         """Close the streams and write metrics.json, final_report.json and report.html (a failure

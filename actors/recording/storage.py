@@ -225,6 +225,14 @@ class LineFile:
             self._fd = -1
 
 
+def noted_fault(note: dict[str, Any], when: str) -> dict[str, Any]:
+    """The `error` event's fields for the storage fault a process noted (`storage_fault.json`: it
+    could not write its final record), recorded at `when` (the resume, the close)."""
+    fields = {k: note.get(k) for k in ("path", "error", "free_mb", "at")}
+    message = f"{note.get('message') or 'storage fault'} (at {note.get('at')}; recorded at {when})"
+    return {"where": "storage", "message": message, **fields}
+
+
 class FaultNote:
     """`storage_fault.json`: a page kept in the run folder while the session runs (`{}` and
     spaces), so that a session stopped by a storage fault without room for its final record can
