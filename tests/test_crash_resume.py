@@ -292,13 +292,22 @@ def _record(seq: int, ts: float, kind: str, **fields: Any) -> dict[str, Any]:
 
 
 def _heartbeat(
-    seq: int, ts: float, price: float, realized: float, fees: float, qty: float, unrealized: float = 0.0
+    seq: int,
+    ts: float,
+    price: float,
+    realized: float,
+    fees: float,
+    qty: float,
+    unrealized: float = 0.0,
+    peak: float = 10_000.0,
 ) -> dict[str, Any]:
+    """`peak`: the highest equity before it (the drawdown is from there)."""
     equity = 10_000.0 + realized - fees + unrealized
+    peak = max(peak, equity)
     return _record(
         seq, ts, "heartbeat", elapsed_s=round(ts - T0, 3), price=price, equity=round(equity, 6),
         realized_pnl=realized, unrealized_pnl=unrealized, fees_paid=fees, position_qty=qty,
-        drawdown_pct=round(max(0.0, 10_000.0 - equity) / 10_000.0 * 100, 4),
+        drawdown_pct=round((peak - equity) / peak * 100, 4),
     )  # fmt: skip
 
 
@@ -347,7 +356,7 @@ def write_killed_run(
                 exit_price=60_100.0, realized_pnl=1.0, fees=0.7206, net_pnl=0.2794, exit_reason="exit",
             ),
             _fill(8, T0 + 2.8, 3, "buy", 60_080.0, 0.0, 0.01),
-            _heartbeat(9, T0 + 3, 59_000.0, 1.0, 1.08108, 0.01, -10.8),
+            _heartbeat(9, T0 + 3, 59_000.0, 1.0, 1.08108, 0.01, -10.8, peak=10_000.14),
         ]  # fmt: skip
     text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
     if torn:
@@ -404,7 +413,8 @@ def test_an_abandoned_session_that_traded_says_what_was_lost(tmp_path: Path, war
     assert report["fills"] == 3 and report["trade_count"] == 1 and report["wins"] == 1
     assert report["realized_pnl"] == 1.0 and report["fees_paid"] == pytest.approx(fees)
     assert report["ending_equity"] == pytest.approx(10_000.0 + 1.0 - fees)
-    assert report["max_drawdown_pct"] == 0.1088  # the heartbeats' worst (unrealized loss included)
+    # the heartbeats' worst, unrealized loss included: (10,000.14 - 9,989.11892) / 10,000.14
+    assert report["max_drawdown_pct"] == 0.1102
     assert (report["unrealized_pnl"], report["open_positions"]) == (0.0, [])
     assert validate(run) == []  # not flat (the long went with the process): allowed when abandoned
     assert (

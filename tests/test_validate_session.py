@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -163,7 +164,11 @@ def test_a_clean_end_must_still_be_flat(tmp_path: Path) -> None:
     for name in ("events.jsonl", "final_report.json"):
         _rewrite(run, name, lambda record: record.update(status="ok", stop_reason="duration"))
     problems = validate(run)
-    assert problems == ["session ended ok but the fills leave a position of +0.01000000 BTCUSDT"]
+    assert problems == [
+        "session ended ok but the fills leave a position of +0.01000000 BTCUSDT",
+        # and its ending equity is not the last heartbeat's, whose long was 10.80 under water
+        "ending_equity 9999.91892 but the last heartbeat (seq 9) says 9989.11892",
+    ]
 
 
 def test_a_fill_allocated_to_another_strategy_than_its_orders_is_caught(trading_run: Path) -> None:
@@ -313,3 +318,53 @@ def test_a_page_showing_other_figures_than_the_events_is_caught(trading_run: Pat
     problems = validate(trading_run, page=True)
     assert problems and problems[0].startswith("report.html: shows stat-net_pnl"), problems
     assert main([str(trading_run)]) == 1
+
+
+# --- found by a review: corruptions the validator let through ----------------------------------------
+
+
+def test_a_flat_ending_with_something_unrealized_is_caught(trading_run: Path) -> None:
+    """A report (and its session.stopped) saying 500 unrealized at a clean, flat end."""
+
+    def unrealized(record: dict[str, Any]) -> None:
+        record["unrealized_pnl"] = 500.0
+        record["ending_equity"] += 500.0
+        if "net_pnl" in record:
+            record["net_pnl"] += 500.0
+
+    _rewrite(trading_run, "final_report.json", unrealized)
+    problems = validate(trading_run)
+    assert any("flat but unrealized_pnl = 500.0" in p for p in problems)
+    assert any(p.startswith("ending_equity ") and "the last heartbeat" in p for p in problems)
+
+
+def test_heartbeats_saying_no_drawdown_under_their_peak_are_caught(trading_run: Path) -> None:
+    """Every heartbeat's drawdown zeroed (events, metrics and report untouched otherwise)."""
+    beats = [e for e in read_events(trading_run) if e["kind"] == "heartbeat"]
+    peak, fallen = -1.0, []
+    for i, beat in enumerate(beats):
+        peak = max(peak, beat["equity"])
+        if (peak - beat["equity"]) / peak * 100 > 0.001:
+            fallen.append(i)
+    assert fallen, "the session never fell under its peak at a heartbeat"
+    for i in fallen:
+        _edit_event(trading_run, "heartbeat", lambda e: e.update(drawdown_pct=0.0), nth=i)
+    problems = validate(trading_run)
+    assert any("drawdown_pct 0.0 but its equity is" in p for p in problems)
+    assert any("metrics.json row" in p and "drawdown_pct" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("column", "value"), [("price", "1.0"), ("position_qty", "9.999"), ("drawdown_pct", "99.00")]
+)
+def test_a_metrics_csv_column_off_its_row_is_caught(trading_run: Path, column: str, value: str) -> None:
+    path = trading_run / "metrics.csv"
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    fields = list(rows[0])
+    rows[0][column] = value
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    assert any(p.startswith(f"metrics.csv row 1: {column} = {value!r}") for p in validate(trading_run))

@@ -46,6 +46,7 @@ import contextlib
 import csv
 import html
 import json
+import math
 import re
 import sys
 import tempfile
@@ -57,7 +58,7 @@ from typing import Any
 
 import orjson
 
-from protocols.records import ReportBuilder
+from protocols.records import METRIC_FIELDS, ReportBuilder, metric_decimals
 
 CENT = 0.01
 EPS = 1e-9
@@ -192,6 +193,18 @@ def check_report(events: list[dict[str, Any]], report: dict[str, Any]) -> list[s
         problems.append(f"net_pnl {net} != realized - fees - funding + unrealized ({parts:.6f})")
     if report.get("status") == "ok" and report.get("open_positions"):
         problems.append(f"session ended ok but open_positions = {report['open_positions']}")
+    heartbeats = [
+        e for e in events if e.get("kind") == "heartbeat" and isinstance(e.get("equity"), int | float)
+    ]
+    if report.get("status") == "ok" and not report.get("open_positions"):  # flat: nothing unrealized
+        if abs(report["unrealized_pnl"]) > CENT:
+            problems.append(f"session ended ok and flat but unrealized_pnl = {report['unrealized_pnl']}")
+        if heartbeats and abs(end - heartbeats[-1]["equity"]) > CENT:
+            problems.append(
+                f"ending_equity {end} but the last heartbeat (seq {heartbeats[-1]['seq']}) says "
+                f"{heartbeats[-1]['equity']}"
+            )
+    problems += _check_drawdowns(heartbeats, report)
     builder = ReportBuilder()
     try:
         for e in events:
@@ -205,6 +218,36 @@ def check_report(events: list[dict[str, Any]], report: dict[str, Any]) -> list[s
         if report.get(key) != value:
             problems.append(f"report {key} = {report.get(key)!r} but the events give {value!r}")
     return problems
+
+
+def _check_drawdowns(heartbeats: list[dict[str, Any]], report: dict[str, Any]) -> list[str]:
+    """Each heartbeat's `drawdown_pct` is at least the fall of its equity from the highest a
+    heartbeat before it showed (the broker's peak, marked at every price, is at least that), and
+    the report's `max_drawdown_pct` at least every heartbeat's."""
+    problems: list[str] = []
+    peak = -math.inf
+    deepest = 0.0
+    for beat in heartbeats:
+        equity = float(beat["equity"])
+        peak = max(peak, equity)
+        said = beat.get("drawdown_pct")
+        if not isinstance(said, int | float):
+            continue
+        deepest = max(deepest, float(said))
+        least = (peak - equity) / peak * 100 if peak > 0 else 0.0
+        if said < least - DRAWDOWN_TOL:
+            problems.append(
+                f"heartbeat seq {beat['seq']}: drawdown_pct {said} but its equity is {least:.4f} % under "
+                "the peak of the heartbeats before it"
+            )
+    worst = report.get("max_drawdown_pct")
+    if isinstance(worst, int | float) and worst < deepest - DRAWDOWN_TOL:
+        problems.append(f"report max_drawdown_pct {worst} but a heartbeat says {deepest}")
+    return problems
+
+
+# drawdowns are written to 4 decimals, equities to 6
+DRAWDOWN_TOL = 2e-4
 
 
 # A figure a record states against the same figure recomputed here: records keep 6 decimals of
@@ -428,16 +471,7 @@ def _check_heartbeat(
 
 
 # the trading columns of a metrics row (the rest is the process's health, not in the heartbeat)
-METRICS_FIGURES = (
-    "ts",
-    "elapsed_s",
-    "price",
-    "equity",
-    "realized_pnl",
-    "unrealized_pnl",
-    "fees_paid",
-    "position_qty",
-)
+METRICS_FIGURES = METRIC_FIELDS  # every figure of a heartbeat is its metrics row's
 METRICS_MONEY = ("equity", "realized_pnl", "unrealized_pnl", "fees_paid")
 
 
@@ -449,6 +483,14 @@ def check_metrics(run: Path, events: list[dict[str, Any]]) -> list[str]:
     path = run / "metrics.json"
     if not path.exists():
         return problems
+    started = next((e for e in events if e.get("kind") == "session.started"), {})
+    price_dp, qty_dp = metric_decimals(str(started.get("symbol") or ""))
+    rounded = {
+        "elapsed_s": 0.0005 + EPS,
+        "price": 0.5 * 10.0**-price_dp + EPS,
+        "position_qty": 0.5 * 10.0**-qty_dp + EPS,
+        "drawdown_pct": 0.005 + EPS,
+    }
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
@@ -478,10 +520,19 @@ def check_metrics(run: Path, events: list[dict[str, Any]]) -> list[str]:
                     problems.append(
                         f"metrics.csv row {i}: {key} = {line.get(key)!r} but metrics.json says {row.get(key)!r}"
                     )
-            if line.get("ts") != row.get("ts"):
-                problems.append(
-                    f"metrics.csv row {i}: ts {line.get('ts')!r} but metrics.json says {row.get('ts')!r}"
-                )
+            for key in ("ts", "mark_source"):
+                if key in line and (line.get(key) or None) != (row.get(key) or None):
+                    problems.append(
+                        f"metrics.csv row {i}: {key} {line.get(key)!r} but metrics.json says {row.get(key)!r}"
+                    )
+            for key, half in rounded.items():  # rounded for people: within half their last digit
+                want, got = row.get(key), line.get(key)
+                try:
+                    same = (want is None and not got) or abs(float(got or "nan") - float(want)) <= half
+                except (TypeError, ValueError):
+                    same = False
+                if not same:
+                    problems.append(f"metrics.csv row {i}: {key} = {got!r} but metrics.json says {want!r}")
     return problems
 
 
