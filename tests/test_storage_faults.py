@@ -382,3 +382,30 @@ async def test_a_noted_fault_stays_noted_until_a_checkpoint_holds_its_resumed_er
         assert FaultNote(run).read() is None and (run / NOTE).exists()  # the page kept for the next
     finally:
         recorder.finish()  # closes its files and its session.log sink
+
+
+async def test_a_resume_over_a_line_torn_inside_a_character_drops_it(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A kill in the write of a line holding non-ASCII text (an error message, say) may cut it
+    inside a UTF-8 character: the resume drops it as a torn line, as it does any other (read as
+    text, it raised UnicodeDecodeError and the session could not resume)."""
+    from actors.recording.recorder import Recorder
+
+    result = await run_session(make_config(tmp_path), handle_signals=False, progress_mode="off")
+    run = result.run_path
+    for name in ("final_report.json", "metrics.json", "report.html"):
+        (run / name).unlink()
+    loaded = checkpoint.load(run)
+    torn = json.dumps({"seq": 10**6, "kind": "error", "message": "d\u00e9j\u00e0 vu"}, ensure_ascii=False)
+    data = torn.encode("utf-8")
+    cut = data.index("\u00e9".encode()) + 1  # inside the two bytes of the é
+    with (run / "events.jsonl").open("ab") as f:
+        f.write(data[:cut])
+    recorder = Recorder(run, resume_seq=loaded.state["seq"])
+    try:
+        assert recorder.discarded_events >= 1 and recorder.seq == loaded.state["seq"]
+    finally:
+        recorder.finish()
+    for line in (run / "events.jsonl").read_bytes().splitlines():
+        json.loads(line.decode("utf-8"))  # whole lines only

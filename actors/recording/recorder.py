@@ -153,11 +153,12 @@ class Recorder:
         those), fold them again into the report and metrics, and count what is discarded."""
         events_path = self.path / "events.jsonl"
         kept: list[str] = []
-        with events_path.open(encoding="utf-8") as f:
-            for line in f:
+        with events_path.open("rb") as f:  # bytes: a line cut inside a UTF-8 character is torn too
+            for raw in f:
                 try:
+                    line = raw.decode("utf-8")
                     record = json.loads(line)
-                except json.JSONDecodeError:
+                except (UnicodeDecodeError, json.JSONDecodeError):
                     self.discarded_events += 1
                     continue
                 if record.get("seq", 0) > resume_seq:
