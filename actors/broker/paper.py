@@ -871,11 +871,7 @@ class PaperBroker:
         charged (on the position open at it, before the flatten), and the instants still waiting
         for their rate are charged at the last rate known (the event's `rate_settled_at` says
         which instant that one was settled at)."""
-        events = (
-            self._advance(ts)
-            if not self.bars and ts >= self.next_funding_ts and self.last_ts is not None
-            else []
-        )
+        events = self._funding_before(ts)
         pending, self.funding_pending = self.funding_pending, []
         return events + [self._pending_event(ts, p, self.funding_settled_ts) for p in pending]
 
@@ -1202,9 +1198,14 @@ class PaperBroker:
         event is charged first, on the position open at it (found by an audit: the fill went
         first, and a position opened 0.1 s after 16:00 paid the 16:00 funding; in a backtest each
         candle's quote and close have charged every instant before an order arrives)."""
-        if not self.bars and ts >= self.next_funding_ts and self.last_ts is not None:
-            return self._advance(ts) + self._arrive(order, ts)
-        return self._arrive(order, ts)
+        return self._funding_before(ts) + self._arrive(order, ts)  # the funding first
+
+    def _funding_before(self, ts: float) -> list[Event]:
+        """Live: the funding instants passed since the last market event, charged before what
+        happens at `ts` (a backtest's quotes and closes have charged them already)."""
+        if self.bars or ts < self.next_funding_ts or self.last_ts is None:
+            return []
+        return self._advance(ts)
 
     def _arrive(self, order: Order, ts: float) -> list[Event]:
         if self.last_tick is None:
