@@ -194,8 +194,9 @@ def checked_candle(
 @attrs.frozen
 class Position:
     """One symbol's position in an account snapshot. `processed_signed_qty`: the signed size of
-    every order of the risk gate's the broker has finished with (filled, refused or cancelled), so
-    the gate can tell which of its orders are still on their way."""
+    every order of the risk gate's the broker has finished with (filled, refused or cancelled), and
+    `processed_buy_qty` the buys' part of it, so the gate can tell which of its orders, and on which
+    side, are still on their way."""
 
     symbol: str
     qty: float  # signed
@@ -203,6 +204,7 @@ class Position:
     processed_signed_qty: float = 0.0
     # "": the account's (net) position; else one strategy's virtual position in that symbol
     strategy_id: str = ""
+    processed_buy_qty: float = 0.0
 
 
 class AccountSnapshot(NamedTuple):

@@ -109,6 +109,7 @@ class Virtual:
     qty: float = 0.0
     avg_price: float = 0.0
     processed_signed_qty: float = 0.0  # its orders the broker has finished with (the gate's pending)
+    processed_buy_qty: float = 0.0  # the buys among them
     trade_net: float = 0.0  # the round trip open now: its realized PnL less its fees and funding so far
 
     def book(self, signed: float, price: float, fee: float = 0.0) -> tuple[float, float | None]:
@@ -314,6 +315,7 @@ class PaperBroker:
         self.next_funding_ts = -math.inf  # the next funding instant after last_ts
         self.stale = False  # the feed said its data is stale (FeedStatus)
         self.processed_signed_qty = 0.0  # every gate order's signed qty once filled, refused or cancelled
+        self.processed_buy_qty = 0.0  # the buys' part of it (the gate's pending, side by side)
         self.fill_seq = 0
         self.protective_seq = 0
         self.working: dict[str, Working] = {}
@@ -464,6 +466,7 @@ class PaperBroker:
         "mark_source",
         "last_ts",
         "processed_signed_qty",
+        "processed_buy_qty",
         "fill_seq",
         "protective_seq",
         "peak_equity",
@@ -1376,9 +1379,15 @@ class PaperBroker:
 
     def _count_processed(self, order: Order, qty: float) -> None:
         if not order.protective:
-            signed = qty if order.side == "buy" else -qty
-            self.processed_signed_qty += signed
-            self._virtual(order.strategy_id).processed_signed_qty += signed
+            virtual = self._virtual(order.strategy_id)
+            if order.side == "buy":
+                self.processed_signed_qty += qty
+                self.processed_buy_qty += qty
+                virtual.processed_signed_qty += qty
+                virtual.processed_buy_qty += qty
+            else:
+                self.processed_signed_qty -= qty
+                virtual.processed_signed_qty -= qty
             self._virtual_positions = None
 
     def _virtual(self, strategy_id: str) -> Virtual:
@@ -1882,14 +1891,19 @@ class PaperBroker:
             or position.qty != pos
             or position.avg_price != self.avg_price
             or position.processed_signed_qty != self.processed_signed_qty
+            or position.processed_buy_qty != self.processed_buy_qty
         ):
-            position = self._position = Position(self.symbol, pos, self.avg_price, self.processed_signed_qty)
+            position = self._position = Position(
+                self.symbol, pos, self.avg_price, self.processed_signed_qty, "", self.processed_buy_qty
+            )
         positions = self._virtual_positions
         if positions is None:
             positions = self._virtual_positions = (
                 position,
                 *(
-                    Position(self.symbol, v.qty, v.avg_price, v.processed_signed_qty, sid)
+                    Position(
+                        self.symbol, v.qty, v.avg_price, v.processed_signed_qty, sid, v.processed_buy_qty
+                    )
                     for sid, v in self.virtual.items()
                     if sid
                 ),

@@ -25,7 +25,10 @@ only through the frozen `AccountSnapshot`s that travel with what it is given.
   still go through.
 
 Orders approved but not yet processed by the broker count as pending (the snapshot's
-`processed_signed_qty`), so two quick intents cannot together exceed a limit.
+`processed_signed_qty` and `processed_buy_qty`), so two quick intents cannot together exceed a
+limit. The caps hold whichever of the pending orders fill: an entry's room counts what is on its
+way in its own direction, never what is on its way the other way (a resting limit may never fill,
+an exit may be refused or cut), so a position never grows past a cap whatever becomes of them.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from protocols.messages import (
     HaltEntries,
     Order,
     OrderIntent,
+    Position,
     RiskWatch,
     StopSession,
 )
@@ -103,10 +107,13 @@ class RiskGate:
         self.action = breaker_action(config.on_breaker, backtest=backtest)  # "stop" or "halt"
         self.starting_equity = starting_equity
         self.window: deque[float] = deque()
-        # every approved order's signed qty, by symbol (pending until the broker processed it)
+        # every approved order's signed qty, by symbol (pending until the broker processed it),
+        # and the buys' part of it (so the pending buys and sells are known apart)
         self.submitted_by_symbol: dict[str, float] = {}
+        self.submitted_buy_by_symbol: dict[str, float] = {}
         # the same per strategy: a strategy's exits reduce its own virtual position
         self.submitted_by_strategy: dict[str, float] = {}
+        self.submitted_buy_by_strategy: dict[str, float] = {}
         self.strategy_symbols: dict[str, str] = {}  # the symbol each strategy trades (from its orders)
         self.order_seq = 0
         self.trades = 0
@@ -150,6 +157,8 @@ class RiskGate:
             "window": list(self.window),
             "submitted_by_symbol": dict(self.submitted_by_symbol),
             "submitted_by_strategy": dict(self.submitted_by_strategy),
+            "submitted_buy_by_symbol": dict(self.submitted_buy_by_symbol),
+            "submitted_buy_by_strategy": dict(self.submitted_buy_by_strategy),
             "strategy_symbols": dict(self.strategy_symbols),
             **{name: getattr(self, name) for name in self._SCALARS},
         }
@@ -176,6 +185,27 @@ class RiskGate:
             else {p.strategy_id: p.processed_signed_qty for p in account.positions if p.strategy_id}
         )
         self.strategy_symbols = dict(state.get("strategy_symbols", {}))
+        # an older checkpoint kept the signed sums only: what was pending counted on its net side
+        buys = state.get("submitted_buy_by_symbol")
+        self.submitted_buy_by_symbol = (
+            dict(buys)
+            if buys is not None
+            else {
+                symbol: account.position(symbol).processed_buy_qty
+                + max(signed - account.position(symbol).processed_signed_qty, 0.0)
+                for symbol, signed in self.submitted_by_symbol.items()
+            }
+        )
+        buys = state.get("submitted_buy_by_strategy")
+        self.submitted_buy_by_strategy = (
+            dict(buys)
+            if buys is not None
+            else {
+                sid: self._own(account, sid).processed_buy_qty
+                + max(signed - self._own(account, sid).processed_signed_qty, 0.0)
+                for sid, signed in self.submitted_by_strategy.items()
+            }
+        )
         for p in account.positions:  # an older checkpoint: the strategies that hold positions
             if p.strategy_id:
                 self.strategy_symbols.setdefault(p.strategy_id, p.symbol)
@@ -225,32 +255,56 @@ class RiskGate:
         )
         return [submitted, decision]
 
-    def pending_signed_qty(self, account: AccountSnapshot, symbol: str | None = None) -> float:
-        symbol = symbol or account.symbol
-        return self.submitted_by_symbol.get(symbol, 0.0) - account.position(symbol).processed_signed_qty
+    def _own(self, account: AccountSnapshot, strategy_id: str) -> Position:
+        """A strategy's virtual position, in the symbol it trades."""
+        return account.position(self.strategy_symbols.get(strategy_id) or account.symbol, strategy_id)
+
+    def pending(self, account: AccountSnapshot, symbol: str, strategy_id: str = "") -> tuple[float, float]:
+        """The buys and the sells sent to `symbol` (with a `strategy_id`: by that strategy) that the
+        broker has not finished with yet, each as a size."""
+        if strategy_id:
+            own = account.position(symbol, strategy_id)
+            signed = self.submitted_by_strategy.get(strategy_id, 0.0) - own.processed_signed_qty
+            buys = self.submitted_buy_by_strategy.get(strategy_id, 0.0) - own.processed_buy_qty
+        else:
+            net = account.position(symbol)
+            signed = self.submitted_by_symbol.get(symbol, 0.0) - net.processed_signed_qty
+            buys = self.submitted_buy_by_symbol.get(symbol, 0.0) - net.processed_buy_qty
+        # to the sizes' precision: a sum of sizes minus another is not exactly 0 in floating point
+        buys = max(round(buys, 10), 0.0)
+        return buys, max(round(buys - signed, 10), 0.0)
 
     def projected_position(
         self, account: AccountSnapshot, strategy_id: str = "", symbol: str | None = None
     ) -> float:
         """The position in `symbol` (default: the snapshot's) once every order sent is done: the
         account's, or with a `strategy_id`, that strategy's virtual position."""
-        if not strategy_id:
-            return account.position(symbol).qty + self.pending_signed_qty(account, symbol)
-        own = account.position(symbol, strategy_id)
-        return own.qty + self.submitted_by_strategy.get(strategy_id, 0.0) - own.processed_signed_qty
+        symbol = symbol or account.symbol
+        buys, sells = self.pending(account, symbol, strategy_id)
+        return account.position(symbol, strategy_id).qty + buys - sells
 
-    def exposure(self, account: AccountSnapshot, symbol: str, strategy_id: str) -> tuple[float, float]:
-        """For an entry of `strategy_id` in `symbol`: the other strategies' projected positions
-        there, summed as absolute sizes (gross), and the strategy's own (signed). The caps hold
-        the gross: strategies share one net position, and one strategy's exit can grow the net
-        by what another holds the other way, so only the gross bounds it at every instant."""
+    def reach(self, account: AccountSnapshot, symbol: str, strategy_id: str = "") -> tuple[float, float]:
+        """How long and how short the position in `symbol` (a strategy's with a `strategy_id`) can
+        become, whichever of the orders on their way fill: the position with every pending buy,
+        and with every pending sell (a short as a positive size)."""
+        qty = account.position(symbol, strategy_id).qty
+        buys, sells = self.pending(account, symbol, strategy_id)
+        return qty + buys, sells - qty
+
+    def exposure(self, account: AccountSnapshot, symbol: str, strategy_id: str) -> tuple[float, float, float]:
+        """For an entry of `strategy_id` in `symbol`: the other strategies' positions there, each
+        the largest it can become either way, summed (gross); and the strategy's own reach, long
+        and short (`reach`). The caps hold the gross: strategies share one net position, and one
+        strategy's exit can grow the net by what another holds the other way, so only the gross
+        bounds it at every instant."""
+        long, short = self.reach(account, symbol, strategy_id)
         if not strategy_id:
-            return 0.0, self.projected_position(account, "", symbol)
+            return 0.0, long, short
         others = 0.0
         for sid in self._strategies_in(account, symbol):
             if sid != strategy_id:
-                others += abs(self.projected_position(account, sid, symbol))
-        return others, self.projected_position(account, strategy_id, symbol)
+                others += max(self.reach(account, symbol, sid))
+        return others, long, short
 
     def _strategies_in(self, account: AccountSnapshot, symbol: str) -> list[str]:
         """In a fixed order (sorted): sums over them must not depend on a set's hash order, which
@@ -259,12 +313,13 @@ class RiskGate:
         return sorted(ids | {sid for sid, s in self.strategy_symbols.items() if s == symbol})
 
     def gross_position(self, account: AccountSnapshot, symbol: str) -> float:
-        """A symbol's projected exposure: its strategies' positions as absolute sizes (the net
-        one's when no strategy has traded it)."""
+        """A symbol's exposure at its largest, whichever orders on their way fill: its strategies'
+        positions as absolute sizes (the net one's when no strategy has traded it), each the
+        largest it can become either way (`reach`)."""
         ids = self._strategies_in(account, symbol)
         if not ids:
-            return abs(self.projected_position(account, "", symbol))
-        return sum(abs(self.projected_position(account, sid, symbol)) for sid in ids)
+            return max(self.reach(account, symbol))
+        return sum(max(self.reach(account, symbol, sid)) for sid in ids)
 
     def instrument_of(self, symbol: str) -> Instrument:
         return self.instruments.get(symbol, self.instrument)
@@ -309,10 +364,16 @@ class RiskGate:
             return sized
         self.window.append(now)
         signed = sized if intent.side == "buy" else -sized
+        symbol = intent.symbol
         by_symbol = self.submitted_by_symbol
-        by_symbol[intent.symbol] = by_symbol.get(intent.symbol, 0.0) + signed
+        by_symbol[symbol] = by_symbol.get(symbol, 0.0) + signed
         sid = intent.strategy_id
         self.submitted_by_strategy[sid] = self.submitted_by_strategy.get(sid, 0.0) + signed
+        if signed > 0:
+            buys = self.submitted_buy_by_symbol
+            buys[symbol] = buys.get(symbol, 0.0) + signed
+            buys = self.submitted_buy_by_strategy
+            buys[sid] = buys.get(sid, 0.0) + signed
         if sid:
             self.strategy_symbols[sid] = intent.symbol
         self.order_seq += 1
@@ -384,8 +445,11 @@ class RiskGate:
         wanted *= intent.size_scale
         symbol = intent.symbol
         instrument = self.instrument_of(symbol)
-        others_here, own = self.exposure(account, symbol, intent.strategy_id)
+        others_here, long, short = self.exposure(account, symbol, intent.strategy_id)
         sign = 1 if intent.side == "buy" else -1
+        # how far the strategy's position already reaches this way, whichever pending orders fill
+        # (nothing on its way the other way counts as room: it may never fill)
+        reach = long if sign > 0 else short
         room = {  # how much more the position may grow in this direction under each cap
             "max_position_size": c.max_position_size,
             "max_notional": c.max_notional / price,
@@ -396,13 +460,13 @@ class RiskGate:
         room["max_total_notional"] = max(self.max_total_notional - others, 0.0) / price
         room["max_total_leverage"] = max(self.max_total_leverage * max(equity, 0.0) - others, 0.0) / price
         binding, cap = min(room.items(), key=lambda kv: kv[1])
-        allowed = cap - others_here - own * sign
+        allowed = cap - others_here - reach
         if wanted > allowed + 1e-12:
             if c.sizing != "risk" or allowed < instrument.min_qty:
                 held = f" (other strategies hold {others_here:.4f})" if others_here else ""
                 return Rejection(
                     binding,
-                    f"position would be {own + sign * wanted:+.4f} {symbol}{held}; {binding} allows "
+                    f"position could be {sign * (reach + wanted):+.4f} {symbol}{held}; {binding} allows "
                     f"{cap:.4f} at {price:.1f}",
                 )
             wanted = allowed
