@@ -156,9 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--funding",
-        metavar="FILE",
+        metavar="[SYMBOL=]FILE",
+        action="append",
+        default=[],
         help="backtests: funding rates, a CSV (optionally .gz) with header ts_ms,rate (rate a fraction "
-        "per 8 h, 0.0001 = 0.01 %%); without it broker.funding applies",
+        "per 8 h, 0.0001 = 0.01 %%); several symbols: SYMBOL=FILE for each symbol it is for "
+        "(repeatable); a symbol without one: broker.funding applies",
     )
     p.add_argument(
         "--from",
@@ -283,7 +286,7 @@ def _check_flags(args: argparse.Namespace) -> None:
                 f"{', '.join(given)}: not for --replay, which re-runs the session on its recorded "
                 "config into a new run folder; with --replay only --run-dir, --runtime and --quiet apply"
             )
-    if args.funding is not None and args.mode != "backtest":
+    if args.funding and args.mode != "backtest":
         raise PlanError(
             "--funding is only for --mode backtest (a replay re-delivers its recorded funding; "
             "live sessions take the exchange's rate, mock ones broker.funding)"
@@ -329,7 +332,7 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack | None) -> P
     if args.mode == "backtest":
         files = _data_files(args.data, config)
         window = _window(args.from_, args.until)
-        funding = _funding(args.funding)
+        funding = _funding(args.funding, config)
         if held is not None:
             _start_lock(held, config).arm()
             settle_latest(run_dir)
@@ -338,7 +341,8 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack | None) -> P
             data=files[0][1],
             data_by_symbol=files if len(files) > 1 else (),
             runtime=args.runtime,
-            funding=funding,
+            funding=funding[0][1] if len(config.symbols) == 1 and funding else None,
+            funding_by_symbol=funding if len(config.symbols) > 1 else (),
             window=window,
         )
     if held is None:  # only what a look at the run dir can tell
@@ -358,9 +362,12 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack | None) -> P
     return plan
 
 
-def _data_files(values: list[str], config: Config) -> tuple[tuple[str, str], ...]:
-    """`--data` values as (symbol, file) pairs, in the order of `config.symbols`: one plain FILE
-    for a one-symbol session, else SYMBOL=FILE for each symbol the strategies trade."""
+def _symbol_files(
+    flag: str, values: list[str], config: Config, expected: str, what: str = ""
+) -> dict[str, str]:
+    """`flag`'s values as files by symbol: one plain FILE for a one-symbol session (its symbol's),
+    else SYMBOL=FILE, each symbol once and one the strategies trade; each file must exist.
+    `expected`: what the file is, for the messages; `what`: why a plain FILE will not do."""
     symbols = config.symbols
     pairs: dict[str, str] = {}
     for value in values:
@@ -368,32 +375,39 @@ def _data_files(values: list[str], config: Config) -> tuple[tuple[str, str], ...
         if not sep:
             if len(values) > 1 or len(symbols) > 1:
                 raise PlanError(
-                    f"--data {value}: expected SYMBOL=FILE once for each symbol the strategies trade "
-                    f"({', '.join(symbols)})"
+                    f"{flag} {value}: expected SYMBOL=FILE once for each symbol the strategies trade "
+                    f"({', '.join(symbols)}){what}"
                 )
             symbol, path = symbols[0], value
         elif not symbol.strip():
             raise PlanError(
-                f"--data {value}: no symbol before '='; expected SYMBOL=FILE, e.g. {symbols[0]}=candles.csv"
+                f"{flag} {value}: no symbol before '='; expected SYMBOL=FILE, e.g. {symbols[0]}={path or 'FILE'}"
             )
         if not path.strip():  # Path("") is ".", the current folder
-            raise PlanError(f"--data {value!r}: no file named; expected a candle file")
+            raise PlanError(f"{flag} {value!r}: no file named; expected {expected}")
         symbol = symbol.strip().upper()
         if symbol in pairs:
-            raise PlanError(f"--data {value}: {symbol} is given twice")
+            raise PlanError(f"{flag} {value}: {symbol} is given twice")
         if symbol not in symbols:
             raise PlanError(
-                f"--data {value}: no strategy trades {symbol}; expected one of {', '.join(symbols)}"
+                f"{flag} {value}: no strategy trades {symbol}; expected one of {', '.join(symbols)}"
             )
-        if not is_file(path, "--data"):
+        if not is_file(path, flag):
             if Path(path).is_dir():
-                raise PlanError(f"--data: {short_path(path)} is a directory; expected a candle file")
-            raise PlanError(f"--data: file not found: {short_path(path)}")
+                raise PlanError(f"{flag}: {short_path(path)} is a directory; expected {expected}")
+            raise PlanError(f"{flag}: file not found: {short_path(path)}")
         pairs[symbol] = path
-    missing = [symbol for symbol in symbols if symbol not in pairs]
+    return pairs
+
+
+def _data_files(values: list[str], config: Config) -> tuple[tuple[str, str], ...]:
+    """`--data` values as (symbol, file) pairs, in the order of `config.symbols`: one plain FILE
+    for a one-symbol session, else SYMBOL=FILE for each symbol the strategies trade."""
+    pairs = _symbol_files("--data", values, config, "a candle file")
+    missing = [symbol for symbol in config.symbols if symbol not in pairs]
     if missing:
         raise PlanError(f"--data: no data for {', '.join(missing)}; expected SYMBOL=FILE for each of them")
-    return tuple((symbol, pairs[symbol]) for symbol in symbols)
+    return tuple((symbol, pairs[symbol]) for symbol in config.symbols)
 
 
 def _window(start: str | None, end: str | None) -> tuple[float, float]:
@@ -407,16 +421,20 @@ def _window(start: str | None, end: str | None) -> tuple[float, float]:
     return window
 
 
-def _funding(path: str | None) -> FundingRates | None:
-    """The rates of `--funding FILE`, read whole before anything starts (a bad file: PlanError)."""
-    if path is None:
-        return None
-    if not is_file(path, "--funding"):
-        raise PlanError(f"--funding: file not found: {short_path(path)}")
-    try:
-        return FundingRates.from_csv(path)
-    except DataError as exc:
-        raise PlanError(f"--funding: {exc}") from None
+def _funding(values: list[str], config: Config) -> tuple[tuple[str, FundingRates], ...]:
+    """The rates of `--funding [SYMBOL=]FILE`, by symbol in the order of `config.symbols` (a
+    symbol may have none), each file read whole before anything starts (a bad file: PlanError)."""
+    pairs = _symbol_files(
+        "--funding", values, config, "a file of funding rates", ": each symbol's funding rates are its own"
+    )
+    rates = []
+    for symbol in config.symbols:
+        if symbol in pairs:
+            try:
+                rates.append((symbol, FundingRates.from_csv(pairs[symbol])))
+            except DataError as exc:
+                raise PlanError(f"--funding: {exc}") from None
+    return tuple(rates)
 
 
 def _has_strategy_tables(path: str) -> bool:

@@ -35,7 +35,7 @@ import math
 import os
 import random
 import traceback
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -48,7 +48,7 @@ from actors.broker.paper import PaperBroker
 from actors.broker.portfolio import Portfolio
 from actors.config import Config, to_dict
 from actors.console import ConsoleSink, fmt_held
-from actors.feeds.funding import FundingRates
+from actors.feeds.funding import FundingRates, per_symbol_source
 from actors.feeds.history import DataError, candle_steps, read_candles_csv, read_market_log
 from actors.feeds.intervals import Intervals
 from actors.kernel import Kernel, Stopped
@@ -186,12 +186,14 @@ def build_parts(
     defer_to_next_quote: bool,
     live: bool = True,
     bars: bool = False,
-    funding: FundingRates | None = None,
+    funding: Mapping[str, FundingRates] | None = None,
     funding_modelled: bool = True,
 ) -> Parts:
     """The session's one seeded generator hands each part its own stream, in a fixed order, so
-    no part's draws depend on how the others are scheduled. `funding`: the rates the broker
-    charges at each funding instant (backtests, mock sessions); None: the feed's `Funding` events."""
+    no part's draws depend on how the others are scheduled. `funding`: by symbol, the rates the
+    broker charges at each funding instant (backtests, mock sessions); a symbol not there: the
+    feed's `Funding` events (`funding_modelled`), or no funding at all."""
+    funding = funding or {}
     root = random.Random(config.session.seed)
     rngs = {name: random.Random(root.getrandbits(64)) for name in ("feed", "broker")}
     symbols = config.symbols
@@ -208,8 +210,8 @@ def build_parts(
             defer_to_next_quote=defer_to_next_quote,
             bars=bars,
             instrument=instruments[symbols[0]],
-            funding=funding,
-            funding_modelled=funding_modelled,
+            funding=funding.get(symbols[0]),
+            funding_modelled=funding_modelled or symbols[0] in funding,
         )
     else:  # one account over several symbols
         broker = Portfolio(
@@ -461,26 +463,42 @@ class Session:
         self.funding, self.funding_source = self._funding()
         self._gaps: dict[str, list[tuple[float, float]]] = {}  # a backtest's data gaps read, by symbol
         self._skipped: dict[str, dict[str, int]] = {}  # its rows that were not candles, by symbol and reason
-        if self.funding_source == "none" and self.plan.mode == "backtest":
-            logger.warning(
-                "this backtest does not model funding (no --funding FILE, broker.funding = 'none'): "
-                "funding_paid will be 0"
-            )
+        if self.plan.mode == "backtest":
+            unmodelled = [s for s in self.config.symbols if s not in self.funding]
+            if len(unmodelled) == len(self.config.symbols):
+                logger.warning(
+                    "this backtest does not model funding (no --funding FILE, broker.funding = 'none'): "
+                    "funding_paid will be 0"
+                )
+            elif unmodelled:
+                logger.warning(
+                    f"this backtest does not model funding for {', '.join(unmodelled)} (no --funding "
+                    "SYMBOL=FILE for it, broker.funding = 'none'): nothing is charged on its positions"
+                )
 
-    def _funding(self) -> tuple[FundingRates | None, str]:
-        """The rates the broker charges funding at, and what the report calls them: a backtest's
-        `--funding FILE`; live Bitunix data's own rates (`Funding` events, re-delivered by a replay:
-        the broker gets None); otherwise `broker.funding = "constant"`'s rate, or none at all."""
+    def _funding(self) -> tuple[dict[str, FundingRates], str]:
+        """The rates the broker charges funding at, by symbol (a symbol not there: the feed's
+        `Funding` events, or none at all), and what the report calls them: a backtest's
+        `--funding [SYMBOL=]FILE`; live Bitunix data's own rates (`Funding` events, re-delivered by
+        a replay); otherwise `broker.funding = "constant"`'s rate, or none at all. A backtest of
+        several symbols with a file for some: `per_symbol_source`."""
         plan, broker = self.plan, self.config.broker
+        symbols = self.config.symbols
         if plan.funding is not None:
-            return plan.funding, plan.funding.source
+            return {symbol: plan.funding for symbol in symbols}, plan.funding.source
         constant = FundingRates.constant(broker.funding_rate_pct) if broker.funding == "constant" else None
+        everywhere = {symbol: constant for symbol in symbols} if constant is not None else {}
+        if plan.funding_by_symbol:
+            rates = everywhere | dict(plan.funding_by_symbol)
+            return rates, per_symbol_source(
+                {symbol: rates[symbol].source if symbol in rates else "none" for symbol in symbols}
+            )
         if plan.mode == "backtest":
-            return constant, "constant" if constant is not None else "none"
+            return everywhere, "constant" if constant is not None else "none"
         if self.config.feed.source == "bitunix":
-            rates, source = None, "feed"
+            rates, source = {}, "feed"
         else:
-            rates, source = constant, "constant" if constant is not None else "none"
+            rates, source = everywhere, "constant" if constant is not None else "none"
         if plan.recording is not None and plan.recording.funding_source is not None:
             source = plan.recording.funding_source  # a replay: the original's (it fell back, say)
         return rates, source
@@ -630,8 +648,9 @@ class Session:
             and self.config.broker.backtest_fill == "next_open",
             bars=self.plan.mode == "backtest",
             funding=self.funding,
-            # nothing to charge from: no funding events (a replay charges what its recording delivers)
-            funding_modelled=self.funding_source != "none" or self.plan.mode == "replay",
+            # the symbols without rates charge what the feed delivers (a replay: what its recording
+            # does); with no feed either, nothing: no funding events
+            funding_modelled=self.funding_source == "feed" or self.plan.mode == "replay",
         )
 
     def new_run_folder(self, now: float) -> Path:

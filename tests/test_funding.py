@@ -300,17 +300,17 @@ def test_validator_catches_funding_that_disagrees(tmp_path: Path) -> None:
 
 def test_mock_sessions_charge_the_constant_else_none(tmp_path: Path) -> None:
     session = Session(make_config(tmp_path, "feed.source=mock"))
-    assert session.funding is None and session.funding_source == "none"
+    assert session.funding == {} and session.funding_source == "none"
     session = Session(make_config(tmp_path, "feed.source=mock", "broker.funding=constant"))
     assert session.funding_source == "constant"
     parts = session.parts(session.timeline(float(T0)))
-    assert parts.broker.funding is session.funding
-    assert session.funding is not None and session.funding.rate_pct_at(T0) == 0.01
+    assert parts.broker.funding is session.funding["BTCUSDT"]
+    assert session.funding["BTCUSDT"].rate_pct_at(T0) == 0.01
 
 
 def test_live_bitunix_sessions_take_the_feeds_rate(tmp_path: Path) -> None:
     session = Session(make_config(tmp_path, "feed.source=bitunix", "broker.funding=constant"))
-    assert session.funding is None and session.funding_source == "feed"
+    assert session.funding == {} and session.funding_source == "feed"
 
 
 # --- the CLI -----------------------------------------------------------------------------------------

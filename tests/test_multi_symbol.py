@@ -189,6 +189,49 @@ def test_more_data_arguments_are_checked_against_the_strategies_symbols(
         assert "Traceback" not in result.stderr
 
 
+def test_each_symbol_is_charged_its_own_funding_rates(tmp_path: Path, data: dict[str, Path]) -> None:
+    # a contract's funding is its own: --funding BTCUSDT=FILE charges the BTC positions at the
+    # file's rate and nothing else; ETHUSDT, with no file and broker.funding = "none", is not modelled
+    rates = tmp_path / "btc_funding.csv"
+    rates.write_text(f"ts_ms,rate\n{T0_MS},0.0001\n")  # 0.01 % per 8 h from the start
+    run = backtest(tmp_path, data, "--funding", f"BTCUSDT={rates}")
+    assert validate(run) == []
+    report = read_report(run)
+    assert report["funding_source"] == "per symbol: BTCUSDT=file:btc_funding.csv, ETHUSDT=none"
+    events = read_events(run)
+    charges = [e for e in events if e["kind"] == "funding"]
+    assert charges and {e["symbol"] for e in charges} == {"BTCUSDT"}
+    # each charge, recomputed from the fills before it: the BTC position then, at the file's rate
+    for charge in charges:
+        held = sum(
+            (e["qty"] if e["side"] == "buy" else -e["qty"])
+            for e in events
+            if e["kind"] == "order.filled" and e["symbol"] == "BTCUSDT" and e["seq"] < charge["seq"]
+        )
+        assert charge["position_qty"] == pytest.approx(held, abs=1e-9)
+        assert charge["rate_pct"] == pytest.approx(0.01)
+        assert charge["amount"] == pytest.approx(held * charge["mark_price"] * 0.0001, abs=1e-9)
+    assert any(c["position_qty"] != 0 for c in charges), "no BTC position was open at any instant"
+    assert report["symbols"]["ETHUSDT"]["funding"] == 0
+    assert report["symbols"]["BTCUSDT"]["funding"] == pytest.approx(
+        sum(c["amount"] for c in charges), abs=0.01
+    )
+    assert report["funding_paid"] == pytest.approx(sum(c["amount"] for c in charges), abs=0.01)
+
+    # one file for several symbols is refused: which symbol's rates would it be?
+    config = tmp_path / "three.toml"
+    base = ["--config", str(config), "--mode", "backtest"]
+    base += [a for symbol, path in data.items() for a in ("--data", f"{symbol}={path}")]
+    for args, fragment in [
+        ([str(rates)], "--funding " + str(rates) + ": expected SYMBOL=FILE once for each symbol"),
+        ([f"SOLUSDT={rates}"], "no strategy trades SOLUSDT; expected one of BTCUSDT, ETHUSDT"),
+        ([f"BTCUSDT={rates}", "--funding", f"btcusdt={rates}"], "BTCUSDT is given twice"),
+    ]:
+        result = run_cli(*base, "--funding", *args, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert fragment in result.stderr and "Traceback" not in result.stderr
+
+
 # --- the portfolio as a component ---------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from actors.broker.paper import EPS, BrokerMessage, FundingSchedule, PaperBroker, next_heartbeat, route
@@ -63,7 +63,7 @@ class Portfolio:
         defer_to_next_quote: bool = False,
         bars: bool = False,
         instruments: dict[str, Instrument] | None = None,
-        funding: FundingSchedule | None = None,
+        funding: Mapping[str, FundingSchedule] | None = None,
         funding_modelled: bool = True,
     ) -> None:
         if not symbols:
@@ -80,9 +80,9 @@ class Portfolio:
                 defer_to_next_quote=defer_to_next_quote,
                 bars=bars,
                 instrument=(instruments or {}).get(symbol),
-                funding=funding,
+                funding=(funding or {}).get(symbol),
                 margin_equity=self._margin_equity,
-                funding_modelled=funding_modelled,
+                funding_modelled=funding_modelled or symbol in (funding or {}),
             )
             for symbol in symbols
         }

@@ -18,7 +18,9 @@ broker the rate in force at each funding instant instead:
   instant (config `broker.funding = "constant"`, `broker.funding_rate_pct`).
 
 `source` says where the rates came from, for the report's `funding_source`: `"file:<file name>"`
-or `"constant"`. No trio here: the kernel and the actors both use it through the broker.
+or `"constant"`; a backtest of several symbols with rates for some (`--funding SYMBOL=FILE`) reports
+each symbol's (`per_symbol_source`). No trio here: the kernel and the actors both use it through the
+broker.
 """
 
 from __future__ import annotations
@@ -129,8 +131,20 @@ class FundingRates:
         return f"FundingRates(source={self.source!r}, rows={len(self)})"
 
 
+PER_SYMBOL = "per symbol: "
+
+
+def per_symbol_source(sources: dict[str, str]) -> str:
+    """Each symbol's funding source in one `funding_source`: `per symbol: BTCUSDT=file:btc.csv,
+    ETHUSDT=none`."""
+    return PER_SYMBOL + ", ".join(f"{symbol}={source}" for symbol, source in sources.items())
+
+
 def describe(source: str) -> str:
     """A plain sentence on where a session's funding came from (the report's `funding_source`)."""
+    if source.startswith(PER_SYMBOL):
+        parts = (part.partition("=") for part in source[len(PER_SYMBOL) :].split(", "))
+        return "; ".join(f"{symbol}: {describe(one)}" for symbol, _, one in parts)
     if source == "feed":
         return "funding from the exchange's price channel (live rates)"
     if source == "constant":
