@@ -189,12 +189,33 @@ def test_trade_slippage_of_a_flip_is_shared_by_quantity() -> None:
 # --- the session and the CLI ------------------------------------------------------------------------
 
 
-def _backtest_in_process(tmp_path: Path) -> Path:
+def _backtest_in_process(tmp_path: Path, *sets: str, candles: int = 400) -> Path:
     tmp_path.mkdir(exist_ok=True)
     data = tmp_path / "bars.csv"
-    write_bars(data, 400)
-    config = make_config(tmp_path, *BACKTEST_SETS)
+    write_bars(data, candles)
+    config = make_config(tmp_path, *BACKTEST_SETS, *sets)
     return Session(config, Plan(mode="backtest", data=str(data))).run_kernel().run_path
+
+
+@pytest.mark.parametrize(
+    ("sets", "words"),
+    [
+        ((), "funding NOT modelled: no --funding FILE"),
+        (("broker.funding=constant", "broker.funding_rate_pct=0.05"), "funding at the constant"),
+    ],
+)
+def test_the_summary_says_what_funding_was_paid_and_where_it_came_from(
+    tmp_path: Path, sets: tuple[str, ...], words: str
+) -> None:
+    # the page a trader reads says it as plainly as the summary line: not modelled is not zero
+    run = _backtest_in_process(tmp_path, *sets, candles=1000)  # past 08:00 UTC, a funding instant
+    report = json.loads((run / "final_report.json").read_text())
+    paid = sum(e["amount"] for e in read_events(run) if e["kind"] == "funding")
+    assert report["funding_paid"] == pytest.approx(paid, abs=1e-6)
+    assert (paid != 0) == bool(sets)  # the constant rate charged the positions held at 00/08/16 UTC
+    page = (run / "report.html").read_text()
+    row = page.split("<th>funding</th>", 1)[1].split("</tr>", 1)[0]
+    assert f"{round(paid, 2) + 0.0:,.2f} paid; " in row and words in row
 
 
 def test_a_page_that_cannot_be_built_never_fails_the_session(

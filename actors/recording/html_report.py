@@ -33,6 +33,7 @@ import orjson
 from loguru import logger
 
 from actors import secrets
+from actors.feeds.funding import describe
 from actors.recording.report_stats import (
     STATISTICS,
     Trade,
@@ -371,6 +372,10 @@ def _summary(data: RunData, stats: dict[str, Any]) -> str:
         ("ending equity", _money(stopped.get("ending_equity"))),
         ("net PnL", f"{_money(stats['net_pnl'])} ({_fmt(stats['return_pct'], 'pct')})"),
     ]
+    source = report.get("funding_source", stopped.get("funding_source", started.get("funding_source")))
+    if source is not None:  # where the funding came from, in plain words (not modelled: said so)
+        paid = report.get("funding_paid", stopped.get("funding_paid"))
+        items.append(("funding", (f"{_money(paid)} paid; " if paid is not None else "") + describe(source)))
     for symbol, gap in (stopped.get("data_gaps") or {}).items():  # a backtest's data gaps
         items.append(
             (
