@@ -780,6 +780,28 @@ def test_a_daily_halt_survives_a_checkpoint_and_older_checkpoints_restore(tmp_pa
     assert _outs_kinds([o for o in outs if not isinstance(o, RiskWatch)]) == ["breaker.reset", "HaltEntries"]
 
 
+def test_the_orders_on_their_way_survive_a_checkpoint_side_by_side(tmp_path: Path) -> None:
+    gate, desk = _gate(tmp_path, *LOOSE_CAPS, "risk.max_position_size=0.005", "risk.sizing=fixed")
+    desk.mark(_tick(PRICE, T0), T0)
+    limit = OrderIntent(
+        T0, "buy", 0.005, PRICE, reason="entry_buy", order_type="limit", limit_price=PRICE - 1000
+    )
+    desk.arrive(_approved(desk.check(limit, T0)), T0)  # resting: still on its way
+    _approved(desk.check(_entry("sell", 0.003), T0))  # approved, not at the market yet
+    account = desk.account(T0)
+    assert gate.pending(account, "BTCUSDT") == (0.005, 0.003)
+    state = json.loads(json.dumps(gate.state()))  # as a checkpoint file keeps it
+    restored, _ = _gate(tmp_path, *LOOSE_CAPS, "risk.max_position_size=0.005", "risk.sizing=fixed")
+    restored.restore(state, account)
+    assert restored.pending(account, "BTCUSDT") == (0.005, 0.003)
+    assert _rejected(restored.check(_entry("sell", 0.003), account, T0)) == "max_position_size"
+    # a checkpoint from before the sides were kept: what is on its way counts on its net side
+    older = {k: v for k, v in state.items() if not k.startswith("submitted_buy_")}
+    resumed, _ = _gate(tmp_path, *LOOSE_CAPS, "risk.max_position_size=0.005", "risk.sizing=fixed")
+    resumed.restore(older, account)
+    assert resumed.pending(account, "BTCUSDT") == (0.002, 0.0)
+
+
 @pytest.mark.parametrize(
     ("limit", "pnls"), [("max_trades", [1.0, -1.0, 1.0]), ("max_losses", [-1.0, 1.0, -1.0])]
 )
