@@ -362,22 +362,19 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack | None) -> P
     return plan
 
 
-def _symbol_files(
-    flag: str, values: list[str], config: Config, expected: str, what: str = ""
-) -> dict[str, str]:
+def _symbol_files(flag: str, values: list[str], config: Config, expected: str, plain: str) -> dict[str, str]:
     """`flag`'s values as files by symbol: one plain FILE for a one-symbol session (its symbol's),
     else SYMBOL=FILE, each symbol once and one the strategies trade; each file must exist.
-    `expected`: what the file is, for the messages; `what`: why a plain FILE will not do."""
+    `expected`: what the file is; `plain`: what is expected instead of a plain FILE (messages; `{symbols}`
+    the symbols traded)."""
     symbols = config.symbols
     pairs: dict[str, str] = {}
     for value in values:
         symbol, sep, path = value.partition("=")
         if not sep:
             if len(values) > 1 or len(symbols) > 1:
-                raise PlanError(
-                    f"{flag} {value}: expected SYMBOL=FILE once for each symbol the strategies trade "
-                    f"({', '.join(symbols)}){what}"
-                )
+                traded = ", ".join(symbols)
+                raise PlanError(f"{flag} {value}: expected SYMBOL=FILE {plain.format(symbols=traded)}")
             symbol, path = symbols[0], value
         elif not symbol.strip():
             raise PlanError(
@@ -403,7 +400,9 @@ def _symbol_files(
 def _data_files(values: list[str], config: Config) -> tuple[tuple[str, str], ...]:
     """`--data` values as (symbol, file) pairs, in the order of `config.symbols`: one plain FILE
     for a one-symbol session, else SYMBOL=FILE for each symbol the strategies trade."""
-    pairs = _symbol_files("--data", values, config, "a candle file")
+    pairs = _symbol_files(
+        "--data", values, config, "a candle file", "once for each symbol the strategies trade ({symbols})"
+    )
     missing = [symbol for symbol in config.symbols if symbol not in pairs]
     if missing:
         raise PlanError(f"--data: no data for {', '.join(missing)}; expected SYMBOL=FILE for each of them")
@@ -425,7 +424,11 @@ def _funding(values: list[str], config: Config) -> tuple[tuple[str, FundingRates
     """The rates of `--funding [SYMBOL=]FILE`, by symbol in the order of `config.symbols` (a
     symbol may have none), each file read whole before anything starts (a bad file: PlanError)."""
     pairs = _symbol_files(
-        "--funding", values, config, "a file of funding rates", ": each symbol's funding rates are its own"
+        "--funding",
+        values,
+        config,
+        "a file of funding rates",
+        "for each symbol it has the rates of (the strategies trade {symbols}): a contract's funding is its own",
     )
     rates = []
     for symbol in config.symbols:
