@@ -223,7 +223,10 @@ def test_each_symbol_is_charged_its_own_funding_rates(tmp_path: Path, data: dict
     base = ["--config", str(config), "--mode", "backtest"]
     base += [a for symbol, path in data.items() for a in ("--data", f"{symbol}={path}")]
     for args, fragment in [
-        ([str(rates)], "--funding " + str(rates) + ": expected SYMBOL=FILE for each symbol it has the rates of"),
+        (
+            [str(rates)],
+            "--funding " + str(rates) + ": expected SYMBOL=FILE for each symbol it has the rates of",
+        ),
         ([f"SOLUSDT={rates}"], "no strategy trades SOLUSDT; expected one of BTCUSDT, ETHUSDT"),
         ([f"BTCUSDT={rates}", "--funding", f"btcusdt={rates}"], "BTCUSDT is given twice"),
     ]:
