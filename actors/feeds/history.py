@@ -73,14 +73,22 @@ def read_candles_csv(
         gap_after = interval_s + 1e-6
         try:
             for rows in _rows(f):
-                for t, o, h, lo, c, v in rows:
-                    if t is None:  # a field missing, extra or not a number
+                for row in rows:
+                    if row[0] is None:  # `_NO_ROW`: a field missing, extra or not a number
                         skipped += 1
                         if skipped_by is not None:
                             skipped_by["csv_not_six_numbers"] = skipped_by.get("csv_not_six_numbers", 0) + 1
                         continue
+                    # six floats, named as such: compiled (setup.py), the checks below compare
+                    # plain doubles rather than objects (measured: a third of the reader's work)
+                    t: float = row[0]
+                    o: float = row[1]
+                    h: float = row[2]
+                    lo: float = row[3]
+                    c: float = row[4]
+                    v: float = row[5]
                     open_ts = t / 1000.0
-                    # chained comparisons are False for NaN
+                    # chained comparisons are False for NaN; `t % 1.0` is NaN for an infinite t
                     if (
                         0 < o < inf
                         and 0 < h < inf
@@ -89,15 +97,19 @@ def read_candles_csv(
                         and 0 <= v < inf
                         and lo <= o <= h
                         and lo <= c <= h
-                        and t.is_integer()
+                        and t % 1.0 == 0.0
                         and open_ts > last_open
                     ):
                         if open_ts - last_open > gap_after and candles:
                             gaps.append((last_open, open_ts))
                         last_open = open_ts
                         candles += 1
-                        # `checked_candle`, inlined: its prices were checked just above
-                        yield _new_tuple(Candle, (open_ts, interval_s, o, h, lo, c, v, False, symbol))
+                        # `checked_candle`, inlined: its prices were checked just above (the row's
+                        # own float objects: the doubles above, boxed again, would be new ones)
+                        yield _new_tuple(
+                            Candle,
+                            (open_ts, interval_s, row[1], row[2], row[3], row[4], row[5], False, symbol),
+                        )
                     else:
                         skipped += 1
                         if skipped_by is not None:
