@@ -341,8 +341,7 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack | None) -> P
             data=files[0][1],
             data_by_symbol=files if len(files) > 1 else (),
             runtime=args.runtime,
-            funding=funding[0][1] if len(config.symbols) == 1 and funding else None,
-            funding_by_symbol=funding if len(config.symbols) > 1 else (),
+            funding_by_symbol=funding,
             window=window,
         )
     if held is None:  # only what a look at the run dir can tell

@@ -53,8 +53,9 @@ class Plan:
     # backtest of several symbols: (symbol, candle file) for each, in the order of config.symbols
     data_by_symbol: tuple[tuple[str, str], ...] = ()
     recording: Recording | None = None  # replay
-    funding: FundingRates | None = None  # backtest: the rates of --funding FILE (read at planning)
-    # backtest of several symbols: (symbol, the rates of its --funding SYMBOL=FILE), for those given
+    funding: FundingRates | None = None  # backtest: the same rates for every symbol
+    # backtest: (symbol, the rates of its --funding [SYMBOL=]FILE) for the symbols given one (read at
+    # planning)
     funding_by_symbol: tuple[tuple[str, FundingRates], ...] = ()
     # backtests and replays: "kernel" (the default, a plain loop) or "actors" (the live Trio actors
     # on the data's clock, to check one against the other)

@@ -479,7 +479,7 @@ class Session:
     def _funding(self) -> tuple[dict[str, FundingRates], str]:
         """The rates the broker charges funding at, by symbol (a symbol not there: the feed's
         `Funding` events, or none at all), and what the report calls them: a backtest's
-        `--funding [SYMBOL=]FILE`; live Bitunix data's own rates (`Funding` events, re-delivered by
+        `--funding [SYMBOL=]FILE` (or `Plan.funding`, one schedule for every symbol); live Bitunix data's own rates (`Funding` events, re-delivered by
         a replay); otherwise `broker.funding = "constant"`'s rate, or none at all. A backtest of
         several symbols with a file for some: `per_symbol_source`."""
         plan, broker = self.plan, self.config.broker
@@ -490,6 +490,8 @@ class Session:
         everywhere = {symbol: constant for symbol in symbols} if constant is not None else {}
         if plan.funding_by_symbol:
             rates = everywhere | dict(plan.funding_by_symbol)
+            if len(symbols) == 1:
+                return rates, rates[symbols[0]].source
             return rates, per_symbol_source(
                 {symbol: rates[symbol].source if symbol in rates else "none" for symbol in symbols}
             )

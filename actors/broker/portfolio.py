@@ -69,6 +69,7 @@ class Portfolio:
         if not symbols:
             raise ValueError("a portfolio needs at least one symbol")
         self.config = config
+        funding = funding or {}
         self.rng = rng or random.Random(0)
         self.symbol = symbols[0]
         self.starting_equity = config.starting_equity
@@ -80,9 +81,9 @@ class Portfolio:
                 defer_to_next_quote=defer_to_next_quote,
                 bars=bars,
                 instrument=(instruments or {}).get(symbol),
-                funding=(funding or {}).get(symbol),
+                funding=funding.get(symbol),
                 margin_equity=self._margin_equity,
-                funding_modelled=funding_modelled or symbol in (funding or {}),
+                funding_modelled=funding_modelled or symbol in funding,
             )
             for symbol in symbols
         }
