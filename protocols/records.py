@@ -10,7 +10,7 @@ import functools
 import math
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Final
 
 import cattrs
 import orjson
@@ -133,7 +133,12 @@ def iso(ts: float) -> str:
     day, second = divmod(secs, 86_400)
     hour, second = divmod(second, 3600)
     minute, second = divmod(second, 60)
-    return f"{_date(day)}T{hour:02d}:{minute:02d}:{second:02d}.{us // 1000:03d}Z"
+    return f"{_date(day)}T{_TWO[hour]}:{_TWO[minute]}:{_TWO[second]}.{_THREE[us // 1000]}Z"
+
+
+# `f"{n:02d}"` and `f"{n:03d}"` looked up (a format call each costs more than the rest of `iso`)
+_TWO: Final = tuple(f"{n:02d}" for n in range(60))
+_THREE: Final = tuple(f"{n:03d}" for n in range(1000))
 
 
 @functools.lru_cache(maxsize=4)
@@ -167,21 +172,39 @@ def _fixed(value: Any, decimals: int) -> Any:
     """`value` written with `decimals` decimals (no float noise, no `-0.00`); None stays empty."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         return value
-    rounded = round(value, decimals)
-    return f"{rounded + 0.0 if rounded else 0.0:.{decimals}f}"
+    # the format rounds as `round(value, decimals)` does (correctly, half to even); a value that
+    # rounds to zero is written without its sign
+    text = f"{value:.{decimals}f}"
+    if text[0] == "-" and not text.strip("-0."):
+        return text[1:]
+    return text
 
 
 def metrics_csv_row(row: dict[str, Any], price_dp: int, qty_dp: int) -> dict[str, Any]:
     """A metrics row rounded for people (metrics.csv): prices to the tick, quantities to the lot,
     money to the cent, percentages to 0.01 (METRIC_COLUMN_DOCS)."""
     out = dict(row)
-    out["elapsed_s"] = _fixed(row.get("elapsed_s"), 3)
-    out["price"] = _fixed(row.get("price"), price_dp)
-    out["position_qty"] = _fixed(row.get("position_qty"), qty_dp)
-    out["drawdown_pct"] = _fixed(row.get("drawdown_pct"), 2)
-    for name in _MONEY_COLUMNS:
-        out[name] = _fixed(row.get(name), 2)
+    for name, decimals in zip(METRIC_COLUMNS, _csv_decimals(price_dp, qty_dp), strict=True):
+        if decimals >= 0:
+            out[name] = _fixed(row.get(name), decimals)
     return out
+
+
+def metrics_csv_values(row: dict[str, Any], price_dp: int, qty_dp: int) -> list[Any]:
+    """`metrics_csv_row`'s values in METRIC_COLUMNS' order (a missing one: ""), for `csv.writer`:
+    what `csv.DictWriter` writes of the row, without its checks on every row."""
+    return [
+        ("" if name not in row else row[name] if decimals < 0 else _fixed(row[name], decimals))
+        for name, decimals in zip(METRIC_COLUMNS, _csv_decimals(price_dp, qty_dp), strict=True)
+    ]
+
+
+@functools.lru_cache(maxsize=8)
+def _csv_decimals(price_dp: int, qty_dp: int) -> tuple[int, ...]:
+    """The decimals of each of METRIC_COLUMNS in metrics.csv (-1: written as it is)."""
+    decimals = {"elapsed_s": 3, "price": price_dp, "position_qty": qty_dp, "drawdown_pct": 2}
+    decimals.update(dict.fromkeys(_MONEY_COLUMNS, 2))
+    return tuple(decimals.get(name, -1) for name in METRIC_COLUMNS)
 
 
 def metrics_document(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 from hypothesis import given
@@ -22,3 +23,76 @@ def test_iso_is_the_datetime_modules_format(ts: float) -> None:
 def test_iso_at_the_edges_of_a_millisecond_and_a_second() -> None:
     for ts in (1704067200.0, 1704067259.999, 1e9 + 0.9999995, 1e9 + 0.9999994, 1796158265.5706525):
         assert iso(ts) == _reference(ts)
+
+
+# --- metrics.csv's figures, and a backtest quote's grid ------------------------------------------
+
+
+def _fixed_reference(value: float, decimals: int) -> str:
+    """What metrics.csv wrote before its writer took the format's own rounding: `round` first,
+    and a zero without its sign."""
+    rounded = round(value, decimals)
+    return f"{rounded + 0.0 if rounded else 0.0:.{decimals}f}"
+
+
+@given(
+    st.one_of(
+        st.floats(allow_nan=False), st.integers(-(10**12), 10**12), st.sampled_from([-0.0, -0.004, -0.005])
+    ),
+    st.integers(0, 8),
+)
+def test_a_metrics_figure_is_written_as_round_then_format_would(value: float, decimals: int) -> None:
+    from protocols.records import _fixed
+
+    assert _fixed(value, decimals) == _fixed_reference(value, decimals)
+    assert _fixed(None, decimals) is None
+
+
+def test_a_metrics_row_is_written_as_the_dict_writer_wrote_it() -> None:
+    import csv
+    import io
+
+    from protocols.records import METRIC_COLUMNS, metrics_csv_row, metrics_csv_values
+
+    rows = [
+        {"ts": "2026-01-01T00:00:00.000Z", "elapsed_s": 1.23456, "price": 60000.04999, "equity": -0.001},
+        {"mark_source": "candles", "cpu_pct": 3.25, "disk_free_mb": None, "position_qty": -0.00004},
+    ]
+    before, after = io.StringIO(newline=""), io.StringIO(newline="")
+    old = csv.DictWriter(before, fieldnames=METRIC_COLUMNS)
+    old.writeheader()
+    old.writerows(metrics_csv_row(row, 1, 4) for row in rows)
+    new = csv.writer(after)
+    new.writerow(METRIC_COLUMNS)
+    new.writerows(metrics_csv_values(row, 1, 4) for row in rows)
+    assert after.getvalue() == before.getvalue()
+    # a column the row lacks, or holds None, is empty; a figure rounded for people
+    assert after.getvalue().splitlines()[1] == "2026-01-01T00:00:00.000Z,1.235,60000.0,,0.00,,,,,,,,,"
+    assert after.getvalue().splitlines()[2].split(",")[8:11] == ["0.0000", "", "3.25"]
+
+
+def _grid_reference(price: float, scale: int) -> tuple[float, float]:
+    """The quote's bid and ask on the grid, as `round` tells a price on it from one between ticks."""
+    units = price * scale
+    if -1e-6 < units - round(units) < 1e-6:
+        return price, price
+    return math.floor(units) / scale, math.ceil(units) / scale
+
+
+@given(
+    st.one_of(
+        st.floats(min_value=1e-4, max_value=1e7, allow_nan=False),
+        # prices a hair off a tick, both sides, at the edge of the tolerance
+        st.builds(
+            lambda n, d, k: (n + d) / 10**k,
+            st.integers(1, 10**8),
+            st.sampled_from([0.0, 1e-6, -1e-6, 9.9e-7, -9.9e-7, 1.01e-6, 0.5, -0.5, 1e-9]),
+            st.integers(0, 6),
+        ),
+    ),
+    st.sampled_from([1, 10, 100, 1000, 10**4, 10**5, 10**6]),
+)
+def test_a_backtest_quote_is_on_the_grid_as_the_round_formula_puts_it(price: float, scale: int) -> None:
+    from actors.broker.paper import _grid_bid_ask
+
+    assert _grid_bid_ask(price, scale) == _grid_reference(price, scale)

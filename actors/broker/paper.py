@@ -1971,9 +1971,13 @@ def _grid_bid_ask(price: float, scale: int) -> tuple[float, float]:
     """The bid and ask of a quote at `price` on a grid of `1 / scale`: the price itself on the grid,
     else the ticks below and above it (`PaperBroker._grid_quote`)."""
     units = price * scale
-    if -1e-6 < units - round(units) < 1e-6:
+    # within 1e-6 of a whole tick: `-1e-6 < units - round(units) < 1e-6`, from the floor (both
+    # differences are exact, the same doubles; `round` costs a generic call, compiled)
+    below = math.floor(units)
+    above_floor = units - below
+    if above_floor < 1e-6 or above_floor - 1.0 > -1e-6:
         return price, price
-    return math.floor(units) / scale, math.ceil(units) / scale
+    return below / scale, (below + 1) / scale
 
 
 def _slippage_bps(side: str, reference: float, fill: float) -> float:

@@ -46,7 +46,7 @@ from protocols.records import (
     ReportBuilder,
     dumps_line,
     metric_decimals,
-    metrics_csv_row,
+    metrics_csv_values,
     metrics_document,
 )
 
@@ -182,9 +182,9 @@ def _metrics_csv(rows: list[dict[str, Any]], symbol: str) -> str:
     were not in the events."""
     price_dp, qty_dp = metric_decimals(symbol)
     out = io.StringIO(newline="")
-    writer = csv.DictWriter(out, fieldnames=METRIC_COLUMNS)
-    writer.writeheader()
-    writer.writerows(metrics_csv_row(row, price_dp, qty_dp) for row in rows)
+    writer = csv.writer(out)
+    writer.writerow(METRIC_COLUMNS)
+    writer.writerows(metrics_csv_values(row, price_dp, qty_dp) for row in rows)
     return out.getvalue()
 
 

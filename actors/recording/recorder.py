@@ -60,7 +60,7 @@ from protocols.records import (
     event_line,
     market_record,
     metric_decimals,
-    metrics_csv_row,
+    metrics_csv_values,
     metrics_document,
 )
 
@@ -142,9 +142,11 @@ class Recorder:
             remove_temp_files(path)
             raise StorageFault.from_os_error(exc, target) from None
         self._files = (self._events, self._market, self._metrics_file)
-        self._metrics_csv = csv.DictWriter(self._metrics_file, fieldnames=METRIC_COLUMNS)
-        self._metrics_csv.writeheader()
-        self._metrics_csv.writerows(metrics_csv_row(row, self.price_dp, self.qty_dp) for row in self.metrics)
+        self._metrics_csv = csv.writer(self._metrics_file)
+        self._metrics_csv.writerow(METRIC_COLUMNS)
+        self._metrics_csv.writerows(
+            metrics_csv_values(row, self.price_dp, self.qty_dp) for row in self.metrics
+        )
         self._log_sink: int | None
         self._log_sink, self._log = logs.add_run_log(path)
 
@@ -216,7 +218,7 @@ class Recorder:
         sample, fresh = self.health.sample()
         row = self.metrics[-1]
         row.update(sample)
-        self._metrics_csv.writerow(metrics_csv_row(row, self.price_dp, self.qty_dp))
+        self._metrics_csv.writerow(metrics_csv_values(row, self.price_dp, self.qty_dp))
         self._due(self._metrics_file)
         if fresh:
             for alert in self.rules.on_health(sample, ts):
