@@ -28,6 +28,7 @@ COMPILED = [
     "actors/feeds/history.py",
     "actors/feeds/intervals.py",
     "actors/recording/recorder.py",
+    "actors/recording/page_records.py",
     "protocols/records.py",
 ]
 

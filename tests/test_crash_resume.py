@@ -28,6 +28,7 @@ from actors.lock import SessionLock
 from actors.plan import PlanError, check_resume_config, find_resumable, settle_latest
 from actors.recording import checkpoint
 from actors.recording.abandon import close_abandoned, close_and_warn, read_events
+from actors.recording.html_report import build_report
 from protocols.records import iso
 from tests.conftest import cli_env, make_config, read_report, run_cli, run_main
 from tests.conftest import read_events as read_events_file
@@ -107,6 +108,11 @@ def _all_folders_closed_and_consistent(tmp_path: Path) -> list[dict[str, Any]]:
 CAP_MIN = 1.0  # never reached: the session is stopped by SIGTERM once the kills are done
 
 
+def _page(path: Path) -> bytes:
+    """A report.html without the time it was written."""
+    return re.sub(rb"Written [0-9-]+ [0-9:]+ UTC", b"Written", path.read_bytes())
+
+
 def _ts(iso_ts: str) -> float:
     return datetime.fromisoformat(iso_ts.replace("Z", "+00:00")).timestamp()
 
@@ -142,6 +148,8 @@ def test_sigkill_at_random_instants_loses_and_doubles_nothing(tmp_path: Path) ->
     assert validate(run) == []
     assert report["open_positions"] == []
     assert report["fills"] > 0
+    # its page, built from the records the last start reloaded and then wrote, is the file's
+    assert _page(run / "report.html") == _page(build_report(run, tmp_path / "rebuilt.html"))
     # the session's clock runs from its first start, downtime included (its planned end is kept)
     downtime = sum(e["downtime_s"] for e in events if e["kind"] == "session.resumed")
     wall = _ts(report["ended_at"]) - _ts(report["started_at"])

@@ -14,6 +14,7 @@ import base64
 import itertools
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -249,14 +250,20 @@ def _report_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow  # processes
+def _without_time(page: bytes) -> bytes:
+    return re.sub(rb"Written [0-9-]+ [0-9:]+ UTC", b"Written", page)
+
+
 def test_tools_report_rebuilds_compares_and_refuses_what_is_not_a_run(tmp_path: Path) -> None:
     run = _backtest_in_process(tmp_path)
     page = run / "report.html"
-    assert page.is_file()  # written by the session itself
+    assert page.is_file()  # written by the session itself, from the records as they were written
+    written = _without_time(page.read_bytes())
     page.unlink()
     done = _report_cli(str(tmp_path / "runs" / "latest"))
     assert done.returncode == 0, done.stderr
     assert page.is_file() and "Plotly.newPlot" in page.read_text()
+    assert _without_time(page.read_bytes()) == written  # the page the file gives, byte for byte
     assert "<script src=" not in page.read_text()  # the bundle is inlined: works offline
 
     other = _backtest_in_process(tmp_path / "second")

@@ -25,7 +25,6 @@ from collections import Counter
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from sys import intern
 from typing import Any
 
 import attrs
@@ -34,6 +33,7 @@ from loguru import logger
 
 from actors import secrets
 from actors.feeds.funding import describe
+from actors.recording.page_records import UNREAD_KINDS, PageRecords
 from actors.recording.report_stats import (
     STATISTICS,
     Trade,
@@ -49,51 +49,6 @@ REPORT_NAME = "report.html"
 MAX_POINTS = 5_000  # points of a chart's line (or candles) at most
 MAX_MARKED_TRADES = 2_000  # trades marked on a price chart at most
 MAX_TRADE_ROWS = 2_000  # rows of the trade list at most
-# Event kinds the page does not read: skipped unparsed (a long backtest writes hundreds of thousands).
-UNREAD_KINDS = (b"signal", b"order.submitted")
-# The fields the page reads of the kinds a long run has by the ten thousand: the others are
-# dropped as a record is read, and the values that repeat (kinds, sides, symbols, reasons) are
-# shared, so that the page of a long backtest is built in a few tens of MB.
-SLIM: dict[bytes, tuple[str, ...]] = {
-    b"order.filled": (
-        "kind",
-        "ts",
-        "symbol",
-        "qty",
-        "order_id",
-        "slippage_bps",
-        "latency_ms",
-        "fill_price",
-        "fee",
-        "requested_price",
-        "type",
-        "position_qty",
-        "realized_pnl",
-    ),
-    b"position.closed": (
-        "kind",
-        "ts",
-        "symbol",
-        "side",
-        "qty",
-        "entry_price",
-        "exit_price",
-        "realized_pnl",
-        "fees",
-        "net_pnl",
-        "held_s",
-        "opened_ts",
-        "exit_reason",
-    ),
-    b"heartbeat": ("kind", "ts", "price", "prices", "equity", "drawdown_pct"),
-    b"order.working": ("kind", "ts", "symbol", "order_id", "reason", "trigger_price", "limit_price"),
-    b"order.cancelled": ("kind", "ts", "order_id"),
-    b"order.rejected": ("kind", "ts", "reason"),
-}
-SLIM[b"order.amended"] = SLIM[b"order.working"]
-SHARED_STRINGS = frozenset(("kind", "symbol", "side", "reason", "type", "exit_reason"))
-# Of each slimmed kind's fields, those whose values are shared.
-SHARED = {kind: tuple(f for f in fields if f in SHARED_STRINGS) for kind, fields in SLIM.items()}
 FEED_KINDS = (
     "feed.connected",
     "feed.disconnected",
@@ -153,30 +108,26 @@ def run_folder(path: Path) -> Path:
     return path
 
 
-def load_run(path: Path) -> RunData:
+def load_run(path: Path, page: PageRecords | None = None) -> RunData:
     """The run's records, read a line at a time (a long backtest's events.jsonl is tens of MB):
-    the kinds the page does not read are skipped unparsed, and the many records of a long run (fills,
-    trades, heartbeats, orders) keep only the fields the page reads, so the page of any run is built
-    in bounded memory beside the session's own. They are indexed by kind as they are read: a chart
-    of one kind reads only its own (`RunData.of`)."""
+    the kinds the page does not read are skipped unparsed, and the many records of a long run
+    (fills, trades, heartbeats, orders) keep only the fields the page reads (`PageRecords`), so
+    the page of any run is built in bounded memory beside the session's own. They are indexed by
+    kind as they are read: a chart of one kind reads only its own (`RunData.of`). `page`: the
+    records already collected as they were written (the recorder's), instead of the file's."""
     path = run_folder(path)
-    records: list[dict[str, Any]] = []
-    by_kind: dict[str, list[dict[str, Any]]] = {}
-    with (path / "events.jsonl").open("rb") as f:
-        for line in f:
-            start = line.find(b'"kind":"') + 8
-            kind = line[start : line.find(b'"', start)]
-            if kind in UNREAD_KINDS:
-                continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue  # a torn last line of a crashed session
-            fields = SLIM.get(kind)
-            if fields is not None:  # the many records of a long run
-                record = _slim(record, fields, SHARED[kind])
-            records.append(record)
-            by_kind.setdefault(record["kind"], []).append(record)
+    if page is None:
+        page = PageRecords()
+        with (path / "events.jsonl").open("rb") as f:
+            for line in f:
+                start = line.find(b'"kind":"') + 8
+                if line[start : line.find(b'"', start)] in UNREAD_KINDS:
+                    continue
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue  # a torn last line of a crashed session
+                page.add(record)
     report = None
     with contextlib.suppress(OSError, orjson.JSONDecodeError):
         report = orjson.loads((path / "final_report.json").read_bytes())
@@ -188,42 +139,34 @@ def load_run(path: Path) -> RunData:
                 if b'"type":"candle"' in line:
                     candle = orjson.loads(line)
                     candles.setdefault(candle.get("symbol", ""), []).append(candle)
+    by_kind = page.by_kind
     instruments = {r.get("symbol", ""): r for r in by_kind.get("feed.instrument", [])}
-    return RunData(path, records, by_kind, report, candles, instruments)
-
-
-def _slim(record: dict[str, Any], fields: tuple[str, ...], shared: tuple[str, ...]) -> dict[str, Any]:
-    """The record's `fields` (those the page reads), the values of the `shared` ones one string
-    for every record."""
-    slim = {k: record[k] for k in fields if k in record}
-    for name in shared:
-        value = slim.get(name)
-        if isinstance(value, str):
-            slim[name] = intern(value)
-    return slim
+    return RunData(path, page.records, by_kind, report, candles, instruments)
 
 
 # --- the pages ---------------------------------------------------------------------------------------------
 
 
-def write_report_html(run: Path) -> Path | None:
-    """Build `run/report.html`; a failure is logged, never raised (the session goes on)."""
+def write_report_html(run: Path, page: PageRecords | None = None) -> Path | None:
+    """Build `run/report.html` (`page`: its records as the recorder collected them); a failure is
+    logged, never raised (the session goes on)."""
     try:
-        return build_report(run)
+        return build_report(run, page=page)
     except Exception as exc:
         logger.warning("{} not written: {!r}", REPORT_NAME, exc)
         logger.opt(exception=exc).debug("{} failed", REPORT_NAME)
         return None
 
 
-def build_report(run: Path, out: Path | None = None) -> Path:
-    """Write the run's page to `out` (default: `run/report.html`, atomically); its path."""
+def build_report(run: Path, out: Path | None = None, page: PageRecords | None = None) -> Path:
+    """Write the run's page to `out` (default: `run/report.html`, atomically); its path. `page`:
+    the records of its events.jsonl already collected (`load_run`)."""
     # hundreds of thousands of records, no cycle among them: the cyclic collector would only scan
     # them again and again (a third of the time of a long backtest's page)
     collecting = gc.isenabled()
     gc.disable()
     try:
-        data = load_run(run)
+        data = load_run(run, page)
         out = out or data.path / REPORT_NAME
         _write(out, report_page(data))
     finally:

@@ -41,6 +41,7 @@ from actors.recording import checkpoint
 from actors.recording.alerts import ALERT_KIND, AlertLog, AlertRules
 from actors.recording.health import HealthSampler
 from actors.recording.html_report import write_report_html
+from actors.recording.page_records import PageRecords
 from actors.recording.storage import (
     FaultNote,
     LineFile,
@@ -107,6 +108,7 @@ class Recorder:
         self.price_dp, self.qty_dp = metric_decimals("")
         self.seq = 0
         self.report_builder = ReportBuilder()
+        self.page_records = PageRecords()  # what report.html reads of the events, as they are written
         self.metrics: list[dict[str, Any]] = []
         self.report: dict[str, Any] | None = None
         self.last_event_ts: float | None = None
@@ -182,6 +184,7 @@ class Recorder:
     def _fold(self, record: dict[str, Any]) -> None:
         self.seq = record["seq"]
         self.report_builder.add(record)
+        self.page_records.add(record)
         if record["kind"] == "heartbeat":
             self.metrics.append({**{k: record.get(k) for k in METRIC_FIELDS}, **NO_HEALTH})
         elif record["kind"] == "session.started":
@@ -341,7 +344,7 @@ class Recorder:
         for file in self._files:
             file.close()
         if self.written:
-            write_report_html(self.path)
+            write_report_html(self.path, self.page_records)
         self._close_run_log()
         return self.report
 
