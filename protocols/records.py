@@ -151,13 +151,31 @@ def event_line(seq: int, event: Event) -> tuple[dict[str, Any], str]:
     """One line of events.jsonl (`seq`, `ts` as ISO-8601 UTC, `kind`, then the fields; compact,
     `dumps_line`) and its record: the record is what the line says, so the report folded from
     records is the one a reader folds from the file. JSON has no NaN or infinity: orjson writes
-    them as null, so a line with a `null` is read back for its record (the fields' None, NaN and
-    infinities all become None, as a reader sees them); any other line's record is its dict."""
-    record = {"seq": seq, "ts": iso(event.ts), "kind": event.kind, **event.fields}
+    them as null, so a line whose fields hold a NaN or an infinity is read back for its record
+    (they become None, as a reader sees them); any other line's record is its dict."""
+    fields = event.fields
+    record = {"seq": seq, "ts": iso(event.ts), "kind": event.kind, **fields}
     line = dumps_line(record)
-    if "null" in line:
+    if "null" in line and not _finite(fields):  # a None reads back as None: only NaN and inf differ
         record = orjson.loads(line)
     return record, line
+
+
+def _finite(value: object) -> bool:
+    """No NaN or infinity in `value`, a float or the lists, tuples and dicts holding one."""
+    # loops, not `all(...)`, and a tuple of types, not `list | tuple`: compiled, a generator and
+    # a union built at every call cost more than the read-back they spare
+    if isinstance(value, float):
+        return value - value == 0.0  # NaN for NaN and the infinities
+    if isinstance(value, dict):
+        for item in value.values():
+            if not _finite(item):
+                return False
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            if not _finite(item):
+                return False
+    return True
 
 
 def metric_decimals(symbol: str) -> tuple[int, int]:
@@ -170,7 +188,7 @@ def metric_decimals(symbol: str) -> tuple[int, int]:
 
 def _fixed(value: Any, decimals: int) -> Any:
     """`value` written with `decimals` decimals (no float noise, no `-0.00`); None stays empty."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    if not isinstance(value, (int, float)) or isinstance(value, bool):  # a tuple: see `_finite`
         return value
     # the format rounds as `round(value, decimals)` does (correctly, half to even); a value that
     # rounds to zero is written without its sign

@@ -96,3 +96,36 @@ def test_a_backtest_quote_is_on_the_grid_as_the_round_formula_puts_it(price: flo
     from actors.broker.paper import _grid_bid_ask
 
     assert _grid_bid_ask(price, scale) == _grid_reference(price, scale)
+
+
+def _as_read(value: object) -> object:
+    """A value as JSON reads it back: tuples are arrays."""
+    if isinstance(value, dict):
+        return {k: _as_read(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_read(v) for v in value]
+    return value
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=6), _json_values, max_size=5))
+def test_an_events_record_is_what_its_line_says(fields: dict[str, object]) -> None:
+    """NaN and the infinities are written as null and read back as None, None as None: the record
+    the report is folded from is the line's, whatever the fields hold."""
+    import orjson
+
+    from protocols.messages import Event
+    from protocols.records import event_line
+
+    record, line = event_line(7, Event(1704067200.25, "probe", dict(fields)))
+    assert _as_read(record) == orjson.loads(line)

@@ -200,7 +200,8 @@ def route(broker: Routes, message: BrokerMessage, now: float) -> list[Event]:
         return broker.on_order(message, now)
     if isinstance(message, Cancel):
         return broker.on_cancel(message, now)
-    if isinstance(message, Flatten | HaltEntries | StopSession | RiskWatch):
+    # a tuple of types: compiled, `A | B | ...` builds a union object at every call
+    if isinstance(message, (Flatten, HaltEntries, StopSession, RiskWatch)):
         return broker.on_command(message, now)
     return broker.on_market(message, now)
 
