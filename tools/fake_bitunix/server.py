@@ -8,7 +8,9 @@ It imitates the wire format of ../shared/docs/bitunix-protocol.md, quirks includ
 frame, no subscribe ack, data 100-600 ms after a subscribe, JSON ping/pong, prices as strings,
 REST klines newest first with the volume names swapped, errors as HTTP 200 with a code.
 
-Price path. Exchange time is wall time (`time.time()`, plus `time_offset_s`). A seeded bar source
+Price path. Exchange time is wall time (`time.time()` when the fake was made, then the monotonic
+clock's time since, as a session's clock: a step or slew of the system clock in a test moves
+neither; plus `time_offset_s`). A seeded bar source
 gives one 1-minute bar per minute, in order, from `history_candles` minutes before the minute in
 which the object was made: a random walk (Brownian-bridge high/low, lognormal volume), or with
 `candles_csv` the real candles replayed. Every minute from that one on is expanded into 240
@@ -1357,6 +1359,9 @@ class FakeBitunix:
         self.idle_timeout_s = idle_timeout_s
         self.max_client_msgs_per_s = max_client_msgs_per_s
         self.time_offset_s = time_offset_s
+        # exchange time: the wall time now, then monotonic (found in a test: with the system clock
+        # slewed, the fake's books ran a 250 ms step ahead of a session clock started beside it)
+        self._wall0, self._mono0 = time.time(), time.monotonic()
         self.ws_port = ws_port
         self.rest_port = rest_port
         self.stats = FakeStats()
@@ -1391,7 +1396,7 @@ class FakeBitunix:
 
     def now_ms(self) -> int:
         """Exchange time in ms (wall time plus time_offset_s)."""
-        return int((time.time() + self.time_offset_s) * 1000)
+        return int((self._wall0 + (time.monotonic() - self._mono0) + self.time_offset_s) * 1000)
 
     def auth_now(self) -> float:
         """The clock of the private API and of the `Date` headers, in s: wall time plus clock_offset_s."""
