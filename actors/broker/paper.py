@@ -676,7 +676,7 @@ class PaperBroker:
         ):
             events += self._walk(candle, ts, self.path_price)
         elif not -EPS < pos < EPS:
-            self._mark_extremes(candle, pos, self._cash())
+            self._mark_extremes(candle.open, candle.high, candle.low, pos, self._cash())
         if ts >= self.next_expiry:  # after the path: an order good till the candle's end lived through it
             events += self._expire(ts)
         close = candle.close
@@ -724,8 +724,7 @@ class PaperBroker:
         # the two quotes and marks the two steps make (`_grid_quote`: on the instrument's grid; of
         # the open's quote only its mid is kept)
         open_mark = self._grid_mid(open_)
-        scale = self._price_scale
-        bid, ask = _grid_bid_ask(close, scale)
+        bid, ask = _grid_bid_ask(close, self._price_scale)
         close_tick = _new_tuple(
             Tick, (close_ts - CLOSE_TICK_LEAD_S, bid, ask, close, 0.0, 0.0, 0.0, symbol, "candles")
         )
@@ -753,7 +752,7 @@ class PaperBroker:
         # path, the close's mark: `_mark_extremes`)
         self._update_drawdown(open_equity)
         if not -EPS < pos < EPS:
-            self._mark_path_extremes(open_, high, low, pos, cash)
+            self._mark_extremes(open_, high, low, pos, cash)
         self._update_drawdown(close_equity)
         self.path_price = close
         self.bar_volume = volume
@@ -1054,16 +1053,12 @@ class PaperBroker:
             self.starting_equity + self.realized_pnl - (self.fees_maker + self.fees_taker) - self.funding_paid
         )
 
-    def _mark_extremes(self, candle: Candle, pos: float, cash: float) -> None:
+    def _mark_extremes(self, open_: float, high: float, low: float, pos: float, cash: float) -> None:
         """A backtest candle nothing traded in, with a position open: the equity at its two
         extremes, in the path's order (`_path`), goes into the peak and the deepest drawdown, as a
         live session's marks at every quote would (its open and close are the quotes' marks). A
         wick against the position is a drawdown even when the candle closes where it opened (found
         by an audit: the report's maximum drawdown counted the marks at opens and closes only)."""
-        self._mark_path_extremes(candle.open, candle.high, candle.low, pos, cash)
-
-    def _mark_path_extremes(self, open_: float, high: float, low: float, pos: float, cash: float) -> None:
-        """`_mark_extremes` of a candle's open, high and low."""
         avg = self.avg_price
         low_equity = cash + (low - avg) * pos
         high_equity = cash + (high - avg) * pos

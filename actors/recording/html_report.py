@@ -1,7 +1,8 @@
 """report.html: one self-contained page per run folder (plotly, its JavaScript inlined: it works
-offline), and a page comparing several runs. Everything on it is read from the run folder's files
-(events.jsonl; final_report.json, market.jsonl), never from live objects, so a finished run's page
-can be rebuilt at any time (`python -m tools.report RUN`).
+offline), and a page comparing several runs. Everything on it is what the run folder's files say
+(events.jsonl; final_report.json, market.jsonl), so a finished run's page can be rebuilt at any
+time (`python -m tools.report RUN`) and is the same; the session's own page takes the records of
+events.jsonl as the recorder wrote them (`PageRecords`) rather than reading the file back.
 
 The recorder writes it right after final_report.json (`write_report_html`); a failure is logged,
 never the session's. Large runs stay light: a chart line or candle series of more than

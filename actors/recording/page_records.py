@@ -15,8 +15,8 @@ UNREAD_KINDS: Final = (b"signal", b"order.submitted")
 # The fields the page reads of the kinds a long run has by the ten thousand: the others are
 # dropped as a record is read, and the values that repeat (kinds, sides, symbols, reasons) are
 # shared, so that the page of a long backtest is built in a few tens of MB.
-SLIM: dict[bytes, tuple[str, ...]] = {
-    b"order.filled": (
+SLIM: Final[dict[str, tuple[str, ...]]] = {
+    "order.filled": (
         "kind",
         "ts",
         "symbol",
@@ -31,7 +31,7 @@ SLIM: dict[bytes, tuple[str, ...]] = {
         "position_qty",
         "realized_pnl",
     ),
-    b"position.closed": (
+    "position.closed": (
         "kind",
         "ts",
         "symbol",
@@ -46,19 +46,17 @@ SLIM: dict[bytes, tuple[str, ...]] = {
         "opened_ts",
         "exit_reason",
     ),
-    b"heartbeat": ("kind", "ts", "price", "prices", "equity", "drawdown_pct"),
-    b"order.working": ("kind", "ts", "symbol", "order_id", "reason", "trigger_price", "limit_price"),
-    b"order.cancelled": ("kind", "ts", "order_id"),
-    b"order.rejected": ("kind", "ts", "reason"),
+    "heartbeat": ("kind", "ts", "price", "prices", "equity", "drawdown_pct"),
+    "order.working": ("kind", "ts", "symbol", "order_id", "reason", "trigger_price", "limit_price"),
+    "order.cancelled": ("kind", "ts", "order_id"),
+    "order.rejected": ("kind", "ts", "reason"),
 }
-SLIM[b"order.amended"] = SLIM[b"order.working"]
+SLIM["order.amended"] = SLIM["order.working"]
 SHARED_STRINGS = frozenset(("kind", "symbol", "side", "reason", "type", "exit_reason"))
 # Of each slimmed kind's fields, those whose values are shared.
-SHARED = {kind: tuple(f for f in fields if f in SHARED_STRINGS) for kind, fields in SLIM.items()}
-# The same, by the kind as a record says it.
+SHARED: Final = {kind: tuple(f for f in fields if f in SHARED_STRINGS) for kind, fields in SLIM.items()}
+# UNREAD_KINDS as a record says them (the bytes: as a line of the file is scanned, unparsed).
 _UNREAD: Final = frozenset(kind.decode() for kind in UNREAD_KINDS)
-_SLIM: Final = {kind.decode(): fields for kind, fields in SLIM.items()}
-_SHARED: Final = {kind.decode(): fields for kind, fields in SHARED.items()}
 
 
 class PageRecords:
@@ -74,8 +72,8 @@ class PageRecords:
         kind: str = record["kind"]
         if kind in _UNREAD:
             return
-        fields = _SLIM.get(kind)
-        kept = _slim(record, fields, _SHARED[kind]) if fields is not None else dict(record)
+        fields = SLIM.get(kind)
+        kept = _slim(record, fields, SHARED[kind]) if fields is not None else dict(record)
         self.records.append(kept)
         by_kind = self.by_kind.get(kind)
         if by_kind is None:

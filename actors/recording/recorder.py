@@ -15,7 +15,7 @@ is written if the disk has room for it again, else the run folder is left as its
 checkpoint left it, for the next start to resume (`written` says which; the report is folded in
 memory either way).
 
-Each heartbeat row of `metrics.csv` is rounded for people (`metrics_csv_row`: prices to the
+Each heartbeat row of `metrics.csv` is rounded for people (`metrics_csv_values`: prices to the
 symbol's tick, money to the cent) and carries the process's health, sampled here, where the I/O
 is (actors/recording/health.py); every event written and every health sample go through the alert
 rules (actors/recording/alerts.py: why event alerts enter `events.jsonl` and health alerts do not).
