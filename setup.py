@@ -30,6 +30,7 @@ COMPILED = [
     "actors/recording/recorder.py",
     "actors/recording/page_records.py",
     "protocols/records.py",
+    "protocols/instruments.py",
 ]
 
 ext_modules = []

@@ -23,15 +23,15 @@ Where the table's figures come from (docs/fills.md says the same, with the choic
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, Literal
 
 import attrs
 
 Rounding = Literal["up", "down", "nearest"]
 
 # A price or quantity within this many grid steps of a grid point is on it (float noise).
-_GRID_EPS = 1e-6
+_GRID_EPS: Final = 1e-6
 
 
 @attrs.frozen
@@ -44,7 +44,7 @@ class MarginTier:
     max_leverage: float
 
 
-def _to_tiers(value: Any) -> tuple[MarginTier, ...]:
+def _to_tiers(value: Iterable[Any]) -> tuple[MarginTier, ...]:
     return tuple(t if isinstance(t, MarginTier) else MarginTier(**t) for t in value)
 
 
@@ -59,7 +59,9 @@ class Instrument:
     max_leverage: float
     max_market_qty: float
     max_limit_qty: float
-    tiers: tuple[MarginTier, ...] = attrs.field(converter=_to_tiers)
+    # a tuple of MarginTier (`from_dict` makes one of JSON's dicts): no converter, so that the
+    # class compiles (setup.py: mypyc refuses a field whose default is attrs' field marker)
+    tiers: tuple[MarginTier, ...]
     status: str = "OPEN"
     source: str = "table"  # "table" (shipped here) or "exchange" (trading_pairs at start)
 
@@ -132,10 +134,10 @@ class Instrument:
         for name in ("max_market_qty", "max_limit_qty"):
             if fields.get(name) is None:
                 fields[name] = math.inf
-        fields["tiers"] = [
+        fields["tiers"] = _to_tiers(
             {**t, "max_notional": math.inf if t["max_notional"] is None else t["max_notional"]}
             for t in fields["tiers"]
-        ]
+        )
         return cls(**fields)
 
 

@@ -32,7 +32,7 @@ METRIC_FIELDS = (
 )
 # The process's health at the heartbeat row (actors/recording/health.py): metrics files only,
 # never events.jsonl (it differs between two runs of the same data).
-HEALTH_FIELDS = ("cpu_pct", "rss_mb", "open_files", "disk_free_mb")
+HEALTH_FIELDS: Final = ("cpu_pct", "rss_mb", "open_files", "disk_free_mb")
 METRIC_COLUMNS = METRIC_FIELDS + HEALTH_FIELDS
 NO_HEALTH: dict[str, Any] = dict.fromkeys(HEALTH_FIELDS)
 # metrics.json's `columns`: what each column holds and how metrics.csv rounds it (metrics.json's
@@ -56,9 +56,9 @@ METRIC_COLUMN_DOCS = {
     "open_files": "open file descriptors of the process: files, sockets, pipes (psutil)",
     "disk_free_mb": "free space of the run folder's disk, MB (psutil; 0.1)",
 }
-_MONEY_COLUMNS = ("equity", "realized_pnl", "unrealized_pnl", "fees_paid")
+_MONEY_COLUMNS: Final = ("equity", "realized_pnl", "unrealized_pnl", "fees_paid")
 # An instrument the shipped table does not know: enough decimals to lose nothing but float noise.
-_UNKNOWN_DECIMALS = 8
+_UNKNOWN_DECIMALS: Final = 8
 
 REPORT_FIELDS = (
     "run_id",
@@ -110,10 +110,19 @@ REPORT_FIELDS = (
     "symbols",
 )
 
-MONEY_DP = 6
+MONEY_DP: Final = 6
 # A row of the report's `strategies` and `symbols` tables.
-ATTRIBUTION_FIELDS = ("fills", "trades", "wins", "losses", "realized_pnl", "fees", "funding", "net_pnl")
-FLAT_EPS = 1e-9
+ATTRIBUTION_FIELDS: Final = (
+    "fills",
+    "trades",
+    "wins",
+    "losses",
+    "realized_pnl",
+    "fees",
+    "funding",
+    "net_pnl",
+)
+FLAT_EPS: Final = 1e-9
 
 
 _strftime, _gmtime = time.strftime, time.gmtime

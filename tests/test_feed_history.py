@@ -189,6 +189,47 @@ def test_each_skipped_row_is_counted_by_its_reason(tmp_path: Path) -> None:
     }
 
 
+def _read(tmp_path: Path, rows: list[str]) -> tuple[list[tuple[float, ...]], dict[str, int], dict[str, int]]:
+    path = tmp_path / "c.csv"
+    path.write_text(HEADER + "\n".join(rows) + "\n")
+    stats: dict[str, int] = {}
+    by: dict[str, int] = {}
+    candles = list(read_candles_csv(path, 60, stats, skipped_by=by))
+    assert all(type(x) is float for c in candles for x in tuple(c)[2:7])
+    return [tuple(c)[:7] for c in candles], stats, by
+
+
+def test_six_fields_that_are_not_all_numbers_are_skipped_not_read_as_json(tmp_path: Path) -> None:
+    # a chunk of lines is first read as one JSON array of an array per line: a `null` once stopped
+    # the reader with a TypeError, a `true` was read as the price 1.0; they are refused as `float`
+    # refuses them, and the rows beside them, and an int where a float is written, read as before
+    rows = [
+        "60000,100,110,90,105,1",
+        "120000,null,110,90,105,1",
+        "180000,true,110,90,105,1",
+        '240000,"100",110,90,105,1',
+        "270000,100,110,90,105",
+        "300000,100.5,110,90,105.25,2.5",
+    ]
+    candles, stats, by = _read(tmp_path, rows)
+    assert candles == [
+        (60.0, 60.0, 100.0, 110.0, 90.0, 105.0, 1.0),
+        (300.0, 60.0, 100.5, 110.0, 90.0, 105.25, 2.5),
+    ]
+    assert stats == {"candles": 2, "skipped": 4} and by == {"csv_not_six_numbers": 4}
+    # each line's own numbers, whatever JSON could make of the lines together: a string across
+    # lines (one array of two lines), brackets that would split or join the per-line arrays
+    good = "320000,100,110,90,105,1"
+    split_and_join = ["330000,100,110,90,105,1],[340000,100,110,90,105,1", '1,"x', 'y",2,3,4,5,6']
+    for odd in (['310000,"1', '2",110,90,105,1'], split_and_join, ["[340000,1,1,1,1,1", "1,1]"]):
+        candles, stats, by = _read(tmp_path, [rows[0], *odd, good])
+        assert candles == [
+            (60.0, 60.0, 100.0, 110.0, 90.0, 105.0, 1.0),
+            (320.0, 60.0, 100.0, 110.0, 90.0, 105.0, 1.0),
+        ]
+        assert stats == {"candles": 2, "skipped": len(odd)} and by == {"csv_not_six_numbers": len(odd)}
+
+
 def _backtest(tmp_path: Path, rows: list[str]) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "c.csv"
     path.write_text(HEADER + "\n".join(rows) + "\n")

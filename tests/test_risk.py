@@ -313,6 +313,32 @@ def test_fixed_sizing_uses_the_strategy_qty_rounded_to_the_lot(tmp_path: Path) -
     assert _approved(desk.check(_entry(qty=0.0001), T0)).qty == 0.0001
 
 
+def test_an_approved_order_carries_every_field_of_its_intent(tmp_path: Path) -> None:
+    # the gate builds its Order by position (actors/risk/gate.py): each field lands where its name
+    # says, whatever the order of Order's fields
+    _, desk = _gate(tmp_path, *LOOSE_CAPS, "risk.sizing=fixed")
+    desk.mark(_tick(PRICE, T0), T0)
+    intent = OrderIntent(
+        T0, "buy", 0.003, PRICE, reason="entry_all", order_type="limit", limit_price=PRICE - 10,
+        trigger_price=None, post_only=True, stop_price=PRICE - 300, target_price=PRICE + 600,
+        strategy_id="s1", symbol="BTCUSDT", expire_ts=T0 + 600,
+    )  # fmt: skip
+    order = _approved(desk.check(intent, T0 + 1))
+    assert order.id.startswith("o") and (order.ts, order.qty, order.protective) == (T0 + 1, 0.003, False)
+    same = set(attrs.fields_dict(OrderIntent)) & set(attrs.fields_dict(Order)) - {"ts", "qty"}
+    assert same == {
+        "side", "decision_price", "reason", "reduce_only", "order_type", "limit_price", "trigger_price",
+        "post_only", "stop_price", "target_price", "strategy_id", "symbol", "expire_ts",
+    }  # fmt: skip
+    assert {name: getattr(order, name) for name in same} == {name: getattr(intent, name) for name in same}
+    stop = OrderIntent(
+        T0, "sell", 0.002, PRICE, reason="entry_stop", order_type="stop_market", trigger_price=PRICE - 50,
+        strategy_id="s2",
+    )  # fmt: skip
+    order = _approved(desk.check(stop, T0 + 2))
+    assert {name: getattr(order, name) for name in same} == {name: getattr(stop, name) for name in same}
+
+
 def test_below_min_size(tmp_path: Path) -> None:
     gate, desk = _gate(tmp_path, *LOOSE_CAPS, "risk.sizing=fixed")
     decision = desk.check(_entry(qty=0.00009), T0)

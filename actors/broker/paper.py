@@ -42,7 +42,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Container
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import attrs
 
@@ -72,12 +72,12 @@ from protocols.messages import (
     quote,
 )
 
-FUNDING_EVERY_S = 8 * 3600  # 00:00, 08:00, 16:00 UTC
+FUNDING_EVERY_S: Final = 8 * 3600  # 00:00, 08:00, 16:00 UTC
 # a rate settled this close to an instant is that instant's (the exchange's clock and ours differ
 # a little; instants are 8 h apart)
-SETTLED_SLACK_S = 60.0
-BOOK_FRESH_S = 2.0  # a book older than this (vs the last quote) is not trusted for walking
-EPS = 1e-12
+SETTLED_SLACK_S: Final = 60.0
+BOOK_FRESH_S: Final = 2.0  # a book older than this (vs the last quote) is not trusted for walking
+EPS: Final = 1e-12
 
 
 class FundingSchedule(Protocol):
@@ -177,7 +177,7 @@ class InFlight:
     message: Order | Cancel
 
 
-_new_tuple = tuple.__new__
+_new_tuple: Final = tuple.__new__
 
 # What a broker takes (`handle`): a market event, an order, a cancel or a risk command.
 BrokerMessage = MarketEvent | Order | Cancel | Flatten | HaltEntries | StopSession | RiskWatch
@@ -220,7 +220,7 @@ def next_heartbeat(started_ts: float, period: float, now: float, end_ts: float) 
 
 
 # The most orders and cancels on their way to the market at once; more are refused (`in_flight_limit`).
-MAX_IN_FLIGHT = 64
+MAX_IN_FLIGHT: Final = 64
 
 try:  # mypy's, there where the compiled build is (setup.py)
     from mypy_extensions import mypyc_attr

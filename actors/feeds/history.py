@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Iterator
 from itertools import repeat
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final
 
 import orjson
 
@@ -23,8 +23,8 @@ from protocols.records import market_from_record
 CSV_HEADER = ["open_time_ms", "open", "high", "low", "close", "volume"]
 # A backtest candle's close quote carries this time, just before the candle's end (at which it is
 # delivered, with the candle), so it is never confused with the next candle's open quote.
-CLOSE_TICK_LEAD_S = 0.001
-_INF = math.inf
+CLOSE_TICK_LEAD_S: Final = 0.001
+_INF: Final = math.inf
 
 
 class DataError(Exception):
@@ -88,7 +88,7 @@ def read_candles_csv(
                     c: float = row[4]
                     v: float = row[5]
                     open_ts = t / 1000.0
-                    # chained comparisons are False for NaN; `t % 1.0` is NaN for an infinite t
+                    # chained comparisons are False for NaN
                     if (
                         0 < o < inf
                         and 0 < h < inf
@@ -97,18 +97,29 @@ def read_candles_csv(
                         and 0 <= v < inf
                         and lo <= o <= h
                         and lo <= c <= h
-                        and t % 1.0 == 0.0
+                        and -inf < t < inf
+                        and t == math.floor(t)  # `t % 1.0`: fmod, a loop over the exponent
                         and open_ts > last_open
                     ):
                         if open_ts - last_open > gap_after and candles:
                             gaps.append((last_open, open_ts))
                         last_open = open_ts
                         candles += 1
-                        # `checked_candle`, inlined: its prices were checked just above (the row's
-                        # own float objects: the doubles above, boxed again, would be new ones)
+                        # `checked_candle`, inlined: its prices were checked just above; `float()`
+                        # because a field may be an int (`_parse_lines`): compiled, the doubles boxed
                         yield _new_tuple(
                             Candle,
-                            (open_ts, interval_s, row[1], row[2], row[3], row[4], row[5], False, symbol),
+                            (
+                                open_ts,
+                                interval_s,
+                                float(o),
+                                float(h),
+                                float(lo),
+                                float(c),
+                                float(v),
+                                False,
+                                symbol,
+                            ),
                         )
                     else:
                         skipped += 1
@@ -129,17 +140,17 @@ def skip_reason(t: float, o: float, h: float, lo: float, c: float, v: float, las
         return "csv_bad_prices"
     if not 0 <= v < _INF:
         return "csv_bad_volume"
-    if not math.isfinite(t) or not t.is_integer():
+    if not math.isfinite(t) or t % 1.0 != 0.0:
         return "csv_bad_time"
     return "csv_repeated_time" if t / 1000.0 == last_open else "csv_time_backwards"
 
 
-_CHUNK_BYTES = 1 << 18
-_NO_ROW = (None,) * 6
+_CHUNK_BYTES: Final = 1 << 18
+_NO_ROW: Final = (None,) * 6
 
 
 def _rows(f: IO[bytes]) -> Iterator[Iterable[tuple[Any, ...]]]:
-    """The data rows of a CSV, as six floats each (`_NO_ROW` for a row that is not six numbers),
+    """The data rows of a CSV, as six numbers each (`_NO_ROW` for a row that is not six numbers),
     a chunk of lines at a time (`_parse_lines`: about twice as fast as a `split` and six `float`
     calls per line)."""
     rest = b""
@@ -162,16 +173,26 @@ def _rows(f: IO[bytes]) -> Iterator[Iterable[tuple[Any, ...]]]:
 def _parse_lines(lines: bytes) -> Iterable[tuple[Any, ...]]:
     """The rows of whole lines. When every line has six fields, all of them are parsed at once as
     one JSON array by orjson (its numbers are a subset of what `float` reads, parsed to the same
-    doubles), then made floats; else, or when any field is not a JSON number, line by line."""
+    doubles; a number without a point or an exponent is an int, which the reader takes as the
+    float `float` makes of it); else, or when any field is not a JSON number, line by line. (An
+    array per line, `[[...],[...]]`, tried: orjson's lists and their generic indexing cost more
+    than the count of the commas.)"""
     rows = lines.split(b"\n")
     if list(map(bytes.count, rows, repeat(b","))).count(5) == len(rows):
         try:
-            values = list(map(float, orjson.loads(b"[" + lines.replace(b"\n", b",") + b"]")))
+            values = orjson.loads(b"[" + lines.replace(b"\n", b",") + b"]")
         except orjson.JSONDecodeError:
             pass
         else:
-            each = iter(values)
-            return zip(each, each, each, each, each, each, strict=True)
+            # numbers only: a `null`, `true` or `"1"` is a JSON value, which `float` refuses (a
+            # type test per value: compiled, a few instructions; `bool` is not `int` here)
+            for value in values:
+                kind = type(value)
+                if kind is not float and kind is not int:
+                    break
+            else:
+                each = iter(values)
+                return zip(each, each, each, each, each, each, strict=True)
     return [_parse_line(line) for line in rows]
 
 

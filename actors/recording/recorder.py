@@ -29,7 +29,7 @@ import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from loguru import logger
@@ -65,11 +65,11 @@ from protocols.records import (
     metrics_document,
 )
 
-FLUSH_EVERY_S = 1.0
+FLUSH_EVERY_S: Final = 1.0
 # Events that change orders, fills or positions: each is followed by a checkpoint at once.
-CRITICAL_PREFIXES = ("order.", "position.", "funding", "liquidation", "breaker.")
+CRITICAL_PREFIXES: Final = ("order.", "position.", "funding", "liquidation", "breaker.")
 # Events of this kind carry a market event (`fields["event"]`) to market.jsonl instead of events.jsonl.
-MARKET_KIND = "market"
+MARKET_KIND: Final = "market"
 
 
 def create_run_folder(run_dir: Path, run_id: str) -> Path:

@@ -13,9 +13,9 @@ O(period) state, and can be checkpointed (`state()` / `restore()`). No trio, no 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
-DAY_S = 86400.0
+DAY_S: Final = 86400.0
 
 
 class Ema:

@@ -59,7 +59,7 @@ reference, a backtest through the kernel, each rule on hand-built candles, the s
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Final, Literal
 
 import attrs
 
@@ -68,9 +68,9 @@ from actors.strategies.base import StrategyOutput, funding_gate_problems, fundin
 from actors.strategies.indicators import Atr, DailyVwap, Ema, Window
 from protocols.messages import AccountSnapshot, Candle, Event, OrderIntent, Tick
 
-NAME = "liquidity_sweep"
+NAME: Final = "liquidity_sweep"
 Direction = Literal["long", "short"]
-FLAT_QTY = 1e-12
+FLAT_QTY: Final = 1e-12
 
 
 @attrs.frozen

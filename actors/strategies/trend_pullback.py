@@ -46,7 +46,7 @@ decided on the close of a candle; EMAs are of closes, seeded with the simple mea
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Final, Literal
 
 import attrs
 
@@ -56,10 +56,10 @@ from actors.strategies.indicators import Atr, Ema
 from protocols.instruments import grid_instrument
 from protocols.messages import AccountSnapshot, Candle, Event, OrderIntent, Side, Tick
 
-NAME = "trend_pullback"
+NAME: Final = "trend_pullback"
 Direction = Literal["long", "short"]
 # a position smaller than this is flat
-EPS = 1e-12
+EPS: Final = 1e-12
 
 
 @attrs.frozen
