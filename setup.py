@@ -31,6 +31,8 @@ COMPILED = [
     "actors/recording/page_records.py",
     "protocols/records.py",
     "protocols/instruments.py",
+    "actors/recording/storage.py",
+    "actors/recording/alerts.py",
 ]
 
 ext_modules = []

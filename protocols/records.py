@@ -197,11 +197,16 @@ def metric_decimals(symbol: str) -> tuple[int, int]:
 
 def _fixed(value: Any, decimals: int) -> Any:
     """`value` written with `decimals` decimals (no float noise, no `-0.00`); None stays empty."""
+    return _formatted(value, f".{decimals}f")
+
+
+def _formatted(value: Any, spec: str) -> Any:
+    """`_fixed` with its format spec (`.2f`) made once, by the caller."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):  # a tuple: see `_finite`
         return value
     # the format rounds as `round(value, decimals)` does (correctly, half to even); a value that
     # rounds to zero is written without its sign
-    text = f"{value:.{decimals}f}"
+    text = format(value, spec)
     if text[0] == "-" and not text.strip("-0."):
         return text[1:]
     return text
@@ -211,9 +216,9 @@ def metrics_csv_row(row: dict[str, Any], price_dp: int, qty_dp: int) -> dict[str
     """A metrics row rounded for people (metrics.csv): prices to the tick, quantities to the lot,
     money to the cent, percentages to 0.01 (METRIC_COLUMN_DOCS)."""
     out = dict(row)
-    for name, decimals in zip(METRIC_COLUMNS, _csv_decimals(price_dp, qty_dp), strict=True):
-        if decimals >= 0:
-            out[name] = _fixed(row.get(name), decimals)
+    for name, spec in zip(METRIC_COLUMNS, _csv_formats(price_dp, qty_dp), strict=True):
+        if spec:
+            out[name] = _formatted(row.get(name), spec)
     return out
 
 
@@ -221,17 +226,17 @@ def metrics_csv_values(row: dict[str, Any], price_dp: int, qty_dp: int) -> list[
     """`metrics_csv_row`'s values in METRIC_COLUMNS' order (a missing one: ""), for `csv.writer`:
     what `csv.DictWriter` writes of the row, without its checks on every row."""
     return [
-        ("" if name not in row else row[name] if decimals < 0 else _fixed(row[name], decimals))
-        for name, decimals in zip(METRIC_COLUMNS, _csv_decimals(price_dp, qty_dp), strict=True)
+        ("" if name not in row else _formatted(row[name], spec) if spec else row[name])
+        for name, spec in zip(METRIC_COLUMNS, _csv_formats(price_dp, qty_dp), strict=True)
     ]
 
 
 @functools.lru_cache(maxsize=8)
-def _csv_decimals(price_dp: int, qty_dp: int) -> tuple[int, ...]:
-    """The decimals of each of METRIC_COLUMNS in metrics.csv (-1: written as it is)."""
+def _csv_formats(price_dp: int, qty_dp: int) -> tuple[str, ...]:
+    """The format spec of each of METRIC_COLUMNS in metrics.csv (`.2f`; empty: written as it is)."""
     decimals = {"elapsed_s": 3, "price": price_dp, "position_qty": qty_dp, "drawdown_pct": 2}
     decimals.update(dict.fromkeys(_MONEY_COLUMNS, 2))
-    return tuple(decimals.get(name, -1) for name in METRIC_COLUMNS)
+    return tuple(f".{decimals[name]}f" if name in decimals else "" for name in METRIC_COLUMNS)
 
 
 def metrics_document(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -60,7 +60,7 @@ class Alert:
     rule: str
     severity: str  # "warning" or "critical"
     message: str
-    details: dict[str, Any] = attrs.field(factory=dict)
+    details: dict[str, Any]
 
     def fields(self) -> dict[str, Any]:
         """The `alert` event's fields."""

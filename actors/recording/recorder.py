@@ -191,8 +191,10 @@ class Recorder:
             self.price_dp, self.qty_dp = metric_decimals(record.get("symbol") or "")
 
     def write(self, event: Event) -> None:
-        if event.kind == MARKET_KIND:
-            market = dumps_line(market_record(event.ts, event.fields["event"]))
+        # the event's fields read once (an attrs class: compiled, each read is a generic lookup)
+        kind, ts = event.kind, event.ts
+        if kind == MARKET_KIND:
+            market = dumps_line(market_record(ts, event.fields["event"]))
             self._market.write((secrets.scrub(market) if self._scrub else market) + "\n")
             self._due(self._market)
             return
@@ -205,13 +207,13 @@ class Recorder:
         self._due(self._events)
         self._fold(record)
         self.console.observe(record)
-        self.last_event_ts = event.ts
-        if event.kind == "heartbeat":
-            self._write_metrics_row(event.ts)
-        elif event.kind == "session.stopped":
+        self.last_event_ts = ts
+        if kind == "heartbeat":
+            self._write_metrics_row(ts)
+        elif kind == "session.stopped":
             self._stopped = True
-        if event.kind != ALERT_KIND:
-            for alert in self.rules.on_event(event.kind, event.ts, event.fields):
+        if kind != ALERT_KIND:
+            for alert in self.rules.on_event(kind, ts, event.fields):
                 self.write(Event(alert.ts, ALERT_KIND, alert.fields()))
                 self.alert_log.raise_alert(alert, self.seq)
 
