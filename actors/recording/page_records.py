@@ -85,9 +85,16 @@ class PageRecords:
 def _slim(record: dict[str, Any], fields: tuple[str, ...], shared: tuple[str, ...]) -> dict[str, Any]:
     """The record's `fields` (those the page reads), the values of the `shared` ones one string
     for every record."""
-    slim = {k: record[k] for k in fields if k in record}
+    slim = {}
+    for k in fields:  # one lookup a field (`k in record` and `record[k]`: two)
+        value = record.get(k, _ABSENT)
+        if value is not _ABSENT:
+            slim[k] = value
     for name in shared:
         value = slim.get(name)
         if isinstance(value, str):
             slim[name] = intern(value)
     return slim
+
+
+_ABSENT: Final = object()  # a field the record does not have (None is a value)

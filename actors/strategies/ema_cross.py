@@ -29,10 +29,23 @@ class EmaCross:
         self.slow_alpha = 2.0 / (slow + 1)
         self.slow_period = slow
         self.closes: deque[float] = deque(maxlen=history)
-        self.fast: float | None = None
-        self.slow: float | None = None
+        # the EMAs and the last difference as plain floats, each with whether it is there yet
+        # (compiled: a `float | None` is an object, made anew at every close)
+        self._fast = self._slow = self._prev_diff = 0.0
+        self._started = self._has_prev = False
         self.seen = 0
-        self.prev_diff: float | None = None
+
+    @property
+    def fast(self) -> float | None:
+        return self._fast if self._started else None
+
+    @property
+    def slow(self) -> float | None:
+        return self._slow if self._started else None
+
+    @property
+    def prev_diff(self) -> float | None:
+        return self._prev_diff if self._has_prev else None
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -46,26 +59,28 @@ class EmaCross:
     def restore(self, state: dict[str, Any]) -> None:
         self.closes.clear()
         self.closes.extend(state["closes"])
-        self.fast, self.slow, self.seen, self.prev_diff = (
-            state["fast"],
-            state["slow"],
-            state["seen"],
-            state["prev_diff"],
-        )
+        fast, slow, prev = state["fast"], state["slow"], state["prev_diff"]
+        self._started = fast is not None and slow is not None
+        self._fast, self._slow = (fast, slow) if fast is not None and slow is not None else (0.0, 0.0)
+        self._has_prev = prev is not None
+        self._prev_diff = prev if prev is not None else 0.0
+        self.seen = state["seen"]
 
     def update(self, close: float) -> Cross | None:
         self.closes.append(close)
         self.seen += 1
-        if self.fast is None or self.slow is None:
-            self.fast = self.slow = close
+        if self._started:
+            self._fast += self.fast_alpha * (close - self._fast)
+            self._slow += self.slow_alpha * (close - self._slow)
         else:
-            self.fast += self.fast_alpha * (close - self.fast)
-            self.slow += self.slow_alpha * (close - self.slow)
+            self._fast = self._slow = close
+            self._started = True
         if self.seen < self.slow_period:
             return None
-        diff = self.fast - self.slow
-        prev, self.prev_diff = self.prev_diff, diff
-        if prev is None:
+        diff = self._fast - self._slow
+        prev, had_prev = self._prev_diff, self._has_prev
+        self._prev_diff, self._has_prev = diff, True
+        if not had_prev:
             return None
         if prev < 0.0 < diff:
             return "up"
