@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import struct
 from datetime import UTC, datetime
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols.records import iso
@@ -129,3 +130,48 @@ def test_an_events_record_is_what_its_line_says(fields: dict[str, object]) -> No
 
     record, line = event_line(7, Event(1704067200.25, "probe", dict(fields)))
     assert _as_read(record) == orjson.loads(line)
+
+
+def _same_double(a: float, b: float) -> bool:
+    return struct.pack("<d", a) == struct.pack("<d", b)
+
+
+@settings(max_examples=2000)
+@given(
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        # whole steps of 10 ** -k, as a lot or a tick makes them, and their sums' float noise
+        st.builds(lambda n, k: n / 10**k, st.integers(-(10**15), 10**15), st.integers(0, 12)),
+        st.builds(
+            lambda n, m, k: n / 10**k + m / 10**k,
+            st.integers(-(10**6), 10**6),
+            st.integers(0, 10**6),
+            st.integers(0, 10),
+        ),
+        st.builds(lambda n, k: n * 10.0**-k, st.integers(-(10**9), 10**9), st.integers(0, 12)),
+        # halves and a hair off them, zeros of both signs, values too small to keep
+        st.builds(
+            lambda n, d, k: (n + d) / 10**k,
+            st.integers(-(10**8), 10**8),
+            st.sampled_from([0.5, -0.5, 0.5000001, 1e-9]),
+            st.integers(0, 10),
+        ),
+        st.sampled_from([0.0, -0.0, 1e-300, -1e-300, 2.0**40, -(2.0**40), 2.0**51, 0.125, 2.5, -2.5]),
+    ),
+    st.integers(0, 15),
+)
+def test_fast_round_is_round_to_the_bit(x: float, ndigits: int) -> None:
+    # `round` is the reference (the module's shortcut takes a whole-number product's quotient)
+    from protocols.instruments import fast_round
+
+    assert _same_double(fast_round(x, ndigits), round(x, ndigits)), (x, ndigits)
+
+
+def test_fast_round_takes_its_shortcut_on_grid_values_and_round_elsewhere() -> None:
+    # the shortcut is the one taken for a quantity on its lot: 0.01 * 1e8 is a whole double
+    from protocols.instruments import fast_round
+
+    for x, ndigits in ((0.01, 8), (0.03, 8), (-0.0, 8), (59573.9, 1), (2700.0, 3)):
+        assert _same_double(fast_round(x, ndigits), round(x, ndigits))
+        assert (x * 10.0**ndigits) % 1.0 == 0.0  # the whole-number product: the quotient is returned
+    assert fast_round(0.1 + 0.2, 8) == 0.3 and fast_round(2.675, 2) == round(2.675, 2) == 2.67

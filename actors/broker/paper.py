@@ -48,7 +48,7 @@ import attrs
 
 from actors.config import BrokerConfig
 from actors.feeds.history import CLOSE_TICK_LEAD_S
-from protocols.instruments import Instrument, table_instrument
+from protocols.instruments import Instrument, fast_round, table_instrument
 from protocols.messages import (
     DEFAULT_SYMBOL,
     AccountSnapshot,
@@ -126,7 +126,7 @@ class Virtual:
             closing = min(abs(pos), abs(signed))
             realized = (price - self.avg_price) * closing * (1 if pos > 0 else -1)
             self.trade_net += realized - fee * closing / abs(signed)
-            self.qty = round(pos + (closing if pos < 0 else -closing), 10)
+            self.qty = fast_round(pos + (closing if pos < 0 else -closing), 10)
             rest = signed + (closing if signed < 0 else -closing)
             if abs(self.qty) < EPS:
                 self.qty = 0.0
@@ -136,7 +136,7 @@ class Virtual:
             self.trade_net -= fee * abs(rest) / abs(signed)
             new_qty = self.qty + rest
             self.avg_price = (self.avg_price * abs(self.qty) + price * abs(rest)) / abs(new_qty)
-            self.qty = round(new_qty, 10)
+            self.qty = fast_round(new_qty, 10)
         return realized, closed
 
 
@@ -437,9 +437,9 @@ class PaperBroker:
         return [
             {
                 "side": "long" if long else "short",
-                "qty": round(abs(self.position_qty), 8),
-                "avg_price": round(self.avg_price, 8),
-                "unrealized_pnl": round(self.unrealized_pnl, 8),
+                "qty": fast_round(abs(self.position_qty), 8),
+                "avg_price": fast_round(self.avg_price, 8),
+                "unrealized_pnl": fast_round(self.unrealized_pnl, 8),
                 # on the instrument's grid, toward the position (never further away than it is:
                 # found by a review, SOLUSDT's 128.849 was said as 128.8)
                 "liquidation_price": self.instrument.round_price(liq, "up" if long else "down")
@@ -921,7 +921,7 @@ class PaperBroker:
                 "instant": _iso_instant(instant),
                 "rate_pct": rate,
                 "mark_price": mark,
-                "position_qty": round(qty, 8),
+                "position_qty": fast_round(qty, 8),
                 "amount": amount,
                 "allocations": allocations,
                 "symbol": self.symbol,
@@ -1021,7 +1021,7 @@ class PaperBroker:
                     else:  # a stop triggers (or a triggered order's rest): a market order now
                         rest_of_stop = working.triggered and order.order_type == "stop_market"
                         working.triggered = True
-                        working.remaining = round(working.remaining - qty, 8)
+                        working.remaining = fast_round(working.remaining - qty, 8)
                         if working.remaining < self.instrument.min_qty:
                             self.working.pop(order.id, None)
                         price = self._worse(
@@ -1167,7 +1167,7 @@ class PaperBroker:
         if tick is None:
             tick = quote(ts, self.instrument.round_price(mark), self.symbol)
         side: Side = "sell" if pos > 0 else "buy"
-        qty = round(abs(pos), 8)
+        qty = fast_round(abs(pos), 8)
         notional = qty * self.avg_price
         price = self.bankruptcy_price()
         self.liquidations += 1
@@ -1189,7 +1189,7 @@ class PaperBroker:
                     "mark_price": mark,
                     "liquidation_price": self.liq_price,
                     "bankruptcy_price": price,
-                    "position_qty": round(pos, 8),
+                    "position_qty": fast_round(pos, 8),
                     "margin": notional / self.config.leverage,
                     "maintenance_margin_rate": self.instrument.maintenance_margin_rate(notional),
                     "symbol": self.symbol,
@@ -1243,7 +1243,7 @@ class PaperBroker:
                 return self._refuse(order, ts, "reduce_only_nothing_to_close", qty)
             if qty > closable + EPS:
                 self._count_processed(order, qty - closable)
-                qty = round(closable, 8)
+                qty = fast_round(closable, 8)
         else:
             refusal = self._margin_refusal(order, qty, tick)
             if refusal is not None:
@@ -1354,7 +1354,7 @@ class PaperBroker:
             if -EPS < pos < EPS or not against:
                 events += self.cancel(Cancel(order.id, ts, "position_closed"))
             elif order.protective and working.remaining > abs(pos) + EPS:
-                working.remaining = round(abs(pos), 8)
+                working.remaining = fast_round(abs(pos), 8)
                 events.append(
                     Event(
                         ts,
@@ -1434,7 +1434,7 @@ class PaperBroker:
             realized, closed = self._virtual(s).book(q, price, share_fee)
             if closed is not None:  # the strategy's round trip ended: the risk gate counts it
                 self.closed.append(ClosedTrade(self.symbol, closed, s))
-            allocations.append([s, round(q, 10), realized, share_fee])
+            allocations.append([s, fast_round(q, 10), realized, share_fee])
         return allocations
 
     def _take(
@@ -1458,12 +1458,12 @@ class PaperBroker:
         events: list[Event] = []
         if self.bars and capped and qty > self.quote_budget:
             now_qty = self.instrument.round_qty(self.quote_budget)
-            rest = round(qty - max(now_qty, 0.0), 8)
+            rest = fast_round(qty - max(now_qty, 0.0), 8)
             if now_qty >= self.instrument.min_qty:
                 self.quote_budget -= now_qty
                 events += self._take(order, now_qty, ts, tick, capped=False, limit=limit)
                 if limit is not None:  # what it could not take at its price rests with the rest
-                    rest = round(rest + now_qty - self._filled_now(events, order.id), 8)
+                    rest = fast_round(rest + now_qty - self._filled_now(events, order.id), 8)
             else:
                 now_qty = 0.0
             if rest >= self.instrument.min_qty or now_qty == 0.0:
@@ -1481,15 +1481,15 @@ class PaperBroker:
             for price, size in levels:
                 if limit is not None and (price > limit if buy else price < limit):
                     break
-                size = round(size - taken.get((side, price), 0.0), 8)
+                size = fast_round(size - taken.get((side, price), 0.0), 8)
                 if size < EPS:
                     continue
-                take = self.instrument.round_qty(min(left, size)) if left > size else round(left, 8)
+                take = self.instrument.round_qty(min(left, size)) if left > size else fast_round(left, 8)
                 if take < EPS:
                     continue
                 taken[(side, price)] = taken.get((side, price), 0.0) + take
                 events += self._fill(order, take, price, "taker", ts, tick, partial=True, source="book")
-                left = round(left - take, 8)
+                left = fast_round(left - take, 8)
                 if left < self.instrument.min_qty:
                     break
             if left >= self.instrument.min_qty:  # deeper than the book we can see
@@ -1508,7 +1508,7 @@ class PaperBroker:
                 price = min(price, limit) if buy else max(price, limit)
             return self._fill(order, qty, price, "taker", ts, tick, source="touch_slippage")
         at_touch = self.instrument.round_qty(min(qty, max(touch_size - self.touch_taken, 0.0)))
-        left = round(qty - at_touch, 8)
+        left = fast_round(qty - at_touch, 8)
         if at_touch >= EPS:
             self.touch_taken += at_touch
             events += self._fill(
@@ -1537,7 +1537,7 @@ class PaperBroker:
         )
 
     def _rest_fill(self, working: Working, qty: float, price: float, ts: float, tick: Tick) -> list[Event]:
-        working.remaining = round(working.remaining - qty, 8)
+        working.remaining = fast_round(working.remaining - qty, 8)
         if working.remaining < self.instrument.min_qty:
             del self.working[working.order.id]
         partial = working.remaining >= self.instrument.min_qty
@@ -1563,7 +1563,7 @@ class PaperBroker:
             closable = abs(own) if own * signed < 0 else 0.0
             if qty > closable + EPS:
                 self._count_processed(order, qty - closable)
-                qty = round(closable, 8)
+                qty = fast_round(closable, 8)
                 if qty < EPS:
                     return []
                 signed = qty if order.side == "buy" else -qty
@@ -1588,7 +1588,7 @@ class PaperBroker:
             trade.fees += fee * closing / qty
             trade.exit_notional += closing * price
             trade.exit_qty += closing
-            self.position_qty = round(pos + (closing if pos < 0 else -closing), 10)
+            self.position_qty = fast_round(pos + (closing if pos < 0 else -closing), 10)
             remaining = signed + (closing if signed < 0 else -closing)
             if abs(self.position_qty) < EPS:
                 self.position_qty = 0.0
@@ -1597,7 +1597,7 @@ class PaperBroker:
         if abs(remaining) > EPS:  # opens or adds
             new_qty = self.position_qty + remaining
             self.avg_price = (self.avg_price * abs(self.position_qty) + price * abs(remaining)) / abs(new_qty)
-            self.position_qty = round(new_qty, 10)
+            self.position_qty = fast_round(new_qty, 10)
             trade = self._trade(ts, new_qty)
             trade.fees += fee * abs(remaining) / qty
             trade.entry_notional += abs(remaining) * price
@@ -1640,7 +1640,7 @@ class PaperBroker:
                 "order_id": order.id,
                 "fill_id": f"{self.id_prefix}f{self.fill_seq}",
                 "side": order.side,
-                "qty": round(qty, 8),
+                "qty": fast_round(qty, 8),
                 "type": order.order_type,
                 "requested_price": order.decision_price,
                 "reference_price": touch,
@@ -1652,13 +1652,13 @@ class PaperBroker:
                 "fee_bps": rate * 10_000,
                 "slippage_bps": _slippage_bps(order.side, order.decision_price, price),
                 "slippage_mid_bps": _slippage_bps(order.side, tick.mid, price),
-                "latency_ms": round((ts - order.ts) * 1000, 3),
+                "latency_ms": fast_round((ts - order.ts) * 1000, 3),
                 "partial": partial,
                 "realized_pnl": realized,
-                "position_qty": round(self.position_qty, 8),
+                "position_qty": fast_round(self.position_qty, 8),
                 "reason": order.reason,
                 "source": source,
-                "levels": [[price, round(qty, 8)]],
+                "levels": [[price, fast_round(qty, 8)]],
                 "strategy_id": order.strategy_id,
                 "symbol": self.symbol,
             },
@@ -1680,7 +1680,7 @@ class PaperBroker:
             events += self.cancel(Cancel(working.order.id, ts, "bracket_replaced"))
         long = pos > 0
         exit_side: Side = "sell" if long else "buy"
-        qty = round(abs(pos), 8)
+        qty = fast_round(abs(pos), 8)
         grid = self.instrument.round_price
         if entry.stop_price is not None:
             stop = grid(entry.stop_price, "down" if long else "up")
@@ -1721,14 +1721,14 @@ class PaperBroker:
             "position.closed",
             {
                 "side": trade.side,
-                "qty": round(trade.max_qty, 8),
+                "qty": fast_round(trade.max_qty, 8),
                 "entry_price": trade.entry_notional / trade.entry_qty if trade.entry_qty else 0.0,
                 "exit_price": trade.exit_notional / trade.exit_qty if trade.exit_qty else 0.0,
                 "realized_pnl": trade.realized_pnl,
                 "fees": trade.fees,
                 "net_pnl": trade.realized_pnl - trade.fees,
                 "opened_ts": trade.opened_ts,
-                "held_s": round(ts - trade.opened_ts, 3),
+                "held_s": fast_round(ts - trade.opened_ts, 3),
                 "exit_reason": reason,
                 "symbol": self.symbol,
             },
@@ -1745,7 +1745,7 @@ class PaperBroker:
             id=order_id,
             ts=ts,
             side=side,
-            qty=round(abs(self.position_qty), 8),
+            qty=fast_round(abs(self.position_qty), 8),
             decision_price=price,
             reason=reason,
             reduce_only=True,
@@ -1781,7 +1781,7 @@ class PaperBroker:
             if not self.bars:
                 # live: the quote it closes at is the last the market offered, as old as this (a
                 # feed down at the end, a session restarted past its end: `stale_flatten` alerts)
-                fields["quote_age_s"] = round(max(0.0, ts - self.last_tick.ts), 3)
+                fields["quote_age_s"] = fast_round(max(0.0, ts - self.last_tick.ts), 3)
             events.append(Event(ts, "order.submitted", fields))
             events += self._take(order, order.qty, ts, self.last_tick, capped=False)
         return events
@@ -1856,15 +1856,15 @@ class PaperBroker:
     def heartbeat_fields(self, ts: float) -> dict[str, float | str | None]:
         """One metrics row: the account at `ts`."""
         return {
-            "elapsed_s": round(ts - self.started_ts, 3),
+            "elapsed_s": fast_round(ts - self.started_ts, 3),
             "price": self.mark_price,
             "mark_source": self.mark_source,
-            "equity": round(self.equity, 6),
-            "realized_pnl": round(self.realized_pnl, 6),
-            "unrealized_pnl": round(self.unrealized_pnl, 6),
-            "fees_paid": round(self.fees_paid, 6),
-            "position_qty": round(self.position_qty, 8),
-            "drawdown_pct": round(self.drawdown_pct, 4),
+            "equity": fast_round(self.equity, 6),
+            "realized_pnl": fast_round(self.realized_pnl, 6),
+            "unrealized_pnl": fast_round(self.unrealized_pnl, 6),
+            "fees_paid": fast_round(self.fees_paid, 6),
+            "position_qty": fast_round(self.position_qty, 8),
+            "drawdown_pct": fast_round(self.drawdown_pct, 4),
         }
 
     def abandon_in_flight(self, now: float, reason: str = "lost_at_restart") -> list[Event]:

@@ -40,7 +40,7 @@ from typing import Any, Final
 import attrs
 
 from actors.config import RiskConfig
-from protocols.instruments import Instrument, table_instrument
+from protocols.instruments import Instrument, fast_round, table_instrument
 from protocols.messages import (
     AccountSnapshot,
     AccountUpdate,
@@ -271,8 +271,8 @@ class RiskGate:
             signed = self.submitted_by_symbol.get(symbol, 0.0) - net.processed_signed_qty
             buys = self.submitted_buy_by_symbol.get(symbol, 0.0) - net.processed_buy_qty
         # to the sizes' precision: a sum of sizes minus another is not exactly 0 in floating point
-        buys = max(round(buys, 10), 0.0)
-        return buys, max(round(buys - signed, 10), 0.0)
+        buys = max(fast_round(buys, 10), 0.0)
+        return buys, max(fast_round(buys - signed, 10), 0.0)
 
     def projected_position(
         self, account: AccountSnapshot, strategy_id: str = "", symbol: str | None = None
@@ -430,7 +430,7 @@ class RiskGate:
     def _exit_size(self, intent: OrderIntent, account: AccountSnapshot) -> float | Rejection:
         projected = self.projected_position(account, intent.strategy_id, intent.symbol)
         reduces = projected < 0 if intent.side == "buy" else projected > 0
-        qty = round(min(intent.qty, abs(projected)), 8) if reduces else 0.0
+        qty = fast_round(min(intent.qty, abs(projected)), 8) if reduces else 0.0
         if qty < self.instrument_of(intent.symbol).min_qty:
             return Rejection(
                 "nothing_to_close", f"no open position to reduce ({projected:+.4f} {intent.symbol})"
@@ -536,9 +536,9 @@ class RiskGate:
         reason = self.halt_reason
         self.halted_until = self.halt_reason = None
         fields = {
-            "equity": round(equity, 6),
+            "equity": fast_round(equity, 6),
             "reason": reason,
-            "day_start_equity": round(self.day_start_equity, 6),
+            "day_start_equity": fast_round(self.day_start_equity, 6),
         }
         return [*out, Event(ts, "breaker.reset", fields), HaltEntries(ts, -math.inf, "breaker_reset")]
 
@@ -621,7 +621,7 @@ class RiskGate:
             "reason": reason,
             "detail": detail,
             "action": self.action,
-            "equity": round(equity, 6),
+            "equity": fast_round(equity, 6),
             "halted_until": self.halted_until if halt else None,
             "halted_until_iso": iso(self.halted_until) if halt and self.halted_until is not None else None,
         }
