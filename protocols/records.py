@@ -195,13 +195,9 @@ def metric_decimals(symbol: str) -> tuple[int, int]:
     return instrument.price_decimals, instrument.qty_decimals
 
 
-def _fixed(value: Any, decimals: int) -> Any:
-    """`value` written with `decimals` decimals (no float noise, no `-0.00`); None stays empty."""
-    return _formatted(value, f".{decimals}f")
-
-
 def _formatted(value: Any, spec: str) -> Any:
-    """`_fixed` with its format spec (`.2f`) made once, by the caller."""
+    """`value` written with the format spec `spec` (`.2f`: two decimals; no float noise, no
+    `-0.00`); None stays empty."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):  # a tuple: see `_finite`
         return value
     # the format rounds as `round(value, decimals)` does (correctly, half to even); a value that

@@ -43,10 +43,10 @@ def _fixed_reference(value: float, decimals: int) -> str:
     st.integers(0, 8),
 )
 def test_a_metrics_figure_is_written_as_round_then_format_would(value: float, decimals: int) -> None:
-    from protocols.records import _fixed
+    from protocols.records import _formatted
 
-    assert _fixed(value, decimals) == _fixed_reference(value, decimals)
-    assert _fixed(None, decimals) is None
+    assert _formatted(value, f".{decimals}f") == _fixed_reference(value, decimals)
+    assert _formatted(None, f".{decimals}f") is None
 
 
 def test_a_metrics_row_is_written_as_the_dict_writer_wrote_it() -> None:

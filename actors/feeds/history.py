@@ -49,7 +49,7 @@ def read_candles_csv(
 
     Rows that are malformed, out of order or repeated are skipped and counted in `stats`, never
     passed on; the file is read lazily, so memory does not grow with its length. Plain numbers are
-    expected (no quoting): each line is split on commas, as bytes (no decoding: measured faster).
+    expected (no quoting), read a chunk of lines at a time, as bytes (`_parse_lines`).
     The gaps (two candles more than `interval_s` apart) are appended to `gaps`, as (open time
     before, open time after), as they are read. `skipped_by`: the skipped rows counted by reason
     (`skip_reason`).
@@ -97,8 +97,7 @@ def read_candles_csv(
                         and 0 <= v < inf
                         and lo <= o <= h
                         and lo <= c <= h
-                        and -inf < t < inf
-                        and t == math.floor(t)  # `t % 1.0`: fmod, a loop over the exponent
+                        and _whole(t)
                         and open_ts > last_open
                     ):
                         if open_ts - last_open > gap_after and candles:
@@ -132,6 +131,11 @@ def read_candles_csv(
                 stats["skipped"] = stats.get("skipped", 0) + skipped
 
 
+def _whole(t: float) -> bool:
+    """`t` a finite whole number (`t % 1.0 == 0.0` is fmod: a loop over the exponent)."""
+    return -_INF < t < _INF and t == math.floor(t)
+
+
 def skip_reason(t: float, o: float, h: float, lo: float, c: float, v: float, last_open: float) -> str:
     """Why a row of six numbers is not a candle (`read_candles_csv`): its prices (not finite, not
     above 0, open or close outside [low, high]), its volume (negative), or its time (not whole ms,
@@ -140,7 +144,7 @@ def skip_reason(t: float, o: float, h: float, lo: float, c: float, v: float, las
         return "csv_bad_prices"
     if not 0 <= v < _INF:
         return "csv_bad_volume"
-    if not math.isfinite(t) or t % 1.0 != 0.0:
+    if not _whole(t):
         return "csv_bad_time"
     return "csv_repeated_time" if t / 1000.0 == last_open else "csv_time_backwards"
 

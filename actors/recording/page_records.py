@@ -57,6 +57,7 @@ SHARED_STRINGS = frozenset(("kind", "symbol", "side", "reason", "type", "exit_re
 SHARED: Final = {kind: tuple(f for f in fields if f in SHARED_STRINGS) for kind, fields in SLIM.items()}
 # UNREAD_KINDS as a record says them (the bytes: as a line of the file is scanned, unparsed).
 _UNREAD: Final = frozenset(kind.decode() for kind in UNREAD_KINDS)
+_ABSENT: Final = object()  # a field a record does not have (None is a value)
 
 
 class PageRecords:
@@ -95,6 +96,3 @@ def _slim(record: dict[str, Any], fields: tuple[str, ...], shared: tuple[str, ..
         if isinstance(value, str):
             slim[name] = intern(value)
     return slim
-
-
-_ABSENT: Final = object()  # a field the record does not have (None is a value)

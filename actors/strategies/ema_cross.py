@@ -61,7 +61,8 @@ class EmaCross:
         self.closes.extend(state["closes"])
         fast, slow, prev = state["fast"], state["slow"], state["prev_diff"]
         self._started = fast is not None and slow is not None
-        self._fast, self._slow = (fast, slow) if fast is not None and slow is not None else (0.0, 0.0)
+        self._fast = fast if fast is not None else 0.0
+        self._slow = slow if slow is not None else 0.0
         self._has_prev = prev is not None
         self._prev_diff = prev if prev is not None else 0.0
         self.seen = state["seen"]
