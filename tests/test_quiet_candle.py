@@ -21,7 +21,9 @@ T0 = 1_704_067_200.0  # a funding instant (00:00 UTC)
 
 
 def _state(broker: PaperBroker) -> dict[str, object]:
-    state = dict(vars(broker))
+    # the latest quote as it reads (a quiet candle's is built when first read), not its parts
+    state = {k: v for k, v in vars(broker).items() if not k.startswith(("_lazy", "_last_tick"))}
+    state["last_tick"] = broker.last_tick
     state["rng"] = broker.rng.getstate()
     return state
 

@@ -311,7 +311,15 @@ class PaperBroker:
         # price), and where it came from (`Tick.source`: "ws", "rest", ...; "" before any)
         self.mark: float | None = None
         self.mark_source = ""
-        self.last_tick: Tick | None = None
+        self._last_tick: Tick | None = None
+        # a quiet candle's close quote, its fields kept and the quote built when first read
+        # (`last_tick`): most quiet candles' quotes are never read before the next candle's
+        self._lazy_quote = False
+        self._lazy_ts = 0.0
+        self._lazy_bid = 0.0
+        self._lazy_ask = 0.0
+        self._lazy_price = 0.0
+        self._lazy_symbol = ""
         self.book: Book | None = None
         self.last_ts: float | None = None
         self.next_funding_ts = -math.inf  # the next funding instant after last_ts
@@ -344,6 +352,20 @@ class PaperBroker:
         self.watch_at = -math.inf  # until the gate sets its watch, every mark is reported
         self.update_due = False
         self.closed: list[ClosedTrade] = []
+
+    @property
+    def last_tick(self) -> Tick | None:
+        """The latest quote (a backtest's: on the instrument's grid, `_grid_quote`)."""
+        if self._lazy_quote:
+            self._lazy_quote = False
+            fields = (self._lazy_ts, self._lazy_bid, self._lazy_ask, self._lazy_price)
+            self._last_tick = _new_tuple(Tick, (*fields, 0.0, 0.0, 0.0, self._lazy_symbol, "candles"))
+        return self._last_tick
+
+    @last_tick.setter
+    def last_tick(self, tick: Tick | None) -> None:
+        self._lazy_quote = False
+        self._last_tick = tick
 
     def schedule_heartbeats(self, now: float) -> None:
         self.next_heartbeat = next_heartbeat(self.started_ts, self.heartbeat_s, now, self.end_ts)
@@ -725,9 +747,6 @@ class PaperBroker:
         # the open's quote only its mid is kept)
         open_mark = self._grid_mid(open_)
         bid, ask = _grid_bid_ask(close, self._price_scale)
-        close_tick = _new_tuple(
-            Tick, (close_ts - CLOSE_TICK_LEAD_S, bid, ask, close, 0.0, 0.0, 0.0, symbol, "candles")
-        )
         close_mark = (bid + ask) / 2
         # equity at each mark: `_mark`'s arithmetic, in its order
         cash = (
@@ -757,7 +776,13 @@ class PaperBroker:
         self.path_price = close
         self.bar_volume = volume
         self.quote_budget = self.participation * volume if volume else math.inf
-        self.last_tick = close_tick
+        # the close's quote (`_grid_quote`), built when read (`last_tick`)
+        self._lazy_ts = close_ts - CLOSE_TICK_LEAD_S
+        self._lazy_bid = bid
+        self._lazy_ask = ask
+        self._lazy_price = close
+        self._lazy_symbol = symbol
+        self._lazy_quote = True
         self.mark = close_mark
         self.mark_source = "candles"
         self.touch_taken = 0.0
