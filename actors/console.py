@@ -20,17 +20,42 @@ from protocols.instruments import price_decimals
 BATCH_LINES = 256
 
 
+# A backtest prints a line per fill and per trade, tens of thousands: the format specs made once,
+# a quantity's text looked up once made (a strategy's sizes repeat), and without the thousands'
+# separator where the text shows there is none to put (below 1,000, the shorter format's own text)
+_PRICE_SPECS = tuple(f",.{d}f" for d in range(16))
+_QTY_TEXT: dict[float, str] = {}
+
+
 def fmt_price(price: float | None, decimals: int) -> str:
-    return "-" if price is None else f"{price:,.{decimals}f}"
+    if price is None:
+        return "-"
+    return format(price, _PRICE_SPECS[decimals] if 0 <= decimals < len(_PRICE_SPECS) else f",.{decimals}f")
 
 
 def fmt_qty(qty: float) -> str:
-    return f"{qty:.8f}".rstrip("0").rstrip(".") or "0"
+    text = _QTY_TEXT.get(qty)
+    if text is None:
+        text = f"{qty:.8f}".rstrip("0").rstrip(".") or "0"
+        if qty and len(_QTY_TEXT) < 4096:  # not 0.0: -0.0 is the same key, another text
+            _QTY_TEXT[qty] = text
+    return text
+
+
+def fmt_cents(amount: float) -> str:
+    """`1,234.50` (`f"{amount:,.2f}"`)."""
+    text = f"{amount:.2f}"
+    return text if len(text) <= 6 else format(amount, ",.2f")  # "999.99" needs no separator
 
 
 def fmt_money(amount: float) -> str:
     """`+1,234.50`; an amount that rounds to zero is `+0.00`, never `-0.00`."""
-    return f"{round(amount, 2) + 0.0:+,.2f}"
+    cents = round(amount, 2) + 0.0
+    text = f"{cents:+.2f}"
+    return text if len(text) <= 7 else format(cents, "+,.2f")  # "+999.99" needs no separator
+
+
+_TWO = tuple(f"{n:02d}" for n in range(60))  # `f"{n:02d}"` looked up
 
 
 def fmt_held(seconds: float) -> str:
@@ -39,10 +64,10 @@ def fmt_held(seconds: float) -> str:
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
     if days:
-        return f"{days}d{hours:02d}h{minutes:02d}m"
+        return f"{days}d{_TWO[hours]}h{_TWO[minutes]}m"
     if hours:
-        return f"{hours}h{minutes:02d}m{secs:02d}s"
-    return f"{minutes}m{secs:02d}s"
+        return f"{hours}h{_TWO[minutes]}m{_TWO[secs]}s"
+    return f"{minutes}m{_TWO[secs]}s"
 
 
 def _when(iso_ts: str) -> str:
@@ -55,7 +80,7 @@ def fill_line(record: dict[str, Any]) -> str:
     return (
         f"FILL   {_when(record['ts'])}  {symbol} {record.get('strategy_id') or '-'}  "
         f"{record['side'].upper()} {fmt_qty(record['qty'])} @ {fmt_price(record['fill_price'], decimals)}  "
-        f"fee {record['fee']:,.2f}  slippage {record.get('slippage_bps', 0.0):.1f} bps"
+        f"fee {fmt_cents(record['fee'])}  slippage {record.get('slippage_bps', 0.0):.1f} bps"
     )
 
 
@@ -221,12 +246,48 @@ def _report_path(html: Path, run_path: Path) -> str:
 
 def print_summary(report: dict[str, Any], sink: ConsoleSink, run_path: Path) -> None:
     """The summary table on stderr (rich; plain text when stderr is not a terminal)."""
+    title = f"session {report['run_id']}"
+    rows = summary_rows(report, sink, run_path)
+    stream = sys.stderr
+    if not stream.isatty():
+        table = plain_table(title, rows, stream.encoding)
+        if table is not None:
+            stream.write(table)
+            stream.flush()
+            return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"session {report['run_id']}", show_header=False, title_justify="left")
-    table.add_column("figure", style="bold")
-    table.add_column("value")
-    for label, value in summary_rows(report, sink, run_path):
-        table.add_row(label, value)
-    Console(file=sys.stderr, width=None if sys.stderr.isatty() else 100).print(table)
+    rich_table = Table(title=title, show_header=False, title_justify="left")
+    rich_table.add_column("figure", style="bold")
+    rich_table.add_column("value")
+    for label, value in rows:
+        rich_table.add_row(label, value)
+    Console(file=stream, width=None if stream.isatty() else PLAIN_WIDTH).print(rich_table)
+
+
+PLAIN_WIDTH = 100  # the summary's width when stderr is not a terminal (a file, a pipe)
+
+
+def plain_table(title: str, rows: list[tuple[str, str]], encoding: str | None) -> str | None:
+    """The summary as rich draws it on a stream that is not a terminal (no styles; box lines),
+    without importing rich (tens of milliseconds at the end of every run): None when rich
+    would draw it otherwise (wider than `PLAIN_WIDTH`, text it would measure as wider than its
+    characters or read as markup, box lines the stream cannot encode), for rich to draw."""
+    text = title + "".join(label + value for label, value in rows)
+    if not text.isascii() or not text.isprintable() or "[" in text:  # rich reads "[...]" as markup
+        return None
+    try:
+        "┌─┬┐│└┴┘".encode(encoding or "ascii")
+    except (LookupError, UnicodeEncodeError):
+        return None
+    left = max(len(label) for label, _ in rows)
+    right = max(len(value) for _, value in rows)
+    width = left + right + 7  # three borders, a space each side of each cell
+    if width > PLAIN_WIDTH or len(title) > width:
+        return None
+    lines = [title.ljust(width)]
+    lines.append(f"┌{'─' * (left + 2)}┬{'─' * (right + 2)}┐")
+    lines += [f"│ {label.ljust(left)} │ {value.ljust(right)} │" for label, value in rows]
+    lines.append(f"└{'─' * (left + 2)}┴{'─' * (right + 2)}┘")
+    return "\n".join(lines) + "\n"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import trio_websocket
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from loguru import logger
 
 from actors import logs, progress
@@ -290,3 +292,43 @@ def test_the_summary_agrees_with_the_report_page_on_return_and_profit_factor(tmp
         "0.00",
         "0.0 %",
     )
+
+
+# --- the summary drawn without rich when stderr is not a terminal ---------------------------------
+
+_CELL = st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(title=_CELL, rows=st.lists(st.tuples(_CELL, _CELL), min_size=1, max_size=14))
+def test_the_plain_summary_is_the_table_rich_draws(title: str, rows: list[tuple[str, str]]) -> None:
+    """Where `plain_table` draws the summary, it is rich's own drawing on a stream that is not a
+    terminal, character for character (rich is the reference); where it does not (too wide, or
+    text rich reads as markup), rich draws it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from actors.console import PLAIN_WIDTH, plain_table
+
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("figure", style="bold")
+    table.add_column("value")
+    for label, value in rows:
+        table.add_row(label, value)
+    out = io.StringIO()
+    Console(file=out, width=PLAIN_WIDTH).print(table)
+    plain = plain_table(title, rows, "utf-8")
+    width = max(len(a) for a, _ in rows) + max(len(b) for _, b in rows) + 7
+    markup = "[" in title + "".join(a + b for a, b in rows)
+    assert (plain is None) == (width > PLAIN_WIDTH or len(title) > width or markup)
+    if plain is not None:
+        assert plain == out.getvalue()
+
+
+def test_the_plain_summary_needs_box_lines_the_stream_can_write() -> None:
+    from actors.console import plain_table
+
+    rows = [("status", "ok"), ("net PnL", "+1.00 USDT")]
+    assert plain_table("session s", rows, "utf-8") is not None
+    assert plain_table("session s", rows, "ascii") is None  # rich draws it, in its ASCII box
+    assert plain_table("session s", [("report", "/tmp/é/report.html")], "utf-8") is None

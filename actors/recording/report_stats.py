@@ -81,7 +81,7 @@ def trades(records: Iterable[dict[str, Any]]) -> list[Trade]:
             first_symbol = r.get("symbol", "")
         elif kind == "order.filled":
             symbol = r.get("symbol") or first_symbol
-            cost = slippage_cost(r)
+            cost = slippage_cost(r) if r.get("slippage_bps") else 0.0  # no slippage: no cost
             before = position.get(symbol, 0.0)
             after = r.get("position_qty", before)
             position[symbol] = after
@@ -97,21 +97,22 @@ def trades(records: Iterable[dict[str, Any]]) -> list[Trade]:
         elif kind == "position.closed":
             symbol = r.get("symbol") or first_symbol
             exit_ts = ts_of(r)
+            held_s = r.get("held_s", 0.0)
             result.append(
-                Trade(
-                    symbol=symbol,
-                    side=r["side"],
-                    qty=r["qty"],
-                    entry_ts=r.get("opened_ts", exit_ts - r.get("held_s", 0.0)),
-                    entry_price=r["entry_price"],
-                    exit_ts=exit_ts,
-                    exit_price=r["exit_price"],
-                    realized_pnl=r["realized_pnl"],
-                    fees=r["fees"],
-                    slippage=closing_cost.pop(symbol, 0.0),
-                    net_pnl=r["net_pnl"],
-                    held_s=r.get("held_s", 0.0),
-                    exit_reason=r.get("exit_reason", ""),
+                Trade(  # by position (Trade's field order): several times cheaper than by keyword
+                    symbol,
+                    r["side"],
+                    r["qty"],
+                    r.get("opened_ts", exit_ts - held_s),
+                    r["entry_price"],
+                    exit_ts,
+                    r["exit_price"],
+                    r["realized_pnl"],
+                    r["fees"],
+                    closing_cost.pop(symbol, 0.0),
+                    r["net_pnl"],
+                    held_s,
+                    r.get("exit_reason", ""),
                 )
             )
     return result
@@ -122,10 +123,13 @@ def equity_curve(records: Iterable[dict[str, Any]]) -> list[tuple[float, float, 
     drawdown) and every heartbeat (the last one is the final, flat account)."""
     points: list[tuple[float, float, float]] = []
     for r in records:
-        if r["kind"] == "session.started" and not points:
+        kind = r["kind"]
+        if kind == "heartbeat":
+            equity = r.get("equity")
+            if equity is not None:
+                points.append((ts_of(r), float(equity), float(r.get("drawdown_pct") or 0.0)))
+        elif kind == "session.started" and not points:
             points.append((ts_of(r), float(r["starting_equity"]), 0.0))
-        elif r["kind"] == "heartbeat" and r.get("equity") is not None:
-            points.append((ts_of(r), float(r["equity"]), float(r.get("drawdown_pct") or 0.0)))
     return points
 
 
@@ -192,22 +196,41 @@ def statistics(
     - `time_in_market` = the share of the run (`session.started` to `session.stopped`) during
       which some position was open: the union over the trades of [opened_ts, opened_ts + held_s].
     """
-    started = next((r for r in records if r["kind"] == "session.started"), None)
-    stopped = next((r for r in reversed(records) if r["kind"] == "session.stopped"), None)
-    closed = [r for r in records if r["kind"] == "position.closed"]
-    fills = [r for r in records if r["kind"] == "order.filled"]
+    # one pass over the records (a long backtest's are hundreds of thousands), each kind's
+    # figures in record order (the sums below add them in that order, as one sum per kind would)
+    started: dict[str, Any] | None = None
+    stopped: dict[str, Any] | None = None
+    closed: list[dict[str, Any]] = []
+    fills = 0
+    gross: float = 0  # as `sum` starts (an int: a run with none of them shows 0, not 0.0)
+    fees: float = 0
+    slippage: float = 0
+    funding: float = 0
+    drawdowns: list[float] = []
+    for r in records:
+        kind = r["kind"]
+        if kind == "order.filled":
+            fills += 1
+            gross += float(r["realized_pnl"])
+            fees += float(r["fee"])
+            slippage += slippage_cost(r) if r.get("slippage_bps") else 0.0
+        elif kind == "position.closed":
+            closed.append(r)
+        elif kind == "heartbeat":
+            drawdowns.append(float(r.get("drawdown_pct") or 0.0))
+        elif kind == "funding":
+            funding += float(r["amount"])
+        elif kind == "session.started":
+            started = started or r
+        elif kind == "session.stopped":
+            stopped = r
     net = [float(r["net_pnl"]) for r in closed]
     won = [x for x in net if x > 0]
     lost = [x for x in net if x < 0]
-    gross = sum(float(r["realized_pnl"]) for r in fills)
-    fees = sum(float(r["fee"]) for r in fills)
-    slippage = sum(slippage_cost(r) for r in fills)
-    funding = sum(float(r["amount"]) for r in records if r["kind"] == "funding")
     starting = float(started["starting_equity"]) if started else None
     ending = float(stopped["ending_equity"]) if stopped and stopped.get("ending_equity") is not None else None
     net_pnl = ending - starting if starting is not None and ending is not None else None
     sharpe, sortino, sample_s = _ratios(equity_curve(records) if curve is None else curve)
-    drawdowns = [float(r.get("drawdown_pct") or 0.0) for r in records if r["kind"] == "heartbeat"]
     if stopped and stopped.get("max_drawdown_pct") is not None:
         drawdowns.append(float(stopped["max_drawdown_pct"]))
     return {
@@ -231,7 +254,7 @@ def statistics(
         "time_in_market": _time_in_market(closed, started, stopped),
         "fees_share": fees / abs(gross) if gross else None,
         "slippage_share": slippage / abs(gross) if gross else None,
-        "fills": len(fills),
+        "fills": fills,
         "sample_s": sample_s,
     }
 
@@ -277,6 +300,9 @@ def _time_in_market(
 def _held(closed: dict[str, Any]) -> tuple[float, float]:
     """A closed trade's time in the market: [opened_ts, opened_ts + held_s] (either one, when the
     other is missing, from the close's time)."""
+    opened_ts, held_s = closed.get("opened_ts"), closed.get("held_s")
+    if opened_ts is not None and held_s is not None:  # both there: the close's time is not needed
+        return opened_ts, opened_ts + held_s
     close = ts_of(closed)
     opened = closed.get("opened_ts", close - (closed.get("held_s") or 0.0))
     return opened, opened + closed.get("held_s", close - opened)
