@@ -145,6 +145,23 @@ def iso(ts: float) -> str:
     return f"{_date(day)}T{_TWO[hour]}:{_TWO[minute]}:{_TWO[second]}.{_THREE[us // 1000]}Z"
 
 
+def utc_clock(secs: int) -> str:
+    """`time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(secs))`, the date made once per day (`iso`'s
+    way): the report page writes one for every point and trade it draws."""
+    day, second = divmod(secs, 86_400)
+    hour, second = divmod(second, 3600)
+    minute, second = divmod(second, 60)
+    return f"{_date(day)} {_TWO[hour]}:{_TWO[minute]}:{_TWO[second]}"
+
+
+def utc_millis(ts: float) -> str:
+    """`utc_clock` of the whole seconds, then `.mmm`: the milliseconds cut, not rounded (as plotly
+    reads a time)."""
+    secs = math.floor(ts)
+    millis = int((ts - secs) * 1000)  # 1000 for a tiny negative time: its fraction rounds to 1.0
+    return f"{utc_clock(secs)}.{_THREE[millis] if millis < 1000 else millis}"
+
+
 # `f"{n:02d}"` and `f"{n:03d}"` looked up (a format call each costs more than the rest of `iso`)
 _TWO: Final = tuple(f"{n:02d}" for n in range(60))
 _THREE: Final = tuple(f"{n:03d}" for n in range(1000))

@@ -175,3 +175,19 @@ def test_fast_round_takes_its_shortcut_on_grid_values_and_round_elsewhere() -> N
         assert _same_double(fast_round(x, ndigits), round(x, ndigits))
         assert (x * 10.0**ndigits) % 1.0 == 0.0  # the whole-number product: the quotient is returned
     assert fast_round(0.1 + 0.2, 8) == 0.3 and fast_round(2.675, 2) == round(2.675, 2) == 2.67
+
+
+@settings(max_examples=2000, deadline=None)
+@given(ts=st.one_of(st.floats(-3e9, 7e9), st.integers(-3 * 10**9, 7 * 10**9).map(float)))
+def test_the_pages_times_are_strftimes(ts: float) -> None:
+    """The report page's times, `utc_clock` and `utc_millis`, against `time.strftime` of
+    `time.gmtime` (the reference; the milliseconds cut, not rounded)."""
+    import time
+
+    from protocols.records import utc_clock, utc_millis
+
+    secs = math.floor(ts)
+    clock = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(secs))
+    assert utc_clock(secs) == clock
+    assert utc_clock(secs) == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))  # gmtime floors too
+    assert utc_millis(ts) == f"{clock}.{int((ts - secs) * 1000):03d}"

@@ -45,6 +45,7 @@ from actors.recording.report_stats import (
     ts_of,
 )
 from protocols.instruments import table_instrument
+from protocols.records import utc_clock, utc_millis
 
 REPORT_NAME = "report.html"
 MAX_POINTS = 5_000  # points of a chart's line (or candles) at most
@@ -403,13 +404,13 @@ def _duration(seconds: float) -> str:
 
 
 def _time(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+    """`time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))` (`utc_clock`)."""
+    return utc_clock(math.floor(ts))
 
 
 def _x(ts: float) -> str:
-    """A time as plotly reads it (UTC, milliseconds)."""
-    secs = math.floor(ts)
-    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(secs))}.{int((ts - secs) * 1000):03d}"
+    """A time as plotly reads it (UTC, milliseconds: `utc_millis`)."""
+    return utc_millis(ts)
 
 
 def _x_iso(record: dict[str, Any]) -> str:

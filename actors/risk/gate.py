@@ -453,16 +453,22 @@ class RiskGate:
         # how far the strategy's position already reaches this way, whichever pending orders fill
         # (nothing on its way the other way counts as room: it may never fill)
         reach = long if sign > 0 else short
-        room = {  # how much more the position may grow in this direction under each cap
-            "max_position_size": c.max_position_size,
-            "max_notional": c.max_notional / price,
-            "max_leverage": c.max_leverage * max(equity, 0.0) / price,
-        }
-        # the account's caps: what the other symbols hold counts against them
+        # how much more the position may grow in this direction under each cap; the account's
+        # caps count what the other symbols hold against them
         others = self.others_notional(account, symbol)
-        room["max_total_notional"] = max(self.max_total_notional - others, 0.0) / price
-        room["max_total_leverage"] = max(self.max_total_leverage * max(equity, 0.0) - others, 0.0) / price
-        binding, cap = min(room.items(), key=lambda kv: kv[1])
+        room = (
+            ("max_position_size", c.max_position_size),
+            ("max_notional", c.max_notional / price),
+            ("max_leverage", c.max_leverage * max(equity, 0.0) / price),
+            ("max_total_notional", max(self.max_total_notional - others, 0.0) / price),
+            ("max_total_leverage", max(self.max_total_leverage * max(equity, 0.0) - others, 0.0) / price),
+        )
+        # the tightest, the first of equals (`min` by the room, written out: compiled, a key
+        # function is a Python call per cap)
+        binding, cap = room[0]
+        for name, value in room:
+            if value < cap:
+                binding, cap = name, value
         allowed = cap - others_here - reach
         if wanted > allowed + 1e-12:
             if c.sizing != "risk" or allowed < instrument.min_qty:

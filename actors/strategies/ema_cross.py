@@ -105,33 +105,52 @@ def intents_for(
     sign = 1 if side == "buy" else -1
     opposite = position < 0 if side == "buy" else position > 0
     intents = []
+    # by position, in OrderIntent's field order (ts, side, qty, decision_price, reason,
+    # reduce_only, order_type, limit_price, trigger_price, post_only, stop_price, target_price,
+    # strategy_id, symbol): attrs' `__init__` takes keywords at several times the cost, and a
+    # backtest builds two of these at every cross
     if opposite:
+        reason = f"exit_on_cross_{cross}"
+        exit_qty = abs(position)
         intents.append(
             OrderIntent(
                 ts,
                 side,
-                abs(position),
+                exit_qty,
                 price,
-                reason=f"exit_on_cross_{cross}",
-                reduce_only=True,
-                strategy_id=strategy_id,
-                symbol=symbol,
+                reason,
+                True,
+                "market",
+                None,
+                None,
+                False,
+                None,
+                None,
+                strategy_id,
+                symbol,
             )
         )
     if opposite or abs(position) < 1e-12:
         stop = price * (1 - sign * config.stop_loss_pct / 100) if config.stop_loss_pct else None
         target = price * (1 + sign * config.take_profit_pct / 100) if config.take_profit_pct else None
+        reason = f"entry_on_cross_{cross}"
+        qty = config.order_qty
         intents.append(
             OrderIntent(
                 ts,
                 side,
-                config.order_qty,
+                qty,
                 price,
-                reason=f"entry_on_cross_{cross}",
-                stop_price=stop,
-                target_price=target,
-                strategy_id=strategy_id,
-                symbol=symbol,
+                reason,
+                False,
+                "market",
+                None,
+                None,
+                False,
+                stop,
+                target,
+                strategy_id,
+                symbol,
             )
         )
     return intents
