@@ -156,7 +156,6 @@ def intents_for(
     return intents
 
 
-@register("ema_cross")
 class EmaCrossStrategy:
     """The strategy component: candles in, a `signal` event and intents out on a cross."""
 
@@ -183,8 +182,10 @@ class EmaCrossStrategy:
         return []
 
     def update(self, candle: Candle) -> bool:
-        self.cross = self.ema.update(candle.close)
-        return self.cross is not None and not candle.backfill  # history warms up; it never trades
+        # the close by position (Candle's sixth field: compiled, a named tuple's field by name is a
+        # generic lookup, and a backtest reads it at every candle); the rest only on a cross
+        cross = self.cross = self.ema.update(candle[5])
+        return cross is not None and not candle.backfill  # history warms up; it never trades
 
     def decide(self, candle: Candle, account: AccountSnapshot, now: float) -> list[StrategyOutput]:
         cross = self.cross
@@ -210,3 +211,8 @@ class EmaCrossStrategy:
 
     def on_candle(self, candle: Candle, account: AccountSnapshot, now: float) -> list[StrategyOutput]:
         return self.decide(candle, account, now) if self.update(candle) else []
+
+
+# registered after the class, not by a class decorator: compiled (setup.py), a decorated class is
+# not a native class, and its attributes would be dictionary lookups
+register("ema_cross")(EmaCrossStrategy)

@@ -163,7 +163,6 @@ class Setup:
     volume_mean: float
 
 
-@register(NAME, common=("history", "order_qty"), params=LiquiditySweepParams)
 class LiquiditySweepStrategy:
     """The strategy component: candles in; on a setup a `signal` event and, unless a gate holds
     it back, the entry intent with its stop and target."""
@@ -324,3 +323,8 @@ class LiquiditySweepStrategy:
 
     def on_candle(self, candle: Candle, account: AccountSnapshot, now: float) -> list[StrategyOutput]:
         return self.decide(candle, account, now) if self.update(candle) else []
+
+
+# registered after the class, not by a class decorator: compiled (setup.py), a decorated class is
+# not a native class, and its attributes would be dictionary lookups
+register(NAME, common=("history", "order_qty"), params=LiquiditySweepParams)(LiquiditySweepStrategy)

@@ -124,7 +124,6 @@ def check_params(p: TrendPullbackParams) -> list[str]:
     return problems + funding_gate_problems(p.funding_half_pct, p.funding_block_pct)
 
 
-@register(NAME, common=("history", "order_qty"), params=TrendPullbackParams)
 class TrendPullback:
     """The strategy component: candles in; `signal` events, limit entries with their stop and
     target, and reduce-only market exits out."""
@@ -395,3 +394,8 @@ class TrendPullback:
                 **fields,
             },
         )
+
+
+# registered after the class, not by a class decorator: compiled (setup.py), a decorated class is
+# not a native class, and its attributes would be dictionary lookups
+register(NAME, common=("history", "order_qty"), params=TrendPullbackParams)(TrendPullback)
