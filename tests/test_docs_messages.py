@@ -41,7 +41,7 @@ def test_the_console_script_is_documented() -> None:
 
 def _rejection_reasons() -> set[str]:
     """Every `order.rejected` reason the code can give, found in its source: the risk gate's
-    `Rejection("...")` and caps (the `room` it sizes against), the broker's `_refuse(..., "...")`
+    `Rejection("...")` and caps (the `room` it sizes against, by name), the broker's `_refuse(..., "...")`
     and the exchange's refusals (`return "..."` of `_margin_refusal` and `Instrument.refusal`),
     and the reasons in-flight orders are abandoned with."""
     gate = (REPO / "actors/risk/gate.py").read_text()
@@ -49,7 +49,7 @@ def _rejection_reasons() -> set[str]:
     instruments = (REPO / "protocols/instruments.py").read_text()
     session = (REPO / "actors/session.py").read_text()
     reasons = set(re.findall(r'Rejection\(\s*"([a-z_]+)"', gate))
-    reasons |= set(re.findall(r'room\["([a-z_]+)"\]', gate)) | set(re.findall(r'"(max_[a-z_]+)": c\.', gate))
+    reasons |= set(re.findall(r'\("(max_[a-z_]+)", ', gate))  # the caps the gate sizes against (its `room`)
     reasons |= set(re.findall(r'_refuse\([^()]*?"([a-z_]+)"', broker))
     margin = broker[broker.index("def _margin_refusal") :]
     reasons |= set(re.findall(r'return "([a-z_]+)"', margin[: margin.index("\n    def ")]))
