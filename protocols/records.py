@@ -128,12 +128,32 @@ FLAT_EPS: Final = 1e-9
 _strftime, _gmtime = time.strftime, time.gmtime
 
 
-@functools.lru_cache(maxsize=64)  # the events of one step share their time
+class _Last:
+    """The last time `iso` wrote and its text, as one pair (read and replaced whole: a thread
+    never sees one's time with another's text). The events of one step share their time: a
+    plain comparison, where a `functools.lru_cache` hashed and looked up every call."""
+
+    def __init__(self) -> None:
+        self.pair: tuple[float, str] = (math.nan, "")
+
+
+_LAST_ISO: Final = _Last()
+
+
 def iso(ts: float) -> str:
     """ISO-8601 UTC with milliseconds, e.g. `2026-11-24T02:21:50.123Z`: what
     `datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")` writes (microseconds
     rounded half to even, then cut to milliseconds), at a fraction of the cost: the date once
     per day, the time of day in integer arithmetic (tests/test_records.py)."""
+    last = _LAST_ISO.pair
+    if ts == last[0]:
+        return last[1]
+    text = _iso(ts)
+    _LAST_ISO.pair = (ts, text)
+    return text
+
+
+def _iso(ts: float) -> str:
     secs = math.floor(ts)
     us = round((ts - secs) * 1e6)
     if us >= 1_000_000:
@@ -167,10 +187,18 @@ _TWO: Final = tuple(f"{n:02d}" for n in range(60))
 _THREE: Final = tuple(f"{n:03d}" for n in range(1000))
 
 
-@functools.lru_cache(maxsize=4)
+_DATES: Final[dict[int, str]] = {}
+
+
 def _date(day: int) -> str:
-    """`YYYY-MM-DD` of the day `day` days after 1970-01-01."""
-    return _strftime("%Y-%m-%d", _gmtime(day * 86_400))
+    """`YYYY-MM-DD` of the day `day` days after 1970-01-01 (each made once: a dictionary, not a
+    `functools.lru_cache`, whose call costs more than the lookup it saves)."""
+    text = _DATES.get(day)
+    if text is None:
+        if len(_DATES) >= 4096:  # bounded: a long run's days, many times over
+            _DATES.clear()
+        text = _DATES[day] = _strftime("%Y-%m-%d", _gmtime(day * 86_400))
+    return text
 
 
 def event_line(seq: int, event: Event) -> tuple[dict[str, Any], str]:
