@@ -50,9 +50,12 @@ def fmt_cents(amount: float) -> str:
 
 def fmt_money(amount: float) -> str:
     """`+1,234.50`; an amount that rounds to zero is `+0.00`, never `-0.00`."""
-    cents = round(amount, 2) + 0.0
-    text = f"{cents:+.2f}"
-    return text if len(text) <= 7 else format(cents, "+,.2f")  # "+999.99" needs no separator
+    # the format rounds to the cent as `round` does (correctly, half to even); below 1,000 (its
+    # text says) there is no separator to put, and only the sign of a zero to mend
+    text = f"{amount:+.2f}"
+    if len(text) <= 7:
+        return "+0.00" if text == "-0.00" else text
+    return format(round(amount, 2) + 0.0, "+,.2f")
 
 
 _TWO = tuple(f"{n:02d}" for n in range(60))  # `f"{n:02d}"` looked up
@@ -74,9 +77,19 @@ def _when(iso_ts: str) -> str:
     return f"{iso_ts[:10]} {iso_ts[11:19]} UTC"  # "2024-01-02T03:04:05.678Z" -> "2024-01-02 03:04:05 UTC"
 
 
+_DECIMALS: dict[str, int] = {}  # a symbol's price decimals, looked up once
+
+
+def _price_decimals(symbol: str) -> int:
+    decimals = _DECIMALS.get(symbol)
+    if decimals is None:
+        decimals = _DECIMALS[symbol] = price_decimals(symbol)
+    return decimals
+
+
 def fill_line(record: dict[str, Any]) -> str:
     symbol = record.get("symbol", "")
-    decimals = price_decimals(symbol)
+    decimals = _price_decimals(symbol)
     return (
         f"FILL   {_when(record['ts'])}  {symbol} {record.get('strategy_id') or '-'}  "
         f"{record['side'].upper()} {fmt_qty(record['qty'])} @ {fmt_price(record['fill_price'], decimals)}  "
@@ -86,7 +99,7 @@ def fill_line(record: dict[str, Any]) -> str:
 
 def closed_line(record: dict[str, Any]) -> str:
     symbol = record.get("symbol", "")
-    decimals = price_decimals(symbol)
+    decimals = _price_decimals(symbol)
     return (
         f"CLOSED {_when(record['ts'])}  {symbol}  {record['side'].upper()} {fmt_qty(record['qty'])}  "
         f"{fmt_price(record['entry_price'], decimals)} -> {fmt_price(record['exit_price'], decimals)}  "

@@ -29,6 +29,7 @@ point the CLI and the tests use.
 from __future__ import annotations
 
 import contextlib
+import gc
 import heapq
 import itertools
 import math
@@ -697,6 +698,12 @@ class Session:
             )
             status = "ok"
             storage: list[StorageFault] = []  # a storage stop ends the inputs (checked between steps)
+            # the run allocates millions of short-lived objects: the cyclic collector looks at the
+            # young ones less often (most are gone by then), the session's long-lived ones sit out
+            # its full passes (as they were after the run, for the next run in this process)
+            thresholds = gc.get_threshold()
+            gc.set_threshold(max(thresholds[0], 50_000), *thresholds[1:])
+            gc.freeze()
             try:
                 if one_stream:
                     stopped = self._run_candles(kernel, iter(candles), recorder, storage, signals)
@@ -722,6 +729,9 @@ class Session:
                 ts = kernel.now if math.isfinite(kernel.now) else started
                 recorder.write(Event(ts, "error", {"where": "session", "message": repr(exc)}))
                 stopped = Stopped("error", repr(exc), ts)
+            finally:
+                gc.unfreeze()
+                gc.set_threshold(*thresholds)
             recorder.take_stop()  # one after the last input: recorded (exit 1), the stop's reason stays
             if storage and status == "ok":
                 logger.info("stopping: storage {}", storage[0].detail())
