@@ -1,6 +1,7 @@
 """What a person reads on the console, from the recorder's stream of records: one line per fill and
 per closed trade, the figures the live progress panel shows beside the account (the working stop
-and target, trades so far), and the summary table at the end (rich).
+and target, trades so far), and the summary table at the end (rich on a terminal; elsewhere the
+same table drawn without it, `plain_table`).
 
 The recorder hands every record it writes to `ConsoleSink.observe` (the records of a resumed
 session too, unprinted, so the figures cover the whole session). Numbers are rounded for people:
@@ -16,6 +17,7 @@ from typing import Any
 import attrs
 
 from protocols.instruments import price_decimals
+from protocols.records import TWO_DIGITS
 
 BATCH_LINES = 256
 
@@ -58,19 +60,16 @@ def fmt_money(amount: float) -> str:
     return format(round(amount, 2) + 0.0, "+,.2f")
 
 
-_TWO = tuple(f"{n:02d}" for n in range(60))  # `f"{n:02d}"` looked up
-
-
 def fmt_held(seconds: float) -> str:
     seconds = max(0, round(seconds))
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
     if days:
-        return f"{days}d{_TWO[hours]}h{_TWO[minutes]}m"
+        return f"{days}d{TWO_DIGITS[hours]}h{TWO_DIGITS[minutes]}m"
     if hours:
-        return f"{hours}h{_TWO[minutes]}m{_TWO[secs]}s"
-    return f"{minutes}m{_TWO[secs]}s"
+        return f"{hours}h{TWO_DIGITS[minutes]}m{TWO_DIGITS[secs]}s"
+    return f"{minutes}m{TWO_DIGITS[secs]}s"
 
 
 def _when(iso_ts: str) -> str:

@@ -159,19 +159,22 @@ def _iso(ts: float) -> str:
     if us >= 1_000_000:
         secs += 1
         us -= 1_000_000
-    day, second = divmod(secs, 86_400)
-    hour, second = divmod(second, 3600)
-    minute, second = divmod(second, 60)
-    return f"{_date(day)}T{_TWO[hour]}:{_TWO[minute]}:{_TWO[second]}.{_THREE[us // 1000]}Z"
+    return f"{_clock(secs, 'T')}.{_THREE[us // 1000]}Z"
 
 
 def utc_clock(secs: int) -> str:
-    """`time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(secs))`, the date made once per day (`iso`'s
-    way): the report page writes one for every point and trade it draws."""
+    """`time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(secs))`, `iso`'s way: the report page
+    writes one for every point and trade it draws."""
+    return _clock(secs, " ")
+
+
+def _clock(secs: int, sep: str) -> str:
+    """`YYYY-MM-DD{sep}HH:MM:SS` of whole seconds since the epoch: the date made once per day
+    (`_date`), the time of day in integer arithmetic."""
     day, second = divmod(secs, 86_400)
     hour, second = divmod(second, 3600)
     minute, second = divmod(second, 60)
-    return f"{_date(day)} {_TWO[hour]}:{_TWO[minute]}:{_TWO[second]}"
+    return f"{_date(day)}{sep}{TWO_DIGITS[hour]}:{TWO_DIGITS[minute]}:{TWO_DIGITS[second]}"
 
 
 def utc_millis(ts: float) -> str:
@@ -183,7 +186,7 @@ def utc_millis(ts: float) -> str:
 
 
 # `f"{n:02d}"` and `f"{n:03d}"` looked up (a format call each costs more than the rest of `iso`)
-_TWO: Final = tuple(f"{n:02d}" for n in range(60))
+TWO_DIGITS: Final = tuple(f"{n:02d}" for n in range(60))
 _THREE: Final = tuple(f"{n:03d}" for n in range(1000))
 
 

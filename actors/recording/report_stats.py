@@ -42,7 +42,9 @@ def _day_start(day: str) -> float:
 def slippage_cost(fill: dict[str, Any]) -> float:
     """What a fill's slippage cost in money: `slippage_bps` (against the decision's
     `requested_price`, positive when worse for us) of the requested notional."""
-    bps = fill.get("slippage_bps") or 0.0
+    bps = fill.get("slippage_bps")
+    if not bps:  # none: no cost (and no arithmetic, for the many fills of a backtest without)
+        return 0.0
     price = fill.get("requested_price") or fill.get("fill_price") or 0.0
     return float(bps) / 10_000 * float(price) * float(fill["qty"])
 
@@ -81,7 +83,7 @@ def trades(records: Iterable[dict[str, Any]]) -> list[Trade]:
             first_symbol = r.get("symbol", "")
         elif kind == "order.filled":
             symbol = r.get("symbol") or first_symbol
-            cost = slippage_cost(r) if r.get("slippage_bps") else 0.0  # no slippage: no cost
+            cost = slippage_cost(r)
             before = position.get(symbol, 0.0)
             after = r.get("position_qty", before)
             position[symbol] = after
@@ -213,7 +215,7 @@ def statistics(
             fills += 1
             gross += float(r["realized_pnl"])
             fees += float(r["fee"])
-            slippage += slippage_cost(r) if r.get("slippage_bps") else 0.0
+            slippage += slippage_cost(r)
         elif kind == "position.closed":
             closed.append(r)
         elif kind == "heartbeat":
@@ -300,9 +302,11 @@ def _time_in_market(
 def _held(closed: dict[str, Any]) -> tuple[float, float]:
     """A closed trade's time in the market: [opened_ts, opened_ts + held_s] (either one, when the
     other is missing, from the close's time)."""
-    opened_ts, held_s = closed.get("opened_ts"), closed.get("held_s")
-    if opened_ts is not None and held_s is not None:  # both there: the close's time is not needed
-        return opened_ts, opened_ts + held_s
-    close = ts_of(closed)
-    opened = closed.get("opened_ts", close - (closed.get("held_s") or 0.0))
-    return opened, opened + closed.get("held_s", close - opened)
+    opened, held = closed.get("opened_ts"), closed.get("held_s")
+    if opened is None or held is None:  # the close's time is read only when one is missing
+        close = ts_of(closed)
+        if opened is None:
+            opened = close - (held or 0.0)
+        if held is None:
+            held = close - opened
+    return opened, opened + held

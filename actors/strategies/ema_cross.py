@@ -110,15 +110,13 @@ def intents_for(
     # strategy_id, symbol): attrs' `__init__` takes keywords at several times the cost, and a
     # backtest builds two of these at every cross
     if opposite:
-        reason = f"exit_on_cross_{cross}"
-        exit_qty = abs(position)
         intents.append(
             OrderIntent(
                 ts,
                 side,
-                exit_qty,
+                abs(position),
                 price,
-                reason,
+                f"exit_on_cross_{cross}",
                 True,
                 "market",
                 None,
@@ -133,15 +131,13 @@ def intents_for(
     if opposite or abs(position) < 1e-12:
         stop = price * (1 - sign * config.stop_loss_pct / 100) if config.stop_loss_pct else None
         target = price * (1 + sign * config.take_profit_pct / 100) if config.take_profit_pct else None
-        reason = f"entry_on_cross_{cross}"
-        qty = config.order_qty
         intents.append(
             OrderIntent(
                 ts,
                 side,
-                qty,
+                config.order_qty,
                 price,
-                reason,
+                f"entry_on_cross_{cross}",
                 False,
                 "market",
                 None,
