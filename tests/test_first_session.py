@@ -53,7 +53,8 @@ SHORT_OF_TARGET = {
     "the mock's own shape move it (60 seeds each, 2026-12-03): 29 of 60 at the defaults; 27 to 32 with "
     "regimes of 10 or 15 minutes, ranges' half-life 2 minutes, trends of 0.75 %/h, 100 % volatility, or no "
     "regimes at all; 10 of 60 with trends of 3 %/h (the price runs away from EMA 20). The pullback entry "
-    "fills in about half of any nine minutes on such a market",
+    "fills in about half of any nine minutes on such a market. Re-priced every candle as the original "
+    "did (trend_pullback's entry_expiry_candles = 1; 2026-12-04): 11 of these 20, 37 of 60",
 }
 
 

@@ -9,6 +9,7 @@ import gzip
 import itertools
 import json
 import math
+import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,66 @@ def test_a_kernel_backtest_over_real_candles_rests_limits_and_attaches_brackets(
     assert not [e for e in events if e.kind == "order.rejected"]
 
 
+def test_a_kernel_backtest_with_an_expiry_of_one_candle_works_one_entry_at_a_time(tmp_path: Path) -> None:
+    """`entry_expiry_candles = 1` through the broker: the entry the strategy lets go at a close is
+    cancelled (`expired`) before the one it places at the same close reaches the market, so no
+    two entries ever work at once; a fill is at the limit of the entry working then. Seeded
+    generated candles: a random walk whose drift changes sign every 120 candles."""
+    rng = random.Random(12)
+    price, rows = 50_000.0, []
+    for i in range(3_000):
+        drift = 4.0 if (i // 120) % 2 == 0 else -4.0
+        path = [price + drift * k / 4 + rng.gauss(0, 12) for k in range(1, 5)]
+        o, c = price, round(path[-1], 1)
+        rows.append(
+            (1_704_067_200 + 60 * i, o, round(max(o, *path) + 1, 1), round(min(o, *path) - 1, 1), c, 1.0)
+        )
+        price = c
+    source = tmp_path / "walk.csv.gz"
+    with gzip.open(source, "wt") as f:
+        f.write(
+            "open_time_ms,open,high,low,close,volume\n"
+            + "".join(f"{t * 1000},{o},{h},{lo},{c},{v}\n" for t, o, h, lo, c, v in rows)
+        )
+    _, parts = backtest_parts(tmp_path, source)
+    parts.strategies = [strategy(entry_expiry_candles=1)]
+    events: list[Event] = []
+    candles = (Candle(t, 60.0, o, h, lo, c, v) for t, o, h, lo, c, v in rows)
+    stopped = Kernel(parts.broker, parts.gate, parts.strategies, events.append).run_candles(candles)
+    assert stopped is not None and stopped.reason == "data_end"
+    limit: dict[str, float] = {}
+    working: set[str] = set()
+    expired = fills = 0
+    for e in events:
+        f = e.fields
+        if e.kind == "order.submitted" and f["reason"].startswith("pullback_entry"):
+            assert not working, f"entry {f['order_id']} sent while {working} still work"
+            limit[f["order_id"]] = f["limit_price"]
+            working.add(f["order_id"])
+        elif e.kind == "order.cancelled" and f["order_id"] in working:
+            assert f["reason"] == "expired"
+            working.discard(f["order_id"])
+            expired += 1
+        elif e.kind == "order.filled" and f["order_id"] in working:
+            long = f["side"] == "buy"
+            assert (
+                f["fill_price"] <= limit[f["order_id"]] if long else f["fill_price"] >= limit[f["order_id"]]
+            )
+            working.discard(f["order_id"])
+            fills += 1
+    assert expired > 100 and fills > 20
+    # the one it let go was gone each time (cancelled at that very close), and each setup of a
+    # close went to the market at that close's EMA 20
+    lets_go = signals(events, "expire")
+    assert len(lets_go) >= expired and not [e for e in lets_go if e.fields["still_working"]]
+    sent = {
+        e.ts: e.fields["limit_price"]
+        for e in events
+        if e.kind == "order.submitted" and e.fields["reason"].startswith("pullback")
+    }
+    assert sent == {e.ts: e.fields["entry"] for e in signals(events)}
+
+
 def test_a_backtest_session_of_trend_pullback_passes_the_validator(tmp_path: Path, shared_data: Path) -> None:
     """Through the whole session (run folder, report, validator) when the config can select the
     kind (`strategy.name = "trend_pullback"`)."""
@@ -460,6 +521,26 @@ def test_an_entry_expires_after_24_candles_and_one_still_working_blocks_the_next
     assert s.watch and s.pending is None
     # once the account has no working order, the next setup enters
     assert signals(s.on_candle(trend(1, 50_000 + 1300, t0=60 * 130)[0], FLAT, 0.0))
+
+
+def test_with_an_expiry_of_one_candle_the_entry_follows_ema_20_as_the_originals_did() -> None:
+    """`entry_expiry_candles = 1`: the entry is let go at each close and placed again at the EMA 20
+    of that close while the trend holds (the original re-derived its limit every candle). The
+    EMA here is computed in the test: seeded with the mean of the first 20 closes."""
+    candles = trend(60)
+    outs = run(strategy(entry_expiry_candles=1), candles)
+    ema = sum(c.close for c in candles[:20]) / 20
+    expected = []
+    for c in candles[20:]:
+        ema += 2 / 21 * (c.close - ema)
+        expected.append((c.open_ts, math.floor(ema * 10 + 1e-6) / 10))
+    got = [(e.fields["candle_open_ts"], e.fields["entry"]) for e in signals(outs)]
+    assert got == expected[49 - 20 :]  # every candle from the first with EMA 50, at its own EMA 20
+    intents = [o for o in outs if isinstance(o, OrderIntent)]
+    assert [i.limit_price for i in intents] == [entry for _, entry in got]
+    # each good till the next candle's close, where the strategy lets it go and places the next
+    assert [i.expire_ts for i in intents] == [ts + 120.0 for ts, _ in got]
+    assert [e.fields["candle_open_ts"] for e in signals(outs, "expire")] == [ts for ts, _ in got[1:]]
 
 
 def test_another_strategys_working_orders_do_not_block_its_entries() -> None:

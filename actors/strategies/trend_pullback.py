@@ -24,6 +24,9 @@ decided on the close of a candle; EMAs are of closes, seeded with the simple mea
   (`expire_ts`), so the broker cancels it then (`order.cancelled`, reason `expired`). Until the
   account has no working order, the strategy places no new entry (two entries could otherwise both
   fill); if an old one fills, the strategy manages that position like any of its own.
+  `entry_expiry_candles = 1` re-prices the entry every candle, as the original did: the broker
+  cancels it at the next close, and the strategy places the next at that close's EMA 20 while
+  the trend holds (never two working at once: the broker cancels first, then hands the close on).
 - **Trailing stop.** In a position, a trail at the close minus 2 ATR (a short: plus), which only
   tightens, set on each close; when a close crosses the trail as it stood before that candle, the
   strategy exits at market (reduce-only; a `signal` with direction `exit`, reason `trail`)
