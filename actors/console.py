@@ -1,6 +1,8 @@
 """What a person reads on the console, from the recorder's stream of records: one line per fill and
-per closed trade, the figures the live progress panel shows beside the account (the working stop
-and target, trades so far), and the summary table at the end (rich on a terminal; elsewhere the
+per closed trade, one when an entry starts to work at the market (a strategy's limit or stop
+waiting for its price) and one when such an entry is cancelled unfilled, the figures the live
+progress panel shows beside the account (the working entry, stop and target, trades so far), and
+the summary table at the end (rich on a terminal; elsewhere the
 same table drawn without it, `plain_table`).
 
 The recorder hands every record it writes to `ConsoleSink.observe` (the records of a resumed
@@ -107,6 +109,32 @@ def closed_line(record: dict[str, Any]) -> str:
     )
 
 
+def _entry_text(record: dict[str, Any]) -> str:
+    """A working entry as the console names it: side, type, quantity and price."""
+    price = record.get("limit_price")
+    if price is None:
+        price = record.get("trigger_price")
+    order_type = str(record.get("type", "")).upper().replace("_", "-")
+    return (
+        f"{record['side'].upper()} {order_type} {fmt_qty(record['qty'])} @ "
+        f"{fmt_price(price, _price_decimals(record.get('symbol', '')))}"
+    )
+
+
+def order_line(record: dict[str, Any]) -> str:
+    """An entry that rests at the market (its `order.working` record)."""
+    return (
+        f"ORDER  {_when(record['ts'])}  {record.get('symbol', '')}  {_entry_text(record)}  "
+        f"working ({record['reason']})"
+    )
+
+
+def cancel_line(record: dict[str, Any], symbol: str, entry: str) -> str:
+    """A working entry of `symbol` cancelled unfilled (its `order.cancelled` record; `entry`: the
+    console's text of it)."""
+    return f"CANCEL {_when(record['ts'])}  {symbol}  {entry}  ({record['reason']})"
+
+
 @attrs.define
 class Protection:
     """The working protective orders of a symbol: their trigger prices, by order id."""
@@ -129,6 +157,8 @@ class ConsoleSink:
     gross_loss: float = 0.0
     protection: dict[str, Protection] = attrs.field(factory=dict)
     _protective_ids: dict[str, str] = attrs.field(factory=dict)  # order id -> symbol
+    # the working entries (not stops or targets): order id -> (symbol, the console's text)
+    _entries: dict[str, tuple[str, str]] = attrs.field(factory=dict)
     _pending: list[str] = attrs.field(factory=list)  # batched lines not yet written
 
     def observe(self, record: dict[str, Any], *, new: bool = True) -> None:
@@ -136,6 +166,8 @@ class ConsoleSink:
         kind = record["kind"]
         if kind == "order.filled":
             self._done(record["order_id"])
+            if self._entries and not record.get("partial"):
+                self._entries.pop(record["order_id"], None)
             if self.echo and new:
                 self._print(fill_line(record))
         elif kind == "position.closed":
@@ -149,9 +181,13 @@ class ConsoleSink:
             if self.echo and new:
                 self._print(closed_line(record))
         elif kind == "order.working":
-            self._working(record)
+            self._working(record, new)
         elif kind in ("order.cancelled", "order.rejected"):
-            self._done(record.get("order_id"))
+            order_id = record.get("order_id")
+            self._done(order_id)
+            entry = self._entries.pop(order_id, None) if order_id is not None else None
+            if entry is not None and self.echo and new and kind == "order.cancelled":
+                self._print(cancel_line(record, *entry))
 
     def _print(self, line: str) -> None:
         if not self.batched:
@@ -167,13 +203,19 @@ class ConsoleSink:
             _print("\n".join(self._pending))
             self._pending.clear()
 
-    def _working(self, record: dict[str, Any]) -> None:
+    def _working(self, record: dict[str, Any], new: bool = True) -> None:
         # a stop is a stop-market (its trigger), a target a limit (its limit price)
         price = record.get("trigger_price")
         if price is None:
             price = record.get("limit_price")
+        if price is None:
+            return  # a market order's rest: no price to wait for
         reason = record.get("reason")
-        if price is None or reason not in ("stop_loss", "take_profit"):
+        if reason not in ("stop_loss", "take_profit"):
+            # an entry waiting for its price
+            self._entries[record["order_id"]] = (record.get("symbol", ""), _entry_text(record))
+            if self.echo and new:
+                self._print(order_line(record))
             return
         symbol = record.get("symbol", "")
         protection = self.protection.setdefault(symbol, Protection())
@@ -186,6 +228,13 @@ class ConsoleSink:
             protection = self.protection[symbol]
             protection.stops.pop(order_id, None)
             protection.targets.pop(order_id, None)
+
+    def working_entry(self, symbol: str) -> str | None:
+        """The newest working entry of `symbol`, as the console names it (None: none working)."""
+        for entry_symbol, text in reversed(self._entries.values()):
+            if entry_symbol == symbol:
+                return text
+        return None
 
     def stop_and_target(self, symbol: str) -> tuple[float | None, float | None]:
         """The newest working stop and target of `symbol` (None: none working)."""
@@ -234,6 +283,7 @@ def summary_rows(report: dict[str, Any], sink: ConsoleSink, run_path: Path) -> l
         # paid when positive; a negative figure was received (found by an audit: "-2.26" beside
         # the fees' "2,103.46" read as a cost)
         ("funding paid", _funding(report["funding_paid"])),
+        ("orders", str(report["orders_submitted"])),
         ("fills", str(report["fills"])),
         ("rejections", str(rejections)),
         ("report", _report_path(html, run_path)),

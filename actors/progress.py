@@ -60,13 +60,14 @@ class Position:
     stop: float | None = None
     target: float | None = None
     trades: int = 0
+    working: str | None = None  # the newest entry working at the market (the console's text)
 
 
 def panel_lines(
     elapsed_s: float, remaining_s: float, account: AccountSnapshot, position: Position
 ) -> list[str]:
-    """The live panel: the clock and the account; the open position with its stop and target;
-    trades so far and PnL (realized, net of fees and funding, and unrealized)."""
+    """The live panel: the clock and the account; the open position with its stop and target, and
+    the newest entry working (a strategy's limit waiting for its price); trades so far and PnL (realized, net of fees and funding, and unrealized)."""
     decimals = price_decimals(position.symbol)
     pnl = account.equity - account.starting_equity
     first = status_line(elapsed_s, remaining_s, account.mark_price, account.position_qty, account.equity, pnl)
@@ -78,6 +79,8 @@ def panel_lines(
         )
     else:
         held = f"{position.symbol} flat"
+    if position.working is not None:
+        held += f"  entry {position.working} working"
     realized = account.realized_pnl - account.fees_paid - account.funding_paid
     money = (
         f"trades {position.trades}  realized {fmt_money(realized)}  "

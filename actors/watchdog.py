@@ -184,7 +184,7 @@ async def run_watchdog(
 
 
 def _position(account: AccountSnapshot, console: ConsoleSink | None) -> Position:
-    """The session symbol's open position as the panel shows it."""
+    """The session symbol's open position (and its newest working entry) as the panel shows it."""
     held = account.position(account.symbol)
     stop, target = console.stop_and_target(account.symbol) if console is not None else (None, None)
     return Position(
@@ -194,4 +194,5 @@ def _position(account: AccountSnapshot, console: ConsoleSink | None) -> Position
         stop,
         target,
         console.trades if console is not None else 0,
+        console.working_entry(account.symbol) if console is not None else None,
     )

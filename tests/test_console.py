@@ -12,7 +12,9 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 import trio_websocket
 from hypothesis import given, settings
@@ -22,6 +24,7 @@ from loguru import logger
 from actors import logs, progress
 from actors.console import ConsoleSink, closed_line, fill_line, fmt_money
 from actors.feeds.bitunix import _network_reason
+from protocols.messages import Cancel
 from tests.conftest import REPO, cli_env, read_events, read_report, run_cli, run_main
 
 TRADES = [
@@ -174,6 +177,62 @@ def test_the_panel_shows_the_stop_and_target_the_broker_works() -> None:
     assert sink.stop_and_target("BTCUSDT") == (99000.0, 101000.0)
 
 
+def test_an_entry_waiting_for_its_price_is_shown_until_it_fills_or_is_cancelled(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A real broker's records: a buy limit below the market rests (an ORDER line; the panel names
+    it beside a flat position), then is cancelled unfilled (a CANCEL line; gone from the panel);
+    a second rests and fills (the FILL line; gone). Its stop and target are not entries."""
+    from tests.test_fills import Backtest, make_broker, order
+
+    bt = Backtest(make_broker(slippage_bps=0.0))
+    sink = ConsoleSink(echo=True)
+
+    def observe(events: list[Any]) -> None:
+        for event in events:
+            sink.observe({"ts": "2024-01-02T03:04:05.000Z", "kind": event.kind, **event.fields})
+
+    first = attrs.evolve(
+        order("e1", "buy", 0.01, order_type="limit", limit_price=99_500.0), reason="pullback_entry_long"
+    )
+    observe(bt.candle(100_000.0, 100_100.0, 99_900.0, 100_000.0, 100.0, [first]))
+    assert sink.working_entry("BTCUSDT") == "BUY LIMIT 0.01 @ 99,500.0"
+    assert sink.working_entry("ETHUSDT") is None
+    shown = progress.panel_lines(
+        60.0,
+        540.0,
+        bt.broker.snapshot(bt.now),
+        progress.Position("BTCUSDT", working=sink.working_entry("BTCUSDT")),
+    )
+    assert shown[1] == "BTCUSDT flat  entry BUY LIMIT 0.01 @ 99,500.0 working"
+    observe(bt.broker.cancel(Cancel("e1", bt.now, "expired")))
+    assert sink.working_entry("BTCUSDT") is None
+
+    second = order(
+        "e2",
+        "buy",
+        0.01,
+        order_type="limit",
+        limit_price=99_800.0,
+        stop_price=99_000.0,
+        target_price=101_000.0,
+    )
+    observe(bt.candle(100_000.0, 100_100.0, 99_900.0, 100_000.0, 100.0, [second]))
+    assert sink.working_entry("BTCUSDT") == "BUY LIMIT 0.01 @ 99,800.0"
+    observe(bt.candle(100_000.0, 100_000.0, 99_700.0, 99_900.0, 100.0))  # down through its price
+    assert sink.working_entry("BTCUSDT") is None
+    assert sink.stop_and_target("BTCUSDT") == (99_000.0, 101_000.0)  # the bracket, not entries
+    lines = capsys.readouterr().err.splitlines()
+    assert (
+        lines[0]
+        == "ORDER  2024-01-02 03:04:05 UTC  BTCUSDT  BUY LIMIT 0.01 @ 99,500.0  working (pullback_entry_long)"
+    )
+    assert lines[1] == "CANCEL 2024-01-02 03:04:05 UTC  BTCUSDT  BUY LIMIT 0.01 @ 99,500.0  (expired)"
+    assert lines[2].startswith("ORDER  ") and lines[2].endswith("@ 99,800.0  working (test)")
+    assert lines[3].startswith("FILL   ") and "BUY 0.01 @ 99,800.0" in lines[3]
+    assert len(lines) == 4
+
+
 def test_the_console_sink_tracks_stop_target_and_trade_figures() -> None:
     sink = ConsoleSink()
     base = {"ts": "2024-01-02T03:04:05.000Z"}
@@ -273,7 +332,7 @@ def test_the_summary_agrees_with_the_report_page_on_return_and_profit_factor(tmp
     report = {
         "status": "ok", "stop_reason": "data_end", "net_pnl": -2.499974, "starting_equity": 10_000.0,
         "return_pct": -0.025, "trade_count": 1, "max_drawdown_pct": 0.1, "fees_paid": 1.0, "funding_paid": 0.0,
-        "fills": 2, "orders_rejected": {},
+        "fills": 2, "orders_submitted": 2, "orders_rejected": {},
     }  # fmt: skip
     rows = dict(summary_rows(report, sink, tmp_path))
     assert rows["return"] == "-0.02 %" and rows["profit factor"] == "-"
