@@ -2,8 +2,8 @@
 per closed trade, one when an entry starts to work at the market (a strategy's limit or stop
 waiting for its price) and one when such an entry is cancelled unfilled, the figures the live
 progress panel shows beside the account (the working entry, stop and target, trades so far), and
-the summary table at the end (rich on a terminal; elsewhere the
-same table drawn without it, `plain_table`).
+the summary table at the end (rich on a terminal; elsewhere the same table drawn without it,
+`plain_table`).
 
 The recorder hands every record it writes to `ConsoleSink.observe` (the records of a resumed
 session too, unprinted, so the figures cover the whole session). Numbers are rounded for people:
@@ -157,8 +157,9 @@ class ConsoleSink:
     gross_loss: float = 0.0
     protection: dict[str, Protection] = attrs.field(factory=dict)
     _protective_ids: dict[str, str] = attrs.field(factory=dict)  # order id -> symbol
-    # the working entries (not stops or targets): order id -> (symbol, the console's text)
-    _entries: dict[str, tuple[str, str]] = attrs.field(factory=dict)
+    # the working entries (not stops or targets): order id -> (symbol, the console's text, the
+    # quantity still working)
+    _entries: dict[str, tuple[str, str, float]] = attrs.field(factory=dict)
     _pending: list[str] = attrs.field(factory=list)  # batched lines not yet written
 
     def observe(self, record: dict[str, Any], *, new: bool = True) -> None:
@@ -166,8 +167,8 @@ class ConsoleSink:
         kind = record["kind"]
         if kind == "order.filled":
             self._done(record["order_id"])
-            if self._entries and not record.get("partial"):
-                self._entries.pop(record["order_id"], None)
+            if self._entries:
+                self._filled_entry(record)
             if self.echo and new:
                 self._print(fill_line(record))
         elif kind == "position.closed":
@@ -187,7 +188,7 @@ class ConsoleSink:
             self._done(order_id)
             entry = self._entries.pop(order_id, None) if order_id is not None else None
             if entry is not None and self.echo and new and kind == "order.cancelled":
-                self._print(cancel_line(record, *entry))
+                self._print(cancel_line(record, entry[0], entry[1]))
 
     def _print(self, line: str) -> None:
         if not self.batched:
@@ -213,7 +214,7 @@ class ConsoleSink:
         reason = record.get("reason")
         if reason not in ("stop_loss", "take_profit"):
             # an entry waiting for its price
-            self._entries[record["order_id"]] = (record.get("symbol", ""), _entry_text(record))
+            self._entries[record["order_id"]] = (record.get("symbol", ""), _entry_text(record), record["qty"])
             if self.echo and new:
                 self._print(order_line(record))
             return
@@ -229,9 +230,21 @@ class ConsoleSink:
             protection.stops.pop(order_id, None)
             protection.targets.pop(order_id, None)
 
+    def _filled_entry(self, record: dict[str, Any]) -> None:
+        """A fill of a working entry: what is left of it works on; all of it filled, it is done."""
+        order_id = record["order_id"]
+        entry = self._entries.get(order_id)
+        if entry is None:
+            return
+        left = entry[2] - record["qty"]
+        if left > 1e-9:
+            self._entries[order_id] = (entry[0], entry[1], left)
+        else:
+            del self._entries[order_id]
+
     def working_entry(self, symbol: str) -> str | None:
         """The newest working entry of `symbol`, as the console names it (None: none working)."""
-        for entry_symbol, text in reversed(self._entries.values()):
+        for entry_symbol, text, _left in reversed(self._entries.values()):
             if entry_symbol == symbol:
                 return text
         return None

@@ -67,7 +67,8 @@ def panel_lines(
     elapsed_s: float, remaining_s: float, account: AccountSnapshot, position: Position
 ) -> list[str]:
     """The live panel: the clock and the account; the open position with its stop and target, and
-    the newest entry working (a strategy's limit waiting for its price); trades so far and PnL (realized, net of fees and funding, and unrealized)."""
+    the newest entry working (a strategy's limit waiting for its price); trades so far and PnL
+    (realized, net of fees and funding, and unrealized)."""
     decimals = price_decimals(position.symbol)
     pnl = account.equity - account.starting_equity
     first = status_line(elapsed_s, remaining_s, account.mark_price, account.position_qty, account.equity, pnl)

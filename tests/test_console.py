@@ -231,6 +231,17 @@ def test_an_entry_waiting_for_its_price_is_shown_until_it_fills_or_is_cancelled(
     assert lines[2].startswith("ORDER  ") and lines[2].endswith("@ 99,800.0  working (test)")
     assert lines[3].startswith("FILL   ") and "BUY 0.01 @ 99,800.0" in lines[3]
     assert len(lines) == 4
+    # filled in parts (each fill flagged partial or not, as the broker's path was): it works on
+    # until its whole quantity has filled
+    base = {"ts": "2024-01-02T03:04:05.000Z", "symbol": "ETHUSDT", "order_id": "e3", "side": "sell"}
+    sink.echo = False
+    sink.observe({**base, "kind": "order.working", "type": "limit", "qty": 0.5, "limit_price": 3000.0,
+                  "trigger_price": None, "reason": "pullback_entry_short"})  # fmt: skip
+    for qty, partial in ((0.2, True), (0.2, False), (0.1, True)):
+        assert sink.working_entry("ETHUSDT") == "SELL LIMIT 0.5 @ 3,000.00"
+        sink.observe({**base, "kind": "order.filled", "qty": qty, "partial": partial, "fill_price": 3000.0,
+                      "fee": 0.1})  # fmt: skip
+    assert sink.working_entry("ETHUSDT") is None
 
 
 def test_the_console_sink_tracks_stop_target_and_trade_figures() -> None:
