@@ -567,6 +567,51 @@ async def test_a_live_sessions_report_in_chromium(tmp_path: Path) -> None:
     assert_statistics_shown(stats, events)
 
 
+def test_entries_that_rested_are_listed_with_what_became_of_them(tmp_path: Path) -> None:
+    """A trend_pullback backtest (limit entries at EMA 20, each good for 24 candles): the page
+    lists every entry that rested, in order, with its outcome as events.jsonl says it here (all
+    of its quantity filled, or cancelled and why), and draws each at its price on the chart."""
+    data = tmp_path / "bars.csv"
+    write_bars(data, 1500)
+    config = make_config(
+        tmp_path,
+        "strategy.name=trend_pullback",
+        "observability.progress=off",
+        "risk.max_consecutive_losses=0",
+        "risk.max_daily_drawdown_pct=100",
+        "risk.max_loss_pct=100",
+    )
+    run = Session(config, Plan(mode="backtest", data=str(data))).run_kernel().run_path
+    events = read_events(run)
+    expected: dict[str, list[Any]] = {}  # order id -> [price, qty, filled, outcome]
+    for e in events:
+        if e["kind"] == "order.working" and e["reason"].startswith("pullback_entry"):
+            expected[e["order_id"]] = [e["limit_price"], e["qty"], 0.0, "working at the end"]
+        elif e["kind"] == "order.filled" and e["order_id"] in expected:
+            row = expected[e["order_id"]]
+            row[2] += e["qty"]
+            row[3] = "filled" if math.isclose(row[2], row[1]) else "partly filled"
+        elif e["kind"] == "order.cancelled" and e["order_id"] in expected:
+            expected[e["order_id"]][3] = f"cancelled ({e['reason']})"
+    outcomes = {row[3] for row in expected.values()}
+    assert {"filled", "cancelled (expired)"} <= outcomes, outcomes  # a run that shows both
+
+    page = (run / "report.html").read_text()
+    table = page[page.index('<table id="entries">') :]
+    table = table[: table.index("</table>")]
+    rows = [re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in table.split("<tr>")[2:]]
+    assert len(rows) == len(expected)
+    for row, (price, qty, _filled, outcome) in zip(rows, expected.values(), strict=True):
+        assert float(row[6].replace(",", "")) == price and float(row[5]) == qty
+        assert re.sub(r" \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "", row[8]) == outcome
+    filled = sum(row[3] == "filled" for row in expected.values())
+    assert f"{len(expected):,} entries rested at the market; {filled:,} filled." in page
+    # on the price chart: each entry a segment at its price (its start, its end, a break)
+    traces = json.loads(re.search(r'Plotly.newPlot\("chart-price-BTCUSDT", (\[.*?\]), \{"margin"', page)[1])
+    drawn = next(t for t in traces if t["name"] == "entry orders")
+    assert drawn["y"][0::3] == [row[0] for row in expected.values()]
+
+
 def test_the_attribution_tables_say_their_rows_are_rounded_on_their_own() -> None:
     """Three strategies' realized PnL -32.344, -0.954 and -12.594 (-45.892 in all, shown -45.89)
     are shown -32.34, -0.95 and -12.59, which add up to -45.88: the page says each figure is

@@ -231,6 +231,7 @@ def report_page(data: RunData) -> Page:
         _section("Equity and drawdown", _equity_chart(curve)),
         *(_price_section(data, symbol, trade_list) for symbol in data.symbols),
         _section("Trades", _trade_table(data, trade_list)),
+        _section("Entries at the market", _entry_table(data)),
         _section("Fills: latency and slippage", _fills_chart(data.of("order.filled"))),
         _section("Feed health", _feed_section(data)),
         _section("Risk events", _risk_section(data)),
@@ -671,29 +672,38 @@ def _trade_marks(marked: list[Trade], dp: int) -> list[dict[str, Any]]:
 
 
 BRACKETS = (("stop_loss", "stops", "#c0392b"), ("take_profit", "targets", "#11823b"))
+# every other order that works at a price (a strategy's entry waiting for it) is drawn as an entry
+ENTRY_SEGMENTS = ("entry", "entry orders", "#2e86c1")
 
 
 def _bracket_traces(
     data: RunData, symbol: str, windows: list[tuple[float, float]] | None
 ) -> list[dict[str, Any]]:
-    """The stop and target orders as horizontal segments at their price, from when they start
-    working until they are cancelled, filled or the run ends; with `windows` (the marked trades'
-    entry and exit times, when only a sample is marked) those that start within one."""
+    """The stop and target orders, and the entries that wait for a price, as horizontal segments
+    at their price, from when they start working until they are cancelled, filled or the run
+    ends; with `windows` (the marked trades' entry and exit times, when only a sample is marked)
+    those that start within one."""
     if not data.of("order.working"):
         return []  # no stop or target order in the run (no need to read its fills)
     first = data.symbols[0] if data.symbols else symbol
     last_symbol = first
     working: dict[str, tuple[str, str, float]] = {}
-    segments: dict[str, list[tuple[str, str, float]]] = {reason: [] for reason, _, _ in BRACKETS}
+    kinds = (*BRACKETS, ENTRY_SEGMENTS)
+    segments: dict[str, list[tuple[str, str, float]]] = {reason: [] for reason, _, _ in kinds}
     for r in data.records:
         kind = r["kind"]
         if kind == "order.filled":
             last_symbol = r.get("symbol") or first
-        if kind == "order.working" and r.get("reason") in segments:
+        if kind == "order.working":
             # a bracket names its symbol (runs before it did: the fill it follows in the same step)
             price = r.get("trigger_price") or r.get("limit_price")
             if (r.get("symbol") or last_symbol) == symbol and price:
-                working[r["order_id"]] = (r["reason"], _x_iso(r), float(price))
+                reason = r.get("reason")
+                working[r["order_id"]] = (
+                    reason if reason in segments else ENTRY_SEGMENTS[0],
+                    _x_iso(r),
+                    float(price),
+                )
         elif kind in ("order.cancelled", "order.filled", "order.amended") and r.get("order_id") in working:
             reason, begin, price = working.pop(r["order_id"])
             segments[reason].append((begin, _x_iso(r), price))
@@ -704,7 +714,7 @@ def _bracket_traces(
         segments[reason].append((begin, _x_iso(data.stopped) if data.stopped else begin, price))
     spans = [(_x(a), _x(b)) for a, b in windows] if windows is not None else None
     traces: list[dict[str, Any]] = []
-    for reason, name, color in BRACKETS:
+    for reason, name, color in kinds:
         xs: list[str | None] = []
         ys: list[float | None] = []
         for begin, finish, price in segments[reason]:
@@ -804,6 +814,62 @@ def _trade_table(data: RunData, trade_list: list[Trade]) -> str:
         else ""
     )
     return f'{note}<div class="scroll"><table id="trades">{head}{"".join(rows)}</table></div>'
+
+
+def _entry_table(data: RunData) -> str:
+    """The entries that rested at the market waiting for a price (the `order.working` orders
+    other than stops and targets), with what became of each: filled (when its whole quantity
+    had), cancelled (when, and why) or still working when the run ended."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in data.records:
+        kind = r["kind"]
+        if kind == "order.working":
+            reason = r.get("reason")
+            if reason not in ("stop_loss", "take_profit") and (
+                r.get("limit_price") or r.get("trigger_price")
+            ):
+                rows.setdefault(r["order_id"], {**r, "filled": 0.0, "outcome": "working at the end"})
+        elif kind == "order.filled":
+            row = rows.get(r.get("order_id", ""))
+            if row is not None:
+                row["filled"] += r["qty"]
+                if row["filled"] >= row["qty"] - 1e-9:
+                    row["outcome"] = f"filled {_x_iso(r)[:19]}"
+                else:
+                    row["outcome"] = "partly filled"
+        elif kind == "order.cancelled":
+            row = rows.get(r.get("order_id", ""))
+            if row is not None:
+                row["outcome"] = f"cancelled {_x_iso(r)[:19]} ({r.get('reason', '?')})"
+    if not rows:
+        return '<p class="note">No entry rested at the market (every entry, if any, was a market order).</p>'
+    entries = list(rows.values())
+    head = (
+        "<tr><th>#</th><th>working from (UTC)</th><th>symbol</th><th>side</th><th>type</th><th>qty</th>"
+        "<th>price</th><th>reason</th><th>outcome (UTC)</th></tr>"
+    )
+    lines = []
+    for n, e in enumerate(entries[:MAX_TRADE_ROWS], 1):
+        symbol = e.get("symbol", "")
+        price = e.get("limit_price") or e.get("trigger_price")
+        lines.append(
+            f'<tr><td>{n}</td><td>{_e(_x_iso(e)[:19])}</td><td class="text">{_e(symbol)}</td>'
+            f'<td class="text">{_e(e.get("side", "?"))}</td><td class="text">{_e(e.get("type", "?"))}</td>'
+            f"<td>{e.get('qty', 0.0):.{_qty_dp(data, symbol)}f}</td><td>{price:,.{_price_dp(data, symbol)}f}</td>"
+            f'<td class="text">{_e(e.get("reason", ""))}</td><td class="text">{_e(e["outcome"])}</td></tr>'
+        )
+    filled = sum(e["outcome"].startswith("filled") for e in entries)
+    note = (
+        f'<p class="note">{len(entries):,} {"entry" if len(entries) == 1 else "entries"} rested at '
+        f"the market; {filled:,} filled."
+        + (
+            f" The first {MAX_TRADE_ROWS:,} are listed; every one is in events.jsonl (`order.working`)."
+            if len(entries) > MAX_TRADE_ROWS
+            else ""
+        )
+        + "</p>"
+    )
+    return f'{note}<div class="scroll"><table id="entries">{head}{"".join(lines)}</table></div>'
 
 
 def _feed_section(data: RunData) -> str:

@@ -47,8 +47,19 @@ SLIM: Final[dict[str, tuple[str, ...]]] = {
         "exit_reason",
     ),
     "heartbeat": ("kind", "ts", "price", "prices", "equity", "drawdown_pct"),
-    "order.working": ("kind", "ts", "symbol", "order_id", "reason", "trigger_price", "limit_price"),
-    "order.cancelled": ("kind", "ts", "order_id"),
+    "order.working": (
+        "kind",
+        "ts",
+        "symbol",
+        "order_id",
+        "reason",
+        "trigger_price",
+        "limit_price",
+        "side",
+        "type",
+        "qty",
+    ),
+    "order.cancelled": ("kind", "ts", "order_id", "reason"),
     "order.rejected": ("kind", "ts", "reason"),
 }
 SLIM["order.amended"] = SLIM["order.working"]
