@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from protocols.instruments import price_decimals
-from protocols.records import TWO_DIGITS
+from protocols.records import FLAT_EPS, PROTECTIVE_REASONS, TWO_DIGITS, is_resting_entry, resting_price
 
 BATCH_LINES = 256
 
@@ -111,13 +111,10 @@ def closed_line(record: dict[str, Any]) -> str:
 
 def _entry_text(record: dict[str, Any]) -> str:
     """A working entry as the console names it: side, type, quantity and price."""
-    price = record.get("limit_price")
-    if price is None:
-        price = record.get("trigger_price")
     order_type = str(record.get("type", "")).upper().replace("_", "-")
     return (
         f"{record['side'].upper()} {order_type} {fmt_qty(record['qty'])} @ "
-        f"{fmt_price(price, _price_decimals(record.get('symbol', '')))}"
+        f"{fmt_price(resting_price(record), _price_decimals(record.get('symbol', '')))}"
     )
 
 
@@ -204,19 +201,16 @@ class ConsoleSink:
             _print("\n".join(self._pending))
             self._pending.clear()
 
-    def _working(self, record: dict[str, Any], new: bool = True) -> None:
-        # a stop is a stop-market (its trigger), a target a limit (its limit price)
-        price = record.get("trigger_price")
-        if price is None:
-            price = record.get("limit_price")
-        if price is None:
-            return  # a market order's rest: no price to wait for
-        reason = record.get("reason")
-        if reason not in ("stop_loss", "take_profit"):
-            # an entry waiting for its price
+    def _working(self, record: dict[str, Any], new: bool) -> None:
+        if is_resting_entry(record):
             self._entries[record["order_id"]] = (record.get("symbol", ""), _entry_text(record), record["qty"])
             if self.echo and new:
                 self._print(order_line(record))
+            return
+        # a stop is a stop-market (its trigger), a target a limit (its limit price)
+        price = resting_price(record)
+        reason = record.get("reason")
+        if price is None or reason not in PROTECTIVE_REASONS:
             return
         symbol = record.get("symbol", "")
         protection = self.protection.setdefault(symbol, Protection())
@@ -237,7 +231,7 @@ class ConsoleSink:
         if entry is None:
             return
         left = entry[2] - record["qty"]
-        if left > 1e-9:
+        if left > FLAT_EPS:
             self._entries[order_id] = (entry[0], entry[1], left)
         else:
             del self._entries[order_id]

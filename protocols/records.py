@@ -123,6 +123,21 @@ ATTRIBUTION_FIELDS: Final = (
     "net_pnl",
 )
 FLAT_EPS: Final = 1e-9
+# The reasons of the protective orders the broker attaches to a position: its stop and its target.
+PROTECTIVE_REASONS: Final = ("stop_loss", "take_profit")
+
+
+def resting_price(record: dict[str, Any]) -> float | None:
+    """The price an `order.working` record waits for: a stop's trigger, else its limit (None: a
+    market order's rest, which waits for no price)."""
+    price = record.get("trigger_price")
+    return record.get("limit_price") if price is None else price
+
+
+def is_resting_entry(record: dict[str, Any]) -> bool:
+    """Whether an `order.working` record is an entry waiting for its price (a strategy's limit or
+    stop: not a protective stop or target, not a market order's rest)."""
+    return record.get("reason") not in PROTECTIVE_REASONS and resting_price(record) is not None
 
 
 _strftime, _gmtime = time.strftime, time.gmtime

@@ -45,7 +45,7 @@ from actors.recording.report_stats import (
     ts_of,
 )
 from protocols.instruments import table_instrument
-from protocols.records import utc_clock, utc_millis
+from protocols.records import FLAT_EPS, is_resting_entry, resting_price, utc_clock, utc_millis
 
 REPORT_NAME = "report.html"
 MAX_POINTS = 5_000  # points of a chart's line (or candles) at most
@@ -696,7 +696,7 @@ def _bracket_traces(
             last_symbol = r.get("symbol") or first
         if kind == "order.working":
             # a bracket names its symbol (runs before it did: the fill it follows in the same step)
-            price = r.get("trigger_price") or r.get("limit_price")
+            price = resting_price(r)
             if (r.get("symbol") or last_symbol) == symbol and price:
                 reason = r.get("reason")
                 working[r["order_id"]] = (
@@ -824,16 +824,13 @@ def _entry_table(data: RunData) -> str:
     for r in data.records:
         kind = r["kind"]
         if kind == "order.working":
-            reason = r.get("reason")
-            if reason not in ("stop_loss", "take_profit") and (
-                r.get("limit_price") or r.get("trigger_price")
-            ):
+            if is_resting_entry(r):
                 rows.setdefault(r["order_id"], {**r, "filled": 0.0, "outcome": "working at the end"})
         elif kind == "order.filled":
             row = rows.get(r.get("order_id", ""))
             if row is not None:
                 row["filled"] += r["qty"]
-                if row["filled"] >= row["qty"] - 1e-9:
+                if row["filled"] >= row["qty"] - FLAT_EPS:
                     row["outcome"] = f"filled {_x_iso(r)[:19]}"
                 else:
                     row["outcome"] = "partly filled"
@@ -851,7 +848,7 @@ def _entry_table(data: RunData) -> str:
     lines = []
     for n, e in enumerate(entries[:MAX_TRADE_ROWS], 1):
         symbol = e.get("symbol", "")
-        price = e.get("limit_price") or e.get("trigger_price")
+        price = resting_price(e)
         lines.append(
             f'<tr><td>{n}</td><td>{_e(_x_iso(e)[:19])}</td><td class="text">{_e(symbol)}</td>'
             f'<td class="text">{_e(e.get("side", "?"))}</td><td class="text">{_e(e.get("type", "?"))}</td>'
