@@ -342,10 +342,13 @@ def plain_table(title: str, rows: list[tuple[str, str]], encoding: str | None) -
     """The summary as rich draws it on a stream that is not a terminal (no styles; box lines),
     without importing rich (tens of milliseconds at the end of every run): None when rich
     would draw it otherwise (wider than `PLAIN_WIDTH`, text it would measure as wider than its
-    characters or read as markup, box lines the stream cannot encode), for rich to draw."""
+    characters or read as markup or emoji codes, box lines the stream cannot encode), for rich to
+    draw."""
     text = title + "".join(label + value for label, value in rows)
     if not text.isascii() or not text.isprintable() or "[" in text:  # rich reads "[...]" as markup
         return None
+    if any(cell.count(":") > 1 for cell in (title, *(cell for row in rows for cell in row))):
+        return None  # and ":name:" in a cell as an emoji code (found by Hypothesis: ":A:")
     try:
         "┌─┬┐│└┴┘".encode(encoding or "ascii")
     except (LookupError, UnicodeEncodeError):
