@@ -7,8 +7,10 @@ allowed; `ConfigError` carries all of them so the CLI can print them and exit 2.
 
 The session's strategies: either the one `[strategy]` table (its id is `strategy.name`) or several
 `[[strategies]]` tables in the `--config` file, each with its `id`, its `kind` and its keys
-(`Config.strategy_specs` gives them alike). Environment variables and `--set` address `[strategy]`
-only; the two forms are never mixed.
+(`Config.strategy_specs` gives them alike); the two forms are never mixed. Environment variables
+and `--set` address `[strategy]` (`strategy.KEY`) and one key of a file's `[[strategies]]` table by
+its id (`strategies.ID.KEY`: `--set strategies.trend.target_r=3`,
+`LAPTOP_AGENTS__STRATEGIES__TREND__TARGET_R=3`); the tables themselves are written in the file.
 """
 
 from __future__ import annotations
@@ -764,8 +766,13 @@ def _secret_key(dotted: str, source: str) -> str:
 # --- layers -----------------------------------------------------------------------------------------
 
 # (section, key) -> (raw value, source, is_text); the [[strategies]] tables, all of them, are the
-# one entry (STRATEGIES, "") -> (list of tables, source, False)
+# one entry (STRATEGIES, "") -> (list of tables, source, False); a key of one of them set by the
+# environment or --set is ("strategies.<id>", key) -> (raw value, source, is_text)
 Layer = dict[tuple[str, str], tuple[Any, str, bool]]
+# how the environment and --set name one key of a [[strategies]] table
+TABLE_KEY_FORM = (
+    "strategies.ID.KEY (a key of the [[strategies]] table with that id, e.g. strategies.trend.target_r=3)"
+)
 
 
 def _each_kinds_parameters() -> str:
@@ -780,10 +787,7 @@ def _put(layer: Layer, problems: list[str], dotted: str, value: Any, source: str
         problems.append(_secret_key(dotted, source))
         return
     if section == STRATEGIES:
-        problems.append(
-            f"{dotted}: [[strategies]] tables are written in the --config file only (from {source}); "
-            "environment variables and --set address [strategy]"
-        )
+        _put_table_key(layer, problems, dotted, name, value, source, is_text)
         return
     if section not in SECTIONS:
         problems.append(
@@ -799,6 +803,35 @@ def _put(layer: Layer, problems: list[str], dotted: str, value: Any, source: str
         problems.append(f"{dotted}: unknown key (from {source}); allowed keys in [{section}]: {allowed}")
         return
     layer[(section, name)] = (value, source, is_text)
+
+
+def _put_table_key(
+    layer: Layer, problems: list[str], dotted: str, name: str, value: Any, source: str, is_text: bool
+) -> None:
+    """`strategies.<id>.<key>` from the environment or --set: one key of the file's table with that
+    id (which table has it, and whether the key is one it may have, is checked with the tables)."""
+    table_id, dot, table_key = name.partition(".")
+    if not dot or not table_id or not table_key or "." in table_key:
+        problems.append(
+            f"{dotted}: expected {TABLE_KEY_FORM} (from {source}); the [[strategies]] tables themselves "
+            "are written in the --config file"
+        )
+        return
+    if re.fullmatch(STRATEGY_ID_PATTERN, table_id) is None:
+        problems.append(
+            f"{dotted}: {table_id!r} is not a [[strategies]] id (from {source}); expected 1-32 of a-z, 0-9, _ and -"
+        )
+        return
+    if secrets.is_secret_config_key(table_key):
+        problems.append(_secret_key(dotted, source))
+        return
+    if table_key == "id":
+        problems.append(
+            f"{dotted}: a table's id is written in the --config file only (from {source}); expected "
+            f"another key of the [[strategies]] table {table_id!r}"
+        )
+        return
+    layer[(f"{STRATEGIES}.{table_id}", table_key)] = (value, source, is_text)
 
 
 def dict_layer(data: Mapping[str, Any], source: str, problems: list[str]) -> Layer:
@@ -880,10 +913,14 @@ def env_layer(env: Mapping[str, str], problems: list[str]) -> Layer:
                 )
             continue
         parts = var[len(ENV_PREFIX) :].split("__")
-        if len(parts) != 2 or not all(parts):
-            problems.append(f"{var}: expected {ENV_PREFIX}SECTION__KEY")
+        table_key = len(parts) == 3 and parts[0].lower() == STRATEGIES
+        if not (len(parts) == 2 or table_key) or not all(parts):
+            problems.append(
+                f"{var}: expected {ENV_PREFIX}SECTION__KEY, or {ENV_PREFIX}STRATEGIES__ID__KEY for a key of "
+                "the [[strategies]] table with that id"
+            )
             continue
-        _put(layer, problems, f"{parts[0].lower()}.{parts[1].lower()}", value, var, is_text=True)
+        _put(layer, problems, ".".join(part.lower() for part in parts), value, var, is_text=True)
     return layer
 
 
@@ -891,9 +928,11 @@ def sets_layer(assignments: Iterable[str], problems: list[str]) -> Layer:
     layer: Layer = {}
     for item in assignments:
         dotted, eq, value = item.partition("=")
-        if not eq or dotted.count(".") != 1:
+        dots = 2 if dotted.strip().startswith(STRATEGIES + ".") else 1
+        if not eq or dotted.count(".") != dots:
             problems.append(
-                f"--set {item}: expected SECTION.KEY=VALUE, e.g. --set risk.max_orders_per_minute=4"
+                f"--set {item}: expected SECTION.KEY=VALUE, e.g. --set risk.max_orders_per_minute=4, or "
+                f"{TABLE_KEY_FORM}"
             )
             continue
         _put(layer, problems, dotted.strip(), value, "--set", is_text=True)
@@ -963,10 +1002,19 @@ def _params(kind: str, values: dict[str, Any]) -> Any:
     return params_cls(**values) if params_cls is not None else None
 
 
-def _strategy_tables(tables: list[Any], source: str, problems: list[str]) -> tuple[StrategySpec, ...]:
+# a [[strategies]] table's keys set by the environment or --set: (id, key) -> (raw, source, is_text)
+TableKeys = dict[tuple[str, str], tuple[Any, str, bool]]
+
+
+def _strategy_tables(
+    tables: list[Any], source: str, problems: list[str], overrides: TableKeys | None = None
+) -> tuple[StrategySpec, ...]:
     """The [[strategies]] tables, each checked like [strategy] (the common keys by StrategyConfig's
-    rules, the kind's own by its params class's); every problem names `strategies[<id>].<key>`
-    (`strategies[<index>]` while the table has no valid id)."""
+    rules, the kind's own by its params class's), with the keys the environment and --set give
+    them by id (`overrides`; later layers win, as for every key); every problem names
+    `strategies[<id>].<key>` (`strategies[<index>]` while the table has no valid id) and where the
+    key came from."""
+    overrides = overrides or {}
     table_fields = {f.name: f for f in attrs.fields(StrategyTableKeys)}
     common = {name: f for name, f in section_fields("strategy").items() if name != "name"}
     any_param = _all_strategy_params()
@@ -982,14 +1030,19 @@ def _strategy_tables(tables: list[Any], source: str, problems: list[str]) -> tup
         valid_id = isinstance(raw_id, str) and re.fullmatch(STRATEGY_ID_PATTERN, raw_id) is not None
         prefix = f"{STRATEGIES}[{raw_id if valid_id else index}]"
         before = len(problems)
+        # name -> (raw value, where it came from, is_text): the file's, then the later layers'
+        entries = {str(name): (raw, source, False) for name, raw in table.items()}
+        if valid_id and raw_id not in first_index:
+            entries.update({name: v for (tid, name), v in overrides.items() if tid == raw_id})
         found: dict[str, Any] = {}
         for name in REQUIRED_TABLE_KEYS:
-            if name not in table:
+            if name not in entries:
                 allowed = table_fields[name].metadata["rule"].check("")
                 problems.append(f"{prefix}.{name}: missing (from {source}); expected {allowed}")
         for name in ("id", "kind", "symbol", "interval"):
-            if name in table:
-                value = _check(problems, f"{prefix}.{name}", table_fields[name], table[name], source, False)
+            if name in entries:
+                raw, src, is_text = entries[name]
+                value = _check(problems, f"{prefix}.{name}", table_fields[name], raw, src, is_text)
                 if value is not _BAD:
                     found[name] = value
         if "id" in found:
@@ -1002,29 +1055,29 @@ def _strategy_tables(tables: list[Any], source: str, problems: list[str]) -> tup
                 first_index[found["id"]] = index
         values: dict[str, Any] = {}
         others: list[tuple[str, Any, str, bool]] = []
-        for name, raw in table.items():
+        for name, (raw, src, is_text) in entries.items():
             if name in table_fields:
                 continue
             if name in common:
-                value = _check(problems, f"{prefix}.{name}", common[name], raw, source, False)
+                value = _check(problems, f"{prefix}.{name}", common[name], raw, src, is_text)
                 if value is not _BAD:
                     values[name] = value
             elif name in any_param:
-                others.append((name, raw, source, False))
-            elif secrets.is_secret_config_key(str(name)):
-                problems.append(_secret_key(f"{prefix}.{name}", source))
+                others.append((name, raw, src, is_text))
+            elif secrets.is_secret_config_key(name):
+                problems.append(_secret_key(f"{prefix}.{name}", src))
             else:
                 hint = " (a [[strategies]] table names its kind with `kind`)" if name == "name" else ""
                 problems.append(
-                    f"{prefix}.{name}: unknown key (from {source}){hint}; allowed keys in [[strategies]]: "
+                    f"{prefix}.{name}: unknown key (from {src}){hint}; allowed keys in [[strategies]]: "
                     f"{', '.join(table_fields)}, {', '.join(common)}; and {_each_kinds_parameters()}"
                 )
         kind = found.get("kind")
         if kind is None:
             continue  # its parameters cannot be checked without it (the kind's problem is listed)
         problems += [
-            _unread_key(prefix, name, f"{prefix}.kind", kind, source)
-            for name in table
+            _unread_key(prefix, name, f"{prefix}.kind", kind, src)
+            for name, (_raw, src, _is_text) in entries.items()
             if name in common and name not in strategy_common_keys(kind)
         ]
         params = _kind_params(problems, prefix, f"{prefix}.kind", kind, others)
@@ -1039,6 +1092,13 @@ def _strategy_tables(tables: list[Any], source: str, problems: list[str]) -> tup
                 interval=found.get("interval"),
             )
         )
+    ids = [table["id"] for table in tables if isinstance(table, dict) and isinstance(table.get("id"), str)]
+    problems += [
+        f"{STRATEGIES}.{tid}.{name}: no [[strategies]] table has the id {tid!r} (from {src}); expected "
+        f"the id of one of {source}'s tables: {', '.join(map(repr, ids))}"
+        for (tid, name), (_raw, src, _is_text) in overrides.items()
+        if tid not in ids
+    ]
     return tuple(specs)
 
 
@@ -1050,6 +1110,12 @@ def build(layers: Iterable[Layer], problems: list[str] | None = None) -> Config:
         merged.update(layer)
     tables = merged.pop((STRATEGIES, ""), None)
     tables_source = tables[1] if tables is not None else None
+    # keys of [[strategies]] tables set by the environment or --set, by table id
+    overrides: TableKeys = {
+        (section.partition(".")[2], name): merged.pop((section, name))
+        for section, name in list(merged)
+        if section.startswith(STRATEGIES + ".")
+    }
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
 
     single = sorted(name for section, name in merged if section == "strategy")
@@ -1090,7 +1156,18 @@ def build(layers: Iterable[Layer], problems: list[str] | None = None) -> Config:
     params = _kind_params(problems, "strategy", "strategy.name", kind, others, replaced)
     specs: tuple[StrategySpec, ...] = ()
     if tables is not None:
-        specs = _strategy_tables(tables[0], tables[1], problems)
+        specs = _strategy_tables(tables[0], tables[1], problems, overrides)
+    else:
+        why = (
+            "[strategy] keys from the environment or --set replaced the file's [[strategies]] tables"
+            if replaced
+            else "the config has no [[strategies]] tables"
+        )
+        problems += [
+            f"{STRATEGIES}.{tid}.{name}: no [[strategies]] table to set it in (from {src}): {why}; expected "
+            "a --config file with [[strategies]] tables, or strategy.KEY for the one [strategy] table"
+            for (tid, name), (_raw, src, _is_text) in overrides.items()
+        ]
     if problems:
         raise ConfigError(problems)
     config = Config(
@@ -1100,7 +1177,7 @@ def build(layers: Iterable[Layer], problems: list[str] | None = None) -> Config:
     )
     cross = cross_checks(config)
     if cross:
-        raise ConfigError([_with_source(problem, merged, tables_source) for problem in cross])
+        raise ConfigError([_with_source(problem, merged, tables_source, overrides) for problem in cross])
     return config
 
 
@@ -1125,14 +1202,17 @@ _CROSS_PROBLEM = re.compile(
 )
 
 
-def _with_source(problem: str, merged: Layer, tables_source: str | None) -> str:
+def _with_source(
+    problem: str, merged: Layer, tables_source: str | None, overrides: TableKeys | None = None
+) -> str:
     """A check across keys names where its key came from, as every other problem does
     (`strategy.fast_period: 30 is not allowed (from --set); expected ...`)."""
     m = _CROSS_PROBLEM.match(problem)
     if m is None:
         return problem
     if m["table"]:
-        source = tables_source
+        found_table = (overrides or {}).get((m["table"][1:-1], m["name"]))
+        source = found_table[1] if found_table is not None else tables_source
     else:
         found = merged.get((m["section"], m["name"]))
         source = found[1] if found is not None else None

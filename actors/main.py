@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # `--dur 5` was --duration: a flag is spelled out (found by an audit)
         description="Run one autonomous paper-trading session on BTC perpetual futures.",
         epilog="Environment: LAPTOP_AGENTS__SECTION__KEY=VALUE sets any config key "
-        "(e.g. LAPTOP_AGENTS__RISK__MAX_POSITION_SIZE=0.02). Precedence: defaults < --config < env < flags.",
+        "(e.g. LAPTOP_AGENTS__RISK__MAX_POSITION_SIZE=0.02), LAPTOP_AGENTS__STRATEGIES__ID__KEY=VALUE a key "
+        "of the [[strategies]] table with that id. Precedence: defaults < --config < env < flags.",
     )
     p.add_argument("--config", metavar="FILE", help="TOML config file (e.g. config/live.toml)")
     p.add_argument(
@@ -135,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="set any config key, typed by the schema; repeatable",
+        help="set any config key, typed by the schema; repeatable; strategies.ID.KEY=VALUE sets a key of "
+        "the --config file's [[strategies]] table with that id",
     )
     p.add_argument(
         "--check-config", action="store_true", help="validate, print the effective config as TOML, exit 0"

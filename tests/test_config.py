@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
+import attrs
 import pytest
 
-from actors.config import Config, ConfigError, load, to_dict
+from actors.config import Config, ConfigError, load, to_dict, to_toml
 from tests.conftest import REPO, run_cli, run_main
 
 
@@ -384,10 +386,31 @@ INVALID_STRATEGIES = [
     ),
     (ONE_TABLE + "interval = 'soon'\n", [], "strategies[a].interval: 'soon' is not allowed"),
     ("[strategy]\norder_qty = 0.002\n" + ONE_TABLE, [], "[strategy] (from"),
+    (ONE_TABLE, ["--set", "strategies.id=b"], "--set strategies.id=b: expected SECTION.KEY=VALUE"),
     (
         ONE_TABLE,
-        ["--set", "strategies.id=b"],
-        "strategies.id: [[strategies]] tables are written in the --config",
+        ["--set", "strategies.b.order_qty=1"],
+        "strategies.b.order_qty: no [[strategies]] table has the id 'b'",
+    ),
+    (
+        ONE_TABLE,
+        ["--set", "strategies.a.id=b"],
+        "strategies.a.id: a table's id is written in the --config file only",
+    ),
+    (
+        ONE_TABLE,
+        ["--set", "strategies.a.lookback=3"],
+        "strategies[a].lookback: not a parameter of strategies[a].kind",
+    ),
+    (
+        ONE_TABLE,
+        ["--set", "strategies.a.order_qty=-1"],
+        "strategies[a].order_qty: -1.0 is not allowed (from --set)",
+    ),
+    (
+        ONE_TABLE,
+        ["--set", "strategies.a.b.c=1"],
+        "--set strategies.a.b.c=1: expected SECTION.KEY=VALUE, e.g. --set risk.max_orders_per_minute=4, or strategies.ID.KEY",
     ),
     ("strategies = []\n", [], "strategies: expected one or more [[strategies]] tables"),
     ("[strategies]\nid = 'a'\n", [], "strategies: expected one or more [[strategies]] tables"),
@@ -440,8 +463,10 @@ def test_strategies_problems_name_the_table_and_what_is_allowed(tmp_path: Path) 
     assert line.startswith("strategies.symbol: 101 symbols is not allowed; expected at most 100")
     # every table's problems at once
     assert len(problems(ONE_TABLE + "lookback = 3\n" + '[[strategies]]\nid = "b"\nkind = "macd"\n')) == 2
-    # env variables do not reach [[strategies]]
-    with pytest.raises(ConfigError, match="written in the --config file only"):
+    # env variables and --set name a table's key by its id: the tables themselves are the file's
+    with pytest.raises(
+        ConfigError, match=re.escape("the [[strategies]] tables themselves are written in the --config file")
+    ):
         load(_write(tmp_path, ONE_TABLE), {"LAPTOP_AGENTS__STRATEGIES__ID": "b"})
 
 
@@ -475,6 +500,79 @@ def test_strategy_set_on_the_command_line_overrides_the_files_strategies(tmp_pat
     (spec,) = load(REPO / "config" / "live.toml", env).strategy_specs
     assert spec.id == "liquidity_sweep"
     assert [s.id for s in load(REPO / "config" / "live.toml").strategy_specs] == ["trend", "sweep"]
+
+
+def test_a_key_of_one_strategies_table_is_set_by_its_id(tmp_path: Path) -> None:
+    """`--set strategies.ID.KEY=VALUE` and `LAPTOP_AGENTS__STRATEGIES__ID__KEY`: one key of the file's
+    table with that id, typed and checked as the file's own keys are (found by a session: re-pricing
+    config/live.toml's `trend` entry meant editing the file, `--set` reaching [strategy] only)."""
+    from actors.strategies.liquidity_sweep import LiquiditySweepParams
+    from actors.strategies.trend_pullback import TrendPullbackParams
+
+    live = REPO / "config" / "live.toml"
+    trend, sweep = load(live).strategy_specs
+    config = load(live, {}, ["strategies.trend.entry_expiry_candles=1", "strategies.sweep.order_qty=0.002"])
+    assert [s.id for s in config.strategy_specs] == ["trend", "sweep"]
+    assert config.strategy_specs[0].params == attrs.evolve(trend.params, entry_expiry_candles=1)
+    assert config.strategy_specs[0].config == trend.config
+    assert (
+        config.strategy_specs[1].params
+        == sweep.params
+        == LiquiditySweepParams(lookback=10, stop_atr_mult=0.5)
+    )
+    assert config.strategy_specs[1].config.order_qty == 0.002 != sweep.config.order_qty
+    # the environment the same, lower-cased; --set after it wins
+    env = {"LAPTOP_AGENTS__STRATEGIES__TREND__TARGET_R": "3"}
+    assert load(live, env).strategy_specs[0].params == TrendPullbackParams(target_r=3.0)
+    assert load(live, env, ["strategies.trend.target_r=4"]).strategy_specs[0].params.target_r == 4.0
+    # symbol, interval and kind too, with the checks that go with them
+    moved = load(live, {}, ["strategies.sweep.symbol=ETHUSDT", "strategies.sweep.interval=5m"])
+    assert (moved.strategy_specs[1].symbol, moved.strategy_specs[1].interval) == ("ETHUSDT", "5m")
+    assert moved.symbols == ("BTCUSDT", "ETHUSDT")
+    # what the config records (--check-config, a run folder) has the value: a replay runs as set
+    assert to_dict(config)["strategies"][0]["entry_expiry_candles"] == 1
+    assert load(_write(tmp_path, to_toml(config))) == config
+    result = run_main(
+        "--config", str(live), "--set", "strategies.trend.target_r=3", "--check-config", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert [t.get("target_r") for t in tomllib.loads(result.stdout)["strategies"]] == [3.0, None]
+
+    def problems(env: dict[str, str], sets: list[str], path: Path | None = live) -> list[str]:
+        with pytest.raises(ConfigError) as info:
+            load(path, env, sets)
+        return info.value.problems
+
+    # a rule between keys names the key's source, --set here and the file there
+    (line,) = problems({}, ["strategies.trend.ema_fast=60"])
+    assert line.startswith("strategies[trend].ema_fast: 60 is not allowed (from --set); expected less than")
+    (line,) = problems({}, ["strategies.trend.ema_slow=10"])
+    assert line.startswith(f"strategies[trend].ema_fast: 20 is not allowed (from {live});")
+    (line,) = problems({"LAPTOP_AGENTS__STRATEGIES__TREND__TARGET_R": "x"}, [])
+    assert (
+        "strategies[trend].target_r: 'x' is not allowed (from LAPTOP_AGENTS__STRATEGIES__TREND__TARGET_R)"
+        in line
+    )
+    (line,) = problems({}, ["strategies.cross.target_r=3"])
+    assert line == (
+        "strategies.cross.target_r: no [[strategies]] table has the id 'cross' (from --set); expected the id "
+        f"of one of {live}'s tables: 'trend', 'sweep'"
+    )
+    (line,) = problems({}, ["strategies.trend.fast_period=5"])
+    assert line.startswith(
+        "strategies[trend].fast_period: not used by strategies[trend].kind = 'trend_pullback' (from --set)"
+    )
+    (line,) = problems({}, ["strategies.trend.api_token=x"])
+    assert line.startswith("strategies.trend.api_token: secrets are not read from config files")
+    (line,) = problems({}, ["strategies.Trend.target_r=3"])
+    assert "'Trend' is not a [[strategies]] id (from --set)" in line
+    # no tables to set it in: none in the config, or [strategy] keys replaced them
+    (line,) = problems({}, ["strategies.trend.target_r=3"], None)
+    assert (
+        "no [[strategies]] table to set it in (from --set): the config has no [[strategies]] tables" in line
+    )
+    (line,) = problems({}, ["strategy.name=trend_pullback", "strategies.trend.target_r=3"])
+    assert "[strategy] keys from the environment or --set replaced the file's [[strategies]] tables" in line
 
 
 def test_a_kind_parameter_set_over_a_files_strategies_says_what_replaced_them(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ def test_every_cli_flag_is_documented() -> None:
 
 def test_environment_variables_are_documented() -> None:
     assert f"{ENV_PREFIX}SECTION__KEY" in README
+    assert f"{ENV_PREFIX}STRATEGIES__ID__KEY" in README and "`--set strategies.ID.KEY=VALUE`" in README
     source = "\n".join(p.read_text() for p in (REPO / "actors").glob("*.py"))
     used = set(re.findall(r"os\.environ(?:\.get)?\[?\(?[\"']([A-Z_]+)", source))
     assert all(var in README for var in used), used
