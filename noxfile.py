@@ -43,6 +43,15 @@ def tests(s: nox.Session) -> None:
 
 
 @nox.session
+def explore(s: nox.Session) -> None:
+    """The Hypothesis tests with new random examples on every run (every other session draws the
+    same ones each run: tests/conftest.py), to look for failing cases the fixed draws miss; a
+    failure prints its example and a `@reproduce_failure` line. `-- --hypothesis-seed N` repeats one run."""
+    s.install("-e", ".[test]")
+    s.run("pytest", "-q", "-n", "2", "-m", "hypothesis", *s.posargs, env={"HYPOTHESIS_PROFILE": "explore"})
+
+
+@nox.session
 def quick(s: nox.Session) -> None:
     """The deterministic subset to run while working (under a minute): no real-time socket,
     process, soak, container or benchmark test (those are marked `slow`)."""

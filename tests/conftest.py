@@ -13,11 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from actors.config import Config, load
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+# Hypothesis draws the same examples on every run (each test's own hash seeds them), so that a red
+# run is always a change's and never a new draw's: CI once went red on an unrelated commit when a
+# test that had passed in every earlier run drew a new case (":A:", tests/test_console.py).
+# `nox -s explore` (HYPOTHESIS_PROFILE=explore) draws new examples each run, to look for such cases.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 # A config that trades often and never stops early: short candles, fast EMAs, generous limits.
 TRADES_OFTEN = [
