@@ -501,6 +501,28 @@ def test_the_maximum_drawdown_counts_the_candles_path_not_only_its_open_and_clos
     assert bt.broker.position_qty == 0.01  # nothing traded: only the marks moved
 
 
+@pytest.mark.parametrize("intrabar", ["ohlc", "pessimistic"])
+def test_a_limit_filled_along_the_path_is_marked_where_it_filled_not_at_the_open(intrabar: str) -> None:
+    """Found by an audit: a buy limit filled on the way down from the candle's high was marked, on
+    its fill, at the candle's open (the last quote) with the position it had only just bought
+    lower: a peak the account never had (+0.37 USDT here), and a maximum drawdown overstated from
+    it. The fill is marked where the market was when it filled: its own price."""
+    bt = Backtest(make_broker(intrabar=intrabar, slippage_bps=0.0))
+    start = bt.broker.starting_equity
+    limit = order("b", "buy", 0.01, order_type="limit", limit_price=99_500.0, decision_price=99_500.0)
+    bt.candle(100_000.0, 100_000.0, 100_000.0, 100_000.0, 1000.0, [limit])  # rests: above the limit
+    assert bt.broker.position_qty == 0.0 and bt.broker.peak_equity == start
+    # the high nearer the open: flat up to 100500, then down through the limit to 99000, then 100200
+    (fill,) = fills(bt.candle(100_000.0, 100_500.0, 99_000.0, 100_200.0, 1000.0))
+    assert (fill["fill_price"], fill["liquidity"]) == (99_500.0, "maker")
+    fee = 99_500.0 * 0.01 * 2 / 10_000
+    assert fill["fee"] == pytest.approx(fee, rel=1e-12)
+    # the equity at each point the market passed, the position valued there
+    equities = [start, start, start - fee, start - fee - 5.0, start - fee + 7.0]
+    assert bt.broker.peak_equity == pytest.approx(max(equities), rel=1e-12)  # the close's
+    assert bt.broker.max_drawdown_pct == pytest.approx(_drawdown_by_hand(start, equities), rel=1e-9)
+
+
 def test_a_short_s_drawdown_counts_the_wick_above() -> None:
     bt = Backtest(make_broker(slippage_bps=0.0))
     bt.candle(DD_ENTRY, DD_ENTRY, DD_ENTRY, DD_ENTRY, 1000.0, [order("o1", "sell", 0.01)])

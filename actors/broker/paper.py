@@ -1042,7 +1042,9 @@ class PaperBroker:
                     before = self.fill_seq
                     if kind == "limit":
                         assert order.limit_price is not None
-                        events += self._rest_fill(working, qty, order.limit_price, ts, tick)
+                        events += self._rest_fill(
+                            working, qty, order.limit_price, ts, tick, at if self.bars else None
+                        )
                     else:  # a stop triggers (or a triggered order's rest): a market order now
                         rest_of_stop = working.triggered and order.order_type == "stop_market"
                         working.triggered = True
@@ -1061,6 +1063,7 @@ class PaperBroker:
                             tick,
                             partial=order.id in self.working,
                             source="candle",
+                            at=at if self.bars else None,
                         )
                     if self.fill_seq == before or order.id in self.working:
                         done.add(order.id)  # nothing filled, or the rest waits for the next candle
@@ -1561,12 +1564,16 @@ class PaperBroker:
             8,
         )
 
-    def _rest_fill(self, working: Working, qty: float, price: float, ts: float, tick: Tick) -> list[Event]:
+    def _rest_fill(
+        self, working: Working, qty: float, price: float, ts: float, tick: Tick, at: float | None = None
+    ) -> list[Event]:
         working.remaining = fast_round(working.remaining - qty, 8)
         if working.remaining < self.instrument.min_qty:
             del self.working[working.order.id]
         partial = working.remaining >= self.instrument.min_qty
-        return self._fill(working.order, qty, price, "maker", ts, tick, partial=partial, source="resting")
+        return self._fill(
+            working.order, qty, price, "maker", ts, tick, partial=partial, source="resting", at=at
+        )
 
     def _fill(
         self,
@@ -1578,9 +1585,12 @@ class PaperBroker:
         tick: Tick,
         partial: bool = False,
         source: str = "touch",
+        at: float | None = None,
     ) -> list[Event]:
         """Book one fill: fee, position, realized PnL; returns order.filled and position.closed events.
-        A reduce-only or protective fill takes at most the position, and only against it."""
+        A reduce-only or protective fill takes at most the position, and only against it. `at`: where
+        the market is when it fills, along a backtest candle's path, where the equity after it is
+        marked (None: at the mark, the last quote's)."""
         signed = qty if order.side == "buy" else -qty
         pos = self.position_qty
         if order.reduce_only or order.protective:
@@ -1640,7 +1650,11 @@ class PaperBroker:
             events += self._fit_exits(ts)  # protective orders die with the position, or fit it
         if order.stop_price is not None or order.target_price is not None:
             events += self._attach_protection(order, ts)
-        self._update_drawdown()
+        if at is None:
+            self._update_drawdown()
+        else:  # found by an audit: marked at the candle's open, a limit filled lower made a false peak
+            pos = self.position_qty
+            self._mark_equity(self._cash() + ((at - self.avg_price) * pos if not -EPS < pos < EPS else 0.0))
         return events
 
     def _fill_event(
