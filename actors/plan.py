@@ -107,7 +107,9 @@ def is_file(path: str | Path, flag: str) -> bool:
 
 def load_recording(target: Path) -> Recording:
     """A run folder (or its events.jsonl) of a finished session, for --replay."""
-    run_path = target.parent if target.name == "events.jsonl" else target
+    # the folder itself, not a link to it: `runs/latest` moves to the replay's own new folder
+    # before its market data is read (found by an audit: a replay of nothing, exit 0)
+    run_path = (target.parent if target.name == "events.jsonl" else target).resolve()
     events_path = run_path / "events.jsonl"
     if not is_file(events_path, "--replay"):
         raise PlanError(f"--replay: {short_path(target)} is not a run folder or events.jsonl")

@@ -66,6 +66,29 @@ def test_a_replay_refuses_the_flags_its_recorded_config_replaces(
     assert not runs.exists()
 
 
+@pytest.mark.parametrize("target", ["latest", "latest/events.jsonl"])
+def test_a_replay_of_runs_latest_replays_that_session_not_its_own_new_folder(tmp_path: Path, target: str) -> None:
+    """Found by an audit: `--replay runs/latest` (or runs/latest/events.jsonl) in the run dir the
+    replay writes to read its market data after `latest` had moved to the replay's own new, empty
+    folder: a replay of nothing, 0 trades against the session's 2, exit 0 and no warning."""
+    from tests.conftest import TRADES_OFTEN, read_report
+
+    async def session() -> Path:
+        config = make_config(tmp_path, *TRADES_OFTEN, "observability.progress=off", duration_min=0.5)
+        return (await run_session(config, handle_signals=False, progress_mode="off")).run_path
+
+    original = read_report(trio.run(session, clock=trio.testing.MockClock(autojump_threshold=0)))
+    assert original["trade_count"] > 0
+    runs = tmp_path / "runs"
+    result = run_main("--replay", str(runs / target), "--run-dir", str(runs), "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (replay,) = runs.glob("replay-*")
+    assert (runs / "latest").resolve() == replay.resolve()
+    again = read_report(replay)
+    for field in ("trade_count", "fills", "net_pnl", "fees_paid", "ending_equity"):
+        assert again[field] == original[field], field
+
+
 def test_a_replay_warns_of_the_environments_config_variables_and_runs(
     tmp_path: Path, recording: Path
 ) -> None:
