@@ -346,10 +346,13 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack | None) -> P
             funding_by_symbol=funding,
             window=window,
         )
-    if held is None:  # only what a look at the run dir can tell
-        plan = Plan(resume=find_resumable(run_dir, args.resume) if args.resume else None)
+    if held is None:  # only what a look at the run dir can tell, changing nothing there
+        # the session a start would resume, --resume's or the unfinished latest (found by an
+        # audit: the latter went unchecked, and --check-config passed what the start refused)
+        plan = Plan(resume=None if args.fresh else find_resumable(run_dir, args.resume, look_only=True))
         if plan.resume is not None:
             check_resume_config(plan.resume, to_dict(config))
+            checkpoint.load(plan.resume)  # its integrity under the key the start would use
         return plan
     start = _start_lock(held, config)
     if args.fresh:

@@ -318,7 +318,7 @@ def check_resume_config(run_path: Path, config: dict[str, Any]) -> None:
         )
 
 
-def find_resumable(run_dir: Path, run_id: str | None) -> Path | None:
+def find_resumable(run_dir: Path, run_id: str | None, *, look_only: bool = False) -> Path | None:
     """The session to resume: `--resume RUN_ID`, or the newest live session (`newest_live_run`:
     `<run_dir>/latest`, or the newest live one when a backtest or replay ran since) when
     unfinished and unowned; PlanError when that session is owned by a live process (the CLI calls
@@ -328,6 +328,9 @@ def find_resumable(run_dir: Path, run_id: str | None) -> Path | None:
     An unfinished, unowned `latest` without any checkpoint (its process was killed before the
     first one) cannot be resumed: it is closed as abandoned (actors/recording/abandon.py), with a
     warning, and None is returned so that a new session starts.
+
+    `look_only` (`--check-config`): the same answer, changing nothing in the run dir (no killed
+    backtest closed, no report page written, no session closed as abandoned).
     """
     if run_id is not None:
         if run_id != "latest" and not is_run_id(run_id):  # a name in the run dir, never a path
@@ -344,8 +347,9 @@ def find_resumable(run_dir: Path, run_id: str | None) -> Path | None:
         if is_locked(path):
             raise PlanError(f"--resume: {path} is running in another process")
         return path
-    finish_report_page(run_dir)
-    close_killed_batches(run_dir)
+    if not look_only:
+        finish_report_page(run_dir)
+        close_killed_batches(run_dir)
     found_live = newest_live_run(run_dir)
     if found_live is None or (found_live / "final_report.json").exists():
         return None
@@ -357,6 +361,8 @@ def find_resumable(run_dir: Path, run_id: str | None) -> Path | None:
         return None
     if not has_checkpoint(path):
         # killed before its first checkpoint: nothing to resume from; closed so it never blocks a start
+        if look_only:
+            return None
         try:
             close_and_warn(path)
         except SessionLocked:

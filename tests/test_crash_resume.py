@@ -661,17 +661,16 @@ def test_a_session_is_not_resumed_under_other_strategy_parameters(tmp_path: Path
     with pytest.raises(PlanError, match=r"strategy\.slow_period: 21 in the session, 30 now") as refused:
         check_resume_config(run, to_dict(make_config(tmp_path, "strategy.slow_period=30")))
     assert "--fresh" in str(refused.value)
-    result = run_main(
-        "--run-dir",
-        str(tmp_path / "runs"),
-        "--source",
-        "mock",
-        "--set",
-        "strategy.slow_period=30",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 2 and f"cannot resume {run.name}" in result.stderr
-    assert "Traceback" not in result.stderr and not (run / "final_report.json").exists()
+    changed = ["--run-dir", str(tmp_path / "runs"), "--source", "mock", "--set", "strategy.slow_period=30"]
+    # --check-config refuses what the start refuses (found by an audit: it said 0 when the
+    # session resumed was the unfinished latest, not one --resume named); --fresh passes
+    for check in (["--check-config"], []):
+        result = run_main(*changed, *check, cwd=tmp_path)
+        assert result.returncode == 2 and f"cannot resume {run.name}" in result.stderr
+        assert "Traceback" not in result.stderr and not (run / "final_report.json").exists()
+    result = run_main(*changed, "--fresh", "--check-config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not (run / "final_report.json").exists() and (tmp_path / "runs" / "latest").resolve() == run
 
 
 def test_the_cli_closes_it_and_starts_a_new_session(tmp_path: Path) -> None:

@@ -241,9 +241,9 @@ def test_a_session_with_secrets_set_writes_none_of_them(tmp_path: Path) -> None:
         assert stat.S_IMODE(path.lstat().st_mode) == 0o600 or path.is_symlink(), path
 
 
-def _start(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _start(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "actors.main", "--source", "mock", "--duration", "0.05", "--run-dir", "runs", *SETS],
+        [sys.executable, "-m", "actors.main", "--source", "mock", "--duration", "0.05", "--run-dir", "runs", *SETS, *args],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
 
@@ -280,14 +280,17 @@ def test_a_tampered_checkpoint_is_refused_loudly_never_resumed(tmp_path: Path) -
     state_files = lambda: {p.name: p.read_bytes() for p in run.iterdir() if p.name != "session.lock"}  # noqa: E731
     before = state_files()
     for env_case in (env, {k: v for k, v in env.items() if k != "LAPTOP_AGENTS_STATE_KEY"}):
-        proc = _start(tmp_path, env_case)
-        _, err = proc.communicate(timeout=60)
-        text = err.decode()
-        assert proc.returncode == 2, text[-2000:]
-        assert "refusing to resume" in text and "integrity" in text and "Traceback" not in text
-        assert ("HMAC mismatch" if "LAPTOP_AGENTS_STATE_KEY" in env_case else "is not set") in text
-        assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(["latest", run.name])
-        assert state_files() == before  # untouched (the lock file aside: its pid)
+        # --check-config refuses it as the start does (found by an audit: it said 0, the resume
+        # being the unfinished latest's, not --resume's)
+        for check in (["--check-config"], []):
+            proc = _start(tmp_path, env_case, *check)
+            _, err = proc.communicate(timeout=60)
+            text = err.decode()
+            assert proc.returncode == 2, text[-2000:]
+            assert "refusing to resume" in text and "integrity" in text and "Traceback" not in text
+            assert ("HMAC mismatch" if "LAPTOP_AGENTS_STATE_KEY" in env_case else "is not set") in text
+            assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(["latest", run.name])
+            assert state_files() == before  # untouched (the lock file aside: its pid)
     newest.write_bytes(original)  # the genuine checkpoint, with its key: resumed
     proc = _start(tmp_path, env)
     _, err = proc.communicate(timeout=60)
