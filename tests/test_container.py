@@ -124,6 +124,10 @@ def test_healthcheck_looks_past_a_backtest_or_replay_that_moved_latest(
     monkeypatch.setenv(healthcheck.RUN_DIR_ENV, str(runs))
     assert healthcheck.default_run() == runs / "20260101T000000Z-s42"
     assert healthcheck.main([]) == 0
+    # given as the README says outside the container, `runs/latest`: the same (found by an audit)
+    monkeypatch.delenv(healthcheck.RUN_DIR_ENV)
+    assert healthcheck.main([str(runs / "latest")]) == 0
+    assert healthcheck.main([str(replay)]) == 1  # the replay's own folder, named: finished
 
 
 def test_healthcheck_runs_as_a_module(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Exit 0 when the run folder RUN has a heartbeat newer than `--max-age` seconds (default 60), else
 exit 1; either way one line on standard output. RUN defaults to `<run dir>/latest` (or, when a
-backtest or replay has moved it to its own folder, the newest live session's), the run dir
+backtest or replay has moved it to its own folder, the newest live session's; a RUN given as
+`<run dir>/latest` the same), the run dir
 being `LAPTOP_AGENTS__SESSION__RUN_DIR` when set (relative to the working directory, as the
 session resolves it) and `/data/runs` otherwise, the image's (its WORKDIR /data, run_dir "runs").
 
@@ -33,10 +34,14 @@ _LIVE_RUN_ID = re.compile(r"^\d{8}T\d{6}Z-s\d+(-\d+)?$")
 
 
 def default_run() -> Path:
-    """`<run dir>/latest`; when a backtest or replay in the same run dir has moved it to its own
+    """`<run dir>/latest` (`live_latest`), the run dir the environment's or the image's."""
+    return live_latest(Path(os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR))
+
+
+def live_latest(run_dir: Path) -> Path:
+    """`<run_dir>/latest`; when a backtest or replay in the same run dir has moved it to its own
     folder, the newest live session's folder instead (found by an audit: the session's health
     followed `latest` to a finished replay and said unhealthy)."""
-    run_dir = Path(os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR)
     latest = run_dir / "latest"
     try:
         name = latest.resolve().name
@@ -72,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tools.healthcheck",
         description="Exit 0 when the session's run folder has a fresh heartbeat, else 1.",
     )
-    p.add_argument("run", nargs="?", type=Path, help=f"run folder (default: {DEFAULT_RUN_DIR}/latest)")
+    p.add_argument(
+        "run",
+        nargs="?",
+        type=Path,
+        help=f"run folder (default: {DEFAULT_RUN_DIR}/latest); RUN_DIR/latest: the newest live session's",
+    )
     p.add_argument(
         "--max-age",
         type=float,
@@ -81,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         help=f"oldest heartbeat still healthy (default {DEFAULT_MAX_AGE_S:g})",
     )
     args = p.parse_args(argv)
-    healthy, line = check(args.run or default_run(), args.max_age)
+    run = default_run() if args.run is None else args.run
+    if run.name == "latest":  # `runs/latest` given: the live session's, as by default (found by an audit)
+        run = live_latest(run.parent)
+    healthy, line = check(run, args.max_age)
     print(line, flush=True)
     return 0 if healthy else 1
 
