@@ -55,6 +55,7 @@ from actors.config import (
     LIVE_INTERVALS,
     Config,
     ConfigError,
+    FeedConfig,
     build,
     dict_layer,
     flags_layer,
@@ -522,6 +523,22 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
                     args.config,
                     config.strategy_specs[0].kind,
                 )
+            if args.mode == "live" and not args.replay and config.feed.source == "mock":
+                # found by an audit: the fake exchange's URLs set on the default source were
+                # ignored without a word, and the session traded on the mock
+                unread = [
+                    f"feed.{name}"
+                    for name in ("ws_url", "rest_url")
+                    if getattr(config.feed, name) != getattr(FeedConfig(), name)
+                ]
+                if unread:
+                    logger.warning(
+                        "{} {} not used: feed.source is 'mock', which reads no exchange (--source bitunix "
+                        "reads {})",
+                        " and ".join(unread),
+                        "is" if len(unread) == 1 else "are",
+                        "it" if len(unread) == 1 else "them",
+                    )
         if args.preflight and args.check_config:
             raise PlanError("--preflight and --check-config are separate checks; give one of them")
         if args.mode == "live" and not args.replay and not args.preflight:

@@ -67,7 +67,9 @@ def test_a_replay_refuses_the_flags_its_recorded_config_replaces(
 
 
 @pytest.mark.parametrize("target", ["latest", "latest/events.jsonl"])
-def test_a_replay_of_runs_latest_replays_that_session_not_its_own_new_folder(tmp_path: Path, target: str) -> None:
+def test_a_replay_of_runs_latest_replays_that_session_not_its_own_new_folder(
+    tmp_path: Path, target: str
+) -> None:
     """Found by an audit: `--replay runs/latest` (or runs/latest/events.jsonl) in the run dir the
     replay writes to read its market data after `latest` had moved to the replay's own new, empty
     folder: a replay of nothing, 0 trades against the session's 2, exit 0 and no warning."""
@@ -264,3 +266,16 @@ def test_data_naming_a_directory_says_so(tmp_path: Path) -> None:
     result = run_main("--mode", "backtest", "--data", str(tmp_path), "--check-config", cwd=tmp_path)
     assert result.returncode == 2
     assert _one_line(result.stderr) == f"error: --data: {tmp_path} is a directory; expected a candle file"
+
+
+def test_exchange_urls_set_on_the_mock_source_are_said_to_be_unused(tmp_path: Path) -> None:
+    """Found by an audit: the README's fake-exchange URLs, set without `--source bitunix`, were
+    ignored without a word (the default source is the mock) and the session traded on the mock."""
+    urls = ["--set", "feed.ws_url=ws://127.0.0.1:9/public/", "--set", "feed.rest_url=http://127.0.0.1:9"]
+    result = run_main(*urls, "--check-config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if line]
+    assert "feed.ws_url and feed.rest_url are not used: feed.source is 'mock'" in warning
+    assert "--source bitunix reads them" in warning
+    quiet = run_main(*urls, "--source", "bitunix", "--check-config", cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
