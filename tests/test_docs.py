@@ -77,3 +77,23 @@ def test_sweep_flags_are_documented() -> None:
     flags = {opt for action in parser()._actions for opt in action.option_strings} - {"-h", "--help"}
     assert [flag for flag in sorted(flags) if f"`{flag}" not in section] == []
     assert "`SPEC`" in section and "python -m tools.sweep" in section
+
+
+def test_every_event_kind_the_code_writes_is_in_the_run_folders_list() -> None:
+    """Found by an audit: `signal.skipped` and `order.cancel_rejected` were written to events.jsonl
+    and documented nowhere. The feed's own `feed.*` kinds are listed in "Live market data"."""
+    kinds: set[str] = set()
+    for path in (REPO / "actors").rglob("*.py"):
+        text = path.read_text()
+        kinds.update(re.findall(r'Event\(\s*[^,()]+(?:\([^()]*\))?,\s*"([a-z_.]+)"', text))
+        kinds.update(re.findall(r'kind="([a-z_.]+)"', text))
+    assert {
+        "order.filled",
+        "signal",
+        "signal.skipped",
+        "feed.fallback",
+    } <= kinds  # the patterns still find them
+    row = next(line for line in README.splitlines() if line.startswith("| `events.jsonl`"))
+    feed = README.split("## Live market data", 1)[1].split("\n## ", 1)[0]
+    missing = [k for k in sorted(kinds) if f"`{k}`" not in (feed if k.startswith("feed.") else row)]
+    assert missing == []
