@@ -199,7 +199,9 @@ class SessionConfig:
         lambda v: None if 0 <= v <= MAX_SEED else f"an integer from 0 to {MAX_SEED} (2**63 - 1)",
     )
     flatten_timeout_s: float = key(
-        10.0, "time allowed to flatten and write the report at exit", _num(ge=MIN_PERIOD_S, le=120)
+        10.0,
+        "time allowed, after the stop, for the actors to finish their step before the flatten and the report go ahead without them",
+        _num(ge=MIN_PERIOD_S, le=120),
     )
     disk_reserve_mb: float = key(
         50.0,
@@ -276,7 +278,11 @@ class FeedConfig:
     mock_volatility_pct: float = key(
         60.0, "mock source: annualised volatility of the random walk, percent", _num(gt=0, le=1000)
     )
-    mock_spread_ticks: int = key(1, "mock source: bid/ask spread in ticks of 0.1 USDT", _num(ge=1, le=1000))
+    mock_spread_ticks: int = key(
+        1,
+        "mock source: bid/ask spread in ticks of each symbol's price grid (BTCUSDT: 0.1 USDT)",
+        _num(ge=1, le=1000),
+    )
     mock_history_candles: int = key(
         200,
         "mock source: closed candles of seeded history handed out at start, marked as history "

@@ -218,8 +218,9 @@ def _check_live(config: Config) -> None:
         raise ConfigError(
             [
                 f"session.interval: {interval!r} is not allowed with feed.source = 'bitunix' (a live "
-                f"session subscribes to the exchange's klines of one of its intervals and takes its "
-                f"history over REST, which has no 3m); expected one of {', '.join(LIVE_INTERVALS)} "
+                f"session subscribes to the exchange's klines of its interval and takes its history "
+                f"over REST: an interval both serve, and REST serves no 3m); expected one of "
+                f"{', '.join(LIVE_INTERVALS)} "
                 "(the mock source, feed.source = 'mock', also takes others and seconds, e.g. '5s')"
             ]
         )

@@ -118,8 +118,8 @@ INVALID = [
         [],
         {},
         "session.interval: '1s' is not allowed with feed.source = 'bitunix' (a live session subscribes "
-        "to the exchange's klines of one of its intervals and takes its history over REST, which has no "
-        "3m); expected one of 1m, 5m,",
+        "to the exchange's klines of its interval and takes its history over REST: an interval both "
+        "serve, and REST serves no 3m); expected one of 1m, 5m,",
     ),
     (
         "[session]\ninterval = '3m'\n[feed]\nsource = 'bitunix'\n",
