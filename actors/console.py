@@ -132,6 +132,18 @@ def cancel_line(record: dict[str, Any], symbol: str, entry: str) -> str:
     return f"CANCEL {_when(record['ts'])}  {symbol}  {entry}  ({record['reason']})"
 
 
+def discarded_line(record: dict[str, Any]) -> str:
+    """A fill a resume discarded (one of `session.resumed`'s `discarded_fills`): printed before the
+    crash, written after the checkpoint the session resumed from, so not in its record."""
+    symbol = record.get("symbol") or ""
+    return (
+        f"UNDONE {_when(record['ts'])}  {symbol} {record.get('strategy_id') or '-'}  "
+        f"{str(record.get('side', '')).upper()} {fmt_qty(record.get('qty') or 0.0)} @ "
+        f"{fmt_price(record.get('fill_price') or 0.0, _price_decimals(symbol))}  (fill {record.get('fill_id')} "
+        "was written after the last checkpoint: the resumed session does not have it)"
+    )
+
+
 @attrs.define
 class Protection:
     """The working protective orders of a symbol: their trigger prices, by order id."""
@@ -180,6 +192,9 @@ class ConsoleSink:
                 self._print(closed_line(record))
         elif kind == "order.working":
             self._working(record, new)
+        elif kind == "session.resumed" and self.echo and new:
+            for fill in record.get("discarded_fills") or ():
+                self._print(discarded_line(fill))
         elif kind in ("order.cancelled", "order.rejected"):
             order_id = record.get("order_id")
             self._done(order_id)

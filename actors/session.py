@@ -35,6 +35,7 @@ import itertools
 import math
 import os
 import random
+import re
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -128,6 +129,12 @@ class Timeline:
         return self.started_ts + self.duration_s
 
 
+# the risk gate's order ids (actors/risk/gate.py: o1, o2, ...)
+_ORDER_ID = re.compile(r"o(\d+)")
+# the flatten-on-exit's (`closing_events`; `-<SYMBOL>` with several symbols)
+_FLATTEN_ID = re.compile(r"flatten-(\d+)(?:-[A-Z0-9]+)?")
+
+
 @attrs.define
 class Parts:
     """Every stateful part of a session: what a checkpoint holds and a resume restores."""
@@ -140,6 +147,9 @@ class Parts:
     # the longer candles some strategies take, built from the session's; each strategy's interval
     intervals: Intervals = attrs.field(factory=lambda: Intervals(60.0, ()))
     strategy_intervals: dict[str, float] = attrs.field(factory=dict)
+    # the flatten-on-exit's order id (with several symbols, `<it>-<SYMBOL>`): another after a resume
+    # that discarded one (`skip_ids`)
+    flatten_id: str = "flatten-1"
 
     def state(self) -> dict[str, Any]:
         return {
@@ -151,6 +161,25 @@ class Parts:
             "rngs": {name: _rng_state(rng) for name, rng in self.rngs.items()},
             "intervals": self.intervals.state(),
         }
+
+    def skip_ids(self, ids: set[str]) -> None:
+        """After a resume: the order, fill and protective-order ids the discarded events gave
+        (written after the checkpoint) are never given again, to other orders and fills (found by
+        an audit: a fill seen on the console before the crash, discarded, and its id then given to
+        another fill)."""
+        legs = self.broker.legs.values() if isinstance(self.broker, Portfolio) else [self.broker]
+        for found in filter(None, map(_ORDER_ID.fullmatch, ids)):
+            self.gate.order_seq = max(self.gate.order_seq, int(found[1]))
+        flattens = [int(found[1]) for found in filter(None, map(_FLATTEN_ID.fullmatch, ids))]
+        if flattens:
+            self.flatten_id = f"flatten-{max(flattens) + 1}"
+        for leg in legs:
+            prefix = re.escape(leg.id_prefix)
+            for found in filter(None, (re.fullmatch(prefix + r"([fp])(\d+)", i) for i in ids)):
+                if found[1] == "f":
+                    leg.fill_seq = max(leg.fill_seq, int(found[2]))
+                else:
+                    leg.protective_seq = max(leg.protective_seq, int(found[2]))
 
     def restore(self, state: dict[str, Any], now: float) -> None:
         self.broker.restore(state["account"])
@@ -292,6 +321,9 @@ def resumed_event(
             "checkpoint": generation,
             "checkpoint_problems": problems,
             "discarded_events": recorder.discarded_events,
+            # fills a reader may have seen (the console, the webhook) that the resumed record has
+            # not: written after the checkpoint the session resumed from (at most the first 100)
+            "discarded_fills": recorder.discarded_fills[:100],
             "position_qty": round(broker.position_qty, 8),
             "realized_pnl": broker.realized_pnl,
             "fees_paid": broker.fees_paid,
@@ -310,6 +342,7 @@ def closing_events(
     feed_down_s: float,
     data_gaps: dict[str, dict[str, Any]] | None = None,
     data_skipped: dict[str, dict[str, int]] | None = None,
+    flatten_id: str = "flatten-1",
 ) -> list[Event]:
     """Orders still on their way are refused (`session_stopping`: the session ends before they
     reach the market), flatten-on-exit through the broker's normal fill path, a last metrics row
@@ -322,7 +355,7 @@ def closing_events(
         funding["funding_source"] = "none" if fell_back else timeline.funding_source
     events = broker.settle_funding(ended)  # instants passed whose rate never came: the last one known
     events += broker.abandon_in_flight(ended, "session_stopping")
-    events += broker.flatten(ended, "flatten_on_exit", "flatten-1")
+    events += broker.flatten(ended, "flatten_on_exit", flatten_id)
     events.append(Event(ended, "heartbeat", broker.heartbeat_fields(ended)))
     for symbol, counts in (data_skipped or {}).items():  # a backtest's --data rows that were not candles
         events.append(

@@ -145,6 +145,7 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
                     sink.send_nowait(started_event(config, run_path.name, timeline))
                 else:
                     now = resumed_at = clock.now()
+                    parts.skip_ids(recorder.discarded_ids)
                     sink.send_nowait(
                         resumed_event(now, recorder, parts.broker, loaded.path.name, loaded.problems)
                     )
@@ -203,6 +204,7 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
                     health.down_s(ended),
                     session.data_gaps(ended),
                     session.data_skipped(),
+                    parts.flatten_id,
                 ):
                     sink.send_nowait(event)
     assert recorder.report is not None

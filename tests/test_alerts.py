@@ -47,7 +47,11 @@ def test_breaker_liquidation_resume_and_fallback_each_raise_one_alert() -> None:
         ("fallback", "warning", 13.0),
     ]
     assert "daily_drawdown" in breaker[0].message and "session stops" in breaker[0].message
-    assert "42.0 s down" in resumed[0].message
+    assert "42.0 s down" in resumed[0].message and "3 events discarded)" in resumed[0].message
+    lost = [{"fill_id": "BTCUSDT-f3"}, {"fill_id": "ETHUSDT-f1"}]
+    (again,) = rules().on_event("session.resumed", 12.0, {"discarded_events": 5, "discarded_fills": lost})
+    assert again.message.endswith("5 events discarded, 2 fills among them, not kept: BTCUSDT-f3, ETHUSDT-f1)")
+    assert again.details["discarded_fills"] == lost
     assert r.on_event("heartbeat", 14.0, {}) == []
     assert r.on_event("order.filled", 14.0, {}) == []
 

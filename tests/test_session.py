@@ -183,3 +183,46 @@ async def test_a_session_that_died_after_its_risk_stop_stops_again_at_its_resume
     after = events[events.index(resumed) + 1 :]
     assert not [e for e in after if e["kind"] == "order.submitted" and not e.get("reduce_only")]
     assert [e["reason"] for e in after if e["kind"] == "order.submitted"] == ["flatten_on_exit"]
+
+
+async def test_a_resume_lists_the_fills_it_discarded_and_never_gives_their_ids_again(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Found by an audit: a fill printed on the console (and sent to the webhook) just before a
+    crash, written after the last checkpoint, vanished at the resume without a word, and its fill
+    id was given to another fill. Now `session.resumed` lists each fill it discarded, the console
+    prints an UNDONE line for it, and no order or fill id the discarded events gave is given again.
+    The crash: a session stopped on max_loss, its folder as at its last checkpoint (stopped, not yet
+    flat): its flatten's events come after it."""
+    from actors.console import discarded_line
+    from actors.plan import Plan
+    from actors.recording import checkpoint
+
+    config = make_config(tmp_path, *STOPS_ON_MAX_LOSS, duration_min=2)
+    first = await run_session(config, handle_signals=False, progress_mode="off")
+    before = read_events(first.run_path)
+    saved = checkpoint.load(first.run_path).state["seq"]
+    lost = [e for e in before if e["seq"] > saved and e["kind"] == "order.filled"]
+    assert lost and all(e["reason"] == "flatten_on_exit" for e in lost)
+    lost_ids = {e[k] for e in before if e["seq"] > saved for k in ("order_id", "fill_id") if k in e}
+    for name in ("final_report.json", "metrics.json", "report.html"):
+        (first.run_path / name).unlink()
+    second = await run_session(
+        config, plan=Plan(resume=first.run_path), handle_signals=False, progress_mode="off"
+    )
+    events = read_events(second.run_path)
+    assert events[:saved] == before[:saved]  # the record up to the checkpoint, as it was
+    (resumed,) = [e for e in events if e["kind"] == "session.resumed"]
+    fields = ("ts", "fill_id", "order_id", "strategy_id", "symbol", "side", "qty", "fill_price")
+    assert resumed["discarded_fills"] == [{k: e[k] for k in fields} for e in lost]
+    assert resumed["discarded_events"] == len(before) - saved
+    after = events[events.index(resumed) + 1 :]
+    # the orders and fills that came to be after the resume (not the stops and targets placed
+    # before the checkpoint, which its flatten cancels again)
+    made = {e["order_id"] for e in after if e["kind"] in ("order.submitted", "order.working", "order.filled")}
+    made |= {e["fill_id"] for e in after if e["kind"] == "order.filled"}
+    made -= {e["order_id"] for e in before[:saved] if "order_id" in e}
+    assert [e for e in after if e["kind"] == "order.filled"]  # it flattened again, under new ids
+    assert made and not made & lost_ids, (made, lost_ids)
+    line = discarded_line(resumed["discarded_fills"][0])
+    assert line.startswith("UNDONE ") and lost[0]["fill_id"] in line and "last checkpoint" in line

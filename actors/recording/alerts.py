@@ -230,8 +230,18 @@ class AlertRules:
             "resume",
             "warning",
             f"session resumed after a crash ({fields.get('downtime_s')} s down, "
-            f"{fields.get('discarded_events', 0)} events discarded)",
-            {k: fields.get(k) for k in ("downtime_s", "checkpoint", "discarded_events", "position_qty")},
+            f"{fields.get('discarded_events', 0)} events discarded"
+            + (
+                f", {len(fills)} {'fill' if len(fills) == 1 else 'fills'} among them, not kept: "
+                f"{', '.join(str(f.get('fill_id')) for f in fills)}"
+                if (fills := fields.get("discarded_fills"))
+                else ""
+            )
+            + ")",
+            {
+                k: fields.get(k)
+                for k in ("downtime_s", "checkpoint", "discarded_events", "discarded_fills", "position_qty")
+            },
         )
 
     def _fallback(self, ts: float, fields: dict[str, Any]) -> Alert:

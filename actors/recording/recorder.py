@@ -83,6 +83,10 @@ def create_run_folder(run_dir: Path, run_id: str) -> Path:
     return path
 
 
+# what session.resumed says of each fill it discarded
+DISCARDED_FILL_FIELDS = ("ts", "fill_id", "order_id", "strategy_id", "symbol", "side", "qty", "fill_price")
+
+
 class Recorder:
     """Owns the run folder's files. Live sessions checkpoint through the inbox
     (`EventSink.checkpoint`); replays and backtests are simply run again."""
@@ -113,6 +117,10 @@ class Recorder:
         self.report: dict[str, Any] | None = None
         self.last_event_ts: float | None = None
         self.discarded_events = 0
+        # a resume's discarded events (written after the checkpoint): the fills among them, as a
+        # reader saw them, and every order and fill id they gave (never given again: `Parts.skip_ids`)
+        self.discarded_fills: list[dict[str, Any]] = []
+        self.discarded_ids: set[str] = set()
         self.reserve_mb = reserve_mb
         self.fault: StorageFault | None = None  # a write failed: nothing more is written
         self.low_space: StorageFault | None = None  # a health sample found less free than the reserve
@@ -167,6 +175,7 @@ class Recorder:
                     continue
                 if record.get("seq", 0) > resume_seq:
                     self.discarded_events += 1
+                    self._note_discarded(record)
                     continue
                 kept.append(line if line.endswith("\n") else line + "\n")
                 self._fold(record)
@@ -180,6 +189,15 @@ class Recorder:
         with temp_file(events_path) as tmp:
             tmp.write_text("".join(kept), encoding="utf-8")
             os.replace(tmp, events_path)
+
+    def _note_discarded(self, record: Any) -> None:
+        if not isinstance(record, dict):
+            return
+        self.discarded_ids.update(
+            value for name in ("order_id", "fill_id") if isinstance(value := record.get(name), str)
+        )
+        if record.get("kind") == "order.filled":
+            self.discarded_fills.append({k: record.get(k) for k in DISCARDED_FILL_FIELDS})
 
     def _fold(self, record: dict[str, Any]) -> None:
         self.seq = record["seq"]
