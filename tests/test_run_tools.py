@@ -392,3 +392,27 @@ def test_monitor_on_a_dead_backtest_says_it_cannot_be_resumed(tmp_path: Path) ->
     assert "cannot be resumed: the next start closes it as abandoned" in backtest.dead_line()
     live = SessionView(tmp_path / "20240101T000000Z-s42")
     assert "Starting the same command again resumes it" in live.dead_line()
+
+
+def test_monitor_follows_the_unfinished_live_session_past_a_backtests_latest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by an audit: started beside a running session after a backtest in the same run dir
+    had moved `latest`, the monitor showed the backtest's summary and exited. It follows the
+    unfinished live session, saying so; a finished one leaves `latest` (the backtest) to it."""
+    from tools.monitor import default_target
+
+    runs = tmp_path / "runs"
+    live = runs / "20240101T000000Z-s42"
+    backtest = runs / "backtest-20240101T000100Z-s42"
+    for folder in (live, backtest):
+        folder.mkdir(parents=True)
+        (folder / "events.jsonl").write_text("")
+    (backtest / "final_report.json").write_text("{}\n")
+    (runs / "latest").symlink_to(live.name, target_is_directory=True)
+    assert default_target(runs) == runs / "latest"  # latest is the live session itself
+    point_latest(runs, backtest.name)
+    assert default_target(runs) == live
+    assert f"following the live session {live.name} instead" in capsys.readouterr().err
+    (live / "final_report.json").write_text("{}\n")  # it finished: the backtest is the newest run
+    assert default_target(runs) == runs / "latest"

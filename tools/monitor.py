@@ -1,6 +1,8 @@
 """Follow a session from another terminal: `python -m tools.monitor [RUN]`.
 
-RUN is a run folder (default `<run-dir>/latest`, resolved once at start). The monitor only reads:
+RUN is a run folder (default `<run-dir>/latest`, resolved once at start; when a backtest or replay
+has moved `latest` to its own folder while a live session of the run dir is still unfinished, that
+session's folder, with a line on stderr saying so). The monitor only reads:
 it tails `events.jsonl` (the recorder appends and flushes it about once a second) and never takes
 the session's lock. About once a second (`--interval`) it shows the session's progress: elapsed
 and planned time, equity, realized and unrealized PnL, fees, the open position of each symbol
@@ -32,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from actors.plan import BATCH_RUN_PREFIXES
+from actors.plan import BATCH_RUN_PREFIXES, is_unfinished, newest_live_run
 from protocols.instruments import table_instrument
 from tools.runfolder import EVENTS, REPORT, NotARunFolder, owner_alive, resolve_run
 
@@ -466,12 +468,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_target(run_dir: Path) -> Path:
+    """`<run_dir>/latest`, or the unfinished live session's folder when a backtest or replay has
+    moved `latest` to its own (found by an audit: the monitor started beside a running session
+    showed a backtest's summary and exited)."""
+    latest = run_dir / "latest"
+    try:
+        live = newest_live_run(run_dir)
+        if live is None or live == latest.resolve() or not is_unfinished(live):
+            return latest
+    except OSError:
+        return latest
+    print(
+        f"{latest} is {latest.resolve().name}'s folder (a backtest or replay): following the live "
+        f"session {live.name} instead",
+        file=sys.stderr,
+    )
+    return live
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not (args.interval > 0 and math.isfinite(args.interval)):
         parser.error(f"--interval must be a positive number of seconds, not {args.interval}")
-    target = args.run if args.run is not None else args.run_dir / "latest"
+    target = args.run if args.run is not None else default_target(args.run_dir)
     try:
         run_path = resolve_run(target)
     except NotARunFolder as exc:
