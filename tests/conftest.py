@@ -79,11 +79,17 @@ def run_cli(*args: str, cwd: Path, timeout: float = 60, **env: str) -> subproces
 
 def main_in_process(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     """The CLI's `main(argv, env)` in this process: its exit code, stdout and stderr."""
+    from actors import secrets
     from actors.main import main
+    from actors.recording import checkpoint
 
     out, err = io.StringIO(), io.StringIO()
     umask = os.umask(0o077)  # `main` sets the process's umask: given back after, as a process's end would
     os.umask(umask)
+    # and the checkpoint key and the secrets' scrubber it installs (found by a test run: a
+    # LAPTOP_AGENTS_STATE_KEY given to one in-process start left the worker's test process
+    # verifying every later test's unsigned checkpoints under it, all refused)
+    key, scrubber = checkpoint._key, secrets._scrubber
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = main(argv, env)
@@ -91,6 +97,8 @@ def main_in_process(argv: list[str], env: dict[str, str]) -> tuple[int, str, str
             code = exc.code if isinstance(exc.code, int) else 2
         finally:
             os.umask(umask)
+            checkpoint.use_key(key)
+            secrets._scrubber = scrubber
     return code, out.getvalue(), err.getvalue()
 
 
