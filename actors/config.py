@@ -1008,19 +1008,18 @@ def _params(kind: str, values: dict[str, Any]) -> Any:
     return params_cls(**values) if params_cls is not None else None
 
 
-# a [[strategies]] table's keys set by the environment or --set: (id, key) -> (raw, source, is_text)
-TableKeys = dict[tuple[str, str], tuple[Any, str, bool]]
+# a [[strategies]] table's keys set by the environment or --set: a Layer keyed (id, key)
+TableKeys = Layer
 
 
 def _strategy_tables(
-    tables: list[Any], source: str, problems: list[str], overrides: TableKeys | None = None
+    tables: list[Any], source: str, problems: list[str], overrides: TableKeys
 ) -> tuple[StrategySpec, ...]:
     """The [[strategies]] tables, each checked like [strategy] (the common keys by StrategyConfig's
     rules, the kind's own by its params class's), with the keys the environment and --set give
     them by id (`overrides`; later layers win, as for every key); every problem names
     `strategies[<id>].<key>` (`strategies[<index>]` while the table has no valid id) and where the
     key came from."""
-    overrides = overrides or {}
     table_fields = {f.name: f for f in attrs.fields(StrategyTableKeys)}
     common = {name: f for name, f in section_fields("strategy").items() if name != "name"}
     any_param = _all_strategy_params()
@@ -1208,16 +1207,14 @@ _CROSS_PROBLEM = re.compile(
 )
 
 
-def _with_source(
-    problem: str, merged: Layer, tables_source: str | None, overrides: TableKeys | None = None
-) -> str:
+def _with_source(problem: str, merged: Layer, tables_source: str | None, overrides: TableKeys) -> str:
     """A check across keys names where its key came from, as every other problem does
     (`strategy.fast_period: 30 is not allowed (from --set); expected ...`)."""
     m = _CROSS_PROBLEM.match(problem)
     if m is None:
         return problem
     if m["table"]:
-        found_table = (overrides or {}).get((m["table"][1:-1], m["name"]))
+        found_table = overrides.get((m["table"][1:-1], m["name"]))
         source = found_table[1] if found_table is not None else tables_source
     else:
         found = merged.get((m["section"], m["name"]))

@@ -195,8 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quiet",
         action="store_true",
-        help="no console line per fill, per closed trade and per entry working or cancelled "
-        "(events.jsonl and the report have them all; the progress, warnings and the summary stay)",
+        help="no console line per fill, per closed trade, per entry working or cancelled, or per fill "
+        "undone at a resume (events.jsonl and the report have them all; the progress, warnings, "
+        "the resume alert naming undone fills, and the summary stay)",
     )
     p.add_argument(
         "--preflight",

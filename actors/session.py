@@ -129,9 +129,7 @@ class Timeline:
         return self.started_ts + self.duration_s
 
 
-# the risk gate's order ids (actors/risk/gate.py: o1, o2, ...)
-_ORDER_ID = re.compile(r"o(\d+)")
-# the flatten-on-exit's (`closing_events`; `-<SYMBOL>` with several symbols)
+# the flatten-on-exit's order id (`closing_events`; `-<SYMBOL>` with several symbols)
 _FLATTEN_ID = re.compile(r"flatten-(\d+)(?:-[A-Z0-9]+)?")
 
 
@@ -163,23 +161,15 @@ class Parts:
         }
 
     def skip_ids(self, ids: set[str]) -> None:
-        """After a resume: the order, fill and protective-order ids the discarded events gave
-        (written after the checkpoint) are never given again, to other orders and fills (found by
-        an audit: a fill seen on the console before the crash, discarded, and its id then given to
-        another fill)."""
-        legs = self.broker.legs.values() if isinstance(self.broker, Portfolio) else [self.broker]
-        for found in filter(None, map(_ORDER_ID.fullmatch, ids)):
-            self.gate.order_seq = max(self.gate.order_seq, int(found[1]))
+        """After a resume: the order, fill, protective-order and flatten ids the discarded events
+        gave (written after the checkpoint) are never given again, to other orders and fills (found
+        by an audit: a fill seen on the console before the crash, discarded, and its id then given
+        to another fill). Each part knows its own ids."""
+        self.gate.skip_ids(ids)
+        self.broker.skip_ids(ids)
         flattens = [int(found[1]) for found in filter(None, map(_FLATTEN_ID.fullmatch, ids))]
         if flattens:
             self.flatten_id = f"flatten-{max(flattens) + 1}"
-        for leg in legs:
-            prefix = re.escape(leg.id_prefix)
-            for found in filter(None, (re.fullmatch(prefix + r"([fp])(\d+)", i) for i in ids)):
-                if found[1] == "f":
-                    leg.fill_seq = max(leg.fill_seq, int(found[2]))
-                else:
-                    leg.protective_seq = max(leg.protective_seq, int(found[2]))
 
     def restore(self, state: dict[str, Any], now: float) -> None:
         self.broker.restore(state["account"])

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
@@ -538,6 +538,19 @@ class PaperBroker:
             for f in self.in_flight
         ]
         return state
+
+    def skip_ids(self, ids: Iterable[str]) -> None:
+        """After a resume: a fill or protective-order id the events it discarded gave
+        (`<id_prefix>f<n>`, `<id_prefix>p<n>`, written after the checkpoint) is never given again."""
+        start = len(self.id_prefix)
+        for given in ids:
+            number = given[start + 1 :]
+            if not (given.startswith(self.id_prefix) and number.isdigit()):
+                continue
+            if given[start] == "f":
+                self.fill_seq = max(self.fill_seq, int(number))
+            elif given[start] == "p":
+                self.protective_seq = max(self.protective_seq, int(number))
 
     def restore(self, state: dict[str, Any]) -> None:
         """The state of a checkpoint. Orders that were in flight are kept; `abandon_in_flight`
@@ -1069,10 +1082,9 @@ class PaperBroker:
                         done.add(order.id)  # nothing filled, or the rest waits for the next candle
                 a = at
             a = b
-            if self.bars and (i == 1 or i == 2):  # an extreme: the drawdown there, as it now stands
-                pos = self.position_qty
-                if not -EPS < pos < EPS:
-                    self._mark_equity(self._cash() + (b - self.avg_price) * pos)
+            # an extreme: the drawdown there, as it now stands (flat: nothing moved since the last mark)
+            if self.bars and (i == 1 or i == 2) and not -EPS < self.position_qty < EPS:
+                self._mark_at(b)
         return events
 
     def _cash(self) -> float:
@@ -1095,6 +1107,12 @@ class PaperBroker:
         first, second = (low_equity, high_equity) if low_first else (high_equity, low_equity)
         self._mark_equity(first)
         self._mark_equity(second)
+
+    def _mark_at(self, price: float) -> None:
+        """The equity with the position valued at `price` (where a backtest candle's path is), into
+        the peak and the deepest drawdown."""
+        pos = self.position_qty
+        self._mark_equity(self._cash() + ((price - self.avg_price) * pos if not -EPS < pos < EPS else 0.0))
 
     def _mark_equity(self, equity: float) -> None:
         self._update_drawdown(equity)
@@ -1653,8 +1671,7 @@ class PaperBroker:
         if at is None:
             self._update_drawdown()
         else:  # found by an audit: marked at the candle's open, a limit filled lower made a false peak
-            pos = self.position_qty
-            self._mark_equity(self._cash() + ((at - self.avg_price) * pos if not -EPS < pos < EPS else 0.0))
+            self._mark_at(at)
         return events
 
     def _fill_event(

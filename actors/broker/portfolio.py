@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from actors.broker.paper import EPS, BrokerMessage, FundingSchedule, PaperBroker, next_heartbeat, route
@@ -199,6 +199,10 @@ class Portfolio:
             "watch_at": finite(self.watch_at),
             "next_heartbeat": finite(self.next_heartbeat),
         }
+
+    def skip_ids(self, ids: Iterable[str]) -> None:
+        for leg in self.legs.values():
+            leg.skip_ids(ids)
 
     def restore(self, state: dict[str, Any]) -> None:
         for symbol, leg_state in state["legs"].items():

@@ -225,19 +225,19 @@ class AlertRules:
         )
 
     def _resumed(self, ts: float, fields: dict[str, Any]) -> Alert:
+        fills = fields.get("discarded_fills") or []
+        lost = (
+            f", {len(fills)} {'fill' if len(fills) == 1 else 'fills'} among them, not kept: "
+            + ", ".join(str(fill.get("fill_id")) for fill in fills)
+            if fills
+            else ""
+        )
         return Alert(
             ts,
             "resume",
             "warning",
             f"session resumed after a crash ({fields.get('downtime_s')} s down, "
-            f"{fields.get('discarded_events', 0)} events discarded"
-            + (
-                f", {len(fills)} {'fill' if len(fills) == 1 else 'fills'} among them, not kept: "
-                f"{', '.join(str(f.get('fill_id')) for f in fills)}"
-                if (fills := fields.get("discarded_fills"))
-                else ""
-            )
-            + ")",
+            f"{fields.get('discarded_events', 0)} events discarded{lost})",
             {
                 k: fields.get(k)
                 for k in ("downtime_s", "checkpoint", "discarded_events", "discarded_fills", "position_qty")

@@ -190,9 +190,7 @@ class Recorder:
             tmp.write_text("".join(kept), encoding="utf-8")
             os.replace(tmp, events_path)
 
-    def _note_discarded(self, record: Any) -> None:
-        if not isinstance(record, dict):
-            return
+    def _note_discarded(self, record: dict[str, Any]) -> None:
         self.discarded_ids.update(
             value for name in ("order_id", "fill_id") if isinstance(value := record.get(name), str)
         )

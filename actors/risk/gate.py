@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from typing import Any, Final
 
 import attrs
@@ -162,6 +163,13 @@ class RiskGate:
             "strategy_symbols": dict(self.strategy_symbols),
             **{name: getattr(self, name) for name in self._SCALARS},
         }
+
+    def skip_ids(self, ids: Iterable[str]) -> None:
+        """After a resume: an order id the events it discarded gave (`o<n>`, written after the
+        checkpoint) is never given again."""
+        for given in ids:
+            if given[:1] == "o" and given[1:].isdigit():
+                self.order_seq = max(self.order_seq, int(given[1:]))
 
     def restore(self, state: dict[str, Any], account: AccountSnapshot) -> None:
         """What the gate had sent is kept: orders still working at the market stay pending; those in
