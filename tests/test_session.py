@@ -226,3 +226,64 @@ async def test_a_resume_lists_the_fills_it_discarded_and_never_gives_their_ids_a
     assert made and not made & lost_ids, (made, lost_ids)
     line = discarded_line(resumed["discarded_fills"][0])
     assert line.startswith("UNDONE ") and lost[0]["fill_id"] in line and "last checkpoint" in line
+
+
+async def test_a_second_crash_before_the_resumed_session_checkpoints_loses_no_discarded_fill(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Found by a review: a resume takes the events written after the checkpoint out of
+    `events.jsonl`; when the resumed process died too before its own first checkpoint, the next
+    resume knew nothing of the first one's discarded fills: none listed, their ids given again
+    (the flatten's `flatten-1` among them). They are kept (`events.discarded.jsonl`) before
+    `events.jsonl` loses them. The crashes: the session of the test above; then its resume, run to
+    its end, with its folder put back to the first process's last checkpoint, as a kill after the
+    resume's flatten was written but before its checkpoint leaves it."""
+    import json
+    import shutil
+
+    from actors.plan import Plan
+    from actors.recording import checkpoint
+
+    config = make_config(tmp_path, *STOPS_ON_MAX_LOSS, duration_min=2)
+    first = await run_session(config, handle_signals=False, progress_mode="off")
+    path = first.run_path
+    saved = checkpoint.load(path).state["seq"]
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for name in ("checkpoint.json", "checkpoint.prev.json"):
+        shutil.copy2(path / name, kept / name)
+    finals = ("final_report.json", "metrics.json", "report.html")
+    before = read_events(path)
+
+    def crash() -> None:  # the folder as at the first process's last checkpoint, events since kept
+        for name in finals:
+            (path / name).unlink()
+        for name in ("checkpoint.json", "checkpoint.prev.json"):
+            shutil.copy2(kept / name, path / name)
+
+    crash()
+    await run_session(config, plan=Plan(resume=path), handle_signals=False, progress_mode="off")
+    middle = read_events(path)
+    crash()
+    await run_session(config, plan=Plan(resume=path), handle_signals=False, progress_mode="off")
+    events = read_events(path)
+
+    def fills_after(record: list[dict]) -> list[dict]:
+        return [e for e in record if e["seq"] > saved and e["kind"] == "order.filled"]
+
+    first_lost, second_lost = fills_after(before), fills_after(middle)
+    assert first_lost and second_lost
+    (resumed,) = [e for e in events if e["kind"] == "session.resumed"]
+    # both processes' fills after the checkpoint, the first's named by the second's resume too
+    assert [f["fill_id"] for f in resumed["discarded_fills"]] == [
+        f["fill_id"] for f in first_lost + second_lost
+    ]
+    lost_ids = {e[k] for e in before + middle if e["seq"] > saved for k in ("order_id", "fill_id") if k in e}
+    made = {e[k] for e in events if e["seq"] > saved for k in ("order_id", "fill_id") if k in e}
+    made -= {e["order_id"] for e in before[:saved] if "order_id" in e}
+    assert made and not made & lost_ids, (made, lost_ids)
+    # every event either process took out of events.jsonl, against the checkpoint it resumed from
+    with (path / "events.discarded.jsonl").open() as f:
+        discarded = [json.loads(line) for line in f]
+    assert {d["resume_seq"] for d in discarded} == {saved}
+    assert [d["event"] for d in discarded] == before[saved:] + middle[saved:]

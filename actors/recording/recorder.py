@@ -85,6 +85,10 @@ def create_run_folder(run_dir: Path, run_id: str) -> Path:
 
 # what session.resumed says of each fill it discarded
 DISCARDED_FILL_FIELDS = ("ts", "fill_id", "order_id", "strategy_id", "symbol", "side", "qty", "fill_price")
+# every event a resume took out of events.jsonl (written after the checkpoint it resumed from), kept:
+# one JSON object per line, `{"resume_seq": the checkpoint's seq, "event": the event}` (`"torn"`:
+# the text of a line that was not a whole event)
+DISCARDED_FILE: Final = "events.discarded.jsonl"
 
 
 class Recorder:
@@ -118,7 +122,8 @@ class Recorder:
         self.last_event_ts: float | None = None
         self.discarded_events = 0
         # a resume's discarded events (written after the checkpoint): the fills among them, as a
-        # reader saw them, and every order and fill id they gave (never given again: `Parts.skip_ids`)
+        # reader saw them, and every order and fill id they gave (never given again: `Parts.skip_ids`);
+        # with those of the earlier resumes from which no checkpoint followed (`DISCARDED_FILE`)
         self.discarded_fills: list[dict[str, Any]] = []
         self.discarded_ids: set[str] = set()
         self.reserve_mb = reserve_mb
@@ -165,17 +170,17 @@ class Recorder:
         those), fold them again into the report and metrics, and count what is discarded."""
         events_path = self.path / "events.jsonl"
         kept: list[str] = []
+        discarded: list[dict[str, Any]] = []
         with events_path.open("rb") as f:  # bytes: a line cut inside a UTF-8 character is torn too
             for raw in f:
                 try:
                     line = raw.decode("utf-8")
                     record = json.loads(line)
                 except (UnicodeDecodeError, json.JSONDecodeError):
-                    self.discarded_events += 1
+                    discarded.append({"resume_seq": resume_seq, "torn": raw.decode("utf-8", "replace")})
                     continue
                 if record.get("seq", 0) > resume_seq:
-                    self.discarded_events += 1
-                    self._note_discarded(record)
+                    discarded.append({"resume_seq": resume_seq, "event": record})
                     continue
                 kept.append(line if line.endswith("\n") else line + "\n")
                 self._fold(record)
@@ -186,16 +191,45 @@ class Recorder:
             raise RuntimeError(
                 f"events.jsonl holds {self.seq} events but the checkpoint is at seq {resume_seq}"
             )
+        self.discarded_events = len(discarded)
+        # kept before events.jsonl loses them (found by a review: a second crash before the resumed
+        # session's first checkpoint took the first one's discarded fills out of every record, and
+        # the next resume gave their ids again); a kill between the two writes them twice, once here
+        self._keep_discarded(discarded, resume_seq)
         with temp_file(events_path) as tmp:
             tmp.write_text("".join(kept), encoding="utf-8")
             os.replace(tmp, events_path)
 
-    def _note_discarded(self, record: dict[str, Any]) -> None:
-        self.discarded_ids.update(
-            value for name in ("order_id", "fill_id") if isinstance(value := record.get(name), str)
-        )
-        if record.get("kind") == "order.filled":
-            self.discarded_fills.append({k: record.get(k) for k in DISCARDED_FILL_FIELDS})
+    def _keep_discarded(self, discarded: list[dict[str, Any]], resume_seq: int) -> None:
+        """Append this resume's discarded events to `DISCARDED_FILE` (synced), then read every
+        one kept there: their ids are never given again, and the fills among those discarded since
+        this checkpoint (by this resume or an earlier one from it or a later checkpoint, whose
+        `session.resumed` event is gone with them) are this resume's `discarded_fills`."""
+        path = self.path / DISCARDED_FILE
+        kept = LineFile(path)  # a line torn by a kill in an earlier append is cut first
+        try:
+            kept.write("".join(dumps_line(entry) + "\n" for entry in discarded))
+            kept.flush()
+            os.fsync(kept.fileno())
+        finally:
+            kept.close()
+        seen: set[str] = set()
+        with path.open("rb") as f:
+            for raw in f:
+                try:
+                    entry = json.loads(raw)
+                    record, since = entry.get("event"), entry.get("resume_seq", 0)
+                except (ValueError, AttributeError):
+                    continue  # not ours (the file is only ever appended whole lines)
+                if not isinstance(record, dict):
+                    continue  # a torn line's text
+                self.discarded_ids.update(
+                    value for name in ("order_id", "fill_id") if isinstance(value := record.get(name), str)
+                )
+                fill_id = str(record.get("fill_id"))
+                if record.get("kind") == "order.filled" and since >= resume_seq and fill_id not in seen:
+                    seen.add(fill_id)
+                    self.discarded_fills.append({k: record.get(k) for k in DISCARDED_FILL_FIELDS})
 
     def _fold(self, record: dict[str, Any]) -> None:
         self.seq = record["seq"]
