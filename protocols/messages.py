@@ -230,8 +230,9 @@ class AccountSnapshot(NamedTuple):
     positions: tuple[Position, ...]
     open_orders: int = 0
     stale: bool = False  # the feed's data is stale (FeedStatus)
-    # the funding rate in force now, percent per 8 h (positive: longs pay): the feed's, or the
-    # backtest's schedule at the next funding instant; strategies gate entries on it
+    # the funding rate last settled, percent per 8 h (positive: longs pay): the feed's, or the
+    # backtest's schedule's row at or before now (as live: never the next, not yet known);
+    # strategies gate entries on it
     funding_rate_pct: float = 0.0
     # several symbols (actors/broker/portfolio.py): each symbol's mark price, for the account-wide
     # limits; empty with one symbol (its mark is `mark_price`)

@@ -233,6 +233,19 @@ def test_funding_is_charged_at_the_funding_instant_only() -> None:
     assert abs(account.funding_paid - 0.01) < 1e-12
 
 
+def test_a_backtest_strategy_sees_the_funding_rate_last_settled_not_the_next() -> None:
+    """What the funding gates read (`AccountSnapshot.funding_rate_pct`): in a backtest the
+    schedule's rate settled at or before now, as a live session's `price` channel says it (found
+    by an audit: the next instant's rate, not known until then, blocked an entry at 00:50)."""
+    from actors.feeds.funding import FundingRates
+
+    midnight = datetime(2026, 11, 24, tzinfo=UTC).timestamp()
+    schedule = FundingRates([midnight * 1000, (midnight + 8 * 3600) * 1000], [0.01, 0.1], "file:f.csv")
+    account = PaperBroker(attrs.evolve(BrokerConfig(), latency_ms=0.0), random.Random(1), funding=schedule)
+    seen = {h: account.snapshot(midnight + h * 3600).funding_rate_pct for h in (0, 0.8, 7.99, 8, 9)}
+    assert seen == {0: 0.01, 0.8: 0.01, 7.99: 0.01, 8: 0.1, 9: 0.1}
+
+
 def test_live_funding_waits_for_the_rate_its_instant_settles() -> None:
     """Bitunix's `fr` is the rate last settled (`ft` its instant): the rate the 08:00 instant
     charges comes with the first price frame after 08:00. The charge is that rate, on the position

@@ -306,6 +306,26 @@ def test_max_leverage_cap_follows_equity(tmp_path: Path) -> None:
     assert _approved(desk.check(_entry("sell", qty=1.0 + room - 0.0001, price=price), T0 + 1))
 
 
+@pytest.mark.parametrize("cap", [0.01, 100.0], ids=["the-cap-binds", "loose-caps"])
+def test_a_scaled_entry_is_that_share_of_the_size_it_would_have_had(tmp_path: Path, cap: float) -> None:
+    """A strategy's `size_scale` (the funding gates' half size, README Strategies): the size the
+    gate gives scaled, with the caps binding or not (found by an audit: scaled before the caps, a
+    half-size entry came out at the cap's full room, as every risk-sized entry did under the
+    default max_position_size)."""
+    sets = (*LOOSE_CAPS, f"risk.max_position_size={cap}", "risk.risk_per_trade_pct=1")
+    # 1 % of 10000 over a 1000 USDT stop: 0.1 BTC; the cap's room 0.01 when it binds
+    full = 0.01 if cap < 0.1 else 0.1
+    for side, stop in (("buy", PRICE - 1000), ("sell", PRICE + 1000)):
+        _, desk = _gate(tmp_path, *sets)
+        intent = attrs.evolve(_entry(side, stop=stop), size_scale=0.5)
+        assert _approved(desk.check(intent, T0)).qty == pytest.approx(full / 2)
+    # fixed sizing: the strategy's qty scaled, then held to the caps
+    _, desk = _gate(tmp_path, *sets, "risk.sizing=fixed")
+    assert _approved(desk.check(attrs.evolve(_entry(qty=0.004), size_scale=0.5), T0)).qty == 0.002
+    if cap < 0.1:  # 0.016 is over the 0.01 cap, half of it is not
+        assert _approved(desk.check(attrs.evolve(_entry(qty=0.016), size_scale=0.5), T0)).qty == 0.008
+
+
 def test_fixed_sizing_uses_the_strategy_qty_rounded_to_the_lot(tmp_path: Path) -> None:
     _, desk = _gate(tmp_path, *LOOSE_CAPS, "risk.sizing=fixed")
     assert _approved(desk.check(_entry(qty=0.003, stop=PRICE - 300), T0)).qty == 0.003  # stop ignored

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.config import load
 from tools.sweep.spec import Range, SpecError, load_spec, trial_sets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +77,80 @@ def test_the_grid_is_every_combination_in_order(tmp_path: Path) -> None:
         "strategy.fast_period=5",
         "strategy.slow_period=21",
     ]
+
+
+TABLES = """
+[[strategies]]
+id = "trend"
+kind = "trend_pullback"
+
+[[strategies]]
+id = "sweep"
+kind = "liquidity_sweep"
+"""
+
+
+def test_a_strategy_of_the_base_configs_tables_is_tuned_by_its_id_beside_the_others(tmp_path: Path) -> None:
+    """`id` instead of `kind`: one of the base config's [[strategies]] tables, its parameters set
+    by `strategies.<id>.<key>` and the other tables trading beside it, as in the live session."""
+    (tmp_path / "base.toml").write_text(TABLES)
+    text = GOOD.format(sampler="grid", budget=0, fast="[5, 9]")
+    text = text.replace("[sweep]\n", '[sweep]\nbase_config = "base.toml"\n')
+    text = text.replace('kind = "trend_pullback"', 'id = "trend"')
+    spec = load_spec(_spec(tmp_path, text))
+    ema, trend = spec.strategies
+    assert (trend.name, trend.kind, trend.table) == ("trend", "trend_pullback", "trend")
+    assert (ema.name, ema.table) == ("ema_cross", None)
+    sets = trial_sets(spec, "trend", {"target_r": 1.5})
+    assert sets == ["risk.max_loss_pct=100", "strategies.trend.target_r=1.5"]
+    config = load(tmp_path / "base.toml", {}, sets, {})
+    # both of the base's strategies, the tuned one with the trial's value, the other as configured
+    assert [(s.id, s.kind) for s in config.strategy_specs] == [
+        ("trend", "trend_pullback"),
+        ("sweep", "liquidity_sweep"),
+    ]
+    assert config.strategy_specs[0].params.target_r == 1.5
+    # a kind beside them: the trial's one strategy, as before
+    assert [
+        s.kind for s in load(tmp_path / "base.toml", {}, trial_sets(spec, "ema_cross", {}), {}).strategy_specs
+    ] == ["ema_cross"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            ('id = "trend"', 'id = "trendy"'),
+            "strategy[1].id: 'trendy' is not an id of the base config's [[strategies]]; one of trend, sweep",
+        ),
+        (
+            ('id = "trend"', 'id = "trend"\nkind = "trend_pullback"'),
+            "strategy[1]: give kind (one strategy) or id",
+        ),
+        (
+            ("target_r = [1.5, 2.0]", "lookback = [5]"),
+            "strategy[1].space.lookback: not a parameter of trend_pullback",
+        ),
+        (
+            ("target_r = [1.5, 2.0]", "target_r = [-1.0, 2.0]"),
+            "strategy trend with {'target_r': -1.0}: strategies[trend].target_r",
+        ),
+        (
+            ('base_config = "base.toml"\n', ""),
+            "strategy[1].id: 'trend' is not an id of the base config's [[strategies]]; none",
+        ),
+    ],
+)
+def test_a_table_id_that_is_not_the_base_configs_is_named(
+    tmp_path: Path, edit: tuple[str, str], message: str
+) -> None:
+    (tmp_path / "base.toml").write_text(TABLES)
+    text = GOOD.format(sampler="grid", budget=0, fast="[5, 9]")
+    text = text.replace("[sweep]\n", '[sweep]\nbase_config = "base.toml"\n')
+    text = text.replace('kind = "trend_pullback"', 'id = "trend"').replace(*edit)
+    with pytest.raises(SpecError) as raised:
+        load_spec(_spec(tmp_path, text))
+    assert any(message in problem for problem in raised.value.problems), raised.value.problems
 
 
 def test_random_draws_are_seeded_the_same_in_every_window_and_within_range(tmp_path: Path) -> None:

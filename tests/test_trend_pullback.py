@@ -112,11 +112,13 @@ def reference_setups(
     backfill: int = BACKFILL,
     tick_decimals: int = 1,
 ) -> list[tuple[float, str, float, float, float]]:
-    """The issue's rules for an account that stays flat with no working orders, in plain Python:
+    """The issue's rules for an account that stays flat, each entry working until it expires
+    (a broker that never fills it), in plain Python:
     EMAs seeded with the mean of their first n closes, then e = a*close + (1-a)*e with
     a = 2/(n+1); ATR = the mean of the last 14 true ranges. A setup (EMA fast above slow and the
     close above fast, or both below) signals when no entry is working: none yet, or the last one
-    was placed `expiry` or more candles ago. Entry = the fast EMA on the 0.1 grid (a buy down, a
+    was placed `expiry` or more candles ago or its good-till (that many minutes after its close)
+    has passed. Entry = the fast EMA on the 0.1 grid (a buy down, a
     sell up); stop 1.5 ATR beyond it; target 2R. History candles and candles before both EMAs
     and the ATR exist never signal; neither does an ATR of 0."""
     scale = 10**tick_decimals
@@ -124,6 +126,7 @@ def reference_setups(
     closes: list[float] = []
     ranges: list[float] = []
     placed: int | None = None
+    good_till = 0.0
     out = []
     for i, (ts, _o, high, low, close, _v) in enumerate(rows):
         if closes:
@@ -143,7 +146,9 @@ def reference_setups(
             continue
         atr = sum(ranges[-atr_n:]) / atr_n
         candle_no = i + 1
-        if placed is not None and candle_no - placed >= expiry:
+        # its entry goes after `expiry` candles, or when its good-till (that many candles' time
+        # from its close) has passed, across a gap in the data: the broker cancels it then
+        if placed is not None and (candle_no - placed >= expiry or ts + 60 >= good_till):
             placed = None
         up = ef > es and close > ef
         down = ef < es and close < ef
@@ -156,34 +161,46 @@ def reference_setups(
             entry = math.ceil(ef * scale - 1e-6) / scale
             stop, target = entry + stop_mult * atr, entry - target_r * stop_mult * atr
         out.append((ts, "long" if up else "short", entry, stop, target))
-        placed = candle_no
+        placed, good_till = candle_no, ts + 60 + expiry * 60
     return out
 
 
 def test_setups_on_a_month_of_real_candles_match_an_independent_reference(shared_data: Path) -> None:
     rows = read_rows(shared_data / "btcusdt_1m.csv.gz", MONTH)
     s = strategy()
+    view = BrokerView()  # flat, each entry working until its good-till
     got = []
     expired = 0
+    across_gaps = 0  # entries the broker cancelled at their good-till inside a gap in the data
+    last_ts: float | None = None
+    gapped = False
     for i, (ts, o, h, lo, c, v) in enumerate(rows):
         candle = Candle(ts, 60.0, o, h, lo, c, v, backfill=i < BACKFILL)
-        for out in s.on_candle(candle, FLAT, ts + 60):
+        good_till = view.good_till  # the last entry's
+        gapped = gapped or (last_ts is not None and ts - last_ts > 60)  # since the last entry
+        for out in view.feed(s, candle):
             if isinstance(out, Event) and out.kind == "signal" and out.fields["direction"] == "expire":
                 expired += 1
             elif isinstance(out, Event) and out.kind == "signal":
                 f = out.fields
+                if len(got) > expired + across_gaps:  # the last entry neither expired nor let go
+                    assert gapped and good_till is not None and ts + 60 >= good_till, (ts, good_till)
+                    across_gaps += 1
+                gapped = False
                 got.append((f["candle_open_ts"], f["direction"], f["entry"], f["stop"], f["target"]))
             else:
                 assert isinstance(out, OrderIntent) and out.order_type == "limit"
                 assert (out.limit_price, out.stop_price, out.target_price) == got[-1][2:]
+        last_ts = ts
     expected = reference_setups(rows)
     assert len(expected) > 100 and len(got) == len(expected)
     assert {d for _, d, *_ in got} == {"long", "short"}
     for g, e in zip(got, expected, strict=True):
         assert g[:2] == e[:2]
         assert all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(g[2:], e[2:], strict=True)), (g, e)
-    # flat throughout: every entry but the last runs out and is let go
-    assert expired in (len(got) - 1, len(got))
+    # flat throughout: every entry but the last runs out and is let go, or (a few, the month's
+    # data has gaps) is cancelled by the broker at its good-till across a gap
+    assert expired + across_gaps in (len(got) - 1, len(got)) and across_gaps < 10
 
 
 # --- 2. a backtest on the kernel over real candles ---------------------------------------------------
@@ -437,8 +454,34 @@ def trend(n: int, start: float = 50_000.0, step: float = 10.0, t0: float = 0.0) 
     return out
 
 
-def run(s: TrendPullback, candles: Iterable[Candle], acct: AccountSnapshot = FLAT) -> list[Any]:
-    return [out for c in candles for out in s.on_candle(c, acct, c.close_ts)]
+def run(
+    s: TrendPullback, candles: Iterable[Candle], acct: AccountSnapshot | None = None, **kw: Any
+) -> list[Any]:
+    """`s` over `candles`, shown `acct` at every close; without it, a flat account (`account(**kw)`)
+    that shows the strategy's entry working from the next close until its good-till
+    (`broker_view`)."""
+    if acct is not None:
+        return [out for c in candles for out in s.on_candle(c, acct, c.close_ts)]
+    view = BrokerView(**kw)
+    return [out for c in candles for out in view.feed(s, c)]
+
+
+class BrokerView:
+    """What a broker that never fills shows the strategy: flat, its entry working from the close
+    after the one that placed it until its good-till (`expire_ts`: at that close the broker has
+    cancelled it, before the strategy hears of the close)."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.kw = kw
+        self.good_till: float | None = None
+
+    def feed(self, s: TrendPullback, candle: Candle) -> list[Any]:
+        working = self.good_till is not None and candle.close_ts < self.good_till
+        outs = s.on_candle(candle, account(open_orders=int(working), **self.kw), candle.close_ts)
+        for out in outs:
+            if isinstance(out, OrderIntent) and not out.reduce_only:
+                self.good_till = out.expire_ts
+        return outs
 
 
 def test_it_is_registered_with_its_parameters() -> None:
@@ -497,7 +540,7 @@ def test_entry_is_a_limit_at_the_fast_ema_with_stop_and_2r_target() -> None:
 def test_funding_blocks_or_halves_an_entry_against_it(
     step: float, funding: float, expected: float | None
 ) -> None:
-    outs = run(strategy(), trend(70, step=step), account(funding=funding))
+    outs = run(strategy(), trend(70, step=step), funding=funding)
     intents = [o for o in outs if isinstance(o, OrderIntent)]
     if expected is None:
         assert intents == [] and signals(outs) == []
@@ -509,7 +552,7 @@ def test_funding_blocks_or_halves_an_entry_against_it(
 
 def test_an_entry_expires_after_24_candles_and_one_still_working_blocks_the_next() -> None:
     candles = trend(130)
-    outs = run(strategy(), candles)  # flat, no orders working: the next setup after each expiry
+    outs = run(strategy(), candles)  # flat, each entry working until it expires: the next after it
     placed = [e.fields["candle_open_ts"] for e in signals(outs)]
     assert placed[:3] == [candles[49].open_ts, candles[73].open_ts, candles[97].open_ts]
     assert len(signals(outs, "expire")) == 3
@@ -521,6 +564,23 @@ def test_an_entry_expires_after_24_candles_and_one_still_working_blocks_the_next
     assert s.watch and s.pending is None
     # once the account has no working order, the next setup enters
     assert signals(s.on_candle(trend(1, 50_000 + 1300, t0=60 * 130)[0], FLAT, 0.0))
+
+
+def test_an_entry_gone_before_its_expiry_frees_the_strategy_at_the_next_close() -> None:
+    """Found by an audit: an entry filled and then stopped (or taken profit) on the same candle's
+    path, or refused by the risk gate, left the strategy flat with no order, yet it waited out the
+    24 candles and then said `expire` of an entry that was long gone."""
+    candles = trend(60)
+    s = strategy()
+    outs = run(s, candles[:50])
+    assert [e.fields["candle_open_ts"] for e in signals(outs)] == [candles[49].open_ts]
+    working = account(open_orders=1)
+    for c in candles[50:53]:  # working three closes: nothing new
+        assert s.on_candle(c, working, c.close_ts) == []
+    # gone at the fourth (no position, no order of its own): the setup holds, the next entry goes in
+    outs = s.on_candle(candles[53], FLAT, candles[53].close_ts)
+    assert signals(outs, "expire") == [] and len(signals(outs)) == 1
+    assert [o.expire_ts for o in outs if isinstance(o, OrderIntent)] == [candles[53].close_ts + 24 * 60]
 
 
 def test_with_an_expiry_of_one_candle_the_entry_follows_ema_20_as_the_originals_did() -> None:
@@ -549,9 +609,7 @@ def test_another_strategys_working_orders_do_not_block_its_entries() -> None:
     the whole account to have none, and so never entered again beside a strategy in a position)."""
     candles = trend(130)
     alone = [e.fields["candle_open_ts"] for e in signals(run(strategy(), candles))]
-    beside = [
-        e.fields["candle_open_ts"] for e in signals(run(strategy(), candles, account(foreign_orders=2)))
-    ]
+    beside = [e.fields["candle_open_ts"] for e in signals(run(strategy(), candles, foreign_orders=2))]
     assert beside == alone and len(beside) >= 3
 
 

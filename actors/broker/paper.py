@@ -2012,10 +2012,11 @@ class PaperBroker:
         return tuple(sorted(counts.items()))
 
     def funding_rate_now(self, now: float) -> float:
-        """The funding rate in force now (percent per 8 h): the schedule's at the next funding
-        instant in a backtest, else the feed's last."""
+        """The funding rate a strategy sees now (percent per 8 h): the last settled, as live (the
+        `price` channel's `fr`), in a backtest the schedule's row at or before `now` (found by an
+        audit: the row of the next funding instant, a rate not yet known, looked ahead)."""
         if self.funding is not None:
-            return self.funding.rate_pct_at((math.floor(now / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S)
+            return self.funding.rate_pct_at(now)
         return self.funding_rate_pct
 
     def account_update(self, now: float) -> AccountUpdate | None:

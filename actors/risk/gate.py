@@ -449,11 +449,13 @@ class RiskGate:
         c = self.config
         equity = account.equity
         price = intent.decision_price
-        if c.sizing == "risk" and intent.stop_price is not None and abs(price - intent.stop_price) > 0:
+        fixed = c.sizing != "risk"
+        if not fixed and intent.stop_price is not None and abs(price - intent.stop_price) > 0:
             wanted = equity * c.risk_per_trade_pct / 100 / abs(price - intent.stop_price)
         else:
             wanted = intent.qty
-        wanted *= intent.size_scale
+        if fixed:  # the size the strategy asks for, scaled (a funding gate's half size)
+            wanted *= intent.size_scale
         symbol = intent.symbol
         instrument = self.instrument_of(symbol)
         others_here, long, short = self.exposure(account, symbol, intent.strategy_id)
@@ -479,7 +481,7 @@ class RiskGate:
                 binding, cap = name, value
         allowed = cap - others_here - reach
         if wanted > allowed + 1e-12:
-            if c.sizing != "risk" or allowed < instrument.min_qty:
+            if fixed or allowed < instrument.min_qty:
                 held = f" (other strategies hold {others_here:.4f})" if others_here else ""
                 return Rejection(
                     binding,
@@ -487,6 +489,10 @@ class RiskGate:
                     f"{cap:.4f} at {price:.1f}",
                 )
             wanted = allowed
+        if not fixed:
+            # scaled after the caps (found by an audit: scaled before them, a funding gate's half
+            # size still came out at the cap, which the default caps make of every risk-sized entry)
+            wanted *= intent.size_scale
         qty = instrument.round_qty(wanted)
         if qty < instrument.min_qty:
             return Rejection(

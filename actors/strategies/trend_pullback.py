@@ -23,7 +23,10 @@ decided on the close of a candle; EMAs are of closes, seeded with the simple mea
   `expire`) and may take the next setup. The entry carries that time as its good-till
   (`expire_ts`), so the broker cancels it then (`order.cancelled`, reason `expired`). Until the
   account has no working order, the strategy places no new entry (two entries could otherwise both
-  fill); if an old one fills, the strategy manages that position like any of its own.
+  fill); if an old one fills, the strategy manages that position like any of its own. An entry
+  gone before its expiry with the strategy flat (filled, then stopped or taken profit on the same
+  candle's path; or refused by the risk gate) frees it at the next close: no `expire`, the next
+  setup may enter.
   `entry_expiry_candles = 1` re-prices the entry every candle, as the original did: the broker
   cancels it at the next close, and the strategy places the next at that close's EMA 20 while
   the trend holds (never two working at once: the broker cancels first, then hands the close on).
@@ -244,6 +247,10 @@ class TrendPullback:
                         still_working=account.open_orders_of(self.id) > 0,
                     )
                 )
+                self.pending = None
+            elif pending is not None and self.n > pending["placed"] and account.open_orders_of(self.id) == 0:
+                # gone before its expiry, flat: filled and closed on one candle's path, or refused
+                # (found by an audit: it waited out the 24 candles on an entry that no longer was)
                 self.pending = None
             # its own orders done (another strategy's brackets, another symbol's, are not its)
             if self.pending is None and account.open_orders_of(self.id) == 0:

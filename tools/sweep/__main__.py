@@ -104,9 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"-> {out / 'trials.csv'}, {out / 'sweep.html'}",
         file=sys.stderr,
     )
-    for kind, verdict in result.summary["verdict"].items():
+    for name, verdict in result.summary["verdict"].items():
         print(
-            f"  {kind}: out-of-sample net PnL {verdict['out_of_sample_net_pnl']:+.2f} USDT over "
+            f"  {name}: out-of-sample net PnL {verdict['out_of_sample_net_pnl']:+.2f} USDT over "
             f"{verdict['windows']} windows ({verdict['out_of_sample_trades']} trades); "
             f"in-sample {verdict['in_sample_net_pnl']:+.2f}",
             file=sys.stderr,

@@ -147,20 +147,20 @@ def summary(spec: SweepSpec, windows: Sequence[Window], records: Sequence[dict[s
         best_of: dict[str, Any] = {}
         oos: dict[str, Any] = {}
         for strategy in spec.strategies:
-            kind = strategy.kind
+            name = strategy.name
             train = [
                 r
                 for r in records
-                if r["window"] == window.index and r["phase"] == "train" and r["strategy"] == kind
+                if r["window"] == window.index and r["phase"] == "train" and r["strategy"] == name
             ]
             test = [
                 r
                 for r in records
-                if r["window"] == window.index and r["phase"] == "test" and r["strategy"] == kind
+                if r["window"] == window.index and r["phase"] == "test" and r["strategy"] == name
             ]
             top = best(train, spec)
             verdict.setdefault(
-                kind,
+                name,
                 {
                     "out_of_sample_net_pnl": 0.0,
                     "in_sample_net_pnl": 0.0,
@@ -170,20 +170,20 @@ def summary(spec: SweepSpec, windows: Sequence[Window], records: Sequence[dict[s
             )
             if top is None:
                 continue
-            best_of[kind] = {
+            best_of[name] = {
                 "trial_id": top["trial_id"],
                 "params": top["params"],
                 "objective_value": objective_value(top, spec),
             }
             if test:
                 t = test[0]
-                oos[kind] = {
+                oos[name] = {
                     "trial_id": t["trial_id"],
                     "objective_value": t.get(spec.objective) if t.get("status") == "ok" else None,
                     "net_pnl": t.get("net_pnl"),
                     "trade_count": t.get("trade_count"),
                 }
-                v = verdict[kind]
+                v = verdict[name]
                 v["windows"] += 1
                 v["in_sample_net_pnl"] += top.get("net_pnl") or 0.0
                 v["out_of_sample_net_pnl"] += t.get("net_pnl") or 0.0

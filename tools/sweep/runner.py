@@ -75,10 +75,12 @@ class Planner:
         self.spec = spec
         self.windows = windows
         self.data_hashes = data_hashes
-        self.studies: dict[tuple[int, str], Any] = {}  # TPE: (window, kind) -> [study, asked, pending, known]
+        self.studies: dict[
+            tuple[int, str], Any
+        ] = {}  # TPE: (window, strategy name) -> [study, asked, pending, known]
 
-    def trial(self, kind: str, params: dict[str, Any], window: Window, phase: str) -> Trial:
-        sets = tuple(trial_sets(self.spec, kind, params))
+    def trial(self, name: str, params: dict[str, Any], window: Window, phase: str) -> Trial:
+        sets = tuple(trial_sets(self.spec, name, params))
         start, end = (
             (window.train_start, window.train_end)
             if phase == "train"
@@ -96,7 +98,7 @@ class Planner:
             key = hashlib.sha256(blob.encode()).hexdigest()
         else:
             key = trial_key(config, self.data_hashes, start, end)
-        return Trial(key, kind, dict(params), window.index, phase, start, end, sets)  # type: ignore[arg-type]
+        return Trial(key, name, dict(params), window.index, phase, start, end, sets)  # type: ignore[arg-type]
 
     def train_params(self, strategy: StrategySpace) -> list[dict[str, Any]]:
         if self.spec.sampler == "grid":
@@ -122,7 +124,7 @@ class Planner:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        key = (window.index, strategy.kind)
+        key = (window.index, strategy.name)
         if key not in self.studies:
             sampler = optuna.samplers.TPESampler(seed=self.spec.seed + 1000 * window.index)
             study = optuna.create_study(direction="maximize", sampler=sampler)
@@ -151,7 +153,7 @@ class Planner:
     def ask(self, window: Window, strategy: StrategySpace, done: list[dict[str, Any]]) -> Trial | None:
         """The next TPE trial of a window and strategy, or None when its budget is asked."""
         self.study(window, strategy, done)
-        entry = self.studies[window.index, strategy.kind]
+        entry = self.studies[window.index, strategy.name]
         study, asked, pending, known = entry
         if asked >= self.spec.budget:
             return None
@@ -161,7 +163,7 @@ class Planner:
         have = known | {record["key"] for record in done}
         for _ in range(MAX_ASKS):
             optuna_trial = study.ask(distributions)
-            trial = self.trial(strategy.kind, dict(optuna_trial.params), window, "train")
+            trial = self.trial(strategy.name, dict(optuna_trial.params), window, "train")
             if trial.key not in have and trial.key not in pending:
                 break
             # parameters the study has already (a resumed sweep's study, rebuilt from the same
@@ -175,10 +177,10 @@ class Planner:
         known.add(trial.key)
         return trial
 
-    def tell(self, window: int, kind: str, record: dict[str, Any]) -> None:
+    def tell(self, window: int, name: str, record: dict[str, Any]) -> None:
         import optuna
 
-        entry = self.studies.get((window, kind))
+        entry = self.studies.get((window, name))
         if entry is None or record["key"] not in entry[2]:
             return
         optuna_trial = entry[2].pop(record["key"])
@@ -268,8 +270,8 @@ def run_sweep(
         # window's train days, and the same parameters then the same backtest (run once)
         sharing: dict[str, list[Trial]] = {}
         records: list[dict[str, Any]] = []
-        groups: dict[tuple[int, str], list[dict[str, Any]]] = {}  # train records by (window, kind)
-        waiting: dict[tuple[int, str], int] = {}  # train trials not yet in, by (window, kind)
+        groups: dict[tuple[int, str], list[dict[str, Any]]] = {}  # train records by (window, strategy name)
+        waiting: dict[tuple[int, str], int] = {}  # train trials not yet in, by (window, strategy name)
 
         def finished(trial: Trial, record: dict[str, Any], *, from_log: bool) -> None:
             record = {**record, "phase": trial.phase, "window": trial.window}
@@ -304,7 +306,7 @@ def run_sweep(
         def follow(group: tuple[int, str]) -> None:
             """A group's next TPE trial, or once its train trials are in, its out-of-sample trial."""
             window = windows[group[0]]
-            strategy = next(s for s in spec.strategies if s.kind == group[1])
+            strategy = next(s for s in spec.strategies if s.name == group[1])
             if spec.sampler == "tpe":
                 trial = planner.ask(window, strategy, groups.get(group, []))
                 if trial is not None:
@@ -314,13 +316,13 @@ def run_sweep(
             if waiting[group] == 0:
                 top = best(groups.get(group, []), spec)
                 if top is not None:
-                    submit(planner.trial(strategy.kind, top["params"], window, "test"))
+                    submit(planner.trial(strategy.name, top["params"], window, "test"))
                 else:
                     counts.total -= 1  # no eligible parameters: no out-of-sample trial
 
         for window in windows:
             for strategy in spec.strategies:
-                group = (window.index, strategy.kind)
+                group = (window.index, strategy.name)
                 groups[group] = []
                 if spec.sampler == "tpe":
                     # the log's trials of this study first (each, once in, asks for the next
@@ -329,13 +331,13 @@ def run_sweep(
                         r
                         for (_, phase), r in log.records.items()
                         if phase == "train"
-                        and r["strategy"] == strategy.kind
+                        and r["strategy"] == strategy.name
                         and (r["start"], r["end"]) == (window.train_start, window.train_end)
                     ]
                     done = planner.study(window, strategy, done)
                     waiting[group] = len(done)
                     for record in done:
-                        trial = planner.trial(strategy.kind, record["params"], window, "train")
+                        trial = planner.trial(strategy.name, record["params"], window, "train")
                         finished(trial, record, from_log=True)
                     if done:
                         continue
@@ -351,7 +353,7 @@ def run_sweep(
                 params_list = planner.train_params(strategy)
                 waiting[group] = len(params_list)
                 for params in params_list:
-                    submit(planner.trial(strategy.kind, params, window, "train"))
+                    submit(planner.trial(strategy.name, params, window, "train"))
         while in_flight:
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:

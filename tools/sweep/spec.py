@@ -54,6 +54,20 @@ Domain = tuple[Any, ...] | Range  # the values to choose from, or a range
 class StrategySpace:
     kind: str
     space: dict[str, Domain]  # parameter (a key of [strategy]) -> its domain, in the spec's order
+    # the id of the base config's [[strategies]] table it tunes (its other tables trade beside it,
+    # as configured); None: the trial's one strategy is [strategy] of this kind
+    table: str | None = None
+
+    @property
+    def name(self) -> str:
+        """What the sweep's log, table and verdict call it: its table's id, or its kind."""
+        return self.table or self.kind
+
+    def sets(self, params: Mapping[str, Any]) -> list[str]:
+        """The `--set` values that give a trial's config this strategy with `params`."""
+        if self.table is not None:
+            return [f"strategies.{self.table}.{k}={_toml(v)}" for k, v in params.items()]
+        return [f"strategy.name={self.kind}", *(f"strategy.{k}={_toml(v)}" for k, v in params.items())]
 
 
 @attrs.frozen
@@ -107,7 +121,7 @@ class SweepSpec:
     def random_params(self, strategy: StrategySpace) -> list[dict[str, Any]]:
         """`budget` parameter sets drawn with the spec's seed (the random sampler): the same sets
         in every window, so windows compare like with like."""
-        rng = random.Random(f"{self.seed}:{strategy.kind}")
+        rng = random.Random(f"{self.seed}:{strategy.name}")
         return [{n: _draw(rng, d) for n, d in strategy.space.items()} for _ in range(self.budget)]
 
 
@@ -178,7 +192,9 @@ def load_spec(path: Path, data_overrides: Mapping[str, str] | None = None) -> Sw
     test_days = _number(wf.get("test_days"), "walk_forward.test_days", problems)
     windows = _int(wf.get("windows", 1), "walk_forward.windows", problems, low=1)
 
-    strategies = _strategies(raw.get("strategy"), sampler, problems)
+    strategies = _strategies(
+        raw.get("strategy"), sampler, _base_tables(base_config, sets, problems), problems
+    )
     if not problems:
         _check_configs(base_config, sets, strategies, problems)
     if problems:
@@ -276,23 +292,57 @@ def _when(value: Any, key: str, problems: list[str]) -> float:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
-def _strategies(value: Any, sampler: str, problems: list[str]) -> tuple[StrategySpace, ...]:
+def _base_tables(base: Path | None, sets: list[str], problems: list[str]) -> dict[str, str] | None:
+    """The base config's [[strategies]] tables (with the spec's sets): id -> kind; None when it
+    has none (or cannot be read: that problem is noted)."""
+    try:
+        config = load(base, {}, list(sets), {})
+    except ConfigError as exc:
+        problems += [f"sweep.base_config (with sweep.set): {p}" for p in exc.problems]
+        return None
+    return {spec.id: spec.kind for spec in config.strategies} or None
+
+
+def _strategies(
+    value: Any, sampler: str, tables: dict[str, str] | None, problems: list[str]
+) -> tuple[StrategySpace, ...]:
+    """The spec's [[strategy]] tables: each names a `kind` (the trial's one strategy) or the `id`
+    of one of the base config's [[strategies]] tables (`tables`: id -> kind)."""
     if not isinstance(value, list) or not value:
-        problems.append("strategy: expected one or more [[strategy]] tables (kind and space)")
+        problems.append("strategy: expected one or more [[strategy]] tables (kind or id, and space)")
         return ()
     out = []
-    kinds = set()
+    names = set()
     for i, table in enumerate(value):
         where = f"strategy[{i}]"
-        kind = table.get("kind") if isinstance(table, dict) else None
-        if kind not in STRATEGY_KINDS:
-            problems.append(f"{where}.kind: {kind!r} is not one of {', '.join(STRATEGY_KINDS)}")
+        if not isinstance(table, dict):
+            problems.append(f"{where}: expected a table (kind or id, and space)")
             continue
-        if kind in kinds:
-            problems.append(f"{where}.kind: {kind} is given twice")
-        kinds.add(kind)
-        extra = set(table) - {"kind", "space"}
-        problems += [f"{where}.{k}: unknown key; expected kind and space" for k in extra]
+        table_id = table.get("id")
+        if table_id is not None:
+            table_id = str(table_id)
+            if "kind" in table:
+                problems.append(f"{where}: give kind (one strategy) or id (a base config table), not both")
+                continue
+            if tables is None or table_id not in tables:
+                have = f"one of {', '.join(tables)}" if tables else "none: it has no [[strategies]] tables"
+                problems.append(
+                    f"{where}.id: {table_id!r} is not an id of the base config's [[strategies]]; {have}"
+                )
+                continue
+            kind = tables[table_id]
+        else:
+            given = table.get("kind")
+            if given not in STRATEGY_KINDS:
+                problems.append(f"{where}.kind: {given!r} is not one of {', '.join(STRATEGY_KINDS)}")
+                continue
+            kind = str(given)
+        name = table_id or kind
+        if name in names:
+            problems.append(f"{where}.{'id' if table_id else 'kind'}: {name} is given twice")
+        names.add(name)
+        extra = set(table) - {"kind", "id", "space"}
+        problems += [f"{where}.{k}: unknown key; expected kind or id, and space" for k in extra]
         space_raw = table.get("space", {})
         if not isinstance(space_raw, dict) or not space_raw:
             problems.append(
@@ -328,7 +378,7 @@ def _strategies(value: Any, sampler: str, problems: list[str]) -> tuple[Strategy
                     "a list of values" if sampler == "grid" else "a list of values or a range { low, high }"
                 )
                 problems.append(f"{key}: expected {expect}")
-        out.append(StrategySpace(kind, space))
+        out.append(StrategySpace(kind, space, table_id))
     return tuple(out)
 
 
@@ -340,9 +390,11 @@ def _number_like(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def trial_sets(spec: SweepSpec, kind: str, params: Mapping[str, Any]) -> list[str]:
-    """The `--set` values of one trial's config: the spec's, the strategy's kind, its parameters."""
-    return [*spec.sets, f"strategy.name={kind}", *(f"strategy.{k}={_toml(v)}" for k, v in params.items())]
+def trial_sets(spec: SweepSpec, name: str, params: Mapping[str, Any]) -> list[str]:
+    """The `--set` values of one trial's config: the spec's, then the strategy's (`name`: its
+    kind or its table's id) with its parameters."""
+    (strategy,) = [s for s in spec.strategies if s.name == name]
+    return [*spec.sets, *strategy.sets(params)]
 
 
 def _toml(value: Any) -> str:
@@ -365,16 +417,7 @@ def _check_configs(
                 for name, domain in strategy.space.items()
             }
             try:
-                load(
-                    base,
-                    {},
-                    [
-                        *sets,
-                        f"strategy.name={strategy.kind}",
-                        *(f"strategy.{k}={_toml(v)}" for k, v in params.items()),
-                    ],
-                    {},
-                )
+                load(base, {}, [*sets, *strategy.sets(params)], {})
             except ConfigError as exc:
-                problems += [f"strategy {strategy.kind} with {params}: {p}" for p in exc.problems]
+                problems += [f"strategy {strategy.name} with {params}: {p}" for p in exc.problems]
                 return

@@ -43,7 +43,7 @@ class Trial:
     phase: Phase
     start: float  # the window's candles: open times in [start, end)
     end: float
-    sets: tuple[str, ...]  # the trial's `--set` values (the spec's, the kind, the parameters)
+    sets: tuple[str, ...]  # the trial's `--set` values (the spec's, the strategy and its parameters)
 
     @property
     def id(self) -> str:
