@@ -49,7 +49,7 @@ class ConfigError(Exception):
 
 def interval_seconds(interval: str) -> int:
     """`"5s"` -> 5, `"1m"` -> 60, `"1h"` -> 3600. Raises ValueError on anything else."""
-    m = _INTERVAL_RE.match(interval)
+    m = _INTERVAL_RE.fullmatch(interval)  # not `match`: `$` lets a final newline through
     if not m:
         raise ValueError(f"not an interval: {interval!r}")
     return int(m.group(1)) * _UNIT_S[m.group(2)]
@@ -86,6 +86,23 @@ def _num(
         return None
 
     return check
+
+
+def _zero_or(*, ge: float, le: float) -> Callable[[Any], str | None]:
+    """0 (the feature off), or a number in [ge, le]."""
+    within = _num(ge=ge, le=le)
+    allowed = f"0 or a number >= {ge:g} and <= {le:g}"
+
+    def check(v: Any) -> str | None:
+        return None if v == 0 else (allowed if within(v) else None)
+
+    return check
+
+
+# the upper bounds of counts and cooldowns (found by an audit: 2**64 trades passed the check and
+# crashed the session writing its first event; a cooldown of 1e20 minutes, its halt's end time)
+MAX_COUNT = 1_000_000_000
+MINUTES_A_YEAR = 525_600
 
 
 def _choice(*choices: str) -> Callable[[Any], str | None]:
@@ -293,7 +310,7 @@ class FeedConfig:
         30.0,
         "mock source: minutes each market regime lasts; regimes alternate trending and ranging "
         "(0: no regimes, a plain random walk)",
-        _num(ge=0, le=10080),
+        _zero_or(ge=1, le=10080),
     )
     mock_trend_pct_per_hour: float = key(
         1.5,
@@ -399,7 +416,9 @@ class RiskConfig:
         "drawdown from the UTC day's starting equity, percent, that trips the breaker",
         _num(gt=0, le=100),
     )
-    max_consecutive_losses: int = key(5, "losing trades in a row that trip the breaker (0: off)", _num(ge=0))
+    max_consecutive_losses: int = key(
+        5, "losing trades in a row that trip the breaker (0: off)", _num(ge=0, le=MAX_COUNT)
+    )
     on_breaker: str = key(
         "auto",
         "when the breaker trips (after flattening): 'stop' the session, 'halt' new entries (the daily "
@@ -411,16 +430,20 @@ class RiskConfig:
         30.0,
         "minutes, at least, new entries stay halted after the daily drawdown breaker trips (halt mode); "
         "the halt lasts until the next UTC midnight when that is later",
-        _num(gt=0),
+        _num(gt=0, le=MINUTES_A_YEAR),
     )
     loss_streak_cooldown_min: float = key(
         30.0,
         "minutes new entries stay halted after the consecutive-loss breaker trips (halt mode); "
         "the streak then counts from zero",
-        _num(gt=0),
+        _num(gt=0, le=MINUTES_A_YEAR),
     )
-    max_trades: int = key(0, "closed trades after which the session stops (0: no limit)", _num(ge=0))
-    max_losses: int = key(0, "losing trades after which the session stops (0: no limit)", _num(ge=0))
+    max_trades: int = key(
+        0, "closed trades after which the session stops (0: no limit)", _num(ge=0, le=MAX_COUNT)
+    )
+    max_losses: int = key(
+        0, "losing trades after which the session stops (0: no limit)", _num(ge=0, le=MAX_COUNT)
+    )
 
 
 # Every strategy kind (actors/strategies/, registered by name; tests/test_config.py checks the two
@@ -555,7 +578,9 @@ class AlertsConfig:
         500.0, "alert when the run folder's disk has less free space than this, MB (0: off)", _num(ge=0)
     )
     max_errors_per_min: int = key(
-        3, "alert when more than this many error events fall within one minute (0: off)", _num(ge=0)
+        3,
+        "alert when more than this many error events fall within one minute (0: off)",
+        _num(ge=0, le=MAX_COUNT),
     )
     feed_down_s: float = key(
         60.0, "alert when the live feed's connection has been down this long, seconds (0: off)", _num(ge=0)
@@ -1141,8 +1166,8 @@ def build(layers: Iterable[Layer], problems: list[str] | None = None) -> Config:
             f"strategy.{single[0]}: [strategy] (from {', '.join(sources)}: "
             f"{', '.join(f'strategy.{name}' for name in single)}) and [[strategies]] (from {tables[1]}) "
             "cannot both be given in one file; expected one or the other: [strategy] for one strategy, "
-            "[[strategies]] tables for several (the environment and --set reach [strategy] only, and "
-            "replace a file's [[strategies]])"
+            "[[strategies]] tables for several (the environment and --set give [strategy] keys, which "
+            "replace a file's [[strategies]], or strategies.ID.KEY, one key of a table)"
         )
         merged = {k: v for k, v in merged.items() if k[0] != "strategy"}
 
@@ -1157,8 +1182,13 @@ def build(layers: Iterable[Layer], problems: list[str] | None = None) -> Config:
         if value is not _BAD:
             sections[section][name] = value
     kind = sections["strategy"].get("name", StrategyConfig().name)
-    problems += _unread_strategy_keys(merged, sections["strategy"], kind, replaced)
-    params = _kind_params(problems, "strategy", "strategy.name", kind, others, replaced)
+    if ("strategy", "name") in merged and "name" not in sections["strategy"]:
+        # a strategy.name refused (its error said so): its kind's keys cannot be judged (found by an
+        # audit: they were judged against the default kind, errors naming a kind nobody chose)
+        params: dict[str, Any] = {}
+    else:
+        problems += _unread_strategy_keys(merged, sections["strategy"], kind, replaced)
+        params = _kind_params(problems, "strategy", "strategy.name", kind, others, replaced)
     specs: tuple[StrategySpec, ...] = ()
     if tables is not None:
         specs = _strategy_tables(tables[0], tables[1], problems, overrides)

@@ -60,10 +60,21 @@ REJECT_REASONS: tuple[str, ...] = (
     "non_positive",
     "crossed_book",
     "ts_backwards",
+    "ts_future",
     "price_jump",
+    "bad_funding",
     "unknown_channel",
     "wrong_symbol",
 )
+
+# A data frame whose ts runs ahead of the last accepted one of its symbol by more than the time
+# that passed here between the two, plus this, is `ts_future` (found by an audit: one frame an hour
+# ahead became its channel's last ts, every genuine frame after it `ts_backwards`, the channel frozen
+# while its symbol's other channels kept it fresh; and its price escaped the jump check)
+FUTURE_TOLERANCE_S = 10.0
+# a `price` frame's funding rate (percent per interval) beyond this is `bad_funding`: 10 %, the
+# bound a funding file's rates are held to (actors/feeds/funding.py MAX_ABS_RATE, as a fraction)
+MAX_FUNDING_PCT = 10.0
 
 KLINE_PATH = "/api/v1/futures/market/kline"
 DEPTH_PATH = "/api/v1/futures/market/depth"
@@ -398,6 +409,8 @@ class FrameValidator:
     _kline_range: dict[str, tuple[int, float, float]] = attrs.field(init=False, repr=False, factory=dict)
     _kline_ms: int = attrs.field(init=False, repr=False, default=0)
     _sym: str = attrs.field(init=False, repr=False, default="")  # the symbol of the frame being parsed
+    # each symbol's last accepted data frame: (its ts in ms, when it arrived here in s)
+    _last_arrival: dict[str, tuple[int, float]] = attrs.field(init=False, repr=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         self._syms = frozenset(s.upper() for s in (self.symbols or (self.symbol,)))
@@ -418,17 +431,22 @@ class FrameValidator:
         may show a candle that moved while the socket was down); keep the last good price."""
         self._last_ts.clear()
         self._kline_range.clear()
+        self._last_arrival.clear()
 
-    def parse(self, raw: str | bytes) -> Parsed:
-        """One received frame -> a typed message, Control, or Rejected. Never raises."""
+    def parse(self, raw: str | bytes, arrival_s: float | None = None) -> Parsed:
+        """One received frame -> a typed message, Control, or Rejected. Never raises. `arrival_s`:
+        when it arrived, on any clock that runs at the rate of time (None: not checked against
+        it): a data frame whose ts ran ahead of its symbol's last by more than the time between
+        their arrivals, plus `FUTURE_TOLERANCE_S`, is `ts_future`."""
         try:
-            return self._parse(raw)
+            out = self._parse(raw, arrival_s)
         except _Reject as r:
             return Rejected(r.reason, r.detail)
         except Exception as exc:  # a safety net: parse must never raise
             return Rejected("wrong_type", f"unexpected {type(exc).__name__}")
+        return out
 
-    def _parse(self, raw: str | bytes) -> Parsed:
+    def _parse(self, raw: str | bytes, arrival_s: float | None = None) -> Parsed:
         if type(raw) is not str:
             if not isinstance(raw, bytes | bytearray | memoryview):
                 return Rejected("not_json", f"frame is a {type(raw).__name__}, not text")
@@ -487,11 +505,20 @@ class FrameValidator:
         last = self._last_ts.get(key)
         if last is not None and ts < last:
             return Rejected("ts_backwards", f"{ch} ts {ts} < last {last}")
+        before = self._last_arrival.get(self._sym) if arrival_s is not None else None
+        if before is not None and arrival_s is not None:
+            ahead = (ts - before[0]) / 1000.0 - (arrival_s - before[1])
+            if ahead > FUTURE_TOLERANCE_S:
+                return Rejected(
+                    "ts_future", f"{ch} ts {ts} is {ahead:.3g} s ahead of the time since the last"
+                )
         data = msg.get("data")
         if data is None:
             return Rejected("missing_field", f"{ch} frame has no data")
         out: Parsed = handler(ts, data)
         self._last_ts[key] = ts
+        if arrival_s is not None and (before is None or ts >= before[0]):
+            self._last_arrival[self._sym] = (ts, arrival_s)
         return out
 
     def _jump(self, ts: int, price: float, what: str) -> None:
@@ -626,6 +653,8 @@ class FrameValidator:
         mark = _pos(_field(data, "mp", "price"), "mark")
         index = _pos(_field(data, "ip", "price"), "index")
         fr = _num(_field(data, "fr", "price"), "funding rate")
+        if abs(fr) > MAX_FUNDING_PCT:
+            _reject("bad_funding", f"funding rate {fr:g} % is beyond +-{MAX_FUNDING_PCT:g} % per interval")
         self._jump(ts, mark, "mark")
         return PricePush(ts, mark, index, fr, self._sym, _iso_ms(data.get("ft")))
 

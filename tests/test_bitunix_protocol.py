@@ -448,8 +448,44 @@ def test_reject(reason: str, raw: str | bytes) -> None:
 
 
 def test_every_reason_covered() -> None:
-    covered = {r for r, _ in REJECTS} | {"ts_backwards", "price_jump"}
+    covered = {r for r, _ in REJECTS} | {"ts_backwards", "price_jump", "ts_future", "bad_funding"}
     assert covered == set(REJECT_REASONS)
+
+
+@pytest.mark.parametrize("fr", ["10.5", "-250", "1e300"])
+def test_a_funding_rate_beyond_ten_percent_is_dropped(fr: str) -> None:
+    """Found by an audit: the `price` channel's `fr` (percent) was taken whatever it said, and the
+    broker charged it (1e300 %); a funding file's rates are held to 10 % (a fraction of 0.1)."""
+    rejected(validator().parse(with_data(PRICE, fr=fr)), "bad_funding")
+    assert validator().parse(with_data(PRICE, fr="-10")).funding_rate_pct == -10.0
+
+
+def test_a_frame_ahead_of_the_time_that_passed_is_dropped_and_freezes_nothing() -> None:
+    """Found by an audit: one kline frame an hour ahead was taken (its price never judged against
+    the last), became its channel's last ts, and every genuine frame after it was `ts_backwards`
+    until the next reconnect. A frame's ts may run ahead of its symbol's last by the time between
+    their arrivals (any clock: only differences count) plus FUTURE_TOLERANCE_S."""
+    from protocols.bitunix import FUTURE_TOLERANCE_S
+
+    v = validator()
+    t0 = 1786650732204
+    assert isinstance(v.parse(frame(KLINE, ts=t0), 500.0), KlinePush)
+    hour = with_data(frame(KLINE, ts=t0 + 3_600_000), o="634047", h="634048", l="634045", c="634047")
+    rejected(v.parse(hour, 501.0), "ts_future")
+    # the genuine frames go on, on every channel of the symbol
+    assert isinstance(v.parse(frame(KLINE, ts=t0 + 1000), 501.2), KlinePush)
+    depth = frame(DEPTH15, ts=t0 + 1500, data={"b": [["63404.6", "1"]], "a": [["63404.7", "1"]]})
+    assert isinstance(v.parse(depth, 501.7), BookTop)
+    # a quiet minute: its frames come a minute later, in exchange time as here
+    assert isinstance(v.parse(frame(KLINE, ts=t0 + 61_500), 561.7), KlinePush)
+    # up to the tolerance ahead (clocks' jitter, a frame held up and then the next on time)
+    ahead = t0 + 61_500 + int((FUTURE_TOLERANCE_S - 0.5) * 1000)
+    rejected(v.parse(frame(KLINE, ts=ahead + 1_000), 561.7), "ts_future")
+    assert isinstance(v.parse(frame(KLINE, ts=ahead), 561.7), KlinePush)
+    # after a reconnect the next frame starts afresh; without arrival times nothing is judged
+    v.reset_sequence()
+    assert isinstance(v.parse(frame(KLINE, ts=t0 + 7_200_000), 562.0), KlinePush)
+    assert isinstance(validator().parse(frame(KLINE, ts=t0 + 10**9)), KlinePush)
 
 
 def test_ts_backwards_per_channel_and_reset() -> None:

@@ -127,6 +127,21 @@ INVALID = [
         {},
         "session.interval: '3m' is not allowed",
     ),
+    # found by an audit: each passed --check-config, then hung the start for good (a regime of
+    # 1e-9 minutes), or crashed it (a count beyond 64 bits in its first event, a halt ending past
+    # what a timestamp holds), or ran on an interval of "1m\n"
+    (None, ["--set", "feed.mock_regime_min=1e-9"], {}, "expected 0 or a number >= 1 and <= 10080"),
+    (None, ["--set", "risk.max_trades=18446744073709551616"], {}, "risk.max_trades: 18446744073709551616"),
+    (None, ["--set", "alerts.max_errors_per_min=10000000000"], {}, "expected a number >= 0 and <= 1e+09"),
+    (None, ["--set", "risk.loss_streak_cooldown_min=1e20"], {}, "expected a number > 0 and <= 525600"),
+    (None, ["--set", "session.interval=1m\n"], {}, "session.interval: '1m\\n' is not allowed"),
+    # a kind's keys are not judged against the default kind when the kind given is refused
+    (
+        None,
+        ["--set", "strategy.name=liquidity_swep", "--set", "strategy.lookback=3"],
+        {},
+        "strategy.name: 'liquidity_swep' is not allowed",
+    ),
     # a warm-up longer than the history seeded: the strategy would start cold (any kind, not ema_cross only)
     (
         None,

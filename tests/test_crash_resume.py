@@ -325,7 +325,8 @@ def _fill(
     fee = 0.01 * price * 0.0006
     return _record(
         seq, ts, "order.filled", order_id=f"o{n}", fill_id=f"f{n}", side=side, qty=0.01, type="market",
-        requested_price=price, reference_price=price, fill_price=price, bid=price - 0.1, ask=price,
+        requested_price=price, reference_price=price, fill_price=price,
+        bid=price - 0.1 if side == "buy" else price, ask=price if side == "buy" else price + 0.1,
         liquidity="taker", fee=fee, fee_bps=6.0, slippage_bps=0.0, slippage_mid_bps=0.8,
         latency_ms=150.0, partial=False, realized_pnl=realized, position_qty=position, reason="entry",
     )  # fmt: skip

@@ -208,6 +208,19 @@ def _nudge_price(fill: dict[str, Any]) -> None:
     fill["fill_price"] = round(fill["fill_price"] + (-0.1 if fill["side"] == "buy" else 0.1), 1)
 
 
+def _inside_the_touch(fill: dict[str, Any]) -> None:
+    """A taker fill 5 USDT better than its recorded touch, its fee and slippage made to agree."""
+    assert fill["liquidity"] == "taker"
+    price = fill["ask"] - 5 if fill["side"] == "buy" else fill["bid"] + 5
+    fill.update(
+        fill_price=price, fee=fill["qty"] * price * fill["fee_bps"] / 10_000, levels=[[price, fill["qty"]]]
+    )
+    requested = fill["requested_price"]
+    fill["slippage_bps"] = (
+        (price - requested if fill["side"] == "buy" else requested - price) / requested * 10_000
+    )
+
+
 @pytest.mark.parametrize(
     ("kind", "nth", "change", "said"),
     [
@@ -226,6 +239,21 @@ def _nudge_price(fill: dict[str, Any]) -> None:
             0,
             lambda e: e.update(levels=[[e["fill_price"], e["qty"] / 2]]),
             "its levels add up to",
+        ),
+        # a fill better than the market it recorded (found by an audit: a broker filling takers
+        # inside the spread passed), or without the figures beside its price
+        ("order.filled", 0, _inside_the_touch, "better than the"),
+        ("order.filled", 0, lambda e: e.update(bid=e["ask"] + 1), "are not a market"),
+        ("order.filled", 0, lambda e: e.pop("latency_ms"), "records no latency_ms"),
+        ("order.filled", 0, lambda e: e.update(latency_ms=-1e6), "latency_ms -1000000.0 is not a time"),
+        ("order.filled", 0, lambda e: e.pop("requested_price"), "records no requested_price"),
+        (
+            "order.filled",
+            0,
+            lambda e: e.update(
+                liquidity="maker", requested_price=e["fill_price"] + (-5 if e["side"] == "buy" else 5)
+            ),
+            "worse than its limit",
         ),
         ("position.closed", 0, lambda e: e.update(entry_price=e["entry_price"] + 100), "entry_price ="),
         ("position.closed", 0, lambda e: e.update(exit_price=e["exit_price"] - 100), "exit_price ="),
@@ -261,7 +289,8 @@ def test_a_funding_charge_is_the_position_times_the_mark_times_the_rate() -> Non
     fill = {
         "seq": 2, "kind": "order.filled", "ts": "2024-01-01T07:00:00.000Z", "side": "buy", "qty": 0.01,
         "fill_price": 100_000.0, "fee": 0.6, "fee_bps": 6.0, "liquidity": "taker", "realized_pnl": 0.0,
-        "position_qty": 0.01, "symbol": "BTCUSDT",
+        "position_qty": 0.01, "symbol": "BTCUSDT", "requested_price": 100_000.0, "slippage_bps": 0.0,
+        "latency_ms": 0.0, "bid": 99_999.9, "ask": 100_000.0,
     }  # fmt: skip
     funding = {
         "seq": 3, "kind": "funding", "ts": "2024-01-01T08:00:00.000Z", "rate_pct": 0.01,
@@ -278,7 +307,7 @@ def test_a_funding_charge_is_the_position_times_the_mark_times_the_rate() -> Non
     # position: on the position of its instant, 08:00, which the fills before 08:00 give
     close = {
         **fill, "seq": 3, "ts": "2024-01-01T08:00:00.400Z", "fill_price": 101_000.0, "fee": 0.606,
-        "position_qty": 0.02,
+        "position_qty": 0.02, "requested_price": 101_000.0, "bid": 100_999.9, "ask": 101_000.0,
     }  # fmt: skip
     late = {
         **funding, "seq": 4, "ts": "2024-01-01T08:00:00.900Z", "instant": "2024-01-01T08:00:00Z",

@@ -13,8 +13,10 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
   modelled (`funding_source` "none") has no `funding` event charging anything;
 - the report equals the one derived again from the events;
 - each record on its own (see `check_records`): every fill's fee is its size x price x its
-  `fee_bps`, which is the configured taker or maker rate of its liquidity; its `slippage_bps` is
-  its price against the `requested_price`; its `realized_pnl` and `position_qty` are this file's
+  `fee_bps`, which is the configured taker or maker rate of its liquidity; it records its
+  `requested_price`, `slippage_bps`, `latency_ms` (>= 0), `bid`, `ask` and `liquidity`; a taker's
+  price is its recorded touch or worse (a buy at the ask or above, a sell at the bid or below), a
+  maker's its limit or better; its `slippage_bps` is its price against the `requested_price`; its `realized_pnl` and `position_qty` are this file's
   own netting of the fills before it; its `levels` add up to its size; every `position.closed` is
   the round trip the fills make (side, size, average entry and exit prices, realized PnL, fees,
   time held); every heartbeat's realized PnL, fees and position are the fills' up to it, its
@@ -400,6 +402,7 @@ def _check_fill(e: dict[str, Any], rates: dict[str, Any], ledger: TradeLedger) -
             problems.append(
                 f"{name}: fee_bps {bps!r} but the configured {e.get('liquidity')} fee is {configured}"
             )
+    problems += _check_touch(e, name)
     requested = e.get("requested_price")
     if "slippage_bps" in e and isinstance(requested, int | float) and requested > 0:
         diff = price - requested if side == "buy" else requested - price
@@ -420,6 +423,34 @@ def _check_fill(e: dict[str, Any], rates: dict[str, Any], ledger: TradeLedger) -
         )
     if "position_qty" in e and abs(e["position_qty"] - ledger.qty) > 1e-8:
         problems.append(f"{name}: position_qty {e['position_qty']!r} but the fills give {ledger.qty:+.8f}")
+    return problems
+
+
+# what every fill records beside its price (README, order.filled): a fill without them cannot be
+# checked against the market it says it took, and honest numbers are always recorded
+FILL_RECORD = ("requested_price", "slippage_bps", "latency_ms", "bid", "ask", "liquidity")
+
+
+def _check_touch(e: dict[str, Any], name: str) -> list[str]:
+    """A fill against the market it recorded: a taker's price at its touch or worse (a buy at the
+    ask or above, a sell at the bid or below: slippage only ever costs), a maker's at its limit
+    (the requested price) or better; the bid never above the ask; the latency a time, >= 0."""
+    missing = [k for k in FILL_RECORD if not isinstance(e.get(k), int | float | str)]
+    if missing:
+        return [f"{name}: records no {', '.join(missing)}"]
+    price, side, bid, ask = e["fill_price"], e["side"], e["bid"], e["ask"]
+    problems = []
+    if not (isinstance(bid, int | float) and isinstance(ask, int | float) and 0 < bid <= ask + EPS):
+        problems.append(f"{name}: bid {bid!r} and ask {ask!r} are not a market")
+    elif e["liquidity"] == "taker" and (price < ask - EPS if side == "buy" else price > bid + EPS):
+        touch = f"ask {ask}" if side == "buy" else f"bid {bid}"
+        problems.append(f"{name}: a taker {side} at {price}, better than the {touch} it recorded")
+    requested = e["requested_price"]
+    if e["liquidity"] == "maker" and (price > requested + EPS if side == "buy" else price < requested - EPS):
+        problems.append(f"{name}: a maker {side} at {price}, worse than its limit {requested}")
+    latency = e["latency_ms"]
+    if not (isinstance(latency, int | float) and 0 <= latency < math.inf):
+        problems.append(f"{name}: latency_ms {latency!r} is not a time >= 0")
     return problems
 
 

@@ -762,7 +762,7 @@ class BitunixFeed:
                 if raw is None:
                     continue
                 self.frames += 1
-                parsed = self.validator.parse(raw)
+                parsed = self.validator.parse(raw, trio.current_time())
                 if isinstance(parsed, bitunix.Rejected):
                     self.malformed.add(parsed.reason, parsed.detail)
                     self.health.malformed[parsed.reason] += 1
