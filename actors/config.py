@@ -896,6 +896,11 @@ def dict_layer(data: Mapping[str, Any], source: str, problems: list[str]) -> Lay
                 f"{', '.join(f'[{name}]' for name in SECTIONS)}, and [[{STRATEGIES}]] tables"
             )
             continue
+        if not table and section not in SECTIONS:  # an empty table puts no key to be judged
+            problems.append(
+                f"{section}: unknown section {section!r} (from {source}); allowed sections: "
+                f"{', '.join(SECTIONS)}, and [[strategies]] tables"
+            )
         for name, value in table.items():
             _put(layer, problems, f"{section}.{name}", value, source, is_text=False)
     return layer

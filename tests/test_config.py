@@ -90,6 +90,7 @@ INVALID = [
     ("[risk]\nmax_position_size = -0.5\n", [], {}, "risk.max_position_size: -0.5 is not allowed"),
     ("[risk]\nmax_possition = 1\n", [], {}, "risk.max_possition: unknown key"),
     ("[sesion]\nseed = 1\n", [], {}, "unknown section 'sesion'"),
+    ("[riskk]\n[session]\nseed = 1\n", [], {}, "riskk: unknown section 'riskk'"),  # empty (an audit)
     ("[session\nseed = 1\n", [], {}, "is not valid TOML"),
     (None, ["--config", "missing.toml"], {}, "file not found"),
     (None, ["--duration", "-1"], {}, "session.duration_min: -1.0 is not allowed (from --duration)"),
