@@ -252,6 +252,9 @@ def _start_lock(held: ExitStack, config: Config) -> StartLock:
         raise PlanError(str(exc)) from None
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if isinstance(exc, FileExistsError) or (run_dir.exists() and not run_dir.is_dir()):
+            # found by an audit: "File exists" said of a file where the folder of runs should be
+            reason = "it is a file; expected a directory (the folder of runs, made when missing)"
         raise PlanError(f"session.run_dir: cannot use {short_path(run_dir)}: {reason}") from None
 
 

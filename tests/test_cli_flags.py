@@ -279,3 +279,12 @@ def test_exchange_urls_set_on_the_mock_source_are_said_to_be_unused(tmp_path: Pa
     assert "--source bitunix reads them" in warning
     quiet = run_main(*urls, "--source", "bitunix", "--check-config", cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_a_run_dir_that_is_a_file_is_named_as_one(tmp_path: Path) -> None:
+    """Found by an audit: `--run-dir FILE` said "File exists"."""
+    (tmp_path / "runs").write_text("not a folder\n")
+    result = run_main("--run-dir", "runs", "--source", "mock", "--duration", "0.05", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "session.run_dir: cannot use runs: it is a file; expected a directory" in result.stderr
+    assert "Traceback" not in result.stderr
