@@ -600,7 +600,15 @@ async def test_no_exchange_figures_and_no_table_entry_sends_no_instrument(tmp_pa
     """DOGEUSDT is not in the shipped table: with trading_pairs failing, the broker keeps the
     instrument it was built with; the record says why."""
     fake = FakeBitunix(seed=46, symbol="DOGEUSDT", start_price=150, faults=Faults(rest_error_fraction=1))
-    run = await run_feed(tmp_path, fake, "session.symbol=DOGEUSDT", *SMALL_HISTORY, seconds=3)
+    # until 5 books (found in CI: 3 s of a loaded machine gave 2), or 30 s
+    run = await run_feed(
+        tmp_path,
+        fake,
+        "session.symbol=DOGEUSDT",
+        *SMALL_HISTORY,
+        seconds=30,
+        until=lambda got: sum(isinstance(e, Book) for e in got) >= 5,
+    )
     got = [e for _, e in run.received]
     assert not [e for e in got if isinstance(e, Instrument)]
     (event,) = [e for e in run.events if e.kind == "feed.instrument"]

@@ -16,7 +16,9 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
   `fee_bps`, which is the configured taker or maker rate of its liquidity; it records its
   `requested_price`, `slippage_bps`, `latency_ms` (>= 0), `bid`, `ask` and `liquidity`; a taker's
   price is its recorded touch or worse (a buy at the ask or above, a sell at the bid or below), a
-  maker's its limit or better; its `slippage_bps` is its price against the `requested_price`; its `realized_pnl` and `position_qty` are this file's
+  maker's its limit or better (a liquidation's fill, `source` "bankruptcy", is at the
+  bankruptcy price, where the exchange takes the position over); its `slippage_bps` is its price
+  against the `requested_price`; its `realized_pnl` and `position_qty` are this file's
   own netting of the fills before it; its `levels` add up to its size; every `position.closed` is
   the round trip the fills make (side, size, average entry and exit prices, realized PnL, fees,
   time held); every heartbeat's realized PnL, fees and position are the fills' up to it, its
@@ -442,7 +444,11 @@ def _check_touch(e: dict[str, Any], name: str) -> list[str]:
     problems = []
     if not (isinstance(bid, int | float) and isinstance(ask, int | float) and 0 < bid <= ask + EPS):
         problems.append(f"{name}: bid {bid!r} and ask {ask!r} are not a market")
-    elif e["liquidity"] == "taker" and (price < ask - EPS if side == "buy" else price > bid + EPS):
+    elif (
+        e["liquidity"] == "taker"
+        and e.get("source") != "bankruptcy"  # a liquidation: the exchange takes it at that price
+        and (price < ask - EPS if side == "buy" else price > bid + EPS)
+    ):
         touch = f"ask {ask}" if side == "buy" else f"bid {bid}"
         problems.append(f"{name}: a taker {side} at {price}, better than the {touch} it recorded")
     requested = e["requested_price"]
