@@ -272,6 +272,42 @@ NOT_FOR_BACKTEST = {
 }
 
 
+# Session flags --preflight does not take (it checks the key pair on feed.rest_url, and starts nothing)
+NOT_FOR_PREFLIGHT = (
+    "replay",
+    "data",
+    "funding",
+    "from_",
+    "until",
+    "resume",
+    "fresh",
+    "duration",
+    "source",
+    "symbol",
+    "seed",
+    "run_dir",
+    "quiet",
+)
+
+
+def _check_backtest_keys(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+    """The keys of the flags a backtest refuses (`NOT_FOR_BACKTEST`), given with --set: refused
+    the same (found by an audit: `--set feed.source=bitunix` passed where `--source bitunix` did
+    not, and was ignored); given in the environment (a container's, for its live sessions):
+    a warning that the backtest does not read them. A --config file's are the file's (live.toml
+    backtests as it is)."""
+    if args.mode != "backtest" or args.replay:
+        return
+    for dest in ("duration", "source"):
+        key = FLAG_KEYS[dest]
+        for item in args.set:
+            if item.partition("=")[0].strip() == key:
+                raise PlanError(f"--set {key} is not for --mode backtest: {NOT_FOR_BACKTEST[dest]}")
+        var = ENV_PREFIX + key.replace(".", "__").upper()
+        if var in env:
+            logger.warning("{} is not read by a backtest: {}", var, NOT_FOR_BACKTEST[dest])
+
+
 def _given(args: argparse.Namespace, dest: str) -> bool:
     value = getattr(args, dest)
     return value not in (None, False, [])
@@ -285,6 +321,17 @@ def _check_flags(args: argparse.Namespace) -> None:
     """PlanError when the flags contradict each other or one is not for this kind of run; before
     the config is read (a flag a replay ignores must not be judged by its value) and alike for
     `--check-config` and a start."""
+    if args.preflight:
+        # found by an audit: a session's flags beside it were taken and ignored (--replay's
+        # recording even chose the URL it checked)
+        given = [_flag(dest) for dest in NOT_FOR_PREFLIGHT if _given(args, dest)]
+        given += ["--mode backtest"] if args.mode == "backtest" else []
+        given += [f"--runtime {args.runtime}"] if args.runtime != "kernel" else []
+        if given:
+            raise PlanError(
+                f"{', '.join(given)}: not for --preflight, which checks the API key pair and starts no "
+                "session; with it only --config, --set and the environment apply (feed.rest_url)"
+            )
     if args.replay and (args.mode == "backtest" or args.data or args.resume):
         raise PlanError("--replay cannot be combined with --mode backtest, --data or --resume")
     if args.replay:
@@ -370,6 +417,33 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack | None) -> P
             check_resume_config(plan.resume, to_dict(config))
     start.arm()  # from here on the next session lock taken is the session's own
     return plan
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """`--check-config`: the run dir a start would make or use, looked at only (found by an audit:
+    a file there passed, and the start refused it): it, or the nearest folder above it that
+    exists, must be a directory."""
+    there = run_dir
+    while not there.exists() and there != there.parent:
+        there = there.parent
+    if there.exists() and not there.is_dir():
+        what = "it is a file" if there == run_dir else f"{short_path(there)} is a file"
+        raise PlanError(
+            f"session.run_dir: cannot use {short_path(run_dir)}: {what}; expected a directory (the folder "
+            "of runs, made when missing)"
+        )
+
+
+def _check_data(config: Config, plan: Plan) -> None:
+    """`--check-config` of a backtest: what its start reads of each `--data` file before the first
+    candle (the header, candles in the window, their spacing against session.interval), and the
+    start's warnings (funding not modelled): DataError as the start would raise it (found by an
+    audit: --check-config passed data the start refused)."""
+    from actors.session import Session
+
+    session = Session(config, plan)
+    for symbol, path in plan.data_by_symbol or ((config.symbols[0], plan.data),):
+        session.candles(path, symbol)
 
 
 def _symbol_files(flag: str, values: list[str], config: Config, expected: str, plain: str) -> dict[str, str]:
@@ -509,6 +583,7 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
         _check_flags(args)
         if not args.preflight:  # --check-config says what a start would (a replay's ignored variables)
             logs.configure()
+        _check_backtest_keys(args, env)
         config = _config(args, flags, env)
         # the credentials the configured URLs carry (a webhook's path, a query's token): scrubbed
         # from everything written from here on, as the environment's secrets are
@@ -562,11 +637,15 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
             if args.check_config
             else _plan(args, config, held)
         )
+        if args.check_config:
+            _check_run_dir(Path(config.session.run_dir))
+            if plan.mode == "backtest":
+                _check_data(config, plan)
     except ConfigError as exc:
         for problem in exc.problems:
             _err(f"config error: {problem}")
         return 2
-    except (PlanError, SecretError, CheckpointError, StorageFault) as exc:
+    except (PlanError, SecretError, CheckpointError, StorageFault, DataError) as exc:
         _err(f"error: {exc}")
         return 2
     except OSError as exc:  # a path a flag names cannot be looked at (too long, no permission, ...)

@@ -288,3 +288,57 @@ def test_a_run_dir_that_is_a_file_is_named_as_one(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "session.run_dir: cannot use runs: it is a file; expected a directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("rows", "extra", "said"),
+    [
+        ("1m", ["--set", "session.interval=5m"], "its candles are 1m apart but session.interval is 5m"),
+        ("1m", ["--from", "2030-01-01"], "no candles in the --from/--until window"),
+        ("header", [], "--data"),
+    ],
+)
+def test_check_config_refuses_the_data_a_backtest_start_refuses(
+    tmp_path: Path, rows: str, extra: list[str], said: str
+) -> None:
+    """Found by an audit: --check-config only looked for the --data file, and passed candles of
+    another interval, an empty window or a file that is not candles, which the start refused."""
+    data = tmp_path / "d.csv"
+    header = "open_time_ms,open,high,low,close,volume" if rows != "header" else "time,o,h,l,c,v"
+    lines = [f"{1_704_067_200_000 + i * 60_000},100.0,101.0,99.0,100.5,5.0" for i in range(30)]
+    data.write_text(header + "\n" + "\n".join(lines) + "\n")
+    args = ["--mode", "backtest", "--data", str(data), *extra]
+    checked = run_main(*args, "--check-config", cwd=tmp_path)
+    started = run_main(*args, cwd=tmp_path)
+    assert checked.returncode == started.returncode == 2, (checked.stderr, started.stderr)
+    error = [line for line in started.stderr.splitlines() if line.startswith("error: ")]
+    assert error and said in error[0]
+    assert error[0] in checked.stderr  # the same line
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_check_config_refuses_a_run_dir_the_start_cannot_use(tmp_path: Path) -> None:
+    (tmp_path / "runs").write_text("not a folder\n")
+    for run_dir, said in (("runs", "it is a file"), ("runs/sub", "runs is a file")):
+        result = run_main("--run-dir", run_dir, "--check-config", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert f"session.run_dir: cannot use {run_dir}: {said}; expected a directory" in result.stderr
+
+
+@pytest.mark.parametrize("key", ["feed.source=bitunix", "session.duration_min=1"])
+def test_a_backtest_refuses_the_set_of_a_key_whose_flag_it_refuses(tmp_path: Path, key: str) -> None:
+    """Found by an audit: `--source bitunix` exited 2 with a backtest, `--set feed.source=bitunix`
+    passed and was ignored. The environment's variable (a container's, for its live sessions) is
+    not refused: warned of."""
+    data = tmp_path / "d.csv"
+    lines = [f"{1_704_067_200_000 + i * 60_000},100.0,101.0,99.0,100.5,5.0" for i in range(30)]
+    data.write_text("open_time_ms,open,high,low,close,volume\n" + "\n".join(lines) + "\n")
+    args = ["--mode", "backtest", "--data", str(data), "--check-config"]
+    refused = run_main(*args, "--set", key, cwd=tmp_path)
+    assert refused.returncode == 2
+    assert f"--set {key.partition('=')[0]} is not for --mode backtest" in refused.stderr
+    name, _, value = key.partition("=")
+    var = "LAPTOP_AGENTS__" + name.replace(".", "__").upper()
+    warned = run_main(*args, cwd=tmp_path, **{var: value})
+    assert warned.returncode == 0, warned.stderr
+    assert f"{var} is not read by a backtest" in warned.stderr

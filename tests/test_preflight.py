@@ -358,3 +358,23 @@ async def test_unreachable_port(tmp_path: Path) -> None:
         f"http://127.0.0.1:{port}", tmp_path, BITUNIX_API_KEY=KEY, BITUNIX_API_SECRET=SECRET
     )
     assert one_line(done, 4).startswith(f"preflight failed: cannot reach http://127.0.0.1:{port}: ")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--mode", "backtest", "--data", "d.csv"],
+        ["--replay", "runs/latest"],
+        ["--fresh"],
+        ["--duration", "5"],
+    ],
+)
+def test_a_session_flag_with_preflight_is_refused(tmp_path: Path, flags: list[str]) -> None:
+    """Found by an audit: they were taken and ignored (a --replay's recording chose the URL the
+    preflight checked); with --preflight only the config (--config, --set, the environment) applies."""
+    from tests.conftest import run_main
+
+    result = run_main("--preflight", *flags, cwd=tmp_path, BITUNIX_API_KEY="k", BITUNIX_API_SECRET="s")
+    assert result.returncode == 2, result.stderr
+    assert "not for --preflight" in result.stderr and flags[0] in result.stderr
+    assert "Traceback" not in result.stderr
