@@ -113,10 +113,22 @@ def funding(amount: float, position: float, allocations: list[list[Any]] | None 
 
 
 def numbered(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`seq` and `ts` in front, as events.jsonl has them."""
+    """`seq` and `ts` in front, as events.jsonl has them; each fill's order submitted just before
+    it (a fill of an order never given is a problem of its own: `check_orders`)."""
+    given: list[dict[str, Any]] = []
+    for e in events:
+        if e.get("kind") == "order.filled":
+            submitted = {
+                "kind": "order.submitted",
+                "order_id": e["order_id"],
+                "side": e["side"],
+                "qty": e["qty"],
+            }
+            given.append(submitted)
+        given.append(e)
     return [
-        {"seq": n, "ts": f"2024-01-01T00:{n:02d}:00.000Z", **e}
-        for n, e in enumerate([started(), *events, stopped()], 1)
+        {"seq": n, "ts": f"2024-01-01T{n // 60:02d}:{n % 60:02d}:00.000Z", **e}
+        for n, e in enumerate([started(), *given, stopped()], 1)
     ]
 
 
@@ -334,7 +346,7 @@ def test_an_allocation_not_summing_to_its_fill_is_named(tmp_path: Path) -> None:
     # B's share of the flatten: +0.9 where +1 was allocated; the report rebuilt from the same events
     events = tampered(OPPOSITE, 3, allocations=[["A", -2.0, 40.0, 0.08], ["B", 0.9, -10.0, 0.04]])
     problems = validate(write_run(tmp_path, events))
-    assert "fill f3 (seq 5): allocations sum to qty -1.1000000000 but the fill is -1.0000000000" in problems
+    assert "fill f3 (seq 8): allocations sum to qty -1.1000000000 but the fill is -1.0000000000" in problems
     # B is left short 0.1, so the realized PnL is not held to the account's
     assert not any("the strategies' realized_pnl" in p for p in problems)
 
@@ -342,7 +354,7 @@ def test_an_allocation_not_summing_to_its_fill_is_named(tmp_path: Path) -> None:
 def test_an_allocated_fee_not_summing_to_its_fill_is_named(tmp_path: Path) -> None:
     events = tampered(OPPOSITE, 3, allocations=[["A", -2.0, 40.0, 0.08], ["B", 1.0, -10.0, 0.05]])
     problems = validate(write_run(tmp_path, events))
-    assert "fill f3 (seq 5): allocations sum to fee 0.1300000000 but the fill's is 0.1200000000" in problems
+    assert "fill f3 (seq 8): allocations sum to fee 0.1300000000 but the fill's is 0.1200000000" in problems
     assert "the strategies' fees sum to 0.440000 but the report's fees_paid is 0.43" in problems
 
 
@@ -350,7 +362,7 @@ def test_a_funding_split_not_summing_to_its_amount_is_named(tmp_path: Path) -> N
     events = tampered(OPPOSITE, 2, allocations=[["A", 2.0], ["B", -0.5]])
     problems = validate(write_run(tmp_path, events))
     assert (
-        "funding at 2024-01-01T08:00:00Z (seq 4): allocations sum to 1.5000000000 but the amount is 1.0000000000"
+        "funding at 2024-01-01T08:00:00Z (seq 6): allocations sum to 1.5000000000 but the amount is 1.0000000000"
         in problems
     )
     assert "the strategies' funding sum to 1.500000 but the report's funding_paid is 1.0" in problems
@@ -370,7 +382,7 @@ def test_a_malformed_allocation_is_named(tmp_path: Path) -> None:
     events = tampered(OPPOSITE, 0, allocations=[["A", 2.0, 0.0]])
     problems = validate(write_run(tmp_path, events, build_report(numbered(OPPOSITE))))
     assert (
-        "fill f1 (seq 2): allocations [['A', 2.0, 0.0]] are not [strategy_id, signed_qty, realized_pnl, fee] each"
+        "fill f1 (seq 3): allocations [['A', 2.0, 0.0]] are not [strategy_id, signed_qty, realized_pnl, fee] each"
         in problems
     )
     assert any(

@@ -359,13 +359,15 @@ def write_killed_run(
             _record(3, T0 + 1.5, "order.submitted", order_id="o1", side="buy", qty=0.01, type="market"),
             _fill(4, T0 + 1.7, 1, "buy", 60_000.0, 0.0, 0.01),
             _heartbeat(5, T0 + 2, 60_050.0, 0.0, 0.36, 0.01, 0.5),
-            _fill(6, T0 + 2.5, 2, "sell", 60_100.0, 1.0, 0.0),
+            _record(6, T0 + 2.4, "order.submitted", order_id="o2", side="sell", qty=0.01, type="market"),
+            _fill(7, T0 + 2.5, 2, "sell", 60_100.0, 1.0, 0.0),
             _record(
-                7, T0 + 2.5, "position.closed", side="long", qty=0.01, entry_price=60_000.0,
+                8, T0 + 2.5, "position.closed", side="long", qty=0.01, entry_price=60_000.0,
                 exit_price=60_100.0, realized_pnl=1.0, fees=0.7206, net_pnl=0.2794, exit_reason="exit",
             ),
-            _fill(8, T0 + 2.8, 3, "buy", 60_080.0, 0.0, 0.01),
-            _heartbeat(9, T0 + 3, 59_000.0, 1.0, 1.08108, 0.01, -10.8, peak=10_000.14),
+            _record(9, T0 + 2.7, "order.submitted", order_id="o3", side="buy", qty=0.01, type="market"),
+            _fill(10, T0 + 2.8, 3, "buy", 60_080.0, 0.0, 0.01),
+            _heartbeat(11, T0 + 3, 59_000.0, 1.0, 1.08108, 0.01, -10.8, peak=10_000.14),
         ]  # fmt: skip
     text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
     if torn:
@@ -490,10 +492,11 @@ def test_a_run_killed_between_a_closing_fill_and_its_trade_is_closed_at_its_last
     unfinished step is left out, and the detail says so."""
     run = write_killed_run(tmp_path, trades=True, torn=False, run_id="backtest-20261130T000000Z-s42")
     lines = (run / "events.jsonl").read_text().splitlines(keepends=True)
-    (run / "events.jsonl").write_text("".join(lines[:6]))  # up to the closing fill, seq 6
+    (run / "events.jsonl").write_text("".join(lines[:7]))  # up to the closing fill, seq 7
     assert close_abandoned(run).closed
     events, _ = read_events(run / "events.jsonl")
-    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5, 6]  # the fill of seq 6 left out
+    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5, 6, 7]  # the fill of seq 7 left out
+    assert events[-2]["kind"] == "order.submitted"  # its own step, before the fill's
     assert events[-1]["kind"] == "session.stopped"
     assert "the 1 event(s) of the step it was killed in were left out" in events[-1]["detail"]
     assert validate(run) == []

@@ -167,7 +167,7 @@ def test_a_clean_end_must_still_be_flat(tmp_path: Path) -> None:
     assert problems == [
         "session ended ok but the fills leave a position of +0.01000000 BTCUSDT",
         # and its ending equity is not the last heartbeat's, whose long was 10.80 under water
-        "ending_equity 9999.91892 but the last heartbeat (seq 9) says 9989.11892",
+        "ending_equity 9999.91892 but the last heartbeat (seq 11) says 9989.11892",
     ]
 
 
@@ -247,6 +247,9 @@ def _inside_the_touch(fill: dict[str, Any]) -> None:
         ("order.filled", 0, lambda e: e.pop("latency_ms"), "records no latency_ms"),
         ("order.filled", 0, lambda e: e.update(latency_ms=-1e6), "latency_ms -1000000.0 is not a time"),
         ("order.filled", 0, lambda e: e.pop("requested_price"), "records no requested_price"),
+        # a fill of no order, or more than its order (found by an audit: both passed)
+        ("order.filled", 0, lambda e: e.update(order_id="o999"), "its order o999 was not submitted"),
+        ("order.filled", 0, lambda e: e.update(qty=e["qty"] * 2), "left to fill"),
         (
             "order.filled",
             0,

@@ -5,7 +5,8 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
 
 - `events.jsonl`: every line JSON, `seq` 1, 2, 3, ... with no gap or repeat, starts with
   `session.started` and (when the session finished) ends with `session.stopped`;
-- every fill once (its `fill_id`, or order id, time, size and price, never repeated);
+- every fill once (its `fill_id`, or order id, time, size and price, never repeated), and of an
+  order given before it, of its side, still open, with that much left to fill (`check_orders`);
 - position, realized PnL, fees and funding recomputed from the fills alone (average-cost netting
   per symbol, independent of the broker's code) equal the final report, to the cent;
 - `net_pnl = ending_equity - starting_equity = realized_pnl - fees_paid - funding_paid + unrealized_pnl`;
@@ -876,6 +877,50 @@ def trades_note(events: list[dict[str, Any]], report: dict[str, Any] | None) -> 
     return f"trades: {account} of the net position; {total} of the strategies' virtual positions ({each})"
 
 
+def check_orders(events: list[dict[str, Any]]) -> list[str]:
+    """Every fill belongs to an order given before it (`order.submitted`, or `order.working` for
+    the protective orders the broker attaches to a fill), of its side, still open (not cancelled
+    or rejected), with that much left to fill (its size, less its fills, reset by each
+    `order.amended`); a liquidation's fill (`liq-...`) to the `liquidation` event before it (found
+    by an audit: a fill of an unknown order, one moved before its order, one larger than its
+    order passed)."""
+    problems: list[str] = []
+    orders: dict[str, dict[str, Any]] = {}
+    liquidated = False
+    for e in events:
+        kind, oid = e.get("kind"), e.get("order_id")
+        if kind == "liquidation":
+            liquidated = True
+        if not isinstance(oid, str):
+            continue
+        order = orders.get(oid)
+        if kind in ("order.submitted", "order.working"):
+            if order is None:
+                orders[oid] = {"side": e.get("side"), "left": e.get("qty"), "done": None}
+        elif kind == "order.amended" and order is not None:
+            order["left"] = e.get("qty")
+        elif kind in ("order.cancelled", "order.rejected") and order is not None:
+            order["done"] = (kind.split(".")[1], e["seq"])
+        elif kind == "order.filled":
+            name = f"fill {e.get('fill_id') or oid} (seq {e['seq']})"
+            if order is None:
+                if not (e.get("reason") == "liquidation" and liquidated):
+                    problems.append(f"{name}: its order {oid} was not submitted (nor working) before it")
+                continue
+            if e.get("side") != order["side"]:
+                problems.append(f"{name}: a {e.get('side')} of {oid}, a {order['side']} order")
+            if order["done"] is not None:
+                problems.append(
+                    f"{name}: its order {oid} was {order['done'][0]} before it (seq {order['done'][1]})"
+                )
+            left, qty = order["left"], e.get("qty")
+            if isinstance(left, int | float) and isinstance(qty, int | float):
+                if qty > left + 1e-9:
+                    problems.append(f"{name}: fills {qty} of {oid}, which had {left:.10g} left to fill")
+                order["left"] = left - qty
+    return problems
+
+
 def check_abandoned(events: list[dict[str, Any]], report: dict[str, Any]) -> list[str]:
     """An abandoned run is closed by one session.stopped that says so, with nothing left open."""
     if report.get("status") != ABANDONED:
@@ -904,6 +949,7 @@ def validate(run: Path, page: bool = False) -> list[str]:
     checks: list[tuple[str, Callable[[], list[str]]]] = [
         ("sequence", lambda: check_sequence(events, finished=finished)),
         ("fills", lambda: check_fills(events, report)),
+        ("orders", lambda: check_orders(events)),
         ("attribution", lambda: check_attribution(events, report)),
         ("records", lambda: check_records(events, report)),
         ("metrics", lambda: check_metrics(run, events)),
