@@ -358,6 +358,16 @@ def test_an_allocated_fee_not_summing_to_its_fill_is_named(tmp_path: Path) -> No
     assert "the strategies' fees sum to 0.440000 but the report's fees_paid is 0.43" in problems
 
 
+def test_a_shared_fill_split_otherwise_than_by_the_positions_is_named(tmp_path: Path) -> None:
+    """Found by an audit: a shared fill's fee moved between two strategies (sums kept, their
+    report rows rebuilt to match) passed. A's share of the flatten's fee is 2/3 of 0.12 (its 2 of
+    the 3 closed), B's 1/3; its size in proportion to the positions, +2 and -1 of +1."""
+    events = tampered(OPPOSITE, 3, allocations=[["A", -2.0, 40.0, 0.03], ["B", 1.0, -10.0, 0.09]])
+    problems = validate(write_run(tmp_path, events))
+    assert "fill f3 (seq 8): 'A''s fee 0.0300000000 is not its share's of the fee (0.0800000000)" in problems
+    assert "fill f3 (seq 8): 'B''s fee 0.0900000000 is not its share's of the fee (0.0400000000)" in problems
+
+
 def test_a_funding_split_not_summing_to_its_amount_is_named(tmp_path: Path) -> None:
     events = tampered(OPPOSITE, 2, allocations=[["A", 2.0], ["B", -0.5]])
     problems = validate(write_run(tmp_path, events))

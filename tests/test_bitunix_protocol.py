@@ -529,6 +529,19 @@ def test_price_jump() -> None:
     rejected(v.parse(frame(TRADE, ts=t0 + 1500, data=[{"p": "60000", "v": "1", "s": "buy"}])), "price_jump")
 
 
+def test_a_jump_stamped_over_a_second_on_but_arriving_at_once_is_judged() -> None:
+    """Found by an audit: a 10x price stamped 1.5 s after the last good one passed (the check
+    looked within 1 s of the exchange's ts only). With arrival times, within 1 s of the last good
+    price's arrival counts too; a frame that came after a second of silence is not judged (a
+    move while nothing came may be real), as before."""
+    v = validator(max_jump_pct=5.0)
+    t0 = 1786650732204
+    assert isinstance(v.parse(frame(KLINE, ts=t0), 100.0), KlinePush)  # close 63404.7
+    tenfold = with_data(KLINE, o="634047", h="634048", l="634045", c="634047")
+    rejected(v.parse(frame(tenfold, ts=t0 + 1500), 100.05), "price_jump")
+    assert isinstance(v.parse(frame(tenfold, ts=t0 + 1500), 101.5), KlinePush)  # after 1.5 s of silence
+
+
 def test_small_moves_accepted() -> None:
     v = validator(max_jump_pct=0.5)
     for i, close in enumerate(("63404.7", "63500", "63600", "63400")):

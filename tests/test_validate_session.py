@@ -56,6 +56,16 @@ def test_tampered_report_is_caught(trading_run: Path) -> None:
     assert main([str(run)]) == 1
 
 
+@pytest.mark.parametrize("table", ["strategies", "symbols"])
+def test_a_current_report_without_an_attribution_table_is_caught(trading_run: Path, table: str) -> None:
+    """Found by an audit: a report without `strategies` or `symbols` passed as one from before
+    the tables; a session.started listing its strategies and symbols is of a version that has them."""
+    report = json.loads((trading_run / "final_report.json").read_text())
+    del report[table]
+    (trading_run / "final_report.json").write_text(json.dumps(report))
+    assert any(p.startswith(f"report {table} = None but the events give") for p in validate(trading_run))
+
+
 def test_missing_event_and_doubled_fill_are_caught(trading_run: Path) -> None:
     run = trading_run
     lines = (run / "events.jsonl").read_text().splitlines()

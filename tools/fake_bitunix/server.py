@@ -57,6 +57,10 @@ kills the socket). `1month` candles are 30-day buckets and `1week` buckets follo
 floor(ts / interval), i.e. they start on Thursdays. `mark_kline_*` and REST `type=MARK_PRICE`
 serve the last-price candles. REST kline with `startTime` and no `endTime` returns the `limit`
 candles from startTime on (still newest first); otherwise the newest `limit` up to endTime/now.
+The extra kline push at each bucket's end (above) is this fake's too: the protocol doc promises
+pushes about every 500 ms only, so against the real exchange a live candle, closed from its
+bucket's last push, may miss the trades of its last half second (found by an audit; the client
+does not reconcile closed candles over REST: see README, Live market data).
 
 Private REST: `GET /api/v1/futures/account?marginCoin=USDT` checks the signature of
 ../shared/docs/bitunix-private-api.md §1.4 over the query values as received and the raw body
