@@ -273,6 +273,8 @@ def _inside_the_touch(fill: dict[str, Any]) -> None:
         ("position.closed", 0, lambda e: e.update(held_s=e["held_s"] * 50), "held_s ="),
         ("position.closed", 0, lambda e: e.update(realized_pnl=e["realized_pnl"] + 3), "realized_pnl ="),
         ("heartbeat", -1, lambda e: e.update(equity=e["equity"] + 500), "equity = "),
+        # under a cent (found by an audit: 9 cents passed)
+        ("heartbeat", 1, lambda e: e.update(equity=round(e["equity"] + 0.009, 6)), "equity = "),
         ("heartbeat", -1, lambda e: e.update(fees_paid=e["fees_paid"] - 1), "fees_paid = "),
     ],
 )
