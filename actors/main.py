@@ -314,7 +314,7 @@ def _given(args: argparse.Namespace, dest: str) -> bool:
 
 
 def _flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
+    return "--" + dest.rstrip("_").replace("_", "-")  # from_ is --from
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -594,7 +594,12 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
         if not args.preflight:  # before planning: it may warn (an abandoned run folder closed)
             obs = config.observability
             logs.configure(obs.log_level, logs.RunLog(obs.log_rotation_mb, obs.log_retention_files))
-            if args.config and not config.strategies and _has_strategy_tables(args.config):
+            if (
+                args.config
+                and not args.replay
+                and not config.strategies
+                and _has_strategy_tables(args.config)
+            ):
                 # found by an audit: one LAPTOP_AGENTS__STRATEGY__ variable silently turned the
                 # image's two setups into one strategy
                 logger.warning(

@@ -367,6 +367,7 @@ async def test_unreachable_port(tmp_path: Path) -> None:
         ["--replay", "runs/latest"],
         ["--fresh"],
         ["--duration", "5"],
+        ["--from", "2024-01-01"],
     ],
 )
 def test_a_session_flag_with_preflight_is_refused(tmp_path: Path, flags: list[str]) -> None:
@@ -377,4 +378,5 @@ def test_a_session_flag_with_preflight_is_refused(tmp_path: Path, flags: list[st
     result = run_main("--preflight", *flags, cwd=tmp_path, BITUNIX_API_KEY="k", BITUNIX_API_SECRET="s")
     assert result.returncode == 2, result.stderr
     assert "not for --preflight" in result.stderr and flags[0] in result.stderr
+    assert "--from-" not in result.stderr  # (found by a review: `from_` was named --from-)
     assert "Traceback" not in result.stderr
