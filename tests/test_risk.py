@@ -560,6 +560,26 @@ def test_drawdown_breaker_flattens_then_halts_or_stops(tmp_path: Path, action: s
     assert desk.broker.entries_halted_until is None  # lifted
 
 
+def test_a_breaker_flatten_id_a_resume_discarded_is_not_given_again(tmp_path: Path) -> None:
+    """Found by an audit: a session killed after its breaker's flatten was written, but before its
+    checkpoint, tripped again at the resume (the checkpoint's gate had not tripped) and gave its
+    flatten `breaker-1` again, an id the discarded record held for another fill."""
+    gate, desk = _gate(
+        tmp_path, *LOOSE_CAPS, "broker.leverage=10", "risk.max_loss_pct=50", "risk.max_daily_drawdown_pct=2",
+        "risk.on_breaker=stop",
+    )  # fmt: skip
+    gate.skip_ids({"o3", "breaker-1", "breaker-1-BTCUSDT", "flatten-1"})
+    _open_long(desk, 1.0)
+    events = desk.mark(_tick(PRICE - 200, T0 + 2), T0 + 2)  # ~2.1 % from the day's start: a trip
+    (flatten,) = _kinds(events, "order.submitted")
+    assert (flatten["order_id"], gate.breaker_trips) == ("breaker-2", 1)
+    # the id's number is kept in the checkpoint; an older checkpoint's was the trips
+    assert gate.state()["breaker_seq"] == 2
+    restored, _ = _gate(tmp_path)
+    restored.restore({k: v for k, v in gate.state().items() if k != "breaker_seq"}, desk.account(T0 + 3))
+    assert restored.breaker_seq == 1
+
+
 def test_breaker_flatten_is_recorded_as_closed_by_the_breaker(tmp_path: Path) -> None:
     _, desk = _gate(
         tmp_path, *LOOSE_CAPS, "broker.leverage=10", "risk.max_loss_pct=50", "risk.max_daily_drawdown_pct=2",

@@ -278,6 +278,8 @@ async def test_a_second_crash_before_the_resumed_session_checkpoints_loses_no_di
     assert [f["fill_id"] for f in resumed["discarded_fills"]] == [
         f["fill_id"] for f in first_lost + second_lost
     ]
+    # and the count they are of is both processes' events after it
+    assert resumed["discarded_events"] == len(before) - saved + len(middle) - saved
     lost_ids = {e[k] for e in before + middle if e["seq"] > saved for k in ("order_id", "fill_id") if k in e}
     made = {e[k] for e in events if e["seq"] > saved for k in ("order_id", "fill_id") if k in e}
     made -= {e["order_id"] for e in before[:saved] if "order_id" in e}

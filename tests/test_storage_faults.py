@@ -410,3 +410,39 @@ async def test_a_resume_over_a_line_torn_inside_a_character_drops_it(
         recorder.finish()
     for line in (run / "events.jsonl").read_bytes().splitlines():
         json.loads(line.decode("utf-8"))  # whole lines only
+
+
+def test_a_fill_is_on_disk_before_the_console_prints_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an audit: a live session printed a FILL line while its event waited in the
+    recorder's buffer; killed before the next flush, the fill was in no record (no UNDONE at the
+    resume) and its id went to another fill. Each line the console prints is of an event already
+    written to events.jsonl (a kill -9 after an os.write loses nothing)."""
+    import actors.console
+    from actors.recording.recorder import Recorder
+    from protocols.messages import Event
+
+    run = tmp_path / "run"
+    run.mkdir()
+    recorder = Recorder(run)
+    recorder.console.echo = True  # a live session's console (not batched)
+    seen_on_disk: list[bool] = []
+
+    def printed(line: str) -> None:  # what was on disk when the line was printed
+        seen_on_disk.append('"fill_id":"f1"' in (run / "events.jsonl").read_text().replace(" ", ""))
+
+    monkeypatch.setattr(actors.console, "_print", printed)
+    # (the report's fold needs a whole session's records: not what is looked at here)
+    monkeypatch.setattr(recorder, "_fold", lambda record: None)
+    try:
+        fields = {
+            "order_id": "o1", "fill_id": "f1", "side": "buy", "qty": 0.01, "fill_price": 60_000.0,
+            "fee": 0.36, "slippage_bps": 0.0, "symbol": "BTCUSDT", "strategy_id": "s",
+        }  # fmt: skip
+        recorder.write(Event(1_700_000_000.0, "order.filled", fields))
+        assert seen_on_disk == [True]
+    finally:  # its files and log closed (no session to finish: no report to write)
+        for file in recorder._files:
+            file.close()
+        recorder._close_run_log()

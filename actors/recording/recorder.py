@@ -68,6 +68,11 @@ from protocols.records import (
 FLUSH_EVERY_S: Final = 1.0
 # Events that change orders, fills or positions: each is followed by a checkpoint at once.
 CRITICAL_PREFIXES: Final = ("order.", "position.", "funding", "liquidation", "breaker.")
+# Events the console prints a line for in a live session (actors/console.py): each is written to
+# events.jsonl before its line is printed.
+ECHOED: Final = frozenset(
+    ("order.filled", "position.closed", "order.working", "order.cancelled", "session.resumed")
+)
 # Events of this kind carry a market event (`fields["event"]`) to market.jsonl instead of events.jsonl.
 MARKET_KIND: Final = "market"
 
@@ -191,7 +196,6 @@ class Recorder:
             raise RuntimeError(
                 f"events.jsonl holds {self.seq} events but the checkpoint is at seq {resume_seq}"
             )
-        self.discarded_events = len(discarded)
         # kept before events.jsonl loses them (found by a review: a second crash before the resumed
         # session's first checkpoint took the first one's discarded fills out of every record, and
         # the next resume gave their ids again); a kill between the two writes them twice, once here
@@ -214,6 +218,7 @@ class Recorder:
         finally:
             kept.close()
         seen: set[str] = set()
+        since_checkpoint: set[bytes] = set()  # the entries discarded since it (each once)
         with path.open("rb") as f:
             for raw in f:
                 try:
@@ -221,15 +226,20 @@ class Recorder:
                     record, since = entry.get("event"), entry.get("resume_seq", 0)
                 except (ValueError, AttributeError):
                     continue  # not ours (the file is only ever appended whole lines)
+                if isinstance(since, int) and since >= resume_seq:
+                    since_checkpoint.add(raw)
                 if not isinstance(record, dict):
                     continue  # a torn line's text
                 self.discarded_ids.update(
                     value for name in ("order_id", "fill_id") if isinstance(value := record.get(name), str)
                 )
                 fill_id = str(record.get("fill_id"))
-                if record.get("kind") == "order.filled" and since >= resume_seq and fill_id not in seen:
+                if record.get("kind") == "order.filled" and raw in since_checkpoint and fill_id not in seen:
                     seen.add(fill_id)
                     self.discarded_fills.append({k: record.get(k) for k in DISCARDED_FILL_FIELDS})
+        # the count the fills are of (found by an audit: "0 events discarded, 1 fill among them",
+        # the fill an earlier resume's)
+        self.discarded_events = len(since_checkpoint)
 
     def _fold(self, record: dict[str, Any]) -> None:
         self.seq = record["seq"]
@@ -254,9 +264,16 @@ class Recorder:
             if clean != line:
                 line, record = clean, json.loads(clean)
         self._events.write(line + "\n")
-        self._due(self._events)
+        shown = True  # the console may print its line
+        if self.console.echo and not self.console.batched and kind in ECHOED:
+            # on disk before the console shows it (found by an audit: a FILL printed, the process
+            # killed before the flush, and the fill was in no record, its id given again; a kill
+            # after an os.write loses nothing, the page cache keeps it); not on disk, not shown
+            shown = self.fault is None and self._flush(self._events)
+        else:
+            self._due(self._events)
         self._fold(record)
-        self.console.observe(record)
+        self.console.observe(record, new=shown)
         self.last_event_ts = ts
         if kind == "heartbeat":
             self._write_metrics_row(ts)

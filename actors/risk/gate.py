@@ -126,6 +126,9 @@ class RiskGate:
         self.halt_reason: str | None = None  # the breaker whose halt ends at halted_until
         self.daily_tripped_day: int | None = None  # the UTC day whose drawdown cap tripped: spent
         self.breaker_trips = 0
+        # the number of the last breaker flatten's id (`breaker-<n>`): the trips, and past the ids
+        # a resume discarded (`skip_ids`)
+        self.breaker_seq = 0
         self.stopping = False  # a stop command has been given: nothing more to decide
         # the stop it gave (its reason, detail, time): a session resumed from a checkpoint taken
         # after it stops again at once, for the same reason (actors/session_actors.py)
@@ -147,6 +150,7 @@ class RiskGate:
         "halt_reason",
         "daily_tripped_day",
         "breaker_trips",
+        "breaker_seq",
         "stopping",
         "stop_reason",
         "stop_detail",
@@ -165,11 +169,16 @@ class RiskGate:
         }
 
     def skip_ids(self, ids: Iterable[str]) -> None:
-        """After a resume: an order id the events it discarded gave (`o<n>`, written after the
-        checkpoint) is never given again."""
+        """After a resume: an order id the events it discarded gave (`o<n>`, a breaker's flatten
+        `breaker-<n>[-SYMBOL]`, written after the checkpoint) is never given again (found by an
+        audit: a breaker that tripped again after the resume gave `breaker-1` a second time)."""
         for given in ids:
             if given[:1] == "o" and given[1:].isdigit():
                 self.order_seq = max(self.order_seq, int(given[1:]))
+            elif given.startswith("breaker-"):
+                number = given.split("-")[1]
+                if number.isdigit():
+                    self.breaker_seq = max(self.breaker_seq, int(number))
 
     def restore(self, state: dict[str, Any], account: AccountSnapshot) -> None:
         """What the gate had sent is kept: orders still working at the market stay pending; those in
@@ -180,6 +189,8 @@ class RiskGate:
         for name in self._SCALARS:
             if name in state:
                 setattr(self, name, state[name])
+        if "breaker_seq" not in state:  # an older checkpoint: its ids were the trips
+            self.breaker_seq = self.breaker_trips
         if "submitted_by_symbol" in state:
             self.submitted_by_symbol = dict(state["submitted_by_symbol"])
         else:  # a checkpoint of one symbol, from before symbols were kept apart
@@ -646,7 +657,8 @@ class RiskGate:
             "halted_until_iso": iso(self.halted_until) if halt and self.halted_until is not None else None,
         }
         out: list[RiskOutput] = [Event(ts, "breaker.tripped", fields)]
-        flatten = Flatten(ts, "breaker", f"breaker-{self.breaker_trips}")
+        self.breaker_seq += 1
+        flatten = Flatten(ts, "breaker", f"breaker-{self.breaker_seq}")
         if not halt:
             out.append(flatten)
             return out + self._stop(ts, "breaker", f"{reason}: {detail}")
