@@ -264,16 +264,17 @@ class Recorder:
             if clean != line:
                 line, record = clean, json.loads(clean)
         self._events.write(line + "\n")
-        shown = True  # the console may print its line
-        if self.console.echo and not self.console.batched and kind in ECHOED:
+        if self.console.echo and not self.console.batched and kind in ECHOED and self.fault is None:
             # on disk before the console shows it (found by an audit: a FILL printed, the process
             # killed before the flush, and the fill was in no record, its id given again; a kill
-            # after an os.write loses nothing, the page cache keeps it); not on disk, not shown
-            shown = self.fault is None and self._flush(self._events)
+            # after an os.write loses nothing, the page cache keeps it). After a storage fault the
+            # lines go on (the flatten, in memory): the end says the folder is left as its last
+            # checkpoint, for the next start to resume
+            self._flush(self._events)
         else:
             self._due(self._events)
         self._fold(record)
-        self.console.observe(record, new=shown)
+        self.console.observe(record)
         self.last_event_ts = ts
         if kind == "heartbeat":
             self._write_metrics_row(ts)
