@@ -433,12 +433,13 @@ def test_a_fill_is_on_disk_before_the_console_prints_it(
         seen_on_disk.append('"fill_id":"f1"' in (run / "events.jsonl").read_text().replace(" ", ""))
 
     monkeypatch.setattr(actors.console, "_print", printed)
-    # (the report's fold needs a whole session's records: not what is looked at here)
-    monkeypatch.setattr(recorder, "_fold", lambda record: None)
     try:
         fields = {
             "order_id": "o1", "fill_id": "f1", "side": "buy", "qty": 0.01, "fill_price": 60_000.0,
-            "fee": 0.36, "slippage_bps": 0.0, "symbol": "BTCUSDT", "strategy_id": "s",
+            "requested_price": 60_000.0, "bid": 59_999.9, "ask": 60_000.0, "liquidity": "taker",
+            "fee": 0.36, "fee_bps": 6.0, "slippage_bps": 0.0, "latency_ms": 0.0, "realized_pnl": 0.0,
+            "position_qty": 0.01, "symbol": "BTCUSDT", "strategy_id": "s",
+            "allocations": [["s", 0.01, 0.0, 0.36]],
         }  # fmt: skip
         recorder.write(Event(1_700_000_000.0, "order.filled", fields))
         assert seen_on_disk == [True]
