@@ -251,10 +251,9 @@ def _start_lock(held: ExitStack, config: Config) -> StartLock:
     except StartBusy as exc:
         raise PlanError(str(exc)) from None
     except (OSError, ValueError) as exc:
+        # found by an audit: "File exists" said of a file where the folder of runs should be
+        _check_run_dir(run_dir)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        if isinstance(exc, FileExistsError) or (run_dir.exists() and not run_dir.is_dir()):
-            # found by an audit: "File exists" said of a file where the folder of runs should be
-            reason = "it is a file; expected a directory (the folder of runs, made when missing)"
         raise PlanError(f"session.run_dir: cannot use {short_path(run_dir)}: {reason}") from None
 
 
@@ -420,9 +419,9 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack | None) -> P
 
 
 def _check_run_dir(run_dir: Path) -> None:
-    """`--check-config`: the run dir a start would make or use, looked at only (found by an audit:
-    a file there passed, and the start refused it): it, or the nearest folder above it that
-    exists, must be a directory."""
+    """The run dir a start would make or use, looked at only: it, or the nearest folder above it
+    that exists, must be a directory (`--check-config`, found by an audit: a file there passed,
+    and the start refused it; and the start's own refusal names it so)."""
     there = run_dir
     while not there.exists() and there != there.parent:
         there = there.parent

@@ -442,16 +442,16 @@ class FrameValidator:
         when it arrived, on any clock that runs at the rate of time (None: not checked against
         it): a data frame whose ts ran ahead of its symbol's last by more than the time between
         their arrivals, plus `FUTURE_TOLERANCE_S`, is `ts_future`."""
+        self._arrival = arrival_s
         try:
-            out = self._parse(raw, arrival_s)
+            return self._parse(raw)
         except _Reject as r:
             return Rejected(r.reason, r.detail)
         except Exception as exc:  # a safety net: parse must never raise
             return Rejected("wrong_type", f"unexpected {type(exc).__name__}")
-        return out
 
-    def _parse(self, raw: str | bytes, arrival_s: float | None = None) -> Parsed:
-        self._arrival = arrival_s
+    def _parse(self, raw: str | bytes) -> Parsed:
+        arrival_s = self._arrival
         if type(raw) is not str:
             if not isinstance(raw, bytes | bytearray | memoryview):
                 return Rejected("not_json", f"frame is a {type(raw).__name__}, not text")

@@ -271,8 +271,12 @@ RECORD_TOL = 1e-6
 HEARTBEAT_TOL = (1e-6, 1e-8)  # absolute (the 6 decimals kept), relative (the sums' last bits)
 
 
-def _close(a: Any, b: float, tol: float = RECORD_TOL) -> bool:
-    return isinstance(a, int | float) and not isinstance(a, bool) and abs(a - b) <= tol * max(1.0, abs(b))
+def _close(a: Any, b: float, tol: float = RECORD_TOL, absolute: float = 0.0) -> bool:
+    return (
+        isinstance(a, int | float)
+        and not isinstance(a, bool)
+        and abs(a - b) <= absolute + tol * max(1.0, abs(b))
+    )
 
 
 class TradeLedger(Ledger):
@@ -512,15 +516,8 @@ def _check_heartbeat(
         "equity": starting + realized - fees - funding + unrealized,
     }
     for key, value in want.items():
-        tol = (
-            1e-8 * max(1.0, abs(value))
-            if key == "position_qty"
-            else HEARTBEAT_TOL[0] + HEARTBEAT_TOL[1] * abs(value)
-        )
-        stated = e.get(key)
-        if key in e and not (
-            isinstance(stated, int | float) and not isinstance(stated, bool) and abs(stated - value) <= tol
-        ):
+        absolute, tol = (0.0, 1e-8) if key == "position_qty" else HEARTBEAT_TOL
+        if key in e and not _close(e[key], value, tol, absolute):
             problems.append(
                 f"{name}: {key} = {e[key]!r} but the fills and funding before it give {value:.6f}"
             )
