@@ -30,6 +30,7 @@ from tests.test_feed_bitunix import FEED_HEALTH, live_session, offset_for_close_
 from tests.test_replay_backtest import NOT_COMPARED
 from tools.fake_bitunix import FakeBitunix
 from tools.fake_bitunix.server import BOOK15_MIN, BOOK_TOUCH_MAX
+from tools.validate_session import validate
 
 ORDER_QTY = 5.0  # BTC: more than the touch ever shows, less than 15 levels always hold
 assert BOOK_TOUCH_MAX < ORDER_QTY <= BOOK15_MIN
@@ -171,6 +172,28 @@ async def test_a_large_market_order_walks_the_live_book_and_a_replay_takes_the_s
             taken,
             [b["asks" if side == "buy" else "bids"] for b in candidates],
         )
+
+    # the validator checks the same against market.jsonl: it passes the run, and catches a fill
+    # from a level the book in force did not have, or more of a level than it held
+    assert validate(result.run_path) == []
+    lines = (result.run_path / "events.jsonl").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if '"source":"book"' in line.replace(" ", ""))
+    fill = json.loads(lines[at])
+    for change, said in (
+        # half a tick off: no level of any book (a whole tick could be the next level)
+        (
+            {"fill_price": fill["fill_price"] + (0.05 if fill["side"] == "buy" else -0.05)},
+            "from the book, which no",
+        ),
+        ({"qty": fill["qty"] + 100.0}, "(or not that much"),
+    ):
+        forged = tmp_path / f"forged-{len(said)}"
+        forged.mkdir()
+        (forged / "market.jsonl").write_bytes((result.run_path / "market.jsonl").read_bytes())
+        changed = [*lines]
+        changed[at] = json.dumps({**fill, **change})
+        (forged / "events.jsonl").write_text("\n".join(changed) + "\n")
+        assert any(f"seq {fill['seq']}" in p and said in p for p in validate(forged)), change
 
     # and replaying the recorded session takes the same levels at the same prices
     replayed = await replay_cli(result.run_path, tmp_path)

@@ -197,6 +197,31 @@ def test_a_fill_allocated_to_another_strategy_than_its_orders_is_caught(trading_
     )
 
 
+def test_a_fill_at_a_market_the_session_never_saw_is_caught(trading_run: Path) -> None:
+    """A fill's bid and ask are a quote the session recorded in market.jsonl when it filled (found
+    by an audit: a broker that made its own market up, its fills consistent with it, passed)."""
+
+    def elsewhere(fill: dict[str, Any]) -> None:
+        # the whole market 5 USDT against the trader, the fill still at its (moved) touch or worse
+        shift = -5.0 if fill["side"] == "buy" else 5.0
+        fill.update(bid=fill["bid"] + shift, ask=fill["ask"] + shift)
+        fill["reference_price"] = fill["ask"] if fill["side"] == "buy" else fill["bid"]
+
+    fill = _edit_event(trading_run, "order.filled", elsewhere)
+    assert fill["liquidity"] == "taker"
+    problems = validate(trading_run)
+    # nothing else tells: the fill agrees with the market it says it met
+    assert len(problems) == 1, problems
+    assert (
+        f"fill {fill['fill_id']} (seq {fill['seq']}): bid/ask {fill['bid']}/{fill['ask']}, which no "
+        in problems[0]
+    )
+
+    # and with market.jsonl gone (a backtest records none) there is nothing to check it against
+    (trading_run / "market.jsonl").write_text("")
+    assert validate(trading_run) == []
+
+
 # --- each record on its own (found by an audit: only totals were compared, to the cent) -----------
 
 

@@ -19,7 +19,9 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
   price is its recorded touch or worse (a buy at the ask or above, a sell at the bid or below), a
   maker's its limit or better (a liquidation's fill, `source` "bankruptcy", is at the
   bankruptcy price, where the exchange takes the position over); its `slippage_bps` is its price
-  against the `requested_price`; its `realized_pnl` and `position_qty` are this file's
+  against the `requested_price`; in a live session (`check_market`) its bid and ask are a quote
+  market.jsonl recorded when it filled, a fill from the book takes a level of the book then in
+  force, no more than it held; its `realized_pnl` and `position_qty` are this file's
   own netting of the fills before it; its `levels` add up to its size; every `position.closed` is
   the round trip the fills make (side, size, average entry and exit prices, realized PnL, fees,
   time held); every heartbeat's realized PnL, fees and position are the fills' up to it, its
@@ -48,6 +50,7 @@ with its process. Everything else is checked as above, and its `session.stopped`
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import csv
 import html
@@ -64,6 +67,7 @@ from typing import Any
 
 import orjson
 
+from protocols.instruments import grid_instrument
 from protocols.records import METRIC_FIELDS, ReportBuilder, metric_decimals
 
 CENT = 0.01
@@ -973,6 +977,176 @@ def check_orders(events: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+# --- fills against the market the session recorded (live sessions) -----------------------------
+
+# an event's ts is cut to the millisecond (protocols/records.py `iso`): the market event a fill met
+# arrived at or before the fill, at most this long after the ts it is stamped with
+TS_CUT_S = 0.001
+TIME_EPS = 1e-6
+
+
+class SymbolMarket:
+    """One symbol's market events from `market.jsonl`, in arrival order: its quotes (bid, ask),
+    books (bids, asks) and live candles (low, high); its price tick (its `instrument` record's, or
+    the shipped table's)."""
+
+    def __init__(self, symbol: str) -> None:
+        self.tick_size = grid_instrument(symbol).tick_size
+        self.quotes: tuple[list[float], list[tuple[float, float]]] = ([], [])
+        self.books: tuple[list[float], list[tuple[Any, Any]]] = ([], [])
+        self.candles: tuple[list[float], list[tuple[float, float]]] = ([], [])
+        self.marks: tuple[list[float], list[float]] = ([], [])
+
+    @staticmethod
+    def near(
+        series: tuple[list[float], list[Any]], ts: float, resumed: tuple[float, float] | None = None
+    ) -> list[tuple[int, Any]]:
+        """What was in force at a fill stamped `ts`: the last one that arrived at or before it,
+        and any arriving within the millisecond `ts` was cut to (the fill may have come after them).
+        `resumed`: the last resume before the fill, (the ts of the last event kept before it, its
+        ts): with nothing arrived since, the broker holds what its checkpoint held, one of those
+        that arrived from the one in force at that last event on (market.jsonl is not cut back to
+        the checkpoint at a resume)."""
+        arrivals, items = series
+        last = bisect.bisect_right(arrivals, ts + TIME_EPS) - 1
+        end = bisect.bisect_right(arrivals, ts + TS_CUT_S + TIME_EPS)
+        first = max(last, 0)
+        if resumed is not None and (last < 0 or arrivals[last] <= resumed[1] + TIME_EPS):
+            first = max(bisect.bisect_right(arrivals, resumed[0] + TIME_EPS) - 1, 0)
+        return [(i, items[i]) for i in range(first, end)]
+
+
+def load_market(run: Path) -> tuple[dict[str, SymbolMarket], float | None, list[str]]:
+    """market.jsonl by symbol, the last arrival in it (None: nothing recorded: a backtest, a replay),
+    and a problem for each line that cannot be read."""
+    markets: dict[str, SymbolMarket] = {}
+    last: float | None = None
+    problems: list[str] = []
+    path = run / "market.jsonl"
+    if not path.exists():
+        return markets, last, problems
+    with path.open("rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                r = orjson.loads(line)
+                arrival, kind, symbol = float(r["arrival_ts"]), r["type"], r.get("symbol", "")
+            except (orjson.JSONDecodeError, *MALFORMED):
+                problems.append(f"market.jsonl line {n}: not a market record (truncated write?)")
+                continue
+            last = arrival
+            m = markets.get(symbol)
+            if m is None:
+                m = markets[symbol] = SymbolMarket(symbol)
+            if kind == "tick":
+                series: tuple[list[float], list[Any]] = m.quotes
+                item: Any = (r["bid"], r["ask"])
+            elif kind == "book":
+                series, item = m.books, (r["bids"], r["asks"])
+            elif kind == "candle" and not r.get("backfill"):
+                series, item = m.candles, (r["low"], r["high"])
+            elif kind == "funding":
+                series, item = m.marks, r["mark_price"]
+            else:
+                if kind == "instrument" and isinstance(r.get("price_decimals"), int):
+                    m.tick_size = 10.0 ** -r["price_decimals"]
+                continue
+            series[0].append(arrival)
+            series[1].append(item)
+    return markets, last, problems
+
+
+def check_market(run: Path, events: list[dict[str, Any]], finished: bool) -> list[str]:
+    """A live session's fills against the market it recorded (`market.jsonl`; a backtest's and a
+    replay's record none: nothing to check). Each fill's bid and ask are those of a quote that was
+    in force when it filled: the symbol's last quote before it (a fill worked along a live
+    candle's range, `source` "candle" or "resting" with bid = ask: a price within that candle's
+    range; a liquidation before any quote: its mark); a fill from the book (`source` "book") takes
+    a level of the book in force, on its side, never more than the level's size over all the fills
+    that book met; one beyond it (`beyond_book`) is no better than the book's last level (found
+    by an audit: a fill whose recorded touch the market never showed passed, as only the fill
+    against its own recorded bid and ask was checked). An unfinished run's fills after the
+    market's last record are left out: a kill can cut market.jsonl's buffer before events.jsonl's."""
+    markets, last, problems = load_market(run)
+    if last is None:
+        return problems
+    default_symbol = next((e.get("symbol", "") for e in events if e.get("kind") == "session.started"), "")
+    taken: dict[tuple[str, int, str, float], float] = {}  # (symbol, book, side, price): taken of it
+    resumed: tuple[float, float] | None = None
+    for i, e in enumerate(events):
+        if e.get("kind") == "session.resumed" and i > 0:
+            resumed = (_epoch(events[i - 1]["ts"]), _epoch(e["ts"]))
+        if e.get("kind") != "order.filled":
+            continue
+        ts = _epoch(e["ts"])
+        if not finished and ts > last + TS_CUT_S:
+            continue
+        name = f"fill {e.get('fill_id') or e.get('order_id')} (seq {e['seq']})"
+        symbol = e.get("symbol") or default_symbol
+        m = markets.get(symbol) or SymbolMarket(symbol)
+        problems += _check_quote(e, m, ts, resumed, name, symbol)
+        if e.get("source") in ("book", "beyond_book"):
+            problems += _check_book(e, m, ts, resumed, name, symbol, taken)
+    return problems
+
+
+def _check_quote(
+    e: dict[str, Any], m: SymbolMarket, ts: float, resumed: tuple[float, float] | None, name: str, symbol: str
+) -> list[str]:
+    bid, ask, source = e["bid"], e["ask"], e.get("source")
+    quotes = m.near(m.quotes, ts, resumed)
+    if any(q == (bid, ask) for _, q in quotes):
+        return []
+    half = m.tick_size / 2 + EPS
+    if bid == ask:
+        # worked along a live candle's range, or liquidated at its mark before any quote
+        if source in ("candle", "resting") and any(
+            low - half <= bid <= high + half for _, (low, high) in m.near(m.candles, ts)
+        ):
+            return []
+        if (
+            source == "bankruptcy"
+            and not quotes
+            and any(abs(mark - bid) <= half for _, mark in m.near(m.marks, ts))
+        ):
+            return []
+    there = " or ".join(f"{b}/{a}" for _, (b, a) in quotes) or "none"
+    return [
+        f"{name}: bid/ask {bid}/{ask}, which no {symbol} quote in market.jsonl gave when it "
+        f"filled (the quotes in force then: {there})"
+    ]
+
+
+def _check_book(
+    e: dict[str, Any],
+    m: SymbolMarket,
+    ts: float,
+    resumed: tuple[float, float] | None,
+    name: str,
+    symbol: str,
+    taken: dict[tuple[str, int, str, float], float],
+) -> list[str]:
+    side, price, qty = e["side"], e["fill_price"], e["qty"]
+    books = m.near(m.books, ts, resumed)
+    if not books:
+        return [f"{name}: a fill from the book, but market.jsonl has no {symbol} book before it"]
+    if e["source"] == "beyond_book":
+        for _, (bids, asks) in books:
+            levels = asks if side == "buy" else bids
+            if levels and (price >= levels[-1][0] - EPS if side == "buy" else price <= levels[-1][0] + EPS):
+                return []
+        return [f"{name}: a {side} at {price} beyond the book, better than the book's last level"]
+    for i, (bids, asks) in books:
+        size = next((s for p, s in (asks if side == "buy" else bids) if p == price), None)
+        key = (symbol, i, side, price)
+        if size is not None and taken.get(key, 0.0) + qty <= size + 1e-9:
+            taken[key] = taken.get(key, 0.0) + qty
+            return []
+    return [
+        f"{name}: a {side} of {qty} at {price} from the book, which no {symbol} book in force "
+        "offered (or not that much, with the fills before it)"
+    ]
+
+
 def check_abandoned(events: list[dict[str, Any]], report: dict[str, Any]) -> list[str]:
     """An abandoned run is closed by one session.stopped that says so, with nothing left open."""
     if report.get("status") != ABANDONED:
@@ -1005,6 +1179,7 @@ def validate(run: Path, page: bool = False) -> list[str]:
         ("attribution", lambda: check_attribution(events, report)),
         ("records", lambda: check_records(events, report)),
         ("metrics", lambda: check_metrics(run, events)),
+        ("market", lambda: check_market(run, events, finished)),
     ]
     if page:
         checks.append(("page", lambda: check_page(run)))
