@@ -280,7 +280,9 @@ class FeedConfig:
     rest_timeout_s: float = key(5.0, "timeout of one REST request", _num(ge=MIN_PERIOD_S, le=60))
     max_jump_pct: float = key(
         5.0,
-        "a price moving more than this percent within a second is rejected as bad data",
+        "a price moving more than this percent within a second of the last good price is rejected as "
+        "bad data; after a longer silence the bound grows with the square root of the time (in log "
+        "terms, 4 times as wide after 16 s)",
         _num(gt=0, le=100),
     )
     tick_interval_s: float = key(

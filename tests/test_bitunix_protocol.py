@@ -511,35 +511,163 @@ def test_price_jump() -> None:
     jumped = with_data(KLINE, o="66000", h="66000", l="66000", c="66000")  # +4.1 %
     rejected(v.parse(frame(jumped, ts=t0 + 500)), "price_jump")
     rejected(v.parse(frame(jumped, ts=t0 + 1000)), "price_jump")
-    # The rejected frames did not move the last good price or its time: after 1 s it is accepted.
-    assert isinstance(v.parse(frame(jumped, ts=t0 + 1001)), KlinePush)
+    # The rejected frames did not move the last good price or its time: past 1 s the bound grows
+    # with the square root of the time, and takes the move once 1.02 ** sqrt(dt) reaches it.
+    rejected(v.parse(frame(jumped, ts=t0 + 1001)), "price_jump")
+    assert 1.02 ** math.sqrt(4.0) < 66000 / 63404.7 < 1.02 ** math.sqrt(4.2)
+    rejected(v.parse(frame(jumped, ts=t0 + 4000)), "price_jump")
+    assert isinstance(v.parse(frame(jumped, ts=t0 + 4200)), KlinePush)
+    t1 = t0 + 4200
     # Book mid and trades are checked against the same last good price.
-    crash = frame(DEPTH15, ts=t0 + 1100, data={"b": [["60000", "1"]], "a": [["60000.1", "1"]]})
+    crash = frame(DEPTH15, ts=t1 + 100, data={"b": [["60000", "1"]], "a": [["60000.1", "1"]]})
     rejected(v.parse(crash), "price_jump")
     assert isinstance(
-        v.parse(frame(TRADE, ts=t0 + 1200, data=[{"p": "66500", "v": "1", "s": "sell"}])), TradePush
+        v.parse(frame(TRADE, ts=t1 + 200, data=[{"p": "66500", "v": "1", "s": "sell"}])), TradePush
     )
-    rejected(v.parse(frame(TRADE, ts=t0 + 1300, data=[{"p": "70000", "v": "1", "s": "buy"}])), "price_jump")
+    rejected(v.parse(frame(TRADE, ts=t1 + 300, data=[{"p": "70000", "v": "1", "s": "buy"}])), "price_jump")
     # The mark is checked too (an audit: a halved mark liquidated a position); the index is not.
-    rejected(v.parse(frame(PRICE, ts=t0 + 1400)), "price_jump")  # a mark of 86688.3: +30 %
+    rejected(v.parse(frame(PRICE, ts=t1 + 400)), "price_jump")  # a mark of 86688.3: +30 %
     near = with_data(PRICE, mp="66510.0", ip="1000")
-    assert isinstance(v.parse(frame(near, ts=t0 + 1400)), PricePush)
+    assert isinstance(v.parse(frame(near, ts=t1 + 400)), PricePush)
     # reset_sequence keeps the last good price.
     v.reset_sequence()
-    rejected(v.parse(frame(TRADE, ts=t0 + 1500, data=[{"p": "60000", "v": "1", "s": "buy"}])), "price_jump")
+    rejected(v.parse(frame(TRADE, ts=t1 + 500, data=[{"p": "60000", "v": "1", "s": "buy"}])), "price_jump")
 
 
 def test_a_jump_stamped_over_a_second_on_but_arriving_at_once_is_judged() -> None:
     """Found by an audit: a 10x price stamped 1.5 s after the last good one passed (the check
-    looked within 1 s of the exchange's ts only). With arrival times, within 1 s of the last good
-    price's arrival counts too; a frame that came after a second of silence is not judged (a
-    move while nothing came may be real), as before."""
+    looked within 1 s of the exchange's ts only). With arrival times, the time since the last good
+    price is the shorter of the two clocks; and a frame that came after a second of silence is
+    judged too (found by a later audit: it passed whatever its price)."""
     v = validator(max_jump_pct=5.0)
     t0 = 1786650732204
     assert isinstance(v.parse(frame(KLINE, ts=t0), 100.0), KlinePush)  # close 63404.7
     tenfold = with_data(KLINE, o="634047", h="634048", l="634045", c="634047")
     rejected(v.parse(frame(tenfold, ts=t0 + 1500), 100.05), "price_jump")
-    assert isinstance(v.parse(frame(tenfold, ts=t0 + 1500), 101.5), KlinePush)  # after 1.5 s of silence
+    rejected(v.parse(frame(tenfold, ts=t0 + 1500), 101.5), "price_jump")  # after 1.5 s of silence
+
+
+def _trade(ts: int, price: float) -> str:
+    return frame(TRADE, ts=ts, data=[{"p": f"{price:.1f}", "v": "1", "s": "buy"}])
+
+
+@pytest.mark.parametrize("factor", [10.0, 0.1])
+@pytest.mark.parametrize("arrivals", [None, (100.0, 101.5)], ids=["ts", "ts_and_arrival"])
+def test_an_absurd_price_after_a_silence_is_still_a_jump(
+    factor: float, arrivals: tuple[float, float] | None
+) -> None:
+    """Found by an audit: the jump check looked only within 1 s of the last good price, so after
+    1.5 s of silence (a reconnect, a quiet market) a close at 10x, or a tenth, passed and became
+    the mark. Past 1 s the bound grows with the square root of the time: after 1.5 s, a move of at
+    most 1.05 ** sqrt(1.5) up (6.2 %), or down to 1 / that (5.8 % under)."""
+    v = validator(max_jump_pct=5.0)
+    first, then = arrivals or (None, None)
+    assert isinstance(v.parse(_push(KLINE_T0, "60000", "60000", "60000", "60000"), first), KlinePush)
+    far = f"{60000 * factor:.1f}"
+    result = v.parse(_push(KLINE_T0 + 1500, far, far, far, far), then)
+    rejected(result, "price_jump")
+    assert "in 1.5 s" in result.detail, result
+    # the same price as a trade, a book's mid, a mark: each is judged the same way
+    rejected(v.parse(_trade(KLINE_T0 + 1500, 60000 * factor), then), "price_jump")
+    mark = with_data(PRICE, mp=far, ip=far)
+    rejected(v.parse(frame(mark, ts=KLINE_T0 + 1500), then), "price_jump")
+    # the last good price stayed; a price that moved within the grown bound is taken
+    assert 1.05 ** math.sqrt(1.5) > 1.06 and 1.05 ** -math.sqrt(1.5) < 0.944
+    move = 1.06 if factor > 1 else 0.944
+    assert isinstance(v.parse(_trade(KLINE_T0 + 1500, 60000 * move), then), TradePush)
+
+
+@pytest.mark.parametrize("factor", [1.2, 0.8])
+@pytest.mark.parametrize("clock", ["ts", "ts_and_arrival", "arrival_with_ts_ahead"])
+def test_a_big_move_is_refused_at_first_and_followed_once_the_bound_has_grown_to_it(
+    factor: float, clock: str
+) -> None:
+    """A real fast market: a 20 % move away from the last good price is refused 5 s after it and
+    taken 30 s after it. A refused price leaves the last good price (and its time) as it was, so
+    the bound keeps growing and the new level is taken in the end: once 1.05 ** sqrt(t) reaches the
+    move (a 20 % fall after 21 s, a 20 % rise after 14 s). With arrival times the shorter clock
+    counts: a ts 8 s ahead of the arrivals does not make it sooner."""
+
+    def at(t: float) -> tuple[int, float | None]:  # a frame t s after the last good one: ts, arrival
+        if clock == "ts":
+            return KLINE_T0 + round(t * 1000), None
+        ahead = 8.0 if clock == "arrival_with_ts_ahead" else 0.0  # within ts_future's 10 s
+        return KLINE_T0 + round((t + ahead) * 1000), 1000.0 + t
+
+    def parse(t: float, price: float) -> Any:
+        ts, arrival = at(t)
+        return v.parse(_trade(ts, price), arrival)
+
+    v = validator(max_jump_pct=5.0)
+    ts0 = KLINE_T0
+    assert isinstance(v.parse(_trade(ts0, 60000.0), None if clock == "ts" else 1000.0), TradePush)
+    moved = 60000.0 * factor
+    away = max(factor, 1.0 / factor)  # the move as a ratio, up or down alike
+    assert 1.05 ** math.sqrt(5) < away < 1.05 ** math.sqrt(30)
+    rejected(parse(5.0, moved), "price_jump")
+    # each second on the level is offered again, refused until the bound has grown to it
+    taken_at = next(t for t in range(1, 61) if 1.05 ** math.sqrt(t) >= away)
+    assert taken_at == (21 if factor < 1 else 14)
+    for t in range(6, taken_at):
+        rejected(parse(float(t), moved), "price_jump")
+    assert isinstance(parse(float(taken_at), moved), TradePush)
+    # now the new level is the last good price: moves are judged from it, within 1 s again
+    assert isinstance(parse(taken_at + 0.1, moved * 1.01), TradePush)
+    rejected(parse(taken_at + 0.2, 60000.0), "price_jump")
+
+
+def test_a_big_move_is_taken_30_s_on_by_either_clock() -> None:
+    for factor in (1.2, 0.8):
+        for arrivals in ((None, None), (1000.0, 1030.0)):
+            v = validator(max_jump_pct=5.0)
+            assert isinstance(v.parse(_trade(KLINE_T0, 60000.0), arrivals[0]), TradePush)
+            assert isinstance(v.parse(_trade(KLINE_T0 + 30_000, 60000.0 * factor), arrivals[1]), TradePush)
+
+
+def test_a_ts_far_ahead_on_a_frame_that_came_at_once_does_not_widen_the_bound() -> None:
+    """The time since the last good price is the shorter of the frames' ts and their arrivals
+    here: a forged ts does not buy a wider bound. Without a reconnect in between, a ts 1 h ahead
+    is `ts_future` first; after one (which starts the ts_future check afresh, keeping the last
+    good price and when it came), it is the jump check's own clock that refuses it."""
+    v = validator(max_jump_pct=5.0)
+    assert isinstance(v.parse(_trade(KLINE_T0, 60000.0), 100.0), TradePush)
+    hour = 3_600_000
+    # 10 % up, stamped 1 h on: by the ts alone 1.05 ** 60 (18x) would be allowed
+    rejected(v.parse(_trade(KLINE_T0 + hour, 66000.0), 100.2), "ts_future")
+    v.reset_sequence()
+    for arrival in (100.2, 102.0):  # 0.2 s, and 2 s, after the last good price came
+        assert 1.05 ** math.sqrt(2.0) < 1.1 < 1.05 ** math.sqrt(hour / 1000)
+        result = v.parse(_trade(KLINE_T0 + hour, 66000.0), arrival)
+        rejected(result, "price_jump")
+        assert f"in {arrival - 100.0:g} s" in result.detail, result
+    # within ts_future's 10 s, no reconnect: a ts 9 s on arriving 2 s after is judged as 2 s on
+    v = validator(max_jump_pct=5.0)
+    assert isinstance(v.parse(_trade(KLINE_T0, 60000.0), 100.0), TradePush)
+    assert 1.05 ** math.sqrt(2.0) < 1.1 < 1.05 ** math.sqrt(9.0)
+    rejected(v.parse(_trade(KLINE_T0 + 9000, 66000.0), 102.0), "price_jump")
+    # and a frame that really came 9 s after takes it
+    assert isinstance(v.parse(_trade(KLINE_T0 + 9000, 66000.0), 109.0), TradePush)
+
+
+def test_the_bound_never_narrows_with_time() -> None:
+    """Within 1 s a move of max_jump_pct percent passes, down as up (a 5 % fall is a little more
+    than ln 1.05 in log terms); past 1 s the grown bound is never below that."""
+    # a 4.95 % fall: under 1 / 1.05 ** sqrt(1.05), the log bound alone 1.05 s on
+    assert 1.05 ** -math.sqrt(1.05) > 57030 / 60000
+    for dt_ms in (500, 1000, 1050):
+        v = validator(max_jump_pct=5.0)
+        assert isinstance(v.parse(_trade(KLINE_T0, 60000.0)), TradePush)
+        assert isinstance(v.parse(_trade(KLINE_T0 + dt_ms, 57030.0)), TradePush), dt_ms
+        v = validator(max_jump_pct=5.0)
+        assert isinstance(v.parse(_trade(KLINE_T0, 60000.0)), TradePush)
+        rejected(v.parse(_trade(KLINE_T0 + dt_ms, 56900.0)), "price_jump")  # 5.2 % under
+
+
+def test_max_jump_pct_zero_disables_the_check() -> None:
+    v = validator(max_jump_pct=0.0)
+    assert isinstance(v.parse(_trade(KLINE_T0, 60000.0), 100.0), TradePush)
+    assert isinstance(v.parse(_trade(KLINE_T0 + 100, 600000.0), 100.1), TradePush)
+    assert isinstance(v.parse(_trade(KLINE_T0 + 2000, 6000.0), 102.0), TradePush)
 
 
 def test_small_moves_accepted() -> None:
@@ -917,8 +1045,9 @@ def test_a_mark_that_jumps_is_dropped_not_taken() -> None:
     rejected(v.parse(frame(with_data(PRICE, mp="43344.2"), ts=t0 + 300)), "price_jump")
     mark = v.parse(frame(PRICE, ts=t0 + 300))  # the doc's own mark, 0.013 % under the mid
     assert isinstance(mark, PricePush) and mark.mark == 86688.3
-    # after a second of silence the first price is taken as it comes (as every channel's)
-    assert isinstance(v.parse(frame(with_data(PRICE, mp="43344.2"), ts=t0 + 1400)), PricePush)
+    # after a second of silence too (found by a later audit: then any price passed): the bound
+    # grows with the square root of the time, 1.05 ** sqrt(1.1) (5.5 %) after 1.1 s
+    rejected(v.parse(frame(with_data(PRICE, mp="43344.2"), ts=t0 + 1400)), "price_jump")
 
 
 KLINE_T0 = 1786650732204  # KLINE's ts: 12.204 s into its minute
@@ -960,6 +1089,19 @@ def test_a_kline_that_widens_its_range_past_a_jump_is_dropped() -> None:
     assert isinstance(v.parse(book), BookTop)
     rejected(v.parse(_push(next_ts, "64000.0", "90000.0", "64000.0", "64000.0")), "price_jump")
     assert isinstance(v.parse(_push(next_ts, "64000.0", "64100.0", "63900.0", "64050.0")), KlinePush)
+
+
+def test_a_new_high_after_a_silence_is_judged_by_the_grown_bound() -> None:
+    """A new high or low is judged as any price, with the bound grown by the time since the last
+    good price (found by an audit: past 1 s a new extreme was not judged at all)."""
+    v = validator(max_jump_pct=5.0)
+    assert isinstance(v.parse(_push(KLINE_T0, "60000.0", "60000.0", "60000.0", "60000.0")), KlinePush)
+    assert 1.05 ** math.sqrt(5) < 1.2 < 1.05 ** math.sqrt(30)  # KLINE_T0 + 30 s: the same candle
+    rejected(v.parse(_push(KLINE_T0 + 5000, "60000.0", "72000.0", "60000.0", "60000.0")), "price_jump")
+    rejected(v.parse(_push(KLINE_T0 + 5000, "60000.0", "60000.0", "48000.0", "60000.0")), "price_jump")
+    # the rejected pushes did not move the last good price's time: 30 s after it, the bound holds them
+    wide = _push(KLINE_T0 + 30_000, "60000.0", "72000.0", "48000.0", "60000.0")
+    assert isinstance(v.parse(wide), KlinePush)
 
 
 def test_after_a_reconnect_the_first_kline_may_show_what_its_candle_did_meanwhile() -> None:

@@ -75,8 +75,9 @@ async def test_soak_every_fault_at_once(tmp_path: Path) -> None:
     # every malformed frame the fake broke was dropped and counted by its reason, and nothing else
     # was. Not exactly: the fake logs a frame when it queues it, so one queued behind the last frame
     # a dropped connection wrote (latency_ms), or at the stop, may never arrive; and a price jump is
-    # caught only within 1 s of the last good price (the first frame after a reconnect may not be,
-    # and then the good frames after it are dropped as the jump): price_jump is left out.
+    # judged by a bound that grows with the time since the last good price (after a long outage a
+    # jumped frame may pass and the good frames after it be dropped as the jump, or a real move
+    # beyond the bound be dropped): price_jump is left out.
     broke = Counter(
         REASON_OF_KIND[kind]
         for _, _, _, _, kind in (e for e in stats.faults_log if e[0] == "malformed")
