@@ -378,6 +378,30 @@ def test_a_funding_split_not_summing_to_its_amount_is_named(tmp_path: Path) -> N
     assert "the strategies' funding sum to 1.500000 but the report's funding_paid is 1.0" in problems
 
 
+def test_a_funding_split_otherwise_than_by_the_positions_is_named(tmp_path: Path) -> None:
+    """Found by an audit: a funding charge moved between two strategies (its sum kept, their
+    report rows rebuilt to match) passed. At the instant A holds +2 and B -1 of the net +1, so of
+    the 1 charged A pays 2 and B receives 1."""
+    events = tampered(OPPOSITE, 2, allocations=[["A", 1.5], ["B", -0.5]])
+    problems = validate(write_run(tmp_path, events))
+    assert problems == [
+        "funding at 2024-01-01T08:00:00Z (seq 6): shared {'A': 1.5, 'B': -0.5} but the strategies' "
+        "positions then give {'A': 2.0, 'B': -1.0}"
+    ]
+    # with the net flat each pays on its own position: A +1 and B -1 at mark 100 and 1 %
+    flat = [
+        fill(1, "buy", 1.0, 100.0, 0.1, 0.0, 1.0, "A", [["A", 1.0, 0.0, 0.1]]),
+        fill(2, "sell", 1.0, 100.0, 0.1, 0.0, 0.0, "B", [["B", -1.0, 0.0, 0.1]]),
+        closed("long", 1.0, 0.0, 0.2),
+        {**funding(0.0, 0.0, [["A", 1.0], ["B", -1.0]]), "rate_pct": 1.0},
+    ]
+    for name in ("flat", "wrong"):
+        (tmp_path / name).mkdir()
+    assert validate(write_run(tmp_path / "flat", flat)) == [], "each its own position x mark x rate"
+    wrong = tampered(flat, 3, allocations=[["A", 0.5], ["B", -0.5]])
+    assert any("shared {'A': 0.5, 'B': -0.5}" in p for p in validate(write_run(tmp_path / "wrong", wrong)))
+
+
 def test_an_allocated_realized_pnl_not_the_virtual_positions_is_named(tmp_path: Path) -> None:
     events = tampered(OPPOSITE, 3, allocations=[["A", -2.0, 45.0, 0.08], ["B", 1.0, -10.0, 0.04]])
     problems = validate(write_run(tmp_path, events))

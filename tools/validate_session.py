@@ -713,6 +713,8 @@ class Attribution:
         started = next((e for e in events if e.get("kind") == "session.started"), {})
         self.strategy_ids: list[str] = list(started.get("strategies", []))
         self.symbol_names: list[str] = list(started.get("symbols", []))
+        # each symbol's virtual positions after each of its fills: (the fill's time, {strategy: qty})
+        self.held_after: dict[str, list[tuple[float, dict[str, float]]]] = {}
         for e in events:
             if e.get("kind") == "order.filled":
                 self._fill(e)
@@ -770,6 +772,15 @@ class Attribution:
             self.problems += self._shares(name, symbol, signed, e["fee"], well_formed)
         for strategy_id, qty, realized, fee in well_formed:
             self._ledger(symbol, strategy_id).fill(qty, e["fill_price"], realized, fee)
+        self.held_after.setdefault(symbol, []).append((_epoch(e["ts"]), self._held(symbol)))
+
+    def _held(self, symbol: str) -> dict[str, float]:
+        """The strategies' virtual positions in `symbol` now (those not flat)."""
+        return {
+            sid: led.ledger.qty
+            for (sym, sid), led in self.ledgers.items()
+            if sym == symbol and not -EPS < led.ledger.qty < EPS
+        }
 
     def _shares(
         self, name: str, symbol: str, signed: float, fee: float, allocations: list[list[Any]]
@@ -831,8 +842,41 @@ class Attribution:
         total = sum(a[1] for a in well_formed)
         if abs(total - amount) > EPS:
             self.problems.append(f"{name}: allocations sum to {total:.10f} but the amount is {amount:.10f}")
+        elif len(well_formed) == len(allocations):
+            self.problems += self._funding_split(e, name, symbol, dict((a[0], a[1]) for a in well_formed))
         for strategy_id, share in well_formed:
             self._ledger(symbol, strategy_id).fund(share)
+
+    def _funding_split(self, e: dict[str, Any], name: str, symbol: str, given: dict[str, float]) -> list[str]:
+        """A funding charge shared as the strategies' virtual positions at its instant would pay it
+        (README, Per-strategy attribution): each holder its position's part of the amount; with
+        the net flat, each its own position x mark x rate (found by an audit: only the sum was
+        checked, so a charge moved from one strategy to another passed). A live charge booked after
+        its instant (`rate_settled_at`) is on the positions of the instant, which fills since may
+        have changed: any of the positions from its instant on will do."""
+        qty, mark, rate, amount = e.get("position_qty"), e.get("mark_price"), e.get("rate_pct"), e["amount"]
+        if not all(isinstance(x, int | float) for x in (qty, mark, rate)):
+            return []
+        candidates = [self._held(symbol)]
+        if "rate_settled_at" in e and isinstance(e.get("instant"), str):
+            instant = _epoch(e["instant"])
+            history = self.held_after.get(symbol, [])
+            since = [held for ts, held in history if ts > instant]
+            before = [held for ts, held in history if ts <= instant]
+            candidates = [before[-1] if before else {}, *since]
+        expected: dict[str, float] = {}
+        for holders in candidates:
+            total = sum(holders.values())
+            if abs(qty) < EPS:
+                expected = {sid: q * mark * rate / 100 for sid, q in holders.items()}
+            elif len(holders) > 1 and abs(total) > EPS:
+                expected = {sid: amount * q / total for sid, q in holders.items()}
+            else:
+                expected = {next(iter(holders), ""): amount}
+            if set(expected) == set(given) and all(_close(given[s], x, 1e-9) for s, x in expected.items()):
+                return []
+        shown = {sid: round(x, 10) for sid, x in expected.items()}
+        return [f"{name}: shared {given} but the strategies' positions then give {shown}"]
 
     def strategies(self) -> dict[str, dict[str, float]]:
         ids = sorted({*self.strategy_ids, *(sid for _, sid in self.ledgers)})
