@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--runtime",
         choices=["kernel", "actors"],
-        default="kernel",
+        default=None,  # None: not given (kernel): an explicit one is judged where it does not apply
         help="backtests and replays: kernel (default: a plain loop over the data) or actors (the "
         "live Trio actors on the data's clock, the same events)",
     )
@@ -325,7 +325,7 @@ def _check_flags(args: argparse.Namespace) -> None:
         # recording even chose the URL it checked)
         given = [_flag(dest) for dest in NOT_FOR_PREFLIGHT if _given(args, dest)]
         given += ["--mode backtest"] if args.mode == "backtest" else []
-        given += [f"--runtime {args.runtime}"] if args.runtime != "kernel" else []
+        given += [f"--runtime {args.runtime}"] if args.runtime is not None else []
         if given:
             raise PlanError(
                 f"{', '.join(given)}: not for --preflight, which checks the API key pair and starts no "
@@ -347,7 +347,7 @@ def _check_flags(args: argparse.Namespace) -> None:
         )
     if (args.from_ is not None or args.until is not None) and args.mode != "backtest":
         raise PlanError("--from and --until are only for --mode backtest")
-    if args.runtime != "kernel" and not (args.replay or args.mode == "backtest"):
+    if args.runtime is not None and not (args.replay or args.mode == "backtest"):
         raise PlanError("--runtime is only for --mode backtest and --replay")
     if args.mode == "backtest":
         for dest, instead in NOT_FOR_BACKTEST.items():
@@ -382,7 +382,7 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack | None) -> P
         if held is not None:
             _start_lock(held, config).arm()
             settle_latest(run_dir)
-        return Plan(mode="replay", recording=recording, runtime=args.runtime)
+        return Plan(mode="replay", recording=recording, runtime=args.runtime or "kernel")
     if args.mode == "backtest":
         files = _data_files(args.data, config)
         window = _window(args.from_, args.until)
@@ -394,7 +394,7 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack | None) -> P
             mode="backtest",
             data=files[0][1],
             data_by_symbol=files if len(files) > 1 else (),
-            runtime=args.runtime,
+            runtime=args.runtime or "kernel",
             funding_by_symbol=funding,
             window=window,
         )

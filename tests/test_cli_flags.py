@@ -183,6 +183,9 @@ def test_resume_of_a_run_id_that_is_not_there_says_so(tmp_path: Path) -> None:
         (["--mode", "backtest", "--data", "/nope.csv"], "--data: file not found: /nope.csv"),
         (["--mode", "backtest"], "--mode backtest needs --data FILE"),
         (["--from", "2024-01-01"], "--from and --until are only for --mode backtest"),
+        # the default given explicitly is still a backtest's flag (found by an audit: it passed)
+        (["--runtime", "kernel"], "--runtime is only for --mode backtest and --replay"),
+        (["--runtime", "actors"], "--runtime is only for --mode backtest and --replay"),
     ],
 )
 def test_check_config_refuses_what_a_start_refuses(tmp_path: Path, args: list[str], fragment: str) -> None:

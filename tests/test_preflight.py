@@ -368,6 +368,7 @@ async def test_unreachable_port(tmp_path: Path) -> None:
         ["--fresh"],
         ["--duration", "5"],
         ["--from", "2024-01-01"],
+        ["--runtime", "kernel"],  # the default, given (found by an audit: it passed)
     ],
 )
 def test_a_session_flag_with_preflight_is_refused(tmp_path: Path, flags: list[str]) -> None:

@@ -855,7 +855,9 @@ class Attribution:
         its instant (`rate_settled_at`) is on the positions of the instant, which fills since may
         have changed: any of the positions from its instant on will do."""
         qty, mark, rate, amount = e.get("position_qty"), e.get("mark_price"), e.get("rate_pct"), e["amount"]
-        if not all(isinstance(x, int | float) for x in (qty, mark, rate)):
+        if not (
+            isinstance(qty, int | float) and isinstance(mark, int | float) and isinstance(rate, int | float)
+        ):
             return []
         candidates = [self._held(symbol)]
         if "rate_settled_at" in e and isinstance(e.get("instant"), str):
