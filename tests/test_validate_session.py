@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
+import random
 import re
 import shutil
 from collections.abc import Callable
@@ -17,7 +19,7 @@ import trio.testing
 
 from actors.recording.abandon import close_abandoned
 from actors.session import run_session
-from tests.conftest import TRADES_OFTEN, make_config, read_events
+from tests.conftest import TRADES_OFTEN, main_in_process, make_config, read_events
 from tests.test_crash_resume import write_killed_run
 from tools.validate_session import main, validate
 
@@ -437,3 +439,81 @@ def test_a_metrics_csv_column_off_its_row_is_caught(trading_run: Path, column: s
         writer.writeheader()
         writer.writerows(rows)
     assert any(p.startswith(f"metrics.csv row 1: {column} = {value!r}") for p in validate(trading_run))
+
+
+# --- a backtest's fills against its data file ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def _backtest_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A backtest over 600 generated 1m candles that trades often, with stops and targets (maker
+    fills at their limits), gzipped as the real data is."""
+    tmp = tmp_path_factory.mktemp("backtest")
+    rows = _random_walk_rows(600)
+    with gzip.open(tmp / "bars.csv.gz", "wt") as f:
+        f.write("open_time_ms,open,high,low,close,volume\n" + "\n".join(rows) + "\n")
+    argv = ["--mode", "backtest", "--data", str(tmp / "bars.csv.gz"), "--run-dir", str(tmp / "runs")]
+    sets = [
+        "strategy.fast_period=3",
+        "strategy.slow_period=8",
+        "strategy.take_profit_pct=0.2",
+        "risk.max_loss_pct=100",
+    ]
+    code, _, err = main_in_process(
+        [*argv, "--set", f"session.kill_switch={tmp}/kill.txt", *(x for s in sets for x in ("--set", s))], {}
+    )
+    assert code == 0, err
+    return (tmp / "runs" / "latest").resolve()
+
+
+def _random_walk_rows(n: int) -> list[str]:
+    rng, price, rows = random.Random(11), 60_000.0, []
+    for i in range(n):
+        close = round(price * (1 + rng.gauss(0, 0.002)), 1)
+        high, low = (
+            round(max(price, close) + rng.uniform(0, 30), 1),
+            round(min(price, close) - rng.uniform(0, 30), 1),
+        )
+        rows.append(f"{1_704_067_200_000 + i * 60_000},{price},{high},{low},{close},{rng.uniform(1, 9):.3f}")
+        price = close
+    return rows
+
+
+def test_a_backtests_fill_at_a_market_its_data_never_gave_is_caught(
+    _backtest_once: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by an audit: a backtest's fill at a price the data never reached, consistent with the
+    bid and ask it recorded, passed (market.jsonl is empty in a backtest)."""
+    run = Path(shutil.copytree(_backtest_once, tmp_path / "run"))
+    events = read_events(run)
+    makers = [e for e in events if e["kind"] == "order.filled" and e["liquidity"] == "maker"]
+    assert makers and len(makers) < sum(e["kind"] == "order.filled" for e in events), "takers and makers"
+    assert validate(run) == []
+
+    def away(fill: dict[str, Any]) -> None:
+        # a take-profit 300 USDT further on, filled there, its market moved with it: every figure
+        # of the record agrees with the others
+        price = fill["fill_price"] + (300.0 if fill["side"] == "sell" else -300.0)
+        fill.update(
+            fill_price=price, requested_price=price, bid=price - 0.1, ask=price, levels=[[price, fill["qty"]]]
+        )
+        fill.update(fee=fill["qty"] * price * fill["fee_bps"] / 10_000, slippage_bps=0.0)
+
+    fills = [e for e in events if e["kind"] == "order.filled"]
+    fill = _edit_event(run, "order.filled", away, nth=fills.index(makers[0]))
+    problems = [p for p in validate(run) if f"(seq {fill['seq']})" in p and "its data file gave then" in p]
+    assert [p.split(": ", 1)[1].split(" ")[:2] for p in problems] == [
+        ["its", "bid"],
+        ["its", "ask"],
+        ["a", fill["side"]],
+    ], problems
+
+    # without its data file at the recorded path, nothing to check it against, and the CLI says so
+    data = Path(read_events(run)[0]["data_source"].removeprefix("backtest: "))
+    data.rename(data.with_suffix(".moved"))
+    try:
+        assert not any("its data file gave then" in p for p in validate(run))
+        main([str(run)])
+        assert f"fills not checked against the data: {data} not found" in capsys.readouterr().err
+    finally:
+        data.with_suffix(".moved").rename(data)

@@ -21,7 +21,9 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
   bankruptcy price, where the exchange takes the position over); its `slippage_bps` is its price
   against the `requested_price`; in a live session (`check_market`) its bid and ask are a quote
   market.jsonl recorded when it filled, a fill from the book takes a level of the book then in
-  force, no more than it held; its `realized_pnl` and `position_qty` are this file's
+  force, no more than it held; in a backtest whose data file is still where it was (`check_data`)
+  its bid and ask, and a maker's price, are within a candle of it; its `realized_pnl` and
+  `position_qty` are this file's
   own netting of the fills before it; its `levels` add up to its size; every `position.closed` is
   the round trip the fills make (side, size, average entry and exit prices, realized PnL, fees,
   time held); every heartbeat's realized PnL, fees and position are the fills' up to it, its
@@ -53,6 +55,7 @@ import argparse
 import bisect
 import contextlib
 import csv
+import gzip
 import html
 import json
 import math
@@ -1193,6 +1196,129 @@ def _check_book(
     ]
 
 
+# --- a backtest's fills against its data -----------------------------------------------------------
+
+BACKTEST_PREFIX = "backtest: "
+UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def data_files(events: list[dict[str, Any]]) -> dict[str, Path]:
+    """A backtest's data files by symbol, from its `data_source` ("backtest: FILE", or
+    "backtest: SYMBOL=FILE, SYMBOL=FILE"); {} for any other run."""
+    started = next((e for e in events if e.get("kind") == "session.started"), {})
+    source = started.get("data_source")
+    if not isinstance(source, str) or not source.startswith(BACKTEST_PREFIX):
+        return {}
+    text = source[len(BACKTEST_PREFIX) :]
+    parts = text.split(", ")
+    if all(re.fullmatch(r"[A-Z0-9]+=.+", p) for p in parts):
+        return {s: Path(f) for s, f in (p.split("=", 1) for p in parts)}
+    return {started.get("symbol", ""): Path(text)}
+
+
+class DataCandles:
+    """One symbol's candles as its data file has them (read here, not by the project's reader:
+    `open_time_ms,open,high,low,close,...`, gzipped or not; a row that is not numbers, not after
+    the last, or whose range does not hold its open and close is left out, as a backtest leaves it),
+    within [first, last] (seconds); what range the market offered around a time."""
+
+    def __init__(self, path: Path, first: float, last: float, interval_s: float, tick: float) -> None:
+        self.opens: list[float] = []
+        self.ranges: list[tuple[float, float]] = []  # (low, high), the previous close included
+        self.tick = tick
+        previous = math.nan
+        opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8", newline="") as f:
+            rows = csv.reader(f)
+            next(rows, None)
+            for row in rows:
+                try:
+                    t = float(row[0]) / 1000.0
+                    o, h, lo, c = (float(x) for x in row[1:5])
+                except (ValueError, IndexError):
+                    continue
+                if (self.opens and t <= self.opens[-1]) or not (0 < lo <= min(o, c) and max(o, c) <= h):
+                    continue
+                if first - 2 * interval_s <= t <= last + interval_s:
+                    # a gap from the last close to this open is passed through (a resting limit
+                    # crossed by it fills at its own price)
+                    low, high = (min(lo, previous), max(h, previous)) if previous == previous else (lo, h)
+                    self.opens.append(t)
+                    self.ranges.append((low, high))
+                previous = c
+        self.end = (self.opens[-1] + interval_s) if self.opens else math.nan
+
+    def around(self, ts: float) -> list[tuple[float, float]]:
+        """The ranges of the candles a fill stamped `ts` may have met: the one it falls in, from
+        its open to the next one's (a gap included), and the one ending at it."""
+        i = bisect.bisect_right(self.opens, ts + TS_CUT_S) - 1
+        found = []
+        for k in (i - 1, i):
+            if k < 0:
+                continue
+            end = self.opens[k + 1] if k + 1 < len(self.opens) else self.end
+            if self.opens[k] - TS_CUT_S <= ts <= end + TS_CUT_S:
+                found.append(self.ranges[k])
+        return found
+
+
+def check_data(events: list[dict[str, Any]]) -> list[str]:
+    """A backtest's fills against its data file, when it is still at the path the run recorded
+    (`data_note` says when it is not): each fill's bid and ask within the range of a candle it met
+    (its low to its high, through the gap from the candle before), to a tick (a quote between two
+    ticks is bid at the tick below and asked at the one above), and its price never better than
+    the market went: a buy not under the candle's low, a sell not over its high (a limit's rest
+    held back by the participation cap may fill at its limit when the market has moved past it:
+    worse, never better; a liquidation at its bankruptcy price is the exchange's) (found by an
+    audit: a fill at a market the data never showed, consistent with its own bid and ask, passed)."""
+    files = {s: p for s, p in data_files(events).items() if p.is_file()}
+    fills = [e for e in events if e.get("kind") == "order.filled"]
+    if not files or not fills:
+        return []
+    started = next((e for e in events if e.get("kind") == "session.started"), {})
+    m = re.fullmatch(
+        r"([1-9][0-9]*)([smhd])", str((started.get("config") or {}).get("session", {}).get("interval"))
+    )
+    interval_s = int(m.group(1)) * UNITS_S[m.group(2)] if m else 60
+    times = [_epoch(e["ts"]) for e in fills]
+    default_symbol = started.get("symbol", "")
+    data = {
+        s: DataCandles(p, min(times), max(times), interval_s, grid_instrument(s).tick_size)
+        for s, p in files.items()
+    }
+    problems = []
+    for e, ts in zip(fills, times, strict=True):
+        candles = data.get(e.get("symbol") or default_symbol)
+        if candles is None:
+            continue
+        name = f"fill {e.get('fill_id') or e.get('order_id')} (seq {e['seq']})"
+        ranges = candles.around(ts)
+        if not ranges:
+            problems.append(f"{name}: at {e['ts']}, when its data file has no candle")
+            continue
+        tick = candles.tick + EPS
+        shown = " or ".join(f"{low:g}..{high:g}" for low, high in ranges)
+        for what in ("bid", "ask"):
+            if not any(low - tick <= e[what] <= high + tick for low, high in ranges):
+                problems.append(
+                    f"{name}: its {what} {e[what]} is outside the market its data file gave then ({shown})"
+                )
+        price, buy = e["fill_price"], e["side"] == "buy"
+        if e.get("source") != "bankruptcy" and not any(
+            (price >= low - tick) if buy else (price <= high + tick) for low, high in ranges
+        ):
+            problems.append(
+                f"{name}: a {e['side']} at {price}, better than any price its data file gave then ({shown})"
+            )
+    return problems
+
+
+def data_note(events: list[dict[str, Any]]) -> str:
+    """What `check_data` could not check: a backtest's data file not at its recorded path."""
+    missing = [str(p) for p in data_files(events).values() if not p.is_file()]
+    return f"fills not checked against the data: {', '.join(missing)} not found" if missing else ""
+
+
 def check_abandoned(events: list[dict[str, Any]], report: dict[str, Any]) -> list[str]:
     """An abandoned run is closed by one session.stopped that says so, with nothing left open."""
     if report.get("status") != ABANDONED:
@@ -1226,6 +1352,7 @@ def validate(run: Path, page: bool = False) -> list[str]:
         ("records", lambda: check_records(events, report)),
         ("metrics", lambda: check_metrics(run, events)),
         ("market", lambda: check_market(run, events, finished)),
+        ("data", lambda: check_data(events)),
     ]
     if page:
         checks.append(("page", lambda: check_page(run)))
@@ -1259,6 +1386,8 @@ def main(argv: list[str] | None = None) -> int:
     report, _ = load_report(args.run)
     with contextlib.suppress(*MALFORMED):  # a malformed record: said above
         print(f"{args.run}: {trades_note(events, report)}", file=sys.stderr)
+        if note := data_note(events):
+            print(f"{args.run}: {note}", file=sys.stderr)
     unfinished = (
         ""
         if (args.run / "final_report.json").exists()
