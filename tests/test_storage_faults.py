@@ -27,6 +27,7 @@ from loguru import logger
 
 from actors import logs
 from actors.config import load
+from actors.console import UNRECORDED
 from actors.plan import Plan
 from actors.recording import checkpoint, storage
 from actors.recording.storage import NOTE, LineFile, check_room
@@ -145,6 +146,12 @@ def test_a_full_disk_mid_position_stops_flat_and_the_next_start_resumes_the_sess
         assert f"{run}/" in faults[0] and "(ENOSPC)" in faults[0] and "MB free on its disk" in faults[0]
         assert sum("storage low:" in line and "ALERT" not in line for line in err.splitlines()) <= 1
         assert "exit flatten_on_exit" in err  # the open position closed
+        # in memory only, and its line says so (the next start flattens again, under the same id)
+        at = lines.index(faults[0])
+        after = [line for line in lines[at:] if line.startswith(("FILL", "CLOSED"))]
+        assert len(after) == 2 and "flatten_on_exit" in after[1], err[-3000:]
+        assert all(line.endswith(UNRECORDED) for line in after), after
+        assert not any(line.endswith(UNRECORDED) for line in lines[:at]), err[-3000:]
         assert "stop_reason=storage" in err and "report=not written" in err
         assert _temp_files(disk) == []
         assert not (run / "final_report.json").exists()

@@ -323,6 +323,7 @@ class Recorder:
         if self.fault is not None:
             return
         self.fault = StorageFault.from_os_error(exc, path, self.last_event_ts)
+        self.console.unrecorded = True
         self._close_run_log()
         self.alert_log.quiet = True
         remove_temp_files(self.path)
