@@ -123,6 +123,9 @@ class Timeline:
     # where the broker's funding rates come from (the report's `funding_source`): "feed",
     # "file:NAME", "constant" or "none"; None: not known (a checkpoint of an older version)
     funding_source: str | None = None
+    # backtests: each data file, {symbol, path (absolute), bytes, mtime_ns}: the validator checks
+    # the fills against the file the run read, and knows it when it has changed since
+    data_files: list[dict[str, Any]] = attrs.field(factory=list)
 
     @property
     def end_ts(self) -> float:
@@ -274,6 +277,20 @@ def build_parts(
 # --- the events that open and close a session -------------------------------------------------------
 
 
+def _data_files(paths: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+    """A backtest's data files as its session.started records them (a file that cannot be looked
+    at is left out: the start has read it, or refused it, already)."""
+    files = []
+    for symbol, name in paths:
+        try:
+            path = Path(name).resolve()
+            st = path.stat()
+        except OSError:
+            continue
+        files.append({"symbol": symbol, "path": str(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return files
+
+
 def started_event(config: Config, run_id: str, timeline: Timeline) -> Event:
     return Event(
         timeline.started_ts,
@@ -287,6 +304,7 @@ def started_event(config: Config, run_id: str, timeline: Timeline) -> Event:
             "interval": config.session.interval,
             "data_source": timeline.data_source,
             "funding_source": timeline.funding_source,
+            **({"data_files": timeline.data_files} if timeline.data_files else {}),
             "seed": config.session.seed,
             "planned_duration_s": config.session.duration_min * 60
             if math.isfinite(timeline.duration_s)
@@ -651,7 +669,10 @@ class Session:
             files = (
                 ", ".join(f"{s}={p}" for s, p in plan.data_by_symbol) if plan.data_by_symbol else plan.data
             )
-            return Timeline(started, math.inf, f"backtest: {files}", funding_source=funding)
+            paths = plan.data_by_symbol or (((self.symbol, plan.data),) if plan.data else ())
+            return Timeline(
+                started, math.inf, f"backtest: {files}", funding_source=funding, data_files=_data_files(paths)
+            )
         if plan.mode == "replay":
             assert plan.recording is not None
             r = plan.recording

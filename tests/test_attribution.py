@@ -7,6 +7,7 @@ as the recorder builds them from the events it writes."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -126,10 +127,14 @@ def numbered(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
             given.append(submitted)
         given.append(e)
-    return [
+    records = [
         {"seq": n, "ts": f"2024-01-01T{n // 60:02d}:{n % 60:02d}:00.000Z", **e}
         for n, e in enumerate([started(), *given, stopped()], 1)
     ]
+    for order, fill in itertools.pairwise(records):  # each fill at its order's time (latency_ms 0)
+        if order["kind"] == "order.submitted" and fill["kind"] == "order.filled":
+            order["ts"] = fill["ts"]
+    return records
 
 
 def build_report(records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ def _events(run_dir: Path) -> list[dict[str, object]]:
     for record in records:  # where the data came from and went to: not the trading
         record.pop("config", None)
         record.pop("data_source", None)
+        record.pop("data_files", None)
         record.pop("run_id", None)
     return records
 

@@ -355,17 +355,18 @@ def write_killed_run(
         _heartbeat(2, T0 + 1, 60_000.0, 0.0, 0.0, 0.0),
     ]  # fmt: skip
     if trades:  # a round trip (+1.00 realized), then a new long left open when the process died
+        # (each fill 150 ms after its order: its latency_ms)
         records += [
-            _record(3, T0 + 1.5, "order.submitted", order_id="o1", side="buy", qty=0.01, type="market"),
+            _record(3, T0 + 1.55, "order.submitted", order_id="o1", side="buy", qty=0.01, type="market"),
             _fill(4, T0 + 1.7, 1, "buy", 60_000.0, 0.0, 0.01),
             _heartbeat(5, T0 + 2, 60_050.0, 0.0, 0.36, 0.01, 0.5),
-            _record(6, T0 + 2.4, "order.submitted", order_id="o2", side="sell", qty=0.01, type="market"),
+            _record(6, T0 + 2.35, "order.submitted", order_id="o2", side="sell", qty=0.01, type="market"),
             _fill(7, T0 + 2.5, 2, "sell", 60_100.0, 1.0, 0.0),
             _record(
                 8, T0 + 2.5, "position.closed", side="long", qty=0.01, entry_price=60_000.0,
                 exit_price=60_100.0, realized_pnl=1.0, fees=0.7206, net_pnl=0.2794, exit_reason="exit",
             ),
-            _record(9, T0 + 2.7, "order.submitted", order_id="o3", side="buy", qty=0.01, type="market"),
+            _record(9, T0 + 2.65, "order.submitted", order_id="o3", side="buy", qty=0.01, type="market"),
             _fill(10, T0 + 2.8, 3, "buy", 60_080.0, 0.0, 0.01),
             _heartbeat(11, T0 + 3, 59_000.0, 1.0, 1.08108, 0.01, -10.8, peak=10_000.14),
         ]  # fmt: skip

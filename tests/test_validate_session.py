@@ -17,9 +17,10 @@ import pytest
 import trio
 import trio.testing
 
+from actors.config import load
 from actors.recording.abandon import close_abandoned
 from actors.session import run_session
-from tests.conftest import TRADES_OFTEN, main_in_process, make_config, read_events
+from tests.conftest import REPO, TRADES_OFTEN, main_in_process, make_config, read_events
 from tests.test_crash_resume import write_killed_run
 from tools.validate_session import main, validate
 
@@ -222,6 +223,47 @@ def test_a_fill_at_a_market_the_session_never_saw_is_caught(trading_run: Path) -
     # and with market.jsonl gone (a backtest records none) there is nothing to check it against
     (trading_run / "market.jsonl").write_text("")
     assert validate(trading_run) == []
+
+
+def test_a_resting_limit_filled_by_a_trade_that_never_reached_it_is_caught(tmp_path: Path) -> None:
+    """A resting limit fills on a quote whose last trade went through its price (found by an
+    audit: the fill's bid and ask were checked against market.jsonl, not that its trade reached it).
+    config/live.toml's setups on the mock source, seed 0: trend_pullback's limit entry rests, then
+    fills."""
+    config = load(
+        REPO / "config" / "live.toml",
+        {},
+        [
+            "feed.source=mock",
+            "session.seed=0",
+            f"session.run_dir={tmp_path}",
+            f"session.kill_switch={tmp_path}/k",
+        ],
+        {},
+    )
+    result = trio.run(
+        partial(run_session, config, handle_signals=False, progress_mode="off"),
+        clock=trio.testing.MockClock(autojump_threshold=0),
+    )
+    trading_run = result.run_path
+    assert validate(trading_run) == []
+    events = read_events(trading_run)
+    fills = [e for e in events if e["kind"] == "order.filled"]
+    resting = next(e for e in fills if e["source"] == "resting" and e["bid"] != e["ask"])
+
+    def beyond(fill: dict[str, Any]) -> None:
+        # 50 USDT better for the trader, at the same quote: its figures made to agree
+        price = fill["fill_price"] + (50.0 if fill["side"] == "sell" else -50.0)
+        fill.update(fill_price=price, requested_price=price, levels=[[price, fill["qty"]]])
+        fill.update(fee=fill["qty"] * price * fill["fee_bps"] / 10_000, slippage_bps=0.0)
+
+    fill = _edit_event(trading_run, "order.filled", beyond, nth=fills.index(resting))
+    problems = validate(trading_run)
+    assert any(
+        f"fill {fill['fill_id']} (seq {fill['seq']}): a resting {fill['side']} at {fill['fill_price']} on a "
+        "quote whose last trade" in p
+        for p in problems
+    ), problems
 
 
 # --- each record on its own (found by an audit: only totals were compared, to the cent) -----------

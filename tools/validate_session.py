@@ -20,10 +20,12 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
   maker's its limit or better (a liquidation's fill, `source` "bankruptcy", is at the
   bankruptcy price, where the exchange takes the position over); its `slippage_bps` is its price
   against the `requested_price`; in a live session (`check_market`) its bid and ask are a quote
-  market.jsonl recorded when it filled, a fill from the book takes a level of the book then in
-  force, no more than it held; in a backtest whose data file is still where it was (`check_data`)
-  its bid and ask, and a maker's price, are within a candle of it; its `realized_pnl` and
-  `position_qty` are this file's
+  market.jsonl recorded when it filled (a taker at the touch no more than its size, a resting
+  limit on a trade through its price), a fill from the book takes a level of the book then in
+  force, no more than it held; in a backtest whose data file is the one it read (`check_data`)
+  its bid and ask are within a candle of it, a quote's at an open or a close, its price never
+  better than the candle went; a liquidation is at the position's bankruptcy price; its latency is
+  the time since its order (`check_orders`); its `realized_pnl` and `position_qty` are this file's
   own netting of the fills before it; its `levels` add up to its size; every `position.closed` is
   the round trip the fills make (side, size, average entry and exit prices, realized PnL, fees,
   time held); every heartbeat's realized PnL, fees and position are the fills' up to it, its
@@ -55,7 +57,6 @@ import argparse
 import bisect
 import contextlib
 import csv
-import gzip
 import html
 import json
 import math
@@ -354,7 +355,9 @@ def _positions_since(ledger: TradeLedger, instant: float) -> list[float]:
     since = [ledger.qty]
     for ts, qty in reversed(ledger.history):
         since.append(qty)
-        if ts <= instant:
+        # a fill stamped at the instant itself came after its charge (the broker charges an
+        # instant before any step at or after it; a ts is cut to the ms: found by an audit)
+        if ts < instant:
             return since
     return [*since, 0.0]  # flat before the first fill
 
@@ -382,7 +385,9 @@ def check_records(events: list[dict[str, Any]], report: dict[str, Any] | None) -
             funding += e.get("amount", 0.0)
             problems += _check_funding(e, ledger(e.get("symbol") or default_symbol))
         elif kind == "order.filled":
-            problems += _check_fill(e, rates, ledger(e.get("symbol") or default_symbol))
+            problems += _check_fill(
+                e, rates, ledger(e.get("symbol") or default_symbol), broker.get("leverage")
+            )
         elif kind == "position.closed":
             symbol = e.get("symbol") or default_symbol
             n = closed_seen[symbol] = closed_seen.get(symbol, 0) + 1
@@ -412,7 +417,29 @@ def check_records(events: list[dict[str, Any]], report: dict[str, Any] | None) -
     return problems
 
 
-def _check_fill(e: dict[str, Any], rates: dict[str, Any], ledger: TradeLedger) -> list[str]:
+def _check_bankruptcy(e: dict[str, Any], name: str, ledger: TradeLedger, leverage: float) -> list[str]:
+    """A liquidation fills the whole position at its bankruptcy price, where its margin is gone:
+    the average entry x (1 - 1/leverage) for a long, x (1 + 1/leverage) for a short (on the price
+    grid toward the position; a tick's rounding and 0.01 % allowed) (found by an audit: a
+    liquidation at any price passed, `bankruptcy` being exempt from the touch check)."""
+    qty, avg = ledger.qty, ledger.avg
+    if -EPS < qty < EPS:
+        return [f"{name}: a liquidation with no position to liquidate"]
+    want = avg * (1 - 1 / leverage) if qty > 0 else avg * (1 + 1 / leverage)
+    tick = grid_instrument(e.get("symbol") or "").tick_size
+    if abs(e["fill_price"] - want) > want * 1e-4 + tick + 1e-9:
+        return [
+            f"{name}: a liquidation at {e['fill_price']}, but the position's bankruptcy price (average "
+            f"entry {avg:.6f}, leverage {leverage:g}) is {want:.6f}"
+        ]
+    if abs(e["qty"] - abs(qty)) > 1e-8:
+        return [f"{name}: a liquidation of {e['qty']}, but the position is {qty:+.8f}"]
+    return []
+
+
+def _check_fill(
+    e: dict[str, Any], rates: dict[str, Any], ledger: TradeLedger, leverage: Any = None
+) -> list[str]:
     problems: list[str] = []
     name = f"fill {e.get('fill_id') or e.get('order_id')} (seq {e['seq']})"
     qty, price, fee, side = e["qty"], e["fill_price"], e["fee"], e["side"]
@@ -428,6 +455,8 @@ def _check_fill(e: dict[str, Any], rates: dict[str, Any], ledger: TradeLedger) -
                 f"{name}: fee_bps {bps!r} but the configured {e.get('liquidity')} fee is {configured}"
             )
     problems += _check_touch(e, name)
+    if e.get("source") == "bankruptcy" and isinstance(leverage, int | float) and leverage > 0:
+        problems += _check_bankruptcy(e, name, ledger, leverage)
     requested = e.get("requested_price")
     if "slippage_bps" in e and isinstance(requested, int | float) and requested > 0:
         diff = price - requested if side == "buy" else requested - price
@@ -866,8 +895,8 @@ class Attribution:
         if "rate_settled_at" in e and isinstance(e.get("instant"), str):
             instant = _epoch(e["instant"])
             history = self.held_after.get(symbol, [])
-            since = [held for ts, held in history if ts > instant]
-            before = [held for ts, held in history if ts <= instant]
+            since = [held for ts, held in history if ts >= instant]  # see `_positions_since`
+            before = [held for ts, held in history if ts < instant]
             candidates = [before[-1] if before else {}, *since]
         expected: dict[str, float] = {}
         for holders in candidates:
@@ -984,7 +1013,8 @@ def trades_note(events: list[dict[str, Any]], report: dict[str, Any] | None) -> 
 
 def check_orders(events: list[dict[str, Any]]) -> list[str]:
     """Every fill belongs to an order given before it (`order.submitted`, or `order.working` for
-    the protective orders the broker attaches to a fill), of its side, still open (not cancelled
+    the protective orders the broker attaches to a fill), of its side, its `latency_ms` the time
+    from that order to it, still open (not cancelled
     or rejected), with that much left to fill (its size, less its fills, reset by each
     `order.amended`); a liquidation's fill (`liq-...`) to the `liquidation` event before it (found
     by an audit: a fill of an unknown order, one moved before its order, one larger than its
@@ -1001,7 +1031,7 @@ def check_orders(events: list[dict[str, Any]]) -> list[str]:
         order = orders.get(oid)
         if kind in ("order.submitted", "order.working"):
             if order is None:
-                orders[oid] = {"side": e.get("side"), "left": e.get("qty"), "done": None}
+                orders[oid] = {"side": e.get("side"), "left": e.get("qty"), "done": None, "ts": e["ts"]}
         elif kind == "order.amended" and order is not None:
             order["left"] = e.get("qty")
         elif kind in ("order.cancelled", "order.rejected") and order is not None:
@@ -1017,6 +1047,14 @@ def check_orders(events: list[dict[str, Any]]) -> list[str]:
             if order["done"] is not None:
                 problems.append(
                     f"{name}: its order {oid} was {order['done'][0]} before it (seq {order['done'][1]})"
+                )
+            # its latency is the time from its order to it (found by an audit: fills stamped
+            # before their order, their latency_ms written as any, passed); both times cut to the ms
+            latency, since = e.get("latency_ms"), (_epoch(e["ts"]) - _epoch(order["ts"])) * 1000
+            if isinstance(latency, int | float) and abs(latency - since) > 1.0 + 1e-6:
+                problems.append(
+                    f"{name}: latency_ms {latency!r}, but it is stamped {since:.0f} ms after its order "
+                    f"{oid} ({order['ts']})"
                 )
             left, qty = order["left"], e.get("qty")
             if isinstance(left, int | float) and isinstance(qty, int | float):
@@ -1045,6 +1083,13 @@ class SymbolMarket:
         self.books: tuple[list[float], list[tuple[Any, Any]]] = ([], [])
         self.candles: tuple[list[float], list[tuple[float, float]]] = ([], [])
         self.marks: tuple[list[float], list[float]] = ([], [])
+
+    @staticmethod
+    def at(series: tuple[list[float], list[Any]], ts: float) -> list[Any]:
+        """Those that arrived within the millisecond a fill stamped `ts` happened in (its step's)."""
+        arrivals, items = series
+        first = bisect.bisect_left(arrivals, ts - TIME_EPS)
+        return items[first : bisect.bisect_right(arrivals, ts + TS_CUT_S + TIME_EPS)]
 
     @staticmethod
     def near(
@@ -1088,7 +1133,14 @@ def load_market(run: Path) -> tuple[dict[str, SymbolMarket], float | None, list[
                 m = markets[symbol] = SymbolMarket(symbol)
             if kind == "tick":
                 series: tuple[list[float], list[Any]] = m.quotes
-                item: Any = (r["bid"], r["ask"])
+                item: Any = (
+                    r["bid"],
+                    r["ask"],
+                    r.get("last"),
+                    r.get("last_qty") or 0.0,
+                    r.get("bid_qty") or 0.0,
+                    r.get("ask_qty") or 0.0,
+                )
             elif kind == "book":
                 series, item = m.books, (r["bids"], r["asks"])
             elif kind == "candle" and not r.get("backfill"):
@@ -1107,7 +1159,9 @@ def load_market(run: Path) -> tuple[dict[str, SymbolMarket], float | None, list[
 def check_market(run: Path, events: list[dict[str, Any]], finished: bool) -> list[str]:
     """A live session's fills against the market it recorded (`market.jsonl`; a backtest's and a
     replay's record none: nothing to check). Each fill's bid and ask are those of a quote that was
-    in force when it filled: the symbol's last quote before it (a fill worked along a live
+    in force when it filled: the symbol's last quote before it, and a resting limit's quote one
+    whose last trade went through its price, no more than its size over the limits it filled (a
+    fill worked along a live
     candle's range, `source` "candle" or "resting" with bid = ask: a price within that candle's
     range; a liquidation before any quote: its mark); a fill from the book (`source` "book") takes
     a level of the book in force, on its side, never more than the level's size over all the fills
@@ -1120,6 +1174,8 @@ def check_market(run: Path, events: list[dict[str, Any]], finished: bool) -> lis
         return problems
     default_symbol = next((e.get("symbol", "") for e in events if e.get("kind") == "session.started"), "")
     taken: dict[tuple[str, int, str, float], float] = {}  # (symbol, book, side, price): taken of it
+    # (symbol, quote[, "touch"]): what resting limits took of its trade (of its touch: takers)
+    traded: dict[tuple[Any, ...], float] = {}
     resumed: tuple[float, float] | None = None
     for i, e in enumerate(events):
         if e.get("kind") == "session.resumed" and i > 0:
@@ -1132,24 +1188,65 @@ def check_market(run: Path, events: list[dict[str, Any]], finished: bool) -> lis
         name = f"fill {e.get('fill_id') or e.get('order_id')} (seq {e['seq']})"
         symbol = e.get("symbol") or default_symbol
         m = markets.get(symbol) or SymbolMarket(symbol)
-        problems += _check_quote(e, m, ts, resumed, name, symbol)
+        problems += _check_quote(e, m, ts, resumed, name, symbol, traded)
         if e.get("source") in ("book", "beyond_book"):
             problems += _check_book(e, m, ts, resumed, name, symbol, taken)
     return problems
 
 
 def _check_quote(
-    e: dict[str, Any], m: SymbolMarket, ts: float, resumed: tuple[float, float] | None, name: str, symbol: str
+    e: dict[str, Any],
+    m: SymbolMarket,
+    ts: float,
+    resumed: tuple[float, float] | None,
+    name: str,
+    symbol: str,
+    traded: dict[tuple[Any, ...], float],
 ) -> list[str]:
     bid, ask, source = e["bid"], e["ask"], e.get("source")
     quotes = m.near(m.quotes, ts, resumed)
-    if any(q == (bid, ask) for _, q in quotes):
+    met = [(i, q) for i, q in quotes if q[:2] == (bid, ask)]
+    if met and source == "touch":
+        # at most what the touch showed, over the fills that took it (found by an audit: 5 BTC
+        # filled at a touch of 0.2 passed)
+        qty, buy = e["qty"], e["side"] == "buy"
+        for i, q in met:
+            key = (symbol, i, "touch")
+            size = q[5] if buy else q[4]
+            if traded.get(key, 0.0) + qty <= size + 1e-9:
+                traded[key] = traded.get(key, 0.0) + qty
+                return []
+        return [
+            f"{name}: {qty} at the touch, more than the quote's touch size showed (with the fills before it)"
+        ]
+    if met and source != "resting":
         return []
+    if met:
+        # a resting limit fills on a quote whose last trade went through its price (or touched
+        # it), no more than that trade's size over the limits it filled (found by an audit: only
+        # the bid and ask were compared, so a limit filled by a trade that never reached it passed)
+        price, qty, buy = e["fill_price"], e["qty"], e["side"] == "buy"
+        for i, (_, _, last, size, *_) in met:
+            if not isinstance(last, int | float) or (last > price + EPS if buy else last < price - EPS):
+                continue
+            if size > 0 and traded.get((symbol, i), 0.0) + qty > size + 1e-9:
+                continue
+            traded[(symbol, i)] = traded.get((symbol, i), 0.0) + qty
+            return []
+        lasts = " or ".join(f"{q[2]} (size {q[3]:g})" for _, q in met)
+        return [
+            f"{name}: a resting {e['side']} at {price} on a quote whose last trade, {lasts}, did not "
+            "go through it (or traded less than the limits filled on it)"
+        ]
     half = m.tick_size / 2 + EPS
     if bid == ask:
-        # worked along a live candle's range, or liquidated at its mark before any quote
+        # worked along a live candle's range, at that candle's step (found by an audit: any fill
+        # until the next candle passed against the last one), never better than the range: a buy
+        # not under its low, a sell not over its high
+        price, buy = e["fill_price"], e["side"] == "buy"
         if source in ("candle", "resting") and any(
-            low - half <= bid <= high + half for _, (low, high) in m.near(m.candles, ts)
+            low - half <= bid <= high + half and (price >= low - half if buy else price <= high + half)
+            for low, high in m.at(m.candles, ts)
         ):
             return []
         if (
@@ -1158,7 +1255,7 @@ def _check_quote(
             and any(abs(mark - bid) <= half for _, mark in m.near(m.marks, ts))
         ):
             return []
-    there = " or ".join(f"{b}/{a}" for _, (b, a) in quotes) or "none"
+    there = " or ".join(f"{q[0]}/{q[1]}" for _, q in quotes) or "none"
     return [
         f"{name}: bid/ask {bid}/{ask}, which no {symbol} quote in market.jsonl gave when it "
         f"filled (the quotes in force then: {there})"
@@ -1202,76 +1299,88 @@ BACKTEST_PREFIX = "backtest: "
 UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def data_files(events: list[dict[str, Any]]) -> dict[str, Path]:
-    """A backtest's data files by symbol, from its `data_source` ("backtest: FILE", or
-    "backtest: SYMBOL=FILE, SYMBOL=FILE"); {} for any other run."""
+def data_files(events: list[dict[str, Any]]) -> dict[str, tuple[Path, str]]:
+    """A backtest's data files by symbol, each with why it cannot be checked ("" when it can):
+    its session.started's `data_files` (absolute paths, with their size and time, so that a file
+    changed since is not taken for it); a run from before them: its `data_source` ("backtest:
+    FILE", or "backtest: SYMBOL=FILE, SYMBOL=FILE"), a relative path taken from here. {} for any
+    other run."""
     started = next((e for e in events if e.get("kind") == "session.started"), {})
+    recorded = started.get("data_files")
+    if isinstance(recorded, list):
+        files = {}
+        for f in recorded:
+            path = Path(f["path"])
+            try:
+                st = path.stat()
+            except OSError:
+                files[f["symbol"]] = (path, "not found")
+                continue
+            changed = (st.st_size, st.st_mtime_ns) != (f.get("bytes"), f.get("mtime_ns"))
+            files[f["symbol"]] = (path, "changed since the run" if changed else "")
+        return files
     source = started.get("data_source")
     if not isinstance(source, str) or not source.startswith(BACKTEST_PREFIX):
         return {}
     text = source[len(BACKTEST_PREFIX) :]
     parts = text.split(", ")
+    named = {started.get("symbol", ""): text}
     if all(re.fullmatch(r"[A-Z0-9]+=.+", p) for p in parts):
-        return {s: Path(f) for s, f in (p.split("=", 1) for p in parts)}
-    return {started.get("symbol", ""): Path(text)}
+        named = dict(p.split("=", 1) for p in parts)
+    return {s: (Path(f), "" if Path(f).is_file() else "not found") for s, f in named.items()}
 
 
 class DataCandles:
-    """One symbol's candles as its data file has them (read here, not by the project's reader:
-    `open_time_ms,open,high,low,close,...`, gzipped or not; a row that is not numbers, not after
-    the last, or whose range does not hold its open and close is left out, as a backtest leaves it),
-    within [first, last] (seconds); what range the market offered around a time."""
+    """One symbol's candles as its backtest read them (the project's reader, `read_candles_csv`:
+    the same rows skipped), those within [first, last] (seconds): what the market offered around
+    a time (found by an audit: a reader of its own here kept rows the backtest skipped)."""
 
-    def __init__(self, path: Path, first: float, last: float, interval_s: float, tick: float) -> None:
+    def __init__(
+        self, path: Path, symbol: str, first: float, last: float, interval_s: int, tick: float
+    ) -> None:
+        from actors.feeds.history import read_candles_csv
+
         self.opens: list[float] = []
-        self.ranges: list[tuple[float, float]] = []  # (low, high), the previous close included
+        # (low, high) with the previous close (a gap from it to the open is passed through: a
+        # resting limit crossed by it fills at its own price), open, close, previous close
+        self.candles: list[tuple[float, float, float, float, float]] = []
         self.tick = tick
         previous = math.nan
-        opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8", newline="") as f:
-            rows = csv.reader(f)
-            next(rows, None)
-            for row in rows:
-                try:
-                    t = float(row[0]) / 1000.0
-                    o, h, lo, c = (float(x) for x in row[1:5])
-                except (ValueError, IndexError):
-                    continue
-                if (self.opens and t <= self.opens[-1]) or not (0 < lo <= min(o, c) and max(o, c) <= h):
-                    continue
-                if first - 2 * interval_s <= t <= last + interval_s:
-                    # a gap from the last close to this open is passed through (a resting limit
-                    # crossed by it fills at its own price)
-                    low, high = (min(lo, previous), max(h, previous)) if previous == previous else (lo, h)
-                    self.opens.append(t)
-                    self.ranges.append((low, high))
-                previous = c
-        self.end = (self.opens[-1] + interval_s) if self.opens else math.nan
+        for c in read_candles_csv(path, interval_s, symbol=symbol):
+            if first - 2 * interval_s <= c.open_ts <= last + interval_s:
+                before = c.open if previous != previous else previous
+                self.opens.append(c.open_ts)
+                self.candles.append((min(c.low, before), max(c.high, before), c.open, c.close, before))
+            previous = c.close
 
-    def around(self, ts: float) -> list[tuple[float, float]]:
-        """The ranges of the candles a fill stamped `ts` may have met: the one it falls in, from
-        its open to the next one's (a gap included), and the one ending at it."""
+    def around(self, ts: float) -> list[tuple[float, float, float, float, float]]:
+        """The candles a fill stamped `ts` may have met: the one it falls in, from its open to the
+        next one's (a gap included), the one ending at it, and after the data's end its last (the
+        last quote: found by an audit, a symbol whose data ended before the session's other ones
+        was flattened at its last close after it)."""
         i = bisect.bisect_right(self.opens, ts + TS_CUT_S) - 1
         found = []
         for k in (i - 1, i):
             if k < 0:
                 continue
-            end = self.opens[k + 1] if k + 1 < len(self.opens) else self.end
+            end = self.opens[k + 1] if k + 1 < len(self.opens) else math.inf
             if self.opens[k] - TS_CUT_S <= ts <= end + TS_CUT_S:
-                found.append(self.ranges[k])
+                found.append(self.candles[k])
         return found
 
 
 def check_data(events: list[dict[str, Any]]) -> list[str]:
-    """A backtest's fills against its data file, when it is still at the path the run recorded
-    (`data_note` says when it is not): each fill's bid and ask within the range of a candle it met
-    (its low to its high, through the gap from the candle before), to a tick (a quote between two
-    ticks is bid at the tick below and asked at the one above), and its price never better than
-    the market went: a buy not under the candle's low, a sell not over its high (a limit's rest
-    held back by the participation cap may fill at its limit when the market has moved past it:
-    worse, never better; a liquidation at its bankruptcy price is the exchange's) (found by an
-    audit: a fill at a market the data never showed, consistent with its own bid and ask, passed)."""
-    files = {s: p for s, p in data_files(events).items() if p.is_file()}
+    """A backtest's fills against its data file, when it is the file the run read (`data_note`
+    says when it is not): each fill's bid and ask within the range of a candle it met (its low to
+    its high, through the gap from the candle before), to a tick (a quote between two ticks is bid
+    at the tick below and asked at the one above); a fill at a quote (`touch_slippage`) at one a
+    backtest has, a candle's open or close, to half a tick; and its price never better than the
+    market went: a buy not under the candle's low, a sell not over its high (a limit's rest held
+    back by the participation cap may fill at its limit when the market has moved past it: worse,
+    never better; a liquidation at its bankruptcy price is the exchange's) (found by an audit: a
+    fill at a market the data never showed, consistent with its own bid and ask, passed; and one
+    at the candle's best price for the trader, a look into the candle, still passes the range)."""
+    files = {s: p for s, (p, why) in data_files(events).items() if not why}
     fills = [e for e in events if e.get("kind") == "order.filled"]
     if not files or not fills:
         return []
@@ -1283,7 +1392,7 @@ def check_data(events: list[dict[str, Any]]) -> list[str]:
     times = [_epoch(e["ts"]) for e in fills]
     default_symbol = started.get("symbol", "")
     data = {
-        s: DataCandles(p, min(times), max(times), interval_s, grid_instrument(s).tick_size)
+        s: DataCandles(p, s, min(times), max(times), interval_s, grid_instrument(s).tick_size)
         for s, p in files.items()
     }
     problems = []
@@ -1292,20 +1401,27 @@ def check_data(events: list[dict[str, Any]]) -> list[str]:
         if candles is None:
             continue
         name = f"fill {e.get('fill_id') or e.get('order_id')} (seq {e['seq']})"
-        ranges = candles.around(ts)
-        if not ranges:
+        met = candles.around(ts)
+        if not met:
             problems.append(f"{name}: at {e['ts']}, when its data file has no candle")
             continue
         tick = candles.tick + EPS
-        shown = " or ".join(f"{low:g}..{high:g}" for low, high in ranges)
+        shown = " or ".join(f"{c[0]:g}..{c[1]:g}" for c in met)
         for what in ("bid", "ask"):
-            if not any(low - tick <= e[what] <= high + tick for low, high in ranges):
+            if not any(c[0] - tick <= e[what] <= c[1] + tick for c in met):
                 problems.append(
                     f"{name}: its {what} {e[what]} is outside the market its data file gave then ({shown})"
                 )
+        if e.get("source") in ("touch_slippage", "touch", "impact"):
+            mid = (e["bid"] + e["ask"]) / 2
+            if not any(abs(mid - q) <= candles.tick / 2 + EPS for c in met for q in c[2:]):
+                quotes = " or ".join(f"{q:g}" for c in met for q in c[2:])
+                problems.append(
+                    f"{name}: at the quote {e['bid']}/{e['ask']}, which no candle's open or close gave then ({quotes})"
+                )
         price, buy = e["fill_price"], e["side"] == "buy"
         if e.get("source") != "bankruptcy" and not any(
-            (price >= low - tick) if buy else (price <= high + tick) for low, high in ranges
+            (price >= c[0] - tick) if buy else (price <= c[1] + tick) for c in met
         ):
             problems.append(
                 f"{name}: a {e['side']} at {price}, better than any price its data file gave then ({shown})"
@@ -1314,9 +1430,9 @@ def check_data(events: list[dict[str, Any]]) -> list[str]:
 
 
 def data_note(events: list[dict[str, Any]]) -> str:
-    """What `check_data` could not check: a backtest's data file not at its recorded path."""
-    missing = [str(p) for p in data_files(events).values() if not p.is_file()]
-    return f"fills not checked against the data: {', '.join(missing)} not found" if missing else ""
+    """What `check_data` could not check: a backtest's data file not found, or changed since."""
+    missing = [f"{p} {why}" for p, why in data_files(events).values() if why]
+    return f"fills not checked against the data: {', '.join(missing)}" if missing else ""
 
 
 def check_abandoned(events: list[dict[str, Any]], report: dict[str, Any]) -> list[str]:
