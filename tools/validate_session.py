@@ -67,7 +67,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -1187,22 +1187,27 @@ def check_market(run: Path, events: list[dict[str, Any]], finished: bool) -> lis
             continue
         name = f"fill {e.get('fill_id') or e.get('order_id')} (seq {e['seq']})"
         symbol = e.get("symbol") or default_symbol
-        m = markets.get(symbol) or SymbolMarket(symbol)
-        problems += _check_quote(e, m, ts, resumed, name, symbol, traded)
+        fill = MarketFill(e, markets.get(symbol) or SymbolMarket(symbol), ts, resumed, name, symbol)
+        problems += _check_quote(fill, traded)
         if e.get("source") in ("book", "beyond_book"):
-            problems += _check_book(e, m, ts, resumed, name, symbol, taken)
+            problems += _check_book(fill, taken)
     return problems
 
 
-def _check_quote(
-    e: dict[str, Any],
-    m: SymbolMarket,
-    ts: float,
-    resumed: tuple[float, float] | None,
-    name: str,
-    symbol: str,
-    traded: dict[tuple[Any, ...], float],
-) -> list[str]:
+class MarketFill(NamedTuple):
+    """A fill of a live session and the market it is checked against: its symbol's records, its
+    time, the last resume before it (`SymbolMarket.near`), its name in a problem's line."""
+
+    e: dict[str, Any]
+    m: SymbolMarket
+    ts: float
+    resumed: tuple[float, float] | None
+    name: str
+    symbol: str
+
+
+def _check_quote(fill: MarketFill, traded: dict[tuple[Any, ...], float]) -> list[str]:
+    e, m, ts, resumed, name, symbol = fill
     bid, ask, source = e["bid"], e["ask"], e.get("source")
     quotes = m.near(m.quotes, ts, resumed)
     met = [(i, q) for i, q in quotes if q[:2] == (bid, ask)]
@@ -1262,15 +1267,8 @@ def _check_quote(
     ]
 
 
-def _check_book(
-    e: dict[str, Any],
-    m: SymbolMarket,
-    ts: float,
-    resumed: tuple[float, float] | None,
-    name: str,
-    symbol: str,
-    taken: dict[tuple[str, int, str, float], float],
-) -> list[str]:
+def _check_book(fill: MarketFill, taken: dict[tuple[str, int, str, float], float]) -> list[str]:
+    e, m, ts, resumed, name, symbol = fill
     side, price, qty = e["side"], e["fill_price"], e["qty"]
     books = m.near(m.books, ts, resumed)
     if not books:
