@@ -19,7 +19,15 @@ from typing import Any
 from protocols.records import iso
 from tests.conftest import main_in_process, read_events
 from tests.test_multi_symbol import THREE_STRATEGIES, write_bars
-from tools.validate_session import Attribution, check_market, check_orders, check_records, data_note, validate
+from tools.validate_session import (
+    Attribution,
+    check_funding_charges,
+    check_market,
+    check_orders,
+    check_records,
+    data_note,
+    validate,
+)
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 SYMBOL = "BTCUSDT"
@@ -249,3 +257,28 @@ def test_the_rows_a_backtest_skips_are_skipped_here_and_a_changed_file_is_not_ta
         data_note(read_events(run))
         == f"fills not checked against the data: {recorded['path']} changed since the run"
     )
+
+
+def test_every_instant_a_position_was_open_at_is_charged_at_the_configured_rate() -> None:
+    """Found by an audit: a broker charging a tenth of the constant rate, or skipping a charge,
+    passed (only each charge's own arithmetic was checked)."""
+    instant = T0 + 8 * 3600
+    begin = {**started(broker={"funding": "constant", "funding_rate_pct": 0.01}), "started_ts": T0}
+    opened = _taker(2, T0 + 60, "buy", 1.0, 100.0)
+    charge = {
+        "seq": 3, "ts": iso(instant), "kind": "funding", "instant": iso(instant)[:19] + "Z", "rate_pct": 0.01,
+        "mark_price": 100.0, "position_qty": 1.0, "amount": 0.01, "symbol": SYMBOL,
+    }  # fmt: skip
+    end = {"seq": 4, "ts": iso(instant + 3600), "kind": "session.stopped"}
+    report = {"status": "ok", "funding_source": "constant"}
+    assert check_funding_charges([begin, opened, charge, end], report) == []
+    assert check_funding_charges([begin, opened, {**charge, "rate_pct": 0.001}, end], report) == [
+        "funding seq 3: rate_pct 0.001, not the configured broker.funding_rate_pct 0.01"
+    ]
+    assert check_funding_charges([begin, opened, end], report) == [
+        "BTCUSDT: no funding charge at 2026-01-01T08:00:00Z, with the net position +1.00000000 open at it"
+    ]
+    # flat at the instant (closed before it), or funding not modelled: nothing to charge
+    closed = _taker(3, instant - 1, "sell", 1.0, 100.0)
+    assert check_funding_charges([begin, opened, closed, end], report) == []
+    assert check_funding_charges([begin, opened, end], {**report, "funding_source": "none"}) == []
