@@ -120,25 +120,43 @@ async def run_broker(
     with market_rx, risk, from_risk, stop_tx:
         task_status.started()
         now = -math.inf
+        # a market event taken from the channel and not yet stepped (stamped after a timer due first)
+        held: Stamped | None = None
+        ended = False
         while stopping is None:
             due = broker.next_timer()
             if due <= now:  # due by the last step's time: before anything else
                 now = due
                 await timer_step(due)
                 continue
-            with trio.move_on_at(clock.to_trio(due)) as waiting:
-                try:
-                    arrival, event = await market_rx.receive()
-                except trio.EndOfChannel:
+            if held is None and not ended:
+                with trio.move_on_at(clock.to_trio(due)) as waiting:
+                    try:
+                        held = await market_rx.receive()
+                    except trio.EndOfChannel:
+                        ended = True
+                if waiting.cancelled_caught:
+                    # the timer fell due while waiting; an event stamped before it that is in the
+                    # channel already goes first (found by an audit: under load the deadline
+                    # cancelled the receive with such an event waiting, and the timer's fill met
+                    # an older quote than the session had, unlike its replay)
+                    try:
+                        held = market_rx.receive_nowait()
+                    except trio.WouldBlock:
+                        pass
+                    except trio.EndOfChannel:
+                        ended = True
+            if held is None or held[0] > due:
+                if held is None and ended:
                     if input_end is None:
                         return
                     end = now if math.isfinite(now) else clock.now()
                     stopping = StopSession(end, input_end, "all data delivered")
                     break
-            if waiting.cancelled_caught:  # the timer fell due while waiting
                 now = due
                 await timer_step(due)
                 continue
+            (arrival, event), held = held, None
             while (due := broker.next_timer()) <= arrival:
                 await timer_step(due)
                 if stopping is not None:
