@@ -282,3 +282,18 @@ def test_every_instant_a_position_was_open_at_is_charged_at_the_configured_rate(
     closed = _taker(3, instant - 1, "sell", 1.0, 100.0)
     assert check_funding_charges([begin, opened, closed, end], report) == []
     assert check_funding_charges([begin, opened, end], {**report, "funding_source": "none"}) == []
+
+
+def test_a_stop_fills_first_on_a_trade_that_reached_its_trigger(tmp_path: Path) -> None:
+    """Found by an audit: a stop filled with the market short of its trigger passed (its bid and
+    ask a real quote). Its rest, once triggered, fills on later quotes without a trigger."""
+    run = market(tmp_path, tick(T0 + 1, 99.0, 99.1, last=99.0), tick(T0 + 2, 99.5, 99.6, last=99.5))
+    stop = {"type": "stop_market", "requested_price": 99.2, "source": "touch_slippage"}
+    first = filled(2, T0 + 1, "sell", 0.1, 98.9, 99.0, 99.1, order_id="p1", **stop)
+    rest = filled(3, T0 + 2, "sell", 0.1, 99.4, 99.5, 99.6, order_id="p1", **stop)
+    assert check_market(run, [started(), first, rest], finished=True) == []
+    # triggered on the second quote, whose last trade (99.5) never came down to 99.2
+    early = filled(3, T0 + 2, "sell", 0.1, 99.4, 99.5, 99.6, order_id="p2", **stop)
+    assert check_market(run, [started(), early], finished=True) == [
+        "fill f3 (seq 3): a stop sell triggered at 99.2, but its quote's last trade (99.5) did not reach it"
+    ]

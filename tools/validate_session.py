@@ -1177,6 +1177,7 @@ def check_market(run: Path, events: list[dict[str, Any]], finished: bool) -> lis
     # (symbol, quote[, "touch"]): what resting limits took of its trade (of its touch: takers)
     traded: dict[tuple[Any, ...], float] = {}
     resumed: tuple[float, float] | None = None
+    triggered: set[Any] = set()  # the stops that have filled (their rest fills without a trigger)
     for i, e in enumerate(events):
         if e.get("kind") == "session.resumed" and i > 0:
             resumed = (_epoch(events[i - 1]["ts"]), _epoch(e["ts"]))
@@ -1189,6 +1190,7 @@ def check_market(run: Path, events: list[dict[str, Any]], finished: bool) -> lis
         symbol = e.get("symbol") or default_symbol
         fill = MarketFill(e, markets.get(symbol) or SymbolMarket(symbol), ts, resumed, name, symbol)
         problems += _check_quote(fill, traded)
+        problems += _check_stop(fill, triggered)
         if e.get("source") in ("book", "beyond_book"):
             problems += _check_book(fill, taken)
     return problems
@@ -1264,6 +1266,30 @@ def _check_quote(fill: MarketFill, traded: dict[tuple[Any, ...], float]) -> list
     return [
         f"{name}: bid/ask {bid}/{ask}, which no {symbol} quote in market.jsonl gave when it "
         f"filled (the quotes in force then: {there})"
+    ]
+
+
+def _check_stop(fill: MarketFill, triggered: set[Any]) -> list[str]:
+    """A stop's first fill from a quote: on one whose last trade reached its trigger (its
+    `requested_price`) (found by an audit: a stop filled with the market short of its trigger
+    passed, its bid and ask a real quote). A stop worked along a live candle is the candle's
+    (`_check_quote`); the rest of a triggered stop fills without a new trigger."""
+    e, m, ts, resumed, name, _ = fill
+    oid = e.get("order_id")
+    first = oid not in triggered
+    triggered.add(oid)
+    trigger, buy = e.get("requested_price"), e["side"] == "buy"
+    if e.get("type") != "stop_market" or not first or e.get("source") in ("candle", "bankruptcy"):
+        return []
+    met = [q for _, q in m.near(m.quotes, ts, resumed) if q[:2] == (e["bid"], e["ask"])]
+    if not met or not isinstance(trigger, int | float):
+        return []  # no such quote: `_check_quote` says so
+    lasts = [q[2] for q in met if isinstance(q[2], int | float)]
+    if any((last >= trigger - EPS) if buy else (last <= trigger + EPS) for last in lasts):
+        return []
+    shown = " or ".join(f"{last}" for last in lasts) or "none"
+    return [
+        f"{name}: a stop {e['side']} triggered at {trigger}, but its quote's last trade ({shown}) did not reach it"
     ]
 
 
