@@ -45,7 +45,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from loguru import logger
 
@@ -376,13 +376,14 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack | None) -> P
     which the session's own lock then takes over (see the module docstring). `held` None
     (`--check-config`): the same checks, without the lock and without changing the run dir (no
     abandoned session closed, no `latest` settled)."""
+    runtime: Literal["kernel", "actors"] = args.runtime or "kernel"  # backtests', replays' (None: not given)
     run_dir = Path(config.session.run_dir)
     if args.replay:
         recording = load_recording(Path(args.replay))
         if held is not None:
             _start_lock(held, config).arm()
             settle_latest(run_dir)
-        return Plan(mode="replay", recording=recording, runtime=args.runtime or "kernel")
+        return Plan(mode="replay", recording=recording, runtime=runtime)
     if args.mode == "backtest":
         files = _data_files(args.data, config)
         window = _window(args.from_, args.until)
@@ -394,7 +395,7 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack | None) -> P
             mode="backtest",
             data=files[0][1],
             data_by_symbol=files if len(files) > 1 else (),
-            runtime=args.runtime or "kernel",
+            runtime=runtime,
             funding_by_symbol=funding,
             window=window,
         )

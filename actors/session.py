@@ -277,7 +277,7 @@ def build_parts(
 # --- the events that open and close a session -------------------------------------------------------
 
 
-def _data_files(paths: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+def _data_file_records(paths: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
     """A backtest's data files as its session.started records them (a file that cannot be looked
     at is left out: the start has read it, or refused it, already)."""
     files = []
@@ -671,7 +671,11 @@ class Session:
             )
             paths = plan.data_by_symbol or (((self.symbol, plan.data),) if plan.data else ())
             return Timeline(
-                started, math.inf, f"backtest: {files}", funding_source=funding, data_files=_data_files(paths)
+                started,
+                math.inf,
+                f"backtest: {files}",
+                funding_source=funding,
+                data_files=_data_file_records(paths),
             )
         if plan.mode == "replay":
             assert plan.recording is not None

@@ -144,6 +144,11 @@ def load_report(run: Path) -> tuple[dict[str, Any] | None, list[str]]:
     return report, []
 
 
+def _started(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's `session.started` event ({} when there is none)."""
+    return next((e for e in events if e.get("kind") == "session.started"), {})
+
+
 def check_sequence(events: list[dict[str, Any]], finished: bool) -> list[str]:
     problems = []
     for expected, event in enumerate(events, 1):
@@ -228,7 +233,7 @@ def check_report(events: list[dict[str, Any]], report: dict[str, Any]) -> list[s
         return [*problems, f"the report cannot be derived again from the events: {type(exc).__name__}: {exc}"]
     # a session.started that lists its strategies and symbols is of a version whose report has
     # their tables (found by an audit: deleting them from a current report passed as "older")
-    started = next((e for e in events if e.get("kind") == "session.started"), {})
+    started = _started(events)
     current = {"strategies", "symbols"} if "strategies" in started and "symbols" in started else set()
     for key, value in derived.items():
         if key in LATER_FIELDS and key not in report and key not in current:
@@ -367,7 +372,7 @@ def check_records(events: list[dict[str, Any]], report: dict[str, Any] | None) -
     before it (found by an audit: a fill price moved by one tick, or a closed trade's entry price
     by 100, passed, as only the totals were compared, to the cent)."""
     problems: list[str] = []
-    started = next((e for e in events if e.get("kind") == "session.started"), {})
+    started = _started(events)
     broker = (started.get("config") or {}).get("broker") or {}
     rates = {"taker": broker.get("taker_fee_bps"), "maker": broker.get("maker_fee_bps")}
     default_symbol = (report or {}).get("symbol") or started.get("symbol", "")
@@ -573,7 +578,7 @@ def check_metrics(run: Path, events: list[dict[str, Any]]) -> list[str]:
     path = run / "metrics.json"
     if not path.exists():
         return problems
-    started = next((e for e in events if e.get("kind") == "session.started"), {})
+    started = _started(events)
     price_dp, qty_dp = metric_decimals(str(started.get("symbol") or ""))
     rounded = {
         "elapsed_s": 0.0005 + EPS,
@@ -742,7 +747,7 @@ class Attribution:
         self.symbol_fills: Counter[str] = Counter()
         self.problems: list[str] = []
         # the session's strategies and symbols: a row each in the tables, traded or not
-        started = next((e for e in events if e.get("kind") == "session.started"), {})
+        started = _started(events)
         self.strategy_ids: list[str] = list(started.get("strategies", []))
         self.symbol_names: list[str] = list(started.get("symbols", []))
         # each symbol's virtual positions after each of its fills: (the fill's time, {strategy: qty})
@@ -949,7 +954,7 @@ def check_attribution(events: list[dict[str, Any]], report: dict[str, Any] | Non
     report's `strategies` and `symbols` tables and account totals agree with them."""
     symbol = report.get("symbol", "") if report else ""
     if not symbol:
-        symbol = next((e.get("symbol", "") for e in events if e.get("kind") == "session.started"), "")
+        symbol = _started(events).get("symbol", "")
     attribution = Attribution(events, symbol)
     problems = attribution.problems
     strategies = attribution.strategies()
@@ -1072,14 +1077,19 @@ TS_CUT_S = 0.001
 TIME_EPS = 1e-6
 
 
+# a quote as the checks read it: bid, ask, last trade (None: not given), its size, bid size, ask size
+# (sizes 0: not known)
+Quote = tuple[float, float, float | None, float, float, float]
+
+
 class SymbolMarket:
-    """One symbol's market events from `market.jsonl`, in arrival order: its quotes (bid, ask),
-    books (bids, asks) and live candles (low, high); its price tick (its `instrument` record's, or
-    the shipped table's)."""
+    """One symbol's market events from `market.jsonl`, in arrival order, each series (arrival
+    times, items): its quotes (`Quote`), books (bids, asks), live candles (low, high) and marks;
+    its price tick (its `instrument` record's, or the shipped table's)."""
 
     def __init__(self, symbol: str) -> None:
         self.tick_size = grid_instrument(symbol).tick_size
-        self.quotes: tuple[list[float], list[tuple[float, float]]] = ([], [])
+        self.quotes: tuple[list[float], list[Quote]] = ([], [])
         self.books: tuple[list[float], list[tuple[Any, Any]]] = ([], [])
         self.candles: tuple[list[float], list[tuple[float, float]]] = ([], [])
         self.marks: tuple[list[float], list[float]] = ([], [])
@@ -1158,24 +1168,27 @@ def load_market(run: Path) -> tuple[dict[str, SymbolMarket], float | None, list[
 
 def check_market(run: Path, events: list[dict[str, Any]], finished: bool) -> list[str]:
     """A live session's fills against the market it recorded (`market.jsonl`; a backtest's and a
-    replay's record none: nothing to check). Each fill's bid and ask are those of a quote that was
-    in force when it filled: the symbol's last quote before it, and a resting limit's quote one
-    whose last trade went through its price, no more than its size over the limits it filled (a
-    fill worked along a live
-    candle's range, `source` "candle" or "resting" with bid = ask: a price within that candle's
-    range; a liquidation before any quote: its mark); a fill from the book (`source` "book") takes
-    a level of the book in force, on its side, never more than the level's size over all the fills
-    that book met; one beyond it (`beyond_book`) is no better than the book's last level (found
-    by an audit: a fill whose recorded touch the market never showed passed, as only the fill
-    against its own recorded bid and ask was checked). An unfinished run's fills after the
-    market's last record are left out: a kill can cut market.jsonl's buffer before events.jsonl's."""
+    replay's record none: nothing to check) (found by an audit: only each fill against its own
+    recorded bid and ask was checked, so a broker that made its market up passed):
+    - its bid and ask are a quote in force when it filled (`_check_quote`): the symbol's last
+      before it, or one within its millisecond; after a resume, with nothing arrived since, one of
+      the checkpoint's; a taker at the touch takes no more than the touch showed, a resting limit
+      fills on a trade through its price and no more than that trade; a fill worked along a live
+      candle (bid = ask) is at that candle's step, within its range; a liquidation before any
+      quote at its mark;
+    - a stop's first fill is on a trade that reached its trigger (`_check_stop`);
+    - a fill from the book takes a level of the book in force, never more than the level's size
+      over all the fills that book met; one beyond it is no better than its last level
+      (`_check_book`).
+    An unfinished run's fills after the market's last record are left out: a kill can cut
+    market.jsonl's buffer before events.jsonl's."""
     markets, last, problems = load_market(run)
     if last is None:
         return problems
-    default_symbol = next((e.get("symbol", "") for e in events if e.get("kind") == "session.started"), "")
+    default_symbol = _started(events).get("symbol", "")
     taken: dict[tuple[str, int, str, float], float] = {}  # (symbol, book, side, price): taken of it
-    # (symbol, quote[, "touch"]): what resting limits took of its trade (of its touch: takers)
-    traded: dict[tuple[Any, ...], float] = {}
+    # (symbol, quote): what resting limits took of its trade, and takers of its touch
+    used = Used({}, {})
     resumed: tuple[float, float] | None = None
     triggered: set[Any] = set()  # the stops that have filled (their rest fills without a trigger)
     for i, e in enumerate(events):
@@ -1188,8 +1201,11 @@ def check_market(run: Path, events: list[dict[str, Any]], finished: bool) -> lis
             continue
         name = f"fill {e.get('fill_id') or e.get('order_id')} (seq {e['seq']})"
         symbol = e.get("symbol") or default_symbol
-        fill = MarketFill(e, markets.get(symbol) or SymbolMarket(symbol), ts, resumed, name, symbol)
-        problems += _check_quote(fill, traded)
+        m = markets.get(symbol) or SymbolMarket(symbol)
+        quotes = m.near(m.quotes, ts, resumed)
+        met = [(k, q) for k, q in quotes if q[:2] == (e["bid"], e["ask"])]
+        fill = MarketFill(e, m, ts, resumed, name, symbol, quotes, met)
+        problems += _check_quote(fill, used)
         problems += _check_stop(fill, triggered)
         if e.get("source") in ("book", "beyond_book"):
             problems += _check_book(fill, taken)
@@ -1206,22 +1222,29 @@ class MarketFill(NamedTuple):
     resumed: tuple[float, float] | None
     name: str
     symbol: str
+    quotes: list[tuple[int, Quote]]  # the quotes in force then (`SymbolMarket.near`), by index
+    met: list[tuple[int, Quote]]  # those with the fill's bid and ask
 
 
-def _check_quote(fill: MarketFill, traded: dict[tuple[Any, ...], float]) -> list[str]:
-    e, m, ts, resumed, name, symbol = fill
+class Used(NamedTuple):
+    """What the fills so far took of each quote, by (symbol, quote index)."""
+
+    traded: dict[tuple[str, int], float]  # of its last trade: resting limits
+    touched: dict[tuple[str, int], float]  # of its touch: takers at it
+
+
+def _check_quote(fill: MarketFill, used: Used) -> list[str]:
+    e, m, ts, _, name, symbol, quotes, met = fill
     bid, ask, source = e["bid"], e["ask"], e.get("source")
-    quotes = m.near(m.quotes, ts, resumed)
-    met = [(i, q) for i, q in quotes if q[:2] == (bid, ask)]
     if met and source == "touch":
         # at most what the touch showed, over the fills that took it (found by an audit: 5 BTC
         # filled at a touch of 0.2 passed)
         qty, buy = e["qty"], e["side"] == "buy"
+        touched = used.touched
         for i, q in met:
-            key = (symbol, i, "touch")
             size = q[5] if buy else q[4]
-            if traded.get(key, 0.0) + qty <= size + 1e-9:
-                traded[key] = traded.get(key, 0.0) + qty
+            if touched.get((symbol, i), 0.0) + qty <= size + 1e-9:
+                touched[(symbol, i)] = touched.get((symbol, i), 0.0) + qty
                 return []
         return [
             f"{name}: {qty} at the touch, more than the quote's touch size showed (with the fills before it)"
@@ -1233,6 +1256,7 @@ def _check_quote(fill: MarketFill, traded: dict[tuple[Any, ...], float]) -> list
         # it), no more than that trade's size over the limits it filled (found by an audit: only
         # the bid and ask were compared, so a limit filled by a trade that never reached it passed)
         price, qty, buy = e["fill_price"], e["qty"], e["side"] == "buy"
+        traded = used.traded
         for i, (_, _, last, size, *_) in met:
             if not isinstance(last, int | float) or (last > price + EPS if buy else last < price - EPS):
                 continue
@@ -1274,17 +1298,16 @@ def _check_stop(fill: MarketFill, triggered: set[Any]) -> list[str]:
     `requested_price`) (found by an audit: a stop filled with the market short of its trigger
     passed, its bid and ask a real quote). A stop worked along a live candle is the candle's
     (`_check_quote`); the rest of a triggered stop fills without a new trigger."""
-    e, m, ts, resumed, name, _ = fill
+    e, name, met = fill.e, fill.name, fill.met
     oid = e.get("order_id")
     first = oid not in triggered
     triggered.add(oid)
     trigger, buy = e.get("requested_price"), e["side"] == "buy"
     if e.get("type") != "stop_market" or not first or e.get("source") in ("candle", "bankruptcy"):
         return []
-    met = [q for _, q in m.near(m.quotes, ts, resumed) if q[:2] == (e["bid"], e["ask"])]
     if not met or not isinstance(trigger, int | float):
         return []  # no such quote: `_check_quote` says so
-    lasts = [q[2] for q in met if isinstance(q[2], int | float)]
+    lasts = [q[2] for _, q in met if isinstance(q[2], int | float)]
     if any((last >= trigger - EPS) if buy else (last <= trigger + EPS) for last in lasts):
         return []
     shown = " or ".join(f"{last}" for last in lasts) or "none"
@@ -1294,7 +1317,7 @@ def _check_stop(fill: MarketFill, triggered: set[Any]) -> list[str]:
 
 
 def _check_book(fill: MarketFill, taken: dict[tuple[str, int, str, float], float]) -> list[str]:
-    e, m, ts, resumed, name, symbol = fill
+    e, m, ts, resumed, name, symbol, _, _ = fill
     side, price, qty = e["side"], e["fill_price"], e["qty"]
     books = m.near(m.books, ts, resumed)
     if not books:
@@ -1329,7 +1352,7 @@ def data_files(events: list[dict[str, Any]]) -> dict[str, tuple[Path, str]]:
     changed since is not taken for it); a run from before them: its `data_source` ("backtest:
     FILE", or "backtest: SYMBOL=FILE, SYMBOL=FILE"), a relative path taken from here. {} for any
     other run."""
-    started = next((e for e in events if e.get("kind") == "session.started"), {})
+    started = _started(events)
     recorded = started.get("data_files")
     if isinstance(recorded, list):
         files = {}
@@ -1408,7 +1431,7 @@ def check_data(events: list[dict[str, Any]]) -> list[str]:
     fills = [e for e in events if e.get("kind") == "order.filled"]
     if not files or not fills:
         return []
-    started = next((e for e in events if e.get("kind") == "session.started"), {})
+    started = _started(events)
     m = re.fullmatch(
         r"([1-9][0-9]*)([smhd])", str((started.get("config") or {}).get("session", {}).get("interval"))
     )
@@ -1471,7 +1494,7 @@ def check_funding_charges(events: list[dict[str, Any]], report: dict[str, Any] |
     source = (report or {}).get("funding_source")
     if report is None or report.get("status") == ABANDONED or not isinstance(source, str):
         return []
-    started = next((e for e in events if e.get("kind") == "session.started"), {})
+    started = _started(events)
     default_symbol = started.get("symbol", "")
     # one source for every symbol, or "per symbol: BTCUSDT=file:NAME, ETHUSDT=none"
     sources: dict[str, str] = {}
