@@ -73,3 +73,21 @@ async def test_an_event_stamped_before_a_timer_due_meanwhile_is_stepped_first(
     # the order met the quote stamped 50 ms before it reached the market, not the one before that
     assert (fill["bid"], fill["ask"], fill["latency_ms"]) == (101.0, 101.1, 100.0)
     assert fills[0].ts == T0 + 1.1
+
+
+def test_a_book_is_the_quote_an_order_meets_until_its_tick_comes() -> None:
+    """The feed sends each push's `Book`, then its best bid/ask `Tick`: an order reaching the
+    market between the two walks the new book and records that book's touch beside its fills
+    (found by CI under load: it recorded the last tick's, and its price looked better than it)."""
+    from protocols.messages import Book
+    from tests.helpers_components import drive
+
+    broker = PaperBroker(BrokerConfig(latency_ms=100.0, latency_jitter_ms=0.0, slippage_bps=0.0))
+    book = Book(T0 + 1.1, ((99.8, 5.0), (99.7, 5.0)), ((99.9, 0.004), (100.0, 5.0)))
+    order = Order("o1", T0 + 1.05, "buy", 0.01, 100.1, "entry")
+    events = drive(broker, [(T0 + 1.0, quote(T0 + 1.0, 100.0)), (T0 + 1.05, order), (T0 + 1.1, book)])
+    fills = [e.fields for e in events if e.kind == "order.filled"]
+    assert [(f["fill_price"], f["qty"], f["bid"], f["ask"]) for f in fills] == [
+        (99.9, 0.004, 99.8, 99.9),
+        (100.0, 0.006, 99.8, 99.9),
+    ]

@@ -1153,6 +1153,10 @@ def load_market(run: Path) -> tuple[dict[str, SymbolMarket], float | None, list[
                 )
             elif kind == "book":
                 series, item = m.books, (r["bids"], r["asks"])
+                if r["bids"] and r["asks"]:  # its best bid and ask are the broker's quote too
+                    (bid, bid_qty), (ask, ask_qty) = r["bids"][0], r["asks"][0]
+                    m.quotes[0].append(arrival)
+                    m.quotes[1].append((bid, ask, None, 0.0, bid_qty, ask_qty))
             elif kind == "candle" and not r.get("backfill"):
                 series, item = m.candles, (r["low"], r["high"])
             elif kind == "funding":

@@ -602,8 +602,18 @@ class PaperBroker:
         if cls is Candle:
             return self.on_candle(event, ts)  # type: ignore[arg-type]
         if cls is Book:
-            self.book = event  # type: ignore[assignment]
+            book: Book = event  # type: ignore[assignment]
+            self.book = book
             self.book_taken = {}  # a new book: what was taken from the last one is forgotten
+            last = self.last_tick
+            if last is not None and book.bids and book.asks:
+                # its best bid and ask are the quote a fill now meets, before the tick the feed
+                # sends after it (found by CI under load: an order's timer between the two walked
+                # the new book and recorded the last book's touch beside it)
+                (bid, bid_qty), (ask, ask_qty) = book.bids[0], book.asks[0]
+                self.last_tick = _new_tuple(
+                    Tick, (book.ts, bid, ask, last.last, bid_qty, ask_qty, 0.0, book.symbol, last.source)
+                )
             return []
         if cls is FeedStatus:
             self.stale = event.stale  # type: ignore[union-attr]
