@@ -104,13 +104,23 @@ class Kernel:
         end_reason: str = "data_end",
         end_detail: str = "all data delivered",
         end_inclusive: bool = False,
+        record_market: Callable[[MarketEvent, float], None] | None = None,
     ) -> Stopped:
         """Every input in order, each a step; then the timers due before `end_ts` (or, with no
         end, at or before the last input; `end_inclusive`: at `end_ts` too, for a replay of a
         session its data stopped in a timer's step at the instant it ended); then stop with
-        `end_reason`."""
+        `end_reason`. `record_market(event, now)`: called with each market event as its step
+        begins, after the timers due before it (a replay records the market it acted on, as the
+        live broker actor does)."""
         broker = self.broker
         market_step = self.market_step
+        if record_market is not None:
+            step = market_step
+
+            def market_step(event: MarketEvent, now: float) -> None:
+                record_market(event, now)
+                step(event, now)
+
         next_timer = broker.next_timer
         for now, event in inputs:
             if next_timer() <= now:

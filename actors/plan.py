@@ -128,16 +128,19 @@ def load_recording(target: Path) -> Recording:
         if started is None or stopped is None:
             raise PlanError(f"--replay: {run_path} is not a finished session (no session.started/stopped)")
         run_id = started["run_id"]
-        if run_id.startswith(BATCH_RUN_PREFIXES):  # found by an audit: a replay of nothing, exit 0
-            source = started.get("data_source", "")
-            kind, again = (
-                ("backtest", f"run the backtest again ({source})")
-                if run_id.startswith(RUN_ID_PREFIXES["backtest"])
-                else ("replay", f"replay the session it replayed ({source})")
-            )
+        # found by an audit: a replay of nothing, exit 0. A replay records the market it acted on
+        # (so it can be replayed in turn); one from an older version has an empty market.jsonl
+        if run_id.startswith(RUN_ID_PREFIXES["backtest"]):
             raise PlanError(
-                f"--replay: {run_path.name} is a {kind}'s run folder: it recorded no market data "
-                f"(live sessions record theirs, in market.jsonl); {again}"
+                f"--replay: {run_path.name} is a backtest's run folder: it recorded no market data "
+                f"(live sessions and replays record theirs, in market.jsonl); run the backtest again "
+                f"({started.get('data_source', '')})"
+            )
+        if run_id.startswith(RUN_ID_PREFIXES["replay"]) and not (run_path / "market.jsonl").stat().st_size:
+            raise PlanError(
+                f"--replay: {run_path.name} is a replay's run folder with no market data (an "
+                f"older version's replays recorded none); replay the session it replayed "
+                f"({started.get('data_source', '')})"
             )
         return Recording(
             run_path=run_path,

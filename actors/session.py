@@ -58,7 +58,7 @@ from actors.lock import SessionLock
 from actors.plan import RUN_ID_PREFIXES, Plan
 from actors.progress import BacktestProgress, count_candles
 from actors.recording import checkpoint
-from actors.recording.recorder import Recorder, create_run_folder
+from actors.recording.recorder import MARKET_KIND, Recorder, create_run_folder
 from actors.recording.storage import StorageFault
 from actors.risk.gate import RiskGate
 from actors.signals import KernelSignals
@@ -770,6 +770,9 @@ class Session:
                         # stopped the original on max_trades, was refused session_stopping)
                         end_inclusive=self.plan.recording is not None
                         and self.plan.recording.stop_reason in DATA_DRIVEN_STOPS,
+                        # a replay's market.jsonl: what it acted on, as a live session's (its
+                        # fills are checked against it, and a replay can be replayed)
+                        record_market=_market_recorder(recorder) if self.plan.mode == "replay" else None,
                     )
             except Exception as exc:
                 logger.bind(lines=True).error("session failed:\n{}", "".join(traceback.format_exception(exc)))
@@ -868,6 +871,16 @@ class Session:
         from actors.session_actors import run_actors  # trio is imported only by this runtime
 
         return await run_actors(self)
+
+
+def _market_recorder(recorder: Recorder) -> Callable[[MarketEvent, float], None]:
+    """Each market event a step acts on, to the run's market.jsonl with its time."""
+    write = recorder.write
+
+    def record(event: MarketEvent, now: float) -> None:
+        write(Event(now, MARKET_KIND, {"event": event}))
+
+    return record
 
 
 def _until_stop(

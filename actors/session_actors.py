@@ -420,7 +420,8 @@ async def _run(
                 clock,
                 stops_tx.clone(),
                 published=published,
-                record_market=live,
+                # live sessions and replays: what they acted on, to market.jsonl
+                record_market=live or plan.mode == "replay",
                 after_step=after_step,
                 on_snapshot=latest.update,
                 intervals=parts.intervals,

@@ -288,3 +288,6 @@ async def test_a_replay_on_the_actors_and_on_the_kernel_writes_the_same_events(
     a, k = _normalized(runs["actors"]), _normalized(runs["kernel"])
     assert a == k, _first_difference(a, k)
     assert a[-1]["stop_reason"] == "duration" and sum(e["kind"] == "order.filled" for e in a) >= 4
+    # each records the market it acted on: the original's
+    market = (original.run_path / "market.jsonl").read_bytes()
+    assert market and all((runs[r] / "market.jsonl").read_bytes() == market for r in runs)

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from actors.config import load
-from actors.plan import Plan, load_recording
+from actors.plan import Plan, PlanError, load_recording
 from actors.session import run_session
 from tests.conftest import TRADES_OFTEN, make_config, read_events, read_report
 from tools.validate_session import validate
@@ -44,7 +44,29 @@ async def test_replay_reproduces_a_mock_session(tmp_path: Path, autojump_clock: 
         if e["kind"] == "order.filled"
     ]
     assert fills_a == fills_b
+    # the replay records the market it acted on, the original's to the byte, so the validator checks
+    # its fills against it too (a replay's market.jsonl used to be empty, and those checks skipped)
+    market = (original.run_path / "market.jsonl").read_bytes()
+    assert market and (replayed.run_path / "market.jsonl").read_bytes() == market
     assert validate(replayed.run_path) == []
+    # and a replay can be replayed: the same fills again
+    again = await run_session(
+        make_config(tmp_path / "c", *TRADES_OFTEN, duration_min=5),
+        plan=Plan(mode="replay", recording=load_recording(replayed.run_path)),
+        handle_signals=False,
+    )
+    assert [
+        (e["order_id"], e["qty"], e["fill_price"], e["fee"])
+        for e in read_events(again.run_path)
+        if e["kind"] == "order.filled"
+    ] == fills_a
+    assert (again.run_path / "market.jsonl").read_bytes() == market
+    # an older version's replay recorded no market: refused, naming the session to replay instead
+    (again.run_path / "market.jsonl").write_bytes(b"")
+    with pytest.raises(
+        PlanError, match=f"replay the session it replayed \\(replay of {replayed.run_path.name}\\)"
+    ):
+        load_recording(again.run_path)
 
 
 def write_bars(path: Path, n: int, seed: int = 7) -> list[float]:

@@ -297,3 +297,27 @@ def test_a_stop_fills_first_on_a_trade_that_reached_its_trigger(tmp_path: Path) 
     assert check_market(run, [started(), early], finished=True) == [
         "fill f3 (seq 3): a stop sell triggered at 99.2, but its quote's last trade (99.5) did not reach it"
     ]
+
+
+def test_a_stop_along_a_live_candle_fills_first_on_a_candle_that_reached_its_trigger(tmp_path: Path) -> None:
+    """A stop worked along a live candle was checked against the candle's range only: one filled
+    at the step of a candle that never came to its trigger passed."""
+    candle = {
+        "arrival_ts": T0 + 60, "type": "candle", "open_ts": T0, "interval_s": 60, "open": 100.0, "high": 101.0,
+        "low": 99.0, "close": 100.5, "volume": 3.0, "backfill": False, "symbol": SYMBOL,
+    }  # fmt: skip
+    run = market(tmp_path, tick(T0 + 1, 100.0, 100.1), candle)
+    stop = {"type": "stop_market", "source": "candle"}
+    reached = filled(2, T0 + 60, "sell", 0.1, 99.2, 99.2, 99.2, order_id="p1", requested_price=99.2, **stop)
+    assert check_market(run, [started(), reached], finished=True) == []
+    # a buy stop at 101 on a candle whose high is 101: reached
+    bought = filled(2, T0 + 60, "buy", 0.1, 101.0, 101.0, 101.0, order_id="p1", requested_price=101.0, **stop)
+    assert check_market(run, [started(), bought], finished=True) == []
+    # a sell stop at 98.5, filled within the range: the candle's low (99) never came down to it
+    short = filled(2, T0 + 60, "sell", 0.1, 99.2, 99.2, 99.2, order_id="p2", requested_price=98.5, **stop)
+    assert check_market(run, [started(), short], finished=True) == [
+        "fill f2 (seq 2): a stop sell triggered at 98.5 along a candle (99.0-101.0) that did not reach it"
+    ]
+    # and a buy stop at 101.5 over a high of 101
+    over = filled(2, T0 + 60, "buy", 0.1, 100.9, 100.9, 100.9, order_id="p3", requested_price=101.5, **stop)
+    assert len(check_market(run, [started(), over], finished=True)) == 1

@@ -19,7 +19,7 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
   price is its recorded touch or worse (a buy at the ask or above, a sell at the bid or below), a
   maker's its limit or better (a liquidation's fill, `source` "bankruptcy", is at the
   bankruptcy price, where the exchange takes the position over); its `slippage_bps` is its price
-  against the `requested_price`; in a live session (`check_market`) its bid and ask are a quote
+  against the `requested_price`; in a live session or a replay (`check_market`) its bid and ask are a quote
   market.jsonl recorded when it filled (a taker at the touch no more than its size, a resting
   limit on a trade through its price), a fill from the book takes a level of the book then in
   force, no more than it held; in a backtest whose data file is the one it read (`check_data`)
@@ -1121,7 +1121,7 @@ class SymbolMarket:
 
 
 def load_market(run: Path) -> tuple[dict[str, SymbolMarket], float | None, list[str]]:
-    """market.jsonl by symbol, the last arrival in it (None: nothing recorded: a backtest, a replay),
+    """market.jsonl by symbol, the last arrival in it (None: nothing recorded: a backtest, an older version's replay),
     and a problem for each line that cannot be read."""
     markets: dict[str, SymbolMarket] = {}
     last: float | None = None
@@ -1171,8 +1171,8 @@ def load_market(run: Path) -> tuple[dict[str, SymbolMarket], float | None, list[
 
 
 def check_market(run: Path, events: list[dict[str, Any]], finished: bool) -> list[str]:
-    """A live session's fills against the market it recorded (`market.jsonl`; a backtest's and a
-    replay's record none: nothing to check) (found by an audit: only each fill against its own
+    """A live session's or a replay's fills against the market it recorded (`market.jsonl`; a
+    backtest records none, and an older version's replay none: nothing to check) (found by an audit: only each fill against its own
     recorded bid and ask was checked, so a broker that made its market up passed):
     - its bid and ask are a quote in force when it filled (`_check_quote`): the symbol's last
       before it, or one within its millisecond; after a resume, with nothing arrived since, one of
@@ -1300,16 +1300,30 @@ def _check_quote(fill: MarketFill, used: Used) -> list[str]:
 def _check_stop(fill: MarketFill, triggered: set[Any]) -> list[str]:
     """A stop's first fill from a quote: on one whose last trade reached its trigger (its
     `requested_price`) (found by an audit: a stop filled with the market short of its trigger
-    passed, its bid and ask a real quote). A stop worked along a live candle is the candle's
-    (`_check_quote`); the rest of a triggered stop fills without a new trigger."""
+    passed, its bid and ask a real quote); one worked along a live candle, on a candle at its step
+    that went as far as the trigger (a gap from the last close to the open included: the open is
+    within the candle). The rest of a triggered stop fills without a new trigger."""
     e, name, met = fill.e, fill.name, fill.met
     oid = e.get("order_id")
     first = oid not in triggered
     triggered.add(oid)
     trigger, buy = e.get("requested_price"), e["side"] == "buy"
-    if e.get("type") != "stop_market" or not first or e.get("source") in ("candle", "bankruptcy"):
+    if e.get("type") != "stop_market" or not first or e.get("source") == "bankruptcy":
         return []
-    if not met or not isinstance(trigger, int | float):
+    if not isinstance(trigger, int | float):
+        return []
+    if e.get("source") == "candle":
+        m, half = fill.m, fill.m.tick_size / 2 + EPS
+        candles = m.at(m.candles, fill.ts)
+        if not candles or any(
+            (high >= trigger - half) if buy else (low <= trigger + half) for low, high in candles
+        ):
+            return []  # no such candle: `_check_quote` says so
+        shown = " or ".join(f"{low}-{high}" for low, high in candles)
+        return [
+            f"{name}: a stop {e['side']} triggered at {trigger} along a candle ({shown}) that did not reach it"
+        ]
+    if not met:
         return []  # no such quote: `_check_quote` says so
     lasts = [q[2] for _, q in met if isinstance(q[2], int | float)]
     if any((last >= trigger - EPS) if buy else (last <= trigger + EPS) for last in lasts):
