@@ -113,14 +113,7 @@ class Kernel:
         begins, after the timers due before it (a replay records the market it acted on, as the
         live broker actor does)."""
         broker = self.broker
-        market_step = self.market_step
-        if record_market is not None:
-            step = market_step
-
-            def market_step(event: MarketEvent, now: float) -> None:
-                record_market(event, now)
-                step(event, now)
-
+        market_step = self.market_step if record_market is None else self._recorded_steps(record_market)
         next_timer = broker.next_timer
         for now, event in inputs:
             if next_timer() <= now:
@@ -225,6 +218,18 @@ class Kernel:
             for event in broker.on_timer(due):
                 self.write(event)
             self.settle(due)
+
+    def _recorded_steps(
+        self, record_market: Callable[[MarketEvent, float], None]
+    ) -> Callable[[MarketEvent, float], None]:
+        """`market_step`, each event recorded as its step begins."""
+        step = self.market_step
+
+        def recorded(event: MarketEvent, now: float) -> None:
+            record_market(event, now)
+            step(event, now)
+
+        return recorded
 
     def market_step(self, event: MarketEvent, now: float) -> None:
         self.now = now
