@@ -138,9 +138,21 @@ def load_recording(target: Path) -> Recording:
             )
         if run_id.startswith(RUN_ID_PREFIXES["replay"]) and not (run_path / "market.jsonl").stat().st_size:
             raise PlanError(
-                f"--replay: {run_path.name} is a replay's run folder with no market data (an "
-                f"older version's replays recorded none); replay the session it replayed "
+                f"--replay: {run_path.name} is a replay's run folder with no market data (it acted on "
+                f"none, or an older version's replay recorded none); replay the session it replayed "
                 f"({started.get('data_source', '')})"
+            )
+        # found by an audit: a replay killed and closed as abandoned replayed "ok" with fewer fills
+        # (its market.jsonl, flushed apart from its events, was cut further back by the kill)
+        if stopped.get("stop_reason") == "abandoned":
+            again = (
+                f"; replay the session it replayed ({started.get('data_source', '')})"
+                if run_id.startswith(RUN_ID_PREFIXES["replay"])
+                else ""
+            )
+            raise PlanError(
+                f"--replay: {run_path.name} was killed before its end and closed as abandoned: its "
+                f"market.jsonl may stop short of what it did, so no replay reproduces it{again}"
             )
         return Recording(
             run_path=run_path,

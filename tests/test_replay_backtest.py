@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from datetime import datetime
@@ -13,6 +14,7 @@ import trio.testing
 
 from actors.config import load
 from actors.plan import Plan, PlanError, load_recording
+from actors.recording.abandon import close_abandoned
 from actors.session import run_session
 from tests.conftest import TRADES_OFTEN, make_config, read_events, read_report
 from tools.validate_session import validate
@@ -67,6 +69,39 @@ async def test_replay_reproduces_a_mock_session(tmp_path: Path, autojump_clock: 
         PlanError, match=f"replay the session it replayed \\(replay of {replayed.run_path.name}\\)"
     ):
         load_recording(again.run_path)
+
+
+async def test_a_killed_replay_closed_as_abandoned_validates_and_is_not_replayed(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Found by an audit: a kernel replay killed mid-way, once the next start had closed it as
+    abandoned, failed the validator (its fills after market.jsonl's end had "no quote": the kill
+    cut that file's buffer further back than the events'), and `--replay` of it ran "ok" with
+    fewer fills. Here the kill's leavings are made exactly: the events cut at three quarters, the
+    market at half with a torn last line."""
+    original = await run_session(
+        make_config(tmp_path / "a", *TRADES_OFTEN, duration_min=5), handle_signals=False, progress_mode="off"
+    )
+    config = make_config(tmp_path / "b", *TRADES_OFTEN, duration_min=5)
+    run = (
+        await run_session(config, plan=Plan(mode="replay", recording=load_recording(original.run_path)))
+    ).run_path
+    lines = (run / "events.jsonl").read_bytes().splitlines(keepends=True)
+    (run / "events.jsonl").write_bytes(b"".join(lines[: len(lines) * 3 // 4]))
+    market = (run / "market.jsonl").read_bytes().splitlines(keepends=True)
+    whole = b"".join(market[: len(market) // 2])
+    (run / "market.jsonl").write_bytes(whole + market[len(market) // 2][:20])
+    (run / "final_report.json").unlink()
+
+    closed = close_abandoned(run)
+    assert closed.closed and closed.report is not None and closed.report["status"] == "abandoned"
+    assert (run / "market.jsonl").read_bytes() == whole  # the torn line cut off
+    last_arrival = json.loads(market[len(market) // 2 - 1])["arrival_ts"]
+    fills = [e for e in read_events(run) if e["kind"] == "order.filled"]
+    assert any(datetime.fromisoformat(e["ts"]).timestamp() > last_arrival + 1 for e in fills)  # the case
+    assert validate(run) == []
+    with pytest.raises(PlanError, match=r"closed as abandoned.*replay the session it replayed"):
+        load_recording(run)
 
 
 def write_bars(path: Path, n: int, seed: int = 7) -> list[float]:

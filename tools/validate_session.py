@@ -47,8 +47,9 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
 
 An abandoned run (status `abandoned`: its process was killed before its first checkpoint and the
 next start closed it, see actors/recording/abandon.py) need not be flat: the position it had went
-with its process. Everything else is checked as above, and its `session.stopped` must say
-`abandoned` with nothing unrealized and nothing open.
+with its process. Its fills after market.jsonl's last record are not checked against the market
+(the kill may have cut that file's buffer before the events'). Everything else is checked as above,
+and its `session.stopped` must say `abandoned` with nothing unrealized and nothing open.
 """
 
 from __future__ import annotations
@@ -1184,8 +1185,8 @@ def check_market(run: Path, events: list[dict[str, Any]], finished: bool) -> lis
     - a fill from the book takes a level of the book in force, never more than the level's size
       over all the fills that book met; one beyond it is no better than its last level
       (`_check_book`).
-    An unfinished run's fills after the market's last record are left out: a kill can cut
-    market.jsonl's buffer before events.jsonl's."""
+    An unfinished (or abandoned) run's fills after the market's last record are left out: a kill
+    can cut market.jsonl's buffer before events.jsonl's."""
     markets, last, problems = load_market(run)
     if last is None:
         return problems
@@ -1582,6 +1583,7 @@ def validate(run: Path, page: bool = False) -> list[str]:
     report, unreadable = load_report(run)
     problems += unreadable
     finished = report is not None or bool(unreadable)
+    abandoned = report is not None and report.get("status") == ABANDONED
     checks: list[tuple[str, Callable[[], list[str]]]] = [
         ("sequence", lambda: check_sequence(events, finished=finished)),
         ("fills", lambda: check_fills(events, report)),
@@ -1589,7 +1591,9 @@ def validate(run: Path, page: bool = False) -> list[str]:
         ("attribution", lambda: check_attribution(events, report)),
         ("records", lambda: check_records(events, report)),
         ("metrics", lambda: check_metrics(run, events)),
-        ("market", lambda: check_market(run, events, finished)),
+        # an abandoned run (killed, closed by the next start) is finished, but its market.jsonl
+        # was cut by the kill as an unfinished one's (its own buffer, flushed apart from the events)
+        ("market", lambda: check_market(run, events, finished and not abandoned)),
         ("data", lambda: check_data(events)),
         ("funding", lambda: check_funding_charges(events, report)),
     ]

@@ -5,7 +5,8 @@ A live session writes its first checkpoint a few tens of milliseconds after it c
 unfinished (no `final_report.json`) but cannot be resumed (no checkpoint to restore). The next
 start closes it instead, so that it never blocks a later one:
 
-- a torn last line of `events.jsonl` (the process died in the middle of a write) is dropped;
+- a torn last line of `events.jsonl` (the process died in the middle of a write) is dropped, and
+  one of `market.jsonl` cut off;
 - a `session.stopped` event is appended with status and stop reason `abandoned`, at the time of the
   last event recorded, with the fields a normal stop has, derived from the events (the position it
   may have had went with the process: paper only, so nothing is flattened and nothing is open);
@@ -38,7 +39,7 @@ from loguru import logger
 from actors.lock import SessionLock
 from actors.recording import checkpoint
 from actors.recording.html_report import write_report_html
-from actors.recording.storage import FaultNote, noted_fault
+from actors.recording.storage import FaultNote, cut_torn_tail, noted_fault
 from protocols.records import (
     METRIC_COLUMNS,
     METRIC_FIELDS,
@@ -188,6 +189,19 @@ def _metrics_csv(rows: list[dict[str, Any]], symbol: str) -> str:
     return out.getvalue()
 
 
+def _cut_torn_line(path: Path) -> None:
+    """market.jsonl cut back to its last whole line (a kill in its write tears it; found by an
+    audit: the closed run's validator and page then read a line that is not a record)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    try:
+        cut_torn_tail(fd)
+    finally:
+        os.close(fd)
+
+
 def close_abandoned(run_path: Path) -> Abandoned:
     """Close a run folder that has no checkpoint as abandoned (see the module docstring).
 
@@ -233,6 +247,7 @@ def close_abandoned(run_path: Path) -> Abandoned:
             rewrite = dropped > 0
         if rewrite:
             _replace(run_path / EVENTS, "".join(dumps_line(r) + "\n" for r in records))
+        _cut_torn_line(run_path / "market.jsonl")
         builder = ReportBuilder()
         for record in records:
             builder.add(record)
