@@ -56,6 +56,7 @@ from actors.config import (
     Config,
     ConfigError,
     FeedConfig,
+    StrategyConfig,
     build,
     dict_layer,
     flags_layer,
@@ -524,6 +525,23 @@ def _funding(values: list[str], config: Config) -> tuple[tuple[str, FundingRates
     return tuple(rates)
 
 
+def _unread_order_qty(config: Config) -> list[str]:
+    """The strategies' `order_qty` keys, set off their default, that no entry reads: with
+    `risk.sizing = "risk"` an entry with a stop is sized from `risk.risk_per_trade_pct` (found by an
+    audit: the risk-profile templates' sizes were never what they traded); every entry has one
+    then (the config refuses `ema_cross`'s `stop_loss_pct = 0` with risk sizing)."""
+    if config.risk.sizing != "risk":
+        return []
+    default = StrategyConfig().order_qty
+    return [
+        f"strategies[{spec.id}].order_qty = {spec.config.order_qty:g}"
+        if config.strategies
+        else f"strategy.order_qty = {spec.config.order_qty:g}"
+        for spec in config.strategy_specs
+        if spec.config.order_qty != default
+    ]
+
+
 def _has_strategy_tables(path: str) -> bool:
     """Whether the config file has [[strategies]] tables (it was read and checked already)."""
     try:
@@ -607,6 +625,13 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
                     "tables: this session runs one {} strategy",
                     args.config,
                     config.strategy_specs[0].kind,
+                )
+            if not args.replay and (unread_qty := _unread_order_qty(config)):
+                logger.warning(
+                    "{} not used: risk.sizing is 'risk', which sizes each entry from "
+                    "risk.risk_per_trade_pct of equity over its stop distance (cut to the risk limits); "
+                    "risk.sizing = 'fixed' trades order_qty",
+                    " and ".join(unread_qty),
                 )
             if args.mode == "live" and not args.replay and config.feed.source == "mock":
                 # found by an audit: the fake exchange's URLs set on the default source were

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from actors.session import run_session
-from tests.conftest import make_config, run_main
+from tests.conftest import REPO, make_config, run_main
 
 
 def _one_line(stderr: str) -> str:
@@ -200,8 +200,6 @@ def test_check_config_refuses_what_a_start_refuses(tmp_path: Path, args: list[st
 
 
 def test_check_config_gives_the_warning_a_start_gives(tmp_path: Path) -> None:
-    from tests.conftest import REPO
-
     live = str(REPO / "config" / "live.toml")
     result = run_main(
         "--config", live, "--check-config", cwd=tmp_path, LAPTOP_AGENTS__STRATEGY__FAST_PERIOD="5"
@@ -282,6 +280,35 @@ def test_exchange_urls_set_on_the_mock_source_are_said_to_be_unused(tmp_path: Pa
     assert "--source bitunix reads them" in warning
     quiet = run_main(*urls, "--source", "bitunix", "--check-config", cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_an_order_qty_that_risk_sizing_never_reads_is_said_to_be_unused(tmp_path: Path) -> None:
+    """Found by an audit: the risk-profile templates set `order_qty`, which risk sizing (the
+    default) never reads: their entries traded another size without a word."""
+    result = run_main("--set", "strategy.order_qty=0.005", "--check-config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if line]
+    assert "strategy.order_qty = 0.005 not used: risk.sizing is 'risk'" in warning
+    assert "risk.sizing = 'fixed' trades order_qty" in warning
+    tables = tmp_path / "two.toml"
+    tables.write_text(
+        '[[strategies]]\nid = "a"\nkind = "trend_pullback"\norder_qty = 0.002\n'
+        '[[strategies]]\nid = "b"\nkind = "liquidity_sweep"\n'
+    )
+    result = run_main("--config", str(tables), "--check-config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "strategies[a].order_qty = 0.002 not used" in result.stderr and "strategies[b]" not in result.stderr
+    )
+    # read with fixed sizing, and the default (config/default.toml lists it) is no news
+    for sets in (["strategy.order_qty=0.005", "risk.sizing=fixed"], ["strategy.order_qty=0.001"]):
+        quiet = run_main(*(a for s in sets for a in ("--set", s)), "--check-config", cwd=tmp_path)
+        assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    # the shipped configs set none that goes unread
+    for path in sorted((REPO / "config").rglob("*.toml")):
+        if "sweeps" not in path.parts:
+            shipped = run_main("--config", str(path), "--check-config", cwd=tmp_path)
+            assert "order_qty" not in shipped.stderr, (path, shipped.stderr)
 
 
 def test_a_run_dir_that_is_a_file_is_named_as_one(tmp_path: Path) -> None:
