@@ -27,7 +27,6 @@ secret are never echoed, not even when the exchange's message would quote them.
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import re
 import secrets as random_secrets
@@ -40,6 +39,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from actors import secrets
+from protocols import bitunix
 
 if TYPE_CHECKING:
     from actors.config import Config
@@ -211,13 +211,8 @@ def _field(value: Any) -> str:
 def _skew(date: str | None, local: float) -> float | None:
     """This machine's clock minus the exchange's (s), from the answer's `Date` header (whole
     seconds: its middle is taken); None without a readable header."""
-    if not date:
-        return None
-    try:
-        server = email.utils.parsedate_to_datetime(date).timestamp() + 0.5
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return local - server
+    server = bitunix.http_date_s(date)
+    return None if server is None else local - (server + 0.5)
 
 
 def _clock(skew: float) -> str:

@@ -50,6 +50,7 @@ Decisions that the exchange does not settle:
 
 from __future__ import annotations
 
+import email.utils
 import json
 import math
 import re
@@ -88,6 +89,19 @@ FUTURE_TOLERANCE_S = 10.0
 MAX_FUNDING_PCT = 10.0
 
 KLINE_PATH = "/api/v1/futures/market/kline"
+
+
+def http_date_s(value: str | None) -> float | None:
+    """A REST answer's `Date` header (RFC 7231, whole seconds) as epoch seconds; None without a
+    readable one."""
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
 DEPTH_PATH = "/api/v1/futures/market/depth"
 TRADING_PAIRS_PATH = "/api/v1/futures/market/trading_pairs"
 UNKNOWN_SYMBOL_CODE = 20015  # "this Futures is not allowed to trade."

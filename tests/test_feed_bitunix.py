@@ -297,6 +297,7 @@ async def run_feed(
     take: Callable[[MarketEvent], Awaitable[None]] | None = None,
     setup: Callable[[BitunixFeed], None] | None = None,
     until: Callable[[list[MarketEvent]], bool] | None = None,
+    clock_ahead_s: float = 0.0,
 ) -> FeedRun:
     """A BitunixFeed for `seconds` against the fake, with one unbuffered subscriber that calls
     `take` on each event it gets (slow downstream work). `until`: the run ends as soon as the
@@ -308,7 +309,7 @@ async def run_feed(
     the feed's clock) ends a candle short of the exchange's whenever the wall clock's minute
     boundary falls between the start and the fake's shifted one: the first kline push then
     backfills that candle at once, and whether it does would depend on the second of the minute
-    the test starts at."""
+    the test starts at. `clock_ahead_s`: the feed's clock that much ahead of the exchange's."""
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.run)
         config = make_config(
@@ -320,7 +321,7 @@ async def run_feed(
         )
         events_tx, events_rx = trio.open_memory_channel[Event](math.inf)
         market_tx, market_rx = trio.open_memory_channel[MarketEvent](0)
-        clock = SessionClock(wall_start=time.time() + fake.time_offset_s)
+        clock = SessionClock(wall_start=time.time() + fake.time_offset_s + clock_ahead_s)
         feed = BitunixFeed(config, clock, FeedHealth(data_source="bitunix"), [market_tx], events_tx)
         if setup is not None:
             setup(feed)
@@ -877,6 +878,32 @@ def _iso(ts: float) -> str:
     from protocols.records import iso
 
     return iso(ts)
+
+
+async def test_a_clock_ahead_of_the_exchanges_seeds_no_candle_the_exchange_still_has_open(
+    tmp_path: Path,
+) -> None:
+    """Found by an audit: the seed asks for the candles closed by this machine's clock; with it
+    ahead of the exchange's, that took the candle the exchange still had open (its REST row: part
+    of the minute) as closed history, and its live close was then skipped as handed out. Here the
+    exchange's minute ends 6 s after the start and the feed's clock is 9 s ahead (its minute ended
+    3 s ago): every candle handed out, seeded or live, is the exchange's whole candle, once."""
+    offset = offset_for_close_in(6.0)
+    fake = FakeBitunix(seed=13, history_candles=60, time_offset_s=offset)
+    open_ms = math.floor((time.time() + offset) / 60) * 60_000  # the exchange's candle open now
+
+    def handed_out(events: list[MarketEvent]) -> bool:
+        return any(isinstance(e, Candle) and round(e.open_ts * 1000) == open_ms for e in events)
+
+    run = await run_feed(
+        tmp_path, fake, "strategy.history=30", seconds=30, until=handed_out, clock_ahead_s=9.0
+    )
+    candles = assert_feed_candles_match_truth(run, fake)  # the old seed's last: part of its minute
+    assert candles[-1].open_ts * 1000 == open_ms
+    seeded = next(e for e in run.events if e.kind == "feed.seeded")
+    # the 30 asked for by this clock less the one still open (30 only where the seed's answer came
+    # after the exchange's minute ended, on a machine loaded for 6 s)
+    assert seeded.fields["candles"] in (29, 30)
 
 
 async def test_rest_rate_limit_replies_slow_the_seed_down_without_failure(tmp_path: Path) -> None:

@@ -338,6 +338,7 @@ class BitunixFeed:
         self.frames = 0  # WebSocket frames received since the last feed.stats
         self.lags_ms: list[float] = []
         self.http = httpx.AsyncClient(base_url=self.cfg.rest_url, timeout=self.cfg.rest_timeout_s)
+        self.reply_date_s: float | None = None  # the last REST answer's `Date` (the exchange's clock)
 
     # --- output ----------------------------------------------------------------------------------
 
@@ -384,11 +385,13 @@ class BitunixFeed:
         await fan_out(self.subscribers, candle)
 
     async def _fetch_klines(
-        self, symbol: str, first_ms: int, last_ms: int
+        self, symbol: str, first_ms: int, last_ms: int, *, closed_only: bool = False
     ) -> tuple[list[Candle], str | None]:
         """Closed candles of `symbol` opening in [first_ms, last_ms], oldest first, paging backwards
         from the newest (the exchange's order); stops early where its history ends. On a REST
-        failure: what was fetched so far and the error."""
+        failure: what was fetched so far and the error. `closed_only`: without the candles that
+        had not closed by the exchange's clock (the first page's `Date`) when it answered: the
+        range, taken from this machine's clock, may reach a candle still open there."""
         got: list[Candle] = []
         end = last_ms
         while end >= first_ms:
@@ -405,6 +408,14 @@ class BitunixFeed:
             except (bitunix.RestError, httpx.HTTPError) as exc:
                 return got, _why(exc)
             page = [c for c in page if first_ms <= round(c.open_ts * 1000) <= end]
+            if closed_only and not got and self.reply_date_s is not None:
+                # found by an audit: with this machine's clock ahead of the exchange's, the seed's
+                # last candle was the one the exchange still had open (part of its minute), and
+                # the live close of it was then skipped as handed out. `Date` has whole seconds,
+                # never ahead of the exchange's time: a candle it shows closed is closed (one
+                # closed within that second is left out, and filled from REST before the next)
+                date_ms = self.reply_date_s * 1000
+                page = [c for c in page if round(c.open_ts * 1000) + self.interval_ms <= date_ms]
             if not page:
                 break
             got = page + got
@@ -490,6 +501,7 @@ class BitunixFeed:
             await self.bucket.acquire()
             try:
                 reply = await self.http.get(path, params=params)
+                self.reply_date_s = bitunix.http_date_s(reply.headers.get("date"))
                 data = bitunix.rest_data(reply.status_code, reply.content)
                 self.bucket.recover()
                 return data
@@ -618,7 +630,9 @@ class BitunixFeed:
         for m in self.markets.values():
             now_ms = int(self.clock.now() * 1000)
             end = (now_ms // self.interval_ms) * self.interval_ms - self.interval_ms  # last closed open
-            seed, error = await self._fetch_klines(m.symbol, end - (self.history - 1) * self.interval_ms, end)
+            seed, error = await self._fetch_klines(
+                m.symbol, end - (self.history - 1) * self.interval_ms, end, closed_only=True
+            )
             if error is not None:
                 logger.warning("feed: could not seed all of the {} candle history: {}", m.symbol, error)
             logger.info("feed: {} {} history candles from REST", len(seed), m.symbol)

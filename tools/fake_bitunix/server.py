@@ -66,7 +66,8 @@ Private REST: `GET /api/v1/futures/account?marginCoin=USDT` checks the signature
 ../shared/docs/bitunix-private-api.md §1.4 over the query values as received and the raw body
 (`_RestApp.authenticate` lists the checks and their codes) against the `api_keys` it is given, and
 answers the USDT account (an object, or a list with `account_as_list`). Every REST answer carries
-a `Date` header of the fake's auth clock (`clock_offset_s`), which also checks the timestamps.
+a `Date` header of the fake's clock (its exchange clock, skewed by `clock_offset_s`, which also
+skews the auth clock that checks the timestamps).
 """
 
 from __future__ import annotations
@@ -1029,7 +1030,7 @@ def _sha256_hex(text: str) -> str:
 class _RestApp:
     """The ASGI app behind hypercorn: GET /api/v1/futures/market/* (public) and GET
     /api/v1/futures/account (private: signed, see `authenticate`). Every answer carries a `Date`
-    header of the fake's auth clock (`FakeBitunix.auth_now`: wall time plus `clock_offset_s`)."""
+    header of the fake's clock (`FakeBitunix.date_now`: its exchange clock plus `clock_offset_s`)."""
 
     def __init__(self, server: FakeBitunix) -> None:
         self.srv = server
@@ -1072,7 +1073,7 @@ class _RestApp:
             (b"content-type", ctype),
             (b"content-length", str(len(body)).encode()),
             # hypercorn's own Date is switched off (run): this one is of the fake's (offset) clock
-            (b"date", email.utils.formatdate(self.srv.auth_now(), usegmt=True).encode("ascii")),
+            (b"date", email.utils.formatdate(self.srv.date_now(), usegmt=True).encode("ascii")),
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -1309,9 +1310,9 @@ class FakeBitunix:
     from the fake's auth clock; `account_as_list` answers the account as a one-element list (the
     docs' form) instead of an object (the live API's, per TIQ); `account` replaces members of the
     account object. `clock_offset_s` shifts the auth clock (`auth_now`: wall time plus it), which
-    stamps every REST answer's `Date` header and checks timestamps: a fake whose clock is off. It
-    is apart from `time_offset_s`, which shifts the market data only (a test's convenience, not a
-    clock the client should see as skewed).
+    checks timestamps, and the REST answers' `Date` header (`date_now`: the exchange clock plus
+    it): a fake whose clock is off. `time_offset_s` shifts the market data and the `Date` header
+    alike (a test's convenience: the exchange's one clock, which the feed seeds its history by).
     """
 
     def __init__(
@@ -1402,8 +1403,13 @@ class FakeBitunix:
         """Exchange time in ms (wall time plus time_offset_s)."""
         return int((self._wall0 + (time.monotonic() - self._mono0) + self.time_offset_s) * 1000)
 
+    def date_now(self) -> float:
+        """The clock of the `Date` headers, in s: the exchange clock (wall time plus time_offset_s)
+        plus clock_offset_s."""
+        return time.time() + self.time_offset_s + self.clock_offset_s
+
     def auth_now(self) -> float:
-        """The clock of the private API and of the `Date` headers, in s: wall time plus clock_offset_s."""
+        """The clock of the private API's timestamp check, in s: wall time plus clock_offset_s."""
         return time.time() + self.clock_offset_s
 
     def truth_candles(self, symbol: str | None = None) -> list[tuple[int, float, float, float, float, float]]:
