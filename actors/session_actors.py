@@ -157,10 +157,12 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
                         sink.send_nowait(event)
                 latest = _Latest(console=recorder.console)
                 stop_again: StopSession | None = None
-                if plan.mode == "live" and resumed_at is not None and resumed_at >= timeline.end_ts:
-                    _close_at_the_next_quote(parts, latest, resumed_at, config.feed.connect_timeout_s)
-                elif plan.mode == "live" and resumed_at is not None and parts.gate.stop_reason is not None:
-                    stop_again = _stop_again(parts, latest, resumed_at, config.feed.connect_timeout_s)
+                # a risk stop the process died in keeps its reason, even restarted after the planned
+                # end (found by an audit: a max_trades stop was then reported as `duration`)
+                if plan.mode == "live" and resumed_at is not None and parts.gate.stop_reason is not None:
+                    stop_again = _stop_again(parts, latest, resumed_at, sink)
+                elif plan.mode == "live" and resumed_at is not None and resumed_at >= timeline.end_ts:
+                    _close_at_the_next_quote(parts, latest, resumed_at, config.feed.connect_timeout_s, sink)
                 if plan.mode == "live":  # at once: a crash from here on resumes this session
                     sink.checkpoint({"session": attrs.asdict(timeline), "parts": parts.state()})
                 status = await _supervise(
@@ -211,15 +213,18 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
     return SessionResult(run_path, recorder.report, recorder.console, recorder.written, recorder.storage)
 
 
-def _stop_again(parts: Parts, latest: _Latest, resumed_at: float, wait_s: float) -> StopSession:
+def _stop_again(parts: Parts, latest: _Latest, resumed_at: float, sink: EventSink) -> StopSession:
     """A session whose risk gate had stopped it (max_loss, max_trades, a breaker's stop, ...)
     before the process died, before its flatten: it stops again at once, for that reason (found
     by a review: it resumed trading to its planned end, its loss limit no longer checked, and
     said `duration`); with a position it first waits for the market's next quote of each symbol
-    it holds (at most `wait_s`), as a session restarted after its planned end does."""
+    it holds (at most `feed.connect_timeout_s`), as a session restarted after its planned end
+    does. The broker stops at once: no entry reaches the market, none working fills."""
     gate = parts.gate
     assert gate.stop_reason is not None
     reason, detail = gate.stop_reason, gate.stop_detail
+    for event in parts.broker.handle(StopSession(resumed_at, reason, detail), resumed_at):
+        sink.send_nowait(event)
     logger.warning(
         "the session had stopped ({}: {}) when its process died: stopping again at once{}",
         reason,
@@ -246,15 +251,21 @@ def _wait_for_fresh_quotes(parts: Parts, latest: _Latest, resumed_at: float) -> 
     latest.fresh, latest.fresh_check = trio.Event(), fresh
 
 
-def _close_at_the_next_quote(parts: Parts, latest: _Latest, resumed_at: float, wait_s: float) -> None:
+def _close_at_the_next_quote(
+    parts: Parts, latest: _Latest, resumed_at: float, wait_s: float, sink: EventSink
+) -> None:
     """A session restarted after its planned end stops at once, but with a position it waits for
     the market's next quote of each symbol it holds (at most `wait_s`) and closes there, entries
     refused meanwhile (found by an audit: it closed at the quote of before the crash, a minute
-    old and more). With no quote in time it closes at the last one it has (`stale_flatten`)."""
+    old and more). With no quote in time it closes at the last one it has (`stale_flatten`).
+    The broker stops at once: a working entry is cancelled (found by an audit: a resting limit
+    entry filled on the quote the session waited for)."""
     broker = parts.broker
     if not broker.open_positions():
         return
-    broker.handle(StopSession(resumed_at, "duration", "the planned end passed while it was down"), resumed_at)
+    stop = StopSession(resumed_at, "duration", "the planned end passed while it was down")
+    for event in broker.handle(stop, resumed_at):
+        sink.send_nowait(event)
     _wait_for_fresh_quotes(parts, latest, resumed_at)
     logger.info(
         "the planned end passed while the session was down: closing its position at the market's "

@@ -17,6 +17,7 @@ import contextlib
 import math
 import signal
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any, Self
@@ -172,10 +173,10 @@ async def run_watchdog(
             ts += PROGRESS_EVERY_S
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(duration)
+        # a stop given at the start is the session's end: the duration's, past already in a
+        # session resumed after its planned end, would race it for the reason (found by an audit)
+        nursery.start_soon(duration if stop_at_once is None else partial(again, stop_at_once))
         nursery.start_soon(stop_commands)
-        if stop_at_once is not None:
-            nursery.start_soon(again, stop_at_once)
         if kill_switch is not None:
             nursery.start_soon(kill_switch_poll, Path(kill_switch))
         if progress.mode != "off":

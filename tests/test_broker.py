@@ -573,6 +573,23 @@ def test_stop_session_refuses_every_entry_but_not_exits() -> None:
     assert account.position_qty == 0.0 and account.stopping
 
 
+def test_stop_session_cancels_a_resting_entry_so_that_no_quote_fills_it_but_keeps_exits() -> None:
+    """Found by an audit: a resting limit entry filled while a resumed session, past its end,
+    waited for the next quote to flatten at (entries were refused only on their way in)."""
+    account = _account(slippage_bps=0.0)
+    entry = _order("o1", "buy", 0.5, stop_price=90.0, target_price=110.0)
+    rest = _order("o2", "buy", 0.1, order_type="limit", limit_price=99.5, stop_price=95.0, target_price=105.0)
+    _run_broker(account, [(0.0, _tick(99.9, 100.0)), (1.0, entry), (2.0, rest)])
+    assert set(account.working) - {"o2"} and "o2" in account.working  # o1's stop and target, and o2
+    events = account.handle(StopSession(W0 + 3, "max_loss"), W0 + 3)
+    assert [(c["order_id"], c["reason"]) for c in _kinds(events, "order.cancelled")] == [
+        ("o2", "session_stopping")
+    ]
+    events = _run_broker(account, [(4.0, _tick(99.3, 99.4, last=99.4, last_qty=5.0))])
+    assert _fills(events) == [] and "o2" not in account.working
+    assert len(account.working) == 2 and account.position_qty == 0.5  # o1's stop and target stay
+
+
 def test_flatten_cancels_working_orders_and_closes_the_position_with_its_reason() -> None:
     account = _account(slippage_bps=0.0)
     entry = _order("o1", "buy", 0.5, stop_price=90.0, target_price=110.0)

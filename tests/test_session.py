@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -152,14 +154,17 @@ STOPS_ON_MAX_LOSS = (
 )
 
 
+@pytest.mark.parametrize("restarted", ["before its planned end", "after its planned end"])
 async def test_a_session_that_died_after_its_risk_stop_stops_again_at_its_resume(
-    tmp_path: Path, autojump_clock: trio.abc.Clock
+    tmp_path: Path, autojump_clock: trio.abc.Clock, restarted: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found by a review: a session whose process died after its risk gate stopped it (here on
     max_loss) but before its flatten resumed trading to its planned end: its loss limit no longer
     checked, its report saying `duration`. It stops again at once for the same reason, and closes
     its position at the market's next quote. The crash: the folder as the process left it at its
-    last checkpoint (its final files removed; the resume drops the events after the checkpoint)."""
+    last checkpoint (its final files removed; the resume drops the events after the checkpoint).
+    Restarted after its planned end too (found by an audit: the report then said `duration`)."""
+    from actors import clock as clock_module
     from actors.plan import Plan
     from actors.recording import checkpoint
 
@@ -171,6 +176,8 @@ async def test_a_session_that_died_after_its_risk_stop_stops_again_at_its_resume
     assert state["account"]["position_qty"] != 0  # the last checkpoint: stopped, not yet flat
     for name in ("final_report.json", "metrics.json", "report.html"):
         (first.run_path / name).unlink()
+    if restarted == "after its planned end":  # the resumed process's clock: 3 minutes on
+        monkeypatch.setattr(clock_module, "time", SimpleNamespace(time=lambda: time.time() + 180))
     t0 = trio.current_time()
     resume = Plan(resume=first.run_path)  # what a plain start finds (actors/plan.py)
     second = await run_session(config, plan=resume, handle_signals=False, progress_mode="off")

@@ -1890,7 +1890,15 @@ class PaperBroker:
         if isinstance(command, HaltEntries):
             self.entries_halted_until = command.until if command.until > -math.inf else None
         elif isinstance(command, StopSession):
+            # no entry reaches the market from here on, and none working fills: each is cancelled
+            # now (found by an audit: a resting limit entry filled while a resumed session waited
+            # for a quote to flatten at, after its end; its stop and target travel with it); exits stay
             self.stopping = True
+            entries = {
+                oid for oid, w in self.working.items() if not (w.order.reduce_only or w.order.protective)
+            }
+            if entries:
+                return self.cancel_all(now, "session_stopping", keep=self.working.keys() - entries)
         else:
             self.watch_floor, self.watch_at = command.equity_floor, command.check_at
             if self.last_tick is not None and (self.equity <= self.watch_floor or now >= self.watch_at):
