@@ -507,6 +507,8 @@ def _feed(
         from actors.feeds.bitunix import run_live_feed
 
         assert parts.walk is not None  # live sessions have one
+        broker = parts.broker
+        legs = list(broker.legs.values()) if isinstance(broker, Portfolio) else [broker]
         with stops_tx:
             await run_live_feed(
                 config,
@@ -515,6 +517,8 @@ def _feed(
                 parts.walk,
                 [Stamper(market_tx, clock)],  # type: ignore[list-item]
                 sink.clone(),
+                # a resumed session's last candles (its checkpoint's; none at a start)
+                handed_out={leg.symbol: leg.candle_open_ts for leg in legs if leg.candle_open_ts is not None},
                 task_status=task_status,
             )
 

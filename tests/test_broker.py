@@ -20,6 +20,7 @@ from actors.config import BrokerConfig
 from protocols.messages import (
     Book,
     Cancel,
+    Candle,
     Event,
     FeedStatus,
     Flatten,
@@ -588,6 +589,19 @@ def test_stop_session_cancels_a_resting_entry_so_that_no_quote_fills_it_but_keep
     events = _run_broker(account, [(4.0, _tick(99.3, 99.4, last=99.4, last_qty=5.0))])
     assert _fills(events) == [] and "o2" not in account.working
     assert len(account.working) == 2 and account.position_qty == 0.5  # o1's stop and target stay
+
+
+def test_a_live_broker_keeps_the_last_candle_it_was_handed_for_a_resumes_feed() -> None:
+    """History included (the strategies take it too); a checkpoint keeps it, and the resumed
+    session's feed hands out only the candles after it (tests/test_feed_bitunix.py)."""
+    account = _account()
+    for k, backfill in ((0, True), (1, True), (2, False)):
+        candle = Candle(W0 + 60 * k, 60.0, 100.0, 101.0, 99.0, 100.5, 1.0, backfill=backfill)
+        account.handle(candle, W0 + 60 * (k + 1))
+        assert account.candle_open_ts == W0 + 60 * k
+    resumed = _account()
+    resumed.restore(json.loads(json.dumps(account.state())))
+    assert resumed.candle_open_ts == W0 + 120
 
 
 def test_flatten_cancels_working_orders_and_closes_the_position_with_its_reason() -> None:

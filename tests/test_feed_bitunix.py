@@ -298,6 +298,7 @@ async def run_feed(
     setup: Callable[[BitunixFeed], None] | None = None,
     until: Callable[[list[MarketEvent]], bool] | None = None,
     clock_ahead_s: float = 0.0,
+    handed_out: dict[str, float] | None = None,
 ) -> FeedRun:
     """A BitunixFeed for `seconds` against the fake, with one unbuffered subscriber that calls
     `take` on each event it gets (slow downstream work). `until`: the run ends as soon as the
@@ -309,7 +310,8 @@ async def run_feed(
     the feed's clock) ends a candle short of the exchange's whenever the wall clock's minute
     boundary falls between the start and the fake's shifted one: the first kline push then
     backfills that candle at once, and whether it does would depend on the second of the minute
-    the test starts at. `clock_ahead_s`: the feed's clock that much ahead of the exchange's."""
+    the test starts at. `clock_ahead_s`: the feed's clock that much ahead of the exchange's;
+    `handed_out`: a resumed session's last candle of each symbol."""
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.run)
         config = make_config(
@@ -322,7 +324,9 @@ async def run_feed(
         events_tx, events_rx = trio.open_memory_channel[Event](math.inf)
         market_tx, market_rx = trio.open_memory_channel[MarketEvent](0)
         clock = SessionClock(wall_start=time.time() + fake.time_offset_s + clock_ahead_s)
-        feed = BitunixFeed(config, clock, FeedHealth(data_source="bitunix"), [market_tx], events_tx)
+        feed = BitunixFeed(
+            config, clock, FeedHealth(data_source="bitunix"), [market_tx], events_tx, handed_out=handed_out
+        )
         if setup is not None:
             setup(feed)
         received: list[tuple[float, MarketEvent]] = []
@@ -904,6 +908,40 @@ async def test_a_clock_ahead_of_the_exchanges_seeds_no_candle_the_exchange_still
     # the 30 asked for by this clock less the one still open (30 only where the seed's answer came
     # after the exchange's minute ended, on a machine loaded for 6 s)
     assert seeded.fields["candles"] in (29, 30)
+
+
+async def test_a_resumed_sessions_feed_hands_out_only_the_candles_after_its_last(tmp_path: Path) -> None:
+    """Found by an audit: a resumed live session's feed handed out its whole history seed again,
+    and the restored strategies took it on top of their state (EMAs fed older closes after newer
+    ones, trend_pullback's time exit counting them as candles held). With the checkpoint's last
+    candle (here five before the exchange's last closed one) only the five after it go out."""
+    offset = offset_for_close_in(30.0)  # no candle closes during the run
+    fake = FakeBitunix(seed=21, history_candles=60, time_offset_s=offset)
+    last_closed_ms = (math.floor((time.time() + offset) / 60) - 1) * 60_000
+    handed = (last_closed_ms - 5 * 60_000) / 1000
+
+    def seeded(events: list[MarketEvent]) -> bool:  # the last candle out, then a book after it
+        # (the seed's task, runnable from the candle's hand-out on, has sent `feed.seeded` by then)
+        last = next(
+            (
+                i
+                for i, e in enumerate(events)
+                if isinstance(e, Candle) and round(e.open_ts * 1000) == last_closed_ms
+            ),
+            None,
+        )
+        return last is not None and any(isinstance(e, Book) for e in events[last + 1 :])
+
+    run = await run_feed(
+        tmp_path, fake, "strategy.history=30", seconds=20, until=seeded, handed_out={"BTCUSDT": handed}
+    )
+    candles = assert_feed_candles_match_truth(run, fake)
+    assert [round(c.open_ts * 1000) for c in candles] == [
+        last_closed_ms - k * 60_000 for k in range(4, -1, -1)
+    ]
+    assert all(c.backfill for c in candles)
+    (event,) = [e for e in run.events if e.kind == "feed.seeded"]
+    assert event.fields["candles"] == 5
 
 
 async def test_rest_rate_limit_replies_slow_the_seed_down_without_failure(tmp_path: Path) -> None:

@@ -282,6 +282,9 @@ class PaperBroker:
         self.quote_budget = math.inf  # what market orders may still take at the current quote (bars)
         self.bar_volume: float | None = None  # the last candle's volume (bars)
         self.path_price: float | None = None  # where the last candle's path ended (bars)
+        # live: the open time of the last candle the session was handed, history included (kept by
+        # its checkpoints: a resumed session's feed hands out only those after it)
+        self.candle_open_ts: float | None = None
         # what market orders took from the current book ((side, price) -> qty) and touch
         self.book_taken: dict[tuple[str, float], float] = {}
         self.touch_taken = 0.0
@@ -505,6 +508,7 @@ class PaperBroker:
         "touch_taken",
         "liquidations",
         "quote_budget",
+        "candle_open_ts",
     )
 
     def state(self) -> dict[str, Any]:
@@ -703,15 +707,16 @@ class PaperBroker:
         works resting orders (its quotes did the rest). In a backtest (`bars`) it is the market
         from its open to its close: resting orders, stops and liquidation are worked along its
         path (from where the last one ended: a gap fills at the open), then its close is the quote."""
-        if candle.backfill:
-            return []
         if not self.bars:
-            if not self.working:
+            self.candle_open_ts = candle.open_ts
+            if candle.backfill or not self.working:
                 return []
             live_events = self._advance(ts) if ts >= self.next_funding_ts else []
             self.last_ts = ts
             live_events += self._walk(candle, ts, None)
             return self._mark(live_events, ts)
+        if candle.backfill:
+            return []
         events: list[Event] = []
         pos = self.position_qty
         if (

@@ -63,7 +63,7 @@ import random
 import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -305,10 +305,17 @@ class BitunixFeed:
         *,
         first_data: trio.Event | None = None,
         rng: random.Random | None = None,
+        handed_out: Mapping[str, float] | None = None,
     ) -> None:
+        """`handed_out`: a resumed session's last candle open time of each symbol (its checkpoint's):
+        only the candles after it are handed out (found by an audit: a resume handed out the whole
+        history seed again, and the restored strategies took it on top of their state)."""
         self.cfg = config.feed
         self.symbols = config.symbols  # every symbol the session trades, in order
         self.markets = {symbol: _Market(symbol) for symbol in self.symbols}
+        for symbol, open_ts in (handed_out or {}).items():
+            if symbol in self.markets:
+                self.markets[symbol].last_emitted_ms = round(open_ts * 1000)
         self.interval = config.session.interval
         self.interval_s = config.interval_s
         self.interval_ms = self.interval_s * 1000
@@ -639,6 +646,8 @@ class BitunixFeed:
             # handed out only once the WebSocket delivers: after a fallback they would be the wrong market
             await self.first_data.wait()
             async with m.emit_lock:
+                before = m.last_emitted_ms  # a resumed session's: only the candles after it go out
+                seed = [c for c in seed if before is None or round(c.open_ts * 1000) > before]
                 for candle in seed:
                     await self._emit_candle(m, candle, backfill=True)
             await self._event("feed.seeded", symbol=m.symbol, candles=len(seed))
@@ -1037,10 +1046,12 @@ async def run_live_feed(
     subscribers: Sequence[trio.MemorySendChannel[MarketEvent]],
     events: EventSender,
     *,
+    handed_out: Mapping[str, float] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Actor: the configured live source; Bitunix falls back to the mock source when it delivers no
-    data within `feed.connect_timeout_s` at start and `feed.fallback = "mock"`."""
+    data within `feed.connect_timeout_s` at start and `feed.fallback = "mock"`. `handed_out`: a
+    resumed session's last candle of each symbol (`BitunixFeed`; the mock's walk keeps its own)."""
     if config.feed.source == "mock":
         with events:  # unused: the mock feed has no network to report on
             health.stale = False
@@ -1059,7 +1070,9 @@ async def run_live_feed(
             stack.enter_context(tx)
         stack.enter_context(events)
         first_data = trio.Event()
-        feed = BitunixFeed(config, clock, health, subscribers, events, first_data=first_data)
+        feed = BitunixFeed(
+            config, clock, health, subscribers, events, first_data=first_data, handed_out=handed_out
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(feed.run)
             task_status.started()
