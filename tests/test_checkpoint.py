@@ -54,3 +54,24 @@ def test_crash_between_renames_leaves_the_previous(tmp_path: Path) -> None:
     loaded = checkpoint.load(tmp_path)
     assert loaded.state == {"seq": 2}
     assert loaded.problems == [f"{checkpoint.NEWEST}: missing"]
+
+
+def test_a_write_cut_between_its_renames_is_taken_whole_from_its_temporary_file(tmp_path: Path) -> None:
+    """Found by an audit: killed after its temporary file was written and fsynced and the newest
+    moved to previous, before the temporary file became the newest, a write left a resume one
+    generation back (a fill the temporary file held was undone). That file is the newest."""
+    checkpoint.write(tmp_path, {"seq": 1})
+    checkpoint.write(tmp_path, {"seq": 2})
+    (tmp_path / (checkpoint.NEWEST + ".tmp")).write_bytes(
+        checkpoint.encode({"seq": 3}, tmp_path.resolve().name)
+    )
+    (tmp_path / checkpoint.NEWEST).replace(tmp_path / checkpoint.PREVIOUS)
+    loaded = checkpoint.load(tmp_path)
+    assert (loaded.state, loaded.path.name) == ({"seq": 3}, checkpoint.NEWEST + ".tmp")
+    assert "taken whole from checkpoint.json.tmp" in loaded.problems[0]
+    # and the next write goes on from there: newest, with the previous kept
+    checkpoint.write(tmp_path, {"seq": 4})
+    assert checkpoint.load(tmp_path).state == {"seq": 4}
+    assert checkpoint.decode((tmp_path / checkpoint.PREVIOUS).read_bytes(), tmp_path.resolve().name) == {
+        "seq": 2
+    }

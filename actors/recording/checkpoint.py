@@ -157,6 +157,17 @@ def write(folder: Path, state: dict[str, Any]) -> None:
     fsync_dir(folder)
 
 
+def _between_renames(folder: Path) -> dict[str, Any] | None:
+    """The state a write killed between its two renames left whole in its temporary file (written
+    and fsynced before them), the newest moved to previous already; None when there is none whole
+    (found by an audit: the resume went back a generation and undid a fill that file held). A
+    file cut in its own write fails its checksum and is passed over, as a forged one is."""
+    try:
+        return decode((folder / (NEWEST + ".tmp")).read_bytes(), _run_id(folder))
+    except (OSError, ValueError):
+        return None
+
+
 def load(folder: Path) -> Loaded:
     """The newest valid checkpoint; CheckpointError when there is none."""
     problems: list[str] = []
@@ -165,6 +176,11 @@ def load(folder: Path) -> Loaded:
         try:
             return Loaded(decode(path.read_bytes(), _run_id(folder)), path, problems)
         except FileNotFoundError:
+            if name == NEWEST and (cut := _between_renames(folder)) is not None:
+                problems.append(
+                    f"{name}: missing (its write was cut between its renames: taken whole from {name}.tmp)"
+                )
+                return Loaded(cut, folder / (NEWEST + ".tmp"), problems)
             problems.append(f"{name}: missing")
         except TamperedCheckpoint as exc:
             raise CheckpointError(
