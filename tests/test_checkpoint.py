@@ -75,3 +75,13 @@ def test_a_write_cut_between_its_renames_is_taken_whole_from_its_temporary_file(
     assert checkpoint.decode((tmp_path / checkpoint.PREVIOUS).read_bytes(), tmp_path.resolve().name) == {
         "seq": 2
     }
+
+
+def test_the_very_first_write_cut_before_its_rename_is_no_checkpoint(tmp_path: Path) -> None:
+    """Its folder has no checkpoint file but the temporary one: a start closes it as abandoned
+    (`has_checkpoint`), so no load may take it for one (found by CI: a test's session, killed the
+    moment its checkpoint loaded, was then closed as abandoned instead of resumed)."""
+    first = checkpoint.encode({"seq": 1}, tmp_path.resolve().name)
+    (tmp_path / (checkpoint.NEWEST + ".tmp")).write_bytes(first)
+    with pytest.raises(checkpoint.CheckpointError, match="no usable checkpoint"):
+        checkpoint.load(tmp_path)

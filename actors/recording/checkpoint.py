@@ -161,7 +161,11 @@ def _between_renames(folder: Path) -> dict[str, Any] | None:
     """The state a write killed between its two renames left whole in its temporary file (written
     and fsynced before them), the newest moved to previous already; None when there is none whole
     (found by an audit: the resume went back a generation and undid a fill that file held). A
-    file cut in its own write fails its checksum and is passed over, as a forged one is."""
+    file cut in its own write fails its checksum and is passed over, as a forged one is. Only with
+    a previous: the very first write has none to move, and a folder with no checkpoint file but
+    its temporary one is closed as abandoned (actors/recording/abandon.py `has_checkpoint`)."""
+    if not (folder / PREVIOUS).exists():
+        return None
     try:
         return decode((folder / (NEWEST + ".tmp")).read_bytes(), _run_id(folder))
     except (OSError, ValueError):
