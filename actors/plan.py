@@ -128,28 +128,24 @@ def load_recording(target: Path) -> Recording:
         if started is None or stopped is None:
             raise PlanError(f"--replay: {run_path} is not a finished session (no session.started/stopped)")
         run_id = started["run_id"]
+        source = started.get("data_source", "")
+        replay = run_id.startswith(RUN_ID_PREFIXES["replay"])
         # found by an audit: a replay of nothing, exit 0. A replay records the market it acted on
         # (so it can be replayed in turn); one from an older version has an empty market.jsonl
         if run_id.startswith(RUN_ID_PREFIXES["backtest"]):
             raise PlanError(
                 f"--replay: {run_path.name} is a backtest's run folder: it recorded no market data "
-                f"(live sessions and replays record theirs, in market.jsonl); run the backtest again "
-                f"({started.get('data_source', '')})"
+                f"(live sessions and replays record theirs, in market.jsonl); run the backtest again ({source})"
             )
-        if run_id.startswith(RUN_ID_PREFIXES["replay"]) and not (run_path / "market.jsonl").stat().st_size:
+        if replay and not (run_path / "market.jsonl").stat().st_size:
             raise PlanError(
                 f"--replay: {run_path.name} is a replay's run folder with no market data (it acted on "
-                f"none, or an older version's replay recorded none); replay the session it replayed "
-                f"({started.get('data_source', '')})"
+                f"none, or an older version's replay recorded none); replay the session it replayed ({source})"
             )
         # found by an audit: a replay killed and closed as abandoned replayed "ok" with fewer fills
         # (its market.jsonl, flushed apart from its events, was cut further back by the kill)
         if stopped.get("stop_reason") == "abandoned":
-            again = (
-                f"; replay the session it replayed ({started.get('data_source', '')})"
-                if run_id.startswith(RUN_ID_PREFIXES["replay"])
-                else ""
-            )
+            again = f"; replay the session it replayed ({source})" if replay else ""
             raise PlanError(
                 f"--replay: {run_path.name} was killed before its end and closed as abandoned: its "
                 f"market.jsonl may stop short of what it did, so no replay reproduces it{again}"

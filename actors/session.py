@@ -772,7 +772,11 @@ class Session:
                         and self.plan.recording.stop_reason in DATA_DRIVEN_STOPS,
                         # a replay's market.jsonl: what it acted on, as a live session's (its
                         # fills are checked against it, and a replay can be replayed)
-                        record_market=_market_recorder(recorder) if self.plan.mode == "replay" else None,
+                        record_market=(
+                            (lambda event, now: recorder.write(Event(now, MARKET_KIND, {"event": event})))
+                            if self.plan.mode == "replay"
+                            else None
+                        ),
                     )
             except Exception as exc:
                 logger.bind(lines=True).error("session failed:\n{}", "".join(traceback.format_exception(exc)))
@@ -871,16 +875,6 @@ class Session:
         from actors.session_actors import run_actors  # trio is imported only by this runtime
 
         return await run_actors(self)
-
-
-def _market_recorder(recorder: Recorder) -> Callable[[MarketEvent, float], None]:
-    """Each market event a step acts on, to the run's market.jsonl with its time."""
-    write = recorder.write
-
-    def record(event: MarketEvent, now: float) -> None:
-        write(Event(now, MARKET_KIND, {"event": event}))
-
-    return record
 
 
 def _until_stop(

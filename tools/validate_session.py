@@ -19,8 +19,8 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
   price is its recorded touch or worse (a buy at the ask or above, a sell at the bid or below), a
   maker's its limit or better (a liquidation's fill, `source` "bankruptcy", is at the
   bankruptcy price, where the exchange takes the position over); its `slippage_bps` is its price
-  against the `requested_price`; in a live session or a replay (`check_market`) its bid and ask are a quote
-  market.jsonl recorded when it filled (a taker at the touch no more than its size, a resting
+  against the `requested_price`; in a live session or a replay (`check_market`) its bid and ask
+  are a quote market.jsonl recorded when it filled (a taker at the touch no more than its size, a resting
   limit on a trade through its price), a fill from the book takes a level of the book then in
   force, no more than it held; in a backtest whose data file is the one it read (`check_data`)
   its bid and ask are within a candle of it, a quote's at an open or a close, its price never
@@ -1122,8 +1122,8 @@ class SymbolMarket:
 
 
 def load_market(run: Path) -> tuple[dict[str, SymbolMarket], float | None, list[str]]:
-    """market.jsonl by symbol, the last arrival in it (None: nothing recorded: a backtest, an older version's replay),
-    and a problem for each line that cannot be read."""
+    """market.jsonl by symbol, the last arrival in it (None: nothing recorded: a backtest, an older
+    version's replay), and a problem for each line that cannot be read."""
     markets: dict[str, SymbolMarket] = {}
     last: float | None = None
     problems: list[str] = []
@@ -1173,8 +1173,9 @@ def load_market(run: Path) -> tuple[dict[str, SymbolMarket], float | None, list[
 
 def check_market(run: Path, events: list[dict[str, Any]], finished: bool) -> list[str]:
     """A live session's or a replay's fills against the market it recorded (`market.jsonl`; a
-    backtest records none, and an older version's replay none: nothing to check) (found by an audit: only each fill against its own
-    recorded bid and ask was checked, so a broker that made its market up passed):
+    backtest records none, and an older version's replay none: nothing to check) (found by an
+    audit: only each fill against its own recorded bid and ask was checked, so a broker that made
+    its market up passed):
     - its bid and ask are a quote in force when it filled (`_check_quote`): the symbol's last
       before it, or one within its millisecond; after a resume, with nothing arrived since, one of
       the checkpoint's; a taker at the touch takes no more than the touch showed, a resting limit

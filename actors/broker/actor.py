@@ -62,8 +62,8 @@ async def run_broker(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """`published`: the market event types some strategy takes; `record_market`: every market
-    event acted on goes to market.jsonl (live sessions, for replay, and replays); `after_step(now)`: called
-    after each step (the session checkpoints there); `on_snapshot`: the account after each step
+    event acted on goes to market.jsonl (live sessions, for replay; and replays);
+    `after_step(now)`: called after each step (the session checkpoints there); `on_snapshot`: the account after each step
     (the watchdog's progress display); `intervals`: the longer candles some strategies take, built
     from the session's candles and asked about right after them; `input_end`: the stop the broker
     asks for once it has worked every input and the feed's channel closed (a backtest's

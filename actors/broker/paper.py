@@ -1899,11 +1899,9 @@ class PaperBroker:
             # now (found by an audit: a resting limit entry filled while a resumed session waited
             # for a quote to flatten at, after its end; its stop and target travel with it); exits stay
             self.stopping = True
-            entries = {
-                oid for oid, w in self.working.items() if not (w.order.reduce_only or w.order.protective)
-            }
-            if entries:
-                return self.cancel_all(now, "session_stopping", keep=self.working.keys() - entries)
+            exits = {oid for oid, w in self.working.items() if w.order.reduce_only or w.order.protective}
+            if len(exits) < len(self.working):
+                return self.cancel_all(now, "session_stopping", keep=exits)
         else:
             self.watch_floor, self.watch_at = command.equity_floor, command.check_at
             if self.last_tick is not None and (self.equity <= self.watch_floor or now >= self.watch_at):

@@ -2,8 +2,8 @@
 
 Rules: EMAs of the closes (alpha = 2 / (n + 1), seeded with the first close); once the slow EMA has
 seen `slow_period` closes, a cross of fast above slow (`prev fast-slow < 0 < now`) is "up", below
-is "down". It enters only on a cross (never before the first one): on a cross it closes the opposite position (reduce-only) and
-enters the new side with a protective stop (`stop_loss_pct`) and target (`take_profit_pct`) from
+is "down". It enters only on a cross (never before the first one): on a cross it closes the
+opposite position (reduce-only) and enters the new side with a protective stop (`stop_loss_pct`) and target (`take_profit_pct`) from
 the signal candle's close. History candles (`backfill`) warm the EMAs up; only live candles trade.
 Its state is built once and updated incrementally; the candle history is bounded by
 `strategy.history`.
