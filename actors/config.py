@@ -278,6 +278,13 @@ class FeedConfig:
         8.0, "REST requests per second at most (the exchange allows 10)", _num(ge=MIN_PERIOD_S, le=10)
     )
     rest_timeout_s: float = key(5.0, "timeout of one REST request", _num(ge=MIN_PERIOD_S, le=60))
+    confirm_candle_s: float = key(
+        2.0,
+        "a live candle closed from its bucket's last WebSocket push is taken from the exchange's REST "
+        "klines if they show it closed within this many seconds (the pushes come every 500 ms and miss "
+        "the bucket's last trades); else it goes out as pushed, counted (0: never asked)",
+        _num(ge=0, le=30),
+    )
     max_jump_pct: float = key(
         5.0,
         "a price moving more than this percent within a second of the last good price is rejected as "

@@ -40,7 +40,8 @@ order in between walks at least two levels and fits in a depth_book15 window.
 
 Kline pushes: every `push_interval_s`, plus one extra push in the last 125 ms of each bucket
 (after the bucket's last trade), so the last push of a bucket carries the final candle; that push
-is never replaced by a malformed frame. History bars (before the start minute) are aggregates
+is never replaced by a malformed frame. `final_push=False` (CLI `--no-final-push`) leaves that push
+out, as the exchange does: a bucket's last push then misses the trades after it. History bars (before the start minute) are aggregates
 only: their quote volume is base volume x (o+h+l+c)/4, not a sum over trades.
 
 Faults (`Faults`, switchable at runtime; see faults.py): drops, stalls, malformed frames, refused
@@ -58,9 +59,9 @@ floor(ts / interval), i.e. they start on Thursdays. `mark_kline_*` and REST `typ
 serve the last-price candles. REST kline with `startTime` and no `endTime` returns the `limit`
 candles from startTime on (still newest first); otherwise the newest `limit` up to endTime/now.
 The extra kline push at each bucket's end (above) is this fake's too: the protocol doc promises
-pushes about every 500 ms only, so against the real exchange a live candle, closed from its
-bucket's last push, may miss the trades of its last half second (found by an audit; the client
-does not reconcile closed candles over REST: see README, Live market data).
+pushes about every 500 ms only, so a live candle closed from its bucket's last push may miss the
+trades of its last half second (found by an audit). The client confirms each closed candle over
+REST (`feed.confirm_candle_s`); `final_push=False` is the exchange's timing, to test that.
 
 Private REST: `GET /api/v1/futures/account?marginCoin=USDT` checks the signature of
 ../shared/docs/bitunix-private-api.md §1.4 over the query values as received and the raw body
@@ -902,13 +903,14 @@ class _Conn:
             now = srv.now_ms()
             bucket = now // interval
             final_at = (bucket + 1) * interval - FINAL_LEAD_MS
-            target = final_at if bucket > finalized and final_at < next_grid else next_grid
+            end_push = srv.final_push and bucket > finalized and final_at < next_grid
+            target = final_at if end_push else next_grid
             if target > now:
                 await trio.sleep((target - now) / 1000)
             tb = target // interval
             end = (tb + 1) * interval
             ts = min(max(srv.now_ms(), target), end - 1)
-            final = ts >= end - FINAL_LEAD_MS
+            final = srv.final_push and ts >= end - FINAL_LEAD_MS
             if final:
                 finalized = tb
             if target == next_grid:
@@ -1326,6 +1328,7 @@ class FakeBitunix:
         volatility_pct: float = 80.0,
         faults: Faults | None = None,
         push_interval_s: float = 0.5,
+        final_push: bool = True,
         depth_interval_s: float = 0.31,
         price_interval_s: float = 1.0,
         idle_timeout_s: float = 60.0,
@@ -1359,6 +1362,7 @@ class FakeBitunix:
         self.seed = seed
         self.faults = faults if faults is not None else Faults()
         self.push_interval_s = push_interval_s
+        self.final_push = final_push
         self.depth_interval_s = depth_interval_s
         self.price_interval_s = price_interval_s
         self.idle_timeout_s = idle_timeout_s
@@ -1608,6 +1612,12 @@ def _parser() -> argparse.ArgumentParser:
         help="scripted path: each candle moves PCT %% up, then down",
     )
     p.add_argument("--history", type=int, default=1000, help="closed 1-minute candles before the start")
+    p.add_argument(
+        "--no-final-push",
+        dest="final_push",
+        action="store_false",
+        help="kline pushes only every 500 ms, as the exchange's: no extra push at each bucket's end",
+    )
     p.add_argument("--idle-timeout", type=float, default=60.0)
     p.add_argument(
         "--drop-every", type=float, default=0, metavar="S", help="drop every WS connection every S s"
@@ -1756,6 +1766,7 @@ def main(argv: list[str] | None = None) -> int:
             faults=faults,
             idle_timeout_s=a.idle_timeout,
             history_candles=a.history,
+            final_push=a.final_push,
             zigzag_pct=a.zigzag,
             ws_port=a.port,
             rest_port=a.rest_port,
