@@ -239,6 +239,11 @@ class AccountSnapshot(NamedTuple):
     marks: tuple[tuple[str, float], ...] = ()
     # `open_orders` by the strategy that sent them (its id; "" nobody's: flattens); empty when none
     strategy_orders: tuple[tuple[str, int], ...] = ()
+    # what the exchange accepts for `symbol` (tick, lot, minimum size), as the broker applies it: in
+    # a live session the exchange's own figures once its `Instrument` came; the risk gate rounds
+    # and sizes on it, strategies put their prices on its grid (found by an audit: they used the
+    # shipped table's, and a stop on DOGEUSDT's was put 21 % away); None: the gate's own
+    instrument: Instrument | None = None
 
     def open_orders_of(self, strategy_id: str) -> int:
         """The strategy's own orders working or on their way (not another strategy's brackets)."""

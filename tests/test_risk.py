@@ -33,6 +33,7 @@ from actors.recording.actor import EventSink
 from actors.risk.actor import StrategyLink, orders_capacity, run_risk
 from actors.risk.gate import WINDOW_S, Rejection, RiskGate
 from actors.session import Session, run_session
+from protocols.instruments import table_instrument
 from protocols.messages import (
     AccountUpdate,
     BrokerInput,
@@ -1334,3 +1335,47 @@ def test_a_loss_exactly_at_the_limit_reaches_it(tmp_path: Path, pct: float, endi
     account = desk.account(T0)._replace(equity=ending)
     outs = gate.on_account(AccountUpdate(T0, account))
     assert [o.reason for o in outs if isinstance(o, StopSession)] == ["max_loss"]
+
+
+def test_the_gate_rounds_and_sizes_on_the_instrument_the_broker_has(tmp_path: Path) -> None:
+    """Found by an audit: the gate rounded on the shipped table (for a symbol not in it,
+    BTCUSDT's 0.1 grid and 0.0001 lot) though the broker had the exchange's `Instrument`: a
+    DOGEUSDT long at 0.38123 got its stop at 0.3 (21 % away) and a size off the exchange's lot.
+    The gate takes the broker's instrument from the snapshot."""
+    doge = attrs.evolve(
+        table_instrument("BTCUSDT"),
+        symbol="DOGEUSDT",
+        price_decimals=5,
+        qty_decimals=0,
+        min_qty=1.0,
+        max_market_qty=10_000_000.0,
+        max_limit_qty=10_000_000.0,
+        source="exchange",
+    )
+    config = make_config(
+        tmp_path, "session.symbol=DOGEUSDT", "risk.max_position_size=1000000", *LOOSE_CAPS[1:]
+    )
+    broker = RecordingBroker(config.broker, random.Random(0), symbol="DOGEUSDT")
+    gate = RiskGate(config.risk, config.broker.starting_equity)  # as a session builds it: no table row
+    desk = Desk(broker, gate)
+    desk.mark(doge, T0)  # the exchange's figures, as the feed sends them at start
+    desk.mark(Tick(T0, 0.38120, 0.38126, 0.38123, 5000.0, 5000.0, symbol="DOGEUSDT"), T0)
+    intent = OrderIntent(
+        T0,
+        "buy",
+        1.0,
+        0.381233,
+        reason="entry_buy",
+        stop_price=0.379321,
+        target_price=0.385044,
+        symbol="DOGEUSDT",
+    )
+    order = desk.check(intent, T0)
+    assert isinstance(order, Order), order
+    # on the 0.00001 grid: the decision to the nearest tick, a buy's stop down and target up
+    assert (order.decision_price, order.stop_price, order.target_price) == (0.38123, 0.37932, 0.38505)
+    # risk-sized (0.5 % of 10,000 over the stop distance) in whole coins, the exchange's lot
+    assert order.qty == math.floor(10_000 * 0.5 / 100 / (0.38123 - 0.37932))
+    events = desk.arrive(order, T0)
+    kinds = [e.kind for e in events]
+    assert "order.filled" in kinds and "order.rejected" not in kinds, events  # on the broker's lot

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from actors.config import ConfigError, StrategyConfig, load
@@ -23,6 +24,7 @@ from actors.recording import checkpoint
 from actors.session import Parts, Session
 from actors.strategies.base import PARAMS, REGISTRY, build_strategy
 from actors.strategies.trend_pullback import TrendPullback, TrendPullbackParams
+from protocols.instruments import table_instrument
 from protocols.messages import AccountSnapshot, Candle, Event, OrderIntent, Position
 from tests.conftest import read_report
 from tools.validate_session import validate
@@ -523,6 +525,28 @@ def test_entry_is_a_limit_at_the_fast_ema_with_stop_and_2r_target() -> None:
         assert math.isclose(abs(intent.stop_price - f["entry"]), 1.5 * f["atr"])
         assert math.isclose(abs(intent.target_price - f["entry"]), 3.0 * f["atr"])
         assert intent.size_scale == 1.0 and intent.strategy_id == "tp" and intent.symbol == SYMBOL
+
+
+def test_the_entry_goes_on_the_grid_of_the_instrument_the_broker_has() -> None:
+    """Found by an audit: the entry went on the shipped table's grid (BTCUSDT's 0.1 for a symbol
+    not in it) though the broker had the exchange's figures: a DOGEUSDT limit at 0.3 instead of
+    its EMA 20 near 0.36, refused or filled far off. The snapshot carries the broker's instrument."""
+    doge = attrs.evolve(
+        table_instrument("BTCUSDT"), symbol="DOGEUSDT", price_decimals=5, qty_decimals=0, min_qty=1.0
+    )
+    s = TrendPullback(StrategyConfig(), STRATEGY_ID, "DOGEUSDT", TrendPullbackParams())
+    closes = [0.30 + 0.001 * i for i in range(60)]  # a steady up-trend, DOGE's size
+    candles = [
+        Candle(60 * i, 60.0, c - 0.001, c + 0.0005, c - 0.0015, c, 1e6, symbol="DOGEUSDT")
+        for i, c in enumerate(closes)
+    ]
+    acct = account()._replace(symbol="DOGEUSDT", positions=(), instrument=doge)
+    outs = run(s, candles, acct)
+    intent = next(o for o in outs if isinstance(o, OrderIntent))
+    fast = signals(outs)[0].fields["fast_ema"]
+    # a buy's limit at EMA 20 rounded down to the 0.00001 grid (computed here, not by the project)
+    assert intent.limit_price == math.floor(fast * 100_000 + 1e-6) / 100_000
+    assert 0.3 < intent.limit_price <= fast
 
 
 @pytest.mark.parametrize(

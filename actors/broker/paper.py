@@ -2012,6 +2012,7 @@ class PaperBroker:
                 self.funding_rate_now(now),
                 (),
                 self._strategy_orders() if self.working or self.in_flight else (),
+                self.instrument,
             ),
         )
 

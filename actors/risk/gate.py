@@ -340,7 +340,13 @@ class RiskGate:
             return max(self.reach(account, symbol))
         return sum(max(self.reach(account, symbol, sid)) for sid in ids)
 
-    def instrument_of(self, symbol: str) -> Instrument:
+    def instrument_of(self, symbol: str, account: AccountSnapshot | None = None) -> Instrument:
+        """`symbol`'s instrument: the broker's (the snapshot's, when taken for that symbol: the
+        exchange's own figures in a live session), else the one the gate was built with."""
+        if account is not None:
+            instrument = account.instrument
+            if instrument is not None and instrument.symbol == symbol:
+                return instrument
         return self.instruments.get(symbol, self.instrument)
 
     def others_notional(self, account: AccountSnapshot, symbol: str) -> float:
@@ -360,7 +366,7 @@ class RiskGate:
 
     def check(self, intent: OrderIntent, account: AccountSnapshot, now: float) -> Order | Rejection:
         entry = not intent.reduce_only
-        intent = self._on_grid(intent)
+        intent = self._on_grid(intent, account)
         if entry and self.stopping:
             return Rejection("session_stopping", "the session is stopping")
         if entry and self.halted_until is not None and now < self.halted_until:
@@ -418,11 +424,11 @@ class RiskGate:
             intent.expire_ts,
         )
 
-    def _on_grid(self, intent: OrderIntent) -> OrderIntent:
+    def _on_grid(self, intent: OrderIntent, account: AccountSnapshot) -> OrderIntent:
         """The intent's prices on the tick grid: the decision price to the nearest tick; the stop
         and target away from the flattering side (a buy's stop down and target up, a sell's the
         other way), as the broker will place them; sizing then uses the stop that will rest."""
-        grid = self.instrument_of(intent.symbol).round_price
+        grid = self.instrument_of(intent.symbol, account).round_price
         buy = intent.side == "buy"
         changes: dict[str, Any] = {}
         decision = grid(intent.decision_price)
@@ -450,7 +456,7 @@ class RiskGate:
         projected = self.projected_position(account, intent.strategy_id, intent.symbol)
         reduces = projected < 0 if intent.side == "buy" else projected > 0
         qty = fast_round(min(intent.qty, abs(projected)), 8) if reduces else 0.0
-        if qty < self.instrument_of(intent.symbol).min_qty:
+        if qty < self.instrument_of(intent.symbol, account).min_qty:
             return Rejection(
                 "nothing_to_close", f"no open position to reduce ({projected:+.4f} {intent.symbol})"
             )
@@ -468,7 +474,7 @@ class RiskGate:
         if fixed:  # the size the strategy asks for, scaled (a funding gate's half size)
             wanted *= intent.size_scale
         symbol = intent.symbol
-        instrument = self.instrument_of(symbol)
+        instrument = self.instrument_of(symbol, account)
         others_here, long, short = self.exposure(account, symbol, intent.strategy_id)
         sign = 1 if intent.side == "buy" else -1
         # how far the strategy's position already reaches this way, whichever pending orders fill
