@@ -284,6 +284,28 @@ def test_every_instant_a_position_was_open_at_is_charged_at_the_configured_rate(
     assert check_funding_charges([begin, opened, end], {**report, "funding_source": "none"}) == []
 
 
+def test_a_backtest_stop_filled_on_the_candle_ending_at_an_instant_was_flat_at_it() -> None:
+    """Found by an audit: a backtest works the candle that ends at a funding instant along its
+    path, then charges the instant on its close: a stop filled on that path (stamped at the
+    candle's end, the instant) closed the position before it, and no charge was due. A fill at
+    the instant at a quote (the next candle's open, a market order) comes after it."""
+    instant = T0 + 8 * 3600
+    begin = {**started(broker={"funding": "constant", "funding_rate_pct": 0.01}), "started_ts": T0}
+    opened = _taker(2, T0 + 60, "buy", 1.0, 100.0)
+    stopped = {**_taker(3, instant, "sell", 1.0, 99.0), "source": "candle"}
+    end = {"seq": 4, "ts": iso(instant + 3600), "kind": "session.stopped"}
+    report = {"status": "ok", "funding_source": "constant", "data_source": "backtest: bars.csv"}
+    assert check_funding_charges([begin, opened, stopped, end], report) == []
+    missing = [
+        "BTCUSDT: no funding charge at 2026-01-01T08:00:00Z, with the net position +1.00000000 open at it"
+    ]
+    at_the_quote = {**stopped, "source": "touch_slippage"}
+    assert check_funding_charges([begin, opened, at_the_quote, end], report) == missing
+    # live, every fill stamped at the instant came after the charge
+    live = {**report, "data_source": "bitunix"}
+    assert check_funding_charges([begin, opened, stopped, end], live) == missing
+
+
 def test_a_stop_fills_first_on_a_trade_that_reached_its_trigger(tmp_path: Path) -> None:
     """Found by an audit: a stop filled with the market short of its trigger passed (its bid and
     ask a real quote). Its rest, once triggered, fills on later quotes without a trigger."""

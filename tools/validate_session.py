@@ -1505,9 +1505,14 @@ def data_note(events: list[dict[str, Any]]) -> str:
 FUNDING_EVERY_S = 8 * 3600  # 00:00, 08:00, 16:00 UTC
 
 
+# the `source` of a backtest's fills along a candle's path (actors/broker/paper.py `_walk`)
+PATH_SOURCES = frozenset({"candle", "resting", "bankruptcy"})
+
+
 def check_funding_charges(events: list[dict[str, Any]], report: dict[str, Any] | None) -> list[str]:
     """A finished run that models funding charges every instant (00/08/16 UTC) its net position
-    in a symbol was open at (a fill stamped at the instant came after it): one `funding` event of
+    in a symbol was open at (a fill stamped at the instant came after it, but a backtest's fill
+    along the path of the candle ending there came before): one `funding` event of
     that symbol and instant; with `broker.funding = "constant"`, at the configured rate (found by
     an audit: a broker charging a tenth of the rate, or skipping a charge, passed: only each
     charge's own arithmetic was checked)."""
@@ -1521,8 +1526,13 @@ def check_funding_charges(events: list[dict[str, Any]], report: dict[str, Any] |
     if source.startswith("per symbol: "):
         sources = dict(part.split("=", 1) for part in source.removeprefix("per symbol: ").split(", "))
     rate = ((started.get("config") or {}).get("broker") or {}).get("funding_rate_pct")
+    # a backtest works the candle that ends at an instant along its path before it charges the
+    # instant (its close): those fills, stamped at the candle's end, came before it (found by an
+    # audit: a stop filled on the 07:59 candle was taken for open at 08:00, an honest run refused)
+    backtest = str(report.get("data_source", "")).startswith(BACKTEST_PREFIX)
     problems: list[str] = []
-    held: dict[str, list[tuple[float, float]]] = {}  # symbol: (fill time, net position after it)
+    # symbol: (fill time, net position after it, a backtest's path fill)
+    held: dict[str, list[tuple[float, float, bool]]] = {}
     charged: set[tuple[str, float]] = set()
     for e in events:
         kind = e.get("kind")
@@ -1530,7 +1540,7 @@ def check_funding_charges(events: list[dict[str, Any]], report: dict[str, Any] |
             symbol = e.get("symbol") or default_symbol
             history = held.setdefault(symbol, [])
             qty = (history[-1][1] if history else 0.0) + (e["qty"] if e["side"] == "buy" else -e["qty"])
-            history.append((_epoch(e["ts"]), qty))
+            history.append((_epoch(e["ts"]), qty, backtest and e.get("source") in PATH_SOURCES))
         elif kind == "funding" and isinstance(e.get("instant"), str):
             charged.add((e.get("symbol") or default_symbol, _epoch(e["instant"])))
             constant = sources.get(e.get("symbol") or default_symbol, source) == "constant"
@@ -1543,13 +1553,15 @@ def check_funding_charges(events: list[dict[str, Any]], report: dict[str, Any] |
     end = _epoch(events[-1]["ts"])
     if not isinstance(start, int | float):
         return problems
-    times = {symbol: [t for t, _ in history] for symbol, history in held.items()}
+    times = {symbol: [t for t, _, _ in history] for symbol, history in held.items()}
     instant = (math.floor(start / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S
     while instant <= end:
         for symbol, history in held.items():
             if sources.get(symbol, source) == "none":
                 continue
             k = bisect.bisect_left(times[symbol], instant) - 1
+            while k + 1 < len(history) and history[k + 1][0] == instant and history[k + 1][2]:
+                k += 1  # a path fill at the instant: before it
             if k >= 0 and abs(history[k][1]) > 1e-8 and (symbol, float(instant)) not in charged:
                 problems.append(
                     f"{symbol}: no funding charge at {iso(instant)[:19]}Z, with the net position "
