@@ -283,6 +283,9 @@ class AccountUpdate:
     ts: float
     account: AccountSnapshot
     closed: tuple[ClosedTrade, ...] = ()
+    # a backtest: the lowest equity a candle's path took the account to (at its extreme against
+    # the position), when that reached the watch's floor; None: none did (`account.equity` is it)
+    low_equity: float | None = None
 
 
 @attrs.frozen

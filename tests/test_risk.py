@@ -1379,3 +1379,87 @@ def test_the_gate_rounds_and_sizes_on_the_instrument_the_broker_has(tmp_path: Pa
     events = desk.arrive(order, T0)
     kinds = [e.kind for e in events]
     assert "order.filled" in kinds and "order.rejected" not in kinds, events  # on the broker's lot
+
+
+def _write_wick(path: Path, second_symbol: str = "") -> None:
+    """1-minute candles: a gentle fall, then a rise (an EMA 3/8 cross: long), then one candle that
+    wicks 10 % down and closes where it opened, then flat candles."""
+    rows = ["open_time_ms,open,high,low,close,volume"]
+    p = 60000.0
+
+    def add(o: float, h: float, lo: float, c: float) -> None:
+        rows.append(f"{1_704_067_200_000 + (len(rows) - 1) * 60_000},{o:.1f},{h:.1f},{lo:.1f},{c:.1f},1000")
+
+    for _ in range(30):
+        add(p, p + 5, p - 15, p - 10)
+        p -= 10
+    for _ in range(15):
+        add(p, p + 25, p - 5, p + 20)
+        p += 20
+    add(p, p + 5, p * 0.90, p)  # the wick
+    for _ in range(10):
+        add(p, p + 5, p - 5, p)
+    path.write_text("\n".join(rows) + "\n")
+
+
+async def test_a_backtest_stops_at_a_loss_limit_its_candle_path_crossed(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Found by an audit: long 0.05 BTC, a candle wicks 10 % down (-3 % of the account) and closes
+    where it opened: a live session's quotes at the wick stop it at its 2 % loss limit, but a
+    backtest checked the limit at candle closes only and ran to the end of its data, its report's
+    drawdown over the limit it said it kept. The path's low now reaches the gate: the session stops
+    there (`max_loss`), flattened at the candle's close, on both runtimes alike."""
+    data = tmp_path / "wick.csv"
+    _write_wick(data)
+    sets = [
+        "risk.sizing=fixed",
+        "risk.max_loss_pct=2",
+        "risk.max_daily_drawdown_pct=50",
+        "risk.max_position_size=0.1",
+        "risk.max_notional=10000",
+        "risk.max_leverage=5",
+        "strategy.fast_period=3",
+        "strategy.slow_period=8",
+        "strategy.order_qty=0.05",
+        "strategy.stop_loss_pct=0",
+        "strategy.take_profit_pct=0",
+    ]
+    config = load(None, {}, [f"session.run_dir={tmp_path / 'runs'}", "session.interval=1m", *sets])
+    runs = {}
+    for runtime in ("kernel", "actors"):
+        plan = Plan(mode="backtest", data=str(data), runtime=runtime)
+        result = await run_session(config, plan=plan, handle_signals=False, progress_mode="off")
+        report = result.report
+        events = read_events(result.run_path)
+        wick_end = BARS_START + 46 * 60  # the wick is candle 46 (0-based 45)
+        stopped = _stopped(events)
+        assert (report["stop_reason"], report["open_positions"]) == ("max_loss", []), runtime
+        assert _ts(stopped) == wick_end, runtime
+        # the drawdown the report shows is the wick's: beyond the limit the run stopped at
+        assert report["max_drawdown_pct"] > 2.0
+        runs[runtime] = [{k: v for k, v in e.items() if k not in ("run_id", "pid")} for e in events]
+        runs[runtime][0]["config"]["session"].pop("run_dir")
+    assert runs["kernel"] == runs["actors"]
+
+
+def test_a_multi_symbol_backtest_stops_at_a_loss_limit_one_candle_path_crossed(tmp_path: Path) -> None:
+    """The same wick on BTCUSDT in an account that also holds ETHUSDT's strategy: the account's
+    equity at the wick (the other symbol at its mark) reaches the gate, as with one symbol."""
+    btc, eth = tmp_path / "btc.csv", tmp_path / "eth.csv"
+    _write_wick(btc)
+    write_bars(eth, 56, 3)
+    toml = tmp_path / "two.toml"
+    toml.write_text(
+        '[risk]\nsizing = "fixed"\nmax_loss_pct = 2\nmax_daily_drawdown_pct = 50\n'
+        "max_position_size = 0.1\nmax_notional = 10000\nmax_leverage = 5\n\n"
+        '[[strategies]]\nid = "btc"\nkind = "ema_cross"\nfast_period = 3\nslow_period = 8\n'
+        "order_qty = 0.05\nstop_loss_pct = 0\ntake_profit_pct = 0\n\n"
+        '[[strategies]]\nid = "eth"\nkind = "ema_cross"\nsymbol = "ETHUSDT"\n'
+        "fast_period = 50\nslow_period = 100\n"
+    )
+    config = load(toml, {}, [f"session.run_dir={tmp_path / 'runs'}", "session.interval=1m"])
+    plan = Plan(mode="backtest", data=str(btc), data_by_symbol=(("BTCUSDT", str(btc)), ("ETHUSDT", str(eth))))
+    result = Session(config, plan).run_kernel()
+    assert (result.report["stop_reason"], result.report["open_positions"]) == ("max_loss", [])
+    assert _ts(_stopped(read_events(result.run_path))) == BARS_START + 46 * 60

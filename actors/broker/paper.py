@@ -354,6 +354,9 @@ class PaperBroker:
         self.watch_floor = -math.inf
         self.watch_at = -math.inf  # until the gate sets its watch, every mark is reported
         self.update_due = False
+        # the lowest equity at or below the watch's floor along a backtest candle's path since
+        # the last update (`_mark_equity`; inf: none), told to the gate with it
+        self.path_low = math.inf
         self.closed: list[ClosedTrade] = []
 
     @property
@@ -795,6 +798,9 @@ class PaperBroker:
         floor = self.watch_floor
         if open_equity <= floor or close_equity <= floor or close_ts >= self.watch_at:
             return False
+        # nor at the extreme against the position (`_mark_extremes` tells the gate)
+        if not -EPS < pos < EPS and cash + ((low if pos > 0 else high) - self.avg_price) * pos <= floor:
+            return False
         # nothing happens: the state the two steps leave (the open's mark, the extremes along the
         # path, the close's mark: `_mark_extremes`)
         self._update_drawdown(open_equity)
@@ -1130,7 +1136,15 @@ class PaperBroker:
         self._mark_equity(self._cash() + ((price - self.avg_price) * pos if not -EPS < pos < EPS else 0.0))
 
     def _mark_equity(self, equity: float) -> None:
+        """Equity at a point of a backtest candle's path: into the drawdown, and to the risk gate
+        when it reaches the watch's floor (found by an audit: a wick through the loss limit, the
+        candle closing where it opened, never stopped a backtest that a live session's quotes
+        would have stopped)."""
         self._update_drawdown(equity)
+        if equity <= self.watch_floor:
+            self.update_due = True
+            if equity < self.path_low:
+                self.path_low = equity
         if self.path_equities is not None:
             self.path_equities.append(equity)
 
@@ -2048,7 +2062,8 @@ class PaperBroker:
             return None
         closed, self.closed = tuple(self.closed), []
         self.update_due = False
-        return AccountUpdate(now, self.snapshot(now), closed)
+        low, self.path_low = self.path_low, math.inf
+        return AccountUpdate(now, self.snapshot(now), closed, low if low < math.inf else None)
 
 
 def _grid_bid_ask(price: float, scale: int) -> tuple[float, float]:

@@ -101,6 +101,7 @@ class Portfolio:
         self.watch_floor = -math.inf
         self.watch_at = -math.inf
         self.update_due = False
+        self.path_low = math.inf  # as PaperBroker's, the account's
 
     def schedule_heartbeats(self, now: float) -> None:
         self.next_heartbeat = next_heartbeat(self.started_ts, self.heartbeat_s, now, self.end_ts)
@@ -236,6 +237,9 @@ class Portfolio:
             others = self.equity - leg.equity
             for equity in path:
                 self._drawdown(others + equity)
+                if others + equity <= self.watch_floor:  # to the gate (`PaperBroker._mark_equity`)
+                    self.update_due = True
+                    self.path_low = min(self.path_low, others + equity)
             path.clear()
         return self._after(events, ts)
 
@@ -377,7 +381,8 @@ class Portfolio:
         for leg in self.legs.values():
             leg.closed = []
         self.update_due = False
-        return AccountUpdate(now, self.snapshot(now), tuple(closed))
+        low, self.path_low = self.path_low, math.inf
+        return AccountUpdate(now, self.snapshot(now), tuple(closed), low if low < math.inf else None)
 
 
 __all__ = ["EPS", "Portfolio"]

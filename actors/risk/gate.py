@@ -531,7 +531,9 @@ class RiskGate:
             out += self._trade_closed(trade.net_pnl, ts, equity)
             if self.stopping:
                 return out
-        out += self._check_equity(ts, equity)
+        # a backtest candle's path may have taken the account lower than its close
+        low = update.low_equity
+        out += self._check_equity(ts, equity if low is None or low > equity else low)
         if not self.stopping:
             watch = self.watch(ts)
             if watch != self.watching:
