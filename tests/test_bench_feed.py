@@ -35,7 +35,8 @@ async def test_micro_benchmark_dispatches_every_frame_to_every_subscriber() -> N
     assert m["parse_us"] > 0 and m["parse_frames_per_s"] > 0
     assert m["dispatch_us"] > 0 and m["dispatch_frames_per_s"] > 0
     assert m["dispatch_us"] > m["parse_us"]  # dispatch includes the parse
-    expected = {"Book": 600, "Tick": 600, "Funding": 200, "Candle": 3}  # a Book and its Tick per depth frame
+    # a Book and its Tick per depth frame, a trade Tick per kline push after the first (and a book)
+    expected = {"Book": 600, "Tick": 600 + 399, "Funding": 200, "Candle": 3}
     assert m["expected"] == expected
     assert m["received"] == [expected] * len(SUBSCRIBERS) == [expected] * 3
     assert m["all_dispatched"]

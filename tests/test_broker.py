@@ -759,3 +759,35 @@ def test_an_open_positions_liquidation_price_is_on_the_grid_toward_it() -> None:
     # 142.375 x (1 - 1/10 + 0.005): the maintenance margin of the first tier, 0.5 %
     assert broker.liq_price == pytest.approx(142.375 * 0.905)
     assert position["liquidation_price"] == 128.85
+
+
+def test_a_resting_limit_fills_on_a_trade_after_it_not_on_an_old_print_the_quotes_repeat() -> None:
+    """Found by an audit: the exchange's quotes repeat the last trade's price on every book push;
+    a buy limit at 59995, resting with the book at 60002/60002.1 after a print at 59990, was filled
+    by that old print on the next book quote. Only a trade quote (`last_qty` > 0: what traded since
+    the last kline push) fills it, up to what traded; the mock's quotes (each a trade) as before."""
+
+    def quote(
+        ts: float, bid: float, ask: float, last: float, traded: float = 0.0, source: str = "ws"
+    ) -> Tick:
+        return Tick(W0 + ts, bid, ask, last, 1.0, 1.0, traded, "BTCUSDT", source)
+
+    broker = _account()
+    broker.on_market(quote(0.0, 59989.9, 59990.0, 59990.0, traded=0.2), W0)  # the print at 59990
+    broker.on_market(quote(0.5, 60002.0, 60002.1, 59990.0), W0 + 0.5)  # the book moved up
+    limit = _order("o1", "buy", 0.3, W0 + 0.6, order_type="limit", limit_price=59995.0)
+    arrived = broker.on_order(limit, W0 + 0.6) + broker.on_timer(broker.next_timer())
+    assert [e.kind for e in arrived] == ["order.working"]  # below the ask: it rests
+    assert broker.on_market(quote(1.0, 60002.0, 60002.1, 59990.0), W0 + 1.0) == []  # no trade since
+    # a trade through it: it fills as a maker at its price, no more than traded (0.1 of 0.3)
+    filled = broker.on_market(quote(1.5, 59993.0, 59993.1, 59993.0, traded=0.1), W0 + 1.5)
+    fill = next(e for e in filled if e.kind == "order.filled")
+    assert (fill.fields["fill_price"], fill.fields["qty"], fill.fields["liquidity"]) == (
+        59995.0,
+        0.1,
+        "maker",
+    )
+    # the mock's quotes are each a trade of a size not given: the rest fills on one
+    filled = broker.on_market(quote(2.0, 59993.0, 59993.1, 59993.0, source="mock"), W0 + 2.0)
+    fill = next(e for e in filled if e.kind == "order.filled")
+    assert (fill.fields["fill_price"], fill.fields["qty"]) == (59995.0, 0.2)

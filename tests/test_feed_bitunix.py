@@ -526,7 +526,19 @@ async def test_the_instrument_comes_first_then_a_book_and_its_tick_for_every_pus
     assert event.fields["source"] == "exchange" and "reason" not in event.fields
     books = [(i, e) for i, e in enumerate(got) if isinstance(e, Book)]
     assert len(books) >= 5
-    assert sum(isinstance(e, Tick) for e in got) == len(books), "one tick per book push, no other"
+    quotes = [e for e in got if isinstance(e, Tick) and e.last_qty == 0]
+    assert len(quotes) == len(books), "one quote per book push"
+    # and a trade quote for each kline push that shows trades since the last: at the last book's
+    # top, its last the push's close (within the fake's candle then), with what traded meanwhile
+    trades = [(i, e) for i, e in enumerate(got) if isinstance(e, Tick) and e.last_qty > 0]
+    assert trades
+    truth = {t[0]: t[1:] for t in fake.truth_candles()}
+    for i, trade in trades:
+        book = next(e for e in reversed(got[:i]) if isinstance(e, Book))
+        assert (trade.bid, trade.ask) == (book.bids[0][0], book.asks[0][0])
+        minute = truth.get(int(trade.ts // 60) * 60_000)  # (none yet for the minute still open)
+        assert trade.last_qty > 0 and (minute is None or minute[2] <= trade.last <= minute[1])
+        assert minute is None or trade.last_qty <= minute[4]
     for i, book in books:
         tick = got[i + 1]
         assert isinstance(tick, Tick) and tick.ts == book.ts and book.symbol == "BTCUSDT"
@@ -676,7 +688,10 @@ async def test_session_subscribes_pings_and_trades_through_drops(tmp_path: Path)
     assert types.count("instrument") == 1
     assert types.index("instrument") < min(types.index(t) for t in ("book", "tick", "candle", "funding"))
     assert records[types.index("instrument")]["source"] == "exchange"
-    assert types.count("book") == types.count("tick") >= 20
+    # (and a trade quote, `last_qty` > 0, for each kline push showing trades since the last)
+    quotes = [r for r in records if r["type"] == "tick" and not r.get("last_qty")]
+    assert types.count("book") == len(quotes) >= 20
+    assert any(r["type"] == "tick" and r.get("last_qty", 0) > 0 for r in records)
     for book, tick in ((r, records[i + 1]) for i, r in enumerate(records) if r["type"] == "book"):
         assert (
             tick["type"] == "tick" and tick["ts"] == book["ts"] and tick["arrival_ts"] >= book["arrival_ts"]

@@ -6,7 +6,8 @@
    `FrameValidator.parse` alone, then (b) parsed and dispatched by a real `BitunixFeed` (`_on_data`,
    plus the per-frame bookkeeping of its socket loop) to three unbuffered subscriber channels, each
    drained by a consumer task, as in a session (broker, strategy, recorder tap): a `Book` and its
-   `Tick` per depth frame, a `Funding` per price frame, a `Candle` per closed minute. Figures:
+   `Tick` per depth frame, a trade `Tick` per kline frame whose volume grew, a `Funding` per price
+   frame, a `Candle` per closed minute. Figures:
    microseconds per frame (best of `--repeat`) and the frames per second one core sustains
    (1e6 / microseconds).
 2. **Session** (real sockets on 127.0.0.1, real clock): a `FakeBitunix` in its own process (so the
@@ -94,6 +95,8 @@ class Frames:
     raw: list[str]
     kinds: Counter[str]  # frames by kind: kline, depth, price
     candles: int  # candles closed by the kline pushes (the first push of each next minute)
+    # trade quotes: kline pushes whose volume grew since the last (each here), once a book came
+    trades: int = 0
 
 
 def _px(ticks: int) -> str:
@@ -134,7 +137,7 @@ def make_frames(n: int, *, seed: int = 1, symbol: str = SYMBOL, start_ms: int = 
     dumps = partial(json.dumps, separators=(",", ":"))
     price = 600_000  # ticks: 60,000.0 USDT
     bucket = o = h = lo = vol = -1
-    candles = 0
+    candles = trades = 0
     kinds: Counter[str] = Counter()
     raw: list[str] = []
     for i in range(n):
@@ -144,6 +147,7 @@ def make_frames(n: int, *, seed: int = 1, symbol: str = SYMBOL, start_ms: int = 
         price = max(10, price + rng.randint(-3, 3))
         kinds[kind] += 1
         if kind == "kline":
+            trades += kinds["kline"] > 1 and kinds["depth"] > 0  # after a push and a book
             b = ts // MINUTE_MS
             if b != bucket:
                 candles += bucket >= 0
@@ -173,7 +177,7 @@ def make_frames(n: int, *, seed: int = 1, symbol: str = SYMBOL, start_ms: int = 
             }
             ch = "price"
         raw.append(dumps({"ch": ch, "symbol": symbol, "ts": ts, "data": data}))
-    return Frames(raw, kinds, candles)
+    return Frames(raw, kinds, candles, trades)
 
 
 # --- micro -------------------------------------------------------------------------------------------
@@ -278,8 +282,13 @@ async def run_micro(frames: Frames, *, repeat: int = 3, config: Config | None = 
     best = min(runs, key=lambda r: r.ns)
     parse_us = parse_ns / n / 1000
     dispatch_us = best.ns / n / 1000
-    depth = frames.kinds["depth"]  # a Book, then its Tick, per depth frame
-    expected = {"Book": depth, "Tick": depth, "Funding": frames.kinds["price"], "Candle": frames.candles}
+    depth = frames.kinds["depth"]  # a Book, then its Tick, per depth frame; a trade's Tick
+    expected = {
+        "Book": depth,
+        "Tick": depth + frames.trades,
+        "Funding": frames.kinds["price"],
+        "Candle": frames.candles,
+    }
     return {
         "frames": n,
         "mix": dict(sorted(frames.kinds.items())),
@@ -456,7 +465,10 @@ def analyse_session(run: SessionRun, rate: float, seconds: float) -> dict[str, A
     with (run.run_path / "events.jsonl").open() as f:
         events = [json.loads(line) for line in f]
     with (run.run_path / "market.jsonl").open() as f:
-        recorded = Counter(json.loads(line)["type"] for line in f)
+        records = [json.loads(line) for line in f]
+    recorded = Counter(r["type"] for r in records)
+    # a book's quote (the trade quotes, `last_qty` > 0, come of kline pushes)
+    recorded["tick"] = sum(r["type"] == "tick" and not r.get("last_qty") for r in records)
     sent_by_ch: dict[str, list[int]] = {ch: sorted(ts) for ch, ts in run.fake["sent_ms"].items()}
     sent_all = sorted(t for ts in sent_by_ch.values() for t in ts)
     kinds = Counter(e["kind"] for e in events)

@@ -1079,8 +1079,8 @@ TIME_EPS = 1e-6
 
 
 # a quote as the checks read it: bid, ask, last trade (None: not given), its size, bid size, ask size
-# (sizes 0: not known)
-Quote = tuple[float, float, float | None, float, float, float]
+# (sizes 0: not known), its source (None: a book's top)
+Quote = tuple[float, float, float | None, float, float, float, str | None]
 
 
 class SymbolMarket:
@@ -1151,13 +1151,14 @@ def load_market(run: Path) -> tuple[dict[str, SymbolMarket], float | None, list[
                     r.get("last_qty") or 0.0,
                     r.get("bid_qty") or 0.0,
                     r.get("ask_qty") or 0.0,
+                    r.get("source"),
                 )
             elif kind == "book":
                 series, item = m.books, (r["bids"], r["asks"])
                 if r["bids"] and r["asks"]:  # its best bid and ask are the broker's quote too
                     (bid, bid_qty), (ask, ask_qty) = r["bids"][0], r["asks"][0]
                     m.quotes[0].append(arrival)
-                    m.quotes[1].append((bid, ask, None, 0.0, bid_qty, ask_qty))
+                    m.quotes[1].append((bid, ask, None, 0.0, bid_qty, ask_qty, None))
             elif kind == "candle" and not r.get("backfill"):
                 series, item = m.candles, (r["low"], r["high"])
             elif kind == "funding":
@@ -1263,9 +1264,11 @@ def _check_quote(fill: MarketFill, used: Used) -> list[str]:
         # the bid and ask were compared, so a limit filled by a trade that never reached it passed)
         price, qty, buy = e["fill_price"], e["qty"], e["side"] == "buy"
         traded = used.traded
-        for i, (_, _, last, size, *_) in met:
+        for i, (_, _, last, size, _, _, src) in met:
             if not isinstance(last, int | float) or (last > price + EPS if buy else last < price - EPS):
                 continue
+            if size <= 0 and src in EXCHANGE_QUOTES:
+                continue  # the exchange's quote with no trade since the last (its last an old print)
             if size > 0 and traded.get((symbol, i), 0.0) + qty > size + 1e-9:
                 continue
             traded[(symbol, i)] = traded.get((symbol, i), 0.0) + qty
@@ -1505,6 +1508,8 @@ def data_note(events: list[dict[str, Any]]) -> str:
 FUNDING_EVERY_S = 8 * 3600  # 00:00, 08:00, 16:00 UTC
 
 
+# the sources of the exchange's own quotes: a `last_qty` of 0 says no trade since the last quote
+EXCHANGE_QUOTES = frozenset({"ws", "rest"})
 # the `source` of a backtest's fills along a candle's path (actors/broker/paper.py `_walk`)
 PATH_SOURCES = frozenset({"candle", "resting", "bankruptcy"})
 

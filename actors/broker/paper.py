@@ -93,6 +93,10 @@ def _iso_instant(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
+# the sources of the exchange's own quotes (the Bitunix feed's WebSocket and REST failover)
+EXCHANGE_QUOTES = frozenset({"ws", "rest"})
+
+
 def _fallback_instrument(symbol: str) -> Instrument:
     """A symbol the shipped table does not know: BTCUSDT's grid and tiers under its name (said as
     the source, so the report shows it)."""
@@ -989,9 +993,14 @@ class PaperBroker:
 
     def _work_quote(self, tick: Tick, ts: float) -> list[Event]:
         """Live: resting orders against a new quote: stops trigger on the last price; limits fill
-        when the last trade went through their price, up to the size traded."""
+        when the last trade went through their price, up to the size traded. The exchange's
+        quotes (`source` ws, rest) say a trade by their `last_qty` (the feed's trade quotes): one
+        of 0 repeats the last price of an earlier trade, which fills no limit (found by an audit:
+        a limit that arrived after a print at its price, the book above it, was filled by that
+        print on the next book quote). The mock's quotes are each a trade of unknown size."""
         events: list[Event] = []
-        available = tick.last_qty if tick.last_qty > 0 else math.inf
+        last_qty = tick.last_qty
+        available = last_qty if last_qty > 0 or tick.source in EXCHANGE_QUOTES else math.inf
         for working in sorted(self.working.values(), key=lambda w: w.arrived_ts):
             order = working.order
             if working.order.id not in self.working:

@@ -283,6 +283,8 @@ class _Market:
     current: bitunix.KlinePush | None = None  # the latest push of the open bucket
     current_bucket: int | None = None
     last_price: float | None = None
+    # its last book's best bid, ask and their sizes (a trade's `Tick` carries them)
+    top: tuple[float, float, float, float] | None = None
     last_data_at: float = -math.inf  # trio time of its last accepted WebSocket data frame
     heard_at: float = 0.0  # the connection's time spent waiting on the socket, at its last data frame
     stale: bool = False  # what its last FeedStatus said (`run` starts it stale: no data yet)
@@ -506,6 +508,7 @@ class BitunixFeed:
         book = Book(now, bids[:levels], asks[:levels], m.symbol)  # a 15-tuple's [:15] is itself
         await fan_out(self.subscribers, book)
         (bid, bid_qty), (ask, ask_qty) = bids[0], asks[0]
+        m.top = (bid, ask, bid_qty, ask_qty)
         await self._tick(m, bid, ask, bid_qty, ask_qty, now, source)
 
     async def _tick(
@@ -517,7 +520,11 @@ class BitunixFeed:
         ask_qty: float,
         ts: float | None = None,
         source: str = "ws",
+        last_qty: float = 0.0,
     ) -> None:
+        """A quote: the best bid/ask, and the last trade's price (`last`). `last_qty` > 0: a trade
+        tick (`_traded`), that much traded since the last kline push; 0: no trade since (a book's
+        quote carries the last price as it was)."""
         last = m.last_price if m.last_price is not None else (bid + ask) / 2
         tick = Tick(
             ts=self.clock.now() if ts is None else ts,
@@ -526,10 +533,26 @@ class BitunixFeed:
             last=last,
             bid_qty=bid_qty,
             ask_qty=ask_qty,
+            last_qty=last_qty,
             symbol=m.symbol,
             source=source,
         )
         await fan_out(self.subscribers, tick)
+
+    async def _traded(self, m: _Market, push: bitunix.KlinePush, bucket: int) -> None:
+        """A kline push that shows trades since the last one (its bucket's base volume grew; a new
+        bucket's first push: all of its volume): a trade `Tick` at the book's last top, its `last`
+        the push's close and its `last_qty` what traded. Only such a tick can fill a resting limit
+        (the broker, for the exchange's quotes): the book's quotes repeat the last price, and a
+        limit that arrived after a trade was filled by that old print on the next book quote
+        (found by an audit: 370 of 580 quotes of a session had their last outside the bid/ask)."""
+        before = m.current
+        if before is None or m.top is None:
+            return  # the first push after a (re)connect: what traded when is not known
+        traded = push.base_volume - before.base_volume if bucket == m.current_bucket else push.base_volume
+        if traded > 0:
+            m.last_price = push.close
+            await self._tick(m, *m.top, last_qty=traded)
 
     async def _set_stale(
         self, stale: bool, reason: str, markets: Sequence[_Market] | None = None
@@ -768,6 +791,7 @@ class BitunixFeed:
                     async with m.emit_lock:
                         await self._backfill(m, m.last_emitted_ms + self.interval_ms, missed_to)
             if m.current_bucket is None or bucket >= m.current_bucket:
+                await self._traded(m, msg, bucket)
                 m.current, m.current_bucket = msg, bucket
                 m.last_price = msg.close
         elif isinstance(msg, bitunix.BookTop):
