@@ -626,6 +626,21 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
                     args.config,
                     config.strategy_specs[0].kind,
                 )
+            broker_cfg = config.broker
+            if (
+                args.mode == "backtest"
+                and broker_cfg.backtest_fill == "close"
+                and (broker_cfg.latency_ms > 0 or broker_cfg.latency_jitter_ms > 0)
+            ):
+                # found by an audit: "close" filled at the next open, as "next_open", at any latency
+                logger.warning(
+                    "broker.backtest_fill = 'close' fills a market order at its signal candle's close "
+                    "only with broker.latency_ms = 0 and broker.latency_jitter_ms = 0: with latency "
+                    "({:g} ms + up to {:g} ms) it reaches the market after the close, at the next "
+                    "candle's open",
+                    broker_cfg.latency_ms,
+                    broker_cfg.latency_jitter_ms,
+                )
             if not args.replay and (unread_qty := _unread_order_qty(config)):
                 logger.warning(
                     "{} not used: risk.sizing is 'risk', which sizes each entry from "

@@ -572,7 +572,22 @@ class Session:
         if not head:
             within = "" if self.plan.window == (-math.inf, math.inf) else " in the --from/--until window"
             raise DataError(f"--data {path}: no candles{within}")
-        check_spacing(head, self.config.interval_s, path, sum(self._skipped.get(symbol, {}).values()))
+        skipped = self._skipped.get(symbol, {})
+        overlapping = skipped.get("csv_overlapping", 0)
+        if overlapping:
+            # rows among the first opened less than an interval after the candle before them (the
+            # reader skipped them): the file's own spacing says whether its candles are of another
+            # interval (said as such), else they are rows off its grid
+            rows = list(itertools.islice(read_candles_csv(Path(path), 0.0, symbol=symbol), SPACING_PEEK))
+            apart = [b.open_ts - a.open_ts for a, b in itertools.pairwise(rows)]
+            if sum(abs(d - self.config.interval_s) <= 1e-6 for d in apart) * 2 < len(apart):
+                check_spacing(rows, self.config.interval_s, path)  # most of them another interval apart
+            raise DataError(
+                f"--data {path}: {overlapping} of its first rows open less than session.interval "
+                f"({interval_label(self.config.interval_s)}) after the candle before them, off its grid: "
+                "mend the file"
+            )
+        check_spacing(head, self.config.interval_s, path, sum(skipped.values()))
         return head[0].open_ts, itertools.chain(head, candles)
 
     def data_skipped(self) -> dict[str, dict[str, int]]:
@@ -583,7 +598,7 @@ class Session:
         out = {symbol: dict(sorted(counts.items())) for symbol, counts in self._skipped.items() if counts}
         for symbol, counts in out.items():
             logger.warning(
-                "the {} data had {} row(s) that were not candles, skipped: {}",
+                "the {} data had {} row(s) that could not be used, skipped: {}",
                 symbol,
                 sum(counts.values()),
                 ", ".join(f"{reason} {n}" for reason, n in counts.items()),
@@ -647,7 +662,8 @@ class Session:
             return self.backtest_steps()
         if plan.mode == "replay":
             assert plan.recording is not None
-            return plan.recording.started_ts, read_market_log(plan.recording.market_path)
+            skipped = self._skipped.setdefault(self.symbol, {})
+            return plan.recording.started_ts, read_market_log(plan.recording.market_path, skipped)
         return None
 
     @property
@@ -779,7 +795,12 @@ class Session:
                         ),
                     )
             except Exception as exc:
-                logger.bind(lines=True).error("session failed:\n{}", "".join(traceback.format_exception(exc)))
+                if isinstance(exc, DataError):  # its message says it all (a data file that ends early)
+                    logger.error("session failed: {}", exc)
+                else:
+                    logger.bind(lines=True).error(
+                        "session failed:\n{}", "".join(traceback.format_exception(exc))
+                    )
                 status = "error"
                 ts = kernel.now if math.isfinite(kernel.now) else started
                 recorder.write(Event(ts, "error", {"where": "session", "message": repr(exc)}))

@@ -29,6 +29,7 @@ from actors.broker.portfolio import Portfolio
 from actors.clock import SessionClock
 from actors.console import ConsoleSink
 from actors.feeds.candles import run_timed_feed
+from actors.feeds.history import DataError
 from actors.feeds.mock import FeedHealth
 from actors.feeds.stamp import Stamped, Stamper
 from actors.lock import SessionLock
@@ -283,6 +284,8 @@ def _leaves(group: BaseException) -> list[BaseException]:
 
 def _said_plainly(exc: BaseException) -> bool:
     """An error whose message says it all (no traceback needed)."""
+    if isinstance(exc, DataError):  # a backtest's data file that ends early (a gzip cut short)
+        return True
     feed = sys.modules.get("actors.feeds.bitunix")  # loaded when a live feed could raise it
     return feed is not None and isinstance(exc, feed.UnknownSymbol)
 

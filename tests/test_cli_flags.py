@@ -372,3 +372,22 @@ def test_a_backtest_refuses_the_set_of_a_key_whose_flag_it_refuses(tmp_path: Pat
     warned = run_main(*args, cwd=tmp_path, **{var: value})
     assert warned.returncode == 0, warned.stderr
     assert f"{var} is not read by a backtest" in warned.stderr
+
+
+def test_a_close_fill_with_latency_is_said_to_fill_at_the_next_open(tmp_path: Path) -> None:
+    """Found by an audit: `broker.backtest_fill = "close"` filled at the next candle's open at the
+    default latency (the order reaches the market after the close), as "next_open" does, unsaid."""
+    data = tmp_path / "bars.csv"
+    data.write_text(
+        "open_time_ms,open,high,low,close,volume\n"
+        + "".join(f"{1_704_067_200_000 + i * 60_000},100,101,99,100.5,5\n" for i in range(30))
+    )
+    backtest = ["--mode", "backtest", "--data", str(data), "--set", "session.interval=1m"]
+    result = run_main(*backtest, "--set", "broker.backtest_fill=close", "--check-config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "broker.backtest_fill = 'close' fills a market order at its signal candle's close only" in (
+        result.stderr
+    )
+    exact = ["broker.backtest_fill=close", "broker.latency_ms=0", "broker.latency_jitter_ms=0"]
+    quiet = run_main(*backtest, *(a for s in exact for a in ("--set", s)), "--check-config", cwd=tmp_path)
+    assert quiet.returncode == 0 and "backtest_fill" not in quiet.stderr, quiet.stderr

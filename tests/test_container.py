@@ -91,6 +91,18 @@ def test_healthcheck_stale_missing_or_finished_is_unhealthy(
     assert out.startswith("unhealthy:") and says in out and out.count("\n") == 1
 
 
+@pytest.mark.parametrize("max_age", ["nan", "-1", "0", "inf"])
+def test_healthcheck_refuses_a_max_age_that_is_not_a_positive_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], max_age: str
+) -> None:
+    """Found by an audit: `--max-age nan` called a session three days silent healthy."""
+    latest = _run_folder(tmp_path, 3 * 86400)
+    with pytest.raises(SystemExit) as exit_:
+        healthcheck.main([str(latest), "--max-age", max_age])
+    assert exit_.value.code == 2
+    assert "--max-age must be a positive number of seconds" in capsys.readouterr().err
+
+
 def test_healthcheck_without_a_run_folder_is_unhealthy(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -105,7 +105,8 @@ def _reference_rows(text: bytes, interval_s: float) -> tuple[list[tuple[float, .
             and lo <= min(o, c)
             and max(o, c) <= h
             and t == int(t)
-            and t / 1000 > last
+            and 0 < t < 4_102_444_800_000  # above 0, before 2100
+            and t / 1000 >= last + interval_s - 1e-6  # an interval after the last at least
         ):
             last = t / 1000
             kept.append((t / 1000, interval_s, o, h, lo, c, v))
@@ -248,7 +249,7 @@ def test_a_backtest_reports_the_rows_it_skipped(tmp_path: Path) -> None:
     report = read_report(tmp_path / "runs" / "latest")
     assert report["malformed_dropped"] == {"csv_repeated_time": 40}
     assert (
-        "the BTCUSDT data had 40 row(s) that were not candles, skipped: csv_repeated_time 40" in done.stderr
+        "the BTCUSDT data had 40 row(s) that could not be used, skipped: csv_repeated_time 40" in done.stderr
     )
     assert validate(tmp_path / "runs" / "latest") == []
 
@@ -268,3 +269,94 @@ def test_the_spacing_error_says_when_rows_were_skipped_or_times_are_seconds(tmp_
     done = _backtest(tmp_path, seconds)
     assert done.returncode == 2
     assert "the first column must be the open time in milliseconds" in done.stderr
+
+
+def test_rows_overlapping_the_candle_before_or_at_impossible_times_are_skipped(tmp_path: Path) -> None:
+    """Found by an audit: a row less than an interval after the one before (off the grid) went in
+    as a candle overlapping it, the clock ran back; a typo's extra digit (year 2505) or a
+    placeholder row at 0 went in and the run wrote a heartbeat for every hour of the gap."""
+    t0 = 1_704_067_200_000
+    rows = [
+        f"{t0},100,110,90,105,1",
+        f"{t0 + 30_000},100,110,90,105,1",  # half a minute after: overlapping
+        f"{t0 + 60_000},100,110,90,105,1",
+        f"{t0 + 60_000 + 59_999},100,110,90,105,1",  # a millisecond short of the next: overlapping
+        f"{t0 + 120_000},100,110,90,105,1",
+        f"{t0 * 10 + 180_000},100,110,90,105,1",  # an extra digit: year 2509
+        "1e300,100,110,90,105,1",
+        f"{t0 + 180_000},100,110,90,105,1",
+    ]
+    candles, stats, by = _read(tmp_path, rows)
+    assert [c[0] * 1000 for c in candles] == [t0, t0 + 60_000, t0 + 120_000, t0 + 180_000]
+    assert by == {"csv_overlapping": 2, "csv_bad_time": 2} and stats == {"candles": 4, "skipped": 4}
+    candles, _, by = _read(tmp_path, ["0,100,110,90,105,1", *rows[:1]])  # a placeholder first
+    assert [c[0] * 1000 for c in candles] == [t0] and by == {"csv_bad_time": 1}
+
+
+def test_candles_of_a_shorter_interval_are_refused_at_the_start(tmp_path: Path) -> None:
+    """1-minute rows with session.interval 2m: the reader would skip every other row as
+    overlapping, and the rows kept look 2m apart: the start says what is wrong instead, exit 2.
+    A stray row among the first, off the grid, is said as such (not "set session.interval")."""
+    t0 = 1_704_067_200_000
+    path = tmp_path / "c.csv"
+    path.write_text(HEADER + "".join(f"{t0 + i * 60_000},100,101,99,100.5,5\n" for i in range(40)))
+    done = run_cli(
+        "--mode", "backtest", "--data", str(path), "--run-dir", str(tmp_path / "runs"),
+        "--set", "session.interval=2m", "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "its candles are 1m apart but session.interval is 2m" in done.stderr
+    assert "Traceback" not in done.stderr
+    stray = [f"{t0 + i * 60_000},100,101,99,100.5,5\n" for i in range(40)]
+    stray.insert(10, f"{t0 + 9 * 60_000 + 30_000},100,101,99,100.5,5\n")
+    path.write_text(HEADER + "".join(stray))
+    done = run_cli(
+        "--mode", "backtest", "--data", str(path), "--run-dir", str(tmp_path / "runs"),
+        "--set", "session.interval=1m", "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "1 of its first rows open less than session.interval (1m) after the candle before them" in (
+        done.stderr
+    )
+    assert "set session.interval" not in done.stderr
+
+
+def test_a_gzip_file_cut_short_is_a_clear_error(tmp_path: Path) -> None:
+    """Found by an audit: a truncated or damaged .gz gave a traceback (EOFError, zlib.error are not
+    OSError), exit 1; or, cut late, a run that ended in error. A DataError names the file, exit 2."""
+    t0 = 1_704_067_200_000
+    text = HEADER + "".join(f"{t0 + i * 60_000},{100 + i % 7},110,90,105,{i % 13}\n" for i in range(20_000))
+    whole = gzip.compress(text.encode())
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(
+        DataError, match=r"cannot read .*cut\.csv\.gz past its candle \d+: the gzip stream ends"
+    ):
+        list(read_candles_csv(cut, 60))
+    damaged = tmp_path / "damaged.csv.gz"
+    damaged.write_bytes(whole[:200] + bytes(b ^ 0xFF for b in whole[200:400]) + whole[400:])
+    with pytest.raises(DataError, match=r"cannot read .*damaged\.csv\.gz"):
+        list(read_candles_csv(damaged, 60))
+    early = tmp_path / "early.csv.gz"  # cut within the rows a start reads first: refused, exit 2
+    early.write_bytes(whole[:300])
+    plain = str(_plain(tmp_path))
+    for args in (["--data", str(early)], ["--data", plain, "--funding", str(early)]):
+        done = run_cli(
+            "--mode", "backtest", *args, "--run-dir", str(tmp_path / "runs"), "--quiet", cwd=tmp_path
+        )
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert "cannot read" in done.stderr and "early.csv.gz" in done.stderr
+    # cut further on: the run ends there in error, saying why (the candles before it were run)
+    done = run_cli(
+        "--mode", "backtest", "--data", str(cut), "--run-dir", str(tmp_path / "late"), cwd=tmp_path
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    report = read_report(tmp_path / "late" / "latest")
+    assert report["status"] == "error" and "cut.csv.gz past its candle" in report["error_messages"][0]
+
+
+def _plain(tmp_path: Path) -> Path:
+    t0 = 1_704_067_200_000
+    path = tmp_path / "plain.csv"
+    path.write_text(HEADER + "".join(f"{t0 + i * 60_000},100,101,99,100.5,5\n" for i in range(40)))
+    return path

@@ -426,3 +426,27 @@ def test_replays_of_sessions_their_data_stopped_reproduce_on_both_runtimes(
                 k: v for k, v in expected.items() if k not in NOT_COMPARED
             }, (seed, runtime)
     assert stopped >= 3  # most of them stopped by their data, not their duration
+
+
+async def test_a_replay_skips_and_counts_the_market_records_it_cannot_read(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Found by an audit: one damaged line of market.jsonl (not JSON, a field gone) ended the replay
+    with a traceback. Malformed market data is dropped, counted and logged, the session goes on:
+    the replay runs to its end and its report counts what it skipped."""
+    original = await run_session(
+        make_config(tmp_path / "a", *TRADES_OFTEN, duration_min=5), handle_signals=False, progress_mode="off"
+    )
+    lines = (original.run_path / "market.jsonl").read_text().splitlines(keepends=True)
+    lines[50] = "{not json\n"
+    damaged = json.loads(lines[60])
+    damaged["bid"] = None if "bid" in damaged else damaged.pop("open_ts", None)
+    lines[60] = json.dumps(damaged) + "\n"
+    (original.run_path / "market.jsonl").write_text("".join(lines))
+    config = make_config(tmp_path / "b", *TRADES_OFTEN, duration_min=5)
+    replayed = await run_session(
+        config, plan=Plan(mode="replay", recording=load_recording(original.run_path)), handle_signals=False
+    )
+    report = read_report(replayed.run_path)
+    assert (report["status"], report["stop_reason"]) == ("ok", read_report(original.run_path)["stop_reason"])
+    assert report["malformed_dropped"].get("replay_bad_record") == 2

@@ -17,6 +17,7 @@ its age. No import of the project's packages: this runs every 30 s beside the se
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         help=f"oldest heartbeat still healthy (default {DEFAULT_MAX_AGE_S:g})",
     )
     args = p.parse_args(argv)
+    if not (args.max_age > 0 and math.isfinite(args.max_age)):  # (found by an audit: nan was healthy)
+        p.error(f"--max-age must be a positive number of seconds, not {args.max_age}")
     run = default_run() if args.run is None else args.run
     if run.name == "latest":  # `runs/latest` given: the live session's, as by default (found by an audit)
         run = live_latest(run.parent)

@@ -29,6 +29,7 @@ import bisect
 import gzip
 import itertools
 import math
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,8 +68,11 @@ class FundingRates:
         try:
             raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
             text = raw.decode("utf-8-sig")
-        except OSError as exc:  # not found, a directory, no permission, a broken .gz
-            raise DataError(f"cannot read funding file {path}: {exc.strerror or exc}") from exc
+        except (OSError, EOFError, zlib.error) as exc:  # not found, a directory, no permission, a broken .gz
+            why = (
+                exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+            )
+            raise DataError(f"cannot read funding file {path}: {why}") from exc
         except UnicodeDecodeError as exc:
             raise DataError(f"funding file {path} is not UTF-8 text ({exc.reason})") from exc
         lines = text.splitlines()

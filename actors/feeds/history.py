@@ -10,11 +10,13 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Final
 
 import orjson
+from loguru import logger
 
 from protocols.messages import DEFAULT_SYMBOL, Candle, MarketEvent, Tick, _new_tuple, quote
 from protocols.records import market_from_record
@@ -24,6 +26,13 @@ CSV_HEADER = ["open_time_ms", "open", "high", "low", "close", "volume"]
 # delivered, with the candle), so it is never confused with the next candle's open quote.
 CLOSE_TICK_LEAD_S: Final = 0.001
 _INF: Final = math.inf
+# open times a candle may have, ms: above 0 (0: a placeholder row) and before 2100-01-01 UTC (found by
+# an audit: a typo's extra digit, year 2505, was taken, and the run wrote a heartbeat for every hour
+# up to it; a placeholder row at 0, for every hour from 1970 on)
+MIN_OPEN_MS: Final = 1.0
+MAX_OPEN_MS: Final = 4_102_444_800_000.0
+# what reading a file can raise besides OSError: a gzip stream cut short, or damaged
+_READ_ERRORS: Final = (OSError, EOFError, zlib.error)
 
 
 class DataError(Exception):
@@ -57,8 +66,8 @@ def read_candles_csv(
     try:
         f = _open_binary(path)
         header = f.readline()
-    except OSError as exc:
-        raise DataError(f"--data: cannot read {path}: {exc.strerror or exc}") from exc
+    except _READ_ERRORS as exc:
+        raise DataError(f"--data: cannot read {path}: {_read_error(exc)}") from exc
     with f:
         columns = header.decode("utf-8", "replace").strip().split(",")
         if columns != CSV_HEADER:
@@ -70,6 +79,10 @@ def read_candles_csv(
         inf = _INF
         gaps = gaps if gaps is not None else []
         gap_after = interval_s + 1e-6
+        # the next candle opens an interval after the last at the earliest: a row closer to it
+        # overlaps it (found by an audit: off-grid rows past the first ones went in, the clock ran
+        # back, and with several symbols fills came at prices of a time already passed)
+        spacing = interval_s - 1e-6 if interval_s > 0 else 1e-9  # (0: any later row)
         # bound once: compiled, a module's imported name is a dictionary lookup at each use
         new_tuple, candle_type = _new_tuple, Candle
         try:
@@ -104,8 +117,9 @@ def read_candles_csv(
                         and 0 <= v < inf
                         and lo <= o <= h
                         and lo <= c <= h
+                        and MIN_OPEN_MS <= t < MAX_OPEN_MS
                         and _whole(t)
-                        and open_ts > last_open
+                        and open_ts >= last_open + spacing
                     ):
                         if open_ts - last_open > gap_after and candles:
                             gaps.append((last_open, open_ts))
@@ -130,8 +144,12 @@ def read_candles_csv(
                     else:
                         skipped += 1
                         if skipped_by is not None:
-                            reason = skip_reason(t, o, h, lo, c, v, last_open)
+                            reason = skip_reason(t, o, h, lo, c, v, last_open, interval_s)
                             skipped_by[reason] = skipped_by.get(reason, 0) + 1
+        except _READ_ERRORS as exc:  # (found by an audit: a gzip file cut short gave a traceback)
+            raise DataError(
+                f"--data: cannot read {path} past its candle {candles}: {_read_error(exc)}"
+            ) from exc
         finally:
             stats["candles"] = stats.get("candles", 0) + candles
             if skipped:
@@ -143,17 +161,31 @@ def _whole(t: float) -> bool:
     return -_INF < t < _INF and t == math.floor(t)
 
 
-def skip_reason(t: float, o: float, h: float, lo: float, c: float, v: float, last_open: float) -> str:
+def skip_reason(
+    t: float, o: float, h: float, lo: float, c: float, v: float, last_open: float, interval_s: float = 0.0
+) -> str:
     """Why a row of six numbers is not a candle (`read_candles_csv`): its prices (not finite, not
     above 0, open or close outside [low, high]), its volume (negative), or its time (not whole ms,
-    the same as the row before, or earlier)."""
+    not above 0 or from 2100 on, the same as the row before, earlier, or less than `interval_s`
+    after it: overlapping it)."""
     if not all(0 < x < _INF for x in (o, h, lo, c)) or not (lo <= o <= h and lo <= c <= h):
         return "csv_bad_prices"
     if not 0 <= v < _INF:
         return "csv_bad_volume"
-    if not _whole(t):
+    if not _whole(t) or not MIN_OPEN_MS <= t < MAX_OPEN_MS:
         return "csv_bad_time"
-    return "csv_repeated_time" if t / 1000.0 == last_open else "csv_time_backwards"
+    open_ts = t / 1000.0
+    if open_ts == last_open:
+        return "csv_repeated_time"
+    return "csv_time_backwards" if open_ts < last_open else "csv_overlapping"
+
+
+def _read_error(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, EOFError):
+        return "the gzip stream ends before its end marker (a file cut short?)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 _CHUNK_BYTES: Final = 1 << 18
@@ -237,9 +269,35 @@ def candle_steps(candles: Iterable[Candle]) -> Iterator[tuple[float, MarketEvent
         yield open_ts + candle.interval_s, candle
 
 
-def read_market_log(path: Path) -> Iterator[tuple[float, MarketEvent]]:
-    """(arrival time, event) pairs from a run's `market.jsonl`."""
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            yield record["arrival_ts"], market_from_record(record)
+def read_market_log(
+    path: Path, skipped_by: dict[str, int] | None = None
+) -> Iterator[tuple[float, MarketEvent]]:
+    """(arrival time, event) pairs from a run's `market.jsonl`. A line that is not a market record
+    (not JSON, a field missing or of the wrong type, a price not above 0), or arrives before the
+    one before it, is skipped, logged and counted in `skipped_by` (`replay_bad_record`,
+    `replay_time_backwards`): malformed market data, as live (found by an audit: one damaged line
+    ended the replay with a traceback)."""
+    skipped_by = skipped_by if skipped_by is not None else {}
+    last = -math.inf
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+                arrival = float(record["arrival_ts"])
+                event = market_from_record(record)
+            except Exception as exc:  # any shape of damage: JSON, keys, types, values
+                _skip(skipped_by, "replay_bad_record", f"{path} line {n}: not a market record ({exc!r:.120})")
+                continue
+            if not arrival >= last:  # (NaN too)
+                _skip(
+                    skipped_by, "replay_time_backwards", f"{path} line {n}: arrives before the line before it"
+                )
+                continue
+            last = arrival
+            yield arrival, event
+
+
+def _skip(skipped_by: dict[str, int], reason: str, detail: str) -> None:
+    if reason not in skipped_by:
+        logger.warning("replay: skipped {} (more of the kind are counted only)", detail)
+    skipped_by[reason] = skipped_by.get(reason, 0) + 1
