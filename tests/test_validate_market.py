@@ -21,6 +21,7 @@ from tests.conftest import main_in_process, read_events
 from tests.test_multi_symbol import THREE_STRATEGIES, write_bars
 from tools.validate_session import (
     Attribution,
+    check_fill_terms,
     check_funding_charges,
     check_market,
     check_orders,
@@ -343,3 +344,51 @@ def test_a_stop_along_a_live_candle_fills_first_on_a_candle_that_reached_its_tri
     # and a buy stop at 101.5 over a high of 101
     over = filled(2, T0 + 60, "buy", 0.1, 100.9, 100.9, 100.9, order_id="p3", requested_price=101.5, **stop)
     assert len(check_market(run, [started(), over], finished=True)) == 1
+
+
+def test_each_fill_is_on_its_orders_terms() -> None:
+    """Found by an audit: a broker that filled resting limits at the candle's best price, triggered
+    stops early without slippage, filled market orders at the touch with none, or wrote its fill
+    price as the price asked for, passed the validator. Each is said now; honest fills pass."""
+    begin = started(broker={"slippage_bps": 2.0})
+
+    def submitted(seq: int, oid: str, kind: str, side: str, asked: float, **prices: Any) -> dict[str, Any]:
+        return {
+            "seq": seq, "ts": iso(T0), "kind": "order.submitted", "order_id": oid, "side": side, "qty": 1.0,
+            "type": kind, "requested_price": asked, "limit_price": prices.get("limit"),
+            "trigger_price": prices.get("trigger"), "symbol": SYMBOL,
+        }  # fmt: skip
+
+    def fill(seq: int, oid: str, kind: str, side: str, price: float, **more: Any) -> dict[str, Any]:
+        fields = {"order_id": oid, "type": kind, "liquidity": "taker", **more}
+        return filled(seq, T0 + 60, side, 1.0, price, price, price, **fields)
+
+    limit = submitted(2, "o1", "limit", "buy", 100.0, limit=100.0)
+    market_ = submitted(3, "o2", "market", "buy", 100.0)
+    stop = {**submitted(4, "p1", "stop_market", "sell", 98.0, trigger=98.0), "kind": "order.working"}
+    honest = [
+        begin, limit, market_, stop,
+        fill(5, "o1", "limit", "buy", 100.0, liquidity="maker", requested_price=100.0, source="resting"),
+        # 100 moved 2 bp against a buyer: 100.02, on the 0.1 grid up: 100.1
+        fill(6, "o2", "market", "buy", 100.1, requested_price=100.0, reference_price=100.0, source="touch_slippage"),
+        # 98 moved 2 bp against a seller: 97.9804, down: 97.9; a gap's open below it: worse, fine
+        fill(7, "p1", "stop_market", "sell", 97.9, requested_price=98.0, source="candle"),
+    ]  # fmt: skip
+    assert check_fill_terms(honest) == []
+    dishonest = [
+        begin, limit, market_, stop,
+        fill(5, "o1", "limit", "buy", 99.5, liquidity="maker", requested_price=100.0, source="resting"),
+        fill(6, "o2", "market", "buy", 100.0, requested_price=100.0, reference_price=100.0, source="touch_slippage"),
+        fill(7, "p1", "stop_market", "sell", 98.0, requested_price=98.0, source="candle"),
+        fill(8, "o2", "market", "buy", 100.1, requested_price=100.1, reference_price=100.0, source="touch_slippage"),
+        fill(9, "o2", "market", "buy", 100.1, liquidity="maker", requested_price=100.0, source="resting"),
+    ]  # fmt: skip
+    assert check_fill_terms(dishonest) == [
+        "fill f5 (seq 5): a maker fill at 99.5 of a limit order (limit 100.0): a maker fills at its limit",
+        "fill f6 (seq 6): a buy at 100.0, better than its touch 100.0 moved broker.slippage_bps (2) "
+        "against it (100.02)",
+        "fill f7 (seq 7): a stop sell at 98.0, better than its trigger 98.0 moved broker.slippage_bps (2) "
+        "against it (97.9804)",
+        "fill f8 (seq 8): requested_price 100.1, but its order o2 asked 100.0",
+        "fill f9 (seq 9): a maker fill at 100.1 of a market order (limit None): a maker fills at its limit",
+    ]

@@ -1070,6 +1070,83 @@ def check_orders(events: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def check_fill_terms(events: list[dict[str, Any]]) -> list[str]:
+    """Each fill on its order's terms (found by an audit: a broker that filled every resting limit at
+    the candle's best price, triggered stops early with no slippage, filled market orders at the
+    touch with none, or wrote its fill price as the price asked for, passed): of its order's
+    `type` and `requested_price`; a maker fill only of a limit order, at that limit; a taker at a
+    candle-built quote (`touch_slippage`) the touch moved `broker.slippage_bps` against (a
+    marketable limit: no further than its limit), and a stop's first fill on a candle's path
+    (`candle`) its trigger moved so, or worse (an open it gapped to): the broker puts a moved price
+    on the grid away from the trader, so no tolerance but float's."""
+    started = _started(events)
+    broker = (started.get("config") or {}).get("broker") or {}
+    slip = broker.get("slippage_bps")
+    problems: list[str] = []
+    orders: dict[str, dict[str, Any]] = {}
+    filled: set[str] = set()
+    for e in events:
+        kind, oid = e.get("kind"), e.get("order_id")
+        if not isinstance(oid, str):
+            continue
+        if kind == "order.submitted":
+            orders.setdefault(oid, e)
+        elif kind == "order.working":
+            orders.setdefault(oid, {**e, "requested_price": e.get("trigger_price") or e.get("limit_price")})
+        if kind != "order.filled" or oid not in orders:
+            continue
+        order = orders[oid]
+        name = f"fill {e.get('fill_id') or oid} (seq {e['seq']})"
+        first = oid not in filled
+        filled.add(oid)
+        kind_, price, buy = order.get("type"), e["fill_price"], e["side"] == "buy"
+        if e.get("type") != kind_:
+            problems.append(f"{name}: a {e.get('type')} fill of {oid}, a {kind_} order")
+        asked = order.get("requested_price")
+        if isinstance(asked, int | float) and not _same_price(e.get("requested_price"), asked):
+            problems.append(
+                f"{name}: requested_price {e.get('requested_price')!r}, but its order {oid} asked {asked}"
+            )
+        limit = order.get("limit_price")
+        if e.get("liquidity") == "maker":
+            if kind_ != "limit" or not _same_price(price, limit):
+                problems.append(
+                    f"{name}: a maker fill at {price} of a {kind_} order (limit {limit}): a maker fills at its limit"
+                )
+            continue
+        if not isinstance(slip, int | float):
+            continue
+        move = slip / 10_000
+        source = e.get("source")
+        if source == "touch_slippage" and isinstance(e.get("reference_price"), int | float):
+            touch = e["reference_price"]
+            least = touch * (1 + move) if buy else touch * (1 - move)
+            if kind_ == "limit" and isinstance(limit, int | float):
+                least = min(least, limit) if buy else max(least, limit)
+            if (price < least - _EPS * least) if buy else (price > least + _EPS * least):
+                problems.append(
+                    f"{name}: a {e['side']} at {price}, better than its touch {touch} moved "
+                    f"broker.slippage_bps ({slip:g}) against it ({least:.10g})"
+                )
+        elif source == "candle" and kind_ == "stop_market" and first:
+            trigger = order.get("trigger_price")
+            if isinstance(trigger, int | float):
+                least = trigger * (1 + move) if buy else trigger * (1 - move)
+                if (price < least - _EPS * least) if buy else (price > least + _EPS * least):
+                    problems.append(
+                        f"{name}: a stop {e['side']} at {price}, better than its trigger {trigger} moved "
+                        f"broker.slippage_bps ({slip:g}) against it ({least:.10g})"
+                    )
+    return problems
+
+
+_EPS = 1e-9  # relative: float arithmetic's
+
+
+def _same_price(a: Any, b: Any) -> bool:
+    return isinstance(a, int | float) and isinstance(b, int | float) and abs(a - b) <= 1e-9 * max(abs(b), 1.0)
+
+
 # --- fills against the market the session recorded (live sessions) -----------------------------
 
 # an event's ts is cut to the millisecond (protocols/records.py `iso`): the market event a fill met
@@ -1606,6 +1683,7 @@ def validate(run: Path, page: bool = False) -> list[str]:
         ("sequence", lambda: check_sequence(events, finished=finished)),
         ("fills", lambda: check_fills(events, report)),
         ("orders", lambda: check_orders(events)),
+        ("fill terms", lambda: check_fill_terms(events)),
         ("attribution", lambda: check_attribution(events, report)),
         ("records", lambda: check_records(events, report)),
         ("metrics", lambda: check_metrics(run, events)),
