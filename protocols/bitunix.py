@@ -56,7 +56,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import attrs
 
@@ -77,6 +77,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "bad_funding",
     "unknown_channel",
     "wrong_symbol",
+    "unknown_symbol",
 )
 
 # A data frame whose ts runs ahead of the last accepted one of its symbol by more than the time
@@ -274,10 +275,14 @@ class Rejected:
 
     reason: str
     detail: str
+    symbol: str = ""  # `unknown_symbol`: the symbol the exchange answered so
 
 
 DataMessage = KlinePush | BookTop | PricePush | TradePush | TickerPush
 Parsed = DataMessage | Control | Rejected
+
+
+_EMPTY_LEVELS: Final = [["", ""]]
 
 
 class _Reject(Exception):
@@ -471,7 +476,7 @@ class FrameValidator:
         try:
             return self._parse(raw)
         except _Reject as r:
-            return Rejected(r.reason, r.detail)
+            return Rejected(r.reason, r.detail, self._sym if r.reason == "unknown_symbol" else "")
         except Exception as exc:  # a safety net: parse must never raise
             return Rejected("wrong_type", f"unexpected {type(exc).__name__}")
 
@@ -624,6 +629,12 @@ class FrameValidator:
     def _depth(self, ts: int, data: Any) -> BookTop:
         if type(data) is not dict:
             _reject("wrong_type", "depth data is not an object")
+        if data.get("b") == _EMPTY_LEVELS and data.get("a") == _EMPTY_LEVELS:
+            # the exchange's one answer to a subscription of a symbol it does not trade
+            _reject(
+                "unknown_symbol",
+                f"{self._sym}: empty levels, the answer to a symbol the exchange does not trade",
+            )
         bids = _levels(data.get("b"), "bids")
         asks = _levels(data.get("a"), "asks")
         bid, bid_qty = bids[0]

@@ -407,7 +407,7 @@ REJECTS: list[tuple[str, str | bytes]] = [
     ("wrong_type", with_data(KLINE, o=True)),
     ("wrong_type", with_data(TRADE, s="hold")),
     # The unknown-symbol book: one frame of ["",""] levels.
-    ("wrong_type", frame(DEPTH15, data={"b": [["", ""]], "a": [["", ""]]})),
+    ("unknown_symbol", frame(DEPTH15, data={"b": [["", ""]], "a": [["", ""]]})),
     ("wrong_type", frame(DEPTH15, data={"b": [["86699.6"]], "a": [["86699.7", "0.7095"]]})),
     ("not_finite", with_data(KLINE, c="NaN")),
     ("not_finite", with_data(KLINE, h="inf")),

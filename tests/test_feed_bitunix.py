@@ -1096,3 +1096,37 @@ async def test_a_live_candle_the_rest_klines_do_not_confirm_goes_out_as_pushed(t
     assert_feed_candles_match_truth(run, fake)
     assert run.feed.confirms == {"unconfirmed": 1}
     assert fake.stats.rest_errors >= 1
+
+
+async def test_a_subscription_answered_with_empty_levels_is_asked_about_at_the_exchange(
+    tmp_path: Path,
+) -> None:
+    """The exchange answers a subscription of a symbol it does not trade with one frame of
+    `["",""]` levels, then nothing (bitunix-protocol.md). Found by an audit: with trading_pairs
+    failing at start, the symbol just went stale. The frame is `unknown_symbol`, naming it; the
+    feed asks trading_pairs about it, and a symbol with no row there ends the feed (the session)
+    with an error naming it; one listed there is only warned about."""
+    from actors.feeds.bitunix import UnknownSymbol
+    from protocols import bitunix
+
+    empty = {"b": [["", ""]], "a": [["", ""]]}
+    frame = json.dumps({"ch": "depth_book15", "symbol": "DOGEUSDT", "ts": 1_790_000_000_000, "data": empty})
+    parsed = bitunix.FrameValidator(
+        symbol="DOGEUSDT", kline_channel="market_kline_1min", max_jump_pct=5.0
+    ).parse(frame)
+    assert isinstance(parsed, bitunix.Rejected)
+    assert (parsed.reason, parsed.symbol) == ("unknown_symbol", "DOGEUSDT")
+
+    fake = FakeBitunix(seed=48)  # serves BTCUSDT only
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.run)
+        config = make_config(tmp_path, "feed.source=bitunix", f"feed.rest_url={fake.rest_url}")
+        events_tx, _events_rx = trio.open_memory_channel[Event](math.inf)
+        feed = BitunixFeed(config, SessionClock(), FeedHealth(data_source="bitunix"), [], events_tx)
+        feed.instrument_done.set()
+        with trio.fail_after(10), pytest.raises(UnknownSymbol, match="Bitunix does not trade DOGEUSDT"):
+            await feed._check_listed("DOGEUSDT")
+        with trio.fail_after(10):
+            await feed._check_listed("BTCUSDT")  # listed: a warning, no error
+        await feed.http.aclose()
+        nursery.cancel_scope.cancel()

@@ -354,6 +354,7 @@ class BitunixFeed:
         # live candles' REST confirms since the last feed.stats: confirmed, corrected, unconfirmed
         self.confirms: Counter[str] = Counter()
         self.tasks: trio.Nursery | None = None  # `run`'s nursery: the confirms run in it
+        self.asked_listed: set[str] = set()  # the symbols answered with empty levels, asked about
 
     # --- output ----------------------------------------------------------------------------------
 
@@ -716,6 +717,34 @@ class BitunixFeed:
                     return UnknownSymbol(f"Bitunix does not trade {s}: trading_pairs has no row for it")
         return UnknownSymbol(f"Bitunix does not trade {', '.join(self.symbols)}: {_why(exc)}")
 
+    async def _check_listed(self, symbol: str) -> None:
+        """The exchange answered `symbol`'s subscription with empty levels, its answer to a symbol
+        it does not trade (then nothing more comes): once the start's instruments are done, ask
+        `trading_pairs`; not traded there, `UnknownSymbol` ends the session with an error naming it,
+        as at start (found by an audit: with `trading_pairs` failing at start, the symbol just
+        went stale, the session waiting on it). Traded there, or no answer: a warning."""
+        await self.instrument_done.wait()
+        try:
+            data = await self.rest_get(
+                bitunix.TRADING_PAIRS_PATH, bitunix.trading_pairs_params(symbol), patient=True
+            )
+        except bitunix.RestError as exc:
+            if exc.code == bitunix.UNKNOWN_SYMBOL_CODE:
+                raise UnknownSymbol(f"Bitunix does not trade {symbol}: {exc}") from None
+            why = _why(exc)
+        except httpx.HTTPError as exc:
+            why = _why(exc)
+        else:
+            if bitunix.trading_pair_row(data, symbol) is None:
+                raise UnknownSymbol(
+                    f"Bitunix does not trade {symbol}: it answered its subscription with empty levels, "
+                    "and trading_pairs has no row for it"
+                )
+            why = "trading_pairs lists it"
+        logger.warning(
+            "feed: {} subscription answered with empty levels ({}): its data may never come", symbol, why
+        )
+
     async def _seed_history(self) -> None:
         """Each symbol's last `strategy.history` (`Config.strategy_history`) closed candles, oldest
         first (pages of 200, newest first), one symbol after the other."""
@@ -881,6 +910,9 @@ class BitunixFeed:
                 if isinstance(parsed, bitunix.Rejected):
                     self.malformed.add(parsed.reason, parsed.detail)
                     self.health.malformed[parsed.reason] += 1
+                    if parsed.symbol and parsed.symbol not in self.asked_listed and self.tasks is not None:
+                        self.asked_listed.add(parsed.symbol)  # (`unknown_symbol`: once a symbol)
+                        self.tasks.start_soon(self._check_listed, parsed.symbol)
                 elif isinstance(parsed, bitunix.Control):
                     if (
                         parsed.op == "subscribe"
