@@ -21,6 +21,7 @@ from tests.conftest import main_in_process, read_events
 from tests.test_multi_symbol import THREE_STRATEGIES, write_bars
 from tools.validate_session import (
     Attribution,
+    check_data,
     check_fill_terms,
     check_funding_charges,
     check_market,
@@ -392,3 +393,35 @@ def test_each_fill_is_on_its_orders_terms() -> None:
         "fill f8 (seq 8): requested_price 100.1, but its order o2 asked 100.0",
         "fill f9 (seq 9): a maker fill at 100.1 of a market order (limit None): a maker fills at its limit",
     ]
+
+
+def test_a_fill_inside_a_candle_meets_its_open_not_its_later_prices(tmp_path: Path) -> None:
+    """Found by an audit: a fill stamped inside a candle was checked against the whole candle, its
+    close included: a broker filling a market order at the close its quote could not yet know
+    passed. Inside a candle a fill meets its open (the quote); a candle's path, at its end."""
+    write_bars(tmp_path / "bars.csv", 600, 3, 60_000.0, 1)
+    run = _backtest(tmp_path, str(tmp_path / "bars.csv"))
+    events = read_events(run)
+    assert check_data(events) == []
+    rows = {
+        round(float(t) / 1000): (float(o), float(c))
+        for t, o, _, _, c, _ in (
+            line.split(",") for line in (tmp_path / "bars.csv").read_text().splitlines()[1:]
+        )
+    }
+    fill = next(
+        e
+        for e in events
+        if e["kind"] == "order.filled" and e["source"] == "touch_slippage" and _epoch(e["ts"]) % 60 > 0.01
+    )
+    open_, close = rows[int(_epoch(fill["ts"]) // 60 * 60)]
+    assert abs((fill["bid"] + fill["ask"]) / 2 - open_) <= 0.05  # honest: at the open's quote
+    fill.update(bid=close, ask=close, fill_price=close)  # the candle's close, a minute early
+    problems = check_data(events)
+    assert problems and all(f"seq {fill['seq']}" in p for p in problems), problems
+
+
+def _epoch(ts: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()

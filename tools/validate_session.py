@@ -1492,6 +1492,7 @@ class DataCandles:
         # resting limit crossed by it fills at its own price), open, close, previous close
         self.candles: list[tuple[float, float, float, float, float]] = []
         self.tick = tick
+        self.interval_s = interval_s
         previous = math.nan
         for c in read_candles_csv(path, interval_s, symbol=symbol):
             if first - 2 * interval_s <= c.open_ts <= last + interval_s:
@@ -1501,25 +1502,34 @@ class DataCandles:
             previous = c.close
 
     def around(self, ts: float) -> list[tuple[float, float, float, float, float]]:
-        """The candles a fill stamped `ts` may have met: the one it falls in, from its open to the
-        next one's (a gap included), the one ending at it, and after the data's end its last (the
-        last quote: found by an audit, a symbol whose data ended before the session's other ones
-        was flattened at its last close after it)."""
+        """What a fill stamped `ts` may have met: the whole path of a candle ending at it (fills
+        along a candle are stamped with its end); while a candle is open, only its open (its
+        quote: found by an audit, the whole candle it fell in passed, a look into its future);
+        after a candle's end, in a gap in the data or past its end, that candle's close (the last
+        quote: found by an audit, a symbol whose data ended before the session's other ones was
+        flattened at its last close after it)."""
         i = bisect.bisect_right(self.opens, ts + TS_CUT_S) - 1
-        found = []
-        for k in (i - 1, i):
-            if k < 0:
-                continue
-            end = self.opens[k + 1] if k + 1 < len(self.opens) else math.inf
-            if self.opens[k] - TS_CUT_S <= ts <= end + TS_CUT_S:
-                found.append(self.candles[k])
+        if i < 0:
+            return []
+        found = [
+            self.candles[k]
+            for k in (i - 1, i)
+            if k >= 0 and abs(self.opens[k] + self.interval_s - ts) <= TS_CUT_S
+        ]
+        _, _, open_, close, _ = self.candles[i]
+        end = self.opens[i] + self.interval_s
+        if ts < end - TS_CUT_S:
+            found.append((open_, open_, open_, open_, open_))
+        elif ts > end + TS_CUT_S:
+            found.append((close, close, close, close, close))
         return found
 
 
 def check_data(events: list[dict[str, Any]]) -> list[str]:
     """A backtest's fills against its data file, when it is the file the run read (`data_note`
-    says when it is not): each fill's bid and ask within the range of a candle it met (its low to
-    its high, through the gap from the candle before), to a tick (a quote between two ticks is bid
+    says when it is not): each fill's bid and ask within the range of a candle it met (at a
+    candle's end, its path: its low to its high, through the gap from the candle before; inside a
+    candle, its open; after it, in a gap, its close: `DataCandles.around`), to a tick (a quote between two ticks is bid
     at the tick below and asked at the one above); a fill at a quote (`touch_slippage`) at one a
     backtest has, a candle's open or close, to half a tick; and its price never better than the
     market went: a buy not under the candle's low, a sell not over its high (a limit's rest held
