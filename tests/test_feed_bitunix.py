@@ -1051,9 +1051,7 @@ async def test_a_live_candle_is_the_exchanges_whole_candle_though_its_last_push_
     run = await run_feed(
         tmp_path,
         fake,
-        "strategy.fast_period=2",
-        "strategy.slow_period=3",
-        "strategy.history=5",
+        *SMALL_HISTORY,
         seconds=30,
         until=one_live_candle,
     )
@@ -1081,9 +1079,7 @@ async def test_a_live_candle_the_rest_klines_do_not_confirm_goes_out_as_pushed(t
     run = await run_feed(
         tmp_path,
         fake,
-        "strategy.fast_period=2",
-        "strategy.slow_period=3",
-        "strategy.history=5",
+        *SMALL_HISTORY,
         "feed.confirm_candle_s=3",
         seconds=30,
         take=take,
