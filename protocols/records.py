@@ -27,6 +27,7 @@ METRIC_FIELDS = (
     "realized_pnl",
     "unrealized_pnl",
     "fees_paid",
+    "funding_paid",
     "position_qty",
     "drawdown_pct",
 )
@@ -49,6 +50,10 @@ METRIC_COLUMN_DOCS = {
     "realized_pnl": "realized PnL so far, USDT (csv: to the cent)",
     "unrealized_pnl": "unrealized PnL of the open positions, USDT (csv: to the cent)",
     "fees_paid": "fees paid so far, USDT (csv: to the cent)",
+    "funding_paid": (
+        "funding paid so far, USDT, received when negative (csv: to the cent); "
+        "equity = starting equity + realized_pnl - fees_paid - funding_paid + unrealized_pnl"
+    ),
     "position_qty": "the session symbol's net position, base units (csv: to the symbol's lot)",
     "drawdown_pct": "drawdown from the equity peak, percent (csv: 0.01)",
     "cpu_pct": "process CPU since the previous sample, percent of one core (psutil; 0.1)",
@@ -56,7 +61,7 @@ METRIC_COLUMN_DOCS = {
     "open_files": "open file descriptors of the process: files, sockets, pipes (psutil)",
     "disk_free_mb": "free space of the run folder's disk, MB (psutil; 0.1)",
 }
-_MONEY_COLUMNS: Final = ("equity", "realized_pnl", "unrealized_pnl", "fees_paid")
+_MONEY_COLUMNS: Final = ("equity", "realized_pnl", "unrealized_pnl", "fees_paid", "funding_paid")
 # An instrument the shipped table does not know: enough decimals to lose nothing but float noise.
 _UNKNOWN_DECIMALS: Final = 8
 

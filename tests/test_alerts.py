@@ -159,6 +159,7 @@ def test_metrics_csv_rounding_for_people() -> None:
         "realized_pnl": -0.001,
         "unrealized_pnl": 1.005,
         "fees_paid": 0.36048,
+        "funding_paid": -0.015,
         "position_qty": 0.0010000000000000002,
         "drawdown_pct": 0.123456,
         "cpu_pct": 3.2,
@@ -175,6 +176,7 @@ def test_metrics_csv_rounding_for_people() -> None:
         "realized_pnl": "0.00",  # never -0.00
         "unrealized_pnl": f"{round(1.005, 2):.2f}",
         "fees_paid": "0.36",
+        "funding_paid": f"{round(-0.015, 2):.2f}",
         "position_qty": "0.0010",
         "drawdown_pct": "0.12",
     }

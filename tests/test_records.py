@@ -68,8 +68,8 @@ def test_a_metrics_row_is_written_as_the_dict_writer_wrote_it() -> None:
     new.writerows(metrics_csv_values(row, 1, 4) for row in rows)
     assert after.getvalue() == before.getvalue()
     # a column the row lacks, or holds None, is empty; a figure rounded for people
-    assert after.getvalue().splitlines()[1] == "2026-01-01T00:00:00.000Z,1.235,60000.0,,0.00,,,,,,,,,"
-    assert after.getvalue().splitlines()[2].split(",")[8:11] == ["0.0000", "", "3.25"]
+    assert after.getvalue().splitlines()[1] == "2026-01-01T00:00:00.000Z,1.235,60000.0,,0.00,,,,,,,,,,"
+    assert after.getvalue().splitlines()[2].split(",")[9:12] == ["0.0000", "", "3.25"]
 
 
 def _grid_reference(price: float, scale: int) -> tuple[float, float]:

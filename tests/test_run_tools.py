@@ -416,3 +416,17 @@ def test_monitor_follows_the_unfinished_live_session_past_a_backtests_latest(
     assert f"following the live session {live.name} instead" in capsys.readouterr().err
     (live / "final_report.json").write_text("{}\n")  # it finished: the backtest is the newest run
     assert default_target(runs) == runs / "latest"
+
+
+def test_the_monitor_shows_a_liquidations_size_and_prices(tmp_path: Path) -> None:
+    """Found by an audit: it read fields the `liquidation` event does not have and showed
+    `LIQUIDATION BTCUSDT  @ `."""
+    from tools.monitor import SessionView
+
+    view = SessionView(tmp_path / "run")
+    record = {
+        "seq": 9, "ts": "2026-01-01T00:00:00.000Z", "kind": "liquidation", "symbol": "BTCUSDT",
+        "position_qty": -2.0, "mark_price": 40466.862000000005, "liquidation_price": 40466.862,
+        "bankruptcy_price": 40867.5,
+    }  # fmt: skip
+    assert view.fold(record) == "LIQUIDATION BTCUSDT -2.0 at mark 40,466.9 (bankruptcy 40,867.5)"

@@ -425,3 +425,17 @@ def _epoch(ts: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def test_each_metrics_row_adds_up_to_its_equity_funding_included(tmp_path: Path) -> None:
+    """Found by an audit: the metrics rows had no funding column, so with funding charged a row's
+    figures did not add up to its equity (the gap the report's funding_paid)."""
+    write_bars(tmp_path / "bars.csv", 3000, 4, 60_000.0, 1)  # two days: funding instants in it
+    run = _backtest(tmp_path, str(tmp_path / "bars.csv"), config='[broker]\nfunding = "constant"\n')
+    rows = json.loads((run / "metrics.json").read_text())["rows"]
+    start = read_events(run)[0]["starting_equity"]
+    assert rows[-1]["funding_paid"] != 0
+    for row in rows:
+        parts = start + row["realized_pnl"] - row["fees_paid"] - row["funding_paid"] + row["unrealized_pnl"]
+        assert abs(row["equity"] - parts) < 1e-5, row
+    assert validate(run) == []

@@ -243,7 +243,11 @@ class SessionView:
         if kind.startswith("breaker."):
             return f"{kind} {r.get('reason', '')} {r.get('action', '')}".rstrip()
         if kind == "liquidation":
-            return f"LIQUIDATION {symbol} {r.get('qty', '')} @ {r.get('price', r.get('fill_price', ''))}"
+            # (found by an audit: it read fields the event does not have, and showed none)
+            return (
+                f"LIQUIDATION {symbol} {r.get('position_qty', '')} at mark {price_text(symbol, r.get('mark_price'))} "
+                f"(bankruptcy {price_text(symbol, r.get('bankruptcy_price'))})"
+            )
         if kind == "alert":
             return f"ALERT {r.get('rule', '?')} [{r.get('severity', '?')}]: {r.get('message', '')}"
         if kind == "error":
@@ -271,7 +275,8 @@ class SessionView:
         return (
             f"{self.run_id}  elapsed {_clock(elapsed)}/{_clock(planned)}  equity {money(equity, sign=False)}  "
             f"realized (before fees) {money(hb.get('realized_pnl', 0.0))}  unrealized {money(hb.get('unrealized_pnl', 0.0))}  "
-            f"fees {money(hb.get('fees_paid', 0.0), sign=False)}  {self.position_text()}  "
+            f"fees {money(hb.get('fees_paid', 0.0), sign=False)}  funding {money(hb.get('funding_paid', 0.0))}  "
+            f"{self.position_text()}  "
             f"trades {self.trades}  fills {self.fills}{self.health_text()}"
         )
 
@@ -408,6 +413,7 @@ def panel(view: SessionView) -> Any:
     figures.add_row("realized (before fees)", money(hb.get("realized_pnl", 0.0)))
     figures.add_row("unrealized", money(hb.get("unrealized_pnl", 0.0)))
     figures.add_row("fees", money(hb.get("fees_paid", 0.0), sign=False))
+    figures.add_row("funding paid", money(hb.get("funding_paid", 0.0)))
     figures.add_row(
         "trades", f"{view.trades} ({view.wins} won), {view.fills} fills, {view.rejections} rejected"
     )

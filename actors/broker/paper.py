@@ -1963,6 +1963,8 @@ class PaperBroker:
             "realized_pnl": fast_round(self.realized_pnl, 6),
             "unrealized_pnl": fast_round(self.unrealized_pnl, 6),
             "fees_paid": fast_round(self.fees_paid, 6),
+            # (found by an audit: without it the row's figures did not add up to its equity)
+            "funding_paid": fast_round(self.funding_paid, 6),
             "position_qty": fast_round(self.position_qty, 8),
             "drawdown_pct": fast_round(self.drawdown_pct, 4),
         }

@@ -328,6 +328,7 @@ class Portfolio:
             "realized_pnl": round(self.realized_pnl, 6),
             "unrealized_pnl": round(self.unrealized_pnl, 6),
             "fees_paid": round(self.fees_paid, 6),
+            "funding_paid": round(self.funding_paid, 6),
             "position_qty": round(self.position_qty, 8),
             "drawdown_pct": round(self.drawdown_pct, 4),
             "prices": {symbol: leg.mark_price for symbol, leg in self.legs.items()},
