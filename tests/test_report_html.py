@@ -216,7 +216,11 @@ def test_the_summary_says_what_funding_was_paid_and_where_it_came_from(
     assert (paid != 0) == bool(sets)  # the constant rate charged the positions held at 00/08/16 UTC
     page = (run / "report.html").read_text()
     row = page.split("<th>funding</th>", 1)[1].split("</tr>", 1)[0]
-    assert f"{round(paid, 2) + 0.0:,.2f} paid; " in row and words in row
+    # paid, or received (a short position paid by the longs: never "-0.30 paid")
+    said = (
+        f"{-round(paid, 2):,.2f} received; " if round(paid, 2) < 0 else f"{round(paid, 2) + 0.0:,.2f} paid; "
+    )
+    assert said in row and words in row
 
 
 def test_a_page_that_cannot_be_built_never_fails_the_session(

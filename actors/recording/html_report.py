@@ -321,7 +321,13 @@ def _summary(data: RunData, stats: dict[str, Any]) -> str:
     source = report.get("funding_source", stopped.get("funding_source", started.get("funding_source")))
     if source is not None:  # where the funding came from, in plain words (not modelled: said so)
         paid = report.get("funding_paid", stopped.get("funding_paid"))
-        items.append(("funding", (f"{_money(paid)} paid; " if paid is not None else "") + describe(source)))
+        if paid is None:
+            said = ""
+        elif round(paid, 2) < 0:  # received (found by an audit: "-0.06 paid" read as a cost)
+            said = f"{_money(-paid)} received; "
+        else:
+            said = f"{_money(paid)} paid; "
+        items.append(("funding", said + describe(source)))
     for symbol, gap in (stopped.get("data_gaps") or {}).items():  # a backtest's data gaps
         items.append(
             (
