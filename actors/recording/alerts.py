@@ -217,7 +217,7 @@ class AlertRules:
             "liquidation",
             "critical",
             f"{fields.get('symbol', '')} position {fields.get('position_qty')} liquidated "
-            f"at mark {fields.get('mark_price')}",
+            f"at mark {_price(fields.get('mark_price'))}",
             {
                 k: fields.get(k)
                 for k in ("symbol", "position_qty", "mark_price", "liquidation_price", "margin")
@@ -307,3 +307,9 @@ class AlertLog:
                 f.close()
             except OSError as exc:
                 self.fault = self.fault or (exc, self.path)
+
+
+def _price(value: Any) -> str:
+    """A price for a message: to 1e-8 at most, no float noise (found by an audit: "liquidated at
+    mark 39427.168000000005"); as given when not a number."""
+    return f"{value:.8f}".rstrip("0").rstrip(".") if isinstance(value, int | float) else str(value)
