@@ -632,3 +632,31 @@ def test_the_attribution_tables_say_their_rows_are_rounded_on_their_own() -> Non
     assert html_report._attribution({"strategies": {"a": row}}) == html_report._section(
         "Per strategy and per symbol", ""
     )
+
+
+def test_the_validator_catches_a_page_whose_tables_were_edited(tmp_path: Path) -> None:
+    """Found by an audit: a page with a trade's net PnL's sign flipped, an exit reason changed, a
+    strategy's fills or the breaker trips' count edited passed `tools.validate_session` (only the
+    summary and statistics were compared). Every table and section title is now."""
+    from tools.validate_session import check_page
+
+    run = _backtest_in_process(tmp_path, candles=1500)
+    page = run / "report.html"
+    honest = page.read_text()
+    assert check_page(run) == []
+    row = honest.split('<table id="trades">', 1)[1].split("</tr>", 2)[1]  # the first trade's row
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
+    net, reason = cells[-3], cells[-1]  # net PnL, exit reason
+    flipped = net[1:] if net.startswith("-") else f"-{net}"
+    assert "Breaker trips (" in honest
+    edits = [
+        honest.replace(row, row.replace(f">{net}<", f">{flipped}<", 1), 1),
+        honest.replace(row, row.replace(f">{reason}<", ">stop_loss<", 1), 1),
+        re.sub(r"Breaker trips \(\d+\)", "Breaker trips (0)", honest, count=1),
+    ]
+    for edited in edits:
+        assert edited != honest
+        page.write_text(edited)
+        (problem,) = check_page(run)
+        assert problem.startswith("report.html: shows "), problem
+    page.write_text(honest)

@@ -673,11 +673,51 @@ def check_page(run: Path) -> list[str]:
     ]
     if len(written) != len(want):
         differ.append(f"{len(written)} figures where the events give {len(want)}")
+    differ += _table_differences(page.read_text(encoding="utf-8"), rebuilt)
     if differ:
         return [
             f"{REPORT_NAME}: shows {differ[0]}" + (f" and {len(differ) - 1} more" if len(differ) > 1 else "")
         ]
     return []
+
+
+_TABLE = re.compile(r'<table[^>]*\bid="([^"]+)"[^>]*>(.*?)</table>', re.S)
+_CELL = re.compile(r"<t([dh])\b[^>]*>(.*?)</t[dh]>", re.S)
+_TAG = re.compile(r"<[^>]+>")
+_H3 = re.compile(r"<h3[^>]*>(.*?)</h3>", re.S)
+
+
+def _table_differences(written: str, rebuilt: str) -> list[str]:
+    """The page's tables (trades, entries, by strategy and symbol, risk, feed) cell by cell against
+    the rebuilt page's, each table whose headings are the same in both (a table a later version
+    lays out otherwise is not compared) (found by an audit: a trade's net PnL flipped, an exit
+    reason changed, a strategy's fills or the breaker trips edited, passed)."""
+
+    def tables(text: str) -> dict[str, list[tuple[str, str]]]:
+        return {
+            tid: [(kind, html.unescape(_TAG.sub("", body)).strip()) for kind, body in _CELL.findall(inner)]
+            for tid, inner in _TABLE.findall(text)
+        }
+
+    got, want = tables(written), tables(rebuilt)
+    differ = []
+    titles = [(_H3.findall(text)) for text in (written, rebuilt)]
+    if len(titles[0]) == len(titles[1]):  # the sections' titles, their counts ("Breaker trips (5)")
+        differ += [
+            f"the title {a!r} where the events give {b!r}" for a, b in zip(*titles, strict=True) if a != b
+        ][:1]
+    for tid, cells in want.items():
+        shown = got.get(tid)
+        if shown is None or [c for c in shown if c[0] == "h"] != [c for c in cells if c[0] == "h"]:
+            continue
+        if len(shown) != len(cells):
+            differ.append(f"table {tid} with {len(shown)} cells where the events give {len(cells)}")
+            continue
+        for n, (a, b) in enumerate(zip(shown, cells, strict=True)):
+            if a != b:
+                differ.append(f"table {tid} cell {n} {a[1]!r} where the events give {b[1]!r}")
+                break
+    return differ
 
 
 class StrategyLedger:
