@@ -814,6 +814,18 @@ async def test_failover_polls_rest_while_the_websocket_is_down(tmp_path: Path) -
             stale[record["symbol"]] = record["stale"]
         elif record["type"] == "candle" and not record["backfill"]:
             assert not stale.get(record["symbol"]), record
+    # each poll after the first says what traded since the one before, by the growth of the REST
+    # klines' open candle: a trade quote at the polled book's top (found by an audit: polled quotes
+    # never said a trade, and resting limits stopped filling for the whole failover)
+    ticks = market_records(result.run_path, "tick")
+    polled = [t for t in ticks if t["source"] == "rest"]
+    trades = [t for t in polled if t.get("last_qty", 0) > 0]
+    assert len(trades) >= 2, polled
+    for trade in trades:
+        quote = next(
+            t for t in reversed(polled) if t["arrival_ts"] <= trade["arrival_ts"] and not t.get("last_qty")
+        )
+        assert (trade["bid"], trade["ask"]) == (quote["bid"], quote["ask"])  # that poll's book
 
 
 def _epoch(iso_ts: str) -> float:
@@ -1126,3 +1138,32 @@ async def test_a_subscription_answered_with_empty_levels_is_asked_about_at_the_e
             await feed._check_listed("BTCUSDT")  # listed: a warning, no error
         await feed.http.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_trade_quote_goes_only_at_a_fresh_books_top(tmp_path: Path) -> None:
+    """A kline push showing trades gives a trade quote at the last book's top while that book is
+    under a second old; found by an audit: after a 7 s stall the quote carried the top of before
+    it, its last outside its bid/ask. With no fresh book, no trade quote (its fills wait)."""
+    from protocols import bitunix
+
+    config = make_config(tmp_path, "feed.source=bitunix")
+    tx, rx = trio.open_memory_channel[MarketEvent](math.inf)
+    events_tx, _ = trio.open_memory_channel[Event](math.inf)
+    feed = BitunixFeed(config, SessionClock(), FeedHealth(data_source="bitunix"), [tx], events_tx)
+    m = feed.markets["BTCUSDT"]
+    bucket = 29_833_333
+    m.current, m.current_bucket = (
+        bitunix.KlinePush(bucket * 60_000, 100.0, 101.0, 99.0, 100.5, 2.0, "BTCUSDT"),
+        bucket,
+    )
+    m.top = (100.4, 100.5, 1.0, 1.0)
+    grown = bitunix.KlinePush(bucket * 60_000 + 500, 100.0, 101.0, 99.0, 100.2, 2.5, "BTCUSDT")
+    m.top_at = trio.current_time() - 7.0  # the last book, 7 s ago
+    await feed._traded(m, grown, bucket)
+    assert m.last_price == 100.2 and rx.statistics().current_buffer_used == 0
+    m.top_at = trio.current_time() - 0.3
+    await feed._traded(m, grown, bucket)
+    tick = rx.receive_nowait()
+    assert isinstance(tick, Tick)
+    assert (tick.bid, tick.ask, tick.last, tick.last_qty, tick.source) == (100.4, 100.5, 100.2, 0.5, "ws")
+    await feed.http.aclose()

@@ -94,6 +94,7 @@ REST_BACKOFF_MAX_S = 8.0
 FAILOVER_POLL_S = 1.0
 WS_CLOSE_TIMEOUT_S = 1.0
 INSTRUMENT_ATTEMPTS = 3  # the table is a good fallback: do not hold the start up for long
+TOP_FRESH_S = 1.0  # a trade quote goes at a book's top at most this old (`_trade_quote`)
 CONFIRM_RETRY_S = 0.25  # a closed candle's REST confirm asks again after this (`_confirmed`)
 RATE_LIMITED_WAIT_S = 1.0  # a patient call's wait after a rate-limit reply (`rest_get`)
 SILENCE_EPS_S = 1e-6  # float slack when a receive deadline is compared with stale_after_s
@@ -283,8 +284,12 @@ class _Market:
     current: bitunix.KlinePush | None = None  # the latest push of the open bucket
     current_bucket: int | None = None
     last_price: float | None = None
-    # its last book's best bid, ask and their sizes (a trade's `Tick` carries them)
+    # its last book's best bid, ask and their sizes (a trade's `Tick` carries them), and when
+    # (trio time) it came
     top: tuple[float, float, float, float] | None = None
+    top_at: float = -math.inf
+    # its REST klines' newest row as last polled (a failover, silent klines): (open ms, volume)
+    rest_row: tuple[int, float] | None = None
     last_data_at: float = -math.inf  # trio time of its last accepted WebSocket data frame
     heard_at: float = 0.0  # the connection's time spent waiting on the socket, at its last data frame
     stale: bool = False  # what its last FeedStatus said (`run` starts it stale: no data yet)
@@ -410,6 +415,11 @@ class BitunixFeed:
                     date is not None and date * 1000 >= end_ms + 1000
                 )
                 row = next((c for c in page if round(c.open_ts * 1000) == open_ms), None)
+                if closed and row is not None and row.volume < pushed.volume:
+                    # an older snapshot than the pushes showed (the REST store behind the
+                    # WebSocket: found by an audit): asked again
+                    await trio.sleep(CONFIRM_RETRY_S)
+                    continue
                 if closed and row is not None:
                     if row.high < pushed.high or row.low > pushed.low:
                         why = (
@@ -509,7 +519,7 @@ class BitunixFeed:
         book = Book(now, bids[:levels], asks[:levels], m.symbol)  # a 15-tuple's [:15] is itself
         await fan_out(self.subscribers, book)
         (bid, bid_qty), (ask, ask_qty) = bids[0], asks[0]
-        m.top = (bid, ask, bid_qty, ask_qty)
+        m.top, m.top_at = (bid, ask, bid_qty, ask_qty), trio.current_time()
         await self._tick(m, bid, ask, bid_qty, ask_qty, now, source)
 
     async def _tick(
@@ -548,12 +558,30 @@ class BitunixFeed:
         limit that arrived after a trade was filled by that old print on the next book quote
         (found by an audit: 370 of 580 quotes of a session had their last outside the bid/ask)."""
         before = m.current
-        if before is None or m.top is None:
+        if before is None:
             return  # the first push after a (re)connect: what traded when is not known
         traded = push.base_volume - before.base_volume if bucket == m.current_bucket else push.base_volume
         if traded > 0:
             m.last_price = push.close
-            await self._tick(m, *m.top, last_qty=traded)
+            await self._trade_quote(m, traded, "ws")
+
+    async def _trade_quote(self, m: _Market, traded: float, source: str) -> None:
+        """The trade `Tick` of `traded` at the last price, at the book's top when that is fresh
+        (`TOP_FRESH_S`); with no fresh book none is sent (found by an audit: after a stall the
+        quote carried a top 7 s old, its last outside it): a trade not said fills nothing."""
+        if m.top is not None and trio.current_time() - m.top_at <= TOP_FRESH_S:
+            await self._tick(m, *m.top, source=source, last_qty=traded)
+
+    def _rest_traded(self, m: _Market, newest: Candle) -> float:
+        """What traded since the last poll, by the growth of the REST klines' newest row (its
+        candle still open): its volume less the last poll's, all of it in a newer candle; 0 on a
+        first poll (what traded when is not known). Found by an audit: polled quotes never said a
+        trade, so resting limits stopped filling for the whole of a failover."""
+        open_ms, volume = round(newest.open_ts * 1000), newest.volume
+        last, m.rest_row = m.rest_row, (open_ms, volume)
+        if last is None or open_ms < last[0]:
+            return 0.0
+        return volume - last[1] if open_ms == last[0] else volume
 
     async def _set_stale(
         self, stale: bool, reason: str, markets: Sequence[_Market] | None = None
@@ -787,6 +815,7 @@ class BitunixFeed:
             await self._set_stale(False, "websocket data", [m])
         if isinstance(msg, bitunix.KlinePush):
             m.last_kline_at = m.last_data_at
+            m.rest_row = None  # its trades are told by the pushes again (`_traded`)
             if m.klines_silent:
                 m.klines_silent = False
                 logger.info("feed: {} klines back on the WebSocket: REST kline polling stopped", m.symbol)
@@ -1065,19 +1094,24 @@ class BitunixFeed:
         except (bitunix.RestError, httpx.HTTPError) as exc:
             logger.warning("feed: REST kline poll of {} failed: {}", m.symbol, _why(exc))
             return
-        await self._emit_polled(m, self._closed_polled(m, rows))
+        candles, traded = self._closed_polled(m, rows)
+        if traded > 0:
+            await self._trade_quote(m, traded, "rest")
+        await self._emit_polled(m, candles)
 
-    def _closed_polled(self, m: _Market, rows: Any) -> list[Candle]:
+    def _closed_polled(self, m: _Market, rows: Any) -> tuple[list[Candle], float]:
         """The closed candles of a REST poll's newest klines (its newest row is the candle still
-        open, and our clock may lag the exchange's); the last price is the newest row's close."""
+        open, and our clock may lag the exchange's), and what traded since the last poll
+        (`_rest_traded`); the last price is the newest row's close."""
         candles = bitunix.parse_rest_klines(rows, self.interval_s)
         if not candles:
-            return candles
+            return candles, 0.0
+        traded = self._rest_traded(m, candles[-1])
         m.last_price = candles[-1].close
         now_ms = int(self.clock.now() * 1000)
         if round(candles[-1].open_ts * 1000) + self.interval_ms > now_ms or len(candles) > 1:
-            return candles[:-1]
-        return candles
+            return candles[:-1], traded
+        return candles, traded
 
     async def _emit_polled(self, m: _Market, candles: list[Candle]) -> None:
         async with m.emit_lock:
@@ -1099,7 +1133,7 @@ class BitunixFeed:
             logger.warning("feed: REST poll of {} failed: {}", m.symbol, _why(exc))
             await self._went_stale(f"REST poll failed: {_why(exc)}"[:200], [m])
             return
-        candles = self._closed_polled(m, rows)
+        candles, traded = self._closed_polled(m, rows)
         # fresh again before anything is handed out: the candles this poll closes are decided on
         # with the symbol tradable (found by an audit: the first candle after an outage came while
         # the symbol was still stale, and its entry was refused `stale_data`), and on this book
@@ -1107,6 +1141,8 @@ class BitunixFeed:
             logger.info("feed: {} data is fresh again (REST polling)", m.symbol)
             await self._set_stale(False, "REST polling", [m])
         await self._book(m, book.bids, book.asks, "rest")
+        if traded > 0:  # at this book's top
+            await self._trade_quote(m, traded, "rest")
         await self._emit_polled(m, candles)
 
     async def _report_malformed(self) -> None:
