@@ -11,9 +11,10 @@
   socket under 5 client messages in any second (the exchange disconnects above it). Kline pushes
   carry the current candle only: a candle is closed when the first frame of the next bucket
   arrives, confirmed over REST (the exchange's record of it, whole: `_confirmed`,
-  `feed.confirm_candle_s`), and emitted exactly once, in order. Each book push becomes two market events, at the
-  same time: the `Book` (bids descending, asks ascending, up to 15 levels; the broker walks it)
-  and then the best bid/ask `Tick`.
+  `feed.confirm_candle_s`), and emitted exactly once, in order. Each book push becomes two market
+  events, at the same time: the `Book` (bids descending, asks ascending, up to 15 levels; the
+  broker walks it) and then the best bid/ask `Tick` (`last_qty` 0: no trade said); each kline
+  push whose volume grew, a trade `Tick` (`_traded`: the only quotes that fill resting limits).
 - **Instrument** at start: `GET trading_pairs?symbols=A,B,..` (one call for every symbol; bounded: `INSTRUMENT_ATTEMPTS`
   tries within half of `feed.connect_timeout_s`, a rate-limit reply waited out, not counted as one), parsed by `from_trading_pair` over the shipped
   table's instrument, sent as an `Instrument` market event before the first quote, book or candle
@@ -394,9 +395,9 @@ class BitunixFeed:
         without its end-of-bucket push, 159 of 300 closes differed, by up to 21.5 bp). The REST
         klines (newest two) are asked until they show the candle closed there (a newer candle
         after it, or their `Date` a second past its end), for at most `feed.confirm_candle_s`;
-        that row goes out, with the pushes' symbol. It must hold the pushed range (a REST row
-        narrower than what the pushes showed is not the later record): else, or not in time, the
-        pushed candle goes out, counted and logged."""
+        that row goes out, with the pushes' symbol. A row with less volume than the pushes showed
+        is an older snapshot (asked again); one narrower than their range is not the later record:
+        then, or not in time, the pushed candle goes out, counted and logged."""
         open_ms = round(pushed.open_ts * 1000)
         end_ms = open_ms + self.interval_ms
         why = f"the REST klines did not show it closed within {self.cfg.confirm_candle_s:g} s"
@@ -534,8 +535,8 @@ class BitunixFeed:
         last_qty: float = 0.0,
     ) -> None:
         """A quote: the best bid/ask, and the last trade's price (`last`). `last_qty` > 0: a trade
-        tick (`_traded`), that much traded since the last kline push; 0: no trade since (a book's
-        quote carries the last price as it was)."""
+        quote (`_trade_quote`), that much traded since the last one said; 0: no trade since (a
+        book's quote carries the last price as it was)."""
         last = m.last_price if m.last_price is not None else (bid + ask) / 2
         tick = Tick(
             ts=self.clock.now() if ts is None else ts,
