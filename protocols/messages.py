@@ -10,7 +10,7 @@ prices in USDT; sizes in the contract's base asset (BTC for BTCUSDT).
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Final, Literal, NamedTuple, Protocol
 
 import attrs
 
@@ -161,6 +161,10 @@ class FeedStatus:
     symbol: str = DEFAULT_SYMBOL
 
 
+# the `source` of the exchange's own quotes (the Bitunix feed's WebSocket, its REST polling): their
+# `last_qty` says a trade since the last quote (0: none, the `last` an older print's)
+EXCHANGE_QUOTE_SOURCES: Final = frozenset({"ws", "rest"})
+
 # `Instrument` (protocols/instruments.py), feed -> broker: what the exchange accepts for the symbol
 # (tick, lot, limits, margin tiers); the live feed sends it once at start, before the first quote,
 # from `trading_pairs` (or the shipped table when that fails). Recorded in market.jsonl like the rest.
@@ -244,6 +248,11 @@ class AccountSnapshot(NamedTuple):
     # and sizes on it, strategies put their prices on its grid (found by an audit: they used the
     # shipped table's, and a stop on DOGEUSDT's was put 21 % away); None: the gate's own
     instrument: Instrument | None = None
+
+    def instrument_for(self, symbol: str) -> Instrument | None:
+        """`instrument` when it is `symbol`'s (the snapshot is taken for one symbol), else None."""
+        instrument = self.instrument
+        return instrument if instrument is not None and instrument.symbol == symbol else None
 
     def open_orders_of(self, strategy_id: str) -> int:
         """The strategy's own orders working or on their way (not another strategy's brackets)."""

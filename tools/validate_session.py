@@ -73,6 +73,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from protocols.instruments import grid_instrument
+from protocols.messages import EXCHANGE_QUOTE_SOURCES
 from protocols.records import METRIC_FIELDS, ReportBuilder, iso, metric_decimals
 
 CENT = 0.01
@@ -662,9 +663,10 @@ def check_page(run: Path) -> list[str]:
         except Exception as exc:  # a page that cannot be rebuilt is the finding
             return [f"{REPORT_NAME}: cannot be rebuilt from the run folder ({type(exc).__name__}: {exc})"]
     try:
-        written = figures(page.read_text(encoding="utf-8"))
+        text = page.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return [f"{REPORT_NAME}: unreadable ({exc})"]
+    written = figures(text)
     want = figures(rebuilt)
     differ = [
         f"{got[0]} {got[1]!r} where the events give {should[0]} {should[1]!r}"
@@ -673,7 +675,7 @@ def check_page(run: Path) -> list[str]:
     ]
     if len(written) != len(want):
         differ.append(f"{len(written)} figures where the events give {len(want)}")
-    differ += _table_differences(page.read_text(encoding="utf-8"), rebuilt)
+    differ += _table_differences(text, rebuilt)
     if differ:
         return [
             f"{REPORT_NAME}: shows {differ[0]}" + (f" and {len(differ) - 1} more" if len(differ) > 1 else "")
@@ -701,7 +703,7 @@ def _table_differences(written: str, rebuilt: str) -> list[str]:
 
     got, want = tables(written), tables(rebuilt)
     differ = []
-    titles = [(_H3.findall(text)) for text in (written, rebuilt)]
+    titles = [_H3.findall(text) for text in (written, rebuilt)]
     if len(titles[0]) == len(titles[1]):  # the sections' titles, their counts ("Breaker trips (5)")
         differ += [
             f"the title {a!r} where the events give {b!r}" for a, b in zip(*titles, strict=True) if a != b
@@ -1113,6 +1115,9 @@ def check_orders(events: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+_EPS = 1e-9  # relative: float arithmetic's
+
+
 def check_fill_terms(events: list[dict[str, Any]]) -> list[str]:
     """Each fill on its order's terms (found by an audit: a broker that filled every resting limit at
     the candle's best price, triggered stops early with no slippage, filled market orders at the
@@ -1183,11 +1188,8 @@ def check_fill_terms(events: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
-_EPS = 1e-9  # relative: float arithmetic's
-
-
 def _same_price(a: Any, b: Any) -> bool:
-    return isinstance(a, int | float) and isinstance(b, int | float) and abs(a - b) <= 1e-9 * max(abs(b), 1.0)
+    return isinstance(a, int | float) and isinstance(b, int | float) and abs(a - b) <= _EPS * max(abs(b), 1.0)
 
 
 # --- fills against the market the session recorded (live sessions) -----------------------------
@@ -1387,7 +1389,7 @@ def _check_quote(fill: MarketFill, used: Used) -> list[str]:
         for i, (_, _, last, size, _, _, src) in met:
             if not isinstance(last, int | float) or (last > price + EPS if buy else last < price - EPS):
                 continue
-            if size <= 0 and src in EXCHANGE_QUOTES:
+            if size <= 0 and src in EXCHANGE_QUOTE_SOURCES:
                 continue  # the exchange's quote with no trade since the last (its last an old print)
             if size > 0 and traded.get((symbol, i), 0.0) + qty > size + 1e-9:
                 continue
@@ -1638,8 +1640,6 @@ def data_note(events: list[dict[str, Any]]) -> str:
 FUNDING_EVERY_S = 8 * 3600  # 00:00, 08:00, 16:00 UTC
 
 
-# the sources of the exchange's own quotes: a `last_qty` of 0 says no trade since the last quote
-EXCHANGE_QUOTES = frozenset({"ws", "rest"})
 # the `source` of a backtest's fills along a candle's path (actors/broker/paper.py `_walk`)
 PATH_SOURCES = frozenset({"candle", "resting", "bankruptcy"})
 

@@ -51,6 +51,7 @@ from actors.feeds.history import CLOSE_TICK_LEAD_S
 from protocols.instruments import Instrument, fast_round, table_instrument
 from protocols.messages import (
     DEFAULT_SYMBOL,
+    EXCHANGE_QUOTE_SOURCES,
     AccountSnapshot,
     AccountUpdate,
     Book,
@@ -91,10 +92,6 @@ class FundingSchedule(Protocol):
 def _iso_instant(ts: float) -> str:
     """A funding instant as the events write it: `2026-09-23T08:00:00Z`."""
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-# the sources of the exchange's own quotes (the Bitunix feed's WebSocket and REST failover)
-EXCHANGE_QUOTES = frozenset({"ws", "rest"})
 
 
 def _fallback_instrument(symbol: str) -> Instrument:
@@ -1000,7 +997,7 @@ class PaperBroker:
         print on the next book quote). The mock's quotes are each a trade of unknown size."""
         events: list[Event] = []
         last_qty = tick.last_qty
-        available = last_qty if last_qty > 0 or tick.source in EXCHANGE_QUOTES else math.inf
+        available = last_qty if last_qty > 0 or tick.source in EXCHANGE_QUOTE_SOURCES else math.inf
         for working in sorted(self.working.values(), key=lambda w: w.arrived_ts):
             order = working.order
             if working.order.id not in self.working:

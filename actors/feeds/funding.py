@@ -29,11 +29,10 @@ import bisect
 import gzip
 import itertools
 import math
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from actors.feeds.history import DataError
+from actors.feeds.history import READ_ERRORS, DataError, read_error
 
 FUNDING_CSV_HEADER = ["ts_ms", "rate"]
 # A rate (fraction per interval) beyond this is taken for a mistake (percent given as a fraction,
@@ -68,11 +67,8 @@ class FundingRates:
         try:
             raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
             text = raw.decode("utf-8-sig")
-        except (OSError, EOFError, zlib.error) as exc:  # not found, a directory, no permission, a broken .gz
-            why = (
-                exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
-            )
-            raise DataError(f"cannot read funding file {path}: {why}") from exc
+        except READ_ERRORS as exc:  # not found, a directory, no permission, a .gz cut short or damaged
+            raise DataError(f"cannot read funding file {path}: {read_error(exc)}") from exc
         except UnicodeDecodeError as exc:
             raise DataError(f"funding file {path} is not UTF-8 text ({exc.reason})") from exc
         lines = text.splitlines()

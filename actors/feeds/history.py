@@ -32,7 +32,7 @@ _INF: Final = math.inf
 MIN_OPEN_MS: Final = 1.0
 MAX_OPEN_MS: Final = 4_102_444_800_000.0
 # what reading a file can raise besides OSError: a gzip stream cut short, or damaged
-_READ_ERRORS: Final = (OSError, EOFError, zlib.error)
+READ_ERRORS: Final = (OSError, EOFError, zlib.error)
 
 
 class DataError(Exception):
@@ -66,8 +66,8 @@ def read_candles_csv(
     try:
         f = _open_binary(path)
         header = f.readline()
-    except _READ_ERRORS as exc:
-        raise DataError(f"--data: cannot read {path}: {_read_error(exc)}") from exc
+    except READ_ERRORS as exc:
+        raise DataError(f"--data: cannot read {path}: {read_error(exc)}") from exc
     with f:
         columns = header.decode("utf-8", "replace").strip().split(",")
         if columns != CSV_HEADER:
@@ -146,9 +146,9 @@ def read_candles_csv(
                         if skipped_by is not None:
                             reason = skip_reason(t, o, h, lo, c, v, last_open, interval_s)
                             skipped_by[reason] = skipped_by.get(reason, 0) + 1
-        except _READ_ERRORS as exc:  # (found by an audit: a gzip file cut short gave a traceback)
+        except READ_ERRORS as exc:  # (found by an audit: a gzip file cut short gave a traceback)
             raise DataError(
-                f"--data: cannot read {path} past its candle {candles}: {_read_error(exc)}"
+                f"--data: cannot read {path} past its candle {candles}: {read_error(exc)}"
             ) from exc
         finally:
             stats["candles"] = stats.get("candles", 0) + candles
@@ -180,7 +180,8 @@ def skip_reason(
     return "csv_time_backwards" if open_ts < last_open else "csv_overlapping"
 
 
-def _read_error(exc: BaseException) -> str:
+def read_error(exc: BaseException) -> str:
+    """One of `READ_ERRORS` in words."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     if isinstance(exc, EOFError):

@@ -343,11 +343,8 @@ class RiskGate:
     def instrument_of(self, symbol: str, account: AccountSnapshot | None = None) -> Instrument:
         """`symbol`'s instrument: the broker's (the snapshot's, when taken for that symbol: the
         exchange's own figures in a live session), else the one the gate was built with."""
-        if account is not None:
-            instrument = account.instrument
-            if instrument is not None and instrument.symbol == symbol:
-                return instrument
-        return self.instruments.get(symbol, self.instrument)
+        instrument = account.instrument_for(symbol) if account is not None else None
+        return instrument or self.instruments.get(symbol, self.instrument)
 
     def others_notional(self, account: AccountSnapshot, symbol: str) -> float:
         """The other symbols' projected positions at their marks (several symbols: the snapshot's
@@ -533,7 +530,7 @@ class RiskGate:
                 return out
         # a backtest candle's path may have taken the account lower than its close
         low = update.low_equity
-        out += self._check_equity(ts, equity if low is None or low > equity else low)
+        out += self._check_equity(ts, equity if low is None else min(low, equity))
         if not self.stopping:
             watch = self.watch(ts)
             if watch != self.watching:

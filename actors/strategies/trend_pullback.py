@@ -288,10 +288,8 @@ class TrendPullback:
             ]
         sign = 1.0 if long else -1.0
         # on the grid of the exchange's figures when the broker has them (a live session's)
-        instrument = account.instrument
-        mine = instrument is not None and instrument.symbol == self.symbol
-        round_price = instrument.round_price if instrument is not None and mine else self.round_price
-        entry = round_price(fast, "down" if long else "up")
+        instrument = account.instrument_for(self.symbol)
+        entry = (instrument.round_price if instrument else self.round_price)(fast, "down" if long else "up")
         risk = p.stop_atr_mult * atr
         stop = entry - sign * risk
         target = entry + sign * p.target_r * risk if p.target_r > 0 else None
