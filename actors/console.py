@@ -109,6 +109,20 @@ def closed_line(record: dict[str, Any]) -> str:
     )
 
 
+def crossed_line(record: dict[str, Any]) -> str:
+    """`position.crossed`: the strategies' opposite positions (the net flat) closed against each
+    other at the mark: no trade, no fee."""
+    symbol = record.get("symbol", "")
+    each = ", ".join(
+        f"{sid or '-'} {'BUY' if qty > 0 else 'SELL'} {fmt_qty(abs(qty))} (realized {fmt_money(realized)})"
+        for sid, qty, realized, _ in record["allocations"]
+    )
+    return (
+        f"CROSSED {_when(record['ts'])}  {symbol}  {each}  @ "
+        f"{fmt_price(record['price'], _price_decimals(symbol))}  (net flat: no trade, no fee; {record['reason']})"
+    )
+
+
 def _entry_text(record: dict[str, Any]) -> str:
     """A working entry as the console names it: side, type, quantity and price."""
     order_type = str(record.get("type", "")).upper().replace("_", "-")
@@ -199,6 +213,8 @@ class ConsoleSink:
                 self.gross_loss -= net
             if self.echo and new:
                 self._print(closed_line(record))
+        elif kind == "position.crossed" and self.echo and new:
+            self._print(crossed_line(record))
         elif kind == "order.working":
             self._working(record, new)
         elif kind == "session.resumed" and self.echo and new:

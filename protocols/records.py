@@ -327,8 +327,9 @@ class _VirtualBook:
         self.realized = self.fees = self.funding = 0.0
         self.trade_net = 0.0  # the open trade's realized PnL less its fees and funding so far
 
-    def fill(self, signed: float, realized: float, fee: float) -> None:
-        self.fills += 1
+    def fill(self, signed: float, realized: float, fee: float, *, counted: bool = True) -> None:
+        """A fill's share (`counted=False`: a cross, no fill of its own)."""
+        self.fills += counted
         self.realized += realized
         self.fees += fee
         pos, new = self.qty, self.qty + signed
@@ -388,6 +389,13 @@ class Attribution:
             allocations = [[record.get("strategy_id", ""), signed, record["realized_pnl"], record["fee"]]]
         for strategy_id, signed, realized, fee in allocations:
             self._book(symbol, strategy_id).fill(signed, realized, fee)
+
+    def cross(self, record: dict[str, Any]) -> None:
+        """`position.crossed`: opposite virtual positions closed against each other at a price,
+        no fill (the net was flat), no fee."""
+        symbol = record.get("symbol") or self.symbol
+        for strategy_id, signed, realized, fee in record["allocations"]:
+            self._book(symbol, strategy_id).fill(signed, realized, fee, counted=False)
 
     def funding(self, record: dict[str, Any]) -> None:
         symbol = record.get("symbol") or self.symbol
@@ -481,6 +489,8 @@ class ReportBuilder:
         elif kind == "funding":
             self.funding_paid += record["amount"]
             self.attribution.funding(record)
+        elif kind == "position.crossed":
+            self.attribution.cross(record)
         elif kind == "liquidation":
             self.liquidations += 1
         elif kind == "breaker.tripped":

@@ -234,6 +234,69 @@ def test_opposite_positions_run_folder_validates(tmp_path: Path, capsys: pytest.
     assert "trades: 1 of the net position; 2 of the strategies' virtual positions (A 1, B 1)" in err
 
 
+# --- opposite positions netting to 0 at the end: crossed at the mark ---
+
+
+# A buys 1 @ 100 (fee 0.1); B sells 1 @ 110 (fee 0.11): the account is flat again, having booked
+# (110 - 100) x 1 = 10 in one round trip. Neither strategy has realized anything. The end's
+# flatten trades nothing (the net is flat) and crosses them at the mark, 105: A sells its 1
+# (realized 105 - 100 = 5), B buys its 1 back (realized 110 - 105 = 5), no fee. A's trade: 5 - 0.1
+# = 4.9, B's: 5 - 0.11 = 4.89, both wins; their realized PnL sums to the account's 10.
+def cross(allocations: list[list[Any]], price: float = 105.0) -> dict[str, Any]:
+    return {
+        "kind": "position.crossed",
+        "symbol": SYMBOL,
+        "price": price,
+        "reason": "flatten_on_exit",
+        "allocations": allocations,
+    }
+
+
+NETTED = [
+    fill(1, "buy", 1.0, 100.0, 0.1, 0.0, 1.0, "A", [["A", 1.0, 0.0, 0.1]]),
+    fill(2, "sell", 1.0, 110.0, 0.11, 10.0, 0.0, "B", [["B", -1.0, 0.0, 0.11]]),
+    closed("long", 1.0, 10.0, 0.21),
+]  # fmt: skip
+CROSSED = [*NETTED, cross([["A", -1.0, 5.0, 0.0], ["B", 1.0, 5.0, 0.0]])]
+
+
+def test_opposite_positions_crossed_at_the_end_sum_to_the_account(tmp_path: Path) -> None:
+    report = build_report(numbered(CROSSED))
+    assert report["strategies"] == {
+        "A": row(fills=1, trades=1, wins=1, losses=0, realized=5.0, fees=0.1, funding=0.0),
+        "B": row(fills=1, trades=1, wins=1, losses=0, realized=5.0, fees=0.11, funding=0.0),
+    }
+    assert report["symbols"] == {SYMBOL: row(2, 2, 2, 0, realized=10.0, fees=0.21, funding=0.0)}
+    assert (report["realized_pnl"], report["trade_count"]) == (10.0, 1)
+    assert validate(write_run(tmp_path, CROSSED)) == []
+
+
+@pytest.mark.parametrize(
+    ("allocations", "price", "problem"),
+    [
+        ([["A", -0.5, 2.5, 0.0], ["B", 0.5, 2.5, 0.0]], 105.0, "each closes its whole position"),
+        ([["A", -1.0, 5.0, 0.0]], 105.0, "each closes its whole position"),
+        ([["A", -1.0, 5.0, 0.01], ["B", 1.0, 5.0, 0.0]], 105.0, "a cross pays no fee"),
+        ([["A", -1.0, 5.0, 0.0], ["B", 1.0, 5.0, 0.0]], 0.0, "is not a price"),
+        # realized as if crossed at 108 while the price says 105: A's ledger nets 5, not 8
+        ([["A", -1.0, 8.0, 0.0], ["B", 1.0, 2.0, 0.0]], 105.0, "netting its virtual position"),
+    ],
+)
+def test_a_wrong_cross_is_refused(
+    tmp_path: Path, allocations: list[list[Any]], price: float, problem: str
+) -> None:
+    events = [*NETTED, cross(allocations, price)]
+    problems = validate(write_run(tmp_path, events))
+    assert any(problem in p for p in problems), problems
+
+
+def test_opposite_positions_left_open_at_a_clean_end_are_refused(tmp_path: Path) -> None:
+    """Before crosses, the end left them open: the strategies' realized PnL (0) was not the
+    account's (10), and nothing said so."""
+    problems = validate(write_run(tmp_path, NETTED))
+    assert any("left open at a clean end" in p for p in problems), problems
+
+
 # --- funding in a trade's result, a flip ---
 
 # A and B each buy 1 @ 100 (fee 0.1 each); funding 4 (2 each); A sells 1 @ 101.5 (fee 0.1015),
@@ -399,6 +462,7 @@ def test_a_funding_split_otherwise_than_by_the_positions_is_named(tmp_path: Path
         fill(2, "sell", 1.0, 100.0, 0.1, 0.0, 0.0, "B", [["B", -1.0, 0.0, 0.1]]),
         closed("long", 1.0, 0.0, 0.2),
         {**funding(0.0, 0.0, [["A", 1.0], ["B", -1.0]]), "rate_pct": 1.0},
+        cross([["A", -1.0, 0.0, 0.0], ["B", 1.0, 0.0, 0.0]], price=100.0),  # the end's flatten
     ]
     for name in ("flat", "wrong"):
         (tmp_path / name).mkdir()
@@ -610,3 +674,78 @@ def test_fees_paid_is_the_sum_of_the_maker_and_taker_figures_shown() -> None:
     report = build_report(numbered([maker, taker, closed("long", 1.0, 0.0, 0.2469128)]))
     assert (report["fees_maker"], report["fees_taker"]) == (0.123456, 0.123456)
     assert report["fees_paid"] == report["fees_maker"] + report["fees_taker"] == 0.246912
+
+
+# --- a breaker's flatten with the net flat, end to end ---
+
+THREE_CROSSES = """
+[session]
+run_dir = "runs"
+
+[risk]
+sizing = "fixed"
+max_position_size = 10
+max_consecutive_losses = 2
+on_breaker = "halt"
+loss_streak_cooldown_min = 5
+
+[[strategies]]
+id = "fast"
+kind = "ema_cross"
+fast_period = 3
+slow_period = 8
+stop_loss_pct = 0
+take_profit_pct = 0
+
+[[strategies]]
+id = "mid"
+kind = "ema_cross"
+fast_period = 5
+slow_period = 13
+stop_loss_pct = 0
+take_profit_pct = 0
+
+[[strategies]]
+id = "slow"
+kind = "ema_cross"
+stop_loss_pct = 0
+take_profit_pct = 0
+"""
+
+
+def test_a_breaker_with_the_net_flat_crosses_the_strategies_and_nothing_trades_while_halted(
+    tmp_path: Path,
+) -> None:
+    """Three always-in-market EMA crosses of one size on one symbol: a loss streak trips the
+    breaker when one strategy's losing exit leaves the net flat between two opposite others.
+    Before, the flatten traded nothing and left them open; their own exits (allowed while entries
+    are halted) then reopened the account's exposure during the halt. Now they are crossed at the
+    mark: nothing fills from a trip to its reset, and both runtimes' runs validate."""
+    from actors.main import main as cli
+    from tests.conftest import read_events
+    from tests.test_multi_symbol import write_bars
+
+    bars = tmp_path / "btc.csv"
+    write_bars(bars, 600, 1, 60_000.0, 1)
+    config = tmp_path / "three.toml"
+    config.write_text(THREE_CROSSES)
+    runs = {}
+    for runtime in ("kernel", "actors"):
+        args = ["--config", str(config), "--mode", "backtest", "--data", f"BTCUSDT={bars}"]
+        assert cli([*args, "--set", f"session.run_dir={tmp_path / runtime}", "--runtime", runtime]) == 0
+        runs[runtime] = (tmp_path / runtime / "latest").resolve()
+        assert validate(runs[runtime]) == []
+    events = read_events(runs["kernel"])
+    assert [e for e in events if e["kind"] != "session.started"] == [
+        e for e in read_events(runs["actors"]) if e["kind"] != "session.started"
+    ]
+    crosses = [e for e in events if e["kind"] == "position.crossed"]
+    assert len(crosses) >= 3 and {c["reason"] for c in crosses} == {"breaker"}
+    halted = False
+    for e in events:
+        if e["kind"] == "breaker.tripped":
+            halted = True
+        elif e["kind"] == "breaker.reset":
+            halted = False
+        elif e["kind"] == "order.filled" and halted:
+            assert e["reason"] == "breaker", e  # only the trip's own flatten

@@ -697,10 +697,13 @@ def test_a_live_flatten_says_how_old_its_quote_is_and_a_stale_one_alerts() -> No
     assert (alert.rule, alert.severity) == ("stale_flatten", "critical") and "68.0 s old" in alert.message
 
 
-def test_a_breakers_flatten_with_the_net_flat_keeps_each_open_strategys_stop() -> None:
-    """Found by an audit: strategies b (short) and c (long) net to 0; the breaker's flatten traded
-    nothing but cancelled both brackets, and b's next exit left c long with no stop."""
-    account = _account()
+def test_a_breakers_flatten_with_the_net_flat_crosses_the_strategies_at_the_mark() -> None:
+    """Found by audits: strategies b (short) and c (long) net to 0. The breaker's flatten first
+    cancelled both brackets and traded nothing (b's next exit left c long with no stop); then it
+    kept them, and one of them filling reopened the account's exposure while entries were halted.
+    Now nothing trades and nothing is left: each strategy's position is closed against the
+    other's at the mark, no fee, and their realized PnL is the account's."""
+    account = _account(slippage_bps=0.0)
     account.on_market(Tick(ts=W0, bid=100.0, ask=100.1, last=100.0, last_qty=0.0), W0)
     account.on_arrival(
         _order("b1", "sell", 0.01, W0, strategy_id="b", stop_price=102.0, target_price=98.0), W0
@@ -709,13 +712,32 @@ def test_a_breakers_flatten_with_the_net_flat_keeps_each_open_strategys_stop() -
         _order("c1", "buy", 0.01, W0, strategy_id="c", stop_price=98.0, target_price=102.0), W0
     )
     assert abs(account.position_qty) < 1e-12
+    # b sold 0.01 at the bid 100.0, c bought it back at the ask 100.1: the account booked -0.001
+    assert account.realized_pnl == pytest.approx(-0.001)
+    fees = account.fees_paid
     brackets = {oid for oid, w in account.working.items() if w.order.protective}
     assert len(brackets) == 4
     events = account.flatten(W0 + 1, "max_consecutive_losses", "flatten-1")
-    assert not [e for e in events if e.kind in ("order.cancelled", "order.filled")]
-    assert set(account.working) == brackets  # each open virtual position keeps its stop and target
-    closing = account.flatten(W0 + 2, "flatten_on_exit", "flatten-2")  # the session's end: all go
-    assert {e.fields["order_id"] for e in closing if e.kind == "order.cancelled"} == brackets
+    assert {e.fields["order_id"] for e in events if e.kind == "order.cancelled"} == brackets
+    assert not account.working and not [e for e in events if e.kind == "order.filled"]
+    (cross,) = [e for e in events if e.kind == "position.crossed"]
+    # at the mark, the mid 100.05: b's short of 100.0 loses 0.0005, c's long of 100.1 loses 0.0005
+    assert cross.fields["price"] == pytest.approx(100.05)
+    assert cross.fields["reason"] == "max_consecutive_losses"
+    assert sorted(cross.fields["allocations"]) == [
+        ["b", pytest.approx(0.01), pytest.approx(-0.0005), 0.0],
+        ["c", pytest.approx(-0.01), pytest.approx(-0.0005), 0.0],
+    ]
+    assert account.virtual["b"].qty == account.virtual["c"].qty == 0.0
+    assert (account.realized_pnl, account.fees_paid) == (pytest.approx(-0.001), fees)  # no trade
+    assert sorted(t.strategy_id for t in account.closed) == ["b", "c"]  # each one's trade ended
+    # the market runs through both brackets' prices: nothing fills, the account stays flat
+    for k, price in enumerate((103.0, 97.0)):
+        ts = W0 + 2 + k
+        moved = account.on_market(Tick(ts=ts, bid=price, ask=price, last=price, last_qty=1.0), ts)
+        assert not [e for e in moved if e.kind == "order.filled"]
+    assert account.position_qty == 0.0
+    assert account.flatten(W0 + 5, "flatten_on_exit", "flatten-2") == []  # nothing left to do
 
 
 def test_opposite_virtual_positions_netting_to_zero_each_pay_their_funding() -> None:

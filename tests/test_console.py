@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from loguru import logger
 
 from actors import logs, progress
-from actors.console import ConsoleSink, closed_line, fill_line, fmt_money
+from actors.console import ConsoleSink, closed_line, crossed_line, fill_line, fmt_money
 from actors.feeds.bitunix import _network_reason
 from protocols.messages import Cancel
 from tests.conftest import REPO, cli_env, read_events, read_report, run_cli, run_main
@@ -284,6 +284,21 @@ def test_the_console_sink_tracks_stop_target_and_trade_figures() -> None:
     assert closed_line(closed) == (
         "CLOSED 2024-01-02 03:04:05 UTC  BTCUSDT  LONG 0.0012  60,006.4 -> 60,100.0  net +0.10  "
         "held 1h02m03s  exit take_profit"
+    )
+
+
+def test_a_cross_of_opposite_strategies_says_no_trade_and_no_fee() -> None:
+    crossed = {
+        "ts": "2024-01-02T03:04:05.000Z",
+        "kind": "position.crossed",
+        "symbol": "BTCUSDT",
+        "price": 59948.9,
+        "reason": "breaker",
+        "allocations": [["fast", 0.001, -0.012, 0.0], ["slow", -0.001, -0.1458, 0.0]],
+    }
+    assert crossed_line(crossed) == (
+        "CROSSED 2024-01-02 03:04:05 UTC  BTCUSDT  fast BUY 0.001 (realized -0.01), slow SELL 0.001 "
+        "(realized -0.15)  @ 59,948.9  (net flat: no trade, no fee; breaker)"
     )
 
 

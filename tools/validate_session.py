@@ -40,7 +40,9 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
   allocations by this file's own netting, gives the realized PnL its allocations say, and the
   report's `strategies` and `symbols` tables equal the figures recomputed here (to the cent); the
   strategies' fees and funding sum to the account's, and their realized PnL too when every virtual
-  position ends flat. The strategies' trades need not sum to `trade_count` (round trips of the net
+  position ends flat, as each must at a clean end (the end's flatten shares its fill among them, or
+  with the net flat crosses them at the mark: `position.crossed`, checked to close each holder's
+  whole position, and only the holders', at no fee). The strategies' trades need not sum to `trade_count` (round trips of the net
   position: overlapping trades of two strategies can make one of the account's, or opposite ones
   more); the summary line on standard error gives both. A run from before allocations counts each
   fill wholly to its `strategy_id` (or ""); a report from before the tables is not held to them.
@@ -738,12 +740,13 @@ class StrategyLedger:
         self.results: list[float] = []  # the closed trades' results
         self.current = 0.0  # the open trade's result so far
 
-    def fill(self, signed: float, price: float, realized: float, fee: float) -> None:
+    def fill(self, signed: float, price: float, realized: float, fee: float, *, counted: bool = True) -> None:
+        """A fill's allocation (`counted=False`: a cross's, no fill of the strategy's own)."""
         before = self.ledger.qty
         if abs(signed) > EPS:
             self.ledger.fill("buy" if signed > 0 else "sell", abs(signed), price, fee)
         after = self.ledger.qty
-        self.fills += 1
+        self.fills += counted
         self.stated_realized += realized
         self.fees += fee
         was_open, is_open = abs(before) > EPS, abs(after) > EPS
@@ -803,6 +806,8 @@ class Attribution:
                 self._fill(e)
             elif e.get("kind") == "funding":
                 self._funding(e)
+            elif e.get("kind") == "position.crossed":
+                self._cross(e)
 
     def _ledger(self, symbol: str, strategy_id: str) -> StrategyLedger:
         return self.ledgers.setdefault((symbol, strategy_id), StrategyLedger())
@@ -855,6 +860,36 @@ class Attribution:
             self.problems += self._shares(name, symbol, signed, e["fee"], well_formed)
         for strategy_id, qty, realized, fee in well_formed:
             self._ledger(symbol, strategy_id).fill(qty, e["fill_price"], realized, fee)
+        self.held_after.setdefault(symbol, []).append((_epoch(e["ts"]), self._held(symbol)))
+
+    def _cross(self, e: dict[str, Any]) -> None:
+        """`position.crossed`: with the net flat, the strategies' virtual positions closed against
+        each other at one price, no fee: each holder's whole position, and only the holders'."""
+        symbol = e.get("symbol") or self.symbol
+        name = f"cross (seq {e.get('seq')})"
+        allocations, price = e.get("allocations"), e.get("price")
+        well_formed = (
+            [a for a in allocations if _is_allocation(a, 4)] if isinstance(allocations, list) else []
+        )
+        if not isinstance(allocations, list) or len(well_formed) != len(allocations):
+            self.problems.append(
+                f"{name}: allocations {allocations!r} are not [strategy_id, signed_qty, realized_pnl, fee] each"
+            )
+        if not (isinstance(price, int | float) and math.isfinite(price) and price > 0):
+            self.problems.append(f"{name}: price {price!r} is not a price")
+            return
+        held = self._held(symbol)
+        given = {a[0]: a[1] for a in well_formed}
+        if set(given) != set(held) or any(abs(given[sid] + qty) > EPS for sid, qty in held.items()):
+            self.problems.append(
+                f"{name}: crosses {given} where the strategies held {held} (each closes its whole position)"
+            )
+        if abs(sum(held.values())) > EPS:
+            self.problems.append(f"{name}: the strategies' positions {held} do not net to 0")
+        if any(a[3] != 0 for a in well_formed):
+            self.problems.append(f"{name}: a cross pays no fee ({[a[3] for a in well_formed]})")
+        for strategy_id, qty, realized, fee in well_formed:
+            self._ledger(symbol, strategy_id).fill(qty, price, realized, fee, counted=False)
         self.held_after.setdefault(symbol, []).append((_epoch(e["ts"]), self._held(symbol)))
 
     def _held(self, symbol: str) -> dict[str, float]:
@@ -1020,6 +1055,13 @@ def check_attribution(events: list[dict[str, Any]], report: dict[str, Any] | Non
     totals = [("fees", "fees_paid"), ("funding", "funding_paid")]
     if attribution.flat():
         totals.insert(0, ("realized_pnl", "realized_pnl"))
+    elif (
+        report.get("status") == "ok"
+    ):  # the end's flatten crosses opposite ones (a net left open: see check_fills)
+        for sym in sorted({sym for sym, _ in attribution.ledgers}):
+            held = attribution._held(sym)
+            if held and abs(sum(held.values())) <= EPS:
+                problems.append(f"{sym}: virtual positions {held} (net flat) left open at a clean end")
     for key, account in totals:
         if account in report and abs(sums[key] - report[account]) > CENT:
             problems.append(

@@ -1845,20 +1845,17 @@ class PaperBroker:
 
     def flatten(self, ts: float, reason: str, order_id: str) -> list[Event]:
         """Cancel every working order and close the position at once (fees and slippage apply;
-        not held to the participation cap: a session ends flat). When the net position is flat
-        already while strategies hold opposite virtual positions (netting to 0), nothing is traded
-        and each of them keeps its protective stop and target (found by an audit: a breaker
-        cancelled them, and the next exit of one left the other's position open with no stop)."""
+        not held to the participation cap: a session ends flat). The closing fill is shared by
+        the strategies' virtual positions, so each ends flat. When the net position is flat
+        already while strategies hold opposite virtual positions (netting to 0), nothing is
+        traded: they are crossed against each other at the mark (`_cross`; found by an audit:
+        a breaker's flatten kept them, with their stops and targets, and one of those filling
+        reopened the account's exposure while entries were halted)."""
         order = self.flatten_order(ts, order_id, reason)
-        if order is None and reason != "flatten_on_exit":  # the session goes on (a breaker's)
-            keep = {
-                oid
-                for oid, working in self.working.items()
-                if working.order.protective and abs(self._own_qty(working.order)) > EPS
-            }
-            return self.cancel_all(ts, reason, keep)
         events = self.cancel_all(ts, reason)
-        if order is not None and self.last_tick is not None:
+        if order is None:
+            return events + self._cross(ts, reason)
+        if self.last_tick is not None:
             fields: dict[str, Any] = {
                 "order_id": order.id,
                 "side": order.side,
@@ -1876,6 +1873,27 @@ class PaperBroker:
             events.append(Event(ts, "order.submitted", fields))
             events += self._take(order, order.qty, ts, self.last_tick, capped=False)
         return events
+
+    def _cross(self, ts: float, reason: str) -> list[Event]:
+        """The net position flat, the strategies' virtual positions (opposite, netting to 0)
+        closed against each other at the mark: nothing reaches the exchange, so no fee and no
+        slippage; each strategy realizes its own at the mark, and between them they realize what
+        the account booked when their fills netted (the sum does not depend on the price). A
+        `position.crossed` event, its `allocations` as a fill's (`[strategy_id, signed_qty,
+        realized_pnl, fee]`, the fee 0)."""
+        mark = self.mark_price
+        holders = [(s, v.qty) for s, v in self.virtual.items() if not -EPS < v.qty < EPS]
+        if not holders or mark is None or not -EPS < self.position_qty < EPS:
+            return []
+        allocations: list[list[Any]] = []
+        for s, q in holders:
+            realized, closed = self.virtual[s].book(-q, mark)
+            if closed is not None:  # the strategy's round trip ended: the risk gate counts it
+                self.closed.append(ClosedTrade(self.symbol, closed, s))
+            allocations.append([s, -q, realized, 0.0])
+        self._virtual_positions = None
+        fields = {"symbol": self.symbol, "price": mark, "reason": reason, "allocations": allocations}
+        return [Event(ts, "position.crossed", fields)]
 
     # --- the component's interface ------------------------------------------------------------------
 

@@ -71,7 +71,14 @@ CRITICAL_PREFIXES: Final = ("order.", "position.", "funding", "liquidation", "br
 # Events the console prints a line for in a live session (actors/console.py): each is written to
 # events.jsonl before its line is printed.
 ECHOED: Final = frozenset(
-    ("order.filled", "position.closed", "order.working", "order.cancelled", "session.resumed")
+    (
+        "order.filled",
+        "position.closed",
+        "position.crossed",
+        "order.working",
+        "order.cancelled",
+        "session.resumed",
+    )
 )
 # Events of this kind carry a market event (`fields["event"]`) to market.jsonl instead of events.jsonl.
 MARKET_KIND: Final = "market"
