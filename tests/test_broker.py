@@ -229,7 +229,11 @@ def test_funding_is_charged_at_the_funding_instant_only() -> None:
     events = _run_broker(account, script)
     funding = [e for e in events if e.kind == "funding"]
     assert len(funding) == 1
-    assert funding[0].ts == eight
+    # the 08:00 charge, booked live when the first quote after it comes (08:00:10): stamped then,
+    # not at the instant, so that no record goes before what was written before it (found by an
+    # audit: after a restart, a downtime's instant was written after the resume, hours earlier)
+    assert funding[0].fields["instant"] == "2026-11-24T08:00:00Z"
+    assert funding[0].ts == eight + 10
     assert abs(funding[0].fields["amount"] - 1.0 * 100.0 * 0.01 / 100) < 1e-12
     assert abs(account.funding_paid - 0.01) < 1e-12
 

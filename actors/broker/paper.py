@@ -898,16 +898,20 @@ class PaperBroker:
         events: list[Event] = []
         instant = (math.floor(last_ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S
         while instant <= ts:
-            events += self._charge_funding(instant)
+            events += self._charge_funding(instant, ts)
             instant += FUNDING_EVERY_S
         return events
 
-    def _charge_funding(self, instant: float) -> list[Event]:
+    def _charge_funding(self, instant: float, now: float) -> list[Event]:
         """The account pays funding on its net position; each strategy its share, as its virtual
         position would (opposite ones netting to 0 still pay and receive theirs: found by an
         audit, they were charged nothing at a net of exactly 0, and their full amounts beside it).
         Live, once the feed's rates say when they were settled: an instant after the last rate's
-        waits for its own (`funding_pending`), with the position, mark and holders of now."""
+        waits for its own (`funding_pending`), with the position, mark and holders of now. A
+        backtest's charge is stamped at its instant (between two candles); a live one when it is
+        booked, `now` (the first market event after the instant: after a restart, past the
+        downtime; found by an audit, stamped at the instant it was written after the resume's
+        events, earlier than them)."""
         mark = self.mark_price
         holders = [[s, v.qty] for s, v in self.virtual.items() if not -EPS < v.qty < EPS]
         if (abs(self.position_qty) < EPS and len(holders) < 2) or mark is None or not self.funding_modelled:
@@ -921,7 +925,8 @@ class PaperBroker:
             return []
         else:
             rate = self.funding_rate_pct
-        return [self._funding_event(instant, instant, rate, mark, self.position_qty, holders)]
+        booked = instant if self.bars else max(instant, now)
+        return [self._funding_event(booked, instant, rate, mark, self.position_qty, holders)]
 
     def _charge_pending(self, ts: float, settled_ts: float) -> list[Event]:
         """The instants waiting for their rate that the rate settled at `settled_ts` covers (its
