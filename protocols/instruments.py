@@ -103,6 +103,11 @@ class Instrument:
 
     # --- what the exchange refuses -------------------------------------------------------------
 
+    def max_order_qty(self, order_type: str) -> float:
+        """The largest order of `order_type` the exchange takes: a market or stop-market order
+        `max_market_qty`, a limit `max_limit_qty`."""
+        return self.max_market_qty if order_type in ("market", "stop_market") else self.max_limit_qty
+
     def refusal(
         self, qty: float, order_type: str, price: float | None = None, leverage: float | None = None
     ) -> str | None:
@@ -115,8 +120,7 @@ class Instrument:
             return "qty_below_minimum"  # 30017 the qty cannot be less than the minimum qty
         if not self.qty_on_grid(qty):
             return "qty_off_grid"  # 30016 (basePrecision)
-        cap = self.max_market_qty if order_type in ("market", "stop_market") else self.max_limit_qty
-        if qty > cap:
+        if qty > self.max_order_qty(order_type):
             return "qty_above_maximum"  # 30013 / 30039 exceeded the maximum order quantity
         if price is not None and not self.price_on_grid(price):
             return "price_off_grid"  # quotePrecision

@@ -33,7 +33,7 @@ from actors.recording.actor import EventSink
 from actors.risk.actor import StrategyLink, orders_capacity, run_risk
 from actors.risk.gate import WINDOW_S, Rejection, RiskGate
 from actors.session import Session, run_session
-from protocols.instruments import table_instrument
+from protocols.instruments import Instrument, table_instrument
 from protocols.messages import (
     AccountUpdate,
     BrokerInput,
@@ -1379,6 +1379,85 @@ def test_the_gate_rounds_and_sizes_on_the_instrument_the_broker_has(tmp_path: Pa
     events = desk.arrive(order, T0)
     kinds = [e.kind for e in events]
     assert "order.filled" in kinds and "order.rejected" not in kinds, events  # on the broker's lot
+
+
+def _doge(**limits: float) -> Instrument:
+    """DOGEUSDT as the exchange would describe it: a 0.00001 tick, whole coins (`limits`: its own)."""
+    btc = table_instrument("BTCUSDT")
+    assert btc is not None
+    caps = {"max_market_qty": 10_000_000.0, "max_limit_qty": 10_000_000.0, **limits}
+    return attrs.evolve(
+        btc, symbol="DOGEUSDT", price_decimals=5, qty_decimals=0, min_qty=1.0, source="exchange", **caps
+    )
+
+
+def _doge_desk(tmp_path: Path, instrument: Instrument, *sets: str) -> Desk:
+    """A DOGEUSDT desk whose broker has the exchange's `instrument`, marked at 0.38123."""
+    config = make_config(
+        tmp_path, "session.symbol=DOGEUSDT", "risk.max_position_size=1000000", *LOOSE_CAPS[1:], *sets
+    )
+    broker = RecordingBroker(config.broker, random.Random(0), symbol="DOGEUSDT")
+    desk = Desk(broker, RiskGate(config.risk, config.broker.starting_equity))
+    desk.mark(instrument, T0)
+    desk.mark(Tick(T0, 0.38120, 0.38126, 0.38123, 50_000.0, 50_000.0, symbol="DOGEUSDT"), T0)
+    return desk
+
+
+def _doge_entry(order_type: str = "market", qty: float = 1.0, scale: float = 1.0) -> OrderIntent:
+    return OrderIntent(
+        T0, "buy", qty, 0.38123, reason="entry_buy", order_type=order_type,  # type: ignore[arg-type]
+        limit_price=0.381 if order_type == "limit" else None, stop_price=0.37932, symbol="DOGEUSDT",
+        size_scale=scale,
+    )  # fmt: skip
+
+
+def test_an_entry_is_held_to_the_largest_order_the_exchange_takes(tmp_path: Path) -> None:
+    """Found by an audit: the gate sized a DOGEUSDT entry from the risk alone, 26,178 coins, over the
+    exchange's largest order (here 20,000 at market, 25,000 as a limit), and the broker refused it
+    whole (`qty_above_maximum`). A risk-sized entry is cut to it, as to a cap (a funding gate's
+    half size is half of that); a fixed size over it is refused whole, naming it."""
+    doge = _doge(max_market_qty=20_000.0, max_limit_qty=25_000.0)
+    # 0.5 % of 10,000 = 50 USDT over a 0.38123 - 0.37932 = 0.00191 stop: 26,178.01 coins
+    desk = _doge_desk(tmp_path, doge)
+    order = _approved(desk.check(_doge_entry(), T0))
+    assert order.qty == 20_000.0
+    events = desk.arrive(order, T0)
+    assert not _kinds(events, "order.rejected"), events
+    assert desk.broker.position_qty == 20_000.0
+    assert _approved(_doge_desk(tmp_path, doge).check(_doge_entry("limit"), T0)).qty == 25_000.0
+    assert _approved(_doge_desk(tmp_path, doge).check(_doge_entry(scale=0.5), T0)).qty == 10_000.0
+    # under it the risk size stands (26,178 coins, the largest market order 30,000)
+    roomy = _doge_desk(tmp_path, _doge(max_market_qty=30_000.0))
+    assert _approved(roomy.check(_doge_entry(), T0)).qty == 26_178.0
+
+    fixed = _doge_desk(tmp_path, doge, "risk.sizing=fixed")
+    decision = fixed.check(_doge_entry(qty=20_001.0), T0)
+    assert _rejected(decision) == "max_order_qty"
+    assert isinstance(decision, Rejection) and "20000" in decision.detail
+    assert _approved(fixed.check(_doge_entry(qty=20_000.0), T0)).qty == 20_000.0
+    assert _approved(fixed.check(_doge_entry("limit", qty=25_000.0), T0)).qty == 25_000.0
+
+
+def test_an_entry_is_held_to_its_own_symbols_largest_order(tmp_path: Path) -> None:
+    """The largest order is the order's symbol's: an ETHUSDT entry decided on a BTCUSDT snapshot
+    (whose instrument is BTCUSDT's, 500 at market) is held to ETHUSDT's 2 ETH."""
+    eth = table_instrument("ETHUSDT")
+    assert eth is not None
+    config = make_config(tmp_path, *LOOSE_CAPS)
+    gate = RiskGate(
+        config.risk,
+        config.broker.starting_equity,
+        instruments={"ETHUSDT": attrs.evolve(eth, max_market_qty=2.0)},
+    )
+    desk = Desk(RecordingBroker(config.broker, random.Random(0)), gate)
+    desk.mark(_tick(PRICE, T0), T0)
+    account = desk.account(T0)
+    assert account.instrument is not None and account.instrument.symbol == "BTCUSDT"
+    # 50 USDT over a 10 USDT stop: 5 ETH, over ETHUSDT's 2
+    intent = OrderIntent(T0, "buy", 1.0, 3000.0, reason="entry_buy", stop_price=2990.0, symbol="ETHUSDT")
+    assert _approved(gate.check(intent, account, T0)).qty == 2.0
+    # 50 over 10 is 5 BTC too, under BTCUSDT's 500
+    assert _approved(gate.check(_entry(stop=PRICE - 10), account, T0)).qty == 5.0
 
 
 def _write_wick(path: Path, second_symbol: str = "") -> None:

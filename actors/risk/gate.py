@@ -6,9 +6,11 @@ only through the frozen `AccountSnapshot`s that travel with what it is given.
   event) or a rejection (`order.rejected` with a reason code, counted in the final report) out.
 - Entries are sized here: `risk.risk_per_trade_pct` of equity over the distance to the strategy's
   stop (or the strategy's own size with `risk.sizing = "fixed"`), then held to the symbol's caps
-  (`max_position_size`, `max_notional`, `max_leverage`) and the account's across every symbol
+  (`max_position_size`, `max_notional`, `max_leverage`), the account's across every symbol
   (`max_total_notional`, `max_total_leverage`: the other symbols' positions, and orders on their
-  way, at their marks), and rounded to the symbol's lot.
+  way, at their marks) and the largest order of its type the exchange takes (the symbol's
+  instrument: `max_order_qty`), and rounded to the symbol's lot. A risk-sized entry over one of
+  them is cut to it; a fixed size is refused whole, naming the tightest.
 - `max_orders_per_minute` is a sliding window over every order it approves for the strategies,
   exits included (an intent it rejects for another reason does not count); the broker's
   protective exits and flatten-on-exit never pass through it.
@@ -494,15 +496,28 @@ class RiskGate:
             if value < cap:
                 binding, cap = name, value
         allowed = cap - others_here - reach
-        if wanted > allowed + 1e-12:
-            if fixed or allowed < instrument.min_qty:
-                held = f" (other strategies hold {others_here:.4f})" if others_here else ""
-                return Rejection(
-                    binding,
-                    f"position could be {sign * (reach + wanted):+.4f} {symbol}{held}; {binding} allows "
-                    f"{cap:.4f} at {price:.1f}",
-                )
-            wanted = allowed
+        # the largest order of its type the exchange takes (the symbol's instrument): a cap on the
+        # order, not on the position, held as the caps are (found by an audit: a risk-sized DOGEUSDT
+        # entry over it went to the broker, which refused it whole, `qty_above_maximum`)
+        largest = instrument.max_order_qty(intent.order_type)
+        if wanted > min(allowed, largest) + 1e-12:
+            if largest < allowed:
+                if fixed:
+                    return Rejection(
+                        "max_order_qty",
+                        f"size {wanted:.4f} {symbol} is over the largest {intent.order_type} order the "
+                        f"exchange takes, {largest:g}",
+                    )
+                wanted = largest
+            else:
+                if fixed or allowed < instrument.min_qty:
+                    held = f" (other strategies hold {others_here:.4f})" if others_here else ""
+                    return Rejection(
+                        binding,
+                        f"position could be {sign * (reach + wanted):+.4f} {symbol}{held}; {binding} "
+                        f"allows {cap:.4f} at {price:.1f}",
+                    )
+                wanted = allowed
         if not fixed:
             # scaled after the caps (found by an audit: scaled before them, a funding gate's half
             # size still came out at the cap, which the default caps make of every risk-sized entry)
