@@ -562,7 +562,8 @@ class ObservabilityConfig:
     backtest_heartbeat_candles: int = key(
         60,
         "backtests: one heartbeat (metrics row, a point of the equity curve) per this many candles' worth "
-        "of data time (session.interval times this; gaps in the data included)",
+        "of data time (session.interval times this), on whole periods from the first candle; none within a gap "
+        "in the data",
         _num(ge=1, le=1_000_000),
     )
     webhook_url: str = key(

@@ -17,7 +17,8 @@ One *step* per input, at its time `now` (a market event's arrival time, or a tim
 
 At the end of a backtest's data the timers due at or before the last input run, then the run
 ends (`data_end`); a replay runs the timers due before the recorded end, then ends with the
-recorded reason. The live runtime (actors/broker/actor.py and its peers) takes the same steps
+recorded reason. A backtest's heartbeats fall only at times its data covers, none in a gap in
+it (`Coverage`). The live runtime (actors/broker/actor.py and its peers) takes the same steps
 with channels between the components; tests/test_kernel.py runs both on the same inputs and
 compares the event logs line by line.
 
@@ -56,6 +57,57 @@ class Stopped:
     reason: str
     detail: str
     ts: float
+
+
+def heartbeat_from(broker: PaperBroker | Portfolio, ts: float) -> float:
+    """The broker's first heartbeat at or after `ts`: of its whole periods from its start (as
+    `next_heartbeat` times them, the start itself excluded), the first not before `ts`; inf when
+    it has no period, or none before its end."""
+    period, started = broker.heartbeat_s, broker.started_ts
+    if not math.isfinite(period):
+        return math.inf
+    k = max(1, math.ceil((ts - started) / period))
+    due = started + period * k
+    while due < ts:  # the division rounded a period short
+        k += 1
+        due = started + period * k
+    while k > 1 and started + period * (k - 1) >= ts:  # or a period long
+        k -= 1
+        due = started + period * k
+    return due if due < broker.end_ts else math.inf
+
+
+class Coverage:
+    """How far a backtest's data covers time: to the end of the latest candle whose open quote
+    has come (`until`). A heartbeat falls only at a time the data covers: through a gap in the
+    data (a time when no symbol has a candle) the account does not change, and a row per period
+    of it says nothing (found by an audit: a placeholder row of 1970 before candles of 2024 wrote
+    a metrics row for every hour between, 473,355 of them, 367 MB in 10 s); the heartbeats go on
+    from the first period boundary at or after the open of the candle that ends the gap, which
+    is said once, in the report's `data_gaps` (and a warning when it is an hour or longer).
+    `opens` at every candle's open quote, before the timers due at it run (the kernel's `run`,
+    the broker actor); `run_candles` needs none (one symbol: a heartbeat due before a candle's
+    open fell in a gap)."""
+
+    def __init__(self, interval_s: float, started_ts: float) -> None:
+        self.interval_s = interval_s
+        self.until = started_ts
+
+    def opens(self, broker: PaperBroker | Portfolio, ts: float) -> None:
+        """A candle opens at `ts`: after a gap (no candle open since `until`), the broker's next
+        heartbeat is moved to the first at or after `ts`."""
+        if ts > self.until:
+            broker.next_heartbeat = heartbeat_from(broker, ts)
+        self.until = max(self.until, ts + self.interval_s)
+
+    def parks(self, broker: PaperBroker | Portfolio, due: float) -> bool:
+        """Whether a heartbeat due at `due`, a timer about to be stepped with no input before it,
+        falls past the data (in a gap, or after its end): then it is left until the next candle
+        opens (`opens` moves it; the end of the data ends the run) and True."""
+        if due <= self.until or broker.next_heartbeat > due:
+            return False
+        broker.next_heartbeat = math.inf
+        return True
 
 
 class Kernel:
@@ -105,17 +157,21 @@ class Kernel:
         end_detail: str = "all data delivered",
         end_inclusive: bool = False,
         record_market: Callable[[MarketEvent, float], None] | None = None,
+        coverage: Coverage | None = None,
     ) -> Stopped:
         """Every input in order, each a step; then the timers due before `end_ts` (or, with no
         end, at or before the last input; `end_inclusive`: at `end_ts` too, for a replay of a
         session its data stopped in a timer's step at the instant it ended); then stop with
         `end_reason`. `record_market(event, now)`: called with each market event as its step
         begins, after the timers due before it (a replay records the market it acted on, as the
-        live broker actor does)."""
+        live broker actor does). `coverage`: a backtest's (its quotes are its candles' opens):
+        no heartbeat in a gap in its data."""
         broker = self.broker
         market_step = self.market_step if record_market is None else self._recorded_steps(record_market)
         next_timer = broker.next_timer
         for now, event in inputs:
+            if coverage is not None and type(event) is Tick:
+                coverage.opens(broker, now)
             if next_timer() <= now:
                 self.timers(now)
                 if self.stopped is not None:
@@ -143,7 +199,9 @@ class Kernel:
         generator and a dispatch per step: a backtest's hot loop (tests/test_kernel.py checks it
         against the actors, which take the steps one by one). One symbol: the broker's. A candle
         with no timer due and nothing for the broker to work takes both broker steps in one call
-        (`PaperBroker.quiet_candle`, the same state after)."""
+        (`PaperBroker.quiet_candle`, the same state after). A heartbeat due before a candle's open
+        fell in a gap in the data (every one due by the candle before ran at its close): it goes
+        on from the first at or after the open (`Coverage`), checked only when a timer is due."""
         broker = self.broker
         assert isinstance(broker, PaperBroker), "several symbols' candles go through run()"
         on_quote, on_candle, next_timer = broker.on_quote, broker.on_candle, broker.next_timer
@@ -169,6 +227,8 @@ class Kernel:
                 continue
             # the open quote
             if due <= open_ts:
+                if broker.next_heartbeat < open_ts:  # a gap in the data before this candle
+                    broker.next_heartbeat = heartbeat_from(broker, open_ts)
                 timers(open_ts)
                 if self.stopped is not None:
                     return self.stopped

@@ -53,7 +53,7 @@ from actors.console import ConsoleSink, fmt_held
 from actors.feeds.funding import FundingRates, per_symbol_source
 from actors.feeds.history import DataError, candle_steps, read_candles_csv, read_market_log
 from actors.feeds.intervals import Intervals
-from actors.kernel import Kernel, Stopped
+from actors.kernel import Coverage, Kernel, Stopped
 from actors.lock import SessionLock
 from actors.plan import RUN_ID_PREFIXES, Plan
 from actors.progress import BacktestProgress, count_candles
@@ -631,7 +631,8 @@ class Session:
             if gap["longest_s"] >= GAP_WARN_S:
                 logger.warning(
                     "the {} data has {} gap(s), {} missing in all; the longest {} from {} to {}: positions, "
-                    "working orders and funding (at the last price) went on through them as they were",
+                    "working orders and funding (at the last price) went on through them as they were "
+                    "(no metrics row within them)",
                     symbol,
                     gap["count"],
                     fmt_held(gap["missing_s"]),
@@ -793,6 +794,10 @@ class Session:
                             if self.plan.mode == "replay"
                             else None
                         ),
+                        # a backtest's heartbeats: only at times its data covers (none in a gap)
+                        coverage=Coverage(self.config.interval_s, started)
+                        if self.plan.mode == "backtest"
+                        else None,
                     )
             except Exception as exc:
                 if isinstance(exc, DataError):  # its message says it all (a data file that ends early)

@@ -32,6 +32,7 @@ from actors.feeds.candles import run_timed_feed
 from actors.feeds.history import DataError
 from actors.feeds.mock import FeedHealth
 from actors.feeds.stamp import Stamped, Stamper
+from actors.kernel import Coverage
 from actors.lock import SessionLock
 from actors.mailbox import Answerer, Asker, open_mailbox
 from actors.progress import Progress
@@ -441,6 +442,10 @@ async def _run(
                 intervals=parts.intervals,
                 # a backtest's inputs end it: the broker asks for the stop once it has worked them
                 input_end="data_end" if plan.mode == "backtest" and session.feed is None else None,
+                # and its heartbeats are only at times they cover (none in a gap in the data)
+                coverage=Coverage(config.interval_s, timeline.started_ts)
+                if plan.mode == "backtest" and session.feed is None
+                else None,
             )
         )
         with market_tx, stops_tx, stopper.scope:

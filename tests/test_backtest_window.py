@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from actors.main import main
+from tools.validate_session import validate
 
 HEADER = "open_time_ms,open,high,low,close,volume"
 START_MS = 1_704_067_200_000  # 2024-01-01T00:00Z
@@ -188,3 +189,107 @@ def test_a_candle_sources_gaps_are_reported_as_the_files_are(tmp_path: Path) -> 
     ).run_kernel()
     assert by_file.report["data_gaps"]["BTCUSDT"]["count"] == 1
     assert by_source.report["data_gaps"] == by_file.report["data_gaps"]
+
+
+# --- no metrics row in a gap in the data (found by an audit) ---
+
+HOUR_S = 3600.0
+
+
+def _beats(run_dir: Path) -> list[float]:
+    """The heartbeats' `elapsed_s` (the metrics rows' times from the first candle's open), the
+    last one the final row at the end."""
+    return [e["elapsed_s"] for e in _events(run_dir) if e["kind"] == "heartbeat"]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("runtime", ["kernel", "actors"])
+@pytest.mark.parametrize(
+    ("resume_row", "beats"),
+    [
+        # 90 one-minute candles (data to 1.5 h), then from 5.5 h 60 more (to 6.5 h): the rows at
+        # 2, 3, 4 and 5 h fall in the gap; the next whole hour at or after 5.5 h is 6 h
+        (330, [1.0, 6.0, 6.5]),
+        # from 5 h, 90 more (to 6.5 h): the candle after the gap opens on a whole hour, its row
+        (300, [1.0, 5.0, 6.0, 6.5]),
+    ],
+)
+def test_a_gap_in_the_data_gets_no_metrics_rows(
+    tmp_path: Path, runtime: str, resume_row: int, beats: list[float]
+) -> None:
+    """A heartbeat (a metrics row, every 60 candles: an hour here) only where the data is: a gap
+    in it gets none, and the rows go on from the first whole hour from the start at or after the
+    candle that ends it. The last row is the final, flat account at the end of the data (6.5 h).
+    Found by an audit: a row per hour of every gap, a placeholder row of 1970 before data of 2024
+    wrote 470,000 of them. Both runtimes alike."""
+    rows = [row for i, row in enumerate(_rows(390)) if i < 90 or i >= resume_row]
+    data = _write(tmp_path / "d.csv", rows)
+    assert _backtest(data, tmp_path / "runs", "--runtime", runtime) == 0
+    assert _beats(tmp_path / "runs") == [h * HOUR_S for h in beats]
+    report = json.loads((tmp_path / "runs" / "latest" / "final_report.json").read_text())
+    assert report["data_gaps"]["BTCUSDT"]["count"] == 1
+    assert validate(tmp_path / "runs" / "latest") == []
+
+
+def test_a_placeholder_row_decades_before_the_data_writes_no_row_for_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A placeholder row at 1 ms (1970-01-01, `csv_bad_time` takes it: it is above 0), then two
+    days of 2024 candles, a row a day (1,440 candles): the rows of the 19,723 days between are not
+    written (found by an audit: with a row an hour, 473,000 rows, 367 MB in 10 s). The start is the
+    placeholder's open, 0.001 s; days from it: 0.001 + 86,400 k; the first at or after 2024-01-01
+    (1,704,067,200 s, day 19,723 exactly) is 2024-01-01T00:00:00.001, the next a day later; the
+    data ends at 2024-01-03 (the final row, 0.001 s before the third day's row)."""
+    rows = ["1,60000,60001,59999,60000,1", *_rows(2 * 1440)]
+    data = _write(tmp_path / "d.csv", rows)
+    flags = ("--set", "observability.backtest_heartbeat_candles=1440")
+    assert _backtest(data, tmp_path / "runs", *flags) == 0
+    # elapsed from the start: 1,704,067,200 s and a day later; the end, 2024-01-03, less 0.001 s
+    assert _beats(tmp_path / "runs") == [1_704_067_200.0, 1_704_153_600.0, 1_704_239_999.999]
+    report = json.loads((tmp_path / "runs" / "latest" / "final_report.json").read_text())
+    assert report["data_gaps"]["BTCUSDT"]["count"] == 1
+    assert "the BTCUSDT data has 1 gap(s)" in capsys.readouterr().err
+    assert validate(tmp_path / "runs" / "latest") == []
+
+
+TWO_SYMBOLS = """
+[[strategies]]
+id = "btc"
+kind = "ema_cross"
+fast_period = 3
+slow_period = 8
+
+[[strategies]]
+id = "eth"
+kind = "ema_cross"
+symbol = "ETHUSDT"
+fast_period = 3
+slow_period = 8
+"""
+
+
+@pytest.mark.parametrize("runtime", ["kernel", "actors"])
+@pytest.mark.parametrize(
+    ("eth_gap", "beats"),
+    [
+        # both symbols' data stop at 1.5 h and come back at 5.5 h: no row in between
+        (True, [1.0, 6.0, 6.5]),
+        # ETHUSDT's goes on through BTCUSDT's gap: the session has data, every hour has its row
+        (False, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 6.5]),
+    ],
+)
+def test_a_gap_of_one_symbol_is_no_gap_while_another_has_data(
+    tmp_path: Path, runtime: str, eth_gap: bool, beats: list[float]
+) -> None:
+    """Several symbols: a gap in the data is a time when no symbol has a candle."""
+    gap = range(90, 330)
+    btc = _write(tmp_path / "btc.csv", [row for i, row in enumerate(_rows(390)) if i not in gap])
+    eth_rows = [row for i, row in enumerate(_rows(390, seed=6)) if not (eth_gap and i in gap)]
+    eth = _write(tmp_path / "eth.csv", eth_rows)
+    config = tmp_path / "two.toml"
+    config.write_text(TWO_SYMBOLS)
+    run_dir = tmp_path / "runs"
+    argv = ["--config", str(config), "--mode", "backtest", "--run-dir", str(run_dir), "--runtime", runtime]
+    argv += ["--data", f"BTCUSDT={btc}", "--data", f"ETHUSDT={eth}"]
+    assert main(argv, env={}) == 0
+    assert _beats(run_dir) == [h * HOUR_S for h in beats]
+    assert validate(run_dir / "latest") == []

@@ -9,11 +9,12 @@ approves back). The next input waits until the step is done, so a step is all-or
 its events reach the recorder in the kernel's order.
 
 Timers due at or before a step's time run right after it; the others as they fall due while the
-broker waits for the feed. A `StopSession` from the gate ends the steps: the broker tells the
-watchdog and ignores the rest of its input (the watchdog may have stopped the session in the same
-instant: then the first stop stands). When the feed's channel closes, the broker returns, having
-asked for its `input_end` stop first when it has one (a backtest's `data_end`); flatten-on-exit
-is the session's, on the component, after every actor has finished.
+broker waits for the feed (a backtest's heartbeats only at times its data covers, none in a gap in
+it, as in the kernel: `Coverage`). A `StopSession` from the gate ends the steps: the broker tells
+the watchdog and ignores the rest of its input (the watchdog may have stopped the session in the
+same instant: then the first stop stands). When the feed's channel closes, the broker returns,
+having asked for its `input_end` stop first when it has one (a backtest's `data_end`);
+flatten-on-exit is the session's, on the component, after every actor has finished.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from actors.broker.portfolio import Portfolio
 from actors.clock import SessionClock
 from actors.feeds.intervals import Intervals
 from actors.feeds.stamp import Stamped
+from actors.kernel import Coverage
 from actors.mailbox import Asker
 from actors.recording.actor import EventSink
 from actors.recording.recorder import MARKET_KIND
@@ -41,6 +43,7 @@ from protocols.messages import (
     MarketEvent,
     MarketView,
     StopSession,
+    Tick,
 )
 
 
@@ -59,6 +62,7 @@ async def run_broker(
     on_snapshot: Callable[[AccountSnapshot], None] | None = None,
     intervals: Intervals | None = None,
     input_end: str | None = None,
+    coverage: Coverage | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """`published`: the market event types some strategy takes; `record_market`: every market
@@ -68,7 +72,8 @@ async def run_broker(
     from the session's candles and asked about right after them; `input_end`: the stop the broker
     asks for once it has worked every input and the feed's channel closed (a backtest's
     `data_end`: asked by the broker, after its last step, so that a risk stop in that step comes
-    first, as in the kernel), None: none (the session ends otherwise)."""
+    first, as in the kernel), None: none (the session ends otherwise); `coverage`: a backtest's
+    (its quotes are its candles' opens): no heartbeat in a gap in its data, as in the kernel."""
     stopping: StopSession | None = None
 
     def record(events: list[Event]) -> None:
@@ -92,6 +97,8 @@ async def run_broker(
             drain(now)
 
     async def timer_step(due: float) -> None:
+        if coverage is not None and coverage.parks(broker, due) and broker.next_timer() > due:
+            return  # a heartbeat past the data (a gap), and nothing else due
         record(broker.on_timer(due))
         await settle(due)
         end_step(due)
@@ -110,6 +117,12 @@ async def run_broker(
                     await risk.ask(MarketView(longer, broker.snapshot(now, longer.symbol)))
                     drain(now)
         end_step(now)
+
+    def taken(stamped: Stamped) -> Stamped:
+        """An input taken from the feed, before any timer due before it runs."""
+        if coverage is not None and type(stamped[1]) is Tick:
+            coverage.opens(broker, stamped[0])
+        return stamped
 
     def end_step(now: float) -> None:
         if after_step is not None:
@@ -132,7 +145,7 @@ async def run_broker(
             if held is None and not ended:
                 with trio.move_on_at(clock.to_trio(due)) as waiting:
                     try:
-                        held = await market_rx.receive()
+                        held = taken(await market_rx.receive())
                     except trio.EndOfChannel:
                         ended = True
                 if waiting.cancelled_caught:
@@ -141,7 +154,7 @@ async def run_broker(
                     # cancelled the receive with such an event waiting, and the timer's fill met
                     # an older quote than the session had, unlike its replay)
                     try:
-                        held = market_rx.receive_nowait()
+                        held = taken(market_rx.receive_nowait())
                     except trio.WouldBlock:
                         pass
                     except trio.EndOfChannel:
