@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -773,12 +774,47 @@ def _typed(value: Any, t: Any, from_text: bool) -> tuple[Any, str | None]:
         except ValueError:
             return None, _type_name(t)
     if t is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value), None
+        try:
+            return float(value), None
+        except OverflowError:  # a TOML integer beyond every float (`_huge_integer`)
+            return None, _type_name(t)
     if t is int and isinstance(value, int) and not isinstance(value, bool):
         return value, None
     if t in (str, bool) and type(value) is t:
         return value, None
     return None, _type_name(t)
+
+
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9][0-9_]*")
+# An integer beyond the bounds of every key (the largest, session.seed, is under 10**19): what the
+# key's rule is asked about an integer too long to read (`_huge_integer`)
+_BEYOND_EVERY_KEY = 10**100
+
+
+def _huge_integer(value: Any, t: Any, from_text: bool) -> tuple[int, Any] | None:
+    """An integer too long to be a value of type `t`: as text (the environment, flags) more
+    digits than Python reads (`sys.get_int_max_str_digits()`, 4,300), or a TOML integer beyond
+    every float for a number key; its digits and a stand-in beyond every key's bounds, for its
+    rule to say what is allowed (found by an audit: `--set session.seed=999...` of thousands of
+    digits said only "expected an integer", and a number key given a TOML integer of 400 digits
+    ended in a traceback). None: not such an integer."""
+    if from_text:
+        text = str(value).strip()
+        if t is not int or _INTEGER_TEXT.fullmatch(text) is None:
+            return None
+        digits, negative = len(text.lstrip("+-").replace("_", "")), text.startswith("-")
+    elif t is float and isinstance(value, int) and not isinstance(value, bool):
+        digits, negative = len(str(abs(value))), value < 0  # (tomllib reads at most 4,300 digits)
+    else:
+        return None
+    sign = -1 if negative else 1
+    return digits, sign * (_BEYOND_EVERY_KEY if t is int else math.inf)
+
+
+def _huge_problem(dotted: str, field: attrs.Attribute, digits: int, stand_in: Any, where: str) -> str:
+    """The problem of an integer of `digits` digits given to `dotted` (`_huge_integer`)."""
+    allowed = field.metadata["rule"].check(stand_in) or _type_name(field.type)
+    return f"{dotted}: an integer of {digits:,} digits is not allowed ({where}); expected {allowed}"
 
 
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@")
@@ -938,7 +974,42 @@ def file_layer(path: Path, problems: list[str]) -> Layer:
     except UnicodeDecodeError as exc:
         problems.append(f"--config: {path} is not valid TOML: not UTF-8 text (byte {exc.start})")
         return {}
+    except ValueError:  # tomllib's int() of an integer too long to read (found by an audit: a traceback)
+        problems.append(_long_integer_in(path))
+        return {}
     return dict_layer(data, str(path), problems)
+
+
+_TOML_TABLE = re.compile(r"\s*\[\[?\s*([A-Za-z0-9_.-]+)\s*\]\]?")
+_TOML_INTEGER = re.compile(r"\s*([A-Za-z0-9_.-]+)\s*=\s*([+-]?[0-9][0-9_]*)\s*(?:#.*)?")
+
+
+def _long_integer_in(path: Path) -> str:
+    """The problem of a `--config` file with an integer of more digits than Python reads
+    (tomllib refuses it with a plain ValueError): its key, line and what the key allows."""
+    limit = sys.get_int_max_str_digits()
+    table = ""
+    for n, line in enumerate(read_small_file(path).decode("utf-8").splitlines(), 1):
+        if (header := _TOML_TABLE.match(line)) is not None:
+            table = header[1]
+            continue
+        found = _TOML_INTEGER.fullmatch(line)
+        if found is None or (digits := len(found[2].lstrip("+-").replace("_", ""))) <= limit:
+            continue
+        dotted = f"{table}.{found[1]}" if table else found[1]
+        section, _, name = dotted.rpartition(".")
+        fields = section_fields(section) if section in SECTIONS else {}
+        if section in ("strategy", STRATEGIES):
+            fields = {**section_fields("strategy"), **_all_strategy_params()}
+        field = fields.get(name)
+        where = f"from {path}, line {n}"
+        if field is not None and field.type in (int, float):
+            stand_in = (-1 if found[2].startswith("-") else 1) * (
+                _BEYOND_EVERY_KEY if field.type is int else math.inf
+            )
+            return _huge_problem(dotted, field, digits, stand_in, where)
+        return f"{dotted}: an integer of {digits:,} digits is not allowed ({where}); no key takes one"
+    return f"--config: {path} is not valid TOML: an integer of more than {limit:,} digits"
 
 
 # The variables of the program's own name that are not config keys (actors/secrets.py)
@@ -1007,7 +1078,11 @@ def _check(
     """`raw` typed and checked against its field's rule; _BAD (with the problem added) if it fails."""
     value, expected = _typed(raw, field.type, is_text)
     if expected is not None:
-        problems.append(f"{dotted}: {_show(raw)} is not allowed (from {source}); expected {expected}")
+        huge = _huge_integer(raw, field.type, is_text)
+        if huge is not None:
+            problems.append(_huge_problem(dotted, field, *huge, f"from {source}"))
+        else:
+            problems.append(f"{dotted}: {_show(raw)} is not allowed (from {source}); expected {expected}")
         return _BAD
     allowed = field.metadata["rule"].check(value)
     if allowed is not None:

@@ -80,6 +80,7 @@ from actors.plan import (
     parse_when,
     settle_latest,
     short_path,
+    what_is,
 )
 from actors.recording import checkpoint
 from actors.recording.checkpoint import CheckpointError
@@ -131,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--source", metavar="NAME", help="market data source (feed.source)")
     p.add_argument("--symbol", metavar="SYMBOL", help="contract to trade (session.symbol)")
-    p.add_argument("--seed", type=int, metavar="N", help="random seed (session.seed)")
+    # typed by the config, as --set session.seed is: one message with the allowed range (found by
+    # an audit: argparse's int() refused a seed of thousands of digits, echoing them all)
+    p.add_argument("--seed", metavar="N", help="random seed (session.seed), 0 to 2**63 - 1")
     p.add_argument("--run-dir", metavar="DIR", help="folder for run folders (session.run_dir)")
     p.add_argument(
         "--set",
@@ -475,9 +478,10 @@ def _symbol_files(flag: str, values: list[str], config: Config, expected: str, p
                 f"{flag} {value}: no strategy trades {symbol}; expected one of {', '.join(symbols)}"
             )
         if not is_file(path, flag):
-            if Path(path).is_dir():
-                raise PlanError(f"{flag}: {short_path(path)} is a directory; expected {expected}")
-            raise PlanError(f"{flag}: file not found: {short_path(path)}")
+            what = what_is(path)  # a directory, a FIFO, a device: said (not "not found")
+            if what is None:
+                raise PlanError(f"{flag}: file not found: {short_path(path)}")
+            raise PlanError(f"{flag}: {short_path(path)} is {what}; expected {expected}")
         pairs[symbol] = path
     return pairs
 

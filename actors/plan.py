@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,6 +105,25 @@ def is_file(path: str | Path, flag: str) -> bool:
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise PlanError(f"{flag}: cannot use {short_path(path)}: {reason}") from None
+
+
+def what_is(path: str | Path) -> str | None:
+    """What `path`, not a regular file, is, as a message says it (`... is a directory`, `... is
+    not a regular file (a FIFO)`); None when there is nothing there (found by an audit: `--data`
+    given a FIFO said "file not found")."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "not a regular file (a FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "not a regular file (a device)"
+    if stat.S_ISSOCK(mode):
+        return "not a regular file (a socket)"
+    return "not a regular file"
 
 
 def load_recording(target: Path) -> Recording:

@@ -51,7 +51,14 @@ from actors.broker.portfolio import Portfolio
 from actors.config import Config, to_dict
 from actors.console import ConsoleSink, fmt_held
 from actors.feeds.funding import FundingRates, per_symbol_source
-from actors.feeds.history import DataError, candle_steps, read_candles_csv, read_market_log
+from actors.feeds.history import (
+    CSV_HEADER,
+    SKIP_REASONS,
+    DataError,
+    candle_steps,
+    read_candles_csv,
+    read_market_log,
+)
 from actors.feeds.intervals import Intervals
 from actors.kernel import Coverage, Kernel, Stopped
 from actors.lock import SessionLock
@@ -556,12 +563,20 @@ class Session:
         assert path is not None
         symbol = symbol or self.symbol
         gaps = self._gaps.setdefault(symbol, [])
+        read: dict[str, int] = {}  # what the reader read, once it has read the whole file
+        first_skipped: list[tuple[int, str]] = []
         if self.candle_source is not None:  # (a sweep's trials: their gaps listed as the reader does)
             candles = _listing_gaps(iter(self.candle_source(path, symbol)), self.config.interval_s, gaps)
         else:
             skipped = self._skipped.setdefault(symbol, {})
             candles = read_candles_csv(
-                Path(path), self.config.interval_s, symbol=symbol, gaps=gaps, skipped_by=skipped
+                Path(path),
+                self.config.interval_s,
+                read,
+                symbol=symbol,
+                gaps=gaps,
+                skipped_by=skipped,
+                first_skipped=first_skipped,
             )
         start, end = self.plan.window
         if math.isfinite(start):
@@ -569,10 +584,9 @@ class Session:
         if math.isfinite(end):
             candles = itertools.takewhile(lambda candle: candle.open_ts < end, candles)
         head = list(itertools.islice(candles, SPACING_PEEK))
-        if not head:
-            within = "" if self.plan.window == (-math.inf, math.inf) else " in the --from/--until window"
-            raise DataError(f"--data {path}: no candles{within}")
         skipped = self._skipped.get(symbol, {})
+        if not head:
+            raise DataError(self._no_candles(path, read, skipped, first_skipped))
         overlapping = skipped.get("csv_overlapping", 0)
         if overlapping:
             # rows among the first opened less than an interval after the candle before them (the
@@ -589,6 +603,26 @@ class Session:
             )
         check_spacing(head, self.config.interval_s, path, sum(skipped.values()))
         return head[0].open_ts, itertools.chain(head, candles)
+
+    def _no_candles(
+        self, path: str, read: dict[str, int], skipped: dict[str, int], first: list[tuple[int, str]]
+    ) -> str:
+        """Why a `--data` file gave a backtest no candle: none in its rows at all (`read`: the
+        reader's counts once it read the whole file), every row malformed (found by an audit: it
+        said only "no candles"), or none in the --from/--until window."""
+        if read.get("candles") == 0:
+            if not skipped:
+                return f"--data {path}: no candles: no rows after its header"
+            rows = sum(skipped.values())
+            counts = ", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items()))
+            line, reason = first[0]
+            return (
+                f"--data {path}: {rows} row{'s' if rows > 1 else ''} read, {'all ' if rows > 1 else ''}"
+                f"malformed: no candle ({counts}); the first, line {line}: {SKIP_REASONS[reason]} "
+                f"({reason}); expected rows of six plain numbers {','.join(CSV_HEADER)} (the open time in ms)"
+            )
+        within = "" if self.plan.window == (-math.inf, math.inf) else " in the --from/--until window"
+        return f"--data {path}: no candles{within}"
 
     def data_skipped(self) -> dict[str, dict[str, int]]:
         """A backtest's rows of --data that were not candles (malformed, out of order, repeated),

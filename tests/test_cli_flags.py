@@ -5,6 +5,7 @@ checks a start makes. Each refusal: exit 2, one line naming the flag, nothing le
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import trio
 import trio.testing
 
 from actors.session import run_session
-from tests.conftest import REPO, make_config, run_main
+from tests.conftest import REPO, make_config, run_cli, run_main
 
 
 def _one_line(stderr: str) -> str:
@@ -267,6 +268,66 @@ def test_data_naming_a_directory_says_so(tmp_path: Path) -> None:
     result = run_main("--mode", "backtest", "--data", str(tmp_path), "--check-config", cwd=tmp_path)
     assert result.returncode == 2
     assert _one_line(result.stderr) == f"error: --data: {tmp_path} is a directory; expected a candle file"
+
+
+def _error_line(stderr: str) -> str:
+    """The one `error: ` line of a start refused (a backtest warns of its funding before it)."""
+    assert "Traceback" not in stderr, stderr
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    return line
+
+
+def test_data_naming_a_fifo_or_a_device_says_what_it_is(tmp_path: Path, candles: Path) -> None:
+    """Found by an audit: `--data FIFO` said "file not found"."""
+    fifo = tmp_path / "bars.fifo"
+    os.mkfifo(fifo)
+    for path, what in ((fifo, "a FIFO"), (Path("/dev/null"), "a device")):
+        for check in ([], ["--check-config"]):
+            result = run_cli("--mode", "backtest", "--data", str(path), *check, cwd=tmp_path)
+            assert result.returncode == 2, result.stderr
+            expected = f"error: --data: {path} is not a regular file ({what}); expected a candle file"
+            assert _error_line(result.stderr) == expected
+    funding = run_main("--mode", "backtest", "--data", str(candles), "--funding", str(fifo), cwd=tmp_path)
+    assert funding.returncode == 2
+    assert _error_line(funding.stderr) == (
+        f"error: --funding: {fifo} is not a regular file (a FIFO); expected a file of funding rates"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("rows", "said"),
+    [
+        (
+            # five fields; a letter; a high under the open; a time of 0 (not above 0)
+            [
+                "1704067200000,100,101,99,100",
+                "x,100,101,99,100,1",
+                "1704067260000,100,99,98,99,1",
+                "0,1,1,1,1,1",
+            ],
+            "4 rows read, all malformed: no candle (csv_bad_prices 1, csv_bad_time 1, "
+            "csv_not_six_numbers 2); the first, line 2: not six plain numbers (csv_not_six_numbers); "
+            "expected rows of six plain numbers open_time_ms,open,high,low,close,volume (the open time in ms)",
+        ),
+        (
+            ["1704067200.5,100,101,99,100,1"],
+            "1 row read, malformed: no candle (csv_bad_time 1); the first, line 2: an open time that is "
+            "not whole milliseconds above 0 and before 2100 (csv_bad_time); expected rows",
+        ),
+        ([], "no candles: no rows after its header"),
+    ],
+)
+def test_data_whose_every_row_is_malformed_says_so(tmp_path: Path, rows: list[str], said: str) -> None:
+    """Found by an audit: a data file of malformed rows only said "no candles"; the rows read are
+    counted by reason, the first one named by its line (the header is line 1) and reason."""
+    data = tmp_path / "d.csv"
+    data.write_text("\n".join(["open_time_ms,open,high,low,close,volume", *rows]) + "\n")
+    for check in ([], ["--check-config"]):
+        result = run_cli("--mode", "backtest", "--data", str(data), *check, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert _error_line(result.stderr).startswith(f"error: --data {data}: {said}")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_exchange_urls_set_on_the_mock_source_are_said_to_be_unused(tmp_path: Path) -> None:

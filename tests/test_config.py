@@ -732,6 +732,54 @@ def test_the_seed_is_at_most_2_to_the_63_minus_1_from_every_layer(tmp_path: Path
     assert not runs.exists()
 
 
+THOUSANDS = "9" * 5000  # more digits than Python reads into an int from text (4,300)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "source"),
+    [
+        (["--set", f"session.seed={THOUSANDS}"], {}, "from --set"),
+        (["--set", f"session.seed=-{THOUSANDS}"], {}, "from --set"),
+        (["--seed", THOUSANDS], {}, "from --seed"),
+        ([], {"LAPTOP_AGENTS__SESSION__SEED": THOUSANDS}, "from LAPTOP_AGENTS__SESSION__SEED"),
+        (["--config", "c.toml"], {}, "from c.toml, line 3"),
+    ],
+)
+def test_a_seed_of_thousands_of_digits_is_refused_with_the_range(
+    tmp_path: Path, args: list[str], env: dict[str, str], source: str
+) -> None:
+    """Found by an audit: `--set session.seed=999...` of thousands of digits said only "expected an
+    integer" (`--seed` echoed all of them and no range; a --config file's ended in a traceback)."""
+    _write(tmp_path, f"# a seed\n[session]\nseed = {THOUSANDS}\n")
+    for check in (["--check-config"], ["--source", "mock", "--duration", "0.05"]):
+        result = run_cli(*args, *check, cwd=tmp_path, **env)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        (line,) = [line for line in result.stderr.splitlines() if line]
+        assert line == (
+            f"config error: session.seed: an integer of 5,000 digits is not allowed ({source}); "
+            f"expected an integer from 0 to {MAX_SEED} (2**63 - 1)"
+        )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_number_key_given_an_integer_beyond_every_float_is_refused_with_its_range(tmp_path: Path) -> None:
+    """Found by an audit: a TOML integer of 400 digits for a number key (a float: at most about
+    1.8e308) ended in an OverflowError traceback."""
+    huge = "9" * 400
+    path = _write(tmp_path, f"[risk]\nmax_loss_pct = {huge}\n")
+    with pytest.raises(ConfigError) as raised:
+        load(path)
+    assert raised.value.problems == [
+        f"risk.max_loss_pct: an integer of 400 digits is not allowed (from {path}); expected a number > 0 and <= 100"
+    ]
+    _write(tmp_path, f'[[strategies]]\nid = "a"\nkind = "ema_cross"\nfast_period = {THOUSANDS}\n')
+    with pytest.raises(
+        ConfigError, match=r"an integer of 5,000 digits is not allowed \(from .*c\.toml, line 4\); expected"
+    ):
+        load(path)
+
+
 @pytest.mark.parametrize("interval", ["2d", "25h", "365d", "99999999999999999999d", "86401s"])
 def test_an_interval_longer_than_a_day_is_refused(tmp_path: Path, interval: str) -> None:
     """A mock session of 99999999999999999999d hung, one of 365d crashed building its history."""

@@ -52,6 +52,7 @@ def read_candles_csv(
     symbol: str = DEFAULT_SYMBOL,
     gaps: list[tuple[float, float]] | None = None,
     skipped_by: dict[str, int] | None = None,
+    first_skipped: list[tuple[int, str]] | None = None,
 ) -> Iterator[Candle]:
     """Stream candles from a CSV (optionally gzipped) with header `open_time_ms,open,high,low,close,volume`.
 
@@ -60,7 +61,8 @@ def read_candles_csv(
     expected (no quoting), read a chunk of lines at a time, as bytes (`_parse_lines`).
     The gaps (two candles more than `interval_s` apart) are appended to `gaps`, as (open time
     before, open time after), as they are read. `skipped_by`: the skipped rows counted by reason
-    (`skip_reason`).
+    (`skip_reason`); `first_skipped`: the first skipped row's line number (the header is line 1)
+    and reason is appended to it.
     """
     stats = stats if stats is not None else {}
     try:
@@ -97,6 +99,8 @@ def read_candles_csv(
                         skipped += 1
                         if skipped_by is not None:
                             skipped_by["csv_not_six_numbers"] = skipped_by.get("csv_not_six_numbers", 0) + 1
+                        if first_skipped is not None and not first_skipped:
+                            first_skipped.append((1 + candles + skipped, "csv_not_six_numbers"))
                         continue
                     # six floats, named as such: compiled (setup.py), the checks below compare
                     # plain doubles rather than objects (measured: a fifth of the reader's work)
@@ -143,9 +147,12 @@ def read_candles_csv(
                         )
                     else:
                         skipped += 1
-                        if skipped_by is not None:
+                        if skipped_by is not None or first_skipped is not None:
                             reason = skip_reason(t, o, h, lo, c, v, last_open, interval_s)
-                            skipped_by[reason] = skipped_by.get(reason, 0) + 1
+                            if skipped_by is not None:
+                                skipped_by[reason] = skipped_by.get(reason, 0) + 1
+                            if first_skipped is not None and not first_skipped:
+                                first_skipped.append((1 + candles + skipped, reason))
         except READ_ERRORS as exc:  # (found by an audit: a gzip file cut short gave a traceback)
             raise DataError(
                 f"--data: cannot read {path} past its candle {candles}: {read_error(exc)}"
@@ -178,6 +185,18 @@ def skip_reason(
     if open_ts == last_open:
         return "csv_repeated_time"
     return "csv_time_backwards" if open_ts < last_open else "csv_overlapping"
+
+
+# Each `skip_reason` in words (a data file none of whose rows is a candle says its first's)
+SKIP_REASONS: Final = {
+    "csv_not_six_numbers": "not six plain numbers",
+    "csv_bad_prices": "a price not above 0 or not finite, or the open or close outside the low-high range",
+    "csv_bad_volume": "a negative or not finite volume",
+    "csv_bad_time": "an open time that is not whole milliseconds above 0 and before 2100",
+    "csv_repeated_time": "the open time of the row before it",
+    "csv_time_backwards": "an open time before the row before it",
+    "csv_overlapping": "an open time less than session.interval after the row before it",
+}
 
 
 def read_error(exc: BaseException) -> str:
