@@ -1106,6 +1106,81 @@ async def test_a_live_candle_the_rest_klines_do_not_confirm_goes_out_as_pushed(t
     assert fake.stats.rest_errors >= 1
 
 
+async def test_a_candle_rest_polling_handed_out_is_not_confirmed_again_when_its_klines_come_back(
+    tmp_path: Path,
+) -> None:
+    """BTCUSDT's kline pushes stop while its book flows (`klines_silent_symbol`): its candle closes
+    over REST polling instead. When the pushes come back (every REST answer an error from then
+    on), the first one closes that candle again from the pushes; it was handed out already, so it
+    is skipped. Found by an audit: its REST confirm ran all the same and counted it
+    `unconfirmed` (logging that it went out as pushed, though it never went out). Now it is
+    neither confirmed nor counted: feed.stats counts the live candles handed out from the pushes."""
+    faults = Faults()
+    fake = FakeBitunix(seed=65, time_offset_s=offset_for_close_in(6), faults=faults)
+    feeds: list[BitunixFeed] = []
+    back_at: list[float] = []
+
+    async def take(event: MarketEvent) -> None:
+        m = feeds[0].markets["BTCUSDT"]
+        if not faults.klines_silent_symbol and not back_at and m.current is not None:
+            faults.klines_silent_symbol = "BTCUSDT"  # a push of the bucket is in: silent from now
+        if isinstance(event, Candle) and not event.backfill and not back_at:
+            # the silent bucket's candle, closed over REST: the pushes back, REST failing
+            faults.rest_error_fraction = 1.0
+            faults.klines_silent_symbol = ""
+            back_at.append(trio.current_time())
+
+    def pushes_back_a_while(events: list[MarketEvent]) -> bool:
+        return bool(back_at) and trio.current_time() > back_at[0] + 4
+
+    run = await run_feed(
+        tmp_path,
+        fake,
+        *SMALL_HISTORY,
+        "feed.stale_after_s=1",
+        "feed.failover_after_s=600",
+        seconds=40,
+        take=take,
+        setup=feeds.append,
+        until=pushes_back_a_while,
+    )
+    assert back_at, "no candle closed over REST polling"
+    silent = [e.fields["symbol"] for e in run.events if e.kind == "feed.klines" and e.fields["silent"]]
+    assert silent == ["BTCUSDT"]
+    (live,) = live_candles(run)  # handed out once, by the poll
+    m = run.feed.markets["BTCUSDT"]
+    assert m.current_bucket is not None and m.current_bucket * 60 > live.open_ts  # pushes came back
+    assert_feed_candles_match_truth(run, fake)
+    assert run.feed.confirms == {}  # the close of a candle handed out already: not counted
+    assert not [e for e in run.events if e.kind == "feed.stats"]  # (none taken meanwhile)
+
+
+async def test_a_close_of_a_candle_handed_out_already_asks_rest_nothing(tmp_path: Path) -> None:
+    """`_close_confirmed` of a candle the symbol has handed out already: no REST klines asked, no
+    count, nothing handed out (found by an audit: it asked the exchange for up to
+    `feed.confirm_candle_s`, counted the confirm, then skipped the candle). Here a candle ten
+    minutes old: its REST row is no longer among the newest two, which counted it unconfirmed."""
+    fake = FakeBitunix(seed=66)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.run)
+        config = make_config(tmp_path, "feed.source=bitunix", f"feed.rest_url={fake.rest_url}")
+        events_tx, _events_rx = trio.open_memory_channel[Event](math.inf)
+        market_tx, market_rx = trio.open_memory_channel[MarketEvent](math.inf)
+        feed = BitunixFeed(config, SessionClock(), FeedHealth(data_source="bitunix"), [market_tx], events_tx)
+        m = feed.markets["BTCUSDT"]
+        open_ms = (fake.now_ms() // 60_000 - 10) * 60_000
+        m.last_emitted_ms = open_ms  # handed out (by a REST poll, say)
+        pushed = Candle(open_ms / 1000, 60.0, 100.0, 101.0, 99.0, 100.5, 2.0, symbol="BTCUSDT")
+        asked = fake.stats.rest_requests
+        with trio.fail_after(10):
+            await feed._close_confirmed(m, pushed)
+        assert fake.stats.rest_requests == asked
+        assert feed.confirms == {} and market_rx.statistics().current_buffer_used == 0
+        assert m.last_emitted_ms == open_ms
+        await feed.http.aclose()
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_subscription_answered_with_empty_levels_is_asked_about_at_the_exchange(
     tmp_path: Path,
 ) -> None:

@@ -358,6 +358,7 @@ class BitunixFeed:
         self.http = httpx.AsyncClient(base_url=self.cfg.rest_url, timeout=self.cfg.rest_timeout_s)
         self.reply_date_s: float | None = None  # the last REST answer's `Date` (the exchange's clock)
         # live candles' REST confirms since the last feed.stats: confirmed, corrected, unconfirmed
+        # (one of them for each candle closed from the pushes and handed out: `_close_confirmed`)
         self.confirms: Counter[str] = Counter()
         self.tasks: trio.Nursery | None = None  # `run`'s nursery: the confirms run in it
         self.asked_listed: set[str] = set()  # the symbols answered with empty levels, asked about
@@ -381,9 +382,14 @@ class BitunixFeed:
         self, m: _Market, pushed: Candle, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Hand out a live candle closed from its bucket's last push as the exchange's REST klines
-        show it (`_confirmed`)."""
+        show it (`_confirmed`). One handed out already (by REST polling while the symbol's klines
+        were silent, or its history seed) is not confirmed again, nor counted: found by an audit,
+        it was counted unconfirmed (its REST row long gone) and said to go out as pushed, though
+        it was then skipped as handed out."""
         async with m.emit_lock:
             task_status.started()
+            if m.last_emitted_ms is not None and round(pushed.open_ts * 1000) <= m.last_emitted_ms:
+                return  # (every hand-out holds the lock: none can come while it is confirmed)
             candle = await self._confirmed(m, pushed)
             await self._emit_candle(m, candle, backfill=False)
 
@@ -1157,7 +1163,12 @@ class BitunixFeed:
 
     async def _report_stats(self, period_s: float) -> None:
         """`feed.stats`: frames received and how late data frames arrived (receipt time minus the
-        frame's `ts`, so it includes any clock difference with the exchange)."""
+        frame's `ts`, so it includes any clock difference with the exchange), and the live candles
+        closed from the WebSocket's pushes and handed out since the last, each counted once by its
+        REST confirm: `candles_confirmed` (the REST row the same as the pushes), `candles_corrected`
+        (the REST row went out), `candles_unconfirmed` (no REST row in time, or a narrower one: the
+        pushes' candle went out). A close of a candle handed out already (by REST polling, or the
+        history seed) is skipped and counted in none of them."""
         lags, self.lags_ms = sorted(self.lags_ms), []
         frames, self.frames = self.frames, 0
         confirms, self.confirms = self.confirms, Counter()
