@@ -1082,13 +1082,29 @@ def _check(
         if huge is not None:
             problems.append(_huge_problem(dotted, field, *huge, f"from {source}"))
         else:
+            expected = _range_of(field) or expected
             problems.append(f"{dotted}: {_show(raw)} is not allowed (from {source}); expected {expected}")
         return _BAD
     allowed = field.metadata["rule"].check(value)
     if allowed is not None:
-        problems.append(f"{dotted}: {_show(value)} is not allowed (from {source}); expected {allowed}")
+        shown = _show(value)
+        if is_text and isinstance(value, float) and math.isinf(value) and "inf" not in str(raw).lower():
+            shown = f"{_show(raw)} (beyond every float)"  # found by an audit: 400 nines said "inf"
+        problems.append(f"{dotted}: {shown} is not allowed (from {source}); expected {allowed}")
         return _BAD
     return value
+
+
+def _range_of(field: attrs.Attribute) -> str | None:
+    """What a number key allows, in its rule's words (`an integer from 0 to ...`), said beside a
+    value that is not a number at all (found by an audit: `--seed abc` said only "expected an
+    integer"); None for other keys, or a rule without bounds."""
+    if field.type not in (int, float):
+        return None
+    allowed = field.metadata["rule"].check(_BEYOND_EVERY_KEY if field.type is int else math.inf)
+    if allowed is not None and field.type is int and allowed.startswith("a number "):
+        return "an integer " + allowed.removeprefix("a number ")  # a count: `_num`'s words say a number
+    return allowed
 
 
 def _kind_params(

@@ -780,6 +780,31 @@ def test_a_number_key_given_an_integer_beyond_every_float_is_refused_with_its_ra
         load(path)
 
 
+@pytest.mark.parametrize(
+    ("setting", "problem"),
+    [
+        # not a number at all: the key's range beside it (found by an audit: "expected an integer")
+        ("session.seed=abc", f"session.seed: 'abc' is not allowed (from --set); expected an integer from 0 to {MAX_SEED} (2**63 - 1)"),
+        ("risk.max_orders_per_minute=1.5", "risk.max_orders_per_minute: '1.5' is not allowed (from --set); expected an integer >= 1 and <= 600"),
+        ("risk.max_loss_pct=abc", "risk.max_loss_pct: 'abc' is not allowed (from --set); expected a number > 0 and <= 100"),
+        # digits beyond every float: said as given, not as "inf" (found by an audit)
+        ("session.duration_min=1e999", "session.duration_min: '1e999' (beyond every float) is not allowed (from --set); expected a number > 0 and <= 1440"),
+        ("risk.max_loss_pct=inf", "risk.max_loss_pct: inf is not allowed (from --set); expected a number > 0 and <= 100"),
+    ],
+)  # fmt: skip
+def test_a_number_keys_bad_text_is_said_with_the_keys_range(setting: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load(None, {}, [setting])
+    assert raised.value.problems == [problem]
+    huge = "9" * 400
+    with pytest.raises(ConfigError) as raised:
+        load(None, {}, [f"risk.max_loss_pct={huge}"])
+    (said,) = raised.value.problems
+    assert said.startswith("risk.max_loss_pct: '999") and said.endswith(
+        "... (beyond every float) is not allowed (from --set); expected a number > 0 and <= 100"
+    )
+
+
 @pytest.mark.parametrize("interval", ["2d", "25h", "365d", "99999999999999999999d", "86401s"])
 def test_an_interval_longer_than_a_day_is_refused(tmp_path: Path, interval: str) -> None:
     """A mock session of 99999999999999999999d hung, one of 365d crashed building its history."""
