@@ -415,6 +415,74 @@ def test_a_checkpoint_in_the_middle_of_a_two_symbol_run_continues_identically(
     assert any(e.kind == "order.filled" for e in after)
 
 
+def test_a_checkpoint_around_a_gap_in_the_data_continues_with_the_same_heartbeats(tmp_path: Path) -> None:
+    """Two symbols, both without rows 200-399 (3 h 20 min): heartbeats every hour from the start
+    but none within the gap (`Coverage`). A run restored from a checkpoint starts its coverage
+    anew; restored at an hour's boundary its next heartbeat was moved back onto it and written
+    twice (found by an audit: 3600, 7200, 7200, ...). Split anywhere, the events are the whole
+    run's."""
+    from actors.config import load
+    from actors.kernel import Coverage
+
+    files = {"BTCUSDT": tmp_path / "btc.csv", "ETHUSDT": tmp_path / "eth.csv"}
+    write_bars(files["BTCUSDT"], 600, 1, 60_000.0, 1)
+    write_bars(files["ETHUSDT"], 600, 2, 3_000.0, 2)
+    for path in files.values():
+        header, *rows = path.read_text().splitlines()
+        path.write_text("\n".join([header] + [r for i, r in enumerate(rows) if not 200 <= i < 400]) + "\n")
+    config_path = tmp_path / "three.toml"
+    config_path.write_text(THREE_STRATEGIES)
+    config = load(config_path, {}, [f"session.run_dir={tmp_path / 'runs'}"])
+    plan = Plan(
+        mode="backtest",
+        data=str(files["BTCUSDT"]),
+        data_by_symbol=tuple((s, str(p)) for s, p in files.items()),
+    )
+    session = Session(config, plan)
+
+    def fresh() -> tuple[float, Any, list[tuple[float, Any]]]:
+        started, steps = session.backtest_steps()
+        timeline = Timeline(started, math.inf, "test")
+        parts = build_parts(
+            config, timeline, heartbeat_s=3600.0, defer_to_next_quote=True, live=False, bars=True
+        )
+        return started, parts, list(steps)
+
+    started, parts, steps = fresh()
+    whole: list[Event] = []
+    Kernel(parts.broker, parts.gate, parts.strategies, whole.append).run(
+        steps, coverage=Coverage(60.0, started)
+    )
+    beats = [round(e.ts - started) for e in whole if e.kind == "heartbeat"]
+    # rows 0-199 (to 3 h 20 min), then from 6 h 40 min: 1 h, 2 h, 3 h, then 7 h on
+    assert beats[:5] == [3600, 7200, 10800, 25200, 28800]
+
+    def index_at(ts: float) -> int:
+        return next(i for i, (t, _) in enumerate(steps) if t >= ts)
+
+    splits = {
+        "mid-gap": index_at(started + 400 * 60),
+        "at 2 h, before its inputs": index_at(started + 2 * 3600),
+        "at 2 h, after one input": index_at(started + 2 * 3600) + 1,
+        "mid-hour": index_at(started + 2 * 3600) + 20,
+    }
+    for name, half in splits.items():
+        _, first, _ = fresh()
+        before: list[Event] = []
+        Kernel(first.broker, first.gate, first.strategies, before.append).run(
+            steps[:half], end_ts=steps[half - 1][0], end_inclusive=True, coverage=Coverage(60.0, started)
+        )
+        saved = json.loads(json.dumps(first.state()))
+        _, second, _ = fresh()
+        second.restore(saved, steps[half - 1][0])
+        after: list[Event] = []
+        Kernel(second.broker, second.gate, second.strategies, after.append).run(
+            steps[half:], coverage=Coverage(60.0, started)
+        )
+        got = [(e.ts, e.kind, e.fields) for e in before + after]
+        assert got == [(e.ts, e.kind, e.fields) for e in whole], name
+
+
 def test_one_symbol_sessions_keep_the_plain_broker(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     parts = build_parts(

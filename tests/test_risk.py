@@ -1424,7 +1424,9 @@ def test_an_entry_is_held_to_the_largest_order_the_exchange_takes(tmp_path: Path
     events = desk.arrive(order, T0)
     assert not _kinds(events, "order.rejected"), events
     assert desk.broker.position_qty == 20_000.0
-    assert _approved(_doge_desk(tmp_path, doge).check(_doge_entry("limit"), T0)).qty == 25_000.0
+    # a limit entry too: no larger than its strategy's market exit can close (found by an audit: cut
+    # to the limit maximum, 25,000, its market exit was refused on every close)
+    assert _approved(_doge_desk(tmp_path, doge).check(_doge_entry("limit"), T0)).qty == 20_000.0
     assert _approved(_doge_desk(tmp_path, doge).check(_doge_entry(scale=0.5), T0)).qty == 10_000.0
     # under it the risk size stands (26,178 coins, the largest market order 30,000)
     roomy = _doge_desk(tmp_path, _doge(max_market_qty=30_000.0))
@@ -1435,7 +1437,24 @@ def test_an_entry_is_held_to_the_largest_order_the_exchange_takes(tmp_path: Path
     assert _rejected(decision) == "max_order_qty"
     assert isinstance(decision, Rejection) and "20000" in decision.detail
     assert _approved(fixed.check(_doge_entry(qty=20_000.0), T0)).qty == 20_000.0
-    assert _approved(fixed.check(_doge_entry("limit", qty=25_000.0), T0)).qty == 25_000.0
+    assert _rejected(fixed.check(_doge_entry("limit", qty=25_000.0), T0)) == "max_order_qty"
+
+
+def test_an_exit_larger_than_the_largest_market_order_closes_in_parts(tmp_path: Path) -> None:
+    """A position of 30,000 DOGE (two entries of 15,000) and a market maximum of 20,000: the
+    strategy's exit of all of it is cut to 20,000 (the broker would refuse 30,000 whole,
+    `qty_above_maximum`), and its next exit takes the other 10,000."""
+    doge = _doge(max_market_qty=20_000.0, max_limit_qty=25_000.0)
+    desk = _doge_desk(tmp_path, doge, "risk.sizing=fixed")
+    for _ in range(2):
+        events = desk.arrive(_approved(desk.check(_doge_entry(qty=15_000.0), T0)), T0)
+        assert not _kinds(events, "order.rejected"), events
+    assert desk.broker.position_qty == 30_000.0
+    for left in (10_000.0, 0.0):
+        exit_ = OrderIntent(T0, "sell", 30_000.0, 0.38123, reason="exit", reduce_only=True, symbol="DOGEUSDT")
+        events = desk.arrive(_approved(desk.check(exit_, T0)), T0)
+        assert not _kinds(events, "order.rejected"), events
+        assert desk.broker.position_qty == left
 
 
 def test_an_entry_is_held_to_its_own_symbols_largest_order(tmp_path: Path) -> None:

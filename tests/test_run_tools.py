@@ -430,3 +430,17 @@ def test_the_monitor_shows_a_liquidations_size_and_prices(tmp_path: Path) -> Non
         "bankruptcy_price": 40867.5,
     }  # fmt: skip
     assert view.fold(record) == "LIQUIDATION BTCUSDT -2.0 at mark 40,466.9 (bankruptcy 40,867.5)"
+
+
+def test_the_monitor_shows_a_cross_of_opposite_strategies(tmp_path: Path) -> None:
+    from tools.monitor import SessionView
+
+    view = SessionView(tmp_path / "run")
+    record = {
+        "seq": 9, "ts": "2026-01-01T00:00:00.000Z", "kind": "position.crossed", "symbol": "BTCUSDT",
+        "price": 59948.9, "reason": "breaker",
+        "allocations": [["fast", 0.001, -0.012, 0.0], ["slow", -0.001, -0.1458, 0.0]],
+    }  # fmt: skip
+    assert (
+        view.fold(record) == "crossed BTCUSDT fast +0.001, slow -0.001 @ 59,948.9 (no trade, no fee; breaker)"
+    )

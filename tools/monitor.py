@@ -237,6 +237,9 @@ class SessionView:
                 f"{price_text(symbol, r['exit_price'])}  net {money(r['net_pnl'])}  "
                 f"({r.get('exit_reason', '?')}, held {_clock(r.get('held_s', 0))})"
             )
+        if kind == "position.crossed":  # the strategies' opposite positions, net flat: no trade
+            each = ", ".join(f"{sid or '-'} {qty:+g}" for sid, qty, *_ in r["allocations"])
+            return f"crossed {symbol} {each} @ {price_text(symbol, r['price'])} (no trade, no fee; {r.get('reason', '')})"
         if kind == "order.rejected":
             self.rejections += 1
             return f"rejected {r.get('side', '')} {r.get('qty', '')} {symbol}: {r.get('reason', '?')}"

@@ -8,8 +8,9 @@ only through the frozen `AccountSnapshot`s that travel with what it is given.
   stop (or the strategy's own size with `risk.sizing = "fixed"`), then held to the symbol's caps
   (`max_position_size`, `max_notional`, `max_leverage`), the account's across every symbol
   (`max_total_notional`, `max_total_leverage`: the other symbols' positions, and orders on their
-  way, at their marks) and the largest order of its type the exchange takes (the symbol's
-  instrument: `max_order_qty`), and rounded to the symbol's lot. A risk-sized entry over one of
+  way, at their marks) and the largest order the exchange takes of its type and at market (the
+  symbol's instrument: `max_order_qty`; an exit is cut to the largest of its type), and rounded to
+  the symbol's lot. A risk-sized entry over one of
   them is cut to it; a fixed size is refused whole, naming the tightest.
 - `max_orders_per_minute` is a sliding window over every order it approves for the strategies,
   exits included (an intent it rejects for another reason does not count); the broker's
@@ -455,11 +456,14 @@ class RiskGate:
         projected = self.projected_position(account, intent.strategy_id, intent.symbol)
         reduces = projected < 0 if intent.side == "buy" else projected > 0
         qty = fast_round(min(intent.qty, abs(projected)), 8) if reduces else 0.0
-        if qty < self.instrument_of(intent.symbol, account).min_qty:
+        instrument = self.instrument_of(intent.symbol, account)
+        if qty < instrument.min_qty:
             return Rejection(
                 "nothing_to_close", f"no open position to reduce ({projected:+.4f} {intent.symbol})"
             )
-        return qty
+        # a position larger than one order of the exit's type the exchange takes (built by several
+        # entries) closes in parts: this one the largest, the rest on the strategy's next exit
+        return min(qty, instrument.max_order_qty(intent.order_type))
 
     def _size(self, intent: OrderIntent, account: AccountSnapshot) -> float | Rejection:
         c = self.config
@@ -498,15 +502,17 @@ class RiskGate:
         allowed = cap - others_here - reach
         # the largest order of its type the exchange takes (the symbol's instrument): a cap on the
         # order, not on the position, held as the caps are (found by an audit: a risk-sized DOGEUSDT
-        # entry over it went to the broker, which refused it whole, `qty_above_maximum`)
-        largest = instrument.max_order_qty(intent.order_type)
+        # entry over it went to the broker, which refused it whole, `qty_above_maximum`), and no
+        # larger than one market order closes (a limit entry cut to the larger limit maximum could
+        # not be closed by its strategy's market exit: found by an audit, refused on every close)
+        largest = min(instrument.max_order_qty(intent.order_type), instrument.max_market_qty)
         if wanted > min(allowed, largest) + 1e-12:
             if largest < allowed:
                 if fixed:
                     return Rejection(
                         "max_order_qty",
-                        f"size {wanted:.4f} {symbol} is over the largest {intent.order_type} order the "
-                        f"exchange takes, {largest:g}",
+                        f"size {wanted:.4f} {symbol} is over the largest order the exchange takes for "
+                        f"the entry and its market exit, {largest:g}",
                     )
                 wanted = largest
             else:
