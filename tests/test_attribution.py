@@ -741,6 +741,7 @@ def test_a_breaker_with_the_net_flat_crosses_the_strategies_and_nothing_trades_w
     ]
     crosses = [e for e in events if e["kind"] == "position.crossed"]
     assert len(crosses) >= 3 and {c["reason"] for c in crosses} == {"breaker"}
+    assert "outside the market its data file gave" in _forge_a_cross(runs["kernel"])
     halted = False
     for e in events:
         if e["kind"] == "breaker.tripped":
@@ -749,3 +750,57 @@ def test_a_breaker_with_the_net_flat_crosses_the_strategies_and_nothing_trades_w
             halted = False
         elif e["kind"] == "order.filled" and halted:
             assert e["reason"] == "breaker", e  # only the trip's own flatten
+
+
+def _forge_a_cross(run: Path) -> str:
+    """The run's first cross moved to half its price, its allocations' realized PnL moved with it
+    (each -qty x the move: still the netting of each virtual position at the new price) and the
+    report rebuilt from the events: the account's figures do not change, only who won. The
+    validator's problems, joined (found by an audit: such a run passed)."""
+    from tests.conftest import read_events
+
+    events = read_events(run)
+    cross = next(e for e in events if e["kind"] == "position.crossed")
+    move = -cross["price"] / 2
+    cross["price"] += move
+    cross["allocations"] = [
+        [sid, qty, realized - qty * move, fee] for sid, qty, realized, fee in cross["allocations"]
+    ]
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (run / "final_report.json").write_text(json.dumps(build_report(events)))
+    problems = validate(run)
+    assert not [p for p in problems if "netting" in p or "sum to" in p], problems  # consistent otherwise
+    return "\n".join(problems)
+
+
+def test_a_live_sessions_cross_is_at_the_mark(tmp_path: Path) -> None:
+    """The three EMA crosses on the mock source, 5 s candles, ten minutes on a virtual clock: a
+    breaker's flatten crosses them at the mark, which the validator holds to the quotes the
+    session recorded (market.jsonl)."""
+    from functools import partial
+
+    import trio.testing
+
+    from actors.config import load
+    from actors.session import run_session
+    from tests.conftest import read_events
+
+    config_path = tmp_path / "three.toml"
+    config_path.write_text(THREE_CROSSES)
+    sets = [
+        f"session.run_dir={tmp_path / 'runs'}",
+        f"session.kill_switch={tmp_path / 'kill.txt'}",
+        "feed.source=mock",
+        "session.interval=5s",
+        "session.duration_min=10",
+        "session.seed=1",
+        "feed.mock_history_candles=30",
+    ]
+    config = load(config_path, {}, sets, {})
+    session = partial(run_session, config, handle_signals=False, progress_mode="off")
+    result = trio.run(session, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert validate(result.run_path) == []
+    assert [e["reason"] for e in read_events(result.run_path) if e["kind"] == "position.crossed"] == [
+        "breaker"
+    ]
+    assert "not the mark in force then" in _forge_a_cross(result.run_path)

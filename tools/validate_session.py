@@ -42,7 +42,8 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
   strategies' fees and funding sum to the account's, and their realized PnL too when every virtual
   position ends flat, as each must at a clean end (the end's flatten shares its fill among them, or
   with the net flat crosses them at the mark: `position.crossed`, checked to close each holder's
-  whole position, and only the holders', at no fee). The strategies' trades need not sum to `trade_count` (round trips of the net
+  whole position, and only the holders', at no fee, at the mark: live and in replays a quote's mid
+  or the exchange's mark price in force then, in backtests a price its data file gave then). The strategies' trades need not sum to `trade_count` (round trips of the net
   position: overlapping trades of two strategies can make one of the account's, or opposite ones
   more); the summary line on standard error gives both. A run from before allocations counts each
   fill wholly to its `strategy_id` (or ""); a report from before the tables is not held to them.
@@ -1365,6 +1366,8 @@ def check_market(run: Path, events: list[dict[str, Any]], finished: bool) -> lis
     for i, e in enumerate(events):
         if e.get("kind") == "session.resumed" and i > 0:
             resumed = (_epoch(events[i - 1]["ts"]), _epoch(e["ts"]))
+        if e.get("kind") == "position.crossed":
+            problems += _check_cross_mark(e, markets, default_symbol, resumed, finished, last)
         if e.get("kind") != "order.filled":
             continue
         ts = _epoch(e["ts"])
@@ -1381,6 +1384,30 @@ def check_market(run: Path, events: list[dict[str, Any]], finished: bool) -> lis
         if e.get("source") in ("book", "beyond_book"):
             problems += _check_book(fill, taken)
     return problems
+
+
+def _check_cross_mark(
+    e: dict[str, Any],
+    markets: dict[str, SymbolMarket],
+    default_symbol: str,
+    resumed: tuple[float, float] | None,
+    finished: bool,
+    last: float,
+) -> list[str]:
+    """A cross is at the mark in force (found by an audit: one at any price moved PnL between the
+    strategies, the account's figures unchanged, and passed): a quote's mid or the exchange's
+    mark price, the last of either before it (or within its millisecond)."""
+    ts, price = _epoch(e["ts"]), e.get("price")
+    if not isinstance(price, int | float) or (not finished and ts > last + TS_CUT_S):
+        return []
+    symbol = e.get("symbol") or default_symbol
+    m = markets.get(symbol) or SymbolMarket(symbol)
+    mids = [(q[0] + q[1]) / 2 for _, q in m.near(m.quotes, ts, resumed)]
+    marks = [mark for _, mark in m.near(m.marks, ts, resumed)]
+    if any(abs(price - x) <= 1e-9 * max(1.0, abs(x)) for x in mids + marks):
+        return []
+    shown = ", ".join(f"{x:g}" for x in mids + marks) or "none"
+    return [f"cross (seq {e.get('seq')}): at {price}, not the mark in force then (mids and marks: {shown})"]
 
 
 class MarketFill(NamedTuple):
@@ -1626,7 +1653,8 @@ def check_data(events: list[dict[str, Any]]) -> list[str]:
     at the candle's best price for the trader, a look into the candle, still passes the range)."""
     files = {s: p for s, (p, why) in data_files(events).items() if not why}
     fills = [e for e in events if e.get("kind") == "order.filled"]
-    if not files or not fills:
+    crosses = [e for e in events if e.get("kind") == "position.crossed"]
+    if not files or not (fills or crosses):
         return []
     started = _started(events)
     m = re.fullmatch(
@@ -1634,12 +1662,28 @@ def check_data(events: list[dict[str, Any]]) -> list[str]:
     )
     interval_s = int(m.group(1)) * UNITS_S[m.group(2)] if m else 60
     times = [_epoch(e["ts"]) for e in fills]
+    cross_times = [_epoch(e["ts"]) for e in crosses]
     default_symbol = started.get("symbol", "")
     data = {
-        s: DataCandles(p, s, min(times), max(times), interval_s, grid_instrument(s).tick_size)
+        s: DataCandles(
+            p, s, min(times + cross_times), max(times + cross_times), interval_s, grid_instrument(s).tick_size
+        )
         for s, p in files.items()
     }
     problems = []
+    for e, ts in zip(crosses, cross_times, strict=True):
+        # a cross is at the mark: a price the data gave then (found by an audit: one at any price
+        # moved PnL between the strategies, the account's figures unchanged, and passed)
+        candles = data.get(e.get("symbol") or default_symbol)
+        price = e.get("price")
+        if candles is None or not isinstance(price, int | float):
+            continue
+        met = candles.around(ts)
+        if not any(c[0] - candles.tick - EPS <= price <= c[1] + candles.tick + EPS for c in met):
+            shown = " or ".join(f"{c[0]:g}..{c[1]:g}" for c in met) or "no candle"
+            problems.append(
+                f"cross (seq {e.get('seq')}): at {price}, outside the market its data file gave then ({shown})"
+            )
     for e, ts in zip(fills, times, strict=True):
         candles = data.get(e.get("symbol") or default_symbol)
         if candles is None:
