@@ -158,6 +158,18 @@ def discarded_line(record: dict[str, Any]) -> str:
     )
 
 
+def discarded_cross_line(record: dict[str, Any]) -> str:
+    """A cross a resume discarded (one of `session.resumed`'s `discarded_crosses`), as
+    `discarded_line` says a fill."""
+    symbol = record.get("symbol") or ""
+    each = ", ".join(str(a[0] or "-") for a in record.get("allocations") or ())
+    return (
+        f"UNDONE {_when(record['ts'])}  {symbol}  cross of {each} @ "
+        f"{fmt_price(record.get('price') or 0.0, _price_decimals(symbol))}  (written after the last "
+        "checkpoint: the resumed session does not have it)"
+    )
+
+
 # what a line printed after a storage fault says (found by an audit: the flatten's FILL lines were
 # printed as any other, though in no record when the disk stayed full, and the next start's
 # flatten gave the same ids at other prices)
@@ -220,6 +232,8 @@ class ConsoleSink:
         elif kind == "session.resumed" and self.echo and new:
             for fill in record.get("discarded_fills") or ():
                 self._print(discarded_line(fill))
+            for cross in record.get("discarded_crosses") or ():
+                self._print(discarded_cross_line(cross))
         elif kind in ("order.cancelled", "order.rejected"):
             order_id = record.get("order_id")
             self._done(order_id)

@@ -339,6 +339,7 @@ def resumed_event(
             # fills a reader may have seen (the console, the webhook) that the resumed record has
             # not: written after the checkpoint the session resumed from (at most the first 100)
             "discarded_fills": recorder.discarded_fills[:100],
+            "discarded_crosses": recorder.discarded_crosses[:100],
             "position_qty": round(broker.position_qty, 8),
             "realized_pnl": broker.realized_pnl,
             "fees_paid": broker.fees_paid,

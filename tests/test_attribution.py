@@ -773,34 +773,73 @@ def _forge_a_cross(run: Path) -> str:
     return "\n".join(problems)
 
 
-def test_a_live_sessions_cross_is_at_the_mark(tmp_path: Path) -> None:
-    """The three EMA crosses on the mock source, 5 s candles, ten minutes on a virtual clock: a
-    breaker's flatten crosses them at the mark, which the validator holds to the quotes the
-    session recorded (market.jsonl)."""
+def _live_three_crosses(tmp_path: Path, *sets: str, resume: Path | None = None) -> Path:
+    """The three EMA crosses on the mock source, 5 s candles, on a virtual clock: its run folder."""
     from functools import partial
 
     import trio.testing
 
     from actors.config import load
+    from actors.plan import Plan
     from actors.session import run_session
-    from tests.conftest import read_events
 
     config_path = tmp_path / "three.toml"
     config_path.write_text(THREE_CROSSES)
-    sets = [
+    base = [
         f"session.run_dir={tmp_path / 'runs'}",
         f"session.kill_switch={tmp_path / 'kill.txt'}",
         "feed.source=mock",
         "session.interval=5s",
-        "session.duration_min=10",
-        "session.seed=1",
         "feed.mock_history_candles=30",
     ]
-    config = load(config_path, {}, sets, {})
-    session = partial(run_session, config, handle_signals=False, progress_mode="off")
-    result = trio.run(session, clock=trio.testing.MockClock(autojump_threshold=0))
-    assert validate(result.run_path) == []
-    assert [e["reason"] for e in read_events(result.run_path) if e["kind"] == "position.crossed"] == [
-        "breaker"
-    ]
-    assert "not the mark in force then" in _forge_a_cross(result.run_path)
+    config = load(config_path, {}, [*base, *sets], {})
+    plan = Plan() if resume is None else Plan(resume=resume)
+    session = partial(run_session, config, plan=plan, handle_signals=False, progress_mode="off")
+    return trio.run(session, clock=trio.testing.MockClock(autojump_threshold=0)).run_path
+
+
+def test_a_live_sessions_cross_is_at_the_mark(tmp_path: Path) -> None:
+    """Ten minutes: a breaker's flatten crosses them at the mark, which the validator holds to the
+    quotes the session recorded (market.jsonl)."""
+    from tests.conftest import read_events
+
+    run = _live_three_crosses(tmp_path, "session.duration_min=10", "session.seed=1")
+    assert validate(run) == []
+    assert [e["reason"] for e in read_events(run) if e["kind"] == "position.crossed"] == ["breaker"]
+    assert "not the mark in force then" in _forge_a_cross(run)
+
+
+def test_a_cross_a_resume_discards_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by an audit: a cross the console printed just before a crash, written after the last
+    checkpoint, went at the resume with no word (the UNDONE lines and the resume alert said only
+    fills). The crash: a two-minute session (no breaker) whose end's flatten crossed the
+    strategies, its folder as at its last checkpoint (the end's events come after it)."""
+    from actors.config import AlertsConfig
+    from actors.console import discarded_cross_line
+    from actors.recording import checkpoint
+    from actors.recording.alerts import AlertRules
+    from tests.conftest import read_events
+
+    sets = ("session.duration_min=2", "session.seed=1", "risk.max_consecutive_losses=0")
+    run = _live_three_crosses(tmp_path, *sets)
+    before = read_events(run)
+    (cross,) = [e for e in before if e["kind"] == "position.crossed"]
+    assert cross["reason"] == "flatten_on_exit" and cross["seq"] > checkpoint.load(run).state["seq"]
+    for name in ("final_report.json", "metrics.json", "report.html"):
+        (run / name).unlink()
+    # restarted five minutes later (the first ran its two minutes on a virtual clock, in a moment)
+    import time
+
+    wall = time.time
+    monkeypatch.setattr(time, "time", lambda: wall() + 300)
+    _live_three_crosses(tmp_path, *sets, resume=run)
+    monkeypatch.undo()
+    (resumed,) = [e for e in read_events(run) if e["kind"] == "session.resumed"]
+    fields = ("ts", "symbol", "price", "reason", "allocations")
+    assert resumed["discarded_crosses"] == [{k: cross[k] for k in fields}]
+    line = discarded_cross_line(resumed["discarded_crosses"][0])
+    ids = ", ".join(a[0] for a in cross["allocations"])
+    assert line.startswith("UNDONE ") and f"cross of {ids} @" in line and "last checkpoint" in line
+    (alert,) = AlertRules(AlertsConfig()).on_event("session.resumed", 0.0, resumed)
+    assert "1 cross of strategies' positions not kept" in alert.message
+    assert validate(run) == []

@@ -232,6 +232,9 @@ class AlertRules:
             if fills
             else ""
         )
+        crosses = len(fields.get("discarded_crosses") or [])
+        if crosses:
+            lost += f", {crosses} {'cross' if crosses == 1 else 'crosses'} of strategies' positions not kept"
         return Alert(
             ts,
             "resume",
@@ -240,7 +243,14 @@ class AlertRules:
             f"{fields.get('discarded_events', 0)} events discarded{lost})",
             {
                 k: fields.get(k)
-                for k in ("downtime_s", "checkpoint", "discarded_events", "discarded_fills", "position_qty")
+                for k in (
+                    "downtime_s",
+                    "checkpoint",
+                    "discarded_events",
+                    "discarded_fills",
+                    "discarded_crosses",
+                    "position_qty",
+                )
             },
         )
 

@@ -97,6 +97,8 @@ def create_run_folder(run_dir: Path, run_id: str) -> Path:
 
 # what session.resumed says of each fill it discarded
 DISCARDED_FILL_FIELDS = ("ts", "fill_id", "order_id", "strategy_id", "symbol", "side", "qty", "fill_price")
+# and of each cross (`position.crossed`): printed too, as its fills are
+DISCARDED_CROSS_FIELDS = ("ts", "symbol", "price", "reason", "allocations")
 # every event a resume took out of events.jsonl (written after the checkpoint it resumed from), kept:
 # one JSON object per line, `{"resume_seq": the checkpoint's seq, "event": the event}` (`"torn"`:
 # the text of a line that was not a whole event)
@@ -137,6 +139,7 @@ class Recorder:
         # reader saw them, and every order and fill id they gave (never given again: `Parts.skip_ids`);
         # with those of the earlier resumes from which no checkpoint followed (`DISCARDED_FILE`)
         self.discarded_fills: list[dict[str, Any]] = []
+        self.discarded_crosses: list[dict[str, Any]] = []
         self.discarded_ids: set[str] = set()
         self.reserve_mb = reserve_mb
         self.fault: StorageFault | None = None  # a write failed: nothing more is written
@@ -225,6 +228,7 @@ class Recorder:
         finally:
             kept.close()
         seen: set[str] = set()
+        seen_raw: set[bytes] = set()  # the crosses listed (by their line: they have no id)
         since_checkpoint: set[bytes] = set()  # the entries discarded since it (each once)
         with path.open("rb") as f:
             for raw in f:
@@ -244,6 +248,14 @@ class Recorder:
                 if record.get("kind") == "order.filled" and raw in since_checkpoint and fill_id not in seen:
                     seen.add(fill_id)
                     self.discarded_fills.append({k: record.get(k) for k in DISCARDED_FILL_FIELDS})
+                elif (
+                    record.get("kind") == "position.crossed"
+                    and raw in since_checkpoint
+                    and raw not in seen_raw
+                ):
+                    # (found by an audit: a cross the console printed went with no word)
+                    seen_raw.add(raw)
+                    self.discarded_crosses.append({k: record.get(k) for k in DISCARDED_CROSS_FIELDS})
         # the count the fills are of (found by an audit: "0 events discarded, 1 fill among them",
         # the fill an earlier resume's)
         self.discarded_events = len(since_checkpoint)
