@@ -432,3 +432,69 @@ def test_a_trials_run_folder_packed_on_a_worker_unpacks_whole_on_the_driver(
 
     assert tree(driver_dir) == tree(worker_dir)
     assert validate((driver_dir / "latest").resolve()) == []
+
+
+TWO_TABLES_BASE = """
+[session]
+symbol = "BTCUSDT"
+interval = "1m"
+[risk]
+max_position_size = 1.0
+max_notional = 1000.0
+max_total_notional = 2000.0
+[[strategies]]
+id = "btc_trend"
+kind = "trend_pullback"
+[[strategies]]
+id = "eth_ema"
+kind = "ema_cross"
+symbol = "ETHUSDT"
+"""
+TWO_TABLES_SPEC = """
+[sweep]
+name = "two"
+base_config = "base.toml"
+data = {{ BTCUSDT = "{btc}", ETHUSDT = "{eth}" }}
+objective = "net_pnl"
+min_trades = 1
+set = ["risk.max_loss_pct=100", "risk.max_daily_drawdown_pct=100", "risk.max_consecutive_losses=0"]
+[walk_forward]
+start = "2025-05-21"
+train_days = 1
+test_days = 1
+windows = 1
+[[strategy]]
+id = "eth_ema"
+[strategy.space]
+fast_period = [9]
+[[strategy]]
+id = "btc_trend"
+[strategy.space]
+target_r = [2.0]
+"""
+
+
+def test_two_strategies_trials_that_are_one_backtest_keep_their_own_rows(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """Found by an audit: two tables of one base config tuned with their current values make the
+    same config: one backtest, run once, whose record kept the first trial's strategy and
+    parameters. btc_trend's train row was filed under eth_ema, and its out-of-sample trial, built
+    from eth_ema's parameters, failed. Each keeps its own row now, both judged."""
+    (tmp_path / "base.toml").write_text(TWO_TABLES_BASE)
+    spec = tmp_path / "two.toml"
+    btc, eth = shared_data / "btcusdt_perp_1m.csv.gz", shared_data / "btcusdt_1m.csv.gz"
+    spec.write_text(TWO_TABLES_SPEC.format(btc=btc, eth=eth))
+    out = tmp_path / "out"
+    done = _sweep(spec, out, workers=1)
+    output = done.communicate(timeout=600)[0]
+    assert done.returncode == 0, output[-3000:]
+    rows = {(r["strategy"], r["phase"]): r for r in _table(out)}
+    assert set(rows) == {(s, p) for s in ("eth_ema", "btc_trend") for p in ("train", "test")}, rows
+    assert all(r["status"] == "ok" for r in rows.values()), rows
+    assert json.loads(rows["btc_trend", "train"]["params"]) == {"target_r": 2.0}
+    assert json.loads(rows["eth_ema", "train"]["params"]) == {"fast_period": 9}
+    for phase in ("train", "test"):  # one backtest for both strategies' rows of each phase
+        assert rows["eth_ema", phase]["trial_id"] == rows["btc_trend", phase]["trial_id"]
+    verdict = json.loads((out / "sweep.json").read_text())["verdict"]
+    assert verdict["btc_trend"]["windows"] == verdict["eth_ema"]["windows"] == 1

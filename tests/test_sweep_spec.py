@@ -7,6 +7,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -249,3 +250,89 @@ def test_a_packed_run_folder_unpacks_only_inside_its_folder(
         with pytest.raises((ValueError, tarfile.TarError)):
             unpack_folder(buffer.getvalue(), tmp_path / "refused")
         assert not (tmp_path / "evil").exists() and not (tmp_path / "refused" / "run" / "up").exists()
+
+
+# --- found by an audit of the sweep ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sampler", "edits", "message"),
+    [
+        # the TPE sampler seeds window i with seed + 1000 i: numpy takes 0 to 2**32 - 1 (a traceback)
+        ("tpe", [("seed = 11", "seed = -1")], "sweep.seed: -1 is not allowed; expected an integer from 0 to 4294964295"),
+        ("tpe", [("seed = 11", "seed = 4294967295")], "sweep.seed: 4294967295 is not allowed"),
+        # a log range from 0 (a math domain error), a log that is not a bool (read as true)
+        ("random", [("fast_period = [5, 9]", "fast_period = { low = 0, high = 9, log = true }")],
+         "strategy[0].space.fast_period: log = true needs low > 0"),
+        ("random", [("fast_period = [5, 9]", 'fast_period = { low = 2, high = 9, log = "no" }')],
+         "strategy[0].space.fast_period: a range is"),
+        # a data table without the traded symbol's file (every trial failed, KeyError, exit 0), or
+        # with a file no strategy trades (the CLI the trial stands for refuses it)
+        ("grid", [('data = "candles.csv"', 'data = { ETHUSDT = "candles.csv" }')],
+         "sweep.data: no file for BTCUSDT, which strategy ema_cross trades"),
+        ("grid", [('data = "candles.csv"', 'data = { BTCUSDT = "candles.csv", ETHUSDT = "candles.csv" }')],
+         "sweep.data.ETHUSDT: no strategy of strategy ema_cross's trials trades it"),
+    ],
+)  # fmt: skip
+def test_a_spec_the_sweep_cannot_run_is_refused_naming_the_key(
+    tmp_path: Path, sampler: str, edits: list[tuple[str, str]], message: str
+) -> None:
+    text = GOOD.format(sampler=sampler, budget=4 if sampler != "grid" else 0, fast="[5, 9]")
+    for edit in edits:
+        text = text.replace(*edit)
+    with pytest.raises(SpecError) as raised:
+        load_spec(_spec(tmp_path, text))
+    assert any(message in problem for problem in raised.value.problems), raised.value.problems
+
+
+def test_every_strategys_bad_value_is_said(tmp_path: Path) -> None:
+    """Only the first strategy's was (the check returned after it)."""
+    text = GOOD.format(sampler="grid", budget=0, fast="[0, 9]").replace(
+        "target_r = [1.5, 2.0]", "target_r = [-1]"
+    )
+    with pytest.raises(SpecError) as raised:
+        load_spec(_spec(tmp_path, text))
+    said = raised.value.problems
+    assert any(p.startswith("strategy ema_cross with") for p in said), said
+    assert any(p.startswith("strategy trend_pullback with") for p in said), said
+
+
+def test_random_integer_draws_take_each_value_alike(tmp_path: Path) -> None:
+    """round(uniform(1, 4)) drew 1 and 4 half as often as 2 and 3. Over 4,000 draws each of the
+    four values comes about 1,000 times (binomial sd about 27: 800 is more than 7 sd off)."""
+    spec = load_spec(_good(tmp_path, "random", 4000, "{ low = 1, high = 4 }"))
+    drawn = [d["fast_period"] for d in spec.random_params(spec.strategies[0])]
+    counts = {v: drawn.count(v) for v in (1, 2, 3, 4)}
+    assert sum(counts.values()) == 4000 and all(count > 800 for count in counts.values()), counts
+
+
+def test_the_verdict_counts_a_window_only_when_its_out_of_sample_run_ran(tmp_path: Path) -> None:
+    """A failed out-of-sample run (no candles in its days) counted as 0 PnL beside its window's
+    in-sample PnL, and said "2 windows" of one judged: the verdict of two windows, the second's
+    test failed, is the first's alone (in-sample 10 + out-of-sample -3), one failed window."""
+    from tools.sweep.results import summary
+
+    spec = load_spec(_good(tmp_path, fast="[5]"))
+    windows = spec.windows_from(0.0)[:2]
+
+    def record(window: int, phase: str, status: str, pnl: float | None) -> dict[str, Any]:
+        return {
+            "key": f"{window}{phase}", "trial_id": f"{window}{phase}", "strategy": "ema_cross",
+            "params": {"fast_period": 5}, "window": window, "phase": phase, "status": status,
+            "net_pnl": pnl, "sharpe": pnl, "trade_count": 5 if pnl is not None else None,
+        }  # fmt: skip
+
+    records = [
+        record(0, "train", "ok", 10.0),
+        record(0, "test", "ok", -3.0),
+        record(1, "train", "ok", 7.0),
+        record(1, "test", "failed", None),
+    ]
+    verdict = summary(spec, windows, records)["verdict"]["ema_cross"]
+    assert verdict == {
+        "out_of_sample_net_pnl": -3.0,
+        "in_sample_net_pnl": 10.0,
+        "out_of_sample_trades": 5,
+        "windows": 1,
+        "failed_windows": 1,
+    }

@@ -433,8 +433,10 @@ def _verdict_table(sweep: Sweep) -> str:
     )
 
     def order(name: str) -> tuple[bool, float]:
-        pnl = _number(sweep.verdict[name].get("out_of_sample_net_pnl"))
-        return (pnl is None, -(pnl or 0.0))
+        # a strategy judged in no window last (found by an audit: its 0.00 ranked above losses)
+        v = sweep.verdict[name]
+        pnl = _number(v.get("out_of_sample_net_pnl"))
+        return (pnl is None or _number(v.get("windows")) == 0, -(pnl or 0.0))
 
     rows = []
     for name in sorted(sweep.verdict, key=order):
@@ -443,7 +445,10 @@ def _verdict_table(sweep: Sweep) -> str:
         known = [p for p in pnls if p is not None]
         profitable = f"{sum(p > 0 for p in known)} of {len(known)}" if known else "-"
         judged = _number(v.get("windows")) != 0
+        failed = _number(v.get("failed_windows")) or 0
         flag = "" if judged else ' <span class="warn">(no window had a best trial: nothing judged)</span>'
+        if failed:
+            flag += f' <span class="warn">({failed:g} out-of-sample run(s) failed: not counted)</span>'
         rows.append(
             f'<tr data-strategy="{_e(name)}"><td class="text"><b>{_e(name)}</b>{flag}</td>'
             + _cell("out_of_sample_net_pnl", v.get("out_of_sample_net_pnl"), "money", "oos")

@@ -48,7 +48,9 @@ class TrialLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.records: dict[tuple[str, str], dict[str, Any]] = {}  # (key, phase) -> record
+        # (key, phase, strategy) -> record: one backtest can be two strategies' trials
+        self.records: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.by_key: dict[str, dict[str, Any]] = {}  # the last record of each backtest
         if path.exists():
             with path.open("rb") as f:
                 for line in f:
@@ -56,18 +58,20 @@ class TrialLog:
                         record = orjson.loads(line)
                     except orjson.JSONDecodeError:
                         continue  # the line a kill cut short: that trial runs again
-                    self.records[record["key"], record["phase"]] = record
+                    self.records[record["key"], record["phase"], record["strategy"]] = record
+                    self.by_key[record["key"]] = record
         self._file = path.open("ab")
 
     def append(self, record: dict[str, Any]) -> None:
         self._file.write(orjson.dumps(record) + b"\n")
         self._file.flush()
         os.fsync(self._file.fileno())
-        self.records[record["key"], record["phase"]] = record
+        self.records[record["key"], record["phase"], record["strategy"]] = record
+        self.by_key[record["key"]] = record
 
     def find(self, key: str) -> dict[str, Any] | None:
-        """The record of a trial with this key, in either phase (the same backtest)."""
-        return self.records.get((key, "train")) or self.records.get((key, "test"))
+        """The record of a trial with this key, of any phase and strategy (the same backtest)."""
+        return self.by_key.get(key)
 
     def close(self) -> None:
         self._file.close()
@@ -166,6 +170,7 @@ def summary(spec: SweepSpec, windows: Sequence[Window], records: Sequence[dict[s
                     "in_sample_net_pnl": 0.0,
                     "out_of_sample_trades": 0,
                     "windows": 0,
+                    "failed_windows": 0,
                 },
             )
             if top is None:
@@ -184,6 +189,11 @@ def summary(spec: SweepSpec, windows: Sequence[Window], records: Sequence[dict[s
                     "trade_count": t.get("trade_count"),
                 }
                 v = verdict[name]
+                if t.get("status") != "ok":
+                    # judged on nothing: neither side counts (found by an audit: a failed
+                    # out-of-sample run counted as 0 beside its window's in-sample PnL)
+                    v["failed_windows"] += 1
+                    continue
                 v["windows"] += 1
                 v["in_sample_net_pnl"] += top.get("net_pnl") or 0.0
                 v["out_of_sample_net_pnl"] += t.get("net_pnl") or 0.0

@@ -274,7 +274,7 @@ def run_sweep(
         waiting: dict[tuple[int, str], int] = {}  # train trials not yet in, by (window, strategy name)
 
         def finished(trial: Trial, record: dict[str, Any], *, from_log: bool) -> None:
-            record = {**record, "phase": trial.phase, "window": trial.window}
+            record = _as(trial, record)
             records.append(record)
             counts.done += 1
             counts.skipped += from_log
@@ -290,8 +290,12 @@ def run_sweep(
         def submit(trial: Trial) -> None:
             found = log.find(trial.key)
             if found is not None and (found["status"] == "ok" or not retry_failed):
-                if (trial.key, trial.phase) not in log.records:  # the same backtest in the other phase
-                    log.append({**found, "phase": trial.phase, "window": trial.window})
+                if (
+                    trial.key,
+                    trial.phase,
+                    trial.strategy,
+                ) not in log.records:  # the same backtest, another trial
+                    log.append(_as(trial, found))
                 finished(trial, found, from_log=True)
                 return
             if trial.key in sharing:  # the same backtest is running (the other phase): its result
@@ -329,7 +333,7 @@ def run_sweep(
                     # while the budget lasts, and the last of them the out-of-sample trial)
                     done = [
                         r
-                        for (_, phase), r in log.records.items()
+                        for (_, phase, _), r in log.records.items()
                         if phase == "train"
                         and r["strategy"] == strategy.name
                         and (r["start"], r["end"]) == (window.train_start, window.train_end)
@@ -367,8 +371,8 @@ def run_sweep(
                     record = _failed(trial, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
                 log.append(record)
                 finished(trial, record, from_log=False)
-                for other in sharing.pop(trial.key, []):  # the same backtest in the other phase
-                    log.append({**record, "phase": other.phase, "window": other.window})
+                for other in sharing.pop(trial.key, []):  # the same backtest, another trial
+                    log.append(_as(other, record))
                     finished(other, record, from_log=False)
     finally:
         log.close()
@@ -391,6 +395,19 @@ def _run_remote(
     record = run_trial(trial, base_config, data, columns, trial_dir)
     elsewhere = ray.get_runtime_context().get_node_id() != driver_node
     return record, pack_folder(trial_dir) if elsewhere else None
+
+
+# what a trial is (its record's identity); the rest of a record is its outcome
+IDENTITY = ("key", "trial_id", "strategy", "params", "window", "phase", "start", "end")
+
+
+def _as(trial: Trial, record: dict[str, Any]) -> dict[str, Any]:
+    """`record`'s outcome as `trial`'s: the same backtest (one key) is several trials when a
+    window's test days are the next window's train days, or when two strategy tables' parameters
+    make one config (found by an audit: the first trial's strategy and parameters went with the
+    shared result, one strategy's row filed under the other's, its out-of-sample trial built from
+    the other's parameters)."""
+    return trial.record(**{k: v for k, v in record.items() if k not in IDENTITY})
 
 
 def _failed(trial: Trial, error: str) -> dict[str, Any]:

@@ -130,6 +130,9 @@ def _draw(rng: random.Random, domain: Domain) -> Any:
         return rng.choice(domain)
     if domain.log:
         value = math.exp(rng.uniform(math.log(domain.low), math.log(domain.high)))
+    elif domain.integer:
+        # each whole number alike (found by an audit: round(uniform) drew the ends half as often)
+        return rng.randint(math.ceil(domain.low), math.floor(domain.high))
     else:
         value = rng.uniform(domain.low, domain.high)
     return round(value) if domain.integer else value
@@ -191,12 +194,20 @@ def load_spec(path: Path, data_overrides: Mapping[str, str] | None = None) -> Sw
     train_days = _number(wf.get("train_days"), "walk_forward.train_days", problems)
     test_days = _number(wf.get("test_days"), "walk_forward.test_days", problems)
     windows = _int(wf.get("windows", 1), "walk_forward.windows", problems, low=1)
+    # the TPE sampler seeds window i with seed + 1000 i, which numpy takes from 0 to 2**32 - 1
+    # (found by an audit: a seed beyond it ended in a traceback)
+    top = 2**32 - 1 - 1000 * (windows - 1)
+    if not 0 <= seed <= top:
+        problems.append(
+            f"sweep.seed: {seed} is not allowed; expected an integer from 0 to {top} (with {windows} window(s): "
+            "window i is seeded with seed + 1000 x i, at most 2**32 - 1)"
+        )
 
     strategies = _strategies(
         raw.get("strategy"), sampler, _base_tables(base_config, sets, problems), problems
     )
     if not problems:
-        _check_configs(base_config, sets, strategies, problems)
+        _check_configs(base_config, sets, strategies, problems, data)
     if problems:
         raise SpecError(problems)
     return SweepSpec(
@@ -367,10 +378,14 @@ def _strategies(
                     or not isinstance(high, int | float)
                     or not (_number_like(low) and _number_like(high) and low < high)
                     or set(domain) - {"low", "high", "log"}
+                    or not isinstance(domain.get("log", False), bool)
                 ):
                     problems.append(
                         f"{key}: a range is {{ low = number, high = number, log = bool }} with low < high"
                     )
+                    continue
+                if domain.get("log", False) and low <= 0:  # (found by an audit: a traceback)
+                    problems.append(f"{key}: log = true needs low > 0 (got low = {low})")
                     continue
                 space[name] = Range(low, high, bool(domain.get("log", False)))
             else:
@@ -404,10 +419,18 @@ def _toml(value: Any) -> str:
 
 
 def _check_configs(
-    base: Path | None, sets: list[str], strategies: tuple[StrategySpace, ...], problems: list[str]
+    base: Path | None,
+    sets: list[str],
+    strategies: tuple[StrategySpace, ...],
+    problems: list[str],
+    data: tuple[tuple[str, Path], ...] = (),
 ) -> None:
     """Each strategy's first and last parameter values make a valid config (the config's own
-    rules: a bad value fails here, not in the hundredth trial)."""
+    rules: a bad value fails here, not in the hundredth trial); a data table has a file for each
+    symbol its trials trade and none other (as the CLI's `--data SYMBOL=FILE` holds it: found by an
+    audit, a table without the traded symbol's file ran every trial into `KeyError`, exit 0)."""
+    table = {symbol for symbol, _ in data if symbol}
+    said: set[str] = set()
     for strategy in strategies:
         for pick in (0, -1):
             params = {
@@ -417,7 +440,18 @@ def _check_configs(
                 for name, domain in strategy.space.items()
             }
             try:
-                load(base, {}, [*sets, *strategy.sets(params)], {})
+                config = load(base, {}, [*sets, *strategy.sets(params)], {})
+                if table:
+                    for symbol in sorted(set(config.symbols) - table - said):
+                        said.add(symbol)
+                        problems.append(
+                            f"sweep.data: no file for {symbol}, which strategy {strategy.name} trades"
+                        )
+                    for symbol in sorted(table - set(config.symbols) - said):
+                        said.add(symbol)
+                        problems.append(
+                            f"sweep.data.{symbol}: no strategy of strategy {strategy.name}'s trials trades it"
+                        )
             except ConfigError as exc:
                 problems += [f"strategy {strategy.name} with {params}: {p}" for p in exc.problems]
-                return
+                break  # the next strategy's too (found by an audit: only the first was said)
