@@ -97,12 +97,12 @@ class Coverage:
         """A candle opens at `ts`: after a gap (no candle open since `until`), the broker's next
         heartbeat is moved to the first at or after `ts`."""
         if ts > self.until:
-            # only later, never earlier: a run resumed from a checkpoint starts with `until` at the
-            # start (it is not in the state), and its next heartbeat at a boundary it had not run
-            # yet must stay (found by an audit: moved to `ts`, a row it had written came twice)
-            # (inf: parked by `parks`, moved on here)
-            due, parked = heartbeat_from(broker, ts), broker.next_heartbeat
-            if parked < due or parked == math.inf:
+            # moved later, never earlier (a run restored from a checkpoint starts with `until` at
+            # its start, which the state does not hold: its next heartbeat, at a boundary not run
+            # yet, stays; found by an audit, moved to `ts` it was written twice), or on from inf
+            # (parked by `parks`)
+            due, scheduled = heartbeat_from(broker, ts), broker.next_heartbeat
+            if scheduled < due or scheduled == math.inf:
                 broker.next_heartbeat = due
         self.until = max(self.until, ts + self.interval_s)
 

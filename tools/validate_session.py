@@ -43,7 +43,8 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
   position ends flat, as each must at a clean end (the end's flatten shares its fill among them, or
   with the net flat crosses them at the mark: `position.crossed`, checked to close each holder's
   whole position, and only the holders', at no fee, at the mark: live and in replays a quote's mid
-  or the exchange's mark price in force then, in backtests a price its data file gave then). The strategies' trades need not sum to `trade_count` (round trips of the net
+  or the exchange's mark price in force then, in backtests a price its data file gave then). The
+  strategies' trades need not sum to `trade_count` (round trips of the net
   position: overlapping trades of two strategies can make one of the account's, or opposite ones
   more); the summary line on standard error gives both. A run from before allocations counts each
   fill wholly to its `strategy_id` (or ""); a report from before the tables is not held to them.
@@ -788,6 +789,10 @@ class StrategyLedger:
         }
 
 
+# what a fill's (and a cross's) allocations hold, each
+FILL_ALLOCATION = "strategy_id, signed_qty, realized_pnl, fee"
+
+
 class Attribution:
     """The strategies' figures recomputed from the allocations, and the problems met on the way."""
 
@@ -824,13 +829,7 @@ class Attribution:
             )
             return
         allocations = e["allocations"]
-        well_formed = (
-            [a for a in allocations if _is_allocation(a, 4)] if isinstance(allocations, list) else []
-        )
-        if not isinstance(allocations, list) or len(well_formed) != len(allocations):
-            self.problems.append(
-                f"{name}: allocations {allocations!r} are not [strategy_id, signed_qty, realized_pnl, fee] each"
-            )
+        well_formed, _ = self._well_formed(name, allocations, FILL_ALLOCATION)
         qty_sum = sum(a[1] for a in well_formed)
         fee_sum = sum(a[3] for a in well_formed)
         if abs(qty_sum - signed) > EPS:
@@ -861,7 +860,7 @@ class Attribution:
             self.problems += self._shares(name, symbol, signed, e["fee"], well_formed)
         for strategy_id, qty, realized, fee in well_formed:
             self._ledger(symbol, strategy_id).fill(qty, e["fill_price"], realized, fee)
-        self.held_after.setdefault(symbol, []).append((_epoch(e["ts"]), self._held(symbol)))
+        self.held_after.setdefault(symbol, []).append((_epoch(e["ts"]), self.held(symbol)))
 
     def _cross(self, e: dict[str, Any]) -> None:
         """`position.crossed`: with the net flat, the strategies' virtual positions closed against
@@ -869,17 +868,11 @@ class Attribution:
         symbol = e.get("symbol") or self.symbol
         name = f"cross (seq {e.get('seq')})"
         allocations, price = e.get("allocations"), e.get("price")
-        well_formed = (
-            [a for a in allocations if _is_allocation(a, 4)] if isinstance(allocations, list) else []
-        )
-        if not isinstance(allocations, list) or len(well_formed) != len(allocations):
-            self.problems.append(
-                f"{name}: allocations {allocations!r} are not [strategy_id, signed_qty, realized_pnl, fee] each"
-            )
+        well_formed, _ = self._well_formed(name, allocations, FILL_ALLOCATION)
         if not (isinstance(price, int | float) and math.isfinite(price) and price > 0):
             self.problems.append(f"{name}: price {price!r} is not a price")
             return
-        held = self._held(symbol)
+        held = self.held(symbol)
         given = {a[0]: a[1] for a in well_formed}
         if set(given) != set(held) or any(abs(given[sid] + qty) > EPS for sid, qty in held.items()):
             self.problems.append(
@@ -891,9 +884,21 @@ class Attribution:
             self.problems.append(f"{name}: a cross pays no fee ({[a[3] for a in well_formed]})")
         for strategy_id, qty, realized, fee in well_formed:
             self._ledger(symbol, strategy_id).fill(qty, price, realized, fee, counted=False)
-        self.held_after.setdefault(symbol, []).append((_epoch(e["ts"]), self._held(symbol)))
+        self.held_after.setdefault(symbol, []).append((_epoch(e["ts"]), self.held(symbol)))
 
-    def _held(self, symbol: str) -> dict[str, float]:
+    def _well_formed(self, name: str, allocations: Any, fields: str) -> tuple[list[list[Any]], bool]:
+        """The allocations of the form `[fields]` (a strategy id, then numbers), and whether all
+        are; a problem named `name` when not."""
+        size = fields.count(",") + 1
+        well_formed = (
+            [a for a in allocations if _is_allocation(a, size)] if isinstance(allocations, list) else []
+        )
+        whole = isinstance(allocations, list) and len(well_formed) == len(allocations)
+        if not whole:
+            self.problems.append(f"{name}: allocations {allocations!r} are not [{fields}] each")
+        return well_formed, whole
+
+    def held(self, symbol: str) -> dict[str, float]:
         """The strategies' virtual positions in `symbol` now (those not flat)."""
         return {
             sid: led.ledger.qty
@@ -953,15 +958,11 @@ class Attribution:
             return
         allocations = e["allocations"]
         name = f"funding at {e.get('instant', e.get('ts'))} (seq {e.get('seq')})"
-        well_formed = (
-            [a for a in allocations if _is_allocation(a, 2)] if isinstance(allocations, list) else []
-        )
-        if not isinstance(allocations, list) or len(well_formed) != len(allocations):
-            self.problems.append(f"{name}: allocations {allocations!r} are not [strategy_id, amount] each")
+        well_formed, whole = self._well_formed(name, allocations, "strategy_id, amount")
         total = sum(a[1] for a in well_formed)
         if abs(total - amount) > EPS:
             self.problems.append(f"{name}: allocations sum to {total:.10f} but the amount is {amount:.10f}")
-        elif len(well_formed) == len(allocations):
+        elif whole:
             self.problems += self._funding_split(e, name, symbol, dict((a[0], a[1]) for a in well_formed))
         for strategy_id, share in well_formed:
             self._ledger(symbol, strategy_id).fund(share)
@@ -978,7 +979,7 @@ class Attribution:
             isinstance(qty, int | float) and isinstance(mark, int | float) and isinstance(rate, int | float)
         ):
             return []
-        candidates = [self._held(symbol)]
+        candidates = [self.held(symbol)]
         if "rate_settled_at" in e and isinstance(e.get("instant"), str):
             instant = _epoch(e["instant"])
             history = self.held_after.get(symbol, [])
@@ -1056,11 +1057,10 @@ def check_attribution(events: list[dict[str, Any]], report: dict[str, Any] | Non
     totals = [("fees", "fees_paid"), ("funding", "funding_paid")]
     if attribution.flat():
         totals.insert(0, ("realized_pnl", "realized_pnl"))
-    elif (
-        report.get("status") == "ok"
-    ):  # the end's flatten crosses opposite ones (a net left open: see check_fills)
+    elif report.get("status") == "ok":
+        # the end's flatten crosses opposite ones (a net position left open: check_fills says it)
         for sym in sorted({sym for sym, _ in attribution.ledgers}):
-            held = attribution._held(sym)
+            held = attribution.held(sym)
             if held and abs(sum(held.values())) <= EPS:
                 problems.append(f"{sym}: virtual positions {held} (net flat) left open at a clean end")
     for key, account in totals:
