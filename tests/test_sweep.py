@@ -11,6 +11,7 @@ why, without either. Marked `sweep`: not in `nox -s tests` (Ray's start-up and 3
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import signal
@@ -154,6 +155,20 @@ def test_a_sweep_is_its_cli_backtests_and_survives_a_kill(tmp_path: Path, shared
     assert {row["strategy"] for row in table} == {"ema_cross", "trend_pullback"}
     assert sorted({row["window"] for row in table}) == ["0", "1", "2"]
     summary = json.loads((out / "sweep.json").read_text())
+    # what made it: the spec file and the data, by their sha256 (hashlib here), and the spec's terms
+    data = shared_data / "btcusdt_perp_1m.csv.gz"
+    made_of = summary["spec"]
+    assert made_of["file"] == str(spec) and made_of["sha256"] == hashlib.sha256(spec.read_bytes()).hexdigest()
+    assert made_of["data"] == [
+        {"symbol": "BTCUSDT", "file": str(data), "sha256": hashlib.sha256(data.read_bytes()).hexdigest()}
+    ]
+    assert (made_of["base_config"], made_of["sampler"], made_of["budget"]) == (None, "grid", None)
+    assert made_of["walk_forward"] == {
+        "start": "2023-08-01T00:00:00Z", "train_days": 2, "test_days": 1, "windows": 3
+    }  # fmt: skip
+    assert made_of["strategies"][0] == {
+        "name": "ema_cross", "kind": "ema_cross", "space": {"fast_period": [5, 9], "slow_period": [21, 34]}
+    }  # fmt: skip
     by_id = {r["trial_id"]: r for r in records}
     from tools.sweep.spec import load_spec
     from tools.sweep.trial import Trial
@@ -498,3 +513,51 @@ def test_two_strategies_trials_that_are_one_backtest_keep_their_own_rows(
         assert rows["eth_ema", phase]["trial_id"] == rows["btc_trend", phase]["trial_id"]
     verdict = json.loads((out / "sweep.json").read_text())["verdict"]
     assert verdict["btc_trend"]["windows"] == verdict["eth_ema"]["windows"] == 1
+
+
+SMALL_SPACE_SPEC = """
+[sweep]
+name = "small"
+data = "{data}"
+objective = "net_pnl"
+min_trades = 0
+sampler = "{sampler}"
+budget = 4
+seed = 5
+set = ["risk.max_loss_pct=100", "risk.max_daily_drawdown_pct=100", "risk.max_consecutive_losses=0"]
+
+[walk_forward]
+start = "2023-08-01"
+train_days = 1
+test_days = 1
+windows = 1
+
+[[strategy]]
+kind = "ema_cross"
+[strategy.space]
+fast_period = [5, 9]
+slow_period = [21]
+"""
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_space_smaller_than_the_budget_runs_each_set_once(
+    tmp_path: Path, shared_data: Path, sampler: str
+) -> None:
+    """Two parameter sets, a budget of 4: the random sampler drew sets twice (two rows of one trial
+    id), and TPE's progress waited for trials it could never ask (its total stayed 5). Now each set
+    runs once, and the progress counts to the trials that ran (2 in-sample, 1 out-of-sample)."""
+    spec = tmp_path / "small.toml"
+    spec.write_text(SMALL_SPACE_SPEC.format(data=shared_data / "btcusdt_perp_1m.csv.gz", sampler=sampler))
+    out = tmp_path / "out"
+    run = _sweep(spec, out, workers=1)
+    output = run.communicate(timeout=600)[0]
+    assert run.returncode == 0, output[-3000:]
+    table = _table(out)
+    train = [row for row in table if row["phase"] == "train"]
+    assert sorted(json.loads(row["params"])["fast_period"] for row in train) == [5, 9]
+    assert len({row["trial_id"] for row in table}) == len(table) == 3
+    progress = [line for line in output.splitlines() if line.startswith("trials ")]
+    assert progress[-1].startswith("trials 3/3 done"), progress
+    if sampler == "random":
+        assert "ema_cross: its space holds 2 parameter sets, fewer than sweep.budget (4)" in output

@@ -384,3 +384,45 @@ async def test_a_sweeps_page_in_chromium(tmp_path: Path) -> None:
     assert len(charts["chart-equity-test"]["points"]) == 4  # every out-of-sample trial
     assert all(n == 2 * 24 + 1 for n in charts["chart-equity-test"]["points"])  # start + a row an hour
     assert_walk_forward_shown(seen, meta)
+
+
+def test_trials_with_fewer_than_min_trades_rank_after_the_valued_and_before_the_undefined(
+    tmp_path: Path,
+) -> None:
+    """The page's order (its trial table, best first): trials with an objective value by it; then
+    those with fewer than min_trades trades, by their own figure (an audit found this tier never
+    applied: their objective_value is empty, so they sat among the undefined ones, unordered);
+    then the undefined; failed ones last. Expected from the CSV rows, not from `rank`."""
+    from tools.sweep.html import load_sweep
+
+    root = tmp_path / "few"
+    write_sweep(root, objective="sharpe", undefined=True, min_trades=20, failing=one_failure)
+    rows = _csv_rows(root)
+
+    def tier(row: dict[str, str]) -> int:
+        if row["status"] != "ok":
+            return 3
+        if int(row["trade_count"]) < 20:
+            return 1
+        return 0 if row["objective_value"] != "" else 2
+
+    tiers = {t: [r for r in rows if tier(r) == t] for t in range(4)}
+    assert all(tiers.values()), {t: len(v) for t, v in tiers.items()}  # every tier has trials
+    few_undefined = [r for r in tiers[1] if r["sharpe"] == ""]
+    few_valued = sorted((r for r in tiers[1] if r["sharpe"] != ""), key=lambda r: -float(r["sharpe"]))
+    assert few_valued and few_undefined
+    expected = (
+        sorted(tiers[0], key=lambda r: -float(r["objective_value"]))
+        + few_valued
+        + sorted(few_undefined, key=lambda r: r["trial_id"])
+        + sorted(tiers[2], key=lambda r: r["trial_id"])
+        + sorted(tiers[3], key=lambda r: r["trial_id"])
+    )
+    sweep = load_sweep(root)
+    ranked = sorted(sweep.trials, key=sweep.rank)
+    assert [t.trial_id for t in ranked] == [r["trial_id"] for r in expected]
+    # and the trial table shows them in that order
+    page = _page(root)
+    shown = [row.split('"', 1)[0] for row in page.split('<tr data-trial="')[1:]]
+    table = shown[: len(rows)]
+    assert table == [r["trial_id"] for r in expected][: len(table)]

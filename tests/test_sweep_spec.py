@@ -300,10 +300,37 @@ def test_every_strategys_bad_value_is_said(tmp_path: Path) -> None:
 def test_random_integer_draws_take_each_value_alike(tmp_path: Path) -> None:
     """round(uniform(1, 4)) drew 1 and 4 half as often as 2 and 3. Over 4,000 draws each of the
     four values comes about 1,000 times (binomial sd about 27: 800 is more than 7 sd off)."""
-    spec = load_spec(_good(tmp_path, "random", 4000, "{ low = 1, high = 4 }"))
-    drawn = [d["fast_period"] for d in spec.random_params(spec.strategies[0])]
+    import random
+
+    from tools.sweep.spec import _draw
+
+    rng = random.Random(3)
+    drawn = [_draw(rng, Range(1, 4)) for _ in range(4000)]
     counts = {v: drawn.count(v) for v in (1, 2, 3, 4)}
     assert sum(counts.values()) == 4000 and all(count > 800 for count in counts.values()), counts
+
+
+def test_random_draws_are_distinct_and_a_small_space_runs_each_set_once(tmp_path: Path) -> None:
+    """A set drawn twice was two trials of one backtest: one trial id, two rows in trials.csv.
+    fast_period 1 to 4 with slow_period's three values hold 12 sets: a budget of 20 runs those 12,
+    each once; a budget of 8 draws 8 of them, none twice."""
+    spec = load_spec(_good(tmp_path, "random", 20, "{ low = 1, high = 4 }"))
+    drawn = spec.random_params(spec.strategies[0])
+    pairs = sorted((d["fast_period"], d["slow_period"]) for d in drawn)
+    assert pairs == [(f, s) for f in (1, 2, 3, 4) for s in (21, 34, 55)]
+    spec = load_spec(_good(tmp_path, "random", 8, "{ low = 1, high = 4 }"))
+    drawn = spec.random_params(spec.strategies[0])
+    assert len(drawn) == 8 == len({(d["fast_period"], d["slow_period"]) for d in drawn})
+    # trend_pullback's space (target_r: 1.5 or 2.0) holds two
+    assert sorted(d["target_r"] for d in spec.random_params(spec.strategies[1])) == [1.5, 2.0]
+
+
+def test_a_value_listed_twice_is_a_spec_error(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as raised:
+        load_spec(_good(tmp_path, fast="[5, 9, 5]"))
+    assert raised.value.problems == [
+        "strategy[0].space.fast_period: 5 is listed twice; list each value once"
+    ], raised.value.problems
 
 
 def test_the_verdict_counts_a_window_only_when_its_out_of_sample_run_ran(tmp_path: Path) -> None:

@@ -134,10 +134,14 @@ class Sweep:
         value; then those with fewer trades; then those without a value; failed ones last."""
         if not trial.ok:
             return (3, 0.0, trial.trial_id)
+        if trial.trade_count is not None and trial.trade_count < self.min_trades:
+            # its objective_value is empty (never the best): ranked by the figure itself (an
+            # audit found this tier never applied: they sat among the undefined ones, unordered)
+            figure = trial.figures.get(self.objective)
+            return (1, -figure if figure is not None else math.inf, trial.trial_id)
         if trial.value is None:
             return (2, 0.0, trial.trial_id)
-        few = trial.trade_count is not None and trial.trade_count < self.min_trades
-        return (1 if few else 0, -trial.value, trial.trial_id)
+        return (0, -trial.value, trial.trial_id)
 
 
 # --- reading ---------------------------------------------------------------------------------------------

@@ -217,6 +217,40 @@ def summary(spec: SweepSpec, windows: Sequence[Window], records: Sequence[dict[s
     }
 
 
+def provenance(spec: SweepSpec, hashes: dict[str, str], symbol: str) -> dict[str, Any]:
+    """`sweep.json`'s `spec`: what made the sweep's trials, to tell which spec and data a result
+    came from (`hashes`: sha256 of the spec file and the base config's, "spec" and "base_config",
+    and of each data file's by its symbol; `symbol`: the session's, a lone file's)."""
+
+    def domain(d: Any) -> Any:
+        return list(d) if isinstance(d, tuple) else {"low": d.low, "high": d.high, "log": d.log}
+
+    return {
+        "file": str(spec.path),
+        "sha256": hashes.get("spec"),
+        "base_config": str(spec.base_config) if spec.base_config is not None else None,
+        "base_config_sha256": hashes.get("base_config"),
+        "data": [
+            {"symbol": name, "file": str(path), "sha256": hashes.get(name)}
+            for name, path in ((s or symbol, path) for s, path in spec.data)
+        ],
+        "sampler": spec.sampler,
+        "budget": spec.budget if spec.sampler != "grid" else None,
+        "seed": spec.seed,
+        "set": list(spec.sets),
+        "walk_forward": {
+            "start": iso(spec.start) if spec.start is not None else None,
+            "train_days": spec.train_days,
+            "test_days": spec.test_days,
+            "windows": spec.windows,
+        },
+        "strategies": [
+            {"name": s.name, "kind": s.kind, "space": {n: domain(d) for n, d in s.space.items()}}
+            for s in spec.strategies
+        ],
+    }
+
+
 def write_json(path: Path, document: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")

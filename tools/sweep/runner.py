@@ -20,7 +20,17 @@ import attrs
 from loguru import logger
 
 from actors.config import ConfigError
-from tools.sweep.results import TrialLog, best, iso, objective_value, rows, summary, write_json, write_table
+from tools.sweep.results import (
+    TrialLog,
+    best,
+    iso,
+    objective_value,
+    provenance,
+    rows,
+    summary,
+    write_json,
+    write_table,
+)
 from tools.sweep.spec import Domain, Range, StrategySpace, SweepSpec, Window, trial_sets
 from tools.sweep.trial import (
     Trial,
@@ -78,6 +88,7 @@ class Planner:
         self.studies: dict[
             tuple[int, str], Any
         ] = {}  # TPE: (window, strategy name) -> [study, asked, pending, known]
+        self.unasked = 0  # TPE: budget left unasked by studies whose space ran out (`take_unasked`)
 
     def trial(self, name: str, params: dict[str, Any], window: Window, phase: str) -> Trial:
         sets = tuple(trial_sets(self.spec, name, params))
@@ -110,9 +121,17 @@ class Planner:
     def total(self) -> int:
         if self.spec.sampler == "grid":
             per_window = sum(len(self.spec.grid(s)) for s in self.spec.strategies)
+        elif self.spec.sampler == "random":
+            per_window = sum(len(self.spec.random_params(s)) for s in self.spec.strategies)
         else:
             per_window = self.spec.budget * len(self.spec.strategies)
         return len(self.windows) * (per_window + len(self.spec.strategies))
+
+    def take_unasked(self) -> int:
+        """TPE trials of the budget a study could not ask since the last call (its space had
+        nothing new): not to be waited for (the progress total counted them)."""
+        unasked, self.unasked = self.unasked, 0
+        return unasked
 
     # --- TPE (Optuna's sampler, ask and tell) ---------------------------------------------------
 
@@ -170,8 +189,10 @@ class Planner:
             # seed, draws the logged trials' again): not run or counted twice, and left out of
             # its model (they were told once, from the log)
             study.tell(optuna_trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            return None  # the space has nothing new to give
+        else:  # the space has nothing new to give: the rest of the budget is not asked
+            self.unasked += self.spec.budget - asked
+            entry[1] = self.spec.budget
+            return None
         entry[1] = asked + 1
         pending[trial.key] = optuna_trial
         known.add(trial.key)
@@ -257,6 +278,16 @@ def run_sweep(
                 spec.train_days + spec.test_days,
             )
     planner = Planner(spec, windows, data_hashes)
+    if spec.sampler == "random":
+        for strategy in spec.strategies:
+            drawn = len(spec.random_params(strategy))
+            if drawn < spec.budget:
+                logger.warning(
+                    "{}: its space holds {} parameter sets, fewer than sweep.budget ({}): each runs once",
+                    strategy.name,
+                    drawn,
+                    spec.budget,
+                )
     log = TrialLog(out / "trials.jsonl")
     counts = Counts(total=planner.total())
     show = progress or (lambda counts: None)
@@ -313,6 +344,7 @@ def run_sweep(
             strategy = next(s for s in spec.strategies if s.name == group[1])
             if spec.sampler == "tpe":
                 trial = planner.ask(window, strategy, groups.get(group, []))
+                counts.total -= planner.take_unasked()
                 if trial is not None:
                     waiting[group] += 1
                     submit(trial)
@@ -347,6 +379,7 @@ def run_sweep(
                         continue
                     for _ in range(max(1, workers or 2)):  # a few in flight at once
                         asked = planner.ask(window, strategy, groups[group])
+                        counts.total -= planner.take_unasked()
                         if asked is None:
                             break
                         waiting[group] += 1
@@ -380,6 +413,10 @@ def run_sweep(
     records.sort(key=lambda r: (r["window"], r["phase"] != "train", r["strategy"]))
     write_table(rows(records, spec, out), out)
     document = summary(spec, windows, records)
+    hashes = dict(data_hashes, spec=file_sha256(spec.path))
+    if spec.base_config is not None:
+        hashes["base_config"] = file_sha256(spec.base_config)
+    document["spec"] = provenance(spec, hashes, base.symbols[0])
     write_json(out / "sweep.json", document)
     _write_page(out)
     return SweepResult(out, counts, document)

@@ -5,6 +5,7 @@ before anything runs: every problem is one line naming the key (`SpecError`, exi
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
 import tomllib
@@ -119,10 +120,37 @@ class SweepSpec:
         return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]  # type: ignore[arg-type]
 
     def random_params(self, strategy: StrategySpace) -> list[dict[str, Any]]:
-        """`budget` parameter sets drawn with the spec's seed (the random sampler): the same sets
-        in every window, so windows compare like with like."""
+        """`budget` distinct parameter sets drawn with the spec's seed (the random sampler): the
+        same sets in every window, so windows compare like with like. A set drawn again is drawn
+        anew (found by an audit: two trials of one backtest, one trial id, two rows in the table);
+        a space with fewer sets than the budget gives each once (`space_size`)."""
         rng = random.Random(f"{self.seed}:{strategy.name}")
-        return [{n: _draw(rng, d) for n, d in strategy.space.items()} for _ in range(self.budget)]
+        wanted = min(self.budget, space_size(strategy.space))
+        drawn: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        # a bound for a list that repeats a value (its size counted it twice): never met otherwise
+        for _ in range(100 * self.budget + 10_000):
+            if len(drawn) >= wanted:
+                break
+            params = {n: _draw(rng, d) for n, d in strategy.space.items()}
+            mark = json.dumps(params, sort_keys=True, default=str)
+            if mark not in seen:
+                seen.add(mark)
+                drawn.append(params)
+        return drawn
+
+
+def space_size(space: Mapping[str, Domain]) -> float:
+    """How many parameter sets a space holds (inf with a range of floats)."""
+    size = 1.0
+    for domain in space.values():
+        if isinstance(domain, tuple):
+            size *= len(domain)
+        elif domain.integer:
+            size *= max(0, math.floor(domain.high) - math.ceil(domain.low) + 1)
+        else:
+            return math.inf
+    return size
 
 
 def _draw(rng: random.Random, domain: Domain) -> Any:
@@ -370,6 +398,10 @@ def _strategies(
                 )
                 continue
             if isinstance(domain, list) and domain and all(_scalar(v) for v in domain):
+                twice = [v for k, v in enumerate(domain) if v in domain[:k]]
+                if twice:  # a trial twice over (one trial id, two rows of the table)
+                    problems.append(f"{key}: {_toml(twice[0])} is listed twice; list each value once")
+                    continue
                 space[name] = tuple(domain)
             elif isinstance(domain, dict) and sampler != "grid":
                 low, high = domain.get("low"), domain.get("high")
