@@ -280,6 +280,33 @@ def test_risk_sizing_is_risk_pct_of_equity_over_the_stop_distance(tmp_path: Path
     assert _approved(desk.check(_entry("buy", stop=PRICE - 70), T0)).qty == 1.4285
 
 
+def test_a_resting_limit_entry_is_sized_from_its_limit_price(tmp_path: Path) -> None:
+    """A limit entry fills at its limit (resting) or at the market (marketable): the risk per unit
+    is from that price to the stop. Decided at 60,000, a buy limit at 59,500 with its stop at
+    59,000 risks 500 a unit: 1 % of 10,000 = 100 USDT over 500 = 0.2 BTC (it was sized over the
+    1,000 from the decision price: 0.1, half the risk asked)."""
+    _, desk = _gate(tmp_path, *LOOSE_CAPS, "risk.risk_per_trade_pct=1")
+
+    def limit(side: str, at: float, stop: float) -> float:
+        intent = OrderIntent(
+            T0,
+            side,
+            0.001,
+            PRICE,
+            reason="entry",
+            order_type="limit",
+            limit_price=at,
+            stop_price=stop,  # type: ignore[arg-type]
+        )
+        return _approved(desk.check(intent, T0)).qty
+
+    assert limit("buy", PRICE - 500, PRICE - 1000) == pytest.approx(0.2)
+    assert limit("sell", PRICE + 500, PRICE + 1000) == pytest.approx(0.2)
+    # marketable (a buy limit above the price, a sell below): it fills at the market, 1,000 away
+    assert limit("buy", PRICE + 500, PRICE - 1000) == pytest.approx(0.1)
+    assert limit("sell", PRICE - 500, PRICE + 1000) == pytest.approx(0.1)
+
+
 def test_risk_sizing_follows_equity(tmp_path: Path) -> None:
     _, desk = _gate(tmp_path, *LOOSE_CAPS, *NO_LOSS_STOPS, "risk.risk_per_trade_pct=1", "broker.leverage=10")
     _open_long(desk, 1.0)

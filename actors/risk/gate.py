@@ -468,7 +468,14 @@ class RiskGate:
     def _size(self, intent: OrderIntent, account: AccountSnapshot) -> float | Rejection:
         c = self.config
         equity = account.equity
+        # the price the entry is expected to fill at: a limit's limit when it rests (a buy below
+        # the decision price, a sell above), else the decision price (found by an audit: a buy
+        # limit at 98 with its stop at 96, decided at 100, was sized for a risk of 4 per unit, not
+        # 2: half the risk asked; no shipped strategy decides off its limit price)
         price = intent.decision_price
+        limit = intent.limit_price
+        if intent.order_type == "limit" and limit is not None:
+            price = min(price, limit) if intent.side == "buy" else max(price, limit)
         fixed = c.sizing != "risk"
         if not fixed and intent.stop_price is not None and abs(price - intent.stop_price) > 0:
             wanted = equity * c.risk_per_trade_pct / 100 / abs(price - intent.stop_price)
