@@ -137,10 +137,32 @@ async def run_watchdog(
 
     async def kill_switch_poll(path: Path) -> None:
         at_start = True
+        unseen: str | None = None  # why the path cannot be looked at (said once until it can)
         while True:
             # a stat() is microseconds: checked inline, since a worker thread would let a test's
             # autojump clock run ahead while it waits
-            if path.exists():  # noqa: ASYNC240
+            try:
+                present = path.exists()  # noqa: ASYNC240
+            except OSError as exc:
+                # found by an audit: Path.exists raises for EACCES, EIO, ESTALE, ... and the poll's
+                # exception ended the session in an error with a traceback, at its start when the
+                # path could not be looked at then (the start lets such a path run)
+                present = False
+                why = exc.strerror or type(exc).__name__
+                if unseen != why:
+                    logger.warning(
+                        "kill switch {} cannot be looked at ({}): a file there is not seen until it can "
+                        "be (looked for again {:g} times a second; SIGTERM or Ctrl-C stop the session)",
+                        path,
+                        why,
+                        1 / KILL_SWITCH_POLL_S,
+                    )
+                unseen = why
+            else:
+                if unseen is not None:
+                    logger.info("kill switch {} can be looked at again", path)
+                    unseen = None
+            if present:
                 if at_start:  # found by an audit: a file left from an earlier stop ended every start at once
                     logger.warning(
                         "kill switch {} was already there at the start: the session stopped at once "

@@ -105,6 +105,60 @@ async def test_kill_switch_stops_within_a_second_flat(tmp_path: Path, autojump_c
     assert report["open_positions"] == []
 
 
+def _unreadable_folder() -> Path | None:
+    """A folder whose entries cannot be looked at (EACCES even for root in a container: another
+    process's root), or None on a machine where it can."""
+    folder = Path("/proc/1/root")
+    try:
+        (folder / "kill.txt").exists()
+    except PermissionError:
+        return folder
+    return None
+
+
+async def test_a_kill_switch_that_cannot_be_looked_at_is_warned_of_and_seen_once_it_can(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Found by an audit: the watchdog's `Path.exists` raised (EACCES, EIO, ...) and the session
+    ended at once in an error with a traceback (the start lets such a path run). Now it is warned
+    of once, and a file there stops the session once the path can be looked at again."""
+    from actors import logs
+
+    unreadable = _unreadable_folder()
+    if unreadable is None:
+        pytest.skip("no folder here whose entries raise PermissionError")
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "switch"
+    link.symlink_to(unreadable)
+    config = make_config(tmp_path, *TRADES_OFTEN, f"session.kill_switch={link / 'kill.txt'}", duration_min=10)
+    result_box = []
+
+    async def mend_then_touch() -> None:
+        await trio.sleep(50)
+        link.unlink()  # inline: a thread would let the autojump clock run ahead
+        link.symlink_to(real, target_is_directory=True)
+        await trio.sleep(50)
+        (real / "kill.txt").touch()
+
+    logs.configure("INFO")
+    try:
+        t0 = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mend_then_touch)
+            result_box.append(await run_session(config, handle_signals=False, progress_mode="off"))
+    finally:
+        logs.configure()
+    report = read_report(result_box[0].run_path)
+    assert (report["status"], report["stop_reason"], report["errors"]) == ("ok", "kill_switch", 0)
+    assert 100 <= trio.current_time() - t0 <= 101
+    assert report["open_positions"] == []
+    err = capfd.readouterr().err
+    assert err.count("cannot be looked at (Permission denied)") == 1, err[-2000:]
+    assert "can be looked at again" in err
+    assert "Traceback" not in err
+
+
 async def test_actor_failure_ends_in_error_with_report(
     tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
