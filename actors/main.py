@@ -587,6 +587,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         # exit at once. As PID 1 in a container the default action of SIGTERM is none at all, so
         # without this handler a `podman stop` during start-up would wait out its timeout.
         signal.signal(signal.SIGTERM, _terminate)
+        # Ctrl-C alike, exit 130 (found by an audit: a KeyboardInterrupt traceback, e.g. while the
+        # start waited for another start's lock); left alone when the shell had it ignored (a
+        # background job's): Python keeps that
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _terminate)
     env = os.environ if env is None else env
     secrets.install(env)  # before anything can print: every secret of env is scrubbed from output
     os.umask(0o077)  # state at rest: run folders 0700, files 0600

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -104,3 +106,50 @@ def test_signal_stops_flat(tmp_path: Path, signum: signal.Signals) -> None:
     assert report["status"] == "ok"
     assert report["open_positions"] == []
     assert "Traceback" not in err
+
+
+def _opened(pid: int, path: Path) -> bool:
+    """Whether process `pid` has `path` open (its start waits on that lock from then on)."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if Path(os.readlink(fd)) == path:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_start_up_exits_at_once_without_a_traceback(
+    tmp_path: Path, signum: signal.Signals, code: int
+) -> None:
+    """A signal while the start waits for another start's lock (README, Stopping a session): exit
+    at once, 128 + the signal, one process's worth of nothing written. Found by an audit: Ctrl-C
+    there printed a KeyboardInterrupt traceback and the process died of SIGINT."""
+    run_dir = tmp_path / "runs"
+    run_dir.mkdir()
+    lock = run_dir / ".start.lock"
+    with lock.open("w") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # another start deciding
+        proc = _start(tmp_path, "--duration", "1")
+        try:
+            deadline = time.monotonic() + 30
+            while not _opened(proc.pid, lock):
+                assert proc.poll() is None and time.monotonic() < deadline, "the start never waited"
+                time.sleep(0.01)
+            sent = time.monotonic()
+            proc.send_signal(signum)
+            _, err = proc.communicate(timeout=10)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == code, err
+    assert took < 5
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert [p.name for p in run_dir.iterdir()] == [".start.lock"]  # no run folder
