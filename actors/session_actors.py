@@ -159,12 +159,18 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
                         sink.send_nowait(event)
                 latest = _Latest(console=recorder.console)
                 stop_again: StopSession | None = None
+                # the stop a resumed session was given before this process (its risk gate's, or its
+                # planned end passed while it was down): the session's reason whatever comes while
+                # it waits for the market's next quote (`decided`)
+                decided: tuple[str, str] | None = None
                 # a risk stop the process died in keeps its reason, even restarted after the planned
                 # end (found by an audit: a max_trades stop was then reported as `duration`)
                 if plan.mode == "live" and resumed_at is not None and parts.gate.stop_reason is not None:
                     stop_again = _stop_again(parts, latest, resumed_at, sink)
+                    decided = (stop_again.reason, stop_again.detail)
                 elif plan.mode == "live" and resumed_at is not None and resumed_at >= timeline.end_ts:
                     _close_at_the_next_quote(parts, latest, resumed_at, config.feed.connect_timeout_s, sink)
+                    decided = ("duration", f"{timeline.duration_s:g} s reached")
                 if plan.mode == "live":  # at once: a crash from here on resumes this session
                     sink.checkpoint({"session": attrs.asdict(timeline), "parts": parts.state()})
                 status = await _supervise(
@@ -191,7 +197,18 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
                 )
                 if status == "error" or stopper.ts is None:
                     ended = max(ended, clock.now())
-                reason = stopper.reason or "feed_ended"
+                reason, detail = stopper.reason or "feed_ended", stopper.detail
+                if decided is not None and reason in ("signal", "kill_switch") and reason != decided[0]:
+                    # found by an audit: a SIGTERM (or the kill switch) while the resumed session
+                    # waited for a quote to close at (or taken as it started) ended the wait, and
+                    # the report said `signal` for a session stopped on max_loss before its crash
+                    logger.info(
+                        "{} ({}) ended the wait for the market's next quote: the session stops for {}",
+                        reason,
+                        detail,
+                        decided[0],
+                    )
+                    reason, detail = decided
                 if plan.mode == "replay" and reason == "duration":
                     reason = end_reason(plan)
                 if reason == "storage":
@@ -204,7 +221,7 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
                     ended,
                     status,
                     reason,
-                    stopper.detail,
+                    detail,
                     health.down_s(ended),
                     session.data_gaps(ended),
                     session.data_skipped(),

@@ -246,6 +246,62 @@ async def test_a_session_that_died_after_its_risk_stop_stops_again_at_its_resume
     assert [e["reason"] for e in after if e["kind"] == "order.submitted"] == ["flatten_on_exit"]
 
 
+@pytest.mark.parametrize("interrupted_by", ["SIGTERM", "kill switch"])
+@pytest.mark.parametrize("restarted", ["before its planned end", "after its planned end"])
+async def test_a_signal_or_the_kill_switch_at_a_resume_after_a_risk_stop_keeps_its_reason(
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    restarted: str,
+    interrupted_by: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by an audit: a session that died after its risk gate stopped it (max_loss) stops
+    again at its resume, waiting for the market's next quote to close at; a SIGTERM (here: one
+    that came while the CLI started it, taken as the session starts) or the kill switch ended that
+    wait, and the report said `signal` / `kill_switch`: the max_loss stop was lost from the
+    record. It ends the wait (the session stops at once) and the reason stays max_loss."""
+    import os
+    import signal
+
+    from actors import clock as clock_module
+    from actors import signals
+    from actors.plan import Plan
+
+    config = make_config(tmp_path, *STOPS_ON_MAX_LOSS, duration_min=2)
+    first = await run_session(config, handle_signals=False, progress_mode="off")
+    assert read_report(first.run_path)["stop_reason"] == "max_loss"
+    for name in ("final_report.json", "metrics.json", "report.html"):
+        (first.run_path / name).unlink()
+    if restarted == "after its planned end":  # the resumed process's clock: 3 minutes on
+        monkeypatch.setattr(clock_module, "time", SimpleNamespace(time=lambda: time.time() + 180))
+    handlers = {signum: signal.getsignal(signum) for signum in signals.SIGNALS}
+    try:
+        if interrupted_by == "SIGTERM":  # as the CLI holds it (actors/main.py) until the session listens
+            signals.hold_signals()
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while not signals._held:  # the handler runs in this thread at its next bytecode
+                assert time.monotonic() < deadline, "SIGTERM not delivered"
+        else:
+            Path(config.session.kill_switch).touch()  # noqa: ASYNC240 (before the session)
+        t0 = trio.current_time()
+        second = await run_session(
+            config, plan=Plan(resume=first.run_path), handle_signals=True, progress_mode="off"
+        )
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        signals._held.clear()
+        signals._ended.clear()
+    assert trio.current_time() - t0 < 5
+    report = read_report(second.run_path)
+    assert (report["status"], report["stop_reason"], report["open_positions"]) == ("ok", "max_loss", [])
+    stopped = read_events(second.run_path)[-1]
+    assert stopped["kind"] == "session.stopped"
+    assert stopped["detail"].endswith("(stopped again at the resume)")
+    assert second.exit_code == 0
+
+
 async def test_a_resume_lists_the_fills_it_discarded_and_never_gives_their_ids_again(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
