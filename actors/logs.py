@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from datetime import datetime
@@ -43,6 +44,59 @@ _run_log = RunLog()
 def _to_stderr(message: str) -> None:
     sys.stderr.write(message)
     sys.stderr.flush()
+
+
+class QuietWhenGone:
+    """The process's stdout or stderr, for the CLI (`guard_console`): once a write or a flush fails
+    (the terminal hung up, EIO; the pipe's reader gone, EPIPE: `... | tee` stopped by the same
+    Ctrl-C), its descriptor is pointed at /dev/null and the program carries on without a console.
+    Found by an audit: the first line after the failure raised out of the recorder or the
+    progress panel, and the session died without its flatten or its report, holding its position.
+    Everything else is the stream's own (`isatty`, `fileno`, `encoding`, ...)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.gone: str | None = None  # why the console went away
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except OSError as exc:
+            self._away(exc)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            self._away(exc)
+
+    def _away(self, exc: OSError) -> None:
+        if self.gone is None:
+            self.gone = exc.strerror or type(exc).__name__
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                try:
+                    os.dup2(null, self._stream.fileno())
+                finally:
+                    os.close(null)
+            except (OSError, ValueError):
+                return
+        # what the stream still held goes to /dev/null (nothing fails at the exit's flush)
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def guard_console() -> None:
+    """The CLI, first thing: stdout and stderr that go quiet when their reader is gone
+    (`QuietWhenGone`); the run folder's `session.log` keeps every line."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, QuietWhenGone):
+            setattr(sys, name, QuietWhenGone(stream))
 
 
 def escape(text: str, keep_lines: bool = False) -> str:

@@ -583,6 +583,7 @@ def _config(args: argparse.Namespace, flags: dict[str, tuple[Any, str]], env: Ma
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """The CLI; `env`: the environment (None: the process's)."""
     if argv is None:  # the process's own CLI (not a test calling main)
+        logs.guard_console()  # a console gone (hung up, a closed pipe) never stops the session
         # SIGTERM before the session listens for it (trio's signal receiver, actors/watchdog.py):
         # exit at once. As PID 1 in a container the default action of SIGTERM is none at all, so
         # without this handler a `podman stop` during start-up would wait out its timeout.

@@ -153,3 +153,35 @@ def test_a_signal_during_start_up_exits_at_once_without_a_traceback(
     assert took < 5
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert [p.name for p in run_dir.iterdir()] == [".start.lock"]  # no run folder
+
+
+def test_a_console_gone_before_the_stop_still_ends_flat_with_the_report(tmp_path: Path) -> None:
+    """`... 2>&1 | tee out` stopped by one Ctrl-C (the terminal sends it to tee too), a terminal
+    hung up, a log reader that died: the session's next console line fails (EPIPE, EIO). Found by
+    an audit: that line raised out of the recorder or the progress panel, and the session died
+    without its flatten or its report (exit 1), holding its position. Here the pipe's reader goes
+    once a fill is on disk, then SIGTERM: exit 0, flat, the report written, the folder valid."""
+    from tools.validate_session import validate
+
+    proc = _start(tmp_path, "--duration", "5", "--set", "observability.progress=plain")
+    events = tmp_path / "runs" / "latest" / "events.jsonl"
+    try:
+        deadline = time.monotonic() + 30
+        while not (events.exists() and '"order.filled"' in events.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "no fill"
+            time.sleep(0.02)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # the reader is gone: the next line the session writes fails (EPIPE)
+        proc.stderr.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    run = (tmp_path / "runs" / "latest").resolve()
+    report = _report(tmp_path)
+    assert (report["status"], report["stop_reason"], report["open_positions"]) == ("ok", "signal", [])
+    assert read_events(run)[-1]["kind"] == "session.stopped"
+    assert validate(run) == []
