@@ -1,4 +1,5 @@
-"""SIGINT and SIGTERM: the session's for its whole life, on either runtime (no trio here).
+"""SIGINT and SIGTERM (and SIGHUP, the terminal closed, unless `nohup` ignores it): the
+session's for its whole life, on either runtime (no trio here).
 
 The first signal stops the session (`stop_reason = "signal"`, its name the detail), with its
 flatten and its report; every later one is logged once ("already stopping, flattening") and
@@ -26,6 +27,16 @@ from typing import Any, Protocol, Self
 from loguru import logger
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The terminal closed (an ssh connection lost, its window shut): SIGHUP, whose default action ended
+# the process like a SIGKILL, holding its position, no report (found by an audit). It stops the
+# session as SIGINT and SIGTERM do, unless the process started with it ignored (`nohup`: it is
+# meant to outlive its terminal, and does).
+HANGUP = signal.SIGHUP
+
+
+def _ours() -> tuple[int, ...]:
+    """The signals a session listens to: SIGINT, SIGTERM and, unless ignored, SIGHUP."""
+    return (*SIGNALS, HANGUP) if signal.getsignal(HANGUP) is not signal.SIG_IGN else SIGNALS
 
 
 class Repeats(Protocol):
@@ -48,7 +59,7 @@ def hold_signals() -> None:
     SIGTERM are held (noted, nothing else) while no session listens to them. A session starting
     takes those that came before it; those that come after its report is written are ignored (it
     is stopping already), so the process always ends with the exit code of the first reason."""
-    for signum in SIGNALS:
+    for signum in _ours():
         signal.signal(signum, _hold)
 
 
@@ -60,7 +71,7 @@ def late_signals() -> None:
     signals are not held (`hold_signals` was not called: a test calling the CLI's `main`)."""
     if signal.getsignal(signal.SIGTERM) is not _hold:
         return
-    for signum in SIGNALS:
+    for signum in _ours():
         signal.signal(signum, signal.SIG_IGN)
     if _held and _ended:
         _ended[-1].repeated(signal.Signals(_held[0]).name)
@@ -69,7 +80,7 @@ def late_signals() -> None:
 def listen(handler: Callable[[int, FrameType | None], None]) -> tuple[dict[int, Any], list[int]]:
     """A session starts listening: `handler` for SIGINT and SIGTERM; returns the handlers found
     (for `release`) and the signals held before it listened, which it takes (it stops at once)."""
-    previous: dict[int, Any] = {int(signum): signal.signal(signum, handler) for signum in SIGNALS}
+    previous: dict[int, Any] = {int(signum): signal.signal(signum, handler) for signum in _ours()}
     taken = _held[:]
     _held.clear()
     return previous, taken

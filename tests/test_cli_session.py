@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,3 +188,94 @@ def test_a_console_gone_before_the_stop_still_ends_flat_with_the_report(tmp_path
     assert (report["status"], report["stop_reason"], report["open_positions"]) == ("ok", "signal", [])
     assert read_events(run)[-1]["kind"] == "session.stopped"
     assert validate(run) == []
+
+
+def _holding(tmp_path: Path, proc: subprocess.Popen[Any]) -> None:
+    """Until a fill is on disk (from then on the session may hold a position)."""
+    events = tmp_path / "runs" / "latest" / "events.jsonl"
+    deadline = time.monotonic() + 30
+    while not (events.exists() and '"order.filled"' in events.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "no fill"
+        time.sleep(0.02)
+
+
+def test_the_terminal_closing_stops_the_session_flat_with_its_report(tmp_path: Path) -> None:
+    """A session on a terminal (a pty, its controlling terminal, the panel drawn by rich) whose
+    terminal hangs up: an ssh connection lost, its window closed. Found by an audit: SIGHUP's
+    default action ended the process as a SIGKILL would, holding its position, no report (exit
+    -1). It stops as a SIGTERM does: flat, its report, exit 0 (the dead terminal let go)."""
+    import termios
+
+    from tools.validate_session import validate
+
+    master, slave = os.openpty()
+
+    def controlling_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    sets = [a for s in TRADES_OFTEN for a in ("--set", s)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "actors.main", "--config", str(REPO / "config" / "live.toml"), "--source",
+         "mock", "--run-dir", str(tmp_path / "runs"), *sets, "--duration", "5"],
+        cwd=tmp_path, env=cli_env(), stdin=slave, stdout=slave, stderr=slave,
+        start_new_session=True, preexec_fn=controlling_terminal,
+    )  # fmt: skip
+    os.close(slave)
+    drained = threading.Thread(target=_drain, args=(master,), daemon=True)
+    drained.start()
+    try:
+        _holding(tmp_path, proc)
+        os.close(master)  # the terminal hangs up: SIGHUP to its session's foreground processes
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    run = (tmp_path / "runs" / "latest").resolve()
+    report = _report(tmp_path)
+    assert (report["status"], report["stop_reason"], report["open_positions"]) == ("ok", "signal", [])
+    stopped = read_events(run)[-1]
+    assert (stopped["kind"], stopped["detail"]) == ("session.stopped", "SIGHUP")
+    assert validate(run) == []
+
+
+def _drain(fd: int) -> None:
+    """Read a pty's output until it closes (a terminal that is read keeps its writer going)."""
+    with contextlib.suppress(OSError):
+        while os.read(fd, 65536):
+            pass
+
+
+def test_under_nohup_a_hangup_is_ignored(tmp_path: Path) -> None:
+    """`nohup` (SIGHUP ignored from the start): the session is meant to outlive its terminal and
+    does; a SIGTERM then stops it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "actors.main", "--config", str(REPO / "config" / "live.toml"), "--source",
+         "mock", "--run-dir", str(tmp_path / "runs"), *[a for s in TRADES_OFTEN for a in ("--set", s)],
+         "--duration", "5"],
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        _wait_started(tmp_path)
+        proc.send_signal(signal.SIGHUP)
+        events = tmp_path / "runs" / "latest" / "events.jsonl"
+        seen = events.read_text().count('"heartbeat"')
+        deadline = time.monotonic() + 30
+        while events.read_text().count('"heartbeat"') < seen + 2:  # it ran on past the SIGHUP
+            assert proc.poll() is None and time.monotonic() < deadline, "stopped by the SIGHUP"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    stopped = read_events(tmp_path / "runs" / "latest")[-1]
+    assert (stopped["kind"], stopped["stop_reason"], stopped["detail"]) == (
+        "session.stopped",
+        "signal",
+        "SIGTERM",
+    )

@@ -274,7 +274,7 @@ async def test_a_signal_or_the_kill_switch_at_a_resume_after_a_risk_stop_keeps_i
         (first.run_path / name).unlink()
     if restarted == "after its planned end":  # the resumed process's clock: 3 minutes on
         monkeypatch.setattr(clock_module, "time", SimpleNamespace(time=lambda: time.time() + 180))
-    handlers = {signum: signal.getsignal(signum) for signum in signals.SIGNALS}
+    handlers = {signum: signal.getsignal(signum) for signum in (*signals.SIGNALS, signals.HANGUP)}
     try:
         if interrupted_by == "SIGTERM":  # as the CLI holds it (actors/main.py) until the session listens
             signals.hold_signals()
