@@ -199,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quiet",
         action="store_true",
-        help="no console line per fill, per closed trade, per entry working or cancelled, or per fill "
-        "undone at a resume (events.jsonl and the report have them all; the progress, warnings, "
+        help="no console line per fill, per closed trade, per entry working or cancelled, per cross of "
+        "the strategies' positions (CROSSED), or per fill or cross undone at a resume (events.jsonl and "
+        "the report have them all; the progress, warnings, "
         "the resume alert naming undone fills, and the summary stay)",
     )
     p.add_argument(
