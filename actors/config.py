@@ -210,7 +210,12 @@ class SessionConfig:
         "1m", "candle interval: 1m, 5m, ... (the mock source also takes seconds, e.g. 5s)", _interval
     )
     run_dir: str = key("runs", "folder that receives one run folder per session", _path)
-    kill_switch: str = key("kill.txt", "a file at this path stops the session at once, flat", _path)
+    kill_switch: str = key(
+        "kill.txt",
+        "a file at this path stops a live session at once, flat (checked 4 times a second; backtests and "
+        "replays do not look for it); a directory there is refused at start",
+        _path,
+    )
     seed: int = key(
         42,
         "seed of the session's one random generator (mock prices, latency jitter)",
@@ -261,7 +266,8 @@ class FeedConfig:
     )
     stale_after_s: float = key(
         10.0,
-        "no data frame of any symbol for this long marks data stale and forces a reconnect; one "
+        "no data frame of any symbol for this long of waiting on the socket (then 0.5 s more, for frames "
+        "that came in while the process was held up) marks data stale and forces a reconnect; one "
         "symbol silent this long while others flow is stale alone",
         _num(ge=MIN_PERIOD_S, le=600),
     )
@@ -283,7 +289,7 @@ class FeedConfig:
         2.0,
         "a live candle closed from its bucket's last WebSocket push is taken from the exchange's REST "
         "klines if they show it closed within this many seconds (the pushes come every 500 ms and miss "
-        "the bucket's last trades); else it goes out as pushed, counted (0: never asked)",
+        "the bucket's last trades); else it goes out as pushed, counted (0: never asked; at most 30)",
         _num(ge=0, le=30),
     )
     max_jump_pct: float = key(
@@ -472,10 +478,18 @@ class StrategyConfig:
     )
     fast_period: int = key(9, "fast EMA period, candles", _num(ge=1, le=1000))
     slow_period: int = key(21, "slow EMA period, candles (must be > fast_period)", _num(ge=2, le=1000))
-    history: int = key(200, "closed candles kept in memory (bounded)", _num(ge=2, le=10000))
+    history: int = key(
+        200,
+        "closed candles kept in memory, and seeded at start (live and mock); at least the strategy's "
+        "warm-up (ema_cross: slow_period)",
+        _num(ge=2, le=10000),
+    )
     order_qty: float = key(0.001, "size of each entry with risk.sizing = 'fixed', BTC", _num(gt=0))
     stop_loss_pct: float = key(
-        0.5, "protective stop-loss distance from entry, percent (0: none)", _num(ge=0, le=50)
+        0.5,
+        "protective stop-loss distance from entry, percent (0: none, which needs risk.sizing = 'fixed': "
+        "risk sizing sizes by the stop)",
+        _num(ge=0, le=50),
     )
     take_profit_pct: float = key(
         1.0, "take-profit distance from entry, percent (0: none)", _num(ge=0, le=100)
@@ -576,7 +590,9 @@ class ObservabilityConfig:
         5.0, "alerts: timeout of one webhook request, seconds", _num(ge=MIN_PERIOD_S, le=60)
     )
     webhook_attempts: int = key(
-        4, "alerts: tries per webhook message (retried with backoff on errors and 5xx)", _num(ge=1, le=10)
+        4,
+        "alerts: tries per webhook message (retried with backoff after network errors, HTTP 429 and 5xx)",
+        _num(ge=1, le=10),
     )
 
 

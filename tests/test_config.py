@@ -28,6 +28,29 @@ def test_default_toml_documents_every_key() -> None:
             assert lines[i - 1].startswith("# "), f"{section}.{key} has no comment"
 
 
+def test_default_toml_comments_are_the_schemas_docs() -> None:
+    """Each key's comment in config/default.toml (its lines joined) is the key's documentation in the
+    schema (`actors.config.key`, what `documented_toml` writes): found by a docs audit, the two
+    had drifted apart (feed.stale_after_s), so one of them said less than the other."""
+    from actors.config import section_fields
+
+    lines = (REPO / "config" / "default.toml").read_text().splitlines()
+    section, differ = "", []
+    for n, line in enumerate(lines):
+        if line.startswith("[") and line.endswith("]"):
+            section = line.strip("[]")
+        elif section and " = " in line and not line.startswith("#"):
+            name = line.split(" = ", 1)[0]
+            start = n
+            while start > 0 and lines[start - 1].startswith("# "):
+                start -= 1
+            comment = " ".join(c[2:] for c in lines[start:n])
+            doc = section_fields(section)[name].metadata["rule"].doc
+            if comment != doc:
+                differ.append(f"{section}.{name}: {comment!r} in the file, {doc!r} in the schema")
+    assert differ == []
+
+
 @pytest.mark.parametrize("name", ["live.toml", "default.toml"])
 def test_shipped_configs_load_unmodified(name: str) -> None:
     load(REPO / "config" / name)
