@@ -180,3 +180,28 @@ def test_every_console_line_is_in_the_readme() -> None:
     quiet = next(line for line in README.splitlines() if line.startswith("| `--quiet`"))
     assert [tag for tag in sorted(tags) if f"`{tag}" not in README] == []
     assert [tag for tag in ("CROSSED", "UNDONE") if f"`{tag}`" not in quiet] == []
+
+
+def test_the_keys_said_to_be_at_least_a_tenth_are() -> None:
+    """The Keys section names the keys that pace a loop or bound a wait, at least 0.1 each: found by
+    a docs audit, "the other `feed.*_s` keys" took in `feed.confirm_candle_s`, which takes 0 (off)
+    and anything up to 30."""
+    from actors.config import ConfigError, load
+
+    text = README.split("\n### Keys", 1)[1].split("\n| key |", 1)[0]
+    but = text.split(" but ", 1)[1].split(")", 1)[0] if " but " in text else ""
+    exceptions = set(re.findall(r"`([a-z_]+\.[a-z_]+)`", but))
+    named = set(re.findall(r"`([a-z_]+\.[a-z_]+)`", text)) - exceptions
+    assert "the other `feed.*_s` keys" in text
+    named |= {f"feed.{key}" for key in to_dict(Config())["feed"] if key.endswith("_s")} - exceptions
+    assert {"observability.heartbeat_s", "feed.stale_after_s", "state.checkpoint_interval_s"} <= named
+    below = []
+    for key in sorted(named):
+        try:
+            load(None, {}, [f"{key}=0.09"])
+        except ConfigError:
+            continue
+        below.append(key)
+    assert below == []  # none takes less than 0.1
+    for key in exceptions:  # and what the README excepts does
+        load(None, {}, [f"{key}=0"])
