@@ -205,3 +205,11 @@ def test_the_keys_said_to_be_at_least_a_tenth_are() -> None:
     assert below == []  # none takes less than 0.1
     for key in exceptions:  # and what the README excepts does
         load(None, {}, [f"{key}=0"])
+
+
+def test_every_template_is_in_the_configuration_section() -> None:
+    """Found by a docs audit: three_symbols.toml was missing from the section's list of templates."""
+    section = README.split("## Configuration", 1)[1].split("\n### ", 1)[0]
+    templates = sorted(p.stem for p in (REPO / "config" / "templates").glob("*.toml"))
+    assert len(templates) >= 7
+    assert [t for t in templates if t not in section] == []
