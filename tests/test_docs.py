@@ -227,3 +227,15 @@ def test_every_module_is_on_the_map() -> None:
     ]
     assert len(modules) > 50
     assert [str(p.relative_to(REPO)) for p in modules if not re.search(rf"\b{p.stem}\b", text)] == []
+
+
+def test_the_field_names_the_run_folder_table_gives_are_the_codes() -> None:
+    """Every field (or value) name the run folder's `events.jsonl` and `metrics.csv` rows name is one
+    the code writes: a renamed field would leave its old name in the README."""
+    source = "\n".join(p.read_text() for top in ("actors", "protocols") for p in (REPO / top).rglob("*.py"))
+    for file in ("events.jsonl", "metrics.csv"):
+        row = next(line for line in README.splitlines() if line.startswith(f"| `{file}`"))
+        names = set(re.findall(r"`([a-z][a-z0-9_]*)`", row.split("|")[2]))
+        assert len(names) >= 3, file
+        stale = sorted(n for n in names if f'"{n}"' not in source and f"{n}=" not in source)
+        assert stale == [], file
