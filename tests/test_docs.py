@@ -239,3 +239,40 @@ def test_the_field_names_the_run_folder_table_gives_are_the_codes() -> None:
         assert len(names) >= 3, file
         stale = sorted(n for n in names if f'"{n}"' not in source and f"{n}=" not in source)
         assert stale == [], file
+
+
+def _flags_of_help(module: str) -> set[str]:
+    """The flags `python -m MODULE --help` lists (its parser is built inside its `main`)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
+    return set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*|-[a-z])\b", out)) - {"-h", "--help"}
+
+
+def test_the_healthcheck_and_report_flags_are_documented() -> None:
+    """Found by a docs audit: the flags of these tools were checked nowhere."""
+    for module in ("tools.healthcheck", "tools.report"):
+        flags = _flags_of_help(module)
+        assert flags, module
+        assert [f for f in sorted(flags) if f"`{f}" not in README and f"{f} " not in README] == [], module
+
+
+def test_the_fake_exchanges_flags_the_docs_name_exist() -> None:
+    """The fake exchange's switches the README and the runbook name are its parser's (its `--help`
+    lists the others)."""
+    from tools.fake_bitunix.server import _parser
+
+    flags = {opt for action in _parser()._actions for opt in action.option_strings}
+    docs = README + (REPO / "docs" / "RUNBOOK.md").read_text()
+    named = {
+        flag
+        for paragraph in docs.split("\n\n")
+        if "tools.fake_bitunix" in paragraph
+        for flag in re.findall(r"`(?:python -m tools\.fake_bitunix )?(--[a-z][a-z-]*)", paragraph)
+        if flag not in ("--source", "--set", "--config")  # the session's, pointed at it
+    }
+    assert {"--port", "--api-key", "--stall-symbol"} <= named
+    assert sorted(named - flags) == []
