@@ -276,3 +276,36 @@ def test_the_fake_exchanges_flags_the_docs_name_exist() -> None:
     }
     assert {"--port", "--api-key", "--stall-symbol"} <= named
     assert sorted(named - flags) == []
+
+
+def _allowed(key: str, sets: tuple[str, ...] = ()) -> str:
+    """What the loader says a key allows (its error for a value of no type), or "any path"."""
+    from actors.config import ConfigError, load
+
+    try:
+        load(None, {}, [*sets, f"{key}=bogus"])
+    except ConfigError as exc:
+        found = re.search(r"; expected (.*)$", str(exc).splitlines()[0])
+        assert found is not None, str(exc)
+        return found.group(1)
+    return "any path"
+
+
+def test_the_allowed_column_is_what_the_loader_allows() -> None:
+    """Each key's `allowed` column (the Keys table and the strategy parameter tables) is the range
+    the loader's exit-2 message gives for it (found by a docs audit: most keys' ranges were written
+    nowhere, e.g. `session.duration_min` at most 1440, `broker.leverage` 1 to 125)."""
+    tables = {(): README.split("\n### Keys", 1)[1].split("\n### ", 1)[0]}
+    for kind in ("trend_pullback", "liquidity_sweep"):
+        tables[(f"strategy.name={kind}",)] = README.split(f"`{kind}`'s parameters:", 1)[1].split("\n\n", 2)[1]
+    wrong = []
+    for sets, section in tables.items():
+        assert "| key | default | allowed | meaning |" in section
+        rows = re.findall(r"^\| `([a-z_]+\.[a-z0-9_]+)` \| [^|]* \| ([^|]*) \|", section, flags=re.M)
+        assert len(rows) >= 10
+        wrong += [
+            f"{key}: {text!r}, the loader: {_allowed(key, sets)!r}"
+            for key, text in rows
+            if text != _allowed(key, sets)
+        ]
+    assert wrong == []
