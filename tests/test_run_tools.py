@@ -391,7 +391,23 @@ def test_monitor_on_a_dead_backtest_says_it_cannot_be_resumed(tmp_path: Path) ->
     backtest = SessionView(tmp_path / "backtest-20240101T000000Z-s42")
     assert "cannot be resumed: the next start closes it as abandoned" in backtest.dead_line()
     live = SessionView(tmp_path / "20240101T000000Z-s42")
+    (live.run_path).mkdir()
+    (live.run_path / "checkpoint.json").write_text("{}")
     assert "Starting the same command again resumes it" in live.dead_line()
+
+
+def test_monitor_on_a_session_dead_before_its_first_checkpoint_says_it_cannot_be_resumed(
+    tmp_path: Path,
+) -> None:
+    """Found by a docs audit: a live session killed before its first checkpoint is closed as
+    abandoned by the next start (docs/START_HERE.md), but the monitor said the same command resumes it."""
+    from tools.monitor import SessionView
+
+    early = SessionView(tmp_path / "20240101T000000Z-s42")
+    early.run_path.mkdir()
+    line = early.dead_line()
+    assert "resumes it" not in line
+    assert "before its first checkpoint" in line and "closes it as abandoned" in line
 
 
 def test_monitor_follows_the_unfinished_live_session_past_a_backtests_latest(

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from actors.plan import BATCH_RUN_PREFIXES, is_unfinished, newest_live_run
+from actors.recording.abandon import has_checkpoint
 from protocols.instruments import table_instrument
 from tools.runfolder import EVENTS, REPORT, NotARunFolder, owner_alive, resolve_run
 
@@ -334,6 +335,11 @@ class SessionView:
         )
         if self.run_id.startswith(BATCH_RUN_PREFIXES):  # a backtest or replay keeps no checkpoint
             return gone + "It cannot be resumed: the next start closes it as abandoned; run it again"
+        if not has_checkpoint(self.run_path):  # (found by a docs audit: said to resume, it was closed)
+            return gone + (
+                "It died before its first checkpoint, so it cannot be resumed: the next start closes it as "
+                "abandoned and starts a new session (docs/START_HERE.md)"
+            )
         return (
             gone + "Starting the same command again resumes it (docs/START_HERE.md); --fresh starts a new one"
         )
