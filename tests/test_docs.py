@@ -279,16 +279,18 @@ def test_the_fake_exchanges_flags_the_docs_name_exist() -> None:
 
 
 def _allowed(key: str, sets: tuple[str, ...] = ()) -> str:
-    """What the loader says a key allows (its error for a value of no type), or "any path"."""
+    """What the loader says a key allows: its message for a value of no type (or, a path's, for
+    an empty one)."""
     from actors.config import ConfigError, load
 
-    try:
-        load(None, {}, [*sets, f"{key}=bogus"])
-    except ConfigError as exc:
-        found = re.search(r"; expected (.*)$", str(exc).splitlines()[0])
-        assert found is not None, str(exc)
-        return found.group(1)
-    return "any path"
+    for bad in ("bogus", ""):
+        try:
+            load(None, {}, [*sets, f"{key}={bad}"])
+        except ConfigError as exc:
+            found = re.search(r"; expected (.*)$", str(exc).splitlines()[0])
+            assert found is not None, str(exc)
+            return found.group(1)
+    raise AssertionError(f"{key} takes anything")
 
 
 def test_the_allowed_column_is_what_the_loader_allows() -> None:
