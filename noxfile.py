@@ -23,7 +23,11 @@ COMPILE = {"BTC_AGENTS_COMPILE": "1"}
 def session(s: nox.Session) -> None:
     """Run one paper-trading session on config/live.toml; extra args go to the CLI."""
     s.install("-e", ".")
-    s.run("python", "-m", "actors.main", "--config", "config/live.toml", *s.posargs)
+    # Ctrl-C reaches the session too (one process group): nox then waits for it to stop, flat, with
+    # its report. Nox's default sends SIGTERM 0.3 s after the Ctrl-C and SIGKILL 0.2 s after that
+    # (found by an audit): a stop still writing its report was killed, and the next start resumed
+    # the session and traded on. The session bounds its own stop (session.flatten_timeout_s).
+    s.run("python", "-m", "actors.main", "--config", "config/live.toml", *s.posargs, interrupt_timeout=None)
 
 
 @nox.session

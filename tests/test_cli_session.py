@@ -279,3 +279,25 @@ def test_under_nohup_a_hangup_is_ignored(tmp_path: Path) -> None:
         "signal",
         "SIGTERM",
     )
+
+
+def test_nox_session_waits_for_the_session_to_stop_after_a_ctrl_c() -> None:
+    """`nox -s session` (the README's first command): a Ctrl-C reaches nox and the session alike
+    (one process group); nox, by default, then sends the session SIGTERM 0.3 s later and SIGKILL
+    0.2 s after that, killing a stop still writing its report (the next start resumed the session
+    and traded on). Its `s.run` of the CLI must wait (`interrupt_timeout=None`: nox's
+    `shutdown_process` then waits for the child without a bound; the session bounds its own stop).
+    Read from noxfile.py's syntax tree: nox is not among the test dependencies."""
+    import ast
+
+    tree = ast.parse((REPO / "noxfile.py").read_text())
+    session = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "session")
+    runs = [
+        call
+        for call in ast.walk(session)
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "run"
+    ]
+    cli = [c for c in runs if any(isinstance(a, ast.Constant) and a.value == "actors.main" for a in c.args)]
+    assert len(cli) == 1, ast.dump(session)
+    timeout = {k.arg: k.value for k in cli[0].keywords}.get("interrupt_timeout")
+    assert isinstance(timeout, ast.Constant) and timeout.value is None, "nox would SIGKILL the stop"
