@@ -510,3 +510,22 @@ def test_state_round_trip_mid_run_gives_the_same_outputs(shared_data: Path) -> N
         got += run(after, candles[cut:])
         assert got == whole, cut
     assert len(signals(whole)) > 0
+
+
+def test_no_setup_whose_stop_would_be_at_or_below_zero() -> None:
+    """Found by an audit: a long's stop `stop_atr_mult` ATRs under the swept low could fall at or
+    below 0 (a wide ATR on a low price, a large multiple, `min_rr = 0`): a sell stop there never
+    triggers, and the position went out unprotected. The hand-built long with wide wicks: its
+    swing low over its ATR (both computed here) is the multiple at which the stop reaches 0."""
+    candles = long_sweep(wick=1.0)
+    b = build(wick=1.0)
+    atr = ref_atr(candles, 14)[-1]
+    assert atr is not None
+    at_zero = b.swing_low / atr  # ~47.5
+    below = run(strategy(min_rr=0.0, stop_atr_mult=at_zero * 0.99), candles)
+    (sig,) = signals(below)
+    assert sig["stop"] == pytest.approx(b.swing_low - at_zero * 0.99 * atr) and sig["stop"] > 0
+    assert len(intents(below)) == 1
+    assert run(strategy(min_rr=0.0, stop_atr_mult=at_zero * 1.01), candles) == []
+    # a short's stop is above its level, never at 0
+    assert len(signals(run(strategy(min_rr=0.0, stop_atr_mult=at_zero * 1.01), mirrored(candles)))) == 1

@@ -708,3 +708,21 @@ def test_an_atr_restored_from_its_state_goes_on_exactly_as_the_one_never_stopped
     resumed = Atr(3)
     resumed.restore(json.loads(json.dumps(first.state())))
     assert [resumed.update(*b) for b in bars[12:]] == expected[12:]  # exactly, not approximately
+
+
+def test_no_entry_whose_bracket_would_be_at_or_below_zero() -> None:
+    """Found by an audit: a short on a low price with a wide ATR (here a down-trend from 100 with
+    candles 21 wide) put its take-profit, 2R under the entry, below 0: a buy limit at a negative
+    price went to the broker with the entry (a long's stop at or below 0 was already refused).
+    With `target_r = 1` the same setup's target is above 0 and it enters."""
+    candles = trend(60, start=100.0, step=-1.0)
+    tight = run(strategy(target_r=1.0), candles)
+    f = signals(tight)[0].fields
+    risk = f["stop"] - f["entry"]  # a short: the stop above
+    assert f["direction"] == "short" and risk == pytest.approx(1.5 * f["atr"]) and f["atr"] > 20
+    assert f["target"] == pytest.approx(f["entry"] - risk) and f["target"] > 0
+    assert next(o.target_price for o in tight if isinstance(o, OrderIntent)) == f["target"]
+    # at 2R (the default) the first setup's target would be entry - 2 x risk, under 0: no entry
+    assert f["entry"] - 2 * risk < 0
+    outs = run(strategy(), candles)
+    assert [o for o in outs if isinstance(o, OrderIntent)] == [] and signals(outs) == []

@@ -27,7 +27,8 @@ said otherwise):
   candles' VWAP; issue 12 asks for the session's). No setup when the VWAP is not beyond the
   entry in the trade's direction (a long needs VWAP > close, a short VWAP < close): no room.
 - **Stop.** `stop_atr_mult` (0.5) × ATR(14) beyond the swept level: long swing low − 0.5 ATR,
-  short swing high + 0.5 ATR (ATR: the simple mean of the last 14 true ranges).
+  short swing high + 0.5 ATR (ATR: the simple mean of the last 14 true ranges). No setup when a
+  long's stop would be at or below 0 (a stop there could never trigger).
 - **Reward to risk.** No setup when the reward (close to VWAP) is less than `min_rr` (1.5) × the
   risk (close to stop): the original's `rr_min` (its supervisor refused every order under it; a
   VWAP a few dollars away is a trade the fees lose).
@@ -263,6 +264,8 @@ class LiquiditySweepStrategy:
             level = swing_high
             stop = level + p.stop_atr_mult * atr
         if abs(vwap - close) < p.min_rr * abs(close - stop):  # reward under min_rr x risk
+            return False
+        if not stop > 0:  # a long's stop at or below 0 could never trigger: the position unprotected
             return False
         self.setup = Setup(sweep, level, stop, vwap, atr, fast, slow, volume_mean)
         return not candle.backfill  # history warms up; it never trades

@@ -17,7 +17,8 @@ decided on the close of a candle; EMAs are of closes, seeded with the simple mea
   side (R = the stop distance) (`stop_atr_mult` 1.5, `atr_period` 14, `target_r` 2; 0: no target).
   They travel with the entry: the broker attaches them to its fill as a protective stop-market and
   a take-profit limit sized to the position, and the risk gate sizes the entry from the limit price
-  and the stop (`risk.sizing = "risk"`; with "fixed", `strategy.order_qty`).
+  and the stop (`risk.sizing = "risk"`; with "fixed", `strategy.order_qty`). No entry when the stop
+  (a long's) or the target (a short's) would be at or below 0: no such order can rest.
 - **Expiry.** The entry works for 24 candles after the signal candle (`entry_expiry_candles`): at
   the close of the 24th, still flat, the strategy lets it go (a `signal` event, direction
   `expire`) and may take the next setup. The entry carries that time as its good-till
@@ -293,7 +294,10 @@ class TrendPullback:
         risk = p.stop_atr_mult * atr
         stop = entry - sign * risk
         target = entry + sign * p.target_r * risk if p.target_r > 0 else None
-        if not stop > 0:
+        if not stop > 0 or (target is not None and not target > 0):
+            # a long's stop, or a short's target, at or below 0 (wide ATRs on a low price, or large
+            # stop_atr_mult and target_r): no such order can rest on the market (found by an audit:
+            # a short's take-profit went to the broker at -288,638.6)
             return []
         side: Side = "buy" if long else "sell"
         signal = self._event(
