@@ -726,3 +726,31 @@ def test_no_entry_whose_bracket_would_be_at_or_below_zero() -> None:
     assert f["entry"] - 2 * risk < 0
     outs = run(strategy(), candles)
     assert [o for o in outs if isinstance(o, OrderIntent)] == [] and signals(outs) == []
+
+
+def test_an_entry_its_broker_cancelled_across_a_gap_frees_it_without_expire() -> None:
+    """The broker cancels at the good-till (time), the strategy counts candles: across a gap in the
+    data longer than the entry's 24 minutes, the entry is gone at the first candle after it; the
+    strategy, flat with no order, takes the next setup there without an `expire` (docstring)."""
+    candles = trend(80)
+    after_gap = [c._replace(open_ts=c.open_ts + 3600.0) for c in candles[50:]]  # an hour missing
+    s, view = strategy(), BrokerView()
+    first = [out for c in candles[:50] for out in view.feed(s, c)]
+    assert [e.fields["candle_open_ts"] for e in signals(first)] == [candles[49].open_ts]
+    good_till = candles[49].open_ts + 60 * 25
+    assert after_gap[0].close_ts > good_till  # the broker has cancelled it
+    outs = view.feed(s, after_gap[0])
+    assert signals(outs, "expire") == [] and len(signals(outs)) == 1
+
+
+def test_with_an_expiry_of_one_candle_a_refused_entry_is_said_to_expire() -> None:
+    """`entry_expiry_candles = 1`: the next close is the expiry, so an entry the risk gate refused
+    (the account never shows it working) is let go there with `expire`, `still_working` false,
+    and the next is placed at that close (docstring)."""
+    candles = trend(60)
+    outs = run(strategy(entry_expiry_candles=1), candles, FLAT)
+    placed = signals(outs)
+    expired = signals(outs, "expire")
+    assert len(placed) == 11 and len(expired) == 10  # candles 50 to 60; each but the last let go
+    assert [e.fields["candle_open_ts"] for e in expired] == [e.fields["candle_open_ts"] for e in placed[1:]]
+    assert not any(e.fields["still_working"] for e in expired)

@@ -22,15 +22,19 @@ decided on the close of a candle; EMAs are of closes, seeded with the simple mea
 - **Expiry.** The entry works for 24 candles after the signal candle (`entry_expiry_candles`): at
   the close of the 24th, still flat, the strategy lets it go (a `signal` event, direction
   `expire`) and may take the next setup. The entry carries that time as its good-till
-  (`expire_ts`), so the broker cancels it then (`order.cancelled`, reason `expired`). Until the
-  account has no working order, the strategy places no new entry (two entries could otherwise both
-  fill); if an old one fills, the strategy manages that position like any of its own. An entry
-  gone before its expiry with the strategy flat (filled, then stopped or taken profit on the same
-  candle's path; or refused by the risk gate) frees it at the next close: no `expire`, the next
-  setup may enter.
+  (`expire_ts`), so the broker cancels it then (`order.cancelled`, reason `expired`); across a
+  gap in the data that time can come before the 24th candle does (the broker goes by the clock,
+  the strategy by candles), and the entry is gone at the first candle after the gap (below).
+  Until it has no working order of its own, the strategy places no new entry (two entries could
+  otherwise both fill); if an old one fills, the strategy manages that position like any of its
+  own. An entry gone before its 24th candle with the strategy flat (filled, then stopped or taken
+  profit on the same candle's path; refused by the risk gate; or cancelled at its good-till
+  across a gap in the data) frees it at the next close: no `expire`, the next setup may enter.
   `entry_expiry_candles = 1` re-prices the entry every candle, as the original did: the broker
   cancels it at the next close, and the strategy places the next at that close's EMA 20 while
   the trend holds (never two working at once: the broker cancels first, then hands the close on).
+  That next close is the entry's expiry whatever became of it, so there the strategy says
+  `expire` (`still_working` false) of an entry refused or filled and closed too.
 - **Trailing stop.** In a position, a trail at the close minus 2 ATR (a short: plus), which only
   tightens, set on each close; when a close crosses the trail as it stood before that candle, the
   strategy exits at market (reduce-only; a `signal` with direction `exit`, reason `trail`)
