@@ -1046,7 +1046,13 @@ def env_layer(env: Mapping[str, str], problems: list[str]) -> Layer:
                 )
             continue
         parts = var[len(ENV_PREFIX) :].split("__")
-        table_key = len(parts) == 3 and parts[0].lower() == STRATEGIES
+        table_key = len(parts) >= 3 and parts[0].lower() == STRATEGIES
+        if table_key:
+            # the id runs to the last `__`: an id may hold underscores (`x_`, `a__b`), a key never
+            # starts with one or holds two (found by an audit: the table `x_` was read as id `x`,
+            # key `_lookback`, and no variable could reach it)
+            table_id, _, name = var[len(ENV_PREFIX) + len(parts[0]) + 2 :].rpartition("__")
+            parts = [parts[0], table_id, name]
         if not (len(parts) == 2 or table_key) or not all(parts):
             problems.append(
                 f"{var}: expected {ENV_PREFIX}SECTION__KEY, or {ENV_PREFIX}STRATEGIES__ID__KEY for a key of "

@@ -1028,3 +1028,25 @@ def test_a_key_outside_any_table_is_said_so(tmp_path: Path, text: str, home: str
     assert line.startswith(f"{name}: a key outside any table (from ")
     assert "allowed sections: [session], [feed], [broker]" in line and "[[strategies]]" in line
     assert (f"a key of {home}: write it under {home}" in line) == (home is not None)
+
+
+def test_a_strategies_table_whose_id_holds_underscores_is_reached_by_the_environment(tmp_path: Path) -> None:
+    """An id may hold `_` anywhere (`x_`, `_y`, `a__b`): `LAPTOP_AGENTS__STRATEGIES__ID__KEY` takes
+    the id up to the last `__` (keys never start with `_` nor hold `__`). Found by an audit: the
+    table `x_` was read as id `x` and key `_lookback`, refused, and no variable could set it."""
+    tables = "".join(
+        f'[[strategies]]\nid = "{tid}"\nkind = "liquidity_sweep"\n' for tid in ("x", "x_", "_y", "a__b")
+    )
+    path = _write(tmp_path, tables)
+    env = {
+        "LAPTOP_AGENTS__STRATEGIES__X___LOOKBACK": "5",
+        "LAPTOP_AGENTS__STRATEGIES___Y__LOOKBACK": "6",
+        "LAPTOP_AGENTS__STRATEGIES__A__B__LOOKBACK": "7",
+        "LAPTOP_AGENTS__STRATEGIES__X__LOOKBACK": "8",
+    }
+    lookbacks = {s.id: s.params.lookback for s in load(path, env).strategy_specs}
+    assert lookbacks == {"x": 8, "x_": 5, "_y": 6, "a__b": 7}
+    # a variable with no key, or no id, is still refused with the form expected
+    for var in ("LAPTOP_AGENTS__STRATEGIES__X__", "LAPTOP_AGENTS__STRATEGIES____LOOKBACK"):
+        with pytest.raises(ConfigError, match=re.escape(f"{var}: expected LAPTOP_AGENTS__SECTION__KEY")):
+            load(path, {var: "5"})
