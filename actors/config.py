@@ -68,7 +68,7 @@ class Rule:
 
 
 def _num(
-    *, gt: float | None = None, ge: float | None = None, le: float | None = None
+    *, gt: float | None = None, ge: float | None = None, le: float | None = None, lt: float | None = None
 ) -> Callable[[Any], str | None]:
     parts = []
     if gt is not None:
@@ -77,12 +77,16 @@ def _num(
         parts.append(f">= {ge:g}")
     if le is not None:
         parts.append(f"<= {le:g}")
+    if lt is not None:
+        parts.append(f"< {lt:g}")
     allowed = "a number " + " and ".join(parts) if parts else "a finite number"
 
     def check(v: Any) -> str | None:
         if isinstance(v, float) and not math.isfinite(v):
             return allowed
         if (gt is not None and v <= gt) or (ge is not None and v < ge) or (le is not None and v > le):
+            return allowed
+        if lt is not None and v >= lt:
             return allowed
         return None
 
@@ -492,7 +496,10 @@ class StrategyConfig:
         _num(ge=0, le=50),
     )
     take_profit_pct: float = key(
-        1.0, "take-profit distance from entry, percent (0: none)", _num(ge=0, le=100)
+        1.0,
+        "take-profit distance from entry, percent (0: none; under 100: a short's target at 100 % would be "
+        "a price of 0)",
+        _num(ge=0, lt=100),
     )
 
 

@@ -1050,3 +1050,14 @@ def test_a_strategies_table_whose_id_holds_underscores_is_reached_by_the_environ
     for var in ("LAPTOP_AGENTS__STRATEGIES__X__", "LAPTOP_AGENTS__STRATEGIES____LOOKBACK"):
         with pytest.raises(ConfigError, match=re.escape(f"{var}: expected LAPTOP_AGENTS__SECTION__KEY")):
             load(path, {var: "5"})
+
+
+def test_a_take_profit_of_100_percent_is_refused() -> None:
+    """Found by an audit: `strategy.take_profit_pct = 100` was allowed, and every ema_cross short
+    put its take-profit at a price of 0 (price x (1 - 100 / 100)), a buy limit no exchange takes."""
+    with pytest.raises(ConfigError) as info:
+        load(None, {}, ["strategy.take_profit_pct=100"])
+    assert info.value.problems == [
+        "strategy.take_profit_pct: 100.0 is not allowed (from --set); expected a number >= 0 and < 100"
+    ]
+    assert load(None, {}, ["strategy.take_profit_pct=99.5"]).strategy.take_profit_pct == 99.5
