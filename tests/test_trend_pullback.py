@@ -754,3 +754,25 @@ def test_with_an_expiry_of_one_candle_a_refused_entry_is_said_to_expire() -> Non
     assert len(placed) == 11 and len(expired) == 10  # candles 50 to 60; each but the last let go
     assert [e.fields["candle_open_ts"] for e in expired] == [e.fields["candle_open_ts"] for e in placed[1:]]
     assert not any(e.fields["still_working"] for e in expired)
+
+
+def test_on_a_candle_whose_atr_is_0_it_enters_nothing_but_still_manages_its_position() -> None:
+    """No entry on an ATR of 0; a position is managed there all the same (docstring): here its time
+    exit comes on the 20th candle in the position, among candles that do not move (the ATR, the
+    mean of the last 14 true ranges, is 0 from the 14th of them on)."""
+    s = strategy(trail_atr_mult=0.0, time_exit_candles=20)
+    up = trend(60)
+    assert signals(run(s, up))
+    p = up[-1].close
+    flat = [Candle(60 * (60 + i), 60.0, p, p, p, p, 5.0) for i in range(25)]
+    long = account(qty=0.01, open_orders=2)
+    outs = [out for c in flat[:19] for out in s.on_candle(c, long, c.close_ts)]
+    assert outs == [] and s.atr.value == 0.0
+    exits = signals(s.on_candle(flat[19], long, flat[19].close_ts), "exit")
+    assert [(e.fields["reason"], e.fields["candles_held"], e.fields["atr"]) for e in exits] == [
+        ("time", 20, 0.0)
+    ]
+    # flat again, in an up-trend (EMA 20 above EMA 50, the close above EMA 20) yet ATR 0: no entry
+    assert s.on_candle(flat[20], FLAT, flat[20].close_ts) == [] and s.held is None
+    assert s.on_candle(flat[21], FLAT, flat[21].close_ts) == []
+    assert s.setup == "long" and not s.watch and s.atr.value == 0.0

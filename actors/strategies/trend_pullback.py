@@ -51,8 +51,9 @@ decided on the close of a candle; EMAs are of closes, seeded with the simple mea
   symbol), or its own entry is still working or on its way, no new entry; another strategy's
   position or orders on the symbol neither block it nor are its to manage.
 - **History.** Candles from history (`backfill`) warm the EMAs and ATR up; only live candles trade.
-  No decision before EMA 50 and ATR 14 are ready (`warmup`: 50 candles), or on a candle whose ATR
-  is 0.
+  No decision before EMA 50 and ATR 14 are ready (`warmup`: 50 candles). No entry on a candle whose
+  ATR is 0; a position is managed on it as on any other (its trail then at the close itself, its
+  time exit).
 """
 
 from __future__ import annotations
