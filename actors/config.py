@@ -1504,6 +1504,37 @@ def _strategy_checks(config: Config, spec: StrategySpec, prefix: str) -> list[st
     return problems
 
 
+def seed_problems(config: Config) -> list[str]:
+    """A live session's (the exchange's feed or the mock's) strategies must be warm at its start:
+    the warm-up their `history` holds (the same count the history rule takes) must fit in the
+    history seeded, at most MAX_SEED_CANDLES session candles (found by an audit: a [[strategies]]
+    table on 1h candles with a warm-up of 250 passed every check, but 12,000 one-minute candles
+    are 200 hours: the strategy sat cold, silently, through its first 50 live hours). Backtests
+    warm up on their data and are not held to it."""
+    from actors.strategies.base import build_strategy
+
+    problems = []
+    for spec in config.strategy_specs:
+        s = spec.config
+        if s.name == "ema_cross":
+            needed = s.slow_period
+        else:
+            needed = build_strategy(s, spec.id, config.strategy_symbol(spec), spec.params).warmup
+        ratio = config.strategy_interval_s(spec) // config.interval_s
+        most = MAX_SEED_CANDLES // ratio
+        if needed <= most:
+            continue
+        interval = spec.interval or config.session.interval
+        problems.append(
+            f"{_strategy_prefix(config, spec)}.interval: {interval!r} is not allowed in a live session "
+            f"with a warm-up of {needed} candles; expected an interval on which the history seeded at "
+            f"start holds it: at most {MAX_SEED_CANDLES:,} {config.session.interval} candles are seeded, "
+            f"{most} of {interval} (a shorter interval, a longer session.interval, or parameters with a "
+            "shorter warm-up; a backtest warms up on its data)"
+        )
+    return problems
+
+
 def load(
     path: str | Path | None = None,
     env: Mapping[str, str] | None = None,

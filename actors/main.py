@@ -61,6 +61,7 @@ from actors.config import (
     dict_layer,
     flags_layer,
     load,
+    seed_problems,
     to_dict,
     to_toml,
     without_unread_keys,
@@ -218,7 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_live(config: Config) -> None:
     """What only a live session needs of the config: the exchange's feed subscribes to its kline
     channel of session.interval, which must be one the exchange serves (a backtest's interval is
-    its data's; the mock source builds candles of any)."""
+    its data's; the mock source builds candles of any); the history seeded at start holds every
+    strategy's warm-up (`seed_problems`)."""
+    if problems := seed_problems(config):
+        raise ConfigError(problems)
     interval = config.session.interval
     if config.feed.source == "bitunix" and interval not in LIVE_INTERVALS:
         raise ConfigError(

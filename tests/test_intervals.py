@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from actors.config import ConfigError, load
+from actors.config import ConfigError, load, seed_problems
 from actors.feeds.intervals import Intervals
 from actors.kernel import Kernel
 from actors.main import main
 from actors.plan import Plan
 from actors.session import Session, Timeline, build_parts
 from protocols.messages import Candle, Event
-from tests.conftest import read_events
+from tests.conftest import read_events, run_main
 from tests.test_multi_symbol import write_bars
 
 
@@ -201,3 +201,43 @@ def test_a_strategy_interval_must_be_a_whole_number_of_session_candles(tmp_path:
     path.write_text(FIVE.format(interval="1m", strategy_interval='interval = "1h"'))
     config = load(path, {}, [])
     assert config.strategy_history == 200 * 60  # the live feed seeds this many 1m candles
+
+
+SLOW_TREND = """
+[session]
+interval = "1m"
+[[strategies]]
+id = "hourly"
+kind = "trend_pullback"
+interval = "1h"
+ema_slow = {ema_slow}
+history = 300
+"""
+
+
+def test_a_live_session_refuses_a_warm_up_its_seeded_history_cannot_hold(tmp_path: Path) -> None:
+    """Found by an audit: a strategy on 1h candles of a 1m session with a warm-up of 250 (ema_slow
+    250, history 300) passed every check, but the live feed and the mock seed at most 12,000
+    session candles, 200 hours: it sat cold, silently, through its first 50 live hours. A live
+    start (and --check-config of one) now refuses it, exit 2, naming the table's interval and
+    the counts; 200 hours fit; a backtest, which warms up on its data, runs it."""
+    path = tmp_path / "slow.toml"
+    path.write_text(SLOW_TREND.format(ema_slow=250))
+    config = load(path, {}, [])
+    assert config.strategy_history == 12_000 and 12_000 // 60 == 200 < 250
+    (problem,) = seed_problems(config)
+    assert problem.startswith(
+        "strategies[hourly].interval: '1h' is not allowed in a live session with a warm-up of 250"
+    )
+    assert "at most 12,000 1m candles are seeded, 200 of 1h" in problem
+    result = run_main("--config", str(path), "--check-config", cwd=tmp_path)
+    assert result.returncode == 2 and "config error: strategies[hourly].interval: '1h'" in result.stderr
+    assert "Traceback" not in result.stderr
+    data = tmp_path / "bars.csv"
+    write_bars(data, 10, 1, 60_000.0, 1)
+    backtest = run_main(
+        "--config", str(path), "--mode", "backtest", "--data", str(data), "--check-config", cwd=tmp_path
+    )
+    assert backtest.returncode == 0, backtest.stderr
+    path.write_text(SLOW_TREND.format(ema_slow=200))
+    assert seed_problems(load(path, {}, [])) == []
