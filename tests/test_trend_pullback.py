@@ -776,3 +776,57 @@ def test_on_a_candle_whose_atr_is_0_it_enters_nothing_but_still_manages_its_posi
     assert s.on_candle(flat[20], FLAT, flat[20].close_ts) == [] and s.held is None
     assert s.on_candle(flat[21], FLAT, flat[21].close_ts) == []
     assert s.setup == "long" and not s.watch and s.atr.value == 0.0
+
+
+def test_two_of_a_kind_on_one_symbol_decide_as_each_would_alone(tmp_path: Path, shared_data: Path) -> None:
+    """Independence: two trend_pullbacks (other parameters) and a liquidity_sweep on one symbol,
+    each decides from its own virtual position and orders only: every signal of each is the one
+    it gives trading alone. Caps loose, fixed size and every candle's volume open to the fills (the
+    risk gate and the fills shared by design stay out of it), and the `ohlc` path (the pessimistic
+    one orders a candle against the net position, a known limit: docs/fills.md)."""
+    from actors.strategies.liquidity_sweep import LiquiditySweepParams
+
+    source = shared_data / "btcusdt_perp_1m.csv.gz"
+    loose = [
+        "risk.sizing=fixed",
+        "risk.max_orders_per_minute=600",
+        "risk.max_position_size=100",
+        "risk.max_notional=1e9",
+        "risk.max_leverage=100",
+        "broker.leverage=100",
+        "broker.max_volume_participation=1",
+        "broker.intrabar=ohlc",
+    ]
+    kinds = {
+        "a": lambda: strategy(),
+        "b": lambda: TrendPullback(
+            StrategyConfig(), "b", SYMBOL, TrendPullbackParams(entry_expiry_candles=3, time_exit_candles=10)
+        ),
+        "c": lambda: build_strategy(
+            StrategyConfig(name="liquidity_sweep"), "c", SYMBOL, LiquiditySweepParams()
+        ),
+    }
+
+    def run_with(ids: str) -> list[Event]:
+        _, parts = backtest_parts(tmp_path, source, *loose)
+        parts.strategies = [kinds[i]() for i in ids]
+        for s, i in zip(parts.strategies, ids, strict=True):
+            s.id = i
+        events: list[Event] = []
+        Kernel(parts.broker, parts.gate, parts.strategies, events.append).run_candles(
+            real_candles(source, 8_000)
+        )
+        return events
+
+    def own(events: list[Event], sid: str) -> list[tuple[float, str, dict[str, Any]]]:
+        return [
+            (e.ts, e.kind, e.fields)
+            for e in events
+            if e.kind.startswith("signal") and e.fields["strategy_id"] == sid
+        ]
+
+    together = run_with("abc")
+    assert not [e for e in together if e.kind == "order.rejected"]
+    for sid in "abc":
+        alone = own(run_with(sid), sid)
+        assert alone == own(together, sid) and len(alone) > 5, sid
