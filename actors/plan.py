@@ -308,24 +308,48 @@ def newest_live_run(run_dir: Path) -> Path | None:
     return max(live, key=lambda p: p.name, default=None)
 
 
-def _strategy_keys(config: dict[str, Any]) -> dict[str, Any]:
-    """A config's (`to_dict`'s) keys a resumed session's state depends on: the candle interval and
-    each strategy's kind, symbol, interval and parameters, by their names in errors."""
-    keys: dict[str, Any] = {"session.interval": config.get("session", {}).get("interval")}
+def _traded_symbols(config: dict[str, Any]) -> list[str] | None:
+    """The symbols a config's (`to_dict`'s) strategies trade, as `Config.symbols` resolves them
+    (a strategy with no `symbol` trades session.symbol); None for a config naming no
+    session.symbol (not compared)."""
+    default = config.get("session", {}).get("symbol")
+    if not isinstance(default, str) or not default:
+        return None
+    tables = config.get("strategies") or [{}]
+    return sorted({str(table.get("symbol") or default).upper() for table in tables})
+
+
+def _resume_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """A config's (`to_dict`'s) keys a resumed session's state depends on, by their names in
+    errors: the candle interval; each strategy's kind, symbol, interval and parameters (their
+    indicators and setups were built for them); the symbols traded (the account holds positions
+    of those); and every `broker` key: the paper account's starting equity, fees, leverage,
+    funding, latency and fill rules, which its checkpointed account was built with and which
+    the validator and a replay read from `session.started` (found by an audit: a resume with
+    another starting_equity moved the equity by the difference, with other fees or another
+    symbol its fills failed the validator, the latter closing a BTCUSDT position at ETHUSDT's
+    price)."""
+    keys: dict[str, Any] = {
+        "session.interval": config.get("session", {}).get("interval"),
+        "symbols traded": _traded_symbols(config),
+    }
     for name, value in (config.get("strategy") or {}).items():
         keys[f"strategy.{name}"] = value
     for table in config.get("strategies") or []:
         for name, value in table.items():
             if name != "id":
                 keys[f"strategies[{table.get('id')}].{name}"] = value
+    for name, value in (config.get("broker") or {}).items():
+        keys[f"broker.{name}"] = value
     return keys
 
 
 def check_resume_config(run_path: Path, config: dict[str, Any]) -> None:
-    """PlanError when the session to resume ran its strategies otherwise than `config` (`to_dict`)
-    does: their state (indicators, windows, pending entries) was built for their parameters, and a
-    strategy restored under others decides wrongly or never again (an EMA period made shorter
-    never seeds). Keys the session's config did not have (a newer version's) are not compared."""
+    """PlanError when the session to resume ran otherwise than `config` (`to_dict`) would run it
+    (`_resume_keys`): its strategies' state (indicators, windows, pending entries) was built for
+    their parameters, and a strategy restored under others decides wrongly or never again (an EMA
+    period made shorter never seeds); its account for its symbols and broker keys. Keys the
+    session's config did not have (a newer version's) are not compared."""
     try:
         with (run_path / "events.jsonl").open(encoding="utf-8") as f:
             started = json.loads(f.readline())
@@ -334,7 +358,7 @@ def check_resume_config(run_path: Path, config: dict[str, Any]) -> None:
     if not isinstance(started, dict) or not isinstance(started.get("config"), dict):
         return
     # `config` as the session's was recorded (through JSON: tuples are lists there)
-    then, now = _strategy_keys(started["config"]), _strategy_keys(json.loads(json.dumps(config)))
+    then, now = _resume_keys(started["config"]), _resume_keys(json.loads(json.dumps(config)))
     changed = [
         f"{key}: {then[key]!r} in the session, {now.get(key)!r} now"
         for key in then
@@ -344,7 +368,7 @@ def check_resume_config(run_path: Path, config: dict[str, Any]) -> None:
     changed += [f"{key}: in the session, not now" for key in then if key not in now and key.endswith(".kind")]
     if changed:
         raise PlanError(
-            f"cannot resume {run_path.name}: its strategies ran on another configuration "
+            f"cannot resume {run_path.name}: it ran on another configuration "
             f"({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}); resume it with the "
             "configuration it started with, or start a new session with --fresh"
         )

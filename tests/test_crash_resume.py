@@ -678,6 +678,53 @@ def test_a_session_is_not_resumed_under_other_strategy_parameters(tmp_path: Path
     assert not (run / "final_report.json").exists() and (tmp_path / "runs" / "latest").resolve() == run
 
 
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ("broker.starting_equity=20000", r"broker\.starting_equity: 10000\.0 in the session, 20000\.0 now"),
+        ("broker.taker_fee_bps=10", r"broker\.taker_fee_bps: 6\.0 in the session, 10\.0 now"),
+        ("broker.leverage=5", r"broker\.leverage: 2\.0 in the session, 5\.0 now"),
+        ("session.symbol=ETHUSDT", r"symbols traded: \['BTCUSDT'\] in the session, \['ETHUSDT'\] now"),
+    ],
+)
+def test_a_session_is_not_resumed_under_another_account_or_symbol(
+    tmp_path: Path, change: str, named: str
+) -> None:
+    """Its checkpointed account was built for its symbols and broker keys, which the validator
+    and a replay read from its session.started (found by an audit: resumed with another
+    starting_equity its equity jumped by the difference, with other fees every later fill failed
+    the validator, with another symbol its BTCUSDT position was closed at ETHUSDT's price)."""
+    run = write_killed_run(tmp_path)
+    checkpoint.write(run, {"seq": 2})
+    with pytest.raises(PlanError, match=named):
+        check_resume_config(run, to_dict(make_config(tmp_path, change)))
+    check_resume_config(run, to_dict(make_config(tmp_path, "risk.max_trades=3")))  # a limit may change
+
+
+def test_a_killed_session_restarted_with_another_starting_equity_is_refused_then_resumed(
+    tmp_path: Path,
+) -> None:
+    """A real session killed after its checkpoints: a start with another broker.starting_equity
+    refuses (exit 2, the folder untouched); the start with its own configuration resumes it,
+    and the finished run validates."""
+    run = _kill_after_checkpoints(tmp_path, 0.05)
+    before = (run / "events.jsonl").read_bytes()
+    refused = run_cli(
+        "--run-dir", str(tmp_path / "runs"), "--duration", "0.05", *ARGS,
+        "--set", "broker.starting_equity=20000", cwd=tmp_path,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert (
+        f"cannot resume {run.name}: it ran on another configuration (broker.starting_equity" in refused.stderr
+    )
+    assert (run / "events.jsonl").read_bytes() == before and not (run / "final_report.json").exists()
+    proc = _start(tmp_path, 0.05)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert _folders(tmp_path) == [run]
+    assert read_report(run)["resumes"] == 1 and validate(run) == []
+
+
 def test_the_cli_closes_it_and_starts_a_new_session(tmp_path: Path) -> None:
     run = write_killed_run(tmp_path, trades=True)
     result = run_cli(
