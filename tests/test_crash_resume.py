@@ -29,6 +29,7 @@ from actors.plan import PlanError, check_resume_config, find_resumable, settle_l
 from actors.recording import checkpoint
 from actors.recording.abandon import close_abandoned, close_and_warn, read_events
 from actors.recording.html_report import build_report
+from actors.recording.recorder import DISCARDED_FILE
 from protocols.records import iso
 from tests.conftest import cli_env, make_config, read_report, run_cli, run_main
 from tests.conftest import read_events as read_events_file
@@ -277,6 +278,52 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_loudly(tmp_path: 
     assert resumed_after_s - 0.002 <= report["elapsed_s"] < resumed_after_s + planned - 1  # ts: to the ms
     after = events[events.index(resumed) + 1 :]
     assert not [e for e in after if e["kind"] == "order.submitted" and not e["reduce_only"]]  # no entry
+
+
+def _seq_checkpointed(run: Path) -> int:
+    try:
+        return int(checkpoint.load(run).state["seq"])
+    except (FileNotFoundError, checkpoint.CheckpointError):
+        return 0
+
+
+@pytest.mark.parametrize("damage", ["garbled", "short", "twice"])
+def test_events_damaged_before_the_checkpoint_refuse_the_resume_and_change_nothing(
+    tmp_path: Path, damage: str
+) -> None:
+    """Only the last line of events.jsonl may be torn (by the kill). A line before the checkpoint
+    that is not an event, a file short of the checkpoint's seq, a line twice: the start refuses,
+    exit 2, one line, the folder untouched (found by an audit: a garbled line was dropped as torn,
+    and the resumed run had a gap in its sequence the validator refused; a short file raised a
+    traceback). The file mended, the same start resumes it."""
+    proc = _start(tmp_path, 0.05)
+    latest = tmp_path / "runs" / "latest"
+    assert _wait_until(lambda: _seq_checkpointed(latest) >= 6, proc, 30), "no checkpoint at seq 6"
+    proc.send_signal(signal.SIGSTOP)
+    _kill(proc)
+    run = latest.resolve()
+    events = run / "events.jsonl"
+    whole = events.read_bytes()
+    lines = whole.splitlines(keepends=True)
+    if damage == "garbled":
+        lines[2] = b'{"seq": 3, "ts": "2026-12-0\n'  # its line 3, a whole line and not an event
+    elif damage == "short":
+        lines = lines[:4]
+    else:
+        lines.insert(2, lines[2])
+    events.write_bytes(b"".join(lines))
+    damaged = events.read_bytes()
+    refused = run_cli("--run-dir", str(tmp_path / "runs"), "--duration", "0.05", *ARGS, cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr
+    assert f"error: cannot resume {run.name}: its events.jsonl does not hold the" in refused.stderr
+    assert events.read_bytes() == damaged and not (run / DISCARDED_FILE).exists()
+    assert _folders(tmp_path) == [run]
+    events.write_bytes(whole)
+    proc = _start(tmp_path, 0.05)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert read_report(run)["resumes"] == 1 and validate(run) == []
 
 
 def test_no_usable_checkpoint_refuses_to_start_fresh_silently(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import orjson
 from loguru import logger
@@ -182,30 +182,40 @@ class Recorder:
 
     def _reload(self, resume_seq: int) -> None:
         """Resume: keep the events up to the checkpoint's seq (the state restored matches exactly
-        those), fold them again into the report and metrics, and count what is discarded."""
+        those), fold them again into the report and metrics, and count what is discarded. Only
+        the last line may be torn (a kill in its write); events.jsonl must hold the events 1 to
+        the checkpoint's seq, each once and whole, else CheckpointError, nothing changed (found
+        by an audit: a damaged line before the checkpoint was dropped as torn, leaving a gap in
+        the sequence and, were it a fill, an account that its events no longer add up to; a
+        file short of the checkpoint raised a traceback)."""
         events_path = self.path / "events.jsonl"
         kept: list[str] = []
         discarded: list[dict[str, Any]] = []
         with events_path.open("rb") as f:  # bytes: a line cut inside a UTF-8 character is torn too
-            for raw in f:
-                try:
-                    line = raw.decode("utf-8")
-                    record = json.loads(line)
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    discarded.append({"resume_seq": resume_seq, "torn": raw.decode("utf-8", "replace")})
-                    continue
-                if record.get("seq", 0) > resume_seq:
-                    discarded.append({"resume_seq": resume_seq, "event": record})
-                    continue
-                kept.append(line if line.endswith("\n") else line + "\n")
-                self._fold(record)
-                self.console.observe(record, new=False)
-                self.rules.on_event(record["kind"], _parse_ts(record["ts"]), record)  # their state only
-                self.last_event_ts = _parse_ts(record["ts"])
+            raws = f.readlines()
+        for number, raw in enumerate(raws, 1):
+            try:
+                line = raw.decode("utf-8")
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("seq"), int):
+                    raise ValueError("not an event")
+            except ValueError:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+                if number < len(raws):
+                    self._damaged(resume_seq, f"line {number} is not an event")
+                discarded.append({"resume_seq": resume_seq, "torn": raw.decode("utf-8", "replace")})
+                continue
+            if record["seq"] > resume_seq:
+                discarded.append({"resume_seq": resume_seq, "event": record})
+                continue
+            if record["seq"] != self.seq + 1:
+                self._damaged(resume_seq, f"line {number} is seq {record['seq']}, {self.seq + 1} expected")
+            kept.append(line if line.endswith("\n") else line + "\n")
+            self._fold(record)
+            self.console.observe(record, new=False)
+            self.rules.on_event(record["kind"], _parse_ts(record["ts"]), record)  # their state only
+            self.last_event_ts = _parse_ts(record["ts"])
         if self.seq != resume_seq:
-            raise RuntimeError(
-                f"events.jsonl holds {self.seq} events but the checkpoint is at seq {resume_seq}"
-            )
+            self._damaged(resume_seq, f"it holds {self.seq}")
         # kept before events.jsonl loses them (found by a review: a second crash before the resumed
         # session's first checkpoint took the first one's discarded fills out of every record, and
         # the next resume gave their ids again); a kill between the two writes them twice, once here
@@ -213,6 +223,13 @@ class Recorder:
         with temp_file(events_path) as tmp:
             tmp.write_text("".join(kept), encoding="utf-8")
             os.replace(tmp, events_path)
+
+    def _damaged(self, resume_seq: int, why: str) -> NoReturn:
+        raise checkpoint.CheckpointError(
+            f"cannot resume {self.path.name}: its events.jsonl does not hold the {resume_seq} events "
+            f"its checkpoint follows ({why}): nothing was started; inspect the run folder (or start "
+            "a new session with --fresh)"
+        )
 
     def _keep_discarded(self, discarded: list[dict[str, Any]], resume_seq: int) -> None:
         """Append this resume's discarded events to `DISCARDED_FILE` (synced), then read every
