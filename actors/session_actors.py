@@ -168,6 +168,13 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
                 if plan.mode == "live" and resumed_at is not None and parts.gate.stop_reason is not None:
                     stop_again = _stop_again(parts, latest, resumed_at, sink)
                     decided = (stop_again.reason, stop_again.detail)
+                elif (
+                    plan.mode == "live"
+                    and resumed_at is not None
+                    and parts.gate.limits_reached(resumed_at, parts.broker.equity)
+                ):  # a limit lowered for the resume, reached already: it stops at once the same way
+                    stop_again = _stop_again(parts, latest, resumed_at, sink, again=False)
+                    decided = (stop_again.reason, stop_again.detail)
                 elif plan.mode == "live" and resumed_at is not None and resumed_at >= timeline.end_ts:
                     _close_at_the_next_quote(parts, latest, resumed_at, config.feed.connect_timeout_s, sink)
                     decided = ("duration", f"{timeline.duration_s:g} s reached")
@@ -232,27 +239,41 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
     return SessionResult(run_path, recorder.report, recorder.console, recorder.written, recorder.storage)
 
 
-def _stop_again(parts: Parts, latest: _Latest, resumed_at: float, sink: EventSink) -> StopSession:
+def _stop_again(
+    parts: Parts, latest: _Latest, resumed_at: float, sink: EventSink, *, again: bool = True
+) -> StopSession:
     """A session whose risk gate had stopped it (max_loss, max_trades, a breaker's stop, ...)
     before the process died, before its flatten: it stops again at once, for that reason (found
     by a review: it resumed trading to its planned end, its loss limit no longer checked, and
     said `duration`); with a position it first waits for the market's next quote of each symbol
     it holds (at most `feed.connect_timeout_s`), as a session restarted after its planned end
-    does. The broker stops at once: no entry reaches the market, none working fills."""
+    does. The broker stops at once: no entry reaches the market, none working fills. `again`
+    False: the gate stopped at the resume itself, on a limit given now that the session had
+    reached already (`RiskGate.limits_reached`)."""
     gate = parts.gate
     assert gate.stop_reason is not None
     reason, detail = gate.stop_reason, gate.stop_detail
     for event in parts.broker.handle(StopSession(resumed_at, reason, detail), resumed_at):
         sink.send_nowait(event)
-    logger.warning(
-        "the session had stopped ({}: {}) when its process died: stopping again at once{}",
-        reason,
-        detail,
-        ", closing its position at the market's next quote" if parts.broker.open_positions() else "",
-    )
+    closing = ", closing its position at the market's next quote" if parts.broker.open_positions() else ""
+    if again:
+        logger.warning(
+            "the session had stopped ({}: {}) when its process died: stopping again at once{}",
+            reason,
+            detail,
+            closing,
+        )
+    else:
+        logger.warning(
+            "the session has reached a risk limit given for its resume ({}: {}): stopping at once{}",
+            reason,
+            detail,
+            closing,
+        )
     if parts.broker.open_positions():
         _wait_for_fresh_quotes(parts, latest, resumed_at)
-    return StopSession(resumed_at, reason, f"{detail} (stopped again at the resume)")
+    said = "stopped again at the resume" if again else "a limit given at the resume"
+    return StopSession(resumed_at, reason, f"{detail} ({said})")
 
 
 def _wait_for_fresh_quotes(parts: Parts, latest: _Latest, resumed_at: float) -> None:

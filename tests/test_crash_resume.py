@@ -326,6 +326,35 @@ def test_events_damaged_before_the_checkpoint_refuse_the_resume_and_change_nothi
     assert read_report(run)["resumes"] == 1 and validate(run) == []
 
 
+def test_a_resume_under_a_risk_limit_the_session_has_reached_stops_at_once(tmp_path: Path) -> None:
+    """Risk limits may change at a resume: one lowered below what the session has reached already
+    (here max_trades 1 after a trade closed) stops it at once, flat, no new entry, as the trade
+    that reached it would have (found by an audit: it opened a new position and stopped only when
+    that one closed, a trade beyond the limit)."""
+    proc = _start(tmp_path, 0.5)
+    latest = tmp_path / "runs" / "latest"
+    assert _wait_until(partial(_checkpointed, latest, "position.closed"), proc, 60), "no trade checkpointed"
+    proc.send_signal(signal.SIGSTOP)
+    _kill(proc)
+    run = latest.resolve()
+    restarted = subprocess.run(
+        [sys.executable, "-m", "actors.main", "--run-dir", str(tmp_path / "runs"), "--duration", "0.5", *ARGS,
+         "--set", "risk.max_trades=1"],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    events = read_events_file(run)
+    (resumed,) = [e for e in events if e["kind"] == "session.resumed"]
+    after = events[events.index(resumed) + 1 :]
+    assert not [e for e in after if e["kind"] == "order.submitted" and not e["reduce_only"]]  # no entry
+    (stopped,) = [e for e in after if e["kind"] == "session.stopped"]
+    assert stopped["stop_reason"] == "max_trades" and "a limit given at the resume" in stopped["detail"]
+    report = read_report(run)
+    assert (report["status"], report["stop_reason"], report["open_positions"]) == ("ok", "max_trades", [])
+    assert validate(run) == []
+    assert "has reached a risk limit given for its resume (max_trades" in restarted.stderr
+
+
 def test_no_usable_checkpoint_refuses_to_start_fresh_silently(tmp_path: Path) -> None:
     run = _kill_after_checkpoints(tmp_path)
     for name in ("checkpoint.json", "checkpoint.prev.json"):

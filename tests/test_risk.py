@@ -1588,3 +1588,30 @@ def test_a_multi_symbol_backtest_stops_at_a_loss_limit_one_candle_path_crossed(t
     result = Session(config, plan).run_kernel()
     assert (result.report["stop_reason"], result.report["open_positions"]) == ("max_loss", [])
     assert _ts(_stopped(read_events(result.run_path))) == BARS_START + 46 * 60
+
+
+@pytest.mark.parametrize(
+    ("sets", "counts", "equity", "reason"),
+    [
+        (["risk.max_trades=3"], {"trades": 3}, 10_000.0, "max_trades"),
+        (["risk.max_losses=2"], {"trades": 4, "losses": 2}, 10_000.0, "max_losses"),
+        (["risk.max_loss_pct=1"], {"trades": 1}, 9_899.0, "max_loss"),
+        (
+            ["risk.max_trades=5", "risk.max_losses=3", "risk.max_loss_pct=2"],
+            {"trades": 4, "losses": 2},
+            9_900.0,
+            None,
+        ),
+    ],
+)
+def test_a_resumed_gate_stops_on_a_limit_given_now_that_the_session_reached(
+    tmp_path: Path, sets: list[str], counts: dict[str, int], equity: float, reason: str | None
+) -> None:
+    """Risk limits may change at a resume: one the restored counts or account reach already is a
+    stop at once (`limits_reached`), not at the next trade's close; one not reached is none."""
+    gate, _ = _gate(tmp_path, *sets)
+    for name, value in counts.items():
+        setattr(gate, name, value)
+    assert gate.limits_reached(T0, equity) is (reason is not None)
+    assert gate.stop_reason == reason and gate.stopping is (reason is not None)
+    assert gate.limits_reached(T0, equity) is False  # stopped already: nothing more

@@ -544,6 +544,25 @@ class RiskGate:
 
     # --- the account -----------------------------------------------------------------------------
 
+    def limits_reached(self, ts: float, equity: float) -> bool:
+        """At a resume, under the limits given now (they may differ from the session's: a lower
+        `max_trades`, `max_losses` or `max_loss_pct`): whether the restored counts or the account
+        reach one already; if so the gate stops (`stop_reason`), as it would have on the trade or
+        the mark that reached it (found by an audit: the resumed session opened a new position
+        beyond the limit, stopping only when that trade closed)."""
+        if self.stopping:
+            return False
+        c = self.config
+        if c.max_trades and self.trades >= c.max_trades:
+            self._stop(ts, "max_trades", f"{self.trades} trades closed")
+        elif c.max_losses and self.losses >= c.max_losses:
+            self._stop(ts, "max_losses", f"{self.losses} losing trades")
+        else:
+            loss_pct = (self.starting_equity - equity) / self.starting_equity * 100
+            if loss_pct >= c.max_loss_pct - PCT_EPS:
+                self._stop(ts, "max_loss", f"session loss {loss_pct:.2f} % >= {c.max_loss_pct:g} %")
+        return self.stopping
+
     def on_account(self, update: AccountUpdate) -> list[RiskOutput]:
         """After the marks the watch asked for and every closed trade: a new UTC day and the end of
         a halt first, then counters, the loss limit, the breaker, the stop conditions. Returns
