@@ -414,7 +414,10 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack | None) -> P
         plan = Plan(resume=None if args.fresh else find_resumable(run_dir, args.resume, look_only=True))
         if plan.resume is not None:
             check_resume_config(plan.resume, to_dict(config))
-            checkpoint.load(plan.resume)  # its integrity under the key the start would use
+            loaded = checkpoint.load(plan.resume)  # its integrity under the key the start would use
+            from actors.recording.recorder import split_events
+
+            split_events(plan.resume, loaded.state["seq"])  # and the events it follows, whole
         return plan
     start = _start_lock(held, config)
     if args.fresh:

@@ -313,10 +313,13 @@ def test_events_damaged_before_the_checkpoint_refuse_the_resume_and_change_nothi
         lines.insert(2, lines[2])
     events.write_bytes(b"".join(lines))
     damaged = events.read_bytes()
-    refused = run_cli("--run-dir", str(tmp_path / "runs"), "--duration", "0.05", *ARGS, cwd=tmp_path)
-    assert refused.returncode == 2, refused.stderr[-2000:]
-    assert "Traceback" not in refused.stderr
-    assert f"error: cannot resume {run.name}: its events.jsonl does not hold the" in refused.stderr
+    for check in (["--check-config"], []):  # --check-config makes the start's checks
+        refused = run_cli(
+            "--run-dir", str(tmp_path / "runs"), "--duration", "0.05", *ARGS, *check, cwd=tmp_path
+        )
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert "Traceback" not in refused.stderr
+        assert f"error: cannot resume {run.name}: its events.jsonl does not hold the" in refused.stderr
     assert events.read_bytes() == damaged and not (run / DISCARDED_FILE).exists()
     assert _folders(tmp_path) == [run]
     events.write_bytes(whole)

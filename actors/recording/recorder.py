@@ -105,6 +105,49 @@ DISCARDED_CROSS_FIELDS = ("ts", "symbol", "price", "reason", "allocations")
 DISCARDED_FILE: Final = "events.discarded.jsonl"
 
 
+def split_events(run: Path, resume_seq: int) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]]]:
+    """A resume's reading of `run`'s events.jsonl: the events up to the checkpoint's seq (each
+    line, ending in a newline, and its record) and those after it (as `DISCARDED_FILE` keeps
+    them: a line the kill tore, its text). Only the last line may be torn (a kill in its write);
+    the file must hold the events 1 to the checkpoint's seq, each once and whole, else
+    CheckpointError (found by an audit: a damaged line before the checkpoint was dropped as torn,
+    leaving a gap in the sequence and, were it a fill, an account that its events no longer add
+    up to; a file short of the checkpoint raised a traceback). Read as bytes: a line cut inside
+    a UTF-8 character is torn too."""
+
+    def damaged(why: str) -> NoReturn:
+        raise checkpoint.CheckpointError(
+            f"cannot resume {run.resolve().name}: its events.jsonl does not hold the {resume_seq} "
+            f"events its checkpoint follows ({why}): nothing was started; inspect the run folder (or "
+            "start a new session with --fresh)"
+        )
+
+    with (run / "events.jsonl").open("rb") as f:
+        raws = f.readlines()
+    kept: list[tuple[str, dict[str, Any]]] = []
+    discarded: list[dict[str, Any]] = []
+    for number, raw in enumerate(raws, 1):
+        try:
+            line = raw.decode("utf-8")
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("seq"), int):
+                raise ValueError("not an event")
+        except ValueError:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+            if number < len(raws):
+                damaged(f"line {number} is not an event")
+            discarded.append({"resume_seq": resume_seq, "torn": raw.decode("utf-8", "replace")})
+            continue
+        if record["seq"] > resume_seq:
+            discarded.append({"resume_seq": resume_seq, "event": record})
+            continue
+        if record["seq"] != len(kept) + 1:
+            damaged(f"line {number} is seq {record['seq']}, {len(kept) + 1} expected")
+        kept.append((line if line.endswith("\n") else line + "\n", record))
+    if len(kept) != resume_seq:
+        damaged(f"it holds {len(kept)}")
+    return kept, discarded
+
+
 class Recorder:
     """Owns the run folder's files. Live sessions checkpoint through the inbox
     (`EventSink.checkpoint`); replays and backtests are simply run again."""
@@ -182,54 +225,22 @@ class Recorder:
 
     def _reload(self, resume_seq: int) -> None:
         """Resume: keep the events up to the checkpoint's seq (the state restored matches exactly
-        those), fold them again into the report and metrics, and count what is discarded. Only
-        the last line may be torn (a kill in its write); events.jsonl must hold the events 1 to
-        the checkpoint's seq, each once and whole, else CheckpointError, nothing changed (found
-        by an audit: a damaged line before the checkpoint was dropped as torn, leaving a gap in
-        the sequence and, were it a fill, an account that its events no longer add up to; a
-        file short of the checkpoint raised a traceback)."""
+        those), fold them again into the report and metrics, and count what is discarded
+        (`split_events`: CheckpointError, nothing changed, when the file is damaged)."""
         events_path = self.path / "events.jsonl"
-        kept: list[str] = []
-        discarded: list[dict[str, Any]] = []
-        with events_path.open("rb") as f:  # bytes: a line cut inside a UTF-8 character is torn too
-            raws = f.readlines()
-        for number, raw in enumerate(raws, 1):
-            try:
-                line = raw.decode("utf-8")
-                record = json.loads(line)
-                if not isinstance(record, dict) or not isinstance(record.get("seq"), int):
-                    raise ValueError("not an event")
-            except ValueError:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
-                if number < len(raws):
-                    self._damaged(resume_seq, f"line {number} is not an event")
-                discarded.append({"resume_seq": resume_seq, "torn": raw.decode("utf-8", "replace")})
-                continue
-            if record["seq"] > resume_seq:
-                discarded.append({"resume_seq": resume_seq, "event": record})
-                continue
-            if record["seq"] != self.seq + 1:
-                self._damaged(resume_seq, f"line {number} is seq {record['seq']}, {self.seq + 1} expected")
-            kept.append(line if line.endswith("\n") else line + "\n")
+        kept, discarded = split_events(self.path, resume_seq)
+        for _, record in kept:
             self._fold(record)
             self.console.observe(record, new=False)
             self.rules.on_event(record["kind"], _parse_ts(record["ts"]), record)  # their state only
             self.last_event_ts = _parse_ts(record["ts"])
-        if self.seq != resume_seq:
-            self._damaged(resume_seq, f"it holds {self.seq}")
         # kept before events.jsonl loses them (found by a review: a second crash before the resumed
         # session's first checkpoint took the first one's discarded fills out of every record, and
         # the next resume gave their ids again); a kill between the two writes them twice, once here
         self._keep_discarded(discarded, resume_seq)
         with temp_file(events_path) as tmp:
-            tmp.write_text("".join(kept), encoding="utf-8")
+            tmp.write_text("".join(line for line, _ in kept), encoding="utf-8")
             os.replace(tmp, events_path)
-
-    def _damaged(self, resume_seq: int, why: str) -> NoReturn:
-        raise checkpoint.CheckpointError(
-            f"cannot resume {self.path.name}: its events.jsonl does not hold the {resume_seq} events "
-            f"its checkpoint follows ({why}): nothing was started; inspect the run folder (or start "
-            "a new session with --fresh)"
-        )
 
     def _keep_discarded(self, discarded: list[dict[str, Any]], resume_seq: int) -> None:
         """Append this resume's discarded events to `DISCARDED_FILE` (synced), then read every
