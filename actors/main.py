@@ -389,6 +389,16 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack | None) -> P
     run_dir = Path(config.session.run_dir)
     if args.replay:
         recording = load_recording(Path(args.replay))
+        if recording.resumes:
+            # (found by an audit: 24 fills where the resumed original had 12, and no word)
+            logger.warning(
+                "{} was killed and resumed {} time(s): its replay runs it as one uninterrupted session "
+                "over the market it recorded (what it saw between each crash and its last checkpoint "
+                "included), so the fills and the report differ from the original's from its first "
+                "crash on",
+                recording.run_id,
+                recording.resumes,
+            )
         if held is not None:
             _start_lock(held, config).arm()
             settle_latest(run_dir)

@@ -41,6 +41,7 @@ class Recording:
     ended_ts: float
     stop_reason: str
     funding_source: str | None = None  # the original's report field (None: recorded before it existed)
+    resumes: int = 0  # the original was killed and resumed this many times (`session.resumed`)
 
     @property
     def market_path(self) -> Path:
@@ -138,6 +139,7 @@ def load_recording(target: Path) -> Recording:
         raise PlanError(f"--replay: {run_path} has no market.jsonl (recorded by an older version?)")
     started: dict[str, Any] | None = None
     stopped: dict[str, Any] | None = None
+    resumes = 0
     try:
         with events_path.open(encoding="utf-8") as f:
             for line in f:
@@ -146,6 +148,8 @@ def load_recording(target: Path) -> Recording:
                     started = event
                 elif event["kind"] == "session.stopped":
                     stopped = event
+                elif event["kind"] == "session.resumed":
+                    resumes += 1
         if started is None or stopped is None:
             raise PlanError(f"--replay: {run_path} is not a finished session (no session.started/stopped)")
         run_id = started["run_id"]
@@ -181,6 +185,7 @@ def load_recording(target: Path) -> Recording:
             ended_ts=float(stopped.get("ended_ts", _ts(stopped["ts"]))),
             stop_reason=stopped["stop_reason"],
             funding_source=stopped.get("funding_source", started.get("funding_source")),
+            resumes=resumes,
         )
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise PlanError(

@@ -358,6 +358,24 @@ def test_a_resume_under_a_risk_limit_the_session_has_reached_stops_at_once(tmp_p
     assert "has reached a risk limit given for its resume (max_trades" in restarted.stderr
 
 
+def test_the_replay_of_a_resumed_session_says_it_runs_it_uninterrupted(tmp_path: Path) -> None:
+    """A resumed session's market.jsonl holds what it saw between the crash and its last
+    checkpoint, and not the crash: its replay runs one uninterrupted session, whose fills differ
+    from the original's from the crash on. The replay says so (found by an audit: 24 fills where
+    the original had 12, 'ok', and no word); it validates on its own."""
+    run = _kill_after_checkpoints(tmp_path, 0.05)
+    proc = _start(tmp_path, 0.05)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert read_report(run)["resumes"] == 1
+    replayed = run_cli("--replay", str(run), "--run-dir", str(tmp_path / "replays"), "--quiet", cwd=tmp_path)
+    assert replayed.returncode == 0, replayed.stderr[-2000:]
+    assert f"{run.name} was killed and resumed 1 time(s): its replay runs it as one uninterrupted" in (
+        replayed.stderr
+    )
+    assert validate((tmp_path / "replays" / "latest").resolve()) == []
+
+
 def test_no_usable_checkpoint_refuses_to_start_fresh_silently(tmp_path: Path) -> None:
     run = _kill_after_checkpoints(tmp_path)
     for name in ("checkpoint.json", "checkpoint.prev.json"):
