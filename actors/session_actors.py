@@ -53,6 +53,7 @@ from protocols.messages import (
     OrderIntent,
     StopSession,
 )
+from protocols.records import iso
 
 if TYPE_CHECKING:
     from actors.plan import Plan
@@ -113,6 +114,16 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
         loaded = load_resume(run_path)
         resume_state = loaded.state
         timeline = Timeline(**{**resume_state["session"], "resumed_seq": resume_state["seq"]})
+        asked_s = config.session.duration_min * 60
+        if plan.mode == "live" and abs(asked_s - timeline.duration_s) > 1e-6:
+            # (found by an audit: a restart with a longer --duration stopped at the old end, no word)
+            logger.warning(
+                "the resumed session keeps its planned duration, {:g} min (its end {}): "
+                "session.duration_min = {:g} is not used (start a new session with --fresh for another)",
+                timeline.duration_s / 60,
+                iso(timeline.end_ts),
+                config.session.duration_min,
+            )
         parts = session.parts(timeline)
         parts.restore(resume_state["parts"], clock.now())
         parts.broker.schedule_heartbeats(clock.now())

@@ -376,6 +376,22 @@ def test_the_replay_of_a_resumed_session_says_it_runs_it_uninterrupted(tmp_path:
     assert validate((tmp_path / "replays" / "latest").resolve()) == []
 
 
+def test_a_resume_given_another_duration_keeps_its_planned_end_and_says_so(tmp_path: Path) -> None:
+    """The planned end is kept across a restart (downtime counts against it): a restart with
+    another --duration does not move it, and says that it is not used (found by an audit: a
+    restart with --duration 0.5 stopped at the 3 s end with no word)."""
+    run = _kill_after_checkpoints(tmp_path, 0.05)
+    proc = _start(tmp_path, 0.5)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert "the resumed session keeps its planned duration, 0.05 min" in err.decode()
+    assert "session.duration_min = 0.5 is not used" in err.decode()
+    report = read_report(run)
+    assert (report["status"], report["stop_reason"], report["resumes"]) == ("ok", "duration", 1)
+    assert report["planned_duration_s"] == 3.0 and report["elapsed_s"] < 30
+    assert validate(run) == []
+
+
 def test_no_usable_checkpoint_refuses_to_start_fresh_silently(tmp_path: Path) -> None:
     run = _kill_after_checkpoints(tmp_path)
     for name in ("checkpoint.json", "checkpoint.prev.json"):
