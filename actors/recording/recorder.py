@@ -238,9 +238,15 @@ class Recorder:
         # session's first checkpoint took the first one's discarded fills out of every record, and
         # the next resume gave their ids again); a kill between the two writes them twice, once here
         self._keep_discarded(discarded, resume_seq)
+        # durable before it replaces the file, and the replacement too (found by an audit: a power
+        # loss after an unsynced rename may leave events.jsonl empty under a checkpoint at its seq)
         with temp_file(events_path) as tmp:
-            tmp.write_text("".join(line for line, _ in kept), encoding="utf-8")
+            with tmp.open("w", encoding="utf-8") as f:
+                f.write("".join(line for line, _ in kept))
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, events_path)
+        checkpoint.fsync_dir(self.path)
 
     def _keep_discarded(self, discarded: list[dict[str, Any]], resume_seq: int) -> None:
         """Append this resume's discarded events to `DISCARDED_FILE` (synced), then read every
