@@ -930,3 +930,42 @@ def test_the_events_a_resume_keeps_are_durable_before_they_replace_the_file(
         assert recorder.seq == 8 and recorder.discarded_events == 4  # 9, 10, 11 and the torn line
     finally:
         recorder.finish()
+
+
+def test_a_checkpoint_follows_the_events_and_the_market_made_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint is written once the events before it and the market they acted on
+    (market.jsonl, which the validator checks the fills against and a replay re-runs) are
+    fsynced (found by an audit: market.jsonl was flushed only, so a power loss could keep a
+    fill whose quote it lost). The standard library's fsync is watched, nothing mocked."""
+    import os
+
+    from actors.recording.recorder import Recorder
+    from protocols.messages import Event, Tick
+
+    run = write_killed_run(tmp_path, trades=True)
+    checkpoint.write(run, {"seq": 11})
+    recorder = Recorder(run, resume_seq=11)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        for name in ("events.jsonl", "market.jsonl", checkpoint.NEWEST + ".tmp"):
+            path = run / name
+            if path.exists() and (os.stat(path).st_dev, os.stat(path).st_ino) == (st.st_dev, st.st_ino):
+                synced.append(name)
+        real_fsync(fd)
+
+    try:
+        tick = Tick(T0 + 5, 60_000.0, 60_000.1, 60_000.0, symbol="BTCUSDT")
+        recorder.write(Event(T0 + 5, "market", {"event": tick}))
+        recorder.write(Event(T0 + 5, "feed.live", {"symbol": "BTCUSDT"}))
+        monkeypatch.setattr(os, "fsync", fsync)
+        recorder.write_checkpoint({"seq": recorder.seq})
+        monkeypatch.undo()
+        assert synced[:2] == ["events.jsonl", "market.jsonl"] and checkpoint.NEWEST + ".tmp" in synced
+        assert (run / "market.jsonl").read_text().count("\n") == 1
+    finally:
+        recorder.finish()

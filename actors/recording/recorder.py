@@ -417,19 +417,22 @@ class Recorder:
                     return
 
     def write_checkpoint(self, state: dict[str, Any]) -> None:
-        """Make the events durable, then the checkpoint that matches them (runs in a worker
-        thread); nothing after a storage fault (the last checkpoint stays the one that matches
-        the events on disk)."""
+        """Make the events durable, and the market they acted on (market.jsonl: the validator
+        checks the fills against it, a replay re-runs it; found by an audit: flushed but not
+        synced, a power loss could keep fills whose quotes it lost), then the checkpoint that
+        matches them (runs in a worker thread); nothing after a storage fault (the last
+        checkpoint stays the one that matches the events on disk)."""
         if self.fault is not None:
             return
         self.flush()
         if self.fault is not None:
             return
-        try:
-            os.fsync(self._events.fileno())
-        except OSError as exc:
-            self._fail(exc, self._events.path)
-            return
+        for file in (self._events, self._market):
+            try:
+                os.fsync(file.fileno())
+            except OSError as exc:
+                self._fail(exc, file.path)
+                return
         try:
             checkpoint.write(self.path, state)
         except OSError as exc:
