@@ -56,6 +56,7 @@ from protocols.messages import (
 from protocols.records import iso
 
 if TYPE_CHECKING:
+    from actors.config import Config
     from actors.plan import Plan
     from actors.recording.webhook import Webhook
     from actors.session import Parts, Session, SessionResult, Timeline
@@ -133,7 +134,9 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
         run_path = session.new_run_folder(clock.now())
 
     resumed_at: float | None = None
-    health = FeedHealth(data_source=config.feed.source)
+    # a resumed session goes on with the data source it traded on (a fallback to the mock source
+    # included: `_feed`)
+    health = FeedHealth(data_source=timeline.data_source if resume_state else config.feed.source)
     # stop commands to the watchdog: the broker's (the gate's StopSession), the feed's, the recorder's
     stops_tx, stops_rx = trio.open_memory_channel[StopSession](16)
     with SessionLock(run_path):
@@ -190,6 +193,7 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
                     _close_at_the_next_quote(parts, latest, resumed_at, config.feed.connect_timeout_s, sink)
                     decided = ("duration", f"{timeline.duration_s:g} s reached")
                 if plan.mode == "live":  # at once: a crash from here on resumes this session
+                    timeline.data_source = health.data_source
                     sink.checkpoint({"session": attrs.asdict(timeline), "parts": parts.state()})
                 status = await _supervise(
                     session,
@@ -467,7 +471,9 @@ async def _run(
     published = tuple({kind for strategy in parts.strategies for kind in strategy.subscribes})
     if parts.intervals:  # the longer candles are built from the session's: the broker must see them
         published = tuple({*published, Candle})
-    after_step = _checkpointer(parts, timeline, sink, config.state.checkpoint_interval_s) if live else None
+    after_step = (
+        _checkpointer(parts, timeline, sink, health, config.state.checkpoint_interval_s) if live else None
+    )
 
     async with trio.open_nursery() as actors:
         for strategy, answerer in strategy_inboxes:
@@ -553,7 +559,7 @@ def _feed(
         _, inputs = found
         end = "data_end" if session.plan.mode == "backtest" else None
         return partial(run_timed_feed, inputs, clock, end_reason=end)
-    config = session.config
+    config = _resumed_feed_config(session.config, health, parts) if session.plan.resume else session.config
 
     async def live(
         market_tx: trio.MemorySendChannel[Stamped],
@@ -582,15 +588,42 @@ def _feed(
     return live
 
 
-def _checkpointer(parts: Parts, timeline: Timeline, sink: EventSink, interval_s: float) -> Any:
+def _resumed_feed_config(config: Config, health: FeedHealth, parts: Parts) -> Config:
+    """The feed of a resumed session goes on with the market the session traded on (found by an
+    audit: a session that had fallen back to the mock source at 60,000 resumed on the exchange's
+    market at 90,000, and its mock-made short was liquidated at once, -299 USDT, the report saying
+    `bitunix`; the other way round, one that had traded the exchange's prices fell back to the
+    mock's, another market under the same position). Fallen back: the mock source again (its walk
+    restored), the exchange not asked. On the exchange with a price seen: the exchange only, no
+    fallback (stale until its data comes: entries refused, exits on the last good prices)."""
+    if config.feed.source != "bitunix":
+        return config
+    if health.data_source.startswith("mock"):
+        logger.warning(
+            "the session had fallen back to the mock source ({}): resuming it on the mock source",
+            health.data_source,
+        )
+        return attrs.evolve(config, feed=attrs.evolve(config.feed, source="mock"))
+    broker = parts.broker
+    legs = list(broker.legs.values()) if isinstance(broker, Portfolio) else [broker]
+    if config.feed.fallback != "none" and any(leg.last_tick is not None for leg in legs):
+        return attrs.evolve(config, feed=attrs.evolve(config.feed, fallback="none"))
+    return config
+
+
+def _checkpointer(
+    parts: Parts, timeline: Timeline, sink: EventSink, health: FeedHealth, interval_s: float
+) -> Any:
     """After each step of a live session: a checkpoint when an order, fill or position changed
     since the last one, or at least every `interval_s`. The state is taken right there, between
-    two steps, so it matches exactly the events sent before it."""
+    two steps, so it matches exactly the events sent before it; with it the data source the
+    session trades on (`health`: the mock source after a fallback), which a resume keeps."""
     next_at = -math.inf
 
     def after_step(now: float) -> None:
         nonlocal next_at
         if sink.critical or now >= next_at:
+            timeline.data_source = health.data_source
             sink.checkpoint({"session": attrs.asdict(timeline), "parts": parts.state()})
             next_at = now + interval_s
 

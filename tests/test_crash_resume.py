@@ -969,3 +969,110 @@ def test_a_checkpoint_follows_the_events_and_the_market_made_durable(
         assert (run / "market.jsonl").read_text().count("\n") == 1
     finally:
         recorder.finish()
+
+
+# --- a resume goes on with the market the session traded on ---------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _exchange(ws_port: int, rest_port: int, folder: Path) -> subprocess.Popen[bytes]:
+    """The fake exchange on these ports, its BTCUSDT at 90,000 (the mock source starts at 60,000)."""
+    urls = folder / "urls.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.fake_bitunix", "--port", str(ws_port), "--rest-port", str(rest_port),
+         "--start-price", "90000", "--history", "300", "--port-file", str(urls)],
+        cwd=folder, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert _wait_until(lambda: urls.exists() and urls.stat().st_size > 0, proc, 30), "the fake did not start"
+    return proc
+
+
+def _on_exchange(
+    tmp_path: Path, ws_port: int, rest_port: int, duration_min: float
+) -> subprocess.Popen[bytes]:
+    """A plain start of a 1m session on the exchange at these ports (the mock source after
+    `feed.connect_timeout_s` = 1 s without its data)."""
+    sets = [
+        "session.interval=1m", "strategy.history=30", "observability.progress=off",
+        "state.checkpoint_interval_s=0.2", "feed.connect_timeout_s=1",
+        f"feed.ws_url=ws://127.0.0.1:{ws_port}/public/", f"feed.rest_url=http://127.0.0.1:{rest_port}",
+    ]  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "actors.main", "--run-dir", str(tmp_path / "runs"), "--duration", str(duration_min),
+         "--source", "bitunix", *(a for s in sets for a in ("--set", s))],
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def _after_resume(run: Path) -> list[dict[str, Any]]:
+    events = read_events_file(run)
+    (resumed,) = [e for e in events if e["kind"] == "session.resumed"]
+    return events[events.index(resumed) + 1 :]
+
+
+def test_a_session_that_fell_back_to_the_mock_source_resumes_on_it(tmp_path: Path) -> None:
+    """Found by an audit: a session that had fallen back to the mock source (its market at
+    60,000) resumed, the exchange reachable again, on the exchange's market (90,000): its
+    mock-made position was liquidated at once, and the report said `bitunix`. It resumes on the
+    mock source, its walk restored, the exchange not asked."""
+    ws_port, rest_port = _free_port(), _free_port()
+    proc = _on_exchange(tmp_path, ws_port, rest_port, 0.3)  # nothing listens there yet: the fallback
+    latest = tmp_path / "runs" / "latest"
+    assert _wait_until(partial(_checkpointed, latest, "heartbeat"), proc, 30) and _wait_until(
+        partial(_checkpointed, latest, "feed.fallback"), proc, 30
+    ), "no fallback checkpointed"
+    proc.send_signal(signal.SIGSTOP)
+    _kill(proc)
+    run = latest.resolve()
+    exchange = _exchange(ws_port, rest_port, tmp_path)
+    try:
+        proc = _on_exchange(tmp_path, ws_port, rest_port, 0.3)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        exchange.kill()
+        exchange.communicate()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    after = _after_resume(run)
+    assert not [e for e in after if e["kind"] in ("feed.connected", "feed.live", "feed.fallback")]
+    prices = [e["price"] for e in after if e["kind"] == "heartbeat" and e.get("price")]
+    assert prices and max(prices) < 75_000  # the mock's market, never the exchange's 90,000
+    report = read_report(run)
+    assert report["data_source"].startswith("mock (fallback: ") and report["resumes"] == 1
+    assert validate(run) == []
+    assert "resuming it on the mock source" in err.decode()
+
+
+def test_a_session_on_the_exchange_resumes_on_it_with_no_fallback(tmp_path: Path) -> None:
+    """The other way round: a session that traded the exchange's prices (90,000), restarted
+    while the exchange is down, does not fall back to the mock source (another market, at
+    60,000, under the same account): it waits for the exchange, stale, to its end."""
+    ws_port, rest_port = _free_port(), _free_port()
+    exchange = _exchange(ws_port, rest_port, tmp_path)
+    try:
+        proc = _on_exchange(tmp_path, ws_port, rest_port, 0.3)
+        latest = tmp_path / "runs" / "latest"
+        assert _wait_until(partial(_checkpointed, latest, "feed.live"), proc, 30), "no live data"
+        assert _wait_until(partial(_checkpointed, latest, "heartbeat"), proc, 30)
+        proc.send_signal(signal.SIGSTOP)
+        _kill(proc)
+    finally:
+        exchange.kill()
+        exchange.communicate()
+    run = latest.resolve()
+    proc = _on_exchange(tmp_path, ws_port, rest_port, 0.3)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    after = _after_resume(run)
+    assert not [e for e in after if e["kind"] == "feed.fallback"], "fell back to the mock source"
+    prices = [e["price"] for e in after if e["kind"] == "heartbeat" and e.get("price")]
+    assert prices and min(prices) > 75_000  # the exchange's last prices, never the mock's 60,000
+    report = read_report(run)
+    assert report["data_source"] == "bitunix" and report["resumes"] == 1
+    assert validate(run) == []
