@@ -149,6 +149,9 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
             reserve_mb=config.session.disk_reserve_mb,
         )
         recorder.console.echo = session.console
+        if resume_state is not None and recorder.fallback_source is not None:
+            # its events say it fell back (a checkpoint from before the data source was kept in it)
+            health.data_source = recorder.fallback_source
         sink = EventSink()
         async with trio.open_nursery() as root:
             if webhook is not None:

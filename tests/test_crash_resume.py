@@ -1017,11 +1017,13 @@ def _after_resume(run: Path) -> list[dict[str, Any]]:
     return events[events.index(resumed) + 1 :]
 
 
-def test_a_session_that_fell_back_to_the_mock_source_resumes_on_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kept_in", ["checkpoint", "events"])
+def test_a_session_that_fell_back_to_the_mock_source_resumes_on_it(tmp_path: Path, kept_in: str) -> None:
     """Found by an audit: a session that had fallen back to the mock source (its market at
     60,000) resumed, the exchange reachable again, on the exchange's market (90,000): its
     mock-made position was liquidated at once, and the report said `bitunix`. It resumes on the
-    mock source, its walk restored, the exchange not asked."""
+    mock source, its walk restored, the exchange not asked. `events`: a checkpoint from before
+    the data source was kept in it (its `bitunix`): the `feed.fallback` event says it."""
     ws_port, rest_port = _free_port(), _free_port()
     proc = _on_exchange(tmp_path, ws_port, rest_port, 0.3)  # nothing listens there yet: the fallback
     latest = tmp_path / "runs" / "latest"
@@ -1031,6 +1033,13 @@ def test_a_session_that_fell_back_to_the_mock_source_resumes_on_it(tmp_path: Pat
     proc.send_signal(signal.SIGSTOP)
     _kill(proc)
     run = latest.resolve()
+    if kept_in == "events":
+        loaded = checkpoint.load(run)
+        assert loaded.state["session"]["data_source"].startswith("mock (fallback: ")
+        loaded.state["session"]["data_source"] = "bitunix"
+        for name in (checkpoint.PREVIOUS, checkpoint.NEWEST):
+            (run / name).unlink(missing_ok=True)
+        checkpoint.write(run, loaded.state)
     exchange = _exchange(ws_port, rest_port, tmp_path)
     try:
         proc = _on_exchange(tmp_path, ws_port, rest_port, 0.3)

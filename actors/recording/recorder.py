@@ -178,6 +178,9 @@ class Recorder:
         self.report: dict[str, Any] | None = None
         self.last_event_ts: float | None = None
         self.discarded_events = 0
+        # the data source a `feed.fallback` event among the events written (or reloaded) says the
+        # session trades on (None: none): a resume goes on with it
+        self.fallback_source: str | None = None
         # a resume's discarded events (written after the checkpoint): the fills among them, as a
         # reader saw them, and every order and fill id they gave (never given again: `Parts.skip_ids`);
         # with those of the earlier resumes from which no checkpoint followed (`DISCARDED_FILE`)
@@ -302,6 +305,8 @@ class Recorder:
             self.metrics.append({**{k: record.get(k) for k in METRIC_FIELDS}, **NO_HEALTH})
         elif record["kind"] == "session.started":
             self.price_dp, self.qty_dp = metric_decimals(record.get("symbol") or "")
+        elif record["kind"] == "feed.fallback" and isinstance(record.get("data_source"), str):
+            self.fallback_source = record["data_source"]
 
     def write(self, event: Event) -> None:
         # the event's fields read once (an attrs class: compiled, each read is a generic lookup)
