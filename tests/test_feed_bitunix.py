@@ -1242,3 +1242,37 @@ async def test_a_trade_quote_goes_only_at_a_fresh_books_top(tmp_path: Path) -> N
     assert isinstance(tick, Tick)
     assert (tick.bid, tick.ask, tick.last, tick.last_qty, tick.source) == (100.4, 100.5, 100.2, 0.5, "ws")
     await feed.http.aclose()
+
+
+async def test_a_book_and_its_quote_go_out_together_through_a_cancel(tmp_path: Path) -> None:
+    """Each book push is a `Book` and then its top's `Tick`. A connection dropped while the Tick
+    was on its way (the pinger's failure cancels the frame's handling) handed out the Book alone
+    (found by an audit: the drop session test failed about 1 in 10 runs, a Book without its Tick).
+    Here the cancel comes exactly there: the subscriber cancels the feed's scope on taking the Book.
+    The Tick still goes; a cancel before the Book is taken hands out neither."""
+    config = make_config(tmp_path, "feed.source=bitunix")
+    tx, rx = trio.open_memory_channel[MarketEvent](0)  # each send waits for the subscriber
+    events_tx, _ = trio.open_memory_channel[Event](math.inf)
+    feed = BitunixFeed(config, SessionClock(), FeedHealth(data_source="bitunix"), [tx], events_tx)
+    m = feed.markets["BTCUSDT"]
+    bids = tuple((100.0 - k * 0.1, 1.0) for k in range(15))
+    asks = tuple((100.1 + k * 0.1, 1.0) for k in range(15))
+    got: list[MarketEvent] = []
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+
+            async def handle() -> None:
+                with scope:
+                    await feed._book(m, bids, asks)
+
+            nursery.start_soon(handle)
+            got.append(await rx.receive())
+            scope.cancel()  # the connection goes, the Book taken, its Tick on its way
+            got.append(await rx.receive())
+    assert isinstance(got[0], Book) and isinstance(got[1], Tick)
+    assert (got[1].bid, got[1].ask, got[1].ts) == (100.0, 100.1, got[0].ts)
+    with trio.CancelScope() as early:
+        early.cancel()
+        await feed._book(m, bids, asks)
+    assert rx.statistics().current_buffer_used == 0 and rx.statistics().tasks_waiting_send == 0

@@ -527,7 +527,11 @@ class BitunixFeed:
         await fan_out(self.subscribers, book)
         (bid, bid_qty), (ask, ask_qty) = bids[0], asks[0]
         m.top, m.top_at = (bid, ask, bid_qty, ask_qty), trio.current_time()
-        await self._tick(m, bid, ask, bid_qty, ask_qty, now, source)
+        # once the Book is out its Tick goes too (found by an audit: a connection dropped meanwhile,
+        # the pinger's failure cancelling this frame's handling, handed out the Book alone);
+        # subscribers read until they close, as `fan_out` asks
+        with trio.CancelScope(shield=True):
+            await self._tick(m, bid, ask, bid_qty, ask_qty, now, source)
 
     async def _tick(
         self,
