@@ -158,6 +158,15 @@ def test_a_signal_during_start_up_exits_at_once_without_a_traceback(
     assert [p.name for p in run_dir.iterdir()] == [".start.lock"]  # no run folder
 
 
+def _holding(tmp_path: Path, proc: subprocess.Popen[Any]) -> None:
+    """Until a fill is on disk (from then on the session may hold a position)."""
+    events = tmp_path / "runs" / "latest" / "events.jsonl"
+    deadline = time.monotonic() + 30
+    while not (events.exists() and '"order.filled"' in events.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "no fill"
+        time.sleep(0.02)
+
+
 def test_a_console_gone_before_the_stop_still_ends_flat_with_the_report(tmp_path: Path) -> None:
     """`... 2>&1 | tee out` stopped by one Ctrl-C (the terminal sends it to tee too), a terminal
     hung up, a log reader that died: the session's next console line fails (EPIPE, EIO). Found by
@@ -167,12 +176,8 @@ def test_a_console_gone_before_the_stop_still_ends_flat_with_the_report(tmp_path
     from tools.validate_session import validate
 
     proc = _start(tmp_path, "--duration", "5", "--set", "observability.progress=plain")
-    events = tmp_path / "runs" / "latest" / "events.jsonl"
     try:
-        deadline = time.monotonic() + 30
-        while not (events.exists() and '"order.filled"' in events.read_text()):
-            assert proc.poll() is None and time.monotonic() < deadline, "no fill"
-            time.sleep(0.02)
+        _holding(tmp_path, proc)
         assert proc.stdout is not None and proc.stderr is not None
         proc.stdout.close()  # the reader is gone: the next line the session writes fails (EPIPE)
         proc.stderr.close()
@@ -188,15 +193,6 @@ def test_a_console_gone_before_the_stop_still_ends_flat_with_the_report(tmp_path
     assert (report["status"], report["stop_reason"], report["open_positions"]) == ("ok", "signal", [])
     assert read_events(run)[-1]["kind"] == "session.stopped"
     assert validate(run) == []
-
-
-def _holding(tmp_path: Path, proc: subprocess.Popen[Any]) -> None:
-    """Until a fill is on disk (from then on the session may hold a position)."""
-    events = tmp_path / "runs" / "latest" / "events.jsonl"
-    deadline = time.monotonic() + 30
-    while not (events.exists() and '"order.filled"' in events.read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline, "no fill"
-        time.sleep(0.02)
 
 
 def test_the_terminal_closing_stops_the_session_flat_with_its_report(tmp_path: Path) -> None:
