@@ -158,6 +158,18 @@ def test_a_signal_during_start_up_exits_at_once_without_a_traceback(
     assert [p.name for p in run_dir.iterdir()] == [".start.lock"]  # no run folder
 
 
+def _stopped_flat_on_a_signal(tmp_path: Path, proc: subprocess.Popen[Any]) -> dict[str, Any]:
+    """The session exited 0, stopped by its signal, flat, its run valid; its last event."""
+    from tools.validate_session import validate
+
+    assert proc.returncode == 0
+    run = (tmp_path / "runs" / "latest").resolve()
+    report = _report(tmp_path)
+    assert (report["status"], report["stop_reason"], report["open_positions"]) == ("ok", "signal", [])
+    assert validate(run) == []
+    return read_events(run)[-1]
+
+
 def _holding(tmp_path: Path, proc: subprocess.Popen[Any]) -> None:
     """Until a fill is on disk (from then on the session may hold a position)."""
     events = tmp_path / "runs" / "latest" / "events.jsonl"
@@ -173,7 +185,6 @@ def test_a_console_gone_before_the_stop_still_ends_flat_with_the_report(tmp_path
     an audit: that line raised out of the recorder or the progress panel, and the session died
     without its flatten or its report (exit 1), holding its position. Here the pipe's reader goes
     once a fill is on disk, then SIGTERM: exit 0, flat, the report written, the folder valid."""
-    from tools.validate_session import validate
 
     proc = _start(tmp_path, "--duration", "5", "--set", "observability.progress=plain")
     try:
@@ -187,12 +198,8 @@ def test_a_console_gone_before_the_stop_still_ends_flat_with_the_report(tmp_path
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0
-    run = (tmp_path / "runs" / "latest").resolve()
-    report = _report(tmp_path)
-    assert (report["status"], report["stop_reason"], report["open_positions"]) == ("ok", "signal", [])
-    assert read_events(run)[-1]["kind"] == "session.stopped"
-    assert validate(run) == []
+    stopped = _stopped_flat_on_a_signal(tmp_path, proc)
+    assert stopped["kind"] == "session.stopped"
 
 
 def test_the_terminal_closing_stops_the_session_flat_with_its_report(tmp_path: Path) -> None:
@@ -201,8 +208,6 @@ def test_the_terminal_closing_stops_the_session_flat_with_its_report(tmp_path: P
     default action ended the process as a SIGKILL would, holding its position, no report (exit
     -1). It stops as a SIGTERM does: flat, its report, exit 0 (the dead terminal let go)."""
     import termios
-
-    from tools.validate_session import validate
 
     master, slave = os.openpty()
 
@@ -227,13 +232,8 @@ def test_the_terminal_closing_stops_the_session_flat_with_its_report(tmp_path: P
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0
-    run = (tmp_path / "runs" / "latest").resolve()
-    report = _report(tmp_path)
-    assert (report["status"], report["stop_reason"], report["open_positions"]) == ("ok", "signal", [])
-    stopped = read_events(run)[-1]
+    stopped = _stopped_flat_on_a_signal(tmp_path, proc)
     assert (stopped["kind"], stopped["detail"]) == ("session.stopped", "SIGHUP")
-    assert validate(run) == []
 
 
 def _drain(fd: int) -> None:
