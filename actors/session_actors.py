@@ -188,8 +188,9 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
                 elif (
                     plan.mode == "live"
                     and resumed_at is not None
-                    and parts.gate.limits_reached(resumed_at, parts.broker.equity)
-                ):  # a limit lowered for the resume, reached already: it stops at once the same way
+                    and _limits_given_now(parts, resumed_at, sink)
+                ):
+                    # a limit lowered for the resume, reached already: it stops at once the same way
                     stop_again = _stop_again(parts, latest, resumed_at, sink, again=False)
                     decided = (stop_again.reason, stop_again.detail)
                 elif plan.mode == "live" and resumed_at is not None and resumed_at >= timeline.end_ts:
@@ -255,6 +256,24 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
                     sink.send_nowait(event)
     assert recorder.report is not None
     return SessionResult(run_path, recorder.report, recorder.console, recorder.written, recorder.storage)
+
+
+def _limits_given_now(parts: Parts, resumed_at: float, sink: EventSink) -> bool:
+    """The risk limits given for the resume, on the restored counts and account
+    (`RiskGate.limits_reached`): its events recorded (a breaker's trip), its commands to the broker
+    (a halt, the watch under the limits given now); whether the gate stopped the session."""
+    for output in parts.gate.limits_reached(resumed_at, parts.broker.equity):
+        if isinstance(output, Event):
+            sink.send_nowait(output)
+        elif not isinstance(output, StopSession):  # (a stop: `_stop_again` gives it to the broker)
+            for event in parts.broker.handle(output, resumed_at):
+                sink.send_nowait(event)
+    if parts.gate.stop_reason is None and parts.gate.flatten_due is not None:
+        logger.warning(
+            "the session has reached a risk limit given for its resume: the breaker tripped, entries "
+            "are halted and its position is closed at the market's next quote"
+        )
+    return parts.gate.stop_reason is not None
 
 
 def _stop_again(

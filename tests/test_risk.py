@@ -1612,6 +1612,79 @@ def test_a_resumed_gate_stops_on_a_limit_given_now_that_the_session_reached(
     gate, _ = _gate(tmp_path, *sets)
     for name, value in counts.items():
         setattr(gate, name, value)
-    assert gate.limits_reached(T0, equity) is (reason is not None)
+    outs = gate.limits_reached(T0, equity)
+    assert _outs_kinds(outs) == (["StopSession"] if reason is not None else ["RiskWatch"])
     assert gate.stop_reason == reason and gate.stopping is (reason is not None)
-    assert gate.limits_reached(T0, equity) is False  # stopped already: nothing more
+    if reason is not None:
+        assert gate.limits_reached(T0, equity) == []  # stopped already: nothing more
+
+
+DAY0 = math.floor(T0 / 86400)  # T0's UTC day (2027-01-15)
+
+
+@pytest.mark.parametrize("action", ["stop", "halt"])
+@pytest.mark.parametrize(
+    ("sets", "counts", "equity", "breaker", "halted_until"),
+    [
+        # two losing trades in a row restored, the streak's limit now 2: halted for the cooldown
+        (["risk.max_consecutive_losses=2"], {"consecutive_losses": 2}, 10_000.0, "max_consecutive_losses",
+         T0 + 30 * 60),
+        # 1.01 % below the day's start (10,000), the day's cap now 1 %: halted until the next midnight
+        (["risk.max_daily_drawdown_pct=1"], {"day": DAY0, "day_start_equity": 10_000.0}, 9_899.0,
+         "max_daily_drawdown", (DAY0 + 1) * 86400.0),
+    ],
+)  # fmt: skip
+def test_a_resumed_gate_trips_a_breaker_given_now_that_the_session_reached(
+    tmp_path: Path,
+    sets: list[str],
+    counts: dict[str, Any],
+    equity: float,
+    breaker: str,
+    halted_until: float,
+    action: str,
+) -> None:
+    """A lowered max_consecutive_losses or max_daily_drawdown_pct that the restored gate has
+    reached already trips the breaker at the resume, as the other limits stop (found by the crash
+    audit: only max_trades, max_losses and max_loss_pct were looked at). Set to stop, the session
+    stops ("breaker"; its position is closed by the stop at the next quote, no flatten of the
+    breaker's at the quote of before the crash); set to halt, entries are halted at once and the
+    breaker's flatten is given at the first account update after the resume, which its watch asks
+    for at once."""
+    gate, desk = _gate(tmp_path, *sets, f"risk.on_breaker={action}")
+    for name, value in counts.items():
+        setattr(gate, name, value)
+    outs = gate.limits_reached(T0, equity)
+    tripped = outs[0]
+    assert isinstance(tripped, Event) and tripped.kind == "breaker.tripped"
+    assert (tripped.fields["reason"], tripped.fields["action"]) == (breaker, action)
+    account = desk.account(T0)
+    if action == "stop":
+        assert _outs_kinds(outs) == ["breaker.tripped", "StopSession"]
+        assert (gate.stop_reason, gate.flatten_due) == ("breaker", None)
+        return
+    assert _outs_kinds(outs) == ["breaker.tripped", "HaltEntries", "RiskWatch"]
+    assert [o.until for o in outs if isinstance(o, HaltEntries)] == [halted_until]
+    (watch,) = [o for o in outs if isinstance(o, RiskWatch)]
+    assert watch.check_at == T0  # the next mark is reported
+    assert (gate.stop_reason, gate.flatten_due) == (None, "breaker-1")
+    assert _rejected(gate.check(_entry(), account, T0)) == "breaker_halt"
+    # kept by a checkpoint taken before that mark
+    again, _ = _gate(tmp_path, *sets, f"risk.on_breaker={action}")
+    again.restore(json.loads(json.dumps(gate.state())), account)
+    assert again.flatten_due == "breaker-1"
+    flattens = [o for o in gate.on_account(AccountUpdate(T0 + 1, account)) if isinstance(o, Flatten)]
+    assert [(f.reason, f.order_id) for f in flattens] == [("breaker", "breaker-1")]
+    assert gate.flatten_due is None
+    assert not [o for o in gate.on_account(AccountUpdate(T0 + 2, account)) if isinstance(o, Flatten)]
+
+
+def test_a_resumed_gate_gives_the_broker_its_watch_under_the_limits_given_now(tmp_path: Path) -> None:
+    """The broker's watch is restored with the account, its floor set under the session's limits:
+    a max_loss_pct lowered for the resume and not reached yet would be seen only at the next
+    closed trade (found by the resume audit). The resume gives the broker the gate's watch under
+    the limits given now: 5 % of 10,000 lost is 9,500 (the day's cap, 50 %, lower)."""
+    gate, _ = _gate(tmp_path, "risk.max_loss_pct=5", "risk.max_daily_drawdown_pct=50")
+    gate.day, gate.day_start_equity = DAY0, 10_000.0
+    (watch,) = gate.limits_reached(T0, 9_800.0)
+    assert isinstance(watch, RiskWatch)
+    assert watch.equity_floor == pytest.approx(9_500.0, rel=1e-8) and watch.check_at == (DAY0 + 1) * 86400.0

@@ -302,6 +302,54 @@ async def test_a_signal_or_the_kill_switch_at_a_resume_after_a_risk_stop_keeps_i
     assert second.exit_code == 0
 
 
+@pytest.mark.parametrize("action", ["stop", "halt"])
+async def test_a_resume_under_a_breaker_limit_the_session_has_reached_trips_it(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, action: str
+) -> None:
+    """Found by the crash audit: a max_consecutive_losses lowered for a resume, which the
+    restored streak had reached already, was looked at only when the next trade closed (so was a
+    lowered max_daily_drawdown_pct, until the broker's watch restored under the old floor fired),
+    while max_trades stops at once. Now the breaker trips at the resume: set to stop, the session
+    stops at once, flat, as for max_trades; set to halt, no entry is made and its position is
+    closed by the breaker's flatten at the first quote after the resume (not the one of before the
+    crash). The crash: a session ended on its duration, its folder as at its last checkpoint (one
+    losing trade in a row, a short open)."""
+    from actors.plan import Plan
+    from actors.recording import checkpoint
+
+    first = await run_session(
+        make_config(tmp_path, *TRADES_OFTEN, duration_min=2), handle_signals=False, progress_mode="off"
+    )
+    saved = checkpoint.load(first.run_path).state
+    assert saved["parts"]["risk"]["consecutive_losses"] == 1 and saved["parts"]["account"]["position_qty"] < 0
+    for name in ("final_report.json", "metrics.json", "report.html"):
+        (first.run_path / name).unlink()
+    config = make_config(
+        tmp_path, *TRADES_OFTEN, "risk.max_consecutive_losses=1", f"risk.on_breaker={action}", duration_min=2
+    )
+    second = await run_session(
+        config, plan=Plan(resume=first.run_path), handle_signals=False, progress_mode="off"
+    )
+    events = read_events(second.run_path)
+    (resumed,) = [e for e in events if e["kind"] == "session.resumed"]
+    after = events[events.index(resumed) + 1 :]
+    (tripped,) = [e for e in after if e["kind"] == "breaker.tripped"]
+    assert (tripped["reason"], tripped["action"]) == ("max_consecutive_losses", action)
+    assert not [e for e in after if e["kind"] == "order.submitted" and not e.get("reduce_only")]  # no entry
+    submitted = [e for e in after if e["kind"] == "order.submitted"]
+    report = read_report(second.run_path)
+    assert report["open_positions"] == []
+    if action == "stop":
+        assert [e["reason"] for e in submitted] == ["flatten_on_exit"]
+        assert report["stop_reason"] == "breaker"
+        assert events[-1]["detail"].endswith("(a limit given at the resume)")
+        return
+    assert [e["reason"] for e in submitted] == ["breaker"]
+    (closing,) = submitted
+    assert closing["ts"] > resumed["ts"] and closing["quote_age_s"] < 5  # a quote of after the resume
+    assert report["stop_reason"] == "duration"
+
+
 async def test_a_resume_lists_the_fills_it_discarded_and_never_gives_their_ids_again(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:

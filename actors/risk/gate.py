@@ -139,6 +139,9 @@ class RiskGate:
         self.stop_detail = ""
         self.stop_ts: float | None = None
         self.watching: RiskWatch | None = None  # the last watch the broker was given
+        # the id of a breaker's flatten to give at the next account update (a breaker set to halt
+        # that tripped at a resume: `limits_reached`)
+        self.flatten_due: str | None = None
 
     # --- checkpoint ------------------------------------------------------------------------------
 
@@ -158,6 +161,7 @@ class RiskGate:
         "stop_reason",
         "stop_detail",
         "stop_ts",
+        "flatten_due",
     )
 
     def state(self) -> dict[str, Any]:
@@ -544,24 +548,63 @@ class RiskGate:
 
     # --- the account -----------------------------------------------------------------------------
 
-    def limits_reached(self, ts: float, equity: float) -> bool:
+    def limits_reached(self, ts: float, equity: float) -> list[RiskOutput]:
         """At a resume, under the limits given now (they may differ from the session's: a lower
-        `max_trades`, `max_losses` or `max_loss_pct`): whether the restored counts or the account
-        reach one already; if so the gate stops (`stop_reason`), as it would have on the trade or
-        the mark that reached it (found by an audit: the resumed session opened a new position
-        beyond the limit, stopping only when that trade closed)."""
+        `max_trades`, `max_losses`, `max_loss_pct`, `max_consecutive_losses` or
+        `max_daily_drawdown_pct`): whether the restored counts or the account reach one already
+        (found by an audit: the resumed session opened a new position beyond the limit, stopping
+        only when that trade closed; the breakers' limits were not looked at, the streak's until
+        the next trade closed, the day's until the broker's watch, restored with the old floor,
+        fired). The outputs for the resume:
+
+        - a stop limit reached: the gate stops (`stop_reason`), as it would have on the trade or
+          the mark that reached it; `[StopSession]`;
+        - a breaker's limit reached: it trips (`breaker.tripped`). Set to stop, it stops the
+          session (`stop_reason` "breaker"; the breaker's own flatten is left out: the session
+          closes its position at the market's next quote, as any stop at a resume does). Set to
+          halt, entries are halted (`HaltEntries`) and the breaker's flatten waits for the first
+          mark after the resume (`flatten_due`: the quote of before the crash is no price to
+          close at), which the watch given asks the broker for;
+        - the watch the broker must keep from now on (`RiskWatch`, under the limits given now:
+          the one restored with the account was set under the session's), unless it stopped.
+        """
         if self.stopping:
-            return False
+            return []
         c = self.config
+        loss_pct = (self.starting_equity - equity) / self.starting_equity * 100
         if c.max_trades and self.trades >= c.max_trades:
-            self._stop(ts, "max_trades", f"{self.trades} trades closed")
-        elif c.max_losses and self.losses >= c.max_losses:
-            self._stop(ts, "max_losses", f"{self.losses} losing trades")
+            return self._stop(ts, "max_trades", f"{self.trades} trades closed")
+        if c.max_losses and self.losses >= c.max_losses:
+            return self._stop(ts, "max_losses", f"{self.losses} losing trades")
+        if loss_pct >= c.max_loss_pct - PCT_EPS:
+            return self._stop(ts, "max_loss", f"session loss {loss_pct:.2f} % >= {c.max_loss_pct:g} %")
+        halted = self.halted_until is not None and ts < self.halted_until
+        tripped: list[RiskOutput] = []
+        if c.max_consecutive_losses and self.consecutive_losses >= c.max_consecutive_losses and not halted:
+            self.consecutive_losses = 0  # the streak counts from zero again, as at a trip on a close
+            tripped = self._trip(
+                STREAK,
+                f"{c.max_consecutive_losses} losing trades in a row",
+                ts,
+                equity,
+                ts + c.loss_streak_cooldown_min * 60,
+            )
         else:
-            loss_pct = (self.starting_equity - equity) / self.starting_equity * 100
-            if loss_pct >= c.max_loss_pct - PCT_EPS:
-                self._stop(ts, "max_loss", f"session loss {loss_pct:.2f} % >= {c.max_loss_pct:g} %")
-        return self.stopping
+            tripped = self._check_daily(ts, equity)
+        out: list[RiskOutput] = []
+        for output in tripped:
+            if isinstance(output, Flatten):
+                if not self.stopping:  # halted: closed at the first mark after the resume
+                    self.flatten_due = output.order_id
+            else:
+                out.append(output)
+        if self.stopping:
+            return out
+        watch = self.watch(ts)
+        if self.flatten_due is not None:  # the next mark reported, whatever the account
+            watch = RiskWatch(ts, watch.equity_floor, ts)
+        self.watching = watch
+        return [*out, watch]
 
     def on_account(self, update: AccountUpdate) -> list[RiskOutput]:
         """After the marks the watch asked for and every closed trade: a new UTC day and the end of
@@ -571,6 +614,9 @@ class RiskGate:
             return []
         ts, equity = update.ts, update.account.equity
         out = self._roll(ts, equity)
+        if self.flatten_due is not None:  # a breaker tripped at the resume (`limits_reached`)
+            out.append(Flatten(ts, "breaker", self.flatten_due))
+            self.flatten_due = None
         for trade in update.closed:
             out += self._trade_closed(trade.net_pnl, ts, equity)
             if self.stopping:
