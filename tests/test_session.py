@@ -350,6 +350,59 @@ async def test_a_resume_under_a_breaker_limit_the_session_has_reached_trips_it(
     assert report["stop_reason"] == "duration"
 
 
+async def test_a_resume_moves_aside_the_alerts_of_the_events_it_discards(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Found by the crash audit: a resume takes the events after its checkpoint out of
+    events.jsonl and gives their seqs to the events that follow, but alerts.jsonl kept the alerts
+    of those events: a line naming seq N named another event since. They are moved to
+    alerts.discarded.jsonl (`after_seq`: the checkpoint's seq); a health alert (no seq) stays; the
+    validator checks each alert left against its event. The crash: a session's folder as at its
+    last checkpoint, its process having died in an error after it (its `error` event and its
+    `session_error` alert, the event and the line, written past the checkpoint)."""
+    import json
+
+    from actors.plan import Plan
+    from actors.recording import checkpoint
+    from tools.validate_session import check_alerts, load_events
+
+    config = make_config(tmp_path, *TRADES_OFTEN, duration_min=2)
+    first = await run_session(config, handle_signals=False, progress_mode="off")
+    run = first.run_path
+    saved = checkpoint.load(run).state["seq"]
+    lines = (run / "events.jsonl").read_text().splitlines(keepends=True)
+    stopped = json.loads(lines[-1])
+    seq, ts = stopped["seq"], stopped["ts"]
+    assert seq > saved + 1
+    message = "the session ends on an error (session): boom"
+    fields = {
+        "rule": "session_error",
+        "severity": "critical",
+        "message": message,
+        "details": {"where": "session"},
+    }
+    error = {"seq": seq, "ts": ts, "kind": "error", "where": "session", "message": "boom"}
+    lines[-1:] = [
+        json.dumps(error) + "\n",
+        json.dumps({"seq": seq + 1, "ts": ts, "kind": "alert", **fields}) + "\n",
+    ]
+    (run / "events.jsonl").write_text("".join(lines))
+    memory = {"ts": ts, "run_id": run.name, "seq": None, "rule": "memory", "severity": "warning",
+              "message": "resident memory 900 MB is above alerts.max_rss_mb = 800 MB", "details": {}}  # fmt: skip
+    dead = {"ts": ts, "run_id": run.name, "seq": seq + 1, **fields}
+    (run / "alerts.jsonl").write_text(json.dumps(memory) + "\n" + json.dumps(dead) + "\n")
+    for name in ("final_report.json", "metrics.json", "report.html"):
+        (run / name).unlink()
+    await run_session(config, plan=Plan(resume=run), handle_signals=False, progress_mode="off")
+    aside = [json.loads(line) for line in (run / "alerts.discarded.jsonl").read_text().splitlines()]
+    assert aside == [{"after_seq": saved, "alert": dead}]
+    kept = [json.loads(line) for line in (run / "alerts.jsonl").read_text().splitlines()]
+    assert kept[0] == memory and dead not in kept
+    assert [a["rule"] for a in kept[1:]] == ["resume"]  # the resumed session's own
+    events, _ = load_events(run / "events.jsonl")
+    assert check_alerts(run, events, finished=True) == []
+
+
 async def test_a_resume_lists_the_fills_it_discarded_and_never_gives_their_ids_again(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:

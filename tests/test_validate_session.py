@@ -559,3 +559,57 @@ def test_a_backtests_fill_at_a_market_its_data_never_gave_is_caught(
         assert f"fills not checked against the data: {data} not found" in capsys.readouterr().err
     finally:
         data.with_suffix(".moved").rename(data)
+
+
+def _alert_line(run: Path, seq: int | None, rule: str, ts: str, message: str = "m") -> str:
+    fields = {"ts": ts, "run_id": run.name, "seq": seq, "rule": rule, "severity": "warning"}
+    return json.dumps({**fields, "message": message, "details": {}}) + "\n"
+
+
+def test_an_alert_that_names_no_alert_event_is_caught(trading_run: Path) -> None:
+    """alerts.jsonl against events.jsonl (found by the crash audit: a resume left the alerts of
+    the events it discarded there, naming seqs given since to other events): an alert naming by
+    its seq an event that is not its alert event, one of an event's rule with no seq, a line that
+    is not an alert. A health alert (memory, disk) has no seq."""
+    events = read_events(trading_run)
+    heartbeat = next(e for e in events if e["kind"] == "heartbeat")
+    (trading_run / "alerts.jsonl").write_text(
+        _alert_line(trading_run, None, "memory", heartbeat["ts"])
+        + _alert_line(trading_run, heartbeat["seq"], "breaker", heartbeat["ts"])
+        + _alert_line(trading_run, None, "breaker", heartbeat["ts"])
+        + _alert_line(trading_run, len(events) + 1, "fallback", heartbeat["ts"])
+        + "not an alert\n"
+    )
+    problems = validate(trading_run)
+    assert [p.split(":")[0] for p in problems] == [f"alerts.jsonl line {n}" for n in (2, 3, 4, 5)]
+    assert (
+        f"the breaker alert of seq {heartbeat['seq']}" in problems[0] and "a heartbeat event" in problems[0]
+    )
+    assert "names no event" in problems[2]
+
+
+def test_closing_a_killed_run_moves_aside_the_alerts_of_events_it_lost(tmp_path: Path) -> None:
+    """A process killed before its first checkpoint may have written an alert (alerts.jsonl is
+    written at once) whose events were still in its buffer: the close gives their seq to its
+    `session.stopped`, and the alert named it (found by the crash audit). The close moves it to
+    alerts.discarded.jsonl; the folder validates."""
+    run = write_killed_run(tmp_path)  # events 1 and 2 whole, a third torn
+    line = _alert_line(run, 3, "fallback", read_events_lines(run)[-1]["ts"], "no live market data")
+    (run / "alerts.jsonl").write_text(line)
+    close_abandoned(run)
+    assert read_events(run)[2]["kind"] == "session.stopped"  # seq 3
+    assert (run / "alerts.jsonl").read_text() == ""
+    aside = [json.loads(x) for x in (run / "alerts.discarded.jsonl").read_text().splitlines()]
+    assert aside == [{"after_seq": 2, "alert": json.loads(line)}]
+    assert validate(run) == []
+
+
+def read_events_lines(run: Path) -> list[dict[str, Any]]:
+    """The whole events of a killed run's events.jsonl (its torn last line left out)."""
+    out = []
+    for raw in (run / "events.jsonl").read_text().splitlines():
+        try:
+            out.append(json.loads(raw))
+        except ValueError:
+            continue
+    return out

@@ -31,6 +31,8 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
   time held); every heartbeat's realized PnL, fees and position are the fills' up to it, its
   unrealized PnL the position at its mark, and its equity their sum with the funding so far;
 - `metrics.json`'s rows are the heartbeats, and `metrics.csv` is `metrics.json` rounded;
+- `alerts.jsonl`: each alert names by its `seq` the `alert` event it was raised with (its rule,
+  message and time), `memory` and `disk` (the machine's) none (`check_alerts`);
 - `report.html` (the command line, not `validate()` unless asked: it rebuilds the page) shows
   the summary and statistics the page the run folder's files give shows, cell for cell;
 - flat at a clean end: no position left and `open_positions` empty;
@@ -1337,6 +1339,59 @@ def load_market(run: Path) -> tuple[dict[str, SymbolMarket], float | None, list[
     return markets, last, problems
 
 
+HEALTH_RULES = frozenset({"memory", "disk"})  # alerts of the machine, not of an event: no seq
+
+
+def check_alerts(run: Path, events: list[dict[str, Any]], finished: bool) -> list[str]:
+    """alerts.jsonl: every line an alert; a health alert (`memory`, `disk`) with no seq, any other
+    naming by its seq the `alert` event it was raised with, of its rule, message and time (found by
+    the crash audit: a resume took the events after its checkpoint out of events.jsonl and gave
+    their seqs to others, and their alerts stayed: actors/recording/alerts.py `set_aside`). An
+    unfinished run's alert may name an event not on disk yet (written before the events' buffer)."""
+    path = run / "alerts.jsonl"
+    try:
+        raws = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    by_seq = {e["seq"]: e for e in events}
+    last = max(by_seq, default=0)
+    problems: list[str] = []
+    for n, raw in enumerate(raws, 1):
+        try:
+            alert = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            alert = None
+        if not isinstance(alert, dict) or not isinstance(alert.get("rule"), str):
+            problems.append(f"alerts.jsonl line {n}: not an alert")
+            continue
+        seq, rule = alert.get("seq"), alert["rule"]
+        if seq is None:
+            if rule not in HEALTH_RULES:
+                problems.append(
+                    f"alerts.jsonl line {n}: a {rule} alert with no seq (only memory and disk have none)"
+                )
+            continue
+        if not isinstance(seq, int) or (not finished and seq > last):
+            if not isinstance(seq, int):
+                problems.append(f"alerts.jsonl line {n}: seq {seq!r} is not an event's")
+            continue
+        event = by_seq.get(seq)
+        if (
+            event is None
+            or event["kind"] != "alert"
+            or (event.get("rule"), event.get("message"), event["ts"])
+            != (rule, alert.get("message"), alert.get("ts"))
+        ):
+            what = "no event" if event is None else f"a {event['kind']} event"
+            if event is not None and event["kind"] == "alert":
+                what = f"the alert event {event.get('rule')}: {event.get('message')!r} at {event['ts']}"
+            problems.append(
+                f"alerts.jsonl line {n}: the {rule} alert of seq {seq} at {alert.get('ts')} names {what} "
+                "in events.jsonl (an alert of an event a resume discarded?)"
+            )
+    return problems
+
+
 def check_market(run: Path, events: list[dict[str, Any]], finished: bool) -> list[str]:
     """A live session's or a replay's fills against the market it recorded (`market.jsonl`; a
     backtest records none, and an older version's replay none: nothing to check) (found by an
@@ -1831,6 +1886,7 @@ def validate(run: Path, page: bool = False) -> list[str]:
         ("market", lambda: check_market(run, events, finished and not abandoned)),
         ("data", lambda: check_data(events)),
         ("funding", lambda: check_funding_charges(events, report)),
+        ("alerts", lambda: check_alerts(run, events, finished)),
     ]
     if page:
         checks.append(("page", lambda: check_page(run)))

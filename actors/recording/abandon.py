@@ -38,6 +38,7 @@ from loguru import logger
 
 from actors.lock import SessionLock
 from actors.recording import checkpoint
+from actors.recording.alerts import set_aside
 from actors.recording.html_report import write_report_html
 from actors.recording.storage import FaultNote, cut_torn_tail, noted_fault
 from protocols.records import (
@@ -220,6 +221,10 @@ def close_abandoned(run_path: Path) -> Abandoned:
         positions = open_positions(fills, records[0].get("symbol") or "")
         kind = run_kind(records[0])
         if records[-1]["kind"] != "session.stopped":
+            # the alerts of the events left out (a step cut, lines lost with the process's buffer)
+            # moved aside before the events they no longer name are given their seqs (found by the
+            # crash audit), as a resume does
+            set_aside(run_path, records[-1]["seq"])
             detail = (
                 "killed before its first checkpoint (no checkpoint.json): closed by the next start"
                 if kind == "live"

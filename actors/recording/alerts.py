@@ -25,14 +25,21 @@ and between a session and its replay):
 
 `alerts.jsonl` (created with the first alert): one JSON object per alert, `ts` (ISO-8601 UTC, the
 session clock), `run_id`, `seq` (the `alert` event's in `events.jsonl`; null for health alerts),
-`rule`, `severity` (`warning` or `critical`), `message`, `details`. The webhook gets the same
+`rule`, `severity` (`warning` or `critical`), `message`, `details`. A resume takes the events after
+its checkpoint out of `events.jsonl` (their seqs are given again, to other events), and closing a
+run killed before its first checkpoint may leave out the events of its last step: the alerts of
+those events are moved to `alerts.discarded.jsonl` (`set_aside`; found by the crash audit: they
+stayed, naming events that were gone or seqs that meant other events since), so that every alert
+left with a seq names its `alert` event (the validator checks it). The webhook gets the same
 object, plus `text` (one line for chat tools), when `observability.webhook_url` is set
 (actors/recording/webhook.py; live sessions only).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +50,8 @@ from loguru import logger
 
 from actors import secrets
 from actors.config import AlertsConfig
-from actors.recording.storage import cut_torn_tail
+from actors.recording import checkpoint
+from actors.recording.storage import cut_torn_tail, temp_file
 from protocols.records import dumps_line, iso
 
 ALERT_KIND = "alert"
@@ -317,6 +325,55 @@ class AlertLog:
                 f.close()
             except OSError as exc:
                 self.fault = self.fault or (exc, self.path)
+
+
+ALERTS_FILE = "alerts.jsonl"
+# the alerts of events taken out of events.jsonl (a resume, a close as abandoned): one JSON object
+# per line, `after_seq` (the last seq events.jsonl kept then) and `alert` (or `torn`: the text of a
+# line cut by a kill)
+DISCARDED_ALERTS_FILE = "alerts.discarded.jsonl"
+
+
+def set_aside(run: Path, after_seq: int) -> int:
+    """Move the alerts of `run`'s alerts.jsonl whose `seq` is above `after_seq` (their events
+    were taken out of events.jsonl) and a last line torn by a kill to `DISCARDED_ALERTS_FILE`,
+    each durable before alerts.jsonl is replaced (a kill between the two leaves them in both: the
+    next resume moves them again); health alerts (seq null) stay. How many were moved; OSError
+    when a file cannot be written."""
+    path = run / ALERTS_FILE
+    try:
+        raws = path.read_bytes().splitlines(keepends=True)
+    except FileNotFoundError:
+        return 0
+    kept: list[bytes] = []
+    moved: list[dict[str, Any]] = []
+    for raw in raws:
+        if not raw.endswith(b"\n"):
+            moved.append({"after_seq": after_seq, "torn": raw.decode("utf-8", "replace")})
+            continue
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            record = None
+        seq = record.get("seq") if isinstance(record, dict) else None
+        if isinstance(seq, int) and seq > after_seq:
+            moved.append({"after_seq": after_seq, "alert": record})
+        else:
+            kept.append(raw)
+    if not moved:
+        return 0
+    with (run / DISCARDED_ALERTS_FILE).open("a", encoding="utf-8") as f:
+        f.write("".join(dumps_line(entry) + "\n" for entry in moved))
+        f.flush()
+        os.fsync(f.fileno())
+    with temp_file(path) as tmp:
+        with tmp.open("wb") as f:
+            f.write(b"".join(kept))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    checkpoint.fsync_dir(run)
+    return len(moved)
 
 
 def _price(value: Any) -> str:

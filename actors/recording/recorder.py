@@ -38,7 +38,7 @@ from actors import logs, secrets
 from actors.config import AlertsConfig
 from actors.console import ConsoleSink
 from actors.recording import checkpoint
-from actors.recording.alerts import ALERT_KIND, AlertLog, AlertRules
+from actors.recording.alerts import ALERT_KIND, AlertLog, AlertRules, set_aside
 from actors.recording.health import HealthSampler
 from actors.recording.html_report import write_report_html
 from actors.recording.page_records import PageRecords
@@ -241,6 +241,9 @@ class Recorder:
         # session's first checkpoint took the first one's discarded fills out of every record, and
         # the next resume gave their ids again); a kill between the two writes them twice, once here
         self._keep_discarded(discarded, resume_seq)
+        # their alerts too (found by the crash audit: alerts.jsonl kept them, naming events gone
+        # and seqs given again to others)
+        set_aside(self.path, resume_seq)
         # durable before it replaces the file, and the replacement too (found by an audit: a power
         # loss after an unsynced rename may leave events.jsonl empty under a checkpoint at its seq)
         with temp_file(events_path) as tmp:
