@@ -932,6 +932,72 @@ def test_the_events_a_resume_keeps_are_durable_before_they_replace_the_file(
         recorder.finish()
 
 
+def _watch_durability(run: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Each fsync (of the run folder: "folder", else the name of the file in it) and each replace
+    into the run folder (its target's name), in order; the standard library's, watched."""
+    import os
+
+    ops: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (os.stat(run).st_dev, os.stat(run).st_ino):
+            ops.append(("fsync", "folder"))
+        else:
+            names = [
+                p.name for p in run.iterdir() if (p.stat().st_dev, p.stat().st_ino) == (st.st_dev, st.st_ino)
+            ]
+            ops.append(("fsync", names[0] if names else "?"))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        ops.append(("replace", Path(dst).name))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return ops
+
+
+def _folder_synced_between(ops: list[tuple[str, str]], first: tuple[str, str], then: tuple[str, str]) -> bool:
+    """Whether the run folder is fsynced after `first` and before `then` (both done, in order)."""
+    a, b = ops.index(first), ops.index(then)
+    return a < b and ("fsync", "folder") in ops[a:b]
+
+
+def test_the_discarded_events_and_the_final_report_are_durable_in_their_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new file or a rename is durable once its folder is fsynced (found by the crash audit):
+    events.discarded.jsonl (and alerts.discarded.jsonl), made by a resume, was fsynced but not its folder before events.jsonl
+    was replaced without the events it keeps (a power loss could keep the replacement and lose
+    the file), and final_report.json's rename was not followed by one (lost, the run would look
+    unfinished, for the next start to resume a session that had ended). The same for a run closed
+    as abandoned: the folder is synced before its final report is renamed in, and after."""
+    from actors.recording.recorder import Recorder
+
+    run = write_killed_run(tmp_path, trades=True)
+    checkpoint.write(run, {"seq": 8})
+    alert = {"ts": iso(T0 + 3), "run_id": run.name, "seq": 10, "rule": "breaker", "message": "m"}
+    (run / "alerts.jsonl").write_text(json.dumps(alert) + "\n")  # an alert of a discarded event
+    ops = _watch_durability(run, monkeypatch)
+    recorder = Recorder(run, resume_seq=8)
+    assert _folder_synced_between(ops, ("fsync", DISCARDED_FILE), ("replace", "events.jsonl"))
+    assert _folder_synced_between(ops, ("fsync", "alerts.discarded.jsonl"), ("replace", "alerts.jsonl"))
+    recorder.finish()
+    monkeypatch.undo()
+    assert recorder.written
+    assert ("fsync", "folder") in ops[ops.index(("replace", "final_report.json")) :]
+
+    killed = write_killed_run(tmp_path / "other", trades=True)
+    ops = _watch_durability(killed, monkeypatch)
+    close_abandoned(killed)
+    monkeypatch.undo()
+    assert _folder_synced_between(ops, ("replace", "metrics.json"), ("replace", "final_report.json"))
+    assert ("fsync", "folder") in ops[ops.index(("replace", "final_report.json")) :]
+
+
 def test_a_checkpoint_follows_the_events_and_the_market_made_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

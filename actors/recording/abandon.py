@@ -263,6 +263,9 @@ def close_abandoned(run_path: Path) -> Abandoned:
         metrics = metrics_document(rows)
         _replace(run_path / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
         report = builder.report()
+        # the files above renamed durably before the report that makes the folder finished (found
+        # by the crash audit: a power loss could keep the report and lose an earlier rename)
+        checkpoint.fsync_dir(run_path)
         _replace(run_path / "final_report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
         FaultNote(run_path).remove()  # the final record is written (found by a review: left behind)
         checkpoint.fsync_dir(run_path)

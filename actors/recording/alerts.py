@@ -366,6 +366,7 @@ def set_aside(run: Path, after_seq: int) -> int:
         f.write("".join(dumps_line(entry) + "\n" for entry in moved))
         f.flush()
         os.fsync(f.fileno())
+    checkpoint.fsync_dir(run)  # its name too, before alerts.jsonl loses them
     with temp_file(path) as tmp:
         with tmp.open("wb") as f:
             f.write(b"".join(kept))

@@ -267,6 +267,9 @@ class Recorder:
             os.fsync(kept.fileno())
         finally:
             kept.close()
+        # the file's name too (made by the first resume), before events.jsonl is replaced without
+        # them (found by the crash audit: a power loss could keep the replacement and lose the file)
+        checkpoint.fsync_dir(self.path)
         seen: set[str] = set()
         seen_raw: set[bytes] = set()  # the crosses listed (by their line: they have no id)
         since_checkpoint: set[bytes] = set()  # the entries discarded since it (each once)
@@ -503,6 +506,10 @@ class Recorder:
             _write_json(target, metrics_document(self.metrics), fast=True)
             target = self.path / "final_report.json"
             _write_json(target, self.report)
+            # their renames durable (found by the crash audit: a power loss could lose them and
+            # leave the run unfinished, for the next start to resume a session that had ended)
+            target = self.path
+            checkpoint.fsync_dir(self.path)
         except OSError as exc:
             self._fail(exc, target)
             return
