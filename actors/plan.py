@@ -20,8 +20,10 @@ from loguru import logger
 
 from actors.feeds.funding import FundingRates
 from actors.lock import SessionLocked, is_locked
+from actors.recording import checkpoint
 from actors.recording.abandon import close_and_warn, has_checkpoint
 from actors.recording.html_report import write_report_html
+from actors.secrets import STATE_KEY
 
 Mode = Literal["live", "replay", "backtest"]
 
@@ -257,6 +259,22 @@ def settle_latest(run_dir: Path, *, live: bool = False) -> None:
         return
     path = latest.resolve()
     if has_checkpoint(path):
+        unusable = _unusable_checkpoint(path)
+        if unusable is not None:
+            # (found by the stop audit: told to resume it with --resume, which refuses it the same way)
+            logger.warning(
+                "{} is an unfinished session that cannot be resumed: {}. This {} leaves it as it is; "
+                "{}it can be resumed (--resume {}) only once a usable checkpoint is back in it (from an "
+                "archive of the run, python -m tools.archive; a signed one under the {} it was "
+                "written with)",
+                short_path(path),
+                unusable,
+                "--fresh start" if live else "run",
+                "" if live else "a live start without --fresh refuses while it is the newest live session; ",
+                path.name,
+                STATE_KEY,
+            )
+            return
         if live:  # a --fresh start: the newest live session from now on is the new one
             logger.warning(
                 "{} is an unfinished session: this --fresh start leaves it as it is; resume it "
@@ -280,6 +298,19 @@ def settle_latest(run_dir: Path, *, live: bool = False) -> None:
         return
     except (OSError, ValueError, KeyError, TypeError) as exc:
         logger.warning("{} was killed before it ended and could not be closed as abandoned ({!r})", path, exc)
+
+
+def _unusable_checkpoint(run_path: Path) -> str | None:
+    """Why the checkpoints of `run_path` cannot be resumed (none usable, or one refused as
+    tampered: `checkpoint.load`), as a message says it; None when one can be."""
+    try:
+        checkpoint.load(run_path)
+    except checkpoint.CheckpointError as exc:
+        why = str(exc)
+        return why.split(". Nothing was started")[0]  # (its own advice is for a start it refused)
+    except OSError as exc:
+        return f"its checkpoints cannot be read ({exc.strerror or exc})"
+    return None
 
 
 # Run ids by mode (`actors.session.new_run_id`): a live session's has no prefix.

@@ -667,6 +667,34 @@ def test_a_checkpointed_latest_is_left_for_a_live_start_with_a_warning(
     assert "this --fresh start leaves it as it is; resume it later with --resume" in warnings[1]
 
 
+@pytest.mark.parametrize("live", [True, False])
+def test_a_latest_whose_checkpoints_are_both_damaged_is_not_said_resumable(
+    tmp_path: Path, warnings: list[str], live: bool
+) -> None:
+    """Found by the stop audit: a --fresh start (or a backtest) beside a killed session whose
+    two checkpoints were both damaged told the operator to resume it later with --resume RUN_ID,
+    which refuses it ('no usable checkpoint'). The warning says it cannot be resumed, why, and
+    what can be done; the refusal of a start says so too. Nothing in the folder changes."""
+    run = write_killed_run(tmp_path)
+    checkpoint.write(run, {"seq": 2})
+    checkpoint.write(run, {"seq": 2})
+    for name in (checkpoint.NEWEST, checkpoint.PREVIOUS):
+        (run / name).write_bytes(b"{garbage")
+    before = sorted(p.name for p in run.iterdir())
+    settle_latest(tmp_path / "runs", live=live)
+    assert sorted(p.name for p in run.iterdir()) == before
+    (said,) = warnings
+    assert f"{run.name} is an unfinished session that cannot be resumed: no usable checkpoint in" in said
+    assert "resume it later" not in said and "still resumes" not in said
+    assert f"(--resume {run.name}) only once a usable checkpoint is back in it" in said
+    assert (
+        "This --fresh start leaves it as it is" if live else "a live start without --fresh refuses"
+    ) in said
+    with pytest.raises(checkpoint.CheckpointError) as refused:  # a plain start, or --resume RUN_ID
+        checkpoint.load(run)
+    assert "start a new session with --fresh (this one is left as it is)" in str(refused.value)
+
+
 def _finished_backtest_is_latest(runs: Path, run_id: str = "backtest-20240101T000000Z-s42") -> None:
     (runs / run_id).mkdir()
     (runs / run_id / "events.jsonl").write_text("")

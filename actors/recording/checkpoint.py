@@ -193,4 +193,8 @@ def load(folder: Path) -> Loaded:
             ) from None
         except ValueError as exc:
             problems.append(f"{name}: {exc}")
-    raise CheckpointError(f"no usable checkpoint in {folder}: " + "; ".join(problems))
+    raise CheckpointError(
+        f"no usable checkpoint in {folder}: {'; '.join(problems)}. Nothing was started; it cannot be "
+        "resumed until a usable checkpoint is back in it (from an archive of the run): start a new "
+        "session with --fresh (this one is left as it is)"
+    )
