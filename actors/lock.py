@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import IO, Self
 
+from actors.signals import shielded, unshielded
+
 LOCK_NAME = "session.lock"
 START_LOCK_NAME = ".start.lock"
 START_WAIT_S = 60.0  # how long a start waits for another start's decision before it gives up
@@ -115,6 +117,17 @@ class StartLock:
         if self._fd is not None:
             return
         deadline = time.monotonic() + self.wait_s
+        # the CLI's SIGINT and SIGTERM are held meanwhile but for the waits, and taken once the
+        # lock is whole (found by the stop audit: one cutting it left the lock file, and the run
+        # dir the start made; actors/signals.py)
+        with shielded():
+            try:
+                self._take(deadline)
+            except BaseException:
+                self._remove_made()
+                raise
+
+    def _take(self, deadline: float) -> None:
         while True:
             self._make_run_dir()
             try:
@@ -131,7 +144,8 @@ class StartLock:
                     except BlockingIOError:
                         if time.monotonic() > deadline:
                             raise StartBusy(self._busy(fd)) from None
-                        time.sleep(_POLL_S)
+                        with unshielded():  # a signal ends the wait
+                            time.sleep(_POLL_S)
                 if self._is_current(fd):
                     break
             except BaseException:
@@ -179,16 +193,25 @@ class StartLock:
             _armed.lock = None
         if self._fd is None:
             return
-        fd, self._fd = self._fd, None
-        try:  # tidying only: the lock itself ends with the descriptor
-            self.path.unlink(missing_ok=True)
+        with shielded():  # (a signal meanwhile is taken once it is done: actors/signals.py)
+            fd, self._fd = self._fd, None
+            try:  # tidying only: the lock itself ends with the descriptor
+                self.path.unlink(missing_ok=True)
+                self._remove_made()
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+    def _remove_made(self) -> None:
+        """The folders `acquire` made, removed when empty (the start made nothing in them)."""
+        try:
             for folder in self._made:
                 folder.rmdir()  # OSError (not empty: the session's folder is in it) ends the loop
         except OSError:
             pass
         finally:
             self._made.clear()
-            os.close(fd)
 
     def __enter__(self) -> Self:
         self.acquire()

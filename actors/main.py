@@ -87,6 +87,7 @@ from actors.recording import checkpoint
 from actors.recording.checkpoint import CheckpointError
 from actors.recording.storage import StorageFault, check_room
 from actors.secrets import SecretError
+from actors.signals import exit_on_signal
 
 # flag dest -> config key: every named flag is a shortcut for one key
 FLAG_KEYS = {
@@ -98,8 +99,9 @@ FLAG_KEYS = {
 }
 
 
-def _terminate(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)
+# SIGINT and SIGTERM before the session listens: exit at once (130, 143), but never in the middle
+# of taking or handing over the run dir's start lock (actors/signals.py `shielded`)
+_terminate = exit_on_signal
 
 
 def _safe(message: str) -> str:
@@ -255,8 +257,13 @@ def _start_lock(held: ExitStack, config: Config) -> StartLock:
     """The run dir's start lock (actors/lock.py), taken once the flags are known to be valid and
     armed by `_plan` once the plan is made; `held` releases it when the session never takes it."""
     run_dir = Path(config.session.run_dir)
+    lock = StartLock(run_dir)
+    # released however the start ends from here, a signal as acquire returns included (found by
+    # the stop audit: registered after it, such a signal left the lock file)
+    held.callback(lock.release)
     try:
-        return held.enter_context(StartLock(run_dir))
+        lock.acquire()
+        return lock
     except StartBusy as exc:
         raise PlanError(str(exc)) from None
     except (OSError, ValueError) as exc:

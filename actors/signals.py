@@ -19,8 +19,10 @@ SIGKILL can prevent them.
 
 from __future__ import annotations
 
+import contextlib
 import signal
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, Protocol, Self
 
@@ -52,6 +54,62 @@ _ended: list[Repeats] = []
 
 def _hold(signum: int, _frame: FrameType | None) -> None:
     _held.append(signum)
+
+
+# Start-up (before the session listens): the CLI's SIGINT and SIGTERM end the process at once
+# (`exit_on_signal`), but not inside a `shielded` block (taking or handing over the run dir's start
+# lock, actors/lock.py): one that comes there is taken as the block ends, its state whole (found by
+# the stop audit: a SIGTERM as a start took its lock left `.start.lock` and the run dir it made).
+_shield_depth = 0
+_shielded_signal: list[int] = []
+
+
+def exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    """The CLI's handler of SIGINT and SIGTERM during start-up: exit 128 + the signal's number
+    (130, 143), at once or as the `shielded` block it came in ends."""
+    if _shield_depth:
+        _shielded_signal.append(signum)
+        return
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """A block `exit_on_signal` does not cut (in the main thread, where handlers run): a signal
+    that comes in it ends the process as the outermost block ends. Other handlers (a session's,
+    `hold_signals`') are not concerned."""
+    global _shield_depth
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _shield_depth += 1
+    try:
+        yield
+    finally:
+        _shield_depth -= 1
+        if not _shield_depth and _shielded_signal:
+            signum = _shielded_signal[0]
+            _shielded_signal.clear()
+            raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def unshielded() -> Iterator[None]:
+    """Inside a `shielded` block, a wait a signal may end (another start's lock waited for): one
+    that came meanwhile, or comes now, ends the process here."""
+    global _shield_depth
+    if threading.current_thread() is not threading.main_thread() or not _shield_depth:
+        yield
+        return
+    depth, _shield_depth = _shield_depth, 0
+    try:
+        if _shielded_signal:
+            signum = _shielded_signal[0]
+            _shielded_signal.clear()
+            raise SystemExit(128 + signum)
+        yield
+    finally:
+        _shield_depth = depth
 
 
 def hold_signals() -> None:

@@ -267,3 +267,83 @@ def test_20_pairs_of_simultaneous_starts_give_the_documented_outcome(tmp_path: P
         if kind.startswith("resume"):
             assert folder.name == resumed and "resuming unfinished session" in err[won], where
             assert "session.resumed" in {e["kind"] for e in read_events(folder)}, where
+
+
+# --- a signal during start-up leaves nothing behind ----------------------------------------------------
+
+# The CLI's own process (its start-up signal handlers), a signal sent to itself at a known point of
+# the start: right after a call of `module.name` whose arguments `when` (Python source over `args`)
+# picks. Deterministic: the handler runs at the next bytecode, inside the wrapper.
+_SIGNAL_AT = """
+import importlib, os, signal, sys
+module, name, when, signum = sys.argv[1], sys.argv[2], sys.argv[3], getattr(signal, sys.argv[4])
+target = importlib.import_module(module)
+real = getattr(target, name)
+def wrapper(*args):
+    if eval(when, {{"os": os}}, {{"args": args}}):
+        os.kill(os.getpid(), signum)  # before the call: the handler runs here
+    return real(*args)
+setattr(target, name, wrapper)
+from actors import main as cli
+sys.argv = ["actors.main", *sys.argv[5:]]
+sys.exit(cli.main())
+"""
+
+
+def _start_signalled(
+    tmp_path: Path, module: str, name: str, when: str, signum: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _SIGNAL_AT.format(), module, name, when, signum, *args],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+_LOCK_FD = "os.path.basename(os.readlink(f'/proc/self/fd/{args[0]}')) == '.start.lock'"
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    ("name", "when"),
+    [
+        ("flock", f"args[1] & 2 and {_LOCK_FD}"),  # as it takes the start lock (LOCK_EX)
+        ("ftruncate", _LOCK_FD),  # as it writes its pid into it, the lock held
+    ],
+)
+def test_a_signal_as_a_start_takes_its_lock_leaves_no_lock_file(
+    tmp_path: Path, signum: str, name: str, when: str
+) -> None:
+    """Found by the stop audit: a SIGTERM (or Ctrl-C) in the instants a start takes the run dir's
+    start lock exited (143, 130) with `.start.lock` left in the run dir, and the run dir the
+    start had made. The signal is held over those instants and taken once the lock is whole: the
+    start exits as before, leaving nothing (a refused start leaves no trace)."""
+    runs = tmp_path / "runs"
+    module = "fcntl" if name == "flock" else "os"
+    done = _start_signalled(
+        tmp_path, module, name, when, signum, "--run-dir", str(runs), "--source", "mock", "--fresh"
+    )
+    assert done.returncode == 128 + {"SIGTERM": 15, "SIGINT": 2}[signum], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not runs.exists(), sorted(p.name for p in runs.iterdir())
+
+
+def test_a_signal_while_a_start_closes_a_killed_run_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """Found by the stop audit: a start closing a run killed before its first checkpoint writes
+    each file to FILE.tmp and renames it; a SIGTERM between the two left FILE.tmp in the run
+    folder for good. Now the temporary file is removed as the signal ends the start; the next
+    start closes the run whole."""
+    from tests.test_crash_resume import write_killed_run
+
+    run = write_killed_run(tmp_path, trades=True)
+    runs = run.parent
+    when = "os.path.basename(args[1]) == 'metrics.json'"
+    args = ("--run-dir", str(runs), "--source", "mock", "--fresh")
+    done = _start_signalled(tmp_path, "os", "replace", when, "SIGTERM", *args)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
+    assert not (runs / START_LOCK_NAME).exists()
+    assert not (run / "final_report.json").exists()
+    from actors.recording.abandon import close_abandoned
+
+    close_abandoned(run)
+    assert validate(run) == []

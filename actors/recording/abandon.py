@@ -40,7 +40,7 @@ from actors.lock import SessionLock
 from actors.recording import checkpoint
 from actors.recording.alerts import set_aside
 from actors.recording.html_report import write_report_html
-from actors.recording.storage import FaultNote, cut_torn_tail, noted_fault
+from actors.recording.storage import FaultNote, cut_torn_tail, noted_fault, temp_file
 from protocols.records import (
     METRIC_COLUMNS,
     METRIC_FIELDS,
@@ -171,12 +171,14 @@ def stopped_record(records: list[dict[str, Any]], detail: str) -> dict[str, Any]
 
 
 def _replace(path: Path, data: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # the temporary file removed when the write is cut (found by the stop audit: a SIGTERM to the
+    # start closing the folder left it there for good)
+    with temp_file(path) as tmp:
+        with tmp.open("w", encoding="utf-8", newline="") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def _metrics_csv(rows: list[dict[str, Any]], symbol: str) -> str:
