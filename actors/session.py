@@ -757,9 +757,16 @@ class Session:
         )
 
     def new_run_folder(self, now: float) -> Path:
+        """`<run_dir>/<run_id>/`, `latest` pointing at it; a live session's made durable in the run
+        dir (found by the crash audit: its checkpoints synced only the folder's own entries, so a
+        power loss could lose the folder or `latest`'s move to it, and the next start would not
+        resume it). Backtests and replays are run again instead (a sweep makes thousands)."""
         run_dir = Path(self.config.session.run_dir)
         prefix = RUN_ID_PREFIXES[self.plan.mode]
-        return create_run_folder(run_dir, new_run_id(now, self.config.session.seed, run_dir, prefix))
+        path = create_run_folder(run_dir, new_run_id(now, self.config.session.seed, run_dir, prefix))
+        if self.plan.mode == "live":
+            checkpoint.fsync_dir(run_dir)
+        return path
 
     # --- the kernel -------------------------------------------------------------------------------------
 

@@ -507,3 +507,38 @@ async def test_a_second_crash_before_the_resumed_session_checkpoints_loses_no_di
         discarded = [json.loads(line) for line in f]
     assert {d["resume_seq"] for d in discarded} == {saved}
     assert [d["event"] for d in discarded] == before[saved:] + middle[saved:]
+
+
+async def test_a_live_sessions_run_folder_and_latest_are_durable_in_the_run_dir(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the crash audit: a live session's checkpoints sync its run folder's own entries,
+    never the run dir's, so a power loss could lose the folder's creation or `latest`'s move to
+    it (the next start would not resume it). The run dir is fsynced once `latest` points at the
+    new folder, before the session's first checkpoint. The standard library's calls watched."""
+    import os
+
+    config = make_config(tmp_path, *TRADES_OFTEN, duration_min=0.05)
+    run_dir = Path(config.session.run_dir)
+    ops: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        there = os.stat(run_dir) if run_dir.exists() else None
+        if there is not None and (st.st_dev, st.st_ino) == (there.st_dev, there.st_ino):
+            ops.append("fsync run dir")
+        elif any(os.path.samestat(st, os.stat(p)) for p in run_dir.glob("*/checkpoint.json.tmp")):
+            ops.append("fsync checkpoint")
+        real_fsync(fd)
+
+    def replace(src: object, dst: object) -> None:
+        if Path(str(dst)) == run_dir / "latest":
+            ops.append("replace latest")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    await run_session(config, handle_signals=False, progress_mode="off")
+    monkeypatch.undo()
+    assert ops[:3] == ["replace latest", "fsync run dir", "fsync checkpoint"]
