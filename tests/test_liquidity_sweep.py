@@ -19,6 +19,7 @@ import gzip
 import itertools
 import json
 import math
+import random
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -28,14 +29,15 @@ from typing import Any
 import attrs
 import pytest
 
-from actors.config import ConfigError, StrategyConfig, load
+from actors.broker.paper import PaperBroker
+from actors.config import BrokerConfig, ConfigError, StrategyConfig, load
 from actors.feeds.history import read_candles_csv
 from actors.plan import Plan
 from actors.session import Session
 from actors.strategies.base import PARAMS, REGISTRY, build_strategy
 from actors.strategies.liquidity_sweep import LiquiditySweepParams, LiquiditySweepStrategy
 from protocols.instruments import table_instrument
-from protocols.messages import AccountSnapshot, Candle, Event, OrderIntent, Position
+from protocols.messages import AccountSnapshot, Candle, Event, Order, OrderIntent, Position, Tick
 from tests.conftest import make_config
 from tools.validate_session import validate
 
@@ -422,6 +424,27 @@ def test_one_position_at_a_time() -> None:
     # another symbol's position does not count
     other = account()._replace(positions=(Position("ETHUSDT", 1.0, 2000.0),))
     assert len(intents(run(strategy(), long_sweep(), other))) == 1
+
+
+def test_its_entry_working_counts_as_its_position() -> None:
+    """Found by an audit: one position at a time looked at the filled position only, so while its
+    market entry was still working (on its way, or resting unfilled) a second setup sent a second
+    entry. An order of its own at the broker, flat, is its entry: no entry beside it; another
+    strategy's working order does not hold it back."""
+    # the snapshot a broker gives with the strategy's entry on its way to the market
+    broker = PaperBroker(BrokerConfig(), random.Random(1))
+    broker.on_market(Tick(DAY0, 100.0, 100.1, 100.05), DAY0)
+    entry = Order("o1", DAY0, "buy", 0.01, 100.05, "entry_sweep_long", strategy_id="ls", symbol=SYMBOL)
+    broker.on_order(entry, DAY0)
+    in_flight = broker.snapshot(DAY0)
+    assert in_flight.position(SYMBOL, "ls").qty == 0.0 and in_flight.open_orders_of("ls") == 1
+    resting = account()._replace(strategy_orders=(("ls", 1),))  # a resting limit of its own, flat
+    for acct in (in_flight, resting):
+        out = run(strategy(), long_sweep(), acct)
+        (sig,) = signals(out)
+        assert (sig["entry"], sig["skipped"], intents(out)) == (False, "in_position", [])
+    others = account()._replace(strategy_orders=(("other", 2),))
+    assert len(intents(run(strategy(), long_sweep(), others))) == 1
 
 
 def test_history_candles_warm_up_but_never_trade() -> None:

@@ -43,7 +43,10 @@ said otherwise):
   favour never blocks.
 - **One position at a time.** No entry while the strategy holds a position (its own virtual
   position in the symbol, of either side; another strategy's position on the symbol does not
-  block it); the open trade ends at its stop or its target.
+  block it) or has an order of its own working or on its way to the market (its entry not yet
+  filled, as the account snapshot's `strategy_orders` counts it: found by an audit, a second
+  entry could go out while the first was still resting unfilled); the open trade ends at its
+  stop or its target.
 
 Every setup that passes the candle rules is recorded as a `signal` event (with `entry`: whether
 it was entered, and `skipped`: why not: `in_position` or `funding`); only entered ones give an
@@ -279,7 +282,9 @@ class LiquiditySweepStrategy:
         funding = account.funding_rate_pct
         size_scale = funding_size(funding, long, p.funding_block_pct, p.funding_half_pct)
         skipped: str | None = None
-        if abs(account.position(self.symbol, self.id).qty) > FLAT_QTY:
+        if abs(account.position(self.symbol, self.id).qty) > FLAT_QTY or account.open_orders_of(self.id):
+            # its entry working (resting, or on its way) counts as the position it will open; flat,
+            # its only orders are entries (its stop and target are cancelled with the position)
             skipped, size_scale = "in_position", 1.0
         elif size_scale == 0.0:
             skipped, size_scale = "funding", 1.0
