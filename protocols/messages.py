@@ -209,6 +209,10 @@ class Position:
     # "": the account's (net) position; else one strategy's virtual position in that symbol
     strategy_id: str = ""
     processed_buy_qty: float = 0.0
+    # a strategy's virtual position: the positions it has opened so far (from flat, or by a flip),
+    # so a strategy tells a position closed and opened again the same way between two of its
+    # looks from the one it saw (found by an audit); 0 for the account's net position
+    opened: int = 0
 
 
 class AccountSnapshot(NamedTuple):

@@ -770,6 +770,33 @@ def test_opposite_virtual_positions_netting_to_zero_each_pay_their_funding() -> 
     assert account.virtual["c"].trade_net - before["c"] == pytest.approx(-0.05)
 
 
+def test_a_strategys_position_says_how_many_it_has_opened() -> None:
+    """`Position.opened` (found by an audit: trend_pullback could not tell a position closed and
+    opened again the same way between two closes from the one it held): one more at each
+    position opened from flat or by a flip; a fill that adds to or reduces one is the same."""
+    account = _account()
+    account.on_market(Tick(ts=W0, bid=100.0, ask=100.0, last=100.0, last_qty=0.0), W0)
+
+    def opened() -> int:
+        return account.snapshot(W0).position("BTCUSDT", "s").opened
+
+    assert opened() == 0
+    steps = [
+        ("buy", 0.4, 1),  # long 0.4: the first
+        ("buy", 0.2, 1),  # 0.6: added to
+        ("sell", 0.1, 1),  # 0.5: reduced
+        ("sell", 0.5, 1),  # flat
+        ("buy", 0.3, 2),  # long 0.3 again, the same way: the second
+        ("sell", 0.5, 3),  # flipped short 0.2: the third
+        ("buy", 0.2, 3),  # flat
+        ("buy", 0.2, 4),  # long 0.2: the fourth
+    ]
+    for n, (side, qty, want) in enumerate(steps):
+        account.on_arrival(_order(f"o{n}", side, qty, W0, strategy_id="s"), W0)  # type: ignore[arg-type]
+        assert opened() == want, (n, side, qty)
+    assert account.snapshot(W0).position("BTCUSDT", "").opened == 0  # the net position's: none kept
+
+
 def test_an_open_positions_liquidation_price_is_on_the_grid_toward_it() -> None:
     """Found by a review: the liquidation price in `open_positions` (session.stopped) was rounded
     to 0.1 whatever the symbol: SOLUSDT's 128.849375 (tick 0.001) said 128.8, further away than

@@ -45,12 +45,13 @@ def account(
     ts: float = 0.0,
     own: bool = True,
     foreign_orders: int = 0,
+    opened: int = 1,
 ) -> AccountSnapshot:
     """The account with a net position of `qty`, which is the strategy's own (its virtual position,
     id `STRATEGY_ID`) unless `own` is False (another strategy's); `open_orders` of its own working
     or on their way, and `foreign_orders` of another strategy's (its brackets, say)."""
     positions = (Position(SYMBOL, qty, 0.0),) + (
-        (Position(SYMBOL, qty, 0.0, 0.0, STRATEGY_ID),) if own else ()
+        (Position(SYMBOL, qty, 0.0, 0.0, STRATEGY_ID, opened=opened),) if own else ()
     )
     return AccountSnapshot(
         ts=ts,
@@ -667,6 +668,40 @@ def test_the_trail_only_tightens_and_a_close_through_it_exits_at_market() -> Non
     # flat: done; no orders working: free for the next setup
     s.on_candle(crash._replace(open_ts=60 * 73), FLAT, 0.0)
     assert s.held is None and not s.watch
+
+
+def test_a_position_closed_and_opened_again_the_same_way_starts_afresh() -> None:
+    """Found by an audit: a long closed by its stop and opened again by the rest of its partly
+    filled entry between two closes kept the old position's trail (and candle count): a close
+    above the new position's trail but under the old one's exited it at once. A new position
+    (`Position.opened` moved on) gets a trail of its own, from its first close."""
+    s = strategy()
+    up = trend(60)
+    assert signals(run(s, up))
+    first = account(qty=0.02, open_orders=2, opened=1)
+    more = trend(10, start=up[-1].close + 10, t0=60 * 60)
+    assert [o for c in more for o in s.on_candle(c, first, c.close_ts)] == []
+    old_trail = s.held["trail"]  # type: ignore[index]
+    # the second position, long again; this close is 40 under the old trail
+    second = account(qty=0.01, open_orders=3, opened=2)
+    last = more[-1].close
+    dip = Candle(60 * 70, 60.0, last, last, old_trail - 50, old_trail - 40, 5.0)
+    assert s.on_candle(dip, second, dip.close_ts) == []
+    atr = s.atr.value
+    assert atr is not None
+    assert s.held == {  # its own: the close less 2 ATR, counted from this candle
+        "direction": "long",
+        "since": 71,
+        "trail": pytest.approx(dip.close - 2 * atr),
+        "exit": None,
+        "opened": 2,
+    }
+    # the same position at the next close: its trail goes on (a close through it exits)
+    trail = s.held["trail"]  # type: ignore[index]
+    through = Candle(60 * 71, 60.0, dip.close, dip.close, trail - 20, trail - 10, 5.0)
+    (exit_signal, intent) = s.on_candle(through, second, through.close_ts)
+    assert isinstance(exit_signal, Event) and exit_signal.fields["trail"] == trail
+    assert isinstance(intent, OrderIntent) and intent.qty == 0.01 and intent.reason == "trail_exit"
 
 
 def test_the_time_exit_closes_a_position_held_50_candles() -> None:

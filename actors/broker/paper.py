@@ -112,6 +112,7 @@ class Virtual:
     processed_signed_qty: float = 0.0  # its orders the broker has finished with (the gate's pending)
     processed_buy_qty: float = 0.0  # the buys among them
     trade_net: float = 0.0  # the round trip open now: its realized PnL less its fees and funding so far
+    opened: int = 0  # the positions opened so far (from flat, or by a flip): `Position.opened`
 
     def book(self, signed: float, price: float, fee: float = 0.0) -> tuple[float, float | None]:
         """A fill of `signed` at `price` paying `fee` (its share of the fill's); returns the
@@ -134,6 +135,8 @@ class Virtual:
                 self.avg_price = 0.0
                 closed, self.trade_net = self.trade_net, 0.0
         if abs(rest) > EPS:
+            if abs(self.qty) < EPS:  # flat, or just closed: a new position
+                self.opened += 1
             self.trade_net -= fee * abs(rest) / abs(signed)
             new_qty = self.qty + rest
             self.avg_price = (self.avg_price * abs(self.qty) + price * abs(rest)) / abs(new_qty)
@@ -2029,7 +2032,13 @@ class PaperBroker:
                 position,
                 *(
                     Position(
-                        self.symbol, v.qty, v.avg_price, v.processed_signed_qty, sid, v.processed_buy_qty
+                        self.symbol,
+                        v.qty,
+                        v.avg_price,
+                        v.processed_signed_qty,
+                        sid,
+                        v.processed_buy_qty,
+                        v.opened,
                     )
                     for sid, v in self.virtual.items()
                     if sid

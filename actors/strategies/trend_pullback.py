@@ -43,6 +43,11 @@ decided on the close of a candle; EMAs are of closes, seeded with the simple mea
 - **Time exit.** After 50 candles in the position (the candle its entry is first seen filled
   counts as the first), it exits at market on that close (reason `time`; `time_exit_candles`
   50; 0: none).
+- **A new position starts afresh.** A position closed and opened again the same way between two
+  closes (the rest of a partly filled entry filling after its stop or target closed the first
+  part) is a new position: its trail, its candle count and any exit decided for the old one start
+  over (the account snapshot's `Position.opened` tells it; found by an audit: the old trail was
+  applied to the new position).
 - **Funding.** No entry when the funding rate in force is more than 0.05 % per 8 h against the
   position (a long when longs pay more than 0.05 %, a short when shorts do); half size above
   0.03 % against it (`funding_block_pct`, `funding_half_pct`). A setup blocked by funding emits
@@ -230,15 +235,31 @@ class TrendPullback:
 
     def decide(self, candle: Candle, account: AccountSnapshot, now: float) -> list[StrategyOutput]:
         out: list[StrategyOutput] = []
-        qty = account.position(self.symbol, self.id).qty
+        position = account.position(self.symbol, self.id)
+        qty = position.qty
         flat = -EPS < qty < EPS
         if self.watch:
             if not flat:
                 direction: Direction = "long" if qty > 0 else "short"
-                if self.held is None or self.held["direction"] != direction:
-                    # its entry filled (the one working, or one it let go and could not cancel)
-                    self.held = {"direction": direction, "since": self.n, "trail": None, "exit": None}
+                held = self.held
+                # (a checkpoint from before `opened` was kept: the position it held is this one)
+                if (
+                    held is None
+                    or held["direction"] != direction
+                    or held.get("opened", position.opened) != position.opened
+                ):
+                    # its entry filled (the one working, or one it let go and could not cancel); or
+                    # a new position the same way since the last close: nothing of the old one's
+                    self.held = {
+                        "direction": direction,
+                        "since": self.n,
+                        "trail": None,
+                        "exit": None,
+                        "opened": position.opened,
+                    }
                     self.pending = None
+                else:
+                    held["opened"] = position.opened
                 return self._manage(candle, qty, now)
             self.held = None  # closed: by its stop, target, or an exit of its own
             pending = self.pending
