@@ -1467,21 +1467,59 @@ def test_an_entry_is_held_to_the_largest_order_the_exchange_takes(tmp_path: Path
     assert _rejected(fixed.check(_doge_entry("limit", qty=25_000.0), T0)) == "max_order_qty"
 
 
-def test_an_exit_larger_than_the_largest_market_order_closes_in_parts(tmp_path: Path) -> None:
-    """A position of 30,000 DOGE (two entries of 15,000) and a market maximum of 20,000: the
-    strategy's exit of all of it is cut to 20,000 (the broker would refuse 30,000 whole,
-    `qty_above_maximum`), and its next exit takes the other 10,000."""
-    doge = _doge(max_market_qty=20_000.0, max_limit_qty=25_000.0)
+def _doge_exit(desk: Desk, now: float) -> list[Order]:
+    """The strategy's market exit of all of its long, through the gate; its orders reach the market."""
+    intent = OrderIntent(now, "sell", 1e9, 0.38123, reason="exit", reduce_only=True, symbol="DOGEUSDT")
+    outs = desk.gate.on_intent(intent, desk.account(now), now)
+    orders = [o for o in outs if isinstance(o, Order)]
+    submitted = [o.fields for o in outs if isinstance(o, Event) and o.kind == "order.submitted"]
+    assert [(f["order_id"], f["qty"]) for f in submitted] == [(o.id, o.qty) for o in orders]
+    for order in orders:
+        events = desk.arrive(order, now)
+        assert not _kinds(events, "order.rejected"), events
+    return orders
+
+
+@pytest.mark.parametrize(
+    ("min_qty", "entries", "parts"),
+    [
+        (1.0, (15_000.0, 15_000.0, 15_000.0), [20_000.0, 20_000.0, 5_000.0]),
+        (1.0, (15_000.0, 15_000.0, 10_000.0), [20_000.0, 20_000.0]),
+        # the last part under the minimum: the one before gives it the minimum
+        (10.0, (15_000.0, 15_000.0, 10_005.0), [20_000.0, 19_995.0, 10.0]),
+    ],
+)
+def test_an_exit_larger_than_the_largest_market_order_closes_all_of_it_in_parts(
+    tmp_path: Path, min_qty: float, entries: tuple[float, ...], parts: list[float]
+) -> None:
+    """A position built by several entries, over the largest market order (20,000 DOGE): the
+    strategy's exit goes as several orders, each the largest, the last what is left, and closes
+    it all (found by an audit: it was cut to 20,000, and the rest waited for the strategy's next
+    exit signal; the broker would refuse the whole, `qty_above_maximum`)."""
+    doge = attrs.evolve(_doge(max_market_qty=20_000.0, max_limit_qty=25_000.0), min_qty=min_qty)
     desk = _doge_desk(tmp_path, doge, "risk.sizing=fixed")
-    for _ in range(2):
-        events = desk.arrive(_approved(desk.check(_doge_entry(qty=15_000.0), T0)), T0)
+    for qty in entries:
+        events = desk.arrive(_approved(desk.check(_doge_entry(qty=qty), T0)), T0)
         assert not _kinds(events, "order.rejected"), events
-    assert desk.broker.position_qty == 30_000.0
-    for left in (10_000.0, 0.0):
-        exit_ = OrderIntent(T0, "sell", 30_000.0, 0.38123, reason="exit", reduce_only=True, symbol="DOGEUSDT")
-        events = desk.arrive(_approved(desk.check(exit_, T0)), T0)
-        assert not _kinds(events, "order.rejected"), events
-        assert desk.broker.position_qty == left
+    assert desk.broker.position_qty == sum(entries)
+    later = T0 + WINDOW_S  # the entries out of the throttle's window
+    assert [o.qty for o in _doge_exit(desk, later)] == parts
+    assert desk.broker.position_qty == 0.0
+
+
+def test_an_exit_in_parts_is_held_to_the_order_throttle(tmp_path: Path) -> None:
+    """The parts are orders: as many go as `max_orders_per_minute` has room for, and the rest of the
+    position waits for the strategy's next exit (docs/fills.md)."""
+    doge = _doge(max_market_qty=20_000.0)
+    desk = _doge_desk(tmp_path, doge, "risk.sizing=fixed", "risk.max_orders_per_minute=5")
+    for _ in range(3):
+        desk.arrive(_approved(desk.check(_doge_entry(qty=15_000.0), T0)), T0)
+    assert desk.broker.position_qty == 45_000.0
+    later = T0 + 30  # the three entries still in the window: room for two more orders
+    assert [o.qty for o in _doge_exit(desk, later)] == [20_000.0, 20_000.0]
+    assert desk.broker.position_qty == 5_000.0
+    assert [o.qty for o in _doge_exit(desk, later + WINDOW_S)] == [5_000.0]
+    assert desk.broker.position_qty == 0.0
 
 
 def test_an_entry_is_held_to_its_own_symbols_largest_order(tmp_path: Path) -> None:

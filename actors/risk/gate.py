@@ -9,11 +9,11 @@ only through the frozen `AccountSnapshot`s that travel with what it is given.
   (`max_position_size`, `max_notional`, `max_leverage`), the account's across every symbol
   (`max_total_notional`, `max_total_leverage`: the other symbols' positions, and orders on their
   way, at their marks) and the largest order the exchange takes of its type and at market (the
-  symbol's instrument: `max_order_qty`; an exit is cut to the largest of its type), and rounded to
-  the symbol's lot. A risk-sized entry over one of
+  symbol's instrument: `max_order_qty`; an exit larger than the largest of its type goes as
+  several orders), and rounded to the symbol's lot. A risk-sized entry over one of
   them is cut to it; a fixed size is refused whole, naming the tightest.
 - `max_orders_per_minute` is a sliding window over every order it approves for the strategies,
-  exits included (an intent it rejects for another reason does not count); the broker's
+  exits included (each part of an exit in parts) (an intent it rejects for another reason does not count); the broker's
   protective exits and flatten-on-exit never pass through it.
 - `on_account(update)`: the account watched, after the marks its `RiskWatch` asks the broker to
   report (a new UTC day, the end of a cooldown, equity at or below the nearest limit) and after
@@ -240,8 +240,9 @@ class RiskGate:
     # --- intents ---------------------------------------------------------------------------------
 
     def on_intent(self, intent: OrderIntent, account: AccountSnapshot, now: float) -> list[RiskOutput]:
-        """An approved order and its `order.submitted` event, or an `order.rejected` event."""
-        decision = self.check(intent, account, now)
+        """An approved order and its `order.submitted` event (an exit larger than the largest order:
+        each of its parts, `orders`), or an `order.rejected` event."""
+        decision = self.orders(intent, account, now)
         if isinstance(decision, Rejection):
             return [
                 Event(
@@ -259,27 +260,30 @@ class RiskGate:
                     },
                 )
             ]
-        submitted = Event(
-            now,
-            "order.submitted",
-            {
-                "order_id": decision.id,
-                "side": decision.side,
-                "qty": decision.qty,
-                "type": decision.order_type,
-                "requested_price": decision.decision_price,
-                "limit_price": decision.limit_price,
-                "trigger_price": decision.trigger_price,
-                "stop_price": decision.stop_price,
-                "target_price": decision.target_price,
-                "reduce_only": decision.reduce_only,
-                "reason": decision.reason,
-                "strategy_id": decision.strategy_id,
-                "symbol": decision.symbol,
-                "expire_ts": decision.expire_ts,
-            },
-        )
-        return [submitted, decision]
+        out: list[RiskOutput] = []
+        for order in decision:
+            submitted = Event(
+                now,
+                "order.submitted",
+                {
+                    "order_id": order.id,
+                    "side": order.side,
+                    "qty": order.qty,
+                    "type": order.order_type,
+                    "requested_price": order.decision_price,
+                    "limit_price": order.limit_price,
+                    "trigger_price": order.trigger_price,
+                    "stop_price": order.stop_price,
+                    "target_price": order.target_price,
+                    "reduce_only": order.reduce_only,
+                    "reason": order.reason,
+                    "strategy_id": order.strategy_id,
+                    "symbol": order.symbol,
+                    "expire_ts": order.expire_ts,
+                },
+            )
+            out += (submitted, order)
+        return out
 
     def _own(self, account: AccountSnapshot, strategy_id: str) -> Position:
         """A strategy's virtual position, in the symbol it trades."""
@@ -369,6 +373,18 @@ class RiskGate:
         return total
 
     def check(self, intent: OrderIntent, account: AccountSnapshot, now: float) -> Order | Rejection:
+        """The decision on an intent that gives one order (every entry; an exit within the largest
+        order of its type); `orders` for any intent."""
+        decision = self.orders(intent, account, now)
+        if isinstance(decision, Rejection):
+            return decision
+        assert len(decision) == 1, "an exit in parts: see orders()"
+        return decision[0]
+
+    def orders(self, intent: OrderIntent, account: AccountSnapshot, now: float) -> list[Order] | Rejection:
+        """The orders approved for `intent`, or why none is: an entry gives one; an exit of more
+        than the largest order of its type the exchange takes gives as many orders as close it
+        (each the largest, the last what is left), as far as `max_orders_per_minute` has room."""
         entry = not intent.reduce_only
         intent = self._on_grid(intent, account)
         if entry and self.stopping:
@@ -388,9 +404,21 @@ class RiskGate:
                 "max_orders_per_minute",
                 f"{len(self.window)} orders in the last {WINDOW_S:g} s (limit {self.config.max_orders_per_minute})",
             )
-        sized = self._size(intent, account) if entry else self._exit_size(intent, account)
-        if isinstance(sized, Rejection):
-            return sized
+        if entry:
+            sized = self._size(intent, account)
+            if isinstance(sized, Rejection):
+                return sized
+            return [self._approve(intent, sized, now)]
+        parts = self._exit_parts(intent, account)
+        if isinstance(parts, Rejection):
+            return parts
+        # as many as the window has room for (one at least, checked above); the rest, if any, on
+        # the strategy's next exit
+        room = self.config.max_orders_per_minute - len(self.window)
+        return [self._approve(intent, qty, now) for qty in parts[:room]]
+
+    def _approve(self, intent: OrderIntent, sized: float, now: float) -> Order:
+        """The order of `sized` for `intent`, counted (the window, what is pending)."""
         self.window.append(now)
         signed = sized if intent.side == "buy" else -sized
         symbol = intent.symbol
@@ -456,7 +484,13 @@ class RiskGate:
                 changes["trigger_price"] = trigger
         return attrs.evolve(intent, **changes) if changes else intent
 
-    def _exit_size(self, intent: OrderIntent, account: AccountSnapshot) -> float | Rejection:
+    def _exit_parts(self, intent: OrderIntent, account: AccountSnapshot) -> list[float] | Rejection:
+        """An exit's size, the position it reduces at most, in the orders that send it: one, or for
+        a size over the largest order of its type the exchange takes (a position built by several
+        entries) several, each the largest and the last what is left (found by an audit: cut to the
+        largest, the exit closed part of the position and the rest waited for the strategy's next
+        exit signal). A last part under the exchange's minimum takes the minimum from the one
+        before it."""
         projected = self.projected_position(account, intent.strategy_id, intent.symbol)
         reduces = projected < 0 if intent.side == "buy" else projected > 0
         qty = fast_round(min(intent.qty, abs(projected)), 8) if reduces else 0.0
@@ -465,9 +499,19 @@ class RiskGate:
             return Rejection(
                 "nothing_to_close", f"no open position to reduce ({projected:+.4f} {intent.symbol})"
             )
-        # a position larger than one order of the exit's type the exchange takes (built by several
-        # entries) closes in parts: this one the largest, the rest on the strategy's next exit
-        return min(qty, instrument.max_order_qty(intent.order_type))
+        largest = instrument.max_order_qty(intent.order_type)
+        if qty <= largest:
+            return [qty]
+        parts: list[float] = []
+        while qty > largest:
+            parts.append(largest)
+            qty = instrument.round_qty(qty - largest, "nearest")
+        if qty >= instrument.min_qty:
+            parts.append(qty)
+        elif qty > 0:  # e.g. 20,005 with 20,000 the largest and 10 the least: 19,995 and 10
+            parts[-1] = instrument.round_qty(largest - (instrument.min_qty - qty), "nearest")
+            parts.append(instrument.min_qty)
+        return parts
 
     def _size(self, intent: OrderIntent, account: AccountSnapshot) -> float | Rejection:
         c = self.config
