@@ -252,6 +252,12 @@ class AccountSnapshot(NamedTuple):
     # and sizes on it, strategies put their prices on its grid (found by an audit: they used the
     # shipped table's, and a stop on DOGEUSDT's was put 21 % away); None: the gate's own
     instrument: Instrument | None = None
+    # several symbols (actors/broker/portfolio.py): the strategies' limit orders working or on their
+    # way (not the broker's stops and targets), by symbol and strategy: `(symbol, strategy_id,
+    # buy_qty, buy_notional, sell_qty, sell_notional)`, each notional what is left of the orders at
+    # their limit prices; the account-wide caps value another symbol's resting entries so (found by
+    # an audit: at the mark). Empty with one symbol, which has no account-wide caps of its own
+    limit_orders: tuple[tuple[str, str, float, float, float, float], ...] = ()
 
     def instrument_for(self, symbol: str) -> Instrument | None:
         """`instrument` when it is `symbol`'s (the snapshot is taken for one symbol), else None."""

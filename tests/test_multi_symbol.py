@@ -376,6 +376,57 @@ def test_the_gate_holds_total_leverage_across_symbols() -> None:
             )
 
 
+@pytest.mark.parametrize(
+    ("side", "limit", "eth_qty", "approved"),
+    [
+        # a BTC buy limit of 0.2 at 30,000 takes 6,000 of the 10,000 (at the mark, 8,000): 1.3 ETH
+        # (3,900 USDT) fits beside it
+        ("buy", 30_000.0, 1.3, True),
+        ("buy", 30_000.0, 1.4, False),  # 4,200
+        # a sell limit at 45,000 takes 9,000 (at the mark 8,000): 0.4 ETH (1,200) no longer fits
+        ("sell", 45_000.0, 0.3, True),
+        ("sell", 45_000.0, 0.4, False),
+    ],
+)
+def test_the_account_wide_cap_values_another_symbols_resting_limit_at_its_price(
+    side: str, limit: float, eth_qty: float, approved: bool
+) -> None:
+    """Found by an audit: `max_total_notional` valued another symbol's resting limit entry at that
+    symbol's mark, not at its limit price, as the gate sizes an entry of its own; a buy limit
+    under the mark held back more, a sell limit above it less, than it can fill for."""
+    instruments = {s: i for s in ("BTCUSDT", "ETHUSDT") if (i := table_instrument(s)) is not None}
+    caps = {"max_position_size": 100.0, "max_notional": 1e9, "max_leverage": 100.0, "sizing": "fixed"}
+    gate = RiskGate(RiskConfig(**caps, max_total_notional=10_000.0), 10_000.0, instruments=instruments)
+    p = portfolio(equity=10_000.0)
+    for symbol, price in (("BTCUSDT", 40_000.0), ("ETHUSDT", 3_000.0)):
+        p.on_market(quote(1.0, price, symbol), 1.0)
+
+    def intent(symbol: str, side: str, qty: float, price: float, sid: str, **kw: Any) -> OrderIntent:
+        return OrderIntent(
+            ts=1.0,
+            side=side,
+            qty=qty,
+            decision_price=price,
+            reason="entry",
+            symbol=symbol,
+            strategy_id=sid,
+            **kw,
+        )  # type: ignore[arg-type]
+
+    resting = intent("BTCUSDT", side, 0.2, 40_000.0, "b", order_type="limit", limit_price=limit)
+    btc = gate.check(resting, p.snapshot(1.0, "BTCUSDT"), 1.0)
+    assert isinstance(btc, Order) and btc.qty == 0.2
+    p.on_order(btc, 1.0)
+    run_timers(p, 1.0)
+    account = p.snapshot(2.0, "ETHUSDT")
+    assert account.position("BTCUSDT").qty == 0.0 and account.open_orders_of("b") == 1  # resting
+    eth = gate.check(intent("ETHUSDT", "buy", eth_qty, 3_000.0, "e"), account, 2.0)
+    if approved:
+        assert isinstance(eth, Order) and eth.qty == eth_qty, eth
+    else:
+        assert isinstance(eth, Rejection) and eth.reason == "max_total_notional", eth
+
+
 def test_a_checkpoint_in_the_middle_of_a_two_symbol_run_continues_identically(
     tmp_path: Path, data: dict[str, Path]
 ) -> None:

@@ -2067,8 +2067,25 @@ class PaperBroker:
                 (),
                 self._strategy_orders() if self.working or self.in_flight else (),
                 self.instrument,
+                (),  # limit_orders: the portfolio's (several symbols)
             ),
         )
+
+    def limit_orders(self) -> list[tuple[str, str, float, float, float, float]]:
+        """`AccountSnapshot.limit_orders` of this symbol: the strategies' limit orders working or on
+        their way (the broker's protective ones aside), what is left of them, by strategy."""
+        sums: dict[str, list[float]] = {}
+        orders = [(w.order, w.remaining) for w in self.working.values()]
+        orders += [(f.message, f.message.qty) for f in self.in_flight if isinstance(f.message, Order)]
+        for order, left in orders:
+            price = order.limit_price
+            if order.protective or order.order_type != "limit" or price is None:
+                continue
+            row = sums.setdefault(order.strategy_id, [0.0, 0.0, 0.0, 0.0])
+            at = 0 if order.side == "buy" else 2
+            row[at] += left
+            row[at + 1] += left * price
+        return [(self.symbol, sid, row[0], row[1], row[2], row[3]) for sid, row in sorted(sums.items())]
 
     def _strategy_orders(self) -> tuple[tuple[str, int], ...]:
         """The orders working or on their way, counted by the strategy that sent them (a cancel on

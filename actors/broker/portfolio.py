@@ -346,6 +346,7 @@ class Portfolio:
         marks: list[tuple[str, float]] = []
         open_orders = 0
         by_strategy: dict[str, int] = {}
+        limit_orders: list[tuple[str, str, float, float, float, float]] = []
         realized = fees = funding = unrealized = 0.0
         for leg in self.legs.values():
             snap = own if leg is view else leg.snapshot(now)
@@ -356,6 +357,8 @@ class Portfolio:
             open_orders += snap.open_orders
             for sid, count in snap.strategy_orders:
                 by_strategy[sid] = by_strategy.get(sid, 0) + count
+            if leg.working or leg.in_flight:
+                limit_orders += leg.limit_orders()
             realized += snap.realized_pnl
             fees += snap.fees_paid
             funding += snap.funding_paid
@@ -373,6 +376,7 @@ class Portfolio:
             open_orders=open_orders,
             marks=tuple(marks),
             strategy_orders=tuple(sorted(by_strategy.items())),
+            limit_orders=tuple(limit_orders),
         )
 
     def account_update(self, now: float) -> AccountUpdate | None:

@@ -7,10 +7,11 @@ only through the frozen `AccountSnapshot`s that travel with what it is given.
 - Entries are sized here: `risk.risk_per_trade_pct` of equity over the distance to the strategy's
   stop (or the strategy's own size with `risk.sizing = "fixed"`), then held to the symbol's caps
   (`max_position_size`, `max_notional`, `max_leverage`), the account's across every symbol
-  (`max_total_notional`, `max_total_leverage`: the other symbols' positions, and orders on their
-  way, at their marks) and the largest order the exchange takes of its type and at market (the
-  symbol's instrument: `max_order_qty`; an exit larger than the largest of its type goes as
-  several orders), and rounded to the symbol's lot. A risk-sized entry over one of
+  (`max_total_notional`, `max_total_leverage`: the other symbols' positions, and market orders on
+  their way, at their marks, their resting limit orders at their limit prices) and the largest
+  order the exchange takes of its type and at market (the symbol's instrument: `max_order_qty`;
+  an exit larger than the largest of its type goes as several orders), and rounded to the
+  symbol's lot. A risk-sized entry over one of
   them is cut to it; a fixed size is refused whole, naming the tightest.
 - `max_orders_per_minute` is a sliding window over every order it approves for the strategies,
   exits included (each part of an exit in parts) (an intent it rejects for another reason does not count); the broker's
@@ -342,15 +343,6 @@ class RiskGate:
         ids = {p.strategy_id for p in account.positions if p.symbol == symbol and p.strategy_id}
         return sorted(ids | {sid for sid, s in self.strategy_symbols.items() if s == symbol})
 
-    def gross_position(self, account: AccountSnapshot, symbol: str) -> float:
-        """A symbol's exposure at its largest, whichever orders on their way fill: its strategies'
-        positions as absolute sizes (the net one's when no strategy has traded it), each the
-        largest it can become either way (`reach`)."""
-        ids = self._strategies_in(account, symbol)
-        if not ids:
-            return max(self.reach(account, symbol))
-        return sum(max(self.reach(account, symbol, sid)) for sid in ids)
-
     def instrument_of(self, symbol: str, account: AccountSnapshot | None = None) -> Instrument:
         """`symbol`'s instrument: the broker's (the snapshot's, when taken for that symbol: the
         exchange's own figures in a live session), else the one the gate was built with."""
@@ -358,18 +350,37 @@ class RiskGate:
         return instrument or self.instruments.get(symbol, self.instrument)
 
     def others_notional(self, account: AccountSnapshot, symbol: str) -> float:
-        """The other symbols' projected positions at their marks (several symbols: the snapshot's
-        `marks`; a symbol with no mark yet at its average price)."""
+        """The other symbols' projected positions in USDT (several symbols): each strategy's there
+        the largest it can become either way (`reach`; the net position's when no strategy has
+        traded the symbol), summed; the positions and market orders on their way at their marks
+        (the snapshot's `marks`; a symbol with no mark yet at its average price), their resting
+        limit orders at their limit prices (the snapshot's `limit_orders`), as an entry is sized at
+        its own (found by an audit: they were valued at the mark, so a buy limit far under it took
+        more of the account's room than it can ever fill for)."""
         if not account.marks:
             return 0.0
         marks = dict(account.marks)
+        limits = {(row[0], row[1]): row[2:] for row in account.limit_orders}
         total = 0.0
         for other in sorted({p.symbol for p in account.positions} | set(self.submitted_by_symbol)):
             if other == symbol:
                 continue
-            qty = self.gross_position(account, other)
-            if qty:
-                total += qty * (marks.get(other) or account.position(other).avg_price)
+            mark = marks.get(other) or account.position(other).avg_price
+            for sid in self._strategies_in(account, other) or [""]:
+                qty = account.position(other, sid).qty
+                buys, sells = self.pending(account, other, sid)
+                buy_qty, buy_notional, sell_qty, sell_notional = limits.get(
+                    (other, sid), (0.0, 0.0, 0.0, 0.0)
+                )
+                # the limits are among what is pending (the gate's count bounds the broker's)
+                if buy_qty > buys:
+                    buy_notional, buy_qty = buy_notional * buys / buy_qty, buys
+                if sell_qty > sells:
+                    sell_notional, sell_qty = sell_notional * sells / sell_qty, sells
+                # the largest it can become either way (`reach`), in USDT
+                long = (qty + buys - buy_qty) * mark + buy_notional
+                short = (sells - sell_qty - qty) * mark + sell_notional
+                total += max(long, short)
         return total
 
     def check(self, intent: OrderIntent, account: AccountSnapshot, now: float) -> Order | Rejection:
