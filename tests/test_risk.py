@@ -347,11 +347,18 @@ def test_a_scaled_entry_is_that_share_of_the_size_it_would_have_had(tmp_path: Pa
         _, desk = _gate(tmp_path, *sets)
         intent = attrs.evolve(_entry(side, stop=stop), size_scale=0.5)
         assert _approved(desk.check(intent, T0)).qty == pytest.approx(full / 2)
-    # fixed sizing: the strategy's qty scaled, then held to the caps
+    # fixed sizing: half the strategy's qty when the caps let it through whole
     _, desk = _gate(tmp_path, *sets, "risk.sizing=fixed")
     assert _approved(desk.check(attrs.evolve(_entry(qty=0.004), size_scale=0.5), T0)).qty == 0.002
-    if cap < 0.1:  # 0.016 is over the 0.01 cap, half of it is not
-        assert _approved(desk.check(attrs.evolve(_entry(qty=0.016), size_scale=0.5), T0)).qty == 0.008
+    # 0.016 is over the 0.01 cap: refused whole at full size, and so at half size too, half of
+    # nothing (found by an audit: scaled before the caps, 0.008 went through, at the cap's room
+    # for 0.016 x 0.5, though the full entry would have been refused)
+    half = attrs.evolve(_entry(qty=0.016), size_scale=0.5)
+    if cap < 0.1:
+        assert _rejected(desk.check(_entry(qty=0.016), T0)) == "max_position_size"
+        assert _rejected(desk.check(half, T0)) == "max_position_size"
+    else:
+        assert _approved(desk.check(half, T0)).qty == 0.008
 
 
 def test_fixed_sizing_uses_the_strategy_qty_rounded_to_the_lot(tmp_path: Path) -> None:

@@ -540,8 +540,6 @@ class RiskGate:
             wanted = equity * c.risk_per_trade_pct / 100 / abs(price - intent.stop_price)
         else:
             wanted = intent.qty
-        if fixed:  # the size the strategy asks for, scaled (a funding gate's half size)
-            wanted *= intent.size_scale
         symbol = intent.symbol
         instrument = self.instrument_of(symbol, account)
         others_here, long, short = self.exposure(account, symbol, intent.strategy_id)
@@ -590,10 +588,11 @@ class RiskGate:
                         f"allows {cap:.4f} at {price:.1f}",
                     )
                 wanted = allowed
-        if not fixed:
-            # scaled after the caps (found by an audit: scaled before them, a funding gate's half
-            # size still came out at the cap, which the default caps make of every risk-sized entry)
-            wanted *= intent.size_scale
+        # scaled after the caps, the size they let through (found by an audit: scaled before them, a
+        # funding gate's half size of a risk-sized entry still came out at the cap, which the
+        # default caps make of every risk-sized entry; of a fixed size over a cap, which is refused
+        # whole, half went through, though the entry at full size would not have)
+        wanted *= intent.size_scale
         qty = instrument.round_qty(wanted)
         if qty < instrument.min_qty:
             return Rejection(
