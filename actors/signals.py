@@ -1,5 +1,8 @@
 """SIGINT and SIGTERM (and SIGHUP, the terminal closed, unless `nohup` ignores it): the
-session's for its whole life, on either runtime (no trio here).
+session's for its whole life, on either runtime (no trio here). A SIGINT (or SIGHUP) the process
+started with ignored stays ignored: a background job of a non-interactive shell (`cmd &` in a
+script) starts with SIGINT ignored so that a Ctrl-C meant for the foreground leaves it running,
+as Python itself leaves it (no KeyboardInterrupt then). SIGTERM is always the session's.
 
 The first signal stops the session (`stop_reason = "signal"`, its name the detail), with its
 flatten and its report; every later one is logged once ("already stopping, flattening") and
@@ -37,8 +40,14 @@ HANGUP = signal.SIGHUP
 
 
 def _ours() -> tuple[int, ...]:
-    """The signals a session listens to: SIGINT, SIGTERM and, unless ignored, SIGHUP."""
-    return (*SIGNALS, HANGUP) if signal.getsignal(HANGUP) is not signal.SIG_IGN else SIGNALS
+    """The signals a session listens to: SIGTERM, and SIGINT and SIGHUP unless the process has them
+    ignored (found by an audit: a session started as `... &` by a script, SIGINT ignored, was
+    stopped by the Ctrl-C meant for the script's foreground command; `nohup` and SIGHUP alike)."""
+    return tuple(
+        signum
+        for signum in (*SIGNALS, HANGUP)
+        if signum == signal.SIGTERM or signal.getsignal(signum) is not signal.SIG_IGN
+    )
 
 
 class Repeats(Protocol):

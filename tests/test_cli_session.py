@@ -277,6 +277,48 @@ def test_under_nohup_a_hangup_is_ignored(tmp_path: Path) -> None:
     )
 
 
+def _signal_mask(pid: int, field: str) -> int:
+    """The process's `SigIgn` or `SigCgt` mask (/proc/PID/status): bit n - 1 is signal n."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith(field + ":")).split()[1], 16)
+
+
+def test_a_session_started_with_sigint_ignored_leaves_it_ignored(tmp_path: Path) -> None:
+    """A background job of a non-interactive shell (`python -m actors.main ... &` in a script)
+    starts with SIGINT ignored, so that a Ctrl-C meant for the script's foreground leaves it
+    running; Python leaves such a SIGINT ignored. Found by an audit: the session put its handler
+    over it and a Ctrl-C stopped it, where SIGHUP under nohup stayed ignored. Now the running
+    session still has SIGINT ignored (read from /proc, not timed); a SIGINT sent, then a SIGTERM:
+    the SIGTERM stops it (a handled SIGINT would have come first: its number is lower)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "actors.main", "--config", str(REPO / "config" / "live.toml"), "--source",
+         "mock", "--run-dir", str(tmp_path / "runs"), *[a for s in TRADES_OFTEN for a in ("--set", s)],
+         "--duration", "5"],
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        _wait_started(tmp_path)
+        ignored, caught = _signal_mask(proc.pid, "SigIgn"), _signal_mask(proc.pid, "SigCgt")
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert ignored >> (signal.SIGINT - 1) & 1 and not caught >> (signal.SIGINT - 1) & 1
+    assert caught >> (signal.SIGTERM - 1) & 1  # SIGTERM is the session's
+    assert proc.returncode == 0, err
+    assert "SIGINT" not in err
+    stopped = read_events(tmp_path / "runs" / "latest")[-1]
+    assert (stopped["kind"], stopped["stop_reason"], stopped["detail"]) == (
+        "session.stopped",
+        "signal",
+        "SIGTERM",
+    )
+
+
 def test_nox_session_waits_for_the_session_to_stop_after_a_ctrl_c() -> None:
     """`nox -s session` (the README's first command): a Ctrl-C reaches nox and the session alike
     (one process group); nox, by default, then sends the session SIGTERM 0.3 s later and SIGKILL

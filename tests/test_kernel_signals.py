@@ -114,6 +114,35 @@ def test_a_signal_stops_a_backtest_at_the_end_of_its_chunk_flat_with_its_report(
     assert err.count(REPEATED) == 1 and "SIGINT again" in err
 
 
+def test_a_sigint_the_process_ignores_stays_ignored(tmp_path: Path) -> None:
+    """A process started with SIGINT ignored (a background job `cmd &` of a script: a Ctrl-C for
+    the script's foreground leaves it running, as Python leaves it) keeps it ignored: found by an
+    audit, the session put its handler over it and the Ctrl-C stopped it. A SIGINT at candle 400
+    does nothing; the SIGTERM at candle 1000 stops it (SIGTERM is the session's, ignored or not)."""
+    data = _bars(tmp_path / "bars.csv", 3000)
+    config = make_config(tmp_path, *ALWAYS_IN)
+    raising = _raising({400: signal.SIGINT, 1000: signal.SIGTERM})
+    seen: list[object] = []
+
+    def source(path: str, symbol: str) -> Iterator[Candle]:
+        for k, candle in enumerate(raising(path, symbol)):
+            if k == 399:  # the session listens by now: SIGINT's disposition then
+                seen.append(signal.getsignal(signal.SIGINT))
+            yield candle
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        result = Session(config, Plan(mode="backtest", data=str(data)), candle_source=source).run_kernel()
+        after = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert seen == [signal.SIG_IGN] and after is signal.SIG_IGN
+    stopped = _stopped(read_events(result.run_path))
+    assert (stopped["stop_reason"], stopped["detail"]) == ("signal", "SIGTERM")
+    last = (1000 // STORAGE_CHECK_EVERY + 1) * STORAGE_CHECK_EVERY - 1  # the SIGTERM's chunk
+    assert _ts(stopped) == T0_MS / 1000 + (last + 1) * 60
+
+
 def test_without_a_signal_the_backtest_runs_to_the_end_of_its_data(tmp_path: Path) -> None:
     """The same session with no signal raised (the check itself stops nothing)."""
     data = _bars(tmp_path / "bars.csv", 1500)
