@@ -761,3 +761,34 @@ async def test_cli_prints_urls_serves_and_stops_on_sigterm(tmp_path: Path) -> No
             proc.send_signal(signal.SIGTERM)
             await proc.wait()
             assert proc.returncode == 0
+
+
+def test_the_cli_started_with_sigint_ignored_leaves_it_ignored(tmp_path: Path) -> None:
+    """A fake exchange run as a background job of a script (`python -m tools.fake_bitunix ... &`)
+    starts with SIGINT ignored: a Ctrl-C for the script's foreground must leave it serving, as
+    Python leaves it (found by a CLI audit: trio's signal receiver took SIGINT over). Read from
+    /proc once it serves (bit n - 1 of SigIgn is signal n); a SIGTERM still stops it."""
+    port_file = tmp_path / "ports.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.fake_bitunix", "--port-file", str(port_file)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline()  # its URLs: it serves
+        status = Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+        masks = {
+            line.split(":")[0]: int(line.split()[1], 16)
+            for line in status
+            if line.startswith(("SigIgn", "SigCgt"))
+        }
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert masks["SigIgn"] >> (signal.SIGINT - 1) & 1 and not masks["SigCgt"] >> (signal.SIGINT - 1) & 1
+    assert masks["SigCgt"] >> (signal.SIGTERM - 1) & 1
+    assert proc.returncode == 0

@@ -87,6 +87,7 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -1707,6 +1708,70 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# The flags' allowed values, checked before anything starts (found by an audit: `--port 99999`
+# served on port 34463, `--malformed 2`, `--history -1` or `--start-price -5` were taken without a
+# word, `--port -1` said "cannot listen", exit 1): one line each, exit 2.
+_SYMBOL = re.compile(r"[A-Z0-9]{2,20}")
+_DURATIONS = (
+    "drop_every",
+    "drop_after",
+    "stall_every",
+    "stall_for",
+    "refuse_for",
+    "latency_ms",
+    "rest_rate_limit",
+)
+_COUNTS = ("history", "drop_after_frames", "drop_connections", "stall_every_frames", "refuse_first")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _problems(a: argparse.Namespace, symbols: list[str]) -> list[str]:
+    """What the flags' values do not allow, one line each (empty: all good)."""
+    problems = [
+        f"{_flag(dest)} {getattr(a, dest)}: expected a port from 0 to 65535 (0: any free port)"
+        for dest in ("port", "rest_port")
+        if not 0 <= getattr(a, dest) <= 65535
+    ]
+    problems += [
+        f"{_flag(dest)} {getattr(a, dest)}: expected 0 or more"
+        for dest in (*_COUNTS, *_DURATIONS)
+        if not (getattr(a, dest) >= 0 and math.isfinite(getattr(a, dest)))
+    ]
+    problems += [
+        f"{_flag(dest)} {getattr(a, dest)}: expected a fraction from 0 to 1"
+        for dest in ("malformed", "rest_errors")
+        if not 0 <= getattr(a, dest) <= 1
+    ]
+    if not (a.idle_timeout > 0 and math.isfinite(a.idle_timeout)):
+        problems.append(f"--idle-timeout {a.idle_timeout}: expected a number of seconds > 0")
+    if a.start_price is not None and not (a.start_price > 0 and math.isfinite(a.start_price)):
+        problems.append(f"--start-price {a.start_price}: expected a price > 0")
+    if not 0 <= a.zigzag < 100:
+        problems.append(f"--zigzag {a.zigzag}: expected a percentage from 0 up to (not) 100")
+    if not math.isfinite(a.clock_offset):
+        problems.append(f"--clock-offset {a.clock_offset}: expected a number of seconds")
+    problems += [
+        f"symbol {symbol!r}: expected 2-20 of A-Z, 0-9 (e.g. BTCUSDT)"
+        for symbol in symbols
+        if not _SYMBOL.fullmatch(symbol)
+    ]
+    problems += [
+        f"{_flag(dest)} {getattr(a, dest)}: not a symbol served here ({', '.join(symbols)})"
+        for dest in ("stall_symbol", "klines_silent_symbol")
+        if getattr(a, dest) and getattr(a, dest).upper() not in symbols
+    ]
+    if a.port_file is not None:
+        folder = a.port_file.parent
+        if a.port_file.is_dir():
+            problems.append(f"--port-file {a.port_file}: is a directory; expected the path of a file")
+        elif not folder.is_dir():
+            problems.append(f"--port-file {a.port_file}: its folder {folder} does not exist")
+    return problems
+
+
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -1714,7 +1779,10 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 async def _serve_cli(fake: FakeBitunix, port_file: Path | None) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # SIGINT unless the process started with it ignored (a background job of a script, `... &`:
+    # a Ctrl-C for the script's foreground leaves it running, as Python leaves it)
+    ctrl_c = () if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else (signal.SIGINT,)
+    with trio.open_signal_receiver(*ctrl_c, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(fake.run)
             line = _dumps({"ws_url": fake.ws_url, "rest_url": fake.rest_url})
@@ -1755,8 +1823,11 @@ def main(argv: list[str] | None = None) -> int:
         latency_ms=a.latency_ms,
     )
     symbols = [*a.symbol, *(x.strip() for x in a.symbols.split(",") if x.strip())] or ["BTCUSDT"]
+    symbols = [symbol.upper() for symbol in symbols]
     if bool(a.api_key) != bool(a.api_secret):
         parser.error("--api-key and --api-secret go together")
+    if problems := _problems(a, symbols):
+        parser.error("; ".join(problems))
     try:
         fake = FakeBitunix(
             symbols=symbols,
