@@ -67,3 +67,64 @@ def test_the_fake_exchange_refuses_a_bad_flag_value_before_it_listens(
     (tmp_path / "empty.csv").write_text("")
     err = _refused(main, [a.format(tmp=tmp_path) for a in argv], capsys)
     assert f"python -m tools.fake_bitunix: error: {said.format(tmp=tmp_path)}" in err
+
+
+# --- the benchmarks ------------------------------------------------------------------------------
+
+
+def _never(*_: object, **__: object) -> None:
+    raise AssertionError("it ran")
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--sizes", "0"], "--sizes 0: expected a number of candles of at least 1,000"),
+        (["--sizes", "5000", "-5"], "--sizes -5: expected a number of candles of at least 1,000"),
+        (["--reps", "0"], "--reps 0: expected 1 or more"),  # found: ran the default, 3
+        (["--reps", "-1"], "--reps -1: expected 1 or more"),
+        (["--latency-seconds", "0"], "--latency-seconds 0: expected a number of seconds > 0, at most 86400"),
+        (["--latency-seconds", "-3"], "--latency-seconds -3: expected"),  # found: a MISS, exit 0
+        (["--latency-seconds", "nan"], "--latency-seconds nan: expected"),
+        (["--json", "{tmp}"], "--json {tmp}: is a directory; expected the path of a file"),
+        (["--json", "{tmp}/none/b.json"], "--json {tmp}/none/b.json: its folder {tmp}/none does not exist"),
+        (["--work", "{tmp}/file"], "--work {tmp}/file: is a file; expected a folder"),
+    ],
+)
+def test_the_bench_refuses_a_bad_flag_value_before_it_measures(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    said: str,
+) -> None:
+    from tools import bench
+
+    monkeypatch.setattr(bench, "machine", _never)  # the first thing a run does
+    (tmp_path / "file").write_text("")
+    err = _refused(bench.main, [a.format(tmp=tmp_path) for a in argv], capsys)
+    assert f"python -m tools.bench: error: {said.format(tmp=tmp_path)}" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--rate", "nan"], "--frames >= 6, --repeat >= 1, --rate > 0 and --seconds > 0"),
+        (["--seconds", "inf"], "--frames >= 6, --repeat >= 1, --rate > 0 and --seconds > 0"),
+        (["--frames", "0"], "--frames >= 6, --repeat >= 1, --rate > 0 and --seconds > 0"),
+        (["--work", "{tmp}/file"], "--work {tmp}/file: is a file; expected a folder"),
+    ],
+)
+def test_the_feed_bench_refuses_a_bad_flag_value_before_it_measures(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    said: str,
+) -> None:
+    from tools import bench_feed
+
+    monkeypatch.setattr(bench_feed, "make_frames", _never)  # the micro benchmark's first step
+    (tmp_path / "file").write_text("")
+    err = _refused(bench_feed.main, [a.format(tmp=tmp_path) for a in argv], capsys)
+    assert f"python -m tools.bench_feed: error: {said.format(tmp=tmp_path)}" in err

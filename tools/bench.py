@@ -869,6 +869,35 @@ def profile_rows(p: dict[str, Any]) -> list[str]:
     return rows
 
 
+MIN_SIZE = 1_000  # candles of a peer job: its EMA 50 warm and trades to compare
+
+
+def _problems(args: argparse.Namespace) -> list[str]:
+    """The flags' values it cannot use, one line each (found by a CLI audit: `--sizes 0` and
+    `--reps -1` ran and said nothing of them, `--reps 0` and `--latency-seconds 0` ran the defaults,
+    `--latency-seconds -3` ended in a MISS with exit 0, and `--json DIR` failed with a traceback at
+    the very end, after the whole benchmark)."""
+    problems = [
+        f"--sizes {n}: expected a number of candles of at least {MIN_SIZE:,}"
+        for n in args.sizes or ()
+        if n < MIN_SIZE
+    ]
+    if args.reps is not None and args.reps < 1:
+        problems.append(f"--reps {args.reps}: expected 1 or more")
+    seconds = args.latency_seconds
+    if seconds is not None and not 0 < seconds <= 86_400:
+        problems.append(f"--latency-seconds {seconds:g}: expected a number of seconds > 0, at most 86400")
+    if args.json is not None:
+        out = Path(args.json)
+        if out.is_dir():
+            problems.append(f"--json {out}: is a directory; expected the path of a file")
+        elif not out.parent.is_dir():
+            problems.append(f"--json {out}: its folder {out.parent} does not exist")
+    if args.work is not None and Path(args.work).exists() and not Path(args.work).is_dir():
+        problems.append(f"--work {args.work}: is a file; expected a folder (made when missing)")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -892,10 +921,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="write every figure here")
     parser.add_argument("--work", metavar="DIR", help="keep the data and run folders here (default: temp)")
     args = parser.parse_args(argv)
+    if problems := _problems(args):  # before anything runs (the figures take minutes to hours)
+        parser.error("; ".join(problems))
     quick = args.quick
     sizes = args.sizes or ([20_000] if quick else [100_000, 500_000])
-    reps = args.reps or (1 if quick else 3)
-    latency_s = args.latency_seconds or (8.0 if quick else 180.0)
+    reps = args.reps if args.reps is not None else (1 if quick else 3)
+    latency_s = args.latency_seconds if args.latency_seconds is not None else (8.0 if quick else 180.0)
     only = set(args.only or (["peers", "session"] if quick else ["peers", "real", "session", "sweep"]))
 
     res: dict[str, Any] = {"machine": machine(), "quick": quick, "reps": reps}

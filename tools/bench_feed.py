@@ -658,8 +658,12 @@ def main(argv: list[str] | None = None) -> int:
         kline_ms, depth_s, price_s, seed = a.serve_fake
         trio.run(_serve_fake, int(kline_ms), float(depth_s), float(price_s), int(seed))
         return 0
-    if a.frames < len(CYCLE) or a.repeat < 1 or a.rate <= 0 or a.seconds <= 0:
+    # (found by a CLI audit: nan passed `<= 0`, and a --work that is a file ended in a traceback)
+    fine = a.frames >= len(CYCLE) and a.repeat >= 1 and 0 < a.rate < math.inf and 0 < a.seconds < math.inf
+    if not fine:
         _parser().error("--frames >= 6, --repeat >= 1, --rate > 0 and --seconds > 0")
+    if a.work is not None and a.work.exists() and not a.work.is_dir():
+        _parser().error(f"--work {a.work}: is a file; expected a folder (made when missing)")
     logger.remove()
     logger.add(sys.stderr, level="WARNING", format="{time:HH:mm:ss} | {level:<7} | {message}")
     print(f"Feed benchmark: python {sys.version.split()[0]}, trio {trio.__version__}, {os.cpu_count()} CPUs")
