@@ -128,3 +128,138 @@ def test_the_feed_bench_refuses_a_bad_flag_value_before_it_measures(
     (tmp_path / "file").write_text("")
     err = _refused(bench_feed.main, [a.format(tmp=tmp_path) for a in argv], capsys)
     assert f"python -m tools.bench_feed: error: {said.format(tmp=tmp_path)}" in err
+
+
+# --- the run-folder tools, the validator, the sweep ----------------------------------------------
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    """A folder that passes for a run folder (its events.jsonl): the tools look no further before
+    these refusals."""
+    folder = tmp_path / "runs" / "20240101T000000Z-s42"
+    folder.mkdir(parents=True)
+    (folder / "events.jsonl").write_text("")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["{run}", "-o", "{tmp}"], "tools.report: -o {tmp}: is a directory; expected the path of the page to write"),
+        (["{run}", "-o", "{tmp}/none/p.html"], "tools.report: -o {tmp}/none/p.html: its folder {tmp}/none does not exist; expected the path of the page to write"),
+        (["{run}", "{run}", "-o", "{tmp}"], "tools.report: -o {tmp}: is a directory; expected the path of the page to write"),
+        (["{tmp}/none"], "tools.report: {tmp}/none does not exist"),
+        (["{tmp}"], "tools.report: {tmp} is not a run folder (no events.jsonl in it)"),
+    ],
+)  # fmt: skip
+def test_the_report_tool_refuses_a_page_it_cannot_write_before_building_it(
+    tmp_path: Path,
+    run: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    said: str,
+) -> None:
+    """Found: `-o DIR` and `-o` in a missing folder ended in a traceback (exit 1)."""
+    from tools import report
+
+    monkeypatch.setattr(report, "build_report", _never)
+    monkeypatch.setattr(report, "build_comparison", _never)
+    err = _refused(report.main, [a.format(tmp=tmp_path, run=run) for a in argv], capsys)
+    assert err.splitlines() == [said.format(tmp=tmp_path, run=run)]
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--restore", "{tmp}/empty.tar.gz"], "error: {tmp}/empty.tar.gz is empty; expected a run archive (python -m tools.archive RUN)"),
+        (["--restore", "{tmp}/junk.tar.gz", "--run-dir", "{tmp}/file"], "error: --run-dir {tmp}/file is not a folder"),
+        (["--restore", "{tmp}/none.tar.gz"], "error: {tmp}/none.tar.gz is not a file"),
+        (["--restore", "{tmp}"], "error: {tmp} is not a file"),
+        (["{run}", "-o", "{tmp}/none/a.tar.gz"], "error: -o {tmp}/none/a.tar.gz: its folder {tmp}/none does not exist"),
+        (["{tmp}/none"], "error: {tmp}/none does not exist"),
+    ],
+)  # fmt: skip
+def test_archive_refuses_bad_input_in_one_line(
+    tmp_path: Path, run: Path, capsys: pytest.CaptureFixture[str], argv: list[str], said: str
+) -> None:
+    """Found: an empty ARCHIVE was said in five lines (exit 1), `--run-dir FILE` with --restore and
+    `-o` in a missing folder ended in a traceback."""
+    from tools import archive
+
+    (tmp_path / "empty.tar.gz").write_bytes(b"")
+    (tmp_path / "junk.tar.gz").write_bytes(b"not an archive")
+    (tmp_path / "file").write_text("")
+    err = _refused(archive.main, [a.format(tmp=tmp_path, run=run) for a in argv], capsys)
+    assert err.splitlines() == [said.format(tmp=tmp_path, run=run)]
+    assert not (tmp_path / "none").exists() and (tmp_path / "file").is_file()
+
+
+def test_archive_says_a_file_that_is_no_archive_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not a tar archive at all: refused (exit 1, as a corrupted one), one line."""
+    from tools import archive
+
+    (tmp_path / "junk.tar.gz").write_bytes(b"not an archive")
+    assert archive.main(["--restore", str(tmp_path / "junk.tar.gz"), "--run-dir", str(tmp_path / "r")]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        f"error: {tmp_path}/junk.tar.gz is corrupted or not a run archive (or unreadable): "
+    )
+
+
+def test_the_validator_says_a_missing_run_folder_is_not_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tools.validate_session import main
+
+    err = _refused(main, [str(tmp_path / "none")], capsys)
+    assert err.splitlines() == [f"error: {tmp_path}/none does not exist"]
+    err = _refused(main, [str(tmp_path)], capsys)
+    assert err.splitlines() == [f"error: {tmp_path} is not a run folder (no events.jsonl)"]
+
+
+SPEC = """\
+[sweep]
+name = "t"
+data = "{data}"
+[walk_forward]
+train_days = 1
+test_days = 1
+windows = 1
+[[strategy]]
+kind = "ema_cross"
+[strategy.space]
+fast_period = [2, 3]
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--out", "{tmp}/file"], "error: --out {tmp}/file is a file; expected the sweep's folder"),
+        (["--data", "{tmp}"], "spec error: --data {tmp}: a directory, not a file"),
+        (["--data", "{tmp}/none.csv"], "spec error: --data {tmp}/none.csv: file not found"),
+    ],
+)
+def test_the_sweep_refuses_bad_paths_before_ray_starts(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    said: str,
+) -> None:
+    """Found: `--out FILE` ended in a traceback once Ray had started; `--data DIR` was "file not
+    found"."""
+    from tools.sweep import __main__ as sweep
+    from tools.sweep import runner
+
+    (tmp_path / "bars.csv").write_text("open_time_ms,open,high,low,close,volume\n")
+    (tmp_path / "file").write_text("")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC.format(data=tmp_path / "bars.csv"))
+    monkeypatch.setattr(runner, "run_sweep", _never)
+    err = _refused(sweep.main, [str(spec), *(a.format(tmp=tmp_path) for a in argv)], capsys)
+    assert said.format(tmp=tmp_path) in err.splitlines()

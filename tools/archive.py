@@ -16,7 +16,7 @@ manifest, then moves it into place (file times kept) and runs the validator on i
 
 Exit 0: done. 1: refused (a running session, an existing output or run folder, a corrupted or
 unsafe archive, a restored run the validator rejects). 2: bad arguments, RUN not a run folder,
-ARCHIVE missing.
+ARCHIVE missing or empty, `-o` in a folder that is not there, a `--run-dir` that is a file.
 """
 
 from __future__ import annotations
@@ -226,8 +226,11 @@ def restore(archive_path: Path, run_dir: Path) -> tuple[Path, str]:
                     raise Refused(f"{target} exists already: not overwritten (move it away or use --run-dir)")
                 extract(tar, manifest, staging / "run")
         except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+            # one line (found by a CLI audit: tarfile's message for a file it cannot open lists
+            # every compression it tried, a line each)
+            reason = str(exc).splitlines()[0].rstrip(":") if str(exc) else type(exc).__name__
             raise Refused(
-                f"{archive_path} is corrupted or not a run archive (or unreadable): {exc}"
+                f"{archive_path} is corrupted or not a run archive (or unreadable): {reason}"
             ) from None
         (staging / "run").mkdir(exist_ok=True)
         if target.exists():
@@ -271,6 +274,9 @@ def _archive_command(run: Path, out: Path | None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = out if out is not None else Path(f"{run_path.name}.tar.gz")
+    if not out.parent.is_dir():  # found by a CLI audit: a traceback
+        print(f"error: -o {out}: its folder {out.parent} does not exist", file=sys.stderr)
+        return 2
     if lock_held(run_path):
         print(
             f"error: {run_path} is a running session (its session.lock is held): archive it once it ends",
@@ -295,6 +301,17 @@ def _restore_command(archive_path: Path, run_dir: Path) -> int:
 
     if not archive_path.is_file():
         print(f"error: {archive_path} is not a file", file=sys.stderr)
+        return 2
+    # found by a CLI audit: an empty ARCHIVE was said in five lines, exit 1, and a --run-dir that is
+    # a file ended in a traceback
+    if archive_path.stat().st_size == 0:
+        print(
+            f"error: {archive_path} is empty; expected a run archive (python -m tools.archive RUN)",
+            file=sys.stderr,
+        )
+        return 2
+    if run_dir.exists() and not run_dir.is_dir():
+        print(f"error: --run-dir {run_dir} is not a folder", file=sys.stderr)
         return 2
     try:
         target, checked = restore(archive_path, run_dir)

@@ -4,7 +4,8 @@
     python -m tools.report RUN_A RUN_B [-o OUT]     # compare.html (or OUT): side by side
 
 RUN is a run folder (or `runs/latest`). The page is self-contained and works offline; what it
-shows is in actors/recording/html_report.py. Exit 0 when written, 2 when a path is not a run folder.
+shows is in actors/recording/html_report.py. Exit 0 when written, 2 when a path is not a run folder
+(or `-o` names a directory, or a file in a folder that is not there).
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         runs = [resolve_run(path) for path in args.runs]
     except NotARunFolder as e:
         print(f"tools.report: {e}", file=sys.stderr)
+        return 2
+    # found by a CLI audit: -o DIR, or -o in a folder that is not there, ended in a traceback
+    if args.output is not None and (args.output.is_dir() or not args.output.parent.is_dir()):
+        what = "is a directory" if args.output.is_dir() else f"its folder {args.output.parent} does not exist"
+        print(
+            f"tools.report: -o {args.output}: {what}; expected the path of the page to write", file=sys.stderr
+        )
         return 2
     if len(runs) == 1:
         out = build_report(runs[0], args.output)

@@ -1911,7 +1911,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="run folder (e.g. runs/latest)")
     args = parser.parse_args(argv)
     if not (args.run / "events.jsonl").is_file():
-        print(f"error: {args.run} is not a run folder (no events.jsonl)", file=sys.stderr)
+        # found by a CLI audit: a path that is not there was said to be "not a run folder"
+        what = "does not exist" if not args.run.exists() else "is not a run folder (no events.jsonl)"
+        print(f"error: {args.run} {what}", file=sys.stderr)
         return 2
     problems = validate(args.run, page=True)
     for problem in problems:

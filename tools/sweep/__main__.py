@@ -73,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"spec error: {problem}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path("sweeps") / spec.name
+    if out.exists() and not out.is_dir():  # found by a CLI audit: a traceback once Ray had started
+        print(f"error: --out {out} is a file; expected the sweep's folder", file=sys.stderr)
+        return 2
 
     from actors.feeds.history import DataError
     from tools.sweep.progress import console_progress

@@ -271,8 +271,19 @@ def _path(here: Path, value: Any, key: str, problems: list[str]) -> Path:
         return Path()
     path = Path(value) if Path(value).is_absolute() else here / value
     if not path.is_file():
-        problems.append(f"{key}: file not found: {path}")
+        problems.append(f"{key}: {_not_a_file(path)}: {path}")
     return path
+
+
+def _not_a_file(path: Path) -> str:
+    """Why `path` is no data file (found by a CLI audit: a directory was said "file not found")."""
+    return (
+        "a directory, not a file"
+        if path.is_dir()
+        else "not a regular file"
+        if path.exists()
+        else "file not found"
+    )
 
 
 def _data(
@@ -283,7 +294,7 @@ def _data(
         pairs = {symbol: Path(path) for symbol, path in overrides.items()}
         for symbol, path in pairs.items():
             if not path.is_file():
-                problems.append(f"--data {symbol + '=' if symbol else ''}{path}: file not found")
+                problems.append(f"--data {symbol + '=' if symbol else ''}{path}: {_not_a_file(path)}")
         return tuple(pairs.items())
     if isinstance(value, str):
         return (("", _path(here, value, "sweep.data", problems)),)
