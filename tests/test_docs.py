@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import re
+from collections.abc import Callable
+
+import pytest
 
 from actors.config import ENV_PREFIX, Config, to_dict
 from actors.main import build_parser
@@ -122,19 +126,6 @@ def test_every_strategy_parameter_is_documented() -> None:
             assert f"`strategy.{name}`" in README, f"{kind}: strategy.{name} missing from README"
 
 
-def test_run_folder_tools_flags_are_documented() -> None:
-    from tools import archive, cleanup, monitor
-
-    section = README.split("## Run-folder tools", 1)[1].split("\n## ", 1)[0]
-    for tool in (monitor, cleanup, archive):
-        parser = tool.build_parser()
-        assert f"`{parser.prog}" in section, parser.prog
-        flags = {opt for action in parser._actions for opt in action.option_strings} - {"-h", "--help"}
-        assert [
-            flag for flag in sorted(flags) if f"`{flag}" not in section and f"{flag} " not in section
-        ] == []
-
-
 def test_sweep_flags_are_documented() -> None:
     from tools.sweep.__main__ import parser
 
@@ -241,25 +232,6 @@ def test_the_field_names_the_run_folder_table_gives_are_the_codes() -> None:
         assert stale == [], file
 
 
-def _flags_of_help(module: str) -> set[str]:
-    """The flags `python -m MODULE --help` lists (its parser is built inside its `main`)."""
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True, cwd=REPO
-    ).stdout
-    return set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*|-[a-z])\b", out)) - {"-h", "--help"}
-
-
-def test_the_healthcheck_and_report_flags_are_documented() -> None:
-    """Found by a docs audit: the flags of these tools were checked nowhere."""
-    for module in ("tools.healthcheck", "tools.report"):
-        flags = _flags_of_help(module)
-        assert flags, module
-        assert [f for f in sorted(flags) if f"`{f}" not in README and f"{f} " not in README] == [], module
-
-
 def test_the_fake_exchanges_flags_the_docs_name_exist() -> None:
     """The fake exchange's switches the README and the runbook name are its parser's (its `--help`
     lists the others)."""
@@ -311,3 +283,154 @@ def test_the_allowed_column_is_what_the_loader_allows() -> None:
             if text != _allowed(key, sets)
         ]
     assert wrong == []
+
+
+# --- every tool's flags, both ways ---------------------------------------------------------------
+
+_FLAG = re.compile(r"(?<![\w./=-])(--?[a-zA-Z][a-zA-Z0-9-]*)")
+DOCS = {
+    "README.md": README,
+    **{f"docs/{p.name}": p.read_text() for p in sorted((REPO / "docs").glob("*.md"))},
+}
+
+
+def _spans(text: str) -> list[str]:
+    """The code spans of a markdown text; each line of a fenced block is one too."""
+    spans: list[str] = []
+    for i, part in enumerate(re.split(r"^ *```.*$", text, flags=re.M)):
+        spans += part.splitlines() if i % 2 else re.findall(r"`([^`]+)`", part)
+    return spans
+
+
+def _invoked(span: str, program: str) -> list[str]:
+    """The flags a code span gives `program` (a regex: `python -m tools\\.x`) after each call of it,
+    up to the end of that shell command."""
+    flags: list[str] = []
+    for call in re.split(rf"{program}(?![\w.])", span)[1:]:
+        command = re.split(r"\||&&|;|#|\bpython -m\b", call)[0]
+        flags += _FLAG.findall(command)
+    return flags
+
+
+def _documented(home: str, program: str) -> set[str]:
+    """The flags a tool's home in the docs gives it: its lone flags' spans (`--once`, `--run-dir
+    DIR`, a table's first column) and the flags of its calls there."""
+    spans = _spans(home)
+    lone = {flag for span in spans if span.lstrip().startswith("-") for flag in _FLAG.findall(span)}
+    return lone | {flag for span in spans for flag in _invoked(span, program)}
+
+
+def _parser_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """Every flag a parser takes (its subcommands' too), but help and the hidden ones."""
+    flags: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags |= _parser_flags(sub)
+        elif action.help != argparse.SUPPRESS:
+            flags.update(action.option_strings)
+    return flags - {"-h", "--help"}
+
+
+def _after(text: str, start: str, end: str = "\n\n") -> str:
+    """`text` from `start` to the first `end` after it; a paragraph that introduces a table (`| flag
+    |` after its blank line) with the table."""
+    assert start in text, start
+    rest = text[text.index(start) :]
+    block = rest.split(end, 1)[0]
+    table = rest[len(block) :].lstrip("\n")
+    if end == "\n\n" and table.startswith("| flag |"):
+        block += "\n\n" + table.split("\n\n", 1)[0]
+    return block
+
+
+def _section(title: str) -> str:
+    return README.split(f"\n## {title}", 1)[1].split("\n## ", 1)[0]
+
+
+def _tools() -> dict[str, tuple[argparse.ArgumentParser, Callable[[], str]]]:
+    """Each command-line tool: its parser, and where the docs give its flags (its home)."""
+    from tools import archive, bench, bench_child, bench_feed, cleanup, healthcheck, monitor, report
+    from tools import validate_session as validate
+    from tools.fake_bitunix.server import _parser as fake_parser
+    from tools.sweep.__main__ import parser as sweep_parser
+    from tools.sweep.html import build_parser as sweep_html_parser
+
+    def run_folder_tools(bullet: str) -> Callable[[], str]:
+        return lambda: _after(_section("Run-folder tools"), f"- **{bullet}", "\n- ")
+
+    performance = DOCS["docs/performance.md"]
+    return {
+        "tools.monitor": (monitor.build_parser(), run_folder_tools("Follow a session:**")),
+        "tools.cleanup": (cleanup.build_parser(), run_folder_tools("Delete old runs:**")),
+        "tools.archive": (archive.build_parser(), run_folder_tools("Archive and restore:**")),
+        "tools.healthcheck": (healthcheck.build_parser(), lambda: _after(_section("Container"), "- **Health**", "\n- ")),
+        "tools.report": (report.build_parser(), lambda: _after(README, "`python -m tools.report RUN` builds")),
+        "tools.validate_session": (validate.build_parser(), lambda: _after(README, "- **Validate.**", "\n- **")),
+        "tools.sweep": (sweep_parser(), lambda: _section("Sweeps and walk-forward")),
+        "tools.sweep.html": (sweep_html_parser(), lambda: _after(DOCS["docs/sweeps.md"], "- `sweep.html`:", "\n- ")),
+        "tools.fake_bitunix": (fake_parser(), lambda: _after(README, "The fake exchange's flags")),
+        "tools.bench": (bench.build_parser(), lambda: _after(performance, "`python -m tools.bench` (`nox -s bench -- FLAGS`)")),
+        "tools.bench_feed": (bench_feed._parser(), lambda: _after(performance, "`python -m tools.bench_feed` (the live feed;")),
+        # the benchmark's own launcher, run by tools.bench only: its module docstring is its home
+        "tools.bench_child": (
+            bench_child.build_parser(),
+            lambda: re.sub(r"^    (python -m .*)$", r"`\1`", str(bench_child.__doc__), flags=re.M),
+        ),
+    }  # fmt: skip
+
+
+TOOLS_WITH_CLI = [
+    "tools.archive", "tools.bench", "tools.bench_child", "tools.bench_feed", "tools.cleanup",
+    "tools.fake_bitunix", "tools.healthcheck", "tools.monitor", "tools.report", "tools.sweep",
+    "tools.sweep.html", "tools.validate_session",
+]  # fmt: skip
+
+
+def test_every_tool_is_in_the_list_of_tools_whose_flags_are_checked() -> None:
+    """Every module of tools/ with a command line (an argparse parser) is checked below."""
+    with_cli = {
+        "tools." + ".".join(p.relative_to(REPO / "tools").with_suffix("").parts).removesuffix(".__main__")
+        for p in (REPO / "tools").rglob("*.py")
+        if "argparse.ArgumentParser(" in p.read_text()
+    }
+    with_cli = {"tools.fake_bitunix" if m == "tools.fake_bitunix.server" else m for m in with_cli}
+    assert with_cli == set(TOOLS_WITH_CLI) == set(_tools())
+
+
+@pytest.mark.parametrize("module", TOOLS_WITH_CLI)
+def test_every_flag_of_each_tool_is_documented_and_every_flag_documented_is_its(module: str) -> None:
+    """Both ways, as for `actors.main`'s table: every flag the tool's parser takes is in its home in
+    the docs, and every flag its home gives it is one its parser takes (found by a CLI audit: the
+    fake exchange's and the benchmarks' flags were checked one way or not at all, and most of the
+    fake exchange's, `tools.bench`'s --latency-seconds and --work, `tools.bench_feed`'s all and
+    `tools.bench_child count`'s --interval-s were written nowhere; `tools.sweep.html` nowhere at all)."""
+    parser, home = _tools()[module]
+    program = rf"python -m {re.escape(module)}"
+    if module == "tools.bench":
+        program = rf"(?:{program}|nox -s bench --)"
+    assert re.search(program, home()), "its home does not name it"
+    documented = _documented(home(), program)
+    flags = _parser_flags(parser)
+    assert sorted(flags - documented) == [], "undocumented"
+    assert sorted(documented - flags - {"-h", "--help"}) == [], "stale"
+
+
+def test_every_flag_the_docs_give_a_call_of_a_command_is_one_it_takes() -> None:
+    """Wherever the README or docs/ write a call of a command (`python -m tools.x FLAGS`, `nox -s
+    bench -- FLAGS`, `python -m actors.main FLAGS`, `btc-laptop-agents FLAGS`, `nox -s session --
+    FLAGS`), its flags are the command's."""
+    calls = {module: rf"python -m {re.escape(module)}" for module in _tools()}
+    calls["tools.bench"] = r"(?:python -m tools\.bench|nox -s bench --)"
+    calls["actors.main"] = r"(?:python -m actors\.main|btc-laptop-agents|nox -s session --)"
+    parsers = {module: _parser_flags(parser) for module, (parser, _) in _tools().items()}
+    parsers["actors.main"] = _parser_flags(build_parser())
+    stale = [
+        f"{doc}: {module} {flag}"
+        for doc, text in DOCS.items()
+        for span in _spans(text)
+        for module, program in calls.items()
+        for flag in _invoked(span, program)
+        if flag not in parsers[module] | {"-h", "--help"}
+    ]
+    assert stale == []

@@ -898,7 +898,7 @@ def _problems(args: argparse.Namespace) -> list[str]:
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 20,000 candles, no peers or real data"
@@ -920,6 +920,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, help="profile the kernel")
     parser.add_argument("--json", metavar="FILE", help="write every figure here")
     parser.add_argument("--work", metavar="DIR", help="keep the data and run folders here (default: temp)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if problems := _problems(args):  # before anything runs (the figures take minutes to hours)
         parser.error("; ".join(problems))

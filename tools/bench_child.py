@@ -1,7 +1,7 @@
 """Benchmark measurements in fresh processes; each prints one JSON line (the driver is tools/bench.py).
 
     python -m tools.bench_child spawn [--cwd DIR] [--timeout S] -- COMMAND ...
-    python -m tools.bench_child count DATA
+    python -m tools.bench_child count DATA [--interval-s 60]
     python -m tools.bench_child profile DATA RUN_DIR [--set KEY=VALUE ...] [--out OUT.pstats]
     python -m tools.bench_child mock10 RUN_DIR [--trades-often]
     python -m tools.bench_child latency RUN_DIR [--seconds 60]
@@ -11,7 +11,8 @@
   time from spawn to exit, its CPU time and its peak RSS from `wait4`'s rusage, for that child
   alone. Its stdout's last line starting with `{` is passed on as `result`. See `spawn` for why the
   launcher's own memory cannot leak into the child's figure.
-- `count`: the candles the CLI's reader takes from a file (and the rows it skips); not timed.
+- `count`: the candles the CLI's reader takes from a file (and the rows it skips), read as candles
+  `--interval-s` apart; not timed.
 - `profile`: cProfile of the kernel on a backtest, in-process (`Session(config,
   Plan(mode="backtest", data=DATA)).run_kernel()`: the CSV parse, every component, the run folder),
   own time grouped by where it is spent.
@@ -472,7 +473,7 @@ def cmd_latency(args: argparse.Namespace) -> None:
     emit(**out)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.bench_child", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="mode", required=True)
     s = sub.add_parser("spawn")
@@ -493,7 +494,11 @@ def main(argv: list[str] | None = None) -> None:
     lat = sub.add_parser("latency")
     lat.add_argument("run_dir")
     lat.add_argument("--seconds", type=float, default=60.0)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     commands = {
         "spawn": cmd_spawn,
         "count": cmd_count,

@@ -73,7 +73,7 @@ def check(run: Path, max_age_s: float, now: float | None = None) -> tuple[bool, 
     return True, f"healthy: last heartbeat {max(age, 0.0):.1f} s ago in {run}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tools.healthcheck",
         description="Exit 0 when the session's run folder has a fresh heartbeat, else 1.",
@@ -91,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help=f"oldest heartbeat still healthy (default {DEFAULT_MAX_AGE_S:g})",
     )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if not (args.max_age > 0 and math.isfinite(args.max_age)):  # (found by an audit: nan was healthy)
         p.error(f"--max-age must be a positive number of seconds, not {args.max_age}")

@@ -21,7 +21,7 @@ from tools.runfolder import NotARunFolder, resolve_run
 COMPARE_NAME = "compare.html"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.report",
         description=f"Rebuild a run folder's {REPORT_NAME}, or compare several runs on one page.",
@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help=f"where to write the page (default: RUN/{REPORT_NAME} for one run, ./{COMPARE_NAME} for several)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     os.umask(0o077)  # state at rest, as the CLI's: the page 0600, as the session writes it
     try:
         runs = [resolve_run(path) for path in args.runs]

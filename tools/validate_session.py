@@ -1904,12 +1904,16 @@ def validate(run: Path, page: bool = False) -> list[str]:
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.validate_session", description=__doc__.split("\n")[0]
     )
     parser.add_argument("run", type=Path, help="run folder (e.g. runs/latest)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if not (args.run / "events.jsonl").is_file():
         # found by a CLI audit: a path that is not there was said to be "not a run folder"
         what = "does not exist" if not args.run.exists() else "is not a run folder (no events.jsonl)"

@@ -981,12 +981,16 @@ def _definitions(sweep: Sweep) -> str:
 # --- the command ---------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.sweep.html", description=f"Rebuild a sweep folder's {SWEEP_HTML}."
     )
     parser.add_argument("sweep_dir", type=Path, metavar="DIR", help=f"a sweep folder (with {TRIALS_CSV})")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if not (args.sweep_dir / TRIALS_CSV).is_file():
         print(f"tools.sweep.html: {args.sweep_dir} is not a sweep folder (no {TRIALS_CSV})", file=sys.stderr)
         return 2
