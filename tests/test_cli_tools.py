@@ -263,3 +263,97 @@ def test_the_sweep_refuses_bad_paths_before_ray_starts(
     monkeypatch.setattr(runner, "run_sweep", _never)
     err = _refused(sweep.main, [str(spec), *(a.format(tmp=tmp_path) for a in argv)], capsys)
     assert said.format(tmp=tmp_path) in err.splitlines()
+
+
+# --- exit codes the suite gave nowhere else (tests/test_docs.py EXIT_CODES) ----------------------
+
+
+def test_the_healthcheck_exits_0_on_a_fresh_heartbeat_and_1_otherwise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its codes were tested only in the container's tests (nox -s container). The run folder of
+    `LAPTOP_AGENTS__SESSION__RUN_DIR`'s `latest` by default."""
+    import os
+    import time
+
+    from tools import healthcheck
+
+    runs = tmp_path / "runs"
+    run = runs / "20240101T000000Z-s42"
+    run.mkdir(parents=True)
+    monkeypatch.setenv(healthcheck.RUN_DIR_ENV, str(runs))
+    assert healthcheck.main([]) == 1  # no latest yet
+    assert capsys.readouterr().out.startswith(f"unhealthy: no run folder at {runs / 'latest'}")
+    (runs / "latest").symlink_to(run.name)
+    assert healthcheck.main([]) == 1  # no heartbeat yet
+    (run / "metrics.csv").write_text("ts\n")
+    assert healthcheck.main([]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("healthy: last heartbeat")
+    old = time.time() - 120
+    os.utime(run / "metrics.csv", (old, old))
+    assert healthcheck.main([]) == 1 and healthcheck.main(["--max-age", "300"]) == 0
+    (run / "final_report.json").write_text("{}")
+    assert healthcheck.main(["--max-age", "300", str(run)]) == 1
+    assert "has finished" in capsys.readouterr().out
+    assert "--max-age must be a positive number" in _refused(healthcheck.main, ["--max-age", "nan"], capsys)
+
+
+def test_the_fake_exchange_exits_1_on_a_port_it_cannot_listen_on(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from tools.fake_bitunix.server import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--port", str(port)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert (
+        line.startswith("fake_bitunix: cannot listen: ") and "(try another --port/--rest-port, or 0)" in line
+    )
+
+
+def test_a_sweep_stopped_by_ctrl_c_exits_130_saying_its_trials_are_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tools.sweep import __main__ as sweep
+    from tools.sweep import runner
+
+    def interrupted(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+
+    (tmp_path / "bars.csv").write_text("open_time_ms,open,high,low,close,volume\n")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC.format(data=tmp_path / "bars.csv"))
+    monkeypatch.setattr(runner, "run_sweep", interrupted)
+    assert sweep.main([str(spec), "--out", str(tmp_path / "out"), "--progress", "off"]) == 130
+    assert "run the same command again to finish the sweep" in capsys.readouterr().err
+
+
+def test_cleanup_exits_1_when_a_folder_cannot_be_deleted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tools import cleanup
+
+    runs = tmp_path / "runs"
+    for name in ("20240101T000000Z-s1", "20240102T000000Z-s1"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "events.jsonl").write_text("")
+        (runs / name / "final_report.json").write_text("{}")
+
+    def refuse(path: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cleanup.shutil, "rmtree", refuse)
+    assert cleanup.main(["--keep", "0", "--older-than", "0", "--run-dir", str(runs)]) == 1
+    assert capsys.readouterr().err.count("error: could not delete") == 2
+
+
+def test_the_sweep_page_tool_refuses_a_folder_that_is_no_sweep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tools.sweep.html import main
+
+    err = _refused(main, [str(tmp_path)], capsys)
+    assert err.splitlines() == [f"tools.sweep.html: {tmp_path} is not a sweep folder (no trials.csv)"]

@@ -35,9 +35,7 @@ def _variables_read() -> set[str]:
 
     used: set[str] = set()
     for path in [*(REPO / "actors").rglob("*.py"), *(REPO / "tools").rglob("*.py")]:
-        used.update(
-            re.findall(r"(?:environ|\benv)(?:\.get\(|\[)\s*[\"']([A-Z][A-Z0-9_]+)[\"']", path.read_text())
-        )
+        used.update(_READS.findall(path.read_text()))
     for name in (secrets.API_KEY, secrets.API_SECRET, secrets.STATE_KEY):
         used |= {name, name + secrets.FILE_SUFFIX}
     used.add(healthcheck.RUN_DIR_ENV)
@@ -55,6 +53,31 @@ def test_environment_variables_are_documented() -> None:
     sections = {"LAPTOP_AGENTS__SESSION__RUN_DIR": README.split("## Container", 1)[1].split("\n## ", 1)[0]}
     missing = [var for var in sorted(used) if f"`{var}" not in sections.get(var, table)]
     assert missing == []
+
+
+# a call that reads the environment, and the variable it names
+_READS = re.compile(r"(?:environ|\benv|getenv)(?:\.get\(|\[|\()\s*[\"']([A-Z][A-Z0-9_]+)[\"']")
+
+
+def test_the_variables_the_tests_and_nox_read_are_documented() -> None:
+    """Found by a CLI audit: the variables were checked in actors/ and tools/ only;
+    `MULTI_SYMBOL_SECONDS`, `CONTAINER_REQUIRED`, `CONTAINER_IMAGE`, `CONTAINER_SWEEP_IMAGE` and
+    `BTC_AGENTS_EXPECT_COMPILED`, read by the tests, were written nowhere."""
+    used: set[str] = set()
+    for path in [*(REPO / "tests").glob("*.py"), REPO / "noxfile.py", REPO / "setup.py"]:
+        # the process's environment (not a manifest's `env` the tests read)
+        used.update(
+            re.findall(
+                r"(?:os\.environ|getenv|s\.env)(?:\.get\(|\[|\()\s*[\"']([A-Z][A-Z0-9_]+)", path.read_text()
+            )
+        )
+    used = {name for name in used if not name.startswith(("PYTHON", "PYTEST_"))}  # Python's, pytest's
+    assert {"SOAK_SECONDS", "HYPOTHESIS_PROFILE", "BTC_AGENTS_COMPILE", "CONTAINER_IMAGE"} <= used
+    table = README.split("The variables the tests, the nox sessions and setup.py read", 1)[1].split(
+        "\n\n", 2
+    )[1]
+    assert [name for name in sorted(used) if f"`{name}`" not in table] == []
+    assert not _variables_read() & used  # none of them the program's
 
 
 def test_every_config_key_is_documented() -> None:
@@ -306,7 +329,7 @@ def _invoked(span: str, program: str) -> list[str]:
     """The flags a code span gives `program` (a regex: `python -m tools\\.x`) after each call of it,
     up to the end of that shell command."""
     flags: list[str] = []
-    for call in re.split(rf"{program}(?![\w.])", span)[1:]:
+    for call in re.split(rf"{program}(?![\w.-])", span)[1:]:
         command = re.split(r"\||&&|;|#|\bpython -m\b", call)[0]
         flags += _FLAG.findall(command)
     return flags
@@ -434,3 +457,54 @@ def test_every_flag_the_docs_give_a_call_of_a_command_is_one_it_takes() -> None:
         if flag not in parsers[module] | {"-h", "--help"}
     ]
     assert stale == []
+
+
+# The exit codes each tool gives, from reading each one's code (its `main`, its commands, argparse's
+# 2 for a flag it cannot use); tests/test_cli_tools.py and the tools' own tests give each of them.
+EXIT_CODES = {
+    "tools.monitor": {0, 1, 2},
+    "tools.cleanup": {0, 1, 2},
+    "tools.archive": {0, 1, 2},
+    "tools.healthcheck": {0, 1, 2},
+    "tools.report": {0, 2},
+    "tools.validate_session": {0, 1, 2},
+    "tools.sweep": {0, 2, 130},
+    "tools.sweep.html": {0, 2},
+    "tools.fake_bitunix": {0, 1, 2},
+    "tools.bench": {0, 1, 2},
+    "tools.bench_feed": {0, 2},
+    # the session's (actors/main.py, its module docstring): the stops' 0 and 1, 2 a start refused,
+    # 130 and 143 a Ctrl-C or SIGTERM during start-up; --preflight's 3 and 4
+    "actors.main": {0, 1, 2, 3, 4, 130, 143},
+}
+
+
+def _exit_codes_said(text: str) -> set[int]:
+    """The numbers in the sentences of `text` that speak of an exit (`Exit 0 when ..., 1 ...`)."""
+    sentences = re.split(r"(?<=[.;])\s+(?=[A-Z(`])|\n\n", text)
+    return {
+        int(n)
+        for sentence in sentences
+        if re.search(r"\bexit", sentence, re.I)
+        for n in re.findall(r"(?<![\w/-])(?<!\d[.,])(\d{1,3})(?![\w%/-]|[.,]\d)", sentence)
+    }
+
+
+@pytest.mark.parametrize("module", sorted(EXIT_CODES))
+def test_the_docs_give_each_tools_exit_codes(module: str) -> None:
+    """Found by a CLI audit: the validator's 2, the healthcheck's 2 and the sweep's 130 (a Ctrl-C)
+    were written nowhere, nor the fake exchange's and the benchmarks' codes."""
+    performance = DOCS["docs/performance.md"]
+    homes = {  # where a tool's exit codes are said, when not in its flags' home
+        "tools.fake_bitunix": lambda: _after(README, "`python -m tools.fake_bitunix --port 0` runs"),
+        "tools.bench": lambda: _after(performance, "Exit 0, 1 when our CLI's fills"),
+        "tools.bench_feed": lambda: _after(performance, "It prints a JSON line of every figure"),
+        "actors.main": lambda: _section("Stopping a session") + _section("Command line"),
+    }
+    home = homes[module]() if module in homes else _tools()[module][1]()
+    if module in ("tools.monitor", "tools.cleanup", "tools.archive"):  # and their common paragraph
+        home = _section("Run-folder tools").split("\n\n", 2)[1] + "\n\n" + home
+    assert sorted(EXIT_CODES[module] - _exit_codes_said(home)) == []
+    assert set(EXIT_CODES) == {*TOOLS_WITH_CLI, "actors.main"} - {
+        "tools.bench_child"
+    }  # run by the bench only

@@ -1,7 +1,7 @@
 """Is the session alive? `python -m tools.healthcheck [RUN] [--max-age SECONDS]` (the image's HEALTHCHECK).
 
 Exit 0 when the run folder RUN has a heartbeat newer than `--max-age` seconds (default 60), else
-exit 1; either way one line on standard output. RUN defaults to `<run dir>/latest` (or, when a
+exit 1; either way one line on standard output (exit 2: a flag it cannot use, argparse's). RUN defaults to `<run dir>/latest` (or, when a
 backtest or replay has moved it to its own folder, the newest live session's; a RUN given as
 `<run dir>/latest` the same), the run dir
 being `LAPTOP_AGENTS__SESSION__RUN_DIR` when set (relative to the working directory, as the

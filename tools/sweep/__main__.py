@@ -1,6 +1,7 @@
 """`python -m tools.sweep SPEC.toml`: a parameter sweep with walk-forward windows on Ray
 (docs/sweeps.md). Exit 0 when the sweep is complete (some trials may have failed: the table says
-which and why), 2 for a spec or flag that cannot be used (one line each, naming the key)."""
+which and why), 2 for a spec or flag that cannot be used (one line each, naming the key), 130
+when a Ctrl-C stops it (the trials finished are kept)."""
 
 from __future__ import annotations
 
