@@ -221,6 +221,21 @@ def test_the_validator_says_a_missing_run_folder_is_not_there(
     assert err.splitlines() == [f"error: {tmp_path} is not a run folder (no events.jsonl)"]
 
 
+def test_the_monitor_says_a_run_dir_that_is_a_file_is_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found: `--run-dir FILE` said "FILE/latest does not exist"."""
+    from tools.monitor import main
+
+    (tmp_path / "file").write_text("")
+    err = _refused(main, ["--run-dir", str(tmp_path / "file"), "--once"], capsys)
+    assert err.splitlines() == [
+        f"error: --run-dir {tmp_path}/file is a file; expected the folder of the run folders"
+    ]
+    err = _refused(main, ["--run-dir", str(tmp_path / "none"), "--once"], capsys)  # no session yet
+    assert err.splitlines() == [f"error: {tmp_path}/none/latest does not exist"]
+
+
 SPEC = """\
 [sweep]
 name = "t"

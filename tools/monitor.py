@@ -507,6 +507,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.interval > 0 and math.isfinite(args.interval)):
         parser.error(f"--interval must be a positive number of seconds, not {args.interval}")
+    if args.run is None and args.run_dir.exists() and not args.run_dir.is_dir():
+        # found by a CLI audit: said "FILE/latest does not exist"
+        print(
+            f"error: --run-dir {args.run_dir} is a file; expected the folder of the run folders",
+            file=sys.stderr,
+        )
+        return 2
     target = args.run if args.run is not None else default_target(args.run_dir)
     try:
         run_path = resolve_run(target)
