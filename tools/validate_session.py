@@ -24,7 +24,7 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
   limit on a trade through its price), a fill from the book takes a level of the book then in
   force, no more than it held; in a backtest whose data file is the one it read (`check_data`)
   its bid and ask are within a candle of it, a quote's at an open or a close, its price never
-  better than the candle went; a liquidation is at the position's bankruptcy price; its latency is
+  better than the candle went (a stop crossed by a gap: than the open moved by the slippage); a liquidation is at the position's bankruptcy price; its latency is
   the time since its order (`check_orders`); its `realized_pnl` and `position_qty` are this file's
   own netting of the fills before it; its `levels` add up to its size; every `position.closed` is
   the round trip the fills make (side, size, average entry and exit prices, realized PnL, fees,
@@ -1670,6 +1670,13 @@ class DataCandles:
                 self.candles.append((min(c.low, before), max(c.high, before), c.open, c.close, before))
             previous = c.close
 
+    def ending_at(self, ts: float) -> tuple[float, float, float, float, float] | None:
+        """The candle that ends at `ts` (to the ms events keep), if the data has one."""
+        i = bisect.bisect_right(self.opens, ts - self.interval_s + TS_CUT_S) - 1
+        if i >= 0 and abs(self.opens[i] + self.interval_s - ts) <= TS_CUT_S:
+            return self.candles[i]
+        return None
+
     def around(self, ts: float) -> list[tuple[float, float, float, float, float]]:
         """What a fill stamped `ts` may have met: the whole path of a candle ending at it (fills
         along a candle are stamped with its end); while a candle is open, only its open (its
@@ -1708,6 +1715,7 @@ def check_data(events: list[dict[str, Any]]) -> list[str]:
     at the candle's best price for the trader, a look into the candle, still passes the range)."""
     files = {s: p for s, (p, why) in data_files(events).items() if not why}
     fills = [e for e in events if e.get("kind") == "order.filled"]
+    gapped = _gapped_stops(events)
     crosses = [e for e in events if e.get("kind") == "position.crossed"]
     if not files or not (fills or crosses):
         return []
@@ -1763,6 +1771,9 @@ def check_data(events: list[dict[str, Any]]) -> list[str]:
                     f"{name}: at the quote {e['bid']}/{e['ask']}, which no candle's open or close gave then ({quotes})"
                 )
         price, buy = e["fill_price"], e["side"] == "buy"
+        stop = gapped.get(e["seq"])
+        if stop is not None:
+            problems += _check_gapped_stop(e, name, stop, candles, ts)
         if e.get("source") != "bankruptcy" and not any(
             (price >= c[0] - tick) if buy else (price <= c[1] + tick) for c in met
         ):
@@ -1770,6 +1781,69 @@ def check_data(events: list[dict[str, Any]]) -> list[str]:
                 f"{name}: a {e['side']} at {price}, better than any price its data file gave then ({shown})"
             )
     return problems
+
+
+class StopOrder(NamedTuple):
+    """A stop-market order's first fill along a candle's path: its trigger, when it went to the
+    market (its first record) and the configured slippage."""
+
+    trigger: float
+    placed: float
+    slippage_bps: float
+
+
+def _gapped_stops(events: list[dict[str, Any]]) -> dict[int, StopOrder]:
+    """The first fill (by seq) of each stop-market order on a backtest candle's path (`candle`)."""
+    broker = (_started(events).get("config") or {}).get("broker") or {}
+    slip = broker.get("slippage_bps")
+    if not isinstance(slip, int | float):
+        return {}
+    placed: dict[str, tuple[float, Any]] = {}
+    found: dict[int, StopOrder] = {}
+    for e in events:
+        kind, oid = e.get("kind"), e.get("order_id")
+        if not isinstance(oid, str):
+            continue
+        if kind in ("order.submitted", "order.working") and oid not in placed:
+            placed[oid] = (_epoch(e["ts"]), e.get("trigger_price"))
+        elif kind == "order.filled" and oid in placed:
+            at, trigger = placed.pop(oid)  # its first fill only: a rest is worked otherwise
+            if (
+                e.get("type") == "stop_market"
+                and e.get("source") == "candle"
+                and isinstance(trigger, int | float)
+            ):
+                found[e["seq"]] = StopOrder(float(trigger), at, float(slip))
+    return found
+
+
+def _check_gapped_stop(
+    e: dict[str, Any], name: str, stop: StopOrder, candles: DataCandles, ts: float
+) -> list[str]:
+    """A stop working before the candle it fills on (the one ending at its time) opened, whose
+    open was already past its trigger (a gap from the close before, or an order that reached the
+    market at the open), fills at that open moved by the slippage, or worse, never at its better
+    trigger (docs/fills.md, Gaps) (found by an audit: such a fill at its trigger moved by the
+    slippage, every figure made to agree, passed: the candle's range with the gap holds the trigger)."""
+    candle = candles.ending_at(ts)
+    if (
+        candle is None or stop.placed >= ts - TS_CUT_S
+    ):  # placed on the path itself (a bracket of a fill there)
+        return []
+    open_ = candle[2]
+    buy = e["side"] == "buy"
+    if (open_ <= stop.trigger) if buy else (open_ >= stop.trigger):
+        return []
+    move = stop.slippage_bps / 10_000
+    least = open_ * (1 + move) if buy else open_ * (1 - move)
+    price = e["fill_price"]
+    if (price < least - _EPS * least) if buy else (price > least + _EPS * least):
+        return [
+            f"{name}: a stop {e['side']} at {price}, but its candle opened at {open_:g}, past its trigger "
+            f"{stop.trigger:g}: a stop crossed by a gap fills at the open moved broker.slippage_bps "
+            f"({stop.slippage_bps:g}) against it ({least:.10g}) or worse"
+        ]
+    return []
 
 
 def data_note(events: list[dict[str, Any]]) -> str:
