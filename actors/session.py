@@ -133,6 +133,8 @@ class Timeline:
     # backtests: each data file, {symbol, path (absolute), bytes, mtime_ns}: the validator checks
     # the fills against the file the run read, and knows it when it has changed since
     data_files: list[dict[str, Any]] = attrs.field(factory=list)
+    # backtests: each --funding file, as data_files: the validator checks the rates charged
+    funding_files: list[dict[str, Any]] = attrs.field(factory=list)
 
     @property
     def end_ts(self) -> float:
@@ -312,6 +314,7 @@ def started_event(config: Config, run_id: str, timeline: Timeline) -> Event:
             "data_source": timeline.data_source,
             "funding_source": timeline.funding_source,
             **({"data_files": timeline.data_files} if timeline.data_files else {}),
+            **({"funding_files": timeline.funding_files} if timeline.funding_files else {}),
             "seed": config.session.seed,
             "planned_duration_s": config.session.duration_min * 60
             if math.isfinite(timeline.duration_s)
@@ -728,6 +731,11 @@ class Session:
                 f"backtest: {files}",
                 funding_source=funding,
                 data_files=_data_file_records(paths),
+                funding_files=_data_file_records(
+                    (symbol, str(rates.path))
+                    for symbol, rates in self.funding.items()
+                    if rates.path is not None
+                ),
             )
         if plan.mode == "replay":
             assert plan.recording is not None

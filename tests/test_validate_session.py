@@ -711,3 +711,44 @@ def test_a_stop_crossed_by_a_gap_filled_at_its_trigger_is_caught(
         f"(seq {fill['seq']}): a stop {fill['side']}" in p and f"opened at {open_:g}" in p
         for p in validate(run)
     )
+
+
+def test_a_backtests_funding_at_another_rate_or_mark_than_its_files_is_caught(
+    _gappy_backtest_once: Path, tmp_path: Path
+) -> None:
+    """Found by an audit: a backtest's funding charge at half its file's rate, of the other sign,
+    or at a mark 5 % off its data, each charge's amount and the heartbeats and report made to
+    agree, passed: only a constant rate was checked, and each charge's own arithmetic."""
+    run = Path(shutil.copytree(_gappy_backtest_once, tmp_path / "run"))
+    assert validate(run) == []
+    closes = {r[0] / 1000 + 60: r[4] for r in _gappy_rows(1440)}  # by the candle's end
+    t0 = 1_704_067_200
+    charges = [e for e in read_events(run) if e["kind"] == "funding"]
+    assert charges, "a position open at a funding instant"
+    for e in charges:  # the file's rate at the instant (a fraction; the events say percent), the close then
+        k = (datetime.fromisoformat(e["instant"]).timestamp() - t0) // 28_800
+        assert e["rate_pct"] == pytest.approx((-1) ** k * 0.03 * (k + 1))
+        assert e["mark_price"] == closes[datetime.fromisoformat(e["instant"]).timestamp()]
+    started = read_events(run)[0]
+    assert [f["symbol"] for f in started["funding_files"]] == ["BTCUSDT"]
+
+    def scaled(rate: float = 1.0, mark: float = 1.0) -> Callable[[dict[str, Any]], None]:
+        def change(e: dict[str, Any]) -> None:
+            old = e["amount"]
+            e["rate_pct"] *= rate
+            e["mark_price"] = round(e["mark_price"] * mark, 1)
+            e["amount"] = e["position_qty"] * e["mark_price"] * e["rate_pct"] / 100
+            for allocation in e["allocations"]:
+                allocation[1] *= e["amount"] / old
+
+        return change
+
+    for change, said in (
+        (scaled(rate=0.5), "but its funding file has"),
+        (scaled(rate=-1.0), "but its funding file has"),
+        (scaled(mark=0.95), "not a price its data file gave"),
+    ):
+        shutil.rmtree(run)
+        shutil.copytree(_gappy_backtest_once, run)
+        charge = _edit_event(run, "funding", change)
+        assert any(p.startswith(f"funding seq {charge['seq']}: ") and said in p for p in validate(run)), said

@@ -11,7 +11,8 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
   per symbol, independent of the broker's code) equal the final report, to the cent;
 - `net_pnl = ending_equity - starting_equity = realized_pnl - fees_paid - funding_paid + unrealized_pnl`;
 - `funding_paid` is the sum of the `funding` events' amounts, and a report saying funding was not
-  modelled (`funding_source` "none") has no `funding` event charging anything;
+  modelled (`funding_source` "none") has no `funding` event charging anything; a backtest's
+  charges at its `--funding` file's rates and at marks its data file gave (`check_funding_data`);
 - the report equals the one derived again from the events;
 - each record on its own (see `check_records`): every fill's fee is its size x price x its
   `fee_bps`, which is the configured taker or maker rate of its liquidity; it records its
@@ -1624,17 +1625,7 @@ def data_files(events: list[dict[str, Any]]) -> dict[str, tuple[Path, str]]:
     started = _started(events)
     recorded = started.get("data_files")
     if isinstance(recorded, list):
-        files = {}
-        for f in recorded:
-            path = Path(f["path"])
-            try:
-                st = path.stat()
-            except OSError:
-                files[f["symbol"]] = (path, "not found")
-                continue
-            changed = (st.st_size, st.st_mtime_ns) != (f.get("bytes"), f.get("mtime_ns"))
-            files[f["symbol"]] = (path, "changed since the run" if changed else "")
-        return files
+        return _recorded_files(recorded)
     source = started.get("data_source")
     if not isinstance(source, str) or not source.startswith(BACKTEST_PREFIX):
         return {}
@@ -1644,6 +1635,29 @@ def data_files(events: list[dict[str, Any]]) -> dict[str, tuple[Path, str]]:
     if all(re.fullmatch(r"[A-Z0-9]+=.+", p) for p in parts):
         named = dict(p.split("=", 1) for p in parts)
     return {s: (Path(f), "" if Path(f).is_file() else "not found") for s, f in named.items()}
+
+
+def _recorded_files(recorded: list[dict[str, Any]]) -> dict[str, tuple[Path, str]]:
+    """Files a session.started records ({symbol, path, bytes, mtime_ns} each) by symbol, each
+    with why it cannot be checked ("" when it can: there, with the size and time it had)."""
+    files = {}
+    for f in recorded:
+        path = Path(f["path"])
+        try:
+            st = path.stat()
+        except OSError:
+            files[f["symbol"]] = (path, "not found")
+            continue
+        changed = (st.st_size, st.st_mtime_ns) != (f.get("bytes"), f.get("mtime_ns"))
+        files[f["symbol"]] = (path, "changed since the run" if changed else "")
+    return files
+
+
+def funding_files(events: list[dict[str, Any]]) -> dict[str, tuple[Path, str]]:
+    """A backtest's `--funding` files by symbol (session.started's `funding_files`), each with why
+    it cannot be checked ("" when it can); {} for a run without them."""
+    recorded = _started(events).get("funding_files")
+    return _recorded_files(recorded) if isinstance(recorded, list) else {}
 
 
 class DataCandles:
@@ -1663,11 +1677,18 @@ class DataCandles:
         self.tick = tick
         self.interval_s = interval_s
         previous = math.nan
+        earlier: tuple[float, tuple[float, float, float, float, float]] | None = None
         for c in read_candles_csv(path, interval_s, symbol=symbol):
+            before = c.open if previous != previous else previous
+            candle = (min(c.low, before), max(c.high, before), c.open, c.close, before)
             if first - 2 * interval_s <= c.open_ts <= last + interval_s:
-                before = c.open if previous != previous else previous
+                if earlier is not None and not self.opens:  # the last one before: a gap may end the window
+                    self.opens.append(earlier[0])
+                    self.candles.append(earlier[1])
                 self.opens.append(c.open_ts)
-                self.candles.append((min(c.low, before), max(c.high, before), c.open, c.close, before))
+                self.candles.append(candle)
+            elif c.open_ts < first - 2 * interval_s:
+                earlier = (c.open_ts, candle)
             previous = c.close
 
     def ending_at(self, ts: float) -> tuple[float, float, float, float, float] | None:
@@ -1676,6 +1697,22 @@ class DataCandles:
         if i >= 0 and abs(self.opens[i] + self.interval_s - ts) <= TS_CUT_S:
             return self.candles[i]
         return None
+
+    def marks_at(self, instant: float) -> list[float]:
+        """The prices a backtest may mark a funding instant at: the close of the last candle ended
+        by it (the candle ending at it; in a gap, the last before), and of a candle spanning it."""
+        marks = []
+        ended = bisect.bisect_right(self.opens, instant - self.interval_s + TS_CUT_S) - 1
+        if ended >= 0:
+            marks.append(self.candles[ended][3])
+        spanning = bisect.bisect_right(self.opens, instant - TS_CUT_S) - 1
+        if (
+            spanning >= 0
+            and spanning != ended
+            and self.opens[spanning] + self.interval_s > instant + TS_CUT_S
+        ):
+            marks.append(self.candles[spanning][3])
+        return marks
 
     def around(self, ts: float) -> list[tuple[float, float, float, float, float]]:
         """What a fill stamped `ts` may have met: the whole path of a candle ending at it (fills
@@ -1847,9 +1884,70 @@ def _check_gapped_stop(
 
 
 def data_note(events: list[dict[str, Any]]) -> str:
-    """What `check_data` could not check: a backtest's data file not found, or changed since."""
+    """What `check_data` and `check_funding_data` could not check: a backtest's data or funding
+    file not found, or changed since."""
     missing = [f"{p} {why}" for p, why in data_files(events).values() if why]
-    return f"fills not checked against the data: {', '.join(missing)}" if missing else ""
+    note = f"fills not checked against the data: {', '.join(missing)}" if missing else ""
+    unread = [f"{p} {why}" for p, why in funding_files(events).values() if why]
+    if unread:
+        note += ("; " if note else "") + f"funding rates not checked against their file: {', '.join(unread)}"
+    return note
+
+
+def check_funding_data(events: list[dict[str, Any]]) -> list[str]:
+    """A backtest's funding charges against its files, when they are the ones it read: each
+    charge's `mark_price` a price the data file gave at its instant (the close of the candle that
+    ends at or spans it, on the tick grid; in a gap in the data, the last close before it), and
+    its `rate_pct` the rate its `--funding` file has in force at the instant (the project's
+    reader, `FundingRates`) (found by an audit: a charge at half its rate, of the other sign, or at
+    a mark 5 % off, the heartbeats and report made to agree, passed: only a constant rate was
+    checked, and only each charge's own arithmetic)."""
+    charges = [e for e in events if e.get("kind") == "funding" and isinstance(e.get("instant"), str)]
+    if not charges:
+        return []
+    started = _started(events)
+    default_symbol = started.get("symbol", "")
+    problems: list[str] = []
+    rate_files = {s: p for s, (p, why) in funding_files(events).items() if not why}
+    if rate_files:
+        from actors.feeds.funding import FundingRates
+
+        rates = {s: FundingRates.from_csv(p) for s, p in rate_files.items()}
+        for e in charges:
+            schedule = rates.get(e.get("symbol") or default_symbol)
+            if schedule is None:
+                continue
+            want = schedule.rate_pct_at(_epoch(e["instant"]))
+            if not _close(e.get("rate_pct"), want, 1e-9):
+                problems.append(
+                    f"funding seq {e['seq']}: rate_pct {e.get('rate_pct')!r}, but its funding file has "
+                    f"{want:.10g} % in force at {e['instant']}"
+                )
+    files = {s: p for s, (p, why) in data_files(events).items() if not why}
+    if not files:
+        return problems
+    m = re.fullmatch(
+        r"([1-9][0-9]*)([smhd])", str((started.get("config") or {}).get("session", {}).get("interval"))
+    )
+    interval_s = int(m.group(1)) * UNITS_S[m.group(2)] if m else 60
+    instants = [_epoch(e["instant"]) for e in charges]
+    data = {
+        s: DataCandles(p, s, min(instants), max(instants), interval_s, grid_instrument(s).tick_size)
+        for s, p in files.items()
+    }
+    for e, instant in zip(charges, instants, strict=True):
+        candles = data.get(e.get("symbol") or default_symbol)
+        mark = e.get("mark_price")
+        if candles is None or not isinstance(mark, int | float):
+            continue
+        marks = candles.marks_at(instant)
+        if not any(abs(mark - q) <= candles.tick / 2 + EPS for q in marks):
+            shown = " or ".join(f"{q:g}" for q in marks) or "no candle"
+            problems.append(
+                f"funding seq {e['seq']}: mark_price {mark}, not a price its data file gave at "
+                f"{e['instant']} ({shown})"
+            )
+    return problems
 
 
 FUNDING_EVERY_S = 8 * 3600  # 00:00, 08:00, 16:00 UTC
@@ -1961,6 +2059,7 @@ def validate(run: Path, page: bool = False) -> list[str]:
         ("data", lambda: check_data(events)),
         ("funding", lambda: check_funding_charges(events, report)),
         ("alerts", lambda: check_alerts(run, events, finished)),
+        ("funding data", lambda: check_funding_data(events)),
     ]
     if page:
         checks.append(("page", lambda: check_page(run)))

@@ -43,7 +43,9 @@ MAX_ABS_RATE = 0.1
 class FundingRates:
     """The funding rate, in percent per funding interval, in force at each funding instant."""
 
-    def __init__(self, times_ms: Sequence[float], rates_pct: Sequence[float], source: str) -> None:
+    def __init__(
+        self, times_ms: Sequence[float], rates_pct: Sequence[float], source: str, path: Path | None = None
+    ) -> None:
         if len(times_ms) != len(rates_pct):
             raise ValueError("one rate per time")
         if any(b <= a for a, b in itertools.pairwise(times_ms)):
@@ -51,6 +53,8 @@ class FundingRates:
         self._times_ms = list(times_ms)
         self._rates_pct = list(rates_pct)
         self.source = source
+        # the file read (`from_csv`): a backtest's session.started records it, for the validator
+        self.path = path
 
     @classmethod
     def constant(cls, rate_pct: float) -> FundingRates:
@@ -111,7 +115,7 @@ class FundingRates:
             rates_pct.append(rate * 100)
         if not times_ms:
             raise DataError(f"funding file {path} has a header but no rows")
-        return cls(times_ms, rates_pct, f"file:{path.name}")
+        return cls(times_ms, rates_pct, f"file:{path.name}", path)
 
     def rate_pct_at(self, instant: float) -> float:
         """The rate (percent per interval) in force at the funding instant `instant` (epoch
