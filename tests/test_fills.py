@@ -626,6 +626,53 @@ def test_the_rest_of_a_capped_stop_never_gains_from_a_recovery() -> None:
     assert bt.broker.position_qty == pytest.approx(0.0, abs=1e-12)
 
 
+def test_an_exits_rest_larger_than_the_position_is_cut_to_it_on_the_record() -> None:
+    """Found by an audit: a reduce-only exit's rest that the cap held back, left larger than the
+    position by another exit's fill, was cut to the position at its own fill without a record
+    (its order asked 0.05, filled 0.04, and nothing said where the rest went; the cap's budget
+    was spent on the part that could not fill). A long of 0.05; o2 sells 0.05 reduce-only: 0.02 at
+    its open (0.1 x the last candle's 0.2), its rest 0.01 on that candle's path (0.1 x 0.1); o3
+    sells 0.02 reduce-only, 0.01 at its open: the long is 0.01, and o2's rest of 0.02 is cut to
+    it then (`order.amended`, 0.01 to fill); o2 fills it on the next candle, o3's rest is
+    cancelled with the position."""
+    bt = Backtest(make_broker(slippage_bps=0.0))
+    bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 100.0, [order("o1", "buy", 0.05)])
+    bt.candle(100000.0, 100010.0, 99990.0, 100000.0, 0.2)
+    bt.candle(100000.0, 100010.0, 99990.0, 100000.0, 0.1, [order("o2", "sell", 0.05, reduce_only=True)])
+    bt.candle(100000.0, 100010.0, 99990.0, 100000.0, 1000.0, [order("o3", "sell", 0.02, reduce_only=True)])
+    bt.candle(100000.0, 100010.0, 99990.0, 100000.0, 1000.0)
+    records = [
+        (e.kind, e.fields["order_id"], e.fields.get("qty", e.fields.get("remaining")))
+        for e in bt.events
+        if e.kind in ("order.filled", "order.amended", "order.cancelled") and e.fields["order_id"] != "o1"
+    ]
+    assert records == [
+        ("order.filled", "o2", 0.02),
+        ("order.filled", "o2", 0.01),
+        ("order.filled", "o3", 0.01),
+        ("order.amended", "o2", 0.01),
+        ("order.filled", "o2", 0.01),
+        ("order.cancelled", "o3", 0.01),
+    ]
+    assert bt.broker.position_qty == pytest.approx(0.0, abs=1e-12) and not bt.broker.working
+
+
+def test_an_exit_larger_than_the_position_is_cut_to_it_on_arrival_on_the_record() -> None:
+    """An exit asking more than the position it reduces fills the position, and says so: an
+    `order.amended` to the position's size before the fill (found by the same audit: the order
+    asked 0.05 and filled 0.03, silently)."""
+    bt = Backtest(make_broker(slippage_bps=0.0))
+    bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 100.0, [order("o1", "buy", 0.03)])
+    events = bt.candle(
+        100000.0, 100000.0, 100000.0, 100000.0, 100.0, [order("o2", "sell", 0.05, reduce_only=True)]
+    )
+    assert [(e.kind, e.fields.get("qty")) for e in events if e.fields.get("order_id") == "o2"] == [
+        ("order.amended", 0.03),
+        ("order.filled", 0.03),
+    ]
+    assert bt.broker.position_qty == pytest.approx(0.0, abs=1e-12)
+
+
 def test_a_strategys_exit_reduces_its_own_virtual_position_not_the_net_one() -> None:
     """Several strategies on one symbol (one-way mode): A long 0.05 and B short 0.03, net +0.02.
     A's reduce-only exit of 0.08 takes A's own 0.05 (not the net 0.02, not 0.08): the net goes to
