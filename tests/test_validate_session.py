@@ -752,3 +752,24 @@ def test_a_backtests_funding_at_another_rate_or_mark_than_its_files_is_caught(
         shutil.copytree(_gappy_backtest_once, run)
         charge = _edit_event(run, "funding", change)
         assert any(p.startswith(f"funding seq {charge['seq']}: ") and said in p for p in validate(run)), said
+
+
+def test_an_order_the_record_leaves_working_after_the_end_is_caught(
+    _backtest_once: Path, tmp_path: Path
+) -> None:
+    """Found by an audit: an `order.cancelled` taken out of events.jsonl (the sequence renumbered)
+    passed, and so did a broker's exit rest cut at its fill without a record: a session's end
+    leaves no order working, each filled, cancelled, rejected or cut to what it filled."""
+    run = Path(shutil.copytree(_backtest_once, tmp_path / "run"))
+    assert validate(run) == []
+    events = read_events(run)
+    at = next(i for i, e in enumerate(events) if e["kind"] == "order.cancelled")
+    gone = events.pop(at)
+    for seq, e in enumerate(events, 1):
+        e["seq"] = seq
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    problems = validate(run)
+    assert (
+        f"order {gone['order_id']}: {gone['remaining']:.10g} of it neither filled, cancelled nor rejected by the session's end"
+        in problems
+    )
