@@ -443,6 +443,36 @@ def test_gap_past_the_bankruptcy_price_loses_only_the_margin(side: Side) -> None
     _check_liquidation(bt, events, side, 0.01, 0.005)
 
 
+@pytest.mark.parametrize("side", ["buy", "sell"])
+def test_a_position_entered_at_a_gapped_open_is_not_liquidated_by_the_gap(side: Side) -> None:
+    """Found by an audit: a position entered at the open of a candle that gapped was liquidated
+    by the gap before it, which it never held, at its bankruptcy price, a price the market did not
+    offer. At 100x a long bought at the open 101000.0 (the last close 100000.0) has its
+    liquidation price at 101000 x (1 - 0.01 + 0.005) = 100495.0, inside the gap; the candle's low
+    100900.0 never reaches it (a short sold at the open 99000.0 after a gap down: 99000 x 1.005 =
+    99495.0, the high 99100.0). It went through the gap from the last close as if it had held the
+    position there, and lost its whole margin at 99990.0 (a short: 99990.0, the bankruptcy price)."""
+    bt = Backtest(make_broker(leverage=100.0, slippage_bps=0.0))
+    bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 1000.0)
+    o = 101000.0 if side == "buy" else 99000.0
+    events = bt.candle(
+        o,
+        o + 100.0,
+        o - 100.0,
+        o,
+        1000.0,
+        [order("o1", side, 0.01, stop_price=o * 0.9 if side == "buy" else o * 1.1)],
+    )
+    assert of_kind(events, "liquidation") == []
+    assert [(f["qty"], f["fill_price"]) for f in fills(events)] == [(0.01, o)]
+    assert bt.broker.position_qty == pytest.approx(0.01 if side == "buy" else -0.01, abs=1e-12)
+    # the next candle that reaches the liquidation price does liquidate it, on its path
+    liq = o * 0.995 if side == "buy" else o * 1.005
+    events = bt.candle(o, o + 600.0, o - 600.0, o, 1000.0)
+    (liquidation,) = of_kind(events, "liquidation")
+    assert liquidation["liquidation_price"] == pytest.approx(liq)
+
+
 # --- 2b. the drawdown along the path ---------------------------------------------------------------
 
 # 0.01 BTC bought at 100000.0 (no slippage), fee 100000 * 0.01 * 6 bps = 0.6: the account's equity is

@@ -293,6 +293,9 @@ class PaperBroker:
         self.book_taken: dict[tuple[str, float], float] = {}
         self.touch_taken = 0.0
         self.liq_price = math.nan  # the open position's liquidation price (nan: flat)
+        # when a fill last opened or added to the position (its liquidation price moved): a
+        # backtest's gap before then was not gone through with this position (`_first_hit`)
+        self.entry_ts = -math.inf
         self.next_expiry = math.inf  # the earliest good-till time of a working order (or earlier)
         self.liquidations = 0
         self.defer_to_next_quote = defer_to_next_quote
@@ -1185,7 +1188,11 @@ class PaperBroker:
         lo, hi = (a, b) if a <= b else (b, a)
         best: tuple[float, int, float, float, str, Working | None] | None = None
         pos = self.position_qty
-        if self.bars and not -EPS < pos < EPS:
+        # not on the gap into a candle for a position entered (or added to) at its open or later:
+        # it did not go through the gap, whose other end was checked at the open quote with the
+        # position held then (found by an audit: a long bought at an open 1 % above the last
+        # close, at 100x, was liquidated by that gap at its bankruptcy price, below the candle's low)
+        if self.bars and not -EPS < pos < EPS and not (jump and self.entry_ts >= since):
             liq = self.liq_price
             if pos > 0 and lo <= liq:
                 level = liq if a > liq else a
@@ -1709,6 +1716,7 @@ class PaperBroker:
             trade.entry_notional += abs(remaining) * price
             trade.entry_qty += abs(remaining)
             trade.max_qty = max(trade.max_qty, abs(new_qty))
+            self.entry_ts = ts
         self._update_liq()
         allocations = self._allocate(order, signed, price, fee)
         events.append(
