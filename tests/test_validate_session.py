@@ -773,3 +773,38 @@ def test_an_order_the_record_leaves_working_after_the_end_is_caught(
         f"order {gone['order_id']}: {gone['remaining']:.10g} of it neither filled, cancelled nor rejected by the session's end"
         in problems
     )
+
+
+def test_a_liquidation_whose_mark_never_reached_its_price_is_caught() -> None:
+    """Hand-built records (found by an audit: a backtest's long bought at a gapped open, 100x, was
+    liquidated by the gap it never held, its mark the open above its liquidation price, and the
+    validator passed it). 0.01 BTC long at 101,000 at 100x, maintenance 0.5 %: liquidation price
+    101,000 x (1 - 0.01 + 0.005) = 100,495; a mark of 100,495 or under liquidates it, 101,000 does not."""
+    from tools.validate_session import check_records
+
+    started = {
+        "seq": 1, "kind": "session.started", "ts": "2024-01-01T00:00:00.000Z", "symbol": "BTCUSDT",
+        "starting_equity": 10_000.0,
+        "config": {"broker": {"taker_fee_bps": 6.0, "maker_fee_bps": 2.0, "leverage": 100.0}},
+    }  # fmt: skip
+    fill = {
+        "seq": 2, "kind": "order.filled", "ts": "2024-01-01T00:01:00.000Z", "side": "buy", "qty": 0.01,
+        "fill_price": 101_000.0, "fee": 0.606, "fee_bps": 6.0, "liquidity": "taker", "realized_pnl": 0.0,
+        "position_qty": 0.01, "symbol": "BTCUSDT", "requested_price": 101_000.0, "slippage_bps": 0.0,
+        "latency_ms": 0.0, "bid": 100_999.9, "ask": 101_000.0,
+    }  # fmt: skip
+    liquidation = {
+        "seq": 3, "kind": "liquidation", "ts": "2024-01-01T00:02:00.000Z", "mark_price": 100_495.0,
+        "liquidation_price": 100_495.0, "bankruptcy_price": 99_990.0, "position_qty": 0.01,
+        "margin": 10.1, "maintenance_margin_rate": 0.005, "symbol": "BTCUSDT",
+    }  # fmt: skip
+    assert check_records([started, fill, liquidation], None) == []
+    assert check_records([started, fill, {**liquidation, "mark_price": 101_000.0}], None) == [
+        "liquidation seq 3: the long's mark 101000.0 has not reached its liquidation price 100495.0"
+    ]
+    assert check_records(
+        [started, fill, {**liquidation, "liquidation_price": 100_000.0, "mark_price": 100_000.0}], None
+    ) == [
+        "liquidation seq 3: liquidation_price 100000.0, but the position's average entry 101000.000000, "
+        "leverage 100 and maintenance rate 0.005 give 100495.000000"
+    ]

@@ -26,7 +26,9 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
   force, no more than it held; in a backtest whose data file is the one it read (`check_data`)
   its bid and ask are within a candle of it, a quote's at an open or a close, its price never
   better than the candle went (a stop crossed by a gap: than the open moved by the slippage); a liquidation is at the position's bankruptcy price; its latency is
-  the time since its order (`check_orders`); its `realized_pnl` and `position_qty` are this file's
+  the time since its order (`check_orders`); a `liquidation` at the liquidation price the
+  position's entry, leverage and maintenance rate give, its mark at or past it (and in a backtest a
+  price its data gave then); its `realized_pnl` and `position_qty` are this file's
   own netting of the fills before it; its `levels` add up to its size; every `position.closed` is
   the round trip the fills make (side, size, average entry and exit prices, realized PnL, fees,
   time held); every heartbeat's realized PnL, fees and position are the fills' up to it, its
@@ -402,6 +404,10 @@ def check_records(events: list[dict[str, Any]], report: dict[str, Any] | None) -
             problems += _check_fill(
                 e, rates, ledger(e.get("symbol") or default_symbol), broker.get("leverage")
             )
+        elif kind == "liquidation":
+            problems += _check_liquidation(
+                e, ledger(e.get("symbol") or default_symbol), broker.get("leverage")
+            )
         elif kind == "position.closed":
             symbol = e.get("symbol") or default_symbol
             n = closed_seen[symbol] = closed_seen.get(symbol, 0) + 1
@@ -428,6 +434,38 @@ def check_records(events: list[dict[str, Any]], report: dict[str, Any] | None) -
         missing = len(led.closed) - closed_seen.get(symbol, 0)
         if missing > 0:
             problems.append(f"{symbol}: the fills close {missing} more position(s) than position.closed says")
+    return problems
+
+
+def _check_liquidation(e: dict[str, Any], ledger: TradeLedger, leverage: Any) -> list[str]:
+    """A `liquidation` is of the position the fills before it leave, at the liquidation price its
+    average entry, `broker.leverage` and the maintenance rate it records give (long: entry x (1 -
+    1/leverage + rate); short: x (1 + 1/leverage - rate)), and its mark is at or past that price
+    (found by an audit: a long bought at a backtest candle's gapped open was liquidated with its
+    mark, the open, above its liquidation price, which only the gap it never held had crossed)."""
+    name = f"liquidation seq {e['seq']}"
+    keys = ("position_qty", "mark_price", "liquidation_price", "maintenance_margin_rate")
+    if not all(isinstance(e.get(k), int | float) for k in keys):
+        return [f"{name}: records no {', '.join(keys[:-1])} or {keys[-1]}"]
+    qty, mark, liq, rate = (float(e[k]) for k in keys)
+    problems = []
+    if abs(qty - ledger.qty) > 1e-8:
+        problems.append(f"{name}: position_qty {qty!r} but the fills before it give {ledger.qty:+.8f}")
+    if isinstance(leverage, int | float) and leverage > 0 and not -EPS < ledger.qty < EPS:
+        want = (
+            ledger.avg * (1 - 1 / leverage + rate)
+            if ledger.qty > 0
+            else ledger.avg * (1 + 1 / leverage - rate)
+        )
+        if not _close(liq, want, 1e-9):
+            problems.append(
+                f"{name}: liquidation_price {liq!r}, but the position's average entry {ledger.avg:.6f}, "
+                f"leverage {leverage:g} and maintenance rate {rate:g} give {want:.6f}"
+            )
+    if (mark > liq * (1 + _EPS)) if qty > 0 else (mark < liq * (1 - _EPS)):
+        problems.append(
+            f"{name}: the {'long' if qty > 0 else 'short'}'s mark {mark} has not reached its liquidation price {liq}"
+        )
     return problems
 
 
@@ -1782,6 +1820,20 @@ def check_data(events: list[dict[str, Any]]) -> list[str]:
         for s, p in files.items()
     }
     problems = []
+    for e in events:
+        # a liquidation's mark is where the market went (found by an audit: see _check_liquidation)
+        if e.get("kind") != "liquidation" or not isinstance(e.get("mark_price"), int | float):
+            continue
+        candles = data.get(e.get("symbol") or default_symbol)
+        if candles is None:
+            continue
+        met = candles.around(_epoch(e["ts"]))
+        if not any(c[0] - candles.tick - EPS <= e["mark_price"] <= c[1] + candles.tick + EPS for c in met):
+            shown = " or ".join(f"{c[0]:g}..{c[1]:g}" for c in met) or "no candle"
+            problems.append(
+                f"liquidation seq {e['seq']}: its mark {e['mark_price']} is outside the market its data file "
+                f"gave then ({shown})"
+            )
     for e, ts in zip(crosses, cross_times, strict=True):
         # a cross is at the mark: a price the data gave then (found by an audit: one at any price
         # moved PnL between the strategies, the account's figures unchanged, and passed)
