@@ -200,6 +200,42 @@ def test_a_charge_booked_after_its_instant_is_on_the_position_before_a_fill_stam
     assert Attribution(events, SYMBOL).problems == []
 
 
+def test_a_live_charge_is_at_the_mark_in_force_at_its_instant_and_the_rate_the_feed_settled(
+    tmp_path: Path,
+) -> None:
+    """Found by an audit: a live charge at half the feed's rate, of the other sign, or at a mark
+    5 % off, its amount and the heartbeats made to agree, passed. A long of 0.01 at 08:00; the
+    feed's last rate before it settled at 00:00 (0.01 %), so the broker holds the charge until the
+    rate settled at 08:00 comes (0.03 %, at 08:00:00.5) and books it then on the mark in force at
+    08:00: the exchange's 100,000.5 given at 07:59:59 (not the quote of 08:00:00.4, after it)."""
+    instant = T0 + 8 * 3600
+    run = market(
+        tmp_path,
+        tick(instant - 2, 100_000.0, 100_000.2),
+        {"arrival_ts": instant - 1, "type": "funding", "ts": instant - 1, "mark_price": 100_000.5,
+         "rate_pct": 0.01, "symbol": SYMBOL, "source": "ws", "settled_ts": instant - 8 * 3600},
+        tick(instant + 0.4, 100_010.0, 100_010.2),
+        {"arrival_ts": instant + 0.5, "type": "funding", "ts": instant + 0.5, "mark_price": 100_010.5,
+         "rate_pct": 0.03, "symbol": SYMBOL, "source": "ws", "settled_ts": instant},
+    )  # fmt: skip
+    charge = {
+        "seq": 2, "ts": iso(instant + 0.5), "kind": "funding", "instant": iso(instant), "rate_pct": 0.03,
+        "mark_price": 100_000.5, "position_qty": 0.01, "amount": 0.01 * 100_000.5 * 0.0003,
+        "rate_settled_at": iso(instant), "symbol": SYMBOL,
+    }  # fmt: skip
+    assert check_market(run, [started(), charge], finished=True) == []
+    said = "funding seq 2: rate_pct {}, not a rate the feed gave settled at {} (0.03)"
+    for rate in (0.01, 0.015, -0.03):  # the rate before, half of it, the other sign
+        assert check_market(run, [started(), {**charge, "rate_pct": rate}], finished=True) == [
+            said.format(rate, iso(instant))
+        ]
+    for mark in (100_010.1, 95_000.5):  # the quote after the instant, 5 % off
+        assert check_market(run, [started(), {**charge, "mark_price": mark}], finished=True) == [
+            f"funding seq 2: mark_price {mark}, not the mark in force at {iso(instant)} (mids and marks: "
+            "100000.1, 100000.5)"
+        ]
+
+
 # --- a backtest against its data file ------------------------------------------------------------------
 
 

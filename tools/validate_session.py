@@ -1311,6 +1311,8 @@ class SymbolMarket:
         self.books: tuple[list[float], list[tuple[Any, Any]]] = ([], [])
         self.candles: tuple[list[float], list[tuple[float, float]]] = ([], [])
         self.marks: tuple[list[float], list[float]] = ([], [])
+        # the funding records' (rate_pct, settled_ts: the instant the rate settled, None unknown)
+        self.rates: tuple[list[float], list[tuple[float, Any]]] = ([], [])
 
     @staticmethod
     def at(series: tuple[list[float], list[Any]], ts: float) -> list[Any]:
@@ -1380,6 +1382,9 @@ def load_market(run: Path) -> tuple[dict[str, SymbolMarket], float | None, list[
                 series, item = m.candles, (r["low"], r["high"])
             elif kind == "funding":
                 series, item = m.marks, r["mark_price"]
+                if isinstance(r.get("rate_pct"), int | float):
+                    m.rates[0].append(arrival)
+                    m.rates[1].append((r["rate_pct"], r.get("settled_ts")))
             else:
                 if kind == "instrument" and isinstance(r.get("price_decimals"), int):
                     m.tick_size = 10.0 ** -r["price_decimals"]
@@ -1454,6 +1459,8 @@ def check_market(run: Path, events: list[dict[str, Any]], finished: bool) -> lis
       candle (bid = ask) is at that candle's step, within its range; a liquidation before any
       quote at its mark;
     - a stop's first fill is on a trade that reached its trigger (`_check_stop`);
+    - a funding charge is at the mark in force at its instant and at a rate the feed gave
+      (`_check_funding_market`);
     - a fill from the book takes a level of the book in force, never more than the level's size
       over all the fills that book met; one beyond it is no better than its last level
       (`_check_book`).
@@ -1473,6 +1480,8 @@ def check_market(run: Path, events: list[dict[str, Any]], finished: bool) -> lis
             resumed = (_epoch(events[i - 1]["ts"]), _epoch(e["ts"]))
         if e.get("kind") == "position.crossed":
             problems += _check_cross_mark(e, markets, default_symbol, resumed, finished, last)
+        if e.get("kind") == "funding" and isinstance(e.get("instant"), str):
+            problems += _check_funding_market(e, markets, default_symbol, resumed, finished, last)
         if e.get("kind") != "order.filled":
             continue
         ts = _epoch(e["ts"])
@@ -1513,6 +1522,63 @@ def _check_cross_mark(
         return []
     shown = ", ".join(f"{x:g}" for x in mids + marks) or "none"
     return [f"cross (seq {e.get('seq')}): at {price}, not the mark in force then (mids and marks: {shown})"]
+
+
+def _check_funding_market(
+    e: dict[str, Any],
+    markets: dict[str, SymbolMarket],
+    default_symbol: str,
+    resumed: tuple[float, float] | None,
+    finished: bool,
+    last: float,
+) -> list[str]:
+    """A live charge against the market it recorded (found by an audit: one at half the
+    exchange's rate, of the other sign, or at a mark 5 % off, its amount and the heartbeats made
+    to agree, passed: only its arithmetic was checked): its mark the one in force at its instant
+    (a quote's mid or the exchange's mark price, the last of either before it, or within its
+    millisecond), and, when the feed gave rates, its rate one the feed had given when it was
+    booked (the last before it, or the one before that: a charge booked on a rate's arrival is at
+    the rate before it, unless that one settled it)."""
+    ts, instant = _epoch(e["ts"]), _epoch(e["instant"])
+    if not finished and ts > last + TS_CUT_S:
+        return []
+    symbol = e.get("symbol") or default_symbol
+    m = markets.get(symbol) or SymbolMarket(symbol)
+    problems: list[str] = []
+    mark = e.get("mark_price")
+    mids = [(q[0] + q[1]) / 2 for _, q in m.near(m.quotes, instant, resumed)]
+    marks = [x for _, x in m.near(m.marks, instant, resumed)]
+    if (
+        isinstance(mark, int | float)
+        and (mids or marks)
+        and not any(abs(mark - x) <= 1e-9 * max(1.0, abs(x)) for x in mids + marks)
+    ):
+        shown = ", ".join(f"{x:.10g}" for x in mids + marks)
+        problems.append(
+            f"funding seq {e['seq']}: mark_price {mark}, not the mark in force at {e['instant']} "
+            f"(mids and marks: {shown})"
+        )
+    rate = e.get("rate_pct")
+    near = m.near(m.rates, ts, resumed)
+    if near and isinstance(rate, int | float):
+        settled = e.get("rate_settled_at")
+        if isinstance(settled, str):  # the rate that settled then, given by the time it was booked
+            at = _epoch(settled)
+            end = bisect.bisect_right(m.rates[0], ts + TS_CUT_S + TIME_EPS)
+            given = [
+                x for x, when in m.rates[1][:end] if isinstance(when, int | float) and abs(when - at) <= 1.0
+            ]
+        else:
+            given = [x for _, (x, _) in near]
+            if near[0][0] > 0:
+                given.append(m.rates[1][near[0][0] - 1][0])
+        if not any(abs(rate - x) <= 1e-12 for x in given):
+            what = f"settled at {settled}" if isinstance(settled, str) else "in force when it was booked"
+            problems.append(
+                f"funding seq {e['seq']}: rate_pct {rate}, not a rate the feed gave {what} "
+                f"({', '.join(f'{x:.10g}' for x in given) or 'none'})"
+            )
+    return problems
 
 
 class MarketFill(NamedTuple):
