@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import gzip
 import json
 import os
@@ -16,6 +17,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from itertools import pairwise
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -792,3 +794,28 @@ def test_the_cli_started_with_sigint_ignored_leaves_it_ignored(tmp_path: Path) -
     assert masks["SigIgn"] >> (signal.SIGINT - 1) & 1 and not masks["SigCgt"] >> (signal.SIGINT - 1) & 1
     assert masks["SigCgt"] >> (signal.SIGTERM - 1) & 1
     assert proc.returncode == 0
+
+
+async def test_the_date_header_is_the_exchange_clock_that_stamps_its_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The exchange clock is the wall time when the fake was made, then the monotonic clock's time
+    # since (as a session's clock); the `Date` header, which the feed reads as the exchange's time
+    # (which candles have closed), must be that clock, not the system clock read anew: a system
+    # clock stepped 120 s forward after the start (NTP, a laptop's resync) moved the header alone
+    # (found by an audit against the protocol doc: "the HTTP Date header gives server time").
+    import tools.fake_bitunix.server as server
+
+    fake = FakeBitunix(seed=17, time_offset_s=30.0)
+    real_time = time.time
+    monkeypatch.setattr(
+        server, "time", SimpleNamespace(time=lambda: real_time() + 120.0, monotonic=time.monotonic)
+    )
+    with trio.fail_after(6):
+        async with serving(fake), httpx.AsyncClient(base_url=fake.rest_url) as http:
+            before = fake.now_ms() / 1000
+            reply = await http.get(KLINE, params={"symbol": "BTCUSDT", "limit": 1})
+            after = fake.now_ms() / 1000
+    seen = email.utils.parsedate_to_datetime(reply.headers["date"]).timestamp()
+    # whole seconds, never ahead of the exchange's time
+    assert int(before) <= seen <= after, (seen - before, seen - after)

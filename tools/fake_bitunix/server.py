@@ -1409,9 +1409,11 @@ class FakeBitunix:
         return int((self._wall0 + (time.monotonic() - self._mono0) + self.time_offset_s) * 1000)
 
     def date_now(self) -> float:
-        """The clock of the `Date` headers, in s: the exchange clock (wall time plus time_offset_s)
-        plus clock_offset_s."""
-        return time.time() + self.time_offset_s + self.clock_offset_s
+        """The clock of the `Date` headers, in s: the exchange clock (`now_ms`, which stamps the
+        market data) plus clock_offset_s. Found by an audit: it read the system clock anew, so a
+        step of it after the start (NTP, a laptop's resync) moved the headers away from the data's
+        clock, and a client judging from them which candles had closed judged wrong."""
+        return self.now_ms() / 1000 + self.clock_offset_s
 
     def auth_now(self) -> float:
         """The clock of the private API's timestamp check, in s: wall time plus clock_offset_s."""
