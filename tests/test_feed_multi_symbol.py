@@ -473,3 +473,45 @@ async def test_a_symbols_dead_kline_stream_is_polled_over_rest_while_its_book_fl
         for c in live:
             assert (c.open, c.high, c.low, c.close, c.volume) == pytest.approx(truth[round(c.open_ts * 1000)])
     assert fake.stats.connections == 1 and not run.kinds("feed.failover")
+
+
+@pytest.mark.slow
+async def test_a_symbols_dead_book_stream_is_polled_over_rest_while_its_other_data_flows(
+    tmp_path: Path,
+) -> None:
+    """ETHUSDT's book pushes stop while its klines and marks flow (found by an audit of the stale
+    watchdog: any data frame kept the symbol fresh, so it was never stale nor polled, and with no
+    fresh book no quote went out for it: its stops and resting limits could not fill, nothing
+    said). After stale_after_s without a book push its book is polled over REST, loudly, until
+    its pushes come back; BTCUSDT's books come from the socket all along. The fault is switched
+    off at the first polled quote, the run ends at ETHUSDT's first pushed quote after it."""
+    fake = FakeBitunix(seed=66, symbols=TWO, faults=Faults(book_silent_symbol="ETHUSDT"))
+
+    def eth_ticks(received: list[MarketEvent]) -> list[Tick]:
+        return [e for e in received if isinstance(e, Tick) and e.symbol == "ETHUSDT" and not e.last_qty]
+
+    def until(received: list[MarketEvent]) -> bool:
+        ticks = eth_ticks(received)
+        if ticks and ticks[-1].source == "rest":
+            fake.faults.book_silent_symbol = ""  # its pushes come back from now on
+        return bool(ticks) and ticks[-1].source == "ws"
+
+    run = await run_feed(
+        tmp_path, fake, TWO, "feed.stale_after_s=1", "feed.failover_after_s=600", seconds=10, until=until
+    )
+    book_events = [(e.fields["symbol"], e.fields["silent"]) for e in run.kinds("feed.book")]
+    assert book_events == [("ETHUSDT", True), ("ETHUSDT", False)]
+    assert run.kinds("feed.book")[0].fields["silent_s"] >= 1
+    sources = [t.source for t in eth_ticks(run.received)]
+    assert sources[-1] == "ws" and "rest" in sources and "ws" not in sources[:-1]
+    records = run.of("ETHUSDT")
+    for i, tick in enumerate(records):
+        if isinstance(tick, Tick) and tick.source == "rest":
+            book = records[i - 1]  # the polled book, then its quote
+            assert isinstance(book, Book) and book.ts == tick.ts
+            assert (book.bids, book.asks) in window(fake, "ETHUSDT", book.ts)
+            assert (tick.bid, tick.ask) == (book.bids[0][0], book.asks[0][0])
+    assert run.statuses("ETHUSDT") == [(True, "no data yet"), (False, "websocket data")]  # never stale
+    btc = [e.source for e in run.of("BTCUSDT") if isinstance(e, Tick)]
+    assert btc and set(btc) == {"ws"}
+    assert fake.stats.connections == 1 and not run.kinds("feed.failover")

@@ -51,6 +51,7 @@ FEED_KINDS = {
     "feed.live",
     "feed.gap",
     "feed.klines",
+    "feed.book",
 }
 
 

@@ -38,7 +38,9 @@
   (with several strategies, the largest `history` of them), backfills gaps, and polls a symbol's
   candles and book once it has had no WebSocket data for `feed.failover_after_s` and is out: every
   symbol while the socket is down; one symbol gone stale alone while the others flow. Polling
-  stops when its WebSocket data comes back.
+  stops when its WebSocket data comes back. A symbol whose other data flows for `feed.stale_after_s`
+  past its last kline push has its candles polled (`feed.klines`), past its last book push its
+  book (`feed.book`), until those pushes come back.
   A token bucket keeps calls under `feed.rest_rate_limit` per second; rate-limit codes
   (10005/10006), HTTP 429/5xx and network errors are retried with capped backoff and jitter.
 - **Validation** is `protocols.bitunix.FrameValidator`: rejected frames are dropped, counted by
@@ -298,6 +300,9 @@ class _Market:
     # trio time of its last kline push (or of the connection's start); its candles close on them
     last_kline_at: float = -math.inf
     klines_silent: bool = False  # its klines polled over REST while its other data flows
+    # trio time of its last book push (or of the connection's start); its quotes come from them
+    last_book_at: float = -math.inf
+    book_silent: bool = False  # its book polled over REST while its other data flows
     seeded: trio.Event = attrs.field(factory=trio.Event)  # its history has been handed out
     emit_lock: trio.Lock = attrs.field(factory=trio.Lock)  # candles go out in order, once
     instrument: Instrument | None = None  # what was sent
@@ -865,6 +870,11 @@ class BitunixFeed:
                 m.last_price = msg.close
         elif isinstance(msg, bitunix.BookTop):
             if msg.bids:  # depth_book*: the book and its top
+                m.last_book_at = m.last_data_at
+                if m.book_silent:
+                    m.book_silent = False
+                    logger.info("feed: {} book back on the WebSocket: REST book polling stopped", m.symbol)
+                    await self._event("feed.book", symbol=m.symbol, silent=False)
                 await self._book(m, msg.bids, msg.asks)
             else:  # tickers: the top only
                 await self._tick(m, msg.bid, msg.ask, msg.bid_qty, msg.ask_qty)
@@ -905,6 +915,7 @@ class BitunixFeed:
             m.current = m.current_bucket = None  # a partial candle from before is not trusted
             m.heard_at = 0.0
             m.last_kline_at = trio.current_time()  # the kline silence clock starts with the connection
+            m.last_book_at = m.last_kline_at  # and the book's
         # Stale means silence on the socket: only the time spent waiting in get_message counts
         # (`waited`), from the connection's start or a symbol's last data frame; the work done on a
         # frame (a REST backfill, subscribers slow to take a candle) does not, and frames that
@@ -1073,6 +1084,7 @@ class BitunixFeed:
             for m in due:
                 await self._poll_once(m)
             await self._poll_silent_klines(now, due)
+            await self._poll_silent_books(due)
 
     async def _poll_silent_klines(self, now: float, due: list[_Market]) -> None:
         """A symbol whose other data flows (so it is not stale) for `stale_after_s` past its last
@@ -1095,6 +1107,41 @@ class BitunixFeed:
                 )
                 await self._event("feed.klines", symbol=m.symbol, silent=True, silent_s=round(silent, 3))
             await self._poll_klines(m)
+
+    async def _poll_silent_books(self, due: list[_Market]) -> None:
+        """A symbol whose other data flows (so it is not stale) for `stale_after_s` past its last
+        book push: no quote of it would go out (a trade quote goes only at a fresh book's top), so
+        its stops and resting limits could not fill (found by an audit of the stale watchdog: its
+        klines and marks kept it fresh, nothing was said). Its book is polled over REST meanwhile,
+        loudly, as a failover polls it."""
+        if not self.ws_up:
+            return
+        for m in self.markets.values():
+            if m in due or m.stale or m.last_data_at - m.last_book_at < self.cfg.stale_after_s:
+                continue
+            if not m.book_silent:
+                m.book_silent = True
+                silent = m.last_data_at - m.last_book_at
+                logger.warning(
+                    "feed: no {} book for {:.0f} s while its other data flows: polling its book over REST",
+                    m.symbol,
+                    silent,
+                )
+                await self._event("feed.book", symbol=m.symbol, silent=True, silent_s=round(silent, 3))
+            await self._poll_book(m)
+
+    async def _poll_book(self, m: _Market) -> None:
+        """`m`'s REST book and its quote, handed out unless its pushes came back meanwhile."""
+        try:
+            data = await self.rest_get(
+                bitunix.DEPTH_PATH, bitunix.depth_params(m.symbol, bitunix.BOOK_LEVELS), attempts=2
+            )
+            book = bitunix.parse_rest_depth(data, self.clock.now())
+        except (bitunix.RestError, httpx.HTTPError) as exc:
+            logger.warning("feed: REST book poll of {} failed: {}", m.symbol, _why(exc))
+            return
+        if m.book_silent:  # (a push that came meanwhile is newer)
+            await self._book(m, book.bids, book.asks, "rest")
 
     async def _poll_klines(self, m: _Market) -> None:
         """The closed candles of `m`'s newest two REST klines, handed out (in order, once)."""

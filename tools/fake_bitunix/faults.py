@@ -95,6 +95,9 @@ class Faults:
     # this symbol's kline pushes never come (its book, ticker and price pushes do; REST serves
     # its klines): a kline stream dead while the rest of the symbol's data flows
     klines_silent_symbol: str = ""
+    # this symbol's book pushes (depth_book*) never come (its klines, ticker and price pushes do;
+    # REST serves its depth): a book stream dead while the rest of the symbol's data flows
+    book_silent_symbol: str = ""
 
 
 @attrs.define

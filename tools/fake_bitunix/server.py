@@ -24,7 +24,8 @@ one it has when served alone), at its own level and on its own grid (`SYMBOL_SPE
 project's instrument table: ETHUSDT ~3,000 in 0.01 ticks and 0.001 lots, SOLUSDT ~150 in 0.001
 and 0.01; others 0.1 and 0.0001), and its own books (one coin at the touch); every WS channel and
 REST endpoint serves each of them. `Faults.stall_symbol` stops one symbol's pushes while the
-others go on.
+others go on; `klines_silent_symbol` and `book_silent_symbol` stop one symbol's kline or book
+pushes alone.
 
 CSV replay: minute k after the history start takes CSV row `(r0 + k) mod n` (r0 drawn from the
 seed) and keeps its shape, not its level: high/open, low/open and close/open of the row are
@@ -871,8 +872,11 @@ class _Conn:
     ) -> None:
         srv = self.srv
         next_t = trio.current_time()
+        silent_book = ch in DEPTH_CHANNELS
         while True:
-            if not srv.stalled(market.symbol):
+            if not srv.stalled(market.symbol) and not (
+                silent_book and market.symbol == srv.faults.book_silent_symbol
+            ):
                 ts = srv.now_ms()
                 frame: dict[str, Any] = {"ch": ch, "ts": ts, "data": build(ts)}
                 if ch != "tickers":
@@ -1668,6 +1672,12 @@ def _parser() -> argparse.ArgumentParser:
         help="this symbol's kline pushes never come (its other pushes and its REST klines do)",
     )
     p.add_argument(
+        "--book-silent-symbol",
+        default="",
+        metavar="SYMBOL",
+        help="this symbol's book (depth) pushes never come (its other pushes and its REST depth do)",
+    )
+    p.add_argument(
         "--malformed",
         type=float,
         default=0,
@@ -1813,6 +1823,7 @@ def main(argv: list[str] | None = None) -> int:
         stall_for_s=a.stall_for,
         stall_symbol=a.stall_symbol.upper(),
         klines_silent_symbol=a.klines_silent_symbol.upper(),
+        book_silent_symbol=a.book_silent_symbol.upper(),
         malformed_fraction=a.malformed,
         refuse_handshakes_for_s=a.refuse_for,
         drop_after_frames=a.drop_after_frames,
