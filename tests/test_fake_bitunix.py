@@ -83,6 +83,23 @@ async def test_connect_frame_and_ping_pong() -> None:
             assert fake.stats.pings_received == fake.stats.pongs_sent == 1
 
 
+async def test_the_ping_replys_server_second_is_the_second_the_socket_opened() -> None:
+    # observed on the public socket (bitunix-private-api.md §3.3, NEMA §5): the reply's `ping` is
+    # the second the socket opened, not the server's time now; a client must not take it for a
+    # clock. Asked again in a later second, the reply still says the opening one.
+    with trio.fail_after(5):
+        async with serving(FakeBitunix(seed=1)) as fake:
+            before = fake.now_ms() // 1000
+            async with trio_websocket.open_websocket_url(fake.ws_url) as ws:
+                await ws.get_message()  # connect
+                opened = fake.now_ms() // 1000
+                await trio.sleep(((opened + 1) * 1000 - fake.now_ms()) / 1000 + 0.005)  # into the next second
+                await ws.send_message('{"op":"ping","ping":1}')
+                pong = json.loads(await ws.get_message())
+                assert fake.now_ms() // 1000 > opened
+                assert before <= pong["ping"] <= opened and pong["pong"] == 1
+
+
 async def test_subscribed_channels_only_after_a_delay_then_unsubscribe() -> None:
     with trio.fail_after(8):
         async with serving(FakeBitunix(seed=2)) as fake, trio_websocket.open_websocket_url(fake.ws_url) as ws:

@@ -5,7 +5,8 @@ and one signed private REST endpoint (the account, for the key preflight).
 `await nursery.start(FakeBitunix(seed=1).run)`, then `fake.ws_url` / `fake.rest_url`.
 
 It imitates the wire format of ../shared/docs/bitunix-protocol.md, quirks included: the connect
-frame, no subscribe ack, data 100-600 ms after a subscribe, JSON ping/pong, prices as strings,
+frame, no subscribe ack, data 100-600 ms after a subscribe, JSON ping/pong (the reply's server
+seconds are the second the socket opened, as observed), prices as strings,
 REST klines newest first with the volume names swapped, errors as HTTP 200 with a code.
 
 Price path. Exchange time is wall time (`time.time()` when the fake was made, then the monotonic
@@ -672,6 +673,9 @@ class _Conn:
         self.ws = ws
         self.tap = tap
         self.number = server.stats.connections  # 1 for the first connection accepted
+        # the ping reply's server seconds: the second the socket opened, as observed on the public
+        # socket (bitunix-private-api.md §3.3), not the time now
+        self.opened_s = server.now_ms() // 1000
         self.record = WsRecord(self.number, trio.current_time())
         server.stats.ws_log.append(self.record)
         self.rng = random.Random(f"{server.seed}:conn:{server.stats.connections}")
@@ -774,7 +778,7 @@ class _Conn:
         if isinstance(msg, dict) and op == "ping":
             stats.pings_received += 1
             stats.pongs_sent += 1
-            await self._control({"op": "ping", "pong": msg.get("ping"), "ping": self.srv.now_ms() // 1000})
+            await self._control({"op": "ping", "pong": msg.get("ping"), "ping": self.opened_s})
         elif op == "subscribe" and isinstance(args, list):
             stats.subscribe_msgs += 1
             await self._subscribe(args)
