@@ -100,6 +100,24 @@ async def test_the_ping_replys_server_second_is_the_second_the_socket_opened() -
                 assert before <= pong["ping"] <= opened and pong["pong"] == 1
 
 
+async def test_the_uncertain_readings_on_request_an_ack_per_channel_and_http_429() -> None:
+    faults = Faults(subscribe_ack=True, rest_rate_limited_first=1, rest_rate_limit_status=429)
+    with trio.fail_after(5):
+        async with serving(FakeBitunix(seed=2, faults=faults)) as fake:
+            async with trio_websocket.open_websocket_url(fake.ws_url) as ws:
+                await ws.get_message()  # connect
+                await ws.send_message(subscribe("market_kline_1min", "depth_book5"))
+                acks = [json.loads(await ws.get_message()) for _ in range(2)]
+            assert acks == [
+                {"op": "subscribe", "ch": ch, "data": {"result": True}}
+                for ch in ("market_kline_1min", "depth_book5")
+            ]
+            async with httpx.AsyncClient(base_url=fake.rest_url) as http:
+                limited, served = [await http.get(KLINE, params={"symbol": "BTCUSDT"}) for _ in range(2)]
+    assert limited.status_code == 429 and limited.json()["code"] == 10005
+    assert served.status_code == 200 and served.json()["code"] == 0
+
+
 async def test_subscribed_channels_only_after_a_delay_then_unsubscribe() -> None:
     with trio.fail_after(8):
         async with serving(FakeBitunix(seed=2)) as fake, trio_websocket.open_websocket_url(fake.ws_url) as ws:

@@ -613,6 +613,27 @@ async def test_rate_limit_replies_at_start_delay_the_instrument_but_do_not_lose_
     assert fake.stats.rest_rate_limited == 4
 
 
+@pytest.mark.parametrize("status", [429, 503])
+async def test_the_protocol_docs_uncertain_readings_are_taken_as_well(tmp_path: Path, status: int) -> None:
+    """The doc's uncertain readings, from the fake: each channel's subscription acknowledged (one
+    third-party text claims an ack; the captures saw none) and rate-limit replies as HTTP 429 or
+    503 (seen: HTTP 200 with code 10005/10006; the doc says to handle 429/503 too). The acks are
+    control frames, neither data nor malformed; the rate-limited instrument call is waited out
+    as with the exchange's own codes, and the instrument is still the exchange's."""
+    fake = FakeBitunix(
+        seed=49, faults=Faults(subscribe_ack=True, rest_rate_limited_first=2, rest_rate_limit_status=status)
+    )
+    run = await run_feed(tmp_path, fake, *SMALL_HISTORY, seconds=30, until=_instrument_then_books(3))
+    assert fake.stats.subscribe_acks == 3 and fake.stats.rest_rate_limited == 2
+    (instrument,) = [e for _, e in run.received if isinstance(e, Instrument)]
+    assert instrument.source == "exchange"
+    retries = [e.fields for e in run.events if e.kind == "feed.rest_retry"]
+    assert len(retries) == 2 and all(f"HTTP {status}" in r["reason"] for r in retries), retries
+    assert all(r["delay_s"] >= 1.0 for r in retries), "a rate limit is waited out, not counted as a try"
+    assert not run.feed.health.malformed and run.kinds()["feed.malformed"] == 0
+    assert run.statuses() == [(True, "no data yet"), (False, "websocket data")]
+
+
 async def test_no_exchange_figures_and_no_table_entry_sends_no_instrument(tmp_path: Path) -> None:
     """DOGEUSDT is not in the shipped table: with trading_pairs failing, the broker keeps the
     instrument it was built with; the record says why."""

@@ -98,6 +98,13 @@ class Faults:
     # this symbol's book pushes (depth_book*) never come (its klines, ticker and price pushes do;
     # REST serves its depth): a book stream dead while the rest of the symbol's data flows
     book_silent_symbol: str = ""
+    # the protocol doc's uncertain readings, for a client to be tested under both: each channel
+    # subscribed is acknowledged with {"op":"subscribe","ch":..,"data":{"result":true}} (one
+    # third-party text claims so; the captures saw no ack); a rate-limit reply comes with this HTTP
+    # status (the exchange's: 200 with code 10005/10006; the doc says to handle 429 and 503 too;
+    # the body stays the code's envelope)
+    subscribe_ack: bool = False
+    rest_rate_limit_status: int = 200
 
 
 @attrs.define
@@ -137,6 +144,7 @@ class FakeStats:
     pongs_sent: int = 0
     subscriptions: list[Any] = attrs.field(factory=list)  # every arg of every subscribe message
     subscribe_msgs: int = 0  # subscribe messages received (one may carry several symbols' args)
+    subscribe_acks: int = 0  # acknowledgements sent (`Faults.subscribe_ack`)
     ignored_client_msgs: int = 0
     client_msgs_max_per_s: int = 0  # the most client messages on one socket in any 1 s window
     rate_disconnects: int = 0

@@ -47,7 +47,9 @@ out, as the exchange does: a bucket's last push then misses the trades after it.
 only: their quote volume is base volume x (o+h+l+c)/4, not a sum over trades.
 
 Faults (`Faults`, switchable at runtime; see faults.py): drops, stalls, malformed frames, refused
-handshakes, REST errors and rate limits, latency. The count-based schedules (a drop after the N-th
+handshakes, REST errors and rate limits, latency; and the protocol doc's uncertain readings (a
+subscribe acknowledged, a rate-limit reply as HTTP 429 or 503), for a client to be tested under
+both. The count-based schedules (a drop after the N-th
 data frame of a connection, a stall after every N data frames, malformed frames by their index in
 their channel's stream, the first N handshakes refused) hit the same frames in every run; the
 time-based ones (`drop_every_s`, ...) depend on timing. `stats.faults_log` lists what happened.
@@ -807,6 +809,9 @@ class _Conn:
                 return
             scope = trio.CancelScope()
             self.subs[symbol, ch] = scope
+            if self.srv.faults.subscribe_ack:
+                self.srv.stats.subscribe_acks += 1
+                await self._control({"op": "subscribe", "ch": ch, "data": {"result": True}})
             self.nursery.start_soon(self._pusher, scope, symbol, ch, self.rng.uniform(0.1, 0.6))
 
     async def _control(self, frame: dict[str, Any]) -> None:
@@ -1106,7 +1111,8 @@ class _RestApp:
                 if self.limited % 4 == 0
                 else (10005, "Too many requests, please try again later")
             )
-            return self.envelope(code, None, msg)
+            _, ctype, body = self.envelope(code, None, msg)
+            return faults.rest_rate_limit_status, ctype, body
         error = srv.next_rest_error()
         if error == "http_500":
             return 500, b"text/html", b"<html><body><h1>500 Internal Server Error</h1></body></html>"
@@ -1700,6 +1706,20 @@ def _parser() -> argparse.ArgumentParser:
         "--rest-errors", type=float, default=0, metavar="F", help="fraction of REST replies failed"
     )
     p.add_argument("--rest-rate-limit", type=float, default=10, metavar="N", help="REST requests/s (0: none)")
+    p.add_argument(
+        "--rate-limit-status",
+        type=int,
+        default=200,
+        choices=(200, 429, 503),
+        help="the HTTP status of a rate-limit reply (200: code 10005/10006 as the exchange's; the "
+        "doc's uncertain 429/503)",
+    )
+    p.add_argument(
+        "--subscribe-ack",
+        action="store_true",
+        help='acknowledge each channel subscribed with {"op":"subscribe","ch":..,"data":{"result":true}} '
+        "(the doc's uncertain reading; the exchange sends none)",
+    )
     p.add_argument("--latency-ms", type=float, default=0)
     p.add_argument("--port-file", type=Path, help="also write the URLs line to this file")
     p.add_argument(
@@ -1837,6 +1857,8 @@ def main(argv: list[str] | None = None) -> int:
         refuse_handshakes=a.refuse_first,
         rest_error_fraction=a.rest_errors,
         rest_rate_limit_per_s=a.rest_rate_limit,
+        rest_rate_limit_status=a.rate_limit_status,
+        subscribe_ack=a.subscribe_ack,
         latency_ms=a.latency_ms,
     )
     symbols = [*a.symbol, *(x.strip() for x in a.symbols.split(",") if x.strip())] or ["BTCUSDT"]
