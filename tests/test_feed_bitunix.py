@@ -992,6 +992,23 @@ async def test_a_resumed_sessions_feed_hands_out_only_the_candles_after_its_last
     assert event.fields["candles"] == 5
 
 
+async def test_a_shallow_exchange_history_is_said_at_the_seed(tmp_path: Path) -> None:
+    """The doc leaves open how deep the REST klines go (*uncertain*: shallow). Here the exchange
+    holds 5 closed candles where strategy.history asks for 30: the seed hands out the 5 and says
+    it is 25 short (found by an audit: it said only 'feed: 5 BTCUSDT history candles', and a
+    strategy promised warm at the start sat cold through its first live candles, unsaid)."""
+    offset = offset_for_close_in(30.0)  # no candle closes during the run
+    fake = FakeBitunix(seed=22, history_candles=5, time_offset_s=offset)
+
+    def seeded(events: list[MarketEvent]) -> bool:
+        return sum(isinstance(e, Candle) for e in events) >= 5 and isinstance(events[-1], Book)
+
+    run = await run_feed(tmp_path, fake, "strategy.history=30", seconds=20, until=seeded)
+    assert len(assert_feed_candles_match_truth(run, fake)) == 5
+    (event,) = [e for e in run.events if e.kind == "feed.seeded"]
+    assert (event.fields["candles"], event.fields["short_by"]) == (5, 25)
+
+
 async def test_rest_rate_limit_replies_slow_the_seed_down_without_failure(tmp_path: Path) -> None:
     fake = FakeBitunix(seed=9, history_candles=1000, faults=Faults(rest_rate_limit_per_s=1))
     result, events = await live_session(tmp_path, fake, "strategy.history=600", duration_s=10)

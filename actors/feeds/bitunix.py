@@ -796,11 +796,24 @@ class BitunixFeed:
         for m in self.markets.values():
             now_ms = int(self.clock.now() * 1000)
             end = (now_ms // self.interval_ms) * self.interval_ms - self.interval_ms  # last closed open
-            seed, error = await self._fetch_klines(
-                m.symbol, end - (self.history - 1) * self.interval_ms, end, closed_only=True
-            )
+            first = end - (self.history - 1) * self.interval_ms
+            seed, error = await self._fetch_klines(m.symbol, first, end, closed_only=True)
+            # the candles wanted before the oldest the exchange gave: its history is shallower than
+            # strategy.history (the doc leaves its depth open; found by an audit: a strategy promised
+            # warm at the start sat cold, unsaid)
+            oldest = round(seed[0].open_ts * 1000) if seed else end + self.interval_ms
+            short_by = max(0, (oldest - first) // self.interval_ms)
             if error is not None:
                 logger.warning("feed: could not seed all of the {} candle history: {}", m.symbol, error)
+            elif short_by:
+                logger.warning(
+                    "feed: the exchange's {} klines go back {} candles only, {} short of the {} wanted "
+                    "(strategy.history): a strategy that needs more warms up on the live candles",
+                    m.symbol,
+                    len(seed),
+                    short_by,
+                    self.history,
+                )
             logger.info("feed: {} {} history candles from REST", len(seed), m.symbol)
             # handed out only once the WebSocket delivers: after a fallback they would be the wrong market
             await self.first_data.wait()
@@ -809,7 +822,7 @@ class BitunixFeed:
                 seed = [c for c in seed if before is None or round(c.open_ts * 1000) > before]
                 for candle in seed:
                     await self._emit_candle(m, candle, backfill=True)
-            await self._event("feed.seeded", symbol=m.symbol, candles=len(seed))
+            await self._event("feed.seeded", symbol=m.symbol, candles=len(seed), short_by=short_by)
             m.seeded.set()
         self.seed_done.set()
 
