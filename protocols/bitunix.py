@@ -826,39 +826,56 @@ def _rest_time(v: Any) -> int | None:
     return None
 
 
-def parse_rest_klines(data: Any, interval_s: float) -> list[Candle]:
+def parse_rest_klines(data: Any, interval_s: float, problems: list[str] | None = None) -> list[Candle]:
     """REST kline rows (newest first on the wire) -> Candles oldest first, one per open time.
 
-    Bad rows (missing or non-numeric fields, NaN, prices <= 0, high < low, open/close outside
-    [low, high], negative volume) are skipped. The volume names are swapped in practice
-    (`quoteVol` holds the base size): the base volume is the smaller of the two when both are
-    present. Raises RestError (not retryable) only when `data` is not a list."""
+    Bad rows (not an object, missing or non-numeric fields, NaN, prices <= 0, high < low,
+    open/close outside [low, high], negative volume, an open time given again) are skipped, each
+    named in `problems` when it is given (the feed counts and logs them as dropped data). The
+    volume names are swapped in practice (`quoteVol` holds the base size): `_base_volume` reads
+    them. Raises RestError (not retryable) only when `data` is not a list."""
     if type(data) is not list:
         raise RestError(f"kline data is not a list: {type(data).__name__}", retryable=False)
     seen: dict[int, Candle] = {}
     for row in data:
-        if type(row) is not dict:
-            continue
-        t = _rest_time(row.get("time"))
-        o = _rest_num(row.get("open"))
-        h = _rest_num(row.get("high"))
-        lo = _rest_num(row.get("low"))
-        c = _rest_num(row.get("close"))
-        if t is None or o is None or h is None or lo is None or c is None or t in seen:
-            continue
-        if lo <= 0.0 or not lo <= o <= h or not lo <= c <= h:
-            continue
-        vols: dict[str, float] = {}
-        for key in ("quoteVol", "baseVol"):
-            raw = row.get(key)
-            if raw is not None:
-                v = _rest_num(raw)
-                if v is None or v < 0.0:
-                    break
-                vols[key] = v
-        else:
-            seen[t] = Candle(t / 1000, interval_s, o, h, lo, c, _base_volume(vols, c))
+        why = _kline_row_problem(row, interval_s, seen)
+        if why is None:
+            continue  # (added to `seen`)
+        if problems is not None:
+            problems.append(why[:119])
     return [seen[t] for t in sorted(seen)]
+
+
+def _kline_row_problem(row: Any, interval_s: float, seen: dict[int, Candle]) -> str | None:
+    """None when `row` is a good kline row, added to `seen` under its open time; else why not."""
+    if type(row) is not dict:
+        return f"kline row is not an object: {_show(row)}"
+    raw_t = row.get("time")
+    t = _rest_time(raw_t)
+    prices = {k: _rest_num(row.get(k)) for k in ("open", "high", "low", "close")}
+    if t is None:
+        return f"kline row time is not a time in ms: {_show(raw_t)}"
+    bad = [k for k, v in prices.items() if v is None]
+    if bad:
+        return f"kline row {t}: {bad[0]} is not a finite number: {_show(row.get(bad[0]))}"
+    if t in seen:
+        return f"kline row {t}: its open time repeated"
+    o, h, lo, c = (prices[k] for k in ("open", "high", "low", "close"))
+    assert o is not None and h is not None and lo is not None and c is not None
+    if lo <= 0.0:
+        return f"kline row {t}: low {lo:g} <= 0"
+    if not lo <= o <= h or not lo <= c <= h:
+        return f"kline row {t}: open {o:g} or close {c:g} outside [low {lo:g}, high {h:g}]"
+    vols: dict[str, float] = {}
+    for key in ("quoteVol", "baseVol"):
+        raw = row.get(key)
+        if raw is not None:
+            v = _rest_num(raw)
+            if v is None or v < 0.0:
+                return f"kline row {t}: {key} is not a size: {_show(raw)}"
+            vols[key] = v
+    seen[t] = Candle(t / 1000, interval_s, o, h, lo, c, _base_volume(vols, c))
+    return None
 
 
 def _base_volume(vols: dict[str, float], price: float) -> float:

@@ -718,10 +718,16 @@ def test_rest_klines_oldest_first_dedup_and_bad_rows() -> None:
         None,
         kline_row(base + 60000, 63002),  # the good row for the time whose bad rows came first
     ]
-    candles = parse_rest_klines(rows, 60.0)
+    problems: list[str] = []
+    candles = parse_rest_klines(rows, 60.0, problems)
     assert [c.open_ts for c in candles] == [(base + i * 60000) / 1000 for i in range(4)]
     assert [c.close for c in candles] == [63001, 63002, 63003, 63004]
     assert all(c.volume == 2.5 and c.interval_s == 60.0 for c in candles)
+    # each skipped row is named (the feed counts and logs them as dropped data): the ten bad
+    # rows above, in their order
+    assert len(problems) == 10, problems
+    assert "repeated" in problems[0] and "outside" in problems[2] and "not an object" in problems[-1]
+    assert all(p.isprintable() and len(p) < 120 for p in problems)
 
 
 def test_rest_klines_volume_readings() -> None:

@@ -1009,6 +1009,28 @@ async def test_a_shallow_exchange_history_is_said_at_the_seed(tmp_path: Path) ->
     assert (event.fields["candles"], event.fields["short_by"]) == (5, 25)
 
 
+async def test_a_malformed_rest_kline_row_is_counted_and_its_candle_fetched_again(tmp_path: Path) -> None:
+    """The first kline row the fake serves (the seed's newest candle) is garbled (its high under
+    its low): it is dropped, counted and logged as dropped data is (found by an audit: REST rows
+    were skipped unsaid, a candle missing with no word of why), and the candle comes from REST
+    again before the first live one (at the first push, or at that close): the series is whole."""
+    offset = offset_for_close_in(3.0)
+    fake = FakeBitunix(
+        seed=23, history_candles=60, time_offset_s=offset, faults=Faults(rest_bad_kline_rows=1)
+    )
+
+    def live(events: list[MarketEvent]) -> bool:
+        return any(isinstance(e, Candle) and not e.backfill for e in events)
+
+    run = await run_feed(tmp_path, fake, "strategy.history=30", seconds=30, until=live)
+    assert fake.stats.rest_bad_kline_rows == 1
+    candles = assert_feed_candles_match_truth(run, fake)
+    assert len(candles) == 31 and [c.backfill for c in candles] == [True] * 30 + [False]
+    assert dict(run.feed.health.malformed) == {"rest_kline_row": 1}
+    reported = [e.fields["counts"] for e in run.events if e.kind == "feed.malformed"]
+    assert reported == [{"rest_kline_row": 1}]
+
+
 async def test_rest_rate_limit_replies_slow_the_seed_down_without_failure(tmp_path: Path) -> None:
     fake = FakeBitunix(seed=9, history_candles=1000, faults=Faults(rest_rate_limit_per_s=1))
     result, events = await live_session(tmp_path, fake, "strategy.history=600", duration_s=10)

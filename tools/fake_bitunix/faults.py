@@ -73,6 +73,8 @@ class Faults:
     rest_error_fraction: float = 0  # fraction of REST replies that are errors (500, 503, code 10001)
     rest_rate_limit_per_s: float = 10  # over this in any 1 s (per server): code 10005/10006
     rest_rate_limited_first: int = 0  # the first N REST requests get code 10005 (count-based)
+    # the first N kline rows the REST klines serve are garbled: a high under the low (count-based)
+    rest_bad_kline_rows: int = 0
     # the kline endpoint's `endTime` taken as exclusive (a candle opening at it is left out): the
     # docs leave the reading open; the client must page right under either
     rest_kline_end_exclusive: bool = False
@@ -152,6 +154,7 @@ class FakeStats:
     rest_requests: int = 0
     rest_rate_limited: int = 0
     rest_errors: int = 0
+    rest_bad_kline_rows: int = 0  # kline rows served garbled (`Faults.rest_bad_kline_rows`)
     internal_errors: int = 0
     data_frames_sent: int = 0  # on every socket, malformed ones included
     malformed_sent: Counter[str] = attrs.field(factory=Counter)
@@ -160,7 +163,8 @@ class FakeStats:
     # ("refuse", handshake no.), ("drop", connection no., data frames it sent),
     # ("stall", data frames sent in all[, the stall_symbol]),
     # ("malformed", connection no., channel, frame index, kind),
-    # ("rest_error", request no., kind), ("drop_after_s", connection no.)
+    # ("rest_error", request no., kind), ("drop_after_s", connection no.),
+    # ("bad_kline_row", request no., the row's open time ms)
     faults_log: list[tuple[Any, ...]] = attrs.field(factory=list)
     ws_log: list[WsRecord] = attrs.field(factory=list)  # every WebSocket connection accepted, in order
     # every REST request that reached a route (past the rate limit and error faults): path, params

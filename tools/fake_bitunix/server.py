@@ -1232,6 +1232,11 @@ class _RestApp:
             if candle is None:
                 continue
             o, h, lo, c, v, q = candle
+            stats = self.srv.stats
+            if stats.rest_bad_kline_rows < self.srv.faults.rest_bad_kline_rows:
+                stats.rest_bad_kline_rows += 1
+                stats.faults_log.append(("bad_kline_row", stats.rest_requests, b * interval))
+                h = lo - 1  # garbled: its high a tick under its low
             rows.append(
                 {
                     "open": market.price(o),
