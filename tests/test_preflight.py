@@ -21,7 +21,8 @@ import httpx
 import pytest
 import trio
 
-from actors.preflight import _reason, origin, sign
+from actors.preflight import _reason, origin, run_preflight, sign
+from tests.conftest import make_config
 from tests.test_fake_bitunix import serving
 from tools.fake_bitunix import FakeBitunix, Faults
 
@@ -325,6 +326,24 @@ async def test_whitelisted_ip_passes(tmp_path: Path) -> None:
     async with serving(fake(api_ip_whitelist={KEY: ("127.0.0.1",)})) as f:
         done = await run_preflight_cli(f.rest_url, tmp_path, BITUNIX_API_KEY=KEY, BITUNIX_API_SECRET=SECRET)
     one_line(done, 0)
+
+
+@pytest.mark.slow
+async def test_a_key_without_the_permission_is_told_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 403 "This API key does not support this operation" (bitunix-private-api.md §1.4, §6): a key
+    # the exchange knows, signed right, without the futures permission; the fake could not say it
+    async with serving(fake(api_key_forbidden=(KEY,))) as f:
+        config = make_config(tmp_path, f"feed.rest_url={f.rest_url}")
+        env = {"BITUNIX_API_KEY": KEY, "BITUNIX_API_SECRET": SECRET}
+        code = await trio.to_thread.run_sync(run_preflight, config, env)
+    out = capsys.readouterr()
+    assert (code, out.out) == (3, "")
+    assert out.err.strip() == (
+        f"preflight failed: {f.rest_url}: the key lacks permission for this operation (enable futures "
+        "reading/trading on the key) (code 403: This API key does not support this operation)"
+    )
 
 
 @pytest.mark.slow

@@ -1154,7 +1154,9 @@ class _RestApp:
            `Date` header, which every answer carries;
         5. a `sign` that is not sha256_hex(sha256_hex(nonce + timestamp + apiKey + queryParams +
            body) + secret), queryParams being the query's keys sorted ascending, each followed by
-           its value as received (percent-decoded), and body the raw bytes received: 10007.
+           its value as received (percent-decoded), and body the raw bytes received: 10007;
+        6. a key in `api_key_forbidden` (a key without the futures permission): 403 "This API key
+           does not support this operation" (§6).
         """
         headers: dict[str, str] = {}
         for name, value in scope.get("headers", []):
@@ -1185,6 +1187,8 @@ class _RestApp:
         expected = _sha256_hex(digest + secret)
         if not hmac.compare_digest(expected.encode(), headers.get("sign", "").encode("latin-1")):
             raise _RestError(10007, "Sign signature error")
+        if api_key in self.srv.api_key_forbidden:
+            raise _RestError(403, "This API key does not support this operation")
 
     @staticmethod
     def envelope(code: int, data: Any, msg: str) -> tuple[int, bytes, bytes]:
@@ -1329,9 +1333,10 @@ class FakeBitunix:
     Private REST (`GET /api/v1/futures/account`, signed: `_RestApp.authenticate`): `api_keys` maps
     each key the fake knows to its secret; `api_ip_whitelist` maps a key to the client IPs it
     accepts (a key not in it: any IP); `timestamp_window_s` is how far a request's timestamp may be
-    from the fake's auth clock; `account_as_list` answers the account as a one-element list (the
-    docs' form) instead of an object (the live API's, per TIQ); `account` replaces members of the
-    account object. `clock_offset_s` shifts the auth clock (`auth_now`: wall time plus it), which
+    from the fake's auth clock; `api_key_forbidden` lists keys that lack the futures permission
+    (403 to a request signed right); `account_as_list` answers the account as a one-element list
+    (the docs' form) instead of an object (the live API's, per TIQ); `account` replaces members of
+    the account object. `clock_offset_s` shifts the auth clock (`auth_now`: wall time plus it), which
     checks timestamps, and the REST answers' `Date` header (`date_now`: the exchange clock plus
     it): a fake whose clock is off. `time_offset_s` shifts the market data and the `Date` header
     alike (a test's convenience: the exchange's one clock, which the feed seeds its history by).
@@ -1361,6 +1366,7 @@ class FakeBitunix:
         trading_pair: dict[str, Any] | None = None,
         api_keys: Mapping[str, str] | None = None,
         api_ip_whitelist: Mapping[str, tuple[str, ...]] | None = None,
+        api_key_forbidden: Sequence[str] = (),
         clock_offset_s: float = 0.0,
         timestamp_window_s: float = 30.0,
         account_as_list: bool = False,
@@ -1375,6 +1381,7 @@ class FakeBitunix:
         self.trading_pair = dict(trading_pair or {})
         self.api_keys = dict(api_keys or {})  # key -> secret
         self.api_ip_whitelist = {k: tuple(v) for k, v in (api_ip_whitelist or {}).items()}
+        self.api_key_forbidden = frozenset(api_key_forbidden)  # keys without the futures permission
         self.clock_offset_s = clock_offset_s
         self.timestamp_window_s = timestamp_window_s
         self.account_as_list = account_as_list
