@@ -660,3 +660,23 @@ def test_the_validator_catches_a_page_whose_tables_were_edited(tmp_path: Path) -
         (problem,) = check_page(run)
         assert problem.startswith("report.html: shows "), problem
     page.write_text(honest)
+
+
+def test_the_feed_section_marks_a_symbols_silent_klines_and_book() -> None:
+    # found by the feed audit: feed.klines (and the new feed.book), a symbol's kline or book
+    # pushes stopped while its other data flowed, were left off the page's feed timeline
+    from actors.recording.html_report import RunData, _feed_section
+
+    records = [
+        {"kind": "feed.connected", "ts": "2026-01-01T00:00:00.000Z", "reconnect": False},
+        {"kind": "feed.klines", "ts": "2026-01-01T00:00:11.000Z", "symbol": "ETHUSDT", "silent": True},
+        {"kind": "feed.book", "ts": "2026-01-01T00:00:12.000Z", "symbol": "ETHUSDT", "silent": True},
+        {"kind": "feed.book", "ts": "2026-01-01T00:00:20.000Z", "symbol": "ETHUSDT", "silent": False},
+    ]
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_kind.setdefault(r["kind"], []).append(r)
+    page = _feed_section(RunData(Path("."), records, by_kind, {}, {}, {}))
+    for name in ("klines", "book"):
+        assert f'"name":"{name}"' in page, name  # a marker trace of its own
+    assert "symbol=ETHUSDT, silent=False" in page

@@ -62,6 +62,8 @@ FEED_KINDS = (
     "feed.gap",
     "feed.rest_retry",
     "feed.malformed",
+    "feed.klines",
+    "feed.book",
 )
 # Statistics shown green when positive, red when negative (the others are counts or costs).
 SIGNED_STATISTICS = {"avg_win", "avg_loss", "expectancy", "gross_pnl", "net_pnl", "return_pct"}
@@ -926,7 +928,17 @@ def _feed_section(data: RunData) -> str:
 def _feed_text(r: dict[str, Any]) -> str:
     parts = [
         f"{k}={r[k]}"
-        for k in ("reason", "attempt", "delay_s", "downtime_s", "active", "symbols", "counts")
+        for k in (
+            "reason",
+            "attempt",
+            "delay_s",
+            "downtime_s",
+            "active",
+            "symbols",
+            "counts",
+            "symbol",
+            "silent",
+        )
         if r.get(k) not in (None, "")
     ]
     return ", ".join(parts) or r["kind"]
