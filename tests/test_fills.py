@@ -207,6 +207,88 @@ def test_short_stop_crossed_by_a_gap_up_fills_at_the_open() -> None:
     assert (fill["order_id"], fill["fill_price"]) == (ids["stop_loss"], 101520.3)
 
 
+@pytest.mark.parametrize(
+    ("side", "candle", "trigger", "fill_price"),
+    [
+        # a long's stop 99001.3 moved 2 bps is 98981.4, under the low 98990.0: it fills at the low
+        ("buy", (100000.0, 100000.0, 98990.0, 99500.0), LONG_STOP, 98990.0),
+        # a short's stop 101001.3 moved 2 bps is 101021.6, over the high 101010.0: at the high
+        ("sell", (100000.0, 101010.0, 100000.0, 100500.0), SHORT_STOP, 101010.0),
+        # a gap down to 98500 passes the long's stop: 98500 * 0.9998 = 98480.3, under the low 98490.0
+        ("buy", (98500.0, 99500.0, 98490.0, 99000.0), LONG_STOP, 98490.0),
+        # a gap up to 101500 passes the short's stop: 101520.3, over the high 101510.0
+        ("sell", (101500.0, 101510.0, 101400.0, 101450.0), SHORT_STOP, 101510.0),
+    ],
+)
+def test_a_stops_slippage_stops_at_the_candles_low_or_high(
+    side: Side, candle: tuple[float, float, float, float], trigger: float, fill_price: float
+) -> None:
+    """Found by an audit: a stop whose trigger (or the open it gapped to) lay within the
+    slippage of the candle's low (a sell) or high (a buy) filled beyond it, at a price nobody
+    traded at in that candle (1,715 of trend_pullback's 9,700 fills over the real perpetual
+    data). It fills at that extreme, and the record says the slippage it took, which is less
+    than `broker.slippage_bps`: against its trigger (its requested price), and the extreme it
+    was cut at (`range_bound`)."""
+    bt = _bracketed(side, "pessimistic")
+    ids = protective_ids(bt.events)
+    events = bt.candle(*candle, volume=100.0)
+    (fill,) = fills(events)
+    assert (fill["order_id"], fill["source"], fill["fill_price"]) == (ids["stop_loss"], "candle", fill_price)
+    assert fill["range_bound"] == fill_price
+    assert fill["requested_price"] == trigger
+    taken = (fill_price - trigger if side == "sell" else trigger - fill_price) / trigger * 10_000
+    assert fill["slippage_bps"] == pytest.approx(taken, rel=1e-9)
+    if candle[0] == 100000.0:  # no gap: less than the configured 2 bps (a gap's open is beyond the trigger)
+        assert 0 < fill["slippage_bps"] < 2.0
+    assert fill["fee"] == pytest.approx(0.01 * fill_price * TAKER, abs=1e-9)
+    assert bt.broker.position_qty == 0.0
+
+
+def test_a_stop_with_room_for_its_slippage_takes_all_of_it_and_says_no_bound() -> None:
+    """The companion: the low 98981.4 is exactly the trigger moved 2 bps (98981.4 on the grid):
+    the whole slippage, no `range_bound`."""
+    bt = _bracketed("buy", "pessimistic")
+    (fill,) = fills(bt.candle(100000.0, 100000.0, 98981.4, 99500.0, 100.0))
+    assert fill["fill_price"] == LONG_STOP_FILL and "range_bound" not in fill
+
+
+def test_the_rests_of_a_capped_stop_and_market_order_stay_within_the_candle() -> None:
+    """The rest of a stop the cap split fills at a later candle's low when the candle stayed above
+    the trigger, and the rest of a capped market buy at a later candle's open: moved 2 bps
+    against, they would be 99200 * 0.9998 = 99180.1 under the low 99200, and 100200 * 1.0002 =
+    100220.1 over the high 100210: they fill at the low and the high."""
+    bt = Backtest(make_broker())
+    bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 100.0, [order("o1", "buy", 0.05, stop_price=99000.0)])
+    got = [f["fill_price"] for f in fills(bt.candle(99800.0, 99850.0, 98900.0, 99100.0, 0.2))]
+    assert got == [98980.2]  # 0.02 at the trigger moved 2 bps (98980.2), within the low 98900
+    (rest,) = fills(bt.candle(99500.0, 99600.0, 99200.0, 99300.0, 0.1))
+    assert (rest["qty"], rest["fill_price"], rest.get("range_bound")) == (0.01, 99200.0, 99200.0)
+
+    bt = Backtest(make_broker())
+    bt.candle(100000.0, 100000.0, 100000.0, 100000.0, 0.2)
+    bt.candle(100100.0, 100150.0, 100050.0, 100150.0, 0.15, [order("m", "buy", 0.05)])
+    (rest,) = fills(bt.candle(100200.0, 100210.0, 100150.0, 100200.0, 0.1))
+    assert (rest["qty"], rest["fill_price"], rest.get("range_bound")) == (0.01, 100210.0, 100210.0)
+
+
+def test_live_a_stop_worked_by_a_closed_candle_fills_no_lower_than_its_low() -> None:
+    """Live sessions work a closed candle's range with the same code: a long's stop at 99001.3,
+    working for the whole candle, its quotes never under it, the candle's low 98990.0: it fills
+    at the low (not 98981.4, the trigger moved 2 bps)."""
+    t0 = T0 - T0 % 60
+    broker = make_broker(bars=False)
+    step(broker, t0 - 10, Tick(t0 - 10, 99999.9, 100000.0, 100000.0))
+    entry = order("e", "buy", 0.01, stop_price=LONG_STOP, target_price=110000.0, decision_price=100000.0)
+    events = step(broker, t0 - 10, attrs.evolve(entry, ts=t0 - 10))
+    events += step(broker, t0 - 5, Tick(t0 - 5, 99999.9, 100000.0, 100000.0))  # it reaches the market
+    assert [f["order_id"] for f in fills(events)] == ["e"]
+    closed = step(broker, t0 + 60, Candle(t0, 60.0, 100000.0, 100000.0, 98990.0, 99500.0, 0.0))
+    (fill,) = fills(closed)
+    assert (fill["reason"], fill["fill_price"]) == ("stop_loss", 98990.0)
+    assert fill.get("range_bound") == 98990.0
+    assert broker.position_qty == 0.0
+
+
 def test_resting_limit_crossed_by_a_gap_fills_at_its_own_price() -> None:
     """docs/fills.md's companion of the gap rule: a buy limit at 99000 resting when the next candle
     opens at 98000 fills at 99000 (it was resting at the market), as a maker."""

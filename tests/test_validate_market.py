@@ -412,6 +412,18 @@ def test_each_fill_is_on_its_orders_terms() -> None:
         fill(7, "p1", "stop_market", "sell", 97.9, requested_price=98.0, source="candle"),
     ]  # fmt: skip
     assert check_fill_terms(honest) == []
+    # its slippage cut at the candle's low (`range_bound`, held to the candle by check_data and
+    # check_market): less than 2 bp, never better than the trigger
+    cut = fill(
+        7, "p1", "stop_market", "sell", 97.99, requested_price=98.0, source="candle", range_bound=97.99
+    )
+    assert check_fill_terms([*honest[:4], cut]) == []
+    above = fill(
+        7, "p1", "stop_market", "sell", 98.1, requested_price=98.0, source="candle", range_bound=98.1
+    )
+    assert check_fill_terms([*honest[:4], above]) == [
+        "fill f7 (seq 7): a stop sell at 98.1, cut at its range_bound, better than its trigger 98.0"
+    ]
     dishonest = [
         begin, limit, market_, stop,
         fill(5, "o1", "limit", "buy", 99.5, liquidity="maker", requested_price=100.0, source="resting"),

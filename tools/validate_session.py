@@ -25,7 +25,8 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
   limit on a trade through its price), a fill from the book takes a level of the book then in
   force, no more than it held; in a backtest whose data file is the one it read (`check_data`)
   its bid and ask are within a candle of it, a quote's at an open or a close, its price never
-  better than the candle went (a stop crossed by a gap: than the open moved by the slippage); a liquidation is at the position's bankruptcy price; its latency is
+  better than the candle went (a stop crossed by a gap: than the open moved by the slippage, as
+  far as the candle's range goes); a liquidation is at the position's bankruptcy price; its latency is
   the time since its order (`check_orders`); a `liquidation` at the liquidation price the
   position's entry, leverage and maintenance rate give, its mark at or past it (and in a backtest a
   price its data gave then); its `realized_pnl` and `position_qty` are this file's
@@ -1220,8 +1221,10 @@ def check_fill_terms(events: list[dict[str, Any]]) -> list[str]:
     `type` and `requested_price`; a maker fill only of a limit order, at that limit; a taker at a
     candle-built quote (`touch_slippage`) the touch moved `broker.slippage_bps` against (a
     marketable limit: no further than its limit), and a stop's first fill on a candle's path
-    (`candle`) its trigger moved so, or worse (an open it gapped to): the broker puts a moved price
-    on the grid away from the trader, so no tolerance but float's."""
+    (`candle`) its trigger moved so, or worse (an open it gapped to), unless its slippage was cut
+    at the candle's extreme (`range_bound`, held to the candle's by `check_data` and
+    `check_market`): then never better than its trigger: the broker puts a moved price on the
+    grid away from the trader, so no tolerance but float's."""
     started = _started(events)
     broker = (started.get("config") or {}).get("broker") or {}
     slip = broker.get("slippage_bps")
@@ -1275,9 +1278,17 @@ def check_fill_terms(events: list[dict[str, Any]]) -> list[str]:
             trigger = order.get("trigger_price")
             if isinstance(trigger, int | float):
                 least = trigger * (1 + move) if buy else trigger * (1 - move)
+                bound = e.get("range_bound")
+                if isinstance(bound, int | float) and _same_price(price, bound):
+                    # its slippage cut at the candle's extreme (`check_data`, `check_market` hold
+                    # it to the candle's): never better than the trigger itself
+                    least = trigger
                 if (price < least - _EPS * least) if buy else (price > least + _EPS * least):
                     problems.append(
-                        f"{name}: a stop {e['side']} at {price}, better than its trigger {trigger} moved "
+                        f"{name}: a stop {e['side']} at {price}, cut at its range_bound, better than its "
+                        f"trigger {trigger}"
+                        if least == trigger
+                        else f"{name}: a stop {e['side']} at {price}, better than its trigger {trigger} moved "
                         f"broker.slippage_bps ({slip:g}) against it ({least:.10g})"
                     )
     return problems
@@ -1786,13 +1797,16 @@ class DataCandles:
         from actors.feeds.history import read_candles_csv
 
         self.opens: list[float] = []
+        # each candle's own low and high (the gap before it left out): the worst prices anyone
+        # traded at in it, which a fill worked along it never goes beyond
+        self.ranges: list[tuple[float, float]] = []
         # (low, high) with the previous close (a gap from it to the open is passed through: a
         # resting limit crossed by it fills at its own price), open, close, previous close
         self.candles: list[tuple[float, float, float, float, float]] = []
         self.tick = tick
         self.interval_s = interval_s
         previous = math.nan
-        earlier: tuple[float, tuple[float, float, float, float, float]] | None = None
+        earlier: tuple[float, tuple[float, float, float, float, float], tuple[float, float]] | None = None
         for c in read_candles_csv(path, interval_s, symbol=symbol):
             before = c.open if previous != previous else previous
             candle = (min(c.low, before), max(c.high, before), c.open, c.close, before)
@@ -1800,10 +1814,12 @@ class DataCandles:
                 if earlier is not None and not self.opens:  # the last one before: a gap may end the window
                     self.opens.append(earlier[0])
                     self.candles.append(earlier[1])
+                    self.ranges.append(earlier[2])
                 self.opens.append(c.open_ts)
                 self.candles.append(candle)
+                self.ranges.append((c.low, c.high))
             elif c.open_ts < first - 2 * interval_s:
-                earlier = (c.open_ts, candle)
+                earlier = (c.open_ts, candle, (c.low, c.high))
             previous = c.close
 
     def ending_at(self, ts: float) -> tuple[float, float, float, float, float] | None:
@@ -1811,6 +1827,13 @@ class DataCandles:
         i = bisect.bisect_right(self.opens, ts - self.interval_s + TS_CUT_S) - 1
         if i >= 0 and abs(self.opens[i] + self.interval_s - ts) <= TS_CUT_S:
             return self.candles[i]
+        return None
+
+    def range_ending_at(self, ts: float) -> tuple[float, float] | None:
+        """The own low and high (no gap) of the candle that ends at `ts`, if the data has one."""
+        i = bisect.bisect_right(self.opens, ts - self.interval_s + TS_CUT_S) - 1
+        if i >= 0 and abs(self.opens[i] + self.interval_s - ts) <= TS_CUT_S:
+            return self.ranges[i]
         return None
 
     def marks_at(self, instant: float) -> list[float]:
@@ -1864,7 +1887,7 @@ def check_data(events: list[dict[str, Any]]) -> list[str]:
     back by the participation cap may fill at its limit when the market has moved past it: worse,
     never better; a liquidation at its bankruptcy price is the exchange's) (found by an audit: a
     fill at a market the data never showed, consistent with its own bid and ask, passed; and one
-    at the candle's best price for the trader, a look into the candle, still passes the range)."""
+    at the candle's best price for the trader, a look into the candle, still passes the range))."""
     files = {s: p for s, (p, why) in data_files(events).items() if not why}
     fills = [e for e in events if e.get("kind") == "order.filled"]
     gapped = _gapped_stops(events)
@@ -1949,6 +1972,15 @@ def check_data(events: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def _grid(price: float, tick: float, up: bool) -> float:
+    """`price` on a grid of `tick`: up or down to a whole tick (itself when on it)."""
+    units = price / tick
+    whole = round(units)
+    if abs(units - whole) < 1e-6:
+        return whole * tick
+    return (math.ceil(units) if up else math.floor(units)) * tick
+
+
 class StopOrder(NamedTuple):
     """A stop-market order's first fill along a candle's path: its trigger, when it went to the
     market (its first record) and the configured slippage."""
@@ -2002,12 +2034,19 @@ def _check_gapped_stop(
         return []
     move = stop.slippage_bps / 10_000
     least = open_ * (1 + move) if buy else open_ * (1 - move)
+    own = candles.range_ending_at(ts)
+    if own is not None:  # the slippage stops at the candle's high (a buy) or low (a sell): `_check_in_range`
+        tick = candles.tick
+        if buy:
+            least = min(least, max(_grid(own[1], tick, up=False), _grid(open_, tick, up=True)))
+        else:
+            least = max(least, min(_grid(own[0], tick, up=True), _grid(open_, tick, up=False)))
     price = e["fill_price"]
     if (price < least - _EPS * least) if buy else (price > least + _EPS * least):
         return [
             f"{name}: a stop {e['side']} at {price}, but its candle opened at {open_:g}, past its trigger "
             f"{stop.trigger:g}: a stop crossed by a gap fills at the open moved broker.slippage_bps "
-            f"({stop.slippage_bps:g}) against it ({least:.10g}) or worse"
+            f"({stop.slippage_bps:g}) against it, as far as the candle's range goes ({least:.10g}), or worse"
         ]
     return []
 

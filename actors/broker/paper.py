@@ -1102,8 +1102,10 @@ class PaperBroker:
                         working.remaining = fast_round(working.remaining - qty, 8)
                         if working.remaining < self.instrument.min_qty:
                             self.working.pop(order.id, None)
-                        price = self._worse(
-                            order.side, self._stop_rest_price(order, at, candle) if rest_of_stop else at
+                        price, bound = self._in_range(
+                            order.side,
+                            self._stop_rest_price(order, at, candle) if rest_of_stop else at,
+                            candle,
                         )
                         events += self._fill(
                             order,
@@ -1115,6 +1117,7 @@ class PaperBroker:
                             partial=order.id in self.working,
                             source="candle",
                             at=at if self.bars else None,
+                            bound=bound,
                         )
                     if self.fill_seq == before or order.id in self.working:
                         done.add(order.id)  # nothing filled, or the rest waits for the next candle
@@ -1242,6 +1245,23 @@ class PaperBroker:
         if best is None:
             return None
         return best[3], best[4], best[5]
+
+    def _in_range(self, side: str, price: float, candle: Candle) -> tuple[float, float | None]:
+        """A market order on a candle's path (a stop triggered, the rest of a stop or of a capped
+        order) at `price`, where the market was, moved `broker.slippage_bps` against, but never
+        beyond the candle's range: a sell not under its low, a buy not over its high, the worst
+        prices anyone traded at in it (found by an audit: a stop whose trigger lay within the
+        slippage of the low filled below it, a price the market never offered). Returns the price
+        and the candle's extreme it was cut at (None: the whole slippage taken). On the grid: the
+        extreme is rounded into the candle (data finer than the tick), yet never better than
+        `price` itself rounded against the trader."""
+        worse = self._worse(side, price)
+        round_price = self.instrument.round_price
+        if side == "sell":
+            floor = min(round_price(candle.low, "up"), round_price(price, "down"))
+            return (floor, floor) if worse < floor else (worse, None)
+        ceiling = max(round_price(candle.high, "down"), round_price(price, "up"))
+        return (ceiling, ceiling) if worse > ceiling else (worse, None)
 
     def _worse(self, side: str, price: float, bps: float | None = None) -> float:
         """`price` moved `bps` (default `broker.slippage_bps`) against a buyer (up) or a seller
@@ -1664,11 +1684,13 @@ class PaperBroker:
         partial: bool = False,
         source: str = "touch",
         at: float | None = None,
+        bound: float | None = None,
     ) -> list[Event]:
         """Book one fill: fee, position, realized PnL; returns order.filled and position.closed events.
         A reduce-only or protective fill takes at most the position, and only against it. `at`: where
         the market is when it fills, along a backtest candle's path, where the equity after it is
-        marked (None: at the mark, the last quote's)."""
+        marked (None: at the mark, the last quote's). `bound`: the candle's extreme a path fill's
+        slippage was cut at (`_in_range`), recorded as `range_bound`."""
         signed = qty if order.side == "buy" else -qty
         pos = self.position_qty
         if order.reduce_only or order.protective:
@@ -1723,6 +1745,8 @@ class PaperBroker:
             self._fill_event(order, qty, price, liquidity, fee, rate, realized, ts, tick, partial, source)
         )
         events[-1].fields["allocations"] = allocations
+        if bound is not None:
+            events[-1].fields["range_bound"] = bound
         if closed is not None:
             events.append(self._closed_event(closed, ts, order.reason))
         if self.working:
