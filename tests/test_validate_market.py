@@ -123,6 +123,39 @@ def test_a_fill_along_a_live_candle_is_at_that_candles_step_and_within_its_range
     assert len(check_market(run, [started(), high], finished=True)) == 1
 
 
+def test_a_fill_along_a_live_candle_is_never_beyond_its_low_or_high(tmp_path: Path) -> None:
+    """Found by an audit: a stop worked along a candle filled at its trigger moved by the
+    slippage, beyond the candle's low, a price nobody traded at in it, and passed: only a price
+    better than the candle went was refused. The broker cuts the slippage at the low (or the
+    high) and says so (`range_bound`); a fill beyond it, or cut short of it, is caught."""
+    candle = {
+        "arrival_ts": T0 + 60, "type": "candle", "open_ts": T0, "interval_s": 60, "open": 100.0, "high": 101.0,
+        "low": 99.0, "close": 100.5, "volume": 3.0, "backfill": False, "symbol": SYMBOL,
+    }  # fmt: skip
+    run = market(tmp_path, tick(T0 + 1, 100.0, 100.1), candle)
+    # a sell stop triggered at 99.0: at the low, its slippage cut there
+    at_low = filled(2, T0 + 60, "sell", 0.1, 99.0, 99.0, 99.0, source="candle", range_bound=99.0)
+    assert check_market(run, [started(), at_low], finished=True) == []
+    beyond = {**at_low, "fill_price": 98.9}
+    del beyond["range_bound"]
+    assert check_market(run, [started(), beyond], finished=True) == [
+        "fill f2 (seq 2): a sell at 98.9, beyond the candle's low 99 (market.jsonl): a price the market did not offer"
+    ]
+    short = {
+        **at_low,
+        "fill_price": 99.1,
+        "range_bound": 99.1,
+    }  # cut above the low: less slippage than allowed
+    assert check_market(run, [started(), short], finished=True) == [
+        "fill f2 (seq 2): a sell at 99.1 cut at range_bound 99.1, not the candle's low 99 (market.jsonl)"
+    ]
+    # a buy stop at the high, and one beyond it
+    at_high = filled(2, T0 + 60, "buy", 0.1, 101.0, 101.0, 101.0, source="candle", range_bound=101.0)
+    assert check_market(run, [started(), at_high], finished=True) == []
+    over = {**at_high, "fill_price": 101.1, "range_bound": 101.1}
+    assert len(check_market(run, [started(), over], finished=True)) == 2  # beyond, and not the high
+
+
 def test_a_fill_from_a_checkpoints_quote_after_a_resume(tmp_path: Path) -> None:
     """market.jsonl is not cut back at a resume: the resumed broker holds the checkpoint's quote,
     older than the last ones the killed process recorded."""

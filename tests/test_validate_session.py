@@ -808,3 +808,54 @@ def test_a_liquidation_whose_mark_never_reached_its_price_is_caught() -> None:
         "liquidation seq 3: liquidation_price 100000.0, but the position's average entry 101000.000000, "
         "leverage 100 and maintenance rate 0.005 give 100495.000000"
     ]
+
+
+def test_a_path_fill_beyond_its_candles_low_or_high_is_caught(
+    _gappy_backtest_once: Path, tmp_path: Path
+) -> None:
+    """Found by an audit: a stop filled at its trigger (or the open it gapped to) moved
+    `broker.slippage_bps` against, beyond the candle's low (a sell) or high (a buy), a price
+    nobody traded at in that candle, passed: the data check held a fill only to be no better than
+    the candle went. The broker now cuts the slippage at the candle's extreme (`range_bound`);
+    such a fill moved back to the whole slippage, beyond the extreme, is caught, and so is one
+    claiming a cut short of the extreme (less slippage than the candle allowed)."""
+    run = Path(shutil.copytree(_gappy_backtest_once, tmp_path / "run"))
+    assert validate(run) == []
+    rows = {r[0] / 1000 + 60: r for r in _gappy_rows(1440)}  # by the candle's end
+    fills = [e for e in read_events(run) if e["kind"] == "order.filled"]
+    cut = [(n, e) for n, e in enumerate(fills) if "range_bound" in e]
+    assert cut, "a path fill whose slippage the candle's range cut"
+    n, fill = cut[0]
+    _, open_, high, low, _, _ = rows[datetime.fromisoformat(fill["ts"]).timestamp()]
+    sell = fill["side"] == "sell"
+    assert fill["fill_price"] == fill["range_bound"] == (low if sell else high)
+    requested = fill["requested_price"]
+    # where the whole 2 bps would have put it: from its trigger, or the open it gapped to
+    at = min(requested, open_) if sell else max(requested, open_)
+    whole = math.floor(at * 0.9998 * 10) / 10 if sell else math.ceil(at * 1.0002 * 10) / 10
+    assert (whole < low) if sell else (whole > high)
+
+    def set_price(price: float, bound: float | None) -> Callable[[dict[str, Any]], None]:
+        def change(e: dict[str, Any]) -> None:
+            e.update(
+                fill_price=price, levels=[[price, e["qty"]]], fee=e["qty"] * price * e["fee_bps"] / 10_000
+            )
+            e["slippage_bps"] = ((requested - price) if sell else (price - requested)) / requested * 10_000
+            if bound is None:
+                e.pop("range_bound")
+            else:
+                e["range_bound"] = bound
+
+        return change
+
+    beyond = Path(shutil.copytree(_gappy_backtest_once, tmp_path / "beyond"))
+    _edit_event(beyond, "order.filled", set_price(whole, None), nth=n)
+    extreme = f"beyond the candle's {'low' if sell else 'high'} {low if sell else high:g}"
+    assert any(f"(seq {fill['seq']}): a {fill['side']} at {whole}, {extreme}" in p for p in validate(beyond))
+
+    short = Path(shutil.copytree(_gappy_backtest_once, tmp_path / "short"))
+    better = round(fill["fill_price"] + (0.1 if sell else -0.1), 1)
+    _edit_event(short, "order.filled", set_price(better, better), nth=n)
+    assert any(
+        f"(seq {fill['seq']}): a {fill['side']} at {better} cut at range_bound" in p for p in validate(short)
+    )

@@ -26,7 +26,8 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
   force, no more than it held; in a backtest whose data file is the one it read (`check_data`)
   its bid and ask are within a candle of it, a quote's at an open or a close, its price never
   better than the candle went (a stop crossed by a gap: than the open moved by the slippage, as
-  far as the candle's range goes); a liquidation is at the position's bankruptcy price; its latency is
+  far as the candle's range goes), a fill on a candle's path (`candle`) never beyond that candle's
+  own low (a sell) or high (a buy), live against market.jsonl's candle (`_check_in_range`); a liquidation is at the position's bankruptcy price; its latency is
   the time since its order (`check_orders`); a `liquidation` at the liquidation price the
   position's entry, leverage and maintenance rate give, its mark at or past it (and in a backtest a
   price its data gave then); its `realized_pnl` and `position_qty` are this file's
@@ -1657,11 +1658,17 @@ def _check_quote(fill: MarketFill, used: Used) -> list[str]:
         # until the next candle passed against the last one), never better than the range: a buy
         # not under its low, a sell not over its high
         price, buy = e["fill_price"], e["side"] == "buy"
-        if source in ("candle", "resting") and any(
-            low - half <= bid <= high + half and (price >= low - half if buy else price <= high + half)
+        ranges = [
+            (low, high)
             for low, high in m.at(m.candles, ts)
-        ):
+            if low - half <= bid <= high + half and (price >= low - half if buy else price <= high + half)
+        ]
+        if source == "resting" and ranges:
             return []
+        if source == "candle" and ranges:
+            # and never beyond it: a sell not under its low, a buy not over its high
+            found = [_check_in_range(e, name, r, m.tick_size, "market.jsonl") for r in ranges]
+            return min(found, key=len)
         if (
             source == "bankruptcy"
             and not quotes
@@ -1887,7 +1894,8 @@ def check_data(events: list[dict[str, Any]]) -> list[str]:
     back by the participation cap may fill at its limit when the market has moved past it: worse,
     never better; a liquidation at its bankruptcy price is the exchange's) (found by an audit: a
     fill at a market the data never showed, consistent with its own bid and ask, passed; and one
-    at the candle's best price for the trader, a look into the candle, still passes the range))."""
+    at the candle's best price for the trader, a look into the candle, still passes the range);
+    a fill on a candle's path (`candle`) within that candle's own range (`_check_in_range`)."""
     files = {s: p for s, (p, why) in data_files(events).items() if not why}
     fills = [e for e in events if e.get("kind") == "order.filled"]
     gapped = _gapped_stops(events)
@@ -1960,6 +1968,8 @@ def check_data(events: list[dict[str, Any]]) -> list[str]:
                     f"{name}: at the quote {e['bid']}/{e['ask']}, which no candle's open or close gave then ({quotes})"
                 )
         price, buy = e["fill_price"], e["side"] == "buy"
+        if e.get("source") == "candle":
+            problems += _check_in_range(e, name, candles.range_ending_at(ts), candles.tick)
         stop = gapped.get(e["seq"])
         if stop is not None:
             problems += _check_gapped_stop(e, name, stop, candles, ts)
@@ -1979,6 +1989,40 @@ def _grid(price: float, tick: float, up: bool) -> float:
     if abs(units - whole) < 1e-6:
         return whole * tick
     return (math.ceil(units) if up else math.floor(units)) * tick
+
+
+def _check_in_range(
+    e: dict[str, Any], name: str, own: tuple[float, float] | None, tick: float, where: str = "its data file"
+) -> list[str]:
+    """A market fill worked along a candle (`candle`: a stop, the rest of a stop or of a capped
+    order) is within that candle's own range: a sell not under its low, a buy not over its high,
+    the worst prices anyone traded at in it (docs/fills.md; found by an audit: a stop whose
+    trigger lay within the slippage of the low filled below it, 1,715 of 9,700 fills of
+    trend_pullback over the real data); prices finer than the tick to the grid point beyond the
+    extreme. A fill whose slippage was cut there says so (`range_bound`), at that extreme: never
+    cut short of it, which would take less slippage than the candle allowed."""
+    if own is None:
+        return []  # no candle ends then: `check_data` / `_check_quote` say so
+    low, high = own
+    price, buy = e["fill_price"], e["side"] == "buy"
+    extreme = high if buy else low
+    problems = []
+    if (price > _grid(high, tick, up=True) + EPS) if buy else (price < _grid(low, tick, up=False) - EPS):
+        problems.append(
+            f"{name}: a {e['side']} at {price}, beyond the candle's {'high' if buy else 'low'} {extreme:g} "
+            f"({where}): a price the market did not offer"
+        )
+    bound = e.get("range_bound")
+    if bound is not None and (
+        not isinstance(bound, int | float)
+        or abs(bound - extreme) >= tick - EPS
+        or not _same_price(price, bound)
+    ):
+        problems.append(
+            f"{name}: a {e['side']} at {price} cut at range_bound {bound!r}, not the candle's "
+            f"{'high' if buy else 'low'} {extreme:g} ({where})"
+        )
+    return problems
 
 
 class StopOrder(NamedTuple):
