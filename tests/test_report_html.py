@@ -680,3 +680,37 @@ def test_the_feed_section_marks_a_symbols_silent_klines_and_book() -> None:
     for name in ("klines", "book"):
         assert f'"name":"{name}"' in page, name  # a marker trace of its own
     assert "symbol=ETHUSDT, silent=False" in page
+
+
+def test_the_attribution_tables_end_with_the_accounts_row_and_say_which_columns_add_up() -> None:
+    """Found by an audit (config/templates/two_setups.toml over a month of BTC with
+    max_position_size 0.05): the strategies' rows said 9 + 203 = 212 trades and 6 + 149 = 155
+    losses where the account made 211 trades and 154 losses, under a note saying the rows add up
+    to the account's totals. Two strategies' overlapping round trips are one of the net
+    position's: only the money adds up. The table now ends with the account's own row, and the
+    note says the counts need not add up."""
+    sweep = {"fills": 18, "trades": 9, "wins": 3, "losses": 6, "realized_pnl": 9.17438}
+    sweep |= {"fees": 8.376569, "funding": 0.0, "net_pnl": 0.797811}
+    trend = {"fills": 406, "trades": 203, "wins": 54, "losses": 149, "realized_pnl": -59.8538}
+    trend |= {"fees": 140.873778, "funding": 0.099553, "net_pnl": -200.827131}
+    report = {
+        "strategies": {"sweep": sweep, "trend": trend},
+        "symbols": {"BTCUSDT": {**trend, "fills": 424, "trades": 212, "wins": 57, "losses": 155}},
+        "fills": 424,
+        "trade_count": 211,
+        "wins": 57,
+        "losses": 154,
+        "realized_pnl": -50.67942,
+        "fees_paid": 149.250347,
+        "funding_paid": 0.099553,
+    }
+    section = html_report._attribution(report)
+    table = section[section.index('<table id="by-strategy">') : section.index("</table>")]
+    last_row = table.rsplit("<tr>", 1)[1]
+    # the account's: 424 fills, 211 trades (57 won, 154 lost), realized -50.68, fees 149.25,
+    # funding 0.10, net -50.67942 - 149.250347 - 0.099553 = -200.02932
+    cells = re.findall(r"<t[dh][^>]*>([^<]*)<", last_row)
+    assert cells == ["account", "424", "211", "57", "154", "-50.68", "149.25", "0.10", "-200.03"]
+    note = section[section.rindex('<p class="note">') :]
+    assert "rows add up to the account's totals exactly" not in note
+    assert "trades" in note and "need not add up" in note

@@ -1017,13 +1017,47 @@ def _attribution(report: dict[str, Any] | None) -> str:
             + "</tr>"
             for name, row in table.items()
         )
+        account = _account_row(report, fields)
+        if account is not None:
+            rows += (
+                '<tr><th class="text">account</th>'
+                + "".join(f"<th>{_money(v) if isinstance(v, float) else _e(v)}</th>" for v in account)
+                + "</tr>"
+            )
         parts.append(f'<h3>By {title}</h3><table id="by-{title}">{head}{rows}</table>')
     if parts:  # found by an audit: three rounded rows summed to a cent off the total shown
+        # and (another audit) the counts were said to add up: two strategies' overlapping round
+        # trips are one of the net position's (212 trades in the rows, 211 the account's)
         parts.append(
-            '<p class="note">Each figure is rounded to the cent on its own: the rows add up to the '
-            "account's totals exactly before rounding, and may differ from them by a cent or two after.</p>"
+            '<p class="note">The money (realized_pnl, fees, funding, net_pnl) adds up to the account '
+            "row exactly before rounding (realized_pnl once every strategy is flat, as at a clean end); each figure is rounded to the cent on its own, so the rows "
+            "may differ from it by a cent or two after. The counts need not add up: a fill shared by "
+            "strategies counts in each of their fills; their trades are the round trips of each one's "
+            "own virtual position, the account's those of the net position (two strategies in the "
+            "market at once make two trades of theirs and one of the account's, or opposite ones more), "
+            "and a strategy's wins and losses count the funding charged to it, the account's leave "
+            "funding out (as the statistics do).</p>"
         )
     return _section("Per strategy and per symbol", "".join(parts))
+
+
+def _account_row(report: dict[str, Any], fields: list[str]) -> list[Any] | None:
+    """The account's figures under the attribution tables' columns (None: the report lacks one)."""
+    try:
+        realized, fees, funding = report["realized_pnl"], report["fees_paid"], report["funding_paid"]
+        figures = {
+            "fills": report["fills"],
+            "trades": report["trade_count"],
+            "wins": report["wins"],
+            "losses": report["losses"],
+            "realized_pnl": float(realized),
+            "fees": float(fees),
+            "funding": float(funding),
+            "net_pnl": float(realized) - float(fees) - float(funding),  # nothing unrealized, as a row's
+        }
+        return [figures[f] for f in fields]
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _comparison_chart(runs: list[RunData], names: list[str]) -> str:
