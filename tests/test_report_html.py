@@ -159,6 +159,31 @@ def test_statistics_against_hand_worked_values() -> None:
     assert s["time_in_market"] == pytest.approx(2.5 / 4)
 
 
+def test_no_sharpe_from_a_few_hours_of_curve_spread_over_a_day_by_a_gap_in_the_data() -> None:
+    """Found by an audit: a backtest of 80 one-minute candles, a gap of 24 h 40 min in the data,
+    then 11 more, showed a Sharpe of -106.74 and a Sortino of -76.10 from the 4 returns of its
+    hourly equity curve (3 trades): the curve's span, 26 h, passed the rule that keeps the ratios
+    from a curve shorter than a day. Here hourly points at 0, 1, 2, 3 h and 27, 28 h: 5 returns,
+    5 h of curve; annualised from them the ratios would say nothing."""
+    records: list[dict[str, Any]] = [
+        _ev("session.started", "00:00:00", symbol="BTCUSDT", starting_equity=1000.0)
+    ]
+    for hour, equity in ((1, 1100.0), (2, 1210.0), (3, 1089.0), (27, 1197.9), (28, 1100.0)):
+        records.append(
+            {"kind": "heartbeat", "ts": _iso(T0 + hour * 3600), "equity": equity, "drawdown_pct": 0.0}
+        )
+    records.append({"kind": "session.stopped", "ts": _iso(T0 + 28 * 3600), "ending_equity": 1100.0})
+    s = statistics(records)
+    assert s["sample_s"] == 3600
+    assert s["sharpe"] is None and s["sortino"] is None
+    # the same points an hour apart, 5 h in all: short, as it always was
+    even = [
+        r if r["kind"] != "heartbeat" or ts_of(r) < T0 + 4 * 3600 else {**r, "ts": _iso(ts_of(r) - 23 * 3600)}
+        for r in records
+    ]
+    assert statistics(even)["sharpe"] is None
+
+
 def test_statistics_undefined_where_nothing_defines_them() -> None:
     flat = [
         _ev("session.started", "00:00:00", symbol="BTCUSDT", starting_equity=1000.0),
@@ -478,7 +503,8 @@ def recompute(events: list[dict[str, Any]]) -> dict[str, float | int | None]:
     sd = math.sqrt(math.fsum((r - mean) ** 2 for r in rets) / (len(rets) - 1))
     down = math.sqrt(math.fsum(r * r for r in rets if r < 0) / len(rets))
     per_year = math.sqrt(365 * 24 * 3600 / step)
-    a_day = max(times) - min(times) >= 86_400  # no ratios for a shorter curve
+    # no ratios for a curve sampling less than a day: its steps, each at most the median one
+    a_day = math.fsum(min(g, step) for g in gaps) >= 86_400
     held = sorted(
         (e["opened_ts"], e["opened_ts"] + e["held_s"]) for e in events if e["kind"] == "position.closed"
     )

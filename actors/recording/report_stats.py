@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 SECONDS_PER_YEAR = 365 * 86_400  # crypto trades every day of the year
-MIN_RATIO_SPAN_S = 86_400.0  # the shortest equity curve Sharpe and Sortino are given for (`statistics`)
+MIN_RATIO_SPAN_S = 86_400.0  # the least sampled curve Sharpe and Sortino are given for (`statistics`)
 FLAT_EPS = 1e-9
 
 
@@ -189,8 +189,10 @@ def statistics(
     - `sharpe` = mean(r) / stdev(r) x sqrt(N), stdev the sample one (n - 1), no risk-free rate
       (None with fewer than 2 returns or no variation);
     - `sortino` = mean(r) / sqrt(sum(min(r_i, 0)^2) / n) x sqrt(N) (None without a negative return);
-    - both None for a curve spanning less than a day (a 10-minute session's): annualised from
-      minutes of returns they would read like -900 and say nothing;
+    - both None for a curve sampling less than a day (the time between its points, each step
+      counted at most sample_s: a 10-minute session's; a few hours on either side of a gap in a
+      backtest's data, whatever the gap's length): annualised from minutes of returns they
+      would read like -900 and say nothing;
     - `max_drawdown_pct` = the largest fall from the running peak of equity, in percent, as the
       broker marks it at every step (live: every quote; backtests: each candle's open and close,
       and its high and low along its path, docs/fills.md): the largest `drawdown_pct` of the
@@ -269,8 +271,11 @@ def _ratios(curve: list[tuple[float, float, float]]) -> tuple[float | None, floa
         return None, None, None
     sample_s = pystats.median(gaps)
     returns = [b / a - 1 for a, b in itertools.pairwise(equity) if a]
-    span_s = max(t for t, _, _ in curve) - min(t for t, _, _ in curve)
-    if len(returns) < 2 or span_s < MIN_RATIO_SPAN_S:
+    # the time the returns sample, each step counted at most sample_s, not the curve's span: a gap
+    # in a backtest's data (no points within it) stretched a few hours of returns over a day
+    # (found by an audit); with no gap, the same
+    sampled_s = sum(min(gap, sample_s) for gap in gaps)
+    if len(returns) < 2 or sampled_s < MIN_RATIO_SPAN_S:
         return None, None, sample_s
     scale = math.sqrt(SECONDS_PER_YEAR / sample_s)
     mean = sum(returns) / len(returns)
