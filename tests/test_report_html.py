@@ -31,7 +31,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from actors.plan import Plan
 from actors.recording import html_report
-from actors.recording.report_stats import statistics, trades, ts_of
+from actors.recording.report_stats import STATISTICS, statistics, trades, ts_of
 from actors.session import Session
 from tests.conftest import REPO, cli_env, make_config, read_events
 from tests.test_feed_bitunix import ZIGZAG_TRADER, live_session, offset_for_close_in
@@ -182,6 +182,22 @@ def test_no_sharpe_from_a_few_hours_of_curve_spread_over_a_day_by_a_gap_in_the_d
         for r in records
     ]
     assert statistics(even)["sharpe"] is None
+
+
+def test_a_sharpe_from_few_trades_is_shown_with_a_caveat() -> None:
+    """Found by an audit: a Sharpe and Sortino from 3 trades were shown like any other (-106.74,
+    -76.10), with nothing to say they mean little. HAND_WORKED's curve over a day: 3 trades, a
+    Sharpe of 0.5 x sqrt(1460) = 19.10 and a Sortino of 38.21, each now said to be from 3 trades;
+    from 30 trades, as before."""
+    stats = {key: None for key, _, _ in STATISTICS} | {"trades": 3, "sharpe": 19.1049, "sortino": 38.2099}
+    table = html_report._stats_table(stats, "stat")
+    assert ">19.10 (3 trades: too few to judge by)<" in table
+    assert ">38.21 (3 trades: too few to judge by)<" in table
+    assert 'data-value="19.1049"' in table  # the figure itself, as before
+    table = html_report._stats_table({**stats, "trades": 30}, "stat")
+    assert ">19.10<" in table and ">38.21<" in table and "too few" not in table
+    table = html_report._stats_table({**stats, "sharpe": None, "sortino": None}, "stat")
+    assert "too few" not in table  # none shown, nothing to caveat
 
 
 def test_statistics_undefined_where_nothing_defines_them() -> None:

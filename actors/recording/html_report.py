@@ -68,6 +68,9 @@ FEED_KINDS = (
 # Statistics shown green when positive, red when negative (the others are counts or costs).
 SIGNED_STATISTICS = {"avg_win", "avg_loss", "expectancy", "gross_pnl", "net_pnl", "return_pct"}
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+# A Sharpe or Sortino ratio of a run of fewer closed trades is shown with a caveat (`_value_cell`).
+RATIOS = {"sharpe", "sortino"}
+FEW_TRADES = 30
 
 
 class NotARunFolder(ValueError):
@@ -250,7 +253,7 @@ def comparison_page(runs: list[RunData]) -> Page:
     all_stats = [statistics(r.records) for r in runs]
     for key, label, how in STATISTICS:
         cells = "".join(
-            _value_cell(f"cmp-{i}-{key}", s[key], how, _price_dp(r, r.symbols[0]))
+            _value_cell(f"cmp-{i}-{key}", s[key], how, _price_dp(r, r.symbols[0]), s["trades"])
             for i, (r, s) in enumerate(zip(runs, all_stats, strict=True))
         )
         rows.append(f"<tr><th>{_e(label)}</th>{cells}</tr>")
@@ -356,19 +359,25 @@ def _period(data: RunData) -> str:
 
 def _stats_table(stats: dict[str, Any], prefix: str) -> str:
     rows = "".join(
-        f"<tr><th>{_e(label)}</th>{_value_cell(f'{prefix}-{key}', stats[key], how, 2)}</tr>"
+        f"<tr><th>{_e(label)}</th>{_value_cell(f'{prefix}-{key}', stats[key], how, 2, stats['trades'])}</tr>"
         for key, label, how in STATISTICS
     )
     return f'<table class="stats" id="statistics">{rows}</table>'
 
 
-def _value_cell(cell_id: str, value: Any, how: str, price_dp: int) -> str:
-    """A statistic's cell: shown rounded for people, its exact value in `data-value`."""
+def _value_cell(cell_id: str, value: Any, how: str, price_dp: int, trades: float | None = None) -> str:
+    """A statistic's cell: shown rounded for people, its exact value in `data-value`; a Sharpe or
+    Sortino ratio of a run of fewer than `FEW_TRADES` trades (`trades`) says so beside it."""
     raw = "" if value is None else repr(value)
     cls = ""
-    if cell_id.rsplit("-", 1)[-1] in SIGNED_STATISTICS and value:
+    key = cell_id.rsplit("-", 1)[-1]
+    if key in SIGNED_STATISTICS and value:
         cls = ' class="pos"' if value > 0 else ' class="neg"'
-    return f'<td id="{cell_id}" data-value="{raw}"{cls}>{_e(_fmt(value, how, price_dp))}</td>'
+    text = _fmt(value, how, price_dp)
+    if key in RATIOS and value is not None and trades is not None and trades < FEW_TRADES:
+        # found by an audit: -106.74 from 3 trades, shown like any other
+        text += f" ({trades} trade{'' if trades == 1 else 's'}: too few to judge by)"
+    return f'<td id="{cell_id}" data-value="{raw}"{cls}>{_e(text)}</td>'
 
 
 def _fmt(value: Any, how: str, price_dp: int = 2) -> str:

@@ -192,7 +192,8 @@ def statistics(
     - both None for a curve sampling less than a day (the time between its points, each step
       counted at most sample_s: a 10-minute session's; a few hours on either side of a gap in a
       backtest's data, whatever the gap's length): annualised from minutes of returns they
-      would read like -900 and say nothing;
+      would read like -900 and say nothing; from fewer than 30 closed trades (a curve flat but
+      for their steps) they say little more, and the page says so beside them;
     - `max_drawdown_pct` = the largest fall from the running peak of equity, in percent, as the
       broker marks it at every step (live: every quote; backtests: each candle's open and close,
       and its high and low along its path, docs/fills.md): the largest `drawdown_pct` of the
