@@ -200,6 +200,36 @@ def test_a_sharpe_from_few_trades_is_shown_with_a_caveat() -> None:
     assert "too few" not in table  # none shown, nothing to caveat
 
 
+def test_the_slippage_cost_is_said_to_be_in_the_gross_pnl_already() -> None:
+    """Found by an audit: the statistics read gross PnL -45.64, fees 154.41, slippage cost 34.66,
+    funding 0.00, net PnL -200.05 (config/templates/two_setups.toml over the perp data): -45.64 -
+    154.41 = -200.05, the slippage being in the fills' prices and so in the gross PnL already, but
+    nothing said so, and a trader taking it off too gets -234.71. The trade list's columns alike
+    (PnL -1.77, fees 0.80, slippage 0.20, net -2.57). The label and the column now say it."""
+    stats = {key: None for key, _, _ in STATISTICS} | {"trades": 0}
+    table = html_report._stats_table(stats, "stat")
+    label = re.search(r'<tr><th>([^<]*)</th><td id="stat-slippage"', table)
+    assert label is not None and "in the gross PnL" in label.group(1), label
+    trade = html_report.Trade(
+        "BTCUSDT",
+        "short",
+        0.0094,
+        T0,
+        105825.5,
+        T0 + 120,
+        106014.0,
+        -1.7719,
+        0.797,
+        0.199,
+        -2.569,
+        120.0,
+        "stop_loss",
+    )
+    data = html_report.RunData(Path("."), [], {}, None, {}, {})
+    head = html_report._trade_table(data, [trade]).split("</tr>", 1)[0]
+    assert "<th>slippage (in PnL)</th>" in head
+
+
 def test_statistics_undefined_where_nothing_defines_them() -> None:
     flat = [
         _ev("session.started", "00:00:00", symbol="BTCUSDT", starting_equity=1000.0),

@@ -808,7 +808,7 @@ def _trade_table(data: RunData, trade_list: list[Trade]) -> str:
         return '<p class="note">No closed trades.</p>'
     head = (
         "<tr><th>#</th><th>symbol</th><th>side</th><th>qty</th><th>entry (UTC)</th><th>entry price</th>"
-        "<th>exit (UTC)</th><th>exit price</th><th>PnL</th><th>fees</th><th>slippage</th>"
+        "<th>exit (UTC)</th><th>exit price</th><th>PnL</th><th>fees</th><th>slippage (in PnL)</th>"
         "<th>net PnL</th><th>held</th><th>exit reason</th></tr>"
     )
     dps = {s: (_price_dp(data, s), _qty_dp(data, s)) for s in {t.symbol for t in trade_list}}

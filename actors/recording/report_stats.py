@@ -147,7 +147,7 @@ STATISTICS: tuple[tuple[str, str, str], ...] = (
     ("expectancy", "Expectancy (per trade)", "money"),
     ("gross_pnl", "Gross PnL (before fees and funding)", "money"),
     ("fees", "Fees", "money"),
-    ("slippage", "Slippage cost", "money"),
+    ("slippage", "Slippage cost (in the gross PnL already)", "money"),
     ("funding", "Funding paid", "money"),
     ("net_pnl", "Net PnL", "money"),
     ("return_pct", "Return", "pct"),
@@ -178,7 +178,8 @@ def statistics(
     Money over the whole run, from the `order.filled` and `funding` events:
     - `gross_pnl` = sum of the fills' `realized_pnl` (before fees and funding); `fees` = sum of
       their `fee`; `slippage` = sum over fills of `slippage_bps` / 10,000 x `requested_price` x
-      `qty` (what filling worse than the decision's price cost); `funding` = sum of `amount`;
+      `qty` (what filling worse than the decision's price cost: the fills' prices carry it, so
+      it is in gross_pnl already, not to be taken off it again); `funding` = sum of `amount`;
     - `net_pnl` = `session.stopped`'s `ending_equity` - `session.started`'s `starting_equity`;
       `return_pct` = net_pnl / starting equity x 100;
     - `fees_share` = fees / |gross_pnl|, `slippage_share` = slippage / |gross_pnl| (None when
