@@ -230,6 +230,57 @@ def test_the_slippage_cost_is_said_to_be_in_the_gross_pnl_already() -> None:
     assert "<th>slippage (in PnL)</th>" in head
 
 
+def _summary_rows(records: list[dict[str, Any]], report: dict[str, Any] | None) -> dict[str, str]:
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_kind.setdefault(r["kind"], []).append(r)
+    data = html_report.RunData(Path("run"), records, by_kind, report, {}, {})
+    page = html_report._summary(data, statistics(records))
+    return dict(re.findall(r'<tr><th>([^<]*)</th><td class="text">([^<]*)</td></tr>', page))
+
+
+def test_the_summary_says_why_the_run_stopped_its_seed_its_end_its_alerts_and_config() -> None:
+    """Found by an audit: the page's summary said `ok (stop reason: max_loss)` and no more: not
+    the stop's detail (`session loss 2.00 % >= 2 %`; an abandoned run's `its position was lost
+    with the process`), the seed the run drew its market (mock) or latencies from, whether it
+    ended flat, nor the alerts raised (76 breaker trips in one backtest); nor was the
+    configuration on the page, only in final_report.json."""
+    started = _ev("session.started", "00:00:00", symbol="BTCUSDT", starting_equity=1000.0, seed=7)
+    alert = _ev("alert", "00:10:00", rule="breaker", severity="warning", message="tripped")
+    stopped = _ev(
+        "session.stopped",
+        "01:00:00",
+        status="ok",
+        stop_reason="max_loss",
+        detail="session loss 2.00 % >= 2 %",
+        ending_equity=980.0,
+        open_positions=[],
+    )
+    records = [started, alert, {**alert, "rule": "liquidation"}, alert, stopped]
+    report = {"config": {"risk": {"max_loss_pct": 2.0}}, "strategies": {}}
+    rows = _summary_rows(records, report)
+    assert rows["status"] == "ok (stop reason: max_loss: session loss 2.00 % &gt;= 2 %)"
+    assert rows["seed"] == "7"
+    assert rows["at the end"] == "flat"
+    assert rows["alerts"] == "3: breaker 2, liquidation 1"
+    held = {"symbol": "BTCUSDT", "side": "long", "qty": 0.01, "avg_price": 60000.0, "unrealized_pnl": -1.234}
+    rows = _summary_rows([started, {**stopped, "status": "abandoned", "open_positions": [held]}], None)
+    assert rows["at the end"] == "open: BTCUSDT long 0.0100 @ 60,000.0 (unrealized -1.23)"
+    assert rows["alerts"] == "none"
+    assert rows["status"].startswith("abandoned")
+    # abandoned by a kill: no open_positions (its process held them), but its fills leave a long
+    fill = _fill("00:30:00", "buy", 0.01, 0.01, 0.0, 0)
+    lost = {**stopped, "status": "abandoned", "detail": "killed; its position was lost with the process"}
+    rows = _summary_rows([started, fill, lost], None)
+    assert (
+        rows["at the end"]
+        == "not flat: its fills leave BTCUSDT +0.0100 (the stop&#x27;s detail says what became of it)"
+    )
+    section = html_report._configuration(report)
+    assert "<h2>Configuration</h2>" in section and "max_loss_pct" in section
+    assert html_report._configuration(None) == ""
+
+
 def test_statistics_undefined_where_nothing_defines_them() -> None:
     flat = [
         _ev("session.started", "00:00:00", symbol="BTCUSDT", starting_equity=1000.0),

@@ -241,6 +241,7 @@ def report_page(data: RunData) -> Page:
         _section("Feed health", _feed_section(data)),
         _section("Risk events", _risk_section(data)),
         _attribution(data.report),
+        _configuration(data.report),
         _section("Definitions", _definitions()),
     ]
     return _page(title, sections)
@@ -313,10 +314,18 @@ def _e(text: object) -> str:
 def _summary(data: RunData, stats: dict[str, Any]) -> str:
     started, stopped, report = data.started, data.stopped, data.report or {}
     strategies = ", ".join(report.get("strategies") or []) or "-"
+    # why it stopped, in the stop's own words too (found by an audit: only its reason's code was
+    # here, `max_loss`, not `session loss 2.00 % >= 2 %`, nor an abandoned run's lost position)
+    detail = f": {stopped['detail']}" if stopped.get("detail") else ""
     items = [
-        ("status", f"{stopped.get('status', 'unfinished')} (stop reason: {stopped.get('stop_reason', '-')})"),
+        (
+            "status",
+            f"{stopped.get('status', 'unfinished')} (stop reason: {stopped.get('stop_reason', '-')}{detail})",
+        ),
+        ("at the end", _at_the_end(data)),
         ("period", _period(data)),
         ("data", started.get("data_source", "-")),
+        ("seed", str(started.get("seed", "-"))),
         ("symbols", ", ".join(data.symbols)),
         ("strategies", strategies),
         ("starting equity", _money(started.get("starting_equity"))),
@@ -342,8 +351,57 @@ def _summary(data: RunData, stats: dict[str, Any]) -> str:
                 "(the account went on through them as it was)",
             )
         )
+    alerts = Counter(r.get("rule", "?") for r in data.of("alert"))
+    said = ", ".join(f"{rule} {n}" for rule, n in sorted(alerts.items()))
+    items.append(("alerts", f"{alerts.total()}: {said}" if alerts else "none"))
     rows = "".join(f'<tr><th>{_e(k)}</th><td class="text">{_e(v)}</td></tr>' for k, v in items)
     return f'<section id="summary"><table>{rows}</table></section>'
+
+
+def _at_the_end(data: RunData) -> str:
+    """Whether the run ended flat, or the positions it left open (`session.stopped`'s)."""
+    stopped = data.stopped
+    if not stopped:
+        return "unfinished"
+    held = stopped.get("open_positions") or []
+    if not held:
+        # a run closed as abandoned records none: its process held them (and lost them); its fills
+        # say whether it was flat
+        left: dict[str, float] = {}
+        for r in data.of("order.filled"):
+            if r.get("position_qty") is not None:
+                left[r.get("symbol") or data.symbols[0]] = float(r["position_qty"])
+        open_legs = [
+            f"{symbol} {qty:+.{_qty_dp(data, symbol)}f}"
+            for symbol, qty in left.items()
+            if abs(qty) > FLAT_EPS
+        ]
+        if open_legs:
+            return (
+                f"not flat: its fills leave {', '.join(open_legs)} (the stop's detail says what became of it)"
+            )
+        return "flat"
+    parts = []
+    for p in held:
+        symbol = p.get("symbol", "")
+        parts.append(
+            f"{symbol} {p.get('side', '?')} {float(p.get('qty', 0.0)):.{_qty_dp(data, symbol)}f} @ "
+            f"{float(p.get('avg_price', 0.0)):,.{_price_dp(data, symbol)}f} "
+            f"(unrealized {_money(p.get('unrealized_pnl'))})"
+        )
+    return "open: " + "; ".join(parts)
+
+
+def _configuration(report: dict[str, Any] | None) -> str:
+    """The configuration the run used (final_report.json's `config`), as the file has it."""
+    config = (report or {}).get("config")
+    if not config:
+        return ""
+    text = orjson.dumps(config, option=orjson.OPT_INDENT_2).decode()
+    return _section(
+        "Configuration",
+        f'<p class="note">As final_report.json records it (`config`).</p><pre>{_e(text)}</pre>',
+    )
 
 
 def _period(data: RunData) -> str:
