@@ -227,7 +227,7 @@ def test_the_slippage_cost_is_said_to_be_in_the_gross_pnl_already() -> None:
     )
     data = html_report.RunData(Path("."), [], {}, None, {}, {})
     head = html_report._trade_table(data, [trade]).split("</tr>", 1)[0]
-    assert "<th>slippage (in PnL)</th>" in head
+    assert "<th>slippage (USDT, in PnL)</th>" in head
 
 
 def _summary_rows(records: list[dict[str, Any]], report: dict[str, Any] | None) -> dict[str, str]:
@@ -279,6 +279,44 @@ def test_the_summary_says_why_the_run_stopped_its_seed_its_end_its_alerts_and_co
     section = html_report._configuration(report)
     assert "<h2>Configuration</h2>" in section and "max_loss_pct" in section
     assert html_report._configuration(None) == ""
+
+
+def test_every_sum_of_money_on_the_page_says_its_currency_and_the_sampling_its_unit() -> None:
+    """Found by an audit: the summary's equity (10,000.00), the statistics' money (Net PnL
+    -200.05, Fees 154.41, ...), the trade list's and the attribution tables' money said no
+    currency (only the equity chart's axis said USDT), and the equity's sampling, shown
+    '1 h 00 min', was labelled 'Equity sampled every (s)'."""
+    labels = {key: label for key, label, _ in STATISTICS}
+    for key, _, how in STATISTICS:
+        if how == "money":
+            assert labels[key].endswith("(USDT)"), labels[key]
+    assert "(s)" not in labels["sample_s"]
+    started = _ev("session.started", "00:00:00", symbol="BTCUSDT", starting_equity=10000.0, seed=42)
+    stopped = _ev("session.stopped", "01:00:00", status="ok", stop_reason="duration", ending_equity=9799.95)
+    rows = _summary_rows([started, stopped], {"funding_source": "none", "funding_paid": 0.0})
+    assert rows["starting equity"] == "10,000.00 USDT" and rows["ending equity"] == "9,799.95 USDT"
+    assert rows["net PnL"] == "-200.05 USDT (-2.00 %)"
+    assert rows["funding"].startswith("0.00 USDT paid; ")
+    trade = html_report.Trade(
+        "BTCUSDT", "long", 0.01, T0, 100.0, T0 + 60, 101.0, 1.0, 0.1, 0.0, 0.9, 60.0, "x"
+    )
+    data = html_report.RunData(Path("."), [], {}, None, {}, {})
+    head = html_report._trade_table(data, [trade]).split("</tr>", 1)[0]
+    assert re.findall(r"<th>([^<]*USDT[^<]*)</th>", head) == [
+        "PnL (USDT)",
+        "fees (USDT)",
+        "slippage (USDT, in PnL)",
+        "net PnL (USDT)",
+    ]
+    row = {"fills": 2, "trades": 1, "wins": 1, "losses": 0, "realized_pnl": 1.0}
+    row |= {"fees": 0.1, "funding": 0.0, "net_pnl": 0.9}
+    section = html_report._attribution({"strategies": {"a": row, "b": row}})
+    assert re.findall(r"<th>([^<]*USDT[^<]*)</th>", section) == [
+        "realized_pnl (USDT)",
+        "fees (USDT)",
+        "funding (USDT)",
+        "net_pnl (USDT)",
+    ]
 
 
 def test_statistics_undefined_where_nothing_defines_them() -> None:
@@ -340,7 +378,9 @@ def test_the_summary_says_what_funding_was_paid_and_where_it_came_from(
     row = page.split("<th>funding</th>", 1)[1].split("</tr>", 1)[0]
     # paid, or received (a short position paid by the longs: never "-0.30 paid")
     said = (
-        f"{-round(paid, 2):,.2f} received; " if round(paid, 2) < 0 else f"{round(paid, 2) + 0.0:,.2f} paid; "
+        f"{-round(paid, 2):,.2f} USDT received; "
+        if round(paid, 2) < 0
+        else f"{round(paid, 2) + 0.0:,.2f} USDT paid; "
     )
     assert said in row and words in row
 

@@ -71,6 +71,8 @@ PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 # A Sharpe or Sortino ratio of a run of fewer closed trades is shown with a caveat (`_value_cell`).
 RATIOS = {"sharpe", "sortino"}
 FEW_TRADES = 30
+# The attribution tables' columns that are money (their headers say the currency).
+MONEY_FIELDS = {"realized_pnl", "fees", "funding", "net_pnl"}
 
 
 class NotARunFolder(ValueError):
@@ -328,9 +330,9 @@ def _summary(data: RunData, stats: dict[str, Any]) -> str:
         ("seed", str(started.get("seed", "-"))),
         ("symbols", ", ".join(data.symbols)),
         ("strategies", strategies),
-        ("starting equity", _money(started.get("starting_equity"))),
-        ("ending equity", _money(stopped.get("ending_equity"))),
-        ("net PnL", f"{_money(stats['net_pnl'])} ({_fmt(stats['return_pct'], 'pct')})"),
+        ("starting equity", _usdt(started.get("starting_equity"))),
+        ("ending equity", _usdt(stopped.get("ending_equity"))),
+        ("net PnL", f"{_usdt(stats['net_pnl'])} ({_fmt(stats['return_pct'], 'pct')})"),
     ]
     source = report.get("funding_source", stopped.get("funding_source", started.get("funding_source")))
     if source is not None:  # where the funding came from, in plain words (not modelled: said so)
@@ -338,9 +340,9 @@ def _summary(data: RunData, stats: dict[str, Any]) -> str:
         if paid is None:
             said = ""
         elif round(paid, 2) < 0:  # received (found by an audit: "-0.06 paid" read as a cost)
-            said = f"{_money(-paid)} received; "
+            said = f"{_usdt(-paid)} received; "
         else:
-            said = f"{_money(paid)} paid; "
+            said = f"{_usdt(paid)} paid; "
         items.append(("funding", said + describe(source)))
     for symbol, gap in (stopped.get("data_gaps") or {}).items():  # a backtest's data gaps
         items.append(
@@ -457,6 +459,11 @@ def _fmt(value: Any, how: str, price_dp: int = 2) -> str:
     if how == "seconds":
         return _duration(value)
     return str(value)
+
+
+def _usdt(value: Any) -> str:
+    """A sum of money with its currency (every symbol the project trades settles in USDT)."""
+    return "-" if value is None else f"{_money(value)} USDT"
 
 
 def _money(value: Any) -> str:
@@ -866,8 +873,8 @@ def _trade_table(data: RunData, trade_list: list[Trade]) -> str:
         return '<p class="note">No closed trades.</p>'
     head = (
         "<tr><th>#</th><th>symbol</th><th>side</th><th>qty</th><th>entry (UTC)</th><th>entry price</th>"
-        "<th>exit (UTC)</th><th>exit price</th><th>PnL</th><th>fees</th><th>slippage (in PnL)</th>"
-        "<th>net PnL</th><th>held</th><th>exit reason</th></tr>"
+        "<th>exit (UTC)</th><th>exit price</th><th>PnL (USDT)</th><th>fees (USDT)</th>"
+        "<th>slippage (USDT, in PnL)</th><th>net PnL (USDT)</th><th>held</th><th>exit reason</th></tr>"
     )
     dps = {s: (_price_dp(data, s), _qty_dp(data, s)) for s in {t.symbol for t in trade_list}}
     rows = []
@@ -1077,7 +1084,11 @@ def _attribution(report: dict[str, Any] | None) -> str:
         if len(table) < 2:
             continue
         fields = list(next(iter(table.values())))
-        head = f"<tr><th>{title}</th>" + "".join(f"<th>{_e(f)}</th>" for f in fields) + "</tr>"
+        head = (
+            f"<tr><th>{title}</th>"
+            + "".join(f"<th>{_e(f)}{' (USDT)' if f in MONEY_FIELDS else ''}</th>" for f in fields)
+            + "</tr>"
+        )
         rows = "".join(
             f'<tr><td class="text">{_e(name or "(nobody)")}</td>'
             + "".join(f"<td>{_money(v) if isinstance(v, float) else _e(v)}</td>" for v in row.values())
