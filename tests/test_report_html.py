@@ -296,6 +296,8 @@ def test_every_sum_of_money_on_the_page_says_its_currency_and_the_sampling_its_u
     rows = _summary_rows([started, stopped], {"funding_source": "none", "funding_paid": 0.0})
     assert rows["starting equity"] == "10,000.00 USDT" and rows["ending equity"] == "9,799.95 USDT"
     assert rows["net PnL"] == "-200.05 USDT (-2.00 %)"
+    # its times say their zone (found by the same audit: only the footer did)
+    assert rows["period"] == "2024-01-01 00:00:00 UTC -&gt; 2024-01-01 01:00:00 UTC (1 h 00 min)"
     assert rows["funding"].startswith("0.00 USDT paid; ")
     trade = html_report.Trade(
         "BTCUSDT", "long", 0.01, T0, 100.0, T0 + 60, 101.0, 1.0, 0.1, 0.0, 0.9, 60.0, "x"

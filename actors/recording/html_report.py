@@ -410,11 +410,11 @@ def _period(data: RunData) -> str:
     started, stopped = data.started, data.stopped
     if not started:
         return "-"
-    begin = _time(ts_of(started))
+    begin = _time(ts_of(started)) + " UTC"
     if not stopped:
         return f"{begin} -> (unfinished)"
     span = ts_of(stopped) - ts_of(started)
-    return f"{begin} -> {_time(ts_of(stopped))} ({_duration(span)})"
+    return f"{begin} -> {_time(ts_of(stopped))} UTC ({_duration(span)})"
 
 
 def _stats_table(stats: dict[str, Any], prefix: str) -> str:
