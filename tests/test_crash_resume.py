@@ -547,6 +547,24 @@ def test_an_abandoned_session_that_traded_says_what_was_lost(tmp_path: Path, war
         and "had traded (3 fill(s)" in warnings[1]
         and "(BTCUSDT +0.01000000) was lost" in warnings[1]
     )
+    detail = read_events(run / "events.jsonl")[0][-1]["detail"]
+    assert "it had 3 fill(s), its position (BTCUSDT +0.01000000) was lost with the process" in detail
+
+
+def test_an_abandoned_session_that_traded_and_was_flat_does_not_say_a_position_was_lost(
+    tmp_path: Path, warnings: list[str]
+) -> None:
+    """Found by a report audit: a backtest killed after 16,086 fills, flat, was closed with the
+    detail (report.html's status, events.jsonl's session.stopped) 'it had 16086 fill(s), its
+    position was lost with the process', where the warning said 'it was flat then'. Here the
+    killed run's round trip alone (its fills leave it flat)."""
+    run = write_killed_run(tmp_path, trades=True, torn=False)
+    lines = (run / "events.jsonl").read_text().splitlines()
+    (run / "events.jsonl").write_text("\n".join(lines[:8]) + "\n")  # to its position.closed
+    close_and_warn(run)
+    detail = read_events(run / "events.jsonl")[0][-1]["detail"]
+    assert "it had 2 fill(s) and was flat then" in detail and "lost" not in detail
+    assert "it was flat then" in warnings[1]
 
 
 def test_closing_again_after_a_killed_close_gives_the_same_folder(tmp_path: Path) -> None:

@@ -232,8 +232,13 @@ def close_abandoned(run_path: Path) -> Abandoned:
                 if kind == "live"
                 else f"a {kind} killed before its end (a {kind} keeps no checkpoint): closed by the next start"
             )
-            if fills:
-                detail += f"; it had {len(fills)} fill(s), its position was lost with the process (paper)"
+            if fills and positions:
+                held = ", ".join(f"{symbol} {qty:+.8f}" for symbol, qty in positions.items())
+                detail += (
+                    f"; it had {len(fills)} fill(s), its position ({held}) was lost with the process (paper)"
+                )
+            elif fills:  # found by a report audit: said lost of a flat run's position
+                detail += f"; it had {len(fills)} fill(s) and was flat then"
             if unfinished:
                 detail += f"; the {unfinished} event(s) of the step it was killed in were left out"
             fault = FaultNote(run_path).read()
