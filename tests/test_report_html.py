@@ -321,6 +321,20 @@ def test_every_sum_of_money_on_the_page_says_its_currency_and_the_sampling_its_u
     ]
 
 
+def test_the_longest_losing_streak_is_counted_across_the_breakers_halts() -> None:
+    """Found by an audit: config/templates/two_setups.toml over the perp data lost 55 trades in a
+    row (counted here from events.jsonl), through 76 trips of its max_consecutive_losses = 5
+    breaker, each a halt of 30 minutes; nothing on the page said so, and the breaker's 5 read as
+    the worst run of losses there could be. Net results +1, -1, -2, 0, -1, -1, -1, +3: the 0
+    ends a streak (not a loss), so the longest is 3."""
+    records = [_ev("session.started", "00:00:00", symbol="BTCUSDT", starting_equity=1000.0)]
+    for n, net in enumerate((1.0, -1.0, -2.0, 0.0, -1.0, -1.0, -1.0, 3.0)):
+        records.append(_closed(f"00:{n:02d}:00", "long", 0, 0.01, net, net))
+    assert statistics(records)["max_losing_streak"] == 3
+    assert statistics(records[:1])["max_losing_streak"] == 0
+    assert "max_losing_streak" in {key for key, _, _ in STATISTICS}
+
+
 def test_statistics_undefined_where_nothing_defines_them() -> None:
     flat = [
         _ev("session.started", "00:00:00", symbol="BTCUSDT", starting_equity=1000.0),
@@ -662,6 +676,9 @@ def recompute(events: list[dict[str, Any]]) -> dict[str, float | int | None]:
         "avg_loss": math.fsum(losses) / len(losses) if losses else None,
         "profit_factor": math.fsum(wins) / -math.fsum(losses) if losses else None,
         "expectancy": math.fsum(nets) / len(nets) if nets else None,
+        "max_losing_streak": max(
+            (len(run) for run in "".join("L" if x < 0 else "." for x in nets).split(".")), default=0
+        ),
         "gross_pnl": gross,
         "fees": fees,
         "slippage": slip,

@@ -145,6 +145,7 @@ STATISTICS: tuple[tuple[str, str, str], ...] = (
     ("avg_loss", "Average loss (USDT)", "money"),
     ("profit_factor", "Profit factor", "ratio"),
     ("expectancy", "Expectancy per trade (USDT)", "money"),
+    ("max_losing_streak", "Longest losing streak (trades)", "int"),
     ("gross_pnl", "Gross PnL before fees and funding (USDT)", "money"),
     ("fees", "Fees (USDT)", "money"),
     ("slippage", "Slippage cost, in the gross PnL already (USDT)", "money"),
@@ -174,7 +175,9 @@ def statistics(
     - `trades`, `wins` (net_pnl > 0), `losses` (net_pnl < 0); `win_rate` = wins / trades;
     - `avg_win` = mean net_pnl of the wins, `avg_loss` = mean net_pnl of the losses (negative);
     - `profit_factor` = sum of the wins' net_pnl / -(sum of the losses' net_pnl) (None without a loss);
-    - `expectancy` = mean net_pnl per trade.
+    - `expectancy` = mean net_pnl per trade;
+    - `max_losing_streak` = the most losses in a row, in the order the trades closed (a trade
+      that is not a loss ends a streak; a breaker's halt does not).
     Money over the whole run, from the `order.filled` and `funding` events:
     - `gross_pnl` = sum of the fills' `realized_pnl` (before fees and funding); `fees` = sum of
       their `fee`; `slippage` = sum over fills of `slippage_bps` / 10,000 x `requested_price` x
@@ -233,6 +236,10 @@ def statistics(
     net = [float(r["net_pnl"]) for r in closed]
     won = [x for x in net if x > 0]
     lost = [x for x in net if x < 0]
+    streak = longest = 0
+    for x in net:
+        streak = streak + 1 if x < 0 else 0
+        longest = max(longest, streak)
     starting = float(started["starting_equity"]) if started else None
     ending = float(stopped["ending_equity"]) if stopped and stopped.get("ending_equity") is not None else None
     net_pnl = ending - starting if starting is not None and ending is not None else None
@@ -248,6 +255,7 @@ def statistics(
         "avg_loss": sum(lost) / len(lost) if lost else None,
         "profit_factor": sum(won) / -sum(lost) if lost else None,
         "expectancy": sum(net) / len(net) if net else None,
+        "max_losing_streak": longest,
         "gross_pnl": gross,
         "fees": fees,
         "slippage": slippage,
