@@ -335,6 +335,29 @@ def test_the_longest_losing_streak_is_counted_across_the_breakers_halts() -> Non
     assert "max_losing_streak" in {key for key, _, _ in STATISTICS}
 
 
+def test_the_summary_counts_the_machines_alerts_that_only_alerts_jsonl_holds(tmp_path: Path) -> None:
+    """Found by an audit: `memory` and `disk` alerts are not in events.jsonl (alerts.jsonl only),
+    so a session that ran out of disk (critical) read `alerts: none` on its page. The page reads
+    them from alerts.jsonl (those without a seq: an event's alert is counted from its event)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    started = _ev("session.started", "00:00:00", symbol="BTCUSDT", starting_equity=1000.0, seed=7)
+    breaker = _ev("alert", "00:10:00", seq=2, rule="breaker", severity="warning", message="tripped")
+    stopped = _ev("session.stopped", "01:00:00", status="ok", stop_reason="duration", ending_equity=1000.0)
+    (run / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (started, breaker, stopped)))
+    lines = [
+        {"ts": breaker["ts"], "seq": 2, "rule": "breaker", "severity": "warning"},
+        {"ts": breaker["ts"], "seq": None, "rule": "disk", "severity": "critical"},
+        {"ts": breaker["ts"], "seq": None, "rule": "memory", "severity": "warning"},
+        {"ts": breaker["ts"], "seq": None, "rule": "disk", "severity": "critical"},
+    ]
+    (run / "alerts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"ts": "torn')
+    data = html_report.load_run(run)
+    page = html_report._summary(data, statistics(data.records))
+    rows = dict(re.findall(r'<tr><th>([^<]*)</th><td class="text">([^<]*)</td></tr>', page))
+    assert rows["alerts"] == "4: breaker 1, disk 2, memory 1"
+
+
 def test_statistics_undefined_where_nothing_defines_them() -> None:
     flat = [
         _ev("session.started", "00:00:00", symbol="BTCUSDT", starting_equity=1000.0),

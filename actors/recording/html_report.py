@@ -1,6 +1,6 @@
 """report.html: one self-contained page per run folder (plotly, its JavaScript inlined: it works
 offline), and a page comparing several runs. Everything on it is what the run folder's files say
-(events.jsonl; final_report.json, market.jsonl), so a finished run's page can be rebuilt at any
+(events.jsonl; final_report.json, market.jsonl, alerts.jsonl), so a finished run's page can be rebuilt at any
 time (`python -m tools.report RUN`) and is the same; the session's own page takes the records of
 events.jsonl as the recorder wrote them (`PageRecords`) rather than reading the file back.
 
@@ -89,6 +89,8 @@ class RunData:
     report: dict[str, Any] | None  # final_report.json (None when missing or unreadable)
     candles: dict[str, list[dict[str, Any]]]  # market.jsonl's candles by symbol
     instruments: dict[str, dict[str, Any]]  # the `feed.instrument` events by symbol
+    # the alerts of alerts.jsonl that no event carries (`memory`, `disk`: no seq), by rule
+    machine_alerts: dict[str, int] = attrs.field(factory=dict)
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         """The records of one kind, in file order (a chart of one kind need not scan them all)."""
@@ -150,7 +152,22 @@ def load_run(path: Path, page: PageRecords | None = None) -> RunData:
                     candles.setdefault(candle.get("symbol", ""), []).append(candle)
     by_kind = page.by_kind
     instruments = {r.get("symbol", ""): r for r in by_kind.get("feed.instrument", [])}
-    return RunData(path, page.records, by_kind, report, candles, instruments)
+    return RunData(path, page.records, by_kind, report, candles, instruments, _machine_alerts(path))
+
+
+def _machine_alerts(path: Path) -> dict[str, int]:
+    """The alerts of the run's alerts.jsonl that are not in events.jsonl (`memory` and `disk`,
+    whose `seq` is null), by rule (found by an audit: a run out of disk read `alerts: none`)."""
+    counts: Counter[str] = Counter()
+    with contextlib.suppress(OSError), (path / "alerts.jsonl").open("rb") as f:
+        for line in f:
+            try:
+                alert = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a torn last line of a crashed session
+            if isinstance(alert, dict) and alert.get("seq") is None:
+                counts[str(alert.get("rule", "?"))] += 1
+    return dict(counts)
 
 
 # --- the pages ---------------------------------------------------------------------------------------------
@@ -353,7 +370,7 @@ def _summary(data: RunData, stats: dict[str, Any]) -> str:
                 "(the account went on through them as it was)",
             )
         )
-    alerts = Counter(r.get("rule", "?") for r in data.of("alert"))
+    alerts = Counter(r.get("rule", "?") for r in data.of("alert")) + Counter(data.machine_alerts)
     said = ", ".join(f"{rule} {n}" for rule, n in sorted(alerts.items()))
     items.append(("alerts", f"{alerts.total()}: {said}" if alerts else "none"))
     rows = "".join(f'<tr><th>{_e(k)}</th><td class="text">{_e(v)}</td></tr>' for k, v in items)
