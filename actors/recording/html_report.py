@@ -1,8 +1,9 @@
 """report.html: one self-contained page per run folder (plotly, its JavaScript inlined: it works
 offline), and a page comparing several runs. Everything on it is what the run folder's files say
-(events.jsonl; final_report.json, market.jsonl, alerts.jsonl), so a finished run's page can be rebuilt at any
-time (`python -m tools.report RUN`) and is the same; the session's own page takes the records of
-events.jsonl as the recorder wrote them (`PageRecords`) rather than reading the file back.
+(events.jsonl; final_report.json, market.jsonl, alerts.jsonl), so a finished run's page can be
+rebuilt at any time (`python -m tools.report RUN`) and is the same; the session's own page takes
+the records of events.jsonl as the recorder wrote them (`PageRecords`) rather than reading the
+file back.
 
 The recorder writes it right after final_report.json (`write_report_html`); a failure is logged,
 never the session's. Large runs stay light: a chart line or candle series of more than
@@ -1125,8 +1126,9 @@ def _attribution(report: dict[str, Any] | None) -> str:
         # trips are one of the net position's (212 trades in the rows, 211 the account's)
         parts.append(
             '<p class="note">The money (realized_pnl, fees, funding, net_pnl) adds up to the account '
-            "row exactly before rounding (realized_pnl once every strategy is flat, as at a clean end); each figure is rounded to the cent on its own, so the rows "
-            "may differ from it by a cent or two after. The counts need not add up: a fill shared by "
+            "row exactly before rounding (realized_pnl once every strategy is flat, as at a clean "
+            "end); each figure is rounded to the cent on its own, so the rows may differ from it by "
+            "a cent or two after. The counts need not add up: a fill shared by "
             "strategies counts in each of their fills; their trades are the round trips of each one's "
             "own virtual position, the account's those of the net position (two strategies in the "
             "market at once make two trades of theirs and one of the account's, or opposite ones more), "
