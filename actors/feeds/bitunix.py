@@ -1124,13 +1124,9 @@ class BitunixFeed:
                 continue
             if not m.klines_silent:
                 m.klines_silent = True
-                silent = m.last_data_at - m.last_kline_at
-                logger.warning(
-                    "feed: no {} kline for {:.0f} s while its other data flows: polling its candles over REST",
-                    m.symbol,
-                    silent,
+                await self._went_silent(
+                    m, "feed.klines", "kline", "candles", m.last_data_at - m.last_kline_at
                 )
-                await self._event("feed.klines", symbol=m.symbol, silent=True, silent_s=round(silent, 3))
             await self._poll_klines(m)
 
     async def _poll_silent_books(self, due: list[_Market]) -> None:
@@ -1146,14 +1142,19 @@ class BitunixFeed:
                 continue
             if not m.book_silent:
                 m.book_silent = True
-                silent = m.last_data_at - m.last_book_at
-                logger.warning(
-                    "feed: no {} book for {:.0f} s while its other data flows: polling its book over REST",
-                    m.symbol,
-                    silent,
-                )
-                await self._event("feed.book", symbol=m.symbol, silent=True, silent_s=round(silent, 3))
+                await self._went_silent(m, "feed.book", "book", "book", m.last_data_at - m.last_book_at)
             await self._poll_book(m)
+
+    async def _went_silent(self, m: _Market, kind: str, push: str, polled: str, silent: float) -> None:
+        """Said once as one of `m`'s push streams goes silent while its other data flows."""
+        logger.warning(
+            "feed: no {} {} for {:.0f} s while its other data flows: polling its {} over REST",
+            m.symbol,
+            push,
+            silent,
+            polled,
+        )
+        await self._event(kind, symbol=m.symbol, silent=True, silent_s=round(silent, 3))
 
     async def _poll_book(self, m: _Market) -> None:
         """`m`'s REST book and its quote, handed out unless its pushes came back meanwhile."""
