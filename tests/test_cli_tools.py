@@ -42,6 +42,8 @@ def _refused(main: Callable[[list[str]], int], argv: list[str], capsys: pytest.C
         (["--clock-offset", "inf"], "--clock-offset inf: expected a number of seconds"),
         (["--symbol", "BTC USDT"], "symbol 'BTC USDT': expected 2-20 of A-Z, 0-9"),
         (["--symbols", "BTCUSDT,ETHUSDT", "--stall-symbol", "SOLUSDT"], "--stall-symbol SOLUSDT: not a symbol served"),
+        (["--funding-hours", "BTCUSDT=3"], "--funding-hours BTCUSDT=3: expected SYMBOL=H, a symbol served here (BTCUSDT) and H one of 1, 2, 4, 8"),
+        (["--funding-hours", "ETHUSDT=4"], "--funding-hours ETHUSDT=4: expected SYMBOL=H, a symbol served here (BTCUSDT)"),
         (["--csv", "{tmp}/none.csv"], "cannot read candles file {tmp}/none.csv: No such file or directory"),
         (["--csv", "{tmp}"], "cannot read candles file {tmp}: Is a directory"),
         (["--csv", "{tmp}/empty.csv"], "{tmp}/empty.csv: must start with the header"),

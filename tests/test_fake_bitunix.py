@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import gzip
 import json
+import math
 import os
 import random
 import signal
@@ -14,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from functools import partial
 from itertools import pairwise
 from pathlib import Path
@@ -854,3 +856,45 @@ async def test_the_date_header_is_the_exchange_clock_that_stamps_its_data(
     seen = email.utils.parsedate_to_datetime(reply.headers["date"]).timestamp()
     # whole seconds, never ahead of the exchange's time
     assert int(before) <= seen <= after, (seen - before, seen - after)
+
+
+async def test_a_symbol_on_4h_funding_says_so_in_its_price_pushes_and_rest() -> None:
+    """`funding_hours`: ETHUSDT settles every 4 h beside BTCUSDT's 8 h. Its `price` pushes' `ft`
+    is the last multiple of 4 h before the frame, `nft` 4 h after it, and REST's `funding_rate`
+    says `fundingInterval` 4 and the same next instant; BTCUSDT's stay on 00/08/16 UTC."""
+    hour = 3_600_000
+    # the exchange's clock at 13:00 UTC of some day: after 12:00 (a 4 h instant, no 8 h one)
+    wall = time.time()
+    offset = (math.floor(wall * 1000 / (24 * hour)) * 24 * hour + 13 * hour) / 1000 - wall
+    fake = FakeBitunix(
+        seed=3,
+        symbols=("BTCUSDT", "ETHUSDT"),
+        funding_hours={"ethusdt": 4},
+        time_offset_s=offset,
+        faults=Faults(rest_rate_limit_per_s=1000),
+    )
+    day = math.floor(fake.now_ms() / (24 * hour)) * 24 * hour
+    want = {"BTCUSDT": (day + 8 * hour, day + 16 * hour, 8), "ETHUSDT": (day + 12 * hour, day + 16 * hour, 4)}
+    market = "/api/v1/futures/market/"
+    with trio.fail_after(10):
+        async with serving(fake), httpx.AsyncClient(base_url=fake.rest_url) as http:
+            async with trio_websocket.open_websocket_url(fake.ws_url) as ws:
+                await ws.get_message()  # connect
+                for symbol in want:
+                    await ws.send_message(subscribe("price", symbol=symbol))
+                seen: dict[str, dict[str, str]] = {}
+                while len(seen) < 2:
+                    frame = json.loads(await ws.get_message())
+                    if frame.get("ch") == "price":
+                        seen[frame["symbol"]] = frame["data"]
+            for symbol, (ft, nft, hours) in want.items():
+                iso = [
+                    datetime.fromtimestamp(t / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") for t in (ft, nft)
+                ]
+                assert [seen[symbol]["ft"], seen[symbol]["nft"]] == iso, symbol
+                rest = (await http.get(market + "funding_rate", params={"symbol": symbol})).json()["data"]
+                assert (rest["fundingInterval"], int(rest["nextFundingTime"])) == (hours, nft), symbol
+    with pytest.raises(ValueError, match="funding hours for ETHUSDT: 3; expected one of 1, 2, 4, 8"):
+        FakeBitunix(symbols=("BTCUSDT", "ETHUSDT"), funding_hours={"ETHUSDT": 3})
+    with pytest.raises(ValueError, match="funding hours for SOLUSDT: not a symbol served"):
+        FakeBitunix(funding_hours={"SOLUSDT": 4})

@@ -136,6 +136,8 @@ BOOK_SIZE_SIGMA = 0.7  # lognormal spread of the sizes around the level's median
 MAX_SUBSCRIPTIONS = 300
 HANDSHAKE_TIMEOUT_S = 10.0
 FUNDING_MS = 8 * 3600 * 1000
+# the funding intervals a symbol may be given (`funding_hours`), in hours: each divides a day
+FUNDING_HOURS = (1, 2, 4, 8)
 
 KLINE_INTERVALS_MS = {
     "1min": MINUTE_MS,
@@ -487,11 +489,15 @@ class _Market:
     """One symbol the fake serves: its price path, its books, and its data as the wire writes it
     (prices in its ticks, sizes in its lots). `seed` keys every random stream of the symbol."""
 
-    def __init__(self, symbol: str, spec: SymbolSpec, seed: int | str, path: _PricePath) -> None:
+    def __init__(
+        self, symbol: str, spec: SymbolSpec, seed: int | str, path: _PricePath, funding_ms: int = FUNDING_MS
+    ) -> None:
         self.symbol = symbol
         self.spec = spec
         self.seed = seed
         self.path = path
+        # its funding interval: settlements every `funding_ms` from 00:00 UTC (8 h by default)
+        self.funding_ms = funding_ms
         self.touch_median = 10**spec.qty_places  # one coin
         self._books: dict[int, tuple[list[list[str]], list[list[str]]]] = {}
 
@@ -592,14 +598,14 @@ class _Market:
         wobble = random.Random(f"{self.seed}:mark:{step // 4}")
         mark = p + wobble.randint(-3, 3)
         index = mark + wobble.randint(-5, 5)
-        ft = ts // FUNDING_MS * FUNDING_MS
+        ft = ts // self.funding_ms * self.funding_ms
         rate = round(random.Random(f"{self.seed}:funding:{ft}").gauss(0.005, 0.004) * 10**6)
         return {
             "ip": self.price(index),
             "mp": self.price(mark),
-            "fr": _dec(rate, 6),
+            "fr": _dec(rate, 6),  # percent per the symbol's funding interval
             "ft": _iso(ft),
-            "nft": _iso(ft + FUNDING_MS),
+            "nft": _iso(ft + self.funding_ms),
         }
 
     def trading_pair(self) -> dict[str, Any]:
@@ -1291,8 +1297,8 @@ class _RestApp:
             "lastPrice": market.ticker_data(now)["la"],
             "indexPrice": p["ip"],
             "fundingRate": p["fr"],
-            "fundingInterval": 8,
-            "nextFundingTime": str((now // FUNDING_MS + 1) * FUNDING_MS),
+            "fundingInterval": market.funding_ms // 3_600_000,
+            "nextFundingTime": str((now // market.funding_ms + 1) * market.funding_ms),
         }
 
     def trading_pairs(self, params: dict[str, str], now: int) -> list[dict[str, Any]]:
@@ -1325,7 +1331,10 @@ class FakeBitunix:
     others by seed and symbol), opening at `start_price` (the first symbol) or the symbol's usual
     level (`SYMBOL_SPECS`: BTCUSDT 60,000, ETHUSDT 3,000, SOLUSDT 150; any other symbol 100), on
     its own tick and lot grid. `symbol`, `path` and the market-data methods without a symbol are
-    the first symbol's.
+    the first symbol's. `funding_hours` gives a symbol another funding interval than 8 h (1, 2 or 4
+    h: a contract settled more often), its settlements every that many hours from 00:00 UTC: its
+    `price` pushes' `ft`/`nft` and the REST `funding_rate`'s `fundingInterval`/`nextFundingTime`
+    say so, and its `fr` is the rate per that interval.
     `time_offset_s` shifts the exchange clock (e.g. to put a candle close 2 s after the start);
     `ws_port`/`rest_port` 0 take free ports; `faults` and `stats` may be read and changed live;
     `trading_pair` replaces members of every symbol's `trading_pairs` row.
@@ -1371,10 +1380,19 @@ class FakeBitunix:
         timestamp_window_s: float = 30.0,
         account_as_list: bool = False,
         account: dict[str, str] | None = None,
+        funding_hours: Mapping[str, int] | None = None,
     ) -> None:
         names = [s.upper() for s in (symbols or (symbol,))]
         if len(set(names)) != len(names) or not all(names):
             raise ValueError(f"symbols must be distinct and non-empty: {', '.join(names)}")
+        hours = {s.upper(): h for s, h in (funding_hours or {}).items()}
+        for name, h in hours.items():
+            if name not in names:
+                raise ValueError(f"funding hours for {name}: not a symbol served ({', '.join(names)})")
+            if h not in FUNDING_HOURS:
+                raise ValueError(
+                    f"funding hours for {name}: {h!r}; expected one of {', '.join(map(str, FUNDING_HOURS))}"
+                )
         self.symbols = tuple(names)
         self.symbol = self.symbols[0]
         # members of every trading_pairs row to replace (a test's CANCEL_ONLY, a garbled row)
@@ -1422,7 +1440,7 @@ class FakeBitunix:
             start_ticks = max(1, round(opening * 10**spec.price_places))
             path = _PricePath(key, source, start_ticks, now // MINUTE_MS, history_candles)
             path.candle(path.m_live, now)
-            self.markets[name] = _Market(name, spec, key, path)
+            self.markets[name] = _Market(name, spec, key, path, hours.get(name, 8) * 3_600_000)
         self.path = self.markets[self.symbol].path
         self._conns: set[_Conn] = set()
         self._started_at = math.inf
@@ -1700,6 +1718,14 @@ def _parser() -> argparse.ArgumentParser:
         help="this symbol's book (depth) pushes never come (its other pushes and its REST depth do)",
     )
     p.add_argument(
+        "--funding-hours",
+        action="append",
+        default=[],
+        metavar="SYMBOL=H",
+        help="this symbol settles funding every H hours (1, 2, 4 or 8; default 8) from 00:00 UTC "
+        "(its price pushes' ft/nft and REST fundingInterval say so; repeatable)",
+    )
+    p.add_argument(
         "--malformed",
         type=float,
         default=0,
@@ -1811,6 +1837,13 @@ def _problems(a: argparse.Namespace, symbols: list[str]) -> list[str]:
         for dest in ("stall_symbol", "klines_silent_symbol")
         if getattr(a, dest) and getattr(a, dest).upper() not in symbols
     ]
+    for given in a.funding_hours:
+        symbol, _, hours = given.partition("=")
+        if symbol.upper() not in symbols or hours.strip() not in {str(h) for h in FUNDING_HOURS}:
+            problems.append(
+                f"--funding-hours {given}: expected SYMBOL=H, a symbol served here ({', '.join(symbols)}) "
+                f"and H one of {', '.join(map(str, FUNDING_HOURS))}"
+            )
     if a.port_file is not None:
         folder = a.port_file.parent
         if a.port_file.is_dir():
@@ -1895,6 +1928,9 @@ def main(argv: list[str] | None = None) -> int:
             api_keys={a.api_key: a.api_secret} if a.api_key else None,
             clock_offset_s=a.clock_offset,
             account_as_list=a.account_as_list,
+            funding_hours={
+                symbol.upper(): int(hours) for symbol, _, hours in (g.partition("=") for g in a.funding_hours)
+            },
         )
     except ValueError as e:
         parser.error(str(e))
