@@ -239,6 +239,9 @@ class PricePush:
     # `ft`: the funding instant `funding_rate_pct` was settled at, ms (None: absent or unreadable;
     # the frame's prices still count)
     settled_ms: int | None = None
+    # `nft`: the symbol's next funding instant, ms (None: absent or unreadable). `nft - ft` is the
+    # symbol's funding interval (8 h for most, 4 h or 1 h for some contracts), the period `fr` is for
+    next_ms: int | None = None
 
 
 @attrs.frozen
@@ -727,7 +730,7 @@ class FrameValidator:
         if abs(fr) > MAX_FUNDING_PCT:
             _reject("bad_funding", f"funding rate {fr:g} % is beyond +-{MAX_FUNDING_PCT:g} % per interval")
         self._jump(ts, mark, "mark")
-        return PricePush(ts, mark, index, fr, self._sym, _iso_ms(data.get("ft")))
+        return PricePush(ts, mark, index, fr, self._sym, _iso_ms(data.get("ft")), _iso_ms(data.get("nft")))
 
 
 # --- REST ------------------------------------------------------------------------------------------------

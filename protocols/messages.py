@@ -136,10 +136,14 @@ class Book:
 
 @attrs.frozen
 class Funding:
-    """Feed -> broker: mark price and the funding rate, in percent (Bitunix `price` channel).
-    `source` as a `Tick`'s. `settled_ts`: the funding instant the rate was settled at (Bitunix's
-    `ft`: `fr` is the rate last settled, so the rate an instant charges arrives after it); None:
-    a rate tied to no instant (the broker charges it at the next one)."""
+    """Feed -> broker: mark price and the funding rate, in percent per the symbol's funding
+    interval (Bitunix `price` channel). `source` as a `Tick`'s. `settled_ts`: the funding instant
+    the rate was settled at (Bitunix's `ft`: `fr` is the rate last settled, so the rate an instant
+    charges arrives after it); None: a rate tied to no instant (the broker charges it at the next
+    one). `next_ts`: the symbol's next funding instant (`nft`), `interval_s` its funding interval
+    (`nft - ft`: 8 h for most contracts, 4 h or 1 h for some); the broker charges the symbol at the
+    instants they give (`next_ts` and every `interval_s` from it), and at 00:00, 08:00 and 16:00
+    UTC while the exchange has said nothing (None)."""
 
     ts: float
     mark_price: float = attrs.field(validator=_positive)
@@ -147,6 +151,8 @@ class Funding:
     symbol: str = DEFAULT_SYMBOL
     source: str = ""
     settled_ts: float | None = None
+    next_ts: float | None = None
+    interval_s: float | None = None
 
 
 @attrs.frozen
@@ -238,7 +244,8 @@ class AccountSnapshot(NamedTuple):
     positions: tuple[Position, ...]
     open_orders: int = 0
     stale: bool = False  # the feed's data is stale (FeedStatus)
-    # the funding rate last settled, percent per 8 h (positive: longs pay): the feed's, or the
+    # the funding rate last settled, percent per 8 h (positive: longs pay): the feed's (a symbol on
+    # a 4 h or 1 h interval: its rate per interval scaled to 8 h, x2 or x8), or the
     # backtest's schedule's row at or before now (as live: never the next, not yet known);
     # strategies gate entries on it
     funding_rate_pct: float = 0.0

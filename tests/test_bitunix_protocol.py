@@ -343,8 +343,9 @@ def test_price_frame() -> None:
     # `ft` 2026-09-23T00:00:00Z: day 20,719 of the epoch (calendar.timegm), in ms
     settled_ms = calendar.timegm((2026, 9, 23, 0, 0, 0)) * 1000
     assert settled_ms == 20_719 * 86_400_000
+    # `nft` 2026-09-23T08:00:00Z: 8 h later, the next funding instant
     assert validator().parse(PRICE) == PricePush(
-        1790126515695, 86688.3, 86720.6, -0.00077, "BTCUSDT", settled_ms
+        1790126515695, 86688.3, 86720.6, -0.00077, "BTCUSDT", settled_ms, settled_ms + 8 * 3_600_000
     )
 
 

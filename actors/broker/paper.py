@@ -23,7 +23,8 @@ maintenance-margin tiers; isolated margin) honestly, so that a paper result mean
 - backtests (`bars`): each candle is worked along a path (`broker.intrabar`), stops, limits and
   liquidation alike, wicks included; the fills of one candle take at most
   `broker.max_volume_participation` of its volume (the rest fills on later candles);
-- maker and taker fees; funding at 00:00, 08:00 and 16:00 UTC on the position open at that
+- maker and taker fees; funding at 00:00, 08:00 and 16:00 UTC, or live at the symbol's instants as
+  the exchange gives them (`Funding.next_ts`, `interval_s`), on the position open at that
   instant (the feed's rate, or a `FundingRates` schedule in backtests);
 - a position whose mark crosses its liquidation price (the instrument's maintenance tier) is
   liquidated at its bankruptcy price: the loss is the position's margin, plus the taker fee.
@@ -47,6 +48,7 @@ from typing import Any, Final, Protocol
 import attrs
 
 from actors.config import BrokerConfig
+from actors.feeds.funding import FUNDING_EVERY_S, next_instant
 from actors.feeds.history import CLOSE_TICK_LEAD_S
 from protocols.instruments import Instrument, fast_round, table_instrument
 from protocols.messages import (
@@ -73,9 +75,8 @@ from protocols.messages import (
     quote,
 )
 
-FUNDING_EVERY_S: Final = 8 * 3600  # 00:00, 08:00, 16:00 UTC
 # a rate settled this close to an instant is that instant's (the exchange's clock and ours differ
-# a little; instants are 8 h apart)
+# a little; instants are 1 h apart or more)
 SETTLED_SLACK_S: Final = 60.0
 BOOK_FRESH_S: Final = 2.0  # a book older than this (vs the last quote) is not trusted for walking
 EPS: Final = 1e-12
@@ -317,6 +318,12 @@ class PaperBroker:
         # with the position, mark and holders it had then, waiting for it (`_charge_funding`)
         self.funding_settled_ts: float | None = None
         self.funding_pending: list[dict[str, Any]] = []
+        # the funding instants: `funding_anchor_ts + k * funding_every_s`; 00:00, 08:00, 16:00 UTC
+        # until the feed says the symbol's (a `Funding`'s `next_ts`, `interval_s`: the exchange's
+        # `nft` and `nft - ft`; found by an audit: a symbol on 4 h or 1 h funding was charged at
+        # the 8 h instants only, its rate per 4 h taken for one per 8 h)
+        self.funding_anchor_ts = 0.0
+        self.funding_every_s = float(FUNDING_EVERY_S)
         # the mark: the latest price given, from any source (a quote's mid, the exchange's mark
         # price), and where it came from (`Tick.source`: "ws", "rest", ...; "" before any)
         self.mark: float | None = None
@@ -499,6 +506,8 @@ class PaperBroker:
         "funding_paid",
         "funding_rate_pct",
         "funding_settled_ts",
+        "funding_anchor_ts",
+        "funding_every_s",
         "mark",
         "mark_source",
         "last_ts",
@@ -596,11 +605,7 @@ class PaperBroker:
         }
         self.next_expiry = self._earliest_expiry()
         self._update_liq()
-        self.next_funding_ts = (
-            float((math.floor(self.last_ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S)
-            if self.last_ts is not None
-            else -math.inf
-        )
+        self.next_funding_ts = self._next_funding(self.last_ts) if self.last_ts is not None else -math.inf
         self.in_flight = deque(
             InFlight(f["arrival_ts"], Cancel(**f["cancel"]) if "cancel" in f else Order(**f["order"]))
             for f in state.get("in_flight", [])
@@ -646,6 +651,14 @@ class PaperBroker:
             self.funding_settled_ts = event.settled_ts
             if self.funding_pending:
                 events += self._charge_pending(ts, event.settled_ts)
+        if event.next_ts is not None or event.interval_s is not None:
+            # the exchange's schedule from now on: the instants after `ts` are its (those up to
+            # `ts` were charged on the schedule in force when they passed)
+            if event.interval_s is not None:
+                self.funding_every_s = float(event.interval_s)
+            if event.next_ts is not None:
+                self.funding_anchor_ts = float(event.next_ts)
+            self.next_funding_ts = self._next_funding(ts)
         return self._mark(events, ts)
 
     def on_quote(self, tick: Tick, ts: float) -> list[Event]:
@@ -858,9 +871,14 @@ class PaperBroker:
         if ts >= self.next_funding_ts:
             if self.last_ts is not None:
                 events = self._funding_due(self.last_ts, ts)
-            self.next_funding_ts = float((math.floor(ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S)
+            self.next_funding_ts = self._next_funding(ts)
         self.last_ts = ts
         return events
+
+    def _next_funding(self, ts: float) -> float:
+        """The first funding instant after `ts`: the exchange's schedule (`funding_anchor_ts`
+        and every `funding_every_s` from it), or 00:00, 08:00, 16:00 UTC until it says one."""
+        return float(next_instant(ts, self.funding_anchor_ts, self.funding_every_s))
 
     def _mark(self, events: list[Event], ts: float) -> list[Event]:
         """After a market event: equity, the liquidation check, the peak and deepest drawdown,
@@ -900,12 +918,13 @@ class PaperBroker:
                 self.max_drawdown_pct = drawdown
 
     def _funding_due(self, last_ts: float, ts: float) -> list[Event]:
-        """Funding for each 00/08/16 UTC instant passed since the last market event (`last_ts`)."""
+        """Funding for each instant passed since the last market event (`last_ts`): 00/08/16
+        UTC, or the symbol's own schedule once the exchange has said it."""
         events: list[Event] = []
-        instant = (math.floor(last_ts / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S
+        instant = self._next_funding(last_ts)
         while instant <= ts:
             events += self._charge_funding(instant, ts)
-            instant += FUNDING_EVERY_S
+            instant += self.funding_every_s
         return events
 
     def _charge_funding(self, instant: float, now: float) -> list[Event]:
@@ -2149,10 +2168,13 @@ class PaperBroker:
     def funding_rate_now(self, now: float) -> float:
         """The funding rate a strategy sees now (percent per 8 h): the last settled, as live (the
         `price` channel's `fr`), in a backtest the schedule's row at or before `now` (found by an
-        audit: the row of the next funding instant, a rate not yet known, looked ahead)."""
+        audit: the row of the next funding instant, a rate not yet known, looked ahead). A live
+        symbol on another funding interval than 8 h: its rate per interval scaled to 8 h (a 4 h
+        rate x2, a 1 h rate x8: what the position pays in 8 h at that rate), so that the
+        strategies' gates, in percent per 8 h, compare like with like."""
         if self.funding is not None:
             return self.funding.rate_pct_at(now)
-        return self.funding_rate_pct
+        return self.funding_rate_pct * (FUNDING_EVERY_S / self.funding_every_s)
 
     def account_update(self, now: float) -> AccountUpdate | None:
         """The update the risk gate asked to hear (its watch) or trades closed since the last one;

@@ -80,6 +80,7 @@ from loguru import logger
 
 from actors.clock import SessionClock
 from actors.config import Config
+from actors.feeds.funding import funding_interval_s
 from actors.feeds.mock import FeedHealth, MarketWalk, RandomWalk, fan_out, run_mock_feed
 from protocols import bitunix
 from protocols.instruments import Instrument, from_trading_pair, table_instrument
@@ -913,6 +914,8 @@ class BitunixFeed:
                     symbol=m.symbol,
                     source="ws",
                     settled_ts=None if msg.settled_ms is None else msg.settled_ms / 1000,
+                    next_ts=None if msg.next_ms is None else msg.next_ms / 1000,
+                    interval_s=funding_interval_s(msg.settled_ms, msg.next_ms),
                 ),
             )
         elif isinstance(msg, bitunix.TradePush):

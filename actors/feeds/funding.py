@@ -1,9 +1,12 @@
 """Funding rates for sessions without a live feed: from a file of the exchange's history, or a constant.
 
 The paper broker charges funding at 00:00, 08:00 and 16:00 UTC on the position open at that
-instant (actors/broker/paper.py). Live Bitunix sessions take the rate from the exchange's `price`
-channel (`Funding` market events) and replays re-deliver those events; backtests and mock sessions
-have no such events, so without this module their funding is zero. A `FundingRates` hands the
+instant (actors/broker/paper.py), or live at the instants the exchange gives the symbol (its
+`price` channel's `nft`, every `nft - ft`: `next_instant`, `funding_interval_s`). Live Bitunix
+sessions take the rate from the exchange's `price` channel (`Funding` market events) and replays
+re-deliver those events; backtests and mock sessions have no such events, so without this module
+their funding is zero. A file's rows are rates, not instants: a backtest keeps the 00/08/16 UTC
+schedule, each instant at the row in force. A `FundingRates` hands the
 broker the rate in force at each funding instant instead:
 
 - `FundingRates.from_csv(path)`: a CSV file (optionally gzipped) with the header `ts_ms,rate`, one
@@ -35,6 +38,33 @@ from pathlib import Path
 from actors.feeds.history import READ_ERRORS, DataError, read_error
 
 FUNDING_CSV_HEADER = ["ts_ms", "rate"]
+# the funding schedule when the exchange has said nothing else: every 8 h from 00:00 UTC
+# (00:00, 08:00, 16:00); backtests, the mock and a live symbol before its first `price` frame
+FUNDING_EVERY_S = 8 * 3600
+# a funding interval the exchange gives (`nft - ft`) shorter than an hour or longer than a day is
+# taken for a mistake (a garbled frame; one whose `ft` has not caught up with its `nft`), and the
+# interval known before is kept: exchanges settle every 1, 2, 4 or 8 h (an interval of seconds
+# would charge a position every few seconds)
+MIN_INTERVAL_S = 3600
+MAX_INTERVAL_S = 24 * 3600
+
+
+def funding_interval_s(settled_ms: int | None, next_ms: int | None) -> float | None:
+    """A symbol's funding interval from a `price` frame: its next funding instant (`nft`) less
+    the last (`ft`), in seconds; None when either is missing or the difference is not in
+    [1 h, 24 h]."""
+    if settled_ms is None or next_ms is None:
+        return None
+    interval = (next_ms - settled_ms) / 1000
+    return interval if MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S else None
+
+
+def next_instant(ts: float, anchor: float = 0.0, every: float = FUNDING_EVERY_S) -> float:
+    """The first funding instant after `ts` (epoch seconds) of the schedule `anchor + k * every`
+    (the default: 00:00, 08:00, 16:00 UTC)."""
+    return anchor + (math.floor((ts - anchor) / every) + 1) * every
+
+
 # A rate (fraction per interval) beyond this is taken for a mistake (percent given as a fraction,
 # a column mixed up), never a funding rate: exchanges cap BTC funding far below 10 % per interval.
 MAX_ABS_RATE = 0.1

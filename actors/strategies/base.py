@@ -71,7 +71,8 @@ def handle(strategy: Strategy, view: MarketView, now: float) -> list[StrategyOut
 
 def funding_size(rate_pct: float, long: bool, block_pct: float, half_pct: float) -> float:
     """The original setups' funding gate: the share of a full-size entry the funding rate in force
-    (percent per 8 h, positive: longs pay) allows. 0 (no entry) when it runs against the position
+    (percent per 8 h, positive: longs pay; a symbol settling every 4 h or 1 h has its rate scaled
+    to 8 h by the broker, `AccountSnapshot.funding_rate_pct`) allows. 0 (no entry) when it runs against the position
     by more than `block_pct`, 0.5 by more than `half_pct`, else 1; funding in the trade's favour
     never holds it back."""
     against = rate_pct if long else -rate_pct

@@ -36,7 +36,8 @@ said otherwise):
   entry carries its stop and target, which the broker attaches as a protective stop and a
   take-profit sized to the position (docs/fills.md). The size is the risk gate's
   (`risk.sizing`), or `strategy.order_qty` with fixed sizing.
-- **Funding gate** (the rate in force, percent per 8 h, from the account snapshot). No entry
+- **Funding gate** (the rate in force, percent per 8 h, from the account snapshot: a 4 h or 1 h
+  symbol's rate scaled to 8 h by the broker). No entry
   when funding runs against the position by more than `funding_block_pct` (0.05 %): a long
   while the rate > 0.05 (longs pay), a short while it is < −0.05. Half size (`size_scale` 0.5)
   when it runs against it by more than `funding_half_pct` (0.03 %). Funding in the trade's

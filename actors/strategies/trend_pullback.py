@@ -48,7 +48,8 @@ decided on the close of a candle; EMAs are of closes, seeded with the simple mea
   part) is a new position: its trail, its candle count and any exit decided for the old one start
   over (the account snapshot's `Position.opened` tells it; found by an audit: the old trail was
   applied to the new position).
-- **Funding.** No entry when the funding rate in force is more than 0.05 % per 8 h against the
+- **Funding.** No entry when the funding rate in force (the account snapshot's, per 8 h: a 4 h or
+  1 h symbol's rate scaled to 8 h by the broker) is more than 0.05 % per 8 h against the
   position (a long when longs pay more than 0.05 %, a short when shorts do); half size above
   0.03 % against it (`funding_block_pct`, `funding_half_pct`). A setup blocked by funding emits
   one `signal.skipped` event (again once the trend breaks and sets up anew).
