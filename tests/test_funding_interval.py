@@ -22,9 +22,10 @@ from actors.broker.paper import PaperBroker
 from actors.config import BrokerConfig
 from actors.strategies.base import funding_size
 from protocols.messages import Event, Funding, MarketEvent, Order, Tick
-from protocols.records import market_from_record, market_record
+from protocols.records import iso, market_from_record, market_record
 from tests.test_feed_multi_symbol import run_feed
 from tools.fake_bitunix import FakeBitunix
+from tools.validate_session import check_funding_charges, funding_instants, funding_schedules
 
 HOUR = 3600.0
 QTY = {"BTCUSDT": 0.01, "ETHUSDT": 0.1}
@@ -69,7 +70,8 @@ async def test_a_4h_symbol_is_charged_at_its_exchanges_instants_and_an_8h_one_is
     exchange's clock 3 s before a 4 h instant that is no 8 h one (04:00, 12:00 or 20:00 UTC), a
     long open in each: ETHUSDT is charged at that instant, at the rate the exchange settled then
     (the fake's own for the period from it) on the mark before it; BTCUSDT is charged nothing.
-    Replaying the recorded market gives the same charges."""
+    Replaying the recorded market gives the same charges, and the validator holds them to the
+    schedule market.jsonl says (and names them against the 8 h one)."""
     wall = time.time()
     instant = (math.floor((wall - 4 * HOUR) / (8 * HOUR)) + 1) * 8 * HOUR + 4 * HOUR
     if instant - wall < 60:
@@ -119,6 +121,34 @@ async def test_a_4h_symbol_is_charged_at_its_exchanges_instants_and_an_8h_one_is
     replayed = _drive(json.loads(json.dumps(records)))[1]
     assert [e.fields for e in replayed if e.kind == "funding"] == [
         e.fields for e in events if e.kind == "funding"
+    ]
+
+    # the validator, with the schedule market.jsonl gives
+    with (tmp_path / "market.jsonl").open("w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    schedules = funding_schedules(tmp_path)
+    start = records[0]["arrival_ts"] - 1
+    logged = [
+        {"seq": n, "ts": iso(e.ts), "kind": e.kind, **e.fields}
+        for n, e in enumerate([Event(start, "session.started", {"started_ts": start}), *events], 1)
+    ]
+    logged.append(
+        {"seq": len(logged) + 1, "ts": iso(records[-1]["arrival_ts"] + 1), "kind": "session.stopped"}
+    )
+    report = {"funding_source": "feed", "status": "ok", "data_source": "bitunix"}
+    assert check_funding_charges(logged, report, schedules) == []
+    when = charge["instant"][:19] + "Z"
+    assert check_funding_charges(logged, report) == [
+        f"ETHUSDT: a funding charge at {when}, not one of its funding instants (00:00, 08:00 or 16:00 UTC)"
+    ]
+    moved = [dict(e) for e in logged]
+    for e in moved:
+        if e["kind"] == "funding":
+            e["instant"] = iso(instant - 2 * HOUR)
+    assert check_funding_charges(moved, report, schedules) == [
+        f"ETHUSDT: a funding charge at {iso(instant - 2 * HOUR)[:19]}Z, not one of its funding instants "
+        "(the exchange's schedule)",
+        f"ETHUSDT: no funding charge at {when}, with the net position +0.10000000 open at it",
     ]
 
 
@@ -193,6 +223,22 @@ def test_the_funding_gates_see_a_rate_per_8h(
     assert funding_size(seen, True, 0.05, 0.03) == scale
 
 
+def test_the_validators_funding_instants() -> None:
+    """8 h from 00:00 UTC until the exchange says otherwise; a schedule said at an instant
+    applies after it (that instant is the old schedule's)."""
+    day = datetime(2026, 11, 24, tzinfo=UTC).timestamp()
+    assert funding_instants(day - 1, day + 17 * HOUR) == [day, day + 8 * HOUR, day + 16 * HOUR]
+    changes = [(day + 8 * HOUR, day + 12 * HOUR, 4 * HOUR), (day + 13 * HOUR, day + 14 * HOUR, HOUR)]
+    assert funding_instants(day - 1, day + 16.5 * HOUR, changes) == [
+        day,
+        day + 8 * HOUR,
+        day + 12 * HOUR,
+        day + 14 * HOUR,
+        day + 15 * HOUR,
+        day + 16 * HOUR,
+    ]
+
+
 def test_an_interval_the_exchange_cannot_mean_is_not_taken() -> None:
     """`nft - ft` from 1 h to 24 h is the symbol's interval; one of seconds (a garbled frame: it
     would charge every few seconds), none, or negative is not, and the one known before holds."""
@@ -204,3 +250,38 @@ def test_an_interval_the_exchange_cannot_mean_is_not_taken() -> None:
     for nft in (ft + 1000, ft + 3_599_999, ft, ft - 3_600_000, ft + 86_400_001, None):
         assert funding_interval_s(ft, nft) is None, nft
     assert funding_interval_s(None, ft) is None
+
+
+def test_a_charge_off_its_instants_is_named_and_an_instant_missed_too() -> None:
+    """Hand-built: a long from 07:00 charged at 08:00 and, wrongly, at 10:00 (no instant on the
+    8 h schedule, nor on a 4 h one), and at 12:00 (one of a 4 h symbol's, as market.jsonl says):
+    without the exchange's word 10:00 and 12:00 are named; with a 4 h schedule from 09:00, 10:00
+    is named and 12:00 passes; its 12:00 charge left out is named as missing."""
+    day = datetime(2026, 11, 24, tzinfo=UTC).timestamp()
+
+    def charge(hour: int) -> dict[str, Any]:
+        at = iso(day + hour * HOUR)
+        return {"ts": at, "kind": "funding", "instant": at, "symbol": "ETHUSDT", "rate_pct": 0.01}
+
+    fill = {"ts": iso(day + 7 * HOUR), "kind": "order.filled", "symbol": "ETHUSDT", "side": "buy", "qty": 0.1}
+    stop = {"ts": iso(day + 13 * HOUR), "kind": "session.stopped"}
+    started = {"ts": iso(day + 6 * HOUR), "kind": "session.started", "started_ts": day + 6 * HOUR}
+
+    def events(*hours: int) -> list[dict[str, Any]]:
+        listed = [started, fill, *(charge(h) for h in hours), stop]
+        return [{"seq": n, **e} for n, e in enumerate(listed, 1)]
+
+    report = {"funding_source": "feed", "status": "ok", "data_source": "bitunix"}
+    four = {"ETHUSDT": [(day + 9 * HOUR, day + 12 * HOUR, 4 * HOUR)]}
+    at = {h: f"2026-11-24T{h:02d}:00:00Z" for h in (8, 10, 12, 16)}
+    assert check_funding_charges(events(8, 10, 12), report) == [
+        f"ETHUSDT: a funding charge at {at[10]}, not one of its funding instants (00:00, 08:00 or 16:00 UTC)",
+        f"ETHUSDT: a funding charge at {at[12]}, not one of its funding instants (00:00, 08:00 or 16:00 UTC)",
+    ]
+    assert check_funding_charges(events(8, 10, 12), report, four) == [
+        f"ETHUSDT: a funding charge at {at[10]}, not one of its funding instants (the exchange's schedule)"
+    ]
+    assert check_funding_charges(events(8, 12), report, four) == []
+    assert check_funding_charges(events(8), report, four) == [
+        f"ETHUSDT: no funding charge at {at[12]}, with the net position +0.10000000 open at it"
+    ]

@@ -76,7 +76,7 @@ import re
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -2163,19 +2163,76 @@ def check_funding_data(events: list[dict[str, Any]]) -> list[str]:
 
 
 FUNDING_EVERY_S = 8 * 3600  # 00:00, 08:00, 16:00 UTC
+# a funding record's schedule as the feed gave it: (arrival, next instant (`nft`), interval)
+ScheduleChange = tuple[float, float | None, float | None]
+
+
+def funding_schedules(run: Path) -> dict[str, list[ScheduleChange]]:
+    """Each symbol's funding schedule as the exchange said it, from market.jsonl's `funding`
+    records that carry one (`next_ts`: its `nft`; `interval_s`: `nft - ft`), in arrival order;
+    empty for a run without them (a backtest, the mock, an older version's record)."""
+    path = run / "market.jsonl"
+    schedules: dict[str, list[ScheduleChange]] = {}
+    if not path.exists():
+        return schedules
+    with path.open("rb") as f:
+        for line in f:
+            if b'"funding"' not in line:
+                continue
+            try:
+                r = orjson.loads(line)
+                arrival, kind, symbol = float(r["arrival_ts"]), r["type"], r.get("symbol", "")
+            except (orjson.JSONDecodeError, *MALFORMED):
+                continue  # named by check_market
+            nxt, every = r.get("next_ts"), r.get("interval_s")
+            nxt = float(nxt) if isinstance(nxt, int | float) else None
+            # the feed's bounds (actors/feeds/funding.py): 1 h to a day, else the interval before
+            every = float(every) if isinstance(every, int | float) and 3600 <= every <= 86400 else None
+            if kind == "funding" and (nxt is not None or every is not None):
+                schedules.setdefault(symbol, []).append((arrival, nxt, every))
+    return schedules
+
+
+def funding_instants(start: float, end: float, changes: Sequence[ScheduleChange] = ()) -> list[float]:
+    """The funding instants in (start, end]: every 8 h from 00:00 UTC until the exchange says the
+    symbol's schedule (`changes`, in arrival order: from each arrival on, its next instant and
+    every interval from it; an instant reached at the arrival itself is the schedule's before)."""
+    anchor, every = 0.0, float(FUNDING_EVERY_S)
+    instants: list[float] = []
+    t, i = start, 0
+    while True:
+        instant = anchor + (math.floor((t - anchor) / every) + 1) * every
+        if i < len(changes) and changes[i][0] < instant:
+            t, nxt, interval = changes[i]
+            every = interval if interval is not None else every
+            anchor = nxt if nxt is not None else anchor
+            i += 1
+            continue
+        if instant > end:
+            return instants
+        if instant > start:
+            instants.append(instant)
+        t = instant
 
 
 # the `source` of a backtest's fills along a candle's path (actors/broker/paper.py `_walk`)
 PATH_SOURCES = frozenset({"candle", "resting", "bankruptcy"})
 
 
-def check_funding_charges(events: list[dict[str, Any]], report: dict[str, Any] | None) -> list[str]:
-    """A finished run that models funding charges every instant (00/08/16 UTC) its net position
-    in a symbol was open at (a fill stamped at the instant came after it, but a backtest's fill
-    along the path of the candle ending there came before): one `funding` event of
-    that symbol and instant; with `broker.funding = "constant"`, at the configured rate (found by
-    an audit: a broker charging a tenth of the rate, or skipping a charge, passed: only each
-    charge's own arithmetic was checked)."""
+def check_funding_charges(
+    events: list[dict[str, Any]],
+    report: dict[str, Any] | None,
+    schedules: dict[str, list[ScheduleChange]] | None = None,
+) -> list[str]:
+    """A finished run that models funding charges every instant its net position in a symbol was
+    open at (a fill stamped at the instant came after it, but a backtest's fill along the path of
+    the candle ending there came before): one `funding` event of that symbol and instant; with
+    `broker.funding = "constant"`, at the configured rate (found by an audit: a broker charging a
+    tenth of the rate, or skipping a charge, passed: only each charge's own arithmetic was
+    checked). The instants are 00/08/16 UTC, or live the symbol's as the exchange said them
+    (`schedules`: market.jsonl's, `funding_schedules`; a symbol on 4 h or 1 h funding), and a
+    charge at any other instant is named (found by an audit: a 4 h symbol charged at the 8 h
+    instants only passed)."""
     source = (report or {}).get("funding_source")
     if report is None or report.get("status") == ABANDONED or not isinstance(source, str):
         return []
@@ -2213,21 +2270,29 @@ def check_funding_charges(events: list[dict[str, Any]], report: dict[str, Any] |
     end = _epoch(events[-1]["ts"])
     if not isinstance(start, int | float):
         return problems
+    schedules = schedules or {}
     times = {symbol: [t for t, _, _ in history] for symbol, history in held.items()}
-    instant = (math.floor(start / FUNDING_EVERY_S) + 1) * FUNDING_EVERY_S
-    while instant <= end:
-        for symbol, history in held.items():
-            if sources.get(symbol, source) == "none":
-                continue
+    due = {s: funding_instants(start, end, schedules.get(s, ())) for s in {*held, *(s for s, _ in charged)}}
+    due_ms = {s: {round(x * 1000) for x in instants} for s, instants in due.items()}
+    charged_ms = {(s, round(x * 1000)) for s, x in charged}
+    for symbol, instant in sorted(charged):
+        if round(instant * 1000) not in due_ms[symbol]:
+            said = "the exchange's schedule" if schedules.get(symbol) else "00:00, 08:00 or 16:00 UTC"
+            problems.append(
+                f"{symbol}: a funding charge at {iso(instant)[:19]}Z, not one of its funding instants ({said})"
+            )
+    for symbol, history in held.items():
+        if sources.get(symbol, source) == "none":
+            continue
+        for instant in due[symbol]:
             k = bisect.bisect_left(times[symbol], instant) - 1
             while k + 1 < len(history) and history[k + 1][0] == instant and history[k + 1][2]:
                 k += 1  # a path fill at the instant: before it
-            if k >= 0 and abs(history[k][1]) > 1e-8 and (symbol, float(instant)) not in charged:
+            if k >= 0 and abs(history[k][1]) > 1e-8 and (symbol, round(instant * 1000)) not in charged_ms:
                 problems.append(
                     f"{symbol}: no funding charge at {iso(instant)[:19]}Z, with the net position "
                     f"{history[k][1]:+.8f} open at it"
                 )
-        instant += FUNDING_EVERY_S
     return problems
 
 
@@ -2278,7 +2343,7 @@ def validate(run: Path, page: bool = False) -> list[str]:
         # was cut by the kill as an unfinished one's (its own buffer, flushed apart from the events)
         ("market", lambda: check_market(run, events, finished and not abandoned)),
         ("data", lambda: check_data(events)),
-        ("funding", lambda: check_funding_charges(events, report)),
+        ("funding", lambda: check_funding_charges(events, report, funding_schedules(run))),
         ("alerts", lambda: check_alerts(run, events, finished)),
         ("funding data", lambda: check_funding_data(events)),
     ]
