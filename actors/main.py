@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="backtests: funding rates, a CSV (optionally .gz) with header ts_ms,rate (rate a fraction "
-        "per 8 h, 0.0001 = 0.01 %%); several symbols: SYMBOL=FILE for each symbol it is for "
+        "per 8 h, 0.0001 = 0.01 %%; or ts_ms,rate,interval_h: a contract's own settlements, each rate "
+        "per its interval_h); several symbols: SYMBOL=FILE for each symbol it is for "
         "(repeatable); a symbol without one: broker.funding applies",
     )
     p.add_argument(

@@ -968,6 +968,12 @@ class ConstantFunding:
     def rate_pct_at(self, instant: float) -> float:
         return self.rate_pct
 
+    def next_instant(self, ts: float) -> float:  # 00:00, 08:00, 16:00 UTC
+        return (ts // (8 * 3600) + 1) * 8 * 3600
+
+    def interval_s_at(self, instant: float) -> float:
+        return 8 * 3600.0
+
 
 PROTECTIVE_REASONS = {"stop_loss", "take_profit", "liquidation"}
 

@@ -371,3 +371,96 @@ def test_cli_backtest_says_where_funding_came_from(tmp_path: Path) -> None:
     code, err = _cli(tmp_path, *base)
     assert code == 0, err
     assert "funding NOT modelled" in err
+
+
+# --- a file that says its contract's own schedule (`interval_h`) --------------------------------------
+
+
+def test_a_file_with_interval_h_gives_its_instants_and_a_rate_per_interval(tmp_path: Path) -> None:
+    """Rows at 00:00 and 04:00 every 4 h, none at 08:00, then one at 12:00 every 8 h: the instants
+    are the rows' times and every interval after each until the next row (08:00 from the 04:00
+    row, at its rate), 00/08/16 UTC before the first row; a strategy sees each rate per 8 h."""
+    path = tmp_path / "four.csv"
+    path.write_text(
+        f"ts_ms,rate,interval_h\n{T0 * 1000},0.0001,4\n{(T0 + 4 * H) * 1000},-0.0002,4\n{(T0 + 12 * H) * 1000},0.0003,8\n"
+    )
+    rates = FundingRates.from_csv(path)
+    assert rates.scheduled
+    instants, t = [], T0 - 9 * H
+    while (t := rates.next_instant(t)) <= T0 + 30 * H:
+        instants.append(t)
+    assert instants == [T0 - 8 * H, T0, T0 + 4 * H, T0 + 8 * H, T0 + 12 * H, T0 + 20 * H, T0 + 28 * H]
+    assert [rates.rate_pct_at(t) for t in instants] == pytest.approx(
+        [0, 0.01, -0.02, -0.02, 0.03, 0.03, 0.03]
+    )
+    assert [rates.interval_s_at(t) / H for t in (T0 - H, T0 + H, T0 + 9 * H, T0 + 13 * H)] == [8, 4, 4, 8]
+    # a file without the column: 00/08/16 UTC, whatever its rows' times
+    plain = FundingRates.from_csv(write_funding(tmp_path / "plain.csv"))
+    assert not plain.scheduled and plain.next_instant(T0 + H) == T0 + 8 * H
+    for body, line, said in [
+        (
+            "ts_ms,rate,interval_h\n1704067200000,0.0001,3\n",
+            2,
+            "interval_h '3' is not allowed; expected one of 1, 2, 4, 8",
+        ),
+        (
+            "ts_ms,rate,interval_h\n1704067200000,0.0001\n",
+            2,
+            "expected 3 fields (ts_ms,rate,interval_h), got 2",
+        ),
+        ("ts_ms,rate,interval_h\n1704067200000,0.5,4\n", 2, "expected a fraction per interval"),
+    ]:
+        path.write_text(body)
+        with pytest.raises(DataError, match=f"line {line}: .*{said}".replace("(", r"\(").replace(")", r"\)")):
+            FundingRates.from_csv(path)
+
+
+def test_backtest_of_a_4h_contract_is_charged_at_its_files_settlements(tmp_path: Path) -> None:
+    """A file of a contract settled every 4 h (`interval_h` 4, a row every 4 h from T0): the long
+    held from before T0 is charged at every row, each at its own rate per 4 h (by hand: 0.01 BTC x
+    the close of the candle ending at the instant x the rate), and the validator passes it, while
+    it names the 4 h instants against the 8 h schedule."""
+    from tools.validate_session import check_funding_charges
+
+    rows = [(T0 + 4 * H * k, 0.0001 * (k + 1) * (-1) ** k) for k in range(10)]
+    path = tmp_path / "four.csv"
+    path.write_text("ts_ms,rate,interval_h\n" + "".join(f"{t * 1000},{r},4\n" for t, r in rows))
+    run_path, prices = run_backtest(tmp_path, funding=FundingRates.from_csv(path))
+    events = read_events(run_path)
+    held_instants(events)  # the long is open from before T0 to the end (T0 + 38 h)
+    charged = [e for e in events if e["kind"] == "funding"]
+    assert [_instant(e) for e in charged] == [float(t) for t, _ in rows]
+    for e, (t, rate) in zip(charged, rows, strict=True):
+        close = prices[int((t - START) // H) - 1]  # the candle ending at the instant
+        assert e["mark_price"] == close
+        assert e["rate_pct"] == pytest.approx(rate * 100, rel=1e-12)
+        assert e["amount"] == pytest.approx(QTY * close * rate, rel=1e-12)
+    assert validate(run_path) == []
+    report = read_report(run_path)
+    problems = check_funding_charges(events, report)  # without the file: the 8 h schedule
+    assert problems == [
+        f"BTCUSDT: a funding charge at {h}Z, not one of its funding instants (00:00, 08:00 or 16:00 UTC)"
+        for h in (
+            "2024-01-01T04:00:00",
+            "2024-01-01T12:00:00",
+            "2024-01-01T20:00:00",
+            "2024-01-02T04:00:00",
+            "2024-01-02T12:00:00",
+        )
+    ]
+
+
+def test_a_backtest_strategy_sees_a_4h_files_rate_per_8h(tmp_path: Path) -> None:
+    """The funding gates' thresholds are per 8 h: 0.01 % settled per 4 h is 0.02 % per 8 h."""
+    import random
+
+    import attrs
+
+    from actors.broker.paper import PaperBroker
+    from actors.config import BrokerConfig
+
+    path = tmp_path / "four.csv"
+    path.write_text(f"ts_ms,rate,interval_h\n{T0 * 1000},0.0001,4\n")
+    broker = PaperBroker(attrs.evolve(BrokerConfig()), random.Random(1), funding=FundingRates.from_csv(path))
+    assert broker.snapshot(T0 + H).funding_rate_pct == pytest.approx(0.02)
+    assert broker.snapshot(T0 - H).funding_rate_pct == 0.0  # before the file: no rate

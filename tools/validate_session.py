@@ -2219,10 +2219,27 @@ def funding_instants(start: float, end: float, changes: Sequence[ScheduleChange]
 PATH_SOURCES = frozenset({"candle", "resting", "bankruptcy"})
 
 
+def funding_file_schedules(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """A backtest's `--funding` files read as it read them (`FundingRates`: their instants, 00/08/16
+    UTC or a file's own settlements with `interval_h`), by symbol; None for one that cannot be
+    read now (missing, changed since the run)."""
+    from actors.feeds.funding import FundingRates
+    from actors.feeds.history import DataError
+
+    read: dict[str, Any] = {}
+    for symbol, (path, why) in funding_files(events).items():
+        try:
+            read[symbol] = None if why else FundingRates.from_csv(path)
+        except DataError:
+            read[symbol] = None
+    return read
+
+
 def check_funding_charges(
     events: list[dict[str, Any]],
     report: dict[str, Any] | None,
     schedules: dict[str, list[ScheduleChange]] | None = None,
+    files: dict[str, Any] | None = None,
 ) -> list[str]:
     """A finished run that models funding charges every instant its net position in a symbol was
     open at (a fill stamped at the instant came after it, but a backtest's fill along the path of
@@ -2230,9 +2247,11 @@ def check_funding_charges(
     `broker.funding = "constant"`, at the configured rate (found by an audit: a broker charging a
     tenth of the rate, or skipping a charge, passed: only each charge's own arithmetic was
     checked). The instants are 00/08/16 UTC, or live the symbol's as the exchange said them
-    (`schedules`: market.jsonl's, `funding_schedules`; a symbol on 4 h or 1 h funding), and a
-    charge at any other instant is named (found by an audit: a 4 h symbol charged at the 8 h
-    instants only passed)."""
+    (`schedules`: market.jsonl's, `funding_schedules`; a symbol on 4 h or 1 h funding), or in a
+    backtest its funding file's (`files`: `funding_file_schedules`; a file with `interval_h`), and
+    a charge at any other instant is named (found by an audit: a 4 h symbol charged at the 8 h
+    instants only passed). A file that cannot be read now: its symbol's charges are not held to
+    instants, and its instants with a position open are asked for at 00/08/16 UTC."""
     source = (report or {}).get("funding_source")
     if report is None or report.get("status") == ABANDONED or not isinstance(source, str):
         return []
@@ -2270,14 +2289,32 @@ def check_funding_charges(
     end = _epoch(events[-1]["ts"])
     if not isinstance(start, int | float):
         return problems
-    schedules = schedules or {}
+    schedules, files = schedules or {}, files or {}
+
+    def instants_of(symbol: str) -> list[float]:
+        rates = files.get(symbol)
+        if rates is None:
+            return funding_instants(start, end, schedules.get(symbol, ()))
+        instants, instant = [], rates.next_instant(start)
+        while instant <= end:
+            instants.append(instant)
+            instant = rates.next_instant(instant)
+        return instants
+
     times = {symbol: [t for t, _, _ in history] for symbol, history in held.items()}
-    due = {s: funding_instants(start, end, schedules.get(s, ())) for s in {*held, *(s for s, _ in charged)}}
+    due = {s: instants_of(s) for s in {*held, *(s for s, _ in charged)}}
     due_ms = {s: {round(x * 1000) for x in instants} for s, instants in due.items()}
     charged_ms = {(s, round(x * 1000)) for s, x in charged}
     for symbol, instant in sorted(charged):
+        if symbol in files and files[symbol] is None:
+            continue  # its file's schedule is unknown now (said by the funding data check)
         if round(instant * 1000) not in due_ms[symbol]:
-            said = "the exchange's schedule" if schedules.get(symbol) else "00:00, 08:00 or 16:00 UTC"
+            if schedules.get(symbol):
+                said = "the exchange's schedule"
+            elif files.get(symbol) is not None and files[symbol].scheduled:
+                said = "its funding file's settlements"
+            else:
+                said = "00:00, 08:00 or 16:00 UTC"
             problems.append(
                 f"{symbol}: a funding charge at {iso(instant)[:19]}Z, not one of its funding instants ({said})"
             )
@@ -2343,7 +2380,12 @@ def validate(run: Path, page: bool = False) -> list[str]:
         # was cut by the kill as an unfinished one's (its own buffer, flushed apart from the events)
         ("market", lambda: check_market(run, events, finished and not abandoned)),
         ("data", lambda: check_data(events)),
-        ("funding", lambda: check_funding_charges(events, report, funding_schedules(run))),
+        (
+            "funding",
+            lambda: check_funding_charges(
+                events, report, funding_schedules(run), funding_file_schedules(events)
+            ),
+        ),
         ("alerts", lambda: check_alerts(run, events, finished)),
         ("funding data", lambda: check_funding_data(events)),
     ]

@@ -83,11 +83,17 @@ EPS: Final = 1e-12
 
 
 class FundingSchedule(Protocol):
-    """Funding rates for backtests (actors/feeds/funding.py): the rate in force at an instant."""
+    """Funding rates for backtests (actors/feeds/funding.py): the rate in force at an instant,
+    the funding instants (00:00, 08:00, 16:00 UTC unless its file says its own) and the interval
+    a rate is for."""
 
     source: str
 
     def rate_pct_at(self, instant: float) -> float: ...
+
+    def next_instant(self, ts: float) -> float: ...
+
+    def interval_s_at(self, instant: float) -> float: ...
 
 
 def _iso_instant(ts: float) -> str:
@@ -877,7 +883,10 @@ class PaperBroker:
 
     def _next_funding(self, ts: float) -> float:
         """The first funding instant after `ts`: the exchange's schedule (`funding_anchor_ts`
-        and every `funding_every_s` from it), or 00:00, 08:00, 16:00 UTC until it says one."""
+        and every `funding_every_s` from it), or 00:00, 08:00, 16:00 UTC until it says one; with
+        a backtest's rates, theirs (00/08/16 UTC, or its file's settlements)."""
+        if self.funding is not None:
+            return float(self.funding.next_instant(ts))
         return float(next_instant(ts, self.funding_anchor_ts, self.funding_every_s))
 
     def _mark(self, events: list[Event], ts: float) -> list[Event]:
@@ -924,7 +933,7 @@ class PaperBroker:
         instant = self._next_funding(last_ts)
         while instant <= ts:
             events += self._charge_funding(instant, ts)
-            instant += self.funding_every_s
+            instant = self._next_funding(instant)
         return events
 
     def _charge_funding(self, instant: float, now: float) -> list[Event]:
@@ -2173,7 +2182,7 @@ class PaperBroker:
         rate x2, a 1 h rate x8: what the position pays in 8 h at that rate), so that the
         strategies' gates, in percent per 8 h, compare like with like."""
         if self.funding is not None:
-            return self.funding.rate_pct_at(now)
+            return self.funding.rate_pct_at(now) * (FUNDING_EVERY_S / self.funding.interval_s_at(now))
         return self.funding_rate_pct * (FUNDING_EVERY_S / self.funding_every_s)
 
     def account_update(self, now: float) -> AccountUpdate | None:

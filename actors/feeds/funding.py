@@ -5,8 +5,9 @@ instant (actors/broker/paper.py), or live at the instants the exchange gives the
 `price` channel's `nft`, every `nft - ft`: `next_instant`, `funding_interval_s`). Live Bitunix
 sessions take the rate from the exchange's `price` channel (`Funding` market events) and replays
 re-deliver those events; backtests and mock sessions have no such events, so without this module
-their funding is zero. A file's rows are rates, not instants: a backtest keeps the 00/08/16 UTC
-schedule, each instant at the row in force. A `FundingRates` hands the
+their funding is zero. A `ts_ms,rate` file's rows are rates, not instants: a backtest keeps the
+00/08/16 UTC schedule, each instant at the row in force; a `ts_ms,rate,interval_h` file's rows are
+its contract's settlements (`next_instant`), each rate per its row's interval. A `FundingRates` hands the
 broker the rate in force at each funding instant instead:
 
 - `FundingRates.from_csv(path)`: a CSV file (optionally gzipped) with the header `ts_ms,rate`, one
@@ -17,6 +18,9 @@ broker the rate in force at each funding instant instead:
   instant: stamp rows at the settlement time). Before the first row the rate is 0: funding is not
   charged for instants the file does not cover. A bad file is refused whole (`DataError`, naming
   the file and the line).
+- With the header `ts_ms,rate,interval_h` (a contract settled every 1, 2, 4 or 8 h): each row a
+  settlement, `rate` a fraction per its `interval_h`; the instants are the rows' times and every
+  interval after a row until the next (00:00, 08:00, 16:00 UTC before the first row).
 - `FundingRates.constant(rate_pct)`: the same rate, in **percent** per 8 h interval, at every
   instant (config `broker.funding = "constant"`, `broker.funding_rate_pct`).
 
@@ -38,6 +42,9 @@ from pathlib import Path
 from actors.feeds.history import READ_ERRORS, DataError, read_error
 
 FUNDING_CSV_HEADER = ["ts_ms", "rate"]
+# a file that says its contract's schedule: each row's settlement interval, in hours
+FUNDING_CSV_SCHEDULE_HEADER = ["ts_ms", "rate", "interval_h"]
+FUNDING_HOURS = (1, 2, 4, 8)
 # the funding schedule when the exchange has said nothing else: every 8 h from 00:00 UTC
 # (00:00, 08:00, 16:00); backtests, the mock and a live symbol before its first `price` frame
 FUNDING_EVERY_S = 8 * 3600
@@ -74,14 +81,22 @@ class FundingRates:
     """The funding rate, in percent per funding interval, in force at each funding instant."""
 
     def __init__(
-        self, times_ms: Sequence[float], rates_pct: Sequence[float], source: str, path: Path | None = None
+        self,
+        times_ms: Sequence[float],
+        rates_pct: Sequence[float],
+        source: str,
+        path: Path | None = None,
+        intervals_s: Sequence[float] | None = None,
     ) -> None:
-        if len(times_ms) != len(rates_pct):
-            raise ValueError("one rate per time")
+        if len(times_ms) != len(rates_pct) or (intervals_s is not None and len(intervals_s) != len(times_ms)):
+            raise ValueError("one rate (and interval) per time")
         if any(b <= a for a, b in itertools.pairwise(times_ms)):
             raise ValueError("funding times must be strictly increasing")
         self._times_ms = list(times_ms)
         self._rates_pct = list(rates_pct)
+        # each row's settlement interval (a file with `interval_h`): its rows are the settlements,
+        # the instants; None: the rows are rates in force at 00:00, 08:00 and 16:00 UTC, per 8 h
+        self._intervals_s = list(intervals_s) if intervals_s is not None else None
         self.source = source
         # the file read (`from_csv`): a backtest's session.started records it, for the validator
         self.path = path
@@ -107,20 +122,33 @@ class FundingRates:
             raise DataError(f"funding file {path} is not UTF-8 text ({exc.reason})") from exc
         lines = text.splitlines()
         header = [c.strip() for c in lines[0].split(",")] if lines else []
-        if header != FUNDING_CSV_HEADER:
+        if header not in (FUNDING_CSV_HEADER, FUNDING_CSV_SCHEDULE_HEADER):
             raise DataError(
-                f"funding file {path}, line 1: expected the header {','.join(FUNDING_CSV_HEADER)}, "
-                f"got {lines[0] if lines else 'an empty file'!r}"
+                f"funding file {path}, line 1: expected the header {','.join(FUNDING_CSV_HEADER)} "
+                f"(or {','.join(FUNDING_CSV_SCHEDULE_HEADER)}), got {lines[0] if lines else 'an empty file'!r}"
             )
+        scheduled = header == FUNDING_CSV_SCHEDULE_HEADER
+        per = "interval" if scheduled else "8 h interval"
         times_ms: list[int] = []
         rates_pct: list[float] = []
+        intervals_s: list[float] = []
         for number, line in enumerate(lines[1:], start=2):
             if not line.strip():
                 continue
             where = f"funding file {path}, line {number}"
             fields = [f.strip() for f in line.split(",")]
-            if len(fields) != 2:
-                raise DataError(f"{where}: expected 2 fields (ts_ms,rate), got {len(fields)}: {line!r}")
+            if len(fields) != len(header):
+                raise DataError(
+                    f"{where}: expected {len(header)} fields ({','.join(header)}), got {len(fields)}: {line!r}"
+                )
+            if scheduled:
+                hours = fields[2]
+                if hours not in {str(h) for h in FUNDING_HOURS}:
+                    raise DataError(
+                        f"{where}: interval_h {hours!r} is not allowed; expected one of "
+                        f"{', '.join(map(str, FUNDING_HOURS))} (hours between settlements)"
+                    )
+                intervals_s.append(int(hours) * 3600.0)
             try:
                 ts_ms = int(fields[0])
             except ValueError:
@@ -133,7 +161,7 @@ class FundingRates:
                 raise DataError(f"{where}: rate {fields[1]!r} is not a number") from None
             if not math.isfinite(rate) or abs(rate) > MAX_ABS_RATE:
                 raise DataError(
-                    f"{where}: rate {fields[1]} is not allowed; expected a fraction per 8 h interval "
+                    f"{where}: rate {fields[1]} is not allowed; expected a fraction per {per} "
                     f"between -{MAX_ABS_RATE:g} and {MAX_ABS_RATE:g} (0.0001 = 0.01 %)"
                 )
             if times_ms and ts_ms <= times_ms[-1]:
@@ -145,13 +173,38 @@ class FundingRates:
             rates_pct.append(rate * 100)
         if not times_ms:
             raise DataError(f"funding file {path} has a header but no rows")
-        return cls(times_ms, rates_pct, f"file:{path.name}", path)
+        return cls(times_ms, rates_pct, f"file:{path.name}", path, intervals_s if scheduled else None)
 
     def rate_pct_at(self, instant: float) -> float:
         """The rate (percent per interval) in force at the funding instant `instant` (epoch
         seconds): the last row at or before it; 0 before the first row."""
         i = bisect.bisect_right(self._times_ms, instant * 1000) - 1
         return self._rates_pct[i] if i >= 0 else 0.0
+
+    @property
+    def scheduled(self) -> bool:
+        """Its rows are the settlements, each with its interval (a file with `interval_h`)."""
+        return self._intervals_s is not None
+
+    def interval_s_at(self, instant: float) -> float:
+        """The settlement interval in force at `instant` (seconds): the row at or before it's in a
+        file with `interval_h`; else (and before the first row) 8 h."""
+        if self._intervals_s is None:
+            return float(FUNDING_EVERY_S)
+        i = bisect.bisect_right(self._times_ms, instant * 1000) - 1
+        return self._intervals_s[i] if i >= 0 else float(FUNDING_EVERY_S)
+
+    def next_instant(self, ts: float) -> float:
+        """The first funding instant after `ts`: 00:00, 08:00, 16:00 UTC; in a file with
+        `interval_h`, from its first row on, each row's time and every interval after it until the
+        next row (a row is a settlement, one where the interval has it or not)."""
+        if self._intervals_s is None:
+            return next_instant(ts)
+        i = bisect.bisect_right(self._times_ms, ts * 1000) - 1
+        following = self._times_ms[i + 1] / 1000 if i + 1 < len(self._times_ms) else math.inf
+        if i < 0:
+            return min(next_instant(ts), following)
+        return min(next_instant(ts, self._times_ms[i] / 1000, self._intervals_s[i]), following)
 
     @property
     def first_ms(self) -> float:
