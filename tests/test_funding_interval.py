@@ -285,3 +285,102 @@ def test_a_charge_off_its_instants_is_named_and_an_instant_missed_too() -> None:
     assert check_funding_charges(events(8), report, four) == [
         f"ETHUSDT: no funding charge at {at[12]}, with the net position +0.10000000 open at it"
     ]
+
+
+LIVE_CONFIG = """
+[session]
+symbol = "BTCUSDT"
+interval = "1m"
+
+[feed]
+source = "bitunix"
+
+[risk]
+max_position_size = 10
+max_notional = 2000
+max_total_notional = 3000
+max_orders_per_minute = 20
+sizing = "fixed"
+max_loss_pct = 50
+max_daily_drawdown_pct = 50
+max_consecutive_losses = 0
+
+[[strategies]]
+id = "btc_fast"
+kind = "ema_cross"
+history = 10
+fast_period = 2
+slow_period = 3
+order_qty = 0.01
+
+[[strategies]]
+id = "eth_fast"
+kind = "ema_cross"
+symbol = "ETHUSDT"
+history = 10
+fast_period = 2
+slow_period = 3
+order_qty = 0.3
+"""
+
+
+@pytest.mark.slow
+async def test_a_live_session_and_its_replay_charge_a_4h_symbol_at_its_exchanges_instant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole live session against the fake, ETHUSDT on 4 h funding beside BTCUSDT on 8 h, from
+    70 s before a 4 h instant that is no 8 h one to 5 s after it (the session's clock the
+    exchange's, as live): the zigzag's cross at the candle closing a minute before the instant
+    opens a position in each; ETHUSDT's is charged at the instant, BTCUSDT's is not; the run is
+    valid, and `--replay` books the same charge."""
+    import types
+
+    import trio
+
+    import actors.clock
+    from actors.config import load
+    from actors.session import run_session
+    from tests.conftest import read_events
+    from tests.test_feed_bitunix import replay_cli
+    from tools.validate_session import validate
+
+    lead = 70.0
+    wall = time.time()
+    instant = (math.floor((wall - 4 * HOUR) / (8 * HOUR)) + 1) * 8 * HOUR + 4 * HOUR
+    offset = instant - lead - wall
+    real = time.time
+    monkeypatch.setattr(actors.clock, "time", types.SimpleNamespace(time=lambda: real() + offset))
+    fake = FakeBitunix(
+        seed=12, symbols=tuple(QTY), zigzag_pct=0.2, funding_hours={"ETHUSDT": 4}, time_offset_s=offset
+    )
+    config_path = tmp_path / "two.toml"
+    config_path.write_text(LIVE_CONFIG)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.run)
+        config = load(
+            config_path,
+            {},
+            [
+                f"session.run_dir={tmp_path / 'runs'}",
+                f"session.kill_switch={tmp_path / 'kill.txt'}",
+                f"feed.ws_url={fake.ws_url}",
+                f"feed.rest_url={fake.rest_url}",
+                f"session.duration_min={(lead + 5) / 60}",
+            ],
+        )
+        with trio.fail_after(lead + 60):
+            result = await run_session(config, handle_signals=False, progress_mode="off")
+        nursery.cancel_scope.cancel()
+    events = read_events(result.run_path)
+    charges = [e for e in events if e["kind"] == "funding"]
+    when = datetime.fromtimestamp(instant, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert [(e["symbol"], e["instant"]) for e in charges] == [("ETHUSDT", when)]
+    assert charges[0]["position_qty"] != 0
+    want_rate = float(fake.markets["ETHUSDT"].price_data(round(instant * 1000) + 1000)["fr"])
+    assert charges[0]["rate_pct"] == pytest.approx(want_rate)
+    assert validate(result.run_path) == []
+    replayed = await replay_cli(result.run_path, tmp_path)
+    again = [e for e in read_events(replayed) if e["kind"] == "funding"]
+    keys = ("symbol", "instant", "rate_pct", "mark_price", "position_qty", "amount", "rate_settled_at")
+    assert [[e.get(k) for k in keys] for e in again] == [[e.get(k) for k in keys] for e in charges]
+    assert validate(replayed) == []
