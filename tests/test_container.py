@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from actors.config import Config
 from tests.conftest import REPO, SHARED
 from tools import healthcheck
 
@@ -178,6 +179,23 @@ def test_sweep_lock_keeps_the_pins_of_requirements_lock() -> None:
     assert {"ray", "optuna", "pyarrow"} <= set(sweep) - set(base)
     entries = re.split(r"\n(?=[A-Za-z0-9])", (REPO / "requirements-sweep.lock").read_text().split("\n", 2)[2])
     assert len(entries) == len(sweep) and all("--hash=sha256:" in e for e in entries)
+
+
+def test_documented_podman_runs_give_the_stop_more_than_the_wind_down() -> None:
+    """Found by a container audit: the README's and the RUNBOOK's `podman run -d` left podman's
+    stop timeout at its default, 10 s, which is session.flatten_timeout_s: a stop whose actors
+    took their whole wind-down was SIGKILLed (exit 137, no report; the next start resumed it)
+    before the flatten and the report that come after it. Each documented unattended run sets
+    --stop-timeout to at least twice the wind-down, as the Job's terminationGracePeriodSeconds
+    (tests/test_deploy.py)."""
+    bound = 2 * Config().session.flatten_timeout_s
+    for doc in (REPO / "README.md", REPO / "docs" / "RUNBOOK.md"):
+        text = re.sub(r"\\?\n\s*", " ", doc.read_text())  # one line: shell and Markdown breaks
+        runs = re.findall(r"podman run -d ((?:(?!btc-laptop-agents).)*)btc-laptop-agents", text)
+        assert runs, f"{doc.name}: no `podman run -d ... btc-laptop-agents`"
+        for options in runs:
+            timeout = re.search(r"--stop-timeout[ =](\d+)", options)
+            assert timeout and int(timeout.group(1)) >= bound, f"{doc.name}: podman run -d {options}"
 
 
 # --- podman ----------------------------------------------------------------------------------------
