@@ -475,7 +475,12 @@ def test_readme_recipe_runs_as_written(tmp_path: Path) -> None:
             subprocess.run(["podman", "rm", "-f", "-v", "-t", "0", name], capture_output=True, timeout=60)
     run = checkout / "runs" / "latest"
     report = _report(run)
-    assert report["status"] == "ok"
+    assert report["status"] == "ok" and report["stop_reason"] == "signal"
+    # the killed session was resumed by `podman start`, then stopped flat (found by an audit: the
+    # README said to run the same `podman run`, which exits 125 while the named container exists)
+    events = _events(run)
+    assert [e["kind"] for e in events].count("session.resumed") == 1
+    assert events[-1]["kind"] == "session.stopped" and events[-1]["detail"] == "SIGTERM"
     _validate(run)
 
 
