@@ -16,12 +16,12 @@ import json
 import re
 import shlex
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 
-from actors.config import Config
+from actors.config import Config, load
 from actors.main import build_parser
 from tests.conftest import REPO
 
@@ -328,6 +328,36 @@ def test_the_job_is_one_session_of_the_default_image() -> None:
     # /data survives a new pod (the restart's resume): a claim of this file
     claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
     assert claims == {_one(docs, "PersistentVolumeClaim")["metadata"]["name"]}
+
+
+def test_the_jobs_kill_switch_is_on_the_pod_not_on_the_claim() -> None:
+    """Found by a container audit: the Job left the kill switch at the image's /data/kill.txt, on
+    its PersistentVolumeClaim, so a session stopped by it (exit 0, the pod done) left the file for
+    the next Job on the same claim, whose session stopped at once (`kill switch kill.txt was
+    already there at the start`), and no pod was left to delete it from. The Job's effective
+    session.kill_switch (live.toml, then its env), read from the image's working directory, lies
+    on an emptyDir of the pod; the documented `kubectl exec ... touch` names it."""
+    job = _one(_load("session-job.yaml"), "Job")
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    found = re.search(r"^ENTRYPOINT (\[.*\])$", _containerfile(), re.M)
+    assert found, "the Containerfile has no ENTRYPOINT"
+    entrypoint = json.loads(found.group(1))
+    config_file = REPO / entrypoint[entrypoint.index("--config") + 1].removeprefix("/app/")
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    switch = load(config_file, env=env).session.kill_switch
+    workdir = re.findall(r"^WORKDIR (\S+)$", _containerfile(), re.M)[-1]
+    path = PurePosixPath(workdir, switch)  # an absolute kill_switch stays itself
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {PurePosixPath(m["mountPath"]): volumes[m["name"]] for m in container["volumeMounts"]}
+    holding = max((m for m in mounts if m in path.parents), key=lambda m: len(m.parts), default=None)
+    assert holding is not None and "emptyDir" in mounts[holding], (path, holding)
+    documented = [
+        c[-1]
+        for text in ((DEPLOY / "session-job.yaml").read_text(), _readme_section())
+        for c in _commands(text, "kubectl exec job/btc-session -- touch")
+    ]
+    assert documented and set(documented) == {str(path)}, documented
 
 
 def _lock_version(lock: Path, name: str) -> str:
