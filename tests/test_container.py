@@ -354,6 +354,24 @@ def test_read_only_session_configured_by_the_environment(image: str, tmp_path: P
 
 
 @pytest.mark.container
+def test_a_package_on_the_volume_does_not_replace_the_images(image: str, tmp_path: Path) -> None:
+    """Found by a container audit: `python -m` put the working directory, /data (the writable
+    volume), first on the import path, so a /data/tools/healthcheck.py or /data/actors/main.py ran
+    in place of the image's code (its read-only root kept nothing from being replaced). Planted
+    there, the HEALTHCHECK's command and the ENTRYPOINT still run the installed code."""
+    data = tmp_path / "data"
+    for package, module in (("tools", "healthcheck"), ("actors", "main")):
+        (data / package).mkdir(parents=True)
+        (data / package / "__init__.py").write_text("")
+        (data / package / f"{module}.py").write_text("print('planted code ran')\n")
+    volume = ["--rm", "--read-only", "-v", f"{data}:/data:U"]
+    check = podman("run", *volume, "--entrypoint", "python", image, "-m", "tools.healthcheck", check=False)
+    assert check.returncode == 1 and check.stdout.startswith("unhealthy: no run folder"), check.stdout
+    usage = podman("run", *volume, image, "--help")
+    assert usage.stdout.startswith("usage: python -m actors.main"), usage.stdout[:300]
+
+
+@pytest.mark.container
 def test_session_writes_nothing_outside_data_and_tmp(image: str, containers: list[str]) -> None:
     """`podman diff` of a session on a writable root equals that of a container that ran nothing
     (podman's own /etc), apart from /data (the volume) and /tmp."""
