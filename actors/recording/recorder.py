@@ -502,8 +502,8 @@ class Recorder:
         target = self.path / "metrics.json"
         try:
             os.fsync(self._events.fileno())
-            # the metrics rows of a long backtest by the thousand: orjson (the same JSON, ten times faster)
-            _write_json(target, metrics_document(self.metrics), fast=True)
+            # a row a second live (86,400 in a day): written a slice at a time (write_metrics_json)
+            write_metrics_json(target, self.metrics)
             target = self.path / "final_report.json"
             _write_json(target, self.report)
             # their renames durable (found by the crash audit: a power loss could lose them and
@@ -525,13 +525,47 @@ class Recorder:
         return True
 
 
-def _write_json(path: Path, data: Any, *, fast: bool = False) -> None:
+METRICS_SLICE: Final = 1000  # metrics.json's rows serialised at once
+
+
+def write_metrics_json(path: Path, rows: list[dict[str, Any]]) -> None:
+    """metrics.json, atomically: the bytes `orjson.dumps(metrics_document(rows), OPT_INDENT_2)`
+    and a newline, the rows serialised METRICS_SLICE at a time (found by the long-session audit:
+    the whole document at once, as bytes, then text, then bytes again, held three copies of it
+    at the end of a session: 38 MB each for a day's 86,400 rows, 229 MB peak RSS where the
+    session itself had peaked at 151 MB; the memory now is a slice's, whatever the rows)."""
+    option = orjson.OPT_INDENT_2
+    scrub = secrets.active()
+    with temp_file(path) as tmp:
+        with tmp.open("wb") as f:
+            if not rows:
+                f.write(_scrubbed(orjson.dumps(metrics_document(rows), option=option), scrub))
+            else:
+                # the document with no rows ends `"rows": []\n}`: its rows go between the brackets,
+                # indented as the document's own would be (a JSON line break is never inside a value)
+                head = orjson.dumps(metrics_document([]), option=option)
+                assert head.endswith(b"[]\n}")
+                f.write(_scrubbed(head[:-3], scrub))
+                for start in range(0, len(rows), METRICS_SLICE):
+                    text = orjson.dumps(rows[start : start + METRICS_SLICE], option=option)
+                    # `[\n  {...},\n  {...}\n]`: the objects, two more spaces in on each line
+                    body = text[1:-2].replace(b"\n", b"\n  ")
+                    f.write(_scrubbed((b"," if start else b"") + body, scrub))
+                f.write(b"\n  ]\n}")
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def _scrubbed(data: bytes, scrub: bool) -> bytes:
+    return secrets.scrub(data.decode()).encode() if scrub else data
+
+
+def _write_json(path: Path, data: Any) -> None:
     with temp_file(path) as tmp:
         with tmp.open("w", encoding="utf-8") as f:
-            if fast:
-                f.write(secrets.scrub(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()))
-            else:
-                f.write(secrets.scrub(json.dumps(data, indent=2, allow_nan=False)))
+            f.write(secrets.scrub(json.dumps(data, indent=2, allow_nan=False)))
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
