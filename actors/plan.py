@@ -44,6 +44,10 @@ class Recording:
     stop_reason: str
     funding_source: str | None = None  # the original's report field (None: recorded before it existed)
     resumes: int = 0  # the original was killed and resumed this many times (`session.resumed`)
+    # whether the original's broker charged funding: its source of rates is not "none", or it
+    # recorded a funding event (a live session that fell back to the mock source, and a replay of
+    # one, say "none" but charged at the last rate known)
+    funding_modelled: bool = True
 
     @property
     def market_path(self) -> Path:
@@ -142,6 +146,7 @@ def load_recording(target: Path) -> Recording:
     started: dict[str, Any] | None = None
     stopped: dict[str, Any] | None = None
     resumes = 0
+    funded = False
     try:
         with events_path.open(encoding="utf-8") as f:
             for line in f:
@@ -152,6 +157,8 @@ def load_recording(target: Path) -> Recording:
                     stopped = event
                 elif event["kind"] == "session.resumed":
                     resumes += 1
+                elif event["kind"] == "funding":
+                    funded = True
         if started is None or stopped is None:
             raise PlanError(f"--replay: {run_path} is not a finished session (no session.started/stopped)")
         run_id = started["run_id"]
@@ -188,6 +195,7 @@ def load_recording(target: Path) -> Recording:
             stop_reason=stopped["stop_reason"],
             funding_source=stopped.get("funding_source", started.get("funding_source")),
             resumes=resumes,
+            funding_modelled=funded or stopped.get("funding_source", started.get("funding_source")) != "none",
         )
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise PlanError(

@@ -760,8 +760,11 @@ class Session:
             bars=self.plan.mode == "backtest",
             funding=self.funding,
             # the symbols without rates charge what the feed delivers (a replay: what its recording
-            # does); with no feed either, nothing: no funding events
-            funding_modelled=self.funding_source == "feed" or self.plan.mode == "replay",
+            # does, if the original charged any: found by the determinism audit, a replay of a mock
+            # session holding a position at 08:00 UTC recorded a funding event at rate 0 that the
+            # original never had); with no feed either, nothing: no funding events
+            funding_modelled=self.funding_source == "feed"
+            or (self.plan.recording is not None and self.plan.recording.funding_modelled),
         )
 
     def new_run_folder(self, now: float) -> Path:

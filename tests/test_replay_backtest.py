@@ -7,6 +7,7 @@ import math
 import random
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -450,3 +451,40 @@ async def test_a_replay_skips_and_counts_the_market_records_it_cannot_read(
     report = read_report(replayed.run_path)
     assert (report["status"], report["stop_reason"]) == ("ok", read_report(original.run_path)["stop_reason"])
     assert report["malformed_dropped"].get("replay_bad_record") == 2
+
+
+async def test_a_replay_of_a_mock_session_charges_no_funding_the_session_did_not(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the determinism audit: a mock session (no funding: `funding_source` none) holding a
+    position at a funding instant (08:00 UTC) recorded no funding there, as it should; its replay
+    charged one, at rate 0 and the mark of the replay's own quote, an event the original never had
+    (and the validator refused it). The replay now models funding only where its original did:
+    the same events, line by line."""
+    instant = 1_704_096_000  # 2024-01-01T08:00:00Z, a funding instant
+    # the session's one clock starts 2 minutes before it (the mock walk is the seed's whenever it runs)
+    monkeypatch.setattr("actors.clock.time", SimpleNamespace(time=lambda: instant - 120.25))
+    sets = [*TRADES_OFTEN, "session.seed=1"]
+    original = await run_session(
+        make_config(tmp_path / "a", *sets, duration_min=4), handle_signals=False, progress_mode="off"
+    )
+    events = read_events(original.run_path)
+    assert events[-1]["funding_source"] == "none"
+    # the precondition: a position open at the instant (the last heartbeat before it says so)
+    before = [e for e in events if e["kind"] == "heartbeat" and e["ts"] < "2024-01-01T08:00:00"]
+    assert before and before[-1]["position_qty"] != 0
+    assert not [e for e in events if e["kind"] == "funding"]
+    recording = load_recording(original.run_path)
+    replayed = await run_session(
+        make_config(tmp_path / "b", *sets, duration_min=4),
+        plan=Plan(mode="replay", recording=recording),
+        handle_signals=False,
+    )
+    again = read_events(replayed.run_path)
+    assert [e for e in again if e["kind"] == "funding"] == []
+
+    def comparable(records: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in IDENTITY} for r in records]
+
+    assert comparable(again) == comparable(events)
+    assert validate(replayed.run_path) == []
