@@ -163,10 +163,31 @@ class Scrubber:
         return bool(self.forms)
 
     def scrub(self, text: str) -> str:
+        """Each stretch of `text` that some form covers becomes one `***`: where two secrets
+        overlap (the end of one the start of another), both are masked whole, whichever was
+        found first (found by the determinism audit: replaced one form after the other, longest
+        first and those of a length in the order of a set, which PYTHONHASHSEED sets, the text
+        kept the end of one secret or the start of the other, from run to run)."""
+        spans: list[tuple[int, int]] = []
         for form in self.forms:
-            if form in text:
-                text = text.replace(form, MASK)
-        return text
+            at = text.find(form)
+            while at != -1:
+                spans.append((at, at + len(form)))
+                at = text.find(form, at + 1)
+        if not spans:
+            return text
+        spans.sort()
+        parts: list[str] = []
+        done = 0  # text[:done] is in parts
+        start, end = spans[0]
+        for a, b in spans[1:]:
+            if a < end:  # overlapping: one stretch
+                end = max(end, b)
+                continue
+            parts += (text[done:start], MASK)
+            done, (start, end) = end, (a, b)
+        parts += (text[done:start], MASK, text[end:])
+        return "".join(parts)
 
 
 _scrubber = Scrubber([])

@@ -19,7 +19,7 @@ import pytest
 from actors import secrets
 from actors.config import ConfigError, load
 from actors.recording import checkpoint
-from tests.conftest import cli_env, run_cli
+from tests.conftest import REPO, cli_env, run_cli
 
 API_KEY = "ak-7f3e9c1b2a4d6e8f0a1b2c3d"
 API_SECRET = "sk-0d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a"
@@ -324,3 +324,27 @@ def test_a_state_key_file_that_is_not_a_small_regular_file_is_refused(tmp_path: 
         line == f"error: LAPTOP_AGENTS_STATE_KEY_FILE: {path} is {what}; expected the file holding the value"
     )
     assert not runs.exists()
+
+
+def test_overlapping_secrets_are_masked_whole_whatever_the_hash_seed() -> None:
+    """Found by the determinism audit: two secrets of one length where one's end is the other's
+    start, written side by side as they overlap, were masked one after the other in the order of
+    a set (PYTHONHASHSEED's), and the text kept 'f' of one or 'a' of the other, from run to run.
+    The whole stretch the two cover is masked, in every process."""
+    code = (
+        "from actors.secrets import Scrubber\n"
+        "s = Scrubber(['abcdefgh1', 'defgh1234'])\n"
+        "print(s.scrub('key=abcdefgh1234 and again abcdefgh1, defgh1234.'))\n"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            cwd=REPO,
+        ).stdout
+        for seed in range(6)
+    }
+    assert outputs == {"key=*** and again ***, ***.\n"}
