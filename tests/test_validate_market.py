@@ -269,6 +269,34 @@ def test_a_live_charge_is_at_the_mark_in_force_at_its_instant_and_the_rate_the_f
         ]
 
 
+def test_a_charge_booked_on_a_quote_at_its_instant_is_at_the_mark_before_it(tmp_path: Path) -> None:
+    """Found by the determinism audit: the broker books an instant on the first market event at or
+    after it, on the mark in force before that event (the mock's ticks fall on whole seconds, one
+    at 08:00:00.000 itself); the validator took only the quote at the instant for the one in force
+    and refused the charge of a mock session with broker.funding = "constant". A long of 0.01, a
+    quote at 07:59:59.5 (mid 100,000.1) and one at 08:00:00.000 (mid 100,010.1): either is the
+    mark at the instant; the quote of 07:59:59 before them is not."""
+    instant = T0 + 8 * 3600
+    run = market(
+        tmp_path,
+        tick(instant - 1, 99_000.0, 99_000.2),
+        tick(instant - 0.5, 100_000.0, 100_000.2),
+        tick(instant, 100_010.0, 100_010.2),
+    )
+    charge = {
+        "seq": 2, "ts": iso(instant), "kind": "funding", "instant": iso(instant), "rate_pct": 0.01,
+        "mark_price": 100_000.1, "position_qty": 0.01, "amount": 0.01 * 100_000.1 * 0.0001, "symbol": SYMBOL,
+    }  # fmt: skip
+    assert check_market(run, [started(), charge], finished=True) == []
+    at = {**charge, "mark_price": 100_010.1, "amount": 0.01 * 100_010.1 * 0.0001}
+    assert check_market(run, [started(), at], finished=True) == []
+    earlier = {**charge, "mark_price": 99_000.1, "amount": 0.01 * 99_000.1 * 0.0001}
+    assert check_market(run, [started(), earlier], finished=True) == [
+        f"funding seq 2: mark_price 99000.1, not the mark in force at {iso(instant)} (mids and marks: "
+        "100000.1, 100010.1)"
+    ]
+
+
 # --- a backtest against its data file ------------------------------------------------------------------
 
 

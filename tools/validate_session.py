@@ -1558,8 +1558,14 @@ def _check_funding_market(
     m = markets.get(symbol) or SymbolMarket(symbol)
     problems: list[str] = []
     mark = e.get("mark_price")
-    mids = [(q[0] + q[1]) / 2 for _, q in m.near(m.quotes, instant, resumed)]
-    marks = [x for _, x in m.near(m.marks, instant, resumed)]
+    # the broker books an instant on the first market event at or after it, on the mark before
+    # that event's: one arriving at the instant itself may be the one after it, and the one before
+    # in force (found by the determinism audit: mock ticks fall on whole seconds, and a mock
+    # session with broker.funding = "constant" long over 08:00 was refused its charge at the mark
+    # of 07:59:59.5)
+    before = instant - 2 * TIME_EPS
+    mids = [(q[0] + q[1]) / 2 for _, q in m.near(m.quotes, before, resumed)]
+    marks = [x for _, x in m.near(m.marks, before, resumed)]
     if (
         isinstance(mark, int | float)
         and (mids or marks)
