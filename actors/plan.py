@@ -45,8 +45,9 @@ class Recording:
     funding_source: str | None = None  # the original's report field (None: recorded before it existed)
     resumes: int = 0  # the original was killed and resumed this many times (`session.resumed`)
     # whether the original's broker charged funding: its source of rates is not "none", or it
-    # recorded a funding event (a live session that fell back to the mock source, and a replay of
-    # one, say "none" but charged at the last rate known)
+    # recorded a funding event (a live session that fell back to the mock source, recorded by a
+    # version before the broker stopped charging after a fallback, and a replay of one, say "none"
+    # but charged at the last rate known)
     funding_modelled: bool = True
 
     @property

@@ -155,6 +155,11 @@ class Funding:
     interval_s: float | None = None
 
 
+# a FeedStatus's reason when the live feed gave up at start and the mock source took over: the
+# broker then charges no funding (the mock has no rates; the report's funding_source is "none")
+FALLBACK_REASON = "fallback to the mock source"
+
+
 @attrs.frozen
 class FeedStatus:
     """Feed -> broker (-> risk gate): the feed's data became stale (no data, the socket down) or

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import socket
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -12,9 +14,9 @@ import trio.testing
 
 from actors.feeds.funding import FundingRates
 from actors.feeds.history import DataError
-from actors.plan import Plan
+from actors.plan import Plan, load_recording
 from actors.session import Session, run_session
-from tests.conftest import make_config, read_events, read_report, run_cli
+from tests.conftest import TRADES_OFTEN, make_config, read_events, read_report, run_cli
 from tools.validate_session import validate
 
 H = 3600
@@ -464,3 +466,41 @@ def test_a_backtest_strategy_sees_a_4h_files_rate_per_8h(tmp_path: Path) -> None
     broker = PaperBroker(attrs.evolve(BrokerConfig()), random.Random(1), funding=FundingRates.from_csv(path))
     assert broker.snapshot(T0 + H).funding_rate_pct == pytest.approx(0.02)
     assert broker.snapshot(T0 - H).funding_rate_pct == 0.0  # before the file: no rate
+
+
+async def test_a_live_session_that_fell_back_to_the_mock_charges_no_funding(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the determinism audit: a live session whose feed fell back to the mock source (its
+    report: funding_source none, 'funding is not modelled') long at 08:00 UTC recorded a funding
+    charge at rate 0, on the mark of its last quote before the one at the instant, which the README
+    says it does not and the validator refused. It now charges none, as a mock session; and its
+    replay neither."""
+    instant = T0 + EIGHT_H
+    monkeypatch.setattr("actors.clock.time", SimpleNamespace(time=lambda: instant - 120.25))
+    with socket.socket() as closed:  # bound, not listening: refused at once; falls back after 15 s
+        closed.bind(("127.0.0.1", 0))
+        unreachable = f"127.0.0.1:{closed.getsockname()[1]}"
+        sets = [
+            *TRADES_OFTEN,
+            "session.interval=1m",
+            "session.seed=1",
+            "feed.source=bitunix",
+            f"feed.ws_url=ws://{unreachable}/public/",
+            f"feed.rest_url=http://{unreachable}",
+        ]
+        result = await run_session(make_config(tmp_path, *sets, duration_min=4), handle_signals=False)
+    events = read_events(result.run_path)
+    assert any(e["kind"] == "feed.fallback" for e in events)
+    assert events[-1]["funding_source"] == "none"
+    # the precondition: a position open at the instant (the last heartbeat before it)
+    before = [e for e in events if e["kind"] == "heartbeat" and e["ts"] < "2024-01-01T08:00:00"]
+    assert before and before[-1]["position_qty"] != 0
+    assert [e for e in events if e["kind"] == "funding"] == []
+    assert validate(result.run_path) == []
+    replayed = await run_session(
+        make_config(tmp_path / "replay", *sets, duration_min=4),
+        plan=Plan(mode="replay", recording=load_recording(result.run_path)),
+        handle_signals=False,
+    )
+    assert [e for e in read_events(replayed.run_path) if e["kind"] == "funding"] == []

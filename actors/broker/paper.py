@@ -54,6 +54,7 @@ from protocols.instruments import Instrument, fast_round, table_instrument
 from protocols.messages import (
     DEFAULT_SYMBOL,
     EXCHANGE_QUOTE_SOURCES,
+    FALLBACK_REASON,
     AccountSnapshot,
     AccountUpdate,
     Book,
@@ -514,6 +515,7 @@ class PaperBroker:
         "funding_settled_ts",
         "funding_anchor_ts",
         "funding_every_s",
+        "funding_modelled",
         "mark",
         "mark_source",
         "last_ts",
@@ -642,6 +644,11 @@ class PaperBroker:
             return []
         if cls is FeedStatus:
             self.stale = event.stale  # type: ignore[union-attr]
+            if event.reason == FALLBACK_REASON and self.funding is None:  # type: ignore[union-attr]
+                # the mock source took over from the live feed: no rates will come, and funding is
+                # not modelled (found by the determinism audit: such a session, funding_source
+                # "none", charged funding at rate 0 at 08:00 UTC on the mark of its last quote)
+                self.funding_modelled = False
             return []
         if cls is Instrument:  # the exchange's own figures (live sessions, at start)
             self.instrument = event  # type: ignore[assignment]

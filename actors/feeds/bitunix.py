@@ -84,7 +84,17 @@ from actors.feeds.funding import funding_interval_s
 from actors.feeds.mock import FeedHealth, MarketWalk, RandomWalk, fan_out, run_mock_feed
 from protocols import bitunix
 from protocols.instruments import Instrument, from_trading_pair, table_instrument
-from protocols.messages import Book, Candle, Event, EventSender, FeedStatus, Funding, MarketEvent, Tick
+from protocols.messages import (
+    FALLBACK_REASON,
+    Book,
+    Candle,
+    Event,
+    EventSender,
+    FeedStatus,
+    Funding,
+    MarketEvent,
+    Tick,
+)
 from protocols.records import iso
 
 HEALTHY_S = 2.0  # a connection that delivered data for this long resets the reconnect backoff
@@ -1345,7 +1355,7 @@ async def run_live_feed(
             reason += f" ({feed.last_error})"
         health.data_source = f"mock (fallback: {reason})"
         health.down_since = None
-        await feed._set_stale(False, "fallback to the mock source")
+        await feed._set_stale(False, FALLBACK_REASON)
         logger.warning("FEED FALLBACK: {} - trading on the MOCK source for the rest of this session", reason)
         await events.send(
             Event(clock.now(), "feed.fallback", {"reason": reason, "data_source": health.data_source})
