@@ -24,6 +24,7 @@ from actors.strategies.base import funding_size
 from protocols.messages import Event, Funding, MarketEvent, Order, Tick
 from protocols.records import iso, market_from_record, market_record
 from tests.test_feed_multi_symbol import run_feed
+from tests.test_multi_symbol_live import TWO_SYMBOLS
 from tools.fake_bitunix import FakeBitunix
 from tools.validate_session import check_funding_charges, funding_instants, funding_schedules
 
@@ -287,43 +288,6 @@ def test_a_charge_off_its_instants_is_named_and_an_instant_missed_too() -> None:
     ]
 
 
-LIVE_CONFIG = """
-[session]
-symbol = "BTCUSDT"
-interval = "1m"
-
-[feed]
-source = "bitunix"
-
-[risk]
-max_position_size = 10
-max_notional = 2000
-max_total_notional = 3000
-max_orders_per_minute = 20
-sizing = "fixed"
-max_loss_pct = 50
-max_daily_drawdown_pct = 50
-max_consecutive_losses = 0
-
-[[strategies]]
-id = "btc_fast"
-kind = "ema_cross"
-history = 10
-fast_period = 2
-slow_period = 3
-order_qty = 0.01
-
-[[strategies]]
-id = "eth_fast"
-kind = "ema_cross"
-symbol = "ETHUSDT"
-history = 10
-fast_period = 2
-slow_period = 3
-order_qty = 0.3
-"""
-
-
 @pytest.mark.slow
 async def test_a_live_session_and_its_replay_charge_a_4h_symbol_at_its_exchanges_instant(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -354,7 +318,7 @@ async def test_a_live_session_and_its_replay_charge_a_4h_symbol_at_its_exchanges
         seed=12, symbols=tuple(QTY), zigzag_pct=0.2, funding_hours={"ETHUSDT": 4}, time_offset_s=offset
     )
     config_path = tmp_path / "two.toml"
-    config_path.write_text(LIVE_CONFIG)
+    config_path.write_text(TWO_SYMBOLS)
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.run)
         config = load(

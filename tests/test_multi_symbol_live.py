@@ -28,7 +28,8 @@ from tools.validate_session import validate
 SECONDS = float(os.environ.get("MULTI_SYMBOL_SECONDS", "180"))
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 
-CONFIG = """
+# two strategies, one on each symbol (tests/test_funding_interval.py runs them too)
+TWO_SYMBOLS = """
 [session]
 symbol = "BTCUSDT"
 interval = "1m"
@@ -62,7 +63,11 @@ history = 10
 fast_period = 2
 slow_period = 3
 order_qty = 0.3
+"""
 
+CONFIG = (
+    TWO_SYMBOLS
+    + """
 [[strategies]]
 id = "eth_slow"
 kind = "ema_cross"
@@ -74,6 +79,7 @@ order_qty = 0.2
 stop_loss_pct = 0.4
 take_profit_pct = 0.3
 """
+)
 
 
 @pytest.mark.slow
