@@ -333,6 +333,9 @@ def summary_rows(report: dict[str, Any], sink: ConsoleSink, run_path: Path) -> l
     html = run_path / "report.html"
     rows = [
         ("status", f"{report['status']} (stop reason: {report['stop_reason']})"),
+        # the stop in its own words, as the report page has it (found by an audit: `max_loss` here,
+        # `session loss 2.00 % >= 2 %` only on the page)
+        ("stop detail", report.get("stop_detail") or "-"),
         ("net PnL", f"{fmt_money(report['net_pnl'])} USDT"),
         # from the net PnL (the report's return_pct is rounded already: rounding twice told -0.03
         # for -0.02499974); never "-0.00"

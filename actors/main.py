@@ -778,13 +778,19 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
         "the next start resumes it)"
     )
     _err(
-        f"session {report['run_id']} {report['status']}: stop_reason={report['stop_reason']} "
+        f"session {report['run_id']} {report['status']}: stop_reason={report['stop_reason']}{_detail(report)} "
         f"net_pnl={fmt_money(report['net_pnl'])} USDT trades={report['trade_count']} "
         f"funding_paid={fmt_money(report['funding_paid'])} USDT ({describe(report['funding_source'])}) "
         f"report={written}"
     )
     late_signals()  # the signals held since the report: repeats
     return result.exit_code
+
+
+def _detail(report: dict[str, object]) -> str:
+    """The stop's detail for the summary line, in brackets after its reason ("" without one)."""
+    detail = report.get("stop_detail")
+    return f" ({detail})" if detail else ""
 
 
 def _os_error(exc: OSError) -> str:

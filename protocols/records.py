@@ -69,6 +69,7 @@ REPORT_FIELDS = (
     "run_id",
     "status",
     "stop_reason",
+    "stop_detail",
     "started_at",
     "ended_at",
     "planned_duration_s",
@@ -546,6 +547,7 @@ class ReportBuilder:
             "run_id": s["run_id"],
             "status": e.get("status", "error"),
             "stop_reason": e.get("stop_reason", "error"),
+            "stop_detail": e.get("detail", ""),  # the stop in its own words (`session.stopped`'s detail)
             "started_at": s["ts"],
             "ended_at": e.get("ts"),
             "planned_duration_s": s["planned_duration_s"],

@@ -419,3 +419,27 @@ def test_the_plain_summary_needs_box_lines_the_stream_can_write() -> None:
     assert plain_table("session s", rows, "utf-8") is not None
     assert plain_table("session s", rows, "ascii") is None  # rich draws it, in its ASCII box
     assert plain_table("session s", [("report", "/tmp/é/report.html")], "utf-8") is None
+
+
+def test_the_summary_gives_the_stop_in_its_own_words(tmp_path: Path) -> None:
+    """Found by a report audit: the summary table and line said `stop reason: max_loss` and
+    `stop_reason=max_loss`, not why (`session loss ... >= ... %`), which the report page says; the
+    report now keeps the stop's detail (`stop_detail`) and both give it."""
+    data = _candles(tmp_path / "candles.csv")
+    flags = [*TRADES, "--set", "risk.max_loss_pct=0.05"]  # a limit the first losses cross
+    done = run_main(
+        "--mode", "backtest", "--data", str(data), "--run-dir", str(tmp_path / "runs"), *flags, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = tmp_path / "runs" / "latest"
+    report = read_report(run)
+    stopped = next(e for e in read_events(run) if e["kind"] == "session.stopped")
+    assert report["stop_reason"] == stopped["stop_reason"] == "max_loss"
+    assert stopped["detail"].startswith("session loss ") and stopped["detail"].endswith(" >= 0.05 %")
+    assert report["stop_detail"] == stopped["detail"]
+    table = done.stderr[done.stderr.index(f"session {report['run_id']}") :]
+    assert "│ stop detail " in table and f"{stopped['detail']} " in table
+    line = done.stderr.splitlines()[-1]
+    assert line.startswith(
+        f"session {report['run_id']} ok: stop_reason=max_loss ({stopped['detail']}) net_pnl="
+    ), line

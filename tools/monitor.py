@@ -322,8 +322,9 @@ class SessionView:
             equity = stopped["ending_equity"]
             net, trades, wins = equity - self.started["starting_equity"], self.trades, self.wins
             where = f"(no {REPORT} yet)"
+        detail = f" ({stopped['detail']})" if stopped.get("detail") else ""  # as the session's line
         return (
-            f"session {self.run_id} {stopped['status']}: stop_reason={stopped['stop_reason']} "
+            f"session {self.run_id} {stopped['status']}: stop_reason={stopped['stop_reason']}{detail} "
             f"elapsed {_clock(stopped.get('elapsed_s', 0))}  net_pnl {money(net)} USDT  "
             f"ending_equity {money(equity, sign=False)}  trades {trades} ({wins} won)  "
             f"fills {self.fills}  {where}"

@@ -91,7 +91,7 @@ CENT = 0.01
 EPS = 1e-9
 ABANDONED = "abandoned"
 # Report fields added after run folders were first written: a report without them is older.
-LATER_FIELDS = ("strategies", "symbols", "storage_faults")
+LATER_FIELDS = ("strategies", "symbols", "storage_faults", "stop_detail")  # not in older reports
 FIGURES = ("fills", "trades", "wins", "losses", "realized_pnl", "fees", "funding", "net_pnl")
 COUNTS = ("fills", "trades", "wins", "losses")
 
