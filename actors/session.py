@@ -50,7 +50,7 @@ from actors.broker.paper import PaperBroker
 from actors.broker.portfolio import Portfolio
 from actors.config import Config, to_dict
 from actors.console import ConsoleSink, fmt_held
-from actors.feeds.funding import FundingRates, per_symbol_source
+from actors.feeds.funding import FundingRates, feed_source, per_symbol_source
 from actors.feeds.history import (
     CSV_HEADER,
     SKIP_REASONS,
@@ -372,6 +372,9 @@ def closing_events(
     if timeline.funding_source is not None:
         fell_back = timeline.funding_source == "feed" and timeline.data_source.startswith("mock (fallback")
         funding["funding_source"] = "none" if fell_back else timeline.funding_source
+        if funding["funding_source"] == "feed":  # and said so when no rate came
+            legs = broker.legs if isinstance(broker, Portfolio) else {broker.symbol: broker}
+            funding["funding_source"] = feed_source({s: leg.funding_rates_came for s, leg in legs.items()})
     events = broker.settle_funding(ended)  # instants passed whose rate never came: the last one known
     events += broker.abandon_in_flight(ended, "session_stopping")
     events += broker.flatten(ended, "flatten_on_exit", flatten_id)

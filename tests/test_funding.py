@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import socket
 from functools import partial
 from pathlib import Path
@@ -504,3 +505,38 @@ async def test_a_live_session_that_fell_back_to_the_mock_charges_no_funding(
         handle_signals=False,
     )
     assert [e for e in read_events(replayed.run_path) if e["kind"] == "funding"] == []
+
+
+async def test_a_live_session_that_no_rate_came_to_says_so(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a report audit: a Bitunix session that never connected (`feed.fallback = "none"`,
+    the exchange unreachable, stopped by its duration) reported funding_source `feed`, "funding
+    from the exchange's price channel (live rates)", though no rate ever came. It now reports
+    `feed (no rates)`, said as such; the validator holds the word to market.jsonl's rates."""
+    from actors.feeds.funding import describe
+
+    monkeypatch.setattr("actors.clock.time", SimpleNamespace(time=lambda: T0 + 3600.0))
+    with socket.socket() as closed:  # bound, not listening: refused at once
+        closed.bind(("127.0.0.1", 0))
+        unreachable = f"127.0.0.1:{closed.getsockname()[1]}"
+        sets = [
+            "feed.source=bitunix",
+            "feed.fallback=none",
+            f"feed.ws_url=ws://{unreachable}/public/",
+            f"feed.rest_url=http://{unreachable}",
+        ]
+        result = await run_session(make_config(tmp_path, *sets, duration_min=1), handle_signals=False)
+    report = read_report(result.run_path)
+    events = read_events(result.run_path)
+    assert not any(e["kind"] in ("feed.connected", "feed.fallback") for e in events)
+    assert report["stop_reason"] == "duration"
+    assert report["funding_source"] == "feed (no rates)"
+    assert "live rates" not in describe(report["funding_source"])
+    assert "no rate came" in describe(report["funding_source"])
+    assert validate(result.run_path) == []
+    # the old word, `feed`, is refused: market.jsonl has no rate
+    path = result.run_path / "final_report.json"
+    path.write_text(json.dumps({**report, "funding_source": "feed"}))
+    said = [p for p in validate(result.run_path) if "market.jsonl has none" in p]
+    assert said, validate(result.run_path)

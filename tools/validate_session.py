@@ -11,7 +11,9 @@ disagreement otherwise, 2 when RUN is not a readable run folder. Checked:
   per symbol, independent of the broker's code) equal the final report, to the cent;
 - `net_pnl = ending_equity - starting_equity = realized_pnl - fees_paid - funding_paid + unrealized_pnl`;
 - `funding_paid` is the sum of the `funding` events' amounts, and a report saying funding was not
-  modelled (`funding_source` "none") has no `funding` event charging anything; a backtest's
+  modelled (`funding_source` "none") has no `funding` event charging anything, a live one's
+  `feed` names symbols whose rates market.jsonl recorded, `feed (no rates)` ones it recorded none
+  of (`check_funding_source`); a backtest's
   charges at its `--funding` file's rates and at marks its data file gave (`check_funding_data`);
 - the report equals the one derived again from the events;
 - each record on its own (see `check_records`): every fill's fee is its size x price x its
@@ -2199,6 +2201,56 @@ def funding_schedules(run: Path) -> dict[str, list[ScheduleChange]]:
     return schedules
 
 
+FEED_NO_RATES = "feed (no rates)"  # a live feed's funding_source when no rate came (actors/feeds/funding.py)
+
+
+def check_funding_source(run: Path, events: list[dict[str, Any]], report: dict[str, Any] | None) -> list[str]:
+    """A live session's (or replay's) report says its rates came from the feed (`feed`) for a
+    symbol whose rate market.jsonl recorded, and `feed (no rates)` for one it recorded none of
+    (found by a report audit: a session that never connected said "live rates"). Not checked
+    without market.jsonl, or for an unfinished or abandoned run."""
+    source = (report or {}).get("funding_source")
+    path = run / "market.jsonl"
+    if (
+        report is None
+        or report.get("status") == ABANDONED
+        or not isinstance(source, str)
+        or not path.exists()
+    ):
+        return []
+    started = _started(events)
+    symbols = started.get("symbols") or [started.get("symbol", "")]
+    sources = {symbol: source for symbol in symbols}
+    if source.startswith("per symbol: "):
+        sources = dict(part.split("=", 1) for part in source.removeprefix("per symbol: ").split(", "))
+    said = {symbol: s for symbol, s in sources.items() if s in ("feed", FEED_NO_RATES)}
+    if not said:
+        return []
+    came: Counter[str] = Counter()
+    default_symbol = started.get("symbol", "")
+    with path.open("rb") as f:
+        for line in f:
+            if b'"funding"' not in line:
+                continue
+            try:
+                r = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # named by check_market
+            if isinstance(r, dict) and r.get("type") == "funding":
+                came[r.get("symbol") or default_symbol] += 1
+    problems = []
+    for symbol, s in sorted(said.items()):
+        if s == "feed" and not came[symbol]:
+            problems.append(
+                f"report funding_source says {symbol}'s rates came from the feed, but market.jsonl has none"
+            )
+        elif s == FEED_NO_RATES and came[symbol]:
+            problems.append(
+                f"report funding_source says no rate of {symbol} came from the feed, but market.jsonl has {came[symbol]}"
+            )
+    return problems
+
+
 def funding_instants(start: float, end: float, changes: Sequence[ScheduleChange] = ()) -> list[float]:
     """The funding instants in (start, end]: every 8 h from 00:00 UTC until the exchange says the
     symbol's schedule (`changes`, in arrival order: from each arrival on, its next instant and
@@ -2394,6 +2446,7 @@ def validate(run: Path, page: bool = False) -> list[str]:
         ),
         ("alerts", lambda: check_alerts(run, events, finished)),
         ("funding data", lambda: check_funding_data(events)),
+        ("funding source", lambda: check_funding_source(run, events, report)),
     ]
     if page:
         checks.append(("page", lambda: check_page(run)))

@@ -324,6 +324,9 @@ class PaperBroker:
         # `fr` is the rate last settled: the rate an instant charges arrives after it), each
         # with the position, mark and holders it had then, waiting for it (`_charge_funding`)
         self.funding_settled_ts: float | None = None
+        # whether a `Funding` (a live feed's rate) ever came: the report says when none did (found
+        # by a report audit: a session that never connected described "live rates")
+        self.funding_rates_came = False
         self.funding_pending: list[dict[str, Any]] = []
         # the funding instants: `funding_anchor_ts + k * funding_every_s`; 00:00, 08:00, 16:00 UTC
         # until the feed says the symbol's (a `Funding`'s `next_ts`, `interval_s`: the exchange's
@@ -516,6 +519,7 @@ class PaperBroker:
         "funding_anchor_ts",
         "funding_every_s",
         "funding_modelled",
+        "funding_rates_came",
         "mark",
         "mark_source",
         "last_ts",
@@ -593,6 +597,8 @@ class PaperBroker:
             if name in state:  # a checkpoint of an older version may lack the newer ones
                 value = state[name]
                 setattr(self, name, unbounded[name] if value is None and name in unbounded else value)
+        if "funding_rates_came" not in state:  # an older checkpoint: not known, taken as came
+            self.funding_rates_came = True
         self.book_taken = {(side, price): qty for side, price, qty in state.get("book_taken", [])}
         self.funding_pending = [dict(pending) for pending in state.get("funding_pending", [])]
         self.virtual = {sid: Virtual(**v) for sid, v in state.get("virtual", {}).items()}
@@ -660,6 +666,7 @@ class PaperBroker:
         self.mark = event.mark_price
         self.mark_source = event.source
         self.funding_rate_pct = event.rate_pct
+        self.funding_rates_came = True
         if event.settled_ts is not None:
             self.funding_settled_ts = event.settled_ts
             if self.funding_pending:

@@ -36,7 +36,7 @@ import bisect
 import gzip
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from actors.feeds.history import READ_ERRORS, DataError, read_error
@@ -219,6 +219,18 @@ class FundingRates:
 
 
 PER_SYMBOL = "per symbol: "
+# a live session's feed that never gave a rate (no `Funding` came: it never connected, say)
+FEED_NO_RATES = "feed (no rates)"
+
+
+def feed_source(came: Mapping[str, bool]) -> str:
+    """A live feed's `funding_source` from whether each symbol's rates came: `feed` when every
+    symbol's did, `FEED_NO_RATES` when none did, else each symbol's (`per_symbol_source`)."""
+    if all(came.values()):
+        return "feed"
+    if not any(came.values()):
+        return FEED_NO_RATES
+    return per_symbol_source({symbol: "feed" if got else FEED_NO_RATES for symbol, got in came.items()})
 
 
 def per_symbol_source(sources: dict[str, str]) -> str:
@@ -234,6 +246,8 @@ def describe(source: str) -> str:
         return "; ".join(f"{symbol}: {describe(one)}" for symbol, _, one in parts)
     if source == "feed":
         return "funding from the exchange's price channel (live rates)"
+    if source == FEED_NO_RATES:
+        return "funding from the exchange's price channel, but no rate came from it: nothing charged"
     if source == "constant":
         return "funding at the constant broker.funding_rate_pct"
     if source.startswith("file:"):
