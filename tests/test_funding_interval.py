@@ -24,7 +24,7 @@ from actors.strategies.base import funding_size
 from protocols.messages import Event, Funding, MarketEvent, Order, Tick
 from protocols.records import iso, market_from_record, market_record
 from tests.test_feed_multi_symbol import run_feed
-from tests.test_multi_symbol_live import TWO_SYMBOLS
+from tests.test_multi_symbol_live import TWO_SYMBOLS, session_config
 from tools.fake_bitunix import FakeBitunix
 from tools.validate_session import check_funding_charges, funding_instants, funding_schedules
 
@@ -302,7 +302,6 @@ async def test_a_live_session_and_its_replay_charge_a_4h_symbol_at_its_exchanges
     import trio
 
     import actors.clock
-    from actors.config import load
     from actors.session import run_session
     from tests.conftest import read_events
     from tests.test_feed_bitunix import replay_cli
@@ -317,21 +316,9 @@ async def test_a_live_session_and_its_replay_charge_a_4h_symbol_at_its_exchanges
     fake = FakeBitunix(
         seed=12, symbols=tuple(QTY), zigzag_pct=0.2, funding_hours={"ETHUSDT": 4}, time_offset_s=offset
     )
-    config_path = tmp_path / "two.toml"
-    config_path.write_text(TWO_SYMBOLS)
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.run)
-        config = load(
-            config_path,
-            {},
-            [
-                f"session.run_dir={tmp_path / 'runs'}",
-                f"session.kill_switch={tmp_path / 'kill.txt'}",
-                f"feed.ws_url={fake.ws_url}",
-                f"feed.rest_url={fake.rest_url}",
-                f"session.duration_min={(lead + 5) / 60}",
-            ],
-        )
+        config = session_config(TWO_SYMBOLS, fake, tmp_path, lead + 5)
         with trio.fail_after(lead + 60):
             result = await run_session(config, handle_signals=False, progress_mode="off")
         nursery.cancel_scope.cancel()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from actors.config import load
+from actors.config import Config, load
 from actors.session import run_session
 from tests.conftest import read_events, read_report
 from tests.test_feed_bitunix import FEED_HEALTH, offset_for_close_in, replay_cli
@@ -82,24 +82,30 @@ take_profit_pct = 0.3
 )
 
 
+def session_config(text: str, fake: FakeBitunix, tmp_path: Path, seconds: float) -> Config:
+    """The config `text` (written to tmp_path) of a session of `seconds` against `fake`, its run
+    dir and kill switch in tmp_path."""
+    config_path = tmp_path / "session.toml"
+    config_path.write_text(text)
+    return load(
+        config_path,
+        {},
+        [
+            f"session.run_dir={tmp_path / 'runs'}",
+            f"session.kill_switch={tmp_path / 'kill.txt'}",
+            f"feed.ws_url={fake.ws_url}",
+            f"feed.rest_url={fake.rest_url}",
+            f"session.duration_min={seconds / 60}",
+        ],
+    )
+
+
 @pytest.mark.slow
 async def test_three_strategies_on_two_symbols_live_for_three_minutes(tmp_path: Path) -> None:
     fake = FakeBitunix(seed=12, symbols=SYMBOLS, zigzag_pct=0.2, time_offset_s=offset_for_close_in(3))
-    config_path = tmp_path / "three.toml"
-    config_path.write_text(CONFIG)
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.run)
-        config = load(
-            config_path,
-            {},
-            [
-                f"session.run_dir={tmp_path / 'runs'}",
-                f"session.kill_switch={tmp_path / 'kill.txt'}",
-                f"feed.ws_url={fake.ws_url}",
-                f"feed.rest_url={fake.rest_url}",
-                f"session.duration_min={SECONDS / 60}",
-            ],
-        )
+        config = session_config(CONFIG, fake, tmp_path, SECONDS)
         assert config.symbols == SYMBOLS
         with trio.fail_after(SECONDS + 60):
             result = await run_session(config, handle_signals=False, progress_mode="off")
