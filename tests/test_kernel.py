@@ -19,13 +19,16 @@ from typing import Any
 import pytest
 import trio
 
-from actors.config import load
+from actors.config import build, dict_layer, flags_layer, load
+from actors.feeds.funding import FundingRates
 from actors.kernel import Kernel
 from actors.plan import Plan, load_recording
 from actors.recording import checkpoint
 from actors.session import Parts, Session, run_session
 from protocols.messages import Event
-from tests.conftest import TRADES_OFTEN, make_config
+from tests.conftest import REPO, TRADES_OFTEN, make_config
+from tests.test_multi_symbol import T0_MS
+from tests.test_multi_symbol import write_bars as write_multi_bars
 from tests.test_replay_backtest import PEER_JOB, write_bars
 from tools.validate_session import validate
 
@@ -291,3 +294,141 @@ async def test_a_replay_on_the_actors_and_on_the_kernel_writes_the_same_events(
     # each records the market it acted on: the original's
     market = (original.run_path / "market.jsonl").read_bytes()
     assert market and all((runs[r] / "market.jsonl").read_bytes() == market for r in runs)
+
+
+def write_funding(path: Path, rate: str, every_h: int, hours: int) -> None:
+    """A funding file of one `rate` (a fraction per `every_h` hours) settled every `every_h` hours
+    from the bars' first open for `hours`."""
+    rows = [f"{T0_MS + i * every_h * 3600_000},{rate},{every_h}" for i in range(hours // every_h + 1)]
+    path.write_text("ts_ms,rate,interval_h\n" + "\n".join(rows) + "\n")
+
+
+async def test_the_three_symbols_template_with_each_symbols_funding_runs_the_same_on_both_runtimes(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Found by the parity audit: no differential test gave the symbols different funding rates,
+    so a runtime handing a symbol's strategies another symbol's account snapshot (its funding
+    rate, instrument, staleness: `broker.snapshot(now)` for `broker.snapshot(now, event.symbol)`
+    in actors/broker/actor.py, or in the kernel's `decide`) passed every test (the differential,
+    multi-symbol, funding, attribution and strategy test files). The three_symbols template (a
+    trend pullback on each of three symbols, whose funding gate reads the snapshot's rate) over
+    three symbols' bars, each symbol with its own rates (BTCUSDT 0.04 % per 8 h: longs at half
+    size; ETHUSDT -0.06 %: no shorts; SOLUSDT settled every 4 h), through both runtimes: the same
+    events, line for line."""
+    data = {"BTCUSDT": (60_000.0, 1), "ETHUSDT": (3_000.0, 2), "SOLUSDT": (150.0, 3)}
+    rates = {"BTCUSDT": ("0.0004", 8), "ETHUSDT": ("-0.0006", 8), "SOLUSDT": ("0.0001", 4)}
+    files, funding = [], []
+    for seed, (symbol, (price, decimals)) in enumerate(data.items(), start=1):
+        bars, rate_file = tmp_path / f"{symbol}.csv", tmp_path / f"{symbol}-funding.csv"
+        write_multi_bars(bars, 2000, seed, price, decimals)
+        write_funding(rate_file, *rates[symbol], hours=40)
+        files.append((symbol, str(bars)))
+        funding.append((symbol, FundingRates.from_csv(rate_file)))
+    runs = {}
+    for runtime in ("actors", "kernel"):
+        config = load(
+            REPO / "config" / "templates" / "three_symbols.toml",
+            {},
+            [f"session.run_dir={tmp_path / runtime}", f"session.kill_switch={tmp_path / 'kill.txt'}"],
+        )
+        plan = Plan(
+            mode="backtest",
+            data_by_symbol=tuple(files),
+            funding_by_symbol=tuple(funding),
+            runtime=runtime,  # type: ignore[arg-type]
+        )
+        result = await run_session(config, plan=plan, handle_signals=False, progress_mode="off")
+        runs[runtime] = result.run_path
+    a, k = _normalized(runs["actors"]), _normalized(runs["kernel"])
+    assert a == k, _first_difference(a, k)
+    assert validate(runs["kernel"]) == [] and validate(runs["actors"]) == []
+    # each symbol's gate saw its own rate: ETHUSDT's shorts skipped for funding, BTCUSDT's longs halved
+    skipped = {
+        (e["symbol"], e["direction"]) for e in k if e["kind"] == "signal.skipped" and e["reason"] == "funding"
+    }
+    assert ("ETHUSDT", "short") in skipped and not any(symbol == "BTCUSDT" for symbol, _ in skipped)
+    halved = {e["symbol"] for e in k if e["kind"] == "signal" and e.get("size_scale") == 0.5}
+    assert "BTCUSDT" in halved and "ETHUSDT" not in halved
+    charged = {e["symbol"] for e in k if e["kind"] == "funding"}
+    assert len(charged) >= 2, charged
+
+
+# Every strategy kind at once, on two symbols (one account: the `Portfolio`), trading within
+# minutes on the mock: a trend pullback's limit entries with their good-till times, a liquidity
+# sweep and an EMA cross on another symbol, against the account-wide notional cap.
+EVERY_KIND = """
+[session]
+interval = "5s"
+seed = 3
+
+[feed]
+source = "mock"
+mock_volatility_pct = 150
+
+[risk]
+max_position_size = 1.0
+max_orders_per_minute = 30
+max_total_notional = 3000.0
+max_loss_pct = 50
+max_daily_drawdown_pct = 50
+max_consecutive_losses = 0
+
+[[strategies]]
+id = "btc_trend"
+kind = "trend_pullback"
+ema_fast = 5
+ema_slow = 12
+
+[[strategies]]
+id = "btc_sweep"
+kind = "liquidity_sweep"
+lookback = 3
+
+[[strategies]]
+id = "eth_ema"
+kind = "ema_cross"
+symbol = "ETHUSDT"
+fast_period = 2
+slow_period = 5
+"""
+
+
+async def test_a_session_of_every_strategy_kind_on_two_symbols_replays_the_same_on_both_runtimes(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Found missing by the parity audit: the replay differential above runs one EMA cross on one
+    symbol. A live session (the actors, on the mock) of each strategy kind on two symbols, replayed
+    from its recorded config (as --replay does) through both runtimes: the two replays write the
+    same events, and each the original's, line for line (signals, orders, rejections, fills and
+    their fees, heartbeats, the final equity), but for the data source it names."""
+    path = tmp_path / "every_kind.toml"
+    path.write_text(EVERY_KIND)
+    config = load(
+        path,
+        {},
+        [f"session.run_dir={tmp_path / 'live'}", f"session.kill_switch={tmp_path / 'kill.txt'}"],
+        {"session.duration_min": (10.0, "--duration")},
+    )
+    original = (await run_session(config, handle_signals=False, progress_mode="off")).run_path
+    recording = load_recording(original)
+    runs = {}
+    for runtime in ("actors", "kernel"):
+        problems: list[str] = []
+        layer = dict_layer(recording.config, "recorded", problems)
+        replay_config = build(
+            [layer, flags_layer({"session.run_dir": (str(tmp_path / runtime), "--run-dir")})], problems
+        )
+        plan = Plan(mode="replay", recording=recording, runtime=runtime)  # type: ignore[arg-type]
+        runs[runtime] = (await run_session(replay_config, plan=plan, handle_signals=False)).run_path
+    a, k = _normalized(runs["actors"]), _normalized(runs["kernel"])
+    assert a == k, _first_difference(a, k)
+
+    def as_traded(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{key: v for key, v in e.items() if key != "data_source"} for e in events]
+
+    o = _normalized(original)
+    assert as_traded(o) == as_traded(k), _first_difference(as_traded(o), as_traded(k))
+    filled = {e["strategy_id"] for e in o if e["kind"] == "order.filled"}
+    assert {"btc_trend", "btc_sweep", "eth_ema"} <= filled
+    assert {e["symbol"] for e in o if e["kind"] == "order.filled"} == {"BTCUSDT", "ETHUSDT"}
+    assert all(validate(run) == [] for run in (original, *runs.values()))
