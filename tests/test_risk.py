@@ -409,11 +409,23 @@ def test_below_min_size(tmp_path: Path) -> None:
 
 def test_exits_are_sized_to_the_position_and_need_one(tmp_path: Path) -> None:
     _, desk = _gate(tmp_path, *LOOSE_CAPS, "broker.leverage=10")
-    assert _rejected(desk.check(_exit("sell", 0.01), T0)) == "nothing_to_close"
+    none = desk.check(_exit("sell", 0.01), T0)
+    assert isinstance(none, Rejection)
+    assert (none.reason, none.detail) == ("nothing_to_close", "no open position to reduce (+0.0000 BTCUSDT)")
     _open_long(desk, 0.5)
-    assert _rejected(desk.check(_exit("buy", 0.1), T0)) == "nothing_to_close"  # would not reduce a long
+    wrong_way = desk.check(_exit("buy", 0.1), T0)  # would not reduce a long
+    assert isinstance(wrong_way, Rejection)
+    assert (wrong_way.reason, wrong_way.detail) == (
+        "nothing_to_close",
+        "a buy does not reduce the position (+0.5000 BTCUSDT)",
+    )
     assert _approved(desk.check(_exit("sell", 2.0), T0)).qty == 0.5  # never more than the position
-    assert _rejected(desk.check(_exit("sell", 0.1), T0)) == "nothing_to_close"  # already pending
+    pending = desk.check(_exit("sell", 0.1), T0)  # already pending: said so, the position still open
+    assert _rejected(pending) == "nothing_to_close"
+    assert isinstance(pending, Rejection)
+    assert pending.detail == (
+        "the orders on their way already close the position (+0.5000 BTCUSDT, +0.0000 once they are done)"
+    )
 
 
 # --- throttle ----------------------------------------------------------------------------------

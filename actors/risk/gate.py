@@ -507,9 +507,21 @@ class RiskGate:
         qty = fast_round(min(intent.qty, abs(projected)), 8) if reduces else 0.0
         instrument = self.instrument_of(intent.symbol, account)
         if qty < instrument.min_qty:
-            return Rejection(
-                "nothing_to_close", f"no open position to reduce ({projected:+.4f} {intent.symbol})"
-            )
+            # a position still open that the orders on their way already close (an exit resent on
+            # each close while the first works: found by an audit, hundreds of these in a thin
+            # market's backtest said "no open position" beside a position still open)
+            held = account.position(intent.symbol, intent.strategy_id).qty
+            opens = held < 0 if intent.side == "buy" else held > 0
+            if opens and abs(held) >= instrument.min_qty:
+                detail = (
+                    f"the orders on their way already close the position ({held:+.4f} {intent.symbol}, "
+                    f"{projected:+.4f} once they are done)"
+                )
+            elif abs(held) >= instrument.min_qty:
+                detail = f"a {intent.side} does not reduce the position ({held:+.4f} {intent.symbol})"
+            else:
+                detail = f"no open position to reduce ({projected:+.4f} {intent.symbol})"
+            return Rejection("nothing_to_close", detail)
         largest = instrument.max_order_qty(intent.order_type)
         if qty <= largest:
             return [qty]
