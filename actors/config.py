@@ -734,6 +734,19 @@ def strategy_keys(kind: str) -> tuple[str, ...]:
     return (*strategy_common_keys(kind), *strategy_param_fields(kind))
 
 
+def strategy_value_problem(kind: str, dotted: str, text: str, source: str) -> str | None:
+    """A value of one of a kind's keys (`dotted` ends with its name), given as `--set` text,
+    checked against that key's own type and rule, not the rules between keys: the problem as a
+    config error says it, or None (a sweep checks every value of a list with it)."""
+    name = dotted.rpartition(".")[2]
+    field = strategy_param_fields(kind).get(name) or section_fields("strategy").get(name)
+    if field is None:
+        return f"{dotted}: not a parameter of {kind}"
+    problems: list[str] = []
+    _check(problems, dotted, field, text, source, True)
+    return problems[0] if problems else None
+
+
 def _unread_key(prefix: str, name: str, kind_key: str, kind: str, source: str) -> str:
     return (
         f"{prefix}.{name}: not used by {kind_key} = {kind!r} (from {source}): that kind never reads it; "

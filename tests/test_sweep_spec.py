@@ -272,6 +272,12 @@ def test_a_packed_run_folder_unpacks_only_inside_its_folder(
          "sweep.data: no file for BTCUSDT, which strategy ema_cross trades"),
         ("grid", [('data = "candles.csv"', 'data = { BTCUSDT = "candles.csv", ETHUSDT = "candles.csv" }')],
          "sweep.data.ETHUSDT: no strategy of strategy ema_cross's trials trades it"),
+        # a value between a list's ends that its key refuses (only the ends were checked: a text
+        # among integers ran its trials, failed, and the table's writer raised once all had run)
+        ("grid", [("fast_period = [5, 9]", 'fast_period = [5, "b", 9]')],
+         "strategy ema_cross: strategy.fast_period: 'b' is not allowed (from the spec's list); expected an integer"),
+        ("grid", [("slow_period = [21, 34, 55]", "slow_period = [21, 2000, 55]")],
+         "strategy ema_cross: strategy.slow_period: 2000 is not allowed"),
     ],
 )  # fmt: skip
 def test_a_spec_the_sweep_cannot_run_is_refused_naming_the_key(
@@ -363,3 +369,10 @@ def test_the_verdict_counts_a_window_only_when_its_out_of_sample_run_ran(tmp_pat
         "windows": 1,
         "failed_windows": 1,
     }
+
+
+def test_values_that_break_a_rule_between_keys_only_together_pass_the_spec(tmp_path: Path) -> None:
+    """Each value is checked against its own key's rule: fast_period 30 is a valid value, and only
+    with slow_period 21 breaks fast < slow (a trial recorded failed, docs/sweeps.md)."""
+    spec = load_spec(_good(tmp_path, fast="[5, 30, 9]"))
+    assert spec.strategies[0].space["fast_period"] == (5, 30, 9)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import attrs
 
-from actors.config import STRATEGY_KINDS, ConfigError, load, strategy_keys
+from actors.config import STRATEGY_KINDS, ConfigError, load, strategy_keys, strategy_value_problem
 
 OBJECTIVES = ("net_pnl", "return_pct", "sharpe", "profit_factor")
 SAMPLERS = ("grid", "random", "tpe")
@@ -469,12 +469,31 @@ def _check_configs(
     data: tuple[tuple[str, Path], ...] = (),
 ) -> None:
     """Each strategy's first and last parameter values make a valid config (the config's own
-    rules: a bad value fails here, not in the hundredth trial); a data table has a file for each
+    rules: a bad value fails here, not in the hundredth trial) and every value listed between them
+    passes its key's own rule; a data table has a file for each
     symbol its trials trade and none other (as the CLI's `--data SYMBOL=FILE` holds it: found by an
     audit, a table without the traded symbol's file ran every trial into `KeyError`, exit 0)."""
     table = {symbol for symbol, _ in data if symbol}
     said: set[str] = set()
     for strategy in strategies:
+        # the values between a list's ends against their key's own rule (found by an audit:
+        # `[5, "b", 9]` passed, its middle value failed as a trial and the table's writer ended the
+        # sweep in a traceback once every trial had run); the ends are checked together below, and
+        # a rule between keys broken by a combination is a trial's (docs/sweeps.md)
+        prefix = f"strategies.{strategy.table}" if strategy.table is not None else "strategy"
+        bad = [
+            problem
+            for name, domain in strategy.space.items()
+            if isinstance(domain, tuple)
+            for value in domain[1:-1]
+            if (
+                problem := strategy_value_problem(
+                    strategy.kind, f"{prefix}.{name}", _toml(value), "the spec's list"
+                )
+            )
+            is not None
+        ]
+        problems += [f"strategy {strategy.name}: {problem}" for problem in bad]
         for pick in (0, -1):
             params = {
                 name: (
