@@ -376,3 +376,43 @@ def test_values_that_break_a_rule_between_keys_only_together_pass_the_spec(tmp_p
     with slow_period 21 breaks fast < slow (a trial recorded failed, docs/sweeps.md)."""
     spec = load_spec(_good(tmp_path, fast="[5, 30, 9]"))
     assert spec.strategies[0].space["fast_period"] == (5, 30, 9)
+
+
+def _candles(path: Path, step_s: int, n: int = 300) -> Path:
+    """`n` seeded random-walk candles `step_s` apart, from 2024-01-01."""
+    import random
+
+    rng = random.Random(5)
+    price, lines = 60_000.0, ["open_time_ms,open,high,low,close,volume"]
+    for i in range(n):
+        close = price + rng.uniform(-30, 30)
+        high, low = max(price, close) + rng.uniform(0, 10), min(price, close) - rng.uniform(0, 10)
+        lines.append(f"{(1704067200 + i * step_s) * 1000},{price:.1f},{high:.1f},{low:.1f},{close:.1f},1.5")
+        price = close
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(("step_s", "interval"), [(60, "5m"), (300, "1m")])
+def test_data_of_another_interval_is_refused_as_the_cli_backtest_refuses_it(
+    tmp_path: Path, step_s: int, interval: str
+) -> None:
+    """With session.interval = "5m" on 1m candles the sweep's reader skipped four rows of five and
+    every trial ran on each fifth 1m candle taken as a 5m one (exit 0), where the CLI backtest a
+    trial stands for exits 2: the sweep refuses the data with the CLI's own message (exit 2)."""
+    from actors.config import interval_seconds
+    from actors.feeds.history import DataError
+    from tests.conftest import run_main
+    from tools.sweep.trial import read_columns
+
+    data = _candles(tmp_path / "candles.csv", step_s)
+    cli = run_main(
+        "--mode", "backtest", "--data", str(data), "--set", f"session.interval={interval}",
+        "--run-dir", str(tmp_path / "runs"), cwd=tmp_path,
+    )  # fmt: skip
+    assert cli.returncode == 2, cli.stderr
+    with pytest.raises(DataError) as refused:
+        read_columns(data, interval_seconds(interval), "BTCUSDT")
+    assert f"error: {refused.value}" in cli.stderr.splitlines()
+    # and data of the session's interval reads whole
+    assert len(read_columns(data, step_s, "BTCUSDT")["open_ts"]) == 300
