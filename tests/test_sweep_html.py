@@ -426,3 +426,17 @@ def test_trials_with_fewer_than_min_trades_rank_after_the_valued_and_before_the_
     shown = [row.split('"', 1)[0] for row in page.split('<tr data-trial="')[1:]]
     table = shown[: len(rows)]
     assert table == [r["trial_id"] for r in expected][: len(table)]
+
+
+def test_the_verdict_says_windows_without_a_best_and_the_trials_tried(tmp_path: Path) -> None:
+    """A window without an in-sample trial eligible to choose was counted nowhere and not said;
+    the in-sample figures did not say how many trials they were the best of."""
+    write_sweep(tmp_path)
+    meta = json.loads((tmp_path / "sweep.json").read_text())
+    meta["verdict"]["ema_cross"].update(no_best_windows=1, in_sample_trials=24)
+    (tmp_path / "sweep.json").write_text(json.dumps(meta))
+    text = _page(tmp_path)
+    row = text.split('<tr data-strategy="ema_cross">', 1)[1].split("</tr>", 1)[0]
+    assert "(1 window(s) without an in-sample trial eligible to choose: not counted)" in row
+    assert '<td data-field="in_sample_trials" data-value="24">24</td>' in row
+    assert "in-sample trials tried" in text

@@ -368,6 +368,8 @@ def test_the_verdict_counts_a_window_only_when_its_out_of_sample_run_ran(tmp_pat
         "out_of_sample_trades": 5,
         "windows": 1,
         "failed_windows": 1,
+        "no_best_windows": 0,
+        "in_sample_trials": 2,
     }
 
 
@@ -416,3 +418,44 @@ def test_data_of_another_interval_is_refused_as_the_cli_backtest_refuses_it(
     assert f"error: {refused.value}" in cli.stderr.splitlines()
     # and data of the session's interval reads whole
     assert len(read_columns(data, step_s, "BTCUSDT")["open_ts"]) == 300
+
+
+def test_a_window_without_an_eligible_train_trial_is_said_in_the_verdict(tmp_path: Path) -> None:
+    """A window whose train trials all failed (no candles in its days) or made fewer trades than
+    min_trades has no out-of-sample run; the verdict counted it nowhere, and the console said
+    "over 1 windows" of three with nothing about the others. Now the verdict counts it
+    (no_best_windows) and how many in-sample trials its best were chosen from, and the console's
+    line says over how many of the windows, why the others are not, and the trials tried."""
+    from tools.sweep.__main__ import verdict_line
+    from tools.sweep.results import summary
+
+    spec = load_spec(_good(tmp_path, fast="[5, 9]"))  # min_trades = 3
+    windows = spec.windows_from(0.0)[:3]
+
+    def record(
+        window: int, phase: str, fast: int, status: str, pnl: float | None, trades: int
+    ) -> dict[str, Any]:
+        return {
+            "key": f"{window}{phase}{fast}", "trial_id": f"{window}{phase}{fast}", "strategy": "ema_cross",
+            "params": {"fast_period": fast}, "window": window, "phase": phase, "status": status,
+            "net_pnl": pnl, "sharpe": pnl, "trade_count": trades,
+        }  # fmt: skip
+
+    records = [
+        record(0, "train", 5, "ok", 4.0, 6),
+        record(0, "train", 9, "ok", 8.0, 6),
+        record(0, "test", 9, "ok", -1.0, 3),
+        record(1, "train", 5, "failed", None, 0),
+        record(1, "train", 9, "failed", None, 0),
+        record(2, "train", 5, "ok", 50.0, 2),  # below min_trades: not eligible
+        record(2, "train", 9, "ok", 40.0, 1),
+    ]
+    document = summary(spec, windows, records)
+    verdict = document["verdict"]["ema_cross"]
+    assert verdict["windows"] == 1 and verdict["failed_windows"] == 0
+    assert verdict["no_best_windows"] == 2
+    assert verdict["in_sample_trials"] == 6
+    assert document["windows"][0]["best"]["ema_cross"]["of_trials"] == 2
+    line = verdict_line(verdict, len(document["windows"]))
+    assert "over 1 of 3 windows (2 without an in-sample trial eligible to choose: not counted)" in line, line
+    assert "best of 6 trials tried" in line, line

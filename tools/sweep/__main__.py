@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tools.sweep.spec import SpecError, load_spec
 
@@ -108,14 +109,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"-> {out / 'trials.csv'}, {out / 'sweep.html'}",
         file=sys.stderr,
     )
+    windows = len(result.summary["windows"])
     for name, verdict in result.summary["verdict"].items():
-        print(
-            f"  {name}: out-of-sample net PnL {verdict['out_of_sample_net_pnl']:+.2f} USDT over "
-            f"{verdict['windows']} windows ({verdict['out_of_sample_trades']} trades); "
-            f"in-sample {verdict['in_sample_net_pnl']:+.2f}",
-            file=sys.stderr,
-        )
+        print(f"  {name}: {verdict_line(verdict, windows)}", file=sys.stderr)
     return 0
+
+
+def verdict_line(verdict: dict[str, Any], windows: int) -> str:
+    """A strategy's verdict in words: the out-of-sample figures, over how many of the windows (and
+    why the others are not counted), beside the in-sample ones and how many trials they are the
+    best of."""
+    left = [
+        f"{verdict[key]} {what}"
+        for key, what in (
+            ("failed_windows", "whose out-of-sample run failed"),
+            ("no_best_windows", "without an in-sample trial eligible to choose"),
+        )
+        if verdict.get(key)
+    ]
+    counted = f"over {verdict['windows']} of {windows} windows"
+    if left:
+        counted += f" ({', '.join(left)}: not counted)"
+    return (
+        f"out-of-sample net PnL {verdict['out_of_sample_net_pnl']:+.2f} USDT {counted}, "
+        f"{verdict['out_of_sample_trades']} trades; in-sample {verdict['in_sample_net_pnl']:+.2f} (the "
+        f"windows' best of {verdict.get('in_sample_trials', 0)} trials tried: optimistic by construction)"
+    )
 
 
 if __name__ == "__main__":

@@ -433,7 +433,7 @@ def _verdict_table(sweep: Sweep) -> str:
         "<tr><th>strategy</th>"
         '<th class="oos">out-of-sample net PnL</th><th class="oos">out-of-sample trades</th>'
         '<th class="oos">windows profitable out of sample</th>'
-        "<th>windows</th><th>in-sample net PnL</th></tr>"
+        "<th>windows</th><th>in-sample net PnL</th><th>in-sample trials tried</th></tr>"
     )
 
     def order(name: str) -> tuple[bool, float]:
@@ -453,6 +453,12 @@ def _verdict_table(sweep: Sweep) -> str:
         flag = "" if judged else ' <span class="warn">(no window had a best trial: nothing judged)</span>'
         if failed:
             flag += f' <span class="warn">({failed:g} out-of-sample run(s) failed: not counted)</span>'
+        no_best = _number(v.get("no_best_windows")) or 0
+        if no_best and judged:
+            flag += (
+                f' <span class="warn">({no_best:g} window(s) without an in-sample trial eligible to '
+                "choose: not counted)</span>"
+            )
         rows.append(
             f'<tr data-strategy="{_e(name)}"><td class="text"><b>{_e(name)}</b>{flag}</td>'
             + _cell("out_of_sample_net_pnl", v.get("out_of_sample_net_pnl"), "money", "oos")
@@ -460,12 +466,14 @@ def _verdict_table(sweep: Sweep) -> str:
             + f'<td class="oos">{_e(profitable)}</td>'
             + _cell("windows", v.get("windows"), "int")
             + _cell("in_sample_net_pnl", v.get("in_sample_net_pnl"), "money")
+            + _cell("in_sample_trials", v.get("in_sample_trials"), "int")
             + "</tr>"
         )
     note = (
         '<p class="note">Out of sample: each window\'s test period, run with the parameters that '
         "scored best on its train period; summed over the windows. In sample: the same best train "
-        "trials' own net PnL (chosen on it: optimistic by construction).</p>"
+        "trials' own net PnL (chosen on it: optimistic by construction, the more so the more "
+        "trials were tried).</p>"
     )
     return f'<table class="verdict" id="verdict">{head}{"".join(rows)}</table>{note}'
 

@@ -171,14 +171,23 @@ def summary(spec: SweepSpec, windows: Sequence[Window], records: Sequence[dict[s
                     "out_of_sample_trades": 0,
                     "windows": 0,
                     "failed_windows": 0,
+                    "no_best_windows": 0,
+                    "in_sample_trials": 0,
                 },
             )
+            # how many parameter sets were tried: the best of many is optimistic by construction
+            verdict[name]["in_sample_trials"] += len(train)
             if top is None:
+                # no trial eligible (all failed, or fewer than min_trades): no out-of-sample run,
+                # said as such (found by an audit: such a window was counted nowhere, the verdict
+                # and the console said "over 1 windows" of 3 without a word about the third)
+                verdict[name]["no_best_windows"] += 1
                 continue
             best_of[name] = {
                 "trial_id": top["trial_id"],
                 "params": top["params"],
                 "objective_value": objective_value(top, spec),
+                "of_trials": len(train),
             }
             if test:
                 t = test[0]
