@@ -75,6 +75,22 @@ class SweepResult:
 
 # TPE: asks in a row that may give parameters the study has already, before it gives up
 MAX_ASKS = 1000
+# TPE: a study's trials in flight at once, whatever the workers (what the study is told before
+# each ask decides its draws: a count of workers', or the order trials finish in, would make the
+# same spec draw other trials)
+TPE_IN_FLIGHT = 4
+
+
+@attrs.define
+class Study:
+    """A window's Optuna study of one strategy: told its trials in the order it asked them, each
+    followed by the next ask, so it draws the same trials whatever the order they finish in."""
+
+    study: Any
+    asked: int  # of the budget (the log's trials count)
+    known: set[str]  # the keys it has (the log's: a resumed study is re-seeded and draws them again)
+    pending: dict[str, Any] = attrs.Factory(dict)  # in flight, by key, in the order asked
+    results: dict[str, dict[str, Any]] = attrs.Factory(dict)  # in, not yet told (one asked before is out)
 
 
 class Planner:
@@ -85,9 +101,7 @@ class Planner:
         self.spec = spec
         self.windows = windows
         self.data_hashes = data_hashes
-        self.studies: dict[
-            tuple[int, str], Any
-        ] = {}  # TPE: (window, strategy name) -> [study, asked, pending, known]
+        self.studies: dict[tuple[int, str], Study] = {}  # TPE: by (window, strategy name)
         self.unasked = 0  # TPE: budget left unasked by studies whose space ran out (`take_unasked`)
 
     def trial(self, name: str, params: dict[str, Any], window: Window, phase: str) -> Trial:
@@ -163,53 +177,72 @@ class Planner:
                 except ValueError:  # parameters outside this space (the spec changed)
                     continue
                 taken.append(record)
-            # the study, how many it has asked (the log's count), its trials in flight by key, and
-            # the keys it has (the log's: a resumed study is re-seeded and draws them again)
-            self.studies[key] = [study, len(taken), {}, {record["key"] for record in taken}]
+            self.studies[key] = Study(study, len(taken), {record["key"] for record in taken})
             return taken
         return done
 
-    def ask(self, window: Window, strategy: StrategySpace, done: list[dict[str, Any]]) -> Trial | None:
-        """The next TPE trial of a window and strategy, or None when its budget is asked."""
+    def advance(self, window: Window, strategy: StrategySpace, done: list[dict[str, Any]]) -> list[Trial]:
+        """A study's next TPE trials: it is told the trials that are in, in the order it asked
+        them (one not yet in holds back those asked after it), and asks after each tell, up to
+        `TPE_IN_FLIGHT` in flight, while its budget lasts (found by an audit: trials were told as
+        they finished and as many were in flight as --workers, and the same spec drew other
+        trials on 1 worker than on 2)."""
         self.study(window, strategy, done)
         entry = self.studies[window.index, strategy.name]
-        study, asked, pending, known = entry
-        if asked >= self.spec.budget:
+        asked: list[Trial] = []
+        while True:
+            while len(entry.pending) < TPE_IN_FLIGHT:
+                trial = self._ask(entry, window, strategy, done)
+                if trial is None:
+                    break
+                asked.append(trial)
+            head = next(iter(entry.pending), None)
+            if head is None or head not in entry.results:
+                return asked
+            self._tell(entry, entry.pending.pop(head), entry.results.pop(head))
+
+    def _ask(
+        self, entry: Study, window: Window, strategy: StrategySpace, done: list[dict[str, Any]]
+    ) -> Trial | None:
+        """The study's next trial, or None when its budget is asked."""
+        if entry.asked >= self.spec.budget:
             return None
         import optuna
 
         distributions = _distributions(strategy.space)
-        have = known | {record["key"] for record in done}
+        have = entry.known | {record["key"] for record in done}
         for _ in range(MAX_ASKS):
-            optuna_trial = study.ask(distributions)
+            optuna_trial = entry.study.ask(distributions)
             trial = self.trial(strategy.name, dict(optuna_trial.params), window, "train")
-            if trial.key not in have and trial.key not in pending:
+            if trial.key not in have and trial.key not in entry.pending:
                 break
             # parameters the study has already (a resumed sweep's study, rebuilt from the same
             # seed, draws the logged trials' again): not run or counted twice, and left out of
             # its model (they were told once, from the log)
-            study.tell(optuna_trial, state=optuna.trial.TrialState.PRUNED)
+            entry.study.tell(optuna_trial, state=optuna.trial.TrialState.PRUNED)
         else:  # the space has nothing new to give: the rest of the budget is not asked
-            self.unasked += self.spec.budget - asked
-            entry[1] = self.spec.budget
+            self.unasked += self.spec.budget - entry.asked
+            entry.asked = self.spec.budget
             return None
-        entry[1] = asked + 1
-        pending[trial.key] = optuna_trial
-        known.add(trial.key)
+        entry.asked += 1
+        entry.pending[trial.key] = optuna_trial
+        entry.known.add(trial.key)
         return trial
 
     def tell(self, window: int, name: str, record: dict[str, Any]) -> None:
+        """A trial of a study is in: told when those asked before it are (`advance`)."""
+        entry = self.studies.get((window, name))
+        if entry is not None and record["key"] in entry.pending:
+            entry.results[record["key"]] = record
+
+    def _tell(self, entry: Study, optuna_trial: Any, record: dict[str, Any]) -> None:
         import optuna
 
-        entry = self.studies.get((window, name))
-        if entry is None or record["key"] not in entry[2]:
-            return
-        optuna_trial = entry[2].pop(record["key"])
         value = objective_value(record, self.spec)
         if value is None:
-            entry[0].tell(optuna_trial, state=optuna.trial.TrialState.FAIL)
+            entry.study.tell(optuna_trial, state=optuna.trial.TrialState.FAIL)
         else:
-            entry[0].tell(optuna_trial, value)
+            entry.study.tell(optuna_trial, value)
 
 
 def _distributions(space: dict[str, Domain]) -> dict[str, Any]:
@@ -343,11 +376,12 @@ def run_sweep(
             window = windows[group[0]]
             strategy = next(s for s in spec.strategies if s.name == group[1])
             if spec.sampler == "tpe":
-                trial = planner.ask(window, strategy, groups.get(group, []))
+                asked = planner.advance(window, strategy, groups.get(group, []))
                 counts.total -= planner.take_unasked()
-                if trial is not None:
-                    waiting[group] += 1
-                    submit(trial)
+                if asked:
+                    waiting[group] += len(asked)  # all of them first: one may be in the log already
+                    for trial in asked:
+                        submit(trial)
                     return
             if waiting[group] == 0:
                 top = best(groups.get(group, []), spec)
@@ -375,17 +409,8 @@ def run_sweep(
                     for record in done:
                         trial = planner.trial(strategy.name, record["params"], window, "train")
                         finished(trial, record, from_log=True)
-                    if done:
-                        continue
-                    for _ in range(max(1, workers or 2)):  # a few in flight at once
-                        asked = planner.ask(window, strategy, groups[group])
-                        counts.total -= planner.take_unasked()
-                        if asked is None:
-                            break
-                        waiting[group] += 1
-                        submit(asked)
-                    if waiting[group] == 0:
-                        follow(group)
+                    if not done:
+                        follow(group)  # its first trials (each, once in, asks for the next)
                     continue
                 params_list = planner.train_params(strategy)
                 waiting[group] = len(params_list)
