@@ -319,7 +319,7 @@ def test_tpe_draws_the_same_trials_on_1_and_2_workers(tmp_path: Path, shared_dat
     """The TPE studies were told trials as they finished, with as many in flight as --workers:
     past Optuna's 10 random start-up draws the same spec drew other parameters on 1 worker than
     on 2 (4 of 14 differed over the shared perp data). Now a study is told in the order it asked,
-    a fixed number in flight: the same trials, the same verdict."""
+    a fixed number in flight: the same trials, the same verdict, the same table."""
     spec = tmp_path / "tpe.toml"
     spec.write_text(
         TPE_SPEC.format(data=shared_data / "btcusdt_perp_1m.csv.gz").replace("budget = 5", "budget = 14")
@@ -333,7 +333,9 @@ def test_tpe_draws_the_same_trials_on_1_and_2_workers(tmp_path: Path, shared_dat
         records = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
         assert len(records) == 15 and all(r["status"] == "ok" for r in records), output[-3000:]
         verdict = json.loads((out / "sweep.json").read_text())["verdict"]
-        seen.append((sorted((r["phase"], r["trial_id"], r["net_pnl"]) for r in records), verdict))
+        # the table in one order (it was in the order the trials finished)
+        table = [{k: v for k, v in row.items() if k != "seconds"} for row in _table(out)]
+        seen.append((sorted((r["phase"], r["trial_id"], r["net_pnl"]) for r in records), verdict, table))
     assert seen[0] == seen[1]
 
 

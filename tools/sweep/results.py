@@ -105,7 +105,7 @@ def best(records: Iterable[dict[str, Any]], spec: SweepSpec) -> dict[str, Any] |
 
 def rows(records: Sequence[dict[str, Any]], spec: SweepSpec, out: Path) -> list[dict[str, Any]]:
     """The table's rows: a row per trial (a trial in both phases, once per phase), in the order
-    window, phase (train first), strategy, then as run."""
+    window, phase (train first), strategy, then trial id (whatever order they finished in)."""
     params = sorted({name for record in records for name in record["params"]})
     table = []
     for record in records:
