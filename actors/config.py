@@ -1517,6 +1517,22 @@ def _strategy_checks(config: Config, spec: StrategySpec, prefix: str) -> list[st
     return problems
 
 
+def strategy_warmups(config: Config) -> list[tuple[StrategySpec, int]]:
+    """Each strategy and the candles of its interval it warms up on before it can decide (the
+    count its `history` must hold: ema_cross's slow_period, the others' `warmup`)."""
+    from actors.strategies.base import build_strategy
+
+    out = []
+    for spec in config.strategy_specs:
+        s = spec.config
+        if s.name == "ema_cross":
+            needed = s.slow_period
+        else:
+            needed = build_strategy(s, spec.id, config.strategy_symbol(spec), spec.params).warmup
+        out.append((spec, needed))
+    return out
+
+
 def seed_problems(config: Config) -> list[str]:
     """A live session's (the exchange's feed or the mock's) strategies must be warm at its start:
     the warm-up their `history` holds (the same count the history rule takes) must fit in the
@@ -1524,15 +1540,8 @@ def seed_problems(config: Config) -> list[str]:
     table on 1h candles with a warm-up of 250 passed every check, but 12,000 one-minute candles
     are 200 hours: the strategy sat cold, silently, through its first 50 live hours). Backtests
     warm up on their data and are not held to it."""
-    from actors.strategies.base import build_strategy
-
     problems = []
-    for spec in config.strategy_specs:
-        s = spec.config
-        if s.name == "ema_cross":
-            needed = s.slow_period
-        else:
-            needed = build_strategy(s, spec.id, config.strategy_symbol(spec), spec.params).warmup
+    for spec, needed in strategy_warmups(config):
         ratio = config.strategy_interval_s(spec) // config.interval_s
         most = MAX_SEED_CANDLES // ratio
         if needed <= most:

@@ -459,3 +459,29 @@ def test_a_window_without_an_eligible_train_trial_is_said_in_the_verdict(tmp_pat
     line = verdict_line(verdict, len(document["windows"]))
     assert "over 1 of 3 windows (2 without an in-sample trial eligible to choose: not counted)" in line, line
     assert "best of 6 trials tried" in line, line
+
+
+def test_a_warm_up_long_against_the_test_days_is_said(tmp_path: Path) -> None:
+    """Each out-of-sample run starts cold on its own days (as the CLI backtest of them): ema_cross
+    with slow_period 200 on 3 h test days made no trade out of sample, a verdict of 0.00 over 2
+    of 2 windows, with nothing said. The sweep now says so at its start (and in sweep.json) for a
+    warm-up of 10 % of the test days or more: 300 one-minute candles are 5 h, 14 % of 36 h."""
+    from tools.sweep.spec import cold_starts
+
+    text = GOOD.format(sampler="grid", budget=0, fast="[5, 9]").replace(
+        'set = ["risk.max_loss_pct=100"]', 'set = ["risk.max_loss_pct=100", "strategy.history=1000"]'
+    )
+    assert cold_starts(load_spec(_spec(tmp_path, text))) == []  # 55 minutes of 36 h
+    text = text.replace("slow_period = [21, 34, 55]", "slow_period = [21, 300]")
+    assert cold_starts(load_spec(_spec(tmp_path, text))) == [
+        "ema_cross: each out-of-sample run starts cold on its test days and warms up on their first "
+        "300 1m candles (5.0 h of 36.0 h), trading none before: 14% of them"
+    ]
+    said = cold_starts(load_spec(_spec(tmp_path, text.replace("test_days = 1.5", "test_days = 0.1"))))
+    assert said == [
+        "ema_cross: each out-of-sample run starts cold on its test days and warms up on their first "
+        "300 1m candles (5.0 h of 2.4 h), trading none before: longer than them: it cannot trade out of sample",
+        # trend_pullback's 50 candles (its EMA 50) are 50 minutes of 144
+        "trend_pullback: each out-of-sample run starts cold on its test days and warms up on their first "
+        "50 1m candles (0.8 h of 2.4 h), trading none before: 35% of them",
+    ]

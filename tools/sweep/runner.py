@@ -31,7 +31,7 @@ from tools.sweep.results import (
     write_json,
     write_table,
 )
-from tools.sweep.spec import Domain, Range, StrategySpace, SweepSpec, Window, trial_sets
+from tools.sweep.spec import Domain, Range, StrategySpace, SweepSpec, Window, cold_starts, trial_sets
 from tools.sweep.trial import (
     Trial,
     config_for,
@@ -310,6 +310,9 @@ def run_sweep(
                 iso(last_open),
                 spec.train_days + spec.test_days,
             )
+    cold = cold_starts(spec)
+    for line in cold:
+        logger.warning(line)
     planner = Planner(spec, windows, data_hashes)
     if spec.sampler == "random":
         for strategy in spec.strategies:
@@ -443,6 +446,7 @@ def run_sweep(
     if spec.base_config is not None:
         hashes["base_config"] = file_sha256(spec.base_config)
     document["spec"] = provenance(spec, hashes, base.symbols[0])
+    document["cold_starts"] = cold
     write_json(out / "sweep.json", document)
     _write_page(out)
     return SweepResult(out, counts, document)
