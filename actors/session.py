@@ -502,12 +502,17 @@ class Session:
         progress_mode: str | None = None,
         console: bool = False,
         candle_source: CandleSource | None = None,
+        candle_skipped: dict[str, dict[str, int]] | None = None,
     ) -> None:
         """`console`: print each fill and closed trade on stderr (the CLI). `candle_source`: a
         backtest's candles of a `--data` file and symbol, from elsewhere than the file (a sweep's
-        trials: the data read once per node, tools/sweep/); the same candles the file holds."""
+        trials: the data read once per node, tools/sweep/); the same candles the file holds.
+        `candle_skipped`: by symbol, the rows of its file that were not candles, by reason, which
+        the candle source counts as it hands its candles out, as the file's reader would (the
+        report's `malformed_dropped`)."""
         self.config = config
         self.candle_source = candle_source
+        self.candle_skipped = candle_skipped if candle_skipped is not None else {}
         self.plan = plan or Plan()
         self.runtime: Runtime = runtime or ("actors" if self.plan.mode == "live" else self.plan.runtime)
         self.feed = feed
@@ -573,6 +578,7 @@ class Session:
         read: dict[str, int] = {}  # what the reader read, once it has read the whole file
         first_skipped: list[tuple[int, str]] = []
         if self.candle_source is not None:  # (a sweep's trials: their gaps listed as the reader does)
+            self._skipped[symbol] = self.candle_skipped.setdefault(symbol, {})
             candles = _listing_gaps(iter(self.candle_source(path, symbol)), self.config.interval_s, gaps)
         else:
             skipped = self._skipped.setdefault(symbol, {})

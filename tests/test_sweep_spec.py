@@ -3,6 +3,7 @@ give, and a clear line naming the key for every problem (exit 2, no traceback)."
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -485,3 +486,42 @@ def test_a_warm_up_long_against_the_test_days_is_said(tmp_path: Path) -> None:
         "trend_pullback: each out-of-sample run starts cold on its test days and warms up on their first "
         "50 1m candles (0.8 h of 2.4 h), trading none before: 35% of them",
     ]
+
+
+def test_a_trials_report_counts_the_rows_skipped_as_the_cli_backtests_does(tmp_path: Path) -> None:
+    """A trial's candles come from the data read once (not the file): its report said
+    `malformed_dropped: {}` where the CLI backtest of the same window counted the file's rows
+    that were not candles. The CLI's reader counts those it passes on its way to the first candle
+    after the window: here a repeated row before the window, a broken one in it and one right
+    after its last candle (3), not the broken one after the next candles."""
+    from tests.conftest import run_main
+    from tools.sweep.trial import Trial, read_columns, run_trial
+
+    data = _candles(tmp_path / "clean.csv", 60, n=3 * 1440)
+    lines = data.read_text().splitlines()  # the header, then candle i on line 1 + i
+    lines = [
+        *lines[:102], lines[101],  # candle 100 again
+        *lines[102:2001], "garbage,row",  # before candle 2000, in the window (candles 1440 to 2879)
+        *lines[2001:2881], "1,2,3",  # after its last candle
+        *lines[2881:2886], "x",  # after candle 2884
+        *lines[2886:],
+    ]  # fmt: skip
+    data = tmp_path / "candles.csv"
+    data.write_text("\n".join(lines) + "\n")
+    day = 86_400.0
+    start = 1704067200.0 + day
+    sets = ("risk.max_loss_pct=100", "strategy.name=ema_cross", "strategy.fast_period=5")
+    trial = Trial("ab" * 32, "ema_cross", {"fast_period": 5}, 0, "test", start, start + day, sets)
+    record = run_trial(
+        trial, None, (("", data),), {str(data): read_columns(data, 60.0, "BTCUSDT")}, tmp_path / "trial"
+    )
+    assert record["status"] == "ok", record
+    cli = run_main(
+        *trial.cli(None, (("", data),), tmp_path / "cli"), cwd=tmp_path,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    swept = json.loads((Path(record["run_path"]) / "final_report.json").read_text())
+    by_cli = json.loads((tmp_path / "cli" / "latest" / "final_report.json").read_text())
+    assert by_cli["malformed_dropped"] == {"csv_not_six_numbers": 2, "csv_repeated_time": 1}
+    assert swept["malformed_dropped"] == by_cli["malformed_dropped"]
+    assert (swept["net_pnl"], swept["trade_count"]) == (by_cli["net_pnl"], by_cli["trade_count"])

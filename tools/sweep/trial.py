@@ -108,7 +108,9 @@ def trial_key(config: Config, data_hashes: Mapping[str, str], start: float, end:
 # --- the data, once per node ---------------------------------------------------------------------
 
 
-Columns = dict[str, Any]  # "open_ts", "open", "high", "low", "close", "volume": numpy float64 arrays
+# "open_ts", "interval_s", "open", "high", "low", "close", "volume": numpy float64 arrays; the rows
+# that were not candles: "skip_at" (the candles before each, int64) and "skip_reason" (a list)
+Columns = dict[str, Any]
 
 
 def read_columns(path: Path, interval_s: float, symbol: str) -> Columns:
@@ -121,7 +123,17 @@ def read_columns(path: Path, interval_s: float, symbol: str) -> Columns:
     from actors.session import SPACING_PEEK, check_spacing
 
     skipped: dict[str, int] = {}
-    rows = [tuple(c)[:7] for c in read_candles_csv(path, interval_s, symbol=symbol, skipped_by=skipped)]
+    rows: list[tuple[Any, ...]] = []
+    # each row that is not a candle, as the number of candles before it and its reason: a trial
+    # counts those its window's reader would have (`window_candles`)
+    skip_at: list[int] = []
+    skip_reason: list[str] = []
+    seen: dict[str, int] = {}
+    for candle in read_candles_csv(path, interval_s, symbol=symbol, skipped_by=skipped):
+        if skipped != seen:
+            _note_skips(skipped, seen, len(rows), skip_at, skip_reason)
+        rows.append(tuple(candle)[:7])
+    _note_skips(skipped, seen, len(rows), skip_at, skip_reason)
     # the CLI backtest's check of the spacing (found by an audit: with session.interval = "5m" on
     # 1m candles the reader skipped the rows less than an interval after the one before, and every
     # trial ran on each fifth 1m candle taken as a 5m one, where the CLI it stands for exits 2)
@@ -135,11 +147,33 @@ def read_columns(path: Path, interval_s: float, symbol: str) -> Columns:
         check_spacing(head, interval_s, str(path))
     names = ("open_ts", "interval_s", "open", "high", "low", "close", "volume")
     arrays = list(zip(*rows, strict=True)) if rows else [() for _ in names]
-    return {name: np.asarray(values, dtype=np.float64) for name, values in zip(names, arrays, strict=True)}
+    columns: Columns = {
+        name: np.asarray(values, dtype=np.float64) for name, values in zip(names, arrays, strict=True)
+    }
+    columns["skip_at"] = np.asarray(skip_at, dtype=np.int64)
+    columns["skip_reason"] = skip_reason
+    return columns
 
 
-def window_candles(columns: Columns, symbol: str, start: float, end: float) -> Iterator[Candle]:
-    """The candles opening in [start, end), as the CLI's reader gives them."""
+def _note_skips(
+    skipped: dict[str, int], seen: dict[str, int], kept: int, skip_at: list[int], skip_reason: list[str]
+) -> None:
+    """The rows the reader skipped since `seen`, each noted after `kept` candles."""
+    for reason, count in skipped.items():
+        for _ in range(count - seen.get(reason, 0)):
+            skip_at.append(kept)
+            skip_reason.append(reason)
+    seen.update(skipped)
+
+
+def window_candles(
+    columns: Columns, symbol: str, start: float, end: float, skipped: dict[str, int] | None = None
+) -> Iterator[Candle]:
+    """The candles opening in [start, end), as the CLI's reader gives them; `skipped` counts the
+    rows that were not candles as the CLI backtest's reader does when it hands them out (found by
+    an audit: a trial's report said `malformed_dropped: {}` where the CLI's counted the file's
+    rows skipped): those before the window, and before each candle as it is handed out, and
+    those before the first candle after the window once the window's are all out."""
     opens = columns["open_ts"]
     lo = bisect.bisect_left(opens, start) if math.isfinite(start) else 0
     hi = bisect.bisect_left(opens, end) if math.isfinite(end) else len(opens)
@@ -147,8 +181,18 @@ def window_candles(columns: Columns, symbol: str, start: float, end: float) -> I
         columns[n][lo:hi].tolist()
         for n in ("open_ts", "interval_s", "open", "high", "low", "close", "volume")
     ]
-    for t, i, o, h, low, c, v in zip(*fields, strict=True):
+    at: list[int] = columns["skip_at"].tolist() if "skip_at" in columns else []
+    reasons: list[str] = columns.get("skip_reason", [])
+    counts = skipped if skipped is not None else {}
+    j = 0  # the next skipped row to count
+    for k, (t, i, o, h, low, c, v) in enumerate(zip(*fields, strict=True), lo):
+        while j < len(at) and at[j] <= k:
+            counts[reasons[j]] = counts.get(reasons[j], 0) + 1
+            j += 1
         yield _new_tuple(Candle, (t, i, o, h, low, c, v, False, symbol))
+    while j < len(at) and at[j] <= hi:
+        counts[reasons[j]] = counts.get(reasons[j], 0) + 1
+        j += 1
 
 
 # --- running one ---------------------------------------------------------------------------------
@@ -188,11 +232,19 @@ def run_trial(
             window=(trial.start, trial.end),
         )
 
+        skipped: dict[str, dict[str, int]] = {}
+
         def source(path: str, symbol: str) -> Iterator[Candle]:
-            return window_candles(columns[path], symbol, trial.start, trial.end)
+            counts = skipped.setdefault(symbol, {})
+            return window_candles(columns[path], symbol, trial.start, trial.end, counts)
 
         result = Session(
-            config, plan, handle_signals=False, progress_mode="off", candle_source=source
+            config,
+            plan,
+            handle_signals=False,
+            progress_mode="off",
+            candle_source=source,
+            candle_skipped=skipped,
         ).run_kernel()
         record.update(figures(result.run_path))
         record["run_path"] = str(result.run_path)
