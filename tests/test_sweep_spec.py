@@ -525,3 +525,21 @@ def test_a_trials_report_counts_the_rows_skipped_as_the_cli_backtests_does(tmp_p
     assert by_cli["malformed_dropped"] == {"csv_not_six_numbers": 2, "csv_repeated_time": 1}
     assert swept["malformed_dropped"] == by_cli["malformed_dropped"]
     assert (swept["net_pnl"], swept["trade_count"]) == (by_cli["net_pnl"], by_cli["trade_count"])
+
+
+def test_a_trials_run_folder_is_named_inside_the_sweeps_folder_wherever_the_log_was_written(
+    tmp_path: Path,
+) -> None:
+    """The log keeps each trial's run folder as an absolute path: a sweep folder moved (or a log
+    copied into another) and run again ended, once every trial had run, in a ValueError ('is not
+    in the subpath'), no table, no sweep.json. The table names it trials/<trial id>/<run>."""
+    from tools.sweep.results import rows
+
+    spec = load_spec(_good(tmp_path, fast="[5]"))
+    record = {
+        "key": "k", "trial_id": "3104b67c77618f5a", "strategy": "ema_cross", "params": {"fast_period": 5},
+        "window": 0, "phase": "train", "start": 0.0, "end": 86400.0, "status": "ok", "net_pnl": 1.0,
+        "trade_count": 5, "run_path": "/elsewhere/old-sweep/trials/3104b67c77618f5a/backtest-20250510T000000Z-s42",
+    }  # fmt: skip
+    (row,) = rows([record], spec)
+    assert row["run_folder"] == "trials/3104b67c77618f5a/backtest-20250510T000000Z-s42"

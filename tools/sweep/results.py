@@ -103,7 +103,7 @@ def best(records: Iterable[dict[str, Any]], spec: SweepSpec) -> dict[str, Any] |
     return top
 
 
-def rows(records: Sequence[dict[str, Any]], spec: SweepSpec, out: Path) -> list[dict[str, Any]]:
+def rows(records: Sequence[dict[str, Any]], spec: SweepSpec) -> list[dict[str, Any]]:
     """The table's rows: a row per trial (a trial in both phases, once per phase), in the order
     window, phase (train first), strategy, then trial id (whatever order they finished in)."""
     params = sorted({name for record in records for name in record["params"]})
@@ -113,8 +113,12 @@ def rows(records: Sequence[dict[str, Any]], spec: SweepSpec, out: Path) -> list[
         row["start"], row["end"] = iso(record["start"]), iso(record["end"])
         row["objective"] = spec.objective
         row["objective_value"] = objective_value(record, spec)
+        # trials/<trial id>/<run>, whatever folder the log was written in (found by an audit: a
+        # sweep folder moved, or copied, and run again ended in a ValueError after all its trials)
         row["run_folder"] = (
-            str(Path(record["run_path"]).relative_to(out.resolve())) if record.get("run_path") else None
+            Path("trials", *Path(record["run_path"]).parts[-2:]).as_posix()
+            if record.get("run_path")
+            else None
         )
         row["params"] = json.dumps(record["params"], sort_keys=True)
         for name in params:

@@ -440,7 +440,7 @@ def run_sweep(
         ray.shutdown()
     # the same order whatever order the trials finished in (found by an audit: "as run", it was not)
     records.sort(key=lambda r: (r["window"], r["phase"] != "train", r["strategy"], r["trial_id"]))
-    write_table(rows(records, spec, out), out)
+    write_table(rows(records, spec), out)
     document = summary(spec, windows, records)
     hashes = dict(data_hashes, spec=file_sha256(spec.path))
     if spec.base_config is not None:
