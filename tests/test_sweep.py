@@ -301,9 +301,9 @@ def test_optunas_tpe_sampler_runs_its_budget_within_the_space_and_resumes(
     assert again.returncode == 0, output[-3000:]
     assert len((out / "trials.jsonl").read_text().splitlines()) == len(records)
     assert "6 trials (6 from the log, 0 failed)" in output
-    # killed after two trials were logged: the study, rebuilt from the same seed, draws the logged
-    # trials' parameters again; they are neither run nor counted twice (they were: duplicate rows,
-    # and the budget spent on them)
+    # killed after two trials were logged: the study, asked again from the same seed, draws the
+    # logged trials' parameters again; found in the log, they are neither run nor counted twice
+    # (they were: duplicate rows, and the budget spent on them)
     lines = (out / "trials.jsonl").read_text().splitlines()
     (out / "trials.jsonl").write_text("\n".join(lines[:2]) + "\n")
     resumed = _sweep(spec, out)
@@ -315,11 +315,14 @@ def test_optunas_tpe_sampler_runs_its_budget_within_the_space_and_resumes(
     assert len([r for r in records if r["phase"] == "test"]) == 1
 
 
-def test_tpe_draws_the_same_trials_on_1_and_2_workers(tmp_path: Path, shared_data: Path) -> None:
+def test_tpe_draws_the_same_trials_on_1_and_2_workers_and_across_a_resume(
+    tmp_path: Path, shared_data: Path
+) -> None:
     """The TPE studies were told trials as they finished, with as many in flight as --workers:
     past Optuna's 10 random start-up draws the same spec drew other parameters on 1 worker than
     on 2 (4 of 14 differed over the shared perp data). Now a study is told in the order it asked,
-    a fixed number in flight: the same trials, the same verdict, the same table."""
+    a fixed number in flight: the same trials, the same verdict, the same table; and a sweep run
+    again asks its studies the same, finding the log's trials as they are asked."""
     spec = tmp_path / "tpe.toml"
     spec.write_text(
         TPE_SPEC.format(data=shared_data / "btcusdt_perp_1m.csv.gz").replace("budget = 5", "budget = 14")
@@ -337,6 +340,16 @@ def test_tpe_draws_the_same_trials_on_1_and_2_workers(tmp_path: Path, shared_dat
         table = [{k: v for k, v in row.items() if k != "seconds"} for row in _table(out)]
         seen.append((sorted((r["phase"], r["trial_id"], r["net_pnl"]) for r in records), verdict, table))
     assert seen[0] == seen[1]
+    # stopped after 7 trials and run again: the same trials (a resumed study was told the log's
+    # trials and re-seeded: 7 of its 14 were others)
+    lines = (tmp_path / "out2" / "trials.jsonl").read_text().splitlines()
+    (tmp_path / "out2" / "trials.jsonl").write_text("\n".join(lines[:7]) + "\n")
+    resumed = _sweep(spec, tmp_path / "out2")
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0 and "15 trials (7 from the log, 0 failed)" in output, output[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "out2" / "trials.jsonl").read_text().splitlines()]
+    assert sorted((r["phase"], r["trial_id"], r["net_pnl"]) for r in records) == seen[0][0]
+    assert json.loads((tmp_path / "out2" / "sweep.json").read_text())["verdict"] == seen[0][1]
 
 
 BAD_COMBINATION_SPEC = """

@@ -87,8 +87,8 @@ class Study:
     followed by the next ask, so it draws the same trials whatever the order they finish in."""
 
     study: Any
-    asked: int  # of the budget (the log's trials count)
-    known: set[str]  # the keys it has (the log's: a resumed study is re-seeded and draws them again)
+    asked: int = 0  # of the budget
+    known: set[str] = attrs.Factory(set)  # the keys it has asked
     pending: dict[str, Any] = attrs.Factory(dict)  # in flight, by key, in the order asked
     results: dict[str, dict[str, Any]] = attrs.Factory(dict)  # in, not yet told (one asked before is out)
 
@@ -149,50 +149,29 @@ class Planner:
 
     # --- TPE (Optuna's sampler, ask and tell) ---------------------------------------------------
 
-    def study(
-        self, window: Window, strategy: StrategySpace, done: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        """Make the window's Optuna study for a strategy and tell it the trials the log holds
-        already; returns those it took (a trial of another space is left out)."""
+    def study(self, window: Window, strategy: StrategySpace) -> Study:
+        """The window's Optuna study of a strategy, made the first time."""
         import optuna
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         key = (window.index, strategy.name)
         if key not in self.studies:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
             sampler = optuna.samplers.TPESampler(seed=self.spec.seed + 1000 * window.index)
-            study = optuna.create_study(direction="maximize", sampler=sampler)
-            distributions = _distributions(strategy.space)
-            taken = []
-            for record in done:
-                value = objective_value(record, self.spec)
-                state = (
-                    optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
-                )
-                try:
-                    study.add_trial(
-                        optuna.trial.create_trial(
-                            params=record["params"], distributions=distributions, value=value, state=state
-                        )
-                    )
-                except ValueError:  # parameters outside this space (the spec changed)
-                    continue
-                taken.append(record)
-            self.studies[key] = Study(study, len(taken), {record["key"] for record in taken})
-            return taken
-        return done
+            self.studies[key] = Study(optuna.create_study(direction="maximize", sampler=sampler))
+        return self.studies[key]
 
-    def advance(self, window: Window, strategy: StrategySpace, done: list[dict[str, Any]]) -> list[Trial]:
+    def advance(self, window: Window, strategy: StrategySpace) -> list[Trial]:
         """A study's next TPE trials: it is told the trials that are in, in the order it asked
         them (one not yet in holds back those asked after it), and asks after each tell, up to
         `TPE_IN_FLIGHT` in flight, while its budget lasts (found by an audit: trials were told as
         they finished and as many were in flight as --workers, and the same spec drew other
-        trials on 1 worker than on 2)."""
-        self.study(window, strategy, done)
-        entry = self.studies[window.index, strategy.name]
+        trials on 1 worker than on 2). A sweep run again asks and tells the same, its trials in
+        the log found there as they are asked: the same trials as a sweep never stopped."""
+        entry = self.study(window, strategy)
         asked: list[Trial] = []
         while True:
             while len(entry.pending) < TPE_IN_FLIGHT:
-                trial = self._ask(entry, window, strategy, done)
+                trial = self._ask(entry, window, strategy)
                 if trial is None:
                     break
                 asked.append(trial)
@@ -201,24 +180,20 @@ class Planner:
                 return asked
             self._tell(entry, entry.pending.pop(head), entry.results.pop(head))
 
-    def _ask(
-        self, entry: Study, window: Window, strategy: StrategySpace, done: list[dict[str, Any]]
-    ) -> Trial | None:
+    def _ask(self, entry: Study, window: Window, strategy: StrategySpace) -> Trial | None:
         """The study's next trial, or None when its budget is asked."""
         if entry.asked >= self.spec.budget:
             return None
         import optuna
 
         distributions = _distributions(strategy.space)
-        have = entry.known | {record["key"] for record in done}
         for _ in range(MAX_ASKS):
             optuna_trial = entry.study.ask(distributions)
             trial = self.trial(strategy.name, dict(optuna_trial.params), window, "train")
-            if trial.key not in have and trial.key not in entry.pending:
+            if trial.key not in entry.known:
                 break
-            # parameters the study has already (a resumed sweep's study, rebuilt from the same
-            # seed, draws the logged trials' again): not run or counted twice, and left out of
-            # its model (they were told once, from the log)
+            # parameters it has drawn already (an integer range's, say): not run or counted
+            # twice, and left out of its model (it was told them once)
             entry.study.tell(optuna_trial, state=optuna.trial.TrialState.PRUNED)
         else:  # the space has nothing new to give: the rest of the budget is not asked
             self.unasked += self.spec.budget - entry.asked
@@ -379,7 +354,7 @@ def run_sweep(
             window = windows[group[0]]
             strategy = next(s for s in spec.strategies if s.name == group[1])
             if spec.sampler == "tpe":
-                asked = planner.advance(window, strategy, groups.get(group, []))
+                asked = planner.advance(window, strategy)
                 counts.total -= planner.take_unasked()
                 if asked:
                     waiting[group] += len(asked)  # all of them first: one may be in the log already
@@ -397,23 +372,11 @@ def run_sweep(
             for strategy in spec.strategies:
                 group = (window.index, strategy.name)
                 groups[group] = []
+                waiting[group] = 0
                 if spec.sampler == "tpe":
-                    # the log's trials of this study first (each, once in, asks for the next
-                    # while the budget lasts, and the last of them the out-of-sample trial)
-                    done = [
-                        r
-                        for (_, phase, _), r in log.records.items()
-                        if phase == "train"
-                        and r["strategy"] == strategy.name
-                        and (r["start"], r["end"]) == (window.train_start, window.train_end)
-                    ]
-                    done = planner.study(window, strategy, done)
-                    waiting[group] = len(done)
-                    for record in done:
-                        trial = planner.trial(strategy.name, record["params"], window, "train")
-                        finished(trial, record, from_log=True)
-                    if not done:
-                        follow(group)  # its first trials (each, once in, asks for the next)
+                    # its first trials (each, once in, asks for the next; those in the log are
+                    # found there as they are asked)
+                    follow(group)
                     continue
                 params_list = planner.train_params(strategy)
                 waiting[group] = len(params_list)
