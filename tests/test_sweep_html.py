@@ -430,13 +430,19 @@ def test_trials_with_fewer_than_min_trades_rank_after_the_valued_and_before_the_
 
 def test_the_verdict_says_windows_without_a_best_and_the_trials_tried(tmp_path: Path) -> None:
     """A window without an in-sample trial eligible to choose was counted nowhere and not said;
-    the in-sample figures did not say how many trials they were the best of."""
+    the in-sample figures did not say how many trials they were the best of; a strategy whose
+    warm-up is long against the test days was said on the console only."""
     write_sweep(tmp_path)
     meta = json.loads((tmp_path / "sweep.json").read_text())
     meta["verdict"]["ema_cross"].update(no_best_windows=1, in_sample_trials=24)
+    meta["cold_starts"] = ["ema_cross: each out-of-sample run starts cold <on its test days>"]
     (tmp_path / "sweep.json").write_text(json.dumps(meta))
     text = _page(tmp_path)
     row = text.split('<tr data-strategy="ema_cross">', 1)[1].split("</tr>", 1)[0]
     assert "(1 window(s) without an in-sample trial eligible to choose: not counted)" in row
     assert '<td data-field="in_sample_trials" data-value="24">24</td>' in row
     assert "in-sample trials tried" in text
+    # and a warm-up long against the test days, as the sweep warned at its start
+    assert (
+        '<p class="warn">ema_cross: each out-of-sample run starts cold &lt;on its test days&gt;.</p>' in text
+    )
