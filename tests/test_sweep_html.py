@@ -434,7 +434,9 @@ def test_the_verdict_says_windows_without_a_best_and_the_trials_tried(tmp_path: 
     warm-up is long against the test days was said on the console only."""
     write_sweep(tmp_path)
     meta = json.loads((tmp_path / "sweep.json").read_text())
-    meta["verdict"]["ema_cross"].update(no_best_windows=1, in_sample_trials=24)
+    meta["verdict"]["ema_cross"].update(
+        no_best_windows=1, in_sample_trials=24, out_of_sample_days=2.0, in_sample_days=4.0
+    )
     meta["cold_starts"] = ["ema_cross: each out-of-sample run starts cold <on its test days>"]
     (tmp_path / "sweep.json").write_text(json.dumps(meta))
     text = _page(tmp_path)
@@ -442,6 +444,8 @@ def test_the_verdict_says_windows_without_a_best_and_the_trials_tried(tmp_path: 
     assert "(1 window(s) without an in-sample trial eligible to choose: not counted)" in row
     assert '<td data-field="in_sample_trials" data-value="24">24</td>' in row
     assert "in-sample trials tried" in text
+    assert 'data-field="out_of_sample_days" data-value="2.0"' in row
+    assert 'data-field="in_sample_days" data-value="4.0"' in row
     # and a warm-up long against the test days, as the sweep warned at its start
     assert (
         '<p class="warn">ema_cross: each out-of-sample run starts cold &lt;on its test days&gt;.</p>' in text

@@ -371,6 +371,8 @@ def test_the_verdict_counts_a_window_only_when_its_out_of_sample_run_ran(tmp_pat
         "failed_windows": 1,
         "no_best_windows": 0,
         "in_sample_trials": 2,
+        "out_of_sample_days": 1.5,
+        "in_sample_days": 3.0,
     }
 
 
@@ -460,6 +462,12 @@ def test_a_window_without_an_eligible_train_trial_is_said_in_the_verdict(tmp_pat
     line = verdict_line(verdict, len(document["windows"]))
     assert "over 1 of 3 windows (2 without an in-sample trial eligible to choose: not counted)" in line, line
     assert "best of 6 trials tried" in line, line
+    # the days each side covers (train_days 3, test_days 1.5 a window): compared per day
+    assert (verdict["out_of_sample_days"], verdict["in_sample_days"]) == (1.5, 3.0)
+    assert (
+        "of 3 windows (2 without" in line
+        and ": not counted), 1.5 days, 3 trades; in-sample +8.00 over 3 days" in line
+    ), line
 
 
 def test_a_warm_up_long_against_the_test_days_is_said(tmp_path: Path) -> None:

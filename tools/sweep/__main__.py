@@ -130,10 +130,12 @@ def verdict_line(verdict: dict[str, Any], windows: int) -> str:
     counted = f"over {verdict['windows']} of {windows} windows"
     if left:
         counted += f" ({', '.join(left)}: not counted)"
+    oos_days, is_days = verdict.get("out_of_sample_days", 0.0), verdict.get("in_sample_days", 0.0)
     return (
-        f"out-of-sample net PnL {verdict['out_of_sample_net_pnl']:+.2f} USDT {counted}, "
-        f"{verdict['out_of_sample_trades']} trades; in-sample {verdict['in_sample_net_pnl']:+.2f} (the "
-        f"windows' best of {verdict.get('in_sample_trials', 0)} trials tried: optimistic by construction)"
+        f"out-of-sample net PnL {verdict['out_of_sample_net_pnl']:+.2f} USDT {counted}, {oos_days:g} days, "
+        f"{verdict['out_of_sample_trades']} trades; in-sample {verdict['in_sample_net_pnl']:+.2f} over "
+        f"{is_days:g} days (the windows' best of {verdict.get('in_sample_trials', 0)} trials tried: "
+        "optimistic by construction)"
     )
 
 

@@ -436,7 +436,8 @@ def _verdict_table(sweep: Sweep) -> str:
         "<tr><th>strategy</th>"
         '<th class="oos">out-of-sample net PnL</th><th class="oos">out-of-sample trades</th>'
         '<th class="oos">windows profitable out of sample</th>'
-        "<th>windows</th><th>in-sample net PnL</th><th>in-sample trials tried</th></tr>"
+        '<th class="oos">days out of sample</th>'
+        "<th>windows</th><th>in-sample net PnL</th><th>days in sample</th><th>in-sample trials tried</th></tr>"
     )
 
     def order(name: str) -> tuple[bool, float]:
@@ -467,8 +468,10 @@ def _verdict_table(sweep: Sweep) -> str:
             + _cell("out_of_sample_net_pnl", v.get("out_of_sample_net_pnl"), "money", "oos")
             + _cell("out_of_sample_trades", v.get("out_of_sample_trades"), "int", "oos")
             + f'<td class="oos">{_e(profitable)}</td>'
+            + _cell("out_of_sample_days", v.get("out_of_sample_days"), "ratio", "oos")
             + _cell("windows", v.get("windows"), "int")
             + _cell("in_sample_net_pnl", v.get("in_sample_net_pnl"), "money")
+            + _cell("in_sample_days", v.get("in_sample_days"), "ratio")
             + _cell("in_sample_trials", v.get("in_sample_trials"), "int")
             + "</tr>"
         )
@@ -476,7 +479,7 @@ def _verdict_table(sweep: Sweep) -> str:
         '<p class="note">Out of sample: each window\'s test period, run with the parameters that '
         "scored best on its train period; summed over the windows. In sample: the same best train "
         "trials' own net PnL (chosen on it: optimistic by construction, the more so the more "
-        "trials were tried).</p>"
+        "trials were tried), over their train days: compare the two per day.</p>"
     )
     return f'<table class="verdict" id="verdict">{head}{"".join(rows)}</table>{note}'
 

@@ -177,6 +177,8 @@ def summary(spec: SweepSpec, windows: Sequence[Window], records: Sequence[dict[s
                     "failed_windows": 0,
                     "no_best_windows": 0,
                     "in_sample_trials": 0,
+                    "out_of_sample_days": 0.0,
+                    "in_sample_days": 0.0,
                 },
             )
             # how many parameter sets were tried: the best of many is optimistic by construction
@@ -208,6 +210,9 @@ def summary(spec: SweepSpec, windows: Sequence[Window], records: Sequence[dict[s
                     v["failed_windows"] += 1
                     continue
                 v["windows"] += 1
+                # the days each side covers, to compare them per day (a train span is longer)
+                v["out_of_sample_days"] += spec.test_days
+                v["in_sample_days"] += spec.train_days
                 v["in_sample_net_pnl"] += top.get("net_pnl") or 0.0
                 v["out_of_sample_net_pnl"] += t.get("net_pnl") or 0.0
                 v["out_of_sample_trades"] += t.get("trade_count") or 0
