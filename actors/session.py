@@ -485,6 +485,27 @@ def check_spacing(head: list[Candle], interval_s: float, path: str, skipped: int
         )
 
 
+def no_candles(
+    path: str, read: dict[str, int], skipped: dict[str, int], first: list[tuple[int, str]], windowed: bool
+) -> str:
+    """Why a `--data` file gave a backtest no candle: none in its rows at all (`read`: the
+    reader's counts once it read the whole file), every row malformed (found by an audit: it
+    said only "no candles"), or none in the --from/--until window (`windowed`: the backtest has
+    one)."""
+    if read.get("candles") == 0:
+        if not skipped:
+            return f"--data {path}: no candles: no rows after its header"
+        rows = sum(skipped.values())
+        counts = ", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items()))
+        line, reason = first[0]
+        return (
+            f"--data {path}: {rows} row{'s' if rows > 1 else ''} read, {'all ' if rows > 1 else ''}"
+            f"malformed: no candle ({counts}); the first, line {line}: {SKIP_REASONS[reason]} "
+            f"({reason}); expected rows of six plain numbers {','.join(CSV_HEADER)} (the open time in ms)"
+        )
+    return f"--data {path}: no candles{' in the --from/--until window' if windowed else ''}"
+
+
 class Session:
     """One session from its plan. `runtime`: "kernel" (default for backtests and replays) or
     "actors" (live sessions; for backtests too, to check the kernel against them). `feed`: a
@@ -620,22 +641,8 @@ class Session:
     def _no_candles(
         self, path: str, read: dict[str, int], skipped: dict[str, int], first: list[tuple[int, str]]
     ) -> str:
-        """Why a `--data` file gave a backtest no candle: none in its rows at all (`read`: the
-        reader's counts once it read the whole file), every row malformed (found by an audit: it
-        said only "no candles"), or none in the --from/--until window."""
-        if read.get("candles") == 0:
-            if not skipped:
-                return f"--data {path}: no candles: no rows after its header"
-            rows = sum(skipped.values())
-            counts = ", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items()))
-            line, reason = first[0]
-            return (
-                f"--data {path}: {rows} row{'s' if rows > 1 else ''} read, {'all ' if rows > 1 else ''}"
-                f"malformed: no candle ({counts}); the first, line {line}: {SKIP_REASONS[reason]} "
-                f"({reason}); expected rows of six plain numbers {','.join(CSV_HEADER)} (the open time in ms)"
-            )
-        within = "" if self.plan.window == (-math.inf, math.inf) else " in the --from/--until window"
-        return f"--data {path}: no candles{within}"
+        """Why a `--data` file gave a backtest no candle (`no_candles`)."""
+        return no_candles(path, read, skipped, first, self.plan.window != (-math.inf, math.inf))
 
     def data_skipped(self) -> dict[str, dict[str, int]]:
         """A backtest's rows of --data that were not candles (malformed, out of order, repeated),

@@ -551,3 +551,23 @@ def test_a_trials_run_folder_is_named_inside_the_sweeps_folder_wherever_the_log_
     }  # fmt: skip
     (row,) = rows([record], spec)
     assert row["run_folder"] == "trials/3104b67c77618f5a/backtest-20250510T000000Z-s42"
+
+
+@pytest.mark.parametrize("rows", ["", "x,1,2,3,4,5\n1,2\n"], ids=["header-only", "all-malformed"])
+def test_data_without_a_candle_is_refused_as_the_cli_backtest_refuses_it(tmp_path: Path, rows: str) -> None:
+    """A data file of no candle (its header alone, or every row malformed) ended the sweep in a
+    traceback (ValueError: min() arg is an empty sequence), exit 1, once Ray had started; the
+    CLI backtest exits 2 saying why. The sweep says the CLI's words (DataError: exit 2)."""
+    from actors.feeds.history import DataError
+    from tests.conftest import run_main
+    from tools.sweep.trial import read_columns
+
+    data = tmp_path / "candles.csv"
+    data.write_text("open_time_ms,open,high,low,close,volume\n" + rows)
+    cli = run_main(
+        "--mode", "backtest", "--data", str(data), "--run-dir", str(tmp_path / "runs"), cwd=tmp_path
+    )
+    assert cli.returncode == 2, cli.stderr
+    with pytest.raises(DataError) as refused:
+        read_columns(data, 60.0, "BTCUSDT")
+    assert f"error: {refused.value}" in cli.stderr.splitlines()

@@ -24,7 +24,7 @@ import attrs
 import orjson
 
 from actors.config import Config, load, to_toml
-from actors.feeds.history import read_candles_csv
+from actors.feeds.history import DataError, read_candles_csv
 from actors.recording.report_stats import statistics
 from protocols.messages import Candle, _new_tuple
 
@@ -116,24 +116,28 @@ Columns = dict[str, Any]
 def read_columns(path: Path, interval_s: float, symbol: str) -> Columns:
     """A candle file as columns (numpy arrays: Ray's object store shares them between the tasks
     of a node without copying), read by the CLI's own reader (bad rows skipped alike). DataError,
-    as the CLI backtest says it, for a file whose candles are another interval apart than
-    session.interval."""
+    as the CLI backtest says it, for a file of no candle or whose candles are another interval
+    apart than session.interval."""
     import numpy as np
 
-    from actors.session import SPACING_PEEK, check_spacing
+    from actors.session import SPACING_PEEK, check_spacing, no_candles
 
     skipped: dict[str, int] = {}
+    read: dict[str, int] = {}
+    first: list[tuple[int, str]] = []
     rows: list[tuple[Any, ...]] = []
     # each row that is not a candle, as the number of candles before it and its reason: a trial
     # counts those its window's reader would have (`window_candles`)
     skip_at: list[int] = []
     skip_reason: list[str] = []
     seen: dict[str, int] = {}
-    for candle in read_candles_csv(path, interval_s, symbol=symbol, skipped_by=skipped):
+    for candle in read_candles_csv(path, interval_s, read, symbol, skipped_by=skipped, first_skipped=first):
         if skipped != seen:
             _note_skips(skipped, seen, len(rows), skip_at, skip_reason)
         rows.append(tuple(candle)[:7])
     _note_skips(skipped, seen, len(rows), skip_at, skip_reason)
+    if not rows:  # as the CLI says it (found by an audit: a traceback once Ray had started)
+        raise DataError(no_candles(str(path), read, skipped, first, windowed=False))
     # the CLI backtest's check of the spacing (found by an audit: with session.interval = "5m" on
     # 1m candles the reader skipped the rows less than an interval after the one before, and every
     # trial ran on each fifth 1m candle taken as a 5m one, where the CLI it stands for exits 2)
