@@ -438,6 +438,7 @@ def test_the_verdict_says_windows_without_a_best_and_the_trials_tried(tmp_path: 
         no_best_windows=1, in_sample_trials=24, out_of_sample_days=2.0, in_sample_days=4.0
     )
     meta["cold_starts"] = ["ema_cross: each out-of-sample run starts cold <on its test days>"]
+    meta["short_windows"] = ["window 1: its test days (...) hold 660 of their 1,440 candles"]
     (tmp_path / "sweep.json").write_text(json.dumps(meta))
     text = _page(tmp_path)
     row = text.split('<tr data-strategy="ema_cross">', 1)[1].split("</tr>", 1)[0]
@@ -450,3 +451,5 @@ def test_the_verdict_says_windows_without_a_best_and_the_trials_tried(tmp_path: 
     assert (
         '<p class="warn">ema_cross: each out-of-sample run starts cold &lt;on its test days&gt;.</p>' in text
     )
+    # and a window whose data is short
+    assert '<p class="warn">window 1: its test days (...) hold 660 of their 1,440 candles.</p>' in text

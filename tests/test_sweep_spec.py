@@ -571,3 +571,29 @@ def test_data_without_a_candle_is_refused_as_the_cli_backtest_refuses_it(tmp_pat
     with pytest.raises(DataError) as refused:
         read_columns(data, 60.0, "BTCUSDT")
     assert f"error: {refused.value}" in cli.stderr.splitlines()
+
+
+def test_a_window_whose_data_is_short_is_said(tmp_path: Path) -> None:
+    """Only a window ending after the data's last candle was said; one across a gap of the data
+    (the shared perp file's, 2023-08-17 11:11 to 2025-05-04) was judged on a few hours of its
+    days with nothing said. Each window's train and test days holding less than 90 % of their
+    candles are said: here candles every minute from 00:00 to 12:00 of day 2 and from day 4 on."""
+    import numpy as np
+
+    from tools.sweep.runner import short_windows
+
+    spec = load_spec(_good(tmp_path))  # train 3 days, test 1.5, from 2024-01-01
+    windows = spec.windows_from(0.0)[:2]
+    t0, day = datetime(2024, 1, 1, tzinfo=UTC).timestamp(), 86_400
+    opens = [t0 + i * 60 for i in range(int((day + day / 2) / 60))]  # day 1 and half of day 2
+    opens += [t0 + 3 * day + i * 60 for i in range(int(4 * day / 60))]  # days 4 to 7
+    said = short_windows(windows, {"f": {"open_ts": np.asarray(opens, dtype=np.float64)}}, 60.0)
+    # window 0 trains on days 1 to 3: 1.5 days of candles (2,160 of 4,320), tests on day 4 and
+    # half of day 5: all there; window 1 trains from 12:00 on day 2 to 12:00 on day 5: day 4 and
+    # half of day 5 there (2,160 of 4,320), tests on the rest of day 5 and day 6: all there
+    assert said == [
+        "window 0: its train days (2024-01-01T00:00:00Z to 2024-01-04T00:00:00Z) hold 2,160 of their 4,320 "
+        "candles (50%: the data starts later, ends earlier or has gaps there): its in-sample figures cover that much",
+        "window 1: its train days (2024-01-02T12:00:00Z to 2024-01-05T12:00:00Z) hold 2,160 of their 4,320 "
+        "candles (50%: the data starts later, ends earlier or has gaps there): its in-sample figures cover that much",
+    ]

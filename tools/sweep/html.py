@@ -125,7 +125,8 @@ class Sweep:
     verdict: dict[str, dict[str, Any]]  # sweep.json's
     strategies: list[str]  # in the order trials.csv first names them
     sampler: str  # sweep.json's ("" when it names none)
-    cold_starts: list[str] = attrs.Factory(list)  # sweep.json's: strategies whose warm-up is long
+    # sweep.json's warnings: windows whose data is short, strategies whose warm-up is long
+    warnings: list[str] = attrs.Factory(list)
 
     def of(self, strategy: str, phase: str) -> list[Trial]:
         return [t for t in self.trials if t.strategy == strategy and t.phase == phase]
@@ -173,7 +174,12 @@ def load_sweep(sweep_dir: Path) -> Sweep:
         verdict=verdict,
         strategies=strategies,
         sampler=str(meta.get("sampler") or ""),
-        cold_starts=[str(line) for line in meta.get("cold_starts") or [] if isinstance(line, str)],
+        warnings=[
+            line
+            for key in ("short_windows", "cold_starts")
+            for line in meta.get(key) or []
+            if isinstance(line, str)
+        ],
     )
 
 
@@ -348,7 +354,7 @@ def _summary(sweep: Sweep) -> str:
             warnings.append(f"Every trial of {strategy} failed ({len(mine)}): see the failed trials below.")
     if not sweep.windows:
         warnings.append(f"No walk-forward windows: {SWEEP_JSON} is missing, unreadable or has none.")
-    warnings += [f"{line}." for line in sweep.cold_starts]
+    warnings += [f"{line}." for line in sweep.warnings]
     notes = "".join(f'<p class="warn">{_e(w)}</p>' for w in warnings)
     return f'<section id="summary"><table>{rows}</table>{notes}</section>'
 
