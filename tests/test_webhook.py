@@ -4,6 +4,7 @@ does not delay the session's heartbeats."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -27,9 +28,12 @@ class Receiver:
     """A tiny HTTP/1.1 server: answers each request with the next status of `statuses` (then
     200), or never answers (`hang`). One request per connection."""
 
-    def __init__(self, statuses: list[int] | None = None, *, hang: bool = False) -> None:
+    def __init__(
+        self, statuses: list[int] | None = None, *, hang: bool = False, trickle: bool = False
+    ) -> None:
         self.statuses: Iterator[int] = iter(statuses or [])
         self.hang = hang
+        self.trickle = trickle  # answer 200 with a header a byte every 20 ms, never ending (never idle long)
         self.requests: list[tuple[int, dict[str, Any]]] = []  # (status answered, body)
         self._answered = trio.Event()
 
@@ -67,6 +71,14 @@ class Receiver:
             if self.hang:
                 self.requests.append((0, json.loads(body)))
                 await trio.sleep_forever()
+            if self.trickle:
+                self.requests.append((0, json.loads(body)))
+                with contextlib.suppress(trio.BrokenResourceError):  # until the client gives up
+                    await stream.send_all(b"HTTP/1.1 200 OK\r\nX-Pad: ")  # a header without end
+                    while True:
+                        await stream.send_all(b"x")
+                        await trio.sleep(0.02)
+                return
             status = next(self.statuses, 200)
             self.requests.append((status, json.loads(body)))
             self._answered.set()
@@ -131,6 +143,26 @@ async def test_bounded_attempts_and_no_retry_of_a_client_error() -> None:
         (500, "disk"), (500, "disk"), (500, "disk"), (404, "breaker"), (200, "resume"),
     ]  # fmt: skip
     assert (hook.sent, hook.failed) == (1, 2)
+
+
+async def test_a_receiver_that_answers_a_byte_at_a_time_is_given_up_at_the_timeout() -> None:
+    """Each try is bounded by `webhook_timeout_s` as a whole (found by the cockpit audit: httpx's
+    timeout bounds each read, so an answer trickling a byte every 20 ms held one message, and the
+    queue behind it, for as long as the receiver kept trickling)."""
+    receiver = Receiver(trickle=True)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(receiver.serve)
+        hook = Webhook(url, timeout_s=0.5, attempts=2, backoff_s=0.01)
+        async with trio.open_nursery() as hooks:
+            await hooks.start(hook.run)
+            started = trio.current_time()
+            hook.notify({"rule": "disk"})
+            hook.close(10)  # the task ends once its message is given up (at the latest in 10 s)
+        took = trio.current_time() - started
+        nursery.cancel_scope.cancel()
+    assert len(receiver.requests) == 2  # both tries, each given up at its timeout
+    assert (hook.sent, hook.failed) == (0, 1)
+    assert took < 2 * 0.5 + 0.01 + 1.5  # two timeouts and the backoff, room for a loaded machine
 
 
 async def test_a_live_session_posts_each_alert_of_alerts_jsonl_once(tmp_path: Path) -> None:

@@ -3,10 +3,10 @@
 Trading never waits on it. The recorder hands a message over with `notify`, which never blocks:
 a bounded queue (`QUEUE_SIZE` messages) in front of the webhook's own task; when the queue is full
 the message is dropped, counted (`dropped`) and logged. The task sends one message at a time:
-up to `observability.webhook_attempts` tries, each bounded by `observability.webhook_timeout_s`,
-retried after network errors, HTTP 429 and 5xx with exponential backoff (`backoff_s`, doubling,
-at most `BACKOFF_MAX_S`); any other answer (a 4xx: the URL or the message is wrong) is not
-retried. At the end of the session the messages still queued get `webhook_timeout_s` more to go
+up to `observability.webhook_attempts` tries, each bounded as a whole (connect, send, the answer's
+status line and headers; its body is not read) by `observability.webhook_timeout_s`, retried
+after network errors, HTTP 429 and 5xx with exponential backoff (`backoff_s`, doubling, at most
+`BACKOFF_MAX_S`); any other answer (a 4xx: the URL or the message is wrong) is not retried. At the end of the session the messages still queued get `webhook_timeout_s` more to go
 out, then the task is cancelled (`close`): a receiver that never answers delays the exit by that
 much, never the session.
 """
@@ -87,16 +87,24 @@ class Webhook:
         headers = {"Content-Type": "application/json"}
         for attempt in range(1, self.attempts + 1):
             retry = True
-            try:
-                response = await client.post(self.url, content=body, headers=headers)
-            except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+            status: int | None = None
+            # the whole try within the timeout (found by the cockpit audit: httpx's bounds each read,
+            # and an answer trickling a byte at a time held the message for as long as it lasted);
+            # the answer's body is never read (a receiver's page of any size costs nothing)
+            with trio.move_on_after(self.timeout_s):
+                try:
+                    async with client.stream("POST", self.url, content=body, headers=headers) as response:
+                        status = response.status_code
+                except httpx.HTTPError as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+            if status is None:
+                problem = problem or f"no answer within {self.timeout_s:g} s"
+            elif 200 <= status < 300:
+                self.sent += 1
+                return
             else:
-                if response.is_success:
-                    self.sent += 1
-                    return
-                problem = f"HTTP {response.status_code}"
-                retry = response.status_code == 429 or response.status_code >= 500
+                problem = f"HTTP {status}"
+                retry = status == 429 or status >= 500
             if not retry or attempt == self.attempts:
                 break
             await trio.sleep(min(BACKOFF_MAX_S, self.backoff_s * 2 ** (attempt - 1)))
