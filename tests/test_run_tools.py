@@ -460,3 +460,31 @@ def test_the_monitor_shows_a_cross_of_opposite_strategies(tmp_path: Path) -> Non
     assert (
         view.fold(record) == "crossed BTCUSDT fast +0.001, slow -0.001 @ 59,948.9 (no trade, no fee; breaker)"
     )
+
+
+def test_the_monitors_positions_are_those_of_the_fills_not_of_the_last_heartbeat(
+    backtest_runs: Path,
+) -> None:
+    """Found by the cockpit audit (a live session's `--once`): fills after the last heartbeat (in
+    the same second) flipped the position, and the monitor showed `BTCUSDT -0.01 @ 60,020.1`, the
+    heartbeat's stale size at the new long's entry price, a position that never was. The reference
+    is the broker's own: the next heartbeat's `position_qty`, where no fill came in between."""
+    from tools.monitor import SessionView
+
+    run = next(p for p in sorted(backtest_runs.iterdir()) if p.is_dir() and not p.is_symlink())
+    records = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    checked = 0
+    for i, record in enumerate(records):
+        if record["kind"] != "order.filled" or records[i + 1]["kind"] == "order.filled":
+            continue  # the last of a run of fills
+        after = next(r for r in records[i + 1 :] if r["kind"] in ("heartbeat", "order.filled"))
+        if after["kind"] != "heartbeat" or not any(r["kind"] == "heartbeat" for r in records[:i]):
+            continue
+        view = SessionView(run)
+        for r in records[: i + 1]:
+            view.fold(r)
+        ((_, qty, entry),) = view.open_positions()
+        assert qty == pytest.approx(after["position_qty"], abs=1e-9), (record["seq"], view.position_text())
+        assert (entry > 0) == (abs(after["position_qty"]) > 1e-9)
+        checked += 1
+    assert checked >= 3

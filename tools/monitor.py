@@ -293,14 +293,13 @@ class SessionView:
         return f"  cpu {row.get('cpu_pct') or '-'}%  rss {row['rss_mb']} MB  disk free {row.get('disk_free_mb') or '-'} MB"
 
     def open_positions(self) -> list[tuple[str, float, float]]:
-        """(symbol, qty, average entry) per symbol; the size is the heartbeat's when it has one."""
-        hb = self.heartbeat or {}
-        sizes = hb.get("positions") or ({self.symbols[0]: hb["position_qty"]} if self.symbols and hb else {})
-        rows = []
-        for symbol, position in self.positions.items():
-            qty = sizes.get(symbol, position.qty)
-            rows.append((symbol, qty, position.entry if qty else 0.0))
-        return rows
+        """(symbol, qty, average entry) per symbol, both from the fills (a liquidation's included;
+        found by the cockpit audit: the size was the last heartbeat's, older than the fills after
+        it, and a flip showed the old side at the new entry)."""
+        return [
+            (symbol, position.qty, position.entry if position.qty else 0.0)
+            for symbol, position in self.positions.items()
+        ]
 
     def position_text(self) -> str:
         parts = [
