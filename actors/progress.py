@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -52,7 +52,7 @@ def status_line(
 
 @attrs.frozen
 class Position:
-    """What the progress panel shows of the open position beside the account."""
+    """What the progress panel shows of a symbol's open position beside the account."""
 
     symbol: str
     qty: float = 0.0
@@ -61,17 +61,43 @@ class Position:
     target: float | None = None
     trades: int = 0
     working: str | None = None  # the newest entry working at the market (the console's text)
+    mark: float | None = None  # the symbol's mark (shown with several symbols; one: the first line's)
 
 
 def panel_lines(
-    elapsed_s: float, remaining_s: float, account: AccountSnapshot, position: Position
+    elapsed_s: float,
+    remaining_s: float,
+    account: AccountSnapshot,
+    positions: Position | Sequence[Position],
 ) -> list[str]:
-    """The live panel: the clock and the account; the open position with its stop and target, and
-    the newest entry working (a strategy's limit waiting for its price); trades so far and PnL
-    (realized, net of fees and funding, and unrealized)."""
-    decimals = price_decimals(position.symbol)
+    """The live panel: the clock and the account; each symbol's open position with its stop and
+    target, and the newest entry working (a strategy's limit waiting for its price); trades so far
+    and PnL (realized, net of fees and funding, and unrealized). One symbol: its price and size on
+    the first line; several: a line each with its mark (found by the cockpit audit: the panel
+    showed one symbol of a multi-symbol session, the others' positions nowhere)."""
+    held = [positions] if isinstance(positions, Position) else list(positions)
     pnl = account.equity - account.starting_equity
-    first = status_line(elapsed_s, remaining_s, account.mark_price, account.position_qty, account.equity, pnl)
+    if len(held) == 1:
+        first = status_line(
+            elapsed_s, remaining_s, account.mark_price, account.position_qty, account.equity, pnl
+        )
+    else:
+        first = (
+            f"elapsed {_fmt_s(elapsed_s)}  remaining {_fmt_s(remaining_s)}  "
+            f"equity {account.equity:,.2f}  pnl {pnl:+,.2f}"
+        )
+    lines = [first, *(_held_line(position, with_mark=len(held) > 1) for position in held)]
+    realized = account.realized_pnl - account.fees_paid - account.funding_paid
+    trades = held[0].trades if held else 0
+    lines.append(
+        f"trades {trades}  realized {fmt_money(realized)}  "
+        f"unrealized {fmt_money(account.unrealized_pnl)}  (USDT; realized net of fees and funding)"
+    )
+    return lines
+
+
+def _held_line(position: Position, *, with_mark: bool) -> str:
+    decimals = price_decimals(position.symbol)
     if abs(position.qty) > 0:
         side = "LONG" if position.qty > 0 else "SHORT"
         held = (
@@ -80,14 +106,11 @@ def panel_lines(
         )
     else:
         held = f"{position.symbol} flat"
+    if with_mark:
+        held += f"  mark {fmt_price(position.mark, decimals)}"
     if position.working is not None:
         held += f"  entry {position.working} working"
-    realized = account.realized_pnl - account.fees_paid - account.funding_paid
-    money = (
-        f"trades {position.trades}  realized {fmt_money(realized)}  "
-        f"unrealized {fmt_money(account.unrealized_pnl)}  (USDT; realized net of fees and funding)"
-    )
-    return [first, held, money]
+    return held
 
 
 class Progress:

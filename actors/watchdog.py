@@ -191,7 +191,9 @@ async def run_watchdog(
             await clock.sleep_until(ts)
             account = latest()
             if account is not None:
-                progress.show(panel_lines(ts - started_ts, end_ts - ts, account, _position(account, console)))
+                progress.show(
+                    panel_lines(ts - started_ts, end_ts - ts, account, _positions(account, console))
+                )
             ts += PROGRESS_EVERY_S
 
     async with trio.open_nursery() as nursery:
@@ -206,16 +208,25 @@ async def run_watchdog(
         task_status.started()
 
 
-def _position(account: AccountSnapshot, console: ConsoleSink | None) -> Position:
-    """The session symbol's open position (and its newest working entry) as the panel shows it."""
-    held = account.position(account.symbol)
-    stop, target = console.stop_and_target(account.symbol) if console is not None else (None, None)
-    return Position(
-        account.symbol,
-        held.qty,
-        held.avg_price if held.qty else None,
-        stop,
-        target,
-        console.trades if console is not None else 0,
-        console.working_entry(account.symbol) if console is not None else None,
-    )
+def _positions(account: AccountSnapshot, console: ConsoleSink | None) -> list[Position]:
+    """Each symbol's open position (and its newest working entry) as the panel shows it: the
+    account's net positions, the session symbol's first."""
+    marks = dict(account.marks)
+    nets = [p for p in account.positions if not p.strategy_id] or [account.position(account.symbol)]
+    shown = []
+    for held in nets:
+        symbol = held.symbol
+        stop, target = console.stop_and_target(symbol) if console is not None else (None, None)
+        shown.append(
+            Position(
+                symbol,
+                held.qty,
+                held.avg_price if held.qty else None,
+                stop,
+                target,
+                console.trades if console is not None else 0,
+                console.working_entry(symbol) if console is not None else None,
+                marks.get(symbol, account.mark_price if symbol == account.symbol else None),
+            )
+        )
+    return shown

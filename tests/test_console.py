@@ -443,3 +443,70 @@ def test_the_summary_gives_the_stop_in_its_own_words(tmp_path: Path) -> None:
     assert line.startswith(
         f"session {report['run_id']} ok: stop_reason=max_loss ({stopped['detail']}) net_pnl="
     ), line
+
+
+TWO_SYMBOLS_OFTEN = """
+[session]
+symbol = "BTCUSDT"
+interval = "2s"
+[feed]
+source = "mock"
+mock_volatility_pct = 150
+[risk]
+max_position_size = 10
+max_notional = 2000
+max_total_notional = 3000
+max_orders_per_minute = 100
+sizing = "fixed"
+max_loss_pct = 50
+max_daily_drawdown_pct = 50
+max_consecutive_losses = 0
+[[strategies]]
+id = "btc_fast"
+kind = "ema_cross"
+history = 10
+fast_period = 3
+slow_period = 8
+order_qty = 0.01
+[[strategies]]
+id = "eth_fast"
+kind = "ema_cross"
+symbol = "ETHUSDT"
+history = 10
+fast_period = 2
+slow_period = 5
+order_qty = 0.01
+"""
+
+
+async def test_the_live_panel_of_two_symbols_shows_each_symbols_position_as_the_heartbeat(
+    tmp_path: Path, autojump_clock: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the cockpit audit: with several symbols the panel showed the session symbol's
+    position only; holding ETHUSDT short and BTCUSDT long, it said `BTCUSDT LONG ...`, the short
+    nowhere. Each plain progress line against the heartbeat of the same second in events.jsonl
+    (the broker's record): every symbol, its side and size."""
+    from actors.config import load
+    from actors.session import run_session
+
+    config_path = tmp_path / "two.toml"
+    config_path.write_text(TWO_SYMBOLS_OFTEN)
+    sets = [f"session.run_dir={tmp_path / 'runs'}", f"session.kill_switch={tmp_path / 'kill.txt'}"]
+    config = load(config_path, {}, [*sets, "session.duration_min=3"])
+    result = await run_session(config, handle_signals=False, progress_mode="plain")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("elapsed ")]
+    heartbeats = {round(e["elapsed_s"]): e for e in read_events(result.run_path) if e["kind"] == "heartbeat"}
+    checked = held = 0
+    for line in lines:
+        minutes, seconds = line.split()[1].split(":")
+        heartbeat = heartbeats[int(minutes) * 60 + int(seconds)]
+        shown = {}
+        for part in line.split(" | ")[1:-1]:
+            words = part.split()
+            shown[words[0]] = (
+                0.0 if words[1] == "flat" else float(words[2]) * (1 if words[1] == "LONG" else -1)
+            )
+        assert shown == pytest.approx(heartbeat["positions"], abs=1e-9), line
+        checked += 1
+        held += all(heartbeat["positions"].values())
+    assert checked == 179 and held >= 10  # every second; both symbols held at once in some
