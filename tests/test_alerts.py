@@ -107,6 +107,39 @@ def test_a_feed_that_never_connects_is_down_from_the_start() -> None:
     assert mock.on_event("heartbeat", 200.0, {}) == []
 
 
+def test_a_resumed_session_on_the_exchange_is_down_until_its_feed_connects() -> None:
+    """Found by the cockpit audit: a session resumed while the exchange was unreachable (no
+    fallback at a resume: stale, exits on the last prices) never alerted: its new process's feed
+    never connected, so no `feed.disconnected`, and the rules' state from before the crash said up."""
+    before = [
+        ("session.started", 100.0, {"data_source": "bitunix"}),
+        ("feed.connected", 101.0, {}),
+        ("heartbeat", 150.0, {}),
+    ]
+    r = rules(feed_down_s=5)
+    for kind, ts, fields in before:
+        assert r.on_event(kind, ts, fields) == []
+    assert [a.rule for a in r.on_event("session.resumed", 400.0, {"downtime_s": 250.0})] == ["resume"]
+    assert r.on_event("heartbeat", 404.0, {}) == []
+    (alert,) = r.on_event("heartbeat", 405.0, {})
+    assert (alert.rule, alert.details["down_s"], alert.details["since"]) == (
+        "feed_down", 5.0, "1970-01-01T00:06:40.000Z",
+    )  # fmt: skip
+    up = rules(feed_down_s=5)
+    for kind, ts, fields in [*before, ("session.resumed", 400.0, {})]:
+        up.on_event(kind, ts, fields)
+    assert up.on_event("feed.connected", 401.0, {}) == [] and up.on_event("heartbeat", 500.0, {}) == []
+    fell_back = rules(feed_down_s=5)  # resumed on the mock source it had fallen back to: no feed
+    for kind, ts, fields in [*before, ("feed.fallback", 160.0, {"data_source": "mock (fallback: x)"})]:
+        fell_back.on_event(kind, ts, fields)
+    fell_back.on_event("session.resumed", 400.0, {})
+    assert fell_back.on_event("heartbeat", 500.0, {}) == []
+    mock = rules(feed_down_s=5)
+    mock.on_event("session.started", 100.0, {"data_source": "mock"})
+    mock.on_event("session.resumed", 400.0, {})
+    assert mock.on_event("heartbeat", 500.0, {}) == []
+
+
 def test_an_error_the_session_ends_on_alerts_at_once() -> None:
     """Found by an audit: a session ending in error (one fatal error) raised no alert."""
     r = rules(max_errors_per_min=3)

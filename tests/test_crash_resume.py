@@ -1107,14 +1107,15 @@ def _exchange(ws_port: int, rest_port: int, folder: Path) -> subprocess.Popen[by
 
 
 def _on_exchange(
-    tmp_path: Path, ws_port: int, rest_port: int, duration_min: float
+    tmp_path: Path, ws_port: int, rest_port: int, duration_min: float, *extra: str
 ) -> subprocess.Popen[bytes]:
     """A plain start of a 1m session on the exchange at these ports (the mock source after
-    `feed.connect_timeout_s` = 1 s without its data)."""
+    `feed.connect_timeout_s` = 1 s without its data); `extra`: more `--set`s."""
     sets = [
         "session.interval=1m", "strategy.history=30", "observability.progress=off",
         "state.checkpoint_interval_s=0.2", "feed.connect_timeout_s=1",
         f"feed.ws_url=ws://127.0.0.1:{ws_port}/public/", f"feed.rest_url=http://127.0.0.1:{rest_port}",
+        *extra,
     ]  # fmt: skip
     return subprocess.Popen(
         [sys.executable, "-m", "actors.main", "--run-dir", str(tmp_path / "runs"), "--duration", str(duration_min),
@@ -1173,7 +1174,8 @@ def test_a_session_that_fell_back_to_the_mock_source_resumes_on_it(tmp_path: Pat
 def test_a_session_on_the_exchange_resumes_on_it_with_no_fallback(tmp_path: Path) -> None:
     """The other way round: a session that traded the exchange's prices (90,000), restarted
     while the exchange is down, does not fall back to the mock source (another market, at
-    60,000, under the same account): it waits for the exchange, stale, to its end."""
+    60,000, under the same account): it waits for the exchange, stale, to its end, and says so
+    with a `feed_down` alert (found by the cockpit audit: none came, the feed never up again)."""
     ws_port, rest_port = _free_port(), _free_port()
     exchange = _exchange(ws_port, rest_port, tmp_path)
     try:
@@ -1187,11 +1189,12 @@ def test_a_session_on_the_exchange_resumes_on_it_with_no_fallback(tmp_path: Path
         exchange.kill()
         exchange.communicate()
     run = latest.resolve()
-    proc = _on_exchange(tmp_path, ws_port, rest_port, 0.3)
+    proc = _on_exchange(tmp_path, ws_port, rest_port, 0.3, "alerts.feed_down_s=1")
     _, err = proc.communicate(timeout=90)
     assert proc.returncode == 0, err.decode()[-2000:]
     after = _after_resume(run)
     assert not [e for e in after if e["kind"] == "feed.fallback"], "fell back to the mock source"
+    assert [e["rule"] for e in after if e["kind"] == "alert"] == ["resume", "feed_down"]
     prices = [e["price"] for e in after if e["kind"] == "heartbeat" and e.get("price")]
     assert prices and min(prices) > 75_000  # the exchange's last prices, never the mock's 60,000
     report = read_report(run)

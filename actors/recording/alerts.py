@@ -12,9 +12,9 @@ and between a session and its replay):
   `error_rate` (more than `alerts.max_errors_per_min` `error` events within 60 s of event time),
   `session_error` (an `error` event the session ends on: `where` "session" or "storage"; at once),
   `stale_flatten` (a live flatten's `order.submitted` whose `quote_age_s` is above 5 s)
-  and `feed_down` (`feed.disconnected`, or a session on the exchange's feed starting, with no
-  `feed.connected` or `feed.fallback` for `alerts.feed_down_s`, checked at every event, the
-  heartbeats' included). Each is also written to `events.jsonl` as an `alert`
+  and `feed_down` (`feed.disconnected`, or a session on the exchange's feed starting or resuming,
+  with no `feed.connected` or `feed.fallback` for `alerts.feed_down_s`, checked at every event,
+  the heartbeats' included). Each is also written to `events.jsonl` as an `alert`
   event right after the event that raised it: the same events give the same alerts, in any
   runtime, so backtests on both runtimes, and replays of the data-driven ones (breaker,
   liquidation), keep writing the same lines.
@@ -89,6 +89,7 @@ class AlertRules:
         self.errors_quiet_until = -math.inf  # one error-rate alert per window
         self.feed_down_since: float | None = None
         self.feed_down_alerted = False
+        self.on_exchange = False  # the session trades on the exchange's feed (not fallen back)
         self.rss_high = False
         self.disk_low = False
 
@@ -171,7 +172,8 @@ class AlertRules:
     def _started(self, ts: float, fields: dict[str, Any]) -> Alert | None:
         """A session on the exchange's feed is down until it first connects (found by an audit:
         a feed that never connected never raised `feed_down`)."""
-        if fields.get("data_source") == "bitunix":
+        self.on_exchange = fields.get("data_source") == "bitunix"
+        if self.on_exchange:
             self.feed_down_since, self.feed_down_alerted = ts, False
         return None
 
@@ -233,6 +235,11 @@ class AlertRules:
         )
 
     def _resumed(self, ts: float, fields: dict[str, Any]) -> Alert:
+        if self.on_exchange:
+            # the new process's feed is down until it connects (found by the cockpit audit: resumed
+            # while the exchange was unreachable, it sat stale to its end with no alert: no
+            # `feed.disconnected` from a feed never up, and the state of before the crash said up)
+            self.feed_down_since, self.feed_down_alerted = ts, False
         fills = fields.get("discarded_fills") or []
         lost = (
             f", {len(fills)} {'fill' if len(fills) == 1 else 'fills'} among them, not kept: "
@@ -263,6 +270,7 @@ class AlertRules:
         )
 
     def _fallback(self, ts: float, fields: dict[str, Any]) -> Alert:
+        self.on_exchange = False
         return Alert(
             ts,
             "fallback",
