@@ -36,11 +36,17 @@ class Receiver:
         self.trickle = trickle  # answer 200 with a header a byte every 20 ms, never ending (never idle long)
         self.requests: list[tuple[int, dict[str, Any]]] = []  # (status answered, body)
         self._answered = trio.Event()
+        self._requested = trio.Event()
 
     async def wait_delivered(self, n: int) -> None:
         with trio.fail_after(10):
             while len(self.delivered) < n:
                 await self._answered.wait()
+
+    async def wait_requested(self, n: int) -> None:
+        with trio.fail_after(10):
+            while len(self.requests) < n:
+                await self._requested.wait()
 
     @property
     def delivered(self) -> list[dict[str, Any]]:
@@ -70,6 +76,8 @@ class Receiver:
                 body += await stream.receive_some()
             if self.hang:
                 self.requests.append((0, json.loads(body)))
+                self._requested.set()
+                self._requested = trio.Event()
                 await trio.sleep_forever()
             if self.trickle:
                 self.requests.append((0, json.loads(body)))
@@ -163,6 +171,36 @@ async def test_a_receiver_that_answers_a_byte_at_a_time_is_given_up_at_the_timeo
     assert len(receiver.requests) == 2  # both tries, each given up at its timeout
     assert (hook.sent, hook.failed) == (0, 1)
     assert took < 2 * 0.5 + 0.01 + 1.5  # two timeouts and the backoff, room for a loaded machine
+
+
+async def test_the_alerts_a_hung_receiver_never_got_are_counted_and_said_at_the_end() -> None:
+    """Found by the cockpit audit: the messages still queued when the end's grace ran out were
+    counted nowhere (not failed, not dropped) and the end said only 'alerts not delivered'."""
+    from loguru import logger
+
+    receiver = Receiver(hang=True)
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="WARNING")
+    try:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(receiver.serve)
+            hook = Webhook(url, timeout_s=5, attempts=1, queue_size=2)
+            async with trio.open_nursery() as hooks:
+                await hooks.start(hook.run)
+                hook.notify({"rule": "memory", "n": 0})
+                await receiver.wait_requested(1)  # at the receiver, which never answers
+                for n in range(1, 4):  # two queued, the third dropped
+                    hook.notify({"rule": "memory", "n": n})
+                hook.close(0.5)
+            nursery.cancel_scope.cancel()
+    finally:
+        logger.remove(sink)
+    assert len(receiver.requests) == 1
+    assert (hook.sent, hook.failed, hook.dropped, hook.unsent) == (0, 0, 1, 3)
+    assert said[-1] == (
+        f"webhook: 0 of 4 alerts delivered to {url}: 0 not delivered (refused or no answer), "
+        "1 dropped (queue full), 3 not sent when the session ended (alerts.jsonl has them all)"
+    )
 
 
 async def test_a_live_session_posts_each_alert_of_alerts_jsonl_once(tmp_path: Path) -> None:

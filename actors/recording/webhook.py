@@ -6,9 +6,11 @@ the message is dropped, counted (`dropped`) and logged. The task sends one messa
 up to `observability.webhook_attempts` tries, each bounded as a whole (connect, send, the answer's
 status line and headers; its body is not read) by `observability.webhook_timeout_s`, retried
 after network errors, HTTP 429 and 5xx with exponential backoff (`backoff_s`, doubling, at most
-`BACKOFF_MAX_S`); any other answer (a 4xx: the URL or the message is wrong) is not retried. At the end of the session the messages still queued get `webhook_timeout_s` more to go
-out, then the task is cancelled (`close`): a receiver that never answers delays the exit by that
-much, never the session.
+`BACKOFF_MAX_S`); any other answer (a 4xx: the URL or the message is wrong) is not retried.
+At the end of the session the messages still queued get `webhook_timeout_s` more to go out,
+then the task is cancelled (`close`): a receiver that never answers delays the exit by that
+much, never the session. When any alert did not reach the receiver, the end says in one line
+how many were delivered, not delivered, dropped and left unsent.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class Webhook:
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.sent = self.failed = self.dropped = 0
+        self.unsent = 0  # queued (or being sent) when the end's grace ran out
+        self._sending = False
         self._tx, self._rx = trio.open_memory_channel[dict[str, Any]](queue_size)
         self._scope = trio.CancelScope()
 
@@ -72,12 +76,29 @@ class Webhook:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The webhook's task: sends the queued messages in order until `close`."""
         with self._scope, self._rx:
-            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
-                task_status.started()
-                async for message in self._rx:
-                    await self._post(client, message)
-        if self._scope.cancelled_caught:
-            logger.warning("webhook: the session ended with alerts not delivered to {}", self.url)
+            try:
+                async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+                    task_status.started()
+                    async for message in self._rx:
+                        self._sending = True
+                        await self._post(client, message)
+                        self._sending = False
+            finally:  # (the queue's messages are gone once it is closed)
+                self.unsent = self._rx.statistics().current_buffer_used + int(self._sending)
+        if self.failed or self.dropped or self.unsent:
+            # one line that counts them all (found by the cockpit audit: those queued at the end
+            # were counted nowhere, and the line said only that some were not delivered)
+            total = self.sent + self.failed + self.dropped + self.unsent
+            logger.warning(
+                "webhook: {} of {} alerts delivered to {}: {} not delivered (refused or no answer), "
+                "{} dropped (queue full), {} not sent when the session ended (alerts.jsonl has them all)",
+                self.sent,
+                total,
+                self.url,
+                self.failed,
+                self.dropped,
+                self.unsent,
+            )
 
     async def _post(self, client: httpx.AsyncClient, message: dict[str, Any]) -> None:
         problem = ""
