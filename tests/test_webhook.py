@@ -203,6 +203,22 @@ async def test_the_alerts_a_hung_receiver_never_got_are_counted_and_said_at_the_
     )
 
 
+@pytest.mark.parametrize("url", ["http://hooks..example.com/hook", "http://[v1.x]/hook"])
+async def test_a_url_the_http_client_cannot_use_fails_its_message_never_the_task(url: str) -> None:
+    """Found by the cockpit audit: a webhook URL with an empty host label (a typo, `..`) passed
+    the config, and the first alert's POST raised UnicodeError (httpx.InvalidURL for a bad IPv6
+    literal), not an httpx.HTTPError: out of the webhook's task into the session's nursery, which
+    ended the session in a traceback, with no report; its resume did the same at its `resume`
+    alert. No name is looked up: the URL fails before."""
+    hook = Webhook(url, timeout_s=1, attempts=2, backoff_s=0.01)
+    async with trio.open_nursery() as hooks:
+        await hooks.start(hook.run)
+        hook.notify({"rule": "memory"})
+        hook.notify({"rule": "disk"})
+        hook.close(5)
+    assert (hook.sent, hook.failed, hook.unsent) == (0, 2, 0)
+
+
 async def test_a_live_session_posts_each_alert_of_alerts_jsonl_once(tmp_path: Path) -> None:
     receiver = Receiver([500, 500])  # the first alert's message fails twice
     async with trio.open_nursery() as nursery:

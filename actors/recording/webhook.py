@@ -9,7 +9,8 @@ after network errors, HTTP 429 and 5xx with exponential backoff (`backoff_s`, do
 `BACKOFF_MAX_S`); any other answer (a 4xx: the URL or the message is wrong) is not retried.
 At the end of the session the messages still queued get `webhook_timeout_s` more to go out,
 then the task is cancelled (`close`): a receiver that never answers delays the exit by that
-much, never the session. When any alert did not reach the receiver, the end says in one line
+much, never the session. No failure of a try (a network error, an answer it cannot read, a URL
+the client cannot use) leaves the task: each is a try that failed. When any alert did not reach the receiver, the end says in one line
 how many were delivered, not delivered, dropped and left unsent.
 """
 
@@ -116,7 +117,10 @@ class Webhook:
                 try:
                     async with client.stream("POST", self.url, content=body, headers=headers) as response:
                         status = response.status_code
-                except httpx.HTTPError as exc:
+                except Exception as exc:
+                    # any failure is this try's, never the session's (found by the cockpit audit: a
+                    # URL httpx could not use raised UnicodeError or httpx.InvalidURL, not an
+                    # httpx.HTTPError, out of this task, and the session ended in a traceback)
                     problem = f"{type(exc).__name__}: {exc}"
             if status is None:
                 problem = problem or f"no answer within {self.timeout_s:g} s"
