@@ -50,6 +50,12 @@ POISONS: list[tuple[str, str]] = [
     ("feed.rest_url", "http://127.0.0.1:99999"),
     ("observability.webhook_url", "file:///etc/passwd"),
     ("observability.webhook_url", "https://hooks.example.com/a b"),
+    # a host the HTTP and WebSocket clients cannot use (found by the cockpit audit: accepted, the
+    # session ended in a traceback at its first alert, or its feed's first connect)
+    ("observability.webhook_url", "https://hooks..example.com/hook"),
+    ("observability.webhook_url", "http://[v1.x]/hook"),
+    ("feed.ws_url", "wss://fapi..bitunix.com/public/"),
+    ("feed.rest_url", f"https://{'x' * 64}.bitunix.com"),
     ("session.interval", "7x"),
     ("session.interval", "0m"),
     ("session.kill_switch", "bad\x01name"),
