@@ -640,6 +640,11 @@ class AlertsConfig:
     feed_down_s: float = key(
         60.0, "alert when the live feed's connection has been down this long, seconds (0: off)", _num(ge=0)
     )
+    max_disconnects_per_hour: int = key(
+        10,
+        "alert when the live feed disconnects more than this many times within an hour (0: off)",
+        _num(ge=0, le=MAX_COUNT),
+    )
 
 
 @attrs.frozen

@@ -89,6 +89,29 @@ def test_feed_down_fires_once_after_the_limit_at_any_event_and_rearms_on_reconne
     assert short.on_event("feed.connected", 29.0, {}) == []
 
 
+def test_a_reconnect_storm_is_one_alert_an_hour_that_counts_the_disconnects() -> None:
+    """Found by the cockpit audit: a feed dropped every few seconds, each outage shorter than
+    `alerts.feed_down_s`, raised no alert at all, however many times it dropped."""
+    r = rules(feed_down_s=0, max_disconnects_per_hour=3)  # (feed_down: its own test)
+    raised = []
+    for n in range(8):  # down 5 s every 20 s
+        raised += r.on_event("feed.disconnected", 100.0 + 20 * n, {"reason": "closed by peer"})
+        raised += r.on_event("feed.connected", 105.0 + 20 * n, {"downtime_s": 5.0})
+    (alert,) = raised  # the fourth disconnect within the hour, once
+    assert (alert.rule, alert.severity, alert.ts) == ("feed_flapping", "warning", 160.0)
+    assert alert.details == {"disconnects": 4, "max_disconnects_per_hour": 3, "down_s": 15.0}
+    assert alert.message == (
+        "the market data feed disconnected 4 times within an hour (alerts.max_disconnects_per_hour = 3), "
+        "down 15 s in all; the last: closed by peer"
+    )
+    assert r.on_event("feed.disconnected", 3759.0, {}) == []  # within the alert's hour
+    for t in (3900.0, 3910.0):  # the storm's out of the window by now
+        assert r.on_event("feed.disconnected", t, {}) == []
+    assert [a.rule for a in r.on_event("feed.disconnected", 3920.0, {})] == ["feed_flapping"]
+    off = rules(feed_down_s=0, max_disconnects_per_hour=0)
+    assert all(off.on_event("feed.disconnected", float(t), {}) == [] for t in range(100))
+
+
 def test_a_feed_that_never_connects_is_down_from_the_start() -> None:
     """Found by an audit: with no `feed.disconnected` (it never connected), no alert came in 23 s."""
     r = rules(feed_down_s=5)

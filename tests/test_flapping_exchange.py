@@ -65,6 +65,7 @@ async def test_a_server_dropping_every_connection_after_5_s_keeps_the_feed_up(tm
             f"feed.rest_url={fake.rest_url}",
             "strategy.history=30",
             "feed.ping_interval_s=0.5",  # a socket's messages: its subscribe, then 2 pings a second
+            "alerts.max_disconnects_per_hour=3",  # the storm said once, at its 4th disconnect
             duration_min=SECONDS / 60,
         )
         started = trio.current_time()
@@ -114,3 +115,15 @@ async def test_a_server_dropping_every_connection_after_5_s_keeps_the_feed_up(tm
     assert fake.stats.client_msgs_max_per_s <= 5 and fake.stats.rate_disconnects == 0
     # every connection but the first was a reconnect (the last may have ended before its data)
     assert len(log) - 2 <= report["reconnects"] <= len(log) - 1
+    # the storm is one `feed_flapping` alert (found by the cockpit audit: none, each outage under
+    # alerts.feed_down_s), at the 4th disconnect, counting them and their downtime
+    events = read_events(result.run_path)
+    alerts = [e for e in events if e["kind"] == "alert"]
+    assert [a["rule"] for a in alerts] == ["feed_flapping"]
+    disconnects = [e for e in events if e["kind"] == "feed.disconnected"]
+    assert len(disconnects) >= 4 and alerts[0]["ts"] == disconnects[3]["ts"]
+    assert alerts[0]["details"]["disconnects"] == 4
+    downtimes = [
+        e["downtime_s"] for e in events if e["kind"] == "feed.connected" and e["ts"] < alerts[0]["ts"]
+    ]
+    assert alerts[0]["details"]["down_s"] == pytest.approx(sum(d for d in downtimes if d), abs=1e-3)

@@ -14,10 +14,11 @@ and between a session and its replay):
   `stale_flatten` (a live flatten's `order.submitted` whose `quote_age_s` is above 5 s)
   and `feed_down` (`feed.disconnected`, or a session on the exchange's feed starting or resuming,
   with no `feed.connected` or `feed.fallback` for `alerts.feed_down_s`, checked at every event,
-  the heartbeats' included). Each is also written to `events.jsonl` as an `alert`
-  event right after the event that raised it: the same events give the same alerts, in any
-  runtime, so backtests on both runtimes, and replays of the data-driven ones (breaker,
-  liquidation), keep writing the same lines.
+  the heartbeats' included) and `feed_flapping` (more than `alerts.max_disconnects_per_hour`
+  `feed.disconnected` within an hour of event time; at most one alert an hour). Each is also
+  written to `events.jsonl` as an `alert` event right after the event that raised it: the same
+  events give the same alerts, in any runtime, so backtests on both runtimes, and replays of the
+  data-driven ones (breaker, liquidation), keep writing the same lines.
 - **Health rules** (`memory`: resident memory above `alerts.max_rss_mb`; `disk`: free space of the
   run folder's disk below `alerts.min_free_disk_mb`) depend on the machine, not on the data: they
   never enter `events.jsonl`, only `alerts.jsonl`, the log and the webhook. Each fires once when its
@@ -56,6 +57,7 @@ from protocols.records import dumps_line, iso
 
 ALERT_KIND = "alert"
 ERROR_WINDOW_S = 60.0
+FLAPPING_WINDOW_S = 3600.0  # `feed_flapping` counts the disconnects within this, seconds
 # `error` events the session ends on (or, recorded at a resume, ended on): each alerts at once
 FATAL_ERRORS = frozenset({"session", "storage"})
 # A live flatten at a quote older than this alerts (`stale_flatten`), seconds
@@ -90,6 +92,9 @@ class AlertRules:
         self.feed_down_since: float | None = None
         self.feed_down_alerted = False
         self.on_exchange = False  # the session trades on the exchange's feed (not fallen back)
+        self.disconnects: deque[float] = deque()  # within the last FLAPPING_WINDOW_S
+        self.reconnects: deque[tuple[float, float]] = deque()  # (ts, downtime_s), the same
+        self.flapping_quiet_until = -math.inf  # one feed_flapping alert per window
         self.rss_high = False
         self.disk_low = False
 
@@ -178,10 +183,48 @@ class AlertRules:
         return None
 
     def _disconnected(self, ts: float, fields: dict[str, Any]) -> Alert | None:
-        """Starts the feed-down clock (`_feed_down` raises the alert)."""
+        """Starts the feed-down clock (`_feed_down` raises the alert), and counts the disconnects
+        of the last hour: more than `alerts.max_disconnects_per_hour` is one `feed_flapping` alert
+        that sums them up, at most one an hour (found by the cockpit audit: a feed dropping every
+        few seconds, each outage under `alerts.feed_down_s`, never raised an alert)."""
         if self.feed_down_since is None:
             self.feed_down_since, self.feed_down_alerted = ts, False
+        limit = self.config.max_disconnects_per_hour
+        if limit <= 0:
+            return None
+        self.disconnects.append(ts)
+        self._forget_before(ts - FLAPPING_WINDOW_S)
+        if len(self.disconnects) <= limit or ts < self.flapping_quiet_until:
+            return None
+        self.flapping_quiet_until = ts + FLAPPING_WINDOW_S
+        down = sum(downtime for _, downtime in self.reconnects)
+        return Alert(
+            ts,
+            "feed_flapping",
+            "warning",
+            f"the market data feed disconnected {len(self.disconnects)} times within an hour "
+            f"(alerts.max_disconnects_per_hour = {limit}), down {down:.0f} s in all; "
+            f"the last: {fields.get('reason', '')}",
+            {
+                "disconnects": len(self.disconnects),
+                "max_disconnects_per_hour": limit,
+                "down_s": round(down, 3),
+            },
+        )
+
+    def _connected(self, ts: float, fields: dict[str, Any]) -> Alert | None:
+        """The downtime of each reconnect of the last hour, for `feed_flapping`'s message."""
+        downtime = fields.get("downtime_s")
+        if self.config.max_disconnects_per_hour > 0 and isinstance(downtime, int | float):
+            self.reconnects.append((ts, float(downtime)))
+            self._forget_before(ts - FLAPPING_WINDOW_S)
         return None
+
+    def _forget_before(self, since: float) -> None:
+        while self.disconnects and self.disconnects[0] <= since:
+            self.disconnects.popleft()
+        while self.reconnects and self.reconnects[0][0] <= since:
+            self.reconnects.popleft()
 
     def _error(self, ts: float, fields: dict[str, Any]) -> Alert | None:
         where = fields.get("where")
@@ -284,6 +327,7 @@ _EVENT_RULES: dict[str, Callable[[AlertRules, float, dict[str, Any]], Alert | No
     "session.started": AlertRules._started,
     "order.submitted": AlertRules._submitted,
     "feed.disconnected": AlertRules._disconnected,
+    "feed.connected": AlertRules._connected,
     "error": AlertRules._error,
     "breaker.tripped": AlertRules._breaker,
     "liquidation": AlertRules._liquidation,
