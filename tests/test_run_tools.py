@@ -383,6 +383,40 @@ def test_monitor_says_when_the_session_process_died(tmp_path: Path) -> None:
     assert once.returncode == 1 and "its process is gone" in once.stdout
 
 
+@pytest.mark.slow
+def test_monitor_says_when_a_live_sessions_heartbeats_stopped(tmp_path: Path) -> None:
+    """Found by the cockpit audit: a session whose process is alive but no longer writes (stuck;
+    SIGSTOP here, its metrics.csv last written 30 s ago, as the healthcheck reads it) was shown
+    as running, its figures of then with no word; the healthcheck said unhealthy."""
+    session = _start_session(tmp_path, 1)
+    try:
+        _wait_for_events(tmp_path)
+        metrics = tmp_path / "runs" / "latest" / "metrics.csv"
+        deadline = time.monotonic() + 20
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+            assert time.monotonic() < deadline, "no heartbeat row"
+            time.sleep(0.05)
+        session.send_signal(signal.SIGSTOP)
+        try:
+            past = time.time() - 30
+            os.utime(metrics, (past, past))
+            once = tool("monitor", "--once", "--run-dir", str(tmp_path / "runs"), cwd=tmp_path)
+            took = time.time() - past - 30
+            health = tool("healthcheck", str(tmp_path / "runs" / "latest"), cwd=tmp_path)
+        finally:
+            session.send_signal(signal.SIGCONT)
+    finally:
+        session.kill()
+        session.wait(timeout=10)
+    assert health.returncode == 0  # (under its 60 s)
+    run_id = (tmp_path / "runs" / "latest").resolve().name
+    assert once.returncode == 0, once.stderr
+    (line,) = [line for line in once.stdout.splitlines() if " elapsed " in line]
+    said, stall = line.split("  NO HEARTBEAT for ")
+    assert stall.endswith(" s: its process is alive but writes nothing (stuck?)"), line
+    assert 30 <= int(stall.split()[0]) <= 30 + took + 1 and said.startswith(f"{run_id}  elapsed "), line
+
+
 def test_monitor_on_a_dead_backtest_says_it_cannot_be_resumed(tmp_path: Path) -> None:
     """A backtest or replay keeps no checkpoint: the monitor no longer tells the user that the
     same command resumes it (found by an audit)."""

@@ -14,8 +14,9 @@ event as it arrives and a progress line after each new heartbeat.
 
 It exits 0 with the session's summary line when `session.stopped` appears (at once on a finished
 run), and 1 when the session's process is gone without a `session.stopped` (killed: the next start
-resumes it, see docs/START_HERE.md). `--once` prints one snapshot and exits (0; 1 for a dead
-session). Exit 2: RUN is not a run folder. Ctrl-C stops following (exit 0).
+resumes it, see docs/START_HERE.md). A live process that has written no heartbeat row for
+`STALL_S` is said to write nothing (stuck?). `--once` prints one snapshot and exits (0; 1 for a
+dead session). Exit 2: RUN is not a run folder. Ctrl-C stops following (exit 0).
 
 A torn last line (being written) waits for its end; `events.jsonl` rewritten in place (a resume
 drops the events after its checkpoint) is read again from its start.
@@ -42,6 +43,9 @@ from tools.runfolder import EVENTS, REPORT, NotARunFolder, owner_alive, resolve_
 METRICS = "metrics.csv"
 RECENT = 8  # notable events kept for the display
 REPORT_WAIT_S = 5.0  # after session.stopped, how long to wait for final_report.json
+# a live process whose metrics.csv (a row per heartbeat, flushed about once a second) is older
+# than this is said to write nothing (the healthcheck's measure; it fails it after --max-age)
+STALL_S = 10.0
 FEED_KINDS = {
     "feed.connected",
     "feed.disconnected",
@@ -184,6 +188,7 @@ class SessionView:
         self.feed_state = "-"
         self.recent: deque[str] = deque(maxlen=RECENT)
         self.metrics: dict[str, str] = {}  # the newest metrics.csv row
+        self.stalled_s: float | None = None  # alive, but metrics.csv this old (over STALL_S)
 
     @property
     def run_id(self) -> str:
@@ -282,8 +287,15 @@ class SessionView:
             f"realized (before fees) {money(hb.get('realized_pnl', 0.0))}  unrealized {money(hb.get('unrealized_pnl', 0.0))}  "
             f"fees {money(hb.get('fees_paid', 0.0), sign=False)}  funding {money(hb.get('funding_paid', 0.0))}  "
             f"{self.position_text()}  "
-            f"trades {self.trades}  fills {self.fills}{self.health_text()}"
+            f"trades {self.trades}  fills {self.fills}{self.health_text()}{self.stall_text()}"
         )
+
+    def stall_text(self) -> str:
+        """Said when the process is alive but has written no heartbeat for `STALL_S` (found by
+        the cockpit audit: a stuck session was shown as running, its figures of then, no word)."""
+        if self.stalled_s is None:
+            return ""
+        return f"  NO HEARTBEAT for {self.stalled_s:.0f} s: its process is alive but writes nothing (stuck?)"
 
     def health_text(self) -> str:
         """The process's health from the newest metrics row (sessions that sample it: psutil)."""
@@ -356,6 +368,7 @@ class Display:
         self._live: Any = None
         self._last_heartbeat: dict[str, Any] | None = None
         self._shown = False  # a progress line was printed (plain lines: one per new heartbeat)
+        self._stall_said = False  # the line saying no heartbeat came was printed
 
     def __enter__(self) -> Display:
         if self.rich_mode and self.live:
@@ -385,9 +398,11 @@ class Display:
             return
         for text in new_lines:
             self.line(f"  {text}")
-        if view.heartbeat is not self._last_heartbeat or not self._shown:
+        stalled = view.stalled_s is not None
+        if view.heartbeat is not self._last_heartbeat or not self._shown or stalled > self._stall_said:
             self._last_heartbeat, self._shown = view.heartbeat, True
             self.line(view.progress_line())
+        self._stall_said = stalled  # said once when it stalls (the line says so), again after
 
     def snapshot(self, view: SessionView) -> None:
         """One complete picture (--once, a dead session): the panel, or the progress line and the
@@ -430,6 +445,8 @@ def panel(view: SessionView) -> Any:
     figures.add_row("feed", f"{started.get('data_source', '-')}, last: {view.feed_state}")
     if view.health_text():
         figures.add_row("process", view.health_text().strip())
+    if view.stall_text():
+        figures.add_row("heartbeat", view.stall_text().strip())
     positions = Table("symbol", "position", "entry", box=None, padding=(0, 2))
     for symbol, qty, entry in view.open_positions():
         positions.add_row(symbol, f"{qty:+g}" if qty else "flat", price_text(symbol, entry) if qty else "-")
@@ -463,12 +480,22 @@ def follow(run_path: Path, display: Display, interval: float, once: bool) -> int
             display.snapshot(view)
             display.line(view.dead_line())
             return 1
+        view.stalled_s = _stalled_s(run_path)
         if once:
             display.snapshot(view)
             return 0
         display.update(view, new_lines)
         first = False
         time.sleep(interval)
+
+
+def _stalled_s(run_path: Path) -> float | None:
+    """How long ago metrics.csv was written, when over `STALL_S` (None: under, or no file yet)."""
+    try:
+        age = time.time() - (run_path / METRICS).stat().st_mtime
+    except OSError:
+        return None
+    return age if age > STALL_S else None
 
 
 def build_parser() -> argparse.ArgumentParser:
