@@ -31,8 +31,12 @@ PLAIN_EVERY_S = 5.0  # backtests without a terminal: a progress line this often
 
 
 def _fmt_s(seconds: float) -> str:
+    """MM:SS, H:MM:SS from an hour (as the monitor counts)."""
     seconds = max(0, int(seconds))
-    return f"{seconds // 60:02d}:{seconds % 60:02d}"
+    hours, rest = divmod(seconds, 3600)
+    if hours:
+        return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    return f"{rest // 60:02d}:{rest % 60:02d}"
 
 
 def status_line(

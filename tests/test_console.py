@@ -510,3 +510,15 @@ async def test_the_live_panel_of_two_symbols_shows_each_symbols_position_as_the_
         checked += 1
         held += all(heartbeat["positions"].values())
     assert checked == 179 and held >= 10  # every second; both symbols held at once in some
+
+
+def test_the_live_panel_counts_hours_as_the_monitor_does() -> None:
+    """A 3-hour session (found by the cockpit audit): the panel said `elapsed 62:05  remaining
+    117:55` where the monitor says 1:02:05; under an hour both say MM:SS."""
+    from tests.test_fills import make_broker
+
+    account = make_broker().snapshot(0.0)
+    first = progress.panel_lines(3725.0, 7075.0, account, progress.Position("BTCUSDT"))[0]
+    assert first.startswith("elapsed 1:02:05  remaining 1:57:55  price ")
+    first = progress.panel_lines(59.0, 3541.0, account, progress.Position("BTCUSDT"))[0]
+    assert first.startswith("elapsed 00:59  remaining 59:01  price ")
