@@ -187,6 +187,24 @@ def test_memory_and_disk_fire_when_crossing_and_again_only_after_recovering() ->
     assert rules().on_health({"rss_mb": 1e9, "disk_free_mb": 0.0}, 1.0) == []  # 0: off
 
 
+def test_a_figure_wavering_at_its_limit_alerts_once_until_it_has_clearly_recovered() -> None:
+    """Found by the cockpit audit: free disk wavering around alerts.min_free_disk_mb (a log
+    rotated, a temporary file) or memory around max_rss_mb alerted at each crossing, every other
+    sample (twice a second at most): 300 alerts in 10 minutes, each a webhook message. Re-armed
+    only once back to 90 % of max_rss_mb or 110 % of min_free_disk_mb."""
+    r = rules(max_rss_mb=100, min_free_disk_mb=500)
+    raised = []
+    for n in range(600):  # ten minutes of samples a second, either side of both limits
+        high = n % 2 == 0
+        raised += r.on_health(
+            {"rss_mb": 101.0 if high else 99.0, "disk_free_mb": 499.0 if high else 501.0}, n
+        )
+    assert [(a.rule, a.ts) for a in raised] == [("memory", 0.0), ("disk", 0.0)]
+    assert r.on_health({"rss_mb": 90.0, "disk_free_mb": 550.0}, 600.0) == []  # clearly recovered
+    again = r.on_health({"rss_mb": 101.0, "disk_free_mb": 499.0}, 601.0)
+    assert [a.rule for a in again] == ["memory", "disk"]
+
+
 def test_alert_log_appends_json_lines_and_notifies(tmp_path: Path) -> None:
     run = tmp_path / "run-1"
     run.mkdir()

@@ -22,7 +22,8 @@ and between a session and its replay):
 - **Health rules** (`memory`: resident memory above `alerts.max_rss_mb`; `disk`: free space of the
   run folder's disk below `alerts.min_free_disk_mb`) depend on the machine, not on the data: they
   never enter `events.jsonl`, only `alerts.jsonl`, the log and the webhook. Each fires once when its
-  figure crosses the limit and again only after it has come back.
+  figure crosses the limit and again only after it has come back clearly (memory to 90 % of its
+  limit, free disk to 110 % of its: a figure wavering at its limit is one alert).
 
 `alerts.jsonl` (created with the first alert): one JSON object per alert, `ts` (ISO-8601 UTC, the
 session clock), `run_id`, `seq` (the `alert` event's in `events.jsonl`; null for health alerts),
@@ -62,6 +63,10 @@ FLAPPING_WINDOW_S = 3600.0  # `feed_flapping` counts the disconnects within this
 FATAL_ERRORS = frozenset({"session", "storage"})
 # A live flatten at a quote older than this alerts (`stale_flatten`), seconds
 STALE_FLATTEN_S = 5.0
+# `memory` and `disk` fire again only once their figure has come back this far: under 90 % of
+# `alerts.max_rss_mb`, over 110 % of `alerts.min_free_disk_mb`
+RECOVERED_RSS = 0.9
+RECOVERED_DISK = 1.1
 
 
 @attrs.frozen
@@ -123,7 +128,9 @@ class AlertRules:
                         {"rss_mb": rss, "max_rss_mb": limit},
                     )
                 )
-            self.rss_high = rss > limit
+            # re-armed only once clearly back (found by the cockpit audit: a figure wavering at
+            # its limit alerted at every other sample)
+            self.rss_high = rss > RECOVERED_RSS * limit if self.rss_high else rss > limit
         limit, free = self.config.min_free_disk_mb, sample.get("disk_free_mb")
         if limit > 0 and free is not None:
             if free < limit and not self.disk_low:
@@ -136,7 +143,7 @@ class AlertRules:
                         {"disk_free_mb": free, "min_free_disk_mb": limit},
                     )
                 )
-            self.disk_low = free < limit
+            self.disk_low = free < RECOVERED_DISK * limit if self.disk_low else free < limit
         return alerts
 
     # --- the event rules -------------------------------------------------------------------------
