@@ -5,6 +5,7 @@ does not delay the session's heartbeats."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -29,9 +30,16 @@ class Receiver:
     200), or never answers (`hang`). One request per connection."""
 
     def __init__(
-        self, statuses: list[int] | None = None, *, hang: bool = False, trickle: bool = False
+        self,
+        statuses: list[int] | None = None,
+        *,
+        hang: bool = False,
+        trickle: bool = False,
+        retry_after: str | None = None,
     ) -> None:
         self.statuses: Iterator[int] = iter(statuses or [])
+        self.retry_after = retry_after  # a 429's Retry-After header
+        self.times: list[float] = []  # when each request was answered (trio's clock)
         self.hang = hang
         self.trickle = trickle  # answer 200 with a header a byte every 20 ms, never ending (never idle long)
         self.requests: list[tuple[int, dict[str, Any]]] = []  # (status answered, body)
@@ -89,10 +97,12 @@ class Receiver:
                 return
             status = next(self.statuses, 200)
             self.requests.append((status, json.loads(body)))
+            self.times.append(trio.current_time())
             self._answered.set()
             self._answered = trio.Event()
+            wait = f"Retry-After: {self.retry_after}\r\n" if status == 429 and self.retry_after else ""
             await stream.send_all(
-                f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+                f"HTTP/1.1 {status} X\r\n{wait}Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
             )
 
 
@@ -217,6 +227,27 @@ async def test_a_url_the_http_client_cannot_use_fails_its_message_never_the_task
         hook.notify({"rule": "disk"})
         hook.close(5)
     assert (hook.sent, hook.failed, hook.unsent) == (0, 2, 0)
+
+
+async def test_a_rate_limited_message_waits_as_long_as_the_receiver_asks() -> None:
+    """Found by the cockpit audit: a 429's Retry-After was not read, and the tries came again
+    after the backoff alone (10 ms here; 0.5, 1, 2 s by default), all refused within a rate
+    limit's window (a chat service asks for a second or more). It is waited for, at most
+    BACKOFF_MAX_S."""
+    receiver = Receiver([429, 429], retry_after="1")
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(receiver.serve)
+        hook = Webhook(url, timeout_s=2, attempts=4, backoff_s=0.01)
+        async with trio.open_nursery() as hooks:
+            await hooks.start(hook.run)
+            hook.notify({"rule": "breaker"})
+            await receiver.wait_delivered(1)
+            hook.close(2)
+        nursery.cancel_scope.cancel()
+    assert [status for status, _ in receiver.requests] == [429, 429, 200]
+    gaps = [b - a for a, b in itertools.pairwise(receiver.times)]
+    assert min(gaps) >= 1.0, gaps
+    assert (hook.sent, hook.failed) == (1, 0)
 
 
 async def test_a_live_session_posts_each_alert_of_alerts_jsonl_once(tmp_path: Path) -> None:

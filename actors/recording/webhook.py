@@ -6,7 +6,7 @@ the message is dropped, counted (`dropped`) and logged. The task sends one messa
 up to `observability.webhook_attempts` tries, each bounded as a whole (connect, send, the answer's
 status line and headers; its body is not read) by `observability.webhook_timeout_s`, retried
 after network errors, HTTP 429 and 5xx with exponential backoff (`backoff_s`, doubling, at most
-`BACKOFF_MAX_S`); any other answer (a 4xx: the URL or the message is wrong) is not retried.
+`BACKOFF_MAX_S`; at least the answer's Retry-After seconds, up to the same bound); any other answer (a 4xx: the URL or the message is wrong) is not retried.
 At the end of the session the messages still queued get `webhook_timeout_s` more to go out,
 then the task is cancelled (`close`): a receiver that never answers delays the exit by that
 much, never the session. No failure of a try (a network error, an answer it cannot read, a URL
@@ -17,6 +17,7 @@ how many were delivered, not delivered, dropped and left unsent.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import httpx
@@ -110,6 +111,7 @@ class Webhook:
         for attempt in range(1, self.attempts + 1):
             retry = True
             status: int | None = None
+            asked_s = 0.0  # a rate limit's Retry-After, seconds
             # the whole try within the timeout (found by the cockpit audit: httpx's bounds each read,
             # and an answer trickling a byte at a time held the message for as long as it lasted);
             # the answer's body is never read (a receiver's page of any size costs nothing)
@@ -117,6 +119,7 @@ class Webhook:
                 try:
                     async with client.stream("POST", self.url, content=body, headers=headers) as response:
                         status = response.status_code
+                        asked_s = _retry_after_s(response.headers.get("Retry-After"))
                 except Exception as exc:
                     # any failure is this try's, never the session's (found by the cockpit audit: a
                     # URL httpx could not use raised UnicodeError or httpx.InvalidURL, not an
@@ -132,6 +135,17 @@ class Webhook:
                 retry = status == 429 or status >= 500
             if not retry or attempt == self.attempts:
                 break
-            await trio.sleep(min(BACKOFF_MAX_S, self.backoff_s * 2 ** (attempt - 1)))
+            # at least as long as a 429 or 503 asks (found by the cockpit audit: not read, the
+            # tries came again within the rate limit's window), at most BACKOFF_MAX_S
+            await trio.sleep(min(BACKOFF_MAX_S, max(asked_s, self.backoff_s * 2 ** (attempt - 1))))
         self.failed += 1
         logger.warning("webhook: alert {} not delivered to {} ({})", message.get("rule"), self.url, problem)
+
+
+def _retry_after_s(value: str | None) -> float:
+    """A Retry-After header's delay in seconds (0: none, or an HTTP date, not read)."""
+    try:
+        seconds = float(value) if value is not None else 0.0
+    except ValueError:
+        return 0.0
+    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
