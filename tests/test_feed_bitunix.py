@@ -1275,6 +1275,46 @@ async def test_a_subscription_answered_with_empty_levels_is_asked_about_at_the_e
         nursery.cancel_scope.cancel()
 
 
+async def test_asking_about_a_symbol_answered_with_empty_levels_gives_up_on_a_rate_limit_in_time(
+    tmp_path: Path,
+) -> None:
+    """Found by a start-up audit: the ask about a symbol answered with empty levels waited out
+    rate-limit replies with no deadline, one more call every second or two for the whole session
+    (each a warning and a `feed.rest_retry` event, each a token the history seed and the candle
+    confirms needed): a 45 s session on an unknown symbol with the REST API rate-limited made 11
+    such calls and never said anything else. It is now patient for `feed.connect_timeout_s`,
+    then says it got no answer and stops asking."""
+    from loguru import logger
+
+    fake = FakeBitunix(seed=48, faults=Faults(rest_rate_limited_first=10**9))  # every call limited
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING", format="{message}")
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fake.run)
+            config = make_config(
+                tmp_path, "feed.source=bitunix", f"feed.rest_url={fake.rest_url}", "feed.connect_timeout_s=2"
+            )
+            events_tx, _events_rx = trio.open_memory_channel[Event](math.inf)
+            feed = BitunixFeed(config, SessionClock(), FeedHealth(data_source="bitunix"), [], events_tx)
+            feed.instrument_done.set()
+            started = trio.current_time()
+            with trio.fail_after(10):
+                await feed._check_listed("DOGEUSDT")
+            took = trio.current_time() - started
+            asked = fake.stats.rest_rate_limited
+            await trio.sleep(2)  # nothing asks on after it gave up
+            assert fake.stats.rest_rate_limited == asked
+            await feed.http.aclose()
+            nursery.cancel_scope.cancel()
+    finally:
+        logger.remove(sink)
+    assert 2 <= took < 2 + 5 + 1, took  # its patience, and at most one call's timeout after it
+    assert 1 <= asked <= 3, asked
+    (said,) = [w for w in warnings if "DOGEUSDT subscription answered with empty levels" in w]
+    assert "trading_pairs gave no answer within 2 s (last: Too many requests" in said, said
+
+
 async def test_a_trade_quote_goes_only_at_a_fresh_books_top(tmp_path: Path) -> None:
     """A kline push showing trades gives a trade quote at the last book's top while that book is
     under a second old; found by an audit: after a 7 s stall the quote carried the top of before

@@ -381,6 +381,7 @@ class BitunixFeed:
         self.confirms: Counter[str] = Counter()
         self.tasks: trio.Nursery | None = None  # `run`'s nursery: the confirms run in it
         self.asked_listed: set[str] = set()  # the symbols answered with empty levels, asked about
+        self.last_rest_error = ""  # why the last REST call that failed did, for a call given up on
 
     # --- output ----------------------------------------------------------------------------------
 
@@ -667,6 +668,7 @@ class BitunixFeed:
                 self.bucket.recover()
                 return data
             except (bitunix.RestError, httpx.HTTPError) as exc:
+                self.last_rest_error = _why(exc)[:200]
                 retryable = not isinstance(exc, bitunix.RestError) or exc.retryable
                 code = exc.code if isinstance(exc, bitunix.RestError) else None
                 status = exc.http_status if isinstance(exc, bitunix.RestError) else 0
@@ -789,25 +791,33 @@ class BitunixFeed:
         it does not trade (then nothing more comes): once the start's instruments are done, ask
         `trading_pairs`; not traded there, `UnknownSymbol` ends the session with an error naming it,
         as at start (found by an audit: with `trading_pairs` failing at start, the symbol just
-        went stale, the session waiting on it). Traded there, or no answer: a warning."""
+        went stale, the session waiting on it). Traded there, or no answer: a warning. Rate-limit
+        replies are waited out for `feed.connect_timeout_s` at most (found by an audit: with no
+        deadline, a rate limit that did not lift had it ask every second or two for the whole
+        session, each call a warning, an event and a token the seed and the confirms needed)."""
         await self.instrument_done.wait()
-        try:
-            data = await self.rest_get(
-                bitunix.TRADING_PAIRS_PATH, bitunix.trading_pairs_params(symbol), patient=True
-            )
-        except bitunix.RestError as exc:
-            if exc.code == bitunix.UNKNOWN_SYMBOL_CODE:
-                raise UnknownSymbol(f"Bitunix does not trade {symbol}: {exc}") from None
-            why = _why(exc)
-        except httpx.HTTPError as exc:
-            why = _why(exc)
-        else:
-            if bitunix.trading_pair_row(data, symbol) is None:
-                raise UnknownSymbol(
-                    f"Bitunix does not trade {symbol}: it answered its subscription with empty levels, "
-                    "and trading_pairs has no row for it"
+        limit_s = self.cfg.connect_timeout_s
+        why: str | None = None
+        with trio.move_on_after(limit_s):
+            try:
+                data = await self.rest_get(
+                    bitunix.TRADING_PAIRS_PATH, bitunix.trading_pairs_params(symbol), patient=True
                 )
-            why = "trading_pairs lists it"
+            except bitunix.RestError as exc:
+                if exc.code == bitunix.UNKNOWN_SYMBOL_CODE:
+                    raise UnknownSymbol(f"Bitunix does not trade {symbol}: {exc}") from None
+                why = _why(exc)
+            except httpx.HTTPError as exc:
+                why = _why(exc)
+            else:
+                if bitunix.trading_pair_row(data, symbol) is None:
+                    raise UnknownSymbol(
+                        f"Bitunix does not trade {symbol}: it answered its subscription with empty levels, "
+                        "and trading_pairs has no row for it"
+                    )
+                why = "trading_pairs lists it"
+        if why is None:
+            why = f"trading_pairs gave no answer within {limit_s:g} s (last: {self.last_rest_error or 'no reply'})"
         logger.warning(
             "feed: {} subscription answered with empty levels ({}): its data may never come", symbol, why
         )
