@@ -205,10 +205,18 @@ class ConsoleSink:
     # after a storage fault: the lines' events are in memory only (written at the end if the disk
     # has room again; else the folder stays as its last checkpoint and the next start redoes them)
     unrecorded: bool = False
+    # the live feed in this run (a resumed session's past not counted): whether its first data came
+    # (`feed.live`, or the mock source a fallback gave), the last reason a connection failed or
+    # ended, and the symbols whose history seed came short (symbol -> (candles handed out, short by))
+    live_data: bool = False
+    feed_failure: str = ""
+    seed_short: dict[str, tuple[int, int]] = attrs.field(factory=dict)
 
     def observe(self, record: dict[str, Any], *, new: bool = True) -> None:
         """`new` False: a record of a resumed session's past (counted, not printed)."""
         kind = record["kind"]
+        if kind.startswith("feed.") and new:
+            self._feed(record)
         if kind == "order.filled":
             self._done(record["order_id"])
             if self._entries:
@@ -240,6 +248,15 @@ class ConsoleSink:
             entry = self._entries.pop(order_id, None) if order_id is not None else None
             if entry is not None and self.echo and new and kind == "order.cancelled":
                 self._print(cancel_line(record, entry[0], entry[1]))
+
+    def _feed(self, record: dict[str, Any]) -> None:
+        kind = record["kind"]
+        if kind in ("feed.live", "feed.fallback"):
+            self.live_data = True
+        elif kind == "feed.reconnecting" and isinstance(record.get("reason"), str):
+            self.feed_failure = record["reason"]
+        elif kind == "feed.seeded" and (record.get("short_by") or 0) > 0:
+            self.seed_short[str(record.get("symbol"))] = (record.get("candles") or 0, record["short_by"])
 
     def _print(self, line: str) -> None:
         if self.unrecorded:
@@ -336,6 +353,7 @@ def summary_rows(report: dict[str, Any], sink: ConsoleSink, run_path: Path) -> l
         # the stop in its own words, as the report page has it (found by an audit: `max_loss` here,
         # `session loss 2.00 % >= 2 %` only on the page)
         ("stop detail", report.get("stop_detail") or "-"),
+        *_feed_rows(report, sink),
         ("net PnL", f"{fmt_money(report['net_pnl'])} USDT"),
         # from the net PnL (the report's return_pct is rounded already: rounding twice told -0.03
         # for -0.02499974); never "-0.00"
@@ -354,6 +372,25 @@ def summary_rows(report: dict[str, Any], sink: ConsoleSink, run_path: Path) -> l
         ("rejections", str(rejections)),
         ("report", _report_path(html, run_path)),
     ]
+    return rows
+
+
+def _feed_rows(report: dict[str, Any], sink: ConsoleSink) -> list[tuple[str, str]]:
+    """What kept a live session from trading, said where its outcome is read (found by a start-up
+    audit: a session on Bitunix that never got live data, `feed.fallback = "none"`, ended with
+    `trades 0` and no word of why; one whose history seed failed under a rate limit sat cold,
+    its strategies waiting for their warm-up on live candles, said only in a warning at the start)."""
+    if report.get("data_source") != "bitunix":
+        return []
+    rows = []
+    if not sink.live_data:
+        why = f" (last: {sink.feed_failure})" if sink.feed_failure else ""
+        rows.append(("market data", f"NONE: no live data came from the exchange{why}; nothing could trade"))
+    if sink.seed_short:
+        each = ", ".join(f"{s} {got} of {got + short}" for s, (got, short) in sink.seed_short.items())
+        rows.append(
+            ("history seed", f"short: {each} candles; strategies needing more warmed up on live candles")
+        )
     return rows
 
 

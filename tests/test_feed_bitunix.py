@@ -1099,6 +1099,49 @@ async def test_refused_handshakes_with_fallback_none_keep_retrying(tmp_path: Pat
     assert result.report["feed_downtime_s"] == pytest.approx(connected["downtime_s"], abs=0.01)
 
 
+async def test_a_session_that_never_got_live_data_says_so_in_its_summary(tmp_path: Path) -> None:
+    """Found by a start-up audit: with `feed.fallback = "none"`, every handshake refused and the
+    REST API rate-limiting every call, the session ended at its duration, flat, with `trades 0`
+    and nothing in its summary saying that no market data ever came, nor why. Its summary table
+    now has a `market data` row saying so, with the last connection failure."""
+    from actors.console import summary_rows
+
+    fake = FakeBitunix(seed=12, faults=Faults(refuse_handshakes=10**9, rest_rate_limited_first=10**9))
+    result, events = await live_session(
+        tmp_path,
+        fake,
+        "feed.connect_timeout_s=1",
+        "feed.fallback=none",
+        "feed.backoff_max_s=1",
+        "strategy.history=30",
+        duration_s=4,
+    )
+    assert_clean_finish(result, events)
+    assert fake.stats.connections == 0 and kinds(events)["feed.live"] == 0
+    assert (result.report["stop_reason"], result.report["data_source"]) == ("duration", "bitunix")
+    rows = dict(summary_rows(result.report, result.console, result.run_path))
+    said = rows["market data"]
+    assert said.startswith("NONE: no live data came from the exchange"), said
+    assert "ConnectionRejected<status_code=503>" in said and "nothing could trade" in said, said
+    assert validate(result.run_path) == []
+
+
+async def test_a_short_history_seed_is_said_in_the_summary(tmp_path: Path) -> None:
+    """The exchange's klines go back 12 candles, the strategy wants 30: the seed comes short, the
+    strategy warms up on live candles, and the summary says so (it was said only in a warning at
+    the start); a session whose live data came has no `market data` row."""
+    from actors.console import summary_rows
+
+    fake = FakeBitunix(seed=13, history_candles=12)
+    result, events = await live_session(tmp_path, fake, "strategy.history=30", duration_s=4)
+    assert_clean_finish(result, events)
+    seeded = next(e for e in events if e["kind"] == "feed.seeded")
+    assert (seeded["candles"], seeded["short_by"]) == (12, 18)
+    rows = dict(summary_rows(result.report, result.console, result.run_path))
+    assert "market data" not in rows
+    assert rows["history seed"].startswith("short: BTCUSDT 12 of 30 candles"), rows["history seed"]
+
+
 # --- live candles confirmed over REST ---------------------------------------------------------------
 
 
