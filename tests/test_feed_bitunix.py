@@ -1045,6 +1045,43 @@ async def test_rest_rate_limit_replies_slow_the_seed_down_without_failure(tmp_pa
     assert_candles_match_truth(result.run_path, fake)
 
 
+async def test_a_candle_closing_before_the_seed_does_not_hold_the_socket_up(tmp_path: Path) -> None:
+    """Found by a start-up audit: a live candle that closed before the history seed was handed out
+    held the WebSocket reader until the seed ended (13 s in a CLI session against the fake with
+    its REST API failing): no quote, no book, no staleness in that time, though the exchange
+    pushed them (on a resumed session, a position's stop blind). The REST API here rate-limits
+    every call until five quotes after the close have come; the seed then goes through. The
+    quotes come while the seed waits; then the history, then the held live candle, in order."""
+    faults = Faults(rest_rate_limited_first=10**9)
+    fake = FakeBitunix(seed=44, time_offset_s=offset_for_close_in(3), faults=faults)
+    close_ms: list[int] = []
+    quotes_after = 0
+
+    async def take(event: MarketEvent) -> None:
+        nonlocal quotes_after
+        if isinstance(event, Tick) and event.ts * 1000 >= close_ms[0]:
+            quotes_after += 1
+            if quotes_after == 5:
+                faults.rest_rate_limited_first = 0  # the exchange answers again
+
+    def setup(feed: BitunixFeed) -> None:  # the first live close, by the feed's clock
+        close_ms.append((feed.clock.now() * 1000 // 60_000 + 1) * 60_000)
+
+    run = await run_feed(
+        tmp_path, fake, "feed.connect_timeout_s=2", "strategy.history=30", seconds=30, take=take,
+        setup=setup, until=lambda events: any(isinstance(e, Candle) and not e.backfill for e in events),
+    )  # fmt: skip
+    (seeded,) = [e.fields for e in run.events if e.kind == "feed.seeded"]
+    assert seeded["candles"] == 30, "five quotes came after the close while the seed waited (then it went on)"
+    got = [e for _, e in run.received]
+    first_history = next(i for i, e in enumerate(got) if isinstance(e, Candle))
+    quotes_before = [e for e in got[:first_history] if isinstance(e, Tick) and e.ts * 1000 >= close_ms[0]]
+    assert len(quotes_before) >= 5, "the quotes after the close came while the seed waited"
+    candles = assert_feed_candles_match_truth(run, fake)
+    assert [c.backfill for c in candles] == [True] * 30 + [False], "the history, then the live close"
+    assert round(candles[-1].open_ts * 1000) + 60_000 == close_ms[0]
+
+
 async def test_the_seed_is_whole_whether_the_exchange_reads_end_time_inclusively_or_not(
     tmp_path: Path,
 ) -> None:

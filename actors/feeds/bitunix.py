@@ -35,7 +35,9 @@
   (`SendLimiter`, its own per socket). The candles being built when the socket dropped are
   thrown away; REST fills the gaps instead, so each series has no gap and no duplicate.
 - **REST** (httpx) on `feed.rest_url`: seeds `strategy.history` candles of each symbol at start
-  (with several strategies, the largest `history` of them), backfills gaps, and polls a symbol's
+  (with several strategies, the largest `history` of them; a live candle that closes before its
+  symbol's seed is handed out is held and goes out after it, the socket read on meanwhile:
+  `_release_held`), backfills gaps, and polls a symbol's
   candles and book once it has had no WebSocket data for `feed.failover_after_s` and is out: every
   symbol while the socket is down; one symbol gone stale alone while the others flow. Polling
   stops when its WebSocket data comes back. A symbol whose other data flows for `feed.stale_after_s`
@@ -67,7 +69,7 @@ import math
 import random
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
@@ -318,6 +320,8 @@ class _Market:
     last_book_at: float = -math.inf
     book_silent: bool = False  # its book polled over REST while its other data flows
     seeded: trio.Event = attrs.field(factory=trio.Event)  # its history has been handed out
+    # live candles closed before its history was handed out, in order (`_release_held`)
+    held: deque[Candle] = attrs.field(factory=deque)
     emit_lock: trio.Lock = attrs.field(factory=trio.Lock)  # candles go out in order, once
     instrument: Instrument | None = None  # what was sent
 
@@ -412,6 +416,20 @@ class BitunixFeed:
                 return  # (every hand-out holds the lock: none can come while it is confirmed)
             candle = await self._confirmed(m, pushed)
             await self._emit_candle(m, candle, backfill=False)
+
+    async def _release_held(self, m: _Market) -> None:
+        """The live candles of `m` that closed before its history seed was handed out, handed out
+        after it, in order (each confirmed as any live close); one that closes meanwhile joins
+        them."""
+        await m.seeded.wait()
+        while m.held:
+            candle = m.held[0]
+            if self.cfg.confirm_candle_s > 0:
+                await self._close_confirmed(m, candle)
+            else:
+                async with m.emit_lock:
+                    await self._emit_candle(m, candle, backfill=False)
+            m.held.popleft()
 
     async def _confirmed(self, m: _Market, pushed: Candle) -> Candle:
         """The exchange's own record of a candle closed from its bucket's last WebSocket push.
@@ -895,9 +913,14 @@ class BitunixFeed:
                     volume=c.base_volume,
                     symbol=m.symbol,
                 )
-                if not self.seed_done.is_set():
-                    await m.seeded.wait()  # history first (only ever waits at start-up)
-                if self.cfg.confirm_candle_s > 0 and self.tasks is not None:
+                if (not m.seeded.is_set() or m.held) and self.tasks is not None:
+                    # history first, and the socket read on meanwhile (found by an audit: the
+                    # reader waited here for the seed, 13 s with the REST API failing, and no
+                    # quote, book or staleness came in that time): held, handed out after it
+                    m.held.append(closed)
+                    if len(m.held) == 1:
+                        self.tasks.start_soon(self._release_held, m)
+                elif self.cfg.confirm_candle_s > 0 and self.tasks is not None:
                     # confirmed over REST beside the socket's reading (its lock taken first: in
                     # order, once, before any later candle of the symbol)
                     await self.tasks.start(self._close_confirmed, m, closed)
