@@ -103,6 +103,25 @@ def http_date_s(value: str | None) -> float | None:
         return None
 
 
+RETRY_AFTER_MAX_S = 30.0  # the longest `Retry-After` waited out whole (a longer one: this long)
+
+
+def retry_after_s(value: str | None, date_s: float | None, now_s: float) -> float | None:
+    """A reply's `Retry-After` (RFC 9110: whole seconds, or an HTTP date, taken against the
+    reply's own `Date` when it has one, else `now_s`) as seconds to wait, from 0 to
+    `RETRY_AFTER_MAX_S`; None without a readable one. The protocol doc never saw the exchange
+    send one (*uncertain*): a server asking for a day is asked again after half a minute."""
+    text = (value or "").strip()
+    if not text:
+        return None
+    if text.isascii() and text.isdigit():
+        return RETRY_AFTER_MAX_S if len(text) > 6 else min(float(text), RETRY_AFTER_MAX_S)
+    at = http_date_s(text)
+    if at is None:
+        return None
+    return min(max(at - (date_s if date_s is not None else now_s), 0.0), RETRY_AFTER_MAX_S)
+
+
 DEPTH_PATH = "/api/v1/futures/market/depth"
 TRADING_PAIRS_PATH = "/api/v1/futures/market/trading_pairs"
 UNKNOWN_SYMBOL_CODE = 20015  # "this Futures is not allowed to trade."

@@ -1121,3 +1121,32 @@ def test_after_a_reconnect_the_first_kline_may_show_what_its_candle_did_meanwhil
     assert isinstance(v.parse(depth), BookTop)
     wide = _push(KLINE_T0 + 900, "63404.6", "70000.0", "60000.0", "63404.7")
     assert isinstance(v.parse(wide), KlinePush)
+
+
+@pytest.mark.parametrize(
+    ("value", "date_s", "expected"),
+    [
+        ("3", None, 3.0),  # whole seconds (RFC 9110 delay-seconds)
+        (" 0 ", None, 0.0),
+        ("120", None, 30.0),  # a long wait is cut to RETRY_AFTER_MAX_S: asked again after 30 s
+        ("9" * 5000, None, 30.0),  # too long for int(): no ValueError
+        ("Sat, 05 Dec 2026 09:00:10 GMT", 1_796_461_200.0, 10.0),  # a date, against the reply's Date
+        ("Sat, 05 Dec 2026 09:00:10 GMT", None, 4.0),  # ... or this machine's clock (now_s)
+        ("Sat, 05 Dec 2026 08:59:00 GMT", 1_796_461_200.0, 0.0),  # a date passed: no wait
+        ("", None, None),
+        (None, None, None),
+        ("-5", None, None),  # neither form: ignored
+        ("1.5", None, None),
+        ("soon", None, None),
+        ("\u00b2", None, None),  # a digit to str.isdigit, not to int()
+    ],
+)
+def test_retry_after_is_read_in_both_forms_and_bounded(
+    value: str | None, date_s: float | None, expected: float | None
+) -> None:
+    from protocols.bitunix import RETRY_AFTER_MAX_S, retry_after_s
+
+    assert RETRY_AFTER_MAX_S == 30.0
+    now_s = 1_796_461_206.0  # 2026-12-05T09:00:06Z (the date's 09:00:10 is 4 s after it)
+    assert calendar.timegm((2026, 12, 5, 9, 0, 0)) == 1_796_461_200
+    assert retry_after_s(value, date_s, now_s) == expected

@@ -40,6 +40,7 @@ def _refused(main: Callable[[list[str]], int], argv: list[str], capsys: pytest.C
         (["--start-price", "-5"], "--start-price -5.0: expected a price > 0"),
         (["--zigzag", "100"], "--zigzag 100.0: expected a percentage from 0 up to (not) 100"),
         (["--clock-offset", "inf"], "--clock-offset inf: expected a number of seconds"),
+        (["--retry-after", "3\n"], "--retry-after '3\\n': expected printable ASCII (an HTTP header's value)"),
         (["--symbol", "BTC USDT"], "symbol 'BTC USDT': expected 2-20 of A-Z, 0-9"),
         (["--symbols", "BTCUSDT,ETHUSDT", "--stall-symbol", "SOLUSDT"], "--stall-symbol SOLUSDT: not a symbol served"),
         (["--funding-hours", "BTCUSDT=3"], "--funding-hours BTCUSDT=3: expected SYMBOL=H, a symbol served here (BTCUSDT) and H one of 1, 2, 4, 8"),

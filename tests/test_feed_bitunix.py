@@ -634,6 +634,41 @@ async def test_the_protocol_docs_uncertain_readings_are_taken_as_well(tmp_path: 
     assert run.statuses() == [(True, "no data yet"), (False, "websocket data")]
 
 
+async def test_a_retry_after_on_a_rate_limit_reply_is_waited_out_within_bounds(tmp_path: Path) -> None:
+    """The protocol doc says to handle HTTP 429 (never seen from the exchange); a 429 may say how
+    long to wait (`Retry-After`), and the client retried after its own second instead (found by
+    a start-up audit). It waits what the reply asks, at most 30 s, and the call's own deadline
+    still ends the wait: with a day asked for, the instrument goes to the shipped table at half
+    of `feed.connect_timeout_s`, as with no answer."""
+    fake = FakeBitunix(
+        seed=49, faults=Faults(rest_rate_limited_first=2, rest_rate_limit_status=429, rest_retry_after="3")
+    )
+    run = await run_feed(tmp_path, fake, *SMALL_HISTORY, seconds=30, until=_instrument_then_books(1))
+    (instrument,) = [e for _, e in run.received if isinstance(e, Instrument)]
+    assert instrument.source == "exchange"
+    retries = [e.fields for e in run.events if e.kind == "feed.rest_retry"]
+    assert [r["delay_s"] for r in retries] == [3.0, 3.0], retries  # (a rate limit alone: 1 s)
+
+    fake = FakeBitunix(
+        seed=49,
+        faults=Faults(rest_rate_limited_first=10**9, rest_rate_limit_status=429, rest_retry_after="86400"),
+    )
+    run = await run_feed(
+        tmp_path,
+        fake,
+        *SMALL_HISTORY,
+        "feed.connect_timeout_s=2",
+        seconds=30,
+        until=_instrument_then_books(1),
+    )
+    (instrument,) = [e for _, e in run.received if isinstance(e, Instrument)]
+    assert instrument.source == "table"
+    (told,) = [e.fields for e in run.events if e.kind == "feed.instrument"]
+    assert told["reason"] == "trading_pairs gave no answer within 1 s"
+    retries = [e.fields for e in run.events if e.kind == "feed.rest_retry"]
+    assert retries and retries[0]["delay_s"] == 30.0, retries
+
+
 async def test_no_exchange_figures_and_no_table_entry_sends_no_instrument(tmp_path: Path) -> None:
     """DOGEUSDT is not in the shipped table: with trading_pairs failing, the broker keeps the
     instrument it was built with; the record says why."""

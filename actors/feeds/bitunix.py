@@ -44,7 +44,8 @@
   past its last kline push has its candles polled (`feed.klines`), past its last book push its
   book (`feed.book`), until those pushes come back.
   A token bucket keeps calls under `feed.rest_rate_limit` per second; rate-limit codes
-  (10005/10006), HTTP 429/5xx and network errors are retried with capped backoff and jitter.
+  (10005/10006), HTTP 429/5xx and network errors are retried with capped backoff and jitter (a
+  reply's `Retry-After` waited at least, at most 30 s).
 - **Validation** is `protocols.bitunix.FrameValidator`: rejected frames are dropped, counted by
   reason (`feed.malformed` events, aggregated) and logged at most once per reason per 10 s; so
   are REST kline rows that are not a sane candle (`REST_ROW`, `_klines`).
@@ -672,16 +673,22 @@ class BitunixFeed:
         self, path: str, params: dict[str, str], attempts: int = REST_ATTEMPTS, patient: bool = False
     ) -> Any:
         """One REST call within the rate limit, retried on rate limits, 429/5xx and network errors.
-        `patient`: a rate-limit reply (10005/10006, HTTP 429) is not one of the `attempts` but a
-        wait of at least `RATE_LIMITED_WAIT_S`, the caller's deadline the bound (found by an audit:
-        one second of 429s at start spent the instrument's three tries in 0.8 s, and the session
-        traded on the shipped table's caps instead of the exchange's)."""
+        A failed reply's `Retry-After` is waited at least (`bitunix.retry_after_s`: at most 30 s;
+        the exchange was never seen sending one). `patient`: a rate-limit reply (10005/10006, HTTP
+        429) is not one of the `attempts` but a wait of at least `RATE_LIMITED_WAIT_S`, the
+        caller's deadline the bound (found by an audit: one second of 429s at start spent the
+        instrument's three tries in 0.8 s, and the session traded on the shipped table's caps
+        instead of the exchange's)."""
         attempt = 0
         while True:
             await self.bucket.acquire()
+            retry_after: float | None = None  # what the reply's Retry-After asks for (bounded)
             try:
                 reply = await self.http.get(path, params=params)
                 self.reply_date_s = bitunix.http_date_s(reply.headers.get("date"))
+                retry_after = bitunix.retry_after_s(
+                    reply.headers.get("retry-after"), self.reply_date_s, self.clock.now()
+                )
                 data = bitunix.rest_data(reply.status_code, reply.content)
                 self.bucket.recover()
                 return data
@@ -698,6 +705,8 @@ class BitunixFeed:
                 delay = backoff_delay(attempt, REST_BACKOFF_S, REST_BACKOFF_MAX_S, self.rng)
                 if limited:
                     delay = max(delay, RATE_LIMITED_WAIT_S)
+                if retry_after is not None:  # the server's word, at most RETRY_AFTER_MAX_S
+                    delay = max(delay, retry_after)
                 self.health.rest_retries += 1
                 logger.warning(
                     "feed: REST {} failed ({}); retry {} in {:.2f} s", path, _why(exc), attempt + 1, delay

@@ -107,6 +107,9 @@ class Faults:
     # the body stays the code's envelope)
     subscribe_ack: bool = False
     rest_rate_limit_status: int = 200
+    # a rate-limit reply carries `Retry-After: <this>` ("": none, the exchange's as seen; the doc
+    # says to handle 429/503, which may come with one): whole seconds or an HTTP date, as given
+    rest_retry_after: str = ""
 
 
 @attrs.define

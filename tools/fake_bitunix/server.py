@@ -1089,7 +1089,9 @@ class _RestApp:
             request_body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
+        limited = self.limited
         status, ctype, body = self.reply(scope, request_body)
+        limited = self.limited != limited  # (`reply` does not wait: no other request came meanwhile)
         await trio.sleep(self.srv.faults.latency_ms / 1000)
         headers = [
             (b"content-type", ctype),
@@ -1097,6 +1099,8 @@ class _RestApp:
             # hypercorn's own Date is switched off (run): this one is of the fake's (offset) clock
             (b"date", email.utils.formatdate(self.srv.date_now(), usegmt=True).encode("ascii")),
         ]
+        if limited and self.srv.faults.rest_retry_after:
+            headers.append((b"retry-after", self.srv.faults.rest_retry_after.encode("ascii")))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -1753,6 +1757,13 @@ def _parser() -> argparse.ArgumentParser:
         "doc's uncertain 429/503)",
     )
     p.add_argument(
+        "--retry-after",
+        default="",
+        metavar="VALUE",
+        help="a rate-limit reply carries Retry-After: VALUE (whole seconds or an HTTP date; the "
+        "exchange was never seen sending one)",
+    )
+    p.add_argument(
         "--subscribe-ack",
         action="store_true",
         help='acknowledge each channel subscribed with {"op":"subscribe","ch":..,"data":{"result":true}} '
@@ -1819,6 +1830,8 @@ def _problems(a: argparse.Namespace, symbols: list[str]) -> list[str]:
         for dest in ("malformed", "rest_errors")
         if not 0 <= getattr(a, dest) <= 1
     ]
+    if not re.fullmatch(r"[\x20-\x7e]*", a.retry_after):
+        problems.append(f"--retry-after {a.retry_after!r}: expected printable ASCII (an HTTP header's value)")
     if not (a.idle_timeout > 0 and math.isfinite(a.idle_timeout)):
         problems.append(f"--idle-timeout {a.idle_timeout}: expected a number of seconds > 0")
     if a.start_price is not None and not (a.start_price > 0 and math.isfinite(a.start_price)):
@@ -1903,6 +1916,7 @@ def main(argv: list[str] | None = None) -> int:
         rest_error_fraction=a.rest_errors,
         rest_rate_limit_per_s=a.rest_rate_limit,
         rest_rate_limit_status=a.rate_limit_status,
+        rest_retry_after=a.retry_after,
         subscribe_ack=a.subscribe_ack,
         latency_ms=a.latency_ms,
     )
