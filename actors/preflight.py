@@ -17,8 +17,10 @@ It prints exactly one line and exits with:
   exchange's message, or a clock skew. The REST timestamp window is undocumented (§1.3, §9.8), so a
   skew is diagnosed from the HTTP `Date` header of the answer: a refusal while this machine's clock
   is more than `SKEW_TOLERANCE_S` away from it is reported as the clock's fault.
-- 4: the exchange cannot be reached: a network error, a timeout, an HTTP status other than 200 or
-  an answer that is not the exchange's JSON envelope; stderr `preflight failed: cannot reach <url>: ...`.
+- 4: the exchange cannot be reached: a network error, a timeout, an HTTP status other than 200, an
+  answer that is not the exchange's JSON envelope, or a rate limit (codes 10005/10006, HTTP 429:
+  the key was not checked; the line says when to try again); stderr `preflight failed: cannot reach
+  <url>: ...`.
 
 The URL printed is only scheme://host[:port] of `feed.rest_url`, and every printed line goes
 through `actors.secrets.scrub` (and a scrubber of the environment's secrets): the key and the
@@ -62,6 +64,7 @@ REASONS = {
     10007: "signature rejected (wrong secret?)",
     403: "the key lacks permission for this operation (enable futures reading/trading on the key)",
 }
+RATE_LIMIT_CODES = (10005, 10006)  # "Too many requests", "Request too frequently": exit 4, not a refusal
 # the codes whose reason does not depend on the clock (a skew is then only mentioned)
 _CLOCK_INDEPENDENT = (10003, 10004, 403)
 
@@ -152,6 +155,10 @@ def run_preflight(config: Config, env: Mapping[str, str]) -> int:
         out.line(f"preflight failed: cannot reach {where}: {reason}", sys.stderr)
         return EXIT_UNREACHABLE
     received = time.time()
+    limited = _rate_limited(response)
+    if limited is not None:
+        out.line(f"preflight failed: cannot reach {where}: {limited}", sys.stderr)
+        return EXIT_UNREACHABLE
     if response.status_code != 200:
         phrase = response.reason_phrase or httpx.codes.get_reason_phrase(response.status_code)
         phrase = f" {phrase}" if phrase else ""
@@ -172,6 +179,25 @@ def run_preflight(config: Config, env: Mapping[str, str]) -> int:
     skew = _skew(response.headers.get("date"), (sent + received) / 2)
     out.line(f"preflight failed: {where}: {_reason(code, msg, skew)}", sys.stderr)
     return EXIT_REFUSED
+
+
+def _rate_limited(response: httpx.Response) -> str | None:
+    """Why the answer is a rate limit (the exchange's codes 10005/10006, in any HTTP status, or an
+    HTTP 429), with when to try again; None for any other answer. Found by an audit: the
+    exchange's own form (code 10005 in an HTTP 200) was exit 3, a key to fix, though the key was
+    not looked at; its HTTP 429 form was exit 4."""
+    envelope = _envelope(response)
+    code = envelope[0] if envelope is not None else None
+    if code not in RATE_LIMIT_CODES and response.status_code != 429:
+        return None
+    told = [f"HTTP {response.status_code}"] if response.status_code != 200 else []
+    if envelope is not None and code is not None:
+        told.append(f"code {code}: {envelope[1]}" if envelope[1] else f"code {code}")
+    wait = bitunix.retry_after_s(
+        response.headers.get("retry-after"), bitunix.http_date_s(response.headers.get("date")), time.time()
+    )
+    when = "in a few seconds" if wait is None else f"in {wait:g} s"
+    return f"rate limited ({', '.join(told)}): the key was not checked; try again {when}"
 
 
 def _envelope(response: httpx.Response) -> tuple[int, str, Any] | None:

@@ -369,6 +369,30 @@ async def test_http_error_is_cannot_reach(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("status", "retry_after", "told", "when"),
+    [
+        (200, "", "code 10005: Too many requests, please try again later", "in a few seconds"),
+        (429, "7", "HTTP 429, code 10005: Too many requests, please try again later", "in 7 s"),
+    ],
+)
+async def test_a_rate_limit_is_not_a_refused_key(
+    tmp_path: Path, status: int, retry_after: str, told: str, when: str
+) -> None:
+    """Found by a start-up audit: the exchange's rate-limit reply (code 10005 in an HTTP 200) was
+    exit 3, `exchange refused: code 10005: ...`, the exit of a key to fix, though the key was not
+    looked at; the same limit as an HTTP 429 was exit 4. Both are now exit 4 (try again later),
+    saying the key was not checked and when to try again (a Retry-After's seconds when given)."""
+    limited = Faults(rest_rate_limited_first=1, rest_rate_limit_status=status, rest_retry_after=retry_after)
+    async with serving(fake(faults=limited)) as f:
+        done = await run_preflight_cli(f.rest_url, tmp_path, BITUNIX_API_KEY=KEY, BITUNIX_API_SECRET=SECRET)
+    assert one_line(done, 4) == (
+        f"preflight failed: cannot reach {f.rest_url}: rate limited ({told}): the key was not checked; "
+        f"try again {when}"
+    )
+
+
+@pytest.mark.slow
 async def test_unreachable_port(tmp_path: Path) -> None:
     with socket.socket() as s:  # a port that was free a moment ago: nobody listens on it
         s.bind(("127.0.0.1", 0))
