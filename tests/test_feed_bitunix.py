@@ -1148,6 +1148,46 @@ async def test_refused_handshakes_at_start_fall_back_to_mock_loudly(tmp_path: Pa
     assert statuses == [(True, "no data yet"), (False, "fallback to the mock source")]
 
 
+@pytest.mark.parametrize(
+    ("faults", "why"),
+    [
+        (Faults(stall_once_after_s=0.001, stall_for_s=1000), "the WebSocket handshake got no answer"),
+        (  # its symbol's pushes stopped, the socket open
+            Faults(stall_symbol="BTCUSDT", stall_once_after_s=0.001, stall_for_s=1000),
+            "connected, but no valid data frame came",
+        ),
+    ],
+)
+async def test_a_fallback_says_what_the_socket_was_doing(tmp_path: Path, faults: Faults, why: str) -> None:
+    """Found by a start-up audit: against an exchange whose socket stalled from the start, the
+    fallback said `no live data within 15 s from ws://...` and nothing of why (no connection had
+    failed yet: the handshake was still waiting); a firewall dropping packets and an exchange
+    sending nothing on an open socket read the same. It now says what the socket was doing."""
+    fake = FakeBitunix(seed=11, faults=faults)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.run)
+        # the stall is on before the start (the fake's counter: no event to wait on)
+        while faults.stall_for_s and not fake.stats.stalls:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        config = make_config(
+            tmp_path,
+            "feed.source=bitunix",
+            f"feed.ws_url={fake.ws_url}",
+            f"feed.rest_url={fake.rest_url}",
+            "feed.connect_timeout_s=2",
+            "feed.fallback=mock",
+            "strategy.history=30",
+            duration_min=4 / 60,
+        )
+        with trio.fail_after(60):
+            result = await run_session(config, handle_signals=False, progress_mode="off")
+        nursery.cancel_scope.cancel()
+    events = read_events(result.run_path)
+    assert_clean_finish(result, events)
+    (fallback,) = [e for e in events if e["kind"] == "feed.fallback"]
+    assert fallback["reason"] == f"no live data within 2 s from {fake.ws_url} ({why})"
+
+
 async def test_refused_handshakes_with_fallback_none_keep_retrying(tmp_path: Path) -> None:
     fake = FakeBitunix(seed=12, faults=Faults(refuse_handshakes=5))
     result, events = await live_session(

@@ -376,6 +376,8 @@ class BitunixFeed:
         self.seed_done = trio.Event()  # every symbol's history has been handed out (or given up)
         self.instrument_done = trio.Event()  # the Instrument events have been sent (or given up)
         self.last_error = ""  # why the last WebSocket attempt failed, for the fallback message
+        # what the WebSocket is doing: "connect" (its handshake), "open" (connected), "" (between)
+        self.ws_phase = ""
         self.ever_up = False
         self.frames = 0  # WebSocket frames received since the last feed.stats
         self.lags_ms: list[float] = []
@@ -1093,7 +1095,7 @@ class BitunixFeed:
             # trio-websocket 0.12 can hang past its own connect/disconnect timeouts when the peer
             # stops answering mid-handshake (its reader task is never cancelled): this scope bounds
             # the connect and the close, and is lifted while the connection is in use
-            phase = "connect"
+            phase = self.ws_phase = "connect"
             reason = "connection ended"
             with trio.CancelScope(deadline=started + self.cfg.connect_timeout_s + 1.0) as bound:
                 try:
@@ -1104,6 +1106,7 @@ class BitunixFeed:
                         message_queue_size=64,
                     ) as ws:
                         bound.deadline, phase = math.inf, "open"
+                        self.ws_phase = phase
                         try:
                             await self._session(ws, SendLimiter(), link)
                         finally:
@@ -1115,6 +1118,7 @@ class BitunixFeed:
                     reason = found
             if bound.cancelled_caught:
                 reason = f"{phase} timed out"
+            self.ws_phase = ""
             self.last_error = reason
             await self._down(reason)
             delay = backoff.next_delay(link.data_s)
@@ -1395,6 +1399,9 @@ async def run_live_feed(
         reason = f"no live data within {config.feed.connect_timeout_s:g} s from {config.feed.ws_url}"
         if feed.last_error:
             reason += f" ({feed.last_error})"
+        elif feed.ws_phase:  # no attempt has failed yet: what the first is doing (found by an audit)
+            doing = "the WebSocket handshake got no answer" if feed.ws_phase == "connect" else ""
+            reason += f" ({doing or 'connected, but no valid data frame came'})"
         health.data_source = f"mock (fallback: {reason})"
         health.down_since = None
         await feed._set_stale(False, FALLBACK_REASON)
