@@ -508,3 +508,17 @@ def test_the_docs_give_each_tools_exit_codes(module: str) -> None:
     assert set(EXIT_CODES) == {*TOOLS_WITH_CLI, "actors.main"} - {
         "tools.bench_child"
     }  # run by the bench only
+
+
+def test_the_resume_commands_are_the_ones_the_quick_start_installs() -> None:
+    """Found by a docs audit: after a crash, docs/START_HERE.md said to start `python -m
+    actors.main --config config/live.toml` again; a user of the quick start has nox in `.venv` and
+    no `python` with the project (the system's: `No module named 'loguru'`, or no `python` at
+    all). Each command of its code blocks runs a program of `.venv`, as the quick start makes it,
+    and the RUNBOOK says which `python` its commands mean."""
+    quick = _section("Quick start")
+    assert ".venv/bin/nox -s session" in quick and ".venv/bin/pip install -e '.[test]'" in quick
+    blocks = re.findall(r"^```bash\n(.*?)^```", DOCS["docs/START_HERE.md"], flags=re.M | re.S)
+    commands = [line.split("#", 1)[0].strip() for block in blocks for line in block.splitlines()]
+    assert commands and all(c.startswith((".venv/bin/nox ", ".venv/bin/python ")) for c in commands if c)
+    assert "`.venv/bin/python`" in DOCS["docs/RUNBOOK.md"].split("\n## ", 1)[0]
