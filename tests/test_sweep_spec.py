@@ -597,3 +597,13 @@ def test_a_window_whose_data_is_short_is_said(tmp_path: Path) -> None:
         "window 1: its train days (2024-01-02T12:00:00Z to 2024-01-05T12:00:00Z) hold 2,160 of their 4,320 "
         "candles (50%: the data starts later, ends earlier or has gaps there): its in-sample figures cover that much",
     ]
+
+
+def test_the_progress_line_says_the_trials_in_ray_are_running_or_queued() -> None:
+    """Found by a docs audit: docs/sweeps.md's spec with `--workers 1` printed `trials 1/15 done, 11
+    running`: the count is of the trials submitted to Ray and not back, of which one CPU runs one."""
+    from tools.sweep.progress import _line
+    from tools.sweep.runner import Counts
+
+    line = _line(Counts(total=15, done=1, running=11))
+    assert line.startswith("trials 1/15 done, 11 running or queued, 0 failed, 0 from the log; ")

@@ -1,5 +1,5 @@
-"""The sweep's progress on the console: trials done of the total, running, failed, trials per
-second and the time left (rich on a terminal; a plain line per finished trial otherwise)."""
+"""The sweep's progress on the console: trials done of the total, in Ray (running or queued),
+failed, trials per second and the time left (rich on a terminal; a plain line per finished trial otherwise)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ def _line(counts: Counts) -> str:
     rate = counts.rate()
     left = counts.total - counts.done
     eta = f"{left / rate:,.0f} s" if rate > 0 else "-"
+    # `running`: the trials submitted to Ray and not back yet, queued for a CPU or running (found by
+    # a docs audit: with --workers 1 the line said "11 running")
     return (
-        f"trials {counts.done}/{counts.total} done, {counts.running} running, {counts.failed} failed, "
+        f"trials {counts.done}/{counts.total} done, {counts.running} running or queued, {counts.failed} failed, "
         f"{counts.skipped} from the log; {rate:.2f} trials/s, ETA {eta}"
     )
 

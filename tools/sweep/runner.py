@@ -53,7 +53,7 @@ MAX_RETRIES = 2
 class Counts:
     total: int
     done: int = 0
-    running: int = 0
+    running: int = 0  # submitted to Ray, not back yet: running or queued for a CPU
     failed: int = 0
     skipped: int = 0  # found in the log
     started: float = attrs.field(factory=time.monotonic)
