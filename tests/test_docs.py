@@ -522,3 +522,40 @@ def test_the_resume_commands_are_the_ones_the_quick_start_installs() -> None:
     commands = [line.split("#", 1)[0].strip() for block in blocks for line in block.splitlines()]
     assert commands and all(c.startswith((".venv/bin/nox ", ".venv/bin/python ")) for c in commands if c)
     assert "`.venv/bin/python`" in DOCS["docs/RUNBOOK.md"].split("\n## ", 1)[0]
+
+
+def test_the_instrument_table_of_the_fills_page_is_the_shipped_one() -> None:
+    """docs/fills.md's table of the instruments mock sessions and backtests trade on, and its ladder
+    of maintenance tiers, are protocols/instruments.py's (checked by hand only, before)."""
+    from protocols.instruments import TABLE
+
+    page = DOCS["docs/fills.md"]
+    rows = re.findall(
+        r"^\| ([A-Z]+USDT) \| ([\d.]+) \| ([\d.]+) \| (\d+) \| (\d+) / (\d+) \|", page, flags=re.M
+    )
+    assert {row[0] for row in rows} == set(TABLE)
+    for symbol, tick, lot, leverage, market, limit in rows:
+        shipped = TABLE[symbol]
+        assert (float(tick), float(lot), float(lot)) == pytest.approx(
+            (shipped.tick_size, shipped.lot_size, shipped.min_qty)
+        ), symbol
+        assert (float(leverage), float(market), float(limit)) == (
+            shipped.max_leverage,
+            shipped.max_market_qty,
+            shipped.max_limit_qty,
+        ), symbol
+    ladder = re.search(r"position notional up to (.*?)\. Below", page, flags=re.S)
+    assert ladder is not None
+    said = re.findall(r"([\d,]+|beyond)(?: USDT)? ([\d.]+) % \((\d+)x\)", " ".join(ladder.group(1).split()))
+    for symbol, shipped in TABLE.items():
+        tiers = [
+            (tier.max_notional, tier.maintenance_margin_rate * 100, tier.max_leverage)
+            for tier in shipped.tiers
+        ]
+        written = [
+            (float("inf") if n == "beyond" else float(n.replace(",", "")), float(rate), float(lev))
+            for n, rate, lev in said
+        ]
+        assert len(written) == len(tiers), symbol
+        for w, t in zip(written, tiers, strict=True):
+            assert w == pytest.approx(t), symbol
