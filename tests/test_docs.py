@@ -559,3 +559,32 @@ def test_the_instrument_table_of_the_fills_page_is_the_shipped_one() -> None:
         assert len(written) == len(tiers), symbol
         for w, t in zip(written, tiers, strict=True):
             assert w == pytest.approx(t), symbol
+
+
+def test_the_config_keys_the_docs_and_templates_name_exist() -> None:
+    """Each `section.key` the docs/ pages and the templates' comments write (`feed.stale_after_s`,
+    `broker.intrabar`, ...) is a key of the config (or a strategy parameter): the README's own are
+    checked against the Keys table; these were read by hand only. Names of that shape that are no
+    key are the events and files the README lists (`feed.stats`, `session.log`), file names
+    (`alerts.py`), and one example of a key refused for carrying a secret."""
+    from actors.config import strategy_kinds, strategy_param_fields
+
+    keys = {f"{section}.{key}" for section, values in to_dict(Config()).items() for key in values}
+    keys |= {f"strategy.{name}" for kind in strategy_kinds() for name in strategy_param_fields(kind)}
+    sections = {key.split(".", 1)[0] for key in keys}
+    texts = {doc: text for doc, text in DOCS.items() if doc != "README.md"}
+    texts |= {f"config/templates/{p.name}": p.read_text() for p in (REPO / "config/templates").glob("*.toml")}
+    named = {
+        (doc, m.group(1))
+        for doc, text in texts.items()
+        for m in re.finditer(r"`([a-z_]+\.[a-z0-9_]+)(?=[ =`])", text)
+        if m.group(1).split(".", 1)[0] in sections
+        and m.group(1).split(".", 1)[1] not in ("py", "json", "jsonl", "csv", "html", "log", "lock", "toml")
+    }
+    assert len(named) >= 60
+    listed = set(
+        re.findall(r"`([a-z_]+\.[a-z_]+)`", _section("The run folder") + _section("Live market data"))
+    )
+    assert {"feed.stats", "session.resumed", "session.log", "alerts.jsonl"} <= listed
+    unknown = sorted(f"{doc}: {name}" for doc, name in named if name not in keys | listed | {"feed.api_key"})
+    assert unknown == []
