@@ -36,6 +36,7 @@ instant in one run dir give the outcome of starts one after the other:
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import signal
@@ -451,8 +452,8 @@ def _plan(args: argparse.Namespace, config: Config, held: ExitStack | None) -> P
 
 def _check_run_dir(run_dir: Path) -> None:
     """The run dir a start would make or use, looked at only: it, or the nearest folder above it
-    that exists, must be a directory (`--check-config`, found by an audit: a file there passed,
-    and the start refused it; and the start's own refusal names it so)."""
+    that exists, must be a directory this user can write (`--check-config`, found by an audit: a
+    file there passed, and the start refused it; and the start's own refusal names it so)."""
     there = run_dir
     while not there.exists() and there != there.parent:
         there = there.parent
@@ -462,6 +463,12 @@ def _check_run_dir(run_dir: Path) -> None:
             f"session.run_dir: cannot use {short_path(run_dir)}: {what}; expected a directory (the folder "
             "of runs, made when missing)"
         )
+    if there.is_dir() and not os.access(there, os.W_OK | os.X_OK):
+        # found by a docs audit: --check-config passed a run dir on a read-only disk (or one this
+        # user may not write), which the start refused, exit 2 (troubleshooting.md's row)
+        read_only = bool(os.statvfs(there).f_flag & os.ST_RDONLY)
+        reason = os.strerror(errno.EROFS if read_only else errno.EACCES)
+        raise PlanError(f"session.run_dir: cannot use {short_path(run_dir)}: {reason}")
 
 
 def _check_data(config: Config, plan: Plan) -> None:

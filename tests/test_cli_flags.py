@@ -6,6 +6,7 @@ checks a start makes. Each refusal: exit 2, one line naming the flag, nothing le
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -414,6 +415,38 @@ def test_check_config_refuses_a_run_dir_the_start_cannot_use(tmp_path: Path) -> 
         result = run_main("--run-dir", run_dir, "--check-config", cwd=tmp_path)
         assert result.returncode == 2, result.stderr
         assert f"session.run_dir: cannot use {run_dir}: {said}; expected a directory" in result.stderr
+
+
+def test_check_config_refuses_a_run_dir_on_a_read_only_disk_as_the_start_does(tmp_path: Path) -> None:
+    """Found by a docs audit: troubleshooting.md's `error: session.run_dir: cannot use ...` (exit 2,
+    "checked before the start") came from the start only: `--check-config` (the RUNBOOK's check
+    before a session) passed a run dir it could not write, exit 0. A read-only tmpfs as root (CI);
+    else a folder without write permission."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() == 0:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=100m", "tmpfs", str(disk)], capture_output=True, text=True
+        )
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+        reason = "Read-only file system"
+    else:
+        disk.chmod(0o555)
+        reason = "Permission denied"
+    try:
+        for run_dir in ("disk", "disk/runs"):
+            args = ("--run-dir", run_dir, "--source", "mock", "--duration", "0.05")
+            checked = run_main(*args, "--check-config", cwd=tmp_path)
+            started = run_main(*args, cwd=tmp_path)
+            said = f"error: session.run_dir: cannot use {run_dir}: {reason}\n"
+            assert (checked.returncode, started.returncode) == (2, 2), (checked.stderr, started.stderr)
+            assert checked.stderr == started.stderr == said
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+        else:
+            disk.chmod(0o755)
 
 
 @pytest.mark.parametrize("key", ["feed.source=bitunix", "session.duration_min=1"])
