@@ -746,9 +746,6 @@ def _main(args: argparse.Namespace, env: Mapping[str, str], held: ExitStack) -> 
         from actors.preflight import run_preflight
 
         return run_preflight(config, env)
-    if plan.resume is not None:
-        logger.warning("resuming unfinished session {} (start a new one with --fresh)", plan.resume.name)
-
     from actors.session import Session, run_session
     from actors.signals import hold_signals, late_signals
 

@@ -149,6 +149,11 @@ async def _session(session: Session, clock: SessionClock, stopper: Stopper, foun
             reserve_mb=config.session.disk_reserve_mb,
         )
         recorder.console.echo = session.console
+        if resume_state is not None:
+            # said once its checkpoint and the events it follows are read (found by a docs audit:
+            # said before them, a start refused for either printed it, then the error's "Nothing
+            # was started")
+            logger.warning("resuming unfinished session {} (start a new one with --fresh)", run_path.name)
         if resume_state is not None and recorder.fallback_source is not None:
             # its events say it fell back (a checkpoint from before the data source was kept in it)
             health.data_source = recorder.fallback_source

@@ -320,12 +320,14 @@ def test_events_damaged_before_the_checkpoint_refuse_the_resume_and_change_nothi
         assert refused.returncode == 2, refused.stderr[-2000:]
         assert "Traceback" not in refused.stderr
         assert f"error: cannot resume {run.name}: its events.jsonl does not hold the" in refused.stderr
+        assert "resuming unfinished session" not in refused.stderr  # it is not resumed
     assert events.read_bytes() == damaged and not (run / DISCARDED_FILE).exists()
     assert _folders(tmp_path) == [run]
     events.write_bytes(whole)
     proc = _start(tmp_path, 0.05)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()[-2000:]
+    assert f"resuming unfinished session {run.name}" in err.decode()
     assert read_report(run)["resumes"] == 1 and validate(run) == []
 
 
@@ -400,6 +402,8 @@ def test_no_usable_checkpoint_refuses_to_start_fresh_silently(tmp_path: Path) ->
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "no usable checkpoint" in err.decode() and "Traceback" not in err.decode()
+    # found by a docs audit: it said "resuming unfinished session" first, then "Nothing was started"
+    assert "resuming unfinished session" not in err.decode()
     assert _folders(tmp_path) == [run]  # no fresh session
 
 
