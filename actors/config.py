@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import attrs
+import idna
 import tomli_w
 
 from actors import secrets
@@ -127,14 +128,41 @@ def _pattern(regex: str, allowed: str) -> Callable[[Any], str | None]:
     return check
 
 
+_DOTTED_QUAD = re.compile(r"[0-9]+(\.[0-9]+){3}")
+
+
+def _host_ok(host: str) -> bool:
+    """True for a host every client here can connect to by name: an IP address, or a name the
+    resolver's IDNA codec encodes (each label 1 to 63 characters) and, as httpx and trio do, IDNA
+    2008 encodes (a non-ASCII name) or decodes (an `xn--` label). Found by an audit: `a..b`,
+    `xn--zz.com`, `999.1.1.1` or a snowman were accepted, and a session crashed with a traceback
+    (exit 1) on its first connection, as did `--preflight`."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        if _DOTTED_QUAD.fullmatch(host):
+            return False  # httpx: an invalid IPv4 address
+    try:
+        host.encode("idna")
+        if not host.isascii():
+            idna.encode(host)
+        elif any(label.startswith("xn--") for label in host.split(".")):
+            idna.decode(host)
+    except UnicodeError:  # idna.IDNAError is one
+        return False
+    return True
+
+
 def _url(*schemes: str, empty: bool = False) -> Callable[[Any], str | None]:
-    """A URL of one of `schemes` with a host, no `user:password@` part, no whitespace or control
-    characters, a valid port; `empty`: "" is allowed too (the feature is off)."""
+    """A URL of one of `schemes` with a valid host (`_host_ok`), no `user:password@` part, no
+    whitespace or control characters, a valid port; `empty`: "" is allowed too (the feature is
+    off)."""
     names = " or ".join(f"{scheme}://" for scheme in schemes)
     article = "an" if schemes[0].startswith("h") else "a"
     allowed = (
         "empty, or " if empty else ""
-    ) + f"{article} {names} URL with a host and no user:password@ part"
+    ) + f"{article} {names} URL with a valid host and no user:password@ part"
 
     def check(v: Any) -> str | None:
         if empty and v == "":
@@ -148,9 +176,9 @@ def _url(*schemes: str, empty: bool = False) -> Callable[[Any], str | None]:
             return allowed
         if parts.scheme not in schemes or not parts.hostname or "@" in parts.netloc:
             return allowed
-        if not _usable_host(parts.hostname, bracketed="[" in parts.netloc):
-            return allowed
-        return None
+        if "[" in parts.netloc:  # a bracketed IPv6 address
+            return None if _usable_host(parts.hostname, bracketed=True) else allowed
+        return None if _host_ok(parts.hostname) else allowed
 
     return check
 

@@ -40,6 +40,16 @@ SCHEMA_KEYS = sorted(
     if f"{section}.{name}" not in _FLAG_OVERRIDDEN
 )
 
+# hosts no resolver or HTTP client can encode
+_BAD_HOSTS = [
+    ("feed.rest_url", "http://a..b"),  # an empty label: the resolver's IDNA codec fails
+    ("feed.rest_url", "http://xn--zz.com"),  # not punycode: httpx's IDNA decoding fails
+    ("feed.rest_url", "http://999.1.1.1"),  # httpx: an invalid IPv4 address
+    ("feed.ws_url", "wss://{}.com/public/".format("a" * 64)),  # a label over 63 characters
+    ("feed.ws_url", "wss://\u2603.net/public/"),  # a code point IDNA does not allow
+    ("observability.webhook_url", "http://a..b/hook"),
+]
+
 # values that are invalid for the key, whatever else is given (the key named by the message)
 POISONS: list[tuple[str, str]] = [
     ("feed.ws_url", "ftp://fapi.bitunix.com/public/"),
@@ -73,6 +83,7 @@ POISONS: list[tuple[str, str]] = [
     ("strategy.name", "no_such_strategy"),
     ("feed.api_key", "AKIA-something"),
     ("exchange.api_secret", "s3cr3t"),
+    *_BAD_HOSTS,
     ("no_such_section.key2", "1"),
     ("session.no_such_key", "1"),
 ]
@@ -284,3 +295,22 @@ def test_the_poisons_are_each_refused_alone(tmp_path: Path) -> None:
             code, _, err = main_in_process(["--set", f"{key}={value}"], {})
         assert code == 2 and key in err, (key, value, err)
         assert "pa55word" not in err and "u:p@" not in err
+
+
+@pytest.mark.parametrize(("key", "url"), _BAD_HOSTS)
+def test_a_url_whose_host_cannot_be_encoded_is_a_config_error(tmp_path: Path, key: str, url: str) -> None:
+    """Found by an audit: these URLs were accepted, then a session crashed with a traceback (exit 1)
+    on its first connection (UnicodeError, idna's IDNAError, httpx.InvalidURL), as did
+    `--preflight`; now the config refuses them, naming the key."""
+    with _in(tmp_path):
+        code, out, err = main_in_process(["--check-config", "--set", f"{key}={url}"], {})
+    assert code == 2, (code, out)
+    assert err.startswith(f"config error: {key}: ") and "valid host" in err, err
+    assert "Traceback" not in err
+
+
+def test_the_preflight_with_a_url_whose_host_cannot_be_encoded_exits_2(tmp_path: Path) -> None:
+    env = {"BITUNIX_API_KEY": "pf-key-0123456789", "BITUNIX_API_SECRET": "pf-secret-0123456789"}
+    code, out, err = _as_process(tmp_path, ["--preflight", "--set", "feed.rest_url=http://a..b"], env)
+    assert (code, out) == (2, ""), err
+    assert err.startswith("config error: feed.rest_url: ") and "Traceback" not in err, err
