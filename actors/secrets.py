@@ -7,7 +7,8 @@
   HMAC-SHA256 made with it, and a checkpoint that does not verify is refused.
 - A variable's name marks it as secret when it contains KEY, SECRET, TOKEN, PASSWORD, PASSWD,
   PASSPHRASE, CREDENTIAL or AUTH (case-insensitive). Their values (at least `MIN_SCRUBBED`
-  characters long) are replaced by `***` in everything the program writes: logs, events, metrics,
+  characters long, and not made of a number's characters only) are replaced by `***` in
+  everything the program writes: logs, events, metrics,
   reports, checkpoints, `--check-config` and error messages (`install` once at start, then
   `scrub`). An error about such a variable names it and never echoes its value.
 - A config key whose name marks it as secret (e.g. `feed.api_key`, `exchange.secret`) is refused:
@@ -36,6 +37,10 @@ MIN_STATE_KEY = 16
 # would mangle every number in the run folder, and such values are no secret
 MIN_SCRUBBED = 6
 MASK = "***"
+# a value made of a number's characters only is not scrubbed either: masked inside the records'
+# numbers (an equity of 1234567 and a value 234567) it made lines that are no JSON, and the session
+# crashed (found by an audit); a number is no secret (a TTL, a port, a PIN at most)
+_NUMBER = re.compile(r"[0-9.eE+-]*[0-9][0-9.eE+-]*")
 
 _SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|AUTH", re.IGNORECASE)
 # config keys that would carry a secret (no config key of the schema has such a name)
@@ -157,7 +162,9 @@ class Scrubber:
             forms.add(value)
             forms.add(json.dumps(value)[1:-1])
             forms.add(quote(value, safe=""))
-        self.forms = sorted((f for f in forms if len(f) >= MIN_SCRUBBED), key=len, reverse=True)
+        self.forms = sorted(
+            (f for f in forms if len(f) >= MIN_SCRUBBED and not _NUMBER.fullmatch(f)), key=len, reverse=True
+        )
 
     def __bool__(self) -> bool:
         return bool(self.forms)

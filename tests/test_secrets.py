@@ -163,6 +163,29 @@ def test_credentials_in_configured_urls_and_values_with_stray_whitespace_are_scr
     assert secrets.url_secrets("http://127.0.0.1:8080/hook", ["wss://h/public/"]) == []  # nothing to hide
 
 
+def test_a_secret_named_variable_holding_a_number_does_not_mangle_the_records(tmp_path: Path) -> None:
+    """Found by an audit: a secret-named variable whose value was a number (`ALERTS_TOKEN=234567`,
+    a TTL, a PIN) was masked inside the records' numbers: the equity 1234567 became `1***`, the
+    recorder's line was no JSON any more, and the session crashed with a traceback (exit 1)
+    leaving an events.jsonl the validator refused. A value made of a number's characters only is
+    not masked (as a value under 6 characters is not): it would mangle every record."""
+    args = ("--source", "mock", "--duration", "0.02", "--set", "broker.starting_equity=1234567")
+    done = run_cli(*args, cwd=tmp_path, ALERTS_TOKEN="234567", OTHER_SECRET="2.5e-05")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    run = tmp_path / "runs" / "latest"
+    first = json.loads((run / "events.jsonl").read_text().splitlines()[0])
+    assert first["kind"] == "session.started"
+    assert first["config"]["broker"]["starting_equity"] == 1234567
+    check = subprocess.run(
+        [sys.executable, "-m", "tools.validate_session", str(run)],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    scrubber = secrets.Scrubber(secrets.secret_values({"A_TOKEN": "234567", "B_KEY": "abc234567"}))
+    assert scrubber.scrub("1234567 abc234567") == "1234567 ***"
+
+
 def test_log_lines_escape_control_characters_from_outside(capsys: pytest.CaptureFixture[str]) -> None:
     """An exchange's error text (found by an audit: raw escape sequences and a forged log line
     reached the console) is escaped where it is read and again by every log line."""
