@@ -360,3 +360,32 @@ def _plain(tmp_path: Path) -> Path:
     path = tmp_path / "plain.csv"
     path.write_text(HEADER + "".join(f"{t0 + i * 60_000},100,101,99,100.5,5\n" for i in range(40)))
     return path
+
+
+def test_a_price_or_volume_too_large_to_trade_on_is_skipped_and_counted(tmp_path: Path) -> None:
+    """Found by an audit: a row of prices 1e308 (finite) was a candle, and the backtest ended in
+    error (OverflowError in the broker's price grid: 1e308 x 10 ticks is inf), as a volume of 1e308
+    could in a notional. Prices from MAX_CSV_VALUE (1e15, where the mock's walk stops) on are
+    `csv_bad_prices`, volumes `csv_bad_volume`, each counted."""
+    rows = [
+        "60000,100,110,90,105,1",
+        "120000,1e308,1e308,1e308,1e308,1",
+        "180000,100,1e15,90,105,1",
+        "240000,100,110,90,105,1e308",
+        "300000,100,110,90,105,1e15",
+        "360000,100,999999999999999,90,105,999999999999999",  # just under: a candle
+    ]
+    candles, stats, by = _read(tmp_path, rows)
+    assert [c[0] for c in candles] == [60.0, 360.0]
+    assert stats == {"candles": 2, "skipped": 4}
+    assert by == {"csv_bad_prices": 2, "csv_bad_volume": 2}
+
+
+def test_a_backtest_of_a_file_with_an_enormous_price_ends_ok(tmp_path: Path) -> None:
+    rows = [f"{60000 * (i + 1)},{100 + i},{101 + i},{99 + i},{100.5 + i},10" for i in range(30)]
+    rows[20] = f"{60000 * 21},1e308,1e308,1e308,1e308,1"
+    (tmp_path / "c.csv").write_text(HEADER + "\n".join(rows) + "\n")
+    done = run_cli("--mode", "backtest", "--data", "c.csv", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stop_reason=data_end" in done.stdout + done.stderr
+    assert "csv_bad_prices 1" in done.stderr

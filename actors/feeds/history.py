@@ -31,6 +31,10 @@ _INF: Final = math.inf
 # up to it; a placeholder row at 0, for every hour from 1970 on)
 MIN_OPEN_MS: Final = 1.0
 MAX_OPEN_MS: Final = 4_102_444_800_000.0
+# prices and volumes a candle may have: below this (found by an audit: a row of prices 1e308, finite,
+# was a candle, and the broker's price grid overflowed, 1e308 x 10 ticks: the backtest ended in
+# error); where the mock's walk stops too (actors/feeds/mock.py MAX_MID)
+MAX_CSV_VALUE: Final = 1e15
 # what reading a file can raise besides OSError: a gzip stream cut short, or damaged
 READ_ERRORS: Final = (OSError, EOFError, zlib.error)
 
@@ -78,7 +82,6 @@ def read_candles_csv(
             )
         last_open = -math.inf
         candles = skipped = 0
-        inf = _INF
         gaps = gaps if gaps is not None else []
         gap_after = interval_s + 1e-6
         # the next candle opens an interval after the last at the earliest: a row closer to it
@@ -87,6 +90,7 @@ def read_candles_csv(
         spacing = interval_s - 1e-6 if interval_s > 0 else 1e-9  # (0: any later row)
         # bound once: compiled, a module's imported name is a dictionary lookup at each use
         new_tuple, candle_type = _new_tuple, Candle
+        top = MAX_CSV_VALUE
         try:
             for values in _rows(f):
                 # six values a row, one after the other (`_parse_lines`)
@@ -114,11 +118,11 @@ def read_candles_csv(
                     open_ts = t / 1000.0
                     # chained comparisons are False for NaN
                     if (
-                        0 < o < inf
-                        and 0 < h < inf
-                        and 0 < lo < inf
-                        and 0 < c < inf
-                        and 0 <= v < inf
+                        0 < o < top
+                        and 0 < h < top
+                        and 0 < lo < top
+                        and 0 < c < top
+                        and 0 <= v < top
                         and lo <= o <= h
                         and lo <= c <= h
                         and MIN_OPEN_MS <= t < MAX_OPEN_MS
@@ -171,13 +175,14 @@ def _whole(t: float) -> bool:
 def skip_reason(
     t: float, o: float, h: float, lo: float, c: float, v: float, last_open: float, interval_s: float = 0.0
 ) -> str:
-    """Why a row of six numbers is not a candle (`read_candles_csv`): its prices (not finite, not
-    above 0, open or close outside [low, high]), its volume (negative), or its time (not whole ms,
+    """Why a row of six numbers is not a candle (`read_candles_csv`): its prices (not above 0, not
+    below MAX_CSV_VALUE, open or close outside [low, high]), its volume (negative or not below
+    MAX_CSV_VALUE), or its time (not whole ms,
     not above 0 or from 2100 on, the same as the row before, earlier, or less than `interval_s`
     after it: overlapping it)."""
-    if not all(0 < x < _INF for x in (o, h, lo, c)) or not (lo <= o <= h and lo <= c <= h):
+    if not all(0 < x < MAX_CSV_VALUE for x in (o, h, lo, c)) or not (lo <= o <= h and lo <= c <= h):
         return "csv_bad_prices"
-    if not 0 <= v < _INF:
+    if not 0 <= v < MAX_CSV_VALUE:
         return "csv_bad_volume"
     if not _whole(t) or not MIN_OPEN_MS <= t < MAX_OPEN_MS:
         return "csv_bad_time"
@@ -190,8 +195,8 @@ def skip_reason(
 # Each `skip_reason` in words (a data file none of whose rows is a candle says its first's)
 SKIP_REASONS: Final = {
     "csv_not_six_numbers": "not six plain numbers",
-    "csv_bad_prices": "a price not above 0 or not finite, or the open or close outside the low-high range",
-    "csv_bad_volume": "a negative or not finite volume",
+    "csv_bad_prices": "a price not above 0 or not below 1e15, or the open or close outside the low-high range",
+    "csv_bad_volume": "a volume negative or not below 1e15",
     "csv_bad_time": "an open time that is not whole milliseconds above 0 and before 2100",
     "csv_repeated_time": "the open time of the row before it",
     "csv_time_backwards": "an open time before the row before it",
