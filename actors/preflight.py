@@ -10,7 +10,9 @@ It prints exactly one line and exits with:
 - 0: the exchange accepts the key; stdout `preflight ok: <url> accepts the key; USDT available=...
   frozen=... margin=...`.
 - 2: setup: the key pair is not set, its file cannot be read, or a value has whitespace or
-  non-ASCII characters (a copy-and-paste slip); stderr `preflight: <what is wrong>`.
+  non-ASCII characters (a copy-and-paste slip), or `feed.rest_url` is http:// to another machine
+  (the key would cross the network unencrypted: http:// only to a loopback address, the fake
+  exchange's); stderr `preflight: <what is wrong>`.
 - 3: the exchange refused the request; stderr `preflight failed: <url>: <reason>`:
   an empty api key (10003), this machine's IP not in the key's whitelist (10004), a rejected
   signature (10007, a wrong secret), a key without permission (403), any other code with the
@@ -30,6 +32,7 @@ secret are never echoed, not even when the exchange's message would quote them.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import secrets as random_secrets
 import sys
@@ -101,6 +104,21 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
+def _encrypted_or_local(url: str) -> bool:
+    """True for an https:// URL, or an http:// one to this machine (localhost, a loopback address).
+    Found by an audit: an http:// rest_url had the key and a signed request sent in clear."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = (parts.hostname or "").rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class _Out:
     """Writes the one line: scrubbed of every secret, on one line."""
 
@@ -116,6 +134,16 @@ def run_preflight(config: Config, env: Mapping[str, str]) -> int:
     """Check the key pair of `env` against `config.feed.rest_url`; one line printed, the exit code
     returned (see the module docstring)."""
     out = _Out(env, [])
+    base = config.feed.rest_url
+    where = origin(base)
+    if not _encrypted_or_local(base):
+        out.line(
+            f"preflight: feed.rest_url {where} is not https://: the key would cross the network "
+            "unencrypted; use https:// (http:// only to a loopback address, such as the fake "
+            "exchange's 127.0.0.1)",
+            sys.stderr,
+        )
+        return EXIT_SETUP
     try:
         creds = secrets.credentials(env)
     except secrets.SecretError as exc:
@@ -130,8 +158,6 @@ def run_preflight(config: Config, env: Mapping[str, str]) -> int:
                 sys.stderr,
             )
             return EXIT_SETUP
-    base = config.feed.rest_url
-    where = origin(base)
     query = {"marginCoin": MARGIN_COIN}
     nonce = random_secrets.token_hex(16)
     timestamp = str(int(time.time() * 1000))

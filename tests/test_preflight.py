@@ -424,3 +424,20 @@ def test_a_session_flag_with_preflight_is_refused(tmp_path: Path, flags: list[st
     assert "not for --preflight" in result.stderr and flags[0] in result.stderr
     assert "--from-" not in result.stderr  # (found by a review: `from_` was named --from-)
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("url", ["http://fapi.bitunix.com", "http://example.invalid:8080", "http://10.0.0.1"])
+def test_the_key_is_never_sent_over_plain_http_off_this_machine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    """Found by an audit: with feed.rest_url = http://... the preflight sent the `api-key` header
+    and a signed request unencrypted across the network (anyone on the path had the key and a
+    request to replay within the exchange's window). Refused before any request, exit 2; http://
+    stays allowed to a loopback address (the fake exchange)."""
+    config = make_config(tmp_path, f"feed.rest_url={url}")
+    env = {"BITUNIX_API_KEY": KEY, "BITUNIX_API_SECRET": SECRET}
+    assert run_preflight(config, env) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.startswith(f"preflight: feed.rest_url {origin(url)} is not https://: "), out.err
+    assert KEY not in out.err and SECRET not in out.err
