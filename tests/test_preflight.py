@@ -74,6 +74,33 @@ def test_post_vector_signs_the_body_and_no_query() -> None:
     assert expected_sign(*args, "1747104711262", "", body) == want
 
 
+# values that need escaping in a URL, signed raw (§1.4: the demos sign the raw values; the fake
+# checks the percent-decoded ones), an empty one, and keys whose ASCII order is not their
+# alphabetical one (uppercase first)
+SPECIAL_QUERY = {"marginCoin": "USDT", "b": "a+b&c=d e%2F/\u00e9", "B": "", "a": '"{}[]:,'}
+
+
+def test_query_values_with_special_characters_are_signed_raw_and_sorted_by_ascii() -> None:
+    concatenated = "B" + "" + "a" + '"{}[]:,' + "b" + "a+b&c=d e%2F/\u00e9" + "marginCoin" + "USDT"
+    args = ("11111111111111111", "22222222222222222", "33333333333333333", "1747104711262")
+    assert sign(*args, SPECIAL_QUERY, "") == expected_sign(*args, concatenated, "")
+    assert sign(*args, {}, "") == expected_sign(*args, "", "")  # nothing at all: still signed
+
+
+@pytest.mark.slow
+async def test_the_fake_accepts_the_preflights_signature_of_special_query_values() -> None:
+    with trio.fail_after(5):
+        async with serving(fake()) as f, httpx.AsyncClient(base_url=f.rest_url) as http:
+            nonce, ts = "n" * 32, str(int(time.time() * 1000))
+            headers = {"api-key": KEY, "nonce": nonce, "timestamp": ts}
+            headers["sign"] = sign(KEY, SECRET, nonce, ts, SPECIAL_QUERY, "")
+            response = await http.get(ACCOUNT, params=SPECIAL_QUERY, headers=headers)
+            assert response.json()["code"] == 0
+            headers["sign"] = sign(KEY, SECRET, nonce, ts, {**SPECIAL_QUERY, "b": "a+b"}, "")
+            response = await http.get(ACCOUNT, params=SPECIAL_QUERY, headers=headers)
+            assert response.json()["code"] == 10007
+
+
 def test_printed_url_is_scheme_host_port_only() -> None:
     assert origin("https://fapi.bitunix.com") == "https://fapi.bitunix.com"
     assert origin("http://u:pw@127.0.0.1:8080/prefix/?q=1") == "http://127.0.0.1:8080"
