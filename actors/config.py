@@ -1064,6 +1064,12 @@ def file_layer(path: Path, problems: list[str]) -> Layer:
     except UnicodeDecodeError as exc:
         problems.append(f"--config: {path} is not valid TOML: not UTF-8 text (byte {exc.start})")
         return {}
+    except RecursionError:  # tomllib recurses per level (found by an audit: a traceback, exit 1)
+        problems.append(
+            f"--config: {path} is not valid TOML here: nested too deeply (arrays or tables inside one "
+            "another by the thousand); a config is [section] tables of plain values"
+        )
+        return {}
     except ValueError:  # tomllib's int() of an integer too long to read (found by an audit: a traceback)
         problems.append(_long_integer_in(path))
         return {}

@@ -115,6 +115,10 @@ INVALID = [
     ("[sesion]\nseed = 1\n", [], {}, "unknown section 'sesion'"),
     ("[riskk]\n[session]\nseed = 1\n", [], {}, "riskk: unknown section 'riskk'"),  # empty (an audit)
     ("[session\nseed = 1\n", [], {}, "is not valid TOML"),
+    # nested deeper than Python's recursion limit (found by an audit: tomllib's RecursionError, a
+    # traceback, exit 1)
+    ("x = " + "[" * 5000 + "]" * 5000 + "\n", [], {}, "is not valid TOML here: nested too deeply"),
+    ("[session]\nrun_dir = " + "{a=" * 3000 + "1" + "}" * 3000 + "\n", [], {}, "nested too deeply"),
     (None, ["--config", "missing.toml"], {}, "file not found"),
     (None, ["--duration", "-1"], {}, "session.duration_min: -1.0 is not allowed (from --duration)"),
     (None, ["--source", "nyse"], {}, "feed.source: 'nyse' is not allowed"),

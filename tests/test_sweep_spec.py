@@ -217,6 +217,13 @@ def test_the_cli_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_a_spec_nested_too_deeply_is_a_spec_error(tmp_path: Path) -> None:
+    """Found by an audit: tomllib's RecursionError on arrays nested by the thousand, a traceback."""
+    with pytest.raises(SpecError) as raised:
+        load_spec(_spec(tmp_path, "x = " + "[" * 5000 + "]" * 5000 + "\n"))
+    assert raised.value.problems == [f"{tmp_path / 'spec.toml'}: not valid TOML here: nested too deeply"]
+
+
 @pytest.mark.parametrize("data_filter", [True, False], ids=["tarfile-data-filter", "python-without-it"])
 def test_a_packed_run_folder_unpacks_only_inside_its_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_filter: bool

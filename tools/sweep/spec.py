@@ -176,6 +176,8 @@ def load_spec(path: Path, data_overrides: Mapping[str, str] | None = None) -> Sw
         raise SpecError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SpecError([f"{path}: not valid TOML: {exc}"]) from None
+    except RecursionError:  # tomllib recurses per level (found by an audit: a traceback)
+        raise SpecError([f"{path}: not valid TOML here: nested too deeply"]) from None
     here = path.parent
     sweep = _table(raw, "sweep", problems)
     wf = _table(raw, "walk_forward", problems)
