@@ -127,6 +127,30 @@ def test_rates_file_refuses_bad_rows_naming_file_and_line(
         assert f"line {line}:" in message
 
 
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        ("x" * 3_000_000 + ",rate\n1,0.0001\n", 1, "expected the header"),
+        ("ts_ms,rate\n1704067200000,0.0001\n" + "x" * 3_000_000 + "\n", 3, "expected 2 fields"),
+        ("ts_ms,rate\n" + "9" * 100_000 + ",0.0001\n", 2, "is not an integer"),
+        ("ts_ms,rate\n1704067200000," + "7" * 100_000 + "\n", 2, "expected a fraction per 8 h interval"),
+        ("ts_ms,rate,interval_h\n1704067200000,0.0001," + "8" * 100_000 + "\n", 2, "is not allowed"),
+    ],
+)
+def test_an_enormous_line_or_value_is_quoted_cut_short(
+    tmp_path: Path, text: str, line: int, words: str
+) -> None:
+    """Found by an audit: the error quoted the whole line or value, a 3 MB line 3 MB of stderr."""
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(DataError) as info:
+        FundingRates.from_csv(path)
+    message = str(info.value)
+    assert f"line {line}:" in message and words in message
+    assert len(message) < 400 + len(str(path)), len(message)
+    assert "characters)" in message  # says how long the value cut short was
+
+
 def test_rates_file_unreadable(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"cannot read funding file .*missing\.csv"):
         FundingRates.from_csv(tmp_path / "missing.csv")

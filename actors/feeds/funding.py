@@ -77,6 +77,18 @@ def next_instant(ts: float, anchor: float = 0.0, every: float = FUNDING_EVERY_S)
 MAX_ABS_RATE = 0.1
 
 
+# the most characters of a line or value an error quotes (found by an audit: a 3 MB line was quoted
+# whole, 3 MB of stderr)
+QUOTED_MAX = 60
+
+
+def _quoted(text: str) -> str:
+    """`text` quoted for an error message; a long one cut short, its length said."""
+    if len(text) <= QUOTED_MAX:
+        return repr(text)
+    return f"{text[:QUOTED_MAX]!r}... ({len(text):,} characters)"
+
+
 class FundingRates:
     """The funding rate, in percent per funding interval, in force at each funding instant."""
 
@@ -125,7 +137,7 @@ class FundingRates:
         if header not in (FUNDING_CSV_HEADER, FUNDING_CSV_SCHEDULE_HEADER):
             raise DataError(
                 f"funding file {path}, line 1: expected the header {','.join(FUNDING_CSV_HEADER)} "
-                f"(or {','.join(FUNDING_CSV_SCHEDULE_HEADER)}), got {lines[0] if lines else 'an empty file'!r}"
+                f"(or {','.join(FUNDING_CSV_SCHEDULE_HEADER)}), got {_quoted(lines[0]) if lines else repr('an empty file')}"
             )
         scheduled = header == FUNDING_CSV_SCHEDULE_HEADER
         per = "interval" if scheduled else "8 h interval"
@@ -139,13 +151,13 @@ class FundingRates:
             fields = [f.strip() for f in line.split(",")]
             if len(fields) != len(header):
                 raise DataError(
-                    f"{where}: expected {len(header)} fields ({','.join(header)}), got {len(fields)}: {line!r}"
+                    f"{where}: expected {len(header)} fields ({','.join(header)}), got {len(fields)}: {_quoted(line)}"
                 )
             if scheduled:
                 hours = fields[2]
                 if hours not in {str(h) for h in FUNDING_HOURS}:
                     raise DataError(
-                        f"{where}: interval_h {hours!r} is not allowed; expected one of "
+                        f"{where}: interval_h {_quoted(hours)} is not allowed; expected one of "
                         f"{', '.join(map(str, FUNDING_HOURS))} (hours between settlements)"
                     )
                 intervals_s.append(int(hours) * 3600.0)
@@ -153,15 +165,15 @@ class FundingRates:
                 ts_ms = int(fields[0])
             except ValueError:
                 raise DataError(
-                    f"{where}: ts_ms {fields[0]!r} is not an integer (epoch milliseconds)"
+                    f"{where}: ts_ms {_quoted(fields[0])} is not an integer (epoch milliseconds)"
                 ) from None
             try:
                 rate = float(fields[1])
             except ValueError:
-                raise DataError(f"{where}: rate {fields[1]!r} is not a number") from None
+                raise DataError(f"{where}: rate {_quoted(fields[1])} is not a number") from None
             if not math.isfinite(rate) or abs(rate) > MAX_ABS_RATE:
                 raise DataError(
-                    f"{where}: rate {fields[1]} is not allowed; expected a fraction per {per} "
+                    f"{where}: rate {_quoted(fields[1])} is not allowed; expected a fraction per {per} "
                     f"between -{MAX_ABS_RATE:g} and {MAX_ABS_RATE:g} (0.0001 = 0.01 %)"
                 )
             if times_ms and ts_ms <= times_ms[-1]:
