@@ -55,6 +55,17 @@ def test_wrong_header_is_a_clear_error(tmp_path: Path) -> None:
         list(read_candles_csv(path, 60))
 
 
+def test_an_enormous_wrong_header_is_quoted_cut_short(tmp_path: Path) -> None:
+    """Found by an audit: a data file whose first line was 20 MB (no header) had it all quoted in
+    the error, 20 MB on stderr."""
+    path = tmp_path / "c.csv"
+    path.write_text("x," * 1_000_000 + "\n1,2,3,4,5,6\n")
+    with pytest.raises(DataError, match="must start with the header") as info:
+        list(read_candles_csv(path, 60))
+    assert len(str(info.value)) < 300 + len(str(path)), len(str(info.value))
+    assert "(2,000,000 characters)" in str(info.value)
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cannot read"):
         list(read_candles_csv(tmp_path / "nope.csv", 60))

@@ -75,11 +75,12 @@ def read_candles_csv(
     except READ_ERRORS as exc:
         raise DataError(f"--data: cannot read {path}: {read_error(exc)}") from exc
     with f:
-        columns = header.decode("utf-8", "replace").strip().split(",")
+        first = header.decode("utf-8", "replace").strip()
+        columns = first.split(",")
         if columns != CSV_HEADER:
-            raise DataError(
-                f"--data: {path} must start with the header {','.join(CSV_HEADER)}, got {columns}"
-            )
+            # a long first line cut short (found by an audit: a 20 MB one was quoted whole)
+            got = str(columns) if len(first) <= 60 else f"{first[:60]!r}... ({len(first):,} characters)"
+            raise DataError(f"--data: {path} must start with the header {','.join(CSV_HEADER)}, got {got}")
         last_open = -math.inf
         candles = skipped = 0
         gaps = gaps if gaps is not None else []
