@@ -153,18 +153,20 @@ def url_secrets(webhook_url: str, other_urls: Iterable[str] = ()) -> list[str]:
     return [v for v in values if len(v) >= MIN_SCRUBBED]
 
 
-class Scrubber:
-    """Replaces each secret (and its JSON-escaped and URL-quoted forms) by `***`."""
+def _forms(values: Iterable[str]) -> set[str]:
+    """Each value as it is, JSON-escaped and URL-quoted."""
+    return {form for v in values for form in (v, json.dumps(v)[1:-1], quote(v, safe=""))}
 
-    def __init__(self, values: list[str]) -> None:
-        forms: set[str] = set()
-        for value in values:
-            forms.add(value)
-            forms.add(json.dumps(value)[1:-1])
-            forms.add(quote(value, safe=""))
-        self.forms = sorted(
-            (f for f in forms if len(f) >= MIN_SCRUBBED and not _NUMBER.fullmatch(f)), key=len, reverse=True
-        )
+
+class Scrubber:
+    """Replaces each secret (and its JSON-escaped and URL-quoted forms) by `***`: of `values`
+    those of at least MIN_SCRUBBED characters that are not a number; of `known` (secrets for sure:
+    the preflight's key pair) every one that is not empty."""
+
+    def __init__(self, values: list[str], known: Iterable[str] = ()) -> None:
+        kept = {f for f in _forms(values) if len(f) >= MIN_SCRUBBED and not _NUMBER.fullmatch(f)}
+        kept |= {f for f in _forms(known) if f}
+        self.forms = sorted(kept, key=len, reverse=True)
 
     def __bool__(self) -> bool:
         return bool(self.forms)

@@ -468,3 +468,22 @@ def test_the_key_is_never_sent_over_plain_http_off_this_machine(
     assert out.out == ""
     assert out.err.startswith(f"preflight: feed.rest_url {origin(url)} is not https://: "), out.err
     assert KEY not in out.err and SECRET not in out.err
+
+
+@pytest.mark.slow
+async def test_a_key_pair_of_digits_is_masked_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The official vector's key and secret are digits only (§1.4): values the scrubber leaves alone
+    elsewhere (a number is no secret there) are masked here, where they are the key pair, even
+    when the exchange's answer quotes them."""
+    key, secret = "11111111111111111", "22222222222222222"
+    account = {"available": key, "frozen": secret}
+    async with serving(fake(api_keys={key: secret}, account=account)) as f:
+        config = make_config(tmp_path, f"feed.rest_url={f.rest_url}")
+        env = {"BITUNIX_API_KEY": key, "BITUNIX_API_SECRET": secret}
+        code = await trio.to_thread.run_sync(run_preflight, config, env)
+    out = capsys.readouterr()
+    assert code == 0
+    assert (
+        out.out.strip()
+        == f"preflight ok: {f.rest_url} accepts the key; USDT available=*** frozen=*** margin=10"
+    )
