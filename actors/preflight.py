@@ -231,7 +231,7 @@ def _envelope(response: httpx.Response) -> tuple[int, str, Any] | None:
     """(code, msg, data) of a `{"code", "msg", "data"}` answer; None for anything else."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested by the thousand (an audit)
         return None
     if not isinstance(body, dict) or "code" not in body:
         return None

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import trio
 
-from actors.preflight import _reason, origin, run_preflight, sign
+from actors.preflight import _envelope, _reason, origin, run_preflight, sign
 from tests.conftest import make_config
 from tests.test_fake_bitunix import serving
 from tools.fake_bitunix import FakeBitunix, Faults
@@ -105,6 +105,14 @@ def test_printed_url_is_scheme_host_port_only() -> None:
     assert origin("https://fapi.bitunix.com") == "https://fapi.bitunix.com"
     assert origin("http://u:pw@127.0.0.1:8080/prefix/?q=1") == "http://127.0.0.1:8080"
     assert origin("http://[::1]:9000/x") == "http://[::1]:9000"
+
+
+def test_an_answer_nested_too_deeply_is_not_the_envelope() -> None:
+    """Found by an audit: json's RecursionError on an answer of arrays nested by the thousand (a
+    proxy's or a broken server's) escaped as a traceback; it is 'not the exchange's JSON envelope'
+    (exit 4) as any other answer that is not."""
+    nested = b'{"code":0,"data":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert _envelope(httpx.Response(200, content=nested)) is None
 
 
 @pytest.mark.parametrize(
