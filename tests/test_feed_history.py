@@ -66,6 +66,15 @@ def test_an_enormous_wrong_header_is_quoted_cut_short(tmp_path: Path) -> None:
     assert "(2,000,000 characters)" in str(info.value)
 
 
+def test_a_byte_order_mark_before_the_header_is_read_past(tmp_path: Path) -> None:
+    """Found by an audit: a CSV saved with a UTF-8 byte order mark (a spreadsheet's) was refused,
+    'must start with the header ..., got ['\\ufeffopen_time_ms', ...]', the mark invisible in an
+    editor; the funding file reader reads past it (utf-8-sig) already."""
+    path = tmp_path / "c.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + (HEADER + "60000,100,110,90,105,1\n").encode())
+    assert [c.open_ts for c in read_candles_csv(path, 60)] == [60.0]
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cannot read"):
         list(read_candles_csv(tmp_path / "nope.csv", 60))

@@ -75,7 +75,7 @@ def read_candles_csv(
     except READ_ERRORS as exc:
         raise DataError(f"--data: cannot read {path}: {read_error(exc)}") from exc
     with f:
-        first = header.decode("utf-8", "replace").strip()
+        first = header.decode("utf-8-sig", "replace").strip()  # past a byte order mark (an audit)
         columns = first.split(",")
         if columns != CSV_HEADER:
             # a long first line cut short (found by an audit: a 20 MB one was quoted whole)
