@@ -186,6 +186,23 @@ def test_a_secret_named_variable_holding_a_number_does_not_mangle_the_records(tm
     assert scrubber.scrub("1234567 abc234567") == "1234567 ***"
 
 
+def test_a_secret_with_a_quote_and_a_non_ascii_character_is_masked_in_every_file(tmp_path: Path) -> None:
+    """Found by an audit: a password such as `pä"ss1234` (a quote and a letter beyond ASCII) used as
+    a config value was written in clear in events.jsonl: orjson escapes the quote and keeps the
+    `ä`, a form the scrubber did not know (it had json.dumps's, which writes `\\u00e4`)."""
+    value = 'pä"ss1234'
+    done = run_cli(
+        "--source", "mock", "--duration", "0.02", "--set", f"session.kill_switch={value}",
+        cwd=tmp_path, MY_PASSWORD=value,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "ss1234" not in done.stdout + done.stderr
+    files = list(_written(tmp_path / "runs"))
+    assert any(p.name == "events.jsonl" for p in files)
+    for path in files:
+        assert b"ss1234" not in path.read_bytes(), path
+
+
 def test_log_lines_escape_control_characters_from_outside(capsys: pytest.CaptureFixture[str]) -> None:
     """An exchange's error text (found by an audit: raw escape sequences and a forged log line
     reached the console) is escaped where it is read and again by every log line."""
