@@ -42,7 +42,9 @@ _run_log = RunLog()
 
 
 def _to_stderr(message: str) -> None:
-    sys.stderr.write(message)
+    # the whole line scrubbed, the traceback loguru appends to a message too (`_patch` sees the
+    # message only: found by an audit)
+    sys.stderr.write(secrets.scrub(message))
     sys.stderr.flush()
 
 
@@ -152,6 +154,7 @@ class RunLogFile:
         if self.fault is not None or self._file is None:
             return
         try:
+            message = secrets.scrub(message)  # a traceback's text too (see `_to_stderr`)
             size = len(message.encode("utf-8"))
             if self._size and self._size + size > self.rotation_bytes:
                 self._rotate()

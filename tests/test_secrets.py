@@ -203,6 +203,34 @@ def test_a_secret_with_a_quote_and_a_non_ascii_character_is_masked_in_every_file
         assert b"ss1234" not in path.read_bytes(), path
 
 
+def test_a_traceback_in_the_session_log_is_scrubbed_too(tmp_path: Path) -> None:
+    """Found by an audit: the log's patcher scrubbed each message, not the traceback loguru adds to
+    it (`logger.opt(exception=...)`: the report page's failure, at DEBUG in session.log), nor
+    the serialized line's exception value: an error naming a path that held a secret wrote it."""
+    from loguru import logger
+
+    from actors import logs
+    from actors.recording.html_report import write_report_html
+
+    value = "tok-5e1f0a9b3c7d"
+    run = tmp_path / "run"
+    run.mkdir()
+    try:
+        secrets.install({"MY_TOKEN": value})
+        logs.configure("CRITICAL")
+        sink_id = logs.open_run_log(run)
+        try:
+            assert write_report_html(tmp_path / value / "missing") is None  # logged, not raised
+        finally:
+            logger.remove(sink_id)
+    finally:
+        secrets.install({})
+        logs.configure()
+    text = (run / "session.log").read_text()
+    assert "NotARunFolder" in text and "Traceback" in text and "***" in text  # there, masked
+    assert value not in text
+
+
 def test_log_lines_escape_control_characters_from_outside(capsys: pytest.CaptureFixture[str]) -> None:
     """An exchange's error text (found by an audit: raw escape sequences and a forged log line
     reached the console) is escaped where it is read and again by every log line."""
