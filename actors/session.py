@@ -635,6 +635,15 @@ class Session:
                 f"({interval_label(self.config.interval_s)}) after the candle before them, off its grid: "
                 "mend the file"
             )
+        backwards = skipped.get("csv_time_backwards", 0)
+        if backwards > len(head):
+            # more of the first rows went back in time than were kept (found by an audit: a file
+            # newest first ran as a backtest of its first candle, ok, exit 0, no trade)
+            raise DataError(
+                f"--data {path}: {backwards} of its first rows open before the row before them, "
+                f"{len(head)} candle{'s' if len(head) > 1 else ''} kept: its rows are not in ascending "
+                "time order (newest first?); sort them by open_time_ms"
+            )
         check_spacing(head, self.config.interval_s, path, sum(skipped.values()))
         return head[0].open_ts, itertools.chain(head, candles)
 

@@ -409,3 +409,23 @@ def test_a_backtest_of_a_file_with_an_enormous_price_ends_ok(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr[-2000:]
     assert "stop_reason=data_end" in done.stdout + done.stderr
     assert "csv_bad_prices 1" in done.stderr
+
+
+def test_a_file_newest_first_is_refused_at_start(tmp_path: Path) -> None:
+    """Found by an audit: a file in descending time order (an export newest first) ran as a backtest
+    of its first candle, every other row skipped as csv_time_backwards, and ended ok, exit 0, with
+    no trade, said only in a warning at the end. Refused at start, exit 2, as rows off the grid are;
+    a few rows out of order are still skipped and counted."""
+    rows = [f"{60000 * (i + 1)},{100 + i},{101 + i},{99 + i},{100.5 + i},10" for i in range(30)]
+    (tmp_path / "desc.csv").write_text(HEADER + "\n".join(reversed(rows)) + "\n")
+    done = run_cli("--mode", "backtest", "--data", "desc.csv", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout[-1000:] + done.stderr[-1000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: --data desc.csv: 29 of its first rows open before the row before them, 1 candle kept: "
+        "its rows are not in ascending time order (newest first?); sort them by open_time_ms"
+    )
+    rows[10], rows[11] = rows[11], rows[10]  # one row out of order: skipped, counted, the run goes on
+    (tmp_path / "one.csv").write_text(HEADER + "\n".join(rows) + "\n")
+    done = run_cli("--mode", "backtest", "--data", "one.csv", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert "csv_time_backwards 1" in done.stderr
