@@ -429,3 +429,30 @@ def test_a_file_newest_first_is_refused_at_start(tmp_path: Path) -> None:
     done = run_cli("--mode", "backtest", "--data", "one.csv", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-1000:]
     assert "csv_time_backwards 1" in done.stderr
+
+
+def test_an_enormous_line_is_one_malformed_row_read_in_bounded_memory(tmp_path: Path) -> None:
+    """Found by an audit: a candle file with a 60 MB line (no newline in it) took 7 s and 220 MB:
+    the reader kept the line's start and copied it with each chunk read (quadratic), and a line
+    of gigabytes would have exhausted the memory. A line longer than MAX_LINE_BYTES is dropped as
+    it is read: one row that is not six numbers, counted, the rows around it read."""
+    import tracemalloc
+
+    good = [f"{60000 * (i + 1)},100,110,90,105,1" for i in range(4)]
+    path = tmp_path / "c.csv"
+    with path.open("w") as f:
+        f.write(HEADER + good[0] + "\n" + good[1] + "\n")
+        f.write("9" * 40_000_000 + "\n")
+        f.write(good[2] + "\n" + good[3] + "\n")
+    stats: dict[str, int] = {}
+    by: dict[str, int] = {}
+    first: list[tuple[int, str]] = []
+    tracemalloc.start()
+    try:
+        candles = list(read_candles_csv(path, 60, stats, skipped_by=by, first_skipped=first))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [c.open_ts for c in candles] == [60.0, 120.0, 180.0, 240.0]
+    assert by == {"csv_not_six_numbers": 1} and first == [(4, "csv_not_six_numbers")]
+    assert peak < 8_000_000, peak  # a few chunks, not the line (40 MB)
