@@ -213,6 +213,9 @@ def test_the_terminal_closing_stops_the_session_flat_with_its_report(tmp_path: P
 
     def controlling_terminal() -> None:
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        # SIGHUP's default, whatever the test runner has (under nohup it is ignored, and a session
+        # keeps an ignored SIGHUP ignored, as documented: the hang-up would then go unheard)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
     sets = [a for s in TRADES_OFTEN for a in ("--set", s)]
     proc = subprocess.Popen(

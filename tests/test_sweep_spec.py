@@ -405,6 +405,7 @@ def _candles(path: Path, step_s: int, n: int = 300) -> Path:
     return path
 
 
+@pytest.mark.sweep  # the sweep's data columns are numpy arrays (the `sweep` extra: nox -s sweep)
 @pytest.mark.parametrize(("step_s", "interval"), [(60, "5m"), (300, "1m")])
 def test_data_of_another_interval_is_refused_as_the_cli_backtest_refuses_it(
     tmp_path: Path, step_s: int, interval: str
@@ -503,6 +504,7 @@ def test_a_warm_up_long_against_the_test_days_is_said(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.sweep  # the sweep's data columns are numpy arrays (the `sweep` extra: nox -s sweep)
 def test_a_trials_report_counts_the_rows_skipped_as_the_cli_backtests_does(tmp_path: Path) -> None:
     """A trial's candles come from the data read once (not the file): its report said
     `malformed_dropped: {}` where the CLI backtest of the same window counted the file's rows
@@ -560,6 +562,7 @@ def test_a_trials_run_folder_is_named_inside_the_sweeps_folder_wherever_the_log_
     assert row["run_folder"] == "trials/3104b67c77618f5a/backtest-20250510T000000Z-s42"
 
 
+@pytest.mark.sweep  # the sweep's data columns are numpy arrays (the `sweep` extra: nox -s sweep)
 @pytest.mark.parametrize("rows", ["", "x,1,2,3,4,5\n1,2\n"], ids=["header-only", "all-malformed"])
 def test_data_without_a_candle_is_refused_as_the_cli_backtest_refuses_it(tmp_path: Path, rows: str) -> None:
     """A data file of no candle (its header alone, or every row malformed) ended the sweep in a
@@ -580,6 +583,7 @@ def test_data_without_a_candle_is_refused_as_the_cli_backtest_refuses_it(tmp_pat
     assert f"error: {refused.value}" in cli.stderr.splitlines()
 
 
+@pytest.mark.sweep  # the sweep's data columns are numpy arrays (the `sweep` extra: nox -s sweep)
 def test_a_window_whose_data_is_short_is_said(tmp_path: Path) -> None:
     """Only a window ending after the data's last candle was said; one across a gap of the data
     (the shared perp file's, 2023-08-17 11:11 to 2025-05-04) was judged on a few hours of its
