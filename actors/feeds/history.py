@@ -75,11 +75,13 @@ def read_candles_csv(
     except READ_ERRORS as exc:
         raise DataError(f"--data: cannot read {path}: {read_error(exc)}") from exc
     with f:
-        first = header.decode("utf-8-sig", "replace").strip()  # past a byte order mark (an audit)
-        columns = first.split(",")
+        # past a byte order mark (an audit); its own name: compiled (mypyc), a name has one type,
+        # and `first` below is a float (a str here failed every compiled read)
+        heading = header.decode("utf-8-sig", "replace").strip()
+        columns = heading.split(",")
         if columns != CSV_HEADER:
             # a long first line cut short (found by an audit: a 20 MB one was quoted whole)
-            got = str(columns) if len(first) <= 60 else f"{first[:60]!r}... ({len(first):,} characters)"
+            got = str(columns) if len(heading) <= 60 else f"{heading[:60]!r}... ({len(heading):,} characters)"
             raise DataError(f"--data: {path} must start with the header {','.join(CSV_HEADER)}, got {got}")
         last_open = -math.inf
         candles = skipped = 0
