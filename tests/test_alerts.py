@@ -63,12 +63,29 @@ def test_error_rate_counts_errors_within_a_minute_of_event_time() -> None:
     (alert,) = r.on_event("error", 59.0, {"message": "c", "where": "feed"})  # three within 60 s
     assert (alert.rule, alert.severity, alert.details["errors"]) == ("error_rate", "critical", 3)
     assert "the last: c" in alert.message
-    assert r.on_event("error", 70.0, {}) == []  # still above, but one alert per minute
-    assert r.on_event("error", 200.0, {}) == []  # the old ones fell out of the window
-    assert r.on_event("error", 201.0, {}) == []
-    assert [a.rule for a in r.on_event("error", 202.0, {})] == ["error_rate"]
+    assert r.on_event("error", 70.0, {}) == []  # still above: the same episode
     off = rules(max_errors_per_min=0)
     assert all(off.on_event("error", float(t), {}) == [] for t in range(100))
+
+
+def test_errors_that_persist_for_hours_are_one_error_rate_alert_until_a_quiet_period() -> None:
+    """Found by an audit: errors persisting at 4 a minute raised an `error_rate` alert every
+    minute, 180 in three hours, each a webhook message. One alert per episode: the next only
+    after `ERROR_QUIET_S` (300 s) of event time with no error."""
+    r = rules(max_errors_per_min=3)
+    raised = []
+    for n in range(4 * 60 * 3):  # an error every 15 s for three hours: 4 within any minute
+        raised += r.on_event("error", 15.0 * n, {"message": f"e{n}", "where": "feed"})
+        raised += r.on_event("heartbeat", 15.0 * n + 7.5, {})
+    assert [(a.rule, a.ts) for a in raised] == [("error_rate", 45.0)]  # the 4th within 60 s, once
+    last = 15.0 * (4 * 60 * 3 - 1)
+    assert r.on_event("heartbeat", last + 299.0, {}) == []
+    for t in (last + 280.0, last + 281.0, last + 282.0):  # a burst within the quiet period
+        assert r.on_event("error", t, {}) == []  # the same episode: not quiet yet
+    burst = last + 282.0 + 300.0  # 300 s with no error: the next burst is a new episode
+    for t in (burst, burst + 1.0, burst + 2.0):
+        assert r.on_event("error", t, {}) == []
+    assert [a.rule for a in r.on_event("error", burst + 3.0, {})] == ["error_rate"]
 
 
 def test_feed_down_fires_once_after_the_limit_at_any_event_and_rearms_on_reconnect() -> None:

@@ -9,7 +9,8 @@ and between a session and its replay):
 
 - **Event rules** are functions of the events alone (their kinds, fields and `ts`): `breaker`
   (`breaker.tripped`), `liquidation`, `resume` (`session.resumed`), `fallback` (`feed.fallback`),
-  `error_rate` (more than `alerts.max_errors_per_min` `error` events within 60 s of event time),
+  `error_rate` (more than `alerts.max_errors_per_min` `error` events within 60 s of event time;
+  once an episode: again only after `ERROR_QUIET_S` with no `error` event),
   `session_error` (an `error` event the session ends on: `where` "session" or "storage"; at once),
   `stale_flatten` (a live flatten's `order.submitted` whose `quote_age_s` is above 5 s)
   and `feed_down` (`feed.disconnected`, or a session on the exchange's feed starting or resuming,
@@ -58,6 +59,8 @@ from protocols.records import dumps_line, iso
 
 ALERT_KIND = "alert"
 ERROR_WINDOW_S = 60.0
+# `error_rate` fires once an episode: the episode ends after this long with no `error` event, seconds
+ERROR_QUIET_S = 300.0
 FLAPPING_WINDOW_S = 3600.0  # `feed_flapping` counts the disconnects within this, seconds
 # `error` events the session ends on (or, recorded at a resume, ended on): each alerts at once
 FATAL_ERRORS = frozenset({"session", "storage"})
@@ -93,7 +96,8 @@ class AlertRules:
     def __init__(self, config: AlertsConfig) -> None:
         self.config = config
         self.errors: deque[float] = deque()
-        self.errors_quiet_until = -math.inf  # one error-rate alert per window
+        self.errors_alerted = False  # an error-rate episode is on (alerted, not quiet yet)
+        self.last_error: float = -math.inf  # ts of the last `error` event counted
         self.feed_down_since: float | None = None
         self.feed_down_alerted = False
         self.on_exchange = False  # the session trades on the exchange's feed (not fallen back)
@@ -246,12 +250,17 @@ class AlertRules:
         limit = self.config.max_errors_per_min
         if limit <= 0:
             return None
+        if ts - self.last_error >= ERROR_QUIET_S:
+            self.errors_alerted = False  # quiet long enough: the episode is over
+        self.last_error = ts
         self.errors.append(ts)
         while self.errors and self.errors[0] <= ts - ERROR_WINDOW_S:
             self.errors.popleft()
-        if len(self.errors) <= limit or ts < self.errors_quiet_until:
+        # once an episode (found by an audit: errors persisting at 4 a minute raised an alert every
+        # minute, 180 in three hours, each a webhook message)
+        if len(self.errors) <= limit or self.errors_alerted:
             return None
-        self.errors_quiet_until = ts + ERROR_WINDOW_S
+        self.errors_alerted = True
         return Alert(
             ts,
             "error_rate",
