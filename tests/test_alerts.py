@@ -13,7 +13,7 @@ import trio
 
 from actors.config import AlertsConfig, load
 from actors.plan import Plan
-from actors.recording.alerts import AlertLog, AlertRules
+from actors.recording.alerts import Alert, AlertLog, AlertRules
 from actors.recording.webhook import Webhook
 from actors.session import run_session
 from protocols.records import METRIC_COLUMNS, metrics_csv_row
@@ -83,7 +83,8 @@ def test_errors_that_persist_for_hours_are_one_error_rate_alert_until_a_quiet_pe
     for t in (last + 280.0, last + 281.0, last + 282.0):  # a burst within the quiet period
         assert r.on_event("error", t, {}) == []  # the same episode: not quiet yet
     burst = last + 282.0 + 300.0  # 300 s with no error: the next burst is a new episode
-    for t in (burst, burst + 1.0, burst + 2.0):
+    assert resolved(r.on_event("error", burst, {})) == [("error_rate", "info", burst)]  # (its own test)
+    for t in (burst + 1.0, burst + 2.0):
         assert r.on_event("error", t, {}) == []
     assert [a.rule for a in r.on_event("error", burst + 3.0, {})] == ["error_rate"]
 
@@ -95,12 +96,15 @@ def test_feed_down_fires_once_after_the_limit_at_any_event_and_rearms_on_reconne
     (alert,) = r.on_event("heartbeat", 130.0, {})
     assert (alert.rule, alert.severity, alert.details["down_s"]) == ("feed_down", "critical", 30.0)
     assert r.on_event("heartbeat", 131.0, {}) == []  # once per outage
-    assert r.on_event("feed.connected", 140.0, {"downtime_s": 40.0}) == []
+    assert resolved(r.on_event("feed.connected", 140.0, {"downtime_s": 40.0})) == [
+        ("feed_down", "info", 140.0)
+    ]
     assert r.on_event("heartbeat", 500.0, {}) == []  # up again
     r.on_event("feed.disconnected", 600.0, {})
     r.on_event("feed.disconnected", 610.0, {})  # still the same outage
-    (again,) = r.on_event("feed.connected", 645.0, {})  # no event in between: raised on reconnect
-    assert again.details["down_s"] == 45.0
+    again, back = r.on_event("feed.connected", 645.0, {})  # no event in between: raised on reconnect
+    assert (again.rule, again.details["down_s"]) == ("feed_down", 45.0)
+    assert resolved([back]) == [("feed_down", "info", 645.0)]
     short = rules(feed_down_s=30)
     short.on_event("feed.disconnected", 0.0, {})
     assert short.on_event("feed.connected", 29.0, {}) == []
@@ -198,7 +202,7 @@ def test_memory_and_disk_fire_when_crossing_and_again_only_after_recovering() ->
     alerts = r.on_health({"rss_mb": 120.0, "disk_free_mb": 10.0}, 2.0)
     assert [(a.rule, a.severity) for a in alerts] == [("memory", "warning"), ("disk", "critical")]
     assert r.on_health({"rss_mb": 130.0, "disk_free_mb": 5.0}, 3.0) == []  # still out: no repeat
-    assert r.on_health(ok, 4.0) == []
+    assert resolved(r.on_health(ok, 4.0)) == [("memory", "info", 4.0), ("disk", "info", 4.0)]
     assert [a.rule for a in r.on_health({"rss_mb": 101.0, "disk_free_mb": 60.0}, 5.0)] == ["memory"]
     assert r.on_health({"rss_mb": None, "disk_free_mb": None}, 6.0) == []  # psutil could not read
     assert rules().on_health({"rss_mb": 1e9, "disk_free_mb": 0.0}, 1.0) == []  # 0: off
@@ -217,9 +221,94 @@ def test_a_figure_wavering_at_its_limit_alerts_once_until_it_has_clearly_recover
             {"rss_mb": 101.0 if high else 99.0, "disk_free_mb": 499.0 if high else 501.0}, n
         )
     assert [(a.rule, a.ts) for a in raised] == [("memory", 0.0), ("disk", 0.0)]
-    assert r.on_health({"rss_mb": 90.0, "disk_free_mb": 550.0}, 600.0) == []  # clearly recovered
+    back = r.on_health({"rss_mb": 90.0, "disk_free_mb": 550.0}, 600.0)  # clearly recovered
+    assert resolved(back) == [("memory", "info", 600.0), ("disk", "info", 600.0)] and resolved(raised) == []
     again = r.on_health({"rss_mb": 101.0, "disk_free_mb": 499.0}, 601.0)
     assert [a.rule for a in again] == ["memory", "disk"]
+
+
+def resolved(alerts: list[Alert]) -> list[tuple[str, str, float]]:
+    """(rule, severity, ts) of the resolved alerts among `alerts`."""
+    return [(a.rule, a.severity, a.ts) for a in alerts if a.details.get("resolved")]
+
+
+def test_feed_down_is_resolved_once_when_the_feed_is_back() -> None:
+    """Found by an audit: an operator paged at night by `feed_down` was never told the feed came
+    back. A `feed_down` alert is followed, once, by a resolved one (severity info) when the feed
+    connects (or the session falls back to the mock source); an outage never alerted is not."""
+    r = rules(feed_down_s=30)
+    r.on_event("feed.disconnected", 100.0, {"reason": "closed"})
+    (down,) = r.on_event("heartbeat", 130.0, {})
+    assert down.rule == "feed_down"
+    (back,) = r.on_event("feed.connected", 172.5, {"downtime_s": 72.5})
+    assert (back.rule, back.severity, back.ts) == ("feed_down", "info", 172.5)
+    assert back.message == "resolved: the market data feed is back after 72 s down"
+    assert back.details == {
+        "resolved": True, "since": "1970-01-01T00:01:40.000Z", "lasted_s": 72.5, "feed_down_s": 30,
+    }  # fmt: skip
+    assert r.on_event("feed.connected", 173.0, {}) == [] and r.on_event("heartbeat", 999.0, {}) == []
+    r.on_event("feed.disconnected", 1000.0, {})  # a short outage: no alert, nothing to resolve
+    assert r.on_event("feed.connected", 1010.0, {}) == []
+    fell_back = rules(feed_down_s=5)
+    fell_back.on_event("session.started", 0.0, {"data_source": "bitunix"})
+    assert [a.rule for a in fell_back.on_event("heartbeat", 5.0, {})] == ["feed_down"]
+    alerts = fell_back.on_event("feed.fallback", 15.0, {"reason": "x", "data_source": "mock (fallback: x)"})
+    assert [(a.rule, a.severity) for a in alerts] == [("feed_down", "info"), ("fallback", "warning")]
+    assert (
+        alerts[0].message
+        == "resolved: no more waiting on the market data feed after 15 s: the session trades on the mock source"
+    )
+
+
+def test_an_outage_alerted_before_a_crash_is_resolved_once_after_the_resume() -> None:
+    """The resumed process's feed is down until it connects: the outage alerted before the crash
+    goes on (no second alert), and is resolved when the feed connects."""
+    r = rules(feed_down_s=5)
+    r.on_event("session.started", 0.0, {"data_source": "bitunix"})
+    r.on_event("feed.connected", 1.0, {})
+    r.on_event("feed.disconnected", 10.0, {})
+    assert [a.rule for a in r.on_event("heartbeat", 15.0, {})] == ["feed_down"]
+    assert [a.rule for a in r.on_event("session.resumed", 100.0, {})] == ["resume"]
+    assert r.on_event("heartbeat", 200.0, {}) == []  # the same outage: alerted already
+    (back,) = r.on_event("feed.connected", 201.0, {})
+    assert (back.severity, back.details["lasted_s"]) == ("info", 191.0)
+
+
+def test_memory_and_disk_are_resolved_once_when_clearly_back() -> None:
+    """Each alerted figure, once back past its re-arm level (memory under 90 % of its limit, free
+    disk over 110 % of its), raises one resolved alert (info), with the figure."""
+    r = rules(max_rss_mb=100, min_free_disk_mb=500)
+    assert [a.rule for a in r.on_health({"rss_mb": 120.0, "disk_free_mb": 400.0}, 10.0)] == ["memory", "disk"]
+    assert r.on_health({"rss_mb": 95.0, "disk_free_mb": 520.0}, 20.0) == []  # back, not clearly
+    memory, disk = r.on_health({"rss_mb": 80.0, "disk_free_mb": 600.0}, 70.0)
+    assert (memory.rule, memory.severity, disk.rule, disk.severity) == ("memory", "info", "disk", "info")
+    assert (
+        memory.message == "resolved: resident memory 80 MB is back under 90 % of alerts.max_rss_mb = 100 MB"
+    )
+    assert disk.message == (
+        "resolved: 600 MB free on the run folder's disk, back over 110 % of alerts.min_free_disk_mb = 500 MB"
+    )
+    assert memory.details == {
+        "resolved": True, "since": "1970-01-01T00:00:10.000Z", "lasted_s": 60.0, "rss_mb": 80.0, "max_rss_mb": 100,
+    }  # fmt: skip
+    assert disk.details["disk_free_mb"] == 600.0 and disk.details["lasted_s"] == 60.0
+    assert r.on_health({"rss_mb": 80.0, "disk_free_mb": 600.0}, 80.0) == []  # once
+
+
+def test_an_error_rate_episode_is_resolved_after_its_quiet_period() -> None:
+    r = rules(max_errors_per_min=2)
+    for t in (0.0, 10.0, 20.0):
+        alerts = r.on_event("error", t, {"message": "x"})
+    assert [a.rule for a in alerts] == ["error_rate"]
+    r.on_event("error", 100.0, {})  # within the episode
+    assert r.on_event("heartbeat", 399.0, {}) == []  # 299 s after the last error
+    (quiet,) = r.on_event("heartbeat", 400.0, {})
+    assert (quiet.rule, quiet.severity) == ("error_rate", "info")
+    assert quiet.message == (
+        "resolved: no error event for 300 s; 4 errors from 1970-01-01T00:00:00.000Z to 1970-01-01T00:01:40.000Z"
+    )
+    assert quiet.details["errors"] == 4 and quiet.details["lasted_s"] == 400.0
+    assert r.on_event("heartbeat", 500.0, {}) == []
 
 
 def test_alert_log_appends_json_lines_and_notifies(tmp_path: Path) -> None:

@@ -358,6 +358,30 @@ def test_the_summary_counts_the_machines_alerts_that_only_alerts_jsonl_holds(tmp
     assert rows["alerts"] == "4: breaker 1, disk 2, memory 1"
 
 
+def test_the_summary_counts_resolved_alerts_apart_from_the_conditions(tmp_path: Path) -> None:
+    """A condition that ends is said by a resolved alert of its rule (severity info): the page
+    counts the conditions by rule and the resolved apart (not a feed outage counted twice)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    started = _ev("session.started", "00:00:00", symbol="BTCUSDT", starting_equity=1000.0, seed=7)
+    down = _ev("alert", "00:10:00", seq=2, rule="feed_down", severity="critical", message="down")
+    back = _ev("alert", "00:11:00", seq=3, rule="feed_down", severity="info", message="resolved: back")
+    stopped = _ev("session.stopped", "01:00:00", status="ok", stop_reason="duration", ending_equity=1000.0)
+    records = (started, down, back, stopped)
+    (run / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    lines = [
+        {"ts": down["ts"], "seq": 2, "rule": "feed_down", "severity": "critical"},
+        {"ts": back["ts"], "seq": 3, "rule": "feed_down", "severity": "info"},
+        {"ts": down["ts"], "seq": None, "rule": "disk", "severity": "critical"},
+        {"ts": back["ts"], "seq": None, "rule": "disk", "severity": "info"},
+    ]
+    (run / "alerts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    data = html_report.load_run(run)
+    page = html_report._summary(data, statistics(data.records))
+    rows = dict(re.findall(r'<tr><th>([^<]*)</th><td class="text">([^<]*)</td></tr>', page))
+    assert rows["alerts"] == "2: disk 1, feed_down 1; 2 resolved"
+
+
 def test_statistics_undefined_where_nothing_defines_them() -> None:
     flat = [
         _ev("session.started", "00:00:00", symbol="BTCUSDT", starting_equity=1000.0),

@@ -20,7 +20,9 @@ from actors.recording.recorder import Recorder
 from actors.recording.webhook import Webhook
 from actors.session import run_session
 from protocols.messages import Event
-from tests.conftest import make_config
+from tests.conftest import make_config, read_events
+from tools.fake_bitunix import FakeBitunix, Faults
+from tools.validate_session import validate
 
 pytestmark = pytest.mark.slow
 
@@ -269,6 +271,52 @@ async def test_a_live_session_posts_each_alert_of_alerts_jsonl_once(tmp_path: Pa
     assert sorted(a["rule"] for a in logged) == ["disk", "memory"]
     assert [{k: v for k, v in m.items() if k != "text"} for m in receiver.delivered] == logged
     assert len(receiver.requests) == len(logged) + 2
+
+
+async def test_a_feed_outage_is_paged_and_its_end_said_once(tmp_path: Path) -> None:
+    """Found by an audit: `feed_down` paged the operator, and nothing said the feed came back. The
+    fake exchange refuses the first 5 handshakes (by count; the seeded backoff waits 1.58 s in all
+    before the 6th), with `alerts.feed_down_s` = 1: one `feed_down` alert, then, at the connect,
+    one resolved alert (info): both in events.jsonl and alerts.jsonl and POSTed, in order."""
+    fake = FakeBitunix(seed=12, faults=Faults(refuse_handshakes=5))
+    receiver = Receiver()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.run)
+        url = await nursery.start(receiver.serve)
+        config = make_config(
+            tmp_path,
+            "feed.source=bitunix",
+            f"feed.ws_url={fake.ws_url}",
+            f"feed.rest_url={fake.rest_url}",
+            "feed.connect_timeout_s=1",
+            "feed.fallback=none",
+            "feed.backoff_max_s=1",
+            "session.seed=42",  # the feed's backoff delays: 0.32, 0.03, 0.28, 0.22, 0.74 s
+            "strategy.history=30",
+            "alerts.feed_down_s=1",
+            f"observability.webhook_url={url}",
+            duration_min=4 / 60,
+        )
+        with trio.fail_after(60):
+            result = await run_session(config, handle_signals=False, progress_mode="off")
+        nursery.cancel_scope.cancel()
+    assert fake.stats.handshakes_refused == 5 and fake.stats.connections == 1
+    events = read_events(result.run_path)
+    alerts = [e for e in events if e["kind"] == "alert"]
+    assert [(a["rule"], a["severity"]) for a in alerts] == [("feed_down", "critical"), ("feed_down", "info")]
+    (connected,) = [e for e in events if e["kind"] == "feed.connected"]
+    back = alerts[1]
+    assert back["seq"] == connected["seq"] + 1 and back["ts"] == connected["ts"]
+    down = connected["downtime_s"]
+    assert back["message"] == f"resolved: the market data feed is back after {down:.0f} s down"
+    assert back["details"]["resolved"] is True and back["details"]["lasted_s"] >= 1.58
+    logged = [json.loads(line) for line in (result.run_path / "alerts.jsonl").read_text().splitlines()]
+    assert [(a["seq"], a["rule"], a["severity"]) for a in logged] == [
+        (a["seq"], a["rule"], a["severity"]) for a in alerts
+    ]
+    assert [{k: v for k, v in m.items() if k != "text"} for m in receiver.delivered] == logged
+    assert receiver.delivered[1]["text"] == f"[info] {result.run_path.name}: {back['message']}"
+    assert validate(result.run_path) == []
 
 
 async def test_a_receiver_that_never_answers_does_not_delay_the_heartbeats(

@@ -26,9 +26,16 @@ and between a session and its replay):
   figure crosses the limit and again only after it has come back clearly (memory to 90 % of its
   limit, free disk to 110 % of its: a figure wavering at its limit is one alert).
 
+**Resolved**: a condition that ends is said once (found by an audit: an operator paged at night was
+never told it recovered): `feed_down` at the `feed.connected` (or `feed.fallback`) that ends the
+outage alerted, `memory` and `disk` when their figure has come back clearly (as they re-arm), and
+`error_rate` after `ERROR_QUIET_S` with no `error` event (checked at every event): an alert of the
+same rule, severity `info`, its message starting `resolved: `, `details.resolved` true, `since`
+(when the condition began) and `lasted_s`. Event rules' resolved alerts are `alert` events too.
+
 `alerts.jsonl` (created with the first alert): one JSON object per alert, `ts` (ISO-8601 UTC, the
 session clock), `run_id`, `seq` (the `alert` event's in `events.jsonl`; null for health alerts),
-`rule`, `severity` (`warning` or `critical`), `message`, `details`. A resume takes the events after
+`rule`, `severity` (`warning`, `critical`, or `info`: resolved), `message`, `details`. A resume takes the events after
 its checkpoint out of `events.jsonl` (their seqs are given again, to other events), and closing a
 run killed before its first checkpoint may leave out the events of its last step: the alerts of
 those events are moved to `alerts.discarded.jsonl` (`set_aside`; found by the crash audit: they
@@ -76,7 +83,7 @@ RECOVERED_DISK = 1.1
 class Alert:
     ts: float
     rule: str
-    severity: str  # "warning" or "critical"
+    severity: str  # "warning" or "critical"; "info": a resolved alert (`_resolved`)
     message: str
     details: dict[str, Any]
 
@@ -98,6 +105,8 @@ class AlertRules:
         self.errors: deque[float] = deque()
         self.errors_alerted = False  # an error-rate episode is on (alerted, not quiet yet)
         self.last_error: float = -math.inf  # ts of the last `error` event counted
+        self.episode_errors = 0  # the errors of the episode alerted, from its alert's first
+        self.episode_since = 0.0  # ts of that first error
         self.feed_down_since: float | None = None
         self.feed_down_alerted = False
         self.on_exchange = False  # the session trades on the exchange's feed (not fallen back)
@@ -106,9 +115,12 @@ class AlertRules:
         self.flapping_quiet_until = -math.inf  # one feed_flapping alert per window
         self.rss_high = False
         self.disk_low = False
+        self.rss_since = self.disk_since = 0.0  # when each was alerted
 
     def on_event(self, kind: str, ts: float, fields: dict[str, Any]) -> list[Alert]:
         alerts: list[Alert] = []
+        if self.errors_alerted and ts - self.last_error >= ERROR_QUIET_S:
+            self._errors_quiet(ts, alerts)
         if self.feed_down_since is not None:
             self._feed_down(kind, ts, alerts)
         rule = _EVENT_RULES.get(kind)
@@ -132,6 +144,18 @@ class AlertRules:
                         {"rss_mb": rss, "max_rss_mb": limit},
                     )
                 )
+                self.rss_since = ts
+            elif self.rss_high and rss <= RECOVERED_RSS * limit:
+                alerts.append(
+                    _resolved(
+                        ts,
+                        "memory",
+                        f"resident memory {rss:,.0f} MB is back under {RECOVERED_RSS * 100:.0f} % of "
+                        f"alerts.max_rss_mb = {limit:g} MB",
+                        self.rss_since,
+                        {"rss_mb": rss, "max_rss_mb": limit},
+                    )
+                )
             # re-armed only once clearly back (found by the cockpit audit: a figure wavering at
             # its limit alerted at every other sample)
             self.rss_high = rss > RECOVERED_RSS * limit if self.rss_high else rss > limit
@@ -144,6 +168,18 @@ class AlertRules:
                         "disk",
                         "critical",
                         f"{free:,.0f} MB free on the run folder's disk, below alerts.min_free_disk_mb = {limit:g} MB",
+                        {"disk_free_mb": free, "min_free_disk_mb": limit},
+                    )
+                )
+                self.disk_since = ts
+            elif self.disk_low and free >= RECOVERED_DISK * limit:
+                alerts.append(
+                    _resolved(
+                        ts,
+                        "disk",
+                        f"{free:,.0f} MB free on the run folder's disk, back over {RECOVERED_DISK * 100:.0f} % of "
+                        f"alerts.min_free_disk_mb = {limit:g} MB",
+                        self.disk_since,
                         {"disk_free_mb": free, "min_free_disk_mb": limit},
                     )
                 )
@@ -168,7 +204,20 @@ class AlertRules:
                 )
             )
         if kind in ("feed.connected", "feed.fallback"):  # live data again, or the mock source's
-            self.feed_down_since = None
+            if self.feed_down_alerted:  # said once it is over (found by an audit: never said)
+                alerts.append(
+                    _resolved(
+                        ts,
+                        "feed_down",
+                        f"the market data feed is back after {down:.0f} s down"
+                        if kind == "feed.connected"
+                        else f"no more waiting on the market data feed after {down:.0f} s: "
+                        "the session trades on the mock source",
+                        self.feed_down_since,
+                        {"feed_down_s": limit},
+                    )
+                )
+            self.feed_down_since, self.feed_down_alerted = None, False
 
     def _submitted(self, ts: float, fields: dict[str, Any]) -> Alert | None:
         """A live flatten at a quote older than STALE_FLATTEN_S (found by an audit: a session
@@ -250,17 +299,19 @@ class AlertRules:
         limit = self.config.max_errors_per_min
         if limit <= 0:
             return None
-        if ts - self.last_error >= ERROR_QUIET_S:
-            self.errors_alerted = False  # quiet long enough: the episode is over
         self.last_error = ts
         self.errors.append(ts)
         while self.errors and self.errors[0] <= ts - ERROR_WINDOW_S:
             self.errors.popleft()
         # once an episode (found by an audit: errors persisting at 4 a minute raised an alert every
-        # minute, 180 in three hours, each a webhook message)
-        if len(self.errors) <= limit or self.errors_alerted:
+        # minute, 180 in three hours, each a webhook message); `_errors_quiet` ends it
+        if self.errors_alerted:
+            self.episode_errors += 1
+            return None
+        if len(self.errors) <= limit:
             return None
         self.errors_alerted = True
+        self.episode_errors, self.episode_since = len(self.errors), self.errors[0]
         return Alert(
             ts,
             "error_rate",
@@ -268,6 +319,20 @@ class AlertRules:
             f"{len(self.errors)} errors within a minute (alerts.max_errors_per_min = {limit}); "
             f"the last: {fields.get('message', '')}",
             {"errors": len(self.errors), "max_errors_per_min": limit, "where": fields.get("where")},
+        )
+
+    def _errors_quiet(self, ts: float, alerts: list[Alert]) -> None:
+        """The error-rate episode is over: no `error` event for ERROR_QUIET_S."""
+        self.errors_alerted = False
+        alerts.append(
+            _resolved(
+                ts,
+                "error_rate",
+                f"no error event for {ERROR_QUIET_S:.0f} s; {self.episode_errors} errors from "
+                f"{iso(self.episode_since)} to {iso(self.last_error)}",
+                self.episode_since,
+                {"errors": self.episode_errors, "last_error": iso(self.last_error)},
+            )
         )
 
     def _breaker(self, ts: float, fields: dict[str, Any]) -> Alert:
@@ -294,7 +359,8 @@ class AlertRules:
         )
 
     def _resumed(self, ts: float, fields: dict[str, Any]) -> Alert:
-        if self.on_exchange:
+        if self.on_exchange and not (self.feed_down_since is not None and self.feed_down_alerted):
+            # (an outage alerted before the crash goes on: one alert, resolved once it connects)
             # the new process's feed is down until it connects (found by the cockpit audit: resumed
             # while the exchange was unreachable, it sat stale to its end with no alert: no
             # `feed.disconnected` from a feed never up, and the state of before the crash said up)
@@ -380,7 +446,7 @@ class AlertLog:
             except OSError as exc:
                 self.fault = (exc, self.path)
                 self.close()
-        log = logger.error if alert.severity == "critical" else logger.warning
+        log = {"critical": logger.error, "info": logger.info}.get(alert.severity, logger.warning)
         log("ALERT {}: {}", alert.rule, alert.message)
         if self.notify is not None:
             text = f"[{alert.severity}] {self.run_id}: {alert.message}"
@@ -443,6 +509,17 @@ def set_aside(run: Path, after_seq: int) -> int:
         os.replace(tmp, path)
     checkpoint.fsync_dir(run)
     return len(moved)
+
+
+def _resolved(ts: float, rule: str, message: str, since: float, details: dict[str, Any]) -> Alert:
+    """The alert that says `rule`'s condition, on since `since`, is over (severity info), once."""
+    return Alert(
+        ts,
+        rule,
+        "info",
+        f"resolved: {message}",
+        {"resolved": True, "since": iso(since), "lasted_s": round(ts - since, 3), **details},
+    )
 
 
 def _price(value: Any) -> str:

@@ -92,6 +92,7 @@ class RunData:
     instruments: dict[str, dict[str, Any]]  # the `feed.instrument` events by symbol
     # the alerts of alerts.jsonl that no event carries (`memory`, `disk`: no seq), by rule
     machine_alerts: dict[str, int] = attrs.field(factory=dict)
+    machine_resolved: int = 0  # and those of them resolved alerts (severity info), not counted there
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         """The records of one kind, in file order (a chart of one kind need not scan them all)."""
@@ -153,13 +154,15 @@ def load_run(path: Path, page: PageRecords | None = None) -> RunData:
                     candles.setdefault(candle.get("symbol", ""), []).append(candle)
     by_kind = page.by_kind
     instruments = {r.get("symbol", ""): r for r in by_kind.get("feed.instrument", [])}
-    return RunData(path, page.records, by_kind, report, candles, instruments, _machine_alerts(path))
+    return RunData(path, page.records, by_kind, report, candles, instruments, *_machine_alerts(path))
 
 
-def _machine_alerts(path: Path) -> dict[str, int]:
+def _machine_alerts(path: Path) -> tuple[dict[str, int], int]:
     """The alerts of the run's alerts.jsonl that are not in events.jsonl (`memory` and `disk`,
-    whose `seq` is null), by rule (found by an audit: a run out of disk read `alerts: none`)."""
+    whose `seq` is null), by rule (found by an audit: a run out of disk read `alerts: none`), and
+    how many resolved alerts (severity info) among them, apart."""
     counts: Counter[str] = Counter()
+    resolved = 0
     with contextlib.suppress(OSError), (path / "alerts.jsonl").open("rb") as f:
         for line in f:
             try:
@@ -167,8 +170,11 @@ def _machine_alerts(path: Path) -> dict[str, int]:
             except orjson.JSONDecodeError:
                 continue  # a torn last line of a crashed session
             if isinstance(alert, dict) and alert.get("seq") is None:
-                counts[str(alert.get("rule", "?"))] += 1
-    return dict(counts)
+                if alert.get("severity") == "info":
+                    resolved += 1
+                else:
+                    counts[str(alert.get("rule", "?"))] += 1
+    return dict(counts), resolved
 
 
 # --- the pages ---------------------------------------------------------------------------------------------
@@ -371,8 +377,13 @@ def _summary(data: RunData, stats: dict[str, Any]) -> str:
                 "(the account went on through them as it was)",
             )
         )
-    alerts = Counter(r.get("rule", "?") for r in data.of("alert")) + Counter(data.machine_alerts)
+    # the conditions raised, by rule; the resolved alerts (severity info: one a condition that
+    # ended) counted apart, not as more of their rule's
+    events = [r for r in data.of("alert") if r.get("severity") != "info"]
+    alerts = Counter(r.get("rule", "?") for r in events) + Counter(data.machine_alerts)
+    resolved = len(data.of("alert")) - len(events) + data.machine_resolved
     said = ", ".join(f"{rule} {n}" for rule, n in sorted(alerts.items()))
+    said += f"; {resolved} resolved" if resolved else ""
     items.append(("alerts", f"{alerts.total()}: {said}" if alerts else "none"))
     rows = "".join(f'<tr><th>{_e(k)}</th><td class="text">{_e(v)}</td></tr>' for k, v in items)
     return f'<section id="summary"><table>{rows}</table></section>'
