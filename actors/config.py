@@ -666,7 +666,10 @@ class AlertsConfig:
         _num(ge=0, le=MAX_COUNT),
     )
     feed_down_s: float = key(
-        60.0, "alert when the live feed's connection has been down this long, seconds (0: off)", _num(ge=0)
+        60.0,
+        "alert when the live feed's connection has been down this long, or one symbol's data stale "
+        "this long while the feed is up, seconds (0: off)",
+        _num(ge=0),
     )
     max_disconnects_per_hour: int = key(
         10,

@@ -274,6 +274,90 @@ def test_an_outage_alerted_before_a_crash_is_resolved_once_after_the_resume() ->
     assert (back.severity, back.details["lasted_s"]) == ("info", 191.0)
 
 
+def on_exchange(limit: float) -> AlertRules:
+    """The rules of a session on the exchange's feed, connected at 1.0."""
+    r = rules(feed_down_s=limit)
+    r.on_event("session.started", 0.0, {"data_source": "bitunix"})
+    r.on_event("feed.connected", 1.0, {})
+    return r
+
+
+def test_a_symbol_stale_alone_alerts_after_feed_down_s_and_is_resolved_when_fresh() -> None:
+    """Found by an audit: a symbol gone stale while the others flow (its entries refused
+    `stale_data`, its stops blind) never alerted, however long. `symbol_stale`: a symbol named by
+    `feed.stale` and not by a `feed.fresh` for `alerts.feed_down_s` while the feed is up; resolved
+    (info) at its `feed.fresh`."""
+    r = on_exchange(30)
+    stale = {"reason": "no data for 10 s", "symbols": ["ETHUSDT"]}
+    assert r.on_event("feed.stale", 100.0, stale) == []
+    assert r.on_event("heartbeat", 129.0, {}) == []
+    (alert,) = r.on_event("heartbeat", 130.0, {})
+    assert (alert.rule, alert.severity, alert.ts) == ("symbol_stale", "critical", 130.0)
+    assert alert.message == (
+        "ETHUSDT market data stale for 30 s while the feed is up (no data for 10 s; "
+        "alerts.feed_down_s = 30): entries on it are refused (stale_data)"
+    )
+    assert alert.details == {
+        "symbol": "ETHUSDT", "stale_s": 30.0, "since": "1970-01-01T00:01:40.000Z",
+        "reason": "no data for 10 s", "feed_down_s": 30,
+    }  # fmt: skip
+    assert r.on_event("heartbeat", 131.0, {}) == []  # once
+    assert r.on_event("feed.stale", 140.0, {"reason": "REST poll failed", "symbols": ["ETHUSDT"]}) == []
+    (back,) = r.on_event("feed.fresh", 150.0, {"reason": "websocket data", "symbols": ["ETHUSDT"]})
+    assert (back.rule, back.severity) == ("symbol_stale", "info")
+    assert back.message == "resolved: ETHUSDT market data fresh again (websocket data) after 50 s stale"
+    assert (back.details["symbol"], back.details["lasted_s"]) == ("ETHUSDT", 50.0)
+    assert r.on_event("heartbeat", 999.0, {}) == []
+    # each symbol on its own clock; a stale period shorter than the limit is nothing
+    r.on_event("feed.stale", 1000.0, {"reason": "x", "symbols": ["ETHUSDT"]})
+    r.on_event("feed.stale", 1010.0, {"reason": "x", "symbols": ["SOLUSDT"]})
+    assert r.on_event("feed.fresh", 1020.0, {"reason": "x", "symbols": ["ETHUSDT"]}) == []
+    assert r.on_event("heartbeat", 1039.0, {}) == []
+    assert [a.details["symbol"] for a in r.on_event("heartbeat", 1040.0, {})] == ["SOLUSDT"]
+    off = on_exchange(0)
+    off.on_event("feed.stale", 100.0, stale)
+    assert off.on_event("heartbeat", 1e6, {}) == []
+
+
+def test_symbols_stale_with_the_feed_down_are_feed_downs_until_it_reconnects() -> None:
+    """A dropped connection makes every symbol stale: that is `feed_down`'s, and each symbol's
+    clock starts again when the feed connects (a symbol whose data comes back soon after, no
+    alert; one that stays away, its own alert)."""
+    r = on_exchange(30)
+    r.on_event("feed.disconnected", 100.0, {"reason": "closed"})
+    r.on_event("feed.stale", 100.0, {"reason": "closed", "symbols": ["BTCUSDT", "ETHUSDT"]})
+    assert [a.rule for a in r.on_event("heartbeat", 130.0, {})] == ["feed_down"]
+    assert r.on_event("heartbeat", 200.0, {}) == []  # no symbol_stale while the feed is down
+    assert [a.rule for a in r.on_event("feed.connected", 300.0, {})] == ["feed_down"]  # resolved
+    assert r.on_event("feed.fresh", 300.5, {"reason": "websocket data", "symbols": ["BTCUSDT"]}) == []
+    assert r.on_event("heartbeat", 329.0, {}) == []
+    (alert,) = r.on_event("heartbeat", 330.0, {})
+    assert (alert.rule, alert.details["symbol"], alert.details["stale_s"]) == (
+        "symbol_stale",
+        "ETHUSDT",
+        30.0,
+    )
+    (back,) = r.on_event("feed.fresh", 340.0, {"reason": "REST polling", "symbols": ["ETHUSDT"]})
+    assert back.details["lasted_s"] == 240.0  # stale since the drop
+
+
+def test_a_symbol_alerted_stale_before_a_crash_is_said_no_longer_watched_at_the_resume() -> None:
+    """The resumed process's feed starts every symbol anew and names in `feed.fresh` only those
+    it named stale itself: the alert of before the crash is closed at the resume, saying so."""
+    r = on_exchange(5)
+    r.on_event("feed.stale", 10.0, {"reason": "x", "symbols": ["ETHUSDT"]})
+    r.on_event("feed.stale", 14.0, {"reason": "x", "symbols": ["SOLUSDT"]})
+    assert [a.details["symbol"] for a in r.on_event("heartbeat", 15.0, {})] == ["ETHUSDT"]
+    resume, closed = r.on_event("session.resumed", 18.5, {})  # (SOLUSDT stale 4.5 s, not alerted)
+    assert (resume.rule, closed.rule, closed.severity) == ("resume", "symbol_stale", "info")
+    assert closed.message == (
+        "resolved: ETHUSDT no longer watched: the session was resumed and its feed starts anew "
+        "(a new alert if ETHUSDT stays stale)"
+    )
+    r.on_event("feed.connected", 101.0, {})
+    assert r.on_event("heartbeat", 200.0, {}) == []  # SOLUSDT forgotten too
+
+
 def test_memory_and_disk_are_resolved_once_when_clearly_back() -> None:
     """Each alerted figure, once back past its re-arm level (memory under 90 % of its limit, free
     disk over 110 % of its), raises one resolved alert (info), with the figure."""

@@ -325,6 +325,8 @@ async def test_one_symbols_stall_makes_that_symbol_alone_stale(tmp_path: Path) -
     ]
     (stale,) = run.kinds("feed.stale")
     assert stale.fields == {"reason": "no data for 1.5 s", "symbols": ["ETHUSDT"]}
+    (fresh,) = run.kinds("feed.fresh")  # the end of the stale period, recorded too
+    assert fresh.fields == {"reason": "websocket data", "symbols": ["ETHUSDT"]}
     assert fake.stats.connections == 1 and run.feed.health.reconnects == 0
     assert not run.kinds("feed.disconnected") and not run.kinds("feed.failover")
     went, back = [e.ts for e in run.of("ETHUSDT") if isinstance(e, FeedStatus)][2:]
@@ -352,6 +354,7 @@ async def test_one_symbol_stale_alone_is_polled_over_rest_until_its_pushes_retur
     ]
     failover = [(e.fields["active"], e.fields["symbols"]) for e in run.kinds("feed.failover")]
     assert failover == [(True, ["ETHUSDT"]), (False, ["ETHUSDT"])]
+    assert [e.fields for e in run.kinds("feed.fresh")] == [{"reason": "REST polling", "symbols": ["ETHUSDT"]}]
     start, end = (e.ts for e in run.kinds("feed.failover"))
     polled = [e for e in run.of("ETHUSDT") if isinstance(e, Book) and start <= e.ts <= end]
     assert len(polled) >= 2 and all(e.bids[0][0] < e.asks[0][0] for e in polled)

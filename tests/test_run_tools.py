@@ -482,6 +482,19 @@ def test_the_monitor_shows_a_liquidations_size_and_prices(tmp_path: Path) -> Non
     assert view.fold(record) == "LIQUIDATION BTCUSDT -2.0 at mark 40,466.9 (bankruptcy 40,867.5)"
 
 
+def test_the_monitor_shows_a_symbol_fresh_again(tmp_path: Path) -> None:
+    """Found by an audit: nothing said a stale symbol was fresh again, and the monitor showed
+    `last: stale` to the session's end. The feed's `feed.fresh` is shown, with its symbols."""
+    from tools.monitor import SessionView
+
+    view = SessionView(tmp_path / "run")
+    stale = {"seq": 9, "ts": "2026-01-01T00:00:00.000Z", "kind": "feed.stale", "reason": "no data for 10 s",
+             "symbols": ["ETHUSDT"]}  # fmt: skip
+    assert view.fold(stale) == "feed.stale ETHUSDT (no data for 10 s)" and view.feed_state == "stale"
+    fresh = {**stale, "seq": 10, "kind": "feed.fresh", "reason": "websocket data"}
+    assert view.fold(fresh) == "feed.fresh ETHUSDT (websocket data)" and view.feed_state == "fresh"
+
+
 def test_the_monitor_shows_a_cross_of_opposite_strategies(tmp_path: Path) -> None:
     from tools.monitor import SessionView
 

@@ -21,6 +21,7 @@ from actors.recording.webhook import Webhook
 from actors.session import run_session
 from protocols.messages import Event
 from tests.conftest import make_config, read_events
+from tests.test_feed_multi_symbol import TWO, feed_config
 from tools.fake_bitunix import FakeBitunix, Faults
 from tools.validate_session import validate
 
@@ -317,6 +318,58 @@ async def test_a_feed_outage_is_paged_and_its_end_said_once(tmp_path: Path) -> N
     assert [{k: v for k, v in m.items() if k != "text"} for m in receiver.delivered] == logged
     assert receiver.delivered[1]["text"] == f"[info] {result.run_path.name}: {back['message']}"
     assert validate(result.run_path) == []
+
+
+async def test_one_symbol_stale_while_the_others_flow_is_paged_and_its_end_said(tmp_path: Path) -> None:
+    """Found by an audit: one symbol gone stale while the others flowed (its entries refused,
+    its stops blind) never alerted, and nothing recorded that it was fresh again. The fake serves
+    BTCUSDT and ETHUSDT and stops ETHUSDT's pushes for 6 s from its 30th data frame (by count; no
+    REST failover): `feed.stale` then `feed.fresh` name ETHUSDT; with `alerts.feed_down_s` = 1.5, one
+    `symbol_stale` alert and its resolved alert, in events.jsonl and alerts.jsonl and POSTed."""
+    faults = Faults(stall_symbol="ETHUSDT", stall_once_after_frames=30, stall_for_s=6)
+    fake = FakeBitunix(seed=63, symbols=TWO, faults=faults)
+    receiver = Receiver()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.run)
+        url = await nursery.start(receiver.serve)
+        config = feed_config(
+            tmp_path,
+            fake,
+            TWO,
+            "session.duration_min=0.22",
+            "feed.stale_after_s=1",
+            "feed.failover_after_s=600",
+            "alerts.feed_down_s=1.5",
+            "observability.heartbeat_s=0.25",
+            f"observability.webhook_url={url}",
+        )
+        with trio.fail_after(60):
+            result = await run_session(config, handle_signals=False, progress_mode="off")
+        nursery.cancel_scope.cancel()
+    assert fake.stats.faults_log == [("stall", 30, "ETHUSDT")] and fake.stats.connections == 1
+    events = read_events(result.run_path)
+    (stale,) = [e for e in events if e["kind"] == "feed.stale"]
+    (fresh,) = [e for e in events if e["kind"] == "feed.fresh"]
+    assert (stale["symbols"], fresh["symbols"], fresh["reason"]) == (
+        ["ETHUSDT"],
+        ["ETHUSDT"],
+        "websocket data",
+    )
+    alerts = [e for e in events if e["kind"] == "alert"]
+    assert [(a["rule"], a["severity"], a["details"]["symbol"]) for a in alerts] == [
+        ("symbol_stale", "critical", "ETHUSDT"),
+        ("symbol_stale", "info", "ETHUSDT"),
+    ]
+    alert, back = alerts
+    assert stale["seq"] < alert["seq"] < fresh["seq"] < back["seq"]
+    assert back["seq"] == fresh["seq"] + 1 and back["ts"] == fresh["ts"]
+    assert alert["details"]["stale_s"] >= 1.5 and alert["details"]["reason"] == "no data for 1 s"
+    assert alert["message"].startswith("ETHUSDT market data stale for ")
+    assert back["message"].startswith("resolved: ETHUSDT market data fresh again (websocket data) after ")
+    logged = [json.loads(line) for line in (result.run_path / "alerts.jsonl").read_text().splitlines()]
+    assert [(a["seq"], a["message"]) for a in logged] == [(a["seq"], a["message"]) for a in alerts]
+    assert [{k: v for k, v in m.items() if k != "text"} for m in receiver.delivered] == logged
+    assert result.report["status"] == "ok" and validate(result.run_path) == []
 
 
 async def test_a_receiver_that_never_answers_does_not_delay_the_heartbeats(

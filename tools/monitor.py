@@ -50,6 +50,7 @@ FEED_KINDS = {
     "feed.connected",
     "feed.disconnected",
     "feed.stale",
+    "feed.fresh",
     "feed.failover",
     "feed.fallback",
     "feed.live",
@@ -267,6 +268,8 @@ class SessionView:
             return f"resumed after {r.get('downtime_s', 0):.0f} s down"
         if kind in FEED_KINDS:
             self.feed_state = kind.removeprefix("feed.")
+            if kind in ("feed.stale", "feed.fresh") and isinstance(r.get("symbols"), list):
+                return f"{kind} {', '.join(map(str, r['symbols']))} ({r.get('reason', '')})"
             detail = r.get("reason") or r.get("data_source") or r.get("symbols") or r.get("symbol") or ""
             return f"{kind} {detail}".rstrip()
         if kind == "session.stopped":

@@ -54,9 +54,10 @@
   no data of any symbol for `feed.stale_after_s`) makes every symbol stale; a symbol with no data
   for `feed.stale_after_s` while others flow (socket waiting time only) becomes stale on its own,
   with no reconnect, and fresh when its data comes back. A `feed.stale` event names the symbols
-  that went stale together. `FeedHealth` is the session's summary: `health.stale` while ANY symbol
-  is stale. History candles (seed and backfill) are marked `backfill=True` so the strategy warms
-  up on them but never trades on them.
+  that went stale together, a `feed.fresh` event each that is fresh again (its WebSocket data or
+  its REST polling: the `reason`), so the record says when each stale period ended. `FeedHealth`
+  is the session's summary: `health.stale` while ANY symbol is stale. History candles (seed and
+  backfill) are marked `backfill=True` so the strategy warms up on them but never trades on them.
 - **Fallback**: `run_live_feed` switches to the mock source (`symbols=config.symbols`), loudly,
   when the WebSocket delivers no data within `feed.connect_timeout_s` at start and
   `feed.fallback = "mock"`.
@@ -313,6 +314,7 @@ class _Market:
     last_data_at: float = -math.inf  # trio time of its last accepted WebSocket data frame
     heard_at: float = 0.0  # the connection's time spent waiting on the socket, at its last data frame
     stale: bool = False  # what its last FeedStatus said (`run` starts it stale: no data yet)
+    said_stale: bool = False  # a `feed.stale` event named it, and no `feed.fresh` since
     failover: bool = False  # polled over REST (no WebSocket data for it for failover_after_s)
     # trio time of its last kline push (or of the connection's start); its candles close on them
     last_kline_at: float = -math.inf
@@ -650,13 +652,19 @@ class BitunixFeed:
         """Flip the staleness of these symbols (default: all) and tell the subscribers (a
         `FeedStatus` per symbol flipped, fanned out like ticks), so that they learn it from the
         stream; a symbol already so sends nothing. `health.stale` is the session's summary: stale
-        while any symbol is. Returns the symbols flipped."""
+        while any symbol is; those a `feed.stale` event named, fresh again, are named by one
+        `feed.fresh` event. Returns the symbols flipped."""
         flipped = [m for m in (self.markets.values() if markets is None else markets) if m.stale != stale]
         for m in flipped:
             m.stale = stale
         self.health.stale = any(m.stale for m in self.markets.values())
         for m in flipped:
             await self._send_status(m, reason)
+        again = [m for m in flipped if not stale and m.said_stale]
+        for m in again:
+            m.said_stale = False
+        if again:  # (found by an audit: nothing recorded the end of a stale period)
+            await self._event("feed.fresh", reason=reason, symbols=[m.symbol for m in again])
         return [m.symbol for m in flipped]
 
     async def _send_status(self, m: _Market, reason: str) -> None:
@@ -664,8 +672,11 @@ class BitunixFeed:
         await fan_out(self.subscribers, status)
 
     async def _went_stale(self, reason: str, markets: Sequence[_Market] | None = None) -> None:
-        """Mark these symbols (default: all) stale; one `feed.stale` event names those that were not."""
+        """Mark these symbols (default: all) stale; one `feed.stale` event names those that were not
+        (and `_set_stale` a `feed.fresh` each once it is fresh again)."""
         symbols = await self._set_stale(True, reason, markets)
+        for symbol in symbols:
+            self.markets[symbol].said_stale = True
         if symbols:
             await self._event("feed.stale", reason=reason, symbols=symbols)
 

@@ -9,17 +9,19 @@ and between a session and its replay):
 
 - **Event rules** are functions of the events alone (their kinds, fields and `ts`): `breaker`
   (`breaker.tripped`), `liquidation`, `resume` (`session.resumed`), `fallback` (`feed.fallback`),
-  `error_rate` (more than `alerts.max_errors_per_min` `error` events within 60 s of event time;
-  once an episode: again only after `ERROR_QUIET_S` with no `error` event),
-  `session_error` (an `error` event the session ends on: `where` "session" or "storage"; at once),
-  `stale_flatten` (a live flatten's `order.submitted` whose `quote_age_s` is above 5 s)
-  and `feed_down` (`feed.disconnected`, or a session on the exchange's feed starting or resuming,
-  with no `feed.connected` or `feed.fallback` for `alerts.feed_down_s`, checked at every event,
-  the heartbeats' included) and `feed_flapping` (more than `alerts.max_disconnects_per_hour`
-  `feed.disconnected` within an hour of event time; at most one alert an hour). Each is also
-  written to `events.jsonl` as an `alert` event right after the event that raised it: the same
-  events give the same alerts, in any runtime, so backtests on both runtimes, and replays of the
-  data-driven ones (breaker, liquidation), keep writing the same lines.
+  `error_rate` (more than `alerts.max_errors_per_min` `error` events within 60 s of event time; once
+  an episode: again only after `ERROR_QUIET_S` with no `error` event), `session_error` (an `error`
+  event the session ends on: `where` "session" or "storage"; at once), `stale_flatten` (a live
+  flatten's `order.submitted` whose `quote_age_s` is above 5 s) and `feed_down`
+  (`feed.disconnected`, or a session on the exchange's feed starting or resuming, with no
+  `feed.connected` or `feed.fallback` for `alerts.feed_down_s`, checked at every event, the
+  heartbeats' included), `symbol_stale` (a symbol named by `feed.stale` and by no `feed.fresh`
+  since, for `alerts.feed_down_s` while the feed is up, from the later of its `feed.stale` and the
+  feed's last `feed.connected`; one alert per symbol) and `feed_flapping` (more than
+  `alerts.max_disconnects_per_hour` `feed.disconnected` within an hour of event time; at most one
+  alert an hour). Each is also written to `events.jsonl` as an `alert` event right after the event
+  that raised it: the same events give the same alerts, in any runtime, so backtests on both
+  runtimes, and replays of the data-driven ones (breaker, liquidation), keep writing the same lines.
 - **Health rules** (`memory`: resident memory above `alerts.max_rss_mb`; `disk`: free space of the
   run folder's disk below `alerts.min_free_disk_mb`) depend on the machine, not on the data: they
   never enter `events.jsonl`, only `alerts.jsonl`, the log and the webhook. Each fires once when its
@@ -28,22 +30,22 @@ and between a session and its replay):
 
 **Resolved**: a condition that ends is said once (found by an audit: an operator paged at night was
 never told it recovered): `feed_down` at the `feed.connected` (or `feed.fallback`) that ends the
-outage alerted, `memory` and `disk` when their figure has come back clearly (as they re-arm), and
-`error_rate` after `ERROR_QUIET_S` with no `error` event (checked at every event): an alert of the
-same rule, severity `info`, its message starting `resolved: `, `details.resolved` true, `since`
-(when the condition began) and `lasted_s`. Event rules' resolved alerts are `alert` events too.
+outage alerted, `symbol_stale` at the symbol's `feed.fresh` (or at a resume: `_forget_stale`),
+`memory` and `disk` when their figure has come back clearly (as they re-arm), and `error_rate` after
+`ERROR_QUIET_S` with no `error` event (checked at every event): an alert of the same rule, severity
+`info`, its message starting `resolved: `, `details.resolved` true, `since` (when the condition
+began) and `lasted_s`. Event rules' resolved alerts are `alert` events too.
 
 `alerts.jsonl` (created with the first alert): one JSON object per alert, `ts` (ISO-8601 UTC, the
 session clock), `run_id`, `seq` (the `alert` event's in `events.jsonl`; null for health alerts),
-`rule`, `severity` (`warning`, `critical`, or `info`: resolved), `message`, `details`. A resume takes the events after
-its checkpoint out of `events.jsonl` (their seqs are given again, to other events), and closing a
-run killed before its first checkpoint may leave out the events of its last step: the alerts of
-those events are moved to `alerts.discarded.jsonl` (`set_aside`; found by the crash audit: they
-stayed, naming events that were gone or seqs that meant other events since), so that every alert
-left with a seq names its `alert` event (the validator checks it). The webhook gets the same
-object, plus `text` (one line for chat tools), when `observability.webhook_url` is set
-(actors/recording/webhook.py; live sessions only).
-"""
+`rule`, `severity` (`warning`, `critical`, or `info`: resolved), `message`, `details`. A resume
+takes the events after its checkpoint out of `events.jsonl` (their seqs are given again, to other
+events), and closing a run killed before its first checkpoint may leave out the events of its last
+step: the alerts of those events are moved to `alerts.discarded.jsonl` (`set_aside`; found by the
+crash audit: they stayed, naming events that were gone or seqs that meant other events since), so
+that every alert left with a seq names its `alert` event (the validator checks it). The webhook gets
+the same object, plus `text` (one line for chat tools), when `observability.webhook_url` is set
+(actors/recording/webhook.py; live sessions only)."""
 
 from __future__ import annotations
 
@@ -113,21 +115,33 @@ class AlertRules:
         self.disconnects: deque[float] = deque()  # within the last FLAPPING_WINDOW_S
         self.reconnects: deque[tuple[float, float]] = deque()  # (ts, downtime_s), the same
         self.flapping_quiet_until = -math.inf  # one feed_flapping alert per window
+        # the symbols a `feed.stale` named and no `feed.fresh` since: (since, its reason), those
+        # not alerted yet and those alerted (`symbol_stale`); the feed's last connect's ts
+        self.stale: dict[str, tuple[float, str]] = {}
+        self.stale_alerted: dict[str, tuple[float, str]] = {}
+        self.feed_up_since = -math.inf
         self.rss_high = False
         self.disk_low = False
         self.rss_since = self.disk_since = 0.0  # when each was alerted
 
     def on_event(self, kind: str, ts: float, fields: dict[str, Any]) -> list[Alert]:
         alerts: list[Alert] = []
+        feed_up = self.feed_down_since is None  # (before this event)
         if self.errors_alerted and ts - self.last_error >= ERROR_QUIET_S:
             self._errors_quiet(ts, alerts)
         if self.feed_down_since is not None:
             self._feed_down(kind, ts, alerts)
+        if self.stale and feed_up and self.config.feed_down_s > 0:
+            self._symbols_stale(ts, alerts)
+        if kind in _STALE_KINDS:
+            self._stale_or_fresh(kind, ts, fields, alerts)
         rule = _EVENT_RULES.get(kind)
         if rule is not None:
             alert = rule(self, ts, fields)
             if alert is not None:
                 alerts.append(alert)
+        if kind == "session.resumed" and (self.stale or self.stale_alerted):
+            self._forget_stale(ts, alerts)
         return alerts
 
     def on_health(self, sample: dict[str, Any], ts: float) -> list[Alert]:
@@ -219,6 +233,76 @@ class AlertRules:
                 )
             self.feed_down_since, self.feed_down_alerted = None, False
 
+    def _symbols_stale(self, ts: float, alerts: list[Alert]) -> None:
+        """`symbol_stale`: a symbol stale for `alerts.feed_down_s` while the feed is up, counted
+        from its `feed.stale` or the feed's last connect, the later (found by an audit: one symbol
+        silent while the others flowed never alerted; its outage with the feed down is `feed_down`'s)."""
+        limit = self.config.feed_down_s
+        for symbol, (since, reason) in list(self.stale.items()):
+            stale = ts - max(since, self.feed_up_since)
+            if stale < limit:
+                continue
+            self.stale_alerted[symbol] = self.stale.pop(symbol)
+            alerts.append(
+                Alert(
+                    ts,
+                    "symbol_stale",
+                    "critical",
+                    f"{symbol} market data stale for {stale:.0f} s while the feed is up ({reason}; "
+                    f"alerts.feed_down_s = {limit:g}): entries on it are refused (stale_data)",
+                    {
+                        "symbol": symbol,
+                        "stale_s": round(stale, 3),
+                        "since": iso(since),
+                        "reason": reason,
+                        "feed_down_s": limit,
+                    },
+                )
+            )
+
+    def _stale_or_fresh(self, kind: str, ts: float, fields: dict[str, Any], alerts: list[Alert]) -> None:
+        """The symbols a `feed.stale` names start their stale clock; those a `feed.fresh` names
+        end it, with a resolved alert for those alerted."""
+        symbols = fields.get("symbols")
+        if not isinstance(symbols, list):
+            return
+        reason = str(fields.get("reason", ""))
+        for symbol in map(str, symbols):
+            if kind == "feed.stale":
+                if symbol not in self.stale_alerted:
+                    self.stale.setdefault(symbol, (ts, reason))
+                continue
+            self.stale.pop(symbol, None)
+            alerted = self.stale_alerted.pop(symbol, None)
+            if alerted is not None:
+                alerts.append(
+                    _resolved(
+                        ts,
+                        "symbol_stale",
+                        f"{symbol} market data fresh again ({reason}) after {ts - alerted[0]:.0f} s stale",
+                        alerted[0],
+                        {"symbol": symbol, "reason": reason},
+                    )
+                )
+
+    def _forget_stale(self, ts: float, alerts: list[Alert]) -> None:
+        """A resumed process's feed starts each symbol anew and names in `feed.fresh` only those
+        it named stale itself: the stale symbols of before are forgotten, and an alert of one of
+        them is closed, saying so (else it would stay open for good)."""
+        for symbol, (since, reason) in self.stale_alerted.items():
+            alerts.append(
+                _resolved(
+                    ts,
+                    "symbol_stale",
+                    f"{symbol} no longer watched: the session was resumed and its feed starts anew "
+                    f"(a new alert if {symbol} stays stale)",
+                    since,
+                    {"symbol": symbol, "reason": reason},
+                )
+            )
+        self.stale.clear()
+        self.stale_alerted.clear()
+
     def _submitted(self, ts: float, fields: dict[str, Any]) -> Alert | None:
         """A live flatten at a quote older than STALE_FLATTEN_S (found by an audit: a session
         restarted past its planned end closed its position at the quote of before the crash)."""
@@ -273,7 +357,9 @@ class AlertRules:
         )
 
     def _connected(self, ts: float, fields: dict[str, Any]) -> Alert | None:
-        """The downtime of each reconnect of the last hour, for `feed_flapping`'s message."""
+        """The downtime of each reconnect of the last hour, for `feed_flapping`'s message; the
+        stale symbols' clocks start again (`_symbols_stale`)."""
+        self.feed_up_since = ts
         downtime = fields.get("downtime_s")
         if self.config.max_disconnects_per_hour > 0 and isinstance(downtime, int | float):
             self.reconnects.append((ts, float(downtime)))
@@ -405,6 +491,7 @@ class AlertRules:
         )
 
 
+_STALE_KINDS = frozenset({"feed.stale", "feed.fresh"})  # `_stale_or_fresh`'s
 _EVENT_RULES: dict[str, Callable[[AlertRules, float, dict[str, Any]], Alert | None]] = {
     "session.started": AlertRules._started,
     "order.submitted": AlertRules._submitted,

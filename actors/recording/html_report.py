@@ -57,6 +57,7 @@ FEED_KINDS = (
     "feed.disconnected",
     "feed.reconnecting",
     "feed.stale",
+    "feed.fresh",
     "feed.failover",
     "feed.fallback",
     "feed.backfill",
