@@ -1,11 +1,13 @@
 """`python -m tools.sweep SPEC.toml`: a parameter sweep with walk-forward windows on Ray
 (docs/sweeps.md). Exit 0 when the sweep is complete (some trials may have failed: the table says
-which and why), 2 for a spec or flag that cannot be used (one line each, naming the key), 130
-when a Ctrl-C stops it (the trials finished are kept)."""
+which and why), 1 when every trial failed (one line naming the first), 2 for a spec or flag that
+cannot be used (one line each, naming the key), 130 when a Ctrl-C stops it (the trials finished
+are kept)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,7 +114,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     windows = len(result.summary["windows"])
     for name, verdict in result.summary["verdict"].items():
         print(f"  {name}: {verdict_line(verdict, windows)}", file=sys.stderr)
+    failed = [record for record in result.records if record.get("status") != "ok"]
+    if failed and len(failed) == len(result.records):
+        # found by an audit: a sweep whose every trial failed (it measured nothing) exited 0, and a
+        # script or CI job running it took it for a result
+        print(
+            f"error: every trial failed ({len(failed)} of {len(failed)}): the sweep measured nothing; "
+            f"the first: {failure_line(failed[0])}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def failure_line(record: dict[str, Any]) -> str:
+    """A failed trial in words: its strategy, parameters, window and phase, and its error."""
+    params = json.dumps(record["params"], sort_keys=True)
+    return (
+        f"{record['strategy']} {params} (window {record['window']}, {record['phase']}): "
+        f"{record.get('error') or 'no error recorded'}"
+    )
 
 
 def verdict_line(verdict: dict[str, Any], windows: int) -> str:

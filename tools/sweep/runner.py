@@ -73,6 +73,7 @@ class SweepResult:
     out: Path
     counts: Counts
     summary: dict[str, Any]
+    records: list[dict[str, Any]]  # the trials' records, in the table's order
 
 
 # TPE: asks in a row that may give parameters the study has already, before it gives up
@@ -407,7 +408,7 @@ def run_sweep(
     document["short_windows"] = short
     write_json(out / "sweep.json", document)
     _write_page(out)
-    return SweepResult(out, counts, document)
+    return SweepResult(out, counts, document, records)
 
 
 # a window's side whose data holds less than this share of its candles is said (`short_windows`)

@@ -254,8 +254,10 @@ def run_trial(
         record["run_path"] = str(result.run_path)
         record["status"] = "ok" if result.report.get("status") == "ok" else "failed"
         if record["status"] == "failed":
+            detail = result.report.get("stop_detail")
             record["error"] = (
                 f"session ended {result.report.get('status')}: {result.report.get('stop_reason')}"
+                + (f" ({detail})" if detail else "")
             )
     except Exception as exc:  # a failing trial is recorded, the sweep goes on
         record["status"] = "failed"

@@ -1,0 +1,96 @@
+"""The sweep CLI's exit codes on a local Ray, over a small data file each test writes: a sweep whose
+every trial failed, and a cluster address where nothing answers.
+
+Needs Ray (the `sweep` extra): marked `sweep`, as `nox -s sweep` installs it (`nox -s tests` does
+not); about 10 s each (Ray's start-up), not ../shared/data."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.sweep]
+pytest.importorskip("ray", reason="Ray is not installed (the sweep extra: pip install -e '.[sweep]')")
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = """
+[sweep]
+name = "cli"
+data = "candles.csv"
+objective = "net_pnl"
+min_trades = 1
+sampler = "grid"
+set = [{sets}]
+
+[walk_forward]
+start = "2024-01-01"
+train_days = 1
+test_days = 1
+windows = 1
+
+[[strategy]]
+kind = "ema_cross"
+[strategy.space]
+fast_period = [5, 9]
+"""
+
+
+def _spec(tmp_path: Path, *sets: str) -> Path:
+    """The spec over two days of seeded random-walk 1m candles from 2024-01-01."""
+    rng = random.Random(5)
+    price, lines = 60_000.0, ["open_time_ms,open,high,low,close,volume"]
+    for i in range(2 * 1440):
+        close = price + rng.uniform(-30, 30)
+        high, low = max(price, close) + rng.uniform(0, 10), min(price, close) - rng.uniform(0, 10)
+        lines.append(f"{(1704067200 + i * 60) * 1000},{price:.1f},{high:.1f},{low:.1f},{close:.1f},1.5")
+        price = close
+    (tmp_path / "candles.csv").write_text("\n".join(lines) + "\n")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC.format(sets=", ".join(f'"{s}"' for s in ("risk.max_loss_pct=100", *sets))))
+    return spec
+
+
+def _sweep(spec: Path, *flags: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m tools.sweep SPEC FLAGS`, killed (its whole process group) after `timeout` s."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.sweep", str(spec), "--progress", "off", *flags],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"still running after {timeout} s: {err[-2000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_a_sweep_whose_every_trial_failed_exits_1_naming_the_first(tmp_path: Path) -> None:
+    """Found by an audit: a sweep whose every trial failed measured nothing and exited 0, and a
+    script or CI job running it took it for a result. Here every trial's worker refuses to start
+    (its run folder's disk has less free space than session.disk_reserve_mb, an exabyte): a failure
+    the driver cannot see before the trials run. Exit 1, with one line naming the first of them."""
+    spec = _spec(tmp_path, "session.disk_reserve_mb=1e12")
+    done = _sweep(spec, "--out", str(tmp_path / "out"), "--workers", "1")
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    # the table's first row: window 0, train, ema_cross, the smaller trial id
+    table = (tmp_path / "out" / "trials.csv").read_text().splitlines()
+    assert len(table) == 3 and all(",failed," in row for row in table[1:]), table
+    first = table[1]
+    fast = first.rsplit(",", 1)[1]
+    assert line.startswith(
+        f'error: every trial failed (2 of 2): the sweep measured nothing; the first: ema_cross {{"fast_period": {fast}}} '
+        "(window 0, train): session ended error: storage (low space: "
+    ), line
