@@ -468,7 +468,7 @@ EXIT_CODES = {
     "tools.healthcheck": {0, 1, 2},
     "tools.report": {0, 2},
     "tools.validate_session": {0, 1, 2},
-    "tools.sweep": {0, 1, 2, 130},
+    "tools.sweep": {0, 1, 2, 4, 130},
     "tools.sweep.html": {0, 2},
     "tools.fake_bitunix": {0, 1, 2},
     "tools.bench": {0, 1, 2},

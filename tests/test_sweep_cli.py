@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -94,3 +95,29 @@ def test_a_sweep_whose_every_trial_failed_exits_1_naming_the_first(tmp_path: Pat
         f'error: every trial failed (2 of 2): the sweep measured nothing; the first: ema_cross {{"fast_period": {fast}}} '
         "(window 0, train): session ended error: storage (low space: "
     ), line
+
+
+def test_an_address_where_nothing_answers_exits_4_naming_it_at_once(tmp_path: Path) -> None:
+    """Found by an audit: `--address` to a cluster that cannot be reached retried without end (Ray's
+    20 connection attempts of about 40 s each; stopped by hand after 120 s). A port of 127.0.0.1
+    held by a socket that does not listen (a connection there is refused): exit 4 at once, one
+    line naming the address, no traceback."""
+    import socket
+    import time
+
+    spec = _spec(tmp_path)
+    with socket.socket() as held:  # the port, on every interface (Ray takes 127.0.0.1 as this
+        held.bind(("0.0.0.0", 0))  # machine's own address): bound, not listening
+        address = f"127.0.0.1:{held.getsockname()[1]}"
+        began = time.monotonic()
+        done = _sweep(spec, "--out", str(tmp_path / "out"), "--address", address, timeout=30)
+        took = time.monotonic() - began
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    # (there: the address as given, or the one Ray reads it as, this machine's own, named)
+    assert re.fullmatch(
+        rf"error: --address {address}: nothing answers (there|at \S+:{address.split(':')[1]}) "
+        r"\(connection refused\): is a Ray head running at that address\?",
+        done.stderr.splitlines()[-1],
+    ), done.stderr[-3000:]
+    assert took < 20, took

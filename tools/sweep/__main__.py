@@ -1,8 +1,8 @@
 """`python -m tools.sweep SPEC.toml`: a parameter sweep with walk-forward windows on Ray
 (docs/sweeps.md). Exit 0 when the sweep is complete (some trials may have failed: the table says
 which and why), 1 when every trial failed (one line naming the first), 2 for a spec or flag that
-cannot be used (one line each, naming the key), 130 when a Ctrl-C stops it (the trials finished
-are kept)."""
+cannot be used (one line each, naming the key), 4 when the Ray cluster at --address cannot be
+reached, 130 when a Ctrl-C stops it (the trials finished are kept)."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from actors.feeds.history import DataError
     from tools.sweep.progress import console_progress
-    from tools.sweep.runner import run_sweep
+    from tools.sweep.runner import ClusterError, run_sweep
 
     try:
         with console_progress(args.progress) as progress:
@@ -98,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as exc:  # a data file the CLI's reader refuses (its header, say)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ClusterError as exc:  # --address: nothing answers there (4), or a value Ray refuses (2)
+        print(f"error: {exc}", file=sys.stderr)
+        return 4 if exc.unreachable else 2
     except KeyboardInterrupt:
         print(
             f"interrupted: the finished trials are kept in {out / 'trials.jsonl'}; run the same command "

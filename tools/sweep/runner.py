@@ -12,6 +12,8 @@ import bisect
 import hashlib
 import json
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +49,20 @@ from tools.sweep.trial import (
 
 # Ray retries a task whose worker died (not one whose backtest raised: that is recorded failed)
 MAX_RETRIES = 2
+# --address: how long the sweep waits for the cluster's address to take a connection
+CONNECT_TIMEOUT_S = 10.0
+# Ray's own connection attempts to a cluster's GCS (20 by default, each up to about 40 s when
+# something takes the connection but no GCS answers): one, unless the environment says otherwise
+GCS_ATTEMPTS_ENV = "RAY_gcs_server_port_wait_time_s"
+
+
+class ClusterError(Exception):
+    """`--address` names no Ray cluster the sweep can run on: `unreachable` (nothing answers
+    there, or Ray could not connect: exit 4), else a value Ray cannot use (exit 2)."""
+
+    def __init__(self, message: str, *, unreachable: bool) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 @attrs.define
@@ -253,6 +269,8 @@ def run_sweep(
     a Ray cluster's (None: a local Ray of `workers` CPUs, default all)."""
     import ray
 
+    if address is not None:
+        reach(address)
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
     base = config_for(spec.base_config, spec.sets)
@@ -271,7 +289,7 @@ def run_sweep(
         if address is None:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
         else:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
+            connect(address)
         try:
             data_hashes, columns = reading.result()
         except BaseException:
@@ -409,6 +427,65 @@ def run_sweep(
     write_json(out / "sweep.json", document)
     _write_page(out)
     return SweepResult(out, counts, document, records)
+
+
+def reach(address: str) -> None:
+    """ClusterError unless the address Ray would connect to for `address` (`host:port`, `auto`: the
+    cluster running on this machine, `ray://host:port`) takes a TCP connection within
+    `CONNECT_TIMEOUT_S` (found by an audit: to an address where nothing answered, the sweep hung,
+    stopped by hand after 120 s: Ray makes 20 attempts, each up to about 40 s)."""
+    if address.startswith("ray://"):
+        target: str | None = address.removeprefix("ray://")
+    else:
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+        except ImportError:  # another Ray's layout: the address as given
+            target = address
+        else:
+            try:  # as ray.init reads it: 127.0.0.1 is this machine's address, auto its cluster's
+                target = canonicalize_bootstrap_address(address)
+            except ValueError as exc:
+                raise ClusterError(f"--address {address}: {_first_line(exc)}", unreachable=False) from None
+            except Exception as exc:  # auto without a cluster here (ConnectionError)
+                raise ClusterError(f"--address {address}: {_first_line(exc)}", unreachable=True) from None
+    host, sep, port = (target or "").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # `local`, or a form Ray reads itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = (
+            f"no answer in {CONNECT_TIMEOUT_S:g} s"
+            if isinstance(exc, TimeoutError)
+            else exc.strerror or str(exc)
+        )
+        where = "there" if target == address else f"at {target}"
+        raise ClusterError(
+            f"--address {address}: nothing answers {where} ({reason.lower()}): is a Ray head running "
+            "at that address?",
+            unreachable=True,
+        ) from None
+
+
+def connect(address: str) -> None:
+    """`ray.init` on the cluster at `address`, with one connection attempt (`GCS_ATTEMPTS_ENV`);
+    ClusterError, one line naming the address, when Ray cannot."""
+    import ray
+
+    if address != "local":  # ("local" starts a Ray here: its own start-up wait stays Ray's)
+        os.environ.setdefault(GCS_ATTEMPTS_ENV, "1")
+    try:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except ValueError as exc:  # a form Ray does not take, or ray:// without ray[client]
+        raise ClusterError(f"--address {address}: {_first_line(exc)}", unreachable=False) from None
+    except Exception as exc:  # no GCS answers there (ConnectionError), a version mismatch...
+        raise ClusterError(
+            f"--address {address}: Ray could not connect: {_first_line(exc)}", unreachable=True
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:300]
 
 
 # a window's side whose data holds less than this share of its candles is said (`short_windows`)
