@@ -300,7 +300,7 @@ def test_optunas_tpe_sampler_runs_its_budget_within_the_space_and_resumes(
     output = again.communicate(timeout=600)[0]
     assert again.returncode == 0, output[-3000:]
     assert len((out / "trials.jsonl").read_text().splitlines()) == len(records)
-    assert "6 trials (6 from the log, 0 failed)" in output
+    assert "6 trials, 6 ok, 0 failed (6 from the log)" in output
     # killed after two trials were logged: the study, asked again from the same seed, draws the
     # logged trials' parameters again; found in the log, they are neither run nor counted twice
     # (they were: duplicate rows, and the budget spent on them)
@@ -346,7 +346,7 @@ def test_tpe_draws_the_same_trials_on_1_and_2_workers_and_across_a_resume(
     (tmp_path / "out2" / "trials.jsonl").write_text("\n".join(lines[:7]) + "\n")
     resumed = _sweep(spec, tmp_path / "out2")
     output = resumed.communicate(timeout=600)[0]
-    assert resumed.returncode == 0 and "15 trials (7 from the log, 0 failed)" in output, output[-3000:]
+    assert resumed.returncode == 0 and "15 trials, 15 ok, 0 failed (7 from the log)" in output, output[-3000:]
     records = [json.loads(line) for line in (tmp_path / "out2" / "trials.jsonl").read_text().splitlines()]
     assert sorted((r["phase"], r["trial_id"], r["net_pnl"]) for r in records) == seen[0][0]
     assert json.loads((tmp_path / "out2" / "sweep.json").read_text())["verdict"] == seen[0][1]

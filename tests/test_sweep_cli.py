@@ -1,5 +1,6 @@
-"""The sweep CLI's exit codes on a local Ray, over a small data file each test writes: a sweep whose
-every trial failed, and a cluster address where nothing answers.
+"""The sweep CLI's exit codes and its last lines on a local Ray, over a small data file each test
+writes: a sweep whose every trial failed, one whose trials failed in part, and a cluster address
+where nothing answers.
 
 Needs Ray (the `sweep` extra): marked `sweep`, as `nox -s sweep` installs it (`nox -s tests` does
 not); about 10 s each (Ray's start-up), not ../shared/data."""
@@ -38,11 +39,11 @@ windows = 1
 [[strategy]]
 kind = "ema_cross"
 [strategy.space]
-fast_period = [5, 9]
+{space}
 """
 
 
-def _spec(tmp_path: Path, *sets: str) -> Path:
+def _spec(tmp_path: Path, *sets: str, space: str = "fast_period = [5, 9]") -> Path:
     """The spec over two days of seeded random-walk 1m candles from 2024-01-01."""
     rng = random.Random(5)
     price, lines = 60_000.0, ["open_time_ms,open,high,low,close,volume"]
@@ -53,7 +54,8 @@ def _spec(tmp_path: Path, *sets: str) -> Path:
         price = close
     (tmp_path / "candles.csv").write_text("\n".join(lines) + "\n")
     spec = tmp_path / "spec.toml"
-    spec.write_text(SPEC.format(sets=", ".join(f'"{s}"' for s in ("risk.max_loss_pct=100", *sets))))
+    sets_toml = ", ".join(f'"{s}"' for s in ("risk.max_loss_pct=100", *sets))
+    spec.write_text(SPEC.format(sets=sets_toml, space=space))
     return spec
 
 
@@ -121,3 +123,28 @@ def test_an_address_where_nothing_answers_exits_4_naming_it_at_once(tmp_path: Pa
         done.stderr.splitlines()[-1],
     ), done.stderr[-3000:]
     assert took < 20, took
+
+
+def test_a_sweep_whose_trials_failed_in_part_exits_0_counting_them_and_naming_the_first(
+    tmp_path: Path,
+) -> None:
+    """A sweep some of whose trials failed is complete (exit 0: the table says which and why); its
+    console line said `5 trials (0 from the log, 1 failed)`, the failed ones beside those found in
+    the log as if one of them, and not why. It now counts the trials ok and failed, and names the
+    first failure. fast_period 30 with slow_period 21 breaks fast < slow (each list's ends pass the
+    spec): 1 of the 4 train trials, and the window's out-of-sample trial, 5 in all."""
+    spec = _spec(tmp_path, space="fast_period = [5, 30]\nslow_period = [21, 50]")
+    out = tmp_path / "out"
+    done = _sweep(spec, "--out", str(out), "--workers", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    assert (
+        f"sweep cli: 5 trials, 4 ok, 1 failed (0 from the log) -> {out / 'trials.csv'}, {out / 'sweep.html'}"
+        in lines
+    )
+    (said,) = [line for line in lines if "failed (trials.csv" in line]
+    assert said.startswith(
+        "  1 of 5 trials failed (trials.csv's error column says why); the first: ema_cross "
+        '{"fast_period": 30, "slow_period": 21} (window 0, train): '
+    ), said
+    assert "fast_period: 30 is not allowed" in said, said

@@ -108,17 +108,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    counts = result.counts
+    records = result.records
+    failed = [record for record in records if record.get("status") != "ok"]
+    # the trials ok and failed, then those found in the log (found by an audit: `5 trials (0 from
+    # the log, 1 failed)` put the failed ones beside the log's, and said nothing of why)
     print(
-        f"sweep {spec.name}: {counts.done} trials ({counts.skipped} from the log, {counts.failed} failed) "
-        f"-> {out / 'trials.csv'}, {out / 'sweep.html'}",
+        f"sweep {spec.name}: {len(records)} trials, {len(records) - len(failed)} ok, {len(failed)} failed "
+        f"({result.counts.skipped} from the log) -> {out / 'trials.csv'}, {out / 'sweep.html'}",
         file=sys.stderr,
     )
+    if failed and len(failed) < len(records):
+        print(
+            f"  {len(failed)} of {len(records)} trials failed (trials.csv's error column says why); "
+            f"the first: {failure_line(failed[0])}",
+            file=sys.stderr,
+        )
     windows = len(result.summary["windows"])
     for name, verdict in result.summary["verdict"].items():
         print(f"  {name}: {verdict_line(verdict, windows)}", file=sys.stderr)
-    failed = [record for record in result.records if record.get("status") != "ok"]
-    if failed and len(failed) == len(result.records):
+    if failed and len(failed) == len(records):
         # found by an audit: a sweep whose every trial failed (it measured nothing) exited 0, and a
         # script or CI job running it took it for a result
         print(
