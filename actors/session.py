@@ -485,6 +485,18 @@ def check_spacing(head: list[Candle], interval_s: float, path: str, skipped: int
         )
 
 
+def check_order(backwards: int, kept: int, path: str) -> None:
+    """DataError when more of the first rows read went back in time (`backwards`, skipped) than
+    were kept (`kept` candles): the file is not in ascending time order (found by an audit: a file
+    newest first ran as a backtest of its first candle, ok, exit 0, no trade)."""
+    if backwards > kept:
+        raise DataError(
+            f"--data {path}: {backwards} of its first rows open before the row before them, "
+            f"{kept} candle{'s' if kept > 1 else ''} kept: its rows are not in ascending "
+            "time order (newest first?); sort them by open_time_ms"
+        )
+
+
 def no_candles(
     path: str, read: dict[str, int], skipped: dict[str, int], first: list[tuple[int, str]], windowed: bool
 ) -> str:
@@ -635,15 +647,7 @@ class Session:
                 f"({interval_label(self.config.interval_s)}) after the candle before them, off its grid: "
                 "mend the file"
             )
-        backwards = skipped.get("csv_time_backwards", 0)
-        if backwards > len(head):
-            # more of the first rows went back in time than were kept (found by an audit: a file
-            # newest first ran as a backtest of its first candle, ok, exit 0, no trade)
-            raise DataError(
-                f"--data {path}: {backwards} of its first rows open before the row before them, "
-                f"{len(head)} candle{'s' if len(head) > 1 else ''} kept: its rows are not in ascending "
-                "time order (newest first?); sort them by open_time_ms"
-            )
+        check_order(skipped.get("csv_time_backwards", 0), len(head), path)
         check_spacing(head, self.config.interval_s, path, sum(skipped.values()))
         return head[0].open_ts, itertools.chain(head, candles)
 

@@ -618,3 +618,29 @@ def test_the_progress_line_says_the_trials_in_ray_are_running_or_queued() -> Non
 
     line = _line(Counts(total=15, done=1, running=11))
     assert line.startswith("trials 1/15 done, 11 running or queued, 0 failed, 0 from the log; ")
+
+
+def test_data_newest_first_is_refused_as_the_cli_backtest_refuses_it(tmp_path: Path) -> None:
+    """The CLI backtest refuses a file in descending time order (an export newest first), exit 2;
+    the sweep's reader kept its first candle, skipped the rest (csv_time_backwards), and every
+    trial failed (no candles in its window, or the CLI's refusal on the worker). It refuses the file at start with the CLI's own line (exit 2); a row out of order is
+    still skipped, counted, and the rest read."""
+    from actors.feeds.history import DataError
+    from tests.conftest import run_main
+    from tools.sweep.trial import read_columns
+
+    rows = _candles(tmp_path / "asc.csv", 60, n=30).read_text().splitlines()
+    data = tmp_path / "candles.csv"
+    data.write_text("\n".join([rows[0], *reversed(rows[1:])]) + "\n")
+    cli = run_main(
+        "--mode", "backtest", "--data", str(data), "--run-dir", str(tmp_path / "runs"), cwd=tmp_path
+    )
+    assert cli.returncode == 2, cli.stderr
+    with pytest.raises(DataError) as refused:
+        read_columns(data, 60.0, "BTCUSDT")
+    assert f"error: {refused.value}" in cli.stderr.splitlines()
+    assert "29 of its first rows open before the row before them, 1 candle kept" in str(refused.value)
+    rows[11], rows[12] = rows[12], rows[11]  # one row out of order: skipped and counted
+    data.write_text("\n".join(rows) + "\n")
+    columns = read_columns(data, 60.0, "BTCUSDT")
+    assert len(columns["open_ts"]) == 29 and columns["skip_reason"] == ["csv_time_backwards"]

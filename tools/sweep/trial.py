@@ -120,7 +120,7 @@ def read_columns(path: Path, interval_s: float, symbol: str) -> Columns:
     apart than session.interval."""
     import numpy as np
 
-    from actors.session import SPACING_PEEK, check_spacing, no_candles
+    from actors.session import SPACING_PEEK, check_order, check_spacing, no_candles
 
     skipped: dict[str, int] = {}
     read: dict[str, int] = {}
@@ -138,6 +138,14 @@ def read_columns(path: Path, interval_s: float, symbol: str) -> Columns:
     _note_skips(skipped, seen, len(rows), skip_at, skip_reason)
     if not rows:  # as the CLI says it (found by an audit: a traceback once Ray had started)
         raise DataError(no_candles(str(path), read, skipped, first, windowed=False))
+    # the CLI backtest's check of the order, over the rows its start reads (the first SPACING_PEEK
+    # candles and the rows skipped before the last of them): found by an audit, a file newest first
+    # was read as its first candle, and every trial failed where the CLI exits 2
+    backwards = sum(
+        at < SPACING_PEEK and reason == "csv_time_backwards"
+        for at, reason in zip(skip_at, skip_reason, strict=True)
+    )
+    check_order(backwards, min(len(rows), SPACING_PEEK), str(path))
     # the CLI backtest's check of the spacing (found by an audit: with session.interval = "5m" on
     # 1m candles the reader skipped the rows less than an interval after the one before, and every
     # trial ran on each fifth 1m candle taken as a 5m one, where the CLI it stands for exits 2)
