@@ -59,7 +59,9 @@ def _spec(tmp_path: Path, *sets: str, space: str = "fast_period = [5, 9]") -> Pa
     return spec
 
 
-def _sweep(spec: Path, *flags: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _sweep(
+    spec: Path, *flags: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """`python -m tools.sweep SPEC FLAGS`, killed (its whole process group) after `timeout` s."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tools.sweep", str(spec), "--progress", "off", *flags],
@@ -68,6 +70,8 @@ def _sweep(spec: Path, *flags: str, timeout: float = 120) -> subprocess.Complete
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # (a RAY_ADDRESS of the shell running the tests is a cluster: not theirs)
+        env=env if env is not None else {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
     )
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -148,3 +152,29 @@ def test_a_sweep_whose_trials_failed_in_part_exits_0_counting_them_and_naming_th
         '{"fast_period": 30, "slow_period": 21} (window 0, train): '
     ), said
     assert "fast_period: 30 is not allowed" in said, said
+
+
+def test_ray_address_in_the_environment_is_the_cluster_and_said_as_such(tmp_path: Path) -> None:
+    """Found by an audit: without --address, ray.init reads RAY_ADDRESS (set on a Ray head, say):
+    the sweep went to that cluster unsaid, hung when nothing answered there, and with --workers
+    ended in a traceback (ValueError). It is the cluster, as --address would be: one line naming
+    it when nothing answers (exit 4), and --workers with it exit 2."""
+    import socket
+
+    spec = _spec(tmp_path)
+    with socket.socket() as held:  # as above: a port where a connection is refused
+        held.bind(("0.0.0.0", 0))
+        address = f"127.0.0.1:{held.getsockname()[1]}"
+        env = {**os.environ, "RAY_ADDRESS": address}
+        done = _sweep(spec, "--out", str(tmp_path / "out"), timeout=30, env=env)
+        assert done.returncode == 4, done.stderr[-3000:]
+        assert re.fullmatch(
+            rf"error: RAY_ADDRESS={address}: nothing answers (there|at \S+) \(connection refused\): "
+            r"is a Ray head running at that address\?",
+            done.stderr.splitlines()[-1],
+        ), done.stderr[-3000:]
+        done = _sweep(spec, "--out", str(tmp_path / "out"), "--workers", "1", timeout=30, env=env)
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert done.stderr.splitlines() == [
+            f"error: --workers is for a local Ray; RAY_ADDRESS={address} names a cluster (unset it for a local Ray)"
+        ]

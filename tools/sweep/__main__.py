@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,8 +32,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--address",
         metavar="ADDR",
-        help="a Ray cluster to run on (e.g. auto on a Ray head, or ray://host:10001); default: a local "
-        "Ray on this machine's cores",
+        help="a Ray cluster to run on (e.g. auto on a Ray head, or ray://host:10001); default: RAY_ADDRESS "
+        "when set, else a local Ray on this machine's cores",
     )
     p.add_argument(
         "--workers", type=int, metavar="N", help="local Ray: CPUs to use, one trial each (default: all)"
@@ -70,6 +71,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers is not None and args.address:
         print("error: --workers is for a local Ray; a cluster has its own", file=sys.stderr)
         return 2
+    # Ray's own variable, which ray.init reads (found by an audit: without --address the sweep
+    # went to its cluster unsaid, hung when nothing answered there, and a traceback with --workers)
+    env_address = None if args.address else os.environ.get("RAY_ADDRESS") or None
+    if args.workers is not None and env_address:
+        print(
+            f"error: --workers is for a local Ray; RAY_ADDRESS={env_address} names a cluster (unset it "
+            "for a local Ray)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         spec = load_spec(Path(args.spec), overrides)
     except SpecError as exc:
@@ -90,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = run_sweep(
                 spec,
                 out,
-                address=args.address,
+                address=args.address or env_address,
+                address_said=f"RAY_ADDRESS={env_address}" if env_address else None,
                 workers=args.workers,
                 retry_failed=args.retry_failed,
                 progress=progress,

@@ -261,16 +261,19 @@ def run_sweep(
     out: Path,
     *,
     address: str | None = None,
+    address_said: str | None = None,
     workers: int | None = None,
     retry_failed: bool = False,
     progress: Progress | None = None,
 ) -> SweepResult:
     """Run (or finish) the sweep into `out`: its log, table, summary and sweep.html. `address`:
-    a Ray cluster's (None: a local Ray of `workers` CPUs, default all)."""
+    a Ray cluster's (None: a local Ray of `workers` CPUs, default all), which errors name as
+    `address_said` (default `--address ADDRESS`)."""
     import ray
 
     if address is not None:
-        reach(address)
+        said = address_said or f"--address {address}"
+        reach(address, said)
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
     base = config_for(spec.base_config, spec.sets)
@@ -286,10 +289,16 @@ def run_sweep(
     # the data is read while Ray starts (its start-up waits on processes of its own)
     with ThreadPoolExecutor(1) as reader:
         reading = reader.submit(read_data)
-        if address is None:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if address is None:  # ("local": whatever RAY_ADDRESS says, the CLI having read it)
+            ray.init(
+                address="local",
+                num_cpus=workers,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
         else:
-            connect(address)
+            connect(address, said)
         try:
             data_hashes, columns = reading.result()
         except BaseException:
@@ -429,7 +438,7 @@ def run_sweep(
     return SweepResult(out, counts, document, records)
 
 
-def reach(address: str) -> None:
+def reach(address: str, said: str) -> None:
     """ClusterError unless the address Ray would connect to for `address` (`host:port`, `auto`: the
     cluster running on this machine, `ray://host:port`) takes a TCP connection within
     `CONNECT_TIMEOUT_S` (found by an audit: to an address where nothing answered, the sweep hung,
@@ -445,9 +454,9 @@ def reach(address: str) -> None:
             try:  # as ray.init reads it: 127.0.0.1 is this machine's address, auto its cluster's
                 target = canonicalize_bootstrap_address(address)
             except ValueError as exc:
-                raise ClusterError(f"--address {address}: {_first_line(exc)}", unreachable=False) from None
+                raise ClusterError(f"{said}: {_first_line(exc)}", unreachable=False) from None
             except Exception as exc:  # auto without a cluster here (ConnectionError)
-                raise ClusterError(f"--address {address}: {_first_line(exc)}", unreachable=True) from None
+                raise ClusterError(f"{said}: {_first_line(exc)}", unreachable=True) from None
     host, sep, port = (target or "").rpartition(":")
     if not sep or not port.isdigit():
         return  # `local`, or a form Ray reads itself
@@ -461,15 +470,14 @@ def reach(address: str) -> None:
         )
         where = "there" if target == address else f"at {target}"
         raise ClusterError(
-            f"--address {address}: nothing answers {where} ({reason.lower()}): is a Ray head running "
-            "at that address?",
+            f"{said}: nothing answers {where} ({reason.lower()}): is a Ray head running at that address?",
             unreachable=True,
         ) from None
 
 
-def connect(address: str) -> None:
+def connect(address: str, said: str) -> None:
     """`ray.init` on the cluster at `address`, with one connection attempt (`GCS_ATTEMPTS_ENV`);
-    ClusterError, one line naming the address, when Ray cannot."""
+    ClusterError, one line naming the address (`said`), when Ray cannot."""
     import ray
 
     if address != "local":  # ("local" starts a Ray here: its own start-up wait stays Ray's)
@@ -477,11 +485,9 @@ def connect(address: str) -> None:
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except ValueError as exc:  # a form Ray does not take, or ray:// without ray[client]
-        raise ClusterError(f"--address {address}: {_first_line(exc)}", unreachable=False) from None
+        raise ClusterError(f"{said}: {_first_line(exc)}", unreachable=False) from None
     except Exception as exc:  # no GCS answers there (ConnectionError), a version mismatch...
-        raise ClusterError(
-            f"--address {address}: Ray could not connect: {_first_line(exc)}", unreachable=True
-        ) from None
+        raise ClusterError(f"{said}: Ray could not connect: {_first_line(exc)}", unreachable=True) from None
 
 
 def _first_line(exc: BaseException) -> str:
