@@ -25,6 +25,10 @@ Decisions that the exchange does not settle:
   candle may have moved meanwhile).
 - A book side that is not strictly ordered (bids descending, asks ascending) is `crossed_book`.
   Every level must have a price and size > 0 (`non_positive`), not only the best one.
+- Every price and size (a kline's volume too) must be below `MAX_MARKET_VALUE` (1e15, the candle
+  files' bound): a larger one, finite, is `too_large` (found by an audit: a price of 1e308 in a
+  symbol's first frame, or a book's size of 1e308, was taken; the price overflows the broker's
+  grid as a candle file's did). REST kline rows and books are held to it as well.
 - Price-jump check: kline close, book mid (depth_book* and tickers), trade price, ticker last and
   the `price` channel's mark share one "last good price" per symbol (the mark sits within a small
   basis of the last price; found by an audit: a mark halved within 300 ms was taken and liquidated
@@ -60,7 +64,7 @@ from typing import Any, Final, NoReturn
 
 import attrs
 
-from protocols.messages import Book, Candle
+from protocols.messages import MAX_MARKET_VALUE, Book, Candle
 
 REJECT_REASONS: tuple[str, ...] = (
     "not_json",
@@ -70,6 +74,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "wrong_type",
     "not_finite",
     "non_positive",
+    "too_large",
     "crossed_book",
     "ts_backwards",
     "ts_future",
@@ -349,9 +354,12 @@ def _num(v: Any, name: str) -> float:
 
 
 def _pos(v: Any, name: str) -> float:
+    """A price or size: finite, above 0 and below MAX_MARKET_VALUE. Raises _Reject."""
     x = _num(v, name)
     if x <= 0.0:
         _reject("non_positive", f"{name} <= 0: {_show(v)}")
+    if x >= MAX_MARKET_VALUE:
+        _reject("too_large", f"{name} >= {MAX_MARKET_VALUE:g}: {_show(v)}")
     return x
 
 
@@ -400,7 +408,7 @@ def _levels(side: Any, name: str) -> list[tuple[float, float]]:
                 except ValueError:
                     pass
                 else:
-                    if fp > 0.0 and fq > 0.0 and fp - fp == 0.0 and fq - fq == 0.0:
+                    if 0.0 < fp < MAX_MARKET_VALUE and 0.0 < fq < MAX_MARKET_VALUE:
                         out.append((fp, fq))
                         continue
         out.append(_level(lvl, name))
@@ -632,6 +640,8 @@ class FrameValidator:
         b = _num(_field(data, "b", "kline"), "volume")
         if b < 0.0:
             _reject("non_positive", f"volume < 0: {b:g}")
+        if b >= MAX_MARKET_VALUE:
+            _reject("too_large", f"volume >= {MAX_MARKET_VALUE:g}: {b:g}")
         if h < lo:
             _reject("crossed_book", f"kline high {h:g} < low {lo:g}")
         if not (lo <= o <= h and lo <= c <= h):
@@ -851,7 +861,8 @@ def _rest_time(v: Any) -> int | None:
 def parse_rest_klines(data: Any, interval_s: float, problems: list[str] | None = None) -> list[Candle]:
     """REST kline rows (newest first on the wire) -> Candles oldest first, one per open time.
 
-    Bad rows (not an object, missing or non-numeric fields, NaN, prices <= 0, high < low,
+    Bad rows (not an object, missing or non-numeric fields, NaN, prices <= 0, a price or volume
+    from MAX_MARKET_VALUE (1e15) on, high < low,
     open/close outside [low, high], negative volume, an open time given again) are skipped, each
     named in `problems` when it is given (the feed counts and logs them as dropped data). The
     volume names are swapped in practice (`quoteVol` holds the base size): `_base_volume` reads
@@ -886,6 +897,8 @@ def _kline_row_problem(row: Any, interval_s: float, seen: dict[int, Candle]) -> 
     assert o is not None and h is not None and lo is not None and c is not None
     if lo <= 0.0:
         return f"kline row {t}: low {lo:g} <= 0"
+    if h >= MAX_MARKET_VALUE:
+        return f"kline row {t}: high {h:g} >= {MAX_MARKET_VALUE:g}"
     if not lo <= o <= h or not lo <= c <= h:
         return f"kline row {t}: open {o:g} or close {c:g} outside [low {lo:g}, high {h:g}]"
     vols: dict[str, float] = {}
@@ -893,7 +906,7 @@ def _kline_row_problem(row: Any, interval_s: float, seen: dict[int, Candle]) -> 
         raw = row.get(key)
         if raw is not None:
             v = _rest_num(raw)
-            if v is None or v < 0.0:
+            if v is None or not 0.0 <= v < MAX_MARKET_VALUE:
                 return f"kline row {t}: {key} is not a size: {_show(raw)}"
             vols[key] = v
     seen[t] = Candle(t / 1000, interval_s, o, h, lo, c, _base_volume(vols, c))
@@ -923,7 +936,7 @@ def _rest_levels(side: Any, name: str) -> list[tuple[float, float]]:
         p = q = None
         if type(lvl) is list and len(lvl) >= 2:
             p, q = _rest_num(lvl[0]), _rest_num(lvl[1])
-        if p is None or q is None or p <= 0.0 or q <= 0.0:
+        if p is None or q is None or not (0.0 < p < MAX_MARKET_VALUE and 0.0 < q < MAX_MARKET_VALUE):
             raise RestError(f"depth {name} has a bad level {_show(lvl)}", retryable=True)
         out.append((p, q))
     return out

@@ -172,6 +172,13 @@ class FeedStatus:
     symbol: str = DEFAULT_SYMBOL
 
 
+# prices and sizes market data may have: below this (1e15; found by audits: a candle file's price of
+# 1e308, finite, overflowed the broker's price grid, and a live frame's was taken as well). Far above
+# any market, and where the mock's walk stops (actors/feeds/mock.py MAX_MID). The candle files'
+# reader (actors/feeds/history.py MAX_CSV_VALUE) and the Bitunix frames' and REST rows' validator
+# (protocols/bitunix.py, `too_large`) hold data to it.
+MAX_MARKET_VALUE: Final = 1e15
+
 # the `source` of the exchange's own quotes (the Bitunix feed's WebSocket, its REST polling): their
 # `last_qty` says a trade since the last quote (0: none, the `last` an older print's)
 EXCHANGE_QUOTE_SOURCES: Final = frozenset({"ws", "rest"})

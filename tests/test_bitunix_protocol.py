@@ -423,6 +423,15 @@ REJECTS: list[tuple[str, str | bytes]] = [
     ("non_positive", frame(DEPTH15, data={"b": [["86699.6", "0"]], "a": [["86699.7", "0.7095"]]})),
     ("non_positive", with_data(TICKERS, av="0")),
     ("non_positive", frame(KLINE, ts=-5)),
+    # a finite number beyond any market (the candle files' bound, 1e15): found by an audit
+    ("too_large", with_data(KLINE, o="1e308", h="1e308", l="1e308", c="1e308")),
+    ("too_large", with_data(KLINE, b="1e308")),
+    ("too_large", with_data(TRADE, v="1e15")),
+    ("too_large", with_data(TICKER, la=10**20)),
+    ("too_large", with_data(PRICE, ip="1e308")),
+    ("too_large", frame(DEPTH15, data={"b": [["86699.6", "1e308"]], "a": [["86699.7", "0.7095"]]})),
+    ("too_large", frame(DEPTH15, data={"b": [["86699.6", "1"]], "a": [["86699.7", "1"], ["1e308", "1"]]})),
+    ("too_large", with_data(TICKERS, bv="1e308")),
     ("crossed_book", frame(DEPTH15, data={"b": [["86699.7", "1"]], "a": [["86699.7", "1"]]})),
     ("crossed_book", frame(DEPTH15, data={"b": [["86700", "1"]], "a": [["86699.7", "1"]]})),
     ("crossed_book", with_data(TICKERS, bd="68652")),
@@ -451,6 +460,36 @@ def test_reject(reason: str, raw: str | bytes) -> None:
 def test_every_reason_covered() -> None:
     covered = {r for r, _ in REJECTS} | {"ts_backwards", "price_jump", "ts_future", "bad_funding"}
     assert covered == set(REJECT_REASONS)
+
+
+def test_a_price_or_size_just_under_the_bound_is_taken() -> None:
+    """The bound is the candle files' (1e15, actors/feeds/history.py): just under it is data."""
+    v = validator()
+    book = v.parse(frame(DEPTH15, data={"b": [["999999999999999", "999999999999999"]], "a": [["1e15", "1"]]}))
+    rejected(book, "too_large")  # the ask at the bound
+    book = v.parse(frame(DEPTH15, data={"b": [["86699.6", "999999999999999"]], "a": [["86699.7", "1"]]}))
+    assert isinstance(book, BookTop) and book.bid_qty == 999999999999999.0
+
+
+def test_a_first_frame_priced_beyond_any_market_is_dropped_not_the_last_good_price() -> None:
+    """Found by an audit: with no last good price yet (a symbol's first frame), a kline of prices
+    1e308 was taken, its close the price every later one was judged against."""
+    v = validator()
+    rejected(v.parse(with_data(KLINE, o="1e308", h="1e308", l="1e308", c="1e308")), "too_large")
+    assert isinstance(v.parse(frame(KLINE, ts=1786650732300)), KlinePush)
+
+
+def test_a_rest_kline_row_or_book_beyond_any_market_is_dropped() -> None:
+    rows = [
+        {"open": 1, "high": "1e308", "low": 1, "close": 1, "time": 60_000, "quoteVol": "1"},
+        {"open": 1, "high": 2, "low": 1, "close": 1, "time": 120_000, "quoteVol": "1e308"},
+        {"open": 1, "high": 2, "low": 1, "close": 1, "time": 180_000, "quoteVol": "1"},
+    ]
+    problems: list[str] = []
+    candles = parse_rest_klines(rows, 60.0, problems)
+    assert [c.open_ts for c in candles] == [180.0] and len(problems) == 2, problems
+    with pytest.raises(RestError, match="bad level"):
+        parse_rest_depth({"bids": [["1", "1e308"]], "asks": [["2", "1"]]}, 0.0)
 
 
 @pytest.mark.parametrize("fr", ["10.5", "-250", "1e300"])

@@ -66,6 +66,7 @@ REASON_OF_KIND = {
     "price_jump": "price_jump",
     "unknown_channel": "unknown_channel",
     "wrong_symbol": "wrong_symbol",
+    "huge": "too_large",  # a price or size of 1e308: finite, and beyond any market
 }
 
 
@@ -797,6 +798,34 @@ async def test_session_survives_malformed_frames_and_counts_them_by_reason(tmp_p
     assert kinds(events)["feed.malformed"] >= 1
     assert result.report["reconnects"] == 0
     assert_candles_match_truth(result.run_path, fake)
+
+
+async def test_prices_and_sizes_beyond_any_market_are_dropped_and_counted(tmp_path: Path) -> None:
+    """Found by an audit: the frames' validator had no upper bound, so a book's size of 1e308 (or a
+    symbol's first price of 1e308: no last good price to jump from) was taken, recorded and quoted
+    (a touch of 1e308 BTC). Every frame is malformed for the first 8 s (each stream cycles
+    through every kind, the fake's `huge` among them), then none: every `huge` frame is dropped as
+    `too_large`, and nothing of 1e15 or more reaches the session's records."""
+    fake = FakeBitunix(seed=7, faults=Faults(malformed_fraction=1.0))
+    result, events = await live_session(
+        tmp_path,
+        fake,
+        "strategy.history=30",
+        duration_s=14,
+        during=lambda: switch_off_after(8, fake.faults, malformed_fraction=0),
+    )
+    assert_clean_finish(result, events)
+    sent = fake.stats.malformed_sent["huge"]
+    huge_on = {e[2] for e in fake.stats.faults_log if e[0] == "malformed" and e[4] == "huge"}
+    assert "depth_book15" in huge_on, fake.stats.faults_log  # a size: no jump check stops it
+    assert result.report["malformed_dropped"]["too_large"] == sent
+    values = [
+        v
+        for r in market_records(result.run_path, None)
+        for k, v in r.items()
+        if k in ("bid", "ask", "last", "bid_qty", "ask_qty", "last_qty", "mark_price", "high", "volume")
+    ] + [x for r in market_records(result.run_path, "book") for lvl in r["bids"] + r["asks"] for x in lvl]
+    assert values and max(values) < 1e15
 
 
 async def test_a_stall_trips_the_stale_gate_reconnects_and_backfills(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import IO, Any, Final
 import orjson
 from loguru import logger
 
-from protocols.messages import DEFAULT_SYMBOL, Candle, MarketEvent, Tick, _new_tuple, quote
+from protocols.messages import DEFAULT_SYMBOL, MAX_MARKET_VALUE, Candle, MarketEvent, Tick, _new_tuple, quote
 from protocols.records import market_from_record
 
 CSV_HEADER = ["open_time_ms", "open", "high", "low", "close", "volume"]
@@ -33,8 +33,8 @@ MIN_OPEN_MS: Final = 1.0
 MAX_OPEN_MS: Final = 4_102_444_800_000.0
 # prices and volumes a candle may have: below this (found by an audit: a row of prices 1e308, finite,
 # was a candle, and the broker's price grid overflowed, 1e308 x 10 ticks: the backtest ended in
-# error); where the mock's walk stops too (actors/feeds/mock.py MAX_MID)
-MAX_CSV_VALUE: Final = 1e15
+# error); where the mock's walk stops too (actors/feeds/mock.py MAX_MID); the live frames' bound too
+MAX_CSV_VALUE: Final = MAX_MARKET_VALUE
 # what reading a file can raise besides OSError: a gzip stream cut short, or damaged
 READ_ERRORS: Final = (OSError, EOFError, zlib.error)
 

@@ -55,6 +55,7 @@ MALFORMED_KINDS = (
     "price_jump",
     "unknown_channel",
     "wrong_symbol",
+    "huge",
 )
 REST_ERROR_KINDS = ("http_500", "http_503", "network_error")
 

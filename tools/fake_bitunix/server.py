@@ -992,6 +992,9 @@ def _malform(frame: dict[str, Any], kind: str, last_ts: int, market: _Market, se
         prices[0][0][prices[0][1]] = [prices[0][0][prices[0][1]]]
     elif kind in ("nan", "inf", "zero_price"):
         prices[0][0][prices[0][1]] = {"nan": "NaN", "inf": "Infinity", "zero_price": "0"}[kind]
+    elif kind == "huge":  # finite, and far beyond any market: a book's size, any other frame's prices
+        for tgt, k in sizes[:1] if _channel_kind(ch) in ("depth", "tickers") else prices:
+            tgt[k] = "1e308"
     elif kind == "negative_size":
         tgt, k = (sizes or prices)[0]
         tgt[k] = "-" + str(tgt[k])
