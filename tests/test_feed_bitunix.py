@@ -614,6 +614,36 @@ async def test_rate_limit_replies_at_start_delay_the_instrument_but_do_not_lose_
     assert fake.stats.rest_rate_limited == 4
 
 
+def book_age_s(fake: FakeBitunix, book: Book) -> float:
+    """How long before `book.ts` (the time the feed handed it out, on the exchange's clock) the
+    fake served that book: the newest of its 250 ms steps at or before `book.ts` whose book it is."""
+    for back in range(0, 60_000, 50):
+        data = fake.depth_data(int(book.ts * 1000) - back, 15)
+        if tuple((float(p), float(q)) for p, q in data["b"]) == book.bids:
+            return back / 1000
+    raise AssertionError(f"no book of the fake's within a minute before {book.ts}")
+
+
+async def test_frames_that_came_while_the_instrument_was_fetched_are_not_handed_out_as_current(
+    tmp_path: Path,
+) -> None:
+    """Found by an audit: the first data frame waited for the instruments (up to half of
+    feed.connect_timeout_s, the REST API rate-limited), and the frames queued meanwhile went out
+    after it as current quotes, stamped with the time they were handed out: books up to 7 s old
+    (a resumed position's stop could fill on one, its fill recorded at a time the market was
+    elsewhere). They are read while the instruments are fetched and not handed out (counted in
+    `feed.live`): every book handed out is the fake's book of its time (within a push or two)."""
+    fake = FakeBitunix(seed=45, faults=Faults(rest_rate_limited_first=6))
+    run = await run_feed(tmp_path, fake, *SMALL_HISTORY, seconds=40, until=_instrument_then_books(20))
+    (instrument,) = [e for _, e in run.received if isinstance(e, Instrument)]
+    assert instrument.source == "table"  # the rate limit outlasted the start's budget for it
+    books = [e for _, e in run.received if isinstance(e, Book)]
+    ages = [book_age_s(fake, b) for b in books]
+    assert max(ages) <= 2.0, ages  # the old code's first books: 7 s old
+    (live,) = [e.fields for e in run.events if e.kind == "feed.live"]
+    assert live["frames_before_instrument"] >= 10, live  # 7 s of pushes, read and not used
+
+
 @pytest.mark.parametrize("status", [429, 503])
 async def test_the_protocol_docs_uncertain_readings_are_taken_as_well(tmp_path: Path, status: int) -> None:
     """The doc's uncertain readings, from the fake: each channel's subscription acknowledged (one

@@ -17,8 +17,9 @@
   push whose volume grew, a trade `Tick` (`_traded`: the only quotes that fill resting limits).
 - **Instrument** at start: `GET trading_pairs?symbols=A,B,..` (one call for every symbol; bounded: `INSTRUMENT_ATTEMPTS`
   tries within half of `feed.connect_timeout_s`, a rate-limit reply waited out, not counted as one), parsed by `from_trading_pair` over the shipped
-  table's instrument, sent as an `Instrument` market event before the first quote, book or candle
-  (the first data frame waits for them), one per symbol. When the call fails or a row is
+  table's instrument, sent as an `Instrument` market event before the first quote, book or candle,
+  one per symbol: the data frames read before they are in are not handed out (counted in
+  `feed.live`), so the first quote is the first frame after them, not one that waited. When the call fails or a row is
   unusable: the table's instrument, with a warning and the reason in that symbol's
   `feed.instrument` (`source: "table"`). When the exchange says it does not trade a symbol (code
   20015: then each symbol is asked alone to name it; or no row for it): `UnknownSymbol`, and the
@@ -382,6 +383,7 @@ class BitunixFeed:
         self.ws_phase = ""
         self.ever_up = False
         self.frames = 0  # WebSocket frames received since the last feed.stats
+        self.before_instrument = 0  # data frames read before the instruments were in: not handed out
         self.lags_ms: list[float] = []
         self.http = httpx.AsyncClient(base_url=self.cfg.rest_url, timeout=self.cfg.rest_timeout_s)
         self.reply_date_s: float | None = None  # the last REST answer's `Date` (the exchange's clock)
@@ -910,7 +912,9 @@ class BitunixFeed:
             self.first_data.set()
             for other in self.markets.values():  # the failover clock of each symbol starts now
                 other.last_data_at = max(other.last_data_at, self.last_data_at)
-            await self._event("feed.live", source="websocket")
+            await self._event(
+                "feed.live", source="websocket", frames_before_instrument=self.before_instrument
+            )
         if m.stale:
             if had_data:
                 logger.info("feed: {} data is fresh again", m.symbol)
@@ -1070,6 +1074,14 @@ class BitunixFeed:
                     self.lags_ms.append(self.clock.now() * 1000 - parsed.ts_ms)
                     if not self.ws_up:
                         await self._up()
+                    if not self.instrument_done.is_set():
+                        # the instruments come before any quote: until they are in, data frames are
+                        # read (the socket is not silent) and not handed out (found by an audit: the
+                        # first one waited for them, up to half of connect_timeout_s with the REST API
+                        # rate-limited, and the frames queued meanwhile then went out as current
+                        # quotes, 7 s old; a resumed position's stop filled on one)
+                        self.before_instrument += 1
+                        continue
                     await self._on_data(parsed)
 
     async def _up(self) -> None:
