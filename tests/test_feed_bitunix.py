@@ -644,6 +644,28 @@ async def test_frames_that_came_while_the_instrument_was_fetched_are_not_handed_
     assert live["frames_before_instrument"] >= 10, live  # 7 s of pushes, read and not used
 
 
+async def test_a_resumes_backfill_does_not_hold_its_quotes_back(tmp_path: Path) -> None:
+    """Found by an audit: on a resume (or a reconnect), the first kline push's REST backfill of
+    the candles missed meanwhile ran in the socket's reader; with the REST API rate-limited it took
+    seconds, and the books queued meanwhile then went out as current quotes (7.35 s old, the
+    resumed position's stop working on them). The backfill runs beside the reader: every book
+    handed out is the fake's book of its time (within 2 s), and the missed candles still come."""
+    fake = FakeBitunix(seed=45, faults=Faults(rest_rate_limited_first=9))
+    last_open = (int(time.time()) // 60 - 6) * 60.0  # the resumed session's last candle
+    books = _instrument_then_books(20)
+
+    def done(got: list[MarketEvent]) -> bool:  # and the missed candles up to the last closed
+        return books(got) and any(isinstance(e, Candle) and e.open_ts >= last_open + 300 for e in got)
+
+    run = await run_feed(
+        tmp_path, fake, *SMALL_HISTORY, seconds=40, until=done, handed_out={"BTCUSDT": last_open}
+    )
+    ages = [book_age_s(fake, e) for _, e in run.received if isinstance(e, Book)]
+    assert len(ages) >= 20 and max(ages) <= 2.0, ages  # the old code's first books: 7.35 s old
+    opens = [c.open_ts for _, c in run.received if isinstance(c, Candle)]
+    assert opens[0] == last_open + 60 and all(b - a == 60 for a, b in itertools.pairwise(opens)), opens
+
+
 @pytest.mark.parametrize("status", [429, 503])
 async def test_the_protocol_docs_uncertain_readings_are_taken_as_well(tmp_path: Path, status: int) -> None:
     """The doc's uncertain readings, from the fake: each channel's subscription acknowledged (one
