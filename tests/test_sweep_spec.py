@@ -620,6 +620,7 @@ def test_the_progress_line_says_the_trials_in_ray_are_running_or_queued() -> Non
     assert line.startswith("trials 1/15 done, 11 running or queued, 0 failed, 0 from the log; ")
 
 
+@pytest.mark.sweep  # the sweep's data columns are numpy arrays (the `sweep` extra: nox -s sweep)
 def test_data_newest_first_is_refused_as_the_cli_backtest_refuses_it(tmp_path: Path) -> None:
     """The CLI backtest refuses a file in descending time order (an export newest first), exit 2;
     the sweep's reader kept its first candle, skipped the rest (csv_time_backwards), and every
