@@ -1,4 +1,4 @@
-"""The key preflight: `python -m actors.main --preflight` (no trio; one synchronous httpx request).
+"""The key preflight: `python -m actors.main --preflight` (one httpx request, in a trio run of its own).
 
 It reads the exchange's API key pair from the environment (`BITUNIX_API_KEY`, `BITUNIX_API_SECRET`,
 or the `_FILE` forms naming files: see actors/secrets.py) and sends one signed
@@ -19,7 +19,9 @@ It prints exactly one line and exits with:
   exchange's message, or a clock skew. The REST timestamp window is undocumented (§1.3, §9.8), so a
   skew is diagnosed from the HTTP `Date` header of the answer: a refusal while this machine's clock
   is more than `SKEW_TOLERANCE_S` away from it is reported as the clock's fault.
-- 4: the exchange cannot be reached: a network error, a timeout, an HTTP status other than 200, an
+- 4: the exchange cannot be reached: a network error, no whole answer within `TIMEOUT_S` (5 s for
+  the whole request: connect, send, the answer's headers and body), an answer larger than
+  `MAX_ANSWER_BYTES`, an HTTP status other than 200, an
   answer that is not the exchange's JSON envelope, or a rate limit (codes 10005/10006, HTTP 429:
   the key was not checked; the line says when to try again); stderr `preflight failed: cannot reach
   <url>: ...`.
@@ -42,6 +44,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
 import httpx
+import trio
 
 from actors import secrets
 from protocols import bitunix
@@ -56,7 +59,8 @@ EXIT_UNREACHABLE = 4
 
 ACCOUNT_PATH = "/api/v1/futures/account"
 MARGIN_COIN = "USDT"
-TIMEOUT_S = 5.0
+TIMEOUT_S = 5.0  # the whole request, not each of its reads
+MAX_ANSWER_BYTES = 1 << 20  # an account's answer is a few hundred bytes
 # a refusal while the clocks differ by more than this is put down to the clock (the exchange's
 # own window is undocumented; its Date header has whole seconds)
 SKEW_TOLERANCE_S = 5.0
@@ -172,14 +176,17 @@ def run_preflight(config: Config, env: Mapping[str, str]) -> int:
     }
     sent = time.time()
     try:
-        with httpx.Client(timeout=TIMEOUT_S) as http:
-            response = http.get(base.rstrip("/") + ACCOUNT_PATH, params=query, headers=headers)
+        response = trio.run(_fetch, base.rstrip("/") + ACCOUNT_PATH, query, headers)
     except httpx.TimeoutException:
-        out.line(f"preflight failed: cannot reach {where}: no answer within {TIMEOUT_S:g} s", sys.stderr)
-        return EXIT_UNREACHABLE
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        response = None
+    except (httpx.HTTPError, httpx.InvalidURL, _TooLarge) as exc:
         reason = str(exc) or type(exc).__name__
         out.line(f"preflight failed: cannot reach {where}: {reason}", sys.stderr)
+        return EXIT_UNREACHABLE
+    if response is None:
+        out.line(
+            f"preflight failed: cannot reach {where}: no whole answer within {TIMEOUT_S:g} s", sys.stderr
+        )
         return EXIT_UNREACHABLE
     received = time.time()
     limited = _rate_limited(response)
@@ -206,6 +213,35 @@ def run_preflight(config: Config, env: Mapping[str, str]) -> int:
     skew = _skew(response.headers.get("date"), (sent + received) / 2)
     out.line(f"preflight failed: {where}: {_reason(code, msg, skew)}", sys.stderr)
     return EXIT_REFUSED
+
+
+class _TooLarge(Exception):
+    """An answer longer than MAX_ANSWER_BYTES (its reading stopped there)."""
+
+
+async def _fetch(url: str, query: Mapping[str, str], headers: Mapping[str, str]) -> httpx.Response | None:
+    """The answer to one GET, read whole (at most MAX_ANSWER_BYTES of body) within TIMEOUT_S in
+    total; None when the time ran out. Found by an audit: httpx's timeout bounds each connect, read
+    and write, and a server answering a byte at a time held the preflight for as long as it lasted
+    (the webhook's fix: the whole try under one deadline)."""
+    with trio.move_on_after(TIMEOUT_S):
+        async with (
+            httpx.AsyncClient(timeout=TIMEOUT_S) as http,
+            http.stream("GET", url, params=query, headers=headers) as response,
+        ):
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise _TooLarge(f"the answer is larger than {MAX_ANSWER_BYTES // (1 << 20)} MiB")
+            # the answer as read (decoded already: its headers without the encoding)
+            kept = [(k, v) for k, v in response.headers.multi_items() if k not in _BODY_HEADERS]
+            phrase = {"reason_phrase": response.extensions.get("reason_phrase", b"")}
+            return httpx.Response(response.status_code, headers=kept, content=bytes(body), extensions=phrase)
+    return None
+
+
+_BODY_HEADERS = ("content-encoding", "content-length", "transfer-encoding")
 
 
 def _rate_limited(response: httpx.Response) -> str | None:

@@ -495,3 +495,81 @@ async def test_a_key_pair_of_digits_is_masked_too(tmp_path: Path, capsys: pytest
         out.out.strip()
         == f"preflight ok: {f.rest_url} accepts the key; USDT available=*** frozen=*** margin=10"
     )
+
+
+# a raw HTTP server on 127.0.0.1 whose answer never ends in time: its status line and a header, or
+# its body, one byte every TRICKLE_S (each read gets a byte, so no per-read timeout ever fires)
+TRICKLE_S = 0.2
+TRICKLES = {
+    "headers": (b"HTTP/1.1 200 OK\r\nX-Pad: ", b"a"),
+    "body": (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n", b" "),
+}
+
+
+async def _trickle(head: bytes, byte: bytes, stream: trio.SocketStream) -> None:
+    with trio.move_on_after(30):  # the server's own bound, whatever the client does
+        await stream.receive_some(65536)  # the request (a GET: one read holds it)
+        await stream.send_all(head)
+        while True:
+            await trio.sleep(TRICKLE_S)
+            await stream.send_all(byte)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("part", sorted(TRICKLES))
+async def test_an_answer_trickling_in_is_cut_at_the_whole_requests_timeout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], part: str
+) -> None:
+    """Found by an audit: httpx's 5 s timeout bounds each connect, read and write, not the request:
+    a server answering one byte at a time (its headers or its body) held the preflight for as long
+    as it went on. The whole request now has TIMEOUT_S (5 s, the figure documented), then exit 4.
+    The test's own wait is bounded (12 s): the old code's hang is a failure here, not a hung suite."""
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            partial(trio.serve_tcp, partial(_trickle, *TRICKLES[part]), 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        config = make_config(tmp_path, f"feed.rest_url=http://127.0.0.1:{port}")
+        env = {"BITUNIX_API_KEY": KEY, "BITUNIX_API_SECRET": SECRET}
+        start = time.monotonic()
+        with trio.fail_after(12):
+            code = await trio.to_thread.run_sync(run_preflight, config, env, abandon_on_cancel=True)
+        took = time.monotonic() - start
+        nursery.cancel_scope.cancel()
+    out = capsys.readouterr()
+    assert (code, out.out) == (4, "")
+    assert (
+        out.err.strip()
+        == f"preflight failed: cannot reach http://127.0.0.1:{port}: no whole answer within 5 s"
+    )
+    assert 4.5 < took < 9, took
+
+
+async def _huge(stream: trio.SocketStream) -> None:
+    with trio.move_on_after(30):
+        await stream.receive_some(65536)
+        size = 2 << 20  # 2 MiB of a JSON string's inside, sent as fast as the client reads
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        await stream.send_all(b"Content-Length: %d\r\n\r\n" % (size + 2) + b'"' + b"a" * size + b'"')
+
+
+@pytest.mark.slow
+async def test_an_answer_larger_than_a_mib_is_not_read_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the whole request under one deadline, a fast server could fill the memory within it:
+    the body is read up to MAX_ANSWER_BYTES (1 MiB; an account's answer is a few hundred bytes)."""
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, _huge, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        config = make_config(tmp_path, f"feed.rest_url=http://127.0.0.1:{port}")
+        env = {"BITUNIX_API_KEY": KEY, "BITUNIX_API_SECRET": SECRET}
+        with trio.fail_after(12):
+            code = await trio.to_thread.run_sync(run_preflight, config, env, abandon_on_cancel=True)
+        nursery.cancel_scope.cancel()
+    out = capsys.readouterr()
+    assert (code, out.out) == (4, "")
+    assert (
+        out.err.strip()
+        == f"preflight failed: cannot reach http://127.0.0.1:{port}: the answer is larger than 1 MiB"
+    )
