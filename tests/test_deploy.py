@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from actors import secrets
 from actors.config import Config, load
 from actors.main import build_parser
 from tests.conftest import REPO
@@ -322,9 +323,8 @@ def test_the_job_is_one_session_of_the_default_image() -> None:
     assert session_s < job["spec"]["activeDeadlineSeconds"] <= 2 * session_s
     assert pod["terminationGracePeriodSeconds"] >= 2 * Config().session.flatten_timeout_s
     # the keys from a Secret that may be missing (a paper session never reads them)
-    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
-    assert {"BITUNIX_API_KEY", "BITUNIX_API_SECRET"} <= set(secrets)
-    assert all(ref["optional"] is True for ref in secrets.values())
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert all(ref["optional"] is True for ref in refs.values())
     # /data survives a new pod (the restart's resume): a claim of this file
     claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
     assert claims == {_one(docs, "PersistentVolumeClaim")["metadata"]["name"]}
@@ -441,3 +441,37 @@ def test_the_documented_sweep_command_is_one_tools_sweep_takes() -> None:
         # the sweep's folder and its data on the head's volume
         assert any(args.out.startswith(m + "/") for m in mounts if m == "/data"), args.out
         assert all(d.startswith("/data/") for d in args.data), args.data
+
+
+def test_the_key_pair_comes_as_files_of_a_secret_made_from_files() -> None:
+    """Found by an audit: README and the Job's header said `kubectl create secret ...
+    --from-literal=BITUNIX_API_SECRET=...`, the secret in the shell's history and the process
+    list, and the Job put the key pair in variables. The recipe makes the Secret from files
+    (`--from-file`, no value on a command line), and the Job mounts it, the key pair named by the
+    `_FILE` variables actors/secrets.py reads: each names the file of its key in the Secret's
+    volume, which may be missing (optional, as a paper session never reads them)."""
+    job = _one(_load("session-job.yaml"), "Job")
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert not {secrets.API_KEY, secrets.API_SECRET} & set(env)  # never as variables
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {PurePosixPath(m["mountPath"]): m for m in container["volumeMounts"]}
+    for name in (secrets.API_KEY, secrets.API_SECRET):
+        path = PurePosixPath(env[name + secrets.FILE_SUFFIX]["value"])
+        mount = mounts[path.parent]
+        assert mount.get("readOnly") is True
+        volume = volumes[mount["name"]]["secret"]
+        assert volume["optional"] is True and "items" not in volume  # every key, by its name
+        assert path.name == name
+        secret_name = volume["secretName"]
+    # the recipe: a Secret of that name, from files named as its keys; no value on a command line
+    section = _readme_section()
+    header = (DEPLOY / "session-job.yaml").read_text(encoding="utf-8")
+    for name, text in (("README", section), ("session-job.yaml", header)):
+        made = rf"kubectl create secret generic {secret_name} \\\n[# ]*--from-file=btc-secrets/ "
+        assert re.search(made, text), name
+        for key in (secrets.API_KEY, secrets.API_SECRET, secrets.STATE_KEY):
+            assert f"> btc-secrets/{key}" in text, (name, key)
+    for name in ("README.md", "deploy/session-job.yaml", "deploy/raycluster.yaml", "docs/RUNBOOK.md"):
+        assert "--from-literal=" not in (REPO / name).read_text(encoding="utf-8"), name
