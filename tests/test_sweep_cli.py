@@ -178,3 +178,24 @@ def test_ray_address_in_the_environment_is_the_cluster_and_said_as_such(tmp_path
         assert done.stderr.splitlines() == [
             f"error: --workers is for a local Ray; RAY_ADDRESS={address} names a cluster (unset it for a local Ray)"
         ]
+
+
+def test_a_sweep_that_judged_no_window_out_of_sample_exits_1_saying_why(tmp_path: Path) -> None:
+    """Found by an audit: a sweep whose train trials were ok but in which no window had a train
+    trial eligible to choose (here sweep.min_trades = 100000: `over 0 of 1 windows`) measured
+    nothing that matters and exited 0. Exit 1, with one line saying why (the every-trial-failed
+    line's words); the table and sweep.json are written all the same."""
+    spec = _spec(tmp_path)
+    spec.write_text(spec.read_text().replace("min_trades = 1\n", "min_trades = 100000\n"))
+    done = _sweep(spec, "--out", str(tmp_path / "out"), "--workers", "1")
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    assert "  ema_cross: out-of-sample net PnL +0.00 USDT over 0 of 1 windows" in lines[-2], lines[-2]
+    assert lines[-1] == (
+        "error: no window judged out of sample (0 of 1): the sweep measured nothing; ema_cross: 1 without "
+        "an in-sample trial eligible to choose (at least sweep.min_trades = 100000 trades and a defined net_pnl)"
+    )
+    table = (tmp_path / "out" / "trials.csv").read_text().splitlines()
+    assert len(table) == 3 and all(",ok," in row for row in table[1:]), table  # two train trials, ok
+    assert (tmp_path / "out" / "sweep.json").exists()

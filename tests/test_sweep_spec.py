@@ -645,3 +645,51 @@ def test_data_newest_first_is_refused_as_the_cli_backtest_refuses_it(tmp_path: P
     data.write_text("\n".join(rows) + "\n")
     columns = read_columns(data, 60.0, "BTCUSDT")
     assert len(columns["open_ts"]) == 29 and columns["skip_reason"] == ["csv_time_backwards"]
+
+
+def test_a_sweep_that_judged_no_window_out_of_sample_is_said_as_measuring_nothing(tmp_path: Path) -> None:
+    """Found by an audit: a sweep whose train trials were ok but whose every out-of-sample run
+    failed, or in which no window had an eligible train trial (`over 0 of 2 windows`), exited 0,
+    and a script or CI job took it for a result. The CLI's line for it (exit 1) says why, in the
+    words of the every-trial-failed line; one window judged, for one strategy, is a result."""
+    from tools.sweep.__main__ import nothing_judged
+    from tools.sweep.results import summary
+
+    spec = load_spec(_good(tmp_path, fast="[5]"))  # min_trades = 3, objective sharpe
+    windows = spec.windows_from(0.0)[:2]
+
+    def record(window: int, phase: str, status: str, trades: int, name: str = "ema_cross") -> dict[str, Any]:
+        ok = status == "ok"
+        return {
+            "key": f"{name}{window}{phase}", "trial_id": f"{name}{window}{phase}", "strategy": name,
+            "params": {"fast_period": 5}, "window": window, "phase": phase, "status": status,
+            "net_pnl": 1.0 if ok else None, "sharpe": 1.0 if ok else None, "trade_count": trades if ok else None,
+            "error": None if ok else "session ended error: storage (low space: 1 MB)",
+        }  # fmt: skip
+
+    # every out-of-sample run failed: the first (window 0) named
+    records = [
+        record(0, "train", "ok", 5),
+        record(0, "test", "failed", 0),
+        record(1, "train", "ok", 5),
+        record(1, "test", "failed", 0),
+    ]
+    assert nothing_judged(summary(spec, windows, records), records) == (
+        "error: no window judged out of sample (0 of 2): the sweep measured nothing; ema_cross: 2 whose "
+        "out-of-sample run failed; trend_pullback: 2 without an in-sample trial eligible to choose (at "
+        'least sweep.min_trades = 3 trades and a defined sharpe); the first: ema_cross {"fast_period": 5} '
+        "(window 0, test): session ended error: storage (low space: 1 MB)"
+    )
+    # no window with an eligible train trial (fewer than min_trades trades, or failed)
+    records = [record(0, "train", "ok", 2), record(1, "train", "failed", 0)]
+    records += [record(w, "train", "ok", 1, "trend_pullback") for w in (0, 1)]
+    assert nothing_judged(summary(spec, windows, records), records) == (
+        "error: no window judged out of sample (0 of 2): the sweep measured nothing; ema_cross: 2 without "
+        "an in-sample trial eligible to choose (at least sweep.min_trades = 3 trades and a defined "
+        "sharpe); trend_pullback: 2 without an in-sample trial eligible to choose (at least "
+        "sweep.min_trades = 3 trades and a defined sharpe)"
+    )
+    # one window judged for one strategy, its other windows and the other strategy's not: a result
+    records += [record(1, "train", "ok", 5, "trend_pullback"), record(1, "test", "ok", 4, "trend_pullback")]
+    records.remove(record(1, "train", "ok", 1, "trend_pullback"))
+    assert nothing_judged(summary(spec, windows, records), records) is None

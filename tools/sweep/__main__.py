@@ -1,7 +1,8 @@
 """`python -m tools.sweep SPEC.toml`: a parameter sweep with walk-forward windows on Ray
 (docs/sweeps.md). Exit 0 when the sweep is complete (some trials may have failed: the table says
-which and why), 1 when every trial failed (one line naming the first), 2 for a spec or flag that
-cannot be used (one line each, naming the key), 4 when the Ray cluster at --address cannot be
+which and why), 1 when every trial failed (one line naming the first) or no window was judged out
+of sample (every out-of-sample run failed, or no window had an eligible train trial: one line
+saying why), 2 for a spec or flag that cannot be used (one line each, naming the key), 4 when the Ray cluster at --address cannot be
 reached, 130 when a Ctrl-C stops it (the trials finished are kept)."""
 
 from __future__ import annotations
@@ -147,7 +148,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    said = nothing_judged(result.summary, records)
+    if said is not None:
+        print(said, file=sys.stderr)
+        return 1
     return 0
+
+
+def nothing_judged(summary: dict[str, Any], records: Sequence[dict[str, Any]]) -> str | None:
+    """The error line of a sweep that judged no window out of sample for any strategy (every
+    out-of-sample run failed, or no window had an eligible train trial): it measured nothing that
+    matters, whatever its train trials (found by an audit: `over 0 of 3 windows`, exit 0, a
+    script or CI job took it for a result). None when at least one window was judged."""
+    verdict = summary["verdict"]
+    if not verdict or any(v.get("windows") for v in verdict.values()):
+        return None
+    reasons = []
+    for name, v in verdict.items():
+        left = []
+        if v.get("failed_windows"):
+            left.append(f"{v['failed_windows']} whose out-of-sample run failed")
+        if v.get("no_best_windows"):
+            left.append(
+                f"{v['no_best_windows']} without an in-sample trial eligible to choose (at least "
+                f"sweep.min_trades = {summary['min_trades']} trades and a defined {summary['objective']})"
+            )
+        reasons.append(f"{name}: {', '.join(left)}")
+    line = (
+        f"error: no window judged out of sample (0 of {len(summary['windows'])}): the sweep measured "
+        f"nothing; {'; '.join(reasons)}"
+    )
+    failed = [r for r in records if r.get("phase") == "test" and r.get("status") != "ok"]
+    if failed:
+        line += f"; the first: {failure_line(failed[0])}"
+    return line
 
 
 def failure_line(record: dict[str, Any]) -> str:
