@@ -199,3 +199,31 @@ def test_a_sweep_that_judged_no_window_out_of_sample_exits_1_saying_why(tmp_path
     table = (tmp_path / "out" / "trials.csv").read_text().splitlines()
     assert len(table) == 3 and all(",ok," in row for row in table[1:]), table  # two train trials, ok
     assert (tmp_path / "out" / "sweep.json").exists()
+
+
+def test_a_window_outside_the_data_is_refused_at_start_naming_it(tmp_path: Path) -> None:
+    """Found by an audit: a walk-forward window the data holds no candle of (two days of data, three
+    windows of 1 + 1 days: window 1's test day and window 2 are after it) was only a warning at
+    start (`hold 0 of their 1,440 candles`); its trials then failed and the sweep exited 0 on
+    window 0's verdict. Refused before any trial runs: exit 2, a line per window's days naming
+    them, the data's span and the key."""
+    spec = _spec(tmp_path)
+    spec.write_text(spec.read_text().replace("windows = 1\n", "windows = 3\n"))
+    out = tmp_path / "out"
+    done = _sweep(spec, "--out", str(out), "--workers", "1")
+    assert done.returncode == 2, done.stderr[-3000:]
+    said = [line for line in done.stderr.splitlines() if line.startswith("spec error:")]
+    span = f"{tmp_path / 'candles.csv'} spans 2024-01-01T00:00:00Z to 2024-01-03T00:00:00Z"
+    after = (
+        "those days are after its last candle: fewer windows or an earlier start): its trials could not run"
+    )
+    assert said == [
+        "spec error: walk_forward.windows: window 1's test days (2024-01-03T00:00:00Z to 2024-01-04T00:00:00Z) "
+        f"hold no candle of the data ({span}; {after}",
+        "spec error: walk_forward.windows: window 2's train days (2024-01-03T00:00:00Z to 2024-01-04T00:00:00Z) "
+        f"hold no candle of the data ({span}; {after}",
+        "spec error: walk_forward.windows: window 2's test days (2024-01-04T00:00:00Z to 2024-01-05T00:00:00Z) "
+        f"hold no candle of the data ({span}; {after}",
+    ], done.stderr[-3000:]
+    assert said == done.stderr.splitlines()[-3:] and "Traceback" not in done.stderr
+    assert not (out / "trials.jsonl").exists()  # no trial ran

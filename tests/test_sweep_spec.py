@@ -693,3 +693,42 @@ def test_a_sweep_that_judged_no_window_out_of_sample_is_said_as_measuring_nothin
     records += [record(1, "train", "ok", 5, "trend_pullback"), record(1, "test", "ok", 4, "trend_pullback")]
     records.remove(record(1, "train", "ok", 1, "trend_pullback"))
     assert nothing_judged(summary(spec, windows, records), records) is None
+
+
+def test_a_window_the_data_holds_no_candle_of_is_a_spec_error_naming_it() -> None:
+    """Found by an audit: a walk-forward window outside the data (0 candles in its train or test
+    days) was only a warning at start (`hold 0 of their 1,440 candles`), then its trials failed.
+    It is a spec problem (exit 2) naming the window, its days, the data's span and the key; days
+    held in part are not (only said, `short_windows`). Data: days 2 and 3 of 2024 and day 6,
+    1m candles (plain lists: the function takes any sorted sequence)."""
+    from tools.sweep.runner import empty_windows
+    from tools.sweep.spec import Window
+
+    t0, day = datetime(2024, 1, 1, tzinfo=UTC).timestamp(), 86_400
+    opens = [t0 + day + i * 60 for i in range(2 * 1440)] + [t0 + 5 * day + i * 60 for i in range(1440)]
+    columns = {"/d/candles.csv": {"open_ts": opens}}
+
+    def window(index: int, train_day: float) -> Window:  # train 1 day, then test 1 day (days from t0)
+        start = t0 + train_day * day
+        return Window(index, start, start + day, start + 2 * day)
+
+    assert empty_windows((window(0, 1), window(1, 1.5), window(2, 4.5)), columns, 60.0) == []
+    said = empty_windows((window(0, 0), window(1, 3), window(2, 6)), columns, 60.0)
+    span = "/d/candles.csv spans 2024-01-02T00:00:00Z to 2024-01-07T00:00:00Z"
+    assert said == [
+        "walk_forward.start: window 0's train days (2024-01-01T00:00:00Z to 2024-01-02T00:00:00Z) hold no "
+        f"candle of the data ({span}; those days are before its first candle: a later start): its trials "
+        "could not run",
+        "walk_forward: window 1's train days (2024-01-04T00:00:00Z to 2024-01-05T00:00:00Z) hold no candle "
+        f"of the data ({span}; those days are in a gap of it: windows around the gap): its trials could "
+        "not run",
+        "walk_forward: window 1's test days (2024-01-05T00:00:00Z to 2024-01-06T00:00:00Z) hold no candle "
+        f"of the data ({span}; those days are in a gap of it: windows around the gap): its trials could "
+        "not run",
+        "walk_forward.windows: window 2's train days (2024-01-07T00:00:00Z to 2024-01-08T00:00:00Z) hold no "
+        f"candle of the data ({span}; those days are after its last candle: fewer windows or an earlier "
+        "start): its trials could not run",
+        "walk_forward.windows: window 2's test days (2024-01-08T00:00:00Z to 2024-01-09T00:00:00Z) hold no "
+        f"candle of the data ({span}; those days are after its last candle: fewer windows or an earlier "
+        "start): its trials could not run",
+    ]

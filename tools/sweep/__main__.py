@@ -2,8 +2,9 @@
 (docs/sweeps.md). Exit 0 when the sweep is complete (some trials may have failed: the table says
 which and why), 1 when every trial failed (one line naming the first) or no window was judged out
 of sample (every out-of-sample run failed, or no window had an eligible train trial: one line
-saying why), 2 for a spec or flag that cannot be used (one line each, naming the key), 4 when the Ray cluster at --address cannot be
-reached, 130 when a Ctrl-C stops it (the trials finished are kept)."""
+saying why), 2 for a spec or flag that cannot be used (one line each, naming the key; a
+walk-forward window with no candle of the data in its train or test days too), 4 when the Ray
+cluster at --address cannot be reached, 130 when a Ctrl-C stops it (the trials finished are kept)."""
 
 from __future__ import annotations
 
@@ -108,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 retry_failed=args.retry_failed,
                 progress=progress,
             )
+    except SpecError as exc:  # a window the data holds no candle of (known once the data is read)
+        for problem in exc.problems:
+            print(f"spec error: {problem}", file=sys.stderr)
+        return 2
     except DataError as exc:  # a data file the CLI's reader refuses (its header, say)
         print(f"error: {exc}", file=sys.stderr)
         return 2

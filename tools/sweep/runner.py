@@ -35,7 +35,16 @@ from tools.sweep.results import (
     write_json,
     write_table,
 )
-from tools.sweep.spec import Domain, Range, StrategySpace, SweepSpec, Window, cold_starts, trial_sets
+from tools.sweep.spec import (
+    Domain,
+    Range,
+    SpecError,
+    StrategySpace,
+    SweepSpec,
+    Window,
+    cold_starts,
+    trial_sets,
+)
 from tools.sweep.trial import (
     Trial,
     config_for,
@@ -306,6 +315,10 @@ def run_sweep(
             raise
     first_open = min(float(c["open_ts"][0]) for c in columns.values() if len(c["open_ts"]))
     windows = spec.windows_from(first_open)
+    empty = empty_windows(windows, columns, base.interval_s)
+    if empty:  # refused before any trial runs (found by an audit: said, then its trials failed)
+        ray.shutdown()
+        raise SpecError(empty)
     short = short_windows(windows, columns, base.interval_s)
     cold = cold_starts(spec)
     for line in (*short, *cold):
@@ -521,6 +534,41 @@ def short_windows(windows: tuple[Window, ...], columns: dict[str, Any], interval
                     f"or has gaps there): its {'in' if side == 'train' else 'out-of'}-sample figures cover "
                     "that much"
                 )
+    return said
+
+
+def empty_windows(windows: tuple[Window, ...], columns: dict[str, Any], interval_s: float) -> list[str]:
+    """A spec problem (exit 2) for each window's train or test days a data file holds no candle of
+    (found by an audit: only a warning at start, `hold 0 of their 1,440 candles`, then every trial
+    of them failed, and the sweep went on): one line naming the window, its days and the file's
+    span, the walk-forward key to change first. Days the data holds in part are only said
+    (`short_windows`)."""
+    said = []
+    for window in windows:
+        for side, start, end in (
+            ("train", window.train_start, window.train_end),
+            ("test", window.test_start, window.test_end),
+        ):
+            for path, c in columns.items():
+                opens = c["open_ts"]
+                if not len(opens) or bisect.bisect_left(opens, end) > bisect.bisect_left(opens, start):
+                    continue
+                first, last = float(opens[0]), float(opens[-1]) + interval_s
+                if end <= first:
+                    key, where = "walk_forward.start", "before its first candle: a later start"
+                elif start >= last:
+                    key, where = (
+                        "walk_forward.windows",
+                        "after its last candle: fewer windows or an earlier start",
+                    )
+                else:
+                    key, where = "walk_forward", "in a gap of it: windows around the gap"
+                said.append(
+                    f"{key}: window {window.index}'s {side} days ({iso(start)} to {iso(end)}) hold no candle "
+                    f"of the data ({path} spans {iso(first)} to {iso(last)}; those days are {where}): its "
+                    "trials could not run"
+                )
+                break
     return said
 
 
