@@ -177,26 +177,19 @@ def _url(*schemes: str, empty: bool = False) -> Callable[[Any], str | None]:
         if parts.scheme not in schemes or not parts.hostname or "@" in parts.netloc:
             return allowed
         if "[" in parts.netloc:  # a bracketed IPv6 address
-            return None if _usable_host(parts.hostname, bracketed=True) else allowed
+            return None if _ipv6_host(parts.hostname) else allowed
         return None if _host_ok(parts.hostname) else allowed
 
     return check
 
 
-def _usable_host(host: str, *, bracketed: bool) -> bool:
-    """A host the HTTP and WebSocket clients can use: a bracketed IPv6 address, or a name whose
-    labels are 1 to 63 characters (IDNA; found by the cockpit audit: `hooks..example.com` passed,
-    and the first use raised UnicodeError: at the first alert, or the feed's first connect, the
-    session ended in a traceback)."""
-    if bracketed:
-        try:
-            ipaddress.IPv6Address(unquote(host))
-        except ValueError:
-            return False
-        return True
+def _ipv6_host(host: str) -> bool:
+    """A bracketed host is an IPv6 address (found by the cockpit audit: a host no client could
+    use passed, and the first use raised UnicodeError: at the first alert, or the feed's first
+    connect, the session ended in a traceback; names go through `_host_ok`)."""
     try:
-        host.encode("idna")
-    except UnicodeError:
+        ipaddress.IPv6Address(unquote(host))
+    except ValueError:
         return False
     return True
 
