@@ -562,18 +562,13 @@ def test_a_trials_run_folder_is_named_inside_the_sweeps_folder_wherever_the_log_
     assert row["run_folder"] == "trials/3104b67c77618f5a/backtest-20250510T000000Z-s42"
 
 
-@pytest.mark.sweep  # the sweep's data columns are numpy arrays (the `sweep` extra: nox -s sweep)
-@pytest.mark.parametrize("rows", ["", "x,1,2,3,4,5\n1,2\n"], ids=["header-only", "all-malformed"])
-def test_data_without_a_candle_is_refused_as_the_cli_backtest_refuses_it(tmp_path: Path, rows: str) -> None:
-    """A data file of no candle (its header alone, or every row malformed) ended the sweep in a
-    traceback (ValueError: min() arg is an empty sequence), exit 1, once Ray had started; the
-    CLI backtest exits 2 saying why. The sweep says the CLI's words (DataError: exit 2)."""
+def _refused_as_the_cli_refuses_it(tmp_path: Path, data: Path) -> str:
+    """The CLI backtest refuses `data` (exit 2) and the sweep's reader with the same words: what
+    they said."""
     from actors.feeds.history import DataError
     from tests.conftest import run_main
     from tools.sweep.trial import read_columns
 
-    data = tmp_path / "candles.csv"
-    data.write_text("open_time_ms,open,high,low,close,volume\n" + rows)
     cli = run_main(
         "--mode", "backtest", "--data", str(data), "--run-dir", str(tmp_path / "runs"), cwd=tmp_path
     )
@@ -581,6 +576,18 @@ def test_data_without_a_candle_is_refused_as_the_cli_backtest_refuses_it(tmp_pat
     with pytest.raises(DataError) as refused:
         read_columns(data, 60.0, "BTCUSDT")
     assert f"error: {refused.value}" in cli.stderr.splitlines()
+    return str(refused.value)
+
+
+@pytest.mark.sweep  # the sweep's data columns are numpy arrays (the `sweep` extra: nox -s sweep)
+@pytest.mark.parametrize("rows", ["", "x,1,2,3,4,5\n1,2\n"], ids=["header-only", "all-malformed"])
+def test_data_without_a_candle_is_refused_as_the_cli_backtest_refuses_it(tmp_path: Path, rows: str) -> None:
+    """A data file of no candle (its header alone, or every row malformed) ended the sweep in a
+    traceback (ValueError: min() arg is an empty sequence), exit 1, once Ray had started; the
+    CLI backtest exits 2 saying why. The sweep says the CLI's words (DataError: exit 2)."""
+    data = tmp_path / "candles.csv"
+    data.write_text("open_time_ms,open,high,low,close,volume\n" + rows)
+    _refused_as_the_cli_refuses_it(tmp_path, data)
 
 
 @pytest.mark.sweep  # the sweep's data columns are numpy arrays (the `sweep` extra: nox -s sweep)
@@ -626,21 +633,13 @@ def test_data_newest_first_is_refused_as_the_cli_backtest_refuses_it(tmp_path: P
     the sweep's reader kept its first candle, skipped the rest (csv_time_backwards), and every
     trial failed (no candles in its window, or the CLI's refusal on the worker). It refuses the file at start with the CLI's own line (exit 2); a row out of order is
     still skipped, counted, and the rest read."""
-    from actors.feeds.history import DataError
-    from tests.conftest import run_main
     from tools.sweep.trial import read_columns
 
     rows = _candles(tmp_path / "asc.csv", 60, n=30).read_text().splitlines()
     data = tmp_path / "candles.csv"
     data.write_text("\n".join([rows[0], *reversed(rows[1:])]) + "\n")
-    cli = run_main(
-        "--mode", "backtest", "--data", str(data), "--run-dir", str(tmp_path / "runs"), cwd=tmp_path
-    )
-    assert cli.returncode == 2, cli.stderr
-    with pytest.raises(DataError) as refused:
-        read_columns(data, 60.0, "BTCUSDT")
-    assert f"error: {refused.value}" in cli.stderr.splitlines()
-    assert "29 of its first rows open before the row before them, 1 candle kept" in str(refused.value)
+    refused = _refused_as_the_cli_refuses_it(tmp_path, data)
+    assert "29 of its first rows open before the row before them, 1 candle kept" in refused
     rows[11], rows[12] = rows[12], rows[11]  # one row out of order: skipped and counted
     data.write_text("\n".join(rows) + "\n")
     columns = read_columns(data, 60.0, "BTCUSDT")
